@@ -1,0 +1,1 @@
+"""Kubernetes control plane (kopf): registers handlers, one module per kind. Never touches disk data."""

@@ -1,0 +1,1 @@
+"""Data mover run by proxy Jobs: backup, restore and file restore between a transport and the store."""

@@ -1,0 +1,1 @@
+"""File-level access to filesystems inside archived disks."""

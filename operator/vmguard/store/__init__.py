@@ -1,0 +1,1 @@
+"""Repository engine: chunks, indexes and archives in an object store. Knows nothing of Kubernetes, vSphere or NBD."""

@@ -1,0 +1,1 @@
+"""Storage backends: one protocol over S3, a local directory and memory."""
