@@ -1,0 +1,267 @@
+"""``vmguard lab up | down | status | env``: the local lab of real peers.
+
+``up`` builds what is missing (once, cached), then starts, in order: etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler, the lab node agent, MinIO and
+the vSphere simulator — each on 127.0.0.1, on ports chosen at the first ``up`` and
+kept in ``<lab>/lab.json`` (mode 0600) so that later calls find the same lab. ``up``
+is idempotent: a component already running is left alone, a dead one is restarted.
+``down`` stops exactly the processes recorded in the lab's pid files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmguard.errors import LabError
+from vmguard.lab import build
+from vmguard.lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
+from vmguard.lab.minio import start_minio
+from vmguard.lab.paths import LabPaths
+from vmguard.lab.pki import LabCA
+from vmguard.lab.procs import Supervisor, free_port, wait_until
+
+PORT_NAMES = (
+    "etcd",
+    "etcd-peer",
+    "apiserver",
+    "controller-manager",
+    "scheduler",
+    "minio",
+    "minio-console",
+    "vsphere-sdk",
+    "vsphere-control",
+)
+# Start order; ``down`` stops in reverse.
+PROCESSES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "node-agent",
+    "minio",
+    "vsphere",
+)
+DEBIAN_PACKAGES_FILE = "lab/debian-packages.txt"
+
+
+@dataclass
+class LabState:
+    """What ``lab.json`` holds: ports and the per-lab credentials."""
+
+    data: dict[str, Any]
+
+    @classmethod
+    def load_or_create(cls, paths: LabPaths) -> LabState:
+        if paths.state_file.exists():
+            return cls(json.loads(paths.state_file.read_text()))
+        data = {
+            "ports": {name: free_port() for name in PORT_NAMES},
+            "minio": {
+                "access_key": "lab-" + secrets.token_hex(6),
+                "secret_key": secrets.token_urlsafe(24),
+            },
+            "vsphere": {"username": "lab@vsphere.local", "password": secrets.token_urlsafe(18)},
+        }
+        return cls(data)
+
+    def save(self, paths: LabPaths) -> None:
+        tmp = paths.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.chmod(0o600)
+        os.replace(tmp, paths.state_file)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return dict(self.data["ports"])
+
+
+def _say(msg: str) -> None:
+    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+
+
+def check_tools(paths: LabPaths) -> None:
+    """Fail with the Debian package to install when a tool the lab needs is missing."""
+    needed = {
+        "nbdkit": "nbdkit",
+        "nbdcopy": "libnbd-bin",
+        "qemu-img": "qemu-utils",
+        "mkfs.ext4": "e2fsprogs",
+        "mkntfs": "ntfs-3g",
+        "mcopy": "mtools",
+        "sfdisk": "fdisk",
+        "mkfs.xfs": "xfsprogs",
+        "unshare": "util-linux",
+        "zstd": "zstd",
+    }
+    missing = sorted({pkg for tool, pkg in needed.items() if not shutil.which(tool)})
+    try:
+        import nbd  # noqa: F401
+    except ImportError:
+        missing.append("python3-libnbd")
+    if missing:
+        raise LabError(
+            "missing Debian packages: "
+            + " ".join(missing)
+            + " (`make deps` installs them, or apt-get install them)"
+        )
+
+
+class Lab:
+    def __init__(self, paths: LabPaths | None = None) -> None:
+        self.paths = paths or LabPaths.default()
+        self.sup = Supervisor(self.paths.run, self.paths.logs)
+
+    def state(self) -> LabState:
+        if not self.paths.state_file.exists():
+            raise LabError(f"no lab in {self.paths.lab}: run `vmguard lab up`")
+        return LabState(json.loads(self.paths.state_file.read_text()))
+
+    def up(self, vms: int = 24, disk_capacity: int = 256 << 20) -> LabState:
+        check_tools(self.paths)
+        self.paths.ensure()
+        bins = build.ensure_built(self.paths)
+        state = LabState.load_or_create(self.paths)
+        state.save(self.paths)
+        ports = state.ports
+        kube = KubeControlPlane(self.paths, self.sup, ports)
+        _say(f"Kubernetes {KUBERNETES_VERSION} on {kube.server}")
+        kube.start(bins)
+        self._node_agent(kube, ports)
+        _say(f"MinIO on http://127.0.0.1:{ports['minio']}")
+        start_minio(
+            self.paths,
+            self.sup,
+            bins["minio"],
+            ports["minio"],
+            ports["minio-console"],
+            state.data["minio"]["access_key"],
+            state.data["minio"]["secret_key"],
+        )
+        state.data["minio"]["endpoint"] = f"127.0.0.1:{ports['minio']}"
+        self._vsphere(bins, state, vms, disk_capacity)
+        state.data["kubernetes"] = {
+            "server": kube.server,
+            "kubeconfig": str(self.paths.kubeconfig),
+            "ca": str(kube.ca.cert_path),
+            "node": NODE_NAME,
+        }
+        state.save(self.paths)
+        return state
+
+    def _node_agent(self, kube: KubeControlPlane, ports: dict[str, int]) -> None:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["VMGUARD_REPO"] = str(self.paths.repo)
+        env["VMGUARD_LAB_DIR"] = str(self.paths.lab)
+        proc = self.sup.start(
+            "node-agent",
+            [
+                sys.executable,
+                "-m",
+                "vmguard.lab.nodeagent",
+                f"--node-name={NODE_NAME}",
+                f"--kubeconfig={kube.kubeconfig_for('node')}",
+                f"--state-dir={self.paths.lab / 'node'}",
+                f"--apiserver-port={ports['apiserver']}",
+            ],
+            env=env,
+        )
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(str(self.paths.kubeconfig))
+
+        def node_ready() -> bool:
+            node = client.CoreV1Api(api).read_node(NODE_NAME)
+            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+        wait_until(
+            "node agent",
+            node_ready,
+            timeout=30,
+            alive=proc.alive,
+            diagnose=lambda: self.sup.log_tail("node-agent"),
+        )
+
+    def _vsphere(
+        self, bins: dict[str, Path], state: LabState, vms: int, disk_capacity: int
+    ) -> None:
+        from vmguard.lab.vsim import vsim_command
+
+        ports = state.ports
+        vdir = self.paths.lab / "vsphere"
+        vdir.mkdir(parents=True, exist_ok=True)
+        ca = LabCA(self.paths.pki)
+        serving = ca.issue("vsphere", "vcsim.lab", hosts=("127.0.0.1", "localhost"), server=True)
+        env = dict(os.environ)
+        env["VMGUARD_VCSIM_USERNAME"] = state.data["vsphere"]["username"]
+        env["VMGUARD_VCSIM_PASSWORD"] = state.data["vsphere"]["password"]
+        ready = vdir / "ready.json"
+        if self.sup.get("vsphere") is None:
+            ready.unlink(missing_ok=True)
+        argv = vsim_command(
+            bins["vmguard-vcsim"],
+            vdir,
+            ports["vsphere-sdk"],
+            ports["vsphere-control"],
+            vms,
+            1,
+            disk_capacity,
+            serving.cert,
+            serving.key,
+        )
+        proc = self.sup.start("vsphere", argv, env=env)
+        wait_until(
+            "vSphere simulator",
+            ready.exists,
+            timeout=60,
+            alive=proc.alive,
+            diagnose=lambda: self.sup.log_tail("vsphere"),
+        )
+        info = json.loads(ready.read_text())
+        state.data["vsphere"].update(
+            {
+                "sdk_url": info["sdk_url"],
+                "control_url": info["control_url"],
+                "rest_url": info.get("rest_url", ""),
+                "ca": str(ca.cert_path),
+            }
+        )
+        _say(f"vSphere simulator on {info['sdk_url']}")
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name in reversed(PROCESSES):
+            if self.sup.stop(name):
+                stopped.append(name)
+        for leftover in self.sup.all():
+            self.sup.stop(leftover.name)
+            stopped.append(leftover.name)
+        return stopped
+
+    def status(self) -> dict[str, bool]:
+        return {name: self.sup.get(name) is not None for name in PROCESSES}
+
+    def env(self, with_secrets: bool = False) -> dict[str, str]:
+        st = self.state().data
+        out = {
+            "VMGUARD_LAB_DIR": str(self.paths.lab),
+            "KUBECONFIG": str(self.paths.kubeconfig),
+            "VMGUARD_LAB_MINIO_ENDPOINT": st["minio"].get("endpoint", ""),
+            "VMGUARD_LAB_VSPHERE_URL": st["vsphere"].get("sdk_url", ""),
+            "VMGUARD_LAB_VSPHERE_CONTROL": st["vsphere"].get("control_url", ""),
+            "VMGUARD_LAB_CA": st["kubernetes"]["ca"] if "kubernetes" in st else "",
+            "PATH": f"{self.paths.bin}:{os.environ.get('PATH', '')}",
+        }
+        if with_secrets:
+            out["VMGUARD_LAB_MINIO_ACCESS_KEY"] = st["minio"]["access_key"]
+            out["VMGUARD_LAB_MINIO_SECRET_KEY"] = st["minio"]["secret_key"]
+            out["VMGUARD_LAB_VSPHERE_USERNAME"] = st["vsphere"]["username"]
+            out["VMGUARD_LAB_VSPHERE_PASSWORD"] = st["vsphere"]["password"]
+        return out

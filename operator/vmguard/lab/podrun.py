@@ -1,0 +1,48 @@
+"""Exec shim for one lab container, run by the node agent inside ``unshare --mount``.
+
+Lab only. The node agent starts ``unshare --mount --propagation private -- python -m
+vmguard.lab.podrun SPEC.json``; this module, already in the pod's private mount
+namespace, bind-mounts each prepared volume directory at its ``mountPath`` (read-only
+where the pod asks), then replaces itself with the container's command. Mounts made
+here are invisible to the host and vanish with the process.
+
+A mount point that does not exist on the host is created as an empty directory
+(directories are not namespaced); nothing else on the host is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _mount(source: str, target: str, read_only: bool) -> None:
+    if Path(source).is_dir():
+        Path(target).mkdir(parents=True, exist_ok=True)
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).touch(exist_ok=True)
+    subprocess.run(["mount", "--bind", source, target], check=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    for m in spec["mounts"]:
+        _mount(m["source"], m["target"], m["readOnly"])
+    os.chdir(spec["cwd"])
+    args: list[str] = spec["argv"]
+    env: dict[str, str] = spec["env"]
+    try:
+        os.execvpe(args[0], args, env)
+    except OSError as exc:
+        print(f"lab node agent: cannot run {args[0]!r}: {exc}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
