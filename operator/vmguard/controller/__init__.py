@@ -1,1 +1,4 @@
-"""Kubernetes control plane (kopf): registers handlers, one module per kind. Never touches disk data."""
+"""Kubernetes control plane (kopf).
+
+Registers handlers, one module per kind. Never touches disk data.
+"""

@@ -1,1 +1,4 @@
-"""Data mover run by proxy Jobs: backup, restore and file restore between a transport and the store."""
+"""Data mover run by proxy Jobs.
+
+Backup, restore and file restore between a transport and the store.
+"""

@@ -1,1 +1,4 @@
-"""The local lab of real peers (dev and tests only): Kubernetes, vSphere simulator, MinIO, nbdkit."""
+"""The local lab of real peers (dev and tests only).
+
+Kubernetes, vSphere simulator, MinIO, nbdkit.
+"""

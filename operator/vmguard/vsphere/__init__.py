@@ -1,1 +1,4 @@
-"""vSphere access: the only place pyVmomi is imported (session, inventory, snapshots, CBT, restore)."""
+"""vSphere access.
+
+The only place pyVmomi is imported (session, inventory, snapshots, CBT, restore).
+"""
