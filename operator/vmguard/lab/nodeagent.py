@@ -411,13 +411,21 @@ class NodeAgent:
     def _terminate(self, runner: PodRunner | None, meta: dict[str, Any], grace: float) -> None:
         if runner:
             runner.stop(grace)
-        with contextlib.suppress(client.ApiException):
+        try:
             self.core.delete_namespaced_pod(
                 meta["name"],
                 meta["namespace"],
                 grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"])),
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=meta["uid"]),
+                ),
             )
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning(
+                    "confirming deletion of %s/%s: %s", meta["namespace"], meta["name"], exc
+                )
         self.runners.pop(meta["uid"], None)
 
     def watch_pods(self) -> None:

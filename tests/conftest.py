@@ -1,0 +1,130 @@
+"""Shared pytest fixtures: the lab of real peers, brought up once per test session.
+
+Tests marked ``lab`` get clients for the running lab: a Kubernetes ``ApiClient`` (admin),
+a pyVmomi ``ServiceInstance``, the vSphere simulator's control client, a MinIO client
+and fresh buckets, and the disk image factory. If the lab was already running when the
+session started it is left running; otherwise the session stops it at the end.
+
+A skipped test fails the run: nothing in this suite may be skipped to make it green.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if "lab" not in item.keywords and "unit" not in item.keywords:
+            item.add_marker(pytest.mark.lab if "lab" in path.parts else pytest.mark.unit)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and exitstatus == 0:
+        reporter.write_line(
+            f"{skipped} test(s) skipped: a skip is a failure in this suite", red=True
+        )
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Any]:
+    from vmguard.lab.lab import Lab
+
+    lab = Lab()
+    was_running = all(lab.status().values())
+    lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "24")))
+    yield lab
+    if not was_running and not os.environ.get("VMGUARD_KEEP_LAB"):
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab_state(lab: Any) -> dict[str, Any]:
+    return dict(lab.state().data)
+
+
+@pytest.fixture(scope="session")
+def kube_api(lab: Any) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(str(lab.paths.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kubectl(lab: Any) -> Path:
+    return Path(lab.paths.bin / "kubectl")
+
+
+@pytest.fixture(scope="session")
+def vsphere_si(lab_state: dict[str, Any]) -> Iterator[Any]:
+    from pyVim.connect import Disconnect, SmartConnect
+
+    vs = lab_state["vsphere"]
+    host_port = vs["sdk_url"].split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=vs["ca"])
+    si = SmartConnect(
+        host=host, port=int(port), user=vs["username"], pwd=vs["password"], sslContext=context
+    )
+    yield si
+    Disconnect(si)
+
+
+@pytest.fixture(scope="session")
+def vsim(lab_state: dict[str, Any]) -> Any:
+    from vmguard.lab.vsim import VSimControl
+
+    return VSimControl(lab_state["vsphere"]["control_url"])
+
+
+@pytest.fixture(scope="session")
+def minio_client(lab_state: dict[str, Any]) -> Any:
+    from minio import Minio
+
+    m = lab_state["minio"]
+    return Minio(
+        m["endpoint"], access_key=m["access_key"], secret_key=m["secret_key"], secure=False
+    )
+
+
+def _bucket(minio_client: Any, lab_state: dict[str, Any], lock: bool) -> Iterator[dict[str, Any]]:
+    name = f"test-{secrets.token_hex(6)}"
+    minio_client.make_bucket(name, object_lock=lock)
+    m = lab_state["minio"]
+    yield {
+        "endpoint": m["endpoint"],
+        "access_key": m["access_key"],
+        "secret_key": m["secret_key"],
+        "bucket": name,
+        "secure": False,
+    }
+
+
+@pytest.fixture
+def s3_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A fresh, empty bucket on the lab's MinIO (left in place for inspection)."""
+    yield from _bucket(minio_client, lab_state, lock=False)
+
+
+@pytest.fixture
+def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A fresh bucket created with object lock enabled."""
+    yield from _bucket(minio_client, lab_state, lock=True)
+
+
+@pytest.fixture(scope="session")
+def image_factory(lab: Any) -> Any:
+    from vmguard.lab.images import DiskImageFactory
+
+    return DiskImageFactory(lab.paths.cache / "images")
