@@ -22,7 +22,7 @@ from typing import Any
 from vmguard.errors import LabError
 from vmguard.lab import build
 from vmguard.lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
-from vmguard.lab.minio import start_minio
+from vmguard.lab.minio import ensure_bucket, start_minio
 from vmguard.lab.paths import LabPaths
 from vmguard.lab.pki import LabCA
 from vmguard.lab.procs import Supervisor, free_port, wait_until
@@ -48,7 +48,7 @@ PROCESSES = (
     "minio",
     "vsphere",
 )
-DEBIAN_PACKAGES_FILE = "lab/debian-packages.txt"
+DEFAULT_BUCKET = "vmguard"
 
 
 @dataclass
@@ -145,6 +145,12 @@ class Lab:
             state.data["minio"]["secret_key"],
         )
         state.data["minio"]["endpoint"] = f"127.0.0.1:{ports['minio']}"
+        ensure_bucket(
+            state.data["minio"]["endpoint"],
+            state.data["minio"]["access_key"],
+            state.data["minio"]["secret_key"],
+            DEFAULT_BUCKET,
+        )
         self._vsphere(bins, state, vms, disk_capacity)
         state.data["kubernetes"] = {
             "server": kube.server,

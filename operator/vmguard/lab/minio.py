@@ -64,6 +64,15 @@ def start_minio(
     )
 
 
+def ensure_bucket(endpoint: str, access_key: str, secret_key: str, name: str) -> None:
+    """Create the lab's default repository bucket (versioned, object lock possible)."""
+    from minio import Minio
+
+    s3 = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=False)
+    if not s3.bucket_exists(name):
+        s3.make_bucket(name, object_lock=True)
+
+
 def _ready(port: int) -> bool:
     url = f"http://127.0.0.1:{port}/minio/health/ready"
     with urllib.request.urlopen(url, timeout=2) as resp:

@@ -1,0 +1,50 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each installs what it needs (Debian packages, a virtualenv, the lab's Go builds)
+# and caches it, so the second run starts at once.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean
+
+deps:
+	@scripts/install-deps.sh
+
+# The system interpreter, so that Debian's libnbd bindings (python3-libnbd) are visible.
+$(STAMP): pyproject.toml | deps
+	@echo "[venv] creating $(VENV) and installing Python dependencies"
+	@/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: deps $(STAMP)
+
+lab-build: venv
+	@$(BIN)/vmguard lab build
+
+lint: venv
+	@echo "[lint] ruff, mypy, import-linter"
+	@$(BIN)/ruff check operator tests bench
+	@$(BIN)/ruff format --check operator tests bench
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports --no-cache
+
+test: venv lab-build lint
+	@echo "[test] pytest (unit and lab)"
+	@$(BIN)/pytest -p no:cacheprovider
+
+demo: venv lab-build
+	@$(BIN)/vmguard lab up
+	@$(BIN)/vmguard lab inventory
+
+lab-up: venv lab-build
+	@$(BIN)/vmguard lab up
+
+lab-down: venv
+	@$(BIN)/vmguard lab down
+
+clean: lab-down
+	rm -rf .lab
