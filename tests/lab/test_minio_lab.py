@@ -30,7 +30,10 @@ def test_locked_object_refuses_deletion(minio_client: Any, s3_lock_bucket: dict[
     bucket = s3_lock_bucket["bucket"]
     until = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1)
     result = minio_client.put_object(
-        bucket, "locked", io.BytesIO(b"keep me"), 7,
+        bucket,
+        "locked",
+        io.BytesIO(b"keep me"),
+        7,
         retention=Retention(GOVERNANCE, until),
     )
     with pytest.raises(S3Error) as err:

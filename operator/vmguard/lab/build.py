@@ -97,7 +97,8 @@ def _build_with_progress(
         cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    done, last, tail = 0, 0.0, []
+    done, last = 0, 0.0
+    tail: list[str] = []
     for line in proc.stdout:
         tail = [*tail[-30:], line.rstrip()]
         if not line.startswith((" ", "#", "go:")):
