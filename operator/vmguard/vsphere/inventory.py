@@ -27,7 +27,9 @@ class VMSummary:
 
 def _collect(si: vim.ServiceInstance, props: list[str]) -> list[tuple[str, dict[str, Any]]]:
     content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    views = content.viewManager
+    assert views is not None, "a vCenter always has a ViewManager"
+    view = views.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     try:
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[
