@@ -1,19 +1,47 @@
-"""Connect to vCenter with verified TLS: a CA bundle, a pinned thumbprint, or nothing else.
+"""Connect to vCenter with verified TLS, and keep the session alive.
 
-Insecure connections happen only when the caller asks for them by name. The password
-is held in an object whose ``repr`` hides it, so it never reaches a log line.
+Trust is one of: a CA bundle, a pinned certificate thumbprint (SHA-1, SHA-256 or SHA-512,
+with or without colons), or — only when asked for by name — none. With none of them the
+system trust store applies, as for a vCenter with a publicly trusted certificate.
+
+:class:`VSphereSession` runs calls through :meth:`~VSphereSession.call`: an expired or
+terminated session (``NotAuthenticated``) is logged in again transparently, and
+transient faults (connection reset, timeouts, ``HostCommunication``) are retried a
+bounded number of times with exponential backoff before a :class:`RetryableError`.
+The password is held where ``repr`` cannot show it and never reaches a log line or an
+error message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import logging
+import random
+import socket
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim
+from pyVmomi import Security, vim
 
-from vmguard.errors import ConfigError
+from vmguard.errors import ConfigError, PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT = (
+    ConnectionError,
+    socket.timeout,
+    http.client.HTTPException,
+    ssl.SSLEOFError,
+    vim.fault.HostCommunication,  # type: ignore[attr-defined]
+)
 
 
 @dataclass(frozen=True)
@@ -33,30 +61,113 @@ class Endpoint:
             raise ConfigError(f"vCenter URL without a host: {self.url!r}")
         return parts.hostname, parts.port or 443
 
+    def normalised_thumbprint(self) -> str | None:
+        if not self.thumbprint:
+            return None
+        digits = self.thumbprint.replace(":", "").strip().lower()
+        if len(digits) not in (40, 64, 128) or any(c not in "0123456789abcdef" for c in digits):
+            raise ConfigError(
+                "the pinned thumbprint must be a SHA-1, SHA-256 or SHA-512 hex digest"
+            )
+        return digits
+
 
 def _ssl_context(ep: Endpoint) -> ssl.SSLContext:
     if ep.insecure or ep.thumbprint:
-        # A pinned thumbprint is checked by pyVmomi itself after the handshake.
+        # With a pinned thumbprint pyVmomi checks the peer's certificate itself after the
+        # handshake; chain and host name checks would reject the self-signed certificates
+        # that pinning exists for.
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    # With no CA bundle, the system trust store (a vCenter with a public certificate).
+    # With no CA bundle, the system trust store.
     return ssl.create_default_context(cafile=ep.ca_file)
 
 
 def connect(ep: Endpoint) -> vim.ServiceInstance:
+    """Log in once; trust and authentication failures are permanent errors."""
     host, port = ep.host_port()
-    return SmartConnect(
-        host=host,
-        port=port,
-        user=ep.username,
-        pwd=ep.password,
-        sslContext=_ssl_context(ep),
-        thumbprint=ep.thumbprint.replace(":", "").lower() if ep.thumbprint else None,
-        connectionPoolTimeout=-1,
-    )
+    try:
+        return SmartConnect(
+            host=host,
+            port=port,
+            user=ep.username,
+            pwd=ep.password,
+            sslContext=_ssl_context(ep),
+            thumbprint=ep.normalised_thumbprint(),
+            connectionPoolTimeout=-1,
+        )
+    except vim.fault.InvalidLogin as exc:
+        raise PermanentError(f"vCenter {host}:{port} refused the login of {ep.username!r}") from exc
+    except Security.ThumbprintMismatchException as exc:
+        raise PermanentError(
+            f"vCenter {host}:{port} presented a certificate whose thumbprint is {exc.actual}, "
+            f"not the pinned one"
+        ) from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise PermanentError(
+            f"vCenter {host}:{port}: certificate not trusted ({exc.verify_message})"
+        ) from exc
+    except _TRANSIENT as exc:
+        raise RetryableError(f"vCenter {host}:{port} unreachable: {type(exc).__name__}") from exc
 
 
 def disconnect(si: vim.ServiceInstance) -> None:
     Disconnect(si)
+
+
+class VSphereSession:
+    """A logged-in session that re-authenticates and retries on its own."""
+
+    def __init__(self, endpoint: Endpoint, attempts: int = 4, backoff: float = 0.5) -> None:
+        self.endpoint = endpoint
+        self.attempts = attempts
+        self.backoff = backoff
+        self._si: vim.ServiceInstance | None = None
+        self._lock = threading.Lock()
+        self.logins = 0
+
+    @property
+    def si(self) -> vim.ServiceInstance:
+        with self._lock:
+            if self._si is None:
+                self._si = connect(self.endpoint)
+                self.logins += 1
+            return self._si
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._si = None
+
+    def call(self, fn: Callable[[vim.ServiceInstance], T]) -> T:
+        """Run ``fn(si)``; re-login on ``NotAuthenticated``, back off on transient faults."""
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(self.si)
+            except vim.fault.NotAuthenticated:
+                log.info("vCenter session expired; logging in again")
+                self._drop()
+                if attempt == self.attempts:
+                    raise RetryableError("vCenter session could not be re-established") from None
+            except _TRANSIENT as exc:
+                self._drop()
+                if attempt == self.attempts:
+                    raise RetryableError(
+                        f"vCenter unreachable after {attempt} attempts: {type(exc).__name__}"
+                    ) from exc
+                time.sleep(delay * (1 + random.random() / 2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def keepalive(self) -> str:
+        """A cheap call that keeps the session from idling out; returns the server time."""
+        return str(self.call(lambda si: si.CurrentTime()))
+
+    def close(self) -> None:
+        with self._lock:
+            si, self._si = self._si, None
+        if si is not None:
+            with contextlib.suppress(_TRANSIENT):
+                Disconnect(si)
