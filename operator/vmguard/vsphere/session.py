@@ -28,7 +28,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import Security, vim
+from pyVmomi import Security, vim, vmodl
 
 from vmguard.errors import ConfigError, PermanentError, RetryableError
 
@@ -40,7 +40,7 @@ _TRANSIENT = (
     socket.timeout,
     http.client.HTTPException,
     ssl.SSLEOFError,
-    vim.fault.HostCommunication,  # type: ignore[attr-defined]
+    vmodl.fault.HostCommunication,
 )
 
 
