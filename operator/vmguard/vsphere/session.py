@@ -169,5 +169,5 @@ class VSphereSession:
         with self._lock:
             si, self._si = self._si, None
         if si is not None:
-            with contextlib.suppress(_TRANSIENT):
+            with contextlib.suppress(*_TRANSIENT):
                 Disconnect(si)
