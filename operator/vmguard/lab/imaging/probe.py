@@ -20,7 +20,7 @@ from vmguard.errors import LabError
 from vmguard.lab.imaging import xfs
 from vmguard.lab.imaging.fat import _env as _mtools_env
 from vmguard.lab.imaging.sparse import copy_range
-from vmguard.lab.imaging.tools import run
+from vmguard.lab.imaging.tools import run, run_capture
 
 _IO_REPARSE_TAG_SYMLINK = 0xA000000C
 # "ls -p" prints /ino/mode/uid/gid/name/size/ per entry; a name may hold a newline.
@@ -69,7 +69,7 @@ class FsReader:
     def read(self, path: str) -> bytes:
         """Content of the regular file at ``path`` (relative, ``/``-separated)."""
         if self.fs == "ext4":
-            return run(["debugfs", "-R", f"cat {self._ext4_ref(path)}", self._ext4_dev()])
+            return self._debugfs(f"cat {self._ext4_ref(path)}")
         if self.fs == "ntfs":
             return run(["ntfscat", self._extracted(), "/" + path])
         if self.fs == "fat":
@@ -88,11 +88,11 @@ class FsReader:
         """Target of the symlink at ``path``."""
         if self.fs == "ext4":
             ref = self._ext4_ref(path)
-            stat = run(["debugfs", "-R", f"stat {ref}", self._ext4_dev()]).decode()
+            stat = self._debugfs(f"stat {ref}").decode()
             m = re.search(r'Fast link dest: "(.*)"', stat, re.S)
             if m:
                 return m.group(1)
-            return run(["debugfs", "-R", f"cat {ref}", self._ext4_dev()]).decode()
+            return self._debugfs(f"cat {ref}").decode()
         if self.fs == "xfs":
             ino = self._xfs_inode(path)
             text = run(
@@ -118,13 +118,22 @@ class FsReader:
     def _ext4_dev(self) -> str:
         return f"{self.image}?offset={self.offset}"
 
+    def _debugfs(self, request: str) -> bytes:
+        out, err = run_capture(["debugfs", "-R", request, self._ext4_dev()])
+        # debugfs exits 0 even when the request fails; only its banner is no error.
+        problems = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        problems = [ln for ln in problems if not ln.startswith("debugfs ")]
+        if problems:
+            raise LabError(f"debugfs {request!r}: {problems[0]}")
+        return out
+
     def _ext4_ref(self, path: str) -> str:
         if '"' not in path:
             return f'"/{path}"'
         # debugfs cannot quote a double quote: walk the directories by inode instead.
         ino = 2
         for name in path.split("/"):
-            listing = run(["debugfs", "-R", f"ls -p <{ino}>", self._ext4_dev()])
+            listing = self._debugfs(f"ls -p <{ino}>")
             found = [m for m in _DEBUGFS_ENTRY.finditer(listing) if m.group(3) == name.encode()]
             if not found:
                 raise LabError(f"ext4 has no {path!r}")

@@ -95,6 +95,18 @@ def run(
 ) -> bytes:
     """Run a tool; return stdout (and stderr after it with ``merge_stderr``); raise
     :class:`LabError` with its stderr on failure."""
+    out, err = run_capture(argv, env=env, cwd=cwd, stdin=stdin)
+    return out + err if merge_stderr else out
+
+
+def run_capture(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """Like :func:`run`, but return stdout and stderr apart."""
     full_env = {**os.environ, **BASE_ENV, "PATH": _search_path(), **(env or {})}
     cmd = [os.fspath(a) for a in argv]
     proc = subprocess.run(
@@ -108,4 +120,4 @@ def run(
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-2000:]
         raise LabError(f"{cmd[0]} failed (exit {proc.returncode}): {err}")
-    return proc.stdout + proc.stderr if merge_stderr else proc.stdout
+    return proc.stdout, proc.stderr
