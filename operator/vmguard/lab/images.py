@@ -66,6 +66,7 @@ from vmguard.lab.imaging.tree import (
     ManifestEntry,
     NamePolicy,
     Tree,
+    TreeChange,
     TreeSpec,
     evolve,
     filter_tree,
@@ -416,30 +417,49 @@ def _build_fs(
     info: PartitionInfo,
     work: Path,
 ) -> None:
+    """Build partition ``p`` in a scratch file and copy it into ``image`` at ``slot``.
+
+    ext4 reaches later generations in place (see :func:`ext4_fs.apply_change`); the other
+    filesystems are rebuilt from the final tree, so between their backup points most
+    allocated blocks move (their tools cannot edit an existing filesystem).
+    """
+    policy = _POLICIES[p.fs]
     full = generate_tree(p.tree or TreeSpec(), seed, 0)
-    change = None
+    base = full if p.fs == "ext4" else generate_tree(p.tree or TreeSpec(), seed, p.generation)
+    steps: list[TreeChange] = []
     for step in range(1, p.generation + 1):
-        change = evolve(full, seed, step)
-        full = change.tree
-    tree = filter_tree(full, _POLICIES[p.fs])
+        steps.append(evolve(full, seed, step))
+        full = steps[-1].tree
+    tree = filter_tree(full, policy)
     info.omitted = sorted(set(full.entries) - set(tree.entries))
-    if change is not None:
+    if steps:
+        last = steps[-1]
         info.changes = {
-            "added": [x for x in change.added if x in tree.entries],
-            "changed": [x for x in change.changed if x in tree.entries],
-            "deleted": list(change.deleted),
+            "added": [x for x in last.added if x in tree.entries],
+            "changed": [x for x in last.changed if x in tree.entries],
+            "deleted": list(last.deleted),
         }
+
     work.mkdir(parents=True)
+    first = filter_tree(base, policy)
     tree_dir = work / "tree"
-    digests = materialize(tree, tree_dir)
-    info.manifest = tree.manifest(digests)
+    digests = materialize(first, tree_dir)
     fs_file = work / "fs.img"
     with open(fs_file, "wb") as f:
         f.truncate(slot.length)
-    now = _build_time(tree)
+    now = _build_time(first)
     start = slot.offset // table.SECTOR
     if p.fs == "ext4":
         ext4_fs.build(fs_file, tree_dir, label=label, seed=seed, now=now, work=work)
+        old = first
+        for i, change in enumerate(steps, 1):
+            new = filter_tree(change.tree, policy)
+            ext4_fs.apply_change(
+                fs_file, old, change, new, now=_build_time(new), work=work / f"step{i}"
+            )
+            old = new
+        if steps:
+            digests = {e.path: e.content.sha256() for e in tree if e.content is not None}
     elif p.fs == "ntfs":
         ntfs_fs.build(
             fs_file, tree, tree_dir, label=label, seed=seed, now=now, start_sector=start, work=work
@@ -459,6 +479,7 @@ def _build_fs(
         xfs_fs.build(fs_file, tree, tree_dir, label=label, seed=seed, now=now, work=work)
     else:  # pragma: no cover - FsKind is exhausted above
         raise ConfigError(f"unknown filesystem {p.fs!r}")
+    info.manifest = tree.manifest(digests)
     copy_range(fs_file, image, slot.offset, skip_zero_blocks=True)
     shutil.rmtree(work)
 
