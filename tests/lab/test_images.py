@@ -41,6 +41,8 @@ SPECS: dict[str, Callable[[], ImageSpec]] = {
     "mbr_ntfs_point1": lambda: images.mbr_ntfs().next_point(1),
 }
 FS_SPECS = ["gpt_ext4", "mbr_ntfs", "fat", "xfs"]
+#: images whose filesystem changes in place between backup points: spec, partition, fsck
+IN_PLACE = [("gpt_ext4", 2, ["e2fsck", "-fn"]), ("mbr_ntfs", 1, ["ntfsfix", "-n"])]
 
 
 @pytest.fixture(scope="module")
@@ -241,34 +243,44 @@ def test_filesystem_checkers_find_no_errors(built: dict[str, DiskImage], tmp_pat
 # -- backup points ----------------------------------------------------------------------------
 
 
-def test_next_points_differ_exactly_as_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "number", "checker"), IN_PLACE)
+def test_next_points_differ_exactly_as_reported(
+    name: str, number: int, checker: list[str], tmp_path: Path
+) -> None:
     factory = DiskImageFactory(tmp_path / "cache")
-    spec = images.gpt_ext4()
+    spec = SPECS[name]()
     points = [factory.build(spec.next_point(g), SEED, tmp_path / f"p{g}.img") for g in range(3)]
     assert len({p.sha256 for p in points}) == 3
     for before, after in itertools.pairwise(points):
-        old, new = before.partition(2), after.partition(2)
+        old, new = before.partition(number), after.partition(number)
         ch = new.changes
         assert ch["added"] and ch["changed"] and ch["deleted"]
         assert BIG_FILE in ch["changed"]
         assert set(new.manifest) == (set(old.manifest) - set(ch["deleted"])) | set(ch["added"])
-        with after.reader(2) as r:
-            for path in ch["changed"]:
-                assert new.manifest[path].sha256 != old.manifest[path].sha256
+        with after.reader(number) as r:
+            for path in ch["changed"] + ch["added"]:
+                if new.manifest[path].type != "file":
+                    continue
+                if path in ch["changed"]:
+                    assert new.manifest[path].sha256 != old.manifest[path].sha256
                 assert hashlib.sha256(r.read(path)).hexdigest() == new.manifest[path].sha256
             for path in ch["deleted"]:
                 with pytest.raises(LabError):
                     r.read(path)
-    # ext4 changes in place: the big file keeps its size and blocks (one 64 KiB patch per
-    # point), so between points only a small part of the partition differs, as with CBT.
-    a, b = (p.partition(2).manifest[BIG_FILE] for p in points[:2])
+    # The filesystem changes in place: the big file keeps its size and clusters (one
+    # 64 KiB patch per point), so between points only a small part of the partition
+    # differs, as CBT would report.
+    a, b = (p.partition(number).manifest[BIG_FILE] for p in points[:2])
     assert a.size == b.size
-    ext4 = points[1].partition(2)
-    in_ext4 = [d for d in images.changed_ranges(points[1], points[2]) if d.offset >= ext4.offset]
-    allocated = sum(e.length for e in points[1].extents if e.offset >= ext4.offset)
-    assert 64 << 10 <= sum(d.length for d in in_ext4) < allocated // 4
-    fs = _extract(points[2], 2, tmp_path / "ext4")
-    res = subprocess.run(["e2fsck", "-fn", str(fs)], capture_output=True, text=True)
+    part = points[1].partition(number)
+    end = part.offset + part.length
+    in_part = [
+        d for d in images.changed_ranges(points[1], points[2]) if part.offset <= d.offset < end
+    ]
+    allocated = sum(e.length for e in points[1].extents if part.offset <= e.offset < end)
+    assert 64 << 10 <= sum(d.length for d in in_part) < allocated // 4
+    fs = _extract(points[2], number, tmp_path / "fs")
+    res = subprocess.run([*checker, str(fs)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

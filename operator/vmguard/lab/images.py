@@ -419,13 +419,14 @@ def _build_fs(
 ) -> None:
     """Build partition ``p`` in a scratch file and copy it into ``image`` at ``slot``.
 
-    ext4 reaches later generations in place (see :func:`ext4_fs.apply_change`); the other
-    filesystems are rebuilt from the final tree, so between their backup points most
-    allocated blocks move (their tools cannot edit an existing filesystem).
+    ext4 and NTFS reach later generations in place (``apply_change`` of their modules);
+    FAT and XFS are rebuilt from the final tree, so between their backup points most
+    allocated blocks move.
     """
     policy = _POLICIES[p.fs]
     full = generate_tree(p.tree or TreeSpec(), seed, 0)
-    base = full if p.fs == "ext4" else generate_tree(p.tree or TreeSpec(), seed, p.generation)
+    in_place = p.fs in ("ext4", "ntfs")
+    base = full if in_place else generate_tree(p.tree or TreeSpec(), seed, p.generation)
     steps: list[TreeChange] = []
     for step in range(1, p.generation + 1):
         steps.append(evolve(full, seed, step))
@@ -451,18 +452,9 @@ def _build_fs(
     start = slot.offset // table.SECTOR
     if p.fs == "ext4":
         ext4_fs.build(fs_file, tree_dir, label=label, seed=seed, now=now, work=work)
-        old = first
-        for i, change in enumerate(steps, 1):
-            new = filter_tree(change.tree, policy)
-            ext4_fs.apply_change(
-                fs_file, old, change, new, now=_build_time(new), work=work / f"step{i}"
-            )
-            old = new
-        if steps:
-            digests = {e.path: e.content.sha256() for e in tree if e.content is not None}
     elif p.fs == "ntfs":
         ntfs_fs.build(
-            fs_file, tree, tree_dir, label=label, seed=seed, now=now, start_sector=start, work=work
+            fs_file, first, tree_dir, label=label, seed=seed, now=now, start_sector=start, work=work
         )
     elif p.fs == "fat":
         fat_fs.build(
@@ -479,6 +471,14 @@ def _build_fs(
         xfs_fs.build(fs_file, tree, tree_dir, label=label, seed=seed, now=now, work=work)
     else:  # pragma: no cover - FsKind is exhausted above
         raise ConfigError(f"unknown filesystem {p.fs!r}")
+    if in_place and steps:
+        apply = ext4_fs.apply_change if p.fs == "ext4" else ntfs_fs.apply_change
+        old = first
+        for i, change in enumerate(steps, 1):
+            new = filter_tree(change.tree, policy)
+            apply(fs_file, old, change, new, now=_build_time(new), work=work / f"step{i}")
+            old = new
+        digests = {e.path: e.content.sha256() for e in tree if e.content is not None}
     info.manifest = tree.manifest(digests)
     copy_range(fs_file, image, slot.offset, skip_zero_blocks=True)
     shutil.rmtree(work)

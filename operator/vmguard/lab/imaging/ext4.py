@@ -24,7 +24,14 @@ from vmguard.errors import LabError
 from vmguard.lab.imaging.content import Content, Patch
 from vmguard.lab.imaging.table import guid
 from vmguard.lab.imaging.tools import run
-from vmguard.lab.imaging.tree import POSIX, Entry, NamePolicy, Tree, TreeChange
+from vmguard.lab.imaging.tree import (
+    POSIX,
+    Entry,
+    NamePolicy,
+    Tree,
+    TreeChange,
+    in_place_patch,
+)
 
 POLICY: NamePolicy = POSIX
 BLOCK = 4096
@@ -98,7 +105,7 @@ def apply_change(
     in_place: dict[str, Patch] = {}
     for path in change.changed:
         if path in old.entries and path in new.entries:
-            patch = _in_place_patch(old.entries[path], new.entries[path])
+            patch = in_place_patch(old.entries[path], new.entries[path])
             if patch is not None:
                 in_place[path] = patch
 
@@ -154,16 +161,6 @@ def apply_change(
 def _mtime(tree: Tree, path: str) -> int | None:
     e = tree.entries.get(path)
     return e.mtime if e is not None else None
-
-
-def _in_place_patch(old: Entry, new: Entry) -> Patch | None:
-    """The one patch that turns ``old``'s content into ``new``'s, if that is the change."""
-    a, b = old.content, new.content
-    if a is None or b is None or len(b.patches) != len(a.patches) + 1:
-        return None
-    if b.patches[:-1] != a.patches or (a.kind, a.size, a.seed) != (b.kind, b.size, b.seed):
-        return None
-    return b.patches[-1]
 
 
 def _overwrite_blocks(fs_path: Path, patches: dict[str, Patch], blocks: list[int]) -> None:

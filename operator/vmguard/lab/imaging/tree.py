@@ -319,6 +319,16 @@ def evolve(tree: Tree, seed: int, step: int) -> TreeChange:
     )
 
 
+def in_place_patch(old: Entry, new: Entry) -> Patch | None:
+    """The one patch that turns ``old``'s content into ``new``'s, if that is the change."""
+    a, b = old.content, new.content
+    if a is None or b is None or len(b.patches) != len(a.patches) + 1:
+        return None
+    if b.patches[:-1] != a.patches or (a.kind, a.size, a.seed) != (b.kind, b.size, b.seed):
+        return None
+    return b.patches[-1]
+
+
 # -- per-filesystem name rules ------------------------------------------------------------
 
 
