@@ -481,7 +481,18 @@ def _build_fs(
         digests = {e.path: e.content.sha256() for e in tree if e.content is not None}
     info.manifest = tree.manifest(digests)
     copy_range(fs_file, image, slot.offset, skip_zero_blocks=True)
-    shutil.rmtree(work)
+    _remove_tree(work)
+
+
+def _remove_tree(path: Path) -> None:
+    # The materialized tree has read-only directories (mode 0555), whose entries only
+    # root may delete: give them back to their owner first.
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o700)
+    shutil.rmtree(path)
 
 
 def _build_time(tree: Tree) -> int:
