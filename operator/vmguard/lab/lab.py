@@ -21,6 +21,7 @@ from typing import Any
 
 from vmguard.errors import LabError
 from vmguard.lab import build
+from vmguard.lab.imaging.tools import FAKETIME_DIRS
 from vmguard.lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
 from vmguard.lab.minio import ensure_bucket, start_minio
 from vmguard.lab.paths import LabPaths
@@ -101,6 +102,8 @@ def check_tools(paths: LabPaths) -> None:
         "zstd": "zstd",
     }
     missing = sorted({pkg for tool, pkg in needed.items() if not shutil.which(tool)})
+    if not any(Path(d, "libfaketime.so.1").exists() for d in FAKETIME_DIRS):
+        missing.append("libfaketime")
     try:
         import nbd  # noqa: F401
     except ImportError:
