@@ -14,26 +14,17 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from vmguard.transport.extents import Extent
+
+__all__ = ["Extent", "data_extents"]
 
 BLOCK = 4096
 _IO = 8 << 20
 _ZEROS = bytes(_IO)
 _FICLONE = 0x40049409
-
-
-@dataclass(frozen=True, order=True)
-class Extent:
-    """A byte range ``[offset, offset + length)``."""
-
-    offset: int
-    length: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
 
 
 def data_extents(path: Path, start: int = 0, end: int | None = None) -> list[Extent]:
