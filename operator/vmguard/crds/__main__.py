@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vmguard.crds.render import stale, write
+from vmguard.crds.render import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,14 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", nargs="?", default="crds", type=Path)
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
-    if args.check:
-        out_of_date = stale(args.directory)
-        for name in out_of_date:
-            print(f"{args.directory / name}: out of date", file=sys.stderr)
-        return 1 if out_of_date else 0
-    for path in write(args.directory):
-        print(f"wrote {path}")
-    return 0
+    return run(args.directory, check=args.check)
 
 
 if __name__ == "__main__":

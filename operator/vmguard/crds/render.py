@@ -6,6 +6,7 @@ The output is deterministic (key order as built, no line folding), so the files 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,15 @@ def stale(directory: Path) -> list[str]:
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             out.append(name)
     return out
+
+
+def run(directory: Path, *, check: bool) -> int:
+    """Write the manifests into ``directory`` (or, with ``check``, only compare); exit code."""
+    if check:
+        out_of_date = stale(directory)
+        for name in out_of_date:
+            print(f"{directory / name}: out of date (python -m vmguard.crds)", file=sys.stderr)
+        return 1 if out_of_date else 0
+    for path in write(directory):
+        print(f"wrote {path}")
+    return 0
