@@ -21,11 +21,16 @@ HEADER = (
 
 
 class _Dumper(yaml.SafeDumper):
-    """Readable CEL: strings with quotes in them become literal blocks, not escaped soup."""
+    """Readable CEL, and every node written out in full (no YAML anchors and aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if ("'" in value or '"' in value) and "\n" not in value else None
+    # A CEL expression with string literals in it would otherwise be quoted and escaped.
+    quoted = '"' in value or ("'" in value and ("self" in value or value.startswith("'")))
+    style = "|" if quoted and "\n" not in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
