@@ -99,13 +99,24 @@ def crds_installed(kube_api: Any, run_kubectl: Callable[..., Any]) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def namespace(kube_api: Any, crds_installed: None) -> Iterator[str]:
+def _namespace(kube_api: Any) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
     name = f"crds-{secrets.token_hex(4)}"
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def namespace(kube_api: Any, crds_installed: None) -> Iterator[str]:
+    """One namespace for the tests that only create objects."""
+    yield from _namespace(kube_api)
+
+
+@pytest.fixture
+def own_namespace(kube_api: Any, crds_installed: None) -> Iterator[str]:
+    """A namespace of the test's own, for tests that list what is in it."""
+    yield from _namespace(kube_api)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +203,65 @@ def test_defaults_are_filled_in(custom: client.CustomObjectsApi, namespace: str)
     assert (policy["priority"], policy["paused"]) == (0, False)
     backup = create(custom, namespace, example("vmbackup.yaml"))["spec"]
     assert backup["mode"] == "auto"
+
+
+@pytest.mark.lab
+def test_other_valid_shapes_are_accepted(custom: client.CustomObjectsApi, namespace: str) -> None:
+    """The one-ofs and optional blocks the examples do not show, each in a valid form."""
+    shapes: list[tuple[str, Mutation]] = [
+        ("vcenter.yaml", _set("spec.tls", {"thumbprint": ":".join(["ab"] * 20)})),
+        ("vcenter.yaml", _set("spec.tls", {"insecureSkipVerify": True})),
+        ("vcenter.yaml", _set("spec.tls", {"caBundle": "-----BEGIN CERTIFICATE-----\nMII…"})),
+        ("vcenter.yaml", _all(_delete("spec.tls"), _set("spec.host", "2001:db8::10"))),
+        ("backuprepository.yaml", _all(_delete("spec.encryption"), _delete("spec.s3.prefix"))),
+        ("policy-gold.yaml", _set("spec.hooks.preSnapshot.0.command", "C:\\bin\\freeze.cmd")),
+        ("policy-gold.yaml", _set("spec.mode", {"type": "full"})),
+        ("policy-gold.yaml", _set("spec.selector", {"names": ["*"], "powerStates": ["poweredOn"]})),
+        ("vmbackup.yaml", _set("spec.vm", {"name": "only a name"})),
+        (
+            "vmbackup.yaml",
+            _all(
+                _delete("spec.policyRef"),
+                _set("spec.vcenterRef", {"name": "vc-prod"}),
+                _set("spec.repositoryRef", {"name": "minio-main"}),
+            ),
+        ),
+        ("vmrestore.yaml", _set("spec.target", {"inPlace": {"confirm": True}})),
+        (
+            "vmrestore.yaml",
+            _set(
+                "spec.target",
+                {
+                    "disks": [
+                        {"source": {"key": 2000}, "overwrite": {"confirm": True}},
+                        {
+                            "source": {"label": "Hard disk 2"},
+                            "attachTo": {"vm": {"name": "rescue-vm"}, "datastore": "ds2"},
+                        },
+                    ]
+                },
+            ),
+        ),
+        (
+            "vmrestore.yaml",
+            _set(
+                "spec.target",
+                {
+                    "files": {
+                        "disk": {"label": "Hard disk 1"},
+                        "partition": 2,
+                        "paths": ["/Users/*/Documents/**", "/etc/nginx"],
+                        "to": {"s3": {"bucket": "restores", "prefix": "tickets/4711"}},
+                    }
+                },
+            ),
+        ),
+    ]
+    for file, mutate in shapes:
+        body = example(file)
+        mutate(body)
+        created = create(custom, namespace, body)
+        assert _contains(created["spec"], body["spec"]), (file, created["spec"])
 
 
 def _set(path: str, value: Any) -> Mutation:
@@ -542,6 +612,27 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
         ["spec.target.files.to.pvc.path", "no .."],
     ),
     (
+        "restore-files-relative-path",
+        "vmrestore.yaml",
+        _set("spec.target", {"files": {"paths": ["etc/hosts"], "to": {"pvc": {"claimName": "d"}}}}),
+        ["spec.target.files.paths[0]", "paths start at a file system's root"],
+    ),
+    (
+        "restore-files-partition-without-disk",
+        "vmrestore.yaml",
+        _set(
+            "spec.target",
+            {"files": {"partition": 2, "paths": ["/x"], "to": {"pvc": {"claimName": "d"}}}},
+        ),
+        ["spec.target.files.partition", "needs files.disk"],
+    ),
+    (
+        "hook-relative-command",
+        "policy-gold.yaml",
+        _set("spec.hooks.preSnapshot.0.command", "db-freeze"),
+        ["spec.hooks.preSnapshot[0].command", "must be an absolute path"],
+    ),
+    (
         "restore-backup-ref-not-a-name",
         "vmrestore.yaml",
         _set("spec.source.backupRef.name", "Backup 1"),
@@ -731,11 +822,10 @@ def _ready(reason: str) -> dict[str, Any]:
 @pytest.mark.lab
 def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
     custom: client.CustomObjectsApi,
-    kube_api: Any,
+    own_namespace: str,
     run_kubectl: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
-    ns = f"crds-get-{secrets.token_hex(3)}"
-    client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": ns}})
+    ns = own_namespace
     objs = {
         f: example(f, name=f.removesuffix(".yaml"))
         for f in (
@@ -819,7 +909,6 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
     ]:
         done = run_kubectl("get", short, "-n", ns, "-o", "name")
         assert done.returncode == 0 and done.stdout.strip().endswith("/" + name), done
-    client.CoreV1Api(kube_api).delete_namespace(ns)
 
 
 def _tables(out: str) -> dict[str, dict[str, str]]:

@@ -45,6 +45,11 @@ IPV6 = r"[0-9a-fA-F:.]*:[0-9a-fA-F:.]*"
 # opens a class that must be closed and non-empty (fnmatch would silently take an
 # unclosed one literally, and a typo there would quietly select other VMs).
 GLOB = r"^([^\[]|\[!?[^\]]+\])*$"
+# S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
+BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# An object key prefix: non-empty segments of S3's safe characters, no leading or
+# trailing slash, no '//'.
+KEY_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
 MAX_VM_NAME = 255
 MAX_INVENTORY_PATH = 2048
 
@@ -254,6 +259,21 @@ def pem_bundle(description: str) -> Schema:
                 "must hold PEM certificates (-----BEGIN CERTIFICATE-----)",
             )
         ],
+    )
+
+
+def bucket(description: str) -> Schema:
+    return string(description, min_length=3, max_length=63, pattern=BUCKET)
+
+
+def key_prefix(description: str) -> Schema:
+    """An S3 key prefix; ``.`` and ``..`` segments are refused (they mean nothing to S3)."""
+    return string(
+        description,
+        min_length=1,
+        max_length=512,
+        pattern=KEY_PREFIX,
+        rules=[rule("!self.split('/').exists(s, s == '..' || s == '.')", "no . or .. segments")],
     )
 
 

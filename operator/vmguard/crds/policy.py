@@ -148,7 +148,15 @@ hook = obj(
     {
         "name": string("Label for status and events.", min_length=1, max_length=63),
         "command": string(
-            "Absolute path of the program in the guest.", min_length=1, max_length=1024
+            "Absolute path of the program in the guest (/usr/local/bin/x or C:\\x.exe).",
+            min_length=1,
+            max_length=1024,
+            rules=[
+                rule(
+                    r"self.startsWith('/') || self.matches(r'^[A-Za-z]:[\\/]')",
+                    "command must be an absolute path in the guest",
+                )
+            ],
         ),
         "args": array(None, string(max_length=4096), max_items=64),
         "timeout": f.duration("Kill the command after this long.", maximum="1h", default="5m"),

@@ -25,10 +25,6 @@ from vmguard.crds.schema import (
 MiB = 1 << 20
 CHUNK_SIZES = [MiB << n for n in range(7)]  # 1 MiB … 64 MiB
 DEFAULT_CHUNK_SIZE = 4 * MiB
-# S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
-BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-# A prefix is a path of non-empty segments: no leading or trailing slash, no '//'.
-PREFIX = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
 
 s3 = obj(
     "The S3 service and the place in it where the repository lives.",
@@ -36,22 +32,13 @@ s3 = obj(
         "endpoint": f.endpoint(
             "host[:port] of the S3 API, e.g. minio.backup.svc:9000 or s3.eu-west-1.amazonaws.com."
         ),
-        "bucket": string(
+        "bucket": f.bucket(
             "Bucket name; the bucket must exist (with Object Lock enabled when "
-            "objectLockDays is set).",
-            min_length=3,
-            max_length=63,
-            pattern=BUCKET,
+            "objectLockDays is set)."
         ),
-        "prefix": string(
+        "prefix": f.key_prefix(
             "Key prefix of the repository inside the bucket, so several repositories "
-            "can share a bucket. Empty: the bucket root.",
-            min_length=1,
-            max_length=512,
-            pattern=PREFIX,
-            rules=[
-                rule("!self.split('/').exists(s, s == '..' || s == '.')", "no . or .. segments")
-            ],
+            "can share a bucket. Absent: the bucket root."
         ),
         "region": string("Region of the bucket (MinIO ignores it).", min_length=1, max_length=63),
         "insecure": boolean(

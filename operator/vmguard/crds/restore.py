@@ -98,9 +98,21 @@ files = obj(
     "Copy files out of the backup's file systems without restoring a disk.",
     {
         "disk": _disk_selector("Only this disk (default: every disk)."),
+        "partition": integer(
+            "Only this partition of the disk, numbered from 1 as in the partition table "
+            "(default: every file system found).",
+            minimum=1,
+            maximum=128,
+        ),
         "paths": array(
-            "Absolute paths or globs inside the guest, e.g. /etc/nginx/** or C:/Users/*/Documents.",
-            string(min_length=1, max_length=4096),
+            "Paths or globs from the root of each file system, with / as separator and "
+            "no drive letter (the backup knows partitions, not the guest's mounts or "
+            "drive letters), e.g. /etc/nginx/** or /Users/*/Documents.",
+            string(
+                min_length=1,
+                max_length=4096,
+                rules=[rule("self.startsWith('/')", "paths start at a file system's root: /")],
+            ),
             min_items=1,
             max_items=256,
         ),
@@ -110,14 +122,10 @@ files = obj(
                 "s3": obj(
                     "Objects under a prefix, in the source repository's S3 service.",
                     {
-                        "bucket": string(
-                            "Bucket (default: the repository's; never inside its prefix).",
-                            min_length=3,
-                            max_length=63,
-                            pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-                        ),
-                        "prefix": string(
-                            "Key prefix for the restored files.", min_length=1, max_length=512
+                        "bucket": f.bucket("Bucket (default: the repository's)."),
+                        "prefix": f.key_prefix(
+                            "Key prefix for the restored files; the operator refuses one "
+                            "inside the repository's own prefix."
                         ),
                     },
                     required=["prefix"],
@@ -144,6 +152,13 @@ files = obj(
         ),
     },
     required=["paths", "to"],
+    rules=[
+        rule(
+            "!has(self.partition) || has(self.disk)",
+            "files.partition needs files.disk: partitions are numbered per disk",
+            field_path=".partition",
+        )
+    ],
 )
 
 target = obj(
