@@ -189,13 +189,6 @@ def exactly_one(fields: Sequence[str], what: str) -> Schema:
     return rule(f"{count} == 1", f"{what}: set exactly one of {names}")
 
 
-def at_most_one(fields: Sequence[str], what: str) -> Schema:
-    """A rule on an object: no two of ``fields`` are set together."""
-    count = " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
-    names = ", ".join(fields)
-    return rule(f"{count} <= 1", f"{what}: set at most one of {names}")
-
-
 def immutable(what: str) -> Schema:
     """A transition rule: the node may not change once the object exists."""
     return rule("self == oldSelf", f"{what} is immutable")
