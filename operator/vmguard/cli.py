@@ -11,6 +11,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from vmguard.errors import VmguardError
 
@@ -52,6 +53,12 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crds(args: argparse.Namespace) -> int:
+    from vmguard.crds.render import run
+
+    return run(Path(args.check or args.write), check=bool(args.check))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmguard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -68,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub.add_parser("build", help="build the lab's Go components (cached)")
     lab_sub.add_parser("inventory", help="endpoints, nodes, VMs and buckets of the running lab")
     lab.set_defaults(func=_lab)
+
+    crds = sub.add_parser("crds", help="write or check the CRD manifests (crds/*.yaml)")
+    target = crds.add_mutually_exclusive_group(required=True)
+    target.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
+    target.add_argument("--check", metavar="DIR", help="exit 1 if DIR's manifests are stale")
+    crds.set_defaults(func=_crds)
     return parser
 
 

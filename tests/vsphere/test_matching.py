@@ -87,33 +87,53 @@ def test_criteria_are_anded_alternatives_ored() -> None:
     assert not sel.matches(vm("app-1", cluster="C1"))
 
 
-def test_tags_custom_attributes_power_state() -> None:
-    gold = vm("a", tags=("backup-tier:gold",))
-    assert Selector.from_spec({"tags": ["backup-tier:gold"]}).matches(gold)
-    assert Selector.from_spec({"tags": ["gold"]}).matches(gold)
-    assert not Selector.from_spec({"tags": ["silver"]}).matches(gold)
+def test_tags_and_attributes_are_all_required_power_states_any() -> None:
+    gold = vm("a", tags=("backup-tier:gold", "env:prod"))
+    assert Selector.from_spec({"tags": [{"category": "backup-tier", "name": "gold"}]}).matches(gold)
+    assert Selector.from_spec({"tags": [{"name": "gold"}]}).matches(gold)
+    assert not Selector.from_spec({"tags": [{"category": "env", "name": "gold"}]}).matches(gold)
+    both = {"tags": [{"name": "gold"}, {"category": "env", "name": "prod"}]}
+    assert Selector.from_spec(both).matches(gold)
+    assert not Selector.from_spec(both).matches(vm("b", tags=("backup-tier:gold",)))
     owned = vm("b", custom_attributes={"owner": "team-db", "backup": "yes"})
-    assert Selector.from_spec({"customAttributes": {"owner": "team-*"}}).matches(owned)
-    assert not Selector.from_spec({"customAttributes": {"owner": "ops"}}).matches(owned)
-    assert not Selector.from_spec({"customAttributes": {"missing": "*"}}).matches(owned)
+    attrs = [{"name": "owner", "value": "team-db"}, {"name": "backup", "value": "yes"}]
+    assert Selector.from_spec({"customAttributes": attrs}).matches(owned)
+    attrs[1]["value"] = "no"
+    assert not Selector.from_spec({"customAttributes": attrs}).matches(owned)
+    missing = [{"name": "missing", "value": ""}]
+    assert not Selector.from_spec({"customAttributes": missing}).matches(owned)
     off = vm("c", power_state="poweredOff")
-    assert Selector.from_spec({"names": ["*"], "powerStates": ["poweredOff"]}).matches(off)
+    on_or_off = {"names": ["*"], "powerStates": ["poweredOn", "poweredOff"]}
+    assert Selector.from_spec(on_or_off).matches(off)
     assert not Selector.from_spec({"names": ["*"], "powerStates": ["poweredOn"]}).matches(off)
 
 
-def test_exclusions_win() -> None:
+def test_clusters_by_name_or_path_datacenters_exact() -> None:
+    v = vm("a", cluster="C1", cluster_path="/DC0/host/C1", datacenter="DC0")
+    assert Selector.from_spec({"clusters": ["C1"]}).matches(v)
+    assert Selector.from_spec({"clusters": ["/DC0/host/C1"]}).matches(v)
+    assert not Selector.from_spec({"clusters": ["C"]}).matches(v)
+    assert Selector.from_spec({"datacenters": ["DC0", "DC9"]}).matches(v)
+    assert not Selector.from_spec({"datacenters": ["DC"]}).matches(v)
+
+
+def test_exclusions_win_and_any_exclusion_excludes() -> None:
     sel = Selector.from_spec(
-        {"names": ["*"], "exclude": {"names": ["*-scratch"], "tags": ["no-backup"]}}
+        {
+            "names": ["*"],
+            "folders": ["/DC0"],
+            "exclude": {"names": ["*-scratch"], "tags": [{"name": "no-backup"}, {"name": "tmp"}]},
+        }
     )
-    assert sel.matches(vm("db"))
-    assert not sel.matches(vm("db-scratch"))
-    assert not sel.matches(vm("db", tags=("policy:no-backup",)))
+    assert sel.matches(vm("db", folder_path="/DC0/vm"))
+    assert not sel.matches(vm("db-scratch", folder_path="/DC0/vm"))
+    assert not sel.matches(vm("db", folder_path="/DC0/vm", tags=("policy:no-backup",)))
+    assert not sel.matches(vm("db", folder_path="/DC0/vm", tags=("lifecycle:tmp",)))
 
 
-def test_templates_only_when_asked() -> None:
+def test_templates_are_never_selected() -> None:
     tmpl = vm("golden", template=True)
-    assert not Selector.from_spec({"names": ["*"]}).matches(tmpl)
-    assert Selector.from_spec({"names": ["*"], "templates": True}).matches(tmpl)
+    assert not Selector.from_spec({"names": ["*"], "folders": ["/"]}).matches(tmpl)
     result = assign([tmpl], [policy("default", default=True)], "vc1")
     assert result.assignments[0].reason == "Template"
     assert result.unprotected == []
@@ -121,9 +141,10 @@ def test_templates_only_when_asked() -> None:
 
 def test_priority_then_name_and_ties_are_reported() -> None:
     vms = [vm("db-1", tags=("backup-tier:gold",))]
+    gold = {"tags": [{"name": "gold"}]}
     policies = [
-        policy("b-gold", {"tags": ["gold"]}, priority=10),
-        policy("a-gold", {"tags": ["gold"]}, priority=10),
+        policy("b-gold", gold, priority=10),
+        policy("a-gold", gold, priority=10),
         policy("all-db", {"names": ["db-*"]}, priority=5),
         policy("default", default=True),
     ]
@@ -149,7 +170,7 @@ def test_fail_safe_default_and_unprotected() -> None:
 def test_exactly_one_policy_per_vm_over_many() -> None:
     vms = [vm(f"vm-{i}", tags=(f"t:{i % 3}",), cluster=f"C{i % 2}") for i in range(300)]
     policies = [
-        policy("t0", {"tags": ["t:0"]}, priority=1),
+        policy("t0", {"tags": [{"category": "t", "name": "0"}]}, priority=1),
         policy("c1", {"clusters": ["C1"]}, priority=2),
         policy("default", default=True),
     ]
@@ -183,7 +204,7 @@ def test_policy_from_object() -> None:
                 "vcenterRef": {"name": "vc1"},
                 "priority": 7,
                 "paused": True,
-                "selector": {"tags": ["gold"], "exclude": {"names": ["tmp-*"]}},
+                "selector": {"tags": [{"name": "gold"}], "exclude": {"names": ["tmp-*"]}},
             },
         }
     )

@@ -2,20 +2,22 @@
 
 Rules (the resource model documents them for users):
 
-- A **selector** is a conjunction of criteria; each criterion lists alternatives. A VM
-  matches when, for every criterion the selector sets, at least one alternative
-  matches. A selector that sets nothing matches nothing: a policy protects what it
-  names, never everything by accident.
-- ``exclude`` has the same criteria; a VM matching *any* exclusion criterion is
-  excluded (exclusions are a disjunction — "not these names, not this folder").
-- Name and folder globs use shell patterns (``*``, ``?``, ``[...]``), matched against
-  the whole name, case-sensitively, Unicode included; ``**`` in a folder pattern also
-  crosses ``/``. A folder pattern without wildcards matches that folder and every folder
-  below it.
-- Tags match ``category:tag`` or the bare tag name; custom attributes match
-  ``key: value-glob``.
-- Templates are matched only by selectors with ``templates: true``; a template no such
-  selector claims is reported as ``Template``, not as unprotected.
+- A **selector** (the ``VMProtectionPolicy`` CRD's ``spec.selector``) is a conjunction
+  of criteria. ``names`` (globs), ``folders``, ``datacenters``, ``clusters`` and
+  ``powerStates`` list alternatives: one entry must match. ``tags`` and
+  ``customAttributes`` are required together, like a label selector's ``matchLabels``:
+  the VM must carry every one. A selector that sets nothing matches nothing: a policy
+  protects what it names, never everything by accident.
+- ``exclude`` has ``names``, ``folders``, ``tags`` and ``customAttributes``; a VM matching
+  *any* of its entries is excluded ("not these names, not this folder, not this tag").
+- Name globs are shell patterns (``*``, ``?``, ``[...]``) over the whole name,
+  case-sensitive, Unicode included. A folder matches itself and every folder below it;
+  patterns with wildcards are accepted too (``*`` stays within one level, ``**``
+  crosses levels). A cluster is named by its name or its inventory path.
+- A tag is ``{category, name}`` (category optional); a custom attribute is
+  ``{name, value}`` with an exact value.
+- Templates are never selected: a template is reported as ``Template``, not as
+  unprotected.
 - Every VM gets **exactly one** effective policy: among the non-default policies of its
   vCenter that match, the highest ``priority`` wins; at equal priority the policy whose
   name sorts first wins and the others are reported as a conflict. If none matches, the
@@ -41,79 +43,78 @@ class Criteria:
     folders: tuple[str, ...] = ()
     datacenters: tuple[str, ...] = ()
     clusters: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
+    # ("category", "name") with category "" for any category
+    tags: tuple[tuple[str, str], ...] = ()
     custom_attributes: tuple[tuple[str, str], ...] = ()
     power_states: tuple[str, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> Criteria:
         spec = spec or {}
-        attrs = spec.get("customAttributes") or {}
         return cls(
             names=tuple(spec.get("names") or ()),
             folders=tuple(spec.get("folders") or ()),
             datacenters=tuple(spec.get("datacenters") or ()),
             clusters=tuple(spec.get("clusters") or ()),
-            hosts=tuple(spec.get("hosts") or ()),
-            tags=tuple(spec.get("tags") or ()),
-            custom_attributes=tuple(sorted(attrs.items())),
+            tags=tuple((t.get("category", ""), t["name"]) for t in spec.get("tags") or ()),
+            custom_attributes=tuple(
+                (a["name"], a["value"]) for a in spec.get("customAttributes") or ()
+            ),
             power_states=tuple(spec.get("powerStates") or ()),
         )
 
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in self.__dataclass_fields__)
 
-    def checks(self, vm: VMRecord) -> list[bool]:
-        """One result per criterion this selector sets."""
+    def checks(self, vm: VMRecord, every_tag: bool) -> list[bool]:
+        """One result per criterion this selector sets.
+
+        ``every_tag``: tags and custom attributes must all be present (a selector's
+        rule) rather than any one of them (an exclusion's rule).
+        """
         out = []
         if self.names:
             out.append(any(fnmatchcase(vm.name, p) for p in self.names))
         if self.folders:
             out.append(any(folder_matches(vm.folder_path, p) for p in self.folders))
         if self.datacenters:
-            out.append(any(fnmatchcase(vm.datacenter, p) for p in self.datacenters))
+            out.append(vm.datacenter in self.datacenters)
         if self.clusters:
-            out.append(any(fnmatchcase(vm.cluster, p) for p in self.clusters))
-        if self.hosts:
-            out.append(any(fnmatchcase(vm.host, p) for p in self.hosts))
+            out.append(any(c in (vm.cluster, vm.cluster_path) for c in self.clusters))
+        combine = all if every_tag else any
         if self.tags:
-            names = vm.tag_names
-            out.append(any(any(fnmatchcase(n, p) for n in names) for p in self.tags))
+            out.append(combine(_has_tag(vm, cat, name) for cat, name in self.tags))
         if self.custom_attributes:
-            out.append(
-                any(
-                    key in vm.custom_attributes and fnmatchcase(vm.custom_attributes[key], value)
-                    for key, value in self.custom_attributes
-                )
-            )
+            attrs = vm.custom_attributes
+            out.append(combine(attrs.get(k) == v for k, v in self.custom_attributes))
         if self.power_states:
             out.append(vm.power_state in self.power_states)
         return out
+
+
+def _has_tag(vm: VMRecord, category: str, name: str) -> bool:
+    return f"{category}:{name}" in vm.tags if category else name in vm.tag_names
 
 
 @dataclass(frozen=True)
 class Selector:
     include: Criteria = field(default_factory=Criteria)
     exclude: Criteria = field(default_factory=Criteria)
-    templates: bool = False
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> Selector:
         spec = spec or {}
         return cls(
-            include=Criteria.from_spec(spec),
-            exclude=Criteria.from_spec(spec.get("exclude")),
-            templates=bool(spec.get("templates", False)),
+            include=Criteria.from_spec(spec), exclude=Criteria.from_spec(spec.get("exclude"))
         )
 
     def matches(self, vm: VMRecord) -> bool:
-        if vm.template and not self.templates:
+        if vm.template:
             return False
-        checks = self.include.checks(vm)
+        checks = self.include.checks(vm, every_tag=True)
         if not checks or not all(checks):
             return False
-        return not any(self.exclude.checks(vm))
+        return not any(self.exclude.checks(vm, every_tag=False))
 
 
 @lru_cache(maxsize=1024)

@@ -58,6 +58,7 @@ class VMRecord:
     folder_path: str = ""
     datacenter: str = ""
     cluster: str = ""
+    cluster_path: str = ""
     host: str = ""
     resource_pool: str = ""
     datastores: tuple[str, ...] = ()

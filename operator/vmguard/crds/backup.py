@@ -1,0 +1,189 @@
+"""``VMBackup``: one backup of one VM at one point in time.
+
+Policies create VMBackups on schedule (named deterministically, labelled with VM and
+policy); people create them for an ad-hoc backup. The spec is the request and never
+changes after creation (``self == oldSelf``): a different request is a different
+backup. Everything the operator and the proxy Job learn on the way — phase, which mode
+was used and why, per-disk bytes, snapshot, Job, archive id — is in status, so
+``kubectl get vmbackups -w`` shows a backup move, and the catalog sync can rebuild the
+object from the archive in the bucket.
+
+Phases: Pending → Snapshotting → Transferring → Finalizing → Completed | Failed |
+PartiallyFailed (some disks saved, not all: the archive is kept but marked so).
+"""
+
+from __future__ import annotations
+
+from vmguard.crds import fields as f
+from vmguard.crds.definition import Kind, column
+from vmguard.crds.schema import (
+    array,
+    boolean,
+    enum,
+    immutable,
+    integer,
+    number,
+    obj,
+    rule,
+    string,
+    timestamp,
+)
+
+PHASES = [
+    "Pending",
+    "Snapshotting",
+    "Transferring",
+    "Finalizing",
+    "Completed",
+    "Failed",
+    "PartiallyFailed",
+]
+MODES_USED = ["full", "incremental", "fullScan"]
+MAX_DISKS = 256  # vSphere 8 allows up to 256 virtual disks per VM
+
+spec = obj(
+    "What to back up. Immutable: create a new VMBackup for a new backup.",
+    {
+        "vm": f.vm_identity(
+            "The VM. Backups the operator creates carry all three ids; for an ad-hoc "
+            "backup one is enough (a name must then be unique in the vCenter), and the "
+            "operator records the resolved ids in status.vm.",
+            required=True,
+        ),
+        "policyRef": f.local_ref(
+            "The policy this backup is made under: its retention, transport, quiesce and "
+            "hooks apply. Without one, give vcenterRef and repositoryRef; the backup is then "
+            "kept until deleted.",
+            "VMProtectionPolicy",
+            label=True,
+        ),
+        "vcenterRef": f.local_ref(
+            "The VM's vCenter (default: the policy's).", "VCenter", label=True
+        ),
+        "repositoryRef": f.local_ref(
+            "Where to store the backup (default: the policy's).", "BackupRepository", label=True
+        ),
+        "mode": enum(
+            "auto: incremental from the VM's last archive when the CBT chain allows, else a "
+            "full scan; full: read every allocated block, ignoring CBT.",
+            ["auto", "full"],
+            default="auto",
+        ),
+    },
+    required=["vm"],
+    rules=[
+        immutable("VMBackup spec"),
+        rule(
+            "has(self.policyRef) || (has(self.vcenterRef) && has(self.repositoryRef))",
+            "give policyRef, or both vcenterRef and repositoryRef",
+        ),
+    ],
+)
+
+disk = obj(
+    "One virtual disk of the backed-up VM.",
+    {
+        "key": integer("Device key of the disk in the VM, e.g. 2000.", minimum=0),
+        "label": string("Device label, e.g. 'Hard disk 1'.", max_length=255),
+        "uuid": string("Disk UUID (backing.uuid).", max_length=64),
+        "backing": string(
+            "Datastore path of the disk file the snapshot read, e.g. '[ds1] vm/vm.vmdk'.",
+            max_length=2048,
+        ),
+        "datastore": string("Datastore name.", max_length=255),
+        "capacityBytes": integer(minimum=0, int64=True),
+        "mode": string("How this disk was read.", max_length=16, enum=MODES_USED),
+        "changeId": string(
+            "CBT change id recorded at the snapshot; the next incremental starts from it.",
+            max_length=128,
+        ),
+        "bytesRead": integer("Bytes read from vSphere.", minimum=0, int64=True),
+        "bytesChanged": integer("Bytes CBT reported as changed.", minimum=0, int64=True),
+        "bytesUploaded": integer(
+            "Bytes written to the repository (compressed, new chunks only).",
+            minimum=0,
+            int64=True,
+        ),
+        "chunksNew": integer("Chunks the repository did not have.", minimum=0, int64=True),
+        "chunksReused": integer("Chunks already in the repository.", minimum=0, int64=True),
+        "error": string("Why this disk failed (PartiallyFailed).", max_length=4096),
+    },
+    required=["key"],
+)
+
+status = obj(
+    "Progress and outcome of the backup.",
+    {
+        "observedGeneration": f.observed_generation(),
+        "conditions": f.conditions(),
+        "phase": enum("Where the backup is; see the kind's description.", PHASES),
+        "vm": f.vm_identity("The VM as resolved at snapshot time.", required=False),
+        "vcenter": string("Name of the VCenter used.", max_length=63),
+        "repository": string("Name of the BackupRepository used.", max_length=63),
+        "modeUsed": enum("What was read: full, incremental (CBT) or fullScan.", MODES_USED),
+        "modeReason": string(
+            "Why this mode, e.g. 'first backup of this VM', 'CBT change id unknown "
+            "(disk resized)', 'fullEvery 7 reached'.",
+            max_length=1024,
+        ),
+        "quiesced": boolean("Whether the snapshot was quiesced."),
+        "snapshot": obj(
+            "The vSphere snapshot this backup took; it is removed in every outcome.",
+            {
+                "moref": string("Snapshot id, e.g. snapshot-77.", max_length=64),
+                "name": string("Snapshot name (derived from this object's UID).", max_length=255),
+                "createTime": timestamp("When vSphere took it."),
+                "removed": boolean("Whether it has been removed and consolidated."),
+            },
+        ),
+        "jobName": string("The proxy Job moving the data.", max_length=63),
+        "attempts": integer("Transfer attempts made.", minimum=0),
+        "progress": f.progress("transfer"),
+        "disks": array("Per disk.", disk, max_items=MAX_DISKS, list_type="map", map_keys=["key"]),
+        "totals": obj(
+            "Sums over all disks.",
+            {
+                "capacityBytes": integer(minimum=0, int64=True),
+                "bytesRead": integer(minimum=0, int64=True),
+                "bytesChanged": integer(minimum=0, int64=True),
+                "bytesUploaded": integer(minimum=0, int64=True),
+                "chunksNew": integer(minimum=0, int64=True),
+                "chunksReused": integer(minimum=0, int64=True),
+            },
+        ),
+        "archiveId": string(
+            "Id of the archive in the repository; set once its manifest is committed.",
+            max_length=128,
+        ),
+        "startTime": timestamp("When the operator started working on the backup."),
+        "completionTime": timestamp("When it reached Completed, Failed or PartiallyFailed."),
+        "durationSeconds": number("completionTime - startTime.", minimum=0),
+        "error": f.failure(),
+    },
+)
+
+KIND = Kind(
+    kind="VMBackup",
+    plural="vmbackups",
+    short_names=["vmb"],
+    description="One backup of one VM at one point in time.",
+    spec=spec,
+    status=status,
+    columns=[
+        column("VM", ".spec.vm.name", "VM name."),
+        column("Policy", ".spec.policyRef.name", "Policy the backup is made under."),
+        column("Phase", ".status.phase", "Where the backup is."),
+        column("Mode", ".status.modeUsed", "full, incremental or fullScan."),
+        column("Progress%", ".status.progress.percent", "Percent transferred.", type_="integer"),
+        column(
+            "Uploaded",
+            ".status.totals.bytesUploaded",
+            "Bytes written to the repository.",
+            type_="integer",
+            priority=1,
+        ),
+        column("Duration", ".status.durationSeconds", "Seconds.", type_="number", priority=1),
+        column("Archive", ".status.archiveId", "Archive id.", priority=1),
+        column("Reason", ".status.error.reason", "Why it failed.", priority=1),
+    ],
+)

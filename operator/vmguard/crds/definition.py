@@ -1,0 +1,124 @@
+"""A vmguard kind as data, and its rendering into a CustomResourceDefinition.
+
+:class:`Kind` holds what differs between the five kinds (names, schemas, printer
+columns); :meth:`Kind.crd` adds what is the same for all of them, so the conventions
+are written once: group ``vmguard.io``, version ``v1alpha1`` served and stored,
+namespaced, the ``vmguard`` category, a status subresource, an ``Age`` column last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.crds.schema import Schema, obj, rule, string
+
+GROUP = "vmguard.io"
+VERSION = "v1alpha1"
+CATEGORY = "vmguard"
+
+
+def column(
+    name: str,
+    json_path: str,
+    description: str,
+    *,
+    type_: str = "string",
+    priority: int = 0,
+    fmt: str | None = None,
+) -> dict[str, Any]:
+    """One ``additionalPrinterColumns`` entry; ``priority`` 1 shows only with ``-o wide``."""
+    out: dict[str, Any] = {
+        "name": name,
+        "type": type_,
+        "jsonPath": json_path,
+        "description": description,
+    }
+    if fmt is not None:
+        out["format"] = fmt
+    if priority:
+        out["priority"] = priority
+    return out
+
+
+def ready_column() -> dict[str, Any]:
+    return column(
+        "Ready",
+        '.status.conditions[?(@.type=="Ready")].status',
+        "Status of the Ready condition.",
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource kind of vmguard."""
+
+    kind: str
+    plural: str
+    short_names: Sequence[str]
+    description: str
+    spec: Schema
+    status: Schema
+    columns: Sequence[dict[str, Any]] = ()
+    # Rules on the whole object; the only place CEL can see metadata.name.
+    root_rules: Sequence[Schema] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+    def crd(self) -> dict[str, Any]:
+        schema = obj(
+            self.description,
+            {
+                "apiVersion": string(max_length=253),
+                "kind": string(max_length=63),
+                "metadata": {"type": "object"},
+                "spec": self.spec,
+                "status": self.status,
+            },
+            required=["spec"],
+            rules=list(self.root_rules),
+        )
+        age = column("Age", ".metadata.creationTimestamp", "Time since creation.", type_="date")
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {
+                "name": self.name,
+                "labels": {"app.kubernetes.io/part-of": "vmguard"},
+            },
+            "spec": {
+                "group": GROUP,
+                "scope": "Namespaced",
+                "names": {
+                    "kind": self.kind,
+                    "listKind": f"{self.kind}List",
+                    "plural": self.plural,
+                    "singular": self.kind.lower(),
+                    "shortNames": list(self.short_names),
+                    "categories": [CATEGORY],
+                },
+                "versions": [
+                    {
+                        "name": VERSION,
+                        "served": True,
+                        "storage": True,
+                        "subresources": {"status": {}},
+                        "additionalPrinterColumns": [*self.columns, age],
+                        "schema": {"openAPIV3Schema": schema},
+                    }
+                ],
+            },
+        }
+
+
+def name_is_label(kind: str, why: str) -> Schema:
+    """A root rule: the object's own name must be a DNS-1123 label (≤ 63 characters)."""
+    return rule(
+        "size(self.metadata.name) <= 63 && "
+        "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        f"metadata.name: a {kind} name must be a DNS-1123 label (at most 63 characters, "
+        f"no dots): {why}",
+    )

@@ -1,0 +1,392 @@
+"""``VMProtectionPolicy``: which VMs are protected, when, where to, and for how long.
+
+Every discovered VM gets exactly one effective policy: of the non-default policies of
+its vCenter whose selector matches it, the one with the highest ``priority`` (ties go
+to the name that sorts first, and are reported); failing that, the vCenter's default
+policy (``default: true``). A default policy therefore has no selector, and every other
+policy must have one that constrains something: a selector of ``names: ["*"]`` alone
+would be a second, unmarked default.
+
+Selector semantics: every criterion given must hold (AND). Within ``names``,
+``folders``, ``datacenters``, ``clusters`` and ``powerStates`` any one entry may match
+(OR); ``tags`` and ``customAttributes`` must all be present on the VM (AND), like a
+label selector's ``matchLabels``. A VM matching any ``exclude`` criterion is not
+selected.
+"""
+
+from __future__ import annotations
+
+from vmguard.crds import fields as f
+from vmguard.crds.definition import Kind, column, name_is_label, ready_column
+from vmguard.crds.schema import (
+    Schema,
+    array,
+    boolean,
+    enum,
+    integer,
+    obj,
+    rule,
+    string,
+    timestamp,
+)
+
+POWER_STATES = ["poweredOn", "poweredOff", "suspended"]
+RETENTION = ["keepLast", "keepHourly", "keepDaily", "keepWeekly", "keepMonthly", "keepYearly"]
+
+
+def _tag() -> Schema:
+    return obj(
+        "A vSphere tag, optionally qualified by its category.",
+        {
+            "category": string("Tag category name.", min_length=1, max_length=255),
+            "name": string("Tag name.", min_length=1, max_length=255),
+        },
+        required=["name"],
+    )
+
+
+def _attribute() -> Schema:
+    return obj(
+        "A vSphere custom attribute and the value it must have.",
+        {
+            "name": string("Custom attribute name.", min_length=1, max_length=255),
+            "value": string("Exact value.", max_length=1024),
+        },
+        required=["name", "value"],
+    )
+
+
+def _criteria(exclude: bool) -> dict[str, Schema]:
+    verb = "Exclude" if exclude else "Select"
+    props: dict[str, Schema] = {
+        "names": array(
+            f"{verb} VMs whose name matches any of these globs.",
+            f.glob("Glob over VM names."),
+            min_items=1,
+            max_items=256,
+            list_type="set",
+        ),
+        "folders": array(
+            f"{verb} VMs in any of these VM folders or their subfolders.",
+            f.inventory_path("Inventory path of a VM folder, e.g. /DC0/vm/prod."),
+            min_items=1,
+            max_items=128,
+            list_type="set",
+        ),
+        "tags": array(
+            f"{verb} VMs carrying {'any' if exclude else 'all'} of these tags.",
+            _tag(),
+            min_items=1,
+            max_items=32,
+        ),
+        "customAttributes": array(
+            f"{verb} VMs with {'any' if exclude else 'all'} of these custom attribute values.",
+            _attribute(),
+            min_items=1,
+            max_items=32,
+            list_type="map",
+            map_keys=["name"],
+        ),
+    }
+    if not exclude:
+        props["datacenters"] = array(
+            "Select VMs in any of these datacenters (by name).",
+            f.inventory_name("Datacenter name."),
+            min_items=1,
+            max_items=64,
+            list_type="set",
+        )
+        props["clusters"] = array(
+            "Select VMs whose host is in any of these clusters (name or inventory path).",
+            f.inventory_name("Cluster name or path."),
+            min_items=1,
+            max_items=128,
+            list_type="set",
+        )
+        props["powerStates"] = array(
+            "Select VMs in any of these power states.",
+            string(max_length=16, enum=POWER_STATES),
+            min_items=1,
+            max_items=3,
+            list_type="set",
+        )
+    return props
+
+
+_POSITIVE = ["names", "folders", "datacenters", "clusters", "tags", "customAttributes"]
+_ANY_CRITERION = " || ".join(f"has(self.{c})" for c in [*_POSITIVE, "powerStates"])
+_OTHER_THAN_NAMES = " || ".join(f"has(self.{c})" for c in [*_POSITIVE[1:], "powerStates"])
+
+selector = obj(
+    "Which VMs of the vCenter the policy protects. Absent on the default policy.",
+    {
+        **_criteria(exclude=False),
+        "exclude": obj(
+            "VMs matching any of these are not selected, whatever else matches.",
+            _criteria(exclude=True),
+            min_properties=1,
+        ),
+    },
+    rules=[
+        rule(
+            _ANY_CRITERION,
+            "selector must name at least one of names, folders, datacenters, clusters, "
+            "tags, customAttributes, powerStates (exclude alone would select every VM)",
+        ),
+        rule(
+            f"!has(self.names) || !self.names.exists(n, n.matches(r'^\\*+$')) "
+            f"|| {_OTHER_THAN_NAMES}",
+            'names: ["*"] with no other criterion selects every VM: '
+            "use default: true for a catch-all policy",
+            field_path=".names",
+        ),
+    ],
+)
+
+hook = obj(
+    "A command run inside the guest through VMware Tools.",
+    {
+        "name": string("Label for status and events.", min_length=1, max_length=63),
+        "command": string(
+            "Absolute path of the program in the guest (/usr/local/bin/x or C:\\x.exe).",
+            min_length=1,
+            max_length=1024,
+            rules=[
+                rule(
+                    r"self.startsWith('/') || self.matches(r'^[A-Za-z]:[\\/]')",
+                    "command must be an absolute path in the guest",
+                )
+            ],
+        ),
+        "args": array(None, string(max_length=4096), max_items=64),
+        "timeout": f.duration("Kill the command after this long.", maximum="1h", default="5m"),
+        "onError": enum(
+            "fail: fail the backup; continue: record a warning and go on.",
+            ["fail", "continue"],
+            default="fail",
+        ),
+    },
+    required=["command"],
+)
+
+hooks = obj(
+    "Commands run in the guest around the snapshot (e.g. flush a database).",
+    {
+        "guestCredentialsSecretRef": f.secret_ref(
+            "Guest OS account the commands run as.",
+            {
+                "usernameKey": ("username", "the guest user name"),
+                "passwordKey": ("password", "the guest password"),
+            },
+        ),
+        "preSnapshot": array("Run in order before the snapshot.", hook, min_items=1, max_items=16),
+        "postSnapshot": array(
+            "Run in order after the snapshot, also when it failed.", hook, min_items=1, max_items=16
+        ),
+    },
+    required=["guestCredentialsSecretRef"],
+    rules=[
+        rule(
+            "has(self.preSnapshot) || has(self.postSnapshot)",
+            "hooks: give preSnapshot or postSnapshot commands",
+        )
+    ],
+)
+
+_retention_sum = " || ".join(f"(has(self.{k}) && self.{k} > 0)" for k in RETENTION)
+
+retention = obj(
+    "Which backups to keep; a backup kept by any rule is kept. Each rule keeps the "
+    "newest completed backup of each period (hour, day, ...) for that many periods, "
+    "as restic and borg do.",
+    {
+        "keepLast": integer("Keep the newest N backups.", minimum=0, maximum=10000),
+        "keepHourly": integer("Keep one backup per hour for N hours.", minimum=0, maximum=8760),
+        "keepDaily": integer("Keep one backup per day for N days.", minimum=0, maximum=3660),
+        "keepWeekly": integer("Keep one backup per week for N weeks.", minimum=0, maximum=520),
+        "keepMonthly": integer("Keep one backup per month for N months.", minimum=0, maximum=1200),
+        "keepYearly": integer("Keep one backup per year for N years.", minimum=0, maximum=100),
+    },
+    rules=[
+        rule(
+            _retention_sum,
+            "retention must keep something: set at least one of keepLast, keepHourly, "
+            "keepDaily, keepWeekly, keepMonthly, keepYearly above 0",
+        )
+    ],
+)
+
+concurrency = obj(
+    "How many of this policy's backups may run at once.",
+    {
+        "perDatastore": integer(
+            "At most this many on VMs of one datastore (snapshot I/O).",
+            minimum=1,
+            maximum=64,
+            default=2,
+        ),
+        "perHost": integer(
+            "At most this many on VMs of one ESXi host.", minimum=1, maximum=64, default=4
+        ),
+        "total": integer("At most this many overall.", minimum=1, maximum=1000, default=8),
+    },
+    # The whole default, not {}: the apiserver checks a default against the rules as is.
+    default={"perDatastore": 2, "perHost": 4, "total": 8},
+    rules=[
+        rule("self.perDatastore <= self.total", "concurrency.perDatastore exceeds total"),
+        rule("self.perHost <= self.total", "concurrency.perHost exceeds total"),
+    ],
+)
+
+spec = obj(
+    "Selection, schedule, retention and behaviour of backups.",
+    {
+        "vcenterRef": f.local_ref(
+            "The vCenter whose VMs this policy protects.", "VCenter", label=True
+        ),
+        "repositoryRef": f.local_ref("Where the backups go.", "BackupRepository", label=True),
+        "default": boolean(
+            "The fail-safe policy of the vCenter: it protects every VM that no other policy "
+            "selects. It has no selector. One per vCenter.",
+            default=False,
+        ),
+        "priority": integer(
+            "When several policies select a VM, the highest priority wins.",
+            minimum=0,
+            maximum=1000000,
+            default=0,
+        ),
+        "selector": selector,
+        "schedule": obj(
+            "When backups run.",
+            {
+                "cron": f.cron("Cron line (minute hour day-of-month month day-of-week)."),
+                "timeZone": f.time_zone("Time zone the cron line is read in (IANA name)."),
+                "jitter": f.duration(
+                    "Start each VM's backup at a random delay up to this long after the "
+                    "scheduled time, to spread load. Each VM keeps its own stable offset.",
+                    maximum="24h",
+                ),
+            },
+            required=["cron"],
+        ),
+        "retention": retention,
+        "mode": obj(
+            "Full or incremental. Every backup is a synthetic full in the repository; "
+            "this only decides which blocks are read.",
+            {
+                "type": enum(
+                    "auto: read only changed blocks (CBT) when the chain allows, else all "
+                    "allocated blocks; full: always read all allocated blocks.",
+                    ["auto", "full"],
+                    default="auto",
+                ),
+                "fullEvery": integer(
+                    "With auto: read everything every Nth backup anyway, so a CBT fault "
+                    "cannot go unnoticed forever.",
+                    minimum=1,
+                    maximum=1000,
+                ),
+            },
+            default={"type": "auto"},
+            rules=[
+                rule(
+                    "self.type == 'auto' || !has(self.fullEvery)",
+                    "mode.fullEvery only applies to type auto",
+                    field_path=".fullEvery",
+                )
+            ],
+        ),
+        "transport": enum(
+            "How disks are read: hotadd (attach to a proxy VM), nbd (over the network "
+            "from ESXi), auto (hotadd when possible, else nbd).",
+            ["auto", "hotadd", "nbd"],
+            default="auto",
+        ),
+        "quiesce": obj(
+            "Application-consistent snapshots through VMware Tools.",
+            {
+                "enabled": boolean("Quiesce the guest file systems.", default=False),
+                "fallbackToCrashConsistent": boolean(
+                    "When quiescing fails, take a crash-consistent snapshot (and say so in "
+                    "status) rather than fail the backup.",
+                    default=True,
+                ),
+            },
+            default={"enabled": False, "fallbackToCrashConsistent": True},
+        ),
+        "hooks": hooks,
+        "concurrency": concurrency,
+        "rpo": f.duration(
+            "Recovery point objective: alert when a VM's last completed backup is older. "
+            "Default: twice the schedule's interval.",
+            minimum="1m",
+            maximum="8760h",
+        ),
+        "paused": boolean(
+            "Stop creating backups (running ones finish). Selection still counts VMs as "
+            "protected, so the default policy does not take them over.",
+            default=False,
+        ),
+    },
+    required=["vcenterRef", "repositoryRef", "schedule", "retention"],
+    rules=[
+        rule(
+            "!self.default || !has(self.selector)",
+            "a default policy (default: true) protects every VM no other policy selects: "
+            "it must not have a selector",
+            field_path=".selector",
+        ),
+        rule(
+            "self.default || has(self.selector)",
+            "a policy needs a selector unless it is the default policy (default: true)",
+        ),
+    ],
+)
+
+status = obj(
+    "What the policy controller last computed.",
+    {
+        "observedGeneration": f.observed_generation(),
+        "conditions": f.conditions(),
+        "matchedVMs": integer("VMs whose effective policy this is.", minimum=0),
+        "lastScheduleTime": timestamp("The last scheduled run the controller started."),
+        "nextScheduleTime": timestamp("The next scheduled run."),
+        "lastRun": obj(
+            "Outcome of the backups of the last scheduled run.",
+            {
+                "time": timestamp("When the run started."),
+                "backups": integer("VMBackups the run created.", minimum=0),
+                "completed": integer(minimum=0),
+                "failed": integer(minimum=0),
+                "running": integer(minimum=0),
+            },
+        ),
+        "lastSuccessfulTime": timestamp("When a backup under this policy last completed."),
+        "vmsOutsideRPO": integer(
+            "VMs whose last completed backup is older than the RPO.", minimum=0
+        ),
+    },
+)
+
+KIND = Kind(
+    kind="VMProtectionPolicy",
+    plural="vmprotectionpolicies",
+    short_names=["vmpp"],
+    description="Which VMs of a vCenter to back up, when, to which repository, for how long.",
+    spec=spec,
+    status=status,
+    columns=[
+        column("Default", ".spec.default", "The vCenter's fail-safe policy.", type_="boolean"),
+        column("Priority", ".spec.priority", "Wins over lower priorities.", type_="integer"),
+        column("Schedule", ".spec.schedule.cron", "Cron schedule."),
+        column("Matched", ".status.matchedVMs", "VMs protected by it.", type_="integer"),
+        ready_column(),
+        column("Paused", ".spec.paused", "No new backups.", type_="boolean"),
+        column("Last-Run", ".status.lastScheduleTime", "Last scheduled run.", type_="date"),
+        # kubectl prints a future time of type date as <invalid>; a string shows it as is.
+        column("Next-Run", ".status.nextScheduleTime", "Next scheduled run (UTC).", priority=1),
+        column("Repository", ".spec.repositoryRef.name", "Target repository.", priority=1),
+    ],
+    root_rules=[name_is_label("VMProtectionPolicy", "it becomes a label value on VMBackups")],
+)

@@ -1,0 +1,257 @@
+"""``VMRestore``: bring a VMBackup back as a new VM, over the VM, as disks, or as files.
+
+Exactly one target is set (CEL). Restores that overwrite — ``inPlace`` and disks with
+``overwrite`` — need an explicit ``confirm: true``, because a typo there destroys the
+data the backup was meant to protect. The spec never changes after creation: a
+restore that already wrote half a disk cannot be redirected.
+"""
+
+from __future__ import annotations
+
+from vmguard.crds import fields as f
+from vmguard.crds.definition import Kind, column
+from vmguard.crds.schema import (
+    Schema,
+    array,
+    boolean,
+    enum,
+    exactly_one,
+    immutable,
+    integer,
+    obj,
+    rule,
+    string,
+    timestamp,
+)
+
+PHASES = ["Pending", "Restoring", "Finalizing", "Completed", "Failed"]
+
+_confirm = boolean("Must be true: this overwrites data on the VM.")
+_confirm_rule = rule("self.confirm == true", "set confirm: true to overwrite the VM's disks")
+
+
+def _disk_selector(description: str) -> Schema:
+    return obj(
+        description,
+        {
+            "key": integer("Device key of the disk in the backup, e.g. 2000.", minimum=0),
+            "label": string("Device label, e.g. 'Hard disk 2'.", min_length=1, max_length=255),
+        },
+        rules=[exactly_one(["key", "label"], "disk")],
+    )
+
+
+network_mapping = obj(
+    "Connect NICs that were on network `from` to network `to`.",
+    {
+        "from": f.inventory_name("Network name in the backup."),
+        "to": f.inventory_name("Network (or distributed port group) to use instead."),
+    },
+    required=["from", "to"],
+)
+
+new_vm = obj(
+    "Create a new VM from the backup. Placement fields default to the original VM's.",
+    {
+        "name": f.vm_name("Name of the new VM (any unicode, slashes included)."),
+        "folder": f.inventory_path("VM folder, e.g. /DC0/vm/restored."),
+        "resourcePool": f.inventory_name("Resource pool (name or inventory path)."),
+        "host": f.inventory_name("ESXi host (name or inventory path)."),
+        "datastore": f.inventory_name("Datastore for the VM's files and disks."),
+        "networkMap": array(
+            "Network remapping; unmapped NICs keep their network.",
+            network_mapping,
+            min_items=1,
+            max_items=64,
+            list_type="map",
+            map_keys=["from"],
+        ),
+        "powerOn": boolean("Power the VM on once restored.", default=False),
+    },
+    required=["name"],
+)
+
+disk_target = obj(
+    "One disk of the backup and where it goes.",
+    {
+        "source": _disk_selector("Which disk of the backup."),
+        "attachTo": obj(
+            "Attach the restored disk as a new disk to this VM.",
+            {
+                "vm": f.vm_identity("The VM to attach to.", required=True),
+                "datastore": f.inventory_name("Datastore for the new disk file."),
+            },
+            required=["vm"],
+        ),
+        "overwrite": obj(
+            "Write the disk back over the same disk of the original VM (powered off).",
+            {"confirm": _confirm},
+            required=["confirm"],
+            rules=[_confirm_rule],
+        ),
+    },
+    required=["source"],
+    rules=[exactly_one(["attachTo", "overwrite"], "disks[]")],
+)
+
+files = obj(
+    "Copy files out of the backup's file systems without restoring a disk.",
+    {
+        "disk": _disk_selector("Only this disk (default: every disk)."),
+        "partition": integer(
+            "Only this partition of the disk, numbered from 1 as in the partition table "
+            "(default: every file system found).",
+            minimum=1,
+            maximum=128,
+        ),
+        "paths": array(
+            "Paths or globs from the root of each file system, with / as separator and "
+            "no drive letter (the backup knows partitions, not the guest's mounts or "
+            "drive letters), e.g. /etc/nginx/** or /Users/*/Documents.",
+            string(
+                min_length=1,
+                max_length=4096,
+                rules=[rule("self.startsWith('/')", "paths start at a file system's root: /")],
+            ),
+            min_items=1,
+            max_items=256,
+        ),
+        "to": obj(
+            "Where the files go (exactly one).",
+            {
+                "s3": obj(
+                    "Objects under a prefix, in the source repository's S3 service.",
+                    {
+                        "bucket": f.bucket("Bucket (default: the repository's)."),
+                        "prefix": f.key_prefix(
+                            "Key prefix for the restored files; the operator refuses one "
+                            "inside the repository's own prefix."
+                        ),
+                    },
+                    required=["prefix"],
+                ),
+                "pvc": obj(
+                    "A PersistentVolumeClaim in this namespace.",
+                    {
+                        "claimName": f.object_name("Name of the PVC.", label=False),
+                        "path": string(
+                            "Directory inside the volume (default: its root).",
+                            max_length=4096,
+                            rules=[
+                                rule(
+                                    "!self.split('/').exists(s, s == '..')",
+                                    "path must stay inside the volume (no ..)",
+                                )
+                            ],
+                        ),
+                    },
+                    required=["claimName"],
+                ),
+            },
+            rules=[exactly_one(["s3", "pvc"], "files.to")],
+        ),
+    },
+    required=["paths", "to"],
+    rules=[
+        rule(
+            "!has(self.partition) || has(self.disk)",
+            "files.partition needs files.disk: partitions are numbered per disk",
+            field_path=".partition",
+        )
+    ],
+)
+
+target = obj(
+    "Where the backup goes: exactly one of newVM, inPlace, disks, files.",
+    {
+        "newVM": new_vm,
+        "inPlace": obj(
+            "Overwrite the original VM's disks with the backup (the VM is powered off "
+            "first, and powered on again if it was on).",
+            {"confirm": _confirm},
+            required=["confirm"],
+            rules=[_confirm_rule],
+        ),
+        "disks": array(
+            "Restore single disks.",
+            disk_target,
+            min_items=1,
+            max_items=64,
+        ),
+        "files": files,
+    },
+    rules=[exactly_one(["newVM", "inPlace", "disks", "files"], "target")],
+)
+
+spec = obj(
+    "What to restore and where. Immutable.",
+    {
+        "source": obj(
+            "The backup to restore.",
+            {"backupRef": f.local_ref("The VMBackup to restore.", "VMBackup", label=False)},
+            required=["backupRef"],
+        ),
+        "vcenterRef": f.local_ref(
+            "vCenter to restore into (default: the backup's).", "VCenter", label=True
+        ),
+        "target": target,
+    },
+    required=["source", "target"],
+    rules=[immutable("VMRestore spec")],
+)
+
+status = obj(
+    "Progress and outcome of the restore.",
+    {
+        "observedGeneration": f.observed_generation(),
+        "conditions": f.conditions(),
+        "phase": enum("Where the restore is.", PHASES),
+        "jobName": string("The restore Job.", max_length=63),
+        "progress": f.progress("restore"),
+        "result": obj(
+            "What the restore produced.",
+            {
+                "vm": f.vm_identity("The VM restored into or created.", required=False),
+                "disks": array(
+                    "Disks written.",
+                    obj(
+                        None,
+                        {
+                            "key": integer(minimum=0),
+                            "label": string(max_length=255),
+                            "backing": string(max_length=2048),
+                            "bytesWritten": integer(minimum=0, int64=True),
+                        },
+                    ),
+                    max_items=256,
+                ),
+                "filesRestored": integer(minimum=0, int64=True),
+                "bytesRestored": integer(minimum=0, int64=True),
+                "location": string(
+                    "Where restored files are (s3://bucket/prefix or pvc/claim:path).",
+                    max_length=4096,
+                ),
+            },
+        ),
+        "startTime": timestamp("When the restore started."),
+        "completionTime": timestamp("When it reached Completed or Failed."),
+        "error": f.failure(),
+    },
+)
+
+KIND = Kind(
+    kind="VMRestore",
+    plural="vmrestores",
+    short_names=["vmr"],
+    description="A restore of a VMBackup: as a new VM, in place, as disks or as files.",
+    spec=spec,
+    status=status,
+    columns=[
+        column("Backup", ".spec.source.backupRef.name", "VMBackup restored."),
+        column("New-VM", ".spec.target.newVM.name", "Name of the VM to create."),
+        column("Phase", ".status.phase", "Where the restore is."),
+        column("Progress%", ".status.progress.percent", "Percent written.", type_="integer"),
+        column("Result-VM", ".status.result.vm.moref", "VM restored into.", priority=1),
+        column("Reason", ".status.error.reason", "Why it failed.", priority=1),
+    ],
+)
