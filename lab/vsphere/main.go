@@ -23,6 +23,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -39,6 +41,7 @@ type options struct {
 	tlsCert      string
 	tlsKey       string
 	metaDir      string
+	cpuProfile   string
 }
 
 func parseFlags() options {
@@ -53,6 +56,7 @@ func parseFlags() options {
 	flag.StringVar(&o.tlsKey, "tls-key", "", "PEM key matching -tls-cert")
 	flag.StringVar(&o.metaDir, "meta-dir", "auto",
 		`where vcsim keeps its datastore tree (.vmx, logs, descriptors): "auto" = tmpfs (/dev/shm) when available, else DIR/vcsim`)
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the startup to this file")
 	flag.Parse()
 	return o
 }
@@ -127,7 +131,7 @@ func run(o options) error {
 	}
 	defer model.Remove()
 
-	store, err := NewStore(model.Map(), dir)
+	store, err := NewStore(model.Map(), dir, meta)
 	if err != nil {
 		return err
 	}
@@ -137,8 +141,21 @@ func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	store.BeginBulk(4)
+	// The build allocates a lot of short-lived XML; collecting less often
+	// saves about a second at 5,000 VMs.
+	gc := debug.SetGCPercent(400)
 	inv, err := buildInventory(ctx, model, inventoryConfig{vms: o.vms, seed: o.seed, diskCapacity: o.diskCapacity})
+	debug.SetGCPercent(gc)
 	store.EndBulk()
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
@@ -171,6 +188,7 @@ func run(o options) error {
 		return err
 	}
 	defer os.Remove(readyPath)
+	pprof.StopCPUProfile()
 	log.Printf("ready in %s: sdk %s, control %s", time.Since(start).Round(time.Millisecond),
 		sdk.urls.sdk, ready["control_url"])
 

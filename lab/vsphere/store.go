@@ -37,6 +37,7 @@ type Store struct {
 	reg     *simulator.Registry
 	dataDir string
 	snapDir string
+	linkDir string // scratch dir on the datastores' filesystem
 
 	mu    sync.Mutex
 	vms   map[string]*vmState
@@ -94,15 +95,16 @@ type materializeJob struct {
 
 // NewStore prepares the state directories; stateDir must be empty of old
 // disks (the inventory is rebuilt on every start).
-func NewStore(reg *simulator.Registry, stateDir string) (*Store, error) {
+func NewStore(reg *simulator.Registry, stateDir, metaDir string) (*Store, error) {
 	s := &Store{
 		reg:     reg,
+		linkDir: filepath.Join(metaDir, ".links"),
 		dataDir: filepath.Join(stateDir, "disks"),
 		snapDir: filepath.Join(stateDir, "snapshots"),
 		vms:     map[string]*vmState{},
 		snaps:   map[string]*snapState{},
 	}
-	for _, d := range []string{s.dataDir, s.snapDir} {
+	for _, d := range []string{s.dataDir, s.snapDir, s.linkDir} {
 		if err := os.RemoveAll(d); err != nil {
 			return nil, err
 		}
@@ -336,7 +338,10 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 				return err
 			}
 		}
-		link := d.flatPath + ".lab-link"
+		// The new link is made outside the VM directory and renamed over the
+		// flat file: vcsim lists VM directories concurrently and panics on an
+		// entry that vanishes between ReadDir and Stat.
+		link := filepath.Join(s.linkDir, filepath.Base(path))
 		_ = os.Remove(link)
 		if err := os.Symlink(path, link); err != nil {
 			return err
