@@ -7,6 +7,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -28,9 +29,31 @@ func (h *labHooks) Reference() types.ManagedObjectReference {
 }
 
 func (h *labHooks) PutObject(_ *simulator.Context, obj mo.Reference) {
-	if snap, ok := obj.(*simulator.VirtualMachineSnapshot); ok {
-		h.store.Freeze(snap)
+	switch x := obj.(type) {
+	case *simulator.VirtualMachineSnapshot:
+		h.store.Freeze(x)
+	case *simulator.Task:
+		x.Info.Name = wsdlTaskName(x.Info.Name)
 	}
+}
+
+var vimTypes = types.TypeFunc()
+
+// wsdlTaskName turns vcsim's task names ("CreateSnapshotEx", "ReconfigVm",
+// "PowerOn") into the WSDL method names real vCenter reports and pyVmomi
+// resolves ("CreateSnapshotEx_Task", "ReconfigVM_Task", "PowerOnVM_Task").
+// pyVmomi turns an unknown name into an UnknownManagedMethod, on which
+// pyVim.task.WaitForTask fails while the task is still running.
+func wsdlTaskName(name string) string {
+	if strings.HasSuffix(name, "_Task") {
+		return name
+	}
+	for _, c := range []string{name + "_Task", strings.Replace(name, "Vm", "VM", 1) + "_Task", name + "VM_Task"} {
+		if _, ok := vimTypes(c); ok {
+			return c
+		}
+	}
+	return name
 }
 
 func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
@@ -78,6 +101,12 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 	case "VirtualMachine":
 		if m.Name == "QueryChangedDiskAreas" {
 			if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
+				// Service.call replaces our handler with Session.Get(m.This)
+				// for logged-in callers, which falls back to the registry's
+				// VM. Pointing This at a reference no registry knows keeps the
+				// wrapper; the request body still names the real VM, and the
+				// wrapper's Self makes call() lock the real VM.
+				m.This = types.ManagedObjectReference{Type: "VmguardCBTVirtualMachine", Value: m.This.Value}
 				return &cbtVM{VirtualMachine: vm, store: s}, nil
 			}
 		}
