@@ -1,0 +1,225 @@
+"""Client side of the lab's vSphere simulator (``lab/vsphere``, binary ``vmguard-vcsim``).
+
+Two things live here:
+
+- :func:`vsim_command` builds the command line the lab supervisor starts. The program
+  writes ``STATE_DIR/ready.json`` (``sdk_url``, ``rest_url``, ``control_url``,
+  ``tls_cert``, ``pid``) once both listeners serve, and exits cleanly on SIGTERM. The
+  SDK credentials come from the environment variables named by
+  :data:`USERNAME_ENV` and :data:`PASSWORD_ENV`, never from the command line.
+- :class:`VSimControl` talks to the simulator's control endpoint (plain HTTP JSON on
+  loopback), through which tests look at disks and act as the guest or the storage
+  admin: guest writes, new disk images, resizes and CBT resets.
+
+Invariants: the control endpoint is for the lab only and carries no credentials; every
+error it answers is raised as :class:`VSimRequestError` with the HTTP status and the
+simulator's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from vmguard.errors import LabError
+
+USERNAME_ENV = "VMGUARD_VCSIM_USERNAME"
+PASSWORD_ENV = "VMGUARD_VCSIM_PASSWORD"
+
+CBT_BLOCK_SIZE = 64 * 1024
+"""Granularity of the areas QueryChangedDiskAreas reports."""
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class VSimRequestError(LabError):
+    """The control endpoint refused a request or failed to carry it out."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"vsim control: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VSimDisk:
+    """A VM disk as the simulator holds it; ``path`` is the raw image on this machine."""
+
+    key: int
+    label: str
+    file_name: str
+    capacity: int
+    path: str
+    disk_uuid: str
+    change_id: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VSimDisk:
+        return cls(
+            key=int(d["key"]),
+            label=str(d["label"]),
+            file_name=str(d["fileName"]),
+            capacity=int(d["capacity"]),
+            path=str(d["path"]),
+            disk_uuid=str(d["diskUuid"]),
+            change_id=d.get("changeId"),
+        )
+
+
+@dataclass(frozen=True)
+class VSimVM:
+    """A VM of the simulated inventory with its CBT state."""
+
+    moref: str
+    name: str
+    instance_uuid: str
+    cbt_enabled: bool
+    cbt_active: bool
+    hardware_version: str
+    power_state: str
+    template: bool
+    disks: tuple[VSimDisk, ...]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VSimVM:
+        return cls(
+            moref=str(d["moref"]),
+            name=str(d["name"]),
+            instance_uuid=str(d["instanceUuid"]),
+            cbt_enabled=bool(d["cbtEnabled"]),
+            cbt_active=bool(d["cbtActive"]),
+            hardware_version=str(d["hardwareVersion"]),
+            power_state=str(d["powerState"]),
+            template=bool(d.get("template", False)),
+            disks=tuple(VSimDisk.from_json(x) for x in d["disks"]),
+        )
+
+
+@dataclass(frozen=True)
+class FrozenDisk:
+    """A snapshot's point-in-time copy of one disk."""
+
+    key: int
+    path: str
+    capacity: int
+    change_id: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FrozenDisk:
+        return cls(
+            key=int(d["key"]),
+            path=str(d["path"]),
+            capacity=int(d["capacity"]),
+            change_id=d.get("changeId"),
+        )
+
+
+class VSimControl:
+    """Small client of the simulator's control endpoint."""
+
+    def __init__(self, control_url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base = control_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.session.request(method, self.base + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as e:
+            raise LabError(f"vsim control: {method} {path}: {e}") from e
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400:
+            msg = body.get("error") if isinstance(body, dict) else resp.text
+            raise VSimRequestError(resp.status_code, str(msg))
+        return body
+
+    @staticmethod
+    def _disk_path(moref: str, key: int) -> str:
+        return f"/vms/{quote(moref, safe='')}/disks/{int(key)}"
+
+    def healthy(self) -> bool:
+        try:
+            return bool(self._call("GET", "/healthz").get("status") == "ok")
+        except LabError:
+            return False
+
+    def vms(self) -> list[VSimVM]:
+        return [VSimVM.from_json(x) for x in self._call("GET", "/vms")]
+
+    def vm(self, moref: str) -> VSimVM:
+        return VSimVM.from_json(self._call("GET", f"/vms/{quote(moref, safe='')}"))
+
+    def disk(self, moref: str, key: int) -> VSimDisk:
+        return VSimDisk.from_json(self._call("GET", self._disk_path(moref, key)))
+
+    def write(self, moref: str, key: int, offset: int, data: bytes) -> VSimDisk:
+        """Write ``data`` into the live disk at ``offset`` as the guest would."""
+        body = self._call(
+            "POST",
+            self._disk_path(moref, key) + "/write",
+            params={"offset": str(offset)},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return VSimDisk.from_json(body)
+
+    def put_image(self, moref: str, key: int, path: str) -> VSimDisk:
+        """Put the raw image at ``path`` behind the disk (capacity follows; new CBT epoch)."""
+        body = self._call("PUT", self._disk_path(moref, key) + "/image", json={"path": path})
+        return VSimDisk.from_json(body)
+
+    def resize(self, moref: str, key: int, capacity: int) -> VSimDisk:
+        """Grow the disk to ``capacity`` bytes; this breaks the CBT chain."""
+        body = self._call(
+            "POST", self._disk_path(moref, key) + "/resize", json={"capacity": capacity}
+        )
+        return VSimDisk.from_json(body)
+
+    def reset_cbt(self, moref: str, key: int) -> VSimDisk:
+        """Start a new CBT epoch on the disk, as a CBT reset on ESXi does."""
+        return VSimDisk.from_json(self._call("POST", self._disk_path(moref, key) + "/reset-cbt"))
+
+    def snapshot_disks(self, snapshot_moref: str) -> list[FrozenDisk]:
+        body = self._call("GET", f"/snapshots/{quote(snapshot_moref, safe='')}/disks")
+        return [FrozenDisk.from_json(x) for x in body]
+
+
+def vsim_command(
+    binary: str,
+    state_dir: str,
+    sdk_port: int,
+    control_port: int,
+    vms: int,
+    seed: int,
+    disk_capacity: int,
+    cert: str | None = None,
+    key: str | None = None,
+) -> list[str]:
+    """The command line of ``vmguard-vcsim``; both servers listen on 127.0.0.1 only.
+
+    Without ``cert`` and ``key`` the simulator makes a self-signed certificate and names
+    its file in ready.json (``tls_cert``).
+    """
+    if (cert is None) != (key is None):
+        raise LabError("vsim: a TLS certificate and its key go together")
+    cmd = [
+        binary,
+        "-dir", state_dir,
+        "-sdk-addr", f"127.0.0.1:{int(sdk_port)}",
+        "-control-addr", f"127.0.0.1:{int(control_port)}",
+        "-vms", str(int(vms)),
+        "-seed", str(int(seed)),
+        "-disk-capacity", str(int(disk_capacity)),
+    ]  # fmt: skip
+    if cert is not None and key is not None:
+        cmd += ["-tls-cert", cert, "-tls-key", key]
+    return cmd
