@@ -22,10 +22,10 @@ pytestmark = pytest.mark.lab
 
 def test_nbd_reads_factory_bytes_and_holes(image_factory: Any, vsim: Any, tmp_path: Path) -> None:
     image = image_factory.build(small_mixed(), seed=7, out_path=tmp_path / "mixed.img")
-    vm = next(v for v in vsim.vms() if v["disks"] and not v["name"].startswith("template"))
-    disk = vm["disks"][0]
-    vsim.put_image(vm["moref"], disk["key"], str(image.path))
-    served = Path(vsim.disk(vm["moref"], disk["key"])["path"])
+    vm = next(v for v in vsim.vms() if v.disks and not v.template)
+    disk = vm.disks[0]
+    vsim.put_image(vm.moref, disk.key, str(image.path))
+    served = Path(vsim.disk(vm.moref, disk.key).path)
     assert served != image.path
 
     with NbdkitServer.file(served) as server:

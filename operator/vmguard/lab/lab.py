@@ -126,7 +126,7 @@ class Lab:
             raise LabError(f"no lab in {self.paths.lab}: run `vmguard lab up`")
         return LabState(json.loads(self.paths.state_file.read_text()))
 
-    def up(self, vms: int = 24, disk_capacity: int = 256 << 20) -> LabState:
+    def up(self, vms: int = 24, disk_capacity: int = 1 << 30) -> LabState:
         check_tools(self.paths)
         self.paths.ensure()
         bins = build.ensure_built(self.paths)

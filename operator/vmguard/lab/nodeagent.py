@@ -31,8 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client, config, watch
 
@@ -41,6 +42,16 @@ from vmguard.lab.podfiles import PodFiles, PodMaterializer
 log = logging.getLogger("vmguard.lab.nodeagent")
 
 HEARTBEAT_SECONDS = 10
+VOLUME_SETUP_SECONDS = 60
+T = TypeVar("T")
+
+
+def _api_message(exc: client.ApiException) -> str:
+    """The apiserver's message, without the response headers the client adds."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
 
 
 def _now() -> str:
@@ -120,7 +131,9 @@ class PodRunner(threading.Thread):
         argv = list(c.get("command") or []) + list(c.get("args") or [])
         if not argv:
             raise ValueError(f"container {c['name']!r} has no command: the lab cannot run images")
-        env = self.agent.materializer.env(self.pod, c, self.agent.base_env)
+        env = self._retrying(
+            "environment", lambda: self.agent.materializer.env(self.pod, c, self.agent.base_env)
+        )
         mounts = self.agent.materializer.mounts(self.files, c)
         spec_path = self.files.root / f"{c['name']}.run.json"
         spec = {
@@ -201,14 +214,35 @@ class PodRunner(threading.Thread):
             if self.stopping.wait(min(2**restarts, 30)):
                 return code
 
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Retry reads the Node authorizer may refuse for a moment, as a kubelet does.
+
+        The authorizer learns that a pod references a Secret from its own watch, so right
+        after binding a read can be refused (403), or the Secret may not exist yet (404).
+        """
+        delay, deadline = 0.2, time.monotonic() + VOLUME_SETUP_SECONDS
+        while True:
+            try:
+                return fn()
+            except client.ApiException as exc:
+                if exc.status not in (403, 404) or time.monotonic() > deadline:
+                    raise
+                log.info("%s of %s: %s; retrying", what, self.name, _api_message(exc))
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, 2.0)
+
     def run(self) -> None:
         spec = self.pod["spec"]
         policy = spec.get("restartPolicy", "Always")
         try:
-            self.files = self.agent.materializer.prepare(self.pod)
-        except Exception as exc:
-            log.warning("cannot prepare %s: %s", self.name, exc)
-            self._patch("Failed", "VolumeSetupFailed", str(exc))
+            self.files = self._retrying(
+                "volume setup", lambda: self.agent.materializer.prepare(self.pod)
+            )
+        except Exception as exc:  # reported in pod status, never raised
+            message = _api_message(exc) if isinstance(exc, client.ApiException) else str(exc)
+            log.warning("cannot prepare %s: %s", self.name, message)
+            self._patch("Failed", "VolumeSetupFailed", message)
             return
         self._patch("Pending")
         for c in spec.get("initContainers") or []:

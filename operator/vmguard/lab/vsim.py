@@ -18,6 +18,7 @@ simulator's message.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -194,15 +195,15 @@ class VSimControl:
 
 
 def vsim_command(
-    binary: str,
-    state_dir: str,
+    binary: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
     sdk_port: int,
     control_port: int,
     vms: int,
     seed: int,
     disk_capacity: int,
-    cert: str | None = None,
-    key: str | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The command line of ``vmguard-vcsim``; both servers listen on 127.0.0.1 only.
 
@@ -212,8 +213,8 @@ def vsim_command(
     if (cert is None) != (key is None):
         raise LabError("vsim: a TLS certificate and its key go together")
     cmd = [
-        binary,
-        "-dir", state_dir,
+        os.fspath(binary),
+        "-dir", os.fspath(state_dir),
         "-sdk-addr", f"127.0.0.1:{int(sdk_port)}",
         "-control-addr", f"127.0.0.1:{int(control_port)}",
         "-vms", str(int(vms)),
@@ -221,5 +222,5 @@ def vsim_command(
         "-disk-capacity", str(int(disk_capacity)),
     ]  # fmt: skip
     if cert is not None and key is not None:
-        cmd += ["-tls-cert", cert, "-tls-key", key]
+        cmd += ["-tls-cert", os.fspath(cert), "-tls-key", os.fspath(key)]
     return cmd
