@@ -38,14 +38,15 @@ from vmguard.errors import ConfigError
 LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 
 MAX_NAME_BYTES = 200
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid object name, else raise ConfigError.
 
-    Valid names are lowercase ASCII path components joined by single slashes; no
-    component is empty, ``.`` or ``..`` (a component may not start with a dot).
+    Valid names are ASCII path components of letters, digits, ``.``, ``_`` and ``-``
+    joined by single slashes; no component is empty or starts with a dot (so none is
+    ``.`` or ``..``, and none collides with a local backend's temporary files).
     """
     if len(name.encode()) > MAX_NAME_BYTES or not _NAME_RE.fullmatch(name):
         raise ConfigError(f"invalid object name: {name!r}")
@@ -54,7 +55,7 @@ def check_name(name: str) -> str:
 
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if some valid name could start with it, else raise ConfigError."""
-    if prefix and not re.fullmatch(r"[a-z0-9._/-]*", prefix):
+    if prefix and not re.fullmatch(r"[A-Za-z0-9._/-]*", prefix):
         raise ConfigError(f"invalid object name prefix: {prefix!r}")
     return prefix
 
