@@ -86,9 +86,9 @@ class BackupWriter:
         self._state = _State()
         self._lock = threading.Lock()
         lock = repo.config.object_lock
-        self.retention = (
-            Retention(lock.mode, repo.clock.now() + timedelta(days=lock.days)) if lock else None
-        )
+        # Times are kept to the second, as the manifest stores them.
+        now = repo.clock.now().replace(microsecond=0)
+        self.retention = Retention(lock.mode, now + timedelta(days=lock.days)) if lock else None
 
     @classmethod
     def start(
@@ -250,7 +250,7 @@ class BackupWriter:
             vm=self.vm,
             disks=disks,
             started=self.started,
-            finished=self.repo.clock.now(),
+            finished=self.repo.clock.now().replace(microsecond=0),
             parent=self.parent_id,
             mode=mode,
             mode_reason=mode_reason,
