@@ -143,3 +143,10 @@ def test_no_plaintext_window_survives_encryption() -> None:
     _, blob = codec.encode(data)
     windows = {data[i : i + 64] for i in range(0, len(data) - 64, 7)}
     assert not any(window in blob for window in windows)
+
+
+def test_partly_random_chunks_are_still_compressed(codec: ChunkCodec) -> None:
+    data = os.urandom(SIZE // 2) + bytes(SIZE // 4) + b"ab" * (SIZE // 8)
+    chunk_id, blob = codec.encode(data)
+    assert _flags(blob) & FLAG_ZSTD and len(blob) < 0.6 * SIZE
+    assert codec.decode(chunk_id, blob) == data
