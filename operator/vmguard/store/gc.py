@@ -129,32 +129,33 @@ class GarbageCollector:
 
     def mark(self, now: datetime) -> set[bytes]:
         """Ids of every chunk referenced by a root (format §7.3)."""
-        roots: list[tuple[str, str]] = []  # (archive id, manifest object name)
+        referenced: set[bytes] = set()
+        # Read every manifest of archives/ before listing the trash. A concurrent
+        # prune copies a manifest to the trash before deleting it from archives/, so
+        # one we fail to read here is in the trash when we list it below.
         for info in self.backend.list(names.ARCHIVES):
             archive_id = names.archive_id_from_manifest_name(info.name)
             if archive_id is not None:
-                roots.append((archive_id, info.name))
-        # Listed after archives/: a concurrent prune copies to the trash before it
-        # deletes from archives/, so every archive shows up in one list or the other.
+                self._mark_root(archive_id, info.name, referenced)
         for archive_id, members in self._trash_entries().items():
             if "manifest" in members and self._trash_is_root(archive_id, now):
-                roots.append((archive_id, names.trash_manifest_name(archive_id)))
-        referenced: set[bytes] = set()
-        for archive_id, name in roots:
-            try:
-                blob = self.backend.get(name)
-            except ObjectNotFoundError:
-                continue  # moved to the trash meanwhile; the trash copy is a root
-            try:
-                manifest = self.repo.decode_manifest(archive_id, blob)
-                for disk in manifest.disks:
-                    referenced |= self.repo.load_index(manifest, disk).referenced()
-            except (CorruptObjectError, RepositoryError) as exc:
-                raise RepositoryError(
-                    f"GC stopped before deleting anything: archive {archive_id} cannot be"
-                    f" read ({exc}); run verify, then forget or repair that archive"
-                ) from exc
+                self._mark_root(archive_id, names.trash_manifest_name(archive_id), referenced)
         return referenced
+
+    def _mark_root(self, archive_id: str, name: str, referenced: set[bytes]) -> None:
+        try:
+            blob = self.backend.get(name)
+        except ObjectNotFoundError:
+            return  # pruned meanwhile (its trash copy is a root) or trash emptied
+        try:
+            manifest = self.repo.decode_manifest(archive_id, blob)
+            for disk in manifest.disks:
+                referenced |= self.repo.load_index(manifest, disk).referenced()
+        except (CorruptObjectError, RepositoryError) as exc:
+            raise RepositoryError(
+                f"GC stopped before deleting anything: archive {archive_id} cannot be"
+                f" read ({exc}); run verify, then forget or repair that archive"
+            ) from exc
 
     # -- step 1: finish the pending collection --------------------------------------------
 
@@ -289,7 +290,11 @@ class GarbageCollector:
         for archive_id, newest in by_archive.items():
             if archive_id in trash or archive_id in running or newest >= now - self.grace:
                 continue
+            # Check archives/ first and the trash second: a concurrent prune copies to
+            # the trash before it deletes from archives/, so one of the two is seen.
             if not names.is_archive_id(archive_id) or self._committed(archive_id):
+                continue
+            if self._exists(names.trash_manifest_name(archive_id)):
                 continue
             if self._delete_indexes(archive_id):
                 self.report.orphan_indexes += 1
@@ -297,24 +302,33 @@ class GarbageCollector:
     def _finish_interrupted_prune(
         self, archive_id: str, now: datetime, live: list[LeaseInfo]
     ) -> None:
-        manifest = names.trash_manifest_name(archive_id)
+        """A trash copy without ``leases``: a prune in progress, or one that died.
+
+        If the archive is still committed the copy is left alone (a duplicate root
+        costs nothing; removing it could race a slow prune). Otherwise, once the copy
+        is older than the grace period, record the live leases of the archive's
+        children, as the prune would have.
+        """
+        if self._committed(archive_id):
+            return
         try:
-            if now - self.backend.stat(manifest).modified < self.grace:
-                return  # perhaps a prune still in progress
+            if now - self.backend.stat(names.trash_manifest_name(archive_id)).modified < self.grace:
+                return
         except ObjectNotFoundError:
             return
-        if self._committed(archive_id):
-            self.backend.delete(manifest)  # the prune never removed the archive
-            return
-        record = {"archive_id": archive_id, "leases": [lease.name for lease in live]}
+        children = [lease.name for lease in live if lease.body.get("parent") == archive_id]
+        record = {"archive_id": archive_id, "leases": children}
         self.backend.put(names.trash_leases_name(archive_id), json.dumps(record).encode())
 
-    def _committed(self, archive_id: str) -> bool:
+    def _exists(self, name: str) -> bool:
         try:
-            self.backend.stat(names.manifest_name(archive_id))
+            self.backend.stat(name)
         except ObjectNotFoundError:
             return False
         return True
+
+    def _committed(self, archive_id: str) -> bool:
+        return self._exists(names.manifest_name(archive_id))
 
     def _delete_indexes(self, archive_id: str) -> bool:
         """Delete an archive's indexes; False if Object Lock still holds one."""

@@ -89,7 +89,7 @@ class Lease:
             if age > self.ttl - self.margin:
                 raise LeaseLostError(
                     f"lease {self.name} was last refreshed {age:.0f}s ago (ttl {self.ttl:.0f}s);"
-                    " the backup must start again"
+                    " its holder must stop and start again"
                 )
 
     def start_refreshing(self) -> None:

@@ -9,9 +9,9 @@ An archive kept for any reason is kept.
 :func:`prune` applies it per VM. Invariants:
 
 - A policy that keeps nothing is refused: a typo never empties a repository.
-- Pruning moves the manifest to the trash (copy, delete, record live leases), so a
-  backup that loaded it as its parent stays safe until it finishes; chunks are only
-  ever removed by GC.
+- Pruning moves the manifest to the trash (copy, delete, record the live leases of
+  backups that name it as their parent), so a backup that loaded it as its parent
+  stays safe until it finishes; chunks are only ever removed by GC.
 - Archives whose Object Lock retention has not passed are not touched; they are
   reported once each with their date, never retried in a loop.
 """
@@ -159,7 +159,13 @@ def retire_archive(repo: Repository, archive_id: str) -> datetime | None:
         return manifest.retain_until or now
     ttl = float(repo.config.gc.lease_ttl_seconds)
     server_now = repo.server_now()
-    live = [lease.name for lease in read_live_leases(repo.backend, server_now, ttl)]
+    # Only a backup that names this archive as its parent can have loaded its index
+    # (BackupWriter loads no other manifest), so only those leases keep it a root.
+    live = [
+        lease.name
+        for lease in read_live_leases(repo.backend, server_now, ttl)
+        if lease.body.get("parent") == archive_id
+    ]
     record = {"archive_id": archive_id, "pruned": names.format_time(server_now), "leases": live}
     repo.backend.put(names.trash_leases_name(archive_id), json.dumps(record).encode())
     return None
