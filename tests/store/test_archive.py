@@ -59,7 +59,11 @@ def test_manifests_round_trip_for_any_vm_name(name: str) -> None:
 def test_unknown_members_survive_a_round_trip() -> None:
     doc = json.loads(_manifest("vm").to_json())
     doc["added_by_a_newer_writer"] = {"x": [1, 2]}
+    doc["vm"]["cluster"] = "new member inside a known object"
+    doc["disks"][0]["cbt"]["generation"] = 7
+    doc["disks"][0]["stats"]["bytes_deduplicated"] = 1
     again = ArchiveManifest.from_json(json.dumps(doc).encode())
+    assert again.vm == _manifest("vm").vm and again.disks == _manifest("vm").disks
     assert json.loads(again.to_json())["added_by_a_newer_writer"] == {"x": [1, 2]}
 
 

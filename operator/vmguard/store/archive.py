@@ -16,13 +16,22 @@ import base64
 import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from vmguard.errors import CorruptObjectError
 from vmguard.store.names import format_time, parse_time
 
 MANIFEST_VERSION = 1
 BackupMode = Literal["full", "incremental", "full-scan"]
+
+
+T = TypeVar("T")
+
+
+def _known(cls: type[T], doc: dict[str, Any]) -> T:
+    """Build ``cls`` from the members it knows; a newer writer's extra members are ignored."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,7 @@ class TransferStats:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TransferStats:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in doc.items() if k in known}
-        return cls(**values)
+        return _known(cls, doc)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,7 @@ class ArchiveManifest:
                 length=int(d["length"]),
                 index=str(d["index"]),
                 index_hash=str(d["index_hash"]),
-                cbt=CbtState(**d["cbt"]) if d.get("cbt") else None,
+                cbt=_known(CbtState, d["cbt"]) if d.get("cbt") else None,
                 stats=TransferStats.from_json(d.get("stats") or {}),
             )
             for d in doc["disks"]
@@ -179,7 +186,7 @@ class ArchiveManifest:
         known = {f.name for f in fields(cls)} | {"version"}
         return cls(
             archive_id=str(doc["archive_id"]),
-            vm=VmIdentity(**doc["vm"]),
+            vm=_known(VmIdentity, doc["vm"]),
             disks=disks,
             started=parse_time(doc["started"]),
             finished=parse_time(doc["finished"]),

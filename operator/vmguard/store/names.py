@@ -106,7 +106,7 @@ def fossil_name(chunk_id: bytes) -> str:
 
 
 def chunk_id_from_name(name: str) -> bytes | None:
-    """The id in a ``chunks/`` or ``fossils/`` name, or None for anything else."""
+    """The id in a ``chunks/``, ``fossils/`` or ``corrupt/`` name, or None if there is none."""
     hex_id = name.rpartition("/")[2]
     return bytes.fromhex(hex_id) if _HEX64.fullmatch(hex_id) else None
 

@@ -170,8 +170,8 @@ def verify(
     if deep:
         bad_ids = {chunk_id for chunk_id, _, _ in bad}
         for info in repo.backend.list(names.CORRUPT):
-            chunk_id = bytes.fromhex(info.name.rpartition("/")[2])
-            if chunk_id in users and chunk_id not in bad_ids:
+            marked = names.chunk_id_from_name(info.name)
+            if marked is not None and marked in users and marked not in bad_ids:
                 repo.backend.delete(info.name)
                 report.marks_cleared += 1
     return report

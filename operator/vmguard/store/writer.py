@@ -106,7 +106,9 @@ class BackupWriter:
         writer = cls(repo, vm, archive_id, parent, lease)
         try:
             for info in repo.backend.list(names.CORRUPT):
-                writer._state.corrupt.add(bytes.fromhex(info.name.rpartition("/")[2]))
+                marked = names.chunk_id_from_name(info.name)
+                if marked is not None:
+                    writer._state.corrupt.add(marked)
         except BaseException:
             lease.release()
             raise
