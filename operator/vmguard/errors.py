@@ -34,3 +34,71 @@ class ConfigError(PermanentError):
 
 class LabError(VmguardError):
     """The local lab could not be built, started or stopped."""
+
+
+# --- repository engine (vmguard.store) -------------------------------------------------
+
+
+class BackendUnavailableError(RetryableError):
+    """The object store did not answer, or answered with a transient failure."""
+
+
+class ObjectNotFoundError(PermanentError):
+    """The named object does not exist in the backend."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"object not found: {name}")
+        self.name = name
+
+
+class ObjectLockedError(PermanentError):
+    """The object is under S3 Object Lock retention (or legal hold) and cannot be deleted."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"object is locked: {name}" + (f" ({detail})" if detail else ""))
+        self.name = name
+
+
+class RepositoryError(PermanentError):
+    """The repository is missing, malformed, or of a format this version cannot read."""
+
+
+class RepositoryNotFoundError(RepositoryError):
+    """No repository config exists at the given location."""
+
+
+class RepositoryExistsError(RepositoryError):
+    """A repository already exists where a new one was to be created."""
+
+
+class AuthenticationError(PermanentError):
+    """The master key does not open the repository, or the config was tampered with."""
+
+
+class CorruptObjectError(RepositoryError):
+    """A stored object failed its integrity check (tag, length, hash or structure)."""
+
+
+class ChunkCorruptError(CorruptObjectError):
+    """A chunk failed authentication, decompression or its id (hash) check."""
+
+    def __init__(self, chunk_id_hex: str, reason: str) -> None:
+        super().__init__(f"chunk {chunk_id_hex} is corrupt: {reason}")
+        self.chunk_id_hex = chunk_id_hex
+        self.reason = reason
+
+
+class ChunkMissingError(RepositoryError):
+    """An index references a chunk that is stored neither as chunk nor as fossil."""
+
+    def __init__(self, chunk_id_hex: str) -> None:
+        super().__init__(f"chunk {chunk_id_hex} is missing from the repository")
+        self.chunk_id_hex = chunk_id_hex
+
+
+class LeaseLostError(RetryableError):
+    """A backup could not keep its lease alive; it must not commit and must start again."""
+
+
+class GcBusyError(RetryableError):
+    """Another garbage collection holds the repository's GC lock."""

@@ -1,0 +1,163 @@
+"""BackupWriter: the lease discipline, corrupt-chunk repair, and Object Lock retention."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from tests.store.conftest import CHUNK
+from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore, write_disk
+from vmguard.errors import LeaseLostError, RepositoryError
+from vmguard.store import (
+    GcPolicy,
+    MasterKey,
+    ObjectLockPolicy,
+    Repository,
+    ScryptParams,
+    VmIdentity,
+    names,
+)
+from vmguard.store.backend import MemoryBackend
+from vmguard.store.clock import ManualClock, SystemClock
+from vmguard.store.lease import Lease
+
+pytestmark = pytest.mark.unit
+
+
+def _repo(*, lock: bool = False) -> tuple[Repository, ManualClock]:
+    clock = ManualClock()
+    backend = MemoryBackend(object_lock=lock, clock=clock.now)
+    repo = Repository.init(
+        backend,
+        master_key=MasterKey(b"sixteen bytes or more"),
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+        object_lock=ObjectLockPolicy("GOVERNANCE", 30) if lock else None,
+        gc=GcPolicy(lease_ttl_seconds=600, grace_seconds=3600),
+        clock=clock,
+    )
+    return repo, clock
+
+
+def _lease_names(repo: Repository) -> list[str]:
+    return [i.name for i in repo.backend.list(names.LEASES)]
+
+
+def test_the_lease_exists_while_the_backup_runs_and_goes_with_it() -> None:
+    repo, _ = _repo()
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        assert _lease_names(repo) == [writer.lease.name]
+        write_disk(writer, "d", disk_image(1, 2, CHUNK))
+        writer.commit()
+    assert _lease_names(repo) == []
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        writer.put_chunk(b"abandoned")
+    assert _lease_names(repo) == [] and len(repo.list_archives()) == 1
+
+
+def test_a_lapsed_lease_refuses_to_commit_and_no_archive_appears() -> None:
+    repo, clock = _repo()
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        write_disk(writer, "d", disk_image(2, 2, CHUNK))
+        clock.advance(601)
+        with pytest.raises(LeaseLostError):
+            writer.commit()
+        with pytest.raises(LeaseLostError):
+            writer.lease.refresh()
+    assert repo.list_archives() == []
+
+
+def test_commit_needs_the_margin_not_just_an_unexpired_lease() -> None:
+    repo, clock = _repo()
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        write_disk(writer, "d", disk_image(3, 2, CHUNK))
+        clock.advance(301)  # within ttl 600, but less than the 300 s margin left
+        with pytest.raises(LeaseLostError):
+            writer.commit()
+
+
+def test_a_long_backup_that_refreshes_its_lease_commits() -> None:
+    repo, clock = _repo()
+    image = disk_image(4, 3, CHUNK)
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        for _ in range(30):  # five hours of work, refreshed every two minutes
+            clock.advance(120)
+            writer.lease.refresh()
+            age = clock.now() - repo.backend.stat(writer.lease.name).modified
+            assert age == timedelta(0)
+        write_disk(writer, "d", image)
+        manifest = writer.commit()
+    assert restore(repo, manifest, "d") == image
+
+
+def test_the_refresh_thread_keeps_the_lease_fresh() -> None:
+    backend = MemoryBackend()
+    lease = Lease(backend, "leases/x", {"purpose": "test"}, ttl=0.25, clock=SystemClock())
+    lease.acquire()
+    first = backend.stat("leases/x").modified
+    lease.start_refreshing()
+    time.sleep(0.2)
+    assert backend.stat("leases/x").modified > first
+    lease.ensure_valid()
+    lease.release()
+    assert list(backend.list("leases/")) == []
+
+
+def test_a_committed_writer_cannot_be_used_again() -> None:
+    repo, _ = _repo()
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        writer.commit()
+        with pytest.raises(RepositoryError, match="already committed"):
+            writer.put_chunk(b"late")
+
+
+def test_chunks_marked_corrupt_are_uploaded_again_and_unmarked() -> None:
+    repo, _ = _repo()
+    image = disk_image(5, 4, CHUNK)
+    first = backup(repo, "vm", {"d": image})
+    victim = sorted(repo.load_index(first, "d").referenced())[0]
+    repo.backend.put(names.chunk_name(victim), b"garbage that is long enough to look plausible")
+    repo.backend.put(names.corrupt_name(victim), b"{}")
+    again = backup(repo, "vm-2", {"d": image})
+    assert again.stats.chunks_new == 1
+    assert list(repo.backend.list(names.CORRUPT)) == []
+    assert restore(repo, first, "d") == image  # the old archive is repaired too
+
+
+def test_incrementals_do_not_carry_corrupt_chunks_forward() -> None:
+    repo, _ = _repo()
+    image = disk_image(6, 4, CHUNK)
+    first = backup(repo, "vm", {"d": image})
+    victim = sorted(repo.load_index(first, "d").referenced())[0]
+    repo.backend.put(names.corrupt_name(victim), b"{}")
+    incr = backup(repo, "vm", {"d": image}, parent=first.archive_id, changed={"d": set()})
+    assert incr.stats.chunks_new == 1
+    assert restore(repo, incr, "d") == image
+
+
+def test_object_lock_retains_everything_a_backup_writes() -> None:
+    repo, clock = _repo(lock=True)
+    manifest = backup(repo, "vm", {"d": disk_image(7, 3, CHUNK)})
+    assert manifest.retain_until == clock.now() + timedelta(days=30)
+    written = [
+        i.name
+        for i in repo.backend.list()
+        if i.name.split("/")[0] in ("chunks", "indexes", "archives")
+    ]
+    for name in written:
+        assert repo.backend.stat(name).retain_until == manifest.retain_until
+
+
+def test_reused_chunks_get_their_lock_extended_when_it_runs_short() -> None:
+    repo, clock = _repo(lock=True)
+    image = disk_image(8, 3, CHUNK)
+    first = backup(repo, "vm-a", {"d": image})
+    chunk = names.chunk_name(sorted(repo.load_index(first, "d").referenced())[0])
+    clock.advance(10 * 86400)
+    backup(repo, "vm-b", {"d": image})  # 20 days left of 30: not extended
+    assert repo.backend.stat(chunk).retain_until == first.retain_until
+    clock.advance(10 * 86400)
+    second = backup(repo, "vm-c", {"d": image})  # 10 days left: extended
+    assert repo.backend.stat(chunk).retain_until == second.retain_until
