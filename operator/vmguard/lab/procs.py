@@ -39,13 +39,23 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _start_time(pid: int) -> int | None:
+    """The start time of a live process, or None if it is gone or a zombie."""
+    _reap(pid)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None  # exited; its parent (perhaps another process) has not reaped it yet
     return int(fields[19])
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of ours that has exited (no zombie left)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 @dataclass(frozen=True)
