@@ -34,6 +34,17 @@ func (h *labHooks) PutObject(_ *simulator.Context, obj mo.Reference) {
 		h.store.Freeze(x)
 	case *simulator.Task:
 		x.Info.Name = wsdlTaskName(x.Info.Name)
+	case *simulator.VirtualMachine:
+		// vcsim leaves these required enums empty, and pyVmomi then cannot
+		// deserialize vm.runtime or vm.summary at all.
+		for _, rt := range []*types.VirtualMachineRuntimeInfo{&x.Runtime, &x.Summary.Runtime} {
+			if rt.FaultToleranceState == "" {
+				rt.FaultToleranceState = types.VirtualMachineFaultToleranceStateNotConfigured
+			}
+			if rt.RecordReplayState == "" {
+				rt.RecordReplayState = types.VirtualMachineRecordReplayStateInactive
+			}
+		}
 	}
 }
 

@@ -296,3 +296,56 @@ def test_put_image_replaces_content_and_starts_a_new_epoch(
     )
     assert dev.capacityInBytes == new.capacity
     _chain_is_refused(vm, disk.key, new.capacity, old)
+
+
+def _retrieve_all(si: Any, objs: list[Any], kind: Any) -> None:
+    pc = si.content.propertyCollector
+    q = vmodl.query.PropertyCollector
+    spec = q.FilterSpec(
+        objectSet=[q.ObjectSpec(obj=o) for o in objs],
+        propSet=[q.PropertySpec(type=kind, all=True)],
+    )
+    assert len(pc.RetrieveContents([spec])) == len(objs)
+
+
+def test_every_property_deserializes_in_pyvmomi(vsphere_si: Any, vsim: VSimControl) -> None:
+    """vcsim leaves some required enums empty; pyVmomi then fails on vm.runtime."""
+    vms = list(_vm_objects(vsphere_si).values())[:50]
+    _retrieve_all(vsphere_si, vms, vim.VirtualMachine)
+    lab_vm = _pick_vm(vsim)
+    vm = _vm_objects(vsphere_si)[lab_vm.moref]
+    assert vm.runtime.powerState == "poweredOn"
+    snap = _snapshot(vm, "props")
+    try:
+        _retrieve_all(vsphere_si, [vm], vim.VirtualMachine)
+        _retrieve_all(vsphere_si, [snap], vim.vm.Snapshot)
+        assert vm.snapshot.currentSnapshot == snap
+    finally:
+        WaitForTask(vm.RemoveAllSnapshots_Task())
+
+
+def test_power_on_activates_and_disabling_clears_cbt(vsphere_si: Any, vsim: VSimControl) -> None:
+    lab_vm = next(
+        (
+            v
+            for v in vsim.vms()
+            if not v.template and not v.cbt_enabled and v.power_state == "poweredOff"
+        ),
+        None,
+    )
+    if lab_vm is None:
+        pytest.skip("no powered-off VM without CBT in this inventory")
+    vm = _vm_objects(vsphere_si)[lab_vm.moref]
+    key = lab_vm.disks[0].key
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
+    assert not vsim.vm(lab_vm.moref).cbt_active
+    WaitForTask(vm.PowerOnVM_Task())
+    try:
+        assert vsim.vm(lab_vm.moref).cbt_active
+        assert CHANGE_ID.match(_disk_change_id(vm.config, key))
+    finally:
+        WaitForTask(vm.PowerOffVM_Task())
+        WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)))
+    after = vsim.vm(lab_vm.moref)
+    assert not after.cbt_enabled and not after.cbt_active
+    assert after.disks[0].change_id is None and _disk_change_id(vm.config, key) == ""
