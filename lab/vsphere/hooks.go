@@ -121,6 +121,11 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				return &cbtVM{VirtualMachine: vm, store: s}, nil
 			}
 		}
+		if m.Name == "CloneVM_Task" {
+			if req, ok := m.Body.(*types.CloneVM_Task); ok {
+				s.expectClone(req)
+			}
+		}
 	case "SessionManager":
 		if refusedLogins[m.Name] {
 			return nil, new(types.InvalidLogin)

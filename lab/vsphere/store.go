@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -48,6 +49,16 @@ type Store struct {
 	bulk    bool
 	pending sync.WaitGroup
 	work    chan materializeJob
+
+	clones map[string]cloneSource // by "<folder moref>/<escaped name>", under mu
+}
+
+// cloneSource is a CloneVM_Task in flight: the new VM's disks start as
+// copies of the source's (live, or frozen in the given snapshot).
+type cloneSource struct {
+	vm       types.ManagedObjectReference
+	snapshot *types.ManagedObjectReference
+	since    time.Time
 }
 
 type vmState struct {
@@ -56,6 +67,7 @@ type vmState struct {
 	cbtEnabled bool // config.changeTrackingEnabled as last seen
 	cbtActive  bool // enabled and activated by a snapshot or power-on
 	disks      map[int32]*diskState
+	cloneOf    *cloneSource // while the disks of a clone are being created
 }
 
 type diskState struct {
@@ -103,6 +115,7 @@ func NewStore(reg *simulator.Registry, stateDir, metaDir string) (*Store, error)
 		snapDir: filepath.Join(stateDir, "snapshots"),
 		vms:     map[string]*vmState{},
 		snaps:   map[string]*snapState{},
+		clones:  map[string]cloneSource{},
 	}
 	for _, d := range []string{s.dataDir, s.snapDir, s.linkDir} {
 		if err := os.RemoveAll(d); err != nil {
@@ -229,6 +242,10 @@ func (s *Store) Reconcile(vm *mo.VirtualMachine, poweredOn bool) {
 
 func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 	seen := map[int32]bool{}
+	added := false
+	if st.cloneOf == nil && vm.Parent != nil {
+		st.cloneOf = s.takeClone(*vm.Parent, vm.Name)
+	}
 	for _, dev := range vm.Config.Hardware.Device {
 		disk, b := flatDisk(dev)
 		if disk == nil {
@@ -248,10 +265,15 @@ func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 				capacity: capacity,
 			}
 			st.disks[disk.Key] = d
+			added = true
 			if st.cbtActive {
 				s.newEpoch(d)
 			}
-			if s.bulk {
+			if st.cloneOf != nil {
+				if err := s.materializeClone(st, d); err != nil {
+					log.Printf("%s disk %d: clone: %v", vm.Self.Value, disk.Key, err)
+				}
+			} else if s.bulk {
 				// never block on the queue while holding st.mu: workers take it
 				s.pending.Add(1)
 				go func(j materializeJob) { s.work <- j }(materializeJob{vm: st, disk: d})
@@ -274,9 +296,13 @@ func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 			d.label = info.GetDescription().Label
 		}
 	}
-	for key := range st.disks {
+	if added {
+		st.cloneOf = nil // later disks are new disks, not copies
+	}
+	for key, d := range st.disks {
 		if !seen[key] {
 			delete(st.disks, key)
+			s.collectLater(d)
 		}
 	}
 	enabled := vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
@@ -356,6 +382,85 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 	}
 	d.materialized = true
 	return nil
+}
+
+// expectClone notes a CloneVM_Task before vcsim runs it.
+func (s *Store) expectClone(req *types.CloneVM_Task) {
+	src := cloneSource{vm: req.This, snapshot: req.Spec.Snapshot, since: time.Now()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, c := range s.clones {
+		if time.Since(c.since) > 5*time.Minute {
+			delete(s.clones, k) // a clone that failed before creating its VM
+		}
+	}
+	s.clones[req.Folder.Value+"/"+escapeName(req.Name)] = src
+}
+
+func (s *Store) takeClone(folder types.ManagedObjectReference, name string) *cloneSource {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := folder.Value + "/" + name
+	c, ok := s.clones[k]
+	if !ok {
+		return nil
+	}
+	delete(s.clones, k)
+	return &c
+}
+
+// materializeClone creates a clone's disk as a copy of the source disk with
+// the same key, taken under the source's lock so it is a point in time.
+func (s *Store) materializeClone(st *vmState, d *diskState) error {
+	src := st.cloneOf
+	var from string
+	if src.snapshot != nil {
+		if ss := s.lookupSnap(src.snapshot.Value); ss != nil && ss.disks[d.key] != nil {
+			from = ss.disks[d.key].path
+		}
+	}
+	var unlock func()
+	if from == "" {
+		srcState := s.lookupVM(src.vm.Value)
+		if srcState == nil || srcState == st {
+			return s.materialize(st, d)
+		}
+		srcState.mu.Lock()
+		unlock = srcState.mu.Unlock
+		if sd := srcState.disks[d.key]; sd != nil {
+			if err := s.materialize(srcState, sd); err == nil {
+				from = sd.dataPath
+			}
+		}
+	}
+	if err := s.materialize(st, d); err != nil || from == "" {
+		if unlock != nil {
+			unlock()
+		}
+		return err
+	}
+	err := diskfile.Copy(from, d.dataPath, d.capacity)
+	if unlock != nil {
+		unlock()
+	}
+	return err
+}
+
+// collectLater removes a detached disk's image once vcsim has deleted the
+// flat file pointing at it (vcsim deletes VM files in a task of its own).
+// A disk detached with its files kept keeps its image.
+func (s *Store) collectLater(d *diskState) {
+	if !d.materialized {
+		return
+	}
+	time.AfterFunc(5*time.Second, func() {
+		if target, err := os.Readlink(d.flatPath); err == nil && target == d.dataPath {
+			return
+		}
+		if err := os.Remove(d.dataPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Printf("collect %s: %v", d.dataPath, err)
+		}
+	})
 }
 
 func (s *Store) newDataFile(vm types.ManagedObjectReference, key int32) (string, error) {
@@ -465,6 +570,13 @@ func (s *Store) DropSnapshot(ref string) {
 
 // DropVM forgets a destroyed VM and the frozen copies of its snapshots.
 func (s *Store) DropVM(ref string) {
+	if st := s.lookupVM(ref); st != nil {
+		st.mu.Lock()
+		for _, d := range st.disks {
+			s.collectLater(d)
+		}
+		st.mu.Unlock()
+	}
 	s.mu.Lock()
 	delete(s.vms, ref)
 	var snaps []string

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,38 @@ def test_power_on_activates_and_disabling_clears_cbt(vsphere_si: Any, vsim: VSim
     after = vsim.vm(lab_vm.moref)
     assert not after.cbt_enabled and not after.cbt_active
     assert after.disks[0].change_id is None and _disk_change_id(vm.config, key) == ""
+
+
+def test_clone_copies_disks_and_destroy_frees_them(vsphere_si: Any, vsim: VSimControl) -> None:
+    template = next((v for v in vsim.vms() if v.template), None)
+    if template is None:
+        pytest.skip("no template in this inventory")
+    disk = template.disks[0]
+    data = os.urandom(2 * CBT_BLOCK_SIZE)
+    vsim.write(template.moref, disk.key, 7 * MiB, data)
+    src = _vm_objects(vsphere_si)[template.moref]
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=_any_pool(vsphere_si)))
+    task = src.CloneVM_Task(folder=src.parent, name="clone-of-template", spec=spec)
+    WaitForTask(task)
+    clone = task.info.result
+    try:
+        lab_clone = vsim.vm(clone._moId)
+        copied = {d.key: d for d in lab_clone.disks}[disk.key]
+        assert copied.path != disk.path
+        assert _read(copied.path, 7 * MiB, len(data)) == data
+    finally:
+        WaitForTask(clone.Destroy_Task())
+    deadline = time.monotonic() + 20
+    while os.path.exists(copied.path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(copied.path), "a destroyed VM's disk image is removed"
+    assert os.path.exists(disk.path)
+
+
+def _any_pool(si: Any) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.ResourcePool], True)
+    try:
+        return view.view[0]
+    finally:
+        view.DestroyView()
