@@ -21,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -53,14 +52,6 @@ type Store struct {
 	clones map[string]cloneSource // by "<folder moref>/<escaped name>", under mu
 }
 
-// cloneSource is a CloneVM_Task in flight: the new VM's disks start as
-// copies of the source's (live, or frozen in the given snapshot).
-type cloneSource struct {
-	vm       types.ManagedObjectReference
-	snapshot *types.ManagedObjectReference
-	since    time.Time
-}
-
 type vmState struct {
 	mu         sync.Mutex
 	ref        types.ManagedObjectReference
@@ -82,22 +73,6 @@ type diskState struct {
 	materialized bool
 	log          *cbt.Log // nil while CBT is not active
 	published    string   // changeId shown in the VM's config
-}
-
-type snapState struct {
-	ref   types.ManagedObjectReference
-	vm    types.ManagedObjectReference
-	disks map[int32]*frozenDisk
-	err   error // the freeze failed; queries fault
-}
-
-type frozenDisk struct {
-	key      int32
-	fileName string
-	path     string
-	capacity int64
-	changeID *cbt.ChangeID // nil when CBT was not active at snapshot time
-	log      *cbt.Log
 }
 
 type materializeJob struct {
@@ -384,85 +359,6 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 	return nil
 }
 
-// expectClone notes a CloneVM_Task before vcsim runs it.
-func (s *Store) expectClone(req *types.CloneVM_Task) {
-	src := cloneSource{vm: req.This, snapshot: req.Spec.Snapshot, since: time.Now()}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, c := range s.clones {
-		if time.Since(c.since) > 5*time.Minute {
-			delete(s.clones, k) // a clone that failed before creating its VM
-		}
-	}
-	s.clones[req.Folder.Value+"/"+escapeName(req.Name)] = src
-}
-
-func (s *Store) takeClone(folder types.ManagedObjectReference, name string) *cloneSource {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k := folder.Value + "/" + name
-	c, ok := s.clones[k]
-	if !ok {
-		return nil
-	}
-	delete(s.clones, k)
-	return &c
-}
-
-// materializeClone creates a clone's disk as a copy of the source disk with
-// the same key, taken under the source's lock so it is a point in time.
-func (s *Store) materializeClone(st *vmState, d *diskState) error {
-	src := st.cloneOf
-	var from string
-	if src.snapshot != nil {
-		if ss := s.lookupSnap(src.snapshot.Value); ss != nil && ss.disks[d.key] != nil {
-			from = ss.disks[d.key].path
-		}
-	}
-	var unlock func()
-	if from == "" {
-		srcState := s.lookupVM(src.vm.Value)
-		if srcState == nil || srcState == st {
-			return s.materialize(st, d)
-		}
-		srcState.mu.Lock()
-		unlock = srcState.mu.Unlock
-		if sd := srcState.disks[d.key]; sd != nil {
-			if err := s.materialize(srcState, sd); err == nil {
-				from = sd.dataPath
-			}
-		}
-	}
-	if err := s.materialize(st, d); err != nil || from == "" {
-		if unlock != nil {
-			unlock()
-		}
-		return err
-	}
-	err := diskfile.Copy(from, d.dataPath, d.capacity)
-	if unlock != nil {
-		unlock()
-	}
-	return err
-}
-
-// collectLater removes a detached disk's image once vcsim has deleted the
-// flat file pointing at it (vcsim deletes VM files in a task of its own).
-// A disk detached with its files kept keeps its image.
-func (s *Store) collectLater(d *diskState) {
-	if !d.materialized {
-		return
-	}
-	time.AfterFunc(5*time.Second, func() {
-		if target, err := os.Readlink(d.flatPath); err == nil && target == d.dataPath {
-			return
-		}
-		if err := os.Remove(d.dataPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.Printf("collect %s: %v", d.dataPath, err)
-		}
-	})
-}
-
 func (s *Store) newDataFile(vm types.ManagedObjectReference, key int32) (string, error) {
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("%s-%d.img", vm.Value, key)
@@ -493,101 +389,6 @@ func (s *Store) ActivateAll() {
 			s.publish(st, vm.Config)
 		}
 		st.mu.Unlock()
-	}
-}
-
-// Freeze runs when vcsim registers a new snapshot (inside its create task,
-// with the VM locked): it activates pending CBT, copies every disk, and records
-// the change ids in the snapshot's and the VM's config.
-func (s *Store) Freeze(snap *simulator.VirtualMachineSnapshot) {
-	vm, ok := s.reg.Get(snap.Vm).(*simulator.VirtualMachine)
-	if !ok || vm.Config == nil {
-		return
-	}
-	st := s.vm(vm.Self)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	s.reconcileLocked(st, &vm.VirtualMachine)
-	if st.cbtEnabled && !st.cbtActive {
-		s.activate(st)
-	}
-	ss := &snapState{ref: snap.Self, vm: vm.Self, disks: map[int32]*frozenDisk{}}
-	for _, d := range st.disks {
-		fd := &frozenDisk{
-			key: d.key, fileName: d.fileName, capacity: d.capacity, log: d.log,
-			path: filepath.Join(s.snapDir, fmt.Sprintf("%s-%d.img", snap.Self.Value, d.key)),
-		}
-		if err := s.materialize(st, d); err != nil {
-			ss.err = err
-		} else if err := diskfile.Copy(d.dataPath, fd.path, d.capacity); err != nil {
-			ss.err = err
-		}
-		if ss.err != nil {
-			log.Printf("snapshot %s of %s: %v", snap.Self.Value, vm.Self.Value, ss.err)
-			break
-		}
-		if d.log != nil {
-			id := d.log.Current()
-			fd.changeID = &id
-			d.published = id.String()
-		}
-		ss.disks[d.key] = fd
-	}
-	s.mu.Lock()
-	s.snaps[snap.Self.Value] = ss
-	s.mu.Unlock()
-	for _, dev := range snap.Config.Hardware.Device {
-		if disk, b := flatDisk(dev); disk != nil {
-			b.ChangeId = ""
-			if fd := ss.disks[disk.Key]; fd != nil && fd.changeID != nil {
-				b.ChangeId = fd.changeID.String()
-			}
-		}
-	}
-	s.publish(st, vm.Config)
-}
-
-// DropSnapshot deletes a snapshot's frozen copies.
-func (s *Store) DropSnapshot(ref string) {
-	s.mu.Lock()
-	ss := s.snaps[ref]
-	delete(s.snaps, ref)
-	s.mu.Unlock()
-	if ss == nil {
-		return
-	}
-	for _, fd := range ss.disks {
-		if err := os.Remove(fd.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.Printf("snapshot %s: %v", ref, err)
-		}
-	}
-	// a failed freeze may have left a partial copy without a disk entry
-	matches, _ := filepath.Glob(filepath.Join(s.snapDir, ref+"-*.img"))
-	for _, m := range matches {
-		_ = os.Remove(m)
-	}
-}
-
-// DropVM forgets a destroyed VM and the frozen copies of its snapshots.
-func (s *Store) DropVM(ref string) {
-	if st := s.lookupVM(ref); st != nil {
-		st.mu.Lock()
-		for _, d := range st.disks {
-			s.collectLater(d)
-		}
-		st.mu.Unlock()
-	}
-	s.mu.Lock()
-	delete(s.vms, ref)
-	var snaps []string
-	for k, ss := range s.snaps {
-		if ss.vm.Value == ref {
-			snaps = append(snaps, k)
-		}
-	}
-	s.mu.Unlock()
-	for _, k := range snaps {
-		s.DropSnapshot(k)
 	}
 }
 
