@@ -11,11 +11,16 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
+	"github.com/vmware/govmomi/vmdk"
 
 	"vmguard.io/lab/vsphere/internal/cbt"
 	"vmguard.io/lab/vsphere/internal/diskfile"
@@ -33,16 +38,19 @@ type snapState struct {
 	ref   types.ManagedObjectReference
 	vm    types.ManagedObjectReference
 	disks map[int32]*frozenDisk
-	err   error // the freeze failed; queries fault
+	err   error    // the freeze failed; queries fault
+	files []string // vcsim's .vmsn/.vmem of the snapshot, deleted with it
 }
 
 type frozenDisk struct {
-	key      int32
-	fileName string
-	path     string
-	capacity int64
-	changeID *cbt.ChangeID // nil when CBT was not active at snapshot time
-	log      *cbt.Log
+	key        int32
+	fileName   string // datastore path of the frozen disk's descriptor
+	descriptor string // its local path
+	flatLink   string // local path of its -flat.vmdk, a symlink to path
+	path       string // the frozen raw image
+	capacity   int64
+	changeID   *cbt.ChangeID // nil when CBT was not active at snapshot time
+	log        *cbt.Log
 }
 
 // expectClone notes a CloneVM_Task before vcsim runs it.
@@ -149,6 +157,8 @@ func (s *Store) Freeze(snap *simulator.VirtualMachineSnapshot) {
 			ss.err = err
 		} else if err := diskfile.Copy(d.dataPath, fd.path, d.capacity); err != nil {
 			ss.err = err
+		} else if err := s.showFrozen(d, fd, snap.Self.Value); err != nil {
+			ss.err = err
 		}
 		if ss.err != nil {
 			log.Printf("snapshot %s of %s: %v", snap.Self.Value, vm.Self.Value, ss.err)
@@ -167,12 +177,85 @@ func (s *Store) Freeze(snap *simulator.VirtualMachineSnapshot) {
 	for _, dev := range snap.Config.Hardware.Device {
 		if disk, b := flatDisk(dev); disk != nil {
 			b.ChangeId = ""
-			if fd := ss.disks[disk.Key]; fd != nil && fd.changeID != nil {
-				b.ChangeId = fd.changeID.String()
+			if fd := ss.disks[disk.Key]; fd != nil {
+				b.FileName = fd.fileName
+				if fd.changeID != nil {
+					b.ChangeId = fd.changeID.String()
+				}
 			}
 		}
 	}
 	s.publish(st, vm.Config)
+}
+
+// showFrozen puts a frozen copy on the datastore next to the live disk, as
+// "<disk>-<snapshot>.vmdk" with its flat file a symlink to the copy, and the
+// snapshot's config names it. On ESXi the snapshot keeps the base disk and
+// the VM moves on to a delta; either way the snapshot's backing fileName is
+// the frozen disk, which is what hot-add attaches and VDDK opens.
+func (s *Store) showFrozen(d *diskState, fd *frozenDisk, snapshot string) error {
+	var p object.DatastorePath
+	if !p.FromString(d.fileName) {
+		return fmt.Errorf("bad datastore path %q", d.fileName)
+	}
+	base := strings.TrimSuffix(path.Base(p.Path), ".vmdk") + "-" + snapshot + ".vmdk"
+	p.Path = path.Join(path.Dir(p.Path), base)
+	fd.fileName = p.String()
+	fd.descriptor = filepath.Join(filepath.Dir(d.descriptor), base)
+	fd.flatLink = simulator.VirtualDiskBackingFileName(fd.descriptor)
+	desc := vmdk.NewDescriptor(vmdk.Extent{
+		Info: filepath.Base(fd.flatLink),
+		Size: (fd.capacity + vmdk.SectorSize - 1) / vmdk.SectorSize,
+	})
+	f, err := os.Create(fd.descriptor)
+	if err != nil {
+		return err
+	}
+	if err := desc.Write(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return s.linkFlat(fd.path, fd.flatLink)
+}
+
+// adoptSnapshotFiles takes the deletion of snapshot files away from vcsim.
+// vcsim remembers a snapshot's .vmsn by its key in layoutEx.file, but
+// RefreshStorageInfo renumbers those keys, so removing a snapshot later can
+// delete whatever file has the old key now, such as the live disk's
+// descriptor. Right after vcsim adds a snapshot's layout the key is still
+// right: the file is recorded here and the keys are cleared.
+func (s *Store) adoptSnapshotFiles(vm *mo.VirtualMachine) {
+	if vm.LayoutEx == nil {
+		return
+	}
+	names := map[int32]string{}
+	for _, f := range vm.LayoutEx.File {
+		names[f.Key] = f.Name
+	}
+	for i := range vm.LayoutEx.Snapshot {
+		sl := &vm.LayoutEx.Snapshot[i]
+		var files []string
+		for _, key := range []*int32{&sl.DataKey, &sl.MemoryKey} {
+			if *key < 0 {
+				continue
+			}
+			if local, err := s.localPath(names[*key]); err == nil {
+				files = append(files, local)
+			}
+			*key = -1
+		}
+		if len(files) == 0 {
+			continue
+		}
+		s.mu.Lock()
+		if ss := s.snaps[sl.Key.Value]; ss != nil {
+			ss.files = append(ss.files, files...)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // DropSnapshot deletes a snapshot's frozen copies.
@@ -184,9 +267,16 @@ func (s *Store) DropSnapshot(ref string) {
 	if ss == nil {
 		return
 	}
-	for _, fd := range ss.disks {
-		if err := os.Remove(fd.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, f := range ss.files {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			log.Printf("snapshot %s: %v", ref, err)
+		}
+	}
+	for _, fd := range ss.disks {
+		for _, p := range []string{fd.descriptor, fd.flatLink, fd.path} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				log.Printf("snapshot %s: %v", ref, err)
+			}
 		}
 	}
 	// a failed freeze may have left a partial copy without a disk entry

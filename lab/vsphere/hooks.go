@@ -74,6 +74,9 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 	}
 	relevant, poweredOn := false, false
 	for _, c := range changes {
+		if strings.HasPrefix(c.Name, "snapshot") {
+			h.store.adoptSnapshotFiles(vm)
+		}
 		switch c.Name {
 		case "config.hardware.device", "config.changeVersion":
 			relevant = true

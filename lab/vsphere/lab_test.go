@@ -264,3 +264,43 @@ func readAt(t *testing.T, path string, off int64, n int) []byte {
 	}
 	return buf
 }
+
+// vcsim renumbers layoutEx file keys on RefreshStorageInfo and used to delete
+// whatever file then carried a removed snapshot's old key.
+func TestRemovingSnapshotsKeepsLiveDiskFiles(t *testing.T) {
+	f := newLab(t, 4)
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	v := vms[len(vms)-1]
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.Moref}
+	vm := object.NewVirtualMachine(f.c, ref)
+	snap1, _, _ := f.snapshot(t, vm)
+	if err := vm.RefreshStorageInfo(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.snapshot(t, vm)
+	if err := vm.RefreshStorageInfo(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var frozen []frozenView
+	f.call(t, "GET", "/snapshots/"+snap1.Value+"/disks", nil, &frozen)
+	task, err := vm.RemoveAllSnapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waitTask(f.model.Map(), task.Reference()); err != nil {
+		t.Fatal(err)
+	}
+	st := f.store.lookupVM(v.Moref)
+	for _, d := range st.disks {
+		for _, p := range []string{d.descriptor, d.flatPath, d.dataPath} {
+			if _, err := os.Stat(p); err != nil {
+				t.Errorf("live disk file gone: %v", err)
+			}
+		}
+	}
+	if _, err := os.Stat(frozen[0].Path); !os.IsNotExist(err) {
+		t.Errorf("frozen copy %s survived its snapshot", frozen[0].Path)
+	}
+}

@@ -50,6 +50,7 @@ type Store struct {
 	work    chan materializeJob
 
 	clones map[string]cloneSource // by "<folder moref>/<escaped name>", under mu
+	dsDirs map[string]string      // datastore name -> local directory, under mu
 }
 
 type vmState struct {
@@ -91,6 +92,7 @@ func NewStore(reg *simulator.Registry, stateDir, metaDir string) (*Store, error)
 		vms:     map[string]*vmState{},
 		snaps:   map[string]*snapState{},
 		clones:  map[string]cloneSource{},
+		dsDirs:  map[string]string{},
 	}
 	for _, d := range []string{s.dataDir, s.snapDir, s.linkDir} {
 		if err := os.RemoveAll(d); err != nil {
@@ -174,27 +176,37 @@ func diskCapacity(d *types.VirtualDisk) int64 {
 // localPaths maps a disk's datastore path to the descriptor and flat file on
 // this machine.
 func (s *Store) localPaths(b *types.VirtualDiskFlatVer2BackingInfo) (string, string, error) {
+	desc, err := s.localPath(b.FileName)
+	if err != nil {
+		return "", "", err
+	}
+	return desc, simulator.VirtualDiskBackingFileName(desc), nil
+}
+
+// localPath maps "[datastore] path" to a path on this machine.
+func (s *Store) localPath(name string) (string, error) {
 	var p object.DatastorePath
-	if !p.FromString(b.FileName) {
-		return "", "", fmt.Errorf("bad datastore path %q", b.FileName)
+	if !p.FromString(name) {
+		return "", fmt.Errorf("bad datastore path %q", name)
 	}
-	var ds *simulator.Datastore
-	if b.Datastore != nil {
-		ds, _ = s.reg.Get(*b.Datastore).(*simulator.Datastore)
-	}
-	if ds == nil {
+	s.mu.Lock()
+	dir, ok := s.dsDirs[p.Datastore]
+	s.mu.Unlock()
+	if !ok {
+		// Registry.All walks every object: once per datastore, not per disk.
 		for _, e := range s.reg.All("Datastore") {
-			if x, ok := e.(*simulator.Datastore); ok && x.Name == p.Datastore {
-				ds = x
+			if ds, ok := e.(*simulator.Datastore); ok && ds.Name == p.Datastore {
+				dir = ds.Info.GetDatastoreInfo().Url
 			}
 		}
+		if dir == "" {
+			return "", fmt.Errorf("datastore %q not found", p.Datastore)
+		}
+		s.mu.Lock()
+		s.dsDirs[p.Datastore] = dir
+		s.mu.Unlock()
 	}
-	if ds == nil {
-		return "", "", fmt.Errorf("datastore %q not found", p.Datastore)
-	}
-	dir := ds.Info.GetDatastoreInfo().Url
-	desc := filepath.Join(dir, p.Path)
-	return desc, simulator.VirtualDiskBackingFileName(desc), nil
+	return filepath.Join(dir, p.Path), nil
 }
 
 // Reconcile brings the lab state of a VM in line with its vcsim config: new,
@@ -339,15 +351,7 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 				return err
 			}
 		}
-		// The new link is made outside the VM directory and renamed over the
-		// flat file: vcsim lists VM directories concurrently and panics on an
-		// entry that vanishes between ReadDir and Stat.
-		link := filepath.Join(s.linkDir, filepath.Base(path))
-		_ = os.Remove(link)
-		if err := os.Symlink(path, link); err != nil {
-			return err
-		}
-		if err := os.Rename(link, d.flatPath); err != nil {
+		if err := s.linkFlat(path, d.flatPath); err != nil {
 			return err
 		}
 		d.dataPath = path
@@ -357,6 +361,18 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 	}
 	d.materialized = true
 	return nil
+}
+
+// linkFlat makes flat a symlink to image. The link is made outside the VM
+// directory and renamed over flat: vcsim lists VM directories concurrently
+// and panics on an entry that vanishes between ReadDir and Stat.
+func (s *Store) linkFlat(image, flat string) error {
+	link := filepath.Join(s.linkDir, filepath.Base(image))
+	_ = os.Remove(link)
+	if err := os.Symlink(image, link); err != nil {
+		return err
+	}
+	return os.Rename(link, flat)
 }
 
 func (s *Store) newDataFile(vm types.ManagedObjectReference, key int32) (string, error) {

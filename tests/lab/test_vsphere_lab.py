@@ -385,3 +385,53 @@ def _any_pool(si: Any) -> Any:
         return view.view[0]
     finally:
         view.DestroyView()
+
+
+def test_snapshot_disk_attaches_frozen_like_hot_add(
+    cbt_vm: tuple[Any, VSimVM], vsphere_si: Any, vsim: VSimControl
+) -> None:
+    vm, lab_vm = cbt_vm
+    disk = lab_vm.disks[0]
+    vsim.write(lab_vm.moref, disk.key, 0, b"before" * 100)
+    snap = _snapshot(vm, "hot-add")
+    vsim.write(lab_vm.moref, disk.key, 0, b"after!" * 100)
+    snap_disk = next(
+        d for d in snap.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
+    )
+    frozen = {d.key: d for d in vsim.snapshot_disks(snap._moId)}[disk.key]
+    assert snap_disk.backing.fileName == frozen.file_name != disk.file_name
+
+    proxy_lab = next(v for v in vsim.vms() if v.moref != lab_vm.moref and not v.template)
+    proxy = _vm_objects(vsphere_si)[proxy_lab.moref]
+    ctrl = next(
+        d
+        for d in proxy.config.hardware.device
+        if isinstance(d, vim.vm.device.VirtualSCSIController)
+    )
+    used = {d.unitNumber for d in proxy.config.hardware.device if d.controllerKey == ctrl.key}
+    attach = vim.vm.device.VirtualDisk(
+        key=-1,
+        controllerKey=ctrl.key,
+        unitNumber=min(set(range(16)) - used - {7}),
+        capacityInBytes=frozen.capacity,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=frozen.file_name, diskMode="independent_nonpersistent"
+        ),
+    )
+    spec = vim.vm.ConfigSpec(
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=attach)]
+    )
+    WaitForTask(proxy.ReconfigVM_Task(spec=spec))
+    added = [d for d in vsim.vm(proxy_lab.moref).disks if d.file_name == frozen.file_name]
+    assert len(added) == 1
+    assert _read(added[0].path, 0, 600) == b"before" * 100
+    assert _read(disk.path, 0, 600) == b"after!" * 100
+
+    attached = next(
+        d
+        for d in proxy.config.hardware.device
+        if isinstance(d, vim.vm.device.VirtualDisk) and d.backing.fileName == frozen.file_name
+    )
+    detach = vim.vm.device.VirtualDeviceSpec(operation="remove", device=attached)
+    WaitForTask(proxy.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[detach])))
+    assert os.path.exists(frozen.path), "detaching leaves the snapshot's disk alone"
