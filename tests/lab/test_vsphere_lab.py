@@ -39,9 +39,10 @@ def _vm_objects(si: Any) -> dict[str, Any]:
 def _pick_vm(vsim: VSimControl, *, min_capacity: int = 512 * MiB) -> VSimVM:
     """A powered-on, non-template VM without CBT, whose first disk is big enough.
 
-    Tests enable CBT themselves, so the VM they get has never tracked changes.
+    Tests enable CBT themselves, so the VM they get has never tracked changes. The lab is
+    shared with other tests, which tend to take the first VM that fits: take the last.
     """
-    for vm in vsim.vms():
+    for vm in reversed(vsim.vms()):
         if (
             not vm.template
             and not vm.cbt_enabled
@@ -109,8 +110,12 @@ def _read(path: str, offset: int, size: int) -> bytes:
 
 
 @pytest.fixture
-def cbt_vm(vsphere_si: Any, vsim: VSimControl) -> Iterator[tuple[Any, VSimVM]]:
-    """A VM with CBT just enabled through ReconfigVM; its snapshots are removed after."""
+def cbt_vm(vsphere_si: Any, vsim: VSimControl, tmp_path: Path) -> Iterator[tuple[Any, VSimVM]]:
+    """A VM with CBT just enabled through ReconfigVM.
+
+    Afterwards its snapshots are removed, CBT is off again and a disk whose capacity the
+    test changed gets an empty image of its old size, so the shared lab stays usable.
+    """
     lab_vm = _pick_vm(vsim)
     vm = _vm_objects(vsphere_si)[lab_vm.moref]
     WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
@@ -119,6 +124,12 @@ def cbt_vm(vsphere_si: Any, vsim: VSimControl) -> Iterator[tuple[Any, VSimVM]]:
     finally:
         WaitForTask(vm.RemoveAllSnapshots_Task())
         WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)))
+        for disk in lab_vm.disks:
+            if vsim.disk(lab_vm.moref, disk.key).capacity != disk.capacity:
+                empty = tmp_path / f"restore-{disk.key}.img"
+                with open(empty, "wb") as f:
+                    f.truncate(disk.capacity)
+                vsim.put_image(lab_vm.moref, disk.key, str(empty))
 
 
 def test_inventory_is_listed_through_pyvmomi(vsphere_si: Any, vsim: VSimControl) -> None:
@@ -371,6 +382,7 @@ def test_clone_copies_disks_and_destroy_frees_them(vsphere_si: Any, vsim: VSimCo
         assert _read(copied.path, 7 * MiB, len(data)) == data
     finally:
         WaitForTask(clone.Destroy_Task())
+        vsim.write(template.moref, disk.key, 7 * MiB, bytes(len(data)))
     deadline = time.monotonic() + 20
     while os.path.exists(copied.path) and time.monotonic() < deadline:
         time.sleep(0.2)
