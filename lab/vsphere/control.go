@@ -49,6 +49,7 @@ type vmView struct {
 
 type frozenView struct {
 	Key      int32   `json:"key"`
+	FileName string  `json:"fileName"`
 	Path     string  `json:"path"`
 	Capacity int64   `json:"capacity"`
 	ChangeID *string `json:"changeId"`
@@ -410,7 +411,7 @@ func (c *control) snapshotDisks(r *http.Request) (any, error) {
 	}
 	out := []frozenView{}
 	for _, fd := range ss.disks {
-		v := frozenView{Key: fd.key, Path: fd.path, Capacity: fd.capacity}
+		v := frozenView{Key: fd.key, FileName: fd.fileName, Path: fd.path, Capacity: fd.capacity}
 		if fd.changeID != nil {
 			id := fd.changeID.String()
 			v.ChangeID = &id

@@ -34,6 +34,17 @@ func (h *labHooks) PutObject(_ *simulator.Context, obj mo.Reference) {
 		h.store.Freeze(x)
 	case *simulator.Task:
 		x.Info.Name = wsdlTaskName(x.Info.Name)
+	case *simulator.VirtualMachine:
+		// vcsim leaves these required enums empty, and pyVmomi then cannot
+		// deserialize vm.runtime or vm.summary at all.
+		for _, rt := range []*types.VirtualMachineRuntimeInfo{&x.Runtime, &x.Summary.Runtime} {
+			if rt.FaultToleranceState == "" {
+				rt.FaultToleranceState = types.VirtualMachineFaultToleranceStateNotConfigured
+			}
+			if rt.RecordReplayState == "" {
+				rt.RecordReplayState = types.VirtualMachineRecordReplayStateInactive
+			}
+		}
 	}
 }
 
@@ -63,6 +74,9 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 	}
 	relevant, poweredOn := false, false
 	for _, c := range changes {
+		if strings.HasPrefix(c.Name, "snapshot") {
+			h.store.adoptSnapshotFiles(vm)
+		}
 		switch c.Name {
 		case "config.hardware.device", "config.changeVersion":
 			relevant = true
@@ -108,6 +122,11 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				// wrapper's Self makes call() lock the real VM.
 				m.This = types.ManagedObjectReference{Type: "VmguardCBTVirtualMachine", Value: m.This.Value}
 				return &cbtVM{VirtualMachine: vm, store: s}, nil
+			}
+		}
+		if m.Name == "CloneVM_Task" {
+			if req, ok := m.Body.(*types.CloneVM_Task); ok {
+				s.expectClone(req)
 			}
 		}
 	case "SessionManager":

@@ -149,6 +149,11 @@ func planVM(i int, cfg inventoryConfig, rng *rand.Rand) vmPlan {
 	return p
 }
 
+// newRand is the inventory's one random stream.
+func newRand(seed uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, 0x766d6775617264))
+}
+
 // escapeName is what vCenter (and vcsim) does to '%', '/' and '\' in names.
 func escapeName(name string) string {
 	r := strings.NewReplacer("%", "%25", "/", "%2f", `\`, "%5c")
@@ -222,7 +227,7 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg inventoryConfig
 	}
 
 	inv := &inventory{tagged: map[[2]string][]mo.Reference{}}
-	rng := rand.New(rand.NewPCG(cfg.seed, 0x766d6775617264))
+	rng := newRand(cfg.seed)
 	for i := range cfg.vms {
 		p := planVM(i, cfg, rng)
 		place := places[rng.IntN(len(places))]

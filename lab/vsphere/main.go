@@ -94,10 +94,11 @@ func run(o options) error {
 	if err != nil {
 		return fmt.Errorf("-sdk-addr: %w", err)
 	}
-	if _, err := loopbackAddr(o.controlAddr); err != nil {
+	controlAddr, err := loopbackAddr(o.controlAddr)
+	if err != nil {
 		return fmt.Errorf("-control-addr: %w", err)
 	}
-	controlListener, err := net.Listen("tcp", o.controlAddr)
+	controlListener, err := net.Listen("tcp", controlAddr)
 	if err != nil {
 		return err
 	}

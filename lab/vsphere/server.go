@@ -43,10 +43,11 @@ func (u *serverURLs) withUser() *url.URL {
 	return &x
 }
 
-// loopbackAddr checks that addr is host:port on a loopback address and picks a
-// free port for port 0, because the SDK URL must be known before serving.
+// loopbackAddr checks that addr is host:port on a loopback address that can
+// be listened on, and picks a free port for port 0, because the SDK URL must
+// be known before serving.
 func loopbackAddr(addr string) (string, error) {
-	host, port, err := net.SplitHostPort(addr)
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", err
 	}
@@ -54,9 +55,7 @@ func loopbackAddr(addr string) (string, error) {
 	if ip == nil || !ip.IsLoopback() {
 		return "", fmt.Errorf("%s: only loopback addresses are allowed", addr)
 	}
-	if port != "0" {
-		return addr, nil
-	}
+	// Also fails early on a busy port, before minutes of inventory building.
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", err

@@ -48,6 +48,9 @@ type Store struct {
 	bulk    bool
 	pending sync.WaitGroup
 	work    chan materializeJob
+
+	clones map[string]cloneSource // by "<folder moref>/<escaped name>", under mu
+	dsDirs map[string]string      // datastore name -> local directory, under mu
 }
 
 type vmState struct {
@@ -56,6 +59,7 @@ type vmState struct {
 	cbtEnabled bool // config.changeTrackingEnabled as last seen
 	cbtActive  bool // enabled and activated by a snapshot or power-on
 	disks      map[int32]*diskState
+	cloneOf    *cloneSource // while the disks of a clone are being created
 }
 
 type diskState struct {
@@ -70,22 +74,6 @@ type diskState struct {
 	materialized bool
 	log          *cbt.Log // nil while CBT is not active
 	published    string   // changeId shown in the VM's config
-}
-
-type snapState struct {
-	ref   types.ManagedObjectReference
-	vm    types.ManagedObjectReference
-	disks map[int32]*frozenDisk
-	err   error // the freeze failed; queries fault
-}
-
-type frozenDisk struct {
-	key      int32
-	fileName string
-	path     string
-	capacity int64
-	changeID *cbt.ChangeID // nil when CBT was not active at snapshot time
-	log      *cbt.Log
 }
 
 type materializeJob struct {
@@ -103,6 +91,8 @@ func NewStore(reg *simulator.Registry, stateDir, metaDir string) (*Store, error)
 		snapDir: filepath.Join(stateDir, "snapshots"),
 		vms:     map[string]*vmState{},
 		snaps:   map[string]*snapState{},
+		clones:  map[string]cloneSource{},
+		dsDirs:  map[string]string{},
 	}
 	for _, d := range []string{s.dataDir, s.snapDir, s.linkDir} {
 		if err := os.RemoveAll(d); err != nil {
@@ -186,27 +176,37 @@ func diskCapacity(d *types.VirtualDisk) int64 {
 // localPaths maps a disk's datastore path to the descriptor and flat file on
 // this machine.
 func (s *Store) localPaths(b *types.VirtualDiskFlatVer2BackingInfo) (string, string, error) {
+	desc, err := s.localPath(b.FileName)
+	if err != nil {
+		return "", "", err
+	}
+	return desc, simulator.VirtualDiskBackingFileName(desc), nil
+}
+
+// localPath maps "[datastore] path" to a path on this machine.
+func (s *Store) localPath(name string) (string, error) {
 	var p object.DatastorePath
-	if !p.FromString(b.FileName) {
-		return "", "", fmt.Errorf("bad datastore path %q", b.FileName)
+	if !p.FromString(name) {
+		return "", fmt.Errorf("bad datastore path %q", name)
 	}
-	var ds *simulator.Datastore
-	if b.Datastore != nil {
-		ds, _ = s.reg.Get(*b.Datastore).(*simulator.Datastore)
-	}
-	if ds == nil {
+	s.mu.Lock()
+	dir, ok := s.dsDirs[p.Datastore]
+	s.mu.Unlock()
+	if !ok {
+		// Registry.All walks every object: once per datastore, not per disk.
 		for _, e := range s.reg.All("Datastore") {
-			if x, ok := e.(*simulator.Datastore); ok && x.Name == p.Datastore {
-				ds = x
+			if ds, ok := e.(*simulator.Datastore); ok && ds.Name == p.Datastore {
+				dir = ds.Info.GetDatastoreInfo().Url
 			}
 		}
+		if dir == "" {
+			return "", fmt.Errorf("datastore %q not found", p.Datastore)
+		}
+		s.mu.Lock()
+		s.dsDirs[p.Datastore] = dir
+		s.mu.Unlock()
 	}
-	if ds == nil {
-		return "", "", fmt.Errorf("datastore %q not found", p.Datastore)
-	}
-	dir := ds.Info.GetDatastoreInfo().Url
-	desc := filepath.Join(dir, p.Path)
-	return desc, simulator.VirtualDiskBackingFileName(desc), nil
+	return filepath.Join(dir, p.Path), nil
 }
 
 // Reconcile brings the lab state of a VM in line with its vcsim config: new,
@@ -229,6 +229,10 @@ func (s *Store) Reconcile(vm *mo.VirtualMachine, poweredOn bool) {
 
 func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 	seen := map[int32]bool{}
+	added := false
+	if st.cloneOf == nil && vm.Parent != nil {
+		st.cloneOf = s.takeClone(*vm.Parent, vm.Name)
+	}
 	for _, dev := range vm.Config.Hardware.Device {
 		disk, b := flatDisk(dev)
 		if disk == nil {
@@ -248,10 +252,15 @@ func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 				capacity: capacity,
 			}
 			st.disks[disk.Key] = d
+			added = true
 			if st.cbtActive {
 				s.newEpoch(d)
 			}
-			if s.bulk {
+			if st.cloneOf != nil {
+				if err := s.materializeClone(st, d); err != nil {
+					log.Printf("%s disk %d: clone: %v", vm.Self.Value, disk.Key, err)
+				}
+			} else if s.bulk {
 				// never block on the queue while holding st.mu: workers take it
 				s.pending.Add(1)
 				go func(j materializeJob) { s.work <- j }(materializeJob{vm: st, disk: d})
@@ -274,9 +283,13 @@ func (s *Store) reconcileLocked(st *vmState, vm *mo.VirtualMachine) {
 			d.label = info.GetDescription().Label
 		}
 	}
-	for key := range st.disks {
+	if added {
+		st.cloneOf = nil // later disks are new disks, not copies
+	}
+	for key, d := range st.disks {
 		if !seen[key] {
 			delete(st.disks, key)
+			s.collectLater(d)
 		}
 	}
 	enabled := vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
@@ -338,15 +351,7 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 				return err
 			}
 		}
-		// The new link is made outside the VM directory and renamed over the
-		// flat file: vcsim lists VM directories concurrently and panics on an
-		// entry that vanishes between ReadDir and Stat.
-		link := filepath.Join(s.linkDir, filepath.Base(path))
-		_ = os.Remove(link)
-		if err := os.Symlink(path, link); err != nil {
-			return err
-		}
-		if err := os.Rename(link, d.flatPath); err != nil {
+		if err := s.linkFlat(path, d.flatPath); err != nil {
 			return err
 		}
 		d.dataPath = path
@@ -356,6 +361,18 @@ func (s *Store) materialize(st *vmState, d *diskState) error {
 	}
 	d.materialized = true
 	return nil
+}
+
+// linkFlat makes flat a symlink to image. The link is made outside the VM
+// directory and renamed over flat: vcsim lists VM directories concurrently
+// and panics on an entry that vanishes between ReadDir and Stat.
+func (s *Store) linkFlat(image, flat string) error {
+	link := filepath.Join(s.linkDir, filepath.Base(image))
+	_ = os.Remove(link)
+	if err := os.Symlink(image, link); err != nil {
+		return err
+	}
+	return os.Rename(link, flat)
 }
 
 func (s *Store) newDataFile(vm types.ManagedObjectReference, key int32) (string, error) {
@@ -388,94 +405,6 @@ func (s *Store) ActivateAll() {
 			s.publish(st, vm.Config)
 		}
 		st.mu.Unlock()
-	}
-}
-
-// Freeze runs when vcsim registers a new snapshot (inside its create task,
-// with the VM locked): it activates pending CBT, copies every disk, and records
-// the change ids in the snapshot's and the VM's config.
-func (s *Store) Freeze(snap *simulator.VirtualMachineSnapshot) {
-	vm, ok := s.reg.Get(snap.Vm).(*simulator.VirtualMachine)
-	if !ok || vm.Config == nil {
-		return
-	}
-	st := s.vm(vm.Self)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	s.reconcileLocked(st, &vm.VirtualMachine)
-	if st.cbtEnabled && !st.cbtActive {
-		s.activate(st)
-	}
-	ss := &snapState{ref: snap.Self, vm: vm.Self, disks: map[int32]*frozenDisk{}}
-	for _, d := range st.disks {
-		fd := &frozenDisk{
-			key: d.key, fileName: d.fileName, capacity: d.capacity, log: d.log,
-			path: filepath.Join(s.snapDir, fmt.Sprintf("%s-%d.img", snap.Self.Value, d.key)),
-		}
-		if err := s.materialize(st, d); err != nil {
-			ss.err = err
-		} else if err := diskfile.Copy(d.dataPath, fd.path, d.capacity); err != nil {
-			ss.err = err
-		}
-		if ss.err != nil {
-			log.Printf("snapshot %s of %s: %v", snap.Self.Value, vm.Self.Value, ss.err)
-			break
-		}
-		if d.log != nil {
-			id := d.log.Current()
-			fd.changeID = &id
-			d.published = id.String()
-		}
-		ss.disks[d.key] = fd
-	}
-	s.mu.Lock()
-	s.snaps[snap.Self.Value] = ss
-	s.mu.Unlock()
-	for _, dev := range snap.Config.Hardware.Device {
-		if disk, b := flatDisk(dev); disk != nil {
-			b.ChangeId = ""
-			if fd := ss.disks[disk.Key]; fd != nil && fd.changeID != nil {
-				b.ChangeId = fd.changeID.String()
-			}
-		}
-	}
-	s.publish(st, vm.Config)
-}
-
-// DropSnapshot deletes a snapshot's frozen copies.
-func (s *Store) DropSnapshot(ref string) {
-	s.mu.Lock()
-	ss := s.snaps[ref]
-	delete(s.snaps, ref)
-	s.mu.Unlock()
-	if ss == nil {
-		return
-	}
-	for _, fd := range ss.disks {
-		if err := os.Remove(fd.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.Printf("snapshot %s: %v", ref, err)
-		}
-	}
-	// a failed freeze may have left a partial copy without a disk entry
-	matches, _ := filepath.Glob(filepath.Join(s.snapDir, ref+"-*.img"))
-	for _, m := range matches {
-		_ = os.Remove(m)
-	}
-}
-
-// DropVM forgets a destroyed VM and the frozen copies of its snapshots.
-func (s *Store) DropVM(ref string) {
-	s.mu.Lock()
-	delete(s.vms, ref)
-	var snaps []string
-	for k, ss := range s.snaps {
-		if ss.vm.Value == ref {
-			snaps = append(snaps, k)
-		}
-	}
-	s.mu.Unlock()
-	for _, k := range snaps {
-		s.DropSnapshot(k)
 	}
 }
 

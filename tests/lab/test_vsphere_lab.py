@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,10 @@ def _vm_objects(si: Any) -> dict[str, Any]:
 def _pick_vm(vsim: VSimControl, *, min_capacity: int = 512 * MiB) -> VSimVM:
     """A powered-on, non-template VM without CBT, whose first disk is big enough.
 
-    Tests enable CBT themselves, so the VM they get has never tracked changes.
+    Tests enable CBT themselves, so the VM they get has never tracked changes. The lab is
+    shared with other tests, which tend to take the first VM that fits: take the last.
     """
-    for vm in vsim.vms():
+    for vm in reversed(vsim.vms()):
         if (
             not vm.template
             and not vm.cbt_enabled
@@ -108,8 +110,12 @@ def _read(path: str, offset: int, size: int) -> bytes:
 
 
 @pytest.fixture
-def cbt_vm(vsphere_si: Any, vsim: VSimControl) -> Iterator[tuple[Any, VSimVM]]:
-    """A VM with CBT just enabled through ReconfigVM; its snapshots are removed after."""
+def cbt_vm(vsphere_si: Any, vsim: VSimControl, tmp_path: Path) -> Iterator[tuple[Any, VSimVM]]:
+    """A VM with CBT just enabled through ReconfigVM.
+
+    Afterwards its snapshots are removed, CBT is off again and a disk whose capacity the
+    test changed gets an empty image of its old size, so the shared lab stays usable.
+    """
     lab_vm = _pick_vm(vsim)
     vm = _vm_objects(vsphere_si)[lab_vm.moref]
     WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
@@ -118,6 +124,12 @@ def cbt_vm(vsphere_si: Any, vsim: VSimControl) -> Iterator[tuple[Any, VSimVM]]:
     finally:
         WaitForTask(vm.RemoveAllSnapshots_Task())
         WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)))
+        for disk in lab_vm.disks:
+            if vsim.disk(lab_vm.moref, disk.key).capacity != disk.capacity:
+                empty = tmp_path / f"restore-{disk.key}.img"
+                with open(empty, "wb") as f:
+                    f.truncate(disk.capacity)
+                vsim.put_image(lab_vm.moref, disk.key, str(empty))
 
 
 def test_inventory_is_listed_through_pyvmomi(vsphere_si: Any, vsim: VSimControl) -> None:
@@ -296,3 +308,142 @@ def test_put_image_replaces_content_and_starts_a_new_epoch(
     )
     assert dev.capacityInBytes == new.capacity
     _chain_is_refused(vm, disk.key, new.capacity, old)
+
+
+def _retrieve_all(si: Any, objs: list[Any], kind: Any) -> None:
+    pc = si.content.propertyCollector
+    q = vmodl.query.PropertyCollector
+    spec = q.FilterSpec(
+        objectSet=[q.ObjectSpec(obj=o) for o in objs],
+        propSet=[q.PropertySpec(type=kind, all=True)],
+    )
+    assert len(pc.RetrieveContents([spec])) == len(objs)
+
+
+def test_every_property_deserializes_in_pyvmomi(vsphere_si: Any, vsim: VSimControl) -> None:
+    """vcsim leaves some required enums empty; pyVmomi then fails on vm.runtime."""
+    vms = list(_vm_objects(vsphere_si).values())[:50]
+    _retrieve_all(vsphere_si, vms, vim.VirtualMachine)
+    lab_vm = _pick_vm(vsim)
+    vm = _vm_objects(vsphere_si)[lab_vm.moref]
+    assert vm.runtime.powerState == "poweredOn"
+    snap = _snapshot(vm, "props")
+    try:
+        _retrieve_all(vsphere_si, [vm], vim.VirtualMachine)
+        _retrieve_all(vsphere_si, [snap], vim.vm.Snapshot)
+        assert vm.snapshot.currentSnapshot == snap
+    finally:
+        WaitForTask(vm.RemoveAllSnapshots_Task())
+
+
+def test_power_on_activates_and_disabling_clears_cbt(vsphere_si: Any, vsim: VSimControl) -> None:
+    lab_vm = next(
+        (
+            v
+            for v in vsim.vms()
+            if not v.template and not v.cbt_enabled and v.power_state == "poweredOff"
+        ),
+        None,
+    )
+    if lab_vm is None:
+        pytest.skip("no powered-off VM without CBT in this inventory")
+    vm = _vm_objects(vsphere_si)[lab_vm.moref]
+    key = lab_vm.disks[0].key
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
+    assert not vsim.vm(lab_vm.moref).cbt_active
+    WaitForTask(vm.PowerOnVM_Task())
+    try:
+        assert vsim.vm(lab_vm.moref).cbt_active
+        assert CHANGE_ID.match(_disk_change_id(vm.config, key))
+    finally:
+        WaitForTask(vm.PowerOffVM_Task())
+        WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)))
+    after = vsim.vm(lab_vm.moref)
+    assert not after.cbt_enabled and not after.cbt_active
+    assert after.disks[0].change_id is None and _disk_change_id(vm.config, key) == ""
+
+
+def test_clone_copies_disks_and_destroy_frees_them(vsphere_si: Any, vsim: VSimControl) -> None:
+    template = next((v for v in vsim.vms() if v.template), None)
+    if template is None:
+        pytest.skip("no template in this inventory")
+    disk = template.disks[0]
+    data = os.urandom(2 * CBT_BLOCK_SIZE)
+    vsim.write(template.moref, disk.key, 7 * MiB, data)
+    src = _vm_objects(vsphere_si)[template.moref]
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=_any_pool(vsphere_si)))
+    task = src.CloneVM_Task(folder=src.parent, name="clone-of-template", spec=spec)
+    WaitForTask(task)
+    clone = task.info.result
+    try:
+        lab_clone = vsim.vm(clone._moId)
+        copied = {d.key: d for d in lab_clone.disks}[disk.key]
+        assert copied.path != disk.path
+        assert _read(copied.path, 7 * MiB, len(data)) == data
+    finally:
+        WaitForTask(clone.Destroy_Task())
+        vsim.write(template.moref, disk.key, 7 * MiB, bytes(len(data)))
+    deadline = time.monotonic() + 20
+    while os.path.exists(copied.path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(copied.path), "a destroyed VM's disk image is removed"
+    assert os.path.exists(disk.path)
+
+
+def _any_pool(si: Any) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.ResourcePool], True)
+    try:
+        return view.view[0]
+    finally:
+        view.DestroyView()
+
+
+def test_snapshot_disk_attaches_frozen_like_hot_add(
+    cbt_vm: tuple[Any, VSimVM], vsphere_si: Any, vsim: VSimControl
+) -> None:
+    vm, lab_vm = cbt_vm
+    disk = lab_vm.disks[0]
+    vsim.write(lab_vm.moref, disk.key, 0, b"before" * 100)
+    snap = _snapshot(vm, "hot-add")
+    vsim.write(lab_vm.moref, disk.key, 0, b"after!" * 100)
+    snap_disk = next(
+        d for d in snap.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
+    )
+    frozen = {d.key: d for d in vsim.snapshot_disks(snap._moId)}[disk.key]
+    assert snap_disk.backing.fileName == frozen.file_name != disk.file_name
+
+    proxy_lab = next(v for v in vsim.vms() if v.moref != lab_vm.moref and not v.template)
+    proxy = _vm_objects(vsphere_si)[proxy_lab.moref]
+    ctrl = next(
+        d
+        for d in proxy.config.hardware.device
+        if isinstance(d, vim.vm.device.VirtualSCSIController)
+    )
+    used = {d.unitNumber for d in proxy.config.hardware.device if d.controllerKey == ctrl.key}
+    attach = vim.vm.device.VirtualDisk(
+        key=-1,
+        controllerKey=ctrl.key,
+        unitNumber=min(set(range(16)) - used - {7}),
+        capacityInBytes=frozen.capacity,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=frozen.file_name, diskMode="independent_nonpersistent"
+        ),
+    )
+    spec = vim.vm.ConfigSpec(
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=attach)]
+    )
+    WaitForTask(proxy.ReconfigVM_Task(spec=spec))
+    added = [d for d in vsim.vm(proxy_lab.moref).disks if d.file_name == frozen.file_name]
+    assert len(added) == 1
+    assert _read(added[0].path, 0, 600) == b"before" * 100
+    assert _read(disk.path, 0, 600) == b"after!" * 100
+
+    attached = next(
+        d
+        for d in proxy.config.hardware.device
+        if isinstance(d, vim.vm.device.VirtualDisk) and d.backing.fileName == frozen.file_name
+    )
+    detach = vim.vm.device.VirtualDeviceSpec(operation="remove", device=attached)
+    WaitForTask(proxy.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[detach])))
+    assert os.path.exists(frozen.path), "detaching leaves the snapshot's disk alone"

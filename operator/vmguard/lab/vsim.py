@@ -101,9 +101,14 @@ class VSimVM:
 
 @dataclass(frozen=True)
 class FrozenDisk:
-    """A snapshot's point-in-time copy of one disk."""
+    """A snapshot's point-in-time copy of one disk.
+
+    ``file_name`` is the datastore path the snapshot's config names (what hot-add
+    attaches); ``path`` is the raw image on this machine.
+    """
 
     key: int
+    file_name: str
     path: str
     capacity: int
     change_id: str | None
@@ -112,6 +117,7 @@ class FrozenDisk:
     def from_json(cls, d: dict[str, Any]) -> FrozenDisk:
         return cls(
             key=int(d["key"]),
+            file_name=str(d["fileName"]),
             path=str(d["path"]),
             capacity=int(d["capacity"]),
             change_id=d.get("changeId"),
