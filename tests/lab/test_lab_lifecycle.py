@@ -31,6 +31,16 @@ def _vmguard(lab_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _running(pid: int) -> bool:
+    """True while the process exists and has not exited (a zombie has exited: only its
+    parent's bookkeeping remains, and the parent may be any process that adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
 def _pids(lab_dir: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text().split()[0]) for p in (lab_dir / "run").glob("*.pid")}
 
@@ -59,12 +69,12 @@ def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
     down = _vmguard(lab_dir, "down")
     assert down.returncode == 0, down.stderr
     for name, pid in pids.items():
-        assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) still runs"
+        assert not _running(pid), f"{name} (pid {pid}) still runs"
     survivors = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if os.getsid(int(proc.name)) in sessions.values():
+                if os.getsid(int(proc.name)) in sessions.values() and _running(int(proc.name)):
                     survivors.append(proc.name)
             except ProcessLookupError:
                 pass
