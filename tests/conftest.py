@@ -113,13 +113,13 @@ def _bucket(minio_client: Any, lab_state: dict[str, Any], lock: bool) -> Iterato
 
 @pytest.fixture
 def s3_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A fresh, empty bucket on the lab's MinIO (left in place for inspection)."""
+    """A fresh, empty bucket on the lab's MinIO, removed after the test."""
     yield from _bucket(minio_client, lab_state, lock=False)
 
 
 @pytest.fixture
 def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A fresh bucket created with object lock enabled."""
+    """A fresh bucket created with object lock enabled (kept: its objects are locked)."""
     yield from _bucket(minio_client, lab_state, lock=True)
 
 
