@@ -128,3 +128,31 @@ def image_factory(lab: Any) -> Any:
     from vmguard.lab.images import DiskImageFactory
 
     return DiskImageFactory(lab.paths.cache / "images")
+
+
+@pytest.fixture(scope="session")
+def vmguard_crds(lab: Any, kubectl: Path) -> None:
+    """vmguard's CRDs applied to the lab apiserver and established."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig))
+    subprocess.run(
+        [str(kubectl), "apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            str(kubectl),
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            str(repo / "crds"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
