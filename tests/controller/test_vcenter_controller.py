@@ -85,7 +85,7 @@ def _vcenter(lab_state: dict[str, Any], kube_api: Any, ns: str, password: str) -
                 "port": port,
                 "credentialsSecretRef": {"name": "vc-creds"},
                 "tls": {"caBundle": Path(vs["ca"]).read_text()},
-                "sweepInterval": "10s",
+                "sweepInterval": "30s",
             },
         },
     )
@@ -155,14 +155,15 @@ def test_sweep_assigns_policies_and_names_unprotected_vms(
     events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
     assert any(e.reason == "UnprotectedVMs" and e.involved_object.name == "lab" for e in events)
 
-    # A default policy catches every other VM at the next sweep.
+    # A default policy catches every other VM: creating it wakes the sweeper at once
+    # (the interval is 30 s; the wait below is shorter than two intervals).
     _policy(kube_api, namespace, "fail-safe", default=True)
 
     def all_protected() -> dict[str, Any] | None:
         vc = _get(kube_api, namespace, "vcenters", "lab")
         return vc if vc["status"]["vms"]["unprotected"] == 0 else None
 
-    vc = eventually(all_protected, what="default policy applied")
+    vc = eventually(all_protected, timeout=25, what="default policy applied")
     assert vc["status"]["vms"]["protectedByDefault"] == len(vms) - matched
     assert _condition(vc, "Protected")["status"] == "True"
     fail_safe = eventually(

@@ -20,7 +20,10 @@ SWEEP_RETRY_SECONDS = 30.0
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Shared by every handler (kopf copies the operator memo shallowly per object):
+    # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
+    memo.wakeups = {}
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -31,12 +34,42 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
 
 
+def _wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.wakeups
+    return wakeups.setdefault((namespace, vcenter_name), asyncio.Event())
+
+
+@kopf.on.create(GROUP, VERSION, "vmprotectionpolicies")
+@kopf.on.update(GROUP, VERSION, "vmprotectionpolicies", field="spec")
+@kopf.on.delete(GROUP, VERSION, "vmprotectionpolicies", optional=True)
+def policy_changed(spec: kopf.Spec, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy changed: its vCenter re-matches its VMs now, not at the next interval."""
+    vc = (spec.get("vcenterRef") or {}).get("name")
+    if vc and namespace:
+        _wakeup(memo, namespace, vc).set()
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
+    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
+    _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    wake.clear()
+
+
 @kopf.daemon(GROUP, VERSION, "vcenters", cancellation_timeout=10.0)
 async def vcenter_sweeper(
-    body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
-    """Sweep the vCenter every ``sweepInterval`` for as long as the object exists."""
+    """Sweep the vCenter every ``sweepInterval`` (and when a policy changes)."""
     api = KubeAPI()
+    wake = _wakeup(memo, namespace or "", name)
     announced: set[str] = set()
     while not stopped:
         snapshot = dict(body)  # the live body changes under us; sweep one consistent view
@@ -65,7 +98,7 @@ async def vcenter_sweeper(
         if not outcome.status.get("reachable"):
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
-        await stopped.wait(interval)
+        await _sleep(stopped, wake, interval)
 
 
 def run(
