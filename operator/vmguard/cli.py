@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
     target.add_argument("--check", metavar="DIR", help="exit 1 if DIR's manifests are stale")
     crds.set_defaults(func=_crds)
+
+    from vmguard.commands import disk, repo
+
+    repo.add_parser(sub)
+    disk.add_parser(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ from vmguard.transport.extents import Extent, normalise, split
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
 _STATUS_SPAN = 1 << 30  # ask for block status a GiB at a time
+_ZERO_SPAN = 1 << 30  # NBD lengths are 32-bit; zero a GiB per request
 
 
 class NbdkitServer:
@@ -177,7 +178,7 @@ class NbdSink:
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
         # (cookie, buffer): the buffer must outlive its command.
-        self._pending: deque[tuple[int, nbd.Buffer]] = deque()
+        self._pending: deque[tuple[int, nbd.Buffer | None]] = deque()
 
     @property
     def size(self) -> int:
@@ -188,6 +189,18 @@ class NbdSink:
             self._wait_oldest()
         buf = nbd.Buffer.from_bytearray(bytearray(data))
         self._pending.append((self._h.aio_pwrite(buf, offset), buf))
+
+    def zero(self, offset: int, length: int) -> None:
+        """NBD WRITE_ZEROES without NO_HOLE: the server may punch a hole (nbdkit's file
+        plugin does). A server without it gets zeros written."""
+        if not self._h.can_zero():
+            for piece in split([Extent(offset, length)], REQUEST_BYTES):
+                self.write(piece.offset, bytes(piece.length))
+            return
+        for piece in split([Extent(offset, length)], _ZERO_SPAN):
+            while len(self._pending) >= self.in_flight:
+                self._wait_oldest()
+            self._pending.append((self._h.aio_zero(piece.length, piece.offset), None))
 
     def _wait_oldest(self) -> None:
         cookie, _ = self._pending[0]
