@@ -17,6 +17,7 @@ call each volume and which filesystem it holds. Invariants:
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -85,7 +86,7 @@ def _plausible_bpb(head: bytes) -> bool:
     )
 
 
-def list_volumes(disk: BinaryIO, size: int) -> list[Volume]:
+def list_volumes(disk: BinaryIO | io.RawIOBase, size: int) -> list[Volume]:
     """Every volume of ``disk`` (a seekable stream of ``size`` bytes), in table order."""
     whole = RangeStream(disk, 0, size)
     fs = probe_fs(whole)
@@ -163,7 +164,7 @@ def _lvm_volumes(pv: BinaryIO, where: str) -> list[Volume]:
     return out
 
 
-def _reraise_read_error(disk: BinaryIO) -> None:
+def _reraise_read_error(disk: BinaryIO | io.RawIOBase) -> None:
     """dissect swallows errors while it tries each scheme: read the first sectors
     ourselves so that a corrupt chunk is reported as such, not as "no table"."""
     disk.seek(0)
