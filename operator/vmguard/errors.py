@@ -102,3 +102,43 @@ class LeaseLostError(RetryableError):
 
 class GcBusyError(RetryableError):
     """Another garbage collection holds the repository's GC lock."""
+
+
+# --- file-level restore and instant access (vmguard.files) -----------------------------
+
+
+class DiskReadError(RepositoryError):
+    """A range of an archived disk cannot be read: the chunk under it is corrupt or missing."""
+
+    def __init__(
+        self,
+        archive_id: str,
+        disk_key: str,
+        chunk_number: int,
+        chunk_id_hex: str,
+        offset: int,
+        reason: str,
+    ) -> None:
+        super().__init__(
+            f"archive {archive_id}, disk {disk_key!r}: chunk {chunk_id_hex} (number"
+            f" {chunk_number}, disk offset {offset}) cannot be read: {reason}"
+        )
+        self.archive_id = archive_id
+        self.disk_key = disk_key
+        self.chunk_number = chunk_number
+        self.chunk_id_hex = chunk_id_hex
+        self.offset = offset
+        self.reason = reason
+
+
+class FilesystemError(PermanentError):
+    """A volume holds no filesystem we can read, or a path does not exist in it."""
+
+
+class FileRestoreError(PermanentError):
+    """One file could not be restored; the message names the file and the cause."""
+
+    def __init__(self, path: str, cause: Exception) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path = path
+        self.cause = cause

@@ -17,6 +17,7 @@ from vmguard.store.backend.base import (
     Retention,
     check_name,
 )
+from vmguard.store.backend.counting import CountingBackend, TransferCounts
 from vmguard.store.backend.local import LocalBackend
 from vmguard.store.backend.memory import MemoryBackend
 from vmguard.store.backend.retry import RetryingBackend, RetryPolicy
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "Capabilities",
+    "CountingBackend",
     "LocalBackend",
     "LockMode",
     "MemoryBackend",
@@ -35,6 +37,7 @@ __all__ = [
     "RetryPolicy",
     "RetryingBackend",
     "S3Backend",
+    "TransferCounts",
     "check_name",
 ]
 
