@@ -48,7 +48,18 @@ class NbdkitServer:
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
         self.socket = Path(self._dir.name) / "nbd.sock"
-        argv = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket)]
+        # nbdkit writes the pid file only once it accepts connections on the socket; the
+        # socket file itself appears at bind(), a moment before listen().
+        self._pidfile = Path(self._dir.name) / "nbdkit.pid"
+        argv = [
+            "nbdkit",
+            "--foreground",
+            "--exit-with-parent",
+            "--unix",
+            str(self.socket),
+            "--pidfile",
+            str(self._pidfile),
+        ]
         argv += [f"--filter={f}" for f in filters]
         if readonly:
             argv.append("--readonly")
@@ -59,7 +70,7 @@ class NbdkitServer:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         deadline = time.monotonic() + 10
-        while not self.socket.exists():
+        while not self._pidfile.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RetryableError(f"nbdkit did not start: {self._log.read_text()[-500:]}")
