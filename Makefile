@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench
 
 deps:
 	@scripts/install-deps.sh
@@ -48,3 +48,8 @@ lab-down: venv
 
 clean: lab-down
 	rm -rf .lab
+
+# The data mover against nbdcopy/zstd ceilings and restic on the lab's MinIO (BRIEF §8);
+# docs/benchmarks.md records a run. Not part of `make test`. BENCH_ARGS="--size-gib 2".
+bench: venv lab-build
+	@PYTHONPATH=operator $(BIN)/python bench/mover.py $(BENCH_ARGS)

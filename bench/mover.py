@@ -1,0 +1,303 @@
+"""The data mover against its ceilings and against restic, in one run (BRIEF §8).
+
+    make bench                      # or: PYTHONPATH=operator python bench/mover.py
+    python bench/mover.py --size-gib 2 --keep   # smaller; keep buckets and images
+
+One mixed image (text, random, repeated and zero-written regions and holes; about 56%
+allocated) is served by nbdkit's file plugin, and the lab's MinIO (started if needed)
+holds every repository. Measured, each once, in this order:
+
+- native ceilings: ``nbdcopy`` to ``null:``; ``nbdcopy`` into ``zstd -1 -T0``; ``nbdcopy``
+  from the image into a fresh sparse target served by nbdkit (the restore ceiling);
+- vmguard (encrypted repository, defaults otherwise, through the CLI): full backup;
+  incremental with 1% of the disk's 4 MiB blocks rewritten (clustered, as CBT reports
+  real guest writes); incremental with 1% of its 64 KiB blocks rewritten, scattered
+  (touches ~half the 4 MiB chunks: the worst case for fixed chunks); restore of the
+  full backup into the same NBD target;
+- restic (Debian's; compression auto): first backup, second backup of the image with
+  the clustered 1% change, restore of the first snapshot.
+
+Prints a table with the BRIEF's ratios. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vmguard.lab.images import DiskImageFactory, ImageSpec, PartitionSpec, RawRegion
+from vmguard.lab.imaging.sparse import sha256_sparse
+from vmguard.lab.lab import Lab
+from vmguard.transport.nbd import NbdkitServer
+
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = 4 * MiB
+
+
+def mixed_spec(size: int) -> ImageSpec:
+    """Per GiB: 256 MiB text, 192 MiB random, 64 MiB repeated, 64 MiB zeros, 448 MiB hole."""
+    unit = (
+        RawRegion("compressible", 256 * MiB),
+        RawRegion("hole", 128 * MiB),
+        RawRegion("random", 192 * MiB),
+        RawRegion("repeat", 64 * MiB),
+        RawRegion("hole", 192 * MiB),
+        RawRegion("zeros", 64 * MiB),
+        RawRegion("hole", 128 * MiB),
+    )
+    layout = unit * (size // GiB)
+    return ImageSpec(size, None, (PartitionSpec("raw", None, layout=layout),))
+
+
+def changed_copy(src: Path, dst: Path, block: int, seed: int) -> list[list[int]]:
+    """Copy ``src`` (sparse) and rewrite 1% of its ``block``-sized blocks with random data."""
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)], check=True)
+    size = src.stat().st_size
+    rng = random.Random(seed)
+    blocks = sorted(rng.sample(range(size // block), max(1, size // block // 100)))
+    with open(dst, "r+b") as f:
+        for b in blocks:
+            f.seek(b * block)
+            f.write(rng.randbytes(block))
+    return [[b * block, block] for b in blocks]
+
+
+def timed(argv: list[str] | str, env: dict[str, str] | None = None, shell: bool = False) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        argv,
+        env=env,
+        shell=shell,
+        executable="/bin/bash" if shell else None,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{argv!r} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return elapsed
+
+
+class Target:
+    """A fresh sparse restore target served read-write by nbdkit."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+        self.server: NbdkitServer | None = None
+
+    def __enter__(self) -> str:
+        self.path.unlink(missing_ok=True)
+        with open(self.path, "wb") as f:
+            f.truncate(self.size)
+        self.server = NbdkitServer.file(self.path, readonly=False)
+        return self.server.uri
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def vmguard(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vmguard.cli", *args]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    lab = Lab()
+    if not all(lab.status().values()):
+        lab.up(vms=4)
+    minio = lab.state().data["minio"]
+    work = Path(args.work or tempfile.mkdtemp(prefix="vmguard-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size_gib * GiB
+    results: dict[str, Any] = {"size": size, "work": str(work)}
+
+    print(f"[bench] building the {args.size_gib} GiB mixed image", file=sys.stderr)
+    factory = DiskImageFactory(lab.paths.cache / "images")
+    image = factory.build(mixed_spec(size), seed=1, out_path=work / "disk0.img")
+    results["allocated"] = image.allocated
+    clustered = changed_copy(image.path, work / "disk1.img", CHUNK, seed=2)
+    scattered = changed_copy(image.path, work / "disk2.img", 64 << 10, seed=3)
+    (work / "changed1.json").write_text(json.dumps(clustered))
+    (work / "changed2.json").write_text(json.dumps(scattered))
+
+    bucket = f"bench-{secrets.token_hex(4)}"
+    from minio import Minio
+
+    client = Minio(
+        minio["endpoint"],
+        access_key=minio["access_key"],
+        secret_key=minio["secret_key"],
+        secure=False,
+    )
+    client.make_bucket(bucket)
+    env = dict(os.environ)
+    env.update(VMGUARD_S3_ACCESS_KEY=minio["access_key"], VMGUARD_S3_SECRET_KEY=minio["secret_key"])
+    repo = [
+        "--repo",
+        f"s3+http://{minio['endpoint']}/{bucket}/vmguard",
+        "--key-file",
+        str(work / "master.key"),
+    ]
+    t: dict[str, float] = {}
+    target = Target(work / "target.img", size)
+
+    with (
+        NbdkitServer.file(image.path) as s0,
+        NbdkitServer.file(work / "disk1.img") as s1,
+        NbdkitServer.file(work / "disk2.img") as s2,
+    ):
+        print("[bench] native ceilings", file=sys.stderr)
+        t["nbdcopy → null"] = timed(["nbdcopy", s0.uri, "null:"])
+        t["nbdcopy | zstd -1 -T0"] = timed(
+            f"set -o pipefail; nbdcopy '{s0.uri}' - | zstd -1 -T0 -q -c > /dev/null", shell=True
+        )
+        with target as turi:
+            t["nbdcopy → NBD target"] = timed(["nbdcopy", s0.uri, turi])
+
+        print("[bench] vmguard", file=sys.stderr)
+        subprocess.run(
+            vmguard("repo", "init", "--encrypt", *repo), env=env, check=True, capture_output=True
+        )
+        backup = ["disk", "backup", "--vm", "bench", "--quiet", *repo]
+        t["vmguard full backup"] = timed(vmguard(*backup, s0.uri), env)
+        full_id = _latest(repo, env)
+        t["vmguard incr. 1% (4 MiB blocks)"] = timed(
+            vmguard(
+                *backup, s1.uri, "--parent", full_id, "--changed-areas", str(work / "changed1.json")
+            ),
+            env,
+        )
+        t["vmguard incr. 1% (64 KiB, scattered)"] = timed(
+            vmguard(
+                *backup, s2.uri, "--parent", full_id, "--changed-areas", str(work / "changed2.json")
+            ),
+            env,
+        )
+        with target as turi:
+            t["vmguard restore → NBD target"] = timed(
+                vmguard(
+                    "disk",
+                    "restore",
+                    full_id,
+                    turi,
+                    "--target-is-zeroed",
+                    "--quiet",
+                    *repo,
+                ),
+                env,
+            )
+        results["restore_exact"] = sha256_sparse(target.path) == image.sha256
+
+    print("[bench] restic", file=sys.stderr)
+    rbucket = f"restic-{secrets.token_hex(4)}"
+    client.make_bucket(rbucket)
+    renv = dict(os.environ)
+    renv.update(
+        RESTIC_REPOSITORY=f"s3:http://{minio['endpoint']}/{rbucket}",
+        RESTIC_PASSWORD="bench password",
+        AWS_ACCESS_KEY_ID=minio["access_key"],
+        AWS_SECRET_ACCESS_KEY=minio["secret_key"],
+        RESTIC_CACHE_DIR=str(work / "restic-cache"),
+    )
+    rdir = work / "restic"
+    rdir.mkdir(exist_ok=True)
+    subject = rdir / "disk.img"
+    timed(["restic", "init"], renv)
+    os.link(image.path, subject)
+    t["restic first backup"] = timed(["restic", "backup", "--host", "bench", str(subject)], renv)
+    subject.unlink()
+    os.link(work / "disk1.img", subject)
+    t["restic second backup (1%)"] = timed(
+        ["restic", "backup", "--host", "bench", str(subject)], renv
+    )
+    snaps = json.loads(
+        subprocess.run(
+            ["restic", "snapshots", "--json"], env=renv, capture_output=True, check=True, text=True
+        ).stdout
+    )
+    first = sorted(snaps, key=lambda s: s["time"])[0]["short_id"]
+    out = work / "restic-restore"
+    shutil.rmtree(out, ignore_errors=True)
+    t["restic restore"] = timed(["restic", "restore", first, "--target", str(out)], renv)
+    results["times"] = t
+    if not args.keep:
+        for name in (bucket, rbucket):
+            _empty_bucket(client, name)
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _latest(repo: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        vmguard("repo", "ls", "--json", *repo),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return str(json.loads(done.stdout)["archives"][-1]["archive_id"])
+
+
+def _empty_bucket(client: Any, bucket: str) -> None:
+    from minio.deleteobjects import DeleteObject
+
+    names = [DeleteObject(o.object_name) for o in client.list_objects(bucket, recursive=True)]
+    for _ in client.remove_objects(bucket, names):
+        pass
+    client.remove_bucket(bucket)
+
+
+def table(results: dict[str, Any]) -> str:
+    t, size = results["times"], results["size"]
+    lines = [
+        f"disk {size / GiB:.0f} GiB, {results['allocated'] / GiB:.2f} GiB allocated;"
+        f" restore bit-exact: {results['restore_exact']}",
+        "",
+        "| run | seconds | MiB/s of disk |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {sec:.1f} | {size / MiB / sec:.0f} |" for name, sec in t.items()]
+    full = t["vmguard full backup"]
+    incr = t["vmguard incr. 1% (4 MiB blocks)"]
+    checks = [
+        ("full ÷ zstd ceiling (speed)", t["nbdcopy | zstd -1 -T0"] / full, "≥ 0.8"),
+        ("full ÷ restic first (speed)", t["restic first backup"] / full, "≥ 2"),
+        ("incremental time ÷ full time", incr / full, "≤ 0.05"),
+        ("incremental ÷ restic second (speed)", t["restic second backup (1%)"] / incr, "≥ 20"),
+        (
+            "restore ÷ nbdcopy write (speed)",
+            t["nbdcopy → NBD target"] / t["vmguard restore → NBD target"],
+            "≥ 0.8",
+        ),
+    ]
+    lines += ["", "| ratio | measured | target |", "|---|---:|---|"]
+    lines += [f"| {name} | {value:.2f} | {goal} |" for name, value, goal in checks]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-gib", type=int, default=8)
+    parser.add_argument("--work", help="directory for images and targets (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep images and buckets")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    results = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
