@@ -191,3 +191,16 @@ def wait_for(task: vim.Task, timeout: float = 600.0, poll: float = 0.1) -> objec
             raise RetryableError(f"vSphere task {info.descriptionId or info.key} timed out")
         time.sleep(poll)
         poll = min(poll * 1.5, 2.0)
+
+
+def sha1_thumbprint(ep: Endpoint) -> str:
+    """SHA-1 of the server's certificate, ``AA:BB:...``: what VDDK wants as thumbprint.
+
+    Only fetched after :func:`connect` verified the server with the configured trust.
+    """
+    import hashlib
+
+    host, port = ep.host_port()
+    der = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((host, port)))
+    digest = hashlib.sha1(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
