@@ -116,3 +116,77 @@ def test_full_incremental_restore_new_and_in_place(
     assert back.disks[vm.disks[1].key].chunks_written == 0
     assert _hashes(vsim, vm.moref) == original
     assert our_snapshots(vc, vm.moref) == []
+
+
+@pytest.fixture
+def one_disk_vm(vc: Any, vsim: VSimControl, image_factory: Any, tmp_path: Path) -> Iterator[VSimVM]:
+    lab_vm = pick_vm(vsim, TAKEN)
+    with restored_afterwards(vc, vsim, lab_vm, tmp_path):
+        mixed = image_factory.build(small_mixed(), 3, tmp_path / "mixed.img")
+        vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(mixed.path))
+        yield vsim.vm(lab_vm.moref)
+
+
+def _replace_disk_uuid(vc: Any, moref: str, key: int) -> None:
+    from pyVmomi import vim
+
+    from vmguard.vsphere.inventory import find_vm
+    from vmguard.vsphere.session import wait_for
+
+    vm = vc.call(lambda si: find_vm(si, moref))
+    dev = next(d for d in vm.config.hardware.device if d.key == key)
+    dev.backing.uuid = "1a2b3c4d-0000-4000-8000-" + os.urandom(6).hex()
+    change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev)
+    wait_for(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("resize", "disk resized"),
+        ("cbt-reset", "CBT was reset"),
+        ("cbt-off-on", "CBT was reset"),
+        ("disk-replaced", "disk replaced"),
+    ],
+)
+def test_broken_chain_runs_a_full_scan_and_restores_bit_exact(
+    vc: Any,
+    vsim: VSimControl,
+    repo: Any,
+    locator: LabDiskLocator,
+    one_disk_vm: VSimVM,
+    how: str,
+    reason: str,
+) -> None:
+    from pyVmomi import vim
+
+    from vmguard.vsphere.inventory import find_vm
+    from vmguard.vsphere.session import wait_for
+
+    vm, disk = one_disk_vm, one_disk_vm.disks[0]
+    full = backup_vm(vc, repo, vm.moref, locator, BackupOptions(transport="nbd"))
+    assert full.mode == "full"
+    if how == "resize":
+        vsim.resize(vm.moref, disk.key, disk.capacity + 8 * MiB)
+    elif how == "cbt-reset":
+        vsim.reset_cbt(vm.moref, disk.key)
+    elif how == "cbt-off-on":
+        obj = vc.call(lambda si: find_vm(si, vm.moref))
+        for on in (False, True):
+            wait_for(obj.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=on)))
+    else:
+        _replace_disk_uuid(vc, vm.moref, disk.key)
+    vsim.write(vm.moref, disk.key, 2 * MiB, os.urandom(300_000))
+    scan = backup_vm(vc, repo, vm.moref, locator, BackupOptions(transport="nbd"))
+    assert scan.mode == "full-scan", scan.mode_reason
+    assert reason in scan.reasons[disk.key] and reason in scan.mode_reason
+    stats = scan.disks[disk.key].stats
+    assert stats.chunks_new >= 1 and stats.chunks_reused >= 1, "uploads only what is missing"
+    assert our_snapshots(vc, vm.moref) == []
+    expected = sha256_file(vsim.disk(vm.moref, disk.key).path)
+    target = vrestore.NewVMTarget(name=f"scan-{how}", datastore="LocalDS_0")
+    made = restore_new_vm(vc, repo, scan.manifest.archive_id, target, locator)
+    try:
+        assert sha256_file(vsim.disk(made.vm.moref, made.vm.disks[0].key).path) == expected
+    finally:
+        vrestore.destroy(vc, made.vm.moref)

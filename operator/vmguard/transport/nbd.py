@@ -99,8 +99,9 @@ class NbdkitServer:
         deadline = time.monotonic() + 10
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = self._log.read_text(errors="replace")[-500:]
                 self.close()
-                raise RetryableError(f"nbdkit did not start: {self._log.read_text()[-500:]}")
+                raise RetryableError(f"nbdkit did not start: {why}")
             time.sleep(0.01)
 
     @classmethod

@@ -88,6 +88,7 @@ def open_repository(url: str, key_file: str | None, *, create: bool = False) -> 
 def vm_ls(ep: Endpoint, out: TextIO, as_json: bool = False) -> int:
     session = VSphereSession(ep)
     try:
+        session.keepalive()  # log in first: a trust failure is reported by the SOAP side
         with TagClient(ep) as tags:
             vm_tags = tags.vm_tags()
         records = session.call(lambda si: discover(si, vm_tags))
