@@ -18,13 +18,20 @@ from vmguard.vsphere.session import VSphereSession, wait_for
 MiB = 1 << 20
 
 
-def pick_vm(vsim: VSimControl, taken: set[str], *, disks: int = 1, cbt: bool = False) -> VSimVM:
-    """A powered-on, non-template VM with ``disks`` disks not used by another test."""
+def pick_vm(
+    vsim: VSimControl,
+    taken: set[str],
+    *,
+    disks: int = 1,
+    cbt: bool = False,
+    any_power: bool = False,
+) -> VSimVM:
+    """A (powered-on) non-template VM with ``disks`` disks not used by another test."""
     for vm in reversed(vsim.vms()):
         if (
             vm.moref not in taken
             and not vm.template
-            and vm.power_state == "poweredOn"
+            and (any_power or vm.power_state == "poweredOn")
             and len(vm.disks) >= disks
             and vm.cbt_enabled == cbt
             and not vm.name.startswith("vmguard-")
@@ -42,7 +49,7 @@ def our_snapshots(vc: VSphereSession, moref: str) -> list[Any]:
 def restored_afterwards(
     vc: VSphereSession, vsim: VSimControl, lab_vm: VSimVM, tmp: Path
 ) -> Iterator[None]:
-    """Remove every snapshot, switch CBT back and give resized disks an image of the old size."""
+    """Afterwards: no snapshots, CBT and power as before, resized disks at their old size."""
     try:
         yield
     finally:
@@ -50,6 +57,8 @@ def restored_afterwards(
         wait_for(vm.RemoveAllSnapshots_Task())
         spec = vim.vm.ConfigSpec(changeTrackingEnabled=lab_vm.cbt_enabled)
         wait_for(vm.ReconfigVM_Task(spec=spec))
+        if lab_vm.power_state == "poweredOn" and vm.runtime.powerState != "poweredOn":
+            wait_for(vm.PowerOnVM_Task())
         for disk in lab_vm.disks:
             if vsim.disk(lab_vm.moref, disk.key).capacity != disk.capacity:
                 empty = tmp / f"reset-{lab_vm.moref}-{disk.key}.img"
@@ -70,3 +79,18 @@ def random_writes(vsim: VSimControl, moref: str, key: int, capacity: int) -> lis
     for off, size in writes:
         vsim.write(moref, key, off, os.urandom(size))
     return [blocks(off, size, capacity) for off, size in writes]
+
+
+def sha256_file(path: str, length: int | None = None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    left = length if length is not None else os.path.getsize(path)
+    with open(path, "rb") as f:
+        while left > 0:
+            block = f.read(min(8 * MiB, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()

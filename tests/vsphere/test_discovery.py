@@ -25,7 +25,7 @@ def test_sweep_matches_the_simulator(vc: Any, vc_endpoint: Any, vsim: VSimContro
         assert r.template == want.template and r.cbt_enabled == want.cbt_enabled
         assert r.hardware_version == int(want.hardware_version.removeprefix("vmx-"))
         assert r.power_state == want.power_state
-        assert r.folder_path.startswith("/DC0/vm/") and r.datacenter == "DC0"
+        assert (r.folder_path + "/").startswith("/DC0/vm/") and r.datacenter == "DC0"
         assert r.bios_uuid and r.bios_uuid != r.instance_uuid
         assert r.datastores == ("LocalDS_0",)
         assert r.cbt_supported and not r.consolidation_needed

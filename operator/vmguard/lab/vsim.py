@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -230,3 +231,48 @@ def vsim_command(
     if cert is not None and key is not None:
         cmd += ["-tls-cert", os.fspath(cert), "-tls-key", os.fspath(key)]
     return cmd
+
+
+class LabDiskLocator:
+    """The lab's :class:`vmguard.vmjobs.access.DiskLocator`: paths from the simulator.
+
+    Where production runs nbdkit's VDDK plugin against vCenter, the lab serves the raw
+    image the simulator reports with nbdkit's ``file`` plugin; a hot-added disk's
+    "device" is the image behind the proxy VM's new disk. Writes into a live disk bypass
+    the simulator's CBT, so after writing one the disk's CBT is reset (as the next
+    backup must not trust a change id those writes did not advance).
+    ``proxy_uuid`` is the BIOS UUID the "proxy" claims (a lab VM's, or "" for none).
+    """
+
+    def __init__(self, control: VSimControl, proxy_uuid: str = "") -> None:
+        self.control = control
+        self.proxy_uuid = proxy_uuid
+
+    def snapshot_disk(self, vm_moref: str, snapshot_moref: str, key: int, file_name: str) -> Any:
+        from vmguard.transport.nbd import NbdkitServer
+
+        frozen = {d.key: d for d in self.control.snapshot_disks(snapshot_moref)}
+        return NbdkitServer.file(Path(frozen[key].path))
+
+    def live_disk(self, vm_moref: str, key: int, file_name: str) -> Any:
+        from vmguard.transport.nbd import NbdkitServer
+
+        control, disk = self.control, self.control.disk(vm_moref, key)
+
+        class _Tracked(NbdkitServer):
+            def close(self) -> None:
+                super().close()
+                if control.disk(vm_moref, key).change_id is not None:
+                    control.reset_cbt(vm_moref, key)
+
+        server = _Tracked("file", [f"file={disk.path}"], readonly=False)
+        return server
+
+    def attached_device(self, proxy_moref: str, disk: Any) -> str:
+        for d in self.control.vm(proxy_moref).disks:
+            if d.file_name == disk.file_name:
+                return d.path
+        raise LabError(f"disk {disk.file_name} is not attached to {proxy_moref}")
+
+    def proxy_bios_uuid(self) -> str:
+        return self.proxy_uuid

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +36,39 @@ _STATUS_SPAN = 1 << 30  # ask for block status a GiB at a time
 _ZERO_SPAN = 1 << 30  # NBD lengths are 32-bit; zero a GiB per request
 
 
+@dataclass(frozen=True)
+class VddkTarget:
+    """One disk of one VM (or of one of its snapshots) as nbdkit's VDDK plugin opens it."""
+
+    server: str
+    """vCenter host name (or ESXi host)."""
+    username: str
+    password: str = field(repr=False)
+    thumbprint: str
+    """SHA-1 of vCenter's certificate, colon-separated, as VDDK wants it."""
+    vm_moref: str
+    file_name: str
+    """``[datastore] vm/disk.vmdk`` — for a snapshot, the name in the snapshot's config."""
+    snapshot_moref: str = ""
+    libdir: str = "/opt/vmware-vix-disklib-distrib"
+    transports: str = "nbdssl:nbd"
+
+    def plugin_args(self, password_file: str) -> list[str]:
+        args = [
+            f"server={self.server}",
+            f"user={self.username}",
+            f"password=+{password_file}",
+            f"thumbprint={self.thumbprint}",
+            f"vm=moref={self.vm_moref}",
+            f"file={self.file_name}",
+            f"libdir={self.libdir}",
+            f"transports={self.transports}",
+        ]
+        if self.snapshot_moref:
+            args.append(f"snapshot={self.snapshot_moref}")
+        return args
+
+
 class NbdkitServer:
     """One nbdkit process serving one disk on a private Unix socket."""
 
@@ -45,8 +79,9 @@ class NbdkitServer:
         readonly: bool = True,
         filters: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        workdir: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
+        self._dir = workdir or tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
         self.socket = Path(self._dir.name) / "nbd.sock"
         # nbdkit writes the pid file only once it accepts connections on the socket; the
         # socket file itself appears at bind(), a moment before listen().
@@ -72,14 +107,35 @@ class NbdkitServer:
         deadline = time.monotonic() + 10
         while not self._pidfile.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = self._log.read_text(errors="replace")[-500:]
                 self.close()
-                raise RetryableError(f"nbdkit did not start: {self._log.read_text()[-500:]}")
+                raise RetryableError(f"nbdkit did not start: {why}")
             time.sleep(0.01)
 
     @classmethod
     def file(cls, path: Path, readonly: bool = True) -> NbdkitServer:
         """The lab's server: nbdkit's file plugin over a local disk image."""
         return cls("file", [f"file={path}"], readonly=readonly)
+
+    @classmethod
+    def vddk(cls, target: VddkTarget, readonly: bool = True) -> NbdkitServer:
+        """The production server: nbdkit's VDDK plugin over one disk of one snapshot.
+
+        See docs/transports.md for VDDK itself (licence, where to mount it). The
+        password reaches nbdkit as ``password=+FILE`` from a private file, never on a
+        command line that ``ps`` would show.
+        """
+        server = cls.__new__(cls)
+        server._dir = tempfile.TemporaryDirectory(prefix="vmguard-vddk-")
+        secret = Path(server._dir.name) / "password"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(target.password)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = f"{target.libdir}/lib64:" + env.get("LD_LIBRARY_PATH", "")
+        args = target.plugin_args(password_file=str(secret))
+        cls.__init__(server, "vddk", args, readonly=readonly, env=env, workdir=server._dir)
+        return server
 
     @property
     def uri(self) -> str:

@@ -15,6 +15,7 @@ error message.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import logging
 import random
@@ -72,11 +73,45 @@ class Endpoint:
         return digits
 
 
+def _digest(der: bytes, length: int) -> str:
+    algorithm = {40: "sha1", 64: "sha256", 128: "sha512"}[length]
+    return hashlib.new(algorithm, der).hexdigest()
+
+
+def _pinned_context(ep: Endpoint, pin: str) -> ssl.SSLContext:
+    """A context that accepts exactly the certificate whose digest is pinned.
+
+    The server's certificate is fetched and compared with the pin; it then becomes the
+    context's only trust anchor (partial chains allowed, host name not checked), so
+    every later connection of the session — pyVmomi reconnects on its own — must
+    present that same certificate. (pyVmomi's own ``thumbprint`` check runs only when
+    normal verification fails, and then disables verification for the connections
+    that follow: not a pin.)
+    """
+    host, port = ep.host_port()
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=30)
+    except (OSError, ssl.SSLError) as exc:
+        raise RetryableError(f"vCenter {host}:{port} unreachable: {type(exc).__name__}") from exc
+    actual = _digest(ssl.PEM_cert_to_DER_cert(pem), len(pin))
+    if actual != pin:
+        raise PermanentError(
+            f"vCenter {host}:{port} presented a certificate whose thumbprint is {actual}, "
+            f"not the pinned one"
+        )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=pem)
+    return ctx
+
+
 def _ssl_context(ep: Endpoint) -> ssl.SSLContext:
-    if ep.insecure or ep.thumbprint:
-        # With a pinned thumbprint pyVmomi checks the peer's certificate itself after the
-        # handshake; chain and host name checks would reject the self-signed certificates
-        # that pinning exists for.
+    pin = ep.normalised_thumbprint()
+    if pin:
+        return _pinned_context(ep, pin)
+    if ep.insecure:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -95,7 +130,6 @@ def connect(ep: Endpoint) -> vim.ServiceInstance:
             user=ep.username,
             pwd=ep.password,
             sslContext=_ssl_context(ep),
-            thumbprint=ep.normalised_thumbprint(),
             connectionPoolTimeout=-1,
         )
     except vim.fault.InvalidLogin as exc:
@@ -191,3 +225,14 @@ def wait_for(task: vim.Task, timeout: float = 600.0, poll: float = 0.1) -> objec
             raise RetryableError(f"vSphere task {info.descriptionId or info.key} timed out")
         time.sleep(poll)
         poll = min(poll * 1.5, 2.0)
+
+
+def sha1_thumbprint(ep: Endpoint) -> str:
+    """SHA-1 of the server's certificate, ``AA:BB:...``: what VDDK wants as thumbprint.
+
+    Only fetched after :func:`connect` verified the server with the configured trust.
+    """
+    host, port = ep.host_port()
+    der = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((host, port)))
+    digest = hashlib.sha1(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

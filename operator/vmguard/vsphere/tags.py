@@ -79,7 +79,8 @@ class TagClient:
                 verify=self.verify,
             )
         except requests.exceptions.SSLError as exc:
-            raise PermanentError(f"vCenter REST {self.base}: certificate not trusted") from exc
+            why = "not the pinned one" if thumbprint else "not trusted"
+            raise PermanentError(f"vCenter REST {self.base}: certificate {why}") from exc
         except requests.RequestException as exc:
             raise RetryableError(f"vCenter REST {self.base}: {type(exc).__name__}") from exc
         if resp.status_code in (401, 403):

@@ -1,0 +1,8 @@
+"""One vSphere VM end to end: backup and restore, composing vsphere, transport and store.
+
+``vsphere`` (snapshot cycle, CBT chain, config, restore targets, hot-add) and
+``transport`` (NBD, hot-add devices) may not import each other; this package joins them
+for one VM at a time, for the CLI (``vmguard vm backup|restore``) and the proxy.
+The chunk loop in :mod:`.copyloop` is a deliberately thin stand-in for the data mover's
+engine (``vmguard.datamover``), to be replaced by it.
+"""

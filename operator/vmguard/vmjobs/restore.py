@@ -1,0 +1,172 @@
+"""Restore an archive to vSphere: as a new VM, in place, or one disk to an existing VM.
+
+- **New VM**: the VM is created from the archive's config blob as the target says
+  (:class:`~vmguard.vsphere.restore.NewVMTarget`), its empty disks are written through
+  the transport (only non-hole chunks: thin stays thin), then it is powered on if asked.
+- **In place**: the VM must be powered off (or ``power_off=True``). For each disk whose
+  chain still continues from the backup's (same UUID, backing file, capacity, epoch),
+  an instant snapshot of ours lets QueryChangedDiskAreas say what changed since the
+  backup's change id; only the chunks touching those areas are written back. Otherwise
+  the whole disk is overwritten (holes zeroed). The reason is returned per disk.
+- **Single disk**: a new disk is added to an existing VM and written.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from vmguard.errors import ConfigError, PermanentError
+from vmguard.store import ArchiveManifest, Repository
+from vmguard.transport.nbd import NbdSink
+from vmguard.vmjobs.access import DiskLocator
+from vmguard.vmjobs.copyloop import RestoreResult, chunks_touching, restore_disk
+from vmguard.vsphere import cbt
+from vmguard.vsphere import restore as vrestore
+from vmguard.vsphere.inventory import vm_record
+from vmguard.vsphere.session import VSphereSession
+from vmguard.vsphere.snapshots import snapshot_cycle
+from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig
+
+
+def archive_config(manifest: ArchiveManifest) -> VMConfig:
+    if manifest.config_format != CONFIG_FORMAT:
+        raise PermanentError(
+            f"archive {manifest.archive_id} holds no vSphere VM config "
+            f"(format {manifest.config_format or 'none'!r})"
+        )
+    return VMConfig.from_json(manifest.config_blob)
+
+
+def _write(
+    locator: DiskLocator,
+    repo: Repository,
+    manifest: ArchiveManifest,
+    vm_moref: str,
+    source_key: int,
+    target_key: int,
+    file_name: str,
+    *,
+    only: set[int] | None = None,
+    zero_holes: bool = False,
+) -> RestoreResult:
+    with locator.live_disk(vm_moref, target_key, file_name) as server:
+        sink = NbdSink(server.uri)
+        try:
+            return restore_disk(
+                repo, manifest, str(source_key), sink, only=only, zero_holes=zero_holes
+            )
+        finally:
+            sink.close()
+
+
+@dataclass
+class NewVMResult:
+    vm: vrestore.CreatedVM
+    disks: dict[int, RestoreResult]
+    powered_on: bool
+
+
+def restore_new_vm(
+    session: VSphereSession,
+    repo: Repository,
+    archive_id: str,
+    target: vrestore.NewVMTarget,
+    locator: DiskLocator,
+    power_on: bool = False,
+) -> NewVMResult:
+    manifest = repo.load_archive(archive_id)
+    config = archive_config(manifest)
+    created = vrestore.create_vm(session, config, target)
+    try:
+        results = {
+            d.source_key: _write(
+                locator, repo, manifest, created.moref, d.source_key, d.key, d.file_name
+            )
+            for d in created.disks
+        }
+    except BaseException:
+        vrestore.destroy(session, created.moref)
+        raise
+    if power_on:
+        vrestore.power(session, created.moref, on=True)
+    return NewVMResult(created, results, power_on)
+
+
+@dataclass
+class InPlaceResult:
+    disks: dict[int, RestoreResult] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    """Per disk: ``changed chunks only (...)`` or why the disk was overwritten whole."""
+
+
+def restore_in_place(
+    session: VSphereSession,
+    repo: Repository,
+    archive_id: str,
+    vm_moref: str,
+    locator: DiskLocator,
+    power_off: bool = False,
+) -> InPlaceResult:
+    manifest = repo.load_archive(archive_id)
+    vm = session.call(lambda si: vm_record(si, vm_moref))
+    if vm.power_state != "poweredOff":
+        if not power_off:
+            raise ConfigError(
+                f"{vm.name} is {vm.power_state}: power it off for an in-place restore"
+            )
+        vrestore.power(session, vm_moref, on=False)
+    live = {d.key: d for d in vm.disks}
+    backed = {int(d.key): d for d in manifest.disks}
+    missing = sorted(set(backed) - set(live))
+    if missing:
+        raise ConfigError(f"{vm.name} no longer has disk(s) {missing}: restore as a new VM")
+    plans: dict[int, cbt.DiskPlan] = {}
+    if any(d.cbt and d.cbt.change_id for d in manifest.disks) and vm.cbt_enabled:
+        # The areas changed since the backup, through an instant snapshot of ours.
+        with snapshot_cycle(session, vm_moref, "restore-" + secrets.token_hex(6)) as taken:
+            states = cbt.chain_states(taken)
+            for d in taken.disks:
+                prev = backed[d.key].cbt if d.key in backed else None
+                plans[d.key] = cbt.plan_disk(session, taken, d, states[d.key], prev)
+    result = InPlaceResult()
+    size = repo.chunk_size
+    for key, record in sorted(backed.items()):
+        disk = live[key]
+        if disk.capacity != record.length:
+            raise ConfigError(
+                f"disk {key} of {vm.name} is {disk.capacity} bytes, the backup {record.length}"
+                ": restore as a new VM or to a new disk"
+            )
+        p = plans.get(key)
+        if p is not None and p.areas is not None:
+            only = set(chunks_touching(p.areas, size, record.length))
+            result.reasons[key] = f"changed chunks only ({len(only)}; {p.reason})"
+            result.disks[key] = _write(
+                locator, repo, manifest, vm_moref, key, key, disk.backing_file,
+                only=only, zero_holes=True,
+            )  # fmt: skip
+        else:
+            why = p.reason if p is not None else "CBT is off or the backup has no change id"
+            result.reasons[key] = f"full overwrite ({why})"
+            result.disks[key] = _write(
+                locator, repo, manifest, vm_moref, key, key, disk.backing_file, zero_holes=True
+            )
+    return result
+
+
+def restore_single_disk(
+    session: VSphereSession,
+    repo: Repository,
+    archive_id: str,
+    disk_key: int,
+    vm_moref: str,
+    datastore: str,
+    locator: DiskLocator,
+) -> tuple[vrestore.CreatedDisk, RestoreResult]:
+    """Add one new disk to ``vm_moref`` and write disk ``disk_key`` of the archive into it."""
+    manifest = repo.load_archive(archive_id)
+    config = archive_config(manifest)
+    created = vrestore.add_disk(session, vm_moref, config.disk(disk_key), datastore)
+    written = _write(locator, repo, manifest, vm_moref, disk_key, created.key, created.file_name)
+    return created, written
