@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
     target.add_argument("--check", metavar="DIR", help="exit 1 if DIR's manifests are stale")
     crds.set_defaults(func=_crds)
+
+    # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
+    from vmguard.files.commands import register as register_files
+
+    register_files(sub)
     return parser
 
 
