@@ -43,9 +43,10 @@ def config(key: str, value: str) -> None:
 
 def config_complete() -> None:
     global _view
-    for entry in reversed(os.environ.get("VMGUARD_PLUGIN_PATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
+    # The caller's path, in the caller's order, ahead of the embedded interpreter's own:
+    # otherwise another checkout's vmguard on the path could shadow the caller's.
+    wanted = [e for e in os.environ.get("VMGUARD_PLUGIN_PATH", "").split(os.pathsep) if e]
+    sys.path[:] = wanted + [e for e in sys.path if e not in wanted]
     from vmguard.files.mount import open_view
 
     missing = {"repo", "archive"} - set(_params)
