@@ -60,9 +60,9 @@ class NbdkitServer:
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                log = self._log.read_text(errors="replace")[-500:]  # close() removes it
+                tail = self._log.read_text(errors="replace")[-500:]  # close() removes it
                 self.close()
-                raise RetryableError(f"nbdkit did not start: {log}")
+                raise RetryableError(f"nbdkit did not start: {tail}")
             time.sleep(0.01)
 
     @classmethod
