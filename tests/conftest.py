@@ -113,13 +113,13 @@ def _bucket(minio_client: Any, lab_state: dict[str, Any], lock: bool) -> Iterato
 
 @pytest.fixture
 def s3_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A fresh, empty bucket on the lab's MinIO (left in place for inspection)."""
+    """A fresh, empty bucket on the lab's MinIO, removed after the test."""
     yield from _bucket(minio_client, lab_state, lock=False)
 
 
 @pytest.fixture
 def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A fresh bucket created with object lock enabled."""
+    """A fresh bucket created with object lock enabled (kept: its objects are locked)."""
     yield from _bucket(minio_client, lab_state, lock=True)
 
 
@@ -128,3 +128,31 @@ def image_factory(lab: Any) -> Any:
     from vmguard.lab.images import DiskImageFactory
 
     return DiskImageFactory(lab.paths.cache / "images")
+
+
+@pytest.fixture(scope="session")
+def vmguard_crds(lab: Any, kubectl: Path) -> None:
+    """vmguard's CRDs applied to the lab apiserver and established."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig))
+    subprocess.run(
+        [str(kubectl), "apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            str(kubectl),
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            str(repo / "crds"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )

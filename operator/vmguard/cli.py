@@ -59,6 +59,16 @@ def _crds(args: argparse.Namespace) -> int:
     return run(Path(args.check or args.write), check=bool(args.check))
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import logging
+
+    from vmguard.controller.main import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(args.namespace or [], args.all_namespaces, args.liveness, args.peering)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmguard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -76,11 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub.add_parser("inventory", help="endpoints, nodes, VMs and buckets of the running lab")
     lab.set_defaults(func=_lab)
 
+    op = sub.add_parser(
+        "operator", help="run the operator (kopf) against $KUBECONFIG or in-cluster"
+    )
+    op.add_argument("--namespace", action="append", help="watch this namespace (repeatable)")
+    op.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
+    op.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--peering", help="kopf peering name: of several replicas exactly one acts")
+    op.set_defaults(func=_operator)
+
     crds = sub.add_parser("crds", help="write or check the CRD manifests (crds/*.yaml)")
     target = crds.add_mutually_exclusive_group(required=True)
     target.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
     target.add_argument("--check", metavar="DIR", help="exit 1 if DIR's manifests are stale")
     crds.set_defaults(func=_crds)
+
+    from vmguard.commands import disk, repo
+
+    repo.add_parser(sub)
+    disk.add_parser(sub)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files

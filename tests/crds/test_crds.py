@@ -34,12 +34,13 @@ Mutation = Callable[[dict[str, Any]], None]
 
 
 @pytest.mark.unit
-def test_checked_in_manifests_match_the_source() -> None:
+@pytest.mark.parametrize("directory", [CRD_DIR, REPO / "charts" / "vmguard" / "crds"])
+def test_checked_in_manifests_match_the_source(directory: Path) -> None:
     expected = rendered()
-    on_disk = {p.name: p.read_text(encoding="utf-8") for p in CRD_DIR.glob("*.yaml")}
-    assert sorted(on_disk) == sorted(expected), "crds/ holds other files than the generator's"
+    on_disk = {p.name: p.read_text(encoding="utf-8") for p in directory.glob("*.yaml")}
+    assert sorted(on_disk) == sorted(expected), f"{directory} holds other files"
     stale = [name for name, text in expected.items() if on_disk[name] != text]
-    assert not stale, f"regenerate with `python -m vmguard.crds`: {stale} differ"
+    assert not stale, f"regenerate with `python -m vmguard.crds {directory}`: {stale} differ"
 
 
 @pytest.mark.unit

@@ -52,6 +52,10 @@ def print_inventory(lab: Lab, max_vms: int = 12) -> None:
     m = st["minio"]
     s3 = Minio(m["endpoint"], access_key=m["access_key"], secret_key=m["secret_key"], secure=False)
     buckets = s3.list_buckets()
+    left_by_tests = [b for b in buckets if b.name.startswith("test-")]
     print(f"\nMinIO buckets ({len(buckets)})")
     for b in buckets:
-        print(f"  {b.name}")
+        if b not in left_by_tests:
+            print(f"  {b.name}")
+    if left_by_tests:
+        print(f"  ... and {len(left_by_tests)} object-locked bucket(s) left by tests (test-*)")

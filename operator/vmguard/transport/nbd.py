@@ -32,6 +32,7 @@ from vmguard.transport.extents import Extent, normalise, split
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
 _STATUS_SPAN = 1 << 30  # ask for block status a GiB at a time
+_ZERO_SPAN = 1 << 30  # NBD lengths are 32-bit; zero a GiB per request
 
 
 class NbdkitServer:
@@ -47,7 +48,18 @@ class NbdkitServer:
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
         self.socket = Path(self._dir.name) / "nbd.sock"
-        argv = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket)]
+        # nbdkit writes the pid file only once it accepts connections on the socket; the
+        # socket file itself appears at bind(), a moment before listen().
+        self._pidfile = Path(self._dir.name) / "nbdkit.pid"
+        argv = [
+            "nbdkit",
+            "--foreground",
+            "--exit-with-parent",
+            "--unix",
+            str(self.socket),
+            "--pidfile",
+            str(self._pidfile),
+        ]
         argv += [f"--filter={f}" for f in filters]
         if readonly:
             argv.append("--readonly")
@@ -58,7 +70,7 @@ class NbdkitServer:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         deadline = time.monotonic() + 10
-        while not self.socket.exists():
+        while not self._pidfile.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self._log.read_text(errors="replace")[-500:]  # close() removes it
                 self.close()
@@ -178,7 +190,7 @@ class NbdSink:
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
         # (cookie, buffer): the buffer must outlive its command.
-        self._pending: deque[tuple[int, nbd.Buffer]] = deque()
+        self._pending: deque[tuple[int, nbd.Buffer | None]] = deque()
 
     @property
     def size(self) -> int:
@@ -189,6 +201,18 @@ class NbdSink:
             self._wait_oldest()
         buf = nbd.Buffer.from_bytearray(bytearray(data))
         self._pending.append((self._h.aio_pwrite(buf, offset), buf))
+
+    def zero(self, offset: int, length: int) -> None:
+        """NBD WRITE_ZEROES without NO_HOLE: the server may punch a hole (nbdkit's file
+        plugin does). A server without it gets zeros written."""
+        if not self._h.can_zero():
+            for piece in split([Extent(offset, length)], REQUEST_BYTES):
+                self.write(piece.offset, bytes(piece.length))
+            return
+        for piece in split([Extent(offset, length)], _ZERO_SPAN):
+            while len(self._pending) >= self.in_flight:
+                self._wait_oldest()
+            self._pending.append((self._h.aio_zero(piece.length, piece.offset), None))
 
     def _wait_oldest(self) -> None:
         cookie, _ = self._pending[0]

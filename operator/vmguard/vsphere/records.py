@@ -6,7 +6,34 @@ policies, compared between sweeps, stored in status and unit-tested without a vC
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+OUR_SNAPSHOT_PREFIX = "vmguard-"
+_OUR_DESCRIPTION = re.compile(r"\bvmguard-backup-uid=([A-Za-z0-9._-]{1,128})\b")
+
+
+def our_snapshot_name(backup_uid: str) -> str:
+    return OUR_SNAPSHOT_PREFIX + backup_uid
+
+
+def our_snapshot_description(backup_uid: str, detail: str = "") -> str:
+    line = f"Taken by vmguard for a backup; removed when it ends. vmguard-backup-uid={backup_uid}"
+    return f"{line}\n{detail}" if detail else line
+
+
+def backup_uid_of(name: str, description: str) -> str:
+    """The backup UID of a snapshot vmguard took, or "" when the snapshot is not ours.
+
+    Both marks must agree: the name prefix and the UID in the description. A user's
+    snapshot that merely starts with ``vmguard-`` is never taken for ours (and never
+    removed by the orphan sweep).
+    """
+    if not name.startswith(OUR_SNAPSHOT_PREFIX):
+        return ""
+    found = _OUR_DESCRIPTION.search(description or "")
+    uid = name[len(OUR_SNAPSHOT_PREFIX) :]
+    return uid if found and found.group(1) == uid else ""
 
 
 @dataclass(frozen=True)
@@ -21,6 +48,9 @@ class DiskRecord:
     unit_number: int = 0
     thin: bool = True
     change_id: str = ""
+    datastore: str = ""
+    controller: str = ""
+    """The controller's kind and bus, e.g. ``pvscsi:0``."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +69,14 @@ class SnapshotRecord:
     description: str
     created: str
     quiesced: bool
+    parent: str = ""
+    """Moref of the parent snapshot ("" for a root)."""
+    backup_uid: str = ""
+    """The backup this snapshot belongs to when vmguard took it; "" for anyone else's."""
+
+    @property
+    def ours(self) -> bool:
+        return bool(self.backup_uid)
 
 
 @dataclass(frozen=True)
@@ -69,6 +107,10 @@ class VMRecord:
     tags: tuple[str, ...] = ()
     snapshots: tuple[SnapshotRecord, ...] = ()
     consolidation_needed: bool = False
+
+    @property
+    def our_snapshots(self) -> tuple[SnapshotRecord, ...]:
+        return tuple(s for s in self.snapshots if s.ours)
 
     @property
     def tag_names(self) -> frozenset[str]:

@@ -171,3 +171,23 @@ class VSphereSession:
         if si is not None:
             with contextlib.suppress(*_TRANSIENT):
                 Disconnect(si)
+
+
+def wait_for(task: vim.Task, timeout: float = 600.0, poll: float = 0.1) -> object:
+    """Wait for a vSphere task; return its result or raise its fault (the vim fault).
+
+    Polls ``info`` rather than using a PropertyCollector filter, so that no server-side
+    filter is left behind by a process that dies while waiting.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        info = task.info
+        if info.state == vim.TaskInfo.State.success:
+            return info.result
+        if info.state == vim.TaskInfo.State.error:
+            fault: BaseException = info.error  # type: ignore[assignment]
+            raise fault
+        if time.monotonic() > deadline:
+            raise RetryableError(f"vSphere task {info.descriptionId or info.key} timed out")
+        time.sleep(poll)
+        poll = min(poll * 1.5, 2.0)

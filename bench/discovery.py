@@ -1,0 +1,113 @@
+"""Discover (and match) a large simulated vSphere inventory; print time and peak RSS.
+
+Starts its own vSphere simulator (the lab's ``vmguard-vcsim``, built if needed) with
+--vms VMs in a temporary directory on free loopback ports, then runs a full sweep
+(SOAP inventory + REST tags), policy matching, and a second sweep, in this process:
+
+    PYTHONPATH=operator python bench/discovery.py --vms 5000
+
+Peak RSS is this process's high-water mark (``ru_maxrss``) and its growth over the
+baseline measured before the first sweep; the simulator is another process. BRIEF §8:
+5,000 VMs discovered and matched in ≤ 30 s, operator RSS ≤ 300 MiB. Not part of the
+test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import secrets
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from vmguard.lab import build
+from vmguard.lab.paths import LabPaths
+from vmguard.lab.procs import free_port
+from vmguard.lab.vsim import PASSWORD_ENV, USERNAME_ENV, vsim_command
+from vmguard.vsphere.inventory import discover
+from vmguard.vsphere.matching import PolicyRef, Selector, assign
+from vmguard.vsphere.session import Endpoint, connect, disconnect
+from vmguard.vsphere.tags import TagClient
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _policies() -> list[PolicyRef]:
+    return [
+        PolicyRef("gold", "vc", 10, selector=Selector.from_spec({"tags": [{"name": "gold"}]})),
+        PolicyRef(
+            "prod-db",
+            "vc",
+            5,
+            selector=Selector.from_spec({"folders": ["/DC0/vm/Production/Databases"]}),
+        ),
+        PolicyRef(
+            "weekly",
+            "vc",
+            1,
+            selector=Selector.from_spec(
+                {"customAttributes": [{"name": "backup", "value": "weekly"}]}
+            ),
+        ),
+        PolicyRef("fail-safe", "vc", default=True),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vms", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
+    user, password = "bench@vsphere.local", secrets.token_urlsafe(12)
+    with tempfile.TemporaryDirectory(prefix="vmguard-bench-vcsim-") as tmp:
+        env = dict(os.environ, **{USERNAME_ENV: user, PASSWORD_ENV: password})
+        argv = vsim_command(binary, tmp, free_port(), free_port(), args.vms, 1, 1 << 30)
+        started = time.perf_counter()
+        with open(Path(tmp) / "vcsim.log", "wb") as log:
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            ready = Path(tmp) / "ready.json"
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise SystemExit((Path(tmp) / "vcsim.log").read_text()[-2000:])
+                time.sleep(0.1)
+            info = json.loads(ready.read_text())
+            print(f"simulator with {args.vms} VMs ready in {time.perf_counter() - started:.1f} s")
+            ep = Endpoint(info["sdk_url"], user, password, ca_file=info["tls_cert"])
+            baseline = _rss_mib()
+            head = ("round", "VMs", "tagged", "soap s", "rest s", "match s", "total s")
+            print(" ".join(f"{h:>7}" for h in head) + f" {'peak RSS MiB':>12} {'growth MiB':>10}")
+            for n in range(args.rounds):
+                t0 = time.perf_counter()
+                si = connect(ep)
+                with TagClient(ep) as tags:
+                    t1 = time.perf_counter()
+                    vm_tags = tags.vm_tags()
+                t2 = time.perf_counter()
+                records = discover(si, vm_tags)
+                t3 = time.perf_counter()
+                result = assign(records, _policies(), "vc")
+                t4 = time.perf_counter()
+                disconnect(si)
+                assert len(result.assignments) == len(records)
+                soap = (t1 - t0) + (t3 - t2)
+                print(
+                    f"{n + 1:7} {len(records):7} {len(vm_tags):7} {soap:7.2f} {t2 - t1:7.2f} "
+                    f"{t4 - t3:7.2f} {t4 - t0:7.2f} {_rss_mib():12.0f} "
+                    f"{_rss_mib() - baseline:10.0f}"
+                )
+                del records, result
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

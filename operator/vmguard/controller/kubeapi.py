@@ -1,0 +1,78 @@
+"""The controllers' few direct Kubernetes API calls, run off kopf's event loop.
+
+kopf itself watches and patches the objects it handles; these are the other calls:
+reading a referenced Secret's keys, listing policies, and patching the status of
+objects other than the one being handled. The kubernetes client blocks, so every call
+goes through ``asyncio.to_thread``. Secret values are returned to the caller and never
+logged; errors name the Secret and the key, never the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from kubernetes import client, config
+
+from vmguard.errors import ConfigError, RetryableError
+
+GROUP, VERSION = "vmguard.io", "v1alpha1"
+
+
+def load_config() -> None:
+    """In a pod: the service-account token; elsewhere: ``$KUBECONFIG``."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class KubeAPI:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    async def secret_keys(self, namespace: str, name: str, keys: dict[str, str]) -> dict[str, str]:
+        """``{role: value}`` for ``keys = {role: key in the Secret}``."""
+
+        def read() -> dict[str, str]:
+            try:
+                secret = self.core.read_namespaced_secret(name, namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    raise ConfigError(f"Secret {namespace}/{name} does not exist") from None
+                if exc.status == 403:
+                    raise ConfigError(f"not allowed to read Secret {namespace}/{name}") from None
+                raise RetryableError(f"reading Secret {namespace}/{name}: {exc.status}") from None
+            data = secret.data or {}
+            out = {}
+            for role, key in keys.items():
+                if key not in data:
+                    raise ConfigError(f"Secret {namespace}/{name} has no key {key!r}")
+                out[role] = base64.b64decode(data[key]).decode()
+            return out
+
+        return await asyncio.to_thread(read)
+
+    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+            return list(res.get("items", []))
+
+        return await asyncio.to_thread(read)
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        def patch() -> None:
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, {"status": status}
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:  # deleted meanwhile: nothing to report on
+                    raise
+
+        await asyncio.to_thread(patch)

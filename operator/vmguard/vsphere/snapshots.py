@@ -1,0 +1,291 @@
+"""The snapshot cycle of one backup, and the sweep that removes snapshots that escaped it.
+
+:func:`snapshot_cycle` is a context manager (docs/snapshot-cycle.md):
+
+1. record the VM as it is (every disk's change id, backing file, UUID, capacity);
+2. create the snapshot named ``vmguard-<backup uid>`` with the UID in its description,
+   quiesced when asked; if quiescing fails and the policy allows it, take a
+   crash-consistent one instead and record why (:attr:`TakenSnapshot.fallback_reason`);
+3. hand the snapshot to the transfer;
+4. in *every* outcome — success, exception, KeyboardInterrupt — remove the snapshot,
+   wait for the removal (vSphere consolidates the delta into the base disk then), and
+   consolidate when vSphere still reports ``consolidationNeeded`` and the policy allows.
+
+A process that dies inside step 3 cannot run step 4: :func:`sweep_orphans` finds our
+snapshots (name prefix *and* UID in the description, :func:`~.records.backup_uid_of`)
+whose backup no longer runs or that are older than a limit, and removes them. A user's
+snapshot is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from vmguard.errors import PermanentError, RetryableError
+from vmguard.vsphere.inventory import find_vm, moid, vm_record
+from vmguard.vsphere.records import (
+    VMRecord,
+    our_snapshot_description,
+    our_snapshot_name,
+)
+from vmguard.vsphere.session import VSphereSession, wait_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """One disk as the snapshot froze it (what a transport reads)."""
+
+    key: int
+    label: str
+    file_name: str
+    """The datastore path the snapshot's config names (what NBD/VDDK and hot-add open)."""
+    capacity: int
+    change_id: str
+    disk_uuid: str
+    thin: bool
+
+
+@dataclass
+class TakenSnapshot:
+    vm_moref: str
+    moref: str
+    name: str
+    backup_uid: str
+    quiesced: bool
+    before: VMRecord
+    """The VM as recorded just before the snapshot (change ids, backing files)."""
+    disks: tuple[SnapshotDisk, ...]
+    fallback_reason: str = ""
+    """Why a quiesced snapshot was asked for and a crash-consistent one taken."""
+    removed: bool = False
+    consolidation: ConsolidationReport | None = None
+
+    def disk(self, key: int) -> SnapshotDisk:
+        for d in self.disks:
+            if d.key == key:
+                return d
+        raise KeyError(f"snapshot {self.moref} has no disk {key}")
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    needed: bool
+    consolidated: bool = False
+    error: str = ""
+
+
+def snapshot_disks(snapshot: Any) -> tuple[SnapshotDisk, ...]:
+    out = []
+    for d in snapshot.config.hardware.device:
+        if isinstance(d, vim.vm.device.VirtualDisk):
+            b = d.backing
+            out.append(
+                SnapshotDisk(
+                    key=int(d.key),
+                    label=d.deviceInfo.label if d.deviceInfo else "",
+                    file_name=str(getattr(b, "fileName", "")),
+                    capacity=int(d.capacityInBytes or (d.capacityInKB or 0) * 1024),
+                    change_id=str(getattr(b, "changeId", "") or ""),
+                    disk_uuid=str(getattr(b, "uuid", "") or ""),
+                    thin=bool(getattr(b, "thinProvisioned", False)),
+                )
+            )
+    return tuple(out)
+
+
+def _create(si: vim.ServiceInstance, vm_moref: str, uid: str, quiesce: bool, detail: str) -> Any:
+    vm = find_vm(si, vm_moref)
+    task = vm.CreateSnapshot_Task(
+        name=our_snapshot_name(uid),
+        description=our_snapshot_description(uid, detail),
+        memory=False,
+        quiesce=quiesce,
+    )
+    return wait_for(task)
+
+
+def create_snapshot(
+    session: VSphereSession,
+    vm_moref: str,
+    backup_uid: str,
+    *,
+    quiesce: bool = False,
+    crash_consistent_fallback: bool = True,
+) -> TakenSnapshot:
+    """Record the VM, then take our snapshot (see the module docstring, steps 1-2)."""
+    before = session.call(lambda si: vm_record(si, vm_moref))
+    fallback = ""
+    try:
+        snap = session.call(lambda si: _create(si, vm_moref, backup_uid, quiesce, ""))
+    except vmodl.MethodFault as exc:
+        # ApplicationQuiesceFault, ToolsUnavailable, a timeout of VSS... all end here.
+        if not quiesce or not crash_consistent_fallback:
+            raise PermanentError(
+                f"snapshot of {before.name} ({vm_moref}) failed: {_fault_text(exc)}"
+            ) from exc
+        fallback = f"quiesced snapshot failed ({_fault_text(exc)}); took a crash-consistent one"
+        log.warning("%s: %s", before.name, fallback)
+        snap = session.call(
+            lambda si: _create(si, vm_moref, backup_uid, False, "crash-consistent fallback")
+        )
+    taken = TakenSnapshot(
+        vm_moref=vm_moref,
+        moref=moid(snap),
+        name=our_snapshot_name(backup_uid),
+        backup_uid=backup_uid,
+        quiesced=quiesce and not fallback,
+        before=before,
+        disks=(),
+        fallback_reason=fallback,
+    )
+    taken.disks = session.call(lambda si: snapshot_disks(vim.vm.Snapshot(taken.moref, si._stub)))
+    return taken
+
+
+def _fault_text(exc: BaseException) -> str:
+    msg = getattr(exc, "msg", "") or str(exc)
+    return f"{type(exc).__name__}: {msg}".strip()
+
+
+def remove_snapshot(session: VSphereSession, vm_moref: str, snapshot_moref: str) -> None:
+    """Remove one snapshot (children kept) and wait; a snapshot already gone is fine."""
+
+    def remove(si: vim.ServiceInstance) -> None:
+        snap = vim.vm.Snapshot(snapshot_moref, si._stub)
+        try:
+            wait_for(snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+        except vmodl.fault.ManagedObjectNotFound:
+            log.info("snapshot %s of %s is already gone", snapshot_moref, vm_moref)
+
+    session.call(remove)
+
+
+def consolidate(session: VSphereSession, vm_moref: str, allowed: bool) -> ConsolidationReport:
+    """Report ``consolidationNeeded``; consolidate when it is set and ``allowed``."""
+    needed = bool(session.call(lambda si: find_vm(si, vm_moref).runtime.consolidationNeeded))
+    if not needed:
+        return ConsolidationReport(needed=False)
+    if not allowed:
+        return ConsolidationReport(needed=True, error="consolidation needed; not allowed")
+    try:
+        session.call(lambda si: wait_for(find_vm(si, vm_moref).ConsolidateVMDisks_Task()))
+    except vmodl.MethodFault as exc:
+        return ConsolidationReport(needed=True, error=_fault_text(exc))
+    return ConsolidationReport(needed=True, consolidated=True)
+
+
+@contextlib.contextmanager
+def snapshot_cycle(
+    session: VSphereSession,
+    vm_moref: str,
+    backup_uid: str,
+    *,
+    quiesce: bool = False,
+    crash_consistent_fallback: bool = True,
+    allow_consolidate: bool = True,
+) -> Iterator[TakenSnapshot]:
+    """Our snapshot for the duration of the block; removed in every outcome."""
+    taken = create_snapshot(
+        session,
+        vm_moref,
+        backup_uid,
+        quiesce=quiesce,
+        crash_consistent_fallback=crash_consistent_fallback,
+    )
+    failed = True
+    try:
+        yield taken
+        failed = False
+    finally:
+        try:
+            remove_snapshot(session, vm_moref, taken.moref)
+            taken.removed = True
+            taken.consolidation = consolidate(session, vm_moref, allow_consolidate)
+        except (RetryableError, vmodl.MethodFault) as exc:
+            # The orphan sweep will find it; do not hide the transfer's own error.
+            log.error("snapshot %s of %s not removed: %s", taken.moref, vm_moref, exc)
+            if not failed:
+                raise RetryableError(
+                    f"snapshot {taken.name} of {taken.before.name} could not be removed"
+                    " (the orphan sweep will retry)"
+                ) from exc
+
+
+@dataclass(frozen=True)
+class SweptSnapshot:
+    vm_moref: str
+    vm_name: str
+    snapshot_moref: str
+    backup_uid: str
+    reason: str
+    removed: bool
+    error: str = ""
+
+
+@dataclass
+class SweepResult:
+    swept: list[SweptSnapshot] = field(default_factory=list)
+    consolidation_needed: list[str] = field(default_factory=list)
+    """Names of VMs that still need consolidation after the sweep (reported, not hidden)."""
+
+
+def sweep_orphans(
+    session: VSphereSession,
+    records: Iterable[VMRecord],
+    backup_running: Callable[[str], bool],
+    max_age: timedelta,
+    now: datetime | None = None,
+    allow_consolidate: bool = True,
+) -> SweepResult:
+    """Remove our snapshots whose backup does not run any more or that are too old.
+
+    ``records`` come from a discovery sweep; ``backup_running(uid)`` says whether the
+    backup with that UID is still in progress (the operator asks the VMBackup objects).
+    """
+    now = now or datetime.now(UTC)
+    result = SweepResult()
+    for vm in records:
+        touched = False
+        for snap in vm.our_snapshots:
+            created = datetime.fromisoformat(snap.created) if snap.created else now
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+            if not backup_running(snap.backup_uid):
+                reason = "its backup is not running"
+            elif now - created > max_age:
+                reason = f"older than {max_age}"
+            else:
+                continue
+            try:
+                remove_snapshot(session, vm.moref, snap.moref)
+            except (RetryableError, vmodl.MethodFault) as exc:
+                result.swept.append(
+                    SweptSnapshot(
+                        vm.moref,
+                        vm.name,
+                        snap.moref,
+                        snap.backup_uid,
+                        reason,
+                        False,
+                        _fault_text(exc),
+                    )
+                )
+                continue
+            touched = True
+            result.swept.append(
+                SweptSnapshot(vm.moref, vm.name, snap.moref, snap.backup_uid, reason, True)
+            )
+        if touched or vm.consolidation_needed:
+            report = consolidate(session, vm.moref, allow_consolidate)
+            if report.needed and not report.consolidated:
+                result.consolidation_needed.append(vm.name)
+    return result

@@ -1,0 +1,138 @@
+"""Unit tests of the engine's parts: the bounded pipeline, planning, and restore failures."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.datamover.helpers import random_disk, sha256_file
+from tests.store.helpers import FAST_KDF_N
+from vmguard.datamover.backup import DiskInput, back_up
+from vmguard.datamover.pipeline import bounded_map
+from vmguard.datamover.plan import intersect
+from vmguard.datamover.restore import RestoreFailed, restore_disk
+from vmguard.store import MasterKey, Repository, ScryptParams, VmIdentity, names
+from vmguard.store.backend import MemoryBackend
+from vmguard.transport.extents import Extent
+from vmguard.transport.file import FileSink, FileSource
+
+pytestmark = pytest.mark.unit
+CHUNK = 64 * 1024
+
+
+def test_pipeline_keeps_at_most_depth_items_in_flight() -> None:
+    pulled = 0
+    in_flight = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def items() -> object:
+        nonlocal pulled
+        for i in range(50):
+            pulled += 1
+            yield i
+
+    def work(i: int) -> int:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.002)
+        with lock:
+            in_flight -= 1
+        return i * 2
+
+    seen = []
+    for result in bounded_map(work, items(), workers=4, depth=6, ordered=False):  # type: ignore[arg-type]
+        seen.append(result)
+        assert pulled - len(seen) <= 6
+    assert sorted(seen) == [i * 2 for i in range(50)] and peak <= 4
+    ordered = list(bounded_map(work, range(20), workers=3, depth=3, ordered=True))
+    assert ordered == [i * 2 for i in range(20)]
+
+
+def test_pipeline_raises_the_first_failure_and_stops_pulling() -> None:
+    pulled = 0
+
+    def items() -> object:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield i
+
+    def work(i: int) -> int:
+        if i == 5:
+            raise ValueError("boom")
+        return i
+
+    with pytest.raises(ValueError, match="boom"):
+        list(bounded_map(work, items(), workers=2, depth=4, ordered=True))  # type: ignore[arg-type]
+    assert pulled < 20
+
+
+def test_intersect() -> None:
+    a = [Extent(0, 10), Extent(20, 10), Extent(40, 5)]
+    b = [Extent(5, 20), Extent(29, 12)]
+    assert intersect(a, b) == [Extent(5, 5), Extent(20, 5), Extent(29, 1), Extent(40, 1)]
+    assert intersect([], b) == []
+
+
+def _backed_up(tmp_path: Path) -> tuple[Repository, Path, object]:
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.write(random.Random(3).randbytes(8 * CHUNK + 99))
+    repo = Repository.init(
+        MemoryBackend(),
+        master_key=MasterKey(b"x" * 20),
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+    )
+    with FileSource(disk) as source:
+        manifest = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)], workers=2)
+    return repo, disk, manifest
+
+
+def test_restore_stops_at_a_corrupt_chunk_and_writes_nothing_wrong(tmp_path: Path) -> None:
+    repo, disk, manifest = _backed_up(tmp_path)
+    index = repo.load_index(manifest, "d")  # type: ignore[arg-type]
+    victim = 5
+    name = names.chunk_name(index[victim])
+    blob = bytearray(repo.backend.get(name))
+    blob[-20] ^= 1
+    repo.backend.put(name, bytes(blob))
+    target = tmp_path / "out.img"
+    sink = FileSink.create(target, index.length)
+    with pytest.raises(RestoreFailed) as failure:
+        restore_disk(repo, manifest, "d", sink, workers=4, depth=8)  # type: ignore[arg-type]
+    sink.close()
+    assert failure.value.chunk_id == index[victim].hex()
+    assert failure.value.offset == victim * CHUNK
+    assert "incomplete" in str(failure.value)
+    original, restored = disk.read_bytes(), target.read_bytes()
+    assert restored[: victim * CHUNK] == original[: victim * CHUNK]
+    assert restored[victim * CHUNK :] == bytes(len(restored) - victim * CHUNK)
+
+
+def test_restore_refuses_a_target_that_is_too_small(tmp_path: Path) -> None:
+    repo, _, manifest = _backed_up(tmp_path)
+    sink = FileSink.create(tmp_path / "small.img", CHUNK)
+    with pytest.raises(Exception, match="needs"):
+        restore_disk(repo, manifest, "d", sink)  # type: ignore[arg-type]
+    sink.close()
+
+
+def test_restore_zeroes_holes_in_a_used_target(tmp_path: Path) -> None:
+    disk = tmp_path / "sparse.img"
+    random_disk(disk, random.Random(8), 12 * CHUNK + 5)
+    repo = Repository.init(MemoryBackend(), chunk_size=CHUNK)
+    with FileSource(disk) as source:
+        manifest = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    target = tmp_path / "used.img"
+    target.write_bytes(random.Random(9).randbytes(12 * CHUNK + 5))
+    with FileSink(target) as sink:
+        restore_disk(repo, manifest, "d", sink, zero_holes=True)
+    assert sha256_file(target) == sha256_file(disk)

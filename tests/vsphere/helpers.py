@@ -1,0 +1,72 @@
+"""Helpers for vSphere lab tests: pick a VM of the shared lab and leave it as found."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from vmguard.lab.vsim import VSimControl, VSimVM
+from vmguard.vsphere.inventory import find_vm, vm_record
+from vmguard.vsphere.session import VSphereSession, wait_for
+
+MiB = 1 << 20
+
+
+def pick_vm(vsim: VSimControl, taken: set[str], *, disks: int = 1, cbt: bool = False) -> VSimVM:
+    """A powered-on, non-template VM with ``disks`` disks not used by another test."""
+    for vm in reversed(vsim.vms()):
+        if (
+            vm.moref not in taken
+            and not vm.template
+            and vm.power_state == "poweredOn"
+            and len(vm.disks) >= disks
+            and vm.cbt_enabled == cbt
+            and not vm.name.startswith("vmguard-")
+        ):
+            taken.add(vm.moref)
+            return vm
+    pytest.fail(f"no free VM with {disks} disk(s), cbt={cbt} in the lab")
+
+
+def our_snapshots(vc: VSphereSession, moref: str) -> list[Any]:
+    return list(vc.call(lambda si: vm_record(si, moref)).our_snapshots)
+
+
+@contextlib.contextmanager
+def restored_afterwards(
+    vc: VSphereSession, vsim: VSimControl, lab_vm: VSimVM, tmp: Path
+) -> Iterator[None]:
+    """Remove every snapshot, switch CBT back and give resized disks an image of the old size."""
+    try:
+        yield
+    finally:
+        vm = vc.call(lambda si: find_vm(si, lab_vm.moref))
+        wait_for(vm.RemoveAllSnapshots_Task())
+        spec = vim.vm.ConfigSpec(changeTrackingEnabled=lab_vm.cbt_enabled)
+        wait_for(vm.ReconfigVM_Task(spec=spec))
+        for disk in lab_vm.disks:
+            if vsim.disk(lab_vm.moref, disk.key).capacity != disk.capacity:
+                empty = tmp / f"reset-{lab_vm.moref}-{disk.key}.img"
+                with open(empty, "wb") as f:
+                    f.truncate(disk.capacity)
+                vsim.put_image(lab_vm.moref, disk.key, str(empty))
+
+
+def blocks(offset: int, size: int, capacity: int, block: int = 64 * 1024) -> tuple[int, int]:
+    start = offset // block * block
+    end = min(-(-(offset + size) // block) * block, capacity)
+    return start, end - start
+
+
+def random_writes(vsim: VSimControl, moref: str, key: int, capacity: int) -> list[tuple[int, int]]:
+    """A few guest writes at known places; returns their CBT blocks."""
+    writes = [(0, 4096), (MiB + 100, 70_000), (300 * MiB, MiB), (capacity - 512, 512)]
+    for off, size in writes:
+        vsim.write(moref, key, off, os.urandom(size))
+    return [blocks(off, size, capacity) for off, size in writes]
