@@ -204,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     disk.add_parser(sub)
 
     _vm_parser(sub)
+
+    # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
+    from vmguard.files.commands import register as register_files
+
+    register_files(sub)
     return parser
 
 

@@ -295,6 +295,24 @@ class DiskView(io.RawIOBase):
             )
         return data
 
+    def allocation(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(start, length, is_data) runs covering ``[offset, offset + length)``: holes
+        of the index are not data. Answers from the index alone; fetches nothing."""
+        end = min(self.size, offset + length)
+        runs: list[tuple[int, int, bool]] = []
+        pos = offset
+        while pos < end:
+            number = pos // self.chunk_size
+            stop = min(end, (number + 1) * self.chunk_size)
+            data = self.index[number] != HOLE
+            if runs and runs[-1][2] == data:
+                start, _, _ = runs[-1]
+                runs[-1] = (start, stop - start, data)
+            else:
+                runs.append((pos, stop - pos, data))
+            pos = stop
+        return runs
+
     def chunk_at(self, offset: int) -> tuple[int, str]:
         """(chunk number, chunk id in hex) of the chunk holding disk byte ``offset``."""
         number = offset // self.chunk_size
