@@ -1,4 +1,5 @@
-"""Unit tests of the engine's parts: the bounded pipeline, planning, and restore failures."""
+"""Unit tests of the engine's parts: the bounded pipeline, planning, restore failures,
+sparse and partial restores, and what a backup reports per disk."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 
 from tests.datamover.helpers import random_disk, sha256_file
 from tests.store.helpers import FAST_KDF_N
-from vmguard.datamover.backup import DiskInput, back_up
+from vmguard.datamover.backup import DiskInput, DiskOutcome, back_up
 from vmguard.datamover.pipeline import bounded_map
 from vmguard.datamover.plan import intersect
-from vmguard.datamover.restore import RestoreFailed, restore_disk
+from vmguard.datamover.restore import SPARSE_BLOCK, RestoreFailed, restore_disk
 from vmguard.store import MasterKey, Repository, ScryptParams, VmIdentity, names
 from vmguard.store.backend import MemoryBackend
 from vmguard.transport.extents import Extent
@@ -136,3 +137,87 @@ def test_restore_zeroes_holes_in_a_used_target(tmp_path: Path) -> None:
     with FileSink(target) as sink:
         restore_disk(repo, manifest, "d", sink, zero_holes=True)
     assert sha256_file(target) == sha256_file(disk)
+
+
+BIG = 4 * SPARSE_BLOCK
+"""A chunk that holds several sparse blocks, so zero runs inside it can be seen."""
+
+
+def _layout_disk(path: Path) -> bytes:
+    """Chunk 0: data, two zero blocks, data; chunk 1: random; chunk 2: a hole; short tail."""
+    rng = random.Random(11)
+    block = SPARSE_BLOCK
+    image = (
+        rng.randbytes(block)
+        + bytes(2 * block)
+        + rng.randbytes(block)
+        + rng.randbytes(BIG)
+        + bytes(BIG)
+        + rng.randbytes(1000)
+    )
+    path.write_bytes(image)
+    return image
+
+
+def test_restore_skips_zero_runs_inside_chunks_so_a_thin_target_stays_thin(
+    tmp_path: Path,
+) -> None:
+    image = _layout_disk(tmp_path / "disk.img")
+    repo = Repository.init(MemoryBackend(), chunk_size=BIG)
+    with FileSource(tmp_path / "disk.img") as source:
+        manifest = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    target = tmp_path / "thin.img"
+    with FileSink.create(target, len(image)) as sink:
+        stats = restore_disk(repo, manifest, "d", sink)
+    assert target.read_bytes() == image
+    data = 2 * SPARSE_BLOCK + BIG + 1000
+    assert stats.bytes_written == data
+    assert (stats.chunks_written, stats.holes, stats.chunks_zeroed) == (3, 1, 0)
+    assert target.stat().st_blocks * 512 <= data + 2 * 4096  # the zero blocks stay holes
+
+
+def test_restore_only_writes_the_chunks_the_extents_touch_and_zeroes_old_data(
+    tmp_path: Path,
+) -> None:
+    image = _layout_disk(tmp_path / "disk.img")
+    repo = Repository.init(MemoryBackend(), chunk_size=BIG)
+    with FileSource(tmp_path / "disk.img") as source:
+        manifest = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    garbage = random.Random(12).randbytes(len(image))
+    target = tmp_path / "used.img"
+    target.write_bytes(garbage)
+    only = [Extent(SPARSE_BLOCK + 7, 10), Extent(2 * BIG + 5, 1)]  # chunk 0 and the hole
+    with FileSink(target) as sink:
+        stats = restore_disk(repo, manifest, "d", sink, zero_holes=True, only=only)
+    restored = target.read_bytes()
+    assert restored[:BIG] == image[:BIG], "zero runs inside a chunk are zeroed"
+    assert restored[BIG : 2 * BIG] == garbage[BIG : 2 * BIG], "untouched chunk left alone"
+    assert restored[2 * BIG : 3 * BIG] == bytes(BIG), "the hole chunk is zeroed"
+    assert restored[3 * BIG :] == garbage[3 * BIG :]
+    assert (stats.chunks_written, stats.chunks_zeroed) == (1, 1)
+    assert stats.bytes_written == 2 * SPARSE_BLOCK
+
+
+def test_backup_reports_each_disk_and_takes_the_callers_mode_reason(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    random_disk(disk, random.Random(13), 16 * CHUNK)
+    repo = Repository.init(MemoryBackend(), chunk_size=CHUNK)
+    with FileSource(disk) as source:
+        first = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    with open(disk, "r+b") as f:
+        f.seek(3 * CHUNK + 100)
+        f.write(b"x" * (CHUNK + 1))  # chunks 3 and 4
+    outcomes: list[DiskOutcome] = []
+    with FileSource(disk) as source:
+        again = back_up(
+            repo,
+            VmIdentity(id="vm"),
+            [DiskInput("d", source, changed=[Extent(3 * CHUNK + 100, CHUNK + 1)])],
+            parent=first.archive_id,
+            mode_reason="disk d: incremental since 52",
+            on_disk=outcomes.append,
+        )
+    assert again.mode == "incremental" and again.mode_reason == "disk d: incremental since 52"
+    [outcome] = outcomes
+    assert (outcome.key, outcome.mode, outcome.chunks_read) == ("d", "incremental", 2)
+    assert outcome.stats == again.disks[0].stats and outcome.stats.bytes_read == 2 * CHUNK

@@ -20,13 +20,15 @@ Invariants:
 - All-zero chunks and chunks outside the allocated extents are holes: never stored.
 - Statistics are exact: bytes read are bytes the source returned, and
   ``compressibility`` is stored ÷ plaintext bytes of the changed chunks this backup
-  uploaded (chunks that deduplicated were not compressed here).
+  uploaded (chunks that deduplicated were not compressed here). The manifest keeps
+  them per disk; ``on_disk`` also hands the caller each disk's mode, reason and the
+  number of chunks read, which the manifest does not record.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from vmguard.datamover.pipeline import Progress, bounded_map, default_workers
@@ -50,8 +52,22 @@ class DiskInput:
     cbt: CbtState | None = None
 
 
+@dataclass(frozen=True)
+class DiskOutcome:
+    """What the engine did with one disk, beyond the stats the manifest keeps."""
+
+    key: str
+    mode: BackupMode
+    reason: str
+    """The plan's reason for the mode ("" for a plain incremental)."""
+    stats: TransferStats
+    chunks_read: int
+    """Whole chunks read from the source (holes among them included)."""
+
+
 @dataclass
 class _Tally:
+    chunks_read: int = 0
     bytes_read: int = 0
     bytes_changed: int = 0
     bytes_stored: int = 0
@@ -103,7 +119,7 @@ def _back_up_disk(
     workers: int,
     depth: int,
     advance: Progress,
-) -> TransferStats:
+) -> tuple[TransferStats, int]:
     chunk_size = writer.repo.chunk_size
     tally = _Tally()
     index, parent = plan.index, plan.parent
@@ -123,6 +139,7 @@ def _back_up_disk(
     with contextlib.closing(results):
         for number, length, result in results:
             index[number] = result.chunk_id
+            tally.chunks_read += 1
             tally.bytes_read += length
             before = parent[number] if parent is not None and parent.length == plan.size else HOLE
             if result.chunk_id != before:
@@ -134,7 +151,7 @@ def _back_up_disk(
                 tally.bytes_stored += result.stored_bytes
             advance(length, 0)
     holes = sum(1 for chunk_id in index if chunk_id == HOLE)
-    return TransferStats(
+    stats = TransferStats(
         logical_bytes=plan.size,
         bytes_read=tally.bytes_read,
         bytes_changed=tally.bytes_changed,
@@ -144,6 +161,7 @@ def _back_up_disk(
         chunks_hole=holes,
         compressibility=tally.bytes_stored / tally.new_plain if tally.new_plain else None,
     )
+    return stats, tally.chunks_read
 
 
 def _archive_mode(plans: Sequence[DiskPlan], parent: str | None) -> tuple[BackupMode, str]:
@@ -164,11 +182,18 @@ def back_up(
     labels: dict[str, str] | None = None,
     config_format: str = "",
     config_blob: bytes = b"",
+    mode_reason: str | None = None,
     progress: Progress | None = None,
+    on_disk: Callable[[DiskOutcome], None] | None = None,
     workers: int | None = None,
     depth: int | None = None,
 ) -> ArchiveManifest:
-    """Back up ``disks`` of ``vm`` as one archive (incremental against ``parent``)."""
+    """Back up ``disks`` of ``vm`` as one archive (incremental against ``parent``).
+
+    ``mode_reason`` replaces the engine's account of the mode (the plans' reasons) for
+    a caller that knows better why the changes are known or not, e.g. the CBT chain.
+    ``on_disk`` is called once per disk after its index is added, before the commit.
+    """
     if len({d.key for d in disks}) != len(disks):
         raise ValueError("disk keys must be unique within a backup")
     workers = workers or default_workers()
@@ -187,12 +212,16 @@ def back_up(
         if progress is not None:
             progress(0, goal)
         for disk, plan in zip(disks, plans, strict=True):
-            stats = _back_up_disk(writer, disk, plan, workers=workers, depth=depth, advance=advance)
+            stats, read = _back_up_disk(
+                writer, disk, plan, workers=workers, depth=depth, advance=advance
+            )
             writer.add_disk(disk.key, disk.label or disk.key, plan.index, cbt=disk.cbt, stats=stats)
+            if on_disk is not None:
+                on_disk(DiskOutcome(disk.key, plan.mode, plan.reason, stats, read))
         mode, reason = _archive_mode(plans, parent)
         return writer.commit(
             mode=mode,
-            mode_reason=reason,
+            mode_reason=reason if mode_reason is None else mode_reason,
             labels=labels,
             config_format=config_format,
             config_blob=config_blob,

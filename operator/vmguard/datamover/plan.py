@@ -60,9 +60,10 @@ def intersect(a: list[Extent], b: list[Extent]) -> list[Extent]:
     return out
 
 
-def _chunk_numbers(extents: list[Extent], chunk_size: int) -> list[int]:
+def chunks_touching(extents: list[Extent], chunk_size: int, size: int) -> list[int]:
+    """Numbers of the chunks of a ``size``-byte disk that intersect ``extents`` (sorted)."""
     numbers: list[int] = []
-    for ext in extents:
+    for ext in align(extents, chunk_size, size):
         numbers.extend(range(ext.offset // chunk_size, -(-ext.end // chunk_size)))
     return numbers
 
@@ -101,7 +102,7 @@ def plan_disk(
 
     index = parent.copy()
     changed_chunks = align(changed, chunk, size)
-    for number in _chunk_numbers(changed_chunks, chunk):
+    for number in chunks_touching(changed_chunks, chunk, size):
         index[number] = HOLE  # unless read below, a changed unallocated chunk is a hole
     read = intersect(changed_chunks, allocated)
     repairs = [

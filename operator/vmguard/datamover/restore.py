@@ -9,9 +9,12 @@ Invariants:
   stops the restore with :class:`RestoreFailed`, naming the chunk and its offset; no
   byte of it and nothing after it is written. The target is then incomplete, and the
   error says so: it never silently holds wrong data.
-- Holes stay holes: hole entries are not written. When the target may hold old data
-  (``zero_holes``), they are zeroed with the sink's ``zero``, which punches holes
-  where the target can.
+- Holes stay holes: hole entries are not written, and neither are runs of zeroes
+  inside a chunk (at :data:`SPARSE_BLOCK` granularity), so a thin target stays thin.
+  When the target may hold old data (``zero_holes``), both are zeroed with the sink's
+  ``zero``, which punches holes where the target can.
+- ``only`` restricts the restore to the chunks that intersect the given extents (an
+  in-place restore of what changed since the backup); nothing else is touched.
 - Memory is bounded by the pipeline depth: at most ``depth`` chunks are in flight.
 - A chunk used at many offsets (a repeated block) is fetched once per run of equal
   neighbours, not once per offset.
@@ -24,9 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vmguard.datamover.pipeline import Progress, bounded_map, default_workers
+from vmguard.datamover.plan import chunks_touching
 from vmguard.errors import ChunkCorruptError, ChunkMissingError, PermanentError
 from vmguard.store import HOLE, ArchiveManifest, FixedIndex, Repository
-from vmguard.transport.extents import BlockSink
+from vmguard.transport.extents import BlockSink, Extent
+
+SPARSE_BLOCK = 64 * 1024
+"""Runs of zeroes inside a chunk are skipped (or zeroed) at this granularity."""
 
 
 class RestoreFailed(PermanentError):
@@ -42,20 +49,49 @@ class RestoreFailed(PermanentError):
 class RestoreStats:
     length: int
     bytes_written: int
+    """Bytes of data written (zero runs skipped or zeroed are not counted)."""
     chunks_read: int
+    """Chunks fetched from the repository (once per run of equal neighbours)."""
     holes: int
+    """Hole entries restored (zeroed when ``zero_holes``, else left alone)."""
+    chunks_written: int = 0
+    """Data entries restored, one per chunk of the disk."""
+    chunks_zeroed: int = 0
+    """Hole entries zeroed in the target (``zero_holes`` only)."""
 
 
-def _runs(index: FixedIndex) -> Iterator[tuple[bytes, int, int]]:
-    """(chunk id, first chunk number, count) of runs of equal neighbouring entries."""
-    first, current = 0, None
-    for number, chunk_id in enumerate(index):
-        if chunk_id != current:
+def _runs(index: FixedIndex, selected: list[int] | None) -> Iterator[tuple[bytes, int, int]]:
+    """(chunk id, first chunk number, count) of runs of equal neighbouring entries.
+
+    With ``selected`` (sorted chunk numbers), only those entries, and a run never spans
+    a number that is not selected.
+    """
+    numbers = range(len(index)) if selected is None else selected
+    first, previous, current = 0, -1, None
+    for number in numbers:
+        chunk_id = index[number]
+        if chunk_id != current or number != previous + 1:
             if current is not None:
-                yield current, first, number - first
+                yield current, first, previous + 1 - first
             first, current = number, chunk_id
+        previous = number
     if current is not None:
-        yield current, first, len(index) - first
+        yield current, first, previous + 1 - first
+
+
+def _data_runs(data: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, is data) pieces of ``data`` at :data:`SPARSE_BLOCK` granularity."""
+    empty = bytes(SPARSE_BLOCK)
+    pieces: list[tuple[int, int, bool]] = []
+    for pos in range(0, len(data), SPARSE_BLOCK):
+        end = min(pos + SPARSE_BLOCK, len(data))
+        # Sliced bytes compare with memcmp; a memoryview compares item by item (30x slower).
+        is_data = data[pos:end] != empty[: end - pos]
+        if pieces and pieces[-1][2] == is_data:
+            pieces[-1] = (pieces[-1][0], end, is_data)
+        else:
+            pieces.append((pos, end, is_data))
+    return pieces
 
 
 def restore_disk(
@@ -65,6 +101,7 @@ def restore_disk(
     sink: BlockSink,
     *,
     zero_holes: bool = False,
+    only: list[Extent] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
     depth: int | None = None,
@@ -78,6 +115,10 @@ def restore_disk(
         )
     workers = workers or default_workers()
     depth = depth or workers + 2
+    selected = None if only is None else chunks_touching(only, index.chunk_size, index.length)
+    goal = index.length
+    if selected is not None:
+        goal = sum(index.extent(number)[1] for number in selected)
 
     def fetch(run: tuple[bytes, int, int]) -> tuple[bytes, int, int, bytes | None]:
         chunk_id, first, count = run
@@ -95,9 +136,14 @@ def restore_disk(
                 offset=offset,
             ) from exc
 
-    written = chunks = holes = done = 0
+    written = chunks = entries = holes = done = 0
     results = bounded_map(
-        fetch, _runs(index), workers=workers, depth=depth, ordered=True, name="restore"
+        fetch,
+        _runs(index, selected),
+        workers=workers,
+        depth=depth,
+        ordered=True,
+        name="restore",
     )
     with contextlib.closing(results):
         for chunk_id, first, count, data in results:
@@ -109,6 +155,8 @@ def restore_disk(
                     sink.zero(offset, end - offset)
             else:
                 chunks += 1
+                entries += count
+                pieces = _data_runs(data)
                 for number in range(first, first + count):
                     at, length = index.extent(number)
                     if len(data) != length:
@@ -118,10 +166,37 @@ def restore_disk(
                             chunk_id=chunk_id.hex(),
                             offset=at,
                         )
-                    sink.write(at, data)
-                    written += length
+                    written += _write_sparse(sink, at, data, pieces, zero_holes)
             done += end - offset
             if progress is not None:
-                progress(done, index.length)
+                progress(done, goal)
     sink.flush()
-    return RestoreStats(index.length, written, chunks, holes)
+    return RestoreStats(
+        index.length,
+        written,
+        chunks,
+        holes,
+        chunks_written=entries,
+        chunks_zeroed=holes if zero_holes else 0,
+    )
+
+
+def _write_sparse(
+    sink: BlockSink,
+    at: int,
+    data: bytes,
+    pieces: list[tuple[int, int, bool]],
+    zero_holes: bool,
+) -> int:
+    """Write the data pieces of one chunk at ``at``; zero the others only if asked."""
+    if len(pieces) == 1 and pieces[0][2]:
+        sink.write(at, data)  # the common case: no zero run, no copy
+        return len(data)
+    written = 0
+    for start, end, is_data in pieces:
+        if is_data:
+            sink.write(at + start, data[start:end])
+            written += end - start
+        elif zero_holes:
+            sink.zero(at + start, end - start)
+    return written
