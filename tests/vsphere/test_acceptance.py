@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from tests.vsphere.helpers import MiB, our_snapshots, pick_vm, restored_afterwards, sha256_file
 
+from vmguard.datamover.plan import chunks_touching
 from vmguard.lab.images import gpt_ext4, small_mixed
 from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
+from vmguard.transport.extents import Extent
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vmjobs.copyloop import chunks_touching
 from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
 from vmguard.vsphere import restore as vrestore
 from vmguard.vsphere.inventory import vm_record
@@ -73,7 +74,7 @@ def test_full_incremental_restore_new_and_in_place(
     inc = backup_vm(vc, repo, vm.moref, hot, BackupOptions(transport="auto"))
     assert inc.transport.transport == "hotadd", inc.transport.reason
     assert inc.mode == "incremental", inc.mode_reason
-    touched = chunks_touching(writes, repo.chunk_size, disk.capacity)
+    touched = chunks_touching([Extent(*w) for w in writes], repo.chunk_size, disk.capacity)
     assert inc.disks[disk.key].chunks_read == len(touched)
     assert inc.disks[vm.disks[1].key].chunks_read == 0
     assert inc.manifest.parent == full.manifest.archive_id

@@ -3,6 +3,6 @@
 ``vsphere`` (snapshot cycle, CBT chain, config, restore targets, hot-add) and
 ``transport`` (NBD, hot-add devices) may not import each other; this package joins them
 for one VM at a time, for the CLI (``vmguard vm backup|restore``) and the proxy.
-The chunk loop in :mod:`.copyloop` is a deliberately thin stand-in for the data mover's
-engine (``vmguard.datamover``), to be replaced by it.
+The chunks themselves are moved by the data mover's engine (``vmguard.datamover``):
+planning, the parallel pipeline and the statistics in the manifest are all its own.
 """

@@ -1,11 +1,11 @@
-"""Back up one vSphere VM into a repository: the snapshot cycle around a chunk copy.
+"""Back up one vSphere VM into a repository: the snapshot cycle around the data mover.
 
 Order (docs/snapshot-cycle.md, docs/cbt-chain.md): enable CBT when allowed → snapshot
 (change ids recorded) → capture the snapshot's config → plan every disk against the
-parent archive's chain → choose the transport → copy → commit the archive (manifest
-with config blob, per-disk chain state and mode reason) → remove the snapshot. The
-snapshot is removed in every outcome; the archive is committed only when every disk
-was copied.
+parent archive's chain → choose the transport → copy with the engine
+(:func:`vmguard.datamover.backup.back_up`) → commit the archive (manifest with config
+blob, per-disk chain state and mode reason) → remove the snapshot. The snapshot is
+removed in every outcome; the archive is committed only when every disk was copied.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from vmguard.datamover.backup import DiskInput, DiskOutcome, back_up
 from vmguard.store import ArchiveManifest, CbtState, Repository, VmIdentity
+from vmguard.transport.extents import Extent
 from vmguard.vmjobs.access import DiskLocator, TransportChoice, choose, snapshot_sources
-from vmguard.vmjobs.copyloop import DiskResult, backup_disk
 from vmguard.vsphere import cbt
 from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.records import VMRecord
@@ -47,7 +48,7 @@ class BackupResult:
     snapshot_moref: str
     quiesced: bool
     fallback_reason: str
-    disks: dict[int, DiskResult] = field(default_factory=dict)
+    disks: dict[int, DiskOutcome] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     consolidation: ConsolidationReport | None = None
 
@@ -68,12 +69,8 @@ def _previous(repo: Repository, identity: VmIdentity) -> ArchiveManifest | None:
     return repo.load_archive(refs[-1].archive_id) if refs else None
 
 
-def _overall(modes: list[str]) -> str:
-    if all(m == "incremental" for m in modes):
-        return "incremental"
-    if all(m == "full" for m in modes):
-        return "full"
-    return "full-scan"
+def _extents(areas: list[tuple[int, int]] | None) -> list[Extent] | None:
+    return None if areas is None else [Extent(start, length) for start, length in areas]
 
 
 def backup_vm(
@@ -105,43 +102,41 @@ def backup_vm(
     ) as taken:
         plans = cbt.plan(session, taken, previous)
         config = session.call(lambda si: capture_vm(si, vm_moref, taken.moref))
-        results: dict[int, DiskResult] = {}
-        with (
-            snapshot_sources(session, locator, taken, choice) as sources,
-            repo.begin_backup(identity, parent=parent.archive_id if parent else None) as w,
-        ):
-            for d in taken.disks:
-                p = plans[d.key]
-                results[d.key] = backup_disk(
-                    w,
-                    sources[d.key],
+        reasons = {k: p.reason for k, p in plans.items()}
+        mode_reason = "; ".join(f"disk {k}: {r}" for k, r in sorted(reasons.items()))
+        if taken.fallback_reason:
+            mode_reason += f"; {taken.fallback_reason}"
+        results: dict[int, DiskOutcome] = {}
+        with snapshot_sources(session, locator, taken, choice) as sources:
+            disks = [
+                DiskInput(
                     str(d.key),
-                    d.label,
-                    p.areas,
-                    cbt=p.state,
-                    first=d.key not in previous,
+                    sources[d.key],
+                    label=d.label,
+                    changed=_extents(plans[d.key].areas),
+                    cbt=plans[d.key].state,
                 )
-            modes = [r.mode for r in results.values()]
-            mode = _overall(modes)
-            reasons = {k: p.reason for k, p in plans.items()}
-            mode_reason = "; ".join(f"disk {k}: {r}" for k, r in sorted(reasons.items()))
-            if taken.fallback_reason:
-                mode_reason += f"; {taken.fallback_reason}"
-            manifest = w.commit(
-                mode=mode,  # type: ignore[arg-type]
-                mode_reason=mode_reason,
-                config_format=CONFIG_FORMAT,
-                config_blob=config.to_json(),
+                for d in taken.disks
+            ]
+            manifest = back_up(
+                repo,
+                identity,
+                disks,
+                parent=parent.archive_id if parent else None,
                 labels={
                     "transport": choice.transport,
                     "transport_reason": choice.reason,
                     "backup_uid": uid,
                     "quiesced": str(taken.quiesced).lower(),
                 },
+                config_format=CONFIG_FORMAT,
+                config_blob=config.to_json(),
+                mode_reason=mode_reason,
+                on_disk=lambda done: results.update({int(done.key): done}),
             )
     return BackupResult(
         manifest=manifest,
-        mode=mode,
+        mode=manifest.mode,
         mode_reason=mode_reason,
         transport=choice,
         snapshot_moref=taken.moref,

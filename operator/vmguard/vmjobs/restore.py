@@ -2,7 +2,8 @@
 
 - **New VM**: the VM is created from the archive's config blob as the target says
   (:class:`~vmguard.vsphere.restore.NewVMTarget`), its empty disks are written through
-  the transport (only non-hole chunks: thin stays thin), then it is powered on if asked.
+  the transport by the data mover (:func:`vmguard.datamover.restore.restore_disk`; only
+  data, no holes or zero runs: thin stays thin), then it is powered on if asked.
 - **In place**: the VM must be powered off (or ``power_off=True``). For each disk whose
   chain still continues from the backup's (same UUID, backing file, capacity, epoch),
   an instant snapshot of ours lets QueryChangedDiskAreas say what changed since the
@@ -16,11 +17,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from vmguard.datamover.plan import chunks_touching
+from vmguard.datamover.restore import RestoreStats, restore_disk
 from vmguard.errors import ConfigError, PermanentError
 from vmguard.store import ArchiveManifest, Repository
+from vmguard.transport.extents import Extent
 from vmguard.transport.nbd import NbdSink
 from vmguard.vmjobs.access import DiskLocator
-from vmguard.vmjobs.copyloop import RestoreResult, chunks_touching, restore_disk
 from vmguard.vsphere import cbt
 from vmguard.vsphere import restore as vrestore
 from vmguard.vsphere.inventory import vm_record
@@ -47,9 +50,9 @@ def _write(
     target_key: int,
     file_name: str,
     *,
-    only: set[int] | None = None,
+    only: list[Extent] | None = None,
     zero_holes: bool = False,
-) -> RestoreResult:
+) -> RestoreStats:
     with locator.live_disk(vm_moref, target_key, file_name) as server:
         sink = NbdSink(server.uri)
         try:
@@ -63,7 +66,7 @@ def _write(
 @dataclass
 class NewVMResult:
     vm: vrestore.CreatedVM
-    disks: dict[int, RestoreResult]
+    disks: dict[int, RestoreStats]
     powered_on: bool
 
 
@@ -95,7 +98,7 @@ def restore_new_vm(
 
 @dataclass
 class InPlaceResult:
-    disks: dict[int, RestoreResult] = field(default_factory=dict)
+    disks: dict[int, RestoreStats] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     """Per disk: ``changed chunks only (...)`` or why the disk was overwritten whole."""
 
@@ -140,8 +143,9 @@ def restore_in_place(
             )
         p = plans.get(key)
         if p is not None and p.areas is not None:
-            only = set(chunks_touching(p.areas, size, record.length))
-            result.reasons[key] = f"changed chunks only ({len(only)}; {p.reason})"
+            only = [Extent(start, length) for start, length in p.areas]
+            count = len(chunks_touching(only, size, record.length))
+            result.reasons[key] = f"changed chunks only ({count}; {p.reason})"
             result.disks[key] = _write(
                 locator, repo, manifest, vm_moref, key, key, disk.backing_file,
                 only=only, zero_holes=True,
@@ -163,7 +167,7 @@ def restore_single_disk(
     vm_moref: str,
     datastore: str,
     locator: DiskLocator,
-) -> tuple[vrestore.CreatedDisk, RestoreResult]:
+) -> tuple[vrestore.CreatedDisk, RestoreStats]:
     """Add one new disk to ``vm_moref`` and write disk ``disk_key`` of the archive into it."""
     manifest = repo.load_archive(archive_id)
     config = archive_config(manifest)
