@@ -12,11 +12,12 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from vmguard.commands.locations import master_key, new_key_file, open_backend
+from vmguard.commands.locations import master_key, new_key_file
 from vmguard.commands.progress import ProgressDisplay, human_bytes
 from vmguard.errors import ConfigError
 from vmguard.store import ObjectLockPolicy, Repository, names
 from vmguard.store.config import DEFAULT_CHUNK_SIZE
+from vmguard.store.location import open_location, repository_url
 
 
 def add_repo_options(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,9 @@ def add_repo_options(parser: argparse.ArgumentParser) -> None:
 
 
 def open_repo(args: argparse.Namespace) -> Repository:
-    backend = open_backend(args.repo, insecure_http=args.insecure_http, ca_file=args.ca_file)
+    backend = open_location(
+        repository_url(args.repo), insecure_http=args.insecure_http, ca_file=args.ca_file
+    )
     return Repository.open(backend, master_key(args.key_file))
 
 
@@ -37,8 +40,11 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    backend = open_backend(
-        args.url or args.repo, insecure_http=args.insecure_http, ca_file=args.ca_file
+    backend = open_location(
+        repository_url(args.url or args.repo),
+        create=True,
+        insecure_http=args.insecure_http,
+        ca_file=args.ca_file,
     )
     key = None
     if args.encrypt:

@@ -8,8 +8,9 @@ starts it. It is configured by nbdkit parameters, secrets come from the environm
 
 ``VMGUARD_PLUGIN_PATH`` (``os.pathsep``-separated) is prepended to ``sys.path`` so the
 plugin imports the same vmguard and dependencies as the command that started it;
-S3 credentials and the master key come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
-and ``VMGUARD_KEY``, never from the command line (which ``ps`` shows).
+S3 credentials (as :mod:`vmguard.store.location` reads them) and the master key
+(``VMGUARD_KEY``) come from the environment, never from the command line (which ``ps``
+shows).
 
 Invariants: the export is read-only at this layer (writes, with ``--cow``, stop in
 nbdkit's cow filter and never reach the repository); every connection shares one view

@@ -1,16 +1,23 @@
 """Repository locations as URLs, for the command line: ``s3://…`` and ``file://…``.
 
 The CLI must reach a repository when the cluster is gone (BRIEF §2), so a location is
-one self-contained string:
+one self-contained string. This is the only parser of repository URLs: ``vmguard
+repo|disk|vm|files|mount`` and the file-restore nbdkit plugin (which runs below the
+commands layer) all open repositories here.
 
-- ``s3://HOST[:PORT]/BUCKET[/PREFIX]``: S3 over HTTPS (``s3+http://`` for plain HTTP,
-  e.g. a MinIO on loopback); ``?ca=/path/ca.pem`` trusts a private CA, ``?region=`` sets
-  the region. Credentials come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
-  only, never from the URL: a URL ends up in shell history, logs and process lists.
-- ``file:///PATH`` (or a bare absolute path): a repository in a local directory.
+- ``s3://HOST[:PORT]/BUCKET[/PREFIX]``: S3 over HTTPS (``s3+http://`` or
+  ``insecure_http`` for plain HTTP, e.g. a MinIO on loopback); ``?ca=/path/ca.pem``
+  (or ``ca_file``) trusts a private CA, ``?region=`` sets the region.
+- ``file:///PATH`` (or a bare absolute path): a repository in a local directory, which
+  must exist unless the caller is about to create a repository there.
+- No URL given: ``VMGUARD_REPO`` (:func:`repository_url`).
 
-Invariants: no credential is ever part of a :class:`Location` or of an error message;
-every backend returned is wrapped in :class:`RetryingBackend`.
+Invariants: S3 credentials come only from the environment (``VMGUARD_S3_ACCESS_KEY`` /
+``VMGUARD_S3_SECRET_KEY``, else the AWS SDK's ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``), never from the URL or an argument: those end up in shell
+history, logs and process lists, so a URL carrying ``user:password@`` is refused. No
+credential is ever part of a :class:`Location` or of an error message; every backend
+returned is wrapped in :class:`RetryingBackend`.
 """
 
 from __future__ import annotations
@@ -24,8 +31,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from vmguard.errors import ConfigError
 from vmguard.store.backend import Backend, LocalBackend, RetryingBackend
 
-ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
-SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+REPO_ENV = "VMGUARD_REPO"
+CREDENTIAL_ENVS = (
+    ("VMGUARD_S3_ACCESS_KEY", "VMGUARD_S3_SECRET_KEY"),
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+)
+"""Pairs of (access key, secret key) variables, in order of preference."""
+_SET_CREDENTIALS = (
+    "set VMGUARD_S3_ACCESS_KEY and VMGUARD_S3_SECRET_KEY"
+    " (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ def parse_location(url: str) -> Location:
         )
     if parts.username or parts.password:
         raise ConfigError(
-            f"put no credentials in a repository URL: set {ACCESS_KEY_ENV} and {SECRET_KEY_ENV}"
+            f"put no credentials in a repository URL: {_SET_CREDENTIALS} in the environment"
         )
     if not parts.hostname:
         raise ConfigError("an s3:// repository URL needs a host: s3://host:port/bucket/prefix")
@@ -90,20 +105,49 @@ def parse_location(url: str) -> Location:
     )
 
 
-def open_location(url: str | Location, env: Mapping[str, str] | None = None) -> Backend:
-    """A (retrying) backend for a repository URL; S3 credentials from ``env``."""
+def repository_url(given: str | None, env: Mapping[str, str] | None = None) -> str:
+    """``given``, else ``VMGUARD_REPO`` from ``env``; ConfigError when neither is set."""
+    url = given or (os.environ if env is None else env).get(REPO_ENV)
+    if not url:
+        raise ConfigError(f"no repository given: use --repo URL or set {REPO_ENV}")
+    return url
+
+
+def s3_credentials(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(access key, secret key) from the first complete pair of :data:`CREDENTIAL_ENVS`."""
+    env = os.environ if env is None else env
+    for access_var, secret_var in CREDENTIAL_ENVS:
+        access, secret = env.get(access_var), env.get(secret_var)
+        if access and secret:
+            return access, secret
+    raise ConfigError(f"S3 credentials missing: {_SET_CREDENTIALS}")
+
+
+def open_location(
+    url: str | Location,
+    env: Mapping[str, str] | None = None,
+    *,
+    create: bool = False,
+    insecure_http: bool = False,
+    ca_file: str | None = None,
+) -> Backend:
+    """A (retrying) backend for a repository URL; S3 credentials from ``env``.
+
+    ``create``: a local directory may be made (``repo init``, a first backup); otherwise
+    a missing one is an error rather than a new empty directory. ``insecure_http`` and
+    ``ca_file`` are the command line's ``--insecure-http`` and ``--ca-file``, equivalent
+    to ``s3+http://`` and ``?ca=``.
+    """
     location = url if isinstance(url, Location) else parse_location(url)
     if location.scheme == "file":
         root = Path(location.path)
-        if not root.is_dir():
+        if not create and not root.is_dir():
             raise ConfigError(f"no repository directory at {root}")
         return RetryingBackend(LocalBackend(root))
-    env = os.environ if env is None else env
-    access, secret = env.get(ACCESS_KEY_ENV), env.get(SECRET_KEY_ENV)
-    if not access or not secret:
-        raise ConfigError(
-            f"S3 credentials missing: set {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} for {location}"
-        )
+    try:
+        access, secret = s3_credentials(env)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} for {location}") from None
     from vmguard.store.backend.s3 import S3Backend
 
     return RetryingBackend(
@@ -113,8 +157,8 @@ def open_location(url: str | Location, env: Mapping[str, str] | None = None) -> 
             access_key=access,
             secret_key=secret,
             prefix=location.prefix,
-            secure=location.secure,
+            secure=location.secure and not insecure_http,
             region=location.region,
-            ca_file=location.ca_file,
+            ca_file=ca_file or location.ca_file,
         )
     )

@@ -4,8 +4,8 @@ The CLI parses arguments and builds a :class:`~vmguard.vmjobs.access.DiskLocator
 everything else is here. vCenter credentials come from ``VMGUARD_VC_USER`` /
 ``VMGUARD_VC_PASSWORD``, trust from ``--thumbprint`` or ``--ca-file`` (``--insecure``
 only when asked for by name); the repository from a URL (``file:///path`` or
-``s3://host:port/bucket[/prefix]`` with ``VMGUARD_S3_ACCESS_KEY`` /
-``VMGUARD_S3_SECRET_KEY``) and its key from ``--key-file`` or ``VMGUARD_KEY``.
+``s3://host:port/bucket[/prefix]``, as :mod:`vmguard.store.location` reads it, with
+S3 credentials from the environment) and its key from ``--key-file`` or ``VMGUARD_KEY``.
 No secret is ever printed.
 """
 
@@ -16,12 +16,11 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
-from urllib.parse import urlparse
 
 from vmguard.errors import ConfigError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
-from vmguard.store.backend import Backend, LocalBackend, RetryingBackend, S3Backend
 from vmguard.store.crypto import KEY_ENV
+from vmguard.store.location import open_location
 from vmguard.vmjobs.access import DiskLocator
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
@@ -44,33 +43,7 @@ def endpoint(url: str, thumbprint: str | None, ca_file: str | None, insecure: bo
 
 
 def open_repository(url: str, key_file: str | None, *, create: bool = False) -> Repository:
-    parsed = urlparse(url)
-    backend: Backend
-    if parsed.scheme == "file":
-        backend = LocalBackend(parsed.path)
-    elif parsed.scheme in ("s3", "s3+http"):
-        bucket, _, prefix = parsed.path.lstrip("/").partition("/")
-        access, secret = (
-            os.environ.get("VMGUARD_S3_ACCESS_KEY"),
-            os.environ.get("VMGUARD_S3_SECRET_KEY"),
-        )
-        if not access or not secret or not bucket:
-            raise ConfigError(
-                "an s3:// repository needs a bucket, VMGUARD_S3_ACCESS_KEY and"
-                " VMGUARD_S3_SECRET_KEY"
-            )
-        backend = RetryingBackend(
-            S3Backend(
-                parsed.netloc,
-                bucket,
-                access_key=access,
-                secret_key=secret,
-                prefix=prefix,
-                secure=parsed.scheme == "s3",
-            )
-        )
-    else:
-        raise ConfigError(f"repository URL must be file:// or s3://, not {url!r}")
+    backend = open_location(url, create=create)
     key = None
     if key_file:
         with open(key_file, "rb") as f:
