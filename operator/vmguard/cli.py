@@ -70,100 +70,14 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _locator(args: argparse.Namespace, ep: Any) -> Any:
-    if args.lab:
-        from vmguard.lab.lab import Lab
-        from vmguard.lab.vsim import LabDiskLocator, VSimControl
+def _lab_disk_locator(proxy_uuid: str) -> Any:
+    """``vmguard vm --lab``: disks through the running lab's simulator. Injected into
+    :func:`vmguard.vmjobs.commands.register`, because vmjobs sits below the lab."""
+    from vmguard.lab.lab import Lab
+    from vmguard.lab.vsim import LabDiskLocator, VSimControl
 
-        control = Lab().state().data["vsphere"]["control_url"]
-        return LabDiskLocator(VSimControl(control), proxy_uuid=args.lab_proxy_uuid or "")
-    from vmguard.vmjobs.access import VddkLocator
-    from vmguard.vsphere.session import sha1_thumbprint
-
-    return VddkLocator(ep, sha1_thumbprint(ep), libdir=args.vddk_libdir)
-
-
-def _vm(args: argparse.Namespace) -> int:
-    from vmguard.vmjobs import commands
-    from vmguard.vmjobs.backup import BackupOptions
-    from vmguard.vsphere.restore import NewVMTarget
-
-    ep = commands.endpoint(args.vcenter, args.thumbprint, args.ca_file, args.insecure)
-    if args.vm_cmd == "ls":
-        return commands.vm_ls(ep, sys.stdout, as_json=args.json)
-    locator = _locator(args, ep)
-    if args.vm_cmd == "backup":
-        options = BackupOptions(
-            transport=args.transport, quiesce=args.quiesce, vcenter=args.vcenter_name
-        )
-        return commands.vm_backup(
-            ep,
-            args.vm,
-            args.repo,
-            args.key_file,
-            locator,
-            options,
-            sys.stdout,
-        )
-    networks = dict(pair.split("=", 1) for pair in args.network_map or ())
-    return commands.vm_restore(
-        ep,
-        args.archive,
-        args.repo,
-        args.key_file,
-        locator,
-        sys.stdout,
-        new_name=args.new_name,
-        in_place_vm=args.vm if args.in_place else None,
-        target=lambda name: NewVMTarget(
-            name=name,
-            datastore=args.datastore,
-            folder=args.folder or "",
-            resource_pool=args.pool or "",
-            network_map=networks,
-        ),
-        power_on=args.power_on,
-        power_off=args.power_off,
-    )
-
-
-def _vm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    vm = sub.add_parser("vm", help="vSphere VMs without a cluster: list, back up, restore")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--vcenter", required=True, metavar="URL", help="https://vcenter/sdk")
-    trust = common.add_mutually_exclusive_group()
-    trust.add_argument("--thumbprint", help="pinned SHA-1/SHA-256 certificate thumbprint")
-    trust.add_argument("--ca-file", help="CA bundle that signed vCenter's certificate")
-    trust.add_argument("--insecure", action="store_true", help="do not verify TLS (never in prod)")
-    data = argparse.ArgumentParser(add_help=False)
-    data.add_argument(
-        "--repo", required=True, metavar="URL", help="file:///dir or s3://host/bucket"
-    )
-    data.add_argument("--key-file", help="repository master key (else VMGUARD_KEY)")
-    data.add_argument("--vddk-libdir", default="/opt/vmware-vix-disklib-distrib")
-    data.add_argument("--lab", action="store_true", help=argparse.SUPPRESS)
-    data.add_argument("--lab-proxy-uuid", help=argparse.SUPPRESS)
-    vm_sub = vm.add_subparsers(dest="vm_cmd", required=True)
-    ls = vm_sub.add_parser("ls", parents=[common], help="discover every VM")
-    ls.add_argument("--json", action="store_true")
-    backup = vm_sub.add_parser("backup", parents=[common, data], help="back up one VM")
-    backup.add_argument("vm", help="name, moref or instance UUID")
-    backup.add_argument("--transport", choices=("nbd", "hotadd", "auto"), default="auto")
-    backup.add_argument("--quiesce", action="store_true")
-    backup.add_argument("--vcenter-name", default="", help="name recorded in the VM's identity")
-    restore = vm_sub.add_parser("restore", parents=[common, data], help="restore an archive")
-    restore.add_argument("archive")
-    where = restore.add_mutually_exclusive_group(required=True)
-    where.add_argument("--new-name", help="restore as a new VM with this name")
-    where.add_argument("--in-place", action="store_true", help="overwrite the VM backed up")
-    restore.add_argument("--vm", help="with --in-place: another VM (moref) than the source")
-    restore.add_argument("--datastore", default="", help="datastore of the new VM")
-    restore.add_argument("--folder", help="VM folder path, e.g. /DC0/vm/Restores")
-    restore.add_argument("--pool", help="resource pool path")
-    restore.add_argument("--network-map", action="append", metavar="SRC=DST")
-    restore.add_argument("--power-on", action="store_true")
-    restore.add_argument("--power-off", action="store_true", help="with --in-place")
-    vm.set_defaults(func=_vm)
+    control = Lab().state().data["vsphere"]["control_url"]
+    return LabDiskLocator(VSimControl(control), proxy_uuid=proxy_uuid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     repo.add_parser(sub)
     disk.add_parser(sub)
 
-    _vm_parser(sub)
+    # vSphere VMs without a cluster: vmguard vm ls|backup|restore.
+    from vmguard.vmjobs.commands import register as register_vm
+
+    register_vm(sub, lab_locator=_lab_disk_locator)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files

@@ -1,39 +1,135 @@
-"""``vmguard vm ls | backup | restore``: the command implementations (no cluster needed).
+"""``vmguard vm ls | backup | restore``: parser and implementations (no cluster needed).
 
-The CLI parses arguments and builds a :class:`~vmguard.vmjobs.access.DiskLocator`;
-everything else is here. vCenter credentials come from ``VMGUARD_VC_USER`` /
-``VMGUARD_VC_PASSWORD``, trust from ``--thumbprint`` or ``--ca-file`` (``--insecure``
-only when asked for by name); the repository from a URL (``file:///path`` or
-``s3://host:port/bucket[/prefix]``, as :mod:`vmguard.store.location` reads it, with
-S3 credentials from the environment) and its key from ``--key-file`` or ``VMGUARD_KEY``.
-No secret is ever printed.
+:func:`register` adds ``vm`` to the top-level parser (as ``vmguard.files.commands``
+does); its handler builds the :class:`~vmguard.vmjobs.access.DiskLocator` (VDDK, or
+the lab's, injected by the CLI because the lab sits above this layer) and runs the
+command. pyVmomi, NBD and the engine are imported when a ``vm`` command runs, not when
+the parser is built, so every other ``vmguard`` command starts as fast as before.
+
+vCenter credentials come from ``VMGUARD_VC_USER`` / ``VMGUARD_VC_PASSWORD``, trust
+from ``--thumbprint`` or ``--ca-file`` (``--insecure`` only when asked for by name);
+the repository from a URL (``file:///path`` or ``s3://host:port/bucket[/prefix]``, as
+:mod:`vmguard.store.location` reads it, with S3 credentials from the environment) and
+its key from ``--key-file`` or ``VMGUARD_KEY``. No secret is ever printed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from vmguard.errors import ConfigError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.crypto import KEY_ENV
 from vmguard.store.location import open_location
-from vmguard.vmjobs.access import DiskLocator
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
-from vmguard.vsphere.inventory import discover, find_by_name
-from vmguard.vsphere.restore import NewVMTarget
-from vmguard.vsphere.session import Endpoint, VSphereSession
-from vmguard.vsphere.tags import TagClient
+
+if TYPE_CHECKING:
+    from vmguard.vmjobs.access import DiskLocator
+    from vmguard.vmjobs.backup import BackupOptions
+    from vmguard.vsphere.restore import NewVMTarget
+    from vmguard.vsphere.session import Endpoint
 
 USER_ENV = "VMGUARD_VC_USER"
 PASSWORD_ENV = "VMGUARD_VC_PASSWORD"
 
+LabLocator = Callable[[str], "DiskLocator"]
+"""The lab's locator for a proxy BIOS UUID (``--lab``; dev and tests only)."""
+
+
+def register(sub: Any, *, lab_locator: LabLocator | None = None) -> None:
+    """Add ``vm ls|backup|restore`` to the top-level sub-parsers."""
+    vm = sub.add_parser("vm", help="vSphere VMs without a cluster: list, back up, restore")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--vcenter", required=True, metavar="URL", help="https://vcenter/sdk")
+    trust = common.add_mutually_exclusive_group()
+    trust.add_argument("--thumbprint", help="pinned SHA-1/SHA-256 certificate thumbprint")
+    trust.add_argument("--ca-file", help="CA bundle that signed vCenter's certificate")
+    trust.add_argument("--insecure", action="store_true", help="do not verify TLS (never in prod)")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument(
+        "--repo", required=True, metavar="URL", help="file:///dir or s3://host/bucket"
+    )
+    data.add_argument("--key-file", help="repository master key (else VMGUARD_KEY)")
+    data.add_argument("--vddk-libdir", default="/opt/vmware-vix-disklib-distrib")
+    data.add_argument("--lab", action="store_true", help=argparse.SUPPRESS)
+    data.add_argument("--lab-proxy-uuid", help=argparse.SUPPRESS)
+    vm_sub = vm.add_subparsers(dest="vm_cmd", required=True)
+    ls = vm_sub.add_parser("ls", parents=[common], help="discover every VM")
+    ls.add_argument("--json", action="store_true")
+    backup = vm_sub.add_parser("backup", parents=[common, data], help="back up one VM")
+    backup.add_argument("vm", help="name, moref or instance UUID")
+    backup.add_argument("--transport", choices=("nbd", "hotadd", "auto"), default="auto")
+    backup.add_argument("--quiesce", action="store_true")
+    backup.add_argument("--vcenter-name", default="", help="name recorded in the VM's identity")
+    restore = vm_sub.add_parser("restore", parents=[common, data], help="restore an archive")
+    restore.add_argument("archive")
+    where = restore.add_mutually_exclusive_group(required=True)
+    where.add_argument("--new-name", help="restore as a new VM with this name")
+    where.add_argument("--in-place", action="store_true", help="overwrite the VM backed up")
+    restore.add_argument("--vm", help="with --in-place: another VM (moref) than the source")
+    restore.add_argument("--datastore", default="", help="datastore of the new VM")
+    restore.add_argument("--folder", help="VM folder path, e.g. /DC0/vm/Restores")
+    restore.add_argument("--pool", help="resource pool path")
+    restore.add_argument("--network-map", action="append", metavar="SRC=DST")
+    restore.add_argument("--power-on", action="store_true")
+    restore.add_argument("--power-off", action="store_true", help="with --in-place")
+    vm.set_defaults(func=lambda args: _vm(args, lab_locator))
+
+
+def _locator(args: argparse.Namespace, ep: Endpoint, lab_locator: LabLocator | None) -> Any:
+    if args.lab:
+        if lab_locator is None:
+            raise ConfigError("--lab needs the lab (vmguard.lab), which this build lacks")
+        return lab_locator(args.lab_proxy_uuid or "")
+    from vmguard.vmjobs.access import VddkLocator
+    from vmguard.vsphere.session import sha1_thumbprint
+
+    return VddkLocator(ep, sha1_thumbprint(ep), libdir=args.vddk_libdir)
+
+
+def _vm(args: argparse.Namespace, lab_locator: LabLocator | None) -> int:
+    from vmguard.vmjobs.backup import BackupOptions
+    from vmguard.vsphere.restore import NewVMTarget
+
+    ep = endpoint(args.vcenter, args.thumbprint, args.ca_file, args.insecure)
+    if args.vm_cmd == "ls":
+        return vm_ls(ep, sys.stdout, as_json=args.json)
+    locator = _locator(args, ep, lab_locator)
+    if args.vm_cmd == "backup":
+        options = BackupOptions(
+            transport=args.transport, quiesce=args.quiesce, vcenter=args.vcenter_name
+        )
+        return vm_backup(ep, args.vm, args.repo, args.key_file, locator, options, sys.stdout)
+    networks = dict(pair.split("=", 1) for pair in args.network_map or ())
+    return vm_restore(
+        ep,
+        args.archive,
+        args.repo,
+        args.key_file,
+        locator,
+        sys.stdout,
+        new_name=args.new_name,
+        in_place_vm=args.vm if args.in_place else None,
+        target=lambda name: NewVMTarget(
+            name=name,
+            datastore=args.datastore,
+            folder=args.folder or "",
+            resource_pool=args.pool or "",
+            network_map=networks,
+        ),
+        power_on=args.power_on,
+        power_off=args.power_off,
+    )
+
 
 def endpoint(url: str, thumbprint: str | None, ca_file: str | None, insecure: bool) -> Endpoint:
+    from vmguard.vsphere.session import Endpoint
+
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
     if not user or not password:
         raise ConfigError(f"set {USER_ENV} and {PASSWORD_ENV} to the vCenter credentials")
@@ -59,6 +155,10 @@ def open_repository(url: str, key_file: str | None, *, create: bool = False) -> 
 
 
 def vm_ls(ep: Endpoint, out: TextIO, as_json: bool = False) -> int:
+    from vmguard.vsphere.inventory import discover
+    from vmguard.vsphere.session import VSphereSession
+    from vmguard.vsphere.tags import TagClient
+
     session = VSphereSession(ep)
     try:
         session.keepalive()  # log in first: a trust failure is reported by the SOAP side
@@ -93,6 +193,10 @@ def vm_backup(
     options: BackupOptions,
     out: TextIO,
 ) -> int:
+    from vmguard.vmjobs.backup import backup_vm
+    from vmguard.vsphere.inventory import discover, find_by_name
+    from vmguard.vsphere.session import VSphereSession
+
     repo = open_repository(repo_url, key_file, create=True)
     session = VSphereSession(ep)
     try:
@@ -126,6 +230,9 @@ def vm_restore(
     power_on: bool,
     power_off: bool,
 ) -> int:
+    from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
+    from vmguard.vsphere.session import VSphereSession
+
     repo = open_repository(repo_url, key_file)
     session = VSphereSession(ep)
     try:
