@@ -20,7 +20,7 @@ from typing import Protocol
 
 from vmguard.errors import ConfigError
 from vmguard.transport.extents import BlockSource
-from vmguard.transport.hotadd import DeviceSource
+from vmguard.transport.file import FileSource
 from vmguard.transport.nbd import NbdkitServer, NbdSource, VddkTarget
 from vmguard.vsphere import hotadd
 from vmguard.vsphere.records import VMRecord
@@ -28,6 +28,7 @@ from vmguard.vsphere.session import Endpoint, VSphereSession
 from vmguard.vsphere.snapshots import TakenSnapshot
 
 TRANSPORTS = ("nbd", "hotadd", "auto")
+HOTADD_IN_FLIGHT = 4  # reads in flight on a hot-added device
 
 
 class DiskLocator(Protocol):
@@ -122,7 +123,8 @@ def snapshot_sources(
                 hotadd.hotadded(session, choice.proxy_moref, taken.disks)
             )
             for disk in attached:
-                src = DeviceSource(locator.attached_device(choice.proxy_moref, disk))
+                device = locator.attached_device(choice.proxy_moref, disk)
+                src = FileSource(device, in_flight=HOTADD_IN_FLIGHT)
                 stack.callback(src.close)
                 sources[disk.source_key] = src
         else:
