@@ -7,28 +7,18 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
+from vmguard.lab.procs import eventually
+
 pytestmark = pytest.mark.lab
 T = TypeVar("T")
 G, V = "vmguard.io", "v1alpha1"
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 90, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -137,7 +127,7 @@ def test_sweep_assigns_policies_and_names_unprotected_vms(
         vc = _get(kube_api, namespace, "vcenters", "lab")
         return vc if vc.get("status", {}).get("lastSweepTime") else None
 
-    vc = eventually(swept, what="first sweep")
+    vc = eventually(swept, timeout=90, what="first sweep")
     status = vc["status"]
     assert status["reachable"] is True
     assert _condition(vc, "Reachable")["status"] == "True"
@@ -190,7 +180,7 @@ def test_wrong_password_is_a_condition_not_a_crash(
         vc = _get(kube_api, namespace, "vcenters", "lab")
         return vc if _condition(vc, "Reachable").get("status") == "False" else None
 
-    vc = eventually(failed, what="Reachable=False")
+    vc = eventually(failed, timeout=90, what="Reachable=False")
     reachable = _condition(vc, "Reachable")
     assert reachable["reason"] == "InvalidConfiguration"
     assert "refused the login" in reachable["message"]

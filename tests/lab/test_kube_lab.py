@@ -10,28 +10,17 @@ from __future__ import annotations
 import os
 import secrets
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
+from vmguard.lab.procs import eventually
+
 pytestmark = pytest.mark.lab
 
 T = TypeVar("T")
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 60, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or fn}")
-        time.sleep(0.25)
 
 
 @pytest.fixture

@@ -21,8 +21,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from vmguard.errors import LabError
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -154,6 +157,18 @@ def _signal_group(tracked: Tracked, sig: signal.Signals) -> None:
         os.killpg(tracked.pid, sig)
     with contextlib.suppress(ProcessLookupError):
         os.kill(tracked.pid, sig)
+
+
+def eventually(fn: Callable[[], T | None], timeout: float = 60, what: str = "") -> T:
+    """Poll ``fn`` until it returns something truthy, and return that (tests use it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or fn}")
+        time.sleep(0.25)
 
 
 def wait_until(
