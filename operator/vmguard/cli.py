@@ -22,12 +22,11 @@ def _lab(args: argparse.Namespace) -> int:
 
     lab = Lab()
     if args.lab_cmd == "up":
-        state = lab.up(vms=args.vms)
+        lab.up(vms=args.vms)
         print(f"lab up in {lab.paths.lab}")
         for key, value in lab.env().items():
             if key != "PATH":
                 print(f"  {key}={value}")
-        del state
     elif args.lab_cmd == "down":
         stopped = lab.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,22 +83,6 @@ def run_kubectl(
     return lambda *args: _run_kubectl(kubectl, lab, cache, *args)
 
 
-@pytest.fixture(scope="module")
-def crds_installed(kube_api: Any, run_kubectl: Callable[..., Any]) -> None:
-    done = run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-    assert done.returncode == 0, done.stderr
-    ext = client.ApiextensionsV1Api(kube_api)
-    deadline = time.monotonic() + 60
-    for kind in KINDS:
-        while True:
-            crd = ext.read_custom_resource_definition(kind.name)
-            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conditions.get("Established") == "True":
-                break
-            assert time.monotonic() < deadline, f"{kind.name} not Established: {conditions}"
-            time.sleep(0.2)
-
-
 def _namespace(kube_api: Any) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
     name = f"crds-{secrets.token_hex(4)}"
@@ -109,13 +92,13 @@ def _namespace(kube_api: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def namespace(kube_api: Any, crds_installed: None) -> Iterator[str]:
+def namespace(kube_api: Any, vmguard_crds: None) -> Iterator[str]:
     """One namespace for the tests that only create objects."""
     yield from _namespace(kube_api)
 
 
 @pytest.fixture
-def own_namespace(kube_api: Any, crds_installed: None) -> Iterator[str]:
+def own_namespace(kube_api: Any, vmguard_crds: None) -> Iterator[str]:
     """A namespace of the test's own, for tests that list what is in it."""
     yield from _namespace(kube_api)
 

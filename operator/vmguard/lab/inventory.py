@@ -17,7 +17,7 @@ def print_inventory(lab: Lab, max_vms: int = 12) -> None:
     from kubernetes import client, config
     from minio import Minio
 
-    from vmguard.vsphere.inventory import vm_summaries
+    from vmguard.vsphere.inventory import discover
     from vmguard.vsphere.session import Endpoint, connect, disconnect
 
     st = lab.state().data
@@ -39,7 +39,7 @@ def print_inventory(lab: Lab, max_vms: int = 12) -> None:
     vs = st["vsphere"]
     si = connect(Endpoint(vs["sdk_url"], vs["username"], vs["password"], ca_file=vs["ca"]))
     try:
-        vms = vm_summaries(si)
+        vms = discover(si)
     finally:
         disconnect(si)
     print(f"\nvSphere VMs ({len(vms)}; first {min(max_vms, len(vms))})")
@@ -47,7 +47,8 @@ def print_inventory(lab: Lab, max_vms: int = 12) -> None:
     for vm in vms[:max_vms]:
         name = vm.name + (" (template)" if vm.template else "")
         cbt = "on" if vm.cbt_enabled else "off"
-        print(f"  {name:30} {vm.moref:10} {vm.power_state:11} {vm.hardware_version:7} {cbt}")
+        hw = f"vmx-{vm.hardware_version:02d}"
+        print(f"  {name:30} {vm.moref:10} {vm.power_state:11} {hw:7} {cbt}")
 
     m = st["minio"]
     s3 = Minio(m["endpoint"], access_key=m["access_key"], secret_key=m["secret_key"], secure=False)
