@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from vmguard.errors import LabError
 from vmguard.lab import build
-from vmguard.lab.imaging.tools import FAKETIME_DIRS
+from vmguard.lab.imaging import tools as image_tools
 from vmguard.lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
 from vmguard.lab.minio import ensure_bucket, start_minio
 from vmguard.lab.paths import LabPaths
@@ -87,23 +86,20 @@ def _say(msg: str) -> None:
     print(f"[lab] {msg}", file=sys.stderr, flush=True)
 
 
+# Programs the lab itself needs (the image factory's own are in imaging.tools.PACKAGES).
+LAB_TOOLS = {
+    "nbdkit": "nbdkit",
+    "nbdcopy": "libnbd-bin",
+    "qemu-img": "qemu-utils",
+    "unshare": "util-linux",
+    "zstd": "zstd",
+}
+
+
 def check_tools(paths: LabPaths) -> None:
-    """Fail with the Debian package to install when a tool the lab needs is missing."""
-    needed = {
-        "nbdkit": "nbdkit",
-        "nbdcopy": "libnbd-bin",
-        "qemu-img": "qemu-utils",
-        "mkfs.ext4": "e2fsprogs",
-        "mkntfs": "ntfs-3g",
-        "mcopy": "mtools",
-        "sfdisk": "fdisk",
-        "mkfs.xfs": "xfsprogs",
-        "unshare": "util-linux",
-        "zstd": "zstd",
-    }
-    missing = sorted({pkg for tool, pkg in needed.items() if not shutil.which(tool)})
-    if not any(Path(d, "libfaketime.so.1").exists() for d in FAKETIME_DIRS):
-        missing.append("libfaketime")
+    """Fail with the Debian packages to install when a tool the lab needs is missing."""
+    wanted = {**LAB_TOOLS, **image_tools.PACKAGES}
+    missing = sorted({pkg for tool, pkg in wanted.items() if image_tools.find(tool) is None})
     try:
         import nbd  # noqa: F401
     except ImportError:
