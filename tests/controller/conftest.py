@@ -1,0 +1,120 @@
+"""Fixtures for controller tests: a fresh namespace, the operator as a real process, and
+the lab's vCenter, repository and policies as custom objects in that namespace.
+
+The operator runs as ``python -m vmguard.cli operator`` against the lab apiserver, so a
+test can SIGKILL it and start it again. Its proxy Jobs run through the lab's node agent
+(pods are local processes): ``VMGUARD_PROXY_COMMAND`` makes them start this checkout's
+``vmguard`` and ``VMGUARD_PROXY_LOCATOR=lab:<control url>`` makes them find disks
+through the simulator instead of VDDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.controller import objects
+
+
+@pytest.fixture
+def namespace(kube_api: Any, vmguard_crds: None) -> str:
+    name = f"t-{secrets.token_hex(4)}"
+    client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+class OperatorProcess:
+    """One ``vmguard operator`` process; its output goes to ``log``."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no finalizer, no cleanup — what a crash or an OOM kill looks like."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def operator_env(lab: Any, lab_state: dict[str, Any]) -> dict[str, str]:
+    return dict(
+        os.environ,
+        KUBECONFIG=str(lab.paths.kubeconfig),
+        VMGUARD_PROXY_COMMAND=json.dumps([sys.executable, "-m", "vmguard.cli"]),
+        VMGUARD_PROXY_LOCATOR=f"lab:{lab_state['vsphere']['control_url']}",
+    )
+
+
+@pytest.fixture
+def start_operator(
+    lab: Any, lab_state: dict[str, Any], namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """``start_operator(*extra_args)`` starts one more operator watching ``namespace``.
+
+    Every process started is stopped at the end of the test; all of them write to
+    ``tmp_path/operator.log`` (so a restarted operator's output follows the first's).
+    """
+    started: list[OperatorProcess] = []
+    log = tmp_path / "operator.log"
+
+    def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
+        argv = [sys.executable, "-m", "vmguard.cli", "operator", "--namespace", namespace]
+        proc = OperatorProcess([*argv, *extra], env or operator_env(lab, lab_state), log)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def operator_log(start_operator: Callable[..., OperatorProcess]) -> Path:
+    """One operator running for the whole test; the path of its log."""
+    return start_operator().log
+
+
+@pytest.fixture
+def lab_vcenter(kube_api: Any, lab_state: dict[str, Any], namespace: str) -> str:
+    """A VCenter ``lab`` for the simulator, trusted by its CA, with its real password."""
+    objects.create_vcenter(kube_api, lab_state, namespace, "lab")
+    return "lab"
+
+
+@pytest.fixture
+def lab_repository(kube_api: Any, namespace: str, s3_bucket: dict[str, Any]) -> str:
+    """A BackupRepository ``repo`` over a fresh bucket of the lab's MinIO."""
+    objects.create_repository(kube_api, namespace, "repo", s3_bucket)
+    return "repo"
