@@ -66,7 +66,10 @@ def vcenter_access(vc: dict[str, Any]) -> VCenterAccess:
 
 
 def _ca_file(pem: str) -> str:
-    path = Path(tempfile.gettempdir()) / f"vmguard-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+    path = (
+        Path(tempfile.gettempdir())
+        / f"vmguard-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+    )
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         tmp.write_text(pem)

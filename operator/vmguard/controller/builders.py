@@ -82,7 +82,9 @@ def _label_value(text: str) -> str:
 def job_name(prefix: str, owner_name: str, owner_uid: str) -> str:
     """``<prefix>-<owner name, cut>-<8 of the UID>``: a DNS label, stable per owner."""
     stem = re.sub(r"[^a-z0-9-]", "-", owner_name.lower())[: 63 - len(prefix) - 10].strip("-")
-    return f"{prefix}-{stem}-{owner_uid.replace('-', '')[:8]}" if stem else f"{prefix}-{owner_uid[:8]}"
+    return (
+        f"{prefix}-{stem}-{owner_uid.replace('-', '')[:8]}" if stem else f"{prefix}-{owner_uid[:8]}"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,7 @@ def build_restore_job(
     pvc = ((restore["spec"]["target"].get("files") or {}).get("to") or {}).get("pvc")
     if pvc:
         mounts.append({"name": "target", "mountPath": RESTORE_TARGET_DIR})
-        volumes.append(
-            {"name": "target", "persistentVolumeClaim": {"claimName": pvc["claimName"]}}
-        )
+        volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": pvc["claimName"]}})
     container = {
         "name": "restore",
         "image": settings.image,

@@ -3,9 +3,10 @@
 kopf itself watches and patches the objects it handles; these are the other calls:
 reading a referenced Secret's keys, listing policies, patching the status of objects
 other than the one being handled, and the objects the operator creates (proxy Jobs and
-the proxy's ServiceAccount, Role and RoleBinding: created, or adopted when they exist). The kubernetes client blocks, so every call
-goes through ``asyncio.to_thread``. Secret values are returned to the caller and never
-logged; errors name the Secret and the key, never the value.
+the proxy's ServiceAccount, Role and RoleBinding: created, or adopted when they exist).
+The kubernetes client blocks, so every call goes through ``asyncio.to_thread``. Secret
+values are returned to the caller and never logged; errors name the Secret and the key,
+never the value.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ class KubeAPI:
                     return False
                 name = body["metadata"]["name"]
                 if exc.status in (400, 403, 422):
-                    raise ConfigError(f"cannot create {kind} {namespace}/{name}: {exc.reason}") from None
+                    raise ConfigError(
+                        f"cannot create {kind} {namespace}/{name}: {exc.reason}"
+                    ) from None
                 raise RetryableError(f"creating {kind} {namespace}/{name}: {exc.status}") from None
             return True
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import kopf
 
-from vmguard.controller import vcenter
+from vmguard.config import ProxySettings
+from vmguard.controller import restores, vcenter
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
 
 SWEEP_DEFAULT_SECONDS = 300.0
@@ -24,6 +25,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
+    memo.proxy = ProxySettings.from_env()
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -99,6 +101,23 @@ async def vcenter_sweeper(
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(stopped, wake, interval)
+
+
+@kopf.daemon(GROUP, VERSION, "vmrestores", cancellation_timeout=10.0)
+async def restore_driver(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    """Drive one VMRestore to Completed or Failed (a no-op once it is either)."""
+
+    def announce(reason: str, message: str, warning: bool) -> None:
+        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+
+    await restores.drive(KubeAPI(), memo.proxy, namespace or "", name, stopped, announce)
 
 
 def run(

@@ -227,7 +227,9 @@ status = obj(
                     obj(
                         None,
                         {
-                            "sourceKey": integer("Device key of the disk in the backup.", minimum=0),
+                            "sourceKey": integer(
+                                "Device key of the disk in the backup.", minimum=0
+                            ),
                             "vm": string("Moref of the VM the disk belongs to.", max_length=64),
                             "key": integer("Device key of the disk written.", minimum=0),
                             "label": string(max_length=255),

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
-from vmguard.vsphere.inventory import find_vm, moid, retrieve
+from vmguard.vsphere.inventory import find_vm, moid, retrieve, vm_record
+from vmguard.vsphere.records import DiskRecord
 from vmguard.vsphere.restore import CreatedDisk, CreatedVM, paired_disks
 from vmguard.vsphere.session import VSphereSession, wait_for
 from vmguard.vsphere.vmconfig import VMConfig
@@ -24,7 +25,8 @@ def vms_named(session: VSphereSession, name: str) -> list[str]:
     """Morefs of the VMs (and templates) called ``name``."""
 
     def run(si: vim.ServiceInstance) -> list[str]:
-        found = retrieve(si, [vim.VirtualMachine], {vim.VirtualMachine: ["name"]})
+        props: dict[type, list[str]] = {vim.VirtualMachine: ["name"]}
+        found = retrieve(si, [vim.VirtualMachine], props)
         return sorted(moid(obj) for obj, props in found if props.get("name") == name)
 
     return session.call(run)
@@ -38,7 +40,7 @@ def find_marked_vm(session: VSphereSession, key: str, value: str) -> str | None:
     """The moref of the VM whose extraConfig holds ``key = value`` (None: no such VM)."""
 
     def run(si: vim.ServiceInstance) -> str | None:
-        props = {vim.VirtualMachine: ["config.extraConfig"]}
+        props: dict[type, list[str]] = {vim.VirtualMachine: ["config.extraConfig"]}
         for obj, p in retrieve(si, [vim.VirtualMachine], props):
             if _extra(p.get("config.extraConfig")).get(key) == value:
                 return moid(obj)
@@ -54,7 +56,7 @@ def find_vm_ref(
     when there is none, or when a name alone names several VMs."""
 
     def run(si: vim.ServiceInstance) -> str:
-        props = {vim.VirtualMachine: ["name", "config.instanceUuid"]}
+        props: dict[type, list[str]] = {vim.VirtualMachine: ["name", "config.instanceUuid"]}
         found = [
             moid(obj)
             for obj, p in retrieve(si, [vim.VirtualMachine], props)
@@ -117,7 +119,7 @@ def power_state(session: VSphereSession, vm_moref: str) -> str:
     def run(si: vim.ServiceInstance) -> str:
         try:
             return str(find_vm(si, vm_moref).runtime.powerState)
-        except vim.fault.ManagedObjectNotFound:
+        except vmodl.fault.ManagedObjectNotFound:
             raise LookupError(f"no VM {vm_moref}") from None
 
     return session.call(run)
@@ -135,8 +137,16 @@ def destroy_marked(session: VSphereSession, vm_moref: str, key: str, value: str)
             if vm.runtime.powerState == "poweredOn":
                 wait_for(vm.PowerOffVM_Task())
             wait_for(vm.Destroy_Task())
-        except vim.fault.ManagedObjectNotFound:
+        except vmodl.fault.ManagedObjectNotFound:
             return False
         return True
 
     return session.call(run)
+
+
+def vm_disks(session: VSphereSession, vm_moref: str) -> tuple[DiskRecord, ...]:
+    """The VM's disks as discovery records them (key, capacity, backing file, ...)."""
+    try:
+        return session.call(lambda si: vm_record(si, vm_moref)).disks
+    except LookupError:
+        raise LookupError(f"no VM {vm_moref}") from None
