@@ -16,14 +16,11 @@ and never put in an error message; errors say which object or Secret is wrong.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from vmguard.controller.builders import RepositoryAccess, SecretKey, VCenterAccess
 from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.vcenter import endpoint_for
+from vmguard.controller.vcenter import ca_bundle_file, endpoint_for
 from vmguard.errors import ConfigError
 from vmguard.store import MasterKey, Repository
 from vmguard.vsphere.session import Endpoint
@@ -65,18 +62,6 @@ def vcenter_access(vc: dict[str, Any]) -> VCenterAccess:
     )
 
 
-def _ca_file(pem: str) -> str:
-    path = (
-        Path(tempfile.gettempdir())
-        / f"vmguard-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
-    )
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(pem)
-        tmp.replace(path)
-    return str(path)
-
-
 async def open_repository(api: KubeAPI, repo: dict[str, Any]) -> Repository:
     """The repository a BackupRepository describes, opened with its Secrets."""
     namespace, spec = repo["metadata"]["namespace"], repo["spec"]
@@ -104,7 +89,7 @@ async def open_repository(api: KubeAPI, repo: dict[str, Any]) -> Repository:
             prefix=s3.get("prefix", ""),
             secure=not s3.get("insecure"),
             region=s3.get("region"),
-            ca_file=_ca_file(s3["caBundle"]) if s3.get("caBundle") else None,
+            ca_file=ca_bundle_file(s3["caBundle"]) if s3.get("caBundle") else None,
         )
         return Repository.open(RetryingBackend(backend), MasterKey.from_text(key) if key else None)
 
