@@ -11,6 +11,7 @@ snapshot-time image is the live one), restored files equal the image's source tr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -97,6 +98,8 @@ def test_new_vm_from_a_backup_is_bit_identical(
     repo: Repository,
     locator: LabDiskLocator,
     two_disk_vm: VSimVM,
+    s3_bucket: dict[str, Any],
+    lab_state: dict[str, Any],
     operator_log: Path,
 ) -> None:
     vm = two_disk_vm
@@ -128,10 +131,16 @@ def test_new_vm_from_a_backup_is_bit_identical(
         assert [d.capacity for d in new_cfg.disks] == [d.capacity for d in source_cfg.disks]
         assert status["progress"]["percent"] == 100
         assert objects.condition(obj, "Ready")["reason"] == "Completed"
-        assert len(restore_jobs(kube_api, namespace, "web-1-new")) == 1
+        (job,) = restore_jobs(kube_api, namespace, "web-1-new")
+        # Secrets reach the proxy as Secret key references only, never as values.
+        spec = json.dumps(kube_api.sanitize_for_serialization(job))
+        for canary in (MASTER_KEY, s3_bucket["secret_key"], lab_state["vsphere"]["password"]):
+            assert canary not in spec
+            assert canary not in json.dumps(obj)
     finally:
         destroy_vm(vc, moref)
     assert MASTER_KEY not in operator_log.read_text()
+    assert s3_bucket["secret_key"] not in operator_log.read_text()
 
 
 @pytest.fixture
