@@ -37,7 +37,8 @@ from vmguard.errors import RestoreRejected
 from vmguard.lab.images import DiskImage, gpt_ext4, small_mixed
 from vmguard.lab.procs import eventually
 from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
-from vmguard.store import Repository
+from vmguard.store import HOLE, Repository
+from vmguard.store.names import chunk_name
 from vmguard.vsphere.vmconfig import capture_vm
 
 pytestmark = pytest.mark.lab
@@ -504,3 +505,30 @@ def test_preparing_twice_adopts_what_the_first_attempt_made(
             assert len(vsim.vm(other.moref).disks) == len(other.disks) + 1
         finally:
             remove_disk(vc, other.moref, made.disks[0]["key"])
+
+
+def test_a_failed_new_vm_restore_destroys_the_half_made_vm(
+    kube_api: Any,
+    namespace: str,
+    vc: Any,
+    vsim: VSimControl,
+    repo: Repository,
+    locator: LabDiskLocator,
+    one_disk_vm: VSimVM,
+    s3_bucket: dict[str, Any],
+    minio_client: Any,
+    operator_log: Path,
+) -> None:
+    manifest = completed_backup(kube_api, namespace, "lost-1", vc, repo, one_disk_vm.moref, locator)
+    index = repo.load_index(manifest, manifest.disks[0].key)
+    lost = next(index[n] for n in range(len(index)) if index[n] != HOLE)
+    minio_client.remove_object(s3_bucket["bucket"], f"repo/{chunk_name(lost)}")
+    name = f"lost-{secrets.token_hex(3)}"
+    create_restore(kube_api, namespace, "lost-1-new", "lost-1", {"newVM": {"name": name}})
+    obj = objects.wait_phase(kube_api, namespace, R, "lost-1-new", {"Completed", "Failed"})
+    error = obj["status"]["error"]
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert error["reason"] == "RepositoryDamaged", error
+    assert lost.hex() in error["message"] and "was destroyed" in error["message"]
+    assert [v for v in vsim.vms() if v.name == name] == []
+    assert objects.condition(obj, "Ready")["reason"] == "RepositoryDamaged"
