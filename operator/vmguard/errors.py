@@ -32,6 +32,10 @@ class ConfigError(PermanentError):
     """Configuration or input is invalid."""
 
 
+class VMNotFoundError(PermanentError):
+    """The VM a request names does not exist in the vCenter (or is ambiguous)."""
+
+
 class LabError(VmguardError):
     """The local lab could not be built, started or stopped."""
 
