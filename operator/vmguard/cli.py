@@ -79,6 +79,14 @@ def _lab_disk_locator(proxy_uuid: str) -> Any:
     return LabDiskLocator(VSimControl(control), proxy_uuid=proxy_uuid)
 
 
+def _lab_locator_at(control_url: str) -> Any:
+    """``VMGUARD_PROXY_LOCATOR=lab:<url>``: a proxy Job of the lab reads disks through the
+    simulator at ``url``. Injected into :func:`vmguard.vmjobs.proxy.register`."""
+    from vmguard.lab.vsim import LabDiskLocator, VSimControl
+
+    return LabDiskLocator(VSimControl(control_url))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmguard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -120,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     from vmguard.vmjobs.commands import register as register_vm
 
     register_vm(sub, lab_locator=_lab_disk_locator)
+
+    # The proxy Job's entry point: vmguard proxy backup --namespace NS --name VMBACKUP.
+    from vmguard.vmjobs.proxy import register as register_proxy
+
+    register_proxy(sub, lab_locator_at=_lab_locator_at)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files

@@ -56,6 +56,9 @@ class ProxySettings:
     locator: str
     service_account: str
     image_pull_policy: str
+    test_throttle: int = 0
+    """TEST ONLY (``VMGUARD_PROXY_TEST_THROTTLE``, bytes/s): slows every proxy's reads so
+    fault tests can kill one mid-transfer. Passed into the Job's environment; 0 = off."""
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -65,4 +68,39 @@ class ProxySettings:
             locator=os.environ.get("VMGUARD_PROXY_LOCATOR", "vddk"),
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
+            test_throttle=int(os.environ.get(THROTTLE_ENV) or 0),
+        )
+
+
+THROTTLE_ENV = "VMGUARD_PROXY_TEST_THROTTLE"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """How the VMBackup controller retries and how long it lets a backup run.
+
+    ``max_attempts`` transfer attempts (proxy Jobs) per backup, ``retry_backoff`` seconds
+    before the second (doubling after), ``deadline`` seconds from the start to the end of
+    the last attempt, ``job_deadline`` seconds one proxy Job may run
+    (``activeDeadlineSeconds``), ``job_ttl`` seconds a finished Job is kept, ``poll``
+    seconds between looks at a running Job.
+    """
+
+    max_attempts: int = 3
+    retry_backoff: float = 10.0
+    deadline: float = 6 * 3600.0
+    job_deadline: int = 4 * 3600
+    job_ttl: int = 3600
+    poll: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> BackupSettings:
+        env = os.environ
+        return cls(
+            max_attempts=int(env.get("VMGUARD_BACKUP_MAX_ATTEMPTS") or 3),
+            retry_backoff=float(env.get("VMGUARD_BACKUP_RETRY_BACKOFF") or 10.0),
+            deadline=float(env.get("VMGUARD_BACKUP_DEADLINE") or 6 * 3600.0),
+            job_deadline=int(env.get("VMGUARD_BACKUP_JOB_DEADLINE") or 4 * 3600),
+            job_ttl=int(env.get("VMGUARD_BACKUP_JOB_TTL") or 3600),
+            poll=float(env.get("VMGUARD_BACKUP_POLL") or 2.0),
         )

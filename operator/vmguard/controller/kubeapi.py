@@ -63,6 +63,22 @@ class KubeAPI:
 
         return await asyncio.to_thread(read)
 
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One custom object as the apiserver has it now; None when it does not exist."""
+
+        def read() -> dict[str, Any] | None:
+            try:
+                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name
+                )
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return obj
+
+        return await asyncio.to_thread(read)
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> None:

@@ -12,7 +12,10 @@ from typing import Any
 
 import kopf
 
-from vmguard.controller import vcenter
+from vmguard.config import BackupSettings, ProxySettings
+from vmguard.controller import backups, vcenter
+from vmguard.controller.backupsteps import MissingRef
+from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
 
 SWEEP_DEFAULT_SECONDS = 300.0
@@ -24,6 +27,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
+    memo.backups = backups.BackupContext(
+        KubeAPI(), JobAPI(), ProxySettings.from_env(), BackupSettings.from_env()
+    )
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -99,6 +105,50 @@ async def vcenter_sweeper(
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(stopped, wake, interval)
+
+
+def _backup_in_flight(status: kopf.Status, **_: Any) -> bool:
+    return backups.in_flight(status)
+
+
+@kopf.daemon(GROUP, VERSION, "vmbackups", when=_backup_in_flight, cancellation_timeout=5.0)
+async def vmbackup_runner(
+    name: str,
+    namespace: str | None,
+    uid: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Drive one VMBackup through its phases; resumed by any operator that (re)starts."""
+    ctx: backups.BackupContext = memo.backups
+    while not stopped:
+        try:
+            obj = await ctx.api.get_object(backups.PLURAL, namespace or "", name)
+            if obj is None or obj["metadata"]["uid"] != uid:
+                return
+            if obj["metadata"].get("deletionTimestamp"):
+                return
+            delay = await backups.reconcile(ctx, obj)
+        except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
+            logger.exception("backup step failed: %s", exc)
+            delay = 30.0
+        if delay is None:
+            return
+        if delay > 0:
+            await stopped.wait(delay)
+
+
+@kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)
+async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
+    try:
+        await backups.cleanup(memo.backups, dict(body))
+    except MissingRef as exc:
+        logger.warning("cannot remove the snapshot (%s); the orphan sweep will", exc)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=15) from exc
 
 
 def run(

@@ -1,0 +1,389 @@
+"""Pure builders of the Kubernetes objects the operator creates for the data plane.
+
+Every function here takes plain data (the custom object as a dict, the specs of its
+VCenter and BackupRepository, :class:`~vmguard.config.ProxySettings`) and returns a
+manifest as a dict: no API calls, no clock, no randomness, so they are unit-tested
+without a cluster (tests/controller/test_builders.py) and the same input always gives
+the same object — which is what makes a Job found again by name after a restart.
+
+Pieces a proxy Job is made of, reusable for every kind of proxy (backup here, restore
+next to it): :func:`job_name`, :func:`proxy_labels`, :func:`owner_reference`,
+:func:`vcenter_env` and :func:`repository_env` (connection settings as environment,
+credentials only as ``secretKeyRef`` or read-only Secret volumes — never a literal
+value), :func:`security_context` (restricted unless hot-add may need devices) and
+:func:`proxy_job` (the Job around one proxy container). :func:`build_proxy_rbac` is
+the ServiceAccount, Role and RoleBinding a proxy runs as: read its own kinds, patch
+their status, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vmguard.config import THROTTLE_ENV, ProxySettings
+
+GROUP, VERSION = "vmguard.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_VMBACKUP = "vmguard.io/vmbackup"
+LABEL_VMBACKUP_UID = "vmguard.io/vmbackup-uid"
+LABEL_VM = "vmguard.io/vm"
+LABEL_POLICY = "vmguard.io/policy"
+LABEL_ATTEMPT = "vmguard.io/attempt"
+COMPONENT_BACKUP = "backup"
+
+# The proxy's environment: the Job builder writes it, ``vmguard proxy`` reads it.
+ENV_VC_URL = "VMGUARD_VC_URL"
+ENV_VC_USER = "VMGUARD_VC_USER"
+ENV_VC_PASSWORD = "VMGUARD_VC_PASSWORD"
+ENV_VC_CA_BUNDLE = "VMGUARD_VC_CA_BUNDLE"
+ENV_VC_CA_FILE = "VMGUARD_VC_CA_FILE"
+ENV_VC_THUMBPRINT = "VMGUARD_VC_THUMBPRINT"
+ENV_VC_INSECURE = "VMGUARD_VC_INSECURE"
+ENV_REPO = "VMGUARD_REPO"
+ENV_S3_ACCESS = "VMGUARD_S3_ACCESS_KEY"
+ENV_S3_SECRET = "VMGUARD_S3_SECRET_KEY"
+ENV_S3_CA_BUNDLE = "VMGUARD_S3_CA_BUNDLE"
+ENV_KEY_FILE = "VMGUARD_KEY_FILE"
+ENV_LOCATOR = "VMGUARD_PROXY_LOCATOR"
+ENV_TRANSPORT = "VMGUARD_TRANSPORT"
+
+SECRETS_DIR = "/var/run/secrets/vmguard"
+KEY_VOLUME, VC_CA_VOLUME = "repository-key", "vcenter-ca"
+PROXY_UID = 65532  # "nonroot" in distroless images
+
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"memory": "2Gi"},
+}
+
+MAX_NAME = 63  # Job names become the job-name label of their pods
+
+
+def bounded_name(name: str, suffix: str = "", limit: int = MAX_NAME) -> str:
+    """``name + suffix`` when it fits in ``limit``; else truncated plus a hash of ``name``.
+
+    Deterministic and distinct for distinct names, and a valid label value: starts and
+    ends with an alphanumeric character.
+    """
+    if len(name) + len(suffix) <= limit:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{name[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def job_name(owner_name: str, attempt: int) -> str:
+    """``<owner>-<attempt>``, at most 63 characters: found again by name after a restart."""
+    return bounded_name(owner_name, f"-{attempt}")
+
+
+def owner_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object as the controlling owner: deleting it deletes what it owns."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj.get("apiVersion", API_VERSION),
+        "kind": obj["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def proxy_labels(component: str, owner_name: str, extra: Mapping[str, str]) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": "vmguard-proxy",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/instance": bounded_name(owner_name),
+        "app.kubernetes.io/part-of": "vmguard",
+        "app.kubernetes.io/managed-by": "vmguard-operator",
+    }
+    labels.update({k: v for k, v in extra.items() if v})
+    return labels
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _secret_volume(volume: str, secret: str, key: str, path: str) -> dict[str, Any]:
+    return {
+        "name": volume,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": path}],
+            "defaultMode": 0o400,
+        },
+    }
+
+
+Pieces = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+"""(env, volumes, volumeMounts)."""
+
+
+def vcenter_env(spec: Mapping[str, Any]) -> Pieces:
+    """How the proxy reaches vCenter: URL and trust as values, credentials by reference."""
+    creds = spec["credentialsSecretRef"]
+    env: list[dict[str, Any]] = [
+        {"name": ENV_VC_URL, "value": f"https://{spec['host']}:{spec.get('port', 443)}/sdk"},
+        _secret_env(ENV_VC_USER, creds["name"], creds.get("usernameKey", "username")),
+        _secret_env(ENV_VC_PASSWORD, creds["name"], creds.get("passwordKey", "password")),
+    ]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    tls = spec.get("tls") or {}
+    if tls.get("caBundle"):  # a CA certificate is public: a value is fine
+        env.append({"name": ENV_VC_CA_BUNDLE, "value": tls["caBundle"]})
+    elif tls.get("caSecretRef"):
+        ref = tls["caSecretRef"]
+        volumes.append(
+            _secret_volume(VC_CA_VOLUME, ref["name"], ref.get("key", "ca.crt"), "ca.crt")
+        )
+        mounts.append(
+            {"name": VC_CA_VOLUME, "mountPath": f"{SECRETS_DIR}/{VC_CA_VOLUME}", "readOnly": True}
+        )
+        env.append({"name": ENV_VC_CA_FILE, "value": f"{SECRETS_DIR}/{VC_CA_VOLUME}/ca.crt"})
+    elif tls.get("thumbprint"):
+        env.append({"name": ENV_VC_THUMBPRINT, "value": tls["thumbprint"]})
+    elif tls.get("insecureSkipVerify"):
+        env.append({"name": ENV_VC_INSECURE, "value": "true"})
+    return env, volumes, mounts
+
+
+def repository_url(spec: Mapping[str, Any]) -> str:
+    """The repository's location as :mod:`vmguard.store.location` reads it (no secrets)."""
+    s3 = spec["s3"]
+    scheme = "s3+http" if s3.get("insecure") else "s3"
+    url = f"{scheme}://{s3['endpoint']}/{s3['bucket']}"
+    if s3.get("prefix"):
+        url += "/" + s3["prefix"].strip("/")
+    if s3.get("region"):
+        url += f"?region={s3['region']}"
+    return url
+
+
+def repository_env(spec: Mapping[str, Any]) -> Pieces:
+    """Where the repository is, its S3 credentials by reference, its key as a file."""
+    creds = spec["credentialsSecretRef"]
+    env: list[dict[str, Any]] = [
+        {"name": ENV_REPO, "value": repository_url(spec)},
+        _secret_env(ENV_S3_ACCESS, creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
+        _secret_env(
+            ENV_S3_SECRET, creds["name"], creds.get("secretAccessKeyKey", "secretAccessKey")
+        ),
+    ]
+    if (spec.get("s3") or {}).get("caBundle"):
+        env.append({"name": ENV_S3_CA_BUNDLE, "value": spec["s3"]["caBundle"]})
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    key_ref = (spec.get("encryption") or {}).get("keySecretRef")
+    if key_ref:
+        volumes.append(
+            _secret_volume(KEY_VOLUME, key_ref["name"], key_ref.get("key", "key"), "key")
+        )
+        mounts.append(
+            {"name": KEY_VOLUME, "mountPath": f"{SECRETS_DIR}/{KEY_VOLUME}", "readOnly": True}
+        )
+        env.append({"name": ENV_KEY_FILE, "value": f"{SECRETS_DIR}/{KEY_VOLUME}/key"})
+    return env, volumes, mounts
+
+
+def may_hotadd(transport: str) -> bool:
+    return transport in ("hotadd", "auto")
+
+
+def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) security contexts.
+
+    Restricted (Pod Security "restricted" profile) when the proxy reads over NBD. Hot-add
+    attaches the snapshot's disks to the proxy's own VM, and reading them needs the block
+    devices: that container runs privileged, as root, and nothing else does.
+    """
+    if may_hotadd(transport):
+        return {"seccompProfile": {"type": "RuntimeDefault"}}, {
+            "privileged": True,
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+        }
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": PROXY_UID,
+        "runAsGroup": PROXY_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return pod, container
+
+
+def proxy_job(
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    labels: Mapping[str, str],
+    settings: ProxySettings,
+    args: Sequence[str],
+    pieces: Sequence[Pieces],
+    transport: str,
+    active_deadline: int,
+    ttl: int,
+    resources: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A batch/v1 Job running one proxy container; the operator does the retries."""
+    env: list[dict[str, Any]] = [{"name": ENV_LOCATOR, "value": settings.locator}]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for e, v, m in pieces:
+        env += e
+        volumes += v
+        mounts += m
+    if settings.test_throttle:
+        env.append({"name": THROTTLE_ENV, "value": str(settings.test_throttle)})
+    pod_security, container_security = security_context(transport)
+    container: dict[str, Any] = {
+        "name": "proxy",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.command),
+        "args": list(args),
+        "env": env,
+        "resources": dict(resources or DEFAULT_RESOURCES),
+        "securityContext": container_security,
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        "automountServiceAccountToken": True,
+        "securityContext": pod_security,
+        "containers": [container],
+    }
+    if volumes:
+        pod_spec["volumes"] = volumes
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, int(active_deadline)),
+            "ttlSecondsAfterFinished": int(ttl),
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def backup_labels(vmbackup: Mapping[str, Any]) -> dict[str, str]:
+    meta, spec = vmbackup["metadata"], vmbackup.get("spec") or {}
+    status = vmbackup.get("status") or {}
+    moref = (status.get("vm") or {}).get("moref") or (spec.get("vm") or {}).get("moref") or ""
+    return proxy_labels(
+        COMPONENT_BACKUP,
+        meta["name"],
+        {
+            LABEL_VMBACKUP: bounded_name(meta["name"]),
+            LABEL_VMBACKUP_UID: meta["uid"],
+            LABEL_VM: moref,
+            LABEL_POLICY: (spec.get("policyRef") or {}).get("name", ""),
+        },
+    )
+
+
+def build_backup_job(
+    vmbackup: Mapping[str, Any],
+    settings: ProxySettings,
+    *,
+    vcenter: Mapping[str, Any],
+    repository: Mapping[str, Any],
+    attempt: int,
+    transport: str = "auto",
+    active_deadline: int = 4 * 3600,
+    ttl: int = 3600,
+) -> dict[str, Any]:
+    """The proxy Job of one transfer attempt of ``vmbackup``.
+
+    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
+    """
+    meta = vmbackup["metadata"]
+    labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
+    return proxy_job(
+        name=job_name(meta["name"], attempt),
+        namespace=meta["namespace"],
+        owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
+        labels=labels,
+        settings=settings,
+        args=["proxy", "backup", "--namespace", meta["namespace"], "--name", meta["name"]],
+        pieces=[
+            vcenter_env(vcenter),
+            repository_env(repository),
+            ([{"name": ENV_TRANSPORT, "value": transport}], [], []),
+        ],
+        transport=transport,
+        active_deadline=active_deadline,
+        ttl=ttl,
+    )
+
+
+PROXY_ROLE = "vmguard-proxy"
+
+
+def build_proxy_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of the proxy Jobs in ``namespace``.
+
+    A proxy reads the object it works for and patches its status; nothing else — no
+    Secrets (its credentials come in as environment and files), no wildcards.
+    """
+    labels = {"app.kubernetes.io/name": "vmguard-proxy", "app.kubernetes.io/part-of": "vmguard"}
+    meta = {"namespace": namespace, "labels": labels}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": service_account, **meta},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": PROXY_ROLE, **meta},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["vmbackups", "vmrestores"],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["vmbackups/status", "vmrestores/status"],
+                    "verbs": ["patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": PROXY_ROLE, **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": PROXY_ROLE,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        },
+    ]
