@@ -7,6 +7,7 @@ as it was at snapshot time; no snapshot of ours may be left on the VM.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.lab
 
 
 def test_adhoc_full_then_incremental_restore_bit_exact(
+    lab: Any,
+    lab_state: dict[str, Any],
     kube_api: Any,
     vc: Any,
     vsim: Any,
@@ -80,6 +83,20 @@ def test_adhoc_full_then_incremental_restore_bit_exact(
         assert job.spec.template.spec.service_account_name == "vmguard-proxy"
         owner = job.metadata.owner_references[0]
         assert (owner.kind, owner.name, owner.controller) == ("VMBackup", "second", True)
+
+        # No secret value in any object, event or log of the run (BRIEF §9.4).
+        secrets = [lab_state["vsphere"]["password"], s3_bucket["secret_key"]]
+        seen = [operator_log.read_text()]
+        seen += [
+            p.read_text() for p in (lab.paths.lab / "node" / "pods").glob(f"{namespace}_*/*.log")
+        ]
+        seen.append(json.dumps(kube_api.sanitize_for_serialization(job)))
+        seen.append(json.dumps(objects.items(kube_api, namespace, "vmbackups")))
+        events = client.CoreV1Api(kube_api).list_namespaced_event(namespace)
+        seen.append(json.dumps(kube_api.sanitize_for_serialization(events)))
+        assert len(seen) >= 6, "two proxy logs were read"
+        for text in seen:
+            assert not any(secret in text for secret in secrets)
     assert "Traceback" not in operator_log.read_text()
 
 
