@@ -248,3 +248,34 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         start_operator(extra_env=SLOW)
         _completed_once(kube_api, vc, namespace, "a", vm_a, s3_bucket, tmp_path, expected_a)
         _completed_once(kube_api, vc, namespace, "b", vm_b, s3_bucket, tmp_path, expected_b)
+
+
+def test_deleted_in_flight_stops_the_proxy_and_removes_the_snapshot(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    start_operator(extra_env=SLOW)
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "gone", {"moref": vm.moref})
+        _transferring(kube_api, namespace, "gone")
+        assert len(our_snapshots(vc, vm.moref)) == 1
+        objects.custom(kube_api).delete_namespaced_custom_object(
+            objects.G, objects.V, namespace, "vmbackups", "gone"
+        )
+
+        def deleted() -> bool:
+            return not objects.items(kube_api, namespace, "vmbackups")
+
+        eventually(deleted, timeout=60, what="VMBackup deleted")
+        assert our_snapshots(vc, vm.moref) == []
+        batch = client.BatchV1Api(kube_api)
+        eventually(
+            lambda: not batch.list_namespaced_job(namespace).items, timeout=60, what="Job gone"
+        )
