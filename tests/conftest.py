@@ -89,6 +89,24 @@ def vsim(lab_state: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="session")
+def vc_endpoint(lab_state: dict[str, Any]) -> Any:
+    from vmguard.vsphere.session import Endpoint
+
+    vs = lab_state["vsphere"]
+    return Endpoint(vs["sdk_url"], vs["username"], vs["password"], ca_file=vs["ca"])
+
+
+@pytest.fixture(scope="session")
+def vc(vc_endpoint: Any) -> Iterator[Any]:
+    """A :class:`vmguard.vsphere.session.VSphereSession` logged in to the simulator."""
+    from vmguard.vsphere.session import VSphereSession
+
+    session = VSphereSession(vc_endpoint)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
 def minio_client(lab_state: dict[str, Any]) -> Any:
     from minio import Minio
 

@@ -79,9 +79,9 @@ def _lab_disk_locator(proxy_uuid: str) -> Any:
     return LabDiskLocator(VSimControl(control), proxy_uuid=proxy_uuid)
 
 
-def _proxy_lab_locator(control_url: str) -> Any:
-    """A proxy Job in the lab (``VMGUARD_PROXY_LOCATOR=lab:URL``): disks through the
-    simulator at ``control_url``. Injected, because vmjobs sits below the lab."""
+def _lab_locator_at(control_url: str) -> Any:
+    """``VMGUARD_PROXY_LOCATOR=lab:<url>``: a proxy Job of the lab reads disks through the
+    simulator at ``url``. Injected into :func:`vmguard.vmjobs.proxy.register`."""
     from vmguard.lab.vsim import LabDiskLocator, VSimControl
 
     return LabDiskLocator(VSimControl(control_url))
@@ -129,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_vm(sub, lab_locator=_lab_disk_locator)
 
-    # What proxy Jobs run: vmguard proxy restore.
-    from vmguard.vmjobs.proxy_commands import register as register_proxy
+    # The proxy Job's entry point: vmguard proxy backup --namespace NS --name VMBACKUP.
+    from vmguard.vmjobs.proxy import register as register_proxy
 
-    register_proxy(sub, lab_locator=_proxy_lab_locator)
+    register_proxy(sub, lab_locator_at=_lab_locator_at)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files

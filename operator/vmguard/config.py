@@ -5,8 +5,10 @@ Nothing here is mutable after load; callers receive the settings object explicit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,9 @@ class ProxySettings:
     locator: str
     service_account: str
     image_pull_policy: str
+    test_throttle: int = 0
+    """TEST ONLY (``VMGUARD_PROXY_TEST_THROTTLE``, bytes/s): slows every proxy's reads so
+    fault tests can kill one mid-transfer. Passed into the Job's environment; 0 = off."""
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -65,17 +70,73 @@ class ProxySettings:
             locator=os.environ.get("VMGUARD_PROXY_LOCATOR", "vddk"),
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
+            test_throttle=int(os.environ.get(THROTTLE_ENV) or 0),
         )
 
 
-# How a proxy Job reaches vCenter: the operator sets these in the Job's environment (the
-# user and password as Secret key references), the proxy reads them. Not secret: the
-# URL, the CA bundle (PEM text) and the thumbprint.
+THROTTLE_ENV = "VMGUARD_PROXY_TEST_THROTTLE"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """How the VMBackup controller retries and how long it lets a backup run.
+
+    ``max_attempts`` transfer attempts (proxy Jobs) per backup, ``retry_backoff`` seconds
+    before the second (doubling after), ``deadline`` seconds from the start to the end of
+    the last attempt, ``job_deadline`` seconds one proxy Job may run
+    (``activeDeadlineSeconds``), ``job_ttl`` seconds a finished Job is kept, ``poll``
+    seconds between looks at a running Job.
+    """
+
+    max_attempts: int = 3
+    retry_backoff: float = 10.0
+    deadline: float = 6 * 3600.0
+    job_deadline: int = 4 * 3600
+    job_ttl: int = 3600
+    poll: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> BackupSettings:
+        env = os.environ
+        return cls(
+            max_attempts=int(env.get("VMGUARD_BACKUP_MAX_ATTEMPTS") or 3),
+            retry_backoff=float(env.get("VMGUARD_BACKUP_RETRY_BACKOFF") or 10.0),
+            deadline=float(env.get("VMGUARD_BACKUP_DEADLINE") or 6 * 3600.0),
+            job_deadline=int(env.get("VMGUARD_BACKUP_JOB_DEADLINE") or 4 * 3600),
+            job_ttl=int(env.get("VMGUARD_BACKUP_JOB_TTL") or 3600),
+            poll=float(env.get("VMGUARD_BACKUP_POLL") or 2.0),
+        )
+
+
+# The proxy Job's environment: controller.builders writes it, ``vmguard proxy`` reads it.
+# Credentials arrive as Secret key references (resolved by the kubelet), the repository
+# key as a read-only Secret file; the rest is not secret: URLs, CA bundles (PEM text),
+# thumbprints. ``vmguard vm`` (the CLI) reads the vCenter user and password the same way.
 VC_URL_ENV = "VMGUARD_VC_URL"
 VC_USER_ENV = "VMGUARD_VC_USER"
 VC_PASSWORD_ENV = "VMGUARD_VC_PASSWORD"
-VC_CA_PEM_ENV = "VMGUARD_VC_CA_PEM"
+VC_CA_BUNDLE_ENV = "VMGUARD_VC_CA_BUNDLE"
+VC_CA_FILE_ENV = "VMGUARD_VC_CA_FILE"
 VC_THUMBPRINT_ENV = "VMGUARD_VC_THUMBPRINT"
 VC_INSECURE_ENV = "VMGUARD_VC_INSECURE"
-S3_CA_PEM_ENV = "VMGUARD_S3_CA_PEM"
-"""The repository's private CA (PEM text), when its BackupRepository names one."""
+REPO_ENV = "VMGUARD_REPO"
+S3_ACCESS_ENV = "VMGUARD_S3_ACCESS_KEY"
+S3_SECRET_ENV = "VMGUARD_S3_SECRET_KEY"
+S3_CA_BUNDLE_ENV = "VMGUARD_S3_CA_BUNDLE"
+KEY_FILE_ENV = "VMGUARD_KEY_FILE"
+LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
+TRANSPORT_ENV = "VMGUARD_TRANSPORT"
+
+
+def ca_bundle_file(pem: str) -> str:
+    """A CA bundle (public) as a file named by its hash in the temp directory, written
+    once and atomically: pyVmomi, urllib3 and the minio client want a path."""
+    path = (
+        Path(tempfile.gettempdir())
+        / f"vmguard-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+    )
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(pem)
+        tmp.replace(path)
+    return str(path)

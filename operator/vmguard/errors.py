@@ -41,6 +41,10 @@ class RestoreRejected(PermanentError):
         self.reason = reason
 
 
+class VMNotFoundError(PermanentError):
+    """The VM a request names does not exist in the vCenter (or is ambiguous)."""
+
+
 class LabError(VmguardError):
     """The local lab could not be built, started or stopped."""
 

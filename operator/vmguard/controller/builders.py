@@ -1,36 +1,38 @@
-"""Pure ``build_*()`` functions for the Kubernetes objects the operator creates.
+"""Pure builders of the Kubernetes objects the operator creates for the data plane.
 
-Every object the operator creates is built here from plain inputs, with no API call,
-so each is unit-tested without a cluster (tests/controller/test_restore_builders.py).
+Every function here takes plain data (the custom object as a dict, the specs of its
+VCenter and BackupRepository, :class:`~vmguard.config.ProxySettings`) and returns a
+manifest as a dict: no API calls, no clock, no randomness, so they are unit-tested
+without a cluster (tests/controller/test_builders.py) and the same input always gives
+the same object — which is what makes a Job found again by name after a restart.
 
-The proxy pieces are shared by every proxy Job:
-
-- :func:`build_proxy_service_account`, :func:`build_proxy_role`,
-  :func:`build_proxy_role_binding`: the ServiceAccount a proxy runs as in a namespace.
-  Its Role lets it read vmguard objects and patch their ``status`` — nothing else: no
-  Secrets (its credentials arrive as Secret key references in its environment, resolved
-  by the kubelet), no Jobs, no other kinds.
-- :func:`proxy_env`: how a proxy reaches the repository and vCenter. Secret values are
-  never copied into a Job: the Job names the Secret and key (``secretKeyRef``), so no
-  secret appears in the Job, the pod spec, an event or a log line.
-- :func:`proxy_pod_security`: the restricted pod and container security contexts (no
-  privilege, no capabilities, read-only root file system, a scratch ``emptyDir``).
-  NBD needs nothing more; hot-add (block devices) is the backup Job's affair.
-
-Names: a Job's name is derived from its owner's name and UID (:func:`restore_job_name`),
-so a restarted operator computes the same name and adopts the Job it made before
-(AlreadyExists) instead of making a second one.
+Pieces a proxy Job is made of, shared by the backup and the restore Job:
+:func:`job_name`, :func:`proxy_labels`, :func:`owner_reference`,
+:func:`vcenter_env` and :func:`repository_env` (connection settings as environment,
+credentials only as ``secretKeyRef`` or read-only Secret volumes — never a literal
+value), :func:`security_context` (restricted unless hot-add may need devices) and
+:func:`proxy_job` (the Job around one proxy container). :func:`build_proxy_rbac` is
+the ServiceAccount, Role and RoleBinding a proxy runs as: read its own kinds, patch
+their status, nothing else.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.config import (
-    S3_CA_PEM_ENV,
-    VC_CA_PEM_ENV,
+    KEY_FILE_ENV,
+    LOCATOR_ENV,
+    REPO_ENV,
+    S3_ACCESS_ENV,
+    S3_CA_BUNDLE_ENV,
+    S3_SECRET_ENV,
+    THROTTLE_ENV,
+    TRANSPORT_ENV,
+    VC_CA_BUNDLE_ENV,
+    VC_CA_FILE_ENV,
     VC_INSECURE_ENV,
     VC_PASSWORD_ENV,
     VC_THUMBPRINT_ENV,
@@ -38,25 +40,64 @@ from vmguard.config import (
     VC_USER_ENV,
     ProxySettings,
 )
-from vmguard.store.crypto import KEY_ENV
-from vmguard.store.location import CREDENTIAL_ENVS, REPO_ENV
 
-GROUP_VERSION = "vmguard.io/v1alpha1"
-PROXY_LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
-SCRATCH_DIR = "/var/tmp/vmguard"
-RESTORE_TARGET_DIR = "/restore-target"
-JOB_TTL_SECONDS = 24 * 3600
+GROUP, VERSION = "vmguard.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_VMBACKUP = "vmguard.io/vmbackup"
+LABEL_VMBACKUP_UID = "vmguard.io/vmbackup-uid"
+LABEL_VM = "vmguard.io/vm"
+LABEL_POLICY = "vmguard.io/policy"
+LABEL_ATTEMPT = "vmguard.io/attempt"
+COMPONENT_BACKUP = "backup"
+
+# The proxy's environment (the contract between these builders and ``vmguard proxy``)
+# lives in vmguard.config, the one layer both sides import.
+ENV_VC_URL, ENV_VC_USER, ENV_VC_PASSWORD = VC_URL_ENV, VC_USER_ENV, VC_PASSWORD_ENV
+ENV_VC_CA_BUNDLE, ENV_VC_CA_FILE = VC_CA_BUNDLE_ENV, VC_CA_FILE_ENV
+ENV_VC_THUMBPRINT, ENV_VC_INSECURE = VC_THUMBPRINT_ENV, VC_INSECURE_ENV
+ENV_REPO, ENV_S3_ACCESS, ENV_S3_SECRET = REPO_ENV, S3_ACCESS_ENV, S3_SECRET_ENV
+ENV_S3_CA_BUNDLE, ENV_KEY_FILE = S3_CA_BUNDLE_ENV, KEY_FILE_ENV
+ENV_LOCATOR, ENV_TRANSPORT = LOCATOR_ENV, TRANSPORT_ENV
+
+SECRETS_DIR = "/var/run/secrets/vmguard"
+SCRATCH_DIR = "/var/tmp/vmguard"  # TMPDIR: CA files, NBD sockets; the root fs is read-only
+RESTORE_TARGET_DIR = "/restore-target"  # where a files restore mounts its PVC
+KEY_VOLUME, VC_CA_VOLUME = "repository-key", "vcenter-ca"
+PROXY_UID = 65532  # "nonroot" in distroless images
+
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"memory": "2Gi"},
+}
+
+MAX_NAME = 63  # Job names become the job-name label of their pods
 
 
-# -- generic pieces ---------------------------------------------------------------------
+def bounded_name(name: str, suffix: str = "", limit: int = MAX_NAME) -> str:
+    """``name + suffix`` when it fits in ``limit``; else truncated plus a hash of ``name``.
+
+    Deterministic and distinct for distinct names, and a valid label value: starts and
+    ends with an alphanumeric character.
+    """
+    if len(name) + len(suffix) <= limit:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
-def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
-    """The owner reference that makes Kubernetes delete what we made with its owner."""
-    meta = owner["metadata"]
+def job_name(owner_name: str, attempt: int) -> str:
+    """``<owner>-<attempt>``, at most 63 characters: found again by name after a restart."""
+    return bounded_name(owner_name, f"-{attempt}")
+
+
+def owner_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object as the controlling owner: deleting it deletes what it owns."""
+    meta = obj["metadata"]
     return {
-        "apiVersion": owner.get("apiVersion", GROUP_VERSION),
-        "kind": owner["kind"],
+        "apiVersion": obj.get("apiVersion", API_VERSION),
+        "kind": obj["kind"],
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
@@ -64,220 +105,360 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def proxy_labels(component: str, owner_label: str, owner_name: str) -> dict[str, str]:
-    return {
+def proxy_labels(component: str, owner_name: str, extra: Mapping[str, str]) -> dict[str, str]:
+    labels = {
         "app.kubernetes.io/name": "vmguard-proxy",
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "vmguard",
-        owner_label: _label_value(owner_name),
+        "app.kubernetes.io/instance": bounded_name(owner_name),
+        "app.kubernetes.io/part-of": "vmguard",
+        "app.kubernetes.io/managed-by": "vmguard-operator",
+    }
+    labels.update({k: v for k, v in extra.items() if v})
+    return labels
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _secret_volume(volume: str, secret: str, key: str, path: str) -> dict[str, Any]:
+    return {
+        "name": volume,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": path}],
+            "defaultMode": 0o400,
+        },
     }
 
 
-def _label_value(text: str) -> str:
-    """A valid label value (≤ 63, alphanumeric ends) carrying as much of ``text`` as fits."""
-    value = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63]
-    return value.strip("._-")
+Pieces = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+"""(env, volumes, volumeMounts)."""
 
 
-def job_name(prefix: str, owner_name: str, owner_uid: str) -> str:
-    """``<prefix>-<owner name, cut>-<8 of the UID>``: a DNS label, stable per owner."""
-    stem = re.sub(r"[^a-z0-9-]", "-", owner_name.lower())[: 63 - len(prefix) - 10].strip("-")
-    return (
-        f"{prefix}-{stem}-{owner_uid.replace('-', '')[:8]}" if stem else f"{prefix}-{owner_uid[:8]}"
-    )
-
-
-@dataclass(frozen=True)
-class SecretKey:
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
-class RepositoryAccess:
-    """How a proxy opens the repository: a URL and Secret key references."""
-
-    url: str
-    """``s3://host/bucket/prefix`` or ``s3+http://…`` (:mod:`vmguard.store.location`)."""
-    access_key: SecretKey
-    secret_key: SecretKey
-    encryption_key: SecretKey | None = None
-    ca_pem: str = ""
-
-
-@dataclass(frozen=True)
-class VCenterAccess:
-    """How a proxy reaches vCenter: the SDK URL, trust, and Secret key references."""
-
-    url: str
-    username: SecretKey
-    password: SecretKey
-    ca_pem: str = ""
-    thumbprint: str = ""
-    insecure: bool = False
-
-
-def _from_secret(name: str, ref: SecretKey) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-
-
-def proxy_env(
-    settings: ProxySettings, repository: RepositoryAccess, vcenter: VCenterAccess | None
-) -> list[dict[str, Any]]:
-    """The proxy's environment; every secret as a ``secretKeyRef``, never a value."""
-    access_env, secret_env = CREDENTIAL_ENVS[0]
+def vcenter_env(spec: Mapping[str, Any]) -> Pieces:
+    """How the proxy reaches vCenter: URL and trust as values, credentials by reference."""
+    creds = spec["credentialsSecretRef"]
     env: list[dict[str, Any]] = [
-        {"name": PROXY_LOCATOR_ENV, "value": settings.locator},
-        {"name": "TMPDIR", "value": SCRATCH_DIR},
-        {"name": REPO_ENV, "value": repository.url},
-        _from_secret(access_env, repository.access_key),
-        _from_secret(secret_env, repository.secret_key),
+        {"name": ENV_VC_URL, "value": f"https://{spec['host']}:{spec.get('port', 443)}/sdk"},
+        _secret_env(ENV_VC_USER, creds["name"], creds.get("usernameKey", "username")),
+        _secret_env(ENV_VC_PASSWORD, creds["name"], creds.get("passwordKey", "password")),
     ]
-    if repository.encryption_key is not None:
-        env.append(_from_secret(KEY_ENV, repository.encryption_key))
-    if repository.ca_pem:
-        env.append({"name": S3_CA_PEM_ENV, "value": repository.ca_pem})
-    if vcenter is not None:
-        env += [
-            {"name": VC_URL_ENV, "value": vcenter.url},
-            _from_secret(VC_USER_ENV, vcenter.username),
-            _from_secret(VC_PASSWORD_ENV, vcenter.password),
-        ]
-        if vcenter.ca_pem:
-            env.append({"name": VC_CA_PEM_ENV, "value": vcenter.ca_pem})
-        if vcenter.thumbprint:
-            env.append({"name": VC_THUMBPRINT_ENV, "value": vcenter.thumbprint})
-        if vcenter.insecure:
-            env.append({"name": VC_INSECURE_ENV, "value": "true"})
-    return env
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    tls = spec.get("tls") or {}
+    if tls.get("caBundle"):  # a CA certificate is public: a value is fine
+        env.append({"name": ENV_VC_CA_BUNDLE, "value": tls["caBundle"]})
+    elif tls.get("caSecretRef"):
+        ref = tls["caSecretRef"]
+        volumes.append(
+            _secret_volume(VC_CA_VOLUME, ref["name"], ref.get("key", "ca.crt"), "ca.crt")
+        )
+        mounts.append(
+            {"name": VC_CA_VOLUME, "mountPath": f"{SECRETS_DIR}/{VC_CA_VOLUME}", "readOnly": True}
+        )
+        env.append({"name": ENV_VC_CA_FILE, "value": f"{SECRETS_DIR}/{VC_CA_VOLUME}/ca.crt"})
+    elif tls.get("thumbprint"):
+        env.append({"name": ENV_VC_THUMBPRINT, "value": tls["thumbprint"]})
+    elif tls.get("insecureSkipVerify"):
+        env.append({"name": ENV_VC_INSECURE, "value": "true"})
+    return env, volumes, mounts
 
 
-def proxy_pod_security() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod securityContext, container securityContext) of a restricted proxy."""
+def repository_url(spec: Mapping[str, Any]) -> str:
+    """The repository's location as :mod:`vmguard.store.location` reads it (no secrets)."""
+    s3 = spec["s3"]
+    scheme = "s3+http" if s3.get("insecure") else "s3"
+    url = f"{scheme}://{s3['endpoint']}/{s3['bucket']}"
+    if s3.get("prefix"):
+        url += "/" + s3["prefix"].strip("/")
+    if s3.get("region"):
+        url += f"?region={s3['region']}"
+    return url
+
+
+def repository_env(spec: Mapping[str, Any]) -> Pieces:
+    """Where the repository is, its S3 credentials by reference, its key as a file."""
+    creds = spec["credentialsSecretRef"]
+    env: list[dict[str, Any]] = [
+        {"name": ENV_REPO, "value": repository_url(spec)},
+        _secret_env(ENV_S3_ACCESS, creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
+        _secret_env(
+            ENV_S3_SECRET, creds["name"], creds.get("secretAccessKeyKey", "secretAccessKey")
+        ),
+    ]
+    if (spec.get("s3") or {}).get("caBundle"):
+        env.append({"name": ENV_S3_CA_BUNDLE, "value": spec["s3"]["caBundle"]})
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    key_ref = (spec.get("encryption") or {}).get("keySecretRef")
+    if key_ref:
+        volumes.append(
+            _secret_volume(KEY_VOLUME, key_ref["name"], key_ref.get("key", "key"), "key")
+        )
+        mounts.append(
+            {"name": KEY_VOLUME, "mountPath": f"{SECRETS_DIR}/{KEY_VOLUME}", "readOnly": True}
+        )
+        env.append({"name": ENV_KEY_FILE, "value": f"{SECRETS_DIR}/{KEY_VOLUME}/key"})
+    return env, volumes, mounts
+
+
+def may_hotadd(transport: str) -> bool:
+    return transport in ("hotadd", "auto")
+
+
+def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) security contexts.
+
+    Restricted (Pod Security "restricted" profile) when the proxy reads over NBD. Hot-add
+    attaches the snapshot's disks to the proxy's own VM, and reading them needs the block
+    devices: that container runs privileged, as root, and nothing else does.
+    """
+    if may_hotadd(transport):
+        return {"seccompProfile": {"type": "RuntimeDefault"}}, {
+            "privileged": True,
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+        }
     pod = {
         "runAsNonRoot": True,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "fsGroup": 65532,
+        "runAsUser": PROXY_UID,
+        "runAsGroup": PROXY_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container = {
         "allowPrivilegeEscalation": False,
+        "privileged": False,
         "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     return pod, container
 
 
-# -- the proxy's identity ----------------------------------------------------------------
-
-
-def build_proxy_service_account(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace, "labels": _managed()},
-    }
-
-
-def build_proxy_role(namespace: str, name: str) -> dict[str, Any]:
-    """Read vmguard objects, patch their status: what the status reporter needs."""
-    kinds = ["vmbackups", "vmrestores"]
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": name, "namespace": namespace, "labels": _managed()},
-        "rules": [
-            {"apiGroups": ["vmguard.io"], "resources": kinds, "verbs": ["get"]},
-            {
-                "apiGroups": ["vmguard.io"],
-                "resources": [f"{k}/status" for k in kinds],
-                "verbs": ["get", "patch"],
-            },
-        ],
-    }
-
-
-def build_proxy_role_binding(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace, "labels": _managed()},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-    }
-
-
-def _managed() -> dict[str, str]:
-    return {"app.kubernetes.io/managed-by": "vmguard"}
-
-
-# -- restore ----------------------------------------------------------------------------
-
-
-def restore_job_name(restore: dict[str, Any]) -> str:
-    meta = restore["metadata"]
-    return job_name("vmr", meta["name"], meta["uid"])
-
-
-def build_restore_job(
-    restore: dict[str, Any],
+def proxy_job(
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    labels: Mapping[str, str],
     settings: ProxySettings,
-    repository: RepositoryAccess,
-    vcenter: VCenterAccess | None,
+    args: Sequence[str],
+    pieces: Sequence[Pieces],
+    transport: str,
+    active_deadline: int,
+    ttl: int,
+    resources: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The proxy Job of one VMRestore: ``vmguard proxy restore --namespace NS --name N``.
-
-    ``vcenter`` is None for a files restore (it reads only the repository). A files
-    restore into a PVC mounts the claim at :data:`RESTORE_TARGET_DIR`.
-    """
-    meta = restore["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    labels = proxy_labels("restore", "vmguard.io/restore", name)
-    pod_security, container_security = proxy_pod_security()
-    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_DIR}]
+    """A batch/v1 Job running one proxy container; the operator does the retries."""
+    env: list[dict[str, Any]] = [
+        {"name": ENV_LOCATOR, "value": settings.locator},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+    ]
     volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
-    pvc = ((restore["spec"]["target"].get("files") or {}).get("to") or {}).get("pvc")
-    if pvc:
-        mounts.append({"name": "target", "mountPath": RESTORE_TARGET_DIR})
-        volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": pvc["claimName"]}})
-    container = {
-        "name": "restore",
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_DIR}]
+    for e, v, m in pieces:
+        env += e
+        volumes += v
+        mounts += m
+    if settings.test_throttle:
+        env.append({"name": THROTTLE_ENV, "value": str(settings.test_throttle)})
+    pod_security, container_security = security_context(transport)
+    container: dict[str, Any] = {
+        "name": "proxy",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": [*settings.command, "proxy", "restore"],
-        "args": ["--namespace", namespace, "--name", name],
-        "env": proxy_env(settings, repository, vcenter),
+        "command": list(settings.command),
+        "args": list(args),
+        "env": env,
+        "resources": dict(resources or DEFAULT_RESOURCES),
         "securityContext": container_security,
-        "volumeMounts": mounts,
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "256Mi"},
-            "limits": {"memory": "1Gi"},
-        },
+    }
+    container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        "automountServiceAccountToken": True,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": restore_job_name(restore),
+            "name": name,
             "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference({"kind": "VMRestore", **restore})],
+            "labels": dict(labels),
+            "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
-            # A failed restore is reported, not retried: the operator decides (and
-            # destroys a half-made VM); a retry would race that cleanup.
             "backoffLimit": 0,
-            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": settings.service_account,
-                    "restartPolicy": "Never",
-                    "securityContext": pod_security,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "activeDeadlineSeconds": max(1, int(active_deadline)),
+            "ttlSecondsAfterFinished": int(ttl),
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
     }
+
+
+def backup_labels(vmbackup: Mapping[str, Any]) -> dict[str, str]:
+    meta, spec = vmbackup["metadata"], vmbackup.get("spec") or {}
+    status = vmbackup.get("status") or {}
+    moref = (status.get("vm") or {}).get("moref") or (spec.get("vm") or {}).get("moref") or ""
+    return proxy_labels(
+        COMPONENT_BACKUP,
+        meta["name"],
+        {
+            LABEL_VMBACKUP: bounded_name(meta["name"]),
+            LABEL_VMBACKUP_UID: meta["uid"],
+            LABEL_VM: moref,
+            LABEL_POLICY: (spec.get("policyRef") or {}).get("name", ""),
+        },
+    )
+
+
+def build_backup_job(
+    vmbackup: Mapping[str, Any],
+    settings: ProxySettings,
+    *,
+    vcenter: Mapping[str, Any],
+    repository: Mapping[str, Any],
+    attempt: int,
+    transport: str = "auto",
+    active_deadline: int = 4 * 3600,
+    ttl: int = 3600,
+) -> dict[str, Any]:
+    """The proxy Job of one transfer attempt of ``vmbackup``.
+
+    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
+    """
+    meta = vmbackup["metadata"]
+    labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
+    return proxy_job(
+        name=job_name(meta["name"], attempt),
+        namespace=meta["namespace"],
+        owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
+        labels=labels,
+        settings=settings,
+        args=["proxy", "backup", "--namespace", meta["namespace"], "--name", meta["name"]],
+        pieces=[
+            vcenter_env(vcenter),
+            repository_env(repository),
+            ([{"name": ENV_TRANSPORT, "value": transport}], [], []),
+        ],
+        transport=transport,
+        active_deadline=active_deadline,
+        ttl=ttl,
+    )
+
+
+# -- restore ----------------------------------------------------------------------------
+
+LABEL_VMRESTORE = "vmguard.io/vmrestore"
+COMPONENT_RESTORE = "restore"
+
+
+def restore_job_name(vmrestore: Mapping[str, Any]) -> str:
+    """``vmr-<name>-<8 of the UID>``: stable for this object, new for a recreated one."""
+    meta = vmrestore["metadata"]
+    return bounded_name(f"vmr-{meta['name']}", f"-{meta['uid'].replace('-', '')[:8]}")
+
+
+def build_restore_job(
+    vmrestore: Mapping[str, Any],
+    settings: ProxySettings,
+    *,
+    repository: Mapping[str, Any],
+    vcenter: Mapping[str, Any] | None,
+    active_deadline: int = 4 * 3600,
+    ttl: int = 24 * 3600,
+) -> dict[str, Any]:
+    """The proxy Job of one VMRestore: ``vmguard proxy restore --namespace NS --name N``.
+
+    ``repository`` and ``vcenter`` are the specs of the objects the restore resolved to;
+    ``vcenter`` is None for a files restore (it reads only the repository). A files
+    restore into a PVC mounts the claim at :data:`RESTORE_TARGET_DIR`. Writes go over
+    NBD, so the pod is restricted. A failed restore is reported, not retried: the
+    operator decides (and destroys a half-made VM); a retry would race that cleanup.
+    """
+    meta = vmrestore["metadata"]
+    pieces = [repository_env(repository)]
+    if vcenter is not None:
+        pieces.append(vcenter_env(vcenter))
+    pvc = ((vmrestore["spec"]["target"].get("files") or {}).get("to") or {}).get("pvc")
+    if pvc:
+        pieces.append(
+            (
+                [],
+                [{"name": "target", "persistentVolumeClaim": {"claimName": pvc["claimName"]}}],
+                [{"name": "target", "mountPath": RESTORE_TARGET_DIR}],
+            )
+        )
+    labels = proxy_labels(
+        COMPONENT_RESTORE, meta["name"], {LABEL_VMRESTORE: bounded_name(meta["name"])}
+    )
+    return proxy_job(
+        name=restore_job_name(vmrestore),
+        namespace=meta["namespace"],
+        owner={**vmrestore, "kind": vmrestore.get("kind", "VMRestore")},
+        labels=labels,
+        settings=settings,
+        args=["proxy", "restore", "--namespace", meta["namespace"], "--name", meta["name"]],
+        pieces=pieces,
+        transport="nbd",
+        active_deadline=active_deadline,
+        ttl=ttl,
+    )
+
+
+# -- the proxy's identity ----------------------------------------------------------------
+
+PROXY_ROLE = "vmguard-proxy"
+
+
+def build_proxy_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of the proxy Jobs in ``namespace``.
+
+    A proxy reads the object it works for and patches its status; nothing else — no
+    Secrets (its credentials come in as environment and files), no wildcards.
+    """
+    labels = {"app.kubernetes.io/name": "vmguard-proxy", "app.kubernetes.io/part-of": "vmguard"}
+    meta = {"namespace": namespace, "labels": labels}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": service_account, **meta},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": PROXY_ROLE, **meta},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["vmbackups", "vmrestores"],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["vmbackups/status", "vmrestores/status"],
+                    "verbs": ["patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": PROXY_ROLE, **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": PROXY_ROLE,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        },
+    ]

@@ -12,8 +12,10 @@ from typing import Any
 
 import kopf
 
-from vmguard.config import ProxySettings
-from vmguard.controller import restores, vcenter
+from vmguard.config import BackupSettings, ProxySettings
+from vmguard.controller import backups, restores, vcenter
+from vmguard.controller.backupsteps import MissingRef
+from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
 
 SWEEP_DEFAULT_SECONDS = 300.0
@@ -26,6 +28,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
     memo.proxy = ProxySettings.from_env()
+    memo.backups = backups.BackupContext(KubeAPI(), JobAPI(), memo.proxy, BackupSettings.from_env())
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -118,6 +121,50 @@ async def restore_driver(
         (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
 
     await restores.drive(KubeAPI(), memo.proxy, namespace or "", name, stopped, announce)
+
+
+def _backup_in_flight(status: kopf.Status, **_: Any) -> bool:
+    return backups.in_flight(status)
+
+
+@kopf.daemon(GROUP, VERSION, "vmbackups", when=_backup_in_flight, cancellation_timeout=5.0)
+async def vmbackup_runner(
+    name: str,
+    namespace: str | None,
+    uid: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Drive one VMBackup through its phases; resumed by any operator that (re)starts."""
+    ctx: backups.BackupContext = memo.backups
+    while not stopped:
+        try:
+            obj = await ctx.api.get_object(backups.PLURAL, namespace or "", name)
+            if obj is None or obj["metadata"]["uid"] != uid:
+                return
+            if obj["metadata"].get("deletionTimestamp"):
+                return
+            delay = await backups.reconcile(ctx, obj)
+        except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
+            logger.exception("backup step failed: %s", exc)
+            delay = 30.0
+        if delay is None:
+            return
+        if delay > 0:
+            await stopped.wait(delay)
+
+
+@kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)
+async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
+    try:
+        await backups.cleanup(memo.backups, dict(body))
+    except MissingRef as exc:
+        logger.warning("cannot remove the snapshot (%s); the orphan sweep will", exc)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=15) from exc
 
 
 def run(

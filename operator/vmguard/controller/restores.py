@@ -183,8 +183,8 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     job = builders.build_restore_job(
         obj,
         settings,
-        access.repository_access(repo_obj),
-        access.vcenter_access(vc_obj) if vc_obj is not None else None,
+        repository=repo_obj["spec"],
+        vcenter=vc_obj["spec"] if vc_obj is not None else None,
     )
     await api.create_or_adopt(job)
     conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
@@ -233,11 +233,7 @@ def _power(endpoint: Any, morefs: list[str], on: bool) -> None:
 
 
 async def _ensure_proxy_identity(api: KubeAPI, namespace: str, name: str) -> None:
-    for body in (
-        builders.build_proxy_service_account(namespace, name),
-        builders.build_proxy_role(namespace, name),
-        builders.build_proxy_role_binding(namespace, name),
-    ):
+    for body in builders.build_proxy_rbac(namespace, name):
         await api.create_or_adopt(body)
 
 

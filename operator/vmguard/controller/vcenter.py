@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from vmguard.config import ca_bundle_file
 from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import ConfigError, PermanentError, VmguardError
@@ -41,19 +39,6 @@ class SweepOutcome:
     unprotected: list[VMRecord] = field(default_factory=list)
     matched: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-
-
-def ca_bundle_file(pem: str) -> str:
-    """CA certificates are public: keep the bundle in a file named by its hash."""
-    path = (
-        Path(tempfile.gettempdir())
-        / f"vmguard-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
-    )
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(pem)
-        tmp.replace(path)
-    return str(path)
 
 
 async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> Endpoint:

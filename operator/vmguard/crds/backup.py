@@ -120,6 +120,26 @@ status = obj(
         "vm": f.vm_identity("The VM as resolved at snapshot time.", required=False),
         "vcenter": string("Name of the VCenter used.", max_length=63),
         "repository": string("Name of the BackupRepository used.", max_length=63),
+        "placement": obj(
+            "Where the VM ran at the snapshot; the concurrency limits count backups by it.",
+            {
+                "host": string("ESXi host name.", max_length=255),
+                "datastores": array(
+                    "Datastores holding the VM's files.",
+                    string(max_length=255),
+                    max_items=MAX_DISKS,
+                ),
+            },
+        ),
+        "modeRequested": enum(
+            "What the operator asked the proxy to read: full (no parent) or incremental "
+            "(from parentArchiveId; the CBT chain may still make it a full scan).",
+            ["full", "incremental"],
+        ),
+        "parentArchiveId": string(
+            "The archive this backup continues from (the VM's newest when it started).",
+            max_length=128,
+        ),
         "modeUsed": enum("What was read: full, incremental (CBT) or fullScan.", MODES_USED),
         "modeReason": string(
             "Why this mode, e.g. 'first backup of this VM', 'CBT change id unknown "

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from vmguard.config import REPO_ENV, S3_ACCESS_ENV, S3_SECRET_ENV
 from vmguard.errors import ConfigError
 from vmguard.store.backend import Backend, LocalBackend, RetryingBackend
 
-REPO_ENV = "VMGUARD_REPO"
 CREDENTIAL_ENVS = (
-    ("VMGUARD_S3_ACCESS_KEY", "VMGUARD_S3_SECRET_KEY"),
+    (S3_ACCESS_ENV, S3_SECRET_ENV),
     ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
 )
 """Pairs of (access key, secret key) variables, in order of preference."""

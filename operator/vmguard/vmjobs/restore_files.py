@@ -24,7 +24,7 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
-from vmguard.config import S3_CA_PEM_ENV
+from vmguard.config import S3_CA_BUNDLE_ENV, ca_bundle_file
 from vmguard.controller.builders import RESTORE_TARGET_DIR
 from vmguard.errors import FileRestoreError, PermanentError
 from vmguard.files.fs import Stat
@@ -74,12 +74,10 @@ def _s3_sink(to: dict[str, Any]) -> S3PrefixSink:
     location = parse_location(repository_url(None))
     access, secret = s3_credentials()
     http = None
-    if os.environ.get(S3_CA_PEM_ENV):  # the repository's private CA
+    if os.environ.get(S3_CA_BUNDLE_ENV):  # the repository's private CA
         import urllib3
 
-        from vmguard.vmjobs.restore_job import pem_file
-
-        http = urllib3.PoolManager(ca_certs=pem_file(os.environ[S3_CA_PEM_ENV]))
+        http = urllib3.PoolManager(ca_certs=ca_bundle_file(os.environ[S3_CA_BUNDLE_ENV]))
     client = Minio(
         location.endpoint,
         access_key=access,

@@ -17,33 +17,20 @@ non-zero so the Job fails and the operator fails the restore.
   (:class:`~vmguard.files.s3sink.S3PrefixSink`) or the PVC mounted at
   :data:`~vmguard.controller.builders.RESTORE_TARGET_DIR`.
 
-Everything comes from the environment the operator's Job sets (names in
-:mod:`vmguard.config` and :mod:`vmguard.store.location`): the repository URL and S3 keys,
-the master key, vCenter's URL, trust and credentials, and the disk locator
-(:class:`~vmguard.config.ProxySettings`). No secret is ever logged or reported.
+Everything comes from the environment the operator's Job sets, read as the backup proxy
+reads it (:func:`vmguard.vmjobs.proxy.endpoint_from`, ``repository_from``,
+``locator_from``; names in :mod:`vmguard.config`). No secret is ever logged or reported.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from vmguard.config import (
-    S3_CA_PEM_ENV,
-    VC_CA_PEM_ENV,
-    VC_INSECURE_ENV,
-    VC_PASSWORD_ENV,
-    VC_THUMBPRINT_ENV,
-    VC_URL_ENV,
-    VC_USER_ENV,
-    ProxySettings,
-)
+from vmguard.config import LOCATOR_ENV
 from vmguard.errors import (
     ChunkCorruptError,
     ChunkMissingError,
@@ -51,8 +38,7 @@ from vmguard.errors import (
     RetryableError,
     VmguardError,
 )
-from vmguard.store import ArchiveManifest, MasterKey, Repository
-from vmguard.store.location import open_location, repository_url
+from vmguard.store import ArchiveManifest, Repository
 from vmguard.vmjobs.access import DiskLocator
 from vmguard.vmjobs.report import StatusReporter
 
@@ -78,50 +64,6 @@ class _Progress:
         return lambda done, _total: self.report(base + done)
 
 
-def pem_file(pem: str) -> str:
-    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"vmguard-ca-{digest}.pem"
-    path.write_text(pem)
-    return str(path)
-
-
-def repository_from_env(env: Mapping[str, str] | None = None) -> Repository:
-    env = os.environ if env is None else env
-    ca = pem_file(env[S3_CA_PEM_ENV]) if env.get(S3_CA_PEM_ENV) else None
-    backend = open_location(repository_url(None, env), env, ca_file=ca)
-    return Repository.open(backend, MasterKey.from_env())
-
-
-def endpoint_from_env(env: Mapping[str, str] | None = None) -> Any:
-    from vmguard.vsphere.session import Endpoint
-
-    env = os.environ if env is None else env
-    missing = [v for v in (VC_URL_ENV, VC_USER_ENV, VC_PASSWORD_ENV) if not env.get(v)]
-    if missing:
-        raise ConfigError(f"the proxy's environment lacks {', '.join(missing)}")
-    return Endpoint(
-        env[VC_URL_ENV],
-        env[VC_USER_ENV],
-        env[VC_PASSWORD_ENV],
-        ca_file=pem_file(env[VC_CA_PEM_ENV]) if env.get(VC_CA_PEM_ENV) else None,
-        thumbprint=env.get(VC_THUMBPRINT_ENV) or None,
-        insecure=env.get(VC_INSECURE_ENV) == "true",
-    )
-
-
-def disk_locator(settings: ProxySettings, endpoint: Any, lab: LabLocatorFactory | None) -> Any:
-    if settings.locator.startswith("lab:"):
-        if lab is None:
-            raise ConfigError("VMGUARD_PROXY_LOCATOR=lab:… needs the lab, which this build lacks")
-        return lab(settings.locator[len("lab:") :])
-    if settings.locator != "vddk":
-        raise ConfigError(f"unknown VMGUARD_PROXY_LOCATOR {settings.locator!r}: vddk or lab:URL")
-    from vmguard.vmjobs.access import VddkLocator
-    from vmguard.vsphere.session import sha1_thumbprint
-
-    return VddkLocator(endpoint, sha1_thumbprint(endpoint))
-
-
 def error_reason(exc: BaseException) -> str:
     from vmguard.datamover.restore import RestoreFailed
 
@@ -145,11 +87,12 @@ def write_vm_disks(
     lab: LabLocatorFactory | None,
 ) -> dict[str, Any]:
     """newVM, inPlace, disks: write through the transport; the new ``status.result``."""
+    from vmguard.vmjobs.proxy import endpoint_from, locator_from
     from vmguard.vmjobs.restore import restore_in_place, write_disk
     from vmguard.vsphere.session import VSphereSession
 
-    endpoint = endpoint_from_env()
-    locator = disk_locator(ProxySettings.from_env(), endpoint, lab)
+    endpoint = endpoint_from(os.environ)
+    locator = locator_from(os.environ.get(LOCATOR_ENV, "vddk"), endpoint, lab)
     session = VSphereSession(endpoint)
     try:
         if "inPlace" in target:
@@ -216,7 +159,9 @@ def run(
         archive_id = status.get("archiveId")
         if not archive_id:
             raise ConfigError(f"VMRestore {namespace}/{name} names no archive yet")
-        repo = repository_from_env()
+        from vmguard.vmjobs.proxy import repository_from
+
+        repo = repository_from(os.environ)
         manifest = repo.load_archive(archive_id)
         result = dict(status.get("result") or {})
         if "files" in target:

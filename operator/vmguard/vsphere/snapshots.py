@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from pyVmomi import vim, vmodl
 from vmguard.errors import PermanentError, RetryableError
 from vmguard.vsphere.inventory import find_vm, moid, vm_record
 from vmguard.vsphere.records import (
+    SnapshotRecord,
     VMRecord,
     our_snapshot_description,
     our_snapshot_name,
@@ -148,6 +149,50 @@ def create_snapshot(
         fallback_reason=fallback,
     )
     taken.disks = session.call(lambda si: snapshot_disks(vim.vm.Snapshot(taken.moref, si._stub)))
+    return taken
+
+
+def find_our_snapshot(vm: VMRecord, backup_uid: str) -> SnapshotRecord | None:
+    """Our snapshot of backup ``backup_uid`` on ``vm`` (by name *and* description)."""
+    return next((s for s in vm.our_snapshots if s.backup_uid == backup_uid), None)
+
+
+def load_snapshot(
+    session: VSphereSession,
+    vm_moref: str,
+    snapshot_moref: str,
+    backup_uid: str,
+    backings: Mapping[int, str] | None = None,
+) -> TakenSnapshot:
+    """A snapshot another process took, as :func:`create_snapshot` would have returned it.
+
+    The proxy Job reads a snapshot the operator took: it must still exist and be ours for
+    ``backup_uid``. ``backings`` are the disks' backing files recorded before the snapshot
+    (the VM now points at deltas); without them the live ones are used.
+    """
+    vm = session.call(lambda si: vm_record(si, vm_moref))
+    snap = next((s for s in vm.snapshots if s.moref == snapshot_moref), None)
+    if snap is None:
+        raise PermanentError(f"snapshot {snapshot_moref} of {vm.name} ({vm_moref}) is gone")
+    if snap.backup_uid != backup_uid:
+        raise PermanentError(
+            f"snapshot {snapshot_moref} of {vm.name} is not the one of backup {backup_uid}"
+        )
+    if backings:
+        disks = tuple(
+            replace(d, backing_file=backings.get(d.key, d.backing_file)) for d in vm.disks
+        )
+        vm = replace(vm, disks=disks)
+    taken = TakenSnapshot(
+        vm_moref=vm_moref,
+        moref=snapshot_moref,
+        name=snap.name,
+        backup_uid=backup_uid,
+        quiesced=snap.quiesced,
+        before=vm,
+        disks=(),
+    )
+    taken.disks = session.call(lambda si: snapshot_disks(vim.vm.Snapshot(snapshot_moref, si._stub)))
     return taken
 
 

@@ -1,0 +1,417 @@
+"""The VMBackup controller: one backup from Pending to Completed, Failed or PartiallyFailed.
+
+:func:`reconcile` looks at the object as it is in the apiserver and takes the next step
+of its phase (docs/operator.md):
+
+- **Pending**: resolve the refs (a missing one is a condition and a wait), resolve the
+  VM (record its ids and placement in status; an unknown VM fails the backup), admit
+  it under the policy's concurrency limits (over a limit it stays Pending, saying why);
+- **Snapshotting**: open the repository, then :func:`vmguard.vsphere.cycle.prepare` —
+  CBT, parent archive, requested mode, the snapshot named after the UID;
+- **Transferring**: the proxy Job ``<name>-<attempt>`` (proxy RBAC ensured first) does
+  the transfer and patches progress and its result; a failed Job is retried with
+  backoff while attempts and the deadline allow;
+- **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
+
+Restart safety: every step is derived from status and the world, never from memory.
+The snapshot is found by its UID name, the Job by its deterministic name, the archive
+by its UID label (the proxy reports an existing one instead of writing another), and
+waits are computed from recorded times. Blocking calls run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.config import BackupSettings, ProxySettings
+from vmguard.controller import backupsteps as steps
+from vmguard.controller import builders
+from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.jobs import JobAPI, job_state
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.vcenter import endpoint_for
+from vmguard.errors import PermanentError, RetryableError, VmguardError, VMNotFoundError
+
+log = logging.getLogger(__name__)
+
+PLURAL = "vmbackups"
+WAIT_REFS = 15.0
+WAIT_ADMISSION = 5.0
+WAIT_PEER = 15.0
+STALL_ENV = "VMGUARD_TEST_STALL"
+"""TEST ONLY: comma-separated points (``snapshotted``, ``finalizing``) where the operator
+stops for an hour, so a fault test can SIGKILL it there. Never set in production."""
+
+
+@dataclass
+class BackupContext:
+    api: KubeAPI
+    jobs: JobAPI
+    proxy: ProxySettings
+    settings: BackupSettings
+    admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    rbac_done: set[str] = field(default_factory=set)
+
+
+def in_flight(status: Any) -> bool:
+    return (status or {}).get("phase") not in steps.TERMINAL
+
+
+def _parse(ts: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+
+
+def _age(obj: dict[str, Any]) -> float:
+    started = _parse((obj.get("status") or {}).get("startTime"))
+    return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
+
+
+async def _stall(point: str) -> None:
+    if point in (os.environ.get(STALL_ENV) or "").split(","):
+        log.warning("TEST STALL at %s (%s is set)", point, STALL_ENV)
+        await asyncio.sleep(3600)
+
+
+class Patcher:
+    """Status patches of one VMBackup, keeping its conditions consistent."""
+
+    def __init__(self, ctx: BackupContext, obj: dict[str, Any]) -> None:
+        self.ctx, self.obj = ctx, obj
+        meta = obj["metadata"]
+        self.ns, self.name, self.generation = (
+            meta["namespace"],
+            meta["name"],
+            meta.get("generation"),
+        )
+        self.conditions = list((obj.get("status") or {}).get("conditions") or [])
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        self.conditions = set_condition(
+            self.conditions, type_, ok, reason, message, self.generation
+        )
+
+    async def patch(self, status: dict[str, Any]) -> None:
+        body = {**status, "conditions": self.conditions, "observedGeneration": self.generation}
+        await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
+        self.obj.setdefault("status", {}).update(status)
+
+    async def fail(self, reason: str, message: str, *, snapshot_taken: bool) -> None:
+        """Record the error; Finalizing removes the snapshot, else it is over now."""
+        error = {"reason": reason, "message": message[:4096], "retryable": False}
+        self.condition("Ready", False, reason, message)
+        if snapshot_taken:
+            await self.patch({"phase": "Finalizing", "error": error})
+        else:
+            await self.patch({"error": error, **_terminal(self.obj, "Failed")})
+
+
+def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
+    started = _parse((obj.get("status") or {}).get("startTime"))
+    done = dt.datetime.now(dt.UTC)
+    out: dict[str, Any] = {"phase": phase, "completionTime": now()}
+    if started:
+        out["durationSeconds"] = round((done - started).total_seconds(), 1)
+    return out
+
+
+async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
+    """One step; seconds until the next, or None when the backup has ended."""
+    status = obj.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    p = Patcher(ctx, obj)
+    if phase in steps.TERMINAL:
+        return None
+    if not status.get("startTime"):
+        await p.patch({"phase": "Pending", "startTime": now()})
+    if phase != "Finalizing" and _age(obj) > ctx.settings.deadline:
+        message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
+        await ctx.jobs.delete_jobs(p.ns, f"{builders.LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
+        await p.fail("DeadlineExceeded", message, snapshot_taken=phase != "Pending")
+        return 0.0
+    handler = {
+        "Pending": _pending,
+        "Snapshotting": _snapshotting,
+        "Transferring": _transferring,
+        "Finalizing": _finalizing,
+    }[phase]
+    return await handler(ctx, obj, p)
+
+
+async def _refs(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> steps.Refs | None:
+    try:
+        refs = await steps.resolve_refs(ctx.api, p.ns, obj["spec"])
+    except steps.MissingRef as exc:
+        p.condition("RefsResolved", False, exc.reason, str(exc))
+        p.condition("Ready", False, exc.reason, str(exc))
+        await p.patch({})
+        return None
+    return refs
+
+
+async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
+    refs = await _refs(ctx, obj, p)
+    if refs is None:
+        return WAIT_REFS
+    status = obj.get("status") or {}
+    if not (status.get("vm") or {}).get("moref"):
+        try:
+            ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+            vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, obj["spec"]["vm"])
+        except VMNotFoundError as exc:
+            await p.fail("VMNotFound", str(exc), snapshot_taken=False)
+            return None
+        except VmguardError as exc:
+            reason = "VCenterUnreachable" if exc.retryable else "VCenterInvalid"
+            p.condition("Ready", False, reason, str(exc))
+            await p.patch({})
+            return WAIT_PEER
+        p.condition("RefsResolved", True, "Resolved", f"VM {vm.name} is {vm.moref}")
+        ids = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
+        await p.patch(
+            {
+                "vm": {k: v for k, v in ids.items() if v},
+                "vcenter": refs.vcenter_name,
+                "repository": refs.repository_name,
+                "placement": {"host": vm.host, "datastores": list(vm.datastores)},
+            }
+        )
+    async with ctx.admission:  # count and claim atomically within this operator
+        others = [
+            steps.Placement.of(o)
+            for o in await ctx.api.list_objects(PLURAL, p.ns)
+            if (o.get("status") or {}).get("phase") in steps.ACTIVE
+            and o["metadata"]["uid"] != obj["metadata"]["uid"]
+        ]
+        blocked = steps.concurrency_blocker(
+            steps.Placement.of(obj), others, refs.policy_spec.get("concurrency")
+        )
+        if blocked:
+            p.condition("Admitted", False, *blocked)
+            await p.patch({})
+            return WAIT_ADMISSION
+        p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
+        await p.patch({"phase": "Snapshotting"})
+    return 0.0
+
+
+async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs, create: bool) -> Any:
+    creds, key = await steps.repository_secrets(ctx.api, ns, refs.repository["spec"])
+    return await asyncio.to_thread(
+        steps.open_repository, refs.repository["spec"], creds, key, create=create
+    )
+
+
+async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
+    refs = await _refs(ctx, obj, p)
+    if refs is None:
+        return WAIT_REFS
+    status, spec, uid = obj["status"], obj["spec"], obj["metadata"]["uid"]
+    pspec = refs.policy_spec
+    mode = pspec.get("mode") or {}
+    quiesce = pspec.get("quiesce") or {}
+    try:
+        ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+        repo = await _repository(ctx, p.ns, refs, create=True)
+        prepared = await asyncio.to_thread(
+            steps.prepare_blocking,
+            ep,
+            repo,
+            status["vm"]["moref"],
+            uid,
+            vcenter=refs.vcenter_name,
+            requested="full" if "full" in (spec.get("mode"), mode.get("type")) else "auto",
+            full_every=int(mode.get("fullEvery") or 0),
+            quiesce=bool(quiesce.get("enabled")),
+            crash_consistent_fallback=quiesce.get("fallbackToCrashConsistent", True),
+        )
+    except RetryableError as exc:
+        p.condition("Ready", False, "SnapshotRetrying", str(exc))
+        await p.patch({})
+        return WAIT_PEER
+    except VMNotFoundError as exc:
+        await p.fail("VMNotFound", str(exc), snapshot_taken=True)
+        return 0.0
+    except PermanentError as exc:
+        await p.fail("SnapshotFailed", str(exc), snapshot_taken=True)
+        return 0.0
+    await _stall("snapshotted")
+    taken, decision = prepared.snapshot, prepared.decision
+    live = {d.key: d for d in prepared.vm.disks}
+    disks = [
+        {
+            "key": d.key,
+            "label": d.label,
+            "uuid": d.disk_uuid,
+            "backing": live[d.key].backing_file if d.key in live else d.file_name,
+            "datastore": live[d.key].datastore if d.key in live else "",
+            "capacityBytes": d.capacity,
+            "changeId": d.change_id,
+        }
+        for d in taken.disks
+    ]
+    p.condition("Snapshotted", True, "SnapshotTaken", f"snapshot {taken.name} ({taken.moref})")
+    if taken.fallback_reason:
+        p.condition("Quiesced", False, "CrashConsistentFallback", taken.fallback_reason)
+    patch: dict[str, Any] = {
+        "phase": "Transferring",
+        "snapshot": {
+            "moref": taken.moref,
+            "name": taken.name,
+            "createTime": now(),
+            "removed": False,
+        },
+        "quiesced": taken.quiesced,
+        "modeRequested": decision.mode,
+        "modeReason": decision.reason,
+        "disks": disks,
+        "attempts": 0,
+    }
+    if decision.parent:
+        patch["parentArchiveId"] = decision.parent
+    await p.patch(patch)
+    return 0.0
+
+
+async def _start_attempt(
+    ctx: BackupContext, obj: dict[str, Any], p: Patcher, refs: steps.Refs, attempt: int
+) -> None:
+    if p.ns not in ctx.rbac_done:
+        await ctx.jobs.ensure_rbac(builders.build_proxy_rbac(p.ns, ctx.proxy.service_account))
+        ctx.rbac_done.add(p.ns)
+    remaining = ctx.settings.deadline - _age(obj)
+    job = builders.build_backup_job(
+        obj,
+        ctx.proxy,
+        vcenter=refs.vcenter["spec"],
+        repository=refs.repository["spec"],
+        attempt=attempt,
+        transport=refs.policy_spec.get("transport", "auto"),
+        active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
+        ttl=ctx.settings.job_ttl,
+    )
+    created = await ctx.jobs.create_job(job)
+    log.info(
+        "%s/%s: Job %s %s",
+        p.ns,
+        p.name,
+        job["metadata"]["name"],
+        "created" if created else "adopted",
+    )
+    p.condition(
+        "Transferring", True, "ProxyRunning", f"attempt {attempt}: Job {job['metadata']['name']}"
+    )
+    await p.patch({"attempts": attempt, "jobName": job["metadata"]["name"], "error": None})
+
+
+async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
+    refs = await _refs(ctx, obj, p)
+    if refs is None:
+        return WAIT_REFS
+    status = obj["status"]
+    attempt = int(status.get("attempts") or 0)
+    if attempt == 0:
+        await _start_attempt(ctx, obj, p, refs, 1)
+        return ctx.settings.poll
+    name = builders.job_name(p.name, attempt)
+    job = await ctx.jobs.read_job(p.ns, name)
+    if job is None:  # the Job was deleted under us: a lost attempt
+        reason, message, finished = "JobLost", f"Job {name} disappeared", None
+    else:
+        st = job_state(job)
+        if st.active:
+            return ctx.settings.poll
+        if st.succeeded:
+            if status.get("archiveId"):
+                p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
+                await p.patch({"phase": "Finalizing"})
+            else:
+                await p.fail(
+                    "ProxyReportedNothing",
+                    f"Job {name} succeeded without a result",
+                    snapshot_taken=True,
+                )
+            return 0.0
+        reason, message, finished = st.reason, st.message, st.finished_at
+    if status.get("archiveId"):  # committed, then died before exiting: the result stands
+        await p.patch({"phase": "Finalizing"})
+        return 0.0
+    error = status.get("error") or {}
+    why = error.get("reason") or "ProxyFailed"
+    text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
+    retryable = bool(error.get("retryable", True))
+    time_left = ctx.settings.deadline - _age(obj)
+    if retryable and attempt < ctx.settings.max_attempts and time_left > 0:
+        backoff = ctx.settings.retry_backoff * 2 ** (attempt - 1)
+        since = (dt.datetime.now(dt.UTC) - finished).total_seconds() if finished else backoff
+        if since < backoff:
+            p.condition(
+                "Transferring",
+                False,
+                "RetryBackoff",
+                f"attempt {attempt} failed ({why}: {text}); retrying in {backoff - since:.0f}s",
+            )
+            await p.patch({})
+            return min(backoff - since, ctx.settings.poll * 5)
+        await _start_attempt(ctx, obj, p, refs, attempt + 1)
+        return ctx.settings.poll
+    if retryable:
+        text = f"{text} (gave up after {attempt} attempt(s))"
+    p.condition("Transferring", False, why, text)
+    p.condition("Ready", False, why, text)
+    await p.patch(
+        {
+            "phase": "Finalizing",
+            "error": {"reason": why, "message": text[:4096], "retryable": False},
+        }
+    )
+    return 0.0
+
+
+async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
+    await _stall("finalizing")
+    status = obj["status"]
+    snapshot = status.get("snapshot") or {}
+    if not snapshot.get("removed"):
+        refs = await _refs(ctx, obj, p)
+        if refs is None:
+            return WAIT_REFS
+        try:
+            ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+            done = await asyncio.to_thread(
+                steps.finish_blocking, ep, status["vm"]["moref"], obj["metadata"]["uid"]
+            )
+        except VmguardError as exc:
+            p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
+            await p.patch({})
+            return WAIT_PEER
+        note = "removed " + ", ".join(done.removed) if done.removed else "none was left"
+        if done.consolidation and done.consolidation.error:
+            note += f"; consolidation: {done.consolidation.error}"
+        p.condition("SnapshotRemoved", True, "Removed", note)
+        await p.patch({"snapshot": {**snapshot, "removed": True}})
+    error = status.get("error")
+    if status.get("archiveId") and not error:
+        p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
+        await p.patch(_terminal(obj, "Completed"))
+    else:
+        reason = (error or {}).get("reason", "Failed")
+        p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
+        await p.patch(_terminal(obj, "Failed"))
+    return None
+
+
+async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
+    """A VMBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    await ctx.jobs.delete_jobs(meta["namespace"], f"{builders.LABEL_VMBACKUP_UID}={meta['uid']}")
+    moref = (status.get("vm") or {}).get("moref")
+    if not moref or (status.get("snapshot") or {}).get("removed"):
+        return
+    refs = await steps.resolve_refs(ctx.api, meta["namespace"], obj["spec"])
+    ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
+    await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"])

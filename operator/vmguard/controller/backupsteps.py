@@ -1,0 +1,212 @@
+"""What the VMBackup controller needs besides its state machine: refs, limits, vSphere, S3.
+
+- :func:`resolve_refs`: a VMBackup names a policy, or a vCenter and a repository (both
+  may also override the policy's). A missing object is a :class:`MissingRef` — the
+  backup waits with a condition saying which, it does not fail: GitOps may apply the
+  policy a moment later.
+- :func:`concurrency_blocker` (pure): whether starting this backup would exceed its
+  policy's ``concurrency`` (defaults 2 per datastore, 4 per host, 8 in total), counting
+  the VMBackups of the same vCenter in the namespace that are in an active phase; one
+  VM never has two backups in flight.
+- Blocking calls, each run in a thread by the controller: open (or create) the
+  repository, resolve the VM, prepare, finish (:mod:`vmguard.vsphere.cycle`).
+
+Secrets are read into memory for the call and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from vmguard.config import ca_bundle_file
+from vmguard.controller import builders
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.errors import ConfigError, RepositoryExistsError, RepositoryNotFoundError
+from vmguard.store import MasterKey, Repository
+from vmguard.store.location import open_location
+from vmguard.vsphere.cycle import Finished, Prepared, finish, prepare, resolve_vm
+from vmguard.vsphere.records import VMRecord
+from vmguard.vsphere.session import Endpoint, VSphereSession
+
+ACTIVE = ("Snapshotting", "Transferring", "Finalizing")
+TERMINAL = ("Completed", "Failed", "PartiallyFailed")
+DEFAULT_LIMITS = {"perDatastore": 2, "perHost": 4, "total": 8}
+
+
+class MissingRef(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Refs:
+    vcenter_name: str
+    repository_name: str
+    vcenter: dict[str, Any]
+    repository: dict[str, Any]
+    policy: dict[str, Any] | None = None
+
+    @property
+    def policy_spec(self) -> dict[str, Any]:
+        return dict((self.policy or {}).get("spec") or {})
+
+
+async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) -> Refs:
+    policy = None
+    policy_name = (spec.get("policyRef") or {}).get("name")
+    if policy_name:
+        policy = await api.get_object("vmprotectionpolicies", namespace, policy_name)
+        if policy is None:
+            raise MissingRef("PolicyNotFound", f"VMProtectionPolicy {policy_name} does not exist")
+    pspec = (policy or {}).get("spec") or {}
+    vc_name = (spec.get("vcenterRef") or {}).get("name") or (pspec.get("vcenterRef") or {}).get(
+        "name"
+    )
+    repo_name = (spec.get("repositoryRef") or {}).get("name") or (
+        pspec.get("repositoryRef") or {}
+    ).get("name")
+    if not vc_name or not repo_name:
+        raise MissingRef("RefsIncomplete", "no vCenter or repository: give policyRef or both refs")
+    vcenter = await api.get_object("vcenters", namespace, vc_name)
+    if vcenter is None:
+        raise MissingRef("VCenterNotFound", f"VCenter {vc_name} does not exist")
+    repository = await api.get_object("backuprepositories", namespace, repo_name)
+    if repository is None:
+        raise MissingRef("RepositoryNotFound", f"BackupRepository {repo_name} does not exist")
+    return Refs(vc_name, repo_name, vcenter, repository, policy)
+
+
+@dataclass(frozen=True)
+class Placement:
+    vm_moref: str
+    vcenter: str
+    host: str = ""
+    datastores: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> Placement:
+        status = obj.get("status") or {}
+        where = status.get("placement") or {}
+        return cls(
+            (status.get("vm") or {}).get("moref", ""),
+            status.get("vcenter", ""),
+            where.get("host", ""),
+            tuple(where.get("datastores") or ()),
+        )
+
+
+def concurrency_blocker(
+    me: Placement, others: Sequence[Placement], limits: Mapping[str, Any] | None
+) -> tuple[str, str] | None:
+    """(reason, message) when starting now would exceed a limit; None when it may start."""
+    lim = {**DEFAULT_LIMITS, **{k: v for k, v in (limits or {}).items() if v}}
+    peers = [o for o in others if o.vcenter == me.vcenter]
+    if any(o.vm_moref == me.vm_moref for o in peers):
+        return "VMBusy", f"another backup of {me.vm_moref} is in progress"
+    if len(peers) >= lim["total"]:
+        return "ConcurrencyLimit", f"{len(peers)} backups in progress (total {lim['total']})"
+    if me.host:
+        on_host = sum(1 for o in peers if o.host == me.host)
+        if on_host >= lim["perHost"]:
+            return (
+                "ConcurrencyLimit",
+                f"{on_host} backups in progress on host {me.host} (perHost {lim['perHost']})",
+            )
+    for ds in me.datastores:
+        on_ds = sum(1 for o in peers if ds in o.datastores)
+        if on_ds >= lim["perDatastore"]:
+            return (
+                "ConcurrencyLimit",
+                f"{on_ds} backups in progress on datastore {ds}"
+                f" (perDatastore {lim['perDatastore']})",
+            )
+    return None
+
+
+async def repository_secrets(
+    api: KubeAPI, namespace: str, spec: Mapping[str, Any]
+) -> tuple[dict[str, str], bytes | None]:
+    """({VMGUARD_S3_ACCESS_KEY, VMGUARD_S3_SECRET_KEY}, master key bytes or None)."""
+    import asyncio
+
+    ref = spec["credentialsSecretRef"]
+    creds = await api.secret_keys(
+        namespace,
+        ref["name"],
+        {
+            builders.ENV_S3_ACCESS: ref.get("accessKeyIDKey", "accessKeyID"),
+            builders.ENV_S3_SECRET: ref.get("secretAccessKeyKey", "secretAccessKey"),
+        },
+    )
+    key_ref = (spec.get("encryption") or {}).get("keySecretRef")
+    if not key_ref:
+        return creds, None
+
+    def read_key() -> bytes:
+        try:
+            secret = api.core.read_namespaced_secret(key_ref["name"], namespace)
+        except client.ApiException as exc:
+            raise ConfigError(f"Secret {namespace}/{key_ref['name']}: {exc.status}") from None
+        data = (secret.data or {}).get(key_ref.get("key", "key"))
+        if not data:
+            raise ConfigError(f"Secret {namespace}/{key_ref['name']} has no repository key")
+        return base64.b64decode(data)
+
+    return creds, await asyncio.to_thread(read_key)
+
+
+def open_repository(
+    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None, *, create: bool = True
+) -> Repository:
+    """Blocking: open the BackupRepository's repository; create it on first use."""
+    bundle = (spec.get("s3") or {}).get("caBundle")
+    backend = open_location(
+        builders.repository_url(spec), creds, ca_file=ca_bundle_file(bundle) if bundle else None
+    )
+    master = MasterKey.from_text(key) if key else None
+    try:
+        return Repository.open(backend, master)
+    except RepositoryNotFoundError:
+        if not create:
+            raise
+    try:
+        return Repository.init(backend, master_key=master)
+    except RepositoryExistsError:  # another backup created it meanwhile
+        return Repository.open(backend, master)
+
+
+def resolve_vm_blocking(ep: Endpoint, vm: Mapping[str, str]) -> VMRecord:
+    session = VSphereSession(ep)
+    try:
+        return resolve_vm(
+            session,
+            moref=vm.get("moref", ""),
+            instance_uuid=vm.get("instanceUuid", ""),
+            name=vm.get("name", ""),
+        )
+    finally:
+        session.close()
+
+
+def prepare_blocking(
+    ep: Endpoint, repo: Repository, vm_moref: str, uid: str, **kw: Any
+) -> Prepared:
+    session = VSphereSession(ep)
+    try:
+        return prepare(session, repo, vm_moref, uid, **kw)
+    finally:
+        session.close()
+
+
+def finish_blocking(ep: Endpoint, vm_moref: str, uid: str) -> Finished:
+    session = VSphereSession(ep)
+    try:
+        return finish(session, vm_moref, uid)
+    finally:
+        session.close()

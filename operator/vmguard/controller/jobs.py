@@ -1,0 +1,123 @@
+"""The VMBackup controller's calls on Jobs and RBAC, off kopf's event loop.
+
+Jobs are found by their deterministic name (:func:`vmguard.controller.builders.job_name`),
+so a restarted operator adopts the Job its predecessor created instead of starting a
+second one: creating a Job that exists is "adopt it" (AlreadyExists is not an error).
+The proxy's ServiceAccount, Role and RoleBinding are applied idempotently before the
+first proxy Job of a namespace (create, or replace the Role's rules if they drifted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from vmguard.errors import RetryableError
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    active: bool
+    succeeded: bool
+    failed: bool
+    reason: str = ""
+    message: str = ""
+    finished_at: dt.datetime | None = None
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    """What a Job's status says (pure): running, succeeded, or failed and why."""
+    status = job.get("status") or {}
+    name = job["metadata"]["name"]
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        when = cond.get("lastTransitionTime")
+        at = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00")) if when else None
+        if cond.get("type") == "Complete":
+            return JobState(name, False, True, False, finished_at=at)
+        if cond.get("type") == "Failed":
+            return JobState(
+                name, False, False, True, cond.get("reason", ""), cond.get("message", ""), at
+            )
+    return JobState(name, True, False, False)
+
+
+class JobAPI:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+
+    async def create_job(self, job: dict[str, Any]) -> bool:
+        """Create ``job``; False when it existed already (adopted)."""
+
+        def create() -> bool:
+            try:
+                self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise RetryableError(
+                    f"creating Job {job['metadata']['name']}: {exc.status}"
+                ) from None
+            return True
+
+        return await asyncio.to_thread(create)
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                job = self.batch.read_namespaced_job(name, namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise RetryableError(f"reading Job {name}: {exc.status}") from None
+            result: dict[str, Any] = self.api.sanitize_for_serialization(job)
+            return result
+
+        return await asyncio.to_thread(read)
+
+    async def delete_jobs(self, namespace: str, selector: str) -> int:
+        """Delete the Jobs (and their pods) matching ``selector``; how many there were."""
+
+        def delete() -> int:
+            jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+            for job in jobs:
+                try:
+                    self.batch.delete_namespaced_job(
+                        job.metadata.name, namespace, propagation_policy="Background"
+                    )
+                except client.ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            return len(jobs)
+
+        return await asyncio.to_thread(delete)
+
+    async def ensure_rbac(self, objects: list[dict[str, Any]]) -> None:
+        """Apply ServiceAccount, Role, RoleBinding: create, or bring a Role's rules back."""
+
+        def apply() -> None:
+            for obj in objects:
+                ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+                create, replace = {
+                    "ServiceAccount": (self.core.create_namespaced_service_account, None),
+                    "Role": (self.rbac.create_namespaced_role, self.rbac.replace_namespaced_role),
+                    "RoleBinding": (self.rbac.create_namespaced_role_binding, None),
+                }[kind]
+                try:
+                    create(ns, obj)
+                except client.ApiException as exc:
+                    if exc.status != 409:
+                        raise RetryableError(f"creating {kind} {ns}/{name}: {exc.status}") from None
+                    if replace is not None:
+                        replace(name, ns, obj)
+
+        await asyncio.to_thread(apply)

@@ -1,0 +1,286 @@
+"""``vmguard proxy backup|restore --namespace NS --name N``: the proxy Jobs' entry point.
+
+``restore`` is :func:`vmguard.vmjobs.restore_job.run`; it reads its environment with the
+same :func:`endpoint_from`, :func:`repository_from` and :func:`locator_from` as a backup.
+
+The operator prepares a backup (snapshot, parent archive, requested mode — all in the
+VMBackup's status) and runs this in a Job built by
+:func:`vmguard.controller.builders.build_backup_job`. The proxy:
+
+1. reads its VMBackup (the only object its Role lets it read) and turns the status into
+   a :class:`~vmguard.vmjobs.backup.TransferRequest` (:func:`request_from`, pure);
+2. connects with what the Job gives it: vCenter URL and trust, repository URL in the
+   environment; credentials as ``secretKeyRef`` variables and the repository key as a
+   read-only Secret file (none of them is ever printed or logged);
+3. reaches disks through the locator ``VMGUARD_PROXY_LOCATOR`` names: ``vddk``
+   (production), or ``lab:<url>`` — resolved by a factory the CLI injects
+   (:func:`register`'s ``lab_locator_at``), because the lab sits above this layer;
+4. runs :func:`~vmguard.vmjobs.backup.transfer` (idempotent: an archive already
+   committed by this backup is reported, not written again), patching throttled
+   progress, then the result (archive id, mode used and why, per-disk bytes, totals);
+5. exits 0; on failure patches ``status.error {reason, message, retryable}`` and exits 1
+   (143 on SIGTERM). The operator decides about retries.
+
+``VMGUARD_PROXY_TEST_THROTTLE`` (bytes/s) slows reading down, for fault tests only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from vmguard import config as cfg
+from vmguard.config import THROTTLE_ENV, ca_bundle_file
+from vmguard.errors import (
+    AuthenticationError,
+    ConfigError,
+    PermanentError,
+    RetryableError,
+    VMNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from vmguard.store import Repository
+    from vmguard.vmjobs.access import DiskLocator
+    from vmguard.vmjobs.backup import BackupResult, TransferRequest
+    from vmguard.vsphere.session import Endpoint
+
+log = logging.getLogger("vmguard.proxy")
+
+LabLocatorAt = Callable[[str], "DiskLocator"]
+"""The lab's locator for a simulator control URL (``VMGUARD_PROXY_LOCATOR=lab:<url>``)."""
+
+MODE_USED = {"full": "full", "incremental": "incremental", "full-scan": "fullScan"}
+
+
+class Terminated(Exception):
+    """SIGTERM: the pod is being deleted or the Job's deadline passed."""
+
+
+def register(sub: Any, *, lab_locator_at: LabLocatorAt | None = None) -> None:
+    proxy = sub.add_parser("proxy", help="run as a proxy Job: move one VM's data (in-cluster)")
+    proxy_sub = proxy.add_subparsers(dest="proxy_cmd", required=True)
+    backup = proxy_sub.add_parser("backup", help="transfer the snapshot of one VMBackup")
+    backup.add_argument("--namespace", required=True)
+    backup.add_argument("--name", required=True, help="the VMBackup")
+    backup.set_defaults(func=lambda args: run_backup(args.namespace, args.name, lab_locator_at))
+    restore = proxy_sub.add_parser("restore", help="write the data of one VMRestore")
+    restore.add_argument("--namespace", required=True)
+    restore.add_argument("--name", required=True, help="the VMRestore")
+    restore.set_defaults(func=lambda args: _run_restore(args.namespace, args.name, lab_locator_at))
+
+
+def _run_restore(namespace: str, name: str, lab_locator_at: LabLocatorAt | None) -> int:
+    from vmguard.vmjobs.restore_job import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return run(namespace, name, lab=lab_locator_at)
+
+
+def request_from(obj: Mapping[str, Any], env: Mapping[str, str]) -> TransferRequest:
+    """The transfer a VMBackup's status asks for (pure); ConfigError when it is not ready."""
+    from vmguard.vmjobs.backup import TransferRequest
+
+    status = obj.get("status") or {}
+    vm, snapshot = status.get("vm") or {}, status.get("snapshot") or {}
+    if not vm.get("moref") or not snapshot.get("moref") or not status.get("modeRequested"):
+        raise ConfigError("the VMBackup has no snapshot yet: the operator has not prepared it")
+    if snapshot.get("removed"):
+        raise ConfigError(f"snapshot {snapshot['moref']} was removed already")
+    full = status["modeRequested"] == "full"
+    note = ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Quiesced" and cond.get("reason") == "CrashConsistentFallback":
+            note = cond.get("message", "")
+    return TransferRequest(
+        vm_moref=vm["moref"],
+        snapshot_moref=snapshot["moref"],
+        backup_uid=obj["metadata"]["uid"],
+        parent=None if full else status.get("parentArchiveId") or None,
+        vcenter=status.get("vcenter", ""),
+        transport=env.get(cfg.TRANSPORT_ENV) or "auto",
+        mode_reason=status.get("modeReason", "") if full else "",
+        snapshot_note=note,
+        backings={
+            int(d["key"]): d["backing"] for d in status.get("disks") or [] if d.get("backing")
+        },
+    )
+
+
+def endpoint_from(env: Mapping[str, str]) -> Endpoint:
+    from vmguard.vsphere.session import Endpoint
+
+    url, user, password = (
+        env.get(cfg.VC_URL_ENV),
+        env.get(cfg.VC_USER_ENV),
+        env.get(cfg.VC_PASSWORD_ENV),
+    )
+    if not url or not user or not password:
+        raise ConfigError(
+            f"{cfg.VC_URL_ENV}, {cfg.VC_USER_ENV} and {cfg.VC_PASSWORD_ENV} must be set"
+        )
+    bundle = env.get(cfg.VC_CA_BUNDLE_ENV)
+    return Endpoint(
+        url,
+        user,
+        password,
+        ca_file=ca_bundle_file(bundle) if bundle else env.get(cfg.VC_CA_FILE_ENV) or None,
+        thumbprint=env.get(cfg.VC_THUMBPRINT_ENV) or None,
+        insecure=env.get(cfg.VC_INSECURE_ENV) == "true",
+    )
+
+
+def repository_from(env: Mapping[str, str]) -> Repository:
+    from vmguard.store import MasterKey, Repository
+    from vmguard.store.location import open_location
+
+    url = env.get(cfg.REPO_ENV)
+    if not url:
+        raise ConfigError(f"{cfg.REPO_ENV} is not set")
+    bundle = env.get(cfg.S3_CA_BUNDLE_ENV)
+    backend = open_location(url, env, ca_file=ca_bundle_file(bundle) if bundle else None)
+    key = None
+    if env.get(cfg.KEY_FILE_ENV):
+        key = MasterKey.from_file(env[cfg.KEY_FILE_ENV])
+    return Repository.open(backend, key)
+
+
+def locator_from(spec: str, ep: Endpoint, lab_locator_at: LabLocatorAt | None) -> DiskLocator:
+    if spec.startswith("lab:"):
+        if lab_locator_at is None:
+            raise ConfigError("a lab locator was asked for, but this build has no lab")
+        return lab_locator_at(spec[4:])
+    if spec != "vddk":
+        raise ConfigError(f"unknown proxy locator {spec!r}: vddk or lab:<url>")
+    from vmguard.vmjobs.access import VddkLocator
+    from vmguard.vsphere.session import sha1_thumbprint
+
+    return VddkLocator(ep, sha1_thumbprint(ep))
+
+
+def result_status(result: BackupResult, known: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status patch of a committed transfer (pure); ``known`` = status.disks so far."""
+    m = result.manifest
+    by_key = {int(d["key"]): dict(d) for d in known}
+    disks, totals = (
+        [],
+        dict.fromkeys(
+            (
+                "capacityBytes",
+                "bytesRead",
+                "bytesChanged",
+                "bytesUploaded",
+                "chunksNew",
+                "chunksReused",
+            ),
+            0,
+        ),
+    )
+    for rec in m.disks:
+        key, s = int(rec.key), rec.stats
+        outcome = result.disks.get(key)
+        entry = by_key.get(key, {"key": key, "label": rec.label})
+        entry.update(
+            {
+                "capacityBytes": rec.length,
+                "mode": MODE_USED[outcome.mode if outcome else m.mode],
+                "bytesRead": s.bytes_read,
+                "bytesChanged": s.bytes_changed,
+                "bytesUploaded": s.bytes_stored,
+                "chunksNew": s.chunks_new,
+                "chunksReused": s.chunks_reused,
+            }
+        )
+        if rec.cbt is not None:
+            entry["changeId"] = rec.cbt.change_id
+        disks.append(entry)
+        for k in totals:
+            totals[k] += int(entry.get(k) or 0)
+    return {
+        "archiveId": m.archive_id,
+        "modeUsed": MODE_USED[m.mode],
+        "modeReason": (result.mode_reason or m.mode_reason)[:1024],
+        "disks": disks,
+        "totals": totals,
+    }
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """``status.error`` for an exception: a reason, a message, whether a retry may help."""
+    if isinstance(exc, Terminated):
+        reason, retryable = "ProxyTerminated", True
+    elif isinstance(exc, VMNotFoundError):
+        reason, retryable = "VMNotFound", False
+    elif isinstance(exc, AuthenticationError):
+        reason, retryable = "RepositoryKeyRejected", False
+    elif isinstance(exc, ConfigError):
+        reason, retryable = "InvalidConfiguration", False
+    elif isinstance(exc, PermanentError):
+        reason, retryable = "TransferFailed", False
+    elif isinstance(exc, RetryableError):
+        reason, retryable = "PeerUnavailable", True
+    else:  # nbd, OS and library errors: maybe transient; the operator bounds the retries
+        reason, retryable = "TransferFailed", True
+    message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, Terminated) else str(exc)
+    return {"reason": reason, "message": message[:4096], "retryable": retryable}
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated("the proxy was stopped (SIGTERM)")
+
+
+def run_backup(namespace: str, name: str, lab_locator_at: LabLocatorAt | None) -> int:
+    from vmguard.vmjobs.backup import transfer
+    from vmguard.vmjobs.report import StatusReporter
+    from vmguard.vsphere.session import VSphereSession
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    env = os.environ
+    reporter = StatusReporter("vmbackups", namespace, name)
+    throttle = int(env.get(THROTTLE_ENV) or 0)
+    try:
+        obj = reporter.read()
+        request = request_from(obj, env)
+        ep = endpoint_from(env)
+        repo = repository_from(env)
+        locator = locator_from(env.get(cfg.LOCATOR_ENV, "vddk"), ep, lab_locator_at)
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-3)
+            if throttle and done / elapsed > throttle:  # TEST ONLY: slow the reads down
+                time.sleep(done / throttle - elapsed)
+                elapsed = done / throttle
+            reporter.progress(done, total, done / elapsed)
+
+        session = VSphereSession(ep)
+        try:
+            log.info(
+                "backup %s/%s: snapshot %s of %s",
+                namespace,
+                name,
+                request.snapshot_moref,
+                request.vm_moref,
+            )
+            result = transfer(session, repo, locator, request, progress=progress)
+        finally:
+            session.close()
+        patch = result_status(result, (obj.get("status") or {}).get("disks") or [])
+        reporter.patch(patch)
+        log.info("archive %s committed (%s)", result.manifest.archive_id, result.mode)
+        return 0
+    except (Exception, Terminated) as exc:
+        log.error("backup %s/%s failed: %s", namespace, name, exc)
+        try:
+            reporter.patch({"error": failure(exc)})
+        except Exception as report_exc:  # the Job's failure still tells the operator
+            log.error("could not report the failure: %s", report_exc)
+        return 143 if isinstance(exc, Terminated) else 1
+    finally:
+        sys.stdout.flush()

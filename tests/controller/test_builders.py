@@ -1,0 +1,235 @@
+"""The pure builders: proxy Job and proxy RBAC, checked without a cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from vmguard.config import ProxySettings
+from vmguard.controller import builders
+from vmguard.controller.backupsteps import Placement, concurrency_blocker
+from vmguard.controller.jobs import job_state
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = ProxySettings(
+    image="registry.example/vmguard-proxy:1.2.3",
+    command=("vmguard",),
+    locator="vddk",
+    service_account="vmguard-proxy",
+    image_pull_policy="IfNotPresent",
+)
+BACKUP = {
+    "apiVersion": "vmguard.io/v1alpha1",
+    "kind": "VMBackup",
+    "metadata": {"name": "db-1-20250101", "namespace": "prod", "uid": "1234-uid"},
+    "spec": {"vm": {"name": "db-1"}, "policyRef": {"name": "gold"}},
+    "status": {"vm": {"moref": "vm-42", "name": "db-1"}},
+}
+VCENTER = {
+    "host": "vc.example",
+    "credentialsSecretRef": {"name": "vc-creds"},
+    "tls": {"caSecretRef": {"name": "vc-ca"}},
+}
+REPOSITORY = {
+    "s3": {"endpoint": "minio:9000", "bucket": "backups", "prefix": "site-a", "insecure": True},
+    "credentialsSecretRef": {"name": "s3-creds"},
+    "encryption": {"keySecretRef": {"name": "repo-key", "key": "k"}},
+}
+
+
+def _job(transport: str = "nbd", **kw: Any) -> dict[str, Any]:
+    return builders.build_backup_job(
+        BACKUP,
+        SETTINGS,
+        vcenter=VCENTER,
+        repository=REPOSITORY,
+        attempt=2,
+        transport=transport,
+        active_deadline=600,
+        ttl=120,
+        **kw,
+    )
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_backup_job_shape_owner_labels_and_retry_policy() -> None:
+    job = _job()
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "db-1-20250101-2" and meta["namespace"] == "prod"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "vmguard.io/v1alpha1",
+            "kind": "VMBackup",
+            "name": "db-1-20250101",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    labels = meta["labels"]
+    assert labels["vmguard.io/vmbackup"] == "db-1-20250101"
+    assert labels["vmguard.io/vmbackup-uid"] == "1234-uid"
+    assert labels["vmguard.io/vm"] == "vm-42" and labels["vmguard.io/policy"] == "gold"
+    assert labels["app.kubernetes.io/name"] == "vmguard-proxy"
+    assert labels["app.kubernetes.io/component"] == "backup"
+    assert spec["template"]["metadata"]["labels"] == labels
+    assert spec["backoffLimit"] == 0
+    assert (spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (600, 120)
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "vmguard-proxy"
+    c = _container(job)
+    assert c["image"] == SETTINGS.image and c["command"] == ["vmguard"]
+    assert c["args"] == ["proxy", "backup", "--namespace", "prod", "--name", "db-1-20250101"]
+    assert c["resources"]["limits"]["memory"]
+    assert _job() == job, "deterministic: the same input gives the same Job"
+
+
+def test_credentials_only_by_reference_and_key_as_read_only_file() -> None:
+    job = _job()
+    c = _container(job)
+    env = {e["name"]: e for e in c["env"]}
+    for name, secret, key in [
+        ("VMGUARD_VC_USER", "vc-creds", "username"),
+        ("VMGUARD_VC_PASSWORD", "vc-creds", "password"),
+        ("VMGUARD_S3_ACCESS_KEY", "s3-creds", "accessKeyID"),
+        ("VMGUARD_S3_SECRET_KEY", "s3-creds", "secretAccessKey"),
+    ]:
+        assert "value" not in env[name]
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
+    assert env["VMGUARD_VC_URL"]["value"] == "https://vc.example:443/sdk"
+    assert env["VMGUARD_REPO"]["value"] == "s3+http://minio:9000/backups/site-a"
+    assert env["VMGUARD_PROXY_LOCATOR"]["value"] == "vddk"
+    assert env["VMGUARD_TRANSPORT"]["value"] == "nbd"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["repository-key"]["secret"]["secretName"] == "repo-key"
+    assert volumes["repository-key"]["secret"]["items"] == [{"key": "k", "path": "key"}]
+    assert volumes["vcenter-ca"]["secret"]["secretName"] == "vc-ca"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert all(m["readOnly"] for n, m in mounts.items() if n != "scratch")
+    assert env["VMGUARD_KEY_FILE"]["value"] == mounts["repository-key"]["mountPath"] + "/key"
+    assert env["VMGUARD_VC_CA_FILE"]["value"].startswith(mounts["vcenter-ca"]["mountPath"])
+    assert "VMGUARD_PROXY_TEST_THROTTLE" not in env
+
+
+def test_restricted_security_context_unless_hotadd_may_be_used() -> None:
+    nbd = _job("nbd")
+    pod = nbd["spec"]["template"]["spec"]["securityContext"]
+    c = _container(nbd)["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["allowPrivilegeEscalation"] is False and c["capabilities"] == {"drop": ["ALL"]}
+    assert c["privileged"] is False
+    for transport in ("hotadd", "auto"):
+        c = _container(_job(transport))["securityContext"]
+        assert c["privileged"] is True, transport
+
+
+def test_thumbprint_and_inline_ca_are_values_and_a_long_name_is_bounded() -> None:
+    vc = {**VCENTER, "tls": {"thumbprint": "AB:" * 19 + "CD"}}
+    job = builders.build_backup_job(
+        {**BACKUP, "metadata": {**BACKUP["metadata"], "name": "x" * 200}},
+        SETTINGS,
+        vcenter=vc,
+        repository={
+            "s3": {"endpoint": "s3.example", "bucket": "b", "region": "eu-1"},
+            "credentialsSecretRef": {"name": "s"},
+        },
+        attempt=12,
+    )
+    name = job["metadata"]["name"]
+    assert len(name) <= 63 and name.endswith("-12") and name.startswith("x" * 40)
+    assert len(job["metadata"]["labels"]["vmguard.io/vmbackup"]) <= 63
+    env = {e["name"]: e for e in _container(job)["env"]}
+    assert env["VMGUARD_VC_THUMBPRINT"]["value"] == "AB:" * 19 + "CD"
+    assert env["VMGUARD_REPO"]["value"] == "s3://s3.example/b?region=eu-1"
+    assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["scratch"]
+    other = builders.job_name("x" * 199 + "y", 12)
+    assert other != name and len(other) <= 63
+
+
+def test_no_secret_value_can_reach_the_job() -> None:
+    text = json.dumps(_job())
+    assert "secretKeyRef" in text
+    for word in ('password":', 'secretAccessKey": "'):
+        assert word not in text
+
+
+def test_proxy_rbac_allows_reading_its_kinds_and_patching_status_only() -> None:
+    sa, role, binding = builders.build_proxy_rbac("prod", "vmguard-proxy")
+    assert (sa["kind"], sa["metadata"]["name"], sa["metadata"]["namespace"]) == (
+        "ServiceAccount",
+        "vmguard-proxy",
+        "prod",
+    )
+    assert role["rules"] == [
+        {"apiGroups": ["vmguard.io"], "resources": ["vmbackups", "vmrestores"], "verbs": ["get"]},
+        {
+            "apiGroups": ["vmguard.io"],
+            "resources": ["vmbackups/status", "vmrestores/status"],
+            "verbs": ["patch"],
+        },
+    ]
+    assert "*" not in json.dumps(role)
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vmguard-proxy", "namespace": "prod"}
+    ]
+
+
+def test_throttle_is_passed_only_when_set() -> None:
+    slow = ProxySettings(**{**SETTINGS.__dict__, "test_throttle": 1000})
+    job = builders.build_backup_job(BACKUP, slow, vcenter=VCENTER, repository=REPOSITORY, attempt=1)
+    env = {e["name"]: e.get("value") for e in _container(job)["env"]}
+    assert env["VMGUARD_PROXY_TEST_THROTTLE"] == "1000"
+
+
+def test_concurrency_limits_count_active_backups_of_the_vcenter() -> None:
+    me = Placement("vm-1", "lab", "host-a", ("ds1", "ds2"))
+    assert concurrency_blocker(me, [], None) is None
+    busy = [Placement("vm-1", "lab", "host-b", ("ds9",))]
+    assert concurrency_blocker(me, busy, None) == (
+        "VMBusy",
+        "another backup of vm-1 is in progress",
+    )
+    on_ds2 = [Placement(f"vm-{i}", "lab", f"h{i}", ("ds2",)) for i in range(2, 4)]
+    reason, message = concurrency_blocker(me, on_ds2, None) or ("", "")
+    assert reason == "ConcurrencyLimit" and "datastore ds2" in message
+    assert concurrency_blocker(me, on_ds2, {"perDatastore": 3}) is None
+    other_vc = [Placement(f"vm-{i}", "other", "host-a", ("ds1",)) for i in range(2, 12)]
+    assert concurrency_blocker(me, other_vc, None) is None
+    on_host = [Placement(f"vm-{i}", "lab", "host-a", (f"d{i}",)) for i in range(2, 6)]
+    assert "host host-a" in (concurrency_blocker(me, on_host, None) or ("", ""))[1]
+    many = [Placement(f"vm-{i}", "lab", f"h{i}", (f"d{i}",)) for i in range(2, 4)]
+    assert concurrency_blocker(me, many, {"total": 2}) == (
+        "ConcurrencyLimit",
+        "2 backups in progress (total 2)",
+    )
+
+
+def test_job_state_reads_complete_failed_and_running() -> None:
+    def job(*conds: dict[str, str]) -> dict[str, Any]:
+        return {"metadata": {"name": "j"}, "status": {"conditions": list(conds)}}
+
+    assert job_state(job()).active
+    done = job_state(job({"type": "Complete", "status": "True"}))
+    assert done.succeeded and not done.active
+    failed = job_state(
+        job(
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": "2025-01-01T00:00:00Z",
+            },
+        )
+    )
+    assert failed.failed and failed.reason == "BackoffLimitExceeded"
+    assert failed.finished_at is not None and failed.finished_at.year == 2025
