@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmguard import __version__
 
@@ -41,6 +42,18 @@ def _argv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _volume(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(
+            "VMGUARD_PROXY_VDDK_VOLUME must be one Kubernetes volume source as a JSON object, "
+            'e.g. {"persistentVolumeClaim": {"claimName": "vddk"}}'
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """How the operator runs its proxy Jobs (the data plane).
@@ -49,6 +62,11 @@ class ProxySettings:
     runs this checkout's interpreter instead). ``locator`` says how the proxy reaches
     disks: ``vddk`` (nbdkit's VDDK plugin against vCenter, production) or
     ``lab:<simulator control URL>`` (the lab's file-backed disks).
+
+    VMware's VDDK cannot ship in our image: the user supplies it as a volume.
+    ``vddk_volume`` is that volume's source as Kubernetes writes it (e.g.
+    ``{"persistentVolumeClaim": {"claimName": "vddk"}}``; None: no VDDK volume) and
+    ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
     """
 
     image: str
@@ -56,6 +74,8 @@ class ProxySettings:
     locator: str
     service_account: str
     image_pull_policy: str
+    vddk_volume: dict[str, Any] | None = None
+    vddk_path: str = "/opt/vmware-vix-disklib"
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -65,4 +85,6 @@ class ProxySettings:
             locator=os.environ.get("VMGUARD_PROXY_LOCATOR", "vddk"),
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
+            vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
+            vddk_path=os.environ.get("VMGUARD_PROXY_VDDK_PATH", "/opt/vmware-vix-disklib"),
         )
