@@ -75,7 +75,7 @@ class ProxySettings:
     service_account: str
     image_pull_policy: str
     vddk_volume: dict[str, Any] | None = None
-    vddk_path: str = "/opt/vmware-vix-disklib"
+    vddk_path: str = "/opt/vmware-vix-disklib-distrib"
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -86,5 +86,5 @@ class ProxySettings:
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
             vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
-            vddk_path=os.environ.get("VMGUARD_PROXY_VDDK_PATH", "/opt/vmware-vix-disklib"),
+            vddk_path=os.environ.get("VMGUARD_PROXY_VDDK_PATH", "/opt/vmware-vix-disklib-distrib"),
         )
