@@ -3,6 +3,7 @@ would scrape them, equal what the sweep wrote into the VCenter's status."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
-from vmguard.lab.procs import eventually, free_port
+from vmguard.lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 
@@ -22,8 +23,7 @@ def test_metrics_show_the_sweeps_counts(
     lab_vcenter: str,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    port = free_port()
-    start_operator("--metrics-port", str(port), "--metrics-address", "127.0.0.1")
+    port = start_operator().metrics_port
     objects.create_policy(
         kube_api,
         namespace,
@@ -52,3 +52,16 @@ def test_metrics_show_the_sweeps_counts(
     assert value(samples, "vmguard_vms_protected", **vc) == counts["protected"]
     assert value(samples, "vmguard_vcenter_reachable", **vc) == 1
     assert value(samples, "vmguard_vcenter_sweeps_total", **vc, result="ok") >= 1
+
+
+def test_a_taken_metrics_port_is_a_clear_error(
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start_operator("--metrics-port", str(port))
+        assert proc.proc.wait(timeout=60) == 2
+    assert f"vmguard: cannot serve metrics on 127.0.0.1:{port}" in proc.text()
+    assert "Traceback" not in proc.text()

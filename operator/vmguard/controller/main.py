@@ -15,6 +15,7 @@ import kopf
 
 from vmguard.controller import peering, vcenter
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.errors import ConfigError
 from vmguard.metrics import Metrics
 
 SWEEP_DEFAULT_SECONDS = 300.0
@@ -143,7 +144,13 @@ def run(options: OperatorOptions) -> None:
     load_config()
     metrics = Metrics()
     if options.metrics_port is not None:
-        metrics.serve(options.metrics_port, options.metrics_address)
+        try:
+            metrics.serve(options.metrics_port, options.metrics_address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {options.metrics_address}:{options.metrics_port}: "
+                f"{exc.strerror or exc} (--metrics-port, --metrics-address)"
+            ) from None
         logger.info(
             "metrics on http://%s:%d/metrics", options.metrics_address, options.metrics_port
         )
