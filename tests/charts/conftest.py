@@ -31,7 +31,13 @@ def helm() -> Path:
     return build.ensure_built(LabPaths.default(), only=("helm",))["helm"]
 
 
-def run_helm(helm: Path, *args: str, values: dict[str, Any] | None = None, tmp: Path) -> str:
+def run_helm(
+    helm: Path,
+    *args: str,
+    values: dict[str, Any] | None = None,
+    tmp: Path,
+    kubeconfig: Path | None = None,
+) -> str:
     argv = [str(helm), *args]
     if values is not None:
         path = tmp / f"values-{secrets.token_hex(3)}.yaml"
@@ -42,7 +48,10 @@ def run_helm(helm: Path, *args: str, values: dict[str, Any] | None = None, tmp: 
         os.environ,
         HELM_CACHE_HOME=str(tmp / "helm-cache"),
         HELM_CONFIG_HOME=str(tmp / "helm-config"),
+        HELM_DATA_HOME=str(tmp / "helm-data"),
     )
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout

@@ -159,7 +159,7 @@ def test_cluster_wide_rendering_uses_a_cluster_role_and_peering(render: Render) 
     assert not of_kind(docs, "Role", "RoleBinding", "KopfPeering")
     assert len(of_kind(docs, "ClusterKopfPeering")) == 1
     names = {r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")}
-    assert names == {"vmguard-vmguard", "vmguard-vmguard-crds"}
+    assert names == {"vmguard-vmguard", "vmguard-vmguard-discovery"}
 
 
 @pytest.mark.unit
