@@ -62,10 +62,26 @@ def _crds(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import logging
 
-    from vmguard.controller.main import run
+    from vmguard.config import Settings
+    from vmguard.controller.main import OperatorOptions, run
+    from vmguard.errors import ConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run(args.namespace or [], args.all_namespaces, args.liveness, args.peering)
+    level = Settings.from_env().log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"VMGUARD_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(
+        OperatorOptions(
+            namespaces=args.namespace or [],
+            clusterwide=args.all_namespaces,
+            liveness=args.liveness,
+            peering=args.peering,
+            priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+            metrics_address=args.metrics_address,
+        )
+    )
     return 0
 
 
@@ -111,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
     op.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     op.add_argument("--peering", help="kopf peering name: of several replicas exactly one acts")
+    op.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (the highest live one acts; default: random, distinct per replica)",
+    )
+    op.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a silent replica counts as alive (a SIGKILLed one's successor waits it out)",
+    )
+    op.add_argument(
+        "--metrics-port", type=int, default=8080, help="serve /metrics here (-1: do not serve)"
+    )
+    op.add_argument("--metrics-address", default="0.0.0.0", help="bind address for /metrics")
     op.set_defaults(func=_operator)
 
     crds = sub.add_parser("crds", help="write or check the CRD manifests (crds/*.yaml)")

@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmguard import __version__
 
@@ -43,6 +44,18 @@ def _argv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _volume(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(
+            "VMGUARD_PROXY_VDDK_VOLUME must be one Kubernetes volume source as a JSON object, "
+            'e.g. {"persistentVolumeClaim": {"claimName": "vddk"}}'
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """How the operator runs its proxy Jobs (the data plane).
@@ -51,6 +64,11 @@ class ProxySettings:
     runs this checkout's interpreter instead). ``locator`` says how the proxy reaches
     disks: ``vddk`` (nbdkit's VDDK plugin against vCenter, production) or
     ``lab:<simulator control URL>`` (the lab's file-backed disks).
+
+    VMware's VDDK cannot ship in our image: the user supplies it as a volume.
+    ``vddk_volume`` is that volume's source as Kubernetes writes it (e.g.
+    ``{"persistentVolumeClaim": {"claimName": "vddk"}}``; None: no VDDK volume) and
+    ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
     """
 
     image: str
@@ -61,6 +79,8 @@ class ProxySettings:
     test_throttle: int = 0
     """TEST ONLY (``VMGUARD_PROXY_TEST_THROTTLE``, bytes/s): slows every proxy's reads so
     fault tests can kill one mid-transfer. Passed into the Job's environment; 0 = off."""
+    vddk_volume: dict[str, Any] | None = None
+    vddk_path: str = "/opt/vmware-vix-disklib-distrib"
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -71,6 +91,8 @@ class ProxySettings:
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
             test_throttle=int(os.environ.get(THROTTLE_ENV) or 0),
+            vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
+            vddk_path=os.environ.get("VMGUARD_PROXY_VDDK_PATH", "/opt/vmware-vix-disklib-distrib"),
         )
 
 

@@ -24,6 +24,8 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
+from vmguard.lab.procs import free_port
+
 
 @pytest.fixture
 def namespace(kube_api: Any, vmguard_crds: None) -> str:
@@ -37,6 +39,7 @@ class OperatorProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.argv, self.env, self.log = argv, env, log
+        self.metrics_port = 0  # where its /metrics listens on 127.0.0.1 (set by start_operator)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -94,9 +97,17 @@ def start_operator(
     def start(
         *extra: str, env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None
     ) -> OperatorProcess:
+        # /metrics on a free loopback port (operators of parallel tests must not share
+        # the default 8080); an explicit --metrics-port in ``extra`` wins (argparse keeps
+        # the last one).
+        port = str(free_port())
+        if "--metrics-port" in extra:
+            port = extra[extra.index("--metrics-port") + 1]
         argv = [sys.executable, "-m", "vmguard.cli", "operator", "--namespace", namespace]
+        argv += ["--metrics-port", port, "--metrics-address", "127.0.0.1"]
         full_env = {**(env or operator_env(lab, lab_state)), **(extra_env or {})}
         proc = OperatorProcess([*argv, *extra], full_env, log)
+        proc.metrics_port = int(port)
         started.append(proc)
         return proc
 

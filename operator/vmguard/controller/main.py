@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller import backups, restores, vcenter
+from vmguard.controller import backups, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
 from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.errors import ConfigError
+from vmguard.metrics import Metrics
 
 SWEEP_DEFAULT_SECONDS = 300.0
 SWEEP_RETRY_SECONDS = 30.0
+logger = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -75,6 +79,22 @@ async def vcenter_sweeper(
     """Sweep the vCenter every ``sweepInterval`` (and when a policy changes)."""
     api = KubeAPI()
     wake = _wakeup(memo, namespace or "", name)
+    metrics: Metrics = memo.metrics
+    try:
+        await _sweep_forever(api, body, wake, metrics, stopped, logger)
+    finally:
+        # Deleted, or paused in favour of a peer: a standby reports nothing stale.
+        metrics.forget_vcenter(namespace or "", name)
+
+
+async def _sweep_forever(
+    api: KubeAPI,
+    body: kopf.Body,
+    wake: asyncio.Event,
+    metrics: Metrics,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+) -> None:
     announced: set[str] = set()
     while not stopped:
         snapshot = dict(body)  # the live body changes under us; sweep one consistent view
@@ -87,6 +107,7 @@ async def vcenter_sweeper(
         outcome = await vcenter.sweep(api, snapshot, interval)
         meta = snapshot["metadata"]
         await api.patch_status("vcenters", meta["namespace"], meta["name"], outcome.status)
+        metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
         for policy, count in outcome.matched.items():
             await api.patch_status(
                 "vmprotectionpolicies", meta["namespace"], policy, {"matchedVMs": count}
@@ -167,18 +188,59 @@ async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_:
         raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=15) from exc
 
 
-def run(
-    namespaces: list[str], clusterwide: bool, liveness: str | None, peering: str | None
-) -> None:
+@dataclass(frozen=True)
+class OperatorOptions:
+    """How ``vmguard operator`` runs: what it watches, peering, probe and metrics."""
+
+    namespaces: list[str]
+    clusterwide: bool = False
+    liveness: str | None = None
+    peering: str | None = None
+    priority: int | None = None
+    peering_lifetime: int = 60
+    metrics_port: int | None = 8080
+    metrics_address: str = "0.0.0.0"
+
+
+def run(options: OperatorOptions) -> None:
+    from kubernetes import client
+
     from vmguard.controller.kubeapi import load_config
 
     load_config()
+    metrics = Metrics()
+    if options.metrics_port is not None:
+        try:
+            metrics.serve(options.metrics_port, options.metrics_address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {options.metrics_address}:{options.metrics_port}: "
+                f"{exc.strerror or exc} (--metrics-port, --metrics-address)"
+            ) from None
+        logger.info(
+            "metrics on http://%s:%d/metrics", options.metrics_address, options.metrics_port
+        )
+    settings = kopf.OperatorSettings()
+    priority = None
+    if options.peering is not None:
+        priority = peering.draw_priority(options.priority)
+        # Read by kopf's keep-alive loop from the start: set before the operator runs.
+        settings.peering.lifetime = options.peering_lifetime
+        created = peering.ensure_peering(
+            client.ApiClient(), options.peering, options.namespaces, options.clusterwide
+        )
+        if created:
+            logger.info("created peering object %r in %s", options.peering, ", ".join(created))
+        logger.info("peering %r with priority %d", options.peering, priority)
     asyncio.run(
         kopf.operator(
-            clusterwide=clusterwide,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-            standalone=peering is None,
-            peering_name=peering,
+            clusterwide=options.clusterwide,
+            namespaces=options.namespaces,
+            liveness_endpoint=options.liveness,
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            priority=priority,
+            settings=settings,
+            memo=kopf.Memo(metrics=metrics),
         )
     )

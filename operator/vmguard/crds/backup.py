@@ -169,6 +169,12 @@ status = obj(
                 "bytesUploaded": integer(minimum=0, int64=True),
                 "chunksNew": integer(minimum=0, int64=True),
                 "chunksReused": integer(minimum=0, int64=True),
+                "compressibility": number(
+                    "Stored ÷ plaintext size of the changed data (the archive's "
+                    "compressibility; near 1 means incompressible, e.g. encrypted). "
+                    "Absent when nothing changed.",
+                    minimum=0,
+                ),
             },
         ),
         "archiveId": string(

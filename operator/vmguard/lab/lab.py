@@ -93,6 +93,8 @@ LAB_TOOLS = {
     "qemu-img": "qemu-utils",
     "unshare": "util-linux",
     "zstd": "zstd",
+    # `promtool check/test rules` over the chart's alert rules (tests/charts).
+    "promtool": "prometheus",
 }
 
 

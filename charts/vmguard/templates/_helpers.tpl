@@ -1,0 +1,48 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "vmguard.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vmguard.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "vmguard.labels" -}}
+{{ include "vmguard.selectorLabels" . }}
+app.kubernetes.io/part-of: vmguard
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "vmguard.serviceAccountName" -}}
+{{- default (include "vmguard.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches, one per line (not with allNamespaces). */}}
+{{- define "vmguard.namespaces" -}}
+{{- $ns := .Values.watch.namespaces | default (list .Release.Namespace) -}}
+{{- range $ns }}
+{{ . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "vmguard.peering" -}}
+{{- if kindIs "bool" .Values.peering.enabled -}}
+{{- ternary "true" "" .Values.peering.enabled -}}
+{{- else -}}
+{{- ternary "true" "" (gt (int .Values.replicas) 1) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-scoped objects carry the release namespace: two releases never collide. */}}
+{{- define "vmguard.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "vmguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -1,0 +1,67 @@
+"""The operator's /metrics against the lab: a swept VCenter's counts, as Prometheus
+would scrape them, equal what the sweep wrote into the VCenter's status."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tests.controller import objects
+from tests.controller.conftest import OperatorProcess
+from tests.controller.scrape import scrape, value
+
+from vmguard.lab.procs import eventually
+
+pytestmark = pytest.mark.lab
+
+
+def test_metrics_show_the_sweeps_counts(
+    kube_api: Any,
+    namespace: str,
+    lab_vcenter: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    port = start_operator().metrics_port
+    objects.create_policy(
+        kube_api,
+        namespace,
+        "gold",
+        selector={"tags": [{"category": "backup-tier", "name": "gold"}]},
+    )
+    vc = {"namespace": namespace, "vcenter": lab_vcenter}
+
+    def swept() -> tuple[dict[str, Any], Any] | None:
+        status = objects.get(kube_api, namespace, "vcenters", lab_vcenter).get("status") or {}
+        samples = scrape(port)
+        if (
+            not status.get("lastSweepTime")
+            or value(samples, "vmguard_vms_discovered", **vc) is None
+        ):
+            return None
+        # The sweep may run again between the two reads: compare one sweep's numbers.
+        again = objects.get(kube_api, namespace, "vcenters", lab_vcenter)["status"]
+        return (status, samples) if again["lastSweepTime"] == status["lastSweepTime"] else None
+
+    status, samples = eventually(swept, timeout=90, what="a sweep reported in /metrics")
+    counts = status["vms"]
+    assert counts["discovered"] > 0 and counts["unprotected"] > 0
+    assert value(samples, "vmguard_vms_discovered", **vc) == counts["discovered"]
+    assert value(samples, "vmguard_vms_unprotected", **vc) == counts["unprotected"]
+    assert value(samples, "vmguard_vms_protected", **vc) == counts["protected"]
+    assert value(samples, "vmguard_vcenter_reachable", **vc) == 1
+    assert value(samples, "vmguard_vcenter_sweeps_total", **vc, result="ok") >= 1
+
+
+def test_a_taken_metrics_port_is_a_clear_error(
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start_operator("--metrics-port", str(port))
+        assert proc.proc.wait(timeout=60) == 2
+    assert f"vmguard: cannot serve metrics on 127.0.0.1:{port}" in proc.text()
+    assert "Traceback" not in proc.text()

@@ -1,0 +1,138 @@
+"""High availability through kopf peering: of two operator replicas only one acts, and
+when it is SIGKILLed the other takes over and reconciles.
+
+Which replica acts is read from each process's own /metrics: the active one reports
+the vCenter's sweeps, a paused one reports nothing (it runs no daemons). The peering
+object shows both replicas and their priorities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.controller import objects
+from tests.controller.conftest import OperatorProcess
+from tests.controller.scrape import scrape, value
+
+from vmguard.controller.peering import PRIORITY_MAX, build_peering, draw_priority
+from vmguard.lab.procs import eventually, free_port
+
+PEERING = "vmguard"
+LIFETIME = 10  # seconds a SIGKILLed replica still counts as alive
+
+
+@pytest.mark.unit
+def test_priorities_are_explicit_or_drawn_apart() -> None:
+    assert draw_priority(7) == 7
+    drawn = {draw_priority() for _ in range(50)}
+    assert len(drawn) == 50 and all(1 <= p <= PRIORITY_MAX for p in drawn)
+
+
+@pytest.mark.unit
+def test_peering_objects() -> None:
+    assert build_peering("vmguard", "team-a") == {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {
+            "name": "vmguard",
+            "namespace": "team-a",
+            "labels": {"app.kubernetes.io/part-of": "vmguard"},
+        },
+    }
+    cluster = build_peering("vmguard", None)
+    assert cluster["kind"] == "ClusterKopfPeering" and "namespace" not in cluster["metadata"]
+
+
+def _replica(start: Callable[..., OperatorProcess], priority: int) -> tuple[OperatorProcess, int]:
+    port = free_port()
+    proc = start(
+        "--peering",
+        PEERING,
+        "--priority",
+        str(priority),
+        "--peering-lifetime",
+        str(LIFETIME),
+        "--metrics-port",
+        str(port),
+        "--metrics-address",
+        "127.0.0.1",
+    )
+    return proc, port
+
+
+def _sweeps(port: int, namespace: str, vcenter: str) -> float | None:
+    return value(
+        scrape(port),
+        "vmguard_vcenter_sweeps_total",
+        namespace=namespace,
+        vcenter=vcenter,
+        result="ok",
+    )
+
+
+@pytest.mark.lab
+def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
+    kube_api: Any,
+    lab_state: dict[str, Any],
+    namespace: str,
+    lab_vcenter: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    active, active_port = _replica(start_operator, 200)
+    eventually(
+        lambda: _sweeps(active_port, namespace, lab_vcenter),
+        timeout=90,
+        what="the first replica sweeping",
+    )
+    standby, standby_port = _replica(start_operator, 100)
+
+    def peers() -> dict[str, Any] | None:
+        obj = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+            "kopf.dev", "v1", namespace, "kopfpeerings", PEERING
+        )
+        status = obj.get("status") or {}
+        return status if len(status) == 2 else None
+
+    status = eventually(peers, timeout=60, what="both replicas in the peering object")
+    assert sorted(p["priority"] for p in status.values()) == [100, 200]
+    eventually(
+        lambda: scrape(standby_port) is not None, timeout=60, what="the standby serving /metrics"
+    )
+
+    # A new policy wakes the sweeper of whoever acts: the active replica sweeps again,
+    # the standby (paused) does nothing.
+    before = _sweeps(active_port, namespace, lab_vcenter) or 0
+    objects.create_policy(kube_api, namespace, "fail-safe", default=True)
+    eventually(
+        lambda: (_sweeps(active_port, namespace, lab_vcenter) or 0) > before,
+        timeout=30,
+        what="the active replica sweeping on the policy change",
+    )
+    assert _sweeps(standby_port, namespace, lab_vcenter) is None
+    assert (
+        value(
+            scrape(standby_port), "vmguard_vms_discovered", namespace=namespace, vcenter=lab_vcenter
+        )
+        is None
+    )
+
+    # SIGKILL: no farewell in the peering object; the standby waits out the lifetime.
+    active.kill()
+    objects.create_vcenter(kube_api, lab_state, namespace, "lab2")
+
+    def taken_over() -> bool:
+        vc2 = objects.get(kube_api, namespace, "vcenters", "lab2").get("status") or {}
+        return bool(vc2.get("lastSweepTime")) and bool(_sweeps(standby_port, namespace, "lab2"))
+
+    eventually(taken_over, timeout=LIFETIME + 90, what="the standby taking over")
+    assert standby.alive()
+    samples = scrape(standby_port)
+    vc = objects.get(kube_api, namespace, "vcenters", lab_vcenter)
+    assert (
+        value(samples, "vmguard_vms_discovered", namespace=namespace, vcenter="lab2")
+        == (objects.get(kube_api, namespace, "vcenters", "lab2")["status"]["vms"]["discovered"])
+    )
+    assert vc["status"]["vms"]["unprotected"] == 0, "the fail-safe policy was applied"
