@@ -44,6 +44,9 @@ def _argv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(value)
 
 
+DEFAULT_VDDK_PATH = "/opt/vmware-vix-disklib-distrib"
+
+
 def _volume(raw: str | None) -> dict[str, Any] | None:
     if not raw:
         return None
@@ -80,7 +83,7 @@ class ProxySettings:
     """TEST ONLY (``VMGUARD_PROXY_TEST_THROTTLE``, bytes/s): slows every proxy's reads so
     fault tests can kill one mid-transfer. Passed into the Job's environment; 0 = off."""
     vddk_volume: dict[str, Any] | None = None
-    vddk_path: str = "/opt/vmware-vix-disklib-distrib"
+    vddk_path: str = "/opt/vmware-vix-disklib-distrib"  # = DEFAULT_VDDK_PATH
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -92,7 +95,7 @@ class ProxySettings:
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
             test_throttle=int(os.environ.get(THROTTLE_ENV) or 0),
             vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
-            vddk_path=os.environ.get("VMGUARD_PROXY_VDDK_PATH", "/opt/vmware-vix-disklib-distrib"),
+            vddk_path=os.environ.get(VDDK_PATH_ENV, DEFAULT_VDDK_PATH),
         )
 
 
@@ -148,6 +151,7 @@ S3_CA_BUNDLE_ENV = "VMGUARD_S3_CA_BUNDLE"
 KEY_FILE_ENV = "VMGUARD_KEY_FILE"
 LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
 TRANSPORT_ENV = "VMGUARD_TRANSPORT"
+VDDK_PATH_ENV = "VMGUARD_PROXY_VDDK_PATH"
 
 
 def ca_bundle_file(pem: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -233,3 +234,22 @@ def test_job_state_reads_complete_failed_and_running() -> None:
     )
     assert failed.failed and failed.reason == "BackoffLimitExceeded"
     assert failed.finished_at is not None and failed.finished_at.year == 2025
+
+
+def test_the_user_supplied_vddk_volume_is_mounted_read_only_where_nbdkit_looks() -> None:
+    vddk = dataclasses.replace(
+        SETTINGS,
+        vddk_volume={"persistentVolumeClaim": {"claimName": "vddk-8"}},
+        vddk_path="/opt/vddk",
+    )
+    job = builders.build_backup_job(BACKUP, vddk, vcenter=VCENTER, repository=REPOSITORY, attempt=1)
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "vddk", "persistentVolumeClaim": {"claimName": "vddk-8"}} in pod["volumes"]
+    container = _container(job)
+    assert {"name": "vddk", "mountPath": "/opt/vddk", "readOnly": True} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VMGUARD_PROXY_VDDK_PATH"] == "/opt/vddk"
+    plain = builders.build_backup_job(
+        BACKUP, SETTINGS, vcenter=VCENTER, repository=REPOSITORY, attempt=1
+    )
+    assert "vddk" not in json.dumps(plain["spec"]["template"]["spec"]["volumes"])

@@ -38,6 +38,7 @@ from vmguard.config import (
     VC_THUMBPRINT_ENV,
     VC_URL_ENV,
     VC_USER_ENV,
+    VDDK_PATH_ENV,
     ProxySettings,
 )
 
@@ -262,6 +263,10 @@ def proxy_job(
         env += e
         volumes += v
         mounts += m
+    if settings.vddk_volume is not None:  # production NBD: nbdkit's VDDK plugin, user-supplied
+        volumes.append({"name": "vddk", **settings.vddk_volume})
+        mounts.append({"name": "vddk", "mountPath": settings.vddk_path, "readOnly": True})
+        env.append({"name": VDDK_PATH_ENV, "value": settings.vddk_path})
     if settings.test_throttle:
         env.append({"name": THROTTLE_ENV, "value": str(settings.test_throttle)})
     pod_security, container_security = security_context(transport)

@@ -171,7 +171,10 @@ async def vmbackup_runner(
         except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
             logger.exception("backup step failed: %s", exc)
             delay = 30.0
-        if delay is None:
+        if delay is None:  # finished: count it (outcome, bytes, RPO) once
+            done = await ctx.api.get_object(backups.PLURAL, namespace or "", name)
+            if done is not None and getattr(memo, "metrics", None) is not None:
+                memo.metrics.observe_backup(done)
             return
         if delay > 0:
             await stopped.wait(delay)

@@ -160,26 +160,25 @@ def locator_from(spec: str, ep: Endpoint, lab_locator_at: LabLocatorAt | None) -
     from vmguard.vmjobs.access import VddkLocator
     from vmguard.vsphere.session import sha1_thumbprint
 
-    return VddkLocator(ep, sha1_thumbprint(ep))
+    libdir = os.environ.get(cfg.VDDK_PATH_ENV) or cfg.DEFAULT_VDDK_PATH
+    return VddkLocator(ep, sha1_thumbprint(ep), libdir=libdir)
 
 
 def result_status(result: BackupResult, known: list[dict[str, Any]]) -> dict[str, Any]:
     """The status patch of a committed transfer (pure); ``known`` = status.disks so far."""
     m = result.manifest
     by_key = {int(d["key"]): dict(d) for d in known}
-    disks, totals = (
-        [],
-        dict.fromkeys(
-            (
-                "capacityBytes",
-                "bytesRead",
-                "bytesChanged",
-                "bytesUploaded",
-                "chunksNew",
-                "chunksReused",
-            ),
-            0,
+    disks: list[dict[str, Any]] = []
+    totals: dict[str, Any] = dict.fromkeys(
+        (
+            "capacityBytes",
+            "bytesRead",
+            "bytesChanged",
+            "bytesUploaded",
+            "chunksNew",
+            "chunksReused",
         ),
+        0,
     )
     for rec in m.disks:
         key, s = int(rec.key), rec.stats
@@ -201,6 +200,12 @@ def result_status(result: BackupResult, known: list[dict[str, Any]]) -> dict[str
         disks.append(entry)
         for k in totals:
             totals[k] += int(entry.get(k) or 0)
+    from vmguard.store.archive import TransferStats
+
+    # The ransomware signal's input: how well this backup's changed data compressed.
+    summed = sum((rec.stats for rec in m.disks), TransferStats())
+    if summed.compressibility is not None:
+        totals["compressibility"] = round(summed.compressibility, 4)
     return {
         "archiveId": m.archive_id,
         "modeUsed": MODE_USED[m.mode],
