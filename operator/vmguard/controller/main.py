@@ -7,13 +7,16 @@ status. Run with ``vmguard operator`` (see :func:`run`).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
 import kopf
 
-from vmguard.controller import vcenter
+from vmguard.controller import failsafe, vcenter
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.policy_runs import PolicyRunner
+from vmguard.controller.sweeps import LatestSweeps, SweepView
 
 SWEEP_DEFAULT_SECONDS = 300.0
 SWEEP_RETRY_SECONDS = 30.0
@@ -24,6 +27,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
+    # (namespace, policy name) -> event that wakes that policy's scheduler at once.
+    memo.policy_wakeups = {}
+    # The latest successful sweep of each vCenter, read by the policies' schedulers.
+    memo.sweeps = LatestSweeps()
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -42,11 +49,34 @@ def _wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
 @kopf.on.create(GROUP, VERSION, "vmprotectionpolicies")
 @kopf.on.update(GROUP, VERSION, "vmprotectionpolicies", field="spec")
 @kopf.on.delete(GROUP, VERSION, "vmprotectionpolicies", optional=True)
-def policy_changed(spec: kopf.Spec, namespace: str | None, memo: Any, **_: Any) -> None:
-    """A policy changed: its vCenter re-matches its VMs now, not at the next interval."""
+def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
+    and the policy's scheduler re-reads its schedule."""
     vc = (spec.get("vcenterRef") or {}).get("name")
     if vc and namespace:
         _wakeup(memo, namespace, vc).set()
+    if namespace:
+        _policy_wakeup(memo, namespace, name).set()
+
+
+def _policy_wakeup(memo: Any, namespace: str, name: str) -> asyncio.Event:
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.policy_wakeups
+    return wakeups.setdefault((namespace, name), asyncio.Event())
+
+
+@kopf.daemon(GROUP, VERSION, "vmprotectionpolicies", cancellation_timeout=10.0)
+async def policy_scheduler(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Create the policy's VMBackups at its scheduled times; keep its status."""
+    wake = _policy_wakeup(memo, namespace or "", name)
+    await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger).loop()
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
@@ -95,6 +125,16 @@ async def vcenter_sweeper(
                 message=f"{len(fresh)} VM(s) have no policy: {names}",
             )
         announced = {vm.moref for vm in outcome.unprotected}
+        if outcome.result is not None:
+            view = SweepView(dt.datetime.now(dt.UTC), interval, outcome.result)
+            memo.sweeps.publish(meta["namespace"], meta["name"], view)
+            try:
+                made = await failsafe.protect(api, meta["namespace"], view, outcome.policies)
+            except Exception as exc:  # the sweeper must outlive any fault here
+                logger.warning("fail-safe pass failed: %s", exc)
+                made = []
+            if made:
+                logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
         if not outcome.status.get("reachable"):
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
