@@ -316,6 +316,11 @@ def test_paused_and_broken_policies_create_nothing(
         schedule={"cron": "0 0 31 2 *"},
     )
 
+    for name in ("fallback-a", "fallback-b"):  # two defaults, both without a repository
+        objects.create_policy(
+            kube_api, namespace, name, repository="nope", default=True, schedule=every_minute
+        )
+
     def judged(name: str, type_: str) -> dict[str, Any]:
         return eventually(
             lambda: objects.condition(objects.get(kube_api, namespace, PP, name), type_),
@@ -330,6 +335,10 @@ def test_paused_and_broken_policies_create_nothing(
     assert "BackupRepository 'nope' does not exist" in lost["message"]
     odd = judged("odd", "Ready")
     assert (odd["status"], odd["reason"]) == ("False", "NeverOccurs")
+    for name in ("fallback-a", "fallback-b"):
+        clash = judged(name, "Consistent")
+        assert (clash["status"], clash["reason"]) == ("False", "SeveralDefaults")
+    assert "fallback-a (first by name) acts as the default" in clash["message"]
 
     # Past a scheduled minute and a sweep after it: still nothing, neither scheduled
     # nor fail-safe, although both policies have VMs.
@@ -347,4 +356,6 @@ def test_paused_and_broken_policies_create_nothing(
     held = objects.get(kube_api, namespace, PP, "held")["status"]
     assert held["matchedVMs"] > 0 and "lastScheduleTime" not in held
     assert objects.get(kube_api, namespace, PP, "lost")["status"]["matchedVMs"] > 0
+    assert objects.get(kube_api, namespace, PP, "fallback-a")["status"]["matchedVMs"] > 0
+    assert objects.get(kube_api, namespace, PP, "fallback-b")["status"]["matchedVMs"] == 0
     assert objects.items(kube_api, namespace, "vmbackups") == []

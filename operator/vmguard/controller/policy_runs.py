@@ -174,6 +174,9 @@ class PolicyRunner:
             {"lastScheduleTime": run.strftime("%Y-%m-%dT%H:%M:%SZ")},
         )
         self.pending = sorted([*self.pending, *todo], key=lambda p: p.start)
+        if not todo and not skipped:
+            self.log.debug("run %s: the policy has no VMs", run_label(run))
+            return
         message = f"run {run_label(run)}: {len(todo)} VM(s)"
         if skipped:
             names = ", ".join(vm.name for vm in skipped[: policies.LISTED])
