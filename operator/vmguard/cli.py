@@ -79,6 +79,14 @@ def _lab_disk_locator(proxy_uuid: str) -> Any:
     return LabDiskLocator(VSimControl(control), proxy_uuid=proxy_uuid)
 
 
+def _proxy_lab_locator(control_url: str) -> Any:
+    """A proxy Job in the lab (``VMGUARD_PROXY_LOCATOR=lab:URL``): disks through the
+    simulator at ``control_url``. Injected, because vmjobs sits below the lab."""
+    from vmguard.lab.vsim import LabDiskLocator, VSimControl
+
+    return LabDiskLocator(VSimControl(control_url))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmguard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -120,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     from vmguard.vmjobs.commands import register as register_vm
 
     register_vm(sub, lab_locator=_lab_disk_locator)
+
+    # What proxy Jobs run: vmguard proxy restore.
+    from vmguard.vmjobs.proxy_commands import register as register_proxy
+
+    register_proxy(sub, lab_locator=_proxy_lab_locator)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files

@@ -66,3 +66,16 @@ class ProxySettings:
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
         )
+
+
+# How a proxy Job reaches vCenter: the operator sets these in the Job's environment (the
+# user and password as Secret key references), the proxy reads them. Not secret: the
+# URL, the CA bundle (PEM text) and the thumbprint.
+VC_URL_ENV = "VMGUARD_VC_URL"
+VC_USER_ENV = "VMGUARD_VC_USER"
+VC_PASSWORD_ENV = "VMGUARD_VC_PASSWORD"
+VC_CA_PEM_ENV = "VMGUARD_VC_CA_PEM"
+VC_THUMBPRINT_ENV = "VMGUARD_VC_THUMBPRINT"
+VC_INSECURE_ENV = "VMGUARD_VC_INSECURE"
+S3_CA_PEM_ENV = "VMGUARD_S3_CA_PEM"
+"""The repository's private CA (PEM text), when its BackupRepository names one."""

@@ -32,6 +32,15 @@ class ConfigError(PermanentError):
     """Configuration or input is invalid."""
 
 
+class RestoreRejected(PermanentError):
+    """A VMRestore cannot proceed as asked; ``reason`` is its status condition's reason
+    (``TargetExists``, ``InvalidTarget``, ``TargetInsideRepository``, ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class LabError(VmguardError):
     """The local lab could not be built, started or stopped."""
 

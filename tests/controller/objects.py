@@ -92,6 +92,7 @@ def create_repository(
     name: str,
     bucket: dict[str, Any],
     key: str | None = None,
+    prefix: str | None = None,
     **spec: Any,
 ) -> None:
     secret(
@@ -100,8 +101,11 @@ def create_repository(
         f"{name}-s3",
         {"accessKeyID": bucket["access_key"], "secretAccessKey": bucket["secret_key"]},
     )
+    s3 = {"endpoint": bucket["endpoint"], "bucket": bucket["bucket"], "insecure": True}
+    if prefix:
+        s3["prefix"] = prefix
     body: dict[str, Any] = {
-        "s3": {"endpoint": bucket["endpoint"], "bucket": bucket["bucket"], "insecure": True},
+        "s3": s3,
         "credentialsSecretRef": {"name": f"{name}-s3"},
         **spec,
     }

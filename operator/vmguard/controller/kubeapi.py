@@ -2,10 +2,12 @@
 
 kopf itself watches and patches the objects it handles; these are the other calls:
 reading a referenced Secret's keys, reading and listing vmguard objects, creating the
-VMBackups policies make, and patching the status of objects other than the one being
-handled. The kubernetes client blocks, so every call
-goes through ``asyncio.to_thread``. Secret values are returned to the caller and never
-logged; errors name the Secret and the key, never the value.
+VMBackups policies make, patching the status of objects other than the one being
+handled, and the objects the operator creates (proxy Jobs and the proxy's
+ServiceAccount, Role and RoleBinding: created, or adopted when they exist). The
+kubernetes client blocks, so every call goes through ``asyncio.to_thread``. Secret
+values are returned to the caller and never logged; errors name the Secret and the key,
+never the value.
 """
 
 from __future__ import annotations
@@ -68,22 +70,6 @@ class KubeAPI:
 
         return await asyncio.to_thread(read)
 
-    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
-
-        def read() -> dict[str, Any] | None:
-            try:
-                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name
-                )
-                return obj
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise RetryableError(f"reading {plural}/{name}: {exc.status}") from None
-
-        return await asyncio.to_thread(read)
-
     async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create ``body``; False when an object of that name exists already.
 
@@ -120,3 +106,73 @@ class KubeAPI:
                     raise
 
         await asyncio.to_thread(patch)
+
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A vmguard object, or None when it does not exist."""
+
+        def read() -> dict[str, Any] | None:
+            try:
+                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name
+                )
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise RetryableError(f"reading {plural} {namespace}/{name}: {exc.status}") from None
+            return obj
+
+        return await asyncio.to_thread(read)
+
+    async def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                pvc = self.core.read_namespaced_persistent_volume_claim(name, namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise RetryableError(f"reading PVC {namespace}/{name}: {exc.status}") from None
+            result: dict[str, Any] = self.api.sanitize_for_serialization(pvc)
+            return result
+
+        return await asyncio.to_thread(read)
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                job = client.BatchV1Api(self.api).read_namespaced_job(name, namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise RetryableError(f"reading Job {namespace}/{name}: {exc.status}") from None
+            result: dict[str, Any] = self.api.sanitize_for_serialization(job)
+            return result
+
+        return await asyncio.to_thread(read)
+
+    async def create_or_adopt(self, body: dict[str, Any]) -> bool:
+        """Create ``body`` (a Job, ServiceAccount, Role or RoleBinding); False when an
+        object of that name already exists — it is then adopted as it is."""
+        kind, namespace = body["kind"], body["metadata"]["namespace"]
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        create = {
+            "Job": client.BatchV1Api(self.api).create_namespaced_job,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": rbac.create_namespaced_role,
+            "RoleBinding": rbac.create_namespaced_role_binding,
+        }[kind]
+
+        def run() -> bool:
+            try:
+                create(namespace, body)
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    return False
+                name = body["metadata"]["name"]
+                if exc.status in (400, 403, 422):
+                    raise ConfigError(
+                        f"cannot create {kind} {namespace}/{name}: {exc.reason}"
+                    ) from None
+                raise RetryableError(f"creating {kind} {namespace}/{name}: {exc.status}") from None
+            return True
+
+        return await asyncio.to_thread(run)

@@ -13,7 +13,8 @@ from typing import Any
 
 import kopf
 
-from vmguard.controller import failsafe, vcenter
+from vmguard.config import ProxySettings
+from vmguard.controller import failsafe, restores, vcenter
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
 from vmguard.controller.policy_runs import PolicyRunner
 from vmguard.controller.sweeps import LatestSweeps, SweepView
@@ -31,6 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.policy_wakeups = {}
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
+    memo.proxy = ProxySettings.from_env()
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -139,6 +141,23 @@ async def vcenter_sweeper(
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(stopped, wake, interval)
+
+
+@kopf.daemon(GROUP, VERSION, "vmrestores", cancellation_timeout=10.0)
+async def restore_driver(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    """Drive one VMRestore to Completed or Failed (a no-op once it is either)."""
+
+    def announce(reason: str, message: str, warning: bool) -> None:
+        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+
+    await restores.drive(KubeAPI(), memo.proxy, namespace or "", name, stopped, announce)
 
 
 def run(

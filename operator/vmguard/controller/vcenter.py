@@ -46,7 +46,7 @@ class SweepOutcome:
     policies: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _ca_file(pem: str) -> str:
+def ca_bundle_file(pem: str) -> str:
     """CA certificates are public: keep the bundle in a file named by its hash."""
     path = (
         Path(tempfile.gettempdir())
@@ -72,11 +72,11 @@ async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> En
     tls = spec.get("tls") or {}
     ca_file = None
     if tls.get("caBundle"):
-        ca_file = _ca_file(tls["caBundle"])
+        ca_file = ca_bundle_file(tls["caBundle"])
     elif tls.get("caSecretRef"):
         ca_ref = tls["caSecretRef"]
         ca = await api.secret_keys(namespace, ca_ref["name"], {"ca": ca_ref.get("key", "ca.crt")})
-        ca_file = _ca_file(ca["ca"])
+        ca_file = ca_bundle_file(ca["ca"])
     url = f"https://{spec['host']}:{spec.get('port', 443)}/sdk"
     return Endpoint(
         url=url,

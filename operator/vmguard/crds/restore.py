@@ -206,6 +206,16 @@ status = obj(
         "observedGeneration": f.observed_generation(),
         "conditions": f.conditions(),
         "phase": enum("Where the restore is.", PHASES),
+        "archiveId": string(
+            "The archive restored (from the VMBackup, recorded when the restore starts).",
+            max_length=128,
+        ),
+        "vcenter": string("Name of the VCenter restored into.", max_length=63),
+        "repository": string("Name of the BackupRepository read.", max_length=63),
+        "powerOnAfter": boolean(
+            "Whether Finalizing powers the VM on: newVM.powerOn, or an in-place target "
+            "that was on before the restore powered it off."
+        ),
         "jobName": string("The restore Job.", max_length=63),
         "progress": f.progress("restore"),
         "result": obj(
@@ -217,7 +227,11 @@ status = obj(
                     obj(
                         None,
                         {
-                            "key": integer(minimum=0),
+                            "sourceKey": integer(
+                                "Device key of the disk in the backup.", minimum=0
+                            ),
+                            "vm": string("Moref of the VM the disk belongs to.", max_length=64),
+                            "key": integer("Device key of the disk written.", minimum=0),
                             "label": string(max_length=255),
                             "backing": string(max_length=2048),
                             "bytesWritten": integer(minimum=0, int64=True),

@@ -3,7 +3,9 @@
 Lab only: this is the part of a kubelet the lab node agent needs. For one pod it
 writes Secret, ConfigMap, downward-API and projected service-account-token volumes
 into a private directory (mode 0700, files 0644 or the pod's ``defaultMode``),
-creates emptyDir directories, resolves ``env``/``envFrom`` (Secret and ConfigMap key
+creates emptyDir directories, resolves a persistentVolumeClaim to the directory of the
+PersistentVolume bound to it (``hostPath`` or ``local``; the lab has no other volume
+plugins: tests make such PVs themselves), resolves ``env``/``envFrom`` (Secret and ConfigMap key
 references, field references) and adds the in-cluster variables that point a client
 at the lab's apiserver. Every read goes through the node's own credentials, so the
 Node authorizer decides what the node may see, as it does for a real kubelet.
@@ -108,6 +110,20 @@ class PodMaterializer:
         res = self.core.create_namespaced_service_account_token(sa, meta["namespace"], spec)
         return str(res.status.token).encode()
 
+    def _claimed_path(self, ns: str, claim: str) -> Path:
+        """The directory behind a bound claim: its PV's ``hostPath`` or ``local`` path."""
+        pvc = self.core.read_namespaced_persistent_volume_claim(claim, ns)
+        if pvc.status.phase != "Bound" or not pvc.spec.volume_name:
+            raise ValueError(f"PersistentVolumeClaim {ns}/{claim} is not bound")
+        pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+        source = pv.spec.host_path or pv.spec.local
+        if source is None:
+            raise ValueError(
+                f"PersistentVolume {pv.metadata.name} is neither hostPath nor local:"
+                " the lab node agent cannot mount it"
+            )
+        return Path(source.path)
+
     # -- volumes --------------------------------------------------------------------------
     def _items(
         self, data: dict[str, bytes], items: list[dict[str, Any]] | None
@@ -169,6 +185,11 @@ class PodMaterializer:
             elif "hostPath" in vol:
                 target.rmdir()
                 pf.volumes[vol["name"]] = Path(vol["hostPath"]["path"])
+                continue
+            elif "persistentVolumeClaim" in vol:
+                target.rmdir()
+                claim = vol["persistentVolumeClaim"]["claimName"]
+                pf.volumes[vol["name"]] = self._claimed_path(ns, claim)
                 continue
             # emptyDir and anything else: an empty private directory
             pf.volumes[vol["name"]] = target

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
+from vmguard.config import VC_PASSWORD_ENV, VC_USER_ENV
 from vmguard.errors import ConfigError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.crypto import KEY_ENV
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from vmguard.vsphere.restore import NewVMTarget
     from vmguard.vsphere.session import Endpoint
 
-USER_ENV = "VMGUARD_VC_USER"
-PASSWORD_ENV = "VMGUARD_VC_PASSWORD"
+USER_ENV = VC_USER_ENV
+PASSWORD_ENV = VC_PASSWORD_ENV
 
 LabLocator = Callable[[str], "DiskLocator"]
 """The lab's locator for a proxy BIOS UUID (``--lab``; dev and tests only)."""

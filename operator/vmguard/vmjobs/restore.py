@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmguard.datamover.pipeline import Progress
 from vmguard.datamover.plan import chunks_touching
 from vmguard.datamover.restore import RestoreStats, restore_disk
 from vmguard.errors import ConfigError, PermanentError
@@ -41,7 +43,7 @@ def archive_config(manifest: ArchiveManifest) -> VMConfig:
     return VMConfig.from_json(manifest.config_blob)
 
 
-def _write(
+def write_disk(
     locator: DiskLocator,
     repo: Repository,
     manifest: ArchiveManifest,
@@ -52,12 +54,20 @@ def _write(
     *,
     only: list[Extent] | None = None,
     zero_holes: bool = False,
+    progress: Progress | None = None,
 ) -> RestoreStats:
+    """Disk ``source_key`` of the archive into disk ``target_key`` of a powered-off VM."""
     with locator.live_disk(vm_moref, target_key, file_name) as server:
         sink = NbdSink(server.uri)
         try:
             return restore_disk(
-                repo, manifest, str(source_key), sink, only=only, zero_holes=zero_holes
+                repo,
+                manifest,
+                str(source_key),
+                sink,
+                only=only,
+                zero_holes=zero_holes,
+                progress=progress,
             )
         finally:
             sink.close()
@@ -83,7 +93,7 @@ def restore_new_vm(
     created = vrestore.create_vm(session, config, target)
     try:
         results = {
-            d.source_key: _write(
+            d.source_key: write_disk(
                 locator, repo, manifest, created.moref, d.source_key, d.key, d.file_name
             )
             for d in created.disks
@@ -110,7 +120,9 @@ def restore_in_place(
     vm_moref: str,
     locator: DiskLocator,
     power_off: bool = False,
+    progress: Callable[[int], Progress] | None = None,
 ) -> InPlaceResult:
+    """``progress(disk key)``, when given, makes the progress callback of that disk."""
     manifest = repo.load_archive(archive_id)
     vm = session.call(lambda si: vm_record(si, vm_moref))
     if vm.power_state != "poweredOff":
@@ -146,16 +158,17 @@ def restore_in_place(
             only = [Extent(start, length) for start, length in p.areas]
             count = len(chunks_touching(only, size, record.length))
             result.reasons[key] = f"changed chunks only ({count}; {p.reason})"
-            result.disks[key] = _write(
+            result.disks[key] = write_disk(
                 locator, repo, manifest, vm_moref, key, key, disk.backing_file,
-                only=only, zero_holes=True,
+                only=only, zero_holes=True, progress=progress(key) if progress else None,
             )  # fmt: skip
         else:
             why = p.reason if p is not None else "CBT is off or the backup has no change id"
             result.reasons[key] = f"full overwrite ({why})"
-            result.disks[key] = _write(
-                locator, repo, manifest, vm_moref, key, key, disk.backing_file, zero_holes=True
-            )
+            result.disks[key] = write_disk(
+                locator, repo, manifest, vm_moref, key, key, disk.backing_file,
+                zero_holes=True, progress=progress(key) if progress else None,
+            )  # fmt: skip
     return result
 
 
@@ -172,5 +185,7 @@ def restore_single_disk(
     manifest = repo.load_archive(archive_id)
     config = archive_config(manifest)
     created = vrestore.add_disk(session, vm_moref, config.disk(disk_key), datastore)
-    written = _write(locator, repo, manifest, vm_moref, disk_key, created.key, created.file_name)
+    written = write_disk(
+        locator, repo, manifest, vm_moref, disk_key, created.key, created.file_name
+    )
     return created, written

@@ -7,6 +7,12 @@ source was thin; the data mover then writes the backup into those disks through 
 transport. :func:`add_disk` gives an existing VM one new empty disk (single-disk
 restore). Invariants: a created VM is powered off until the data is written (the caller
 powers it on when asked); a failed creation leaves no half-made VM behind.
+
+Restart safety (the operator may be killed between "create" and "record what was
+created"): a caller may give a *marker*, an extraConfig key/value set in the very
+CreateVM or ReconfigVM call that makes the VM or disk; ``find_marked_vm`` and
+``find_marked_disk`` find what an earlier, interrupted attempt made, so it is adopted
+instead of made twice (:mod:`.adoption`). Markers carry a UID, never a secret.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ class NewVMTarget:
     """Source network name → target network name; unmapped networks keep their name."""
     keep_mac: bool = False
     """Keep the source's MAC addresses (only when the source VM is gone)."""
+    host: str = ""
+    """Name or inventory path of an ESXi host; default: vCenter picks one in the pool."""
+    marker: tuple[str, str] | None = None
+    """(extraConfig key, value) set at creation, to find this VM again (adoption.find_marked_vm)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,9 @@ def create_spec(si: Any, tree: InventoryTree, config: VMConfig, target: NewVMTar
             vim.option.OptionValue(key=k, value=v) for k, v in config.extra_config.items()
         ],
     )
+    if target.marker:
+        key, value = target.marker
+        spec.extraConfig.append(vim.option.OptionValue(key=key, value=value))
     if config.firmware == "efi":
         spec.bootOptions = vim.vm.BootOptions(efiSecureBootEnabled=config.secure_boot)
     return spec
@@ -211,12 +224,15 @@ def create_vm(session: VSphereSession, config: VMConfig, target: NewVMTarget) ->
         plain = re.sub(r"[/%\\]", "-", target.name)
         spec.name = plain
         folder: Any = vim.Folder(folder_ref, si._stub)
-        vm = wait_for(folder.CreateVM_Task(config=spec, pool=vim.ResourcePool(pool_ref, si._stub)))
+        host: Any = vim.HostSystem(_host_ref(tree, target.host), si._stub) if target.host else None
+        vm = wait_for(
+            folder.CreateVM_Task(config=spec, pool=vim.ResourcePool(pool_ref, si._stub), host=host)
+        )
         moref = moid(vm)
         try:
             if plain != target.name:
                 wait_for(find_vm(si, moref).Rename_Task(newName=target.name))
-            disks = _created_disks(find_vm(si, moref), config)
+            disks = paired_disks(find_vm(si, moref), config)
         except Exception:
             wait_for(find_vm(si, moref).Destroy_Task())
             raise
@@ -225,12 +241,42 @@ def create_vm(session: VSphereSession, config: VMConfig, target: NewVMTarget) ->
     return session.call(run)
 
 
+def _host_ref(tree: InventoryTree, name: str) -> str:
+    for ref, node in tree.nodes.items():
+        if node.kind.endswith("HostSystem") and name in (node.name, tree.path(ref)):
+            return ref
+    raise ConfigError(f"no ESXi host {name!r}")
+
+
+def check_target(session: VSphereSession, config: VMConfig, target: NewVMTarget) -> None:
+    """ConfigError naming what of the placement does not exist: datastore, folder,
+    resource pool, host, or a network a NIC would be connected to."""
+
+    def run(si: vim.ServiceInstance) -> None:
+        tree = InventoryTree(si)
+        if not any(
+            node.kind.endswith("Datastore") and node.name == target.datastore
+            for node in tree.nodes.values()
+        ):
+            raise ConfigError(f"no datastore named {target.datastore!r}")
+        if target.folder:
+            _by_path(tree, target.folder, "vim.Folder")
+        if target.resource_pool:
+            _by_path(tree, target.resource_pool, "vim.ResourcePool")
+        if target.host:
+            _host_ref(tree, target.host)
+        for nic in config.nics:
+            _network_ref(tree, target.network_map.get(nic.network, nic.network))
+
+    session.call(run)
+
+
 def _vm_root(tree: InventoryTree) -> str:
     dc = _first(tree, "vim.Datacenter")
     return _by_path(tree, tree.path(dc) + "/vm", "vim.Folder")
 
 
-def _created_disks(vm: Any, config: VMConfig) -> tuple[CreatedDisk, ...]:
+def paired_disks(vm: Any, config: VMConfig) -> tuple[CreatedDisk, ...]:
     """Pair each captured disk with the new VM's disk in the same controller slot."""
     made = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
     if len(made) != len(config.disks):
@@ -250,9 +296,17 @@ def _created_disks(vm: Any, config: VMConfig) -> tuple[CreatedDisk, ...]:
 
 
 def add_disk(
-    session: VSphereSession, vm_moref: str, disk: DiskConfig, datastore: str
+    session: VSphereSession,
+    vm_moref: str,
+    disk: DiskConfig,
+    datastore: str,
+    marker: str = "",
 ) -> CreatedDisk:
-    """Give an existing VM one new empty disk like ``disk`` on a free slot of its controller."""
+    """Give an existing VM one new empty disk like ``disk`` on a free slot of its controller.
+
+    With ``marker``, the same reconfiguration records ``marker = controller:unit`` in the
+    VM's extraConfig, so ``adoption.find_marked_disk`` finds the disk after an interruption.
+    """
 
     def run(si: vim.ServiceInstance) -> CreatedDisk:
         vm: Any = find_vm(si, vm_moref)
@@ -268,6 +322,8 @@ def add_disk(
         file_name = f"[{datastore}]"
         slot = DiskConfig(**{**disk.__dict__, "unit_number": unit})
         spec = vim.vm.ConfigSpec(deviceChange=[_disk_spec(slot, ctrl.key, file_name)])
+        if marker:
+            spec.extraConfig = [vim.option.OptionValue(key=marker, value=f"{ctrl.key}:{unit}")]
         wait_for(vm.ReconfigVM_Task(spec=spec))
         new = next(
             d

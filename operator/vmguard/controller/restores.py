@@ -1,0 +1,360 @@
+"""The VMRestore controller: Pending → Restoring → Finalizing → Completed | Failed.
+
+One kopf daemon per VMRestore calls :func:`drive`, which reads the object afresh and
+takes one :func:`step` at a time until the restore is Completed or Failed. Each step is
+decided by ``status.phase`` alone, so an operator killed at any point and restarted
+resumes where the status says, and every step may run twice without harm:
+
+- **Pending**: the source VMBackup must exist and be Completed with an archive (else
+  condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
+  fails the restore). The operator opens the repository, reads the manifest, checks and
+  prepares the target (:mod:`.restore_targets`: a new VM is created here, found again
+  by its marker after a restart), records it in ``status.result`` (and, for an
+  overwrite, whether the VM was on, *before* powering it off), makes sure the proxy's
+  ServiceAccount exists and creates the Job — named after the VMRestore's UID, so a
+  second attempt finds it (AlreadyExists = adopt).
+- **Restoring**: the proxy Job writes and reports progress and its result into status;
+  the operator watches the Job. Complete → Finalizing; failed → Failed, with the
+  proxy's reason when it gave one. A Job that vanished (TTL, deleted) is made again.
+- **Finalizing**: power the VM on when asked (or when an overwritten VM was on), then
+  Completed.
+- **Failed**: a VM this restore created is destroyed (only if it carries our marker);
+  disks added to an existing VM stay (named in status); an overwritten VM stays off.
+
+Bad input never crash-loops the operator: a rejected target is a condition and Failed,
+a missing reference is a condition and a later re-check, an unexpected fault is a
+condition and a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.config import ProxySettings
+from vmguard.controller import access, builders
+from vmguard.controller import restore_targets as targets
+from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    RestoreRejected,
+    RetryableError,
+    VmguardError,
+)
+
+log = logging.getLogger(__name__)
+
+PLURAL = "vmrestores"
+WAIT_SOURCE_SECONDS = 10.0
+RETRY_SECONDS = 30.0
+POLL_JOB_SECONDS = 2.0
+TERMINAL = ("Completed", "Failed")
+
+Announce = Callable[[str, str, bool], None]
+"""(reason, message, is_warning): an event on the VMRestore."""
+
+
+@dataclass
+class Step:
+    status: dict[str, Any] = field(default_factory=dict)
+    delay: float | None = None
+    """Seconds until the next step; None: the restore is over."""
+
+
+def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
+def _waiting(obj: dict[str, Any], type_: str, reason: str, message: str, delay: float) -> Step:
+    conds = set_condition(_conditions(obj), type_, False, reason, message)
+    conds = set_condition(conds, "Ready", False, reason, message)
+    return Step({"phase": "Pending", "conditions": conds}, delay)
+
+
+def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) -> Step:
+    conds = _conditions(obj)
+    if type_:
+        conds = set_condition(conds, type_, False, reason, message)
+    conds = set_condition(conds, "Ready", False, reason, message)
+    status = {
+        "phase": "Failed",
+        "completionTime": now(),
+        "error": {"reason": reason, "message": message[:4096], "retryable": False},
+        "conditions": conds,
+    }
+    return Step(status, None)
+
+
+def _refs(backup: dict[str, Any], policy: dict[str, Any] | None) -> tuple[str, str]:
+    """(vCenter, repository) names the backup was made with."""
+    spec, status = backup.get("spec") or {}, backup.get("status") or {}
+    pspec = (policy or {}).get("spec") or {}
+    vcenter = (
+        status.get("vcenter")
+        or (spec.get("vcenterRef") or {}).get("name")
+        or (pspec.get("vcenterRef") or {}).get("name", "")
+    )
+    repository = (
+        status.get("repository")
+        or (spec.get("repositoryRef") or {}).get("name")
+        or (pspec.get("repositoryRef") or {}).get("name", "")
+    )
+    return vcenter, repository
+
+
+async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
+    phase = (obj.get("status") or {}).get("phase") or "Pending"
+    if phase in TERMINAL:
+        return Step()
+    if phase == "Pending":
+        return await _start(api, settings, obj)
+    if phase == "Restoring":
+        return await _watch(api, settings, obj)
+    return await _finalize(api, obj)
+
+
+async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
+    meta, spec = obj["metadata"], obj["spec"]
+    ns, status = meta["namespace"], obj.get("status") or {}
+    source = spec["source"]["backupRef"]["name"]
+    backup = await api.get_object("vmbackups", ns, source)
+    if backup is None:
+        msg = f"VMBackup {source} does not exist"
+        return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
+    bstatus = backup.get("status") or {}
+    if bstatus.get("phase") in ("Failed", "PartiallyFailed"):
+        msg = f"VMBackup {source} is {bstatus['phase']}: there is nothing to restore"
+        return failed(obj, "SourceReady", "SourceFailed", msg)
+    archive_id = bstatus.get("archiveId")
+    if bstatus.get("phase") != "Completed" or not archive_id:
+        msg = f"VMBackup {source} is {bstatus.get('phase') or 'Pending'}, not Completed"
+        return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
+    policy_ref = ((backup.get("spec") or {}).get("policyRef") or {}).get("name")
+    policy = await api.get_object("vmprotectionpolicies", ns, policy_ref) if policy_ref else None
+    vc_name, repo_name = _refs(backup, policy)
+    vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
+    repo_obj = await api.get_object("backuprepositories", ns, repo_name) if repo_name else None
+    if repo_obj is None:
+        msg = f"BackupRepository {repo_name or '(none named)'} of VMBackup {source} does not exist"
+        return _waiting(obj, "SourceReady", "RepositoryNotFound", msg, RETRY_SECONDS)
+    target = spec["target"]
+    vc_obj = None
+    if "files" not in target:
+        vc_obj = await api.get_object("vcenters", ns, vc_name) if vc_name else None
+        if vc_obj is None:
+            msg = f"VCenter {vc_name or '(none named)'} to restore into does not exist"
+            return _waiting(obj, "TargetReady", "VCenterNotFound", msg, RETRY_SECONDS)
+    repo = await access.open_repository(api, repo_obj)
+    try:
+        manifest = await asyncio.to_thread(repo.load_archive, archive_id)
+    except ObjectNotFoundError:
+        msg = f"archive {archive_id} of VMBackup {source} is not in repository {repo_name}"
+        return failed(obj, "SourceReady", "ArchiveNotFound", msg)
+    conds = set_condition(
+        _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
+    )
+    recorded = {
+        "archiveId": archive_id,
+        "repository": repo_name,
+        "startTime": status.get("startTime") or now(),
+        "conditions": conds,
+    }
+    recorded_power = status.get("powerOnAfter")
+    if vc_obj is not None:
+        recorded["vcenter"] = vc_name
+        endpoint = await access.vcenter_endpoint(api, vc_obj)
+        prepared = await asyncio.to_thread(
+            _prepare_vsphere, endpoint, manifest, target, meta["uid"], recorded_power
+        )
+    else:
+        prepared = targets.prepare_files(manifest, target["files"], repo_obj["spec"]["s3"])
+    recorded["result"] = prepared.result()
+    recorded["powerOnAfter"] = prepared.power_on_after
+    if prepared.power_off:
+        # Recorded before powering off, so a restart still knows the VM was on.
+        await api.patch_status(PLURAL, ns, meta["name"], recorded)
+        await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
+    await _ensure_proxy_identity(api, ns, settings.service_account)
+    job = builders.build_restore_job(
+        obj,
+        settings,
+        access.repository_access(repo_obj),
+        access.vcenter_access(vc_obj) if vc_obj is not None else None,
+    )
+    await api.create_or_adopt(job)
+    conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
+    conds = set_condition(conds, "Ready", False, "Restoring", f"Job {job['metadata']['name']}")
+    recorded.update({"phase": "Restoring", "jobName": job["metadata"]["name"], "conditions": conds})
+    return Step(recorded, POLL_JOB_SECONDS)
+
+
+def _describe(prepared: targets.Prepared) -> str:
+    if prepared.location:
+        return f"files go to {prepared.location}"
+    disks = ", ".join(f"{d['sourceKey']}→{d['vm']}:{d['key']}" for d in prepared.disks)
+    return f"VM {prepared.vm.get('moref', '')}" + (f", disks {disks}" if disks else "")
+
+
+def _prepare_vsphere(
+    endpoint: Any,
+    manifest: Any,
+    target: dict[str, Any],
+    uid: str,
+    recorded_power: bool | None,
+) -> targets.Prepared:
+    from vmguard.vsphere.session import VSphereSession
+
+    session = VSphereSession(endpoint)
+    try:
+        if "newVM" in target:
+            return targets.prepare_new_vm(session, manifest, target["newVM"], uid)
+        if "inPlace" in target:
+            return targets.prepare_in_place(session, manifest, recorded_power)
+        return targets.prepare_disks(session, manifest, target["disks"], uid, recorded_power)
+    finally:
+        session.close()
+
+
+def _power(endpoint: Any, morefs: list[str], on: bool) -> None:
+    from vmguard.vsphere import restore as vrestore
+    from vmguard.vsphere.session import VSphereSession
+
+    session = VSphereSession(endpoint)
+    try:
+        for moref in dict.fromkeys(morefs):
+            vrestore.power(session, moref, on=on)
+    finally:
+        session.close()
+
+
+async def _ensure_proxy_identity(api: KubeAPI, namespace: str, name: str) -> None:
+    for body in (
+        builders.build_proxy_service_account(namespace, name),
+        builders.build_proxy_role(namespace, name),
+        builders.build_proxy_role_binding(namespace, name),
+    ):
+        await api.create_or_adopt(body)
+
+
+def _job_outcome(job: dict[str, Any]) -> tuple[str, str]:
+    """("Complete" | "Failed" | "", message) from the Job's conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return cond["type"], cond.get("message") or cond.get("reason") or ""
+    return "", ""
+
+
+async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
+    meta, status = obj["metadata"], obj.get("status") or {}
+    ns = meta["namespace"]
+    job_name = status.get("jobName") or builders.restore_job_name(obj)
+    job = await api.read_job(ns, job_name)
+    if job is None:
+        # Gone before we saw it end (TTL, deleted by hand): run it again; writing the
+        # same bytes to the same prepared target twice is harmless.
+        log.warning("restore Job %s/%s vanished; starting it again", ns, job_name)
+        return Step({"phase": "Pending"}, 0.0)
+    outcome, message = _job_outcome(job)
+    if outcome == "Complete":
+        conds = set_condition(_conditions(obj), "Ready", False, "Finalizing", "data written")
+        return Step({"phase": "Finalizing", "conditions": conds}, 0.0)
+    if outcome == "Failed":
+        error = status.get("error") or {}
+        reason = error.get("reason") or "ProxyFailed"
+        text = error.get("message") or f"restore Job {job_name} failed: {message}"
+        return await _fail_and_clean(api, obj, reason, text)
+    return Step({}, POLL_JOB_SECONDS)
+
+
+async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:
+    ns, name = obj["metadata"]["namespace"], (obj.get("status") or {}).get("vcenter")
+    vc = await api.get_object("vcenters", ns, name) if name else None
+    if vc is None:
+        raise RetryableError(f"VCenter {name} is gone; cannot finish the restore")
+    return await access.vcenter_endpoint(api, vc)
+
+
+async def _fail_and_clean(api: KubeAPI, obj: dict[str, Any], reason: str, text: str) -> Step:
+    status = obj.get("status") or {}
+    moref = ((status.get("result") or {}).get("vm") or {}).get("moref")
+    if "newVM" in obj["spec"]["target"] and moref:
+        endpoint = await _vcenter_endpoint(api, obj)
+
+        def destroy() -> bool:
+            from vmguard.vsphere import adoption
+            from vmguard.vsphere.session import VSphereSession
+
+            session = VSphereSession(endpoint)
+            try:
+                uid = obj["metadata"]["uid"]
+                return adoption.destroy_marked(session, moref, targets.VM_MARKER, uid)
+            finally:
+                session.close()
+
+        if await asyncio.to_thread(destroy):
+            text += f"; the half-restored VM {moref} was destroyed"
+    return failed(obj, None, reason, text)
+
+
+async def _finalize(api: KubeAPI, obj: dict[str, Any]) -> Step:
+    status = obj.get("status") or {}
+    moref = ((status.get("result") or {}).get("vm") or {}).get("moref")
+    if status.get("powerOnAfter") and moref:
+        endpoint = await _vcenter_endpoint(api, obj)
+        await asyncio.to_thread(_power, endpoint, [moref], True)
+    conds = set_condition(_conditions(obj), "Ready", True, "Completed", "restore completed")
+    return Step({"phase": "Completed", "completionTime": now(), "conditions": conds}, None)
+
+
+async def drive(
+    api: KubeAPI,
+    settings: ProxySettings,
+    namespace: str,
+    name: str,
+    stopped: Any,
+    announce: Announce,
+) -> None:
+    """Step one VMRestore until it is over (or the operator stops)."""
+    while not stopped:
+        obj = await api.get_object(PLURAL, namespace, name)
+        if obj is None or "metadata" not in obj:
+            return
+        try:
+            result = await step(api, settings, obj)
+        except RestoreRejected as exc:
+            result = failed(obj, "TargetReady", exc.reason, str(exc))
+        except RetryableError as exc:
+            result = _retry(obj, "Unreachable", str(exc))
+        except (ConfigError, VmguardError) as exc:
+            result = _retry(obj, "InvalidConfiguration", str(exc))
+        except Exception as exc:  # an unexpected fault must not stop this restore for good
+            log.exception("VMRestore %s/%s: step failed", namespace, name)
+            result = _retry(obj, "ReconcileError", f"{type(exc).__name__}: {exc}")
+        if result.status:
+            await api.patch_status(PLURAL, namespace, name, result.status)
+            _announce(obj, result.status, announce)
+        if result.delay is None:
+            return
+        await stopped.wait(result.delay)
+
+
+def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:
+    conds = set_condition(_conditions(obj), "Ready", False, reason, message)
+    return Step({"conditions": conds}, RETRY_SECONDS)
+
+
+def _announce(obj: dict[str, Any], status: dict[str, Any], announce: Announce) -> None:
+    before = (obj.get("status") or {}).get("phase")
+    phase = status.get("phase")
+    if phase == before or phase is None:
+        return
+    if phase == "Failed":
+        error = status["error"]
+        announce(error["reason"], error["message"], True)
+    elif phase in ("Restoring", "Completed"):
+        announce(phase, f"restore {phase.lower()}", False)

@@ -1,0 +1,237 @@
+"""The proxy's side of a VMRestore: ``vmguard proxy restore --namespace NS --name NAME``.
+
+Data plane only. The operator has already checked the source and prepared the target,
+and recorded both in the VMRestore's status (``archiveId``; ``result.vm`` and
+``result.disks`` — which disk of the archive goes into which disk of which VM; or
+``result.location`` for files). The proxy reads the VMRestore (its only read: the
+VMBackup may be gone by now), writes, and patches ``status.progress`` (throttled) and
+its outcome into ``status.result`` — or ``status.error`` with a reason, exiting
+non-zero so the Job fails and the operator fails the restore.
+
+- ``newVM`` and ``disks``: each prepared disk is written through the transport
+  (:func:`vmguard.vmjobs.restore.write_disk`); a fresh disk keeps its holes, an
+  overwritten one has them zeroed.
+- ``inPlace``: :func:`vmguard.vmjobs.restore.restore_in_place` writes only the chunks
+  changed since the backup where the CBT chain allows (the VM is already off).
+- ``files``: :func:`vmguard.files.restore.restore_paths` into an S3 prefix
+  (:class:`~vmguard.files.s3sink.S3PrefixSink`) or the PVC mounted at
+  :data:`~vmguard.controller.builders.RESTORE_TARGET_DIR`.
+
+Everything comes from the environment the operator's Job sets (names in
+:mod:`vmguard.config` and :mod:`vmguard.store.location`): the repository URL and S3 keys,
+the master key, vCenter's URL, trust and credentials, and the disk locator
+(:class:`~vmguard.config.ProxySettings`). No secret is ever logged or reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vmguard.config import (
+    S3_CA_PEM_ENV,
+    VC_CA_PEM_ENV,
+    VC_INSECURE_ENV,
+    VC_PASSWORD_ENV,
+    VC_THUMBPRINT_ENV,
+    VC_URL_ENV,
+    VC_USER_ENV,
+    ProxySettings,
+)
+from vmguard.errors import (
+    ChunkCorruptError,
+    ChunkMissingError,
+    ConfigError,
+    RetryableError,
+    VmguardError,
+)
+from vmguard.store import ArchiveManifest, MasterKey, Repository
+from vmguard.store.location import open_location, repository_url
+from vmguard.vmjobs.access import DiskLocator
+from vmguard.vmjobs.report import StatusReporter
+
+log = logging.getLogger(__name__)
+
+LabLocatorFactory = Callable[[str], DiskLocator]
+"""The lab's locator for a simulator control URL (``lab:URL``); injected by the CLI,
+because the lab sits above this layer."""
+
+
+class _Progress:
+    """Sums per-disk (or per-file) progress into one throttled ``status.progress``."""
+
+    def __init__(self, reporter: StatusReporter, total: int) -> None:
+        self.reporter, self.total, self.base = reporter, total, 0
+        self.started = time.monotonic()
+
+    def report(self, done: int) -> None:
+        rate = done / max(time.monotonic() - self.started, 1e-3)
+        self.reporter.progress(done, self.total, rate)
+
+    def disk(self, base: int) -> Callable[[int, int], None]:
+        return lambda done, _total: self.report(base + done)
+
+
+def pem_file(pem: str) -> str:
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"vmguard-ca-{digest}.pem"
+    path.write_text(pem)
+    return str(path)
+
+
+def repository_from_env(env: Mapping[str, str] | None = None) -> Repository:
+    env = os.environ if env is None else env
+    ca = pem_file(env[S3_CA_PEM_ENV]) if env.get(S3_CA_PEM_ENV) else None
+    backend = open_location(repository_url(None, env), env, ca_file=ca)
+    return Repository.open(backend, MasterKey.from_env())
+
+
+def endpoint_from_env(env: Mapping[str, str] | None = None) -> Any:
+    from vmguard.vsphere.session import Endpoint
+
+    env = os.environ if env is None else env
+    missing = [v for v in (VC_URL_ENV, VC_USER_ENV, VC_PASSWORD_ENV) if not env.get(v)]
+    if missing:
+        raise ConfigError(f"the proxy's environment lacks {', '.join(missing)}")
+    return Endpoint(
+        env[VC_URL_ENV],
+        env[VC_USER_ENV],
+        env[VC_PASSWORD_ENV],
+        ca_file=pem_file(env[VC_CA_PEM_ENV]) if env.get(VC_CA_PEM_ENV) else None,
+        thumbprint=env.get(VC_THUMBPRINT_ENV) or None,
+        insecure=env.get(VC_INSECURE_ENV) == "true",
+    )
+
+
+def disk_locator(settings: ProxySettings, endpoint: Any, lab: LabLocatorFactory | None) -> Any:
+    if settings.locator.startswith("lab:"):
+        if lab is None:
+            raise ConfigError("VMGUARD_PROXY_LOCATOR=lab:… needs the lab, which this build lacks")
+        return lab(settings.locator[len("lab:") :])
+    if settings.locator != "vddk":
+        raise ConfigError(f"unknown VMGUARD_PROXY_LOCATOR {settings.locator!r}: vddk or lab:URL")
+    from vmguard.vmjobs.access import VddkLocator
+    from vmguard.vsphere.session import sha1_thumbprint
+
+    return VddkLocator(endpoint, sha1_thumbprint(endpoint))
+
+
+def error_reason(exc: BaseException) -> str:
+    from vmguard.datamover.restore import RestoreFailed
+
+    if isinstance(getattr(exc, "reason", None), str):
+        return str(exc.reason)  # type: ignore[attr-defined]
+    if isinstance(exc, (RestoreFailed, ChunkCorruptError, ChunkMissingError)):
+        return "RepositoryDamaged"
+    if isinstance(exc, RetryableError):
+        return "Unreachable"
+    if isinstance(exc, ConfigError):
+        return "InvalidTarget"
+    return "RestoreFailed"
+
+
+def write_vm_disks(
+    repo: Repository,
+    manifest: ArchiveManifest,
+    target: dict[str, Any],
+    result: dict[str, Any],
+    reporter: StatusReporter,
+    lab: LabLocatorFactory | None,
+) -> dict[str, Any]:
+    """newVM, inPlace, disks: write through the transport; the new ``status.result``."""
+    from vmguard.vmjobs.restore import restore_in_place, write_disk
+    from vmguard.vsphere.session import VSphereSession
+
+    endpoint = endpoint_from_env()
+    locator = disk_locator(ProxySettings.from_env(), endpoint, lab)
+    session = VSphereSession(endpoint)
+    try:
+        if "inPlace" in target:
+            moref = result["vm"]["moref"]
+            offsets, total = {}, 0
+            for d in manifest.disks:
+                offsets[int(d.key)], total = total, total + d.length
+            progress = _Progress(reporter, total)
+            done = restore_in_place(
+                session,
+                repo,
+                manifest.archive_id,
+                moref,
+                locator,
+                power_off=False,
+                progress=lambda key: progress.disk(offsets[key]),
+            )
+            disks = [
+                {"sourceKey": k, "vm": moref, "key": k, "bytesWritten": s.bytes_written}
+                for k, s in sorted(done.disks.items())
+            ]
+            for k, why in sorted(done.reasons.items()):
+                log.info("disk %s: %s", k, why)
+            return {**result, "disks": disks}
+        prepared = list(result.get("disks") or [])
+        total = sum(manifest.disk(str(d["sourceKey"])).length for d in prepared)
+        progress = _Progress(reporter, total)
+        base = 0
+        written = []
+        for d in prepared:
+            stats = write_disk(
+                locator,
+                repo,
+                manifest,
+                d["vm"],
+                int(d["sourceKey"]),
+                int(d["key"]),
+                d["backing"],
+                # A new VM's disks are empty; any other may hold old data where the
+                # backup has holes (zeroing punches holes, so thin stays thin).
+                zero_holes="newVM" not in target,
+                progress=progress.disk(base),
+            )
+            base += stats.length
+            written.append({**d, "bytesWritten": stats.bytes_written})
+        return {**result, "disks": written}
+    finally:
+        session.close()
+
+
+def run(
+    namespace: str,
+    name: str,
+    lab: LabLocatorFactory | None = None,
+    reporter: StatusReporter | None = None,
+) -> int:
+    """Carry out one VMRestore; 0 when its data is written, 1 when it failed (reported)."""
+    from vmguard.vmjobs.restore_files import restore_files
+
+    reporter = reporter or StatusReporter("vmrestores", namespace, name)
+    obj = reporter.read()
+    status, target = obj.get("status") or {}, obj["spec"]["target"]
+    try:
+        archive_id = status.get("archiveId")
+        if not archive_id:
+            raise ConfigError(f"VMRestore {namespace}/{name} names no archive yet")
+        repo = repository_from_env()
+        manifest = repo.load_archive(archive_id)
+        result = dict(status.get("result") or {})
+        if "files" in target:
+            result = restore_files(repo, manifest, target["files"], result, reporter)
+        else:
+            result = write_vm_disks(repo, manifest, target, result, reporter, lab)
+        reporter.patch({"result": result})
+        return 0
+    except VmguardError as exc:
+        log.error("restore failed: %s", exc)
+        error = {"reason": error_reason(exc), "message": str(exc)[:4096], "retryable": False}
+        reporter.patch({"error": error})
+        return 1
+    except Exception as exc:
+        log.exception("restore failed")
+        error = {"reason": "ProxyError", "message": f"{type(exc).__name__}: {exc}"[:4096]}
+        reporter.patch({"error": {**error, "retryable": False}})
+        return 1
