@@ -355,6 +355,7 @@ def test_paused_and_broken_policies_create_nothing(
     )
     held = objects.get(kube_api, namespace, PP, "held")["status"]
     assert held["matchedVMs"] > 0 and "lastScheduleTime" not in held
+    assert "nextScheduleTime" not in held, "a paused policy has no next run"
     assert objects.get(kube_api, namespace, PP, "lost")["status"]["matchedVMs"] > 0
     assert objects.get(kube_api, namespace, PP, "fallback-a")["status"]["matchedVMs"] > 0
     assert objects.get(kube_api, namespace, PP, "fallback-b")["status"]["matchedVMs"] == 0
