@@ -155,3 +155,18 @@ class FileRestoreError(PermanentError):
         super().__init__(f"{path}: {cause}")
         self.path = path
         self.cause = cause
+
+
+# --- policies and schedules (vmguard.controller) ---------------------------------------
+
+
+class ScheduleError(ConfigError):
+    """A policy's schedule cannot be run: the message says why, ``reason`` names it.
+
+    Reasons (CamelCase, used as condition reasons): ``InvalidCron``, ``UpwardRange``,
+    ``NeverOccurs``, ``UnknownTimeZone``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

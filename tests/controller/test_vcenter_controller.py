@@ -48,8 +48,12 @@ def test_sweep_assigns_policies_and_names_unprotected_vms(
     assert (protected["status"], protected["reason"]) == ("False", "UnprotectedVMs")
     assert f"{len(vms) - matched} VM(s) have no policy" in protected["message"]
 
-    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
-    assert any(e.reason == "UnprotectedVMs" and e.involved_object.name == "lab" for e in events)
+    # kopf posts events from a queue of its own, after the status patch: wait for it.
+    def evented() -> bool:
+        events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        return any(e.reason == "UnprotectedVMs" and e.involved_object.name == "lab" for e in events)
+
+    eventually(evented, timeout=30, what="an UnprotectedVMs event")
 
     # A default policy catches every other VM: creating it wakes the sweeper at once
     # (the interval is 30 s; the wait below is shorter than two intervals).

@@ -1,10 +1,11 @@
 """The controllers' few direct Kubernetes API calls, run off kopf's event loop.
 
 kopf itself watches and patches the objects it handles; these are the other calls:
-reading a referenced Secret's keys, listing policies, patching the status of objects
-other than the one being handled, and the objects the operator creates (proxy Jobs and
-the proxy's ServiceAccount, Role and RoleBinding: created, or adopted when they exist).
-The kubernetes client blocks, so every call goes through ``asyncio.to_thread``. Secret
+reading a referenced Secret's keys, reading and listing vmguard objects, creating the
+VMBackups policies make, patching the status of objects other than the one being
+handled, and the objects the operator creates (proxy Jobs and the proxy's
+ServiceAccount, Role and RoleBinding: created, or adopted when they exist). The
+kubernetes client blocks, so every call goes through ``asyncio.to_thread``. Secret
 values are returned to the caller and never logged; errors name the Secret and the key,
 never the value.
 """
@@ -58,12 +59,39 @@ class KubeAPI:
 
         return await asyncio.to_thread(read)
 
-    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+    async def list_objects(
+        self, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
-            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+            res = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, label_selector=label_selector
+            )
             return list(res.get("items", []))
 
         return await asyncio.to_thread(read)
+
+    async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
+        """Create ``body``; False when an object of that name exists already.
+
+        Callers build deterministic names, so AlreadyExists means "this was done before"
+        (by us before a restart, or by another replica), not a failure.
+        """
+
+        def create() -> bool:
+            try:
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+                return True
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    return False
+                if exc.status in (400, 403, 404, 422):
+                    raise ConfigError(
+                        f"creating {plural}/{body['metadata']['name']} was refused: "
+                        f"{exc.status} {exc.reason}"
+                    ) from None
+                raise RetryableError(f"creating {plural}: {exc.status}") from None
+
+        return await asyncio.to_thread(create)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]

@@ -7,6 +7,7 @@ status. Run with ``vmguard operator`` (see :func:`run`).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,12 @@ from typing import Any
 import kopf
 
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller import backups, peering, restores, vcenter
+from vmguard.controller import backups, failsafe, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
 from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.policy_runs import PolicyRunner
+from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import ConfigError
 from vmguard.metrics import Metrics
 
@@ -31,6 +34,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
+    # (namespace, policy name) -> event that wakes that policy's scheduler at once.
+    memo.policy_wakeups = {}
+    # The latest successful sweep of each vCenter, read by the policies' schedulers.
+    memo.sweeps = LatestSweeps()
     memo.proxy = ProxySettings.from_env()
     memo.backups = backups.BackupContext(KubeAPI(), JobAPI(), memo.proxy, BackupSettings.from_env())
     settings.persistence.finalizer = "vmguard.io/finalizer"
@@ -51,11 +58,34 @@ def _wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
 @kopf.on.create(GROUP, VERSION, "vmprotectionpolicies")
 @kopf.on.update(GROUP, VERSION, "vmprotectionpolicies", field="spec")
 @kopf.on.delete(GROUP, VERSION, "vmprotectionpolicies", optional=True)
-def policy_changed(spec: kopf.Spec, namespace: str | None, memo: Any, **_: Any) -> None:
-    """A policy changed: its vCenter re-matches its VMs now, not at the next interval."""
+def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
+    and the policy's scheduler re-reads its schedule."""
     vc = (spec.get("vcenterRef") or {}).get("name")
     if vc and namespace:
         _wakeup(memo, namespace, vc).set()
+    if namespace:
+        _policy_wakeup(memo, namespace, name).set()
+
+
+def _policy_wakeup(memo: Any, namespace: str, name: str) -> asyncio.Event:
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.policy_wakeups
+    return wakeups.setdefault((namespace, name), asyncio.Event())
+
+
+@kopf.daemon(GROUP, VERSION, "vmprotectionpolicies", cancellation_timeout=10.0)
+async def policy_scheduler(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Create the policy's VMBackups at its scheduled times; keep its status."""
+    wake = _policy_wakeup(memo, namespace or "", name)
+    await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger).loop()
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
@@ -81,7 +111,7 @@ async def vcenter_sweeper(
     wake = _wakeup(memo, namespace or "", name)
     metrics: Metrics = memo.metrics
     try:
-        await _sweep_forever(api, body, wake, metrics, stopped, logger)
+        await _sweep_forever(api, body, wake, metrics, memo.sweeps, stopped, logger)
     finally:
         # Deleted, or paused in favour of a peer: a standby reports nothing stale.
         metrics.forget_vcenter(namespace or "", name)
@@ -92,6 +122,7 @@ async def _sweep_forever(
     body: kopf.Body,
     wake: asyncio.Event,
     metrics: Metrics,
+    sweeps: LatestSweeps,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
 ) -> None:
@@ -121,6 +152,16 @@ async def _sweep_forever(
                 message=f"{len(fresh)} VM(s) have no policy: {names}",
             )
         announced = {vm.moref for vm in outcome.unprotected}
+        if outcome.result is not None:
+            view = SweepView(dt.datetime.now(dt.UTC), interval, outcome.result)
+            sweeps.publish(meta["namespace"], meta["name"], view)
+            try:
+                made = await failsafe.protect(api, meta["namespace"], view, outcome.policies)
+            except Exception as exc:  # the sweeper must outlive any fault here
+                logger.warning("fail-safe pass failed: %s", exc)
+                made = []
+            if made:
+                logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
         if not outcome.status.get("reachable"):
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)

@@ -39,6 +39,9 @@ class SweepOutcome:
     unprotected: list[VMRecord] = field(default_factory=list)
     matched: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # Set when the sweep succeeded: every VM's assignment, and the policies it used.
+    result: MatchResult | None = None
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> Endpoint:
@@ -199,7 +202,7 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
         "nextSweepTime": _in(interval),
         "conditions": conditions,
     }
-    return SweepOutcome(status, unprotected, matched, result.problems)
+    return SweepOutcome(status, unprotected, matched, result.problems, result, policies)
 
 
 def _in(seconds: float) -> str:

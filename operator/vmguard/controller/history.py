@@ -1,0 +1,128 @@
+"""What a policy's VMBackup objects say: per VM and per run. Pure; no API calls.
+
+A backup belongs to a policy when its ``spec.policyRef`` names it (those we create also
+carry the ``vmguard.io/policy`` label; a person's ad-hoc backup under the policy counts
+too). Its VM is the ``vmguard.io/vm`` label or ``spec.vm.instanceUuid``, compared in
+lower case; an ad-hoc backup named only by VM name is not attributed to any VM.
+
+Phases: ``Completed`` is a success; ``Failed`` and ``PartiallyFailed`` are failures (a
+partial archive is not a restorable VM); anything else, including no phase yet, is in
+progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.controller.builders_policy import FAILSAFE, LABEL_RUN, LABEL_TRIGGER, LABEL_VM
+
+COMPLETED = "Completed"
+FAILED = frozenset({"Failed", "PartiallyFailed"})
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def format_time(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    name: str
+    vm: str
+    phase: str
+    trigger: str
+    run: str
+    created: dt.datetime | None
+    completed: dt.datetime | None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.phase != COMPLETED and self.phase not in FAILED
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> BackupRecord:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        vm = labels.get(LABEL_VM) or (spec.get("vm") or {}).get("instanceUuid") or ""
+        return cls(
+            name=meta.get("name", ""),
+            vm=vm.lower(),
+            phase=status.get("phase") or "Pending",
+            trigger=labels.get(LABEL_TRIGGER, ""),
+            run=labels.get(LABEL_RUN, ""),
+            created=parse_time(meta.get("creationTimestamp")),
+            completed=parse_time(status.get("completionTime")),
+        )
+
+
+@dataclass
+class BackupHistory:
+    """The backups of one policy, indexed by VM."""
+
+    records: list[BackupRecord]
+    by_vm: dict[str, list[BackupRecord]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for r in self.records:
+            if r.vm:
+                self.by_vm.setdefault(r.vm, []).append(r)
+
+    @classmethod
+    def of_policy(cls, objects: Iterable[Mapping[str, Any]], policy: str) -> BackupHistory:
+        mine = [
+            BackupRecord.from_object(o)
+            for o in objects
+            if ((o.get("spec") or {}).get("policyRef") or {}).get("name") == policy
+        ]
+        return cls(mine)
+
+    def of(self, vm: str) -> list[BackupRecord]:
+        return self.by_vm.get(vm.lower(), [])
+
+    def last_completed(self, vm: str) -> dt.datetime | None:
+        times = [r.completed or r.created for r in self.of(vm) if r.phase == COMPLETED]
+        return max((t for t in times if t), default=None)
+
+    def has_completed(self, vm: str) -> bool:
+        return any(r.phase == COMPLETED for r in self.of(vm))
+
+    def in_progress(self, vm: str) -> list[BackupRecord]:
+        return [r for r in self.of(vm) if r.in_progress]
+
+    def failsafes(self, vm: str) -> list[BackupRecord]:
+        return [r for r in self.of(vm) if r.trigger == FAILSAFE]
+
+    def last_success(self) -> dt.datetime | None:
+        times = [r.completed or r.created for r in self.records if r.phase == COMPLETED]
+        return max((t for t in times if t), default=None)
+
+    def run_counts(self, run: str) -> dict[str, int]:
+        """``lastRun`` counts for the scheduled run labelled ``run``."""
+        mine = [r for r in self.records if r.run == run and r.trigger != FAILSAFE]
+        return {
+            "backups": len(mine),
+            "completed": sum(1 for r in mine if r.phase == COMPLETED),
+            "failed": sum(1 for r in mine if r.phase in FAILED),
+            "running": sum(1 for r in mine if r.in_progress),
+        }
+
+    def outside_rpo(self, vms: Iterable[str], now: dt.datetime, rpo: dt.timedelta) -> int:
+        """VMs without a completed backup newer than ``now - rpo`` (never backed up included)."""
+        count = 0
+        for vm in vms:
+            last = self.last_completed(vm)
+            if last is None or now - last > rpo:
+                count += 1
+        return count

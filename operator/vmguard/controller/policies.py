@@ -1,0 +1,243 @@
+"""The VMProtectionPolicy controller's judgement: is a policy fit to act, and its status.
+
+What admission (CEL) cannot check is checked here and reported as conditions, never
+raised out of a handler (the operator does not crash-loop on bad input):
+
+- ``Ready`` — the policy acts: creates scheduled and fail-safe backups. False, and
+  nothing is created, when the VCenter or BackupRepository it names does not exist
+  (``VCenterNotFound``, ``RepositoryNotFound``), when the cron line cannot run
+  (``InvalidCron``, ``UpwardRange``, ``NeverOccurs``), or the time zone is unknown
+  (``UnknownTimeZone``). True with reason ``Scheduled`` otherwise (also when paused).
+- ``ScheduleValid`` — the same schedule reasons, plus ``JitterExceedsInterval``: a
+  jitter longer than the shortest gap between runs. That one does not stop the
+  policy: the jitter is capped at the gap, so each VM still starts before the next run.
+- ``Paused`` — True (``Paused``) when ``spec.paused``: no backups are created, the
+  VMs still count as protected so the default policy does not take them over.
+- ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
+  default policy (the one whose name sorts first acts as the default, the others
+  protect nothing), or ``PriorityTie`` when another policy of the same priority
+  selects some of the same VMs (the name that sorts first wins; both are told).
+
+Status (written only by this controller, except ``matchedVMs`` which the vCenter
+sweep writes): ``nextScheduleTime``, ``lastScheduleTime``, ``lastRun {time, backups,
+completed, failed, running}`` from the backups labelled with that run,
+``lastSuccessfulTime``, ``vmsOutsideRPO`` (VMs of the policy, as of the last sweep,
+without a completed backup within ``spec.rpo``, or twice the longest gap between runs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.controller.builders_policy import run_label
+from vmguard.controller.conditions import set_condition
+from vmguard.controller.history import BackupHistory, format_time
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.schedule import Schedule, parse
+from vmguard.controller.sweeps import SweepView
+from vmguard.controller.vcenter import parse_duration
+from vmguard.errors import ConfigError, ScheduleError
+
+LISTED = 10  # VM names in a condition message
+
+
+@dataclass
+class Assessment:
+    """What a policy can do now; ``problems`` stop it, ``warnings`` do not."""
+
+    schedule: Schedule | None = None
+    jitter: float = 0.0
+    rpo: dt.timedelta | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    schedule_problem: tuple[str, str] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+
+def assess_spec(
+    spec: Mapping[str, Any], vcenter_exists: bool, repository_exists: bool
+) -> Assessment:
+    """Pure: the schedule and the references, given whether the referenced objects exist."""
+    out = Assessment()
+    vcenter = (spec.get("vcenterRef") or {}).get("name", "")
+    repository = (spec.get("repositoryRef") or {}).get("name", "")
+    if not vcenter_exists:
+        out.problems.append(("VCenterNotFound", f"VCenter {vcenter!r} does not exist"))
+    if not repository_exists:
+        out.problems.append(
+            ("RepositoryNotFound", f"BackupRepository {repository!r} does not exist")
+        )
+    sched = spec.get("schedule") or {}
+    try:
+        out.schedule = parse(sched.get("cron", ""), sched.get("timeZone") or "UTC")
+    except ScheduleError as exc:
+        out.schedule_problem = (exc.reason, str(exc))
+        out.problems.append(out.schedule_problem)
+        return out
+    try:
+        jitter = parse_duration(sched.get("jitter"), 0.0)
+        rpo = parse_duration(spec.get("rpo"), 0.0)
+    except ConfigError as exc:  # the CRD's pattern makes this unreachable; be safe
+        out.problems.append(("InvalidDuration", str(exc)))
+        return out
+    shortest = out.schedule.gaps()[0].total_seconds()
+    warning = out.schedule.jitter_problem(jitter)
+    if warning:
+        out.schedule_problem = ("JitterExceedsInterval", warning)
+    out.jitter = min(jitter, shortest)
+    out.rpo = dt.timedelta(seconds=rpo) if rpo else out.schedule.default_rpo()
+    return out
+
+
+async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
+    namespace = policy["metadata"]["namespace"]
+    spec = policy.get("spec") or {}
+    vcenter = (spec.get("vcenterRef") or {}).get("name", "")
+    repository = (spec.get("repositoryRef") or {}).get("name", "")
+    vc = await api.get_object("vcenters", namespace, vcenter) if vcenter else None
+    repo = await api.get_object("backuprepositories", namespace, repository) if repository else None
+    return assess_spec(spec, vc is not None, repo is not None)
+
+
+def conflicts(
+    policy: Mapping[str, Any], policies: Iterable[Mapping[str, Any]], view: SweepView | None
+) -> list[tuple[str, str]]:
+    """(reason, message) for each way this policy clashes with others of its vCenter."""
+    name = policy["metadata"]["name"]
+    spec = policy.get("spec") or {}
+    vcenter = (spec.get("vcenterRef") or {}).get("name", "")
+    out = []
+    if spec.get("default"):
+        defaults = sorted(
+            p["metadata"]["name"]
+            for p in policies
+            if (p.get("spec") or {}).get("default")
+            and ((p.get("spec") or {}).get("vcenterRef") or {}).get("name") == vcenter
+        )
+        if len(defaults) > 1:
+            acting = defaults[0]
+            role = (
+                "this one acts as the default"
+                if acting == name
+                else f"{acting} (first by name) acts as the default, this one protects nothing"
+            )
+            out.append(
+                (
+                    "SeveralDefaults",
+                    f"vCenter {vcenter} has {len(defaults)} default policies "
+                    f"({', '.join(defaults)}): {role}; keep one",
+                )
+            )
+    if view is not None:
+        won, lost = view.ties(name)
+        for other, vms in sorted(won.items()):
+            out.append(
+                (
+                    "PriorityTie",
+                    f"{len(vms)} VM(s) protected by this policy are also selected by {other} "
+                    f"at the same priority: {_names(vms)}; give one a higher priority",
+                )
+            )
+        for winner, vms in sorted(lost.items()):
+            out.append(
+                (
+                    "PriorityTie",
+                    f"{len(vms)} VM(s) selected by this policy are protected by {winner} "
+                    f"instead (same priority, its name sorts first): {_names(vms)}",
+                )
+            )
+    return out
+
+
+def _names(vms: list[str]) -> str:
+    shown = ", ".join(vms[:LISTED])
+    return shown + (f" and {len(vms) - LISTED} more" if len(vms) > LISTED else "")
+
+
+def conditions(
+    previous: Iterable[Mapping[str, Any]] | None,
+    assessment: Assessment,
+    paused: bool,
+    clashes: list[tuple[str, str]],
+    generation: int | None,
+    next_run: dt.datetime | None,
+) -> list[dict[str, Any]]:
+    out = [dict(c) for c in previous or ()]
+    if assessment.ready:
+        when = f"next run at {format_time(next_run)}" if next_run else "no run in 50 years"
+        message = ("paused: creates no backups; " if paused else "") + when
+        out = set_condition(out, "Ready", True, "Scheduled", message, generation)
+    else:
+        reason, message = assessment.problems[0]
+        message = "; ".join(m for _, m in assessment.problems) + ": creating no backups"
+        out = set_condition(out, "Ready", False, reason, message, generation)
+    if assessment.schedule_problem:
+        reason, message = assessment.schedule_problem
+        out = set_condition(out, "ScheduleValid", False, reason, message, generation)
+    else:
+        out = set_condition(out, "ScheduleValid", True, "Valid", "the schedule runs", generation)
+    out = set_condition(
+        out,
+        "Paused",
+        paused,
+        "Paused" if paused else "Active",
+        "spec.paused is set: no new backups" if paused else "backups are created",
+        generation,
+    )
+    if clashes:
+        out = set_condition(
+            out,
+            "Consistent",
+            False,
+            clashes[0][0],
+            "; ".join(m for _, m in clashes),
+            generation,
+        )
+    else:
+        out = set_condition(
+            out, "Consistent", True, "NoConflict", "no conflict with other policies", generation
+        )
+    return out
+
+
+def status(
+    policy: Mapping[str, Any],
+    assessment: Assessment,
+    now: dt.datetime,
+    last_schedule: dt.datetime | None,
+    history: BackupHistory,
+    vms: list[str] | None,
+    clashes: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The policy's status (all but ``matchedVMs``), pure."""
+    meta, spec = policy["metadata"], policy.get("spec") or {}
+    previous = (policy.get("status") or {}).get("conditions")
+    paused = bool(spec.get("paused"))
+    next_run = assessment.schedule.next_after(now) if assessment.schedule else None
+    out: dict[str, Any] = {
+        "observedGeneration": meta.get("generation"),
+        "conditions": conditions(
+            previous, assessment, paused, clashes, meta.get("generation"), next_run
+        ),
+        # A policy that cannot act has no next run: null removes a stale one.
+        "nextScheduleTime": format_time(next_run)
+        if next_run and assessment.ready and not paused
+        else None,
+    }
+    if last_schedule is not None:
+        out["lastScheduleTime"] = format_time(last_schedule)
+        out["lastRun"] = {
+            "time": format_time(last_schedule),
+            **history.run_counts(run_label(last_schedule)),
+        }
+    success = history.last_success()
+    if success is not None:
+        out["lastSuccessfulTime"] = format_time(success)
+    if vms is not None and assessment.rpo is not None:
+        out["vmsOutsideRPO"] = history.outside_rpo(vms, now, assessment.rpo)
+    return out

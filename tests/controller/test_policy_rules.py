@@ -1,0 +1,260 @@
+"""The policy controller's pure rules: assessment, conditions, status, runs, fail-safe."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from vmguard.controller import failsafe, policies
+from vmguard.controller.builders_policy import FAILSAFE, SCHEDULE, build_vmbackup
+from vmguard.controller.history import BackupHistory
+from vmguard.controller.policy_runs import plan_run
+from vmguard.controller.sweeps import SweepView
+from vmguard.vsphere.matching import Assignment, MatchResult
+from vmguard.vsphere.records import VMRecord
+
+pytestmark = pytest.mark.unit
+
+T0 = dt.datetime(2025, 1, 7, 2, 0, tzinfo=dt.UTC)
+VMS = [
+    VMRecord(
+        moref=f"vm-{i}", name=f"vm {i}", instance_uuid=f"5000000{i}-0000-4000-8000-000000000000"
+    )
+    for i in range(3)
+]
+
+
+def policy(name: str = "gold", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 2},
+        "spec": {
+            "vcenterRef": {"name": "lab"},
+            "repositoryRef": {"name": "repo"},
+            "schedule": {"cron": "0 2 * * *"},
+            **spec,
+        },
+    }
+
+
+def backup(
+    vm: VMRecord,
+    phase: str | None,
+    when: dt.datetime = T0,
+    trigger: str = SCHEDULE,
+    created: dt.datetime | None = None,
+    completed: dt.datetime | None = None,
+    name: str = "gold",
+) -> dict[str, Any]:
+    obj = build_vmbackup(policy(name), vm, when, trigger)
+    obj["metadata"]["creationTimestamp"] = (created or when).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status: dict[str, Any] = {}
+    if phase:
+        status["phase"] = phase
+    if completed:
+        status["completionTime"] = completed.strftime("%Y-%m-%dT%H:%M:%SZ")
+    obj["status"] = status
+    return obj
+
+
+# --- assessment and conditions -------------------------------------------------------------
+
+
+def test_missing_references_stop_the_policy() -> None:
+    a = policies.assess_spec(policy()["spec"], vcenter_exists=True, repository_exists=False)
+    assert not a.ready and a.problems[0][0] == "RepositoryNotFound"
+    assert "BackupRepository 'repo' does not exist" in a.problems[0][1]
+    conds = policies.conditions(None, a, False, [], 2, None)
+    ready = next(c for c in conds if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "RepositoryNotFound")
+    assert "creating no backups" in ready["message"]
+    b = policies.assess_spec(policy()["spec"], vcenter_exists=False, repository_exists=True)
+    assert b.problems[0][0] == "VCenterNotFound"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "reason"),
+    [
+        ({"cron": "30-10 * * * *"}, "UpwardRange"),
+        ({"cron": "0 0 31 2 *"}, "NeverOccurs"),
+        ({"cron": "0 0 * * *", "timeZone": "Nowhere/Land"}, "UnknownTimeZone"),
+    ],
+)
+def test_schedule_problems_stop_the_policy(schedule: dict[str, str], reason: str) -> None:
+    a = policies.assess_spec(policy(schedule=schedule)["spec"], True, True)
+    assert not a.ready and a.schedule_problem is not None
+    conds = {c["type"]: c for c in policies.conditions(None, a, False, [], 2, None)}
+    assert conds["Ready"]["reason"] == reason
+    assert (conds["ScheduleValid"]["status"], conds["ScheduleValid"]["reason"]) == (
+        "False",
+        reason,
+    )
+
+
+def test_long_jitter_is_capped_and_reported_but_does_not_stop() -> None:
+    spec = policy(schedule={"cron": "*/10 * * * *", "jitter": "1h"})["spec"]
+    a = policies.assess_spec(spec, True, True)
+    assert a.ready and a.jitter == 600
+    conds = {c["type"]: c for c in policies.conditions(None, a, False, [], 2, T0)}
+    assert conds["Ready"]["status"] == "True"
+    assert conds["ScheduleValid"]["reason"] == "JitterExceedsInterval"
+    assert "jitter 1h is longer than the 10m between two runs" in conds["ScheduleValid"]["message"]
+
+
+def test_rpo_defaults_to_twice_the_longest_gap() -> None:
+    a = policies.assess_spec(policy(schedule={"cron": "0 2 * * mon-fri"})["spec"], True, True)
+    assert a.rpo == dt.timedelta(days=6)
+    b = policies.assess_spec(policy(rpo="36h")["spec"], True, True)
+    assert b.rpo == dt.timedelta(hours=36)
+
+
+def test_paused_condition() -> None:
+    a = policies.assess_spec(policy()["spec"], True, True)
+    conds = {c["type"]: c for c in policies.conditions(None, a, True, [], 2, T0)}
+    assert (conds["Paused"]["status"], conds["Paused"]["reason"]) == ("True", "Paused")
+    assert conds["Ready"]["status"] == "True" and "paused" in conds["Ready"]["message"]
+
+
+def test_two_default_policies_both_told_first_by_name_acts() -> None:
+    a, b = policy("aaa", default=True), policy("bbb", default=True)
+    other_vc = policy("ccc", default=True, vcenterRef={"name": "other"})
+    everyone = [a, b, other_vc]
+    (reason, message), *_ = policies.conflicts(a, everyone, None)
+    assert reason == "SeveralDefaults" and "this one acts as the default" in message
+    (reason, message), *_ = policies.conflicts(b, everyone, None)
+    assert reason == "SeveralDefaults"
+    assert "aaa (first by name) acts as the default, this one protects nothing" in message
+    assert policies.conflicts(other_vc, everyone, None) == []
+
+
+def test_priority_ties_name_the_vms_on_both_sides() -> None:
+    result = MatchResult(
+        [
+            Assignment(VMS[0], "alpha", "Matched", ("beta",)),
+            Assignment(VMS[1], "alpha", "Matched"),
+            Assignment(VMS[2], "beta", "Matched"),
+        ]
+    )
+    view = SweepView(T0, 30, result)
+    [(reason, message)] = policies.conflicts(policy("alpha"), [], view)
+    assert reason == "PriorityTie" and "also selected by beta" in message and "vm 0" in message
+    [(reason, message)] = policies.conflicts(policy("beta"), [], view)
+    assert "protected by alpha instead" in message and "vm 0" in message
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def test_status_counts_the_last_run_and_rpo() -> None:
+    objs = [
+        backup(VMS[0], "Completed", completed=T0 + dt.timedelta(minutes=5)),
+        backup(VMS[1], "Failed"),
+        backup(VMS[2], "Transferring"),
+        backup(
+            VMS[2], "Completed", when=T0 - dt.timedelta(days=3), completed=T0 - dt.timedelta(days=3)
+        ),
+        backup(VMS[1], None, trigger=FAILSAFE),
+    ]
+    history = BackupHistory.of_policy(objs, "gold")
+    p = policy()
+    a = policies.assess_spec(p["spec"], True, True)
+    now = T0 + dt.timedelta(hours=1)
+    uuids = [vm.instance_uuid for vm in VMS]
+    st = policies.status(p, a, now, T0, history, uuids, [])
+    assert st["lastScheduleTime"] == "2025-01-07T02:00:00Z"
+    assert st["lastRun"] == {
+        "time": "2025-01-07T02:00:00Z",
+        "backups": 3,
+        "completed": 1,
+        "failed": 1,
+        "running": 1,
+    }
+    assert st["nextScheduleTime"] == "2025-01-08T02:00:00Z"
+    assert st["lastSuccessfulTime"] == "2025-01-07T02:05:00Z"
+    # rpo 48h: vm 0 is fine, vm 1 never completed, vm 2's last completed is 3 days old.
+    assert st["vmsOutsideRPO"] == 2
+    assert st["observedGeneration"] == 2
+
+
+def test_status_of_a_policy_that_cannot_act_has_no_next_run() -> None:
+    p = policy()
+    a = policies.assess_spec(p["spec"], True, False)
+    st = policies.status(p, a, T0, None, BackupHistory([]), None, [])
+    assert st["nextScheduleTime"] is None
+    assert "lastRun" not in st and "vmsOutsideRPO" not in st
+
+
+def test_ad_hoc_backups_under_the_policy_count() -> None:
+    adhoc = {
+        "metadata": {"name": "by-hand", "creationTimestamp": "2025-01-07T03:00:00Z"},
+        "spec": {
+            "vm": {"instanceUuid": VMS[0].instance_uuid.upper()},
+            "policyRef": {"name": "gold"},
+        },
+        "status": {"phase": "Completed", "completionTime": "2025-01-07T03:10:00Z"},
+    }
+    elsewhere = backup(VMS[1], "Completed", name="silver")
+    history = BackupHistory.of_policy([adhoc, elsewhere], "gold")
+    assert history.has_completed(VMS[0].instance_uuid)
+    assert not history.has_completed(VMS[1].instance_uuid)
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def test_a_run_spreads_vms_over_the_jitter_and_skips_vms_still_waiting() -> None:
+    earlier = backup(VMS[1], None, when=T0 - dt.timedelta(days=1))
+    started = backup(VMS[2], "Transferring", when=T0 - dt.timedelta(days=1))
+    history = BackupHistory.of_policy([earlier, started], "gold")
+    todo, skipped = plan_run(policy(), 600, T0, VMS, history)
+    assert [vm.name for vm in skipped] == ["vm 1"]
+    assert {p.vm.name for p in todo} == {"vm 0", "vm 2"}
+    assert all(T0 <= p.start < T0 + dt.timedelta(minutes=10) and p.run == T0 for p in todo)
+    again, _ = plan_run(policy(), 600, T0, VMS, history)
+    assert [p.start for p in again] == [p.start for p in todo]
+    # The same run again (a restart) is not "an earlier run": nothing is skipped for it.
+    same = BackupHistory.of_policy([backup(VMS[0], None)], "gold")
+    assert len(plan_run(policy(), 0, T0, VMS, same)[0]) == 3
+
+
+# --- fail-safe ----------------------------------------------------------------------------
+
+
+def test_failsafe_only_for_vms_never_backed_up_and_not_in_progress() -> None:
+    uuid = VMS[0].instance_uuid
+    now = T0
+    assert failsafe.due(uuid, BackupHistory([]), now, 30)
+    for phase in (None, "Pending", "Transferring", "Completed"):
+        history = BackupHistory.of_policy([backup(VMS[0], phase)], "gold")
+        assert not failsafe.due(uuid, history, now, 30), phase
+    # A failed scheduled backup does not hold it back; no completed one exists.
+    history = BackupHistory.of_policy([backup(VMS[0], "Failed")], "gold")
+    assert failsafe.due(uuid, history, now, 30)
+
+
+def test_failsafe_backs_off_after_failures() -> None:
+    uuid = VMS[0].instance_uuid
+
+    def failed(minutes_ago: float) -> dict[str, Any]:
+        at = T0 - dt.timedelta(minutes=minutes_ago)
+        return backup(VMS[0], "Failed", when=at, trigger=FAILSAFE, created=at)
+
+    one = BackupHistory.of_policy([failed(0.25)], "gold")
+    assert not failsafe.due(uuid, one, T0, 30)
+    one = BackupHistory.of_policy([failed(0.5)], "gold")
+    assert failsafe.due(uuid, one, T0, 30)
+    two = BackupHistory.of_policy([failed(5), failed(0.75)], "gold")
+    assert not failsafe.due(uuid, two, T0, 30)  # waits 60 s after the second
+    assert failsafe.due(uuid, BackupHistory.of_policy([failed(5), failed(1)], "gold"), T0, 30)
+    many = BackupHistory.of_policy([failed(100 + i) for i in range(12)] + [failed(59)], "gold")
+    assert not failsafe.due(uuid, many, T0, 30)
+    many = BackupHistory.of_policy([failed(100 + i) for i in range(12)] + [failed(60)], "gold")
+    assert failsafe.due(uuid, many, T0, 30), "capped at an hour"
+
+
+def test_failsafe_plan_picks_the_vms() -> None:
+    history = BackupHistory.of_policy(
+        [backup(VMS[0], "Completed"), backup(VMS[1], "Snapshotting")], "gold"
+    )
+    assert [vm.name for vm in failsafe.plan(VMS, history, T0, 30)] == ["vm 2"]
