@@ -145,8 +145,14 @@ def test_operator_killed_after_taking_the_snapshot_reuses_it(
     first = start_operator(extra_env={"VMGUARD_TEST_STALL": "snapshotted"})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
-        create_backup(kube_api, namespace, "snap", {"moref": vm.moref})
-        taken = eventually(lambda: our_snapshots(vc, vm.moref), timeout=90, what="snapshot")
+        uid = create_backup(kube_api, namespace, "snap", {"moref": vm.moref})["metadata"]["uid"]
+        # This backup's snapshot, not a CBT activation cycle's (which comes first when
+        # the VM's CBT was off, and is removed by the cycle itself).
+        taken = eventually(
+            lambda: [s for s in our_snapshots(vc, vm.moref) if s.backup_uid == uid],
+            timeout=90,
+            what="snapshot",
+        )
         assert _status(kube_api, namespace, "snap")["phase"] == "Snapshotting"
         first.kill()
         start_operator()

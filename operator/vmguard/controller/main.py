@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller import backups, failsafe, peering, restores, vcenter
+from vmguard.controller import backups, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
 from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
@@ -162,10 +162,35 @@ async def _sweep_forever(
                 made = []
             if made:
                 logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
+            await _sweep_orphans(api, meta, outcome, metrics, logger)
         if not outcome.status.get("reachable"):
             interval = min(interval, SWEEP_RETRY_SECONDS)
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(stopped, wake, interval)
+
+
+async def _sweep_orphans(
+    api: KubeAPI,
+    meta: dict[str, Any],
+    outcome: vcenter.SweepOutcome,
+    metrics: Metrics,
+    logger: kopf.Logger,
+) -> None:
+    """Escaped snapshots of ours go (controller/orphans.py); the rest feed the metrics."""
+    namespace, name = meta["namespace"], meta["name"]
+    metrics.observe_snapshots(namespace, name, orphans.snapshot_ages(outcome.records))
+    if outcome.endpoint is None:
+        return
+    try:
+        swept = await orphans.sweep(api, outcome.endpoint, namespace, outcome.records)
+    except Exception as exc:  # the sweeper must outlive any fault here
+        logger.warning("orphan snapshot sweep failed: %s", exc)
+        return
+    for s in swept.swept:
+        state = "removed" if s.removed else f"could not be removed ({s.error})"
+        logger.info(f"snapshot {s.snapshot_moref} of {s.vm_name}: {s.reason}; {state}")
+    if swept.consolidation_needed:
+        logger.warning("VMs needing consolidation: %s", ", ".join(swept.consolidation_needed))
 
 
 @kopf.daemon(GROUP, VERSION, "vmrestores", cancellation_timeout=10.0)

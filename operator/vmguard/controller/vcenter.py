@@ -42,6 +42,8 @@ class SweepOutcome:
     # Set when the sweep succeeded: every VM's assignment, and the policies it used.
     result: MatchResult | None = None
     policies: list[dict[str, Any]] = field(default_factory=list)
+    records: list[VMRecord] = field(default_factory=list)
+    endpoint: Endpoint | None = None
 
 
 async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> Endpoint:
@@ -202,7 +204,9 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
         "nextSweepTime": _in(interval),
         "conditions": conditions,
     }
-    return SweepOutcome(status, unprotected, matched, result.problems, result, policies)
+    return SweepOutcome(
+        status, unprotected, matched, result.problems, result, policies, records, ep
+    )
 
 
 def _in(seconds: float) -> str:

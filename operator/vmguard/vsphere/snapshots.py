@@ -290,11 +290,14 @@ def sweep_orphans(
     max_age: timedelta,
     now: datetime | None = None,
     allow_consolidate: bool = True,
+    grace: timedelta = timedelta(0),
 ) -> SweepResult:
     """Remove our snapshots whose backup does not run any more or that are too old.
 
     ``records`` come from a discovery sweep; ``backup_running(uid)`` says whether the
     backup with that UID is still in progress (the operator asks the VMBackup objects).
+    A snapshot younger than ``grace`` is left alone whatever its backup says: it may be
+    one a backup (or a CBT activation cycle) is taking right now.
     """
     now = now or datetime.now(UTC)
     result = SweepResult()
@@ -304,6 +307,8 @@ def sweep_orphans(
             created = datetime.fromisoformat(snap.created) if snap.created else now
             if created.tzinfo is None:
                 created = created.replace(tzinfo=UTC)
+            if now - created < grace:
+                continue
             if not backup_running(snap.backup_uid):
                 reason = "its backup is not running"
             elif now - created > max_age:

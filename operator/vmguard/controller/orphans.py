@@ -1,0 +1,93 @@
+"""Snapshots of ours that escaped their backup: found and removed by the vCenter sweeper.
+
+A backup removes its snapshot in every outcome it lives to see (the VMBackup controller's
+Finalizing phase, and its finalizer when the object is deleted). What a crash can leave
+behind — an operator SIGKILLed in the middle of a CBT activation cycle, a VMBackup
+deleted while its vCenter was unreachable — is removed here, after each successful
+sweep, from the VM records that sweep just read (BRIEF §9.3: within minutes of any
+failure, no snapshot of ours is left).
+
+Which snapshot goes, by the UID in its name (``vmguard-<uid>``):
+
+- the UID of a VMBackup in this namespace that has finished (or a CBT activation
+  cycle's ``cbt-…``): removed once older than :data:`GRACE` (5 minutes;
+  ``VMGUARD_SNAPSHOT_GRACE`` seconds instead);
+- the UID of a VMBackup still in flight: kept (its own controller removes it), unless
+  older than :data:`MAX_AGE`;
+- a UID we do not know: kept until :data:`MAX_AGE`. The same vCenter may be watched from
+  another namespace, whose VMBackups this namespace cannot see; a day is longer than any
+  backup we allow (``VMGUARD_BACKUP_DEADLINE``, 6 h).
+
+Removal consolidates the VM's disks. The snapshots of ours still present are also
+handed to the metrics, which expose their age (the stale-snapshot alert).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vmguard.controller.backupsteps import TERMINAL
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.vsphere.records import VMRecord
+from vmguard.vsphere.session import Endpoint
+from vmguard.vsphere.snapshots import SweepResult
+
+GRACE = timedelta(minutes=5)
+GRACE_ENV = "VMGUARD_SNAPSHOT_GRACE"
+"""Seconds instead of :data:`GRACE` (tests use a few seconds)."""
+MAX_AGE = timedelta(hours=24)
+CBT_CYCLE_PREFIX = "cbt-"
+
+
+def finished_uids(vmbackups: list[dict[str, Any]]) -> set[str]:
+    """UIDs of this namespace's VMBackups that will not touch their snapshot again."""
+    return {
+        b["metadata"]["uid"] for b in vmbackups if (b.get("status") or {}).get("phase") in TERMINAL
+    }
+
+
+def keep(uid: str, finished: set[str]) -> bool:
+    """Whether a snapshot of backup ``uid`` counts as in use (see the module docstring)."""
+    return not (uid in finished or uid.startswith(CBT_CYCLE_PREFIX))
+
+
+def grace() -> timedelta:
+    raw = os.environ.get(GRACE_ENV)
+    return timedelta(seconds=float(raw)) if raw else GRACE
+
+
+def snapshot_ages(records: list[VMRecord]) -> list[tuple[str, str, float]]:
+    """(VM name, snapshot name, creation time in Unix seconds) of each snapshot of ours."""
+    out = []
+    for vm in records:
+        for snap in vm.our_snapshots:
+            created = datetime.fromisoformat(snap.created) if snap.created else datetime.now(UTC)
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+            out.append((vm.name, snap.name, created.timestamp()))
+    return out
+
+
+async def sweep(api: KubeAPI, ep: Endpoint, namespace: str, records: list[VMRecord]) -> SweepResult:
+    """Remove the escaped snapshots among ``records`` (blocking calls in a thread)."""
+    holding = [r for r in records if r.our_snapshots]
+    if not holding:
+        return SweepResult()
+    finished = finished_uids(await api.list_objects("vmbackups", namespace))
+
+    def run() -> SweepResult:
+        from vmguard.vsphere.session import VSphereSession
+        from vmguard.vsphere.snapshots import sweep_orphans
+
+        session = VSphereSession(ep)
+        try:
+            return sweep_orphans(
+                session, holding, lambda uid: keep(uid, finished), MAX_AGE, grace=grace()
+            )
+        finally:
+            session.close()
+
+    return await asyncio.to_thread(run)
