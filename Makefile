@@ -37,8 +37,7 @@ test: venv lab-build lint
 	@$(BIN)/pytest -p no:cacheprovider
 
 demo: venv lab-build
-	@$(BIN)/vmguard lab up
-	@$(BIN)/vmguard lab inventory
+	@$(BIN)/vmguard lab demo
 
 lab-up: venv lab-build
 	@$(BIN)/vmguard lab up

@@ -50,6 +50,10 @@ def _lab(args: argparse.Namespace) -> int:
         from vmguard.lab.inventory import print_inventory
 
         print_inventory(lab)
+    elif args.lab_cmd == "demo":
+        from vmguard.lab.demo import run
+
+        return run()
     return 0
 
 
@@ -118,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--secrets", action="store_true", help="include the lab's credentials")
     lab_sub.add_parser("build", help="build the lab's Go components (cached)")
     lab_sub.add_parser("inventory", help="endpoints, nodes, VMs and buckets of the running lab")
+    lab_sub.add_parser("demo", help="the product tour on the lab (make demo)")
     lab.set_defaults(func=_lab)
 
     op = sub.add_parser(
