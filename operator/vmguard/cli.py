@@ -84,6 +84,7 @@ def _operator(args: argparse.Namespace) -> int:
             peering_lifetime=args.peering_lifetime,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_address=args.metrics_address,
+            controllers=frozenset(c.strip() for c in args.controllers.split(",") if c.strip()),
         )
     )
     return 0
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=8080, help="serve /metrics here (-1: do not serve)"
     )
     op.add_argument("--metrics-address", default="0.0.0.0", help="bind address for /metrics")
+    op.add_argument(
+        "--controllers",
+        default="vcenters,policies,backups,restores",
+        help="which controllers act (comma-separated; default all). A policy still creates"
+        " VMBackups without 'backups'; they wait for an operator that runs it",
+    )
     op.set_defaults(func=_operator)
 
     crds = sub.add_parser("crds", help="write or check the CRD manifests (crds/*.yaml)")

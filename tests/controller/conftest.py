@@ -82,7 +82,11 @@ def operator_env(lab: Any, lab_state: dict[str, Any]) -> dict[str, str]:
 
 @pytest.fixture
 def start_operator(
-    lab: Any, lab_state: dict[str, Any], namespace: str, tmp_path: Path
+    lab: Any,
+    lab_state: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
     (``extra_env={...}`` adds variables, e.g. the test-only knobs of the VMBackup
@@ -105,6 +109,12 @@ def start_operator(
             port = extra[extra.index("--metrics-port") + 1]
         argv = [sys.executable, "-m", "vmguard.cli", "operator", "--namespace", namespace]
         argv += ["--metrics-port", port, "--metrics-address", "127.0.0.1"]
+        # Tests whose default policy would back up the whole lab run without the backup
+        # controller: the lab's VMs are shared, and a hundred real backups abandoned at
+        # the end of a test would leave snapshots and CBT changes for the next one.
+        marker = request.node.get_closest_marker("operator_controllers")
+        if marker is not None:
+            argv += ["--controllers", marker.args[0]]
         full_env = {**(env or operator_env(lab, lab_state)), **(extra_env or {})}
         proc = OperatorProcess([*argv, *extra], full_env, log)
         proc.metrics_port = int(port)

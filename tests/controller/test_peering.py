@@ -74,6 +74,7 @@ def _sweeps(port: int, namespace: str, vcenter: str) -> float | None:
 
 
 @pytest.mark.lab
+@pytest.mark.operator_controllers("vcenters,policies,restores")  # its default policy: no backups
 def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
     kube_api: Any,
     lab_state: dict[str, Any],

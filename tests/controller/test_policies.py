@@ -29,7 +29,8 @@ from vmguard.lab.procs import eventually
 from vmguard.vsphere.session import Endpoint, wait_for
 from vmguard.vsphere.tags import TagClient
 
-pytestmark = pytest.mark.lab
+# Policies here select most of the lab: they create VMBackups, which nobody runs.
+pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]
 
 PP = "vmprotectionpolicies"
 GOLD = {"tags": [{"category": "backup-tier", "name": "gold"}]}

@@ -13,7 +13,8 @@ from tests.controller import objects
 
 from vmguard.lab.procs import eventually
 
-pytestmark = pytest.mark.lab
+# Policies here select most of the lab: they create VMBackups, which nobody runs.
+pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]
 
 
 def test_sweep_assigns_policies_and_names_unprotected_vms(

@@ -24,6 +24,7 @@ from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import ConfigError
 from vmguard.metrics import Metrics
 
+CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores"})
 SWEEP_DEFAULT_SECONDS = 300.0
 SWEEP_RETRY_SECONDS = 30.0
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ async def policy_scheduler(
     **_: Any,
 ) -> None:
     """Create the policy's VMBackups at its scheduled times; keep its status."""
+    if not _acts(memo, "policies"):
+        return
     wake = _policy_wakeup(memo, namespace or "", name)
     await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger).loop()
 
@@ -107,6 +110,8 @@ async def vcenter_sweeper(
     **_: Any,
 ) -> None:
     """Sweep the vCenter every ``sweepInterval`` (and when a policy changes)."""
+    if not _acts(memo, "vcenters"):
+        return
     api = KubeAPI()
     wake = _wakeup(memo, namespace or "", name)
     metrics: Metrics = memo.metrics
@@ -203,6 +208,8 @@ async def restore_driver(
     **_: Any,
 ) -> None:
     """Drive one VMRestore to Completed or Failed (a no-op once it is either)."""
+    if not _acts(memo, "restores"):
+        return
 
     def announce(reason: str, message: str, warning: bool) -> None:
         (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
@@ -225,6 +232,8 @@ async def vmbackup_runner(
     **_: Any,
 ) -> None:
     """Drive one VMBackup through its phases; resumed by any operator that (re)starts."""
+    if not _acts(memo, "backups"):
+        return
     ctx: backups.BackupContext = memo.backups
     while not stopped:
         try:
@@ -249,6 +258,8 @@ async def vmbackup_runner(
 @kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)
 async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
+    if not _acts(memo, "backups"):
+        return
     try:
         await backups.cleanup(memo.backups, dict(body))
     except MissingRef as exc:
@@ -269,10 +280,21 @@ class OperatorOptions:
     peering_lifetime: int = 60
     metrics_port: int | None = 8080
     metrics_address: str = "0.0.0.0"
+    controllers: frozenset[str] = CONTROLLERS
+
+
+def _acts(memo: Any, controller: str) -> bool:
+    """Whether this operator runs ``controller`` (``--controllers``; all by default)."""
+    return controller in getattr(memo, "controllers", CONTROLLERS)
 
 
 def run(options: OperatorOptions) -> None:
     from kubernetes import client
+
+    unknown = options.controllers - CONTROLLERS
+    if unknown:
+        known = ", ".join(sorted(CONTROLLERS))
+        raise ConfigError(f"unknown controller(s) {', '.join(sorted(unknown))}: use {known}")
 
     from vmguard.controller.kubeapi import load_config
 
@@ -310,6 +332,6 @@ def run(options: OperatorOptions) -> None:
             peering_name=options.peering,
             priority=priority,
             settings=settings,
-            memo=kopf.Memo(metrics=metrics),
+            memo=kopf.Memo(metrics=metrics, controllers=options.controllers),
         )
     )

@@ -1,0 +1,77 @@
+"""Issue #5 end to end: a policy's scheduled runs back a VM up through the VMBackup
+controller and its proxy Jobs, and the second run is an incremental that reads far less
+than the disk (lab: real apiserver, the operator as a process, node-agent Jobs, the
+vSphere simulator, MinIO)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.controller import objects
+from tests.controller.backup_helpers import data_vm, no_snapshot_left
+
+from vmguard.lab.procs import eventually
+
+pytestmark = pytest.mark.lab
+MiB = 1 << 20
+
+
+def _completed(kube_api: Any, ns: str, moref: str) -> list[dict[str, Any]]:
+    done = [
+        b
+        for b in objects.items(kube_api, ns, "vmbackups", "vmguard.io/policy=every-minute")
+        if (b.get("status") or {}).get("phase") == "Completed"
+        and b["status"]["vm"]["moref"] == moref
+    ]
+    return sorted(done, key=lambda b: b["status"]["completionTime"])
+
+
+def test_second_scheduled_run_is_incremental(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    operator_log: Path,
+    tmp_path: Path,
+) -> None:
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        objects.create_policy(
+            kube_api,
+            namespace,
+            "every-minute",
+            selector={"names": [vm.name]},
+            schedule={"cron": "* * * * *"},
+        )
+        first = eventually(
+            lambda: _completed(kube_api, namespace, vm.moref),
+            timeout=240,
+            what="the first backup of the policy",
+        )[0]
+        assert first["status"]["modeUsed"] == "full"
+        disk = vm.disks[0]
+        vsim.write(vm.moref, disk.key, 3 * MiB, os.urandom(100_000))
+        done_at = first["status"]["completionTime"]
+
+        def later_scheduled() -> dict[str, Any] | None:
+            for b in _completed(kube_api, namespace, vm.moref):
+                trigger = b["metadata"]["labels"].get("vmguard.io/trigger")
+                if b["metadata"]["creationTimestamp"] > done_at and trigger == "schedule":
+                    return b
+            return None
+
+        second = eventually(later_scheduled, timeout=240, what="a later scheduled run")
+        status = second["status"]
+        assert status["modeUsed"] == "incremental", status.get("modeReason")
+        assert status["parentArchiveId"]
+        totals = status["totals"]
+        assert totals["bytesRead"] <= totals["capacityBytes"] // 10, totals
+        assert totals["bytesRead"] > 0, "the write was read"
+        no_snapshot_left(vc, vm.moref)
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "every-minute")
+    assert policy["status"]["lastSuccessfulTime"]
