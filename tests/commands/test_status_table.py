@@ -132,9 +132,12 @@ def test_table_and_wide_columns() -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
     assert lines[1].split() == ["web-1", "lab", "daily", ts(29), "1d", "ok"]
-    assert lines[2] == "UNPROTECTED in vCenter lab: 25: " + ", ".join(
-        f"vm/{i}" for i in range(20)
-    ) + " and 5 more"
+    assert (
+        lines[2]
+        == "UNPROTECTED in vCenter lab: 25: "
+        + ", ".join(f"vm/{i}" for i in range(20))
+        + " and 5 more"
+    )
     wide = render_table(cov, NOW, wide=True, namespaces=True).splitlines()
     assert wide[0].split()[0] == "NAMESPACE" and wide[0].split()[-1] == "BACKUP"
     assert wide[1].split()[-4:] == ["48h", UUID_A, "-", "a1"]

@@ -224,12 +224,14 @@ def build_coverage(
     for vc in sorted(vcenters, key=lambda v: (_key(v["metadata"]), v["metadata"]["name"])):
         status = vc.get("status") or {}
         count = int((status.get("vms") or {}).get("unprotected") or 0)
-        protected = next(
+        protected: Mapping[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "Protected"), {}
         )
         names = unprotected_names(protected.get("message", "")) if count else []
         if not status.get("lastSweepTime"):
-            out.notes.append(f"vCenter {_key(vc['metadata'])}/{vc['metadata']['name']}: not swept yet")
+            out.notes.append(
+                f"vCenter {_key(vc['metadata'])}/{vc['metadata']['name']}: not swept yet"
+            )
         out.unprotected.append(
             Unprotected(
                 _key(vc["metadata"]),
