@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     repo.add_parser(sub)
     disk.add_parser(sub)
+    from vmguard.commands.status import add_parser as add_status  # vmguard status
+
+    add_status(sub)
 
     # vSphere VMs without a cluster: vmguard vm ls|backup|restore.
     from vmguard.vmjobs.commands import register as register_vm
