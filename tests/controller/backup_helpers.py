@@ -29,10 +29,15 @@ def data_vm(
 ) -> Iterator[VSimVM]:
     """A powered-on one-disk lab VM with mixed content, put back as found afterwards."""
     lab_vm = pick_vm(vsim, TAKEN)
-    with restored_afterwards(vc, vsim, lab_vm, tmp_path):
-        image = image_factory.build(small_mixed(), seed, tmp_path / f"mixed-{seed}.img")
-        vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(image.path))
-        yield vsim.vm(lab_vm.moref)
+    try:
+        with restored_afterwards(vc, vsim, lab_vm, tmp_path):
+            image = image_factory.build(small_mixed(), seed, tmp_path / f"mixed-{seed}.img")
+            vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(image.path))
+            yield vsim.vm(lab_vm.moref)
+    finally:
+        # Put back as found (CBT, power, no snapshot of ours): free for the next test;
+        # the lab has only so many VMs with CBT off.
+        TAKEN.discard(lab_vm.moref)
 
 
 def disk_hashes(vsim: VSimControl, moref: str) -> dict[str, str]:

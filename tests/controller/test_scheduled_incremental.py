@@ -72,6 +72,21 @@ def test_second_scheduled_run_is_incremental(
         totals = status["totals"]
         assert totals["bytesRead"] <= totals["capacityBytes"] // 10, totals
         assert totals["bytesRead"] > 0, "the write was read"
+        # Stop the schedule and let what runs finish before the VM is put back.
+        objects.custom(kube_api).patch_namespaced_custom_object(
+            objects.G, objects.V, namespace, "vmprotectionpolicies", "every-minute",
+            {"spec": {"paused": True}},
+        )  # fmt: skip
+        eventually(
+            lambda: all(
+                (b.get("status") or {}).get("phase") in ("Completed", "Failed", "PartiallyFailed")
+                for b in objects.items(
+                    kube_api, namespace, "vmbackups", "vmguard.io/policy=every-minute"
+                )
+            ),
+            timeout=180,
+            what="the policy's backups to finish",
+        )
         no_snapshot_left(vc, vm.moref)
     policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "every-minute")
     assert policy["status"]["lastSuccessfulTime"]
