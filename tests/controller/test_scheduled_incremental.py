@@ -6,12 +6,14 @@ vSphere simulator, MinIO)."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.controller import objects
 from tests.controller.backup_helpers import data_vm, no_snapshot_left
+from tests.controller.scrape import scrape, value
 
 from vmguard.lab.procs import eventually
 
@@ -37,9 +39,10 @@ def test_second_scheduled_run_is_incremental(
     namespace: str,
     lab_vcenter: str,
     lab_repository: str,
-    operator_log: Path,
+    start_operator: Any,
     tmp_path: Path,
 ) -> None:
+    op = start_operator()
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         objects.create_policy(
             kube_api,
@@ -88,5 +91,28 @@ def test_second_scheduled_run_is_incremental(
             what="the policy's backups to finish",
         )
         no_snapshot_left(vc, vm.moref)
+        # /metrics agrees with the VMBackup statuses (issue #6).
+        done = _completed(kube_api, namespace, vm.moref)
+        labels = {"namespace": namespace, "vcenter": "lab", "policy": "every-minute"}
+
+        def counted() -> Any:
+            samples = scrape(op.metrics_port)
+            n = value(samples, "vmguard_backups_total", outcome="Completed", **labels)
+            return samples if n == len(done) else None
+
+        samples = eventually(counted, timeout=30, what="the finished backups counted")
+        uploaded = sum(b["status"]["totals"]["bytesUploaded"] for b in done)
+        read = sum(b["status"]["totals"]["bytesRead"] for b in done)
+        assert value(samples, "vmguard_backup_uploaded_bytes_total", **labels) == uploaded
+        assert value(samples, "vmguard_backup_read_bytes_total", **labels) == read
+        newest = max(
+            datetime.fromisoformat(b["status"]["completionTime"].replace("Z", "+00:00"))
+            for b in done
+        )
+        last = value(
+            samples, "vmguard_vm_last_successful_backup_timestamp_seconds",
+            vm=vm.name, vm_uuid=vm.instance_uuid, **labels,
+        )  # fmt: skip
+        assert last == newest.timestamp()
     policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "every-minute")
     assert policy["status"]["lastSuccessfulTime"]

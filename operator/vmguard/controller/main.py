@@ -246,13 +246,18 @@ async def vmbackup_runner(
         except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
             logger.exception("backup step failed: %s", exc)
             delay = 30.0
-        if delay is None:  # finished: count it (outcome, bytes, RPO) once
-            done = await ctx.api.get_object(backups.PLURAL, namespace or "", name)
-            if done is not None and getattr(memo, "metrics", None) is not None:
-                memo.metrics.observe_backup(done)
+        if delay is None:
             return
         if delay > 0:
             await stopped.wait(delay)
+
+
+@kopf.on.field(GROUP, VERSION, "vmbackups", field="status.phase")
+def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+    """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
+    it happens; backups that finished while no operator ran are not counted again."""
+    if new in backups.steps.TERMINAL and getattr(memo, "metrics", None) is not None:
+        memo.metrics.observe_backup(dict(body))
 
 
 @kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)

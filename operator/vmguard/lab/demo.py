@@ -22,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,10 @@ NAMESPACE = "vmguard-demo"
 BUCKET = "vmguard-demo"
 G, V = "vmguard.io", "v1alpha1"
 T = TypeVar("T")
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def say(text: str) -> None:
@@ -255,10 +260,11 @@ class Demo:
         def next_incremental() -> dict[str, Any] | None:
             for b in self.items("vmbackups"):
                 st = b.get("status") or {}
-                created = b["metadata"]["creationTimestamp"]
-                when = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-                ours = (st.get("vm") or {}).get("moref") == moref and when >= written - 1
-                if ours and st.get("phase") == "Completed":
+                taken = (st.get("snapshot") or {}).get("createTime", "")
+                if (st.get("vm") or {}).get("moref") != moref or st.get("phase") != "Completed":
+                    continue
+                # The first backup whose snapshot was taken after the writes.
+                if taken and _epoch(taken) > written:
                     return b
             return None
 
