@@ -1,0 +1,322 @@
+"""Where the data mover's time goes: repeated runs with CPU accounting and py-spy.
+
+    PYTHONPATH=operator python bench/mover_profile.py --size-gib 2 --rounds 3
+    python bench/mover_profile.py --what restore --py-spy /path/to/py-spy   # + top frames
+    python bench/mover_profile.py --what backup --levels 1,3               # zstd level
+
+The same mixed image as ``bench/mover.py`` (served by nbdkit's file plugin), the lab's
+MinIO (started if needed), an encrypted repository. Each round runs, one at a time:
+
+- ``backup``: ``nbdcopy | zstd -1 -T0`` (the ceiling), then a full backup through the
+  CLI into a fresh prefix per zstd level in ``--levels``;
+- ``restore``: ``nbdcopy`` image → fresh sparse NBD target (the ceiling), then the CLI
+  restore of the full backup into a fresh target (checked bit-exact once).
+
+Every row reports wall seconds, the CPU seconds of the measured process tree, of the
+lab's MinIO and of the target's nbdkit (from ``/proc``), and ``/proc/loadavg`` before
+the run: the machine is shared, so a row is only comparable with its neighbours. The
+summary keeps the best of the rounds. With ``--py-spy``, one extra run of each vmguard
+command is recorded (``--native --threads --idle``, raw collapsed stacks kept in the
+work directory) and its top frames are printed: by leaf frame over all threads, and
+per thread role. Not part of the test run; buckets are removed unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import resource
+import secrets
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mover import GiB, MiB, Target, _empty_bucket, _latest, mixed_spec, vmguard
+from vmguard.lab.images import DiskImageFactory
+from vmguard.lab.imaging.sparse import sha256_sparse
+from vmguard.lab.lab import Lab
+from vmguard.transport.nbd import NbdkitServer
+
+_TICK = os.sysconf("SC_CLK_TCK")
+RATE = 200  # py-spy samples per second
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Row:
+    name: str
+    wall: float
+    cpu: float
+    minio: float
+    nbdkit: float
+    load: str
+
+
+def measure(
+    name: str,
+    argv: list[str] | str,
+    env: dict[str, str],
+    minio_pid: int,
+    nbdkit_pid: int | None = None,
+) -> Row:
+    """Run ``argv`` to completion; wall and CPU of it, of MinIO and of a target nbdkit."""
+    load = Path("/proc/loadavg").read_text().split()[0]
+    m0, n0, c0 = proc_cpu(minio_pid), proc_cpu(nbdkit_pid) if nbdkit_pid else 0.0, children_cpu()
+    start = time.perf_counter()
+    shell = isinstance(argv, str)
+    done = subprocess.run(
+        argv, env=env, shell=shell, executable="/bin/bash" if shell else None, capture_output=True
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed ({done.returncode}): {done.stderr[-2000:]!r}")
+    return Row(
+        name,
+        wall,
+        children_cpu() - c0,
+        proc_cpu(minio_pid) - m0,
+        (proc_cpu(nbdkit_pid) - n0) if nbdkit_pid else 0.0,
+        load,
+    )
+
+
+def print_row(row: Row, size: int) -> None:
+    print(
+        f"| {row.name} | {row.load} | {row.wall:.2f} | {size / MiB / row.wall:.0f} |"
+        f" {row.cpu:.2f} | {row.minio:.2f} | {row.nbdkit:.2f} |",
+        flush=True,
+    )
+
+
+HEADER = (
+    "| run | load | wall s | MiB/s of disk | CPU s (process) | CPU s (MinIO) | CPU s (nbdkit) |\n"
+    "|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+# -- py-spy summaries --------------------------------------------------------------------
+
+# What a sample is doing, by the Python frame nearest the leaf that names a stage. The
+# first pattern found walking from the leaf to the root wins.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("S3 GET (request + body)", "S3Backend._get"),
+    ("S3 PUT", "S3Backend.put"),
+    ("decrypt (AES-GCM)", "AESGCM.decrypt"),
+    ("encrypt (AES-GCM)", "AESGCM.encrypt"),
+    ("decompress (zstd)", "Envelope._decompress"),
+    ("compress (zstd)", "Envelope.seal"),
+    ("hash (BLAKE3)", "ChunkCodec.chunk_id"),
+    ("envelope checks/joins", "Envelope.open"),
+    ("copy for libnbd (bytearray + Buffer)", "Buffer.from_bytearray"),
+    ("NBD flush", "NbdSink.flush"),
+    ("NBD wait for write slot", "NbdSink._wait_oldest"),
+    ("NBD write submit", "NbdSink.write"),
+    ("NBD zero submit", "NbdSink.zero"),
+    ("NBD read", "NbdSource.read_many"),
+    ("zero-run scan", "_data_runs"),
+    ("zero check", "is_zero"),
+    ("wait for pipeline result", "Future.result"),
+    ("wait for pipeline result", "bounded_map"),
+    ("idle pool thread", "_worker (concurrent"),
+    ("interpreter start, imports", "_find_and_load"),
+    ("interpreter start, imports", "<module>"),
+)
+
+
+def _stage(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for label, pattern in STAGES:
+            if pattern in frame:
+                return label
+    return "other: " + re.sub(r" \(.*", "", frames[-1]) if frames else "other"
+
+
+def summarize_raw(path: Path, rate: int, top: int = 8) -> str:
+    """Per thread role: wall seconds sampled, and the share of each stage in them."""
+    by_role: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    threads: dict[str, set[str]] = collections.defaultdict(set)
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        head, *frames = stack.split(";")
+        # "thread (1234): restore_2" or "thread (1234): MainThread"
+        tid, _, name = head.partition(": ")
+        role = re.sub(r"_\d+$", "", name) or "?"
+        threads[role].add(tid)
+        by_role[role][_stage(frames)] += int(count_text)
+    out = []
+    for role, counter in sorted(by_role.items(), key=lambda kv: -sum(kv[1].values())):
+        n = sum(counter.values())
+        out.append(f"{role} ({len(threads[role])} threads, {n / rate:.2f} thread-seconds sampled):")
+        out += [
+            f"  {100 * k / n:5.1f}%  {label}"
+            for label, k in counter.most_common(top)
+            if k * 100 >= n
+        ]
+    return "\n".join(out)
+
+
+def pyspy(py_spy: str, out: Path, argv: list[str], env: dict[str, str]) -> str:
+    cmd = [
+        py_spy,
+        "record",
+        "--native",
+        "--threads",
+        "--idle",
+        "--rate",
+        str(RATE),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--",
+        *argv,
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"py-spy failed: {done.stderr[-2000:]}")
+    return summarize_raw(out, RATE)
+
+
+# -- the runs ----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> None:
+    lab = Lab()
+    if not all(lab.status().values()):
+        lab.up(vms=4)
+    minio = lab.state().data["minio"]
+    minio_pid = int((lab.paths.run / "minio.pid").read_text().split()[0])
+    work = Path(args.work or tempfile.mkdtemp(prefix="vmguard-prof-"))
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size_gib * GiB
+    factory = DiskImageFactory(lab.paths.cache / "images")
+    image = factory.build(mixed_spec(size), seed=1, out_path=work / "disk0.img")
+    print(
+        f"disk {args.size_gib} GiB, {image.allocated / GiB:.2f} GiB allocated;"
+        f" {os.cpu_count()} CPUs; workers {args.workers or 'default'}",
+        flush=True,
+    )
+
+    from minio import Minio
+
+    client = Minio(
+        minio["endpoint"],
+        access_key=minio["access_key"],
+        secret_key=minio["secret_key"],
+        secure=False,
+    )
+    bucket = f"prof-{secrets.token_hex(4)}"
+    client.make_bucket(bucket)
+    env = dict(os.environ)
+    env.update(VMGUARD_S3_ACCESS_KEY=minio["access_key"], VMGUARD_S3_SECRET_KEY=minio["secret_key"])
+    key = ["--key-file", str(work / "master.key")]
+    levels = [int(x) for x in args.levels.split(",")]
+    workers = ["--workers", str(args.workers)] if args.workers else []
+    summaries: dict[str, str] = {}
+    best: dict[str, Row] = {}
+    fresh = iter(range(1_000))
+
+    def new_repo(level: int) -> list[str]:
+        # Every full backup goes into a repository of its own: a second one into the same
+        # repository would deduplicate every chunk and upload nothing.
+        repo = ["--repo", f"s3+http://{minio['endpoint']}/{bucket}/r{next(fresh)}", *key]
+        init = ["repo", "init", "--encrypt", "--compression-level", str(level), *repo]
+        subprocess.run(vmguard(*init), env=env, check=True, capture_output=True)
+        return repo
+
+    def keep(row: Row) -> None:
+        print_row(row, size)
+        if row.name not in best or row.wall < best[row.name].wall:
+            best[row.name] = row
+
+    try:
+        print(HEADER, flush=True)
+        target = Target(work / "target.img", size)
+        with NbdkitServer.file(image.path) as source:
+            backup = ["disk", "backup", "--vm", "bench", "--quiet", *workers, source.uri]
+            restore_repo: list[str] = []
+            for round_ in range(args.rounds):
+                if args.what in ("backup", "both"):
+                    ceiling = f"set -o pipefail; nbdcopy '{source.uri}' - | zstd -1 -T0 -q -c"
+                    keep(measure("nbdcopy | zstd -1 -T0", ceiling + " > /dev/null", env, minio_pid))
+                if args.what in ("backup", "both") or round_ == 0:
+                    for level in levels:
+                        repo = new_repo(level)
+                        name = f"vmguard full backup, zstd {level}"
+                        keep(measure(name, vmguard(*backup, *repo), env, minio_pid))
+                        restore_repo = repo
+                if args.what in ("restore", "both"):
+                    with target as turi:
+                        assert target.server is not None
+                        copy = ["nbdcopy", source.uri, turi]
+                        nbdkit = target.server.proc.pid
+                        keep(measure("nbdcopy → NBD target", copy, env, minio_pid, nbdkit))
+                    with target as turi:
+                        assert target.server is not None
+                        nbdkit = target.server.proc.pid
+                        restore = _restore_argv(restore_repo, turi, workers, env)
+                        name = "vmguard restore → NBD target"
+                        keep(measure(name, restore, env, minio_pid, nbdkit))
+                    if round_ == 0 and sha256_sparse(target.path) != image.sha256:
+                        raise SystemExit("restore is not bit-exact")
+            if args.py_spy:
+                if args.what in ("backup", "both"):
+                    argv = vmguard(*backup, *new_repo(levels[-1]))
+                    summaries["full backup"] = pyspy(args.py_spy, work / "backup.raw", argv, env)
+                if args.what in ("restore", "both"):
+                    with target as turi:
+                        argv = _restore_argv(restore_repo, turi, workers, env)
+                        summaries["restore"] = pyspy(args.py_spy, work / "restore.raw", argv, env)
+    finally:
+        if not args.keep:
+            _empty_bucket(client, bucket)
+            for name in ("disk0.img", "target.img"):
+                (work / name).unlink(missing_ok=True)
+    print("\nbest of", args.rounds, "rounds (wall):")
+    print(HEADER)
+    for row in best.values():
+        print_row(row, size)
+    for name, text in summaries.items():
+        print(f"\npy-spy, {name} (raw stacks in {work}):\n{text}")
+
+
+def _restore_argv(
+    repo: list[str], target: str, workers: list[str], env: dict[str, str]
+) -> list[str]:
+    archive = _latest(repo, env)
+    restore = ["disk", "restore", archive, target, "--target-is-zeroed", "--quiet"]
+    return vmguard(*restore, *workers, *repo)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-gib", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--what", choices=("backup", "restore", "both"), default="both")
+    parser.add_argument("--levels", default="3", help="zstd levels for backups, e.g. 1,3")
+    parser.add_argument("--workers", type=int, help="passed to the CLI's --workers")
+    parser.add_argument("--py-spy", help="path of a py-spy binary: also record a profile")
+    parser.add_argument("--work", help="directory for images and profiles")
+    parser.add_argument("--keep", action="store_true", help="keep the bucket and images")
+    args = parser.parse_args()
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
