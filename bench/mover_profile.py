@@ -145,9 +145,9 @@ def _stage(frames: list[str]) -> str:
     return "other: " + re.sub(r" \(.*", "", frames[-1]) if frames else "other"
 
 
-def summarize_raw(path: Path, rate: int, top: int = 8) -> str:
+def summarize_raw(path: Path, rate: int, top: int = 8, by_role: bool = True) -> str:
     """Per thread role: wall seconds sampled, and the share of each stage in them."""
-    by_role: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    roles: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     threads: dict[str, set[str]] = collections.defaultdict(set)
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -156,11 +156,11 @@ def summarize_raw(path: Path, rate: int, top: int = 8) -> str:
         head, *frames = stack.split(";")
         # "thread (1234): restore_2" or "thread (1234): MainThread"
         tid, _, name = head.partition(": ")
-        role = re.sub(r"_\d+$", "", name) or "?"
+        role = (re.sub(r"_\d+$", "", name) or "?") if by_role else "any thread"
         threads[role].add(tid)
-        by_role[role][_stage(frames)] += int(count_text)
+        roles[role][_stage(frames)] += int(count_text)
     out = []
-    for role, counter in sorted(by_role.items(), key=lambda kv: -sum(kv[1].values())):
+    for role, counter in sorted(roles.items(), key=lambda kv: -sum(kv[1].values())):
         n = sum(counter.values())
         out.append(f"{role} ({len(threads[role])} threads, {n / rate:.2f} thread-seconds sampled):")
         out += [
@@ -172,25 +172,61 @@ def summarize_raw(path: Path, rate: int, top: int = 8) -> str:
 
 
 def pyspy(py_spy: str, out: Path, argv: list[str], env: dict[str, str]) -> str:
-    cmd = [
-        py_spy,
-        "record",
-        "--native",
-        "--threads",
-        "--idle",
-        "--rate",
-        str(RATE),
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-        "--",
-        *argv,
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"py-spy failed: {done.stderr[-2000:]}")
-    return summarize_raw(out, RATE)
+    """Two recordings of ``argv``: every thread, idle included (where the wall time
+    goes); then only the thread holding the GIL (how busy the GIL is, and with what)."""
+    texts = []
+    for mode in ("--idle", "--gil"):
+        raw = out.with_suffix(f".{mode.strip('-')}.raw")
+        cmd = [py_spy, "record", "--native", "--threads", mode, "--rate", str(RATE)]
+        cmd += ["--format", "raw", "--output", str(raw), "--", *argv]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"py-spy failed: {done.stderr[-2000:]}")
+        if mode == "--idle":
+            texts.append(f"all threads, idle included ({wall:.1f} s under py-spy):")
+        else:
+            held = summarize_raw(raw, RATE, by_role=False)
+            texts.append(f"GIL holder only ({wall:.1f} s under py-spy):")
+        texts.append(summarize_raw(raw, RATE) if mode == "--idle" else held)
+    return "\n".join(texts)
+
+
+def perf_profile(out: Path, argv: list[str], env: dict[str, str], pids: dict[str, int]) -> str:
+    """``perf record -a`` (CPU clock) while ``argv`` runs; top symbols of our process,
+    MinIO and the target's nbdkit, kernel included (page faults, copies, file system)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rec = subprocess.Popen(
+        ["perf", "record", "-a", "-F", "499", "-o", str(out), "--", "sleep", "3600"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, err = proc.communicate()
+    rec.send_signal(2)  # perf writes its file on SIGINT
+    rec.wait()
+    if proc.returncode != 0:
+        raise SystemExit(f"profiled run failed: {err[-2000:]!r}")
+    per_pid = collections.Counter(
+        subprocess.run(
+            ["perf", "script", "-i", str(out), "-F", "pid"], capture_output=True, text=True
+        ).stdout.split()
+    )
+    out_lines = []
+    for role, pid in {"vmguard": proc.pid, **pids}.items():
+        report_argv = ["perf", "report", "-i", str(out), "--stdio", "--no-children"]
+        report_argv += ["--percentage", "relative", "--percent-limit", "2"]
+        report = subprocess.run(
+            [*report_argv, f"--pid={pid}", "--sort", "dso,sym"], capture_output=True, text=True
+        ).stdout
+        rows = [
+            re.sub(r"\s+", " ", line.strip())
+            for line in report.splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        out_lines.append(f"{role}: {per_pid[str(pid)] / 499:.2f} CPU s sampled")
+        out_lines += [f"  {row}" for row in rows[:10]]
+    return "\n".join(out_lines)
 
 
 # -- the runs ----------------------------------------------------------------------------
@@ -229,6 +265,7 @@ def run(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.levels.split(",")]
     workers = ["--workers", str(args.workers)] if args.workers else []
     summaries: dict[str, str] = {}
+    perfs: dict[str, str] = {}
     best: dict[str, Row] = {}
     fresh = iter(range(1_000))
 
@@ -283,6 +320,17 @@ def run(args: argparse.Namespace) -> None:
                     with target as turi:
                         argv = _restore_argv(restore_repo, turi, workers, env)
                         summaries["restore"] = pyspy(args.py_spy, work / "restore.raw", argv, env)
+            if args.perf:
+                if args.what in ("backup", "both"):
+                    argv = vmguard(*backup, *new_repo(levels[-1]))
+                    pids = {"minio": minio_pid}
+                    perfs["full backup"] = perf_profile(work / "backup.perf", argv, env, pids)
+                if args.what in ("restore", "both"):
+                    with target as turi:
+                        assert target.server is not None
+                        argv = _restore_argv(restore_repo, turi, workers, env)
+                        pids = {"minio": minio_pid, "nbdkit": target.server.proc.pid}
+                        perfs["restore"] = perf_profile(work / "restore.perf", argv, env, pids)
     finally:
         if not args.keep:
             _empty_bucket(client, bucket)
@@ -294,6 +342,8 @@ def run(args: argparse.Namespace) -> None:
         print_row(row, size)
     for name, text in summaries.items():
         print(f"\npy-spy, {name} (raw stacks in {work}):\n{text}")
+    for name, text in perfs.items():
+        print(f"\nperf, {name} (CPU clock, system-wide, by process):\n{text}")
 
 
 def _restore_argv(
@@ -312,6 +362,7 @@ def main() -> None:
     parser.add_argument("--levels", default="3", help="zstd levels for backups, e.g. 1,3")
     parser.add_argument("--workers", type=int, help="passed to the CLI's --workers")
     parser.add_argument("--py-spy", help="path of a py-spy binary: also record a profile")
+    parser.add_argument("--perf", action="store_true", help="also record with perf -a")
     parser.add_argument("--work", help="directory for images and profiles")
     parser.add_argument("--keep", action="store_true", help="keep the bucket and images")
     args = parser.parse_args()

@@ -10,7 +10,11 @@ through a :class:`BlockSink`; both are random-access and know their size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
+
+Bytes: TypeAlias = bytes | bytearray | memoryview
+"""What a sink accepts to write: any contiguous buffer, so callers can pass slices of a
+chunk as memoryviews instead of copies."""
 
 
 class Extent(NamedTuple):
@@ -92,7 +96,10 @@ class BlockSink(Protocol):
     @property
     def size(self) -> int: ...
 
-    def write(self, offset: int, data: bytes) -> None: ...
+    def write(self, offset: int, data: Bytes) -> None:
+        """Write ``data`` at ``offset``. A sink may hold on to ``data`` until ``flush``
+        (NBD sends it asynchronously), so the caller must not change it before then."""
+        ...
 
     def zero(self, offset: int, length: int) -> None:
         """Make the range read as zeros, leaving it unallocated where the target can."""

@@ -28,7 +28,7 @@ from types import TracebackType
 import nbd
 
 from vmguard.errors import RetryableError
-from vmguard.transport.extents import Extent, normalise, split
+from vmguard.transport.extents import Bytes, Extent, normalise, split
 
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
@@ -245,17 +245,25 @@ class NbdSink:
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
         # (cookie, buffer): the buffer must outlive its command.
-        self._pending: deque[tuple[int, nbd.Buffer | None]] = deque()
+        self._pending: deque[tuple[int, memoryview | None]] = deque()
 
     @property
     def size(self) -> int:
         return self._size
 
-    def write(self, offset: int, data: bytes) -> None:
-        while len(self._pending) >= self.in_flight:
-            self._wait_oldest()
-        buf = nbd.Buffer.from_bytearray(bytearray(data))
-        self._pending.append((self._h.aio_pwrite(buf, offset), buf))
+    def write(self, offset: int, data: Bytes) -> None:
+        """Queue a write of ``data`` at ``offset``; ``data`` must not change until flush.
+
+        libnbd sends straight from ``data`` (any buffer: bytes, a memoryview slice), so
+        a chunk is never copied on its way to the socket; the reference kept in the
+        pending queue keeps it alive until the server has acknowledged it.
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), REQUEST_BYTES):
+            while len(self._pending) >= self.in_flight:
+                self._wait_oldest()
+            piece = view[start : start + REQUEST_BYTES]
+            self._pending.append((self._h.aio_pwrite(piece, offset + start), piece))
 
     def zero(self, offset: int, length: int) -> None:
         """NBD WRITE_ZEROES without NO_HOLE: the server may punch a hole (nbdkit's file
