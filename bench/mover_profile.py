@@ -15,10 +15,13 @@ MinIO (started if needed), an encrypted repository. Each round runs, one at a ti
 Every row reports wall seconds, the CPU seconds of the measured process tree, of the
 lab's MinIO and of the target's nbdkit (from ``/proc``), and ``/proc/loadavg`` before
 the run: the machine is shared, so a row is only comparable with its neighbours. The
-summary keeps the best of the rounds. With ``--py-spy``, one extra run of each vmguard
-command is recorded (``--native --threads --idle``, raw collapsed stacks kept in the
-work directory) and its top frames are printed: by leaf frame over all threads, and
-per thread role. Not part of the test run; buckets are removed unless ``--keep``.
+summary keeps the best of the rounds. With ``--py-spy``, each vmguard command runs once
+more under py-spy, twice: all threads with idle ones (``--threads --idle``: where each
+thread's wall time goes) and the GIL holder only (``--gil``: how busy the GIL is, and
+with what); samples are classified by pipeline stage (``STAGES``) per thread role. With
+``--perf``, once more under ``perf record -a``: CPU by symbol, kernel included, of our
+process, MinIO and the target's nbdkit. Raw profiles stay in the work directory. Not
+part of the test run; buckets are removed unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ def pyspy(py_spy: str, out: Path, argv: list[str], env: dict[str, str]) -> str:
     texts = []
     for mode in ("--idle", "--gil"):
         raw = out.with_suffix(f".{mode.strip('-')}.raw")
-        cmd = [py_spy, "record", "--native", "--threads", mode, "--rate", str(RATE)]
+        cmd = [py_spy, "record", "--threads", mode, "--rate", str(RATE)]
         cmd += ["--format", "raw", "--output", str(raw), "--", *argv]
         start = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -268,6 +271,12 @@ def run(args: argparse.Namespace) -> None:
     perfs: dict[str, str] = {}
     best: dict[str, Row] = {}
     fresh = iter(range(1_000))
+    # (label, environment) per code version: with --baseline, every vmguard row runs
+    # twice in a row, once with the baseline's source tree, under the same load.
+    versions = [("", env)]
+    if args.baseline:
+        before = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
+        versions = [(" [before]", before), (" [after]", env)]
 
     def new_repo(level: int) -> list[str]:
         # Every full backup goes into a repository of its own: a second one into the same
@@ -294,24 +303,26 @@ def run(args: argparse.Namespace) -> None:
                     keep(measure("nbdcopy | zstd -1 -T0", ceiling + " > /dev/null", env, minio_pid))
                 if args.what in ("backup", "both") or round_ == 0:
                     for level in levels:
-                        repo = new_repo(level)
-                        name = f"vmguard full backup, zstd {level}"
-                        keep(measure(name, vmguard(*backup, *repo), env, minio_pid))
-                        restore_repo = repo
+                        for label, venv in versions:
+                            repo = new_repo(level)
+                            name = f"vmguard full backup, zstd {level}{label}"
+                            keep(measure(name, vmguard(*backup, *repo), venv, minio_pid))
+                            restore_repo = repo
                 if args.what in ("restore", "both"):
                     with target as turi:
                         assert target.server is not None
                         copy = ["nbdcopy", source.uri, turi]
                         nbdkit = target.server.proc.pid
                         keep(measure("nbdcopy → NBD target", copy, env, minio_pid, nbdkit))
-                    with target as turi:
-                        assert target.server is not None
-                        nbdkit = target.server.proc.pid
-                        restore = _restore_argv(restore_repo, turi, workers, env)
-                        name = "vmguard restore → NBD target"
-                        keep(measure(name, restore, env, minio_pid, nbdkit))
-                    if round_ == 0 and sha256_sparse(target.path) != image.sha256:
-                        raise SystemExit("restore is not bit-exact")
+                    for label, venv in versions:
+                        with target as turi:
+                            assert target.server is not None
+                            nbdkit = target.server.proc.pid
+                            restore = _restore_argv(restore_repo, turi, workers, env)
+                            name = f"vmguard restore → NBD target{label}"
+                            keep(measure(name, restore, venv, minio_pid, nbdkit))
+                        if round_ == 0 and sha256_sparse(target.path) != image.sha256:
+                            raise SystemExit(f"restore{label} is not bit-exact")
             if args.py_spy:
                 if args.what in ("backup", "both"):
                     argv = vmguard(*backup, *new_repo(levels[-1]))
@@ -363,6 +374,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="passed to the CLI's --workers")
     parser.add_argument("--py-spy", help="path of a py-spy binary: also record a profile")
     parser.add_argument("--perf", action="store_true", help="also record with perf -a")
+    parser.add_argument(
+        "--baseline", help="another source root (its operator/ dir): run every row with it too"
+    )
     parser.add_argument("--work", help="directory for images and profiles")
     parser.add_argument("--keep", action="store_true", help="keep the bucket and images")
     args = parser.parse_args()

@@ -10,11 +10,13 @@ through a :class:`BlockSink`; both are random-access and know their size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import NamedTuple, Protocol
 
-Bytes: TypeAlias = bytes | bytearray | memoryview
-"""What a sink accepts to write: any contiguous buffer, so callers can pass slices of a
-chunk as memoryviews instead of copies."""
+# Any contiguous buffer (bytes, bytearray, memoryview): sources hand over their read
+# buffers and sinks accept views, so no chunk is copied just to change its type.
+from vmguard.store.envelope import Bytes
+
+__all__ = ["BlockSink", "BlockSource", "Bytes", "Extent", "normalise", "split"]
 
 
 class Extent(NamedTuple):
@@ -83,8 +85,10 @@ class BlockSource(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
 
-    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, bytes]]:
-        """Read every extent, several in flight; yields ``(offset, data)`` in order."""
+    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, Bytes]]:
+        """Read every extent, several in flight; yields ``(offset, data)`` in order.
+
+        ``data`` belongs to the caller (a source never reuses a buffer it yielded)."""
         ...
 
     def close(self) -> None: ...
