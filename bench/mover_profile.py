@@ -8,9 +8,13 @@ The same mixed image as ``bench/mover.py`` (served by nbdkit's file plugin), the
 MinIO (started if needed), an encrypted repository. Each round runs, one at a time:
 
 - ``backup``: ``nbdcopy | zstd -1 -T0`` (the ceiling), then a full backup through the
-  CLI into a fresh prefix per zstd level in ``--levels``;
-- ``restore``: ``nbdcopy`` image → fresh sparse NBD target (the ceiling), then the CLI
-  restore of the full backup into a fresh target (checked bit-exact once).
+  CLI into a fresh repository per zstd level in ``--levels``, then the *MinIO ingest
+  floor*: objects of the sizes that backup stored, PUT again by as many threads as the
+  backup's workers (what MinIO alone needs to take those bytes in);
+- ``restore``: ``nbdcopy`` image → fresh sparse NBD target (the ceiling), the same
+  with ``--flush`` (nbdcopy does not flush by default; a restore must, so this is the
+  like-for-like ceiling), then the CLI restore of the full backup into a fresh target
+  (checked bit-exact once).
 
 Every row reports wall seconds, the CPU seconds of the measured process tree, of the
 lab's MinIO and of the target's nbdkit (from ``/proc``), and ``/proc/loadavg`` before
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import os
 import re
 import resource
@@ -35,10 +40,13 @@ import secrets
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mover import GiB, MiB, Target, _empty_bucket, _latest, mixed_spec, vmguard
+from vmguard.datamover.pipeline import default_workers
 from vmguard.lab.images import DiskImageFactory
 from vmguard.lab.imaging.sparse import sha256_sparse
 from vmguard.lab.lab import Lab
@@ -95,6 +103,31 @@ def measure(
         (proc_cpu(nbdkit_pid) - n0) if nbdkit_pid else 0.0,
         load,
     )
+
+
+def ingest_floor(client: Any, bucket: str, prefix: str, threads: int, minio_pid: int) -> Row:
+    """PUT objects of the sizes a backup stored under ``prefix`` again, on ``threads``
+    threads through the same SDK as the S3 backend: what MinIO alone needs to take in
+    that backup's bytes. Payloads are slices of one random buffer (no CPU to make them)."""
+    sizes = [o.size for o in client.list_objects(bucket, prefix=prefix + "/", recursive=True)]
+    payload = os.urandom(max(sizes))
+    load = Path("/proc/loadavg").read_text().split()[0]
+
+    def put(item: tuple[int, int]) -> None:
+        number, size = item
+        data = io.BytesIO(memoryview(payload)[:size])
+        client.put_object(bucket, f"floor-{prefix}/{number}", data, size)
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    m0, c0 = proc_cpu(minio_pid), usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, enumerate(sizes)))
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    name = f"MinIO ingest floor: {sum(sizes) / MiB:.0f} MiB in {len(sizes)} PUTs, {threads} threads"
+    cpu = usage.ru_utime + usage.ru_stime - c0
+    return Row(name, wall, cpu, proc_cpu(minio_pid) - m0, 0.0, load)
 
 
 def print_row(row: Row, size: int) -> None:
@@ -308,12 +341,21 @@ def run(args: argparse.Namespace) -> None:
                             name = f"vmguard full backup, zstd {level}{label}"
                             keep(measure(name, vmguard(*backup, *repo), venv, minio_pid))
                             restore_repo = repo
+                        prefix = restore_repo[1].rsplit("/", 1)[1]
+                        threads = args.workers or default_workers()
+                        keep(ingest_floor(client, bucket, prefix, threads, minio_pid))
                 if args.what in ("restore", "both"):
                     with target as turi:
                         assert target.server is not None
                         copy = ["nbdcopy", source.uri, turi]
                         nbdkit = target.server.proc.pid
                         keep(measure("nbdcopy → NBD target", copy, env, minio_pid, nbdkit))
+                    with target as turi:
+                        assert target.server is not None
+                        copy = ["nbdcopy", "--flush", source.uri, turi]
+                        nbdkit = target.server.proc.pid
+                        name = "nbdcopy --flush → NBD target"
+                        keep(measure(name, copy, env, minio_pid, nbdkit))
                     for label, venv in versions:
                         with target as turi:
                             assert target.server is not None
