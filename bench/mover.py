@@ -113,6 +113,9 @@ class Timings:
         return self.best[name][0]
 
     def run(self, name: str, argv: list[str] | str, env: dict[str, str] | None = None) -> None:
+        # Start without dirty pages: a previous row's writeback (nbdcopy does not flush,
+        # MinIO writes through the page cache) would otherwise be charged to this one.
+        os.sync()
         self._load = load()
         self[name] = timed(argv, env, shell=isinstance(argv, str))
 

@@ -85,6 +85,9 @@ def measure(
     nbdkit_pid: int | None = None,
 ) -> Row:
     """Run ``argv`` to completion; wall and CPU of it, of MinIO and of a target nbdkit."""
+    # Start without dirty pages: a previous row's writeback (nbdcopy does not flush, MinIO
+    # writes through the page cache) would otherwise be charged to this one.
+    os.sync()
     load = Path("/proc/loadavg").read_text().split()[0]
     m0, n0, c0 = proc_cpu(minio_pid), proc_cpu(nbdkit_pid) if nbdkit_pid else 0.0, children_cpu()
     start = time.perf_counter()
@@ -111,6 +114,7 @@ def ingest_floor(client: Any, bucket: str, prefix: str, threads: int, minio_pid:
     that backup's bytes. Payloads are slices of one random buffer (no CPU to make them)."""
     sizes = [o.size for o in client.list_objects(bucket, prefix=prefix + "/", recursive=True)]
     payload = os.urandom(max(sizes))
+    os.sync()
     load = Path("/proc/loadavg").read_text().split()[0]
 
     def put(item: tuple[int, int]) -> None:
