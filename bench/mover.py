@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(args.rounds):
             print(f"[bench] round {round_ + 1} of {args.rounds}", file=sys.stderr)
             results["restore_exact"] = results.get("restore_exact", True) & one_round(
-                t, client, buckets, minio, work, image, size
+                t, client, buckets, minio, work, image, size, keep=args.keep
             )
     finally:
         if not args.keep:
@@ -196,6 +196,8 @@ def one_round(
     work: Path,
     image: DiskImage,
     size: int,
+    *,
+    keep: bool,
 ) -> bool:
     """Every row once, into fresh buckets; True if the restore was bit-exact."""
     bucket = f"bench-{secrets.token_hex(4)}"
@@ -254,6 +256,11 @@ def one_round(
             restore = ["disk", "restore", full_id, turi, "--target-is-zeroed", "--quiet", *repo]
             t.run("vmguard restore → NBD target", vmguard(*restore), env)
         exact = sha256_sparse(target.path) == image.sha256
+    # A round's data goes before the next part: at 8 GiB the images, a restored target, a
+    # repository and restic's (non-sparse) restore would not fit beside three rounds'.
+    if not keep:
+        target.path.unlink()
+        _drop_bucket(client, buckets, bucket)
 
     print("[bench] restic", file=sys.stderr)
     rbucket = f"restic-{secrets.token_hex(4)}"
@@ -288,7 +295,14 @@ def one_round(
     shutil.rmtree(out, ignore_errors=True)
     t.run("restic restore", ["restic", "restore", first, "--target", str(out)], renv)
     shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        _drop_bucket(client, buckets, rbucket)
     return exact
+
+
+def _drop_bucket(client: Any, buckets: list[str], name: str) -> None:
+    _empty_bucket(client, name)
+    buckets.remove(name)
 
 
 def _latest(repo: list[str], env: dict[str, str]) -> str:
