@@ -134,6 +134,19 @@ def ingest_floor(client: Any, bucket: str, prefix: str, threads: int, minio_pid:
     return Row(name, wall, cpu, proc_cpu(minio_pid) - m0, 0.0, load)
 
 
+def drop_prefix(client: Any, bucket: str, prefix: str) -> None:
+    """Delete what a row stored: at 8 GiB, every round's repositories would fill the disk."""
+    from minio.deleteobjects import DeleteObject
+
+    listed = client.list_objects(bucket, prefix=prefix + "/", recursive=True)
+    for _ in client.remove_objects(bucket, [DeleteObject(o.object_name) for o in listed]):
+        pass
+
+
+def _prefix(repo: list[str]) -> str:
+    return repo[1].rsplit("/", 1)[1]
+
+
 def print_row(row: Row, size: int) -> None:
     print(
         f"| {row.name} | {row.load} | {row.wall:.2f} | {size / MiB / row.wall:.0f} |"
@@ -344,10 +357,13 @@ def run(args: argparse.Namespace) -> None:
                             repo = new_repo(level)
                             name = f"vmguard full backup, zstd {level}{label}"
                             keep(measure(name, vmguard(*backup, *repo), venv, minio_pid))
+                            if restore_repo:  # only the newest repository is still needed
+                                drop_prefix(client, bucket, _prefix(restore_repo))
                             restore_repo = repo
-                        prefix = restore_repo[1].rsplit("/", 1)[1]
+                        prefix = _prefix(restore_repo)
                         threads = args.workers or default_workers()
                         keep(ingest_floor(client, bucket, prefix, threads, minio_pid))
+                        drop_prefix(client, bucket, f"floor-{prefix}")
                 if args.what in ("restore", "both"):
                     with target as turi:
                         assert target.server is not None
