@@ -325,6 +325,11 @@ def _empty_bucket(client: Any, bucket: str) -> None:
     client.remove_bucket(bucket)
 
 
+def cell(text: str) -> str:
+    """Text for a Markdown table cell (a row name may hold a shell pipe)."""
+    return text.replace("|", "\\|")
+
+
 def table(results: dict[str, Any]) -> str:
     t, size, loads = results["times"], results["size"], results["loads"]
     lines = [
@@ -335,7 +340,7 @@ def table(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {sec:.1f} | {size / MiB / sec:.0f} | {loads[name]:.1f} |"
+        f"| {cell(name)} | {sec:.1f} | {size / MiB / sec:.0f} | {loads[name]:.1f} |"
         for name, sec in t.items()
     ]
     full = t["vmguard full backup"]

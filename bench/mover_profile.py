@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mover import GiB, MiB, Target, _empty_bucket, _latest, mixed_spec, vmguard
+from mover import GiB, MiB, Target, _empty_bucket, _latest, cell, mixed_spec, vmguard
 from vmguard.datamover.pipeline import default_workers
 from vmguard.lab.images import DiskImageFactory
 from vmguard.lab.imaging.sparse import sha256_sparse
@@ -149,7 +149,7 @@ def _prefix(repo: list[str]) -> str:
 
 def print_row(row: Row, size: int) -> None:
     print(
-        f"| {row.name} | {row.load} | {row.wall:.2f} | {size / MiB / row.wall:.0f} |"
+        f"| {cell(row.name)} | {row.load} | {row.wall:.2f} | {size / MiB / row.wall:.0f} |"
         f" {row.cpu:.2f} | {row.minio:.2f} | {row.nbdkit:.2f} |",
         flush=True,
     )
