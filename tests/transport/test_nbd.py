@@ -63,3 +63,25 @@ def test_sink_writes_only_what_it_is_given(tmp_path: Path) -> None:
             assert f.read(len(data)) == data
     # Only the written ranges are allocated: holes stay holes.
     assert os.stat(target).st_blocks * 512 == 3 * MiB
+
+
+def test_sink_sends_views_and_large_buffers_as_they_are(tmp_path: Path) -> None:
+    """The restore hands the sink memoryview slices of a chunk and whole chunks larger
+    than one NBD request; each lands exactly where it was sent, and nothing else does."""
+    target = tmp_path / "target.img"
+    sparse_file(target, 64 * MiB)
+    chunk = os.urandom(4 * MiB)
+    view = memoryview(chunk)
+    big = bytearray(os.urandom(9 * MiB))  # more than REQUEST_BYTES: split by the sink
+    with NbdkitServer.file(target, readonly=False) as server:
+        sink = NbdSink(server.uri, in_flight=2)
+        sink.write(8 * MiB, view[MiB : 2 * MiB])
+        sink.write(9 * MiB + 4096, view[3 * MiB :])
+        sink.write(20 * MiB, big)
+        sink.close()
+    with open(target, "rb") as f:
+        data = f.read()
+    assert data[8 * MiB : 9 * MiB] == chunk[MiB : 2 * MiB]
+    assert data[9 * MiB + 4096 : 10 * MiB + 4096] == chunk[3 * MiB :]
+    assert data[20 * MiB : 29 * MiB] == big
+    assert os.stat(target).st_blocks * 512 == 11 * MiB

@@ -36,7 +36,7 @@ from vmguard.datamover.plan import DiskPlan, plan_disk
 from vmguard.store import HOLE, ArchiveManifest, CbtState, Repository, TransferStats, VmIdentity
 from vmguard.store.archive import BackupMode
 from vmguard.store.writer import BackupWriter, PutResult
-from vmguard.transport.extents import BlockSource, Extent
+from vmguard.transport.extents import BlockSource, Bytes, Extent
 
 
 @dataclass
@@ -77,7 +77,7 @@ class _Tally:
 
 def _chunks(
     source: BlockSource, extents: list[Extent], chunk_size: int
-) -> Iterator[tuple[int, bytes]]:
+) -> Iterator[tuple[int, Bytes]]:
     """Whole chunks ``(number, data)`` of chunk-aligned ``extents``, read in order.
 
     The transport yields pieces of its own request size; a piece that is exactly one
@@ -124,7 +124,7 @@ def _back_up_disk(
     tally = _Tally()
     index, parent = plan.index, plan.parent
 
-    def store(item: tuple[int, bytes]) -> tuple[int, int, PutResult]:
+    def store(item: tuple[int, Bytes]) -> tuple[int, int, PutResult]:
         number, data = item
         return number, len(data), writer.put_chunk(data)
 

@@ -19,7 +19,7 @@ from typing import NewType
 import blake3
 
 from vmguard.errors import ChunkCorruptError, CorruptObjectError
-from vmguard.store.envelope import Envelope, Kind, overhead
+from vmguard.store.envelope import Bytes, Envelope, Kind, overhead
 
 ChunkId = NewType("ChunkId", bytes)
 ID_BYTES = 32
@@ -32,7 +32,7 @@ def _zeros(size: int) -> bytes:
     return bytes(size)
 
 
-def is_zero(data: bytes) -> bool:
+def is_zero(data: Bytes) -> bool:
     """True if every byte of ``data`` is zero: one memcmp, stopping at the first non-zero."""
     return data == _zeros(len(data))
 
@@ -70,12 +70,12 @@ class ChunkCodec:
         # does not shrink the data.
         return overhead(self._envelope.encrypted) + self._chunk_size
 
-    def chunk_id(self, data: bytes) -> ChunkId:
+    def chunk_id(self, data: Bytes) -> ChunkId:
         if self._id_key is None:
             return ChunkId(blake3.blake3(data).digest())
         return ChunkId(blake3.blake3(data, key=self._id_key).digest())
 
-    def encode(self, data: bytes) -> tuple[ChunkId, bytes]:
+    def encode(self, data: Bytes) -> tuple[ChunkId, bytes]:
         """The id and the stored bytes of one chunk of plaintext."""
         if not data or len(data) > self._chunk_size:
             raise ValueError(f"chunk of {len(data)} bytes (chunk size {self._chunk_size})")
@@ -84,7 +84,7 @@ class ChunkCodec:
         chunk_id = self.chunk_id(data)
         return chunk_id, self.seal(chunk_id, data)
 
-    def seal(self, chunk_id: ChunkId, data: bytes) -> bytes:
+    def seal(self, chunk_id: ChunkId, data: Bytes) -> bytes:
         """Stored bytes for ``data`` whose id the caller has already computed."""
         return self._envelope.seal(Kind.CHUNK, data, chunk_id)
 

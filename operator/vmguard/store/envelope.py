@@ -20,6 +20,7 @@ import secrets
 import struct
 import threading
 from enum import IntEnum
+from typing import TypeAlias
 
 import blake3
 import zstandard
@@ -39,6 +40,11 @@ _SAMPLE = 16 * 1024
 _SAMPLE_THRESHOLD = 256 * 1024
 
 
+Bytes: TypeAlias = bytes | bytearray | memoryview
+"""Plaintext as the data path hands it over: a transport's read buffer is passed on as it
+is (a bytearray), never copied into ``bytes`` just to satisfy a signature."""
+
+
 class Kind(IntEnum):
     CHUNK = 1
     INDEX = 2
@@ -50,7 +56,7 @@ def overhead(encrypted: bool) -> int:
     return HEADER.size + TAG_BYTES + (NONCE_BYTES if encrypted else 0)
 
 
-def _checksum(header: bytes, binding: bytes, payload: bytes) -> bytes:
+def _checksum(header: bytes, binding: bytes, payload: Bytes) -> bytes:
     hasher = blake3.blake3(header)
     hasher.update(binding)
     hasher.update(payload)
@@ -85,7 +91,7 @@ class Envelope:
             self._local.d = decompressor
         return decompressor
 
-    def _looks_incompressible(self, plaintext: bytes) -> bool:
+    def _looks_incompressible(self, plaintext: Bytes) -> bool:
         """True if four spread-out 16 KiB samples do not compress at all.
 
         Costs about 1.5% of compressing the whole input and saves all of it for
@@ -101,10 +107,10 @@ class Envelope:
         )
         return sampled >= 4 * _SAMPLE * 0.98
 
-    def seal(self, kind: Kind, plaintext: bytes, binding: bytes) -> bytes:
+    def seal(self, kind: Kind, plaintext: Bytes, binding: bytes) -> bytes:
         """Stored bytes for ``plaintext``; raw payload when zstd would not shrink it."""
         flags = 0
-        payload: bytes = plaintext
+        payload: Bytes = plaintext
         if not self._looks_incompressible(plaintext):
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
@@ -137,25 +143,28 @@ class Envelope:
         if length > limit:
             raise CorruptObjectError(f"declared length {length} exceeds limit {limit}")
         header = blob[: HEADER.size]
+        # The payload is a view: slicing a chunk-sized blob would copy it, holding the GIL.
+        view = memoryview(blob)
+        payload: Bytes
         if self._aead is None:
-            payload = blob[HEADER.size : -TAG_BYTES]
+            payload = view[HEADER.size : -TAG_BYTES]
             if not secrets.compare_digest(_checksum(header, binding, payload), blob[-TAG_BYTES:]):
                 raise CorruptObjectError("checksum mismatch")
         else:
             nonce = blob[HEADER.size : HEADER.size + NONCE_BYTES]
             try:
                 payload = self._aead.decrypt(
-                    nonce, blob[HEADER.size + NONCE_BYTES :], header + binding
+                    nonce, view[HEADER.size + NONCE_BYTES :], header + binding
                 )
             except InvalidTag:
                 raise CorruptObjectError("authentication failed") from None
         if not flags & FLAG_ZSTD:
             if len(payload) != length:
                 raise CorruptObjectError(f"length {len(payload)} != declared {length}")
-            return payload
+            return bytes(payload)
         return self._decompress(payload, length)
 
-    def _decompress(self, payload: bytes, length: int) -> bytes:
+    def _decompress(self, payload: Bytes, length: int) -> bytes:
         try:
             declared = zstandard.frame_content_size(payload)
         except zstandard.ZstdError as exc:

@@ -47,7 +47,7 @@ from vmguard.store.archive import (
 )
 from vmguard.store.backend import Retention
 from vmguard.store.chunk import HOLE, ChunkId, is_zero
-from vmguard.store.envelope import Kind
+from vmguard.store.envelope import Bytes, Kind
 from vmguard.store.index import FixedIndex
 from vmguard.store.lease import Lease, lease_body
 from vmguard.store.repository import Repository
@@ -168,7 +168,7 @@ class BackupWriter:
         horizon = self.repo.clock.now() + timedelta(days=lock.days / 2)
         return until is None or until < horizon
 
-    def put_chunk(self, data: bytes) -> PutResult:
+    def put_chunk(self, data: Bytes) -> PutResult:
         """Store ``data`` unless an identical chunk exists; holes are never stored."""
         if not data:
             raise ValueError("empty chunk")

@@ -12,6 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple, Protocol
 
+# Any contiguous buffer (bytes, bytearray, memoryview): sources hand over their read
+# buffers and sinks accept views, so no chunk is copied just to change its type.
+from vmguard.store.envelope import Bytes
+
+__all__ = ["BlockSink", "BlockSource", "Bytes", "Extent", "normalise", "split"]
+
 
 class Extent(NamedTuple):
     offset: int
@@ -79,8 +85,10 @@ class BlockSource(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
 
-    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, bytes]]:
-        """Read every extent, several in flight; yields ``(offset, data)`` in order."""
+    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, Bytes]]:
+        """Read every extent, several in flight; yields ``(offset, data)`` in order.
+
+        ``data`` belongs to the caller (a source never reuses a buffer it yielded)."""
         ...
 
     def close(self) -> None: ...
@@ -92,7 +100,10 @@ class BlockSink(Protocol):
     @property
     def size(self) -> int: ...
 
-    def write(self, offset: int, data: bytes) -> None: ...
+    def write(self, offset: int, data: Bytes) -> None:
+        """Write ``data`` at ``offset``. A sink may hold on to ``data`` until ``flush``
+        (NBD sends it asynchronously), so the caller must not change it before then."""
+        ...
 
     def zero(self, offset: int, length: int) -> None:
         """Make the range read as zeros, leaving it unallocated where the target can."""

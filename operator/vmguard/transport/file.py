@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vmguard.errors import ConfigError
-from vmguard.transport.extents import Extent, normalise, split
+from vmguard.transport.extents import Bytes, Extent, normalise, split
 
 REQUEST_BYTES = 4 << 20
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -161,7 +161,7 @@ class FileSink:
     def size(self) -> int:
         return self._size
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: Bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.pwrite(self._fd, view, offset)

@@ -28,7 +28,7 @@ from types import TracebackType
 import nbd
 
 from vmguard.errors import RetryableError
-from vmguard.transport.extents import Extent, normalise, split
+from vmguard.transport.extents import Bytes, Extent, normalise, split
 
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
@@ -180,6 +180,9 @@ class NbdSource:
 
     def __init__(self, uri: str, in_flight: int = IN_FLIGHT) -> None:
         self._h = _connect(uri)
+        # libnbd zeroes every read buffer first, so a failed read cannot expose old heap
+        # memory; ours are fresh bytearrays, zero already, and a failed read raises.
+        self._h.set_pread_initialize(False)
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
 
@@ -212,8 +215,10 @@ class NbdSource:
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self._h.pread(length, offset))
 
-    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, bytes]]:
-        pending: deque[tuple[int, nbd.Buffer, int]] = deque()
+    def read_many(self, extents: Iterable[Extent]) -> Iterator[tuple[int, Bytes]]:
+        """Reads land in a fresh bytearray that is yielded as it is: no copy, and the page
+        faults of filling it are taken by the kernel while libnbd has released the GIL."""
+        pending: deque[tuple[int, bytearray, int]] = deque()
         pieces = split(extents, REQUEST_BYTES)
         exhausted = False
         while True:
@@ -222,7 +227,7 @@ class NbdSource:
                 if piece is None:
                     exhausted = True
                     break
-                buf = nbd.Buffer(piece.length)
+                buf = bytearray(piece.length)
                 cookie = self._h.aio_pread(buf, piece.offset)
                 pending.append((piece.offset, buf, cookie))
             if not pending:
@@ -231,7 +236,7 @@ class NbdSource:
             while not self._h.aio_command_completed(cookie):
                 self._h.poll(-1)
             pending.popleft()
-            yield offset, bytes(buf.to_bytearray())
+            yield offset, buf
 
     def close(self) -> None:
         _close(self._h)
@@ -245,17 +250,25 @@ class NbdSink:
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
         # (cookie, buffer): the buffer must outlive its command.
-        self._pending: deque[tuple[int, nbd.Buffer | None]] = deque()
+        self._pending: deque[tuple[int, memoryview | None]] = deque()
 
     @property
     def size(self) -> int:
         return self._size
 
-    def write(self, offset: int, data: bytes) -> None:
-        while len(self._pending) >= self.in_flight:
-            self._wait_oldest()
-        buf = nbd.Buffer.from_bytearray(bytearray(data))
-        self._pending.append((self._h.aio_pwrite(buf, offset), buf))
+    def write(self, offset: int, data: Bytes) -> None:
+        """Queue a write of ``data`` at ``offset``; ``data`` must not change until flush.
+
+        libnbd sends straight from ``data`` (any buffer: bytes, a memoryview slice), so
+        a chunk is never copied on its way to the socket; the reference kept in the
+        pending queue keeps it alive until the server has acknowledged it.
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), REQUEST_BYTES):
+            while len(self._pending) >= self.in_flight:
+                self._wait_oldest()
+            piece = view[start : start + REQUEST_BYTES]
+            self._pending.append((self._h.aio_pwrite(piece, offset + start), piece))
 
     def zero(self, offset: int, length: int) -> None:
         """NBD WRITE_ZEROES without NO_HOLE: the server may punch a hole (nbdkit's file
