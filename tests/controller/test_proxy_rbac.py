@@ -2,7 +2,7 @@
 only read its objects and patch their status.
 
 The objects come from :func:`vmguard.controller.builders.build_proxy_rbac`, applied
-with the operator's own :meth:`KubeAPI.create_or_adopt`. The apiserver is asked twice:
+with the operator's own :meth:`JobAPI.ensure_rbac`. The apiserver is asked twice:
 ``SelfSubjectAccessReview`` while impersonating the ServiceAccount (the admin client
 with ``Impersonate-User``), and real requests made as it, whose refusals (403) and
 effects (a patched status) are observed.
@@ -19,7 +19,7 @@ from kubernetes import client, config
 from tests.controller import objects
 
 from vmguard.controller.builders import build_proxy_rbac
-from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.jobs import JobAPI
 
 pytestmark = pytest.mark.lab
 
@@ -29,9 +29,7 @@ SA = "vmguard-proxy"
 @pytest.fixture
 def as_proxy(lab: Any, kube_api: Any, namespace: str) -> Iterator[client.ApiClient]:
     """An API client acting as ``system:serviceaccount:<namespace>:vmguard-proxy``."""
-    api = KubeAPI(kube_api)
-    for body in build_proxy_rbac(namespace, SA):
-        asyncio.run(api.create_or_adopt(body))
+    asyncio.run(JobAPI(kube_api).ensure_rbac(build_proxy_rbac(namespace, SA)))
     impersonating = config.new_client_from_config(str(lab.paths.kubeconfig))
     impersonating.set_default_header("Impersonate-User", f"system:serviceaccount:{namespace}:{SA}")
     yield impersonating

@@ -38,6 +38,7 @@ from vmguard.config import ProxySettings
 from vmguard.controller import access, builders
 from vmguard.controller import restore_targets as targets
 from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import (
     ConfigError,
@@ -179,14 +180,15 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         # Recorded before powering off, so a restart still knows the VM was on.
         await api.patch_status(PLURAL, ns, meta["name"], recorded)
         await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
-    await _ensure_proxy_identity(api, ns, settings.service_account)
+    jobs = JobAPI(api.api)
+    await jobs.ensure_rbac(builders.build_proxy_rbac(ns, settings.service_account))
     job = builders.build_restore_job(
         obj,
         settings,
         repository=repo_obj["spec"],
         vcenter=vc_obj["spec"] if vc_obj is not None else None,
     )
-    await api.create_or_adopt(job)
+    await jobs.create_job(job)
     conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
     conds = set_condition(conds, "Ready", False, "Restoring", f"Job {job['metadata']['name']}")
     recorded.update({"phase": "Restoring", "jobName": job["metadata"]["name"], "conditions": conds})
@@ -232,11 +234,6 @@ def _power(endpoint: Any, morefs: list[str], on: bool) -> None:
         session.close()
 
 
-async def _ensure_proxy_identity(api: KubeAPI, namespace: str, name: str) -> None:
-    for body in builders.build_proxy_rbac(namespace, name):
-        await api.create_or_adopt(body)
-
-
 def _job_outcome(job: dict[str, Any]) -> tuple[str, str]:
     """("Complete" | "Failed" | "", message) from the Job's conditions."""
     for cond in (job.get("status") or {}).get("conditions") or []:
@@ -249,7 +246,7 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     meta, status = obj["metadata"], obj.get("status") or {}
     ns = meta["namespace"]
     job_name = status.get("jobName") or builders.restore_job_name(obj)
-    job = await api.read_job(ns, job_name)
+    job = await JobAPI(api.api).read_job(ns, job_name)
     if job is None:
         # Gone before we saw it end (TTL, deleted by hand): run it again; writing the
         # same bytes to the same prepared target twice is harmless.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmguard.lab.lab import Lab
-from vmguard.lab.procs import free_port
+from vmguard.lab.procs import eventually, free_port
 
 NAMESPACE = "vmguard-demo"
 BUCKET = "vmguard-demo"
@@ -43,15 +43,11 @@ def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def wait(what: str, fn: Callable[[], T | None], timeout: float, every: float = 3.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+def wait(what: str, fn: Callable[[], T | None], timeout: float) -> T:
+    try:
+        return eventually(fn, timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 class Demo:
