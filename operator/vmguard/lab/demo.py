@@ -310,6 +310,10 @@ class Demo:
         if not same:
             raise SystemExit("demo: the restored disks differ from the backed-up ones")
 
+    def coverage(self) -> None:
+        argv = [sys.executable, "-m", "vmguard.cli", "status", "--namespace", NAMESPACE]
+        print(subprocess.run(argv, env=self.env, check=True, capture_output=True, text=True).stdout)
+
     def metrics_excerpt(self) -> None:
         import urllib.request
 
@@ -348,6 +352,8 @@ def run() -> int:
         demo.restore(moref, backup)
         say("metrics (excerpt)")
         demo.metrics_excerpt()
+        say(f"vmguard status -n {NAMESPACE} (also: kubectl vmguard status)")
+        demo.coverage()
         say(f"kubectl get vmguard -n {NAMESPACE}")
         print(demo.kubectl("get", "vmguard", "-n", NAMESPACE, capture=True))
     finally:
