@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
+from vmguard.controller.kubeapi import read_or_none
 from vmguard.errors import RetryableError
 
 
@@ -72,17 +73,10 @@ class JobAPI:
         return await asyncio.to_thread(create)
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        def read() -> dict[str, Any] | None:
-            try:
-                job = self.batch.read_namespaced_job(name, namespace)
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise RetryableError(f"reading Job {name}: {exc.status}") from None
-            result: dict[str, Any] = self.api.sanitize_for_serialization(job)
-            return result
-
-        return await asyncio.to_thread(read)
+        job = await read_or_none(
+            lambda: self.batch.read_namespaced_job(name, namespace), f"Job {namespace}/{name}"
+        )
+        return None if job is None else dict(self.api.sanitize_for_serialization(job))
 
     async def delete_jobs(self, namespace: str, selector: str) -> int:
         """Delete the Jobs (and their pods) matching ``selector``; how many there were."""

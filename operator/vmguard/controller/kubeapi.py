@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
@@ -29,6 +30,20 @@ def load_config() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+
+
+async def read_or_none(read: Callable[[], Any], what: str) -> Any:
+    """``read()`` in a thread; None on 404, a RetryableError naming ``what`` otherwise."""
+
+    def call() -> Any:
+        try:
+            return read()
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise RetryableError(f"reading {what}: {exc.status}") from None
+
+    return await asyncio.to_thread(call)
 
 
 class KubeAPI:
@@ -109,29 +124,16 @@ class KubeAPI:
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A vmguard object, or None when it does not exist."""
-
-        def read() -> dict[str, Any] | None:
-            try:
-                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name
-                )
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise RetryableError(f"reading {plural} {namespace}/{name}: {exc.status}") from None
-            return obj
-
-        return await asyncio.to_thread(read)
+        return await read_or_none(
+            lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            ),
+            f"{plural} {namespace}/{name}",
+        )
 
     async def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
-        def read() -> dict[str, Any] | None:
-            try:
-                pvc = self.core.read_namespaced_persistent_volume_claim(name, namespace)
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise RetryableError(f"reading PVC {namespace}/{name}: {exc.status}") from None
-            result: dict[str, Any] = self.api.sanitize_for_serialization(pvc)
-            return result
-
-        return await asyncio.to_thread(read)
+        pvc = await read_or_none(
+            lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace),
+            f"PVC {namespace}/{name}",
+        )
+        return None if pvc is None else dict(self.api.sanitize_for_serialization(pvc))

@@ -38,7 +38,7 @@ from vmguard.config import ProxySettings
 from vmguard.controller import access, builders
 from vmguard.controller import restore_targets as targets
 from vmguard.controller.conditions import now, set_condition
-from vmguard.controller.jobs import JobAPI
+from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import (
     ConfigError,
@@ -234,14 +234,6 @@ def _power(endpoint: Any, morefs: list[str], on: bool) -> None:
         session.close()
 
 
-def _job_outcome(job: dict[str, Any]) -> tuple[str, str]:
-    """("Complete" | "Failed" | "", message) from the Job's conditions."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
-            return cond["type"], cond.get("message") or cond.get("reason") or ""
-    return "", ""
-
-
 async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
     meta, status = obj["metadata"], obj.get("status") or {}
     ns = meta["namespace"]
@@ -252,11 +244,12 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         # same bytes to the same prepared target twice is harmless.
         log.warning("restore Job %s/%s vanished; starting it again", ns, job_name)
         return Step({"phase": "Pending"}, 0.0)
-    outcome, message = _job_outcome(job)
-    if outcome == "Complete":
+    state = job_state(job)
+    message = state.message or state.reason
+    if state.succeeded:
         conds = set_condition(_conditions(obj), "Ready", False, "Finalizing", "data written")
         return Step({"phase": "Finalizing", "conditions": conds}, 0.0)
-    if outcome == "Failed":
+    if state.failed:
         error = status.get("error") or {}
         reason = error.get("reason") or "ProxyFailed"
         text = error.get("message") or f"restore Job {job_name} failed: {message}"
