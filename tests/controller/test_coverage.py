@@ -10,6 +10,7 @@ fail-safe makes no backups of the shared lab's VMs, so the one backup is the tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -26,6 +27,8 @@ from tests.vsphere.helpers import pick_vm, restored_afterwards
 
 from vmguard.commands.coverage import unescape_name
 from vmguard.commands.status import display_width
+from vmguard.controller import vcenter
+from vmguard.controller.kubeapi import KubeAPI
 from vmguard.lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,backups")]
@@ -153,3 +156,26 @@ def test_status_lists_every_swept_vm_with_policy_and_last_good_backup(
     finally:
         TAKEN.discard(lab_vm.moref)
     assert "Traceback" not in operator_log.read_text()
+
+
+def test_a_sweep_resends_the_vm_list_only_when_it_changed(
+    kube_api: Any, lab_state: dict[str, Any], namespace: str, lab_vcenter: str
+) -> None:
+    """Two sweeps of the simulator (the controller's own function, no operator): the
+    second, seeing the first's list in the stored status, leaves ``vmList`` out of its
+    patch; a new policy changes the assignments and the list goes out again."""
+    api = KubeAPI(kube_api)
+    body = objects.get(kube_api, namespace, "vcenters", "lab")
+    first = asyncio.run(vcenter.sweep(api, body, 30.0))
+    assert first.status["reachable"] is True
+    sent = first.status["vmList"]
+    assert sent["listed"] == sent["total"] == first.status["vms"]["discovered"] > 0
+    assert all("p" not in item for item in sent["items"])  # no policy yet
+
+    body = {**body, "status": json.loads(json.dumps(first.status))}  # as the apiserver stores it
+    again = asyncio.run(vcenter.sweep(api, body, 30.0))
+    assert again.status["reachable"] is True and "vmList" not in again.status
+
+    objects.create_policy(kube_api, namespace, "gold", selector=GOLD)
+    changed = asyncio.run(vcenter.sweep(api, body, 30.0))
+    assert any(item.get("p") == "gold" for item in changed.status["vmList"]["items"])
