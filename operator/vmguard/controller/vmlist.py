@@ -33,12 +33,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.crds.vcenter import VM_LIST_MAX_FOLDER as MAX_FOLDER
+from vmguard.crds.vcenter import VM_LIST_MAX_ID as MAX_ID
+from vmguard.crds.vcenter import VM_LIST_MAX_ITEMS as MAX_ITEMS
+from vmguard.crds.vcenter import VM_LIST_MAX_NAME as MAX_NAME
+from vmguard.crds.vcenter import VM_LIST_MAX_POLICY as MAX_POLICY
 from vmguard.vsphere.matching import Assignment
 
-MAX_ITEMS = 10_000
 MAX_BYTES = 1_000_000
-# Clip lengths; the CRD (crds/vcenter.py) declares the same maxima.
-MAX_NAME, MAX_FOLDER, MAX_POLICY, MAX_ID = 255, 1024, 253, 64
 
 _POWER = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}
 _GROUP = {"Unprotected": 0, "Default": 1}

@@ -112,21 +112,25 @@ vm_counts = obj(
 # Short keys because a vCenter may hold thousands of VMs and etcd caps an object at
 # 1.5 MiB; an atomic list so managedFields tracks it as one field, not one per VM.
 VM_LIST_MAX_ITEMS = 10_000
+VM_LIST_MAX_NAME, VM_LIST_MAX_FOLDER, VM_LIST_MAX_POLICY, VM_LIST_MAX_ID = 255, 1024, 253, 64
 
 vm_entry = obj(
     "One VM and its effective policy. Short keys keep the list small.",
     {
         "n": string(
-            "Name as vSphere shows it ('/', '%' and '\\' escaped as %2f, %25, %5c).", max_length=255
+            "Name as vSphere shows it ('/', '%' and '\\' escaped as %2f, %25, %5c).",
+            max_length=VM_LIST_MAX_NAME,
         ),
-        "u": string("Instance UUID (config.instanceUuid), lower case.", max_length=64),
-        "m": string("Managed object id, e.g. vm-1042.", max_length=64),
+        "u": string("Instance UUID (config.instanceUuid), lower case.", max_length=VM_LIST_MAX_ID),
+        "m": string("Managed object id, e.g. vm-1042.", max_length=VM_LIST_MAX_ID),
         "s": string("Power state: on, off or suspended.", max_length=16),
-        "f": string("Inventory folder path, e.g. /DC0/vm/Production.", max_length=1024),
+        "f": string(
+            "Inventory folder path, e.g. /DC0/vm/Production.", max_length=VM_LIST_MAX_FOLDER
+        ),
         "p": string(
             "Effective policy (a VMProtectionPolicy in this namespace); absent: the VM is "
             "unprotected.",
-            max_length=253,
+            max_length=VM_LIST_MAX_POLICY,
         ),
         "d": boolean("True when p is the default (fail-safe) policy: no other policy selects it."),
     },
