@@ -25,6 +25,8 @@ NOW = dt.datetime.now(dt.UTC)
 WEB = ("4211aaaa-0000-0000-0000-00000000000a", "vm-101", "web/01 ünïcode")
 DB = ("4211bbbb-0000-0000-0000-00000000000b", "vm-102", "db-01")
 NEW = ("4211cccc-0000-0000-0000-00000000000c", "vm-103", "new-vm")
+LONELY = ("4211dddd-0000-0000-0000-00000000000d", "vm-104", "lonely%2f1")
+LONELY_2 = ("4211eeee-0000-0000-0000-00000000000e", "vm-105", "lonely-2")
 
 
 def ts(hours_ago: float) -> str:
@@ -35,16 +37,6 @@ def patch_status(kube_api: Any, ns: str, plural: str, name: str, status: dict[st
     objects.custom(kube_api).patch_namespaced_custom_object_status(
         objects.G, objects.V, ns, plural, name, {"status": status}
     )
-
-
-def condition(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": ts(0),
-    }
 
 
 def make_backup(
@@ -68,6 +60,11 @@ def make_backup(
     patch_status(kube_api, ns, "vmbackups", name, {**vm_status, **status})
 
 
+def listed(vm: tuple[str, str, str], policy: str | None) -> dict[str, Any]:
+    uuid, moref, name = vm
+    return {"n": name, "u": uuid, "m": moref, "s": "on", **({"p": policy} if policy else {})}
+
+
 @pytest.fixture
 def estate(kube_api: Any, namespace: str) -> str:
     """lab: 5 VMs — web (daily, backed up 2h ago), db (hourly with rpo 2h, last good
@@ -81,6 +78,8 @@ def estate(kube_api: Any, namespace: str) -> str:
         "lab",
         {"host": "vc.example.test", "credentialsSecretRef": {"name": "lab-creds"}},
     )
+    items = [listed(WEB, "daily"), listed(DB, "hourly"), listed(NEW, "daily")]
+    items += [listed(LONELY, None), listed(LONELY_2, None)]
     patch_status(
         kube_api,
         ns,
@@ -90,14 +89,7 @@ def estate(kube_api: Any, namespace: str) -> str:
             "reachable": True,
             "lastSweepTime": ts(0.05),
             "vms": {"discovered": 5, "protected": 3, "protectedByDefault": 0, "unprotected": 2},
-            "conditions": [
-                condition(
-                    "Protected",
-                    False,
-                    "UnprotectedVMs",
-                    "2 VM(s) have no policy and there is no default policy: lonely/1, lonely-2",
-                )
-            ],
+            "vmList": {"total": 5, "listed": 5, "truncated": False, "items": items},
         },
     )
     objects.create_policy(kube_api, ns, "daily", selector={"names": ["web*", "new*"]})
@@ -134,9 +126,9 @@ def vmguard(*args: str) -> list[str]:
 
 
 def test_status_lists_every_vm_with_its_policy_and_rpo_state(lab: Any, estate: str) -> None:
-    doc = json.loads(run(vmguard("status", "-n", estate, "-o", "json"), lab))
+    doc = json.loads(run(vmguard("status", "-n", estate, "--json"), lab))
     rows = {r["vm"]: r for r in doc["vms"]}
-    assert set(rows) == {WEB[2], DB[2], NEW[2]}
+    assert set(rows) == {WEB[2], DB[2], NEW[2], "lonely/1", "lonely-2"}
     assert {k: rows[WEB[2]][k] for k in ("policy", "rpoState", "lastGoodBackup", "vcenter")} == {
         "policy": "daily",
         "rpoState": "ok",
@@ -148,16 +140,15 @@ def test_status_lists_every_vm_with_its_policy_and_rpo_state(lab: Any, estate: s
     assert rows[DB[2]]["lastGoodBackup"] == "db-good"  # the failed one is not good
     assert (rows[NEW[2]]["policy"], rows[NEW[2]]["rpoState"]) == ("daily", "never")
     assert rows[NEW[2]]["lastGoodBackupTime"] is None
-    assert doc["unprotected"] == [
-        {
-            "namespace": estate,
-            "vcenter": "lab",
-            "count": 2,
-            "names": ["lonely/1", "lonely-2"],
-            "lastSweepTime": ts(0.05),
-        }
-    ]
-    assert doc["notes"] == []  # every matched VM has a row
+    lonely = rows["lonely/1"]
+    assert (lonely["policy"], lonely["rpoState"], lonely["inventoryName"]) == (
+        None,
+        "unprotected",
+        "lonely%2f1",
+    )
+    assert doc["summary"]["unprotected"] == 2 and doc["summary"]["vms"] == 5
+    assert doc["vcenters"][0]["lastSweepTime"] == ts(0.05)
+    assert doc["notes"] == []
 
 
 def test_table_through_kubectl_plugin(lab: Any, kubectl: Path, estate: str, tmp_path: Path) -> None:
@@ -170,13 +161,14 @@ def test_table_through_kubectl_plugin(lab: Any, kubectl: Path, estate: str, tmp_
     text = run([str(kubectl), "vmguard", "status", "-n", estate, "-o", "wide"], lab, path)
     lines = text.splitlines()
     assert lines[0].split()[:6] == ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
-    by_vm = {line.split("   ")[0].strip(): line for line in lines[1:4]}
-    assert set(by_vm) == {WEB[2], DB[2], NEW[2]}
+    by_vm = {line.split("   ")[0].strip(): line for line in lines[1:6]}
+    assert set(by_vm) == {WEB[2], DB[2], NEW[2], "lonely/1", "lonely-2"}
     assert by_vm[DB[2]].split()[1:3] == ["lab", "hourly"] and " breached " in by_vm[DB[2]]
     assert " ok " in by_vm[WEB[2]] and "web-new" in by_vm[WEB[2]]
     assert " never " in by_vm[NEW[2]]
-    assert lines[4] == "UNPROTECTED in vCenter lab: 2: lonely/1, lonely-2"
+    assert "UNPROTECTED" in by_vm["lonely/1"] and " unprotected " in by_vm["lonely/1"]
+    assert lines[6] == "5 VMs: 1 ok, 1 breached, 1 never backed up, 2 unprotected"
     # -A shows the namespace column and finds the same rows
     every = run(vmguard("status", "-A"), lab)
     assert every.splitlines()[0].split()[0] == "NAMESPACE"
-    assert sum(1 for line in every.splitlines() if line.startswith(estate + " ")) == 3
+    assert sum(1 for line in every.splitlines() if line.startswith(estate + " ")) == 5

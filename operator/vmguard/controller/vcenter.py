@@ -4,7 +4,8 @@ One sweep = log in with the referenced credentials and trust, read every VM in o
 paged pass (plus its tags over the vSphere Automation REST API), then match the VMs
 against the namespace's ``VMProtectionPolicy`` objects of this vCenter
 (:func:`vmguard.vsphere.matching.assign`). The outcome lands in the VCenter's status
-(reachability, version, VM counts, conditions) and each policy's ``matchedVMs``.
+(reachability, version, VM counts, conditions, and the compact per-VM list of
+:mod:`.vmlist`, sent only when it changed) and each policy's ``matchedVMs``.
 VMs that no policy selects and no default policy catches are *unprotected*: counted,
 named in the ``Protected`` condition, and announced by a warning event when they
 first appear.
@@ -25,6 +26,7 @@ from typing import Any
 from vmguard.config import ca_bundle_file
 from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.vmlist import build_vm_list, changed
 from vmguard.errors import ConfigError, PermanentError, VmguardError
 from vmguard.vsphere.matching import MatchResult, PolicyRef, assign
 from vmguard.vsphere.records import VMRecord
@@ -113,7 +115,8 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
-    conditions = (body.get("status") or {}).get("conditions") or []
+    old_status = body.get("status") or {}
+    conditions = old_status.get("conditions") or []
     started = time.monotonic()
     try:
         ep = await endpoint_for(api, namespace, spec)
@@ -204,6 +207,9 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
         "nextSweepTime": _in(interval),
         "conditions": conditions,
     }
+    vm_list = build_vm_list(result.assignments)
+    if changed(old_status, vm_list):  # a merge patch without the key keeps the stored list
+        status["vmList"] = vm_list
     return SweepOutcome(
         status, unprotected, matched, result.problems, result, policies, records, ep
     )

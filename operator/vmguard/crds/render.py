@@ -29,10 +29,17 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+# YAML 1.1 booleans that PyYAML writes bare but Go's YAML reader (kubectl, the
+# apiserver) takes for true/false: a property or required entry named "n" would break.
+_GO_BOOLEANS = frozenset({"y", "Y", "n", "N"})
+
+
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     # A CEL expression with string literals in it would otherwise be quoted and escaped.
     quoted = '"' in value or ("'" in value and ("self" in value or value.startswith("'")))
     style = "|" if quoted and "\n" not in value else None
+    if value in _GO_BOOLEANS:
+        style = "'"
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -108,6 +108,48 @@ vm_counts = obj(
     },
 )
 
+# The per-VM list (controller/vmlist.py writes it; its docstring explains the bounds).
+# Short keys because a vCenter may hold thousands of VMs and etcd caps an object at
+# 1.5 MiB; an atomic list so managedFields tracks it as one field, not one per VM.
+VM_LIST_MAX_ITEMS = 10_000
+VM_LIST_MAX_NAME, VM_LIST_MAX_FOLDER, VM_LIST_MAX_POLICY, VM_LIST_MAX_ID = 255, 1024, 253, 64
+
+vm_entry = obj(
+    "One VM and its effective policy. Short keys keep the list small.",
+    {
+        "n": string(
+            "Name as vSphere shows it ('/', '%' and '\\' escaped as %2f, %25, %5c).",
+            max_length=VM_LIST_MAX_NAME,
+        ),
+        "u": string("Instance UUID (config.instanceUuid), lower case.", max_length=VM_LIST_MAX_ID),
+        "m": string("Managed object id, e.g. vm-1042.", max_length=VM_LIST_MAX_ID),
+        "s": string("Power state: on, off or suspended.", max_length=16),
+        "f": string(
+            "Inventory folder path, e.g. /DC0/vm/Production.", max_length=VM_LIST_MAX_FOLDER
+        ),
+        "p": string(
+            "Effective policy (a VMProtectionPolicy in this namespace); absent: the VM is "
+            "unprotected.",
+            max_length=VM_LIST_MAX_POLICY,
+        ),
+        "d": boolean("True when p is the default (fail-safe) policy: no other policy selects it."),
+    },
+    required=["n", "u", "m"],
+)
+
+vm_list = obj(
+    "Every VM of the last successful sweep with its effective policy, unprotected VMs "
+    "first, then those only the default policy catches, then the rest (each by name). "
+    "Capped at 10000 entries and about 1 MB; truncated says when VMs were left out. "
+    "Rewritten only when it changes.",
+    {
+        "total": integer("VMs the sweep found (templates excluded).", minimum=0),
+        "listed": integer("VMs in items.", minimum=0),
+        "truncated": boolean("True when items does not hold every VM (total > listed)."),
+        "items": array("The VMs.", vm_entry, max_items=VM_LIST_MAX_ITEMS, list_type="atomic"),
+    },
+)
+
 status = obj(
     "What the operator last observed of this vCenter.",
     {
@@ -126,6 +168,7 @@ status = obj(
             max_length=95,
         ),
         "vms": vm_counts,
+        "vmList": vm_list,
         "lastSweepTime": timestamp("When the last discovery sweep finished."),
         "lastSweepDurationSeconds": integer("How long it took.", minimum=0),
         "nextSweepTime": timestamp("When the next sweep is due."),
