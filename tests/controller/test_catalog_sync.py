@@ -250,6 +250,9 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     uid = done["metadata"]["uid"]
     jobs = client.BatchV1Api(kube_api).list_namespaced_job(ns).items
     assert not [j for j in jobs if (j.metadata.labels or {}).get(UID_LABEL) == uid]
+    log = second_operator.text()  # every operator of the test wrote to this one file
+    assert "Traceback" not in log and s3_bucket["secret_key"] not in log
+    assert "catalog sync: VMBackups recreated from archives" in log
 
 
 def _names(kube_api: Any, ns: str) -> set[str]:
