@@ -403,9 +403,12 @@ async def _create(
         report.completed.append(backup_name)
 
 
-async def _manifest(repo: Repository, archive_id: str, report: SyncReport) -> Any:
+async def _manifest(
+    repo: Repository, archive_id: str, report: SyncReport
+) -> ArchiveManifest | None:
     try:
-        return await asyncio.to_thread(repo.load_archive, archive_id)
+        manifest: ArchiveManifest = await asyncio.to_thread(repo.load_archive, archive_id)
+        return manifest
     except VmguardError as exc:  # corrupt or pruned meanwhile: this archive waits, not all
         report.skipped.append(f"{archive_id}: {exc}")
         return None
