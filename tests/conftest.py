@@ -151,6 +151,12 @@ def image_factory(lab: Any) -> Any:
 @pytest.fixture(scope="session")
 def vmguard_crds(lab: Any, kubectl: Path) -> None:
     """vmguard's CRDs applied to the lab apiserver and established."""
+    install_crds(lab, kubectl)
+
+
+def install_crds(lab: Any, kubectl: Path) -> None:
+    """Apply ``crds/`` (generated from vmguard.crds; a test keeps them equal) and wait
+    until every CRD is established. Also what a test that deletes them puts back."""
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]

@@ -133,6 +133,20 @@ class BackupSettings:
         )
 
 
+CATALOG_INTERVAL_ENV = "VMGUARD_CATALOG_INTERVAL"
+CATALOG_INTERVAL_DEFAULT = 300.0
+
+
+def catalog_interval() -> float:
+    """Seconds between two catalog sync passes of a BackupRepository (at least 1);
+    ValueError naming the variable when it is not a number."""
+    raw = os.environ.get(CATALOG_INTERVAL_ENV) or ""
+    try:
+        return max(float(raw), 1.0) if raw else CATALOG_INTERVAL_DEFAULT
+    except ValueError:
+        raise ValueError(f"{CATALOG_INTERVAL_ENV}={raw!r} is not a number of seconds") from None
+
+
 # The proxy Job's environment: controller.builders writes it, ``vmguard proxy`` reads it.
 # Credentials arrive as Secret key references (resolved by the kubelet), the repository
 # key as a read-only Secret file; the rest is not secret: URLs, CA bundles (PEM text),

@@ -21,7 +21,8 @@ Invariants:
 - Counters and the duration histogram count backups whose ``completionTime`` is at or
   after this process started, each VMBackup (by UID) once. A restarted operator that
   resyncs ten thousand finished backups must not make ``increase()`` see ten thousand
-  new ones; what is needed across restarts is in the per-VM gauges instead.
+  new ones; what is needed across restarts is in the per-VM gauges instead. VMBackups
+  recreated by catalog sync (``vmguard.io/synced``) are never counted, only gauged.
 - Per-VM "last" values come from the VM's most recently *completed* backup, whatever
   order the objects are observed in.
 - Ages and the RPO verdict are computed when Prometheus scrapes, from timestamps, so
@@ -52,6 +53,7 @@ POLICY_LABELS = ("namespace", "vcenter", "policy")
 VM_LABELS = ("namespace", "vcenter", "policy", "vm", "vm_uuid")
 SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
 TERMINAL = ("Completed", "Failed", "PartiallyFailed")
+SYNCED_LABEL = "vmguard.io/synced"  # controller/catalog.py's marker
 # Backups take seconds (a tiny incremental) to a day (a first full of a large VM).
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -340,7 +342,11 @@ class Metrics:
         totals = status.get("totals") or {}
 
         uid = str(meta.get("uid") or "")
-        if uid and uid not in self._counted and finished >= self.started:
+        # A VMBackup recreated by catalog sync is an old backup under a new UID: counting
+        # it would count a backup twice (or one this process never saw run); its time
+        # still feeds the per-VM last-success gauges below.
+        synced = (meta.get("labels") or {}).get(SYNCED_LABEL) == "true"
+        if uid and not synced and uid not in self._counted and finished >= self.started:
             self._counted.add(uid)
             labels = (namespace, vcenter, policy)
             self.backups.labels(*labels, outcome).inc()

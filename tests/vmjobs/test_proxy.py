@@ -43,6 +43,10 @@ def test_request_from_status() -> None:
     )
     assert req.transport == "nbd" and req.vcenter == "lab" and req.mode_reason == ""
     assert req.backings == {2000: "[ds] vm/disk.vmdk"}
+    # The manifest names its VMBackup, so catalog sync can rebuild it from the bucket.
+    assert req.labels == {"vmguard.io/namespace": "ns", "vmguard.io/vmbackup": "b"}
+    with_policy = {**OBJ, "spec": {"policyRef": {"name": "gold"}}}
+    assert request_from(with_policy, {}).labels["vmguard.io/policy"] == "gold"
     full = {**OBJ, "status": {**OBJ["status"], "modeRequested": "full", "modeReason": "asked"}}
     req = request_from(full, {})
     assert req.parent is None and req.mode_reason == "asked" and req.transport == "auto"

@@ -13,6 +13,10 @@ of its phase (docs/operator.md):
   backoff while attempts and the deadline allow;
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
+A VMBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
+controller/catalog.py) is never taken through these steps: it is born without status,
+which would otherwise read as Pending and start a second backup of the VM.
+
 Restart safety: every step is derived from status and the world, never from memory.
 The snapshot is found by its UID name, the Job by its deterministic name, the archive
 by its UID label (the proxy reports an existing one instead of writing another), and
@@ -31,6 +35,7 @@ from typing import Any
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
+from vmguard.controller.catalog import is_synced
 from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
@@ -58,7 +63,11 @@ class BackupContext:
     rbac_done: set[str] = field(default_factory=set)
 
 
-def in_flight(status: Any) -> bool:
+def in_flight(status: Any, labels: Any = None) -> bool:
+    """Whether the backup still has work to do. A synced VMBackup (catalog sync) never
+    has: it stands for an archive that exists, and its status comes from that archive."""
+    if is_synced(labels):
+        return False
     return (status or {}).get("phase") not in steps.TERMINAL
 
 
@@ -124,7 +133,7 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     status = obj.get("status") or {}
     phase = status.get("phase") or "Pending"
     p = Patcher(ctx, obj)
-    if phase in steps.TERMINAL:
+    if phase in steps.TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
         await p.patch({"phase": "Pending", "startTime": now()})

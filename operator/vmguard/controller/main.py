@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 
-from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller import backups, failsafe, orphans, peering, restores, vcenter
+from vmguard.config import BackupSettings, ProxySettings, catalog_interval
+from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
 from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
@@ -24,7 +24,7 @@ from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import ConfigError
 from vmguard.metrics import Metrics
 
-CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores"})
+CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "catalog"})
 SWEEP_DEFAULT_SECONDS = 300.0
 SWEEP_RETRY_SECONDS = 30.0
 logger = logging.getLogger(__name__)
@@ -217,8 +217,8 @@ async def restore_driver(
     await restores.drive(KubeAPI(), memo.proxy, namespace or "", name, stopped, announce)
 
 
-def _backup_in_flight(status: kopf.Status, **_: Any) -> bool:
-    return backups.in_flight(status)
+def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    return backups.in_flight(status, labels)
 
 
 @kopf.daemon(GROUP, VERSION, "vmbackups", when=_backup_in_flight, cancellation_timeout=5.0)
@@ -273,6 +273,40 @@ async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_:
         raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=15) from exc
 
 
+@kopf.daemon(GROUP, VERSION, "backuprepositories", id="catalog_sync", cancellation_timeout=10.0)
+async def catalog_sync(
+    body: kopf.Body,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Keep the namespace's VMBackups in step with the repository's archives
+    (controller/catalog.py): at start, then every ``VMGUARD_CATALOG_INTERVAL`` seconds."""
+    if not _acts(memo, "catalog"):
+        return
+
+    def announce(obj: Any, reason: str, message: str, warning: bool) -> None:
+        (kopf.warn if warning else kopf.info)(obj, reason=reason, message=message)
+
+    api = KubeAPI()
+    interval = float(getattr(memo, "catalog_interval", None) or catalog_interval())
+    told: set[str] = set()  # say each skipped archive once, not every pass
+    while not stopped:
+        try:
+            report = await catalog.sync(api, dict(body), announce)
+        except Exception as exc:  # the repository or the apiserver is away: next time
+            logger.warning("catalog sync failed: %s", exc)
+        else:
+            if report.created or report.completed:
+                made = ", ".join(report.created + report.completed)
+                logger.info(f"catalog sync: VMBackups recreated from archives: {made}")
+            for note in sorted(set(report.skipped) - told):
+                logger.warning(f"catalog sync: no VMBackup for archive {note}")
+            told = set(report.skipped)
+        await stopped.wait(interval)
+
+
 @dataclass(frozen=True)
 class OperatorOptions:
     """How ``vmguard operator`` runs: what it watches, peering, probe and metrics."""
@@ -303,6 +337,10 @@ def run(options: OperatorOptions) -> None:
 
     from vmguard.controller.kubeapi import load_config
 
+    try:
+        interval = catalog_interval()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     load_config()
     metrics = Metrics()
     if options.metrics_port is not None:
@@ -337,6 +375,8 @@ def run(options: OperatorOptions) -> None:
             peering_name=options.peering,
             priority=priority,
             settings=settings,
-            memo=kopf.Memo(metrics=metrics, controllers=options.controllers),
+            memo=kopf.Memo(
+                metrics=metrics, controllers=options.controllers, catalog_interval=interval
+            ),
         )
     )

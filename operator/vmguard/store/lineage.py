@@ -29,6 +29,12 @@ from vmguard.store.repository import Repository
 BACKUP_UID_LABEL = "backup_uid"
 """Manifest label carrying the UID of the VMBackup (or CLI run) that made the archive."""
 
+ORIGIN_NAMESPACE = "vmguard.io/namespace"
+ORIGIN_VMBACKUP = "vmguard.io/vmbackup"
+ORIGIN_POLICY = "vmguard.io/policy"
+"""Manifest labels naming the VMBackup (namespace, name) and policy that made the archive;
+catalog sync reads them back when it rebuilds VMBackup objects from the bucket."""
+
 SCAN_LIMIT = 64
 """Newest archives of a VM searched for a backup's UID: a retry comes soon after."""
 

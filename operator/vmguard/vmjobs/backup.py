@@ -74,6 +74,8 @@ class TransferRequest:
     """E.g. why a quiesced snapshot fell back to crash-consistent."""
     backings: Mapping[int, str] = field(default_factory=dict)
     """Disk backing files recorded before the snapshot (the chain's base files)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """More manifest labels: who asked for the backup (catalog sync reads them back)."""
 
 
 @dataclass
@@ -167,6 +169,7 @@ def transfer(
             disks,
             parent=parent.archive_id if parent else None,
             labels={
+                **request.labels,
                 "transport": choice.transport,
                 "transport_reason": choice.reason,
                 BACKUP_UID_LABEL: request.backup_uid,

@@ -109,7 +109,22 @@ def request_from(obj: Mapping[str, Any], env: Mapping[str, str]) -> TransferRequ
         backings={
             int(d["key"]): d["backing"] for d in status.get("disks") or [] if d.get("backing")
         },
+        labels=origin_labels(obj),
     )
+
+
+def origin_labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    """Manifest labels naming the VMBackup and its policy (pure), so that catalog sync
+    can rebuild the object from the bucket alone (docs/repository-format.md §6)."""
+    from vmguard.store.lineage import ORIGIN_NAMESPACE, ORIGIN_POLICY, ORIGIN_VMBACKUP
+
+    meta = obj.get("metadata") or {}
+    out = {
+        ORIGIN_NAMESPACE: str(meta.get("namespace") or ""),
+        ORIGIN_VMBACKUP: str(meta.get("name") or ""),
+        ORIGIN_POLICY: str(((obj.get("spec") or {}).get("policyRef") or {}).get("name") or ""),
+    }
+    return {k: v for k, v in out.items() if v}
 
 
 def endpoint_from(env: Mapping[str, str]) -> Endpoint:

@@ -1,0 +1,414 @@
+"""Catalog sync: the VMBackup objects of a namespace agree with the archives in a repository.
+
+The bucket is the record of what was backed up; VMBackup objects are its catalog in the
+cluster. For one BackupRepository, a pass of :func:`sync`:
+
+- **recreates** a VMBackup for every archive no VMBackup of the namespace names (by
+  ``status.archiveId``, or the ``vmguard.io/archive-id`` annotation of a synced one);
+  the object is marked ``vmguard.io/synced: "true"`` and arrives Completed, its status
+  rebuilt from the manifest (:func:`build_synced_backup`, :func:`synced_status`);
+- **flags** a Completed VMBackup of this repository whose archive is not in it any more:
+  ``ArchiveAvailable=False`` (``ArchiveMissing``) and a warning event; the flag is
+  cleared (``ArchiveFound``) when the archive reappears. Objects being deleted are
+  left alone.
+
+Invariants:
+
+- Cheap on a large repository: one listing of the VMBackups, one listing of
+  ``archives/`` (ids only), then a manifest is read only for an archive that needs an
+  object (or a synced object whose status never got written); only changed conditions
+  are patched.
+- VMBackups are listed *before* the archives: an archive committed in between belongs to
+  a backup already listed, whose UID its manifest names (``backup_uid``); such an archive
+  is the running backup's, not an orphan, and is skipped.
+- Names are deterministic (:func:`synced_name`): the same archive gets the same name in
+  every cluster and every pass, so a second replica or a retried pass gets AlreadyExists.
+- A synced object is never backed up: the VMBackup controller ignores objects labelled
+  ``vmguard.io/synced`` (they are created without status, which it would take for
+  Pending). A synced object left without status is completed by the next pass.
+- Deleting a VMBackup object keeps its archive, so the next pass brings the object back,
+  synced. Only retention deletes archives (with their objects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmguard.controller import access
+from vmguard.controller.builders_policy import (
+    ANNOTATION_VM_NAME,
+    LABEL_POLICY,
+    LABEL_VCENTER,
+    LABEL_VM,
+)
+from vmguard.controller.conditions import get_condition, set_condition
+from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.errors import RepositoryNotFoundError, VmguardError
+from vmguard.store import ArchiveManifest, Repository, TransferStats, names
+from vmguard.store.lineage import (
+    BACKUP_UID_LABEL,
+    ORIGIN_NAMESPACE,
+    ORIGIN_POLICY,
+    ORIGIN_VMBACKUP,
+)
+
+LABEL_SYNCED = "vmguard.io/synced"
+LABEL_REPOSITORY = "vmguard.io/repository"
+ANNOTATION_ARCHIVE = "vmguard.io/archive-id"
+ANNOTATION_ORIGIN = "vmguard.io/synced-from"
+CONDITION = "ArchiveAvailable"
+PLURAL = "vmbackups"
+
+MODE_USED = {"full": "full", "incremental": "incremental", "full-scan": "fullScan"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_MOREF = re.compile(r"^vm-[0-9]{1,10}$")
+_SLUG_MAX = 63 - 1 - 42  # room left beside "-<archive id>" (42 characters)
+
+log = logging.getLogger(__name__)
+
+
+def is_synced(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(LABEL_SYNCED) == "true"
+
+
+# -- planning (pure) ----------------------------------------------------------------------
+
+
+def archive_of(obj: Mapping[str, Any]) -> str:
+    """The archive a VMBackup names: its status, or the annotation of a synced one."""
+    meta = obj.get("metadata") or {}
+    return str(
+        (obj.get("status") or {}).get("archiveId")
+        or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE)
+        or ""
+    )
+
+
+def repository_of(obj: Mapping[str, Any]) -> str:
+    """The BackupRepository a VMBackup was made with (status), or asked for (spec)."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    return str(
+        (obj.get("status") or {}).get("repository")
+        or (spec.get("repositoryRef") or {}).get("name")
+        or (meta.get("labels") or {}).get(LABEL_REPOSITORY)
+        or ""
+    )
+
+
+@dataclass(frozen=True)
+class CatalogPlan:
+    create: tuple[str, ...] = ()
+    """Archive ids without a VMBackup: read their manifests, create synced objects."""
+    complete: tuple[tuple[str, str], ...] = ()
+    """(VMBackup name, archive id) of synced objects whose status was never written."""
+    flag: tuple[str, ...] = ()
+    """Completed VMBackups whose archive is gone and that do not say so yet."""
+    clear: tuple[str, ...] = ()
+    """VMBackups flagged before whose archive is back."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.complete or self.flag or self.clear)
+
+
+def plan_catalog(
+    repository: str, archive_ids: Iterable[str], backups: Iterable[Mapping[str, Any]]
+) -> CatalogPlan:
+    """What one pass does for ``repository`` (pure); ``backups`` = all of the namespace."""
+    present = set(archive_ids)
+    covered: set[str] = set()
+    complete, flag, clear = [], [], []
+    for obj in backups:
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        archive = archive_of(obj)
+        if archive:
+            covered.add(archive)  # by any VMBackup, of any repository: never two objects
+        if not archive or repository_of(obj) != repository or meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name", ""))
+        if is_synced(meta.get("labels")) and not status.get("phase"):
+            if archive in present:
+                complete.append((name, archive))
+            continue
+        if status.get("phase") != "Completed":
+            continue
+        flagged = get_condition(status.get("conditions"), CONDITION).get("status") == "False"
+        if archive not in present and not flagged:
+            flag.append(name)
+        elif archive in present and flagged:
+            clear.append(name)
+    create = sorted(present - covered)
+    return CatalogPlan(tuple(create), tuple(complete), tuple(flag), tuple(clear))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The refs a synced VMBackup gets; ``vcenter`` is None when none can be named."""
+
+    vcenter: str | None
+    policy: str | None
+
+
+def place(manifest: ArchiveManifest, vcenters: Sequence[str], policies: Sequence[str]) -> Placement:
+    """Which VCenter and policy of the namespace a synced VMBackup refers to (pure).
+
+    The vCenter the manifest records (the VCenter's name where the backup ran) when it is
+    a valid name, existing or not: a VCenter applied later makes it whole, and a
+    VMRestore can name another one. Else the namespace's only VCenter; else none. The
+    policy only when it exists now (a dangling policyRef would keep the backup waiting).
+    """
+    recorded = manifest.vm.vcenter
+    if _DNS_LABEL.match(recorded):
+        vcenter: str | None = recorded
+    else:
+        vcenter = vcenters[0] if len(vcenters) == 1 else None
+    policy = manifest.labels.get(ORIGIN_POLICY, "")
+    return Placement(vcenter, policy if policy in policies else None)
+
+
+def slug(text: str, limit: int = _SLUG_MAX) -> str:
+    """A DNS-label fragment of free text: ASCII letters and digits, '-' for the rest."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    out = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return out[:limit].strip("-") or "vm"
+
+
+def synced_name(vm_name: str, archive_id: str) -> str:
+    """``<slug of the VM name>-<archive id, lower case>``: ≤ 63, unique, the same everywhere."""
+    return f"{slug(vm_name)}-{archive_id.lower()}"
+
+
+def _vm_ids(manifest: ArchiveManifest) -> dict[str, str]:
+    vm = manifest.vm
+    ids = {"name": vm.name[:255]} if vm.name else {}
+    if _UUID.match(vm.instance_uuid):
+        ids["instanceUuid"] = vm.instance_uuid.lower()
+    if _MOREF.match(vm.moref):
+        ids["moref"] = vm.moref
+    return ids
+
+
+def build_synced_backup(
+    manifest: ArchiveManifest, *, namespace: str, repository: str, placement: Placement
+) -> dict[str, Any]:
+    """The VMBackup object (no status: see :func:`synced_status`) for an archive. Pure."""
+    if placement.vcenter is None:
+        raise ValueError("a synced VMBackup needs a vCenter name")
+    ids = _vm_ids(manifest) or {"name": manifest.archive_id}
+    labels = {LABEL_SYNCED: "true", LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
+    if "instanceUuid" in ids:
+        labels[LABEL_VM] = ids["instanceUuid"]
+    recorded_policy = manifest.labels.get(ORIGIN_POLICY, "")
+    if _DNS_LABEL.match(recorded_policy):
+        labels[LABEL_POLICY] = recorded_policy
+    annotations = {ANNOTATION_ARCHIVE: manifest.archive_id}
+    if manifest.vm.name:
+        annotations[ANNOTATION_VM_NAME] = manifest.vm.name
+    origin = "/".join(
+        manifest.labels[k] for k in (ORIGIN_NAMESPACE, ORIGIN_VMBACKUP) if manifest.labels.get(k)
+    )
+    if origin:
+        annotations[ANNOTATION_ORIGIN] = origin[:512]
+    spec: dict[str, Any] = {
+        "vm": ids,
+        "vcenterRef": {"name": placement.vcenter},
+        "repositoryRef": {"name": repository},
+    }
+    if placement.policy:
+        spec["policyRef"] = {"name": placement.policy}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VMBackup",
+        "metadata": {
+            "name": synced_name(manifest.vm.name, manifest.archive_id),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def synced_status(
+    manifest: ArchiveManifest, *, repository: str, vcenter: str, at: str | None = None
+) -> dict[str, Any]:
+    """``status`` of a synced VMBackup, from its archive's manifest (pure).
+
+    What the proxy and the operator would have written, as far as the archive records
+    it: the VM, mode used and why, per-disk and total bytes, times. The snapshot, Job,
+    placement and attempts are not recorded in archives and stay absent.
+    """
+    disks: list[dict[str, Any]] = []
+    summable = ("capacityBytes", "bytesRead", "bytesChanged", "bytesUploaded", "chunksNew")
+    totals: dict[str, Any] = dict.fromkeys((*summable, "chunksReused"), 0)
+    for rec in manifest.disks:
+        s = rec.stats
+        entry: dict[str, Any] = {
+            "capacityBytes": rec.length,
+            "mode": MODE_USED.get(manifest.mode, "full"),
+            "bytesRead": s.bytes_read,
+            "bytesChanged": s.bytes_changed,
+            "bytesUploaded": s.bytes_stored,
+            "chunksNew": s.chunks_new,
+            "chunksReused": s.chunks_reused,
+        }
+        for k in totals:
+            totals[k] += int(entry[k])
+        entry["key"] = int(rec.key) if rec.key.isdigit() else len(disks)
+        if rec.label:
+            entry["label"] = rec.label[:255]
+        if rec.cbt is not None:
+            entry.update(uuid=rec.cbt.disk_uuid[:64], backing=rec.cbt.backing_file[:2048])
+            entry["changeId"] = rec.cbt.change_id[:128]
+        disks.append(entry)
+    summed = sum((rec.stats for rec in manifest.disks), TransferStats())
+    if summed.compressibility is not None:
+        totals["compressibility"] = round(summed.compressibility, 4)
+    message = f"archive {manifest.archive_id}, synced from repository {repository}"
+    conditions = set_condition([], "Ready", True, "Completed", message, 1, at)
+    conditions = set_condition(conditions, CONDITION, True, "Synced", message, 1, at)
+    status: dict[str, Any] = {
+        "phase": "Completed",
+        "archiveId": manifest.archive_id,
+        "vm": _vm_ids(manifest),
+        "vcenter": vcenter,
+        "repository": repository,
+        "modeUsed": MODE_USED.get(manifest.mode, "full"),
+        "modeReason": manifest.mode_reason[:1024],
+        "disks": disks,
+        "totals": totals,
+        "startTime": names.format_time(manifest.started),
+        "completionTime": names.format_time(manifest.finished),
+        "durationSeconds": max((manifest.finished - manifest.started).total_seconds(), 0.0),
+        "conditions": conditions,
+        "observedGeneration": 1,
+    }
+    if manifest.parent:
+        status["parentArchiveId"] = manifest.parent
+    if "quiesced" in manifest.labels:
+        status["quiesced"] = manifest.labels["quiesced"] == "true"
+    return status
+
+
+# -- the pass (I/O) -----------------------------------------------------------------------
+
+Announce = Callable[[Mapping[str, Any], str, str, bool], None]
+"""(VMBackup object, reason, message, warning): an event on that object."""
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Archives that got no object, each with why (running backup, unreadable, no vCenter)."""
+
+
+async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) -> SyncReport:
+    """One catalog pass for ``repository`` (a BackupRepository object); raises when the
+    repository cannot be read (the caller retries at its next interval)."""
+    meta = repository["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    report = SyncReport()
+    backups = await api.list_objects(PLURAL, ns)  # before the archives: see the docstring
+    try:
+        repo = await access.open_repository(api, dict(repository))
+    except RepositoryNotFoundError:
+        return report  # nothing written there yet; a missing config is not "every archive gone"
+    refs = await asyncio.to_thread(repo.list_archives)
+    plan = plan_catalog(name, (r.archive_id for r in refs), backups)
+    log.debug(
+        "catalog %s/%s: %d archives, %d without an object", ns, name, len(refs), len(plan.create)
+    )
+    if plan.create or plan.complete:
+        await _create(api, repo, ns, name, plan, backups, report)
+    by_name = {b["metadata"]["name"]: b for b in backups}
+    for backup_name in plan.flag:
+        obj = by_name[backup_name]
+        message = f"archive {archive_of(obj)} is not in repository {name} any more"
+        await _condition(api, obj, False, "ArchiveMissing", message)
+        announce(obj, "ArchiveMissing", message, True)
+        report.flagged.append(backup_name)
+    for backup_name in plan.clear:
+        obj = by_name[backup_name]
+        message = f"archive {archive_of(obj)} is in repository {name} again"
+        await _condition(api, obj, True, "ArchiveFound", message)
+        announce(obj, "ArchiveFound", message, False)
+        report.cleared.append(backup_name)
+    return report
+
+
+async def _condition(
+    api: KubeAPI, obj: Mapping[str, Any], ok: bool, reason: str, message: str
+) -> None:
+    meta, status = obj["metadata"], obj.get("status") or {}
+    conditions = set_condition(status.get("conditions"), CONDITION, ok, reason, message)
+    await api.patch_status(PLURAL, meta["namespace"], meta["name"], {"conditions": conditions})
+
+
+async def _create(
+    api: KubeAPI,
+    repo: Repository,
+    ns: str,
+    name: str,
+    plan: CatalogPlan,
+    backups: Sequence[Mapping[str, Any]],
+    report: SyncReport,
+) -> None:
+    vcenters = sorted(v["metadata"]["name"] for v in await api.list_objects("vcenters", ns))
+    policies = sorted(
+        p["metadata"]["name"] for p in await api.list_objects("vmprotectionpolicies", ns)
+    )
+    uids = {b["metadata"].get("uid") for b in backups}
+    for archive_id in plan.create:
+        manifest = await _manifest(repo, archive_id, report)
+        if manifest is None:
+            continue
+        if manifest.labels.get(BACKUP_UID_LABEL) in uids:
+            report.skipped.append(f"{archive_id}: its backup is still running")
+            continue
+        placement = place(manifest, vcenters, policies)
+        if placement.vcenter is None:
+            report.skipped.append(f"{archive_id}: no VCenter to name (create one)")
+            continue
+        body = build_synced_backup(manifest, namespace=ns, repository=name, placement=placement)
+        try:
+            created = await api.create_object(PLURAL, ns, body)
+        except VmguardError as exc:
+            report.skipped.append(f"{archive_id}: {exc}")
+            continue
+        if not created:  # made by an earlier pass or a peer; a status-less one is completed
+            continue
+        status = synced_status(manifest, repository=name, vcenter=placement.vcenter)
+        await api.patch_status(PLURAL, ns, body["metadata"]["name"], status)
+        report.created.append(body["metadata"]["name"])
+    by_name = {b["metadata"]["name"]: b for b in backups}
+    for backup_name, archive_id in plan.complete:
+        manifest = await _manifest(repo, archive_id, report)
+        if manifest is None:
+            continue
+        obj = by_name[backup_name]
+        vcenter = ((obj.get("spec") or {}).get("vcenterRef") or {}).get("name", "")
+        status = synced_status(manifest, repository=name, vcenter=vcenter)
+        await api.patch_status(PLURAL, ns, backup_name, status)
+        report.completed.append(backup_name)
+
+
+async def _manifest(
+    repo: Repository, archive_id: str, report: SyncReport
+) -> ArchiveManifest | None:
+    try:
+        manifest: ArchiveManifest = await asyncio.to_thread(repo.load_archive, archive_id)
+        return manifest
+    except VmguardError as exc:  # corrupt or pruned meanwhile: this archive waits, not all
+        report.skipped.append(f"{archive_id}: {exc}")
+        return None
