@@ -141,6 +141,7 @@ def refused(call: Callable[[], Any]) -> str:
         "policy-gold.yaml",
         "vmbackup.yaml",
         "vmrestore.yaml",
+        "vmrestore-files.yaml",
     ],
 )
 def test_examples_are_accepted(custom: client.CustomObjectsApi, namespace: str, file: str) -> None:
@@ -148,6 +149,38 @@ def test_examples_are_accepted(custom: client.CustomObjectsApi, namespace: str, 
     created = create(custom, namespace, body)
     # Nothing the user wrote was pruned or changed by the schema.
     assert _contains(created["spec"], body["spec"]), (created["spec"], body["spec"])
+
+
+def _secret_refs(spec: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key.endswith("SecretRef"):
+                yield value
+            else:
+                yield from _secret_refs(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _secret_refs(item)
+
+
+def test_example_secrets_hold_every_key_the_examples_read(
+    custom: client.CustomObjectsApi, kube_api: Any, namespace: str
+) -> None:
+    docs = list(yaml.safe_load_all((EXAMPLES / "secrets.yaml").read_text(encoding="utf-8")))
+    core = client.CoreV1Api(kube_api)
+    for doc in docs:  # valid Secrets, as the apiserver sees them
+        core.create_namespaced_secret(namespace, doc, dry_run="All")
+    held = {d["metadata"]["name"]: set(d["stringData"]) for d in docs}
+    wanted: dict[str, set[str]] = {}
+    for file in ("vcenter.yaml", "backuprepository.yaml"):
+        created = create(custom, namespace, example(file))  # with the keys' defaults
+        for ref in _secret_refs(created["spec"]):
+            keys = {v for k, v in ref.items() if k != "name"}
+            wanted.setdefault(ref["name"], set()).update(keys)
+    assert wanted and all(wanted[name] <= held.get(name, set()) for name in wanted), (
+        wanted,
+        held,
+    )
 
 
 def _contains(big: Any, small: Any) -> bool:
