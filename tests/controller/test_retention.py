@@ -1,0 +1,166 @@
+"""Issue #6 acceptance, retention and GC end to end (lab: real apiserver, the operator
+as a process, proxy Jobs through the node agent, the vSphere simulator, MinIO).
+
+A policy keeping the last 3 backups of one VM: the 4th Completed backup prunes the
+oldest VMBackup and its archive, and the repository's next scheduled GC frees the
+chunks only that archive had; the three kept archives still restore bit-exact and a
+deep verify is clean. To keep the wall time short the test creates the four VMBackups
+itself (with the policy's label and policyRef, as the scheduler would) instead of
+waiting for cron minutes; the policy is paused so the fail-safe does not add a fifth.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.controller import objects
+from tests.controller.backup_helpers import (
+    data_vm,
+    disk_hashes,
+    no_snapshot_left,
+    open_repo,
+    restored_hashes,
+    wait_done,
+)
+
+from vmguard.lab.procs import eventually
+from vmguard.store import Repository, names
+from vmguard.store.verify import verify
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.operator_controllers("vcenters,policies,backups,repositories"),
+]
+MiB = 1 << 20
+POLICY = "keep3"
+
+
+def _referenced(repo: Repository, archive_id: str) -> set[bytes]:
+    manifest = repo.load_archive(archive_id)
+    out: set[bytes] = set()
+    for disk in manifest.disks:
+        out |= repo.load_index(manifest, disk).referenced()
+    return out
+
+
+def _chunk_objects(minio_client: Any, bucket: str) -> set[str]:
+    found = minio_client.list_objects(bucket, prefix=names.CHUNKS, recursive=True)
+    return {o.object_name for o in found}
+
+
+def _gone(kube_api: Any, ns: str, name: str) -> bool:
+    try:
+        objects.get(kube_api, ns, "vmbackups", name)
+    except client.ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    s3_bucket: dict[str, Any],
+    minio_client: Any,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    objects.create_repository(kube_api, namespace, "repo", s3_bucket)
+    start_operator(extra_env={"VMGUARD_REPOSITORY_INTERVAL": "3"})
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        objects.create_policy(
+            kube_api,
+            namespace,
+            POLICY,
+            selector={"names": [vm.name]},
+            retention={"keepLast": 3},
+            paused=True,
+        )
+        disk = vm.disks[0]
+        at: dict[str, dict[str, str]] = {}
+        archives: dict[str, str] = {}
+        for n in range(1, 5):
+            # A whole chunk of new random data before each backup: every archive has a
+            # chunk that no other archive shares.
+            vsim.write(vm.moref, disk.key, 16 * MiB, os.urandom(4 * MiB))
+            name = f"{POLICY}-{n}"
+            at[name] = disk_hashes(vsim, vm.moref)
+            objects.create(
+                kube_api,
+                namespace,
+                "vmbackups",
+                "VMBackup",
+                name,
+                {"vm": {"moref": vm.moref}, "policyRef": {"name": POLICY}},
+                labels={"vmguard.io/policy": POLICY, "vmguard.io/vm": vm.instance_uuid.lower()},
+            )
+            done = wait_done(kube_api, namespace, name)
+            assert done["status"]["phase"] == "Completed", done["status"]
+            archives[name] = done["status"]["archiveId"]
+        no_snapshot_left(vc, vm.moref)
+
+    oldest, kept = f"{POLICY}-1", [f"{POLICY}-{n}" for n in (2, 3, 4)]
+    eventually(lambda: _gone(kube_api, namespace, oldest), timeout=60, what="oldest pruned")
+    repo = open_repo(s3_bucket)
+    assert {ref.archive_id for ref in repo.list_archives()} == {archives[n] for n in kept}
+    assert all(not _gone(kube_api, namespace, n) for n in kept)
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", POLICY)
+    assert policy["status"]["retention"]["lastPruned"] == 1
+    assert objects.condition(policy, "Retention")["reason"] == "Applied"
+    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+    assert any(e.reason == "Pruned" and oldest in e.message for e in events)
+
+    # What only the pruned archive referenced (it is in the trash until GC empties it).
+    trash = repo.decode_manifest(
+        archives[oldest], repo.backend.get(names.trash_manifest_name(archives[oldest]))
+    )
+    only_oldest: set[bytes] = set()
+    for d in trash.disks:
+        only_oldest |= repo.load_index(trash, d).referenced()
+    for n in kept:
+        only_oldest -= _referenced(repo, archives[n])
+    assert only_oldest
+
+    def counted() -> dict[str, Any] | None:
+        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        return s if s.get("archives") == 3 else None
+
+    before = eventually(counted, timeout=30, what="repository stats after the prune")
+    chunks_before = _chunk_objects(minio_client, s3_bucket["bucket"])
+    assert before["chunks"] == len(chunks_before)
+    # Now schedule GC: every minute, a minute's grace.
+    objects.custom(kube_api).patch_namespaced_custom_object(
+        objects.G, objects.V, namespace, "backuprepositories", "repo",
+        {"spec": {"gc": {"schedule": "* * * * *", "gracePeriod": "1m"}}},
+    )  # fmt: skip
+
+    def collected() -> dict[str, Any] | None:
+        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        return s if (s.get("lastGC") or {}).get("chunksDeleted") else None
+
+    after = eventually(collected, timeout=180, what="a GC that deletes chunks")
+    gc = after["lastGC"]
+    assert gc["chunksDeleted"] == len(only_oldest) and gc["bytesFreed"] > 0
+    chunks_after = _chunk_objects(minio_client, s3_bucket["bucket"])
+    assert len(chunks_before) - len(chunks_after) == gc["chunksDeleted"]
+    assert {names.chunk_name(c) for c in only_oldest}.isdisjoint(chunks_after)
+
+    def shrunk() -> dict[str, Any] | None:
+        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        return s if s.get("chunks") == len(chunks_after) else None
+
+    final = eventually(shrunk, timeout=30, what="repository stats after GC")
+    assert final["storedBytes"] == before["storedBytes"] - gc["bytesFreed"]
+
+    repo = open_repo(s3_bucket)
+    for n in kept:
+        assert restored_hashes(repo, archives[n], tmp_path) == at[n], n
+    report = verify(repo, deep=True)
+    assert report.ok and report.archives == 3
