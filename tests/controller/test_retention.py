@@ -164,3 +164,94 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
         assert restored_hashes(repo, archives[n], tmp_path) == at[n], n
     report = verify(repo, deep=True)
     assert report.ok and report.archives == 3
+
+
+def _completed_backup(
+    kube_api: Any, ns: str, name: str, archive_id: str, when: str
+) -> dict[str, Any]:
+    objects.create(
+        kube_api,
+        ns,
+        "vmbackups",
+        "VMBackup",
+        name,
+        {"vm": {"instanceUuid": VM_UUID}, "policyRef": {"name": POLICY}},
+        labels={"vmguard.io/policy": POLICY, "vmguard.io/vm": VM_UUID},
+    )
+    status = {
+        "phase": "Completed",
+        "archiveId": archive_id,
+        "repository": "repo",
+        "snapshot": {"createTime": when},
+    }
+    objects.custom(kube_api).patch_namespaced_custom_object_status(
+        objects.G, objects.V, ns, "vmbackups", name, {"status": status}
+    )
+    return objects.get(kube_api, ns, "vmbackups", name)
+
+
+VM_UUID = "4211aaaa-bbbb-cccc-dddd-eeeeffff0001"
+
+
+def test_object_lock_keeps_the_backup_says_so_once_and_a_half_done_prune_is_finished(
+    kube_api: Any, namespace: str, s3_lock_bucket: dict[str, Any]
+) -> None:
+    """Retention's pass (controller/retention.py) against the lab apiserver and a MinIO
+    bucket with Object Lock, without an operator: the pass is called directly."""
+    import asyncio
+    import datetime as dt
+
+    from tests.store.helpers import backup, disk_image
+
+    from vmguard.controller.kubeapi import KubeAPI
+    from vmguard.controller.retention import Retention
+    from vmguard.store import ObjectLockPolicy
+    from vmguard.store.backend import S3Backend
+    from vmguard.store.prune import retire_archive
+
+    b = s3_lock_bucket
+    backend = S3Backend(
+        b["endpoint"], b["bucket"], access_key=b["access_key"], secret_key=b["secret_key"],
+        secure=False,
+    )  # fmt: skip
+    repo = Repository.init(
+        backend, chunk_size=256 * 1024, object_lock=ObjectLockPolicy("GOVERNANCE", 1)
+    )
+    locked = backup(repo, VM_UUID, {"d": disk_image(1, 2, 256 * 1024)})
+    objects.create_repository(kube_api, namespace, "repo", s3_lock_bucket)
+    objects.create_policy(kube_api, namespace, POLICY, selector={"names": ["x"]}, paused=True)
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", POLICY)
+    policy["spec"]["retention"] = {"keepLast": 1}
+    _completed_backup(kube_api, namespace, "old", locked.archive_id, "2025-01-01T00:00:00Z")
+    newest = names.new_archive_id(VM_UUID, dt.datetime(2025, 1, 2, tzinfo=dt.UTC))
+    _completed_backup(kube_api, namespace, "new", newest, "2025-01-02T00:00:00Z")
+    said: list[tuple[str, str, bool]] = []
+    retention = Retention()
+    api = KubeAPI(kube_api)
+
+    def one_pass() -> set[str]:
+        backups = objects.items(kube_api, namespace, "vmbackups")
+        now = dt.datetime.now(dt.UTC)
+        return asyncio.run(retention.apply(api, policy, backups, lambda *e: said.append(e), now))
+
+    assert one_pass() == set() and one_pass() == set()
+    assert not _gone(kube_api, namespace, "old")
+    assert [(r, w) for r, _, w in said] == [("RetentionBlocked", True)]  # once
+    assert locked.archive_id in said[0][1]
+    assert {ref.archive_id for ref in repo.list_archives()} == {locked.archive_id}
+    cond = retention.condition(None, 1)[0]
+    assert (cond["reason"], retention.status()["blocked"]) == ("RetentionBlocked", 1)
+
+    # A prune that retired the archive and died before deleting the object: the next
+    # pass deletes the object (an archive already gone counts as retired).
+    # (Nothing can be retired in this bucket: the archive is one that is gone already.)
+    objects.custom(kube_api).delete_namespaced_custom_object(
+        objects.G, objects.V, namespace, "vmbackups", "old"
+    )
+    retired = names.new_archive_id(VM_UUID, dt.datetime(2024, 12, 1, tzinfo=dt.UTC))
+    assert retire_archive(repo, retired) is None
+    _completed_backup(kube_api, namespace, "older", retired, "2024-12-01T00:00:00Z")
+    assert one_pass() == {"older"}
+    assert _gone(kube_api, namespace, "older") and not _gone(kube_api, namespace, "new")
+    assert said[-1][0] == "Pruned" and "older" in said[-1][1]
+    assert retention.condition(None, 1)[0]["reason"] == "Applied"

@@ -206,8 +206,12 @@ class Retention:
         deleted: set[str] = set()
         for c in group:
             until = None
-            if c.archive_id not in chosen.shared:
-                until = await asyncio.to_thread(retire_archive, repo, c.archive_id)
+            try:
+                if c.archive_id not in chosen.shared:
+                    until = await asyncio.to_thread(retire_archive, repo, c.archive_id)
+            except ConfigError as exc:  # e.g. not an archive id: this backup only
+                self.problem = ("RetentionFailed", f"backup {c.name}: {exc}")
+                continue
             if until is not None:
                 self.blocked_until[c.name] = until
                 if c.name not in self.announced:
