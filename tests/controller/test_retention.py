@@ -29,6 +29,7 @@ from tests.controller.backup_helpers import (
 
 from vmguard.lab.procs import eventually
 from vmguard.store import Repository, names
+from vmguard.store.stats import repository_stats
 from vmguard.store.verify import verify
 
 pytestmark = [
@@ -111,11 +112,20 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
     repo = open_repo(s3_bucket)
     assert {ref.archive_id for ref in repo.list_archives()} == {archives[n] for n in kept}
     assert all(not _gone(kube_api, namespace, n) for n in kept)
-    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", POLICY)
-    assert policy["status"]["retention"]["lastPruned"] == 1
+
+    def reported() -> dict[str, Any] | None:
+        p = objects.get(kube_api, namespace, "vmprotectionpolicies", POLICY)
+        done = ((p.get("status") or {}).get("retention") or {}).get("lastPruned") == 1
+        return p if done else None
+
+    policy = eventually(reported, timeout=30, what="the policy's retention status")
     assert objects.condition(policy, "Retention")["reason"] == "Applied"
-    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
-    assert any(e.reason == "Pruned" and oldest in e.message for e in events)
+
+    def pruned_event() -> bool:
+        events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        return any(e.reason == "Pruned" and oldest in (e.message or "") for e in events)
+
+    eventually(pruned_event, timeout=30, what="the Pruned event")
 
     # What only the pruned archive referenced (it is in the trash until GC empties it).
     trash = repo.decode_manifest(
@@ -128,13 +138,17 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
         only_oldest -= _referenced(repo, archives[n])
     assert only_oldest
 
+    chunks_before = _chunk_objects(minio_client, s3_bucket["bucket"])
+    now = repository_stats(repo)
+    assert (now.archives, now.chunks) == (3, len(chunks_before))
+
     def counted() -> dict[str, Any] | None:
+        # A status written before the 4th backup also says 3 archives: wait for this one.
         s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
-        return s if s.get("archives") == 3 else None
+        seen = (s.get("archives"), s.get("chunks"), s.get("storedBytes"))
+        return s if seen == (3, now.chunks, now.stored_bytes) else None
 
     before = eventually(counted, timeout=30, what="repository stats after the prune")
-    chunks_before = _chunk_objects(minio_client, s3_bucket["bucket"])
-    assert before["chunks"] == len(chunks_before)
     # Now schedule GC: every minute, a minute's grace.
     objects.custom(kube_api).patch_namespaced_custom_object(
         objects.G, objects.V, namespace, "backuprepositories", "repo",
