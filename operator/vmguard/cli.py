@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--metrics-address", default="0.0.0.0", help="bind address for /metrics")
     op.add_argument(
         "--controllers",
-        default="vcenters,policies,backups,restores,catalog",
+        default="vcenters,policies,backups,restores,repositories,catalog",
         help="which controllers act (comma-separated; default all). A policy still creates"
         " VMBackups without 'backups'; they wait for an operator that runs it",
     )

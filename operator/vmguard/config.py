@@ -147,6 +147,18 @@ def catalog_interval() -> float:
         raise ValueError(f"{CATALOG_INTERVAL_ENV}={raw!r} is not a number of seconds") from None
 
 
+@dataclass(frozen=True)
+class RepositorySettings:
+    """How often the BackupRepository controller looks at each repository (reachability
+    and stats; GC and verify follow their own cron schedules), in seconds."""
+
+    interval: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> RepositorySettings:
+        return cls(interval=float(os.environ.get("VMGUARD_REPOSITORY_INTERVAL") or 60.0))
+
+
 # The proxy Job's environment: controller.builders writes it, ``vmguard proxy`` reads it.
 # Credentials arrive as Secret key references (resolved by the kubelet), the repository
 # key as a read-only Secret file; the rest is not secret: URLs, CA bundles (PEM text),

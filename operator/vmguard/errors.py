@@ -80,6 +80,14 @@ class RepositoryNotFoundError(RepositoryError):
     """No repository config exists at the given location."""
 
 
+class BucketNotFoundError(RepositoryError):
+    """The S3 bucket the repository should live in does not exist."""
+
+
+class CredentialsRefusedError(ConfigError):
+    """The object store refused the access key pair (unknown key, bad secret, denied)."""
+
+
 class RepositoryExistsError(RepositoryError):
     """A repository already exists where a new one was to be created."""
 

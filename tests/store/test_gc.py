@@ -205,3 +205,36 @@ def test_a_dry_run_changes_nothing() -> None:
     report = collect_garbage(repo, dry_run=True)
     assert report.candidates > 0 and report.deleted == 0
     assert sorted(i.name for i in repo.backend.list() if i.name != names.GC_CLOCK) == before
+
+
+def test_a_shorter_chunk_grace_collects_sooner() -> None:
+    repo, clock = _repo()
+    old = backup(repo, "vm", {"d": disk_image(11, 6, CHUNK)})
+    new = backup(repo, "vm", {"d": disk_image(12, 6, CHUNK)})
+    assert retire_archive(repo, old.archive_id) is None
+    garbage = _referenced(repo, old) - _referenced(repo, new)
+    clock.advance(120)
+    assert _gc(repo).candidates == 0  # the repository's grace: one hour
+    report = collect_garbage(repo, auto_refresh=False, chunk_grace_seconds=60)
+    assert report.deleted == len(garbage) > 0
+    assert _ids(repo, names.CHUNKS) == _referenced(repo, new)
+
+
+def test_a_shorter_chunk_grace_still_judges_leases_with_the_repository_grace() -> None:
+    """A crashed backup's lease holds a collection for ttl + the repository's grace
+    (format §7.1), however short the chunk grace."""
+    repo, clock = _repo()
+    old = backup(repo, "vm", {"d": disk_image(13, 6, CHUNK)})
+    assert retire_archive(repo, old.archive_id) is None
+    garbage = _referenced(repo, old)
+    clock.advance(120)
+    writer = repo.begin_backup(VmIdentity(id="other"), auto_refresh=False)
+    write_disk(writer, "d", disk_image(14, 2, CHUNK))  # then it dies: its lease stays
+    report = collect_garbage(repo, auto_refresh=False, chunk_grace_seconds=60)
+    assert report.fossilised == len(garbage) and report.deleted == 0
+    clock.advance(600 + 300)  # lease expired, but not gone: ttl + grace (1 h) not passed
+    assert collect_garbage(repo, auto_refresh=False, chunk_grace_seconds=60).deleted == 0
+    clock.advance(HOUR)
+    report = collect_garbage(repo, auto_refresh=False, chunk_grace_seconds=60)
+    assert report.deleted == len(garbage) + 2  # and the dead backup's two chunks
+    assert _ids(repo, names.CHUNKS) == set() and _ids(repo, names.FOSSILS) == set()

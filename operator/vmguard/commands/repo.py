@@ -171,26 +171,20 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    repo = open_repo(args)
-    stored = count = 0
-    for info in repo.backend.list(names.CHUNKS):
-        stored += info.size
-        count += 1
-    logical = 0
-    archives = repo.list_archives()
-    for ref in archives:
-        logical += repo.load_archive(ref.archive_id).stats.logical_bytes
+    from vmguard.store.stats import repository_stats
+
+    stats = repository_stats(open_repo(args))
     doc = {
-        "archives": len(archives),
-        "chunks": count,
-        "stored_bytes": stored,
-        "logical_bytes": logical,
-        "dedup_ratio": logical / stored if stored else None,
+        "archives": stats.archives,
+        "chunks": stats.chunks,
+        "stored_bytes": stats.stored_bytes,
+        "logical_bytes": stats.logical_bytes,
+        "dedup_ratio": stats.dedup_ratio,
     }
-    ratio = f"{doc['dedup_ratio']:.1f}x" if stored else "-"
+    ratio = f"{stats.dedup_ratio:.1f}x" if stats.dedup_ratio is not None else "-"
     text = (
-        f"{len(archives)} archives, {human_bytes(logical)} logical, {count} chunks,"
-        f" {human_bytes(stored)} stored, ratio {ratio}"
+        f"{stats.archives} archives, {human_bytes(stats.logical_bytes)} logical,"
+        f" {stats.chunks} chunks, {human_bytes(stats.stored_bytes)} stored, ratio {ratio}"
     )
     _emit(args, doc, text)
     return 0

@@ -2,12 +2,12 @@
 
 kopf itself watches and patches the objects it handles; these are the other calls:
 reading a referenced Secret's keys, reading and listing vmguard objects, creating the
-VMBackups policies make, patching the status of objects other than the one being
-handled, and the objects the operator creates (proxy Jobs and the proxy's
-ServiceAccount, Role and RoleBinding: created, or adopted when they exist). The
-kubernetes client blocks, so every call goes through ``asyncio.to_thread``. Secret
-values are returned to the caller and never logged; errors name the Secret and the key,
-never the value.
+VMBackups policies make, deleting the VMBackups retention prunes, patching the status
+of objects other than the one being handled, and the objects the operator creates
+(proxy Jobs and the proxy's ServiceAccount, Role and RoleBinding: created, or adopted
+when they exist). The kubernetes client blocks, so every call goes through
+``asyncio.to_thread``. Secret values are returned to the caller and never logged;
+errors name the Secret and the key, never the value.
 """
 
 from __future__ import annotations
@@ -121,6 +121,30 @@ class KubeAPI:
                     raise
 
         await asyncio.to_thread(patch)
+
+    async def delete_object(
+        self, plural: str, namespace: str, name: str, uid: str | None = None
+    ) -> bool:
+        """Delete a vmguard object; False when it is gone already. With ``uid``, only
+        that incarnation (a precondition): a new object of the same name is left alone."""
+
+        def delete() -> bool:
+            body = {"preconditions": {"uid": uid}} if uid else None
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, body=body
+                )
+                return True
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status == 409 and uid:  # another object of that name now
+                    return False
+                raise RetryableError(
+                    f"deleting {plural} {namespace}/{name}: {exc.status}"
+                ) from None
+
+        return await asyncio.to_thread(delete)
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A vmguard object, or None when it does not exist."""

@@ -14,17 +14,19 @@ from typing import Any
 
 import kopf
 
-from vmguard.config import BackupSettings, ProxySettings, catalog_interval
+from vmguard.config import BackupSettings, ProxySettings, RepositorySettings, catalog_interval
 from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
+from vmguard.controller.builders_policy import LABEL_POLICY
 from vmguard.controller.jobs import JobAPI
 from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
 from vmguard.controller.policy_runs import PolicyRunner
+from vmguard.controller.repositories import RepositoryWatch
 from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import ConfigError
 from vmguard.metrics import Metrics
 
-CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "catalog"})
+CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
 SWEEP_DEFAULT_SECONDS = 300.0
 SWEEP_RETRY_SECONDS = 30.0
 logger = logging.getLogger(__name__)
@@ -84,11 +86,44 @@ async def policy_scheduler(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Create the policy's VMBackups at its scheduled times; keep its status."""
+    """Create the policy's VMBackups at its scheduled times, apply its retention; keep
+    its status."""
     if not _acts(memo, "policies"):
         return
     wake = _policy_wakeup(memo, namespace or "", name)
-    await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger).loop()
+    announce = _announcer(body)
+    await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce).loop()
+
+
+def _announcer(body: kopf.Body) -> Any:
+    def announce(reason: str, message: str, warning: bool) -> None:
+        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+
+    return announce
+
+
+@kopf.daemon(GROUP, VERSION, "backuprepositories", cancellation_timeout=10.0)
+async def repository_watch(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Reachability and stats of the repository; its scheduled GC and verify."""
+    if not _acts(memo, "repositories"):
+        return
+    metrics: Metrics | None = getattr(memo, "metrics", None)
+    interval = RepositorySettings.from_env().interval
+    watch = RepositoryWatch(KubeAPI(), body, metrics, _announcer(body), logger, interval)
+    try:
+        await watch.loop(stopped)
+    finally:
+        # Deleted, or paused in favour of a peer: a standby reports nothing stale.
+        if metrics is not None:
+            metrics.forget_repository(namespace or "", name)
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
@@ -253,11 +288,18 @@ async def vmbackup_runner(
 
 
 @kopf.on.field(GROUP, VERSION, "vmbackups", field="status.phase")
-def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
     """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
-    it happens; backups that finished while no operator ran are not counted again."""
+    it happens; backups that finished while no operator ran are not counted again. A
+    completed one wakes its policy's scheduler, which applies retention (async: on the
+    event loop, where that scheduler's asyncio.Event lives)."""
     if new in backups.steps.TERMINAL and getattr(memo, "metrics", None) is not None:
         memo.metrics.observe_backup(dict(body))
+    policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
+    policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
+    if new == "Completed" and policy and body.get("metadata", {}).get("namespace"):
+        # Its policy's retention runs now rather than at the scheduler's next pass.
+        _policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
 
 
 @kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)

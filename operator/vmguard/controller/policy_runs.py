@@ -21,6 +21,8 @@ Rules (docs/resource-model.md, "Schedules"):
   the restart exist already, backups not yet created (jitter) are created.
 - A paused or not-Ready policy advances past its scheduled times without running them,
   and a changed schedule starts from now: neither is caught up later.
+- Every pass also applies the policy's retention (:mod:`.retention`), paused or not; a
+  completed backup of the policy wakes the loop for it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vmguard.controller import policies
 from vmguard.controller.builders_policy import SCHEDULE, build_vmbackup, run_label
 from vmguard.controller.history import BackupHistory, parse_time
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.retention import Announce, Retention
 from vmguard.controller.schedule import jitter_offset
 from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import RetryableError, VmguardError
@@ -91,9 +94,12 @@ class PolicyRunner:
         wake: asyncio.Event,
         stopped: Any,
         logger: logging.Logger | logging.LoggerAdapter[Any],
+        announce: Announce | None = None,
     ) -> None:
         self.api, self.body, self.sweeps = api, body, sweeps
         self.wake, self.stopped, self.log = wake, stopped, logger
+        self.announce: Announce = announce or (lambda reason, message, warning: None)
+        self.retention = Retention()
         self.pending: list[PendingBackup] = []
         self.waiting_run: dt.datetime | None = None
         self.cursor: dt.datetime | None = None  # scheduled times up to here are handled
@@ -148,7 +154,11 @@ class PolicyRunner:
             await self.start_run(policy, assessment.jitter, self.waiting_run, view)
             self.waiting_run = None
         await self.create_due(policy, now)
-        await self.refresh_status(policy, assessment, view, now)
+        selector = f"vmguard.io/policy={meta['name']}"
+        backups = await self.api.list_objects("vmbackups", namespace, selector)
+        pruned = await self.retention.apply(self.api, policy, backups, self.announce, now)
+        backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+        await self.refresh_status(policy, assessment, view, now, backups)
         wake_at = [now + dt.timedelta(seconds=STATUS_REFRESH)]
         if self.pending:
             wake_at.append(self.pending[0].start)
@@ -216,16 +226,19 @@ class PolicyRunner:
         assessment: policies.Assessment,
         view: SweepView | None,
         now: dt.datetime,
+        backups: list[dict[str, Any]],
     ) -> None:
         meta = policy["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        selector = f"vmguard.io/policy={name}"
-        backups = await self.api.list_objects("vmbackups", namespace, selector)
         history = BackupHistory.of_policy(backups, name)
         others = await self.api.list_objects("vmprotectionpolicies", namespace)
         clashes = policies.conflicts(policy, others, view)
         vms = [vm.instance_uuid for vm in view.vms_of(name)] if view is not None else None
         status = policies.status(policy, assessment, now, self.last_schedule, history, vms, clashes)
+        status["conditions"] = self.retention.condition(
+            status["conditions"], meta.get("generation")
+        )
+        status["retention"] = self.retention.status()
         if status != self.last_status:
             await self.api.patch_status("vmprotectionpolicies", namespace, name, status)
             self.last_status = status

@@ -366,6 +366,19 @@ status = obj(
         "vmsOutsideRPO": integer(
             "VMs whose last completed backup is older than the RPO.", minimum=0
         ),
+        "retention": obj(
+            "What retention last did (it runs after each completed backup).",
+            {
+                "lastPruneTime": timestamp("When retention last pruned a backup."),
+                "lastPruned": integer(
+                    "VMBackups (with their archives) that pass removed.", minimum=0
+                ),
+                "blocked": integer(
+                    "VMBackups retention would prune but Object Lock still protects.",
+                    minimum=0,
+                ),
+            },
+        ),
     },
 )
 

@@ -127,9 +127,10 @@ spec = obj(
             {
                 **schedule,
                 "gracePeriod": f.duration(
-                    "Chunks younger than this are never deleted, so a backup still "
-                    "writing its manifest cannot lose a chunk to a concurrent GC.",
-                    minimum="1h",
+                    "Unreferenced chunks younger than this are left alone, so a failed "
+                    "backup's retry can re-use them. Running backups are protected by "
+                    "their leases, not by this period (docs/repository-format.md §7.5).",
+                    minimum="1m",
                     maximum="720h",
                     default="24h",
                 ),

@@ -71,11 +71,25 @@ class GcReport:
 class GarbageCollector:
     """One GC run over one repository. Use :func:`collect_garbage`."""
 
-    def __init__(self, repo: Repository, *, auto_refresh: bool = True) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        auto_refresh: bool = True,
+        chunk_grace_seconds: float | None = None,
+    ) -> None:
         self.repo = repo
         self.backend = repo.backend
         self.ttl = float(repo.config.gc.lease_ttl_seconds)
+        # Judging a lease gone, and everything that follows from it (stale leases,
+        # orphaned indexes, interrupted prunes), uses the repository's own grace: the
+        # safety argument of format §7.1/§7.5 needs margin + grace to exceed the longest
+        # manifest PUT. The chunk age cutoff is not part of that argument (§7.5), so a
+        # caller may shorten it (a BackupRepository's spec.gc.gracePeriod).
         self.grace = timedelta(seconds=repo.config.gc.grace_seconds)
+        self.chunk_grace = (
+            self.grace if chunk_grace_seconds is None else timedelta(seconds=chunk_grace_seconds)
+        )
         self.auto_refresh = auto_refresh
         self.report = GcReport()
         self._lease: Lease | None = None
@@ -218,7 +232,7 @@ class GarbageCollector:
         """Fossilise old unreferenced chunks; True if a collection was made."""
         live = read_live_leases(self.backend, now, self.ttl)
         oldest = min((lease.started for lease in live), default=now)
-        cutoff = min(now, oldest) - self.grace
+        cutoff = min(now, oldest) - self.chunk_grace
         referenced = self.mark(now)
         candidates = []
         for info in self.backend.list(names.CHUNKS):
@@ -367,7 +381,17 @@ class GarbageCollector:
 
 
 def collect_garbage(
-    repo: Repository, *, dry_run: bool = False, auto_refresh: bool = True
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    auto_refresh: bool = True,
+    chunk_grace_seconds: float | None = None,
 ) -> GcReport:
-    """Run one garbage collection over ``repo``; see the module docstring."""
-    return GarbageCollector(repo, auto_refresh=auto_refresh).run(dry_run=dry_run)
+    """Run one garbage collection over ``repo``; see the module docstring.
+
+    ``chunk_grace_seconds``: how old an unreferenced chunk must be before it is
+    collected (default: the repository's ``gc.grace_seconds``). Leases are always judged
+    with the repository's grace (format §7.3).
+    """
+    gc = GarbageCollector(repo, auto_refresh=auto_refresh, chunk_grace_seconds=chunk_grace_seconds)
+    return gc.run(dry_run=dry_run)

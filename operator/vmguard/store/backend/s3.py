@@ -41,7 +41,9 @@ from minio.retention import Retention as MinioRetention
 
 from vmguard.errors import (
     BackendUnavailableError,
+    BucketNotFoundError,
     ConfigError,
+    CredentialsRefusedError,
     ObjectLockedError,
     ObjectNotFoundError,
     RepositoryError,
@@ -136,13 +138,13 @@ class S3Backend:
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFoundError(name)
             if code == "NoSuchBucket":
-                return RepositoryError(f"bucket {self._bucket!r} does not exist")
+                return BucketNotFoundError(f"bucket {self._bucket!r} does not exist")
             if code in _RETRYABLE_CODES or status >= 500:
                 return BackendUnavailableError(f"{where}: S3 {code or status}: {exc.message}")
             if code in ("AccessDenied", "InvalidRequest") and _LOCK_WORDS.search(exc.message or ""):
                 return ObjectLockedError(name, exc.message or code)
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-                return ConfigError(f"{where}: S3 refused the credentials ({code})")
+                return CredentialsRefusedError(f"{where}: S3 refused the credentials ({code})")
             return RepositoryError(f"{where}: S3 {code or status}: {exc.message}")
         if isinstance(exc, ServerError):
             return BackendUnavailableError(f"{where}: HTTP {exc.status_code}")

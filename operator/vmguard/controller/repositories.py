@@ -1,0 +1,351 @@
+"""The BackupRepository controller: can the repository be used, how big is it, and its
+scheduled garbage collection and verify.
+
+A kopf daemon per BackupRepository (``main.py``, controller ``repositories``) runs
+:class:`RepositoryWatch`. Every ``interval`` (60 s, ``VMGUARD_REPOSITORY_INTERVAL``) it
+opens the repository with the object's Secrets (never creates it: that is the first
+backup's job), counts it with :func:`vmguard.store.stats.repository_stats` (the function
+behind ``vmguard repo stats``; manifests are cached, they never change), writes status
+and feeds the metrics. GC (:func:`vmguard.store.gc.collect_garbage`, with
+``spec.gc.gracePeriod`` as its chunk grace) and verify (:func:`vmguard.store.verify.
+verify`, deep when ``spec.verify.depth`` is ``full``) run at the times of their cron
+schedules (:mod:`.schedule`); a scheduled time that passed since the last run finished
+(``status.lastGC.time`` / ``lastVerify.time``, else the object's creation) runs once,
+now, so a restart catches up one run, never one per missed slot.
+
+Conditions (reasons from :func:`classify`, pure):
+
+- ``Reachable``: the bucket answered. False: ``CredentialsRefused``, ``BucketNotFound``,
+  ``Unreachable``; Unknown: ``InvalidConfiguration`` (a Secret or key missing: nothing
+  was tried).
+- ``Ready``: the repository can be used. False with the reasons above, or
+  ``NotInitialized`` (no repository in the bucket yet; the first backup creates it),
+  ``WrongKey`` (the key does not open it, is missing, or is given for an unencrypted
+  one), ``RepositoryError`` (its config or a manifest cannot be read).
+- ``Verified``: the last verify. False with ``DamageFound`` naming the count; the chunk
+  ids and the archives they damage go into a warning event (bounded).
+- ``GarbageCollected``: the last GC. False with ``GCFailed`` (e.g. an archive it cannot
+  read stops it before it deletes anything). Another GC holding the repository's lock
+  is a normal outcome: an event says it was skipped.
+- ``ScheduleValid``: False with the schedule's reason when a cron line cannot run.
+
+Invariants: blocking work (S3, the KDF of an encrypted repository) runs in threads; GC
+and verify run as tasks beside the loop, one of each at a time per repository, on a
+repository object of their own, so a day-long deep verify neither blocks the event loop
+nor stops the status from being refreshed. The daemon is the only writer of the
+repository's conditions: it keeps them in memory and patches the whole list. Status and
+events carry our error messages, which never contain a secret value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vmguard.controller.access import open_repository
+from vmguard.controller.conditions import set_condition
+from vmguard.controller.history import format_time, parse_time
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.schedule import Schedule, parse
+from vmguard.controller.vcenter import parse_duration
+from vmguard.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    BucketNotFoundError,
+    ConfigError,
+    CredentialsRefusedError,
+    GcBusyError,
+    RepositoryError,
+    RepositoryNotFoundError,
+    ScheduleError,
+    VmguardError,
+)
+from vmguard.metrics import Metrics
+from vmguard.store import Repository
+from vmguard.store.config import FORMAT_VERSION
+from vmguard.store.gc import GcReport, collect_garbage
+from vmguard.store.stats import RepositoryStats, repository_stats
+from vmguard.store.verify import VerifyReport, verify
+
+PLURAL = "backuprepositories"
+LISTED = 10  # damaged chunks named in an event
+Announce = Callable[[str, str, bool], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What opening the repository said: ``reachable`` None when nothing was tried."""
+
+    reachable: bool | None
+    reason: str
+    message: str
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Pure: the conditions' view of an error from opening or counting the repository."""
+    message = str(exc)
+    if isinstance(exc, CredentialsRefusedError):
+        return Verdict(False, "CredentialsRefused", message)
+    if isinstance(exc, BucketNotFoundError):
+        return Verdict(False, "BucketNotFound", message)
+    if isinstance(exc, RepositoryNotFoundError):
+        return Verdict(True, "NotInitialized", f"{message}: the first backup into it creates it")
+    if isinstance(exc, AuthenticationError):
+        return Verdict(True, "WrongKey", message)
+    if isinstance(exc, ConfigError) and "master key" in message:
+        return Verdict(True, "WrongKey", message)  # a key for an unencrypted repository
+    if isinstance(exc, ConfigError):
+        return Verdict(None, "InvalidConfiguration", message)
+    if isinstance(exc, BackendUnavailableError):
+        return Verdict(False, "Unreachable", message)
+    if isinstance(exc, RepositoryError):
+        return Verdict(True, "RepositoryError", message)
+    return Verdict(None, "Error", f"{type(exc).__name__}: {message}")
+
+
+def stats_status(repo: Repository, stats: RepositoryStats) -> dict[str, Any]:
+    """Pure: the status fields of a repository that opened and was counted."""
+    out: dict[str, Any] = {
+        "reachable": True,
+        "repositoryId": repo.config.id,
+        "formatVersion": FORMAT_VERSION,
+        "encrypted": repo.encrypted,
+        "archives": stats.archives,
+        "chunks": stats.chunks,
+        "storedBytes": stats.stored_bytes,
+        "logicalBytes": stats.logical_bytes,
+    }
+    if stats.dedup_ratio is not None:
+        out["dedupRatio"] = round(stats.dedup_ratio, 3)
+    return out
+
+
+def gc_status(report: GcReport, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "time": format_time(at),
+        "chunksDeleted": report.deleted,
+        "bytesFreed": report.deleted_bytes,
+    }
+
+
+def verify_status(report: VerifyReport, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "time": format_time(at),
+        "depth": "full" if report.deep else "existence",
+        "chunksChecked": report.chunks,
+        "errors": len(report.chunk_problems) + len(report.archive_problems),
+    }
+
+
+def damage_message(report: VerifyReport) -> str:
+    """Pure: the event text of a verify that found problems, naming at most LISTED."""
+    errors = len(report.chunk_problems) + len(report.archive_problems)
+    lines = [
+        f"{'deep' if report.deep else 'existence'} verify found {errors} error(s) affecting "
+        f"{len(report.affected_archives())} archive(s)"
+    ]
+    for p in report.chunk_problems[:LISTED]:
+        shown = ", ".join(p.archives[:LISTED])
+        more = f" and {len(p.archives) - LISTED} more" if len(p.archives) > LISTED else ""
+        lines.append(f"chunk {p.chunk_id} {p.kind} ({p.detail}): archives {shown}{more}")
+    for a in report.archive_problems[: max(0, LISTED - len(report.chunk_problems))]:
+        lines.append(f"archive {a.archive_id}: {a.detail}")
+    if errors > LISTED:
+        lines.append(f"… {errors - LISTED} more: run `vmguard repo verify` for the list")
+    return "; ".join(lines)
+
+
+def schedule_of(spec: Mapping[str, Any], job: str) -> Schedule | None:
+    """The cron schedule of ``spec.gc`` or ``spec.verify``; None when not set.
+    ScheduleError when it cannot run."""
+    part = spec.get(job) or {}
+    if not part.get("schedule"):
+        return None
+    return parse(part["schedule"], part.get("timeZone") or "UTC")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class RepositoryWatch:
+    """One BackupRepository's loop; see the module docstring."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        body: Any,
+        metrics: Metrics | None,
+        announce: Announce,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        interval: float,
+    ) -> None:
+        self.api, self.body, self.metrics = api, body, metrics
+        self.announce, self.log, self.interval = announce, logger, interval
+        status = body.get("status") or {}
+        self.conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        created = parse_time(body["metadata"].get("creationTimestamp")) or utcnow()
+        self.cursors = {
+            "gc": parse_time((status.get("lastGC") or {}).get("time")) or created,
+            "verify": parse_time((status.get("lastVerify") or {}).get("time")) or created,
+        }
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.logical_cache: dict[str, int] = {}
+        self.meta = body["metadata"]
+
+    async def loop(self, stopped: Any) -> None:
+        try:
+            while not stopped:
+                try:
+                    delay = await self.turn()
+                except Exception as exc:  # never let one bad turn end the daemon
+                    self.log.exception("repository turn failed: %s", exc)
+                    delay = self.interval
+                await stopped.wait(max(1.0, delay))
+        finally:
+            for task in self.tasks.values():
+                task.cancel()  # the thread finishes on its own; GC is crash-safe
+
+    async def turn(self) -> float:
+        snapshot: dict[str, Any] = copy.deepcopy(dict(self.body))
+        spec, generation = snapshot.get("spec") or {}, snapshot["metadata"].get("generation")
+        status: dict[str, Any] = {"observedGeneration": generation}
+        opened = await self.observe(snapshot, status)
+        now = utcnow()
+        wake = [now + dt.timedelta(seconds=self.interval)]
+        problems = []
+        for job in ("gc", "verify"):
+            try:
+                schedule = schedule_of(spec, job)
+            except ScheduleError as exc:
+                problems.append((exc.reason, f"spec.{job}.schedule: {exc}"))
+                continue
+            if schedule is None:
+                continue
+            following = schedule.next_after(self.cursors[job])
+            if following is not None and following <= now and opened and job not in self.tasks:
+                self.start(job, snapshot)
+            nxt = schedule.next_after(now)
+            if nxt is not None:
+                wake.append(nxt)
+        if problems:
+            message = "; ".join(m for _, m in problems)
+            self.set("ScheduleValid", False, problems[0][0], message, generation)
+        else:
+            self.set("ScheduleValid", True, "Valid", "the GC and verify schedules run", generation)
+        status["conditions"] = self.conditions
+        await self.patch(status)
+        return (min(wake) - utcnow()).total_seconds()
+
+    async def observe(self, snapshot: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Open and count the repository into ``status``; True when it opened."""
+        generation = snapshot["metadata"].get("generation")
+        try:
+            repo = await open_repository(self.api, snapshot)
+            stats = await asyncio.to_thread(repository_stats, repo, self.logical_cache)
+        except VmguardError as exc:
+            verdict = classify(exc)
+            if verdict.reachable is not None:
+                status["reachable"] = verdict.reachable
+            if verdict.reachable:
+                self.set("Reachable", True, "Reachable", "the bucket answers", generation)
+            else:
+                self.set(
+                    "Reachable", verdict.reachable, verdict.reason, verdict.message, generation
+                )
+            self.set("Ready", False, verdict.reason, verdict.message, generation)
+            return False
+        status.update(stats_status(repo, stats))
+        self.set("Reachable", True, "Reachable", "the bucket answers", generation)
+        self.set(
+            "Ready",
+            True,
+            "Ready",
+            f"{stats.archives} archive(s), {stats.chunks} chunk(s)",
+            generation,
+        )
+        return True
+
+    def set(
+        self, type_: str, value: bool | None, reason: str, message: str, generation: Any
+    ) -> None:
+        self.conditions = set_condition(self.conditions, type_, value, reason, message, generation)
+
+    async def patch(self, status: dict[str, Any]) -> None:
+        namespace, name = self.meta["namespace"], self.meta["name"]
+        await self.api.patch_status(PLURAL, namespace, name, status)
+        if self.metrics is not None and "reachable" in status:
+            self.metrics.observe_repository(namespace, name, status)
+
+    # -- GC and verify ------------------------------------------------------------------
+
+    def start(self, job: str, snapshot: dict[str, Any]) -> None:
+        run = self.run_gc if job == "gc" else self.run_verify
+        task = asyncio.create_task(run(snapshot))
+        self.tasks[job] = task
+        task.add_done_callback(lambda _: self.tasks.pop(job, None))
+
+    async def run_gc(self, snapshot: dict[str, Any]) -> None:
+        spec = snapshot.get("spec") or {}
+        generation = snapshot["metadata"].get("generation")
+        try:
+            grace = parse_duration((spec.get("gc") or {}).get("gracePeriod"), 0.0) or None
+            repo = await open_repository(self.api, snapshot)
+            report = await asyncio.to_thread(collect_garbage, repo, chunk_grace_seconds=grace)
+        except GcBusyError as exc:
+            self.cursors["gc"] = utcnow()
+            self.announce("GCSkipped", f"garbage collection skipped: {exc}", False)
+            return
+        except Exception as exc:
+            self.cursors["gc"] = utcnow()
+            message = f"garbage collection failed: {classify(exc).message}"
+            self.set("GarbageCollected", False, "GCFailed", message, generation)
+            self.announce("GCFailed", message, True)
+            await self.patch({"conditions": self.conditions})
+            return
+        at = utcnow()
+        self.cursors["gc"] = at
+        text = f"deleted {report.deleted} chunk(s), {report.deleted_bytes} bytes freed"
+        if report.waiting_for:
+            text += f"; a collection waits for {len(report.waiting_for)} running backup(s)"
+        self.set("GarbageCollected", True, "Collected", text, generation)
+        self.announce("GarbageCollected", text, False)
+        await self.patch({"lastGC": gc_status(report, at), "conditions": self.conditions})
+
+    async def run_verify(self, snapshot: dict[str, Any]) -> None:
+        spec = snapshot.get("spec") or {}
+        generation = snapshot["metadata"].get("generation")
+        deep = (spec.get("verify") or {}).get("depth") == "full"
+        try:
+            repo = await open_repository(self.api, snapshot)
+            report = await asyncio.to_thread(verify, repo, deep=deep)
+        except Exception as exc:
+            self.cursors["verify"] = utcnow()
+            message = f"verify could not run: {classify(exc).message}"
+            self.set("Verified", None, "VerifyFailed", message, generation)
+            self.announce("VerifyFailed", message, True)
+            await self.patch({"conditions": self.conditions})
+            return
+        at = utcnow()
+        self.cursors["verify"] = at
+        result = verify_status(report, at)
+        depth = result["depth"]
+        if report.ok:
+            checked = f"{report.chunks} chunk(s) of {report.archives} archive(s)"
+            text = f"{depth} verify: {checked}, no errors"
+            self.set("Verified", True, "NoDamage", text, generation)
+            self.announce("Verified", text, False)
+        else:
+            errors = result["errors"]
+            text = (
+                f"{depth} verify found {errors} error(s) in "
+                f"{len(report.affected_archives())} archive(s); see the events for chunk ids"
+            )
+            self.set("Verified", False, "DamageFound", text, generation)
+            self.announce("DamageFound", damage_message(report), True)
+        await self.patch({"lastVerify": result, "conditions": self.conditions})

@@ -1,0 +1,262 @@
+"""Retention per policy: prune the VMBackups (and their archives) a policy no longer keeps.
+
+Runs in the policy's scheduler (:mod:`.policy_runs`) on every pass, and a completed
+backup wakes that scheduler (``main.py``), so pruning follows each completed backup and
+nothing is missed after a restart. :func:`plan` is pure: for each VM it takes the
+policy's ``Completed`` VMBackups that name an archive (``status.archiveId``), dated by
+their snapshot (else their start, else their creation), and chooses what to keep with
+:func:`vmguard.store.prune.select_retained` in the schedule's time zone. Failed and
+in-flight backups are never counted, either way.
+
+Invariants:
+
+- **Archive first, object second.** A pruned backup's archive is retired
+  (:func:`~vmguard.store.prune.retire_archive`: the manifest moves to the trash;
+  chunks are freed only by GC), then the VMBackup object is deleted. An archive that is
+  gone already counts as retired, so a crash between the two steps is finished by the
+  next pass. Deleting a VMBackup by hand keeps its archive: only retention deletes
+  archives.
+- An archive that a kept VMBackup also names (a catalog-synced duplicate) is never
+  retired; the pruned object alone goes.
+- A policy that keeps nothing prunes nothing (``select_retained`` refuses; the CRD
+  refuses it first).
+- **Object Lock**: an archive whose lock has not ended keeps its VMBackup. It is
+  announced once (a warning event), shown by the ``Retention`` condition
+  (``RetentionBlocked``) and ``status.retention.blocked``, and not tried again before
+  its lock ends.
+- Blocking S3 work runs in threads (``asyncio.to_thread``); a repository fault leaves
+  everything as it was (``Retention=False``, ``RetentionFailed``) for the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from vmguard.controller.access import open_repository
+from vmguard.controller.builders_policy import ANNOTATION_VM_NAME, LABEL_VM
+from vmguard.controller.conditions import set_condition
+from vmguard.controller.history import COMPLETED, format_time, parse_time
+from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.schedule import zone
+from vmguard.errors import ConfigError, VmguardError
+from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
+
+CONDITION = "Retention"
+LISTED = 10  # events (and names in a message) per pass
+Announce = Callable[[str, str, bool], None]
+"""(reason, message, warning) -> posts an event on the policy."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A Completed VMBackup of the policy, as retention sees it."""
+
+    name: str
+    uid: str
+    vm: str
+    vm_name: str
+    archive_id: str
+    repository: str
+    time: dt.datetime
+
+
+@dataclass
+class Plan:
+    keep: dict[str, list[str]] = field(default_factory=dict)
+    """VMBackup name -> why it is kept."""
+    prune: list[Candidate] = field(default_factory=list)
+    """Oldest first."""
+    shared: set[str] = field(default_factory=set)
+    """Archive ids a kept VMBackup names too: never retired."""
+
+
+def retention_policy(spec: Mapping[str, Any]) -> RetentionPolicy:
+    r = spec.get("retention") or {}
+    return RetentionPolicy(
+        keep_last=int(r.get("keepLast") or 0),
+        keep_hourly=int(r.get("keepHourly") or 0),
+        keep_daily=int(r.get("keepDaily") or 0),
+        keep_weekly=int(r.get("keepWeekly") or 0),
+        keep_monthly=int(r.get("keepMonthly") or 0),
+        keep_yearly=int(r.get("keepYearly") or 0),
+    )
+
+
+def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | None:
+    """The backup as a retention candidate; None unless Completed with an archive."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    pmeta, pspec = policy["metadata"], policy.get("spec") or {}
+    if (spec.get("policyRef") or {}).get("name") != pmeta["name"]:
+        return None
+    if status.get("phase") != COMPLETED or not status.get("archiveId"):
+        return None
+    vm = (meta.get("labels") or {}).get(LABEL_VM) or (spec.get("vm") or {}).get("instanceUuid")
+    when = (
+        parse_time((status.get("snapshot") or {}).get("createTime"))
+        or parse_time(status.get("startTime"))
+        or parse_time(meta.get("creationTimestamp"))
+    )
+    if not vm or when is None:
+        return None
+    vm_name = (
+        (status.get("vm") or {}).get("name")
+        or (meta.get("annotations") or {}).get(ANNOTATION_VM_NAME)
+        or (spec.get("vm") or {}).get("name")
+        or vm
+    )
+    repository = status.get("repository") or (pspec.get("repositoryRef") or {}).get("name", "")
+    return Candidate(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        vm=vm.lower(),
+        vm_name=vm_name,
+        archive_id=status["archiveId"],
+        repository=repository,
+        time=when,
+    )
+
+
+def plan(policy: Mapping[str, Any], backups: Iterable[Mapping[str, Any]]) -> Plan:
+    """Pure: what the policy keeps and prunes. ConfigError when it keeps nothing or its
+    time zone is unknown (then nothing is pruned)."""
+    spec = policy.get("spec") or {}
+    rules = retention_policy(spec)
+    tz: ZoneInfo = zone((spec.get("schedule") or {}).get("timeZone") or "UTC")
+    by_vm: dict[str, list[Candidate]] = defaultdict(list)
+    for obj in backups:
+        c = candidate(obj, policy)
+        if c is not None:
+            by_vm[c.vm].append(c)
+    out = Plan()
+    for group in by_vm.values():
+        kept = select_retained(((c.name, c.time) for c in group), rules, tz)
+        out.keep.update(kept)
+        out.prune.extend(c for c in group if c.name not in kept)
+    out.prune.sort(key=lambda c: (c.time, c.name))
+    kept_archives = {c.archive_id for g in by_vm.values() for c in g if c.name in out.keep}
+    out.shared = {c.archive_id for c in out.prune} & kept_archives
+    return out
+
+
+@dataclass
+class Retention:
+    """One policy's retention across passes (kept by its scheduler)."""
+
+    blocked_until: dict[str, dt.datetime] = field(default_factory=dict)
+    """VMBackup name -> end of the Object Lock that keeps its archive."""
+    announced: set[str] = field(default_factory=set)
+    problem: tuple[str, str] | None = None
+    kept: int = 0
+    last_prune: tuple[dt.datetime, int] | None = None
+
+    async def apply(
+        self,
+        api: KubeAPI,
+        policy: Mapping[str, Any],
+        backups: list[dict[str, Any]],
+        announce: Announce,
+        now: dt.datetime,
+    ) -> set[str]:
+        """One pass; returns the names of the VMBackups deleted."""
+        try:
+            chosen = plan(policy, backups)
+        except ConfigError as exc:
+            self.problem = ("RetentionInvalid", f"{exc}; pruning nothing")
+            return set()
+        self.kept = len(chosen.keep)
+        names = {c.name for c in chosen.prune}
+        self.blocked_until = {n: t for n, t in self.blocked_until.items() if n in names}
+        due = [c for c in chosen.prune if self.blocked_until.get(c.name, now) <= now]
+        self.problem = None
+        deleted: set[str] = set()
+        by_repo: dict[str, list[Candidate]] = defaultdict(list)
+        for c in due:
+            by_repo[c.repository].append(c)
+        namespace = policy["metadata"]["namespace"]
+        for repo_name, group in by_repo.items():
+            try:
+                deleted |= await self._prune(api, namespace, repo_name, group, chosen, announce)
+            except VmguardError as exc:
+                self.problem = ("RetentionFailed", f"repository {repo_name}: {exc}")
+        if len(deleted) > LISTED:
+            announce("Pruned", f"pruned {len(deleted)} backups in all", False)
+        if deleted:
+            self.last_prune = (now, len(deleted))
+        return deleted
+
+    async def _prune(
+        self,
+        api: KubeAPI,
+        namespace: str,
+        repo_name: str,
+        group: list[Candidate],
+        chosen: Plan,
+        announce: Announce,
+    ) -> set[str]:
+        repo_obj = await api.get_object("backuprepositories", namespace, repo_name)
+        if repo_obj is None:
+            raise ConfigError(f"BackupRepository {repo_name!r} does not exist")
+        repo = await open_repository(api, repo_obj)
+        deleted: set[str] = set()
+        for c in group:
+            until = None
+            try:
+                if c.archive_id not in chosen.shared:
+                    until = await asyncio.to_thread(retire_archive, repo, c.archive_id)
+            except ConfigError as exc:  # e.g. not an archive id: this backup only
+                self.problem = ("RetentionFailed", f"backup {c.name}: {exc}")
+                continue
+            if until is not None:
+                self.blocked_until[c.name] = until
+                if c.name not in self.announced:
+                    self.announced.add(c.name)
+                    announce(
+                        "RetentionBlocked",
+                        f"vm {c.vm_name} backup {c.name}: retention would prune it, but "
+                        f"Object Lock keeps archive {c.archive_id} until {format_time(until)}",
+                        True,
+                    )
+                continue
+            await api.delete_object("vmbackups", namespace, c.name, c.uid)
+            deleted.add(c.name)
+            self.announced.discard(c.name)
+            if len(deleted) <= LISTED:
+                announce("Pruned", f"Pruned vm {c.vm_name} backup {c.name}", False)
+        return deleted
+
+    def condition(
+        self, previous: Iterable[Mapping[str, Any]] | None, generation: int | None
+    ) -> list[dict[str, Any]]:
+        if self.problem is not None:
+            reason, message = self.problem
+            return set_condition(previous, CONDITION, False, reason, message, generation)
+        if self.blocked_until:
+            blocked = sorted(self.blocked_until)
+            shown = ", ".join(blocked[:LISTED])
+            more = f" and {len(blocked) - LISTED} more" if len(blocked) > LISTED else ""
+            until = format_time(max(self.blocked_until.values()))
+            message = (
+                f"{len(blocked)} backup(s) kept past retention while Object Lock protects "
+                f"their archives (until {until} at the latest): {shown}{more}"
+            )
+            return set_condition(
+                previous, CONDITION, False, "RetentionBlocked", message, generation
+            )
+        message = f"{self.kept} backup(s) kept"
+        if self.last_prune is not None:
+            at, count = self.last_prune
+            message += f"; last pruned {count} at {format_time(at)}"
+        return set_condition(previous, CONDITION, True, "Applied", message, generation)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"blocked": len(self.blocked_until)}
+        if self.last_prune is not None:
+            out["lastPruneTime"] = format_time(self.last_prune[0])
+            out["lastPruned"] = self.last_prune[1]
+        return out
