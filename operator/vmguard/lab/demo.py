@@ -6,7 +6,8 @@ tour applies what a platform team would commit to Git — a VCenter, a BackupRep
 (encrypted), a fail-safe default policy and a tag-selected "gold" policy — then shows
 the fail-safe backing up every VM, guest writes followed by incremental backups, a
 restore to a new VM whose disks are checked against the backup, single files restored
-from a block-level backup into S3, metrics and the coverage table, and ends with
+from a block-level backup into S3, retention pruning old backups and GC freeing their
+chunks, metrics and the coverage table, and ends with
 ``kubectl get vmguard``. Secret values come from the lab's state and are never printed.
 
 The demo works in the namespace ``vmguard-demo`` (recreated on every run) and a bucket
@@ -177,6 +178,8 @@ class Demo:
                    "insecure": True},
             "credentialsSecretRef": {"name": "minio-credentials"},
             "encryption": {"keySecretRef": {"name": "repository-key"}},
+            "gc": {"schedule": "* * * * *", "gracePeriod": "1m"},
+            "verify": {"schedule": "* * * * *"},
         })  # fmt: skip
         common = {"vcenterRef": {"name": "lab"}, "repositoryRef": {"name": "minio"}}
         self.create("vmprotectionpolicies", "VMProtectionPolicy", "fail-safe", {
@@ -188,7 +191,7 @@ class Demo:
             **common, "priority": 100,
             "selector": {"tags": [{"category": "backup-tier", "name": "gold"}]},
             "schedule": {"cron": "* * * * *"},
-            "retention": {"keepLast": 5},
+            "retention": {"keepLast": 2},
         })  # fmt: skip
         print("    VCenter lab, BackupRepository minio (encrypted), policies fail-safe + gold")
 
@@ -386,6 +389,40 @@ class Demo:
         if same != len(expected):
             raise SystemExit("demo: restored files differ from the file system's")
 
+    def retention(self) -> None:
+        """Gold keeps each VM's last 2 backups: older ones lose their VMBackup and their
+        archive; the next GC deletes the chunks no remaining archive references."""
+
+        def pruned() -> dict[str, Any] | None:
+            st = (self.get("vmprotectionpolicies", "gold").get("status") or {}).get("retention")
+            return st if st and st.get("lastPruneTime") else None
+
+        st = wait("gold's retention to prune", pruned, timeout=300)
+        events = self.core.list_namespaced_event(NAMESPACE, field_selector="reason=Pruned").items
+        lines = sorted(e.message for e in events if e.message.startswith("Pruned vm"))
+        for line in lines[:3]:
+            print(f"    event: {line}")
+        print(f"    ... {len(lines)} backups pruned so far, last at {st['lastPruneTime']}")
+        since = _epoch(st["lastPruneTime"])
+
+        def collected() -> dict[str, Any] | None:
+            repo = self.get("backuprepositories", "minio").get("status") or {}
+            gc = repo.get("lastGC") or {}
+            return repo if gc.get("time") and _epoch(gc["time"]) > since else None
+
+        repo = wait("the next scheduled GC", collected, timeout=180)
+        gc, verify = repo["lastGC"], repo.get("lastVerify") or {}
+        print(
+            f"    GC at {gc['time']}: {gc.get('chunksDeleted', 0)} chunks deleted, "
+            f"{gc.get('bytesFreed', 0) / 2**20:.1f} MiB freed"
+        )
+        print(
+            f"    repository: {repo.get('archives')} archives, "
+            f"{repo.get('storedBytes', 0) / 2**20:.1f} MiB stored, dedup "
+            f"{repo.get('dedupRatio', 0):.1f}x; last verify {verify.get('time')}: "
+            f"{verify.get('errors', 0)} errors in {verify.get('chunksChecked', 0)} chunks"
+        )
+
     def coverage(self) -> None:
         argv = [sys.executable, "-m", "vmguard.cli", "status", "--namespace", NAMESPACE]
         print(subprocess.run(argv, env=self.env, check=True, capture_output=True, text=True).stdout)
@@ -396,7 +433,13 @@ class Demo:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as rsp:
             text = rsp.read().decode()
-        wanted = ("vmguard_vms_discovered", "vmguard_vms_unprotected", "vmguard_backups_total")
+        wanted = (
+            "vmguard_vms_discovered",
+            "vmguard_vms_unprotected",
+            "vmguard_backups_total",
+            "vmguard_repository_stored_bytes",
+            "vmguard_repository_dedup_ratio",
+        )
         for line in text.splitlines():
             if line.startswith(wanted):
                 print(f"    {line}")
@@ -428,6 +471,8 @@ def run() -> int:
         demo.restore(moref, backup)
         say("restore single files from a block-level backup")
         demo.file_restore()
+        say("retention: gold keeps 2 backups per VM; GC frees what only pruned ones held")
+        demo.retention()
         say("metrics (excerpt)")
         demo.metrics_excerpt()
         say(f"vmguard status -n {NAMESPACE} (also: kubectl vmguard status)")
