@@ -41,6 +41,7 @@ _TRANSIENT = (
     socket.timeout,
     http.client.HTTPException,
     ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
     vmodl.fault.HostCommunication,
 )
 
@@ -175,24 +176,38 @@ class VSphereSession:
             self._si = None
 
     def call(self, fn: Callable[[vim.ServiceInstance], T]) -> T:
-        """Run ``fn(si)``; re-login on ``NotAuthenticated``, back off on transient faults."""
+        """Run ``fn(si)``; re-login on ``NotAuthenticated``, back off on transient faults.
+
+        A fault that cuts the connection drops the session, and the next attempt logs in
+        again; a login that cannot reach vCenter counts as an attempt too, so a vCenter
+        that is down for a moment is waited out with the same bounded backoff. Faults
+        ``fn`` raises itself (a task's fault, a task timeout) are not retried here: ``fn``
+        may have changed vCenter, and only its caller knows whether it may run twice.
+        """
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                return fn(self.si)
-            except vim.fault.NotAuthenticated:
-                log.info("vCenter session expired; logging in again")
-                self._drop()
-                if attempt == self.attempts:
-                    raise RetryableError("vCenter session could not be re-established") from None
-            except _TRANSIENT as exc:
-                self._drop()
-                if attempt == self.attempts:
-                    raise RetryableError(
-                        f"vCenter unreachable after {attempt} attempts: {type(exc).__name__}"
-                    ) from exc
-                time.sleep(delay * (1 + random.random() / 2))
-                delay *= 2
+                si = self.si
+            except RetryableError as exc:  # the login itself could not reach vCenter
+                why = str(exc)
+            else:
+                try:
+                    return fn(si)
+                except vim.fault.NotAuthenticated:
+                    log.info("vCenter session expired; logging in again")
+                    self._drop()
+                    if attempt == self.attempts:
+                        raise RetryableError(
+                            "vCenter session could not be re-established"
+                        ) from None
+                    continue  # a new login needs no backoff
+                except _TRANSIENT as exc:
+                    self._drop()
+                    why = type(exc).__name__
+            if attempt == self.attempts:
+                raise RetryableError(f"vCenter unreachable after {attempt} attempts: {why}")
+            time.sleep(delay * (1 + random.random() / 2))
+            delay *= 2
         raise AssertionError("unreachable")
 
     def keepalive(self) -> str:
