@@ -49,9 +49,26 @@ def lab() -> Iterator[Any]:
         lab.down()
 
 
+_SECRET_KEYS = ("secret", "password", "token")
+
+
+class Masked(dict[str, Any]):
+    """A dict whose repr hides secret values, so that a failing test's traceback (which
+    prints fixture values) never puts the lab's credentials into a CI log."""
+
+    def __repr__(self) -> str:
+        def show(key: str, value: Any) -> str:
+            secret = any(w in key.lower() for w in _SECRET_KEYS)
+            if isinstance(value, dict):
+                return repr(Masked(value))
+            return "'***'" if secret and isinstance(value, str) else repr(value)
+
+        return "{" + ", ".join(f"{k!r}: {show(str(k), v)}" for k, v in self.items()) + "}"
+
+
 @pytest.fixture(scope="session")
 def lab_state(lab: Any) -> dict[str, Any]:
-    return dict(lab.state().data)
+    return Masked(lab.state().data)
 
 
 @pytest.fixture(scope="session")
@@ -120,13 +137,29 @@ def _bucket(minio_client: Any, lab_state: dict[str, Any], lock: bool) -> Iterato
     name = f"test-{secrets.token_hex(6)}"
     minio_client.make_bucket(name, object_lock=lock)
     m = lab_state["minio"]
-    yield {
-        "endpoint": m["endpoint"],
-        "access_key": m["access_key"],
-        "secret_key": m["secret_key"],
-        "bucket": name,
-        "secure": False,
-    }
+    yield Masked(
+        endpoint=m["endpoint"],
+        access_key=m["access_key"],
+        secret_key=m["secret_key"],
+        bucket=name,
+        secure=False,
+    )
+    if not lock:  # a locked bucket's objects cannot be deleted before their retention ends
+        _remove_bucket(minio_client, name)
+
+
+def _remove_bucket(minio_client: Any, name: str) -> None:
+    """Best effort, to keep the lab's disk small: what a test left running may still be
+    writing, and a bucket that stays is harmless (the lab is removed with its directory)."""
+    from minio.deleteobjects import DeleteObject
+    from minio.error import S3Error
+
+    try:
+        listing = minio_client.list_objects(name, recursive=True)
+        list(minio_client.remove_objects(name, (DeleteObject(o.object_name) for o in listing)))
+        minio_client.remove_bucket(name)
+    except S3Error:
+        pass
 
 
 @pytest.fixture
