@@ -2,8 +2,10 @@
 mtimes and modes, on GPT+ext4 (with a FAT EFI partition), MBR+NTFS, FAT and XFS.
 
 Each disk is built at points 0, 1 and 2 by the image factory (files changed in place,
-added and deleted between points), backed up into one repository as three archives of
-one VM, and every archive is listed and restored in full. The truth is the factory's
+added and deleted between points) and backed up by the real backup engine into one
+repository as three archives of one VM: a full backup of point 0, then incrementals
+that carry the parent's chunks and read only the areas the factory reports changed (as
+CBT would). Every archive is listed and restored in full. The truth is the factory's
 manifest of each point: the tree the image was built from.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.files.helpers import backup_images
+from tests.files.helpers import back_up_image, back_up_next_point
 from vmguard.files.browse import DiskFiles
 from vmguard.files.restore import DirectorySink, restore_paths
 from vmguard.lab import images
@@ -84,16 +86,25 @@ def three_points(
     work = tmp_path_factory.mktemp(f"points-{name}")
     repo = Repository.init(LocalBackend(work / "repo"))
     spec: ImageSpec = SPECS[name]()
-    points = []
-    parent = None
+    vm = f"vm-{name}"
+    points: list[tuple[DiskImage, str]] = []
+    previous: DiskImage | None = None
     for step in range(3):
         image = disk_factory.build(
             spec.next_point(step) if step else spec, SEED, work / f"{step}.img"
         )
-        manifest = backup_images(repo, f"vm-{name}", {"2000": image.path}, parent=parent)
-        parent = manifest.archive_id
+        if previous is None:
+            manifest = back_up_image(repo, vm, image.path)
+            assert manifest.mode == "full", manifest.mode_reason
+        else:
+            manifest = back_up_next_point(repo, vm, previous, image, points[-1][1])
+            # the parent's chunks carried, only the changed areas read: what CBT gives
+            assert (manifest.mode, manifest.mode_reason) == ("incremental", "")
+            previous.path.unlink()  # the repository is the only copy from here on
         points.append((image, manifest.archive_id))
-        image.path.unlink()  # the repository is the only copy from here on
+        previous = image
+    assert previous is not None
+    previous.path.unlink()
     return repo, points
 
 
