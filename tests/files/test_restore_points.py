@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as st
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from vmguard.store.backend import LocalBackend
 pytestmark = pytest.mark.lab
 
 SEED = 7031
-SPECS = {
+SPECS: dict[str, Callable[[], ImageSpec]] = {
     "gpt_ext4": images.gpt_ext4,
     "mbr_ntfs": images.mbr_ntfs,
     "fat": images.fat,
