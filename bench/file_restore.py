@@ -4,8 +4,8 @@ of an NTFS backup, on the fly versus the naive way; prints a table.
     PYTHONPATH=operator python bench/file_restore.py            # the running lab's MinIO
     PYTHONPATH=operator python bench/file_restore.py --repo s3+http://host:port/bucket/prefix
 
-Per disk: build the factory image (cached), back it up into a fresh repository (the
-test stand-in loop from tests/files/helpers.py: the data mover is not merged yet), then
+Per disk: build the factory image (cached), back it up into a fresh repository (a full
+backup by the real engine, through tests/files/helpers.py), then
 
 - **on the fly**: open the repository from nothing, ``restore_paths`` the file
   (``vmguard files get``): time, bytes read at the backend, chunks fetched;
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.files.helpers import backup_images
+from tests.files.helpers import back_up_image
 
 from vmguard.files.drivers import open_filesystem
 from vmguard.files.restore import DirectorySink, restore_paths
@@ -138,7 +138,7 @@ def run_one(
         built = time.perf_counter() - start
         repo = Repository.init(counted)
         start = time.perf_counter()
-        manifest = backup_images(repo, f"bench-{name}", {"2000": image.path})
+        manifest = back_up_image(repo, f"bench-{name}", image.path)
         print(
             f"# {name}: {image.size / GiB:.0f} GiB disk, {image.allocated / MiB:.0f} MiB allocated;"
             f" built in {built:.1f}s, backed up in {time.perf_counter() - start:.1f}s",

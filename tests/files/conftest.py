@@ -1,8 +1,8 @@
 """Fixtures for file-restore tests: factory disk images and repositories holding them.
 
 Images come from the lab's disk image factory (real ext4/NTFS/FAT/XFS made by the
-Debian tools, no root), cached where the lab caches them; archives are made by the
-test stand-in in ``tests/files/helpers.py`` until the data mover lands.
+Debian tools, no root), cached where the lab caches them; archives are written by the
+real backup engine (``tests/files/helpers.py``).
 """
 
 from __future__ import annotations

@@ -1,60 +1,49 @@
-"""Test stand-in for the data mover: back up disk image files into a repository.
+"""Back up factory disk images into a repository the way the product does.
 
-This is NOT the backup engine (that is ``vmguard.datamover``, being built separately).
-It is the thinnest loop over the store's writer API that produces real archives for
-file-restore tests: read an image file chunk by chunk, skipping holes the file system
-reports (SEEK_DATA), ``put_chunk`` each piece, ``add_disk``, ``commit``. Replace its uses
-with the data mover's engine once that lands.
+File-restore tests need archives exactly as ``vmguard disk backup`` and the proxy Job
+write them, so this is the real backup engine (:func:`vmguard.datamover.backup.back_up`)
+over the file block source (:class:`vmguard.transport.file.FileSource`): holes the file
+system reports are never read, all-zero chunks become holes, and a later point is an
+incremental against its parent that reads only the chunks its changed areas touch.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from vmguard.store import HOLE, ArchiveManifest, FixedIndex, Repository, VmIdentity
+from vmguard.datamover.backup import DiskInput, back_up
+from vmguard.lab.images import DiskImage, changed_ranges
+from vmguard.store import ArchiveManifest, Repository, VmIdentity
+from vmguard.transport.extents import Extent
+from vmguard.transport.file import FileSource
+
+DISK_KEY = "2000"
 
 
-def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
-    out = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        out.append((start, min(end, size)))
-        pos = end
-    return out
-
-
-def backup_images(
+def back_up_image(
     repo: Repository,
     vm: str,
-    disks: dict[str, Path],
+    image: Path,
     *,
     parent: str | None = None,
+    changed: list[Extent] | None = None,
     vm_name: str | None = None,
 ) -> ArchiveManifest:
-    """One archive of ``vm`` holding each image file as a disk (key → path)."""
-    identity = VmIdentity(id=vm, name=vm_name or vm)
-    size = repo.chunk_size
-    with repo.begin_backup(identity, parent=parent, auto_refresh=False) as writer:
-        for key, path in disks.items():
-            length = path.stat().st_size
-            index = FixedIndex(size, length)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                wanted = set()
-                for start, end in _data_ranges(fd, length):
-                    wanted.update(range(start // size, (end - 1) // size + 1))
-                for number in sorted(wanted):
-                    offset, piece = index.extent(number)
-                    data = os.pread(fd, piece, offset)
-                    index[number] = writer.put_chunk(data).chunk_id
-            finally:
-                os.close(fd)
-            assert all(index[n] == HOLE or n in wanted for n in range(len(index)))
-            writer.add_disk(key, f"Hard disk {key}", index)
-        return writer.commit(mode="incremental" if parent else "full")
+    """One archive of ``vm`` holding ``image`` as disk :data:`DISK_KEY`.
+
+    With a ``parent`` and ``changed`` areas this is an incremental (CBT's case); with a
+    parent alone a full-scan incremental; without a parent a full backup.
+    """
+    with FileSource(image) as source:
+        disk = DiskInput(DISK_KEY, source, label=f"Hard disk {DISK_KEY}", changed=changed)
+        return back_up(repo, VmIdentity(id=vm, name=vm_name or vm), [disk], parent=parent)
+
+
+def back_up_next_point(
+    repo: Repository, vm: str, previous: DiskImage, image: DiskImage, parent: str
+) -> ArchiveManifest:
+    """An incremental of ``image`` against ``parent`` (the archive of ``previous``), with
+    the changed areas the factory reports between the two images, as CBT would."""
+    return back_up_image(
+        repo, vm, image.path, parent=parent, changed=changed_ranges(previous, image)
+    )

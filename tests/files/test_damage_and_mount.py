@@ -13,7 +13,7 @@ from pathlib import Path
 import nbd
 import pytest
 
-from tests.files.helpers import backup_images
+from tests.files.helpers import back_up_image
 from vmguard.errors import DiskReadError
 from vmguard.files.browse import DiskFiles
 from vmguard.files.mount import serve
@@ -51,7 +51,7 @@ def ext4_repo(
     work = tmp_path_factory.mktemp("damage")
     image = disk_factory.build(images.gpt_ext4(), SEED, work / "disk.img")
     repo = Repository.init(LocalBackend(work / "repo"))
-    manifest = backup_images(repo, "vm-uuid-1", {"2000": image.path}, vm_name="web 01/ünï")
+    manifest = back_up_image(repo, "vm-uuid-1", image.path, vm_name="web 01/ünï")
     return work / "repo", repo, manifest.archive_id, image
 
 

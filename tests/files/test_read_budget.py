@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.files.helpers import backup_images
+from tests.files.helpers import back_up_image
 from vmguard.files.restore import DirectorySink, restore_paths
 from vmguard.lab import images
 from vmguard.lab.images import DiskImageFactory
@@ -38,7 +38,7 @@ def test_one_file_from_16_gib_reads_at_most_64_mib(
         )
     )
     repo = Repository.init(backend)
-    manifest = backup_images(repo, "vm-large", {"2000": image.path})
+    manifest = back_up_image(repo, "vm-large", image.path)
     image.path.unlink()
 
     backend.reset()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import stat as st
 import sys
 import time
@@ -220,6 +221,13 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _mount(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then stop nbdkit and remove its socket directory.
+
+    Both signals only set a flag, so one that arrives while nbdkit starts cannot leave a
+    half-started server behind: the loop sees it once ``serve`` has returned and the
+    ``finally`` stops the server. Python's default SIGTERM would end the process without
+    running ``finally`` (nbdkit would die with its parent, but its socket would stay).
+    """
     from vmguard.files.mount import serve
 
     if not args.repo:
@@ -229,18 +237,33 @@ def _mount(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         env[KEY_ENV] = Path(args.key_file).read_text()
-    server = serve(
-        args.repo, args.archive, args.disk, cow=args.cow, cache_bytes=args.cache_mib << 20, env=env
-    )
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        mode = "writable overlay (discarded on exit)" if args.cow else "read-only"
-        print(f"serving {args.archive} ({mode}) at {server.uri}", flush=True)
-        print("stop with Ctrl-C", flush=True)
-        while server.proc.poll() is None:
-            time.sleep(0.5)
-        print(f"nbdkit exited with status {server.proc.returncode}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+        server = serve(
+            args.repo,
+            args.archive,
+            args.disk,
+            cow=args.cow,
+            cache_bytes=args.cache_mib << 20,
+            env=env,
+        )
+        try:
+            mode = "writable overlay (discarded on exit)" if args.cow else "read-only"
+            print(f"serving {args.archive} ({mode}) at {server.uri}", flush=True)
+            print("stop with Ctrl-C", flush=True)
+            while not stopped and server.proc.poll() is None:
+                time.sleep(0.2)  # a stop is seen within 0.2 s
+            if stopped:  # Ctrl-C in a terminal also reaches nbdkit: not a failure
+                return 0
+            print(f"nbdkit exited with status {server.proc.returncode}", file=sys.stderr)
+            return 1
+        finally:
+            server.close()
     finally:
-        server.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
