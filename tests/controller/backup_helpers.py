@@ -15,7 +15,7 @@ from vmguard.datamover.restore import restore_disk
 from vmguard.lab.images import small_mixed
 from vmguard.lab.procs import eventually
 from vmguard.lab.vsim import VSimControl, VSimVM
-from vmguard.store import Repository
+from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.transport.file import FileSink
 
@@ -60,7 +60,8 @@ def wait_done(kube_api: Any, ns: str, name: str, timeout: float = 240.0) -> dict
     )
 
 
-def open_repo(bucket: dict[str, Any]) -> Repository:
+def open_repo(bucket: dict[str, Any], key: str | None = None) -> Repository:
+    """The bucket's repository, opened with ``key`` if it is encrypted."""
     backend = S3Backend(
         bucket["endpoint"],
         bucket["bucket"],
@@ -68,7 +69,7 @@ def open_repo(bucket: dict[str, Any]) -> Repository:
         secret_key=bucket["secret_key"],
         secure=False,
     )
-    return Repository.open(backend)
+    return Repository.open(backend, MasterKey.from_text(key) if key else None)
 
 
 def restored_hashes(repo: Repository, archive_id: str, tmp_path: Path) -> dict[str, str]:

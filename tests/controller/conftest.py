@@ -93,13 +93,16 @@ def start_operator(
     controller).
 
     Every process started is stopped at the end of the test; all of them write to
-    ``tmp_path/operator.log`` (so a restarted operator's output follows the first's).
+    ``tmp_path/operator.log`` (so a restarted operator's output follows the first's)
+    unless ``log="<name>"`` gives one its own file in ``tmp_path``.
     """
     started: list[OperatorProcess] = []
-    log = tmp_path / "operator.log"
 
     def start(
-        *extra: str, env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None
+        *extra: str,
+        env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        log: str = "operator.log",
     ) -> OperatorProcess:
         # /metrics on a free loopback port (operators of parallel tests must not share
         # the default 8080); an explicit --metrics-port in ``extra`` wins (argparse keeps
@@ -116,7 +119,7 @@ def start_operator(
         if marker is not None:
             argv += ["--controllers", marker.args[0]]
         full_env = {**(env or operator_env(lab, lab_state)), **(extra_env or {})}
-        proc = OperatorProcess([*argv, *extra], full_env, log)
+        proc = OperatorProcess([*argv, *extra], full_env, tmp_path / log)
         proc.metrics_port = int(port)
         started.append(proc)
         return proc

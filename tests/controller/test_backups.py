@@ -2,19 +2,22 @@
 Jobs run by the lab's node agent, the vSphere simulator and MinIO.
 
 Every Completed backup is restored from the bucket and compared by sha256 with the disk
-as it was at snapshot time; no snapshot of ours may be left on the VM.
+as it was at snapshot time; no snapshot of ours may be left on the VM. The end-to-end
+test runs on an encrypted repository with canary secrets (tests/controller/canary.py)
+and ends with a restore Job and a scan of everything the run left for those secrets.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from kubernetes import client
-from tests.controller import objects
+from tests.controller import canary, objects
 from tests.controller.backup_helpers import (
     create_backup,
     data_vm,
@@ -24,12 +27,35 @@ from tests.controller.backup_helpers import (
     restored_hashes,
     wait_done,
 )
-from tests.vsphere.helpers import MiB
+from tests.controller.conftest import OperatorProcess
+from tests.controller.restore_helpers import create_restore, destroy_vm
+from tests.controller.scrape import page
+from tests.vsphere.helpers import MiB, sha256_file
+
+from vmguard.controller.builders import ENV_S3_SECRET, ENV_VC_PASSWORD, KEY_VOLUME
+from vmguard.store import Repository
 
 pytestmark = pytest.mark.lab
 
 
-def test_adhoc_full_then_incremental_restore_bit_exact(
+class CanaryRepository(NamedTuple):
+    bucket: dict[str, Any]  # endpoint, bucket and the canary credentials
+    key: str
+
+
+@pytest.fixture
+def canary_repository(
+    kube_api: Any, lab_state: dict[str, Any], namespace: str, s3_bucket: dict[str, Any]
+) -> Iterator[CanaryRepository]:
+    """BackupRepository ``repo`` over a fresh bucket, reached with a canary S3 secret
+    (a MinIO service account of its own) and encrypted under a canary key."""
+    key = canary.new_value("key")
+    with canary.minio_account(lab_state, s3_bucket) as bucket:
+        objects.create_repository(kube_api, namespace, "repo", bucket, key=key)
+        yield CanaryRepository(bucket, key)
+
+
+def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
     lab: Any,
     lab_state: dict[str, Any],
     kube_api: Any,
@@ -38,11 +64,16 @@ def test_adhoc_full_then_incremental_restore_bit_exact(
     image_factory: Any,
     namespace: str,
     lab_vcenter: str,
-    lab_repository: str,
-    s3_bucket: dict[str, Any],
-    operator_log: Path,
+    canary_repository: CanaryRepository,
+    start_operator: Callable[..., OperatorProcess],
     tmp_path: Path,
 ) -> None:
+    """The product's whole path on an encrypted repository — a full and an incremental
+    VMBackup, then a VMRestore to a new VM, all through the operator and proxy Jobs —
+    and then no secret value in anything the run left behind (BRIEF §9.4)."""
+    bucket, key = canary_repository
+    # At DEBUG kopf also logs every patch it sends and every change it sees: more to scan.
+    operator = start_operator(extra_env={"VMGUARD_LOG_LEVEL": "DEBUG"})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         at_full = disk_hashes(vsim, vm.moref)
         create_backup(kube_api, namespace, "first", {"name": vm.name})
@@ -59,7 +90,8 @@ def test_adhoc_full_then_incremental_restore_bit_exact(
         assert status["attempts"] == 1 and status["jobName"] == "first-1"
         assert objects.condition(full, "Ready")["reason"] == "Completed"
         no_snapshot_left(vc, vm.moref)
-        repo = open_repo(s3_bucket)
+        repo = open_repo(bucket, key)
+        assert repo.encrypted
         assert restored_hashes(repo, status["archiveId"], tmp_path) == at_full
 
         # Guest writes, then a second backup (by moref): incremental, reading little.
@@ -84,20 +116,94 @@ def test_adhoc_full_then_incremental_restore_bit_exact(
         owner = job.metadata.owner_references[0]
         assert (owner.kind, owner.name, owner.controller) == ("VMBackup", "second", True)
 
-        # No secret value in any object, event or log of the run (BRIEF §9.4).
-        secrets = [lab_state["vsphere"]["password"], s3_bucket["secret_key"]]
-        seen = [operator_log.read_text()]
-        seen += [
-            p.read_text() for p in (lab.paths.lab / "node" / "pods").glob(f"{namespace}_*/*.log")
-        ]
-        seen.append(json.dumps(kube_api.sanitize_for_serialization(job)))
-        seen.append(json.dumps(objects.items(kube_api, namespace, "vmbackups")))
-        events = client.CoreV1Api(kube_api).list_namespaced_event(namespace)
-        seen.append(json.dumps(kube_api.sanitize_for_serialization(events)))
-        assert len(seen) >= 6, "two proxy logs were read"
-        for text in seen:
-            assert not any(secret in text for secret in secrets)
-    assert "Traceback" not in operator_log.read_text()
+        # The incremental's point restored to a new VM by a restore Job: bit-exact.
+        create_restore(
+            kube_api,
+            namespace,
+            "second-new",
+            "second",
+            {"newVM": {"name": f"canary-{vm.name}", "datastore": "LocalDS_0", "folder": "/DC0/vm"}},
+        )
+        done = objects.wait_phase(
+            kube_api, namespace, "vmrestores", "second-new", {"Completed", "Failed"}, 240
+        )
+        assert done["status"]["phase"] == "Completed", done["status"]
+        result = done["status"]["result"]
+        try:
+            restored = {
+                str(d["sourceKey"]): sha256_file(vsim.disk(result["vm"]["moref"], d["key"]).path)
+                for d in result["disks"]
+            }
+        finally:
+            destroy_vm(vc, result["vm"]["moref"])
+        assert restored == at_inc
+
+    scan = _scan_everything(lab, kube_api, namespace, operator, bucket, repo)
+    canaries = [
+        canary.Canary("the vCenter password (the lab's own)", lab_state["vsphere"]["password"]),
+        canary.Canary("the S3 secret key", bucket["secret_key"]),
+        canary.Canary("the repository key", key),
+        canary.Canary("the MinIO root secret (never given)", lab_state["minio"]["secret_key"]),
+    ]
+    assert scan.leaks(canaries) == []
+
+    # The scan is no formality: it finds the values where they are by design, and it
+    # saw every object, log and repository object it claims to have searched.
+    held = canary.Scan()
+    secrets = client.CoreV1Api(kube_api).list_namespaced_secret(namespace)
+    held.add("secrets", json.dumps(kube_api.sanitize_for_serialization(secrets)))
+    assert len(held.leaks(canaries[:3])) == 3
+    assert scan.names("vcenters.vmguard.io") == {"lab"}
+    assert scan.names("backuprepositories.vmguard.io") == {"repo"}
+    assert scan.names("vmbackups.vmguard.io") == {"first", "second"}
+    assert scan.names("vmrestores.vmguard.io") == {"second-new"}
+    jobs = scan.names("jobs.batch")
+    assert {"first-1", "second-1"} < jobs and len(jobs) == 3
+    assert len(scan.objects["pods"]) == 3 and scan.objects["events"]
+    assert "kube-root-ca.crt" in scan.names("configmaps")
+    assert "vmguard-proxy" in scan.names("serviceaccounts")
+    pod_logs = [text for source, text in scan.pieces.items() if source.startswith("log pods/")]
+    assert len(pod_logs) == 3 and all(pod_logs)
+    assert any(f"restore {namespace}/second-new written: 1 disk(s)" in t for t in pod_logs)
+    operator_log = operator.text()
+    assert "Job first-1 created" in operator_log and "Job second-1 created" in operator_log
+    assert "Merge-patching the resource with" in operator_log  # DEBUG: kopf's own patches
+    assert "vmguard_backups_total" in scan.pieces["metrics operator"]
+    names = scan.pieces["s3 object names"].split("\n")
+    for prefix in ("config", "chunks/", "indexes/", "archives/"):
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert len([s for s in scan.pieces if s.startswith("manifest ")]) == 2
+
+    # Pods name the Secrets; they never carry their values.
+    for pod in scan.objects["pods"]:
+        (proxy,) = pod["spec"]["containers"]
+        env = {e["name"]: e for e in proxy["env"]}
+        assert env[ENV_VC_PASSWORD]["valueFrom"]["secretKeyRef"]["name"] == "lab-creds"
+        assert env[ENV_S3_SECRET]["valueFrom"]["secretKeyRef"]["name"] == "repo-s3"
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes[KEY_VOLUME]["secret"]["secretName"] == "repo-key"
+    assert "Traceback" not in operator_log
+
+
+def _scan_everything(
+    lab: Any,
+    kube_api: Any,
+    namespace: str,
+    operator: OperatorProcess,
+    bucket: dict[str, Any],
+    repo: Repository,
+) -> canary.Scan:
+    """What the run left: the namespace's objects, the operator's and every proxy pod's
+    log, the operator's /metrics, the bucket's objects and the decoded manifests."""
+    scan = canary.Scan()
+    scan.kube(kube_api, namespace)
+    scan.logs("operator", [operator.log])
+    scan.logs("pods", sorted((lab.paths.lab / "node" / "pods").glob(f"{namespace}_*/*.log")))
+    scan.add("metrics operator", page(operator.metrics_port) or "")
+    scan.bucket(bucket)
+    for ref in repo.list_archives():
+        scan.add(f"manifest {ref.archive_id}", repo.load_archive(ref.archive_id).to_json().decode())
+    return scan
 
 
 def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(

@@ -1,13 +1,19 @@
 """High availability through kopf peering: of two operator replicas only one acts, and
 when it is SIGKILLed the other takes over and reconciles.
 
-Which replica acts is read from each process's own /metrics: the active one reports
-the vCenter's sweeps, a paused one reports nothing (it runs no daemons). The peering
-object shows both replicas and their priorities.
+Which replica acts is read three ways. Each process's own /metrics: the active one
+reports the vCenter's sweeps, a paused one reports nothing (it runs no daemons). Each
+process's own log, at DEBUG, where kopf writes a line for every handler and daemon it
+invokes: the standby's has none until it takes over. And the API: every Event the
+operator posts names the replica that posted it (``reportingInstance``, the replica's
+``POD_ID``, also its identity in the peering object), so the Events of the run show
+which one acted before and after the kill.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +23,13 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
-from vmguard.controller.peering import PRIORITY_MAX, build_peering, draw_priority
+from vmguard.controller.peering import PRIORITY_MAX, build_peering, draw_priority, replica_name
 from vmguard.lab.procs import eventually, free_port
 
 PEERING = "vmguard"
 LIFETIME = 10  # seconds a SIGKILLed replica still counts as alive
+ACTIVE, STANDBY = "replica-active", "replica-standby"  # their POD_IDs
+HANDLER_RUN = re.compile(r"(Handler|Daemon|Timer) '[^']+' is invoked")  # kopf, at DEBUG
 
 
 @pytest.mark.unit
@@ -46,7 +54,16 @@ def test_peering_objects() -> None:
     assert cluster["kind"] == "ClusterKopfPeering" and "namespace" not in cluster["metadata"]
 
 
-def _replica(start: Callable[..., OperatorProcess], priority: int) -> tuple[OperatorProcess, int]:
+@pytest.mark.unit
+def test_a_replica_is_named_by_its_pod() -> None:
+    assert replica_name({"POD_ID": "vmguard-7d4b9-x2x7q"}) == "vmguard-7d4b9-x2x7q"
+    outside = replica_name({})
+    assert outside.endswith(f"-{os.getpid()}") and len(outside) > len(f"-{os.getpid()}")
+
+
+def _replica(
+    start: Callable[..., OperatorProcess], priority: int, name: str
+) -> tuple[OperatorProcess, int]:
     port = free_port()
     proc = start(
         "--peering",
@@ -59,8 +76,16 @@ def _replica(start: Callable[..., OperatorProcess], priority: int) -> tuple[Oper
         str(port),
         "--metrics-address",
         "127.0.0.1",
+        log=f"{name}.log",
+        extra_env={"POD_ID": name, "VMGUARD_LOG_LEVEL": "DEBUG"},
     )
     return proc, port
+
+
+def _instances(kube_api: Any, namespace: str) -> list[str]:
+    """The replica named by each Event the operator (kopf) posted in ``namespace``."""
+    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+    return [e.reporting_instance for e in events if e.reporting_component == "kopf"]
 
 
 def _sweeps(port: int, namespace: str, vcenter: str) -> float | None:
@@ -82,13 +107,13 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
     lab_vcenter: str,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    active, active_port = _replica(start_operator, 200)
+    active, active_port = _replica(start_operator, 200, ACTIVE)
     eventually(
         lambda: _sweeps(active_port, namespace, lab_vcenter),
         timeout=90,
         what="the first replica sweeping",
     )
-    standby, standby_port = _replica(start_operator, 100)
+    standby, standby_port = _replica(start_operator, 100, STANDBY)
 
     def peers() -> dict[str, Any] | None:
         obj = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
@@ -98,7 +123,7 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
         return status if len(status) == 2 else None
 
     status = eventually(peers, timeout=60, what="both replicas in the peering object")
-    assert sorted(p["priority"] for p in status.values()) == [100, 200]
+    assert {name: p["priority"] for name, p in status.items()} == {ACTIVE: 200, STANDBY: 100}
     eventually(
         lambda: scrape(standby_port) is not None, timeout=60, what="the standby serving /metrics"
     )
@@ -119,6 +144,21 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
         )
         is None
     )
+    # The API agrees: the policy's handler ran, and every Event came from the active one.
+    eventually(
+        lambda: ACTIVE in _instances(kube_api, namespace), timeout=30, what="an Event posted"
+    )
+    assert set(_instances(kube_api, namespace)) == {ACTIVE}
+    # So do the logs: the active one invoked the sweeper and the policy's handler; the
+    # standby, alive and logging at DEBUG (its paused watches, its peering keep-alives),
+    # invoked nothing.
+    active_log = active.text()
+    assert "Daemon 'vcenter_sweeper' is invoked" in active_log
+    assert "Handler 'policy_changed' is invoked" in active_log
+    standby_log = standby.text()
+    assert "Pausing the watch-stream for vcenters" in standby_log
+    assert f"Keep-alive in {PEERING!r}" in standby_log
+    assert HANDLER_RUN.findall(standby_log) == []
 
     # SIGKILL: no farewell in the peering object; the standby waits out the lifetime.
     active.kill()
@@ -130,6 +170,13 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
 
     eventually(taken_over, timeout=LIFETIME + 90, what="the standby taking over")
     assert standby.alive()
+    assert "Daemon 'vcenter_sweeper' is invoked" in standby.text()
+    eventually(
+        lambda: STANDBY in _instances(kube_api, namespace),
+        timeout=30,
+        what="an Event posted by the standby",
+    )
+    assert set(_instances(kube_api, namespace)) == {ACTIVE, STANDBY}
     samples = scrape(standby_port)
     vc = objects.get(kube_api, namespace, "vcenters", lab_vcenter)
     assert (

@@ -1,4 +1,4 @@
-"""``vmguard proxy backup``: parsing, the request read from status, errors (no lab)."""
+"""``vmguard proxy``: parsing, the request read from status, errors, log lines (no lab)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,12 @@ def test_mode_decision() -> None:
     assert decide_mode(parent, "auto", full_every=3, since_full=1).mode == "incremental"
     every = decide_mode(parent, "auto", full_every=3, since_full=2)
     assert (every.mode, every.reason) == ("full", "fullEvery 3 reached")
+
+
+def test_a_restore_proxy_logs_what_it_wrote() -> None:
+    from vmguard.vmjobs.restore_job import written_summary
+
+    disks = {"disks": [{"sourceKey": 2000, "bytesWritten": 7}, {"sourceKey": 2001}]}
+    assert written_summary(disks) == "2 disk(s), 7 bytes"
+    assert written_summary({"filesRestored": 3, "bytesRestored": 12}) == "3 file(s), 12 bytes"
+    assert written_summary({}) == "0 disk(s), 0 bytes"

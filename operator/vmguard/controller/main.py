@@ -397,6 +397,8 @@ def run(options: OperatorOptions) -> None:
             "metrics on http://%s:%d/metrics", options.metrics_address, options.metrics_port
         )
     settings = kopf.OperatorSettings()
+    # Events say which replica posted them (kopf's default instance is "dev").
+    settings.posting.reporting_instance = peering.replica_name()
     priority = None
     if options.peering is not None:
         priority = peering.draw_priority(options.priority)

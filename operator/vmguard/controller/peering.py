@@ -15,6 +15,10 @@ Invariants:
   ``--priority`` is given, each process draws one at random from 1..2^31-1, so two
   replicas tie with odds of one in two billion (and a restart of either draws anew).
   A replica of higher priority that joins later takes over from the one acting.
+- Every replica signs the Events it posts (``reportingInstance``) with its name,
+  :func:`replica_name`: the pod name from ``POD_ID`` (the chart sets it; kopf takes the
+  same variable as the replica's identity in the peering object), so ``kubectl get
+  events`` tells which replica acted.
 - The peering objects exist before kopf starts: kopf only writes into them, and a
   replica that finds none carries on as if alone — two of them would both act.
   :func:`ensure_peering` creates the missing ones (the chart also ships them); a
@@ -23,7 +27,10 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
@@ -39,6 +46,13 @@ def draw_priority(explicit: int | None = None) -> int:
     if explicit is not None:
         return explicit
     return 1 + secrets.randbelow(PRIORITY_MAX)
+
+
+def replica_name(env: Mapping[str, str] | None = None) -> str:
+    """This replica's name on its Events: ``POD_ID`` (the pod name, also its identity in
+    the peering object), else ``<host>-<pid>`` (an operator run outside a pod)."""
+    env = os.environ if env is None else env
+    return env.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def build_peering(name: str, namespace: str | None) -> dict[str, Any]:

@@ -78,6 +78,15 @@ def error_reason(exc: BaseException) -> str:
     return "RestoreFailed"
 
 
+def written_summary(result: dict[str, Any]) -> str:
+    """What a finished restore wrote, for the proxy's log (pure)."""
+    if "filesRestored" in result:
+        return f"{result['filesRestored']} file(s), {result.get('bytesRestored', 0)} bytes"
+    disks = result.get("disks") or []
+    total = sum(int(d.get("bytesWritten") or 0) for d in disks)
+    return f"{len(disks)} disk(s), {total} bytes"
+
+
 def write_vm_disks(
     repo: Repository,
     manifest: ArchiveManifest,
@@ -163,12 +172,14 @@ def run(
 
         repo = repository_from(os.environ)
         manifest = repo.load_archive(archive_id)
+        log.info("restore %s/%s: archive %s of %s", namespace, name, archive_id, manifest.vm.name)
         result = dict(status.get("result") or {})
         if "files" in target:
             result = restore_files(repo, manifest, target["files"], result, reporter)
         else:
             result = write_vm_disks(repo, manifest, target, result, reporter, lab)
         reporter.patch({"result": result})
+        log.info("restore %s/%s written: %s", namespace, name, written_summary(result))
         return 0
     except VmguardError as exc:
         log.error("restore failed: %s", exc)
