@@ -1,8 +1,8 @@
 // control.go is the lab control endpoint: plain HTTP JSON on loopback, for
-// tests to look at disks and act as the guest or the storage admin (guest
-// writes, new images, resizes, CBT resets and lost CBT history) or to set a
-// VM's faults (faults.go). Requests that change a VM's
-// config take vcsim's lock of the VM first, then the Store's, like SOAP calls.
+// tests to look at disks, act as the guest or the storage admin (guest writes,
+// new images, resizes, CBT resets and lost CBT history) and set a VM's faults
+// (faults.go). Requests that change a VM's config take vcsim's lock of the VM
+// first, then the Store's, like SOAP calls.
 package main
 
 import (
