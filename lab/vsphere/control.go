@@ -1,7 +1,8 @@
 // control.go is the lab control endpoint: plain HTTP JSON on loopback, for
-// tests to look at disks and act as the guest or the storage admin (guest
-// writes, new images, resizes, CBT resets). Requests that change a VM's
-// config take vcsim's lock of the VM first, then the Store's, like SOAP calls.
+// tests to look at disks, act as the guest or the storage admin (guest writes,
+// new images, resizes, CBT resets and lost CBT history) and set a VM's faults
+// (faults.go). Requests that change a VM's config take vcsim's lock of the VM
+// first, then the Store's, like SOAP calls.
 package main
 
 import (
@@ -83,6 +84,9 @@ func (c *control) routes() http.Handler {
 	mux.HandleFunc("PUT /vms/{moref}/disks/{key}/image", c.handle(c.putImage))
 	mux.HandleFunc("POST /vms/{moref}/disks/{key}/resize", c.handle(c.resize))
 	mux.HandleFunc("POST /vms/{moref}/disks/{key}/reset-cbt", c.handle(c.resetCBT))
+	mux.HandleFunc("POST /vms/{moref}/disks/{key}/lose-cbt-history", c.handle(c.loseCBTHistory))
+	mux.HandleFunc("GET /vms/{moref}/faults", c.handle(c.getFaults))
+	mux.HandleFunc("POST /vms/{moref}/faults", c.handle(c.setFaults))
 	mux.HandleFunc("GET /snapshots/{moref}/disks", c.handle(c.snapshotDisks))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
@@ -395,6 +399,25 @@ func (c *control) resetCBT(r *http.Request) (any, error) {
 			return errorf(http.StatusConflict, "CBT is not active on VM %s", st.ref.Value)
 		}
 		c.store.newEpoch(d)
+		v, err = c.viewDisk(st, d)
+		return err
+	})
+	return v, err
+}
+
+// loseCBTHistory keeps the disk's CBT epoch but forgets its history: every
+// change id issued so far is refused as unknown (cbt.Log.LoseHistory).
+func (c *control) loseCBTHistory(r *http.Request) (any, error) {
+	var v diskView
+	err := c.lockedVM(r, func(_ *simulator.Context, _ *simulator.VirtualMachine, st *vmState) error {
+		d, err := diskKey(r, st)
+		if err != nil {
+			return err
+		}
+		if d.log == nil {
+			return errorf(http.StatusConflict, "CBT is not active on VM %s", st.ref.Value)
+		}
+		d.published = d.log.LoseHistory().String()
 		v, err = c.viewDisk(st, d)
 		return err
 	})

@@ -1,7 +1,8 @@
 // hooks.go connects the Store to vcsim: registry callbacks that follow
 // snapshots and VM config changes, and a per-call wrapper that adds
 // QueryChangedDiskAreas to simulator.VirtualMachine without replacing the
-// registry entry.
+// registry entry (and, in faults.go, fault-aware snapshot and consolidation
+// methods the same way).
 package main
 
 import (
@@ -124,6 +125,14 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				return &cbtVM{VirtualMachine: vm, store: s}, nil
 			}
 		}
+		switch m.Name {
+		case "CreateSnapshot_Task", "CreateSnapshotEx_Task", "ConsolidateVMDisks_Task":
+			if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
+				// The same reference trick as for QueryChangedDiskAreas.
+				m.This = types.ManagedObjectReference{Type: "VmguardFaultVirtualMachine", Value: m.This.Value}
+				return &faultVM{VirtualMachine: vm, store: s}, nil
+			}
+		}
 		if m.Name == "CloneVM_Task" {
 			if req, ok := m.Body.(*types.CloneVM_Task); ok {
 				s.expectClone(req)
@@ -211,6 +220,8 @@ func (s *Store) changedAreas(vm *mo.VirtualMachine, req *types.QueryChangedDiskA
 			return bad("it belongs to another CBT epoch of this disk (reset, resized or replaced)")
 		case id.Seq > fd.changeID.Seq:
 			return bad(fmt.Sprintf("it is newer than the snapshot's changeId %s", fd.changeID))
+		case !fd.log.Knows(id.Seq):
+			return bad("the disk's change tracking has no history back to it")
 		}
 		areas = fd.log.Changed(id.Seq, fd.changeID.Seq, fd.capacity)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -302,5 +303,164 @@ func TestRemovingSnapshotsKeepsLiveDiskFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(frozen[0].Path); !os.IsNotExist(err) {
 		t.Errorf("frozen copy %s survived its snapshot", frozen[0].Path)
+	}
+}
+
+// setFaults posts a fault setting and returns the VM's settings afterwards.
+func (f *labFixture) setFaults(t *testing.T, moref, body string) faultsView {
+	t.Helper()
+	var v faultsView
+	if code := f.call(t, "POST", "/vms/"+moref+"/faults", []byte(body), &v); code != 200 {
+		t.Fatalf("POST faults %s: HTTP %d", body, code)
+	}
+	return v
+}
+
+func taskError(t *testing.T, tk *object.Task) *types.LocalizedMethodFault {
+	t.Helper()
+	_, err := tk.WaitForResult(context.Background(), nil)
+	if err == nil {
+		t.Fatal("the task succeeded")
+	}
+	te, ok := err.(task.Error)
+	if !ok {
+		t.Fatalf("not a task error: %v", err)
+	}
+	return te.LocalizedMethodFault
+}
+
+func TestQuiesceFaultFailsOnlyQuiescedSnapshots(t *testing.T) {
+	f := newLab(t, 4)
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	v := vms[len(vms)-1]
+	vm := object.NewVirtualMachine(f.c, types.ManagedObjectReference{Type: "VirtualMachine", Value: v.Moref})
+	if code := f.call(t, "POST", "/vms/"+v.Moref+"/faults", []byte(`{"quiesceFualt": true}`), nil); code != 400 {
+		t.Errorf("a misspelt fault must be refused, got HTTP %d", code)
+	}
+	if got := f.setFaults(t, v.Moref, `{"quiesceFault": true}`); !*got.QuiesceFault || *got.ConsolidateFault {
+		t.Fatalf("faults after setting quiesceFault: %+v", got)
+	}
+
+	task, err := vm.CreateSnapshot(ctx, "q", "", false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fault := taskError(t, task)
+	if _, ok := fault.Fault.(*types.ApplicationQuiesceFault); !ok || !strings.Contains(fault.LocalizedMessage, "quiescing") {
+		t.Fatalf("quiesced snapshot: %T %q", fault.Fault, fault.LocalizedMessage)
+	}
+	task, err = vm.CreateSnapshotEx(ctx, "qx", "", false, &types.VirtualMachineGuestQuiesceSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fault := taskError(t, task); fault.Fault == nil {
+		t.Fatal("CreateSnapshotEx with a quiesce spec must fail too")
+	}
+	var m mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"snapshot"}, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Snapshot != nil && len(m.Snapshot.RootSnapshotList) > 0 {
+		t.Fatalf("a failed quiesced snapshot left %d snapshot(s)", len(m.Snapshot.RootSnapshotList))
+	}
+	f.snapshot(t, vm) // crash-consistent still works
+
+	f.setFaults(t, v.Moref, `{"quiesceFault": false}`)
+	task, err = vm.CreateSnapshot(ctx, "q2", "", false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.WaitForResult(ctx, nil); err != nil {
+		t.Fatalf("quiesced snapshot after clearing the fault: %v", err)
+	}
+}
+
+func TestConsolidationNeededAndConsolidate(t *testing.T) {
+	f := newLab(t, 4)
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	v := vms[len(vms)-1]
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.Moref}
+	vm := object.NewVirtualMachine(f.c, ref)
+	needed := func() (bool, bool) {
+		t.Helper()
+		var m mo.VirtualMachine
+		if err := vm.Properties(ctx, ref, []string{"runtime", "summary.runtime"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m.Runtime.ConsolidationNeeded, m.Summary.Runtime.ConsolidationNeeded
+	}
+	consolidate := func() *object.Task {
+		t.Helper()
+		res, err := methods.ConsolidateVMDisks_Task(ctx, f.c, &types.ConsolidateVMDisks_Task{This: ref})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return object.NewTask(f.c, res.Returnval)
+	}
+
+	f.setFaults(t, v.Moref, `{"consolidationNeeded": true, "consolidateFault": true}`)
+	if rt, sum := needed(); !rt || !sum {
+		t.Fatalf("consolidationNeeded runtime=%v summary=%v, want true", rt, sum)
+	}
+	fault := taskError(t, consolidate())
+	if _, ok := fault.Fault.(*types.FileLocked); !ok || !strings.Contains(fault.LocalizedMessage, "consolidating") {
+		t.Fatalf("failing consolidation: %T %q", fault.Fault, fault.LocalizedMessage)
+	}
+	if rt, _ := needed(); !rt {
+		t.Fatal("a failed consolidation cleared consolidationNeeded")
+	}
+
+	got := f.setFaults(t, v.Moref, `{"consolidateFault": false}`)
+	if !*got.ConsolidationNeeded || *got.ConsolidateFault {
+		t.Fatalf("faults: %+v", got)
+	}
+	if _, err := consolidate().WaitForResult(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rt, sum := needed(); rt || sum {
+		t.Fatalf("after consolidation runtime=%v summary=%v, want false", rt, sum)
+	}
+	var view faultsView
+	f.call(t, "GET", "/vms/"+v.Moref+"/faults", nil, &view)
+	if *view.ConsolidationNeeded {
+		t.Fatal("the control API still reports consolidationNeeded")
+	}
+}
+
+func TestLostCBTHistoryRefusesOlderChangeIDs(t *testing.T) {
+	f := newLab(t, 8)
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	var v vmView
+	for _, x := range vms {
+		if x.CBTActive && !x.Template {
+			v = x
+		}
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.Moref}
+	vm := object.NewVirtualMachine(f.c, ref)
+	disk := v.Disks[0]
+	_, id1, key := f.snapshot(t, vm)
+	var after diskView
+	if code := f.call(t, "POST", fmt.Sprintf("/vms/%s/disks/%d/lose-cbt-history", v.Moref, key), nil, &after); code != 200 {
+		t.Fatalf("lose-cbt-history: HTTP %d", code)
+	}
+	if after.ChangeID == nil || *after.ChangeID == id1 || (*after.ChangeID)[:47] != id1[:47] {
+		t.Fatalf("change id after losing history: %v (before %s): same epoch, new sequence", after.ChangeID, id1)
+	}
+	snap2, id2, _ := f.snapshot(t, vm)
+	_, _, err := f.changedAreas(t, ref, snap2, key, id1, disk.Capacity)
+	if err == nil || !strings.Contains(err.Error(), "changeId") {
+		t.Fatalf("a change id from before the loss: %v", err)
+	}
+	f.call(t, "POST", fmt.Sprintf("/vms/%s/disks/%d/write?offset=0", v.Moref, key), []byte("x"), nil)
+	snap3, _, _ := f.snapshot(t, vm)
+	got, _, err := f.changedAreas(t, ref, snap3, key, id2, disk.Capacity)
+	if err != nil || len(got) != 1 || got[0].Start != 0 {
+		t.Fatalf("changes since a change id from after the loss: %v, %v", got, err)
 	}
 }

@@ -60,6 +60,7 @@ type vmState struct {
 	cbtActive  bool // enabled and activated by a snapshot or power-on
 	disks      map[int32]*diskState
 	cloneOf    *cloneSource // while the disks of a clone are being created
+	faults     vmFaults     // set through the control API (faults.go)
 }
 
 type diskState struct {

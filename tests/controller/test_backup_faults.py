@@ -1,7 +1,8 @@
 """VMBackup faults end to end: the proxy killed mid-transfer, the operator SIGKILLed in
-every phase. Each test checks the invariants of BRIEF §9 that apply: the backup ends
-Completed or Failed with a reason, no snapshot of ours is left, the VM has exactly one
-archive per completed backup (nothing duplicated), and every archive restores bit-exact.
+every phase, a guest that cannot be quiesced on a VM needing consolidation. Each test
+checks the invariants of BRIEF §9 that apply: the backup ends Completed or Failed with a
+reason, no snapshot of ours is left, the VM has exactly one archive per completed backup
+(nothing duplicated), and every archive restores bit-exact.
 
 Timing comes from two test-only knobs of the operator (docs/vmbackup-controller.md):
 ``VMGUARD_PROXY_TEST_THROTTLE`` slows every proxy's reads, ``VMGUARD_TEST_STALL``
@@ -285,3 +286,48 @@ def test_deleted_in_flight_stops_the_proxy_and_removes_the_snapshot(
         eventually(
             lambda: not batch.list_namespaced_job(namespace).items, timeout=60, what="Job gone"
         )
+
+
+def test_quiesce_fallback_and_consolidation_follow_the_policy(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    s3_bucket: dict[str, Any],
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        # The VM's effective policy (so the orphan sweep asks it too); paused, so the
+        # fail-safe makes no backup of its own.
+        objects.create_policy(
+            kube_api,
+            namespace,
+            "careful",
+            selector={"names": [vm.name]},
+            paused=True,
+            quiesce={"enabled": True, "fallbackToCrashConsistent": True},
+            snapshot={"consolidate": False},
+        )
+        expected = disk_hashes(vsim, vm.moref)
+        vsim.set_faults(vm.moref, quiesce_fault=True, consolidation_needed=True)
+        start_operator()
+        create_backup(
+            kube_api, namespace, "careful", {"moref": vm.moref}, policyRef={"name": "careful"}
+        )
+        obj = wait_done(kube_api, namespace, "careful")
+        status = obj["status"]
+        assert status["phase"] == "Completed", status.get("error")
+        assert status["quiesced"] is False
+        quiesced = objects.condition(obj, "Quiesced")
+        assert (quiesced["status"], quiesced["reason"]) == ("False", "CrashConsistentFallback")
+        assert "An error occurred while quiescing the virtual machine" in quiesced["message"]
+        removed = objects.condition(obj, "SnapshotRemoved")
+        assert "consolidation: consolidation needed; not allowed" in removed["message"]
+        assert vsim.faults(vm.moref).consolidation_needed is True
+        no_snapshot_left(vc, vm.moref)
+        repo = open_repo(s3_bucket)
+        assert restored_hashes(repo, status["archiveId"], tmp_path) == expected

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from vmguard.controller import failsafe, policies
+from vmguard.controller import failsafe, orphans, policies
+from vmguard.controller.backupsteps import consolidation_allowed
 from vmguard.controller.builders_policy import FAILSAFE, SCHEDULE, build_vmbackup
 from vmguard.controller.history import BackupHistory
 from vmguard.controller.policy_runs import plan_run
@@ -258,3 +259,24 @@ def test_failsafe_plan_picks_the_vms() -> None:
         [backup(VMS[0], "Completed"), backup(VMS[1], "Snapshotting")], "gold"
     )
     assert [vm.name for vm in failsafe.plan(VMS, history, T0, 30)] == ["vm 2"]
+
+
+# --- consolidation ---------------------------------------------------------------------------
+
+
+def test_consolidation_follows_each_vms_policy() -> None:
+    assert consolidation_allowed({}) is True
+    assert consolidation_allowed({"snapshot": {"consolidate": False}}) is False
+    result = MatchResult(
+        [
+            Assignment(VMS[0], "gold", "Matched"),
+            Assignment(VMS[1], "careful", "Matched"),
+            Assignment(VMS[2], None, "Unprotected"),
+        ]
+    )
+    allowed = orphans.consolidation_policy(
+        result, [policy("gold"), policy("careful", snapshot={"consolidate": False})]
+    )
+    assert [allowed(vm) for vm in VMS] == [True, False, True]
+    # Before the first match (no result), nothing is refused.
+    assert orphans.consolidation_policy(None, [])(VMS[1]) is True

@@ -217,6 +217,7 @@ def test_defaults_are_filled_in(custom: client.CustomObjectsApi, namespace: str)
     assert policy["mode"] == {"type": "auto"}
     assert policy["concurrency"] == {"perDatastore": 2, "perHost": 4, "total": 8}
     assert policy["quiesce"] == {"enabled": False, "fallbackToCrashConsistent": True}
+    assert policy["snapshot"] == {"consolidate": True}
     assert (policy["priority"], policy["paused"]) == (0, False)
     backup = create(custom, namespace, example("vmbackup.yaml"))["spec"]
     assert backup["mode"] == "auto"
@@ -233,6 +234,7 @@ def test_other_valid_shapes_are_accepted(custom: client.CustomObjectsApi, namesp
         ("backuprepository.yaml", _all(_delete("spec.encryption"), _delete("spec.s3.prefix"))),
         ("policy-gold.yaml", _set("spec.hooks.preSnapshot.0.command", "C:\\bin\\freeze.cmd")),
         ("policy-gold.yaml", _set("spec.mode", {"type": "full"})),
+        ("policy-gold.yaml", _set("spec.snapshot", {"consolidate": False})),
         ("policy-gold.yaml", _set("spec.selector", {"names": ["*"], "powerStates": ["poweredOn"]})),
         ("vmbackup.yaml", _set("spec.vm", {"name": "only a name"})),
         (

@@ -49,10 +49,17 @@ def our_snapshots(vc: VSphereSession, moref: str) -> list[Any]:
 def restored_afterwards(
     vc: VSphereSession, vsim: VSimControl, lab_vm: VSimVM, tmp: Path
 ) -> Iterator[None]:
-    """Afterwards: no snapshots, CBT and power as before, resized disks at their old size."""
+    """Afterwards: no snapshots, CBT, power and faults as before, disks at their old size."""
+    faults = vsim.faults(lab_vm.moref)
     try:
         yield
     finally:
+        vsim.set_faults(
+            lab_vm.moref,
+            quiesce_fault=faults.quiesce_fault,
+            consolidation_needed=faults.consolidation_needed,
+            consolidate_fault=faults.consolidate_fault,
+        )
         vm = vc.call(lambda si: find_vm(si, lab_vm.moref))
         wait_for(vm.RemoveAllSnapshots_Task())
         spec = vim.vm.ConfigSpec(changeTrackingEnabled=lab_vm.cbt_enabled)

@@ -148,6 +148,7 @@ def _replace_disk_uuid(vc: Any, moref: str, key: int) -> None:
         ("cbt-reset", "CBT was reset"),
         ("cbt-off-on", "CBT was reset"),
         ("disk-replaced", "disk replaced"),
+        ("unknown-change-id", "vCenter refused the change id (changeId)"),
     ],
 )
 def test_broken_chain_runs_a_full_scan_and_restores_bit_exact(
@@ -171,6 +172,9 @@ def test_broken_chain_runs_a_full_scan_and_restores_bit_exact(
         vsim.resize(vm.moref, disk.key, disk.capacity + 8 * MiB)
     elif how == "cbt-reset":
         vsim.reset_cbt(vm.moref, disk.key)
+    elif how == "unknown-change-id":
+        # Same CBT epoch, but the disk no longer knows the full backup's change id.
+        vsim.lose_cbt_history(vm.moref, disk.key)
     elif how == "cbt-off-on":
         obj = vc.call(lambda si: find_vm(si, vm.moref))
         for on in (False, True):

@@ -237,6 +237,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             full_every=int(mode.get("fullEvery") or 0),
             quiesce=bool(quiesce.get("enabled")),
             crash_consistent_fallback=quiesce.get("fallbackToCrashConsistent", True),
+            allow_consolidate=steps.consolidation_allowed(pspec),
         )
     except RetryableError as exc:
         p.condition("Ready", False, "SnapshotRetrying", str(exc))
@@ -392,14 +393,20 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         try:
             ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
             done = await asyncio.to_thread(
-                steps.finish_blocking, ep, status["vm"]["moref"], obj["metadata"]["uid"]
+                steps.finish_blocking,
+                ep,
+                status["vm"]["moref"],
+                obj["metadata"]["uid"],
+                allow_consolidate=steps.consolidation_allowed(refs.policy_spec),
             )
         except VmguardError as exc:
             p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
             await p.patch({})
             return WAIT_PEER
         note = "removed " + ", ".join(done.removed) if done.removed else "none was left"
-        if done.consolidation and done.consolidation.error:
+        if done.consolidation and done.consolidation.consolidated:
+            note += "; disks consolidated"
+        elif done.consolidation and done.consolidation.error:
             note += f"; consolidation: {done.consolidation.error}"
         p.condition("SnapshotRemoved", True, "Removed", note)
         await p.patch({"snapshot": {**snapshot, "removed": True}})
@@ -423,4 +430,5 @@ async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
         return
     refs = await steps.resolve_refs(ctx.api, meta["namespace"], obj["spec"])
     ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
-    await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"])
+    allow = steps.consolidation_allowed(refs.policy_spec)
+    await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"], allow_consolidate=allow)

@@ -204,9 +204,16 @@ def prepare_blocking(
         session.close()
 
 
-def finish_blocking(ep: Endpoint, vm_moref: str, uid: str) -> Finished:
+def consolidation_allowed(policy_spec: Mapping[str, Any]) -> bool:
+    """``spec.snapshot.consolidate`` of a policy (default true)."""
+    return bool((policy_spec.get("snapshot") or {}).get("consolidate", True))
+
+
+def finish_blocking(
+    ep: Endpoint, vm_moref: str, uid: str, *, allow_consolidate: bool = True
+) -> Finished:
     session = VSphereSession(ep)
     try:
-        return finish(session, vm_moref, uid)
+        return finish(session, vm_moref, uid, allow_consolidate=allow_consolidate)
     finally:
         session.close()

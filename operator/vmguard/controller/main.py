@@ -222,15 +222,19 @@ async def _sweep_orphans(
     if outcome.endpoint is None:
         return
     try:
-        swept = await orphans.sweep(api, outcome.endpoint, namespace, outcome.records)
+        allow = orphans.consolidation_policy(outcome.result, outcome.policies)
+        swept = await orphans.sweep(api, outcome.endpoint, namespace, outcome.records, allow)
     except Exception as exc:  # the sweeper must outlive any fault here
         logger.warning("orphan snapshot sweep failed: %s", exc)
         return
     for s in swept.swept:
         state = "removed" if s.removed else f"could not be removed ({s.error})"
         logger.info(f"snapshot {s.snapshot_moref} of {s.vm_name}: {s.reason}; {state}")
-    if swept.consolidation_needed:
-        logger.warning("VMs needing consolidation: %s", ", ".join(swept.consolidation_needed))
+    for vm_name, report in swept.consolidations.items():
+        if report.consolidated:
+            logger.info(f"disks of {vm_name} consolidated")
+        else:
+            logger.warning(f"{vm_name} needs consolidation: {report.error}")
 
 
 @kopf.daemon(GROUP, VERSION, "vmrestores", cancellation_timeout=10.0)

@@ -18,19 +18,24 @@ Which snapshot goes, by the UID in its name (``vmguard-<uid>``):
   another namespace, whose VMBackups this namespace cannot see; a day is longer than any
   backup we allow (``VMGUARD_BACKUP_DEADLINE``, 6 h).
 
-Removal consolidates the VM's disks. The snapshots of ours still present are also
-handed to the metrics, which expose their age (the stale-snapshot alert).
+Removal consolidates the VM's disks; a VM vSphere still reports as needing consolidation
+is consolidated when its effective policy allows (``spec.snapshot.consolidate``, default
+true; a VM no policy protects: allowed), else reported. The snapshots of ours still
+present are also handed to the metrics, which expose their age (the stale-snapshot
+alert).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmguard.controller.backupsteps import TERMINAL
+from vmguard.controller.backupsteps import TERMINAL, consolidation_allowed
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.vsphere.matching import MatchResult
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint
 from vmguard.vsphere.snapshots import SweepResult
@@ -71,7 +76,26 @@ def snapshot_ages(records: list[VMRecord]) -> list[tuple[str, str, float]]:
     return out
 
 
-async def sweep(api: KubeAPI, ep: Endpoint, namespace: str, records: list[VMRecord]) -> SweepResult:
+def consolidation_policy(
+    result: MatchResult | None, policies: list[dict[str, Any]]
+) -> Callable[[VMRecord], bool]:
+    """Whether a VM may be consolidated, by its effective policy in ``result``."""
+    specs = {p["metadata"]["name"]: p.get("spec") or {} for p in policies}
+    allowed = {
+        a.vm.moref: consolidation_allowed(specs.get(a.policy) or {})
+        for a in (result.assignments if result else [])
+        if a.policy is not None
+    }
+    return lambda vm: allowed.get(vm.moref, True)
+
+
+async def sweep(
+    api: KubeAPI,
+    ep: Endpoint,
+    namespace: str,
+    records: list[VMRecord],
+    allow_consolidate: Callable[[VMRecord], bool] = lambda _: True,
+) -> SweepResult:
     """Remove the escaped snapshots among ``records`` (blocking calls in a thread)."""
     holding = [r for r in records if r.our_snapshots]
     if not holding:
@@ -85,7 +109,12 @@ async def sweep(api: KubeAPI, ep: Endpoint, namespace: str, records: list[VMReco
         session = VSphereSession(ep)
         try:
             return sweep_orphans(
-                session, holding, lambda uid: keep(uid, finished), MAX_AGE, grace=grace()
+                session,
+                holding,
+                lambda uid: keep(uid, finished),
+                MAX_AGE,
+                grace=grace(),
+                allow_consolidate=allow_consolidate,
             )
         finally:
             session.close()

@@ -315,6 +315,18 @@ spec = obj(
             },
             default={"enabled": False, "fallbackToCrashConsistent": True},
         ),
+        "snapshot": obj(
+            "What happens around the backup's snapshot once it is removed.",
+            {
+                "consolidate": boolean(
+                    "When vSphere reports that the VM's disks need consolidation "
+                    "(consolidationNeeded), consolidate them (ConsolidateVMDisks). Off: "
+                    "report it only, for an admin to consolidate in a maintenance window.",
+                    default=True,
+                ),
+            },
+            default={"consolidate": True},
+        ),
         "hooks": hooks,
         "concurrency": concurrency,
         "rpo": f.duration(

@@ -9,7 +9,8 @@ Two things live here:
   :data:`USERNAME_ENV` and :data:`PASSWORD_ENV`, never from the command line.
 - :class:`VSimControl` talks to the simulator's control endpoint (plain HTTP JSON on
   loopback), through which tests look at disks and act as the guest or the storage
-  admin: guest writes, new disk images, resizes and CBT resets.
+  admin (guest writes, new disk images, resizes, CBT resets, lost CBT history), and set
+  a VM's faults (failing quiesced snapshots, consolidation needed or failing).
 
 Invariants: the control endpoint is for the lab only and carries no credentials; every
 error it answers is raised as :class:`VSimRequestError` with the HTTP status and the
@@ -125,6 +126,28 @@ class FrozenDisk:
         )
 
 
+@dataclass(frozen=True)
+class VSimFaults:
+    """A VM's fault settings in the simulator (lab/vsphere/README.md, "Faults").
+
+    ``quiesce_fault``: a quiesced snapshot fails with ApplicationQuiesceFault.
+    ``consolidation_needed``: the VM's ``runtime.consolidationNeeded``.
+    ``consolidate_fault``: ConsolidateVMDisks_Task fails with FileLocked.
+    """
+
+    quiesce_fault: bool
+    consolidation_needed: bool
+    consolidate_fault: bool
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VSimFaults:
+        return cls(
+            quiesce_fault=bool(d["quiesceFault"]),
+            consolidation_needed=bool(d["consolidationNeeded"]),
+            consolidate_fault=bool(d["consolidateFault"]),
+        )
+
+
 class VSimControl:
     """Small client of the simulator's control endpoint."""
 
@@ -195,6 +218,32 @@ class VSimControl:
     def reset_cbt(self, moref: str, key: int) -> VSimDisk:
         """Start a new CBT epoch on the disk, as a CBT reset on ESXi does."""
         return VSimDisk.from_json(self._call("POST", self._disk_path(moref, key) + "/reset-cbt"))
+
+    def lose_cbt_history(self, moref: str, key: int) -> VSimDisk:
+        """Keep the disk's CBT epoch but make every change id issued so far unknown."""
+        body = self._call("POST", self._disk_path(moref, key) + "/lose-cbt-history")
+        return VSimDisk.from_json(body)
+
+    def faults(self, moref: str) -> VSimFaults:
+        return VSimFaults.from_json(self._call("GET", f"/vms/{quote(moref, safe='')}/faults"))
+
+    def set_faults(
+        self,
+        moref: str,
+        *,
+        quiesce_fault: bool | None = None,
+        consolidation_needed: bool | None = None,
+        consolidate_fault: bool | None = None,
+    ) -> VSimFaults:
+        """Set the settings given (None leaves one as it is); returns them all."""
+        given = {
+            "quiesceFault": quiesce_fault,
+            "consolidationNeeded": consolidation_needed,
+            "consolidateFault": consolidate_fault,
+        }
+        body = {k: v for k, v in given.items() if v is not None}
+        path = f"/vms/{quote(moref, safe='')}/faults"
+        return VSimFaults.from_json(self._call("POST", path, json=body))
 
     def snapshot_disks(self, snapshot_moref: str) -> list[FrozenDisk]:
         body = self._call("GET", f"/snapshots/{quote(snapshot_moref, safe='')}/disks")

@@ -215,6 +215,7 @@ def backup_vm(
         enable_cbt=opts.enable_cbt,
         quiesce=opts.quiesce,
         crash_consistent_fallback=opts.crash_consistent_fallback,
+        allow_consolidate=opts.allow_consolidate,
     )
     decision, taken = prepared.decision, prepared.snapshot
     request = TransferRequest(

@@ -77,8 +77,14 @@ class EnableResult:
     reason: str
 
 
-def enable_cbt(session: VSphereSession, vm_moref: str, allowed: bool = True) -> EnableResult:
-    """Switch CBT on where allowed and make it active; idempotent."""
+def enable_cbt(
+    session: VSphereSession, vm_moref: str, allowed: bool = True, *, allow_consolidate: bool = True
+) -> EnableResult:
+    """Switch CBT on where allowed and make it active; idempotent.
+
+    ``allow_consolidate`` is the policy's word on consolidating the disks after the
+    activation snapshot is removed (a VM already needing it is only reported otherwise).
+    """
     vm = session.call(lambda si: vm_record(si, vm_moref))
     if vm.cbt_enabled and all(d.change_id for d in vm.disks):
         return EnableResult(True, False, "CBT is on and active")
@@ -96,7 +102,10 @@ def enable_cbt(session: VSphereSession, vm_moref: str, allowed: bool = True) -> 
         spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
         session.call(lambda si: wait_for(find_vm(si, vm_moref).ReconfigVM_Task(spec=spec)))
     # Tracking starts at the next snapshot (or power-on): take and drop one now.
-    with snapshot_cycle(session, vm_moref, "cbt-" + secrets.token_hex(6)):
+    cycle = snapshot_cycle(
+        session, vm_moref, "cbt-" + secrets.token_hex(6), allow_consolidate=allow_consolidate
+    )
+    with cycle:
         pass
     after = session.call(lambda si: vm_record(si, vm_moref))
     if not all(d.change_id for d in after.disks):

@@ -103,6 +103,7 @@ def prepare(
     enable_cbt: bool = True,
     quiesce: bool = False,
     crash_consistent_fallback: bool = True,
+    allow_consolidate: bool = True,
 ) -> Prepared:
     """Everything before the transfer (see the module docstring)."""
     try:
@@ -112,7 +113,7 @@ def prepare(
     existing = find_our_snapshot(vm, backup_uid)
     cbt_reason = ""
     if existing is None and enable_cbt:
-        cbt_reason = cbt.enable_cbt(session, vm_moref).reason
+        cbt_reason = cbt.enable_cbt(session, vm_moref, allow_consolidate=allow_consolidate).reason
         log.info("%s: %s", vm.name, cbt_reason)
         vm = session.call(lambda si: vm_record(si, vm_moref))
     identity = vm_identity(vm, vcenter)

@@ -281,6 +281,8 @@ class SweepResult:
     swept: list[SweptSnapshot] = field(default_factory=list)
     consolidation_needed: list[str] = field(default_factory=list)
     """Names of VMs that still need consolidation after the sweep (reported, not hidden)."""
+    consolidations: dict[str, ConsolidationReport] = field(default_factory=dict)
+    """By VM name, every VM that needed consolidation: consolidated, or why not."""
 
 
 def sweep_orphans(
@@ -289,7 +291,7 @@ def sweep_orphans(
     backup_running: Callable[[str], bool],
     max_age: timedelta,
     now: datetime | None = None,
-    allow_consolidate: bool = True,
+    allow_consolidate: bool | Callable[[VMRecord], bool] = True,
     grace: timedelta = timedelta(0),
 ) -> SweepResult:
     """Remove our snapshots whose backup does not run any more or that are too old.
@@ -297,9 +299,12 @@ def sweep_orphans(
     ``records`` come from a discovery sweep; ``backup_running(uid)`` says whether the
     backup with that UID is still in progress (the operator asks the VMBackup objects).
     A snapshot younger than ``grace`` is left alone whatever its backup says: it may be
-    one a backup (or a CBT activation cycle) is taking right now.
+    one a backup (or a CBT activation cycle) is taking right now. A VM touched here, or
+    needing consolidation, is consolidated when ``allow_consolidate`` (or, per VM, its
+    answer) allows; a consolidation that fails is reported, never raised.
     """
     now = now or datetime.now(UTC)
+    allowed = allow_consolidate if callable(allow_consolidate) else lambda _: allow_consolidate
     result = SweepResult()
     for vm in records:
         touched = False
@@ -335,7 +340,9 @@ def sweep_orphans(
                 SweptSnapshot(vm.moref, vm.name, snap.moref, snap.backup_uid, reason, True)
             )
         if touched or vm.consolidation_needed:
-            report = consolidate(session, vm.moref, allow_consolidate)
+            report = consolidate(session, vm.moref, allowed(vm))
+            if report.needed:
+                result.consolidations[vm.name] = report
             if report.needed and not report.consolidated:
                 result.consolidation_needed.append(vm.name)
     return result

@@ -13,6 +13,7 @@ type Log struct {
 
 	mu     sync.Mutex
 	seq    uint64
+	floor  uint64 // change ids of this epoch below it are unknown (history lost)
 	writes []logEntry
 }
 
@@ -43,6 +44,26 @@ func (l *Log) Record(off, n int64) ChangeID {
 		l.writes = append(l.writes, logEntry{seq: l.seq, blocks: RoundOut(off, n, BlockSize)})
 	}
 	return ChangeID{Epoch: l.epoch, Seq: l.seq}
+}
+
+// LoseHistory forgets every write so far and moves the sequence on: change
+// ids issued until now are no longer known (Knows), while the epoch and the
+// ids issued from now on stay valid. It models a disk whose change tracking
+// file lost its history without being reset.
+func (l *Log) LoseHistory() ChangeID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	l.floor = l.seq
+	l.writes = nil
+	return ChangeID{Epoch: l.epoch, Seq: l.seq}
+}
+
+// Knows says whether changes since sequence seq can still be answered.
+func (l *Log) Knows(seq uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return seq >= l.floor
 }
 
 // Changed returns the areas written after sequence from up to and including
