@@ -183,6 +183,11 @@ class Metrics:
         self.vms_unprotected = gauge(
             "vms_unprotected", "VMs no policy selects and no default catches.", VCENTER_LABELS
         )
+        self.vms_consolidation_needed = gauge(
+            "vms_consolidation_needed",
+            "VMs for which vSphere reports consolidationNeeded (delta disks left behind).",
+            VCENTER_LABELS,
+        )
         self.vcenter_reachable = gauge(
             "vcenter_reachable", "1 when the last sweep reached the vCenter.", VCENTER_LABELS
         )
@@ -265,6 +270,7 @@ class Metrics:
         self.vms_protected.labels(*labels).set(vms.get("protected", 0))
         self.vms_protected_by_default.labels(*labels).set(vms.get("protectedByDefault", 0))
         self.vms_unprotected.labels(*labels).set(vms.get("unprotected", 0))
+        self.vms_consolidation_needed.labels(*labels).set(vms.get("consolidationNeeded", 0))
         swept = parse_time(status.get("lastSweepTime"))
         self.vcenter_last_sweep.labels(*labels).set(swept if swept is not None else self.clock())
 
@@ -282,6 +288,7 @@ class Metrics:
             self.vms_protected,
             self.vms_protected_by_default,
             self.vms_unprotected,
+            self.vms_consolidation_needed,
             self.vcenter_reachable,
             self.vcenter_last_sweep,
         ):

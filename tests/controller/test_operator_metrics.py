@@ -1,5 +1,6 @@
 """The operator's /metrics against the lab: a swept VCenter's counts, as Prometheus
-would scrape them, equal what the sweep wrote into the VCenter's status."""
+would scrape them, equal what the sweep wrote into the VCenter's status; a VM the
+simulator says needs consolidation is counted, gauged and named in a condition."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.lab
 
 def test_metrics_show_the_sweeps_counts(
     kube_api: Any,
+    vsim: Any,
     namespace: str,
     lab_vcenter: str,
     start_operator: Callable[..., OperatorProcess],
@@ -32,11 +34,11 @@ def test_metrics_show_the_sweeps_counts(
     )
     vc = {"namespace": namespace, "vcenter": lab_vcenter}
 
-    def swept() -> tuple[dict[str, Any], Any] | None:
+    def swept(after: str = "") -> tuple[dict[str, Any], Any] | None:
         status = objects.get(kube_api, namespace, "vcenters", lab_vcenter).get("status") or {}
         samples = scrape(port)
         if (
-            not status.get("lastSweepTime")
+            status.get("lastSweepTime", "") <= after
             or value(samples, "vmguard_vms_discovered", **vc) is None
         ):
             return None
@@ -52,6 +54,36 @@ def test_metrics_show_the_sweeps_counts(
     assert value(samples, "vmguard_vms_protected", **vc) == counts["protected"]
     assert value(samples, "vmguard_vcenter_reachable", **vc) == 1
     assert value(samples, "vmguard_vcenter_sweeps_total", **vc, result="ok") >= 1
+    assert counts["consolidationNeeded"] == 0
+    assert value(samples, "vmguard_vms_consolidation_needed", **vc) == 0
+    assert condition(status, "Consolidated")["reason"] == "NoneNeeded"
+
+    # An unprotected VM (no backup of this test will consolidate it) now needs it.
+    vm = next(i for i in status["vmList"]["items"] if not i.get("p"))
+    vsim.set_faults(vm["m"], consolidation_needed=True)
+    try:
+        # A sweep already under way may have read the VM before the change: wait for one
+        # that saw it.
+        status, samples = eventually(
+            lambda: (
+                (seen := swept(status["lastSweepTime"]))
+                and seen[0]["vms"]["consolidationNeeded"] > 0
+                and seen
+            ),
+            timeout=120,
+            what="a sweep that saw the VM needing consolidation",
+        )
+        assert status["vms"]["consolidationNeeded"] == 1
+        assert value(samples, "vmguard_vms_consolidation_needed", **vc) == 1
+        cond = condition(status, "Consolidated")
+        assert (cond["status"], cond["reason"]) == ("False", "ConsolidationNeeded")
+        assert cond["message"] == f"1 VM(s) need their disks consolidated: {vm['n']}"
+    finally:
+        vsim.set_faults(vm["m"], consolidation_needed=False)
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
 
 
 def test_a_taken_metrics_port_is_a_clear_error(

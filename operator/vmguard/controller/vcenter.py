@@ -8,7 +8,10 @@ against the namespace's ``VMProtectionPolicy`` objects of this vCenter
 :mod:`.vmlist`, sent only when it changed) and each policy's ``matchedVMs``.
 VMs that no policy selects and no default policy catches are *unprotected*: counted,
 named in the ``Protected`` condition, and announced by a warning event when they
-first appear.
+first appear. VMs for which vSphere reports ``consolidationNeeded`` (a snapshot removal
+left delta disks behind, ours or anyone's) are counted and named in the
+``Consolidated`` condition: reported, never ignored (the snapshot cycle consolidates the
+VMs it backs up when their policy allows; see docs/snapshot-cycle.md).
 
 Blocking vSphere calls run in a thread; nothing here touches disk data. A sweep that
 fails sets ``Reachable=False`` with a reason and is retried at the next interval: a
@@ -32,7 +35,7 @@ from vmguard.vsphere.matching import MatchResult, PolicyRef, assign
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint
 
-UNPROTECTED_LISTED = 20  # names in the condition message; the count is always exact
+UNPROTECTED_LISTED = 20  # names in a condition message; the count is always exact
 
 
 @dataclass
@@ -156,11 +159,8 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
         generation,
     )
     if unprotected:
-        names = ", ".join(vm.name for vm in unprotected[:UNPROTECTED_LISTED])
-        more = len(unprotected) - UNPROTECTED_LISTED
-        message = f"{len(unprotected)} VM(s) have no policy and there is no default policy: {names}"
-        if more > 0:
-            message += f" and {more} more"
+        message = "VM(s) have no policy and there is no default policy"
+        message = _listing(unprotected, message)
         conditions = set_condition(
             conditions, "Protected", False, "UnprotectedVMs", message, generation
         )
@@ -191,6 +191,21 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
             "policies are consistent",
             generation,
         )
+    unconsolidated = [r for r in records if r.consolidation_needed]
+    if unconsolidated:
+        message = _listing(unconsolidated, "VM(s) need their disks consolidated")
+        conditions = set_condition(
+            conditions, "Consolidated", False, "ConsolidationNeeded", message, generation
+        )
+    else:
+        conditions = set_condition(
+            conditions,
+            "Consolidated",
+            True,
+            "NoneNeeded",
+            "no VM needs its disks consolidated",
+            generation,
+        )
     conditions = set_condition(conditions, "Ready", True, "Swept", "inventory swept", generation)
     status = {
         "observedGeneration": generation,
@@ -201,6 +216,7 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
             "protected": discovered - len(unprotected),
             "protectedByDefault": by_default,
             "unprotected": len(unprotected),
+            "consolidationNeeded": len(unconsolidated),
         },
         "lastSweepTime": now(),
         "lastSweepDurationSeconds": int(time.monotonic() - started),
@@ -213,6 +229,13 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
     return SweepOutcome(
         status, unprotected, matched, result.problems, result, policies, records, ep
     )
+
+
+def _listing(vms: list[VMRecord], what: str) -> str:
+    """``3 <what>: a, b, c``, naming at most UNPROTECTED_LISTED of them."""
+    names = ", ".join(vm.name for vm in vms[:UNPROTECTED_LISTED])
+    more = len(vms) - UNPROTECTED_LISTED
+    return f"{len(vms)} {what}: {names}" + (f" and {more} more" if more > 0 else "")
 
 
 def _in(seconds: float) -> str:

@@ -105,6 +105,11 @@ vm_counts = obj(
             minimum=0,
         ),
         "excluded": integer("VMs a policy's exclude removed from its selection.", minimum=0),
+        "consolidationNeeded": integer(
+            "VMs (templates included) for which vSphere reports consolidationNeeded (named in "
+            "the Consolidated condition).",
+            minimum=0,
+        ),
     },
 )
 
