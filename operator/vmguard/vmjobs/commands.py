@@ -73,7 +73,9 @@ def register(sub: Any, *, lab_locator: LabLocator | None = None) -> None:
     where.add_argument("--new-name", help="restore as a new VM with this name")
     where.add_argument("--in-place", action="store_true", help="overwrite the VM backed up")
     restore.add_argument("--vm", help="with --in-place: another VM (moref) than the source")
-    restore.add_argument("--datastore", default="", help="datastore of the new VM")
+    restore.add_argument(
+        "--datastore", default="", help="datastore of the new VM (default: the source VM's)"
+    )
     restore.add_argument("--folder", help="VM folder path, e.g. /DC0/vm/Restores")
     restore.add_argument("--pool", help="resource pool path")
     restore.add_argument("--network-map", action="append", metavar="SRC=DST")

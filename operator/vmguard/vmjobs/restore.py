@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,11 @@ def restore_new_vm(
 ) -> NewVMResult:
     manifest = repo.load_archive(archive_id)
     config = archive_config(manifest)
+    if not target.datastore:
+        target = dataclasses.replace(target, datastore=source_datastore(config))
+    # A placement that does not exist is a clear error before anything is created (a
+    # real vCenter faults on it; the lab's simulator would crash).
+    vrestore.check_target(session, config, target)
     created = vrestore.create_vm(session, config, target)
     try:
         results = {
@@ -104,6 +110,15 @@ def restore_new_vm(
     if power_on:
         vrestore.power(session, created.moref, on=True)
     return NewVMResult(created, results, power_on)
+
+
+def source_datastore(config: VMConfig) -> str:
+    """The datastore of the source VM's first disk (``[ds] dir/file.vmdk``): where a new
+    VM goes when the caller names none."""
+    for disk in config.disks:
+        if disk.file_name.startswith("[") and "]" in disk.file_name:
+            return disk.file_name[1 : disk.file_name.index("]")]
+    raise ConfigError("the archive does not say which datastore its VM was on: name one")
 
 
 @dataclass
