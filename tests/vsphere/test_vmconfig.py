@@ -42,3 +42,53 @@ def test_only_safe_extra_config_is_kept() -> None:
         ]
     )
     assert kept == {"disk.EnableUUID": "TRUE", "isolation.tools.copy.disable": "TRUE"}
+
+
+@pytest.mark.lab
+def test_an_efi_secure_boot_vm_is_recreated_with_its_shape(vc: Any, vsim: VSimControl) -> None:
+    """Firmware, secure boot, CPU topology and memory survive capture → create, and a
+    MAC is kept only when asked (the source still exists here, so it is not)."""
+    from pyVmomi import vim
+
+    from vmguard.vsphere import restore as vrestore
+    from vmguard.vsphere.inventory import find_vm
+    from vmguard.vsphere.session import wait_for
+
+    lab_vm = next(v for v in vsim.vms() if not v.template and v.power_state == "poweredOff")
+    before = vc.call(lambda si: capture_vm(si, lab_vm.moref))
+    vm = vc.call(lambda si: find_vm(si, lab_vm.moref))
+    efi = vim.vm.ConfigSpec(
+        firmware="efi",
+        bootOptions=vim.vm.BootOptions(efiSecureBootEnabled=True),
+        numCPUs=4,
+        numCoresPerSocket=2,
+        memoryMB=3072,
+    )
+    wait_for(vm.ReconfigVM_Task(spec=efi))
+    made = None
+    try:
+        config = vc.call(lambda si: capture_vm(si, lab_vm.moref))
+        assert (config.firmware, config.secure_boot) == ("efi", True)
+        assert (config.num_cpus, config.cores_per_socket, config.memory_mb) == (4, 2, 3072)
+        datastore = config.disks[0].file_name.split("]")[0].lstrip("[")
+        target = vrestore.NewVMTarget(name=f"{lab_vm.name}-efi-copy", datastore=datastore)
+        made = vrestore.create_vm(vc, config, target)
+        copy = vc.call(lambda si: capture_vm(si, made.moref))
+        assert (copy.firmware, copy.secure_boot) == ("efi", True)
+        assert (copy.num_cpus, copy.cores_per_socket, copy.memory_mb) == (4, 2, 3072)
+        assert (copy.guest_id, copy.hardware_version) == (config.guest_id, config.hardware_version)
+        assert [d.capacity for d in copy.disks] == [d.capacity for d in config.disks]
+        assert [n.network for n in copy.nics] == [n.network for n in config.nics]
+        source_macs = {n.mac_address for n in config.nics}
+        assert not source_macs & {n.mac_address for n in copy.nics}, "a new MAC, not a clone's"
+    finally:
+        if made is not None:
+            vrestore.destroy(vc, made.moref)
+        back = vim.vm.ConfigSpec(
+            firmware=before.firmware,
+            bootOptions=vim.vm.BootOptions(efiSecureBootEnabled=before.secure_boot),
+            numCPUs=before.num_cpus,
+            numCoresPerSocket=before.cores_per_socket,
+            memoryMB=before.memory_mb,
+        )
+        wait_for(vm.ReconfigVM_Task(spec=back))
