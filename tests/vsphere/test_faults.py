@@ -5,12 +5,15 @@
 - a proxy killed with SIGKILL mid-transfer leaves its snapshot; the orphan sweep
   removes it, and nbdkit went with its parent;
 - *auto* falls back to nbd and says why; *hotadd* when impossible is refused clearly;
+- a hot-add whose device cannot be read detaches the snapshot's disks from the proxy
+  VM, removes the snapshot and commits no archive;
 - a wrong thumbprint is refused with a clear message, the right one connects, and the
   password appears in no log line, error or CLI output.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -34,7 +37,7 @@ from vmguard.lab.images import small_mixed
 from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
 from vmguard.transport.nbd import NbdkitServer
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vsphere.inventory import discover
+from vmguard.vsphere.inventory import discover, vm_record
 from vmguard.vsphere.session import Endpoint, VSphereSession, connect, disconnect
 from vmguard.vsphere.snapshots import sweep_orphans
 from vmguard.vsphere.tags import TagClient
@@ -162,6 +165,28 @@ def test_auto_falls_back_to_nbd_and_says_why(
     with pytest.raises(ConfigError, match="hot-add requested but impossible: no VM"):
         backup_vm(vc, repo, data_vm.moref, unknown, BackupOptions(transport="hotadd"))
     assert our_snapshots(vc, data_vm.moref) == []
+
+
+class UnreadableDevice(LabDiskLocator):
+    """Hot-add attaches for real, but the block device the proxy finds fails (EIO)."""
+
+    def attached_device(self, proxy_moref: str, disk: Any) -> str:
+        super().attached_device(proxy_moref, disk)  # the disk really is attached
+        raise OSError(errno.EIO, "Input/output error", disk.file_name)
+
+
+def test_a_failed_hotadd_read_detaches_and_leaves_no_snapshot(
+    vc: Any, vsim: VSimControl, repo: Any, data_vm: VSimVM
+) -> None:
+    proxy = next(v for v in reversed(vsim.vms()) if v.moref != data_vm.moref and not v.template)
+    before = [d.file_name for d in vsim.vm(proxy.moref).disks]
+    bios_uuid = str(vc.call(lambda si: vm_record(si, proxy.moref)).bios_uuid)
+    locator = UnreadableDevice(vsim, proxy_uuid=bios_uuid)
+    with pytest.raises(OSError, match="Input/output error"):
+        backup_vm(vc, repo, data_vm.moref, locator, BackupOptions(transport="hotadd"))
+    assert [d.file_name for d in vsim.vm(proxy.moref).disks] == before
+    assert our_snapshots(vc, data_vm.moref) == []
+    assert repo.list_archives() == []
 
 
 def _sha256_of_server(url: str) -> str:
