@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -65,3 +67,33 @@ def test_conditional_writes_are_detected_on_minio(s3_bucket: dict[str, Any]) -> 
     assert backend.put_if_absent("once", b"a") is True
     assert backend.capabilities.atomic_create is True
     assert [i.name for i in backend.list()] == ["once"]
+
+
+class _Chunk:
+    """Stands for the data a caller holds while it asks the backend (weakly referenceable)."""
+
+
+def test_a_handled_missing_object_error_frees_the_callers_data_at_once(
+    s3_bucket: dict[str, Any],
+) -> None:
+    # A backup stats every new chunk (404) while holding the chunk. The SDK's frames form
+    # a reference cycle with the error and link back to the caller's frame; unless the
+    # backend breaks it, the chunk lives until the cyclic GC runs, not until it is done.
+    backend = _s3(s3_bucket)
+
+    def exists(data: _Chunk) -> bool:
+        try:
+            backend.stat("chunks/ab/not-there")
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    gc.disable()
+    try:
+        chunk = _Chunk()
+        alive = weakref.ref(chunk)
+        assert not exists(chunk)
+        del chunk
+        assert alive() is None
+    finally:
+        gc.enable()

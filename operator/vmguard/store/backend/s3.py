@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import re
 import secrets
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +132,13 @@ class S3Backend:
         return self._prefix + check_name(name)
 
     def _translate(self, exc: BaseException, name: str) -> Exception:
+        # The SDK's finished frames keep the error in their locals, a reference cycle,
+        # and each frame links back (f_back) to its callers': a backup's put_chunk holds
+        # a 4 MiB chunk there. Every new chunk meets one such error (the 404 of its
+        # existence check), so the cyclic GC, not the pipeline depth, decided how many
+        # chunks stayed alive. Clearing those frames lets the error and the chunk go as
+        # soon as the caller has handled it (frames still running are left alone).
+        traceback.clear_frames(exc.__traceback__)
         where = f"s3://{self._bucket}/{self._prefix}{name}"
         if isinstance(exc, S3Error):
             code = exc.code or ""
