@@ -65,15 +65,22 @@ class Demo:
         self.operator: subprocess.Popen[bytes] | None = None
 
     # -- plumbing ------------------------------------------------------------------------
-    def kubectl(self, *args: str, capture: bool = False) -> str:
-        run = subprocess.run(
-            [str(self.lab.paths.bin / "kubectl"), *args],
-            env=self.env,
-            check=True,
-            capture_output=capture,
-            text=True,
-        )
-        return run.stdout if capture else ""
+    def kubectl(self, *args: str, capture: bool = False, attempts: int = 1) -> str:
+        """Run kubectl; a failure ends the demo with kubectl's own message. A read-only
+        call may be given ``attempts``: the busy lab apiserver can refuse one briefly."""
+        for attempt in range(1, attempts + 1):
+            run = subprocess.run(
+                [str(self.lab.paths.bin / "kubectl"), *args],
+                env=self.env,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            if run.returncode == 0:
+                return run.stdout if capture else ""
+            if attempt < attempts:
+                time.sleep(2)
+        raise SystemExit(f"demo: kubectl {' '.join(args)}: {run.stderr.strip()}")
 
     def create(self, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": f"{G}/{V}", "kind": kind, "metadata": {"name": name}, "spec": spec}
@@ -256,8 +263,8 @@ class Demo:
         self.put_filesystem(vsim, self.files_vm)
         vm = vsim.vm(moref)
         disk = vm.disks[0]
-        for offset in (1 << 20, 200 << 20, disk.capacity - (64 << 10)):
-            vsim.write(moref, disk.key, offset, os.urandom(64 << 10))
+        self.writes = (moref, disk.key, (1 << 20, 200 << 20, disk.capacity - (64 << 10)))
+        self.guest_writes(vsim)
         written = time.time()
         print(f"    guest writes: 3 x 64 KiB into {vm.name} ({moref}); gold runs every minute")
         print(f"    gold matches {gold['status'].get('matchedVMs')} VMs")
@@ -283,6 +290,12 @@ class Demo:
             f"{totals.get('bytesUploaded', 0) / 2**20:.2f} MiB"
         )
         return moref, backup
+
+    def guest_writes(self, vsim: Any) -> None:
+        """New random bytes at the same three places of the written VM's first disk."""
+        moref, key, offsets = self.writes
+        for offset in offsets:
+            vsim.write(moref, key, offset, os.urandom(64 << 10))
 
     def restore(self, moref: str, backup: dict[str, Any]) -> None:
         from vmguard.lab.vsim import VSimControl
@@ -391,26 +404,64 @@ class Demo:
 
     def retention(self) -> None:
         """Gold keeps each VM's last 2 backups: older ones lose their VMBackup and their
-        archive; the next GC deletes the chunks no remaining archive references."""
+        archive; the next GC deletes the chunks no remaining archive references.
 
-        def pruned() -> dict[str, Any] | None:
-            st = (self.get("vmprotectionpolicies", "gold").get("status") or {}).get("retention")
-            return st if st and st.get("lastPruneTime") else None
+        Most chunks are shared (the first full backups, and the VM restored from the
+        first writes, whose own backup holds them), so the written VM is written twice
+        more at the same places: once two gold runs hold the third bytes, the backups
+        that alone held the second ones are pruned, and a GC frees those chunks."""
+        from vmguard.lab.vsim import VSimControl
 
-        st = wait("gold's retention to prune", pruned, timeout=300)
+        vsim = VSimControl(self.state["vsphere"]["control_url"])
+        moref = self.writes[0]
+
+        def gold_backups() -> list[tuple[float, str]]:
+            """(snapshot time, name) of the written VM's completed gold backups."""
+            done = []
+            for b in self.items("vmbackups"):
+                st = b.get("status") or {}
+                taken = (st.get("snapshot") or {}).get("createTime")
+                if (
+                    (st.get("vm") or {}).get("moref") == moref
+                    and st.get("phase") == "Completed"
+                    and b["metadata"]["labels"].get("vmguard.io/policy") == "gold"
+                    and taken
+                ):
+                    done.append((_epoch(taken), b["metadata"]["name"]))
+            return done
+
+        self.guest_writes(vsim)
+        second = time.time()
+        print(f"    guest writes again at the same 3 places of {moref}")
+        wait(
+            "a gold backup of the second writes",
+            lambda: any(t > second for t, _ in gold_backups()),
+            timeout=240,
+        )
+        self.guest_writes(vsim)
+        third = time.time()
+        print("    ... and once more, after a gold backup took the second writes")
+
+        def second_pruned() -> bool:
+            kept = gold_backups()
+            return len(kept) >= 2 and all(t > third for t, _ in kept)
+
+        wait("the backups holding the second writes to be pruned", second_pruned, 360)
+        st = (self.get("vmprotectionpolicies", "gold").get("status") or {}).get("retention") or {}
         events = self.core.list_namespaced_event(NAMESPACE, field_selector="reason=Pruned").items
         lines = sorted(e.message for e in events if e.message.startswith("Pruned vm"))
         for line in lines[:3]:
             print(f"    event: {line}")
-        print(f"    ... {len(lines)} backups pruned so far, last at {st['lastPruneTime']}")
-        since = _epoch(st["lastPruneTime"])
+        print(f"    ... {len(lines)} backups pruned so far, last at {st.get('lastPruneTime')}")
+        since = time.time()
 
         def collected() -> dict[str, Any] | None:
             repo = self.get("backuprepositories", "minio").get("status") or {}
             gc = repo.get("lastGC") or {}
-            return repo if gc.get("time") and _epoch(gc["time"]) > since else None
+            fresh = gc.get("time") and _epoch(gc["time"]) > since
+            return repo if fresh and gc.get("chunksDeleted", 0) > 0 else None
 
-        repo = wait("the next scheduled GC", collected, timeout=180)
+        repo = wait("a scheduled GC that frees the second writes' chunks", collected, timeout=240)
         gc, verify = repo["lastGC"], repo.get("lastVerify") or {}
         print(
             f"    GC at {gc['time']}: {gc.get('chunksDeleted', 0)} chunks deleted, "
@@ -478,7 +529,7 @@ def run() -> int:
         say(f"vmguard status -n {NAMESPACE} (also: kubectl vmguard status)")
         demo.coverage()
         say(f"kubectl get vmguard -n {NAMESPACE}")
-        print(demo.kubectl("get", "vmguard", "-n", NAMESPACE, capture=True))
+        print(demo.kubectl("get", "vmguard", "-n", NAMESPACE, capture=True, attempts=3))
     finally:
         demo.stop_operator()
     print(f"The lab keeps running (KUBECONFIG={lab.paths.kubeconfig}); `make lab-down` stops it.")
