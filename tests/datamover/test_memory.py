@@ -12,7 +12,7 @@ fresh process whose peak RSS (``ru_maxrss``) comes from ``wait4`` on that very c
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,18 +59,35 @@ def _sparse_disk(path: Path, size: int, seed: int) -> None:
             f.write(_stamp(block, seed, n))
 
 
+# The child reports its own high-water mark as it exits. Neither wait4's nor getrusage's
+# ru_maxrss can: at exec, Linux folds the RSS high-water mark of the process image being
+# replaced into the new one's, and subprocess starts children with vfork, whose image is
+# this test process (~100 MiB): every child would report at least that.
+PEAK_REPORTER = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                sys.stderr.write("\\nVMHWM_KIB " + line.split()[1] + "\\n")
+atexit.register(report)
+sys.argv[0] = "vmguard"
+runpy.run_module("vmguard.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def _backup_peak_rss(cli: Cli, image: Path, out: Path) -> tuple[int, dict[str, Any]]:
     """Back up ``image`` in a new process; its peak RSS in KiB and its disk's stats."""
     argv = cli.argv("disk", "backup", str(image), "--vm", image.stem, "--quiet", "--json")
-    with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
-        proc = subprocess.Popen(argv, env=cli.environ(), stdout=stdout, stderr=stderr)
-        # wait4 reports the rusage of this child alone (RUSAGE_CHILDREN would be the
-        # maximum over every child this test process has reaped).
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, out.with_suffix(".err").read_text()[-2000:]
+    assert argv[1:3] == ["-m", "vmguard.cli"]
+    argv[1:3] = ["-c", PEAK_REPORTER]
+    err = out.with_suffix(".err")
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.run(argv, env=cli.environ(), stdout=stdout, stderr=stderr)
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    [peak] = re.findall(r"^VMHWM_KIB (\d+)$", err.read_text(), re.M)
     [disk] = json.loads(out.read_text())["disks"]
-    return usage.ru_maxrss, disk["stats"]
+    return int(peak), disk["stats"]
 
 
 @pytest.fixture
@@ -112,6 +129,6 @@ def test_peak_rss_of_dense_8g_and_sparse_64g_backups_differ_by_under_20_percent(
     assert sparse_stats["chunks_new"] == SPARSE_PIECES
     assert sparse_stats["chunks_hole"] == 64 * GiB // CHUNK - SPARSE_PIECES
 
-    assert abs(dense_rss - sparse_rss) / min(dense_rss, sparse_rss) < 0.20, (
-        f"peak RSS: dense 8 GiB {dense_rss} KiB, sparse 64 GiB {sparse_rss} KiB"
-    )
+    peaks = f"peak RSS: dense 8 GiB {dense_rss} KiB, sparse 64 GiB {sparse_rss} KiB"
+    print(peaks)  # shown with -s: the figure the acceptance note quotes
+    assert abs(dense_rss - sparse_rss) / min(dense_rss, sparse_rss) < 0.20, peaks
