@@ -6,7 +6,7 @@ non-zero and distinct (a counter stamped on a compressible pattern), so all 8 Gi
 read, hashed, compressed and uploaded, and a memory cost that grows with the bytes
 read would show. The 64 GiB disk is sparse, with a little data spread over its length.
 Both go through the real CLI (``vmguard disk backup``) into the lab's MinIO, each in a
-fresh process whose peak RSS (``ru_maxrss``) comes from ``wait4`` on that very child.
+fresh process that reports its own peak RSS (``VmHWM``) as it exits.
 """
 
 from __future__ import annotations
