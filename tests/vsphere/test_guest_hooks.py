@@ -9,7 +9,8 @@
 - a failing postSnapshot hook with onError=fail removes our snapshot; postSnapshot hooks
   run also when the snapshot itself fails;
 - a hook over its timeout is terminated in the guest;
-- a wrong guest password is refused clearly, and the password is in no message or log.
+- a wrong guest password is refused clearly, and the password is in no message or log;
+- ``vmguard vm backup``'s engine (``backup_vm``) runs them too and reports what ran.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import PermanentError
 from vmguard.lab.vsim import VSimControl, VSimVM
+from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vsphere.cycle import finish, prepare
 from vmguard.vsphere.guestops import (
     GuestCredentials,
@@ -198,3 +200,20 @@ def test_post_hooks_run_when_the_snapshot_fails(
     assert our_snapshots(vc, lab_vm.moref) == []
     calls = vsim.guest_processes(lab_vm.moref)[before:]
     assert [(c.args[1], c.exit_code) for c in calls] == [("exit 0", 0), ("exit 0", 0)]
+
+
+def test_one_process_backup_runs_the_hooks(
+    vc: Any,
+    vsim: VSimControl,
+    repo: Any,
+    locator: Any,
+    lab: Any,
+    lab_vm: VSimVM,
+    creds: GuestCredentials,
+) -> None:
+    plan = HookPlan(creds, pre=(sh("flush", "echo one-process > marker"),))
+    result = backup_vm(vc, repo, lab_vm.moref, locator, BackupOptions(transport="nbd", hooks=plan))
+    assert [(h.name, h.exit_code) for h in result.hooks] == [("flush", 0)]
+    assert (guest_dir(lab, lab_vm.moref) / "marker").read_text() == "one-process\n"
+    assert [a.archive_id for a in repo.list_archives()] == [result.manifest.archive_id]
+    assert our_snapshots(vc, lab_vm.moref) == []
