@@ -87,6 +87,7 @@ func (c *control) routes() http.Handler {
 	mux.HandleFunc("POST /vms/{moref}/disks/{key}/lose-cbt-history", c.handle(c.loseCBTHistory))
 	mux.HandleFunc("GET /vms/{moref}/faults", c.handle(c.getFaults))
 	mux.HandleFunc("POST /vms/{moref}/faults", c.handle(c.setFaults))
+	mux.HandleFunc("GET /vms/{moref}/guest/processes", c.handle(c.guestProcesses))
 	mux.HandleFunc("GET /snapshots/{moref}/disks", c.handle(c.snapshotDisks))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})

@@ -138,6 +138,19 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				s.expectClone(req)
 			}
 		}
+	case "GuestProcessManager":
+		switch m.Name {
+		case "StartProgramInGuest", "ListProcessesInGuest", "TerminateProcessInGuest":
+			if pm, ok := ctx.Map.Get(m.This).(*simulator.GuestProcessManager); ok {
+				ops := s.guest
+				if ops == nil {
+					ops = &guestOps{} // no account: every login is refused
+				}
+				// The same reference trick as for QueryChangedDiskAreas.
+				m.This = types.ManagedObjectReference{Type: "VmguardGuestProcessManager", Value: m.This.Value}
+				return &guestPM{GuestProcessManager: pm, ops: ops}, nil
+			}
+		}
 	case "SessionManager":
 		if refusedLogins[m.Name] {
 			return nil, new(types.InvalidLogin)

@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -18,6 +20,7 @@ import (
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"vmguard.io/lab/vsphere/internal/cbt"
@@ -462,5 +465,120 @@ func TestLostCBTHistoryRefusesOlderChangeIDs(t *testing.T) {
 	got, _, err := f.changedAreas(t, ref, snap3, key, id2, disk.Capacity)
 	if err != nil || len(got) != 1 || got[0].Start != 0 {
 		t.Fatalf("changes since a change id from after the loss: %v, %v", got, err)
+	}
+}
+
+func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
+	f := newLab(t, 4)
+	ops, err := newGuestOps(t.TempDir(), "vmguard-guest", "s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.store.guest = ops
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	var on, off string
+	for _, v := range vms {
+		if v.PowerState == "poweredOn" && on == "" {
+			on = v.Moref
+		}
+		if v.PowerState == "poweredOff" && !v.Template && off == "" {
+			off = v.Moref
+		}
+	}
+	if on == "" || off == "" {
+		t.Fatalf("need a powered-on and a powered-off VM: %+v", vms)
+	}
+	ref := func(m string) types.ManagedObjectReference {
+		return types.ManagedObjectReference{Type: "VirtualMachine", Value: m}
+	}
+	pm := types.ManagedObjectReference{Type: "GuestProcessManager", Value: "guestOperationsProcessManager"}
+	good := &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "s3cret"}
+	start := func(vm string, auth *types.NamePasswordAuthentication, prog, args string) (int64, error) {
+		res, err := methods.StartProgramInGuest(ctx, f.c, &types.StartProgramInGuest{
+			This: pm, Vm: ref(vm), Auth: auth,
+			Spec: &types.GuestProgramSpec{ProgramPath: prog, Arguments: args},
+		})
+		if err != nil {
+			return 0, err
+		}
+		return res.Returnval, nil
+	}
+	faultOf := func(err error) types.BaseMethodFault {
+		if err == nil || !soap.IsSoapFault(err) {
+			t.Fatalf("want a SOAP fault, got %v", err)
+		}
+		return soap.ToSoapFault(err).VimFault().(types.BaseMethodFault)
+	}
+	_, err = start(on, &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "wrong"}, "/bin/true", "")
+	if _, ok := faultOf(err).(*types.InvalidGuestLogin); !ok {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if strings.Contains(err.Error(), "wrong") {
+		t.Fatalf("the fault repeats the password: %v", err)
+	}
+	_, err = start(off, good, "/bin/true", "")
+	if _, ok := faultOf(err).(*types.InvalidPowerState); !ok {
+		t.Fatalf("powered-off VM: %v", err)
+	}
+	pid, err := start(on, good, "/bin/sh", `-c 'echo "$VMGUARD_LAB_VM" > marker; exit 3'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper, err := start(on, good, "/bin/sleep", "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := methods.TerminateProcessInGuest(ctx, f.c, &types.TerminateProcessInGuest{This: pm, Vm: ref(on), Auth: good, Pid: sleeper}); err != nil {
+		t.Fatal(err)
+	}
+	ended := func() []types.GuestProcessInfo {
+		for range 200 {
+			res, err := methods.ListProcessesInGuest(ctx, f.c, &types.ListProcessesInGuest{This: pm, Vm: ref(on), Auth: good, Pids: []int64{pid, sleeper}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := 0
+			for _, p := range res.Returnval {
+				if p.EndTime != nil {
+					done++
+				}
+			}
+			if done == 2 {
+				return res.Returnval
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatal("the programs did not end")
+		return nil
+	}()
+	codes := map[int64]int32{}
+	for _, p := range ended {
+		codes[p.Pid] = p.ExitCode
+	}
+	if codes[pid] != 3 || codes[sleeper] != 128+9 {
+		t.Fatalf("exit codes: %v", codes)
+	}
+	marker, err := os.ReadFile(filepath.Join(ops.dir, on, "marker"))
+	if err != nil || strings.TrimSpace(string(marker)) != on {
+		t.Fatalf("marker in the guest dir: %q, %v", marker, err)
+	}
+	var hist []guestProc
+	f.call(t, "GET", "/vms/"+on+"/guest/processes", nil, &hist)
+	if len(hist) != 3 || hist[0].Fault != "InvalidGuestLogin" || hist[1].Pid != pid ||
+		!reflect.DeepEqual(hist[1].Args, []string{"-c", `echo "$VMGUARD_LAB_VM" > marker; exit 3`}) ||
+		!hist[2].Terminated || *hist[1].ExitCode != 3 {
+		t.Fatalf("recorded calls: %+v", hist)
+	}
+	raw := new(bytes.Buffer)
+	resp, err := http.Get(f.ctl.URL + "/vms/" + on + "/guest/processes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = raw.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(raw.String(), "s3cret") || strings.Contains(raw.String(), "wrong") {
+		t.Fatalf("the control API shows a password: %s", raw)
 	}
 }

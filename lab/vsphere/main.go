@@ -136,6 +136,12 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	// The lab guest's account (guest.go); without a password every guest
+	// login is refused.
+	store.guest, err = newGuestOps(dir, guestUser(), os.Getenv("VMGUARD_VCSIM_GUEST_PASSWORD"))
+	if err != nil {
+		return err
+	}
 	model.Map().AddHandler(&labHooks{store: store})
 	model.Map().Handler = store.methodHandler
 
@@ -201,6 +207,14 @@ func run(o options) error {
 	_ = ctl.Shutdown(shutdown)
 	_ = sdk.http.Shutdown(shutdown)
 	return nil
+}
+
+// guestUser is the lab guest's user name (VMGUARD_VCSIM_GUEST_USERNAME).
+func guestUser() string {
+	if u := os.Getenv("VMGUARD_VCSIM_GUEST_USERNAME"); u != "" {
+		return u
+	}
+	return "vmguard-guest"
 }
 
 // prepareMetaDir picks and empties the directory for vcsim's datastore tree.

@@ -51,6 +51,8 @@ type Store struct {
 
 	clones map[string]cloneSource // by "<folder moref>/<escaped name>", under mu
 	dsDirs map[string]string      // datastore name -> local directory, under mu
+
+	guest *guestOps // the lab guest (guest.go); nil: every guest login is refused
 }
 
 type vmState struct {

@@ -7,7 +7,9 @@ of its phase (docs/operator.md):
   VM (record its ids and placement in status; an unknown VM fails the backup), admit
   it under the policy's concurrency limits (over a limit it stays Pending, saying why);
 - **Snapshotting**: open the repository, then :func:`vmguard.vsphere.cycle.prepare` —
-  CBT, parent archive, requested mode, the snapshot named after the UID;
+  CBT, parent archive, requested mode, the snapshot named after the UID with the
+  policy's guest hooks around it (condition ``HooksRan``; a failing hook with
+  onError=fail fails the backup with reason ``HookFailed``);
 - **Transferring**: the proxy Job ``<name>-<attempt>`` (proxy RBAC ensured first) does
   the transfer and patches progress and its result; a failed Job is retried with
   backoff while attempts and the deadline allow;
@@ -41,6 +43,7 @@ from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.vcenter import endpoint_for
 from vmguard.errors import PermanentError, RetryableError, VmguardError, VMNotFoundError
+from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +227,13 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     mode = pspec.get("mode") or {}
     quiesce = pspec.get("quiesce") or {}
     try:
+        hooks = await steps.hook_plan(ctx.api, p.ns, pspec)
+    except steps.MissingRef as exc:
+        p.condition("HooksRan", False, exc.reason, str(exc))
+        p.condition("Ready", False, exc.reason, str(exc))
+        await p.patch({})
+        return WAIT_REFS
+    try:
         ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
         repo = await _repository(ctx, p.ns, refs, create=True)
         prepared = await asyncio.to_thread(
@@ -238,6 +248,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             quiesce=bool(quiesce.get("enabled")),
             crash_consistent_fallback=quiesce.get("fallbackToCrashConsistent", True),
             allow_consolidate=steps.consolidation_allowed(pspec),
+            hooks=hooks,
         )
     except RetryableError as exc:
         p.condition("Ready", False, "SnapshotRetrying", str(exc))
@@ -245,6 +256,14 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         return WAIT_PEER
     except VMNotFoundError as exc:
         await p.fail("VMNotFound", str(exc), snapshot_taken=True)
+        return 0.0
+    except HookFailed as exc:
+        p.condition("HooksRan", False, "HookFailed", str(exc))
+        await p.fail("HookFailed", str(exc), snapshot_taken=True)
+        return 0.0
+    except GuestLoginError as exc:
+        p.condition("HooksRan", False, "GuestLoginFailed", str(exc))
+        await p.fail("GuestLoginFailed", str(exc), snapshot_taken=True)
         return 0.0
     except PermanentError as exc:
         await p.fail("SnapshotFailed", str(exc), snapshot_taken=True)
@@ -267,6 +286,8 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     p.condition("Snapshotted", True, "SnapshotTaken", f"snapshot {taken.name} ({taken.moref})")
     if taken.fallback_reason:
         p.condition("Quiesced", False, "CrashConsistentFallback", taken.fallback_reason)
+    if prepared.hooks:
+        p.condition("HooksRan", *steps.hooks_condition(prepared.hooks))
     patch: dict[str, Any] = {
         "phase": "Transferring",
         "snapshot": {

@@ -8,6 +8,10 @@
   policy's ``concurrency`` (defaults 2 per datastore, 4 per host, 8 in total), counting
   the VMBackups of the same vCenter in the namespace that are in an active phase; one
   VM never has two backups in flight.
+- :func:`hook_plan`: the policy's guest hooks and the guest account from the Secret
+  ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
+  a :class:`MissingRef` (reason ``GuestCredentialsMissing``), so the backup waits.
+  :func:`hooks_condition` (pure) turns what ran into the ``HooksRan`` condition.
 - Blocking calls, each run in a thread by the controller: open (or create) the
   repository, resolve the VM, prepare, finish (:mod:`vmguard.vsphere.cycle`).
 
@@ -26,10 +30,12 @@ from kubernetes import client
 from vmguard.config import ca_bundle_file
 from vmguard.controller import builders
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import ConfigError, RepositoryExistsError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.location import open_location
 from vmguard.vsphere.cycle import Finished, Prepared, finish, prepare, resolve_vm
+from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResult
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
 
@@ -217,3 +223,55 @@ def finish_blocking(
         return finish(session, vm_moref, uid, allow_consolidate=allow_consolidate)
     finally:
         session.close()
+
+
+def _hook(spec: Mapping[str, Any]) -> Hook:
+    command = spec["command"]
+    return Hook(
+        name=spec.get("name") or command.replace("\\", "/").rsplit("/", 1)[-1],
+        command=command,
+        args=tuple(spec.get("args") or ()),
+        timeout=parse_duration(spec.get("timeout"), 300.0),
+        on_error="continue" if spec.get("onError") == "continue" else "fail",
+    )
+
+
+async def hook_plan(
+    api: KubeAPI, namespace: str, policy_spec: Mapping[str, Any]
+) -> HookPlan | None:
+    """The policy's ``spec.hooks`` with the guest account read from its Secret, or None.
+
+    A Secret that does not exist or lacks a key is :class:`MissingRef`
+    (``GuestCredentialsMissing``): the backup waits for it like for a missing ref.
+    """
+    spec = policy_spec.get("hooks") or {}
+    pre = tuple(_hook(h) for h in spec.get("preSnapshot") or ())
+    post = tuple(_hook(h) for h in spec.get("postSnapshot") or ())
+    if not (pre or post):
+        return None
+    ref = spec.get("guestCredentialsSecretRef") or {}
+    name = ref.get("name", "")
+    try:
+        keys = await api.secret_keys(
+            namespace,
+            name,
+            {
+                "username": ref.get("usernameKey", "username"),
+                "password": ref.get("passwordKey", "password"),
+            },
+        )
+    except ConfigError as exc:
+        raise MissingRef("GuestCredentialsMissing", f"guest hooks: {exc}") from None
+    return HookPlan(GuestCredentials(keys["username"], keys["password"]), pre, post)
+
+
+def hooks_condition(results: Sequence[HookResult]) -> tuple[bool, str, str]:
+    """``(status, reason, message)`` of the ``HooksRan`` condition for hooks that ran."""
+    parts = []
+    for r in results:
+        what = f"exit code {r.exit_code}" if r.exit_code is not None else r.error
+        parts.append(f"{r.phase} {r.name}: {what} ({r.seconds:.1f} s)")
+    warnings = [r.warning for r in results if r.warning]
+    if warnings:
+        return True, "HookWarning", "; ".join(warnings) + " | ran: " + "; ".join(parts)
+    return True, "Succeeded", "; ".join(parts) or "no hook ran"

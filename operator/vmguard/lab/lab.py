@@ -51,6 +51,10 @@ PROCESSES = (
 DEFAULT_BUCKET = "vmguard"
 
 
+GUEST_USERNAME = "vmguard-guest"
+"""The account of the lab's VM guests (StartProgramInGuest; lab/vsphere/guest.go)."""
+
+
 @dataclass
 class LabState:
     """What ``lab.json`` holds: ports and the per-lab credentials."""
@@ -60,14 +64,23 @@ class LabState:
     @classmethod
     def load_or_create(cls, paths: LabPaths) -> LabState:
         if paths.state_file.exists():
-            return cls(json.loads(paths.state_file.read_text()))
+            data = json.loads(paths.state_file.read_text())
+            # The lab guest's account (labs made before it existed have none yet).
+            data["vsphere"].setdefault("guest_username", GUEST_USERNAME)
+            data["vsphere"].setdefault("guest_password", secrets.token_urlsafe(18))
+            return cls(data)
         data = {
             "ports": {name: free_port() for name in PORT_NAMES},
             "minio": {
                 "access_key": "lab-" + secrets.token_hex(6),
                 "secret_key": secrets.token_urlsafe(24),
             },
-            "vsphere": {"username": "lab@vsphere.local", "password": secrets.token_urlsafe(18)},
+            "vsphere": {
+                "username": "lab@vsphere.local",
+                "password": secrets.token_urlsafe(18),
+                "guest_username": GUEST_USERNAME,
+                "guest_password": secrets.token_urlsafe(18),
+            },
         }
         return cls(data)
 
@@ -209,6 +222,8 @@ class Lab:
         env = dict(os.environ)
         env["VMGUARD_VCSIM_USERNAME"] = state.data["vsphere"]["username"]
         env["VMGUARD_VCSIM_PASSWORD"] = state.data["vsphere"]["password"]
+        env["VMGUARD_VCSIM_GUEST_USERNAME"] = state.data["vsphere"]["guest_username"]
+        env["VMGUARD_VCSIM_GUEST_PASSWORD"] = state.data["vsphere"]["guest_password"]
         ready = vdir / "ready.json"
         if self.sup.get("vsphere") is None:
             ready.unlink(missing_ok=True)

@@ -10,7 +10,8 @@ Two things live here:
 - :class:`VSimControl` talks to the simulator's control endpoint (plain HTTP JSON on
   loopback), through which tests look at disks and act as the guest or the storage
   admin (guest writes, new disk images, resizes, CBT resets, lost CBT history), and set
-  a VM's faults (failing quiesced snapshots, consolidation needed or failing).
+  a VM's faults (failing quiesced snapshots, consolidation needed or failing), and read
+  the programs the lab guest ran (:meth:`VSimControl.guest_processes`).
 
 Invariants: the control endpoint is for the lab only and carries no credentials; every
 error it answers is raised as :class:`VSimRequestError` with the HTTP status and the
@@ -20,7 +21,9 @@ simulator's message.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -148,6 +151,48 @@ class VSimFaults:
         )
 
 
+@dataclass(frozen=True)
+class GuestProcess:
+    """One StartProgramInGuest call on a lab VM (refused ones have pid 0 and ``fault``)."""
+
+    vm: str
+    pid: int
+    program: str
+    args: tuple[str, ...]
+    user: str
+    start_time: datetime
+    end_time: datetime | None
+    exit_code: int | None
+    terminated: bool
+    fault: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GuestProcess:
+        end = d.get("endTime")
+        return cls(
+            vm=d["vm"],
+            pid=int(d["pid"]),
+            program=d["program"],
+            args=tuple(d.get("args") or ()),
+            user=d["user"],
+            start_time=_parse_time(d["startTime"]),
+            end_time=_parse_time(end) if end else None,
+            exit_code=None if d.get("exitCode") is None else int(d["exitCode"]),
+            terminated=bool(d.get("terminated")),
+            fault=d.get("fault", ""),
+        )
+
+
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time from Go (nanoseconds cut to microseconds), timezone-aware."""
+    m = re.fullmatch(r"([^.]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if m is None:
+        raise LabError(f"vsim control: bad time {text!r}")
+    frac = f".{m.group(2)[:6]}" if m.group(2) else ""
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(m.group(1) + frac + zone)
+
+
 class VSimControl:
     """Small client of the simulator's control endpoint."""
 
@@ -244,6 +289,11 @@ class VSimControl:
         body = {k: v for k, v in given.items() if v is not None}
         path = f"/vms/{quote(moref, safe='')}/faults"
         return VSimFaults.from_json(self._call("POST", path, json=body))
+
+    def guest_processes(self, moref: str) -> list[GuestProcess]:
+        """Every StartProgramInGuest call on the VM, in call order (lab only)."""
+        body = self._call("GET", f"/vms/{quote(moref, safe='')}/guest/processes")
+        return [GuestProcess.from_json(x) for x in body]
 
     def snapshot_disks(self, snapshot_moref: str) -> list[FrozenDisk]:
         body = self._call("GET", f"/snapshots/{quote(snapshot_moref, safe='')}/disks")

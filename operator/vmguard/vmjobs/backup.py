@@ -34,6 +34,7 @@ from vmguard.transport.extents import Extent
 from vmguard.vmjobs.access import DiskLocator, TransportChoice, choose, snapshot_sources
 from vmguard.vsphere import cbt
 from vmguard.vsphere.cycle import finish, prepare, vm_identity
+from vmguard.vsphere.guestops import HookPlan, HookResult
 from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.session import VSphereSession
 from vmguard.vsphere.snapshots import ConsolidationReport, load_snapshot
@@ -55,6 +56,8 @@ class BackupOptions:
     vcenter: str = ""
     mode: str = "auto"
     full_every: int = 0
+    hooks: HookPlan | None = None
+    """Guest hooks around the snapshot (docs/snapshot-cycle.md); None runs none."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class BackupResult:
     consolidation: ConsolidationReport | None = None
     reused: bool = False
     """The archive existed already: a previous attempt of this backup committed it."""
+    hooks: tuple[HookResult, ...] = ()
+    """The guest hooks that ran around the snapshot, in order."""
 
 
 def _extents(areas: list[tuple[int, int]] | None) -> list[Extent] | None:
@@ -216,6 +221,7 @@ def backup_vm(
         quiesce=opts.quiesce,
         crash_consistent_fallback=opts.crash_consistent_fallback,
         allow_consolidate=opts.allow_consolidate,
+        hooks=opts.hooks,
     )
     decision, taken = prepared.decision, prepared.snapshot
     request = TransferRequest(
@@ -242,4 +248,5 @@ def backup_vm(
             if not failed:
                 raise
     result.consolidation = finished.consolidation
+    result.hooks = prepared.hooks
     return result

@@ -6,7 +6,9 @@ last; a proxy Job runs the transfer in between (``vmguard.vmjobs.backup.transfer
 
 - :func:`prepare`: record the VM, enable CBT where allowed, find the parent archive (the
   VM's newest in the repository), decide the requested mode, and take the snapshot named
-  after the backup's UID. Idempotent: when a snapshot of ours for that UID exists already
+  after the backup's UID, with the policy's guest hooks around it (preSnapshot before,
+  postSnapshot right after, also when the snapshot failed; :mod:`vmguard.vsphere.guestops`).
+  Idempotent: when a snapshot of ours for that UID exists already
   (the operator died after taking it), it is reused, never doubled.
 - :func:`finish`: remove every snapshot of ours for the UID — found by name and
   description on the VM, so it works after a restart with nothing remembered — wait for
@@ -19,6 +21,7 @@ Nothing here moves disk data; both steps take seconds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyVmomi import vmodl
@@ -27,6 +30,7 @@ from vmguard.errors import VMNotFoundError
 from vmguard.store import Repository, VmIdentity
 from vmguard.store.lineage import ModeDecision, backups_since_full, decide_mode, latest_archive
 from vmguard.vsphere import cbt
+from vmguard.vsphere.guestops import GuestLoginError, HookFailed, HookPlan, HookResult, run_hooks
 from vmguard.vsphere.inventory import discover, find_by_name, vm_record
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import VSphereSession
@@ -89,6 +93,8 @@ class Prepared:
     cbt_reason: str
     reused: bool
     """The snapshot existed already (taken by a predecessor that died)."""
+    hooks: tuple[HookResult, ...] = ()
+    """The guest hooks that ran, in order (none when the snapshot was reused)."""
 
 
 def prepare(
@@ -104,6 +110,7 @@ def prepare(
     quiesce: bool = False,
     crash_consistent_fallback: bool = True,
     allow_consolidate: bool = True,
+    hooks: HookPlan | None = None,
 ) -> Prepared:
     """Everything before the transfer (see the module docstring)."""
     try:
@@ -123,15 +130,63 @@ def prepare(
     if existing is not None:
         log.info("%s: reusing snapshot %s of backup %s", vm.name, existing.moref, backup_uid)
         taken = load_snapshot(session, vm_moref, existing.moref, backup_uid)
-    else:
-        taken = create_snapshot(
+        return Prepared(vm, identity, decision, taken, cbt_reason, True)
+
+    def take() -> TakenSnapshot:
+        return create_snapshot(
             session,
             vm_moref,
             backup_uid,
             quiesce=quiesce,
             crash_consistent_fallback=crash_consistent_fallback,
         )
-    return Prepared(vm, identity, decision, taken, cbt_reason, existing is not None)
+
+    if hooks is None or not (hooks.pre or hooks.post):
+        return Prepared(vm, identity, decision, take(), cbt_reason, False)
+    ran = _snapshot_with_hooks(session, vm_moref, backup_uid, hooks, take, allow_consolidate)
+    return Prepared(vm, identity, decision, ran[0], cbt_reason, False, ran[1])
+
+
+def _snapshot_with_hooks(
+    session: VSphereSession,
+    vm_moref: str,
+    backup_uid: str,
+    plan: HookPlan,
+    take: Callable[[], TakenSnapshot],
+    allow_consolidate: bool,
+) -> tuple[TakenSnapshot, tuple[HookResult, ...]]:
+    """preSnapshot hooks, the snapshot, postSnapshot hooks (docs/snapshot-cycle.md).
+
+    postSnapshot hooks run right after the snapshot, also when taking it failed or a
+    preSnapshot hook failed (they usually undo what the pre hooks did), but not when the
+    guest refused the login. A failing onError=fail hook raises :class:`HookFailed`;
+    after a post hook that leaves no snapshot of ours behind.
+    """
+    creds = plan.credentials
+    results: list[HookResult] = []
+
+    def post_after_failure() -> None:
+        try:
+            results.extend(run_hooks(session, vm_moref, plan.post, creds, "postSnapshot"))
+        except HookFailed as exc:
+            log.warning("%s: after a failure: %s", vm_moref, exc)
+
+    try:
+        results.extend(run_hooks(session, vm_moref, plan.pre, creds, "preSnapshot"))
+    except HookFailed as exc:
+        post_after_failure()
+        raise HookFailed(exc.result, [*exc.results, *results]) from None
+    try:
+        taken = take()
+    except Exception:
+        post_after_failure()
+        raise
+    try:
+        results.extend(run_hooks(session, vm_moref, plan.post, creds, "postSnapshot"))
+    except (HookFailed, GuestLoginError):
+        finish(session, vm_moref, backup_uid, allow_consolidate=allow_consolidate)
+        raise
+    return taken, tuple(results)
 
 
 @dataclass(frozen=True)
