@@ -390,25 +390,18 @@ func (c *control) resize(r *http.Request) (any, error) {
 }
 
 func (c *control) resetCBT(r *http.Request) (any, error) {
-	var v diskView
-	err := c.lockedVM(r, func(_ *simulator.Context, _ *simulator.VirtualMachine, st *vmState) error {
-		d, err := diskKey(r, st)
-		if err != nil {
-			return err
-		}
-		if d.log == nil {
-			return errorf(http.StatusConflict, "CBT is not active on VM %s", st.ref.Value)
-		}
-		c.store.newEpoch(d)
-		v, err = c.viewDisk(st, d)
-		return err
-	})
-	return v, err
+	return c.withActiveCBT(r, func(d *diskState) { c.store.newEpoch(d) })
 }
 
 // loseCBTHistory keeps the disk's CBT epoch but forgets its history: every
 // change id issued so far is refused as unknown (cbt.Log.LoseHistory).
 func (c *control) loseCBTHistory(r *http.Request) (any, error) {
+	return c.withActiveCBT(r, func(d *diskState) { d.published = d.log.LoseHistory().String() })
+}
+
+// withActiveCBT runs change on the request's disk, which must have CBT active, under
+// the VM's locks, and returns the disk as it is afterwards.
+func (c *control) withActiveCBT(r *http.Request, change func(d *diskState)) (any, error) {
 	var v diskView
 	err := c.lockedVM(r, func(_ *simulator.Context, _ *simulator.VirtualMachine, st *vmState) error {
 		d, err := diskKey(r, st)
@@ -418,7 +411,7 @@ func (c *control) loseCBTHistory(r *http.Request) (any, error) {
 		if d.log == nil {
 			return errorf(http.StatusConflict, "CBT is not active on VM %s", st.ref.Value)
 		}
-		d.published = d.log.LoseHistory().String()
+		change(d)
 		v, err = c.viewDisk(st, d)
 		return err
 	})

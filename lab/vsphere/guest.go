@@ -284,6 +284,19 @@ type guestPM struct {
 	ops *guestOps
 }
 
+// admit checks the guest login and the VM's power state, as every guest call
+// after the start does; it returns the VM's moref or the fault ESXi would send.
+func (m *guestPM) admit(ctx *simulator.Context, auth types.BaseGuestAuthentication, vm types.ManagedObjectReference) (string, *soap.Fault) {
+	if f := m.ops.login(auth); f != nil {
+		return "", simulator.Fault("Failed to authenticate with the guest operating system using the supplied credentials.", f)
+	}
+	moref, f := checkVM(ctx, vm)
+	if f != nil {
+		return "", simulator.Fault("The operation is not allowed in the current power state.", f)
+	}
+	return moref, nil
+}
+
 func (m *guestPM) StartProgramInGuest(ctx *simulator.Context, req *types.StartProgramInGuest) soap.HasFault {
 	body := new(methods.StartProgramInGuestBody)
 	pid, msg, f := m.ops.start(ctx, req)
@@ -297,13 +310,9 @@ func (m *guestPM) StartProgramInGuest(ctx *simulator.Context, req *types.StartPr
 
 func (m *guestPM) ListProcessesInGuest(ctx *simulator.Context, req *types.ListProcessesInGuest) soap.HasFault {
 	body := new(methods.ListProcessesInGuestBody)
-	if f := m.ops.login(req.Auth); f != nil {
-		body.Fault_ = simulator.Fault("Failed to authenticate with the guest operating system using the supplied credentials.", f)
-		return body
-	}
-	moref, f := checkVM(ctx, req.Vm)
-	if f != nil {
-		body.Fault_ = simulator.Fault("The operation is not allowed in the current power state.", f)
+	moref, fault := m.admit(ctx, req.Auth, req.Vm)
+	if fault != nil {
+		body.Fault_ = fault
 		return body
 	}
 	body.Res = new(types.ListProcessesInGuestResponse)
@@ -322,13 +331,9 @@ func (m *guestPM) ListProcessesInGuest(ctx *simulator.Context, req *types.ListPr
 
 func (m *guestPM) TerminateProcessInGuest(ctx *simulator.Context, req *types.TerminateProcessInGuest) soap.HasFault {
 	body := new(methods.TerminateProcessInGuestBody)
-	if f := m.ops.login(req.Auth); f != nil {
-		body.Fault_ = simulator.Fault("Failed to authenticate with the guest operating system using the supplied credentials.", f)
-		return body
-	}
-	moref, f := checkVM(ctx, req.Vm)
-	if f != nil {
-		body.Fault_ = simulator.Fault("The operation is not allowed in the current power state.", f)
+	moref, fault := m.admit(ctx, req.Auth, req.Vm)
+	if fault != nil {
+		body.Fault_ = fault
 		return body
 	}
 	if !m.ops.terminate(moref, req.Pid) {
