@@ -57,14 +57,14 @@ def test_a_reset_connection_is_a_retryable_error_and_the_server_saw_nothing(
 
 
 def test_the_retry_policy_carries_a_put_over_a_reset(faulty_s3: FaultyS3) -> None:
-    server = faulty_s3.direct()
+    client, server = faulty_s3.backend(), faulty_s3.direct()
     toxic = faulty_s3.proxy.add_toxic("reset_peer", "upstream", timeout=0)
 
     def heal(_delay: float) -> None:
         # The retry's back-off is where the fault ends: the next attempt reaches MinIO.
         faulty_s3.proxy.remove_toxic(toxic.name)
 
-    retrying = RetryingBackend(faulty_s3.backend(), FAST_RETRIES, sleep=heal)
+    retrying = RetryingBackend(client, FAST_RETRIES, sleep=heal)
     retrying.put("leases/retried", PAYLOAD)
     assert retrying.retries == 1
     assert server.get("leases/retried") == PAYLOAD
