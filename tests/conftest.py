@@ -2,7 +2,8 @@
 
 Tests marked ``lab`` get clients for the running lab: a Kubernetes ``ApiClient`` (admin),
 a pyVmomi ``ServiceInstance``, the vSphere simulator's control client, a MinIO client
-and fresh buckets, and the disk image factory. If the lab was already running when the
+and fresh buckets, a fault proxy (toxiproxy) in front of MinIO, and the disk image
+factory. If the lab was already running when the
 session started it is left running; otherwise the session stops it at the end.
 
 A skipped test fails the run: nothing in this suite may be skipped to make it green.
@@ -172,6 +173,34 @@ def s3_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str
 def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A fresh bucket created with object lock enabled (kept: its objects are locked)."""
     yield from _bucket(minio_client, lab_state, lock=True)
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(lab: Any) -> Iterator[Any]:
+    """A toxiproxy server of this session on a free loopback port (its API client).
+
+    Built and cached by the lab like MinIO; started here, not by ``lab up``, and stopped
+    by its pid when the session ends (``lab down`` also stops one left behind).
+    """
+    from vmguard.lab import build
+    from vmguard.lab.faults import start_toxiproxy
+
+    binary = build.ensure_built(lab.paths, only=("toxiproxy",))["toxiproxy-server"]
+    name = f"toxiproxy-{os.getpid()}"
+    server = start_toxiproxy(lab.sup, binary, name)
+    yield server.api
+    server.api.close()
+    lab.sup.stop(name)
+
+
+@pytest.fixture
+def minio_proxy(toxiproxy: Any, lab_state: dict[str, Any]) -> Iterator[Any]:
+    """A fault proxy in front of the lab's MinIO (a :class:`vmguard.lab.faults.FaultProxy`):
+    connect to ``minio_proxy.endpoint`` instead of MinIO's and add toxics. Removed after
+    the test, with every toxic on it."""
+    proxy = toxiproxy.create_proxy(f"minio-{secrets.token_hex(4)}", lab_state["minio"]["endpoint"])
+    yield proxy
+    proxy.delete()
 
 
 @pytest.fixture(scope="session")

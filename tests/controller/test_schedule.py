@@ -123,15 +123,43 @@ def test_refused_with_a_reason(cron: str, reason: str, words: str) -> None:
     assert words in str(err.value)
 
 
-def test_upward_ranges_and_real_dates_are_fine() -> None:
-    for cron in ["10-30 * * * *", "0 0 29 2 *", "0 0 31 2 mon", "0 0 * * fri-7", "0 0 31 * *"]:
-        parse(cron)
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        # An upward range runs through both ends, then waits for the next hour.
+        ("10-30 * * * *", [utc(2025, 1, 6, 10, 10), utc(2025, 1, 6, 10, 11)]),
+        # A date that occurs only in leap years is a real date.
+        ("0 0 29 2 *", [utc(2028, 2, 29), utc(2032, 2, 29)]),
+        # Day 31 of February never occurs, but either day field is enough: every Monday.
+        ("0 0 31 2 mon", [utc(2025, 2, 3), utc(2025, 2, 10)]),
+        # fri-7 is Friday to Sunday (7 is Sunday, counted upwards).
+        ("0 0 * * fri-7", [utc(2025, 1, 10), utc(2025, 1, 11), utc(2025, 1, 12)]),
+        # Day 31 skips the months without one.
+        ("0 0 31 * *", [utc(2025, 1, 31), utc(2025, 3, 31), utc(2025, 5, 31)]),
+    ],
+)
+def test_upward_ranges_and_real_dates_are_fine(cron: str, expected: list[dt.datetime]) -> None:
+    assert runs(cron, utc(2025, 1, 6, 10, 0, 30), len(expected)) == expected
 
 
-@pytest.mark.parametrize("cron", ["* * * * *", "0 2 * * MON-FRI", "@weekly", "5/10 1 ? * *"])
-def test_dialect_matches_the_crd(cron: str) -> None:
+def test_an_upward_range_ends_at_its_upper_bound() -> None:
+    got = runs("10-30 * * * *", utc(2025, 1, 6, 10, 29), 2)
+    assert got == [utc(2025, 1, 6, 10, 30), utc(2025, 1, 6, 11, 10)]
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("* * * * *", [utc(2025, 1, 6, 10, 1), utc(2025, 1, 6, 10, 2)]),
+        ("0 2 * * MON-FRI", [utc(2025, 1, 7, 2), utc(2025, 1, 8, 2)]),
+        ("@weekly", [utc(2025, 1, 12), utc(2025, 1, 19)]),
+        ("5/10 1 ? * *", [utc(2025, 1, 7, 1, 5), utc(2025, 1, 7, 1, 15)]),
+    ],
+)
+def test_dialect_matches_the_crd(cron: str, expected: list[dt.datetime]) -> None:
+    # What admission lets through, the controller evaluates (to the runs the line means).
     assert re.match(CRON, cron)
-    parse(cron)
+    assert runs(cron, utc(2025, 1, 6, 10, 0, 30), len(expected)) == expected
 
 
 def test_unknown_time_zone() -> None:

@@ -1,12 +1,15 @@
-"""Fixtures for store tests: repositories on memory and local backends."""
+"""Fixtures for store tests: repositories on memory and local backends, and the lab's
+MinIO behind a fault proxy (``faulty_s3``, see tests/store/faults.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.store.faults import FaultyS3
 from tests.store.helpers import FAST_KDF_N
 from vmguard.store import MasterKey, Repository, ScryptParams
 from vmguard.store.backend import Backend, LocalBackend, MemoryBackend
@@ -46,3 +49,9 @@ def make_repo(store: Backend, master_key: MasterKey) -> Callable[..., Repository
         )
 
     return make
+
+
+@pytest.fixture
+def faulty_s3(minio_proxy: Any, s3_bucket: dict[str, Any]) -> FaultyS3:
+    """A fresh bucket on the lab's MinIO, reached through a toxiproxy of its own."""
+    return FaultyS3(minio_proxy, s3_bucket)

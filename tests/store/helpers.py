@@ -3,11 +3,14 @@
 They do what the data mover will do, in the simplest way: split a disk into
 chunk-size pieces, store each through a BackupWriter, write the index, commit; and read
 it back through the index. Tests use them to check round trips end to end.
+:class:`SkewedClock` is a client whose wall clock is off by a fixed offset.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from datetime import UTC, datetime, timedelta
 
 from vmguard.store import (
     HOLE,
@@ -112,3 +115,21 @@ def disk_image(seed: int, chunks: int, chunk_size: int, *, tail: int = 0) -> byt
             parts.append(bytes(chunk_size))
     parts.append(rng.randbytes(tail))
     return b"".join(parts)
+
+
+class SkewedClock:
+    """The system's wall clock moved by a fixed offset: a client whose clock is wrong.
+
+    Injected as a Repository's clock, it moves every time the client stamps (lease
+    bodies, archive ids, Object Lock dates) while the store's own timestamps stay real.
+    The monotonic clock is left alone: skew is about wall time.
+    """
+
+    def __init__(self, offset_seconds: float) -> None:
+        self.offset = timedelta(seconds=offset_seconds)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()

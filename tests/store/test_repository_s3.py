@@ -1,14 +1,26 @@
-"""The repository engine on the lab's MinIO: round trip, verify, GC and Object Lock."""
+"""The repository engine on the lab's MinIO: round trip, verify, GC and Object Lock.
+
+The GC tests skew the client's clock (an injected :class:`SkewedClock`) an hour either
+way: GC must judge ages by MinIO's clock (format §7.3), and with both clocks on one
+host a GC reading its own clock would pass unnoticed.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from tests.store.conftest import CHUNK
-from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore, write_disk
+from tests.store.helpers import (
+    FAST_KDF_N,
+    SkewedClock,
+    backup,
+    disk_image,
+    restore,
+    write_disk,
+)
+from vmguard.lab.procs import eventually
 from vmguard.store import (
     GcPolicy,
     MasterKey,
@@ -74,19 +86,63 @@ def test_damage_on_minio_is_found_and_repaired(s3_bucket: dict[str, Any]) -> Non
     assert verify(repo, deep=True).ok and restore(repo, made, "d") == image
 
 
-def test_gc_on_minio_uses_the_server_clock(s3_bucket: dict[str, Any]) -> None:
-    repo = _init(_backend(s3_bucket), gc=GcPolicy(lease_ttl_seconds=60, grace_seconds=0))
+def _stored_chunks(repo: Repository) -> set[bytes]:
+    found = (names.chunk_id_from_name(i.name) for i in repo.backend.list(names.CHUNKS))
+    return {chunk_id for chunk_id in found if chunk_id is not None}
+
+
+def _until_the_server_clock_passes(repo: Repository) -> None:
+    """Wait until MinIO's clock is past every chunk's timestamp (S3 times have one-second
+    resolution): from then on, with no grace, they are old enough to collect."""
+    newest = max(info.modified for info in repo.backend.list(names.CHUNKS))
+    eventually(lambda: repo.server_now() > newest, 30, "MinIO's clock to pass the chunks")
+
+
+def test_gc_on_minio_collects_old_garbage_by_the_server_clock_when_the_client_runs_slow(
+    s3_bucket: dict[str, Any],
+) -> None:
+    # The client's clock is an hour behind MinIO's: judged by it, every chunk was written
+    # an hour in the future and none is old enough to collect.
+    slow = SkewedClock(-3600)
+    gc = GcPolicy(lease_ttl_seconds=60, grace_seconds=0)
+    repo = _init(_backend(s3_bucket), gc=gc, clock=slow)
     old = backup(repo, "vm", {"d": disk_image(33, 6, CHUNK)})
     new_image = disk_image(34, 6, CHUNK)
     new = backup(repo, "vm", {"d": new_image})
     retire_archive(repo, old.archive_id)
-    time.sleep(1.1)  # S3 times have one-second resolution; grace is 0 here
+    kept = repo.load_index(new, "d").referenced()
+    assert _stored_chunks(repo) - kept, "the retired archive left no garbage to collect"
+    _until_the_server_clock_passes(repo)
     report = collect_garbage(repo)
     assert report.deleted > 0 and report.waiting_for == []
-    kept = repo.load_index(new, "d").referenced()
-    stored = {names.chunk_id_from_name(i.name) for i in repo.backend.list(names.CHUNKS)}
-    assert stored == kept
+    assert _stored_chunks(repo) == kept
     assert restore(repo, new, "d") == new_image and verify(repo, deep=True).ok
+
+
+def test_gc_on_minio_keeps_fresh_garbage_by_the_server_clock_when_the_client_runs_fast(
+    s3_bucket: dict[str, Any],
+) -> None:
+    # The client's clock is an hour ahead of MinIO's: judged by it, chunks written a
+    # moment ago are an hour old, far past a ten-minute grace.
+    fast = SkewedClock(+3600)
+    backend = _backend(s3_bucket)
+    gc = GcPolicy(lease_ttl_seconds=60, grace_seconds=0)
+    repo = _init(backend, gc=gc, clock=fast)
+    image = disk_image(35, 6, CHUNK)
+    made = backup(repo, "vm", {"d": image})
+    with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
+        write_disk(writer, "d", disk_image(36, 6, CHUNK))  # aborted: garbage, but fresh
+    kept = repo.load_index(made, "d").referenced()
+    garbage = _stored_chunks(repo) - kept
+    assert garbage, "the aborted backup left no chunks"
+    report = collect_garbage(repo, chunk_grace_seconds=600)
+    assert report.candidates == 0 and report.deleted == 0
+    assert _stored_chunks(repo) == kept | garbage
+    # It was kept for its age alone: the same chunks go once MinIO says they are old.
+    _until_the_server_clock_passes(repo)
+    report = collect_garbage(Repository.open(backend, KEY), chunk_grace_seconds=0)
+    assert report.deleted == len(garbage) and _stored_chunks(repo) == kept
+    assert restore(repo, made, "d") == image
 
 
 def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
@@ -107,7 +163,7 @@ def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
     assert {a for a, _ in report.locked} | set(report.kept) == {m.archive_id for m in made}
     with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
         write_disk(writer, "d", disk_image(50, 3, CHUNK))  # aborted: locked garbage
-    time.sleep(1.1)
+    _until_the_server_clock_passes(repo)
     gc_report = collect_garbage(repo)
     assert gc_report.locked > 0 and gc_report.deleted == 0
     assert sum("Object Lock" in m for m in gc_report.messages) == 1

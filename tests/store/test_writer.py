@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from datetime import timedelta
 
 import pytest
@@ -10,6 +10,7 @@ import pytest
 from tests.store.conftest import CHUNK
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore, write_disk
 from vmguard.errors import LeaseLostError, RepositoryError
+from vmguard.lab.procs import eventually
 from vmguard.store import (
     GcPolicy,
     MasterKey,
@@ -19,8 +20,8 @@ from vmguard.store import (
     VmIdentity,
     names,
 )
-from vmguard.store.backend import MemoryBackend
-from vmguard.store.clock import ManualClock, SystemClock
+from vmguard.store.backend import MemoryBackend, Retention
+from vmguard.store.clock import ManualClock
 from vmguard.store.lease import Lease
 
 pytestmark = pytest.mark.unit
@@ -92,17 +93,76 @@ def test_a_long_backup_that_refreshes_its_lease_commits() -> None:
     assert restore(repo, manifest, "d") == image
 
 
-def test_the_refresh_thread_keeps_the_lease_fresh() -> None:
-    backend = MemoryBackend()
-    lease = Lease(backend, "leases/x", {"purpose": "test"}, ttl=0.25, clock=SystemClock())
+class _WatchedBackend(MemoryBackend):
+    """A MemoryBackend that records writes and deletes, so a test can wait for the lease
+    thread's next write instead of sleeping. It stores exactly as MemoryBackend does."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock.now)
+        self.ops: list[tuple[str, str]] = []
+        self._changed = threading.Condition()
+
+    def put(self, name: str, data: bytes, *, retention: Retention | None = None) -> None:
+        super().put(name, data, retention=retention)
+        with self._changed:
+            self.ops.append(("put", name))
+            self._changed.notify_all()
+
+    def delete(self, name: str) -> None:
+        super().delete(name)
+        with self._changed:
+            self.ops.append(("delete", name))
+
+    def wait_for_puts(self, count: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(op == "put" for op, _ in self.ops) >= count, timeout=60
+            )
+
+
+def test_the_refresh_thread_rewrites_the_lease_until_released() -> None:
+    clock = ManualClock()
+    backend = _WatchedBackend(clock)
+    # ttl 0.5 s: the thread wakes every 0.1 s of real time; validity is judged on the
+    # manual clock, which moves only here, so no refresh can lapse by chance.
+    lease = Lease(backend, "leases/x", {"purpose": "test"}, ttl=0.5, clock=clock)
     lease.acquire()
     first = backend.stat("leases/x").modified
+    clock.advance(0.2)
     lease.start_refreshing()
-    time.sleep(0.2)
-    assert backend.stat("leases/x").modified > first
+    assert backend.wait_for_puts(3), "the refresh thread did not rewrite the lease twice"
+    # Stamped at the store's time of the refresh, not left at the acquisition's.
+    assert backend.stat("leases/x").modified == first + timedelta(seconds=0.2)
     lease.ensure_valid()
     lease.release()
+    # The thread was stopped before the delete: nothing rewrites a released lease.
+    assert not [t for t in threading.enumerate() if t.name == "lease-leases/x" and t.is_alive()]
+    assert backend.ops[-1] == ("delete", "leases/x")
     assert list(backend.list("leases/")) == []
+
+
+def test_the_refresh_thread_never_rewrites_a_lapsed_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    backend = _WatchedBackend(clock)
+    lease = Lease(backend, "leases/x", {"purpose": "test"}, ttl=0.5, clock=clock)
+    lease.acquire()
+    first = backend.stat("leases/x").modified
+    clock.advance(0.6)  # past the ttl: GC may already have judged this lease expired
+    lease.start_refreshing()
+    # Wait until the thread has decided: given up (logged), or rewritten the lease.
+    eventually(
+        lambda: "lease leases/x lost" in caplog.text or len(backend.ops) > 1,
+        60,
+        "the refresh thread's first decision",
+    )
+    # Rewriting it now would make a lease GC saw expired look live again.
+    assert backend.ops == [("put", "leases/x")]
+    assert backend.stat("leases/x").modified == first
+    with pytest.raises(LeaseLostError):
+        lease.ensure_valid()
+    lease.release()
 
 
 def test_a_committed_writer_cannot_be_used_again() -> None:

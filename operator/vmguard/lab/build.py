@@ -60,6 +60,14 @@ COMPONENTS: tuple[GoComponent, ...] = (
         {"helm": "helm.sh/helm/v4/cmd/helm"},
         ("-X helm.sh/helm/v4/internal/version.version=v4.3.1",),
     ),
+    # The fault proxy of the store's network tests (vmguard.lab.faultproxy); not started
+    # by `lab up`. Keep the -X version equal to go.mod's pin.
+    GoComponent(
+        "toxiproxy",
+        "toxiproxy",
+        {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
+        ("-X github.com/Shopify/toxiproxy/v2.Version=v2.12.0",),
+    ),
 )
 
 

@@ -166,24 +166,25 @@ def test_put_if_absent_creates_once_and_never_overwrites(backend: Backend) -> No
 
 
 def test_put_if_absent_has_one_winner_under_contention(backend: Backend) -> None:
-    if not backend.capabilities.atomic_create:
-        pytest.skip("backend documents a non-atomic create-if-absent")
-    results: list[bool] = []
+    # Every backend of this suite claims an atomic create; one that did not would fail here.
+    assert backend.capabilities.atomic_create
+    results: dict[int, bool] = {}
     barrier = threading.Barrier(8)
 
     def contend(i: int) -> None:
         barrier.wait()
-        results.append(backend.put_if_absent("lock", str(i).encode()))
+        results[i] = backend.put_if_absent("lock", f"writer {i}".encode())
 
     threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [False] * 7 + [True]
-    winner = results.index(True)
-    assert backend.get("lock") in {str(i).encode() for i in range(8)}
-    assert winner >= 0
+    assert len(results) == 8, "a contender raised instead of answering"
+    winners = [i for i, won in results.items() if won]
+    assert len(winners) == 1, f"writers {winners} all believe they created the object"
+    # The object holds what the one winner wrote: no loser overwrote it after the fact.
+    assert backend.get("lock") == f"writer {winners[0]}".encode()
 
 
 def test_copy_duplicates_and_keeps_the_source(backend: Backend) -> None:
