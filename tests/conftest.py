@@ -39,7 +39,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Any]:
-    from vmguard.lab.lab import Lab
+    from vmguard_lab.lab import Lab
 
     lab = Lab()
     was_running = all(lab.status().values())
@@ -100,7 +100,7 @@ def vsphere_si(lab_state: dict[str, Any]) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def vsim(lab_state: dict[str, Any]) -> Any:
-    from vmguard.lab.vsim import VSimControl
+    from vmguard_lab.vsim import VSimControl
 
     return VSimControl(lab_state["vsphere"]["control_url"])
 
@@ -176,7 +176,7 @@ def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dic
 
 @pytest.fixture(scope="session")
 def image_factory(lab: Any) -> Any:
-    from vmguard.lab.images import DiskImageFactory
+    from vmguard_lab.images import DiskImageFactory
 
     return DiskImageFactory(lab.paths.cache / "images")
 

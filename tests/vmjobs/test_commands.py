@@ -1,4 +1,4 @@
-"""``vmguard vm``: registered by vmjobs.commands; the CLI only injects the lab's locator."""
+"""``vmguard vm``: registered by vmjobs.commands; ``--locator`` names how disks are reached."""
 
 from __future__ import annotations
 
@@ -13,14 +13,25 @@ VC = ["--vcenter", "https://vc.example/sdk"]
 
 def test_vm_commands_parse_as_before() -> None:
     args = cli.build_parser().parse_args(
-        ["vm", "backup", "db-1", *VC, "--repo", "file:///r", "--transport", "nbd", "--lab"]
+        [
+            "vm",
+            "backup",
+            "db-1",
+            *VC,
+            "--repo",
+            "file:///r",
+            "--transport",
+            "nbd",
+            "--locator",
+            "lab",
+        ]
     )
-    assert (args.cmd, args.vm_cmd, args.vm, args.transport, args.lab) == (
+    assert (args.cmd, args.vm_cmd, args.vm, args.transport, args.locator) == (
         "vm",
         "backup",
         "db-1",
         "nbd",
-        True,
+        "lab",
     )
     restore = cli.build_parser().parse_args(
         ["vm", "restore", "a1", *VC, "--repo", "file:///r", "--new-name", "n", "--power-on"]
@@ -31,6 +42,7 @@ def test_vm_commands_parse_as_before() -> None:
         False,
         True,
     )
+    assert restore.locator == "vddk", "production's locator unless --locator says otherwise"
 
 
 def test_vm_without_vcenter_credentials_fails_with_a_message(

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmguard.errors import LabError
-from vmguard.lab.paths import LabPaths
+from vmguard_lab.errors import LabError
+from vmguard_lab.paths import LabPaths
 
 
 @dataclass(frozen=True)
