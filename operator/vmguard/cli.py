@@ -2,7 +2,9 @@
 
 Sub-commands are registered here and implemented in their own modules; this file
 only parses arguments and turns :class:`vmguard.errors.VmguardError` into a message
-and a non-zero exit code (never a traceback for an expected failure).
+and a non-zero exit code (never a traceback for an expected failure). A program that
+embeds vmguard may pass :class:`vmguard.hooks.Hooks` to :func:`main`; commands find
+them as ``args.hooks`` (production: none, :data:`vmguard.hooks.NO_HOOKS`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vmguard.errors import VmguardError
+from vmguard.hooks import NO_HOOKS, Hooks
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -42,6 +45,7 @@ def _operator(args: argparse.Namespace) -> int:
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_address=args.metrics_address,
             controllers=frozenset(c.strip() for c in args.controllers.split(",") if c.strip()),
+            hooks=args.hooks,
         )
     )
     return 0
@@ -113,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: Hooks = NO_HOOKS) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.hooks = hooks
     try:
         return int(args.func(args))
     except VmguardError as exc:

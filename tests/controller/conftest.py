@@ -9,8 +9,8 @@ through the simulator instead of VDDK (the lab's distribution registers that loc
 
 A fault test that must park the operator at a backup step or slow the proxies down asks
 ``start_operator`` for ``stall=`` or ``proxy_throttle=``: the operator, or every proxy it
-starts, then runs through the lab's entry module (:mod:`vmguard_lab.run`), which installs
-those hooks into the product's injection points (:mod:`vmguard.hooks`).
+starts, then runs through the lab's entry module (:mod:`vmguard_lab.run`), which hands
+those hooks to the product's injection points (:class:`vmguard.hooks.Hooks`).
 """
 
 from __future__ import annotations

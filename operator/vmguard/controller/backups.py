@@ -24,8 +24,9 @@ The snapshot is found by its UID name, the Job by its deterministic name, the ar
 by its UID label (the proxy reports an existing one instead of writing another), and
 waits are computed from recorded times. Blocking calls run in threads.
 
-At ``snapshotted`` and ``finalizing`` the controller awaits :func:`vmguard.hooks.backup_step`
-(a no-op unless an embedder installed a hook: the lab's fault tests park it there).
+At ``snapshotted`` and ``finalizing`` the controller awaits its context's
+``hooks.backup_step`` (:mod:`vmguard.hooks`; a no-op unless an embedder gave one: the
+lab's fault tests park it there).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.vcenter import endpoint_for
 from vmguard.errors import PermanentError, RetryableError, VmguardError, VMNotFoundError
-from vmguard.hooks import backup_step
+from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class BackupContext:
     jobs: JobAPI
     proxy: ProxySettings
     settings: BackupSettings
+    hooks: Hooks = NO_HOOKS
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     rbac_done: set[str] = field(default_factory=set)
 
@@ -262,7 +264,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     except PermanentError as exc:
         await p.fail("SnapshotFailed", str(exc), snapshot_taken=True)
         return 0.0
-    await backup_step("snapshotted")
+    await ctx.hooks.backup_step("snapshotted")
     taken, decision = prepared.snapshot, prepared.decision
     live = {d.key: d for d in prepared.vm.disks}
     disks = [
@@ -398,7 +400,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
 
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
-    await backup_step("finalizing")
+    await ctx.hooks.backup_step("finalizing")
     status = obj["status"]
     snapshot = status.get("snapshot") or {}
     if not snapshot.get("removed"):

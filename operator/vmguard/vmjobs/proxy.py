@@ -21,8 +21,8 @@ VMBackup's status) and runs this in a Job built by
 5. exits 0; on failure patches ``status.error {reason, message, retryable}`` and exits 1
    (143 on SIGTERM). The operator decides about retries.
 
-Before each progress report it calls :func:`vmguard.hooks.transfer_progress` (a no-op
-unless an embedder installed a hook: the lab's fault tests slow the reads down there).
+Before each progress report it calls ``hooks.transfer_progress`` (:mod:`vmguard.hooks`;
+a no-op unless an embedder gave one: the lab's fault tests slow the reads down there).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vmguard import config as cfg
-from vmguard import hooks
 from vmguard.config import ca_bundle_file
 from vmguard.errors import (
     AuthenticationError,
@@ -45,6 +44,7 @@ from vmguard.errors import (
     RetryableError,
     VMNotFoundError,
 )
+from vmguard.hooks import NO_HOOKS, Hooks
 
 if TYPE_CHECKING:
     from vmguard.store import Repository
@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
     backup = proxy_sub.add_parser("backup", help="transfer the snapshot of one VMBackup")
     backup.add_argument("--namespace", required=True)
     backup.add_argument("--name", required=True, help="the VMBackup")
-    backup.set_defaults(func=lambda args: run_backup(args.namespace, args.name))
+    backup.set_defaults(func=lambda args: run_backup(args.namespace, args.name, args.hooks))
     restore = proxy_sub.add_parser("restore", help="write the data of one VMRestore")
     restore.add_argument("--namespace", required=True)
     restore.add_argument("--name", required=True, help="the VMRestore")
@@ -248,7 +248,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated("the proxy was stopped (SIGTERM)")
 
 
-def run_backup(namespace: str, name: str) -> int:
+def run_backup(namespace: str, name: str, hooks: Hooks = NO_HOOKS) -> int:
     from vmguard.vmjobs.backup import transfer
     from vmguard.vmjobs.report import StatusReporter
     from vmguard.vsphere.session import VSphereSession

@@ -1,32 +1,28 @@
-"""``python -m vmguard_lab.run``: the lab's entry module installs its test hooks into the
-product's injection points (``vmguard.hooks``) and then runs ``vmguard`` itself.
+"""``python -m vmguard_lab.run``: the lab's entry module builds test hooks
+(``vmguard.hooks.Hooks``) from its options and hands them to ``vmguard``'s ``main``.
 
-The hook registries are process-wide; each test starts from empty ones (monkeypatch)
-so that nothing installed here reaches another test. The waits the hooks ask for are
-recorded instead of slept: what is checked is how long they would park the caller.
+The waits the hooks ask for are recorded instead of slept: what is checked is how long
+they would park the caller. That the operator and the proxy really call them is shown by
+tests/controller/test_backup_faults.py, which parks and slows them through this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from vmguard import hooks
+from vmguard import cli
+from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard_lab import run
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(autouse=True)
-def no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hooks, "_backup_step_hooks", [])
-    monkeypatch.setattr(hooks, "_transfer_progress_hooks", [])
-
-
-def test_without_hooks_every_point_is_a_no_op() -> None:
-    asyncio.run(hooks.backup_step("snapshotted"))
-    hooks.transfer_progress(1 << 30, 1 << 30)
+def test_production_hooks_do_nothing() -> None:
+    assert asyncio.run(NO_HOOKS.backup_step("snapshotted")) is None
+    assert NO_HOOKS.transfer_progress(1 << 30, 1 << 30) is None
 
 
 def test_stall_parks_the_backup_only_at_the_points_asked_for(
@@ -38,31 +34,50 @@ def test_stall_parks_the_backup_only_at_the_points_asked_for(
         waits.append(seconds)
 
     monkeypatch.setattr(run.asyncio, "sleep", sleep)
-    run.install_stall({"finalizing"})
+    hooks, rest = run.parse(["--stall", "finalizing", "operator", "--namespace", "ns"])
+    assert rest == ["operator", "--namespace", "ns"]
     asyncio.run(hooks.backup_step("snapshotted"))
     assert waits == []
     asyncio.run(hooks.backup_step("finalizing"))
     assert waits == [run.STALL_SECONDS]
+    assert hooks.transfer_progress is NO_HOOKS.transfer_progress
 
 
 def test_stall_refuses_a_point_the_controller_does_not_have() -> None:
     with pytest.raises(SystemExit, match="snapshoted"):
-        run.install_stall({"snapshoted"})
+        run.parse(["--stall", "snapshoted", "operator"])
 
 
 def test_throttle_holds_the_transfer_to_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
     monkeypatch.setattr(run.time, "sleep", waits.append)
-    run.install_throttle(1000)
+    hooks, _ = run.parse(["--throttle", "1000", "proxy", "backup"])
     hooks.transfer_progress(0, 10_000)
     hooks.transfer_progress(2000, 10_000)
     assert len(waits) == 1 and 1.5 < waits[0] <= 2.0, waits
 
 
-def test_main_installs_then_runs_vmguard_with_the_rest(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_main_hands_the_hooks_and_the_rest_to_vmguard(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def vmguard_main(argv: list[str], hooks: Hooks) -> int:
+        seen.update(argv=argv, hooks=hooks)
+        return 7
+
+    monkeypatch.setattr(run, "vmguard_main", vmguard_main)
+    assert run.main(["--throttle", "5", "vm", "ls"]) == 7
+    assert seen["argv"] == ["vm", "ls"]
+    assert seen["hooks"].transfer_progress is not NO_HOOKS.transfer_progress
+
+
+def test_vmguard_gives_each_command_the_hooks_it_was_handed(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("VMGUARD_VC_USER", raising=False)
-    code = run.main(["--throttle", "5", "--stall", "finalizing", "vm", "ls", "--vcenter", "x"])
-    assert code == 2 and "VMGUARD_VC_USER" in capsys.readouterr().err
-    assert len(hooks._transfer_progress_hooks) == 1 and len(hooks._backup_step_hooks) == 1
+    given = Hooks(transfer_progress=lambda done, total: None)
+    seen: list[Hooks] = []
+    monkeypatch.setattr(
+        "vmguard.vmjobs.proxy.run_backup", lambda ns, n, hooks: seen.append(hooks) or 0
+    )
+    assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"], hooks=given) == 0
+    assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"]) == 0
+    assert seen == [given, NO_HOOKS]
