@@ -52,3 +52,17 @@ def test_vm_without_vcenter_credentials_fails_with_a_message(
     monkeypatch.delenv("VMGUARD_VC_PASSWORD", raising=False)
     assert cli.main(["vm", "ls", *VC]) == 2
     assert "VMGUARD_VC_USER" in capsys.readouterr().err
+
+
+def test_the_product_cli_has_no_lab_command_or_lab_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lab is its own distribution (``vmguard-lab``): nothing of it in ``vmguard``."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "cmd").choices
+    assert commands is not None and "lab" not in commands and "vm" in commands
+    for flag in ("--lab", "--lab-proxy-uuid=x"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["vm", "backup", "db-1", *VC, "--repo", "file:///r", flag])
+        assert exit_.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err
