@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml lab/python/pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench
 
@@ -13,22 +13,24 @@ deps:
 	@scripts/install-deps.sh
 
 # The system interpreter, so that Debian's libnbd bindings (python3-libnbd) are visible.
-$(STAMP): pyproject.toml | deps
+# The product and the lab (lab/python, its own distribution: never in the product's wheel
+# or images) are both installed editable.
+$(STAMP): pyproject.toml lab/python/pyproject.toml | deps
 	@echo "[venv] creating $(VENV) and installing Python dependencies"
 	@/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' -e lab/python
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: deps $(STAMP)
 
 lab-build: venv
-	@$(BIN)/vmguard lab build
+	@$(BIN)/vmguard-lab build
 
 lint: venv
 	@echo "[lint] ruff, mypy, import-linter"
-	@$(BIN)/ruff check operator tests bench
-	@$(BIN)/ruff format --check operator tests bench
+	@$(BIN)/ruff check operator lab/python tests bench
+	@$(BIN)/ruff format --check operator lab/python tests bench
 	@$(BIN)/mypy
 	@$(BIN)/lint-imports --no-cache
 
@@ -40,13 +42,13 @@ test: venv lab-build lint
 	@VMGUARD_LAB_DIR=$${VMGUARD_LAB_DIR:-$(CURDIR)/.lab-test} $(BIN)/pytest -p no:cacheprovider
 
 demo: venv lab-build
-	@$(BIN)/vmguard lab demo
+	@$(BIN)/vmguard-lab demo
 
 lab-up: venv lab-build
-	@$(BIN)/vmguard lab up
+	@$(BIN)/vmguard-lab up
 
 lab-down: venv
-	@$(BIN)/vmguard lab down
+	@$(BIN)/vmguard-lab down
 
 clean: lab-down
 	rm -rf .lab

@@ -24,14 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmguard.lab import build
-from vmguard.lab.paths import LabPaths
-from vmguard.lab.procs import free_port
-from vmguard.lab.vsim import PASSWORD_ENV, USERNAME_ENV, vsim_command
 from vmguard.vsphere.inventory import discover
 from vmguard.vsphere.matching import PolicyRef, Selector, assign
 from vmguard.vsphere.session import Endpoint, connect, disconnect
 from vmguard.vsphere.tags import TagClient
+from vmguard_lab import build
+from vmguard_lab.paths import LabPaths
+from vmguard_lab.procs import free_port
+from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, vsim_command
 
 
 def _rss_mib() -> float:

@@ -37,13 +37,13 @@ from tests.files.helpers import back_up_image
 from vmguard.files.drivers import open_filesystem
 from vmguard.files.restore import DirectorySink, restore_paths
 from vmguard.files.volumes import list_volumes
-from vmguard.lab import images
-from vmguard.lab.images import DiskImage, DiskImageFactory, ImageSpec
-from vmguard.lab.imaging.tree import BIG_FILE
-from vmguard.lab.paths import LabPaths
 from vmguard.store import HOLE, Repository
 from vmguard.store.backend import Backend, CountingBackend
 from vmguard.store.location import open_location
+from vmguard_lab import images
+from vmguard_lab.images import DiskImage, DiskImageFactory, ImageSpec
+from vmguard_lab.imaging.tree import BIG_FILE
+from vmguard_lab.paths import LabPaths
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -65,7 +65,7 @@ class Row:
 def _lab_backend() -> Backend:
     from minio import Minio
 
-    from vmguard.lab.lab import Lab
+    from vmguard_lab.lab import Lab
 
     m = Lab().state().data["minio"]
     bucket = f"bench-{secrets.token_hex(4)}"

@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmguard.lab.images import DiskImage, DiskImageFactory, ImageSpec, PartitionSpec, RawRegion
-from vmguard.lab.imaging.sparse import sha256_sparse
-from vmguard.lab.lab import Lab
 from vmguard.transport.nbd import NbdkitServer
+from vmguard_lab.images import DiskImage, DiskImageFactory, ImageSpec, PartitionSpec, RawRegion
+from vmguard_lab.imaging.sparse import sha256_sparse
+from vmguard_lab.lab import Lab
 
 MiB = 1 << 20
 GiB = 1 << 30

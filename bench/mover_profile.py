@@ -47,10 +47,10 @@ from typing import Any
 
 from mover import GiB, MiB, Target, _empty_bucket, _latest, cell, mixed_spec, vmguard
 from vmguard.datamover.pipeline import default_workers
-from vmguard.lab.images import DiskImageFactory
-from vmguard.lab.imaging.sparse import sha256_sparse
-from vmguard.lab.lab import Lab
 from vmguard.transport.nbd import NbdkitServer
+from vmguard_lab.images import DiskImageFactory
+from vmguard_lab.imaging.sparse import sha256_sparse
+from vmguard_lab.lab import Lab
 
 _TICK = os.sysconf("SC_CLK_TCK")
 RATE = 200  # py-spy samples per second

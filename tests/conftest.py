@@ -40,7 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Any]:
-    from vmguard.lab.lab import Lab
+    from vmguard_lab.lab import Lab
 
     lab = Lab()
     was_running = all(lab.status().values())
@@ -101,7 +101,7 @@ def vsphere_si(lab_state: dict[str, Any]) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def vsim(lab_state: dict[str, Any]) -> Any:
-    from vmguard.lab.vsim import VSimControl
+    from vmguard_lab.vsim import VSimControl
 
     return VSimControl(lab_state["vsphere"]["control_url"])
 
@@ -182,8 +182,8 @@ def toxiproxy(lab: Any) -> Iterator[Any]:
     Built and cached by the lab like MinIO; started here, not by ``lab up``, and stopped
     by its pid when the session ends (``lab down`` also stops one left behind).
     """
-    from vmguard.lab import build
-    from vmguard.lab.faults import start_toxiproxy
+    from vmguard_lab import build
+    from vmguard_lab.faults import start_toxiproxy
 
     binary = build.ensure_built(lab.paths, only=("toxiproxy",))["toxiproxy-server"]
     name = f"toxiproxy-{os.getpid()}"
@@ -195,7 +195,7 @@ def toxiproxy(lab: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def minio_proxy(toxiproxy: Any, lab_state: dict[str, Any]) -> Iterator[Any]:
-    """A fault proxy in front of the lab's MinIO (a :class:`vmguard.lab.faults.FaultProxy`):
+    """A fault proxy in front of the lab's MinIO (a :class:`vmguard_lab.faults.FaultProxy`):
     connect to ``minio_proxy.endpoint`` instead of MinIO's and add toxics. Removed after
     the test, with every toxic on it."""
     proxy = toxiproxy.create_proxy(f"minio-{secrets.token_hex(4)}", lab_state["minio"]["endpoint"])
@@ -205,7 +205,7 @@ def minio_proxy(toxiproxy: Any, lab_state: dict[str, Any]) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def image_factory(lab: Any) -> Any:
-    from vmguard.lab.images import DiskImageFactory
+    from vmguard_lab.images import DiskImageFactory
 
     return DiskImageFactory(lab.paths.cache / "images")
 

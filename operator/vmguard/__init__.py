@@ -1,9 +1,10 @@
 """vmguard: declarative protection of VMware vSphere VMs, run as a Kubernetes operator.
 
-The package is layered (top to bottom): ``cli`` and ``lab``; ``controller`` and
-``datamover``; ``vsphere``, ``transport`` and ``files``; ``store``; ``config``,
-``errors`` and ``metrics``. A layer imports only from the layers below it; the
-import-linter contracts in ``pyproject.toml`` enforce it.
+The package is layered (top to bottom): ``cli``; ``controller`` and ``datamover``;
+``vsphere``, ``transport`` and ``files``; ``store``; ``config``, ``errors``, ``metrics``
+and ``hooks``. A layer imports only from the layers below it; the import-linter
+contracts in ``pyproject.toml`` enforce it. The lab (``vmguard_lab``, lab/python) is a
+separate distribution this package never imports.
 """
 
 __version__ = "0.1.0"

@@ -2,59 +2,19 @@
 
 Sub-commands are registered here and implemented in their own modules; this file
 only parses arguments and turns :class:`vmguard.errors.VmguardError` into a message
-and a non-zero exit code (never a traceback for an expected failure).
+and a non-zero exit code (never a traceback for an expected failure). A program that
+embeds vmguard may pass :class:`vmguard.hooks.Hooks` to :func:`main`; commands find
+them as ``args.hooks`` (production: none, :data:`vmguard.hooks.NO_HOOKS`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from vmguard.errors import VmguardError
-
-
-def _lab(args: argparse.Namespace) -> int:
-    from vmguard.lab.lab import Lab
-
-    lab = Lab()
-    if args.lab_cmd == "up":
-        lab.up(vms=args.vms)
-        print(f"lab up in {lab.paths.lab}")
-        for key, value in lab.env().items():
-            if key != "PATH":
-                print(f"  {key}={value}")
-    elif args.lab_cmd == "down":
-        stopped = lab.down()
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    elif args.lab_cmd == "status":
-        status = lab.status()
-        if args.json:
-            print(json.dumps(status))
-        else:
-            for name, running in status.items():
-                print(f"{name:26} {'running' if running else 'stopped'}")
-        return 0 if all(status.values()) else 3
-    elif args.lab_cmd == "env":
-        for key, value in lab.env(with_secrets=args.secrets).items():
-            print(f"export {key}={shlex.quote(value)}")
-    elif args.lab_cmd == "build":
-        from vmguard.lab import build
-
-        for name, path in build.ensure_built(lab.paths).items():
-            print(f"{name:26} {path}")
-    elif args.lab_cmd == "inventory":
-        from vmguard.lab.inventory import print_inventory
-
-        print_inventory(lab)
-    elif args.lab_cmd == "demo":
-        from vmguard.lab.demo import run
-
-        return run()
-    return 0
+from vmguard.hooks import NO_HOOKS, Hooks
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -85,46 +45,15 @@ def _operator(args: argparse.Namespace) -> int:
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_address=args.metrics_address,
             controllers=frozenset(c.strip() for c in args.controllers.split(",") if c.strip()),
+            hooks=args.hooks,
         )
     )
     return 0
 
 
-def _lab_disk_locator(proxy_uuid: str) -> Any:
-    """``vmguard vm --lab``: disks through the running lab's simulator. Injected into
-    :func:`vmguard.vmjobs.commands.register`, because vmjobs sits below the lab."""
-    from vmguard.lab.lab import Lab
-    from vmguard.lab.vsim import LabDiskLocator, VSimControl
-
-    control = Lab().state().data["vsphere"]["control_url"]
-    return LabDiskLocator(VSimControl(control), proxy_uuid=proxy_uuid)
-
-
-def _lab_locator_at(control_url: str) -> Any:
-    """``VMGUARD_PROXY_LOCATOR=lab:<url>``: a proxy Job of the lab reads disks through the
-    simulator at ``url``. Injected into :func:`vmguard.vmjobs.proxy.register`."""
-    from vmguard.lab.vsim import LabDiskLocator, VSimControl
-
-    return LabDiskLocator(VSimControl(control_url))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmguard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-
-    lab = sub.add_parser("lab", help="the local lab of real peers (development and tests)")
-    lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
-    up = lab_sub.add_parser("up", help="build what is missing and start the lab (idempotent)")
-    up.add_argument("--vms", type=int, default=24, help="VMs in the vSphere inventory (≤ 5000)")
-    lab_sub.add_parser("down", help="stop every process the lab started")
-    status = lab_sub.add_parser("status", help="which lab processes run")
-    status.add_argument("--json", action="store_true")
-    env = lab_sub.add_parser("env", help="shell exports pointing clients at the lab")
-    env.add_argument("--secrets", action="store_true", help="include the lab's credentials")
-    lab_sub.add_parser("build", help="build the lab's Go components (cached)")
-    lab_sub.add_parser("inventory", help="endpoints, nodes, VMs and buckets of the running lab")
-    lab_sub.add_parser("demo", help="the product tour on the lab (make demo)")
-    lab.set_defaults(func=_lab)
 
     op = sub.add_parser(
         "operator", help="run the operator (kopf) against $KUBECONFIG or in-cluster"
@@ -174,12 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     # vSphere VMs without a cluster: vmguard vm ls|backup|restore.
     from vmguard.vmjobs.commands import register as register_vm
 
-    register_vm(sub, lab_locator=_lab_disk_locator)
+    register_vm(sub)
 
     # The proxy Job's entry point: vmguard proxy backup --namespace NS --name VMBACKUP.
     from vmguard.vmjobs.proxy import register as register_proxy
 
-    register_proxy(sub, lab_locator_at=_lab_locator_at)
+    register_proxy(sub)
 
     # File-level restore and instant access: vmguard files ls|get|find, vmguard mount.
     from vmguard.files.commands import register as register_files
@@ -188,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: Hooks = NO_HOOKS) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.hooks = hooks
     try:
         return int(args.func(args))
     except VmguardError as exc:

@@ -64,9 +64,11 @@ class ProxySettings:
     """How the operator runs its proxy Jobs (the data plane).
 
     ``command`` is the argv prefix that starts ``vmguard`` in the proxy image (the lab
-    runs this checkout's interpreter instead). ``locator`` says how the proxy reaches
-    disks: ``vddk`` (nbdkit's VDDK plugin against vCenter, production) or
-    ``lab:<simulator control URL>`` (the lab's file-backed disks).
+    runs this checkout's interpreter, or its entry module with test hooks, instead).
+    ``locator`` says how the proxy reaches disks: ``vddk`` (nbdkit's VDDK plugin against
+    vCenter, production) or ``SCHEME:ARG`` for a locator an installed distribution
+    registers (:func:`vmguard.vmjobs.access.open_locator`; the lab's is
+    ``lab:<simulator control URL>``).
 
     VMware's VDDK cannot ship in our image: the user supplies it as a volume.
     ``vddk_volume`` is that volume's source as Kubernetes writes it (e.g.
@@ -79,9 +81,6 @@ class ProxySettings:
     locator: str
     service_account: str
     image_pull_policy: str
-    test_throttle: int = 0
-    """TEST ONLY (``VMGUARD_PROXY_TEST_THROTTLE``, bytes/s): slows every proxy's reads so
-    fault tests can kill one mid-transfer. Passed into the Job's environment; 0 = off."""
     vddk_volume: dict[str, Any] | None = None
     vddk_path: str = "/opt/vmware-vix-disklib-distrib"  # = DEFAULT_VDDK_PATH
 
@@ -93,13 +92,9 @@ class ProxySettings:
             locator=os.environ.get("VMGUARD_PROXY_LOCATOR", "vddk"),
             service_account=os.environ.get("VMGUARD_PROXY_SERVICE_ACCOUNT", "vmguard-proxy"),
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
-            test_throttle=int(os.environ.get(THROTTLE_ENV) or 0),
             vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
             vddk_path=os.environ.get(VDDK_PATH_ENV, DEFAULT_VDDK_PATH),
         )
-
-
-THROTTLE_ENV = "VMGUARD_PROXY_TEST_THROTTLE"
 
 
 @dataclass(frozen=True)

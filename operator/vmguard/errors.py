@@ -45,10 +45,6 @@ class VMNotFoundError(PermanentError):
     """The VM a request names does not exist in the vCenter (or is ambiguous)."""
 
 
-class LabError(VmguardError):
-    """The local lab could not be built, started or stopped."""
-
-
 # --- repository engine (vmguard.store) -------------------------------------------------
 
 

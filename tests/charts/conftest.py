@@ -25,8 +25,8 @@ Render = Callable[..., list[dict[str, Any]]]
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    from vmguard.lab import build
-    from vmguard.lab.paths import LabPaths
+    from vmguard_lab import build
+    from vmguard_lab.paths import LabPaths
 
     return build.ensure_built(LabPaths.default(), only=("helm",))["helm"]
 

@@ -20,7 +20,7 @@ CASES = Path(__file__).parent / "alerts"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    # Debian's prometheus package; `vmguard lab up` and `make deps` make sure it is there.
+    # Debian's prometheus package; `vmguard-lab up` and `make deps` make sure it is there.
     tool = shutil.which("promtool")
     assert tool, "promtool is missing: apt-get install prometheus (lab/debian-packages.txt)"
     return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120)

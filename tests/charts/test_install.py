@@ -17,7 +17,7 @@ from tests.charts.conftest import CHART, run_helm
 from tests.controller import objects
 from tests.controller.scrape import scrape, value
 
-from vmguard.lab.procs import eventually, free_port
+from vmguard_lab.procs import eventually, free_port
 
 pytestmark = pytest.mark.lab
 

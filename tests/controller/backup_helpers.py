@@ -12,12 +12,12 @@ from tests.controller import objects
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards, sha256_file
 
 from vmguard.datamover.restore import restore_disk
-from vmguard.lab.images import small_mixed
-from vmguard.lab.procs import eventually
-from vmguard.lab.vsim import VSimControl, VSimVM
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.transport.file import FileSink
+from vmguard_lab.images import small_mixed
+from vmguard_lab.procs import eventually
+from vmguard_lab.vsim import VSimControl, VSimVM
 
 TAKEN: set[str] = set()
 """VMs used by controller tests in this session (pick_vm never hands one out twice)."""

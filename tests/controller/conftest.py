@@ -5,7 +5,12 @@ The operator runs as ``python -m vmguard.cli operator`` against the lab apiserve
 test can SIGKILL it and start it again. Its proxy Jobs run through the lab's node agent
 (pods are local processes): ``VMGUARD_PROXY_COMMAND`` makes them start this checkout's
 ``vmguard`` and ``VMGUARD_PROXY_LOCATOR=lab:<control url>`` makes them find disks
-through the simulator instead of VDDK.
+through the simulator instead of VDDK (the lab's distribution registers that locator).
+
+A fault test that must park the operator at a backup step or slow the proxies down asks
+``start_operator`` for ``stall=`` or ``proxy_throttle=``: the operator, or every proxy it
+starts, then runs through the lab's entry module (:mod:`vmguard_lab.run`), which hands
+those hooks to the product's injection points (:class:`vmguard.hooks.Hooks`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
-from vmguard.lab.procs import free_port
+from vmguard_lab.procs import free_port
 
 
 @pytest.fixture
@@ -71,6 +76,11 @@ class OperatorProcess:
         return self.log.read_text(errors="replace")
 
 
+def lab_run(*options: str) -> list[str]:
+    """``vmguard`` with the lab's test hooks (:mod:`vmguard_lab.run`) as an argv prefix."""
+    return [sys.executable, "-m", "vmguard_lab.run", *options]
+
+
 def operator_env(lab: Any, lab_state: dict[str, Any]) -> dict[str, str]:
     return dict(
         os.environ,
@@ -89,8 +99,9 @@ def start_operator(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
-    (``extra_env={...}`` adds variables, e.g. the test-only knobs of the VMBackup
-    controller).
+    (``extra_env={...}`` adds variables, e.g. the VMBackup controller's retry settings;
+    ``stall="snapshotted"`` parks it at that backup step, ``proxy_throttle=N`` makes its
+    proxies read at most N bytes/s: both through the lab's hooks, :func:`lab_run`).
 
     Every process started is stopped at the end of the test; all of them write to
     ``tmp_path/operator.log`` (so a restarted operator's output follows the first's)
@@ -103,6 +114,8 @@ def start_operator(
         env: dict[str, str] | None = None,
         extra_env: dict[str, str] | None = None,
         log: str = "operator.log",
+        stall: str = "",
+        proxy_throttle: int = 0,
     ) -> OperatorProcess:
         # /metrics on a free loopback port (operators of parallel tests must not share
         # the default 8080); an explicit --metrics-port in ``extra`` wins (argparse keeps
@@ -110,7 +123,8 @@ def start_operator(
         port = str(free_port())
         if "--metrics-port" in extra:
             port = extra[extra.index("--metrics-port") + 1]
-        argv = [sys.executable, "-m", "vmguard.cli", "operator", "--namespace", namespace]
+        entry = lab_run("--stall", stall) if stall else [sys.executable, "-m", "vmguard.cli"]
+        argv = [*entry, "operator", "--namespace", namespace]
         argv += ["--metrics-port", port, "--metrics-address", "127.0.0.1"]
         # Tests whose default policy would back up the whole lab run without the backup
         # controller: the lab's VMs are shared, and a hundred real backups abandoned at
@@ -119,6 +133,9 @@ def start_operator(
         if marker is not None:
             argv += ["--controllers", marker.args[0]]
         full_env = {**(env or operator_env(lab, lab_state)), **(extra_env or {})}
+        if proxy_throttle:
+            proxy = lab_run("--throttle", str(proxy_throttle))
+            full_env["VMGUARD_PROXY_COMMAND"] = json.dumps(proxy)
         proc = OperatorProcess([*argv, *extra], full_env, tmp_path / log)
         proc.metrics_port = int(port)
         started.append(proc)

@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 G, V = "vmguard.io", "v1alpha1"
 

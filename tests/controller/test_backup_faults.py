@@ -4,9 +4,9 @@ checks the invariants of BRIEF §9 that apply: the backup ends Completed or Fail
 reason, no snapshot of ours is left, the VM has exactly one archive per completed backup
 (nothing duplicated), and every archive restores bit-exact.
 
-Timing comes from two test-only knobs of the operator (docs/vmbackup-controller.md):
-``VMGUARD_PROXY_TEST_THROTTLE`` slows every proxy's reads, ``VMGUARD_TEST_STALL``
-parks the operator at a point so it can be killed exactly there.
+Timing comes from two hooks the lab installs (``vmguard_lab.run``, docs/lab.md):
+``proxy_throttle`` slows every proxy's reads, ``stall`` parks the operator at a backup
+step so it can be killed exactly there.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from tests.controller.backup_helpers import (
 )
 from tests.vsphere.helpers import MiB, our_snapshots
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 
-SLOW = {"VMGUARD_PROXY_TEST_THROTTLE": str(3 * MiB), "VMGUARD_BACKUP_RETRY_BACKOFF": "1"}
+RETRY_SOON = {"VMGUARD_BACKUP_RETRY_BACKOFF": "1"}
+SLOW: dict[str, Any] = {"proxy_throttle": 3 * MiB, "extra_env": RETRY_SOON}
 
 
 def _status(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def test_proxy_killed_mid_transfer_is_retried_to_completed(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    start_operator(extra_env=SLOW)
+    start_operator(**SLOW)
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
         create_backup(kube_api, namespace, "killed", {"moref": vm.moref})
@@ -116,7 +117,9 @@ def test_proxy_failing_for_good_ends_failed_with_a_reason(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    start_operator(extra_env={**SLOW, "VMGUARD_BACKUP_MAX_ATTEMPTS": "1"})
+    start_operator(
+        proxy_throttle=3 * MiB, extra_env={**RETRY_SOON, "VMGUARD_BACKUP_MAX_ATTEMPTS": "1"}
+    )
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         create_backup(kube_api, namespace, "once", {"moref": vm.moref})
         _transferring(kube_api, namespace, "once")
@@ -143,7 +146,7 @@ def test_operator_killed_after_taking_the_snapshot_reuses_it(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    first = start_operator(extra_env={"VMGUARD_TEST_STALL": "snapshotted"})
+    first = start_operator(stall="snapshotted")
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
         uid = create_backup(kube_api, namespace, "snap", {"moref": vm.moref})["metadata"]["uid"]
@@ -173,13 +176,13 @@ def test_operator_killed_while_transferring_adopts_the_job(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    first = start_operator(extra_env=SLOW)
+    first = start_operator(**SLOW)
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
         create_backup(kube_api, namespace, "moving", {"moref": vm.moref})
         _transferring(kube_api, namespace, "moving")
         first.kill()
-        start_operator(extra_env=SLOW)
+        start_operator(**SLOW)
         status = _completed_once(
             kube_api, vc, namespace, "moving", vm, s3_bucket, tmp_path, expected
         )
@@ -200,7 +203,7 @@ def test_operator_killed_in_finalizing_removes_the_snapshot_after_restart(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    first = start_operator(extra_env={"VMGUARD_TEST_STALL": "finalizing"})
+    first = start_operator(stall="finalizing")
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
         create_backup(kube_api, namespace, "fin", {"moref": vm.moref})
@@ -231,7 +234,7 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         selector={"names": ["nothing-*"]},
         concurrency=limits,
     )
-    first = start_operator(extra_env=SLOW)
+    first = start_operator(**SLOW)
     with (
         data_vm(vc, vsim, image_factory, tmp_path, seed=4) as vm_a,
         data_vm(vc, vsim, image_factory, tmp_path, seed=5) as vm_b,
@@ -252,7 +255,7 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         assert objects.condition(obj, "Admitted")["reason"] == "ConcurrencyLimit"
         assert "total 1" in objects.condition(obj, "Admitted")["message"]
         first.kill()
-        start_operator(extra_env=SLOW)
+        start_operator(**SLOW)
         _completed_once(kube_api, vc, namespace, "a", vm_a, s3_bucket, tmp_path, expected_a)
         _completed_once(kube_api, vc, namespace, "b", vm_b, s3_bucket, tmp_path, expected_b)
 
@@ -268,7 +271,7 @@ def test_deleted_in_flight_stops_the_proxy_and_removes_the_snapshot(
     start_operator: Any,
     tmp_path: Path,
 ) -> None:
-    start_operator(extra_env=SLOW)
+    start_operator(**SLOW)
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         create_backup(kube_api, namespace, "gone", {"moref": vm.moref})
         _transferring(kube_api, namespace, "gone")

@@ -27,7 +27,7 @@ from tests.controller.backup_helpers import (
     wait_done,
 )
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

@@ -237,7 +237,7 @@ def test_missing_repository_waits_with_a_condition(
         cond = objects.condition(obj, "RefsResolved")
         return obj if cond.get("reason") == "RepositoryNotFound" else None
 
-    from vmguard.lab.procs import eventually
+    from vmguard_lab.procs import eventually
 
     obj = eventually(waiting, timeout=60, what="RepositoryNotFound condition")
     assert obj["status"]["phase"] == "Pending"

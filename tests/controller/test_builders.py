@@ -116,7 +116,6 @@ def test_credentials_only_by_reference_and_key_as_read_only_file() -> None:
     assert all(m["readOnly"] for n, m in mounts.items() if n != "scratch")
     assert env["VMGUARD_KEY_FILE"]["value"] == mounts["repository-key"]["mountPath"] + "/key"
     assert env["VMGUARD_VC_CA_FILE"]["value"].startswith(mounts["vcenter-ca"]["mountPath"])
-    assert "VMGUARD_PROXY_TEST_THROTTLE" not in env
 
 
 def test_restricted_security_context_unless_hotadd_may_be_used() -> None:
@@ -181,13 +180,6 @@ def test_proxy_rbac_allows_reading_its_kinds_and_patching_status_only() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "vmguard-proxy", "namespace": "prod"}
     ]
-
-
-def test_throttle_is_passed_only_when_set() -> None:
-    slow = ProxySettings(**{**SETTINGS.__dict__, "test_throttle": 1000})
-    job = builders.build_backup_job(BACKUP, slow, vcenter=VCENTER, repository=REPOSITORY, attempt=1)
-    env = {e["name"]: e.get("value") for e in _container(job)["env"]}
-    assert env["VMGUARD_PROXY_TEST_THROTTLE"] == "1000"
 
 
 def test_concurrency_limits_count_active_backups_of_the_vcenter() -> None:

@@ -33,9 +33,9 @@ from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.vsphere.helpers import MiB, sha256_file
 
 from vmguard.controller.catalog import Placement, build_synced_backup, synced_name
-from vmguard.lab.procs import eventually
 from vmguard.store import names
 from vmguard.store.prune import retire_archive
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

@@ -29,7 +29,7 @@ from vmguard.commands.coverage import unescape_name
 from vmguard.commands.status import display_width
 from vmguard.controller import vcenter
 from vmguard.controller.kubeapi import KubeAPI
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,backups")]
 

@@ -13,7 +13,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

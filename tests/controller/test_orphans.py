@@ -11,8 +11,8 @@ from tests.controller.backup_helpers import TAKEN, create_backup, wait_done
 from tests.controller.scrape import scrape
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
-from vmguard.lab.procs import eventually
 from vmguard.vsphere.snapshots import create_snapshot, remove_snapshot
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

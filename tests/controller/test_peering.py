@@ -24,7 +24,7 @@ from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
 from vmguard.controller.peering import PRIORITY_MAX, build_peering, draw_priority, replica_name
-from vmguard.lab.procs import eventually, free_port
+from vmguard_lab.procs import eventually, free_port
 
 PEERING = "vmguard"
 LIFETIME = 10  # seconds a SIGKILLed replica still counts as alive

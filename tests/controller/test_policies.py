@@ -25,9 +25,9 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 
 from vmguard.controller.builders_policy import backup_name
-from vmguard.lab.procs import eventually
 from vmguard.vsphere.session import Endpoint, wait_for
 from vmguard.vsphere.tags import TagClient
+from vmguard_lab.procs import eventually
 
 # Policies here select most of the lab: they create VMBackups, which nobody runs.
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]

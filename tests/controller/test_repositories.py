@@ -21,9 +21,9 @@ from tests.controller import objects
 from tests.controller.scrape import scrape, value
 from tests.store.helpers import FAST_KDF_N, backup, disk_image
 
-from vmguard.lab.procs import eventually
 from vmguard.store import MasterKey, Repository, ScryptParams, names
 from vmguard.store.backend import S3Backend
+from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("repositories")]
 CHUNK = 256 * 1024

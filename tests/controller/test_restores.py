@@ -34,12 +34,12 @@ from tests.controller.restore_helpers import (
 from tests.vsphere.helpers import MiB, pick_vm, restored_afterwards, sha256_file
 
 from vmguard.errors import RestoreRejected
-from vmguard.lab.images import DiskImage, gpt_ext4, small_mixed
-from vmguard.lab.procs import eventually
-from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
 from vmguard.store import HOLE, Repository
 from vmguard.store.names import chunk_name
 from vmguard.vsphere.vmconfig import capture_vm
+from vmguard_lab.images import DiskImage, gpt_ext4, small_mixed
+from vmguard_lab.procs import eventually
+from vmguard_lab.vsim import LabDiskLocator, VSimControl, VSimVM
 
 # completed_backup() commits an archive before it creates the VMBackup that names it
 # (a production backup's VMBackup exists first), so catalog sync could recreate the

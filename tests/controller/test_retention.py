@@ -27,10 +27,10 @@ from tests.controller.backup_helpers import (
     wait_done,
 )
 
-from vmguard.lab.procs import eventually
 from vmguard.store import Repository, names
 from vmguard.store.stats import repository_stats
 from vmguard.store.verify import verify
+from vmguard_lab.procs import eventually
 
 pytestmark = [
     pytest.mark.lab,

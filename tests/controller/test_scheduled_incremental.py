@@ -15,7 +15,7 @@ from tests.controller import objects
 from tests.controller.backup_helpers import data_vm, no_snapshot_left
 from tests.controller.scrape import scrape, value
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 MiB = 1 << 20

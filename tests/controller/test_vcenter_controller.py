@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 # Policies here select most of the lab: they create VMBackups, which nobody runs.
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]

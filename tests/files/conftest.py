@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vmguard.lab.images import DiskImageFactory
-from vmguard.lab.paths import LabPaths
+from vmguard_lab.images import DiskImageFactory
+from vmguard_lab.paths import LabPaths
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmguard.datamover.backup import DiskInput, back_up
-from vmguard.lab.images import DiskImage, changed_ranges
 from vmguard.store import ArchiveManifest, Repository, VmIdentity
 from vmguard.transport.extents import Extent
 from vmguard.transport.file import FileSource
+from vmguard_lab.images import DiskImage, changed_ranges
 
 DISK_KEY = "2000"
 

@@ -18,12 +18,12 @@ from vmguard.errors import DiskReadError
 from vmguard.files.browse import DiskFiles
 from vmguard.files.mount import serve
 from vmguard.files.restore import DirectorySink, restore_paths
-from vmguard.lab import images
-from vmguard.lab.images import DiskImage, DiskImageFactory
-from vmguard.lab.imaging.tree import BIG_FILE
 from vmguard.store import Repository
 from vmguard.store.backend import LocalBackend
 from vmguard.store.names import chunk_name
+from vmguard_lab import images
+from vmguard_lab.images import DiskImage, DiskImageFactory
+from vmguard_lab.imaging.tree import BIG_FILE
 
 pytestmark = pytest.mark.lab
 

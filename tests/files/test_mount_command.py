@@ -28,10 +28,10 @@ import pytest
 
 from tests.files.helpers import DISK_KEY, back_up_image
 from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV
-from vmguard.lab import images
-from vmguard.lab.images import DiskImage, DiskImageFactory
 from vmguard.store import Repository
 from vmguard.store.location import open_location
+from vmguard_lab import images
+from vmguard_lab.images import DiskImage, DiskImageFactory
 
 pytestmark = pytest.mark.lab
 

@@ -12,11 +12,11 @@ import pytest
 
 from tests.files.helpers import back_up_image
 from vmguard.files.restore import DirectorySink, restore_paths
-from vmguard.lab import images
-from vmguard.lab.images import DiskImageFactory
-from vmguard.lab.imaging.tree import BIG_FILE
 from vmguard.store import Repository
 from vmguard.store.backend import CountingBackend, S3Backend
+from vmguard_lab import images
+from vmguard_lab.images import DiskImageFactory
+from vmguard_lab.imaging.tree import BIG_FILE
 
 pytestmark = pytest.mark.lab
 

@@ -22,11 +22,11 @@ import pytest
 from tests.files.helpers import back_up_image, back_up_next_point
 from vmguard.files.browse import DiskFiles
 from vmguard.files.restore import DirectorySink, restore_paths
-from vmguard.lab import images
-from vmguard.lab.images import DiskImage, DiskImageFactory, ImageSpec, ManifestEntry
-from vmguard.lab.imaging.tree import AWKWARD_NAMES
 from vmguard.store import Repository
 from vmguard.store.backend import LocalBackend
+from vmguard_lab import images
+from vmguard_lab.images import DiskImage, DiskImageFactory, ImageSpec, ManifestEntry
+from vmguard_lab.imaging.tree import AWKWARD_NAMES
 
 pytestmark = pytest.mark.lab
 

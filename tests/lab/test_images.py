@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from vmguard.errors import LabError
-from vmguard.lab import images
-from vmguard.lab.images import DiskImage, DiskImageFactory, ImageSpec
-from vmguard.lab.imaging import tools
-from vmguard.lab.imaging.sparse import copy_range
-from vmguard.lab.imaging.tree import AWKWARD_NAMES, BIG_FILE
+from vmguard_lab import images
+from vmguard_lab.errors import LabError
+from vmguard_lab.images import DiskImage, DiskImageFactory, ImageSpec
+from vmguard_lab.imaging import tools
+from vmguard_lab.imaging.sparse import copy_range
+from vmguard_lab.imaging.tree import AWKWARD_NAMES, BIG_FILE
 
 pytestmark = pytest.mark.lab
 

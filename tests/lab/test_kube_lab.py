@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from vmguard.lab.procs import eventually
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

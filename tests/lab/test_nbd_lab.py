@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from vmguard.lab.images import small_mixed
 from vmguard.transport.extents import Extent, normalise
 from vmguard.transport.nbd import NbdkitServer, NbdSource
+from vmguard_lab.images import small_mixed
 
 pytestmark = pytest.mark.lab
 

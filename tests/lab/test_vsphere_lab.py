@@ -1,7 +1,7 @@
 """The lab's vSphere simulator behaves like vSphere where vmguard depends on it.
 
 Runs against the real ``vmguard-vcsim`` started by the lab: ``vsphere_si`` is a pyVmomi
-ServiceInstance logged in to it and ``vsim`` a :class:`vmguard.lab.vsim.VSimControl` of
+ServiceInstance logged in to it and ``vsim`` a :class:`vmguard_lab.vsim.VSimControl` of
 the same simulator. Every test works on VMs it switches to a known state itself and
 removes the snapshots it takes.
 """
@@ -19,7 +19,7 @@ import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
-from vmguard.lab.vsim import CBT_BLOCK_SIZE, VSimControl, VSimVM
+from vmguard_lab.vsim import CBT_BLOCK_SIZE, VSimControl, VSimVM
 
 pytestmark = pytest.mark.lab
 

@@ -43,7 +43,7 @@ FAST_RETRIES = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
 
 @dataclass
 class FaultyS3:
-    proxy: Any  # vmguard.lab.faults.FaultProxy
+    proxy: Any  # vmguard_lab.faults.FaultProxy
     bucket: dict[str, Any]  # the s3_bucket fixture's endpoint, credentials and name
 
     def _s3(self, endpoint: str, prefix: str, timeout: float) -> S3Backend:
@@ -107,7 +107,7 @@ def start_skewed_python(
     ``code`` (a command line is readable by every user). Keep the offset under 15 minutes
     for a child that talks to MinIO: S3 refuses requests signed further off.
     """
-    from vmguard.lab.faults import skewed_env
+    from vmguard_lab.faults import skewed_env
 
     return subprocess.Popen(
         [sys.executable, "-c", code],

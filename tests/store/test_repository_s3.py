@@ -20,7 +20,6 @@ from tests.store.helpers import (
     restore,
     write_disk,
 )
-from vmguard.lab.procs import eventually
 from vmguard.store import (
     GcPolicy,
     MasterKey,
@@ -34,6 +33,7 @@ from vmguard.store.backend import Backend, RetryingBackend, S3Backend
 from vmguard.store.gc import collect_garbage
 from vmguard.store.prune import RetentionPolicy, prune, retire_archive
 from vmguard.store.verify import verify
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 KEY = MasterKey(b"lab master key, sixteen+ bytes")

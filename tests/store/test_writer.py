@@ -10,7 +10,6 @@ import pytest
 from tests.store.conftest import CHUNK
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore, write_disk
 from vmguard.errors import LeaseLostError, RepositoryError
-from vmguard.lab.procs import eventually
 from vmguard.store import (
     GcPolicy,
     MasterKey,
@@ -23,6 +22,7 @@ from vmguard.store import (
 from vmguard.store.backend import MemoryBackend, Retention
 from vmguard.store.clock import ManualClock
 from vmguard.store.lease import Lease
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.unit
 

@@ -21,10 +21,10 @@ import pytest
 from tests.datamover.cli import Cli
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 from tests.vsphere.helpers import sha256_file as sha256_of
-from vmguard.lab.images import small_mixed
-from vmguard.lab.vsim import VSimControl
 from vmguard.vsphere import restore as vrestore
 from vmguard.vsphere.session import Endpoint
+from vmguard_lab.images import small_mixed
+from vmguard_lab.vsim import VSimControl
 
 pytestmark = pytest.mark.lab
 
@@ -63,7 +63,7 @@ def test_vm_backup_and_restore_commands(
             VMGUARD_VC_USER=vc_endpoint.username, VMGUARD_VC_PASSWORD=vc_endpoint.password
         )
         assert vc_endpoint.ca_file
-        where = ("--vcenter", vc_endpoint.url, "--ca-file", vc_endpoint.ca_file, "--lab")
+        where = ("--vcenter", vc_endpoint.url, "--ca-file", vc_endpoint.ca_file, "--locator", "lab")
 
         full = cli.run("vm", "backup", lab_vm.name, *where, "--transport", "nbd")
         assert re.search(r"^  mode +full ", full.stdout, re.M), full.stdout

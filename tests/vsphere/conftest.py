@@ -31,6 +31,6 @@ def repo(s3_bucket: dict[str, Any]) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def locator(vsim: Any) -> Any:
     """The lab's disk locator (nbdkit file plugin over the simulator's images)."""
-    from vmguard.lab.vsim import LabDiskLocator
+    from vmguard_lab.vsim import LabDiskLocator
 
     return LabDiskLocator(vsim)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from vmguard.lab.vsim import VSimControl, VSimVM
 from vmguard.vsphere.inventory import find_vm, vm_record
 from vmguard.vsphere.session import VSphereSession, wait_for
+from vmguard_lab.vsim import VSimControl, VSimVM
 
 MiB = 1 << 20
 

@@ -16,14 +16,14 @@ import pytest
 from tests.vsphere.helpers import MiB, our_snapshots, pick_vm, restored_afterwards, sha256_file
 
 from vmguard.datamover.plan import chunks_touching
-from vmguard.lab.images import gpt_ext4, small_mixed
-from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
 from vmguard.transport.extents import Extent
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
 from vmguard.vsphere import restore as vrestore
 from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.vmconfig import capture_vm
+from vmguard_lab.images import gpt_ext4, small_mixed
+from vmguard_lab.vsim import LabDiskLocator, VSimControl, VSimVM
 
 pytestmark = pytest.mark.lab
 

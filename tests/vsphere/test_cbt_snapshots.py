@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, random_writes, restored_afterwards
 
-from vmguard.lab.vsim import VSimControl
 from vmguard.store.archive import CbtState
 from vmguard.vsphere import cbt
 from vmguard.vsphere.cbt import broken_reason, enable_cbt, merge
@@ -18,6 +17,7 @@ from vmguard.vsphere.inventory import discover, find_vm, vm_record
 from vmguard.vsphere.records import backup_uid_of
 from vmguard.vsphere.session import wait_for
 from vmguard.vsphere.snapshots import create_snapshot, snapshot_cycle, sweep_orphans
+from vmguard_lab.vsim import VSimControl
 
 TAKEN: set[str] = set()
 

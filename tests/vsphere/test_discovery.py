@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from vmguard.lab.vsim import VSimControl
 from vmguard.vsphere.inventory import discover, find_by_name
 from vmguard.vsphere.tags import TagClient
+from vmguard_lab.vsim import VSimControl
 
 pytestmark = pytest.mark.lab
 

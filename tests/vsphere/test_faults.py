@@ -33,14 +33,14 @@ import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import ConfigError, PermanentError
-from vmguard.lab.images import small_mixed
-from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
 from vmguard.transport.nbd import NbdkitServer
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vsphere.inventory import discover, vm_record
 from vmguard.vsphere.session import Endpoint, VSphereSession, connect, disconnect
 from vmguard.vsphere.snapshots import sweep_orphans
 from vmguard.vsphere.tags import TagClient
+from vmguard_lab.images import small_mixed
+from vmguard_lab.vsim import LabDiskLocator, VSimControl, VSimVM
 
 pytestmark = pytest.mark.lab
 
@@ -94,7 +94,7 @@ def test_killed_proxy_leaves_a_snapshot_the_orphan_sweep_removes(
     script = textwrap.dedent(
         f"""
         import os, sys
-        from vmguard.lab.vsim import LabDiskLocator, VSimControl
+        from vmguard_lab.vsim import LabDiskLocator, VSimControl
         from vmguard.store import Repository
         from vmguard.store.backend import S3Backend
         from vmguard.transport.nbd import NbdkitServer

@@ -26,7 +26,6 @@ import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import PermanentError
-from vmguard.lab.vsim import VSimControl, VSimVM
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vsphere.cycle import finish, prepare
 from vmguard.vsphere.guestops import (
@@ -37,6 +36,7 @@ from vmguard.vsphere.guestops import (
     HookPlan,
 )
 from vmguard.vsphere.inventory import vm_record
+from vmguard_lab.vsim import VSimControl, VSimVM
 
 pytestmark = pytest.mark.lab
 

@@ -21,8 +21,6 @@ import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import PermanentError
-from vmguard.lab.images import small_mixed
-from vmguard.lab.vsim import LabDiskLocator, VSimControl, VSimVM
 from vmguard.vmjobs.backup import BackupOptions, backup_vm
 from vmguard.vsphere.cycle import finish
 from vmguard.vsphere.inventory import discover, vm_record
@@ -32,6 +30,8 @@ from vmguard.vsphere.snapshots import (
     snapshot_cycle,
     sweep_orphans,
 )
+from vmguard_lab.images import small_mixed
+from vmguard_lab.vsim import LabDiskLocator, VSimControl, VSimVM
 
 pytestmark = pytest.mark.lab
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from vmguard.lab.vsim import VSimControl
 from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig, capture_vm, safe_extra_config
+from vmguard_lab.vsim import VSimControl
 
 
 @pytest.mark.lab

@@ -23,6 +23,10 @@ Restart safety: every step is derived from status and the world, never from memo
 The snapshot is found by its UID name, the Job by its deterministic name, the archive
 by its UID label (the proxy reports an existing one instead of writing another), and
 waits are computed from recorded times. Blocking calls run in threads.
+
+At ``snapshotted`` and ``finalizing`` the controller awaits its context's
+``hooks.backup_step`` (:mod:`vmguard.hooks`; a no-op unless an embedder gave one: the
+lab's fault tests park it there).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +46,7 @@ from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.vcenter import endpoint_for
 from vmguard.errors import PermanentError, RetryableError, VmguardError, VMNotFoundError
+from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,6 @@ PLURAL = "vmbackups"
 WAIT_REFS = 15.0
 WAIT_ADMISSION = 5.0
 WAIT_PEER = 15.0
-STALL_ENV = "VMGUARD_TEST_STALL"
-"""TEST ONLY: comma-separated points (``snapshotted``, ``finalizing``) where the operator
-stops for an hour, so a fault test can SIGKILL it there. Never set in production."""
 
 
 @dataclass
@@ -62,6 +63,7 @@ class BackupContext:
     jobs: JobAPI
     proxy: ProxySettings
     settings: BackupSettings
+    hooks: Hooks = NO_HOOKS
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     rbac_done: set[str] = field(default_factory=set)
 
@@ -81,12 +83,6 @@ def _parse(ts: str | None) -> dt.datetime | None:
 def _age(obj: dict[str, Any]) -> float:
     started = _parse((obj.get("status") or {}).get("startTime"))
     return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
-
-
-async def _stall(point: str) -> None:
-    if point in (os.environ.get(STALL_ENV) or "").split(","):
-        log.warning("TEST STALL at %s (%s is set)", point, STALL_ENV)
-        await asyncio.sleep(3600)
 
 
 class Patcher:
@@ -268,7 +264,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     except PermanentError as exc:
         await p.fail("SnapshotFailed", str(exc), snapshot_taken=True)
         return 0.0
-    await _stall("snapshotted")
+    await ctx.hooks.backup_step("snapshotted")
     taken, decision = prepared.snapshot, prepared.decision
     live = {d.key: d for d in prepared.vm.disks}
     disks = [
@@ -404,7 +400,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
 
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
-    await _stall("finalizing")
+    await ctx.hooks.backup_step("finalizing")
     status = obj["status"]
     snapshot = status.get("snapshot") or {}
     if not snapshot.get("removed"):

@@ -29,7 +29,6 @@ from vmguard.config import (
     S3_ACCESS_ENV,
     S3_CA_BUNDLE_ENV,
     S3_SECRET_ENV,
-    THROTTLE_ENV,
     TRANSPORT_ENV,
     VC_CA_BUNDLE_ENV,
     VC_CA_FILE_ENV,
@@ -267,8 +266,6 @@ def proxy_job(
         volumes.append({"name": "vddk", **settings.vddk_volume})
         mounts.append({"name": "vddk", "mountPath": settings.vddk_path, "readOnly": True})
         env.append({"name": VDDK_PATH_ENV, "value": settings.vddk_path})
-    if settings.test_throttle:
-        env.append({"name": THROTTLE_ENV, "value": str(settings.test_throttle)})
     pod_security, container_security = security_context(transport)
     container: dict[str, Any] = {
         "name": "proxy",

@@ -24,6 +24,7 @@ from vmguard.controller.policy_runs import PolicyRunner
 from vmguard.controller.repositories import RepositoryWatch
 from vmguard.controller.sweeps import LatestSweeps, SweepView
 from vmguard.errors import ConfigError
+from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.metrics import Metrics
 
 CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
@@ -42,7 +43,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
     memo.proxy = ProxySettings.from_env()
-    memo.backups = backups.BackupContext(KubeAPI(), JobAPI(), memo.proxy, BackupSettings.from_env())
+    memo.backups = backups.BackupContext(
+        KubeAPI(),
+        JobAPI(),
+        memo.proxy,
+        BackupSettings.from_env(),
+        hooks=getattr(memo, "hooks", NO_HOOKS),
+    )
     settings.persistence.finalizer = "vmguard.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -366,6 +373,8 @@ class OperatorOptions:
     metrics_port: int | None = 8080
     metrics_address: str = "0.0.0.0"
     controllers: frozenset[str] = CONTROLLERS
+    hooks: Hooks = NO_HOOKS
+    """Injection points an embedder gave :func:`vmguard.cli.main` (the lab's fault tests)."""
 
 
 def _acts(memo: Any, controller: str) -> bool:
@@ -424,7 +433,10 @@ def run(options: OperatorOptions) -> None:
             priority=priority,
             settings=settings,
             memo=kopf.Memo(
-                metrics=metrics, controllers=options.controllers, catalog_interval=interval
+                metrics=metrics,
+                controllers=options.controllers,
+                catalog_interval=interval,
+                hooks=options.hooks,
             ),
         )
     )

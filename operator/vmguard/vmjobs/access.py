@@ -3,8 +3,14 @@
 A :class:`DiskLocator` turns "disk K of snapshot S of VM V" into an NBD server (or
 "disk K of VM V" for a restore target, writable), and a hot-added disk into a local
 device path. Production: :class:`VddkLocator` (nbdkit's VDDK plugin; devices by disk
-UUID). The lab supplies its own from the simulator's path mapping
-(:class:`vmguard.lab.vsim.LabDiskLocator`).
+UUID).
+
+:func:`open_locator` turns a locator spec (``VMGUARD_PROXY_LOCATOR``, ``vmguard vm
+--locator``) into a locator: ``vddk`` is built in; any other ``SCHEME[:ARG]`` is looked up
+in the entry-point group :data:`LOCATOR_ENTRY_POINTS`, where an installed distribution
+registers ``SCHEME = "module:factory"`` with ``factory(arg, endpoint) -> DiskLocator``.
+The product registers none; the lab's distribution registers ``lab`` (its locator over
+the simulator's file-backed disks, ``vmguard_lab.vsim``).
 
 :func:`snapshot_sources` opens one :class:`~vmguard.transport.extents.BlockSource` per
 disk of a snapshot through the chosen transport and closes everything — NBD servers,
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Protocol
 
 from vmguard.errors import ConfigError
@@ -24,10 +31,12 @@ from vmguard.transport.file import FileSource
 from vmguard.transport.nbd import NbdkitServer, NbdSource, VddkTarget
 from vmguard.vsphere import hotadd
 from vmguard.vsphere.records import VMRecord
-from vmguard.vsphere.session import Endpoint, VSphereSession
+from vmguard.vsphere.session import Endpoint, VSphereSession, sha1_thumbprint
 from vmguard.vsphere.snapshots import TakenSnapshot
 
 TRANSPORTS = ("nbd", "hotadd", "auto")
+LOCATOR_ENTRY_POINTS = "vmguard.disk_locators"
+"""Entry-point group of disk locator factories, by scheme: ``factory(arg, endpoint)``."""
 HOTADD_IN_FLIGHT = 4  # reads in flight on a hot-added device
 
 
@@ -85,6 +94,22 @@ class VddkLocator:
 
     def proxy_bios_uuid(self) -> str:
         return hotadd.own_bios_uuid()
+
+
+def open_locator(spec: str, endpoint: Endpoint, *, vddk_libdir: str) -> DiskLocator:
+    """The locator ``spec`` names: ``vddk`` (production, nbdkit's VDDK plugin from
+    ``vddk_libdir``) or ``SCHEME[:ARG]``, a factory an installed distribution registers
+    under :data:`LOCATOR_ENTRY_POINTS`. ConfigError naming the known schemes otherwise."""
+    scheme, _, arg = spec.partition(":")
+    if scheme == "vddk" and not arg:
+        return VddkLocator(endpoint, sha1_thumbprint(endpoint), libdir=vddk_libdir)
+    found = entry_points(group=LOCATOR_ENTRY_POINTS)
+    plugin = [ep for ep in found if ep.name == scheme and scheme != "vddk"]
+    if not plugin:
+        known = ", ".join(["vddk", *sorted({ep.name + ":..." for ep in found})])
+        raise ConfigError(f"unknown disk locator {spec!r}: known are {known}")
+    locator: DiskLocator = plugin[0].load()(arg, endpoint)
+    return locator
 
 
 @dataclass(frozen=True)

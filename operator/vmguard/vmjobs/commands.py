@@ -1,10 +1,11 @@
 """``vmguard vm ls | backup | restore``: parser and implementations (no cluster needed).
 
 :func:`register` adds ``vm`` to the top-level parser (as ``vmguard.files.commands``
-does); its handler builds the :class:`~vmguard.vmjobs.access.DiskLocator` (VDDK, or
-the lab's, injected by the CLI because the lab sits above this layer) and runs the
-command. pyVmomi, NBD and the engine are imported when a ``vm`` command runs, not when
-the parser is built, so every other ``vmguard`` command starts as fast as before.
+does); its handler builds the :class:`~vmguard.vmjobs.access.DiskLocator` that
+``--locator`` names (``vddk``, or one an installed distribution registers:
+:func:`vmguard.vmjobs.access.open_locator`) and runs the command. pyVmomi, NBD and the
+engine are imported when a ``vm`` command runs, not when the parser is built, so every
+other ``vmguard`` command starts as fast as before.
 
 vCenter credentials come from ``VMGUARD_VC_USER`` / ``VMGUARD_VC_PASSWORD``, trust
 from ``--thumbprint`` or ``--ca-file`` (``--insecure`` only when asked for by name);
@@ -38,11 +39,8 @@ if TYPE_CHECKING:
 USER_ENV = VC_USER_ENV
 PASSWORD_ENV = VC_PASSWORD_ENV
 
-LabLocator = Callable[[str], "DiskLocator"]
-"""The lab's locator for a proxy BIOS UUID (``--lab``; dev and tests only)."""
 
-
-def register(sub: Any, *, lab_locator: LabLocator | None = None) -> None:
+def register(sub: Any) -> None:
     """Add ``vm ls|backup|restore`` to the top-level sub-parsers."""
     vm = sub.add_parser("vm", help="vSphere VMs without a cluster: list, back up, restore")
     common = argparse.ArgumentParser(add_help=False)
@@ -56,9 +54,17 @@ def register(sub: Any, *, lab_locator: LabLocator | None = None) -> None:
         "--repo", required=True, metavar="URL", help="file:///dir or s3://host/bucket"
     )
     data.add_argument("--key-file", help="repository master key (else VMGUARD_KEY)")
-    data.add_argument("--vddk-libdir", default="/opt/vmware-vix-disklib-distrib")
-    data.add_argument("--lab", action="store_true", help=argparse.SUPPRESS)
-    data.add_argument("--lab-proxy-uuid", help=argparse.SUPPRESS)
+    data.add_argument(
+        "--locator",
+        default="vddk",
+        metavar="SPEC",
+        help="how disks are reached: vddk (default), or SCHEME:ARG of an installed plugin",
+    )
+    data.add_argument(
+        "--vddk-libdir",
+        default="/opt/vmware-vix-disklib-distrib",
+        help="the VDDK's directory (with --locator vddk)",
+    )
     vm_sub = vm.add_subparsers(dest="vm_cmd", required=True)
     ls = vm_sub.add_parser("ls", parents=[common], help="discover every VM")
     ls.add_argument("--json", action="store_true")
@@ -81,28 +87,19 @@ def register(sub: Any, *, lab_locator: LabLocator | None = None) -> None:
     restore.add_argument("--network-map", action="append", metavar="SRC=DST")
     restore.add_argument("--power-on", action="store_true")
     restore.add_argument("--power-off", action="store_true", help="with --in-place")
-    vm.set_defaults(func=lambda args: _vm(args, lab_locator))
+    vm.set_defaults(func=_vm)
 
 
-def _locator(args: argparse.Namespace, ep: Endpoint, lab_locator: LabLocator | None) -> Any:
-    if args.lab:
-        if lab_locator is None:
-            raise ConfigError("--lab needs the lab (vmguard.lab), which this build lacks")
-        return lab_locator(args.lab_proxy_uuid or "")
-    from vmguard.vmjobs.access import VddkLocator
-    from vmguard.vsphere.session import sha1_thumbprint
-
-    return VddkLocator(ep, sha1_thumbprint(ep), libdir=args.vddk_libdir)
-
-
-def _vm(args: argparse.Namespace, lab_locator: LabLocator | None) -> int:
+def _vm(args: argparse.Namespace) -> int:
     from vmguard.vmjobs.backup import BackupOptions
     from vmguard.vsphere.restore import NewVMTarget
 
     ep = endpoint(args.vcenter, args.thumbprint, args.ca_file, args.insecure)
     if args.vm_cmd == "ls":
         return vm_ls(ep, sys.stdout, as_json=args.json)
-    locator = _locator(args, ep, lab_locator)
+    from vmguard.vmjobs.access import open_locator
+
+    locator = open_locator(args.locator, ep, vddk_libdir=args.vddk_libdir)
     if args.vm_cmd == "backup":
         options = BackupOptions(
             transport=args.transport, quiesce=args.quiesce, vcenter=args.vcenter_name

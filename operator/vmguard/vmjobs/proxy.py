@@ -13,15 +13,16 @@ VMBackup's status) and runs this in a Job built by
    environment; credentials as ``secretKeyRef`` variables and the repository key as a
    read-only Secret file (none of them is ever printed or logged);
 3. reaches disks through the locator ``VMGUARD_PROXY_LOCATOR`` names: ``vddk``
-   (production), or ``lab:<url>`` — resolved by a factory the CLI injects
-   (:func:`register`'s ``lab_locator_at``), because the lab sits above this layer;
+   (production), or ``SCHEME:ARG`` registered by an installed distribution
+   (:func:`vmguard.vmjobs.access.open_locator`; the lab's is ``lab:<url>``);
 4. runs :func:`~vmguard.vmjobs.backup.transfer` (idempotent: an archive already
    committed by this backup is reported, not written again), patching throttled
    progress, then the result (archive id, mode used and why, per-disk bytes, totals);
 5. exits 0; on failure patches ``status.error {reason, message, retryable}`` and exits 1
    (143 on SIGTERM). The operator decides about retries.
 
-``VMGUARD_PROXY_TEST_THROTTLE`` (bytes/s) slows reading down, for fault tests only.
+Before each progress report it calls ``hooks.transfer_progress`` (:mod:`vmguard.hooks`;
+a no-op unless an embedder gave one: the lab's fault tests slow the reads down there).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vmguard import config as cfg
-from vmguard.config import THROTTLE_ENV, ca_bundle_file
+from vmguard.config import ca_bundle_file
 from vmguard.errors import (
     AuthenticationError,
     ConfigError,
@@ -43,6 +44,7 @@ from vmguard.errors import (
     RetryableError,
     VMNotFoundError,
 )
+from vmguard.hooks import NO_HOOKS, Hooks
 
 if TYPE_CHECKING:
     from vmguard.store import Repository
@@ -52,9 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmguard.proxy")
 
-LabLocatorAt = Callable[[str], "DiskLocator"]
-"""The lab's locator for a simulator control URL (``VMGUARD_PROXY_LOCATOR=lab:<url>``)."""
-
 MODE_USED = {"full": "full", "incremental": "incremental", "full-scan": "fullScan"}
 
 
@@ -62,24 +61,24 @@ class Terminated(Exception):
     """SIGTERM: the pod is being deleted or the Job's deadline passed."""
 
 
-def register(sub: Any, *, lab_locator_at: LabLocatorAt | None = None) -> None:
+def register(sub: Any) -> None:
     proxy = sub.add_parser("proxy", help="run as a proxy Job: move one VM's data (in-cluster)")
     proxy_sub = proxy.add_subparsers(dest="proxy_cmd", required=True)
     backup = proxy_sub.add_parser("backup", help="transfer the snapshot of one VMBackup")
     backup.add_argument("--namespace", required=True)
     backup.add_argument("--name", required=True, help="the VMBackup")
-    backup.set_defaults(func=lambda args: run_backup(args.namespace, args.name, lab_locator_at))
+    backup.set_defaults(func=lambda args: run_backup(args.namespace, args.name, args.hooks))
     restore = proxy_sub.add_parser("restore", help="write the data of one VMRestore")
     restore.add_argument("--namespace", required=True)
     restore.add_argument("--name", required=True, help="the VMRestore")
-    restore.set_defaults(func=lambda args: _run_restore(args.namespace, args.name, lab_locator_at))
+    restore.set_defaults(func=lambda args: _run_restore(args.namespace, args.name))
 
 
-def _run_restore(namespace: str, name: str, lab_locator_at: LabLocatorAt | None) -> int:
+def _run_restore(namespace: str, name: str) -> int:
     from vmguard.vmjobs.restore_job import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run(namespace, name, lab=lab_locator_at)
+    return run(namespace, name)
 
 
 def request_from(obj: Mapping[str, Any], env: Mapping[str, str]) -> TransferRequest:
@@ -165,18 +164,13 @@ def repository_from(env: Mapping[str, str]) -> Repository:
     return Repository.open(backend, key)
 
 
-def locator_from(spec: str, ep: Endpoint, lab_locator_at: LabLocatorAt | None) -> DiskLocator:
-    if spec.startswith("lab:"):
-        if lab_locator_at is None:
-            raise ConfigError("a lab locator was asked for, but this build has no lab")
-        return lab_locator_at(spec[4:])
-    if spec != "vddk":
-        raise ConfigError(f"unknown proxy locator {spec!r}: vddk or lab:<url>")
-    from vmguard.vmjobs.access import VddkLocator
-    from vmguard.vsphere.session import sha1_thumbprint
+def locator_from(spec: str, ep: Endpoint) -> DiskLocator:
+    """The proxy's locator: ``spec`` is ``VMGUARD_PROXY_LOCATOR``; VDDK's libdir comes
+    from ``VMGUARD_PROXY_VDDK_PATH`` (where the Job mounts the user's VDDK)."""
+    from vmguard.vmjobs.access import open_locator
 
     libdir = os.environ.get(cfg.VDDK_PATH_ENV) or cfg.DEFAULT_VDDK_PATH
-    return VddkLocator(ep, sha1_thumbprint(ep), libdir=libdir)
+    return open_locator(spec, ep, vddk_libdir=libdir)
 
 
 def result_status(result: BackupResult, known: list[dict[str, Any]]) -> dict[str, Any]:
@@ -254,7 +248,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated("the proxy was stopped (SIGTERM)")
 
 
-def run_backup(namespace: str, name: str, lab_locator_at: LabLocatorAt | None) -> int:
+def run_backup(namespace: str, name: str, hooks: Hooks = NO_HOOKS) -> int:
     from vmguard.vmjobs.backup import transfer
     from vmguard.vmjobs.report import StatusReporter
     from vmguard.vsphere.session import VSphereSession
@@ -263,20 +257,17 @@ def run_backup(namespace: str, name: str, lab_locator_at: LabLocatorAt | None) -
     signal.signal(signal.SIGTERM, _terminate)
     env = os.environ
     reporter = StatusReporter("vmbackups", namespace, name)
-    throttle = int(env.get(THROTTLE_ENV) or 0)
     try:
         obj = reporter.read()
         request = request_from(obj, env)
         ep = endpoint_from(env)
         repo = repository_from(env)
-        locator = locator_from(env.get(cfg.LOCATOR_ENV, "vddk"), ep, lab_locator_at)
+        locator = locator_from(env.get(cfg.LOCATOR_ENV, "vddk"), ep)
         started = time.monotonic()
 
         def progress(done: int, total: int) -> None:
+            hooks.transfer_progress(done, total)
             elapsed = max(time.monotonic() - started, 1e-3)
-            if throttle and done / elapsed > throttle:  # TEST ONLY: slow the reads down
-                time.sleep(done / throttle - elapsed)
-                elapsed = done / throttle
             reporter.progress(done, total, done / elapsed)
 
         session = VSphereSession(ep)

@@ -39,14 +39,9 @@ from vmguard.errors import (
     VmguardError,
 )
 from vmguard.store import ArchiveManifest, Repository
-from vmguard.vmjobs.access import DiskLocator
 from vmguard.vmjobs.report import StatusReporter
 
 log = logging.getLogger(__name__)
-
-LabLocatorFactory = Callable[[str], DiskLocator]
-"""The lab's locator for a simulator control URL (``lab:URL``); injected by the CLI,
-because the lab sits above this layer."""
 
 
 class _Progress:
@@ -93,7 +88,6 @@ def write_vm_disks(
     target: dict[str, Any],
     result: dict[str, Any],
     reporter: StatusReporter,
-    lab: LabLocatorFactory | None,
 ) -> dict[str, Any]:
     """newVM, inPlace, disks: write through the transport; the new ``status.result``."""
     from vmguard.vmjobs.proxy import endpoint_from, locator_from
@@ -101,7 +95,7 @@ def write_vm_disks(
     from vmguard.vsphere.session import VSphereSession
 
     endpoint = endpoint_from(os.environ)
-    locator = locator_from(os.environ.get(LOCATOR_ENV, "vddk"), endpoint, lab)
+    locator = locator_from(os.environ.get(LOCATOR_ENV, "vddk"), endpoint)
     session = VSphereSession(endpoint)
     try:
         if "inPlace" in target:
@@ -155,7 +149,6 @@ def write_vm_disks(
 def run(
     namespace: str,
     name: str,
-    lab: LabLocatorFactory | None = None,
     reporter: StatusReporter | None = None,
 ) -> int:
     """Carry out one VMRestore; 0 when its data is written, 1 when it failed (reported)."""
@@ -177,7 +170,7 @@ def run(
         if "files" in target:
             result = restore_files(repo, manifest, target["files"], result, reporter)
         else:
-            result = write_vm_disks(repo, manifest, target, result, reporter, lab)
+            result = write_vm_disks(repo, manifest, target, result, reporter)
         reporter.patch({"result": result})
         log.info("restore %s/%s written: %s", namespace, name, written_summary(result))
         return 0

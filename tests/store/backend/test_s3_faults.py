@@ -16,8 +16,8 @@ import pytest
 
 from tests.store.faults import CLIENT_TIMEOUT, FAST_RETRIES, FaultyS3
 from vmguard.errors import BackendUnavailableError, ObjectNotFoundError
-from vmguard.lab.procs import eventually
 from vmguard.store.backend import Backend, RetryingBackend
+from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from vmguard.errors import ConfigError
-from vmguard.lab.imaging import table
-from vmguard.lab.imaging.content import Content, Patch
-from vmguard.lab.imaging.sparse import changed_ranges, copy_range, data_extents, sha256_sparse
-from vmguard.lab.imaging.tree import (
+from vmguard_lab.imaging import table
+from vmguard_lab.imaging.content import Content, Patch
+from vmguard_lab.imaging.sparse import changed_ranges, copy_range, data_extents, sha256_sparse
+from vmguard_lab.imaging.tree import (
     AWKWARD_NAMES,
     BIG_FILE,
     POSIX,

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from vmguard.errors import LabError
+from vmguard_lab.errors import LabError
 
 #: program (or shared library) -> Debian package that provides it
 PACKAGES: dict[str, str] = {

@@ -1,7 +1,7 @@
 """Write a directory tree into an NTFS volume file through libntfs-3g (no FUSE, no mount).
 
-Run as ``python -m vmguard.lab.imaging.ntfs_writer VOLUME PLAN.json`` by
-:mod:`vmguard.lab.imaging.ntfs`, in a child process with libfaketime preloaded: libntfs-3g
+Run as ``python -m vmguard_lab.imaging.ntfs_writer VOLUME PLAN.json`` by
+:mod:`vmguard_lab.imaging.ntfs`, in a child process with libfaketime preloaded: libntfs-3g
 stamps every inode it touches with ``clock_gettime()`` (the MFT-change time cannot be set
 through its API), so a frozen clock is the only way to byte-identical volumes. The child
 process also keeps a crash of the C library away from the caller.

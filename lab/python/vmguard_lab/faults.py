@@ -5,8 +5,8 @@ writes, and clocks that disagree — not only instant in-memory calls. Two real 
 that here:
 
 - **toxiproxy** (its Go module, pinned in ``lab/toxiproxy/go.mod``, built and cached by
-  :mod:`vmguard.lab.build` like MinIO). :func:`start_toxiproxy` runs one server on a
-  free loopback port under the lab's :class:`~vmguard.lab.procs.Supervisor` (pid file,
+  :mod:`vmguard_lab.build` like MinIO). :func:`start_toxiproxy` runs one server on a
+  free loopback port under the lab's :class:`~vmguard_lab.procs.Supervisor` (pid file,
   own session), and :class:`Toxiproxy` drives its HTTP API: a :class:`FaultProxy` is
   a TCP listener on 127.0.0.1 in front of one upstream (the lab's MinIO), and *toxics*
   on it add latency, cap bandwidth, stall, cut or reset connections, in either
@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import requests
 
-from vmguard.errors import LabError
-from vmguard.lab.procs import Supervisor, Tracked, free_port, wait_until
+from vmguard_lab.errors import LabError
+from vmguard_lab.procs import Supervisor, Tracked, free_port, wait_until
 
 TOXIPROXY_VERSION = "v2.12.0"
 """Equal to the pin in lab/toxiproxy/go.mod (and the -X version in build.py)."""

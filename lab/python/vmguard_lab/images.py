@@ -44,23 +44,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vmguard.errors import ConfigError
-from vmguard.lab.imaging import ext4 as ext4_fs
-from vmguard.lab.imaging import fat as fat_fs
-from vmguard.lab.imaging import ntfs as ntfs_fs
-from vmguard.lab.imaging import table, tools
-from vmguard.lab.imaging import xfs as xfs_fs
-from vmguard.lab.imaging.content import Content, ContentKind, Patch, derive
-from vmguard.lab.imaging.probe import FsReader
-from vmguard.lab.imaging.sparse import (
+from vmguard_lab.imaging import ext4 as ext4_fs
+from vmguard_lab.imaging import fat as fat_fs
+from vmguard_lab.imaging import ntfs as ntfs_fs
+from vmguard_lab.imaging import table, tools
+from vmguard_lab.imaging import xfs as xfs_fs
+from vmguard_lab.imaging.content import Content, ContentKind, Patch, derive
+from vmguard_lab.imaging.probe import FsReader
+from vmguard_lab.imaging.sparse import (
     Extent,
     clone,
     copy_range,
     data_extents,
     sha256_sparse,
 )
-from vmguard.lab.imaging.sparse import changed_ranges as _changed_ranges
-from vmguard.lab.imaging.table import FsKind, TableKind
-from vmguard.lab.imaging.tree import (
+from vmguard_lab.imaging.sparse import changed_ranges as _changed_ranges
+from vmguard_lab.imaging.table import FsKind, TableKind
+from vmguard_lab.imaging.tree import (
     BIG_FILE,
     EPOCH,
     ManifestEntry,

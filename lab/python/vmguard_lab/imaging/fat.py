@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmguard.lab.imaging.content import derive
-from vmguard.lab.imaging.table import SECTOR
-from vmguard.lab.imaging.tools import run
-from vmguard.lab.imaging.tree import WINDOWS, NamePolicy, Tree
+from vmguard_lab.imaging.content import derive
+from vmguard_lab.imaging.table import SECTOR
+from vmguard_lab.imaging.tools import run
+from vmguard_lab.imaging.tree import WINDOWS, NamePolicy, Tree
 
 POLICY: NamePolicy = NamePolicy(
     "fat",

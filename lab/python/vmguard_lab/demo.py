@@ -1,4 +1,4 @@
-"""``vmguard lab demo`` (``make demo``): the product tour on the local lab.
+"""``vmguard-lab demo`` (``make demo``): the product tour on the local lab.
 
 Everything runs for real: the lab's kube-apiserver with vmguard's CRDs, the operator as a
 process, proxy Jobs run by the lab's node agent, the vSphere simulator and MinIO. The
@@ -11,7 +11,7 @@ chunks, metrics and the coverage table, and ends with
 ``kubectl get vmguard``. Secret values come from the lab's state and are never printed.
 
 The demo works in the namespace ``vmguard-demo`` (recreated on every run) and a bucket
-of its own; the lab keeps running afterwards (``vmguard lab down`` stops it).
+of its own; the lab keeps running afterwards (``vmguard-lab down`` stops it).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmguard.lab.lab import Lab
-from vmguard.lab.procs import eventually, free_port
+from vmguard_lab.lab import Lab
+from vmguard_lab.procs import eventually, free_port
 
 NAMESPACE = "vmguard-demo"
 BUCKET = "vmguard-demo"
@@ -247,7 +247,7 @@ class Demo:
         self.backups_settle(all_done, timeout=900)
 
     def incremental(self) -> tuple[str, dict[str, Any]]:
-        from vmguard.lab.vsim import VSimControl
+        from vmguard_lab.vsim import VSimControl
 
         vsim = VSimControl(self.state["vsphere"]["control_url"])
         gold = self.get("vmprotectionpolicies", "gold")
@@ -298,7 +298,7 @@ class Demo:
             vsim.write(moref, key, offset, os.urandom(64 << 10))
 
     def restore(self, moref: str, backup: dict[str, Any]) -> None:
-        from vmguard.lab.vsim import VSimControl
+        from vmguard_lab.vsim import VSimControl
 
         vsim = VSimControl(self.state["vsphere"]["control_url"])
         source = vsim.vm(moref)
@@ -336,7 +336,7 @@ class Demo:
         """A GPT disk with an ext4 file system of known content behind ``moref``'s first
         disk, as if its guest had written it (the next backup reads it in full: a new
         disk image breaks the CBT chain)."""
-        from vmguard.lab.images import DiskImageFactory, gpt_ext4
+        from vmguard_lab.images import DiskImageFactory, gpt_ext4
 
         factory = DiskImageFactory(self.lab.paths.cache / "images")
         self.image = factory.build(gpt_ext4(), 7, self.lab.paths.lab / "demo-ext4.img")
@@ -410,7 +410,7 @@ class Demo:
         first writes, whose own backup holds them), so the written VM is written twice
         more at the same places: once two gold runs hold the third bytes, the backups
         that alone held the second ones are pruned, and a GC frees those chunks."""
-        from vmguard.lab.vsim import VSimControl
+        from vmguard_lab.vsim import VSimControl
 
         vsim = VSimControl(self.state["vsphere"]["control_url"])
         moref = self.writes[0]

@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config, watch
 
-from vmguard.lab.podfiles import PodFiles, PodMaterializer
+from vmguard_lab.podfiles import PodFiles, PodMaterializer
 
-log = logging.getLogger("vmguard.lab.nodeagent")
+log = logging.getLogger("vmguard_lab.nodeagent")
 
 HEARTBEAT_SECONDS = 10
 VOLUME_SETUP_SECONDS = 60
@@ -155,7 +155,7 @@ class PodRunner(threading.Thread):
                     "--",
                     sys.executable,
                     "-m",
-                    "vmguard.lab.podrun",
+                    "vmguard_lab.podrun",
                     str(spec_path),
                 ],
                 stdin=subprocess.DEVNULL,

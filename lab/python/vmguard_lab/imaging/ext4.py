@@ -20,11 +20,11 @@ import os
 import re
 from pathlib import Path
 
-from vmguard.errors import LabError
-from vmguard.lab.imaging.content import Content, Patch
-from vmguard.lab.imaging.table import guid
-from vmguard.lab.imaging.tools import run
-from vmguard.lab.imaging.tree import (
+from vmguard_lab.errors import LabError
+from vmguard_lab.imaging.content import Content, Patch
+from vmguard_lab.imaging.table import guid
+from vmguard_lab.imaging.tools import run
+from vmguard_lab.imaging.tree import (
     POSIX,
     Entry,
     NamePolicy,
@@ -97,7 +97,7 @@ def apply_change(
     the block-level difference is about as large as the change (what CBT would see).
 
     ``old`` and ``new`` are the filtered trees of two consecutive generations and
-    ``change`` the :func:`~vmguard.lab.imaging.tree.evolve` step between them.
+    ``change`` the :func:`~vmguard_lab.imaging.tree.evolve` step between them.
     """
     env = {"E2FSPROGS_FAKE_TIME": str(now)}
     blobs = work / "blobs"

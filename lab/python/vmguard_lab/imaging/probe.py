@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from vmguard.errors import LabError
-from vmguard.lab.imaging import xfs
-from vmguard.lab.imaging.fat import _env as _mtools_env
-from vmguard.lab.imaging.sparse import copy_range
-from vmguard.lab.imaging.tools import run, run_capture
+from vmguard_lab.errors import LabError
+from vmguard_lab.imaging import xfs
+from vmguard_lab.imaging.fat import _env as _mtools_env
+from vmguard_lab.imaging.sparse import copy_range
+from vmguard_lab.imaging.tools import run, run_capture
 
 _IO_REPARSE_TAG_SYMLINK = 0xA000000C
 # "ls -p" prints /ino/mode/uid/gid/name/size/ per entry; a name may hold a newline.

@@ -1,7 +1,7 @@
 """Exec shim for one lab container, run by the node agent inside ``unshare --mount``.
 
 Lab only. The node agent starts ``unshare --mount --propagation private -- python -m
-vmguard.lab.podrun SPEC.json``; this module, already in the pod's private mount
+vmguard_lab.podrun SPEC.json``; this module, already in the pod's private mount
 namespace, bind-mounts each prepared volume directory at its ``mountPath`` (read-only
 where the pod asks), then replaces itself with the container's command. Mounts made
 here are invisible to the host and vanish with the process.

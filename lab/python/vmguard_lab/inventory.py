@@ -1,4 +1,4 @@
-"""``vmguard lab inventory``: what the running lab offers, read through its real APIs.
+"""``vmguard-lab inventory``: what the running lab offers, read through its real APIs.
 
 Kubernetes nodes through the apiserver, VMs through the vSphere API (pyVmomi, via
 ``vmguard.vsphere``), buckets through S3 — so the listing itself shows that each peer
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vmguard.lab.lab import Lab
+    from vmguard_lab.lab import Lab
 
 
 def print_inventory(lab: Lab, max_vms: int = 12) -> None:

@@ -8,7 +8,7 @@ Three places, kept apart on purpose:
   incompatible change of the build recipe never reuses an old cache;
 - the *lab directory* (``$VMGUARD_LAB_DIR``, default ``<repo>/.lab``) holds the
   runtime state of one running lab: certificates, data directories, logs, pid files.
-  ``vmguard lab down`` stops its processes but keeps the directory for inspection.
+  ``vmguard-lab down`` stops its processes but keeps the directory for inspection.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmguard.config import Settings
-from vmguard.errors import LabError
+from vmguard_lab.errors import LabError
 
 # Bump when the way lab components are built changes incompatibly.
 CACHE_VERSION = 1

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from vmguard.errors import ConfigError
-from vmguard.lab.imaging.content import derive_bytes
-from vmguard.lab.imaging.tools import run
+from vmguard_lab.imaging.content import derive_bytes
+from vmguard_lab.imaging.tools import run
 
 SECTOR = 512
 ALIGN = 1 << 20

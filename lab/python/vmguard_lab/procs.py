@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmguard.errors import LabError
+from vmguard_lab.errors import LabError
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""``vmguard lab up | down | status | env``: the local lab of real peers.
+"""``vmguard-lab up | down | status | env``: the local lab of real peers.
 
 ``up`` builds what is missing (once, cached), then starts, in order: etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler, the lab node agent, MinIO and
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmguard.errors import LabError
-from vmguard.lab import build
-from vmguard.lab.imaging import tools as image_tools
-from vmguard.lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
-from vmguard.lab.minio import ensure_bucket, start_minio
-from vmguard.lab.paths import LabPaths
-from vmguard.lab.pki import LabCA
-from vmguard.lab.procs import Supervisor, free_port, wait_until
+from vmguard_lab import build
+from vmguard_lab.errors import LabError
+from vmguard_lab.imaging import tools as image_tools
+from vmguard_lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
+from vmguard_lab.minio import ensure_bucket, start_minio
+from vmguard_lab.paths import LabPaths
+from vmguard_lab.pki import LabCA
+from vmguard_lab.procs import Supervisor, free_port, wait_until
 
 PORT_NAMES = (
     "etcd",
@@ -134,7 +134,7 @@ class Lab:
 
     def state(self) -> LabState:
         if not self.paths.state_file.exists():
-            raise LabError(f"no lab in {self.paths.lab}: run `vmguard lab up`")
+            raise LabError(f"no lab in {self.paths.lab}: run `vmguard-lab up`")
         return LabState(json.loads(self.paths.state_file.read_text()))
 
     def up(self, vms: int = 24, disk_capacity: int = 1 << 30) -> LabState:
@@ -185,7 +185,7 @@ class Lab:
             [
                 sys.executable,
                 "-m",
-                "vmguard.lab.nodeagent",
+                "vmguard_lab.nodeagent",
                 f"--node-name={NODE_NAME}",
                 f"--kubeconfig={kube.kubeconfig_for('node')}",
                 f"--state-dir={self.paths.lab / 'node'}",
@@ -212,7 +212,7 @@ class Lab:
     def _vsphere(
         self, bins: dict[str, Path], state: LabState, vms: int, disk_capacity: int
     ) -> None:
-        from vmguard.lab.vsim import vsim_command
+        from vmguard_lab.vsim import vsim_command
 
         ports = state.ports
         vdir = self.paths.lab / "vsphere"

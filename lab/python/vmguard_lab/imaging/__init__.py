@@ -1,4 +1,4 @@
-"""Building blocks of the lab's disk image factory (:mod:`vmguard.lab.images`).
+"""Building blocks of the lab's disk image factory (:mod:`vmguard_lab.images`).
 
 One module per concern: ``content`` (seeded byte streams), ``tree`` (directory trees and
 their manifests), ``sparse`` (hole-preserving copies and extent maps), ``table`` (GPT/MBR

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from vmguard.lab.paths import LabPaths
-from vmguard.lab.pki import KeyPair, LabCA
-from vmguard.lab.procs import Supervisor, port_open, wait_until
+from vmguard_lab.paths import LabPaths
+from vmguard_lab.pki import KeyPair, LabCA
+from vmguard_lab.procs import Supervisor, port_open, wait_until
 
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmguard.errors import LabError
-from vmguard.lab.paths import LabPaths
+from vmguard_lab.errors import LabError
+from vmguard_lab.paths import LabPaths
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ COMPONENTS: tuple[GoComponent, ...] = (
         {"helm": "helm.sh/helm/v4/cmd/helm"},
         ("-X helm.sh/helm/v4/internal/version.version=v4.3.1",),
     ),
-    # The fault proxy of the store's network tests (vmguard.lab.faultproxy); not started
+    # The fault proxy of the store's network tests (vmguard_lab.faults); not started
     # by `lab up`. Keep the -X version equal to go.mod's pin.
     GoComponent(
         "toxiproxy",

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import requests
 
-from vmguard.errors import LabError
+from vmguard_lab.errors import LabError
 
 USERNAME_ENV = "VMGUARD_VCSIM_USERNAME"
 PASSWORD_ENV = "VMGUARD_VCSIM_PASSWORD"
@@ -375,3 +375,28 @@ class LabDiskLocator:
 
     def proxy_bios_uuid(self) -> str:
         return self.proxy_uuid
+
+
+def disk_locator(arg: str, endpoint: Any) -> LabDiskLocator:
+    """The ``lab`` disk locator, registered in the product's entry-point group
+    ``vmguard.disk_locators`` (lab/python/pyproject.toml): a proxy Job of the lab runs with
+    ``VMGUARD_PROXY_LOCATOR=lab:<control URL>``, ``vmguard vm`` with ``--locator lab``.
+
+    ``arg`` is a comma-separated list of: the simulator's control URL (``http://...``;
+    default: the running lab's, from ``$VMGUARD_LAB_DIR``) and ``proxy=<BIOS UUID>``, the
+    lab VM the caller claims to run on (what hot-add needs; default: none). ``endpoint``
+    is unused: the simulator's control API says where each disk's image is.
+    """
+    control_url, proxy_uuid = "", ""
+    for item in filter(None, (part.strip() for part in arg.split(","))):
+        if item.startswith("proxy="):
+            proxy_uuid = item.removeprefix("proxy=")
+        elif item.startswith(("http://", "https://")):
+            control_url = item
+        else:
+            raise LabError(f"lab locator: {item!r} is neither a control URL nor proxy=<uuid>")
+    if not control_url:
+        from vmguard_lab.lab import Lab
+
+        control_url = Lab().state().data["vsphere"]["control_url"]
+    return LabDiskLocator(VSimControl(control_url), proxy_uuid=proxy_uuid)

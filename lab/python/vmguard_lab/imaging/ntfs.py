@@ -2,7 +2,7 @@
 
 Steps: ``mkntfs -T`` (times zero, and its random numbers seeded from that zero time, so the
 volume is byte-identical), ``ntfslabel --new-serial`` (a serial derived from the seed),
-then :mod:`vmguard.lab.imaging.ntfs_writer` creates directories, files and symlinks with
+then :mod:`vmguard_lab.imaging.ntfs_writer` creates directories, files and symlinks with
 libntfs-3g's own calls (what ``ntfscp`` uses, plus the directory and symlink creation
 ntfscp lacks) under libfaketime, whose frozen clock pins the MFT-change times libntfs-3g
 takes from ``clock_gettime()``. Later backup points are applied in place by the same
@@ -23,10 +23,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import vmguard
-from vmguard.lab.imaging.content import Content, derive
-from vmguard.lab.imaging.tools import find, run
-from vmguard.lab.imaging.tree import WINDOWS, Entry, NamePolicy, Tree, TreeChange, in_place_patch
+import vmguard_lab
+from vmguard_lab.imaging.content import Content, derive
+from vmguard_lab.imaging.tools import find, run
+from vmguard_lab.imaging.tree import WINDOWS, Entry, NamePolicy, Tree, TreeChange, in_place_patch
 
 POLICY: NamePolicy = WINDOWS
 TOOLS = ("mkntfs", "ntfslabel", "libntfs-3g.so.89", "libfaketime.so.1")
@@ -135,6 +135,6 @@ def _plan_entry(tree: Tree, e: Entry, source: Path, direct: bool = False) -> dic
 def _run_writer(fs_path: Path, plan: dict[str, object], env: dict[str, str], work: Path) -> None:
     plan_file = work / "ntfs-plan.json"
     plan_file.write_text(json.dumps(plan))
-    package_root = str(Path(vmguard.__file__).resolve().parent.parent)
+    package_root = str(Path(vmguard_lab.__file__).resolve().parent.parent)
     env = {**env, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    run([sys.executable, "-m", "vmguard.lab.imaging.ntfs_writer", fs_path, plan_file], env=env)
+    run([sys.executable, "-m", "vmguard_lab.imaging.ntfs_writer", fs_path, plan_file], env=env)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from vmguard.lab.imaging.content import CHUNK, Content, ContentKind, Patch, derive
-from vmguard.lab.imaging.sparse import write_nonzero_blocks
+from vmguard_lab.imaging.content import CHUNK, Content, ContentKind, Patch, derive
+from vmguard_lab.imaging.sparse import write_nonzero_blocks
 
 #: the fixed "now" of every image: 2020-09-13T12:26:40Z
 EPOCH = 1_600_000_000

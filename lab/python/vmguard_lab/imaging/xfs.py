@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vmguard.errors import ConfigError, LabError
-from vmguard.lab.imaging.table import guid
-from vmguard.lab.imaging.tools import run
-from vmguard.lab.imaging.tree import NamePolicy, Tree
+from vmguard.errors import ConfigError
+from vmguard_lab.errors import LabError
+from vmguard_lab.imaging.table import guid
+from vmguard_lab.imaging.tools import run
+from vmguard_lab.imaging.tree import NamePolicy, Tree
 
 POLICY: NamePolicy = NamePolicy(
     "xfs-protofile",

@@ -13,8 +13,8 @@ import os
 import urllib.request
 from pathlib import Path
 
-from vmguard.lab.paths import LabPaths
-from vmguard.lab.procs import Supervisor, wait_until
+from vmguard_lab.paths import LabPaths
+from vmguard_lab.procs import Supervisor, wait_until
 
 MINIO_MODULE_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 

@@ -1,0 +1,90 @@
+"""``python -m vmguard_lab.run [--stall POINTS] [--throttle BYTES_PER_S] VMGUARD-ARGS...``:
+``vmguard`` with test hooks installed (lab only).
+
+Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
+that they can kill it exactly there. The product has no switch for that; it has injection
+points (:class:`vmguard.hooks.Hooks`, an argument of :func:`vmguard.cli.main`). This
+module builds hooks from its own options and runs ``main`` with them and the remaining
+arguments, in the same process:
+
+- ``--stall snapshotted,finalizing``: the VMBackup controller waits an hour at those
+  points (:data:`vmguard.hooks.BACKUP_STEPS`, logging a warning first), so a test can
+  SIGKILL the operator there. Given when starting the operator.
+- ``--throttle N``: the backup proxy reads at most N bytes/s on average (measured from
+  its first progress report). Given in the operator's ``VMGUARD_PROXY_COMMAND``, so that
+  every proxy Job it starts runs with it.
+
+Without options it is ``vmguard`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vmguard.cli import main as vmguard_main
+from vmguard.hooks import BACKUP_STEPS, Hooks
+
+log = logging.getLogger("vmguard_lab.run")
+
+STALL_SECONDS = 3600.0
+
+
+def stall_hook(points: set[str]) -> Callable[[str], Awaitable[None]]:
+    """A backup-step hook that waits :data:`STALL_SECONDS` at each of ``points``."""
+    unknown = points - set(BACKUP_STEPS)
+    if unknown:
+        raise SystemExit(f"--stall: unknown point(s) {sorted(unknown)}; {BACKUP_STEPS}")
+
+    async def stall(point: str) -> None:
+        if point in points:
+            log.warning("lab: stalled at %s (vmguard_lab.run --stall)", point)
+            await asyncio.sleep(STALL_SECONDS)
+
+    return stall
+
+
+def throttle_hook(rate: int) -> Callable[[int, int], None]:
+    """A transfer-progress hook that waits until the average rate since its first call is
+    at most ``rate`` bytes/s."""
+    started: list[float] = []
+
+    def throttle(done: int, total: int) -> None:
+        if not started:
+            started.append(time.monotonic())
+        ahead = done / rate - (time.monotonic() - started[0])
+        if ahead > 0:
+            time.sleep(ahead)
+
+    return throttle
+
+
+def parse(argv: list[str] | None) -> tuple[Hooks, list[str]]:
+    """The hooks this module's options ask for, and the arguments left for vmguard."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vmguard_lab.run", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--stall", metavar="POINTS", help="comma-separated backup steps")
+    parser.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="proxy read rate")
+    parser.add_argument("vmguard_args", nargs=argparse.REMAINDER, help="vmguard's arguments")
+    args = parser.parse_args(argv)
+    given: dict[str, Any] = {}
+    if args.stall:
+        given["backup_step"] = stall_hook({p.strip() for p in args.stall.split(",") if p.strip()})
+    if args.throttle:
+        given["transfer_progress"] = throttle_hook(args.throttle)
+    return Hooks(**given), list(args.vmguard_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    hooks, rest = parse(argv)
+    return vmguard_main(rest, hooks=hooks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
