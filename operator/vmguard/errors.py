@@ -92,6 +92,14 @@ class RepositoryExistsError(RepositoryError):
     """A repository already exists where a new one was to be created."""
 
 
+class KdfLimitError(RepositoryError):
+    """A config asks for more key-derivation memory or work than this reader allows."""
+
+    def __init__(self, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
 class AuthenticationError(PermanentError):
     """The master key does not open the repository, or the config was tampered with."""
 

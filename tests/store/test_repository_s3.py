@@ -10,7 +10,6 @@ import pytest
 from tests.store.conftest import CHUNK
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore, write_disk
 from vmguard.store import (
-    GcPolicy,
     MasterKey,
     ObjectLockPolicy,
     Repository,
@@ -75,13 +74,13 @@ def test_damage_on_minio_is_found_and_repaired(s3_bucket: dict[str, Any]) -> Non
 
 
 def test_gc_on_minio_uses_the_server_clock(s3_bucket: dict[str, Any]) -> None:
-    repo = _init(_backend(s3_bucket), gc=GcPolicy(lease_ttl_seconds=60, grace_seconds=0))
+    repo = _init(_backend(s3_bucket))
     old = backup(repo, "vm", {"d": disk_image(33, 6, CHUNK)})
     new_image = disk_image(34, 6, CHUNK)
     new = backup(repo, "vm", {"d": new_image})
     retire_archive(repo, old.archive_id)
-    time.sleep(1.1)  # S3 times have one-second resolution; grace is 0 here
-    report = collect_garbage(repo)
+    time.sleep(1.1)  # S3 times have one-second resolution; the chunk grace is 0 here
+    report = collect_garbage(repo, chunk_grace_seconds=0)
     assert report.deleted > 0 and report.waiting_for == []
     kept = repo.load_index(new, "d").referenced()
     stored = {names.chunk_id_from_name(i.name) for i in repo.backend.list(names.CHUNKS)}
@@ -96,7 +95,6 @@ def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
     repo = _init(
         backend,
         object_lock=ObjectLockPolicy("GOVERNANCE", 1),
-        gc=GcPolicy(lease_ttl_seconds=60, grace_seconds=0),
     )
     images = [disk_image(40 + i, 3, CHUNK) for i in range(3)]
     made = [backup(repo, "vm", {"d": image}) for image in images]
@@ -108,7 +106,7 @@ def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
     with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
         write_disk(writer, "d", disk_image(50, 3, CHUNK))  # aborted: locked garbage
     time.sleep(1.1)
-    gc_report = collect_garbage(repo)
+    gc_report = collect_garbage(repo, chunk_grace_seconds=0)
     assert gc_report.locked > 0 and gc_report.deleted == 0
     assert sum("Object Lock" in m for m in gc_report.messages) == 1
     for manifest, image in zip(made, images, strict=True):

@@ -24,6 +24,7 @@ import blake3
 from vmguard.errors import ConfigError
 
 CONFIG = "config"
+CONFIG_COPIES = "configs/"
 CHUNKS = "chunks/"
 FOSSILS = "fossils/"
 INDEXES = "indexes/"
@@ -93,6 +94,11 @@ def new_stamped_id(now: datetime) -> str:
 def stamped_id_time(stamped_id: str) -> datetime | None:
     match = _STAMPED_RE.fullmatch(stamped_id)
     return _parse_stamp(match.group(1)) if match else None
+
+
+def config_copy_name(config: bytes) -> str:
+    """The retained copy of a config (format §2.1): named by the BLAKE3 of its bytes."""
+    return f"{CONFIG_COPIES}{blake3.blake3(config).hexdigest()}"
 
 
 def chunk_name(chunk_id: bytes) -> str:
