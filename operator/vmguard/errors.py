@@ -100,6 +100,14 @@ class KdfLimitError(RepositoryError):
         self.parameter = parameter
 
 
+class RepositorySpecMismatchError(ConfigError):
+    """A repository's config differs from what its BackupRepository declares."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class AuthenticationError(PermanentError):
     """The master key does not open the repository, or the config was tampered with."""
 
