@@ -172,7 +172,7 @@ def test_safety_fields_edited_without_the_key_are_refused(
     clock = ManualClock()
     backend, _ = _locked(clock)
     _edit_config(backend, **change)
-    with pytest.raises(AuthenticationError, match="key check"):
+    with pytest.raises(AuthenticationError, match=r"key check|older config"):
         Repository.open(backend, KEY, clock=clock)
 
 
@@ -218,6 +218,25 @@ def test_a_repository_of_main_opens_unchanged_and_upgrades(which: str, tmp_path:
         _edit_config(store, gc={"lease_ttl_seconds": 600, "grace_seconds": 7200})
         with pytest.raises(AuthenticationError, match="key check"):
             Repository.open(store, key)
+
+
+def test_an_upgraded_repository_refuses_a_rolled_back_config(tmp_path: Path) -> None:
+    """Putting the pre-upgrade config back (its legacy key check is still valid) would let
+    Object Lock and GC be edited unnoticed again: the retained copy of the upgraded config
+    says the repository was upgraded, and the reader refuses."""
+    shutil.copytree(FIXTURES / "encrypted", tmp_path / "repo")
+    store = LocalBackend(tmp_path / "repo")
+    key = MasterKey(MAIN_V1_KEY)
+    old = store.get(names.CONFIG)
+    Repository.open(store, key).upgrade()
+    doc = json.loads(old)
+    doc["gc"] = {"lease_ttl_seconds": 60, "grace_seconds": 300}
+    store.put(names.CONFIG, json.dumps(doc).encode())
+    with pytest.raises(AuthenticationError, match="older config"):
+        Repository.open(store, key)
+    store.delete(names.CONFIG)  # the way back the message gives
+    assert Repository.open(store, key).upgrade() == ()
+    assert Repository.open(store, key).config.authenticated
 
 
 def test_repo_upgrade_command_needs_the_key_and_reports_the_features(tmp_path: Path) -> None:

@@ -240,6 +240,15 @@ class Repository:
                 break
         else:
             raise AuthenticationError(f"the master key does not open the repository at {where}")
+        if not config.authenticated:
+            upgraded = next(iter(backend.list(names.AUTHENTICATED_CONFIG_COPIES)), None)
+            if upgraded is not None:  # a legacy key check would not cover lock and GC
+                raise AuthenticationError(
+                    f"the config at {where} lacks authenticated-config, but the repository"
+                    f" was upgraded to it ({upgraded.name}): it was replaced by an older"
+                    " config; delete it, and `vmguard repo upgrade` opens the repository from"
+                    " the retained copies and writes the config back"
+                )
         check = DataKeys(data_key).key_check(config.authenticated_parameters())
         if check != encryption.key_check:
             raise AuthenticationError(
@@ -313,7 +322,7 @@ class Repository:
         if lock is not None:
             until = self.clock.now().replace(microsecond=0) + timedelta(days=2 * lock.days)
             retention = Retention(lock.mode, until)
-        name = names.config_copy_name(self._stored)
+        name = names.config_copy_name(self._stored, authenticated=self.config.authenticated)
         if not self.backend.put_if_absent(name, self._stored, retention=retention):
             if retention is not None:
                 self._extend_copy(name, retention.until)
@@ -330,7 +339,7 @@ class Repository:
         with self._copy_lock:
             if self._copy_until is not None and self._copy_until >= until:
                 return
-        name = names.config_copy_name(self._stored)
+        name = names.config_copy_name(self._stored, authenticated=self.config.authenticated)
         try:
             current = self.backend.stat(name).retain_until
         except ObjectNotFoundError:  # written by an earlier release: make it now
