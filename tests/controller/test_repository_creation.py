@@ -102,7 +102,9 @@ def test_the_spec_makes_the_repository_and_a_lost_config_loses_no_locked_archive
     assert manifest.retain_until is not None
     now = dt.datetime.now(dt.UTC)
     chunk = names.chunk_name(next(iter(repo.load_index(manifest, "d").referenced())))
-    (copy,) = [o.object_name for o in minio_client.list_objects(bucket, prefix="configs/")]
+    (copy,) = [
+        o.object_name for o in minio_client.list_objects(bucket, prefix="configs/", recursive=True)
+    ]
     for name in (chunk, manifest.disks[0].index, names.manifest_name(manifest.archive_id)):
         retention = minio_client.get_object_retention(bucket, name)
         assert retention.mode == "GOVERNANCE"
