@@ -88,6 +88,22 @@ class RepositoryExistsError(RepositoryError):
     """A repository already exists where a new one was to be created."""
 
 
+class KdfLimitError(RepositoryError):
+    """A config asks for more key-derivation memory or work than this reader allows."""
+
+    def __init__(self, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class RepositorySpecMismatchError(ConfigError):
+    """A repository's config differs from what its BackupRepository declares."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class AuthenticationError(PermanentError):
     """The master key does not open the repository, or the config was tampered with."""
 

@@ -100,8 +100,9 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     ns = namespace
     objects.create_policy(kube_api, ns, "gold", selector={"names": ["catalog-none-*"]})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
-        # Two backups under the policy, made by the operator (no sweeps: no fail-safe).
-        first_operator = start_operator("--controllers", "backups")
+        # Two backups under the policy, made by the operator (no sweeps: no fail-safe);
+        # the BackupRepository controller creates the repository they go into.
+        first_operator = start_operator("--controllers", "backups,repositories")
         create_backup(kube_api, ns, "first", {"name": vm.name}, policyRef={"name": "gold"})
         full = wait_done(kube_api, ns, "first")["status"]
         assert full["phase"] == "Completed", full

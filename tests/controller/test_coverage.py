@@ -4,8 +4,9 @@ user runs it) prints every simulator VM with the policy that list gives it, a VM
 with no policy as unprotected, and a VM backed up through a real proxy Job with its last
 good backup.
 
-Only the VCenter and VMBackup controllers run, and every policy here is paused: the
-fail-safe makes no backups of the shared lab's VMs, so the one backup is the test's own.
+Only the VCenter, VMBackup and BackupRepository controllers run (the last creates the
+repository), and every policy here is paused: the fail-safe makes no backups of the
+shared lab's VMs, so the one backup is the test's own.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vmguard.controller import vcenter
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard_lab.procs import eventually
 
-pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,backups")]
+pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,backups,repositories")]
 
 POWER = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}
 

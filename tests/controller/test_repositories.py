@@ -26,7 +26,7 @@ from vmguard.store.backend import S3Backend
 from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("repositories")]
-CHUNK = 256 * 1024
+CHUNK = 1 << 20  # the smallest chunkSize a BackupRepository may declare
 KEY = "the repository key of this test, long enough"
 WRONG_KEY = "a different key that opens nothing at all"
 FAST = {"VMGUARD_REPOSITORY_INTERVAL": "2"}
@@ -73,8 +73,10 @@ def test_status_matches_repo_stats_and_names_what_is_wrong(
     shared = disk_image(1, 6, CHUNK)
     backup(repo, "vm-a", {"d": shared})
     backup(repo, "vm-b", {"d": shared, "e": disk_image(2, 3, CHUNK)})  # dedups against vm-a
-    objects.create_repository(kube_api, namespace, "good", s3_bucket, key=KEY)
-    objects.create_repository(kube_api, namespace, "wrong-key", s3_bucket, key=WRONG_KEY)
+    objects.create_repository(kube_api, namespace, "good", s3_bucket, key=KEY, chunkSize=CHUNK)
+    objects.create_repository(
+        kube_api, namespace, "wrong-key", s3_bucket, key=WRONG_KEY, chunkSize=CHUNK
+    )
     bad_secret = "not-the-secret-key-of-minio"
     objects.create_repository(
         kube_api, namespace, "bad-creds", {**s3_bucket, "secret_key": bad_secret}, key=KEY
@@ -118,8 +120,11 @@ def test_status_matches_repo_stats_and_names_what_is_wrong(
     assert creds["status"]["reachable"] is False
     gone = _when(kube_api, namespace, "no-bucket", "Reachable", "BucketNotFound")
     assert objects.condition(gone, "Ready")["reason"] == "BucketNotFound"
-    empty = _when(kube_api, namespace, "empty", "Ready", "NotInitialized")
-    assert "first backup" in objects.condition(empty, "Ready")["message"]
+    # An empty prefix: the controller creates the repository the spec describes.
+    empty = _when(kube_api, namespace, "empty", "Ready", "Ready")["status"]
+    created = Repository.open(_backend(s3_bucket, "nothing-yet"))
+    assert empty["repositoryId"] == created.config.id and empty["archives"] == 0
+    assert created.config.chunk_size == 4 << 20 and created.config.object_lock is None
 
     labels = {"namespace": namespace}
     samples = eventually(
@@ -162,6 +167,7 @@ def test_scheduled_deep_verify_finds_a_flipped_chunk(
         namespace,
         "repo",
         s3_bucket,
+        chunkSize=CHUNK,
         verify={"schedule": "* * * * *", "depth": "full"},
     )
     start_operator(extra_env=FAST)

@@ -27,6 +27,7 @@ from vmguard.errors import LeaseLostError
 from vmguard.store import GcPolicy, Repository, VmIdentity, names
 from vmguard.store.backend import MemoryBackend, ObjectInfo, Retention
 from vmguard.store.clock import ManualClock
+from vmguard.store.config import MIN_GRACE_SECONDS
 from vmguard.store.gc import collect_garbage
 from vmguard.store.prune import RetentionPolicy, prune, retire_archive
 from vmguard.store.verify import verify
@@ -142,7 +143,7 @@ class Scenario:
         self.repo = Repository.init(
             self.backend,
             chunk_size=CHUNK,
-            gc=GcPolicy(lease_ttl_seconds=600, grace_seconds=60),
+            gc=GcPolicy(lease_ttl_seconds=600, grace_seconds=MIN_GRACE_SECONDS),
             clock=self.clock,
         )
         self.pool = [self.rng.randbytes(CHUNK) for _ in range(12)] + [bytes(CHUNK)]

@@ -21,7 +21,6 @@ from tests.store.helpers import (
     write_disk,
 )
 from vmguard.store import (
-    GcPolicy,
     MasterKey,
     ObjectLockPolicy,
     Repository,
@@ -104,8 +103,7 @@ def test_gc_on_minio_collects_old_garbage_by_the_server_clock_when_the_client_ru
     # The client's clock is an hour behind MinIO's: judged by it, every chunk was written
     # an hour in the future and none is old enough to collect.
     slow = SkewedClock(-3600)
-    gc = GcPolicy(lease_ttl_seconds=60, grace_seconds=0)
-    repo = _init(_backend(s3_bucket), gc=gc, clock=slow)
+    repo = _init(_backend(s3_bucket), clock=slow)
     old = backup(repo, "vm", {"d": disk_image(33, 6, CHUNK)})
     new_image = disk_image(34, 6, CHUNK)
     new = backup(repo, "vm", {"d": new_image})
@@ -113,7 +111,7 @@ def test_gc_on_minio_collects_old_garbage_by_the_server_clock_when_the_client_ru
     kept = repo.load_index(new, "d").referenced()
     assert _stored_chunks(repo) - kept, "the retired archive left no garbage to collect"
     _until_the_server_clock_passes(repo)
-    report = collect_garbage(repo)
+    report = collect_garbage(repo, chunk_grace_seconds=0)
     assert report.deleted > 0 and report.waiting_for == []
     assert _stored_chunks(repo) == kept
     assert restore(repo, new, "d") == new_image and verify(repo, deep=True).ok
@@ -126,8 +124,7 @@ def test_gc_on_minio_keeps_fresh_garbage_by_the_server_clock_when_the_client_run
     # moment ago are an hour old, far past a ten-minute grace.
     fast = SkewedClock(+3600)
     backend = _backend(s3_bucket)
-    gc = GcPolicy(lease_ttl_seconds=60, grace_seconds=0)
-    repo = _init(backend, gc=gc, clock=fast)
+    repo = _init(backend, clock=fast)
     image = disk_image(35, 6, CHUNK)
     made = backup(repo, "vm", {"d": image})
     with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
@@ -152,7 +149,6 @@ def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
     repo = _init(
         backend,
         object_lock=ObjectLockPolicy("GOVERNANCE", 1),
-        gc=GcPolicy(lease_ttl_seconds=60, grace_seconds=0),
     )
     images = [disk_image(40 + i, 3, CHUNK) for i in range(3)]
     made = [backup(repo, "vm", {"d": image}) for image in images]
@@ -164,7 +160,7 @@ def test_object_lock_on_minio_blocks_nothing_and_loses_nothing(
     with repo.begin_backup(VmIdentity(id="vm"), auto_refresh=False) as writer:
         write_disk(writer, "d", disk_image(50, 3, CHUNK))  # aborted: locked garbage
     _until_the_server_clock_passes(repo)
-    gc_report = collect_garbage(repo)
+    gc_report = collect_garbage(repo, chunk_grace_seconds=0)
     assert gc_report.locked > 0 and gc_report.deleted == 0
     assert sum("Object Lock" in m for m in gc_report.messages) == 1
     for manifest, image in zip(made, images, strict=True):

@@ -3,6 +3,8 @@
 Exit codes: 0 success; 1 verify found problems; 2 any vmguard error (printed by
 ``vmguard.cli``). Every sub-command takes the repository as ``--repo URL`` (or
 ``VMGUARD_REPO``; ``repo init`` also as its argument) and ``--json``.
+``VMGUARD_ALLOW_COSTLY_KDF=1`` opens a config whose key derivation is above the
+default bound (format §4.3), so no repository an earlier release wrote is unreadable.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from vmguard.commands.progress import ProgressDisplay, human_bytes
 from vmguard.errors import ConfigError
 from vmguard.store import ObjectLockPolicy, Repository, names
 from vmguard.store.config import DEFAULT_CHUNK_SIZE
+from vmguard.store.crypto import KdfLimits
 from vmguard.store.location import open_location, repository_url
 
 
@@ -32,7 +35,7 @@ def open_repo(args: argparse.Namespace) -> Repository:
     backend = open_location(
         repository_url(args.repo), insecure_http=args.insecure_http, ca_file=args.ca_file
     )
-    return Repository.open(backend, master_key(args.key_file))
+    return Repository.open(backend, master_key(args.key_file), kdf_limits=KdfLimits.from_env())
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
@@ -80,6 +83,8 @@ def _info(args: argparse.Namespace) -> int:
         "compression_level": config.compression_level,
         "encrypted": repo.encrypted,
         "object_lock": asdict(config.object_lock) if config.object_lock else None,
+        "features": list(config.features),
+        "config_source": repo.source,
         "archives": len(repo.list_archives()),
     }
     _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
@@ -200,6 +205,32 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    repo = open_repo(args)
+    if repo.encrypted and master_key(args.key_file) is None:  # open() already refused
+        raise ConfigError("upgrading an encrypted repository needs its master key")
+    now = repo.server_now()
+    gone_after = timedelta(seconds=repo.config.gc.lease_ttl_seconds + repo.config.gc.grace_seconds)
+    running = [i.name for i in repo.backend.list(names.LEASES) if now - i.modified <= gone_after]
+    if running and not args.force:
+        raise ConfigError(
+            f"{len(running)} backup(s) may still run under the previous rules"
+            f" ({', '.join(running[:3])}{' …' if len(running) > 3 else ''}): wait until they"
+            " finish (a lease is gone ttl + grace after its last refresh), or --force"
+        )
+    added = repo.upgrade()
+    doc = {"added": list(added), "features": list(repo.config.features), "running": running}
+    text = (
+        f"added {', '.join(added)}; releases that do not know them can no longer open it"
+        if added
+        else "already up to date: " + ", ".join(repo.config.features)
+    )
+    _emit(args, doc, text)
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     repo = sub.add_parser("repo", help="create, inspect and maintain a backup repository")
     cmds = repo.add_subparsers(dest="repo_cmd", required=True)
@@ -234,3 +265,11 @@ def add_parser(sub: Any) -> None:
     rotate = command("rotate-key", _rotate_key, "wrap the data key under a new master key")
     rotate.add_argument("--new-key-file", required=True, help="created with a new key if absent")
     rotate.add_argument("--keep-old", action="store_true", help="the old key keeps working too")
+    upgrade = command(
+        "upgrade",
+        _upgrade,
+        "add this release's format features (docs/repository-format.md §10); needs the key",
+    )
+    upgrade.add_argument(
+        "--force", action="store_true", help="upgrade even while backups hold leases"
+    )

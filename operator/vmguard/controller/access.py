@@ -34,7 +34,7 @@ async def open_repository(api: KubeAPI, repo: dict[str, Any]) -> Repository:
 
     namespace, spec = repo["metadata"]["namespace"], repo["spec"]
     creds, key = await backupsteps.repository_secrets(api, namespace, spec)
-    return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key, create=False)
+    return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key)
 
 
 async def vcenter_endpoint(api: KubeAPI, vc: dict[str, Any]) -> Endpoint:

@@ -45,7 +45,14 @@ from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.vcenter import endpoint_for
-from vmguard.errors import PermanentError, RetryableError, VmguardError, VMNotFoundError
+from vmguard.errors import (
+    PermanentError,
+    RepositoryNotFoundError,
+    RepositorySpecMismatchError,
+    RetryableError,
+    VmguardError,
+    VMNotFoundError,
+)
 from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
@@ -55,6 +62,7 @@ PLURAL = "vmbackups"
 WAIT_REFS = 15.0
 WAIT_ADMISSION = 5.0
 WAIT_PEER = 15.0
+WAIT_REPOSITORY = 3.0  # the BackupRepository controller creates it within a turn
 
 
 @dataclass
@@ -207,11 +215,9 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     return 0.0
 
 
-async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs, create: bool) -> Any:
+async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs) -> Any:
     creds, key = await steps.repository_secrets(ctx.api, ns, refs.repository["spec"])
-    return await asyncio.to_thread(
-        steps.open_repository, refs.repository["spec"], creds, key, create=create
-    )
+    return await asyncio.to_thread(steps.open_for_backup, refs.repository["spec"], creds, key)
 
 
 async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
@@ -231,7 +237,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         return WAIT_REFS
     try:
         ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
-        repo = await _repository(ctx, p.ns, refs, create=True)
+        repo = await _repository(ctx, p.ns, refs)
         prepared = await asyncio.to_thread(
             steps.prepare_blocking,
             ep,
@@ -250,6 +256,14 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         p.condition("Ready", False, "SnapshotRetrying", str(exc))
         await p.patch({})
         return WAIT_PEER
+    except RepositoryNotFoundError as exc:  # the BackupRepository controller creates it
+        message = f"{exc}: waiting for BackupRepository {refs.repository_name} to create it"
+        p.condition("Ready", False, "RepositoryNotReady", message)
+        await p.patch({})
+        return WAIT_REPOSITORY
+    except RepositorySpecMismatchError as exc:
+        await p.fail("RepositoryMismatch", str(exc), snapshot_taken=True)
+        return 0.0
     except VMNotFoundError as exc:
         await p.fail("VMNotFound", str(exc), snapshot_taken=True)
         return 0.0

@@ -12,8 +12,11 @@
   ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
   a :class:`MissingRef` (reason ``GuestCredentialsMissing``), so the backup waits.
   :func:`hooks_condition` (pure) turns what ran into the ``HooksRan`` condition.
-- Blocking calls, each run in a thread by the controller: open (or create) the
-  repository, resolve the VM, prepare, finish (:mod:`vmguard.vsphere.cycle`).
+- Blocking calls, each run in a thread by the controller: open the repository (a
+  backup never creates one: :func:`open_for_backup` waits for the BackupRepository
+  controller, which creates it from its spec with :func:`create_repository`, and
+  refuses a repository whose config differs from its spec), resolve the VM, prepare,
+  finish (:mod:`vmguard.vsphere.cycle`).
 
 Secrets are read into memory for the call and never logged or stored.
 """
@@ -30,9 +33,11 @@ from kubernetes import client
 from vmguard.config import ca_bundle_file
 from vmguard.controller import builders
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.repository_spec import creation_parameters, spec_mismatches
 from vmguard.controller.vcenter import parse_duration
-from vmguard.errors import ConfigError, RepositoryExistsError, RepositoryNotFoundError
+from vmguard.errors import ConfigError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, Repository
+from vmguard.store.backend import Backend
 from vmguard.store.location import open_location
 from vmguard.vsphere.cycle import Finished, Prepared, finish, prepare, resolve_vm
 from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResult
@@ -167,24 +172,47 @@ async def repository_secrets(
     return creds, await asyncio.to_thread(read_key)
 
 
-def open_repository(
-    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None, *, create: bool = True
-) -> Repository:
-    """Blocking: open the BackupRepository's repository; create it on first use."""
+def _backend(spec: Mapping[str, Any], creds: Mapping[str, str]) -> Backend:
     bundle = (spec.get("s3") or {}).get("caBundle")
-    backend = open_location(
+    return open_location(
         builders.repository_url(spec), creds, ca_file=ca_bundle_file(bundle) if bundle else None
     )
-    master = MasterKey.from_text(key) if key else None
-    try:
-        return Repository.open(backend, master)
-    except RepositoryNotFoundError:
-        if not create:
-            raise
-    try:
-        return Repository.init(backend, master_key=master)
-    except RepositoryExistsError:  # another backup created it meanwhile
-        return Repository.open(backend, master)
+
+
+def open_repository(
+    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
+) -> Repository:
+    """Blocking: open the BackupRepository's repository. Never creates one: the
+    BackupRepository controller does, from its spec (:func:`create_repository`)."""
+    return Repository.open(_backend(spec, creds), MasterKey.from_text(key) if key else None)
+
+
+def create_repository(
+    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
+) -> Repository:
+    """Blocking: create the repository with every field of ``spec`` that the config fixes
+    (chunk size, Object Lock, encryption); RepositoryExistsError over a non-empty
+    prefix. Only the BackupRepository controller calls this."""
+    return Repository.init(
+        _backend(spec, creds),
+        master_key=MasterKey.from_text(key) if key else None,
+        **creation_parameters(spec),
+    )
+
+
+def open_for_backup(
+    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
+) -> Repository:
+    """Blocking: open the repository to write a backup into it; RepositoryNotFoundError
+    until the BackupRepository controller has created it, RepositorySpecMismatchError
+    when its config is not what the spec declares (format §4.3: what no key check covers)."""
+    repo = open_repository(spec, creds, key)
+    mismatches = spec_mismatches(spec, repo.config)
+    if mismatches:
+        raise RepositorySpecMismatchError(
+            "; ".join(message for _, message in mismatches), mismatches[0][0]
+        )
+    return repo
 
 
 def resolve_vm_blocking(ep: Endpoint, vm: Mapping[str, str]) -> VMRecord:

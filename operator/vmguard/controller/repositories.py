@@ -3,9 +3,13 @@ scheduled garbage collection and verify.
 
 A kopf daemon per BackupRepository (``main.py``, controller ``repositories``) runs
 :class:`RepositoryWatch`. Every ``interval`` (60 s, ``VMGUARD_REPOSITORY_INTERVAL``) it
-opens the repository with the object's Secrets (never creates it: that is the first
-backup's job), counts it with :func:`vmguard.store.stats.repository_stats` (the function
-behind ``vmguard repo stats``; manifests are cached, they never change), writes status
+opens the repository with the object's Secrets — and creates it when the prefix holds
+nothing, applying every spec field the config fixes (chunk size, Object Lock, encryption;
+:mod:`.repository_spec`). It is the only creator: a backup waits for it, and nothing
+is ever created over a prefix that holds objects. It compares the config with the spec
+(:func:`~.repository_spec.spec_mismatches`), counts it with
+:func:`vmguard.store.stats.repository_stats` (the function behind ``vmguard repo
+stats``; manifests are cached, they never change), writes status
 and feeds the metrics. GC (:func:`vmguard.store.gc.collect_garbage`, with
 ``spec.gc.gracePeriod`` as its chunk grace) and verify (:func:`vmguard.store.verify.
 verify`, deep when ``spec.verify.depth`` is ``full``) run at the times of their cron
@@ -19,9 +23,15 @@ Conditions (reasons from :func:`classify`, pure):
   ``Unreachable``; Unknown: ``InvalidConfiguration`` (a Secret or key missing: nothing
   was tried).
 - ``Ready``: the repository can be used. False with the reasons above, or
-  ``NotInitialized`` (no repository in the bucket yet; the first backup creates it),
-  ``WrongKey`` (the key does not open it, is missing, or is given for an unencrypted
-  one), ``RepositoryError`` (its config or a manifest cannot be read).
+  ``SpecMismatch`` (its config differs from the spec; the message names the field:
+  ``chunkSize``, ``objectLockDays``, ``objectLockMode``, ``gc``), ``PrefixNotEmpty``
+  (no config, no retained copy, but objects: never initialised over), ``WrongKey``
+  (the key does not open it, is missing, is given for an unencrypted one, or the
+  config failed its key check), ``KdfParameterOutOfBounds`` (its config asks for more
+  key-derivation memory or work than the bound, format §4.3; refused before any work),
+  ``NotInitialized`` (creating it failed), ``RepositoryError`` (its config or a
+  manifest cannot be read). True says which format features it lacks (``vmguard repo
+  upgrade`` adds them) and when it was opened from a retained config copy.
 - ``Verified``: the last verify. False with ``DamageFound`` naming the count; the chunk
   ids and the archives they damage go into a warning event (bounded).
 - ``GarbageCollected``: the last GC. False with ``GCFailed`` (e.g. an archive it cannot
@@ -47,10 +57,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.controller import backupsteps
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
 from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.schedule import Schedule, parse
 from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import (
@@ -60,13 +72,15 @@ from vmguard.errors import (
     ConfigError,
     CredentialsRefusedError,
     GcBusyError,
+    KdfLimitError,
     RepositoryError,
+    RepositoryExistsError,
     RepositoryNotFoundError,
     ScheduleError,
     VmguardError,
 )
 from vmguard.metrics import Metrics
-from vmguard.store import Repository
+from vmguard.store import Repository, names
 from vmguard.store.config import FORMAT_VERSION
 from vmguard.store.gc import GcReport, collect_garbage
 from vmguard.store.stats import RepositoryStats, repository_stats
@@ -94,7 +108,11 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, BucketNotFoundError):
         return Verdict(False, "BucketNotFound", message)
     if isinstance(exc, RepositoryNotFoundError):
-        return Verdict(True, "NotInitialized", f"{message}: the first backup into it creates it")
+        return Verdict(True, "NotInitialized", f"{message}: the BackupRepository creates it")
+    if isinstance(exc, RepositoryExistsError):
+        return Verdict(True, "PrefixNotEmpty", message)
+    if isinstance(exc, KdfLimitError):
+        return Verdict(True, "KdfParameterOutOfBounds", message)
     if isinstance(exc, AuthenticationError):
         return Verdict(True, "WrongKey", message)
     if isinstance(exc, ConfigError) and "master key" in message:
@@ -115,6 +133,7 @@ def stats_status(repo: Repository, stats: RepositoryStats) -> dict[str, Any]:
         "repositoryId": repo.config.id,
         "formatVersion": FORMAT_VERSION,
         "encrypted": repo.encrypted,
+        "formatFeatures": list(repo.config.features),
         "archives": stats.archives,
         "chunks": stats.chunks,
         "storedBytes": stats.stored_bytes,
@@ -242,12 +261,40 @@ class RepositoryWatch:
         await self.patch(status)
         return (min(wake) - utcnow()).total_seconds()
 
+    async def open_or_create(self, snapshot: dict[str, Any]) -> Repository:
+        """The repository; created from the spec when its prefix holds nothing."""
+        namespace, spec = snapshot["metadata"]["namespace"], snapshot.get("spec") or {}
+        creds, key = await backupsteps.repository_secrets(self.api, namespace, spec)
+        try:
+            return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key)
+        except RepositoryNotFoundError:
+            pass
+        try:
+            repo = await asyncio.to_thread(backupsteps.create_repository, spec, creds, key)
+        except RepositoryExistsError as exc:
+            try:  # another operator created it meanwhile; else objects but no config
+                return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key)
+            except RepositoryNotFoundError:
+                raise exc from None
+        lock = repo.config.object_lock
+        self.announce(
+            "RepositoryCreated",
+            f"created repository {repo.config.id}: chunk size {repo.config.chunk_size},"
+            f" {'encrypted' if repo.encrypted else 'unencrypted'}, "
+            + (f"Object Lock {lock.mode} {lock.days} days" if lock else "no Object Lock"),
+            False,
+        )
+        return repo
+
     async def observe(self, snapshot: dict[str, Any], status: dict[str, Any]) -> bool:
-        """Open and count the repository into ``status``; True when it opened."""
+        """Open (or create) and count the repository into ``status``; True when it opened
+        and its config matches the spec."""
         generation = snapshot["metadata"].get("generation")
         try:
-            repo = await open_repository(self.api, snapshot)
-            stats = await asyncio.to_thread(repository_stats, repo, self.logical_cache)
+            repo = await self.open_or_create(snapshot)
+            mismatches = spec_mismatches(snapshot.get("spec") or {}, repo.config)
+            if not mismatches:
+                stats = await asyncio.to_thread(repository_stats, repo, self.logical_cache)
         except VmguardError as exc:
             verdict = classify(exc)
             if verdict.reachable is not None:
@@ -260,15 +307,20 @@ class RepositoryWatch:
                 )
             self.set("Ready", False, verdict.reason, verdict.message, generation)
             return False
-        status.update(stats_status(repo, stats))
         self.set("Reachable", True, "Reachable", "the bucket answers", generation)
-        self.set(
-            "Ready",
-            True,
-            "Ready",
-            f"{stats.archives} archive(s), {stats.chunks} chunk(s)",
-            generation,
-        )
+        if mismatches:
+            status.update(reachable=True, repositoryId=repo.config.id, encrypted=repo.encrypted)
+            text = "; ".join(f"{field}: {message}" for field, message in mismatches)
+            self.set("Ready", False, "SpecMismatch", text, generation)
+            return False
+        status.update(stats_status(repo, stats))
+        text = f"{stats.archives} archive(s), {stats.chunks} chunk(s)"
+        missing = missing_features(repo.config)
+        if missing:
+            text += f"; format features not yet used: {', '.join(missing)} (vmguard repo upgrade)"
+        if repo.source != names.CONFIG:
+            text += f"; its config object is missing, opened from the retained copy {repo.source}"
+        self.set("Ready", True, "Ready", text, generation)
         return True
 
     def set(

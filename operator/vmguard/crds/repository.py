@@ -12,6 +12,7 @@ from __future__ import annotations
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, name_is_label, ready_column
 from vmguard.crds.schema import (
+    array,
     boolean,
     enum,
     integer,
@@ -90,11 +91,19 @@ spec = obj(
             required=["keySecretRef"],
         ),
         "objectLockDays": integer(
-            "Keep every object under S3 Object Lock (compliance mode) for this many days, "
-            "so nobody, vmguard included, can delete or overwrite a backup sooner. "
-            "Leave out for no lock.",
+            "Keep every object an archive needs (chunks, indexes, manifest and the key "
+            "material that decrypts them) under S3 Object Lock for this many days, so "
+            "nobody without the right to bypass it, vmguard included, can delete or "
+            "overwrite a backup sooner. Fixed when the operator creates the repository; "
+            "a repository whose config says otherwise is not Ready. Leave out for no lock.",
             minimum=1,
             maximum=36500,
+        ),
+        "objectLockMode": enum(
+            "S3 Object Lock mode with objectLockDays: GOVERNANCE (a principal allowed "
+            "s3:BypassGovernanceRetention can lift it) or COMPLIANCE (nobody can, not even "
+            "the bucket's root account, until the period ends). Default GOVERNANCE.",
+            ["GOVERNANCE", "COMPLIANCE"],
         ),
         "chunkSize": integer(
             "Size in bytes of the fixed chunks disks are cut into: a power of two from "
@@ -157,6 +166,12 @@ status = obj(
         "repositoryId": string("Id from the repository's config object.", max_length=64),
         "formatVersion": integer("Version of the repository format.", minimum=1),
         "encrypted": boolean("Whether the repository's config says it is encrypted."),
+        "formatFeatures": array(
+            "Format features the repository uses (docs/repository-format.md §2); "
+            "`vmguard repo upgrade` adds those this release knows.",
+            string(max_length=63),
+            max_items=32,
+        ),
         "archives": integer("Archives (backup points) in the repository.", minimum=0),
         "chunks": integer("Distinct chunks stored.", minimum=0, int64=True),
         "storedBytes": integer(

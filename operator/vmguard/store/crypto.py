@@ -7,8 +7,13 @@ Implements ``docs/repository-format.md`` §4.2 to §4.4. Invariants:
 - A wrong master key is detected by the AES-GCM tag of the wrapped key and reported
   as :class:`~vmguard.errors.AuthenticationError`, never as garbage data later.
 - No secret appears in a ``repr``, a log line or an exception message.
-- scrypt parameters read from a config are bounded, so a hostile config cannot make
-  opening a repository take unbounded memory or time.
+- scrypt parameters read from a config are bounded twice: structurally by the format
+  (:meth:`ScryptParams.check`, what every release accepted), and before any key is
+  derived by :class:`KdfLimits` (memory per entry, summed work over all entries), so
+  a foreign or hostile config cannot make opening a repository cost more than
+  :data:`DEFAULT_KDF_LIMITS` — well inside the operator's 512 MiB. The format bound
+  (:data:`FORMAT_KDF_LIMITS`) stays available on request, so no repository an earlier
+  release wrote becomes unreadable.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import base64
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +32,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from vmguard.errors import ConfigError, RepositoryError
+from vmguard.errors import ConfigError, KdfLimitError, RepositoryError
 
 DATA_KEY_BYTES = 32
 MIN_MASTER_KEY_BYTES = 16
 KEY_ENV = "VMGUARD_KEY"
+COSTLY_KDF_ENV = "VMGUARD_ALLOW_COSTLY_KDF"
+"""Set to 1 for a command line to open configs up to the format's KDF bound."""
+MiB = 1 << 20
 
 _CONTEXT_ENC = "vmguard repository v1 aes-256-gcm"
 _CONTEXT_ID = "vmguard repository v1 chunk id"
@@ -101,6 +110,78 @@ class ScryptParams:
         if self.r < 1 or self.p < 1 or self.r * self.p > 64:
             raise RepositoryError(f"config: scrypt r={self.r} p={self.p} out of bounds")
         return self
+
+    @property
+    def memory(self) -> int:
+        """Bytes scrypt allocates for these parameters (128 · n · r)."""
+        return 128 * self.n * self.r
+
+    @property
+    def work(self) -> int:
+        """Relative CPU cost, n · r · p (the default costs 2^18, about 0.1 s)."""
+        return self.n * self.r * self.p
+
+
+@dataclass(frozen=True)
+class KdfLimits:
+    """How much opening a repository may spend on key derivation (format §4.3)."""
+
+    max_memory: int = 64 * MiB
+    """Per wrapped key: twice the default's 32 MiB."""
+    max_work: int = 2**20
+    """Summed over all wrapped keys a reader may try: four times the default's work."""
+    max_keys: int = 16
+
+    def check_params(self, params: ScryptParams) -> None:
+        """ConfigError when new parameters exceed what a default reader opens."""
+        params.check()
+        if params.memory > self.max_memory or params.work > self.max_work:
+            raise ConfigError(
+                f"scrypt n={params.n} r={params.r} p={params.p} is above the bound readers"
+                f" apply ({self.max_memory // MiB} MiB, work {self.max_work})"
+            )
+
+    def check(self, entries: tuple[WrappedKey, ...]) -> None:
+        """RepositoryError naming the parameter when ``entries`` cost more than allowed."""
+        hint = (
+            "; an earlier vmguard accepted it: if you trust this config, set"
+            f" {COSTLY_KDF_ENV}=1 for the command, and `vmguard repo rotate-key` re-wraps"
+            " the key under default parameters"
+        )
+        if len(entries) > self.max_keys:
+            raise KdfLimitError(
+                f"config has {len(entries)} wrapped keys, above the bound of {self.max_keys}"
+                + hint,
+                "wrapped_keys",
+            )
+        total = 0
+        for entry in entries:
+            kdf = entry.kdf
+            if kdf.memory > self.max_memory:
+                raise KdfLimitError(
+                    f"config: wrapped key {entry.id}: scrypt kdf.n={kdf.n} kdf.r={kdf.r} needs"
+                    f" {kdf.memory // MiB} MiB, above the bound of {self.max_memory // MiB} MiB"
+                    + hint,
+                    "kdf.n" if kdf.n > ScryptParams.n else "kdf.r",
+                )
+            total += kdf.work
+        if total > self.max_work:
+            raise KdfLimitError(
+                f"config: scrypt work n·r·p summed over {len(entries)} wrapped key(s) is"
+                f" {total}, above the bound of {self.max_work}" + hint,
+                "kdf.p",
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KdfLimits:
+        """The format's bound when ``VMGUARD_ALLOW_COSTLY_KDF=1``, else the default."""
+        value = (os.environ if env is None else env).get(COSTLY_KDF_ENV, "")
+        return FORMAT_KDF_LIMITS if value in ("1", "true", "yes") else DEFAULT_KDF_LIMITS
+
+
+DEFAULT_KDF_LIMITS = KdfLimits()
+FORMAT_KDF_LIMITS = KdfLimits(max_memory=128 * 2**20 * 64, max_work=2**26 * 64, max_keys=16)
+"""What :meth:`ScryptParams.check` lets through, for every entry a config may hold."""
 
 
 @dataclass(frozen=True)

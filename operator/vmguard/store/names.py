@@ -24,6 +24,8 @@ import blake3
 from vmguard.errors import ConfigError
 
 CONFIG = "config"
+CONFIG_COPIES = "configs/"
+AUTHENTICATED_CONFIG_COPIES = "configs/authenticated-config/"
 CHUNKS = "chunks/"
 FOSSILS = "fossils/"
 INDEXES = "indexes/"
@@ -93,6 +95,13 @@ def new_stamped_id(now: datetime) -> str:
 def stamped_id_time(stamped_id: str) -> datetime | None:
     match = _STAMPED_RE.fullmatch(stamped_id)
     return _parse_stamp(match.group(1)) if match else None
+
+
+def config_copy_name(config: bytes, *, authenticated: bool) -> str:
+    """The retained copy of a config (format §2.1): named by the BLAKE3 of its bytes,
+    under ``authenticated-config/`` when the config uses that feature."""
+    where = AUTHENTICATED_CONFIG_COPIES if authenticated else CONFIG_COPIES
+    return f"{where}{blake3.blake3(config).hexdigest()}"
 
 
 def chunk_name(chunk_id: bytes) -> str:

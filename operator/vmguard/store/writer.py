@@ -23,7 +23,9 @@ Invariants (the preconditions of the GC safety argument, format §7.5):
   validity left; afterwards it releases the lease.
 - With Object Lock, every object written gets the same retention (``retain_until`` in
   the manifest), and re-used chunks whose retention ends before half the lock period
-  from now are extended.
+  from now are extended; the retained copy of the config (the key material that
+  decrypts the archive) is kept at least until ``retain_until`` before the manifest
+  is written.
 """
 
 from __future__ import annotations
@@ -263,6 +265,8 @@ class BackupWriter:
             stats=stats or total,
         )
         blob = self.repo.encode_manifest(manifest)
+        if self.retention is not None:  # the config copy must outlive the archive (§9)
+            self.repo.retain_config(self.retention.until)
         self.lease.ensure_valid()
         self.repo.backend.put(names.manifest_name(self.archive_id), blob, retention=self.retention)
         self._close()
