@@ -28,12 +28,12 @@ import pytest
 from minio.error import S3Error
 from tests.controller import objects
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore
-from vmguard.lab.procs import eventually
 
 from vmguard.controller import backupsteps
 from vmguard.errors import KdfLimitError, RepositoryNotFoundError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, ObjectLockPolicy, Repository, ScryptParams, names
 from vmguard.store.backend import S3Backend
+from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("repositories")]
 MiB = 1 << 20
