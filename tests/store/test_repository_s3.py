@@ -151,36 +151,36 @@ def test_every_chunk_of_every_archive_is_locked_until_its_retain_until_on_minio(
     backend = CountingBackend(_backend(s3_lock_bucket))
     repo = _init(backend, object_lock=ObjectLockPolicy("GOVERNANCE", 30), clock=clock)
     image = bytearray(disk_image(75, 6, CHUNK))
-    full = backup(repo, "vm", {"d": bytes(image)})
-    made = [full]
+    made = [backup(repo, "vm", {"d": bytes(image)})]
+    counts = [backend.reset()]
     for days, number in ((29, 1), (2, 2)):
         clock.advance(days * 86400)
         image[number * CHUNK : number * CHUNK + 4] = b"new!"
-        backend.reset()
-        made.append(
-            backup(
-                repo,
-                "vm",
-                {"d": bytes(image)},
-                parent=made[-1].archive_id,
-                changed={"d": {number}},
-            )
-        )
-        assert made[-1].stats.retention_requests == backend.reset().retentions
-    carried = len(repo.load_index(made[1], "d").referenced())
-    # Day 29: the full's horizon (day 60) covers retain_until (day 59): no request.
-    # Day 31: it does not (day 61): every carried chunk is extended once.
-    assert [m.stats.retention_requests for m in made] == [0, 0, carried]
+        parent = made[-1].archive_id
+        made.append(backup(repo, "vm", {"d": bytes(image)}, parent=parent, changed={"d": {number}}))
+        counts.append(backend.reset())
     s3 = _boto3(s3_lock_bucket)
     for manifest in made:
-        assert manifest.retain_until is not None and manifest.lock_horizon is not None
-        assert manifest.lock_horizon >= manifest.retain_until
+        assert manifest.retain_until is not None
         objects = [names.manifest_name(manifest.archive_id), manifest.disks[0].index]
         for name in objects:
             assert _retention(s3, s3_lock_bucket, name) == ("GOVERNANCE", manifest.retain_until)
         for chunk_id in repo.load_index(manifest, "d").referenced():
             mode, until = _retention(s3, s3_lock_bucket, names.chunk_name(chunk_id))
-            assert mode == "GOVERNANCE" and until >= manifest.lock_horizon, chunk_id.hex()
+            assert mode == "GOVERNANCE", chunk_id.hex()
+            assert until >= manifest.retain_until, f"{manifest.mode}: {chunk_id.hex()} {until}"
+    for manifest in made:  # and each archive's recorded horizon holds and covers it
+        assert manifest.lock_horizon is not None and manifest.retain_until is not None
+        assert manifest.lock_horizon >= manifest.retain_until
+        for chunk_id in repo.load_index(manifest, "d").referenced():
+            until = _retention(s3, s3_lock_bucket, names.chunk_name(chunk_id))[1]
+            assert until >= manifest.lock_horizon
+    carried = len(repo.load_index(made[1], "d").referenced())
+    # Day 29: the full's horizon (day 60) covers retain_until (day 59): no request.
+    # Day 31: it does not (day 61): every carried chunk is extended once.
+    requests = [c.retentions for c in counts]
+    assert requests == [0, 0, carried]
+    assert [m.stats.retention_requests for m in made] == requests
     assert restore(repo, made[-1], "d") == bytes(image)
 
 
