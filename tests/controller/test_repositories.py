@@ -204,7 +204,6 @@ def test_scheduled_verify_extends_an_object_lock_lifted_behind_our_back(
         object_lock=ObjectLockPolicy("GOVERNANCE", 2),
     )
     manifest = backup(repo, "vm-a", {"d": disk_image(4, 4, CHUNK)})
-    assert manifest.lock_horizon is not None
     victim = names.chunk_name(sorted(repo.load_index(manifest, "d").referenced())[0])
     s3 = boto3.client(
         "s3",
