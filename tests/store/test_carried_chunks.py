@@ -17,6 +17,7 @@ rules against the lab's MinIO are in ``test_repository_s3.py``.
 from __future__ import annotations
 
 import dataclasses
+import random
 from datetime import timedelta
 
 import pytest
@@ -135,6 +136,21 @@ def test_chunks_checked_once_are_trusted_so_a_chain_checks_only_what_changed() -
     assert checks[0] >= new_in_full
     assert all(c <= 3 for c in checks[1:]), checks
     assert restore(repo, parent, "d") == bytes(image)
+
+
+def test_a_large_parent_is_checked_by_listing_pages_and_a_lost_chunk_read_again() -> None:
+    repo, _, backend = _repo()
+    image = random.Random(68).randbytes(90 * CHUNK)  # 90 distinct chunks, no hole
+    full = backup(repo, "vm", {"d": image})
+    assert len(_referenced(repo, full)) == 90  # over HEAD_BELOW: listed, not HEADed
+    victim = sorted(_referenced(repo, full))[40]
+    repo.backend.delete(names.chunk_name(victim))
+    backend.reset()
+    incr = backup(repo, "vm", {"d": image}, parent=full.archive_id, changed={"d": set()})
+    counts = backend.reset()
+    assert incr.stats.chunks_new == 1 and restore(repo, incr, "d") == image
+    # 90 chunks in one page each way: a few listings and the repair's own HEADs.
+    assert counts.lists <= 3 and counts.stats <= 3, counts
 
 
 # -- hole 5: Object Lock is overstated -----------------------------------------------------

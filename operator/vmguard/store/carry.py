@@ -6,11 +6,15 @@ before the backup relies on them, and brings Object Lock retentions up to what t
 archive promises, in requests that scale with what changed, not with the disk:
 
 - **Presence.** A chunk is trusted once somebody other than its uploader's PUT has
-  seen it: a later backup's HEAD or retention request, or a verify listing. So a
+  seen it: a later backup's HEAD, listing or retention request, or a verify. So a
   backup looks only at the chunks its parent *added* — the parent's index minus the
   grandparent's — when the parent was written under this rule
-  (``ArchiveManifest.carried_checked``); otherwise at all of them. Missing or
-  implausibly small ones are returned so the caller reads them again from the source.
+  (``ArchiveManifest.carried_checked``); otherwise at all of them. A few are HEADed;
+  many (the first incremental after a full) are found by walking ``chunks/`` in name
+  order a page of 1000 at a time from each next wanted name (``Backend.list_page``),
+  which costs about one request per 1000 chunks in a young repository and never more
+  than one per chunk. Missing or implausibly small ones are returned so the caller
+  reads them again from the source.
 - **Lock.** Chunks are locked until ``chunk_until`` = the archive's ``retain_until``
   plus one lock period, so the next archives of the chain find them locked long
   enough without a request, and a chunk is extended about once per period. The
@@ -18,14 +22,16 @@ archive promises, in requests that scale with what changed, not with the disk:
   short of the new ``retain_until`` (or is unknown) every carried chunk is extended
   (one request each, which also proves it is there).
 
-Invariant: every chunk this module reports as usable was, when the call returned,
-present with a plausible size or just accepted a retention request, and (with Object
-Lock) retained at least until the ``floor`` it reports, which is ≥ ``retain_until``.
+Invariant: every chunk this module reports as usable was seen present with a plausible
+size (HEAD or listing) or accepted a retention request during the call, or was seen so
+by an earlier backup of the chain; with Object Lock it is retained at least until the
+``floor`` it reports (≥ ``retain_until``): established by a request, or the parent's
+horizon, a claim ``lockcheck`` audits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +46,10 @@ from vmguard.store.chunk import ChunkCodec
 WORKERS = 16
 """Parallel HEAD / retention requests: S3 answers small requests in parallel well, and
 the S3 backend's connection pool holds 32."""
+HEAD_BELOW = 64
+"""Fewer chunks than this are HEADed; more are found by listing pages."""
+PAGE = 1000
+"""Names per listing request (S3's largest page)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -147,6 +157,45 @@ def look(
     return Checked(floor=info.retain_until)
 
 
+def _walk(backend: Backend, codec: ChunkCodec, wanted: Sequence[str]) -> set[bytes]:
+    """Missing or implausible chunks among ``wanted`` (sorted chunk object names), found
+    by listing pages that start just before the next name not yet decided."""
+    missing: set[bytes] = set()
+    low, high = codec.min_stored_size, codec.max_stored_size
+    i = 0
+    while i < len(wanted):
+        # Dropping the last digit gives a string just before the name: the page starts at
+        # most 15 names early, so it always reaches wanted[i].
+        page = backend.list_page(names.CHUNKS, wanted[i][:-1], PAGE)
+        sizes = {info.name: info.size for info in page}
+        last = page[-1].name if len(page) == PAGE else None  # None: nothing further
+        while i < len(wanted) and (last is None or wanted[i] <= last):
+            size = sizes.get(wanted[i])
+            if size is None or not low <= size <= high:
+                chunk_id = names.chunk_id_from_name(wanted[i])
+                assert chunk_id is not None
+                missing.add(chunk_id)
+            i += 1
+    return missing
+
+
+def present(backend: Backend, codec: ChunkCodec, chunks: set[bytes]) -> Checked:
+    """Which of ``chunks`` are missing or implausibly small (no retention looked at)."""
+    result = Checked()
+    if len(chunks) < HEAD_BELOW:
+        for one in _parallel(lambda c: look(backend, codec, c), chunks):
+            result.add(one)
+        return result
+    wanted = sorted(names.chunk_name(c) for c in chunks)
+    # Contiguous runs, walked in parallel when there are many pages' worth of names.
+    runs = max(1, min(WORKERS, len(wanted) // (2 * PAGE)))
+    step = -(-len(wanted) // runs)
+    parts = [wanted[k : k + step] for k in range(0, len(wanted), step)]
+    for found in _parallel(lambda part: _walk(backend, codec, part), parts):
+        result.missing |= found
+    return result
+
+
 def check_carried(
     backend: Backend,
     codec: ChunkCodec,
@@ -158,23 +207,17 @@ def check_carried(
     """Check the chunks a backup takes from ``parent`` (``chunks``), of which the parent
     added ``added`` (a subset) since its own parent (format §8.1, §9).
 
-    Without a lock only ``added`` is looked at. With one, the parent's ``lock_horizon``
-    covers every chunk when it reaches our ``retain_until``; then only ``added`` is
-    looked at (and extended if its lock is short). Otherwise every chunk is extended.
+    Only ``added`` is looked at for presence. With a lock, the parent's
+    ``lock_horizon`` covers every chunk when it reaches our ``retain_until`` (the claim
+    lock-check audits); otherwise every chunk is extended instead, which also proves
+    it is there.
     """
-    if lock is None:
-        result = Checked()
-        for one in _parallel(lambda c: look(backend, codec, c), added):
-            result.add(one)
-        return result
     horizon = parent.lock_horizon
-    result = Checked(floor=horizon)
-    if horizon is None or horizon < lock.retain_until:
+    if lock is not None and (horizon is None or horizon < lock.retain_until):
         result = Checked()
         for one in _parallel(lambda c: extend(backend, c, lock), chunks):
             result.add(one)
         return result
-    need = horizon
-    for one in _parallel(lambda c: look(backend, codec, c, lock, need), added):
-        result.add(one)
+    result = present(backend, codec, added)
+    result.floor = horizon if lock is not None else None
     return result

@@ -16,7 +16,7 @@ encryption, including manifests and indexes. Wrap the backend, read, look at
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from vmguard.store.backend.base import Backend, Capabilities, ObjectInfo, Retention
@@ -98,6 +98,10 @@ class CountingBackend:
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self._add(lists=1)
         return self._inner.list(prefix)
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        self._add(lists=1)
+        return self._inner.list_page(prefix, start_after, limit)
 
     def delete(self, name: str) -> None:
         self._inner.delete(name)

@@ -13,8 +13,9 @@ without sleeping.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -120,6 +121,9 @@ class MemoryBackend:
                 if name.startswith(prefix)
             ]
         yield from sorted(found, key=lambda info: info.name)
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        return list(itertools.islice((i for i in self.list(prefix) if i.name > start_after), limit))
 
     def delete(self, name: str) -> None:
         check_name(name)
