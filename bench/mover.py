@@ -15,7 +15,10 @@ holds every repository. Each round measures, in this order, into fresh buckets:
   incremental with 1% of the disk's 4 MiB blocks rewritten (clustered, as CBT reports
   real guest writes); incremental with 1% of its 64 KiB blocks rewritten, scattered
   (touches ~half the 4 MiB chunks: the worst case for fixed chunks); restore of the
-  full backup into the same NBD target;
+  full backup into the same NBD target; a full backup and the clustered 1% incremental
+  into a repository with Object Lock (GOVERNANCE, 1 day, in a lock-enabled bucket),
+  printing the retention requests each made (format §9.1: none while the parent's
+  lock horizon covers the new archive);
 - restic (Debian's; compression auto): first backup, second backup of the image with
   the clustered 1% change, restore of the first snapshot.
 
@@ -78,6 +81,13 @@ def changed_copy(src: Path, dst: Path, block: int, seed: int) -> list[list[int]]
 
 
 def timed(argv: list[str] | str, env: dict[str, str] | None = None, shell: bool = False) -> float:
+    return timed_output(argv, env, shell)[0]
+
+
+def timed_output(
+    argv: list[str] | str, env: dict[str, str] | None = None, shell: bool = False
+) -> tuple[float, str]:
+    """Seconds the command took, and what it printed on stdout."""
     start = time.perf_counter()
     done = subprocess.run(
         argv,
@@ -90,7 +100,7 @@ def timed(argv: list[str] | str, env: dict[str, str] | None = None, shell: bool 
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{argv!r} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed
+    return elapsed, done.stdout
 
 
 def load() -> float:
@@ -103,6 +113,8 @@ class Timings:
 
     def __init__(self) -> None:
         self.best: dict[str, tuple[float, float]] = {}
+        self.notes: dict[str, str] = {}
+        """Row → what it reported beside its time (e.g. retention requests)."""
 
     def __setitem__(self, name: str, seconds: float) -> None:
         print(f"[bench]   {name}: {seconds:.2f} s", file=sys.stderr)
@@ -112,12 +124,13 @@ class Timings:
     def __getitem__(self, name: str) -> float:
         return self.best[name][0]
 
-    def run(self, name: str, argv: list[str] | str, env: dict[str, str] | None = None) -> None:
+    def run(self, name: str, argv: list[str] | str, env: dict[str, str] | None = None) -> str:
         # Start without dirty pages: a previous row's writeback (nbdcopy does not flush,
         # MinIO writes through the page cache) would otherwise be charged to this one.
         os.sync()
         self._load = load()
-        self[name] = timed(argv, env, shell=isinstance(argv, str))
+        self[name], out = timed_output(argv, env, shell=isinstance(argv, str))
+        return out
 
 
 class Target:
@@ -184,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _empty_bucket(client, name)
             shutil.rmtree(work, ignore_errors=True)
     results["times"] = {name: sec for name, (sec, _) in t.best.items()}
+    results["notes"] = dict(t.notes)
     results["loads"] = {name: avg for name, (_, avg) in t.best.items()}
     return results
 
@@ -256,6 +270,7 @@ def one_round(
             restore = ["disk", "restore", full_id, turi, "--target-is-zeroed", "--quiet", *repo]
             t.run("vmguard restore → NBD target", vmguard(*restore), env)
         exact = sha256_sparse(target.path) == image.sha256
+        locked(t, client, buckets, minio, work, env, s0.uri, s1.uri)
     # A round's data goes before the next part: at 8 GiB the images, a restored target, a
     # repository and restic's (non-sparse) restore would not fit beside three rounds'.
     if not keep:
@@ -300,6 +315,54 @@ def one_round(
     return exact
 
 
+def locked(
+    t: Timings,
+    client: Any,
+    buckets: list[str],
+    minio: dict[str, str],
+    work: Path,
+    env: dict[str, str],
+    full_uri: str,
+    changed_uri: str,
+) -> None:
+    """The Object Lock rows: a full and a 1% incremental, with their retention requests."""
+    print("[bench] vmguard with Object Lock", file=sys.stderr)
+    bucket = f"bench-lock-{secrets.token_hex(4)}"
+    client.make_bucket(bucket, object_lock=True)
+    buckets.append(bucket)
+    repo = [
+        "--repo",
+        f"s3+http://{minio['endpoint']}/{bucket}/vmguard",
+        "--key-file",
+        str(work / "master.key"),
+    ]
+    subprocess.run(
+        vmguard("repo", "init", "--encrypt", "--lock-days", "1", *repo),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    backup = ["disk", "backup", "--vm", "bench", "--quiet", "--json", *repo]
+    for name, argv in (
+        ("vmguard full backup (Object Lock)", vmguard(*backup, full_uri)),
+        (
+            "vmguard incr. 1% (Object Lock)",
+            vmguard(
+                *backup,
+                changed_uri,
+                "--parent",
+                "latest",
+                "--changed-areas",
+                str(work / "changed1.json"),
+            ),
+        ),
+    ):
+        manifest = json.loads(t.run(name, argv, env))
+        t.notes[name] = f"{manifest['stats']['retention_requests']} retention requests"
+        print(f"[bench]   {name}: {t.notes[name]}", file=sys.stderr)
+    _drop_bucket(client, buckets, bucket)
+
+
 def _drop_bucket(client: Any, buckets: list[str], name: str) -> None:
     _empty_bucket(client, name)
     buckets.remove(name)
@@ -317,11 +380,16 @@ def _latest(repo: list[str], env: dict[str, str]) -> str:
 
 
 def _empty_bucket(client: Any, bucket: str) -> None:
+    """Remove every version, also those under a GOVERNANCE lock (the lab's root user may
+    bypass it: a bench must not leave locked gigabytes behind)."""
     from minio.deleteobjects import DeleteObject
 
-    names = [DeleteObject(o.object_name) for o in client.list_objects(bucket, recursive=True)]
-    for _ in client.remove_objects(bucket, names):
-        pass
+    names = [
+        DeleteObject(o.object_name, o.version_id)
+        for o in client.list_objects(bucket, recursive=True, include_version=True)
+    ]
+    for error in client.remove_objects(bucket, names, bypass_governance_mode=True):
+        raise SystemExit(f"cannot empty bucket {bucket}: {error}")
     client.remove_bucket(bucket)
 
 
@@ -336,11 +404,13 @@ def table(results: dict[str, Any]) -> str:
         f"disk {size / GiB:.0f} GiB, {results['allocated'] / GiB:.2f} GiB allocated;"
         f" restore bit-exact: {results['restore_exact']}; best of {results['rounds']} rounds",
         "",
-        "| run | seconds | MiB/s of disk | load |",
-        "|---|---:|---:|---:|",
+        "| run | seconds | MiB/s of disk | load | note |",
+        "|---|---:|---:|---:|---|",
     ]
+    notes = results.get("notes", {})
     lines += [
-        f"| {cell(name)} | {sec:.1f} | {size / MiB / sec:.0f} | {loads[name]:.1f} |"
+        f"| {cell(name)} | {sec:.1f} | {size / MiB / sec:.0f} | {loads[name]:.1f}"
+        f" | {notes.get(name, '')} |"
         for name, sec in t.items()
     ]
     full = t["vmguard full backup"]

@@ -8,6 +8,7 @@ VM is backed up here; the operator runs only its repository controller.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from tests.controller import objects
 from tests.controller.scrape import scrape, value
 from tests.store.helpers import FAST_KDF_N, backup, disk_image
 
-from vmguard.store import MasterKey, Repository, ScryptParams, names
+from vmguard.store import MasterKey, ObjectLockPolicy, Repository, ScryptParams, names
 from vmguard.store.backend import S3Backend
 from vmguard_lab.procs import eventually
 
@@ -190,3 +191,56 @@ def test_scheduled_deep_verify_finds_a_flipped_chunk(
     )
     assert victim.hex() in damage[0] and manifest.archive_id in damage[0]
     assert objects.condition({"status": status}, "Ready")["status"] == "True"
+
+
+def test_scheduled_verify_extends_an_object_lock_lifted_behind_our_back(
+    kube_api: Any,
+    namespace: str,
+    s3_lock_bucket: dict[str, Any],
+    start_operator: Any,
+) -> None:
+    """Issue 11 hole 5: someone with s3:BypassGovernanceRetention shortens a chunk's
+    lock; the operator's scheduled verify runs lock-check, extends it back to the
+    archive's lock horizon and says so in a LockRepaired event."""
+    import boto3
+
+    repo = Repository.init(
+        _backend(s3_lock_bucket),
+        chunk_size=CHUNK,
+        object_lock=ObjectLockPolicy("GOVERNANCE", 2),
+    )
+    manifest = backup(repo, "vm-a", {"d": disk_image(4, 4, CHUNK)})
+    victim = names.chunk_name(sorted(repo.load_index(manifest, "d").referenced())[0])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{s3_lock_bucket['endpoint']}",
+        aws_access_key_id=s3_lock_bucket["access_key"],
+        aws_secret_access_key=s3_lock_bucket["secret_key"],
+        region_name="us-east-1",
+    )
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    s3.put_object_retention(
+        Bucket=s3_lock_bucket["bucket"],
+        Key=victim,
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": soon},
+        BypassGovernanceRetention=True,
+    )
+    objects.create_repository(
+        kube_api,
+        namespace,
+        "locked",
+        s3_lock_bucket,
+        objectLockDays=2,
+        verify={"schedule": "* * * * *"},
+    )
+    start_operator(extra_env=FAST)
+    repaired = eventually(
+        lambda: [e for e in _events(kube_api, namespace) if e.startswith("LockRepaired")],
+        timeout=150,
+        what="the LockRepaired event of a scheduled verify",
+    )
+    assert "extended 1 Object Lock retention" in repaired[0]
+    until = s3.get_object_retention(Bucket=s3_lock_bucket["bucket"], Key=victim)["Retention"]
+    assert until["RetainUntilDate"] == manifest.lock_horizon
+    verified = _when(kube_api, namespace, "locked", "Verified", "NoDamage")
+    assert objects.condition(verified, "Verified")["status"] == "True"

@@ -221,3 +221,30 @@ def test_backup_reports_each_disk_and_takes_the_callers_mode_reason(tmp_path: Pa
     [outcome] = outcomes
     assert (outcome.key, outcome.mode, outcome.chunks_read) == ("d", "incremental", 2)
     assert outcome.stats == again.disks[0].stats and outcome.stats.bytes_read == 2 * CHUNK
+
+
+def test_an_incremental_reads_again_a_parent_chunk_lost_from_the_store(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(random.Random(14).randbytes(8 * CHUNK))
+    repo = Repository.init(MemoryBackend(), chunk_size=CHUNK)
+    with FileSource(disk) as source:
+        first = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    lost = repo.load_index(first, "d")[5]
+    repo.backend.delete(names.chunk_name(lost))  # behind our back: not GC, not prune
+    outcomes: list[DiskOutcome] = []
+    with FileSource(disk) as source:
+        again = back_up(
+            repo,
+            VmIdentity(id="vm"),
+            [DiskInput("d", source, changed=[])],
+            parent=first.archive_id,
+            on_disk=outcomes.append,
+        )
+    [outcome] = outcomes
+    assert (outcome.mode, outcome.chunks_read) == ("incremental", 1)
+    assert "1 parent chunks missing or marked corrupt are read again" in outcome.reason
+    target = tmp_path / "restored.img"
+    target.write_bytes(bytes(8 * CHUNK))
+    with FileSink(target) as sink:
+        restore_disk(repo, again, "d", sink)
+    assert sha256_file(target) == sha256_file(disk)

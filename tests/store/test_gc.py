@@ -193,7 +193,7 @@ def test_locked_chunks_are_skipped_and_reported_once_then_collected() -> None:
     assert report.locked == len(stored) + 1 and report.deleted == 0  # chunks and the index
     assert len(report.messages) == 1 and "Object Lock" in report.messages[0]
     assert _ids(repo, names.CHUNKS) == stored
-    clock.advance(24 * HOUR)
+    clock.advance(48 * HOUR)  # chunks are locked one period past retain_until (§9)
     report = _gc(repo)
     assert report.locked == 0 and report.deleted == len(stored)
 

@@ -201,13 +201,17 @@ def test_object_lock_retains_everything_a_backup_writes() -> None:
     repo, clock = _repo(lock=True)
     manifest = backup(repo, "vm", {"d": disk_image(7, 3, CHUNK)})
     assert manifest.retain_until == clock.now() + timedelta(days=30)
+    # Chunks one period longer (format §9), so the next backups need not extend them.
+    assert manifest.lock_horizon == manifest.retain_until + timedelta(days=30)
     written = [
         i.name
         for i in repo.backend.list()
         if i.name.split("/")[0] in ("chunks", "indexes", "archives")
     ]
+    assert any(n.startswith("chunks/") for n in written)
     for name in written:
-        assert repo.backend.stat(name).retain_until == manifest.retain_until
+        want = manifest.lock_horizon if name.startswith("chunks/") else manifest.retain_until
+        assert repo.backend.stat(name).retain_until == want
 
 
 def test_reused_chunks_get_their_lock_extended_when_it_runs_short() -> None:
@@ -215,9 +219,13 @@ def test_reused_chunks_get_their_lock_extended_when_it_runs_short() -> None:
     image = disk_image(8, 3, CHUNK)
     first = backup(repo, "vm-a", {"d": image})
     chunk = names.chunk_name(sorted(repo.load_index(first, "d").referenced())[0])
+    assert repo.backend.stat(chunk).retain_until == first.lock_horizon  # day 60
     clock.advance(10 * 86400)
-    backup(repo, "vm-b", {"d": image})  # 20 days left of 30: not extended
-    assert repo.backend.stat(chunk).retain_until == first.retain_until
+    second = backup(repo, "vm-b", {"d": image})  # needs day 40; 60 >= 40 + 15: kept
+    assert repo.backend.stat(chunk).retain_until == first.lock_horizon
+    assert second.stats.retention_requests == 0
     clock.advance(10 * 86400)
-    second = backup(repo, "vm-c", {"d": image})  # 10 days left: extended
-    assert repo.backend.stat(chunk).retain_until == second.retain_until
+    third = backup(repo, "vm-c", {"d": image})  # needs day 50; 60 < 50 + 15: extended
+    assert third.retain_until is not None
+    assert repo.backend.stat(chunk).retain_until == third.retain_until + timedelta(days=30)
+    assert third.stats.retention_requests == len(repo.load_index(first, "d").referenced())

@@ -1,8 +1,9 @@
 """``vmguard repo ...``: create, inspect, verify and maintain a repository without a cluster.
 
-Exit codes: 0 success; 1 verify found problems; 2 any vmguard error (printed by
-``vmguard.cli``). Every sub-command takes the repository as ``--repo URL`` (or
-``VMGUARD_REPO``; ``repo init`` also as its argument) and ``--json``.
+Exit codes: 0 success; 1 verify found problems, or lock-check left a retention short;
+2 any vmguard error (printed by ``vmguard.cli``). Every sub-command takes the repository
+as ``--repo URL`` (or ``VMGUARD_REPO``; ``repo init`` also as its argument) and
+``--json``.
 ``VMGUARD_ALLOW_COSTLY_KDF=1`` opens a config whose key derivation is above the
 default bound (format §4.3), so no repository an earlier release wrote is unreadable.
 """
@@ -139,6 +140,35 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _lock_check(args: argparse.Namespace) -> int:
+    from vmguard.store.lockcheck import lock_check
+
+    repo = open_repo(args)
+    display = ProgressDisplay("lock-check", enabled=not args.json, unit="objects")
+    report = lock_check(repo, repair=not args.dry_run, workers=args.workers, progress=display)
+    if not args.json:
+        display.finish()
+    if not report.object_lock:
+        _emit(args, asdict(report) | {"ok": True}, "the repository does not use Object Lock")
+        return 0
+    lines = [
+        f"lock-check: {report.archives} archive(s) under retention, {report.objects} objects,"
+        f" {len(report.shortfalls)} short, {report.repaired} repaired"
+        f" ({report.retention_requests} retention requests)"
+    ]
+    for s in report.shortfalls:
+        until = names.format_time(s.until) if s.until else "none"
+        state = "repaired" if s.repaired else ("short" if not s.detail else s.detail)
+        lines.append(
+            f"{s.name}: retained until {until}, needs {names.format_time(s.needed)}: {state};"
+            f" archives: {', '.join(s.archives)}"
+        )
+    lines += report.problems
+    lines.append("OK" if report.ok else "retentions remain short")
+    _emit(args, asdict(report) | {"ok": report.ok}, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
 def _prune(args: argparse.Namespace) -> int:
     from vmguard.store.prune import RetentionPolicy, prune
 
@@ -254,6 +284,11 @@ def add_parser(sub: Any) -> None:
     verify = command("verify", _verify, "check that every archive can be restored")
     verify.add_argument("--deep", action="store_true", help="read, decrypt and hash every chunk")
     verify.add_argument("--workers", type=int, default=4)
+    lock = command(
+        "lock-check", _lock_check, "find and extend Object Lock retentions shorter than promised"
+    )
+    lock.add_argument("--dry-run", action="store_true", help="report shortfalls, change nothing")
+    lock.add_argument("--workers", type=int, default=16, help="parallel requests")
     prune = command("prune", _prune, "retire archives a retention policy does not keep")
     for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
         prune.add_argument(f"--keep-{period}", type=int, default=0, metavar="N")

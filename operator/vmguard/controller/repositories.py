@@ -33,7 +33,11 @@ Conditions (reasons from :func:`classify`, pure):
   manifest cannot be read). True says which format features it lacks (``vmguard repo
   upgrade`` adds them) and when it was opened from a retained config copy.
 - ``Verified``: the last verify. False with ``DamageFound`` naming the count; the chunk
-  ids and the archives they damage go into a warning event (bounded).
+  ids and the archives they damage go into a warning event (bounded). With Object Lock
+  every verify is followed by a lock-check (:func:`vmguard.store.lockcheck.lock_check`,
+  as ``vmguard repo lock-check``) that extends retentions shorter than an archive
+  promises; repairs are a ``LockRepaired`` event, a shortfall it cannot repair makes
+  ``Verified`` False with ``LockShortfall``.
 - ``GarbageCollected``: the last GC. False with ``GCFailed`` (e.g. an archive it cannot
   read stops it before it deletes anything). Another GC holding the repository's lock
   is a normal outcome: an event says it was skipped.
@@ -83,6 +87,7 @@ from vmguard.metrics import Metrics
 from vmguard.store import Repository, names
 from vmguard.store.config import FORMAT_VERSION
 from vmguard.store.gc import GcReport, collect_garbage
+from vmguard.store.lockcheck import LockCheckReport, lock_check
 from vmguard.store.stats import RepositoryStats, repository_stats
 from vmguard.store.verify import VerifyReport, verify
 
@@ -373,9 +378,12 @@ class RepositoryWatch:
         spec = snapshot.get("spec") or {}
         generation = snapshot["metadata"].get("generation")
         deep = (spec.get("verify") or {}).get("depth") == "full"
+        locks: LockCheckReport | None = None
         try:
             repo = await open_repository(self.api, snapshot)
             report = await asyncio.to_thread(verify, repo, deep=deep)
+            if repo.config.object_lock is not None:
+                locks = await asyncio.to_thread(lock_check, repo)
         except Exception as exc:
             self.cursors["verify"] = utcnow()
             message = f"verify could not run: {classify(exc).message}"
@@ -400,4 +408,25 @@ class RepositoryWatch:
             )
             self.set("Verified", False, "DamageFound", text, generation)
             self.announce("DamageFound", damage_message(report), True)
+        if locks is not None:
+            self.judge_locks(locks, generation)
         await self.patch({"lastVerify": result, "conditions": self.conditions})
+
+    def judge_locks(self, locks: LockCheckReport, generation: Any) -> None:
+        """Events and, for what could not be repaired, the Verified condition."""
+        if locks.repaired:
+            self.announce(
+                "LockRepaired",
+                f"lock-check extended {locks.repaired} Object Lock retention(s) that were"
+                f" shorter than {locks.archives} archive(s) promise",
+                True,
+            )
+        if not locks.ok:
+            left = [s.name for s in locks.shortfalls if not s.repaired][:LISTED]
+            text = (
+                f"lock-check: {len(locks.shortfalls) - locks.repaired} object(s) cannot be"
+                f" locked as promised ({', '.join(left)}); {len(locks.problems)} archive(s)"
+                " unreadable: run `vmguard repo lock-check` for the list"
+            )
+            self.set("Verified", False, "LockShortfall", text, generation)
+            self.announce("LockShortfall", text, True)

@@ -7,8 +7,9 @@ index, :func:`plan_disk` decides the disk's mode and which chunks to read. Rules
 - **incremental** (parent index of the same length, changed extents known): read
   exactly the chunks that intersect a changed extent *and* an allocated one; a
   changed chunk that is now unallocated becomes a hole without being read; every
-  other entry is the parent's. A parent chunk marked corrupt is read again, never
-  carried, so the backup repairs it.
+  other entry is the parent's. A parent chunk marked corrupt, or found missing when
+  the writer checked the parent's chunks (format §8.1), is read again, never carried,
+  so the backup repairs it.
 - **full-scan** (parent exists but the changes are unknown, or the disk was resized):
   read every chunk that intersects an allocated extent; the repository's dedup keeps
   the upload to what it lacks. Never an incremental that silently copies the parent.
@@ -114,5 +115,5 @@ def plan_disk(
         for ext in repairs:
             index[ext.offset // chunk] = HOLE
         read = normalise([*read, *repairs])
-        reason = f"{len(repairs)} parent chunks marked corrupt are read again"
+        reason = f"{len(repairs)} parent chunks missing or marked corrupt are read again"
     return DiskPlan(key, size, mode, reason, index, parent, read)

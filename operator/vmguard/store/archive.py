@@ -66,6 +66,8 @@ class TransferStats:
     chunks_hole: int = 0
     compressibility: float | None = None
     """Stored ÷ plaintext size of the changed data; None when nothing changed."""
+    retention_requests: int = 0
+    """Object Lock extensions the backup sent (format §9); 0 without Object Lock."""
 
     def __add__(self, other: TransferStats) -> TransferStats:
         def weighted() -> float | None:
@@ -116,6 +118,15 @@ class ArchiveManifest:
     config_format: str = ""
     config_blob: bytes = b""
     retain_until: datetime | None = None
+    lock_horizon: datetime | None = None
+    """Every chunk this archive references was locked until at least this time when it
+    committed (format §9, feature ``lock-horizon``); None: unknown (no Object Lock, or
+    written by an earlier release), so the next backup and lock-check look for
+    themselves."""
+    carried_checked: bool = False
+    """The writer followed format §8's trust rule for the chunks it took from its
+    parent; False (or absent: an earlier release) makes the next backup check every
+    chunk of this archive instead of only the ones it added."""
     labels: dict[str, str] = field(default_factory=dict)
     stats: TransferStats = field(default_factory=TransferStats)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +152,8 @@ class ArchiveManifest:
                 "started": format_time(self.started),
                 "finished": format_time(self.finished),
                 "retain_until": format_time(self.retain_until) if self.retain_until else None,
+                "lock_horizon": format_time(self.lock_horizon) if self.lock_horizon else None,
+                "carried_checked": self.carried_checked,
                 "labels": dict(self.labels),
                 "disks": [
                     {
@@ -196,6 +209,8 @@ class ArchiveManifest:
             config_format=str(doc.get("config_format", "")),
             config_blob=base64.b64decode(doc.get("config_blob", ""), validate=True),
             retain_until=parse_time(doc["retain_until"]) if doc.get("retain_until") else None,
+            lock_horizon=parse_time(doc["lock_horizon"]) if doc.get("lock_horizon") else None,
+            carried_checked=doc.get("carried_checked") is True,
             labels={str(k): str(v) for k, v in (doc.get("labels") or {}).items()},
             stats=TransferStats.from_json(doc.get("stats") or {}),
             extra={k: v for k, v in doc.items() if k not in known},

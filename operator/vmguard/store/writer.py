@@ -19,25 +19,35 @@ Invariants (the preconditions of the GC safety argument, format §7.5):
   the caller therefore cannot commit a reference GC was not told about.
 - Chunks recorded as corrupt are never deduplicated against: ``has_chunk`` says no,
   so the chunk is uploaded again, which repairs it, and the marker is removed.
+- Nothing is trusted unseen (format §8.1): a chunk taken from the parent is known only
+  after :mod:`vmguard.store.carry` found it present (or it was seen by an earlier
+  backup of the chain); one that is missing is reported by :meth:`needs_upload` so the
+  caller reads it again, and ``add_disk`` refuses an index that still names it.
+  :meth:`commit` reads ``corrupt/`` again and refuses to commit an archive that
+  references a chunk marked while the backup ran.
 - :meth:`commit` writes the manifest only while the lease has at least its margin of
   validity left; afterwards it releases the lease.
-- With Object Lock, every object written gets the same retention (``retain_until`` in
-  the manifest), and re-used chunks whose retention ends before half the lock period
-  from now are extended; the retained copy of the config (the key material that
-  decrypts the archive) is kept at least until ``retain_until`` before the manifest
-  is written.
+- With Object Lock (format §9), the manifest and indexes are retained until
+  ``retain_until``; every chunk the archive references is retained at least until its
+  ``lock_horizon`` ≥ ``retain_until`` when the manifest is written: uploads and
+  extensions go to ``retain_until`` plus one period, carried chunks are covered by the
+  parent's horizon or extended, and chunks found by an existence check are extended
+  when they end before half a period past ``retain_until``.
+  The retained copy of the config (the key material that decrypts the archive) is kept
+  at least until ``retain_until`` before the manifest is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 
 import blake3
 
-from vmguard.errors import ObjectNotFoundError, RepositoryError
+from vmguard.errors import RepositoryError
 from vmguard.store import names
 from vmguard.store.archive import (
     ArchiveManifest,
@@ -47,7 +57,7 @@ from vmguard.store.archive import (
     TransferStats,
     VmIdentity,
 )
-from vmguard.store.backend import Retention
+from vmguard.store.carry import Checked, LockTarget, check_carried, earliest, look
 from vmguard.store.chunk import HOLE, ChunkId, is_zero
 from vmguard.store.envelope import Bytes, Kind
 from vmguard.store.index import FixedIndex
@@ -67,9 +77,17 @@ class PutResult:
 class _State:
     known: set[bytes] = field(default_factory=set)
     corrupt: set[bytes] = field(default_factory=set)
+    missing: set[bytes] = field(default_factory=set)
+    """Parent chunks found absent or implausible: read again, never carried."""
+    referenced: set[bytes] = field(default_factory=set)
     disks: list[DiskRecord] = field(default_factory=list)
     parent: ArchiveManifest | None = None
     parent_loaded: bool = False
+    grandparent: ArchiveManifest | None = None
+    grandparent_loaded: bool = False
+    floor: datetime | None = None
+    """With Object Lock: every known chunk is retained at least until then."""
+    retention_requests: int = 0
     closed: bool = False
 
 
@@ -89,8 +107,7 @@ class BackupWriter:
         self._lock = threading.Lock()
         lock = repo.config.object_lock
         # Times are kept to the second, as the manifest stores them.
-        now = repo.clock.now().replace(microsecond=0)
-        self.retention = Retention(lock.mode, now + timedelta(days=lock.days)) if lock else None
+        self.lock = LockTarget.at(lock.mode, lock.days, repo.clock.now()) if lock else None
 
     @classmethod
     def start(
@@ -130,45 +147,89 @@ class BackupWriter:
             return self._state.parent
 
     def parent_index(self, disk_key: str) -> FixedIndex | None:
-        """The parent's index of this disk, its chunks now known to this writer."""
+        """The parent's index of this disk, its chunks now known to this writer.
+
+        Known after checking (format §8.1, §9): the chunks the parent added are looked
+        at, and with Object Lock the parent's horizon covers the rest or every chunk is
+        extended. Missing ones stay unknown; :meth:`needs_upload` names them.
+        """
         parent = self.parent_manifest()
         if parent is None or disk_key not in {d.key for d in parent.disks}:
             return None
         index = self.repo.load_index(parent, disk_key)
+        referenced = index.referenced()
         with self._lock:
-            self._state.known.update(index.referenced() - self._state.corrupt)
+            chunks = referenced - self._state.corrupt - self._state.known
+        self.lease.ensure_valid()
+        checked = check_carried(
+            self.repo.backend,
+            self.repo.codec,
+            chunks,
+            self._added_by_parent(parent, disk_key, referenced) & chunks,
+            parent,
+            self.lock,
+        )
+        with self._lock:
+            self._record(checked)
+            self._state.missing |= checked.missing
+            self._state.known |= chunks - checked.missing
         return index
 
+    def _added_by_parent(
+        self, parent: ArchiveManifest, disk_key: str, referenced: set[bytes]
+    ) -> set[bytes]:
+        """Chunks of the parent's disk not already in the grandparent's: the ones nobody
+        but their uploader may have seen yet. All of them when the parent was written
+        without the rule (an earlier release) or its own parent is gone."""
+        if not parent.carried_checked or not parent.parent:
+            return referenced
+        with self._lock:
+            if not self._state.grandparent_loaded:
+                try:
+                    self._state.grandparent = self.repo.load_archive(parent.parent)
+                except RepositoryError:
+                    self._state.grandparent = None
+                self._state.grandparent_loaded = True
+            grandparent = self._state.grandparent
+        if grandparent is None or disk_key not in {d.key for d in grandparent.disks}:
+            return referenced
+        try:
+            before = self.repo.load_index(grandparent, disk_key).referenced()
+        except RepositoryError:
+            return referenced
+        return referenced - before
+
     def needs_upload(self, chunk_id: bytes) -> bool:
-        """True if the chunk was found corrupt: re-read it from the source, do not carry it."""
-        return chunk_id in self._state.corrupt
+        """True if the chunk was found corrupt or missing: re-read it from the source,
+        do not carry it."""
+        return chunk_id in self._state.corrupt or chunk_id in self._state.missing
+
+    def _record(self, checked: Checked) -> None:
+        """Fold a check's floor and requests into the writer's (under ``_lock``)."""
+        self._state.floor = earliest(self._state.floor, checked.floor)
+        self._state.retention_requests += checked.requests
 
     # -- chunks ---------------------------------------------------------------------------
 
     def has_chunk(self, chunk_id: bytes) -> bool:
-        """True if ``chunks/<id>`` exists, plausibly sized, and is not marked corrupt."""
-        if chunk_id in self._state.corrupt:
+        """True if ``chunks/<id>`` exists, plausibly sized, and is neither marked corrupt
+        nor found missing; with Object Lock it is then retained long enough."""
+        if chunk_id in self._state.corrupt or chunk_id in self._state.missing:
             return False
         if chunk_id in self._state.known:
             return True
-        try:
-            info = self.repo.backend.stat(names.chunk_name(chunk_id))
-        except ObjectNotFoundError:
-            return False
-        codec = self.repo.codec
-        if not codec.min_stored_size <= info.size <= codec.max_stored_size:
-            return False  # truncated or garbage: upload it again
-        if self.retention is not None and self._lock_ends_soon(info.retain_until):
-            self.repo.backend.set_retention(names.chunk_name(chunk_id), self.retention)
+        # Truncated or garbage, or gone before its lock could be extended (GC may have
+        # just fossilised it): upload it again.
+        lock = self.lock
+        checked = look(
+            self.repo.backend, self.repo.codec, chunk_id, lock, lock.renew_below if lock else None
+        )
         with self._lock:
+            self._record(checked)
+            if checked.missing:
+                return False
             self._state.known.add(chunk_id)
         return True
-
-    def _lock_ends_soon(self, until: datetime | None) -> bool:
-        lock = self.repo.config.object_lock
-        assert lock is not None
-        horizon = self.repo.clock.now() + timedelta(days=lock.days / 2)
-        return until is None or until < horizon
 
     def put_chunk(self, data: Bytes) -> PutResult:
         """Store ``data`` unless an identical chunk exists; holes are never stored."""
@@ -182,13 +243,22 @@ class BackupWriter:
         if self.has_chunk(chunk_id):
             return PutResult(chunk_id, 0, False)
         blob = self.repo.codec.seal(chunk_id, data)
-        self.repo.backend.put(names.chunk_name(chunk_id), blob, retention=self.retention)
+        lock = self.lock
+        retention = lock.chunk_retention if lock else None
+        self.repo.backend.put(names.chunk_name(chunk_id), blob, retention=retention)
+        with self._lock:
+            repaired = chunk_id in self._state.corrupt or chunk_id in self._state.missing
+        if repaired:
+            # A repair is looked at once more: the chain's next backup will trust it as
+            # a chunk of the grandparent it already was (format §8.1).
+            if look(self.repo.backend, self.repo.codec, chunk_id).missing:
+                raise RepositoryError(f"chunk {chunk_id.hex()} is missing after its upload")
+            self.repo.backend.delete(names.corrupt_name(chunk_id))
         with self._lock:
             self._state.known.add(chunk_id)
-            repaired = chunk_id in self._state.corrupt
             self._state.corrupt.discard(chunk_id)
-        if repaired:
-            self.repo.backend.delete(names.corrupt_name(chunk_id))
+            self._state.missing.discard(chunk_id)
+            self._state.floor = earliest(self._state.floor, lock.chunk_until if lock else None)
         return PutResult(chunk_id, len(blob), True)
 
     # -- indexes and manifest -------------------------------------------------------------
@@ -220,7 +290,9 @@ class BackupWriter:
             name = names.index_name(self.archive_id, number)
             binding = names.index_binding(self.archive_id, number)
             blob = self.repo.envelope.seal(Kind.INDEX, plaintext, binding)
-            self.repo.backend.put(name, blob, retention=self.retention)
+            lock = self.lock
+            self.repo.backend.put(name, blob, retention=lock.archive_retention if lock else None)
+            self._state.referenced |= index.referenced()
             record = DiskRecord(
                 key=key,
                 label=label,
@@ -245,10 +317,14 @@ class BackupWriter:
     ) -> ArchiveManifest:
         """Write the manifest, which commits the archive, then release the lease."""
         self._check_open()
+        self._check_no_new_marks()
+        lock = self.lock
+        horizon = self._lock_horizon()
         disks = tuple(self._state.disks)
         total = TransferStats()
         for disk in disks:
             total = total + disk.stats
+        requests = self._state.retention_requests
         manifest = ArchiveManifest(
             archive_id=self.archive_id,
             vm=self.vm,
@@ -260,17 +336,51 @@ class BackupWriter:
             mode_reason=mode_reason,
             config_format=config_format,
             config_blob=config_blob,
-            retain_until=self.retention.until if self.retention else None,
+            retain_until=lock.retain_until if lock else None,
+            lock_horizon=horizon,
+            carried_checked=True,
             labels=dict(labels or {}),
-            stats=stats or total,
+            stats=dataclasses.replace(stats or total, retention_requests=requests),
         )
         blob = self.repo.encode_manifest(manifest)
-        if self.retention is not None:  # the config copy must outlive the archive (§9)
-            self.repo.retain_config(self.retention.until)
+        if lock is not None:  # the config copy must outlive the archive (§9)
+            self.repo.retain_config(lock.retain_until)
         self.lease.ensure_valid()
-        self.repo.backend.put(names.manifest_name(self.archive_id), blob, retention=self.retention)
+        retention = lock.archive_retention if lock else None
+        self.repo.backend.put(names.manifest_name(self.archive_id), blob, retention=retention)
         self._close()
         return manifest
+
+    def _check_no_new_marks(self) -> None:
+        """Refuse to commit over a chunk a verify marked while this backup ran (§8.1)."""
+        marked = set()
+        for info in self.repo.backend.list(names.CORRUPT):
+            chunk_id = names.chunk_id_from_name(info.name)
+            if chunk_id is not None:
+                marked.add(chunk_id)
+        hit = marked & self._state.referenced
+        if hit:
+            raise RepositoryError(
+                f"{len(hit)} chunk(s) this backup references were marked corrupt while it"
+                f" ran (first {min(hit).hex()}); no archive was committed: the next backup"
+                " reads them again from the source"
+            )
+
+    def _lock_horizon(self) -> datetime | None:
+        """Until when every chunk of this archive is locked (format §9); None without
+        Object Lock."""
+        lock = self.lock
+        if lock is None:
+            return None
+        floor = self._state.floor
+        if floor is None:  # no chunk at all: nothing to hold
+            return lock.chunk_until
+        if floor < lock.retain_until:
+            raise RepositoryError(
+                f"a chunk of backup {self.archive_id} is locked only until {floor}, before"
+                f" its retain_until {lock.retain_until}; not committed"
+            )
+        return floor
 
     def abort(self) -> None:
         """Give up: release the lease; what was uploaded is left for GC (or a retry)."""

@@ -148,6 +148,22 @@ def test_list_yields_prefix_matches_in_byte_order(backend: Backend) -> None:
     assert sizes == {name: len(name) for name in names}
 
 
+def test_list_page_starts_after_a_name_and_stops_at_the_limit(backend: Backend) -> None:
+    names = [f"chunks/{i:02x}/{i:04x}" for i in range(0, 40, 3)] + ["chunksx", "other"]
+    for name in names:
+        backend.put(name, b"x" * len(name))
+    in_chunks = [n for n in names if n.startswith("chunks/")]
+
+    def page(start_after: str, limit: int) -> list[str]:
+        return [i.name for i in backend.list_page("chunks/", start_after, limit)]
+
+    assert page("", 100) == in_chunks
+    assert page("chunks/0c/000c", 3) == in_chunks[5:8], "strictly after, at most the limit"
+    assert page("chunks/0c/000", 2) == in_chunks[4:6], "a prefix of a name sorts before it"
+    assert page("chunks/zz", 5) == []
+    assert [i.size for i in backend.list_page("chunks/", "", 1)] == [len(in_chunks[0])]
+
+
 def test_delete_removes_and_is_idempotent(backend: Backend) -> None:
     backend.put("d/1", b"x")
     backend.put("d/2", b"y")

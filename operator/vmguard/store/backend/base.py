@@ -12,7 +12,9 @@ these invariants, and ``tests/store/backend/test_conformance.py`` checks them:
   ``delete`` of a missing object is not an error.
 - ``list(prefix)`` yields every object whose name starts with ``prefix`` (a plain
   string prefix, as in S3), sorted by name, with sizes and last-modified times taken
-  from the store's own clock.
+  from the store's own clock. ``list_page(prefix, start_after, limit)`` returns the
+  first ``limit`` of them whose names sort after ``start_after``: one request on S3
+  (for ``limit`` ≤ 1000), so a sorted set of names can be looked up a page at a time.
 - Deleting an object under Object Lock retention raises
   :class:`~vmguard.errors.ObjectLockedError` and leaves the object in place.
 - Transient faults raise :class:`~vmguard.errors.BackendUnavailableError` (retryable);
@@ -28,7 +30,7 @@ root by a name, and every name is valid on S3 and on any POSIX file system.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -118,6 +120,11 @@ class Backend(Protocol):
     def stat(self, name: str) -> ObjectInfo: ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        """At most ``limit`` objects of ``list(prefix)`` whose names sort after
+        ``start_after``, in name order."""
+        ...
 
     def delete(self, name: str) -> None: ...
 

@@ -8,13 +8,15 @@ encryption, including manifests and indexes. Wrap the backend, read, look at
 
 - Counts are exact and thread-safe: every ``get``/``get_range`` adds the length of the
   bytes it returned, every ``put`` the length it sent; a failed call adds nothing.
+  Requests without a payload (``stat``, ``list``, ``set_retention``) are counted when
+  they are sent, failed or not: each costs a round trip.
 - Behaviour is unchanged otherwise: every call is passed through as is.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from vmguard.store.backend.base import Backend, Capabilities, ObjectInfo, Retention
@@ -28,6 +30,8 @@ class TransferCounts:
     puts: int = 0
     stats: int = 0
     lists: int = 0
+    retentions: int = 0
+    """``set_retention`` requests (Object Lock extensions), successful or not."""
 
 
 class CountingBackend:
@@ -95,6 +99,10 @@ class CountingBackend:
         self._add(lists=1)
         return self._inner.list(prefix)
 
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        self._add(lists=1)
+        return self._inner.list_page(prefix, start_after, limit)
+
     def delete(self, name: str) -> None:
         self._inner.delete(name)
 
@@ -102,6 +110,7 @@ class CountingBackend:
         self._inner.copy(source, target)
 
     def set_retention(self, name: str, retention: Retention) -> None:
+        self._add(retentions=1)
         self._inner.set_retention(name, retention)
 
     def close(self) -> None:

@@ -20,9 +20,10 @@ There is no Object Lock on a file system: ``capabilities.object_lock`` is false.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,6 +148,9 @@ class LocalBackend:
         base = prefix.rpartition("/")[0]
         start = self._root / base if base else self._root
         yield from self._walk(start, base + "/" if base else "", prefix)
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        return list(itertools.islice((i for i in self.list(prefix) if i.name > start_after), limit))
 
     def _walk(self, directory: Path, relative: str, prefix: str) -> Iterator[ObjectInfo]:
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -116,6 +116,9 @@ class RetryingBackend:
             return
         yield head
         yield from iterator
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        return self._call(lambda: self._inner.list_page(prefix, start_after, limit))
 
     def delete(self, name: str) -> None:
         self._call(lambda: self._inner.delete(name))

@@ -28,7 +28,7 @@ import io
 import re
 import secrets
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -283,6 +283,26 @@ class S3Backend:
                 yield ObjectInfo(name, obj.size or 0, modified)
         except _SDK_ERRORS as exc:
             raise self._translate(exc, prefix) from exc
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        # The SDK fetches pages of 1000 lazily: taking at most that many sends one request.
+        check_prefix(prefix)
+        page: list[ObjectInfo] = []
+        try:
+            for obj in self._client.list_objects(
+                self._bucket,
+                prefix=self._prefix + prefix,
+                recursive=True,
+                start_after=self._prefix + start_after,
+            ):
+                name = (obj.object_name or "")[len(self._prefix) :]
+                modified = (obj.last_modified or datetime.now(UTC)).astimezone(UTC)
+                page.append(ObjectInfo(name, obj.size or 0, modified))
+                if len(page) >= limit:
+                    break
+        except _SDK_ERRORS as exc:
+            raise self._translate(exc, prefix) from exc
+        return page
 
     def delete(self, name: str) -> None:
         key = self._key(name)
