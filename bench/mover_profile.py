@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mover import GiB, MiB, Target, _empty_bucket, _latest, cell, mixed_spec, vmguard
-from vmguard.datamover.pipeline import default_workers
+from vmguard.engine.pipeline import default_workers
 from vmguard.transport.nbd import NbdkitServer
 from vmguard_lab.images import DiskImageFactory
 from vmguard_lab.imaging.sparse import sha256_sparse

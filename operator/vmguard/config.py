@@ -67,7 +67,7 @@ class ProxySettings:
     runs this checkout's interpreter, or its entry module with test hooks, instead).
     ``locator`` says how the proxy reaches disks: ``vddk`` (nbdkit's VDDK plugin against
     vCenter, production) or ``SCHEME:ARG`` for a locator an installed distribution
-    registers (:func:`vmguard.vmjobs.access.open_locator`; the lab's is
+    registers (:func:`vmguard.vm.access.open_locator`; the lab's is
     ``lab:<simulator control URL>``).
 
     VMware's VDDK cannot ship in our image: the user supplies it as a volume.
@@ -154,24 +154,15 @@ class RepositorySettings:
         return cls(interval=float(os.environ.get("VMGUARD_REPOSITORY_INTERVAL") or 60.0))
 
 
-# The proxy Job's environment: controller.builders writes it, ``vmguard proxy`` reads it.
-# Credentials arrive as Secret key references (resolved by the kubelet), the repository
-# key as a read-only Secret file; the rest is not secret: URLs, CA bundles (PEM text),
-# thumbprints. ``vmguard vm`` (the CLI) reads the vCenter user and password the same way.
-VC_URL_ENV = "VMGUARD_VC_URL"
+# Environment names read below the proxy layer. The proxy Job's full environment (these
+# and the Job-only names) is vmguard.proxy.contract, shared by the Job builders and the
+# proxy. The store reads the repository URL and S3 credentials (vmguard.store.location);
+# ``vmguard vm`` reads the vCenter user and password as a proxy Job does.
 VC_USER_ENV = "VMGUARD_VC_USER"
 VC_PASSWORD_ENV = "VMGUARD_VC_PASSWORD"
-VC_CA_BUNDLE_ENV = "VMGUARD_VC_CA_BUNDLE"
-VC_CA_FILE_ENV = "VMGUARD_VC_CA_FILE"
-VC_THUMBPRINT_ENV = "VMGUARD_VC_THUMBPRINT"
-VC_INSECURE_ENV = "VMGUARD_VC_INSECURE"
 REPO_ENV = "VMGUARD_REPO"
 S3_ACCESS_ENV = "VMGUARD_S3_ACCESS_KEY"
 S3_SECRET_ENV = "VMGUARD_S3_SECRET_KEY"
-S3_CA_BUNDLE_ENV = "VMGUARD_S3_CA_BUNDLE"
-KEY_FILE_ENV = "VMGUARD_KEY_FILE"
-LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
-TRANSPORT_ENV = "VMGUARD_TRANSPORT"
 VDDK_PATH_ENV = "VMGUARD_PROXY_VDDK_PATH"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from tests.controller import objects
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards, sha256_file
 
-from vmguard.datamover.restore import restore_disk
+from vmguard.engine.restore import restore_disk
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.transport.file import FileSink

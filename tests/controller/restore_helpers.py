@@ -1,7 +1,7 @@
 """Source backups for VMRestore tests, made without the VMBackup controller.
 
 VMBackups are made to work elsewhere; these tests need Completed ones now. So the
-one-process backup (:func:`vmguard.vmjobs.backup.backup_vm`, real simulator, nbdkit and
+one-process backup (:func:`vmguard.vm.backup.backup_vm`, real simulator, nbdkit and
 MinIO) writes a real archive into the namespace's repository, and a VMBackup object is
 created and its status patched to Completed with that archive — what the VMBackup
 controller will do. No VMBackup controller runs in these tests.
@@ -17,7 +17,7 @@ from tests.controller import objects
 
 from vmguard.store import ArchiveManifest, MasterKey, Repository, ScryptParams
 from vmguard.store.backend.s3 import S3Backend
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
+from vmguard.vm.backup import BackupOptions, backup_vm
 from vmguard.vsphere.inventory import find_vm
 from vmguard.vsphere.session import wait_for
 

@@ -32,7 +32,8 @@ from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.controller.scrape import page
 from tests.vsphere.helpers import MiB, sha256_file
 
-from vmguard.controller.builders import ENV_S3_SECRET, ENV_VC_PASSWORD, KEY_VOLUME
+from vmguard.controller.builders import KEY_VOLUME
+from vmguard.proxy.contract import S3_SECRET_ENV, VC_PASSWORD_ENV
 from vmguard.store import Repository
 
 pytestmark = pytest.mark.lab
@@ -178,8 +179,8 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
     for pod in scan.objects["pods"]:
         (proxy,) = pod["spec"]["containers"]
         env = {e["name"]: e for e in proxy["env"]}
-        assert env[ENV_VC_PASSWORD]["valueFrom"]["secretKeyRef"]["name"] == "lab-creds"
-        assert env[ENV_S3_SECRET]["valueFrom"]["secretKeyRef"]["name"] == "repo-s3"
+        assert env[VC_PASSWORD_ENV]["valueFrom"]["secretKeyRef"]["name"] == "lab-creds"
+        assert env[S3_SECRET_ENV]["valueFrom"]["secretKeyRef"]["name"] == "repo-s3"
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes[KEY_VOLUME]["secret"]["secretName"] == "repo-key"
     assert "Traceback" not in operator_log

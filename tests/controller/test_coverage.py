@@ -26,8 +26,8 @@ from tests.controller.backup_helpers import TAKEN, create_backup, wait_done
 from tests.controller.test_policies import GOLD, new_vm, tagged
 from tests.vsphere.helpers import pick_vm, restored_afterwards
 
-from vmguard.commands.coverage import unescape_name
-from vmguard.commands.status import display_width
+from vmguard.cli.coverage import unescape_name
+from vmguard.cli.status import display_width
 from vmguard.controller import vcenter
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard_lab.procs import eventually

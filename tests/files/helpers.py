@@ -1,7 +1,7 @@
 """Back up factory disk images into a repository the way the product does.
 
 File-restore tests need archives exactly as ``vmguard disk backup`` and the proxy Job
-write them, so this is the real backup engine (:func:`vmguard.datamover.backup.back_up`)
+write them, so this is the real backup engine (:func:`vmguard.engine.backup.back_up`)
 over the file block source (:class:`vmguard.transport.file.FileSource`): holes the file
 system reports are never read, all-zero chunks become holes, and a later point is an
 incremental against its parent that reads only the chunks its changed areas touch.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmguard.datamover.backup import DiskInput, back_up
+from vmguard.engine.backup import DiskInput, back_up
 from vmguard.store import ArchiveManifest, Repository, VmIdentity
 from vmguard.transport.extents import Extent
 from vmguard.transport.file import FileSource

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.datamover.cli import Cli
+from tests.engine.cli import Cli
 from tests.store.conftest import CHUNK
 from tests.store.helpers import (
     FAST_KDF_N,

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from tests.vsphere.helpers import MiB, our_snapshots, pick_vm, restored_afterwards, sha256_file
 
-from vmguard.datamover.plan import chunks_touching
+from vmguard.engine.plan import chunks_touching
 from vmguard.transport.extents import Extent
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vmjobs.restore import restore_in_place, restore_new_vm
+from vmguard.vm.backup import BackupOptions, backup_vm
+from vmguard.vm.restore import restore_in_place, restore_new_vm
 from vmguard.vsphere import restore as vrestore
 from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.vmconfig import capture_vm

@@ -34,7 +34,7 @@ from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import ConfigError, PermanentError
 from vmguard.transport.nbd import NbdkitServer
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
+from vmguard.vm.backup import BackupOptions, backup_vm
 from vmguard.vsphere.inventory import discover, vm_record
 from vmguard.vsphere.session import Endpoint, VSphereSession, connect, disconnect
 from vmguard.vsphere.snapshots import sweep_orphans
@@ -98,7 +98,7 @@ def test_killed_proxy_leaves_a_snapshot_the_orphan_sweep_removes(
         from vmguard.store import Repository
         from vmguard.store.backend import S3Backend
         from vmguard.transport.nbd import NbdkitServer
-        from vmguard.vmjobs.backup import BackupOptions, backup_vm
+        from vmguard.vm.backup import BackupOptions, backup_vm
         from vmguard.vsphere.session import Endpoint, VSphereSession
 
         class Slow(LabDiskLocator):

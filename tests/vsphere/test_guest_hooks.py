@@ -26,8 +26,8 @@ import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import PermanentError
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vsphere.cycle import finish, prepare
+from vmguard.vm.backup import BackupOptions, backup_vm
+from vmguard.vm.cycle import finish, prepare
 from vmguard.vsphere.guestops import (
     GuestCredentials,
     GuestLoginError,

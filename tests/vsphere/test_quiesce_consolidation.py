@@ -21,8 +21,8 @@ import pytest
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 
 from vmguard.errors import PermanentError
-from vmguard.vmjobs.backup import BackupOptions, backup_vm
-from vmguard.vsphere.cycle import finish
+from vmguard.vm.backup import BackupOptions, backup_vm
+from vmguard.vm.cycle import finish
 from vmguard.vsphere.inventory import discover, vm_record
 from vmguard.vsphere.snapshots import (
     ConsolidationReport,

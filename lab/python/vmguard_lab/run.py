@@ -3,7 +3,7 @@
 
 Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
 that they can kill it exactly there. The product has no switch for that; it has injection
-points (:class:`vmguard.hooks.Hooks`, an argument of :func:`vmguard.cli.main`). This
+points (:class:`vmguard.hooks.Hooks`, an argument of :func:`vmguard.cli.main.main`). This
 module builds hooks from its own options and runs ``main`` with them and the remaining
 arguments, in the same process:
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vmguard.cli import main as vmguard_main
+from vmguard.cli.main import main as vmguard_main
 from vmguard.hooks import BACKUP_STEPS, Hooks
 
 log = logging.getLogger("vmguard_lab.run")

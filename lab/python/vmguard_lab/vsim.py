@@ -333,7 +333,7 @@ def vsim_command(
 
 
 class LabDiskLocator:
-    """The lab's :class:`vmguard.vmjobs.access.DiskLocator`: paths from the simulator.
+    """The lab's :class:`vmguard.vm.access.DiskLocator`: paths from the simulator.
 
     Where production runs nbdkit's VDDK plugin against vCenter, the lab serves the raw
     image the simulator reports with nbdkit's ``file`` plugin; a hot-added disk's

@@ -6,7 +6,7 @@ of its phase (docs/operator.md):
 - **Pending**: resolve the refs (a missing one is a condition and a wait), resolve the
   VM (record its ids and placement in status; an unknown VM fails the backup), admit
   it under the policy's concurrency limits (over a limit it stays Pending, saying why);
-- **Snapshotting**: open the repository, then :func:`vmguard.vsphere.cycle.prepare` —
+- **Snapshotting**: open the repository, then :func:`vmguard.vm.cycle.prepare` —
   CBT, parent archive, requested mode, the snapshot named after the UID with the
   policy's guest hooks around it (condition ``HooksRan``; a failing hook with
   onError=fail fails the backup with reason ``HookFailed``);

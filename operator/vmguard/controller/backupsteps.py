@@ -16,7 +16,7 @@
   backup never creates one: :func:`open_for_backup` waits for the BackupRepository
   controller, which creates it from its spec with :func:`create_repository`, and
   refuses a repository whose config differs from its spec), resolve the VM, prepare,
-  finish (:mod:`vmguard.vsphere.cycle`).
+  finish (:mod:`vmguard.vm.cycle`).
 
 Secrets are read into memory for the call and never logged or stored.
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes import client
 
-from vmguard.config import ca_bundle_file
+from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV, ca_bundle_file
 from vmguard.controller import builders
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import creation_parameters, spec_mismatches
@@ -39,7 +39,7 @@ from vmguard.errors import ConfigError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import Backend
 from vmguard.store.location import open_location
-from vmguard.vsphere.cycle import Finished, Prepared, finish, prepare, resolve_vm
+from vmguard.vm.cycle import Finished, Prepared, finish, prepare, resolve_vm
 from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResult
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
@@ -151,8 +151,8 @@ async def repository_secrets(
         namespace,
         ref["name"],
         {
-            builders.ENV_S3_ACCESS: ref.get("accessKeyIDKey", "accessKeyID"),
-            builders.ENV_S3_SECRET: ref.get("secretAccessKeyKey", "secretAccessKey"),
+            S3_ACCESS_ENV: ref.get("accessKeyIDKey", "accessKeyID"),
+            S3_SECRET_ENV: ref.get("secretAccessKeyKey", "secretAccessKey"),
         },
     )
     key_ref = (spec.get("encryption") or {}).get("keySecretRef")

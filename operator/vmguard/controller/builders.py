@@ -22,10 +22,12 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vmguard.config import (
+from vmguard.config import ProxySettings
+from vmguard.proxy.contract import (
     KEY_FILE_ENV,
     LOCATOR_ENV,
     REPO_ENV,
+    RESTORE_TARGET_DIR,
     S3_ACCESS_ENV,
     S3_CA_BUNDLE_ENV,
     S3_SECRET_ENV,
@@ -38,7 +40,8 @@ from vmguard.config import (
     VC_URL_ENV,
     VC_USER_ENV,
     VDDK_PATH_ENV,
-    ProxySettings,
+    backup_args,
+    restore_args,
 )
 
 GROUP, VERSION = "vmguard.io", "v1alpha1"
@@ -51,18 +54,8 @@ LABEL_POLICY = "vmguard.io/policy"
 LABEL_ATTEMPT = "vmguard.io/attempt"
 COMPONENT_BACKUP = "backup"
 
-# The proxy's environment (the contract between these builders and ``vmguard proxy``)
-# lives in vmguard.config, the one layer both sides import.
-ENV_VC_URL, ENV_VC_USER, ENV_VC_PASSWORD = VC_URL_ENV, VC_USER_ENV, VC_PASSWORD_ENV
-ENV_VC_CA_BUNDLE, ENV_VC_CA_FILE = VC_CA_BUNDLE_ENV, VC_CA_FILE_ENV
-ENV_VC_THUMBPRINT, ENV_VC_INSECURE = VC_THUMBPRINT_ENV, VC_INSECURE_ENV
-ENV_REPO, ENV_S3_ACCESS, ENV_S3_SECRET = REPO_ENV, S3_ACCESS_ENV, S3_SECRET_ENV
-ENV_S3_CA_BUNDLE, ENV_KEY_FILE = S3_CA_BUNDLE_ENV, KEY_FILE_ENV
-ENV_LOCATOR, ENV_TRANSPORT = LOCATOR_ENV, TRANSPORT_ENV
-
 SECRETS_DIR = "/var/run/secrets/vmguard"
 SCRATCH_DIR = "/var/tmp/vmguard"  # TMPDIR: CA files, NBD sockets; the root fs is read-only
-RESTORE_TARGET_DIR = "/restore-target"  # where a files restore mounts its PVC
 KEY_VOLUME, VC_CA_VOLUME = "repository-key", "vcenter-ca"
 PROXY_UID = 65532  # "nonroot" in distroless images
 
@@ -140,15 +133,15 @@ def vcenter_env(spec: Mapping[str, Any]) -> Pieces:
     """How the proxy reaches vCenter: URL and trust as values, credentials by reference."""
     creds = spec["credentialsSecretRef"]
     env: list[dict[str, Any]] = [
-        {"name": ENV_VC_URL, "value": f"https://{spec['host']}:{spec.get('port', 443)}/sdk"},
-        _secret_env(ENV_VC_USER, creds["name"], creds.get("usernameKey", "username")),
-        _secret_env(ENV_VC_PASSWORD, creds["name"], creds.get("passwordKey", "password")),
+        {"name": VC_URL_ENV, "value": f"https://{spec['host']}:{spec.get('port', 443)}/sdk"},
+        _secret_env(VC_USER_ENV, creds["name"], creds.get("usernameKey", "username")),
+        _secret_env(VC_PASSWORD_ENV, creds["name"], creds.get("passwordKey", "password")),
     ]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     tls = spec.get("tls") or {}
     if tls.get("caBundle"):  # a CA certificate is public: a value is fine
-        env.append({"name": ENV_VC_CA_BUNDLE, "value": tls["caBundle"]})
+        env.append({"name": VC_CA_BUNDLE_ENV, "value": tls["caBundle"]})
     elif tls.get("caSecretRef"):
         ref = tls["caSecretRef"]
         volumes.append(
@@ -157,11 +150,11 @@ def vcenter_env(spec: Mapping[str, Any]) -> Pieces:
         mounts.append(
             {"name": VC_CA_VOLUME, "mountPath": f"{SECRETS_DIR}/{VC_CA_VOLUME}", "readOnly": True}
         )
-        env.append({"name": ENV_VC_CA_FILE, "value": f"{SECRETS_DIR}/{VC_CA_VOLUME}/ca.crt"})
+        env.append({"name": VC_CA_FILE_ENV, "value": f"{SECRETS_DIR}/{VC_CA_VOLUME}/ca.crt"})
     elif tls.get("thumbprint"):
-        env.append({"name": ENV_VC_THUMBPRINT, "value": tls["thumbprint"]})
+        env.append({"name": VC_THUMBPRINT_ENV, "value": tls["thumbprint"]})
     elif tls.get("insecureSkipVerify"):
-        env.append({"name": ENV_VC_INSECURE, "value": "true"})
+        env.append({"name": VC_INSECURE_ENV, "value": "true"})
     return env, volumes, mounts
 
 
@@ -181,14 +174,14 @@ def repository_env(spec: Mapping[str, Any]) -> Pieces:
     """Where the repository is, its S3 credentials by reference, its key as a file."""
     creds = spec["credentialsSecretRef"]
     env: list[dict[str, Any]] = [
-        {"name": ENV_REPO, "value": repository_url(spec)},
-        _secret_env(ENV_S3_ACCESS, creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
+        {"name": REPO_ENV, "value": repository_url(spec)},
+        _secret_env(S3_ACCESS_ENV, creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
         _secret_env(
-            ENV_S3_SECRET, creds["name"], creds.get("secretAccessKeyKey", "secretAccessKey")
+            S3_SECRET_ENV, creds["name"], creds.get("secretAccessKeyKey", "secretAccessKey")
         ),
     ]
     if (spec.get("s3") or {}).get("caBundle"):
-        env.append({"name": ENV_S3_CA_BUNDLE, "value": spec["s3"]["caBundle"]})
+        env.append({"name": S3_CA_BUNDLE_ENV, "value": spec["s3"]["caBundle"]})
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     key_ref = (spec.get("encryption") or {}).get("keySecretRef")
@@ -199,7 +192,7 @@ def repository_env(spec: Mapping[str, Any]) -> Pieces:
         mounts.append(
             {"name": KEY_VOLUME, "mountPath": f"{SECRETS_DIR}/{KEY_VOLUME}", "readOnly": True}
         )
-        env.append({"name": ENV_KEY_FILE, "value": f"{SECRETS_DIR}/{KEY_VOLUME}/key"})
+        env.append({"name": KEY_FILE_ENV, "value": f"{SECRETS_DIR}/{KEY_VOLUME}/key"})
     return env, volumes, mounts
 
 
@@ -253,7 +246,7 @@ def proxy_job(
 ) -> dict[str, Any]:
     """A batch/v1 Job running one proxy container; the operator does the retries."""
     env: list[dict[str, Any]] = [
-        {"name": ENV_LOCATOR, "value": settings.locator},
+        {"name": LOCATOR_ENV, "value": settings.locator},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
     ]
     volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
@@ -343,11 +336,11 @@ def build_backup_job(
         owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
         labels=labels,
         settings=settings,
-        args=["proxy", "backup", "--namespace", meta["namespace"], "--name", meta["name"]],
+        args=backup_args(meta["namespace"], meta["name"]),
         pieces=[
             vcenter_env(vcenter),
             repository_env(repository),
-            ([{"name": ENV_TRANSPORT, "value": transport}], [], []),
+            ([{"name": TRANSPORT_ENV, "value": transport}], [], []),
         ],
         transport=transport,
         active_deadline=active_deadline,
@@ -406,7 +399,7 @@ def build_restore_job(
         owner={**vmrestore, "kind": vmrestore.get("kind", "VMRestore")},
         labels=labels,
         settings=settings,
-        args=["proxy", "restore", "--namespace", meta["namespace"], "--name", meta["name"]],
+        args=restore_args(meta["namespace"], meta["name"]),
         pieces=pieces,
         transport="nbd",
         active_deadline=active_deadline,

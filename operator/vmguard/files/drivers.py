@@ -17,6 +17,7 @@ Notes per filesystem:
 
 from __future__ import annotations
 
+import io
 import stat as st
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -181,8 +182,6 @@ class NtfsFilesystem(Filesystem):
 
     def open(self, node: Any) -> BinaryIO:
         if not node.has_stream(""):
-            import io
-
             return io.BytesIO(b"")
         return node.open()  # type: ignore[no-any-return]
 

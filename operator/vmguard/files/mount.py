@@ -21,9 +21,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from vmguard.files.browse import pick_disk
 from vmguard.files.view import DEFAULT_CACHE_BYTES, DiskView
-from vmguard.store import MasterKey, Repository
-from vmguard.store.location import open_location
+from vmguard.store.location import master_key, open_repository
 from vmguard.store.selection import select_archive
 from vmguard.transport.nbd import NbdkitServer
 
@@ -39,11 +39,8 @@ def open_view(
     env: Mapping[str, str] | None = None,
 ) -> DiskView:
     """The view a mount serves: repository by URL, archive by spec, disk by key/label."""
-    from vmguard.files.browse import pick_disk
-
     env = os.environ if env is None else env
-    key = env.get("VMGUARD_KEY")
-    repo = Repository.open(open_location(repo_url, env), MasterKey.from_text(key) if key else None)
+    repo = open_repository(repo_url, master_key(None, env), env)
     manifest = select_archive(repo, archive)
     return DiskView(repo, manifest, pick_disk(manifest, disk), cache_bytes=cache_bytes)
 

@@ -17,6 +17,7 @@ on. Credentials are the caller's and never appear in an error.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -79,8 +80,6 @@ class S3PrefixSink:
         return written
 
     def symlink(self, path: str, target: str, stat: Stat) -> None:
-        import io
-
         meta = self._metadata(stat)
         meta["x-amz-meta-symlink-target"] = quote(target, safe="/")
         self._put(path, io.BytesIO(b""), 0, meta)

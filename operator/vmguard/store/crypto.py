@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,6 @@ from vmguard.errors import ConfigError, KdfLimitError, RepositoryError
 DATA_KEY_BYTES = 32
 MIN_MASTER_KEY_BYTES = 16
 KEY_ENV = "VMGUARD_KEY"
-COSTLY_KDF_ENV = "VMGUARD_ALLOW_COSTLY_KDF"
-"""Set to 1 for a command line to open configs up to the format's KDF bound."""
 MiB = 1 << 20
 
 _CONTEXT_ENC = "vmguard repository v1 aes-256-gcm"
@@ -144,8 +141,8 @@ class KdfLimits:
     def check(self, entries: tuple[WrappedKey, ...]) -> None:
         """RepositoryError naming the parameter when ``entries`` cost more than allowed."""
         hint = (
-            "; an earlier vmguard accepted it: if you trust this config, set"
-            f" {COSTLY_KDF_ENV}=1 for the command, and `vmguard repo rotate-key` re-wraps"
+            "; an earlier vmguard accepted it: if you trust this config, pass"
+            " --allow-costly-kdf for the command, and `vmguard repo rotate-key` re-wraps"
             " the key under default parameters"
         )
         if len(entries) > self.max_keys:
@@ -171,12 +168,6 @@ class KdfLimits:
                 f" {total}, above the bound of {self.max_work}" + hint,
                 "kdf.p",
             )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> KdfLimits:
-        """The format's bound when ``VMGUARD_ALLOW_COSTLY_KDF=1``, else the default."""
-        value = (os.environ if env is None else env).get(COSTLY_KDF_ENV, "")
-        return FORMAT_KDF_LIMITS if value in ("1", "true", "yes") else DEFAULT_KDF_LIMITS
 
 
 DEFAULT_KDF_LIMITS = KdfLimits()

@@ -1,9 +1,13 @@
-"""Repository locations as URLs, for the command line: ``s3://…`` and ``file://…``.
+"""Repository locations as URLs (``s3://…``, ``file://…``), and the one way to open one.
 
 The CLI must reach a repository when the cluster is gone (BRIEF §2), so a location is
-one self-contained string. This is the only parser of repository URLs: ``vmguard
-repo|disk|vm|files|mount`` and the file-restore nbdkit plugin (which runs below the
-commands layer) all open repositories here.
+one self-contained string. This is the only parser of repository URLs, and
+:func:`open_repository` the only opener of repositories: the operator, the proxy Jobs,
+``vmguard repo|disk|vm|files|mount`` and the file-restore nbdkit plugin all call it, so
+they agree on credentials, on what a CA file means and on the master key
+(:func:`master_key`). It lives here, at the bottom of the store, because that is the
+lowest layer that may import both the store and ``vmguard.config``: every caller, even
+``vmguard.files`` (below the use cases), can reach it.
 
 - ``s3://HOST[:PORT]/BUCKET[/PREFIX]``: S3 over HTTPS (``s3+http://`` or
   ``insecure_http`` for plain HTTP, e.g. a MinIO on loopback); ``?ca=/path/ca.pem``
@@ -11,6 +15,13 @@ commands layer) all open repositories here.
 - ``file:///PATH`` (or a bare absolute path): a repository in a local directory, which
   must exist unless the caller is about to create a repository there.
 - No URL given: ``VMGUARD_REPO`` (:func:`repository_url`).
+
+- The master key: ``--key-file`` (a file) or ``VMGUARD_KEY``; either way exactly one
+  trailing newline is stripped and nothing else (:meth:`MasterKey.from_text`,
+  ``docs/repository-format.md`` §4.3), so ``echo KEY > file`` and a Secret written
+  without a newline give the same key.
+- ``ca_file`` always means the CA bundle of the repository's S3 endpoint (the CLI's
+  ``--ca-file``, the BackupRepository's ``s3.caBundle``); it overrides ``?ca=``.
 
 Invariants: S3 credentials come only from the environment (``VMGUARD_S3_ACCESS_KEY`` /
 ``VMGUARD_S3_SECRET_KEY``, else the AWS SDK's ``AWS_ACCESS_KEY_ID`` /
@@ -31,6 +42,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from vmguard.config import REPO_ENV, S3_ACCESS_ENV, S3_SECRET_ENV
 from vmguard.errors import ConfigError
 from vmguard.store.backend import Backend, LocalBackend, RetryingBackend
+from vmguard.store.crypto import DEFAULT_KDF_LIMITS, KEY_ENV, KdfLimits, MasterKey
+from vmguard.store.repository import Repository
 
 CREDENTIAL_ENVS = (
     (S3_ACCESS_ENV, S3_SECRET_ENV),
@@ -133,7 +146,7 @@ def open_location(
 ) -> Backend:
     """A (retrying) backend for a repository URL; S3 credentials from ``env``.
 
-    ``create``: a local directory may be made (``repo init``, a first backup); otherwise
+    ``create``: a local directory may be made (``repo init``); otherwise
     a missing one is an error rather than a new empty directory. ``insecure_http`` and
     ``ca_file`` are the command line's ``--insecure-http`` and ``--ca-file``, equivalent
     to ``s3+http://`` and ``?ca=``.
@@ -162,3 +175,39 @@ def open_location(
             ca_file=ca_file or location.ca_file,
         )
     )
+
+
+def master_key(
+    key_file: str | None = None, env: Mapping[str, str] | None = None
+) -> MasterKey | None:
+    """The master key in ``key_file``, else in ``VMGUARD_KEY`` (from ``env``), else None.
+
+    Both are normalised by :meth:`MasterKey.from_text`, the one rule: exactly one
+    trailing newline is stripped (format §4.3).
+    """
+    if key_file:
+        return MasterKey.from_file(key_file)
+    text = (os.environ if env is None else env).get(KEY_ENV)
+    return MasterKey.from_text(text) if text else None
+
+
+def open_repository(
+    url: str | Location | None,
+    key: MasterKey | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    insecure_http: bool = False,
+    ca_file: str | None = None,
+    kdf_limits: KdfLimits = DEFAULT_KDF_LIMITS,
+) -> Repository:
+    """Open the repository at ``url`` (None: ``VMGUARD_REPO`` from ``env``) with ``key``.
+
+    S3 credentials come from ``env`` (default: the process environment). Never creates
+    a repository: one that does not exist is :class:`RepositoryNotFoundError`, so a
+    mistyped URL cannot start a second repository with defaults (``Repository.init``,
+    reached through ``vmguard repo init`` or the BackupRepository controller, creates).
+    ``kdf_limits`` bounds the key derivation a config may ask for (format §4.3).
+    """
+    target = url if isinstance(url, Location) else repository_url(url, env)
+    backend = open_location(target, env, insecure_http=insecure_http, ca_file=ca_file)
+    return Repository.open(backend, key, kdf_limits=kdf_limits)

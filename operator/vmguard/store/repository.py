@@ -32,7 +32,6 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import blake3
 
@@ -73,9 +72,7 @@ from vmguard.store.crypto import (
 )
 from vmguard.store.envelope import Envelope, Kind
 from vmguard.store.index import FixedIndex
-
-if TYPE_CHECKING:
-    from vmguard.store.writer import BackupWriter
+from vmguard.store.writer import BackupWriter
 
 MAX_INDEX_BYTES = 1 << 30
 MAX_MANIFEST_BYTES = 64 << 20
@@ -455,8 +452,6 @@ class Repository:
         self, vm: VmIdentity, *, parent: str | None = None, auto_refresh: bool = True
     ) -> BackupWriter:
         """Start a backup of ``vm`` under a fresh lease (format §7.1, step 1)."""
-        from vmguard.store.writer import BackupWriter
-
         return BackupWriter.start(self, vm, parent=parent, auto_refresh=auto_refresh)
 
 

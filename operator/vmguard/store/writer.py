@@ -44,6 +44,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import Protocol
 
 import blake3
 
@@ -57,12 +58,39 @@ from vmguard.store.archive import (
     TransferStats,
     VmIdentity,
 )
+from vmguard.store.backend import Backend
 from vmguard.store.carry import Checked, LockTarget, check_carried, earliest, look
-from vmguard.store.chunk import HOLE, ChunkId, is_zero
-from vmguard.store.envelope import Bytes, Kind
+from vmguard.store.chunk import HOLE, ChunkCodec, ChunkId, is_zero
+from vmguard.store.clock import Clock
+from vmguard.store.config import RepositoryConfig
+from vmguard.store.envelope import Bytes, Envelope, Kind
 from vmguard.store.index import FixedIndex
 from vmguard.store.lease import Lease, lease_body
-from vmguard.store.repository import Repository
+
+
+class WriterRepository(Protocol):
+    """What a writer needs of an open repository (:class:`~vmguard.store.Repository` is one).
+
+    Declared here, narrowly, so that the writer does not import the repository module,
+    which starts writers (:meth:`Repository.begin_backup`): no import cycle.
+    """
+
+    backend: Backend
+    config: RepositoryConfig
+    clock: Clock
+    envelope: Envelope
+    codec: ChunkCodec
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    def load_archive(self, archive_id: str) -> ArchiveManifest: ...
+
+    def load_index(self, manifest: ArchiveManifest, disk: DiskRecord | str) -> FixedIndex: ...
+
+    def encode_manifest(self, manifest: ArchiveManifest) -> bytes: ...
+
+    def retain_config(self, until: datetime) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +123,12 @@ class BackupWriter:
     """One backup in progress. Create with :meth:`Repository.begin_backup`."""
 
     def __init__(
-        self, repo: Repository, vm: VmIdentity, archive_id: str, parent: str | None, lease: Lease
+        self,
+        repo: WriterRepository,
+        vm: VmIdentity,
+        archive_id: str,
+        parent: str | None,
+        lease: Lease,
     ) -> None:
         self.repo = repo
         self.vm = vm
@@ -111,7 +144,7 @@ class BackupWriter:
 
     @classmethod
     def start(
-        cls, repo: Repository, vm: VmIdentity, *, parent: str | None, auto_refresh: bool
+        cls, repo: WriterRepository, vm: VmIdentity, *, parent: str | None, auto_refresh: bool
     ) -> BackupWriter:
         now = repo.clock.now()
         archive_id = names.new_archive_id(vm.id, now)

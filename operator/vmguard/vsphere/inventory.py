@@ -345,6 +345,14 @@ def vm_record(si: vim.ServiceInstance, moref: str) -> VMRecord:
     return record_from_properties(moref, props, InventoryTree(si), custom_field_names(si))
 
 
+def vm_record_if_any(si: vim.ServiceInstance, moref: str) -> VMRecord | None:
+    """One VM's record, or None when there is no such VM (any more)."""
+    try:
+        return vm_record(si, moref)
+    except (LookupError, vmodl.fault.ManagedObjectNotFound):
+        return None
+
+
 def find_by_name(records: Sequence[VMRecord], name_or_moref: str) -> VMRecord:
     """A VM by moref, instance UUID or exact name (a name must be unique)."""
     for r in records:

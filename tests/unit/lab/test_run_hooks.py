@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vmguard import cli
+from vmguard.cli import main as cli
 from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard_lab import run
 
@@ -76,7 +76,7 @@ def test_vmguard_gives_each_command_the_hooks_it_was_handed(
     given = Hooks(transfer_progress=lambda done, total: None)
     seen: list[Hooks] = []
     monkeypatch.setattr(
-        "vmguard.vmjobs.proxy.run_backup", lambda ns, n, hooks: seen.append(hooks) or 0
+        "vmguard.proxy.backup.run_backup", lambda ns, n, hooks: seen.append(hooks) or 0
     )
     assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"], hooks=given) == 0
     assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"]) == 0

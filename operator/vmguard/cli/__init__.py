@@ -1,0 +1,6 @@
+"""The ``vmguard`` command line: one module per command group, shared options in one.
+
+:mod:`.main` assembles the parser (the ``vmguard`` and ``kubectl-vmguard`` entry points;
+``python -m vmguard.cli`` runs it too). Output for people goes to stdout (progress to
+stderr); ``--json`` gives one JSON document for scripts.
+"""

@@ -1,0 +1,124 @@
+"""Options every command group shares, declared once, and what they resolve to.
+
+One ``--repo``, one key option and one set of TLS options per peer, so that a flag means
+the same in ``repo``, ``disk``, ``vm``, ``files`` and ``mount``:
+
+- the repository: ``--repo URL`` (else ``VMGUARD_REPO``; URLs as
+  :mod:`vmguard.store.location` reads them), ``--key-file`` (else ``VMGUARD_KEY``;
+  exactly one trailing newline is stripped, format §4.3), and the S3 endpoint's TLS:
+  ``--ca-file`` (its CA bundle) and ``--insecure-http`` (plain HTTP);
+- vCenter: ``--vcenter URL`` with one of ``--thumbprint``, ``--vcenter-ca-file`` or
+  ``--insecure`` (only when asked for by name); user and password only from
+  ``VMGUARD_VC_USER`` / ``VMGUARD_VC_PASSWORD``.
+
+Repositories are opened only through :func:`vmguard.store.location.open_repository`.
+S3 credentials come only from the environment there. No message here prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmguard.config import REPO_ENV, VC_PASSWORD_ENV, VC_USER_ENV
+from vmguard.errors import ConfigError
+from vmguard.store import MasterKey, Repository
+from vmguard.store.crypto import DEFAULT_KDF_LIMITS, FORMAT_KDF_LIMITS, KEY_ENV
+from vmguard.store.location import master_key, open_repository
+
+if TYPE_CHECKING:
+    from vmguard.vsphere.session import Endpoint
+
+KEY_HELP = (
+    f"file holding the repository's master key (else ${KEY_ENV});"
+    " exactly one trailing newline is stripped"
+)
+
+
+def add_repository_options(
+    parser: argparse.ArgumentParser, *, required: bool = False, tls: bool = True
+) -> None:
+    """``--repo``, ``--key-file``, and with ``tls`` ``--ca-file`` and ``--insecure-http``
+    (``vmguard mount`` hands only a URL to nbdkit: ``?ca=`` and ``s3+http://`` do there)."""
+    parser.add_argument(
+        "--repo",
+        required=required,
+        metavar="URL",
+        help="s3://HOST:PORT/BUCKET/PREFIX, s3+http://…, or file:///PATH"
+        + ("" if required else f" (else ${REPO_ENV})"),
+    )
+    parser.add_argument("--key-file", help=KEY_HELP)
+    parser.add_argument(
+        "--allow-costly-kdf",
+        action="store_true",
+        help="open a config whose key derivation is above the default bound, up to the"
+        " format's (format §4.3; then `repo rotate-key` re-wraps it cheaply)",
+    )
+    if not tls:
+        return
+    parser.add_argument(
+        "--ca-file", help="CA bundle of the repository's S3 endpoint (as the URL's ?ca=)"
+    )
+    parser.add_argument(
+        "--insecure-http", action="store_true", help="plain-HTTP S3 endpoint (as s3+http://)"
+    )
+
+
+def repository_key(args: argparse.Namespace) -> MasterKey | None:
+    """The master key ``--key-file`` or ``VMGUARD_KEY`` gives (None: unencrypted)."""
+    return master_key(args.key_file)
+
+
+def open_repository_from(args: argparse.Namespace) -> Repository:
+    """The repository the shared options name, with its key. Never creates one: a
+    mistyped ``--repo`` is RepositoryNotFoundError (``repo init`` creates)."""
+    costly = getattr(args, "allow_costly_kdf", False)
+    return open_repository(
+        args.repo,
+        repository_key(args),
+        insecure_http=getattr(args, "insecure_http", False),
+        ca_file=getattr(args, "ca_file", None),
+        kdf_limits=FORMAT_KDF_LIMITS if costly else DEFAULT_KDF_LIMITS,
+    )
+
+
+def new_key_file(path: str) -> MasterKey:
+    """Read the key in ``path``, or create the file with a fresh key (mode 0600)."""
+    target = Path(path)
+    if target.exists():
+        return MasterKey.from_file(target)
+    key = MasterKey.generate()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.secret)
+    return key
+
+
+def add_vcenter_options(parser: argparse.ArgumentParser) -> None:
+    """``--vcenter`` and its TLS trust: ``--thumbprint | --vcenter-ca-file | --insecure``."""
+    parser.add_argument("--vcenter", required=True, metavar="URL", help="https://vcenter/sdk")
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--thumbprint", help="pinned SHA-1/SHA-256 certificate thumbprint")
+    trust.add_argument(
+        "--vcenter-ca-file", metavar="FILE", help="CA bundle that signed vCenter's certificate"
+    )
+    trust.add_argument("--insecure", action="store_true", help="do not verify TLS (never in prod)")
+
+
+def vcenter_endpoint(args: argparse.Namespace) -> Endpoint:
+    """vCenter as the options name it; credentials from the environment only."""
+    from vmguard.vsphere.session import Endpoint  # pyVmomi: only when a vm command runs
+
+    user, password = os.environ.get(VC_USER_ENV), os.environ.get(VC_PASSWORD_ENV)
+    if not user or not password:
+        raise ConfigError(f"set {VC_USER_ENV} and {VC_PASSWORD_ENV} to the vCenter credentials")
+    return Endpoint(
+        args.vcenter,
+        user,
+        password,
+        ca_file=args.vcenter_ca_file,
+        thumbprint=args.thumbprint,
+        insecure=args.insecure,
+    )

@@ -1,0 +1,45 @@
+"""``vmguard proxy backup|restore --namespace NS --name NAME``: what a proxy Job runs.
+
+The sub-command names are :mod:`vmguard.proxy.contract`'s, the ones the Job builders
+write. The work is :func:`vmguard.proxy.backup.run_backup` (given the embedder's
+:class:`~vmguard.hooks.Hooks`, ``args.hooks``) and :func:`vmguard.proxy.restore.run`,
+imported when the command runs (they bring pyVmomi, NBD and the Kubernetes client,
+which no other command should pay for at start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from vmguard.proxy.contract import BACKUP, COMMAND, RESTORE
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def register(sub: Any) -> None:
+    """Add ``proxy backup|restore`` to the top-level sub-parsers."""
+    proxy = sub.add_parser(COMMAND, help="run as a proxy Job: move one VM's data (in-cluster)")
+    proxy_sub = proxy.add_subparsers(dest="proxy_cmd", required=True)
+    backup = proxy_sub.add_parser(BACKUP, help="transfer the snapshot of one VMBackup")
+    backup.add_argument("--namespace", required=True)
+    backup.add_argument("--name", required=True, help="the VMBackup")
+    backup.set_defaults(func=_backup)
+    restore = proxy_sub.add_parser(RESTORE, help="write the data of one VMRestore")
+    restore.add_argument("--namespace", required=True)
+    restore.add_argument("--name", required=True, help="the VMRestore")
+    restore.set_defaults(func=_restore)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from vmguard.proxy import backup
+
+    return backup.run_backup(args.namespace, args.name, args.hooks)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from vmguard.proxy.restore import run
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return run(args.namespace, args.name)

@@ -1,0 +1,307 @@
+"""``vmguard repo ...``: create, inspect, verify and maintain a repository without a cluster.
+
+Exit codes: 0 success; 1 verify found problems, or lock-check left a retention short;
+2 any vmguard error (printed by :mod:`vmguard.cli.main`). Every sub-command takes the
+repository options of :mod:`vmguard.cli.options` (``repo init`` also the URL as its
+argument) and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from vmguard.cli.options import (
+    add_repository_options,
+    new_key_file,
+    open_repository_from,
+    repository_key,
+)
+from vmguard.cli.progress import ProgressDisplay, human_bytes
+from vmguard.errors import ConfigError
+from vmguard.store import ObjectLockPolicy, Repository, names
+from vmguard.store.config import DEFAULT_CHUNK_SIZE
+from vmguard.store.location import open_location, repository_url
+
+
+def add_repo_options(parser: argparse.ArgumentParser) -> None:
+    """The shared repository options and ``--json``."""
+    add_repository_options(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def open_repo(args: argparse.Namespace) -> Repository:
+    return open_repository_from(args)
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(json.dumps(doc, default=str, indent=1) if args.json else text)
+
+
+def _init(args: argparse.Namespace) -> int:
+    backend = open_location(
+        repository_url(args.url or args.repo),
+        create=True,
+        insecure_http=args.insecure_http,
+        ca_file=args.ca_file,
+    )
+    key = None
+    if args.encrypt:
+        if args.key_file:
+            key = new_key_file(args.key_file)
+        else:
+            key = repository_key(args)
+            if key is None:
+                raise ConfigError(
+                    "--encrypt needs --key-file FILE (created if absent) or VMGUARD_KEY"
+                )
+    lock = ObjectLockPolicy(args.lock_mode, args.lock_days) if args.lock_days else None
+    repo = Repository.init(
+        backend,
+        master_key=key,
+        chunk_size=args.chunk_size,
+        compression_level=args.compression_level,
+        object_lock=lock,
+    )
+    doc = {"id": repo.config.id, "location": backend.location, "encrypted": repo.encrypted}
+    _emit(args, doc, f"created repository {repo.config.id} at {backend.location}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    repo = open_repo(args)
+    config = repo.config
+    doc = {
+        "id": config.id,
+        "location": repo.backend.location,
+        "created": config.created,
+        "chunk_size": config.chunk_size,
+        "compression_level": config.compression_level,
+        "encrypted": repo.encrypted,
+        "object_lock": asdict(config.object_lock) if config.object_lock else None,
+        "features": list(config.features),
+        "config_source": repo.source,
+        "archives": len(repo.list_archives()),
+    }
+    _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    repo = open_repo(args)
+    rows: list[dict[str, Any]] = []
+    for ref in repo.list_archives(args.vm):
+        manifest = repo.load_archive(ref.archive_id)
+        rows.append(
+            {
+                "archive_id": ref.archive_id,
+                "vm": manifest.vm.id,
+                "vm_name": manifest.vm.name,
+                "started": names.format_time(manifest.started),
+                "mode": manifest.mode,
+                "disks": [d.key for d in manifest.disks],
+                "logical_bytes": manifest.stats.logical_bytes,
+                "bytes_stored": manifest.stats.bytes_stored,
+            }
+        )
+    lines = [f"{'ARCHIVE':48} {'VM':24} {'MODE':11} {'DISKS':6} {'LOGICAL':>10} {'NEW':>10}"]
+    for r in rows:
+        lines.append(
+            f"{r['archive_id']:48} {r['vm'][:24]:24} {r['mode']:11} {len(r['disks']):<6}"
+            f" {human_bytes(r['logical_bytes']):>10} {human_bytes(r['bytes_stored']):>10}"
+        )
+    _emit(args, {"archives": rows}, "\n".join(lines))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from vmguard.store.verify import verify
+
+    repo = open_repo(args)
+    display = ProgressDisplay("deep verify", enabled=args.deep and not args.json, unit="chunks")
+    report = verify(repo, deep=args.deep, workers=args.workers, progress=display)
+    if args.deep and not args.json:
+        display.finish()
+    lines = [
+        f"{'deep' if args.deep else 'quick'} verify: {report.archives} archives,"
+        f" {report.chunks} chunks, {human_bytes(report.bytes_read)} read"
+    ]
+    for p in report.chunk_problems:
+        lines.append(f"chunk {p.chunk_id} {p.kind}: {p.detail}; archives: {', '.join(p.archives)}")
+    for a in report.archive_problems:
+        lines.append(f"archive {a.archive_id}: {a.detail}")
+    lines.append("OK" if report.ok else f"{len(report.affected_archives())} archive(s) damaged")
+    _emit(args, asdict(report) | {"ok": report.ok}, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
+def _lock_check(args: argparse.Namespace) -> int:
+    from vmguard.store.lockcheck import lock_check
+
+    repo = open_repo(args)
+    display = ProgressDisplay("lock-check", enabled=not args.json, unit="objects")
+    report = lock_check(repo, repair=not args.dry_run, workers=args.workers, progress=display)
+    if not args.json:
+        display.finish()
+    if not report.object_lock:
+        _emit(args, asdict(report) | {"ok": True}, "the repository does not use Object Lock")
+        return 0
+    lines = [
+        f"lock-check: {report.archives} archive(s) under retention, {report.objects} objects,"
+        f" {len(report.shortfalls)} short, {report.repaired} repaired"
+        f" ({report.retention_requests} retention requests)"
+    ]
+    for s in report.shortfalls:
+        until = names.format_time(s.until) if s.until else "none"
+        state = "repaired" if s.repaired else ("short" if not s.detail else s.detail)
+        lines.append(
+            f"{s.name}: retained until {until}, needs {names.format_time(s.needed)}: {state};"
+            f" archives: {', '.join(s.archives)}"
+        )
+    lines += report.problems
+    lines.append("OK" if report.ok else "retentions remain short")
+    _emit(args, asdict(report) | {"ok": report.ok}, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from vmguard.store.prune import RetentionPolicy, prune
+
+    policy = RetentionPolicy(
+        keep_last=args.keep_last,
+        keep_hourly=args.keep_hourly,
+        keep_daily=args.keep_daily,
+        keep_weekly=args.keep_weekly,
+        keep_monthly=args.keep_monthly,
+        keep_yearly=args.keep_yearly,
+    )
+    report = prune(open_repo(args), policy, vm_id=args.vm, dry_run=args.dry_run)
+    verb = "would prune" if args.dry_run else "pruned"
+    lines = [f"kept {a} ({', '.join(why)})" for a, why in sorted(report.kept.items())]
+    lines += [f"{verb} {a}" for a in report.pruned]
+    lines += [
+        f"locked {a}: Object Lock retains it until {names.format_time(until)}; not pruned"
+        for a, until in report.locked
+    ]
+    _emit(args, asdict(report), "\n".join(lines) or "no archives")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from vmguard.store.gc import collect_garbage
+
+    report = collect_garbage(open_repo(args), dry_run=args.dry_run)
+    text = (
+        f"candidates {report.candidates}, fossilised {report.fossilised}, deleted"
+        f" {report.deleted} ({human_bytes(report.deleted_bytes)}), resurrected"
+        f" {report.resurrected}, waiting for {len(report.waiting_for)} backup(s)"
+    )
+    _emit(args, asdict(report), "\n".join([text, *report.messages]))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from vmguard.store.stats import repository_stats
+
+    stats = repository_stats(open_repo(args))
+    doc = {
+        "archives": stats.archives,
+        "chunks": stats.chunks,
+        "stored_bytes": stats.stored_bytes,
+        "logical_bytes": stats.logical_bytes,
+        "dedup_ratio": stats.dedup_ratio,
+    }
+    ratio = f"{stats.dedup_ratio:.1f}x" if stats.dedup_ratio is not None else "-"
+    text = (
+        f"{stats.archives} archives, {human_bytes(stats.logical_bytes)} logical,"
+        f" {stats.chunks} chunks, {human_bytes(stats.stored_bytes)} stored, ratio {ratio}"
+    )
+    _emit(args, doc, text)
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    repo = open_repo(args)
+    new = new_key_file(args.new_key_file)
+    repo.rotate_master_key(new, keep_old=args.keep_old)
+    _emit(
+        args, {"rotated": True}, f"the master key in {args.new_key_file} now opens the repository"
+    )
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    repo = open_repo(args)
+    if repo.encrypted and repository_key(args) is None:  # open() already refused
+        raise ConfigError("upgrading an encrypted repository needs its master key")
+    now = repo.server_now()
+    gone_after = timedelta(seconds=repo.config.gc.lease_ttl_seconds + repo.config.gc.grace_seconds)
+    running = [i.name for i in repo.backend.list(names.LEASES) if now - i.modified <= gone_after]
+    if running and not args.force:
+        raise ConfigError(
+            f"{len(running)} backup(s) may still run under the previous rules"
+            f" ({', '.join(running[:3])}{' …' if len(running) > 3 else ''}): wait until they"
+            " finish (a lease is gone ttl + grace after its last refresh), or --force"
+        )
+    added = repo.upgrade()
+    doc = {"added": list(added), "features": list(repo.config.features), "running": running}
+    text = (
+        f"added {', '.join(added)}; releases that do not know them can no longer open it"
+        if added
+        else "already up to date: " + ", ".join(repo.config.features)
+    )
+    _emit(args, doc, text)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    repo = sub.add_parser("repo", help="create, inspect and maintain a backup repository")
+    cmds = repo.add_subparsers(dest="repo_cmd", required=True)
+
+    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help)
+        add_repo_options(p)
+        p.set_defaults(func=func)
+        return p
+
+    init = command("init", _init, "create a repository")
+    init.add_argument("url", nargs="?", help="repository URL (or --repo)")
+    init.add_argument("--encrypt", action="store_true", help="AES-256-GCM under a master key")
+    init.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    init.add_argument("--compression-level", type=int, default=3, help="zstd level")
+    init.add_argument("--lock-days", type=int, default=0, help="Object Lock retention days")
+    init.add_argument("--lock-mode", default="GOVERNANCE", choices=["GOVERNANCE", "COMPLIANCE"])
+    command("info", _info, "the repository's configuration")
+    ls = command("ls", _ls, "list archives")
+    ls.add_argument("--vm", help="only archives of this VM id")
+    verify = command("verify", _verify, "check that every archive can be restored")
+    verify.add_argument("--deep", action="store_true", help="read, decrypt and hash every chunk")
+    verify.add_argument("--workers", type=int, default=4)
+    lock = command(
+        "lock-check", _lock_check, "find and extend Object Lock retentions shorter than promised"
+    )
+    lock.add_argument("--dry-run", action="store_true", help="report shortfalls, change nothing")
+    lock.add_argument("--workers", type=int, default=16, help="parallel requests")
+    prune = command("prune", _prune, "retire archives a retention policy does not keep")
+    for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        prune.add_argument(f"--keep-{period}", type=int, default=0, metavar="N")
+    prune.add_argument("--vm", help="only archives of this VM id")
+    prune.add_argument("--dry-run", action="store_true")
+    gc = command("gc", _gc, "delete chunks no archive references (safe with running backups)")
+    gc.add_argument("--dry-run", action="store_true")
+    command("stats", _stats, "stored versus logical bytes")
+    rotate = command("rotate-key", _rotate_key, "wrap the data key under a new master key")
+    rotate.add_argument("--new-key-file", required=True, help="created with a new key if absent")
+    rotate.add_argument("--keep-old", action="store_true", help="the old key keeps working too")
+    upgrade = command(
+        "upgrade",
+        _upgrade,
+        "add this release's format features (docs/repository-format.md §10); needs the key",
+    )
+    upgrade.add_argument(
+        "--force", action="store_true", help="upgrade even while backups hold leases"
+    )

@@ -1,0 +1,84 @@
+"""The proxy Job's contract with the operator's Job builders: the one module both import.
+
+:mod:`vmguard.controller.builders` writes a proxy Job from these names — its command
+line (:func:`backup_args`, :func:`restore_args`), its environment and where a files
+restore's PVC is mounted — and the proxy reads them back
+(:mod:`vmguard.proxy.environment`, :mod:`vmguard.cli.proxy`). A name changed here
+changes both sides at once.
+
+Invariants: names and paths only. This module imports nothing but :mod:`vmguard.config`,
+so the controller may import it without pulling in the data plane (the import-linter
+contracts allow the controller this one module of ``vmguard.proxy``). Credentials are
+never values in a Job: the builders pass them as ``secretKeyRef`` variables and the
+repository key as a read-only Secret file whose path is in :data:`KEY_FILE_ENV`.
+"""
+
+from __future__ import annotations
+
+# Defined in vmguard.config because layers below the proxy read them too: the store
+# (repository URL and S3 credentials), the CLI (vCenter credentials) and the operator's
+# ProxySettings (VDDK path).
+from vmguard.config import (
+    REPO_ENV,
+    S3_ACCESS_ENV,
+    S3_SECRET_ENV,
+    VC_PASSWORD_ENV,
+    VC_USER_ENV,
+    VDDK_PATH_ENV,
+)
+
+__all__ = [
+    "BACKUP",
+    "COMMAND",
+    "KEY_FILE_ENV",
+    "LOCATOR_ENV",
+    "REPO_ENV",
+    "RESTORE",
+    "RESTORE_TARGET_DIR",
+    "S3_ACCESS_ENV",
+    "S3_CA_BUNDLE_ENV",
+    "S3_SECRET_ENV",
+    "TRANSPORT_ENV",
+    "VC_CA_BUNDLE_ENV",
+    "VC_CA_FILE_ENV",
+    "VC_INSECURE_ENV",
+    "VC_PASSWORD_ENV",
+    "VC_THUMBPRINT_ENV",
+    "VC_URL_ENV",
+    "VC_USER_ENV",
+    "VDDK_PATH_ENV",
+    "backup_args",
+    "restore_args",
+]
+
+# vCenter: URL, and one of CA bundle (PEM text), CA file (a mounted Secret), thumbprint,
+# or insecure ("true"); user and password as secretKeyRef variables.
+VC_URL_ENV = "VMGUARD_VC_URL"
+VC_CA_BUNDLE_ENV = "VMGUARD_VC_CA_BUNDLE"
+VC_CA_FILE_ENV = "VMGUARD_VC_CA_FILE"
+VC_THUMBPRINT_ENV = "VMGUARD_VC_THUMBPRINT"
+VC_INSECURE_ENV = "VMGUARD_VC_INSECURE"
+# The repository: URL (REPO_ENV), the S3 endpoint's CA bundle (PEM text), the path of
+# the mounted key file; S3 credentials as secretKeyRef variables.
+S3_CA_BUNDLE_ENV = "VMGUARD_S3_CA_BUNDLE"
+KEY_FILE_ENV = "VMGUARD_KEY_FILE"
+# How disks are reached: ``vddk`` or ``SCHEME:ARG`` of an installed locator
+# (vmguard.vm.access.open_locator); and the transport wanted.
+LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
+TRANSPORT_ENV = "VMGUARD_TRANSPORT"
+
+RESTORE_TARGET_DIR = "/restore-target"
+"""Where a files restore into a PVC finds the claim mounted."""
+
+COMMAND, BACKUP, RESTORE = "proxy", "backup", "restore"
+"""``vmguard proxy backup|restore``: the sub-commands the Jobs run."""
+
+
+def backup_args(namespace: str, name: str) -> list[str]:
+    """The proxy's arguments for one VMBackup (after the image's ``vmguard`` command)."""
+    return [COMMAND, BACKUP, "--namespace", namespace, "--name", name]
+
+
+def restore_args(namespace: str, name: str) -> list[str]:
+    """The proxy's arguments for one VMRestore."""
+    return [COMMAND, RESTORE, "--namespace", namespace, "--name", name]
