@@ -126,7 +126,7 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 			}
 		}
 		switch m.Name {
-		case "CreateSnapshot_Task", "CreateSnapshotEx_Task", "ConsolidateVMDisks_Task":
+		case "CreateSnapshot_Task", "CreateSnapshotEx_Task", "ConsolidateVMDisks_Task", "RevertToCurrentSnapshot_Task":
 			if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
 				// The same reference trick as for QueryChangedDiskAreas.
 				m.This = types.ManagedObjectReference{Type: "VmguardFaultVirtualMachine", Value: m.This.Value}
@@ -136,6 +136,14 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 		if m.Name == "CloneVM_Task" {
 			if req, ok := m.Body.(*types.CloneVM_Task); ok {
 				s.expectClone(req)
+			}
+		}
+	case "VirtualMachineSnapshot":
+		if m.Name == "RevertToSnapshot_Task" {
+			if snap, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachineSnapshot); ok {
+				// The same reference trick as for QueryChangedDiskAreas.
+				m.This = types.ManagedObjectReference{Type: "VmguardRevertSnapshot", Value: m.This.Value}
+				return &revertSnapshot{VirtualMachineSnapshot: snap, store: s}, nil
 			}
 		}
 	case "GuestProcessManager":

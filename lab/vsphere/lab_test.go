@@ -582,3 +582,108 @@ func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
 		t.Fatalf("the control API shows a password: %s", raw)
 	}
 }
+
+// revert runs RevertToSnapshot_Task (snap set) or RevertToCurrentSnapshot_Task.
+func (f *labFixture) revert(t *testing.T, vm types.ManagedObjectReference, snap *types.ManagedObjectReference) {
+	t.Helper()
+	ctx := context.Background()
+	var ref types.ManagedObjectReference
+	if snap != nil {
+		res, err := methods.RevertToSnapshot_Task(ctx, f.c, &types.RevertToSnapshot_Task{This: *snap})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref = res.Returnval
+	} else {
+		res, err := methods.RevertToCurrentSnapshot_Task(ctx, f.c, &types.RevertToCurrentSnapshot_Task{This: vm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref = res.Returnval
+	}
+	if _, err := waitTask(f.model.Map(), ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRevertToSnapshotCopiesTheDiskBackAndRewindsCBT(t *testing.T) {
+	f := newLab(t, 8)
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	var v vmView
+	for _, x := range vms {
+		if x.CBTActive && !x.Template {
+			v = x
+		}
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.Moref}
+	vm := object.NewVirtualMachine(f.c, ref)
+	disk := v.Disks[0]
+	write := func(off int64, b byte) {
+		t.Helper()
+		url := fmt.Sprintf("/vms/%s/disks/%d/write?offset=%d", v.Moref, disk.Key, off)
+		if code := f.call(t, "POST", url, bytes.Repeat([]byte{b}, 4096), nil); code != 200 {
+			t.Fatalf("write at %d: HTTP %d", off, code)
+		}
+	}
+	changeID := func() string {
+		t.Helper()
+		var d diskView
+		f.call(t, "GET", fmt.Sprintf("/vms/%s/disks/%d", v.Moref, disk.Key), nil, &d)
+		return *d.ChangeID
+	}
+	seq := func(id string) uint64 {
+		t.Helper()
+		c, err := cbt.ParseChangeID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Seq
+	}
+
+	write(0, 0x11)
+	snapS, idS, key := f.snapshot(t, vm)
+	write(64<<20, 0x22) // on the line the revert abandons
+	_, idT, _ := f.snapshot(t, vm)
+	f.revert(t, ref, &snapS)
+
+	if got := readAt(t, disk.Path, 64<<20, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("the write made after the snapshot is still on the disk after the revert")
+	}
+	if got := readAt(t, disk.Path, 0, 4096); !bytes.Equal(got, bytes.Repeat([]byte{0x11}, 4096)) {
+		t.Fatal("the snapshot's data is not on the disk after the revert")
+	}
+	if changeID() != idS {
+		t.Fatalf("change id after the revert %s, want the snapshot's %s", changeID(), idS)
+	}
+	snapU, idU, _ := f.snapshot(t, vm)
+	if idU != idS || seq(idU) >= seq(idT) {
+		t.Fatalf("a snapshot right after the revert has %s: want the snapshot's %s (backwards from %s)", idU, idS, idT)
+	}
+	if _, _, err := f.changedAreas(t, ref, snapU, key, idT, disk.Capacity); err == nil || !strings.Contains(err.Error(), "changeId") {
+		t.Fatalf("a change id from the abandoned line: %v", err)
+	}
+
+	write(128<<20, 0x33)
+	snapV, idV, _ := f.snapshot(t, vm)
+	if seq(idV) <= seq(idT) {
+		t.Fatalf("the first write after the revert reuses a number of the abandoned line: %s vs %s", idV, idT)
+	}
+	got, _, err := f.changedAreas(t, ref, snapV, key, idS, disk.Capacity)
+	if want := []cbt.Extent{{Start: 128 << 20, Length: cbt.BlockSize}}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("changes since the snapshot after the revert: %v, %v; want %v", got, err, want)
+	}
+	if _, _, err := f.changedAreas(t, ref, snapV, key, idT, disk.Capacity); err == nil || !strings.Contains(err.Error(), "changeId") {
+		t.Fatalf("an abandoned change id once the sequence has passed it: %v", err)
+	}
+
+	// RevertToCurrentSnapshot_Task goes back to the newest snapshot (V).
+	write(256<<20, 0x44)
+	f.revert(t, ref, nil)
+	if got := readAt(t, disk.Path, 256<<20, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("RevertToCurrentSnapshot left the later write on the disk")
+	}
+	if changeID() != idV {
+		t.Fatalf("change id after reverting to the current snapshot %s, want %s", changeID(), idV)
+	}
+}

@@ -33,9 +33,12 @@ from tests.controller.restore_helpers import (
 )
 from tests.vsphere.helpers import MiB, pick_vm, restored_afterwards, sha256_file
 
+from vmguard.engine.restore import restore_disk
 from vmguard.errors import RestoreRejected
 from vmguard.store import HOLE, Repository
 from vmguard.store.names import chunk_name
+from vmguard.transport.file import FileSink
+from vmguard.vm.backup import BackupOptions, backup_vm
 from vmguard.vsphere.vmconfig import capture_vm
 from vmguard_lab.images import DiskImage, gpt_ext4, small_mixed
 from vmguard_lab.procs import eventually
@@ -186,6 +189,52 @@ def test_in_place_after_guest_writes_brings_the_backup_point_back(
     assert vsim.vm(vm.moref).power_state == "poweredOn"
     (written,) = status["result"]["disks"]
     assert written["key"] == disk.key and 0 < written["bytesWritten"] < disk.capacity
+
+
+def test_in_place_through_the_operator_makes_the_next_backup_a_full_scan(
+    kube_api: Any,
+    namespace: str,
+    vc: Any,
+    vsim: VSimControl,
+    repo: Repository,
+    lab_state: dict[str, Any],
+    one_disk_vm: VSimVM,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    """The proxy's in-place restore, through a locator that leaves CBT alone (as VDDK
+    may), marks the VM before it writes: the next backup, whose parent was taken after
+    the restored archive, scans instead of trusting its parent's change id."""
+    control = lab_state["vsphere"]["control_url"]
+    start_operator(extra_env={"VMGUARD_PROXY_LOCATOR": f"lab:{control},cbt=keep"})
+    keep = LabDiskLocator(vsim, cbt="keep")
+    vm, disk = one_disk_vm, one_disk_vm.disks[0]
+    completed_backup(kube_api, namespace, "db-2", vc, repo, vm.moref, keep)
+    vsim.write(vm.moref, disk.key, 8 * MiB, os.urandom(2 * MiB))
+    later = backup_vm(vc, repo, vm.moref, keep, BackupOptions(transport="nbd", vcenter="lab"))
+    assert later.mode == "incremental", later.mode_reason
+    before = vsim.disk(vm.moref, disk.key).change_id
+    create_restore(kube_api, namespace, "db-2-back", "db-2", {"inPlace": {"confirm": True}})
+    _completed(kube_api, namespace, "db-2-back")
+    assert vsim.disk(vm.moref, disk.key).change_id == before, "the restore moved CBT"
+
+    after = backup_vm(vc, repo, vm.moref, keep, BackupOptions(transport="nbd", vcenter="lab"))
+    assert _archived_hash(repo, after, disk.key, tmp_path) == sha256_file(
+        vsim.disk(vm.moref, disk.key).path
+    ), f"the backup after the restore ({after.mode_reason}) does not hold the restored disk"
+    assert after.mode == "full-scan", after.mode_reason
+    assert "in-place restore since the last backup" in after.reasons[disk.key]
+
+
+def _archived_hash(repo: Repository, result: Any, key: int, tmp: Path) -> str:
+    """sha256 of disk ``key`` as the archive holds it (restored into a fresh file)."""
+    out = tmp / f"{result.manifest.archive_id}-{key}.img"
+    sink = FileSink.create(out, result.manifest.disk(str(key)).length)
+    try:
+        restore_disk(repo, result.manifest, str(key), sink)
+    finally:
+        sink.close()
+    return sha256_file(str(out))
 
 
 def test_a_disk_attached_to_another_vm_is_bit_identical(
@@ -378,6 +427,7 @@ def test_bad_sources_and_a_taken_name_are_conditions_not_jobs(
     locator: LabDiskLocator,
     one_disk_vm: VSimVM,
     start_operator: Any,
+    tmp_path: Path,
 ) -> None:
     operator = start_operator()
     new_vm = {"newVM": {"name": f"never-{secrets.token_hex(3)}"}}

@@ -25,6 +25,9 @@ def test_the_lab_registers_its_locator_by_scheme() -> None:
     assert locator.proxy_bios_uuid() == "4213-abcd"
     plain = open_locator("lab:http://127.0.0.1:9", EP, vddk_libdir="/opt/vddk")
     assert isinstance(plain, LabDiskLocator) and plain.proxy_bios_uuid() == ""
+    assert plain.cbt == "reset"
+    keep = open_locator("lab:http://127.0.0.1:9,cbt=keep", EP, vddk_libdir="/opt/vddk")
+    assert isinstance(keep, LabDiskLocator) and keep.cbt == "keep"
 
 
 def test_an_unknown_locator_is_a_clear_error_naming_the_known_ones() -> None:

@@ -85,7 +85,8 @@ def test_broken_chain_is_unknown_with_its_reason(
         else:
             epoch, seq = old.change_id.rsplit("/", 1)
             states[disk.key] = replace(old, change_id=f"{epoch}/{int(seq) + 99}")
-            want = "vCenter refused the change id"
+            # A recorded id ahead of the disk's: seen as a step back, never asked for.
+            want = "the change id went backwards"
         with snapshot_cycle(vc, lab_vm.moref, "uid-b") as second:
             got = cbt.plan(vc, second, states)[disk.key]
         assert not got.known and got.reason.startswith(want), got.reason
@@ -109,6 +110,28 @@ def test_pure_chain_checks() -> None:
     assert broken_reason(base, CbtState("u1", base.backing_file, 1 << 30, "52 bb/1")).startswith(
         "CBT was reset"
     )
+
+
+def test_a_change_id_that_went_backwards_is_a_broken_chain() -> None:
+    """Same epoch, lower sequence: the disk went back to an earlier state (a revert to a
+    snapshot). An incremental from the higher id would miss whatever the abandoned line
+    changed, whatever vCenter answers for it."""
+    earlier = CbtState("u1", "[ds] vm/disk1.vmdk", 1 << 30, "52 aa/5")
+    later = replace(earlier, change_id="52 aa/9")
+    assert broken_reason(later, earlier).startswith("the change id went backwards")
+    assert broken_reason(earlier, later) == ""
+
+
+def test_an_in_place_restore_breaks_the_chain_from_before_it() -> None:
+    """The restore leaves a token on the VM before it writes; each backup records the
+    tokens its snapshot saw. A token the previous backup did not see is a restore since."""
+    prev = CbtState("u1", "[ds] vm/disk1.vmdk", 1 << 30, "52 aa/5")
+    now = replace(prev, change_id="52 aa/7")
+    assert broken_reason(prev, now, "t1", None).startswith("in-place restore since")
+    assert broken_reason(prev, now, "t2", "t1").startswith("in-place restore since")
+    assert broken_reason(prev, now, "t1", "t1") == "", "the previous backup saw this restore"
+    assert broken_reason(prev, now, None, "t1") == ""
+    assert broken_reason(prev, now) == ""
 
 
 def test_snapshot_is_removed_when_the_transfer_fails(

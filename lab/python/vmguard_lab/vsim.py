@@ -338,14 +338,22 @@ class LabDiskLocator:
     Where production runs nbdkit's VDDK plugin against vCenter, the lab serves the raw
     image the simulator reports with nbdkit's ``file`` plugin; a hot-added disk's
     "device" is the image behind the proxy VM's new disk. Writes into a live disk bypass
-    the simulator's CBT, so after writing one the disk's CBT is reset (as the next
-    backup must not trust a change id those writes did not advance).
+    the simulator's CBT. With ``cbt="reset"`` (the default) the disk's CBT is reset after
+    writing (a new epoch: every later backup sees a broken chain). With ``cbt="keep"``
+    CBT is left alone, as a restore through VDDK may leave it: the disk's change id does
+    not move although its bytes changed, which is what vmguard itself must notice
+    (docs/cbt-chain.md, "After an in-place restore").
     ``proxy_uuid`` is the BIOS UUID the "proxy" claims (a lab VM's, or "" for none).
     """
 
-    def __init__(self, control: VSimControl, proxy_uuid: str = "") -> None:
+    CBT_MODES = ("reset", "keep")
+
+    def __init__(self, control: VSimControl, proxy_uuid: str = "", cbt: str = "reset") -> None:
+        if cbt not in self.CBT_MODES:
+            raise LabError(f"lab locator: cbt must be one of {', '.join(self.CBT_MODES)}")
         self.control = control
         self.proxy_uuid = proxy_uuid
+        self.cbt = cbt
 
     def snapshot_disk(self, vm_moref: str, snapshot_moref: str, key: int, file_name: str) -> Any:
         from vmguard.transport.nbd import NbdkitServer
@@ -357,6 +365,8 @@ class LabDiskLocator:
         from vmguard.transport.nbd import NbdkitServer
 
         control, disk = self.control, self.control.disk(vm_moref, key)
+        if self.cbt == "keep":
+            return NbdkitServer("file", [f"file={disk.path}"], readonly=False)
 
         class _Tracked(NbdkitServer):
             def close(self) -> None:
@@ -384,19 +394,25 @@ def disk_locator(arg: str, endpoint: Any) -> LabDiskLocator:
 
     ``arg`` is a comma-separated list of: the simulator's control URL (``http://...``;
     default: the running lab's, from ``$VMGUARD_LAB_DIR``) and ``proxy=<BIOS UUID>``, the
-    lab VM the caller claims to run on (what hot-add needs; default: none). ``endpoint``
-    is unused: the simulator's control API says where each disk's image is.
+    lab VM the caller claims to run on (what hot-add needs; default: none), and
+    ``cbt=reset|keep``, what writes into a live disk do to its CBT (default ``reset``; see
+    :class:`LabDiskLocator`). ``endpoint`` is unused: the simulator's control API says
+    where each disk's image is.
     """
-    control_url, proxy_uuid = "", ""
+    control_url, proxy_uuid, cbt = "", "", "reset"
     for item in filter(None, (part.strip() for part in arg.split(","))):
         if item.startswith("proxy="):
             proxy_uuid = item.removeprefix("proxy=")
+        elif item.startswith("cbt="):
+            cbt = item.removeprefix("cbt=")
         elif item.startswith(("http://", "https://")):
             control_url = item
         else:
-            raise LabError(f"lab locator: {item!r} is neither a control URL nor proxy=<uuid>")
+            raise LabError(
+                f"lab locator: {item!r} is neither a control URL, proxy=<uuid> nor cbt=<mode>"
+            )
     if not control_url:
         from vmguard_lab.lab import Lab
 
         control_url = Lab().state().data["vsphere"]["control_url"]
-    return LabDiskLocator(VSimControl(control_url), proxy_uuid=proxy_uuid)
+    return LabDiskLocator(VSimControl(control_url), proxy_uuid=proxy_uuid, cbt=cbt)

@@ -119,6 +119,14 @@ def write_vm_disks(
                 log.info("disk %s: %s", k, why)
             return {**result, "disks": disks}
         prepared = list(result.get("disks") or [])
+        if "newVM" not in target:
+            # Disks of an existing VM: CBT may not track what we write, so the next
+            # backup must not continue from a change id of before (docs/cbt-chain.md).
+            from vmguard.vsphere.cbt import mark_in_place_restore
+
+            for moref in sorted({d["vm"] for d in prepared}):
+                keys = [int(d["key"]) for d in prepared if d["vm"] == moref]
+                mark_in_place_restore(session, moref, keys, manifest.archive_id)
         total = sum(manifest.disk(str(d["sourceKey"])).length for d in prepared)
         progress = _Progress(reporter, total)
         base = 0

@@ -8,7 +8,8 @@ a killed proxy never leaves a server behind.
 
 Reads keep several requests in flight on one connection (libnbd's asynchronous API),
 which is what makes NBD fast on a high-latency link. Allocation comes from NBD block
-status (``base:allocation``); a server without it reports the whole disk as data.
+status (``base:allocation``); a server without it reports the whole disk as data. Only
+ranges the server flags zero (STATE_ZERO) are skipped: a hole without that flag is read.
 """
 
 from __future__ import annotations
@@ -191,7 +192,13 @@ class NbdSource:
         return self._size
 
     def allocated(self) -> list[Extent]:
-        """Data ranges per ``base:allocation``: holes and known-zero ranges are left out."""
+        """Data ranges per ``base:allocation``: only ranges flagged STATE_ZERO are left out.
+
+        The NBD spec promises zeros for STATE_ZERO alone; a STATE_HOLE without it says
+        "not allocated here", which may still read as data (a thin delta's unallocated
+        areas read through to its parent; an extent list from another source). Such
+        holes are read like data, at the cost of one more read of them.
+        """
         if not self._h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION):
             return [Extent(0, self._size)]
         found: list[Extent] = []
@@ -205,7 +212,7 @@ class NbdSource:
                 raise RetryableError(f"NBD server returned no block status at offset {pos}")
             for length, flags in seen:
                 length = min(length, self._size - pos)
-                if not flags & (nbd.STATE_HOLE | nbd.STATE_ZERO):
+                if not flags & nbd.STATE_ZERO:
                     found.append(Extent(pos, length))
                 pos += length
                 if pos >= self._size:

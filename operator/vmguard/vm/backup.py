@@ -142,7 +142,8 @@ def transfer(
     if parent is not None:
         previous = {int(d.key): d.cbt for d in parent.disks if d.cbt is not None}
     choice = choose(session, locator, vm, request.transport)
-    plans = cbt.plan(session, taken, previous)
+    marks = cbt.seen_marks(parent.labels) if parent is not None else {}
+    plans = cbt.plan(session, taken, previous, marks)
     config = session.call(lambda si: capture_vm(si, request.vm_moref, taken.moref))
     reasons = {k: p.reason for k, p in plans.items()}
     parts = [request.mode_reason] if request.mode_reason else []
@@ -179,6 +180,7 @@ def transfer(
                 "transport_reason": choice.reason,
                 BACKUP_UID_LABEL: request.backup_uid,
                 "quiesced": str(taken.quiesced).lower(),
+                **cbt.marks_label(taken),
             },
             config_format=CONFIG_FORMAT,
             config_blob=config.to_json(),

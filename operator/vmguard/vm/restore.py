@@ -8,7 +8,11 @@
   chain still continues from the backup's (same UUID, backing file, capacity, epoch),
   an instant snapshot of ours lets QueryChangedDiskAreas say what changed since the
   backup's change id; only the chunks touching those areas are written back. Otherwise
-  the whole disk is overwritten (holes zeroed). The reason is returned per disk.
+  the whole disk is overwritten (holes zeroed). The reason is returned per disk. Before
+  the first write the restore is recorded on the VM
+  (:func:`vmguard.vsphere.cbt.mark_in_place_restore`): CBT may not track these writes,
+  so the next backup runs a full-scan incremental rather than trust a change id from
+  before them.
 - **Single disk**: a new disk is added to an existing VM and written.
 """
 
@@ -158,16 +162,21 @@ def restore_in_place(
             states = cbt.chain_states(taken)
             for d in taken.disks:
                 prev = backed[d.key].cbt if d.key in backed else None
-                plans[d.key] = cbt.plan_disk(session, taken, d, states[d.key], prev)
+                seen = cbt.seen_marks(manifest.labels).get(d.key)
+                plans[d.key] = cbt.plan_disk(session, taken, d, states[d.key], prev, seen)
+    for key, record in sorted(backed.items()):
+        if live[key].capacity != record.length:
+            raise ConfigError(
+                f"disk {key} of {vm.name} is {live[key].capacity} bytes, the backup "
+                f"{record.length}: restore as a new VM or to a new disk"
+            )
+    # Before the first write: CBT may not track what we write, so the next backup must
+    # not continue from a change id of before this restore (docs/cbt-chain.md).
+    cbt.mark_in_place_restore(session, vm_moref, backed, archive_id)
     result = InPlaceResult()
     size = repo.chunk_size
     for key, record in sorted(backed.items()):
         disk = live[key]
-        if disk.capacity != record.length:
-            raise ConfigError(
-                f"disk {key} of {vm.name} is {disk.capacity} bytes, the backup {record.length}"
-                ": restore as a new VM or to a new disk"
-            )
         p = plans.get(key)
         if p is not None and p.areas is not None:
             only = [Extent(start, length) for start, length in p.areas]

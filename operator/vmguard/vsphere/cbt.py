@@ -11,6 +11,12 @@ covered, or answers *unknown* with the reason:
   capacity (resized);
 - no change id then or now (CBT off or not yet active);
 - another change id epoch (CBT was reset: ESXi-style ids are ``<epoch>/<sequence>``);
+- a lower sequence number than before (the disk was reverted, e.g. to a snapshot: the ids
+  after the snapshot belong to a history the disk no longer has);
+- an in-place restore into the disk since the previous backup: :func:`mark_in_place_restore`
+  leaves a token on the VM before the restore writes, each archive records the tokens its
+  snapshot saw (:data:`RESTORE_MARKS_LABEL`), and a token the previous backup did not
+  see breaks the chain, as CBT may not have tracked the restore's writes;
 - vCenter refusing the change id (``InvalidArgument``, ``FileFault``).
 
 Unknown never means "nothing changed": the engine then runs a full-scan incremental,
@@ -23,10 +29,12 @@ snapshot cycle, as ESXi only starts tracking at the next snapshot or power-on.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -35,7 +43,13 @@ from vmguard.errors import PermanentError, RetryableError
 from vmguard.store.archive import CbtState
 from vmguard.vsphere.inventory import find_vm, vm_record
 from vmguard.vsphere.session import VSphereSession, wait_for
-from vmguard.vsphere.snapshots import SnapshotDisk, TakenSnapshot, snapshot_cycle
+from vmguard.vsphere.snapshots import (
+    RESTORE_MARK_KEY,
+    SnapshotDisk,
+    TakenSnapshot,
+    restore_marks,
+    snapshot_cycle,
+)
 
 MIN_HARDWARE_VERSION = 7
 _DELTA = re.compile(r"-\d{6}(\.vmdk)$")
@@ -178,8 +192,25 @@ def _epoch(change_id: str) -> str:
     return change_id.rsplit("/", 1)[0]
 
 
-def broken_reason(previous: CbtState | None, current: CbtState) -> str:
-    """Why ``current`` cannot continue from ``previous``; "" when it may (pure)."""
+def _sequence(change_id: str) -> int | None:
+    """The number after the ``/`` of an ESXi-style change id; None when there is none."""
+    _, sep, seq = change_id.rpartition("/")
+    return int(seq) if sep and seq.isdigit() else None
+
+
+def broken_reason(
+    previous: CbtState | None,
+    current: CbtState,
+    restore_mark: str | None = None,
+    previous_mark: str | None = None,
+) -> str:
+    """Why ``current`` cannot continue from ``previous``; "" when it may (pure).
+
+    ``restore_mark`` is the token the last in-place restore into the disk left on the VM
+    as the new snapshot saw it, ``previous_mark`` the one the previous backup's snapshot
+    saw (:attr:`~vmguard.vsphere.snapshots.SnapshotDisk.restore_mark`): a token the
+    previous backup did not see means a restore wrote into the disk after it.
+    """
     if previous is None:
         return "no earlier backup of this disk"
     if previous.disk_uuid != current.disk_uuid:
@@ -194,6 +225,14 @@ def broken_reason(previous: CbtState | None, current: CbtState) -> str:
         return "CBT is not active on the disk"
     if _epoch(previous.change_id) != _epoch(current.change_id):
         return "CBT was reset (the change id epoch changed)"
+    prev_seq, cur_seq = _sequence(previous.change_id), _sequence(current.change_id)
+    if prev_seq is not None and cur_seq is not None and cur_seq < prev_seq:
+        return (
+            f"the change id went backwards (/{prev_seq} → /{cur_seq}): the disk was "
+            "reverted to an earlier state, such as a snapshot"
+        )
+    if restore_mark and restore_mark != previous_mark:
+        return "in-place restore since the last backup (CBT may not have tracked its writes)"
     return ""
 
 
@@ -203,9 +242,14 @@ def plan_disk(
     disk: SnapshotDisk,
     current: CbtState,
     previous: CbtState | None,
+    previous_mark: str | None = None,
 ) -> DiskPlan:
-    """Changed areas of one disk since ``previous``, or unknown with the reason."""
-    reason = broken_reason(previous, current)
+    """Changed areas of one disk since ``previous``, or unknown with the reason.
+
+    ``previous_mark`` is the restore token the previous backup's snapshot saw on this
+    disk (:func:`seen_marks` of its archive's labels).
+    """
+    reason = broken_reason(previous, current, disk.restore_mark, previous_mark)
     if reason:
         return DiskPlan(disk.key, current, None, reason)
     assert previous is not None
@@ -223,12 +267,75 @@ def plan_disk(
 
 
 def plan(
-    session: VSphereSession, taken: TakenSnapshot, previous: Mapping[int, CbtState]
+    session: VSphereSession,
+    taken: TakenSnapshot,
+    previous: Mapping[int, CbtState],
+    previous_marks: Mapping[int, str] | None = None,
 ) -> dict[int, DiskPlan]:
-    """A :class:`DiskPlan` for every disk of the snapshot."""
+    """A :class:`DiskPlan` for every disk of the snapshot.
+
+    ``previous_marks``: the restore tokens the previous backup saw (:func:`seen_marks`).
+    """
     states = chain_states(taken)
     if not taken.disks:
         raise PermanentError(f"snapshot {taken.moref} of {taken.before.name} has no disks")
+    marks = previous_marks or {}
     return {
-        d.key: plan_disk(session, taken, d, states[d.key], previous.get(d.key)) for d in taken.disks
+        d.key: plan_disk(session, taken, d, states[d.key], previous.get(d.key), marks.get(d.key))
+        for d in taken.disks
     }
+
+
+RESTORE_MARKS_LABEL = "cbt_restore_marks"
+"""The archive label holding the restore tokens its snapshot saw, JSON ``{"<key>": token}``
+(absent when there were none)."""
+
+
+def marks_label(taken: TakenSnapshot) -> dict[str, str]:
+    """The labels that record the restore tokens ``taken`` saw (none: no label)."""
+    seen = {str(d.key): d.restore_mark for d in taken.disks if d.restore_mark}
+    return {RESTORE_MARKS_LABEL: json.dumps(seen, sort_keys=True)} if seen else {}
+
+
+def seen_marks(labels: Mapping[str, str]) -> dict[int, str]:
+    """The restore tokens an archive's snapshot saw, from its labels ({} for none; a
+    label nobody can read counts as none, so the next backup scans)."""
+    try:
+        return {int(k): str(v) for k, v in json.loads(labels[RESTORE_MARKS_LABEL]).items()}
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def mark_in_place_restore(
+    session: VSphereSession, vm_moref: str, keys: Iterable[int], archive_id: str
+) -> str:
+    """Record on the VM, *before* writing, that disks ``keys`` are about to be overwritten.
+
+    A token unique to this restore goes into the VM's ``extraConfig`` for each disk
+    (:data:`~vmguard.vsphere.snapshots.RESTORE_MARK_KEY`; other disks' tokens are kept).
+    The next backup's snapshot carries it; a token the previous backup did not see breaks
+    the chain (:func:`broken_reason`). Recorded first, so a restore that dies half-way
+    leaves it too. Returns the token.
+    """
+    now = datetime.now(UTC)
+    token = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
+    wanted = sorted(set(keys))
+
+    def mark(si: vim.ServiceInstance) -> None:
+        vm = find_vm(si, vm_moref)
+        marks = restore_marks(vm.config.extraConfig if vm.config else None) or {}
+        marks.pop(-1, None)  # an unreadable mark is replaced by this one
+        marks.update(dict.fromkeys(wanted, token))
+        value = json.dumps(
+            {
+                "archive": archive_id,
+                "time": now.isoformat(timespec="seconds"),
+                "disks": {str(k): v for k, v in sorted(marks.items())},
+            },
+            sort_keys=True,
+        )
+        option = vim.option.OptionValue(key=RESTORE_MARK_KEY, value=value)
+        wait_for(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[option])))
+
+    session.call(mark)
+    return token

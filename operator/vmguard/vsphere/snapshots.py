@@ -20,6 +20,8 @@ snapshot is never touched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -53,6 +55,38 @@ class SnapshotDisk:
     change_id: str
     disk_uuid: str
     thin: bool
+    restore_mark: str | None = None
+    """The mark the last in-place restore into this disk left on the VM (a token unique
+    to that restore, :data:`RESTORE_MARK_KEY`) as the snapshot's config holds it; None
+    when no such restore is recorded."""
+
+
+RESTORE_MARK_KEY = "vmguard.inPlaceRestore"
+"""The VM's ``extraConfig`` key where an in-place restore records, before it writes, a
+token unique to it for each disk it overwrites (JSON ``{"archive": id, "time": iso,
+"disks": {"<key>": token}}``). A backup records in its archive the tokens its snapshot
+saw; the next one trusts its change id only if the token is still the same, since CBT
+may not have tracked the restore's writes (docs/cbt-chain.md)."""
+
+
+def restore_marks(extra_config: Iterable[Any] | None) -> dict[int, str] | None:
+    """Per disk key, the token of the last in-place restore; None without a mark.
+
+    A mark that cannot be parsed stands for a restore nobody can place: every disk gets
+    ``?<hash of the text>`` under the key -1, which no backup has recorded before it
+    was written.
+    """
+    raw = next(
+        (str(o.value) for o in extra_config or () if getattr(o, "key", "") == RESTORE_MARK_KEY),
+        None,
+    )
+    if raw is None:
+        return None
+    try:
+        disks = json.loads(raw)["disks"]
+        return {int(k): str(v) for k, v in dict(disks).items() if v}
+    except (ValueError, KeyError, TypeError):
+        return {-1: "?" + hashlib.sha256(raw.encode()).hexdigest()[:16]}
 
 
 @dataclass
@@ -86,9 +120,13 @@ class ConsolidationReport:
 
 def snapshot_disks(snapshot: Any) -> tuple[SnapshotDisk, ...]:
     out = []
+    marks = restore_marks(snapshot.config.extraConfig)
     for d in snapshot.config.hardware.device:
         if isinstance(d, vim.vm.device.VirtualDisk):
             b = d.backing
+            mark = None
+            if marks is not None:
+                mark = marks.get(int(d.key), marks.get(-1))
             out.append(
                 SnapshotDisk(
                     key=int(d.key),
@@ -98,6 +136,7 @@ def snapshot_disks(snapshot: Any) -> tuple[SnapshotDisk, ...]:
                     change_id=str(getattr(b, "changeId", "") or ""),
                     disk_uuid=str(getattr(b, "uuid", "") or ""),
                     thin=bool(getattr(b, "thinProvisioned", False)),
+                    restore_mark=mark,
                 )
             )
     return tuple(out)

@@ -148,3 +148,35 @@ func TestPaginateEmptyDisk(t *testing.T) {
 		t.Fatalf("empty 10 GiB disk: %d areas in %d calls, want 0 in 40", len(got), calls)
 	}
 }
+
+func TestForkRevertsToTheSnapshotAndAbandonsTheLineAfterIt(t *testing.T) {
+	l := NewLog(NewEpoch())
+	l.Record(0, 1) // seq 1: block 0
+	snap := l.Current()
+	l.Record(2*BlockSize, 1) // seq 2: block 2, abandoned by the revert
+	l.Record(3*BlockSize, 1) // seq 3: block 3, abandoned by the revert
+	abandoned := l.Current()
+	f := l.Fork(snap.Seq)
+	if f.Current() != snap {
+		t.Fatalf("after the revert the change id is %v, want the snapshot's %v", f.Current(), snap)
+	}
+	if !f.Knows(snap.Seq) || f.Knows(2) || f.Knows(abandoned.Seq) || !f.Abandoned(3) {
+		t.Fatalf("ids after the snapshot must be unknown on the new line, the snapshot's known")
+	}
+	next := f.Record(5*BlockSize, 1)
+	if next.Seq != abandoned.Seq+1 {
+		t.Fatalf("first write after the revert got %v, want the epoch's next number %d", next, abandoned.Seq+1)
+	}
+	if got := f.Changed(snap.Seq, next.Seq, 10*BlockSize); !reflect.DeepEqual(got, []Extent{{5 * BlockSize, BlockSize}}) {
+		t.Fatalf("changes since the snapshot on the new line = %v, want only block 5", got)
+	}
+	// The old line still answers for snapshots taken on it.
+	if got := l.Changed(snap.Seq, abandoned.Seq, 10*BlockSize); !reflect.DeepEqual(got, []Extent{{2 * BlockSize, 2 * BlockSize}}) {
+		t.Fatalf("old line = %v", got)
+	}
+	// A second revert to the same point abandons the first fork's ids too.
+	g := l.Fork(snap.Seq)
+	if g.Knows(next.Seq) || g.Current() != snap {
+		t.Fatalf("second fork knows %v or is at %v", next, g.Current())
+	}
+}
