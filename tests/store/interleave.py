@@ -108,9 +108,7 @@ class FaultyBackend:
             return caps
         return Capabilities(atomic_create=self.atomic_create, object_lock=caps.object_lock)
 
-    def _write(
-        self, op: Op, name: str, apply: Callable[[], object], held: _Held | None
-    ) -> object:
+    def _write(self, op: Op, name: str, apply: Callable[[], object], held: _Held | None) -> object:
         fault = self._match(op, name)
         if fault is None:
             return apply()
