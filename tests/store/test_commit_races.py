@@ -154,3 +154,23 @@ def test_read_chunk_sees_a_chunk_that_gc_resurrects_between_its_two_reads() -> N
     pieces = {image[n : n + CHUNK] for n in range(0, len(image), CHUNK)}
     assert repo.read_chunk(chunk_id) in pieces  # ChunkMissingError on a reader that gives up
     assert restore(repo, manifest, "d") == image
+
+
+def test_a_trash_copy_that_lands_after_its_entry_was_emptied_does_not_stop_gc() -> None:
+    """A prune's trash copy is answered after the client gave up, and lands only after
+    the operator's retry pruned the archive and GC emptied the trash entry."""
+    repo, clock, faulty = _repo()
+    kept = backup(repo, "vm", {"d": disk_image(5, 4, CHUNK)})
+    pruned = backup(repo, "vm", {"d": disk_image(6, 4, CHUNK)})
+    faulty.on("put", names.TRASH, outcome="held")
+    with pytest.raises(BackendUnavailableError):
+        retire_archive(repo, pruned.archive_id)
+    retire_archive(repo, pruned.archive_id)  # the retry
+    clock.advance(120)
+    _gc(repo)  # no backup runs: the trash entry is emptied at once
+    assert faulty.land_held() == 1  # the first copy lands: a trash manifest, no indexes
+    clock.advance(GRACE + 1)
+    _gc(repo)
+    _gc(repo)
+    assert restore(repo, kept, "d") == disk_image(5, 4, CHUNK)
+    assert list(repo.backend.list(names.TRASH)) == []

@@ -150,9 +150,24 @@ class GarbageCollector:
             if archive_id is not None:
                 self._mark_root(archive_id, info.name, referenced)
         for archive_id, members in self._trash_entries().items():
-            if "manifest" in members and self._trash_is_root(archive_id, now):
-                self._mark_root(archive_id, names.trash_manifest_name(archive_id), referenced)
+            if "manifest" not in members or not self._trash_is_root(archive_id, now):
+                continue
+            if "leases" not in members and self._stale_trash_copy(archive_id):
+                continue
+            self._mark_root(archive_id, names.trash_manifest_name(archive_id), referenced)
         return referenced
+
+    def _stale_trash_copy(self, archive_id: str) -> bool:
+        """A trash copy without leases whose archive is gone and whose indexes are gone.
+
+        A prune in progress copies a committed archive, whose indexes exist. This is a
+        copy whose PUT was answered after the client gave up and landed once the
+        retried prune's entry had been emptied, which happens only when every backup
+        that could depend on it had ended. Cleanup removes it; it is no root.
+        """
+        if self._committed(archive_id):
+            return False
+        return not any(True for _ in self.backend.list(f"{names.INDEXES}{archive_id}/"))
 
     def _mark_root(self, archive_id: str, name: str, referenced: set[bytes]) -> None:
         try:
