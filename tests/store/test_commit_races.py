@@ -174,3 +174,30 @@ def test_a_trash_copy_that_lands_after_its_entry_was_emptied_does_not_stop_gc() 
     _gc(repo)
     assert restore(repo, kept, "d") == disk_image(5, 4, CHUNK)
     assert list(repo.backend.list(names.TRASH)) == []
+
+
+def test_verify_beside_gc_and_prune_reports_no_false_problem() -> None:
+    """GC resurrects a chunk between verify's two listings, and a prune removes an
+    archive verify has listed: neither is damage, and neither may be reported as such."""
+    repo, _, faulty = _repo()
+    image = disk_image(7, 4, CHUNK)
+    kept = backup(repo, "vm", {"d": image})
+    pruned = backup(repo, "vm", {"d": disk_image(8, 4, CHUNK)})
+    chunk_id = sorted(_chunks(repo, kept))[0]
+    chunk, fossil = names.chunk_name(chunk_id), names.fossil_name(chunk_id)
+    repo.backend.copy(chunk, fossil)  # fossilised by a collection
+    repo.backend.delete(chunk)
+
+    def resurrect() -> None:
+        repo.backend.copy(fossil, chunk)
+        repo.backend.delete(fossil)
+
+    faulty.on(
+        "get",
+        names.manifest_name(pruned.archive_id),
+        before=lambda: retire_archive(repo, pruned.archive_id),
+    )
+    faulty.on("list", names.CHUNKS, after=resurrect)
+    report = verify(repo)
+    assert report.ok, report
+    assert report.archives == 1
