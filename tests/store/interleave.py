@@ -25,7 +25,7 @@ calls a test names. Synchronisation is by condition variables, never by sleeping
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -175,6 +175,11 @@ class FaultyBackend:
         found = self._read("list", prefix, lambda: list(self.inner.list(prefix)))
         assert isinstance(found, list)
         yield from found
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Sequence[ObjectInfo]:
+        found = self._read("list", prefix, lambda: self.inner.list_page(prefix, start_after, limit))
+        assert isinstance(found, Sequence)
+        return found
 
     def set_retention(self, name: str, retention: Retention) -> None:
         self.inner.set_retention(name, retention)

@@ -17,6 +17,7 @@ import pytest
 from tests.store.conftest import CHUNK
 from tests.store.faults import FaultyS3
 from tests.store.helpers import disk_image, restore, write_disk
+from tests.store.interleave import FaultyBackend
 from vmguard.errors import BackendUnavailableError, ConfigError, LeaseLostError
 from vmguard.store import GcPolicy, Repository, VmIdentity, names
 from vmguard.store.backend import Backend, S3Backend
@@ -79,18 +80,32 @@ def test_a_manifest_put_answered_after_the_client_gave_up_keeps_the_lease(
     faulty_s3: FaultyS3,
 ) -> None:
     """Hole 2 on MinIO: the manifest is stored, the client times out; the lease stays."""
-    repo = Repository.init(faulty_s3.backend(), chunk_size=CHUNK)
+    proxy = faulty_s3.proxy
+    client = FaultyBackend(faulty_s3.backend())
+    stalls: list[Any] = []
+    # The stall starts as the manifest PUT goes out (not earlier: the writer's reads
+    # before it, of corrupt/ and the config, must pass) and holds its response.
+    client.on(
+        "put",
+        names.ARCHIVES,
+        before=lambda: stalls.append(proxy.add_toxic("timeout", "downstream", timeout=0)),
+    )
+    repo = Repository.init(client, chunk_size=CHUNK)
     server = faulty_s3.direct()
     image = disk_image(2, 3, CHUNK)
     with pytest.raises(BackendUnavailableError):  # noqa: SIM117 - the outer with is the subject
         with repo.begin_backup(VM, auto_refresh=False) as writer:
             write_disk(writer, "d", image)
             lease, archive_id = writer.lease.name, writer.archive_id
-            with faulty_s3.ambiguous_writes("stall"):
+            try:
                 writer.commit()
-    # The stall ended with its block, before the writer gave up: a delete would have
-    # reached MinIO. The manifest is there (the server applied it) and so is the lease,
-    # which now runs out its time instead of telling GC the backup is over.
+            finally:
+                for stall in stalls:
+                    proxy.remove_toxic(stall.name)
+    assert len(stalls) == 1
+    # The stall ended before the writer gave up: a delete would have reached MinIO. The
+    # manifest is there (the server applied it) and so is the lease, which now runs out
+    # its time instead of telling GC the backup is over.
     manifest_name = names.manifest_name(archive_id)
     assert eventually(lambda: _exists(server, manifest_name), 30)
     assert _exists(server, lease), "the writer deleted its lease after an ambiguous commit"
