@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml lab/python/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench soak
 
 deps:
 	@scripts/install-deps.sh
@@ -40,6 +40,12 @@ lint: venv
 test: venv lab-build lint
 	@echo "[test] pytest (unit and lab)"
 	@VMGUARD_LAB_DIR=$${VMGUARD_LAB_DIR:-$(CURDIR)/.lab-test} $(BIN)/pytest -p no:cacheprovider
+
+# The randomized store schedules (GC, prune, readers and backups over slow, failed and
+# ambiguous writes) at their full count; `make test` runs a fixed-seed subset of them.
+soak: venv
+	@echo "[soak] randomized store schedules, full count"
+	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py --soak
 
 demo: venv lab-build
 	@$(BIN)/vmguard-lab demo

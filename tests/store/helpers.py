@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from vmguard.store import (
@@ -32,12 +33,14 @@ def write_disk(
     *,
     changed: set[int] | None = None,
     label: str = "",
+    between_chunks: Callable[[], None] | None = None,
 ) -> None:
     """Store ``data`` as disk ``key``.
 
     With ``changed`` (chunk numbers, as CBT would report them) and a parent, every
     other chunk is taken from the parent's index without reading ``data``, as an
     incremental backup does; chunks the repository marked corrupt are read anyway.
+    ``between_chunks`` runs before each chunk (a test's stand-in for the lease thread).
     """
     size = writer.repo.chunk_size
     index = FixedIndex(size, len(data))
@@ -52,6 +55,8 @@ def write_disk(
                 index[number] = candidate
                 reused += 1
                 continue
+        if between_chunks is not None:
+            between_chunks()
         result = writer.put_chunk(data[offset : offset + length])
         index[number] = result.chunk_id
         if result.chunk_id == HOLE:

@@ -112,9 +112,11 @@ def test_a_crashed_backup_leaves_nothing_behind_after_ttl_and_grace() -> None:
     clock.advance(HOUR)
     report = _gc(repo)
     assert report.deleted > 0 and report.orphan_indexes == 1 and report.stale_leases == 1
+    # What stays: the config and its retained copy, GC's clock probe and the last GC's
+    # released lock generation (generations only grow, format §7.3).
     names_left = [i.name for i in repo.backend.list()]
     copy = names.config_copy_name(repo.backend.get("config"), authenticated=True)
-    assert names_left == ["config", copy, "gc/clock"]
+    assert names_left == ["config", copy, "gc/clock", "gc/locks/00000000000000000002"]
 
 
 def test_a_chunk_reused_by_existence_check_survives_gc_racing_the_backup() -> None:
@@ -160,14 +162,20 @@ def test_parent_chunks_survive_when_the_parent_is_pruned_mid_backup() -> None:
     assert verify(repo, deep=True).ok
 
 
-def test_only_one_gc_runs_at_a_time() -> None:
+def test_a_gc_of_an_older_release_keeps_a_new_gc_out_until_its_lock_is_gone() -> None:
     repo, clock = _repo()
-    repo.backend.put(names.GC_LOCK, b"{}")
+    repo.backend.put(names.GC_LOCK, b"{}")  # the lock object an older release's GC writes
+    with pytest.raises(GcBusyError, match="older vmguard release"):
+        _gc(repo)
+    clock.advance(600 + HOUR)  # past its ttl, not gone: a refresh may still land
     with pytest.raises(GcBusyError):
         _gc(repo)
-    clock.advance(601)  # the holder died: its lock expires like a lease
+    clock.advance(1)  # the holder died: its lock is gone like a lease (ttl + grace)
     _gc(repo)
-    assert list(repo.backend.list(names.GC_LOCK)) == []
+    assert [i.name for i in repo.backend.list("gc/")] == [
+        "gc/clock",
+        "gc/locks/00000000000000000001",
+    ]
 
 
 def test_gc_deletes_nothing_if_an_archive_cannot_be_read() -> None:

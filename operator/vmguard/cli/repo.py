@@ -192,7 +192,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from vmguard.store.gc import collect_garbage
 
-    report = collect_garbage(open_repo(args), dry_run=args.dry_run)
+    report = collect_garbage(open_repo(args), dry_run=args.dry_run, assume_sole_gc=args.sole_gc)
     text = (
         f"candidates {report.candidates}, fossilised {report.fossilised}, deleted"
         f" {report.deleted} ({human_bytes(report.deleted_bytes)}), resurrected"
@@ -293,6 +293,11 @@ def add_parser(sub: Any) -> None:
     prune.add_argument("--dry-run", action="store_true")
     gc = command("gc", _gc, "delete chunks no archive references (safe with running backups)")
     gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument(
+        "--sole-gc",
+        action="store_true",
+        help="run on a store without atomic create-if-absent: you promise no other GC runs",
+    )
     command("stats", _stats, "stored versus logical bytes")
     rotate = command("rotate-key", _rotate_key, "wrap the data key under a new master key")
     rotate.add_argument("--new-key-file", required=True, help="created with a new key if absent")

@@ -10,10 +10,17 @@ the argument why no chunk an archive needs is ever lost.
 
 Invariants kept here:
 
-- Only one GC runs at a time (``gc/lock``, a refreshed lease taken with
-  create-if-absent) and at most one collection is pending.
+- Only one GC acts at a time: it holds the GC lock (:mod:`vmguard.store.gclock`, a
+  generation taken with create-if-absent) and checks it (:meth:`GcLock.fence`) before
+  every delete, so a GC whose lock was taken over stops before it deletes anything
+  more. On a store without atomic create-if-absent GC refuses to run unless told it
+  is the only GC. At most one collection is pending.
+- "Running backups" are the leases that are not *gone* (``ttl + grace``), never only
+  the live ones (format §7.3): a lease whose refresh lands late, or whose holder lets
+  it run out after an ambiguous manifest PUT, still counts.
 - GC deletes chunk data only by deleting fossils, and only after marking from all
-  roots *after* every lease recorded with the collection is gone.
+  roots *after* every lease recorded with the collection is gone. Settling a
+  collection touches only its own fossils and fossils no pending collection claims.
 - If any root manifest or index cannot be read, GC stops before deleting anything:
   it cannot know what that archive references.
 - Times compared with object timestamps come from the store's own clock.
@@ -29,20 +36,19 @@ from datetime import datetime, timedelta
 
 from vmguard.errors import (
     CorruptObjectError,
-    GcBusyError,
     ObjectLockedError,
     ObjectNotFoundError,
     RepositoryError,
 )
 from vmguard.store import names
 from vmguard.store.backend import Retention
+from vmguard.store.gclock import GcLock
 from vmguard.store.lease import (
-    Lease,
     LeaseInfo,
+    expired_long_ago,
     is_gone,
-    lease_body,
     read_leases,
-    read_live_leases,
+    read_running_leases,
 )
 from vmguard.store.repository import Repository
 
@@ -77,6 +83,7 @@ class GarbageCollector:
         *,
         auto_refresh: bool = True,
         chunk_grace_seconds: float | None = None,
+        assume_sole_gc: bool = False,
     ) -> None:
         self.repo = repo
         self.backend = repo.backend
@@ -92,30 +99,21 @@ class GarbageCollector:
         )
         self.auto_refresh = auto_refresh
         self.report = GcReport()
-        self._lease: Lease | None = None
+        self.lock = GcLock(
+            self.backend,
+            repo.clock,
+            ttl=self.ttl,
+            grace=self.grace.total_seconds(),
+            assume_sole_gc=assume_sole_gc,
+        )
 
-    # -- lock -----------------------------------------------------------------------------
+    def _running(self, now: datetime) -> list[LeaseInfo]:
+        return read_running_leases(self.backend, now, self.ttl, self.grace.total_seconds())
 
-    def _acquire(self, now: datetime) -> None:
-        body = lease_body("gc", self.repo.clock.now(), self.ttl)
-        lease = Lease(self.backend, names.GC_LOCK, body, ttl=self.ttl, clock=self.repo.clock)
-        if not lease.acquire(if_absent=True):
-            try:
-                held_since = self.backend.stat(names.GC_LOCK).modified
-            except ObjectNotFoundError:
-                held_since = None
-            if held_since is not None and now - held_since <= timedelta(seconds=self.ttl):
-                raise GcBusyError(f"another GC holds {names.GC_LOCK} (refreshed {held_since})")
-            self.backend.delete(names.GC_LOCK)  # its holder died; the lock expired
-            if not lease.acquire(if_absent=True):
-                raise GcBusyError(f"another GC took {names.GC_LOCK} just now")
-        if self.auto_refresh:
-            lease.start_refreshing()
-        self._lease = lease
-
-    def _ensure_lock(self) -> None:
-        assert self._lease is not None
-        self._lease.ensure_valid()
+    def _delete(self, name: str) -> None:
+        """Every delete GC makes goes through here: it is fenced by the GC lock."""
+        self.lock.fence()
+        self.backend.delete(name)
 
     # -- marking --------------------------------------------------------------------------
 
@@ -152,9 +150,24 @@ class GarbageCollector:
             if archive_id is not None:
                 self._mark_root(archive_id, info.name, referenced)
         for archive_id, members in self._trash_entries().items():
-            if "manifest" in members and self._trash_is_root(archive_id, now):
-                self._mark_root(archive_id, names.trash_manifest_name(archive_id), referenced)
+            if "manifest" not in members or not self._trash_is_root(archive_id, now):
+                continue
+            if "leases" not in members and self._stale_trash_copy(archive_id):
+                continue
+            self._mark_root(archive_id, names.trash_manifest_name(archive_id), referenced)
         return referenced
+
+    def _stale_trash_copy(self, archive_id: str) -> bool:
+        """A trash copy without leases whose archive is gone and whose indexes are gone.
+
+        A prune in progress copies a committed archive, whose indexes exist. This is a
+        copy whose PUT was answered after the client gave up and landed once the
+        retried prune's entry had been emptied, which happens only when every backup
+        that could depend on it had ended. Cleanup removes it; it is no root.
+        """
+        if self._committed(archive_id):
+            return False
+        return not any(True for _ in self.backend.list(f"{names.INDEXES}{archive_id}/"))
 
     def _mark_root(self, archive_id: str, name: str, referenced: set[bytes]) -> None:
         try:
@@ -173,18 +186,25 @@ class GarbageCollector:
 
     # -- step 1: finish the pending collection --------------------------------------------
 
+    def _collection_fossils(self, collection: str) -> set[bytes]:
+        try:
+            doc = json.loads(self.backend.get(names.collection_fossils_name(collection)))
+        except ObjectNotFoundError:
+            return set()  # finished but for its leases object (a crash between the deletes)
+        return {bytes.fromhex(str(c)) for c in doc.get("fossils", [])}
+
     def finish_pending(self, now: datetime) -> bool:
         """Finish pending collections; False if one still waits for running backups."""
         pending = sorted(
             {info.name.split("/")[2] for info in self.backend.list(names.GC_COLLECTIONS)}
         )
+        members = {collection: self._collection_fossils(collection) for collection in pending}
         for collection in pending:
             leases_name = names.collection_leases_name(collection)
             try:
                 leases = json.loads(self.backend.get(leases_name))["leases"]
             except ObjectNotFoundError:
-                live = read_live_leases(self.backend, now, self.ttl)
-                leases = [lease.name for lease in live]
+                leases = [lease.name for lease in self._running(now)]
                 self.backend.put(leases_name, json.dumps({"leases": leases}).encode())
             grace = self.grace.total_seconds()
             waiting = [n for n in leases if not is_gone(self.backend, n, now, self.ttl, grace)]
@@ -194,18 +214,20 @@ class GarbageCollector:
                     f"collection {collection} waits for {len(waiting)} running backup(s)"
                 )
                 return False
-            self._settle_fossils(now)
-            self.backend.delete(names.collection_fossils_name(collection))
-            self.backend.delete(leases_name)
+            # Fossils another pending collection listed wait for that collection's
+            # leases, not this one's: they are left alone (format §7.3 step 1).
+            claimed = set().union(*(m for c, m in members.items() if c != collection))
+            self._settle_fossils(now, members.pop(collection), claimed)
+            self._delete(names.collection_fossils_name(collection))
+            self._delete(leases_name)
         return True
 
-    def _settle_fossils(self, now: datetime) -> None:
+    def _settle_fossils(self, now: datetime, own: set[bytes], claimed: set[bytes]) -> None:
         referenced = self.mark(now)
-        self._ensure_lock()
         lock = self.repo.config.object_lock
         for info in list(self.backend.list(names.FOSSILS)):
             chunk_id = names.chunk_id_from_name(info.name)
-            if chunk_id is None:
+            if chunk_id is None or (chunk_id in claimed and chunk_id not in own):
                 continue
             if chunk_id in referenced:
                 chunk = names.chunk_name(chunk_id)
@@ -218,7 +240,7 @@ class GarbageCollector:
                         self.backend.set_retention(chunk, Retention(lock.mode, until))
                     self.report.resurrected += 1
             try:
-                self.backend.delete(info.name)
+                self._delete(info.name)
             except ObjectLockedError:
                 self._note_locked(None)
                 continue
@@ -230,8 +252,8 @@ class GarbageCollector:
 
     def collect(self, now: datetime, *, dry_run: bool) -> bool:
         """Fossilise old unreferenced chunks; True if a collection was made."""
-        live = read_live_leases(self.backend, now, self.ttl)
-        oldest = min((lease.started for lease in live), default=now)
+        running = self._running(now)
+        oldest = min((lease.started for lease in running), default=now)
         cutoff = min(now, oldest) - self.chunk_grace
         referenced = self.mark(now)
         candidates = []
@@ -250,22 +272,22 @@ class GarbageCollector:
             return False
         collection = names.new_stamped_id(now)
         doc = {"created": names.format_time(now), "fossils": [c.hex() for c in candidates]}
+        self.lock.fence()
         self.backend.put(names.collection_fossils_name(collection), json.dumps(doc).encode())
-        self._ensure_lock()
         for chunk_id in candidates:
             chunk, fossil = names.chunk_name(chunk_id), names.fossil_name(chunk_id)
             try:
                 self.backend.copy(chunk, fossil)
-                self.backend.delete(chunk)
+                self._delete(chunk)
             except ObjectNotFoundError:
                 continue  # a concurrent run or a repair removed it; nothing to move
             except ObjectLockedError:
-                self.backend.delete(fossil)
+                self._delete(fossil)
                 self._note_locked(None)
                 continue
             self.report.fossilised += 1
-        live = read_live_leases(self.backend, self.repo.server_now(), self.ttl)
-        doc_leases = {"leases": [lease.name for lease in live]}
+        running = self._running(self.repo.server_now())
+        doc_leases = {"leases": [lease.name for lease in running]}
         self.backend.put(names.collection_leases_name(collection), json.dumps(doc_leases).encode())
         self.report.collection = collection
         return True
@@ -280,29 +302,31 @@ class GarbageCollector:
 
     def cleanup(self, now: datetime) -> None:
         grace = self.grace.total_seconds()
-        live = read_live_leases(self.backend, now, self.ttl)
+        running = self._running(now)
         for lease in read_leases(self.backend):
-            if now - lease.modified > timedelta(seconds=self.ttl) + self.grace:
-                self.backend.delete(lease.name)
+            if expired_long_ago(lease.modified, now, self.ttl, grace):
+                self._delete(lease.name)
                 self.report.stale_leases += 1
         trash = self._trash_entries()
         for archive_id, members in trash.items():
             if "leases" not in members:
-                self._finish_interrupted_prune(archive_id, now, live)
+                self._finish_interrupted_prune(archive_id, now, running)
                 continue
             leases = self._trash_leases(archive_id) or []
             gone = all(is_gone(self.backend, n, now, self.ttl, grace) for n in leases)
             if gone and self._delete_indexes(archive_id):
-                self.backend.delete(names.trash_leases_name(archive_id))
-                self.backend.delete(names.trash_manifest_name(archive_id))
+                # The manifest before its leases: a trash manifest without a leases
+                # object is a root (a prune in progress), and its indexes are gone.
+                self._delete(names.trash_manifest_name(archive_id))
+                self._delete(names.trash_leases_name(archive_id))
                 self.report.trash_emptied += 1
-        running = {lease.archive_id for lease in live}
+        running_ids = {lease.archive_id for lease in running}
         by_archive: dict[str, datetime] = {}
         for info in self.backend.list(names.INDEXES):
             archive_id = info.name.split("/")[1]
             by_archive[archive_id] = max(info.modified, by_archive.get(archive_id, info.modified))
         for archive_id, newest in by_archive.items():
-            if archive_id in trash or archive_id in running or newest >= now - self.grace:
+            if archive_id in trash or archive_id in running_ids or newest >= now - self.grace:
                 continue
             # Check archives/ first and the trash second: a concurrent prune copies to
             # the trash before it deletes from archives/, so one of the two is seen.
@@ -314,13 +338,13 @@ class GarbageCollector:
                 self.report.orphan_indexes += 1
 
     def _finish_interrupted_prune(
-        self, archive_id: str, now: datetime, live: list[LeaseInfo]
+        self, archive_id: str, now: datetime, running: list[LeaseInfo]
     ) -> None:
         """A trash copy without ``leases``: a prune in progress, or one that died.
 
         If the archive is still committed the copy is left alone (a duplicate root
         costs nothing; removing it could race a slow prune). Otherwise, once the copy
-        is older than the grace period, record the live leases of the archive's
+        is older than the grace period, record the leases (not gone) of the archive's
         children, as the prune would have.
         """
         if self._committed(archive_id):
@@ -330,7 +354,7 @@ class GarbageCollector:
                 return
         except ObjectNotFoundError:
             return
-        children = [lease.name for lease in live if lease.body.get("parent") == archive_id]
+        children = [lease.name for lease in running if lease.body.get("parent") == archive_id]
         record = {"archive_id": archive_id, "leases": children}
         self.backend.put(names.trash_leases_name(archive_id), json.dumps(record).encode())
 
@@ -348,7 +372,7 @@ class GarbageCollector:
         """Delete an archive's indexes; False if Object Lock still holds one."""
         for info in list(self.backend.list(f"{names.INDEXES}{archive_id}/")):
             try:
-                self.backend.delete(info.name)
+                self._delete(info.name)
             except ObjectLockedError:
                 self._note_locked(None)
                 return False
@@ -362,15 +386,14 @@ class GarbageCollector:
         if dry_run:
             self.collect(now, dry_run=True)
             return self.report
-        self._acquire(now)
+        self.lock.acquire(now, auto_refresh=self.auto_refresh)
         try:
             if self.finish_pending(now) and self.collect(now, dry_run=False):
                 # No backup was running while the fossils were made: finish at once.
                 self.finish_pending(self.repo.server_now())
             self.cleanup(self.repo.server_now())
         finally:
-            assert self._lease is not None
-            self._lease.release()
+            self.lock.release()
         if self.report.locked:
             until = self.report.locked_until
             when = f" (until {names.format_time(until)} at the latest)" if until else ""
@@ -386,12 +409,20 @@ def collect_garbage(
     dry_run: bool = False,
     auto_refresh: bool = True,
     chunk_grace_seconds: float | None = None,
+    assume_sole_gc: bool = False,
 ) -> GcReport:
     """Run one garbage collection over ``repo``; see the module docstring.
 
     ``chunk_grace_seconds``: how old an unreferenced chunk must be before it is
     collected (default: the repository's ``gc.grace_seconds``). Leases are always judged
-    with the repository's grace (format §7.3).
+    with the repository's grace (format §7.3). ``assume_sole_gc``: the caller promises
+    that no other GC can run on this repository; only then does GC run on a store
+    without atomic create-if-absent.
     """
-    gc = GarbageCollector(repo, auto_refresh=auto_refresh, chunk_grace_seconds=chunk_grace_seconds)
+    gc = GarbageCollector(
+        repo,
+        auto_refresh=auto_refresh,
+        chunk_grace_seconds=chunk_grace_seconds,
+        assume_sole_gc=assume_sole_gc,
+    )
     return gc.run(dry_run=dry_run)

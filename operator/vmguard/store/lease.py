@@ -1,16 +1,24 @@
 """Leases: objects that say "a backup (or GC) is running", kept alive by rewriting them.
 
-Implements the writer's side of ``docs/repository-format.md`` §7.1; GC reads leases
-through :func:`read_live_leases`. Invariants:
+Implements the writer's side of ``docs/repository-format.md`` §7.1; GC, prune and
+cleanup read leases through :func:`read_running_leases`. Invariants:
 
 - A lease is *live* while its last-modified time (stamped by the store's clock) is
-  within ``ttl`` of the store's now. Its holder refreshes it every ``ttl / 5``.
-- The holder tracks, on its own monotonic clock, when its last successful refresh
-  *started*. Once more than ``ttl`` has passed since then the lease is lost for good:
-  GC may have seen it expired. :meth:`Lease.ensure_valid` raises LeaseLostError when
-  less than ``margin`` of validity is left, so a commit never starts on a lease that
-  may expire before the commit lands.
+  within ``ttl`` of the store's now, and *gone* once it no longer exists or is more
+  than ``ttl + grace`` old. Everything that decides whether a backup may still be
+  running (GC, prune, cleanup) counts every lease that is not gone, never only the
+  live ones: a refresh in flight may land late (format §7.3).
+- Its holder refreshes it every ``ttl / 5`` and tracks, on its own monotonic clock,
+  when its last good refresh *started* (the server stamps the object no earlier). A
+  refresh is good only if it *landed* (returned) within ``ttl`` of the previous good
+  refresh's start: then the lease never looked expired. A refresh that lands later,
+  or starts later, loses the lease for good: GC may have judged it.
+  :meth:`Lease.ensure_valid` raises LeaseLostError when less than ``margin`` of
+  validity is left, so a commit never starts on a lease that may expire before the
+  commit lands.
 - Releasing deletes the object; a release that fails leaves a lease that expires.
+  :meth:`Lease.abandon` stops refreshing without deleting: the lease runs out its
+  time, for a holder that sent a write whose outcome it does not know (§7.1).
 """
 
 from __future__ import annotations
@@ -68,17 +76,30 @@ class Lease:
         return True
 
     def refresh(self) -> None:
-        """Rewrite the lease now. Raises LeaseLostError if it had already lapsed."""
+        """Rewrite the lease now. Raises LeaseLostError if it lapsed or the write landed late."""
         start = self._clock.monotonic()
         with self._lock:
-            if self._last_start is None or self._lost:
+            previous = self._last_start
+            if previous is None or self._lost:
                 raise LeaseLostError(f"lease {self.name} is not held")
-            if start - self._last_start > self.ttl:
+            if start - previous > self.ttl:
                 self._lost = True
                 raise LeaseLostError(f"lease {self.name} lapsed before it could be refreshed")
         self._backend.put(self.name, self._data)
+        landed = self._clock.monotonic()
         with self._lock:
-            self._last_start = max(self._last_start or start, start)
+            if self._lost:
+                raise LeaseLostError(f"lease {self.name} was given up while it was refreshed")
+            if landed - previous > self.ttl:
+                # Until this write landed, the object carried the previous refresh's
+                # stamp, which was older than ttl for a while: GC may have judged the
+                # lease expired. Only a fresh lease (a new backup) is safe now.
+                self._lost = True
+                raise LeaseLostError(
+                    f"lease {self.name} refresh landed {landed - previous:.0f}s after the"
+                    f" previous one started (ttl {self.ttl:.0f}s); it may have looked expired"
+                )
+            self._last_start = max(previous, start)
 
     def ensure_valid(self) -> None:
         """Raise LeaseLostError unless at least ``margin`` seconds of validity remain."""
@@ -109,12 +130,22 @@ class Lease:
             except VmguardError as exc:
                 log.warning("lease %s refresh failed (will retry): %s", self.name, exc)
 
-    def release(self) -> None:
+    def stop(self) -> None:
+        """Stop refreshing and stop counting the lease as held; the object stays as it is."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:
             self._lost = True
+
+    def abandon(self) -> None:
+        """Give the lease up without deleting it: it runs out its time (``ttl + grace``)."""
+        self.stop()
+        log.info("lease %s left to run out its time", self.name)
+
+    def release(self) -> None:
+        """Delete the lease: only when nothing its holder sent can still land."""
+        self.stop()
         try:
             self._backend.delete(self.name)
         except VmguardError as exc:
@@ -158,8 +189,9 @@ def read_leases(backend: Backend) -> list[LeaseInfo]:
     return found
 
 
-def is_live(lease_modified: datetime, now: datetime, ttl: float) -> bool:
-    return now - lease_modified <= timedelta(seconds=ttl)
+def expired_long_ago(modified: datetime, now: datetime, ttl: float, grace: float) -> bool:
+    """True if a lease stamped ``modified`` is gone by its age: older than ``ttl + grace``."""
+    return now - modified > timedelta(seconds=ttl + grace)
 
 
 def is_gone(backend: Backend, name: str, now: datetime, ttl: float, grace: float) -> bool:
@@ -168,8 +200,20 @@ def is_gone(backend: Backend, name: str, now: datetime, ttl: float, grace: float
         modified = backend.stat(name).modified
     except ObjectNotFoundError:
         return True
-    return now - modified > timedelta(seconds=ttl + grace)
+    return expired_long_ago(modified, now, ttl, grace)
 
 
-def read_live_leases(backend: Backend, now: datetime, ttl: float) -> list[LeaseInfo]:
-    return [lease for lease in read_leases(backend) if is_live(lease.modified, now, ttl)]
+def read_running_leases(
+    backend: Backend, now: datetime, ttl: float, grace: float
+) -> list[LeaseInfo]:
+    """Every lease that is not gone: its holder may still be running, or may still commit.
+
+    Not only the live ones: a lease whose refresh is in flight looks expired until the
+    refresh lands, and a holder whose last write's outcome is unknown lets its lease run
+    out its time (format §7.3).
+    """
+    return [
+        lease
+        for lease in read_leases(backend)
+        if not expired_long_ago(lease.modified, now, ttl, grace)
+    ]

@@ -9,9 +9,10 @@ An archive kept for any reason is kept.
 :func:`prune` applies it per VM. Invariants:
 
 - A policy that keeps nothing is refused: a typo never empties a repository.
-- Pruning moves the manifest to the trash (copy, delete, record the live leases of
-  backups that name it as their parent), so a backup that loaded it as its parent
-  stays safe until it finishes; chunks are only ever removed by GC.
+- Pruning moves the manifest to the trash (copy, delete, record the leases that are
+  not gone of backups that name it as their parent: a lease past its ttl may still be
+  refreshed late, format §7.3), so a backup that loaded it as its parent stays safe
+  until it finishes; chunks are only ever removed by GC.
 - Archives whose Object Lock retention has not passed are not touched; they are
   reported once each with their date, never retried in a loop.
 """
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, tzinfo
 
 from vmguard.errors import ConfigError, ObjectLockedError, ObjectNotFoundError
 from vmguard.store import names
-from vmguard.store.lease import read_live_leases
+from vmguard.store.lease import read_running_leases
 from vmguard.store.repository import ArchiveRef, Repository
 
 
@@ -158,14 +159,19 @@ def retire_archive(repo: Repository, archive_id: str) -> datetime | None:
         repo.backend.delete(trash_manifest)
         return manifest.retain_until or now
     ttl = float(repo.config.gc.lease_ttl_seconds)
+    grace = float(repo.config.gc.grace_seconds)
     server_now = repo.server_now()
     # Only a backup that names this archive as its parent can have loaded its index
     # (BackupWriter loads no other manifest), so only those leases keep it a root.
-    live = [
+    children = [
         lease.name
-        for lease in read_live_leases(repo.backend, server_now, ttl)
+        for lease in read_running_leases(repo.backend, server_now, ttl, grace)
         if lease.body.get("parent") == archive_id
     ]
-    record = {"archive_id": archive_id, "pruned": names.format_time(server_now), "leases": live}
+    record = {
+        "archive_id": archive_id,
+        "pruned": names.format_time(server_now),
+        "leases": children,
+    }
     repo.backend.put(names.trash_leases_name(archive_id), json.dumps(record).encode())
     return None

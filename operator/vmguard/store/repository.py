@@ -22,7 +22,10 @@ indexes, reading chunks — happens here. Invariants:
 - Every byte returned was verified: chunks against their id, indexes against the
   manifest's ``index_hash``, manifests and indexes by their envelope tag and binding.
 - A chunk missing from ``chunks/`` is read from ``fossils/`` (GC may have condemned it
-  while a backup still needed it; format §7.3).
+  while a backup still needed it; format §7.3), and one missing from both is looked for
+  again a bounded number of times: GC moves chunks with copy-then-delete, so a chunk
+  being resurrected can be gone from ``fossils/`` by the time a reader that missed it
+  in ``chunks/`` looks there.
 - Methods are thread-safe; the object holds no per-backup state.
 """
 
@@ -79,6 +82,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_COPIES_TRIED = 4
 """Config copies ``open`` tries, newest first, when ``config`` is missing (bounds the
 key derivations a bucket full of planted copies could cause)."""
+CHUNK_READ_ROUNDS = 3
+"""How often a reader looks in ``chunks/`` then ``fossils/`` before a chunk counts as missing."""
 
 
 @dataclass(frozen=True, order=True)
@@ -440,12 +445,15 @@ class Repository:
 
     def read_chunk(self, chunk_id: bytes) -> bytes:
         """The verified plaintext of a chunk; ChunkMissingError or ChunkCorruptError."""
-        for name in (names.chunk_name(chunk_id), names.fossil_name(chunk_id)):
-            try:
-                blob = self.backend.get(name)
-            except ObjectNotFoundError:
-                continue
-            return self.codec.decode(chunk_id, blob)
+        # Each GC move copies before it deletes, so between our two GETs the chunk was
+        # in the other place; another round finds it unless GC moved it twice meanwhile.
+        for _ in range(CHUNK_READ_ROUNDS):
+            for name in (names.chunk_name(chunk_id), names.fossil_name(chunk_id)):
+                try:
+                    blob = self.backend.get(name)
+                except ObjectNotFoundError:
+                    continue
+                return self.codec.decode(chunk_id, blob)
         raise ChunkMissingError(chunk_id.hex())
 
     def begin_backup(

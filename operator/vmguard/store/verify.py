@@ -14,6 +14,9 @@ Invariants:
   that references it. A deep verify that finds a marked chunk healthy clears its mark.
 - Verify never deletes or rewrites chunks, indexes or manifests.
 - A chunk present only as a fossil is not a problem (GC resurrects it); it is counted.
+- Verify may run beside GC and prune (format §7.6): a chunk missing from both listings
+  is looked for again as a reader would, and an archive pruned after it was listed is
+  not checked, not reported.
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vmguard.errors import ChunkCorruptError, ChunkMissingError, CorruptObjectError, RepositoryError
+from vmguard.errors import (
+    ChunkCorruptError,
+    ChunkMissingError,
+    CorruptObjectError,
+    ObjectNotFoundError,
+    RepositoryError,
+)
 from vmguard.store import names
-from vmguard.store.repository import Repository
+from vmguard.store.repository import CHUNK_READ_ROUNDS, Repository
 
 ProblemKind = Literal["missing", "corrupt", "implausible-size"]
 Progress = Callable[[int, int], None]
@@ -79,7 +88,10 @@ def _references(
         try:
             manifest = repo.load_archive(archive_id)
         except (CorruptObjectError, RepositoryError) as exc:
-            report.archive_problems.append(ArchiveProblem(archive_id, str(exc)))
+            if isinstance(exc, CorruptObjectError) or _committed(repo, archive_id):
+                report.archive_problems.append(ArchiveProblem(archive_id, str(exc)))
+            else:
+                report.archives -= 1  # pruned since it was listed: nothing to check
             continue
         for disk in manifest.disks:
             try:
@@ -90,6 +102,25 @@ def _references(
             for chunk_id in index.referenced():
                 users[chunk_id].append(archive_id)
     return users
+
+
+def _committed(repo: Repository, archive_id: str) -> bool:
+    try:
+        repo.backend.stat(names.manifest_name(archive_id))
+    except ObjectNotFoundError:
+        return False
+    return True
+
+
+def _stored_size(repo: Repository, chunk_id: bytes) -> int | None:
+    """Look for a chunk as GC may be moving it (copy, then delete), as a reader does."""
+    for _ in range(CHUNK_READ_ROUNDS):
+        for name in (names.chunk_name(chunk_id), names.fossil_name(chunk_id)):
+            try:
+                return repo.backend.stat(name).size
+            except ObjectNotFoundError:
+                continue
+    return None
 
 
 def _check_sizes(
@@ -109,6 +140,8 @@ def _check_sizes(
         if size is None and chunk_id in fossils:
             size = fossils[chunk_id]
             report.fossils_referenced += 1
+        if size is None:
+            size = _stored_size(repo, chunk_id)  # GC may have moved it between our listings
         if size is None:
             bad.append((chunk_id, "missing", "no chunk object"))
         elif not low <= size <= high:

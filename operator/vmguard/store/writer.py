@@ -26,7 +26,10 @@ Invariants (the preconditions of the GC safety argument, format §7.5):
   :meth:`commit` reads ``corrupt/`` again and refuses to commit an archive that
   references a chunk marked while the backup ran.
 - :meth:`commit` writes the manifest only while the lease has at least its margin of
-  validity left; afterwards it releases the lease.
+  validity left; afterwards it releases the lease. Once the manifest PUT was sent
+  and did not succeed, its outcome is unknown (it may land later): the lease is then
+  never deleted but left to run out its time (``ttl + grace``), so GC keeps counting
+  this backup as running until the manifest has landed or never will (format §7.1).
 - With Object Lock (format §9), the manifest and indexes are retained until
   ``retain_until``; every chunk the archive references is retained at least until its
   ``lock_horizon`` ≥ ``retain_until`` when the manifest is written: uploads and
@@ -117,6 +120,7 @@ class _State:
     """With Object Lock: every known chunk is retained at least until then."""
     retention_requests: int = 0
     closed: bool = False
+    manifest_sent: bool = False
 
 
 class BackupWriter:
@@ -380,8 +384,10 @@ class BackupWriter:
             self.repo.retain_config(lock.retain_until)
         self.lease.ensure_valid()
         retention = lock.archive_retention if lock else None
+        self._state.manifest_sent = True
         self.repo.backend.put(names.manifest_name(self.archive_id), blob, retention=retention)
-        self._close()
+        self._state.closed = True
+        self.lease.release()  # the manifest is stored: nothing of ours can land later
         return manifest
 
     def _check_no_new_marks(self) -> None:
@@ -416,13 +422,18 @@ class BackupWriter:
         return floor
 
     def abort(self) -> None:
-        """Give up: release the lease; what was uploaded is left for GC (or a retry)."""
-        if not self._state.closed:
-            self._close()
+        """Give up: release the lease; what was uploaded is left for GC (or a retry).
 
-    def _close(self) -> None:
+        After a manifest PUT that failed, the lease is left to run out instead: the
+        manifest may still land (a timeout after the server stored it).
+        """
+        if self._state.closed:
+            return
         self._state.closed = True
-        self.lease.release()
+        if self._state.manifest_sent:
+            self.lease.abandon()
+        else:
+            self.lease.release()
 
     def _check_open(self) -> None:
         if self._state.closed:

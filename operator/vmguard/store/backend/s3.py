@@ -8,9 +8,10 @@ Objects live under an optional key prefix of one bucket. Invariants and choices:
   both honour it). Servers that ignore the header are detected once, by a probe
   object, and then the backend falls back to stat-then-put and reports
   ``capabilities.atomic_create = False``: two writers racing on one name may then
-  both "win". The repository only relies on create-if-absent to avoid overwriting a
-  repository config and to take the GC lock; both are documented as best effort on
-  such servers (``docs/repository-format.md`` §7.3).
+  both "win". ``capabilities`` runs that probe the first time it is asked, so what it
+  reports is what the server does. The repository relies on create-if-absent to avoid
+  overwriting a repository config and to take the GC lock; GC refuses to run on a
+  store without it unless told it is the only GC (``docs/repository-format.md`` §7.3).
 - Object Lock: when the bucket has Object Lock enabled, ``put`` accepts a retention,
   ``stat`` reports it, and ``delete`` removes every version of the key (a plain
   DELETE in a versioned bucket only adds a delete marker and frees nothing). A
@@ -124,6 +125,7 @@ class S3Backend:
             http_client=http,
         )
         self._conditional_writes = conditional_writes
+        self._probing = False
         self._object_lock: bool | None = None
 
     # -- helpers -------------------------------------------------------------------------
@@ -184,6 +186,8 @@ class S3Backend:
                 self._object_lock = False
             except _SDK_ERRORS as exc:
                 raise self._translate(exc, "") from exc
+        if self._conditional_writes is None and not self._probing:
+            self._conditional_writes = self._probe_conditional_writes()
         atomic = self._conditional_writes is not False
         return Capabilities(atomic_create=atomic, object_lock=self._object_lock)
 
@@ -229,11 +233,15 @@ class S3Backend:
     def _probe_conditional_writes(self) -> bool:
         """Find out once whether the server honours If-None-Match on PUT."""
         probe = f"vmguard-probe-{secrets.token_hex(8)}"
+        self._probing = True  # delete() asks for the capabilities: do not probe again
         try:
             first = self._conditional_put(probe, b"1", None)
             second = self._conditional_put(probe, b"2", None)
         finally:
-            self.delete(probe)
+            try:
+                self.delete(probe)
+            finally:
+                self._probing = False
         return first and not second
 
     def _get(self, name: str, offset: int = 0, length: int = 0) -> bytes:
