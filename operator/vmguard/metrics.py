@@ -46,13 +46,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from vmguard.api import BACKUP_TERMINAL, BackupPhase
+
 PREFIX = "vmguard_"
 VCENTER_LABELS = ("namespace", "vcenter")
 REPOSITORY_LABELS = ("namespace", "repository")
 POLICY_LABELS = ("namespace", "vcenter", "policy")
 VM_LABELS = ("namespace", "vcenter", "policy", "vm", "vm_uuid")
 SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
-TERMINAL = ("Completed", "Failed", "PartiallyFailed")
 SYNCED_LABEL = "vmguard.io/synced"  # controller/catalog.py's marker
 # Backups take seconds (a tiny incremental) to a day (a first full of a large VM).
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -112,7 +113,7 @@ class _ScrapeTimeCollector(Collector):
         )
         failed = family(
             "vm_last_backup_failed",
-            "1 when the VM's most recent finished backup Failed or PartiallyFailed.",
+            "1 when the VM's most recent finished backup Failed.",
             VM_LABELS,
         )
         change = family(
@@ -334,12 +335,12 @@ class Metrics:
     def observe_backup(self, backup: dict[str, Any]) -> None:
         """A VMBackup object (metadata, spec, status), typically on a phase change.
 
-        Only finished backups (Completed, Failed, PartiallyFailed) change anything.
+        Only finished backups (Completed, Failed) change anything.
         """
         meta, spec = backup.get("metadata") or {}, backup.get("spec") or {}
         status = backup.get("status") or {}
         outcome = status.get("phase")
-        if outcome not in TERMINAL:
+        if outcome not in BACKUP_TERMINAL:
             return
         namespace = str(meta.get("namespace") or "")
         vcenter = str(status.get("vcenter") or (spec.get("vcenterRef") or {}).get("name") or "")
@@ -368,8 +369,8 @@ class Metrics:
             if state.last_finish is not None and finished < state.last_finish:
                 return  # an older backup observed late: the newer one stands
             state.last_finish = finished
-            state.last_failed = outcome != "Completed"
-            if outcome != "Completed":
+            state.last_failed = outcome != BackupPhase.COMPLETED
+            if outcome != BackupPhase.COMPLETED:
                 return
             state.last_success = finished
             capacity = int(totals.get("capacityBytes") or 0)

@@ -1,4 +1,4 @@
-"""The VMBackup controller: one backup from Pending to Completed, Failed or PartiallyFailed.
+"""The VMBackup controller: one backup from Pending to Completed or Failed.
 
 :func:`reconcile` looks at the object as it is in the apiserver and takes the next step
 of its phase (docs/operator.md):
@@ -37,6 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, BackupPhase
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
@@ -81,7 +82,7 @@ def in_flight(status: Any, labels: Any = None) -> bool:
     has: it stands for an archive that exists, and its status comes from that archive."""
     if is_synced(labels):
         return False
-    return (status or {}).get("phase") not in steps.TERMINAL
+    return (status or {}).get("phase") not in BACKUP_TERMINAL
 
 
 def _parse(ts: str | None) -> dt.datetime | None:
@@ -121,12 +122,12 @@ class Patcher:
         error = {"reason": reason, "message": message[:4096], "retryable": False}
         self.condition("Ready", False, reason, message)
         if snapshot_taken:
-            await self.patch({"phase": "Finalizing", "error": error})
+            await self.patch({"phase": BackupPhase.FINALIZING, "error": error})
         else:
-            await self.patch({"error": error, **_terminal(self.obj, "Failed")})
+            await self.patch({"error": error, **_terminal(self.obj, BackupPhase.FAILED)})
 
 
-def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
+def _terminal(obj: dict[str, Any], phase: BackupPhase) -> dict[str, Any]:
     started = _parse((obj.get("status") or {}).get("startTime"))
     done = dt.datetime.now(dt.UTC)
     out: dict[str, Any] = {"phase": phase, "completionTime": now()}
@@ -138,22 +139,22 @@ def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
 async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     """One step; seconds until the next, or None when the backup has ended."""
     status = obj.get("status") or {}
-    phase = status.get("phase") or "Pending"
+    phase = status.get("phase") or BackupPhase.PENDING
     p = Patcher(ctx, obj)
-    if phase in steps.TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
+    if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
-        await p.patch({"phase": "Pending", "startTime": now()})
-    if phase != "Finalizing" and _age(obj) > ctx.settings.deadline:
+        await p.patch({"phase": BackupPhase.PENDING, "startTime": now()})
+    if phase != BackupPhase.FINALIZING and _age(obj) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
         await ctx.jobs.delete_jobs(p.ns, f"{builders.LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
-        await p.fail("DeadlineExceeded", message, snapshot_taken=phase != "Pending")
+        await p.fail("DeadlineExceeded", message, snapshot_taken=phase != BackupPhase.PENDING)
         return 0.0
     handler = {
-        "Pending": _pending,
-        "Snapshotting": _snapshotting,
-        "Transferring": _transferring,
-        "Finalizing": _finalizing,
+        BackupPhase.PENDING: _pending,
+        BackupPhase.SNAPSHOTTING: _snapshotting,
+        BackupPhase.TRANSFERRING: _transferring,
+        BackupPhase.FINALIZING: _finalizing,
     }[phase]
     return await handler(ctx, obj, p)
 
@@ -200,7 +201,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         others = [
             steps.Placement.of(o)
             for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if (o.get("status") or {}).get("phase") in steps.ACTIVE
+            if (o.get("status") or {}).get("phase") in BACKUP_ACTIVE
             and o["metadata"]["uid"] != obj["metadata"]["uid"]
         ]
         blocked = steps.concurrency_blocker(
@@ -211,7 +212,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             await p.patch({})
             return WAIT_ADMISSION
         p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
-        await p.patch({"phase": "Snapshotting"})
+        await p.patch({"phase": BackupPhase.SNAPSHOTTING})
     return 0.0
 
 
@@ -299,7 +300,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     if prepared.hooks:
         p.condition("HooksRan", *steps.hooks_condition(prepared.hooks))
     patch: dict[str, Any] = {
-        "phase": "Transferring",
+        "phase": BackupPhase.TRANSFERRING,
         "snapshot": {
             "moref": taken.moref,
             "name": taken.name,
@@ -369,7 +370,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         if st.succeeded:
             if status.get("archiveId"):
                 p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
-                await p.patch({"phase": "Finalizing"})
+                await p.patch({"phase": BackupPhase.FINALIZING})
             else:
                 await p.fail(
                     "ProxyReportedNothing",
@@ -379,7 +380,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             return 0.0
         reason, message, finished = st.reason, st.message, st.finished_at
     if status.get("archiveId"):  # committed, then died before exiting: the result stands
-        await p.patch({"phase": "Finalizing"})
+        await p.patch({"phase": BackupPhase.FINALIZING})
         return 0.0
     error = status.get("error") or {}
     why = error.get("reason") or "ProxyFailed"
@@ -406,7 +407,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     p.condition("Ready", False, why, text)
     await p.patch(
         {
-            "phase": "Finalizing",
+            "phase": BackupPhase.FINALIZING,
             "error": {"reason": why, "message": text[:4096], "retryable": False},
         }
     )
@@ -444,11 +445,11 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
     error = status.get("error")
     if status.get("archiveId") and not error:
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
-        await p.patch(_terminal(obj, "Completed"))
+        await p.patch(_terminal(obj, BackupPhase.COMPLETED))
     else:
         reason = (error or {}).get("reason", "Failed")
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
-        await p.patch(_terminal(obj, "Failed"))
+        await p.patch(_terminal(obj, BackupPhase.FAILED))
     return None
 
 

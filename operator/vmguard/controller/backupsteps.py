@@ -44,8 +44,6 @@ from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResul
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
 
-ACTIVE = ("Snapshotting", "Transferring", "Finalizing")
-TERMINAL = ("Completed", "Failed", "PartiallyFailed")
 DEFAULT_LIMITS = {"perDatastore": 2, "perHost": 4, "total": 8}
 
 

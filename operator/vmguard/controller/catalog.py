@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import BackupPhase
 from vmguard.controller import access
 from vmguard.controller.builders_policy import (
     ANNOTATION_VM_NAME,
@@ -137,7 +138,7 @@ def plan_catalog(
             if archive in present:
                 complete.append((name, archive))
             continue
-        if status.get("phase") != "Completed":
+        if status.get("phase") != BackupPhase.COMPLETED:
             continue
         flagged = get_condition(status.get("conditions"), CONDITION).get("status") == "False"
         if archive not in present and not flagged:
@@ -275,7 +276,7 @@ def synced_status(
     conditions = set_condition([], "Ready", True, "Completed", message, 1, at)
     conditions = set_condition(conditions, CONDITION, True, "Synced", message, 1, at)
     status: dict[str, Any] = {
-        "phase": "Completed",
+        "phase": BackupPhase.COMPLETED,
         "archiveId": manifest.archive_id,
         "vm": _vm_ids(manifest),
         "vcenter": vcenter,

@@ -5,9 +5,8 @@ carry the ``vmguard.io/policy`` label; a person's ad-hoc backup under the policy
 too). Its VM is the ``vmguard.io/vm`` label or ``spec.vm.instanceUuid``, compared in
 lower case; an ad-hoc backup named only by VM name is not attributed to any VM.
 
-Phases: ``Completed`` is a success; ``Failed`` and ``PartiallyFailed`` are failures (a
-partial archive is not a restorable VM); anything else, including no phase yet, is in
-progress.
+Phases: ``Completed`` is a success; ``Failed`` is a failure; anything else, including no
+phase yet, is in progress.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import BACKUP_TERMINAL, BackupPhase
 from vmguard.controller.builders_policy import FAILSAFE, LABEL_RUN, LABEL_TRIGGER, LABEL_VM
-
-COMPLETED = "Completed"
-FAILED = frozenset({"Failed", "PartiallyFailed"})
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -48,7 +45,7 @@ class BackupRecord:
 
     @property
     def in_progress(self) -> bool:
-        return self.phase != COMPLETED and self.phase not in FAILED
+        return self.phase not in BACKUP_TERMINAL
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> BackupRecord:
@@ -59,7 +56,7 @@ class BackupRecord:
         return cls(
             name=meta.get("name", ""),
             vm=vm.lower(),
-            phase=status.get("phase") or "Pending",
+            phase=status.get("phase") or BackupPhase.PENDING,
             trigger=labels.get(LABEL_TRIGGER, ""),
             run=labels.get(LABEL_RUN, ""),
             created=parse_time(meta.get("creationTimestamp")),
@@ -92,11 +89,11 @@ class BackupHistory:
         return self.by_vm.get(vm.lower(), [])
 
     def last_completed(self, vm: str) -> dt.datetime | None:
-        times = [r.completed or r.created for r in self.of(vm) if r.phase == COMPLETED]
+        times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
 
     def has_completed(self, vm: str) -> bool:
-        return any(r.phase == COMPLETED for r in self.of(vm))
+        return any(r.phase == BackupPhase.COMPLETED for r in self.of(vm))
 
     def in_progress(self, vm: str) -> list[BackupRecord]:
         return [r for r in self.of(vm) if r.in_progress]
@@ -105,7 +102,7 @@ class BackupHistory:
         return [r for r in self.of(vm) if r.trigger == FAILSAFE]
 
     def last_success(self) -> dt.datetime | None:
-        times = [r.completed or r.created for r in self.records if r.phase == COMPLETED]
+        times = [r.completed or r.created for r in self.records if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
 
     def run_counts(self, run: str) -> dict[str, int]:
@@ -113,8 +110,8 @@ class BackupHistory:
         mine = [r for r in self.records if r.run == run and r.trigger != FAILSAFE]
         return {
             "backups": len(mine),
-            "completed": sum(1 for r in mine if r.phase == COMPLETED),
-            "failed": sum(1 for r in mine if r.phase in FAILED),
+            "completed": sum(1 for r in mine if r.phase == BackupPhase.COMPLETED),
+            "failed": sum(1 for r in mine if r.phase == BackupPhase.FAILED),
             "running": sum(1 for r in mine if r.in_progress),
         }
 

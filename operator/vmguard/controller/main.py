@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from vmguard.api import BACKUP_TERMINAL, BackupPhase
 from vmguard.config import BackupSettings, ProxySettings, RepositorySettings, catalog_interval
 from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
@@ -304,11 +305,11 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None
     it happens; backups that finished while no operator ran are not counted again. A
     completed one wakes its policy's scheduler, which applies retention (async: on the
     event loop, where that scheduler's asyncio.Event lives)."""
-    if new in backups.steps.TERMINAL and getattr(memo, "metrics", None) is not None:
+    if new in BACKUP_TERMINAL and getattr(memo, "metrics", None) is not None:
         memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
-    if new == "Completed" and policy and body.get("metadata", {}).get("namespace"):
+    if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
         # Its policy's retention runs now rather than at the scheduler's next pass.
         _policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
 

@@ -34,6 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.api import BackupPhase
 from vmguard.controller import policies
 from vmguard.controller.builders_policy import SCHEDULE, build_vmbackup, run_label
 from vmguard.controller.history import BackupHistory, parse_time
@@ -75,7 +76,7 @@ def plan_run(
         waiting = [
             r
             for r in history.of(vm.instance_uuid)
-            if r.trigger == SCHEDULE and r.run and r.run < label and r.phase == "Pending"
+            if r.trigger == SCHEDULE and r.run and r.run < label and r.phase == BackupPhase.PENDING
         ]
         if waiting:
             skipped.append(vm)
