@@ -46,7 +46,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from vmguard.api import BACKUP_TERMINAL, BackupPhase
+from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase
 
 PREFIX = "vmguard_"
 VCENTER_LABELS = ("namespace", "vcenter")
@@ -54,7 +54,6 @@ REPOSITORY_LABELS = ("namespace", "repository")
 POLICY_LABELS = ("namespace", "vcenter", "policy")
 VM_LABELS = ("namespace", "vcenter", "policy", "vm", "vm_uuid")
 SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
-SYNCED_LABEL = "vmguard.io/synced"  # controller/catalog.py's marker
 # Backups take seconds (a tiny incremental) to a day (a first full of a large VM).
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -353,7 +352,7 @@ class Metrics:
         # A VMBackup recreated by catalog sync is an old backup under a new UID: counting
         # it would count a backup twice (or one this process never saw run); its time
         # still feeds the per-VM last-success gauges below.
-        synced = (meta.get("labels") or {}).get(SYNCED_LABEL) == "true"
+        synced = (meta.get("labels") or {}).get(LABEL_SYNCED) == SYNCED
         if uid and not synced and uid not in self._counted and finished >= self.started:
             self._counted.add(uid)
             labels = (namespace, vcenter, policy)

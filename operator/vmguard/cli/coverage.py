@@ -32,8 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BackupPhase
-from vmguard.controller.builders_policy import ANNOTATION_VM_NAME, LABEL_VCENTER, LABEL_VM
+from vmguard.api import ANNOTATION_VM_NAME, LABEL_VCENTER, LABEL_VM, BackupPhase
 from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.schedule import parse
 from vmguard.controller.vcenter import parse_duration

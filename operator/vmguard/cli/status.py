@@ -130,7 +130,8 @@ def read_objects(namespace: str | None) -> dict[str, list[dict[str, Any]]]:
     """Blocking: the three kinds, from one namespace or (``None``) every namespace."""
     from kubernetes import client
 
-    from vmguard.controller.kubeapi import GROUP, VERSION, load_config
+    from vmguard.api import GROUP, VERSION
+    from vmguard.controller.kubeapi import load_config
 
     try:
         load_config()

@@ -37,7 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, BackupPhase
+from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, LABEL_VMBACKUP_UID, BackupPhase
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
@@ -147,7 +147,7 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
         await p.patch({"phase": BackupPhase.PENDING, "startTime": now()})
     if phase != BackupPhase.FINALIZING and _age(obj) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
-        await ctx.jobs.delete_jobs(p.ns, f"{builders.LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
+        await ctx.jobs.delete_jobs(p.ns, f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
         await p.fail("DeadlineExceeded", message, snapshot_taken=phase != BackupPhase.PENDING)
         return 0.0
     handler = {
@@ -456,7 +456,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
     meta, status = obj["metadata"], obj.get("status") or {}
-    await ctx.jobs.delete_jobs(meta["namespace"], f"{builders.LABEL_VMBACKUP_UID}={meta['uid']}")
+    await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
         return

@@ -40,16 +40,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BackupPhase
-from vmguard.controller import access
-from vmguard.controller.builders_policy import (
+from vmguard.api import (
+    ANNOTATION_ARCHIVE_ID,
+    ANNOTATION_SYNCED_FROM,
     ANNOTATION_VM_NAME,
+    API_VERSION,
     LABEL_POLICY,
+    LABEL_REPOSITORY,
+    LABEL_SYNCED,
     LABEL_VCENTER,
     LABEL_VM,
+    SYNCED,
+    BackupPhase,
 )
+from vmguard.controller import access
 from vmguard.controller.conditions import get_condition, set_condition
-from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats, names
 from vmguard.store.lineage import (
@@ -59,10 +65,6 @@ from vmguard.store.lineage import (
     ORIGIN_VMBACKUP,
 )
 
-LABEL_SYNCED = "vmguard.io/synced"
-LABEL_REPOSITORY = "vmguard.io/repository"
-ANNOTATION_ARCHIVE = "vmguard.io/archive-id"
-ANNOTATION_ORIGIN = "vmguard.io/synced-from"
 CONDITION = "ArchiveAvailable"
 PLURAL = "vmbackups"
 
@@ -76,7 +78,7 @@ log = logging.getLogger(__name__)
 
 
 def is_synced(labels: Mapping[str, str] | None) -> bool:
-    return (labels or {}).get(LABEL_SYNCED) == "true"
+    return (labels or {}).get(LABEL_SYNCED) == SYNCED
 
 
 # -- planning (pure) ----------------------------------------------------------------------
@@ -87,7 +89,7 @@ def archive_of(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     return str(
         (obj.get("status") or {}).get("archiveId")
-        or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE)
+        or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID)
         or ""
     )
 
@@ -203,20 +205,20 @@ def build_synced_backup(
     if placement.vcenter is None:
         raise ValueError("a synced VMBackup needs a vCenter name")
     ids = _vm_ids(manifest) or {"name": manifest.archive_id}
-    labels = {LABEL_SYNCED: "true", LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
+    labels = {LABEL_SYNCED: SYNCED, LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
     if "instanceUuid" in ids:
         labels[LABEL_VM] = ids["instanceUuid"]
     recorded_policy = manifest.labels.get(ORIGIN_POLICY, "")
     if _DNS_LABEL.match(recorded_policy):
         labels[LABEL_POLICY] = recorded_policy
-    annotations = {ANNOTATION_ARCHIVE: manifest.archive_id}
+    annotations = {ANNOTATION_ARCHIVE_ID: manifest.archive_id}
     if manifest.vm.name:
         annotations[ANNOTATION_VM_NAME] = manifest.vm.name
     origin = "/".join(
         manifest.labels[k] for k in (ORIGIN_NAMESPACE, ORIGIN_VMBACKUP) if manifest.labels.get(k)
     )
     if origin:
-        annotations[ANNOTATION_ORIGIN] = origin[:512]
+        annotations[ANNOTATION_SYNCED_FROM] = origin[:512]
     spec: dict[str, Any] = {
         "vm": ids,
         "vcenterRef": {"name": placement.vcenter},
@@ -225,7 +227,7 @@ def build_synced_backup(
     if placement.policy:
         spec["policyRef"] = {"name": placement.policy}
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "VMBackup",
         "metadata": {
             "name": synced_name(manifest.vm.name, manifest.archive_id),

@@ -16,8 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BACKUP_TERMINAL, BackupPhase
-from vmguard.controller.builders_policy import FAILSAFE, LABEL_RUN, LABEL_TRIGGER, LABEL_VM
+from vmguard.api import BACKUP_TERMINAL, LABEL_RUN, LABEL_TRIGGER, LABEL_VM, BackupPhase, Trigger
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -99,7 +98,7 @@ class BackupHistory:
         return [r for r in self.of(vm) if r.in_progress]
 
     def failsafes(self, vm: str) -> list[BackupRecord]:
-        return [r for r in self.of(vm) if r.trigger == FAILSAFE]
+        return [r for r in self.of(vm) if r.trigger == Trigger.FAILSAFE]
 
     def last_success(self) -> dt.datetime | None:
         times = [r.completed or r.created for r in self.records if r.phase == BackupPhase.COMPLETED]
@@ -107,7 +106,7 @@ class BackupHistory:
 
     def run_counts(self, run: str) -> dict[str, int]:
         """``lastRun`` counts for the scheduled run labelled ``run``."""
-        mine = [r for r in self.records if r.run == run and r.trigger != FAILSAFE]
+        mine = [r for r in self.records if r.run == run and r.trigger != Trigger.FAILSAFE]
         return {
             "backups": len(mine),
             "completed": sum(1 for r in mine if r.phase == BackupPhase.COMPLETED),

@@ -19,9 +19,8 @@ from typing import Any
 
 from kubernetes import client, config
 
+from vmguard.api import GROUP, VERSION
 from vmguard.errors import ConfigError, RetryableError
-
-GROUP, VERSION = "vmguard.io", "v1alpha1"
 
 
 def load_config() -> None:

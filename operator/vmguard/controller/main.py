@@ -14,13 +14,20 @@ from typing import Any
 
 import kopf
 
-from vmguard.api import BACKUP_TERMINAL, BackupPhase
+from vmguard.api import (
+    ANNOTATION_PREFIX,
+    BACKUP_TERMINAL,
+    FINALIZER,
+    GROUP,
+    LABEL_POLICY,
+    VERSION,
+    BackupPhase,
+)
 from vmguard.config import BackupSettings, ProxySettings, RepositorySettings, catalog_interval
 from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
-from vmguard.controller.builders_policy import LABEL_POLICY
 from vmguard.controller.jobs import JobAPI
-from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.policy_runs import PolicyRunner
 from vmguard.controller.repositories import RepositoryWatch
 from vmguard.controller.sweeps import LatestSweeps, SweepView
@@ -51,10 +58,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         BackupSettings.from_env(),
         hooks=getattr(memo, "hooks", NO_HOOKS),
     )
-    settings.persistence.finalizer = "vmguard.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="vmguard.io", key="last-handled-configuration"
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300

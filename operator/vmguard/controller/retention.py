@@ -38,9 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vmguard.api import BackupPhase
+from vmguard.api import ANNOTATION_VM_NAME, LABEL_VM, BackupPhase
 from vmguard.controller.access import open_repository
-from vmguard.controller.builders_policy import ANNOTATION_VM_NAME, LABEL_VM
 from vmguard.controller.conditions import set_condition
 from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI

@@ -19,8 +19,9 @@ from typing import Any
 
 from kubernetes import client, config
 
+from vmguard.api import GROUP, VERSION
+
 log = logging.getLogger(__name__)
-GROUP, VERSION = "vmguard.io", "v1alpha1"
 
 
 def kube_client() -> client.ApiClient:
