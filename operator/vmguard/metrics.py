@@ -34,7 +34,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +45,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase
+from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase, parse_time
 
 PREFIX = "vmguard_"
 VCENTER_LABELS = ("namespace", "vcenter")
@@ -58,14 +57,10 @@ SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
-def parse_time(text: str | None) -> float | None:
-    """An RFC 3339 timestamp from a status (``2025-01-01T04:00:00Z``) → epoch seconds."""
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+def epoch_seconds(text: str | None) -> float | None:
+    """A time from a status (``2025-01-01T04:00:00Z``) → Unix seconds; None if unreadable."""
+    at = parse_time(text)
+    return at.timestamp() if at is not None else None
 
 
 @dataclass
@@ -271,7 +266,7 @@ class Metrics:
         self.vms_protected_by_default.labels(*labels).set(vms.get("protectedByDefault", 0))
         self.vms_unprotected.labels(*labels).set(vms.get("unprotected", 0))
         self.vms_consolidation_needed.labels(*labels).set(vms.get("consolidationNeeded", 0))
-        swept = parse_time(status.get("lastSweepTime"))
+        swept = epoch_seconds(status.get("lastSweepTime"))
         self.vcenter_last_sweep.labels(*labels).set(swept if swept is not None else self.clock())
 
     def forget_vcenter(self, namespace: str, vcenter: str) -> None:
@@ -345,7 +340,7 @@ class Metrics:
         vcenter = str(status.get("vcenter") or (spec.get("vcenterRef") or {}).get("name") or "")
         policy = str((spec.get("policyRef") or {}).get("name") or "")
         vm = status.get("vm") or spec.get("vm") or {}
-        finished = parse_time(status.get("completionTime")) or self.clock()
+        finished = epoch_seconds(status.get("completionTime")) or self.clock()
         totals = status.get("totals") or {}
 
         uid = str(meta.get("uid") or "")

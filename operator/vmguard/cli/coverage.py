@@ -32,10 +32,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import ANNOTATION_VM_NAME, LABEL_VCENTER, LABEL_VM, BackupPhase
-from vmguard.controller.history import format_time, parse_time
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    LABEL_VCENTER,
+    LABEL_VM,
+    BackupPhase,
+    format_time,
+    parse_duration,
+    parse_time,
+)
 from vmguard.controller.schedule import parse
-from vmguard.controller.vcenter import parse_duration
 from vmguard.controller.vmlist import read_vm_list
 from vmguard.errors import VmguardError
 

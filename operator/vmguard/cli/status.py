@@ -75,8 +75,8 @@ def policy_cell(row: VMRow) -> str:
 
 def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: bool) -> str:
     """The rows, then the summary line, then notes."""
+    from vmguard.api import format_time
     from vmguard.cli.coverage import summary_line
-    from vmguard.controller.history import format_time
 
     head = ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
     if wide:

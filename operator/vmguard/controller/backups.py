@@ -37,7 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, LABEL_VMBACKUP_UID, BackupPhase
+from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, LABEL_VMBACKUP_UID, BackupPhase, parse_time
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
@@ -85,12 +85,8 @@ def in_flight(status: Any, labels: Any = None) -> bool:
     return (status or {}).get("phase") not in BACKUP_TERMINAL
 
 
-def _parse(ts: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
-
-
 def _age(obj: dict[str, Any]) -> float:
-    started = _parse((obj.get("status") or {}).get("startTime"))
+    started = parse_time((obj.get("status") or {}).get("startTime"))
     return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
 
 
@@ -128,7 +124,7 @@ class Patcher:
 
 
 def _terminal(obj: dict[str, Any], phase: BackupPhase) -> dict[str, Any]:
-    started = _parse((obj.get("status") or {}).get("startTime"))
+    started = parse_time((obj.get("status") or {}).get("startTime"))
     done = dt.datetime.now(dt.UTC)
     out: dict[str, Any] = {"phase": phase, "completionTime": now()}
     if started:

@@ -52,12 +52,13 @@ from vmguard.api import (
     LABEL_VM,
     SYNCED,
     BackupPhase,
+    format_time,
 )
 from vmguard.controller import access
 from vmguard.controller.conditions import get_condition, set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
-from vmguard.store import ArchiveManifest, Repository, TransferStats, names
+from vmguard.store import ArchiveManifest, Repository, TransferStats
 from vmguard.store.lineage import (
     BACKUP_UID_LABEL,
     ORIGIN_NAMESPACE,
@@ -287,8 +288,8 @@ def synced_status(
         "modeReason": manifest.mode_reason[:1024],
         "disks": disks,
         "totals": totals,
-        "startTime": names.format_time(manifest.started),
-        "completionTime": names.format_time(manifest.finished),
+        "startTime": format_time(manifest.started),
+        "completionTime": format_time(manifest.finished),
         "durationSeconds": max((manifest.finished - manifest.started).total_seconds(), 0.0),
         "conditions": conditions,
         "observedGeneration": 1,

@@ -11,9 +11,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from vmguard.api import format_time
+
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(dt.datetime.now(dt.UTC))
 
 
 def set_condition(

@@ -16,20 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BACKUP_TERMINAL, LABEL_RUN, LABEL_TRIGGER, LABEL_VM, BackupPhase, Trigger
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def format_time(at: dt.datetime) -> str:
-    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from vmguard.api import (
+    BACKUP_TERMINAL,
+    LABEL_RUN,
+    LABEL_TRIGGER,
+    LABEL_VM,
+    BackupPhase,
+    Trigger,
+    parse_time,
+)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from vmguard.api import (
     LABEL_POLICY,
     VERSION,
     BackupPhase,
+    parse_duration,
 )
 from vmguard.config import BackupSettings, ProxySettings, RepositorySettings, catalog_interval
 from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
@@ -187,9 +188,7 @@ async def _sweep_forever(
     while not stopped:
         snapshot = dict(body)  # the live body changes under us; sweep one consistent view
         try:
-            interval = vcenter.parse_duration(
-                snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS
-            )
+            interval = parse_duration(snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS)
         except Exception:
             interval = SWEEP_DEFAULT_SECONDS
         outcome = await vcenter.sweep(api, snapshot, interval)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmguard.api import BACKUP_TERMINAL
+from vmguard.api import BACKUP_TERMINAL, parse_time
 from vmguard.controller.backupsteps import consolidation_allowed
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.vsphere.matching import MatchResult
@@ -72,9 +72,7 @@ def snapshot_ages(records: list[VMRecord]) -> list[tuple[str, str, float]]:
     out = []
     for vm in records:
         for snap in vm.our_snapshots:
-            created = datetime.fromisoformat(snap.created) if snap.created else datetime.now(UTC)
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=UTC)
+            created = parse_time(snap.created) or datetime.now(UTC)
             out.append((vm.name, snap.name, created.timestamp()))
     return out
 

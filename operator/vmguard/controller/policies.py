@@ -32,13 +32,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import format_time, parse_duration
 from vmguard.controller.builders_policy import run_label
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import BackupHistory, format_time
+from vmguard.controller.history import BackupHistory
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.schedule import Schedule, parse
 from vmguard.controller.sweeps import SweepView
-from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import ConfigError, ScheduleError
 
 LISTED = 10  # VM names in a condition message

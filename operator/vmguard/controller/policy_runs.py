@@ -34,10 +34,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from vmguard.api import LABEL_POLICY, BackupPhase, Trigger
+from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.controller import policies
 from vmguard.controller.builders_policy import build_vmbackup, run_label
-from vmguard.controller.history import BackupHistory, parse_time
+from vmguard.controller.history import BackupHistory
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.retention import Announce, Retention
 from vmguard.controller.schedule import jitter_offset
@@ -185,7 +185,7 @@ class PolicyRunner:
             "vmprotectionpolicies",
             meta["namespace"],
             meta["name"],
-            {"lastScheduleTime": run.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            {"lastScheduleTime": format_time(run)},
         )
         self.pending = sorted([*self.pending, *todo], key=lambda p: p.start)
         if not todo and not skipped:

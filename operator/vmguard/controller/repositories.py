@@ -61,14 +61,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.api import format_time, parse_duration, parse_time
 from vmguard.controller import backupsteps
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.schedule import Schedule, parse
-from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import (
     AuthenticationError,
     BackendUnavailableError,

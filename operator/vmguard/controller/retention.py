@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vmguard.api import ANNOTATION_VM_NAME, LABEL_VM, BackupPhase
+from vmguard.api import ANNOTATION_VM_NAME, LABEL_VM, BackupPhase, format_time, parse_time
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
