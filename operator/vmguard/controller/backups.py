@@ -35,9 +35,19 @@ import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL, LABEL_VMBACKUP_UID, BackupPhase, parse_time
+from vmguard.api import (
+    BACKUP_ACTIVE,
+    BACKUP_TERMINAL,
+    LABEL_VMBACKUP_UID,
+    BackupDisk,
+    BackupPhase,
+    BackupStatus,
+    Failure,
+    VMIdentity,
+    parse_time,
+)
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
@@ -108,14 +118,18 @@ class Patcher:
             self.conditions, type_, ok, reason, message, self.generation
         )
 
-    async def patch(self, status: dict[str, Any]) -> None:
-        body = {**status, "conditions": self.conditions, "observedGeneration": self.generation}
+    async def patch(self, status: BackupStatus) -> None:
+        body: BackupStatus = {
+            **status,
+            "conditions": self.conditions,
+            "observedGeneration": self.generation,
+        }
         await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
         self.obj.setdefault("status", {}).update(status)
 
     async def fail(self, reason: str, message: str, *, snapshot_taken: bool) -> None:
         """Record the error; Finalizing removes the snapshot, else it is over now."""
-        error = {"reason": reason, "message": message[:4096], "retryable": False}
+        error: Failure = {"reason": reason, "message": message[:4096], "retryable": False}
         self.condition("Ready", False, reason, message)
         if snapshot_taken:
             await self.patch({"phase": BackupPhase.FINALIZING, "error": error})
@@ -123,10 +137,10 @@ class Patcher:
             await self.patch({"error": error, **_terminal(self.obj, BackupPhase.FAILED)})
 
 
-def _terminal(obj: dict[str, Any], phase: BackupPhase) -> dict[str, Any]:
+def _terminal(obj: dict[str, Any], phase: BackupPhase) -> BackupStatus:
     started = parse_time((obj.get("status") or {}).get("startTime"))
     done = dt.datetime.now(dt.UTC)
-    out: dict[str, Any] = {"phase": phase, "completionTime": now()}
+    out: BackupStatus = {"phase": phase, "completionTime": now()}
     if started:
         out["durationSeconds"] = round((done - started).total_seconds(), 1)
     return out
@@ -184,10 +198,10 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             await p.patch({})
             return WAIT_PEER
         p.condition("RefsResolved", True, "Resolved", f"VM {vm.name} is {vm.moref}")
-        ids = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
+        ids: VMIdentity = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
         await p.patch(
             {
-                "vm": {k: v for k, v in ids.items() if v},
+                "vm": cast(VMIdentity, {k: v for k, v in ids.items() if v}),
                 "vcenter": refs.vcenter_name,
                 "repository": refs.repository_name,
                 "placement": {"host": vm.host, "datastores": list(vm.datastores)},
@@ -278,7 +292,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     await ctx.hooks.backup_step("snapshotted")
     taken, decision = prepared.snapshot, prepared.decision
     live = {d.key: d for d in prepared.vm.disks}
-    disks = [
+    disks: list[BackupDisk] = [
         {
             "key": d.key,
             "label": d.label,
@@ -295,7 +309,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         p.condition("Quiesced", False, "CrashConsistentFallback", taken.fallback_reason)
     if prepared.hooks:
         p.condition("HooksRan", *steps.hooks_condition(prepared.hooks))
-    patch: dict[str, Any] = {
+    patch: BackupStatus = {
         "phase": BackupPhase.TRANSFERRING,
         "snapshot": {
             "moref": taken.moref,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -108,7 +108,7 @@ class KubeAPI:
         return await asyncio.to_thread(create)
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         def patch() -> None:
             try:

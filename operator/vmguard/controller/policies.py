@@ -30,9 +30,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from vmguard.api import format_time, parse_duration
+from vmguard.api import Condition, format_time, parse_duration
 from vmguard.controller.builders_policy import run_label
 from vmguard.controller.conditions import set_condition
 from vmguard.controller.history import BackupHistory
@@ -166,8 +166,8 @@ def conditions(
     clashes: list[tuple[str, str]],
     generation: int | None,
     next_run: dt.datetime | None,
-) -> list[dict[str, Any]]:
-    out = [dict(c) for c in previous or ()]
+) -> list[Condition]:
+    out = [cast(Condition, dict(c)) for c in previous or ()]
     if assessment.ready:
         when = f"next run at {format_time(next_run)}" if next_run else "no run in 50 years"
         message = ("paused: creates no backups; " if paused else "") + when

@@ -61,7 +61,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vmguard.api import format_time, parse_duration, parse_time
+from vmguard.api import Condition, format_time, parse_duration, parse_time
 from vmguard.controller import backupsteps
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
@@ -211,7 +211,7 @@ class RepositoryWatch:
         self.api, self.body, self.metrics = api, body, metrics
         self.announce, self.log, self.interval = announce, logger, interval
         status = body.get("status") or {}
-        self.conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        self.conditions: list[Condition] = list(status.get("conditions") or [])
         created = parse_time(body["metadata"].get("creationTimestamp")) or utcnow()
         self.cursors = {
             "gc": parse_time((status.get("lastGC") or {}).get("time")) or created,

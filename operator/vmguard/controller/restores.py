@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import RESTORE_TERMINAL, BackupPhase, RestorePhase
+from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, RestoreStatus
 from vmguard.config import ProxySettings
 from vmguard.controller import access, builders
 from vmguard.controller import restore_targets as targets
@@ -62,12 +62,12 @@ Announce = Callable[[str, str, bool], None]
 
 @dataclass
 class Step:
-    status: dict[str, Any] = field(default_factory=dict)
+    status: RestoreStatus = field(default_factory=RestoreStatus)
     delay: float | None = None
     """Seconds until the next step; None: the restore is over."""
 
 
-def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+def _conditions(obj: dict[str, Any]) -> list[Condition]:
     return list((obj.get("status") or {}).get("conditions") or [])
 
 
@@ -82,7 +82,7 @@ def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) ->
     if type_:
         conds = set_condition(conds, type_, False, reason, message)
     conds = set_condition(conds, "Ready", False, reason, message)
-    status = {
+    status: RestoreStatus = {
         "phase": RestorePhase.FAILED,
         "completionTime": now(),
         "error": {"reason": reason, "message": message[:4096], "retryable": False},
@@ -160,7 +160,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     conds = set_condition(
         _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
     )
-    recorded = {
+    recorded: RestoreStatus = {
         "archiveId": archive_id,
         "repository": repo_name,
         "startTime": status.get("startTime") or now(),
@@ -339,13 +339,13 @@ def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:
     return Step({"conditions": conds}, RETRY_SECONDS)
 
 
-def _announce(obj: dict[str, Any], status: dict[str, Any], announce: Announce) -> None:
+def _announce(obj: dict[str, Any], status: RestoreStatus, announce: Announce) -> None:
     before = (obj.get("status") or {}).get("phase")
     phase = status.get("phase")
     if phase == before or phase is None:
         return
     if phase == RestorePhase.FAILED:
-        error = status["error"]
-        announce(error["reason"], error["message"], True)
+        error = status.get("error") or {}
+        announce(error.get("reason", "Failed"), error.get("message", ""), True)
     elif phase in (RestorePhase.RESTORING, RestorePhase.COMPLETED):
         announce(phase, f"restore {phase.lower()}", False)

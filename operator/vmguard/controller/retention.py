@@ -38,7 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vmguard.api import ANNOTATION_VM_NAME, LABEL_VM, BackupPhase, format_time, parse_time
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    LABEL_VM,
+    BackupPhase,
+    Condition,
+    format_time,
+    parse_time,
+)
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
 from vmguard.controller.kubeapi import KubeAPI
@@ -231,7 +238,7 @@ class Retention:
 
     def condition(
         self, previous: Iterable[Mapping[str, Any]] | None, generation: int | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Condition]:
         if self.problem is not None:
             reason, message = self.problem
             return set_condition(previous, CONDITION, False, reason, message, generation)
