@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vmguard.metrics import Metrics, parse_time
+from vmguard.metrics import Metrics, epoch_seconds
 
 pytestmark = pytest.mark.unit
 
-T0 = parse_time("2026-03-01T12:00:00Z") or 0.0
+T0 = epoch_seconds("2026-03-01T12:00:00Z") or 0.0
 
 
 class Clock:
@@ -126,7 +126,7 @@ def test_finished_backups_feed_counters_and_the_vms_last_values() -> None:
     assert value(m, "vmguard_backup_duration_seconds_count", **policy) == 1
     assert value(m, "vmguard_backup_duration_seconds_bucket", **policy, le="120.0") == 1
     assert value(m, "vmguard_backup_duration_seconds_bucket", **policy, le="60.0") == 0
-    finished = parse_time("2026-03-01T12:10:00Z")
+    finished = epoch_seconds("2026-03-01T12:10:00Z")
     assert value(m, "vmguard_vm_last_successful_backup_timestamp_seconds", **VM) == finished
     assert value(m, "vmguard_vm_last_backup_change_ratio", **VM) == pytest.approx(0.1)
     assert value(m, "vmguard_vm_last_backup_compressibility", **VM) == 0.25
@@ -149,7 +149,7 @@ def test_backups_finished_before_the_process_started_are_not_counted_again() -> 
     policy = {"namespace": "prod", "vcenter": "vc1", "policy": "gold"}
     assert value(m, "vmguard_backups_total", **policy, outcome="Completed") is None
     # ...but the VM's last success is known all the same.
-    assert value(m, "vmguard_vm_last_successful_backup_timestamp_seconds", **VM) == parse_time(
+    assert value(m, "vmguard_vm_last_successful_backup_timestamp_seconds", **VM) == epoch_seconds(
         "2026-03-01T11:00:00Z"
     )
 

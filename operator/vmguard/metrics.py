@@ -34,7 +34,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,26 +45,22 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase, parse_time
+
 PREFIX = "vmguard_"
 VCENTER_LABELS = ("namespace", "vcenter")
 REPOSITORY_LABELS = ("namespace", "repository")
 POLICY_LABELS = ("namespace", "vcenter", "policy")
 VM_LABELS = ("namespace", "vcenter", "policy", "vm", "vm_uuid")
 SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
-TERMINAL = ("Completed", "Failed", "PartiallyFailed")
-SYNCED_LABEL = "vmguard.io/synced"  # controller/catalog.py's marker
 # Backups take seconds (a tiny incremental) to a day (a first full of a large VM).
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
-def parse_time(text: str | None) -> float | None:
-    """An RFC 3339 timestamp from a status (``2025-01-01T04:00:00Z``) → epoch seconds."""
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+def epoch_seconds(text: str | None) -> float | None:
+    """A time from a status (``2025-01-01T04:00:00Z``) → Unix seconds; None if unreadable."""
+    at = parse_time(text)
+    return at.timestamp() if at is not None else None
 
 
 @dataclass
@@ -112,7 +107,7 @@ class _ScrapeTimeCollector(Collector):
         )
         failed = family(
             "vm_last_backup_failed",
-            "1 when the VM's most recent finished backup Failed or PartiallyFailed.",
+            "1 when the VM's most recent finished backup Failed.",
             VM_LABELS,
         )
         change = family(
@@ -271,7 +266,7 @@ class Metrics:
         self.vms_protected_by_default.labels(*labels).set(vms.get("protectedByDefault", 0))
         self.vms_unprotected.labels(*labels).set(vms.get("unprotected", 0))
         self.vms_consolidation_needed.labels(*labels).set(vms.get("consolidationNeeded", 0))
-        swept = parse_time(status.get("lastSweepTime"))
+        swept = epoch_seconds(status.get("lastSweepTime"))
         self.vcenter_last_sweep.labels(*labels).set(swept if swept is not None else self.clock())
 
     def forget_vcenter(self, namespace: str, vcenter: str) -> None:
@@ -334,25 +329,25 @@ class Metrics:
     def observe_backup(self, backup: dict[str, Any]) -> None:
         """A VMBackup object (metadata, spec, status), typically on a phase change.
 
-        Only finished backups (Completed, Failed, PartiallyFailed) change anything.
+        Only finished backups (Completed, Failed) change anything.
         """
         meta, spec = backup.get("metadata") or {}, backup.get("spec") or {}
         status = backup.get("status") or {}
         outcome = status.get("phase")
-        if outcome not in TERMINAL:
+        if outcome not in BACKUP_TERMINAL:
             return
         namespace = str(meta.get("namespace") or "")
         vcenter = str(status.get("vcenter") or (spec.get("vcenterRef") or {}).get("name") or "")
         policy = str((spec.get("policyRef") or {}).get("name") or "")
         vm = status.get("vm") or spec.get("vm") or {}
-        finished = parse_time(status.get("completionTime")) or self.clock()
+        finished = epoch_seconds(status.get("completionTime")) or self.clock()
         totals = status.get("totals") or {}
 
         uid = str(meta.get("uid") or "")
         # A VMBackup recreated by catalog sync is an old backup under a new UID: counting
         # it would count a backup twice (or one this process never saw run); its time
         # still feeds the per-VM last-success gauges below.
-        synced = (meta.get("labels") or {}).get(SYNCED_LABEL) == "true"
+        synced = (meta.get("labels") or {}).get(LABEL_SYNCED) == SYNCED
         if uid and not synced and uid not in self._counted and finished >= self.started:
             self._counted.add(uid)
             labels = (namespace, vcenter, policy)
@@ -368,8 +363,8 @@ class Metrics:
             if state.last_finish is not None and finished < state.last_finish:
                 return  # an older backup observed late: the newer one stands
             state.last_finish = finished
-            state.last_failed = outcome != "Completed"
-            if outcome != "Completed":
+            state.last_failed = outcome != BackupPhase.COMPLETED
+            if outcome != BackupPhase.COMPLETED:
                 return
             state.last_success = finished
             capacity = int(totals.get("capacityBytes") or 0)

@@ -11,6 +11,7 @@ from typing import Any
 from tests.controller import objects
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards, sha256_file
 
+from vmguard.api import BACKUP_TERMINAL
 from vmguard.engine.restore import restore_disk
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
@@ -55,9 +56,7 @@ def create_backup(
 
 
 def wait_done(kube_api: Any, ns: str, name: str, timeout: float = 240.0) -> dict[str, Any]:
-    return objects.wait_phase(
-        kube_api, ns, "vmbackups", name, {"Completed", "Failed", "PartiallyFailed"}, timeout
-    )
+    return objects.wait_phase(kube_api, ns, "vmbackups", name, set(BACKUP_TERMINAL), timeout)
 
 
 def open_repo(bucket: dict[str, Any], key: str | None = None) -> Repository:

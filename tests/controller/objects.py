@@ -7,9 +7,10 @@ from typing import Any
 
 from kubernetes import client
 
+from vmguard.api import GROUP, VERSION
 from vmguard_lab.procs import eventually
 
-G, V = "vmguard.io", "v1alpha1"
+G, V = GROUP, VERSION
 
 
 def custom(kube_api: Any) -> client.CustomObjectsApi:

@@ -7,9 +7,8 @@ import re
 
 import pytest
 
+from vmguard.api import Trigger
 from vmguard.controller.builders_policy import (
-    FAILSAFE,
-    SCHEDULE,
     backup_name,
     build_vmbackup,
     run_label,
@@ -37,14 +36,14 @@ def policy(name: str = "gold", **spec: object) -> dict[str, object]:
 
 
 def test_names_are_deterministic_and_distinct() -> None:
-    a = backup_name("gold", VM.instance_uuid, WHEN, SCHEDULE)
-    assert a == backup_name("gold", VM.instance_uuid.lower(), WHEN, SCHEDULE)
+    a = backup_name("gold", VM.instance_uuid, WHEN, Trigger.SCHEDULE)
+    assert a == backup_name("gold", VM.instance_uuid.lower(), WHEN, Trigger.SCHEDULE)
     assert a.startswith("gold-") and a.endswith("-s202501070200")
     others = {
-        backup_name("gold", VM.instance_uuid, WHEN + dt.timedelta(minutes=1), SCHEDULE),
-        backup_name("gold", VM.instance_uuid, WHEN, FAILSAFE),
-        backup_name("gold", "5012abcd-1111-2222-3333-444455556667", WHEN, SCHEDULE),
-        backup_name("silver", VM.instance_uuid, WHEN, SCHEDULE),
+        backup_name("gold", VM.instance_uuid, WHEN + dt.timedelta(minutes=1), Trigger.SCHEDULE),
+        backup_name("gold", VM.instance_uuid, WHEN, Trigger.FAILSAFE),
+        backup_name("gold", "5012abcd-1111-2222-3333-444455556667", WHEN, Trigger.SCHEDULE),
+        backup_name("silver", VM.instance_uuid, WHEN, Trigger.SCHEDULE),
     }
     assert a not in others and len(others) == 4
 
@@ -53,8 +52,8 @@ def test_name_uses_utc_whatever_the_zone() -> None:
     from zoneinfo import ZoneInfo
 
     berlin = WHEN.astimezone(ZoneInfo("Europe/Berlin"))
-    assert backup_name("p", VM.instance_uuid, berlin, SCHEDULE) == backup_name(
-        "p", VM.instance_uuid, WHEN, SCHEDULE
+    assert backup_name("p", VM.instance_uuid, berlin, Trigger.SCHEDULE) == backup_name(
+        "p", VM.instance_uuid, WHEN, Trigger.SCHEDULE
     )
     assert run_label(berlin) == "20250107T0200Z"
 
@@ -62,7 +61,7 @@ def test_name_uses_utc_whatever_the_zone() -> None:
 @pytest.mark.parametrize("length", [1, 40, 41, 62, 63])
 def test_names_are_dns_labels_of_at_most_63(length: int) -> None:
     name = ("p" + "x" * 70)[:length]
-    got = backup_name(name, VM.instance_uuid, WHEN, FAILSAFE)
+    got = backup_name(name, VM.instance_uuid, WHEN, Trigger.FAILSAFE)
     assert len(got) <= 63
     assert re.match(DNS_LABEL, got)
 
@@ -70,16 +69,16 @@ def test_names_are_dns_labels_of_at_most_63(length: int) -> None:
 def test_long_policy_names_do_not_collide() -> None:
     a = "a" * 50 + "-one"
     b = "a" * 50 + "-two"
-    assert backup_name(a, VM.instance_uuid, WHEN, SCHEDULE) != backup_name(
-        b, VM.instance_uuid, WHEN, SCHEDULE
+    assert backup_name(a, VM.instance_uuid, WHEN, Trigger.SCHEDULE) != backup_name(
+        b, VM.instance_uuid, WHEN, Trigger.SCHEDULE
     )
 
 
 def test_vmbackup_object() -> None:
-    obj = build_vmbackup(policy(), VM, WHEN, SCHEDULE)
+    obj = build_vmbackup(policy(), VM, WHEN, Trigger.SCHEDULE)
     meta = obj["metadata"]
     assert obj["apiVersion"] == "vmguard.io/v1alpha1" and obj["kind"] == "VMBackup"
-    assert meta["name"] == backup_name("gold", VM.instance_uuid, WHEN, SCHEDULE)
+    assert meta["name"] == backup_name("gold", VM.instance_uuid, WHEN, Trigger.SCHEDULE)
     assert meta["namespace"] == "ns"
     assert meta["labels"] == {
         "vmguard.io/policy": "gold",
@@ -114,14 +113,14 @@ def test_vmbackup_object() -> None:
 
 
 def test_mode_full_and_failsafe_trigger() -> None:
-    obj = build_vmbackup(policy(mode={"type": "full"}), VM, WHEN, FAILSAFE)
+    obj = build_vmbackup(policy(mode={"type": "full"}), VM, WHEN, Trigger.FAILSAFE)
     assert obj["spec"]["mode"] == "full"
     assert obj["metadata"]["labels"]["vmguard.io/trigger"] == "failsafe"
     assert obj["metadata"]["name"].endswith("-f202501070200")
-    auto = build_vmbackup(policy(mode={"type": "auto", "fullEvery": 7}), VM, WHEN, SCHEDULE)
+    auto = build_vmbackup(policy(mode={"type": "auto", "fullEvery": 7}), VM, WHEN, Trigger.SCHEDULE)
     assert auto["spec"]["mode"] == "auto"
 
 
 def test_a_moref_the_crd_would_refuse_is_left_out() -> None:
     odd = VMRecord(moref="ha-vm-3", name="x", instance_uuid=VM.instance_uuid)
-    assert "moref" not in build_vmbackup(policy(), odd, WHEN, SCHEDULE)["spec"]["vm"]
+    assert "moref" not in build_vmbackup(policy(), odd, WHEN, Trigger.SCHEDULE)["spec"]["vm"]

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from vmguard.api import Trigger
 from vmguard.controller import failsafe, orphans, policies
 from vmguard.controller.backupsteps import consolidation_allowed
-from vmguard.controller.builders_policy import FAILSAFE, SCHEDULE, build_vmbackup
+from vmguard.controller.builders_policy import build_vmbackup
 from vmguard.controller.history import BackupHistory
 from vmguard.controller.policy_runs import plan_run
 from vmguard.controller.sweeps import SweepView
@@ -43,7 +44,7 @@ def backup(
     vm: VMRecord,
     phase: str | None,
     when: dt.datetime = T0,
-    trigger: str = SCHEDULE,
+    trigger: str = Trigger.SCHEDULE,
     created: dt.datetime | None = None,
     completed: dt.datetime | None = None,
     name: str = "gold",
@@ -155,7 +156,7 @@ def test_status_counts_the_last_run_and_rpo() -> None:
         backup(
             VMS[2], "Completed", when=T0 - dt.timedelta(days=3), completed=T0 - dt.timedelta(days=3)
         ),
-        backup(VMS[1], None, trigger=FAILSAFE),
+        backup(VMS[1], None, trigger=Trigger.FAILSAFE),
     ]
     history = BackupHistory.of_policy(objs, "gold")
     p = policy()
@@ -239,7 +240,7 @@ def test_failsafe_backs_off_after_failures() -> None:
 
     def failed(minutes_ago: float) -> dict[str, Any]:
         at = T0 - dt.timedelta(minutes=minutes_ago)
-        return backup(VMS[0], "Failed", when=at, trigger=FAILSAFE, created=at)
+        return backup(VMS[0], "Failed", when=at, trigger=Trigger.FAILSAFE, created=at)
 
     one = BackupHistory.of_policy([failed(0.25)], "gold")
     assert not failsafe.due(uuid, one, T0, 30)

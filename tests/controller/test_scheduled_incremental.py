@@ -15,6 +15,7 @@ from tests.controller import objects
 from tests.controller.backup_helpers import data_vm, no_snapshot_left
 from tests.controller.scrape import scrape, value
 
+from vmguard.api import BACKUP_TERMINAL
 from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
@@ -82,7 +83,7 @@ def test_second_scheduled_run_is_incremental(
         )  # fmt: skip
         eventually(
             lambda: all(
-                (b.get("status") or {}).get("phase") in ("Completed", "Failed", "PartiallyFailed")
+                (b.get("status") or {}).get("phase") in BACKUP_TERMINAL
                 for b in objects.items(
                     kube_api, namespace, "vmbackups", "vmguard.io/policy=every-minute"
                 )

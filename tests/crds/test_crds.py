@@ -21,7 +21,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from vmguard.crds import GROUP, KINDS, VERSION
+from vmguard.api import GROUP, VERSION
+from vmguard.crds import KINDS
 from vmguard.crds.render import rendered
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,12 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vmguard.api import GROUP, LABEL_POLICY, VERSION
 from vmguard_lab.lab import Lab
 from vmguard_lab.procs import eventually, free_port
 
 NAMESPACE = "vmguard-demo"
 BUCKET = "vmguard-demo"
-G, V = "vmguard.io", "v1alpha1"
+G, V = GROUP, VERSION
 T = TypeVar("T")
 
 
@@ -253,7 +254,7 @@ class Demo:
         gold = self.get("vmprotectionpolicies", "gold")
         mine = [
             b for b in self.items("vmbackups")
-            if b["metadata"]["labels"].get("vmguard.io/policy") == "gold"
+            if b["metadata"]["labels"].get(LABEL_POLICY) == "gold"
             and (b.get("status") or {}).get("phase") == "Completed"
         ]  # fmt: skip
         moref = mine[0]["status"]["vm"]["moref"]
@@ -424,7 +425,7 @@ class Demo:
                 if (
                     (st.get("vm") or {}).get("moref") == moref
                     and st.get("phase") == "Completed"
-                    and b["metadata"]["labels"].get("vmguard.io/policy") == "gold"
+                    and b["metadata"]["labels"].get(LABEL_POLICY) == "gold"
                     and taken
                 ):
                     done.append((_epoch(taken), b["metadata"]["name"]))

@@ -32,10 +32,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.controller.builders_policy import ANNOTATION_VM_NAME, LABEL_VCENTER, LABEL_VM
-from vmguard.controller.history import COMPLETED, format_time, parse_time
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    LABEL_VCENTER,
+    LABEL_VM,
+    BackupPhase,
+    format_time,
+    parse_duration,
+    parse_time,
+)
 from vmguard.controller.schedule import parse
-from vmguard.controller.vcenter import parse_duration
 from vmguard.controller.vmlist import read_vm_list
 from vmguard.errors import VmguardError
 
@@ -235,7 +241,7 @@ def histories(
             h.moref = str(ids.get("moref") or h.moref)
         if policy and (h.policy_at is None or (created and created >= h.policy_at)):
             h.policy, h.policy_at = policy, created
-        if status.get("phase") == COMPLETED:
+        if status.get("phase") == BackupPhase.COMPLETED:
             done = parse_time(status.get("completionTime")) or created
             if done and (h.last is None or done > h.last):
                 h.last, h.last_name = done, str(meta.get("name", ""))

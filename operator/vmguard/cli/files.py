@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vmguard.api import format_time
 from vmguard.cli.options import add_repository_options, open_repository_from
 from vmguard.store.crypto import KEY_ENV
 from vmguard.store.location import repository_url
@@ -163,7 +164,7 @@ def _long(s: Any, name: str) -> str:
     kind = {"file": "-", "dir": "d", "symlink": "l"}.get(s.kind, "?")
     mode = st.filemode(s.mode)[1:] if s.mode is not None else "?????????"
     owner = f"{s.uid}:{s.gid}" if s.uid is not None else "-"
-    when = datetime.fromtimestamp(s.mtime_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = format_time(datetime.fromtimestamp(s.mtime_ns / 1e9, UTC))
     return f"{kind}{mode} {owner:>11} {s.size:>12} {when} {name}"
 
 

@@ -75,8 +75,8 @@ def policy_cell(row: VMRow) -> str:
 
 def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: bool) -> str:
     """The rows, then the summary line, then notes."""
+    from vmguard.api import format_time
     from vmguard.cli.coverage import summary_line
-    from vmguard.controller.history import format_time
 
     head = ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
     if wide:
@@ -130,7 +130,8 @@ def read_objects(namespace: str | None) -> dict[str, list[dict[str, Any]]]:
     """Blocking: the three kinds, from one namespace or (``None``) every namespace."""
     from kubernetes import client
 
-    from vmguard.controller.kubeapi import GROUP, VERSION, load_config
+    from vmguard.api import GROUP, VERSION
+    from vmguard.controller.kubeapi import load_config
 
     try:
         load_config()

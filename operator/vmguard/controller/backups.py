@@ -1,4 +1,4 @@
-"""The VMBackup controller: one backup from Pending to Completed, Failed or PartiallyFailed.
+"""The VMBackup controller: one backup from Pending to Completed or Failed.
 
 :func:`reconcile` looks at the object as it is in the apiserver and takes the next step
 of its phase (docs/operator.md):
@@ -35,8 +35,19 @@ import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from vmguard.api import (
+    BACKUP_ACTIVE,
+    BACKUP_TERMINAL,
+    LABEL_VMBACKUP_UID,
+    BackupDisk,
+    BackupPhase,
+    BackupStatus,
+    Failure,
+    VMIdentity,
+    parse_time,
+)
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
@@ -81,15 +92,11 @@ def in_flight(status: Any, labels: Any = None) -> bool:
     has: it stands for an archive that exists, and its status comes from that archive."""
     if is_synced(labels):
         return False
-    return (status or {}).get("phase") not in steps.TERMINAL
-
-
-def _parse(ts: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+    return (status or {}).get("phase") not in BACKUP_TERMINAL
 
 
 def _age(obj: dict[str, Any]) -> float:
-    started = _parse((obj.get("status") or {}).get("startTime"))
+    started = parse_time((obj.get("status") or {}).get("startTime"))
     return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
 
 
@@ -111,25 +118,29 @@ class Patcher:
             self.conditions, type_, ok, reason, message, self.generation
         )
 
-    async def patch(self, status: dict[str, Any]) -> None:
-        body = {**status, "conditions": self.conditions, "observedGeneration": self.generation}
+    async def patch(self, status: BackupStatus) -> None:
+        body: BackupStatus = {
+            **status,
+            "conditions": self.conditions,
+            "observedGeneration": self.generation,
+        }
         await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
         self.obj.setdefault("status", {}).update(status)
 
     async def fail(self, reason: str, message: str, *, snapshot_taken: bool) -> None:
         """Record the error; Finalizing removes the snapshot, else it is over now."""
-        error = {"reason": reason, "message": message[:4096], "retryable": False}
+        error: Failure = {"reason": reason, "message": message[:4096], "retryable": False}
         self.condition("Ready", False, reason, message)
         if snapshot_taken:
-            await self.patch({"phase": "Finalizing", "error": error})
+            await self.patch({"phase": BackupPhase.FINALIZING, "error": error})
         else:
-            await self.patch({"error": error, **_terminal(self.obj, "Failed")})
+            await self.patch({"error": error, **_terminal(self.obj, BackupPhase.FAILED)})
 
 
-def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
-    started = _parse((obj.get("status") or {}).get("startTime"))
+def _terminal(obj: dict[str, Any], phase: BackupPhase) -> BackupStatus:
+    started = parse_time((obj.get("status") or {}).get("startTime"))
     done = dt.datetime.now(dt.UTC)
-    out: dict[str, Any] = {"phase": phase, "completionTime": now()}
+    out: BackupStatus = {"phase": phase, "completionTime": now()}
     if started:
         out["durationSeconds"] = round((done - started).total_seconds(), 1)
     return out
@@ -138,22 +149,22 @@ def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
 async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     """One step; seconds until the next, or None when the backup has ended."""
     status = obj.get("status") or {}
-    phase = status.get("phase") or "Pending"
+    phase = status.get("phase") or BackupPhase.PENDING
     p = Patcher(ctx, obj)
-    if phase in steps.TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
+    if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
-        await p.patch({"phase": "Pending", "startTime": now()})
-    if phase != "Finalizing" and _age(obj) > ctx.settings.deadline:
+        await p.patch({"phase": BackupPhase.PENDING, "startTime": now()})
+    if phase != BackupPhase.FINALIZING and _age(obj) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
-        await ctx.jobs.delete_jobs(p.ns, f"{builders.LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
-        await p.fail("DeadlineExceeded", message, snapshot_taken=phase != "Pending")
+        await ctx.jobs.delete_jobs(p.ns, f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
+        await p.fail("DeadlineExceeded", message, snapshot_taken=phase != BackupPhase.PENDING)
         return 0.0
     handler = {
-        "Pending": _pending,
-        "Snapshotting": _snapshotting,
-        "Transferring": _transferring,
-        "Finalizing": _finalizing,
+        BackupPhase.PENDING: _pending,
+        BackupPhase.SNAPSHOTTING: _snapshotting,
+        BackupPhase.TRANSFERRING: _transferring,
+        BackupPhase.FINALIZING: _finalizing,
     }[phase]
     return await handler(ctx, obj, p)
 
@@ -187,10 +198,10 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             await p.patch({})
             return WAIT_PEER
         p.condition("RefsResolved", True, "Resolved", f"VM {vm.name} is {vm.moref}")
-        ids = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
+        ids: VMIdentity = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
         await p.patch(
             {
-                "vm": {k: v for k, v in ids.items() if v},
+                "vm": cast(VMIdentity, {k: v for k, v in ids.items() if v}),
                 "vcenter": refs.vcenter_name,
                 "repository": refs.repository_name,
                 "placement": {"host": vm.host, "datastores": list(vm.datastores)},
@@ -200,7 +211,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         others = [
             steps.Placement.of(o)
             for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if (o.get("status") or {}).get("phase") in steps.ACTIVE
+            if (o.get("status") or {}).get("phase") in BACKUP_ACTIVE
             and o["metadata"]["uid"] != obj["metadata"]["uid"]
         ]
         blocked = steps.concurrency_blocker(
@@ -211,7 +222,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             await p.patch({})
             return WAIT_ADMISSION
         p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
-        await p.patch({"phase": "Snapshotting"})
+        await p.patch({"phase": BackupPhase.SNAPSHOTTING})
     return 0.0
 
 
@@ -281,7 +292,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     await ctx.hooks.backup_step("snapshotted")
     taken, decision = prepared.snapshot, prepared.decision
     live = {d.key: d for d in prepared.vm.disks}
-    disks = [
+    disks: list[BackupDisk] = [
         {
             "key": d.key,
             "label": d.label,
@@ -298,8 +309,8 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         p.condition("Quiesced", False, "CrashConsistentFallback", taken.fallback_reason)
     if prepared.hooks:
         p.condition("HooksRan", *steps.hooks_condition(prepared.hooks))
-    patch: dict[str, Any] = {
-        "phase": "Transferring",
+    patch: BackupStatus = {
+        "phase": BackupPhase.TRANSFERRING,
         "snapshot": {
             "moref": taken.moref,
             "name": taken.name,
@@ -369,7 +380,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         if st.succeeded:
             if status.get("archiveId"):
                 p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
-                await p.patch({"phase": "Finalizing"})
+                await p.patch({"phase": BackupPhase.FINALIZING})
             else:
                 await p.fail(
                     "ProxyReportedNothing",
@@ -379,7 +390,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             return 0.0
         reason, message, finished = st.reason, st.message, st.finished_at
     if status.get("archiveId"):  # committed, then died before exiting: the result stands
-        await p.patch({"phase": "Finalizing"})
+        await p.patch({"phase": BackupPhase.FINALIZING})
         return 0.0
     error = status.get("error") or {}
     why = error.get("reason") or "ProxyFailed"
@@ -406,7 +417,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     p.condition("Ready", False, why, text)
     await p.patch(
         {
-            "phase": "Finalizing",
+            "phase": BackupPhase.FINALIZING,
             "error": {"reason": why, "message": text[:4096], "retryable": False},
         }
     )
@@ -444,18 +455,18 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
     error = status.get("error")
     if status.get("archiveId") and not error:
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
-        await p.patch(_terminal(obj, "Completed"))
+        await p.patch(_terminal(obj, BackupPhase.COMPLETED))
     else:
         reason = (error or {}).get("reason", "Failed")
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
-        await p.patch(_terminal(obj, "Failed"))
+        await p.patch(_terminal(obj, BackupPhase.FAILED))
     return None
 
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
     meta, status = obj["metadata"], obj.get("status") or {}
-    await ctx.jobs.delete_jobs(meta["namespace"], f"{builders.LABEL_VMBACKUP_UID}={meta['uid']}")
+    await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
         return

@@ -30,11 +30,11 @@ from typing import Any
 
 from kubernetes import client
 
+from vmguard.api import parse_duration
 from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV, ca_bundle_file
 from vmguard.controller import builders
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import creation_parameters, spec_mismatches
-from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import ConfigError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import Backend
@@ -44,8 +44,6 @@ from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResul
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
 
-ACTIVE = ("Snapshotting", "Transferring", "Finalizing")
-TERMINAL = ("Completed", "Failed", "PartiallyFailed")
 DEFAULT_LIMITS = {"perDatastore": 2, "perHost": 4, "total": 8}
 
 

@@ -22,6 +22,16 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vmguard.api import (
+    API_VERSION,
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_POLICY,
+    LABEL_VM,
+    LABEL_VMBACKUP,
+    LABEL_VMBACKUP_UID,
+    LABEL_VMRESTORE,
+)
 from vmguard.config import ProxySettings
 from vmguard.proxy.contract import (
     KEY_FILE_ENV,
@@ -44,14 +54,6 @@ from vmguard.proxy.contract import (
     restore_args,
 )
 
-GROUP, VERSION = "vmguard.io", "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-LABEL_VMBACKUP = "vmguard.io/vmbackup"
-LABEL_VMBACKUP_UID = "vmguard.io/vmbackup-uid"
-LABEL_VM = "vmguard.io/vm"
-LABEL_POLICY = "vmguard.io/policy"
-LABEL_ATTEMPT = "vmguard.io/attempt"
 COMPONENT_BACKUP = "backup"
 
 SECRETS_DIR = "/var/run/secrets/vmguard"
@@ -350,7 +352,6 @@ def build_backup_job(
 
 # -- restore ----------------------------------------------------------------------------
 
-LABEL_VMRESTORE = "vmguard.io/vmrestore"
 COMPONENT_RESTORE = "restore"
 
 

@@ -30,16 +30,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from vmguard.controller.kubeapi import GROUP, VERSION
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    API_VERSION,
+    LABEL_POLICY,
+    LABEL_RUN,
+    LABEL_TRIGGER,
+    LABEL_VCENTER,
+    LABEL_VM,
+    Trigger,
+)
 from vmguard.vsphere.records import VMRecord
-
-LABEL_POLICY = "vmguard.io/policy"
-LABEL_VCENTER = "vmguard.io/vcenter"
-LABEL_VM = "vmguard.io/vm"
-LABEL_TRIGGER = "vmguard.io/trigger"
-LABEL_RUN = "vmguard.io/run"
-ANNOTATION_VM_NAME = "vmguard.io/vm-name"
-SCHEDULE, FAILSAFE = "schedule", "failsafe"
 
 MAX_NAME = 63
 _SUFFIX = len("-12345678-s202501070200")
@@ -65,7 +66,7 @@ def name_prefix(policy: str) -> str:
 
 def backup_name(policy: str, instance_uuid: str, when: dt.datetime, trigger: str) -> str:
     stamp = when.astimezone(dt.UTC).strftime("%Y%m%d%H%M")
-    letter = "f" if trigger == FAILSAFE else "s"
+    letter = "f" if trigger == Trigger.FAILSAFE else "s"
     return f"{name_prefix(policy)}-{vm_hash(instance_uuid)}-{letter}{stamp}"
 
 
@@ -84,7 +85,7 @@ def build_vmbackup(
     name = meta["name"]
     full = (spec.get("mode") or {}).get("type") == "full"
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "VMBackup",
         "metadata": {
             "name": backup_name(name, vm.instance_uuid, when, trigger),
@@ -99,7 +100,7 @@ def build_vmbackup(
             "annotations": {ANNOTATION_VM_NAME: vm.name},
             "ownerReferences": [
                 {
-                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "apiVersion": API_VERSION,
                     "kind": "VMProtectionPolicy",
                     "name": name,
                     "uid": meta["uid"],

@@ -40,17 +40,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.controller import access
-from vmguard.controller.builders_policy import (
+from vmguard.api import (
+    ANNOTATION_ARCHIVE_ID,
+    ANNOTATION_SYNCED_FROM,
     ANNOTATION_VM_NAME,
+    API_VERSION,
     LABEL_POLICY,
+    LABEL_REPOSITORY,
+    LABEL_SYNCED,
     LABEL_VCENTER,
     LABEL_VM,
+    SYNCED,
+    BackupPhase,
+    format_time,
 )
+from vmguard.controller import access
 from vmguard.controller.conditions import get_condition, set_condition
-from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
-from vmguard.store import ArchiveManifest, Repository, TransferStats, names
+from vmguard.store import ArchiveManifest, Repository, TransferStats
 from vmguard.store.lineage import (
     BACKUP_UID_LABEL,
     ORIGIN_NAMESPACE,
@@ -58,10 +66,6 @@ from vmguard.store.lineage import (
     ORIGIN_VMBACKUP,
 )
 
-LABEL_SYNCED = "vmguard.io/synced"
-LABEL_REPOSITORY = "vmguard.io/repository"
-ANNOTATION_ARCHIVE = "vmguard.io/archive-id"
-ANNOTATION_ORIGIN = "vmguard.io/synced-from"
 CONDITION = "ArchiveAvailable"
 PLURAL = "vmbackups"
 
@@ -75,7 +79,7 @@ log = logging.getLogger(__name__)
 
 
 def is_synced(labels: Mapping[str, str] | None) -> bool:
-    return (labels or {}).get(LABEL_SYNCED) == "true"
+    return (labels or {}).get(LABEL_SYNCED) == SYNCED
 
 
 # -- planning (pure) ----------------------------------------------------------------------
@@ -86,7 +90,7 @@ def archive_of(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     return str(
         (obj.get("status") or {}).get("archiveId")
-        or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE)
+        or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID)
         or ""
     )
 
@@ -137,7 +141,7 @@ def plan_catalog(
             if archive in present:
                 complete.append((name, archive))
             continue
-        if status.get("phase") != "Completed":
+        if status.get("phase") != BackupPhase.COMPLETED:
             continue
         flagged = get_condition(status.get("conditions"), CONDITION).get("status") == "False"
         if archive not in present and not flagged:
@@ -202,20 +206,20 @@ def build_synced_backup(
     if placement.vcenter is None:
         raise ValueError("a synced VMBackup needs a vCenter name")
     ids = _vm_ids(manifest) or {"name": manifest.archive_id}
-    labels = {LABEL_SYNCED: "true", LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
+    labels = {LABEL_SYNCED: SYNCED, LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
     if "instanceUuid" in ids:
         labels[LABEL_VM] = ids["instanceUuid"]
     recorded_policy = manifest.labels.get(ORIGIN_POLICY, "")
     if _DNS_LABEL.match(recorded_policy):
         labels[LABEL_POLICY] = recorded_policy
-    annotations = {ANNOTATION_ARCHIVE: manifest.archive_id}
+    annotations = {ANNOTATION_ARCHIVE_ID: manifest.archive_id}
     if manifest.vm.name:
         annotations[ANNOTATION_VM_NAME] = manifest.vm.name
     origin = "/".join(
         manifest.labels[k] for k in (ORIGIN_NAMESPACE, ORIGIN_VMBACKUP) if manifest.labels.get(k)
     )
     if origin:
-        annotations[ANNOTATION_ORIGIN] = origin[:512]
+        annotations[ANNOTATION_SYNCED_FROM] = origin[:512]
     spec: dict[str, Any] = {
         "vm": ids,
         "vcenterRef": {"name": placement.vcenter},
@@ -224,7 +228,7 @@ def build_synced_backup(
     if placement.policy:
         spec["policyRef"] = {"name": placement.policy}
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "VMBackup",
         "metadata": {
             "name": synced_name(manifest.vm.name, manifest.archive_id),
@@ -275,7 +279,7 @@ def synced_status(
     conditions = set_condition([], "Ready", True, "Completed", message, 1, at)
     conditions = set_condition(conditions, CONDITION, True, "Synced", message, 1, at)
     status: dict[str, Any] = {
-        "phase": "Completed",
+        "phase": BackupPhase.COMPLETED,
         "archiveId": manifest.archive_id,
         "vm": _vm_ids(manifest),
         "vcenter": vcenter,
@@ -284,8 +288,8 @@ def synced_status(
         "modeReason": manifest.mode_reason[:1024],
         "disks": disks,
         "totals": totals,
-        "startTime": names.format_time(manifest.started),
-        "completionTime": names.format_time(manifest.finished),
+        "startTime": format_time(manifest.started),
+        "completionTime": format_time(manifest.finished),
         "durationSeconds": max((manifest.finished - manifest.started).total_seconds(), 0.0),
         "conditions": conditions,
         "observedGeneration": 1,

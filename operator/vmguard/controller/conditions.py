@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
+
+from vmguard.api import Condition, ConditionStatus, format_time
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(dt.datetime.now(dt.UTC))
 
 
 def set_condition(
@@ -24,13 +26,14 @@ def set_condition(
     message: str,
     generation: int | None = None,
     at: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Return ``conditions`` with ``type_`` set (True/False/Unknown for None)."""
-    value = "Unknown" if status is None else ("True" if status else "False")
-    out = [dict(c) for c in conditions or () if c.get("type") != type_]
+    value: ConditionStatus = "Unknown" if status is None else ("True" if status else "False")
+    # Conditions read back from an object are trusted to have the CRD's shape.
+    out = [cast(Condition, dict(c)) for c in conditions or () if c.get("type") != type_]
     previous = next((c for c in conditions or () if c.get("type") == type_), None)
     changed = previous is None or previous.get("status") != value
-    cond: dict[str, Any] = {
+    cond: Condition = {
         "type": type_,
         "status": value,
         "reason": reason,

@@ -26,8 +26,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vmguard.api import Trigger
 from vmguard.controller import policies
-from vmguard.controller.builders_policy import FAILSAFE, build_vmbackup
+from vmguard.controller.builders_policy import build_vmbackup
 from vmguard.controller.history import BackupHistory
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.sweeps import SweepView
@@ -81,7 +82,7 @@ async def protect(
             continue
         history = BackupHistory.of_policy(backups, name)
         for vm in plan(vms, history, now, view.interval):
-            body = build_vmbackup(policy, vm, now, FAILSAFE)
+            body = build_vmbackup(policy, vm, now, Trigger.FAILSAFE)
             try:
                 if await api.create_object("vmbackups", namespace, body):
                     created.append(body["metadata"]["name"])

@@ -5,9 +5,8 @@ carry the ``vmguard.io/policy`` label; a person's ad-hoc backup under the policy
 too). Its VM is the ``vmguard.io/vm`` label or ``spec.vm.instanceUuid``, compared in
 lower case; an ad-hoc backup named only by VM name is not attributed to any VM.
 
-Phases: ``Completed`` is a success; ``Failed`` and ``PartiallyFailed`` are failures (a
-partial archive is not a restorable VM); anything else, including no phase yet, is in
-progress.
+Phases: ``Completed`` is a success; ``Failed`` is a failure; anything else, including no
+phase yet, is in progress.
 """
 
 from __future__ import annotations
@@ -17,23 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.controller.builders_policy import FAILSAFE, LABEL_RUN, LABEL_TRIGGER, LABEL_VM
-
-COMPLETED = "Completed"
-FAILED = frozenset({"Failed", "PartiallyFailed"})
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def format_time(at: dt.datetime) -> str:
-    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from vmguard.api import (
+    BACKUP_TERMINAL,
+    LABEL_RUN,
+    LABEL_TRIGGER,
+    LABEL_VM,
+    BackupPhase,
+    Trigger,
+    parse_time,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +39,7 @@ class BackupRecord:
 
     @property
     def in_progress(self) -> bool:
-        return self.phase != COMPLETED and self.phase not in FAILED
+        return self.phase not in BACKUP_TERMINAL
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> BackupRecord:
@@ -59,7 +50,7 @@ class BackupRecord:
         return cls(
             name=meta.get("name", ""),
             vm=vm.lower(),
-            phase=status.get("phase") or "Pending",
+            phase=status.get("phase") or BackupPhase.PENDING,
             trigger=labels.get(LABEL_TRIGGER, ""),
             run=labels.get(LABEL_RUN, ""),
             created=parse_time(meta.get("creationTimestamp")),
@@ -92,29 +83,29 @@ class BackupHistory:
         return self.by_vm.get(vm.lower(), [])
 
     def last_completed(self, vm: str) -> dt.datetime | None:
-        times = [r.completed or r.created for r in self.of(vm) if r.phase == COMPLETED]
+        times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
 
     def has_completed(self, vm: str) -> bool:
-        return any(r.phase == COMPLETED for r in self.of(vm))
+        return any(r.phase == BackupPhase.COMPLETED for r in self.of(vm))
 
     def in_progress(self, vm: str) -> list[BackupRecord]:
         return [r for r in self.of(vm) if r.in_progress]
 
     def failsafes(self, vm: str) -> list[BackupRecord]:
-        return [r for r in self.of(vm) if r.trigger == FAILSAFE]
+        return [r for r in self.of(vm) if r.trigger == Trigger.FAILSAFE]
 
     def last_success(self) -> dt.datetime | None:
-        times = [r.completed or r.created for r in self.records if r.phase == COMPLETED]
+        times = [r.completed or r.created for r in self.records if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
 
     def run_counts(self, run: str) -> dict[str, int]:
         """``lastRun`` counts for the scheduled run labelled ``run``."""
-        mine = [r for r in self.records if r.run == run and r.trigger != FAILSAFE]
+        mine = [r for r in self.records if r.run == run and r.trigger != Trigger.FAILSAFE]
         return {
             "backups": len(mine),
-            "completed": sum(1 for r in mine if r.phase == COMPLETED),
-            "failed": sum(1 for r in mine if r.phase in FAILED),
+            "completed": sum(1 for r in mine if r.phase == BackupPhase.COMPLETED),
+            "failed": sum(1 for r in mine if r.phase == BackupPhase.FAILED),
             "running": sum(1 for r in mine if r.in_progress),
         }
 

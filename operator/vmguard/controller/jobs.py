@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
+from vmguard.api import parse_time
 from vmguard.controller.kubeapi import read_or_none
 from vmguard.errors import RetryableError
 
@@ -39,7 +40,7 @@ def job_state(job: dict[str, Any]) -> JobState:
         if cond.get("status") != "True":
             continue
         when = cond.get("lastTransitionTime")
-        at = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00")) if when else None
+        at = parse_time(str(when)) if when else None
         if cond.get("type") == "Complete":
             return JobState(name, False, True, False, finished_at=at)
         if cond.get("type") == "Failed":

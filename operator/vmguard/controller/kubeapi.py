@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
 
+from vmguard.api import GROUP, VERSION
 from vmguard.errors import ConfigError, RetryableError
-
-GROUP, VERSION = "vmguard.io", "v1alpha1"
 
 
 def load_config() -> None:
@@ -109,7 +108,7 @@ class KubeAPI:
         return await asyncio.to_thread(create)
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         def patch() -> None:
             try:

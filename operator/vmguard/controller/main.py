@@ -14,12 +14,21 @@ from typing import Any
 
 import kopf
 
+from vmguard.api import (
+    ANNOTATION_PREFIX,
+    BACKUP_TERMINAL,
+    FINALIZER,
+    GROUP,
+    LABEL_POLICY,
+    VERSION,
+    BackupPhase,
+    parse_duration,
+)
 from vmguard.config import BackupSettings, ProxySettings, RepositorySettings, catalog_interval
 from vmguard.controller import backups, catalog, failsafe, orphans, peering, restores, vcenter
 from vmguard.controller.backupsteps import MissingRef
-from vmguard.controller.builders_policy import LABEL_POLICY
 from vmguard.controller.jobs import JobAPI
-from vmguard.controller.kubeapi import GROUP, VERSION, KubeAPI
+from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.policy_runs import PolicyRunner
 from vmguard.controller.repositories import RepositoryWatch
 from vmguard.controller.sweeps import LatestSweeps, SweepView
@@ -50,10 +59,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         BackupSettings.from_env(),
         hooks=getattr(memo, "hooks", NO_HOOKS),
     )
-    settings.persistence.finalizer = "vmguard.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vmguard.io")
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="vmguard.io", key="last-handled-configuration"
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
@@ -177,9 +188,7 @@ async def _sweep_forever(
     while not stopped:
         snapshot = dict(body)  # the live body changes under us; sweep one consistent view
         try:
-            interval = vcenter.parse_duration(
-                snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS
-            )
+            interval = parse_duration(snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS)
         except Exception:
             interval = SWEEP_DEFAULT_SECONDS
         outcome = await vcenter.sweep(api, snapshot, interval)
@@ -304,11 +313,11 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None
     it happens; backups that finished while no operator ran are not counted again. A
     completed one wakes its policy's scheduler, which applies retention (async: on the
     event loop, where that scheduler's asyncio.Event lives)."""
-    if new in backups.steps.TERMINAL and getattr(memo, "metrics", None) is not None:
+    if new in BACKUP_TERMINAL and getattr(memo, "metrics", None) is not None:
         memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
-    if new == "Completed" and policy and body.get("metadata", {}).get("namespace"):
+    if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
         # Its policy's retention runs now rather than at the scheduler's next pass.
         _policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
 

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmguard.controller.backupsteps import TERMINAL, consolidation_allowed
+from vmguard.api import BACKUP_TERMINAL, parse_time
+from vmguard.controller.backupsteps import consolidation_allowed
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.vsphere.matching import MatchResult
 from vmguard.vsphere.records import VMRecord
@@ -50,7 +51,9 @@ CBT_CYCLE_PREFIX = "cbt-"
 def finished_uids(vmbackups: list[dict[str, Any]]) -> set[str]:
     """UIDs of this namespace's VMBackups that will not touch their snapshot again."""
     return {
-        b["metadata"]["uid"] for b in vmbackups if (b.get("status") or {}).get("phase") in TERMINAL
+        b["metadata"]["uid"]
+        for b in vmbackups
+        if (b.get("status") or {}).get("phase") in BACKUP_TERMINAL
     }
 
 
@@ -69,9 +72,7 @@ def snapshot_ages(records: list[VMRecord]) -> list[tuple[str, str, float]]:
     out = []
     for vm in records:
         for snap in vm.our_snapshots:
-            created = datetime.fromisoformat(snap.created) if snap.created else datetime.now(UTC)
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=UTC)
+            created = parse_time(snap.created) or datetime.now(UTC)
             out.append((vm.name, snap.name, created.timestamp()))
     return out
 

@@ -30,15 +30,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from vmguard.api import Condition, format_time, parse_duration
 from vmguard.controller.builders_policy import run_label
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import BackupHistory, format_time
+from vmguard.controller.history import BackupHistory
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.schedule import Schedule, parse
 from vmguard.controller.sweeps import SweepView
-from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import ConfigError, ScheduleError
 
 LISTED = 10  # VM names in a condition message
@@ -166,8 +166,8 @@ def conditions(
     clashes: list[tuple[str, str]],
     generation: int | None,
     next_run: dt.datetime | None,
-) -> list[dict[str, Any]]:
-    out = [dict(c) for c in previous or ()]
+) -> list[Condition]:
+    out = [cast(Condition, dict(c)) for c in previous or ()]
     if assessment.ready:
         when = f"next run at {format_time(next_run)}" if next_run else "no run in 50 years"
         message = ("paused: creates no backups; " if paused else "") + when

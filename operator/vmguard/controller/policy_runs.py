@@ -34,9 +34,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.controller import policies
-from vmguard.controller.builders_policy import SCHEDULE, build_vmbackup, run_label
-from vmguard.controller.history import BackupHistory, parse_time
+from vmguard.controller.builders_policy import build_vmbackup, run_label
+from vmguard.controller.history import BackupHistory
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.retention import Announce, Retention
 from vmguard.controller.schedule import jitter_offset
@@ -75,7 +76,10 @@ def plan_run(
         waiting = [
             r
             for r in history.of(vm.instance_uuid)
-            if r.trigger == SCHEDULE and r.run and r.run < label and r.phase == "Pending"
+            if r.trigger == Trigger.SCHEDULE
+            and r.run
+            and r.run < label
+            and r.phase == BackupPhase.PENDING
         ]
         if waiting:
             skipped.append(vm)
@@ -154,7 +158,7 @@ class PolicyRunner:
             await self.start_run(policy, assessment.jitter, self.waiting_run, view)
             self.waiting_run = None
         await self.create_due(policy, now)
-        selector = f"vmguard.io/policy={meta['name']}"
+        selector = f"{LABEL_POLICY}={meta['name']}"
         backups = await self.api.list_objects("vmbackups", namespace, selector)
         pruned = await self.retention.apply(self.api, policy, backups, self.announce, now)
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
@@ -172,7 +176,7 @@ class PolicyRunner:
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
     ) -> None:
         meta = policy["metadata"]
-        selector = f"vmguard.io/policy={meta['name']}"
+        selector = f"{LABEL_POLICY}={meta['name']}"
         backups = await self.api.list_objects("vmbackups", meta["namespace"], selector)
         history = BackupHistory.of_policy(backups, meta["name"])
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
@@ -181,7 +185,7 @@ class PolicyRunner:
             "vmprotectionpolicies",
             meta["namespace"],
             meta["name"],
-            {"lastScheduleTime": run.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            {"lastScheduleTime": format_time(run)},
         )
         self.pending = sorted([*self.pending, *todo], key=lambda p: p.start)
         if not todo and not skipped:
@@ -201,7 +205,7 @@ class PolicyRunner:
         created = existed = 0
         keep = [p for p in self.pending if p.start > now]
         for item in due:
-            body = build_vmbackup(policy, item.vm, item.run, SCHEDULE)
+            body = build_vmbackup(policy, item.vm, item.run, Trigger.SCHEDULE)
             try:
                 if await self.api.create_object("vmbackups", meta["namespace"], body):
                     created += 1

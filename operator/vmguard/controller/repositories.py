@@ -61,14 +61,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmguard.api import Condition, format_time, parse_duration, parse_time
 from vmguard.controller import backupsteps
 from vmguard.controller.access import open_repository
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.schedule import Schedule, parse
-from vmguard.controller.vcenter import parse_duration
 from vmguard.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -212,7 +211,7 @@ class RepositoryWatch:
         self.api, self.body, self.metrics = api, body, metrics
         self.announce, self.log, self.interval = announce, logger, interval
         status = body.get("status") or {}
-        self.conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        self.conditions: list[Condition] = list(status.get("conditions") or [])
         created = parse_time(body["metadata"].get("creationTimestamp")) or utcnow()
         self.cursors = {
             "gc": parse_time((status.get("lastGC") or {}).get("time")) or created,

@@ -19,6 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import RestoredDisk, RestoreResult, VMIdentity
 from vmguard.errors import ConfigError, PermanentError, RestoreRejected
 from vmguard.store import ArchiveManifest
 from vmguard.vsphere import adoption
@@ -37,17 +38,17 @@ def disk_marker(uid: str, source_key: int) -> str:
 
 @dataclass
 class Prepared:
-    vm: dict[str, str] = field(default_factory=dict)
+    vm: VMIdentity = field(default_factory=VMIdentity)
     """``{moref, name}`` of the VM restored into or created ({} for files)."""
-    disks: list[dict[str, Any]] = field(default_factory=list)
+    disks: list[RestoredDisk] = field(default_factory=list)
     """Per disk to write: ``{sourceKey, vm, key, backing, label}``."""
     power_on_after: bool = False
     power_off: list[str] = field(default_factory=list)
     """VMs to power off before the Job writes to their disks."""
     location: str = ""
 
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def result(self) -> RestoreResult:
+        out: RestoreResult = {}
         if self.vm:
             out["vm"] = self.vm
         if self.disks:
@@ -184,7 +185,7 @@ def prepare_disks(
                 power_on_after = adoption.power_state(session, moref) == "poweredOn"
             out.power_on_after = power_on_after
             out.power_off.append(moref)
-            disk = {"key": source, "backing": live[source].backing_file}
+            key, backing = source, live[source].backing_file
         else:
             attach = item["attachTo"]
             ident = attach["vm"]
@@ -212,8 +213,10 @@ def prepare_disks(
                     )
                 except (ConfigError, PermanentError) as exc:
                     raise RestoreRejected("InvalidTarget", str(exc)) from None
-            disk = {"key": made.key, "backing": made.file_name}
-        out.disks.append({"sourceKey": source, "vm": moref, "label": label, **disk})
+            key, backing = made.key, made.file_name
+        out.disks.append(
+            {"sourceKey": source, "vm": moref, "label": label, "key": key, "backing": backing}
+        )
         out.vm = out.vm or {"moref": moref}
     return out
 

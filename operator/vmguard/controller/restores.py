@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, RestoreStatus
 from vmguard.config import ProxySettings
 from vmguard.controller import access, builders
 from vmguard.controller import restore_targets as targets
@@ -54,7 +55,6 @@ PLURAL = "vmrestores"
 WAIT_SOURCE_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 POLL_JOB_SECONDS = 2.0
-TERMINAL = ("Completed", "Failed")
 
 Announce = Callable[[str, str, bool], None]
 """(reason, message, is_warning): an event on the VMRestore."""
@@ -62,19 +62,19 @@ Announce = Callable[[str, str, bool], None]
 
 @dataclass
 class Step:
-    status: dict[str, Any] = field(default_factory=dict)
+    status: RestoreStatus = field(default_factory=RestoreStatus)
     delay: float | None = None
     """Seconds until the next step; None: the restore is over."""
 
 
-def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+def _conditions(obj: dict[str, Any]) -> list[Condition]:
     return list((obj.get("status") or {}).get("conditions") or [])
 
 
 def _waiting(obj: dict[str, Any], type_: str, reason: str, message: str, delay: float) -> Step:
     conds = set_condition(_conditions(obj), type_, False, reason, message)
     conds = set_condition(conds, "Ready", False, reason, message)
-    return Step({"phase": "Pending", "conditions": conds}, delay)
+    return Step({"phase": RestorePhase.PENDING, "conditions": conds}, delay)
 
 
 def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) -> Step:
@@ -82,8 +82,8 @@ def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) ->
     if type_:
         conds = set_condition(conds, type_, False, reason, message)
     conds = set_condition(conds, "Ready", False, reason, message)
-    status = {
-        "phase": "Failed",
+    status: RestoreStatus = {
+        "phase": RestorePhase.FAILED,
         "completionTime": now(),
         "error": {"reason": reason, "message": message[:4096], "retryable": False},
         "conditions": conds,
@@ -109,12 +109,12 @@ def _refs(backup: dict[str, Any], policy: dict[str, Any] | None) -> tuple[str, s
 
 
 async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
-    phase = (obj.get("status") or {}).get("phase") or "Pending"
-    if phase in TERMINAL:
+    phase = (obj.get("status") or {}).get("phase") or RestorePhase.PENDING
+    if phase in RESTORE_TERMINAL:
         return Step()
-    if phase == "Pending":
+    if phase == RestorePhase.PENDING:
         return await _start(api, settings, obj)
-    if phase == "Restoring":
+    if phase == RestorePhase.RESTORING:
         return await _watch(api, settings, obj)
     return await _finalize(api, obj)
 
@@ -128,12 +128,13 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         msg = f"VMBackup {source} does not exist"
         return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
     bstatus = backup.get("status") or {}
-    if bstatus.get("phase") in ("Failed", "PartiallyFailed"):
+    if bstatus.get("phase") == BackupPhase.FAILED:
         msg = f"VMBackup {source} is {bstatus['phase']}: there is nothing to restore"
         return failed(obj, "SourceReady", "SourceFailed", msg)
     archive_id = bstatus.get("archiveId")
-    if bstatus.get("phase") != "Completed" or not archive_id:
-        msg = f"VMBackup {source} is {bstatus.get('phase') or 'Pending'}, not Completed"
+    if bstatus.get("phase") != BackupPhase.COMPLETED or not archive_id:
+        phase = bstatus.get("phase") or BackupPhase.PENDING
+        msg = f"VMBackup {source} is {phase}, not Completed"
         return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
     policy_ref = ((backup.get("spec") or {}).get("policyRef") or {}).get("name")
     policy = await api.get_object("vmprotectionpolicies", ns, policy_ref) if policy_ref else None
@@ -159,7 +160,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     conds = set_condition(
         _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
     )
-    recorded = {
+    recorded: RestoreStatus = {
         "archiveId": archive_id,
         "repository": repo_name,
         "startTime": status.get("startTime") or now(),
@@ -191,7 +192,9 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     await jobs.create_job(job)
     conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
     conds = set_condition(conds, "Ready", False, "Restoring", f"Job {job['metadata']['name']}")
-    recorded.update({"phase": "Restoring", "jobName": job["metadata"]["name"], "conditions": conds})
+    recorded.update(
+        {"phase": RestorePhase.RESTORING, "jobName": job["metadata"]["name"], "conditions": conds}
+    )
     return Step(recorded, POLL_JOB_SECONDS)
 
 
@@ -243,12 +246,12 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         # Gone before we saw it end (TTL, deleted by hand): run it again; writing the
         # same bytes to the same prepared target twice is harmless.
         log.warning("restore Job %s/%s vanished; starting it again", ns, job_name)
-        return Step({"phase": "Pending"}, 0.0)
+        return Step({"phase": RestorePhase.PENDING}, 0.0)
     state = job_state(job)
     message = state.message or state.reason
     if state.succeeded:
         conds = set_condition(_conditions(obj), "Ready", False, "Finalizing", "data written")
-        return Step({"phase": "Finalizing", "conditions": conds}, 0.0)
+        return Step({"phase": RestorePhase.FINALIZING, "conditions": conds}, 0.0)
     if state.failed:
         error = status.get("error") or {}
         reason = error.get("reason") or "ProxyFailed"
@@ -294,7 +297,9 @@ async def _finalize(api: KubeAPI, obj: dict[str, Any]) -> Step:
         endpoint = await _vcenter_endpoint(api, obj)
         await asyncio.to_thread(_power, endpoint, [moref], True)
     conds = set_condition(_conditions(obj), "Ready", True, "Completed", "restore completed")
-    return Step({"phase": "Completed", "completionTime": now(), "conditions": conds}, None)
+    return Step(
+        {"phase": RestorePhase.COMPLETED, "completionTime": now(), "conditions": conds}, None
+    )
 
 
 async def drive(
@@ -334,13 +339,13 @@ def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:
     return Step({"conditions": conds}, RETRY_SECONDS)
 
 
-def _announce(obj: dict[str, Any], status: dict[str, Any], announce: Announce) -> None:
+def _announce(obj: dict[str, Any], status: RestoreStatus, announce: Announce) -> None:
     before = (obj.get("status") or {}).get("phase")
     phase = status.get("phase")
     if phase == before or phase is None:
         return
-    if phase == "Failed":
-        error = status["error"]
-        announce(error["reason"], error["message"], True)
-    elif phase in ("Restoring", "Completed"):
+    if phase == RestorePhase.FAILED:
+        error = status.get("error") or {}
+        announce(error.get("reason", "Failed"), error.get("message", ""), True)
+    elif phase in (RestorePhase.RESTORING, RestorePhase.COMPLETED):
         announce(phase, f"restore {phase.lower()}", False)

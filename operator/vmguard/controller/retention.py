@@ -38,10 +38,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    LABEL_VM,
+    BackupPhase,
+    Condition,
+    format_time,
+    parse_time,
+)
 from vmguard.controller.access import open_repository
-from vmguard.controller.builders_policy import ANNOTATION_VM_NAME, LABEL_VM
 from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import COMPLETED, format_time, parse_time
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
@@ -94,7 +100,7 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
     pmeta, pspec = policy["metadata"], policy.get("spec") or {}
     if (spec.get("policyRef") or {}).get("name") != pmeta["name"]:
         return None
-    if status.get("phase") != COMPLETED or not status.get("archiveId"):
+    if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
         return None
     vm = (meta.get("labels") or {}).get(LABEL_VM) or (spec.get("vm") or {}).get("instanceUuid")
     when = (
@@ -232,7 +238,7 @@ class Retention:
 
     def condition(
         self, previous: Iterable[Mapping[str, Any]] | None, generation: int | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Condition]:
         if self.problem is not None:
             reason, message = self.problem
             return set_condition(previous, CONDITION, False, reason, message, generation)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import format_time
 from vmguard.config import ca_bundle_file
 from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.kubeapi import KubeAPI
@@ -239,23 +240,4 @@ def _listing(vms: list[VMRecord], what: str) -> str:
 
 
 def _in(seconds: float) -> str:
-    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_duration(text: str | None, default: float) -> float:
-    """``90s``, ``5m``, ``1h30m``, ``2h`` → seconds (the CRD validates the shape)."""
-    if not text:
-        return default
-    total, number = 0.0, ""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in units and number:
-            total += float(number) * units[ch]
-            number = ""
-        else:
-            raise ConfigError(f"invalid duration {text!r}")
-    if number:
-        raise ConfigError(f"invalid duration {text!r}: a unit (s, m, h, d) is missing")
-    return total
+    return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds))

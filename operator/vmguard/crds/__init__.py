@@ -1,10 +1,11 @@
 """vmguard's CustomResourceDefinitions, written once as Python data.
 
-This package is the single source of truth for the five kinds of API group
-``vmguard.io/v1alpha1``; ``crds/*.yaml`` in the repository are generated from it by
-``python -m vmguard.crds`` (or ``vmguard crds --write crds``) and a unit test fails
-when the two differ. Depends on the standard library only (PyYAML for rendering), so
-any layer of vmguard may import the group, version and kind names from here.
+This package is the single source of truth for the schemas of the five kinds of
+``vmguard.io/v1alpha1`` (their group, version and phases are :mod:`vmguard.api`'s);
+``crds/*.yaml`` in the repository are generated from it by ``python -m vmguard.crds``
+(or ``vmguard crds --write crds``) and a unit test fails when the two differ. Depends
+on the standard library and :mod:`vmguard.api` only (PyYAML for rendering), so any
+layer of vmguard above the API may import the kinds from here.
 
 - :mod:`.schema` — builders for OpenAPI schemas and CEL rules;
 - :mod:`.fields` — field types shared by the kinds (refs, durations, cron, globs);
@@ -15,7 +16,7 @@ any layer of vmguard may import the group, version and kind names from here.
 from __future__ import annotations
 
 from vmguard.crds import backup, policy, repository, restore, vcenter
-from vmguard.crds.definition import CATEGORY, GROUP, VERSION, Kind
+from vmguard.crds.definition import Kind
 
 KINDS: tuple[Kind, ...] = (
     vcenter.KIND,
@@ -26,4 +27,4 @@ KINDS: tuple[Kind, ...] = (
 )
 """The kinds in dependency order: a kind only references kinds listed before it."""
 
-__all__ = ["CATEGORY", "GROUP", "KINDS", "VERSION", "Kind"]
+__all__ = ["KINDS", "Kind"]

@@ -8,12 +8,15 @@ was used and why, per-disk bytes, snapshot, Job, archive id — is in status, so
 ``kubectl get vmbackups -w`` shows a backup move, and the catalog sync can rebuild the
 object from the archive in the bucket.
 
-Phases: Pending → Snapshotting → Transferring → Finalizing → Completed | Failed |
-PartiallyFailed (some disks saved, not all: the archive is kept but marked so).
+Phases (:class:`vmguard.api.BackupPhase`, from which the enum is generated): Pending →
+Snapshotting → Transferring → Finalizing → Completed | Failed. An archive holds every
+disk of the VM or is not committed, so there is no partial outcome
+(docs/resource-model.md).
 """
 
 from __future__ import annotations
 
+from vmguard.api import BackupPhase
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column
 from vmguard.crds.schema import (
@@ -29,15 +32,7 @@ from vmguard.crds.schema import (
     timestamp,
 )
 
-PHASES = [
-    "Pending",
-    "Snapshotting",
-    "Transferring",
-    "Finalizing",
-    "Completed",
-    "Failed",
-    "PartiallyFailed",
-]
+PHASES = [phase.value for phase in BackupPhase]
 MODES_USED = ["full", "incremental", "fullScan"]
 MAX_DISKS = 256  # vSphere 8 allows up to 256 virtual disks per VM
 
@@ -106,7 +101,6 @@ disk = obj(
         ),
         "chunksNew": integer("Chunks the repository did not have.", minimum=0, int64=True),
         "chunksReused": integer("Chunks already in the repository.", minimum=0, int64=True),
-        "error": string("Why this disk failed (PartiallyFailed).", max_length=4096),
     },
     required=["key"],
 )
@@ -182,7 +176,7 @@ status = obj(
             max_length=128,
         ),
         "startTime": timestamp("When the operator started working on the backup."),
-        "completionTime": timestamp("When it reached Completed, Failed or PartiallyFailed."),
+        "completionTime": timestamp("When it reached Completed or Failed."),
         "durationSeconds": number("completionTime - startTime.", minimum=0),
         "error": f.failure(),
     },

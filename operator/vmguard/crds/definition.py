@@ -2,8 +2,8 @@
 
 :class:`Kind` holds what differs between the five kinds (names, schemas, printer
 columns); :meth:`Kind.crd` adds what is the same for all of them, so the conventions
-are written once: group ``vmguard.io``, version ``v1alpha1`` served and stored,
-namespaced, the ``vmguard`` category, a status subresource, an ``Age`` column last.
+are written once: the group and version of :mod:`vmguard.api` (served and stored),
+namespaced, its category, a status subresource, an ``Age`` column last.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmguard.api import CATEGORY, GROUP, VERSION
 from vmguard.crds.schema import Schema, obj, rule, string
-
-GROUP = "vmguard.io"
-VERSION = "v1alpha1"
-CATEGORY = "vmguard"
 
 
 def column(

@@ -8,6 +8,7 @@ restore that already wrote half a disk cannot be redirected.
 
 from __future__ import annotations
 
+from vmguard.api import RestorePhase
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column
 from vmguard.crds.schema import (
@@ -24,7 +25,7 @@ from vmguard.crds.schema import (
     timestamp,
 )
 
-PHASES = ["Pending", "Restoring", "Finalizing", "Completed", "Failed"]
+PHASES = [phase.value for phase in RestorePhase]
 
 _confirm = boolean("Must be true: this overwrites data on the VM.")
 _confirm_rule = rule("self.confirm == true", "set confirm: true to overwrite the VM's disks")

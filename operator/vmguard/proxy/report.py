@@ -19,8 +19,9 @@ from typing import Any
 
 from kubernetes import client, config
 
+from vmguard.api import GROUP, VERSION, format_time
+
 log = logging.getLogger(__name__)
-GROUP, VERSION = "vmguard.io", "v1alpha1"
 
 
 def kube_client() -> client.ApiClient:
@@ -33,7 +34,7 @@ def kube_client() -> client.ApiClient:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(dt.datetime.now(dt.UTC))
 
 
 class StatusReporter:

@@ -33,7 +33,10 @@ ORIGIN_NAMESPACE = "vmguard.io/namespace"
 ORIGIN_VMBACKUP = "vmguard.io/vmbackup"
 ORIGIN_POLICY = "vmguard.io/policy"
 """Manifest labels naming the VMBackup (namespace, name) and policy that made the archive;
-catalog sync reads them back when it rebuilds VMBackup objects from the bucket."""
+catalog sync reads them back when it rebuilds VMBackup objects from the bucket. They are
+the repository format's (docs/repository-format.md), not the Kubernetes API's: spelled
+like :mod:`vmguard.api`'s label keys but defined here, because archives outlive any
+version of the API and these keys must not change when it does."""
 
 SCAN_LIMIT = 64
 """Newest archives of a VM searched for a backup's UID: a retry comes soon after."""

@@ -164,7 +164,11 @@ def collection_leases_name(collection_id: str) -> str:
 
 
 def format_time(when: datetime) -> str:
-    """RFC 3339 UTC with seconds, as used in every JSON object of the format."""
+    """RFC 3339 UTC with seconds, as used in every JSON object of the format.
+
+    The format document fixes this rule for the repository on its own: it looks like
+    the Kubernetes API's times (:mod:`vmguard.api.times`) but must not follow them.
+    """
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

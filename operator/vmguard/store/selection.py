@@ -15,8 +15,9 @@ Invariants:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
+from vmguard.api import parse_time
 from vmguard.errors import ConfigError, RepositoryError
 from vmguard.store import names
 from vmguard.store.archive import ArchiveManifest
@@ -29,11 +30,10 @@ def parse_when(text: str) -> datetime | None:
     """None for ``latest``, else an aware UTC datetime; ConfigError if unreadable."""
     if text in ("", LATEST):
         return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"not an ISO 8601 time or 'latest': {text!r}") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    when = parse_time(text)
+    if when is None:
+        raise ConfigError(f"not an ISO 8601 time or 'latest': {text!r}")
+    return when
 
 
 def select_archive(repo: Repository, spec: str) -> ArchiveManifest:

@@ -30,6 +30,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from vmguard.api import parse_time
 from vmguard.errors import PermanentError, RetryableError
 from vmguard.vsphere.inventory import find_vm, moid, vm_record
 from vmguard.vsphere.records import (
@@ -348,9 +349,7 @@ def sweep_orphans(
     for vm in records:
         touched = False
         for snap in vm.our_snapshots:
-            created = datetime.fromisoformat(snap.created) if snap.created else now
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=UTC)
+            created = parse_time(snap.created) or now
             if now - created < grace:
                 continue
             if not backup_running(snap.backup_uid):

@@ -1,0 +1,113 @@
+"""vmguard's Kubernetes API vocabulary (``vmguard.io/v1alpha1``), each word defined once.
+
+Everything that names or shapes vmguard's custom objects and the objects it creates
+lives here, and everything else imports it from here:
+
+- :mod:`.names` — group, version, label and annotation keys, the finalizer, trigger
+  values;
+- :mod:`.phases` — the phases of VMBackup and VMRestore as ``StrEnum``s (the CRDs'
+  enums are generated from them) and which phases are active or terminal;
+- :mod:`.status` — ``TypedDict`` views of the statuses the controllers write;
+- :mod:`.times` — the one formatter and parser of API times, and of spec durations.
+
+The package is the bottom of vmguard's layers (pyproject.toml's import-linter
+contracts): it imports the standard library and :mod:`vmguard.errors`, nothing else,
+so the CRD definitions, the store, the proxy, the controller and the CLI may all use
+it. It is checked with ``mypy --strict``.
+"""
+
+from __future__ import annotations
+
+from vmguard.api.names import (
+    ANNOTATION_ARCHIVE_ID,
+    ANNOTATION_PREFIX,
+    ANNOTATION_SYNCED_FROM,
+    ANNOTATION_VM_NAME,
+    API_VERSION,
+    CATEGORY,
+    FINALIZER,
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_POLICY,
+    LABEL_REPOSITORY,
+    LABEL_RUN,
+    LABEL_SYNCED,
+    LABEL_TRIGGER,
+    LABEL_VCENTER,
+    LABEL_VM,
+    LABEL_VMBACKUP,
+    LABEL_VMBACKUP_UID,
+    LABEL_VMRESTORE,
+    SYNCED,
+    VERSION,
+    Trigger,
+)
+from vmguard.api.phases import (
+    BACKUP_ACTIVE,
+    BACKUP_TERMINAL,
+    RESTORE_TERMINAL,
+    BackupPhase,
+    RestorePhase,
+)
+from vmguard.api.status import (
+    BackupDisk,
+    BackupPlacement,
+    BackupSnapshot,
+    BackupStatus,
+    BackupTotals,
+    Condition,
+    ConditionStatus,
+    Failure,
+    Progress,
+    RestoredDisk,
+    RestoreResult,
+    RestoreStatus,
+    VMIdentity,
+)
+from vmguard.api.times import format_time, parse_duration, parse_time
+
+__all__ = [
+    "ANNOTATION_ARCHIVE_ID",
+    "ANNOTATION_PREFIX",
+    "ANNOTATION_SYNCED_FROM",
+    "ANNOTATION_VM_NAME",
+    "API_VERSION",
+    "BACKUP_ACTIVE",
+    "BACKUP_TERMINAL",
+    "CATEGORY",
+    "FINALIZER",
+    "GROUP",
+    "LABEL_ATTEMPT",
+    "LABEL_POLICY",
+    "LABEL_REPOSITORY",
+    "LABEL_RUN",
+    "LABEL_SYNCED",
+    "LABEL_TRIGGER",
+    "LABEL_VCENTER",
+    "LABEL_VM",
+    "LABEL_VMBACKUP",
+    "LABEL_VMBACKUP_UID",
+    "LABEL_VMRESTORE",
+    "RESTORE_TERMINAL",
+    "SYNCED",
+    "VERSION",
+    "BackupDisk",
+    "BackupPhase",
+    "BackupPlacement",
+    "BackupSnapshot",
+    "BackupStatus",
+    "BackupTotals",
+    "Condition",
+    "ConditionStatus",
+    "Failure",
+    "Progress",
+    "RestorePhase",
+    "RestoreResult",
+    "RestoreStatus",
+    "RestoredDisk",
+    "Trigger",
+    "VMIdentity",
+    "format_time",
+    "parse_duration",
+    "parse_time",
+]

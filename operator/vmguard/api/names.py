@@ -1,0 +1,70 @@
+"""The names of vmguard's Kubernetes API: group, version, labels, annotations, finalizer.
+
+Every key vmguard writes on a Kubernetes object lives under the API group
+(``vmguard.io/...``) and is spelled here once; the controllers, the Job builders, the
+proxy and the CLI import it. Label keys are API: a label selector in someone's
+dashboard or alert breaks when one changes, so a key is renamed only with a new
+version of the API.
+
+Not here: the labels of an archive manifest (``vmguard.io/namespace``,
+``vmguard.io/vmbackup``, ``vmguard.io/policy`` in :mod:`vmguard.store.lineage`). They
+read like these but belong to the repository format (docs/repository-format.md), which
+outlives every version of this API and must not change when it does.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+GROUP: Final = "vmguard.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+"""``apiVersion`` of every vmguard object."""
+
+CATEGORY: Final = "vmguard"
+"""``kubectl get vmguard`` lists every kind."""
+
+FINALIZER: Final = f"{GROUP}/finalizer"
+"""kopf's finalizer on the objects the operator handles."""
+
+ANNOTATION_PREFIX: Final = GROUP
+"""Prefix of kopf's own annotations (handler progress, last-handled configuration)."""
+
+# Labels of VMBackup objects: whose backup it is, so lists are label-selected.
+LABEL_POLICY: Final = "vmguard.io/policy"
+"""The VMProtectionPolicy a backup is made under (also on its proxy Job)."""
+LABEL_VCENTER: Final = "vmguard.io/vcenter"
+LABEL_VM: Final = "vmguard.io/vm"
+"""The VM: its instance UUID in lower case on a VMBackup, its moref on a proxy Job."""
+LABEL_TRIGGER: Final = "vmguard.io/trigger"
+"""Why a policy created the backup: a :class:`Trigger` value."""
+LABEL_RUN: Final = "vmguard.io/run"
+"""The scheduled minute of a policy's run, ``20250107T0200Z``."""
+LABEL_REPOSITORY: Final = "vmguard.io/repository"
+"""The BackupRepository a synced VMBackup's archive is in."""
+LABEL_SYNCED: Final = "vmguard.io/synced"
+"""``"true"`` on a VMBackup recreated from its archive by catalog sync."""
+SYNCED: Final = "true"
+
+# Annotations of VMBackup objects: free text never goes in a label.
+ANNOTATION_VM_NAME: Final = "vmguard.io/vm-name"
+ANNOTATION_ARCHIVE_ID: Final = "vmguard.io/archive-id"
+"""The archive a synced VMBackup stands for."""
+ANNOTATION_SYNCED_FROM: Final = "vmguard.io/synced-from"
+"""``<namespace>/<name>`` of the VMBackup that made a synced one's archive."""
+
+# Labels of the proxy Jobs (and their pods): the object a Job works for.
+LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"
+LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"
+LABEL_ATTEMPT: Final = "vmguard.io/attempt"
+LABEL_VMRESTORE: Final = "vmguard.io/vmrestore"
+
+
+class Trigger(StrEnum):
+    """Values of :data:`LABEL_TRIGGER`."""
+
+    SCHEDULE = "schedule"
+    """The policy's schedule reached a run."""
+    FAILSAFE = "failsafe"
+    """The VM had no completed backup and was backed up at once."""

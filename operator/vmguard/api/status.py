@@ -1,0 +1,173 @@
+"""Typed views of the statuses the controllers write: VMBackup, VMRestore, conditions.
+
+Each ``TypedDict`` mirrors one object of the CRD's status schema, key for key
+(tests/api/test_status.py walks both and fails when they part). The controllers
+build their status patches as these types, so mypy catches a misspelt key or a
+phase that does not exist before the apiserver would reject the patch.
+
+They are ``total=False``: a status is written piecewise by JSON merge patches (the
+controller and the proxy Job each patch what they learn), and a reader finds any
+subset. In a patch, ``None`` removes a key; the fields the controllers clear that way
+say so in their type (``Failure | None``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+from vmguard.api.phases import BackupPhase, RestorePhase
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class _ConditionKeys(TypedDict):
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+    lastTransitionTime: str
+
+
+class Condition(_ConditionKeys, total=False):
+    """One entry of ``status.conditions`` (the shape of ``metav1.Condition``).
+
+    (Two classes rather than ``NotRequired``: under postponed annotations Python 3.11
+    cannot tell a ``NotRequired`` key from a required one at run time.)
+    """
+
+    observedGeneration: int
+
+
+class Failure(TypedDict, total=False):
+    """``status.error``: why an operation failed. Never holds a secret value."""
+
+    reason: str
+    message: str
+    retryable: bool
+
+
+class Progress(TypedDict, total=False):
+    """``status.progress`` of a transfer, patched by the proxy Job as it goes."""
+
+    percent: int
+    bytesDone: int
+    bytesTotal: int
+    bytesPerSecond: int
+    updateTime: str
+
+
+class VMIdentity(TypedDict, total=False):
+    """The three ids vSphere gives a VM; the instance UUID is the one that lasts."""
+
+    instanceUuid: str
+    moref: str
+    name: str
+
+
+class BackupPlacement(TypedDict, total=False):
+    """Where the VM ran at the snapshot (the concurrency limits count by it)."""
+
+    host: str
+    datastores: list[str]
+
+
+class BackupSnapshot(TypedDict, total=False):
+    moref: str
+    name: str
+    createTime: str
+    removed: bool
+
+
+class BackupDisk(TypedDict, total=False):
+    """One disk of a backed-up VM (``status.disks[]``, keyed by ``key``)."""
+
+    key: int
+    label: str
+    uuid: str
+    backing: str
+    datastore: str
+    capacityBytes: int
+    mode: str
+    changeId: str
+    bytesRead: int
+    bytesChanged: int
+    bytesUploaded: int
+    chunksNew: int
+    chunksReused: int
+
+
+class BackupTotals(TypedDict, total=False):
+    capacityBytes: int
+    bytesRead: int
+    bytesChanged: int
+    bytesUploaded: int
+    chunksNew: int
+    chunksReused: int
+    compressibility: float
+
+
+class BackupStatus(TypedDict, total=False):
+    """``VMBackup.status``."""
+
+    observedGeneration: int | None
+    conditions: list[Condition]
+    phase: BackupPhase
+    vm: VMIdentity
+    vcenter: str
+    repository: str
+    placement: BackupPlacement
+    modeRequested: str
+    parentArchiveId: str
+    modeUsed: str
+    modeReason: str
+    quiesced: bool
+    snapshot: BackupSnapshot
+    jobName: str
+    attempts: int
+    progress: Progress
+    disks: list[BackupDisk]
+    totals: BackupTotals
+    archiveId: str
+    startTime: str
+    completionTime: str
+    durationSeconds: float
+    error: Failure | None
+
+
+class RestoredDisk(TypedDict, total=False):
+    """One disk a restore wrote (``status.result.disks[]``)."""
+
+    sourceKey: int
+    vm: str
+    key: int
+    label: str
+    backing: str
+    bytesWritten: int
+
+
+class RestoreResult(TypedDict, total=False):
+    """What a restore produced: a VM, disks, or files at a location."""
+
+    vm: VMIdentity
+    disks: list[RestoredDisk]
+    filesRestored: int
+    bytesRestored: int
+    location: str
+
+
+class RestoreStatus(TypedDict, total=False):
+    """``VMRestore.status``."""
+
+    observedGeneration: int | None
+    conditions: list[Condition]
+    phase: RestorePhase
+    archiveId: str
+    vcenter: str
+    repository: str
+    powerOnAfter: bool
+    jobName: str
+    progress: Progress
+    result: RestoreResult
+    startTime: str
+    completionTime: str
+    error: Failure | None
