@@ -97,7 +97,7 @@ def test_vm_backup_and_restore_commands(
         bad = cli.run(
             "vm", "restore", inc_id, *where, "--new-name", name, "--datastore", "nope", check=False
         )
-        assert bad.returncode == 2 and "no datastore named 'nope'" in bad.stderr, bad.stderr
+        assert bad.returncode == 1 and "no datastore named 'nope'" in bad.stderr, bad.stderr
         assert not [v for v in vsim.vms() if v.name == name], "nothing was created"
         made = cli.run("vm", "restore", inc_id, *where, "--new-name", name)
         found = re.search(rf"^restored {re.escape(inc_id)} as {name} \((\S+)\)$", made.stdout, re.M)
