@@ -28,7 +28,6 @@ from vmguard.cli.kube import (
     Cluster,
     add_cluster_options,
     api_version,
-    call,
     connect,
     create_object,
     follow,
@@ -181,7 +180,7 @@ def proxy_pod(cluster: Cluster, obj: dict[str, Any]) -> dict[str, Any] | None:
     if not job:
         return None
     core = cluster.core()
-    pods = call(
+    pods = cluster.call(
         f"pods of Job {job}",
         lambda: core.list_namespaced_pod(cluster.namespace, label_selector=f"job-name={job}"),
     )
@@ -196,7 +195,7 @@ def pod_log(cluster: Cluster, pod: dict[str, Any], tail: int | None) -> str:
     core = cluster.core()
     name = pod["metadata"]["name"]
     kwargs: dict[str, Any] = {"tail_lines": tail} if tail else {}
-    text: str = call(
+    text: str = cluster.call(
         f"log of pod {name}",
         lambda: core.read_namespaced_pod_log(name, cluster.namespace, **kwargs),
     )
@@ -205,7 +204,7 @@ def pod_log(cluster: Cluster, pod: dict[str, Any], tail: int | None) -> str:
 
 def events(cluster: Cluster, kind: str, name: str) -> list[dict[str, Any]]:
     core = cluster.core()
-    found = call(
+    found = cluster.call(
         f"events of {kind} {name}",
         lambda: core.list_namespaced_event(
             cluster.namespace,

@@ -70,6 +70,12 @@ class Cluster:
 
         return client.CoreV1Api(self.api)
 
+    def call(self, what: str, request: Callable[[], T]) -> T:
+        """:func:`call`, naming this cluster's server when it cannot be reached."""
+        server = str(getattr(self.api.configuration, "host", "") or "")
+        where = f" at {server} (context {self.context})" if server else ""
+        return call(what, request, where)
+
 
 def connect(args: argparse.Namespace) -> Cluster:
     """The cluster ``args`` select (see the module docstring)."""
@@ -109,7 +115,7 @@ def _in_cluster() -> Any:
     return conf
 
 
-def call(what: str, request: Callable[[], T]) -> T:
+def call(what: str, request: Callable[[], T], where: str = "") -> T:
     """``request()``, its failures as vmguard errors naming ``what``: 404 is
     ObjectNotFoundError, 401/403/409/422 ConfigError (the server refused; its message
     says why), anything else (5xx, the server unreachable) RetryableError."""
@@ -126,7 +132,7 @@ def call(what: str, request: Callable[[], T]) -> T:
             raise ConfigError(f"{what}: {exc.status} {reason}") from None
         raise RetryableError(f"{what}: {exc.status} {reason}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise RetryableError(f"{what}: cannot reach the cluster: {_short(exc)}") from None
+        raise RetryableError(f"{what}: cannot reach the cluster{where}: {_short(exc)}") from None
 
 
 def _server_message(exc: Any) -> str:
@@ -145,7 +151,7 @@ def _short(exc: BaseException) -> str:
 
 def get_object(cluster: Cluster, plural: str, name: str) -> dict[str, Any]:
     api = cluster.custom()
-    found: dict[str, Any] = call(
+    found: dict[str, Any] = cluster.call(
         f"{plural} {cluster.namespace}/{name}",
         lambda: api.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, plural, name),
     )
@@ -154,7 +160,7 @@ def get_object(cluster: Cluster, plural: str, name: str) -> dict[str, Any]:
 
 def list_objects(cluster: Cluster, plural: str, selector: str = "") -> list[dict[str, Any]]:
     api = cluster.custom()
-    found = call(
+    found = cluster.call(
         f"listing {plural} in {cluster.namespace}",
         lambda: api.list_namespaced_custom_object(
             GROUP, VERSION, cluster.namespace, plural, label_selector=selector
@@ -165,7 +171,7 @@ def list_objects(cluster: Cluster, plural: str, selector: str = "") -> list[dict
 
 def create_object(cluster: Cluster, plural: str, body: dict[str, Any]) -> dict[str, Any]:
     api = cluster.custom()
-    made: dict[str, Any] = call(
+    made: dict[str, Any] = cluster.call(
         f"creating {body['kind']} in {cluster.namespace}",
         lambda: api.create_namespaced_custom_object(
             GROUP, VERSION, cluster.namespace, plural, body

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmguard.config import REPO_ENV, VC_PASSWORD_ENV, VC_USER_ENV
-from vmguard.errors import ConfigError
+from vmguard.errors import ConfigError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.crypto import DEFAULT_KDF_LIMITS, FORMAT_KDF_LIMITS, KEY_ENV
 from vmguard.store.location import master_key, open_repository
@@ -124,13 +124,18 @@ def open_repository_from(args: argparse.Namespace) -> Repository:
     if not (args.repo or os.environ.get(REPO_ENV)):
         raise UsageError(f"no repository given: use --repo URL or set {REPO_ENV}")
     costly = getattr(args, "allow_costly_kdf", False)
-    return open_repository(
-        args.repo,
-        repository_key(args),
-        insecure_http=getattr(args, "insecure_http", False),
-        ca_file=getattr(args, "ca_file", None),
-        kdf_limits=FORMAT_KDF_LIMITS if costly else DEFAULT_KDF_LIMITS,
-    )
+    try:
+        return open_repository(
+            args.repo,
+            repository_key(args),
+            insecure_http=getattr(args, "insecure_http", False),
+            ca_file=getattr(args, "ca_file", None),
+            kdf_limits=FORMAT_KDF_LIMITS if costly else DEFAULT_KDF_LIMITS,
+        )
+    except RepositoryNotFoundError as exc:
+        raise RepositoryNotFoundError(
+            f"{exc} (check --repo; `vmguard repo init` creates one)"
+        ) from None
 
 
 def new_key_file(path: str) -> MasterKey:

@@ -124,7 +124,7 @@ def read_objects(cluster: Cluster, namespace: str | None) -> dict[str, list[dict
                 return api.list_cluster_custom_object(GROUP, VERSION, p)
             return api.list_namespaced_custom_object(GROUP, VERSION, namespace, p)
 
-        res = call(f"listing {plural}", listing)
+        res = cluster.call(f"listing {plural}", listing)
         out[plural] = list(res.get("items", []))
     return out
 
