@@ -74,6 +74,7 @@ def register(sub: Any) -> None:
         "--quiesce", action="store_true", help="quiesce the guest file systems (VMware Tools)"
     )
     backup.add_argument("--vcenter-name", default="", help="name recorded in the VM's identity")
+    add_output_option(backup)
     restore = vm_sub.add_parser("restore", parents=[common, data], help="restore an archive")
     restore.add_argument("archive", help="archive id (see vmguard repo ls)")
     where = restore.add_mutually_exclusive_group(required=True)
@@ -117,7 +118,9 @@ def _vm(args: argparse.Namespace) -> int:
         )
         # Never creates a repository: a mistyped --repo fails here (`repo init` creates).
         repo = open_repository_from(args)
-        return vm_backup(ep, args.vm, repo, locator, options, sys.stdout, quiet=args.quiet)
+        return vm_backup(
+            ep, args.vm, repo, locator, options, sys.stdout, quiet=args.quiet, output=args.output
+        )
     networks = dict(pair.split("=", 1) for pair in args.network_map or ())
     return vm_restore(
         ep,
@@ -177,6 +180,7 @@ def vm_backup(
     options: BackupOptions,
     out: TextIO,
     quiet: bool = False,
+    output: str = "table",
 ) -> int:
     from vmguard.vm.backup import backup_vm
     from vmguard.vsphere.inventory import discover, find_by_name
@@ -191,6 +195,17 @@ def vm_backup(
     finally:
         session.close()
     m = result.manifest
+    if output != "table":
+        doc = {
+            "archive_id": m.archive_id,
+            "mode": result.mode,
+            "mode_reason": result.mode_reason,
+            "transport": result.transport.transport,
+            "transport_reason": result.transport.reason,
+            "disks": {str(k): {"mode": d.mode, **asdict(d.stats)} for k, d in result.disks.items()},
+        }
+        out.write(render(doc, output) + "\n")
+        return 0
     out.write(f"archive {m.archive_id}\n")
     out.write(f"  mode       {result.mode}  ({result.mode_reason})\n")
     out.write(f"  transport  {result.transport.transport}  ({result.transport.reason})\n")
