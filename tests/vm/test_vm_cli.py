@@ -79,6 +79,9 @@ def test_vm_backup_and_restore_commands(
         assert re.search(r"^  mode +full ", full.stdout, re.M), full.stdout
         assert re.search(r"^  transport +nbd ", full.stdout, re.M), full.stdout
         full_id = _archive(full.stdout)
+        # Progress on stderr, which is not a terminal here: plain lines in binary units.
+        done_line = rf"^backup {re.escape(lab_vm.name)}: [\d.]+ [KMG]iB of [\d.]+ [KMG]iB \(100%\)"
+        assert re.search(done_line, full.stderr, re.M), full.stderr
 
         for offset in (0, capacity // 3 + 4096, capacity - 512):  # guest writes
             vsim.write(lab_vm.moref, disk.key, offset, os.urandom(512))
