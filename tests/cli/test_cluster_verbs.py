@@ -141,3 +141,41 @@ def test_backup_create_wait_then_describe_and_logs(
     assert logs.returncode == 0 and archive in logs.stdout, logs.stderr
     listed = run(vmguard("backup", "get", *cluster, "-o", "yaml"), env)
     assert [i["metadata"]["name"] for i in yaml.safe_load(listed.stdout)["items"]] == ["adhoc"]
+
+
+def test_restore_create_builds_what_the_api_admits(lab: Any, kube_api: Any, namespace: str) -> None:
+    """Each kind of target from flags, created in the lab apiserver (its schema and CEL
+    rules admit them; no operator runs, so they stay Pending); a missing confirmation or
+    two targets are usage errors before anything is sent."""
+    env = dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig))
+    base = ("restore", "create", "--backup", "nightly", "-n", namespace, "-o", "json")
+    cases = {
+        "as-new": (
+            ["--new-vm", "web/01 ü", "--datastore", "ds1", "--network-map", "a=b", "--power-on"],
+            {"newVM": {"name": "web/01 ü", "powerOn": True, "datastore": "ds1",
+                       "networkMap": [{"from": "a", "to": "b"}]}},
+        ),
+        "over": (["--in-place", "--confirm"], {"inPlace": {"confirm": True}}),
+        "disk": (
+            ["--disk", "2000", "--attach-to", "vm-42"],
+            {"disks": [{"source": {"key": 2000}, "attachTo": {"vm": {"moref": "vm-42"}}}]},
+        ),
+        "files": (
+            ["--files", "/etc/**", "--to-s3", "out/etc", "--files-disk", "Hard disk 1"],
+            {"files": {"paths": ["/etc/**"], "to": {"s3": {"prefix": "out/etc"}},
+                       "disk": {"label": "Hard disk 1"}}},
+        ),
+    }  # fmt: skip
+    for name, (flags, target) in cases.items():
+        done = run(vmguard(*base, "--name", name, *flags), env)
+        assert done.returncode == 0, (name, done.stderr)
+        assert json.loads(done.stdout)["spec"]["target"] == target
+        stored = objects.get(kube_api, namespace, "vmrestores", name)
+        assert stored["spec"]["source"] == {"backupRef": {"name": "nightly"}}
+        assert stored["spec"]["target"] == target
+    for flags in (["--in-place"], ["--new-vm", "x", "--in-place", "--confirm"], []):
+        refused = run(vmguard(*base, "--name", "refused", *flags), env)
+        assert refused.returncode == 2, (flags, refused.stderr)
+    assert [o["metadata"]["name"] for o in objects.items(kube_api, namespace, "vmrestores")] == [
+        "as-new", "disk", "files", "over",
+    ]  # fmt: skip

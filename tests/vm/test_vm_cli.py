@@ -6,7 +6,7 @@ A VM's disk gets known content; a full backup over nbd, guest writes, an increme
 (auto transport) that reads only a little of the disk; the incremental restored as a
 new VM is bit-identical to the disk at that point; the full restored in place rolls
 the writes back. A datastore that does not exist is refused before anything is made. The repository
-``vm backup`` creates opens with the same key file in ``vmguard repo`` (one key rule).
+``repo init`` made with the key file opens with it in ``vmguard vm`` (one key rule).
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def test_vm_backup_and_restore_commands(
             "lab",
         )
 
+        # vm backup never creates a repository (a mistyped --repo must fail): init first.
+        cli.run("repo", "init", "--encrypt")
         full = cli.run("vm", "backup", lab_vm.name, *where, "--transport", "nbd")
         assert re.search(r"^  mode +full ", full.stdout, re.M), full.stdout
         assert re.search(r"^  transport +nbd ", full.stdout, re.M), full.stdout
