@@ -4,7 +4,7 @@ What users did with ``kubectl`` and YAML, in one verb each (Velero's shape):
 
 - ``backup create VM [--policy P | --vcenter V --repository R] [--mode full] [--wait]``
   creates a VMBackup for the VM named by name, moref (``vm-42``) or instance UUID;
-  ``--wait`` follows it to Completed (exit 0) or Failed/PartiallyFailed (exit 1) with a
+  ``--wait`` follows it to Completed (exit 0) or Failed (exit 1) with a
   progress bar fed by ``status.progress``;
 - ``backup get [NAME]`` (also ``backup list``): a table, or ``-o json|yaml`` documents;
 - ``backup describe NAME``: spec summary, status, conditions, the object's events and
@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Any
 
+from vmguard.api.phases import BACKUP_TERMINAL, BackupPhase
 from vmguard.cli.kube import (
     Cluster,
     add_cluster_options,
@@ -39,8 +40,6 @@ from vmguard.cli.progress import ProgressDisplay, human_bytes
 from vmguard.errors import ObjectNotFoundError
 
 PLURAL = "vmbackups"
-DONE = {"Completed"}
-TERMINAL = {"Completed", "Failed", "PartiallyFailed"}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MOREF = re.compile(r"^vm-[0-9]{1,10}$")
 
@@ -89,9 +88,9 @@ def _create(args: argparse.Namespace) -> int:
         return 0
     print(f"vmbackup.vmguard.io/{name} created", file=sys.stderr)
     with ProgressDisplay(f"backup {name}", enabled=not args.quiet) as display:
-        done = follow(cluster, PLURAL, name, TERMINAL, display, timeout=args.timeout)
+        done = follow(cluster, PLURAL, name, BACKUP_TERMINAL, display, timeout=args.timeout)
     emit(args, done, summary(done))
-    return 0 if (done.get("status") or {}).get("phase") in DONE else 1
+    return 0 if (done.get("status") or {}).get("phase") == BackupPhase.COMPLETED else 1
 
 
 def summary(obj: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ that name the object and the server's answer, never a credential.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,7 +188,7 @@ def follow(
     cluster: Cluster,
     plural: str,
     name: str,
-    terminal: set[str],
+    terminal: Collection[str],
     display: Any,
     *,
     timeout: float,

@@ -21,6 +21,7 @@ import argparse
 import sys
 from typing import Any
 
+from vmguard.api.phases import RESTORE_TERMINAL, RestorePhase
 from vmguard.cli.kube import (
     add_cluster_options,
     api_version,
@@ -32,7 +33,6 @@ from vmguard.cli.options import UsageError, add_output_option, emit
 from vmguard.cli.progress import ProgressDisplay
 
 PLURAL = "vmrestores"
-TERMINAL = {"Completed", "Failed"}
 
 
 def _vm_ref(text: str) -> dict[str, str]:
@@ -136,7 +136,7 @@ def _create(args: argparse.Namespace) -> int:
         return 0
     print(f"vmrestore.vmguard.io/{name} created", file=sys.stderr)
     with ProgressDisplay(f"restore {name}", enabled=not args.quiet) as display:
-        done = follow(cluster, PLURAL, name, TERMINAL, display, timeout=args.timeout)
+        done = follow(cluster, PLURAL, name, RESTORE_TERMINAL, display, timeout=args.timeout)
     status = done.get("status") or {}
     error = status.get("error") or {}
     text = f"{name}: {status.get('phase')}" + (
@@ -146,7 +146,7 @@ def _create(args: argparse.Namespace) -> int:
     if (result.get("vm") or {}).get("moref"):
         text += f"\n  vm  {result['vm'].get('name', '')} ({result['vm']['moref']})"
     emit(args, done, text)
-    return 0 if status.get("phase") == "Completed" else 1
+    return 0 if status.get("phase") == RestorePhase.COMPLETED else 1
 
 
 def register(sub: Any) -> None:
