@@ -108,6 +108,8 @@ def test_vm_backup_and_restore_commands(
         found = re.search(rf"^restored {re.escape(inc_id)} as {name} \((\S+)\)$", made.stdout, re.M)
         assert found, made.stdout
         new_moref = found.group(1)
+        restored_line = rf"^restore disk {disk.key}: [\d.]+ [KMG]iB of [\d.]+ [KMG]iB \(100%\)"
+        assert re.search(restored_line, made.stderr, re.M), made.stderr
         try:
             new_vm = vsim.vm(new_moref)
             source = vsim.vm(lab_vm.moref)
