@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from tests.cli.test_status import DB, estate
 from tests.controller import objects
 from tests.controller.backup_helpers import data_vm, disk_hashes, open_repo, restored_hashes
@@ -126,6 +127,20 @@ def test_backup_create_wait_then_describe_and_logs(
         assert f"archive  {archive}" in created.stdout
         assert restored_hashes(open_repo(s3_bucket), archive, tmp_path) == at_backup
 
+    # The backup controller posts no event on success; one as kopf posts them (the
+    # catalog's, a retention's) shows that describe lists the object's events.
+    client.CoreV1Api(kube_api).create_namespaced_event(
+        namespace,
+        {
+            "metadata": {"generateName": "adhoc."},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"], "kind": "VMBackup", "name": "adhoc",
+                "namespace": namespace, "uid": obj["metadata"]["uid"],
+            },
+            "reason": "Checked", "message": "seen by the test", "type": "Normal",
+            "source": {"component": "test"},
+        },
+    )  # fmt: skip
     described = run(vmguard("backup", "describe", "adhoc", *cluster), env)
     assert described.returncode == 0, described.stderr
     text = described.stdout
@@ -133,6 +148,8 @@ def test_backup_create_wait_then_describe_and_logs(
     conditions = text.split("Conditions:\n", 1)[1].split("Events:", 1)[0]
     ready = next(line for line in conditions.splitlines() if line.split()[0] == "Ready")
     assert ready.split()[1:3] == ["True", "Completed"], conditions
+    events = text.split("Events:\n", 1)[1].split("Proxy log", 1)[0]
+    assert events.split() == ["Normal", "Checked", "seen", "by", "the", "test"], events
     log = text.split("Proxy log (pod ", 1)[1]
     assert "not available" not in log, log
     assert archive in log, log  # the proxy logged the archive it committed
