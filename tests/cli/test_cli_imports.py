@@ -16,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.unit
 CONTROL_PLANE = {"kubernetes", "kopf", "pyVmomi", "pyVim", "pydantic"}
+# Drawn or asked for only when needed: the progress bar, shell completion.
+ON_DEMAND = {"rich", "argcomplete"}
 
 _LOADED = """
 import json, sys
@@ -38,7 +40,9 @@ def test_disk_and_repo_commands_do_not_import_the_control_plane() -> None:
         ("disk", "backup", "img", "--repo", "s3://h:1/b/p", "--vm", "v"),
         ("disk", "restore", "a", "t", "--repo", "file:///r"),
         ("repo", "ls", "--repo", "file:///r"),
+        ("backup", "create", "vm1", "--policy", "p"),
     ):
         loaded = _top_level_modules(*argv)
         assert "vmguard" in loaded and "minio" in loaded  # the probe did run
         assert loaded.isdisjoint(CONTROL_PLANE), (argv, loaded & CONTROL_PLANE)
+        assert loaded.isdisjoint(ON_DEMAND), (argv, loaded & ON_DEMAND)

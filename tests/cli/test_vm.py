@@ -36,7 +36,8 @@ def test_vm_commands_parse_as_before() -> None:
     restore = cli.build_parser().parse_args(
         ["vm", "restore", "a1", *VC, "--repo", "file:///r", "--new-name", "n", "--power-on"]
     )
-    assert (restore.archive, restore.new_name, restore.in_place, restore.power_on) == (
+    # --new-name is the hidden, older spelling of --new-vm (the flag restore create uses).
+    assert (restore.archive, restore.new_vm, restore.in_place, restore.power_on) == (
         "a1",
         "n",
         False,
@@ -50,7 +51,8 @@ def test_vm_without_vcenter_credentials_fails_with_a_message(
 ) -> None:
     monkeypatch.delenv("VMGUARD_VC_USER", raising=False)
     monkeypatch.delenv("VMGUARD_VC_PASSWORD", raising=False)
-    assert cli.main(["vm", "ls", *VC]) == 2
+    # Exit 1: the command line is right, the environment lacks what it needs.
+    assert cli.main(["vm", "ls", *VC]) == 1
     assert "VMGUARD_VC_USER" in capsys.readouterr().err
 
 

@@ -154,7 +154,7 @@ def test_corruption_is_named_restores_fail_loudly_and_the_next_backup_repairs(
 
     target = tmp_path / "restored.img"
     failed = cli.run("disk", "restore", archives[0], str(target), "--quiet", check=False)
-    assert failed.returncode == 2 and "incomplete" in failed.stderr
+    assert failed.returncode == 1 and "incomplete" in failed.stderr
     assert any(name.rsplit("/", 1)[1] in failed.stderr for name in (flipped, truncated, deleted))
     original, partial = image.read_bytes(), target.read_bytes()
     # Whatever was written is right; the rest reads as zeros, never wrong bytes.
@@ -201,7 +201,7 @@ def test_encrypted_repository_leaks_no_plaintext_and_survives_key_rotation(
     wrong = tmp_path / "wrong.key"
     wrong.write_text("not the key at all, sorry")
     denied = Cli(cli.repo, cli.env, wrong).run("repo", "ls", check=False)
-    assert denied.returncode == 2 and "master key does not open" in denied.stderr
+    assert denied.returncode == 1 and "master key does not open" in denied.stderr
 
     new_key = tmp_path / "new.key"
     cli.run("repo", "rotate-key", "--new-key-file", str(new_key))
@@ -210,7 +210,7 @@ def test_encrypted_repository_leaks_no_plaintext_and_survives_key_rotation(
     second = rotated.run("disk", "backup", str(image), "--vm", "secret-vm", "--parent", "latest")
     assert _restore_sha(rotated, first, tmp_path / "a.img") == first_digest
     assert _restore_sha(rotated, second.stdout.strip(), tmp_path / "b.img") == sha256_file(image)
-    assert cli.run("repo", "ls", check=False).returncode == 2  # the old key is retired
+    assert cli.run("repo", "ls", check=False).returncode == 1  # the old key is retired
     _secrets_absent(s3_bucket, created.stdout, created.stderr, out.stdout, out.stderr)
 
 

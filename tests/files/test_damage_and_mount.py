@@ -165,7 +165,7 @@ def test_cli_lists_finds_and_gets_by_vm_name(
     assert any("\n" in n for n in names), names
 
     early = _cli("files", "ls", f"{vm}@2001-01-01T00:00:00Z", "--repo", repo)
-    assert early.returncode == 2 and "no archive" in early.stderr
+    assert early.returncode == 1 and "no archive" in early.stderr
 
     target = tmp_path / "out"
     got = _cli(

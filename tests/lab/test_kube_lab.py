@@ -252,3 +252,42 @@ def test_deleting_a_pod_kills_its_process(kube_api: Any, namespace: str, tmp_pat
 
     eventually(gone, what="pod deleted")
     assert not os.path.exists(f"/proc/{pid}"), "the pod's process must be killed"
+
+
+def test_pod_logs_through_the_apiserver_and_only_for_it(
+    kube_api: Any, lab: Any, lab_state: dict[str, Any], namespace: str
+) -> None:
+    """``pods/log`` works as on a real cluster (the node agent serves the kubelet's
+    /containerLogs), with tailLines; the node's log port answers nobody but the
+    apiserver: the admin's certificate, signed by the same CA, is refused."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "talker"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "t", "image": "lab", "command": ["sh", "-c", "seq 1 5"]}],
+            },
+        },
+    )
+    eventually(
+        lambda: core.read_namespaced_pod("talker", namespace).status.phase == "Succeeded",
+        what="pod Succeeded",
+    )
+    assert core.read_namespaced_pod_log("talker", namespace) == "1\n2\n3\n4\n5\n"
+    assert core.read_namespaced_pod_log("talker", namespace, tail_lines=2) == "4\n5\n"
+
+    node = core.read_node(lab_state["kubernetes"]["node"])
+    port = node.status.daemon_endpoints.kubelet_endpoint.port
+    context = ssl.create_default_context(cafile=lab_state["kubernetes"]["ca"])
+    pki = lab.paths.pki
+    context.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+    url = f"https://127.0.0.1:{port}/containerLogs/{namespace}/talker/t"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert refused.value.code == 403

@@ -254,7 +254,7 @@ def test_repo_upgrade_command_needs_the_key_and_reports_the_features(tmp_path: P
         str(tmp_path / "repo"),
     ]
     keyless = subprocess.run(argv, env=env, capture_output=True, text=True)
-    assert keyless.returncode == 2 and "master key" in keyless.stderr
+    assert keyless.returncode == 1 and "master key" in keyless.stderr
     done = subprocess.run(
         [*argv, "--key-file", str(key_file), "--json"], env=env, capture_output=True, text=True
     )

@@ -6,7 +6,7 @@ A VM's disk gets known content; a full backup over nbd, guest writes, an increme
 (auto transport) that reads only a little of the disk; the incremental restored as a
 new VM is bit-identical to the disk at that point; the full restored in place rolls
 the writes back. A datastore that does not exist is refused before anything is made. The repository
-``vm backup`` creates opens with the same key file in ``vmguard repo`` (one key rule).
+``repo init`` made with the key file opens with it in ``vmguard vm`` (one key rule).
 """
 
 from __future__ import annotations
@@ -75,10 +75,15 @@ def test_vm_backup_and_restore_commands(
             "lab",
         )
 
+        # vm backup never creates a repository (a mistyped --repo must fail): init first.
+        cli.run("repo", "init", "--encrypt")
         full = cli.run("vm", "backup", lab_vm.name, *where, "--transport", "nbd")
         assert re.search(r"^  mode +full ", full.stdout, re.M), full.stdout
         assert re.search(r"^  transport +nbd ", full.stdout, re.M), full.stdout
         full_id = _archive(full.stdout)
+        # Progress on stderr, which is not a terminal here: plain lines in binary units.
+        done_line = rf"^backup {re.escape(lab_vm.name)}: [\d.]+ [KMG]iB of [\d.]+ [KMG]iB \(100%\)"
+        assert re.search(done_line, full.stderr, re.M), full.stderr
 
         for offset in (0, capacity // 3 + 4096, capacity - 512):  # guest writes
             vsim.write(lab_vm.moref, disk.key, offset, os.urandom(512))
@@ -97,12 +102,14 @@ def test_vm_backup_and_restore_commands(
         bad = cli.run(
             "vm", "restore", inc_id, *where, "--new-name", name, "--datastore", "nope", check=False
         )
-        assert bad.returncode == 2 and "no datastore named 'nope'" in bad.stderr, bad.stderr
+        assert bad.returncode == 1 and "no datastore named 'nope'" in bad.stderr, bad.stderr
         assert not [v for v in vsim.vms() if v.name == name], "nothing was created"
         made = cli.run("vm", "restore", inc_id, *where, "--new-name", name)
         found = re.search(rf"^restored {re.escape(inc_id)} as {name} \((\S+)\)$", made.stdout, re.M)
         assert found, made.stdout
         new_moref = found.group(1)
+        restored_line = rf"^restore disk {disk.key}: [\d.]+ [KMG]iB of [\d.]+ [KMG]iB \(100%\)"
+        assert re.search(restored_line, made.stderr, re.M), made.stderr
         try:
             new_vm = vsim.vm(new_moref)
             source = vsim.vm(lab_vm.moref)

@@ -245,7 +245,7 @@ def test_thumbprint_pinning_and_no_password_in_logs(
     ok = subprocess.run([*cli, "--thumbprint", right], env=env, capture_output=True, text=True)
     assert ok.returncode == 0 and "web-" in ok.stdout, ok.stderr
     bad = subprocess.run([*cli, "--thumbprint", "cd" * 32], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "not the pinned one" in bad.stderr
+    assert bad.returncode == 1 and "not the pinned one" in bad.stderr
     captured = capfd.readouterr()
     for text in (
         caplog.text,

@@ -148,6 +148,10 @@ class KubeControlPlane:
                 f"--client-ca-file={self.ca.cert_path}",
                 f"--kubelet-client-certificate={kubelet_client.cert}",
                 f"--kubelet-client-key={kubelet_client.key}",
+                # The node agent serves container logs on 127.0.0.1 (vmguard_lab.podlogs):
+                # reach it by address, and check its certificate against the lab CA.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={self.ca.cert_path}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",

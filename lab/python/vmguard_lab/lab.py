@@ -37,6 +37,7 @@ PORT_NAMES = (
     "minio-console",
     "vsphere-sdk",
     "vsphere-control",
+    "kubelet",
 )
 # Start order; ``down`` stops in reverse.
 PROCESSES = (
@@ -180,6 +181,11 @@ class Lab:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         env["VMGUARD_REPO"] = str(self.paths.repo)
         env["VMGUARD_LAB_DIR"] = str(self.paths.lab)
+        # The kubelet's log API (vmguard_lab.podlogs); a lab made before it has no port yet.
+        kubelet_port = ports.setdefault("kubelet", free_port())
+        serving = kube.ca.issue(
+            "node-kubelet", NODE_NAME, hosts=("127.0.0.1", NODE_NAME), server=True
+        )
         proc = self.sup.start(
             "node-agent",
             [
@@ -190,6 +196,10 @@ class Lab:
                 f"--kubeconfig={kube.kubeconfig_for('node')}",
                 f"--state-dir={self.paths.lab / 'node'}",
                 f"--apiserver-port={ports['apiserver']}",
+                f"--kubelet-port={kubelet_port}",
+                f"--tls-cert={serving.cert}",
+                f"--tls-key={serving.key}",
+                f"--client-ca={kube.ca.cert_path}",
             ],
             env=env,
         )

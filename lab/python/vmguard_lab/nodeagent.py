@@ -12,7 +12,9 @@ Lease and Ready condition fresh, and runs every pod the scheduler binds to it:
 - init containers run in order first; ``restartPolicy`` is honoured with backoff;
 - pod phase, container states and exit codes are reported in pod status;
 - a pod being deleted gets SIGTERM, then SIGKILL after its grace period, and its
-  deletion is then confirmed (grace period 0), as a kubelet does.
+  deletion is then confirmed (grace period 0), as a kubelet does;
+- with ``--kubelet-port``, containers' logs are served to the apiserver
+  (:mod:`vmguard_lab.podlogs`), so ``kubectl logs`` and ``vmguard backup logs`` work.
 
 The agent talks to the apiserver as ``system:node:<name>``, so the Node authorizer
 and NodeRestriction admission decide what it may read and write.
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config, watch
 
+from vmguard_lab import podlogs
 from vmguard_lab.podfiles import PodFiles, PodMaterializer
 
 log = logging.getLogger("vmguard_lab.nodeagent")
@@ -285,7 +288,10 @@ class PodRunner(threading.Thread):
 
 
 class NodeAgent:
-    def __init__(self, node_name: str, kubeconfig: Path, state_dir: Path, port: int) -> None:
+    def __init__(
+        self, node_name: str, kubeconfig: Path, state_dir: Path, port: int, kubelet_port: int = 0
+    ) -> None:
+        self.kubelet_port = kubelet_port
         config.load_kube_config(str(kubeconfig))
         self.api = client.ApiClient()
         self.core = client.CoreV1Api(self.api)
@@ -336,7 +342,7 @@ class NodeAgent:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.node},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -488,10 +494,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--apiserver-port", type=int, required=True)
+    parser.add_argument("--kubelet-port", type=int, default=0, help="serve container logs")
+    parser.add_argument("--tls-cert", type=Path, help="serving certificate (--kubelet-port)")
+    parser.add_argument("--tls-key", type=Path, help="its key")
+    parser.add_argument("--client-ca", type=Path, help="CA of the apiserver's client cert")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    agent = NodeAgent(args.node_name, args.kubeconfig, args.state_dir, args.apiserver_port)
+    agent = NodeAgent(
+        args.node_name, args.kubeconfig, args.state_dir, args.apiserver_port, args.kubelet_port
+    )
+    if args.kubelet_port:
+        podlogs.serve(
+            args.kubelet_port, args.state_dir / "pods", args.tls_cert, args.tls_key, args.client_ca
+        )
     agent.register()
     threading.Thread(target=agent.heartbeat, daemon=True).start()
     log.info("node %s registered; running pods", args.node_name)

@@ -2,5 +2,7 @@
 
 :mod:`.main` assembles the parser (the ``vmguard`` and ``kubectl-vmguard`` entry points;
 ``python -m vmguard.cli`` runs it too). Output for people goes to stdout (progress to
-stderr); ``--json`` gives one JSON document for scripts.
+stderr); ``-o json|yaml`` gives one document for scripts. The conventions every command
+keeps (options anywhere, exit codes, the cluster options) are in :mod:`.main` and
+``docs/cli.md``.
 """

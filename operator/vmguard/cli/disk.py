@@ -6,9 +6,9 @@
 allocated chunk read, only new ones uploaded); with it, only the chunks the listed
 ``[offset, length]`` ranges touch are read.
 
-``disk restore ARCHIVE --disk KEY TARGET`` writes the disk into a new sparse file,
-a block device or an NBD export; a chunk that fails verification stops it with exit
-code 2 and a message naming the chunk.
+``disk restore ARCHIVE --disk KEY TARGET`` (options anywhere) writes the disk into a
+new sparse file, a block device or an NBD export; a chunk that fails verification stops
+it with exit code 1 and a message naming the chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from vmguard.cli.options import UsageError, emit
 from vmguard.cli.progress import ProgressDisplay, human_bytes
 from vmguard.cli.repo import add_repo_options, open_repo
 from vmguard.engine.backup import DiskInput, back_up
@@ -90,7 +91,7 @@ def _backup(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     parent = resolve_parent(repo, args.vm, args.disk, args.parent)
     changed = read_changed_areas(args.changed_areas) if args.changed_areas else None
-    display = ProgressDisplay("backup", enabled=not args.quiet)
+    display = ProgressDisplay("backup", enabled=not args.quiet and args.output == "table")
     source = open_source(args.source)
     try:
         disk = DiskInput(args.disk, source, label=args.label or args.disk, changed=changed)
@@ -102,11 +103,12 @@ def _backup(args: argparse.Namespace) -> int:
             progress=display,
             workers=args.workers,
         )
+        display.finish()
     finally:
         source.close()
-    display.finish()
-    if args.json:
-        print(json.dumps(json.loads(manifest.to_json()), indent=1))
+        display.close()
+    if args.output != "table":
+        emit(args, json.loads(manifest.to_json()), "")
     else:
         s = manifest.stats
         print(manifest.archive_id)
@@ -126,16 +128,16 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     target = args.to or args.target
     if not target:
-        raise ConfigError("give a target: a file path, a block device or an nbd:// URI")
+        raise UsageError("give a target: a file path, a block device or an nbd:// URI")
     repo = open_repo(args)
     manifest = repo.load_archive(args.archive)
     keys = [d.key for d in manifest.disks]
     disk = args.disk or (keys[0] if len(keys) == 1 else None)
     if disk not in keys:
-        raise ConfigError(f"archive {args.archive} has disks {keys}; choose one with --disk")
+        raise UsageError(f"archive {args.archive} has disks {keys}; choose one with --disk")
     length = manifest.disk(disk).length
     sink, zero = open_sink(target, length, overwrite=args.overwrite)
-    display = ProgressDisplay("restore", enabled=not args.quiet)
+    display = ProgressDisplay("restore", enabled=not args.quiet and args.output == "table")
     try:
         stats = restore_disk(
             repo,
@@ -146,14 +148,15 @@ def _restore(args: argparse.Namespace) -> int:
             progress=display,
             workers=args.workers,
         )
+        display.finish()
     finally:
         sink.close()
-    display.finish()
+        display.close()
     text = (
         f"restored {human_bytes(stats.length)} ({human_bytes(stats.bytes_written)} written,"
         f" {stats.holes} hole chunks) to {target}"
     )
-    print(json.dumps(asdict(stats)) if args.json else text)
+    emit(args, asdict(stats), text)
     return 0
 
 
@@ -172,7 +175,7 @@ def add_parser(sub: Any) -> None:
     backup.add_argument("--changed-areas", metavar="FILE", help="JSON [[offset, length], ...]")
     backup.add_argument("--workers", type=int, default=None, help="pipeline threads")
     backup.add_argument("--quiet", action="store_true", help="no progress output")
-    backup.set_defaults(func=_backup)
+    backup.set_defaults(func=_backup, parser=backup)
 
     restore = cmds.add_parser("restore", help="restore one disk of an archive")
     add_repo_options(restore)
@@ -188,4 +191,4 @@ def add_parser(sub: Any) -> None:
     )
     restore.add_argument("--workers", type=int, default=None, help="pipeline threads")
     restore.add_argument("--quiet", action="store_true", help="no progress output")
-    restore.set_defaults(func=_restore)
+    restore.set_defaults(func=_restore, parser=restore)

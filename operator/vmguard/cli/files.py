@@ -25,6 +25,7 @@ from typing import Any
 
 from vmguard.api import format_time
 from vmguard.cli.options import add_repository_options, open_repository_from
+from vmguard.cli.progress import ProgressDisplay
 from vmguard.store.crypto import KEY_ENV
 from vmguard.store.location import repository_url
 
@@ -32,9 +33,9 @@ from vmguard.store.location import repository_url
 def register(sub: Any) -> None:
     """Add ``files`` and ``mount`` to the top-level sub-parsers."""
     files = sub.add_parser("files", help="list, find and restore files inside a backup")
-    files_sub = files.add_subparsers(
-        dest="files_cmd", required=True, parser_class=_IntermixedParser
-    )
+    # Options may follow positionals (``files ls vm1 --repo R p1``): every leaf parser
+    # parses intermixed (vmguard.cli.main.Parser).
+    files_sub = files.add_subparsers(dest="files_cmd", required=True)
 
     ls = files_sub.add_parser("ls", help="list volumes, or a directory of a volume")
     _common(ls)
@@ -61,22 +62,8 @@ def register(sub: Any) -> None:
     mount.add_argument("--cow", action="store_true", help="writable throw-away overlay")
     mount.add_argument("--cache-mib", type=int, default=256, help="chunk cache (MiB)")
     mount.set_defaults(func=_mount)
-
-
-class _IntermixedParser(argparse.ArgumentParser):
-    """Options may follow positionals (``files ls vm1 --repo R p1``): plain argparse
-    binds an optional positional to nothing when an option interrupts the positionals."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        if self._intermixing:  # parse_known_intermixed_args calls back in here
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
+    for p in (ls, get, find, mount):
+        p.set_defaults(parser=p)
 
 
 def _common(parser: argparse.ArgumentParser, *, tls: bool = True) -> None:
@@ -181,25 +168,17 @@ def _get(args: argparse.Namespace) -> int:
     from vmguard.files.restore import DirectorySink, RestoreProgress, restore_paths
 
     started = time.monotonic()
-    last = [0.0]
+    display = ProgressDisplay("files")
 
     def progress(p: RestoreProgress) -> None:
-        now = time.monotonic()
-        if sys.stderr.isatty() and (now - last[0] > 0.2 or p.files_done == p.files_total):
-            last[0] = now
-            sys.stderr.write(
-                f"\r{p.files_done}/{p.files_total} entries"
-                f" {p.bytes_done >> 20}/{p.bytes_total >> 20} MiB"
-            )
-            sys.stderr.flush()
+        display(p.bytes_done, p.bytes_total)
 
-    with _files(args) as files:
+    with _files(args) as files, display:
         sink = DirectorySink(args.to, owners=args.owners)
         report = restore_paths(
             files.view.repo, files.manifest, args.paths, sink, files=files, progress=progress
         )
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
+        display.finish()
     for error in report.errors:
         print(f"vmguard: error: {show(str(error))}", file=sys.stderr)
     print(

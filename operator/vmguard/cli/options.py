@@ -13,23 +13,70 @@ the same in ``repo``, ``disk``, ``vm``, ``files`` and ``mount``:
 
 Repositories are opened only through :func:`vmguard.store.location.open_repository`.
 S3 credentials come only from the environment there. No message here prints a secret.
+
+Also here, because every group shares them: ``-o/--output table|json|yaml`` and
+:func:`emit` (one document per command for scripts: JSON or YAML of the same data);
+:class:`UsageError`, a mistake on the command line (exit code 2, like argparse's own),
+as opposed to every other :class:`~vmguard.errors.VmguardError`, a failure at run time
+(exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmguard.config import REPO_ENV, VC_PASSWORD_ENV, VC_USER_ENV
-from vmguard.errors import ConfigError
+from vmguard.errors import ConfigError, RepositoryNotFoundError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.crypto import DEFAULT_KDF_LIMITS, FORMAT_KDF_LIMITS, KEY_ENV
 from vmguard.store.location import master_key, open_repository
 
 if TYPE_CHECKING:
     from vmguard.vsphere.session import Endpoint
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+class UsageError(ConfigError):
+    """The command line is wrong (a missing or conflicting option): exit code 2, as for
+    argparse's own errors. Everything else that fails is a run-time failure: exit 1."""
+
+
+def add_output_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = OUTPUTS) -> None:
+    """``-o/--output`` (default ``table``, text for people) and ``--json``, a hidden,
+    deprecated alias of ``-o json`` that scripts written before ``-o`` still use."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=choices,
+        default="table",
+        help=f"output format: {', '.join(choices)} (default: table)",
+    )
+    parser.add_argument(
+        "--json", dest="output", action="store_const", const="json", help=argparse.SUPPRESS
+    )
+
+
+def render(doc: Any, output: str) -> str:
+    """``doc`` as a JSON or YAML document (``output`` ``json`` or ``yaml``)."""
+    if output == "yaml":
+        import yaml  # PyYAML: only when asked for
+
+        # Through JSON first: dates and other non-plain values become strings, as in -o json.
+        plain = json.loads(json.dumps(doc, default=str))
+        return str(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)).rstrip("\n")
+    return json.dumps(doc, default=str, indent=1, ensure_ascii=False)
+
+
+def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    """Print ``text`` for ``-o table``, else ``doc`` as the document asked for."""
+    output = getattr(args, "output", "table") or "table"
+    print(text if output in ("table", "wide") else render(doc, output))
+
 
 KEY_HELP = (
     f"file holding the repository's master key (else ${KEY_ENV});"
@@ -74,14 +121,21 @@ def repository_key(args: argparse.Namespace) -> MasterKey | None:
 def open_repository_from(args: argparse.Namespace) -> Repository:
     """The repository the shared options name, with its key. Never creates one: a
     mistyped ``--repo`` is RepositoryNotFoundError (``repo init`` creates)."""
+    if not (args.repo or os.environ.get(REPO_ENV)):
+        raise UsageError(f"no repository given: use --repo URL or set {REPO_ENV}")
     costly = getattr(args, "allow_costly_kdf", False)
-    return open_repository(
-        args.repo,
-        repository_key(args),
-        insecure_http=getattr(args, "insecure_http", False),
-        ca_file=getattr(args, "ca_file", None),
-        kdf_limits=FORMAT_KDF_LIMITS if costly else DEFAULT_KDF_LIMITS,
-    )
+    try:
+        return open_repository(
+            args.repo,
+            repository_key(args),
+            insecure_http=getattr(args, "insecure_http", False),
+            ca_file=getattr(args, "ca_file", None),
+            kdf_limits=FORMAT_KDF_LIMITS if costly else DEFAULT_KDF_LIMITS,
+        )
+    except RepositoryNotFoundError as exc:
+        raise RepositoryNotFoundError(
+            f"{exc} (check --repo; `vmguard repo init` creates one)"
+        ) from None
 
 
 def new_key_file(path: str) -> MasterKey:

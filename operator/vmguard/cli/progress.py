@@ -1,16 +1,24 @@
-"""Progress on the command line: a bar on a terminal, periodic lines otherwise.
+"""Progress on the command line: a bar on a terminal (rich), periodic lines otherwise.
 
 Both go to stderr, so stdout carries only results (an archive id, a JSON document).
-Callbacks may come often; the display is redrawn at most every ``interval`` seconds.
+On a terminal the bar shows the share done, bytes done of the total in binary units
+(KiB, MiB, GiB), the rate and the time left; when stderr is not a terminal (a log, CI)
+a plain line is written every ``interval`` seconds (10 by default) and at the end, so
+that a log is not flooded with redraws. Callbacks may come often; the display is redrawn
+at most every ``interval`` seconds (0.2 on a terminal). rich is imported only when a
+bar is drawn, so no command pays for it at start-up.
+
+A display is a context manager: leaving it (also through an exception) stops the bar
+and gives the terminal back its cursor; :meth:`ProgressDisplay.finish` draws the final
+state first.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
-
-_BAR = 30
+from types import TracebackType
+from typing import Any, TextIO
 
 
 def human_bytes(n: float) -> str:
@@ -43,38 +51,98 @@ class ProgressDisplay:
         self.started = time.monotonic()
         self._last = 0.0
         self._done = self._total = 0
+        self._bar: Any = None  # rich.progress.Progress once drawn
+        self._task: Any = None
+        self._finished = False
 
     def __call__(self, done: int, total: int) -> None:
         self._done, self._total = done, total
         now = time.monotonic()
         if self.enabled and now - self._last >= self.interval:
             self._last = now
-            self._draw(final=False)
+            self._draw()
 
-    def _line(self) -> str:
+    def line(self) -> str:
+        """The progress as one line of text (what a log gets)."""
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self._done / elapsed
         share = self._done / self._total if self._total else 1.0
         if self.unit == "bytes":
-            text = (
+            return (
                 f"{self.what}: {human_bytes(self._done)} of {human_bytes(self._total)}"
                 f" ({share:.0%}), {human_bytes(rate)}/s"
             )
-        else:
-            text = f"{self.what}: {self._done} of {self._total} {self.unit} ({share:.0%})"
+        return f"{self.what}: {self._done} of {self._total} {self.unit} ({share:.0%})"
 
-        if self.tty:
-            filled = int(_BAR * share)
-            text = f"[{'#' * filled}{'.' * (_BAR - filled)}] " + text
-        return text
-
-    def _draw(self, *, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + self._line() + ("\n" if final else ""))
-        else:
-            self.stream.write(self._line() + "\n")
-        self.stream.flush()
+    def _draw(self) -> None:
+        if not self.tty:
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+            return
+        if self._bar is None:
+            self._bar = _rich_bar(self.stream, self.unit)
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=self._total or None)
+        self._bar.update(self._task, completed=self._done, total=self._total or None)
+        self._bar.refresh()
 
     def finish(self) -> None:
-        if self.enabled:
-            self._draw(final=True)
+        """Draw the final state and end the display (once: a second call does nothing)."""
+        if self.enabled and not self._finished:
+            self._draw()
+        self._finished = True
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _rich_bar(stream: TextIO, unit: str) -> Any:
+    """A rich Progress drawing on ``stream``, refreshed only when we say (no thread)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class BinaryRate(ProgressColumn):
+        """Bytes per second in binary units (rich's own column is decimal)."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-" if speed is None else f"{human_bytes(speed)}/s")
+
+    amounts: list[Any]
+    if unit == "bytes":
+        amounts = [DownloadColumn(binary_units=True), BinaryRate()]
+    else:
+        amounts = [MofNCompleteColumn(), TextColumn(unit)]
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        *amounts,
+        TimeRemainingColumn(),
+        console=Console(file=stream, force_terminal=True),
+        auto_refresh=False,
+    )

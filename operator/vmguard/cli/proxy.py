@@ -23,11 +23,11 @@ def register(sub: Any) -> None:
     proxy = sub.add_parser(COMMAND, help="run as a proxy Job: move one VM's data (in-cluster)")
     proxy_sub = proxy.add_subparsers(dest="proxy_cmd", required=True)
     backup = proxy_sub.add_parser(BACKUP, help="transfer the snapshot of one VMBackup")
-    backup.add_argument("--namespace", required=True)
+    backup.add_argument("--namespace", required=True, help="namespace of the VMBackup")
     backup.add_argument("--name", required=True, help="the VMBackup")
     backup.set_defaults(func=_backup)
     restore = proxy_sub.add_parser(RESTORE, help="write the data of one VMRestore")
-    restore.add_argument("--namespace", required=True)
+    restore.add_argument("--namespace", required=True, help="namespace of the VMRestore")
     restore.add_argument("--name", required=True, help="the VMRestore")
     restore.set_defaults(func=_restore)
 

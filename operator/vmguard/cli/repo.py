@@ -1,20 +1,22 @@
 """``vmguard repo ...``: create, inspect, verify and maintain a repository without a cluster.
 
-Exit codes: 0 success; 1 verify found problems, or lock-check left a retention short;
-2 any vmguard error (printed by :mod:`vmguard.cli.main`). Every sub-command takes the
-repository options of :mod:`vmguard.cli.options` (``repo init`` also the URL as its
-argument) and ``--json``.
+Exit codes: 0 success; 1 verify found problems, lock-check left a retention short, or
+any other failure (printed by :mod:`vmguard.cli.main`); 2 a usage error. Every
+sub-command takes the repository options of :mod:`vmguard.cli.options` (``repo init``
+also the URL as its argument) and ``-o table|json|yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from typing import Any
 
 from vmguard.cli.options import (
+    UsageError,
+    add_output_option,
     add_repository_options,
+    emit,
     new_key_file,
     open_repository_from,
     repository_key,
@@ -27,9 +29,9 @@ from vmguard.store.location import open_location, repository_url
 
 
 def add_repo_options(parser: argparse.ArgumentParser) -> None:
-    """The shared repository options and ``--json``."""
+    """The shared repository options and ``-o``."""
     add_repository_options(parser)
-    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_output_option(parser)
 
 
 def open_repo(args: argparse.Namespace) -> Repository:
@@ -37,7 +39,12 @@ def open_repo(args: argparse.Namespace) -> Repository:
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
-    print(json.dumps(doc, default=str, indent=1) if args.json else text)
+    emit(args, doc, text)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """A document on stdout: no progress display on stderr either (as before ``-o``)."""
+    return bool(args.output != "table")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -54,7 +61,7 @@ def _init(args: argparse.Namespace) -> int:
         else:
             key = repository_key(args)
             if key is None:
-                raise ConfigError(
+                raise UsageError(
                     "--encrypt needs --key-file FILE (created if absent) or VMGUARD_KEY"
                 )
     lock = ObjectLockPolicy(args.lock_mode, args.lock_days) if args.lock_days else None
@@ -120,9 +127,10 @@ def _verify(args: argparse.Namespace) -> int:
     from vmguard.store.verify import verify
 
     repo = open_repo(args)
-    display = ProgressDisplay("deep verify", enabled=args.deep and not args.json, unit="chunks")
-    report = verify(repo, deep=args.deep, workers=args.workers, progress=display)
-    if args.deep and not args.json:
+    display = ProgressDisplay("deep verify", enabled=args.deep and not _quiet(args), unit="chunks")
+    with display:
+        report = verify(repo, deep=args.deep, workers=args.workers, progress=display)
+    if args.deep and not _quiet(args):
         display.finish()
     lines = [
         f"{'deep' if args.deep else 'quick'} verify: {report.archives} archives,"
@@ -141,10 +149,11 @@ def _lock_check(args: argparse.Namespace) -> int:
     from vmguard.store.lockcheck import lock_check
 
     repo = open_repo(args)
-    display = ProgressDisplay("lock-check", enabled=not args.json, unit="objects")
-    report = lock_check(repo, repair=not args.dry_run, workers=args.workers, progress=display)
-    if not args.json:
-        display.finish()
+    display = ProgressDisplay("lock-check", enabled=not _quiet(args), unit="objects")
+    with display:
+        report = lock_check(repo, repair=not args.dry_run, workers=args.workers, progress=display)
+        if not _quiet(args):
+            display.finish()
     if not report.object_lock:
         _emit(args, asdict(report) | {"ok": True}, "the repository does not use Object Lock")
         return 0
@@ -265,22 +274,33 @@ def add_parser(sub: Any) -> None:
     def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = cmds.add_parser(name, help=help)
         add_repo_options(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, parser=p)
         return p
 
     init = command("init", _init, "create a repository")
     init.add_argument("url", nargs="?", help="repository URL (or --repo)")
     init.add_argument("--encrypt", action="store_true", help="AES-256-GCM under a master key")
-    init.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    init.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        metavar="BYTES",
+        help=f"fixed chunk size (default: {DEFAULT_CHUNK_SIZE >> 20} MiB)",
+    )
     init.add_argument("--compression-level", type=int, default=3, help="zstd level")
     init.add_argument("--lock-days", type=int, default=0, help="Object Lock retention days")
-    init.add_argument("--lock-mode", default="GOVERNANCE", choices=["GOVERNANCE", "COMPLIANCE"])
+    init.add_argument(
+        "--lock-mode",
+        default="GOVERNANCE",
+        choices=["GOVERNANCE", "COMPLIANCE"],
+        help="Object Lock mode with --lock-days (default: GOVERNANCE)",
+    )
     command("info", _info, "the repository's configuration")
     ls = command("ls", _ls, "list archives")
     ls.add_argument("--vm", help="only archives of this VM id")
     verify = command("verify", _verify, "check that every archive can be restored")
     verify.add_argument("--deep", action="store_true", help="read, decrypt and hash every chunk")
-    verify.add_argument("--workers", type=int, default=4)
+    verify.add_argument("--workers", type=int, default=4, help="parallel reads (default: 4)")
     lock = command(
         "lock-check", _lock_check, "find and extend Object Lock retentions shorter than promised"
     )
@@ -288,11 +308,15 @@ def add_parser(sub: Any) -> None:
     lock.add_argument("--workers", type=int, default=16, help="parallel requests")
     prune = command("prune", _prune, "retire archives a retention policy does not keep")
     for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        prune.add_argument(f"--keep-{period}", type=int, default=0, metavar="N")
+        what = "newest archives" if period == "last" else f"newest archive of each {period[:-2]}"
+        what = what.replace("dai", "day")
+        prune.add_argument(
+            f"--keep-{period}", type=int, default=0, metavar="N", help=f"keep the N {what}"
+        )
     prune.add_argument("--vm", help="only archives of this VM id")
-    prune.add_argument("--dry-run", action="store_true")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     gc = command("gc", _gc, "delete chunks no archive references (safe with running backups)")
-    gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     gc.add_argument(
         "--sole-gc",
         action="store_true",

@@ -4,7 +4,8 @@ cluster's objects alone.
 The command lists VCenter, VMProtectionPolicy and VMBackup objects (blocking, here);
 :mod:`.coverage` turns them into rows, and this module prints them: a ``kubectl
 get``-style table, one row per VM (vCenter, VM, policy or ``UNPROTECTED``, last good
-backup and its age, RPO state), then a summary line and notes; or JSON.
+backup and its age, RPO state), then a summary line and notes; or JSON or YAML
+(``-o``). The cluster is the one :mod:`.kube` selects (``--context``, ``-n``).
 
 The table is padded by *display* width (wcwidth), not by code points: a CJK character
 or an emoji takes two terminal cells, a combining accent none, so ``len()`` would
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from wcwidth import wcswidth
 
-from vmguard.errors import ConfigError, RetryableError
+from vmguard.api import GROUP, VERSION
+from vmguard.cli.kube import Cluster, add_cluster_options, connect
+from vmguard.cli.options import UsageError, add_output_option, emit
 
 if TYPE_CHECKING:
     # Imported where used: coverage brings the controller (the Kubernetes client,
@@ -111,46 +113,18 @@ def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: b
     return "\n".join(text)
 
 
-def _current_namespace() -> str:
-    from kubernetes import config
-
-    try:
-        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-            return f.read().strip()
-    except OSError:
-        pass
-    try:
-        _, active = config.list_kube_config_contexts()
-    except (config.ConfigException, OSError):
-        return "default"
-    return str((active.get("context") or {}).get("namespace") or "default")
-
-
-def read_objects(namespace: str | None) -> dict[str, list[dict[str, Any]]]:
+def read_objects(cluster: Cluster, namespace: str | None) -> dict[str, list[dict[str, Any]]]:
     """Blocking: the three kinds, from one namespace or (``None``) every namespace."""
-    from kubernetes import client
-
-    from vmguard.api import GROUP, VERSION
-    from vmguard.controller.kubeapi import load_config
-
-    try:
-        load_config()
-    except Exception as exc:  # a missing or broken kubeconfig
-        raise ConfigError(f"no cluster to talk to: {exc}") from None
-    api = client.CustomObjectsApi()
+    api = cluster.custom()
     out = {}
     for plural in ("vcenters", "vmprotectionpolicies", "vmbackups"):
-        try:
+
+        def listing(p: str = plural) -> Any:
             if namespace is None:
-                res = api.list_cluster_custom_object(GROUP, VERSION, plural)
-            else:
-                res = api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
-        except client.ApiException as exc:
-            if exc.status in (401, 403, 404):
-                raise ConfigError(f"cannot list {plural}: {exc.status} {exc.reason}") from None
-            raise RetryableError(f"listing {plural}: {exc.status} {exc.reason}") from None
-        except OSError as exc:
-            raise RetryableError(f"listing {plural}: {exc}") from None
+                return api.list_cluster_custom_object(GROUP, VERSION, p)
+            return api.list_namespaced_custom_object(GROUP, VERSION, namespace, p)
+
+        res = cluster.call(f"listing {plural}", listing)
         out[plural] = list(res.get("items", []))
     return out
 
@@ -158,16 +132,19 @@ def read_objects(namespace: str | None) -> dict[str, list[dict[str, Any]]]:
 def _run(args: argparse.Namespace) -> int:
     from vmguard.cli.coverage import build_coverage
 
-    namespace = None if args.all_namespaces else (args.namespace or _current_namespace())
-    found = read_objects(namespace)
+    if args.all_namespaces and getattr(args, "kube_namespace", None):
+        raise UsageError("give -n NAMESPACE or -A, not both")
+    cluster = connect(args)
+    namespace = None if args.all_namespaces else cluster.namespace
+    found = read_objects(cluster, namespace)
     now = dt.datetime.now(dt.UTC)
     coverage = build_coverage(
         found["vcenters"], found["vmprotectionpolicies"], found["vmbackups"], now
     )
-    if args.output == "json":
-        print(json.dumps(coverage.doc(), indent=1))
-    else:
-        print(render_table(coverage, now, args.output == "wide", args.all_namespaces))
+    text = "" if args.output in ("json", "yaml") else None
+    if text is None:
+        text = render_table(coverage, now, args.output == "wide", args.all_namespaces)
+    emit(args, coverage.doc(), text)
     return 0
 
 
@@ -175,9 +152,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "status", help="coverage: every VM, its policy, last good backup and RPO state"
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", help="this namespace (default: the context's)")
-    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    p.add_argument("-o", "--output", choices=["wide", "json"], help="more columns, or JSON")
-    p.add_argument("--json", dest="output", action="store_const", const="json", help="-o json")
-    p.set_defaults(func=_run)
+    add_cluster_options(p)
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    add_output_option(p, ("table", "wide", "json", "yaml"))
+    p.set_defaults(func=_run, parser=p)

@@ -16,18 +16,20 @@ printed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
 from vmguard.cli.options import (
+    add_output_option,
     add_repository_options,
     add_vcenter_options,
     open_repository_from,
+    render,
     vcenter_endpoint,
 )
+from vmguard.cli.progress import ProgressDisplay
 from vmguard.config import DEFAULT_VDDK_PATH
 
 if TYPE_CHECKING:
@@ -56,18 +58,29 @@ def register(sub: Any) -> None:
         default=DEFAULT_VDDK_PATH,
         help="the VDDK's directory (with --locator vddk)",
     )
+    data.add_argument("--quiet", action="store_true", help="no progress output")
     vm_sub = vm.add_subparsers(dest="vm_cmd", required=True)
     ls = vm_sub.add_parser("ls", parents=[common], help="discover every VM")
-    ls.add_argument("--json", action="store_true")
+    add_output_option(ls)
     backup = vm_sub.add_parser("backup", parents=[common, data], help="back up one VM")
     backup.add_argument("vm", help="name, moref or instance UUID")
-    backup.add_argument("--transport", choices=("nbd", "hotadd", "auto"), default="auto")
-    backup.add_argument("--quiesce", action="store_true")
+    backup.add_argument(
+        "--transport",
+        choices=("nbd", "hotadd", "auto"),
+        default="auto",
+        help="how disks are read: auto prefers hot-add, falls back to NBD (default: auto)",
+    )
+    backup.add_argument(
+        "--quiesce", action="store_true", help="quiesce the guest file systems (VMware Tools)"
+    )
     backup.add_argument("--vcenter-name", default="", help="name recorded in the VM's identity")
+    add_output_option(backup)
     restore = vm_sub.add_parser("restore", parents=[common, data], help="restore an archive")
-    restore.add_argument("archive")
+    restore.add_argument("archive", help="archive id (see vmguard repo ls)")
     where = restore.add_mutually_exclusive_group(required=True)
-    where.add_argument("--new-name", help="restore as a new VM with this name")
+    where.add_argument("--new-vm", metavar="NAME", help="restore as a new VM with this name")
+    # The name before --new-vm (the flag of `vmguard restore create`), kept for scripts.
+    where.add_argument("--new-name", dest="new_vm", help=argparse.SUPPRESS)
     where.add_argument("--in-place", action="store_true", help="overwrite the VM backed up")
     restore.add_argument("--vm", help="with --in-place: another VM (moref) than the source")
     restore.add_argument(
@@ -75,10 +88,18 @@ def register(sub: Any) -> None:
     )
     restore.add_argument("--folder", help="VM folder path, e.g. /DC0/vm/Restores")
     restore.add_argument("--pool", help="resource pool path")
-    restore.add_argument("--network-map", action="append", metavar="SRC=DST")
-    restore.add_argument("--power-on", action="store_true")
-    restore.add_argument("--power-off", action="store_true", help="with --in-place")
-    vm.set_defaults(func=_vm)
+    restore.add_argument(
+        "--network-map",
+        action="append",
+        metavar="SRC=DST",
+        help="connect the new VM's NICs on network SRC to DST instead (repeatable)",
+    )
+    restore.add_argument("--power-on", action="store_true", help="power the new VM on")
+    restore.add_argument(
+        "--power-off", action="store_true", help="with --in-place: power the VM off first"
+    )
+    for p in (ls, backup, restore):
+        p.set_defaults(func=_vm, parser=p)
 
 
 def _vm(args: argparse.Namespace) -> int:
@@ -87,7 +108,7 @@ def _vm(args: argparse.Namespace) -> int:
 
     ep = vcenter_endpoint(args)
     if args.vm_cmd == "ls":
-        return vm_ls(ep, sys.stdout, as_json=args.json)
+        return vm_ls(ep, sys.stdout, output=args.output)
     from vmguard.vm.access import open_locator
 
     locator = open_locator(args.locator, ep, vddk_libdir=args.vddk_libdir)
@@ -97,7 +118,9 @@ def _vm(args: argparse.Namespace) -> int:
         )
         # Never creates a repository: a mistyped --repo fails here (`repo init` creates).
         repo = open_repository_from(args)
-        return vm_backup(ep, args.vm, repo, locator, options, sys.stdout)
+        return vm_backup(
+            ep, args.vm, repo, locator, options, sys.stdout, quiet=args.quiet, output=args.output
+        )
     networks = dict(pair.split("=", 1) for pair in args.network_map or ())
     return vm_restore(
         ep,
@@ -105,7 +128,7 @@ def _vm(args: argparse.Namespace) -> int:
         open_repository_from(args),
         locator,
         sys.stdout,
-        new_name=args.new_name,
+        new_name=args.new_vm,
         in_place_vm=args.vm if args.in_place else None,
         target=lambda name: NewVMTarget(
             name=name,
@@ -116,10 +139,11 @@ def _vm(args: argparse.Namespace) -> int:
         ),
         power_on=args.power_on,
         power_off=args.power_off,
+        quiet=args.quiet,
     )
 
 
-def vm_ls(ep: Endpoint, out: TextIO, as_json: bool = False) -> int:
+def vm_ls(ep: Endpoint, out: TextIO, output: str = "table") -> int:
     from vmguard.vsphere.inventory import discover
     from vmguard.vsphere.session import VSphereSession
     from vmguard.vsphere.tags import TagClient
@@ -132,9 +156,8 @@ def vm_ls(ep: Endpoint, out: TextIO, as_json: bool = False) -> int:
         records = session.call(lambda si: discover(si, vm_tags))
     finally:
         session.close()
-    if as_json:
-        json.dump([asdict(r) for r in records], out, ensure_ascii=False, indent=1)
-        out.write("\n")
+    if output != "table":
+        out.write(render([asdict(r) for r in records], output) + "\n")
         return 0
     out.write(f"{'NAME':32} {'MOREF':10} {'POWER':10} {'HW':>3} {'CBT':4} {'DISKS':>5} FOLDER\n")
     for r in records:
@@ -156,6 +179,8 @@ def vm_backup(
     locator: DiskLocator,
     options: BackupOptions,
     out: TextIO,
+    quiet: bool = False,
+    output: str = "table",
 ) -> int:
     from vmguard.vm.backup import backup_vm
     from vmguard.vsphere.inventory import discover, find_by_name
@@ -164,10 +189,23 @@ def vm_backup(
     session = VSphereSession(ep)
     try:
         record = find_by_name(session.call(discover), vm)
-        result = backup_vm(session, repo, record.moref, locator, options)
+        with ProgressDisplay(f"backup {record.name}", enabled=not quiet) as display:
+            result = backup_vm(session, repo, record.moref, locator, options, progress=display)
+            display.finish()
     finally:
         session.close()
     m = result.manifest
+    if output != "table":
+        doc = {
+            "archive_id": m.archive_id,
+            "mode": result.mode,
+            "mode_reason": result.mode_reason,
+            "transport": result.transport.transport,
+            "transport_reason": result.transport.reason,
+            "disks": {str(k): {"mode": d.mode, **asdict(d.stats)} for k, d in result.disks.items()},
+        }
+        out.write(render(doc, output) + "\n")
+        return 0
     out.write(f"archive {m.archive_id}\n")
     out.write(f"  mode       {result.mode}  ({result.mode_reason})\n")
     out.write(f"  transport  {result.transport.transport}  ({result.transport.reason})\n")
@@ -191,21 +229,39 @@ def vm_restore(
     target: Callable[[str], NewVMTarget],
     power_on: bool,
     power_off: bool,
+    quiet: bool = False,
 ) -> int:
     from vmguard.vm.restore import restore_in_place, restore_new_vm
     from vmguard.vsphere.session import VSphereSession
 
+    displays: list[ProgressDisplay] = []
+
+    def progress(key: int) -> ProgressDisplay:
+        """One bar per disk, one after the other (disks are written in turn)."""
+        if displays:
+            displays[-1].finish()
+        displays.append(ProgressDisplay(f"restore disk {key}", enabled=not quiet))
+        return displays[-1]
+
     session = VSphereSession(ep)
     try:
         if new_name:
-            made = restore_new_vm(session, repo, archive_id, target(new_name), locator, power_on)
+            made = restore_new_vm(
+                session, repo, archive_id, target(new_name), locator, power_on, progress
+            )
+            if displays:
+                displays[-1].finish()
             out.write(f"restored {archive_id} as {made.vm.name} ({made.vm.moref})\n")
         else:
             manifest = repo.load_archive(archive_id)
             moref = in_place_vm or manifest.vm.moref
-            done = restore_in_place(session, repo, archive_id, moref, locator, power_off)
+            done = restore_in_place(session, repo, archive_id, moref, locator, power_off, progress)
+            if displays:
+                displays[-1].finish()
             for key, why in sorted(done.reasons.items()):
                 out.write(f"disk {key}: {why}\n")
     finally:
+        for display in displays:
+            display.close()
         session.close()
     return 0

@@ -207,8 +207,10 @@ def backup_vm(
     vm_moref: str,
     locator: DiskLocator,
     options: BackupOptions | None = None,
+    progress: Progress | None = None,
 ) -> BackupResult:
-    """All three steps in this process; the snapshot is removed in every outcome."""
+    """All three steps in this process; the snapshot is removed in every outcome.
+    ``progress(done, total)`` follows the transfer (bytes of every disk together)."""
     opts = options or BackupOptions()
     uid = opts.backup_uid or secrets.token_hex(8)
     prepared = prepare(
@@ -239,7 +241,7 @@ def backup_vm(
     )
     failed = True
     try:
-        result = transfer(session, repo, locator, request)
+        result = transfer(session, repo, locator, request, progress=progress)
         failed = False
     finally:
         try:

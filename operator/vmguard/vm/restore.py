@@ -92,7 +92,9 @@ def restore_new_vm(
     target: vrestore.NewVMTarget,
     locator: DiskLocator,
     power_on: bool = False,
+    progress: Callable[[int], Progress] | None = None,
 ) -> NewVMResult:
+    """``progress(disk key)``, when given, makes the progress callback of that disk."""
     manifest = repo.load_archive(archive_id)
     config = archive_config(manifest)
     if not target.datastore:
@@ -104,7 +106,14 @@ def restore_new_vm(
     try:
         results = {
             d.source_key: write_disk(
-                locator, repo, manifest, created.moref, d.source_key, d.key, d.file_name
+                locator,
+                repo,
+                manifest,
+                created.moref,
+                d.source_key,
+                d.key,
+                d.file_name,
+                progress=progress(d.source_key) if progress else None,
             )
             for d in created.disks
         }
