@@ -230,6 +230,7 @@ def test_scheduled_verify_extends_an_object_lock_lifted_behind_our_back(
         namespace,
         "locked",
         s3_lock_bucket,
+        chunkSize=CHUNK,  # as the repository was made: a mismatch would be Ready=False
         objectLockDays=2,
         verify={"schedule": "* * * * *"},
     )

@@ -105,11 +105,17 @@ def test_the_spec_makes_the_repository_and_a_lost_config_loses_no_locked_archive
     (copy,) = [
         o.object_name for o in minio_client.list_objects(bucket, prefix="configs/", recursive=True)
     ]
-    for name in (chunk, manifest.disks[0].index, names.manifest_name(manifest.archive_id)):
+    for name in (manifest.disks[0].index, names.manifest_name(manifest.archive_id)):
         retention = minio_client.get_object_retention(bucket, name)
         assert retention.mode == "GOVERNANCE"
         assert retention.retain_until_date == manifest.retain_until
         assert dt.timedelta(days=13) < retention.retain_until_date - now <= dt.timedelta(days=14)
+    # A chunk is locked one period past its archive's retain_until (format §9.1), and the
+    # manifest's lock_horizon records it.
+    retention = minio_client.get_object_retention(bucket, chunk)
+    assert retention.mode == "GOVERNANCE"
+    assert retention.retain_until_date == manifest.retain_until + dt.timedelta(days=14)
+    assert manifest.lock_horizon is not None and manifest.lock_horizon >= manifest.retain_until
     copy_lock = minio_client.get_object_retention(bucket, copy)
     assert copy_lock.mode == "GOVERNANCE" and copy_lock.retain_until_date >= manifest.retain_until
 
