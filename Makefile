@@ -45,7 +45,7 @@ test: venv lab-build lint
 # ambiguous writes) at their full count; `make test` runs a fixed-seed subset of them.
 soak: venv
 	@echo "[soak] randomized store schedules, full count"
-	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py --soak
+	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py tests/store/test_gc_races_s3.py --soak
 
 demo: venv lab-build
 	@$(BIN)/vmguard-lab demo

@@ -95,3 +95,63 @@ def test_a_skewed_writer_stamps_its_own_time_and_minio_stamps_the_real_one(
     assert before - slack <= lease.modified <= after + slack
     # The writer aborted when its stdin closed, and took its lease with it.
     assert list(backend.list(names.LEASES)) == []
+
+
+# A writer whose clock is further off than S3 request signing tolerates (15 minutes):
+# it reports what the store raised when it opened the repository.
+FAR_WRITER = """
+import json, os
+from vmguard.store import MasterKey, Repository
+from vmguard.store.backend import S3Backend
+
+e = os.environ
+backend = S3Backend(
+    e["SKEW_S3_ENDPOINT"], e["SKEW_S3_BUCKET"], access_key=e["SKEW_S3_ACCESS_KEY"],
+    secret_key=e["SKEW_S3_SECRET_KEY"], secure=False, prefix="repo", timeout=10,
+    conditional_writes=True,
+)
+try:
+    Repository.open(backend, MasterKey(e["SKEW_MASTER_KEY"].encode()))
+except Exception as exc:
+    retryable = getattr(exc, "retryable", None)
+    print(json.dumps({"error": type(exc).__name__, "retryable": retryable, "message": str(exc)}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+def test_a_writer_twenty_minutes_off_gets_a_permanent_error_naming_its_clock(
+    s3_bucket: dict[str, Any],
+) -> None:
+    """MinIO refuses requests signed more than 15 minutes off (RequestTimeTooSkewed);
+    retrying cannot fix a clock, so the error is permanent and says what is wrong."""
+    backend = S3Backend(
+        s3_bucket["endpoint"],
+        s3_bucket["bucket"],
+        access_key=s3_bucket["access_key"],
+        secret_key=s3_bucket["secret_key"],
+        secure=False,
+        prefix="repo",
+    )
+    Repository.init(
+        backend,
+        master_key=MasterKey(KEY.encode()),
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+    )
+    env = dict(
+        os.environ,
+        SKEW_S3_ENDPOINT=s3_bucket["endpoint"],
+        SKEW_S3_BUCKET=s3_bucket["bucket"],
+        SKEW_S3_ACCESS_KEY=s3_bucket["access_key"],
+        SKEW_S3_SECRET_KEY=s3_bucket["secret_key"],
+        SKEW_MASTER_KEY=KEY,
+    )
+    child = start_skewed_python(FAR_WRITER, -1200, env)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["error"] is not None, "MinIO accepted a request signed 20 minutes off"
+    assert seen["retryable"] is False, seen
+    assert "clock" in seen["message"], seen
+    assert s3_bucket["secret_key"] not in seen["message"]

@@ -18,7 +18,9 @@ Objects live under an optional key prefix of one bucket. Invariants and choices:
   version under retention makes ``delete`` raise ObjectLockedError.
 - Errors are translated: missing key → ObjectNotFoundError; network failures, 5xx,
   throttling → BackendUnavailableError (retryable); denied for retention →
-  ObjectLockedError; anything else → a permanent error. Messages name the bucket and
+  ObjectLockedError; a request refused because this host's clock is too far from the
+  server's (RequestTimeTooSkewed) → ConfigError (permanent: a retry cannot fix a clock);
+  anything else → a permanent error. Messages name the bucket and
   key, never the credentials.
 - The SDK's own HTTP retries are off: :class:`RetryingBackend` owns retry policy.
 """
@@ -65,7 +67,6 @@ _RETRYABLE_CODES = frozenset(
         "InternalError",
         "ServiceUnavailable",
         "RequestTimeout",
-        "RequestTimeTooSkewed",
         "OperationAborted",
         "ConditionalRequestConflict",
         "XMinioServerNotInitialized",
@@ -149,6 +150,13 @@ class S3Backend:
                 return ObjectNotFoundError(name)
             if code == "NoSuchBucket":
                 return BucketNotFoundError(f"bucket {self._bucket!r} does not exist")
+            if code == "RequestTimeTooSkewed":
+                # A clock does not heal by retrying: say what is wrong, once, for good.
+                return ConfigError(
+                    f"{where}: S3 refused the request because this host's clock differs "
+                    "from the server's by more than it allows (RequestTimeTooSkewed); "
+                    "fix the clock (NTP) on this host"
+                )
             if code in _RETRYABLE_CODES or status >= 500:
                 return BackendUnavailableError(f"{where}: S3 {code or status}: {exc.message}")
             if code in ("AccessDenied", "InvalidRequest") and _LOCK_WORDS.search(exc.message or ""):
