@@ -53,7 +53,7 @@ def lab() -> Iterator[Any]:
 
     lab = Lab()
     was_running = all(lab.status().values())
-    lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "24")))
+    lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "32")))
     yield lab
     if not was_running and not os.environ.get("VMGUARD_KEEP_LAB"):
         lab.down()

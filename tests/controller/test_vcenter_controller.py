@@ -40,7 +40,17 @@ def test_sweep_assigns_policies_and_names_unprotected_vms(
     assert objects.condition(vc, "Reachable")["status"] == "True"
     counts = status["vms"]
     assert counts["discovered"] == len(vms)
-    gold = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+    # The sweep patches the VCenter's status and then each policy's: wait for the policy.
+    gold = eventually(
+        lambda: (
+            objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+            .get("status", {})
+            .get("matchedVMs")
+            is not None
+            and objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+        ),
+        what="gold's status",
+    )
     matched = gold["status"]["matchedVMs"]
     assert 0 < matched < len(vms), "the lab tags some VMs gold, not all"
     assert counts["protected"] == matched

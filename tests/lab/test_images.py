@@ -105,7 +105,10 @@ def test_raw_holes_are_holes_and_data_regions_are_allocated(built: dict[str, Dis
     layout = img.partitions[0].layout
     holes = [r for r in layout if r.kind == "hole"]
     assert sum(r.length for r in holes) >= 24 << 20
-    assert os.stat(img.path).st_blocks * 512 <= img.size - sum(r.length for r in holes)
+    # st_blocks also counts the file system's own blocks for the file (ext4's extent
+    # tree grows a 4 KiB block once a file has more than four extents): allow 64 KiB.
+    slack = 64 << 10
+    assert os.stat(img.path).st_blocks * 512 <= img.size - sum(r.length for r in holes) + slack
     fd = os.open(img.path, os.O_RDONLY)
     try:
         for r in layout:

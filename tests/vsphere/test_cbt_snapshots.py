@@ -49,10 +49,13 @@ def test_incremental_lists_exactly_the_written_blocks(
             assert plans[disk.key].reason == "no earlier backup of this disk"
             assert our_snapshots(vc, lab_vm.moref)[0].backup_uid == "uid-first"
         states = {k: p.state for k, p in plans.items()}
+        # What the first backup's archive records: the in-place restore marks its
+        # snapshot saw (an earlier test may have restored into this lab VM).
+        seen = cbt.seen_marks(cbt.marks_label(first))
         assert first.removed and our_snapshots(vc, lab_vm.moref) == []
         expected = merge(random_writes(vsim, lab_vm.moref, disk.key, disk.capacity))
         with snapshot_cycle(vc, lab_vm.moref, "uid-second") as second:
-            plans = cbt.plan(vc, second, states)
+            plans = cbt.plan(vc, second, states, previous_marks=seen)
         got = plans[disk.key]
         assert got.known and got.areas == expected, got.reason
         assert got.state.change_id != states[disk.key].change_id
