@@ -240,6 +240,7 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("list", "pods"),
             ("create", "events"),
             ("create", "roles.rbac.authorization.k8s.io"),
+            ("update", "roles.rbac.authorization.k8s.io"),
             ("create", "serviceaccounts"),
             ("patch", "kopfpeerings.kopf.dev"),
         ]
