@@ -206,9 +206,7 @@ def _wheels(dest: Path, *sources: str) -> None:
 
 
 def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> dict[str, str]:
-    refs = {
-        name: f"localhost/vmguard-{name}:{version}" for name in ("operator", "proxy")
-    }
+    refs = {name: f"localhost/vmguard-{name}:{version}" for name in ("operator", "proxy")}
     if stamps.fresh("product", inputs, tuple(refs.values())):
         return refs
     started = time.monotonic()
@@ -220,7 +218,9 @@ def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> d
         for rel in PRODUCT_FILES:
             if (REPO / rel).is_dir():
                 shutil.copytree(
-                    REPO / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+                    REPO / rel,
+                    src / rel,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
                 )
             else:
                 shutil.copy2(REPO / rel, src / rel)
@@ -257,10 +257,17 @@ def build_lab(stamps: Stamps, proxy_ref: str, inputs: str) -> str:
         ctx = Path(tmp)
         wheels = ctx / "wheels"
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-        subprocess.run(
-            [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO / "lab/python")],
-            check=True,
+        # From a copy: setuptools would leave build/ in the checkout.
+        src = ctx / "lab-src"
+        shutil.copytree(
+            REPO / "lab" / "python",
+            src,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"),
         )
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)], check=True
+        )
+        shutil.rmtree(src)
         subprocess.run([*pip, "download", "--no-deps", "-d", str(wheels), "pip"], check=True)
         podman(
             "build",
