@@ -66,7 +66,8 @@ def ulimit_flags() -> tuple[str, ...]:
     return tuple(out)
 
 
-BUILD_FLAGS = ("--network=host", *ulimit_flags(), "--layers")
+LABEL = "io.vmguard.build"  # on everything built here: what prune_superseded may remove
+BUILD_FLAGS = ("--network=host", *ulimit_flags(), "--layers", f"--label={LABEL}=1")
 PRODUCT_FILES = ("pyproject.toml", "README.md", "operator")
 
 
@@ -186,6 +187,8 @@ def build_base(stamps: Stamps, inputs: str) -> str:
         podman(
             "import",
             "--change",
+            f"LABEL {LABEL}=1",
+            "--change",
             f"USER {NONROOT}:{NONROOT}",
             "--change",
             "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -286,6 +289,19 @@ def build_lab(stamps: Stamps, proxy_ref: str, inputs: str) -> str:
     return ref
 
 
+def prune_superseded(base_ref: str) -> None:
+    """Remove what earlier builds left: bases of other inputs and untagged images, only
+    those carrying :data:`LABEL` (the store may hold other images)."""
+    listed = podman(
+        "images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}}",
+        capture=True,
+    )  # fmt: skip
+    old = [r for r in listed.split() if r.startswith("localhost/vmguard-base:") and r != base_ref]
+    if old:
+        podman("rmi", *old, capture=True)
+    podman("image", "prune", "--force", "--filter", f"label={LABEL}", capture=True)
+
+
 def describe(refs: dict[str, str]) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for name, ref in refs.items():
@@ -321,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lab:
         refs["proxy-lab"] = build_lab(stamps, refs["proxy"], lab_inputs(product))
     refs["base"] = base_ref
+    prune_superseded(base_ref)
     described = describe(refs)
     (stamps.root / "images.json").write_text(json.dumps(described, indent=2) + "\n")
     for name, d in described.items():
