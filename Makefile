@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml lab/python/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench soak
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench soak images lab-images
 
 deps:
 	@scripts/install-deps.sh
@@ -65,3 +65,12 @@ clean: lab-down
 bench: venv lab-build
 	@PYTHONPATH=operator $(BIN)/python bench/mover.py $(BENCH_ARGS)
 	@PYTHONPATH=operator $(BIN)/python bench/discovery.py --vms 5000 --rounds 3
+
+# The operator and proxy images from Debian packages (mmdebstrap + podman, as root; no
+# registry): images/build.py, cached by a hash of the inputs. lab-images adds the lab's
+# layer (vmguard-proxy:lab) for the container-mode tests.
+images: venv
+	@$(BIN)/python images/build.py
+
+lab-images: venv
+	@$(BIN)/python images/build.py --lab

@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,17 @@ def _argv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
 DEFAULT_VDDK_PATH = "/opt/vmware-vix-disklib-distrib"
 
 
+def _annotations(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("VMGUARD_PROXY_POD_ANNOTATIONS must be a JSON object of strings")
+    return value
+
+
 def _volume(raw: str | None) -> dict[str, Any] | None:
     if not raw:
         return None
@@ -74,6 +86,7 @@ class ProxySettings:
     ``vddk_volume`` is that volume's source as Kubernetes writes it (e.g.
     ``{"persistentVolumeClaim": {"claimName": "vddk"}}``; None: no VDDK volume) and
     ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
+    ``pod_annotations`` go on every proxy pod (e.g. a service mesh's opt-out).
     """
 
     image: str
@@ -83,6 +96,7 @@ class ProxySettings:
     image_pull_policy: str
     vddk_volume: dict[str, Any] | None = None
     vddk_path: str = "/opt/vmware-vix-disklib-distrib"  # = DEFAULT_VDDK_PATH
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -94,6 +108,7 @@ class ProxySettings:
             image_pull_policy=os.environ.get("VMGUARD_PROXY_IMAGE_PULL_POLICY", "IfNotPresent"),
             vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
             vddk_path=os.environ.get(VDDK_PATH_ENV, DEFAULT_VDDK_PATH),
+            pod_annotations=_annotations(os.environ.get("VMGUARD_PROXY_POD_ANNOTATIONS")),
         )
 
 

@@ -153,6 +153,25 @@ def test_non_default_rendering(render: Render) -> None:
 
 
 @pytest.mark.unit
+def test_images_by_digest_and_proxy_pod_annotations(render: Render) -> None:
+    op, px = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    docs = render(
+        {
+            "image": {"repository": "r.example/operator", "tag": "9", "digest": op},
+            "proxy": {
+                "image": {"repository": "r.example/proxy", "digest": px},
+                "podAnnotations": {"example.com/mesh": "off"},
+            },
+        }
+    )
+    assert container(docs)["image"] == f"r.example/operator@{op}"  # the digest wins
+    e = env(docs)
+    assert e["VMGUARD_PROXY_IMAGE"] == f"r.example/proxy@{px}"
+    assert json.loads(e["VMGUARD_PROXY_POD_ANNOTATIONS"]) == {"example.com/mesh": "off"}
+    assert "VMGUARD_PROXY_POD_ANNOTATIONS" not in env(render({}))
+
+
+@pytest.mark.unit
 def test_cluster_wide_rendering_uses_a_cluster_role_and_peering(render: Render) -> None:
     docs = render({"watch": {"allNamespaces": True}, "replicas": 2})
     assert "--all-namespaces" in container(docs)["args"]
@@ -240,6 +259,7 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("list", "pods"),
             ("create", "events"),
             ("create", "roles.rbac.authorization.k8s.io"),
+            ("update", "roles.rbac.authorization.k8s.io"),
             ("create", "serviceaccounts"),
             ("patch", "kopfpeerings.kopf.dev"),
         ]

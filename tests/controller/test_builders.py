@@ -245,3 +245,19 @@ def test_the_user_supplied_vddk_volume_is_mounted_read_only_where_nbdkit_looks()
         BACKUP, SETTINGS, vcenter=VCENTER, repository=REPOSITORY, attempt=1
     )
     assert "vddk" not in json.dumps(plain["spec"]["template"]["spec"]["volumes"])
+
+
+def test_a_non_root_proxy_can_read_its_secret_volumes_and_carries_the_pod_annotations() -> None:
+    # Secret files are root-owned with the Secret's mode (0400) unless fsGroup names the
+    # group that owns them: without it the non-root proxy cannot read its repository key.
+    pod = _job("nbd")["spec"]["template"]["spec"]
+    key = next(v for v in pod["volumes"] if v["name"] == builders.KEY_VOLUME)
+    assert key["secret"]["defaultMode"] == 0o400
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 65532
+    annotated = dataclasses.replace(SETTINGS, pod_annotations={"example.com/a": "b"})
+    job = builders.build_backup_job(
+        BACKUP, annotated, vcenter=VCENTER, repository=REPOSITORY, attempt=1,
+        transport="nbd", active_deadline=600, ttl=120,
+    )  # fmt: skip
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/a": "b"}
+    assert "annotations" not in _job()["spec"]["template"]["metadata"]

@@ -46,3 +46,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "vmguard.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "vmguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* An image reference from {repository, tag, digest} and the chart's appVersion:
+repository@digest when a digest is given, else repository:tag (tag defaults to appVersion). */}}
+{{- define "vmguard.image" -}}
+{{- $img := index . 0 -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository ($img.tag | default (index . 1)) -}}
+{{- end -}}
+{{- end }}

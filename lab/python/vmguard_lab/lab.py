@@ -200,6 +200,8 @@ class Lab:
                 f"--tls-cert={serving.cert}",
                 f"--tls-key={serving.key}",
                 f"--client-ca={kube.ca.cert_path}",
+                # Pods in container mode reach the simulator's disk images here.
+                f"--share={self.paths.lab / 'vsphere'}",
             ],
             env=env,
         )

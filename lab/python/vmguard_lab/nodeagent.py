@@ -1,11 +1,21 @@
-"""The lab node agent: a stand-in kubelet that runs pods as local processes.
+"""The lab node agent: a stand-in kubelet that runs pods as local processes or, when a
+pod asks for it, as containers.
 
-Lab only — there is no container runtime here. The agent registers one Node, keeps its
-Lease and Ready condition fresh, and runs every pod the scheduler binds to it:
+Lab only. The agent registers one Node, keeps its Lease and Ready condition fresh, and
+runs every pod the scheduler binds to it, in one of two modes:
 
-- each container's ``command`` + ``args`` run as a process on this machine (the image
-  is recorded, not pulled: programs come from the lab's virtualenv on ``PATH``), in a
-  private mount namespace where the pod's volumes appear at their ``mountPath``;
+- process mode (the default, fast, most of the suite): each container's ``command`` +
+  ``args`` run as a process on this machine (the image is recorded, not pulled:
+  programs come from the lab's virtualenv on ``PATH``), in a private mount namespace
+  where the pod's volumes appear at their ``mountPath``;
+- container mode, for a pod annotated ``lab.vmguard.io/runtime: container``
+  (:mod:`vmguard_lab.containers`): each container runs from its image with podman and
+  runc, under the pod's security context, with the same volumes and environment; what
+  the runtime reports of it (``podman inspect``, without the environment) is kept as
+  ``<container name>.inspect.json`` in the pod's directory.
+
+In both modes:
+
 - environment as a kubelet builds it, including Secret/ConfigMap key references and
   the in-cluster variables, so clients authenticate with the pod's own projected
   service-account token and RBAC is really exercised;
@@ -40,6 +50,11 @@ from typing import Any, TypeVar
 from kubernetes import client, config, watch
 
 from vmguard_lab import podlogs
+from vmguard_lab.containers import (
+    ContainerRuntime,
+    adapt_volumes,
+    wants_containers,
+)
 from vmguard_lab.podfiles import PodFiles, PodMaterializer
 
 log = logging.getLogger("vmguard_lab.nodeagent")
@@ -75,6 +90,8 @@ class PodRunner(threading.Thread):
         self.files: PodFiles | None = None
         self.statuses: dict[str, dict[str, Any]] = {}
         self.init_statuses: dict[str, dict[str, Any]] = {}
+        self.containerized = wants_containers(pod)
+        self.running: dict[str, str] = {}  # container name in the pod -> podman's name
 
     # -- status ---------------------------------------------------------------------------
     def _patch(self, phase: str, reason: str = "", message: str = "") -> None:
@@ -121,7 +138,11 @@ class PodRunner(threading.Thread):
             "name": c["name"],
             "image": c.get("image", ""),
             "imageID": "",
-            "containerID": f"vmguard-lab://{self.uid[:8]}-{c['name']}",
+            "containerID": (
+                f"podman://{self.running[c['name']]}"
+                if c["name"] in self.running
+                else f"vmguard-lab://{self.uid[:8]}-{c['name']}"
+            ),
             "ready": "running" in state,
             "started": "running" in state,
             "restartCount": restarts,
@@ -129,8 +150,33 @@ class PodRunner(threading.Thread):
         }
 
     # -- processes ------------------------------------------------------------------------
+    def _spawn_container(self, c: dict[str, Any]) -> subprocess.Popen[bytes]:
+        assert self.files is not None
+        runtime = self.agent.runtime
+        env = self._retrying(
+            "environment", lambda: self.agent.materializer.env(self.pod, c, {"LANG": "C.UTF-8"})
+        )
+        mounts = self.agent.materializer.mounts(self.files, c)
+        name = runtime.create(self.pod, c, env, mounts)
+        self.running[c["name"]] = name
+        logf = open(self.files.root / f"{c['name']}.log", "ab")  # noqa: SIM115
+        with logf:
+            return runtime.start(name, logf)
+
+    def _container_done(self, c: dict[str, Any]) -> None:
+        """Keep what the runtime reported of the container, then remove it."""
+        name = self.running.get(c["name"])
+        if name is None or self.files is None:
+            return
+        report = self.agent.runtime.inspect(name)
+        path = self.files.root / f"{name}.inspect.json"
+        path.write_text(json.dumps(report, indent=2))
+        self.agent.runtime.remove(name)
+
     def _spawn(self, c: dict[str, Any]) -> subprocess.Popen[bytes]:
         assert self.files is not None
+        if self.containerized:
+            return self._spawn_container(c)
         argv = list(c.get("command") or []) + list(c.get("args") or [])
         if not argv:
             raise ValueError(f"container {c['name']!r} has no command: the lab cannot run images")
@@ -196,6 +242,8 @@ class PodRunner(threading.Thread):
             self._patch("Running" if statuses is self.statuses else "Pending")
             code = self.proc.wait()
             code = 128 - code if code < 0 else code  # killed by signal N -> 128+N
+            if self.containerized:
+                self._container_done(c)
             reason = "Completed" if code == 0 else "Error"
             statuses[c["name"]] = self._container_status(
                 c,
@@ -247,6 +295,8 @@ class PodRunner(threading.Thread):
             log.warning("cannot prepare %s: %s", self.name, message)
             self._patch("Failed", "VolumeSetupFailed", message)
             return
+        if self.containerized:
+            adapt_volumes(self.pod, self.files)
         self._patch("Pending")
         for c in spec.get("initContainers") or []:
             code = self._run_container(
@@ -274,6 +324,9 @@ class PodRunner(threading.Thread):
 
     def stop(self, grace: float) -> None:
         self.stopping.set()
+        if self.containerized:
+            for name in list(self.running.values()):
+                self.agent.runtime.stop(name, grace)
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -289,7 +342,13 @@ class PodRunner(threading.Thread):
 
 class NodeAgent:
     def __init__(
-        self, node_name: str, kubeconfig: Path, state_dir: Path, port: int, kubelet_port: int = 0
+        self,
+        node_name: str,
+        kubeconfig: Path,
+        state_dir: Path,
+        port: int,
+        kubelet_port: int = 0,
+        shares: list[Path] | None = None,
     ) -> None:
         self.kubelet_port = kubelet_port
         config.load_kube_config(str(kubeconfig))
@@ -300,6 +359,7 @@ class NodeAgent:
         self.state_dir = state_dir
         self.materializer = PodMaterializer(self.core, port, state_dir / "pods")
         self.runners: dict[str, PodRunner] = {}
+        self.runtime = ContainerRuntime(list(shares or []))
         self.base_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
@@ -498,11 +558,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path, help="serving certificate (--kubelet-port)")
     parser.add_argument("--tls-key", type=Path, help="its key")
     parser.add_argument("--client-ca", type=Path, help="CA of the apiserver's client cert")
+    parser.add_argument(
+        "--share",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory mounted at the same path into every container (container mode)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.state_dir.mkdir(parents=True, exist_ok=True)
     agent = NodeAgent(
-        args.node_name, args.kubeconfig, args.state_dir, args.apiserver_port, args.kubelet_port
+        args.node_name,
+        args.kubeconfig,
+        args.state_dir,
+        args.apiserver_port,
+        args.kubelet_port,
+        args.share,
     )
     if args.kubelet_port:
         podlogs.serve(

@@ -215,10 +215,14 @@ def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "runAsUser": 0,
             "runAsNonRoot": False,
         }
+    # fsGroup: a kubelet writes Secret volumes owned by root with the Secret's mode (0400
+    # here) unless the pod names a group to own them: without it the proxy could not read
+    # its repository key or vCenter CA (seen in the lab's container mode).
     pod = {
         "runAsNonRoot": True,
         "runAsUser": PROXY_UID,
         "runAsGroup": PROXY_UID,
+        "fsGroup": PROXY_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container = {
@@ -281,6 +285,9 @@ def proxy_job(
         "containers": [container],
         "volumes": volumes,
     }
+    template_meta: dict[str, Any] = {"labels": dict(labels)}
+    if settings.pod_annotations:
+        template_meta["annotations"] = dict(settings.pod_annotations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -294,7 +301,7 @@ def proxy_job(
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(active_deadline)),
             "ttlSecondsAfterFinished": int(ttl),
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
 

@@ -1,0 +1,350 @@
+"""Build vmguard's operator and proxy images from Debian packages, without a registry.
+
+``python3 images/build.py [--lab]`` (``make images``, ``make lab-images``) makes, in the
+local image store of podman (root, ``/var/lib/containers/storage``):
+
+1. ``vmguard-base:<hash>``: a Debian root file system made by ``mmdebstrap`` from
+   :data:`BASE_PACKAGES` (``--variant=essential``: dpkg's essential set, no apt), with the
+   user and group 65532 (``nonroot``) and no documentation, imported as one layer;
+2. ``vmguard-operator:<version>`` and ``vmguard-proxy:<version>``: the two targets of
+   ``images/Containerfile`` over that base, from wheels ``pip wheel`` makes here of this
+   checkout (``pyproject.toml``, ``README.md``, ``operator/``) — the product only;
+3. with ``--lab``: ``vmguard-proxy:lab``, ``lab/image/Containerfile`` over the proxy image
+   (the lab's distribution, for tests only).
+
+Invariants: a step runs again only when a hash of its inputs changed (the stamps under
+``$VMGUARD_CACHE_DIR/images-v<N>/``, default ``~/.cache/vmguard``) or its image is gone
+from the store; the product's build context never contains ``lab/`` (the lab is a
+separate distribution whose wheel only step 3 sees). ``images.json`` next to the stamps
+records each image's reference, id, digest and size for the chart and the tests.
+
+Podman runs with runc and cgroupfs and host networking (``PODMAN_FLAGS``): what works
+on a machine without systemd or a cgroup-v2 delegation, and the same on any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Bump when the recipe changes in a way the hashed inputs do not show.
+CACHE_VERSION = 1
+SUITE = "bookworm"  # Python 3.11, python3-libnbd 1.14, nbdkit 1.32: what the lab tests with
+BASE_PACKAGES = (
+    "python3",  # 3.11: the interpreter of the virtualenv the images run
+    "python3-libnbd",  # the NBD client bindings of vmguard.transport.nbd
+    "nbdkit",  # the NBD server the proxy starts (file plugin; VDDK: docs/install.md)
+    "ca-certificates",  # TLS to vCenter and S3 when no CA bundle is given
+    "tzdata",  # policy schedules in named time zones
+)
+NONROOT = 65532
+PODMAN_FLAGS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
+
+
+def ulimit_flags() -> tuple[str, ...]:
+    """Explicit ``--ulimit`` flags no higher than this process's hard limits: podman's
+    defaults may exceed them, and runc cannot raise a limit there (seen on a machine whose
+    hard nproc limit was refused even at its own value: nproc stays at 32768)."""
+    out = []
+    for name, res, most in (
+        ("nofile", resource.RLIMIT_NOFILE, 65536),
+        ("nproc", resource.RLIMIT_NPROC, 32768),
+    ):
+        hard = resource.getrlimit(res)[1]
+        value = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        out.append(f"--ulimit={name}={value}:{value}")
+    return tuple(out)
+
+
+LABEL = "io.vmguard.build"  # on everything built here: what prune_superseded may remove
+BUILD_FLAGS = ("--network=host", *ulimit_flags(), "--layers", f"--label={LABEL}=1")
+PRODUCT_FILES = ("pyproject.toml", "README.md", "operator")
+
+
+def _say(msg: str) -> None:
+    print(f"[images] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("VMGUARD_CACHE_DIR") or Path.home() / ".cache" / "vmguard")
+    return root / f"images-v{CACHE_VERSION}"
+
+
+def podman(*args: str, capture: bool = False) -> str:
+    proc = subprocess.run(
+        ["podman", *PODMAN_FLAGS, *args],
+        check=False,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"[images] podman {' '.join(args[:3])} ... failed ({proc.returncode})")
+    return proc.stdout or ""
+
+
+def image_exists(ref: str) -> bool:
+    return subprocess.run(["podman", *PODMAN_FLAGS, "image", "exists", ref]).returncode == 0
+
+
+def _hash_files(h: hashlib._Hash, root: Path, rels: tuple[str, ...]) -> None:
+    for rel in rels:
+        top = root / rel
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for path in files:
+            parts = path.relative_to(root).parts
+            if "__pycache__" in parts or any(p.endswith(".egg-info") for p in parts):
+                continue
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            h.update(path.read_bytes())
+
+
+def base_inputs() -> str:
+    h = hashlib.sha256(f"{CACHE_VERSION} {SUITE} {' '.join(BASE_PACKAGES)} merged-usr".encode())
+    h.update(_base_hooks_text().encode())
+    return h.hexdigest()
+
+
+def _base_hooks_text() -> str:
+    return json.dumps(_base_hooks())
+
+
+def _base_hooks() -> list[str]:
+    # Documentation, man pages and locales are not needed by a service; apt's lists are not
+    # there (variant essential), the package database stays for scanners.
+    return [
+        f'echo "nonroot:x:{NONROOT}:{NONROOT}:nonroot:/nonexistent:/usr/sbin/nologin"'
+        ' >> "$1/etc/passwd"',
+        f'echo "nonroot:x:{NONROOT}:" >> "$1/etc/group"',
+        'rm -rf "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/info/*'
+        ' "$1"/usr/share/locale/* "$1"/var/cache/* "$1"/var/log/*',
+    ]
+
+
+def product_inputs(base: str) -> str:
+    h = hashlib.sha256(base.encode())
+    _hash_files(h, REPO, ("images/Containerfile", *PRODUCT_FILES))
+    return h.hexdigest()
+
+
+def lab_inputs(product: str) -> str:
+    h = hashlib.sha256(product.encode())
+    _hash_files(h, REPO, ("lab/image/Containerfile", "lab/python/pyproject.toml"))
+    _hash_files(h, REPO, ("lab/python/vmguard_lab",))
+    return h.hexdigest()
+
+
+class Stamps:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def fresh(self, step: str, inputs: str, refs: tuple[str, ...]) -> bool:
+        try:
+            done = json.loads((self.root / f"{step}.json").read_text()).get("inputs") == inputs
+        except (OSError, ValueError):
+            done = False
+        return done and all(image_exists(r) for r in refs)
+
+    def record(self, step: str, inputs: str) -> None:
+        (self.root / f"{step}.json").write_text(json.dumps({"inputs": inputs}))
+
+
+def build_base(stamps: Stamps, inputs: str) -> str:
+    ref = f"localhost/vmguard-base:{inputs[:12]}"
+    if stamps.fresh("base", inputs, (ref,)):
+        return ref
+    if not shutil.which("mmdebstrap"):
+        raise SystemExit("[images] mmdebstrap is needed: apt-get install mmdebstrap")
+    _say(f"making the Debian {SUITE} root file system ({', '.join(BASE_PACKAGES)})")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vmguard-base-") as tmp:
+        tar = Path(tmp) / "base.tar"
+        cmd = [
+            "mmdebstrap",
+            "--quiet",
+            "--mode=root",
+            "--variant=essential",
+            # /usr merged by mmdebstrap itself: the usrmerge package would pull in perl.
+            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+            "--include=" + ",".join(BASE_PACKAGES),
+            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "info", "locale")),
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        ]
+        cmd += [f"--customize-hook={hook}" for hook in _base_hooks()]
+        cmd += [SUITE, str(tar)]
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit("[images] mmdebstrap failed")
+        podman(
+            "import",
+            "--change",
+            f"LABEL {LABEL}=1",
+            "--change",
+            f"USER {NONROOT}:{NONROOT}",
+            "--change",
+            "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            str(tar),
+            ref,
+            capture=True,
+        )
+    stamps.record("base", inputs)
+    _say(f"base {ref} in {time.monotonic() - started:.0f}s")
+    return ref
+
+
+def _wheels(dest: Path, *sources: str) -> None:
+    """Wheels of ``sources`` and their dependencies, and pip's own, into ``dest``."""
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(dest), *sources], check=True)
+    subprocess.run([*pip, "download", "--no-deps", "-d", str(dest), "pip"], check=True)
+
+
+def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> dict[str, str]:
+    refs = {name: f"localhost/vmguard-{name}:{version}" for name in ("operator", "proxy")}
+    if stamps.fresh("product", inputs, tuple(refs.values())):
+        return refs
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vmguard-images-") as tmp:
+        ctx = Path(tmp)
+        # The product's sources only, copied: the context never holds the lab.
+        src = ctx / "src"
+        src.mkdir()
+        for rel in PRODUCT_FILES:
+            if (REPO / rel).is_dir():
+                shutil.copytree(
+                    REPO / rel,
+                    src / rel,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                )
+            else:
+                shutil.copy2(REPO / rel, src / rel)
+        _say("making wheels of vmguard and its dependencies")
+        _wheels(ctx / "wheels", str(src))
+        shutil.rmtree(src)
+        for name, ref in refs.items():
+            _say(f"building {ref}")
+            podman(
+                "build",
+                *BUILD_FLAGS,
+                "--file",
+                str(REPO / "images" / "Containerfile"),
+                "--build-arg",
+                f"BASE={base_ref}",
+                "--target",
+                name,
+                "--tag",
+                ref,
+                str(ctx),
+                capture=True,
+            )
+    stamps.record("product", inputs)
+    _say(f"operator and proxy images in {time.monotonic() - started:.0f}s")
+    return refs
+
+
+def build_lab(stamps: Stamps, proxy_ref: str, inputs: str) -> str:
+    ref = "localhost/vmguard-proxy:lab"
+    if stamps.fresh("lab", inputs, (ref,)):
+        return ref
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vmguard-lab-image-") as tmp:
+        ctx = Path(tmp)
+        wheels = ctx / "wheels"
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        # From a copy: setuptools would leave build/ in the checkout.
+        src = ctx / "lab-src"
+        shutil.copytree(
+            REPO / "lab" / "python",
+            src,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"),
+        )
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)], check=True
+        )
+        shutil.rmtree(src)
+        subprocess.run([*pip, "download", "--no-deps", "-d", str(wheels), "pip"], check=True)
+        podman(
+            "build",
+            *BUILD_FLAGS,
+            "--file",
+            str(REPO / "lab" / "image" / "Containerfile"),
+            "--build-arg",
+            f"PROXY={proxy_ref}",
+            "--tag",
+            ref,
+            str(ctx),
+            capture=True,
+        )
+    stamps.record("lab", inputs)
+    _say(f"lab layer {ref} in {time.monotonic() - started:.0f}s")
+    return ref
+
+
+def prune_superseded(base_ref: str) -> None:
+    """Remove what earlier builds left: bases of other inputs and untagged images, only
+    those carrying :data:`LABEL` (the store may hold other images)."""
+    listed = podman(
+        "images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}}",
+        capture=True,
+    )  # fmt: skip
+    old = [r for r in listed.split() if r.startswith("localhost/vmguard-base:") and r != base_ref]
+    if old:
+        podman("rmi", *old, capture=True)
+    podman("image", "prune", "--force", "--filter", f"label={LABEL}", capture=True)
+
+
+def describe(refs: dict[str, str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for name, ref in refs.items():
+        info = json.loads(podman("image", "inspect", ref, capture=True))[0]
+        out[name] = {
+            "ref": ref,
+            "id": info["Id"],
+            "digest": info["Digest"],
+            "size": info["Size"],
+        }
+    return out
+
+
+def version() -> str:
+    for line in (REPO / "pyproject.toml").read_text().splitlines():
+        if line.startswith("version"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise SystemExit("[images] no version in pyproject.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="images/build.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--lab", action="store_true", help="also vmguard-proxy:lab (tests)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("[images] run as root: mmdebstrap --mode=root and podman's root store")
+    stamps = Stamps(cache_dir())
+    started = time.monotonic()
+    base = base_inputs()
+    base_ref = build_base(stamps, base)
+    product = product_inputs(base)
+    refs = build_product(stamps, base_ref, product, version())
+    if args.lab:
+        refs["proxy-lab"] = build_lab(stamps, refs["proxy"], lab_inputs(product))
+    refs["base"] = base_ref
+    prune_superseded(base_ref)
+    described = describe(refs)
+    (stamps.root / "images.json").write_text(json.dumps(described, indent=2) + "\n")
+    for name, d in described.items():
+        _say(f"{name:10} {d['ref']:36} {int(str(d['size'])) / 1e6:7.1f} MB  {d['digest']}")
+    _say(f"done in {time.monotonic() - started:.0f}s; {stamps.root / 'images.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
