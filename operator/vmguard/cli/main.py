@@ -7,17 +7,23 @@ One module per command group registers its parser and implements it (``repo``,
 :class:`vmguard.errors.VmguardError` into a message and a non-zero exit code (never a
 traceback for an expected failure). A program that embeds vmguard may pass
 :class:`vmguard.hooks.Hooks` to :func:`main`; commands find them as ``args.hooks``
-(production: none, :data:`vmguard.hooks.NO_HOOKS`).
+(production: none, :data:`vmguard.hooks.NO_HOOKS`). It may also pass the operator's
+clock and pace (:class:`vmguard.controller.timing.Timing`, found as ``args.timing``;
+production: None, the real clock).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from vmguard.cli import crds, disk, files, operator, proxy, repo, status, vm
 from vmguard.errors import VmguardError
 from vmguard.hooks import NO_HOOKS, Hooks
+
+if TYPE_CHECKING:
+    from vmguard.controller.timing import Timing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, hooks: Hooks = NO_HOOKS) -> int:
+def main(
+    argv: list[str] | None = None, hooks: Hooks = NO_HOOKS, timing: Timing | None = None
+) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.hooks = hooks
+    args.hooks, args.timing = hooks, timing
     try:
         return int(args.func(args))
     except VmguardError as exc:

@@ -41,9 +41,11 @@ from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
 from vmguard.controller.catalog import is_synced
-from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.conditions import set_condition
+from vmguard.controller.history import format_time
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.controller.vcenter import endpoint_for
 from vmguard.errors import (
     PermanentError,
@@ -72,6 +74,8 @@ class BackupContext:
     proxy: ProxySettings
     settings: BackupSettings
     hooks: Hooks = NO_HOOKS
+    timing: Timing = REAL_TIME
+    """The controller's clock: start, completion, deadline and retry back-off."""
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     rbac_done: set[str] = field(default_factory=set)
 
@@ -88,9 +92,9 @@ def _parse(ts: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
 
 
-def _age(obj: dict[str, Any]) -> float:
+def _age(obj: dict[str, Any], now: dt.datetime) -> float:
     started = _parse((obj.get("status") or {}).get("startTime"))
-    return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
+    return (now - started).total_seconds() if started else 0.0
 
 
 class Patcher:
@@ -123,13 +127,13 @@ class Patcher:
         if snapshot_taken:
             await self.patch({"phase": "Finalizing", "error": error})
         else:
-            await self.patch({"error": error, **_terminal(self.obj, "Failed")})
+            await self.patch({"error": error, **_terminal(self.obj, "Failed", self.ctx.timing)})
 
 
-def _terminal(obj: dict[str, Any], phase: str) -> dict[str, Any]:
+def _terminal(obj: dict[str, Any], phase: str, timing: Timing) -> dict[str, Any]:
     started = _parse((obj.get("status") or {}).get("startTime"))
-    done = dt.datetime.now(dt.UTC)
-    out: dict[str, Any] = {"phase": phase, "completionTime": now()}
+    done = timing.now()
+    out: dict[str, Any] = {"phase": phase, "completionTime": format_time(done)}
     if started:
         out["durationSeconds"] = round((done - started).total_seconds(), 1)
     return out
@@ -143,8 +147,8 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     if phase in steps.TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
-        await p.patch({"phase": "Pending", "startTime": now()})
-    if phase != "Finalizing" and _age(obj) > ctx.settings.deadline:
+        await p.patch({"phase": "Pending", "startTime": format_time(ctx.timing.now())})
+    if phase != "Finalizing" and _age(obj, ctx.timing.now()) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
         await ctx.jobs.delete_jobs(p.ns, f"{builders.LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
         await p.fail("DeadlineExceeded", message, snapshot_taken=phase != "Pending")
@@ -303,7 +307,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         "snapshot": {
             "moref": taken.moref,
             "name": taken.name,
-            "createTime": now(),
+            "createTime": format_time(ctx.timing.now()),
             "removed": False,
         },
         "quiesced": taken.quiesced,
@@ -324,7 +328,7 @@ async def _start_attempt(
     if p.ns not in ctx.rbac_done:
         await ctx.jobs.ensure_rbac(builders.build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
-    remaining = ctx.settings.deadline - _age(obj)
+    remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
     job = builders.build_backup_job(
         obj,
         ctx.proxy,
@@ -385,10 +389,10 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     why = error.get("reason") or "ProxyFailed"
     text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
     retryable = bool(error.get("retryable", True))
-    time_left = ctx.settings.deadline - _age(obj)
+    time_left = ctx.settings.deadline - _age(obj, ctx.timing.now())
     if retryable and attempt < ctx.settings.max_attempts and time_left > 0:
         backoff = ctx.settings.retry_backoff * 2 ** (attempt - 1)
-        since = (dt.datetime.now(dt.UTC) - finished).total_seconds() if finished else backoff
+        since = (ctx.timing.now() - finished).total_seconds() if finished else backoff
         if since < backoff:
             p.condition(
                 "Transferring",
@@ -444,11 +448,11 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
     error = status.get("error")
     if status.get("archiveId") and not error:
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
-        await p.patch(_terminal(obj, "Completed"))
+        await p.patch(_terminal(obj, "Completed", ctx.timing))
     else:
         reason = (error or {}).get("reason", "Failed")
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
-        await p.patch(_terminal(obj, "Failed"))
+        await p.patch(_terminal(obj, "Failed", ctx.timing))
     return None
 
 
