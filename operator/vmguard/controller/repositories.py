@@ -230,7 +230,7 @@ class RepositoryWatch:
                 except Exception as exc:  # never let one bad turn end the daemon
                     self.log.exception("repository turn failed: %s", exc)
                     delay = self.interval
-                await self.timing.wait(max(self.timing.interval(1.0), delay), stopped)
+                await self.timing.wait(max(1.0, delay), stopped)  # at most one turn a second
         finally:
             for task in self.tasks.values():
                 task.cancel()  # the thread finishes on its own; GC is crash-safe
