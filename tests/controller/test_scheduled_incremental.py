@@ -7,7 +7,7 @@ time"): the policy's cron minutes last five seconds."""
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,21 @@ def _completed(kube_api: Any, ns: str, moref: str) -> list[dict[str, Any]]:
         and b["status"]["vm"]["moref"] == moref
     ]
     return sorted(done, key=lambda b: b["status"]["completionTime"])
+
+
+def paused(kube_api: Any, ns: str, value: bool) -> None:
+    objects.custom(kube_api).patch_namespaced_custom_object(
+        objects.G, objects.V, ns, "vmprotectionpolicies", "every-minute",
+        {"spec": {"paused": value}},
+    )  # fmt: skip
+
+
+def finished(kube_api: Any, ns: str) -> bool:
+    """Every backup of the policy has ended (none waits or runs)."""
+    return all(
+        (b.get("status") or {}).get("phase") in ("Completed", "Failed", "PartiallyFailed")
+        for b in objects.items(kube_api, ns, "vmbackups", "vmguard.io/policy=every-minute")
+    )
 
 
 def test_second_scheduled_run_is_incremental(
@@ -58,14 +73,20 @@ def test_second_scheduled_run_is_incremental(
             what="the first backup of the policy",
         )[0]
         assert first["status"]["modeUsed"] == "full"
+        # A run every five seconds would snapshot the VM while this test writes: hold
+        # the policy, let what runs finish, write, and let the schedule go on. The
+        # first scheduled backup after that has a parent from before the write.
+        paused(kube_api, namespace, True)
+        eventually(lambda: finished(kube_api, namespace), timeout=180, what="runs to finish")
         disk = vm.disks[0]
         vsim.write(vm.moref, disk.key, 3 * MiB, os.urandom(100_000))
-        done_at = first["status"]["completionTime"]
+        written_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        paused(kube_api, namespace, False)
 
         def later_scheduled() -> dict[str, Any] | None:
             for b in _completed(kube_api, namespace, vm.moref):
                 trigger = b["metadata"]["labels"].get("vmguard.io/trigger")
-                if b["metadata"]["creationTimestamp"] > done_at and trigger == "schedule":
+                if b["metadata"]["creationTimestamp"] >= written_at and trigger == "schedule":
                     return b
             return None
 
@@ -77,17 +98,9 @@ def test_second_scheduled_run_is_incremental(
         assert totals["bytesRead"] <= totals["capacityBytes"] // 10, totals
         assert totals["bytesRead"] > 0, "the write was read"
         # Stop the schedule and let what runs finish before the VM is put back.
-        objects.custom(kube_api).patch_namespaced_custom_object(
-            objects.G, objects.V, namespace, "vmprotectionpolicies", "every-minute",
-            {"spec": {"paused": True}},
-        )  # fmt: skip
+        paused(kube_api, namespace, True)
         eventually(
-            lambda: all(
-                (b.get("status") or {}).get("phase") in ("Completed", "Failed", "PartiallyFailed")
-                for b in objects.items(
-                    kube_api, namespace, "vmbackups", "vmguard.io/policy=every-minute"
-                )
-            ),
+            lambda: finished(kube_api, namespace),
             timeout=180,
             what="the policy's backups to finish",
         )
