@@ -176,7 +176,7 @@ def test_restart_at_a_run_time_does_not_duplicate(
     start_operator: Any,
 ) -> None:
     gold = tagged(lab_state, vsim, "backup-tier:gold")
-    at = minute_after(20)
+    at = minute_after(10)
     # Daily: the catch-up window is twelve hours of the line (an hour of the clock).
     cron = f"{at.minute} {at.hour} * * *"
     operator: OperatorProcess = start_operator()
