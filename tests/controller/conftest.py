@@ -11,6 +11,13 @@ A fault test that must park the operator at a backup step or slow the proxies do
 ``start_operator`` for ``stall=`` or ``proxy_throttle=``: the operator, or every proxy it
 starts, then runs through the lab's entry module (:mod:`vmguard_lab.run`), which hands
 those hooks to the product's injection points (:class:`vmguard.hooks.Hooks`).
+
+A test that waits for scheduled runs or sweeps asks for ``speedup=N`` (or marks itself
+``operator_speedup(N)``): the operator then runs through the same module with
+``--speedup N``, so its cron minutes last 60/N seconds and its sweep interval 1/N of the
+VCenter's (``vmguard.controller.timing``; docs/lab.md, "Lab time"). Scheduled instants,
+run labels and backup names are then on the schedule line: :func:`on_line` and
+:func:`off_line` translate.
 """
 
 from __future__ import annotations
@@ -29,7 +36,18 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
+from vmguard.controller.timing import Timing
 from vmguard_lab.procs import free_port
+
+
+def on_line(at: Any, speedup: float) -> Any:
+    """The real instant ``at`` on the schedule line of an operator sped up ``speedup``x."""
+    return Timing(speedup=speedup).on_line(at)
+
+
+def off_line(at: Any, speedup: float) -> Any:
+    """The real instant of the schedule line's instant ``at`` (speed-up ``speedup``)."""
+    return Timing(speedup=speedup).off_line(at)
 
 
 @pytest.fixture
@@ -101,7 +119,9 @@ def start_operator(
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
     (``extra_env={...}`` adds variables, e.g. the VMBackup controller's retry settings;
     ``stall="snapshotted"`` parks it at that backup step, ``proxy_throttle=N`` makes its
-    proxies read at most N bytes/s: both through the lab's hooks, :func:`lab_run`).
+    proxies read at most N bytes/s, ``speedup=N`` runs its schedules and sweeps N times
+    faster (default: the test's ``operator_speedup`` mark): all through the lab's entry
+    module, :func:`lab_run`).
 
     Every process started is stopped at the end of the test; all of them write to
     ``tmp_path/operator.log`` (so a restarted operator's output follows the first's)
@@ -116,6 +136,7 @@ def start_operator(
         log: str = "operator.log",
         stall: str = "",
         proxy_throttle: int = 0,
+        speedup: float | None = None,
     ) -> OperatorProcess:
         # /metrics on a free loopback port (operators of parallel tests must not share
         # the default 8080); an explicit --metrics-port in ``extra`` wins (argparse keeps
@@ -123,7 +144,12 @@ def start_operator(
         port = str(free_port())
         if "--metrics-port" in extra:
             port = extra[extra.index("--metrics-port") + 1]
-        entry = lab_run("--stall", stall) if stall else [sys.executable, "-m", "vmguard.cli"]
+        if speedup is None:
+            marked = request.node.get_closest_marker("operator_speedup")
+            speedup = float(marked.args[0]) if marked is not None else 1.0
+        options = ["--stall", stall] if stall else []
+        options += ["--speedup", str(speedup)] if speedup != 1.0 else []
+        entry = lab_run(*options) if options else [sys.executable, "-m", "vmguard.cli"]
         argv = [*entry, "operator", "--namespace", namespace]
         argv += ["--metrics-port", port, "--metrics-address", "127.0.0.1"]
         # Tests whose default policy would back up the whole lab run without the backup

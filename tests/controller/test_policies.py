@@ -5,6 +5,10 @@ policy within one sweep, and paused or broken policies create nothing.
 
 No VMBackup controller runs here (another piece of the operator): the backups stay
 without a phase, and the tests look at what the policy controller wrote.
+
+The operator runs :data:`SPEEDUP` times faster (``operator_speedup``; docs/lab.md, "Lab
+time"): a cron minute lasts five seconds, a 30 s sweep interval two and a half. Run
+labels, backup names and schedule times in status are on the schedule line.
 """
 
 from __future__ import annotations
@@ -22,15 +26,20 @@ from kubernetes import client
 from pyVmomi import vim
 from pyVmomi.VmomiSupport import ManagedObject
 from tests.controller import objects
-from tests.controller.conftest import OperatorProcess
+from tests.controller.conftest import OperatorProcess, off_line, on_line
 
 from vmguard.controller.builders_policy import backup_name
 from vmguard.vsphere.session import Endpoint, wait_for
 from vmguard.vsphere.tags import TagClient
 from vmguard_lab.procs import eventually
 
+SPEEDUP = 12
 # Policies here select most of the lab: they create VMBackups, which nobody runs.
-pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.operator_controllers("vcenters,policies,restores"),
+    pytest.mark.operator_speedup(SPEEDUP),
+]
 
 PP = "vmprotectionpolicies"
 GOLD = {"tags": [{"category": "backup-tier", "name": "gold"}]}
@@ -62,9 +71,10 @@ def by_run(items: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def minute_after(seconds: float) -> dt.datetime:
-    """The first whole UTC minute at least ``seconds`` from now."""
-    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds + 59)
-    return at.replace(second=0, microsecond=0)
+    """The first whole minute of the schedule line at least ``seconds`` (of the clock)
+    from now."""
+    at = on_line(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds), SPEEDUP)
+    return (at + dt.timedelta(seconds=59)).replace(second=0, microsecond=0)
 
 
 def test_scheduled_run_backs_up_exactly_the_tagged_vms_once(
@@ -78,9 +88,12 @@ def test_scheduled_run_backs_up_exactly_the_tagged_vms_once(
 ) -> None:
     gold = tagged(lab_state, vsim, "backup-tier:gold")
     assert 0 < len(gold) < len([v for v in vsim.vms() if not v.template])
-    objects.create_policy(
-        kube_api, namespace, "gold", selector=GOLD, schedule={"cron": "* * * * *"}
-    )
+    # Every minute from a few (sped-up) minutes ahead: the first sweep, and with it the
+    # fail-safe, comes before the first run.
+    at = minute_after(15)
+    at += dt.timedelta(minutes=1) if at.minute == 59 else dt.timedelta(0)
+    cron = f"{at.minute}-59 {at.hour} * * *"
+    objects.create_policy(kube_api, namespace, "gold", selector=GOLD, schedule={"cron": cron})
     policy = objects.get(kube_api, namespace, PP, "gold")
 
     # The fail-safe comes first: none of these VMs has a completed backup.
@@ -163,8 +176,9 @@ def test_restart_at_a_run_time_does_not_duplicate(
     start_operator: Any,
 ) -> None:
     gold = tagged(lab_state, vsim, "backup-tier:gold")
-    at = minute_after(20)
-    cron = f"{at.minute} {at.hour} * * *"  # daily: the catch-up window is twelve hours
+    at = minute_after(10)
+    # Daily: the catch-up window is twelve hours of the line (an hour of the clock).
+    cron = f"{at.minute} {at.hour} * * *"
     operator: OperatorProcess = start_operator()
     objects.create_policy(kube_api, namespace, "daily", selector=GOLD, schedule={"cron": cron})
     created = eventually(
@@ -272,7 +286,8 @@ def test_new_vm_unprotected_then_backed_up_by_the_default_policy(
         assert re.match(r"^fail-safe-[0-9a-f]{8}-f[0-9]{12}$", made["metadata"]["name"])
 
         # A VM created while the default policy exists is backed up within one sweep
-        # interval (30 s, plus the sweep itself), with no policy change to wake anyone.
+        # interval (30 s sped up: 2.5 s, plus the sweep itself), with no policy change to
+        # wake anyone.
         with new_vm(vsphere_si, second) as other:
             other_uuid = other.config.instanceUuid.lower()
             [made] = eventually(
@@ -343,7 +358,8 @@ def test_paused_and_broken_policies_create_nothing(
 
     # Past a scheduled minute and a sweep after it: still nothing, neither scheduled
     # nor fail-safe, although both policies have VMs.
-    boundary = (minute_after(0) + dt.timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    after = off_line(minute_after(0), SPEEDUP) + dt.timedelta(seconds=2)
+    boundary = after.strftime("%Y-%m-%dT%H:%M:%SZ")
     eventually(
         lambda: (
             objects.get(kube_api, namespace, "vcenters", "lab")

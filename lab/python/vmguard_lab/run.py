@@ -1,5 +1,5 @@
-"""``python -m vmguard_lab.run [--stall POINTS] [--throttle BYTES_PER_S] VMGUARD-ARGS...``:
-``vmguard`` with test hooks installed (lab only).
+"""``python -m vmguard_lab.run [--stall POINTS] [--throttle BYTES_PER_S] [--speedup N]
+VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab only).
 
 Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
 that they can kill it exactly there. The product has no switch for that; it has injection
@@ -13,6 +13,11 @@ arguments, in the same process:
 - ``--throttle N``: the backup proxy reads at most N bytes/s on average (measured from
   its first progress report). Given in the operator's ``VMGUARD_PROXY_COMMAND``, so that
   every proxy Job it starts runs with it.
+- ``--speedup N``: the operator's schedules and intervals run N times faster
+  (:class:`vmguard.controller.timing.Timing`): a cron minute lasts 60/N seconds, a
+  vCenter's 30 s ``sweepInterval`` 30/N seconds; the clock stays the real one. Given
+  when starting the operator, so that lab tests wait seconds for a scheduled run or a
+  sweep, not minutes (docs/lab.md, "Lab time").
 
 Without options it is ``vmguard`` itself.
 """
@@ -28,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vmguard.cli.main import main as vmguard_main
+from vmguard.controller.timing import Timing
 from vmguard.hooks import BACKUP_STEPS, Hooks
 
 log = logging.getLogger("vmguard_lab.run")
@@ -64,13 +70,17 @@ def throttle_hook(rate: int) -> Callable[[int, int], None]:
     return throttle
 
 
-def parse(argv: list[str] | None) -> tuple[Hooks, list[str]]:
-    """The hooks this module's options ask for, and the arguments left for vmguard."""
+def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
+    """The hooks and timing this module's options ask for, and the arguments left for
+    vmguard."""
     parser = argparse.ArgumentParser(
         prog="python -m vmguard_lab.run", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--stall", metavar="POINTS", help="comma-separated backup steps")
     parser.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="proxy read rate")
+    parser.add_argument(
+        "--speedup", type=float, metavar="N", help="the operator's schedules run N times faster"
+    )
     parser.add_argument("vmguard_args", nargs=argparse.REMAINDER, help="vmguard's arguments")
     args = parser.parse_args(argv)
     given: dict[str, Any] = {}
@@ -78,12 +88,18 @@ def parse(argv: list[str] | None) -> tuple[Hooks, list[str]]:
         given["backup_step"] = stall_hook({p.strip() for p in args.stall.split(",") if p.strip()})
     if args.throttle:
         given["transfer_progress"] = throttle_hook(args.throttle)
-    return Hooks(**given), list(args.vmguard_args)
+    timing = None
+    if args.speedup:
+        try:
+            timing = Timing(speedup=args.speedup)
+        except ValueError as exc:
+            raise SystemExit(f"--speedup: {exc}") from None
+    return Hooks(**given), timing, list(args.vmguard_args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    hooks, rest = parse(argv)
-    return vmguard_main(rest, hooks=hooks)
+    hooks, timing, rest = parse(argv)
+    return vmguard_main(rest, hooks=hooks, timing=timing)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ every command follows (``docs/cli.md``):
 
 A program that embeds vmguard may pass :class:`vmguard.hooks.Hooks` to :func:`main`;
 commands find them as ``args.hooks`` (production: none, :data:`vmguard.hooks.NO_HOOKS`).
+It may also pass the operator's clock and pace
+(:class:`vmguard.controller.timing.Timing`, found as ``args.timing``; production: None,
+the real clock).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmguard import __version__
 from vmguard.cli import (
@@ -47,6 +50,10 @@ from vmguard.cli import (
 from vmguard.cli.options import UsageError
 from vmguard.errors import VmguardError
 from vmguard.hooks import NO_HOOKS, Hooks
+
+if TYPE_CHECKING:
+    from vmguard.controller.timing import Timing
+
 
 DESCRIPTION = """\
 Back up VMware vSphere VMs into a deduplicated, encrypted repository on S3/MinIO, and
@@ -109,14 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, hooks: Hooks = NO_HOOKS) -> int:
+def main(
+    argv: list[str] | None = None, hooks: Hooks = NO_HOOKS, timing: Timing | None = None
+) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer, exit
         import argcomplete
 
         argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
-    args.hooks = hooks
+    args.hooks, args.timing = hooks, timing
     try:
         return int(args.func(args))
     except UsageError as exc:

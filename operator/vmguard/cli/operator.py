@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
             metrics_address=args.metrics_address,
             controllers=frozenset(c.strip() for c in args.controllers.split(",") if c.strip()),
             hooks=args.hooks,
+            # The clock and pace an embedder gave main (the lab's --speedup); else real.
+            **({"timing": args.timing} if args.timing is not None else {}),
         )
     )
     return 0

@@ -46,15 +46,17 @@ from vmguard.api import (
     BackupStatus,
     Failure,
     VMIdentity,
+    format_time,
     parse_time,
 )
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
 from vmguard.controller.catalog import is_synced
-from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.conditions import set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.controller.vcenter import endpoint_for
 from vmguard.errors import (
     PermanentError,
@@ -83,6 +85,8 @@ class BackupContext:
     proxy: ProxySettings
     settings: BackupSettings
     hooks: Hooks = NO_HOOKS
+    timing: Timing = REAL_TIME
+    """The controller's clock: start, completion, deadline and retry back-off."""
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     rbac_done: set[str] = field(default_factory=set)
 
@@ -95,9 +99,9 @@ def in_flight(status: Any, labels: Any = None) -> bool:
     return (status or {}).get("phase") not in BACKUP_TERMINAL
 
 
-def _age(obj: dict[str, Any]) -> float:
+def _age(obj: dict[str, Any], now: dt.datetime) -> float:
     started = parse_time((obj.get("status") or {}).get("startTime"))
-    return (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
+    return (now - started).total_seconds() if started else 0.0
 
 
 class Patcher:
@@ -134,13 +138,15 @@ class Patcher:
         if snapshot_taken:
             await self.patch({"phase": BackupPhase.FINALIZING, "error": error})
         else:
-            await self.patch({"error": error, **_terminal(self.obj, BackupPhase.FAILED)})
+            await self.patch(
+                {"error": error, **_terminal(self.obj, BackupPhase.FAILED, self.ctx.timing)}
+            )
 
 
-def _terminal(obj: dict[str, Any], phase: BackupPhase) -> BackupStatus:
+def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> BackupStatus:
     started = parse_time((obj.get("status") or {}).get("startTime"))
-    done = dt.datetime.now(dt.UTC)
-    out: BackupStatus = {"phase": phase, "completionTime": now()}
+    done = timing.now()
+    out: BackupStatus = {"phase": phase, "completionTime": format_time(done)}
     if started:
         out["durationSeconds"] = round((done - started).total_seconds(), 1)
     return out
@@ -154,8 +160,8 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
-        await p.patch({"phase": BackupPhase.PENDING, "startTime": now()})
-    if phase != BackupPhase.FINALIZING and _age(obj) > ctx.settings.deadline:
+        await p.patch({"phase": BackupPhase.PENDING, "startTime": format_time(ctx.timing.now())})
+    if phase != BackupPhase.FINALIZING and _age(obj, ctx.timing.now()) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
         await ctx.jobs.delete_jobs(p.ns, f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
         await p.fail("DeadlineExceeded", message, snapshot_taken=phase != BackupPhase.PENDING)
@@ -314,7 +320,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         "snapshot": {
             "moref": taken.moref,
             "name": taken.name,
-            "createTime": now(),
+            "createTime": format_time(ctx.timing.now()),
             "removed": False,
         },
         "quiesced": taken.quiesced,
@@ -335,7 +341,7 @@ async def _start_attempt(
     if p.ns not in ctx.rbac_done:
         await ctx.jobs.ensure_rbac(builders.build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
-    remaining = ctx.settings.deadline - _age(obj)
+    remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
     job = builders.build_backup_job(
         obj,
         ctx.proxy,
@@ -396,10 +402,10 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     why = error.get("reason") or "ProxyFailed"
     text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
     retryable = bool(error.get("retryable", True))
-    time_left = ctx.settings.deadline - _age(obj)
+    time_left = ctx.settings.deadline - _age(obj, ctx.timing.now())
     if retryable and attempt < ctx.settings.max_attempts and time_left > 0:
         backoff = ctx.settings.retry_backoff * 2 ** (attempt - 1)
-        since = (dt.datetime.now(dt.UTC) - finished).total_seconds() if finished else backoff
+        since = (ctx.timing.now() - finished).total_seconds() if finished else backoff
         if since < backoff:
             p.condition(
                 "Transferring",
@@ -455,11 +461,11 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
     error = status.get("error")
     if status.get("archiveId") and not error:
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
-        await p.patch(_terminal(obj, BackupPhase.COMPLETED))
+        await p.patch(_terminal(obj, BackupPhase.COMPLETED, ctx.timing))
     else:
         reason = (error or {}).get("reason", "Failed")
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
-        await p.patch(_terminal(obj, BackupPhase.FAILED))
+        await p.patch(_terminal(obj, BackupPhase.FAILED, ctx.timing))
     return None
 
 

@@ -62,10 +62,10 @@ async def protect(
     namespace: str,
     view: SweepView,
     policy_objects: Sequence[Mapping[str, Any]],
-    now: dt.datetime | None = None,
+    now: dt.datetime,
 ) -> list[str]:
-    """Create the fail-safe backups this sweep calls for; the names created."""
-    now = now or dt.datetime.now(dt.UTC)
+    """Create the fail-safe backups this sweep calls for; the names created. ``now`` is
+    the controller's clock (controller/timing.py): back-offs and names are counted in it."""
     mine = {p["metadata"]["name"]: p for p in policy_objects}
     wanted = {name: view.vms_of(name) for name in mine}
     wanted = {name: vms for name, vms in wanted.items() if vms}

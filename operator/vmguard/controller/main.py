@@ -32,6 +32,7 @@ from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.policy_runs import PolicyRunner
 from vmguard.controller.repositories import RepositoryWatch
 from vmguard.controller.sweeps import LatestSweeps, SweepView
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.errors import ConfigError
 from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.metrics import Metrics
@@ -52,12 +53,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
     memo.proxy = ProxySettings.from_env()
+    # The one clock of every handler and loop (controller/timing.py).
+    memo.timing = getattr(memo, "timing", REAL_TIME)
     memo.backups = backups.BackupContext(
         KubeAPI(),
         JobAPI(),
         memo.proxy,
         BackupSettings.from_env(),
         hooks=getattr(memo, "hooks", NO_HOOKS),
+        timing=memo.timing,
     )
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -110,7 +114,10 @@ async def policy_scheduler(
         return
     wake = _policy_wakeup(memo, namespace or "", name)
     announce = _announcer(body)
-    await PolicyRunner(KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce).loop()
+    runner = PolicyRunner(
+        KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, timing=memo.timing
+    )
+    await runner.loop()
 
 
 def _announcer(body: kopf.Body) -> Any:
@@ -134,8 +141,11 @@ async def repository_watch(
     if not _acts(memo, "repositories"):
         return
     metrics: Metrics | None = getattr(memo, "metrics", None)
-    interval = RepositorySettings.from_env().interval
-    watch = RepositoryWatch(KubeAPI(), body, metrics, _announcer(body), logger, interval)
+    timing: Timing = memo.timing
+    interval = timing.interval(RepositorySettings.from_env().interval)
+    watch = RepositoryWatch(
+        KubeAPI(), body, metrics, _announcer(body), logger, interval, timing=timing
+    )
     try:
         await watch.loop(stopped)
     finally:
@@ -144,11 +154,10 @@ async def repository_watch(
             metrics.forget_repository(namespace or "", name)
 
 
-async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
-    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
-    _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+async def _sleep(
+    timing: Timing, stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float
+) -> None:
+    await timing.wait(seconds, wake, stopped)
     wake.clear()
 
 
@@ -169,7 +178,7 @@ async def vcenter_sweeper(
     wake = _wakeup(memo, namespace or "", name)
     metrics: Metrics = memo.metrics
     try:
-        await _sweep_forever(api, body, wake, metrics, memo.sweeps, stopped, logger)
+        await _sweep_forever(api, body, wake, metrics, memo.sweeps, stopped, logger, memo.timing)
     finally:
         # Deleted, or paused in favour of a peer: a standby reports nothing stale.
         metrics.forget_vcenter(namespace or "", name)
@@ -183,6 +192,7 @@ async def _sweep_forever(
     sweeps: LatestSweeps,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
+    timing: Timing = REAL_TIME,
 ) -> None:
     announced: set[str] = set()
     while not stopped:
@@ -191,7 +201,8 @@ async def _sweep_forever(
             interval = parse_duration(snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS)
         except Exception:
             interval = SWEEP_DEFAULT_SECONDS
-        outcome = await vcenter.sweep(api, snapshot, interval)
+        interval = timing.interval(interval)
+        outcome = await vcenter.sweep(api, snapshot, interval, timing.clock)
         meta = snapshot["metadata"]
         await api.patch_status("vcenters", meta["namespace"], meta["name"], outcome.status)
         metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
@@ -209,20 +220,23 @@ async def _sweep_forever(
             )
         announced = {vm.moref for vm in outcome.unprotected}
         if outcome.result is not None:
-            view = SweepView(dt.datetime.now(dt.UTC), interval, outcome.result)
+            now = timing.now()
+            view = SweepView(now, interval, outcome.result)
             sweeps.publish(meta["namespace"], meta["name"], view)
             try:
-                made = await failsafe.protect(api, meta["namespace"], view, outcome.policies)
+                made = await failsafe.protect(
+                    api, meta["namespace"], view, outcome.policies, now=now
+                )
             except Exception as exc:  # the sweeper must outlive any fault here
                 logger.warning("fail-safe pass failed: %s", exc)
                 made = []
             if made:
                 logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
-            await _sweep_orphans(api, meta, outcome, metrics, logger)
+            await _sweep_orphans(api, meta, outcome, metrics, logger, now)
         if not outcome.status.get("reachable"):
-            interval = min(interval, SWEEP_RETRY_SECONDS)
+            interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))
             logger.warning("sweep failed; retrying in %.0fs", interval)
-        await _sleep(stopped, wake, interval)
+        await _sleep(timing, stopped, wake, interval)
 
 
 async def _sweep_orphans(
@@ -231,15 +245,19 @@ async def _sweep_orphans(
     outcome: vcenter.SweepOutcome,
     metrics: Metrics,
     logger: kopf.Logger,
+    now: dt.datetime,
 ) -> None:
-    """Escaped snapshots of ours go (controller/orphans.py); the rest feed the metrics."""
+    """Escaped snapshots of ours go (controller/orphans.py); the rest feed the metrics.
+    ``now`` is the time of the sweep, on the controller's clock."""
     namespace, name = meta["namespace"], meta["name"]
-    metrics.observe_snapshots(namespace, name, orphans.snapshot_ages(outcome.records))
+    metrics.observe_snapshots(namespace, name, orphans.snapshot_ages(outcome.records, now))
     if outcome.endpoint is None:
         return
     try:
         allow = orphans.consolidation_policy(outcome.result, outcome.policies)
-        swept = await orphans.sweep(api, outcome.endpoint, namespace, outcome.records, allow)
+        swept = await orphans.sweep(
+            api, outcome.endpoint, namespace, outcome.records, allow, now=now
+        )
     except Exception as exc:  # the sweeper must outlive any fault here
         logger.warning("orphan snapshot sweep failed: %s", exc)
         return
@@ -269,7 +287,9 @@ async def restore_driver(
     def announce(reason: str, message: str, warning: bool) -> None:
         (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
 
-    await restores.drive(KubeAPI(), memo.proxy, namespace or "", name, stopped, announce)
+    await restores.drive(
+        KubeAPI(), memo.proxy, namespace or "", name, stopped, announce, timing=memo.timing
+    )
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -304,7 +324,7 @@ async def vmbackup_runner(
         if delay is None:
             return
         if delay > 0:
-            await stopped.wait(delay)
+            await ctx.timing.wait(delay, stopped)
 
 
 @kopf.on.field(GROUP, VERSION, "vmbackups", field="status.phase")
@@ -352,7 +372,8 @@ async def catalog_sync(
         (kopf.warn if warning else kopf.info)(obj, reason=reason, message=message)
 
     api = KubeAPI()
-    interval = float(getattr(memo, "catalog_interval", None) or catalog_interval())
+    timing: Timing = memo.timing
+    interval = timing.interval(float(getattr(memo, "catalog_interval", None) or catalog_interval()))
     told: set[str] = set()  # say each skipped archive once, not every pass
     while not stopped:
         try:
@@ -366,7 +387,7 @@ async def catalog_sync(
             for note in sorted(set(report.skipped) - told):
                 logger.warning(f"catalog sync: no VMBackup for archive {note}")
             told = set(report.skipped)
-        await stopped.wait(interval)
+        await timing.wait(interval, stopped)
 
 
 @dataclass(frozen=True)
@@ -384,6 +405,8 @@ class OperatorOptions:
     controllers: frozenset[str] = CONTROLLERS
     hooks: Hooks = NO_HOOKS
     """Injection points an embedder gave :func:`vmguard.cli.main` (the lab's fault tests)."""
+    timing: Timing = REAL_TIME
+    """The clock and pace an embedder gave :func:`vmguard.cli.main` (the lab's speed-up)."""
 
 
 def _acts(memo: Any, controller: str) -> bool:
@@ -406,7 +429,8 @@ def run(options: OperatorOptions) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     load_config()
-    metrics = Metrics()
+    timing = options.timing
+    metrics = Metrics(clock=lambda: timing.now().timestamp())
     if options.metrics_port is not None:
         try:
             metrics.serve(options.metrics_port, options.metrics_address)
@@ -446,6 +470,7 @@ def run(options: OperatorOptions) -> None:
                 controllers=options.controllers,
                 catalog_interval=interval,
                 hooks=options.hooks,
+                timing=timing,
             ),
         )
     )

@@ -67,12 +67,15 @@ def grace() -> timedelta:
     return timedelta(seconds=float(raw)) if raw else GRACE
 
 
-def snapshot_ages(records: list[VMRecord]) -> list[tuple[str, str, float]]:
-    """(VM name, snapshot name, creation time in Unix seconds) of each snapshot of ours."""
+def snapshot_ages(records: list[VMRecord], now: datetime) -> list[tuple[str, str, float]]:
+    """(VM name, snapshot name, creation time in Unix seconds) of each snapshot of ours;
+    one without a creation time counts as made ``now``."""
     out = []
     for vm in records:
         for snap in vm.our_snapshots:
-            created = parse_time(snap.created) or datetime.now(UTC)
+            created = parse_time(snap.created) or now
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
             out.append((vm.name, snap.name, created.timestamp()))
     return out
 
@@ -96,8 +99,10 @@ async def sweep(
     namespace: str,
     records: list[VMRecord],
     allow_consolidate: Callable[[VMRecord], bool] = lambda _: True,
+    now: datetime | None = None,
 ) -> SweepResult:
-    """Remove the escaped snapshots among ``records`` (blocking calls in a thread)."""
+    """Remove the escaped snapshots among ``records`` (blocking calls in a thread); ages
+    are taken at ``now`` (the controller's clock; the system clock when None)."""
     holding = [r for r in records if r.our_snapshots]
     if not holding:
         return SweepResult()
@@ -114,6 +119,7 @@ async def sweep(
                 holding,
                 lambda uid: keep(uid, finished),
                 MAX_AGE,
+                now=now,
                 grace=grace(),
                 allow_consolidate=allow_consolidate,
             )

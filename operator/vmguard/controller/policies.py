@@ -213,8 +213,11 @@ def status(
     history: BackupHistory,
     vms: list[str] | None,
     clashes: list[tuple[str, str]],
+    rpo_now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The policy's status (all but ``matchedVMs``), pure."""
+    """The policy's status (all but ``matchedVMs``), pure. ``now`` is on the schedule's
+    line, ``rpo_now`` on the clock completions were stamped with (controller/timing.py;
+    both the same instant unless the lab speeds schedules up)."""
     meta, spec = policy["metadata"], policy.get("spec") or {}
     previous = (policy.get("status") or {}).get("conditions")
     paused = bool(spec.get("paused"))
@@ -239,5 +242,5 @@ def status(
     if success is not None:
         out["lastSuccessfulTime"] = format_time(success)
     if vms is not None and assessment.rpo is not None:
-        out["vmsOutsideRPO"] = history.outside_rpo(vms, now, assessment.rpo)
+        out["vmsOutsideRPO"] = history.outside_rpo(vms, rpo_now or now, assessment.rpo)
     return out

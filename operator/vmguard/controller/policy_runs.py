@@ -23,12 +23,17 @@ Rules (docs/resource-model.md, "Schedules"):
   and a changed schedule starts from now: neither is caught up later.
 - Every pass also applies the policy's retention (:mod:`.retention`), paused or not; a
   completed backup of the policy wakes the loop for it.
+
+Time (:mod:`.timing`): the cron line, the cursor, the runs and their jittered starts are
+on the schedule line (``Timing.on_line``; the policy's creation is moved onto it for
+the catch-up rule); retention, the RPO count and every wait are on the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.retention import Announce, Retention
 from vmguard.controller.schedule import jitter_offset
 from vmguard.controller.sweeps import LatestSweeps, SweepView
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.errors import RetryableError, VmguardError
 from vmguard.vsphere.records import VMRecord
 
@@ -52,13 +58,9 @@ RETRY = 15.0
 @dataclass(frozen=True)
 class PendingBackup:
     start: dt.datetime
-    """When to create it: the scheduled time plus the VM's jitter offset."""
+    """When to create it: the scheduled time plus the VM's jitter offset (schedule line)."""
     run: dt.datetime
     vm: VMRecord
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def plan_run(
@@ -99,14 +101,16 @@ class PolicyRunner:
         stopped: Any,
         logger: logging.Logger | logging.LoggerAdapter[Any],
         announce: Announce | None = None,
+        timing: Timing = REAL_TIME,
     ) -> None:
-        self.api, self.body, self.sweeps = api, body, sweeps
+        self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
         self.wake, self.stopped, self.log = wake, stopped, logger
         self.announce: Announce = announce or (lambda reason, message, warning: None)
         self.retention = Retention()
         self.pending: list[PendingBackup] = []
         self.waiting_run: dt.datetime | None = None
-        self.cursor: dt.datetime | None = None  # scheduled times up to here are handled
+        # Scheduled times up to here are handled (schedule line).
+        self.cursor: dt.datetime | None = None
         self.schedule_key: tuple[str, str] | None = None
         self.last_status: dict[str, Any] | None = None
         status = body.get("status") or {}
@@ -117,11 +121,11 @@ class PolicyRunner:
             try:
                 delay = await self.turn()
             except VmguardError as exc:
-                self.log.warning("policy turn failed, retrying in %.0fs: %s", RETRY, exc)
-                delay = RETRY
+                delay = self.timing.interval(RETRY)
+                self.log.warning("policy turn failed, retrying in %.0fs: %s", delay, exc)
             except Exception as exc:  # never let one bad turn end the policy's daemon
                 self.log.exception("policy turn failed unexpectedly: %s", exc)
-                delay = RETRY
+                delay = self.timing.interval(RETRY)
             await self.sleep(delay)
 
     async def turn(self) -> float:
@@ -133,8 +137,10 @@ class PolicyRunner:
         vcenter = (spec.get("vcenterRef") or {}).get("name", "")
         assessment = await policies.assess(self.api, policy)
         acting = assessment.ready and not spec.get("paused")
-        now = utcnow()
-        created = parse_time(meta.get("creationTimestamp")) or now
+        real_now = self.timing.now()
+        now = self.timing.on_line(real_now)
+        created = parse_time(meta.get("creationTimestamp"))
+        created = self.timing.on_line(created) if created else now
         sched = spec.get("schedule") or {}
         key = (str(sched.get("cron")), str(sched.get("timeZone") or "UTC"))
         if self.cursor is not None and key != self.schedule_key:
@@ -160,17 +166,17 @@ class PolicyRunner:
         await self.create_due(policy, now)
         selector = f"{LABEL_POLICY}={meta['name']}"
         backups = await self.api.list_objects("vmbackups", namespace, selector)
-        pruned = await self.retention.apply(self.api, policy, backups, self.announce, now)
+        pruned = await self.retention.apply(self.api, policy, backups, self.announce, real_now)
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
-        await self.refresh_status(policy, assessment, view, now, backups)
-        wake_at = [now + dt.timedelta(seconds=STATUS_REFRESH)]
+        await self.refresh_status(policy, assessment, view, now, real_now, backups)
+        wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
-            wake_at.append(self.pending[0].start)
+            wake_at.append(self.timing.off_line(self.pending[0].start))
         if acting and assessment.schedule is not None:
             nxt = assessment.schedule.next_after(now)
             if nxt is not None:
-                wake_at.append(nxt)
-        return max(0.0, (min(wake_at) - utcnow()).total_seconds())
+                wake_at.append(self.timing.off_line(nxt))
+        return max(0.0, (min(wake_at) - self.timing.now()).total_seconds())
 
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
@@ -230,15 +236,22 @@ class PolicyRunner:
         assessment: policies.Assessment,
         view: SweepView | None,
         now: dt.datetime,
+        real_now: dt.datetime,
         backups: list[dict[str, Any]],
     ) -> None:
+        """``now`` on the schedule line, ``real_now`` the clock's (module docstring)."""
         meta = policy["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         history = BackupHistory.of_policy(backups, name)
         others = await self.api.list_objects("vmprotectionpolicies", namespace)
         clashes = policies.conflicts(policy, others, view)
         vms = [vm.instance_uuid for vm in view.vms_of(name)] if view is not None else None
-        status = policies.status(policy, assessment, now, self.last_schedule, history, vms, clashes)
+        if assessment.rpo is not None:  # judged against the schedule, applied to completions
+            rpo = dt.timedelta(seconds=self.timing.interval(assessment.rpo.total_seconds()))
+            assessment = dataclasses.replace(assessment, rpo=rpo)
+        status = policies.status(
+            policy, assessment, now, self.last_schedule, history, vms, clashes, real_now
+        )
         status["conditions"] = self.retention.condition(
             status["conditions"], meta.get("generation")
         )
@@ -249,15 +262,10 @@ class PolicyRunner:
 
     async def sleep(self, seconds: float) -> None:
         spec = self.body.get("spec") or {}
-        waiters = [asyncio.ensure_future(self.wake.wait())]
-        waiters.append(asyncio.ensure_future(self.stopped.wait()))
+        until: list[Any] = [self.wake, self.stopped]
         if self.waiting_run is not None:
             vcenter = (spec.get("vcenterRef") or {}).get("name", "")
             namespace = self.body["metadata"]["namespace"]
-            waiters.append(asyncio.ensure_future(self.sweeps.next_sweep(namespace, vcenter).wait()))
-        _, pending = await asyncio.wait(
-            waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
+            until.append(self.sweeps.next_sweep(namespace, vcenter))
+        await self.timing.wait(seconds, *until)
         self.wake.clear()

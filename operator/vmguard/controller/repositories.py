@@ -68,6 +68,7 @@ from vmguard.controller.conditions import set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.schedule import Schedule, parse
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -192,10 +193,6 @@ def schedule_of(spec: Mapping[str, Any], job: str) -> Schedule | None:
     return parse(part["schedule"], part.get("timeZone") or "UTC")
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class RepositoryWatch:
     """One BackupRepository's loop; see the module docstring."""
 
@@ -207,12 +204,15 @@ class RepositoryWatch:
         announce: Announce,
         logger: logging.Logger | logging.LoggerAdapter[Any],
         interval: float,
+        timing: Timing = REAL_TIME,
     ) -> None:
         self.api, self.body, self.metrics = api, body, metrics
         self.announce, self.log, self.interval = announce, logger, interval
+        self.timing = timing
         status = body.get("status") or {}
         self.conditions: list[Condition] = list(status.get("conditions") or [])
-        created = parse_time(body["metadata"].get("creationTimestamp")) or utcnow()
+        # Where each schedule was last handled: the clock's times (controller/timing.py).
+        created = parse_time(body["metadata"].get("creationTimestamp")) or timing.now()
         self.cursors = {
             "gc": parse_time((status.get("lastGC") or {}).get("time")) or created,
             "verify": parse_time((status.get("lastVerify") or {}).get("time")) or created,
@@ -229,7 +229,7 @@ class RepositoryWatch:
                 except Exception as exc:  # never let one bad turn end the daemon
                     self.log.exception("repository turn failed: %s", exc)
                     delay = self.interval
-                await stopped.wait(max(1.0, delay))
+                await self.timing.wait(max(1.0, delay), stopped)  # at most one turn a second
         finally:
             for task in self.tasks.values():
                 task.cancel()  # the thread finishes on its own; GC is crash-safe
@@ -239,7 +239,8 @@ class RepositoryWatch:
         spec, generation = snapshot.get("spec") or {}, snapshot["metadata"].get("generation")
         status: dict[str, Any] = {"observedGeneration": generation}
         opened = await self.observe(snapshot, status)
-        now = utcnow()
+        now = self.timing.now()
+        line_now = self.timing.on_line(now)
         wake = [now + dt.timedelta(seconds=self.interval)]
         problems = []
         for job in ("gc", "verify"):
@@ -250,12 +251,13 @@ class RepositoryWatch:
                 continue
             if schedule is None:
                 continue
-            following = schedule.next_after(self.cursors[job])
-            if following is not None and following <= now and opened and job not in self.tasks:
+            following = schedule.next_after(self.timing.on_line(self.cursors[job]))
+            due = following is not None and following <= line_now
+            if due and opened and job not in self.tasks:
                 self.start(job, snapshot)
-            nxt = schedule.next_after(now)
+            nxt = schedule.next_after(line_now)
             if nxt is not None:
-                wake.append(nxt)
+                wake.append(self.timing.off_line(nxt))
         if problems:
             message = "; ".join(m for _, m in problems)
             self.set("ScheduleValid", False, problems[0][0], message, generation)
@@ -263,7 +265,7 @@ class RepositoryWatch:
             self.set("ScheduleValid", True, "Valid", "the GC and verify schedules run", generation)
         status["conditions"] = self.conditions
         await self.patch(status)
-        return (min(wake) - utcnow()).total_seconds()
+        return (min(wake) - self.timing.now()).total_seconds()
 
     async def open_or_create(self, snapshot: dict[str, Any]) -> Repository:
         """The repository; created from the spec when its prefix holds nothing."""
@@ -354,17 +356,17 @@ class RepositoryWatch:
             repo = await open_repository(self.api, snapshot)
             report = await asyncio.to_thread(collect_garbage, repo, chunk_grace_seconds=grace)
         except GcBusyError as exc:
-            self.cursors["gc"] = utcnow()
+            self.cursors["gc"] = self.timing.now()
             self.announce("GCSkipped", f"garbage collection skipped: {exc}", False)
             return
         except Exception as exc:
-            self.cursors["gc"] = utcnow()
+            self.cursors["gc"] = self.timing.now()
             message = f"garbage collection failed: {classify(exc).message}"
             self.set("GarbageCollected", False, "GCFailed", message, generation)
             self.announce("GCFailed", message, True)
             await self.patch({"conditions": self.conditions})
             return
-        at = utcnow()
+        at = self.timing.now()
         self.cursors["gc"] = at
         text = f"deleted {report.deleted} chunk(s), {report.deleted_bytes} bytes freed"
         if report.waiting_for:
@@ -384,13 +386,13 @@ class RepositoryWatch:
             if repo.config.object_lock is not None:
                 locks = await asyncio.to_thread(lock_check, repo)
         except Exception as exc:
-            self.cursors["verify"] = utcnow()
+            self.cursors["verify"] = self.timing.now()
             message = f"verify could not run: {classify(exc).message}"
             self.set("Verified", None, "VerifyFailed", message, generation)
             self.announce("VerifyFailed", message, True)
             await self.patch({"conditions": self.conditions})
             return
-        at = utcnow()
+        at = self.timing.now()
         self.cursors["verify"] = at
         result = verify_status(report, at)
         depth = result["depth"]

@@ -41,6 +41,7 @@ from vmguard.controller import restore_targets as targets
 from vmguard.controller.conditions import now, set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.timing import REAL_TIME, Timing
 from vmguard.errors import (
     ConfigError,
     ObjectNotFoundError,
@@ -309,8 +310,10 @@ async def drive(
     name: str,
     stopped: Any,
     announce: Announce,
+    timing: Timing = REAL_TIME,
 ) -> None:
-    """Step one VMRestore until it is over (or the operator stops)."""
+    """Step one VMRestore until it is over (or the operator stops), waiting between
+    steps on ``timing``'s clock."""
     while not stopped:
         obj = await api.get_object(PLURAL, namespace, name)
         if obj is None or "metadata" not in obj:
@@ -331,7 +334,7 @@ async def drive(
             _announce(obj, result.status, announce)
         if result.delay is None:
             return
-        await stopped.wait(result.delay)
+        await timing.wait(result.delay, stopped)
 
 
 def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:

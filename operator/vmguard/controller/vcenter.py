@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import format_time
 from vmguard.config import ca_bundle_file
-from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.conditions import set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.vmlist import build_vm_list, changed
 from vmguard.errors import ConfigError, PermanentError, VmguardError
+from vmguard.store.clock import Clock, SystemClock
 from vmguard.vsphere.matching import MatchResult, PolicyRef, assign
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint
@@ -115,13 +115,18 @@ def summarise(
     return result, matched
 
 
-async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOutcome:
+async def sweep(
+    api: KubeAPI, body: dict[str, Any], interval: float, clock: Clock | None = None
+) -> SweepOutcome:
+    """One sweep; ``interval`` is the wait until the next (``nextSweepTime``), and
+    ``clock`` the controller's (controller/timing.py)."""
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
     old_status = body.get("status") or {}
     conditions = old_status.get("conditions") or []
-    started = time.monotonic()
+    clock = clock or SystemClock()
+    started = clock.monotonic()
     try:
         ep = await endpoint_for(api, namespace, spec)
         info, records = await asyncio.to_thread(_read_inventory, ep)
@@ -219,9 +224,9 @@ async def sweep(api: KubeAPI, body: dict[str, Any], interval: float) -> SweepOut
             "unprotected": len(unprotected),
             "consolidationNeeded": len(unconsolidated),
         },
-        "lastSweepTime": now(),
-        "lastSweepDurationSeconds": int(time.monotonic() - started),
-        "nextSweepTime": _in(interval),
+        "lastSweepTime": format_time(clock.now()),
+        "lastSweepDurationSeconds": int(clock.monotonic() - started),
+        "nextSweepTime": format_time(clock.now() + dt.timedelta(seconds=interval)),
         "conditions": conditions,
     }
     vm_list = build_vm_list(result.assignments)
@@ -237,7 +242,3 @@ def _listing(vms: list[VMRecord], what: str) -> str:
     names = ", ".join(vm.name for vm in vms[:UNPROTECTED_LISTED])
     more = len(vms) - UNPROTECTED_LISTED
     return f"{len(vms)} {what}: {names}" + (f" and {more} more" if more > 0 else "")
-
-
-def _in(seconds: float) -> str:
-    return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds))

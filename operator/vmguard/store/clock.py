@@ -1,14 +1,18 @@
-"""Time as the repository engine sees it: wall-clock UTC and a monotonic clock.
+"""Time as vmguard sees it: wall-clock UTC, a monotonic clock, and waiting.
 
 Everything in ``vmguard.store`` that reads the time takes a :class:`Clock`, so tests
 can move time forward (GC compares object ages against hours of grace) without
 sleeping, and the backend's timestamps and the writer's lease deadlines stay on the
-same time line. Invariant: ``now()`` is timezone-aware UTC; ``monotonic()`` never goes
-back.
+same time line. The controller, which also waits, takes a :class:`WaitingClock` (the
+same protocol plus ``async sleep``; ``vmguard.controller.timing``). The store defines it
+because the store is the lowest layer both use. Invariant: ``now()`` is timezone-aware
+UTC; ``monotonic()`` never goes back; ``sleep(s)`` returns once ``s`` seconds have passed
+on this clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,6 +25,12 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
 
+class WaitingClock(Clock, Protocol):
+    """A :class:`Clock` a control loop can also wait on."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
 class SystemClock:
     """The real clocks."""
 
@@ -30,9 +40,17 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
 
 class ManualClock:
-    """A clock that moves only when told to; shared by a MemoryBackend and a Repository."""
+    """A clock that moves only when told to; shared by a MemoryBackend and a Repository.
+
+    ``sleep(s)`` is such a telling: it moves the clock ``s`` seconds on and returns at
+    once (after yielding to the event loop), so a control loop driven by it runs
+    through hours of schedule in milliseconds, each step exactly where it asked to wake.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2025, 1, 1, tzinfo=UTC)
@@ -53,3 +71,7 @@ class ManualClock:
         with self._lock:
             self._now += timedelta(seconds=seconds)
             self._monotonic += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from vmguard.cli import main as cli
+from vmguard.controller.timing import Timing
 from vmguard.hooks import NO_HOOKS, Hooks
+from vmguard.store.clock import SystemClock
 from vmguard_lab import run
 
 pytestmark = pytest.mark.unit
@@ -34,7 +36,8 @@ def test_stall_parks_the_backup_only_at_the_points_asked_for(
         waits.append(seconds)
 
     monkeypatch.setattr(run.asyncio, "sleep", sleep)
-    hooks, rest = run.parse(["--stall", "finalizing", "operator", "--namespace", "ns"])
+    hooks, timing, rest = run.parse(["--stall", "finalizing", "operator", "--namespace", "ns"])
+    assert timing is None, "without --speedup the operator keeps the real clock's pace"
     assert rest == ["operator", "--namespace", "ns"]
     asyncio.run(hooks.backup_step("snapshotted"))
     assert waits == []
@@ -51,7 +54,7 @@ def test_stall_refuses_a_point_the_controller_does_not_have() -> None:
 def test_throttle_holds_the_transfer_to_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
     monkeypatch.setattr(run.time, "sleep", waits.append)
-    hooks, _ = run.parse(["--throttle", "1000", "proxy", "backup"])
+    hooks, _, _ = run.parse(["--throttle", "1000", "proxy", "backup"])
     hooks.transfer_progress(0, 10_000)
     hooks.transfer_progress(2000, 10_000)
     assert len(waits) == 1 and 1.5 < waits[0] <= 2.0, waits
@@ -60,14 +63,35 @@ def test_throttle_holds_the_transfer_to_its_rate(monkeypatch: pytest.MonkeyPatch
 def test_main_hands_the_hooks_and_the_rest_to_vmguard(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def vmguard_main(argv: list[str], hooks: Hooks) -> int:
-        seen.update(argv=argv, hooks=hooks)
+    def vmguard_main(argv: list[str], hooks: Hooks, timing: Timing | None) -> int:
+        seen.update(argv=argv, hooks=hooks, timing=timing)
         return 7
 
     monkeypatch.setattr(run, "vmguard_main", vmguard_main)
     assert run.main(["--throttle", "5", "vm", "ls"]) == 7
     assert seen["argv"] == ["vm", "ls"]
     assert seen["hooks"].transfer_progress is not NO_HOOKS.transfer_progress
+    assert seen["timing"] is None
+
+
+def test_speedup_hands_the_operator_a_faster_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def vmguard_main(argv: list[str], hooks: Hooks, timing: Timing | None) -> int:
+        seen.update(argv=argv, timing=timing)
+        return 0
+
+    monkeypatch.setattr(run, "vmguard_main", vmguard_main)
+    assert run.main(["--speedup", "12", "operator", "--namespace", "ns"]) == 0
+    assert seen["argv"] == ["operator", "--namespace", "ns"]
+    timing: Timing = seen["timing"]
+    assert timing.speedup == 12 and timing.interval(30.0) == 2.5
+    assert isinstance(timing.clock, SystemClock), "the clock itself stays the real one"
+
+
+def test_speedup_refuses_to_slow_the_operator_down() -> None:
+    with pytest.raises(SystemExit, match="--speedup: speedup must be at least 1"):
+        run.parse(["--speedup", "0.5", "operator"])
 
 
 def test_vmguard_gives_each_command_the_hooks_it_was_handed(
@@ -81,3 +105,17 @@ def test_vmguard_gives_each_command_the_hooks_it_was_handed(
     assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"], hooks=given) == 0
     assert cli.main(["proxy", "backup", "--namespace", "ns", "--name", "b"]) == 0
     assert seen == [given, NO_HOOKS]
+
+
+def test_vmguard_hands_the_operator_the_timing_it_was_handed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vmguard.controller import main as controller_main
+    from vmguard.controller.timing import REAL_TIME
+
+    seen: list[Any] = []
+    monkeypatch.setattr(controller_main, "run", seen.append)
+    given = Timing(speedup=6)
+    assert cli.main(["operator", "--namespace", "ns"], timing=given) == 0
+    assert cli.main(["operator", "--namespace", "ns"]) == 0
+    assert [options.timing for options in seen] == [given, REAL_TIME]
