@@ -241,6 +241,15 @@ def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(
         text=True,
     )
     assert waited.returncode == 0, waited.stderr
+    # The printer columns show Ready and its reason.
+    shown = subprocess.run(
+        [str(kubectl), "get", "-n", namespace, "vmbackup/ghost", "--no-headers", "-o", "wide"],
+        env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert shown[shown.index("Failed") + 1 :][:2] == ["False", "VMNotFound"], shown
     assert operator.alive()
 
 
