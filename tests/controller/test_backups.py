@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -209,6 +210,8 @@ def _scan_everything(
 
 def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(
     kube_api: Any,
+    lab: Any,
+    kubectl: Path,
     namespace: str,
     lab_vcenter: str,
     lab_repository: str,
@@ -223,6 +226,30 @@ def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(
     assert "no such VM" in status["error"]["message"]
     assert objects.condition(done, "Ready")["reason"] == "VMNotFound"
     assert not (status.get("snapshot") or {}).get("moref")
+    # kstatus reads it as Failed: Stalled=True with the failure's reason, no Reconciling=True,
+    # and the status describes the current generation.
+    stalled = objects.condition(done, "Stalled")
+    assert (stalled.get("status"), stalled.get("reason")) == ("True", "VMNotFound"), stalled
+    assert "no such VM" in stalled["message"]
+    assert objects.condition(done, "Reconciling").get("status", "False") == "False"
+    assert status["observedGeneration"] == done["metadata"]["generation"]
+    wait = ["wait", "--for=condition=Stalled", "--timeout=20s", "-n", namespace, "vmbackup/ghost"]
+    waited = subprocess.run(
+        [str(kubectl), *wait],
+        env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
+        capture_output=True,
+        text=True,
+    )
+    assert waited.returncode == 0, waited.stderr
+    # The printer columns show Ready and its reason.
+    shown = subprocess.run(
+        [str(kubectl), "get", "-n", namespace, "vmbackup/ghost", "--no-headers", "-o", "wide"],
+        env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert shown[shown.index("Failed") + 1 :][:2] == ["False", "VMNotFound"], shown
     assert operator.alive()
 
 
@@ -242,6 +269,9 @@ def test_missing_repository_waits_with_a_condition(
 
     obj = eventually(waiting, timeout=60, what="RepositoryNotFound condition")
     assert obj["status"]["phase"] == "Pending"
+    reconciling = objects.condition(obj, "Reconciling")
+    assert (reconciling.get("status"), reconciling.get("reason")) == ("True", "Pending")
+    assert not objects.condition(obj, "Stalled")
     assert (
         "BackupRepository later does not exist" in objects.condition(obj, "RefsResolved")["message"]
     )

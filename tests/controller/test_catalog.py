@@ -218,7 +218,11 @@ def test_synced_status_from_the_manifest() -> None:
         "compressibility": 0.25,
     }
     conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
-    assert conds == {"Ready": ("True", "Completed"), "ArchiveAvailable": ("True", "Synced")}
+    assert conds == {
+        "Ready": ("True", "Completed"),
+        "ArchiveAvailable": ("True", "Synced"),
+        "Reconciling": ("False", "Completed"),  # kstatus: Current, not in progress
+    }
     assert synced_status(manifest(mode="full-scan"), repository="r", vcenter="v")["modeUsed"] == (
         "fullScan"
     )

@@ -453,12 +453,18 @@ def test_bad_sources_and_a_taken_name_are_conditions_not_jobs(
         obj = objects.get(kube_api, namespace, R, name)
         assert obj["status"]["phase"] == "Pending"
         assert objects.condition(obj, "Ready")["status"] == "False"
+        reconciling = objects.condition(obj, "Reconciling")  # kstatus: in progress
+        assert (reconciling.get("status"), reconciling.get("reason")) == ("True", "Pending")
+        assert obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
         assert restore_jobs(kube_api, namespace, name) == []
 
     # A backup that failed fails its restores; one that completes lets them go on.
     patch_backup_status(kube_api, namespace, "running", {"phase": "Failed"})
     failed = objects.wait_phase(kube_api, namespace, R, "not-yet", {"Failed"}, timeout=60)
     assert failed["status"]["error"]["reason"] == "SourceFailed"
+    stalled = objects.condition(failed, "Stalled")  # kstatus: Failed, not in progress
+    assert (stalled.get("status"), stalled.get("reason")) == ("True", "SourceFailed"), stalled
+    assert objects.condition(failed, "Reconciling").get("status") == "False"
 
     # A new VM may not take the name of an existing one.
     completed_backup(kube_api, namespace, "ok-1", vc, repo, one_disk_vm.moref, locator)

@@ -44,6 +44,7 @@ from vmguard.api import (
     BackupDisk,
     BackupPhase,
     BackupStatus,
+    Condition,
     Failure,
     VMIdentity,
     format_time,
@@ -53,7 +54,7 @@ from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller import backupsteps as steps
 from vmguard.controller import builders
 from vmguard.controller.catalog import is_synced
-from vmguard.controller.conditions import set_condition
+from vmguard.controller.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.timing import REAL_TIME, Timing
@@ -123,6 +124,10 @@ class Patcher:
         )
 
     async def patch(self, status: BackupStatus) -> None:
+        before = self.obj.get("status") or {}
+        phase = status.get("phase") or before.get("phase") or BackupPhase.PENDING
+        error = status["error"] if "error" in status else before.get("error")
+        self.conditions = backup_conditions(self.conditions, phase, error, self.generation)
         body: BackupStatus = {
             **status,
             "conditions": self.conditions,
@@ -141,6 +146,20 @@ class Patcher:
             await self.patch(
                 {"error": error, **_terminal(self.obj, BackupPhase.FAILED, self.ctx.timing)}
             )
+
+
+def backup_conditions(
+    conditions: Any, phase: str, error: Any, generation: int | None
+) -> list[Condition]:
+    """The kstatus conditions of a VMBackup in ``phase`` (see :mod:`.conditions`)."""
+    failed = phase == BackupPhase.FAILED
+    return lifecycle_conditions(
+        conditions,
+        phase,
+        terminal=phase in BACKUP_TERMINAL,
+        failure=(error or {"reason": "Failed", "message": "backup failed"}) if failed else None,
+        generation=generation,
+    )
 
 
 def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> BackupStatus:

@@ -55,7 +55,7 @@ from vmguard.api import (
     format_time,
 )
 from vmguard.controller import access
-from vmguard.controller.conditions import get_condition, set_condition
+from vmguard.controller.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats
@@ -278,6 +278,9 @@ def synced_status(
     message = f"archive {manifest.archive_id}, synced from repository {repository}"
     conditions = set_condition([], "Ready", True, "Completed", message, 1, at)
     conditions = set_condition(conditions, CONDITION, True, "Synced", message, 1, at)
+    conditions = lifecycle_conditions(
+        conditions, BackupPhase.COMPLETED, terminal=True, failure=None, generation=1, at=at
+    )
     status: dict[str, Any] = {
         "phase": BackupPhase.COMPLETED,
         "archiveId": manifest.archive_id,

@@ -3,6 +3,17 @@
 A condition's ``lastTransitionTime`` changes only when its ``status`` does, so watchers
 can tell "still failing" from "failing again". Reasons are CamelCase; messages are for
 people and never contain a secret value.
+
+The kinds that end (VMBackup, VMRestore: phases ending ``Completed`` or ``Failed``) also
+carry kstatus's two abnormal-true conditions (sigs.k8s.io/cli-utils, what Flux and
+``kubectl wait`` read), set by :func:`lifecycle_conditions` from the phase alone:
+
+- work under way: ``Reconciling=True`` (reason = the phase), no ``Stalled``;
+- Completed: ``Ready=True``, ``Reconciling=False``, no ``Stalled``;
+- Failed: ``Stalled=True`` with the failure's reason and message, ``Reconciling=False``.
+
+kstatus checks ``Reconciling`` before ``Stalled``, so a failed object must never keep
+``Reconciling=True``: then it would read "in progress" forever.
 """
 
 from __future__ import annotations
@@ -46,6 +57,55 @@ def set_condition(
         cond["observedGeneration"] = generation
     out.append(cond)
     return sorted(out, key=lambda c: c["type"])
+
+
+def remove_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> list[Condition]:
+    """Return ``conditions`` without ``type_``."""
+    return [cast(Condition, dict(c)) for c in conditions or () if c.get("type") != type_]
+
+
+def lifecycle_conditions(
+    conditions: Iterable[Mapping[str, Any]] | None,
+    phase: str,
+    *,
+    terminal: bool,
+    failure: Mapping[str, Any] | None,
+    generation: int | None = None,
+    at: str | None = None,
+) -> list[Condition]:
+    """``conditions`` with ``Reconciling``/``Stalled`` (and a ``Ready`` if none yet) for
+    ``phase``. ``terminal``: the phase is Completed or Failed; ``failure``: the
+    ``status.error`` of a Failed object (``None`` for any other phase).
+
+    Pure and idempotent: applied to its own result it returns the same list, so a
+    controller may apply it on every status patch.
+    """
+    out = [cast(Condition, dict(c)) for c in conditions or ()]
+    ready = get_condition(out, "Ready")
+    if not terminal:
+        if not ready:
+            out = set_condition(
+                out, "Ready", False, phase, f"{phase}: work under way", generation, at
+            )
+            ready = get_condition(out, "Ready")
+        message = ready.get("message") or phase
+        out = set_condition(out, "Reconciling", True, phase, message, generation, at)
+        return remove_condition(out, "Stalled")
+    if failure is None:
+        if ready.get("status") != "True":
+            out = set_condition(out, "Ready", True, phase, phase, generation, at)
+        out = set_condition(
+            out, "Reconciling", False, phase, f"{phase}: nothing left to do", generation, at
+        )
+        return remove_condition(out, "Stalled")
+    reason = str(failure.get("reason") or "Failed")
+    message = str(failure.get("message") or f"{phase} ({reason})")
+    if ready.get("status") != "False":
+        out = set_condition(out, "Ready", False, reason, message, generation, at)
+    out = set_condition(
+        out, "Reconciling", False, phase, f"{phase}: nothing more is tried", generation, at
+    )
+    return set_condition(out, "Stalled", True, reason, message, generation, at)
 
 
 def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, 
 from vmguard.config import ProxySettings
 from vmguard.controller import access, builders
 from vmguard.controller import restore_targets as targets
-from vmguard.controller.conditions import now, set_condition
+from vmguard.controller.conditions import lifecycle_conditions, now, set_condition
 from vmguard.controller.jobs import JobAPI, job_state
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.timing import REAL_TIME, Timing
@@ -329,12 +329,43 @@ async def drive(
         except Exception as exc:  # an unexpected fault must not stop this restore for good
             log.exception("VMRestore %s/%s: step failed", namespace, name)
             result = _retry(obj, "ReconcileError", f"{type(exc).__name__}: {exc}")
-        if result.status:
-            await api.patch_status(PLURAL, namespace, name, result.status)
-            _announce(obj, result.status, announce)
+        status = with_lifecycle(obj, result.status)
+        if status:
+            await api.patch_status(PLURAL, namespace, name, status)
+            _announce(obj, status, announce)
         if result.delay is None:
             return
         await timing.wait(result.delay, stopped)
+
+
+def restore_conditions(
+    conditions: Any, phase: str, error: Any, generation: int | None
+) -> list[Condition]:
+    """The kstatus conditions of a VMRestore in ``phase`` (see :mod:`.conditions`)."""
+    failed = phase == RestorePhase.FAILED
+    return lifecycle_conditions(
+        conditions,
+        phase,
+        terminal=phase in RESTORE_TERMINAL,
+        failure=(error or {"reason": "Failed", "message": "restore failed"}) if failed else None,
+        generation=generation,
+    )
+
+
+def with_lifecycle(obj: dict[str, Any], patch: RestoreStatus) -> RestoreStatus:
+    """``patch`` plus the conditions and ``observedGeneration`` the resulting status
+    must carry; empty when the object already carries them and ``patch`` is empty (a
+    step that changed nothing writes nothing). Also brings a restore finished by an
+    older operator up to date."""
+    before = obj.get("status") or {}
+    generation = obj["metadata"].get("generation")
+    phase = patch.get("phase") or before.get("phase") or RestorePhase.PENDING
+    error = patch["error"] if "error" in patch else before.get("error")
+    current = patch.get("conditions") or _conditions(obj)
+    conditions = restore_conditions(current, phase, error, generation)
+    if not patch and conditions == current and before.get("observedGeneration") == generation:
+        return patch
+    return {**patch, "conditions": conditions, "observedGeneration": generation}
 
 
 def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:

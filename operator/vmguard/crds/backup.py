@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from vmguard.api import BackupPhase
 from vmguard.crds import fields as f
-from vmguard.crds.definition import Kind, column
+from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
 from vmguard.crds.schema import (
     array,
     boolean,
@@ -193,6 +193,8 @@ KIND = Kind(
         column("VM", ".spec.vm.name", "VM name."),
         column("Policy", ".spec.policyRef.name", "Policy the backup is made under."),
         column("Phase", ".status.phase", "Where the backup is."),
+        ready_column(),
+        ready_reason_column(),
         column("Mode", ".status.modeUsed", "full, incremental or fullScan."),
         column("Progress%", ".status.progress.percent", "Percent transferred.", type_="integer"),
         column(
@@ -204,6 +206,5 @@ KIND = Kind(
         ),
         column("Duration", ".status.durationSeconds", "Seconds.", type_="number", priority=1),
         column("Archive", ".status.archiveId", "Archive id.", priority=1),
-        column("Reason", ".status.error.reason", "Why it failed.", priority=1),
     ],
 )

@@ -47,6 +47,14 @@ def ready_column() -> dict[str, Any]:
     )
 
 
+def ready_reason_column() -> dict[str, Any]:
+    return column(
+        "Reason",
+        '.status.conditions[?(@.type=="Ready")].reason',
+        "Reason of the Ready condition: the phase at work, Completed, or why it failed.",
+    )
+
+
 @dataclass(frozen=True)
 class Kind:
     """One custom resource kind of vmguard."""

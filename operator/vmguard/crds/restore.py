@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from vmguard.api import RestorePhase
 from vmguard.crds import fields as f
-from vmguard.crds.definition import Kind, column
+from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
 from vmguard.crds.schema import (
     Schema,
     array,
@@ -265,8 +265,9 @@ KIND = Kind(
         column("Backup", ".spec.source.backupRef.name", "VMBackup restored."),
         column("New-VM", ".spec.target.newVM.name", "Name of the VM to create."),
         column("Phase", ".status.phase", "Where the restore is."),
+        ready_column(),
+        ready_reason_column(),
         column("Progress%", ".status.progress.percent", "Percent written.", type_="integer"),
         column("Result-VM", ".status.result.vm.moref", "VM restored into.", priority=1),
-        column("Reason", ".status.error.reason", "Why it failed.", priority=1),
     ],
 )
