@@ -216,3 +216,14 @@ def test_two_instances_share_nothing_and_serve_over_http() -> None:
     finally:
         server.shutdown()
     assert 'vmguard_proxy_jobs_running{kind="backup",namespace="prod"} 1.0' in text
+
+
+def test_build_info_is_exported_from_the_start_and_names_the_version() -> None:
+    from vmguard import __version__
+
+    m = Metrics(clock=Clock(T0))
+    # Nothing observed yet: build_info is still there, so its absence means "operator gone".
+    assert value(m, "vmguard_build_info", version=__version__) == 1.0
+    assert [k for k in samples(m) if k[0] == "vmguard_build_info"] == [
+        ("vmguard_build_info", (("version", __version__),))
+    ]

@@ -27,6 +27,8 @@ Invariants:
   order the objects are observed in.
 - Ages and the RPO verdict are computed when Prometheus scrapes, from timestamps, so
   they are right even when nothing was observed for a while.
+- ``vmguard_build_info{version}`` is 1 from construction on and never removed: the
+  alerts read its absence as "the operator is gone".
 - Callers run on kopf's event loop, scrapes on the HTTP server's thread: the per-VM
   and snapshot tables are guarded by one lock.
 """
@@ -45,6 +47,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from vmguard import __version__
 from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase, parse_time
 
 PREFIX = "vmguard_"
@@ -237,6 +240,10 @@ class Metrics:
             "Proxy Jobs running, by kind (backup, restore).",
             ("namespace", "kind"),
         )
+        # Always 1 and always exported, from the first scrape on: the alerts tell "the
+        # operator is gone" from "nothing to report" by its absence (docs/runbooks.md).
+        self.build_info = gauge("build_info", "Always 1; the operator's version.", ("version",))
+        self.build_info.labels(__version__).set(1)
         self.registry.register(_ScrapeTimeCollector(self))
 
     # ---- serving -------------------------------------------------------------------

@@ -146,6 +146,11 @@ def test_non_default_rendering(render: Render) -> None:
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # Whatever the release is called, the scrape job is "vmguard": VmguardOperatorDown
+    # matches up{job="vmguard"}.
+    assert {"targetLabel": "job", "replacement": "vmguard"} in monitor["spec"]["endpoints"][0][
+        "relabelings"
+    ]
     assert (
         service["spec"]["selector"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
