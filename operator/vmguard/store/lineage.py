@@ -45,9 +45,21 @@ RequestedMode = Literal["full", "incremental"]
 
 
 def latest_archive(repo: Repository, vm_id: str) -> ArchiveManifest | None:
-    """The VM's newest committed archive, or None for its first backup."""
+    """The VM's newest committed archive, or None for its first backup.
+
+    Archive ids order by their start second (format §1.1); two archives that started in
+    the same second tie, and their random suffixes order them by chance. Of the tied
+    ones the newest is the one no other tied archive names as its parent (a child
+    started after its parent committed), so a quick incremental is never passed over
+    for the parent it was made from."""
     refs = repo.list_archives(vm_id)
-    return repo.load_archive(refs[-1].archive_id) if refs else None
+    if not refs:
+        return None
+    tied = [ref for ref in refs if ref.started == refs[-1].started]
+    manifests = [repo.load_archive(ref.archive_id) for ref in tied]
+    parents = {m.parent for m in manifests}
+    children = [m for m in manifests if m.archive_id not in parents]
+    return (children or manifests)[-1]
 
 
 def archive_of_backup(
