@@ -120,7 +120,10 @@ class BackupSettings:
     before the second (doubling after), ``deadline`` seconds from the start to the end of
     the last attempt, ``job_deadline`` seconds one proxy Job may run
     (``activeDeadlineSeconds``), ``job_ttl`` seconds a finished Job is kept, ``poll``
-    seconds between looks at a running Job.
+    seconds between looks at a running Job. ``proxy_start_timeout`` seconds a proxy pod
+    may stay unable to run for a transient reason (image pull failure, unschedulable,
+    crash loop) before the backup fails with that reason; a pod refused at admission
+    fails it at once (:mod:`vmguard.controller.proxypods`).
     """
 
     max_attempts: int = 3
@@ -129,6 +132,7 @@ class BackupSettings:
     job_deadline: int = 4 * 3600
     job_ttl: int = 3600
     poll: float = 2.0
+    proxy_start_timeout: float = 600.0
 
     @classmethod
     def from_env(cls) -> BackupSettings:
@@ -140,6 +144,7 @@ class BackupSettings:
             job_deadline=int(env.get("VMGUARD_BACKUP_JOB_DEADLINE") or 4 * 3600),
             job_ttl=int(env.get("VMGUARD_BACKUP_JOB_TTL") or 3600),
             poll=float(env.get("VMGUARD_BACKUP_POLL") or 2.0),
+            proxy_start_timeout=float(env.get("VMGUARD_BACKUP_PROXY_START_TIMEOUT") or 600.0),
         )
 
 
