@@ -7,6 +7,7 @@ controller's ``FailedCreate`` event when Pod Security admission refuses the pod)
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -157,3 +158,26 @@ def test_a_finished_pod_is_left_to_the_job_controller() -> None:
     failed = _waiting("CrashLoopBackOff", "back-off")
     failed["status"]["phase"] = "Failed"
     assert classify([failed], []) is None
+
+
+def _job(created: str) -> dict[str, Any]:
+    return {"metadata": {"name": JOB, "creationTimestamp": created}}
+
+
+def test_transient_trouble_gives_up_only_once_the_job_is_timeout_old() -> None:
+    trouble = classify([UNSCHEDULABLE], [])
+    assert trouble is not None
+    at = dt.datetime(2026, 12, 6, 8, 9, 59, tzinfo=dt.UTC)
+    assert trouble.gives_up(_job("2026-12-06T08:00:00Z"), at, 600.0) is None
+    text = trouble.gives_up(_job("2026-12-06T08:00:00Z"), at + dt.timedelta(seconds=1), 600.0)
+    assert text is not None
+    assert "Unschedulable" in text and "did not start within 600s" in text
+
+
+def test_permanent_trouble_gives_up_at_once() -> None:
+    trouble = classify([], [REFUSED])
+    assert trouble is not None
+    text = trouble.gives_up(
+        _job("2026-12-06T08:00:00Z"), dt.datetime(2026, 12, 6, 8, 0, 1, tzinfo=dt.UTC), 600.0
+    )
+    assert text is not None and "violates PodSecurity" in text

@@ -16,7 +16,7 @@ of its phase (docs/operator.md):
   events are read too (:mod:`.proxypods`): a pod refused at admission fails the backup
   at once, one that cannot pull, schedule or stay up is a ``ProxyNotStarting``
   condition with the pod's reason and message, and fails the backup once the Job is
-  ``proxy_start_timeout`` old;
+  ``ProxySettings.start_timeout`` old;
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
 A VMBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
@@ -459,7 +459,7 @@ async def _watch_proxy_start(
     """An active Job whose pod cannot start: say why now, fail when it cannot get better.
 
     Refused at admission: fail at once. Image pull, scheduling, crash loop: a condition
-    naming the pod's reason now, failure once the Job is ``proxy_start_timeout`` old.
+    naming the pod's reason now, failure once the Job is ``ProxySettings.start_timeout`` old.
     Either failure goes through Finalizing, which removes the snapshot.
     """
     name = job["metadata"]["name"]
@@ -473,13 +473,9 @@ async def _watch_proxy_start(
             p.condition("Ready", False, BackupPhase.TRANSFERRING, f"Job {name} running")
             await p.patch({})
         return ctx.settings.poll
-    created = parse_time(str(job["metadata"].get("creationTimestamp") or ""))
-    age = (ctx.timing.now() - created).total_seconds() if created else 0.0
-    if trouble.permanent or age >= ctx.settings.proxy_start_timeout:
-        text = trouble.text()
-        if not trouble.permanent:
-            text += f" (proxy did not start within {ctx.settings.proxy_start_timeout:.0f}s)"
-        await ctx.jobs.delete_jobs(p.ns, f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
+    text = trouble.gives_up(job, ctx.timing.now(), ctx.proxy.start_timeout)
+    if text is not None:
+        await ctx.jobs.delete_job(p.ns, name)
         p.condition("Transferring", False, trouble.reason, text)
         p.condition("Ready", False, trouble.reason, text)
         await p.patch(
@@ -489,15 +485,12 @@ async def _watch_proxy_start(
             }
         )
         return 0.0
-    text = (
-        f"{trouble.text()} (retried until the Job is {ctx.settings.proxy_start_timeout:.0f}s old)"
-    )[:4096]
+    text = trouble.waiting(ctx.proxy.start_timeout)
     if said.get("reason") != "ProxyNotStarting" or said.get("message") != text:
         p.condition("Transferring", False, "ProxyNotStarting", text)
         p.condition("Ready", False, trouble.reason, text)
         await p.patch({})
-    left = ctx.settings.proxy_start_timeout - age
-    return min(ctx.settings.poll * 5, max(left, ctx.settings.poll))
+    return ctx.settings.poll * 5
 
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:

@@ -105,6 +105,18 @@ class JobAPI:
 
         return await asyncio.to_thread(read)
 
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete one Job and its pods (gone already is fine)."""
+
+        def delete() -> None:
+            try:
+                self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise RetryableError(f"deleting Job {namespace}/{name}: {exc.status}") from None
+
+        await asyncio.to_thread(delete)
+
     async def delete_jobs(self, namespace: str, selector: str) -> int:
         """Delete the Jobs (and their pods) matching ``selector``; how many there were."""
 

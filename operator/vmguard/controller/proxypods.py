@@ -21,9 +21,12 @@ whose ``involvedObject`` is the Job.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from vmguard.api import parse_time
 
 # kubelet's waiting reasons that mean "this container will not start by itself soon".
 # ContainerCreating / PodInitializing are normal progress and are not listed.
@@ -54,6 +57,25 @@ class ProxyTrouble:
 
     def text(self) -> str:
         return f"{self.source}: {self.reason}: {self.message}".rstrip(": ")
+
+    def gives_up(self, job: Mapping[str, Any], now: dt.datetime, timeout: float) -> str | None:
+        """The failure message when waiting cannot help any more, else None.
+
+        Permanent trouble gives up at once; transient trouble once ``job`` (the proxy
+        Job) is ``timeout`` seconds old, counted from its ``creationTimestamp`` so that a
+        restarted operator counts on from where its predecessor was.
+        """
+        if self.permanent:
+            return self.text()
+        created = parse_time(str((job.get("metadata") or {}).get("creationTimestamp") or ""))
+        age = (now - created).total_seconds() if created else 0.0
+        if age < timeout:
+            return None
+        return f"{self.text()} (proxy did not start within {timeout:.0f}s)"
+
+    def waiting(self, timeout: float) -> str:
+        """The condition message while transient trouble is waited out (stable per poll)."""
+        return f"{self.text()} (retried until the Job is {timeout:.0f}s old)"[:4096]
 
 
 def _waiting(pod: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
