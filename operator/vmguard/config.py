@@ -87,6 +87,10 @@ class ProxySettings:
     ``{"persistentVolumeClaim": {"claimName": "vddk"}}``; None: no VDDK volume) and
     ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
     ``pod_annotations`` go on every proxy pod (e.g. a service mesh's opt-out).
+    ``start_timeout``: seconds a proxy Job's pod may stay unable to run for a transient
+    reason (image pull failure, unschedulable, crash loop) before its VMBackup or
+    VMRestore fails with that reason; a pod refused at admission fails it at once
+    (:mod:`vmguard.controller.proxypods`).
     """
 
     image: str
@@ -97,6 +101,7 @@ class ProxySettings:
     vddk_volume: dict[str, Any] | None = None
     vddk_path: str = "/opt/vmware-vix-disklib-distrib"  # = DEFAULT_VDDK_PATH
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    start_timeout: float = 600.0
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -109,6 +114,7 @@ class ProxySettings:
             vddk_volume=_volume(os.environ.get("VMGUARD_PROXY_VDDK_VOLUME")),
             vddk_path=os.environ.get(VDDK_PATH_ENV, DEFAULT_VDDK_PATH),
             pod_annotations=_annotations(os.environ.get("VMGUARD_PROXY_POD_ANNOTATIONS")),
+            start_timeout=float(os.environ.get("VMGUARD_PROXY_START_TIMEOUT") or 600.0),
         )
 
 

@@ -12,7 +12,11 @@ of its phase (docs/operator.md):
   onError=fail fails the backup with reason ``HookFailed``);
 - **Transferring**: the proxy Job ``<name>-<attempt>`` (proxy RBAC ensured first) does
   the transfer and patches progress and its result; a failed Job is retried with
-  backoff while attempts and the deadline allow;
+  backoff while attempts and the deadline allow. While the Job is active its pods and
+  events are read too (:mod:`.proxypods`): a pod refused at admission fails the backup
+  at once, one that cannot pull, schedule or stay up is a ``ProxyNotStarting``
+  condition with the pod's reason and message, and fails the backup once the Job is
+  ``ProxySettings.start_timeout`` old;
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
 A VMBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
@@ -401,7 +405,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     else:
         st = job_state(job)
         if st.active:
-            return ctx.settings.poll
+            return await _watch_proxy_start(ctx, obj, p, job)
         if st.succeeded:
             if status.get("archiveId"):
                 p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
@@ -447,6 +451,46 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         }
     )
     return 0.0
+
+
+async def _watch_proxy_start(
+    ctx: BackupContext, obj: dict[str, Any], p: Patcher, job: dict[str, Any]
+) -> float | None:
+    """An active Job whose pod cannot start: say why now, fail when it cannot get better.
+
+    Refused at admission: fail at once. Image pull, scheduling, crash loop: a condition
+    naming the pod's reason now, failure once the Job is ``ProxySettings.start_timeout`` old.
+    Either failure goes through Finalizing, which removes the snapshot.
+    """
+    name = job["metadata"]["name"]
+    trouble = await ctx.jobs.proxy_trouble(p.ns, name)
+    said: dict[str, Any] = next(
+        (dict(c) for c in p.conditions if c.get("type") == "Transferring"), {}
+    )
+    if trouble is None:
+        if said.get("reason") == "ProxyNotStarting":  # it recovered: say so
+            p.condition("Transferring", True, "ProxyRunning", f"Job {name}")
+            p.condition("Ready", False, BackupPhase.TRANSFERRING, f"Job {name} running")
+            await p.patch({})
+        return ctx.settings.poll
+    text = trouble.gives_up(job, ctx.timing.now(), ctx.proxy.start_timeout)
+    if text is not None:
+        await ctx.jobs.delete_job(p.ns, name)
+        p.condition("Transferring", False, trouble.reason, text)
+        p.condition("Ready", False, trouble.reason, text)
+        await p.patch(
+            {
+                "phase": BackupPhase.FINALIZING,
+                "error": {"reason": trouble.reason, "message": text[:4096], "retryable": False},
+            }
+        )
+        return 0.0
+    text = trouble.waiting(ctx.proxy.start_timeout)
+    if said.get("reason") != "ProxyNotStarting" or said.get("message") != text:
+        p.condition("Transferring", False, "ProxyNotStarting", text)
+        p.condition("Ready", False, trouble.reason, text)
+        await p.patch({})
+    return ctx.settings.poll * 5
 
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:

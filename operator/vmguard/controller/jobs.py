@@ -5,6 +5,8 @@ so a restarted operator adopts the Job its predecessor created instead of starti
 second one: creating a Job that exists is "adopt it" (AlreadyExists is not an error).
 The proxy's ServiceAccount, Role and RoleBinding are applied idempotently before the
 first proxy Job of a namespace (create, or replace the Role's rules if they drifted).
+:meth:`JobAPI.proxy_trouble` reads an active Job's pods and events, because a Job's own
+conditions stay silent while its pod cannot start (see :mod:`.proxypods`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kubernetes import client
 
 from vmguard.api import parse_time
 from vmguard.controller.kubeapi import read_or_none
+from vmguard.controller.proxypods import ProxyTrouble, classify
 from vmguard.errors import RetryableError
 
 
@@ -78,6 +81,41 @@ class JobAPI:
             lambda: self.batch.read_namespaced_job(name, namespace), f"Job {namespace}/{name}"
         )
         return None if job is None else dict(self.api.sanitize_for_serialization(job))
+
+    async def proxy_trouble(self, namespace: str, job_name: str) -> ProxyTrouble | None:
+        """What the Job's pods and its events say keeps the proxy from running, if anything.
+
+        Pods are found by the ``job-name`` label the Job controller sets on them, events by
+        their involved object (the Job). See :mod:`vmguard.controller.proxypods`.
+        """
+
+        def read() -> ProxyTrouble | None:
+            try:
+                pods = self.core.list_namespaced_pod(
+                    namespace, label_selector=f"job-name={job_name}"
+                ).items
+                events = self.core.list_namespaced_event(
+                    namespace,
+                    field_selector=f"involvedObject.kind=Job,involvedObject.name={job_name}",
+                ).items
+            except client.ApiException as exc:
+                raise RetryableError(f"reading pods of Job {job_name}: {exc.status}") from None
+            as_dicts = self.api.sanitize_for_serialization
+            return classify(as_dicts(pods), as_dicts(events))
+
+        return await asyncio.to_thread(read)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete one Job and its pods (gone already is fine)."""
+
+        def delete() -> None:
+            try:
+                self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise RetryableError(f"deleting Job {namespace}/{name}: {exc.status}") from None
+
+        await asyncio.to_thread(delete)
 
     async def delete_jobs(self, namespace: str, selector: str) -> int:
         """Delete the Jobs (and their pods) matching ``selector``; how many there were."""

@@ -258,7 +258,35 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         reason = error.get("reason") or "ProxyFailed"
         text = error.get("message") or f"restore Job {job_name} failed: {message}"
         return await _fail_and_clean(api, obj, reason, text)
-    return Step({}, POLL_JOB_SECONDS)
+    return await _watch_proxy_start(api, settings, obj, job)
+
+
+async def _watch_proxy_start(
+    api: KubeAPI, settings: ProxySettings, obj: dict[str, Any], job: dict[str, Any]
+) -> Step:
+    """An active restore Job whose pod cannot start (:mod:`.proxypods`), as for backups:
+    refused at admission fails at once, image pull / scheduling / crash loop is a
+    ``ProxyNotStarting`` condition until the Job is ``settings.start_timeout`` old."""
+    ns, name = obj["metadata"]["namespace"], job["metadata"]["name"]
+    jobs = JobAPI(api.api)
+    trouble = await jobs.proxy_trouble(ns, name)
+    said = next((dict(c) for c in _conditions(obj) if c.get("type") == "ProxyStarted"), {})
+    if trouble is None:
+        if said.get("status") == "False":  # it recovered: say so
+            conds = set_condition(_conditions(obj), "ProxyStarted", True, "Running", f"Job {name}")
+            conds = set_condition(conds, "Ready", False, "Restoring", f"Job {name}")
+            return Step({"conditions": conds}, POLL_JOB_SECONDS)
+        return Step({}, POLL_JOB_SECONDS)
+    text = trouble.gives_up(job, REAL_TIME.now(), settings.start_timeout)
+    if text is not None:
+        await jobs.delete_job(ns, name)
+        return await _fail_and_clean(api, obj, trouble.reason, text)
+    text = trouble.waiting(settings.start_timeout)
+    if said.get("reason") == trouble.reason and said.get("message") == text:
+        return Step({}, POLL_JOB_SECONDS * 5)
+    conds = set_condition(_conditions(obj), "ProxyStarted", False, trouble.reason, text)
+    conds = set_condition(conds, "Ready", False, trouble.reason, text)
+    return Step({"conditions": conds}, POLL_JOB_SECONDS * 5)
 
 
 async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:

@@ -1,0 +1,95 @@
+"""A proxy pod that cannot start is noticed at once, not at the Job's 4 h deadline.
+
+Both cases are made with a LimitRange in the test's own namespace, so nothing outside
+it is touched: a ``min`` cpu above the proxy's request makes the LimitRanger admission
+plugin refuse the pod (the Job controller records ``FailedCreate ... forbidden``), a
+``defaultRequest`` of ephemeral storage no lab node has makes kube-scheduler leave the
+pod ``Unschedulable``. Each test checks the VMBackup's reason and that no snapshot of
+ours is left on the VM (the simulator is asked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.controller import objects
+from tests.controller.backup_helpers import create_backup, data_vm, no_snapshot_left, wait_done
+
+from vmguard_lab.procs import eventually
+
+pytestmark = pytest.mark.lab
+
+
+def _limit_range(kube_api: Any, ns: str, limit: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {"name": "proxy-start"},
+        "spec": {"limits": [{"type": "Container", **limit}]},
+    }
+    client.CoreV1Api(kube_api).create_namespaced_limit_range(ns, body)
+
+
+def test_proxy_refused_at_admission_fails_the_backup_at_once(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    _limit_range(kube_api, namespace, {"min": {"cpu": "64"}})
+    # An hour's start timeout: ending Failed within wait_done's 4 minutes can only be
+    # the permanent path.
+    start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "3600"})
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "refused", {"moref": vm.moref})
+        status = wait_done(kube_api, namespace, "refused")["status"]
+        assert status["phase"] == "Failed", status
+        error = status["error"]
+        assert error["reason"] == "FailedCreate", error
+        assert "forbidden" in error["message"] and "minimum cpu" in error["message"], error
+        assert "did not start within" not in error["message"]
+        assert status["snapshot"]["removed"] is True and not status.get("archiveId")
+        no_snapshot_left(vc, vm.moref)
+
+
+def test_unschedulable_proxy_shows_its_reason_then_fails_at_the_start_timeout(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    _limit_range(kube_api, namespace, {"defaultRequest": {"ephemeral-storage": "100Ti"}})
+    start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "30"})
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "stuck", {"moref": vm.moref})
+
+        def said() -> dict[str, Any] | None:
+            st = objects.get(kube_api, namespace, "vmbackups", "stuck").get("status") or {}
+            conds = {c["type"]: c for c in st.get("conditions") or []}
+            cond = conds.get("Transferring") or {}
+            return cond if cond.get("reason") == "ProxyNotStarting" else None
+
+        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMBackup")
+        assert "Unschedulable" in cond["message"], cond
+        assert "ephemeral-storage" in cond["message"], cond
+        status = wait_done(kube_api, namespace, "stuck")["status"]
+        assert status["phase"] == "Failed", status
+        assert status["error"]["reason"] == "Unschedulable", status["error"]
+        assert "did not start within 30s" in status["error"]["message"]
+        assert status["snapshot"]["removed"] is True and not status.get("archiveId")
+        no_snapshot_left(vc, vm.moref)
+        jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace).items
+        assert [j.metadata.name for j in jobs if j.metadata.name.startswith("stuck")] == []
