@@ -127,10 +127,11 @@ def test_admission_refusal_is_permanent_with_the_event_message() -> None:
     assert trouble.source == f"Job {JOB}"
 
 
-def test_a_forbidden_create_is_permanent_another_create_failure_transient() -> None:
+def test_a_full_quota_and_a_webhook_timeout_are_transient() -> None:
+    """Both answer FailedCreate, the quota even "forbidden"; both pass on their own."""
     quota = classify([], [QUOTA])
     webhook = classify([], [WEBHOOK_TIMEOUT])
-    assert quota is not None and quota.permanent
+    assert quota is not None and not quota.permanent and "exceeded quota" in quota.message
     assert webhook is not None and not webhook.permanent
     assert webhook.reason == "FailedCreate" and "context deadline exceeded" in webhook.message
 

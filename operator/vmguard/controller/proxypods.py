@@ -115,7 +115,10 @@ def event_trouble(event: Mapping[str, Any]) -> ProxyTrouble | None:
     message = str(event.get("message") or "")
     obj = event.get("involvedObject") or {}
     source = f"Job {obj.get('name', '?')}"
-    if any(marker in message.lower() for marker in REFUSAL_MARKERS):
+    lowered = message.lower()
+    # A full ResourceQuota also answers "forbidden", but it frees up as other pods end:
+    # failing a night's backups at once over it would page for nothing.
+    if "exceeded quota" not in lowered and any(m in lowered for m in REFUSAL_MARKERS):
         return ProxyTrouble(True, "FailedCreate", message, source)
     # Other create failures (quota exceeded, a webhook timing out) may pass: transient.
     return ProxyTrouble(False, "FailedCreate", message, source)
