@@ -45,7 +45,7 @@ def _waiting(reason: str, message: str) -> dict[str, Any]:
 PULL_BACKOFF = _waiting("ImagePullBackOff", 'Back-off pulling image "vmguard-proxy:nope"')
 ERR_PULL = _waiting(
     "ErrImagePull",
-    'failed to pull and unpack image "docker.io/library/vmguard-proxy:nope": not found',
+    'failed to pull and unpack image "registry.example/vmguard-proxy:nope": not found',
 )
 CRASH_LOOP = _waiting(
     "CrashLoopBackOff",
