@@ -25,18 +25,17 @@ import sys
 from typing import Any
 
 from vmguard.api.phases import BACKUP_TERMINAL, BackupPhase
+from vmguard.cli.create import create_and_follow
 from vmguard.cli.kube import (
     Cluster,
     add_cluster_options,
     api_version,
     connect,
-    create_object,
-    follow,
     get_object,
     list_objects,
 )
 from vmguard.cli.options import UsageError, add_output_option, emit
-from vmguard.cli.progress import ProgressDisplay, human_bytes
+from vmguard.cli.progress import human_bytes
 from vmguard.errors import ObjectNotFoundError
 
 PLURAL = "vmbackups"
@@ -79,16 +78,9 @@ def build_vmbackup(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
 
 def _create(args: argparse.Namespace) -> int:
     body = build_vmbackup(args, "")  # usage errors before connecting
-    cluster = connect(args)
-    body["metadata"]["namespace"] = cluster.namespace
-    made = create_object(cluster, PLURAL, body)
-    name = made["metadata"]["name"]
-    if not args.wait:
-        emit(args, made, f"vmbackup.vmguard.io/{name} created")
+    done = create_and_follow(args, PLURAL, body, BACKUP_TERMINAL, "backup")
+    if done is None:
         return 0
-    print(f"vmbackup.vmguard.io/{name} created", file=sys.stderr)
-    with ProgressDisplay(f"backup {name}", enabled=not args.quiet) as display:
-        done = follow(cluster, PLURAL, name, BACKUP_TERMINAL, display, timeout=args.timeout)
     emit(args, done, summary(done))
     return 0 if (done.get("status") or {}).get("phase") == BackupPhase.COMPLETED else 1
 

@@ -18,19 +18,15 @@ destroy what the backup protects. Missing or conflicting flags are usage errors 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from vmguard.api.phases import RESTORE_TERMINAL, RestorePhase
+from vmguard.cli.create import create_and_follow
 from vmguard.cli.kube import (
     add_cluster_options,
     api_version,
-    connect,
-    create_object,
-    follow,
 )
 from vmguard.cli.options import UsageError, add_output_option, emit
-from vmguard.cli.progress import ProgressDisplay
 
 PLURAL = "vmrestores"
 
@@ -127,16 +123,10 @@ def build_vmrestore(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
 
 def _create(args: argparse.Namespace) -> int:
     body = build_vmrestore(args, "")  # usage errors before connecting
-    cluster = connect(args)
-    body["metadata"]["namespace"] = cluster.namespace
-    made = create_object(cluster, PLURAL, body)
-    name = made["metadata"]["name"]
-    if not args.wait:
-        emit(args, made, f"vmrestore.vmguard.io/{name} created")
+    done = create_and_follow(args, PLURAL, body, RESTORE_TERMINAL, "restore")
+    if done is None:
         return 0
-    print(f"vmrestore.vmguard.io/{name} created", file=sys.stderr)
-    with ProgressDisplay(f"restore {name}", enabled=not args.quiet) as display:
-        done = follow(cluster, PLURAL, name, RESTORE_TERMINAL, display, timeout=args.timeout)
+    name = done["metadata"]["name"]
     status = done.get("status") or {}
     error = status.get("error") or {}
     text = f"{name}: {status.get('phase')}" + (
