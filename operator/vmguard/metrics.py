@@ -218,6 +218,12 @@ class Metrics:
             "Bytes written to the repository (compressed, new chunks) by finished backups.",
             POLICY_LABELS,
         )
+        self.repository_checks = counter(
+            "repository_checks",
+            "Checks of the repository (opened and compared with its spec), by the reason of "
+            "the Ready condition they set: Ready, or why it is not.",
+            (*REPOSITORY_LABELS, "reason"),
+        )
         self.repository_reachable = gauge(
             "repository_reachable", "1 when the repository answered.", REPOSITORY_LABELS
         )
@@ -397,7 +403,16 @@ class Metrics:
             if status.get(key) is not None:
                 gauge.labels(*labels).set(float(status[key]))
 
+    def count_repository_check(self, namespace: str, repository: str, reason: str) -> None:
+        """One check of a repository ended with Ready's ``reason``."""
+        self.repository_checks.labels(namespace, repository, reason).inc()
+
     def forget_repository(self, namespace: str, repository: str) -> None:
+        with self.lock:
+            for labels in [
+                k for k in _label_sets(self.repository_checks) if k[:2] == (namespace, repository)
+            ]:
+                _remove(self.repository_checks, *labels)
         for g in (
             self.repository_reachable,
             self.repository_stored,
@@ -421,6 +436,12 @@ class Metrics:
     def observe_proxy_jobs(self, namespace: str, kind: str, running: int) -> None:
         """How many proxy Jobs of ``kind`` (``backup`` or ``restore``) run in ``namespace``."""
         self.proxy_jobs.labels(namespace, kind).set(running)
+
+
+def _label_sets(metric: Gauge | Counter) -> list[tuple[str, ...]]:
+    """The label values of every series ``metric`` has (prometheus_client keeps them in
+    ``_metrics``; it offers no public listing)."""
+    return [tuple(k) for k in metric._metrics]
 
 
 def _remove(metric: Gauge | Counter, *labels: str) -> None:

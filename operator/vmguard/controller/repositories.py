@@ -64,7 +64,7 @@ from typing import Any
 from vmguard.api import Condition, format_time, parse_duration, parse_time
 from vmguard.controller import backupsteps
 from vmguard.controller.access import open_repository
-from vmguard.controller.conditions import set_condition
+from vmguard.controller.conditions import get_condition, set_condition
 from vmguard.controller.kubeapi import KubeAPI
 from vmguard.controller.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.schedule import Schedule, parse
@@ -239,6 +239,11 @@ class RepositoryWatch:
         spec, generation = snapshot.get("spec") or {}, snapshot["metadata"].get("generation")
         status: dict[str, Any] = {"observedGeneration": generation}
         opened = await self.observe(snapshot, status)
+        if self.metrics is not None:
+            reason = get_condition(self.conditions, "Ready").get("reason") or "Unknown"
+            self.metrics.count_repository_check(
+                self.meta["namespace"], self.meta["name"], str(reason)
+            )
         now = self.timing.now()
         line_now = self.timing.on_line(now)
         wake = [now + dt.timedelta(seconds=self.interval)]
