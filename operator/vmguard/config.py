@@ -90,7 +90,7 @@ class ProxySettings:
     ``start_timeout``: seconds a proxy Job's pod may stay unable to run for a transient
     reason (image pull failure, unschedulable, crash loop) before its VMBackup or
     VMRestore fails with that reason; a pod refused at admission fails it at once
-    (:mod:`vmguard.controller.proxypods`).
+    (:mod:`vmguard.controller.kube.proxypods`).
     """
 
     image: str

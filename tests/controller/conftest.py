@@ -15,7 +15,7 @@ those hooks to the product's injection points (:class:`vmguard.hooks.Hooks`).
 A test that waits for scheduled runs or sweeps asks for ``speedup=N`` (or marks itself
 ``operator_speedup(N)``): the operator then runs through the same module with
 ``--speedup N``, so its cron minutes last 60/N seconds and its sweep interval 1/N of the
-VCenter's (``vmguard.controller.timing``; docs/lab.md, "Lab time"). Scheduled instants,
+VCenter's (``vmguard.controller.kube.timing``; docs/lab.md, "Lab time"). Scheduled instants,
 run labels and backup names are then on the schedule line: :func:`on_line` and
 :func:`off_line` translate.
 """
@@ -36,7 +36,7 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
-from vmguard.controller.timing import Timing
+from vmguard.controller.kube.timing import Timing
 from vmguard_lab.procs import free_port
 
 

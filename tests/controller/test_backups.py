@@ -33,7 +33,7 @@ from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.controller.scrape import page
 from tests.vsphere.helpers import MiB, sha256_file
 
-from vmguard.controller.builders import KEY_VOLUME
+from vmguard.controller.kube.proxyjob import KEY_VOLUME
 from vmguard.proxy.contract import S3_SECRET_ENV, VC_PASSWORD_ENV
 from vmguard.store import Repository
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from vmguard.config import ProxySettings
-from vmguard.controller import builders
-from vmguard.controller.backupsteps import Placement, concurrency_blocker
-from vmguard.controller.jobs import job_state
+from vmguard.controller.backup import builders
+from vmguard.controller.backup.steps import Placement, concurrency_blocker
+from vmguard.controller.kube import proxyjob
+from vmguard.controller.kube.jobs import job_state
 
 pytestmark = pytest.mark.unit
 
@@ -149,7 +150,7 @@ def test_thumbprint_and_inline_ca_are_values_and_a_long_name_is_bounded() -> Non
     assert env["VMGUARD_VC_THUMBPRINT"]["value"] == "AB:" * 19 + "CD"
     assert env["VMGUARD_REPO"]["value"] == "s3://s3.example/b?region=eu-1"
     assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["scratch"]
-    other = builders.job_name("x" * 199 + "y", 12)
+    other = proxyjob.job_name("x" * 199 + "y", 12)
     assert other != name and len(other) <= 63
 
 
@@ -161,7 +162,7 @@ def test_no_secret_value_can_reach_the_job() -> None:
 
 
 def test_proxy_rbac_allows_reading_its_kinds_and_patching_status_only() -> None:
-    sa, role, binding = builders.build_proxy_rbac("prod", "vmguard-proxy")
+    sa, role, binding = proxyjob.build_proxy_rbac("prod", "vmguard-proxy")
     assert (sa["kind"], sa["metadata"]["name"], sa["metadata"]["namespace"]) == (
         "ServiceAccount",
         "vmguard-proxy",
@@ -251,7 +252,7 @@ def test_a_non_root_proxy_can_read_its_secret_volumes_and_carries_the_pod_annota
     # Secret files are root-owned with the Secret's mode (0400) unless fsGroup names the
     # group that owns them: without it the non-root proxy cannot read its repository key.
     pod = _job("nbd")["spec"]["template"]["spec"]
-    key = next(v for v in pod["volumes"] if v["name"] == builders.KEY_VOLUME)
+    key = next(v for v in pod["volumes"] if v["name"] == proxyjob.KEY_VOLUME)
     assert key["secret"]["defaultMode"] == 0o400
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 65532
     annotated = dataclasses.replace(SETTINGS, pod_annotations={"example.com/a": "b"})

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from vmguard.api import Trigger
-from vmguard.controller.builders_policy import (
+from vmguard.controller.policy.builders import (
     backup_name,
     build_vmbackup,
     run_label,

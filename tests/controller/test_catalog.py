@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from vmguard.controller import backups
-from vmguard.controller.catalog import (
+from vmguard.controller.backup import reconcile
+from vmguard.controller.repository.catalog import (
     Placement,
     build_synced_backup,
     place,
@@ -229,9 +229,9 @@ def test_synced_status_from_the_manifest() -> None:
 
 
 def test_a_synced_backup_is_never_in_flight() -> None:
-    assert backups.in_flight({}, {}) is True
-    assert backups.in_flight({}, {"vmguard.io/synced": "true"}) is False
-    assert backups.in_flight({"phase": "Completed"}, None) is False
+    assert reconcile.in_flight({}, {}) is True
+    assert reconcile.in_flight({}, {"vmguard.io/synced": "true"}) is False
+    assert reconcile.in_flight({"phase": "Completed"}, None) is False
 
 
 def test_synced_backups_feed_the_gauges_not_the_counters() -> None:

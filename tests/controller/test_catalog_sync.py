@@ -32,7 +32,7 @@ from tests.controller.backup_helpers import (
 from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.vsphere.helpers import MiB, sha256_file
 
-from vmguard.controller.catalog import Placement, build_synced_backup, synced_name
+from vmguard.controller.repository.catalog import Placement, build_synced_backup, synced_name
 from vmguard.store import names
 from vmguard.store.prune import retire_archive
 from vmguard_lab.procs import eventually

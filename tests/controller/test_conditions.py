@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from vmguard.api import BackupPhase, RestorePhase
-from vmguard.controller.backups import backup_conditions
-from vmguard.controller.conditions import get_condition, lifecycle_conditions, set_condition
-from vmguard.controller.restores import restore_conditions, with_lifecycle
+from vmguard.controller.backup.reconcile import backup_conditions
+from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
+from vmguard.controller.restore.reconcile import restore_conditions, with_lifecycle
 
 pytestmark = pytest.mark.unit
 

@@ -28,8 +28,8 @@ from tests.vsphere.helpers import pick_vm, restored_afterwards
 
 from vmguard.cli.coverage import unescape_name
 from vmguard.cli.status import display_width
-from vmguard.controller import vcenter
-from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.vcenter import sweeper
 from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,backups,repositories")]
@@ -167,16 +167,16 @@ def test_a_sweep_resends_the_vm_list_only_when_it_changed(
     patch; a new policy changes the assignments and the list goes out again."""
     api = KubeAPI(kube_api)
     body = objects.get(kube_api, namespace, "vcenters", "lab")
-    first = asyncio.run(vcenter.sweep(api, body, 30.0))
+    first = asyncio.run(sweeper.sweep(api, body, 30.0))
     assert first.status["reachable"] is True
     sent = first.status["vmList"]
     assert sent["listed"] == sent["total"] == first.status["vms"]["discovered"] > 0
     assert all("p" not in item for item in sent["items"])  # no policy yet
 
     body = {**body, "status": json.loads(json.dumps(first.status))}  # as the apiserver stores it
-    again = asyncio.run(vcenter.sweep(api, body, 30.0))
+    again = asyncio.run(sweeper.sweep(api, body, 30.0))
     assert again.status["reachable"] is True and "vmList" not in again.status
 
     objects.create_policy(kube_api, namespace, "gold", selector=GOLD)
-    changed = asyncio.run(vcenter.sweep(api, body, 30.0))
+    changed = asyncio.run(sweeper.sweep(api, body, 30.0))
     assert any(item.get("p") == "gold" for item in changed.status["vmList"]["items"])

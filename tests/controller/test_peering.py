@@ -23,7 +23,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
-from vmguard.controller.peering import PRIORITY_MAX, build_peering, draw_priority, replica_name
+from vmguard.controller.kube.peering import PRIORITY_MAX, build_peering, draw_priority, replica_name
 from vmguard_lab.procs import eventually, free_port
 
 PEERING = "vmguard"

@@ -28,7 +28,7 @@ from pyVmomi.VmomiSupport import ManagedObject
 from tests.controller import objects
 from tests.controller.conftest import OperatorProcess, off_line, on_line
 
-from vmguard.controller.builders_policy import backup_name
+from vmguard.controller.policy.builders import backup_name
 from vmguard.vsphere.session import Endpoint, wait_for
 from vmguard.vsphere.tags import TagClient
 from vmguard_lab.procs import eventually

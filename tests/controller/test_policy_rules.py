@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from vmguard.api import Trigger
-from vmguard.controller import failsafe, orphans, policies
-from vmguard.controller.backupsteps import consolidation_allowed
-from vmguard.controller.builders_policy import build_vmbackup
-from vmguard.controller.history import BackupHistory
-from vmguard.controller.policy_runs import plan_run
-from vmguard.controller.sweeps import SweepView
+from vmguard.controller.kube.policy_spec import consolidation_allowed
+from vmguard.controller.kube.sweeps import SweepView
+from vmguard.controller.policy import failsafe, judgement
+from vmguard.controller.policy.builders import build_vmbackup
+from vmguard.controller.policy.history import BackupHistory
+from vmguard.controller.policy.runs import plan_run
+from vmguard.controller.vcenter import orphans
 from vmguard.vsphere.matching import Assignment, MatchResult
 from vmguard.vsphere.records import VMRecord
 
@@ -64,14 +65,14 @@ def backup(
 
 
 def test_missing_references_stop_the_policy() -> None:
-    a = policies.assess_spec(policy()["spec"], vcenter_exists=True, repository_exists=False)
+    a = judgement.assess_spec(policy()["spec"], vcenter_exists=True, repository_exists=False)
     assert not a.ready and a.problems[0][0] == "RepositoryNotFound"
     assert "BackupRepository 'repo' does not exist" in a.problems[0][1]
-    conds = policies.conditions(None, a, False, [], 2, None)
+    conds = judgement.conditions(None, a, False, [], 2, None)
     ready = next(c for c in conds if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "RepositoryNotFound")
     assert "creating no backups" in ready["message"]
-    b = policies.assess_spec(policy()["spec"], vcenter_exists=False, repository_exists=True)
+    b = judgement.assess_spec(policy()["spec"], vcenter_exists=False, repository_exists=True)
     assert b.problems[0][0] == "VCenterNotFound"
 
 
@@ -84,9 +85,9 @@ def test_missing_references_stop_the_policy() -> None:
     ],
 )
 def test_schedule_problems_stop_the_policy(schedule: dict[str, str], reason: str) -> None:
-    a = policies.assess_spec(policy(schedule=schedule)["spec"], True, True)
+    a = judgement.assess_spec(policy(schedule=schedule)["spec"], True, True)
     assert not a.ready and a.schedule_problem is not None
-    conds = {c["type"]: c for c in policies.conditions(None, a, False, [], 2, None)}
+    conds = {c["type"]: c for c in judgement.conditions(None, a, False, [], 2, None)}
     assert conds["Ready"]["reason"] == reason
     assert (conds["ScheduleValid"]["status"], conds["ScheduleValid"]["reason"]) == (
         "False",
@@ -96,24 +97,24 @@ def test_schedule_problems_stop_the_policy(schedule: dict[str, str], reason: str
 
 def test_long_jitter_is_capped_and_reported_but_does_not_stop() -> None:
     spec = policy(schedule={"cron": "*/10 * * * *", "jitter": "1h"})["spec"]
-    a = policies.assess_spec(spec, True, True)
+    a = judgement.assess_spec(spec, True, True)
     assert a.ready and a.jitter == 600
-    conds = {c["type"]: c for c in policies.conditions(None, a, False, [], 2, T0)}
+    conds = {c["type"]: c for c in judgement.conditions(None, a, False, [], 2, T0)}
     assert conds["Ready"]["status"] == "True"
     assert conds["ScheduleValid"]["reason"] == "JitterExceedsInterval"
     assert "jitter 1h is longer than the 10m between two runs" in conds["ScheduleValid"]["message"]
 
 
 def test_rpo_defaults_to_twice_the_longest_gap() -> None:
-    a = policies.assess_spec(policy(schedule={"cron": "0 2 * * mon-fri"})["spec"], True, True)
+    a = judgement.assess_spec(policy(schedule={"cron": "0 2 * * mon-fri"})["spec"], True, True)
     assert a.rpo == dt.timedelta(days=6)
-    b = policies.assess_spec(policy(rpo="36h")["spec"], True, True)
+    b = judgement.assess_spec(policy(rpo="36h")["spec"], True, True)
     assert b.rpo == dt.timedelta(hours=36)
 
 
 def test_paused_condition() -> None:
-    a = policies.assess_spec(policy()["spec"], True, True)
-    conds = {c["type"]: c for c in policies.conditions(None, a, True, [], 2, T0)}
+    a = judgement.assess_spec(policy()["spec"], True, True)
+    conds = {c["type"]: c for c in judgement.conditions(None, a, True, [], 2, T0)}
     assert (conds["Paused"]["status"], conds["Paused"]["reason"]) == ("True", "Paused")
     assert conds["Ready"]["status"] == "True" and "paused" in conds["Ready"]["message"]
 
@@ -122,12 +123,12 @@ def test_two_default_policies_both_told_first_by_name_acts() -> None:
     a, b = policy("aaa", default=True), policy("bbb", default=True)
     other_vc = policy("ccc", default=True, vcenterRef={"name": "other"})
     everyone = [a, b, other_vc]
-    (reason, message), *_ = policies.conflicts(a, everyone, None)
+    (reason, message), *_ = judgement.conflicts(a, everyone, None)
     assert reason == "SeveralDefaults" and "this one acts as the default" in message
-    (reason, message), *_ = policies.conflicts(b, everyone, None)
+    (reason, message), *_ = judgement.conflicts(b, everyone, None)
     assert reason == "SeveralDefaults"
     assert "aaa (first by name) acts as the default, this one protects nothing" in message
-    assert policies.conflicts(other_vc, everyone, None) == []
+    assert judgement.conflicts(other_vc, everyone, None) == []
 
 
 def test_priority_ties_name_the_vms_on_both_sides() -> None:
@@ -139,9 +140,9 @@ def test_priority_ties_name_the_vms_on_both_sides() -> None:
         ]
     )
     view = SweepView(T0, 30, result)
-    [(reason, message)] = policies.conflicts(policy("alpha"), [], view)
+    [(reason, message)] = judgement.conflicts(policy("alpha"), [], view)
     assert reason == "PriorityTie" and "also selected by beta" in message and "vm 0" in message
-    [(reason, message)] = policies.conflicts(policy("beta"), [], view)
+    [(reason, message)] = judgement.conflicts(policy("beta"), [], view)
     assert "protected by alpha instead" in message and "vm 0" in message
 
 
@@ -160,10 +161,10 @@ def test_status_counts_the_last_run_and_rpo() -> None:
     ]
     history = BackupHistory.of_policy(objs, "gold")
     p = policy()
-    a = policies.assess_spec(p["spec"], True, True)
+    a = judgement.assess_spec(p["spec"], True, True)
     now = T0 + dt.timedelta(hours=1)
     uuids = [vm.instance_uuid for vm in VMS]
-    st = policies.status(p, a, now, T0, history, uuids, [])
+    st = judgement.status(p, a, now, T0, history, uuids, [])
     assert st["lastScheduleTime"] == "2025-01-07T02:00:00Z"
     assert st["lastRun"] == {
         "time": "2025-01-07T02:00:00Z",
@@ -181,8 +182,8 @@ def test_status_counts_the_last_run_and_rpo() -> None:
 
 def test_status_of_a_policy_that_cannot_act_has_no_next_run() -> None:
     p = policy()
-    a = policies.assess_spec(p["spec"], True, False)
-    st = policies.status(p, a, T0, None, BackupHistory([]), None, [])
+    a = judgement.assess_spec(p["spec"], True, False)
+    st = judgement.status(p, a, T0, None, BackupHistory([]), None, [])
     assert st["nextScheduleTime"] is None
     assert "lastRun" not in st and "vmsOutsideRPO" not in st
 

@@ -1,7 +1,7 @@
 """The proxy's ServiceAccount, as the operator creates it, is refused Secrets and may
 only read its objects and patch their status.
 
-The objects come from :func:`vmguard.controller.builders.build_proxy_rbac`, applied
+The objects come from :func:`vmguard.controller.kube.proxyjob.build_proxy_rbac`, applied
 with the operator's own :meth:`JobAPI.ensure_rbac`. The apiserver is asked twice:
 ``SelfSubjectAccessReview`` while impersonating the ServiceAccount (the admin client
 with ``Impersonate-User``), and real requests made as it, whose refusals (403) and
@@ -18,8 +18,8 @@ import pytest
 from kubernetes import client, config
 from tests.controller import objects
 
-from vmguard.controller.builders import build_proxy_rbac
-from vmguard.controller.jobs import JobAPI
+from vmguard.controller.kube.jobs import JobAPI
+from vmguard.controller.kube.proxyjob import build_proxy_rbac
 
 pytestmark = pytest.mark.lab
 

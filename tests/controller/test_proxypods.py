@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vmguard.controller.proxypods import classify
+from vmguard.controller.kube.proxypods import classify
 
 JOB = "nightly-web-1"
 

@@ -29,7 +29,7 @@ from minio.error import S3Error
 from tests.controller import objects, scrape
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore
 
-from vmguard.controller import backupsteps
+from vmguard.controller.kube import access
 from vmguard.errors import RepositoryNotFoundError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, ObjectLockPolicy, Repository, ScryptParams, names
 from vmguard.store.backend import S3Backend
@@ -148,9 +148,9 @@ def test_the_spec_makes_the_repository_and_a_lost_config_loses_no_locked_archive
 def test_a_backup_never_creates_a_repository(s3_bucket: dict[str, Any]) -> None:
     spec = _spec(s3_bucket, prefix="never", objectLockDays=14)
     with pytest.raises(RepositoryNotFoundError):
-        backupsteps.open_repository(spec, _creds(s3_bucket), None)
+        access.open_repository_blocking(spec, _creds(s3_bucket), None)
     with pytest.raises(RepositoryNotFoundError):
-        backupsteps.open_for_backup(spec, _creds(s3_bucket), None)
+        access.open_for_backup(spec, _creds(s3_bucket), None)
     assert list(_backend(s3_bucket, "never").list()) == []
 
 
@@ -184,7 +184,7 @@ def test_a_config_that_differs_from_its_spec_names_the_field(
     assert "objectLockDays" in message and "no Object Lock" in message
     full_spec = _spec(s3_lock_bucket, prefix="plain", **spec)
     with pytest.raises(RepositorySpecMismatchError, match="objectLockDays") as caught:
-        backupsteps.open_for_backup(full_spec, _creds(s3_lock_bucket), None)
+        access.open_for_backup(full_spec, _creds(s3_lock_bucket), None)
     assert caught.value.field == "objectLockDays"
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmguard.controller.repositories import classify
-from vmguard.controller.repository_spec import creation_parameters, spec_mismatches
+from vmguard.controller.kube.repository_spec import creation_parameters, spec_mismatches
+from vmguard.controller.repository.watch import classify
 from vmguard.errors import KdfLimitError, RepositoryExistsError
 from vmguard.store import GcPolicy, MasterKey, ObjectLockPolicy, Repository, ScryptParams
 from vmguard.store.backend import MemoryBackend

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from vmguard.config import ProxySettings
-from vmguard.controller import builders
-from vmguard.controller.restore_targets import _inside
+from vmguard.controller.kube import proxyjob
+from vmguard.controller.restore import builders
+from vmguard.controller.restore.targets import _inside
 
 pytestmark = pytest.mark.unit
 
@@ -98,7 +99,7 @@ def test_restore_job_runs_the_proxy_as_the_restore_s_owned_job() -> None:
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["readOnlyRootFilesystem"] is True
-    assert {"name": "scratch", "mountPath": builders.SCRATCH_DIR} in container["volumeMounts"]
+    assert {"name": "scratch", "mountPath": proxyjob.SCRATCH_DIR} in container["volumeMounts"]
 
 
 def test_secrets_are_references_never_values() -> None:
@@ -113,7 +114,7 @@ def test_secrets_are_references_never_values() -> None:
         "secretKeyRef": {"name": "repo-s3", "key": "accessKeyID"}
     }
     assert env["VMGUARD_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretAccessKey"
-    assert env["VMGUARD_KEY_FILE"]["value"].startswith(builders.SECRETS_DIR)
+    assert env["VMGUARD_KEY_FILE"]["value"].startswith(proxyjob.SECRETS_DIR)
     (key_volume,) = [
         v
         for v in _job({"newVM": {"name": "web"}})["spec"]["template"]["spec"]["volumes"]
@@ -152,7 +153,7 @@ def test_job_names_are_dns_labels_for_any_restore_name() -> None:
 
 
 def test_proxy_role_allows_reading_and_status_patches_only() -> None:
-    sa, role, binding = builders.build_proxy_rbac("ops", "vmguard-proxy")
+    sa, role, binding = proxyjob.build_proxy_rbac("ops", "vmguard-proxy")
     verbs = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
     assert verbs == {
         (("vmbackups", "vmrestores"), ("get",)),
@@ -167,7 +168,7 @@ def test_proxy_role_allows_reading_and_status_patches_only() -> None:
 
 
 def test_repository_url_and_prefix_containment() -> None:
-    assert builders.repository_url({"s3": {"endpoint": "s3.example", "bucket": "b"}}) == (
+    assert proxyjob.repository_url({"s3": {"endpoint": "s3.example", "bucket": "b"}}) == (
         "s3://s3.example/b"
     )
     assert _inside("vm/restored", "vm") and _inside("vm", "vm") and _inside("x", "")

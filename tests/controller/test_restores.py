@@ -534,7 +534,7 @@ def test_preparing_twice_adopts_what_the_first_attempt_made(
     tmp_path: Path,
 ) -> None:
     """What an operator killed between "create" and "record it" finds on its restart."""
-    from vmguard.controller import restore_targets as targets
+    from vmguard.controller.restore import targets
 
     manifest = completed_backup(kube_api, namespace, "twice", vc, repo, one_disk_vm.moref, locator)
     uid = secrets.token_hex(8)

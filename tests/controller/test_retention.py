@@ -212,15 +212,15 @@ VM_UUID = "4211aaaa-bbbb-cccc-dddd-eeeeffff0001"
 def test_object_lock_keeps_the_backup_says_so_once_and_a_half_done_prune_is_finished(
     kube_api: Any, namespace: str, s3_lock_bucket: dict[str, Any]
 ) -> None:
-    """Retention's pass (controller/retention.py) against the lab apiserver and a MinIO
+    """Retention's pass (controller/policy/retention.py) against the lab apiserver and a MinIO
     bucket with Object Lock, without an operator: the pass is called directly."""
     import asyncio
     import datetime as dt
 
     from tests.store.helpers import backup, disk_image
 
-    from vmguard.controller.kubeapi import KubeAPI
-    from vmguard.controller.retention import Retention
+    from vmguard.controller.kube.kubeapi import KubeAPI
+    from vmguard.controller.policy.retention import Retention
     from vmguard.store import ObjectLockPolicy
     from vmguard.store.backend import S3Backend
     from vmguard.store.prune import retire_archive

@@ -1,5 +1,5 @@
-"""Pure parts of retention (controller/retention.py) and of the repository controller
-(controller/repositories.py): what is pruned, which condition says what, and how errors
+"""Pure parts of retention (controller/policy/retention.py) and of the repository controller
+(controller/repository/watch.py): what is pruned, which condition says what, and how errors
 become reasons. No lab."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vmguard.controller import repositories
-from vmguard.controller.retention import Retention, candidate, plan
+from vmguard.controller.policy.retention import Retention, candidate, plan
+from vmguard.controller.repository import watch
 from vmguard.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -147,7 +147,7 @@ def test_retention_condition_says_applied_blocked_or_failed() -> None:
 def test_errors_become_condition_reasons(
     error: Exception, reachable: bool | None, reason: str
 ) -> None:
-    verdict = repositories.classify(error)
+    verdict = watch.classify(error)
     assert (verdict.reachable, verdict.reason) == (reachable, reason)
 
 
@@ -157,11 +157,11 @@ def test_damage_message_names_chunks_and_archives_within_bounds() -> None:
         ChunkProblem(f"{n:064x}", "corrupt", "tag mismatch", (f"arch-{n}", "arch-x"))
         for n in range(15)
     ]
-    text = repositories.damage_message(report)
+    text = watch.damage_message(report)
     assert text.startswith("deep verify found 15 error(s) affecting 16 archive(s)")
     assert f"{0:064x}" in text and f"{9:064x}" in text and f"{10:064x}" not in text
     assert "5 more" in text
-    status = repositories.verify_status(report, dt.datetime(2025, 1, 1, tzinfo=UTC))
+    status = watch.verify_status(report, dt.datetime(2025, 1, 1, tzinfo=UTC))
     assert status == {
         "time": "2025-01-01T00:00:00Z",
         "depth": "full",
@@ -171,10 +171,10 @@ def test_damage_message_names_chunks_and_archives_within_bounds() -> None:
 
 
 def test_gc_and_verify_schedules() -> None:
-    assert repositories.schedule_of({}, "gc") is None
-    sched = repositories.schedule_of({"gc": {"schedule": "@daily", "timeZone": "UTC"}}, "gc")
+    assert watch.schedule_of({}, "gc") is None
+    sched = watch.schedule_of({"gc": {"schedule": "@daily", "timeZone": "UTC"}}, "gc")
     assert sched is not None
     at = sched.next_after(dt.datetime(2025, 1, 1, 12, tzinfo=UTC))
     assert at == dt.datetime(2025, 1, 2, tzinfo=UTC)
     with pytest.raises(ScheduleError):
-        repositories.schedule_of({"verify": {"schedule": "0 0 31 2 *"}}, "verify")
+        watch.schedule_of({"verify": {"schedule": "0 0 31 2 *"}}, "verify")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from vmguard.controller.schedule import jitter_offset, parse
+from vmguard.controller.kube.schedule import jitter_offset, parse
 from vmguard.crds.fields import CRON
 from vmguard.errors import ScheduleError
 

@@ -1,7 +1,7 @@
-"""The controller's injected clock (controller/timing.py).
+"""The controller's injected clock (controller/kube/timing.py).
 
 The pure half checks the schedule line's arithmetic and the waits. The lab half runs a
-policy's scheduler (:class:`~vmguard.controller.policy_runs.PolicyRunner`) in this
+policy's scheduler (:class:`~vmguard.controller.policy.runs.PolicyRunner`) in this
 process against the lab's real apiserver, on a :class:`~vmguard.store.clock.ManualClock`
 whose ``sleep`` moves it exactly as far as the scheduler asks: a scheduled run must
 create its VMBackups exactly at the clock's instant of the scheduled time — at the
@@ -22,11 +22,11 @@ import pytest
 from tests.controller import objects
 
 from vmguard.api import format_time
-from vmguard.controller.builders_policy import backup_name, run_label
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.policy_runs import PolicyRunner
-from vmguard.controller.sweeps import LatestSweeps, SweepView
-from vmguard.controller.timing import LINE_EPOCH, REAL_TIME, Timing
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+from vmguard.controller.kube.timing import LINE_EPOCH, REAL_TIME, Timing
+from vmguard.controller.policy.builders import backup_name, run_label
+from vmguard.controller.policy.runs import PolicyRunner
 from vmguard.store.clock import ManualClock, SystemClock
 from vmguard.vsphere.matching import PolicyRef, assign
 from vmguard.vsphere.records import VMRecord

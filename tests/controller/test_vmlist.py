@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vmguard.controller.vmlist import (
+from vmguard.controller.vcenter.vmlist import (
     MAX_BYTES,
     build_vm_list,
     changed,

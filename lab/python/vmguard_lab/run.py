@@ -14,7 +14,7 @@ arguments, in the same process:
   its first progress report). Given in the operator's ``VMGUARD_PROXY_COMMAND``, so that
   every proxy Job it starts runs with it.
 - ``--speedup N``: the operator's schedules and intervals run N times faster
-  (:class:`vmguard.controller.timing.Timing`): a cron minute lasts 60/N seconds, a
+  (:class:`vmguard.controller.kube.timing.Timing`): a cron minute lasts 60/N seconds, a
   vCenter's 30 s ``sweepInterval`` 30/N seconds; the clock stays the real one. Given
   when starting the operator, so that lab tests wait seconds for a scheduled run or a
   sweep, not minutes (docs/lab.md, "Lab time").
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vmguard.cli.main import main as vmguard_main
-from vmguard.controller.timing import Timing
+from vmguard.controller.kube.timing import Timing
 from vmguard.hooks import BACKUP_STEPS, Hooks
 
 log = logging.getLogger("vmguard_lab.run")

@@ -14,6 +14,7 @@ outlives every version of this API and must not change when it does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
@@ -46,6 +47,12 @@ LABEL_REPOSITORY: Final = "vmguard.io/repository"
 LABEL_SYNCED: Final = "vmguard.io/synced"
 """``"true"`` on a VMBackup recreated from its archive by catalog sync."""
 SYNCED: Final = "true"
+
+
+def is_synced(labels: Mapping[str, str] | None) -> bool:
+    """Whether an object's labels mark it as recreated by catalog sync (:data:`LABEL_SYNCED`)."""
+    return (labels or {}).get(LABEL_SYNCED) == SYNCED
+
 
 # Annotations of VMBackup objects: free text never goes in a label.
 ANNOTATION_VM_NAME: Final = "vmguard.io/vm-name"

@@ -4,7 +4,7 @@ RPO state, built from VCenter, VMProtectionPolicy and VMBackup objects.
 Where each thing comes from:
 
 - **The VMs and their effective policy**: each VCenter's ``status.vmList``, written by
-  the operator's sweep (:mod:`vmguard.controller.vmlist`): every VM it found, the
+  the operator's sweep (:mod:`vmguard.controller.vcenter.vmlist`): every VM it found, the
   unprotected ones included.
 - **The last good backup**: the newest ``Completed`` VMBackup of the VM (by
   ``completionTime``), under any policy; a VM is identified by vCenter and instance
@@ -41,8 +41,8 @@ from vmguard.api import (
     parse_duration,
     parse_time,
 )
-from vmguard.controller.schedule import parse
-from vmguard.controller.vmlist import read_vm_list
+from vmguard.controller.kube.schedule import parse
+from vmguard.controller.vcenter.vmlist import read_vm_list
 from vmguard.errors import VmguardError
 
 UNPROTECTED, BREACHED, NEVER, UNKNOWN, OK, GONE = (

@@ -21,7 +21,7 @@ every command follows (``docs/cli.md``):
 A program that embeds vmguard may pass :class:`vmguard.hooks.Hooks` to :func:`main`;
 commands find them as ``args.hooks`` (production: none, :data:`vmguard.hooks.NO_HOOKS`).
 It may also pass the operator's clock and pace
-(:class:`vmguard.controller.timing.Timing`, found as ``args.timing``; production: None,
+(:class:`vmguard.controller.kube.timing.Timing`, found as ``args.timing``; production: None,
 the real clock).
 """
 
@@ -52,7 +52,7 @@ from vmguard.errors import VmguardError
 from vmguard.hooks import NO_HOOKS, Hooks
 
 if TYPE_CHECKING:
-    from vmguard.controller.timing import Timing
+    from vmguard.controller.kube.timing import Timing
 
 
 DESCRIPTION = """\

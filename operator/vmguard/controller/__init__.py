@@ -1,4 +1,10 @@
-"""Kubernetes control plane (kopf).
+"""Kubernetes control plane (kopf). Never touches disk data.
 
-Registers handlers, one module per kind. Never touches disk data.
+One package per kind, each with its kopf handlers in ``handlers.py``: ``vcenter``
+(sweeps, VM lists, orphan snapshots), ``policy`` (schedules, fail-safe, retention),
+``backup`` (one VMBackup's phases), ``restore`` (one VMRestore's phases) and
+``repository`` (reachability, GC, verify, catalog sync). Kinds never import each other:
+what more than one uses lives in ``kube`` (API access, connections from Secrets, proxy
+Job pieces, conditions, the clock, cron, the latest sweeps), which imports no kind.
+``main.py`` wires them: it imports every kind's handlers and fills kopf's memo.
 """

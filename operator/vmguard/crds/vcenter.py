@@ -113,7 +113,7 @@ vm_counts = obj(
     },
 )
 
-# The per-VM list (controller/vmlist.py writes it; its docstring explains the bounds).
+# The per-VM list (controller/vcenter/vmlist.py writes it; its docstring explains the bounds).
 # Short keys because a vCenter may hold thousands of VMs and etcd caps an object at
 # 1.5 MiB; an atomic list so managedFields tracks it as one field, not one per VM.
 VM_LIST_MAX_ITEMS = 10_000

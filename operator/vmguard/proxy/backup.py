@@ -2,7 +2,7 @@
 
 The operator prepares a backup (snapshot, parent archive, requested mode — all in the
 VMBackup's status) and runs this in a Job built by
-:func:`vmguard.controller.builders.build_backup_job`. The proxy:
+:func:`vmguard.controller.kube.proxyjob.build_backup_job`. The proxy:
 
 1. reads its VMBackup (the only object its Role lets it read) and turns the status into
    a :class:`~vmguard.vm.backup.TransferRequest` (:func:`request_from`, pure);

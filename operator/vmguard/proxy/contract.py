@@ -1,6 +1,6 @@
 """The proxy Job's contract with the operator's Job builders: the one module both import.
 
-:mod:`vmguard.controller.builders` writes a proxy Job from these names — its command
+:mod:`vmguard.controller.kube.proxyjob` writes a proxy Job from these names — its command
 line (:func:`backup_args`, :func:`restore_args`), its environment and where a files
 restore's PVC is mounted — and the proxy reads them back
 (:mod:`vmguard.proxy.environment`, :mod:`vmguard.cli.proxy`). A name changed here

@@ -4,7 +4,7 @@ Everything in ``vmguard.store`` that reads the time takes a :class:`Clock`, so t
 can move time forward (GC compares object ages against hours of grace) without
 sleeping, and the backend's timestamps and the writer's lease deadlines stay on the
 same time line. The controller, which also waits, takes a :class:`WaitingClock` (the
-same protocol plus ``async sleep``; ``vmguard.controller.timing``). The store defines it
+same protocol plus ``async sleep``; ``vmguard.controller.kube.timing``). The store defines it
 because the store is the lowest layer both use. Invariant: ``now()`` is timezone-aware
 UTC; ``monotonic()`` never goes back; ``sleep(s)`` returns once ``s`` seconds have passed
 on this clock.

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from vmguard.cli import main as cli
-from vmguard.controller.timing import Timing
+from vmguard.controller.kube.timing import Timing
 from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.store.clock import SystemClock
 from vmguard_lab import run
@@ -111,7 +111,7 @@ def test_vmguard_hands_the_operator_the_timing_it_was_handed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from vmguard.controller import main as controller_main
-    from vmguard.controller.timing import REAL_TIME
+    from vmguard.controller.kube.timing import REAL_TIME
 
     seen: list[Any] = []
     monkeypatch.setattr(controller_main, "run", seen.append)

@@ -1,7 +1,7 @@
 """One policy's scheduler: at each scheduled time, one VMBackup per VM of the policy.
 
-Runs as a kopf daemon per ``VMProtectionPolicy`` (registered in ``main.py``). Each turn
-of the loop: judge the policy (:mod:`.policies`), start a run if one is due, create the
+Runs as a kopf daemon per ``VMProtectionPolicy`` (registered in ``handlers.py``). Each turn
+of the loop: judge the policy (:mod:`.judgement`), start a run if one is due, create the
 backups whose jittered start has come, refresh the status, then sleep until the next
 scheduled time, the next jittered start, or :data:`STATUS_REFRESH` (a change of the
 policy's spec wakes it at once).
@@ -10,23 +10,23 @@ Rules (docs/resource-model.md, "Schedules"):
 
 - A run at scheduled time ``T`` takes the policy's VMs from the latest successful sweep
   of its vCenter (waiting for the first one after a start) and creates one VMBackup per
-  VM at ``T + jitter offset``, named after ``T`` (:mod:`.builders_policy`), so creating
+  VM at ``T + jitter offset``, named after ``T`` (:mod:`.builders`), so creating
   it twice is harmless: AlreadyExists is counted, not an error.
 - A VM whose scheduled backup from an *earlier* run has not started yet (no phase, or
   ``Pending``) is skipped in this run: at most one scheduled backup waits per VM, so a
   stalled backup controller does not pile up one backup per run.
 - On start, and whenever the loop wakes after a scheduled time, the catch-up rule of
-  :mod:`.schedule` decides whether the latest missed time runs now (once). A restart
-  within that window therefore re-issues the run in progress: backups created before
-  the restart exist already, backups not yet created (jitter) are created.
+  :mod:`~vmguard.controller.kube.schedule` decides whether the latest missed time runs
+  now (once). A restart within that window therefore re-issues the run in progress: backups created
+  before the restart exist already, backups not yet created (jitter) are created.
 - A paused or not-Ready policy advances past its scheduled times without running them,
   and a changed schedule starts from now: neither is caught up later.
 - Every pass also applies the policy's retention (:mod:`.retention`), paused or not; a
   completed backup of the policy wakes the loop for it.
 
-Time (:mod:`.timing`): the cron line, the cursor, the runs and their jittered starts are
-on the schedule line (``Timing.on_line``; the policy's creation is moved onto it for
-the catch-up rule); retention, the RPO count and every wait are on the clock.
+Time (:mod:`~vmguard.controller.kube.timing`): the cron line, the cursor, the runs and
+their jittered starts are on the schedule line (``Timing.on_line``; the policy's creation is moved
+onto it for the catch-up rule); retention, the RPO count and every wait are on the clock.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
-from vmguard.controller import policies
-from vmguard.controller.builders_policy import build_vmbackup, run_label
-from vmguard.controller.history import BackupHistory
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.retention import Announce, Retention
-from vmguard.controller.schedule import jitter_offset
-from vmguard.controller.sweeps import LatestSweeps, SweepView
-from vmguard.controller.timing import REAL_TIME, Timing
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.schedule import jitter_offset
+from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+from vmguard.controller.kube.timing import REAL_TIME, Timing
+from vmguard.controller.policy import judgement
+from vmguard.controller.policy.builders import build_vmbackup, run_label
+from vmguard.controller.policy.history import BackupHistory
+from vmguard.controller.policy.retention import Announce, Retention
 from vmguard.errors import RetryableError, VmguardError
 from vmguard.vsphere.records import VMRecord
 
@@ -135,7 +135,7 @@ class PolicyRunner:
         meta, spec = policy["metadata"], policy.get("spec") or {}
         namespace = meta["namespace"]
         vcenter = (spec.get("vcenterRef") or {}).get("name", "")
-        assessment = await policies.assess(self.api, policy)
+        assessment = await judgement.assess(self.api, policy)
         acting = assessment.ready and not spec.get("paused")
         real_now = self.timing.now()
         now = self.timing.on_line(real_now)
@@ -199,7 +199,7 @@ class PolicyRunner:
             return
         message = f"run {run_label(run)}: {len(todo)} VM(s)"
         if skipped:
-            names = ", ".join(vm.name for vm in skipped[: policies.LISTED])
+            names = ", ".join(vm.name for vm in skipped[: judgement.LISTED])
             message += f"; {len(skipped)} skipped, an earlier backup has not started: {names}"
         self.log.info(message)
 
@@ -233,7 +233,7 @@ class PolicyRunner:
     async def refresh_status(
         self,
         policy: dict[str, Any],
-        assessment: policies.Assessment,
+        assessment: judgement.Assessment,
         view: SweepView | None,
         now: dt.datetime,
         real_now: dt.datetime,
@@ -244,12 +244,12 @@ class PolicyRunner:
         namespace, name = meta["namespace"], meta["name"]
         history = BackupHistory.of_policy(backups, name)
         others = await self.api.list_objects("vmprotectionpolicies", namespace)
-        clashes = policies.conflicts(policy, others, view)
+        clashes = judgement.conflicts(policy, others, view)
         vms = [vm.instance_uuid for vm in view.vms_of(name)] if view is not None else None
         if assessment.rpo is not None:  # judged against the schedule, applied to completions
             rpo = dt.timedelta(seconds=self.timing.interval(assessment.rpo.total_seconds()))
             assessment = dataclasses.replace(assessment, rpo=rpo)
-        status = policies.status(
+        status = judgement.status(
             policy, assessment, now, self.last_schedule, history, vms, clashes, real_now
         )
         status["conditions"] = self.retention.condition(

@@ -1,9 +1,9 @@
 """A BackupRepository's spec and the repository config it stands for (pure functions).
 
 The BackupRepository controller is the one place a repository is created
-(:mod:`.repositories`); a backup never creates one. Creation applies every spec field
-that the config fixes (:func:`creation_parameters`), and every later look compares the
-two (:func:`spec_mismatches`): a difference is ``Ready=False`` naming the field, and a
+(:mod:`vmguard.controller.repository.watch`); a backup never creates one. Creation
+applies every spec field that the config fixes (:func:`creation_parameters`), and every later look
+compares the two (:func:`spec_mismatches`): a difference is ``Ready=False`` naming the field, and a
 backup into that repository fails with the same message, so a repository declared with
 14 days of Object Lock is never silently written without it.
 

@@ -1,4 +1,4 @@
-"""What the VMBackup controller needs besides its state machine: refs, limits, vSphere, S3.
+"""What the VMBackup controller needs besides its state machine: refs, limits, vSphere.
 
 - :func:`resolve_refs`: a VMBackup names a policy, or a vCenter and a repository (both
   may also override the policy's). A missing object is a :class:`MissingRef` — the
@@ -12,33 +12,25 @@
   ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
   a :class:`MissingRef` (reason ``GuestCredentialsMissing``), so the backup waits.
   :func:`hooks_condition` (pure) turns what ran into the ``HooksRan`` condition.
-- Blocking calls, each run in a thread by the controller: open the repository (a
-  backup never creates one: :func:`open_for_backup` waits for the BackupRepository
-  controller, which creates it from its spec with :func:`create_repository`, and
-  refuses a repository whose config differs from its spec), resolve the VM, prepare,
-  finish (:mod:`vmguard.vm.cycle`).
+- Blocking calls, each run in a thread by the controller: resolve the VM, prepare,
+  finish (:mod:`vmguard.vm.cycle`). The repository is opened by
+  :func:`vmguard.controller.kube.access.open_for_backup` (a backup never creates one: it
+  waits for the BackupRepository controller, and refuses a repository whose config
+  differs from its spec).
 
 Secrets are read into memory for the call and never logged or stored.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
-
 from vmguard.api import parse_duration
-from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV, ca_bundle_file
-from vmguard.controller import builders
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.repository_spec import creation_parameters, spec_mismatches
-from vmguard.errors import ConfigError, RepositorySpecMismatchError
-from vmguard.store import MasterKey, Repository
-from vmguard.store.backend import Backend
-from vmguard.store.location import open_location
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.errors import ConfigError
+from vmguard.store import Repository
 from vmguard.vm.cycle import Finished, Prepared, finish, prepare, resolve_vm
 from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResult
 from vmguard.vsphere.records import VMRecord
@@ -138,81 +130,6 @@ def concurrency_blocker(
     return None
 
 
-async def repository_secrets(
-    api: KubeAPI, namespace: str, spec: Mapping[str, Any]
-) -> tuple[dict[str, str], bytes | None]:
-    """({VMGUARD_S3_ACCESS_KEY, VMGUARD_S3_SECRET_KEY}, master key bytes or None)."""
-    import asyncio
-
-    ref = spec["credentialsSecretRef"]
-    creds = await api.secret_keys(
-        namespace,
-        ref["name"],
-        {
-            S3_ACCESS_ENV: ref.get("accessKeyIDKey", "accessKeyID"),
-            S3_SECRET_ENV: ref.get("secretAccessKeyKey", "secretAccessKey"),
-        },
-    )
-    key_ref = (spec.get("encryption") or {}).get("keySecretRef")
-    if not key_ref:
-        return creds, None
-
-    def read_key() -> bytes:
-        try:
-            secret = api.core.read_namespaced_secret(key_ref["name"], namespace)
-        except client.ApiException as exc:
-            raise ConfigError(f"Secret {namespace}/{key_ref['name']}: {exc.status}") from None
-        data = (secret.data or {}).get(key_ref.get("key", "key"))
-        if not data:
-            raise ConfigError(f"Secret {namespace}/{key_ref['name']} has no repository key")
-        return base64.b64decode(data)
-
-    return creds, await asyncio.to_thread(read_key)
-
-
-def _backend(spec: Mapping[str, Any], creds: Mapping[str, str]) -> Backend:
-    bundle = (spec.get("s3") or {}).get("caBundle")
-    return open_location(
-        builders.repository_url(spec), creds, ca_file=ca_bundle_file(bundle) if bundle else None
-    )
-
-
-def open_repository(
-    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
-) -> Repository:
-    """Blocking: open the BackupRepository's repository. Never creates one: the
-    BackupRepository controller does, from its spec (:func:`create_repository`)."""
-    return Repository.open(_backend(spec, creds), MasterKey.from_text(key) if key else None)
-
-
-def create_repository(
-    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
-) -> Repository:
-    """Blocking: create the repository with every field of ``spec`` that the config fixes
-    (chunk size, Object Lock, encryption); RepositoryExistsError over a non-empty
-    prefix. Only the BackupRepository controller calls this."""
-    return Repository.init(
-        _backend(spec, creds),
-        master_key=MasterKey.from_text(key) if key else None,
-        **creation_parameters(spec),
-    )
-
-
-def open_for_backup(
-    spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
-) -> Repository:
-    """Blocking: open the repository to write a backup into it; RepositoryNotFoundError
-    until the BackupRepository controller has created it, RepositorySpecMismatchError
-    when its config is not what the spec declares (format §4.3: what no key check covers)."""
-    repo = open_repository(spec, creds, key)
-    mismatches = spec_mismatches(spec, repo.config)
-    if mismatches:
-        raise RepositorySpecMismatchError(
-            "; ".join(message for _, message in mismatches), mismatches[0][0]
-        )
-    return repo
-
-
 def resolve_vm_blocking(ep: Endpoint, vm: Mapping[str, str]) -> VMRecord:
     session = VSphereSession(ep)
     try:
@@ -234,11 +151,6 @@ def prepare_blocking(
         return prepare(session, repo, vm_moref, uid, **kw)
     finally:
         session.close()
-
-
-def consolidation_allowed(policy_spec: Mapping[str, Any]) -> bool:
-    """``spec.snapshot.consolidate`` of a policy (default true)."""
-    return bool((policy_spec.get("snapshot") or {}).get("consolidate", True))
 
 
 def finish_blocking(

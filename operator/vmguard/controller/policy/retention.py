@@ -1,8 +1,8 @@
 """Retention per policy: prune the VMBackups (and their archives) a policy no longer keeps.
 
-Runs in the policy's scheduler (:mod:`.policy_runs`) on every pass, and a completed
-backup wakes that scheduler (``main.py``), so pruning follows each completed backup and
-nothing is missed after a restart. :func:`plan` is pure: for each VM it takes the
+Runs in the policy's scheduler (:mod:`.runs`) on every pass, and a completed
+backup wakes that scheduler (``backup/handlers.py``), so pruning follows each completed
+backup and nothing is missed after a restart. :func:`plan` is pure: for each VM it takes the
 policy's ``Completed`` VMBackups that name an archive (``status.archiveId``), dated by
 their snapshot (else their start, else their creation), and chooses what to keep with
 :func:`vmguard.store.prune.select_retained` in the schedule's time zone. Failed and
@@ -46,10 +46,10 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
-from vmguard.controller.access import open_repository
-from vmguard.controller.conditions import set_condition
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.schedule import zone
+from vmguard.controller.kube.access import open_repository
+from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
 from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 

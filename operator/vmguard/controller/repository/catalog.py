@@ -54,9 +54,10 @@ from vmguard.api import (
     BackupPhase,
     format_time,
 )
-from vmguard.controller import access
-from vmguard.controller.conditions import get_condition, lifecycle_conditions, set_condition
-from vmguard.controller.kubeapi import KubeAPI
+from vmguard.api.names import is_synced
+from vmguard.controller.kube import access
+from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats
 from vmguard.store.lineage import (
@@ -76,10 +77,6 @@ _MOREF = re.compile(r"^vm-[0-9]{1,10}$")
 _SLUG_MAX = 63 - 1 - 42  # room left beside "-<archive id>" (42 characters)
 
 log = logging.getLogger(__name__)
-
-
-def is_synced(labels: Mapping[str, str] | None) -> bool:
-    return (labels or {}).get(LABEL_SYNCED) == SYNCED
 
 
 # -- planning (pure) ----------------------------------------------------------------------

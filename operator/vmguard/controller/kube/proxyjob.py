@@ -1,12 +1,14 @@
-"""Pure builders of the Kubernetes objects the operator creates for the data plane.
+"""Pure builders of the proxy Job every kind starts, and of the proxy's RBAC.
 
-Every function here takes plain data (the custom object as a dict, the specs of its
+Every function here takes plain data (a custom object as a dict, the specs of its
 VCenter and BackupRepository, :class:`~vmguard.config.ProxySettings`) and returns a
 manifest as a dict: no API calls, no clock, no randomness, so they are unit-tested
 without a cluster (tests/controller/test_builders.py) and the same input always gives
 the same object — which is what makes a Job found again by name after a restart.
 
-Pieces a proxy Job is made of, shared by the backup and the restore Job:
+Pieces a proxy Job is made of, shared by the backup Job
+(:mod:`vmguard.controller.backup.builders`) and the restore Job
+(:mod:`vmguard.controller.restore.builders`):
 :func:`job_name`, :func:`proxy_labels`, :func:`owner_reference`,
 :func:`vcenter_env` and :func:`repository_env` (connection settings as environment,
 credentials only as ``secretKeyRef`` or read-only Secret volumes — never a literal
@@ -22,26 +24,15 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vmguard.api import (
-    API_VERSION,
-    GROUP,
-    LABEL_ATTEMPT,
-    LABEL_POLICY,
-    LABEL_VM,
-    LABEL_VMBACKUP,
-    LABEL_VMBACKUP_UID,
-    LABEL_VMRESTORE,
-)
+from vmguard.api import API_VERSION, GROUP
 from vmguard.config import ProxySettings
 from vmguard.proxy.contract import (
     KEY_FILE_ENV,
     LOCATOR_ENV,
     REPO_ENV,
-    RESTORE_TARGET_DIR,
     S3_ACCESS_ENV,
     S3_CA_BUNDLE_ENV,
     S3_SECRET_ENV,
-    TRANSPORT_ENV,
     VC_CA_BUNDLE_ENV,
     VC_CA_FILE_ENV,
     VC_INSECURE_ENV,
@@ -50,11 +41,7 @@ from vmguard.proxy.contract import (
     VC_URL_ENV,
     VC_USER_ENV,
     VDDK_PATH_ENV,
-    backup_args,
-    restore_args,
 )
-
-COMPONENT_BACKUP = "backup"
 
 SECRETS_DIR = "/var/run/secrets/vmguard"
 SCRATCH_DIR = "/var/tmp/vmguard"  # TMPDIR: CA files, NBD sockets; the root fs is read-only
@@ -304,115 +291,6 @@ def proxy_job(
             "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
-
-
-def backup_labels(vmbackup: Mapping[str, Any]) -> dict[str, str]:
-    meta, spec = vmbackup["metadata"], vmbackup.get("spec") or {}
-    status = vmbackup.get("status") or {}
-    moref = (status.get("vm") or {}).get("moref") or (spec.get("vm") or {}).get("moref") or ""
-    return proxy_labels(
-        COMPONENT_BACKUP,
-        meta["name"],
-        {
-            LABEL_VMBACKUP: bounded_name(meta["name"]),
-            LABEL_VMBACKUP_UID: meta["uid"],
-            LABEL_VM: moref,
-            LABEL_POLICY: (spec.get("policyRef") or {}).get("name", ""),
-        },
-    )
-
-
-def build_backup_job(
-    vmbackup: Mapping[str, Any],
-    settings: ProxySettings,
-    *,
-    vcenter: Mapping[str, Any],
-    repository: Mapping[str, Any],
-    attempt: int,
-    transport: str = "auto",
-    active_deadline: int = 4 * 3600,
-    ttl: int = 3600,
-) -> dict[str, Any]:
-    """The proxy Job of one transfer attempt of ``vmbackup``.
-
-    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
-    """
-    meta = vmbackup["metadata"]
-    labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
-    return proxy_job(
-        name=job_name(meta["name"], attempt),
-        namespace=meta["namespace"],
-        owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
-        labels=labels,
-        settings=settings,
-        args=backup_args(meta["namespace"], meta["name"]),
-        pieces=[
-            vcenter_env(vcenter),
-            repository_env(repository),
-            ([{"name": TRANSPORT_ENV, "value": transport}], [], []),
-        ],
-        transport=transport,
-        active_deadline=active_deadline,
-        ttl=ttl,
-    )
-
-
-# -- restore ----------------------------------------------------------------------------
-
-COMPONENT_RESTORE = "restore"
-
-
-def restore_job_name(vmrestore: Mapping[str, Any]) -> str:
-    """``vmr-<name>-<8 of the UID>``: stable for this object, new for a recreated one."""
-    meta = vmrestore["metadata"]
-    return bounded_name(f"vmr-{meta['name']}", f"-{meta['uid'].replace('-', '')[:8]}")
-
-
-def build_restore_job(
-    vmrestore: Mapping[str, Any],
-    settings: ProxySettings,
-    *,
-    repository: Mapping[str, Any],
-    vcenter: Mapping[str, Any] | None,
-    active_deadline: int = 4 * 3600,
-    ttl: int = 24 * 3600,
-) -> dict[str, Any]:
-    """The proxy Job of one VMRestore: ``vmguard proxy restore --namespace NS --name N``.
-
-    ``repository`` and ``vcenter`` are the specs of the objects the restore resolved to;
-    ``vcenter`` is None for a files restore (it reads only the repository). A files
-    restore into a PVC mounts the claim at :data:`RESTORE_TARGET_DIR`. Writes go over
-    NBD, so the pod is restricted. A failed restore is reported, not retried: the
-    operator decides (and destroys a half-made VM); a retry would race that cleanup.
-    """
-    meta = vmrestore["metadata"]
-    pieces = [repository_env(repository)]
-    if vcenter is not None:
-        pieces.append(vcenter_env(vcenter))
-    pvc = ((vmrestore["spec"]["target"].get("files") or {}).get("to") or {}).get("pvc")
-    if pvc:
-        pieces.append(
-            (
-                [],
-                [{"name": "target", "persistentVolumeClaim": {"claimName": pvc["claimName"]}}],
-                [{"name": "target", "mountPath": RESTORE_TARGET_DIR}],
-            )
-        )
-    labels = proxy_labels(
-        COMPONENT_RESTORE, meta["name"], {LABEL_VMRESTORE: bounded_name(meta["name"])}
-    )
-    return proxy_job(
-        name=restore_job_name(vmrestore),
-        namespace=meta["namespace"],
-        owner={**vmrestore, "kind": vmrestore.get("kind", "VMRestore")},
-        labels=labels,
-        settings=settings,
-        args=restore_args(meta["namespace"], meta["name"]),
-        pieces=pieces,
-        transport="nbd",
-        active_deadline=active_deadline,
-        ttl=ttl,
-    )
 
 
 # -- the proxy's identity ----------------------------------------------------------------

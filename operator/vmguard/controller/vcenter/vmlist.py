@@ -1,8 +1,9 @@
 """The per-VM list a sweep leaves in VCenter status (``status.vmList``), and its reader.
 
 The sweep's assignment of every VM to its effective policy otherwise lives only in the
-operator's memory (:mod:`.sweeps`); this compact copy lets anyone holding read access
-to VCenter objects (``vmguard status``, a dashboard) see every VM, protected or not.
+operator's memory (:mod:`~vmguard.controller.kube.sweeps`); this compact copy lets
+anyone holding read access to VCenter objects (``vmguard status``, a dashboard) see every VM,
+protected or not.
 
 Invariants:
 

@@ -8,7 +8,7 @@ resumes where the status says, and every step may run twice without harm:
 - **Pending**: the source VMBackup must exist and be Completed with an archive (else
   condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
   fails the restore). The operator opens the repository, reads the manifest, checks and
-  prepares the target (:mod:`.restore_targets`: a new VM is created here, found again
+  prepares the target (:mod:`.targets`: a new VM is created here, found again
   by its marker after a restart), records it in ``status.result`` (and, for an
   overwrite, whether the VM was on, *before* powering it off), makes sure the proxy's
   ServiceAccount exists and creates the Job — named after the VMRestore's UID, so a
@@ -36,12 +36,13 @@ from typing import Any
 
 from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, RestoreStatus
 from vmguard.config import ProxySettings
-from vmguard.controller import access, builders
-from vmguard.controller import restore_targets as targets
-from vmguard.controller.conditions import lifecycle_conditions, now, set_condition
-from vmguard.controller.jobs import JobAPI, job_state
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.timing import REAL_TIME, Timing
+from vmguard.controller.kube import access
+from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
+from vmguard.controller.kube.jobs import JobAPI, job_state
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.proxyjob import build_proxy_rbac
+from vmguard.controller.kube.timing import REAL_TIME, Timing
+from vmguard.controller.restore import builders, targets
 from vmguard.errors import (
     ConfigError,
     ObjectNotFoundError,
@@ -183,7 +184,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         await api.patch_status(PLURAL, ns, meta["name"], recorded)
         await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
     jobs = JobAPI(api.api)
-    await jobs.ensure_rbac(builders.build_proxy_rbac(ns, settings.service_account))
+    await jobs.ensure_rbac(build_proxy_rbac(ns, settings.service_account))
     job = builders.build_restore_job(
         obj,
         settings,
@@ -264,9 +265,10 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
 async def _watch_proxy_start(
     api: KubeAPI, settings: ProxySettings, obj: dict[str, Any], job: dict[str, Any]
 ) -> Step:
-    """An active restore Job whose pod cannot start (:mod:`.proxypods`), as for backups:
-    refused at admission fails at once, image pull / scheduling / crash loop is a
-    ``ProxyNotStarting`` condition until the Job is ``settings.start_timeout`` old."""
+    """An active restore Job whose pod cannot start
+    (:mod:`~vmguard.controller.kube.proxypods`), as for backups: refused at admission fails
+    at once, image pull / scheduling / crash loop is a ``ProxyNotStarting`` condition until
+    the Job is ``settings.start_timeout`` old."""
     ns, name = obj["metadata"]["namespace"], job["metadata"]["name"]
     jobs = JobAPI(api.api)
     trouble = await jobs.proxy_trouble(ns, name)
@@ -369,7 +371,8 @@ async def drive(
 def restore_conditions(
     conditions: Any, phase: str, error: Any, generation: int | None
 ) -> list[Condition]:
-    """The kstatus conditions of a VMRestore in ``phase`` (see :mod:`.conditions`)."""
+    """The kstatus conditions of a VMRestore in ``phase``
+    (see :mod:`~vmguard.controller.kube.conditions`)."""
     failed = phase == RestorePhase.FAILED
     return lifecycle_conditions(
         conditions,

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import format_time
-from vmguard.config import ca_bundle_file
-from vmguard.controller.conditions import set_condition
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.vmlist import build_vm_list, changed
+from vmguard.controller.kube.access import endpoint_for
+from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.vcenter.vmlist import build_vm_list, changed
 from vmguard.errors import ConfigError, PermanentError, VmguardError
 from vmguard.store.clock import Clock, SystemClock
 from vmguard.vsphere.matching import MatchResult, PolicyRef, assign
@@ -50,35 +50,6 @@ class SweepOutcome:
     policies: list[dict[str, Any]] = field(default_factory=list)
     records: list[VMRecord] = field(default_factory=list)
     endpoint: Endpoint | None = None
-
-
-async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> Endpoint:
-    ref = spec["credentialsSecretRef"]
-    creds = await api.secret_keys(
-        namespace,
-        ref["name"],
-        {
-            "username": ref.get("usernameKey", "username"),
-            "password": ref.get("passwordKey", "password"),
-        },
-    )
-    tls = spec.get("tls") or {}
-    ca_file = None
-    if tls.get("caBundle"):
-        ca_file = ca_bundle_file(tls["caBundle"])
-    elif tls.get("caSecretRef"):
-        ca_ref = tls["caSecretRef"]
-        ca = await api.secret_keys(namespace, ca_ref["name"], {"ca": ca_ref.get("key", "ca.crt")})
-        ca_file = ca_bundle_file(ca["ca"])
-    url = f"https://{spec['host']}:{spec.get('port', 443)}/sdk"
-    return Endpoint(
-        url=url,
-        username=creds["username"],
-        password=creds["password"],
-        ca_file=ca_file,
-        thumbprint=tls.get("thumbprint"),
-        insecure=bool(tls.get("insecureSkipVerify")),
-    )
 
 
 def _read_inventory(ep: Endpoint) -> tuple[dict[str, str], list[VMRecord]]:
@@ -119,7 +90,7 @@ async def sweep(
     api: KubeAPI, body: dict[str, Any], interval: float, clock: Clock | None = None
 ) -> SweepOutcome:
     """One sweep; ``interval`` is the wait until the next (``nextSweepTime``), and
-    ``clock`` the controller's (controller/timing.py)."""
+    ``clock`` the controller's (controller/kube/timing.py)."""
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")

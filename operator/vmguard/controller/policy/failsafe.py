@@ -15,7 +15,7 @@ when all of these hold:
 So a new VM is protected within one sweep, not at the policy's next scheduled run; a
 VM whose backups keep failing is retried at a bounded rate rather than on every sweep;
 and there is never more than one fail-safe backup of a VM in flight. Names are
-deterministic per minute (:mod:`vmguard.controller.builders_policy`), so two replicas
+deterministic per minute (:mod:`vmguard.controller.policy.builders`), so two replicas
 or a restart in the same minute create it once.
 """
 
@@ -27,11 +27,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.api import Trigger
-from vmguard.controller import policies
-from vmguard.controller.builders_policy import build_vmbackup
-from vmguard.controller.history import BackupHistory
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.sweeps import SweepView
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.sweeps import SweepView
+from vmguard.controller.policy import judgement
+from vmguard.controller.policy.builders import build_vmbackup
+from vmguard.controller.policy.history import BackupHistory
 from vmguard.errors import VmguardError
 from vmguard.vsphere.records import VMRecord
 
@@ -65,7 +65,7 @@ async def protect(
     now: dt.datetime,
 ) -> list[str]:
     """Create the fail-safe backups this sweep calls for; the names created. ``now`` is
-    the controller's clock (controller/timing.py): back-offs and names are counted in it."""
+    the controller's clock (controller/kube/timing.py): back-offs and names are counted in it."""
     mine = {p["metadata"]["name"]: p for p in policy_objects}
     wanted = {name: view.vms_of(name) for name in mine}
     wanted = {name: vms for name, vms in wanted.items() if vms}
@@ -77,7 +77,7 @@ async def protect(
         policy = mine[name]
         if (policy.get("spec") or {}).get("paused"):
             continue
-        assessment = await policies.assess(api, policy)
+        assessment = await judgement.assess(api, policy)
         if not assessment.ready:
             continue
         history = BackupHistory.of_policy(backups, name)

@@ -1,21 +1,21 @@
 """The BackupRepository controller: can the repository be used, how big is it, and its
 scheduled garbage collection and verify.
 
-A kopf daemon per BackupRepository (``main.py``, controller ``repositories``) runs
+A kopf daemon per BackupRepository (``handlers.py``, controller ``repositories``) runs
 :class:`RepositoryWatch`. Every ``interval`` (60 s, ``VMGUARD_REPOSITORY_INTERVAL``) it
 opens the repository with the object's Secrets — and creates it when the prefix holds
 nothing, applying every spec field the config fixes (chunk size, Object Lock, encryption;
-:mod:`.repository_spec`). It is the only creator: a backup waits for it, and nothing
-is ever created over a prefix that holds objects. It compares the config with the spec
-(:func:`~.repository_spec.spec_mismatches`), counts it with
+:mod:`~vmguard.controller.kube.repository_spec`). It is the only creator: a backup
+waits for it, and nothing is ever created over a prefix that holds objects. It compares the config
+with the spec (:func:`~vmguard.controller.kube.repository_spec.spec_mismatches`), counts it with
 :func:`vmguard.store.stats.repository_stats` (the function behind ``vmguard repo
 stats``; manifests are cached, they never change), writes status
 and feeds the metrics. GC (:func:`vmguard.store.gc.collect_garbage`, with
 ``spec.gc.gracePeriod`` as its chunk grace) and verify (:func:`vmguard.store.verify.
 verify`, deep when ``spec.verify.depth`` is ``full``) run at the times of their cron
-schedules (:mod:`.schedule`); a scheduled time that passed since the last run finished
-(``status.lastGC.time`` / ``lastVerify.time``, else the object's creation) runs once,
-now, so a restart catches up one run, never one per missed slot.
+schedules (:mod:`~vmguard.controller.kube.schedule`); a scheduled time that passed
+since the last run finished (``status.lastGC.time`` / ``lastVerify.time``, else the object's
+creation) runs once, now, so a restart catches up one run, never one per missed slot.
 
 Conditions (reasons from :func:`classify`, pure):
 
@@ -62,13 +62,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmguard.api import Condition, format_time, parse_duration, parse_time
-from vmguard.controller import backupsteps
-from vmguard.controller.access import open_repository
-from vmguard.controller.conditions import get_condition, set_condition
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.repository_spec import missing_features, spec_mismatches
-from vmguard.controller.schedule import Schedule, parse
-from vmguard.controller.timing import REAL_TIME, Timing
+from vmguard.controller.kube.access import (
+    create_repository,
+    open_repository,
+    open_repository_blocking,
+    repository_secrets,
+)
+from vmguard.controller.kube.conditions import get_condition, set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.repository_spec import missing_features, spec_mismatches
+from vmguard.controller.kube.schedule import Schedule, parse
+from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -211,7 +215,7 @@ class RepositoryWatch:
         self.timing = timing
         status = body.get("status") or {}
         self.conditions: list[Condition] = list(status.get("conditions") or [])
-        # Where each schedule was last handled: the clock's times (controller/timing.py).
+        # Where each schedule was last handled: the clock's times (controller/kube/timing.py).
         created = parse_time(body["metadata"].get("creationTimestamp")) or timing.now()
         self.cursors = {
             "gc": parse_time((status.get("lastGC") or {}).get("time")) or created,
@@ -275,16 +279,16 @@ class RepositoryWatch:
     async def open_or_create(self, snapshot: dict[str, Any]) -> Repository:
         """The repository; created from the spec when its prefix holds nothing."""
         namespace, spec = snapshot["metadata"]["namespace"], snapshot.get("spec") or {}
-        creds, key = await backupsteps.repository_secrets(self.api, namespace, spec)
+        creds, key = await repository_secrets(self.api, namespace, spec)
         try:
-            return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key)
+            return await asyncio.to_thread(open_repository_blocking, spec, creds, key)
         except RepositoryNotFoundError:
             pass
         try:
-            repo = await asyncio.to_thread(backupsteps.create_repository, spec, creds, key)
+            repo = await asyncio.to_thread(create_repository, spec, creds, key)
         except RepositoryExistsError as exc:
             try:  # another operator created it meanwhile; else objects but no config
-                return await asyncio.to_thread(backupsteps.open_repository, spec, creds, key)
+                return await asyncio.to_thread(open_repository_blocking, spec, creds, key)
             except RepositoryNotFoundError:
                 raise exc from None
         lock = repo.config.object_lock

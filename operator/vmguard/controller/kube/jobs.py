@@ -1,6 +1,6 @@
 """The VMBackup controller's calls on Jobs and RBAC, off kopf's event loop.
 
-Jobs are found by their deterministic name (:func:`vmguard.controller.builders.job_name`),
+Jobs are found by their deterministic name (:func:`vmguard.controller.kube.proxyjob.job_name`),
 so a restarted operator adopts the Job its predecessor created instead of starting a
 second one: creating a Job that exists is "adopt it" (AlreadyExists is not an error).
 The proxy's ServiceAccount, Role and RoleBinding are applied idempotently before the
@@ -19,8 +19,8 @@ from typing import Any
 from kubernetes import client
 
 from vmguard.api import parse_time
-from vmguard.controller.kubeapi import read_or_none
-from vmguard.controller.proxypods import ProxyTrouble, classify
+from vmguard.controller.kube.kubeapi import read_or_none
+from vmguard.controller.kube.proxypods import ProxyTrouble, classify
 from vmguard.errors import RetryableError
 
 
@@ -86,7 +86,7 @@ class JobAPI:
         """What the Job's pods and its events say keeps the proxy from running, if anything.
 
         Pods are found by the ``job-name`` label the Job controller sets on them, events by
-        their involved object (the Job). See :mod:`vmguard.controller.proxypods`.
+        their involved object (the Job). See :mod:`vmguard.controller.kube.proxypods`.
         """
 
         def read() -> ProxyTrouble | None:

@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vmguard.api import BACKUP_TERMINAL, parse_time
-from vmguard.controller.backupsteps import consolidation_allowed
-from vmguard.controller.kubeapi import KubeAPI
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.policy_spec import consolidation_allowed
 from vmguard.vsphere.matching import MatchResult
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint

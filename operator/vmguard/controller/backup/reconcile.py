@@ -13,14 +13,14 @@ of its phase (docs/operator.md):
 - **Transferring**: the proxy Job ``<name>-<attempt>`` (proxy RBAC ensured first) does
   the transfer and patches progress and its result; a failed Job is retried with
   backoff while attempts and the deadline allow. While the Job is active its pods and
-  events are read too (:mod:`.proxypods`): a pod refused at admission fails the backup
-  at once, one that cannot pull, schedule or stay up is a ``ProxyNotStarting``
-  condition with the pod's reason and message, and fails the backup once the Job is
-  ``ProxySettings.start_timeout`` old;
+  events are read too (:mod:`~vmguard.controller.kube.proxypods`): a pod refused at
+  admission fails the backup at once, one that cannot pull, schedule or stay up is a
+  ``ProxyNotStarting`` condition with the pod's reason and message, and fails the backup once the
+  Job is ``ProxySettings.start_timeout`` old;
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
 A VMBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
-controller/catalog.py) is never taken through these steps: it is born without status,
+controller/repository/catalog.py) is never taken through these steps: it is born without status,
 which would otherwise read as Pending and start a second backup of the VM.
 
 Restart safety: every step is derived from status and the world, never from memory.
@@ -54,15 +54,16 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
+from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller import backupsteps as steps
-from vmguard.controller import builders
-from vmguard.controller.catalog import is_synced
-from vmguard.controller.conditions import lifecycle_conditions, set_condition
-from vmguard.controller.jobs import JobAPI, job_state
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.timing import REAL_TIME, Timing
-from vmguard.controller.vcenter import endpoint_for
+from vmguard.controller.backup import builders, steps
+from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
+from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
+from vmguard.controller.kube.jobs import JobAPI, job_state
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.policy_spec import consolidation_allowed
+from vmguard.controller.kube.proxyjob import build_proxy_rbac, job_name
+from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     PermanentError,
     RepositoryNotFoundError,
@@ -155,7 +156,8 @@ class Patcher:
 def backup_conditions(
     conditions: Any, phase: str, error: Any, generation: int | None
 ) -> list[Condition]:
-    """The kstatus conditions of a VMBackup in ``phase`` (see :mod:`.conditions`)."""
+    """The kstatus conditions of a VMBackup in ``phase``
+    (see :mod:`~vmguard.controller.kube.conditions`)."""
     failed = phase == BackupPhase.FAILED
     return lifecycle_conditions(
         conditions,
@@ -256,8 +258,8 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
 
 
 async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs) -> Any:
-    creds, key = await steps.repository_secrets(ctx.api, ns, refs.repository["spec"])
-    return await asyncio.to_thread(steps.open_for_backup, refs.repository["spec"], creds, key)
+    creds, key = await repository_secrets(ctx.api, ns, refs.repository["spec"])
+    return await asyncio.to_thread(open_for_backup, refs.repository["spec"], creds, key)
 
 
 async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
@@ -289,7 +291,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             full_every=int(mode.get("fullEvery") or 0),
             quiesce=bool(quiesce.get("enabled")),
             crash_consistent_fallback=quiesce.get("fallbackToCrashConsistent", True),
-            allow_consolidate=steps.consolidation_allowed(pspec),
+            allow_consolidate=consolidation_allowed(pspec),
             hooks=hooks,
         )
     except RetryableError as exc:
@@ -362,7 +364,7 @@ async def _start_attempt(
     ctx: BackupContext, obj: dict[str, Any], p: Patcher, refs: steps.Refs, attempt: int
 ) -> None:
     if p.ns not in ctx.rbac_done:
-        await ctx.jobs.ensure_rbac(builders.build_proxy_rbac(p.ns, ctx.proxy.service_account))
+        await ctx.jobs.ensure_rbac(build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
     remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
     job = builders.build_backup_job(
@@ -398,7 +400,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     if attempt == 0:
         await _start_attempt(ctx, obj, p, refs, 1)
         return ctx.settings.poll
-    name = builders.job_name(p.name, attempt)
+    name = job_name(p.name, attempt)
     job = await ctx.jobs.read_job(p.ns, name)
     if job is None:  # the Job was deleted under us: a lost attempt
         reason, message, finished = "JobLost", f"Job {name} disappeared", None
@@ -508,7 +510,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
                 ep,
                 status["vm"]["moref"],
                 obj["metadata"]["uid"],
-                allow_consolidate=steps.consolidation_allowed(refs.policy_spec),
+                allow_consolidate=consolidation_allowed(refs.policy_spec),
             )
         except VmguardError as exc:
             p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
@@ -541,5 +543,5 @@ async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
         return
     refs = await steps.resolve_refs(ctx.api, meta["namespace"], obj["spec"])
     ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
-    allow = steps.consolidation_allowed(refs.policy_spec)
+    allow = consolidation_allowed(refs.policy_spec)
     await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"], allow_consolidate=allow)

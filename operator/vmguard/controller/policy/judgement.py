@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from vmguard.api import Condition, format_time, parse_duration
-from vmguard.controller.builders_policy import run_label
-from vmguard.controller.conditions import set_condition
-from vmguard.controller.history import BackupHistory
-from vmguard.controller.kubeapi import KubeAPI
-from vmguard.controller.schedule import Schedule, parse
-from vmguard.controller.sweeps import SweepView
+from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.schedule import Schedule, parse
+from vmguard.controller.kube.sweeps import SweepView
+from vmguard.controller.policy.builders import run_label
+from vmguard.controller.policy.history import BackupHistory
 from vmguard.errors import ConfigError, ScheduleError
 
 LISTED = 10  # VM names in a condition message
@@ -216,7 +216,7 @@ def status(
     rpo_now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The policy's status (all but ``matchedVMs``), pure. ``now`` is on the schedule's
-    line, ``rpo_now`` on the clock completions were stamped with (controller/timing.py;
+    line, ``rpo_now`` on the clock completions were stamped with (controller/kube/timing.py;
     both the same instant unless the lab speeds schedules up)."""
     meta, spec = policy["metadata"], policy.get("spec") or {}
     previous = (policy.get("status") or {}).get("conditions")

@@ -1,0 +1,6 @@
+"""The VMBackup kind: one backup from Pending to Completed or Failed.
+
+:mod:`.reconcile` (the state machine), :mod:`.steps` (refs, concurrency limits, guest
+hooks, the snapshot cycle's blocking calls), :mod:`.builders` (the proxy Job of one
+transfer attempt, pure), :mod:`.handlers` (the runner daemon, phase and delete handlers).
+"""

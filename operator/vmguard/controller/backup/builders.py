@@ -1,0 +1,77 @@
+"""Pure builder of a VMBackup's proxy Job (one per transfer attempt).
+
+Built from the shared pieces of :mod:`vmguard.controller.kube.proxyjob`; the same rules
+hold: plain data in, a manifest out, no API call, clock or randomness, credentials only
+as Secret references. The Job's name is ``<vmbackup>-<attempt>``, so an operator that
+restarts finds the attempt's Job again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vmguard.api import LABEL_ATTEMPT, LABEL_POLICY, LABEL_VM, LABEL_VMBACKUP, LABEL_VMBACKUP_UID
+from vmguard.config import ProxySettings
+from vmguard.controller.kube.proxyjob import (
+    bounded_name,
+    job_name,
+    proxy_job,
+    proxy_labels,
+    repository_env,
+    vcenter_env,
+)
+from vmguard.proxy.contract import TRANSPORT_ENV, backup_args
+
+COMPONENT_BACKUP = "backup"
+
+
+def backup_labels(vmbackup: Mapping[str, Any]) -> dict[str, str]:
+    meta, spec = vmbackup["metadata"], vmbackup.get("spec") or {}
+    status = vmbackup.get("status") or {}
+    moref = (status.get("vm") or {}).get("moref") or (spec.get("vm") or {}).get("moref") or ""
+    return proxy_labels(
+        COMPONENT_BACKUP,
+        meta["name"],
+        {
+            LABEL_VMBACKUP: bounded_name(meta["name"]),
+            LABEL_VMBACKUP_UID: meta["uid"],
+            LABEL_VM: moref,
+            LABEL_POLICY: (spec.get("policyRef") or {}).get("name", ""),
+        },
+    )
+
+
+def build_backup_job(
+    vmbackup: Mapping[str, Any],
+    settings: ProxySettings,
+    *,
+    vcenter: Mapping[str, Any],
+    repository: Mapping[str, Any],
+    attempt: int,
+    transport: str = "auto",
+    active_deadline: int = 4 * 3600,
+    ttl: int = 3600,
+) -> dict[str, Any]:
+    """The proxy Job of one transfer attempt of ``vmbackup``.
+
+    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
+    """
+    meta = vmbackup["metadata"]
+    labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
+    return proxy_job(
+        name=job_name(meta["name"], attempt),
+        namespace=meta["namespace"],
+        owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
+        labels=labels,
+        settings=settings,
+        args=backup_args(meta["namespace"], meta["name"]),
+        pieces=[
+            vcenter_env(vcenter),
+            repository_env(repository),
+            ([{"name": TRANSPORT_ENV, "value": transport}], [], []),
+        ],
+        transport=transport,
+        active_deadline=active_deadline,
+        ttl=ttl,
+    )

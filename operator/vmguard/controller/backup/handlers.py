@@ -1,0 +1,85 @@
+"""The VMBackup kind's kopf handlers.
+
+- ``vmbackup_runner``: a daemon per VMBackup in flight (not finished, not synced)
+  drives it through its phases (:func:`.reconcile.reconcile`), resumed by any operator
+  that (re)starts; a fault is logged and the step retried after 30 s.
+- ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
+  one wakes its policy's scheduler (retention runs now:
+  :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
+- ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
+  before the finalizer is released.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
+from vmguard.controller.backup import reconcile
+from vmguard.controller.backup.steps import MissingRef
+from vmguard.controller.kube.handlers import acts, policy_wakeup
+
+
+def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    return reconcile.in_flight(status, labels)
+
+
+@kopf.daemon(GROUP, VERSION, "vmbackups", when=_backup_in_flight, cancellation_timeout=5.0)
+async def vmbackup_runner(
+    name: str,
+    namespace: str | None,
+    uid: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Drive one VMBackup through its phases; resumed by any operator that (re)starts."""
+    if not acts(memo, "backups"):
+        return
+    ctx: reconcile.BackupContext = memo.backups
+    while not stopped:
+        try:
+            obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
+            if obj is None or obj["metadata"]["uid"] != uid:
+                return
+            if obj["metadata"].get("deletionTimestamp"):
+                return
+            delay = await reconcile.reconcile(ctx, obj)
+        except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
+            logger.exception("backup step failed: %s", exc)
+            delay = 30.0
+        if delay is None:
+            return
+        if delay > 0:
+            await ctx.timing.wait(delay, stopped)
+
+
+@kopf.on.field(GROUP, VERSION, "vmbackups", field="status.phase")
+async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+    """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
+    it happens; backups that finished while no operator ran are not counted again. A
+    completed one wakes its policy's scheduler, which applies retention (async: on the
+    event loop, where that scheduler's asyncio.Event lives)."""
+    if new in BACKUP_TERMINAL and getattr(memo, "metrics", None) is not None:
+        memo.metrics.observe_backup(dict(body))
+    policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
+    policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
+    if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
+        # Its policy's retention runs now rather than at the scheduler's next pass.
+        policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
+
+
+@kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)
+async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
+    if not acts(memo, "backups"):
+        return
+    try:
+        await reconcile.cleanup(memo.backups, dict(body))
+    except MissingRef as exc:
+        logger.warning("cannot remove the snapshot (%s); the orphan sweep will", exc)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=15) from exc

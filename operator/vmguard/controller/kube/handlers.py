@@ -1,0 +1,63 @@
+"""What every kind's kopf handlers share: which controllers run, wake-ups, events.
+
+The handlers of each kind (``<kind>/handlers.py``) are registered with kopf when
+:mod:`vmguard.controller.main` imports them. They never import each other; where one
+kind's event concerns another kind's loop, they meet here, in kopf's operator memo
+(filled by ``main.configure`` at start-up):
+
+- :func:`vcenter_wakeup` — a policy changed: its vCenter's sweeper re-matches now;
+- :func:`policy_wakeup` — a policy changed, or one of its backups completed: its
+  scheduler re-reads the schedule and applies retention now;
+- :data:`AfterSweep` — what the vCenter sweeper calls after each successful sweep
+  (the policies' fail-safe, handed in by ``main``), so the sweeper needs no policy code.
+
+Only the event loop touches the memo's events (no locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.sweeps import SweepView
+
+CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
+
+AfterSweep = Callable[
+    [KubeAPI, str, SweepView, Sequence[Mapping[str, Any]], dt.datetime], Awaitable[list[str]]
+]
+"""``(api, namespace, view, policy objects, now)`` → names of the VMBackups it created."""
+
+Announce = Callable[[str, str, bool], None]
+"""``(reason, message, warning)``: an event on the object a handler works for."""
+
+
+def acts(memo: Any, controller: str) -> bool:
+    """Whether this operator runs ``controller`` (``--controllers``; all by default)."""
+    return controller in getattr(memo, "controllers", CONTROLLERS)
+
+
+def announcer(body: kopf.Body) -> Announce:
+    """Events on ``body``: a warning or an informational one."""
+
+    def announce(reason: str, message: str, warning: bool) -> None:
+        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+
+    return announce
+
+
+def vcenter_wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
+    """The event that wakes that vCenter's sweeper at once."""
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.wakeups
+    return wakeups.setdefault((namespace, vcenter_name), asyncio.Event())
+
+
+def policy_wakeup(memo: Any, namespace: str, name: str) -> asyncio.Event:
+    """The event that wakes that policy's scheduler at once."""
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.policy_wakeups
+    return wakeups.setdefault((namespace, name), asyncio.Event())

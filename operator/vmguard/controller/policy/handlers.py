@@ -1,0 +1,53 @@
+"""The VMProtectionPolicy kind's kopf handlers: a change wakes its loops; a scheduler each.
+
+A created, updated or deleted policy wakes its vCenter's sweeper (the VMs are matched
+again now, not at the next interval) and its own scheduler. The scheduler daemon
+(:class:`.runs.PolicyRunner`) creates the policy's VMBackups at its scheduled times,
+applies its retention and keeps its status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from vmguard.api import GROUP, VERSION
+from vmguard.controller.kube.handlers import acts, announcer, policy_wakeup, vcenter_wakeup
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.policy.runs import PolicyRunner
+
+
+@kopf.on.create(GROUP, VERSION, "vmprotectionpolicies")
+@kopf.on.update(GROUP, VERSION, "vmprotectionpolicies", field="spec")
+@kopf.on.delete(GROUP, VERSION, "vmprotectionpolicies", optional=True)
+def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
+    and the policy's scheduler re-reads its schedule."""
+    vc = (spec.get("vcenterRef") or {}).get("name")
+    if vc and namespace:
+        vcenter_wakeup(memo, namespace, vc).set()
+    if namespace:
+        policy_wakeup(memo, namespace, name).set()
+
+
+@kopf.daemon(GROUP, VERSION, "vmprotectionpolicies", cancellation_timeout=10.0)
+async def policy_scheduler(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Create the policy's VMBackups at its scheduled times, apply its retention; keep
+    its status."""
+    if not acts(memo, "policies"):
+        return
+    wake = policy_wakeup(memo, namespace or "", name)
+    announce = announcer(body)
+    runner = PolicyRunner(
+        KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, timing=memo.timing
+    )
+    await runner.loop()

@@ -1,0 +1,148 @@
+"""The VCenter kind's kopf handlers: one sweeper daemon per VCenter.
+
+Every ``sweepInterval`` (and at once when a policy of the vCenter changes:
+:func:`~vmguard.controller.kube.handlers.vcenter_wakeup`) the sweeper runs
+:func:`.sweeper.sweep`, writes the VCenter's status and each policy's ``matchedVMs``,
+warns once about VMs newly left unprotected, publishes a successful sweep to the
+policies' schedulers (:class:`~vmguard.controller.kube.sweeps.LatestSweeps`), calls
+the after-sweep action ``main`` handed in (the policies' fail-safe), and sweeps our
+escaped snapshots (:mod:`.orphans`). A fault in the fail-safe or the orphan sweep is
+logged; the sweeper outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import kopf
+
+from vmguard.api import GROUP, VERSION, parse_duration
+from vmguard.controller.kube.handlers import AfterSweep, acts, vcenter_wakeup
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+from vmguard.controller.kube.timing import REAL_TIME, Timing
+from vmguard.controller.vcenter import orphans, sweeper
+from vmguard.metrics import Metrics
+
+SWEEP_DEFAULT_SECONDS = 300.0
+SWEEP_RETRY_SECONDS = 30.0
+
+
+async def _sleep(
+    timing: Timing, stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float
+) -> None:
+    await timing.wait(seconds, wake, stopped)
+    wake.clear()
+
+
+@kopf.daemon(GROUP, VERSION, "vcenters", cancellation_timeout=10.0)
+async def vcenter_sweeper(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Sweep the vCenter every ``sweepInterval`` (and when a policy changes)."""
+    if not acts(memo, "vcenters"):
+        return
+    api = KubeAPI()
+    wake = vcenter_wakeup(memo, namespace or "", name)
+    metrics: Metrics = memo.metrics
+    try:
+        await _sweep_forever(
+            api, body, wake, metrics, memo.sweeps, memo.after_sweep, stopped, logger, memo.timing
+        )
+    finally:
+        # Deleted, or paused in favour of a peer: a standby reports nothing stale.
+        metrics.forget_vcenter(namespace or "", name)
+
+
+async def _sweep_forever(
+    api: KubeAPI,
+    body: kopf.Body,
+    wake: asyncio.Event,
+    metrics: Metrics,
+    sweeps: LatestSweeps,
+    after_sweep: AfterSweep,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    timing: Timing = REAL_TIME,
+) -> None:
+    announced: set[str] = set()
+    while not stopped:
+        snapshot = dict(body)  # the live body changes under us; sweep one consistent view
+        try:
+            interval = parse_duration(snapshot["spec"].get("sweepInterval"), SWEEP_DEFAULT_SECONDS)
+        except Exception:
+            interval = SWEEP_DEFAULT_SECONDS
+        interval = timing.interval(interval)
+        outcome = await sweeper.sweep(api, snapshot, interval, timing.clock)
+        meta = snapshot["metadata"]
+        await api.patch_status("vcenters", meta["namespace"], meta["name"], outcome.status)
+        metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
+        for policy, count in outcome.matched.items():
+            await api.patch_status(
+                "vmprotectionpolicies", meta["namespace"], policy, {"matchedVMs": count}
+            )
+        fresh = [vm for vm in outcome.unprotected if vm.moref not in announced]
+        if fresh:
+            names = ", ".join(vm.name for vm in fresh[: sweeper.UNPROTECTED_LISTED])
+            kopf.warn(
+                body,
+                reason="UnprotectedVMs",
+                message=f"{len(fresh)} VM(s) have no policy: {names}",
+            )
+        announced = {vm.moref for vm in outcome.unprotected}
+        if outcome.result is not None:
+            now = timing.now()
+            view = SweepView(now, interval, outcome.result)
+            sweeps.publish(meta["namespace"], meta["name"], view)
+            try:
+                made = await after_sweep(api, meta["namespace"], view, outcome.policies, now)
+            except Exception as exc:  # the sweeper must outlive any fault here
+                logger.warning("fail-safe pass failed: %s", exc)
+                made = []
+            if made:
+                logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
+            await _sweep_orphans(api, meta, outcome, metrics, logger, now)
+        if not outcome.status.get("reachable"):
+            interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))
+            logger.warning("sweep failed; retrying in %.0fs", interval)
+        await _sleep(timing, stopped, wake, interval)
+
+
+async def _sweep_orphans(
+    api: KubeAPI,
+    meta: dict[str, Any],
+    outcome: sweeper.SweepOutcome,
+    metrics: Metrics,
+    logger: kopf.Logger,
+    now: dt.datetime,
+) -> None:
+    """Escaped snapshots of ours go (controller/vcenter/orphans.py); the rest feed the metrics.
+    ``now`` is the time of the sweep, on the controller's clock."""
+    namespace, name = meta["namespace"], meta["name"]
+    metrics.observe_snapshots(namespace, name, orphans.snapshot_ages(outcome.records, now))
+    if outcome.endpoint is None:
+        return
+    try:
+        allow = orphans.consolidation_policy(outcome.result, outcome.policies)
+        swept = await orphans.sweep(
+            api, outcome.endpoint, namespace, outcome.records, allow, now=now
+        )
+    except Exception as exc:  # the sweeper must outlive any fault here
+        logger.warning("orphan snapshot sweep failed: %s", exc)
+        return
+    for s in swept.swept:
+        state = "removed" if s.removed else f"could not be removed ({s.error})"
+        logger.info(f"snapshot {s.snapshot_moref} of {s.vm_name}: {s.reason}; {state}")
+    for vm_name, report in swept.consolidations.items():
+        if report.consolidated:
+            logger.info(f"disks of {vm_name} consolidated")
+        else:
+            logger.warning(f"{vm_name} needs consolidation: {report.error}")
