@@ -53,3 +53,20 @@ def test_the_map_names_every_package_and_nothing_else() -> None:
     stale = sorted(set(named) - tree)
     assert not missing, f"docs/architecture.md does not name: {missing}"
     assert not stale, f"docs/architecture.md names what does not exist: {stale}"
+
+
+def test_the_operator_registers_every_kind_package_handlers() -> None:
+    """A kind's package under ``controller/`` exposes its kopf handlers in ``handlers.py``;
+    they are registered only when ``controller/main.py`` imports them, so a kind whose
+    handlers ``main`` forgot would never run. ``kube`` is the shared layer, not a kind."""
+    from vmguard.controller import main
+
+    controller = PACKAGE / "controller"
+    kinds = {
+        init.parent.name for init in controller.glob("*/__init__.py") if init.parent.name != "kube"
+    }
+    assert {"backup", "policy", "repository", "restore", "vcenter"} <= kinds
+    with_handlers = {kind for kind in kinds if (controller / kind / "handlers.py").exists()}
+    assert with_handlers == kinds, f"kinds without handlers.py: {sorted(kinds - with_handlers)}"
+    wired = {module.__name__ for module in main.KINDS}
+    assert wired == {f"vmguard.controller.{kind}.handlers" for kind in kinds}
