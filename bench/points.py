@@ -1,4 +1,4 @@
-"""Restore points at estate scale: what N VMBackup objects cost etcd, the apiserver,
+"""Restore points at estate scale: what N VMGuardBackup objects cost etcd, the apiserver,
 kubectl and the operator (issue "Estate scale", item 3; results in docs/scale.md).
 
 Needs a running lab (``vmguard lab up``); uses its etcd, apiserver and kubectl only.
@@ -6,16 +6,16 @@ Needs a running lab (``vmguard lab up``); uses its etcd, apiserver and kubectl o
 How the objects get there: writing 150,000 objects through the apiserver (create, then
 the status subresource) takes most of an hour on a 2-core machine, so this benchmark
 writes them the way the apiserver stores them — JSON under
-``/registry/vmguard.io/vmbackups/<namespace>/<name>`` in etcd, in transactions of 128
+``/registry/vmguard.io/vmguardbackups/<namespace>/<name>`` in etcd, in transactions of 128
 puts — and lets the apiserver's watch cache pick them up from etcd, as it does for any
-write. Each object is shaped like a completed VMBackup of a two-disk VM as the catalog
+write. Each object is shaped like a completed VMGuardBackup of a two-disk VM as the catalog
 sync and the operator write it (labels, kopf's diff-base annotation, managedFields,
 spec, a full status with two conditions), so its stored size is that of a real one.
 
 Then, per step of N (e.g. 15,000 / 50,000 / 150,000), it prints: etcd's database size,
-the apiserver's RSS, ``kubectl get vmbackups`` (all, paginated as kubectl does) and
+the apiserver's RSS, ``kubectl get vmguardbackups`` (all, paginated as kubectl does) and
 ``-l vmguard.io/vm=…`` (one VM) wall times, and — with ``--operator`` — today's operator
-(kopf, VMBackup controller only) started against the namespace: its peak RSS, the time
+(kopf, VMGuardBackup controller only) started against the namespace: its peak RSS, the time
 until it has handled every object (its CPU goes quiet) and the LIST/WATCH requests it
 made, read from the apiserver's own ``/metrics``.
 """
@@ -61,7 +61,7 @@ def _lab() -> dict[str, Any]:
 
 
 def point(vm: int, n: int, day0: float) -> tuple[str, dict[str, Any]]:
-    """One completed VMBackup: VM ``vm``'s ``n``-th daily point."""
+    """One completed VMGuardBackup: VM ``vm``'s ``n``-th daily point."""
     vm_uuid = str(uuid.UUID(int=vm + 1))
     name = f"app-{vm:05d}-{n:03d}"
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(day0 + n * 86400 + vm))
@@ -122,7 +122,7 @@ def point(vm: int, n: int, day0: float) -> tuple[str, dict[str, Any]]:
     ]
     obj = {
         "apiVersion": "vmguard.io/v1alpha1",
-        "kind": "VMBackup",
+        "kind": "VMGuardBackup",
         "metadata": {
             "name": name,
             "namespace": NAMESPACE,
@@ -156,7 +156,7 @@ def point(vm: int, n: int, day0: float) -> tuple[str, dict[str, Any]]:
 
 def reset(etcd: str) -> None:
     """Delete every object of the namespace straight from etcd."""
-    prefix = f"/registry/vmguard.io/vmbackups/{NAMESPACE}/".encode()
+    prefix = f"/registry/vmguard.io/vmguardbackups/{NAMESPACE}/".encode()
     end = prefix[:-1] + bytes([prefix[-1] + 1])
     body = {"key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(end).decode()}
     requests.post(f"{etcd}/v3/kv/deleterange", json=body, timeout=600).raise_for_status()
@@ -178,7 +178,7 @@ def fill(etcd: str, start: int, stop: int, per_vm: int, day0: float) -> int:
         name, obj = point(i // per_vm, i % per_vm, day0)
         value = json.dumps(obj, separators=(",", ":")).encode()
         total += len(value)
-        key = f"/registry/vmguard.io/vmbackups/{NAMESPACE}/{name}".encode()
+        key = f"/registry/vmguard.io/vmguardbackups/{NAMESPACE}/{name}".encode()
         ops.append(
             {
                 "requestPut": {
@@ -228,11 +228,11 @@ def _timed(argv: list[str], env: dict[str, str], tries: int = 3) -> tuple[float,
 
 
 def _apiserver_requests(lab: dict[str, Any], env: dict[str, str]) -> dict[str, float]:
-    """apiserver_request_total for vmbackups by verb, from the apiserver's /metrics."""
+    """apiserver_request_total for vmguardbackups by verb, from the apiserver's /metrics."""
     _, text = _timed([_kubectl(lab), "get", "--raw", "/metrics"], env)
     counts: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("apiserver_request_total{") and 'resource="vmbackups"' in line:
+        if line.startswith("apiserver_request_total{") and 'resource="vmguardbackups"' in line:
             verb = line.split('verb="', 1)[1].split('"', 1)[0]
             counts[verb] = counts.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
@@ -244,7 +244,7 @@ def _kubectl(lab: dict[str, Any]) -> str:
 
 
 def measure_operator(lab: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """Today's operator, VMBackup controller only, against the namespace: until its CPU
+    """Today's operator, VMGuardBackup controller only, against the namespace: until its CPU
     stays quiet for 10 s (every object handled) or ``timeout``."""
     before = _apiserver_requests(lab, env)
     log = open(lab["dir"] / "logs" / "points-operator.log", "w")  # noqa: SIM115
@@ -320,7 +320,16 @@ def main() -> int:
         while time.monotonic() < deadline:
             try:
                 _, out = _timed(
-                    [kubectl, "get", "vmbackups", "-n", NAMESPACE, "--no-headers", "-o", "name"],
+                    [
+                        kubectl,
+                        "get",
+                        "vmguardbackups",
+                        "-n",
+                        NAMESPACE,
+                        "--no-headers",
+                        "-o",
+                        "name",
+                    ],
                     env,
                     tries=1,
                 )
@@ -332,13 +341,15 @@ def main() -> int:
             time.sleep(5)
         caught_up_s = time.monotonic() - t0 - fill_s
         status = requests.post(f"{etcd}/v3/maintenance/status", json={}, timeout=30).json()
-        get_all, out = _timed([kubectl, "get", "vmbackups", "-n", NAMESPACE, "--no-headers"], env)
+        get_all, out = _timed(
+            [kubectl, "get", "vmguardbackups", "-n", NAMESPACE, "--no-headers"], env
+        )
         one_vm = str(uuid.UUID(int=1))
         get_one, _ = _timed(
             [
                 kubectl,
                 "get",
-                "vmbackups",
+                "vmguardbackups",
                 "-n",
                 NAMESPACE,
                 "--no-headers",

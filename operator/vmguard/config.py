@@ -88,8 +88,8 @@ class ProxySettings:
     ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
     ``pod_annotations`` go on every proxy pod (e.g. a service mesh's opt-out).
     ``start_timeout``: seconds a proxy Job's pod may stay unable to run for a transient
-    reason (image pull failure, unschedulable, crash loop) before its VMBackup or
-    VMRestore fails with that reason; a pod refused at admission fails it at once
+    reason (image pull failure, unschedulable, crash loop) before its VMGuardBackup or
+    VMGuardRestore fails with that reason; a pod refused at admission fails it at once
     (:mod:`vmguard.controller.kube.proxypods`).
     """
 
@@ -120,7 +120,7 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    """How the VMBackup controller retries and how long it lets a backup run.
+    """How the VMGuardBackup controller retries and how long it lets a backup run.
 
     ``max_attempts`` transfer attempts (proxy Jobs) per backup, ``retry_backoff`` seconds
     before the second (doubling after), ``deadline`` seconds from the start to the end of
@@ -154,7 +154,7 @@ CATALOG_INTERVAL_DEFAULT = 300.0
 
 
 def catalog_interval() -> float:
-    """Seconds between two catalog sync passes of a BackupRepository (at least 1);
+    """Seconds between two catalog sync passes of a VMGuardRepository (at least 1);
     ValueError naming the variable when it is not a number."""
     raw = os.environ.get(CATALOG_INTERVAL_ENV) or ""
     try:
@@ -165,7 +165,7 @@ def catalog_interval() -> float:
 
 @dataclass(frozen=True)
 class RepositorySettings:
-    """How often the BackupRepository controller looks at each repository (reachability
+    """How often the VMGuardRepository controller looks at each repository (reachability
     and stats; GC and verify follow their own cron schedules), in seconds."""
 
     interval: float = 60.0

@@ -33,7 +33,7 @@ class ConfigError(PermanentError):
 
 
 class RestoreRejected(PermanentError):
-    """A VMRestore cannot proceed as asked; ``reason`` is its status condition's reason
+    """A VMGuardRestore cannot proceed as asked; ``reason`` is its status condition's reason
     (``TargetExists``, ``InvalidTarget``, ``TargetInsideRepository``, ...)."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -97,7 +97,7 @@ class KdfLimitError(RepositoryError):
 
 
 class RepositorySpecMismatchError(ConfigError):
-    """A repository's config differs from what its BackupRepository declares."""
+    """A repository's config differs from what its VMGuardRepository declares."""
 
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)

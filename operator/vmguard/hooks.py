@@ -9,7 +9,7 @@ can park the operator at a point or slow a proxy down without a switch in the pr
 
 Points:
 
-- ``backup_step(point)``: awaited by the VMBackup controller at the named points of a
+- ``backup_step(point)``: awaited by the VMGuardBackup controller at the named points of a
   backup in :data:`BACKUP_STEPS` — ``snapshotted`` (our snapshot is taken, not yet
   recorded in status) and ``finalizing`` (on entering Finalizing, before the snapshot
   is removed). It may wait as long as it likes: the backup waits with it.

@@ -4,7 +4,7 @@ One :class:`Metrics` object per operator process holds its own ``CollectorRegist
 (nothing is registered in prometheus-client's global one); ``vmguard operator`` makes
 it, serves it with :meth:`Metrics.serve` and hands it to the handlers through kopf's
 memo. Controllers call the small ``observe_*`` methods with what they already have (a
-VCenter's status, a VMBackup object, a repository's status) and the ``forget_*`` ones
+VCenter's status, a VMGuardBackup object, a repository's status) and the ``forget_*`` ones
 when an object goes away, so no series outlives what it describes.
 
 Label sets (documented in ``docs/observability.md``, which lists every family):
@@ -19,9 +19,9 @@ Label sets (documented in ``docs/observability.md``, which lists every family):
 Invariants:
 
 - Counters and the duration histogram count backups whose ``completionTime`` is at or
-  after this process started, each VMBackup (by UID) once. A restarted operator that
+  after this process started, each VMGuardBackup (by UID) once. A restarted operator that
   resyncs ten thousand finished backups must not make ``increase()`` see ten thousand
-  new ones; what is needed across restarts is in the per-VM gauges instead. VMBackups
+  new ones; what is needed across restarts is in the per-VM gauges instead. VMGuardBackups
   recreated by catalog sync (``vmguard.io/synced``) are never counted, only gauged.
 - Per-VM "last" values come from the VM's most recently *completed* backup, whatever
   order the objects are observed in.
@@ -327,7 +327,7 @@ class Metrics:
     ) -> None:
         """A VM and the RPO of its effective policy (from the policy controller).
 
-        ``vm`` is ``{instanceUuid, moref, name}`` as in a VMBackup's ``spec.vm``. A VM
+        ``vm`` is ``{instanceUuid, moref, name}`` as in a VMGuardBackup's ``spec.vm``. A VM
         never backed up counts as breached once ``rpo_seconds`` passed since it was
         first observed here.
         """
@@ -340,7 +340,7 @@ class Metrics:
             self.vms.pop((namespace, vcenter, ident), None)
 
     def observe_backup(self, backup: dict[str, Any]) -> None:
-        """A VMBackup object (metadata, spec, status), typically on a phase change.
+        """A VMGuardBackup object (metadata, spec, status), typically on a phase change.
 
         Only finished backups (Completed, Failed) change anything.
         """
@@ -357,7 +357,7 @@ class Metrics:
         totals = status.get("totals") or {}
 
         uid = str(meta.get("uid") or "")
-        # A VMBackup recreated by catalog sync is an old backup under a new UID: counting
+        # A VMGuardBackup recreated by catalog sync is an old backup under a new UID: counting
         # it would count a backup twice (or one this process never saw run); its time
         # still feeds the per-VM last-success gauges below.
         synced = (meta.get("labels") or {}).get(LABEL_SYNCED) == SYNCED
@@ -391,7 +391,7 @@ class Metrics:
     # ---- repositories, snapshots, proxy Jobs ---------------------------------------
 
     def observe_repository(self, namespace: str, repository: str, status: dict[str, Any]) -> None:
-        """A BackupRepository's status (as its controller wrote it)."""
+        """A VMGuardRepository's status (as its controller wrote it)."""
         labels = (namespace, repository)
         self.repository_reachable.labels(*labels).set(1 if status.get("reachable") else 0)
         for gauge, key in (

@@ -60,7 +60,7 @@ def mismatches(td: Any, schema: dict[str, Any], where: str) -> list[str]:
 @pytest.mark.parametrize(
     ("td", "schema"),
     [(BackupStatus, backup.status), (RestoreStatus, restore.status)],
-    ids=["VMBackup", "VMRestore"],
+    ids=["VMGuardBackup", "VMGuardRestore"],
 )
 def test_typed_status_matches_the_crd(td: Any, schema: dict[str, Any]) -> None:
     assert mismatches(td, schema, "status") == []

@@ -108,7 +108,7 @@ def test_default_rendering(render: Render) -> None:
     (role,) = of_kind(docs, "Role")
     assert role["metadata"]["namespace"] == "backup"
     crds = {d["metadata"]["name"] for d in of_kind(docs, "CustomResourceDefinition")}
-    assert {"vmbackups.vmguard.io", "kopfpeerings.kopf.dev"} <= crds
+    assert {"vmguardbackups.vmguard.io", "kopfpeerings.kopf.dev"} <= crds
 
 
 @pytest.mark.unit
@@ -258,8 +258,8 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
         allowed = [
             ("get", "secrets"),
             ("watch", "vcenters.vmguard.io"),
-            ("patch", "vmbackups.vmguard.io/status"),
-            ("create", "vmbackups.vmguard.io"),
+            ("patch", "vmguardbackups.vmguard.io/status"),
+            ("create", "vmguardbackups.vmguard.io"),
             ("create", "jobs.batch"),
             ("list", "pods"),
             ("create", "events"),
@@ -273,7 +273,7 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("watch", "secrets"),
             ("create", "secrets"),
             ("delete", "vcenters.vmguard.io"),
-            ("update", "vmbackups.vmguard.io/status"),
+            ("update", "vmguardbackups.vmguard.io/status"),
             ("create", "pods"),
             ("delete", "roles.rbac.authorization.k8s.io"),
             ("create", "kopfpeerings.kopf.dev"),
@@ -291,12 +291,12 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             "rules": [
                 {
                     "apiGroups": ["vmguard.io"],
-                    "resources": ["vmbackups", "vmrestores"],
+                    "resources": ["vmguardbackups", "vmguardrestores"],
                     "verbs": ["get"],
                 },
                 {
                     "apiGroups": ["vmguard.io"],
-                    "resources": ["vmbackups/status", "vmrestores/status"],
+                    "resources": ["vmguardbackups/status", "vmguardrestores/status"],
                     "verbs": ["patch"],
                 },
             ],

@@ -1,4 +1,4 @@
-"""``backup create`` turns what the user typed into the VMBackup the CRD admits: the VM
+"""``backup create`` turns what the user typed into the VMGuardBackup the CRD admits: the VM
 by instance UUID, moref or name, and a name the apiserver can generate from any VM name
 (the lab test in test_cluster_verbs.py creates one for real)."""
 

@@ -121,8 +121,8 @@ def test_backup_create_wait_then_describe_and_logs(
         )  # fmt: skip
         assert created.returncode == 0, created.stderr
         assert created.stdout.startswith("adhoc: Completed"), created.stdout
-        assert "vmbackup adhoc: Transferring" in created.stderr, created.stderr
-        obj = objects.get(kube_api, namespace, "vmbackups", "adhoc")
+        assert "vmguardbackup adhoc: Transferring" in created.stderr, created.stderr
+        obj = objects.get(kube_api, namespace, "vmguardbackups", "adhoc")
         archive = obj["status"]["archiveId"]
         assert f"archive  {archive}" in created.stdout
         assert restored_hashes(open_repo(s3_bucket), archive, tmp_path) == at_backup
@@ -134,7 +134,7 @@ def test_backup_create_wait_then_describe_and_logs(
         {
             "metadata": {"generateName": "adhoc."},
             "involvedObject": {
-                "apiVersion": obj["apiVersion"], "kind": "VMBackup", "name": "adhoc",
+                "apiVersion": obj["apiVersion"], "kind": "VMGuardBackup", "name": "adhoc",
                 "namespace": namespace, "uid": obj["metadata"]["uid"],
             },
             "reason": "Checked", "message": "seen by the test", "type": "Normal",
@@ -187,12 +187,13 @@ def test_restore_create_builds_what_the_api_admits(lab: Any, kube_api: Any, name
         done = run(vmguard(*base, "--name", name, *flags), env)
         assert done.returncode == 0, (name, done.stderr)
         assert json.loads(done.stdout)["spec"]["target"] == target
-        stored = objects.get(kube_api, namespace, "vmrestores", name)
+        stored = objects.get(kube_api, namespace, "vmguardrestores", name)
         assert stored["spec"]["source"] == {"backupRef": {"name": "nightly"}}
         assert stored["spec"]["target"] == target
     for flags in (["--in-place"], ["--new-vm", "x", "--in-place", "--confirm"], []):
         refused = run(vmguard(*base, "--name", "refused", *flags), env)
         assert refused.returncode == 2, (flags, refused.stderr)
-    assert [o["metadata"]["name"] for o in objects.items(kube_api, namespace, "vmrestores")] == [
+    made = objects.items(kube_api, namespace, "vmguardrestores")
+    assert [o["metadata"]["name"] for o in made] == [
         "as-new", "disk", "files", "over",
     ]  # fmt: skip

@@ -1,6 +1,6 @@
 """``vmguard status`` (and ``kubectl vmguard status``) against the lab apiserver.
 
-No operator runs here: the test creates a VCenter, policies and VMBackups in a fresh
+No operator runs here: the test creates a VCenter, policies and VMGuardBackups in a fresh
 namespace and writes their status through the status subresource, as the operator
 would, so the coverage it expects is exactly what the objects say. The command runs as
 a separate process with the lab's kubeconfig, as a user would run it.
@@ -46,8 +46,8 @@ def make_backup(
     objects.create(
         kube_api,
         ns,
-        "vmbackups",
-        "VMBackup",
+        "vmguardbackups",
+        "VMGuardBackup",
         name,
         {
             "vm": {"instanceUuid": uuid, "moref": moref, "name": vm_name},
@@ -57,7 +57,7 @@ def make_backup(
         annotations={"vmguard.io/vm-name": vm_name},
     )
     vm_status = {"vm": {"instanceUuid": uuid, "moref": moref, "name": vm_name}, "vcenter": "lab"}
-    patch_status(kube_api, ns, "vmbackups", name, {**vm_status, **status})
+    patch_status(kube_api, ns, "vmguardbackups", name, {**vm_status, **status})
 
 
 def listed(vm: tuple[str, str, str], policy: str | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Helpers for VMBackup tests: a lab VM with known content, VMBackups, and the checks
+"""Helpers for VMGuardBackup tests: a lab VM with known content, VMGuardBackups, and the checks
 every backup test makes (no snapshot of ours left, archives restore bit-exact)."""
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def create_backup(
     if "policyRef" not in body:
         body.setdefault("vcenterRef", {"name": "lab"})
         body.setdefault("repositoryRef", {"name": "repo"})
-    return objects.create(kube_api, ns, "vmbackups", "VMBackup", name, body)
+    return objects.create(kube_api, ns, "vmguardbackups", "VMGuardBackup", name, body)
 
 
 def wait_done(kube_api: Any, ns: str, name: str, timeout: float = 240.0) -> dict[str, Any]:
-    return objects.wait_phase(kube_api, ns, "vmbackups", name, set(BACKUP_TERMINAL), timeout)
+    return objects.wait_phase(kube_api, ns, "vmguardbackups", name, set(BACKUP_TERMINAL), timeout)
 
 
 def open_repo(bucket: dict[str, Any], key: str | None = None) -> Repository:

@@ -117,7 +117,7 @@ def start_operator(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
-    (``extra_env={...}`` adds variables, e.g. the VMBackup controller's retry settings;
+    (``extra_env={...}`` adds variables, e.g. the VMGuardBackup controller's retry settings;
     ``stall="snapshotted"`` parks it at that backup step, ``proxy_throttle=N`` makes its
     proxies read at most N bytes/s, ``speedup=N`` runs its schedules and sweeps N times
     faster (default: the test's ``operator_speedup`` mark): all through the lab's entry
@@ -187,6 +187,6 @@ def lab_vcenter(kube_api: Any, lab_state: dict[str, Any], namespace: str) -> str
 
 @pytest.fixture
 def lab_repository(kube_api: Any, namespace: str, s3_bucket: dict[str, Any]) -> str:
-    """A BackupRepository ``repo`` over a fresh bucket of the lab's MinIO."""
+    """A VMGuardRepository ``repo`` over a fresh bucket of the lab's MinIO."""
     objects.create_repository(kube_api, namespace, "repo", s3_bucket)
     return "repo"

@@ -113,7 +113,7 @@ def create_repository(
     if key is not None:
         secret(kube_api, ns, f"{name}-key", {"key": key})
         body["encryption"] = {"keySecretRef": {"name": f"{name}-key"}}
-    create(kube_api, ns, "backuprepositories", "BackupRepository", name, body)
+    create(kube_api, ns, "vmguardrepositories", "VMGuardRepository", name, body)
 
 
 def create_policy(

@@ -1,10 +1,10 @@
-"""Source backups for VMRestore tests, made without the VMBackup controller.
+"""Source backups for VMGuardRestore tests, made without the VMGuardBackup controller.
 
-VMBackups are made to work elsewhere; these tests need Completed ones now. So the
+VMGuardBackups are made to work elsewhere; these tests need Completed ones now. So the
 one-process backup (:func:`vmguard.vm.backup.backup_vm`, real simulator, nbdkit and
-MinIO) writes a real archive into the namespace's repository, and a VMBackup object is
-created and its status patched to Completed with that archive — what the VMBackup
-controller will do. No VMBackup controller runs in these tests.
+MinIO) writes a real archive into the namespace's repository, and a VMGuardBackup object is
+created and its status patched to Completed with that archive — what the VMGuardBackup
+controller will do. No VMGuardBackup controller runs in these tests.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ REPO_PREFIX = "repo"
 
 
 def encrypted_repository(kube_api: Any, ns: str, bucket: dict[str, Any]) -> Repository:
-    """A BackupRepository ``repo`` (encrypted, under :data:`REPO_PREFIX`) and its store."""
+    """A VMGuardRepository ``repo`` (encrypted, under :data:`REPO_PREFIX`) and its store."""
     objects.create_repository(kube_api, ns, "repo", bucket, key=MASTER_KEY, prefix=REPO_PREFIX)
     backend = S3Backend(
         bucket["endpoint"],
@@ -50,14 +50,14 @@ def completed_backup(
     vm_moref: str,
     locator: Any,
 ) -> ArchiveManifest:
-    """Back ``vm_moref`` up and make VMBackup ``name`` say Completed with that archive."""
+    """Back ``vm_moref`` up and make VMGuardBackup ``name`` say Completed with that archive."""
     done = backup_vm(vc, repo, vm_moref, locator, BackupOptions(transport="nbd", vcenter="lab"))
     manifest = done.manifest
     objects.create(
         kube_api,
         ns,
-        "vmbackups",
-        "VMBackup",
+        "vmguardbackups",
+        "VMGuardBackup",
         name,
         {
             "vm": {"moref": vm_moref},
@@ -82,7 +82,7 @@ def completed_backup(
 
 def patch_backup_status(kube_api: Any, ns: str, name: str, status: dict[str, Any]) -> None:
     objects.custom(kube_api).patch_namespaced_custom_object_status(
-        objects.G, objects.V, ns, "vmbackups", name, {"status": status}
+        objects.G, objects.V, ns, "vmguardbackups", name, {"status": status}
     )
 
 
@@ -90,8 +90,8 @@ def create_restore(kube_api: Any, ns: str, name: str, backup: str, target: dict[
     objects.create(
         kube_api,
         ns,
-        "vmrestores",
-        "VMRestore",
+        "vmguardrestores",
+        "VMGuardRestore",
         name,
         {"source": {"backupRef": {"name": backup}}, "target": target},
     )

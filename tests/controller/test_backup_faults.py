@@ -1,4 +1,4 @@
-"""VMBackup faults end to end: the proxy killed mid-transfer, the operator SIGKILLed in
+"""VMGuardBackup faults end to end: the proxy killed mid-transfer, the operator SIGKILLed in
 every phase, a guest that cannot be quiesced on a VM needing consolidation. Each test
 checks the invariants of BRIEF §9 that apply: the backup ends Completed or Failed with a
 reason, no snapshot of ours is left, the VM has exactly one archive per completed backup
@@ -37,7 +37,7 @@ SLOW: dict[str, Any] = {"proxy_throttle": 3 * MiB, "extra_env": RETRY_SOON}
 
 
 def _status(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
-    return dict(objects.get(kube_api, ns, "vmbackups", name).get("status") or {})
+    return dict(objects.get(kube_api, ns, "vmguardbackups", name).get("status") or {})
 
 
 def _transferring(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def test_operator_killed_in_finalizing_removes_the_snapshot_after_restart(
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         expected = disk_hashes(vsim, vm.moref)
         create_backup(kube_api, namespace, "fin", {"moref": vm.moref})
-        objects.wait_phase(kube_api, namespace, "vmbackups", "fin", {"Finalizing"}, 120)
+        objects.wait_phase(kube_api, namespace, "vmguardbackups", "fin", {"Finalizing"}, 120)
         assert len(our_snapshots(vc, vm.moref)) == 1
         first.kill()
         start_operator()
@@ -247,7 +247,7 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         )
 
         def held() -> dict[str, Any] | None:
-            obj = objects.get(kube_api, namespace, "vmbackups", "b")
+            obj = objects.get(kube_api, namespace, "vmguardbackups", "b")
             return obj if objects.condition(obj, "Admitted").get("status") == "False" else None
 
         obj = eventually(held, timeout=60, what="b held back")
@@ -277,13 +277,13 @@ def test_deleted_in_flight_stops_the_proxy_and_removes_the_snapshot(
         _transferring(kube_api, namespace, "gone")
         assert len(our_snapshots(vc, vm.moref)) == 1
         objects.custom(kube_api).delete_namespaced_custom_object(
-            objects.G, objects.V, namespace, "vmbackups", "gone"
+            objects.G, objects.V, namespace, "vmguardbackups", "gone"
         )
 
         def deleted() -> bool:
-            return not objects.items(kube_api, namespace, "vmbackups")
+            return not objects.items(kube_api, namespace, "vmguardbackups")
 
-        eventually(deleted, timeout=60, what="VMBackup deleted")
+        eventually(deleted, timeout=60, what="VMGuardBackup deleted")
         assert our_snapshots(vc, vm.moref) == []
         batch = client.BatchV1Api(kube_api)
         eventually(

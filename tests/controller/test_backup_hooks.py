@@ -1,4 +1,4 @@
-"""The policy's guest hooks through the VMBackup controller, against the lab guest.
+"""The policy's guest hooks through the VMGuardBackup controller, against the lab guest.
 
 - the guest credentials Secret is missing: the backup waits with the ``HooksRan``
   condition ``GuestCredentialsMissing`` (no crash loop); once the Secret exists the
@@ -81,7 +81,7 @@ def test_hooks_run_in_a_backup_and_their_outcome_is_a_condition(
         )
 
         def waiting() -> dict[str, Any] | None:
-            obj = objects.get(kube_api, namespace, "vmbackups", "hooked")
+            obj = objects.get(kube_api, namespace, "vmguardbackups", "hooked")
             cond = objects.condition(obj, "HooksRan")
             return cond if cond.get("reason") == "GuestCredentialsMissing" else None
 
@@ -119,6 +119,6 @@ def test_hooks_run_in_a_backup_and_their_outcome_is_a_condition(
         proc.stop()
         for text in (
             proc.log.read_text(),
-            repr(objects.get(kube_api, namespace, "vmbackups", "hooked")),
+            repr(objects.get(kube_api, namespace, "vmguardbackups", "hooked")),
         ):
             assert guest["guest_password"] not in text

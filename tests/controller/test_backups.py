@@ -1,4 +1,4 @@
-"""The VMBackup controller end to end: real apiserver, the operator as a process, proxy
+"""The VMGuardBackup controller end to end: real apiserver, the operator as a process, proxy
 Jobs run by the lab's node agent, the vSphere simulator and MinIO.
 
 Every Completed backup is restored from the bucket and compared by sha256 with the disk
@@ -49,7 +49,7 @@ class CanaryRepository(NamedTuple):
 def canary_repository(
     kube_api: Any, lab_state: dict[str, Any], namespace: str, s3_bucket: dict[str, Any]
 ) -> Iterator[CanaryRepository]:
-    """BackupRepository ``repo`` over a fresh bucket, reached with a canary S3 secret
+    """VMGuardRepository ``repo`` over a fresh bucket, reached with a canary S3 secret
     (a MinIO service account of its own) and encrypted under a canary key."""
     key = canary.new_value("key")
     with canary.minio_account(lab_state, s3_bucket) as bucket:
@@ -71,7 +71,7 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
     tmp_path: Path,
 ) -> None:
     """The product's whole path on an encrypted repository — a full and an incremental
-    VMBackup, then a VMRestore to a new VM, all through the operator and proxy Jobs —
+    VMGuardBackup, then a VMGuardRestore to a new VM, all through the operator and proxy Jobs —
     and then no secret value in anything the run left behind (BRIEF §9.4)."""
     bucket, key = canary_repository
     # At DEBUG kopf also logs every patch it sends and every change it sees: more to scan.
@@ -112,11 +112,11 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
         assert restored_hashes(repo, inc["archiveId"], tmp_path) == at_inc
         assert len(repo.list_archives()) == 2
 
-        # The proxy ran as its own ServiceAccount, in a Job owned by the VMBackup.
+        # The proxy ran as its own ServiceAccount, in a Job owned by the VMGuardBackup.
         job = client.BatchV1Api(kube_api).read_namespaced_job("second-1", namespace)
         assert job.spec.template.spec.service_account_name == "vmguard-proxy"
         owner = job.metadata.owner_references[0]
-        assert (owner.kind, owner.name, owner.controller) == ("VMBackup", "second", True)
+        assert (owner.kind, owner.name, owner.controller) == ("VMGuardBackup", "second", True)
 
         # The incremental's point restored to a new VM by a restore Job: bit-exact.
         create_restore(
@@ -127,7 +127,7 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
             {"newVM": {"name": f"canary-{vm.name}", "datastore": "LocalDS_0", "folder": "/DC0/vm"}},
         )
         done = objects.wait_phase(
-            kube_api, namespace, "vmrestores", "second-new", {"Completed", "Failed"}, 240
+            kube_api, namespace, "vmguardrestores", "second-new", {"Completed", "Failed"}, 240
         )
         assert done["status"]["phase"] == "Completed", done["status"]
         result = done["status"]["result"]
@@ -156,9 +156,9 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
     held.add("secrets", json.dumps(kube_api.sanitize_for_serialization(secrets)))
     assert len(held.leaks(canaries[:3])) == 3
     assert scan.names("vcenters.vmguard.io") == {"lab"}
-    assert scan.names("backuprepositories.vmguard.io") == {"repo"}
-    assert scan.names("vmbackups.vmguard.io") == {"first", "second"}
-    assert scan.names("vmrestores.vmguard.io") == {"second-new"}
+    assert scan.names("vmguardrepositories.vmguard.io") == {"repo"}
+    assert scan.names("vmguardbackups.vmguard.io") == {"first", "second"}
+    assert scan.names("vmguardrestores.vmguard.io") == {"second-new"}
     jobs = scan.names("jobs.batch")
     assert {"first-1", "second-1"} < jobs and len(jobs) == 3
     assert len(scan.objects["pods"]) == 3 and scan.objects["events"]
@@ -233,7 +233,14 @@ def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(
     assert "no such VM" in stalled["message"]
     assert objects.condition(done, "Reconciling").get("status", "False") == "False"
     assert status["observedGeneration"] == done["metadata"]["generation"]
-    wait = ["wait", "--for=condition=Stalled", "--timeout=20s", "-n", namespace, "vmbackup/ghost"]
+    wait = [
+        "wait",
+        "--for=condition=Stalled",
+        "--timeout=20s",
+        "-n",
+        namespace,
+        "vmguardbackup/ghost",
+    ]
     waited = subprocess.run(
         [str(kubectl), *wait],
         env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
@@ -243,7 +250,7 @@ def test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up(
     assert waited.returncode == 0, waited.stderr
     # The printer columns show Ready and its reason.
     shown = subprocess.run(
-        [str(kubectl), "get", "-n", namespace, "vmbackup/ghost", "--no-headers", "-o", "wide"],
+        [str(kubectl), "get", "-n", namespace, "vmguardbackup/ghost", "--no-headers", "-o", "wide"],
         env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
         capture_output=True,
         text=True,
@@ -261,7 +268,7 @@ def test_missing_repository_waits_with_a_condition(
     )
 
     def waiting() -> dict[str, Any] | None:
-        obj = objects.get(kube_api, namespace, "vmbackups", "early")
+        obj = objects.get(kube_api, namespace, "vmguardbackups", "early")
         cond = objects.condition(obj, "RefsResolved")
         return obj if cond.get("reason") == "RepositoryNotFound" else None
 
@@ -273,5 +280,6 @@ def test_missing_repository_waits_with_a_condition(
     assert (reconciling.get("status"), reconciling.get("reason")) == ("True", "Pending")
     assert not objects.condition(obj, "Stalled")
     assert (
-        "BackupRepository later does not exist" in objects.condition(obj, "RefsResolved")["message"]
+        "VMGuardRepository later does not exist"
+        in objects.condition(obj, "RefsResolved")["message"]
     )

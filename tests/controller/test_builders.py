@@ -25,7 +25,7 @@ SETTINGS = ProxySettings(
 )
 BACKUP = {
     "apiVersion": "vmguard.io/v1alpha1",
-    "kind": "VMBackup",
+    "kind": "VMGuardBackup",
     "metadata": {"name": "db-1-20250101", "namespace": "prod", "uid": "1234-uid"},
     "spec": {"vm": {"name": "db-1"}, "policyRef": {"name": "gold"}},
     "status": {"vm": {"moref": "vm-42", "name": "db-1"}},
@@ -68,7 +68,7 @@ def test_backup_job_shape_owner_labels_and_retry_policy() -> None:
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "vmguard.io/v1alpha1",
-            "kind": "VMBackup",
+            "kind": "VMGuardBackup",
             "name": "db-1-20250101",
             "uid": "1234-uid",
             "controller": True,
@@ -169,10 +169,14 @@ def test_proxy_rbac_allows_reading_its_kinds_and_patching_status_only() -> None:
         "prod",
     )
     assert role["rules"] == [
-        {"apiGroups": ["vmguard.io"], "resources": ["vmbackups", "vmrestores"], "verbs": ["get"]},
         {
             "apiGroups": ["vmguard.io"],
-            "resources": ["vmbackups/status", "vmrestores/status"],
+            "resources": ["vmguardbackups", "vmguardrestores"],
+            "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["vmguard.io"],
+            "resources": ["vmguardbackups/status", "vmguardrestores/status"],
             "verbs": ["patch"],
         },
     ]

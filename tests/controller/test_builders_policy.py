@@ -1,4 +1,4 @@
-"""The VMBackups a policy builds: deterministic DNS-1123 names, labels, owner, spec."""
+"""The VMGuardBackups a policy builds: deterministic DNS-1123 names, labels, owner, spec."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_long_policy_names_do_not_collide() -> None:
 def test_vmbackup_object() -> None:
     obj = build_vmbackup(policy(), VM, WHEN, Trigger.SCHEDULE)
     meta = obj["metadata"]
-    assert obj["apiVersion"] == "vmguard.io/v1alpha1" and obj["kind"] == "VMBackup"
+    assert obj["apiVersion"] == "vmguard.io/v1alpha1" and obj["kind"] == "VMGuardBackup"
     assert meta["name"] == backup_name("gold", VM.instance_uuid, WHEN, Trigger.SCHEDULE)
     assert meta["namespace"] == "ns"
     assert meta["labels"] == {

@@ -1,4 +1,4 @@
-"""Catalog sync's pure parts: the plan, the names, the synced VMBackup and its status."""
+"""Catalog sync's pure parts: the plan, the names, the synced VMGuardBackup and its status."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_synced_names_are_dns_labels_unique_per_archive_and_stable() -> None:
 def test_placement_prefers_the_recorded_vcenter_and_an_existing_policy() -> None:
     m = manifest(labels={"vmguard.io/policy": "gold"})
     assert place(m, ["lab", "other"], ["gold"]) == Placement("lab", "gold")
-    # Not applied (yet): the name is kept, a VMRestore may name another VCenter.
+    # Not applied (yet): the name is kept, a VMGuardRestore may name another VCenter.
     assert place(m, ["other"], []) == Placement("lab", None)
     cli = manifest(vcenter="")  # `vmguard vm backup` without --vcenter records none
     assert place(cli, ["only"], []) == Placement("only", None)
@@ -235,7 +235,7 @@ def test_a_synced_backup_is_never_in_flight() -> None:
 
 
 def test_synced_backups_feed_the_gauges_not_the_counters() -> None:
-    # Started before the archive finished: a VMBackup of ours would count.
+    # Started before the archive finished: a VMGuardBackup of ours would count.
     metrics = Metrics(clock=lambda: (T0 - dt.timedelta(hours=1)).timestamp())
     m = manifest()
     body = build_synced_backup(
@@ -247,7 +247,7 @@ def test_synced_backups_feed_the_gauges_not_the_counters() -> None:
     text = metrics.exposition()
     assert 'vmguard_backups_total{namespace="ns"' not in text
     assert "vmguard_vm_last_successful_backup_timestamp_seconds{" in text
-    # The same backup as the VMBackup controller's own would be counted.
+    # The same backup as the VMGuardBackup controller's own would be counted.
     ours = {**obj, "metadata": {**obj["metadata"], "uid": "our-uid", "labels": {}}}
     metrics.observe_backup(ours)
     assert 'vmguard_backups_total{namespace="ns"' in metrics.exposition()

@@ -1,11 +1,11 @@
 """Catalog sync end to end (issue #6's acceptance): the bucket alone rebuilds the catalog.
 
 Two real backups of a lab VM (a full, then an incremental) are made by the operator;
-then every VMBackup object and vmguard's five CRDs are deleted, the CRDs reinstalled,
-the VCenter, BackupRepository and policy re-applied as a GitOps tool would, and a fresh
-operator started: the VMBackups come back from the repository, and a new VM restored
+then every VMGuardBackup object and vmguard's five CRDs are deleted, the CRDs reinstalled,
+the VCenter, VMGuardRepository and policy re-applied as a GitOps tool would, and a fresh
+operator started: the VMGuardBackups come back from the repository, and a new VM restored
 from one has the disk bytes of the backup. Then an archive is taken out of the
-repository: its VMBackup is flagged, and unflagged when it comes back.
+repository: its VMGuardBackup is flagged, and unflagged when it comes back.
 
 Deleting CRDs reaches every namespace of the shared lab, so the CRDs are put back from
 the same source as the session's fixture in a ``finally``, whatever happens.
@@ -39,7 +39,13 @@ from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
 
-KINDS = ["vcenters", "backuprepositories", "vmprotectionpolicies", "vmbackups", "vmrestores"]
+KINDS = [
+    "vcenters",
+    "vmguardrepositories",
+    "vmprotectionpolicies",
+    "vmguardbackups",
+    "vmguardrestores",
+]
 CRDS = [f"{plural}.{objects.G}" for plural in KINDS]
 SYNCED = "vmguard.io/synced=true"
 UID_LABEL = "vmguard.io/vmbackup-uid"
@@ -83,7 +89,7 @@ def _spec_of(kube_api: Any, ns: str, plural: str, name: str) -> dict[str, Any]:
     return spec
 
 
-def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
+def test_vmguardbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     lab: Any,
     kube_api: Any,
     kubectl: Path,
@@ -101,7 +107,7 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     objects.create_policy(kube_api, ns, "gold", selector={"names": ["catalog-none-*"]})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         # Two backups under the policy, made by the operator (no sweeps: no fail-safe);
-        # the BackupRepository controller creates the repository they go into.
+        # the VMGuardRepository controller creates the repository they go into.
         first_operator = start_operator("--controllers", "backups,repositories")
         create_backup(kube_api, ns, "first", {"name": vm.name}, policyRef={"name": "gold"})
         full = wait_done(kube_api, ns, "first")["status"]
@@ -114,17 +120,20 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
         assert inc["phase"] == "Completed" and inc["modeUsed"] == "incremental", inc
         archives = {"first": full["archiveId"], "second": inc["archiveId"]}
 
-        # The cluster forgets: every VMBackup, then the CRDs (and all vmguard objects).
+        # The cluster forgets: every VMGuardBackup, then the CRDs (and all vmguard objects).
         objects.custom(kube_api).delete_collection_namespaced_custom_object(
-            objects.G, objects.V, ns, "vmbackups"
+            objects.G, objects.V, ns, "vmguardbackups"
         )
-        eventually(lambda: objects.items(kube_api, ns, "vmbackups") == [], what="VMBackups deleted")
+        eventually(
+            lambda: objects.items(kube_api, ns, "vmguardbackups") == [],
+            what="VMGuardBackups deleted",
+        )
         first_operator.stop()
         applied = {
             (plural, name): _spec_of(kube_api, ns, plural, name)
             for plural, name in [
                 ("vcenters", lab_vcenter),
-                ("backuprepositories", lab_repository),
+                ("vmguardrepositories", lab_repository),
                 ("vmprotectionpolicies", "gold"),
             ]
         }
@@ -132,12 +141,12 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
         # GitOps applies the same manifests again (the Secrets stayed in the namespace).
         kinds = {
             "vcenters": "VCenter",
-            "backuprepositories": "BackupRepository",
+            "vmguardrepositories": "VMGuardRepository",
             "vmprotectionpolicies": "VMProtectionPolicy",
         }
         for (plural, name), spec in applied.items():
             objects.create(kube_api, ns, plural, kinds[plural], name, spec)
-        assert objects.items(kube_api, ns, "vmbackups") == []
+        assert objects.items(kube_api, ns, "vmguardbackups") == []
 
         def operator() -> Any:
             return start_operator(
@@ -149,11 +158,13 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
         second_operator = operator()
 
         def synced() -> list[dict[str, Any]] | None:
-            found = objects.items(kube_api, ns, "vmbackups", SYNCED)
+            found = objects.items(kube_api, ns, "vmguardbackups", SYNCED)
             done = [b for b in found if b.get("status", {}).get("phase") == "Completed"]
             return done if len(done) == 2 else None
 
-        back = {b["status"]["archiveId"]: b for b in eventually(synced, what="synced VMBackups")}
+        back = {
+            b["status"]["archiveId"]: b for b in eventually(synced, what="synced VMGuardBackups")
+        }
         assert set(back) == set(archives.values())
         for old, archive_id in archives.items():
             obj = back[archive_id]
@@ -179,17 +190,17 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
         uids = {b["metadata"]["uid"] for b in back.values()}
         jobs = client.BatchV1Api(kube_api).list_namespaced_job(ns).items
         assert not [j for j in jobs if (j.metadata.labels or {}).get(UID_LABEL) in uids]
-        for obj in objects.items(kube_api, ns, "vmbackups", SYNCED):
+        for obj in objects.items(kube_api, ns, "vmguardbackups", SYNCED):
             assert obj["status"]["phase"] == "Completed" and "snapshot" not in obj["status"]
         no_snapshot_left(vc, vm.moref)
 
-        # A restore from a synced VMBackup: a new VM with the incremental's bytes.
+        # A restore from a synced VMGuardBackup: a new VM with the incremental's bytes.
         source = back[archives["second"]]["metadata"]["name"]
         new_name = f"catalog-{secrets.token_hex(3)}"
         target = {"newVM": {"name": new_name, "datastore": "LocalDS_0", "folder": "/DC0/vm"}}
         create_restore(kube_api, ns, "rebuilt", source, target)
         restored = objects.wait_phase(
-            kube_api, ns, "vmrestores", "rebuilt", {"Completed", "Failed"}, timeout=240
+            kube_api, ns, "vmguardrestores", "rebuilt", {"Completed", "Failed"}, timeout=240
         )
         moref = restored["status"].get("result", {}).get("vm", {}).get("moref")
         try:
@@ -203,7 +214,7 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
             if moref:
                 destroy_vm(vc, moref)
 
-    # An archive taken out of the repository flags its VMBackup; back, it is cleared.
+    # An archive taken out of the repository flags its VMGuardBackup; back, it is cleared.
     repo = open_repo(s3_bucket)
     gone = archives["first"]
     name = back[gone]["metadata"]["name"]
@@ -211,29 +222,31 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     assert retire_archive(repo, gone) is None
 
     def reason() -> str:
-        obj = objects.get(kube_api, ns, "vmbackups", name)
+        obj = objects.get(kube_api, ns, "vmguardbackups", name)
         return str(objects.condition(obj, "ArchiveAvailable").get("reason", ""))
 
-    eventually(lambda: reason() == "ArchiveMissing", what="the VMBackup flagged")
-    flagged = objects.get(kube_api, ns, "vmbackups", name)
+    eventually(lambda: reason() == "ArchiveMissing", what="the VMGuardBackup flagged")
+    flagged = objects.get(kube_api, ns, "vmguardbackups", name)
     assert objects.condition(flagged, "ArchiveAvailable")["status"] == "False"
     assert flagged["status"]["phase"] == "Completed"  # what it was stays recorded
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     assert any(e.reason == "ArchiveMissing" and e.involved_object.name == name for e in events)
     # Nothing was recreated for it, and the other backup is untouched.
-    assert len(objects.items(kube_api, ns, "vmbackups", SYNCED)) == 2
-    other = objects.get(kube_api, ns, "vmbackups", back[archives["second"]]["metadata"]["name"])
+    assert len(objects.items(kube_api, ns, "vmguardbackups", SYNCED)) == 2
+    other = objects.get(
+        kube_api, ns, "vmguardbackups", back[archives["second"]]["metadata"]["name"]
+    )
     assert objects.condition(other, "ArchiveAvailable")["reason"] == "Synced"
 
     repo.backend.put(names.manifest_name(gone), blob)
     eventually(lambda: reason() == "ArchiveFound", what="the flag cleared")
 
-    # An operator that died between creating a synced VMBackup and writing its status
+    # An operator that died between creating a synced VMGuardBackup and writing its status
     # leaves one without status: the backup controller must not take it for a Pending
     # backup, and the next pass completes it.
     second_operator.stop()
     objects.custom(kube_api).delete_namespaced_custom_object(
-        objects.G, objects.V, ns, "vmbackups", name
+        objects.G, objects.V, ns, "vmguardbackups", name
     )
     eventually(lambda: name not in _names(kube_api, ns), what="deleted")
     placement = Placement("lab", "gold")
@@ -241,10 +254,10 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
         repo.load_archive(gone), namespace=ns, repository="repo", placement=placement
     )
     objects.custom(kube_api).create_namespaced_custom_object(
-        objects.G, objects.V, ns, "vmbackups", bare
+        objects.G, objects.V, ns, "vmguardbackups", bare
     )
     operator()
-    done = objects.wait_phase(kube_api, ns, "vmbackups", name, {"Completed"}, timeout=60)
+    done = objects.wait_phase(kube_api, ns, "vmguardbackups", name, {"Completed"}, timeout=60)
     assert done["status"]["archiveId"] == gone
     for never in ("snapshot", "placement", "attempts", "jobName", "modeRequested"):
         assert never not in done["status"], done["status"]
@@ -253,8 +266,8 @@ def test_vmbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     assert not [j for j in jobs if (j.metadata.labels or {}).get(UID_LABEL) == uid]
     log = second_operator.text()  # every operator of the test wrote to this one file
     assert "Traceback" not in log and s3_bucket["secret_key"] not in log
-    assert "catalog sync: VMBackups recreated from archives" in log
+    assert "catalog sync: VMGuardBackups recreated from archives" in log
 
 
 def _names(kube_api: Any, ns: str) -> set[str]:
-    return {b["metadata"]["name"] for b in objects.items(kube_api, ns, "vmbackups")}
+    return {b["metadata"]["name"] for b in objects.items(kube_api, ns, "vmguardbackups")}

@@ -1,4 +1,4 @@
-"""kstatus conditions of the kinds that end (VMBackup, VMRestore), from phase and error.
+"""kstatus conditions of the kinds that end (VMGuardBackup, VMGuardRestore), from phase and error.
 
 kstatus (sigs.k8s.io/cli-utils, what Flux and ``kubectl wait`` read) calls an object
 InProgress while ``Reconciling=True``, Failed when ``Stalled=True`` (checked after

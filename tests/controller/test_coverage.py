@@ -4,7 +4,7 @@ user runs it) prints every simulator VM with the policy that list gives it, a VM
 with no policy as unprotected, and a VM backed up through a real proxy Job with its last
 good backup.
 
-Only the VCenter, VMBackup and BackupRepository controllers run (the last creates the
+Only the VCenter, VMGuardBackup and VMGuardRepository controllers run (the last creates the
 repository), and every policy here is paused: the fail-safe makes no backups of the
 shared lab's VMs, so the one backup is the test's own.
 """

@@ -1,9 +1,9 @@
 """The policy controller against the lab: real apiserver, the operator as a process, the
-vSphere simulator. Scheduled runs create one VMBackup per VM of the policy (and only
+vSphere simulator. Scheduled runs create one VMGuardBackup per VM of the policy (and only
 once, also across an operator restart), the fail-safe backs up a new VM under the default
 policy within one sweep, and paused or broken policies create nothing.
 
-No VMBackup controller runs here (another piece of the operator): the backups stay
+No VMGuardBackup controller runs here (another piece of the operator): the backups stay
 without a phase, and the tests look at what the policy controller wrote.
 
 The operator runs :data:`SPEEDUP` times faster (``operator_speedup``; docs/lab.md, "Lab
@@ -34,7 +34,7 @@ from vmguard.vsphere.tags import TagClient
 from vmguard_lab.procs import eventually
 
 SPEEDUP = 12
-# Policies here select most of the lab: they create VMBackups, which nobody runs.
+# Policies here select most of the lab: they create VMGuardBackups, which nobody runs.
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.operator_controllers("vcenters,policies,restores"),
@@ -59,7 +59,7 @@ def tagged(lab_state: dict[str, Any], vsim: Any, tag: str) -> dict[str, Any]:
 
 def backups(kube_api: Any, ns: str, **labels: str) -> list[dict[str, Any]]:
     selector = ",".join(f"vmguard.io/{k}={v}" for k, v in labels.items())
-    return objects.items(kube_api, ns, "vmbackups", selector)
+    return objects.items(kube_api, ns, "vmguardbackups", selector)
 
 
 def by_run(items: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -147,7 +147,7 @@ def test_scheduled_run_backs_up_exactly_the_tagged_vms_once(
     ready = objects.condition(objects.get(kube_api, namespace, PP, "gold"), "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Scheduled")
 
-    # The next run starts; the first run's backups have not started (no VMBackup
+    # The next run starts; the first run's backups have not started (no VMGuardBackup
     # controller here), so each VM is skipped rather than queued twice.
     later = eventually(
         lambda: (
@@ -348,7 +348,7 @@ def test_paused_and_broken_policies_create_nothing(
     assert (paused["status"], paused["reason"]) == ("True", "Paused")
     lost = judged("lost", "Ready")
     assert (lost["status"], lost["reason"]) == ("False", "RepositoryNotFound")
-    assert "BackupRepository 'nope' does not exist" in lost["message"]
+    assert "VMGuardRepository 'nope' does not exist" in lost["message"]
     odd = judged("odd", "Ready")
     assert (odd["status"], odd["reason"]) == ("False", "NeverOccurs")
     for name in ("fallback-a", "fallback-b"):
@@ -376,4 +376,4 @@ def test_paused_and_broken_policies_create_nothing(
     assert objects.get(kube_api, namespace, PP, "lost")["status"]["matchedVMs"] > 0
     assert objects.get(kube_api, namespace, PP, "fallback-a")["status"]["matchedVMs"] > 0
     assert objects.get(kube_api, namespace, PP, "fallback-b")["status"]["matchedVMs"] == 0
-    assert objects.items(kube_api, namespace, "vmbackups") == []
+    assert objects.items(kube_api, namespace, "vmguardbackups") == []

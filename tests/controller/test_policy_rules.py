@@ -67,7 +67,7 @@ def backup(
 def test_missing_references_stop_the_policy() -> None:
     a = judgement.assess_spec(policy()["spec"], vcenter_exists=True, repository_exists=False)
     assert not a.ready and a.problems[0][0] == "RepositoryNotFound"
-    assert "BackupRepository 'repo' does not exist" in a.problems[0][1]
+    assert "VMGuardRepository 'repo' does not exist" in a.problems[0][1]
     conds = judgement.conditions(None, a, False, [], 2, None)
     ready = next(c for c in conds if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "RepositoryNotFound")

@@ -61,40 +61,40 @@ def test_review_of_the_proxy_account(as_proxy: client.ApiClient, namespace: str)
     may = {
         (verb, resource): allowed(as_proxy, ns, verb, resource)
         for verb, resource in [
-            ("get", "vmbackups"),
-            ("get", "vmrestores"),
-            ("patch", "vmbackups/status"),
-            ("patch", "vmrestores/status"),
+            ("get", "vmguardbackups"),
+            ("get", "vmguardrestores"),
+            ("patch", "vmguardbackups/status"),
+            ("patch", "vmguardrestores/status"),
             ("get", "secrets"),
             ("list", "secrets"),
             ("watch", "secrets"),
-            ("list", "vmbackups"),
-            ("patch", "vmbackups"),
-            ("update", "vmbackups/status"),
-            ("delete", "vmbackups"),
-            ("create", "vmbackups"),
+            ("list", "vmguardbackups"),
+            ("patch", "vmguardbackups"),
+            ("update", "vmguardbackups/status"),
+            ("delete", "vmguardbackups"),
+            ("create", "vmguardbackups"),
             ("get", "vcenters"),
-            ("get", "backuprepositories"),
+            ("get", "vmguardrepositories"),
         ]
     }
     assert may == {
-        ("get", "vmbackups"): True,
-        ("get", "vmrestores"): True,
-        ("patch", "vmbackups/status"): True,
-        ("patch", "vmrestores/status"): True,
+        ("get", "vmguardbackups"): True,
+        ("get", "vmguardrestores"): True,
+        ("patch", "vmguardbackups/status"): True,
+        ("patch", "vmguardrestores/status"): True,
         ("get", "secrets"): False,
         ("list", "secrets"): False,
         ("watch", "secrets"): False,
-        ("list", "vmbackups"): False,
-        ("patch", "vmbackups"): False,
-        ("update", "vmbackups/status"): False,
-        ("delete", "vmbackups"): False,
-        ("create", "vmbackups"): False,
+        ("list", "vmguardbackups"): False,
+        ("patch", "vmguardbackups"): False,
+        ("update", "vmguardbackups/status"): False,
+        ("delete", "vmguardbackups"): False,
+        ("create", "vmguardbackups"): False,
         ("get", "vcenters"): False,
-        ("get", "backuprepositories"): False,
+        ("get", "vmguardrepositories"): False,
     }
     # The Role binds in its own namespace only.
-    assert not allowed(as_proxy, "default", "get", "vmbackups")
+    assert not allowed(as_proxy, "default", "get", "vmguardbackups")
     assert not allowed(as_proxy, "default", "get", "secrets")
 
 
@@ -106,8 +106,8 @@ def test_requests_as_the_proxy_account(
     objects.create(
         kube_api,
         ns,
-        "vmbackups",
-        "VMBackup",
+        "vmguardbackups",
+        "VMGuardBackup",
         "b1",
         {"vm": {"name": "web-1"}, "vcenterRef": {"name": "lab"}, "repositoryRef": {"name": "r"}},
     )
@@ -120,17 +120,17 @@ def test_requests_as_the_proxy_account(
         core.list_namespaced_secret(ns)
     assert denied.value.status == 403
 
-    got = custom.get_namespaced_custom_object(objects.G, objects.V, ns, "vmbackups", "b1")
+    got = custom.get_namespaced_custom_object(objects.G, objects.V, ns, "vmguardbackups", "b1")
     assert got["spec"]["vm"]["name"] == "web-1"
     custom.patch_namespaced_custom_object_status(
-        objects.G, objects.V, ns, "vmbackups", "b1", {"status": {"progress": {"percent": 42}}}
+        objects.G, objects.V, ns, "vmguardbackups", "b1", {"status": {"progress": {"percent": 42}}}
     )
-    assert objects.get(kube_api, ns, "vmbackups", "b1")["status"]["progress"]["percent"] == 42
+    assert objects.get(kube_api, ns, "vmguardbackups", "b1")["status"]["progress"]["percent"] == 42
 
     # The object itself (labels, finalizers, spec) stays out of reach.
     with pytest.raises(client.ApiException) as denied:
         custom.patch_namespaced_custom_object(
-            objects.G, objects.V, ns, "vmbackups", "b1", {"metadata": {"labels": {"x": "y"}}}
+            objects.G, objects.V, ns, "vmguardbackups", "b1", {"metadata": {"labels": {"x": "y"}}}
         )
     assert denied.value.status == 403
-    assert "labels" not in objects.get(kube_api, ns, "vmbackups", "b1")["metadata"]
+    assert "labels" not in objects.get(kube_api, ns, "vmguardbackups", "b1")["metadata"]

@@ -4,7 +4,7 @@ Both cases are made with a LimitRange in the test's own namespace, so nothing ou
 it is touched: a ``min`` cpu above the proxy's request makes the LimitRanger admission
 plugin refuse the pod (the Job controller records ``FailedCreate ... forbidden``), a
 ``defaultRequest`` of ephemeral storage no lab node has makes kube-scheduler leave the
-pod ``Unschedulable``. Each test checks the VMBackup's reason and that no snapshot of
+pod ``Unschedulable``. Each test checks the VMGuardBackup's reason and that no snapshot of
 ours is left on the VM (the simulator is asked).
 """
 
@@ -77,12 +77,12 @@ def test_unschedulable_proxy_shows_its_reason_then_fails_at_the_start_timeout(
         create_backup(kube_api, namespace, "stuck", {"moref": vm.moref})
 
         def said() -> dict[str, Any] | None:
-            st = objects.get(kube_api, namespace, "vmbackups", "stuck").get("status") or {}
+            st = objects.get(kube_api, namespace, "vmguardbackups", "stuck").get("status") or {}
             conds = {c["type"]: c for c in st.get("conditions") or []}
             cond = conds.get("Transferring") or {}
             return cond if cond.get("reason") == "ProxyNotStarting" else None
 
-        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMBackup")
+        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMGuardBackup")
         assert "Unschedulable" in cond["message"], cond
         assert "ephemeral-storage" in cond["message"], cond
         status = wait_done(kube_api, namespace, "stuck")["status"]

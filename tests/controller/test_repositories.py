@@ -1,4 +1,4 @@
-"""The BackupRepository controller in the lab: status from a real MinIO bucket (stats as
+"""The VMGuardRepository controller in the lab: status from a real MinIO bucket (stats as
 `vmguard repo stats` computes them, conditions with reasons for what is wrong, no secret
 anywhere) and a scheduled deep verify that finds a bit-flipped chunk.
 
@@ -27,7 +27,7 @@ from vmguard.store.backend import S3Backend
 from vmguard_lab.procs import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("repositories")]
-CHUNK = 1 << 20  # the smallest chunkSize a BackupRepository may declare
+CHUNK = 1 << 20  # the smallest chunkSize a VMGuardRepository may declare
 KEY = "the repository key of this test, long enough"
 WRONG_KEY = "a different key that opens nothing at all"
 FAST = {"VMGUARD_REPOSITORY_INTERVAL": "2"}
@@ -45,12 +45,12 @@ def _backend(bucket: dict[str, Any], prefix: str = "") -> S3Backend:
 
 
 def _status(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
-    return dict(objects.get(kube_api, ns, "backuprepositories", name).get("status") or {})
+    return dict(objects.get(kube_api, ns, "vmguardrepositories", name).get("status") or {})
 
 
 def _when(kube_api: Any, ns: str, name: str, ctype: str, reason: str) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
-        obj = objects.get(kube_api, ns, "backuprepositories", name)
+        obj = objects.get(kube_api, ns, "vmguardrepositories", name)
         return obj if objects.condition(obj, ctype).get("reason") == reason else None
 
     result: dict[str, Any] = eventually(reached, timeout=60, what=f"{name}: {ctype} {reason}")
@@ -142,7 +142,7 @@ def test_status_matches_repo_stats_and_names_what_is_wrong(
     assert stored == stats["stored_bytes"]
 
     everything = json.dumps(
-        [objects.items(kube_api, namespace, "backuprepositories"), _events(kube_api, namespace)]
+        [objects.items(kube_api, namespace, "vmguardrepositories"), _events(kube_api, namespace)]
     )
     for secret in (KEY, WRONG_KEY, bad_secret, s3_bucket["secret_key"]):
         assert secret not in everything

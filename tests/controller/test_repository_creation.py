@@ -1,14 +1,14 @@
-"""The BackupRepository controller creates its repository from the spec and holds it to
+"""The VMGuardRepository controller creates its repository from the spec and holds it to
 the spec (issue 11, holes 0 and 6), against the lab's real MinIO and apiserver.
 
-- A BackupRepository with ``objectLockDays: 14`` and ``chunkSize: 1048576`` gets exactly
+- A VMGuardRepository with ``objectLockDays: 14`` and ``chunkSize: 1048576`` gets exactly
   that lock and chunk size, read back through the S3 API and the config; deleting the
   ``config`` object (every version) leaves its locked archive restorable.
 - A backup never creates a repository.
 - A config that differs from its spec is ``Ready=False`` naming the field, also for an
   unencrypted repository whose config was edited in the bucket.
 - A config asking for KDF parameters above the bound is ``Ready=False`` naming the
-  parameter, beside a valid BackupRepository that becomes Ready. Resource bound check:
+  parameter, beside a valid VMGuardRepository that becomes Ready. Resource bound check:
   the operator's peak memory (VmHWM of its process, read from /proc; the lab runs it
   without a memory limit) stays below the 512 MiB the chart gives it, and one attempt
   to open the hostile repository costs < 2 s of the operator's CPU (its checks counted
@@ -56,7 +56,7 @@ def _backend(bucket: dict[str, Any], prefix: str = "") -> S3Backend:
 
 def _when(kube_api: Any, ns: str, name: str, ctype: str, reason: str) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
-        obj = objects.get(kube_api, ns, "backuprepositories", name)
+        obj = objects.get(kube_api, ns, "vmguardrepositories", name)
         return obj if objects.condition(obj, ctype).get("reason") == reason else None
 
     result: dict[str, Any] = eventually(reached, timeout=60, what=f"{name}: {ctype} {reason}")
@@ -136,7 +136,7 @@ def test_the_spec_makes_the_repository_and_a_lost_config_loses_no_locked_archive
         lambda: (
             "retained copy"
             in objects.condition(
-                objects.get(kube_api, namespace, "backuprepositories", "locked"), "Ready"
+                objects.get(kube_api, namespace, "vmguardrepositories", "locked"), "Ready"
             )["message"]
         ),
         timeout=30,
@@ -219,7 +219,7 @@ def test_kdf_parameters_above_the_bound_are_refused_within_bounded_memory_and_cp
     _when(kube_api, namespace, "good", "Ready", "Ready")
 
     def refused() -> dict[str, Any] | None:
-        obj = objects.get(kube_api, namespace, "backuprepositories", "hostile")
+        obj = objects.get(kube_api, namespace, "vmguardrepositories", "hostile")
         return obj if objects.condition(obj, "Ready").get("status") == "False" else None
 
     hostile = eventually(refused, timeout=60, what="hostile: Ready False")

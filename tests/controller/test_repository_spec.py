@@ -1,4 +1,4 @@
-"""A BackupRepository's spec against its repository's config (pure; issue 11 hole 0).
+"""A VMGuardRepository's spec against its repository's config (pure; issue 11 hole 0).
 
 Creation applies every field the config fixes; any difference later names the field;
 the GC policy, which no spec field sets, is checked wherever no key check covers it.

@@ -26,7 +26,7 @@ SETTINGS = ProxySettings(
 def _restore(target: dict[str, Any], name: str = "restore-web.1") -> dict[str, Any]:
     return {
         "apiVersion": "vmguard.io/v1alpha1",
-        "kind": "VMRestore",
+        "kind": "VMGuardRestore",
         "metadata": {
             "name": name,
             "namespace": "ops",
@@ -71,7 +71,7 @@ def test_restore_job_runs_the_proxy_as_the_restore_s_owned_job() -> None:
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "vmguard.io/v1alpha1",
-            "kind": "VMRestore",
+            "kind": "VMGuardRestore",
             "name": "restore-web.1",
             "uid": "0b6c1f9e-2f4a-4c55-9d0e-6a7b8c9d0e1f",
             "controller": True,
@@ -156,8 +156,8 @@ def test_proxy_role_allows_reading_and_status_patches_only() -> None:
     sa, role, binding = proxyjob.build_proxy_rbac("ops", "vmguard-proxy")
     verbs = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
     assert verbs == {
-        (("vmbackups", "vmrestores"), ("get",)),
-        (("vmbackups/status", "vmrestores/status"), ("patch",)),
+        (("vmguardbackups", "vmguardrestores"), ("get",)),
+        (("vmguardbackups/status", "vmguardrestores/status"), ("patch",)),
     }
     assert "secrets" not in json.dumps(role)
     assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -1,8 +1,8 @@
-"""The VMRestore controller end to end: the operator as a process, proxy Jobs run by the
+"""The VMGuardRestore controller end to end: the operator as a process, proxy Jobs run by the
 lab node agent, the vSphere simulator, nbdkit and MinIO.
 
-Source backups are made by the one-process backup and their VMBackup objects patched
-to Completed (tests/controller/restore_helpers.py): the VMBackup controller does not
+Source backups are made by the one-process backup and their VMGuardBackup objects patched
+to Completed (tests/controller/restore_helpers.py): the VMGuardBackup controller does not
 run in these tests. Every restore is checked by its bytes: a restored disk's sha256
 equals the source disk's at the backup (nothing writes to it in between, so the
 snapshot-time image is the live one), restored files equal the image's source tree.
@@ -44,16 +44,16 @@ from vmguard_lab.images import DiskImage, gpt_ext4, small_mixed
 from vmguard_lab.procs import eventually
 from vmguard_lab.vsim import LabDiskLocator, VSimControl, VSimVM
 
-# completed_backup() commits an archive before it creates the VMBackup that names it
-# (a production backup's VMBackup exists first), so catalog sync could recreate the
-# archive's VMBackup in between: this module runs the operator without it.
+# completed_backup() commits an archive before it creates the VMGuardBackup that names it
+# (a production backup's VMGuardBackup exists first), so catalog sync could recreate the
+# archive's VMGuardBackup in between: this module runs the operator without it.
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.operator_controllers("vcenters,policies,backups,restores"),
 ]
 
 TAKEN: set[str] = set()
-R = "vmrestores"
+R = "vmguardrestores"
 
 
 @pytest.fixture(scope="module")
@@ -435,8 +435,8 @@ def test_bad_sources_and_a_taken_name_are_conditions_not_jobs(
     objects.create(
         kube_api,
         namespace,
-        "vmbackups",
-        "VMBackup",
+        "vmguardbackups",
+        "VMGuardBackup",
         "running",
         {"vm": {"name": "x"}, "vcenterRef": {"name": "lab"}, "repositoryRef": {"name": "repo"}},
     )

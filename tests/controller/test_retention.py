@@ -2,9 +2,9 @@
 as a process, proxy Jobs through the node agent, the vSphere simulator, MinIO).
 
 A policy keeping the last 3 backups of one VM: the 4th Completed backup prunes the
-oldest VMBackup and its archive, and the repository's next scheduled GC frees the
+oldest VMGuardBackup and its archive, and the repository's next scheduled GC frees the
 chunks only that archive had; the three kept archives still restore bit-exact and a
-deep verify is clean. To keep the wall time short the test creates the four VMBackups
+deep verify is clean. To keep the wall time short the test creates the four VMGuardBackups
 itself (with the policy's label and policyRef, as the scheduler would) instead of
 waiting for cron minutes; the policy is paused so the fail-safe does not add a fifth.
 """
@@ -55,7 +55,7 @@ def _chunk_objects(minio_client: Any, bucket: str) -> set[str]:
 
 def _gone(kube_api: Any, ns: str, name: str) -> bool:
     try:
-        objects.get(kube_api, ns, "vmbackups", name)
+        objects.get(kube_api, ns, "vmguardbackups", name)
     except client.ApiException as exc:
         return exc.status == 404
     return False
@@ -98,8 +98,8 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
             objects.create(
                 kube_api,
                 namespace,
-                "vmbackups",
-                "VMBackup",
+                "vmguardbackups",
+                "VMGuardBackup",
                 name,
                 {"vm": {"moref": vm.moref}, "policyRef": {"name": POLICY}},
                 labels={"vmguard.io/policy": POLICY, "vmguard.io/vm": vm.instance_uuid.lower()},
@@ -146,19 +146,19 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
 
     def counted() -> dict[str, Any] | None:
         # A status written before the 4th backup also says 3 archives: wait for this one.
-        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        s = objects.get(kube_api, namespace, "vmguardrepositories", "repo").get("status") or {}
         seen = (s.get("archives"), s.get("chunks"), s.get("storedBytes"))
         return s if seen == (3, now.chunks, now.stored_bytes) else None
 
     before = eventually(counted, timeout=30, what="repository stats after the prune")
     # Now schedule GC: every minute, a minute's grace.
     objects.custom(kube_api).patch_namespaced_custom_object(
-        objects.G, objects.V, namespace, "backuprepositories", "repo",
+        objects.G, objects.V, namespace, "vmguardrepositories", "repo",
         {"spec": {"gc": {"schedule": "* * * * *", "gracePeriod": "1m"}}},
     )  # fmt: skip
 
     def collected() -> dict[str, Any] | None:
-        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        s = objects.get(kube_api, namespace, "vmguardrepositories", "repo").get("status") or {}
         return s if (s.get("lastGC") or {}).get("chunksDeleted") else None
 
     after = eventually(collected, timeout=180, what="a GC that deletes chunks")
@@ -169,7 +169,7 @@ def test_keep_last_3_prunes_the_oldest_and_gc_frees_its_chunks(
     assert {names.chunk_name(c) for c in only_oldest}.isdisjoint(chunks_after)
 
     def shrunk() -> dict[str, Any] | None:
-        s = objects.get(kube_api, namespace, "backuprepositories", "repo").get("status") or {}
+        s = objects.get(kube_api, namespace, "vmguardrepositories", "repo").get("status") or {}
         return s if s.get("chunks") == len(chunks_after) else None
 
     final = eventually(shrunk, timeout=30, what="repository stats after GC")
@@ -188,8 +188,8 @@ def _completed_backup(
     objects.create(
         kube_api,
         ns,
-        "vmbackups",
-        "VMBackup",
+        "vmguardbackups",
+        "VMGuardBackup",
         name,
         {"vm": {"instanceUuid": VM_UUID}, "policyRef": {"name": POLICY}},
         labels={"vmguard.io/policy": POLICY, "vmguard.io/vm": VM_UUID},
@@ -201,9 +201,9 @@ def _completed_backup(
         "snapshot": {"createTime": when},
     }
     objects.custom(kube_api).patch_namespaced_custom_object_status(
-        objects.G, objects.V, ns, "vmbackups", name, {"status": status}
+        objects.G, objects.V, ns, "vmguardbackups", name, {"status": status}
     )
-    return objects.get(kube_api, ns, "vmbackups", name)
+    return objects.get(kube_api, ns, "vmguardbackups", name)
 
 
 VM_UUID = "4211aaaa-bbbb-cccc-dddd-eeeeffff0001"
@@ -246,7 +246,7 @@ def test_object_lock_keeps_the_backup_says_so_once_and_a_half_done_prune_is_fini
     api = KubeAPI(kube_api)
 
     def one_pass() -> set[str]:
-        backups = objects.items(kube_api, namespace, "vmbackups")
+        backups = objects.items(kube_api, namespace, "vmguardbackups")
         now = dt.datetime.now(dt.UTC)
         return asyncio.run(retention.apply(api, policy, backups, lambda *e: said.append(e), now))
 
@@ -262,7 +262,7 @@ def test_object_lock_keeps_the_backup_says_so_once_and_a_half_done_prune_is_fini
     # pass deletes the object (an archive already gone counts as retired).
     # (Nothing can be retired in this bucket: the archive is one that is gone already.)
     objects.custom(kube_api).delete_namespaced_custom_object(
-        objects.G, objects.V, namespace, "vmbackups", "old"
+        objects.G, objects.V, namespace, "vmguardbackups", "old"
     )
     retired = names.new_archive_id(VM_UUID, dt.datetime(2024, 12, 1, tzinfo=dt.UTC))
     assert retire_archive(repo, retired) is None

@@ -1,4 +1,4 @@
-"""Issue #5 end to end: a policy's scheduled runs back a VM up through the VMBackup
+"""Issue #5 end to end: a policy's scheduled runs back a VM up through the VMGuardBackup
 controller and its proxy Jobs, and the second run is an incremental that reads far less
 than the disk (lab: real apiserver, the operator as a process, node-agent Jobs, the
 vSphere simulator, MinIO). The operator runs twelve times faster (docs/lab.md, "Lab
@@ -26,7 +26,7 @@ MiB = 1 << 20
 def _completed(kube_api: Any, ns: str, moref: str) -> list[dict[str, Any]]:
     done = [
         b
-        for b in objects.items(kube_api, ns, "vmbackups", "vmguard.io/policy=every-minute")
+        for b in objects.items(kube_api, ns, "vmguardbackups", "vmguard.io/policy=every-minute")
         if (b.get("status") or {}).get("phase") == "Completed"
         and b["status"]["vm"]["moref"] == moref
     ]
@@ -44,7 +44,7 @@ def finished(kube_api: Any, ns: str) -> bool:
     """Every backup of the policy has ended (none waits or runs)."""
     return all(
         (b.get("status") or {}).get("phase") in BACKUP_TERMINAL
-        for b in objects.items(kube_api, ns, "vmbackups", "vmguard.io/policy=every-minute")
+        for b in objects.items(kube_api, ns, "vmguardbackups", "vmguard.io/policy=every-minute")
     )
 
 
@@ -109,7 +109,7 @@ def test_second_scheduled_run_is_incremental(
             what="the policy's backups to finish",
         )
         no_snapshot_left(vc, vm.moref)
-        # /metrics agrees with the VMBackup statuses (issue #6).
+        # /metrics agrees with the VMGuardBackup statuses (issue #6).
         done = _completed(kube_api, namespace, vm.moref)
         labels = {"namespace": namespace, "vcenter": "lab", "policy": "every-minute"}
 

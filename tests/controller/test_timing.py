@@ -4,7 +4,7 @@ The pure half checks the schedule line's arithmetic and the waits. The lab half 
 policy's scheduler (:class:`~vmguard.controller.policy.runs.PolicyRunner`) in this
 process against the lab's real apiserver, on a :class:`~vmguard.store.clock.ManualClock`
 whose ``sleep`` moves it exactly as far as the scheduler asks: a scheduled run must
-create its VMBackups exactly at the clock's instant of the scheduled time — at the
+create its VMGuardBackups exactly at the clock's instant of the scheduled time — at the
 real pace, and at the lab's speed-up, where a cron minute lasts one clock second. The
 sweep's result is handed to the scheduler as data (hand-built VM records): the vCenter
 sweeper is not what is under test here.
@@ -93,7 +93,7 @@ class NeverWakingClock:
 
 
 class RecordingAPI(KubeAPI):
-    """The real API; it notes the clock's time of every VMBackup it creates."""
+    """The real API; it notes the clock's time of every VMGuardBackup it creates."""
 
     def __init__(self, api_client: Any, clock: ManualClock) -> None:
         super().__init__(api_client)
@@ -101,7 +101,7 @@ class RecordingAPI(KubeAPI):
         self.created_at: list[dt.datetime] = []
 
     async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
-        if plural == "vmbackups":
+        if plural == "vmguardbackups":
             self.created_at.append(self.clock.now())
         return await super().create_object(plural, namespace, body)
 
@@ -164,7 +164,7 @@ def test_a_scheduled_run_fires_exactly_at_its_time_on_the_clock(
     asyncio.run(runner.loop())
 
     assert api.created_at == [fires_at, fires_at], "both VMs' backups, exactly at the run"
-    made = objects.items(kube_api, namespace, "vmbackups")
+    made = objects.items(kube_api, namespace, "vmguardbackups")
     assert sorted(b["metadata"]["name"] for b in made) == sorted(
         backup_name("timed", vm.instance_uuid, run, "schedule") for vm in vms
     )

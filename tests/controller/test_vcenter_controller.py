@@ -13,7 +13,7 @@ from tests.controller import objects
 
 from vmguard_lab.procs import eventually
 
-# Policies here select most of the lab: they create VMBackups, which nobody runs.
+# Policies here select most of the lab: they create VMGuardBackups, which nobody runs.
 pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("vcenters,policies,restores")]
 
 

@@ -45,13 +45,13 @@ def test_checked_in_manifests_match_the_source(directory: Path) -> None:
 
 @pytest.mark.unit
 def test_every_kind_has_names_category_and_status() -> None:
-    short = {k.kind: list(k.short_names) for k in KINDS}
+    short = {k.kind: list(k.names.short_names) for k in KINDS}
     assert short == {
         "VCenter": ["vc"],
-        "BackupRepository": ["brepo"],
+        "VMGuardRepository": ["vgrepo"],
         "VMProtectionPolicy": ["vmpp"],
-        "VMBackup": ["vmb"],
-        "VMRestore": ["vmr"],
+        "VMGuardBackup": ["vmb"],
+        "VMGuardRestore": ["vmr"],
     }
     for kind in KINDS:
         crd = kind.crd()
@@ -137,7 +137,7 @@ def refused(call: Callable[[], Any]) -> str:
     "file",
     [
         "vcenter.yaml",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         "policy-default.yaml",
         "policy-gold.yaml",
         "vmbackup.yaml",
@@ -173,7 +173,7 @@ def test_example_secrets_hold_every_key_the_examples_read(
         core.create_namespaced_secret(namespace, doc, dry_run="All")
     held = {d["metadata"]["name"]: set(d["stringData"]) for d in docs}
     wanted: dict[str, set[str]] = {}
-    for file in ("vcenter.yaml", "backuprepository.yaml"):
+    for file in ("vcenter.yaml", "vmguardrepository.yaml"):
         created = create(custom, namespace, example(file))  # with the keys' defaults
         for ref in _secret_refs(created["spec"]):
             keys = {v for k, v in ref.items() if k != "name"}
@@ -208,7 +208,7 @@ def test_defaults_are_filled_in(custom: client.CustomObjectsApi, namespace: str)
         "passwordKey": "password",
     }
     assert vc["tls"]["caSecretRef"]["key"] == "ca.crt"
-    repo_body = example("backuprepository.yaml")
+    repo_body = example("vmguardrepository.yaml")
     del repo_body["spec"]["chunkSize"]
     repo = create(custom, namespace, repo_body)["spec"]
     assert repo["chunkSize"] == 4 << 20
@@ -232,7 +232,7 @@ def test_other_valid_shapes_are_accepted(custom: client.CustomObjectsApi, namesp
         ("vcenter.yaml", _set("spec.tls", {"insecureSkipVerify": True})),
         ("vcenter.yaml", _set("spec.tls", {"caBundle": "-----BEGIN CERTIFICATE-----\nMII…"})),
         ("vcenter.yaml", _all(_delete("spec.tls"), _set("spec.host", "2001:db8::10"))),
-        ("backuprepository.yaml", _all(_delete("spec.encryption"), _delete("spec.s3.prefix"))),
+        ("vmguardrepository.yaml", _all(_delete("spec.encryption"), _delete("spec.s3.prefix"))),
         ("policy-gold.yaml", _set("spec.hooks.preSnapshot.0.command", "C:\\bin\\freeze.cmd")),
         ("policy-gold.yaml", _set("spec.mode", {"type": "full"})),
         ("policy-gold.yaml", _set("spec.snapshot", {"consolidate": False})),
@@ -341,7 +341,7 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
     ),
     (
         "repository-verify-cron",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.verify.schedule", "0 25 * * *"),
         ["spec.verify.schedule", "not a valid cron schedule"],
     ),
@@ -413,31 +413,31 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
     ),
     (
         "chunk-size-not-power-of-two",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.chunkSize", 3_000_000),
         ["spec.chunkSize", "power of two between 1 MiB (1048576) and 64 MiB"],
     ),
     (
         "chunk-size-too-large",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.chunkSize", 128 << 20),
         ["spec.chunkSize", "power of two between 1 MiB"],
     ),
     (
         "object-lock-negative",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.objectLockDays", -1),
         ["spec.objectLockDays", "greater than or equal to 1"],
     ),
     (
         "endpoint-with-scheme",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.s3.endpoint", "http://minio:9000"),
         ["spec.s3.endpoint", "drop the scheme"],
     ),
     (
         "bucket-name",
-        "backuprepository.yaml",
+        "vmguardrepository.yaml",
         _set("spec.s3.bucket", "My_Bucket"),
         ["spec.s3.bucket", "should match"],
     ),
@@ -768,7 +768,7 @@ def test_backup_and_restore_specs_are_immutable(
         {"spec": {"policyRef": {"name": "other-policy"}}},
     ):
         message = refused(lambda c=change: _patch(custom, namespace, backup, c))
-        assert "spec: Invalid value" in message and "VMBackup spec is immutable" in message
+        assert "spec: Invalid value" in message and "VMGuardBackup spec is immutable" in message
     # Labels and status still change: only the request is frozen.
     _patch(custom, namespace, backup, {"metadata": {"labels": {"x": "y"}}})
     restore = example("vmrestore.yaml")
@@ -778,12 +778,12 @@ def test_backup_and_restore_specs_are_immutable(
             custom, namespace, restore, {"spec": {"target": {"newVM": {"powerOn": True}}}}
         )
     )
-    assert "VMRestore spec is immutable" in message
+    assert "VMGuardRestore spec is immutable" in message
 
 
 @pytest.mark.lab
 def test_repository_identity_is_immutable(custom: client.CustomObjectsApi, namespace: str) -> None:
-    repo = example("backuprepository.yaml")
+    repo = example("vmguardrepository.yaml")
     create(custom, namespace, repo)
     cases = [
         ({"spec": {"s3": {"bucket": "other-bucket"}}}, "spec.s3.bucket", "s3.bucket is immutable"),
@@ -850,7 +850,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         f: example(f, name=f.removesuffix(".yaml"))
         for f in (
             "vcenter.yaml",
-            "backuprepository.yaml",
+            "vmguardrepository.yaml",
             "policy-gold.yaml",
             "vmbackup.yaml",
             "vmrestore.yaml",
@@ -868,7 +868,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
             "conditions": [_ready("Connected")],
         },
     )
-    _set_status(custom, ns, objs["backuprepository.yaml"], {"archives": 12, "dedupRatio": 3.25})
+    _set_status(custom, ns, objs["vmguardrepository.yaml"], {"archives": 12, "dedupRatio": 3.25})
     _set_status(custom, ns, objs["policy-gold.yaml"], {"matchedVMs": 17})
     _set_status(
         custom,
@@ -897,7 +897,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         "5000",
         "3",
     )
-    repo = tables["backuprepository.vmguard.io/backuprepository"]
+    repo = tables["vmguardrepository.vmguard.io/vmguardrepository"]
     assert (repo["BUCKET"], repo["ARCHIVES"], repo["DEDUP"]) == ("vmguard", "12", "3.25")
     policy = tables["vmprotectionpolicy.vmguard.io/policy-gold"]
     assert (policy["DEFAULT"], policy["PRIORITY"], policy["SCHEDULE"], policy["MATCHED"]) == (
@@ -922,7 +922,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
     # Short names reach the same objects.
     for short, name in [
         ("vc", "vcenter"),
-        ("brepo", "backuprepository"),
+        ("vgrepo", "vmguardrepository"),
         ("vmpp", "policy-gold"),
         ("vmb", "vmbackup"),
         ("vmr", "vmrestore"),

@@ -113,7 +113,7 @@ def test_restricted_install_backs_up_and_restores_through_containers(
     try:
         objects.create_vcenter(kube_api, lab_state, ns, "lab")
         objects.create_repository(kube_api, ns, "repo", s3_bucket, key=MASTER_KEY)
-        # Selects no VM of the lab: the one VMBackup below names it; nothing else runs.
+        # Selects no VM of the lab: the one VMGuardBackup below names it; nothing else runs.
         objects.create_policy(
             kube_api, ns, "nbd", transport="nbd", selector={"names": ["no-such-vm-e2e"]}
         )
@@ -137,7 +137,7 @@ def test_restricted_install_backs_up_and_restores_through_containers(
             target = {"newVM": {"name": name, "datastore": "LocalDS_0", "folder": "/DC0/vm"}}
             create_restore(kube_api, ns, "r1", "b1", target)
             restore = objects.wait_phase(
-                kube_api, ns, "vmrestores", "r1", {"Completed", "Failed"}, timeout=180
+                kube_api, ns, "vmguardrestores", "r1", {"Completed", "Failed"}, timeout=180
             )["status"]
             assert restore["phase"] == "Completed", restore
             restored_moref = restore["result"]["vm"]["moref"]

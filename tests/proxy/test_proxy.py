@@ -43,7 +43,7 @@ def test_request_from_status() -> None:
     )
     assert req.transport == "nbd" and req.vcenter == "lab" and req.mode_reason == ""
     assert req.backings == {2000: "[ds] vm/disk.vmdk"}
-    # The manifest names its VMBackup, so catalog sync can rebuild it from the bucket.
+    # The manifest names its VMGuardBackup, so catalog sync can rebuild it from the bucket.
     assert req.labels == {"vmguard.io/namespace": "ns", "vmguard.io/vmbackup": "b"}
     with_policy = {**OBJ, "spec": {"policyRef": {"name": "gold"}}}
     assert request_from(with_policy, {}).labels["vmguard.io/policy"] == "gold"

@@ -2,7 +2,7 @@
 
 Everything runs for real: the lab's kube-apiserver with vmguard's CRDs, the operator as a
 process, proxy Jobs run by the lab's node agent, the vSphere simulator and MinIO. The
-tour applies what a platform team would commit to Git — a VCenter, a BackupRepository
+tour applies what a platform team would commit to Git — a VCenter, a VMGuardRepository
 (encrypted), a fail-safe default policy and a tag-selected "gold" policy — then shows
 the fail-safe backing up every VM, guest writes followed by incremental backups, a
 restore to a new VM whose disks are checked against the backup, single files restored
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmguard.api import GROUP, LABEL_POLICY, VERSION
+from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard_lab.lab import Lab
 from vmguard_lab.procs import eventually, free_port
 
@@ -175,13 +176,13 @@ class Demo:
         s3 = {"accessKeyID": m["access_key"], "secretAccessKey": m["secret_key"]}
         self.secret("minio-credentials", s3)
         self.secret("repository-key", {"key": MasterKey.generate().secret.decode()})
-        self.create("vcenters", "VCenter", "lab", {
+        self.create(VCENTER.plural, VCENTER.kind, "lab", {
             "host": "127.0.0.1", "port": port,
             "credentialsSecretRef": {"name": "vcenter-credentials"},
             "tls": {"caBundle": Path(vs["ca"]).read_text()},
             "sweepInterval": "30s",
         })  # fmt: skip
-        self.create("backuprepositories", "BackupRepository", "minio", {
+        self.create(REPOSITORY.plural, REPOSITORY.kind, "minio", {
             "s3": {"endpoint": m["endpoint"], "bucket": BUCKET, "prefix": "repository",
                    "insecure": True},
             "credentialsSecretRef": {"name": "minio-credentials"},
@@ -190,22 +191,22 @@ class Demo:
             "verify": {"schedule": "* * * * *"},
         })  # fmt: skip
         common = {"vcenterRef": {"name": "lab"}, "repositoryRef": {"name": "minio"}}
-        self.create("vmprotectionpolicies", "VMProtectionPolicy", "fail-safe", {
+        self.create(POLICY.plural, POLICY.kind, "fail-safe", {
             **common, "default": True,
             "schedule": {"cron": "0 1 * * *", "timeZone": "Europe/Berlin"},
             "retention": {"keepDaily": 7},
         })  # fmt: skip
-        self.create("vmprotectionpolicies", "VMProtectionPolicy", "gold", {
+        self.create(POLICY.plural, POLICY.kind, "gold", {
             **common, "priority": 100,
             "selector": {"tags": [{"category": "backup-tier", "name": "gold"}]},
             "schedule": {"cron": "* * * * *"},
             "retention": {"keepLast": 2},
         })  # fmt: skip
-        print("    VCenter lab, BackupRepository minio (encrypted), policies fail-safe + gold")
+        print("    VCenter lab, VMGuardRepository minio (encrypted), policies fail-safe + gold")
 
     def swept(self) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
-            vc = self.get("vcenters", "lab")
+            vc = self.get(VCENTER.plural, "lab")
             return vc if (vc.get("status") or {}).get("lastSweepTime") else None
 
         vc = wait("the first sweep", done, timeout=120)
@@ -222,11 +223,11 @@ class Demo:
 
         def settled() -> bool:
             nonlocal last
-            items = self.items("vmbackups")
+            items = self.items(BACKUP.plural)
             phases = Counter((b.get("status") or {}).get("phase", "Pending") for b in items)
             line = ", ".join(f"{n} {p}" for p, n in sorted(phases.items()))
             if line != last:
-                print(f"    VMBackups: {line}", flush=True)
+                print(f"    VMGuardBackups: {line}", flush=True)
                 last = line
             return want(items)
 
@@ -251,9 +252,9 @@ class Demo:
         from vmguard_lab.vsim import VSimControl
 
         vsim = VSimControl(self.state["vsphere"]["control_url"])
-        gold = self.get("vmprotectionpolicies", "gold")
+        gold = self.get(POLICY.plural, "gold")
         mine = [
-            b for b in self.items("vmbackups")
+            b for b in self.items(BACKUP.plural)
             if b["metadata"]["labels"].get(LABEL_POLICY) == "gold"
             and (b.get("status") or {}).get("phase") == "Completed"
         ]  # fmt: skip
@@ -271,7 +272,7 @@ class Demo:
         print(f"    gold matches {gold['status'].get('matchedVMs')} VMs")
 
         def next_incremental() -> dict[str, Any] | None:
-            for b in self.items("vmbackups"):
+            for b in self.items(BACKUP.plural):
                 st = b.get("status") or {}
                 taken = (st.get("snapshot") or {}).get("createTime", "")
                 if (st.get("vm") or {}).get("moref") != moref or st.get("phase") != "Completed":
@@ -304,13 +305,13 @@ class Demo:
         vsim = VSimControl(self.state["vsphere"]["control_url"])
         source = vsim.vm(moref)
         name = f"{source.name}-restored-{int(time.time())}"
-        self.create("vmrestores", "VMRestore", "restore-1", {
+        self.create(RESTORE.plural, RESTORE.kind, "restore-1", {
             "source": {"backupRef": {"name": backup["metadata"]["name"]}},
             "target": {"newVM": {"name": name, "powerOn": True}},
         })  # fmt: skip
 
         def done() -> dict[str, Any] | None:
-            st = self.get("vmrestores", "restore-1").get("status") or {}
+            st = self.get(RESTORE.plural, "restore-1").get("status") or {}
             if st.get("phase") == "Failed":
                 raise SystemExit(f"demo: the restore failed: {st.get('error')}")
             return st if st.get("phase") == "Completed" else None
@@ -352,7 +353,7 @@ class Demo:
         from minio import Minio
 
         def backed_up() -> dict[str, Any] | None:
-            for b in self.items("vmbackups"):
+            for b in self.items(BACKUP.plural):
                 st = b.get("status") or {}
                 taken = (st.get("snapshot") or {}).get("createTime", "")
                 if (st.get("vm") or {}).get("moref") != self.files_vm:
@@ -365,7 +366,7 @@ class Demo:
         disk = {"key": backup["status"]["disks"][0]["key"]}
         reason = backup["status"].get("modeReason", "")
         print(f"    {backup['metadata']['name']}: {backup['status']['modeUsed']} {reason}".rstrip())
-        self.create("vmrestores", "VMRestore", "files-1", {
+        self.create(RESTORE.plural, RESTORE.kind, "files-1", {
             "source": {"backupRef": {"name": backup["metadata"]["name"]}},
             "target": {"files": {
                 "disk": disk, "partition": 2, "paths": ["/**"],
@@ -374,7 +375,7 @@ class Demo:
         })  # fmt: skip
 
         def done() -> dict[str, Any] | None:
-            st = self.get("vmrestores", "files-1").get("status") or {}
+            st = self.get(RESTORE.plural, "files-1").get("status") or {}
             if st.get("phase") == "Failed":
                 raise SystemExit(f"demo: the file restore failed: {st.get('error')}")
             return st if st.get("phase") == "Completed" else None
@@ -404,7 +405,7 @@ class Demo:
             raise SystemExit("demo: restored files differ from the file system's")
 
     def retention(self) -> None:
-        """Gold keeps each VM's last 2 backups: older ones lose their VMBackup and their
+        """Gold keeps each VM's last 2 backups: older ones lose their VMGuardBackup and their
         archive; the next GC deletes the chunks no remaining archive references.
 
         Most chunks are shared (the first full backups, and the VM restored from the
@@ -419,7 +420,7 @@ class Demo:
         def gold_backups() -> list[tuple[float, str]]:
             """(snapshot time, name) of the written VM's completed gold backups."""
             done = []
-            for b in self.items("vmbackups"):
+            for b in self.items(BACKUP.plural):
                 st = b.get("status") or {}
                 taken = (st.get("snapshot") or {}).get("createTime")
                 if (
@@ -448,7 +449,7 @@ class Demo:
             return len(kept) >= 2 and all(t > third for t, _ in kept)
 
         wait("the backups holding the second writes to be pruned", second_pruned, 360)
-        st = (self.get("vmprotectionpolicies", "gold").get("status") or {}).get("retention") or {}
+        st = (self.get(POLICY.plural, "gold").get("status") or {}).get("retention") or {}
         events = self.core.list_namespaced_event(NAMESPACE, field_selector="reason=Pruned").items
         lines = sorted(e.message for e in events if e.message.startswith("Pruned vm"))
         for line in lines[:3]:
@@ -457,7 +458,7 @@ class Demo:
         since = time.time()
 
         def collected() -> dict[str, Any] | None:
-            repo = self.get("backuprepositories", "minio").get("status") or {}
+            repo = self.get(REPOSITORY.plural, "minio").get("status") or {}
             gc = repo.get("lastGC") or {}
             fresh = gc.get("time") and _epoch(gc["time"]) > since
             return repo if fresh and gc.get("chunksDeleted", 0) > 0 else None

@@ -7,7 +7,7 @@ points (:class:`vmguard.hooks.Hooks`, an argument of :func:`vmguard.cli.main.mai
 module builds hooks from its own options and runs ``main`` with them and the remaining
 arguments, in the same process:
 
-- ``--stall snapshotted,finalizing``: the VMBackup controller waits an hour at those
+- ``--stall snapshotted,finalizing``: the VMGuardBackup controller waits an hour at those
   points (:data:`vmguard.hooks.BACKUP_STEPS`, logging a warning first), so a test can
   SIGKILL the operator there. Given when starting the operator.
 - ``--throttle N``: the backup proxy reads at most N bytes/s on average (measured from

@@ -5,7 +5,7 @@ lives here, and everything else imports it from here:
 
 - :mod:`.names` — group, version, label and annotation keys, the finalizer, trigger
   values;
-- :mod:`.phases` — the phases of VMBackup and VMRestore as ``StrEnum``s (the CRDs'
+- :mod:`.phases` — the phases of VMGuardBackup and VMGuardRestore as ``StrEnum``s (the CRDs'
   enums are generated from them) and which phases are active or terminal;
 - :mod:`.status` — ``TypedDict`` views of the statuses the controllers write;
 - :mod:`.times` — the one formatter and parser of API times, and of spec durations.

@@ -32,20 +32,20 @@ FINALIZER: Final = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX: Final = GROUP
 """Prefix of kopf's own annotations (handler progress, last-handled configuration)."""
 
-# Labels of VMBackup objects: whose backup it is, so lists are label-selected.
+# Labels of VMGuardBackup objects: whose backup it is, so lists are label-selected.
 LABEL_POLICY: Final = "vmguard.io/policy"
 """The VMProtectionPolicy a backup is made under (also on its proxy Job)."""
 LABEL_VCENTER: Final = "vmguard.io/vcenter"
 LABEL_VM: Final = "vmguard.io/vm"
-"""The VM: its instance UUID in lower case on a VMBackup, its moref on a proxy Job."""
+"""The VM: its instance UUID in lower case on a VMGuardBackup, its moref on a proxy Job."""
 LABEL_TRIGGER: Final = "vmguard.io/trigger"
 """Why a policy created the backup: a :class:`Trigger` value."""
 LABEL_RUN: Final = "vmguard.io/run"
 """The scheduled minute of a policy's run, ``20250107T0200Z``."""
 LABEL_REPOSITORY: Final = "vmguard.io/repository"
-"""The BackupRepository a synced VMBackup's archive is in."""
+"""The VMGuardRepository a synced VMGuardBackup's archive is in."""
 LABEL_SYNCED: Final = "vmguard.io/synced"
-"""``"true"`` on a VMBackup recreated from its archive by catalog sync."""
+"""``"true"`` on a VMGuardBackup recreated from its archive by catalog sync."""
 SYNCED: Final = "true"
 
 
@@ -54,12 +54,12 @@ def is_synced(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(LABEL_SYNCED) == SYNCED
 
 
-# Annotations of VMBackup objects: free text never goes in a label.
+# Annotations of VMGuardBackup objects: free text never goes in a label.
 ANNOTATION_VM_NAME: Final = "vmguard.io/vm-name"
 ANNOTATION_ARCHIVE_ID: Final = "vmguard.io/archive-id"
-"""The archive a synced VMBackup stands for."""
+"""The archive a synced VMGuardBackup stands for."""
 ANNOTATION_SYNCED_FROM: Final = "vmguard.io/synced-from"
-"""``<namespace>/<name>`` of the VMBackup that made a synced one's archive."""
+"""``<namespace>/<name>`` of the VMGuardBackup that made a synced one's archive."""
 
 # Labels of the proxy Jobs (and their pods): the object a Job works for.
 LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"

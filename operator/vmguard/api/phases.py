@@ -1,4 +1,4 @@
-"""The phases of VMBackup and VMRestore, and which of them mean what.
+"""The phases of VMGuardBackup and VMGuardRestore, and which of them mean what.
 
 The CRDs' ``status.phase`` enums are generated from these classes (:mod:`vmguard.crds`),
 so the apiserver admits exactly the phases the code knows. A ``StrEnum`` member is
@@ -16,7 +16,7 @@ from typing import Final
 
 
 class BackupPhase(StrEnum):
-    """``VMBackup.status.phase``: Pending → Snapshotting → Transferring → Finalizing →
+    """``VMGuardBackup.status.phase``: Pending → Snapshotting → Transferring → Finalizing →
     Completed | Failed."""
 
     PENDING = "Pending"
@@ -41,7 +41,7 @@ BACKUP_TERMINAL: Final = frozenset({BackupPhase.COMPLETED, BackupPhase.FAILED})
 
 
 class RestorePhase(StrEnum):
-    """``VMRestore.status.phase``: Pending → Restoring → Finalizing → Completed | Failed."""
+    """``VMGuardRestore.status.phase``: Pending → Restoring → Finalizing → Completed | Failed."""
 
     PENDING = "Pending"
     """Checking the source and preparing the target; then the Job is created."""

@@ -1,4 +1,4 @@
-"""Typed views of the statuses the controllers write: VMBackup, VMRestore, conditions.
+"""Typed views of the statuses the controllers write: VMGuardBackup, VMGuardRestore, conditions.
 
 Each ``TypedDict`` mirrors one object of the CRD's status schema, key for key
 (tests/api/test_status.py walks both and fails when they part). The controllers
@@ -107,7 +107,7 @@ class BackupTotals(TypedDict, total=False):
 
 
 class BackupStatus(TypedDict, total=False):
-    """``VMBackup.status``."""
+    """``VMGuardBackup.status``."""
 
     observedGeneration: int | None
     conditions: list[Condition]
@@ -156,7 +156,7 @@ class RestoreResult(TypedDict, total=False):
 
 
 class RestoreStatus(TypedDict, total=False):
-    """``VMRestore.status``."""
+    """``VMGuardRestore.status``."""
 
     observedGeneration: int | None
     conditions: list[Condition]

@@ -1,9 +1,9 @@
-"""``vmguard backup create|get|describe|logs``: VMBackup objects, as a user works with them.
+"""``vmguard backup create|get|describe|logs``: VMGuardBackup objects, as a user works with them.
 
 What users did with ``kubectl`` and YAML, in one verb each (Velero's shape):
 
 - ``backup create VM [--policy P | --vcenter V --repository R] [--mode full] [--wait]``
-  creates a VMBackup for the VM named by name, moref (``vm-42``) or instance UUID;
+  creates a VMGuardBackup for the VM named by name, moref (``vm-42``) or instance UUID;
   ``--wait`` follows it to Completed (exit 0) or Failed (exit 1) with a
   progress bar fed by ``status.progress``;
 - ``backup get [NAME]`` (also ``backup list``): a table, or ``-o json|yaml`` documents;
@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Any
 
+from vmguard.api.kinds import BACKUP
 from vmguard.api.phases import BACKUP_TERMINAL, BackupPhase
 from vmguard.cli.create import create_and_follow
 from vmguard.cli.kube import (
@@ -38,7 +39,7 @@ from vmguard.cli.options import UsageError, add_output_option, emit
 from vmguard.cli.progress import human_bytes
 from vmguard.errors import ObjectNotFoundError
 
-PLURAL = "vmbackups"
+PLURAL = BACKUP.plural
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MOREF = re.compile(r"^vm-[0-9]{1,10}$")
 
@@ -73,7 +74,7 @@ def build_vmbackup(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
         meta["name"] = args.name
     else:
         meta["generateName"] = name_prefix(args.vm)
-    return {"apiVersion": api_version(), "kind": "VMBackup", "metadata": meta, "spec": spec}
+    return {"apiVersion": api_version(), "kind": BACKUP.kind, "metadata": meta, "spec": spec}
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -146,7 +147,7 @@ def table(items: list[dict[str, Any]], wide: bool) -> str:
             row += [status.get("archiveId") or "-", (status.get("error") or {}).get("reason", "-")]
         rows.append(row)
     if len(rows) == 1:
-        return "No VMBackups found."
+        return "No VMGuardBackups found."
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join(
         "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -273,7 +274,7 @@ def describe_text(cluster: Cluster, obj: dict[str, Any], tail: int) -> str:
     else:
         lines.append("  <none>")
     lines.append("Events:")
-    found = events(cluster, obj.get("kind", "VMBackup"), meta["name"])
+    found = events(cluster, obj.get("kind", BACKUP.kind), meta["name"])
     lines += [
         f"  {e.get('type', ''):8} {e.get('reason', ''):24} {e.get('message', '')}" for e in found
     ] or ["  <none>"]
@@ -302,22 +303,25 @@ def _logs(args: argparse.Namespace) -> int:
     obj = get_object(cluster, PLURAL, args.name)
     pod = proxy_pod(cluster, obj)
     if pod is None:
-        raise ObjectNotFoundError(f"vmbackup {args.name} has no proxy pod (yet): see describe")
+        what = f"{BACKUP.singular} {args.name}"
+        raise ObjectNotFoundError(f"{what} has no proxy pod (yet): see describe")
     sys.stdout.write(pod_log(cluster, pod, args.tail))
     return 0
 
 
 def register(sub: Any) -> None:
     """Add ``backup create|get|list|describe|logs`` to the top-level sub-parsers."""
-    backup = sub.add_parser("backup", help="VMBackup objects in the cluster: create, get, describe")
+    backup = sub.add_parser(
+        "backup", help="VMGuardBackup objects in the cluster: create, get, describe"
+    )
     cmds = backup.add_subparsers(dest="backup_cmd", required=True, metavar="COMMAND")
 
-    create = cmds.add_parser("create", help="back up one VM now (a VMBackup)")
+    create = cmds.add_parser("create", help="back up one VM now (a VMGuardBackup)")
     create.add_argument("vm", help="the VM: name, moref (vm-42) or instance UUID")
     create.add_argument("--policy", metavar="P", help="VMProtectionPolicy whose settings apply")
     create.add_argument("--vcenter", metavar="V", help="VCenter object (default: the policy's)")
     create.add_argument(
-        "--repository", metavar="R", help="BackupRepository object (default: the policy's)"
+        "--repository", metavar="R", help="VMGuardRepository object (default: the policy's)"
     )
     create.add_argument(
         "--mode",
@@ -325,7 +329,7 @@ def register(sub: Any) -> None:
         default="auto",
         help="auto: incremental when the CBT chain allows; full: read every block",
     )
-    create.add_argument("--name", help="name of the VMBackup (default: from the VM's name)")
+    create.add_argument("--name", help="name of the VMGuardBackup (default: from the VM's name)")
     create.add_argument(
         "--wait", action="store_true", help="follow it to the end; exit 1 unless Completed"
     )
@@ -339,21 +343,21 @@ def register(sub: Any) -> None:
     create.add_argument("--quiet", action="store_true", help="with --wait: no progress output")
     create.set_defaults(func=_create, parser=create)
 
-    get = cmds.add_parser("get", aliases=["list"], help="list VMBackups, or show one")
-    get.add_argument("name", nargs="?", help="one VMBackup (default: all in the namespace)")
+    get = cmds.add_parser("get", aliases=["list"], help="list VMGuardBackups, or show one")
+    get.add_argument("name", nargs="?", help="one VMGuardBackup (default: all in the namespace)")
     get.add_argument("-l", "--selector", help="label selector, e.g. vmguard.io/policy=daily")
     add_output_option(get, ("table", "wide", "json", "yaml"))
     get.set_defaults(func=_get, parser=get)
 
     describe = cmds.add_parser("describe", help="status, conditions, events and proxy log")
-    describe.add_argument("name", help="the VMBackup")
+    describe.add_argument("name", help="the VMGuardBackup")
     describe.add_argument(
         "--tail", type=int, default=20, metavar="N", help="proxy log lines (default: 20)"
     )
     describe.set_defaults(func=_describe, parser=describe)
 
     logs = cmds.add_parser("logs", help="the proxy pod's log")
-    logs.add_argument("name", help="the VMBackup")
+    logs.add_argument("name", help="the VMGuardBackup")
     logs.add_argument(
         "--tail", type=int, default=0, metavar="N", help="last N lines (default: all)"
     )

@@ -1,12 +1,12 @@
 """The coverage view's pure part: every VM, its effective policy, last good backup and
-RPO state, built from VCenter, VMProtectionPolicy and VMBackup objects.
+RPO state, built from VCenter, VMProtectionPolicy and VMGuardBackup objects.
 
 Where each thing comes from:
 
 - **The VMs and their effective policy**: each VCenter's ``status.vmList``, written by
   the operator's sweep (:mod:`vmguard.controller.vcenter.vmlist`): every VM it found, the
   unprotected ones included.
-- **The last good backup**: the newest ``Completed`` VMBackup of the VM (by
+- **The last good backup**: the newest ``Completed`` VMGuardBackup of the VM (by
   ``completionTime``), under any policy; a VM is identified by vCenter and instance
   UUID (label ``vmguard.io/vm`` or ``spec.vm.instanceUuid``).
 - **The RPO**: the policy's ``spec.rpo``, else twice the longest gap between two runs of
@@ -115,7 +115,7 @@ class VMRow:
     last_backup: dt.datetime | None = None
     last_backup_name: str = ""
     listed: bool = True
-    """False when the row comes from VMBackups alone (the vCenter's list lacks the VM)."""
+    """False when the row comes from VMGuardBackups alone (the vCenter's list lacks the VM)."""
 
     @property
     def vm(self) -> str:
@@ -194,7 +194,7 @@ class Coverage:
 
 @dataclass
 class _History:
-    """What a VM's VMBackups say: its newest identity and policy, its last good backup."""
+    """What a VM's VMGuardBackups say: its newest identity and policy, its last good backup."""
 
     vcenter: str
     uuid: str
@@ -254,7 +254,7 @@ def build_coverage(
     backups: Iterable[Mapping[str, Any]],
     now: dt.datetime,
 ) -> Coverage:
-    """The coverage from VCenter, VMProtectionPolicy and VMBackup objects. Pure."""
+    """The coverage from VCenter, VMProtectionPolicy and VMGuardBackup objects. Pure."""
     by_policy = {(_ns(p), p["metadata"]["name"]): p for p in policies}
     past = histories(backups, by_policy)
     out = Coverage()

@@ -1,4 +1,4 @@
-"""Create a VMBackup or VMRestore and, with ``--wait``, follow it to a terminal phase.
+"""Create a VMGuardBackup or VMGuardRestore and, with ``--wait``, follow it to a terminal phase.
 
 The one shape of ``vmguard backup create`` and ``vmguard restore create``: the object
 goes into the namespace the cluster options chose; without ``--wait`` the created

@@ -61,7 +61,7 @@ restore whole VMs, single disks or single files from it.
 
 With a cluster running the vmguard operator (also as `kubectl vmguard ...`):
   status                      which VMs are protected, their last good backup, RPO state
-  backup create|get|describe|logs   ad-hoc backups (VMBackup objects) and what they did
+  backup create|get|describe|logs   ad-hoc backups (VMGuardBackup objects) and what they did
   restore create              restore a backup as a new VM, in place, disks or files
 
 Without a cluster (the repository and vCenter directly):

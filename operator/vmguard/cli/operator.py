@@ -69,6 +69,6 @@ def register(sub: Any) -> None:
         "--controllers",
         default="vcenters,policies,backups,restores,repositories,catalog",
         help="which controllers act (comma-separated; default all). A policy still creates"
-        " VMBackups without 'backups'; they wait for an operator that runs it",
+        " VMGuardBackups without 'backups'; they wait for an operator that runs it",
     )
     op.set_defaults(func=run)

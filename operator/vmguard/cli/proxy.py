@@ -22,13 +22,13 @@ def register(sub: Any) -> None:
     """Add ``proxy backup|restore`` to the top-level sub-parsers."""
     proxy = sub.add_parser(COMMAND, help="run as a proxy Job: move one VM's data (in-cluster)")
     proxy_sub = proxy.add_subparsers(dest="proxy_cmd", required=True)
-    backup = proxy_sub.add_parser(BACKUP, help="transfer the snapshot of one VMBackup")
-    backup.add_argument("--namespace", required=True, help="namespace of the VMBackup")
-    backup.add_argument("--name", required=True, help="the VMBackup")
+    backup = proxy_sub.add_parser(BACKUP, help="transfer the snapshot of one VMGuardBackup")
+    backup.add_argument("--namespace", required=True, help="namespace of the VMGuardBackup")
+    backup.add_argument("--name", required=True, help="the VMGuardBackup")
     backup.set_defaults(func=_backup)
-    restore = proxy_sub.add_parser(RESTORE, help="write the data of one VMRestore")
-    restore.add_argument("--namespace", required=True, help="namespace of the VMRestore")
-    restore.add_argument("--name", required=True, help="the VMRestore")
+    restore = proxy_sub.add_parser(RESTORE, help="write the data of one VMGuardRestore")
+    restore.add_argument("--namespace", required=True, help="namespace of the VMGuardRestore")
+    restore.add_argument("--name", required=True, help="the VMGuardRestore")
     restore.set_defaults(func=_restore)
 
 

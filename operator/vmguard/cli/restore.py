@@ -1,4 +1,4 @@
-"""``vmguard restore create``: a VMRestore from flags, optionally followed to its end.
+"""``vmguard restore create``: a VMGuardRestore from flags, optionally followed to its end.
 
 Exactly one target, as the CRD demands (``vmguard.crds.restore``):
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vmguard.api.kinds import RESTORE
 from vmguard.api.phases import RESTORE_TERMINAL, RestorePhase
 from vmguard.cli.create import create_and_follow
 from vmguard.cli.kube import (
@@ -28,7 +29,7 @@ from vmguard.cli.kube import (
 )
 from vmguard.cli.options import UsageError, add_output_option, emit
 
-PLURAL = "vmrestores"
+PLURAL = RESTORE.plural
 
 
 def _vm_ref(text: str) -> dict[str, str]:
@@ -118,7 +119,7 @@ def build_vmrestore(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
         meta["name"] = args.name
     else:
         meta["generateName"] = f"{args.backup[:50]}-restore-"
-    return {"apiVersion": api_version(), "kind": "VMRestore", "metadata": meta, "spec": spec}
+    return {"apiVersion": api_version(), "kind": RESTORE.kind, "metadata": meta, "spec": spec}
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -141,11 +142,11 @@ def _create(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``restore create`` to the top-level sub-parsers."""
-    restore = sub.add_parser("restore", help="VMRestore objects in the cluster: create")
+    restore = sub.add_parser("restore", help="VMGuardRestore objects in the cluster: create")
     cmds = restore.add_subparsers(dest="restore_cmd", required=True, metavar="COMMAND")
-    c = cmds.add_parser("create", help="restore a VMBackup: new VM, in place, disks or files")
-    c.add_argument("--backup", required=True, metavar="NAME", help="the VMBackup to restore")
-    c.add_argument("--name", help="name of the VMRestore (default: from the backup's)")
+    c = cmds.add_parser("create", help="restore a VMGuardBackup: new VM, in place, disks or files")
+    c.add_argument("--backup", required=True, metavar="NAME", help="the VMGuardBackup to restore")
+    c.add_argument("--name", help="name of the VMGuardRestore (default: from the backup's)")
     c.add_argument("--vcenter", metavar="V", help="VCenter to restore into (default: the backup's)")
     c.add_argument("--new-vm", metavar="NAME", help="restore as a new VM with this name")
     c.add_argument("--folder", help="with --new-vm: VM folder, e.g. /DC0/vm/restored")

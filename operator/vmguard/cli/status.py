@@ -1,7 +1,7 @@
 """``vmguard status`` (also ``kubectl vmguard status``): which VMs are covered, from the
 cluster's objects alone.
 
-The command lists VCenter, VMProtectionPolicy and VMBackup objects (blocking, here);
+The command lists VCenter, VMProtectionPolicy and VMGuardBackup objects (blocking, here);
 :mod:`.coverage` turns them into rows, and this module prints them: a ``kubectl
 get``-style table, one row per VM (vCenter, VM, policy or ``UNPROTECTED``, last good
 backup and its age, RPO state), then a summary line and notes; or JSON or YAML
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from wcwidth import wcswidth
 
 from vmguard.api import GROUP, VERSION
+from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.cli.kube import Cluster, add_cluster_options, connect
 from vmguard.cli.options import UsageError, add_output_option, emit
 
@@ -117,7 +118,7 @@ def read_objects(cluster: Cluster, namespace: str | None) -> dict[str, list[dict
     """Blocking: the three kinds, from one namespace or (``None``) every namespace."""
     api = cluster.custom()
     out = {}
-    for plural in ("vcenters", "vmprotectionpolicies", "vmbackups"):
+    for plural in (VCENTER.plural, POLICY.plural, BACKUP.plural):
 
         def listing(p: str = plural) -> Any:
             if namespace is None:
@@ -139,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     found = read_objects(cluster, namespace)
     now = dt.datetime.now(dt.UTC)
     coverage = build_coverage(
-        found["vcenters"], found["vmprotectionpolicies"], found["vmbackups"], now
+        found[VCENTER.plural], found[POLICY.plural], found[BACKUP.plural], now
     )
     text = "" if args.output in ("json", "yaml") else None
     if text is None:

@@ -2,7 +2,7 @@
 
 One package per kind, each with its kopf handlers in ``handlers.py``: ``vcenter``
 (sweeps, VM lists, orphan snapshots), ``policy`` (schedules, fail-safe, retention),
-``backup`` (one VMBackup's phases), ``restore`` (one VMRestore's phases) and
+``backup`` (one VMGuardBackup's phases), ``restore`` (one VMGuardRestore's phases) and
 ``repository`` (reachability, GC, verify, catalog sync). Kinds never import each other:
 what more than one uses lives in ``kube`` (API access, connections from Secrets, proxy
 Job pieces, conditions, the clock, cron, the latest sweeps), which imports no kind.

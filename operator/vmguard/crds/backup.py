@@ -1,11 +1,11 @@
-"""``VMBackup``: one backup of one VM at one point in time.
+"""``VMGuardBackup``: one backup of one VM at one point in time.
 
-Policies create VMBackups on schedule (named deterministically, labelled with VM and
+Policies create VMGuardBackups on schedule (named deterministically, labelled with VM and
 policy); people create them for an ad-hoc backup. The spec is the request and never
 changes after creation (``self == oldSelf``): a different request is a different
 backup. Everything the operator and the proxy Job learn on the way — phase, which mode
 was used and why, per-disk bytes, snapshot, Job, archive id — is in status, so
-``kubectl get vmbackups -w`` shows a backup move, and the catalog sync can rebuild the
+``kubectl get vmguardbackups -w`` shows a backup move, and the catalog sync can rebuild the
 object from the archive in the bucket.
 
 Phases (:class:`vmguard.api.BackupPhase`, from which the enum is generated): Pending →
@@ -17,6 +17,7 @@ disk of the VM or is not committed, so there is no partial outcome
 from __future__ import annotations
 
 from vmguard.api import BackupPhase
+from vmguard.api.kinds import BACKUP
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
 from vmguard.crds.schema import (
@@ -37,7 +38,7 @@ MODES_USED = ["full", "incremental", "fullScan"]
 MAX_DISKS = 256  # vSphere 8 allows up to 256 virtual disks per VM
 
 spec = obj(
-    "What to back up. Immutable: create a new VMBackup for a new backup.",
+    "What to back up. Immutable: create a new VMGuardBackup for a new backup.",
     {
         "vm": f.vm_identity(
             "The VM. Backups the operator creates carry all three ids; for an ad-hoc "
@@ -56,7 +57,7 @@ spec = obj(
             "The VM's vCenter (default: the policy's).", "VCenter", label=True
         ),
         "repositoryRef": f.local_ref(
-            "Where to store the backup (default: the policy's).", "BackupRepository", label=True
+            "Where to store the backup (default: the policy's).", "VMGuardRepository", label=True
         ),
         "mode": enum(
             "auto: incremental from the VM's last archive when the CBT chain allows, else a "
@@ -67,7 +68,7 @@ spec = obj(
     },
     required=["vm"],
     rules=[
-        immutable("VMBackup spec"),
+        immutable("VMGuardBackup spec"),
         rule(
             "has(self.policyRef) || (has(self.vcenterRef) && has(self.repositoryRef))",
             "give policyRef, or both vcenterRef and repositoryRef",
@@ -113,7 +114,7 @@ status = obj(
         "phase": enum("Where the backup is; see the kind's description.", PHASES),
         "vm": f.vm_identity("The VM as resolved at snapshot time.", required=False),
         "vcenter": string("Name of the VCenter used.", max_length=63),
-        "repository": string("Name of the BackupRepository used.", max_length=63),
+        "repository": string("Name of the VMGuardRepository used.", max_length=63),
         "placement": obj(
             "Where the VM ran at the snapshot; the concurrency limits count backups by it.",
             {
@@ -183,9 +184,7 @@ status = obj(
 )
 
 KIND = Kind(
-    kind="VMBackup",
-    plural="vmbackups",
-    short_names=["vmb"],
+    names=BACKUP,
     description="One backup of one VM at one point in time.",
     spec=spec,
     status=status,

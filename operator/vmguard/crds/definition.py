@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import CATEGORY, GROUP, VERSION
+from vmguard.api.kinds import KindNames
 from vmguard.crds.schema import Schema, obj, rule, string
 
 
@@ -59,15 +60,21 @@ def ready_reason_column() -> dict[str, Any]:
 class Kind:
     """One custom resource kind of vmguard."""
 
-    kind: str
-    plural: str
-    short_names: Sequence[str]
+    names: KindNames
     description: str
     spec: Schema
     status: Schema
     columns: Sequence[dict[str, Any]] = ()
     # Rules on the whole object; the only place CEL can see metadata.name.
     root_rules: Sequence[Schema] = field(default_factory=tuple)
+
+    @property
+    def kind(self) -> str:
+        return self.names.kind
+
+    @property
+    def plural(self) -> str:
+        return self.names.plural
 
     @property
     def name(self) -> str:
@@ -101,8 +108,8 @@ class Kind:
                     "kind": self.kind,
                     "listKind": f"{self.kind}List",
                     "plural": self.plural,
-                    "singular": self.kind.lower(),
-                    "shortNames": list(self.short_names),
+                    "singular": self.names.singular,
+                    "shortNames": list(self.names.short_names),
                     "categories": [CATEGORY],
                 },
                 "versions": [

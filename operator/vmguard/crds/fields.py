@@ -6,9 +6,9 @@ user reads when it is wrong. Rules that relate several fields live in the kind m
 
 Conventions (documented in ``docs/resource-model.md``):
 
-- References are same-namespace ``{name: ...}`` objects. VCenter, BackupRepository and
+- References are same-namespace ``{name: ...}`` objects. VCenter, VMGuardRepository and
   VMProtectionPolicy names are DNS-1123 *labels* (≤ 63 characters) because the operator
-  copies them into label values and into generated VMBackup names; everything else is
+  copies them into label values and into generated VMGuardBackup names; everything else is
   referenced by a DNS-1123 *subdomain* (≤ 253), as Kubernetes names Secrets and PVCs.
 - Durations use Go's syntax restricted to ``h``, ``m`` and ``s`` (``90m``, ``1h30m``);
   there is no ``d`` because Go has none and the operator parses them with Go's rules.

@@ -16,6 +16,7 @@ selected.
 
 from __future__ import annotations
 
+from vmguard.api.kinds import POLICY
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, name_is_label, ready_column
 from vmguard.crds.schema import (
@@ -244,7 +245,7 @@ spec = obj(
         "vcenterRef": f.local_ref(
             "The vCenter whose VMs this policy protects.", "VCenter", label=True
         ),
-        "repositoryRef": f.local_ref("Where the backups go.", "BackupRepository", label=True),
+        "repositoryRef": f.local_ref("Where the backups go.", "VMGuardRepository", label=True),
         "default": boolean(
             "The fail-safe policy of the vCenter: it protects every VM that no other policy "
             "selects. It has no selector. One per vCenter.",
@@ -368,7 +369,7 @@ status = obj(
             "Outcome of the backups of the last scheduled run.",
             {
                 "time": timestamp("When the run started."),
-                "backups": integer("VMBackups the run created.", minimum=0),
+                "backups": integer("VMGuardBackups the run created.", minimum=0),
                 "completed": integer(minimum=0),
                 "failed": integer(minimum=0),
                 "running": integer(minimum=0),
@@ -383,10 +384,10 @@ status = obj(
             {
                 "lastPruneTime": timestamp("When retention last pruned a backup."),
                 "lastPruned": integer(
-                    "VMBackups (with their archives) that pass removed.", minimum=0
+                    "VMGuardBackups (with their archives) that pass removed.", minimum=0
                 ),
                 "blocked": integer(
-                    "VMBackups retention would prune but Object Lock still protects.",
+                    "VMGuardBackups retention would prune but Object Lock still protects.",
                     minimum=0,
                 ),
             },
@@ -395,9 +396,7 @@ status = obj(
 )
 
 KIND = Kind(
-    kind="VMProtectionPolicy",
-    plural="vmprotectionpolicies",
-    short_names=["vmpp"],
+    names=POLICY,
     description="Which VMs of a vCenter to back up, when, to which repository, for how long.",
     spec=spec,
     status=status,
@@ -413,5 +412,5 @@ KIND = Kind(
         column("Next-Run", ".status.nextScheduleTime", "Next scheduled run (UTC).", priority=1),
         column("Repository", ".spec.repositoryRef.name", "Target repository.", priority=1),
     ],
-    root_rules=[name_is_label("VMProtectionPolicy", "it becomes a label value on VMBackups")],
+    root_rules=[name_is_label("VMProtectionPolicy", "it becomes a label value on VMGuardBackups")],
 )

@@ -1,14 +1,15 @@
-"""``BackupRepository``: an S3 bucket (MinIO or any S3 service) that holds vmguard archives.
+"""``VMGuardRepository``: an S3 bucket (MinIO or any S3 service) that holds vmguard archives.
 
 The repository format is fixed when the repository is initialised, so the fields that
 define it — bucket, prefix, chunk size, whether it is encrypted — cannot change later:
 a different value would describe a different repository, and the archives the existing
-VMBackups point at would vanish from view. To move, create a new BackupRepository.
+VMGuardBackups point at would vanish from view. To move, create a new VMGuardRepository.
 The encryption key's Secret may be renamed; the key in it must stay the same.
 """
 
 from __future__ import annotations
 
+from vmguard.api.kinds import REPOSITORY
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, name_is_label, ready_column
 from vmguard.crds.schema import (
@@ -206,9 +207,7 @@ status = obj(
 )
 
 KIND = Kind(
-    kind="BackupRepository",
-    plural="backuprepositories",
-    short_names=["brepo"],
+    names=REPOSITORY,
     description="An S3/MinIO bucket holding deduplicated, compressed VM backups.",
     spec=spec,
     status=status,
@@ -227,5 +226,5 @@ KIND = Kind(
         column("Dedup", ".status.dedupRatio", "Logical / stored bytes.", type_="number"),
         column("Last-Verify", ".status.lastVerify.time", "Last verify.", type_="date", priority=1),
     ],
-    root_rules=[name_is_label("BackupRepository", "it becomes a label value on VMBackups")],
+    root_rules=[name_is_label("VMGuardRepository", "it becomes a label value on VMGuardBackups")],
 )

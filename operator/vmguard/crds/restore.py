@@ -1,4 +1,4 @@
-"""``VMRestore``: bring a VMBackup back as a new VM, over the VM, as disks, or as files.
+"""``VMGuardRestore``: bring a VMGuardBackup back as a new VM, over the VM, as disks, or as files.
 
 Exactly one target is set (CEL). Restores that overwrite — ``inPlace`` and disks with
 ``overwrite`` — need an explicit ``confirm: true``, because a typo there destroys the
@@ -9,6 +9,7 @@ restore that already wrote half a disk cannot be redirected.
 from __future__ import annotations
 
 from vmguard.api import RestorePhase
+from vmguard.api.kinds import RESTORE
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
 from vmguard.crds.schema import (
@@ -189,7 +190,11 @@ spec = obj(
     {
         "source": obj(
             "The backup to restore.",
-            {"backupRef": f.local_ref("The VMBackup to restore.", "VMBackup", label=False)},
+            {
+                "backupRef": f.local_ref(
+                    "The VMGuardBackup to restore.", "VMGuardBackup", label=False
+                )
+            },
             required=["backupRef"],
         ),
         "vcenterRef": f.local_ref(
@@ -198,7 +203,7 @@ spec = obj(
         "target": target,
     },
     required=["source", "target"],
-    rules=[immutable("VMRestore spec")],
+    rules=[immutable("VMGuardRestore spec")],
 )
 
 status = obj(
@@ -208,11 +213,11 @@ status = obj(
         "conditions": f.conditions(),
         "phase": enum("Where the restore is.", PHASES),
         "archiveId": string(
-            "The archive restored (from the VMBackup, recorded when the restore starts).",
+            "The archive restored (from the VMGuardBackup, recorded when the restore starts).",
             max_length=128,
         ),
         "vcenter": string("Name of the VCenter restored into.", max_length=63),
-        "repository": string("Name of the BackupRepository read.", max_length=63),
+        "repository": string("Name of the VMGuardRepository read.", max_length=63),
         "powerOnAfter": boolean(
             "Whether Finalizing powers the VM on: newVM.powerOn, or an in-place target "
             "that was on before the restore powered it off."
@@ -255,14 +260,12 @@ status = obj(
 )
 
 KIND = Kind(
-    kind="VMRestore",
-    plural="vmrestores",
-    short_names=["vmr"],
-    description="A restore of a VMBackup: as a new VM, in place, as disks or as files.",
+    names=RESTORE,
+    description="A restore of a VMGuardBackup: as a new VM, in place, as disks or as files.",
     spec=spec,
     status=status,
     columns=[
-        column("Backup", ".spec.source.backupRef.name", "VMBackup restored."),
+        column("Backup", ".spec.source.backupRef.name", "VMGuardBackup restored."),
         column("New-VM", ".spec.target.newVM.name", "Name of the VM to create."),
         column("Phase", ".status.phase", "Where the restore is."),
         ready_column(),

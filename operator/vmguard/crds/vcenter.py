@@ -8,6 +8,7 @@ ever skipped when ``insecureSkipVerify: true`` is written down, alone.
 
 from __future__ import annotations
 
+from vmguard.api.kinds import VCENTER
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, name_is_label, ready_column
 from vmguard.crds.schema import (
@@ -181,9 +182,7 @@ status = obj(
 )
 
 KIND = Kind(
-    kind="VCenter",
-    plural="vcenters",
-    short_names=["vc"],
+    names=VCENTER,
     description="A vCenter Server whose VMs vmguard discovers, backs up and restores.",
     spec=spec,
     status=status,
@@ -200,5 +199,5 @@ KIND = Kind(
         ),
         column("Last-Sweep", ".status.lastSweepTime", "Last discovery sweep.", type_="date"),
     ],
-    root_rules=[name_is_label("VCenter", "it becomes a label value on VMBackups")],
+    root_rules=[name_is_label("VCenter", "it becomes a label value on VMGuardBackups")],
 )

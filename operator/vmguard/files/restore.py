@@ -1,9 +1,9 @@
 """Restoring files out of an archived disk: ``restore_paths`` and where files go.
 
 :func:`restore_paths` is the one entry point for every file restore: ``vmguard files
-get`` calls it with a :class:`DirectorySink`, and the proxy Job of a ``VMRestore`` in
+get`` calls it with a :class:`DirectorySink`, and the proxy Job of a ``VMGuardRestore`` in
 ``files`` mode will call it with a sink that writes to a PVC (a directory) or an S3
-prefix, passing a progress callback that patches the VMRestore's status.
+prefix, passing a progress callback that patches the VMGuardRestore's status.
 
 Invariants:
 

@@ -1,6 +1,6 @@
 """A :class:`~vmguard.files.restore.FileSink` that uploads restored files as S3 objects.
 
-Used by a VMRestore in ``files`` mode with ``to.s3``: every restored file becomes one
+Used by a VMGuardRestore in ``files`` mode with ``to.s3``: every restored file becomes one
 object ``PREFIX/VOLUME/path`` (``PREFIX/DISK/VOLUME/path`` when the restore reads every
 disk). S3 has no directories, so directories leave no object; a symlink becomes an empty
 object whose metadata names its target. Metadata on every object: ``mtime-ns`` (the

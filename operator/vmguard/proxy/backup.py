@@ -1,10 +1,10 @@
 """``vmguard proxy backup --namespace NS --name N``: the backup proxy Job's process.
 
 The operator prepares a backup (snapshot, parent archive, requested mode — all in the
-VMBackup's status) and runs this in a Job built by
+VMGuardBackup's status) and runs this in a Job built by
 :func:`vmguard.controller.kube.proxyjob.build_backup_job`. The proxy:
 
-1. reads its VMBackup (the only object its Role lets it read) and turns the status into
+1. reads its VMGuardBackup (the only object its Role lets it read) and turns the status into
    a :class:`~vmguard.vm.backup.TransferRequest` (:func:`request_from`, pure);
 2. connects with what the Job gives it (:mod:`vmguard.proxy.environment`, names in
    :mod:`vmguard.proxy.contract`): vCenter URL and trust, repository URL in the
@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from vmguard.api.kinds import BACKUP
 from vmguard.errors import (
     AuthenticationError,
     ConfigError,
@@ -59,11 +60,11 @@ class Terminated(Exception):
 
 
 def request_from(obj: Mapping[str, Any], env: Mapping[str, str]) -> TransferRequest:
-    """The transfer a VMBackup's status asks for (pure); ConfigError when it is not ready."""
+    """The transfer a VMGuardBackup's status asks for (pure); ConfigError when it is not ready."""
     status = obj.get("status") or {}
     vm, snapshot = status.get("vm") or {}, status.get("snapshot") or {}
     if not vm.get("moref") or not snapshot.get("moref") or not status.get("modeRequested"):
-        raise ConfigError("the VMBackup has no snapshot yet: the operator has not prepared it")
+        raise ConfigError("the VMGuardBackup has no snapshot yet: the operator has not prepared it")
     if snapshot.get("removed"):
         raise ConfigError(f"snapshot {snapshot['moref']} was removed already")
     full = status["modeRequested"] == "full"
@@ -88,7 +89,7 @@ def request_from(obj: Mapping[str, Any], env: Mapping[str, str]) -> TransferRequ
 
 
 def origin_labels(obj: Mapping[str, Any]) -> dict[str, str]:
-    """Manifest labels naming the VMBackup and its policy (pure), so that catalog sync
+    """Manifest labels naming the VMGuardBackup and its policy (pure), so that catalog sync
     can rebuild the object from the bucket alone (docs/repository-format.md §6)."""
     meta = obj.get("metadata") or {}
     out = {
@@ -173,11 +174,11 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def run_backup(namespace: str, name: str, hooks: Hooks = NO_HOOKS) -> int:
-    """Transfer one VMBackup's snapshot; 0 when committed, 1 (143: SIGTERM) when failed."""
+    """Transfer one VMGuardBackup's snapshot; 0 when committed, 1 (143: SIGTERM) when failed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
     env = os.environ
-    reporter = StatusReporter("vmbackups", namespace, name)
+    reporter = StatusReporter(BACKUP.plural, namespace, name)
     try:
         obj = reporter.read()
         request = request_from(obj, env)

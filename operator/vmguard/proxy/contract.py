@@ -75,10 +75,10 @@ COMMAND, BACKUP, RESTORE = "proxy", "backup", "restore"
 
 
 def backup_args(namespace: str, name: str) -> list[str]:
-    """The proxy's arguments for one VMBackup (after the image's ``vmguard`` command)."""
+    """The proxy's arguments for one VMGuardBackup (after the image's ``vmguard`` command)."""
     return [COMMAND, BACKUP, "--namespace", namespace, "--name", name]
 
 
 def restore_args(namespace: str, name: str) -> list[str]:
-    """The proxy's arguments for one VMRestore."""
+    """The proxy's arguments for one VMGuardRestore."""
     return [COMMAND, RESTORE, "--namespace", namespace, "--name", name]

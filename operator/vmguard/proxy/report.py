@@ -1,8 +1,8 @@
 """The proxy's voice: patch progress and results into the status of the object it serves.
 
-A proxy Job works for one VMBackup or VMRestore and may only read that kind and patch
+A proxy Job works for one VMGuardBackup or VMGuardRestore and may only read that kind and patch
 its status subresource (its ServiceAccount's Role allows nothing else). Progress is
-throttled to one patch per ``interval`` seconds, so ``kubectl get vmb -w`` shows it
+throttled to one patch per ``interval`` seconds, so ``kubectl get vgb -w`` shows it
 move without loading the apiserver; :meth:`StatusReporter.patch` (results, errors) is
 sent at once. A failed progress patch is logged and dropped — the data path never
 stops because the apiserver hiccupped — while a failed result patch raises, so the

@@ -1,10 +1,10 @@
-"""The proxy's side of a VMRestore: ``vmguard proxy restore --namespace NS --name NAME``.
+"""The proxy's side of a VMGuardRestore: ``vmguard proxy restore --namespace NS --name NAME``.
 
 Data plane only. The operator has already checked the source and prepared the target,
-and recorded both in the VMRestore's status (``archiveId``; ``result.vm`` and
+and recorded both in the VMGuardRestore's status (``archiveId``; ``result.vm`` and
 ``result.disks`` — which disk of the archive goes into which disk of which VM; or
-``result.location`` for files). The proxy reads the VMRestore (its only read: the
-VMBackup may be gone by now), writes, and patches ``status.progress`` (throttled) and
+``result.location`` for files). The proxy reads the VMGuardRestore (its only read: the
+VMGuardBackup may be gone by now), writes, and patches ``status.progress`` (throttled) and
 its outcome into ``status.result`` — or ``status.error`` with a reason, exiting
 non-zero so the Job fails and the operator fails the restore.
 
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmguard.api.kinds import RESTORE
 from vmguard.engine.restore import RestoreFailed
 from vmguard.errors import (
     ChunkCorruptError,
@@ -157,14 +158,14 @@ def run(
     name: str,
     reporter: StatusReporter | None = None,
 ) -> int:
-    """Carry out one VMRestore; 0 when its data is written, 1 when it failed (reported)."""
-    reporter = reporter or StatusReporter("vmrestores", namespace, name)
+    """Carry out one VMGuardRestore; 0 when its data is written, 1 when it failed (reported)."""
+    reporter = reporter or StatusReporter(RESTORE.plural, namespace, name)
     obj = reporter.read()
     status, target = obj.get("status") or {}, obj["spec"]["target"]
     try:
         archive_id = status.get("archiveId")
         if not archive_id:
-            raise ConfigError(f"VMRestore {namespace}/{name} names no archive yet")
+            raise ConfigError(f"VMGuardRestore {namespace}/{name} names no archive yet")
         repo = repository_from(os.environ)
         manifest = repo.load_archive(archive_id)
         log.info("restore %s/%s: archive %s of %s", namespace, name, archive_id, manifest.vm.name)

@@ -1,4 +1,4 @@
-"""A VMRestore in ``files`` mode, in the proxy: paths out of the archive into S3 or a PVC.
+"""A VMGuardRestore in ``files`` mode, in the proxy: paths out of the archive into S3 or a PVC.
 
 ``paths`` are globs from a file system's root (``/etc/**``). With ``disk`` and
 ``partition`` they are looked up in that one volume (``pN``); with ``disk`` alone in

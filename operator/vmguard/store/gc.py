@@ -92,7 +92,7 @@ class GarbageCollector:
         # orphaned indexes, interrupted prunes), uses the repository's own grace: the
         # safety argument of format §7.1/§7.5 needs margin + grace to exceed the longest
         # manifest PUT. The chunk age cutoff is not part of that argument (§7.5), so a
-        # caller may shorten it (a BackupRepository's spec.gc.gracePeriod).
+        # caller may shorten it (a VMGuardRepository's spec.gc.gracePeriod).
         self.grace = timedelta(seconds=repo.config.gc.grace_seconds)
         self.chunk_grace = (
             self.grace if chunk_grace_seconds is None else timedelta(seconds=chunk_grace_seconds)

@@ -27,13 +27,13 @@ from vmguard.store.archive import ArchiveManifest
 from vmguard.store.repository import Repository
 
 BACKUP_UID_LABEL = "backup_uid"
-"""Manifest label carrying the UID of the VMBackup (or CLI run) that made the archive."""
+"""Manifest label carrying the UID of the VMGuardBackup (or CLI run) that made the archive."""
 
 ORIGIN_NAMESPACE = "vmguard.io/namespace"
 ORIGIN_VMBACKUP = "vmguard.io/vmbackup"
 ORIGIN_POLICY = "vmguard.io/policy"
-"""Manifest labels naming the VMBackup (namespace, name) and policy that made the archive;
-catalog sync reads them back when it rebuilds VMBackup objects from the bucket. They are
+"""Manifest labels naming the VMGuardBackup (namespace, name) and policy that made the archive;
+catalog sync reads them back when it rebuilds VMGuardBackup objects from the bucket. They are
 the repository format's (docs/repository-format.md), not the Kubernetes API's: spelled
 like :mod:`vmguard.api`'s label keys but defined here, because archives outlive any
 version of the API and these keys must not change when it does."""

@@ -21,7 +21,7 @@ lowest layer that may import both the store and ``vmguard.config``: every caller
   ``docs/repository-format.md`` §4.3), so ``echo KEY > file`` and a Secret written
   without a newline give the same key.
 - ``ca_file`` always means the CA bundle of the repository's S3 endpoint (the CLI's
-  ``--ca-file``, the BackupRepository's ``s3.caBundle``); it overrides ``?ca=``.
+  ``--ca-file``, the VMGuardRepository's ``s3.caBundle``); it overrides ``?ca=``.
 
 Invariants: S3 credentials come only from the environment (``VMGUARD_S3_ACCESS_KEY`` /
 ``VMGUARD_S3_SECRET_KEY``, else the AWS SDK's ``AWS_ACCESS_KEY_ID`` /
@@ -205,7 +205,7 @@ def open_repository(
     S3 credentials come from ``env`` (default: the process environment). Never creates
     a repository: one that does not exist is :class:`RepositoryNotFoundError`, so a
     mistyped URL cannot start a second repository with defaults (``Repository.init``,
-    reached through ``vmguard repo init`` or the BackupRepository controller, creates).
+    reached through ``vmguard repo init`` or the VMGuardRepository controller, creates).
     ``kdf_limits`` bounds the key derivation a config may ask for (format §4.3).
     """
     target = url if isinstance(url, Location) else repository_url(url, env)

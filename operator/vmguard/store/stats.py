@@ -1,7 +1,7 @@
 """Repository statistics: archives, chunks, stored and logical bytes, dedup ratio.
 
 One function, :func:`repository_stats`, shared by ``vmguard repo stats`` and the
-operator's BackupRepository controller, so both report the same numbers.
+operator's VMGuardRepository controller, so both report the same numbers.
 
 Cost: one listing of ``chunks/`` (sizes come with the listing, no GET per chunk) and one
 listing of ``archives/``, plus one manifest GET per archive for its logical size.

@@ -8,7 +8,7 @@ the hook counts as failed. :func:`run_hooks` runs a list in order and honours ea
 hook's ``onError``: ``fail`` stops the list and raises :class:`HookFailed` (message:
 the hook's name and exit code or why it did not run), ``continue`` records a warning and
 goes on. Every hook that ran yields a :class:`HookResult` (name, exit code, seconds,
-warning) for the VMBackup status.
+warning) for the VMGuardBackup status.
 
 Invariants: the guest password lives in :class:`GuestCredentials` where ``repr`` cannot
 show it, and no log line, exception message or result carries it (pyVmomi faults carry

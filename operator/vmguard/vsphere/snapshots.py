@@ -337,7 +337,7 @@ def sweep_orphans(
     """Remove our snapshots whose backup does not run any more or that are too old.
 
     ``records`` come from a discovery sweep; ``backup_running(uid)`` says whether the
-    backup with that UID is still in progress (the operator asks the VMBackup objects).
+    backup with that UID is still in progress (the operator asks the VMGuardBackup objects).
     A snapshot younger than ``grace`` is left alone whatever its backup says: it may be
     one a backup (or a CBT activation cycle) is taking right now. A VM touched here, or
     needing consolidation, is consolidated when ``allow_consolidate`` (or, per VM, its

@@ -1,4 +1,4 @@
-"""The VMBackup kind: one backup from Pending to Completed or Failed.
+"""The VMGuardBackup kind: one backup from Pending to Completed or Failed.
 
 :mod:`.reconcile` (the state machine), :mod:`.steps` (refs, concurrency limits, guest
 hooks, the snapshot cycle's blocking calls), :mod:`.builders` (the proxy Job of one

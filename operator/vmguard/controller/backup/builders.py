@@ -1,4 +1,4 @@
-"""Pure builder of a VMBackup's proxy Job (one per transfer attempt).
+"""Pure builder of a VMGuardBackup's proxy Job (one per transfer attempt).
 
 Built from the shared pieces of :mod:`vmguard.controller.kube.proxyjob`; the same rules
 hold: plain data in, a manifest out, no API call, clock or randomness, credentials only
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmguard.api import LABEL_ATTEMPT, LABEL_POLICY, LABEL_VM, LABEL_VMBACKUP, LABEL_VMBACKUP_UID
+from vmguard.api.kinds import BACKUP
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.proxyjob import (
     bounded_name,
@@ -62,7 +63,7 @@ def build_backup_job(
     return proxy_job(
         name=job_name(meta["name"], attempt),
         namespace=meta["namespace"],
-        owner={**vmbackup, "kind": vmbackup.get("kind", "VMBackup")},
+        owner={**vmbackup, "kind": vmbackup.get("kind", BACKUP.kind)},
         labels=labels,
         settings=settings,
         args=backup_args(meta["namespace"], meta["name"]),

@@ -1,6 +1,6 @@
-"""The VMBackup kind's kopf handlers.
+"""The VMGuardBackup kind's kopf handlers.
 
-- ``vmbackup_runner``: a daemon per VMBackup in flight (not finished, not synced)
+- ``vmbackup_runner``: a daemon per VMGuardBackup in flight (not finished, not synced)
   drives it through its phases (:func:`.reconcile.reconcile`), resumed by any operator
   that (re)starts; a fault is logged and the step retried after 30 s.
 - ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
+from vmguard.api.kinds import BACKUP
 from vmguard.controller.backup import reconcile
 from vmguard.controller.backup.steps import MissingRef
 from vmguard.controller.kube.handlers import acts, policy_wakeup
@@ -26,7 +27,7 @@ def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> boo
     return reconcile.in_flight(status, labels)
 
 
-@kopf.daemon(GROUP, VERSION, "vmbackups", when=_backup_in_flight, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight, cancellation_timeout=5.0)
 async def vmbackup_runner(
     name: str,
     namespace: str | None,
@@ -36,7 +37,7 @@ async def vmbackup_runner(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Drive one VMBackup through its phases; resumed by any operator that (re)starts."""
+    """Drive one VMGuardBackup through its phases; resumed by any operator that (re)starts."""
     if not acts(memo, "backups"):
         return
     ctx: reconcile.BackupContext = memo.backups
@@ -57,7 +58,7 @@ async def vmbackup_runner(
             await ctx.timing.wait(delay, stopped)
 
 
-@kopf.on.field(GROUP, VERSION, "vmbackups", field="status.phase")
+@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.phase")
 async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
     """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
     it happens; backups that finished while no operator ran are not counted again. A
@@ -72,7 +73,7 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None
         policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
 
 
-@kopf.on.delete(GROUP, VERSION, "vmbackups", when=_backup_in_flight)
+@kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)
 async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
     if not acts(memo, "backups"):

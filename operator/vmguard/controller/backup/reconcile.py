@@ -1,4 +1,4 @@
-"""The VMBackup controller: one backup from Pending to Completed or Failed.
+"""The VMGuardBackup controller: one backup from Pending to Completed or Failed.
 
 :func:`reconcile` looks at the object as it is in the apiserver and takes the next step
 of its phase (docs/operator.md):
@@ -19,7 +19,7 @@ of its phase (docs/operator.md):
   Job is ``ProxySettings.start_timeout`` old;
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
-A VMBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
+A VMGuardBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
 controller/repository/catalog.py) is never taken through these steps: it is born without status,
 which would otherwise read as Pending and start a second backup of the VM.
 
@@ -54,6 +54,7 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
+from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
@@ -77,11 +78,11 @@ from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
 log = logging.getLogger(__name__)
 
-PLURAL = "vmbackups"
+PLURAL = BACKUP.plural
 WAIT_REFS = 15.0
 WAIT_ADMISSION = 5.0
 WAIT_PEER = 15.0
-WAIT_REPOSITORY = 3.0  # the BackupRepository controller creates it within a turn
+WAIT_REPOSITORY = 3.0  # the VMGuardRepository controller creates it within a turn
 
 
 @dataclass
@@ -98,7 +99,7 @@ class BackupContext:
 
 
 def in_flight(status: Any, labels: Any = None) -> bool:
-    """Whether the backup still has work to do. A synced VMBackup (catalog sync) never
+    """Whether the backup still has work to do. A synced VMGuardBackup (catalog sync) never
     has: it stands for an archive that exists, and its status comes from that archive."""
     if is_synced(labels):
         return False
@@ -111,7 +112,7 @@ def _age(obj: dict[str, Any], now: dt.datetime) -> float:
 
 
 class Patcher:
-    """Status patches of one VMBackup, keeping its conditions consistent."""
+    """Status patches of one VMGuardBackup, keeping its conditions consistent."""
 
     def __init__(self, ctx: BackupContext, obj: dict[str, Any]) -> None:
         self.ctx, self.obj = ctx, obj
@@ -156,7 +157,7 @@ class Patcher:
 def backup_conditions(
     conditions: Any, phase: str, error: Any, generation: int | None
 ) -> list[Condition]:
-    """The kstatus conditions of a VMBackup in ``phase``
+    """The kstatus conditions of a VMGuardBackup in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
     failed = phase == BackupPhase.FAILED
     return lifecycle_conditions(
@@ -298,8 +299,8 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         p.condition("Ready", False, "SnapshotRetrying", str(exc))
         await p.patch({})
         return WAIT_PEER
-    except RepositoryNotFoundError as exc:  # the BackupRepository controller creates it
-        message = f"{exc}: waiting for BackupRepository {refs.repository_name} to create it"
+    except RepositoryNotFoundError as exc:  # the VMGuardRepository controller creates it
+        message = f"{exc}: waiting for VMGuardRepository {refs.repository_name} to create it"
         p.condition("Ready", False, "RepositoryNotReady", message)
         await p.patch({})
         return WAIT_REPOSITORY
@@ -535,7 +536,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
 
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
-    """A VMBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
+    """A VMGuardBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
     meta, status = obj["metadata"], obj.get("status") or {}
     await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")

@@ -1,12 +1,12 @@
-"""What the VMBackup controller needs besides its state machine: refs, limits, vSphere.
+"""What the VMGuardBackup controller needs besides its state machine: refs, limits, vSphere.
 
-- :func:`resolve_refs`: a VMBackup names a policy, or a vCenter and a repository (both
+- :func:`resolve_refs`: a VMGuardBackup names a policy, or a vCenter and a repository (both
   may also override the policy's). A missing object is a :class:`MissingRef` — the
   backup waits with a condition saying which, it does not fail: GitOps may apply the
   policy a moment later.
 - :func:`concurrency_blocker` (pure): whether starting this backup would exceed its
   policy's ``concurrency`` (defaults 2 per datastore, 4 per host, 8 in total), counting
-  the VMBackups of the same vCenter in the namespace that are in an active phase; one
+  the VMGuardBackups of the same vCenter in the namespace that are in an active phase; one
   VM never has two backups in flight.
 - :func:`hook_plan`: the policy's guest hooks and the guest account from the Secret
   ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
@@ -15,7 +15,7 @@
 - Blocking calls, each run in a thread by the controller: resolve the VM, prepare,
   finish (:mod:`vmguard.vm.cycle`). The repository is opened by
   :func:`vmguard.controller.kube.access.open_for_backup` (a backup never creates one: it
-  waits for the BackupRepository controller, and refuses a repository whose config
+  waits for the VMGuardRepository controller, and refuses a repository whose config
   differs from its spec).
 
 Secrets are read into memory for the call and never logged or stored.
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import parse_duration
+from vmguard.api.kinds import POLICY, REPOSITORY, VCENTER
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import ConfigError
 from vmguard.store import Repository
@@ -62,7 +63,7 @@ async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) ->
     policy = None
     policy_name = (spec.get("policyRef") or {}).get("name")
     if policy_name:
-        policy = await api.get_object("vmprotectionpolicies", namespace, policy_name)
+        policy = await api.get_object(POLICY.plural, namespace, policy_name)
         if policy is None:
             raise MissingRef("PolicyNotFound", f"VMProtectionPolicy {policy_name} does not exist")
     pspec = (policy or {}).get("spec") or {}
@@ -74,12 +75,12 @@ async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) ->
     ).get("name")
     if not vc_name or not repo_name:
         raise MissingRef("RefsIncomplete", "no vCenter or repository: give policyRef or both refs")
-    vcenter = await api.get_object("vcenters", namespace, vc_name)
+    vcenter = await api.get_object(VCENTER.plural, namespace, vc_name)
     if vcenter is None:
         raise MissingRef("VCenterNotFound", f"VCenter {vc_name} does not exist")
-    repository = await api.get_object("backuprepositories", namespace, repo_name)
+    repository = await api.get_object(REPOSITORY.plural, namespace, repo_name)
     if repository is None:
-        raise MissingRef("RepositoryNotFound", f"BackupRepository {repo_name} does not exist")
+        raise MissingRef("RepositoryNotFound", f"VMGuardRepository {repo_name} does not exist")
     return Refs(vc_name, repo_name, vcenter, repository, policy)
 
 

@@ -2,7 +2,7 @@
 
 The Kubernetes API (:mod:`.kubeapi`, proxy Jobs :mod:`.jobs` and their pods
 :mod:`.proxypods`, standard :mod:`.conditions`, :mod:`.peering`), connections from
-VCenter and BackupRepository objects and their Secrets (:mod:`.access`, with
+VCenter and VMGuardRepository objects and their Secrets (:mod:`.access`, with
 :mod:`.repository_spec`), the pure pieces of every proxy Job and its RBAC
 (:mod:`.proxyjob`), the one clock (:mod:`.timing`), cron schedules (:mod:`.schedule`),
 the latest vCenter sweeps (:mod:`.sweeps`), the one reading of a policy's spec that

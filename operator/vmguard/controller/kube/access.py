@@ -1,9 +1,9 @@
-"""From VCenter and BackupRepository objects to connections, for the operator and its Jobs.
+"""From VCenter and VMGuardRepository objects to connections, for the operator and its Jobs.
 
 Every kind reaches vCenter and the repository through this module: the VCenter and
-VMBackup controllers and a restore's target preparation log in with
+VMGuardBackup controllers and a restore's target preparation log in with
 :func:`endpoint_for`; a backup opens the repository with :func:`open_for_backup`, the
-BackupRepository controller creates it with :func:`create_repository` (the only
+VMGuardRepository controller creates it with :func:`create_repository` (the only
 creator), and a restore, retention and catalog sync open it with
 :func:`open_repository`.
 
@@ -53,7 +53,7 @@ __all__ = [
 
 
 async def open_repository(api: KubeAPI, repo: dict[str, Any]) -> Repository:
-    """The repository a BackupRepository describes, opened with its Secrets (never
+    """The repository a VMGuardRepository describes, opened with its Secrets (never
     created: a restore reads an existing repository)."""
     namespace, spec = repo["metadata"]["namespace"], repo["spec"]
     creds, key = await repository_secrets(api, namespace, spec)
@@ -135,8 +135,8 @@ def _backend(spec: Mapping[str, Any], creds: Mapping[str, str]) -> Backend:
 def open_repository_blocking(
     spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
 ) -> Repository:
-    """Blocking: open the BackupRepository's repository. Never creates one: the
-    BackupRepository controller does, from its spec (:func:`create_repository`)."""
+    """Blocking: open the VMGuardRepository's repository. Never creates one: the
+    VMGuardRepository controller does, from its spec (:func:`create_repository`)."""
     return Repository.open(_backend(spec, creds), MasterKey.from_text(key) if key else None)
 
 
@@ -145,7 +145,7 @@ def create_repository(
 ) -> Repository:
     """Blocking: create the repository with every field of ``spec`` that the config fixes
     (chunk size, Object Lock, encryption); RepositoryExistsError over a non-empty
-    prefix. Only the BackupRepository controller calls this."""
+    prefix. Only the VMGuardRepository controller calls this."""
     return Repository.init(
         _backend(spec, creds),
         master_key=MasterKey.from_text(key) if key else None,
@@ -157,7 +157,7 @@ def open_for_backup(
     spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
 ) -> Repository:
     """Blocking: open the repository to write a backup into it; RepositoryNotFoundError
-    until the BackupRepository controller has created it, RepositorySpecMismatchError
+    until the VMGuardRepository controller has created it, RepositorySpecMismatchError
     when its config is not what the spec declares (format §4.3: what no key check covers)."""
     repo = open_repository_blocking(spec, creds, key)
     mismatches = spec_mismatches(spec, repo.config)

@@ -4,7 +4,7 @@ A condition's ``lastTransitionTime`` changes only when its ``status`` does, so w
 can tell "still failing" from "failing again". Reasons are CamelCase; messages are for
 people and never contain a secret value.
 
-The kinds that end (VMBackup, VMRestore: phases ending ``Completed`` or ``Failed``) also
+The kinds that end (VMGuardBackup, VMGuardRestore: phases ending ``Completed`` or ``Failed``) also
 carry kstatus's two abnormal-true conditions (sigs.k8s.io/cli-utils, what Flux and
 ``kubectl wait`` read), set by :func:`lifecycle_conditions` from the phase alone:
 

@@ -31,7 +31,7 @@ CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "reposit
 AfterSweep = Callable[
     [KubeAPI, str, SweepView, Sequence[Mapping[str, Any]], dt.datetime], Awaitable[list[str]]
 ]
-"""``(api, namespace, view, policy objects, now)`` → names of the VMBackups it created."""
+"""``(api, namespace, view, policy objects, now)`` → names of the VMGuardBackups it created."""
 
 Announce = Callable[[str, str, bool], None]
 """``(reason, message, warning)``: an event on the object a handler works for."""

@@ -1,4 +1,4 @@
-"""The VMBackup controller's calls on Jobs and RBAC, off kopf's event loop.
+"""The VMGuardBackup controller's calls on Jobs and RBAC, off kopf's event loop.
 
 Jobs are found by their deterministic name (:func:`vmguard.controller.kube.proxyjob.job_name`),
 so a restarted operator adopts the Job its predecessor created instead of starting a

@@ -2,7 +2,7 @@
 
 kopf itself watches and patches the objects it handles; these are the other calls:
 reading a referenced Secret's keys, reading and listing vmguard objects, creating the
-VMBackups policies make, deleting the VMBackups retention prunes, patching the status
+VMGuardBackups policies make, deleting the VMGuardBackups retention prunes, patching the status
 of objects other than the one being handled, and the objects the operator creates
 (proxy Jobs and the proxy's ServiceAccount, Role and RoleBinding: created, or adopted
 when they exist). The kubernetes client blocks, so every call goes through

@@ -1,7 +1,7 @@
 """Pure builders of the proxy Job every kind starts, and of the proxy's RBAC.
 
 Every function here takes plain data (a custom object as a dict, the specs of its
-VCenter and BackupRepository, :class:`~vmguard.config.ProxySettings`) and returns a
+VCenter and VMGuardRepository, :class:`~vmguard.config.ProxySettings`) and returns a
 manifest as a dict: no API calls, no clock, no randomness, so they are unit-tested
 without a cluster (tests/controller/test_builders.py) and the same input always gives
 the same object — which is what makes a Job found again by name after a restart.
@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.api import API_VERSION, GROUP
+from vmguard.api.kinds import BACKUP, RESTORE
 from vmguard.config import ProxySettings
 from vmguard.proxy.contract import (
     KEY_FILE_ENV,
@@ -319,12 +320,12 @@ def build_proxy_rbac(namespace: str, service_account: str) -> list[dict[str, Any
             "rules": [
                 {
                     "apiGroups": [GROUP],
-                    "resources": ["vmbackups", "vmrestores"],
+                    "resources": [BACKUP.plural, RESTORE.plural],
                     "verbs": ["get"],
                 },
                 {
                     "apiGroups": [GROUP],
-                    "resources": ["vmbackups/status", "vmrestores/status"],
+                    "resources": ["vmguardbackups/status", "vmguardrestores/status"],
                     "verbs": ["patch"],
                 },
             ],

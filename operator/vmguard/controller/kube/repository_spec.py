@@ -1,6 +1,6 @@
-"""A BackupRepository's spec and the repository config it stands for (pure functions).
+"""A VMGuardRepository's spec and the repository config it stands for (pure functions).
 
-The BackupRepository controller is the one place a repository is created
+The VMGuardRepository controller is the one place a repository is created
 (:mod:`vmguard.controller.repository.watch`); a backup never creates one. Creation
 applies every spec field that the config fixes (:func:`creation_parameters`), and every later look
 compares the two (:func:`spec_mismatches`): a difference is ``Ready=False`` naming the field, and a

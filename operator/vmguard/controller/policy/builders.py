@@ -1,4 +1,4 @@
-"""Pure builders of the VMBackup objects a policy creates (scheduled and fail-safe).
+"""Pure builders of the VMGuardBackup objects a policy creates (scheduled and fail-safe).
 
 Invariants:
 
@@ -15,10 +15,10 @@ Invariants:
   scheduled minute, ``20250107T0200Z``). The VM's name is free text and goes in the
   ``vmguard.io/vm-name`` annotation, never in a label or a name.
 - **Owner**: the policy (``controller: true``), so deleting a policy deletes its
-  VMBackup objects; what happens to the archives is the VMBackup controller's rule.
+  VMGuardBackup objects; what happens to the archives is the VMGuardBackup controller's rule.
 - **Spec**: the VM's three ids (a moref that is not ``vm-N`` is left out: the CRD
   admits only that shape), ``policyRef``, and ``mode: full`` when the policy's
-  ``mode.type`` is ``full`` (else ``auto``; ``fullEvery`` is the VMBackup controller's
+  ``mode.type`` is ``full`` (else ``auto``; ``fullEvery`` is the VMGuardBackup controller's
   decision). No secret, no free text outside the VM name.
 """
 
@@ -40,6 +40,7 @@ from vmguard.api import (
     LABEL_VM,
     Trigger,
 )
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.vsphere.records import VMRecord
 
 MAX_NAME = 63
@@ -80,13 +81,13 @@ def vm_identity(vm: VMRecord) -> dict[str, str]:
 def build_vmbackup(
     policy: Mapping[str, Any], vm: VMRecord, when: dt.datetime, trigger: str
 ) -> dict[str, Any]:
-    """The VMBackup for ``vm`` of the run at ``when`` (or a fail-safe made at ``when``)."""
+    """The VMGuardBackup for ``vm`` of the run at ``when`` (or a fail-safe made at ``when``)."""
     meta, spec = policy["metadata"], policy.get("spec") or {}
     name = meta["name"]
     full = (spec.get("mode") or {}).get("type") == "full"
     return {
         "apiVersion": API_VERSION,
-        "kind": "VMBackup",
+        "kind": BACKUP.kind,
         "metadata": {
             "name": backup_name(name, vm.instance_uuid, when, trigger),
             "namespace": meta.get("namespace"),
@@ -101,7 +102,7 @@ def build_vmbackup(
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
-                    "kind": "VMProtectionPolicy",
+                    "kind": POLICY.kind,
                     "name": name,
                     "uid": meta["uid"],
                     "controller": True,

@@ -1,12 +1,12 @@
 """The fail-safe: a VM that has never been backed up under its policy gets a backup now.
 
 Right after each successful vCenter sweep, every VM whose effective policy is ``P``
-(the default policy included) gets a VMBackup with ``vmguard.io/trigger: failsafe``
+(the default policy included) gets a VMGuardBackup with ``vmguard.io/trigger: failsafe``
 when all of these hold:
 
-- ``P`` is Ready (its VCenter and BackupRepository exist, its schedule runs) and not
+- ``P`` is Ready (its VCenter and VMGuardRepository exist, its schedule runs) and not
   paused;
-- the VM has no ``Completed`` VMBackup under ``P`` and none in progress (any trigger,
+- the VM has no ``Completed`` VMGuardBackup under ``P`` and none in progress (any trigger,
   ad-hoc ones included);
 - no fail-safe backup of the VM under ``P`` was created within the back-off: one sweep
   interval after the first, doubling with each further fail-safe that did not complete,
@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.api import Trigger
+from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import judgement
@@ -71,7 +72,7 @@ async def protect(
     wanted = {name: vms for name, vms in wanted.items() if vms}
     if not wanted:
         return []
-    backups = await api.list_objects("vmbackups", namespace)
+    backups = await api.list_objects(BACKUP.plural, namespace)
     created = []
     for name, vms in sorted(wanted.items()):
         policy = mine[name]
@@ -84,7 +85,7 @@ async def protect(
         for vm in plan(vms, history, now, view.interval):
             body = build_vmbackup(policy, vm, now, Trigger.FAILSAFE)
             try:
-                if await api.create_object("vmbackups", namespace, body):
+                if await api.create_object(BACKUP.plural, namespace, body):
                     created.append(body["metadata"]["name"])
             except VmguardError as exc:
                 log.warning("fail-safe backup of VM %s under %s: %s", vm.name, name, exc)

@@ -2,7 +2,7 @@
 
 A created, updated or deleted policy wakes its vCenter's sweeper (the VMs are matched
 again now, not at the next interval) and its own scheduler. The scheduler daemon
-(:class:`.runs.PolicyRunner`) creates the policy's VMBackups at its scheduled times,
+(:class:`.runs.PolicyRunner`) creates the policy's VMGuardBackups at its scheduled times,
 applies its retention and keeps its status.
 """
 
@@ -13,14 +13,15 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION
+from vmguard.api.kinds import POLICY
 from vmguard.controller.kube.handlers import acts, announcer, policy_wakeup, vcenter_wakeup
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.policy.runs import PolicyRunner
 
 
-@kopf.on.create(GROUP, VERSION, "vmprotectionpolicies")
-@kopf.on.update(GROUP, VERSION, "vmprotectionpolicies", field="spec")
-@kopf.on.delete(GROUP, VERSION, "vmprotectionpolicies", optional=True)
+@kopf.on.create(GROUP, VERSION, POLICY.plural)
+@kopf.on.update(GROUP, VERSION, POLICY.plural, field="spec")
+@kopf.on.delete(GROUP, VERSION, POLICY.plural, optional=True)
 def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
     and the policy's scheduler re-reads its schedule."""
@@ -31,7 +32,7 @@ def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any,
         policy_wakeup(memo, namespace, name).set()
 
 
-@kopf.daemon(GROUP, VERSION, "vmprotectionpolicies", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, POLICY.plural, cancellation_timeout=10.0)
 async def policy_scheduler(
     body: kopf.Body,
     name: str,
@@ -41,7 +42,7 @@ async def policy_scheduler(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Create the policy's VMBackups at its scheduled times, apply its retention; keep
+    """Create the policy's VMGuardBackups at its scheduled times, apply its retention; keep
     its status."""
     if not acts(memo, "policies"):
         return

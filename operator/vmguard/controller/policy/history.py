@@ -1,4 +1,4 @@
-"""What a policy's VMBackup objects say: per VM and per run. Pure; no API calls.
+"""What a policy's VMGuardBackup objects say: per VM and per run. Pure; no API calls.
 
 A backup belongs to a policy when its ``spec.policyRef`` names it (those we create also
 carry the ``vmguard.io/policy`` label; a person's ad-hoc backup under the policy counts

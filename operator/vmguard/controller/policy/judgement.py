@@ -4,7 +4,7 @@ What admission (CEL) cannot check is checked here and reported as conditions, ne
 raised out of a handler (the operator does not crash-loop on bad input):
 
 - ``Ready`` — the policy acts: creates scheduled and fail-safe backups. False, and
-  nothing is created, when the VCenter or BackupRepository it names does not exist
+  nothing is created, when the VCenter or VMGuardRepository it names does not exist
   (``VCenterNotFound``, ``RepositoryNotFound``), when the cron line cannot run
   (``InvalidCron``, ``UpwardRange``, ``NeverOccurs``), or the time zone is unknown
   (``UnknownTimeZone``). True with reason ``Scheduled`` otherwise (also when paused).
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from vmguard.api import Condition, format_time, parse_duration
+from vmguard.api.kinds import REPOSITORY, VCENTER
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import Schedule, parse
@@ -70,7 +71,7 @@ def assess_spec(
         out.problems.append(("VCenterNotFound", f"VCenter {vcenter!r} does not exist"))
     if not repository_exists:
         out.problems.append(
-            ("RepositoryNotFound", f"BackupRepository {repository!r} does not exist")
+            ("RepositoryNotFound", f"VMGuardRepository {repository!r} does not exist")
         )
     sched = spec.get("schedule") or {}
     try:
@@ -99,8 +100,8 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
     spec = policy.get("spec") or {}
     vcenter = (spec.get("vcenterRef") or {}).get("name", "")
     repository = (spec.get("repositoryRef") or {}).get("name", "")
-    vc = await api.get_object("vcenters", namespace, vcenter) if vcenter else None
-    repo = await api.get_object("backuprepositories", namespace, repository) if repository else None
+    vc = await api.get_object(VCENTER.plural, namespace, vcenter) if vcenter else None
+    repo = await api.get_object(REPOSITORY.plural, namespace, repository) if repository else None
     return assess_spec(spec, vc is not None, repo is not None)
 
 

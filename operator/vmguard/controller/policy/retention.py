@@ -1,9 +1,9 @@
-"""Retention per policy: prune the VMBackups (and their archives) a policy no longer keeps.
+"""Retention per policy: prune the VMGuardBackups (and their archives) a policy no longer keeps.
 
 Runs in the policy's scheduler (:mod:`.runs`) on every pass, and a completed
 backup wakes that scheduler (``backup/handlers.py``), so pruning follows each completed
 backup and nothing is missed after a restart. :func:`plan` is pure: for each VM it takes the
-policy's ``Completed`` VMBackups that name an archive (``status.archiveId``), dated by
+policy's ``Completed`` VMGuardBackups that name an archive (``status.archiveId``), dated by
 their snapshot (else their start, else their creation), and chooses what to keep with
 :func:`vmguard.store.prune.select_retained` in the schedule's time zone. Failed and
 in-flight backups are never counted, either way.
@@ -12,15 +12,15 @@ Invariants:
 
 - **Archive first, object second.** A pruned backup's archive is retired
   (:func:`~vmguard.store.prune.retire_archive`: the manifest moves to the trash;
-  chunks are freed only by GC), then the VMBackup object is deleted. An archive that is
+  chunks are freed only by GC), then the VMGuardBackup object is deleted. An archive that is
   gone already counts as retired, so a crash between the two steps is finished by the
-  next pass. Deleting a VMBackup by hand keeps its archive: only retention deletes
+  next pass. Deleting a VMGuardBackup by hand keeps its archive: only retention deletes
   archives.
-- An archive that a kept VMBackup also names (a catalog-synced duplicate) is never
+- An archive that a kept VMGuardBackup also names (a catalog-synced duplicate) is never
   retired; the pruned object alone goes.
 - A policy that keeps nothing prunes nothing (``select_retained`` refuses; the CRD
   refuses it first).
-- **Object Lock**: an archive whose lock has not ended keeps its VMBackup. It is
+- **Object Lock**: an archive whose lock has not ended keeps its VMGuardBackup. It is
   announced once (a warning event), shown by the ``Retention`` condition
   (``RetentionBlocked``) and ``status.retention.blocked``, and not tried again before
   its lock ends.
@@ -46,6 +46,7 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
+from vmguard.api.kinds import BACKUP, REPOSITORY
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -61,7 +62,7 @@ Announce = Callable[[str, str, bool], None]
 
 @dataclass(frozen=True)
 class Candidate:
-    """A Completed VMBackup of the policy, as retention sees it."""
+    """A Completed VMGuardBackup of the policy, as retention sees it."""
 
     name: str
     uid: str
@@ -75,11 +76,11 @@ class Candidate:
 @dataclass
 class Plan:
     keep: dict[str, list[str]] = field(default_factory=dict)
-    """VMBackup name -> why it is kept."""
+    """VMGuardBackup name -> why it is kept."""
     prune: list[Candidate] = field(default_factory=list)
     """Oldest first."""
     shared: set[str] = field(default_factory=set)
-    """Archive ids a kept VMBackup names too: never retired."""
+    """Archive ids a kept VMGuardBackup names too: never retired."""
 
 
 def retention_policy(spec: Mapping[str, Any]) -> RetentionPolicy:
@@ -155,7 +156,7 @@ class Retention:
     """One policy's retention across passes (kept by its scheduler)."""
 
     blocked_until: dict[str, dt.datetime] = field(default_factory=dict)
-    """VMBackup name -> end of the Object Lock that keeps its archive."""
+    """VMGuardBackup name -> end of the Object Lock that keeps its archive."""
     announced: set[str] = field(default_factory=set)
     problem: tuple[str, str] | None = None
     kept: int = 0
@@ -169,7 +170,7 @@ class Retention:
         announce: Announce,
         now: dt.datetime,
     ) -> set[str]:
-        """One pass; returns the names of the VMBackups deleted."""
+        """One pass; returns the names of the VMGuardBackups deleted."""
         try:
             chosen = plan(policy, backups)
         except ConfigError as exc:
@@ -205,9 +206,9 @@ class Retention:
         chosen: Plan,
         announce: Announce,
     ) -> set[str]:
-        repo_obj = await api.get_object("backuprepositories", namespace, repo_name)
+        repo_obj = await api.get_object(REPOSITORY.plural, namespace, repo_name)
         if repo_obj is None:
-            raise ConfigError(f"BackupRepository {repo_name!r} does not exist")
+            raise ConfigError(f"VMGuardRepository {repo_name!r} does not exist")
         repo = await open_repository(api, repo_obj)
         deleted: set[str] = set()
         for c in group:
@@ -229,7 +230,7 @@ class Retention:
                         True,
                     )
                 continue
-            await api.delete_object("vmbackups", namespace, c.name, c.uid)
+            await api.delete_object(BACKUP.plural, namespace, c.name, c.uid)
             deleted.add(c.name)
             self.announced.discard(c.name)
             if len(deleted) <= LISTED:

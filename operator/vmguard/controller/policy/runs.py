@@ -1,4 +1,4 @@
-"""One policy's scheduler: at each scheduled time, one VMBackup per VM of the policy.
+"""One policy's scheduler: at each scheduled time, one VMGuardBackup per VM of the policy.
 
 Runs as a kopf daemon per ``VMProtectionPolicy`` (registered in ``handlers.py``). Each turn
 of the loop: judge the policy (:mod:`.judgement`), start a run if one is due, create the
@@ -9,7 +9,7 @@ policy's spec wakes it at once).
 Rules (docs/resource-model.md, "Schedules"):
 
 - A run at scheduled time ``T`` takes the policy's VMs from the latest successful sweep
-  of its vCenter (waiting for the first one after a start) and creates one VMBackup per
+  of its vCenter (waiting for the first one after a start) and creates one VMGuardBackup per
   VM at ``T + jitter offset``, named after ``T`` (:mod:`.builders`), so creating
   it twice is harmless: AlreadyExists is counted, not an error.
 - A VM whose scheduled backup from an *earlier* run has not started yet (no phase, or
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
@@ -165,7 +166,7 @@ class PolicyRunner:
             self.waiting_run = None
         await self.create_due(policy, now)
         selector = f"{LABEL_POLICY}={meta['name']}"
-        backups = await self.api.list_objects("vmbackups", namespace, selector)
+        backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
         pruned = await self.retention.apply(self.api, policy, backups, self.announce, real_now)
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
         await self.refresh_status(policy, assessment, view, now, real_now, backups)
@@ -183,12 +184,12 @@ class PolicyRunner:
     ) -> None:
         meta = policy["metadata"]
         selector = f"{LABEL_POLICY}={meta['name']}"
-        backups = await self.api.list_objects("vmbackups", meta["namespace"], selector)
+        backups = await self.api.list_objects(BACKUP.plural, meta["namespace"], selector)
         history = BackupHistory.of_policy(backups, meta["name"])
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
         self.last_schedule = run
         await self.api.patch_status(
-            "vmprotectionpolicies",
+            POLICY.plural,
             meta["namespace"],
             meta["name"],
             {"lastScheduleTime": format_time(run)},
@@ -213,7 +214,7 @@ class PolicyRunner:
         for item in due:
             body = build_vmbackup(policy, item.vm, item.run, Trigger.SCHEDULE)
             try:
-                if await self.api.create_object("vmbackups", meta["namespace"], body):
+                if await self.api.create_object(BACKUP.plural, meta["namespace"], body):
                     created += 1
                 else:
                     existed += 1
@@ -225,7 +226,7 @@ class PolicyRunner:
         self.pending = sorted(keep, key=lambda p: p.start)
         if created or existed:
             self.log.info(
-                "created %d VMBackup(s)%s",
+                "created %d VMGuardBackup(s)%s",
                 created,
                 f"; {existed} existed already" if existed else "",
             )
@@ -243,7 +244,7 @@ class PolicyRunner:
         meta = policy["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         history = BackupHistory.of_policy(backups, name)
-        others = await self.api.list_objects("vmprotectionpolicies", namespace)
+        others = await self.api.list_objects(POLICY.plural, namespace)
         clashes = judgement.conflicts(policy, others, view)
         vms = [vm.instance_uuid for vm in view.vms_of(name)] if view is not None else None
         if assessment.rpo is not None:  # judged against the schedule, applied to completions
@@ -257,7 +258,7 @@ class PolicyRunner:
         )
         status["retention"] = self.retention.status()
         if status != self.last_status:
-            await self.api.patch_status("vmprotectionpolicies", namespace, name, status)
+            await self.api.patch_status(POLICY.plural, namespace, name, status)
             self.last_status = status
 
     async def sleep(self, seconds: float) -> None:

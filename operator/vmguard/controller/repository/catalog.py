@@ -1,32 +1,32 @@
-"""Catalog sync: the VMBackup objects of a namespace agree with the archives in a repository.
+"""Catalog sync: the VMGuardBackup objects of a namespace agree with the archives in a repository.
 
-The bucket is the record of what was backed up; VMBackup objects are its catalog in the
-cluster. For one BackupRepository, a pass of :func:`sync`:
+The bucket is the record of what was backed up; VMGuardBackup objects are its catalog in the
+cluster. For one VMGuardRepository, a pass of :func:`sync`:
 
-- **recreates** a VMBackup for every archive no VMBackup of the namespace names (by
+- **recreates** a VMGuardBackup for every archive no VMGuardBackup of the namespace names (by
   ``status.archiveId``, or the ``vmguard.io/archive-id`` annotation of a synced one);
   the object is marked ``vmguard.io/synced: "true"`` and arrives Completed, its status
   rebuilt from the manifest (:func:`build_synced_backup`, :func:`synced_status`);
-- **flags** a Completed VMBackup of this repository whose archive is not in it any more:
+- **flags** a Completed VMGuardBackup of this repository whose archive is not in it any more:
   ``ArchiveAvailable=False`` (``ArchiveMissing``) and a warning event; the flag is
   cleared (``ArchiveFound``) when the archive reappears. Objects being deleted are
   left alone.
 
 Invariants:
 
-- Cheap on a large repository: one listing of the VMBackups, one listing of
+- Cheap on a large repository: one listing of the VMGuardBackups, one listing of
   ``archives/`` (ids only), then a manifest is read only for an archive that needs an
   object (or a synced object whose status never got written); only changed conditions
   are patched.
-- VMBackups are listed *before* the archives: an archive committed in between belongs to
+- VMGuardBackups are listed *before* the archives: an archive committed in between belongs to
   a backup already listed, whose UID its manifest names (``backup_uid``); such an archive
   is the running backup's, not an orphan, and is skipped.
 - Names are deterministic (:func:`synced_name`): the same archive gets the same name in
   every cluster and every pass, so a second replica or a retried pass gets AlreadyExists.
-- A synced object is never backed up: the VMBackup controller ignores objects labelled
+- A synced object is never backed up: the VMGuardBackup controller ignores objects labelled
   ``vmguard.io/synced`` (they are created without status, which it would take for
   Pending). A synced object left without status is completed by the next pass.
-- Deleting a VMBackup object keeps its archive, so the next pass brings the object back,
+- Deleting a VMGuardBackup object keeps its archive, so the next pass brings the object back,
   synced. Only retention deletes archives (with their objects).
 """
 
@@ -54,6 +54,7 @@ from vmguard.api import (
     BackupPhase,
     format_time,
 )
+from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.api.names import is_synced
 from vmguard.controller.kube import access
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
@@ -68,7 +69,7 @@ from vmguard.store.lineage import (
 )
 
 CONDITION = "ArchiveAvailable"
-PLURAL = "vmbackups"
+PLURAL = BACKUP.plural
 
 MODE_USED = {"full": "full", "incremental": "incremental", "full-scan": "fullScan"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -83,7 +84,7 @@ log = logging.getLogger(__name__)
 
 
 def archive_of(obj: Mapping[str, Any]) -> str:
-    """The archive a VMBackup names: its status, or the annotation of a synced one."""
+    """The archive a VMGuardBackup names: its status, or the annotation of a synced one."""
     meta = obj.get("metadata") or {}
     return str(
         (obj.get("status") or {}).get("archiveId")
@@ -93,7 +94,7 @@ def archive_of(obj: Mapping[str, Any]) -> str:
 
 
 def repository_of(obj: Mapping[str, Any]) -> str:
-    """The BackupRepository a VMBackup was made with (status), or asked for (spec)."""
+    """The VMGuardRepository a VMGuardBackup was made with (status), or asked for (spec)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     return str(
         (obj.get("status") or {}).get("repository")
@@ -106,13 +107,13 @@ def repository_of(obj: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class CatalogPlan:
     create: tuple[str, ...] = ()
-    """Archive ids without a VMBackup: read their manifests, create synced objects."""
+    """Archive ids without a VMGuardBackup: read their manifests, create synced objects."""
     complete: tuple[tuple[str, str], ...] = ()
-    """(VMBackup name, archive id) of synced objects whose status was never written."""
+    """(VMGuardBackup name, archive id) of synced objects whose status was never written."""
     flag: tuple[str, ...] = ()
-    """Completed VMBackups whose archive is gone and that do not say so yet."""
+    """Completed VMGuardBackups whose archive is gone and that do not say so yet."""
     clear: tuple[str, ...] = ()
-    """VMBackups flagged before whose archive is back."""
+    """VMGuardBackups flagged before whose archive is back."""
 
     @property
     def empty(self) -> bool:
@@ -130,7 +131,7 @@ def plan_catalog(
         meta, status = obj.get("metadata") or {}, obj.get("status") or {}
         archive = archive_of(obj)
         if archive:
-            covered.add(archive)  # by any VMBackup, of any repository: never two objects
+            covered.add(archive)  # by any VMGuardBackup, of any repository: never two objects
         if not archive or repository_of(obj) != repository or meta.get("deletionTimestamp"):
             continue
         name = str(meta.get("name", ""))
@@ -151,18 +152,18 @@ def plan_catalog(
 
 @dataclass(frozen=True)
 class Placement:
-    """The refs a synced VMBackup gets; ``vcenter`` is None when none can be named."""
+    """The refs a synced VMGuardBackup gets; ``vcenter`` is None when none can be named."""
 
     vcenter: str | None
     policy: str | None
 
 
 def place(manifest: ArchiveManifest, vcenters: Sequence[str], policies: Sequence[str]) -> Placement:
-    """Which VCenter and policy of the namespace a synced VMBackup refers to (pure).
+    """Which VCenter and policy of the namespace a synced VMGuardBackup refers to (pure).
 
     The vCenter the manifest records (the VCenter's name where the backup ran) when it is
     a valid name, existing or not: a VCenter applied later makes it whole, and a
-    VMRestore can name another one. Else the namespace's only VCenter; else none. The
+    VMGuardRestore can name another one. Else the namespace's only VCenter; else none. The
     policy only when it exists now (a dangling policyRef would keep the backup waiting).
     """
     recorded = manifest.vm.vcenter
@@ -199,9 +200,9 @@ def _vm_ids(manifest: ArchiveManifest) -> dict[str, str]:
 def build_synced_backup(
     manifest: ArchiveManifest, *, namespace: str, repository: str, placement: Placement
 ) -> dict[str, Any]:
-    """The VMBackup object (no status: see :func:`synced_status`) for an archive. Pure."""
+    """The VMGuardBackup object (no status: see :func:`synced_status`) for an archive. Pure."""
     if placement.vcenter is None:
-        raise ValueError("a synced VMBackup needs a vCenter name")
+        raise ValueError("a synced VMGuardBackup needs a vCenter name")
     ids = _vm_ids(manifest) or {"name": manifest.archive_id}
     labels = {LABEL_SYNCED: SYNCED, LABEL_REPOSITORY: repository, LABEL_VCENTER: placement.vcenter}
     if "instanceUuid" in ids:
@@ -226,7 +227,7 @@ def build_synced_backup(
         spec["policyRef"] = {"name": placement.policy}
     return {
         "apiVersion": API_VERSION,
-        "kind": "VMBackup",
+        "kind": BACKUP.kind,
         "metadata": {
             "name": synced_name(manifest.vm.name, manifest.archive_id),
             "namespace": namespace,
@@ -240,7 +241,7 @@ def build_synced_backup(
 def synced_status(
     manifest: ArchiveManifest, *, repository: str, vcenter: str, at: str | None = None
 ) -> dict[str, Any]:
-    """``status`` of a synced VMBackup, from its archive's manifest (pure).
+    """``status`` of a synced VMGuardBackup, from its archive's manifest (pure).
 
     What the proxy and the operator would have written, as far as the archive records
     it: the VM, mode used and why, per-disk and total bytes, times. The snapshot, Job,
@@ -304,7 +305,7 @@ def synced_status(
 # -- the pass (I/O) -----------------------------------------------------------------------
 
 Announce = Callable[[Mapping[str, Any], str, str, bool], None]
-"""(VMBackup object, reason, message, warning): an event on that object."""
+"""(VMGuardBackup object, reason, message, warning): an event on that object."""
 
 
 @dataclass
@@ -318,7 +319,7 @@ class SyncReport:
 
 
 async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) -> SyncReport:
-    """One catalog pass for ``repository`` (a BackupRepository object); raises when the
+    """One catalog pass for ``repository`` (a VMGuardRepository object); raises when the
     repository cannot be read (the caller retries at its next interval)."""
     meta = repository["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -368,10 +369,8 @@ async def _create(
     backups: Sequence[Mapping[str, Any]],
     report: SyncReport,
 ) -> None:
-    vcenters = sorted(v["metadata"]["name"] for v in await api.list_objects("vcenters", ns))
-    policies = sorted(
-        p["metadata"]["name"] for p in await api.list_objects("vmprotectionpolicies", ns)
-    )
+    vcenters = sorted(v["metadata"]["name"] for v in await api.list_objects(VCENTER.plural, ns))
+    policies = sorted(p["metadata"]["name"] for p in await api.list_objects(POLICY.plural, ns))
     uids = {b["metadata"].get("uid") for b in backups}
     for archive_id in plan.create:
         manifest = await _manifest(repo, archive_id, report)

@@ -1,10 +1,10 @@
-"""The BackupRepository kind's kopf handlers: two daemons per BackupRepository.
+"""The VMGuardRepository kind's kopf handlers: two daemons per VMGuardRepository.
 
 - ``repository_watch`` (controller ``repositories``): :class:`.watch.RepositoryWatch` —
   reachability and stats of the repository, its creation from the spec, scheduled GC and
   verify; the metrics of a repository no longer watched here are dropped.
 - ``catalog_sync`` (controller ``catalog``): :func:`.catalog.sync` at start, then every
-  ``VMGUARD_CATALOG_INTERVAL`` seconds: the namespace's VMBackups agree with the
+  ``VMGUARD_CATALOG_INTERVAL`` seconds: the namespace's VMGuardBackups agree with the
   repository's archives. A failed pass is logged and tried again next time.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION
+from vmguard.api.kinds import REPOSITORY
 from vmguard.config import RepositorySettings, catalog_interval
 from vmguard.controller.kube.handlers import acts, announcer
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -24,7 +25,7 @@ from vmguard.controller.repository.watch import RepositoryWatch
 from vmguard.metrics import Metrics
 
 
-@kopf.daemon(GROUP, VERSION, "backuprepositories", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, REPOSITORY.plural, cancellation_timeout=10.0)
 async def repository_watch(
     body: kopf.Body,
     name: str,
@@ -51,7 +52,7 @@ async def repository_watch(
             metrics.forget_repository(namespace or "", name)
 
 
-@kopf.daemon(GROUP, VERSION, "backuprepositories", id="catalog_sync", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, REPOSITORY.plural, id="catalog_sync", cancellation_timeout=10.0)
 async def catalog_sync(
     body: kopf.Body,
     memo: Any,
@@ -59,7 +60,7 @@ async def catalog_sync(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Keep the namespace's VMBackups in step with the repository's archives
+    """Keep the namespace's VMGuardBackups in step with the repository's archives
     (controller/repository/catalog.py): at start, then every
     ``VMGUARD_CATALOG_INTERVAL`` seconds."""
     if not acts(memo, "catalog"):
@@ -80,8 +81,8 @@ async def catalog_sync(
         else:
             if report.created or report.completed:
                 made = ", ".join(report.created + report.completed)
-                logger.info(f"catalog sync: VMBackups recreated from archives: {made}")
+                logger.info(f"catalog sync: VMGuardBackups recreated from archives: {made}")
             for note in sorted(set(report.skipped) - told):
-                logger.warning(f"catalog sync: no VMBackup for archive {note}")
+                logger.warning(f"catalog sync: no VMGuardBackup for archive {note}")
             told = set(report.skipped)
         await timing.wait(interval, stopped)

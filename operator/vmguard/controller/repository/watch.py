@@ -1,7 +1,7 @@
-"""The BackupRepository controller: can the repository be used, how big is it, and its
+"""The VMGuardRepository controller: can the repository be used, how big is it, and its
 scheduled garbage collection and verify.
 
-A kopf daemon per BackupRepository (``handlers.py``, controller ``repositories``) runs
+A kopf daemon per VMGuardRepository (``handlers.py``, controller ``repositories``) runs
 :class:`RepositoryWatch`. Every ``interval`` (60 s, ``VMGUARD_REPOSITORY_INTERVAL``) it
 opens the repository with the object's Secrets — and creates it when the prefix holds
 nothing, applying every spec field the config fixes (chunk size, Object Lock, encryption;
@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmguard.api import Condition, format_time, parse_duration, parse_time
+from vmguard.api.kinds import REPOSITORY
 from vmguard.controller.kube.access import (
     create_repository,
     open_repository,
@@ -95,7 +96,7 @@ from vmguard.store.lockcheck import LockCheckReport, lock_check
 from vmguard.store.stats import RepositoryStats, repository_stats
 from vmguard.store.verify import VerifyReport, verify
 
-PLURAL = "backuprepositories"
+PLURAL = REPOSITORY.plural
 LISTED = 10  # damaged chunks named in an event
 Announce = Callable[[str, str, bool], None]
 
@@ -117,7 +118,7 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, BucketNotFoundError):
         return Verdict(False, "BucketNotFound", message)
     if isinstance(exc, RepositoryNotFoundError):
-        return Verdict(True, "NotInitialized", f"{message}: the BackupRepository creates it")
+        return Verdict(True, "NotInitialized", f"{message}: the VMGuardRepository creates it")
     if isinstance(exc, RepositoryExistsError):
         return Verdict(True, "PrefixNotEmpty", message)
     if isinstance(exc, KdfLimitError):
@@ -198,7 +199,7 @@ def schedule_of(spec: Mapping[str, Any], job: str) -> Schedule | None:
 
 
 class RepositoryWatch:
-    """One BackupRepository's loop; see the module docstring."""
+    """One VMGuardRepository's loop; see the module docstring."""
 
     def __init__(
         self,

@@ -1,8 +1,8 @@
-"""Pure builder of a VMRestore's proxy Job.
+"""Pure builder of a VMGuardRestore's proxy Job.
 
 Built from the shared pieces of :mod:`vmguard.controller.kube.proxyjob`; the same rules
 hold: plain data in, a manifest out, no API call, clock or randomness, credentials only
-as Secret references. The Job is named after the VMRestore's UID
+as Secret references. The Job is named after the VMGuardRestore's UID
 (:func:`restore_job_name`), so a second attempt finds it.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmguard.api import LABEL_VMRESTORE
+from vmguard.api.kinds import RESTORE
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.proxyjob import (
     bounded_name,
@@ -40,7 +41,7 @@ def build_restore_job(
     active_deadline: int = 4 * 3600,
     ttl: int = 24 * 3600,
 ) -> dict[str, Any]:
-    """The proxy Job of one VMRestore: ``vmguard proxy restore --namespace NS --name N``.
+    """The proxy Job of one VMGuardRestore: ``vmguard proxy restore --namespace NS --name N``.
 
     ``repository`` and ``vcenter`` are the specs of the objects the restore resolved to;
     ``vcenter`` is None for a files restore (it reads only the repository). A files
@@ -67,7 +68,7 @@ def build_restore_job(
     return proxy_job(
         name=restore_job_name(vmrestore),
         namespace=meta["namespace"],
-        owner={**vmrestore, "kind": vmrestore.get("kind", "VMRestore")},
+        owner={**vmrestore, "kind": vmrestore.get("kind", RESTORE.kind)},
         labels=labels,
         settings=settings,
         args=restore_args(meta["namespace"], meta["name"]),

@@ -1,4 +1,4 @@
-"""The VMRestore kind's kopf handler: one daemon per VMRestore.
+"""The VMGuardRestore kind's kopf handler: one daemon per VMGuardRestore.
 
 It drives the restore (:func:`.reconcile.drive`) to Completed or Failed and is a no-op
 once it is either; the steps and their restart safety are :mod:`.reconcile`'s.
@@ -11,12 +11,13 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION
+from vmguard.api.kinds import RESTORE
 from vmguard.controller.kube.handlers import acts
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.restore import reconcile
 
 
-@kopf.daemon(GROUP, VERSION, "vmrestores", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, RESTORE.plural, cancellation_timeout=10.0)
 async def restore_driver(
     body: kopf.Body,
     name: str,
@@ -25,7 +26,7 @@ async def restore_driver(
     stopped: kopf.DaemonStopped,
     **_: Any,
 ) -> None:
-    """Drive one VMRestore to Completed or Failed (a no-op once it is either)."""
+    """Drive one VMGuardRestore to Completed or Failed (a no-op once it is either)."""
     if not acts(memo, "restores"):
         return
 

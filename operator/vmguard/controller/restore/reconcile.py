@@ -1,17 +1,17 @@
-"""The VMRestore controller: Pending → Restoring → Finalizing → Completed | Failed.
+"""The VMGuardRestore controller: Pending → Restoring → Finalizing → Completed | Failed.
 
-One kopf daemon per VMRestore calls :func:`drive`, which reads the object afresh and
+One kopf daemon per VMGuardRestore calls :func:`drive`, which reads the object afresh and
 takes one :func:`step` at a time until the restore is Completed or Failed. Each step is
 decided by ``status.phase`` alone, so an operator killed at any point and restarted
 resumes where the status says, and every step may run twice without harm:
 
-- **Pending**: the source VMBackup must exist and be Completed with an archive (else
+- **Pending**: the source VMGuardBackup must exist and be Completed with an archive (else
   condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
   fails the restore). The operator opens the repository, reads the manifest, checks and
   prepares the target (:mod:`.targets`: a new VM is created here, found again
   by its marker after a restart), records it in ``status.result`` (and, for an
   overwrite, whether the VM was on, *before* powering it off), makes sure the proxy's
-  ServiceAccount exists and creates the Job — named after the VMRestore's UID, so a
+  ServiceAccount exists and creates the Job — named after the VMGuardRestore's UID, so a
   second attempt finds it (AlreadyExists = adopt).
 - **Restoring**: the proxy Job writes and reports progress and its result into status;
   the operator watches the Job. Complete → Finalizing; failed → Failed, with the
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, RestoreStatus
+from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
 from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
@@ -53,13 +54,13 @@ from vmguard.errors import (
 
 log = logging.getLogger(__name__)
 
-PLURAL = "vmrestores"
+PLURAL = RESTORE.plural
 WAIT_SOURCE_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 POLL_JOB_SECONDS = 2.0
 
 Announce = Callable[[str, str, bool], None]
-"""(reason, message, is_warning): an event on the VMRestore."""
+"""(reason, message, is_warning): an event on the VMGuardRestore."""
 
 
 @dataclass
@@ -125,31 +126,32 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     meta, spec = obj["metadata"], obj["spec"]
     ns, status = meta["namespace"], obj.get("status") or {}
     source = spec["source"]["backupRef"]["name"]
-    backup = await api.get_object("vmbackups", ns, source)
+    backup = await api.get_object(BACKUP.plural, ns, source)
     if backup is None:
-        msg = f"VMBackup {source} does not exist"
+        msg = f"VMGuardBackup {source} does not exist"
         return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
     bstatus = backup.get("status") or {}
     if bstatus.get("phase") == BackupPhase.FAILED:
-        msg = f"VMBackup {source} is {bstatus['phase']}: there is nothing to restore"
+        msg = f"VMGuardBackup {source} is {bstatus['phase']}: there is nothing to restore"
         return failed(obj, "SourceReady", "SourceFailed", msg)
     archive_id = bstatus.get("archiveId")
     if bstatus.get("phase") != BackupPhase.COMPLETED or not archive_id:
         phase = bstatus.get("phase") or BackupPhase.PENDING
-        msg = f"VMBackup {source} is {phase}, not Completed"
+        msg = f"VMGuardBackup {source} is {phase}, not Completed"
         return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
     policy_ref = ((backup.get("spec") or {}).get("policyRef") or {}).get("name")
-    policy = await api.get_object("vmprotectionpolicies", ns, policy_ref) if policy_ref else None
+    policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_name, repo_name = _refs(backup, policy)
     vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
-    repo_obj = await api.get_object("backuprepositories", ns, repo_name) if repo_name else None
+    repo_obj = await api.get_object(REPOSITORY.plural, ns, repo_name) if repo_name else None
     if repo_obj is None:
-        msg = f"BackupRepository {repo_name or '(none named)'} of VMBackup {source} does not exist"
+        named = repo_name or "(none named)"
+        msg = f"VMGuardRepository {named} of VMGuardBackup {source} does not exist"
         return _waiting(obj, "SourceReady", "RepositoryNotFound", msg, RETRY_SECONDS)
     target = spec["target"]
     vc_obj = None
     if "files" not in target:
-        vc_obj = await api.get_object("vcenters", ns, vc_name) if vc_name else None
+        vc_obj = await api.get_object(VCENTER.plural, ns, vc_name) if vc_name else None
         if vc_obj is None:
             msg = f"VCenter {vc_name or '(none named)'} to restore into does not exist"
             return _waiting(obj, "TargetReady", "VCenterNotFound", msg, RETRY_SECONDS)
@@ -157,7 +159,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     try:
         manifest = await asyncio.to_thread(repo.load_archive, archive_id)
     except ObjectNotFoundError:
-        msg = f"archive {archive_id} of VMBackup {source} is not in repository {repo_name}"
+        msg = f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}"
         return failed(obj, "SourceReady", "ArchiveNotFound", msg)
     conds = set_condition(
         _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
@@ -293,7 +295,7 @@ async def _watch_proxy_start(
 
 async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:
     ns, name = obj["metadata"]["namespace"], (obj.get("status") or {}).get("vcenter")
-    vc = await api.get_object("vcenters", ns, name) if name else None
+    vc = await api.get_object(VCENTER.plural, ns, name) if name else None
     if vc is None:
         raise RetryableError(f"VCenter {name} is gone; cannot finish the restore")
     return await access.vcenter_endpoint(api, vc)
@@ -342,7 +344,7 @@ async def drive(
     announce: Announce,
     timing: Timing = REAL_TIME,
 ) -> None:
-    """Step one VMRestore until it is over (or the operator stops), waiting between
+    """Step one VMGuardRestore until it is over (or the operator stops), waiting between
     steps on ``timing``'s clock."""
     while not stopped:
         obj = await api.get_object(PLURAL, namespace, name)
@@ -357,7 +359,7 @@ async def drive(
         except (ConfigError, VmguardError) as exc:
             result = _retry(obj, "InvalidConfiguration", str(exc))
         except Exception as exc:  # an unexpected fault must not stop this restore for good
-            log.exception("VMRestore %s/%s: step failed", namespace, name)
+            log.exception("VMGuardRestore %s/%s: step failed", namespace, name)
             result = _retry(obj, "ReconcileError", f"{type(exc).__name__}: {exc}")
         status = with_lifecycle(obj, result.status)
         if status:
@@ -371,7 +373,7 @@ async def drive(
 def restore_conditions(
     conditions: Any, phase: str, error: Any, generation: int | None
 ) -> list[Condition]:
-    """The kstatus conditions of a VMRestore in ``phase``
+    """The kstatus conditions of a VMGuardRestore in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
     failed = phase == RestorePhase.FAILED
     return lifecycle_conditions(

@@ -7,7 +7,7 @@ thread. Each returns a :class:`Prepared` — the VM and the disks the proxy will
 which the operator records in ``status.result`` *before* creating the Job — or raises
 :class:`~vmguard.errors.RestoreRejected` with the condition reason.
 
-Restart safety: what is made carries a marker with the VMRestore's UID (a new VM's
+Restart safety: what is made carries a marker with the VMGuardRestore's UID (a new VM's
 extraConfig :data:`VM_MARKER`, an added disk's :func:`disk_marker`), and every function
 first looks for what an earlier, interrupted attempt made. Running one twice therefore
 never makes a second VM or disk.
@@ -28,7 +28,7 @@ from vmguard.vsphere.session import VSphereSession
 from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig
 
 VM_MARKER = "vmguard.restore.uid"
-"""extraConfig key on a VM a restore created; the value is the VMRestore's UID."""
+"""extraConfig key on a VM a restore created; the value is the VMGuardRestore's UID."""
 
 
 def disk_marker(uid: str, source_key: int) -> str:

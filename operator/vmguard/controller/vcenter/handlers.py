@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION, parse_duration
+from vmguard.api.kinds import POLICY, VCENTER
 from vmguard.controller.kube.handlers import AfterSweep, acts, vcenter_wakeup
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
@@ -37,7 +38,7 @@ async def _sleep(
     wake.clear()
 
 
-@kopf.daemon(GROUP, VERSION, "vcenters", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, VCENTER.plural, cancellation_timeout=10.0)
 async def vcenter_sweeper(
     body: kopf.Body,
     name: str,
@@ -83,12 +84,10 @@ async def _sweep_forever(
         interval = timing.interval(interval)
         outcome = await sweeper.sweep(api, snapshot, interval, timing.clock)
         meta = snapshot["metadata"]
-        await api.patch_status("vcenters", meta["namespace"], meta["name"], outcome.status)
+        await api.patch_status(VCENTER.plural, meta["namespace"], meta["name"], outcome.status)
         metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
         for policy, count in outcome.matched.items():
-            await api.patch_status(
-                "vmprotectionpolicies", meta["namespace"], policy, {"matchedVMs": count}
-            )
+            await api.patch_status(POLICY.plural, meta["namespace"], policy, {"matchedVMs": count})
         fresh = [vm for vm in outcome.unprotected if vm.moref not in announced]
         if fresh:
             names = ", ".join(vm.name for vm in fresh[: sweeper.UNPROTECTED_LISTED])
@@ -108,7 +107,7 @@ async def _sweep_forever(
                 logger.warning("fail-safe pass failed: %s", exc)
                 made = []
             if made:
-                logger.info(f"fail-safe: {len(made)} VMBackup(s) for VMs never backed up")
+                logger.info(f"fail-safe: {len(made)} VMGuardBackup(s) for VMs never backed up")
             await _sweep_orphans(api, meta, outcome, metrics, logger, now)
         if not outcome.status.get("reachable"):
             interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))

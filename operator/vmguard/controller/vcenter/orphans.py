@@ -1,21 +1,21 @@
 """Snapshots of ours that escaped their backup: found and removed by the vCenter sweeper.
 
-A backup removes its snapshot in every outcome it lives to see (the VMBackup controller's
+A backup removes its snapshot in every outcome it lives to see (the VMGuardBackup controller's
 Finalizing phase, and its finalizer when the object is deleted). What a crash can leave
-behind — an operator SIGKILLed in the middle of a CBT activation cycle, a VMBackup
+behind — an operator SIGKILLed in the middle of a CBT activation cycle, a VMGuardBackup
 deleted while its vCenter was unreachable — is removed here, after each successful
 sweep, from the VM records that sweep just read (BRIEF §9.3: within minutes of any
 failure, no snapshot of ours is left).
 
 Which snapshot goes, by the UID in its name (``vmguard-<uid>``):
 
-- the UID of a VMBackup in this namespace that has finished (or a CBT activation
+- the UID of a VMGuardBackup in this namespace that has finished (or a CBT activation
   cycle's ``cbt-…``): removed once older than :data:`GRACE` (5 minutes;
   ``VMGUARD_SNAPSHOT_GRACE`` seconds instead);
-- the UID of a VMBackup still in flight: kept (its own controller removes it), unless
+- the UID of a VMGuardBackup still in flight: kept (its own controller removes it), unless
   older than :data:`MAX_AGE`;
 - a UID we do not know: kept until :data:`MAX_AGE`. The same vCenter may be watched from
-  another namespace, whose VMBackups this namespace cannot see; a day is longer than any
+  another namespace, whose VMGuardBackups this namespace cannot see; a day is longer than any
   backup we allow (``VMGUARD_BACKUP_DEADLINE``, 6 h).
 
 Removal consolidates the VM's disks; a VM vSphere still reports as needing consolidation
@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vmguard.api import BACKUP_TERMINAL, parse_time
+from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import consolidation_allowed
 from vmguard.vsphere.matching import MatchResult
@@ -48,11 +49,11 @@ MAX_AGE = timedelta(hours=24)
 CBT_CYCLE_PREFIX = "cbt-"
 
 
-def finished_uids(vmbackups: list[dict[str, Any]]) -> set[str]:
-    """UIDs of this namespace's VMBackups that will not touch their snapshot again."""
+def finished_uids(vmguardbackups: list[dict[str, Any]]) -> set[str]:
+    """UIDs of this namespace's VMGuardBackups that will not touch their snapshot again."""
     return {
         b["metadata"]["uid"]
-        for b in vmbackups
+        for b in vmguardbackups
         if (b.get("status") or {}).get("phase") in BACKUP_TERMINAL
     }
 
@@ -106,7 +107,7 @@ async def sweep(
     holding = [r for r in records if r.our_snapshots]
     if not holding:
         return SweepResult()
-    finished = finished_uids(await api.list_objects("vmbackups", namespace))
+    finished = finished_uids(await api.list_objects(BACKUP.plural, namespace))
 
     def run() -> SweepResult:
         from vmguard.vsphere.session import VSphereSession

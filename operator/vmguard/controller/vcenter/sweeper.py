@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import format_time
+from vmguard.api.kinds import POLICY
 from vmguard.controller.kube.access import endpoint_for
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -101,7 +102,7 @@ async def sweep(
     try:
         ep = await endpoint_for(api, namespace, spec)
         info, records = await asyncio.to_thread(_read_inventory, ep)
-        policies = await api.list_objects("vmprotectionpolicies", namespace)
+        policies = await api.list_objects(POLICY.plural, namespace)
     except VmguardError as exc:
         reason = (
             "InvalidConfiguration"
