@@ -50,8 +50,8 @@ def test_every_kind_has_names_category_and_status() -> None:
         "VCenter": ["vc"],
         "VMGuardRepository": ["vgrepo"],
         "VMProtectionPolicy": ["vmpp"],
-        "VMGuardBackup": ["vmb"],
-        "VMGuardRestore": ["vmr"],
+        "VMGuardBackup": ["vgb"],
+        "VMGuardRestore": ["vgr"],
     }
     for kind in KINDS:
         crd = kind.crd()
@@ -906,7 +906,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         "15 */4 * * *",
         "17",
     )
-    backup = tables["vmbackup.vmguard.io/vmbackup"]
+    backup = tables["vmguardbackup.vmguard.io/vmbackup"]
     assert backup["VM"] == "db-01 / Buchhaltung (Köln) 数据库"
     assert (backup["POLICY"], backup["PHASE"], backup["MODE"], backup["PROGRESS%"]) == (
         "gold-databases",
@@ -914,7 +914,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         "incremental",
         "42",
     )
-    restore = tables["vmrestore.vmguard.io/vmrestore"]
+    restore = tables["vmguardrestore.vmguard.io/vmrestore"]
     assert (restore["BACKUP"], restore["PHASE"]) == (
         "gold-databases-4211c3e0-20250101t0415",
         "Restoring",
@@ -924,8 +924,8 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         ("vc", "vcenter"),
         ("vgrepo", "vmguardrepository"),
         ("vmpp", "policy-gold"),
-        ("vmb", "vmbackup"),
-        ("vmr", "vmrestore"),
+        ("vgb", "vmbackup"),
+        ("vgr", "vmrestore"),
     ]:
         done = run_kubectl("get", short, "-n", ns, "-o", "name")
         assert done.returncode == 0 and done.stdout.strip().endswith("/" + name), done

@@ -5,7 +5,7 @@ every API group installed in a cluster. They must not collide with the CRDs our 
 run beside us: Velero (``backuprepositories``, ``backups``, ``restores``...) and KubeVirt
 (``vmrestore``, ``vmbackup``, ``vmsnapshot``...). The kinds that did collide were
 renamed in v1alpha1 (docs/resource-model.md, "Names"); :data:`LEGACY` keeps their old
-names for the one-time migration of existing objects (``controller/migration.py``),
+names for the one-time migration of existing objects (``controller/kube/migration.py``),
 and ``tests/crds/test_names.py`` holds the list of the neighbours' names.
 
 The CRD definitions (:mod:`vmguard.crds`) and every caller of the Kubernetes API take

@@ -22,7 +22,7 @@ from vmguard.api import ANNOTATION_PREFIX, FINALIZER
 from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup import reconcile as backups
-from vmguard.controller.kube import peering
+from vmguard.controller.kube import migration, peering
 from vmguard.controller.kube.handlers import CONTROLLERS
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
@@ -135,6 +135,10 @@ def run(options: OperatorOptions) -> None:
         if created:
             logger.info("created peering object %r in %s", options.peering, ", ".join(created))
         logger.info("peering %r with priority %d", options.peering, priority)
+    # Before any watch starts, so no handler sees a half-copied object.
+    migration.migrate(
+        client.ApiClient(), None if options.clusterwide else options.namespaces, timing.now()
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=options.clusterwide,

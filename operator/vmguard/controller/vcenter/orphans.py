@@ -36,6 +36,7 @@ from typing import Any
 from vmguard.api import BACKUP_TERMINAL, parse_time
 from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.migration import migrated_uid
 from vmguard.controller.kube.policy_spec import consolidation_allowed
 from vmguard.vsphere.matching import MatchResult
 from vmguard.vsphere.records import VMRecord
@@ -49,13 +50,13 @@ MAX_AGE = timedelta(hours=24)
 CBT_CYCLE_PREFIX = "cbt-"
 
 
-def finished_uids(vmguardbackups: list[dict[str, Any]]) -> set[str]:
-    """UIDs of this namespace's VMGuardBackups that will not touch their snapshot again."""
-    return {
-        b["metadata"]["uid"]
-        for b in vmguardbackups
-        if (b.get("status") or {}).get("phase") in BACKUP_TERMINAL
-    }
+def finished_uids(backups: list[dict[str, Any]]) -> set[str]:
+    """UIDs of this namespace's VMGuardBackups that will not touch their snapshot again
+    (and the UIDs of the old objects the finished ones were migrated from)."""
+    finished = [b for b in backups if (b.get("status") or {}).get("phase") in BACKUP_TERMINAL]
+    # A backup copied from the old kind made its snapshot under the old object's UID.
+    migrated = {uid for b in finished if (uid := migrated_uid(b))}
+    return {b["metadata"]["uid"] for b in finished} | migrated
 
 
 def keep(uid: str, finished: set[str]) -> bool:

@@ -1,0 +1,241 @@
+"""Objects of the kinds renamed in v1alpha1, moved once to their new names at start.
+
+Three kinds collided with names Velero and KubeVirt install (docs/resource-model.md,
+"Names"): ``BackupRepository``, ``VMBackup`` and ``VMRestore`` became
+``VMGuardRepository``, ``VMGuardBackup`` and ``VMGuardRestore``. A cluster that ran an
+older operator still holds objects of the old kinds; :func:`migrate` runs before the
+operator starts watching (so no handler sees a half-copied object) and, per object:
+
+1. creates the object of the new kind with the same name, namespace, labels,
+   annotations, spec and finalizers, and the annotation :data:`ANNOTATION_MIGRATED_FROM`
+   (``<old kind>/<old uid>``); owner references to a migrated object are pointed at
+   its copy (repositories go first, then backups, then restores);
+2. writes the old status onto it. Work that was under way cannot continue — its proxy
+   Job belongs to the old object — so a backup or restore that was not finished ends
+   ``Failed`` with reason :data:`MIGRATED` (the policy's next run backs the VM up
+   again; the snapshot it left is removed by the orphan sweep, which reads the old UID
+   from the annotation);
+3. removes the old object's finalizers and deletes it. Nothing of ours handles the old
+   kinds any more, so no deletion handler runs: an archive is never deleted by a
+   migration. The proxy Job of an unfinished one is garbage-collected with it.
+
+Idempotent and safe with several replicas: an object that exists under the new kind
+with this annotation counts as copied; one of the same name that is not a copy is left
+alone, and the old one kept, with an error in the log. A cluster without the old CRDs
+costs one 404 per kind. The old CRDs are left for the administrator to delete
+(docs/upgrading.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatch
+from typing import Any
+
+from kubernetes import client
+
+from vmguard.api import (
+    API_VERSION,
+    BACKUP_TERMINAL,
+    GROUP,
+    RESTORE_TERMINAL,
+    VERSION,
+    format_time,
+)
+from vmguard.api.kinds import BACKUP, LEGACY, REPOSITORY, RESTORE, KindNames
+from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
+
+ANNOTATION_MIGRATED_FROM = f"{GROUP}/migrated-from"
+"""``<old kind>/<old uid>`` on an object copied from a renamed kind."""
+MIGRATED = "Migrated"
+ORDER = (REPOSITORY, BACKUP, RESTORE)
+TERMINAL = {BACKUP: BACKUP_TERMINAL, RESTORE: RESTORE_TERMINAL}
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Migration:
+    """What :func:`migrate` did: ``<new plural>/<namespace>/<name>`` per outcome."""
+
+    copied: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    """Copies of unfinished backups and restores, now Failed with reason Migrated."""
+    refused: list[str] = field(default_factory=list)
+    """Old objects left in place: a different object holds the new name."""
+
+
+def migrated_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the old object ``obj`` was copied from, if it was."""
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MIGRATED_FROM)
+    return value.rsplit("/", 1)[-1] if value else None
+
+
+def migrate(api_client: client.ApiClient, namespaces: list[str] | None, now: datetime) -> Migration:
+    """Move every object of a renamed kind in ``namespaces`` (None: the whole cluster);
+    ``now`` (the operator's clock) stamps what it stops."""
+    custom = client.CustomObjectsApi(api_client)
+    done = Migration()
+    uids: dict[str, tuple[KindNames, str]] = {}  # old uid -> (new kind, new uid)
+    for new in ORDER:
+        old = LEGACY[new]
+        for obj in _list(custom, old, namespaces):
+            try:
+                _migrate_one(custom, new, old, obj, uids, done, format_time(now))
+            except Exception as exc:  # one object must not keep the operator from starting
+                meta = obj.get("metadata") or {}
+                logger.error(
+                    "migrating %s %s/%s failed (%s); retried at the next start",
+                    old.kind, meta.get("namespace"), meta.get("name"), exc,
+                )  # fmt: skip
+    for what, items in (("copied", done.copied), ("stopped", done.stopped)):
+        if items:
+            logger.info("migration from the renamed kinds: %s %s", what, ", ".join(items))
+    return done
+
+
+def _list(
+    custom: client.CustomObjectsApi, old: KindNames, namespaces: list[str] | None
+) -> list[dict[str, Any]]:
+    try:
+        if namespaces is None or any(_is_pattern(ns) for ns in namespaces):
+            found = custom.list_cluster_custom_object(GROUP, VERSION, old.plural)
+            items = list(found.get("items", []))
+            if namespaces is None:
+                return items
+            return [o for o in items if _watched(o["metadata"]["namespace"], namespaces)]
+        out: list[dict[str, Any]] = []
+        for ns in namespaces:
+            found = custom.list_namespaced_custom_object(GROUP, VERSION, ns, old.plural)
+            out.extend(found.get("items", []))
+        return out
+    except client.ApiException as exc:
+        if exc.status == 404:  # the old CRD is not installed: nothing to migrate
+            return []
+        logger.warning(
+            "cannot list %s.%s to migrate them (%s %s); objects of the old kind %s stay "
+            "unmigrated until the operator may read them",
+            old.plural,
+            GROUP,
+            exc.status,
+            exc.reason,
+            old.kind,
+        )
+        return []
+
+
+def _is_pattern(namespace: str) -> bool:
+    """kopf's ``--namespace`` takes globs such as ``team-*`` and exclusions ``!team-x``."""
+    return any(ch in namespace for ch in "*?[!")
+
+
+def _watched(namespace: str, patterns: list[str]) -> bool:
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+    return (not include or any(fnmatch(namespace, p) for p in include)) and not any(
+        fnmatch(namespace, p) for p in exclude
+    )
+
+
+def _migrate_one(
+    custom: client.CustomObjectsApi,
+    new: KindNames,
+    old: KindNames,
+    obj: dict[str, Any],
+    uids: dict[str, tuple[KindNames, str]],
+    done: Migration,
+    at: str,
+) -> None:
+    meta = obj["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    where = f"{new.plural}/{ns}/{name}"
+    marker = f"{old.kind}/{uid}"
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": new.kind,
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {**(meta.get("annotations") or {}), ANNOTATION_MIGRATED_FROM: marker},
+            "finalizers": list(meta.get("finalizers") or []),
+            "ownerReferences": [_owner(ref, uids) for ref in meta.get("ownerReferences") or []],
+        },
+        "spec": obj.get("spec") or {},
+    }
+    try:
+        copy = custom.create_namespaced_custom_object(GROUP, VERSION, ns, new.plural, body)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            logger.error("migrating %s %s/%s: %s %s", old.kind, ns, name, exc.status, exc.reason)
+            return
+        copy = custom.get_namespaced_custom_object(GROUP, VERSION, ns, new.plural, name)
+        if migrated_uid(copy) != uid:
+            logger.error(
+                "%s %s/%s exists and is not a copy of %s %s/%s: the old object is kept; "
+                "rename one of them and restart the operator",
+                new.kind, ns, name, old.kind, ns, name,
+            )  # fmt: skip
+            done.refused.append(where)
+            return
+    status, stopped = _status(new, obj, at)
+    # Also on a copy made by an earlier start that stopped before writing its status.
+    if status and not copy.get("status"):
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ns, new.plural, name, {"status": status}
+        )
+    (done.stopped if stopped else done.copied).append(where)
+    uids[uid] = (new, copy["metadata"]["uid"])
+    _remove(custom, old, ns, name, uid)
+
+
+def _owner(ref: dict[str, Any], uids: dict[str, tuple[KindNames, str]]) -> dict[str, Any]:
+    """An owner reference, pointed at the copy when its owner was migrated (so that
+    deleting the old owner does not garbage-collect the copy)."""
+    if ref.get("uid") not in uids:
+        return dict(ref)
+    new, new_uid = uids[ref["uid"]]
+    return {**ref, "apiVersion": API_VERSION, "kind": new.kind, "uid": new_uid}
+
+
+def _status(new: KindNames, obj: dict[str, Any], at: str) -> tuple[dict[str, Any], bool]:
+    """The copy's status, and whether it stopped work that was under way."""
+    status = dict(obj.get("status") or {})
+    terminal = TERMINAL.get(new)
+    if terminal is None or status.get("phase") in terminal:
+        return status, False
+    message = (
+        f"was {status.get('phase') or 'Pending'} when the operator was upgraded and the "
+        f"kind renamed; its proxy Job went with the old object. Create a new one "
+        f"(a policy's next run does so for backups)."
+    )
+    generation = (obj.get("metadata") or {}).get("generation")
+    failure = {"reason": MIGRATED, "message": message, "retryable": False}
+    conditions = set_condition(
+        status.get("conditions"), "Ready", False, MIGRATED, message, generation, at
+    )
+    status.update(
+        phase="Failed",
+        error=failure,
+        completionTime=at,
+        conditions=lifecycle_conditions(
+            conditions, "Failed", terminal=True, failure=failure, generation=generation, at=at
+        ),
+    )
+    return status, True
+
+
+def _remove(custom: client.CustomObjectsApi, old: KindNames, ns: str, name: str, uid: str) -> None:
+    """Delete the old object without running any deletion logic: finalizers first."""
+    try:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, old.plural, name, {"metadata": {"finalizers": None}}
+        )
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, ns, old.plural, name, body={"preconditions": {"uid": uid}}
+        )
+    except client.ApiException as exc:
+        if exc.status not in (404, 409):  # gone, or a new object of that name
+            logger.error("removing %s %s/%s after copying it: %s", old.kind, ns, name, exc.status)
