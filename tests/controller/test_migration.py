@@ -167,6 +167,12 @@ def test_objects_of_the_old_kinds_are_moved_to_the_new_ones_at_start(
     restore = create_old(kube_api, ns, OLD_RESTORE, "restored", restore_spec)
     set_status(kube_api, ns, OLD_RESTORE, "restored", {"phase": "Completed"})
 
+    # Being deleted (e.g. with its namespace) and held by the old operator's finalizer.
+    create_old(kube_api, ns, OLD_BACKUP, "deleting", backup_spec, labels=labels)
+    objects.custom(kube_api).delete_namespaced_custom_object(
+        GROUP, VERSION, ns, OLD_BACKUP.plural, "deleting"
+    )
+
     start_operator()
 
     def moved() -> bool:
@@ -177,10 +183,11 @@ def test_objects_of_the_old_kinds_are_moved_to_the_new_ones_at_start(
                 (OLD_BACKUP, "done"),
                 (OLD_BACKUP, "running"),
                 (OLD_RESTORE, "restored"),
+                (OLD_BACKUP, "deleting"),
             )
         )
 
-    eventually(moved, timeout=60, what="the old objects removed after their copies")
+    eventually(moved, timeout=120, what="the old objects removed after their copies")
 
     new_repo = objects.get(kube_api, ns, REPOSITORY.plural, "repo")
     assert new_repo["spec"] == repo["spec"]  # as stored, with the schema's defaults
@@ -211,6 +218,8 @@ def test_objects_of_the_old_kinds_are_moved_to_the_new_ones_at_start(
     assert new_running["metadata"]["annotations"][ANNOTATION_MIGRATED_FROM] == (
         f"VMBackup/{running['metadata']['uid']}"
     )
+
+    assert gone(kube_api, ns, BACKUP.plural, "deleting")  # released, not copied
 
     new_restore = objects.get(kube_api, ns, RESTORE.plural, "restored")
     assert new_restore["spec"] == restore["spec"]

@@ -19,6 +19,11 @@ operator starts watching (so no handler sees a half-copied object) and, per obje
    kinds any more, so no deletion handler runs: an archive is never deleted by a
    migration. The proxy Job of an unfinished one is garbage-collected with it.
 
+An old object already being deleted (by a person, or with its namespace) is not
+copied: its finalizers are removed so that the deletion completes (no handler of the
+old kind is left to do it); a backup it stopped leaves its snapshot to the orphan
+sweep's one-day limit for unknown snapshots.
+
 Idempotent and safe with several replicas: an object that exists under the new kind
 with this annotation counts as copied; one of the same name that is not a copy is left
 alone, and the old one kept, with an error in the log. A cluster without the old CRDs
@@ -65,6 +70,8 @@ class Migration:
     """Copies of unfinished backups and restores, now Failed with reason Migrated."""
     refused: list[str] = field(default_factory=list)
     """Old objects left in place: a different object holds the new name."""
+    released: list[str] = field(default_factory=list)
+    """Old objects that were being deleted: their finalizers removed, nothing copied."""
 
 
 def migrated_uid(obj: dict[str, Any]) -> str | None:
@@ -90,7 +97,11 @@ def migrate(api_client: client.ApiClient, namespaces: list[str] | None, now: dat
                     "migrating %s %s/%s failed (%s); retried at the next start",
                     old.kind, meta.get("namespace"), meta.get("name"), exc,
                 )  # fmt: skip
-    for what, items in (("copied", done.copied), ("stopped", done.stopped)):
+    for what, items in (
+        ("copied", done.copied),
+        ("stopped", done.stopped),
+        ("released (were being deleted)", done.released),
+    ):
         if items:
             logger.info("migration from the renamed kinds: %s %s", what, ", ".join(items))
     return done
@@ -151,6 +162,12 @@ def _migrate_one(
     meta = obj["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     where = f"{new.plural}/{ns}/{name}"
+    if meta.get("deletionTimestamp"):
+        # Being deleted (by a person, or with its namespace): nothing to keep. Only our
+        # finalizer holds it, and no handler of the old kind will ever remove it.
+        _remove(custom, old, ns, name, uid)
+        done.released.append(f"{old.plural}/{ns}/{name}")
+        return
     marker = f"{old.kind}/{uid}"
     body = {
         "apiVersion": API_VERSION,
