@@ -178,13 +178,17 @@ def test_the_deadline_and_the_policys_rpo_count_are_computed_at_scrape_time() ->
     deadline = "vmguard_vm_backup_deadline_timestamp_seconds"
     assert value(m, deadline, **VM) == T0 + 3600, "a new VM gets one RPO of grace"
     assert value(m, "vmguard_policy_vms_outside_rpo", **POLICY) == 0
+    upcoming = "vmguard_policy_next_backup_deadline_timestamp_seconds"
+    assert value(m, upcoming, **POLICY) == T0 + 3600
     clock.now = T0 + 3601
     assert value(m, "vmguard_policy_vms_outside_rpo", **POLICY) == 1, "never backed up in time"
+    assert value(m, upcoming, **POLICY) is None, "no VM of the policy is within its RPO"
     m.observe_backup(backup("u1", "Completed", "2026-03-01T13:00:00Z"))
     assert value(m, "vmguard_policy_vms_outside_rpo", **POLICY) == 0
     assert value(m, "vmguard_policy_rpo_seconds", **POLICY) == 3600
     assert value(m, "vmguard_policy_vms", **POLICY) == 1
     assert value(m, "vmguard_policy_info", **POLICY, repository="r1") == 1
+    assert value(m, upcoming, **POLICY) == T0 + 2 * 3600
     clock.now = T0 + 2 * 3600 + 1
     assert value(m, "vmguard_policy_vms_outside_rpo", **POLICY) == 1
     # A policy whose RPO cannot be judged (no schedule) exports no deadline.

@@ -25,10 +25,12 @@ RUNBOOK_URL = "https://vmguard.io/docs/runbooks#"
 # Alerts without `for:`, each because its value changes only when something ends (a
 # backup finishes) or only grows (a snapshot's age), so it cannot flap.
 NO_FOR = {
-    "VmguardBackupFailed": "changes only when a backup of the VM finishes",
     "VmguardStaleSnapshot": "a snapshot's age only grows until it is removed",
     "VmguardUnusualChangeRate": "changes only when a backup of the VM completes",
     "VmguardCompressibilityDrop": "changes only when a backup of the VM completes",
+    "VmguardRepositoryDamaged": "changes only when a verify of the repository finishes",
+    "VmguardRestoreFailed": "counts failures over the last hour: each fires for that hour",
+    "VmguardProxyFailing": "counts failures over the last hour: each fires for that hour",
 }
 
 
@@ -87,6 +89,9 @@ def test_every_alert_has_a_test_file_and_nothing_else_does() -> None:
         "VmguardCompressibilityDrop",
         "VmguardOperatorDown",
         "VmguardOperatorAbsent",
+        "VmguardRepositoryDamaged",
+        "VmguardRestoreFailed",
+        "VmguardProxyFailing",
     }
 
 
