@@ -189,6 +189,13 @@ def test_single_alerts_can_be_disabled_and_every_alert_can_get_labels(
         assert r["annotations"]["dashboard"] == "https://grafana.example/d/vmguard"
         assert r["annotations"]["summary"] == original["annotations"]["summary"]
         assert r["expr"] == original["expr"]
+    # What the chart renders is still a valid rule file.
+    rendered = tmp_path / "rendered-rules.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     # A name that is no alert of ours (a typo) fails the rendering instead of doing nothing.
     typo = {"prometheusRule": {"enabled": True, "disabled": {"VmguardStaleSnapshots": True}}}
     path = tmp_path / "typo.yaml"
