@@ -2,9 +2,10 @@
 
 Runs as a kopf daemon per ``VMProtectionPolicy`` (registered in ``handlers.py``). Each turn
 of the loop: judge the policy (:mod:`.judgement`), start a run if one is due, create the
-backups whose jittered start has come, refresh the status, then sleep until the next
-scheduled time, the next jittered start, or :data:`STATUS_REFRESH` (a change of the
-policy's spec wakes it at once).
+backups whose jittered start has come, refresh the status (and hand the metrics the
+policy's VMs, each one's last success and outcome from its VMGuardBackups, and the
+queue), then sleep until the next scheduled time, the next jittered start, or
+:data:`STATUS_REFRESH` (a change of the policy's spec wakes it at once).
 
 Rules (docs/resource-model.md, "Schedules"):
 
