@@ -13,6 +13,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
+from vmguard.api.kinds import POLICY
 from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
@@ -62,7 +63,7 @@ def test_metrics_show_the_sweeps_counts(
     gold = {**vc, "policy": "gold"}
 
     def policy_reported() -> Any:
-        matched = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold").get("status")
+        matched = objects.get(kube_api, namespace, POLICY.plural, "gold").get("status")
         samples = scrape(port)
         count = value(samples, "vmguard_policy_vms", **gold)
         if not matched or count is None or count != matched.get("matchedVMs"):

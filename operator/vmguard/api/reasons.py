@@ -1,8 +1,9 @@
 """Failure reasons that say a proxy Job's pod never ran, or its process died unheard.
 
-The controllers write these as ``status.error.reason`` of a VMBackup or VMRestore
-(:mod:`vmguard.controller.proxypods` classifies the pod's and Job's state; the backup and
-restore controllers add the Job's own failure); the metrics count them as proxy
+The controllers write these as ``status.error.reason`` of a VMGuardBackup or
+VMGuardRestore (:mod:`vmguard.controller.kube.proxypods` classifies the pod's and Job's
+state; the backup and restore controllers add the Job's own failure); the metrics count
+them as proxy
 failures (``vmguard_proxy_failures_total``), apart from failures the proxy reported
 itself (a repository or vCenter fault), which are the backup's or restore's and are
 alerted on per policy. Defined once here so that the two never drift apart.

@@ -95,7 +95,7 @@ def plan_run(
 
 
 def vm_state(vm: VMRecord, history: BackupHistory) -> PolicyVM:
-    """Pure: what the policy's VMBackups say of one VM, for the metrics."""
+    """Pure: what the policy's VMGuardBackups say of one VM, for the metrics."""
     last = history.last_finished(vm.instance_uuid)
     success = history.last_completed(vm.instance_uuid)
     return PolicyVM(
