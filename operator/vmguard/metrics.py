@@ -4,33 +4,41 @@ One :class:`Metrics` object per operator process holds its own ``CollectorRegist
 (nothing is registered in prometheus-client's global one); ``vmguard operator`` makes
 it, serves it with :meth:`Metrics.serve` and hands it to the handlers through kopf's
 memo. Controllers call the small ``observe_*`` methods with what they already have (a
-VCenter's status, a VMGuardBackup object, a repository's status) and the ``forget_*`` ones
-when an object goes away, so no series outlives what it describes.
+VCenter's status, a policy's VMs and their history, a VMGuardBackup or VMGuardRestore object, a
+repository's status) and the ``forget_*`` ones when an object goes away, so no series
+outlives what it describes.
 
 Label sets (documented in ``docs/observability.md``, which lists every family):
 
 - per vCenter: ``namespace, vcenter``; per repository: ``namespace, repository``;
-- per policy: ``namespace, vcenter, policy`` (backup counters, bytes, durations);
-- per VM: ``namespace, vcenter, policy, vm, vm_uuid`` (``vm`` is the VM's name, free
-  text; ``vm_uuid`` its instance UUID — or its moref when the UUID is unknown — which
-  stays put when the VM is renamed). A VM seen under a new name or policy drops its
-  old series.
+- per policy: ``namespace, vcenter, policy``;
+- per VM: ``namespace, vcenter, policy, vm_uuid`` (the instance UUID — or the moref when
+  the UUID is unknown — which stays put when the VM is renamed). The VM's name and moref
+  are on ``vmguard_vm_info`` only, joined on those four labels; a VM seen under a new
+  name or policy drops its old series.
+
+The per-VM budget (docs/observability.md, "The metrics budget"): :data:`VM_FAMILIES` are
+the only families with a series per VM — three that alerts need and the ``_info``
+series; everything else is per policy, vCenter or repository. ``tests/test_metrics_budget.py``
+counts the series of N VMs through this module and fails past :data:`VM_SERIES_BUDGET`.
 
 Invariants:
 
-- Counters and the duration histogram count backups whose ``completionTime`` is at or
-  after this process started, each VMGuardBackup (by UID) once. A restarted operator that
-  resyncs ten thousand finished backups must not make ``increase()`` see ten thousand
-  new ones; what is needed across restarts is in the per-VM gauges instead. VMGuardBackups
+- Counters and the duration histogram count backups and restores whose
+  ``completionTime`` is at or after this process started, each object (by UID) once. A
+  restarted operator that resyncs ten thousand finished backups must not make
+  ``increase()`` see ten thousand new ones; what is needed across restarts is in the
+  gauges instead, rebuilt from the objects (each policy's scheduler hands its VMs' last
+  success and last outcome to :meth:`Metrics.observe_policy` on every pass). VMGuardBackups
   recreated by catalog sync (``vmguard.io/synced``) are never counted, only gauged.
-- Per-VM "last" values come from the VM's most recently *completed* backup, whatever
+- Per-VM "last" values come from the VM's most recently *finished* backup, whatever
   order the objects are observed in.
-- Ages and the RPO verdict are computed when Prometheus scrapes, from timestamps, so
-  they are right even when nothing was observed for a while.
+- Deadlines, ages and the RPO counts are computed when Prometheus scrapes, from
+  timestamps, so they are right even when nothing was observed for a while.
 - ``vmguard_build_info{version}`` is 1 from construction on and never removed: the
   alerts read its absence as "the operator is gone".
-- Callers run on kopf's event loop, scrapes on the HTTP server's thread: the per-VM
-  and snapshot tables are guarded by one lock.
+- Callers run on kopf's event loop, scrapes on the HTTP server's thread: the per-VM,
+  per-policy and snapshot tables are guarded by one lock.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -48,16 +57,37 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from vmguard import __version__
-from vmguard.api import BACKUP_TERMINAL, LABEL_SYNCED, SYNCED, BackupPhase, parse_time
+from vmguard.api import (
+    BACKUP_TERMINAL,
+    LABEL_SYNCED,
+    PROXY_FAILURE_REASONS,
+    RESTORE_TERMINAL,
+    SYNCED,
+    BackupPhase,
+    RestorePhase,
+    parse_time,
+)
 
 PREFIX = "vmguard_"
 VCENTER_LABELS = ("namespace", "vcenter")
 REPOSITORY_LABELS = ("namespace", "repository")
 POLICY_LABELS = ("namespace", "vcenter", "policy")
-VM_LABELS = ("namespace", "vcenter", "policy", "vm", "vm_uuid")
+VM_LABELS = ("namespace", "vcenter", "policy", "vm_uuid")
+VM_INFO_LABELS = (*VM_LABELS, "vm", "moref")
 SNAPSHOT_LABELS = ("namespace", "vcenter", "vm", "snapshot")
 # Backups take seconds (a tiny incremental) to a day (a first full of a large VM).
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+
+VM_FAMILIES = (
+    "vm_info",
+    "vm_backup_deadline_timestamp_seconds",
+    "vm_last_backup_change_ratio",
+    "vm_last_backup_compressibility",
+)
+"""Every family with a series per VM (without the prefix): the ``_info`` series that
+carries the VM's name and moref, and the three the alerts judge a VM by."""
+VM_SERIES_BUDGET = len(VM_FAMILIES)
+"""Series per VM, at most: a new per-VM family needs a new budget, argued in the docs."""
 
 
 def epoch_seconds(text: str | None) -> float | None:
@@ -66,22 +96,59 @@ def epoch_seconds(text: str | None) -> float | None:
     return at.timestamp() if at is not None else None
 
 
+def vm_ident(vm: Mapping[str, Any]) -> str:
+    """The key of a VM: its instance UUID, else its moref, else its name."""
+    return str(vm.get("instanceUuid") or vm.get("moref") or vm.get("name") or "")
+
+
 @dataclass
 class VMState:
     """What the per-VM families report for one VM."""
 
-    labels: tuple[str, ...]
+    labels: tuple[str, str, str, str]
+    """``VM_LABELS``' values: namespace, vCenter, policy, vm_uuid."""
+    name: str
+    moref: str
     first_seen: float
-    rpo_seconds: float | None = None
     last_success: float | None = None
     last_finish: float | None = None
     last_failed: bool = False
     change_ratio: float | None = None
     compressibility: float | None = None
 
+    def deadline(self, rpo_seconds: float) -> float:
+        """When the VM's RPO runs out: its last good backup (never backed up: its first
+        sighting, one RPO of grace) plus the RPO."""
+        since = self.last_success if self.last_success is not None else self.first_seen
+        return since + rpo_seconds
+
+
+@dataclass
+class PolicyState:
+    """One policy as its scheduler last reported it."""
+
+    vcenter: str
+    repository: str
+    rpo_seconds: float | None
+    in_progress: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyVM:
+    """One VM of a policy and what the policy's VMGuardBackups say of it."""
+
+    vm: Mapping[str, Any]
+    """``{instanceUuid, moref, name}`` as in a VMGuardBackup's ``spec.vm``."""
+    last_success: float | None = None
+    """Completion of its newest Completed backup (Unix seconds)."""
+    last_finish: float | None = None
+    """Completion of its newest finished (Completed or Failed) backup."""
+    last_failed: bool = False
+    """Whether that newest finished backup Failed."""
+
 
 class _ScrapeTimeCollector(Collector):
-    """Per-VM and per-snapshot families, computed from the tables at scrape time."""
+    """Per-VM, per-policy and per-snapshot families, computed from the tables at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -91,26 +158,22 @@ class _ScrapeTimeCollector(Collector):
         now = m.clock()
         with m.lock:
             vms = list(m.vms.values())
+            policies = dict(m.policies)  # replaced whole by observe_policy, never changed
             snapshots = dict(m.snapshots)
 
         def family(name: str, doc: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
             return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
 
-        last_success = family(
-            "vm_last_successful_backup_timestamp_seconds",
-            "Completion time of the VM's last Completed backup (Unix seconds).",
-            VM_LABELS,
+        info = family(
+            "vm_info",
+            "1 for every VM the operator judges; carries its name and moref (join on "
+            "namespace, vcenter, policy, vm_uuid).",
+            VM_INFO_LABELS,
         )
-        rpo = family("vm_rpo_seconds", "The RPO the VM's policy allows.", VM_LABELS)
-        breached = family(
-            "vm_rpo_breached",
-            "1 when the VM's last good backup (or, never backed up, its discovery) is older "
-            "than its RPO.",
-            VM_LABELS,
-        )
-        failed = family(
-            "vm_last_backup_failed",
-            "1 when the VM's most recent finished backup Failed.",
+        deadline = family(
+            "vm_backup_deadline_timestamp_seconds",
+            "When the VM's RPO runs out: its last good backup (never backed up: its first "
+            "sighting) plus its policy's RPO (Unix seconds).",
             VM_LABELS,
         )
         change = family(
@@ -124,20 +187,29 @@ class _ScrapeTimeCollector(Collector):
             "(near 1: incompressible, e.g. encrypted).",
             VM_LABELS,
         )
+        per_policy: dict[tuple[str, str, str], Tally[str]] = {}
+        next_due: dict[tuple[str, str, str], float] = {}
         for vm in vms:
             labels = list(vm.labels)
-            if vm.last_success is not None:
-                last_success.add_metric(labels, vm.last_success)
-            if vm.rpo_seconds is not None:
-                rpo.add_metric(labels, vm.rpo_seconds)
-                since = vm.last_success if vm.last_success is not None else vm.first_seen
-                breached.add_metric(labels, 1.0 if now - since > vm.rpo_seconds else 0.0)
-            if vm.last_finish is not None:
-                failed.add_metric(labels, 1.0 if vm.last_failed else 0.0)
+            info.add_metric([*labels, vm.name, vm.moref], 1.0)
+            namespace, vcenter, policy, _ = vm.labels
+            tally = per_policy.setdefault((namespace, vcenter, policy), Tally())
+            tally["vms"] += 1
+            tally["failed"] += vm.last_failed
+            state = policies.get((namespace, policy))
+            if state is not None and state.rpo_seconds is not None:
+                due = vm.deadline(state.rpo_seconds)
+                deadline.add_metric(labels, due)
+                tally["outside"] += now > due
+                if due >= now:
+                    key = (namespace, vcenter, policy)
+                    next_due[key] = min(due, next_due.get(key, due))
             if vm.change_ratio is not None:
                 change.add_metric(labels, vm.change_ratio)
             if vm.compressibility is not None:
                 compress.add_metric(labels, vm.compressibility)
+        yield from (info, deadline, change, compress)
+        yield from self._policies(policies, per_policy, next_due, family)
         age = family(
             "snapshot_age_seconds",
             "Age of a vSphere snapshot vmguard created and has not removed yet.",
@@ -145,7 +217,65 @@ class _ScrapeTimeCollector(Collector):
         )
         for labels_, created in sorted(snapshots.items()):
             age.add_metric(list(labels_), max(0.0, now - created))
-        yield from (last_success, rpo, breached, failed, change, compress, age)
+        yield age
+
+    @staticmethod
+    def _policies(
+        policies: dict[tuple[str, str], PolicyState],
+        per_policy: dict[tuple[str, str, str], Tally[str]],
+        next_due: dict[tuple[str, str, str], float],
+        family: Callable[[str, str, tuple[str, ...]], GaugeMetricFamily],
+    ) -> Iterator[GaugeMetricFamily]:
+        info = family(
+            "policy_info",
+            "1 for every policy; names the repository its backups go to.",
+            (*POLICY_LABELS, "repository"),
+        )
+        rpo = family("policy_rpo_seconds", "The RPO the policy allows.", POLICY_LABELS)
+        count = family("policy_vms", "VMs of the policy the operator judges.", POLICY_LABELS)
+        outside = family(
+            "policy_vms_outside_rpo",
+            "VMs of the policy whose backup deadline (vmguard_vm_backup_deadline_timestamp_"
+            "seconds) has passed.",
+            POLICY_LABELS,
+        )
+        upcoming = family(
+            "policy_next_backup_deadline_timestamp_seconds",
+            "The earliest deadline among the policy's VMs still within their RPO: what the "
+            "alerts judge the policy by while the operator is gone (Unix seconds).",
+            POLICY_LABELS,
+        )
+        failed = family(
+            "policy_vms_last_backup_failed",
+            "VMs of the policy whose most recent finished backup Failed.",
+            POLICY_LABELS,
+        )
+        queued = family(
+            "policy_backups_in_progress",
+            "The policy's VMGuardBackups not finished yet, by phase (Pending: waiting to start).",
+            (*POLICY_LABELS, "phase"),
+        )
+        keys = {(ns, p.vcenter, name) for (ns, name), p in policies.items()} | set(per_policy)
+        for key in sorted(keys):
+            namespace, vcenter, name = key
+            tally = per_policy.get(key, Tally())
+            state = policies.get((namespace, name))
+            if state is not None and state.vcenter != vcenter:
+                state = None  # VMs still labelled with the policy's former vCenter
+            labels = list(key)
+            count.add_metric(labels, tally["vms"])
+            failed.add_metric(labels, tally["failed"])
+            if state is None:
+                continue
+            info.add_metric([*labels, state.repository], 1.0)
+            if state.rpo_seconds is not None:
+                rpo.add_metric(labels, state.rpo_seconds)
+                outside.add_metric(labels, tally["outside"])
+                if key in next_due:
+                    upcoming.add_metric(labels, next_due[key])
+            for phase in (p for p in BackupPhase if p not in BACKUP_TERMINAL):
+                queued.add_metric([*labels, phase.value], state.in_progress.get(phase, 0))
+        yield from (info, rpo, count, outside, upcoming, failed, queued)
 
 
 class Metrics:
@@ -161,6 +291,7 @@ class Metrics:
         self.started = clock()
         self.lock = threading.Lock()
         self.vms: dict[tuple[str, str, str], VMState] = {}
+        self.policies: dict[tuple[str, str], PolicyState] = {}
         self.snapshots: dict[tuple[str, str, str, str], float] = {}
         self._counted: set[str] = set()
         r = self.registry
@@ -200,6 +331,11 @@ class Metrics:
         self.backups = counter(
             "backups", "Finished backups, by outcome.", (*POLICY_LABELS, "outcome")
         )
+        self.backup_failures = counter(
+            "backup_failures",
+            "Failed backups, by the reason in their status.error.",
+            (*POLICY_LABELS, "reason"),
+        )
         self.backup_duration = Histogram(
             PREFIX + "backup_duration_seconds",
             "Duration of finished backups.",
@@ -217,6 +353,20 @@ class Metrics:
             "backup_uploaded_bytes",
             "Bytes written to the repository (compressed, new chunks) by finished backups.",
             POLICY_LABELS,
+        )
+        self.restores = counter(
+            "restores", "Finished restores, by outcome.", ("namespace", "outcome")
+        )
+        self.restore_failures = counter(
+            "restore_failures",
+            "Failed restores, by the reason in their status.error.",
+            ("namespace", "reason"),
+        )
+        self.proxy_failures = counter(
+            "proxy_failures",
+            "Backups and restores failed because their proxy Job's pod could not run or "
+            "died without a word, by kind (backup, restore) and reason.",
+            ("namespace", "kind", "reason"),
         )
         self.repository_checks = counter(
             "repository_checks",
@@ -241,10 +391,16 @@ class Metrics:
         self.repository_archives = gauge(
             "repository_archives", "Archives (backup points) in the repository.", REPOSITORY_LABELS
         )
-        self.proxy_jobs = gauge(
-            "proxy_jobs_running",
-            "Proxy Jobs running, by kind (backup, restore).",
-            ("namespace", "kind"),
+        self.repository_verify_errors = gauge(
+            "repository_verify_errors",
+            "Damaged chunks and unreadable archives the last verify found (a deep verify "
+            "reads every chunk).",
+            REPOSITORY_LABELS,
+        )
+        self.repository_last_verify = gauge(
+            "repository_last_verify_timestamp_seconds",
+            "When the last verify that ran to its end finished (Unix seconds).",
+            REPOSITORY_LABELS,
         )
         # Always 1 and always exported, from the first scrape on: the alerts tell "the
         # operator is gone" from "nothing to report" by its absence (docs/runbooks.md).
@@ -304,42 +460,90 @@ class Metrics:
         for result in ("ok", "failed"):
             _remove(self.vcenter_sweeps, namespace, vcenter, result)
 
-    # ---- VMs and backups -----------------------------------------------------------
+    # ---- policies, VMs and backups -------------------------------------------------
 
-    def _vm(self, namespace: str, vcenter: str, policy: str, vm: dict[str, Any]) -> VMState:
+    def _vm(self, namespace: str, vcenter: str, policy: str, vm: Mapping[str, Any]) -> VMState:
         """The VM's state, re-labelled if its name or policy changed (lock held)."""
-        ident = str(vm.get("instanceUuid") or vm.get("moref") or vm.get("name") or "")
-        labels = (namespace, vcenter, policy, str(vm.get("name") or ident), ident)
+        ident = vm_ident(vm)
         key = (namespace, vcenter, ident)
         state = self.vms.get(key)
         if state is None:
-            state = self.vms[key] = VMState(labels, first_seen=self.clock())
-        state.labels = labels
+            state = self.vms[key] = VMState(
+                (namespace, vcenter, policy, ident), "", "", first_seen=self.clock()
+            )
+        state.labels = (namespace, vcenter, policy, ident)
+        state.name = str(vm.get("name") or state.name or ident)
+        state.moref = str(vm.get("moref") or state.moref)
         return state
 
-    def observe_vm(
+    def observe_policy(
         self,
         namespace: str,
         vcenter: str,
         policy: str,
-        vm: dict[str, Any],
-        rpo_seconds: float,
+        *,
+        repository: str,
+        rpo_seconds: float | None,
+        vms: Iterable[PolicyVM] | None,
+        in_progress: Mapping[str, int] | None = None,
     ) -> None:
-        """A VM and the RPO of its effective policy (from the policy controller).
+        """A policy's scheduler pass: its repository and RPO, its VMs (from the latest
+        sweep; None before the first) with what its VMGuardBackups say of each, and how many
+        of its backups are in each unfinished phase.
 
-        ``vm`` is ``{instanceUuid, moref, name}`` as in a VMGuardBackup's ``spec.vm``. A VM
-        never backed up counts as breached once ``rpo_seconds`` passed since it was
-        first observed here.
+        The VMs listed become the policy's VMs: a VM of this policy not listed (deleted,
+        or matched by another policy now) drops out. A VM's last success and outcome
+        are merged with what :meth:`observe_backup` saw, the newest winning, so a
+        restarted operator knows them before any backup finishes.
         """
         with self.lock:
-            self._vm(namespace, vcenter, policy, vm).rpo_seconds = float(rpo_seconds)
+            self.policies[(namespace, policy)] = PolicyState(
+                vcenter, repository, rpo_seconds, dict(in_progress or {})
+            )
+            if vms is None:
+                return
+            listed: set[str] = set()
+            for item in vms:
+                state = self._vm(namespace, vcenter, policy, item.vm)
+                listed.add(vm_ident(item.vm))
+                if item.last_success is not None and (
+                    state.last_success is None or item.last_success > state.last_success
+                ):
+                    state.last_success = item.last_success
+                if item.last_finish is not None and (
+                    state.last_finish is None or item.last_finish > state.last_finish
+                ):
+                    state.last_finish, state.last_failed = item.last_finish, item.last_failed
+            for key, state in list(self.vms.items()):
+                ns, _, pol, ident = state.labels
+                if ns == namespace and pol == policy and ident not in listed:
+                    del self.vms[key]
 
-    def forget_vm(self, namespace: str, vcenter: str, vm: dict[str, Any]) -> None:
-        ident = str(vm.get("instanceUuid") or vm.get("moref") or vm.get("name") or "")
+    def forget_policy(self, namespace: str, policy: str) -> None:
+        """The policy is gone, or this replica stopped acting for it: its series and its
+        VMs' go."""
         with self.lock:
-            self.vms.pop((namespace, vcenter, ident), None)
+            self.policies.pop((namespace, policy), None)
+            for key, state in list(self.vms.items()):
+                if (state.labels[0], state.labels[2]) == (namespace, policy):
+                    del self.vms[key]
 
-    def observe_backup(self, backup: dict[str, Any]) -> None:
+    def forget_vm(self, namespace: str, vcenter: str, vm: Mapping[str, Any]) -> None:
+        with self.lock:
+            self.vms.pop((namespace, vcenter, vm_ident(vm)), None)
+
+    def _counts(self, meta: Mapping[str, Any], finished: float) -> bool:
+        """Whether a finished object is counted now: once per UID, finished since this
+        process started, and not recreated by catalog sync (an old backup under a new
+        UID: counting it would count a backup twice, or one this process never saw)."""
+        uid = str(meta.get("uid") or "")
+        synced = (meta.get("labels") or {}).get(LABEL_SYNCED) == SYNCED
+        if not uid or synced or uid in self._counted or finished < self.started:
+            return False
+        self._counted.add(uid)
+        return True
+
+    def observe_backup(self, backup: Mapping[str, Any]) -> None:
         """A VMGuardBackup object (metadata, spec, status), typically on a phase change.
 
         Only finished backups (Completed, Failed) change anything.
@@ -356,15 +560,14 @@ class Metrics:
         finished = epoch_seconds(status.get("completionTime")) or self.clock()
         totals = status.get("totals") or {}
 
-        uid = str(meta.get("uid") or "")
-        # A VMGuardBackup recreated by catalog sync is an old backup under a new UID: counting
-        # it would count a backup twice (or one this process never saw run); its time
-        # still feeds the per-VM last-success gauges below.
-        synced = (meta.get("labels") or {}).get(LABEL_SYNCED) == SYNCED
-        if uid and not synced and uid not in self._counted and finished >= self.started:
-            self._counted.add(uid)
+        if self._counts(meta, finished):
             labels = (namespace, vcenter, policy)
             self.backups.labels(*labels, outcome).inc()
+            if outcome == BackupPhase.FAILED:
+                reason = str((status.get("error") or {}).get("reason") or "Unknown")
+                self.backup_failures.labels(*labels, reason).inc()
+                if reason in PROXY_FAILURE_REASONS:
+                    self.proxy_failures.labels(namespace, "backup", reason).inc()
             if status.get("durationSeconds") is not None:
                 self.backup_duration.labels(*labels).observe(float(status["durationSeconds"]))
             self.bytes_read.labels(*labels).inc(int(totals.get("bytesRead") or 0))
@@ -388,12 +591,33 @@ class Metrics:
             compressibility = totals.get("compressibility")
             state.compressibility = float(compressibility) if compressibility is not None else None
 
-    # ---- repositories, snapshots, proxy Jobs ---------------------------------------
+    def observe_restore(self, restore: Mapping[str, Any]) -> None:
+        """A VMGuardRestore object on a phase change: a finished one is counted, once."""
+        meta, status = restore.get("metadata") or {}, restore.get("status") or {}
+        outcome = status.get("phase")
+        if outcome not in RESTORE_TERMINAL:
+            return
+        finished = epoch_seconds(status.get("completionTime")) or self.clock()
+        if not self._counts(meta, finished):
+            return
+        namespace = str(meta.get("namespace") or "")
+        self.restores.labels(namespace, outcome).inc()
+        if outcome == RestorePhase.FAILED:
+            reason = str((status.get("error") or {}).get("reason") or "Unknown")
+            self.restore_failures.labels(namespace, reason).inc()
+            if reason in PROXY_FAILURE_REASONS:
+                self.proxy_failures.labels(namespace, "restore", reason).inc()
 
-    def observe_repository(self, namespace: str, repository: str, status: dict[str, Any]) -> None:
-        """A VMGuardRepository's status (as its controller wrote it)."""
+    # ---- repositories and snapshots ------------------------------------------------
+
+    def observe_repository(
+        self, namespace: str, repository: str, status: Mapping[str, Any]
+    ) -> None:
+        """A VMGuardRepository's status (as its controller wrote it; keys it lacks leave
+        their gauges as they were)."""
         labels = (namespace, repository)
-        self.repository_reachable.labels(*labels).set(1 if status.get("reachable") else 0)
+        if "reachable" in status:
+            self.repository_reachable.labels(*labels).set(1 if status.get("reachable") else 0)
         for gauge, key in (
             (self.repository_stored, "storedBytes"),
             (self.repository_logical, "logicalBytes"),
@@ -402,6 +626,11 @@ class Metrics:
         ):
             if status.get(key) is not None:
                 gauge.labels(*labels).set(float(status[key]))
+        verified = status.get("lastVerify") or {}
+        at = epoch_seconds(verified.get("time"))
+        if at is not None:
+            self.repository_last_verify.labels(*labels).set(at)
+            self.repository_verify_errors.labels(*labels).set(int(verified.get("errors") or 0))
 
     def count_repository_check(self, namespace: str, repository: str, reason: str) -> None:
         """One check of a repository ended with Ready's ``reason``."""
@@ -419,6 +648,8 @@ class Metrics:
             self.repository_logical,
             self.repository_dedup,
             self.repository_archives,
+            self.repository_verify_errors,
+            self.repository_last_verify,
         ):
             _remove(g, namespace, repository)
 
@@ -432,10 +663,6 @@ class Metrics:
                 del self.snapshots[key]
             for vm, name, created in snapshots:
                 self.snapshots[(namespace, vcenter, vm, name)] = created
-
-    def observe_proxy_jobs(self, namespace: str, kind: str, running: int) -> None:
-        """How many proxy Jobs of ``kind`` (``backup`` or ``restore``) run in ``namespace``."""
-        self.proxy_jobs.labels(namespace, kind).set(running)
 
 
 def _label_sets(metric: Gauge | Counter) -> list[tuple[str, ...]]:

@@ -5,6 +5,7 @@ the rendered rules and by asking the apiserver what the operator's account may d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,79 @@ def test_non_default_rendering(render: Render) -> None:
         service["spec"]["selector"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
     )
+
+
+@pytest.mark.unit
+def test_single_alerts_can_be_disabled_and_every_alert_can_get_labels(
+    render: Render, helm: Path, tmp_path: Path
+) -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "disabled": {"VmguardStaleSnapshot": True, "VmguardUnprotectedVMs": True},
+            "additionalRuleLabels": {"team": "infra", "severity": "page-everyone"},
+            "additionalRuleAnnotations": {"dashboard": "https://grafana.example/d/vmguard"},
+        }
+    }
+    (rule,) = of_kind(render(values), "PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    source = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    every = [r for g in source["groups"] for r in g["rules"]]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    assert set(alerts) == {r["alert"] for r in every if "alert" in r} - {
+        "VmguardStaleSnapshot",
+        "VmguardUnprotectedVMs",
+    }
+    assert [r["record"] for r in rules if "record" in r] == [
+        r["record"] for r in every if "record" in r
+    ], "recording rules are never left out"
+    for name, r in alerts.items():
+        original = next(o for o in every if o.get("alert") == name)
+        assert r["labels"]["team"] == "infra"
+        assert r["labels"]["severity"] == original["labels"]["severity"], "the alert's own wins"
+        assert r["annotations"]["dashboard"] == "https://grafana.example/d/vmguard"
+        assert r["annotations"]["summary"] == original["annotations"]["summary"]
+        assert r["expr"] == original["expr"]
+    # What the chart renders is still a valid rule file.
+    rendered = tmp_path / "rendered-rules.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A name that is no alert of ours (a typo) fails the rendering instead of doing nothing.
+    typo = {"prometheusRule": {"enabled": True, "disabled": {"VmguardStaleSnapshots": True}}}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(typo))
+    done = subprocess.run(
+        [str(helm), "template", "v", str(CHART), "--values", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "HELM_CACHE_HOME": str(tmp_path / "c"),
+            "HELM_CONFIG_HOME": str(tmp_path / "f"),
+        },
+    )
+    assert done.returncode != 0
+    assert "VmguardStaleSnapshots, which is no vmguard alert" in done.stderr
+
+
+@pytest.mark.unit
+def test_the_dashboard_ships_as_a_sidecar_configmap_unless_disabled(render: Render) -> None:
+    (board,) = of_kind(render(namespace="backup"), "ConfigMap")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["namespace"] == "backup"
+    shipped = json.loads(board["data"]["vmguard.json"])
+    assert shipped == json.loads((CHART / "files" / "dashboard.json").read_text())
+    moved = render(
+        {"dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Backup"}}}
+    )
+    (board,) = of_kind(moved, "ConfigMap")
+    assert board["metadata"]["namespace"] == "monitoring"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Backup"}
+    assert not of_kind(render({"dashboard": {"enabled": False}}), "ConfigMap")
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
+from vmguard.api.kinds import POLICY
 from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
@@ -58,6 +59,23 @@ def test_metrics_show_the_sweeps_counts(
     assert counts["consolidationNeeded"] == 0
     assert value(samples, "vmguard_vms_consolidation_needed", **vc) == 0
     assert condition(status, "Consolidated")["reason"] == "NoneNeeded"
+    # The policy's scheduler reports its VMs from the same sweeps: one vm_info each.
+    gold = {**vc, "policy": "gold"}
+
+    def policy_reported() -> Any:
+        matched = objects.get(kube_api, namespace, POLICY.plural, "gold").get("status")
+        samples = scrape(port)
+        count = value(samples, "vmguard_policy_vms", **gold)
+        if not matched or count is None or count != matched.get("matchedVMs"):
+            return None
+        return samples
+
+    samples = eventually(policy_reported, timeout=90, what="policy gold's VMs in /metrics")
+    infos = [
+        labels for (name, labels) in samples if name == "vmguard_vm_info" and
+        ("policy", "gold") in labels
+    ]  # fmt: skip
+    assert len(infos) == value(samples, "vmguard_policy_vms", **gold) > 0
 
     # An unprotected VM (no backup of this test will consolidate it) now needs it.
     vm = next(i for i in status["vmList"]["items"] if not i.get("p"))

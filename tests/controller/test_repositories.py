@@ -22,6 +22,7 @@ from tests.controller import objects
 from tests.controller.scrape import scrape, value
 from tests.store.helpers import FAST_KDF_N, backup, disk_image
 
+from vmguard.api import parse_time
 from vmguard.store import MasterKey, ObjectLockPolicy, Repository, ScryptParams, names
 from vmguard.store.backend import S3Backend
 from vmguard_lab.procs import eventually
@@ -172,7 +173,7 @@ def test_scheduled_deep_verify_finds_a_flipped_chunk(
         verify={"schedule": "* * * * *", "depth": "full"},
     )
     # Twelve times faster (docs/lab.md, "Lab time"): the verify's cron minute lasts 5 s.
-    start_operator(extra_env=FAST, speedup=12)
+    port = start_operator(extra_env=FAST, speedup=12).metrics_port
 
     def verified() -> dict[str, Any] | None:
         status = _status(kube_api, namespace, "repo")
@@ -192,6 +193,19 @@ def test_scheduled_deep_verify_finds_a_flipped_chunk(
     )
     assert victim.hex() in damage[0] and manifest.archive_id in damage[0]
     assert objects.condition({"status": status}, "Ready")["status"] == "True"
+    # /metrics says the same (VmguardRepositoryDamaged fires on it).
+    labels = {"namespace": namespace, "repository": "repo"}
+
+    def exported() -> Any:
+        samples = scrape(port)
+        return samples if value(samples, "vmguard_repository_verify_errors", **labels) else None
+
+    samples = eventually(exported, timeout=30, what="the verify's errors in /metrics")
+    assert value(samples, "vmguard_repository_verify_errors", **labels) == 1
+    verified_at = parse_time(last["time"])
+    assert verified_at is not None
+    when = value(samples, "vmguard_repository_last_verify_timestamp_seconds", **labels)
+    assert when is not None and when >= verified_at.timestamp()
 
 
 def test_scheduled_verify_extends_an_object_lock_lifted_behind_our_back(

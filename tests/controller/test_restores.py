@@ -31,6 +31,7 @@ from tests.controller.restore_helpers import (
     remove_disk,
     restore_jobs,
 )
+from tests.controller.scrape import scrape, value
 from tests.vsphere.helpers import MiB, pick_vm, restored_afterwards, sha256_file
 
 from vmguard.engine.restore import restore_disk
@@ -480,6 +481,17 @@ def test_bad_sources_and_a_taken_name_are_conditions_not_jobs(
     assert any(
         e.reason == "TargetExists" and e.involved_object.name == "name-taken" for e in events
     )
+    # /metrics counts the two failed restores by reason (VmguardRestoreFailed fires on it).
+    ns = {"namespace": namespace}
+
+    def counted() -> Any:
+        samples = scrape(operator.metrics_port)
+        done = value(samples, "vmguard_restores_total", **ns, outcome="Failed")
+        return samples if done == 2 else None
+
+    samples = eventually(counted, timeout=30, what="the failed restores in /metrics")
+    for why in ("SourceFailed", "TargetExists"):
+        assert value(samples, "vmguard_restore_failures_total", **ns, reason=why) == 1
     assert operator.alive()
 
 

@@ -127,10 +127,13 @@ def test_second_scheduled_run_is_incremental(
             datetime.fromisoformat(b["status"]["completionTime"].replace("Z", "+00:00"))
             for b in done
         )
-        last = value(
-            samples, "vmguard_vm_last_successful_backup_timestamp_seconds",
-            vm=vm.name, vm_uuid=vm.instance_uuid, **labels,
+        # The VM's deadline is its last good backup plus the policy's RPO.
+        deadline = value(
+            samples, "vmguard_vm_backup_deadline_timestamp_seconds",
+            vm_uuid=vm.instance_uuid, **labels,
         )  # fmt: skip
-        assert last == newest.timestamp()
+        rpo = value(samples, "vmguard_policy_rpo_seconds", **labels)
+        assert deadline is not None and rpo is not None
+        assert deadline - rpo == newest.timestamp()
     policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "every-minute")
     assert policy["status"]["lastSuccessfulTime"]

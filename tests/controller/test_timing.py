@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.controller import objects
 
 from vmguard.api import format_time
@@ -27,6 +28,7 @@ from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import LINE_EPOCH, REAL_TIME, Timing
 from vmguard.controller.policy.builders import backup_name, run_label
 from vmguard.controller.policy.runs import PolicyRunner
+from vmguard.metrics import Metrics
 from vmguard.store.clock import ManualClock, SystemClock
 from vmguard.vsphere.matching import PolicyRef, assign
 from vmguard.vsphere.records import VMRecord
@@ -152,6 +154,7 @@ def test_a_scheduled_run_fires_exactly_at_its_time_on_the_clock(
     matched = assign(vms, [PolicyRef.from_object(policy)], "lab")
     sweeps.publish(namespace, "lab", SweepView(clock.now(), 30.0, matched))
     api = RecordingAPI(kube_api, clock)
+    metrics = Metrics(clock=lambda: timing.now().timestamp())
     runner = PolicyRunner(
         api,
         policy,
@@ -160,6 +163,7 @@ def test_a_scheduled_run_fires_exactly_at_its_time_on_the_clock(
         StopAfter(clock, fires_at + dt.timedelta(seconds=0.1)),
         logging.getLogger(__name__),
         timing=timing,
+        metrics=metrics,
     )
     asyncio.run(runner.loop())
 
@@ -172,3 +176,23 @@ def test_a_scheduled_run_fires_exactly_at_its_time_on_the_clock(
     status = objects.get(kube_api, namespace, "vmprotectionpolicies", "timed")["status"]
     assert status["lastScheduleTime"] == format_time(run)
     assert status["nextScheduleTime"] > status["lastScheduleTime"]
+    # The scheduler's pass feeds the metrics: each VM of the policy, its deadline (no
+    # backup yet: one RPO from its first sighting), the policy's RPO and its queue.
+    seen = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.exposition())
+        for s in family.samples
+    }
+    pol = (("namespace", namespace), ("policy", "timed"), ("vcenter", "lab"))
+    rpo = seen[("vmguard_policy_rpo_seconds", pol)]
+    assert rpo > 0
+    assert (
+        seen[("vmguard_policy_backups_in_progress", (*pol[:1], ("phase", "Pending"), *pol[1:]))]
+        == 2
+    )
+    for vm in vms:
+        key = tuple(sorted({**dict(pol), "vm_uuid": vm.instance_uuid}.items()))
+        deadline = seen[("vmguard_vm_backup_deadline_timestamp_seconds", key)]
+        assert start.timestamp() + rpo <= deadline <= timing.now().timestamp() + rpo
+        info = tuple(sorted({**dict(key), "vm": vm.name, "moref": vm.moref}.items()))
+        assert seen[("vmguard_vm_info", info)] == 1

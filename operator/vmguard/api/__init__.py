@@ -7,6 +7,7 @@ lives here, and everything else imports it from here:
   values;
 - :mod:`.phases` — the phases of VMGuardBackup and VMGuardRestore as ``StrEnum``s (the CRDs'
   enums are generated from them) and which phases are active or terminal;
+- :mod:`.reasons` — the failure reasons that mean the proxy Job, not its peers, failed;
 - :mod:`.status` — ``TypedDict`` views of the statuses the controllers write;
 - :mod:`.times` — the one formatter and parser of API times, and of spec durations.
 
@@ -49,6 +50,15 @@ from vmguard.api.phases import (
     BackupPhase,
     RestorePhase,
 )
+from vmguard.api.reasons import (
+    FAILED_CREATE,
+    PERMANENT_WAITING,
+    PROXY_FAILED,
+    PROXY_FAILURE_REASONS,
+    PROXY_REPORTED_NOTHING,
+    TRANSIENT_WAITING,
+    UNSCHEDULABLE,
+)
 from vmguard.api.status import (
     BackupDisk,
     BackupPlacement,
@@ -75,6 +85,7 @@ __all__ = [
     "BACKUP_ACTIVE",
     "BACKUP_TERMINAL",
     "CATEGORY",
+    "FAILED_CREATE",
     "FINALIZER",
     "GROUP",
     "LABEL_ATTEMPT",
@@ -88,8 +99,14 @@ __all__ = [
     "LABEL_VMBACKUP",
     "LABEL_VMBACKUP_UID",
     "LABEL_VMRESTORE",
+    "PERMANENT_WAITING",
+    "PROXY_FAILED",
+    "PROXY_FAILURE_REASONS",
+    "PROXY_REPORTED_NOTHING",
     "RESTORE_TERMINAL",
     "SYNCED",
+    "TRANSIENT_WAITING",
+    "UNSCHEDULABLE",
     "VERSION",
     "BackupDisk",
     "BackupPhase",

@@ -45,6 +45,8 @@ from vmguard.api import (
     BACKUP_ACTIVE,
     BACKUP_TERMINAL,
     LABEL_VMBACKUP_UID,
+    PROXY_FAILED,
+    PROXY_REPORTED_NOTHING,
     BackupDisk,
     BackupPhase,
     BackupStatus,
@@ -415,7 +417,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
                 await p.patch({"phase": BackupPhase.FINALIZING})
             else:
                 await p.fail(
-                    "ProxyReportedNothing",
+                    PROXY_REPORTED_NOTHING,
                     f"Job {name} succeeded without a result",
                     snapshot_taken=True,
                 )
@@ -425,7 +427,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         await p.patch({"phase": BackupPhase.FINALIZING})
         return 0.0
     error = status.get("error") or {}
-    why = error.get("reason") or "ProxyFailed"
+    why = error.get("reason") or PROXY_FAILED
     text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
     retryable = bool(error.get("retryable", True))
     time_left = ctx.settings.deadline - _age(obj, ctx.timing.now())

@@ -26,22 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vmguard.api import parse_time
-
-# kubelet's waiting reasons that mean "this container will not start by itself soon".
-# ContainerCreating / PodInitializing are normal progress and are not listed.
-TRANSIENT_WAITING = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    }
+from vmguard.api import (
+    FAILED_CREATE,
+    PERMANENT_WAITING,
+    TRANSIENT_WAITING,
+    UNSCHEDULABLE,
+    parse_time,
 )
-# Waiting reasons no retry can fix: the image reference itself is malformed or forbidden.
-PERMANENT_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+
 # What the apiserver's admission answers contain when it refuses a pod for good.
 REFUSAL_MARKERS = ("forbidden", "violates podsecurity")
 
@@ -102,15 +94,15 @@ def pod_trouble(pod: Mapping[str, Any]) -> ProxyTrouble | None:
         if (
             cond.get("type") == "PodScheduled"
             and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
+            and cond.get("reason") == UNSCHEDULABLE
         ):
-            return ProxyTrouble(False, "Unschedulable", str(cond.get("message") or ""), source)
+            return ProxyTrouble(False, UNSCHEDULABLE, str(cond.get("message") or ""), source)
     return None
 
 
 def event_trouble(event: Mapping[str, Any]) -> ProxyTrouble | None:
     """A Job event that means its pods are refused at admission, or None."""
-    if event.get("reason") != "FailedCreate":
+    if event.get("reason") != FAILED_CREATE:
         return None
     message = str(event.get("message") or "")
     obj = event.get("involvedObject") or {}
@@ -119,9 +111,9 @@ def event_trouble(event: Mapping[str, Any]) -> ProxyTrouble | None:
     # A full ResourceQuota also answers "forbidden", but it frees up as other pods end:
     # failing a night's backups at once over it would page for nothing.
     if "exceeded quota" not in lowered and any(m in lowered for m in REFUSAL_MARKERS):
-        return ProxyTrouble(True, "FailedCreate", message, source)
+        return ProxyTrouble(True, FAILED_CREATE, message, source)
     # Other create failures (quota exceeded, a webhook timing out) may pass: transient.
-    return ProxyTrouble(False, "FailedCreate", message, source)
+    return ProxyTrouble(False, FAILED_CREATE, message, source)
 
 
 def classify(

@@ -17,6 +17,7 @@ from vmguard.api.kinds import POLICY
 from vmguard.controller.kube.handlers import acts, announcer, policy_wakeup, vcenter_wakeup
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.policy.runs import PolicyRunner
+from vmguard.metrics import Metrics
 
 
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
@@ -48,7 +49,13 @@ async def policy_scheduler(
         return
     wake = policy_wakeup(memo, namespace or "", name)
     announce = announcer(body)
+    metrics: Metrics | None = getattr(memo, "metrics", None)
     runner = PolicyRunner(
-        KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, timing=memo.timing
+        KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics
     )
-    await runner.loop()
+    try:
+        await runner.loop()
+    finally:
+        # Deleted, or paused in favour of a peer: a standby reports nothing stale.
+        if metrics is not None:
+            metrics.forget_policy(namespace or "", name)

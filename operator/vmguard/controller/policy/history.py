@@ -86,6 +86,19 @@ class BackupHistory:
         times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
 
+    def last_finished(self, vm: str) -> BackupRecord | None:
+        """The VM's newest Completed or Failed backup (by completion time), if any."""
+        done = [r for r in self.of(vm) if r.phase in BACKUP_TERMINAL and r.completed]
+        return max(done, key=lambda r: r.completed or dt.datetime.min, default=None)
+
+    def in_progress_by_phase(self) -> dict[str, int]:
+        """How many of the policy's backups are in each unfinished phase."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            if r.in_progress:
+                counts[r.phase] = counts.get(r.phase, 0) + 1
+        return counts
+
     def has_completed(self, vm: str) -> bool:
         return any(r.phase == BackupPhase.COMPLETED for r in self.of(vm))
 

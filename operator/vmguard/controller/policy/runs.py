@@ -2,9 +2,10 @@
 
 Runs as a kopf daemon per ``VMProtectionPolicy`` (registered in ``handlers.py``). Each turn
 of the loop: judge the policy (:mod:`.judgement`), start a run if one is due, create the
-backups whose jittered start has come, refresh the status, then sleep until the next
-scheduled time, the next jittered start, or :data:`STATUS_REFRESH` (a change of the
-policy's spec wakes it at once).
+backups whose jittered start has come, refresh the status (and hand the metrics the
+policy's VMs, each one's last success and outcome from its VMGuardBackups, and the
+queue), then sleep until the next scheduled time, the next jittered start, or
+:data:`STATUS_REFRESH` (a change of the policy's spec wakes it at once).
 
 Rules (docs/resource-model.md, "Schedules"):
 
@@ -50,6 +51,7 @@ from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.controller.policy.retention import Announce, Retention
 from vmguard.errors import RetryableError, VmguardError
+from vmguard.metrics import Metrics, PolicyVM
 from vmguard.vsphere.records import VMRecord
 
 STATUS_REFRESH = 30.0
@@ -92,6 +94,18 @@ def plan_run(
     return sorted(todo, key=lambda p: p.start), skipped
 
 
+def vm_state(vm: VMRecord, history: BackupHistory) -> PolicyVM:
+    """Pure: what the policy's VMGuardBackups say of one VM, for the metrics."""
+    last = history.last_finished(vm.instance_uuid)
+    success = history.last_completed(vm.instance_uuid)
+    return PolicyVM(
+        {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
+        last_success=success.timestamp() if success else None,
+        last_finish=last.completed.timestamp() if last and last.completed else None,
+        last_failed=last is not None and last.phase == BackupPhase.FAILED,
+    )
+
+
 class PolicyRunner:
     def __init__(
         self,
@@ -103,8 +117,10 @@ class PolicyRunner:
         logger: logging.Logger | logging.LoggerAdapter[Any],
         announce: Announce | None = None,
         timing: Timing = REAL_TIME,
+        metrics: Metrics | None = None,
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
+        self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
         self.announce: Announce = announce or (lambda reason, message, warning: None)
         self.retention = Retention()
@@ -260,6 +276,17 @@ class PolicyRunner:
         if status != self.last_status:
             await self.api.patch_status(POLICY.plural, namespace, name, status)
             self.last_status = status
+        if self.metrics is not None:
+            spec = policy.get("spec") or {}
+            self.metrics.observe_policy(
+                namespace,
+                (spec.get("vcenterRef") or {}).get("name", ""),
+                name,
+                repository=(spec.get("repositoryRef") or {}).get("name", ""),
+                rpo_seconds=assessment.rpo.total_seconds() if assessment.rpo else None,
+                vms=[vm_state(vm, history) for vm in view.vms_of(name)] if view else None,
+                in_progress=history.in_progress_by_phase(),
+            )
 
     async def sleep(self, seconds: float) -> None:
         spec = self.body.get("spec") or {}

@@ -347,8 +347,10 @@ class RepositoryWatch:
     async def patch(self, status: dict[str, Any]) -> None:
         namespace, name = self.meta["namespace"], self.meta["name"]
         await self.api.patch_status(PLURAL, namespace, name, status)
-        if self.metrics is not None and "reachable" in status:
-            self.metrics.observe_repository(namespace, name, status)
+        if self.metrics is not None and ("reachable" in status or "lastVerify" in status):
+            # The last verify survives restarts in the status: report it from the start.
+            seen = {"lastVerify": (self.body.get("status") or {}).get("lastVerify"), **status}
+            self.metrics.observe_repository(namespace, name, seen)
 
     # -- GC and verify ------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""The VMGuardRestore kind's kopf handler: one daemon per VMGuardRestore.
+"""The VMGuardRestore kind's kopf handlers: one daemon per VMGuardRestore, and its end
+counted in the metrics.
 
-It drives the restore (:func:`.reconcile.drive`) to Completed or Failed and is a no-op
-once it is either; the steps and their restart safety are :mod:`.reconcile`'s.
+The daemon drives the restore (:func:`.reconcile.drive`) to Completed or Failed and is a
+no-op once it is either; the steps and their restart safety are :mod:`.reconcile`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from vmguard.api import GROUP, VERSION
+from vmguard.api import GROUP, RESTORE_TERMINAL, VERSION
 from vmguard.api.kinds import RESTORE
 from vmguard.controller.kube.handlers import acts
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -36,3 +37,10 @@ async def restore_driver(
     await reconcile.drive(
         KubeAPI(), memo.proxy, namespace or "", name, stopped, announce, timing=memo.timing
     )
+
+
+@kopf.on.field(GROUP, VERSION, RESTORE.plural, field="status.phase")
+async def vmrestore_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+    """A restore finished: count its outcome (and its failure's reason) once."""
+    if new in RESTORE_TERMINAL and getattr(memo, "metrics", None) is not None:
+        memo.metrics.observe_restore(dict(body))

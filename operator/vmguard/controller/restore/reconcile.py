@@ -34,7 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import RESTORE_TERMINAL, BackupPhase, Condition, RestorePhase, RestoreStatus
+from vmguard.api import (
+    PROXY_FAILED,
+    RESTORE_TERMINAL,
+    BackupPhase,
+    Condition,
+    RestorePhase,
+    RestoreStatus,
+)
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
@@ -258,7 +265,7 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         return Step({"phase": RestorePhase.FINALIZING, "conditions": conds}, 0.0)
     if state.failed:
         error = status.get("error") or {}
-        reason = error.get("reason") or "ProxyFailed"
+        reason = error.get("reason") or PROXY_FAILED
         text = error.get("message") or f"restore Job {job_name} failed: {message}"
         return await _fail_and_clean(api, obj, reason, text)
     return await _watch_proxy_start(api, settings, obj, job)
