@@ -105,5 +105,8 @@ def test_wrong_password_is_a_condition_not_a_crash(
     reachable = objects.condition(vc, "Reachable")
     assert reachable["reason"] == "InvalidConfiguration"
     assert "refused the login" in reachable["message"]
+    # kstatus reads it as Failed (Stalled=True), not as in progress for ever.
+    stalled = objects.condition(vc, "Stalled")
+    assert (stalled.get("status"), stalled.get("reason")) == ("True", "InvalidConfiguration")
     assert canary not in str(vc)
     assert canary not in operator_log.read_text()
