@@ -1,0 +1,116 @@
+"""vmguard objects as the lab tests saw them, kept for tests/charts/test_health.py.
+
+The health checks (kstatus, Argo CD's Lua) are tested on objects the operator really
+wrote, not on hand-made ones, and without lab runs of their own: every read of a vmguard
+object through ``tests/controller/objects.py`` (``get``, ``items``, ``wait_phase``) and
+every object left in a controller test's namespace when the test ends is offered to
+:func:`capture`. It files the object under its kind and *state* (:func:`state_of`: the
+phase of the kinds that end, ``Ready`` of the kinds that stand), keeping at most
+:data:`PER_STATE` of each, in the session's directory (``captured-objects`` under
+pytest's basetemp), one JSON file each.
+
+Invariants: an object whose status a test wrote itself (:func:`fabricated`) is never
+captured, nor one being deleted (kstatus calls every such object Terminating, whatever
+its status). Capturing never fails a test: it is bookkeeping, and a full disk shows up
+in the health test as a missing state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vmguard.api import GROUP
+from vmguard.crds import KINDS
+
+PER_STATE = 3
+NOT_JUDGED = "NotJudged"
+"""The state of an object the operator has not judged yet: no phase, or no ``Ready``."""
+
+PAUSED = "Paused"
+
+
+def _status_fields(kind: Any) -> Mapping[str, Any]:
+    schema = kind.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return dict(schema["properties"].get("status", {}).get("properties", {}))
+
+
+LIFECYCLE_KINDS = frozenset(k.kind for k in KINDS if "phase" in _status_fields(k))
+"""The kinds that end (a ``status.phase``); the others stand (judged by ``Ready``)."""
+
+_directory: Path | None = None
+_counts: Counter[tuple[str, str]] = Counter()
+_seen: set[tuple[str, str]] = set()
+_fabricated: set[tuple[str, str, str]] = set()
+
+
+def start(directory: Path) -> None:
+    """Capture into ``directory`` from now on (the session fixture in tests/conftest.py)."""
+    global _directory
+    directory.mkdir(parents=True, exist_ok=True)
+    _directory = directory
+
+
+def directory() -> Path | None:
+    return _directory
+
+
+def fabricated(kind_or_plural: str, namespace: str, name: str) -> None:
+    """Never capture this object: its status was written by a test, not the operator."""
+    _fabricated.add((_kind(kind_or_plural), namespace, name))
+
+
+def state_of(obj: Mapping[str, Any]) -> str:
+    status = obj.get("status") or {}
+    if obj.get("kind") in LIFECYCLE_KINDS:
+        return str(status.get("phase") or NOT_JUDGED)
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
+    ready = conditions.get("Ready")
+    if ready is None:
+        return NOT_JUDGED
+    if ready == "True" and conditions.get("Paused") == "True":
+        return PAUSED
+    return f"Ready={ready}"
+
+
+def capture(objs: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+    if _directory is None:
+        return
+    for obj in [objs] if isinstance(objs, Mapping) else objs:
+        _capture_one(obj)
+
+
+def _capture_one(obj: Mapping[str, Any]) -> None:
+    meta, kind = obj.get("metadata") or {}, str(obj.get("kind"))
+    if not str(obj.get("apiVersion", "")).startswith(f"{GROUP}/") or meta.get("deletionTimestamp"):
+        return
+    if (kind, meta.get("namespace"), meta.get("name")) in _fabricated:
+        return
+    state = state_of(obj)
+    seen = (meta.get("uid", ""), f"{kind}/{state}")
+    if seen in _seen or _counts[(kind, state)] >= PER_STATE:
+        return
+    _seen.add(seen)
+    _counts[(kind, state)] += 1
+    assert _directory is not None
+    target = _directory / kind / state / f"{meta.get('namespace')}_{meta.get('name')}.json"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(obj, indent=1, default=str))
+    except OSError:
+        pass
+
+
+def captured(directory: Path) -> dict[tuple[str, str], list[Path]]:
+    """(kind, state) -> the captured objects' files."""
+    out: dict[tuple[str, str], list[Path]] = {}
+    for path in sorted(directory.glob("*/*/*.json")):
+        out.setdefault((path.parent.parent.name, path.parent.name), []).append(path)
+    return out
+
+
+def _kind(kind_or_plural: str) -> str:
+    return next((k.kind for k in KINDS if kind_or_plural in (k.kind, k.plural)), kind_or_plural)
