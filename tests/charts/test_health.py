@@ -172,3 +172,26 @@ def test_kstatus_and_argo_cd_read_every_captured_object_as_expected(
         if key == (BACKUP, BackupPhase.FAILED):
             assert got == ("Failed", "Degraded"), (path, got)
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_spec_change_not_yet_observed_is_in_progress_for_both(
+    captured_objects: Path, health: Path, tmp_path: Path
+) -> None:
+    """Each kind's settled object (Completed, or Ready=True), one generation ahead of
+    its status — what both tools see between an edit and the operator's next patch."""
+    found = captures.captured(captured_objects)
+    settled = {BACKUP: BackupPhase.COMPLETED, RESTORE: RestorePhase.COMPLETED}
+    files = []
+    for k in KINDS:
+        source = found.get((k.kind, settled.get(k.kind, "Ready=True")))
+        assert source, f"no settled {k.kind} captured (test_the_lab_tests_captured_...)"
+        obj = json.loads(source[0].read_text())
+        assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+        obj["metadata"]["generation"] += 1
+        files.append(tmp_path / f"{k.kind}.json")
+        files[-1].write_text(json.dumps(obj))
+    kstatus = judge(health, "kstatus", files=files)
+    lua = judge(health, "lua", "-scripts", str(SCRIPTS), files=files)
+    assert {p.stem: (kstatus[p]["status"], lua[p]["status"]) for p in files} == {
+        k.kind: AT_WORK for k in KINDS
+    }
