@@ -3,6 +3,7 @@
 //
 //	vmguard-health kstatus [-o json] FILE...
 //	vmguard-health lua -scripts DIR [-o json] FILE...
+//	vmguard-health flux -exprs FILE [-o json] FILE...
 //
 // kstatus runs sigs.k8s.io/cli-utils' kstatus (status.Compute), what Flux and
 // `kubectl wait`-style tooling read: Current, InProgress, Failed, Terminating, ...
@@ -10,6 +11,9 @@
 // interpreter Argo CD embeds, with Argo CD's contract: the object is the global
 // `obj`, the script returns a table with `status` (Healthy, Progressing, Degraded,
 // Suspended, Missing, Unknown) and `message`.
+// flux evaluates a Flux Kustomization's spec.healthCheckExprs (CEL) as Flux's
+// kustomize-controller does (see fluxChecks); -exprs names a YAML file holding a
+// `healthCheckExprs:` list.
 //
 // FILE holds one or more objects: JSON, YAML (documents separated by ---), or a
 // List (`kind: List`, or a JSON array); "-" is standard input. One line is printed
@@ -44,6 +48,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   vmguard-health kstatus [-o json] FILE...
   vmguard-health lua -scripts DIR [-o json] FILE...
+  vmguard-health flux -exprs FILE [-o json] FILE...
 `)
 	os.Exit(2)
 }
@@ -56,6 +61,7 @@ func main() {
 	flags := flag.NewFlagSet(cmd, flag.ExitOnError)
 	output := flags.String("o", "table", `output: "table" or "json" (one JSON object per line)`)
 	scripts := flags.String("scripts", "", "lua: the directory of <group>_<Kind>.lua health checks")
+	exprs := flags.String("exprs", "", "flux: a YAML file with a healthCheckExprs list")
 	_ = flags.Parse(args)
 	if flags.NArg() == 0 || (*output != "table" && *output != "json") {
 		usage()
@@ -69,6 +75,16 @@ func main() {
 			usage()
 		}
 		checks := &luaChecks{dir: *scripts}
+		judge = checks.verdict
+	case "flux":
+		if *exprs == "" {
+			usage()
+		}
+		checks, err := loadFluxChecks(*exprs)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vmguard-health:", err)
+			os.Exit(2)
+		}
 		judge = checks.verdict
 	default:
 		usage()

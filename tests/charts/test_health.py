@@ -1,5 +1,6 @@
-"""Argo CD's Lua health checks (the chart's ``files/health``) and kstatus (what Flux and
-``kubectl wait`` read) judge vmguard's objects as :data:`EXPECTED` says, and agree.
+"""Argo CD's Lua health checks (the chart's ``files/health``), kstatus (what Flux and
+``kubectl wait`` read) and the chart's Flux ``healthCheckExprs`` judge vmguard's objects
+as :data:`EXPECTED` says, and agree.
 
 The objects are the lab tests' own (tests/captures.py): every kind in every state the
 session's controller tests brought it to, written by the real operator — no lab run of
@@ -8,7 +9,8 @@ the tests to run with them, when a state in :data:`REQUIRED` was not captured: r
 with ``pytest`` plus the producers listed there (or the whole suite).
 
 ``vmguard-health`` (lab/health, built and cached by the lab) runs sigs.k8s.io/cli-utils'
-``status.Compute`` and the Lua scripts under gopher-lua as Argo CD runs them.
+``status.Compute``, the Lua scripts under gopher-lua as Argo CD runs them, and the CEL
+expressions with Flux's rules.
 """
 
 from __future__ import annotations
@@ -19,15 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests import captures
 from tests.charts.conftest import CHART
 
-from vmguard.api import BACKUP_TERMINAL, GROUP, RESTORE_TERMINAL, BackupPhase, RestorePhase
+from vmguard.api import (
+    API_VERSION,
+    BACKUP_TERMINAL,
+    GROUP,
+    RESTORE_TERMINAL,
+    BackupPhase,
+    RestorePhase,
+)
 from vmguard.crds import KINDS, backup, policy, repository, restore, vcenter
 
 pytestmark = [pytest.mark.lab, pytest.mark.after_captures]
 
 SCRIPTS = CHART / "files" / "health"
+FLUX_EXPRS = SCRIPTS / "flux-healthcheckexprs.yaml"
 
 AT_WORK = ("InProgress", "Progressing")
 DONE = ("Current", "Healthy")
@@ -54,6 +65,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(k.kind, captures.NOT_JUDGED): UNSEEN for k in KINDS},
 }
 """(kind, state) -> (kstatus, Argo CD health) for every state an object can be in."""
+
+FLUX_UNSEEN = {"InProgress", "Unknown"}
+"""What the Flux expressions make of an object kstatus reads Current for lack of a status:
+not ready (Unknown when it has no status at all: the expressions cannot be evaluated)."""
 
 AGREE = {"Current": {"Healthy", "Suspended"}, "InProgress": {"Progressing"}, "Failed": {"Degraded"}}
 
@@ -135,6 +150,9 @@ def judge(health: Path, *args: str, files: list[Path]) -> dict[Path, dict[str, A
 def test_every_kind_has_a_health_script_and_the_table_knows_every_state() -> None:
     expected = {f"{GROUP}_{k.kind}.lua" for k in KINDS}
     assert {p.name for p in SCRIPTS.glob("*.lua")} == expected
+    exprs = yaml.safe_load(FLUX_EXPRS.read_text())["healthCheckExprs"]
+    assert sorted(e["kind"] for e in exprs) == sorted(k.kind for k in KINDS)
+    assert {e["apiVersion"] for e in exprs} == {API_VERSION}
     assert set(REQUIRED) <= set(EXPECTED)
 
 
@@ -157,14 +175,23 @@ def test_kstatus_and_argo_cd_read_every_captured_object_as_expected(
     assert files, "nothing was captured (see test_the_lab_tests_captured_every_required_state)"
     kstatus = judge(health, "kstatus", files=files)
     lua = judge(health, "lua", "-scripts", str(SCRIPTS), files=files)
+    flux = judge(health, "flux", "-exprs", str(FLUX_EXPRS), files=files)
     wrong = []
     for path in files:
         key = (path.parent.parent.name, path.parent.name)
         got = (kstatus[path]["status"], lua[path]["status"])
-        if got != EXPECTED[key] or kstatus[path].get("error") or lua[path].get("error"):
+        flux_expected = FLUX_UNSEEN if EXPECTED[key] == UNSEEN else {EXPECTED[key][0]}
+        if (
+            got != EXPECTED[key]
+            or flux[path]["status"] not in flux_expected
+            or kstatus[path].get("error")
+            or lua[path].get("error")
+            or flux[path].get("error")
+        ):
             wrong.append(
-                f"{key} {path.name}: {got}, expected {EXPECTED[key]}; "
-                f"kstatus {kstatus[path]}; lua {lua[path]}"
+                f"{key} {path.name}: {got} (flux {flux[path]['status']}), expected "
+                f"{EXPECTED[key]} (flux {flux_expected}); "
+                f"kstatus {kstatus[path]}; lua {lua[path]}; flux {flux[path]}"
             )
         elif EXPECTED[key] != UNSEEN:
             assert got[1] in AGREE[got[0]], (key, got)
@@ -192,6 +219,6 @@ def test_a_spec_change_not_yet_observed_is_in_progress_for_both(
         files[-1].write_text(json.dumps(obj))
     kstatus = judge(health, "kstatus", files=files)
     lua = judge(health, "lua", "-scripts", str(SCRIPTS), files=files)
-    assert {p.stem: (kstatus[p]["status"], lua[p]["status"]) for p in files} == {
-        k.kind: AT_WORK for k in KINDS
-    }
+    flux = judge(health, "flux", "-exprs", str(FLUX_EXPRS), files=files)
+    got = {p.stem: (kstatus[p]["status"], lua[p]["status"], flux[p]["status"]) for p in files}
+    assert got == {k.kind: (*AT_WORK, "InProgress") for k in KINDS}
