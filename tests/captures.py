@@ -41,26 +41,67 @@ def _status_fields(kind: Any) -> Mapping[str, Any]:
 LIFECYCLE_KINDS = frozenset(k.kind for k in KINDS if "phase" in _status_fields(k))
 """The kinds that end (a ``status.phase``); the others stand (judged by ``Ready``)."""
 
-_directory: Path | None = None
-_counts: Counter[tuple[str, str]] = Counter()
-_seen: set[tuple[str, str]] = set()
-_fabricated: set[tuple[str, str, str]] = set()
+
+class Captures:
+    """One session's captures (a test of this module makes its own)."""
+
+    def __init__(self) -> None:
+        self.directory: Path | None = None
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.seen: set[tuple[str, str]] = set()
+        self.fabricated: set[tuple[str, str, str]] = set()
+
+    def start(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+
+    def fabricate(self, kind_or_plural: str, namespace: str, name: str) -> None:
+        self.fabricated.add((_kind(kind_or_plural), namespace, name))
+
+    def capture(self, objs: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+        if self.directory is None:
+            return
+        for obj in [objs] if isinstance(objs, Mapping) else objs:
+            self._capture_one(obj, self.directory)
+
+    def _capture_one(self, obj: Mapping[str, Any], directory: Path) -> None:
+        meta, kind = obj.get("metadata") or {}, str(obj.get("kind"))
+        if not str(obj.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return
+        if meta.get("deletionTimestamp"):
+            return
+        if (kind, meta.get("namespace"), meta.get("name")) in self.fabricated:
+            return
+        state = state_of(obj)
+        seen = (meta.get("uid", ""), f"{kind}/{state}")
+        if seen in self.seen or self.counts[(kind, state)] >= PER_STATE:
+            return
+        self.seen.add(seen)
+        self.counts[(kind, state)] += 1
+        target = directory / kind / state / f"{meta.get('namespace')}_{meta.get('name')}.json"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(obj, indent=1, default=str))
+        except OSError:
+            pass
+
+
+SESSION = Captures()
+"""The test session's captures (started by the ``captured_objects`` fixture)."""
 
 
 def start(directory: Path) -> None:
     """Capture into ``directory`` from now on (the session fixture in tests/conftest.py)."""
-    global _directory
-    directory.mkdir(parents=True, exist_ok=True)
-    _directory = directory
+    SESSION.start(directory)
 
 
-def directory() -> Path | None:
-    return _directory
+def capture(objs: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+    SESSION.capture(objs)
 
 
 def fabricated(kind_or_plural: str, namespace: str, name: str) -> None:
     """Never capture this object: its status was written by a test, not the operator."""
-    _fabricated.add((_kind(kind_or_plural), namespace, name))
+    SESSION.fabricate(kind_or_plural, namespace, name)
 
 
 def state_of(obj: Mapping[str, Any]) -> str:
@@ -74,34 +115,6 @@ def state_of(obj: Mapping[str, Any]) -> str:
     if ready == "True" and conditions.get("Paused") == "True":
         return PAUSED
     return f"Ready={ready}"
-
-
-def capture(objs: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
-    if _directory is None:
-        return
-    for obj in [objs] if isinstance(objs, Mapping) else objs:
-        _capture_one(obj)
-
-
-def _capture_one(obj: Mapping[str, Any]) -> None:
-    meta, kind = obj.get("metadata") or {}, str(obj.get("kind"))
-    if not str(obj.get("apiVersion", "")).startswith(f"{GROUP}/") or meta.get("deletionTimestamp"):
-        return
-    if (kind, meta.get("namespace"), meta.get("name")) in _fabricated:
-        return
-    state = state_of(obj)
-    seen = (meta.get("uid", ""), f"{kind}/{state}")
-    if seen in _seen or _counts[(kind, state)] >= PER_STATE:
-        return
-    _seen.add(seen)
-    _counts[(kind, state)] += 1
-    assert _directory is not None
-    target = _directory / kind / state / f"{meta.get('namespace')}_{meta.get('name')}.json"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(obj, indent=1, default=str))
-    except OSError:
-        pass
 
 
 def captured(directory: Path) -> dict[tuple[str, str], list[Path]]:
