@@ -1,4 +1,4 @@
-"""vmguard objects as the lab tests saw them, kept for tests/charts/test_health.py.
+"""vmguard objects as the lab tests saw them, kept for tests/gitops/test_health.py.
 
 The health checks (kstatus, Argo CD's Lua) are tested on objects the operator really
 wrote, not on hand-made ones, and without lab runs of their own: every read of a vmguard

@@ -6,7 +6,7 @@ InProgress while ``Reconciling=True``, Failed when ``Stalled=True`` (checked aft
 Reconciling), then by ``Ready`` (True: Current; False or Unknown: InProgress), Current
 otherwise. These tests walk each kind through its states with the pure functions the
 controllers apply on every status patch, and read the result the way kstatus does
-(:func:`kstatus`, its documented generic rules restated; tests/charts/test_health.py
+(:func:`kstatus`, its documented generic rules restated; tests/gitops/test_health.py
 runs the real kstatus over objects the lab tests produced).
 """
 

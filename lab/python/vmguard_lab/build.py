@@ -69,8 +69,8 @@ COMPONENTS: tuple[GoComponent, ...] = (
         {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
         ("-X github.com/Shopify/toxiproxy/v2.Version=v2.12.0",),
     ),
-    # kstatus (sigs.k8s.io/cli-utils) and Argo CD's Lua health checks (gopher-lua) over
-    # vmguard objects, for tests/health; not started by `lab up`.
+    # kstatus (sigs.k8s.io/cli-utils), Argo CD's Lua health checks (gopher-lua) and Flux's
+    # healthCheckExprs (cel-go) over vmguard objects, for tests/gitops; never started.
     GoComponent("health", "health", {"vmguard-health": "."}),
 )
 

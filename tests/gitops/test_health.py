@@ -6,7 +6,8 @@ The objects are the lab tests' own (tests/captures.py): every kind in every stat
 session's controller tests brought it to, written by the real operator — no lab run of
 our own. These tests run after all others (marker ``after_captures``) and fail, naming
 the tests to run with them, when a state in :data:`REQUIRED` was not captured: run them
-with ``pytest`` plus the producers listed there (or the whole suite).
+with ``pytest`` plus the producers listed there (or the whole suite). They live apart
+from tests/charts so that the chart's own tests can be run alone.
 
 ``vmguard-health`` (lab/health, built and cached by the lab) runs sigs.k8s.io/cli-utils'
 ``status.Compute``, the Lua scripts under gopher-lua as Argo CD runs them, and the CEL
@@ -23,7 +24,6 @@ from typing import Any
 import pytest
 import yaml
 from tests import captures
-from tests.charts.conftest import CHART
 
 from vmguard.api import (
     API_VERSION,
@@ -37,7 +37,7 @@ from vmguard.crds import KINDS, backup, policy, repository, restore, vcenter
 
 pytestmark = [pytest.mark.lab, pytest.mark.after_captures]
 
-SCRIPTS = CHART / "files" / "health"
+SCRIPTS = Path(__file__).resolve().parents[2] / "charts" / "vmguard" / "files" / "health"
 FLUX_EXPRS = SCRIPTS / "flux-healthcheckexprs.yaml"
 
 AT_WORK = ("InProgress", "Progressing")
