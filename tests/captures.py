@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vmguard.api import GROUP
-from vmguard.crds import KINDS
+from vmguard.api.kinds import BACKUP, KINDS, RESTORE
 
 PER_STATE = 3
 NOT_JUDGED = "NotJudged"
@@ -33,12 +33,7 @@ NOT_JUDGED = "NotJudged"
 PAUSED = "Paused"
 
 
-def _status_fields(kind: Any) -> Mapping[str, Any]:
-    schema = kind.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return dict(schema["properties"].get("status", {}).get("properties", {}))
-
-
-LIFECYCLE_KINDS = frozenset(k.kind for k in KINDS if "phase" in _status_fields(k))
+LIFECYCLE_KINDS = frozenset({BACKUP.kind, RESTORE.kind})
 """The kinds that end (a ``status.phase``); the others stand (judged by ``Ready``)."""
 
 
@@ -126,4 +121,7 @@ def captured(directory: Path) -> dict[tuple[str, str], list[Path]]:
 
 
 def _kind(kind_or_plural: str) -> str:
-    return next((k.kind for k in KINDS if kind_or_plural in (k.kind, k.plural)), kind_or_plural)
+    for k in KINDS:
+        if kind_or_plural in (k.kind, k.plural):
+            return k.kind
+    raise ValueError(f"not a vmguard kind or plural: {kind_or_plural!r}")

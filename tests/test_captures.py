@@ -10,7 +10,7 @@ import pytest
 
 from tests import captures
 from vmguard.api import API_VERSION
-from vmguard.crds import backup, policy, vcenter
+from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,7 @@ def ready(value: str, **more: str) -> dict[str, Any]:
 
 
 def test_states_by_kind() -> None:
-    b, p, v = backup.KIND.kind, policy.KIND.kind, vcenter.KIND.kind
+    b, p, v = BACKUP.kind, POLICY.kind, VCENTER.kind
     assert captures.state_of(obj(b, "a", {"phase": "Transferring"})) == "Transferring"
     assert captures.state_of(obj(b, "a")) == captures.NOT_JUDGED
     assert captures.state_of(obj(v, "a", {"reachable": False})) == captures.NOT_JUDGED
@@ -44,15 +44,17 @@ def test_states_by_kind() -> None:
 
 def test_bounded_per_state_and_never_what_a_test_wrote(tmp_path: Path) -> None:
     c = captures.Captures()
-    b = backup.KIND.kind
+    b = BACKUP.kind
     c.capture(obj(b, "early", {"phase": "Pending"}))  # not started: nothing kept
     c.start(tmp_path)
-    c.fabricate(backup.KIND.plural, "ns", "fake")
+    c.fabricate(BACKUP.plural, "ns", "fake")
     c.capture(obj(b, "fake", {"phase": "Completed"}))
     c.capture(obj(b, "gone", {"phase": "Failed"}, deletionTimestamp="2026-01-01T00:00:00Z"))
     c.capture([obj(b, f"b{i}", {"phase": "Completed"}) for i in range(5)])
     c.capture(obj(b, "b0", {"phase": "Completed"}))  # the same object again
     c.capture({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+    with pytest.raises(ValueError, match="vmbackups"):
+        c.fabricate("vmbackups", "ns", "x")  # an old plural would silently match nothing
     found = captures.captured(tmp_path)
     assert {k: [p.name for p in v] for k, v in found.items()} == {
         (b, "Completed"): [f"ns_b{i}.json" for i in range(captures.PER_STATE)]

@@ -37,8 +37,8 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
+from vmguard.api.kinds import KINDS
 from vmguard.controller.kube.timing import Timing
-from vmguard.crds import KINDS
 from vmguard_lab.procs import free_port
 
 

@@ -32,8 +32,9 @@ from vmguard.api import (
     RESTORE_TERMINAL,
     BackupPhase,
     RestorePhase,
+    kinds,
 )
-from vmguard.crds import KINDS, backup, policy, repository, restore, vcenter
+from vmguard.api.kinds import KINDS
 
 pytestmark = [pytest.mark.lab, pytest.mark.after_captures]
 
@@ -48,8 +49,8 @@ BROKEN = ("Failed", "Degraded")
 # scripts follow, is Progressing. The one row where the two differ (docs/gitops.md).
 UNSEEN = ("Current", "Progressing")
 
-BACKUP, RESTORE = backup.KIND.kind, restore.KIND.kind
-STANDING = (vcenter.KIND.kind, repository.KIND.kind, policy.KIND.kind)
+BACKUP, RESTORE = kinds.BACKUP.kind, kinds.RESTORE.kind
+STANDING = (kinds.VCENTER.kind, kinds.REPOSITORY.kind, kinds.POLICY.kind)
 
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(BACKUP, p): AT_WORK for p in BackupPhase if p not in BACKUP_TERMINAL},
@@ -61,7 +62,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(k, "Ready=True"): DONE for k in STANDING},
     **{(k, "Ready=False"): BROKEN for k in STANDING},
     **{(k, "Ready=Unknown"): AT_WORK for k in STANDING},
-    (policy.KIND.kind, captures.PAUSED): ("Current", "Suspended"),
+    (kinds.POLICY.kind, captures.PAUSED): ("Current", "Suspended"),
     **{(k.kind, captures.NOT_JUDGED): UNSEEN for k in KINDS},
 }
 """(kind, state) -> (kstatus, Argo CD health) for every state an object can be in."""
@@ -99,27 +100,27 @@ REQUIRED: dict[tuple[str, str], str] = {
     (RESTORE, RestorePhase.FAILED): (
         f"{_R}::test_bad_sources_and_a_taken_name_are_conditions_not_jobs"
     ),
-    (vcenter.KIND.kind, "Ready=True"): (
+    (kinds.VCENTER.kind, "Ready=True"): (
         f"{_B}::test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up"
     ),
-    (vcenter.KIND.kind, "Ready=False"): (
+    (kinds.VCENTER.kind, "Ready=False"): (
         "tests/controller/test_vcenter_controller.py::test_wrong_password_is_a_condition_not_a_crash"
     ),
-    (repository.KIND.kind, "Ready=True"): (
+    (kinds.REPOSITORY.kind, "Ready=True"): (
         f"{_B}::test_unknown_vm_fails_with_a_reason_and_the_operator_stays_up"
     ),
-    (repository.KIND.kind, "Ready=False"): (
+    (kinds.REPOSITORY.kind, "Ready=False"): (
         "tests/controller/test_repository_creation.py"
         "::test_a_config_that_differs_from_its_spec_names_the_field"
     ),
-    (policy.KIND.kind, "Ready=True"): (
+    (kinds.POLICY.kind, "Ready=True"): (
         "tests/controller/test_policies.py"
         "::test_new_vm_unprotected_then_backed_up_by_the_default_policy"
     ),
-    (policy.KIND.kind, "Ready=False"): (
+    (kinds.POLICY.kind, "Ready=False"): (
         "tests/controller/test_policies.py::test_paused_and_broken_policies_create_nothing"
     ),
-    (policy.KIND.kind, captures.PAUSED): (
+    (kinds.POLICY.kind, captures.PAUSED): (
         "tests/controller/test_policies.py::test_paused_and_broken_policies_create_nothing"
     ),
 }
