@@ -35,6 +35,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if "lab" not in item.keywords and "unit" not in item.keywords:
             item.add_marker(pytest.mark.lab if "lab" in path.parts else pytest.mark.unit)
+    # Tests that read what the others captured (tests/captures.py) run last; the sort is
+    # stable, so every other test keeps its place.
+    items.sort(key=lambda item: "after_captures" in item.keywords)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captured_objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's directory of vmguard objects the lab tests saw (tests/captures.py)."""
+    from tests import captures
+
+    directory = tmp_path_factory.mktemp("captured-objects", numbered=False)
+    captures.start(directory)
+    return directory
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

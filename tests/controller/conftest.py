@@ -22,6 +22,7 @@ run labels and backup names are then on the schedule line: :func:`on_line` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -36,6 +37,7 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 
+from vmguard.api.kinds import KINDS
 from vmguard.controller.kube.timing import Timing
 from vmguard_lab.procs import free_port
 
@@ -51,10 +53,16 @@ def off_line(at: Any, speedup: float) -> Any:
 
 
 @pytest.fixture
-def namespace(kube_api: Any, vmguard_crds: None) -> str:
+def namespace(kube_api: Any, vmguard_crds: None) -> Iterator[str]:
+    """A fresh namespace. When the test ends (its operators stopped: they were started
+    after it), every vmguard object left in it is offered to :mod:`tests.captures`."""
     name = f"t-{secrets.token_hex(4)}"
     client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": name}})
-    return name
+    yield name
+    for kind in KINDS:
+        # A test that removed the CRDs: nothing of that kind to capture.
+        with contextlib.suppress(client.ApiException):
+            objects.items(kube_api, name, kind.plural)
 
 
 class OperatorProcess:

@@ -1,4 +1,9 @@
-"""Building, reading and waiting on vmguard objects in the lab apiserver, for tests."""
+"""Building, reading and waiting on vmguard objects in the lab apiserver, for tests.
+
+Every object read here is offered to :mod:`tests.captures` (what the health checks are
+tested on); a test that writes an object's status itself goes through
+:func:`patch_status`, which keeps that object out of the captures.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from tests import captures
 
 from vmguard.api import GROUP, VERSION
 from vmguard_lab.procs import eventually
@@ -34,12 +40,28 @@ def create(
 
 def get(kube_api: Any, ns: str, plural: str, name: str) -> dict[str, Any]:
     result: dict[str, Any] = custom(kube_api).get_namespaced_custom_object(G, V, ns, plural, name)
+    captures.capture(result)
     return result
 
 
 def items(kube_api: Any, ns: str, plural: str, selector: str = "") -> list[dict[str, Any]]:
     res = custom(kube_api).list_namespaced_custom_object(G, V, ns, plural, label_selector=selector)
-    return list(res.get("items", []))
+    found = list(res.get("items", []))
+    # A list's items carry no kind/apiVersion of their own: the list's say it.
+    kind = str(res.get("kind", "")).removesuffix("List")
+    captures.capture({"apiVersion": f"{G}/{V}", "kind": kind, **obj} for obj in found)
+    return found
+
+
+def patch_status(
+    kube_api: Any, ns: str, plural: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``status`` as a test (not the operator); the object is then never captured."""
+    captures.fabricated(plural, ns, name)
+    result: dict[str, Any] = custom(kube_api).patch_namespaced_custom_object_status(
+        G, V, ns, plural, name, {"status": status}
+    )
+    return result
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

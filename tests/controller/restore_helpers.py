@@ -15,6 +15,7 @@ from kubernetes import client
 from pyVmomi import vim
 from tests.controller import objects
 
+from vmguard.api.kinds import BACKUP
 from vmguard.store import ArchiveManifest, MasterKey, Repository, ScryptParams
 from vmguard.store.backend.s3 import S3Backend
 from vmguard.vm.backup import BackupOptions, backup_vm
@@ -81,9 +82,7 @@ def completed_backup(
 
 
 def patch_backup_status(kube_api: Any, ns: str, name: str, status: dict[str, Any]) -> None:
-    objects.custom(kube_api).patch_namespaced_custom_object_status(
-        objects.G, objects.V, ns, "vmguardbackups", name, {"status": status}
-    )
+    objects.patch_status(kube_api, ns, BACKUP.plural, name, status)
 
 
 def create_restore(kube_api: Any, ns: str, name: str, backup: str, target: dict[str, Any]) -> None:

@@ -1,10 +1,13 @@
-"""kstatus conditions of the kinds that end (VMGuardBackup, VMGuardRestore), from phase and error.
+"""kstatus conditions: of the kinds that end (VMGuardBackup, VMGuardRestore), from phase and
+error; of the kinds that stand (VCenter, VMGuardRepository, VMProtectionPolicy), from ``Ready``.
 
 kstatus (sigs.k8s.io/cli-utils, what Flux and ``kubectl wait`` read) calls an object
 InProgress while ``Reconciling=True``, Failed when ``Stalled=True`` (checked after
-Reconciling), Current otherwise. These tests walk each kind through its phases with the
-pure functions the controllers apply on every status patch, and read the result the
-way kstatus does (:func:`kstatus`, its documented generic rules restated).
+Reconciling), then by ``Ready`` (True: Current; False or Unknown: InProgress), Current
+otherwise. These tests walk each kind through its states with the pure functions the
+controllers apply on every status patch, and read the result the way kstatus does
+(:func:`kstatus`, its documented generic rules restated; tests/gitops/test_health.py
+runs the real kstatus over objects the lab tests produced).
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import pytest
 
 from vmguard.api import BackupPhase, RestorePhase
 from vmguard.controller.backup.reconcile import backup_conditions
-from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
+from vmguard.controller.kube.conditions import (
+    get_condition,
+    lifecycle_conditions,
+    set_condition,
+    standing_conditions,
+)
+from vmguard.controller.policy import judgement as policies
 from vmguard.controller.restore.reconcile import restore_conditions, with_lifecycle
 
 pytestmark = pytest.mark.unit
@@ -30,7 +39,8 @@ def kstatus(conditions: list[Any]) -> str:
         return "InProgress"
     if get_condition(conditions, "Stalled").get("status") == "True":
         return "Failed"
-    return "Current"
+    ready = get_condition(conditions, "Ready").get("status")
+    return "InProgress" if ready in ("False", "Unknown") else "Current"
 
 
 def states(conditions: list[Any]) -> dict[str, tuple[str, str]]:
@@ -148,3 +158,64 @@ def test_a_restore_failed_by_an_older_operator_is_brought_up_to_date() -> None:
     assert states(patch["conditions"])["Stalled"] == ("True", "ProxyFailed")
     # ... once: an up-to-date object gets no patch.
     assert with_lifecycle(_restore({**old["status"], **patch}), {}) == {}
+
+
+# -- the kinds that stand ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ready", "expected", "abnormal"),
+    [
+        (None, "InProgress", {"Reconciling": ("True", "Checking")}),
+        ("Unknown", "InProgress", {"Reconciling": ("True", "InvalidConfiguration")}),
+        ("False", "Failed", {"Stalled": ("True", "InvalidConfiguration")}),
+        ("True", "Current", {}),
+    ],
+)
+def test_standing_kinds_read_their_ready(
+    ready: str | None, expected: str, abnormal: dict[str, tuple[str, str]]
+) -> None:
+    conds: list[Any] = []
+    if ready is not None:
+        value = None if ready == "Unknown" else ready == "True"
+        conds = set_condition([], "Ready", value, "InvalidConfiguration", "no Secret x", 3)
+    out = standing_conditions(conds, 3)
+    assert kstatus(out) == expected
+    shown = {k: v for k, v in states(out).items() if k in ("Reconciling", "Stalled")}
+    assert shown == abnormal
+    assert standing_conditions(out, 3) == out, "idempotent"
+
+
+def test_a_standing_kind_that_recovers_is_no_longer_stalled() -> None:
+    broken = set_condition([], "Ready", False, "Unreachable", "connection refused", 1, at=T0)
+    stalled = standing_conditions(broken, 1, at=T0)
+    assert get_condition(stalled, "Stalled")["message"] == "connection refused"
+    fixed = set_condition(stalled, "Ready", True, "Swept", "inventory swept", 1, at=T1)
+    assert states(standing_conditions(fixed, 1, at=T1)) == {"Ready": ("True", "Swept")}
+
+
+def test_a_policy_that_cannot_act_is_stalled_with_its_reason() -> None:
+    """A bare Ready=False reads "in progress" to kstatus: flux --wait would hang on it."""
+    lost = policies.assess_spec(
+        {
+            "vcenterRef": {"name": "lab"},
+            "repositoryRef": {"name": "nope"},
+            "schedule": {"cron": "0 1 * * *"},
+        },
+        vcenter_exists=True,
+        repository_exists=False,
+    )
+    conds = policies.conditions(None, lost, False, [], 2, None)
+    assert states(conds)["Stalled"] == ("True", "RepositoryNotFound")
+    assert kstatus(conds) == "Failed"
+    fine = policies.assess_spec(
+        {
+            "vcenterRef": {"name": "lab"},
+            "repositoryRef": {"name": "r"},
+            "schedule": {"cron": "0 1 * * *"},
+        },
+        vcenter_exists=True,
+        repository_exists=True,
+    )
+    again = policies.conditions(conds, fine, True, [], 2, None)
+    assert "Stalled" not in states(again) and kstatus(again) == "Current"

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from tests import captures
 from tests.controller import objects
 
+from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
 
@@ -122,6 +124,7 @@ def test_requests_as_the_proxy_account(
 
     got = custom.get_namespaced_custom_object(objects.G, objects.V, ns, "vmguardbackups", "b1")
     assert got["spec"]["vm"]["name"] == "web-1"
+    captures.fabricated(BACKUP.plural, ns, "b1")  # the proxy's status, written by a test
     custom.patch_namespaced_custom_object_status(
         objects.G, objects.V, ns, "vmguardbackups", "b1", {"status": {"progress": {"percent": 42}}}
     )

@@ -27,6 +27,7 @@ from tests.controller.backup_helpers import (
     wait_done,
 )
 
+from vmguard.api.kinds import BACKUP
 from vmguard.store import Repository, names
 from vmguard.store.stats import repository_stats
 from vmguard.store.verify import verify
@@ -200,10 +201,8 @@ def _completed_backup(
         "repository": "repo",
         "snapshot": {"createTime": when},
     }
-    objects.custom(kube_api).patch_namespaced_custom_object_status(
-        objects.G, objects.V, ns, "vmguardbackups", name, {"status": status}
-    )
-    return objects.get(kube_api, ns, "vmguardbackups", name)
+    objects.patch_status(kube_api, ns, BACKUP.plural, name, status)
+    return objects.get(kube_api, ns, BACKUP.plural, name)
 
 
 VM_UUID = "4211aaaa-bbbb-cccc-dddd-eeeeffff0001"

@@ -3,7 +3,9 @@ vSphere simulator. Sweeps set status, give every VM one policy, and name the unp
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,12 @@ def test_sweep_assigns_policies_and_names_unprotected_vms(
 
 
 def test_wrong_password_is_a_condition_not_a_crash(
-    kube_api: Any, lab_state: dict[str, Any], namespace: str, operator_log: Path
+    kube_api: Any,
+    lab: Any,
+    kubectl: Path,
+    lab_state: dict[str, Any],
+    namespace: str,
+    operator_log: Path,
 ) -> None:
     canary = "canary-" + secrets.token_hex(8)
     objects.create_vcenter(kube_api, lab_state, namespace, "lab", password=canary)
@@ -105,5 +112,16 @@ def test_wrong_password_is_a_condition_not_a_crash(
     reachable = objects.condition(vc, "Reachable")
     assert reachable["reason"] == "InvalidConfiguration"
     assert "refused the login" in reachable["message"]
+    # kstatus reads it as Failed (Stalled=True), not as in progress for ever.
+    stalled = objects.condition(vc, "Stalled")
+    assert (stalled.get("status"), stalled.get("reason")) == ("True", "InvalidConfiguration")
+    wait = ["wait", "--for=condition=Stalled", "--timeout=20s", "-n", namespace, "vcenter/lab"]
+    waited = subprocess.run(
+        [str(kubectl), *wait],
+        env=dict(os.environ, KUBECONFIG=str(lab.paths.kubeconfig)),
+        capture_output=True,
+        text=True,
+    )
+    assert waited.returncode == 0, waited.stderr
     assert canary not in str(vc)
     assert canary not in operator_log.read_text()

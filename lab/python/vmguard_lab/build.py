@@ -1,10 +1,11 @@
 """Build the lab's Go components from pinned module versions, once, with progress.
 
 Each component is a small Go module of ours under ``lab/<name>/`` whose ``go.mod`` and
-``go.sum`` pin what is built (Kubernetes and etcd, MinIO, the vSphere simulator). The
-binaries land in the versioned build cache; a stamp next to them records a hash of
-the module's files and the Go version, so a build happens again only when the pin,
-our sources or the toolchain changed — never twice for the same inputs.
+``go.sum`` pin what is built (Kubernetes and etcd, MinIO, the vSphere simulator, Helm,
+toxiproxy, the GitOps health judge). The binaries land in the versioned build cache; a
+stamp next to them records a hash of the module's files and the Go version, so a build
+happens again only when the pin, our sources or the toolchain changed — never twice for
+the same inputs.
 
 Progress: ``go build -v`` names each package as it is compiled; we count those
 against ``go list -deps`` and print a line every few seconds (a terminal is not
@@ -68,6 +69,9 @@ COMPONENTS: tuple[GoComponent, ...] = (
         {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
         ("-X github.com/Shopify/toxiproxy/v2.Version=v2.12.0",),
     ),
+    # kstatus (sigs.k8s.io/cli-utils), Argo CD's Lua health checks (gopher-lua) and Flux's
+    # healthCheckExprs (cel-go) over vmguard objects, for tests/gitops; never started.
+    GoComponent("health", "health", {"vmguard-health": "."}),
 )
 
 

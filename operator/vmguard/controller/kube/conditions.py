@@ -14,6 +14,17 @@ carry kstatus's two abnormal-true conditions (sigs.k8s.io/cli-utils, what Flux a
 
 kstatus checks ``Reconciling`` before ``Stalled``, so a failed object must never keep
 ``Reconciling=True``: then it would read "in progress" forever.
+
+The kinds that stand (VCenter, VMGuardRepository, VMProtectionPolicy: never "done", judged
+again on every pass) get the same two conditions from their ``Ready`` alone, by
+:func:`standing_conditions`: kstatus reads a bare ``Ready=False`` as "in progress", so a
+vCenter that refuses its password would keep ``flux --wait`` waiting until its timeout.
+
+- ``Ready`` not decided yet (absent or Unknown): ``Reconciling=True``, no ``Stalled``;
+- ``Ready=True``: neither;
+- ``Ready=False``: ``Stalled=True`` with ``Ready``'s reason and message, no
+  ``Reconciling``. The operator keeps trying (the next sweep or turn may clear it);
+  Stalled says that trying has not fixed it, and that someone should look.
 """
 
 from __future__ import annotations
@@ -106,6 +117,26 @@ def lifecycle_conditions(
         out, "Reconciling", False, phase, f"{phase}: nothing more is tried", generation, at
     )
     return set_condition(out, "Stalled", True, reason, message, generation, at)
+
+
+def standing_conditions(
+    conditions: Iterable[Mapping[str, Any]] | None,
+    generation: int | None = None,
+    at: str | None = None,
+) -> list[Condition]:
+    """``conditions`` with ``Reconciling``/``Stalled`` derived from ``Ready`` (see the
+    module docstring). Pure and idempotent, like :func:`lifecycle_conditions`."""
+    ready = get_condition(conditions, "Ready")
+    if ready.get("status") == "True":
+        return remove_condition(remove_condition(conditions, "Stalled"), "Reconciling")
+    if ready.get("status") == "False":
+        reason, message = str(ready.get("reason")), str(ready.get("message"))
+        out = set_condition(conditions, "Stalled", True, reason, message, generation, at)
+        return remove_condition(out, "Reconciling")
+    message = str(ready.get("message") or "not checked yet")
+    reason = str(ready.get("reason") or "Checking")
+    out = set_condition(conditions, "Reconciling", True, reason, message, generation, at)
+    return remove_condition(out, "Stalled")
 
 
 def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ raised out of a handler (the operator does not crash-loop on bad input):
   (``VCenterNotFound``, ``RepositoryNotFound``), when the cron line cannot run
   (``InvalidCron``, ``UpwardRange``, ``NeverOccurs``), or the time zone is unknown
   (``UnknownTimeZone``). True with reason ``Scheduled`` otherwise (also when paused).
+  ``Stalled`` (with a False Ready's reason) and ``Reconciling`` follow it
+  (:func:`..kube.conditions.standing_conditions`), so kstatus reads such a policy as Failed.
 - ``ScheduleValid`` — the same schedule reasons, plus ``JitterExceedsInterval``: a
   jitter longer than the shortest gap between runs. That one does not stop the
   policy: the jitter is capped at the gap, so each VM still starts before the next run.
@@ -34,7 +36,7 @@ from typing import Any, cast
 
 from vmguard.api import Condition, format_time, parse_duration
 from vmguard.api.kinds import REPOSITORY, VCENTER
-from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.conditions import set_condition, standing_conditions
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import Schedule, parse
 from vmguard.controller.kube.sweeps import SweepView
@@ -203,7 +205,7 @@ def conditions(
         out = set_condition(
             out, "Consistent", True, "NoConflict", "no conflict with other policies", generation
         )
-    return out
+    return standing_conditions(out, generation)
 
 
 def status(

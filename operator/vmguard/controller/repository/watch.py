@@ -32,6 +32,8 @@ Conditions (reasons from :func:`classify`, pure):
   ``NotInitialized`` (creating it failed), ``RepositoryError`` (its config or a
   manifest cannot be read). True says which format features it lacks (``vmguard repo
   upgrade`` adds them) and when it was opened from a retained config copy.
+  ``Stalled``/``Reconciling`` follow ``Ready`` (:func:`..kube.conditions.standing_conditions`),
+  so kstatus reads a repository that cannot be used as Failed, not in progress.
 - ``Verified``: the last verify. False with ``DamageFound`` naming the count; the chunk
   ids and the archives they damage go into a warning event (bounded). With Object Lock
   every verify is followed by a lock-check (:func:`vmguard.store.lockcheck.lock_check`,
@@ -69,7 +71,11 @@ from vmguard.controller.kube.access import (
     open_repository_blocking,
     repository_secrets,
 )
-from vmguard.controller.kube.conditions import get_condition, set_condition
+from vmguard.controller.kube.conditions import (
+    get_condition,
+    set_condition,
+    standing_conditions,
+)
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.kube.schedule import Schedule, parse
@@ -343,6 +349,8 @@ class RepositoryWatch:
         self, type_: str, value: bool | None, reason: str, message: str, generation: Any
     ) -> None:
         self.conditions = set_condition(self.conditions, type_, value, reason, message, generation)
+        if type_ == "Ready":  # Reconciling/Stalled follow Ready (controller/conditions.py)
+            self.conditions = standing_conditions(self.conditions, generation)
 
     async def patch(self, status: dict[str, Any]) -> None:
         namespace, name = self.meta["namespace"], self.meta["name"]

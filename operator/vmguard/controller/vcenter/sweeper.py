@@ -16,6 +16,8 @@ VMs it backs up when their policy allows; see docs/snapshot-cycle.md).
 Blocking vSphere calls run in a thread; nothing here touches disk data. A sweep that
 fails sets ``Reachable=False`` with a reason and is retried at the next interval: a
 bad spec or a missing Secret never crash-loops the operator.
+``Stalled``/``Reconciling`` follow ``Ready`` (:func:`..kube.conditions.standing_conditions`):
+kstatus reads a vCenter that cannot be swept as Failed until a sweep succeeds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from vmguard.api import format_time
 from vmguard.api.kinds import POLICY
 from vmguard.controller.kube.access import endpoint_for
-from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.conditions import set_condition, standing_conditions
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.vcenter.vmlist import build_vm_list, changed
 from vmguard.errors import ConfigError, PermanentError, VmguardError
@@ -111,6 +113,7 @@ async def sweep(
         )
         conditions = set_condition(conditions, "Reachable", False, reason, str(exc), generation)
         conditions = set_condition(conditions, "Ready", False, reason, str(exc), generation)
+        conditions = standing_conditions(conditions, generation)
         return SweepOutcome(
             {"observedGeneration": generation, "reachable": False, "conditions": conditions}
         )
@@ -120,6 +123,7 @@ async def sweep(
             conditions, "Reachable", False, "SweepFailed", message, generation
         )
         conditions = set_condition(conditions, "Ready", False, "SweepFailed", message, generation)
+        conditions = standing_conditions(conditions, generation)
         return SweepOutcome(
             {"observedGeneration": generation, "reachable": False, "conditions": conditions}
         )
@@ -185,6 +189,7 @@ async def sweep(
             generation,
         )
     conditions = set_condition(conditions, "Ready", True, "Swept", "inventory swept", generation)
+    conditions = standing_conditions(conditions, generation)
     status = {
         "observedGeneration": generation,
         "reachable": True,
