@@ -575,6 +575,10 @@ def table(results: dict[str, Any]) -> str:
             "-",
         ),
     ]
+    if PROXY_INCR in t:
+        checks.append(
+            ("proxy incremental time ÷ proxy full time", t[PROXY_INCR] / t[PROXY_FULL], "-")
+        )
     lines += ["", "| ratio | measured | target |", "|---|---:|---|"]
     lines += [f"| {name} | {value:.2f} | {goal} |" for name, value, goal in checks]
     return "\n".join(lines)
