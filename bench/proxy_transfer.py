@@ -8,7 +8,7 @@ parser) and the backup proxy's module, with everything they import (pyVmomi, the
 Kubernetes client, the engine) — reads vCenter, the repository and the disk locator from
 the Job's environment contract (``vmguard.proxy.environment``), logs in to vCenter and
 runs :func:`vmguard.vm.backup.transfer` over every disk of the snapshot, committing one
-archive. Left out, because they need a cluster: reading the VMBackup and patching its
+archive. Left out, because they need a cluster: reading the VMGuardBackup and patching its
 status (a few small requests). The snapshot is taken and removed by the caller, as the
 operator does in production. Prints the archive id, mode and bytes read as JSON.
 Not part of the test run.
