@@ -13,12 +13,21 @@ holds every repository. Each round measures, in this order, into fresh buckets:
   the same with ``--flush`` (a restore flushes its target; plain nbdcopy does not);
 - vmguard (encrypted repository, defaults otherwise, through the CLI): full backup;
   incremental with 1% of the disk's 4 MiB blocks rewritten (clustered, as CBT reports
-  real guest writes); incremental with 1% of its 64 KiB blocks rewritten, scattered
-  (touches ~half the 4 MiB chunks: the worst case for fixed chunks); restore of the
+  real guest writes); the scattered 1% incremental: 1% of its 64 KiB blocks rewritten,
+  scattered (CBT's granularity; touches ~half the 4 MiB chunks, the worst case for
+  fixed chunks), printing the bytes it read from the source against the bytes CBT
+  reported changed (merged chunks read only their changed areas, docs/cbt-chain.md);
+  restore of the
   full backup into the same NBD target; a full backup and the clustered 1% incremental
   into a repository with Object Lock (GOVERNANCE, 1 day, in a lock-enabled bucket),
   printing the retention requests each made (format §9.1: none while the parent's
   lock horizon covers the new archive);
+- the proxy (``proxy_rows``; ``--no-proxy`` skips it): the path the product runs, one
+  process for every disk of a VM. A VM of the lab's vCenter simulator gets the image on
+  two disks; ``bench/proxy_transfer.py`` (the backup proxy's process without its
+  Kubernetes calls) is timed for a full and for an incremental after 1% of each disk's
+  4 MiB blocks were rewritten; the snapshots are taken and removed outside the timing,
+  as the operator does;
 - restic (Debian's; compression auto): first backup, second backup of the image with
   the clustered 1% change, restore of the first snapshot.
 
@@ -115,6 +124,8 @@ class Timings:
         self.best: dict[str, tuple[float, float]] = {}
         self.notes: dict[str, str] = {}
         """Row → what it reported beside its time (e.g. retention requests)."""
+        self.counts: dict[str, tuple[int, int]] = {}
+        """Row → (bytes read from the source, bytes CBT reported changed), last round."""
 
     def __setitem__(self, name: str, seconds: float) -> None:
         print(f"[bench]   {name}: {seconds:.2f} s", file=sys.stderr)
@@ -191,6 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["restore_exact"] = results.get("restore_exact", True) & one_round(
                 t, client, buckets, minio, work, image, size, keep=args.keep
             )
+            if not args.no_proxy:
+                proxy_rows(t, lab, client, buckets, minio, work, image, keep=args.keep)
     finally:
         if not args.keep:
             for name in buckets:
@@ -198,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     results["times"] = {name: sec for name, (sec, _) in t.best.items()}
     results["notes"] = dict(t.notes)
+    results["counts"] = dict(t.counts)
     results["loads"] = {name: avg for name, (_, avg) in t.best.items()}
     return results
 
@@ -259,13 +273,7 @@ def one_round(
             ),
             env,
         )
-        t.run(
-            "vmguard incr. 1% (64 KiB, scattered)",
-            vmguard(
-                *backup, s2.uri, "--parent", full_id, "--changed-areas", str(work / "changed2.json")
-            ),
-            env,
-        )
+        scattered(t, backup, env, s2.uri, full_id, work / "changed2.json")
         with target as turi:
             restore = ["disk", "restore", full_id, turi, "--target-is-zeroed", "--quiet", *repo]
             t.run("vmguard restore → NBD target", vmguard(*restore), env)
@@ -315,6 +323,27 @@ def one_round(
     return exact
 
 
+SCATTERED = "vmguard incr. 1% (64 KiB, scattered)"
+"""The scattered 1% incremental (its name kept, so bench/compare.py pairs it with older trees)."""
+
+
+def scattered(
+    t: Timings, backup: list[str], env: dict[str, str], uri: str, parent: str, areas: Path
+) -> None:
+    """The scattered 1% incremental, noting the bytes read from the source (the engine's
+    count, the manifest's ``bytes_read``) against the bytes CBT reported changed."""
+    argv = vmguard(*backup, "--json", uri, "--parent", parent, "--changed-areas", str(areas))
+    manifest = json.loads(t.run(SCATTERED, argv, env))
+    changed = sum(length for _, length in json.loads(areas.read_text()))
+    read = manifest["stats"]["bytes_read"]
+    t.notes[SCATTERED] = (
+        f"read {read / MiB:.1f} MiB from the source for {changed / MiB:.1f} MiB"
+        f" CBT changed ({read / changed:.2f} times)"
+    )
+    t.counts[SCATTERED] = (read, changed)
+    print(f"[bench]   {SCATTERED}: {t.notes[SCATTERED]}", file=sys.stderr)
+
+
 def locked(
     t: Timings,
     client: Any,
@@ -361,6 +390,121 @@ def locked(
         t.notes[name] = f"{manifest['stats']['retention_requests']} retention requests"
         print(f"[bench]   {name}: {t.notes[name]}", file=sys.stderr)
     _drop_bucket(client, buckets, bucket)
+
+
+PROXY_DISKS = 2
+PROXY_FULL = f"vmguard proxy full, {PROXY_DISKS} disks, one process"
+PROXY_INCR = f"vmguard proxy incr. 1%, {PROXY_DISKS} disks, one process"
+
+
+def proxy_rows(
+    t: Timings,
+    lab: Lab,
+    client: Any,
+    buckets: list[str],
+    minio: dict[str, str],
+    work: Path,
+    image: DiskImage,
+    *,
+    keep: bool,
+) -> None:
+    """The path the product runs: one proxy process moves every disk of a VM.
+
+    A VM of the lab's vCenter simulator gets a copy of the image on each of
+    ``PROXY_DISKS`` disks; as the operator would, this process takes the snapshot
+    (``vm.cycle.prepare``: CBT on, parent, mode) and removes it afterwards, untimed, and
+    ``bench/proxy_transfer.py`` — the proxy's process without its Kubernetes calls: its
+    imports, vCenter login, CBT queries, nbdkit per disk through the lab's locator, the
+    engine, one archive — is timed, for a full and then for an incremental after 1% of
+    each disk's 4 MiB blocks were rewritten by the simulator's guest writes.
+    """
+    from vmguard.store import MasterKey
+    from vmguard.store.location import open_repository
+    from vmguard.vm.cycle import finish, prepare
+    from vmguard.vsphere.session import Endpoint, VSphereSession
+    from vmguard_lab.vsim import VSimControl
+
+    print("[bench] vmguard proxy (lab vCenter simulator)", file=sys.stderr)
+    vs = lab.state().data["vsphere"]
+    vsim = VSimControl(vs["control_url"])
+    vm = next(
+        v
+        for v in reversed(vsim.vms())
+        if not v.template and len(v.disks) >= PROXY_DISKS and not v.name.startswith("vmguard-")
+    )
+    disks = vm.disks[:PROXY_DISKS]
+    copies = [work / f"proxy-disk{n}.img" for n in range(PROXY_DISKS)]
+    for disk, copy in zip(disks, copies, strict=True):
+        subprocess.run(["cp", "--sparse=always", str(image.path), str(copy)], check=True)
+        vsim.put_image(vm.moref, disk.key, str(copy))
+    bucket = f"bench-proxy-{secrets.token_hex(4)}"
+    client.make_bucket(bucket)
+    buckets.append(bucket)
+    url = f"s3+http://{minio['endpoint']}/{bucket}/vmguard"
+    env = dict(os.environ)
+    env.update(
+        VMGUARD_S3_ACCESS_KEY=minio["access_key"],
+        VMGUARD_S3_SECRET_KEY=minio["secret_key"],
+        VMGUARD_REPO=url,
+        VMGUARD_KEY_FILE=str(work / "master.key"),
+        VMGUARD_VC_URL=vs["sdk_url"],
+        VMGUARD_VC_USER=vs["username"],
+        VMGUARD_VC_PASSWORD=vs["password"],
+        VMGUARD_VC_CA_FILE=vs["ca"],
+        VMGUARD_PROXY_LOCATOR=f"lab:{vs['control_url']}",
+        VMGUARD_TRANSPORT="nbd",
+    )
+    subprocess.run(
+        vmguard("repo", "init", "--encrypt", "--repo", url, "--key-file", str(work / "master.key")),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    repo = open_repository(url, MasterKey.from_file(str(work / "master.key")), env)
+    endpoint = Endpoint(vs["sdk_url"], vs["username"], vs["password"], ca_file=vs["ca"])
+    session = VSphereSession(endpoint)
+    driver = str(Path(__file__).with_name("proxy_transfer.py"))
+    try:
+        for row in (PROXY_FULL, PROXY_INCR):
+            if row == PROXY_INCR:
+                rng = random.Random(4)
+                for disk in disks:
+                    capacity = vsim.disk(vm.moref, disk.key).capacity
+                    for block in rng.sample(range(capacity // CHUNK), capacity // CHUNK // 100):
+                        vsim.write(vm.moref, disk.key, block * CHUNK, rng.randbytes(CHUNK))
+            uid = secrets.token_hex(8)
+            prepared = prepare(session, repo, vm.moref, uid, vcenter="bench")
+            decision = prepared.decision
+            request = {
+                "vm_moref": vm.moref,
+                "snapshot_moref": prepared.snapshot.moref,
+                "backup_uid": uid,
+                "parent": decision.parent,
+                "vcenter": "bench",
+                "transport": "nbd",
+                "mode_reason": "" if decision.mode == "incremental" else decision.reason,
+                "backings": {str(d.key): d.backing_file for d in prepared.vm.disks},
+            }
+            try:
+                out = json.loads(t.run(row, [sys.executable, driver, json.dumps(request)], env))
+            finally:
+                finish(session, vm.moref, uid)
+            t.notes[row] = f"{out['mode']}, read {out['bytes_read'] / MiB:.0f} MiB"
+            print(f"[bench]   {row}: {t.notes[row]}", file=sys.stderr)
+    finally:
+        session.close()
+        keep_dir = lab.paths.lab / "bench"  # outlives the work directory
+        keep_dir.mkdir(exist_ok=True)
+        for disk in disks:  # the VM's disks back to empty images of their old size
+            empty = keep_dir / f"{vm.moref}-{disk.key}.img"
+            with open(empty, "wb") as f:
+                f.truncate(disk.capacity)
+            vsim.put_image(vm.moref, disk.key, str(empty))
+        vsim.close()
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        if not keep:
+            _drop_bucket(client, buckets, bucket)
 
 
 def _drop_bucket(client: Any, buckets: list[str], name: str) -> None:
@@ -416,10 +560,13 @@ def table(results: dict[str, Any]) -> str:
     full = t["vmguard full backup"]
     incr = t["vmguard incr. 1% (4 MiB blocks)"]
     restore = t["vmguard restore → NBD target"]
+    read, changed = results["counts"][SCATTERED]
     checks = [
         ("full ÷ zstd ceiling (speed)", t["nbdcopy | zstd -1 -T0"] / full, "≥ 0.8"),
         ("full ÷ restic first (speed)", t["restic first backup"] / full, "≥ 2"),
         ("incremental time ÷ full time", incr / full, "≤ 0.05"),
+        ("scattered incremental time ÷ full time", t[SCATTERED] / full, "≤ 0.25"),
+        ("scattered: bytes read from source ÷ CBT changed", read / changed, "≤ 2"),
         ("incremental ÷ restic second (speed)", t["restic second backup (1%)"] / incr, "≥ 20"),
         ("restore ÷ nbdcopy write (speed)", t["nbdcopy → NBD target"] / restore, "≥ 0.8"),
         (
@@ -428,6 +575,10 @@ def table(results: dict[str, Any]) -> str:
             "-",
         ),
     ]
+    if PROXY_INCR in t:
+        checks.append(
+            ("proxy incremental time ÷ proxy full time", t[PROXY_INCR] / t[PROXY_FULL], "-")
+        )
     lines += ["", "| ratio | measured | target |", "|---|---:|---|"]
     lines += [f"| {name} | {value:.2f} | {goal} |" for name, value, goal in checks]
     return "\n".join(lines)
@@ -440,6 +591,9 @@ def main() -> None:
     parser.add_argument("--work", help="directory for images and targets (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep images and buckets")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--no-proxy", action="store_true", help="skip the proxy rows (lab vCenter simulator)"
+    )
     args = parser.parse_args()
     results = run(args)
     if args.json:

@@ -14,7 +14,7 @@ from tests.engine.helpers import random_disk, sha256_file
 from tests.store.helpers import FAST_KDF_N
 from vmguard.engine.backup import DiskInput, DiskOutcome, back_up
 from vmguard.engine.pipeline import bounded_map
-from vmguard.engine.plan import intersect
+from vmguard.engine.plan import MERGE_ALIGN, intersect
 from vmguard.engine.restore import SPARSE_BLOCK, RestoreFailed, restore_disk
 from vmguard.store import MasterKey, Repository, ScryptParams, VmIdentity, names
 from vmguard.store.backend import MemoryBackend
@@ -219,8 +219,18 @@ def test_backup_reports_each_disk_and_takes_the_callers_mode_reason(tmp_path: Pa
         )
     assert again.mode == "incremental" and again.mode_reason == "disk d: incremental since 52"
     [outcome] = outcomes
-    assert (outcome.key, outcome.mode, outcome.chunks_read) == ("d", "incremental", 2)
-    assert outcome.stats == again.disks[0].stats and outcome.stats.bytes_read == 2 * CHUNK
+    # Chunk 3 changed but for its first 100 bytes: read whole. Chunk 4 changed in its
+    # first 101 bytes: merged, reading one MERGE_ALIGN block of it.
+    assert (outcome.key, outcome.mode) == ("d", "incremental")
+    assert (outcome.chunks_read, outcome.chunks_merged, outcome.merges_refused) == (1, 1, 0)
+    assert outcome.changed_bytes == CHUNK + 1
+    assert outcome.stats == again.disks[0].stats
+    assert outcome.stats.bytes_read == CHUNK + MERGE_ALIGN
+    target = tmp_path / "out.img"
+    sink = FileSink.create(target, 16 * CHUNK)
+    restore_disk(repo, again, "d", sink)
+    sink.close()
+    assert sha256_file(target) == sha256_file(disk)
 
 
 def test_an_incremental_reads_again_a_parent_chunk_lost_from_the_store(tmp_path: Path) -> None:
@@ -247,4 +257,65 @@ def test_an_incremental_reads_again_a_parent_chunk_lost_from_the_store(tmp_path:
     target.write_bytes(bytes(8 * CHUNK))
     with FileSink(target) as sink:
         restore_disk(repo, again, "d", sink)
+    assert sha256_file(target) == sha256_file(disk)
+
+
+def _write(path: Path, offset: int, data: bytes) -> Extent:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return Extent(offset, len(data))
+
+
+def test_a_merge_without_a_sound_parent_chunk_reads_the_chunk_whole(tmp_path: Path) -> None:
+    """Merges need the parent's chunk: one that fails its check when fetched (a bit flip
+    no existence check sees), one gone from the store since the chain last looked at it
+    (format §8.1's bound), and one marked corrupt are each read whole from the source;
+    the archive restores bit-exact."""
+    rng = random.Random(15)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(rng.randbytes(16 * CHUNK))
+    repo = Repository.init(
+        MemoryBackend(),
+        master_key=MasterKey(b"m" * 20),
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+    )
+    with FileSource(disk) as source:
+        full = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    changed = [_write(disk, 2 * CHUNK + 10, b"first")]
+    with FileSource(disk) as source:
+        second = back_up(
+            repo,
+            VmIdentity(id="vm"),
+            [DiskInput("d", source, changed=changed)],
+            parent=full.archive_id,
+        )
+    # The second backup looked at every chunk of the full (its first incremental); the
+    # third looks only at the one chunk the second added. Damage three of the full's.
+    base = repo.load_index(second, "d")
+    flipped = names.chunk_name(base[5])
+    blob = bytearray(repo.backend.get(flipped))
+    blob[-20] ^= 1
+    repo.backend.put(flipped, bytes(blob))  # same size: looks fine until it is read
+    repo.backend.delete(names.chunk_name(base[9]))
+    repo.backend.put(names.corrupt_name(base[11]), b'{"reason": "test"}')
+    changed = [_write(disk, number * CHUNK + 100, rng.randbytes(300)) for number in (5, 9, 11, 13)]
+    outcomes: list[DiskOutcome] = []
+    with FileSource(disk) as source:
+        third = back_up(
+            repo,
+            VmIdentity(id="vm"),
+            [DiskInput("d", source, changed=changed)],
+            parent=second.archive_id,
+            on_disk=outcomes.append,
+        )
+    [outcome] = outcomes
+    assert third.mode == "incremental"
+    # 13 merged; 5 and 9 tried (one aligned block each), then read whole; 11 read whole.
+    assert (outcome.chunks_merged, outcome.merges_refused, outcome.chunks_read) == (1, 2, 3)
+    assert outcome.stats.bytes_read == 3 * MERGE_ALIGN + 3 * CHUNK
+    target = tmp_path / "restored.img"
+    with FileSink.create(target, 16 * CHUNK) as sink:
+        restore_disk(repo, third, "d", sink)
     assert sha256_file(target) == sha256_file(disk)

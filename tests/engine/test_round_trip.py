@@ -8,7 +8,10 @@ then, with them unknown: a full-scan), and the test checks:
 - every archive restores bit-exact (sha256), through a file sink and an NBD sink
   whose target starts full of garbage (holes must be zeroed);
 - an incremental reads from the source exactly the chunks that intersect a changed
-  extent and the allocated data — counted at the source;
+  extent and the allocated data — counted at the source — and of each such chunk only
+  its changed areas (widened to ``MERGE_ALIGN``) when they are at most
+  ``MERGE_MAX_CHANGED`` of it: the rest of a *merged* chunk comes from the parent's
+  chunk (or, over a parent hole, is zeros), and the restores above prove it right;
 - a full-scan reads every allocated chunk but uploads only what the repository lacks.
 
 Each case is a seed; a failure names it, and ``CASE_SEEDS`` reproduces it.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,11 +37,12 @@ from tests.engine.helpers import (
     sha256_file,
 )
 from tests.store.helpers import FAST_KDF_N
-from vmguard.engine.backup import DiskInput, back_up
+from vmguard.engine.backup import DiskInput, DiskOutcome, back_up
+from vmguard.engine.plan import MERGE_ALIGN, MERGE_MAX_CHANGED
 from vmguard.engine.restore import restore_disk
-from vmguard.store import ArchiveManifest, MasterKey, Repository, ScryptParams, VmIdentity
+from vmguard.store import HOLE, ArchiveManifest, MasterKey, Repository, ScryptParams, VmIdentity
 from vmguard.store.backend import MemoryBackend
-from vmguard.transport.extents import BlockSource
+from vmguard.transport.extents import BlockSource, Extent, normalise
 from vmguard.transport.file import FileSink, FileSource
 
 CHUNK = 64 * 1024
@@ -56,7 +61,39 @@ OpenSource = Callable[[Path], BlockSource]
 RestoreInto = Callable[[Repository, ArchiveManifest, Path, int], None]
 
 
-def run_case(seed: int, tmp: Path, open_source: OpenSource, restore_into: RestoreInto) -> None:
+def _bytes_per_chunk(extents: list[Extent], chunk_size: int) -> Counter[int]:
+    """Bytes of ``extents`` (which may overlap) inside each chunk."""
+    found: Counter[int] = Counter()
+    for ext in extents:
+        pos = ext.offset
+        while pos < ext.end:
+            end = min(ext.end, (pos // chunk_size + 1) * chunk_size)
+            found[pos // chunk_size] += end - pos
+            pos = end
+    return found
+
+
+def expected_reads(changed: list[Extent], chunks: set[int], size: int) -> dict[int, int]:
+    """Bytes an incremental reads of each chunk it reads: its changed areas, widened to
+    MERGE_ALIGN, when they are at most MERGE_MAX_CHANGED of it; else all of it."""
+    widened = []
+    for e in changed:
+        start = e.offset // MERGE_ALIGN * MERGE_ALIGN
+        widened.append(Extent(start, min(size, -(-e.end // MERGE_ALIGN) * MERGE_ALIGN) - start))
+    fine = _bytes_per_chunk(normalise(widened), CHUNK)
+    out = {}
+    for number in chunks:
+        length = min(CHUNK, size - number * CHUNK)
+        out[number] = fine[number] if fine[number] <= MERGE_MAX_CHANGED * length else length
+    return out
+
+
+def run_case(
+    seed: int, tmp: Path, open_source: OpenSource, restore_into: RestoreInto
+) -> Counter[str]:
+    """One seed's chain of backups, checked; returns how many chunks were merged onto a
+    parent's chunk ("chunk") and onto a parent's hole ("hole")."""
+    merges: Counter[str] = Counter()
     rng = random.Random(seed)
     repo = _repo()
     disk = tmp / f"disk-{seed}.img"
@@ -68,6 +105,7 @@ def run_case(seed: int, tmp: Path, open_source: OpenSource, restore_into: Restor
         changed = random_change(disk, rng) if point else None
         full_scan = point > 0 and rng.random() < 0.25
         source = CountingSource(open_source(disk))
+        outcomes: list[DiskOutcome] = []
         try:
             manifest = back_up(
                 repo,
@@ -76,6 +114,7 @@ def run_case(seed: int, tmp: Path, open_source: OpenSource, restore_into: Restor
                 parent=parent,
                 workers=3,
                 depth=4,
+                on_disk=outcomes.append,
             )
         finally:
             source.close()
@@ -90,6 +129,14 @@ def run_case(seed: int, tmp: Path, open_source: OpenSource, restore_into: Restor
             assert manifest.mode == "incremental", where
             expected = chunks_touching(changed, CHUNK) & allocated
             assert source.chunks_read(CHUNK) == expected, where
+            reads = expected_reads(changed, expected, size)
+            assert dict(_bytes_per_chunk(source.reads, CHUNK)) == reads, where
+            merged = {n for n, got in reads.items() if got < min(CHUNK, size - n * CHUNK)}
+            [outcome] = outcomes
+            assert (outcome.chunks_merged, outcome.merges_refused) == (len(merged), 0), where
+            assert outcome.chunks_read == len(expected) - len(merged), where
+            before = repo.load_index(points[-1][0], "2000")
+            merges.update("hole" if before[n] == HOLE else "chunk" for n in merged)
         assert stats.bytes_read == source.bytes_read(), where
         assert stats.chunks_hole + stats.chunks_reused + stats.chunks_new == -(-size // CHUNK)
         points.append((manifest, sha256_file(disk)))
@@ -98,6 +145,7 @@ def run_case(seed: int, tmp: Path, open_source: OpenSource, restore_into: Restor
         target = tmp / f"restored-{seed}-{number}.img"
         restore_into(repo, manifest, target, size)
         assert sha256_file(target) == digest, f"seed {seed} point {number}"
+    return merges
 
 
 def _restore_to_file(repo: Repository, manifest: ArchiveManifest, target: Path, size: int) -> None:
@@ -112,6 +160,15 @@ def _restore_to_file(repo: Repository, manifest: ArchiveManifest, target: Path, 
 @pytest.mark.parametrize("seed", CASE_SEEDS)
 def test_round_trip_through_files(seed: int, tmp_path: Path) -> None:
     run_case(seed, tmp_path, FileSource, _restore_to_file)
+
+
+@pytest.mark.unit
+def test_round_trips_merge_onto_parent_chunks_and_holes(tmp_path: Path) -> None:
+    """The cases above do reach merged chunks of both kinds, and restore them."""
+    merges: Counter[str] = Counter()
+    for seed in range(8):
+        merges += run_case(seed, tmp_path, FileSource, _restore_to_file)
+    assert merges["chunk"] >= 5 and merges["hole"] >= 1, merges
 
 
 @pytest.mark.unit

@@ -23,7 +23,7 @@ from typing import Any
 from vmguard.cli.options import UsageError, emit
 from vmguard.cli.progress import ProgressDisplay, human_bytes
 from vmguard.cli.repo import add_repo_options, open_repo
-from vmguard.engine.backup import DiskInput, back_up
+from vmguard.engine.backup import DiskInput, DiskOutcome, back_up
 from vmguard.engine.restore import restore_disk
 from vmguard.errors import ConfigError
 from vmguard.store import Repository, VmIdentity
@@ -93,6 +93,7 @@ def _backup(args: argparse.Namespace) -> int:
     changed = read_changed_areas(args.changed_areas) if args.changed_areas else None
     display = ProgressDisplay("backup", enabled=not args.quiet and args.output == "table")
     source = open_source(args.source)
+    outcomes: list[DiskOutcome] = []
     try:
         disk = DiskInput(args.disk, source, label=args.label or args.disk, changed=changed)
         manifest = back_up(
@@ -102,6 +103,7 @@ def _backup(args: argparse.Namespace) -> int:
             parent=parent,
             progress=display,
             workers=args.workers,
+            on_disk=outcomes.append,
         )
         display.finish()
     finally:
@@ -115,9 +117,16 @@ def _backup(args: argparse.Namespace) -> int:
         if not args.quiet:
             ratio = f", compressibility {s.compressibility:.2f}" if s.compressibility else ""
             why = f" ({manifest.mode_reason})" if manifest.mode_reason else ""
+            [outcome] = outcomes
+            cbt = ""
+            if outcome.changed_bytes is not None:
+                cbt = (
+                    f" of {human_bytes(outcome.changed_bytes)} in changed areas"
+                    f" ({outcome.chunks_read} chunks read whole, {outcome.chunks_merged} merged)"
+                )
             print(
                 f"{manifest.mode}{why}:"
-                f" read {human_bytes(s.bytes_read)}, changed {human_bytes(s.bytes_changed)},"
+                f" read {human_bytes(s.bytes_read)}{cbt}, changed {human_bytes(s.bytes_changed)},"
                 f" stored {human_bytes(s.bytes_stored)}; chunks new {s.chunks_new},"
                 f" reused {s.chunks_reused}, holes {s.chunks_hole}{ratio}",
                 file=sys.stderr,

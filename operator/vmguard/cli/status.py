@@ -20,8 +20,6 @@ import datetime as dt
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
-from wcwidth import wcswidth
-
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.cli.kube import Cluster, add_cluster_options, connect
@@ -41,6 +39,8 @@ def printable(text: str) -> str:
 
 def display_width(text: str) -> int:
     """Terminal cells ``text`` takes (CJK and emoji 2, combining marks 0)."""
+    from wcwidth import wcswidth  # ~50 ms to load: only for a table, not every command
+
     width = wcswidth(text)
     return width if width >= 0 else len(text)  # only for text printable() did not clean
 

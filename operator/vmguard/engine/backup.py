@@ -7,6 +7,12 @@ pipeline::
     source.read_many  →  whole chunks  →  [workers] hash → compress → encrypt → upload
        (main thread, several reads         (BackupWriter.put_chunk; BLAKE3, zstd and
         in flight on the transport)         AES-GCM release the GIL; uploads wait on I/O)
+                      →  changed areas →  [workers] parent's chunk + areas → as above
+
+A chunk the plan merges (few changed bytes) is read only in its changed areas; a worker
+overlays them on the parent's chunk, fetched and verified from the repository
+(:mod:`vmguard.engine.merge`). When that chunk cannot be had, the chunk is read whole
+from the source in a second pass over the disk, never guessed.
 
 Invariants:
 
@@ -21,22 +27,24 @@ Invariants:
 - Statistics are exact: bytes read are bytes the source returned, and
   ``compressibility`` is stored ÷ plaintext bytes of the changed chunks this backup
   uploaded (chunks that deduplicated were not compressed here). The manifest keeps
-  them per disk; ``on_disk`` also hands the caller each disk's mode, reason and the
-  number of chunks read, which the manifest does not record.
+  them per disk; ``on_disk`` also hands the caller each disk's mode, reason, the
+  numbers of chunks read whole and merged, and the bytes the changed areas cover, which
+  the manifest does not record (``bytes_read`` over that is what a merge saves).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from vmguard.engine.merge import Item, ReadChunk, WholeChunk, merged, read_items
 from vmguard.engine.pipeline import Progress, bounded_map, default_workers
 from vmguard.engine.plan import DiskPlan, plan_disk
 from vmguard.store import HOLE, ArchiveManifest, CbtState, Repository, TransferStats, VmIdentity
 from vmguard.store.archive import BackupMode
 from vmguard.store.writer import BackupWriter, PutResult
-from vmguard.transport.extents import BlockSource, Bytes, Extent
+from vmguard.transport.extents import BlockSource, Extent
 
 
 @dataclass
@@ -63,11 +71,20 @@ class DiskOutcome:
     stats: TransferStats
     chunks_read: int
     """Whole chunks read from the source (holes among them included)."""
+    chunks_merged: int = 0
+    """Chunks built from the parent's chunk and their changed areas (plan.py)."""
+    merges_refused: int = 0
+    """Planned merges whose parent chunk was missing or failed its check: read whole
+    instead (counted in ``chunks_read``)."""
+    changed_bytes: int | None = None
+    """Bytes the changed areas (CBT) cover; None when they were unknown."""
 
 
 @dataclass
 class _Tally:
     chunks_read: int = 0
+    merged: int = 0
+    refused: list[int] = field(default_factory=list)
     bytes_read: int = 0
     bytes_changed: int = 0
     bytes_stored: int = 0
@@ -75,81 +92,58 @@ class _Tally:
     new_plain: int = 0
 
 
-def _chunks(
-    source: BlockSource, extents: list[Extent], chunk_size: int
-) -> Iterator[tuple[int, Bytes]]:
-    """Whole chunks ``(number, data)`` of chunk-aligned ``extents``, read in order.
-
-    The transport yields pieces of its own request size; a piece that is exactly one
-    chunk is passed on without a copy, anything else is cut or joined.
-    """
-    pending = bytearray()
-    start = 0
-    for offset, data in source.read_many(extents):
-        if pending and offset != start + len(pending):
-            raise RuntimeError(f"source skipped from {start + len(pending)} to {offset}")
-        if not pending:
-            start = offset
-            if offset % chunk_size == 0 and len(data) == chunk_size:
-                yield offset // chunk_size, data
-                continue
-        pending += data
-        # Cut whole chunks; a short final chunk comes at the end of its extent.
-        while len(pending) >= chunk_size:
-            yield start // chunk_size, bytes(pending[:chunk_size])
-            del pending[:chunk_size]
-            start += chunk_size
-        if pending and _ends_extent(start + len(pending), extents):
-            yield start // chunk_size, bytes(pending)
-            pending.clear()
-    if pending:
-        raise RuntimeError(f"source ended inside the chunk at {start}")
-
-
-def _ends_extent(position: int, extents: list[Extent]) -> bool:
-    # Only the disk's last chunk is short, and it ends the last extent.
-    return bool(extents) and position == extents[-1].end
-
-
 def _back_up_disk(
     writer: BackupWriter,
+    read_chunk: ReadChunk,
     disk: DiskInput,
     plan: DiskPlan,
     *,
     workers: int,
     depth: int,
     advance: Progress,
-) -> tuple[TransferStats, int]:
+) -> DiskOutcome:
     chunk_size = writer.repo.chunk_size
     tally = _Tally()
     index, parent = plan.index, plan.parent
 
-    def store(item: tuple[int, Bytes]) -> tuple[int, int, PutResult]:
-        number, data = item
-        return number, len(data), writer.put_chunk(data)
+    def store(item: Item) -> tuple[int, int, int, PutResult | None]:
+        """(chunk number, its length, bytes read from the source, result or None when
+        a merge found no base)."""
+        if isinstance(item, WholeChunk):
+            return item.number, len(item.data), len(item.data), writer.put_chunk(item.data)
+        assert parent is not None  # a plan merges only onto a parent's index
+        extent = Extent(*index.extent(item.number))
+        data = merged(read_chunk, parent[item.number], extent, item.pieces)
+        result = None if data is None else writer.put_chunk(data)
+        return item.number, extent.length, item.read_bytes, result
 
-    results = bounded_map(
-        store,
-        _chunks(disk.source, plan.read, chunk_size),
-        workers=workers,
-        depth=depth,
-        ordered=False,
-        name=f"backup-{disk.key}",
-    )
-    with contextlib.closing(results):
-        for number, length, result in results:
-            index[number] = result.chunk_id
-            tally.chunks_read += 1
-            tally.bytes_read += length
-            before = parent[number] if parent is not None and parent.length == plan.size else HOLE
-            if result.chunk_id != before:
-                tally.bytes_changed += length
-                if result.was_new:
-                    tally.new_plain += length
-            if result.was_new:
-                tally.new += 1
-                tally.bytes_stored += result.stored_bytes
-            advance(length, 0)
+    def run(whole: list[Extent], merge: dict[int, list[Extent]]) -> None:
+        results = bounded_map(
+            store,
+            read_items(disk.source, whole, merge, chunk_size),
+            workers=workers,
+            depth=depth,
+            ordered=False,
+            name=f"backup-{disk.key}",
+        )
+        with contextlib.closing(results):
+            for number, length, read, result in results:
+                tally.bytes_read += read
+                if result is None:
+                    tally.refused.append(number)
+                    advance(read, length)  # the whole chunk is read after all
+                    continue
+                if number in merge:
+                    tally.merged += 1
+                else:
+                    tally.chunks_read += 1
+                _count(tally, plan, number, length, result)
+                index[number] = result.chunk_id
+                advance(read, 0)
+
+    run(plan.read, plan.merge)
+    if tally.refused:  # second pass, from the source: never a guess at the missing base
+        run([Extent(*index.extent(number)) for number in sorted(tally.refused)], {})
     holes = sum(1 for chunk_id in index if chunk_id == HOLE)
     stats = TransferStats(
         logical_bytes=plan.size,
@@ -161,7 +155,28 @@ def _back_up_disk(
         chunks_hole=holes,
         compressibility=tally.bytes_stored / tally.new_plain if tally.new_plain else None,
     )
-    return stats, tally.chunks_read
+    return DiskOutcome(
+        disk.key,
+        plan.mode,
+        plan.reason,
+        stats,
+        tally.chunks_read,
+        chunks_merged=tally.merged,
+        merges_refused=len(tally.refused),
+        changed_bytes=plan.changed_bytes,
+    )
+
+
+def _count(tally: _Tally, plan: DiskPlan, number: int, length: int, result: PutResult) -> None:
+    parent = plan.parent
+    before = parent[number] if parent is not None and parent.length == plan.size else HOLE
+    if result.chunk_id != before:
+        tally.bytes_changed += length
+        if result.was_new:
+            tally.new_plain += length
+    if result.was_new:
+        tally.new += 1
+        tally.bytes_stored += result.stored_bytes
 
 
 def _archive_mode(plans: Sequence[DiskPlan], parent: str | None) -> tuple[BackupMode, str]:
@@ -203,21 +218,25 @@ def back_up(
         goal = sum(p.read_bytes for p in plans)
         done = 0
 
-        def advance(n: int, _: int) -> None:
-            nonlocal done
+        def advance(n: int, more: int) -> None:
+            """``n`` bytes read; the goal grows by ``more`` (a merge read whole after all)."""
+            nonlocal done, goal
             done += n
+            goal += more
             if progress is not None:
                 progress(done, goal)
 
         if progress is not None:
             progress(0, goal)
         for disk, plan in zip(disks, plans, strict=True):
-            stats, read = _back_up_disk(
-                writer, disk, plan, workers=workers, depth=depth, advance=advance
+            outcome = _back_up_disk(
+                writer, repo.read_chunk, disk, plan, workers=workers, depth=depth, advance=advance
             )
-            writer.add_disk(disk.key, disk.label or disk.key, plan.index, cbt=disk.cbt, stats=stats)
+            writer.add_disk(
+                disk.key, disk.label or disk.key, plan.index, cbt=disk.cbt, stats=outcome.stats
+            )
             if on_disk is not None:
-                on_disk(DiskOutcome(disk.key, plan.mode, plan.reason, stats, read))
+                on_disk(outcome)
         mode, reason = _archive_mode(plans, parent)
         return writer.commit(
             mode=mode,

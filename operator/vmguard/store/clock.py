@@ -12,7 +12,6 @@ on this clock.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,8 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio  # only control loops wait: the data path's CLI start skips ~50 ms
+
         await asyncio.sleep(max(0.0, seconds))
 
 
@@ -73,5 +74,7 @@ class ManualClock:
             self._monotonic += seconds
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio
+
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
