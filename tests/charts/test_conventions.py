@@ -85,7 +85,7 @@ def test_crds_follow_crds_enabled_keep_and_kopf_peering(render: Render) -> None:
     assert set(crds) == VMGUARD_CRDS | PEERING_CRDS
     for crd in crds.values():
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    # The annotation the operator compares with its own (vmguard.controller.crdcheck).
+    # The annotation the operator compares with its own (vmguard.controller.kube.crdcheck).
     for kind in KINDS:
         annotations = crds[kind.name]["metadata"]["annotations"]
         assert annotations[ANNOTATION_SCHEMA_HASH] == kind.schema_hash()

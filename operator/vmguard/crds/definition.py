@@ -6,7 +6,7 @@ are written once: the group and version of :mod:`vmguard.api` (served and stored
 namespaced, its category, a status subresource, an ``Age`` column last, and the
 annotation :data:`~vmguard.api.ANNOTATION_SCHEMA_HASH`: a hash of everything else in
 the CRD, by which the operator tells whether the installed CRD is the one it was built
-with (:mod:`vmguard.controller.crdcheck`).
+with (:mod:`vmguard.controller.kube.crdcheck`).
 """
 
 from __future__ import annotations
