@@ -21,9 +21,11 @@ import pytest
 import yaml
 from tests.charts.conftest import CHART, Render, helm_result
 
-from vmguard.api import ANNOTATION_SCHEMA_HASH
+from vmguard.api import ANNOTATION_SCHEMA_HASH, GROUP, VERSION
+from vmguard.config import ProxySettings
 from vmguard.crds import KINDS
 from vmguard.crds.peering import peering_crds
+from vmguard_lab.procs import eventually
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 VMGUARD_CRDS = {kind.name for kind in KINDS}
@@ -32,6 +34,8 @@ PEERING_CRDS = {crd["metadata"]["name"] for crd in peering_crds()}
 TYPOS = [
     ({"replica": 2}, "replica"),
     ({"proxy": {"vddk": {"mountpath": "/opt/vddk"}}}, "mountpath"),
+    ({"proxy": {"nodeSelecter": {"disktype": "ssd"}}}, "nodeSelecter"),
+    ({"proxy": {"tolerations": [{"key": "gpu", "efect": "NoSchedule"}]}}, "efect"),
     ({"serviceAccount": {"craete": False}}, "craete"),
     ({"crds": {"keeep": False}}, "keeep"),
     ({"replicas": "two"}, "replicas"),
@@ -221,3 +225,149 @@ def test_a_chart_checked_out_without_symlinks_installs_the_crds(
     )
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.count("serverside-applied (server dry run)") == len(crds)
+
+
+PROXY_POD = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "nodeSelector": {"vmguard.io/proxy": "true"},
+    "tolerations": [{"key": "backup", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    },
+    "priorityClassName": "backup-proxies",
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+}
+
+
+@pytest.mark.unit
+def test_proxy_pod_settings_reach_the_operators_config(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `helm template` puts into the operator's environment is what the operator
+    reads (vmguard.config.ProxySettings); the builders' tests and the lab test below take
+    it from there to the Job."""
+    (c,) = _deployment(render({"proxy": PROXY_POD}))["spec"]["template"]["spec"]["containers"]
+    for var in c["env"]:
+        if "value" in var:
+            monkeypatch.setenv(var["name"], var["value"])
+    settings = ProxySettings.from_env()
+    assert settings.image_pull_secrets == ("regcred",)
+    assert settings.node_selector == PROXY_POD["nodeSelector"]
+    assert list(settings.tolerations) == PROXY_POD["tolerations"]
+    assert settings.affinity == PROXY_POD["affinity"]
+    assert settings.priority_class == "backup-proxies"
+    assert settings.resources == PROXY_POD["resources"]
+
+    (c,) = _deployment(render())["spec"]["template"]["spec"]["containers"]
+    names = {var["name"] for var in c["env"]}
+    assert not {n for n in names if "NODE_SELECTOR" in n or "TOLERATIONS" in n}, "unset: none"
+
+
+def _policy(name: str, proxy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VMProtectionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "vcenterRef": {"name": "lab"},
+            "repositoryRef": {"name": "repo"},
+            "schedule": {"cron": "0 1 * * *"},
+            "retention": {"keepLast": 3},
+            "selector": {"names": ["db-*"]},
+            "proxy": proxy,
+        },
+    }
+
+
+@pytest.mark.lab
+def test_a_policy_may_set_only_the_proxy_settings_the_chart_allows(
+    render: Render, kubectl_run: Kubectl, namespaces: Callable[[], str]
+) -> None:
+    """The chart's ValidatingAdmissionPolicy, rendered from proxy.policyMay, in the lab's
+    real apiserver: a system priority class, a control-plane toleration and a node label
+    nobody allowed are refused with a message naming them; what is allowed is accepted."""
+    may = {
+        "priorityClassNames": ["backup-low"],
+        "nodeSelectorKeys": ["topology.kubernetes.io/zone"],
+        "tolerationKeys": ["dedicated-backup"],
+    }
+    admission = [
+        d
+        for d in render({"proxy": {"policyMay": may}}, namespace=namespaces())
+        if d["kind"].startswith("ValidatingAdmissionPolicy")
+    ]
+    assert len(admission) == 2
+    ns = namespaces()
+    done = kubectl_run(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": admission}),
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+
+        def create(name: str, proxy: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+            return kubectl_run(
+                "create", "-n", ns, "-f", "-", input=json.dumps(_policy(name, proxy))
+            )
+
+        # The binding takes effect once the apiserver has loaded it: wait for a refusal
+        # (a policy accepted before that is deleted again).
+        system = {"priorityClassName": "system-cluster-critical"}
+
+        def refused_system() -> subprocess.CompletedProcess[str] | None:
+            done = create("system", system)
+            if done.returncode == 0:
+                kubectl_run("delete", "vmprotectionpolicy", "system", "-n", ns)
+                return None
+            return done
+
+        refused = eventually(refused_system, timeout=60, what="the admission policy in force")
+        assert "system-cluster-critical is not a priority class policies may use" in refused.stderr
+        assert "backup-low" in refused.stderr
+
+        control_plane = {
+            "tolerations": [
+                {
+                    "key": "node-role.kubernetes.io/control-plane",
+                    "operator": "Exists",
+                    "effect": "NoSchedule",
+                }
+            ]
+        }
+        refused = create("control-plane", control_plane)
+        assert refused.returncode != 0
+        assert (
+            "node-role.kubernetes.io/control-plane is not a taint policies may tolerate"
+            in refused.stderr
+        )
+
+        refused = create("hostname", {"nodeSelector": {"kubernetes.io/hostname": "node-1"}})
+        assert refused.returncode != 0
+        assert "kubernetes.io/hostname is not a node label policies may select on" in refused.stderr
+
+        # A toleration without a key (every taint) is refused by the CRD itself.
+        refused = create("any-taint", {"tolerations": [{"operator": "Exists"}]})
+        assert refused.returncode != 0 and "key" in refused.stderr
+
+        allowed = {
+            "priorityClassName": "backup-low",
+            "nodeSelector": {"topology.kubernetes.io/zone": "a"},
+            "tolerations": [{"key": "dedicated-backup", "operator": "Exists"}],
+        }
+        done = create("allowed", allowed)
+        assert done.returncode == 0, done.stderr
+    finally:
+        kubectl_run(
+            "delete",
+            "-f",
+            "-",
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": admission}),
+        )
