@@ -22,6 +22,7 @@ import yaml
 from tests.charts.conftest import CHART, Render, helm_result
 
 from vmguard.api import ANNOTATION_SCHEMA_HASH, GROUP, VERSION
+from vmguard.api.kinds import POLICY
 from vmguard.config import ProxySettings
 from vmguard.crds import KINDS
 from vmguard.crds.peering import peering_crds
@@ -272,7 +273,7 @@ def test_proxy_pod_settings_reach_the_operators_config(
 def _policy(name: str, proxy: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VMProtectionPolicy",
+        "kind": POLICY.kind,
         "metadata": {"name": name},
         "spec": {
             "vcenterRef": {"name": "lab"},
@@ -325,7 +326,7 @@ def test_a_policy_may_set_only_the_proxy_settings_the_chart_allows(
         def refused_system() -> subprocess.CompletedProcess[str] | None:
             done = create("system", system)
             if done.returncode == 0:
-                kubectl_run("delete", "vmprotectionpolicy", "system", "-n", ns)
+                kubectl_run("delete", POLICY.plural, "system", "-n", ns)
                 return None
             return done
 

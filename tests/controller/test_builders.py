@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from vmguard.api.kinds import RESTORE
 from vmguard.config import ProxyAllowance, ProxySettings
 from vmguard.controller.backup import builders
 from vmguard.controller.backup.steps import Placement, concurrency_blocker
@@ -289,7 +290,7 @@ PLACED = dataclasses.replace(
 def test_the_charts_pod_settings_go_on_every_proxy_job() -> None:
     restore = {
         "apiVersion": "vmguard.io/v1alpha1",
-        "kind": "VMRestore",
+        "kind": RESTORE.kind,
         "metadata": {"name": "r", "namespace": "prod", "uid": "5678-uid"},
         "spec": {"source": {"backupRef": {"name": "b"}}, "target": {"vm": {"name": "x"}}},
     }
