@@ -71,6 +71,66 @@ def _volume(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _json(name: str, kind: type) -> Any:
+    """The JSON value of the environment variable ``name`` (None when unset or empty);
+    ValueError naming the variable when it is not JSON of ``kind``."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{name} is not JSON") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {'list' if kind is list else 'object'}")
+    return value
+
+
+def _pull_secrets(name: str) -> tuple[str, ...]:
+    """Image pull Secrets as Kubernetes writes them, ``[{"name": "regcred"}]``."""
+    value = _json(name, list) or []
+    if not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+        raise ValueError(f'{name} must be a JSON list of {{"name": <Secret>}}')
+    return tuple(v["name"] for v in value)
+
+
+def _node_selector(name: str) -> dict[str, str]:
+    value = _json(name, dict) or {}
+    if not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{name} must be a JSON object of strings")
+    return value
+
+
+def _tolerations(name: str) -> tuple[dict[str, Any], ...]:
+    value = _json(name, list) or []
+    if not all(isinstance(v, dict) for v in value):
+        raise ValueError(f"{name} must be a JSON list of tolerations (objects)")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ProxyAllowance:
+    """What a VMProtectionPolicy may set under ``spec.proxy`` (the chart's
+    ``proxy.policyMay``): priority classes, node label keys it may select on, taint keys
+    it may tolerate. Empty: nothing."""
+
+    priority_class_names: frozenset[str] = frozenset()
+    node_selector_keys: frozenset[str] = frozenset()
+    toleration_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_json(cls, name: str) -> ProxyAllowance:
+        value = _json(name, dict) or {}
+        lists = ("priorityClassNames", "nodeSelectorKeys", "tolerationKeys")
+        unknown = set(value) - set(lists)
+        if unknown or not all(
+            isinstance(value.get(k, []), list) and all(isinstance(v, str) for v in value.get(k, []))
+            for k in lists
+        ):
+            raise ValueError(f"{name} must be a JSON object of string lists: {', '.join(lists)}")
+        return cls(*(frozenset(value.get(k, [])) for k in lists))
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """How the operator runs its proxy Jobs (the data plane).
@@ -87,6 +147,14 @@ class ProxySettings:
     ``{"persistentVolumeClaim": {"claimName": "vddk"}}``; None: no VDDK volume) and
     ``vddk_path`` where the proxy mounts it (nbdkit's ``libdir``).
     ``pod_annotations`` go on every proxy pod (e.g. a service mesh's opt-out).
+
+    Where proxy pods run and what they may use, the platform team's choice (the chart's
+    ``proxy.*`` values), applied to every proxy Job as Kubernetes writes them:
+    ``image_pull_secrets`` (Secret names), ``node_selector``, ``tolerations``,
+    ``affinity``, ``priority_class`` (a PriorityClass name; "" for the cluster's
+    default) and ``resources`` (the container's requests and limits; None: the
+    builders' default). ``policy_may``: what a policy may add to those
+    (:class:`ProxyAllowance`).
     ``start_timeout``: seconds a proxy Job's pod may stay unable to run for a transient
     reason (image pull failure, unschedulable, crash loop) before its VMGuardBackup or
     VMGuardRestore fails with that reason; a pod refused at admission fails it at once
@@ -102,6 +170,13 @@ class ProxySettings:
     vddk_path: str = "/opt/vmware-vix-disklib-distrib"  # = DEFAULT_VDDK_PATH
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 600.0
+    image_pull_secrets: tuple[str, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    priority_class: str = ""
+    resources: dict[str, Any] | None = None
+    policy_may: ProxyAllowance = ProxyAllowance()
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -115,6 +190,13 @@ class ProxySettings:
             vddk_path=os.environ.get(VDDK_PATH_ENV, DEFAULT_VDDK_PATH),
             pod_annotations=_annotations(os.environ.get("VMGUARD_PROXY_POD_ANNOTATIONS")),
             start_timeout=float(os.environ.get("VMGUARD_PROXY_START_TIMEOUT") or 600.0),
+            image_pull_secrets=_pull_secrets("VMGUARD_PROXY_IMAGE_PULL_SECRETS"),
+            node_selector=_node_selector("VMGUARD_PROXY_NODE_SELECTOR"),
+            tolerations=_tolerations("VMGUARD_PROXY_TOLERATIONS"),
+            affinity=_json("VMGUARD_PROXY_AFFINITY", dict),
+            priority_class=os.environ.get("VMGUARD_PROXY_PRIORITY_CLASS", ""),
+            resources=_json("VMGUARD_PROXY_RESOURCES", dict),
+            policy_may=ProxyAllowance.from_json("VMGUARD_PROXY_POLICY_MAY"),
         )
 
 

@@ -41,6 +41,11 @@ class RestoreRejected(PermanentError):
         self.reason = reason
 
 
+class ProxySettingsNotAllowed(ConfigError):
+    """A policy's ``spec.proxy`` names a priority class, node label or taint the chart's
+    ``proxy.policyMay`` does not allow; the backup fails with this class's name as reason."""
+
+
 class VMNotFoundError(PermanentError):
     """The VM a request names does not exist in the vCenter (or is ambiguous)."""
 

@@ -402,6 +402,12 @@ class Metrics:
             "When the last verify that ran to its end finished (Unix seconds).",
             REPOSITORY_LABELS,
         )
+        self.crd_outdated = gauge(
+            "crd_outdated",
+            "1 when the installed CRD is not the one this operator was built with (checked "
+            "at start: vmguard.controller.kube.crdcheck), else 0.",
+            ("crd",),
+        )
         # Always 1 and always exported, from the first scrape on: the alerts tell "the
         # operator is gone" from "nothing to report" by its absence (docs/runbooks.md).
         self.build_info = gauge("build_info", "Always 1; the operator's version.", ("version",))
@@ -418,6 +424,9 @@ class Metrics:
     def exposition(self) -> str:
         """The text format, as a scrape returns it."""
         return generate_latest(self.registry).decode()
+
+    def observe_crd(self, crd: str, outdated: bool) -> None:
+        self.crd_outdated.labels(crd).set(1 if outdated else 0)
 
     # ---- vCenter sweeps ------------------------------------------------------------
 

@@ -31,13 +31,14 @@ def helm() -> Path:
     return build.ensure_built(LabPaths.default(), only=("helm",))["helm"]
 
 
-def run_helm(
+def helm_result(
     helm: Path,
     *args: str,
     values: dict[str, Any] | None = None,
     tmp: Path,
     kubeconfig: Path | None = None,
-) -> str:
+) -> subprocess.CompletedProcess[str]:
+    """Run helm (with ``values`` as a values file) and return what it did, failed or not."""
     argv = [str(helm), *args]
     if values is not None:
         path = tmp / f"values-{secrets.token_hex(3)}.yaml"
@@ -52,7 +53,18 @@ def run_helm(
     )
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def run_helm(
+    helm: Path,
+    *args: str,
+    values: dict[str, Any] | None = None,
+    tmp: Path,
+    kubeconfig: Path | None = None,
+) -> str:
+    """Run helm; its output, asserting that it succeeded."""
+    done = helm_result(helm, *args, values=values, tmp=tmp, kubeconfig=kubeconfig)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

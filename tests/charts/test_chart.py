@@ -67,6 +67,12 @@ def of_kind(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] in kinds]
 
 
+def watch_rbac(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
+    """The Roles/RoleBindings of the watched namespaces (not the CRD-events pair in
+    "default", which every install has)."""
+    return [d for d in of_kind(docs, *kinds) if not d["metadata"]["name"].endswith("-crd-events")]
+
+
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (deployment,) = of_kind(docs, "Deployment")
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -106,7 +112,7 @@ def test_default_rendering(render: Render) -> None:
     assert "VMGUARD_PROXY_COMMAND" not in e and "VMGUARD_PROXY_VDDK_VOLUME" not in e
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert not of_kind(docs, "KopfPeering", "ClusterKopfPeering", *MONITORING)
-    (role,) = of_kind(docs, "Role")
+    (role,) = watch_rbac(docs, "Role")
     assert role["metadata"]["namespace"] == "backup"
     crds = {d["metadata"]["name"] for d in of_kind(docs, "CustomResourceDefinition")}
     assert {"vmguardbackups.vmguard.io", "kopfpeerings.kopf.dev"} <= crds
@@ -135,7 +141,10 @@ def test_non_default_rendering(render: Render) -> None:
     peerings = of_kind(docs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert {p["metadata"]["name"] for p in peerings} == {"vmguard-prod"}
-    assert sorted(r["metadata"]["namespace"] for r in of_kind(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in watch_rbac(docs, "Role")) == [
+        "team-a",
+        "team-b",
+    ]
 
     # The PrometheusRule carries files/alerts.yaml verbatim (what promtool tests).
     (rule,) = of_kind(docs, "PrometheusRule")
@@ -254,7 +263,7 @@ def test_images_by_digest_and_proxy_pod_annotations(render: Render) -> None:
 def test_cluster_wide_rendering_uses_a_cluster_role_and_peering(render: Render) -> None:
     docs = render({"watch": {"allNamespaces": True}, "replicas": 2})
     assert "--all-namespaces" in container(docs)["args"]
-    assert not of_kind(docs, "Role", "RoleBinding", "KopfPeering")
+    assert not watch_rbac(docs, "Role", "RoleBinding", "KopfPeering")
     assert len(of_kind(docs, "ClusterKopfPeering")) == 1
     names = {r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")}
     assert names == {"vmguard-vmguard", "vmguard-vmguard-discovery"}
@@ -356,6 +365,8 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
         assert [a for a in allowed if not can(*a)] == []
         assert [d for d in denied if can(*d)] == []
         assert not can("get", "secrets", "default"), "only in the namespaces it watches"
+        # ...but Events about a CRD (cluster-scoped) go to "default": create only there.
+        assert can("create", "events", "default") and not can("list", "events", "default")
 
         # The proxy's Role the operator creates per namespace is no escalation for it...
         proxy_role = {
@@ -383,5 +394,10 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
         done = kubectl_run(*as_operator, input=json.dumps(proxy_role))
         assert done.returncode != 0 and "forbidden" in done.stderr.lower()
     finally:
-        cluster = [d for d in access if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+        cluster = [
+            d
+            for d in access
+            if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}
+            or d["metadata"].get("namespace") == "default"
+        ]
         kubectl_run("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(cluster))

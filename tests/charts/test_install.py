@@ -44,7 +44,12 @@ def test_helm_install_runs_the_operator_under_the_charts_rbac(
     release = "e2e"
     # Pods of the lab share the host's network: free ports instead of 8080/8081.
     metrics_port = free_port()
-    values: dict[str, Any] = {"metrics": {"port": metrics_port}, "probes": {"port": free_port()}}
+    values: dict[str, Any] = {
+        "metrics": {"port": metrics_port},
+        "probes": {"port": free_port()},
+        # The CRDs are the vmguard_crds fixture's (kubectl apply): not this release's.
+        "crds": {"enabled": False},
+    }
     if peering:
         # One replica (two would share the host's ports here), electing itself through
         # the KopfPeering object the chart made: it may read and patch it, not create it.
@@ -57,7 +62,6 @@ def test_helm_install_runs_the_operator_under_the_charts_rbac(
         str(CHART),
         "--namespace",
         ns,
-        "--skip-crds",
         values=values,
         tmp=tmp_path,
         kubeconfig=kubeconfig,

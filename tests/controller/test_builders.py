@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
-from vmguard.config import ProxySettings
+from vmguard.api.kinds import RESTORE
+from vmguard.config import ProxyAllowance, ProxySettings
 from vmguard.controller.backup import builders
 from vmguard.controller.backup.steps import Placement, concurrency_blocker
 from vmguard.controller.kube import proxyjob
 from vmguard.controller.kube.jobs import job_state
+from vmguard.controller.restore import builders as restore_builders
+from vmguard.errors import ProxySettingsNotAllowed
 
 pytestmark = pytest.mark.unit
 
@@ -266,3 +269,100 @@ def test_a_non_root_proxy_can_read_its_secret_volumes_and_carries_the_pod_annota
     )  # fmt: skip
     assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/a": "b"}
     assert "annotations" not in _job()["spec"]["template"]["metadata"]
+
+
+PLACED = dataclasses.replace(
+    SETTINGS,
+    image_pull_secrets=("regcred",),
+    node_selector={"vmguard.io/proxy": "true"},
+    tolerations=({"key": "backup", "operator": "Exists", "effect": "NoSchedule"},),
+    affinity={"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+    priority_class="backup-proxies",
+    resources={"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+    policy_may=ProxyAllowance(
+        priority_class_names=frozenset({"backup-high"}),
+        node_selector_keys=frozenset({"topology.kubernetes.io/zone"}),
+        toleration_keys=frozenset({"dedicated-backup"}),
+    ),
+)
+
+
+def test_the_charts_pod_settings_go_on_every_proxy_job() -> None:
+    restore = {
+        "apiVersion": "vmguard.io/v1alpha1",
+        "kind": RESTORE.kind,
+        "metadata": {"name": "r", "namespace": "prod", "uid": "5678-uid"},
+        "spec": {"source": {"backupRef": {"name": "b"}}, "target": {"vm": {"name": "x"}}},
+    }
+    backup = builders.build_backup_job(
+        BACKUP, PLACED, vcenter=VCENTER, repository=REPOSITORY, attempt=1, transport="hotadd"
+    )
+    restored = restore_builders.build_restore_job(
+        restore, PLACED, repository=REPOSITORY, vcenter=VCENTER
+    )
+    for job in (backup, restored):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["nodeSelector"] == {"vmguard.io/proxy": "true"}
+        assert pod["tolerations"] == [
+            {"key": "backup", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        assert pod["affinity"] == PLACED.affinity
+        assert pod["priorityClassName"] == "backup-proxies"
+        assert pod["containers"][0]["resources"] == PLACED.resources
+        assert pod["affinity"] is not PLACED.affinity, "a copy: a caller's edit stays its own"
+
+    pod = _job()["spec"]["template"]["spec"]
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert key not in pod, f"unset: no {key}"
+    assert pod["containers"][0]["resources"] == proxyjob.DEFAULT_RESOURCES
+
+
+def test_a_policy_adds_to_the_charts_pod_settings_only_what_the_chart_allows() -> None:
+    own = {"key": "dedicated-backup", "operator": "Exists"}
+    pod = proxyjob.policy_pod(
+        PLACED,
+        {
+            "priorityClassName": "backup-high",
+            "nodeSelector": {"topology.kubernetes.io/zone": "a"},
+            "tolerations": [own],
+        },
+    )
+    assert pod["priorityClassName"] == "backup-high"
+    assert pod["nodeSelector"] == {"vmguard.io/proxy": "true", "topology.kubernetes.io/zone": "a"}
+    assert pod["tolerations"] == [*PLACED.tolerations, own]
+    job = builders.build_backup_job(
+        BACKUP,
+        PLACED,
+        vcenter=VCENTER,
+        repository=REPOSITORY,
+        attempt=1,
+        policy_proxy={"tolerations": [own]},
+    )
+    assert job["spec"]["template"]["spec"]["tolerations"] == [*PLACED.tolerations, own]
+    assert proxyjob.policy_pod(PLACED, None) == proxyjob.pod_placement(PLACED)
+
+    refused = [
+        (
+            {"priorityClassName": "system-cluster-critical"},
+            "system-cluster-critical",
+            "backup-high",
+        ),
+        ({"nodeSelector": {"kubernetes.io/hostname": "n1"}}, "kubernetes.io/hostname", "zone"),
+        (
+            {
+                "tolerations": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+                ]
+            },
+            "node-role.kubernetes.io/control-plane",
+            "dedicated-backup",
+        ),
+        ({"tolerations": [{"operator": "Exists"}]}, "(every taint)", "dedicated-backup"),
+    ]
+    for proxy, named, listed in refused:
+        with pytest.raises(ProxySettingsNotAllowed) as exc:
+            proxyjob.policy_pod(PLACED, proxy)
+        assert named in str(exc.value) and listed in str(exc.value)
+    with pytest.raises(ProxySettingsNotAllowed, match=r"policyMay\.priorityClassNames: none"):
+        proxyjob.policy_pod(SETTINGS, {"priorityClassName": "backup-high"})

@@ -23,7 +23,7 @@ from kubernetes import client
 
 from vmguard.api import GROUP, VERSION
 from vmguard.crds import KINDS
-from vmguard.crds.render import rendered
+from vmguard.crds.render import chart_rendered, rendered
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -34,9 +34,16 @@ Mutation = Callable[[dict[str, Any]], None]
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("directory", [CRD_DIR, REPO / "charts" / "vmguard" / "crds"])
-def test_checked_in_manifests_match_the_source(directory: Path) -> None:
-    expected = rendered()
+@pytest.mark.parametrize(
+    ("directory", "render"),
+    [(CRD_DIR, rendered), (REPO / "charts" / "vmguard" / "templates" / "crds", chart_rendered)],
+    ids=["crds", "chart-templates"],
+)
+def test_checked_in_manifests_match_the_source(
+    directory: Path, render: Callable[[], dict[str, str]]
+) -> None:
+    assert not directory.is_symlink(), "Flux drops symlinks from Git sources"
+    expected = render()
     on_disk = {p.name: p.read_text(encoding="utf-8") for p in directory.glob("*.yaml")}
     assert sorted(on_disk) == sorted(expected), f"{directory} holds other files"
     stale = [name for name, text in expected.items() if on_disk[name] != text]

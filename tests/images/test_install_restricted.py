@@ -100,6 +100,8 @@ def test_restricted_install_backs_up_and_restores_through_containers(
             "locator": f"lab:{lab_state['vsphere']['control_url']}",
             "podAnnotations": on_containers,
         },
+        # The CRDs are the vmguard_crds fixture's (kubectl apply): not this release's.
+        "crds": {"enabled": False},
         # The pods share the host's network: free ports.
         "metrics": {"port": free_port()},
         "probes": {"port": free_port()},
@@ -107,7 +109,7 @@ def test_restricted_install_backs_up_and_restores_through_containers(
     kubeconfig = lab.paths.kubeconfig
     vs = lab_state["vsphere"]
     vc = VSphereSession(Endpoint(vs["sdk_url"], vs["username"], vs["password"], ca_file=vs["ca"]))
-    run_helm(helm, "install", "e2e", str(CHART), "--namespace", ns, "--skip-crds",
+    run_helm(helm, "install", "e2e", str(CHART), "--namespace", ns,
              values=values, tmp=tmp_path, kubeconfig=kubeconfig)  # fmt: skip
     restored_moref = ""
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from vmguard.api.names import (
     ANNOTATION_ARCHIVE_ID,
     ANNOTATION_PREFIX,
+    ANNOTATION_SCHEMA_HASH,
     ANNOTATION_SYNCED_FROM,
     ANNOTATION_VM_NAME,
     API_VERSION,
@@ -79,6 +80,7 @@ from vmguard.api.times import format_time, parse_duration, parse_time
 __all__ = [
     "ANNOTATION_ARCHIVE_ID",
     "ANNOTATION_PREFIX",
+    "ANNOTATION_SCHEMA_HASH",
     "ANNOTATION_SYNCED_FROM",
     "ANNOTATION_VM_NAME",
     "API_VERSION",

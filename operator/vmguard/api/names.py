@@ -61,6 +61,11 @@ ANNOTATION_ARCHIVE_ID: Final = "vmguard.io/archive-id"
 ANNOTATION_SYNCED_FROM: Final = "vmguard.io/synced-from"
 """``<namespace>/<name>`` of the VMGuardBackup that made a synced one's archive."""
 
+# Annotations of vmguard's CustomResourceDefinitions.
+ANNOTATION_SCHEMA_HASH: Final = "vmguard.io/schema-hash"
+"""A hash of the CRD's definition, written when it is generated (:mod:`vmguard.crds`):
+the operator compares the installed CRD's with its own to report CRDs it does not expect."""
+
 # Labels of the proxy Jobs (and their pods): the object a Job works for.
 LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"
 LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"

@@ -22,7 +22,7 @@ from vmguard.api import ANNOTATION_PREFIX, FINALIZER
 from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup import reconcile as backups
-from vmguard.controller.kube import migration, peering
+from vmguard.controller.kube import crdcheck, migration, peering
 from vmguard.controller.kube.handlers import CONTROLLERS
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
@@ -121,6 +121,9 @@ def run(options: OperatorOptions) -> None:
         logger.info(
             "metrics on http://%s:%d/metrics", options.metrics_address, options.metrics_port
         )
+    # Before kopf starts: an operator ahead of its CRDs says so, in its log, /metrics and
+    # an Event, whatever else it goes on to do.
+    crdcheck.check_crds(client.ApiClient(), metrics.observe_crd, timing.now())
     settings = kopf.OperatorSettings()
     # Events say which replica posted them (kopf's default instance is "dev").
     settings.posting.reporting_instance = peering.replica_name()

@@ -3,16 +3,21 @@
 :class:`Kind` holds what differs between the five kinds (names, schemas, printer
 columns); :meth:`Kind.crd` adds what is the same for all of them, so the conventions
 are written once: the group and version of :mod:`vmguard.api` (served and stored),
-namespaced, its category, a status subresource, an ``Age`` column last.
+namespaced, its category, a status subresource, an ``Age`` column last, and the
+annotation :data:`~vmguard.api.ANNOTATION_SCHEMA_HASH`: a hash of everything else in
+the CRD, by which the operator tells whether the installed CRD is the one it was built
+with (:mod:`vmguard.controller.kube.crdcheck`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import CATEGORY, GROUP, VERSION
+from vmguard.api import ANNOTATION_SCHEMA_HASH, CATEGORY, GROUP, VERSION
 from vmguard.api.kinds import KindNames
 from vmguard.crds.schema import Schema, obj, rule, string
 
@@ -81,6 +86,15 @@ class Kind:
         return f"{self.plural}.{GROUP}"
 
     def crd(self) -> dict[str, Any]:
+        """The CustomResourceDefinition, annotated with :meth:`schema_hash`."""
+        crd = self._definition()
+        crd["metadata"]["annotations"] = {ANNOTATION_SCHEMA_HASH: schema_hash(crd)}
+        return crd
+
+    def schema_hash(self) -> str:
+        return schema_hash(self._definition())
+
+    def _definition(self) -> dict[str, Any]:
         schema = obj(
             self.description,
             {
@@ -124,6 +138,14 @@ class Kind:
                 ],
             },
         }
+
+
+def schema_hash(crd: Mapping[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of the CRD's names and versions (schemas, columns,
+    subresources) as canonical JSON: equal exactly when the definitions are equal,
+    whatever the YAML's layout or the CRD's labels and annotations."""
+    spec = json.dumps(crd["spec"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 def name_is_label(kind: str, why: str) -> Schema:

@@ -217,6 +217,52 @@ retention = obj(
     ],
 )
 
+LABEL_KEY_MAX = 316  # a label key: a DNS subdomain prefix (253), "/", a name (63)
+
+proxy = obj(
+    "Where this policy's proxy pods run, within what the platform team allows: the chart's "
+    "proxy.policyMay lists the priority classes, node label keys and taint keys a policy "
+    "may name. Anything else is refused at admission (the chart's "
+    "ValidatingAdmissionPolicy) and, should it get past, fails the backup with reason "
+    "ProxySettingsNotAllowed. Merged over the chart's proxy settings: nodeSelector "
+    "entries are added (a policy's value wins), tolerations appended, priorityClassName "
+    "replaces the chart's.",
+    {
+        "priorityClassName": string(
+            "An existing PriorityClass of this policy's proxy pods.",
+            min_length=1,
+            max_length=253,
+        ),
+        "nodeSelector": {
+            "description": "Node labels this policy's proxy pods must run on.",
+            "type": "object",
+            "maxProperties": 16,
+            "additionalProperties": string(max_length=63),
+        },
+        "tolerations": array(
+            "Taints this policy's proxy pods tolerate. Each names its key: a toleration "
+            "without one would tolerate every taint, control-plane taints included.",
+            obj(
+                "A Kubernetes toleration with a key.",
+                {
+                    "key": string("The taint's key.", min_length=1, max_length=LABEL_KEY_MAX),
+                    "operator": enum("Exists or Equal.", ["Exists", "Equal"]),
+                    "value": string("The taint's value (with Equal).", max_length=63),
+                    "effect": enum(
+                        "The taint effect tolerated (empty: all).",
+                        ["NoSchedule", "PreferNoSchedule", "NoExecute"],
+                    ),
+                    "tolerationSeconds": integer(
+                        "With NoExecute: how long the pod stays once tainted.", int64=True
+                    ),
+                },
+                required=["key"],
+            ),
+            max_items=16,
+        ),
+    },
+)
+
 concurrency = obj(
     "How many of this policy's backups may run at once.",
     {
@@ -330,6 +376,7 @@ spec = obj(
         ),
         "hooks": hooks,
         "concurrency": concurrency,
+        "proxy": proxy,
         "rpo": f.duration(
             "Recovery point objective: alert when a VM's last completed backup is older. "
             "Default: twice the schedule's interval.",

@@ -17,6 +17,7 @@ from vmguard.config import ProxySettings
 from vmguard.controller.kube.proxyjob import (
     bounded_name,
     job_name,
+    policy_pod,
     proxy_job,
     proxy_labels,
     repository_env,
@@ -53,10 +54,14 @@ def build_backup_job(
     transport: str = "auto",
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
+    policy_proxy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The proxy Job of one transfer attempt of ``vmbackup``.
 
-    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
+    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to;
+    ``policy_proxy`` its policy's ``spec.proxy``, added to the chart's pod settings
+    (:func:`~vmguard.controller.kube.proxyjob.policy_pod`: ProxySettingsNotAllowed when
+    the chart does not allow it).
     """
     meta = vmbackup["metadata"]
     labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
@@ -75,4 +80,5 @@ def build_backup_job(
         transport=transport,
         active_deadline=active_deadline,
         ttl=ttl,
+        pod=policy_pod(settings, policy_proxy),
     )

@@ -65,10 +65,11 @@ from vmguard.controller.kube.conditions import lifecycle_conditions, set_conditi
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import consolidation_allowed
-from vmguard.controller.kube.proxyjob import build_proxy_rbac, job_name
+from vmguard.controller.kube.proxyjob import build_proxy_rbac, job_name, policy_pod
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     PermanentError,
+    ProxySettingsNotAllowed,
     RepositoryNotFoundError,
     RepositorySpecMismatchError,
     RetryableError,
@@ -218,6 +219,11 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
+    try:  # before any snapshot: a policy may not place its proxies where the chart forbids
+        policy_pod(ctx.proxy, refs.policy_spec.get("proxy"))
+    except ProxySettingsNotAllowed as exc:
+        await p.fail(type(exc).__name__, str(exc), snapshot_taken=False)
+        return None
     status = obj.get("status") or {}
     if not (status.get("vm") or {}).get("moref"):
         try:
@@ -370,16 +376,21 @@ async def _start_attempt(
         await ctx.jobs.ensure_rbac(build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
     remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
-    job = builders.build_backup_job(
-        obj,
-        ctx.proxy,
-        vcenter=refs.vcenter["spec"],
-        repository=refs.repository["spec"],
-        attempt=attempt,
-        transport=refs.policy_spec.get("transport", "auto"),
-        active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
-        ttl=ctx.settings.job_ttl,
-    )
+    try:
+        job = builders.build_backup_job(
+            obj,
+            ctx.proxy,
+            vcenter=refs.vcenter["spec"],
+            repository=refs.repository["spec"],
+            attempt=attempt,
+            transport=refs.policy_spec.get("transport", "auto"),
+            active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
+            ttl=ctx.settings.job_ttl,
+            policy_proxy=refs.policy_spec.get("proxy"),
+        )
+    except ProxySettingsNotAllowed as exc:  # the policy changed since Pending checked it
+        await p.fail(type(exc).__name__, str(exc), snapshot_taken=True)
+        return
     created = await ctx.jobs.create_job(job)
     log.info(
         "%s/%s: Job %s %s",

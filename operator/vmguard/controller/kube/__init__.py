@@ -7,6 +7,7 @@ VCenter and VMGuardRepository objects and their Secrets (:mod:`.access`, with
 (:mod:`.proxyjob`), the one clock (:mod:`.timing`), cron schedules (:mod:`.schedule`),
 the latest vCenter sweeps (:mod:`.sweeps`), the one reading of a policy's spec that
 other kinds need (:mod:`.policy_spec`), and what every kind's handlers share
-(:mod:`.handlers`: wake-ups, the controllers this replica runs, events), and the one-time
-move of objects of the renamed kinds to their new names (:mod:`.migration`).
+(:mod:`.handlers`: wake-ups, the controllers this replica runs, events), the one-time
+move of objects of the renamed kinds to their new names (:mod:`.migration`), and the
+check of the installed CRDs against the operator's own at start (:mod:`.crdcheck`).
 """

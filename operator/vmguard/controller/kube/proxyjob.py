@@ -13,20 +13,24 @@ Pieces a proxy Job is made of, shared by the backup Job
 :func:`vcenter_env` and :func:`repository_env` (connection settings as environment,
 credentials only as ``secretKeyRef`` or read-only Secret volumes — never a literal
 value), :func:`security_context` (restricted unless hot-add may need devices) and
-:func:`proxy_job` (the Job around one proxy container). :func:`build_proxy_rbac` is
+:func:`pod_placement` and :func:`policy_pod` (the chart's pod settings, and what a
+policy adds within the chart's allow-list), :func:`proxy_job` (the Job around one
+proxy container). :func:`build_proxy_rbac` is
 the ServiceAccount, Role and RoleBinding a proxy runs as: read its own kinds, patch
 their status, nothing else.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vmguard.api import API_VERSION, GROUP
 from vmguard.api.kinds import BACKUP, RESTORE
 from vmguard.config import ProxySettings
+from vmguard.errors import ProxySettingsNotAllowed
 from vmguard.proxy.contract import (
     KEY_FILE_ENV,
     LOCATOR_ENV,
@@ -224,6 +228,62 @@ def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def pod_placement(settings: ProxySettings) -> dict[str, Any]:
+    """The chart's settings of every proxy pod (``proxy.*`` values, read into
+    :class:`~vmguard.config.ProxySettings`): the Secrets its image is pulled with, where
+    it may run, its priority. Only the keys that are set; copies, never the settings'
+    own objects."""
+    pod: dict[str, Any] = {}
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = copy.deepcopy(list(settings.tolerations))
+    if settings.affinity:
+        pod["affinity"] = copy.deepcopy(settings.affinity)
+    if settings.priority_class:
+        pod["priorityClassName"] = settings.priority_class
+    return pod
+
+
+def _allowed(what: str, values: Iterable[str], allowed: frozenset[str], chart_key: str) -> None:
+    refused = sorted(set(values) - allowed)
+    if refused:
+        listed = ", ".join(sorted(allowed)) or "none"
+        raise ProxySettingsNotAllowed(
+            f"spec.proxy.{what}: {', '.join(refused)} is not allowed for policies "
+            f"(the chart's proxy.policyMay.{chart_key}: {listed})"
+        )
+
+
+def policy_pod(settings: ProxySettings, policy_proxy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`pod_placement` with what a policy's ``spec.proxy`` adds: node selector
+    entries (the policy's value wins), tolerations (appended), its priority class
+    (replaces the chart's) — each only when the chart's allow-list
+    (``settings.policy_may``) names it, else :class:`ProxySettingsNotAllowed` naming
+    the value. The chart's ValidatingAdmissionPolicy refuses the same at admission; this
+    is the check for policies admitted before the list changed or without it."""
+    pod = pod_placement(settings)
+    proxy = policy_proxy or {}
+    may = settings.policy_may
+    klass = proxy.get("priorityClassName")
+    selector = dict(proxy.get("nodeSelector") or {})
+    tolerations = [dict(t) for t in proxy.get("tolerations") or []]
+    if klass:
+        _allowed("priorityClassName", [klass], may.priority_class_names, "priorityClassNames")
+        pod["priorityClassName"] = klass
+    _allowed("nodeSelector", selector, may.node_selector_keys, "nodeSelectorKeys")
+    # A toleration without a key tolerates every taint: never on a policy's say-so.
+    keys = [t.get("key") or "(every taint)" for t in tolerations]
+    _allowed("tolerations", keys, may.toleration_keys, "tolerationKeys")
+    if selector:
+        pod["nodeSelector"] = {**pod.get("nodeSelector", {}), **selector}
+    if tolerations:
+        pod["tolerations"] = [*pod.get("tolerations", []), *tolerations]
+    return pod
+
+
 def proxy_job(
     *,
     name: str,
@@ -237,8 +297,13 @@ def proxy_job(
     active_deadline: int,
     ttl: int,
     resources: Mapping[str, Any] | None = None,
+    pod: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A batch/v1 Job running one proxy container; the operator does the retries."""
+    """A batch/v1 Job running one proxy container; the operator does the retries.
+
+    ``pod``: where the pod runs and with what priority and pull Secrets (default:
+    :func:`pod_placement`, the chart's); ``resources``: the container's (default: the
+    chart's ``settings.resources``, else :data:`DEFAULT_RESOURCES`)."""
     env: list[dict[str, Any]] = [
         {"name": LOCATOR_ENV, "value": settings.locator},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
@@ -261,7 +326,7 @@ def proxy_job(
         "command": list(settings.command),
         "args": list(args),
         "env": env,
-        "resources": dict(resources or DEFAULT_RESOURCES),
+        "resources": copy.deepcopy(dict(resources or settings.resources or DEFAULT_RESOURCES)),
         "securityContext": container_security,
     }
     container["volumeMounts"] = mounts
@@ -273,6 +338,7 @@ def proxy_job(
         "containers": [container],
         "volumes": volumes,
     }
+    pod_spec.update(copy.deepcopy(dict(pod if pod is not None else pod_placement(settings))))
     template_meta: dict[str, Any] = {"labels": dict(labels)}
     if settings.pod_annotations:
         template_meta["annotations"] = dict(settings.pod_annotations)
