@@ -39,6 +39,7 @@ NO_FOR = {
     "VmguardRepositoryDamaged": "changes only when a verify of the repository finishes",
     "VmguardRestoreFailed": "counts failures over the last hour: each fires for that hour",
     "VmguardProxyFailing": "counts failures over the last hour: each fires for that hour",
+    "VmguardCRDOutdated": "set once at the operator's start: changes only when it restarts",
 }
 
 

@@ -40,6 +40,8 @@ TYPOS = [
     ({"serviceAccount": {"craete": False}}, "craete"),
     ({"crds": {"keeep": False}}, "keeep"),
     ({"replicas": "two"}, "replicas"),
+    ({"prometheusRule": {"disable": {"VmguardBackupFailed": True}}}, "disable"),
+    ({"dashboard": {"enable": False}}, "enable"),
 ]
 
 

@@ -98,6 +98,7 @@ def fed_registry() -> Metrics:
         },
     )
     m.count_repository_check("prod", "r1", "Ready")
+    m.observe_crd("vmguardbackups.vmguard.io", outdated=False)
     m.observe_snapshots("prod", "vc1", [("web-01", "vmguard-1", 1_799_999_000.0)])
     return m
 
