@@ -35,6 +35,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if "lab" not in item.keywords and "unit" not in item.keywords:
             item.add_marker(pytest.mark.lab if "lab" in path.parts else pytest.mark.unit)
+    # Tests that read what the others left (the simulator's call log) run last; the sort
+    # is stable, so every other test keeps its place.
+    items.sort(key=lambda item: "after_all" in item.keywords)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
