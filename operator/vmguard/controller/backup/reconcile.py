@@ -58,6 +58,7 @@ from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
+from vmguard.controller.backup.transport import TransportChoice, choose_transport
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
@@ -239,6 +240,10 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
                 "placement": {"host": vm.host, "datastores": list(vm.datastores)},
             }
         )
+    choice = await _transport(ctx, p, refs)
+    if choice.refused:  # before any snapshot: nothing to clean up, nothing left waiting
+        await p.fail(choice.refused, choice.reason, snapshot_taken=False)
+        return None
     async with ctx.admission:  # count and claim atomically within this operator
         others = [
             steps.Placement.of(o)
@@ -256,6 +261,18 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
         await p.patch({"phase": BackupPhase.SNAPSHOTTING})
     return 0.0
+
+
+TRANSPORT_REASONS = {"nbd": "NBD", "hotadd": "HotAdd", "auto": "HotAddOrNBD"}
+
+
+async def _transport(ctx: BackupContext, p: Patcher, refs: steps.Refs) -> TransportChoice:
+    """What the proxy Job may do here, from the namespace's labels; as a condition."""
+    labels = await ctx.api.namespace_labels(p.ns)
+    choice = choose_transport(refs.policy_spec.get("transport", "auto"), p.ns, labels)
+    if not choice.refused:
+        p.condition("Transport", True, TRANSPORT_REASONS[choice.transport], choice.reason)
+    return choice
 
 
 async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs) -> Any:
@@ -368,13 +385,18 @@ async def _start_attempt(
         await ctx.jobs.ensure_rbac(build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
     remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
+    # Again at each attempt: the namespace's labels may have changed since Pending.
+    choice = await _transport(ctx, p, refs)
+    if choice.refused:
+        await p.fail(choice.refused, choice.reason, snapshot_taken=True)
+        return
     job = builders.build_backup_job(
         obj,
         ctx.proxy,
         vcenter=refs.vcenter["spec"],
         repository=refs.repository["spec"],
         attempt=attempt,
-        transport=refs.policy_spec.get("transport", "auto"),
+        transport=choice.transport,
         active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
         ttl=ctx.settings.job_ttl,
     )

@@ -154,6 +154,12 @@ class KubeAPI:
             f"{plural} {namespace}/{name}",
         )
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """A namespace's labels (its Pod Security level, the platform's consent to
+        privileged proxies); empty when the namespace is gone."""
+        ns = await read_or_none(lambda: self.core.read_namespace(name), f"namespace {name}")
+        return dict((ns.metadata.labels or {}) if ns is not None else {})
+
     async def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         pvc = await read_or_none(
             lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace),

@@ -195,7 +195,9 @@ def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Restricted (Pod Security "restricted" profile) when the proxy reads over NBD. Hot-add
     attaches the snapshot's disks to the proxy's own VM, and reading them needs the block
-    devices: that container runs privileged, as root, and nothing else does.
+    devices: that container runs privileged, as root, and nothing else does. ``transport``
+    is what :mod:`vmguard.controller.backup.transport` chose: ``auto`` or ``hotadd`` only
+    in a namespace whose labels allow privileged proxies.
     """
     if may_hotadd(transport):
         return {"seccompProfile": {"type": "RuntimeDefault"}}, {
