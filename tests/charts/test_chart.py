@@ -268,6 +268,7 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("create", "serviceaccounts"),
             ("patch", "kopfpeerings.kopf.dev"),
             ("get", "namespaces"),  # the labels that say whether a proxy may be privileged
+            ("list", "nodes"),  # which nodes are VMs that could hot-add
         ]
         denied = [
             ("list", "secrets"),
@@ -280,6 +281,7 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("create", "kopfpeerings.kopf.dev"),
             ("create", "leases.coordination.k8s.io"),
             ("patch", "namespaces"),
+            ("patch", "nodes"),
         ]
         assert [a for a in allowed if not can(*a)] == []
         assert [d for d in denied if can(*d)] == []

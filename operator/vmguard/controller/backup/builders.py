@@ -8,7 +8,7 @@ restarts finds the attempt's Job again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.api import LABEL_ATTEMPT, LABEL_POLICY, LABEL_VM, LABEL_VMBACKUP, LABEL_VMBACKUP_UID
@@ -51,12 +51,14 @@ def build_backup_job(
     repository: Mapping[str, Any],
     attempt: int,
     transport: str = "auto",
+    nodes: Sequence[str] = (),
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
 ) -> dict[str, Any]:
     """The proxy Job of one transfer attempt of ``vmbackup``.
 
-    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to.
+    ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to;
+    ``nodes``, when given, are the only nodes its pod may run on (those that can hot-add).
     """
     meta = vmbackup["metadata"]
     labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
@@ -73,6 +75,7 @@ def build_backup_job(
             ([{"name": TRANSPORT_ENV, "value": transport}], [], []),
         ],
         transport=transport,
+        nodes=nodes,
         active_deadline=active_deadline,
         ttl=ttl,
     )

@@ -239,8 +239,12 @@ def proxy_job(
     active_deadline: int,
     ttl: int,
     resources: Mapping[str, Any] | None = None,
+    nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A batch/v1 Job running one proxy container; the operator does the retries."""
+    """A batch/v1 Job running one proxy container; the operator does the retries.
+
+    ``nodes``: the pod runs only on these (required node affinity by node name).
+    """
     env: list[dict[str, Any]] = [
         {"name": LOCATOR_ENV, "value": settings.locator},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
@@ -275,6 +279,13 @@ def proxy_job(
         "containers": [container],
         "volumes": volumes,
     }
+    if nodes:
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": list(nodes)}]}
+        pod_spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+            }
+        }
     template_meta: dict[str, Any] = {"labels": dict(labels)}
     if settings.pod_annotations:
         template_meta["annotations"] = dict(settings.pod_annotations)
