@@ -24,6 +24,7 @@ from tests.controller.backup_helpers import create_backup, data_vm, no_snapshot_
 from tests.vsphere.helpers import our_snapshots
 
 from vmguard.api import LABEL_PRIVILEGED_PROXIES
+from vmguard.api.kinds import BACKUP
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +50,7 @@ def _refusals(kube_api: Any, ns: str) -> list[str]:
 
 
 def _transport(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
-    return objects.condition(objects.get(kube_api, ns, "vmbackups", name), "Transport")
+    return objects.condition(objects.get(kube_api, ns, BACKUP.plural, name), "Transport")
 
 
 def _restricted_proxy(job: Any) -> None:
@@ -72,7 +73,7 @@ def test_auto_backs_up_over_nbd_and_a_demanded_hotadd_fails_naming_pod_security(
     tmp_path: Path,
 ) -> None:
     ns = namespace
-    nobody = {"names": ["no-such-vm-pss"]}  # the VMBackups below name their VM
+    nobody = {"names": ["no-such-vm-pss"]}  # the VMGuardBackups below name their VM
     objects.create_policy(kube_api, ns, "auto", transport="auto", selector=nobody)
     objects.create_policy(kube_api, ns, "hot", transport="hotadd", selector=nobody)
     batch = client.BatchV1Api(kube_api)
@@ -92,7 +93,7 @@ def test_auto_backs_up_over_nbd_and_a_demanded_hotadd_fails_naming_pod_security(
         assert hot["phase"] == "Failed", hot
         assert hot["error"]["reason"] == "PodSecurity", hot
         assert "Pod Security" in hot["error"]["message"], hot
-        ready = objects.condition(objects.get(kube_api, ns, "vmbackups", "hot-1"), "Ready")
+        ready = objects.condition(objects.get(kube_api, ns, BACKUP.plural, "hot-1"), "Ready")
         assert ready["status"] == "False" and "Pod Security" in ready["message"], ready
         assert [j.metadata.name for j in batch.list_namespaced_job(ns).items] == [
             jobs[0].metadata.name
