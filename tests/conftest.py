@@ -35,9 +35,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if "lab" not in item.keywords and "unit" not in item.keywords:
             item.add_marker(pytest.mark.lab if "lab" in path.parts else pytest.mark.unit)
-    # Tests that read what the others captured (tests/captures.py) run last; the sort is
-    # stable, so every other test keeps its place.
-    items.sort(key=lambda item: "after_captures" in item.keywords)
+    # Tests that read what the others captured (tests/captures.py) or left behind (the
+    # simulator's call log) run last; the sort is stable, so every other test keeps its
+    # place.
+    items.sort(key=lambda item: "after_captures" in item.keywords or "after_all" in item.keywords)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,8 @@
 // inventory of up to thousands of VMs, and a control endpoint for tests.
 //
 // It writes STATE_DIR/ready.json once both listeners serve and removes it on
-// exit; see README.md for the flags and the control API.
+// exit, and records the distinct calls it serves in STATE_DIR/calls.jsonl;
+// see README.md for the flags, the call log and the control API.
 package main
 
 import (
@@ -170,7 +171,12 @@ func run(o options) error {
 	store.ActivateAll()
 	log.Printf("inventory of %d VMs built in %s", o.vms, time.Since(start).Round(time.Millisecond))
 
-	sdk, err := startSDK(model, sdkAddr, url.UserPassword(username, password), cert)
+	calls, err := newCallLog(filepath.Join(dir, "calls.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer calls.Close()
+	sdk, err := startSDK(model, sdkAddr, url.UserPassword(username, password), cert, calls)
 	if err != nil {
 		return err
 	}

@@ -171,11 +171,11 @@ type sdkServer struct {
 }
 
 // startSDK registers vcsim's SDK and the vAPI simulator and serves them on
-// addr. vcsim's own server (an httptest-style one, fixed handler) is started
+// addr; every request is recorded in calls (calls.go). vcsim's own server (an httptest-style one, fixed handler) is started
 // by NewServer; its listener is closed again at once and the same address is
 // served by an http.Server of ours, so that every request passes our guard and
 // shutdown is graceful.
-func startSDK(m *simulator.Model, addr string, user *url.Userinfo, cert tls.Certificate) (*sdkServer, error) {
+func startSDK(m *simulator.Model, addr string, user *url.Userinfo, cert tls.Certificate, calls *callLog) (*sdkServer, error) {
 	pass, _ := user.Password()
 	valid := func(u, p string) bool {
 		return subtle.ConstantTimeCompare([]byte(u), []byte(user.Username())) == 1 &&
@@ -223,7 +223,7 @@ func startSDK(m *simulator.Model, addr string, user *url.Userinfo, cert tls.Cert
 		return nil, err
 	}
 	srv := &http.Server{
-		Handler:           datastoreGuard(handler, valid),
+		Handler:           calls.wrap(datastoreGuard(handler, valid), reg.Path),
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 30 * time.Second,
 	}

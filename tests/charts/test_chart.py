@@ -350,6 +350,8 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("update", "roles.rbac.authorization.k8s.io"),
             ("create", "serviceaccounts"),
             ("patch", "kopfpeerings.kopf.dev"),
+            ("get", "namespaces"),  # the labels that say whether a proxy may be privileged
+            ("list", "nodes"),  # which nodes are VMs that could hot-add
         ]
         denied = [
             ("list", "secrets"),
@@ -361,6 +363,8 @@ def test_the_operators_account_may_do_what_it_needs_and_no_more(
             ("delete", "roles.rbac.authorization.k8s.io"),
             ("create", "kopfpeerings.kopf.dev"),
             ("create", "leases.coordination.k8s.io"),
+            ("patch", "namespaces"),
+            ("patch", "nodes"),
         ]
         assert [a for a in allowed if not can(*a)] == []
         assert [d for d in denied if can(*d)] == []

@@ -134,6 +134,28 @@ def test_restricted_security_context_unless_hotadd_may_be_used() -> None:
         assert c["privileged"] is True, transport
 
 
+def test_a_hot_add_proxy_is_pinned_to_the_nodes_that_can_hot_add() -> None:
+    assert "affinity" not in _job("auto")["spec"]["template"]["spec"]
+    job = builders.build_backup_job(
+        BACKUP,
+        SETTINGS,
+        vcenter=VCENTER,
+        repository=REPOSITORY,
+        attempt=1,
+        transport="auto",
+        nodes=("node-b", "node-c"),
+    )
+    affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [
+        {
+            "matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": ["node-b", "node-c"]}
+            ]
+        }
+    ]
+
+
 def test_thumbprint_and_inline_ca_are_values_and_a_long_name_is_bounded() -> None:
     vc = {**VCENTER, "tls": {"thumbprint": "AB:" * 19 + "CD"}}
     job = builders.build_backup_job(

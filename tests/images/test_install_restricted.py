@@ -7,8 +7,10 @@ the pods carry ``lab.vmguard.io/runtime: container``): the operator from
 product's proxy image plus the lab's disk locator). Admission (PodSecurity) and the
 runtime see the securityContext the chart and the Job builders set, so a privilege the
 pods need but the profile refuses, or a file a non-root container cannot read, fails
-here. The policy asks for ``transport: nbd``: with ``auto`` the Job builder makes the
-proxy privileged (issue 14 item 3), which this namespace refuses.
+here. The policy asks for ``transport: auto``: in a namespace whose Pod Security level
+refuses privileged pods the operator gives the proxy NBD and the restricted profile
+(docs/transports.md, "Pod Security"), so it runs where it would otherwise be refused;
+the chart's RBAC lets the operator read the namespace's labels to know.
 
 What each container ran with, as podman reports it, is printed (``-s``) and checked.
 """
@@ -117,7 +119,7 @@ def test_restricted_install_backs_up_and_restores_through_containers(
         objects.create_repository(kube_api, ns, "repo", s3_bucket, key=MASTER_KEY)
         # Selects no VM of the lab: the one VMGuardBackup below names it; nothing else runs.
         objects.create_policy(
-            kube_api, ns, "nbd", transport="nbd", selector={"names": ["no-such-vm-e2e"]}
+            kube_api, ns, "auto", transport="auto", selector={"names": ["no-such-vm-e2e"]}
         )
 
         def swept() -> dict[str, Any] | None:
@@ -132,7 +134,7 @@ def test_restricted_install_backs_up_and_restores_through_containers(
 
         with data_vm(vc, vsim, image_factory, tmp_path) as vm:
             at_backup = disk_hashes(vsim, vm.moref)
-            create_backup(kube_api, ns, "b1", {"moref": vm.moref}, policyRef={"name": "nbd"})
+            create_backup(kube_api, ns, "b1", {"moref": vm.moref}, policyRef={"name": "auto"})
             backup = wait_done(kube_api, ns, "b1", timeout=180)["status"]
             assert backup["phase"] == "Completed", backup
             name = f"restored-{secrets.token_hex(3)}"

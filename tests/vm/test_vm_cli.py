@@ -3,7 +3,8 @@ separate processes against the lab's simulator, nbdkit and MinIO, credentials in
 environment only.
 
 A VM's disk gets known content; a full backup over nbd, guest writes, an incremental
-(auto transport) that reads only a little of the disk; the incremental restored as a
+(auto transport, which picks hot-add: the CLI claims to run on another lab VM) that reads
+only a little of the disk and leaves that VM's disks as they were; the incremental restored as a
 new VM is bit-identical to the disk at that point; the full restored in place rolls
 the writes back. A datastore that does not exist is refused before anything is made. The repository
 ``repo init`` made with the key file opens with it in ``vmguard vm`` (one key rule).
@@ -23,6 +24,7 @@ from tests.engine.cli import Cli
 from tests.vsphere.helpers import our_snapshots, pick_vm, restored_afterwards
 from tests.vsphere.helpers import sha256_file as sha256_of
 from vmguard.vsphere import restore as vrestore
+from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.session import Endpoint
 from vmguard_lab.images import small_mixed
 from vmguard_lab.vsim import VSimControl
@@ -89,8 +91,15 @@ def test_vm_backup_and_restore_commands(
             vsim.write(lab_vm.moref, disk.key, offset, os.urandom(512))
         at_inc = sha256_of(vsim.disk(lab_vm.moref, disk.key).path)
         assert at_inc != at_full
-        inc = cli.run("vm", "backup", lab_vm.moref, *where)
+        # The CLI runs "on" another lab VM (the locator claims its BIOS UUID): auto picks
+        # hot-add, which attaches the snapshot's disk to that VM and detaches it again.
+        proxy = pick_vm(vsim, TAKEN, any_power=True)
+        proxy_uuid = vc.call(lambda si: vm_record(si, proxy.moref)).bios_uuid
+        hot = (*where[:-1], f"lab:proxy={proxy_uuid}")
+        inc = cli.run("vm", "backup", lab_vm.moref, *hot)
         assert re.search(r"^  mode +incremental ", inc.stdout, re.M), inc.stdout
+        assert re.search(r"^  transport +hotadd ", inc.stdout, re.M), inc.stdout
+        assert [d.key for d in vsim.vm(proxy.moref).disks] == [d.key for d in proxy.disks]
         assert 0 < _bytes_read(inc.stdout) <= capacity // 4, inc.stdout
         inc_id = _archive(inc.stdout)
         assert our_snapshots(vc, lab_vm.moref) == []

@@ -61,6 +61,15 @@ COMPONENTS: tuple[GoComponent, ...] = (
         {"helm": "helm.sh/helm/v4/cmd/helm"},
         ("-X helm.sh/helm/v4/internal/version.version=v4.3.1",),
     ),
+    # VMware's govc from govmomi's command packages at the simulator's pin (the same
+    # module, so its download is shared): the vSphere role script's tool
+    # (deploy/vsphere/create-role.sh, docs/install.md). Keep the -X version equal to the pin.
+    GoComponent(
+        "govc",
+        "govc",
+        {"govc": "."},
+        ("-X github.com/vmware/govmomi/cli/flags.BuildVersion=v0.56.0",),
+    ),
     # The fault proxy of the store's network tests (vmguard_lab.faults); not started
     # by `lab up`. Keep the -X version equal to go.mod's pin.
     GoComponent(

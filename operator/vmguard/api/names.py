@@ -72,6 +72,11 @@ LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"
 LABEL_ATTEMPT: Final = "vmguard.io/attempt"
 LABEL_VMRESTORE: Final = "vmguard.io/vmrestore"
 
+# Labels the platform team sets on a namespace.
+LABEL_PRIVILEGED_PROXIES: Final = "vmguard.io/privileged-proxies"
+"""``"true"``: proxy Jobs in this namespace may run privileged, for hot-add (docs/install.md);
+without it every proxy meets the Pod Security ``restricted`` profile."""
+
 
 class Trigger(StrEnum):
     """Values of :data:`LABEL_TRIGGER`."""

@@ -163,7 +163,7 @@ def add_vcenter_options(parser: argparse.ArgumentParser) -> None:
 
 def vcenter_endpoint(args: argparse.Namespace) -> Endpoint:
     """vCenter as the options name it; credentials from the environment only."""
-    from vmguard.vsphere.session import Endpoint  # pyVmomi: only when a vm command runs
+    from vmguard.vsphere.session import Endpoint, user_agent  # pyVmomi: only when a vm command runs
 
     user, password = os.environ.get(VC_USER_ENV), os.environ.get(VC_PASSWORD_ENV)
     if not user or not password:
@@ -175,4 +175,5 @@ def vcenter_endpoint(args: argparse.Namespace) -> Endpoint:
         ca_file=args.vcenter_ca_file,
         thumbprint=args.thumbprint,
         insecure=args.insecure,
+        user_agent=user_agent("cli"),
     )

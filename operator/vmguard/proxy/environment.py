@@ -18,7 +18,7 @@ from vmguard.proxy import contract as env_names
 from vmguard.store import MasterKey, Repository
 from vmguard.store.location import open_repository
 from vmguard.vm.access import DiskLocator, open_locator
-from vmguard.vsphere.session import Endpoint
+from vmguard.vsphere.session import Endpoint, user_agent
 
 
 def endpoint_from(env: Mapping[str, str]) -> Endpoint:
@@ -41,6 +41,7 @@ def endpoint_from(env: Mapping[str, str]) -> Endpoint:
         ca_file=ca_bundle_file(bundle) if bundle else env.get(env_names.VC_CA_FILE_ENV) or None,
         thumbprint=env.get(env_names.VC_THUMBPRINT_ENV) or None,
         insecure=env.get(env_names.VC_INSECURE_ENV) == "true",
+        user_agent=user_agent("proxy"),
     )
 
 

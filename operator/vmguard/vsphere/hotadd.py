@@ -10,7 +10,8 @@ proxy VM needs ``disk.EnableUUID=TRUE``), in the lab from the simulator's path m
 
 :func:`hotadd_possible` is the *auto* choice: hot-add only when the proxy is a VM of the
 same vCenter, in the same datacenter, and sees every datastore of the disks; otherwise
-NBD, and the reason is returned for the backup's status.
+NBD, and the reason is returned for the backup's status. :func:`hotadd_nodes` asks the
+same of every Kubernetes node, so the operator can decide before a proxy pod exists.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import glob
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,22 @@ def hotadd_possible(session: VSphereSession, proxy_bios_uuid: str, vm: VMRecord)
     if missing:
         return "", f"the proxy {proxy.name} does not see datastore(s) {', '.join(missing)}"
     return proxy_moref, f"hot-add through proxy VM {proxy.name}"
+
+
+def hotadd_nodes(
+    session: VSphereSession, vm: VMRecord, node_uuids: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """Which Kubernetes nodes could hot-add ``vm``'s disks: (their names, sorted; node →
+    why not, for the others). ``node_uuids`` maps node names to their system UUID (the
+    BIOS UUID a proxy on that node reads, Kubernetes' ``status.nodeInfo.systemUUID``)."""
+    able, why_not = [], {}
+    for node, uuid in sorted(node_uuids.items()):
+        proxy, reason = hotadd_possible(session, uuid.strip().lower(), vm)
+        if proxy:
+            able.append(node)
+        else:
+            why_not[node] = reason
+    return able, why_not
 
 
 def _free_slots(devices: Sequence[Any], count: int) -> list[tuple[int, int]]:

@@ -31,10 +31,23 @@ from urllib.parse import urlsplit
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import Security, vim, vmodl
 
+from vmguard import __version__
 from vmguard.errors import ConfigError, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+USER_AGENT = f"vmguard/{__version__}"
+"""The User-Agent of requests to vCenter (SOAP and REST) when the caller names no
+component: vCenter lists it with each session, so an admin can tell vmguard's sessions
+apart, and the lab's simulator records it with every call (docs/install.md, "vSphere
+privileges")."""
+
+
+def user_agent(component: str) -> str:
+    """``vmguard/<version> (<component>)``: the User-Agent of the operator, a proxy, the CLI."""
+    return f"{USER_AGENT} ({component})"
+
 
 _TRANSIENT = (
     ConnectionError,
@@ -56,6 +69,8 @@ class Endpoint:
     ca_file: str | None = None
     thumbprint: str | None = None
     insecure: bool = False
+    user_agent: str = USER_AGENT
+    """Sent with every request (SOAP and REST); see :func:`user_agent`."""
 
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url if "//" in self.url else f"https://{self.url}")
@@ -132,6 +147,7 @@ def connect(ep: Endpoint) -> vim.ServiceInstance:
             pwd=ep.password,
             sslContext=_ssl_context(ep),
             connectionPoolTimeout=-1,
+            customHeaders={"User-Agent": ep.user_agent},
         )
     except vim.fault.InvalidLogin as exc:
         raise PermanentError(f"vCenter {host}:{port} refused the login of {ep.username!r}") from exc

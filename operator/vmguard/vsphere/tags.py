@@ -59,6 +59,7 @@ class TagClient:
         self.base = rest_base(ep)
         self.timeout = timeout
         self.http = requests.Session()
+        self.http.headers["User-Agent"] = ep.user_agent
         thumbprint = ep.normalised_thumbprint()
         # Given with every request: a session-level ``verify`` loses to REQUESTS_CA_BUNDLE.
         self.verify: bool | str = True

@@ -8,7 +8,7 @@ restarts finds the attempt's Job again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmguard.api import LABEL_ATTEMPT, LABEL_POLICY, LABEL_VM, LABEL_VMBACKUP, LABEL_VMBACKUP_UID
@@ -52,6 +52,7 @@ def build_backup_job(
     repository: Mapping[str, Any],
     attempt: int,
     transport: str = "auto",
+    nodes: Sequence[str] = (),
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
     policy_proxy: Mapping[str, Any] | None = None,
@@ -61,7 +62,8 @@ def build_backup_job(
     ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to;
     ``policy_proxy`` its policy's ``spec.proxy``, added to the chart's pod settings
     (:func:`~vmguard.controller.kube.proxyjob.policy_pod`: ProxySettingsNotAllowed when
-    the chart does not allow it).
+    the chart does not allow it); ``nodes``, when given, are the only nodes its pod may
+    run on (those that can hot-add).
     """
     meta = vmbackup["metadata"]
     labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
@@ -78,6 +80,7 @@ def build_backup_job(
             ([{"name": TRANSPORT_ENV, "value": transport}], [], []),
         ],
         transport=transport,
+        nodes=nodes,
         active_deadline=active_deadline,
         ttl=ttl,
         pod=policy_pod(settings, policy_proxy),

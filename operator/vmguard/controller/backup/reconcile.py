@@ -60,6 +60,7 @@ from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
+from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
@@ -247,6 +248,10 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
                 "placement": {"host": vm.host, "datastores": list(vm.datastores)},
             }
         )
+    choice = await _transport(ctx, p, refs)
+    if choice.refused:  # before any snapshot: nothing to clean up, nothing left waiting
+        await p.fail(choice.refused, choice.reason, snapshot_taken=False)
+        return None
     async with ctx.admission:  # count and claim atomically within this operator
         others = [
             steps.Placement.of(o)
@@ -264,6 +269,28 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
         await p.patch({"phase": BackupPhase.SNAPSHOTTING})
     return 0.0
+
+
+TRANSPORT_REASONS = {"nbd": "NBD", "hotadd": "HotAdd", "auto": "HotAddOrNBD"}
+
+
+async def _transport(
+    ctx: BackupContext, p: Patcher, refs: steps.Refs, on_capable_nodes: str = ""
+) -> TransportChoice:
+    """What the proxy Job may do here, from the namespace's labels and, with
+    ``on_capable_nodes`` (the VM's moref), the nodes that can hot-add it; as a condition."""
+    labels = await ctx.api.namespace_labels(p.ns)
+    choice = choose_transport(refs.policy_spec.get("transport", "auto"), p.ns, labels)
+    if on_capable_nodes and choice.transport != "nbd" and not choice.refused:
+        nodes = await ctx.api.node_uuids()
+        ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+        able, why_not = await asyncio.to_thread(
+            steps.hotadd_nodes_blocking, ep, on_capable_nodes, nodes
+        )
+        choice = on_nodes(choice, able, why_not)
+    if not choice.refused:
+        p.condition("Transport", True, TRANSPORT_REASONS[choice.transport], choice.reason)
+    return choice
 
 
 async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs) -> Any:
@@ -376,6 +403,12 @@ async def _start_attempt(
         await ctx.jobs.ensure_rbac(build_proxy_rbac(p.ns, ctx.proxy.service_account))
         ctx.rbac_done.add(p.ns)
     remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
+    # Again at each attempt: the namespace's labels may have changed since Pending. A
+    # privileged proxy only on a node that can hot-add this VM (asked of vCenter now).
+    choice = await _transport(ctx, p, refs, on_capable_nodes=obj["status"]["vm"]["moref"])
+    if choice.refused:
+        await p.fail(choice.refused, choice.reason, snapshot_taken=True)
+        return
     try:
         job = builders.build_backup_job(
             obj,
@@ -383,7 +416,8 @@ async def _start_attempt(
             vcenter=refs.vcenter["spec"],
             repository=refs.repository["spec"],
             attempt=attempt,
-            transport=refs.policy_spec.get("transport", "auto"),
+            transport=choice.transport,
+            nodes=choice.nodes,
             active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
             ttl=ctx.settings.job_ttl,
             policy_proxy=refs.policy_spec.get("proxy"),

@@ -34,6 +34,8 @@ from vmguard.errors import ConfigError
 from vmguard.store import Repository
 from vmguard.vm.cycle import Finished, Prepared, finish, prepare, resolve_vm
 from vmguard.vsphere.guestops import GuestCredentials, Hook, HookPlan, HookResult
+from vmguard.vsphere.hotadd import hotadd_nodes
+from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
 
@@ -140,6 +142,18 @@ def resolve_vm_blocking(ep: Endpoint, vm: Mapping[str, str]) -> VMRecord:
             instance_uuid=vm.get("instanceUuid", ""),
             name=vm.get("name", ""),
         )
+    finally:
+        session.close()
+
+
+def hotadd_nodes_blocking(
+    ep: Endpoint, vm_moref: str, node_uuids: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The nodes whose VM could hot-add this VM's disks, and why not for the others."""
+    session = VSphereSession(ep)
+    try:
+        vm = session.call(lambda si: vm_record(si, vm_moref))
+        return hotadd_nodes(session, vm, node_uuids)
     finally:
         session.close()
 

@@ -39,7 +39,7 @@ from vmguard.errors import ConfigError, RepositorySpecMismatchError
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import Backend
 from vmguard.store.location import open_location
-from vmguard.vsphere.session import Endpoint
+from vmguard.vsphere.session import Endpoint, user_agent
 
 __all__ = [
     "create_repository",
@@ -92,6 +92,7 @@ async def endpoint_for(api: KubeAPI, namespace: str, spec: dict[str, Any]) -> En
         ca_file=ca_file,
         thumbprint=tls.get("thumbprint"),
         insecure=bool(tls.get("insecureSkipVerify")),
+        user_agent=user_agent("operator"),
     )
 
 

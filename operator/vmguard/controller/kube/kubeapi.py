@@ -154,6 +154,28 @@ class KubeAPI:
             f"{plural} {namespace}/{name}",
         )
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """A namespace's labels (its Pod Security level, the platform's consent to
+        privileged proxies); empty when the namespace is gone."""
+        ns = await read_or_none(lambda: self.core.read_namespace(name), f"namespace {name}")
+        return dict((ns.metadata.labels or {}) if ns is not None else {})
+
+    async def node_uuids(self) -> dict[str, str]:
+        """Node name → ``status.nodeInfo.systemUUID`` (the BIOS UUID of a node that is a VM)."""
+
+        def read() -> dict[str, str]:
+            try:
+                nodes = self.core.list_node().items
+            except client.ApiException as exc:
+                raise RetryableError(f"listing nodes: {exc.status}") from None
+            return {
+                n.metadata.name: (n.status.node_info.system_uuid if n.status.node_info else "")
+                or ""
+                for n in nodes
+            }
+
+        return await asyncio.to_thread(read)
+
     async def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         pvc = await read_or_none(
             lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace),

@@ -199,7 +199,9 @@ def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Restricted (Pod Security "restricted" profile) when the proxy reads over NBD. Hot-add
     attaches the snapshot's disks to the proxy's own VM, and reading them needs the block
-    devices: that container runs privileged, as root, and nothing else does.
+    devices: that container runs privileged, as root, and nothing else does. ``transport``
+    is what :mod:`vmguard.controller.backup.transport` chose: ``auto`` or ``hotadd`` only
+    in a namespace whose labels allow privileged proxies.
     """
     if may_hotadd(transport):
         return {"seccompProfile": {"type": "RuntimeDefault"}}, {
@@ -298,12 +300,14 @@ def proxy_job(
     ttl: int,
     resources: Mapping[str, Any] | None = None,
     pod: Mapping[str, Any] | None = None,
+    nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A batch/v1 Job running one proxy container; the operator does the retries.
 
     ``pod``: where the pod runs and with what priority and pull Secrets (default:
     :func:`pod_placement`, the chart's); ``resources``: the container's (default: the
-    chart's ``settings.resources``, else :data:`DEFAULT_RESOURCES`)."""
+    chart's ``settings.resources``, else :data:`DEFAULT_RESOURCES`); ``nodes``: the pod
+    runs only on these, in addition to ``pod``'s own placement (:func:`only_on_nodes`)."""
     env: list[dict[str, Any]] = [
         {"name": LOCATOR_ENV, "value": settings.locator},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
@@ -339,6 +343,8 @@ def proxy_job(
         "volumes": volumes,
     }
     pod_spec.update(copy.deepcopy(dict(pod if pod is not None else pod_placement(settings))))
+    if nodes:
+        pod_spec["affinity"] = only_on_nodes(pod_spec.get("affinity"), nodes)
     template_meta: dict[str, Any] = {"labels": dict(labels)}
     if settings.pod_annotations:
         template_meta["annotations"] = dict(settings.pod_annotations)
@@ -410,3 +416,19 @@ def build_proxy_rbac(namespace: str, service_account: str) -> list[dict[str, Any
             ],
         },
     ]
+
+
+def only_on_nodes(affinity: Mapping[str, Any] | None, nodes: Sequence[str]) -> dict[str, Any]:
+    """``affinity`` (the chart's or a policy's) narrowed to ``nodes`` by name. A required
+    node affinity's terms are ORed and a term's requirements ANDed, so the node names are
+    added to every existing term (or make the only one): the pod still meets the placement
+    it had, on one of ``nodes``."""
+    out = copy.deepcopy(dict(affinity or {}))
+    node_affinity = out.setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    by_name = {"key": "metadata.name", "operator": "In", "values": list(nodes)}
+    terms = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [
+        {**term, "matchFields": [*term.get("matchFields", []), by_name]} for term in terms
+    ]
+    return out
