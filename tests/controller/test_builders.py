@@ -388,3 +388,34 @@ def test_a_policy_adds_to_the_charts_pod_settings_only_what_the_chart_allows() -
         assert named in str(exc.value) and listed in str(exc.value)
     with pytest.raises(ProxySettingsNotAllowed, match=r"policyMay\.priorityClassNames: none"):
         proxyjob.policy_pod(SETTINGS, {"priorityClassName": "backup-high"})
+
+
+@pytest.mark.unit
+def test_a_hot_add_node_pin_narrows_the_placement_it_is_given() -> None:
+    # The chart's (or a policy's) required node affinity keeps holding: the node names
+    # are ANDed into each of its terms, never put in place of them.
+    ssd = {"key": "disktype", "operator": "In", "values": ["ssd"]}
+    chart = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [ssd]}]
+            }
+        },
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+    }
+    pinned = proxyjob.only_on_nodes(chart, ["esx-proxy-1"])
+    terms = pinned["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    by_name = {"key": "metadata.name", "operator": "In", "values": ["esx-proxy-1"]}
+    assert terms == [{"matchExpressions": [ssd], "matchFields": [by_name]}]
+    assert pinned["podAntiAffinity"] == chart["podAntiAffinity"]
+    assert (
+        "matchFields"
+        not in chart["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ][0]
+    )  # the caller's value is left as it was
+    assert proxyjob.only_on_nodes(None, ["n1"])["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ] == {"nodeSelectorTerms": [{"matchFields": [{**by_name, "values": ["n1"]}]}]}
