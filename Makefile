@@ -42,10 +42,12 @@ test: venv lab-build lint
 	@VMGUARD_LAB_DIR=$${VMGUARD_LAB_DIR:-$(CURDIR)/.lab-test} $(BIN)/pytest -p no:cacheprovider
 
 # The randomized store schedules (GC, prune, readers and backups over slow, failed and
-# ambiguous writes) at their full count; `make test` runs a fixed-seed subset of them.
+# ambiguous writes) and the CLI backup killed at random points, at their full count;
+# `make test` runs a fixed-seed subset of them.
 soak: venv
-	@echo "[soak] randomized store schedules, full count"
-	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py tests/store/test_gc_races_s3.py --soak
+	@echo "[soak] randomized schedules, full count"
+	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py tests/store/test_gc_races_s3.py \
+		tests/engine/test_cli_minio.py::test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive --soak
 
 demo: venv lab-build
 	@$(BIN)/vmguard-lab demo

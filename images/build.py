@@ -12,11 +12,16 @@ local image store of podman (root, ``/var/lib/containers/storage``):
 3. with ``--lab``: ``vmguard-proxy:lab``, ``lab/image/Containerfile`` over the proxy image
    (the lab's distribution, for tests only).
 
-Invariants: a step runs again only when a hash of its inputs changed (the stamps under
-``$VMGUARD_CACHE_DIR/images-v<N>/``, default ``~/.cache/vmguard``) or its image is gone
-from the store; the product's build context never contains ``lab/`` (the lab is a
-separate distribution whose wheel only step 3 sees). ``images.json`` next to the stamps
-records each image's reference, id, digest and size for the chart and the tests.
+Invariants: a step runs again only when no build of the same inputs is in the store:
+each build is tagged with a hash of its inputs (``:build-<hash>``, ``:lab-<hash>``; the
+stamps under ``$VMGUARD_CACHE_DIR/images-v<N>/``, default ``~/.cache/vmguard``, are kept
+per hash too), so checkouts that differ (worktrees, branches) each keep their build and
+switching between them is a cache hit; the :data:`KEEP_BUILDS` newest builds of each image
+stay, older ones are removed. The version tags (``vmguard-operator:<version>``,
+``vmguard-proxy:<version>``, ``vmguard-proxy:lab``) point at the last checkout built.
+The product's build context never contains ``lab/`` (the lab is a separate distribution
+whose wheel only step 3 sees). ``images.json`` next to the stamps (and ``--json PATH``)
+records each image's build reference, id, digest and size for the chart and the tests.
 
 Podman runs with runc and cgroupfs and host networking (``PODMAN_FLAGS``): what works
 on a machine without systemd or a cgroup-v2 delegation, and the same on any other.
@@ -69,6 +74,8 @@ def ulimit_flags() -> tuple[str, ...]:
 LABEL = "io.vmguard.build"  # on everything built here: what prune_superseded may remove
 BUILD_FLAGS = ("--network=host", *ulimit_flags(), "--layers", f"--label={LABEL}=1")
 PRODUCT_FILES = ("pyproject.toml", "README.md", "operator")
+KEEP_BUILDS = 4
+"""Builds of each image kept in the store (newest first): one per checkout in use."""
 
 
 def _say(msg: str) -> None:
@@ -148,15 +155,18 @@ class Stamps:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    def _path(self, step: str, inputs: str) -> Path:
+        return self.root / f"{step}-{inputs[:16]}.json"
+
     def fresh(self, step: str, inputs: str, refs: tuple[str, ...]) -> bool:
         try:
-            done = json.loads((self.root / f"{step}.json").read_text()).get("inputs") == inputs
+            done = json.loads(self._path(step, inputs).read_text()).get("inputs") == inputs
         except (OSError, ValueError):
             done = False
         return done and all(image_exists(r) for r in refs)
 
     def record(self, step: str, inputs: str) -> None:
-        (self.root / f"{step}.json").write_text(json.dumps({"inputs": inputs}))
+        self._path(step, inputs).write_text(json.dumps({"inputs": inputs}))
 
 
 def build_base(stamps: Stamps, inputs: str) -> str:
@@ -209,8 +219,9 @@ def _wheels(dest: Path, *sources: str) -> None:
 
 
 def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> dict[str, str]:
-    refs = {name: f"localhost/vmguard-{name}:{version}" for name in ("operator", "proxy")}
+    refs = {name: f"localhost/vmguard-{name}:build-{inputs[:12]}" for name in ("operator", "proxy")}
     if stamps.fresh("product", inputs, tuple(refs.values())):
+        _tag_version(refs, version)
         return refs
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vmguard-images-") as tmp:
@@ -247,13 +258,25 @@ def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> d
                 capture=True,
             )
     stamps.record("product", inputs)
+    _tag_version(refs, version)
     _say(f"operator and proxy images in {time.monotonic() - started:.0f}s")
     return refs
 
 
+def _tag_version(refs: dict[str, str], version: str) -> None:
+    """Point ``vmguard-<name>:<version>`` (what ``make images`` promises, docs/install.md)
+    at this checkout's build."""
+    for name, ref in refs.items():
+        podman("tag", ref, f"localhost/vmguard-{name}:{version}", capture=True)
+
+
+LAB_REF = "localhost/vmguard-proxy:lab"
+
+
 def build_lab(stamps: Stamps, proxy_ref: str, inputs: str) -> str:
-    ref = "localhost/vmguard-proxy:lab"
+    ref = f"localhost/vmguard-proxy:lab-{inputs[:12]}"
     if stamps.fresh("lab", inputs, (ref,)):
+        podman("tag", ref, LAB_REF, capture=True)
         return ref
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vmguard-lab-image-") as tmp:
@@ -285,20 +308,34 @@ def build_lab(stamps: Stamps, proxy_ref: str, inputs: str) -> str:
             capture=True,
         )
     stamps.record("lab", inputs)
+    podman("tag", ref, LAB_REF, capture=True)
     _say(f"lab layer {ref} in {time.monotonic() - started:.0f}s")
     return ref
 
 
 def prune_superseded(base_ref: str) -> None:
-    """Remove what earlier builds left: bases of other inputs and untagged images, only
-    those carrying :data:`LABEL` (the store may hold other images)."""
-    listed = podman(
-        "images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}}",
-        capture=True,
-    )  # fmt: skip
-    old = [r for r in listed.split() if r.startswith("localhost/vmguard-base:") and r != base_ref]
-    if old:
-        podman("rmi", *old, capture=True)
+    """Remove what earlier builds left, only images carrying :data:`LABEL` (the store may
+    hold other images): bases of other inputs, builds beyond the :data:`KEEP_BUILDS`
+    newest of each image, untagged images. Best effort: an image a container still uses
+    (another checkout's test, say) stays until a later build."""
+    images = json.loads(
+        podman("images", "--filter", f"label={LABEL}", "--format", "json", capture=True) or "[]"
+    )
+    builds: dict[str, list[tuple[int, str]]] = {}
+    old: list[str] = []
+    for image in images:
+        for ref in image.get("Names") or []:
+            repo, _, tag = ref.rpartition(":")
+            if repo == "localhost/vmguard-base" and ref != base_ref:
+                old.append(ref)
+            elif tag.startswith(("build-", "lab-")):
+                builds.setdefault(f"{repo}:{tag.split('-')[0]}", []).append(
+                    (int(image.get("Created") or 0), ref)
+                )
+    for listed in builds.values():
+        old += [ref for _, ref in sorted(listed, reverse=True)[KEEP_BUILDS:]]
+    for ref in old:
+        subprocess.run(["podman", *PODMAN_FLAGS, "rmi", ref], capture_output=True, check=False)
     podman("image", "prune", "--force", "--filter", f"label={LABEL}", capture=True)
 
 
@@ -325,6 +362,9 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="images/build.py", description=__doc__.split("\n")[0])
     parser.add_argument("--lab", action="store_true", help="also vmguard-proxy:lab (tests)")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the images' description to PATH"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("[images] run as root: mmdebstrap --mode=root and podman's root store")
@@ -339,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     refs["base"] = base_ref
     prune_superseded(base_ref)
     described = describe(refs)
-    (stamps.root / "images.json").write_text(json.dumps(described, indent=2) + "\n")
+    for out in (stamps.root / "images.json", args.json):
+        if out is not None:
+            out.write_text(json.dumps(described, indent=2) + "\n")
     for name, d in described.items():
         _say(f"{name:10} {d['ref']:36} {int(str(d['size'])) / 1e6:7.1f} MB  {d['digest']}")
     _say(f"done in {time.monotonic() - started:.0f}s; {stamps.root / 'images.json'}")

@@ -107,12 +107,19 @@ def lab_run(*options: str) -> list[str]:
     return [sys.executable, "-m", "vmguard_lab.run", *options]
 
 
+LAB_BACKUP_POLL = "0.5"
+"""How often a lab operator looks at a backup's proxy Job (``VMGUARD_BACKUP_POLL``; 2 s
+by default): the lab's Jobs are local processes that end within seconds, and every
+backup in the suite would otherwise wait a second or two past its Job's end."""
+
+
 def operator_env(lab: Any, lab_state: dict[str, Any]) -> dict[str, str]:
     return dict(
         os.environ,
         KUBECONFIG=str(lab.paths.kubeconfig),
         VMGUARD_PROXY_COMMAND=json.dumps([sys.executable, "-m", "vmguard.cli"]),
         VMGUARD_PROXY_LOCATOR=f"lab:{lab_state['vsphere']['control_url']}",
+        VMGUARD_BACKUP_POLL=LAB_BACKUP_POLL,
     )
 
 

@@ -5,6 +5,9 @@ Crash safety (SIGKILL at random points), corruption (flip, truncate, delete), en
 reports what it may not delete and deletes nothing locked). Each test checks the
 invariants of BRIEF §9 that apply: completed archives restore bit-exact, deep verify
 is clean, and no secret appears in any output.
+
+The random kills are a seeded schedule: ``pytest`` makes :data:`KILLS` of them,
+``pytest --soak`` (``make soak``) :data:`SOAK_KILLS`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from tests.engine.helpers import random_disk, sha256_file
 
 pytestmark = pytest.mark.lab
 CHUNK = 64 * 1024
+KILLS = 6
+"""Random kills in every test run (the first ones of the seeded schedule)."""
+SOAK_KILLS = 20
+"""Random kills with ``--soak``."""
 
 
 def _init(cli: Cli, *extra: str) -> None:
@@ -53,8 +60,9 @@ def _chunk_objects(client: Any, bucket: str, prefix: str) -> int:
 
 
 def test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive(
-    s3_bucket: dict[str, Any], minio_client: Any, tmp_path: Path
+    s3_bucket: dict[str, Any], minio_client: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    wanted = SOAK_KILLS if request.config.getoption("soak") else KILLS
     cli = Cli.for_bucket(s3_bucket, "crash", None)
     _init(cli)
     image = _image(tmp_path / "disk.img", 11, 320)
@@ -66,7 +74,7 @@ def test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive(
     [first] = _archives(cli)
     rng = random.Random(2024)
     kills = attempts = 0
-    while kills < 20 and attempts < 100:
+    while kills < wanted and attempts < 100:
         attempts += 1
         # Alternate full runs of a changed disk (uploads) with re-runs (mostly dedup).
         if attempts % 2:
@@ -83,7 +91,7 @@ def test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive(
             kills += 1
         for archive in fresh:  # a visible archive is a whole one
             assert _restore_sha(cli, archive, tmp_path / "check.img") == sha256_file(image)
-    assert kills >= 20
+    assert kills >= wanted
     verify = cli.run("repo", "verify", "--deep", "--json")
     assert json.loads(verify.stdout)["ok"]
     # One more run of a changed disk, killed as soon as it has uploaded something (a

@@ -1,5 +1,7 @@
 """The product's images and the lab's layer, built by ``images/build.py --lab`` (cached
-by a hash of the inputs: a warm run only checks the stamps) into podman's local store."""
+by a hash of the inputs: a warm run only checks the stamps) into podman's local store.
+The description is this session's own file (``--json``), not the shared ``images.json``
+another checkout's build may rewrite meanwhile."""
 
 from __future__ import annotations
 
@@ -16,19 +18,12 @@ PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 
 
 @pytest.fixture(scope="session")
-def built_images() -> dict[str, dict[str, Any]]:
+def built_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """name -> {ref, id, digest, size} for base, operator, proxy and proxy-lab."""
-    subprocess.run(
-        [sys.executable, str(REPO / "images" / "build.py"), "--lab"], check=True, timeout=2400
-    )
-    sys.path.insert(0, str(REPO / "images"))
-    try:
-        import build  # images/build.py: where it keeps images.json
-    finally:
-        sys.path.pop(0)
-    described: dict[str, dict[str, Any]] = json.loads(
-        (build.cache_dir() / "images.json").read_text()
-    )
+    out = tmp_path_factory.mktemp("images") / "images.json"
+    build = [sys.executable, str(REPO / "images" / "build.py"), "--lab", "--json", str(out)]
+    subprocess.run(build, check=True, timeout=2400)
+    described: dict[str, dict[str, Any]] = json.loads(out.read_text())
     return described
 
 
