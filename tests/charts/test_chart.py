@@ -266,7 +266,71 @@ def test_cluster_wide_rendering_uses_a_cluster_role_and_peering(render: Render) 
     assert not watch_rbac(docs, "Role", "RoleBinding", "KopfPeering")
     assert len(of_kind(docs, "ClusterKopfPeering")) == 1
     names = {r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")}
-    assert names == {"vmguard-vmguard", "vmguard-vmguard-discovery"}
+    assert names == {
+        "vmguard-vmguard",
+        "vmguard-vmguard-discovery",
+        "vmguard-view",
+        "vmguard-edit",
+    }
+
+
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def _aggregated(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        r["metadata"]["name"].rsplit("-", 1)[1]: r
+        for r in of_kind(docs, "ClusterRole")
+        if any(k.startswith(AGGREGATE) for k in r["metadata"]["labels"])
+    }
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (resource, verb)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        if rule["apiGroups"] == ["vmguard.io"]
+    }
+
+
+@pytest.mark.unit
+def test_aggregated_view_and_edit_roles_follow_the_tenancy_model(render: Render) -> None:
+    roles = _aggregated(render())
+    assert set(roles) == {"view", "edit"}
+    labels = {
+        name: {k for k in r["metadata"]["labels"] if k.startswith(AGGREGATE)}
+        for name, r in roles.items()
+    }
+    assert labels["view"] == {AGGREGATE + "view", AGGREGATE + "edit", AGGREGATE + "admin"}
+    assert labels["edit"] == {AGGREGATE + "edit", AGGREGATE + "admin"}
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["vmguard.io"], rule  # nothing on Secrets or any core kind
+    kinds = [
+        "vcenters",
+        "vmguardrepositories",
+        "vmprotectionpolicies",
+        "vmguardbackups",
+        "vmguardrestores",
+    ]
+    view = _grants(roles["view"])
+    assert {(k, v) for k in kinds for v in ("get", "list", "watch")} <= view
+    assert {v for _, v in view} == {"get", "list", "watch"}
+    edit = _grants(roles["edit"])
+    assert {
+        (k, v) for k in ("vmguardbackups", "vmguardrestores") for v in ("create", "delete")
+    } <= edit
+    # Tenants never change where credentials come from, nor what the operator recorded.
+    assert not {k for k, _ in edit} & {"vcenters", "vmguardrepositories", "vmprotectionpolicies"}
+    assert not any(k.endswith("/status") for k, _ in edit)
+
+
+@pytest.mark.unit
+def test_aggregated_roles_can_be_disabled(render: Render) -> None:
+    assert set(_aggregated(render({"aggregatedRoles": {"edit": False}}))) == {"view"}
+    assert not _aggregated(render({"aggregatedRoles": {"view": False, "edit": False}}))
 
 
 @pytest.mark.unit
