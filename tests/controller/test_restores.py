@@ -32,7 +32,7 @@ from tests.controller.restore_helpers import (
     restore_jobs,
 )
 from tests.controller.scrape import scrape, value
-from tests.vsphere.helpers import MiB, pick_vm, restored_afterwards, sha256_file
+from tests.vsphere.helpers import MiB, borrowed, sha256_file
 
 from vmguard.engine.restore import restore_disk
 from vmguard.errors import RestoreRejected
@@ -85,8 +85,7 @@ def _hashes(vsim: VSimControl, moref: str) -> dict[int, str]:
 
 @pytest.fixture
 def two_disk_vm(vc: Any, vsim: VSimControl, image_factory: Any, tmp_path: Path) -> Iterator[VSimVM]:
-    lab_vm = pick_vm(vsim, TAKEN, disks=2, any_power=True)
-    with restored_afterwards(vc, vsim, lab_vm, tmp_path):
+    with borrowed(vc, vsim, TAKEN, tmp_path, disks=2, any_power=True) as lab_vm:
         first, second = lab_vm.disks[:2]
         ext4 = image_factory.build(gpt_ext4(), 11, tmp_path / "ext4.img")
         mixed = image_factory.build(small_mixed(), 12, tmp_path / "mixed.img")
@@ -157,8 +156,7 @@ def test_new_vm_from_a_backup_is_bit_identical(
 @pytest.fixture
 def one_disk_vm(vc: Any, vsim: VSimControl, image_factory: Any, tmp_path: Path) -> Iterator[VSimVM]:
     """A powered-on VM whose disk holds the mixed-content image."""
-    lab_vm = pick_vm(vsim, TAKEN)
-    with restored_afterwards(vc, vsim, lab_vm, tmp_path):
+    with borrowed(vc, vsim, TAKEN, tmp_path) as lab_vm:
         mixed = image_factory.build(small_mixed(), 13, tmp_path / "one.img")
         vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(mixed.path))
         yield vsim.vm(lab_vm.moref)
@@ -252,8 +250,7 @@ def test_a_disk_attached_to_another_vm_is_bit_identical(
     source = one_disk_vm
     at_backup = _hashes(vsim, source.moref)[source.disks[0].key]
     completed_backup(kube_api, namespace, "app-1", vc, repo, source.moref, locator)
-    other = pick_vm(vsim, TAKEN)
-    with restored_afterwards(vc, vsim, other, tmp_path):
+    with borrowed(vc, vsim, TAKEN, tmp_path) as other:
         from vmguard.vsphere import restore as vrestore
 
         vrestore.power(vc, other.moref, on=False)
@@ -283,8 +280,7 @@ def ext4_vm(
     vc: Any, vsim: VSimControl, image_factory: Any, tmp_path: Path
 ) -> Iterator[tuple[VSimVM, DiskImage]]:
     """A VM whose disk holds a GPT disk with a FAT partition and an ext4 root (p2)."""
-    lab_vm = pick_vm(vsim, TAKEN)
-    with restored_afterwards(vc, vsim, lab_vm, tmp_path):
+    with borrowed(vc, vsim, TAKEN, tmp_path) as lab_vm:
         image = image_factory.build(gpt_ext4(), 14, tmp_path / "ext4.img")
         vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(image.path))
         yield vsim.vm(lab_vm.moref), image
@@ -562,8 +558,7 @@ def test_preparing_twice_adopts_what_the_first_attempt_made(
     finally:
         destroy_vm(vc, first.vm["moref"])
 
-    other = pick_vm(vsim, TAKEN)
-    with restored_afterwards(vc, vsim, other, tmp_path):
+    with borrowed(vc, vsim, TAKEN, tmp_path) as other:
         from vmguard.vsphere import restore as vrestore
 
         vrestore.power(vc, other.moref, on=False)

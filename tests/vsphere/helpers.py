@@ -41,6 +41,21 @@ def pick_vm(
     pytest.fail(f"no free VM with {disks} disk(s), cbt={cbt} in the lab")
 
 
+@contextlib.contextmanager
+def borrowed(
+    vc: VSphereSession, vsim: VSimControl, taken: set[str], tmp: Path, **pick: Any
+) -> Iterator[VSimVM]:
+    """A VM picked as :func:`pick_vm` does (``pick``: its keyword arguments), left as
+    found afterwards (:func:`restored_afterwards`) and then free for the next test: a
+    module that only ever takes VMs runs the lab out of them as it grows."""
+    lab_vm = pick_vm(vsim, taken, **pick)
+    try:
+        with restored_afterwards(vc, vsim, lab_vm, tmp):
+            yield lab_vm
+    finally:
+        taken.discard(lab_vm.moref)
+
+
 def our_snapshots(vc: VSphereSession, moref: str) -> list[Any]:
     return list(vc.call(lambda si: vm_record(si, moref)).our_snapshots)
 
