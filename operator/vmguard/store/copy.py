@@ -21,7 +21,7 @@ rule the target keeps for a backup therefore holds for a copy. Invariants:
   is skipped: re-running a copy is idempotent, and a killed copy resumes, finding the
   chunks it uploaded already stored (no chunk is uploaded twice). What a killed copy
   left (chunks, indexes without a manifest, its lease) is what GC reclaims after any
-  failed backup (format §7.4).
+  failed backup (format §7.3).
 - Source and target must be different repositories that do not overlap (same bucket
   and nested prefixes, or nested directories), and have the same chunk size (the
   positional mapping and the index format depend on it); otherwise nothing is written.
