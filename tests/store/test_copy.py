@@ -8,13 +8,14 @@ source, overlaps it or has another chunk size is refused before anything is writ
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from tests.store.conftest import CHUNK
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore
 from vmguard.errors import ConfigError
-from vmguard.store import HOLE, FixedIndex, MasterKey, Repository, ScryptParams
+from vmguard.store import HOLE, FixedIndex, MasterKey, Repository, ScryptParams, names
 from vmguard.store.backend import MemoryBackend
 from vmguard.store.copy import (
     COPIED_FROM_LABEL,
@@ -155,3 +156,31 @@ def test_overlapping_locations_are_refused(a: str, b: str) -> None:
 )
 def test_disjoint_locations_are_accepted(a: str, b: str) -> None:
     check_distinct(a, b)
+
+
+def test_a_chunk_the_earlier_copy_lost_is_read_from_the_source_again() -> None:
+    source, target = _repo(SOURCE_KEY), _repo(TARGET_KEY)
+    ids, images = _chain(source)
+    full = copy_archive(source, target, ids[0])
+    index = target.load_index(target.load_archive(full.target_archive), "d0")
+    lost = next(n for n, c in enumerate(index) if c != HOLE and n not in CHANGED)
+    target.backend.delete(names.chunk_name(index[lost]))
+
+    inc = copy_archive(source, target, ids[1])
+
+    assert inc.chunks_read == len(CHANGED) + 1
+    assert restore(target, target.load_archive(inc.target_archive), "d0") == images[1]
+    assert verify(target, archive_ids=[inc.target_archive], deep=True).ok
+
+
+def test_repo_copy_without_a_selection_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmguard.cli.main import main
+
+    argv = ["repo", "copy", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert "name the archives to copy, or use --vm VM or --all" in capsys.readouterr().err
+    assert main([*argv, "--all", "--vm", "x"]) == 2
+    assert main(["repo", "copy", "--from", "/srv/r", "--to", "/srv/r/c", "--all"]) == 1
+    assert "overlaps the source" in capsys.readouterr().err
