@@ -16,7 +16,7 @@ from tests.store.conftest import CHUNK
 from tests.store.helpers import FAST_KDF_N, backup, disk_image, restore
 from vmguard.errors import ConfigError
 from vmguard.store import HOLE, FixedIndex, MasterKey, Repository, ScryptParams, names
-from vmguard.store.backend import MemoryBackend
+from vmguard.store.backend import LocalBackend, MemoryBackend
 from vmguard.store.copy import (
     COPIED_FROM_LABEL,
     check_distinct,
@@ -184,3 +184,19 @@ def test_repo_copy_without_a_selection_is_a_usage_error(
     assert main([*argv, "--all", "--vm", "x"]) == 2
     assert main(["repo", "copy", "--from", "/srv/r", "--to", "/srv/r/c", "--all"]) == 1
     assert "overlaps the source" in capsys.readouterr().err
+
+
+def test_the_engine_refuses_a_target_nested_in_the_source(tmp_path: Path) -> None:
+    outer = Repository.init(
+        LocalBackend(tmp_path / "repo"), chunk_size=CHUNK, kdf=ScryptParams(n=FAST_KDF_N)
+    )
+    ids, _ = _chain(outer)
+    inner = Repository.init(
+        LocalBackend(tmp_path / "repo" / "copies"),
+        master_key=TARGET_KEY,
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+    )
+    with pytest.raises(ConfigError, match="overlaps the source"):
+        copy_archives(outer, inner, ids)
+    assert inner.list_archives() == []

@@ -110,8 +110,20 @@ def check_distinct(source: str | Location, target: str | Location) -> None:
         )
 
 
+def _location(repo: Repository) -> Location | None:
+    """Where the repository lives, when its backend is reachable by URL (not memory)."""
+    try:
+        return parse_location(repo.backend.location)
+    except ConfigError:
+        return None
+
+
 def check_compatible(source: Repository, target: Repository) -> None:
-    """ConfigError when the target cannot hold copies of the source's archives."""
+    """ConfigError when the target cannot hold copies of the source's archives: the
+    same repository, overlapping locations, or another chunk size."""
+    here, there = _location(source), _location(target)
+    if here is not None and there is not None:
+        check_distinct(here, there)
     if source.config.id == target.config.id:
         raise ConfigError(
             f"source and target are the same repository ({source.config.id}): a copy"
