@@ -247,3 +247,31 @@ def test_cli_refuses_overlap_and_other_chunk_size(
     )
     assert other.returncode == 1
     assert "chunk size 131072 differs from the source's 65536" in other.stderr
+
+
+def test_the_target_is_opened_with_its_own_credentials_when_given(
+    s3_bucket: dict[str, Any], tmp_path: Path
+) -> None:
+    source = _init(_backend(s3_bucket, "src"), SOURCE_KEY)
+    backup(source, "vm-c", {"d0": disk_image(41, 3, CHUNK)})
+    _init(_backend(s3_bucket, "dst"), TARGET_KEY)
+    src_key, dst_key = tmp_path / "src.key", tmp_path / "dst.key"
+    src_key.write_bytes(SOURCE_KEY)
+    dst_key.write_bytes(TARGET_KEY)
+    base = f"s3+http://{s3_bucket['endpoint']}/{s3_bucket['bucket']}"
+    argv = _copy_argv(f"{base}/src", f"{base}/dst", src_key, dst_key, "--all")
+    env = Cli.for_bucket(s3_bucket, "src", None).environ()
+    bogus = "not-the-secret-of-anyone"
+    wrong = {**env, "VMGUARD_TO_S3_ACCESS_KEY": "nobody", "VMGUARD_TO_S3_SECRET_KEY": bogus}
+    denied = subprocess.run(argv, env=wrong, capture_output=True, text=True, timeout=300)
+    assert denied.returncode == 1, denied.stderr
+    assert bogus not in denied.stderr and s3_bucket["secret_key"] not in denied.stderr
+    right = {
+        **env,
+        "VMGUARD_TO_S3_ACCESS_KEY": s3_bucket["access_key"],
+        "VMGUARD_TO_S3_SECRET_KEY": s3_bucket["secret_key"],
+    }
+    done = subprocess.run(argv, env=right, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    target = Repository.open(_backend(s3_bucket, "dst"), MasterKey(TARGET_KEY))
+    assert len(target.list_archives()) == 1
