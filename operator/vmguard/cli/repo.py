@@ -9,10 +9,12 @@ also the URL as its argument) and ``-o table|json|yaml``.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
 from typing import Any
 
 from vmguard.cli.options import (
+    KEY_HELP,
     UsageError,
     add_output_option,
     add_repository_options,
@@ -22,10 +24,12 @@ from vmguard.cli.options import (
     repository_key,
 )
 from vmguard.cli.progress import ProgressDisplay, human_bytes
+from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV
 from vmguard.errors import ConfigError
 from vmguard.store import ObjectLockPolicy, Repository, names
 from vmguard.store.config import DEFAULT_CHUNK_SIZE
-from vmguard.store.location import open_location, repository_url
+from vmguard.store.crypto import DEFAULT_KDF_LIMITS, FORMAT_KDF_LIMITS, KEY_ENV
+from vmguard.store.location import master_key, open_location, open_repository, repository_url
 
 
 def add_repo_options(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +271,113 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+TO_KEY_ENV = "VMGUARD_TO_KEY"
+"""The copy target's master key when ``--to-key-file`` is not given."""
+TO_S3_ENVS = ("VMGUARD_TO_S3_ACCESS_KEY", "VMGUARD_TO_S3_SECRET_KEY")
+"""The copy target's S3 credentials, when they differ from the source's."""
+
+
+def _target_env() -> dict[str, str]:
+    """The environment the target is opened with: the source's, except for the target's
+    own S3 credentials and key when they are set (never from the command line)."""
+    env = dict(os.environ)
+    access, secret = (os.environ.get(name) for name in TO_S3_ENVS)
+    if access and secret:
+        env[S3_ACCESS_ENV], env[S3_SECRET_ENV] = access, secret
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.pop(name, None)
+    env.pop(KEY_ENV, None)
+    if os.environ.get(TO_KEY_ENV):
+        env[KEY_ENV] = os.environ[TO_KEY_ENV]
+    return env
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from vmguard.store.copy import (
+        check_compatible,
+        check_distinct,
+        copied_archives,
+        copy_archive,
+        select_archives,
+    )
+
+    if not (args.archives or args.vm or args.all):
+        raise UsageError("name the archives to copy, or use --vm VM or --all")
+    if (args.archives and (args.vm or args.all)) or (args.vm and args.all):
+        raise UsageError("give archive ids, --vm or --all, only one of them")
+    check_distinct(args.source, args.target)
+    limits = FORMAT_KDF_LIMITS if args.allow_costly_kdf else DEFAULT_KDF_LIMITS
+    source = open_repository(
+        args.source,
+        master_key(args.from_key_file),
+        insecure_http=args.insecure_http,
+        ca_file=args.from_ca_file,
+        kdf_limits=limits,
+    )
+    env = _target_env()
+    target = open_repository(
+        args.target,
+        master_key(args.to_key_file, env),
+        env,
+        insecure_http=args.insecure_http,
+        ca_file=args.to_ca_file,
+        kdf_limits=limits,
+    )
+    check_compatible(source, target)
+    ids = select_archives(source, args.archives, vm_id=args.vm)
+    copied = copied_archives(target)
+    results = []
+    lines = []
+    for archive_id in ids:
+        display = ProgressDisplay(f"copy {archive_id}", enabled=not _quiet(args), unit="chunks")
+        with display:
+            result = copy_archive(source, target, archive_id, copied=copied, progress=display)
+        if not result.skipped and not _quiet(args):
+            display.finish()
+        results.append(result)
+        if result.skipped:
+            lines.append(f"{archive_id} already copied as {result.target_archive}")
+        else:
+            lines.append(
+                f"{archive_id} -> {result.target_archive}: {result.chunks_read} of"
+                f" {result.chunks_total} chunks read, {result.chunks_mapped} mapped from"
+                f" {result.based_on or 'no earlier copy'}, {result.chunks_uploaded} uploaded,"
+                f" {human_bytes(result.bytes_stored)} stored"
+            )
+    _emit(args, {"copies": [asdict(r) for r in results]}, "\n".join(lines) or "nothing to copy")
+    return 0
+
+
+def _add_copy_parser(cmds: Any) -> None:
+    p: argparse.ArgumentParser = cmds.add_parser(
+        "copy",
+        help="copy archives to another repository (re-encrypted; resumable, idempotent)",
+    )
+    p.set_defaults(func=_copy, parser=p)
+    p.add_argument("archives", nargs="*", metavar="ARCHIVE", help="archive ids to copy")
+    p.add_argument("--vm", help="every archive of this VM id")
+    p.add_argument("--all", action="store_true", help="every archive of the source")
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="source repository")
+    p.add_argument("--to", dest="target", required=True, metavar="URL", help="target repository")
+    p.add_argument("--from-key-file", help=KEY_HELP)
+    p.add_argument(
+        "--to-key-file",
+        help=f"file holding the target's master key (else ${TO_KEY_ENV});"
+        " exactly one trailing newline is stripped",
+    )
+    p.add_argument("--from-ca-file", help="CA bundle of the source's S3 endpoint")
+    p.add_argument("--to-ca-file", help="CA bundle of the target's S3 endpoint")
+    p.add_argument(
+        "--insecure-http", action="store_true", help="plain-HTTP S3 endpoints (as s3+http://)"
+    )
+    p.add_argument(
+        "--allow-costly-kdf",
+        action="store_true",
+        help="open configs whose key derivation is above the default bound (format §4.3)",
+    )
+    add_output_option(p)
+
+
 def add_parser(sub: Any) -> None:
     repo = sub.add_parser("repo", help="create, inspect and maintain a backup repository")
     cmds = repo.add_subparsers(dest="repo_cmd", required=True)
@@ -334,3 +445,4 @@ def add_parser(sub: Any) -> None:
     upgrade.add_argument(
         "--force", action="store_true", help="upgrade even while backups hold leases"
     )
+    _add_copy_parser(cmds)

@@ -7,7 +7,8 @@ so backups can be listed, verified and restored from the CLI when the cluster is
 Layers, bottom to top: ``backend`` (bytes by name) → ``envelope``/``chunk``/``index``/
 ``archive``/``config`` (formats) → ``repository`` and ``writer`` (reading, and writing
 one backup under a lease; ``carry`` decides what a backup may rely on and how long it is
-locked) → ``verify``, ``lockcheck``, ``prune``, ``gc`` (maintenance).
+locked) → ``verify``, ``lockcheck``, ``prune``, ``gc`` (maintenance), ``copy`` (archives to
+another repository, through the target's writer).
 """
 
 from vmguard.store.archive import (
