@@ -14,7 +14,13 @@ import kopf
 
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import POLICY
-from vmguard.controller.kube.handlers import acts, announcer, policy_wakeup, vcenter_wakeup
+from vmguard.controller.kube.handlers import (
+    OperatorMemo,
+    acts,
+    announcer,
+    policy_wakeup,
+    vcenter_wakeup,
+)
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.policy.runs import PolicyRunner
 from vmguard.metrics import Metrics
@@ -23,7 +29,9 @@ from vmguard.metrics import Metrics
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
 @kopf.on.update(GROUP, VERSION, POLICY.plural, field="spec")
 @kopf.on.delete(GROUP, VERSION, POLICY.plural, optional=True)
-def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+def policy_changed(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: OperatorMemo, **_: Any
+) -> None:
     """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
     and the policy's scheduler re-reads its schedule."""
     vc = (spec.get("vcenterRef") or {}).get("name")
@@ -38,7 +46,7 @@ async def policy_scheduler(
     body: kopf.Body,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
