@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,6 +50,7 @@ from vmguard.api import (
     PROXY_REPORTED_NOTHING,
     BackupDisk,
     BackupPhase,
+    BackupSnapshot,
     BackupStatus,
     Condition,
     Failure,
@@ -101,6 +103,13 @@ class BackupContext:
     rbac_done: set[str] = field(default_factory=set)
 
 
+def status_of(obj: Mapping[str, Any]) -> BackupStatus:
+    """The status of a VMGuardBackup as the apiserver returned it (a subset of its keys;
+    an empty one when it has none yet). The controller wrote it, and the CRD's schema
+    held it to :class:`~vmguard.api.BackupStatus`'s shape."""
+    return cast(BackupStatus, obj.get("status") or {})
+
+
 def in_flight(status: Any, labels: Any = None) -> bool:
     """Whether the backup still has work to do. A synced VMGuardBackup (catalog sync) never
     has: it stands for an archive that exists, and its status comes from that archive."""
@@ -110,7 +119,7 @@ def in_flight(status: Any, labels: Any = None) -> bool:
 
 
 def _age(obj: dict[str, Any], now: dt.datetime) -> float:
-    started = parse_time((obj.get("status") or {}).get("startTime"))
+    started = parse_time(status_of(obj).get("startTime"))
     return (now - started).total_seconds() if started else 0.0
 
 
@@ -125,7 +134,7 @@ class Patcher:
             meta["name"],
             meta.get("generation"),
         )
-        self.conditions = list((obj.get("status") or {}).get("conditions") or [])
+        self.conditions = list(status_of(obj).get("conditions") or [])
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
         self.conditions = set_condition(
@@ -133,7 +142,7 @@ class Patcher:
         )
 
     async def patch(self, status: BackupStatus) -> None:
-        before = self.obj.get("status") or {}
+        before = status_of(self.obj)
         phase = status.get("phase") or before.get("phase") or BackupPhase.PENDING
         error = status["error"] if "error" in status else before.get("error")
         self.conditions = backup_conditions(self.conditions, phase, error, self.generation)
@@ -158,7 +167,10 @@ class Patcher:
 
 
 def backup_conditions(
-    conditions: Any, phase: str, error: Any, generation: int | None
+    conditions: Iterable[Condition] | None,
+    phase: str,
+    error: Failure | None,
+    generation: int | None,
 ) -> list[Condition]:
     """The kstatus conditions of a VMGuardBackup in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
@@ -173,7 +185,7 @@ def backup_conditions(
 
 
 def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> BackupStatus:
-    started = parse_time((obj.get("status") or {}).get("startTime"))
+    started = parse_time(status_of(obj).get("startTime"))
     done = timing.now()
     out: BackupStatus = {"phase": phase, "completionTime": format_time(done)}
     if started:
@@ -183,7 +195,7 @@ def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> Backup
 
 async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     """One step; seconds until the next, or None when the backup has ended."""
-    status = obj.get("status") or {}
+    status = status_of(obj)
     phase = status.get("phase") or BackupPhase.PENDING
     p = Patcher(ctx, obj)
     if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
@@ -224,7 +236,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     except ProxySettingsNotAllowed as exc:
         await p.fail(type(exc).__name__, str(exc), snapshot_taken=False)
         return None
-    status = obj.get("status") or {}
+    status = status_of(obj)
     if not (status.get("vm") or {}).get("moref"):
         try:
             ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
@@ -251,7 +263,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         others = [
             steps.Placement.of(o)
             for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if (o.get("status") or {}).get("phase") in BACKUP_ACTIVE
+            if status_of(o).get("phase") in BACKUP_ACTIVE
             and o["metadata"]["uid"] != obj["metadata"]["uid"]
         ]
         blocked = steps.concurrency_blocker(
@@ -275,7 +287,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status, spec, uid = obj["status"], obj["spec"], obj["metadata"]["uid"]
+    status, spec, uid = status_of(obj), obj["spec"], obj["metadata"]["uid"]
     pspec = refs.policy_spec
     mode = pspec.get("mode") or {}
     quiesce = pspec.get("quiesce") or {}
@@ -409,7 +421,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status = obj["status"]
+    status = status_of(obj)
     attempt = int(status.get("attempts") or 0)
     if attempt == 0:
         await _start_attempt(ctx, obj, p, refs, 1)
@@ -437,13 +449,13 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     if status.get("archiveId"):  # committed, then died before exiting: the result stands
         await p.patch({"phase": BackupPhase.FINALIZING})
         return 0.0
-    error = status.get("error") or {}
+    error: Failure = status.get("error") or {}
     why = error.get("reason") or PROXY_FAILED
     text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
     retryable = bool(error.get("retryable", True))
     time_left = ctx.settings.deadline - _age(obj, ctx.timing.now())
     if retryable and attempt < ctx.settings.max_attempts and time_left > 0:
-        backoff = ctx.settings.retry_backoff * 2 ** (attempt - 1)
+        backoff = ctx.settings.retry_backoff * 2.0 ** (attempt - 1)
         since = (ctx.timing.now() - finished).total_seconds() if finished else backoff
         if since < backoff:
             p.condition(
@@ -511,8 +523,8 @@ async def _watch_proxy_start(
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
     await ctx.hooks.backup_step("finalizing")
-    status = obj["status"]
-    snapshot = status.get("snapshot") or {}
+    status = status_of(obj)
+    snapshot: BackupSnapshot = status.get("snapshot") or {}
     if not snapshot.get("removed"):
         refs = await _refs(ctx, obj, p)
         if refs is None:
@@ -550,7 +562,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMGuardBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
-    meta, status = obj["metadata"], obj.get("status") or {}
+    meta, status = obj["metadata"], status_of(obj)
     await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
