@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -49,6 +49,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, REPOSITORY
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
@@ -56,8 +57,6 @@ from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
 CONDITION = "Retention"
 LISTED = 10  # events (and names in a message) per pass
-Announce = Callable[[str, str, bool], None]
-"""(reason, message, warning) -> posts an event on the policy."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
 from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
@@ -65,9 +65,6 @@ PLURAL = RESTORE.plural
 WAIT_SOURCE_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 POLL_JOB_SECONDS = 2.0
-
-Announce = Callable[[str, str, bool], None]
-"""(reason, message, is_warning): an event on the VMGuardRestore."""
 
 
 @dataclass
