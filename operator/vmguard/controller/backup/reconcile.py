@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -63,6 +63,7 @@ from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
+from vmguard.controller.kube.bodies import backup_status
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -103,13 +104,6 @@ class BackupContext:
     rbac_done: set[str] = field(default_factory=set)
 
 
-def status_of(obj: Mapping[str, Any]) -> BackupStatus:
-    """The status of a VMGuardBackup as the apiserver returned it (a subset of its keys;
-    an empty one when it has none yet). The controller wrote it, and the CRD's schema
-    held it to :class:`~vmguard.api.BackupStatus`'s shape."""
-    return cast(BackupStatus, obj.get("status") or {})
-
-
 def in_flight(status: Any, labels: Any = None) -> bool:
     """Whether the backup still has work to do. A synced VMGuardBackup (catalog sync) never
     has: it stands for an archive that exists, and its status comes from that archive."""
@@ -119,7 +113,7 @@ def in_flight(status: Any, labels: Any = None) -> bool:
 
 
 def _age(obj: dict[str, Any], now: dt.datetime) -> float:
-    started = parse_time(status_of(obj).get("startTime"))
+    started = parse_time(backup_status(obj).get("startTime"))
     return (now - started).total_seconds() if started else 0.0
 
 
@@ -134,7 +128,7 @@ class Patcher:
             meta["name"],
             meta.get("generation"),
         )
-        self.conditions = list(status_of(obj).get("conditions") or [])
+        self.conditions = list(backup_status(obj).get("conditions") or [])
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
         self.conditions = set_condition(
@@ -142,7 +136,7 @@ class Patcher:
         )
 
     async def patch(self, status: BackupStatus) -> None:
-        before = status_of(self.obj)
+        before = backup_status(self.obj)
         phase = status.get("phase") or before.get("phase") or BackupPhase.PENDING
         error = status["error"] if "error" in status else before.get("error")
         self.conditions = backup_conditions(self.conditions, phase, error, self.generation)
@@ -185,7 +179,7 @@ def backup_conditions(
 
 
 def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> BackupStatus:
-    started = parse_time(status_of(obj).get("startTime"))
+    started = parse_time(backup_status(obj).get("startTime"))
     done = timing.now()
     out: BackupStatus = {"phase": phase, "completionTime": format_time(done)}
     if started:
@@ -195,7 +189,7 @@ def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> Backup
 
 async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     """One step; seconds until the next, or None when the backup has ended."""
-    status = status_of(obj)
+    status = backup_status(obj)
     phase = status.get("phase") or BackupPhase.PENDING
     p = Patcher(ctx, obj)
     if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
@@ -236,7 +230,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     except ProxySettingsNotAllowed as exc:
         await p.fail(type(exc).__name__, str(exc), snapshot_taken=False)
         return None
-    status = status_of(obj)
+    status = backup_status(obj)
     if not (status.get("vm") or {}).get("moref"):
         try:
             ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
@@ -263,7 +257,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         others = [
             steps.Placement.of(o)
             for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if status_of(o).get("phase") in BACKUP_ACTIVE
+            if backup_status(o).get("phase") in BACKUP_ACTIVE
             and o["metadata"]["uid"] != obj["metadata"]["uid"]
         ]
         blocked = steps.concurrency_blocker(
@@ -287,7 +281,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status, spec, uid = status_of(obj), obj["spec"], obj["metadata"]["uid"]
+    status, spec, uid = backup_status(obj), obj["spec"], obj["metadata"]["uid"]
     pspec = refs.policy_spec
     mode = pspec.get("mode") or {}
     quiesce = pspec.get("quiesce") or {}
@@ -421,7 +415,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status = status_of(obj)
+    status = backup_status(obj)
     attempt = int(status.get("attempts") or 0)
     if attempt == 0:
         await _start_attempt(ctx, obj, p, refs, 1)
@@ -523,7 +517,7 @@ async def _watch_proxy_start(
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
     await ctx.hooks.backup_step("finalizing")
-    status = status_of(obj)
+    status = backup_status(obj)
     snapshot: BackupSnapshot = status.get("snapshot") or {}
     if not snapshot.get("removed"):
         refs = await _refs(ctx, obj, p)
@@ -562,7 +556,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMGuardBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
-    meta, status = obj["metadata"], status_of(obj)
+    meta, status = obj["metadata"], backup_status(obj)
     await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
