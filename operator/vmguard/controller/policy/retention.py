@@ -48,6 +48,7 @@ from vmguard.api import (
 )
 from vmguard.api.kinds import BACKUP, REPOSITORY
 from vmguard.controller.kube.access import open_repository
+from vmguard.controller.kube.bodies import backup_status
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -96,7 +97,7 @@ def retention_policy(spec: Mapping[str, Any]) -> RetentionPolicy:
 
 def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | None:
     """The backup as a retention candidate; None unless Completed with an archive."""
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, backup_status(obj)
     pmeta, pspec = policy["metadata"], policy.get("spec") or {}
     if (spec.get("policyRef") or {}).get("name") != pmeta["name"]:
         return None
