@@ -63,7 +63,7 @@ from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
-from vmguard.controller.kube.bodies import backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -212,7 +212,7 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
 
 async def _refs(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> steps.Refs | None:
     try:
-        refs = await steps.resolve_refs(ctx.api, p.ns, obj["spec"])
+        refs = await steps.resolve_refs(ctx.api, p.ns, backup_spec(obj))
     except steps.MissingRef as exc:
         p.condition("RefsResolved", False, exc.reason, str(exc))
         p.condition("Ready", False, exc.reason, str(exc))
@@ -234,7 +234,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     if not (status.get("vm") or {}).get("moref"):
         try:
             ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
-            vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, obj["spec"]["vm"])
+            vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, backup_spec(obj)["vm"])
         except VMNotFoundError as exc:
             await p.fail("VMNotFound", str(exc), snapshot_taken=False)
             return None
@@ -281,7 +281,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status, spec, uid = backup_status(obj), obj["spec"], obj["metadata"]["uid"]
+    status, spec, uid = backup_status(obj), backup_spec(obj), obj["metadata"]["uid"]
     pspec = refs.policy_spec
     mode = pspec.get("mode") or {}
     quiesce = pspec.get("quiesce") or {}
@@ -561,7 +561,7 @@ async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
         return
-    refs = await steps.resolve_refs(ctx.api, meta["namespace"], obj["spec"])
+    refs = await steps.resolve_refs(ctx.api, meta["namespace"], backup_spec(obj))
     ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
     allow = consolidation_allowed(refs.policy_spec)
     await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"], allow_consolidate=allow)

@@ -48,7 +48,7 @@ from vmguard.api import (
 )
 from vmguard.api.kinds import BACKUP, REPOSITORY
 from vmguard.controller.kube.access import open_repository
-from vmguard.controller.kube.bodies import backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -97,9 +97,9 @@ def retention_policy(spec: Mapping[str, Any]) -> RetentionPolicy:
 
 def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | None:
     """The backup as a retention candidate; None unless Completed with an archive."""
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, backup_status(obj)
+    meta, spec, status = obj.get("metadata") or {}, backup_spec(obj), backup_status(obj)
     pmeta, pspec = policy["metadata"], policy.get("spec") or {}
-    if (spec.get("policyRef") or {}).get("name") != pmeta["name"]:
+    if ref_name(spec.get("policyRef")) != pmeta["name"]:
         return None
     if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
         return None

@@ -57,7 +57,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.api.names import is_synced
 from vmguard.controller.kube import access
-from vmguard.controller.kube.bodies import backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
@@ -96,10 +96,10 @@ def archive_of(obj: Mapping[str, Any]) -> str:
 
 def repository_of(obj: Mapping[str, Any]) -> str:
     """The VMGuardRepository a VMGuardBackup was made with (status), or asked for (spec)."""
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    meta, spec = obj.get("metadata") or {}, backup_spec(obj)
     return str(
         backup_status(obj).get("repository")
-        or (spec.get("repositoryRef") or {}).get("name")
+        or ref_name(spec.get("repositoryRef"))
         or (meta.get("labels") or {}).get(LABEL_REPOSITORY)
         or ""
     )
@@ -401,7 +401,7 @@ async def _create(
         if manifest is None:
             continue
         obj = by_name[backup_name]
-        vcenter = ((obj.get("spec") or {}).get("vcenterRef") or {}).get("name", "")
+        vcenter = ref_name(backup_spec(obj).get("vcenterRef")) or ""
         status = synced_status(manifest, repository=name, vcenter=vcenter)
         await api.patch_status(PLURAL, ns, backup_name, status)
         report.completed.append(backup_name)

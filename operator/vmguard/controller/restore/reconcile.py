@@ -46,7 +46,12 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
-from vmguard.controller.kube.bodies import backup_status, restore_status
+from vmguard.controller.kube.bodies import (
+    backup_spec,
+    backup_status,
+    ref_name,
+    restore_status,
+)
 from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
@@ -103,16 +108,16 @@ def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) ->
 
 def _refs(backup: dict[str, Any], policy: dict[str, Any] | None) -> tuple[str, str]:
     """(vCenter, repository) names the backup was made with."""
-    spec, status = backup.get("spec") or {}, backup_status(backup)
+    spec, status = backup_spec(backup), backup_status(backup)
     pspec = (policy or {}).get("spec") or {}
     vcenter = (
         status.get("vcenter")
-        or (spec.get("vcenterRef") or {}).get("name")
+        or ref_name(spec.get("vcenterRef"))
         or (pspec.get("vcenterRef") or {}).get("name", "")
     )
     repository = (
         status.get("repository")
-        or (spec.get("repositoryRef") or {}).get("name")
+        or ref_name(spec.get("repositoryRef"))
         or (pspec.get("repositoryRef") or {}).get("name", "")
     )
     return vcenter, repository
@@ -146,7 +151,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         phase = bstatus.get("phase") or BackupPhase.PENDING
         msg = f"VMGuardBackup {source} is {phase}, not Completed"
         return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
-    policy_ref = ((backup.get("spec") or {}).get("policyRef") or {}).get("name")
+    policy_ref = ref_name(backup_spec(backup).get("policyRef"))
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_name, repo_name = _refs(backup, policy)
     vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
