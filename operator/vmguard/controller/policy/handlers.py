@@ -23,7 +23,6 @@ from vmguard.controller.kube.handlers import (
 )
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.policy.runs import PolicyRunner
-from vmguard.metrics import Metrics
 
 
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
@@ -57,7 +56,7 @@ async def policy_scheduler(
         return
     wake = policy_wakeup(memo, namespace or "", name)
     announce = announcer(body)
-    metrics: Metrics | None = getattr(memo, "metrics", None)
+    metrics = memo.metrics
     runner = PolicyRunner(
         KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics
     )
@@ -65,5 +64,4 @@ async def policy_scheduler(
         await runner.loop()
     finally:
         # Deleted, or paused in favour of a peer: a standby reports nothing stale.
-        if metrics is not None:
-            metrics.forget_policy(namespace or "", name)
+        metrics.forget_policy(namespace or "", name)

@@ -36,7 +36,7 @@ async def restore_driver(
 
 
 @kopf.on.field(GROUP, VERSION, RESTORE.plural, field="status.phase")
-async def vmrestore_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+async def vmrestore_phase(body: kopf.Body, new: Any, memo: OperatorMemo, **_: Any) -> None:
     """A restore finished: count its outcome (and its failure's reason) once."""
-    if new in RESTORE_TERMINAL and getattr(memo, "metrics", None) is not None:
+    if new in RESTORE_TERMINAL:
         memo.metrics.observe_restore(dict(body))
