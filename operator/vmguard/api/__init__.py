@@ -9,6 +9,7 @@ lives here, and everything else imports it from here:
   enums are generated from them) and which phases are active or terminal;
 - :mod:`.reasons` — the failure reasons that mean the proxy Job, not its peers, failed;
 - :mod:`.status` — ``TypedDict`` views of the statuses the controllers write;
+- :mod:`.spec` — ``TypedDict`` views of the specs they read (VMGuardBackup's);
 - :mod:`.times` — the one formatter and parser of API times, and of spec durations.
 
 The package is the bottom of vmguard's layers (pyproject.toml's import-linter
@@ -61,6 +62,7 @@ from vmguard.api.reasons import (
     TRANSIENT_WAITING,
     UNSCHEDULABLE,
 )
+from vmguard.api.spec import BackupSpec, LocalRef
 from vmguard.api.status import (
     BackupDisk,
     BackupPlacement,
@@ -116,11 +118,13 @@ __all__ = [
     "BackupPhase",
     "BackupPlacement",
     "BackupSnapshot",
+    "BackupSpec",
     "BackupStatus",
     "BackupTotals",
     "Condition",
     "ConditionStatus",
     "Failure",
+    "LocalRef",
     "Progress",
     "RestorePhase",
     "RestoreResult",

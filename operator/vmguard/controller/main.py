@@ -2,9 +2,12 @@
 
 Importing this module registers the handlers every kind's package exposes in its
 ``handlers.py`` (``vcenter``, ``policy``, ``backup``, ``restore``, ``repository``);
-:func:`configure` fills kopf's operator memo with what they share (the clock, the
-latest sweeps, the wake-up events of :mod:`.kube.handlers`, the backup context, and the
-policies' fail-safe as the vCenter sweeper's after-sweep action). Handlers stay thin:
+:class:`Memo` is kopf's operator memo: what they share (the clock, the latest sweeps, the
+wake-up events of :mod:`.kube.handlers`, the backup context, and the policies' fail-safe as
+the vCenter sweeper's after-sweep action); :func:`run` creates it and :func:`configure`
+completes it at start-up, before any handler runs. It implements the view each kind's
+handlers declare (``OperatorMemo``, ``BackupMemo``), so mypy checks that it holds what
+they read. Handlers stay thin:
 they read what kopf hands them, call plain functions, and patch status. Run with
 ``vmguard operator`` (see :func:`run`).
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -21,9 +24,9 @@ import kopf
 from vmguard.api import ANNOTATION_PREFIX, FINALIZER
 from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
-from vmguard.controller.backup import reconcile as backups
+from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.kube import crdcheck, migration, peering
-from vmguard.controller.kube.handlers import CONTROLLERS
+from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 from vmguard.controller.kube.sweeps import LatestSweeps
@@ -42,8 +45,28 @@ KINDS = (vcenter_handlers, policy_handlers, backup_handlers, restore_handlers, r
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Memo(backup_handlers.BackupMemo):
+    """kopf's operator memo (``memo=`` of every handler), shared by all of them: kopf copies
+    it shallowly per object, so the copies share these values. Its fields are documented
+    on the views it implements (:class:`~vmguard.controller.kube.handlers.OperatorMemo`)."""
+
+    metrics: Metrics
+    controllers: frozenset[str]
+    catalog_interval: float
+    hooks: Hooks
+    timing: Timing
+    # Filled by configure() at start-up, before any handler runs.
+    proxy: ProxySettings = field(init=False)
+    backups: BackupContext = field(init=False)
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
+    policy_wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
+    sweeps: LatestSweeps = field(init=False)
+    after_sweep: AfterSweep = field(init=False)
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
@@ -54,14 +77,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
     memo.after_sweep = failsafe.protect
     memo.proxy = ProxySettings.from_env()
-    # The one clock of every handler and loop (controller/kube/timing.py).
-    memo.timing = getattr(memo, "timing", REAL_TIME)
-    memo.backups = backups.BackupContext(
+    memo.backups = BackupContext(
         KubeAPI(),
         JobAPI(),
         memo.proxy,
         BackupSettings.from_env(),
-        hooks=getattr(memo, "hooks", NO_HOOKS),
+        hooks=memo.hooks,
+        # The one clock of every handler and loop (controller/kube/timing.py).
         timing=memo.timing,
     )
     settings.persistence.finalizer = FINALIZER
@@ -151,7 +173,7 @@ def run(options: OperatorOptions) -> None:
             peering_name=options.peering,
             priority=priority,
             settings=settings,
-            memo=kopf.Memo(
+            memo=Memo(
                 metrics=metrics,
                 controllers=options.controllers,
                 catalog_interval=interval,

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -20,7 +20,15 @@ from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPha
 from vmguard.api.kinds import BACKUP
 from vmguard.controller.backup import reconcile
 from vmguard.controller.backup.steps import MissingRef
-from vmguard.controller.kube.handlers import acts, policy_wakeup
+from vmguard.controller.kube.handlers import OperatorMemo, acts, policy_wakeup
+
+
+class BackupMemo(OperatorMemo, Protocol):
+    """The operator memo as the VMGuardBackup handlers read it: the shared view, plus the
+    one backup context of the operator (its admission lock is what makes admission atomic
+    within it, so every object's handlers must see the same one)."""
+
+    backups: reconcile.BackupContext
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -32,7 +40,7 @@ async def vmbackup_runner(
     name: str,
     namespace: str | None,
     uid: str | None,
-    memo: Any,
+    memo: BackupMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
@@ -40,7 +48,7 @@ async def vmbackup_runner(
     """Drive one VMGuardBackup through its phases; resumed by any operator that (re)starts."""
     if not acts(memo, "backups"):
         return
-    ctx: reconcile.BackupContext = memo.backups
+    ctx = memo.backups
     while not stopped:
         try:
             obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
@@ -59,12 +67,12 @@ async def vmbackup_runner(
 
 
 @kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.phase")
-async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
     """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
     it happens; backups that finished while no operator ran are not counted again. A
     completed one wakes its policy's scheduler, which applies retention (async: on the
     event loop, where that scheduler's asyncio.Event lives)."""
-    if new in BACKUP_TERMINAL and getattr(memo, "metrics", None) is not None:
+    if new in BACKUP_TERMINAL:
         memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
@@ -74,7 +82,9 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None
 
 
 @kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)
-async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def vmbackup_deleted(
+    body: kopf.Body, memo: BackupMemo, logger: kopf.Logger, **_: Any
+) -> None:
     """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
     if not acts(memo, "backups"):
         return

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,6 +50,7 @@ from vmguard.api import (
     PROXY_REPORTED_NOTHING,
     BackupDisk,
     BackupPhase,
+    BackupSnapshot,
     BackupStatus,
     Condition,
     Failure,
@@ -62,6 +64,7 @@ from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
+from vmguard.controller.kube.bodies import backup_spec, backup_status
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -111,7 +114,7 @@ def in_flight(status: Any, labels: Any = None) -> bool:
 
 
 def _age(obj: dict[str, Any], now: dt.datetime) -> float:
-    started = parse_time((obj.get("status") or {}).get("startTime"))
+    started = parse_time(backup_status(obj).get("startTime"))
     return (now - started).total_seconds() if started else 0.0
 
 
@@ -126,7 +129,7 @@ class Patcher:
             meta["name"],
             meta.get("generation"),
         )
-        self.conditions = list((obj.get("status") or {}).get("conditions") or [])
+        self.conditions = list(backup_status(obj).get("conditions") or [])
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
         self.conditions = set_condition(
@@ -134,7 +137,7 @@ class Patcher:
         )
 
     async def patch(self, status: BackupStatus) -> None:
-        before = self.obj.get("status") or {}
+        before = backup_status(self.obj)
         phase = status.get("phase") or before.get("phase") or BackupPhase.PENDING
         error = status["error"] if "error" in status else before.get("error")
         self.conditions = backup_conditions(self.conditions, phase, error, self.generation)
@@ -159,7 +162,10 @@ class Patcher:
 
 
 def backup_conditions(
-    conditions: Any, phase: str, error: Any, generation: int | None
+    conditions: Iterable[Condition] | None,
+    phase: str,
+    error: Failure | None,
+    generation: int | None,
 ) -> list[Condition]:
     """The kstatus conditions of a VMGuardBackup in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
@@ -174,7 +180,7 @@ def backup_conditions(
 
 
 def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> BackupStatus:
-    started = parse_time((obj.get("status") or {}).get("startTime"))
+    started = parse_time(backup_status(obj).get("startTime"))
     done = timing.now()
     out: BackupStatus = {"phase": phase, "completionTime": format_time(done)}
     if started:
@@ -184,7 +190,7 @@ def _terminal(obj: dict[str, Any], phase: BackupPhase, timing: Timing) -> Backup
 
 async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     """One step; seconds until the next, or None when the backup has ended."""
-    status = obj.get("status") or {}
+    status = backup_status(obj)
     phase = status.get("phase") or BackupPhase.PENDING
     p = Patcher(ctx, obj)
     if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
@@ -207,7 +213,7 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
 
 async def _refs(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> steps.Refs | None:
     try:
-        refs = await steps.resolve_refs(ctx.api, p.ns, obj["spec"])
+        refs = await steps.resolve_refs(ctx.api, p.ns, backup_spec(obj))
     except steps.MissingRef as exc:
         p.condition("RefsResolved", False, exc.reason, str(exc))
         p.condition("Ready", False, exc.reason, str(exc))
@@ -225,11 +231,11 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     except ProxySettingsNotAllowed as exc:
         await p.fail(type(exc).__name__, str(exc), snapshot_taken=False)
         return None
-    status = obj.get("status") or {}
+    status = backup_status(obj)
     if not (status.get("vm") or {}).get("moref"):
         try:
             ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
-            vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, obj["spec"]["vm"])
+            vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, backup_spec(obj)["vm"])
         except VMNotFoundError as exc:
             await p.fail("VMNotFound", str(exc), snapshot_taken=False)
             return None
@@ -256,7 +262,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
         others = [
             steps.Placement.of(o)
             for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if (o.get("status") or {}).get("phase") in BACKUP_ACTIVE
+            if backup_status(o).get("phase") in BACKUP_ACTIVE
             and o["metadata"]["uid"] != obj["metadata"]["uid"]
         ]
         blocked = steps.concurrency_blocker(
@@ -302,7 +308,7 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status, spec, uid = obj["status"], obj["spec"], obj["metadata"]["uid"]
+    status, spec, uid = backup_status(obj), backup_spec(obj), obj["metadata"]["uid"]
     pspec = refs.policy_spec
     mode = pspec.get("mode") or {}
     quiesce = pspec.get("quiesce") or {}
@@ -443,7 +449,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     refs = await _refs(ctx, obj, p)
     if refs is None:
         return WAIT_REFS
-    status = obj["status"]
+    status = backup_status(obj)
     attempt = int(status.get("attempts") or 0)
     if attempt == 0:
         await _start_attempt(ctx, obj, p, refs, 1)
@@ -471,13 +477,13 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     if status.get("archiveId"):  # committed, then died before exiting: the result stands
         await p.patch({"phase": BackupPhase.FINALIZING})
         return 0.0
-    error = status.get("error") or {}
+    error: Failure = status.get("error") or {}
     why = error.get("reason") or PROXY_FAILED
     text = error.get("message") or f"Job {name} failed: {reason} {message}".strip()
     retryable = bool(error.get("retryable", True))
     time_left = ctx.settings.deadline - _age(obj, ctx.timing.now())
     if retryable and attempt < ctx.settings.max_attempts and time_left > 0:
-        backoff = ctx.settings.retry_backoff * 2 ** (attempt - 1)
+        backoff = ctx.settings.retry_backoff * 2.0 ** (attempt - 1)
         since = (ctx.timing.now() - finished).total_seconds() if finished else backoff
         if since < backoff:
             p.condition(
@@ -545,8 +551,8 @@ async def _watch_proxy_start(
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
     await ctx.hooks.backup_step("finalizing")
-    status = obj["status"]
-    snapshot = status.get("snapshot") or {}
+    status = backup_status(obj)
+    snapshot: BackupSnapshot = status.get("snapshot") or {}
     if not snapshot.get("removed"):
         refs = await _refs(ctx, obj, p)
         if refs is None:
@@ -584,12 +590,12 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMGuardBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
-    meta, status = obj["metadata"], obj.get("status") or {}
+    meta, status = obj["metadata"], backup_status(obj)
     await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
         return
-    refs = await steps.resolve_refs(ctx.api, meta["namespace"], obj["spec"])
+    refs = await steps.resolve_refs(ctx.api, meta["namespace"], backup_spec(obj))
     ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
     allow = consolidation_allowed(refs.policy_spec)
     await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"], allow_consolidate=allow)

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import parse_duration
+from vmguard.api import VMIdentity, parse_duration
 from vmguard.api.kinds import POLICY, REPOSITORY, VCENTER
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import ConfigError
@@ -133,7 +133,7 @@ def concurrency_blocker(
     return None
 
 
-def resolve_vm_blocking(ep: Endpoint, vm: Mapping[str, str]) -> VMRecord:
+def resolve_vm_blocking(ep: Endpoint, vm: VMIdentity) -> VMRecord:
     session = VSphereSession(ep)
     try:
         return resolve_vm(

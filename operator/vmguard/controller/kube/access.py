@@ -36,7 +36,7 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import repository_url
 from vmguard.controller.kube.repository_spec import creation_parameters, spec_mismatches
 from vmguard.errors import ConfigError, RepositorySpecMismatchError
-from vmguard.store import MasterKey, Repository
+from vmguard.store import MasterKey, Repository, location
 from vmguard.store.backend import Backend
 from vmguard.store.location import open_location
 from vmguard.vsphere.session import Endpoint, user_agent
@@ -126,19 +126,29 @@ async def repository_secrets(
     return creds, await asyncio.to_thread(read_key)
 
 
-def _backend(spec: Mapping[str, Any], creds: Mapping[str, str]) -> Backend:
+def _ca_file(spec: Mapping[str, Any]) -> str | None:
     bundle = (spec.get("s3") or {}).get("caBundle")
-    return open_location(
-        repository_url(spec), creds, ca_file=ca_bundle_file(bundle) if bundle else None
-    )
+    return ca_bundle_file(bundle) if bundle else None
+
+
+def _backend(spec: Mapping[str, Any], creds: Mapping[str, str]) -> Backend:
+    return open_location(repository_url(spec), creds, ca_file=_ca_file(spec))
 
 
 def open_repository_blocking(
     spec: Mapping[str, Any], creds: Mapping[str, str], key: bytes | None
 ) -> Repository:
     """Blocking: open the VMGuardRepository's repository. Never creates one: the
-    VMGuardRepository controller does, from its spec (:func:`create_repository`)."""
-    return Repository.open(_backend(spec, creds), MasterKey.from_text(key) if key else None)
+    VMGuardRepository controller does, from its spec (:func:`create_repository`).
+
+    Through :func:`vmguard.store.location.open_repository`, the one opener every caller
+    uses: the same key rule (:meth:`MasterKey.from_text`) and KDF bounds as the CLI's."""
+    return location.open_repository(
+        repository_url(spec),
+        MasterKey.from_text(key) if key else None,
+        creds,
+        ca_file=_ca_file(spec),
+    )
 
 
 def create_repository(

@@ -11,6 +11,12 @@ kind's event concerns another kind's loop, they meet here, in kopf's operator me
 - :data:`AfterSweep` — what the vCenter sweeper calls after each successful sweep
   (the policies' fail-safe, handed in by ``main``), so the sweeper needs no policy code.
 
+:class:`OperatorMemo` says what a handler may read from the memo; a kind that needs more
+declares its own narrower view on top of it (``backup.handlers.BackupMemo``), and
+``main.Memo``, the one object kopf holds, implements every view (mypy checks it there).
+kopf copies the memo shallowly for each object it serves, so all copies share the same
+events, sweeps and contexts.
+
 Only the event loop touches the memo's events (no locks).
 """
 
@@ -19,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
+from vmguard.config import ProxySettings
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.sweeps import SweepView
+from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+from vmguard.controller.kube.timing import Timing
+from vmguard.metrics import Metrics
 
 CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
 
@@ -37,9 +46,29 @@ Announce = Callable[[str, str, bool], None]
 """``(reason, message, warning)``: an event on the object a handler works for."""
 
 
-def acts(memo: Any, controller: str) -> bool:
+class OperatorMemo(Protocol):
+    """What every kind's handlers read from kopf's operator memo (``memo=`` of a handler)."""
+
+    controllers: frozenset[str]
+    """The controllers this operator runs (``--controllers``; all by default)."""
+    timing: Timing
+    """The one clock of every handler and loop (:mod:`.timing`)."""
+    metrics: Metrics
+    catalog_interval: float
+    """Seconds between catalog syncs (``VMGUARD_CATALOG_INTERVAL``)."""
+    proxy: ProxySettings
+    sweeps: LatestSweeps
+    """The latest successful sweep of each vCenter, read by the policies' schedulers."""
+    after_sweep: AfterSweep
+    wakeups: dict[tuple[str, str], asyncio.Event]
+    """(namespace, vCenter name) → the event that wakes that vCenter's sweeper."""
+    policy_wakeups: dict[tuple[str, str], asyncio.Event]
+    """(namespace, policy name) → the event that wakes that policy's scheduler."""
+
+
+def acts(memo: OperatorMemo, controller: str) -> bool:
     """Whether this operator runs ``controller`` (``--controllers``; all by default)."""
-    return controller in getattr(memo, "controllers", CONTROLLERS)
+    return controller in memo.controllers
 
 
 def announcer(body: kopf.Body) -> Announce:
@@ -51,13 +80,11 @@ def announcer(body: kopf.Body) -> Announce:
     return announce
 
 
-def vcenter_wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
+def vcenter_wakeup(memo: OperatorMemo, namespace: str, vcenter_name: str) -> asyncio.Event:
     """The event that wakes that vCenter's sweeper at once."""
-    wakeups: dict[tuple[str, str], asyncio.Event] = memo.wakeups
-    return wakeups.setdefault((namespace, vcenter_name), asyncio.Event())
+    return memo.wakeups.setdefault((namespace, vcenter_name), asyncio.Event())
 
 
-def policy_wakeup(memo: Any, namespace: str, name: str) -> asyncio.Event:
+def policy_wakeup(memo: OperatorMemo, namespace: str, name: str) -> asyncio.Event:
     """The event that wakes that policy's scheduler at once."""
-    wakeups: dict[tuple[str, str], asyncio.Event] = memo.policy_wakeups
-    return wakeups.setdefault((namespace, name), asyncio.Event())
+    return memo.policy_wakeups.setdefault((namespace, name), asyncio.Event())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 
@@ -147,11 +147,15 @@ class KubeAPI:
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A vmguard object, or None when it does not exist."""
-        return await read_or_none(
-            lambda: self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
+        # The Kubernetes client is untyped: the object's shape is the apiserver's word.
+        return cast(
+            "dict[str, Any] | None",
+            await read_or_none(
+                lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name
+                ),
+                f"{plural} {namespace}/{name}",
             ),
-            f"{plural} {namespace}/{name}",
         )
 
     async def namespace_labels(self, name: str) -> dict[str, str]:

@@ -48,7 +48,7 @@ def due(vm: str, history: BackupHistory, now: dt.datetime, interval: float) -> b
     earlier = [r.created for r in history.failsafes(vm) if r.created]
     if not earlier:
         return True
-    wait = min(interval * 2 ** (len(earlier) - 1), max(interval, BACKOFF_CAP))
+    wait = min(interval * 2.0 ** (len(earlier) - 1), max(interval, BACKOFF_CAP))
     return (now - max(earlier)).total_seconds() >= wait
 
 

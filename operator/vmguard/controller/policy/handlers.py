@@ -14,16 +14,23 @@ import kopf
 
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import POLICY
-from vmguard.controller.kube.handlers import acts, announcer, policy_wakeup, vcenter_wakeup
+from vmguard.controller.kube.handlers import (
+    OperatorMemo,
+    acts,
+    announcer,
+    policy_wakeup,
+    vcenter_wakeup,
+)
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.policy.runs import PolicyRunner
-from vmguard.metrics import Metrics
 
 
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
 @kopf.on.update(GROUP, VERSION, POLICY.plural, field="spec")
 @kopf.on.delete(GROUP, VERSION, POLICY.plural, optional=True)
-def policy_changed(spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+def policy_changed(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: OperatorMemo, **_: Any
+) -> None:
     """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
     and the policy's scheduler re-reads its schedule."""
     vc = (spec.get("vcenterRef") or {}).get("name")
@@ -38,7 +45,7 @@ async def policy_scheduler(
     body: kopf.Body,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
@@ -49,7 +56,7 @@ async def policy_scheduler(
         return
     wake = policy_wakeup(memo, namespace or "", name)
     announce = announcer(body)
-    metrics: Metrics | None = getattr(memo, "metrics", None)
+    metrics = memo.metrics
     runner = PolicyRunner(
         KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics
     )
@@ -57,5 +64,4 @@ async def policy_scheduler(
         await runner.loop()
     finally:
         # Deleted, or paused in favour of a peer: a standby reports nothing stale.
-        if metrics is not None:
-            metrics.forget_policy(namespace or "", name)
+        metrics.forget_policy(namespace or "", name)

@@ -25,6 +25,7 @@ from vmguard.api import (
     Trigger,
     parse_time,
 )
+from vmguard.controller.kube.bodies import backup_spec, backup_status
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class BackupRecord:
     def from_object(cls, obj: Mapping[str, Any]) -> BackupRecord:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        spec, status = backup_spec(obj), backup_status(obj)
         vm = labels.get(LABEL_VM) or (spec.get("vm") or {}).get("instanceUuid") or ""
         return cls(
             name=meta.get("name", ""),

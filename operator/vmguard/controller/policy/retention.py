@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,7 +48,9 @@ from vmguard.api import (
 )
 from vmguard.api.kinds import BACKUP, REPOSITORY
 from vmguard.controller.kube.access import open_repository
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import set_condition
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
@@ -56,8 +58,6 @@ from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
 CONDITION = "Retention"
 LISTED = 10  # events (and names in a message) per pass
-Announce = Callable[[str, str, bool], None]
-"""(reason, message, warning) -> posts an event on the policy."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ def retention_policy(spec: Mapping[str, Any]) -> RetentionPolicy:
 
 def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | None:
     """The backup as a retention candidate; None unless Completed with an archive."""
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    meta, spec, status = obj.get("metadata") or {}, backup_spec(obj), backup_status(obj)
     pmeta, pspec = policy["metadata"], policy.get("spec") or {}
-    if (spec.get("policyRef") or {}).get("name") != pmeta["name"]:
+    if ref_name(spec.get("policyRef")) != pmeta["name"]:
         return None
     if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
         return None

@@ -42,6 +42,7 @@ from typing import Any
 
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
@@ -49,7 +50,7 @@ from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.policy import judgement
 from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.history import BackupHistory
-from vmguard.controller.policy.retention import Announce, Retention
+from vmguard.controller.policy.retention import Retention
 from vmguard.errors import RetryableError, VmguardError
 from vmguard.metrics import Metrics, PolicyVM
 from vmguard.vsphere.records import VMRecord

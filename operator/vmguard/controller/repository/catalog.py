@@ -57,6 +57,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.api.names import is_synced
 from vmguard.controller.kube import access
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
@@ -87,7 +88,7 @@ def archive_of(obj: Mapping[str, Any]) -> str:
     """The archive a VMGuardBackup names: its status, or the annotation of a synced one."""
     meta = obj.get("metadata") or {}
     return str(
-        (obj.get("status") or {}).get("archiveId")
+        backup_status(obj).get("archiveId")
         or (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID)
         or ""
     )
@@ -95,10 +96,10 @@ def archive_of(obj: Mapping[str, Any]) -> str:
 
 def repository_of(obj: Mapping[str, Any]) -> str:
     """The VMGuardRepository a VMGuardBackup was made with (status), or asked for (spec)."""
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    meta, spec = obj.get("metadata") or {}, backup_spec(obj)
     return str(
-        (obj.get("status") or {}).get("repository")
-        or (spec.get("repositoryRef") or {}).get("name")
+        backup_status(obj).get("repository")
+        or ref_name(spec.get("repositoryRef"))
         or (meta.get("labels") or {}).get(LABEL_REPOSITORY)
         or ""
     )
@@ -128,7 +129,7 @@ def plan_catalog(
     covered: set[str] = set()
     complete, flag, clear = [], [], []
     for obj in backups:
-        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        meta, status = obj.get("metadata") or {}, backup_status(obj)
         archive = archive_of(obj)
         if archive:
             covered.add(archive)  # by any VMGuardBackup, of any repository: never two objects
@@ -355,7 +356,7 @@ async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) 
 async def _condition(
     api: KubeAPI, obj: Mapping[str, Any], ok: bool, reason: str, message: str
 ) -> None:
-    meta, status = obj["metadata"], obj.get("status") or {}
+    meta, status = obj["metadata"], backup_status(obj)
     conditions = set_condition(status.get("conditions"), CONDITION, ok, reason, message)
     await api.patch_status(PLURAL, meta["namespace"], meta["name"], {"conditions": conditions})
 
@@ -400,7 +401,7 @@ async def _create(
         if manifest is None:
             continue
         obj = by_name[backup_name]
-        vcenter = ((obj.get("spec") or {}).get("vcenterRef") or {}).get("name", "")
+        vcenter = ref_name(backup_spec(obj).get("vcenterRef")) or ""
         status = synced_status(manifest, repository=name, vcenter=vcenter)
         await api.patch_status(PLURAL, ns, backup_name, status)
         report.completed.append(backup_name)

@@ -16,13 +16,11 @@ import kopf
 
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import REPOSITORY
-from vmguard.config import RepositorySettings, catalog_interval
-from vmguard.controller.kube.handlers import acts, announcer
+from vmguard.config import RepositorySettings
+from vmguard.controller.kube.handlers import OperatorMemo, acts, announcer
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.timing import Timing
 from vmguard.controller.repository import catalog
 from vmguard.controller.repository.watch import RepositoryWatch
-from vmguard.metrics import Metrics
 
 
 @kopf.daemon(GROUP, VERSION, REPOSITORY.plural, cancellation_timeout=10.0)
@@ -30,7 +28,7 @@ async def repository_watch(
     body: kopf.Body,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
@@ -38,8 +36,7 @@ async def repository_watch(
     """Reachability and stats of the repository; its scheduled GC and verify."""
     if not acts(memo, "repositories"):
         return
-    metrics: Metrics | None = getattr(memo, "metrics", None)
-    timing: Timing = memo.timing
+    metrics, timing = memo.metrics, memo.timing
     interval = timing.interval(RepositorySettings.from_env().interval)
     watch = RepositoryWatch(
         KubeAPI(), body, metrics, announcer(body), logger, interval, timing=timing
@@ -48,14 +45,13 @@ async def repository_watch(
         await watch.loop(stopped)
     finally:
         # Deleted, or paused in favour of a peer: a standby reports nothing stale.
-        if metrics is not None:
-            metrics.forget_repository(namespace or "", name)
+        metrics.forget_repository(namespace or "", name)
 
 
 @kopf.daemon(GROUP, VERSION, REPOSITORY.plural, id="catalog_sync", cancellation_timeout=10.0)
 async def catalog_sync(
     body: kopf.Body,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
@@ -70,8 +66,8 @@ async def catalog_sync(
         (kopf.warn if warning else kopf.info)(obj, reason=reason, message=message)
 
     api = KubeAPI()
-    timing: Timing = memo.timing
-    interval = timing.interval(float(getattr(memo, "catalog_interval", None) or catalog_interval()))
+    timing = memo.timing
+    interval = timing.interval(memo.catalog_interval)
     told: set[str] = set()  # say each skipped archive once, not every pass
     while not stopped:
         try:

@@ -59,7 +59,7 @@ import asyncio
 import copy
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,7 @@ from vmguard.controller.kube.conditions import (
     set_condition,
     standing_conditions,
 )
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.repository_spec import missing_features, spec_mismatches
 from vmguard.controller.kube.schedule import Schedule, parse
@@ -104,7 +105,6 @@ from vmguard.store.verify import VerifyReport, verify
 
 PLURAL = REPOSITORY.plural
 LISTED = 10  # damaged chunks named in an event
-Announce = Callable[[str, str, bool], None]
 
 
 @dataclass(frozen=True)

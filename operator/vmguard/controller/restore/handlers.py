@@ -13,7 +13,7 @@ import kopf
 
 from vmguard.api import GROUP, RESTORE_TERMINAL, VERSION
 from vmguard.api.kinds import RESTORE
-from vmguard.controller.kube.handlers import acts
+from vmguard.controller.kube.handlers import OperatorMemo, acts, announcer
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.restore import reconcile
 
@@ -23,24 +23,20 @@ async def restore_driver(
     body: kopf.Body,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     **_: Any,
 ) -> None:
     """Drive one VMGuardRestore to Completed or Failed (a no-op once it is either)."""
     if not acts(memo, "restores"):
         return
-
-    def announce(reason: str, message: str, warning: bool) -> None:
-        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
-
     await reconcile.drive(
-        KubeAPI(), memo.proxy, namespace or "", name, stopped, announce, timing=memo.timing
+        KubeAPI(), memo.proxy, namespace or "", name, stopped, announcer(body), timing=memo.timing
     )
 
 
 @kopf.on.field(GROUP, VERSION, RESTORE.plural, field="status.phase")
-async def vmrestore_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+async def vmrestore_phase(body: kopf.Body, new: Any, memo: OperatorMemo, **_: Any) -> None:
     """A restore finished: count its outcome (and its failure's reason) once."""
-    if new in RESTORE_TERMINAL and getattr(memo, "metrics", None) is not None:
+    if new in RESTORE_TERMINAL:
         memo.metrics.observe_restore(dict(body))

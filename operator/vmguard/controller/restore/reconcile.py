@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +39,21 @@ from vmguard.api import (
     RESTORE_TERMINAL,
     BackupPhase,
     Condition,
+    Failure,
     RestorePhase,
     RestoreStatus,
 )
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
+from vmguard.controller.kube.bodies import (
+    backup_spec,
+    backup_status,
+    ref_name,
+    restore_status,
+)
 from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
+from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
@@ -66,9 +74,6 @@ WAIT_SOURCE_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 POLL_JOB_SECONDS = 2.0
 
-Announce = Callable[[str, str, bool], None]
-"""(reason, message, is_warning): an event on the VMGuardRestore."""
-
 
 @dataclass
 class Step:
@@ -78,7 +83,7 @@ class Step:
 
 
 def _conditions(obj: dict[str, Any]) -> list[Condition]:
-    return list((obj.get("status") or {}).get("conditions") or [])
+    return list(restore_status(obj).get("conditions") or [])
 
 
 def _waiting(obj: dict[str, Any], type_: str, reason: str, message: str, delay: float) -> Step:
@@ -103,23 +108,23 @@ def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) ->
 
 def _refs(backup: dict[str, Any], policy: dict[str, Any] | None) -> tuple[str, str]:
     """(vCenter, repository) names the backup was made with."""
-    spec, status = backup.get("spec") or {}, backup.get("status") or {}
+    spec, status = backup_spec(backup), backup_status(backup)
     pspec = (policy or {}).get("spec") or {}
     vcenter = (
         status.get("vcenter")
-        or (spec.get("vcenterRef") or {}).get("name")
+        or ref_name(spec.get("vcenterRef"))
         or (pspec.get("vcenterRef") or {}).get("name", "")
     )
     repository = (
         status.get("repository")
-        or (spec.get("repositoryRef") or {}).get("name")
+        or ref_name(spec.get("repositoryRef"))
         or (pspec.get("repositoryRef") or {}).get("name", "")
     )
     return vcenter, repository
 
 
 async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
-    phase = (obj.get("status") or {}).get("phase") or RestorePhase.PENDING
+    phase = restore_status(obj).get("phase") or RestorePhase.PENDING
     if phase in RESTORE_TERMINAL:
         return Step()
     if phase == RestorePhase.PENDING:
@@ -131,13 +136,13 @@ async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> St
 
 async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
     meta, spec = obj["metadata"], obj["spec"]
-    ns, status = meta["namespace"], obj.get("status") or {}
+    ns, status = meta["namespace"], restore_status(obj)
     source = spec["source"]["backupRef"]["name"]
     backup = await api.get_object(BACKUP.plural, ns, source)
     if backup is None:
         msg = f"VMGuardBackup {source} does not exist"
         return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
-    bstatus = backup.get("status") or {}
+    bstatus = backup_status(backup)
     if bstatus.get("phase") == BackupPhase.FAILED:
         msg = f"VMGuardBackup {source} is {bstatus['phase']}: there is nothing to restore"
         return failed(obj, "SourceReady", "SourceFailed", msg)
@@ -146,7 +151,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         phase = bstatus.get("phase") or BackupPhase.PENDING
         msg = f"VMGuardBackup {source} is {phase}, not Completed"
         return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
-    policy_ref = ((backup.get("spec") or {}).get("policyRef") or {}).get("name")
+    policy_ref = ref_name(backup_spec(backup).get("policyRef"))
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_name, repo_name = _refs(backup, policy)
     vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
@@ -249,7 +254,7 @@ def _power(endpoint: Any, morefs: list[str], on: bool) -> None:
 
 
 async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
-    meta, status = obj["metadata"], obj.get("status") or {}
+    meta, status = obj["metadata"], restore_status(obj)
     ns = meta["namespace"]
     job_name = status.get("jobName") or builders.restore_job_name(obj)
     job = await JobAPI(api.api).read_job(ns, job_name)
@@ -264,7 +269,7 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         conds = set_condition(_conditions(obj), "Ready", False, "Finalizing", "data written")
         return Step({"phase": RestorePhase.FINALIZING, "conditions": conds}, 0.0)
     if state.failed:
-        error = status.get("error") or {}
+        error: Failure = status.get("error") or {}
         reason = error.get("reason") or PROXY_FAILED
         text = error.get("message") or f"restore Job {job_name} failed: {message}"
         return await _fail_and_clean(api, obj, reason, text)
@@ -301,7 +306,7 @@ async def _watch_proxy_start(
 
 
 async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:
-    ns, name = obj["metadata"]["namespace"], (obj.get("status") or {}).get("vcenter")
+    ns, name = obj["metadata"]["namespace"], restore_status(obj).get("vcenter")
     vc = await api.get_object(VCENTER.plural, ns, name) if name else None
     if vc is None:
         raise RetryableError(f"VCenter {name} is gone; cannot finish the restore")
@@ -309,7 +314,7 @@ async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:
 
 
 async def _fail_and_clean(api: KubeAPI, obj: dict[str, Any], reason: str, text: str) -> Step:
-    status = obj.get("status") or {}
+    status = restore_status(obj)
     moref = ((status.get("result") or {}).get("vm") or {}).get("moref")
     if "newVM" in obj["spec"]["target"] and moref:
         endpoint = await _vcenter_endpoint(api, obj)
@@ -331,7 +336,7 @@ async def _fail_and_clean(api: KubeAPI, obj: dict[str, Any], reason: str, text: 
 
 
 async def _finalize(api: KubeAPI, obj: dict[str, Any]) -> Step:
-    status = obj.get("status") or {}
+    status = restore_status(obj)
     moref = ((status.get("result") or {}).get("vm") or {}).get("moref")
     if status.get("powerOnAfter") and moref:
         endpoint = await _vcenter_endpoint(api, obj)
@@ -378,7 +383,10 @@ async def drive(
 
 
 def restore_conditions(
-    conditions: Any, phase: str, error: Any, generation: int | None
+    conditions: Iterable[Condition] | None,
+    phase: str,
+    error: Failure | None,
+    generation: int | None,
 ) -> list[Condition]:
     """The kstatus conditions of a VMGuardRestore in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
@@ -397,7 +405,7 @@ def with_lifecycle(obj: dict[str, Any], patch: RestoreStatus) -> RestoreStatus:
     must carry; empty when the object already carries them and ``patch`` is empty (a
     step that changed nothing writes nothing). Also brings a restore finished by an
     older operator up to date."""
-    before = obj.get("status") or {}
+    before = restore_status(obj)
     generation = obj["metadata"].get("generation")
     phase = patch.get("phase") or before.get("phase") or RestorePhase.PENDING
     error = patch["error"] if "error" in patch else before.get("error")
@@ -414,12 +422,12 @@ def _retry(obj: dict[str, Any], reason: str, message: str) -> Step:
 
 
 def _announce(obj: dict[str, Any], status: RestoreStatus, announce: Announce) -> None:
-    before = (obj.get("status") or {}).get("phase")
+    before = restore_status(obj).get("phase")
     phase = status.get("phase")
     if phase == before or phase is None:
         return
     if phase == RestorePhase.FAILED:
-        error = status.get("error") or {}
+        error: Failure = status.get("error") or {}
         announce(error.get("reason", "Failed"), error.get("message", ""), True)
     elif phase in (RestorePhase.RESTORING, RestorePhase.COMPLETED):
         announce(phase, f"restore {phase.lower()}", False)

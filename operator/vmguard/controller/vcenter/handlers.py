@@ -20,7 +20,7 @@ import kopf
 
 from vmguard.api import GROUP, VERSION, parse_duration
 from vmguard.api.kinds import POLICY, VCENTER
-from vmguard.controller.kube.handlers import AfterSweep, acts, vcenter_wakeup
+from vmguard.controller.kube.handlers import AfterSweep, OperatorMemo, acts, vcenter_wakeup
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
@@ -43,7 +43,7 @@ async def vcenter_sweeper(
     body: kopf.Body,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorMemo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
@@ -53,7 +53,7 @@ async def vcenter_sweeper(
         return
     api = KubeAPI()
     wake = vcenter_wakeup(memo, namespace or "", name)
-    metrics: Metrics = memo.metrics
+    metrics = memo.metrics
     try:
         await _sweep_forever(
             api, body, wake, metrics, memo.sweeps, memo.after_sweep, stopped, logger, memo.timing

@@ -35,6 +35,7 @@ from typing import Any
 
 from vmguard.api import BACKUP_TERMINAL, parse_time
 from vmguard.api.kinds import BACKUP
+from vmguard.controller.kube.bodies import backup_status
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.migration import migrated_uid
 from vmguard.controller.kube.policy_spec import consolidation_allowed
@@ -53,7 +54,7 @@ CBT_CYCLE_PREFIX = "cbt-"
 def finished_uids(backups: list[dict[str, Any]]) -> set[str]:
     """UIDs of this namespace's VMGuardBackups that will not touch their snapshot again
     (and the UIDs of the old objects the finished ones were migrated from)."""
-    finished = [b for b in backups if (b.get("status") or {}).get("phase") in BACKUP_TERMINAL]
+    finished = [b for b in backups if backup_status(b).get("phase") in BACKUP_TERMINAL]
     # A backup copied from the old kind made its snapshot under the old object's UID.
     migrated = {uid for b in finished if (uid := migrated_uid(b))}
     return {b["metadata"]["uid"] for b in finished} | migrated
