@@ -11,7 +11,7 @@ samples every VMGuardBackup event, so a moment with too many in flight cannot sl
 between two polls.
 
 The operator runs :data:`SPEEDUP` times faster (docs/lab.md, "Lab time"): the 30 s sweep
-interval lasts two and a half seconds.
+interval lasts one second.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from tests.controller.test_policies import sweeps_later
 from vmguard.vsphere.session import wait_for
 from vmguard_lab.procs import eventually
 
-SPEEDUP = 12
+SPEEDUP = 30
 ESTATE = 200
-PER_SWEEP, IN_FLIGHT = 20, 50
+PER_SWEEP, IN_FLIGHT = 25, 100
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.operator_controllers("vcenters,policies"),
