@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -70,59 +70,75 @@ def estate(si: Any, prefix: str, count: int) -> Iterator[list[str]]:
 
 
 class Sampler:
-    """Every event of the policy's VMGuardBackups, from a watch: the largest number in
-    flight (not ``Completed``/``Failed``) at any moment, and every name ever seen."""
+    """Every event of the policy and of its VMGuardBackups, from two watches: the largest
+    number of backups in flight (not ``Completed``/``Failed``) at any moment, every name
+    ever seen, and the largest number one sweep created (the policy's
+    ``status.failsafe.created``, rewritten whenever it changes)."""
 
     def __init__(self, kube_api: Any, ns: str, policy: str) -> None:
         self.kube_api, self.ns, self.policy = kube_api, ns, policy
         self.phases: dict[str, str] = {}
         self.most_in_flight = 0
+        self.most_per_sweep = 0
         self.events = 0
-        self._watch = watch.Watch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = threading.Event()
+        self._watches = [watch.Watch(), watch.Watch()]
+        self._threads = [
+            threading.Thread(target=self._run, args=(w, *a), daemon=True)
+            for w, a in zip(
+                self._watches,
+                [
+                    (VGB, {"label_selector": f"vmguard.io/policy={policy}"}, self._backup),
+                    (PP, {"field_selector": f"metadata.name={policy}"}, self._policy),
+                ],
+                strict=True,
+            )
+        ]
         self._stopping = False
         self.error: Exception | None = None
 
-    def _run(self) -> None:
+    def _run(
+        self, w: watch.Watch, plural: str, select: dict[str, str], on: Callable[..., None]
+    ) -> None:
         api = client.CustomObjectsApi(self.kube_api)
-        stream = self._watch.stream(
+        stream = w.stream(
             api.list_namespaced_custom_object,
             objects.G,
             objects.V,
             self.ns,
-            VGB,
-            label_selector=f"vmguard.io/policy={self.policy}",
+            plural,
             timeout_seconds=600,
+            **select,
         )
-        self._started.set()
         try:
-            self._follow(stream)
+            for event in stream:
+                on(event["type"], event["object"])
         except Exception as exc:  # the watch ends when the test's namespace goes away
             if not self._stopping:
                 self.error = exc
 
-    def _follow(self, stream: Iterator[dict[str, Any]]) -> None:
-        for event in stream:
-            obj = event["object"]
-            name = obj["metadata"]["name"]
-            phase = (obj.get("status") or {}).get("phase") or ""
-            if event["type"] == "DELETED":
-                self.phases.pop(name, None)
-            else:
-                self.phases[name] = phase
-            self.events += 1
-            flying = sum(1 for p in self.phases.values() if p not in ("Completed", "Failed"))
-            self.most_in_flight = max(self.most_in_flight, flying)
+    def _backup(self, kind: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.phases.pop(name, None)
+        else:
+            self.phases[name] = (obj.get("status") or {}).get("phase") or ""
+        self.events += 1
+        flying = sum(1 for p in self.phases.values() if p not in ("Completed", "Failed"))
+        self.most_in_flight = max(self.most_in_flight, flying)
+
+    def _policy(self, kind: str, obj: dict[str, Any]) -> None:
+        created = ((obj.get("status") or {}).get("failsafe") or {}).get("created") or 0
+        self.most_per_sweep = max(self.most_per_sweep, created)
 
     def __enter__(self) -> Sampler:
-        self._thread.start()
-        self._started.wait(10)
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *_: Any) -> None:
         self._stopping = True
-        self._watch.stop()
+        for w in self._watches:
+            w.stop()
 
 
 def failsafes(kube_api: Any, ns: str, policy: str) -> list[dict[str, Any]]:
@@ -206,4 +222,5 @@ def test_rollout_over_200_vms_is_spread_and_a_dry_run_creates_nothing(
         assert done == names
         assert s.error is None, f"the watch failed: {s.error}"
         assert 0 < s.most_in_flight <= IN_FLIGHT
+        assert 0 < s.most_per_sweep <= PER_SWEEP
         assert len(s.phases) == ESTATE
