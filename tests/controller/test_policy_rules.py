@@ -260,7 +260,51 @@ def test_failsafe_plan_picks_the_vms() -> None:
     history = BackupHistory.of_policy(
         [backup(VMS[0], "Completed"), backup(VMS[1], "Snapshotting")], "gold"
     )
-    assert [vm.name for vm in failsafe.plan(VMS, history, T0, 30)] == ["vm 2"]
+    assert [vm.name for vm in failsafe.plan(VMS, history, T0, 30).now] == ["vm 2"]
+
+
+def test_failsafe_plan_spreads_a_rollout() -> None:
+    many = [
+        VMRecord(moref=f"vm-{i}", name=f"vm {i:03}", instance_uuid=f"{i:08x}-0000-4000-8000-0")
+        for i in range(200)
+    ]
+    limits = failsafe.Limits(per_sweep=25, in_flight=40)
+    first = failsafe.plan(list(reversed(many)), BackupHistory.of_policy([], "gold"), T0, 30, limits)
+    assert [vm.name for vm in first.now] == [vm.name for vm in many[:25]], "by name"
+    assert first.waiting == 175
+    # 25 still in flight: only 15 more, the next ones by name.
+    made = [backup(vm, None, trigger=Trigger.FAILSAFE) for vm in first.now]
+    second = failsafe.plan(many, BackupHistory.of_policy(made, "gold"), T0, 30, limits)
+    assert [vm.name for vm in second.now] == [vm.name for vm in many[25:40]]
+    assert second.waiting == 160
+    done = [backup(vm, "Completed", trigger=Trigger.FAILSAFE) for vm in first.now]
+    third = failsafe.plan(many, BackupHistory.of_policy(done, "gold"), T0, 30, limits)
+    assert [vm.name for vm in third.now] == [vm.name for vm in many[25:50]]
+    assert failsafe.Limits.of(policy()) == failsafe.Limits(50, 100)
+    assert failsafe.Limits.of(policy(failsafe={"maxPerSweep": 3})) == failsafe.Limits(3, 100)
+
+
+def test_failsafe_dry_run_reports_instead() -> None:
+    made = failsafe.plan(VMS, BackupHistory.of_policy([], "gold"), T0, 30, failsafe.Limits(2, 9))
+    assert failsafe.failsafe_status(policy(dryRun=True), made, 0) == {
+        "created": 0,
+        "planned": 2,
+        "plannedVMs": ["vm 0", "vm 1"],
+        "waiting": 1,
+    }
+    live = failsafe.failsafe_status(policy(), made, 2)
+    assert live == {"created": 2, "planned": None, "plannedVMs": None, "waiting": 1}
+
+
+def test_dry_run_status_has_a_plan_and_a_condition() -> None:
+    p = policy(dryRun=True)
+    a = judgement.assess_spec(p["spec"], vcenter_exists=True, repository_exists=True)
+    out = judgement.status(p, a, T0, None, BackupHistory.of_policy([], "gold"), ["a", "b"], [])
+    assert out["plan"] == {"nextRunTime": "2025-01-08T02:00:00Z", "vms": 2}
+    dry = next(c for c in out["conditions"] if c["type"] == "DryRun")
+    assert dry["status"] == "True" and dry["reason"] == "DryRun"
+    live = judgement.status(policy(), a, T0, None, BackupHistory.of_policy([], "gold"), [], [])
+    assert live["plan"] is None
 
 
 # --- consolidation ---------------------------------------------------------------------------

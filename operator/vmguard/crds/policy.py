@@ -388,6 +388,31 @@ spec = obj(
             "protected, so the default policy does not take them over.",
             default=False,
         ),
+        "failsafe": obj(
+            "How fast the fail-safe backs up the policy's VMs that were never backed up "
+            "(a rollout over many VMs is spread over sweeps, not snapshotted at once). "
+            "VMs over the limits wait for the next sweeps, in the order of their names.",
+            {
+                "maxPerSweep": integer(
+                    "At most this many new fail-safe backups per sweep of the vCenter.",
+                    minimum=1,
+                    maximum=5000,
+                    default=50,
+                ),
+                "maxInFlight": integer(
+                    "No new fail-safe backup while this many of the policy's are in progress.",
+                    minimum=1,
+                    maximum=5000,
+                    default=100,
+                ),
+            },
+            default={"maxPerSweep": 50, "maxInFlight": 100},
+        ),
+        "dryRun": boolean(
+            "Create no VMGuardBackup: status.plan and status.failsafe report what the "
+            "scheduled runs and the fail-safe would back up, and when.",
+            default=False,
+        ),
     },
     required=["vcenterRef", "repositoryRef", "schedule", "retention"],
     rules=[
@@ -423,6 +448,31 @@ status = obj(
             },
         ),
         "lastSuccessfulTime": timestamp("When a backup under this policy last completed."),
+        "failsafe": obj(
+            "What the fail-safe did at the vCenter's last sweep.",
+            {
+                "created": integer("Fail-safe VMGuardBackups the sweep created.", minimum=0),
+                "waiting": integer(
+                    "VMs never backed up that wait for a later sweep (spec.failsafe limits).",
+                    minimum=0,
+                ),
+                "planned": integer(
+                    "Dry run: fail-safe backups the sweep would have created.", minimum=0
+                ),
+                "plannedVMs": array(
+                    "Dry run: the first of those VMs, by name.",
+                    string(max_length=256),
+                    max_items=10,
+                ),
+            },
+        ),
+        "plan": obj(
+            "Dry run: what the next scheduled run would back up.",
+            {
+                "nextRunTime": timestamp("The next scheduled run."),
+                "vms": integer("VMGuardBackups it would create, one per VM.", minimum=0),
+            },
+        ),
         "vmsOutsideRPO": integer(
             "VMs whose last completed backup is older than the RPO.", minimum=0
         ),
@@ -454,6 +504,10 @@ KIND = Kind(
         column("Matched", ".status.matchedVMs", "VMs protected by it.", type_="integer"),
         ready_column(),
         column("Paused", ".spec.paused", "No new backups.", type_="boolean"),
+        column("Dry-Run", ".spec.dryRun", "Plans only.", type_="boolean", priority=1),
+        column(
+            "Waiting", ".status.failsafe.waiting", "VMs the fail-safe takes later.", type_="integer"
+        ),
         column("Last-Run", ".status.lastScheduleTime", "Last scheduled run.", type_="date"),
         # kubectl prints a future time of type date as <invalid>; a string shows it as is.
         column("Next-Run", ".status.nextScheduleTime", "Next scheduled run (UTC).", priority=1),

@@ -15,13 +15,15 @@ raised out of a handler (the operator does not crash-loop on bad input):
   policy: the jitter is capped at the gap, so each VM still starts before the next run.
 - ``Paused`` — True (``Paused``) when ``spec.paused``: no backups are created, the
   VMs still count as protected so the default policy does not take them over.
+- ``DryRun`` — True (``DryRun``) when ``spec.dryRun``: nothing is created; ``plan
+  {nextRunTime, vms}`` says what the next scheduled run would back up (null otherwise).
 - ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
   default policy (the one whose name sorts first acts as the default, the others
   protect nothing), or ``PriorityTie`` when another policy of the same priority
   selects some of the same VMs (the name that sorts first wins; both are told).
 
-Status (written only by this controller, except ``matchedVMs`` which the vCenter
-sweep writes): ``nextScheduleTime``, ``lastScheduleTime``, ``lastRun {time, backups,
+Status (written only by this controller, except ``matchedVMs`` and ``failsafe`` which
+the vCenter sweep writes): ``nextScheduleTime``, ``lastScheduleTime``, ``lastRun {time, backups,
 completed, failed, running}`` from the backups labelled with that run,
 ``lastSuccessfulTime``, ``vmsOutsideRPO`` (VMs of the policy, as of the last sweep,
 without a completed backup within ``spec.rpo``, or twice the longest gap between runs).
@@ -169,11 +171,13 @@ def conditions(
     clashes: list[tuple[str, str]],
     generation: int | None,
     next_run: dt.datetime | None,
+    dry_run: bool = False,
 ) -> list[Condition]:
     out = [cast(Condition, dict(c)) for c in previous or ()]
     if assessment.ready:
         when = f"next run at {format_time(next_run)}" if next_run else "no run in 50 years"
-        message = ("paused: creates no backups; " if paused else "") + when
+        holds = "paused" if paused else "dry run" if dry_run else ""
+        message = (f"{holds}: creates no backups; " if holds else "") + when
         out = set_condition(out, "Ready", True, "Scheduled", message, generation)
     else:
         reason, message = assessment.problems[0]
@@ -190,6 +194,17 @@ def conditions(
         paused,
         "Paused" if paused else "Active",
         "spec.paused is set: no new backups" if paused else "backups are created",
+        generation,
+    )
+    out = set_condition(
+        out,
+        "DryRun",
+        dry_run,
+        "DryRun" if dry_run else "Live",
+        "spec.dryRun is set: creates no backups, status.plan and status.failsafe say what "
+        "it would back up"
+        if dry_run
+        else "backups are created",
         generation,
     )
     if clashes:
@@ -224,11 +239,12 @@ def status(
     meta, spec = policy["metadata"], policy.get("spec") or {}
     previous = (policy.get("status") or {}).get("conditions")
     paused = bool(spec.get("paused"))
+    dry_run = bool(spec.get("dryRun"))
     next_run = assessment.schedule.next_after(now) if assessment.schedule else None
     out: dict[str, Any] = {
         "observedGeneration": meta.get("generation"),
         "conditions": conditions(
-            previous, assessment, paused, clashes, meta.get("generation"), next_run
+            previous, assessment, paused, clashes, meta.get("generation"), next_run, dry_run
         ),
         # A policy that cannot act has no next run: null removes a stale one.
         "nextScheduleTime": format_time(next_run)
@@ -241,6 +257,10 @@ def status(
             "time": format_time(last_schedule),
             **history.run_counts(run_label(last_schedule)),
         }
+    # A dry run's plan; null removes it once the policy runs for real.
+    out["plan"] = None
+    if dry_run and assessment.ready and not paused and vms is not None:
+        out["plan"] = {"nextRunTime": format_time(next_run) if next_run else None, "vms": len(vms)}
     success = history.last_success()
     if success is not None:
         out["lastSuccessfulTime"] = format_time(success)

@@ -22,6 +22,9 @@ Rules (docs/resource-model.md, "Schedules"):
   before the restart exist already, backups not yet created (jitter) are created.
 - A paused or not-Ready policy advances past its scheduled times without running them,
   and a changed schedule starts from now: neither is caught up later.
+- A policy with ``spec.dryRun`` runs its schedule but creates nothing: each run logs how
+  many VMs it would back up, and the status's ``plan`` says when the next run would
+  back up how many (:func:`.judgement.status`); retention still applies.
 - Every pass also applies the policy's retention (:mod:`.retention`), paused or not; a
   completed backup of the policy wakes the loop for it.
 
@@ -211,6 +214,9 @@ class PolicyRunner:
             meta["name"],
             {"lastScheduleTime": format_time(run)},
         )
+        if (policy.get("spec") or {}).get("dryRun"):
+            self.log.info(f"dry run {run_label(run)}: would back up {len(todo)} VM(s)")
+            return
         self.pending = sorted([*self.pending, *todo], key=lambda p: p.start)
         if not todo and not skipped:
             self.log.debug("run %s: the policy has no VMs", run_label(run))
