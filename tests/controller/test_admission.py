@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from vmguard.controller.admission import (
+from vmguard.controller.kube.admission import (
     PolicyLimits,
     VCenterLimits,
     Work,
@@ -142,7 +142,7 @@ def test_policy_limits_count_backups_of_that_policy_only() -> None:
     p = plan(items, running, ROOMY)
     assert names(p.start) == ["g2", "s2"]
     assert [(w.work.name, w.message) for w in p.waiting] == [
-        ("g3", "policy gold runs at most 2 backups at once")
+        ("g3", "policy gold runs at most 2 backups at once (total)")
     ]
 
 

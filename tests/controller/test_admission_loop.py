@@ -8,8 +8,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from vmguard.controller.admission import VCenterLimits
-from vmguard.controller.admission_loop import (
+from vmguard.controller.backup.admission import (
     Memory,
     PolicyTerms,
     Queued,
@@ -18,6 +17,7 @@ from vmguard.controller.admission_loop import (
     start_status,
     waiting_status,
 )
+from vmguard.controller.kube.admission import VCenterLimits
 
 NOW = dt.datetime(2026, 12, 6, 1, 30, tzinfo=dt.UTC)
 LIMITS = VCenterLimits()
@@ -72,6 +72,11 @@ def test_queued_of_keeps_resolved_backups_in_flight_only() -> None:
     assert q is not None and q.disks == (("a", 3),) and q.waiting
     running = queued_of(body(4, phase="Transferring"))
     assert running is not None and not running.waiting
+    deleting = body(5, phase="Finalizing")
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-06T01:10:00Z"
+    assert queued_of(deleting) is not None  # still holds its slot while cleaned up
+    deleting["status"]["phase"] = "Pending"
+    assert queued_of(deleting) is None  # deleted while waiting: never starts
 
 
 def test_a_turn_that_changes_nothing_writes_nothing() -> None:
@@ -123,6 +128,6 @@ def test_waiting_status_says_why_and_where() -> None:
     assert patch["queuePosition"] == 1
     admitted = next(c for c in patch["conditions"] if c["type"] == "Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "ConcurrencyLimit")
-    assert admitted["message"] == "policy gold runs at most 2 backups at once"
+    assert admitted["message"] == "policy gold runs at most 2 backups at once (total)"
     ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ConcurrencyLimit")

@@ -49,6 +49,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.wakeups = {}
     # (namespace, policy name) -> event that wakes that policy's scheduler at once.
     memo.policy_wakeups = {}
+    # (namespace, vCenter name) -> event that wakes that vCenter's admission loop.
+    memo.admission_wakeups = {}
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.

@@ -8,6 +8,8 @@ kind's event concerns another kind's loop, they meet here, in kopf's operator me
 - :func:`vcenter_wakeup` — a policy changed: its vCenter's sweeper re-matches now;
 - :func:`policy_wakeup` — a policy changed, or one of its backups completed: its
   scheduler re-reads the schedule and applies retention now;
+- :func:`admission_wakeup` — a backup, a policy or a VCenter's limits changed: that
+  vCenter's admission loop plans now;
 - :data:`AfterSweep` — what the vCenter sweeper calls after each successful sweep
   (the policies' fail-safe, handed in by ``main``), so the sweeper needs no policy code.
 
@@ -61,3 +63,9 @@ def policy_wakeup(memo: Any, namespace: str, name: str) -> asyncio.Event:
     """The event that wakes that policy's scheduler at once."""
     wakeups: dict[tuple[str, str], asyncio.Event] = memo.policy_wakeups
     return wakeups.setdefault((namespace, name), asyncio.Event())
+
+
+def admission_wakeup(memo: Any, namespace: str, vcenter_name: str) -> asyncio.Event:
+    """The event that wakes that vCenter's admission loop at once."""
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo.admission_wakeups
+    return wakeups.setdefault((namespace, vcenter_name), asyncio.Event())

@@ -41,15 +41,15 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
-from vmguard.controller.admission import (
+from vmguard.controller.kube.admission import (
     PolicyLimits,
     VCenterLimits,
     Waiting,
     Work,
     plan,
 )
-from vmguard.controller.conditions import lifecycle_conditions, set_condition
-from vmguard.controller.timing import REAL_TIME, Timing
+from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
+from vmguard.controller.kube.timing import REAL_TIME, Timing
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,18 @@ def _run_time(labels: Mapping[str, str]) -> dt.datetime | None:
 
 def queued_of(body: Mapping[str, Any], policy_of_labels: str | None = None) -> Queued | None:
     """The record of a backup in the queue, or None when it is not (yet, or any more):
-    not resolved, ended, or synced (the caller filters synced ones)."""
+    not resolved, ended, deleted while waiting, or synced (the caller filters synced
+    ones). A running backup being deleted still counts until it is gone: its proxy and
+    snapshot are being cleaned up."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     phase = status.get("phase") or BackupPhase.PENDING
     resolved = bool((status.get("vm") or {}).get("moref")) and bool(status.get("vcenter"))
-    if not resolved or meta.get("deletionTimestamp"):
+    if not resolved:
         return None
     if phase != BackupPhase.PENDING and phase not in BACKUP_ACTIVE:
         return None
+    if meta.get("deletionTimestamp") and phase == BackupPhase.PENDING:
+        return None  # deleted while waiting: it will not start (a running one still counts)
     where = status.get("placement") or {}
     disks = tuple(
         (str(d.get("datastore", "")), int(d.get("count") or 1)) for d in where.get("disks") or ()
@@ -358,6 +362,7 @@ class AdmissionLoop:
     timing: Timing = REAL_TIME
     deadline: float = 6 * 3600.0
     memory: Memory = field(default_factory=Memory)
+    seen_terms: tuple[dict[str, PolicyTerms], VCenterLimits] | None = None
 
     async def run(self, wake: asyncio.Event, stopped: Waker) -> None:
         while not getattr(stopped, "is_set", lambda: False)():
@@ -372,10 +377,14 @@ class AdmissionLoop:
 
     async def turn(self) -> Decision:
         now = self.timing.now()
+        terms, limits = dict(self.terms()), self.limits()
+        if (terms, limits) != self.seen_terms:
+            log.info("vCenter %s: planning with %s and policies %s", self.vcenter, limits, terms)
+            self.seen_terms = (terms, limits)
         d = decide(
             self.records(),
-            self.terms(),
-            self.limits(),
+            terms,
+            limits,
             self.memory,
             now=now,
             deadline=self.deadline,

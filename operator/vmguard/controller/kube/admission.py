@@ -175,19 +175,19 @@ def _local_blocker(w: Work, use: _Usage, lim: VCenterLimits) -> tuple[str, str] 
     if w.vm in use.vms:
         return REASON_VM_BUSY, f"another backup of {w.vm} is running"
     pl = w.policy_limits
+    who = f"policy {w.policy}" if w.policy else "work without a policy"
     if use.policy_total[w.policy] >= pl.total:
-        return REASON_LIMIT, f"policy {w.policy} runs at most {pl.total} backups at once"
+        return REASON_LIMIT, f"{who} runs at most {pl.total} backups at once (total)"
     if w.host and use.policy_host[(w.policy, w.host)] >= pl.per_host:
         return (
             REASON_LIMIT,
-            f"policy {w.policy} runs at most {pl.per_host} backups on host {w.host} (perHost)",
+            f"{who} runs at most {pl.per_host} backups on host {w.host} (perHost)",
         )
     for ds, _ in w.disks:
         if use.policy_datastore[(w.policy, ds)] >= pl.per_datastore:
             return (
                 REASON_LIMIT,
-                f"policy {w.policy} runs at most {pl.per_datastore} backups on datastore {ds}"
-                " (perDatastore)",
+                f"{who} runs at most {pl.per_datastore} backups on datastore {ds} (perDatastore)",
             )
     if w.nfc and w.host and _over(use.host_disks[w.host], w.disk_count, lim.disks_per_host):
         return (
