@@ -120,11 +120,22 @@ class Kube:
             counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return counts
 
-    def etcd_delete_prefix(self, prefix: str) -> None:
-        key = prefix.encode()
-        end = key[:-1] + bytes([key[-1] + 1])
-        body = {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}
-        requests.post(f"{self.etcd}/v3/kv/deleterange", json=body, timeout=600).raise_for_status()
+    def etcd_delete_namespace(self, namespace: str) -> None:
+        """Delete every vmguard.io object of ``namespace`` straight from etcd, whatever
+        its kind (a run of an older tree may have left objects of kinds since renamed)."""
+        root = b"/registry/vmguard.io/"
+        end = root[:-1] + bytes([root[-1] + 1])
+        body = {
+            "key": base64.b64encode(root).decode(),
+            "range_end": base64.b64encode(end).decode(),
+            "keys_only": True,
+        }
+        got = requests.post(f"{self.etcd}/v3/kv/range", json=body, timeout=600).json()
+        for kv in got.get("kvs", []):
+            key = base64.b64decode(kv["key"])
+            if key.split(b"/")[4:5] == [namespace.encode()]:
+                one = {"key": kv["key"]}
+                requests.post(f"{self.etcd}/v3/kv/deleterange", json=one, timeout=60)
 
     def etcd_put(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         session = requests.Session()
@@ -273,7 +284,7 @@ def measure_pending(
     kind, plural = k["backup"]
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
     prefix = f"/registry/vmguard.io/{plural}/{NAMESPACE}/"
-    kube.etcd_delete_prefix(prefix)
+    kube.etcd_delete_namespace(NAMESPACE)
     policy_uid = setup(kube, k, NAMESPACE)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     items = [pending_backup(kind, i, policy_uid, now) for i in range(n)]
@@ -325,7 +336,7 @@ def measure_pending(
     }
     caused = {key: v for key, v in sorted(caused.items(), key=lambda kv: -kv[1]) if v >= 0.5}
     total = sum(caused.values())
-    kube.etcd_delete_prefix(prefix)
+    kube.etcd_delete_namespace(NAMESPACE)
     return {
         "pending": n,
         "tree": str(tree),
@@ -345,13 +356,15 @@ def measure_pending(
 NIGHT_WORKER = r"""
 import asyncio, datetime as dt, json, logging, sys, time, uuid
 from kubernetes import client
-from vmguard.controller.kubeapi import KubeAPI, load_config
 from vmguard.vsphere.records import VMRecord
-try:
-    from vmguard.controller.policy_runs import PendingBackup, PolicyRunner
+try:  # the controller split one package per kind over a shared kube layer
+    from vmguard.controller.kube.kubeapi import KubeAPI, load_config
+    from vmguard.controller.kube.sweeps import LatestSweeps
+    from vmguard.controller.policy.runs import PendingBackup, PolicyRunner
 except ImportError:
-    from vmguard.controller.policies.runs import PendingBackup, PolicyRunner
-from vmguard.controller.sweeps import LatestSweeps
+    from vmguard.controller.kubeapi import KubeAPI, load_config
+    from vmguard.controller.policy_runs import PendingBackup, PolicyRunner
+    from vmguard.controller.sweeps import LatestSweeps
 
 async def main(n, namespace, plural):
     load_config()
@@ -378,7 +391,7 @@ def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
     k = kinds(tree)
     plural = k["backup"][1]
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
-    kube.etcd_delete_prefix(f"/registry/vmguard.io/{plural}/{NIGHT_NAMESPACE}/")
+    kube.etcd_delete_namespace(NIGHT_NAMESPACE)
     setup(kube, k, NIGHT_NAMESPACE)
     env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
     argv = [str(tree / ".venv/bin/python"), "-c", NIGHT_WORKER]
@@ -388,7 +401,7 @@ def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
         raise RuntimeError(done.stderr[-2000:])
     row = json.loads(done.stdout.strip().splitlines()[-1])
     count = kube.count(plural, NIGHT_NAMESPACE)
-    kube.etcd_delete_prefix(f"/registry/vmguard.io/{plural}/{NIGHT_NAMESPACE}/")
+    kube.etcd_delete_namespace(NIGHT_NAMESPACE)
     return {"night": n, "tree": str(tree), **row, "objects": count, "load": os.getloadavg()}
 
 
