@@ -53,8 +53,6 @@ from vmguard.errors import RetryableError, VmguardError
 from vmguard.vsphere.records import VMRecord
 
 STATUS_REFRESH = 30.0
-CREATE_PARALLEL = 8
-"""Creates in flight at once when a run's backups come due."""
 RETRY = 15.0
 
 
@@ -207,31 +205,24 @@ class PolicyRunner:
         self.log.info(message)
 
     async def create_due(self, policy: dict[str, Any], now: dt.datetime) -> None:
-        """Create the backups whose start has come, :data:`CREATE_PARALLEL` at a time
-        (one night of 5,000 is a burst of creates; each waits on the apiserver)."""
         meta = policy["metadata"]
         due = [p for p in self.pending if p.start <= now]
         if not due:
             return
+        created = existed = 0
         keep = [p for p in self.pending if p.start > now]
-        gate = asyncio.Semaphore(CREATE_PARALLEL)
-
-        async def create(item: PendingBackup) -> bool | None:
-            """True: created; False: existed; None: not created (kept if retryable)."""
+        for item in due:
             body = build_vmbackup(policy, item.vm, item.run, Trigger.SCHEDULE)
-            async with gate:
-                try:
-                    return await self.api.create_object(BACKUP.plural, meta["namespace"], body)
-                except RetryableError as exc:
-                    self.log.warning("creating %s: %s; retrying", body["metadata"]["name"], exc)
-                    keep.append(item)
-                except VmguardError as exc:
-                    self.log.error("creating %s: %s", body["metadata"]["name"], exc)
-                return None
-
-        outcomes = await asyncio.gather(*(create(item) for item in due))
-        created = sum(1 for o in outcomes if o is True)
-        existed = sum(1 for o in outcomes if o is False)
+            try:
+                if await self.api.create_object(BACKUP.plural, meta["namespace"], body):
+                    created += 1
+                else:
+                    existed += 1
+            except RetryableError as exc:
+                self.log.warning("creating %s: %s; retrying", body["metadata"]["name"], exc)
+                keep.append(item)
+            except VmguardError as exc:
+                self.log.error("creating %s: %s", body["metadata"]["name"], exc)
         self.pending = sorted(keep, key=lambda p: p.start)
         if created or existed:
             self.log.info(
