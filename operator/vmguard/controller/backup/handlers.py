@@ -38,19 +38,33 @@ def _backup_runs(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
     return reconcile.in_flight(status, labels) and not reconcile.queued(status)
 
 
-@kopf.index(GROUP, VERSION, BACKUP.plural)
+def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
+    """Resolved and in flight: waiting for admission or running. kopf drops an object
+    from the index when this stops holding (a None from the index function would
+    leave its last record in place)."""
+    return not is_synced(labels) and admission.queued_of(body) is not None
+
+
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
 def backup_queue(
-    body: kopf.Body, labels: kopf.Labels, memo: Any, **_: Any
+    body: kopf.Body, memo: Any, **_: Any
 ) -> dict[tuple[str, str], admission.Queued] | None:
     """Resolved backups in flight by (namespace, vCenter): the admission loops' state,
     kept by the watch. A change wakes that vCenter's loop."""
-    if is_synced(labels):
-        return None
     record = admission.queued_of(body)
     if record is None:
         return None
     admission_wakeup(memo, record.namespace, record.vcenter).set()
     return {(record.namespace, record.vcenter): record}
+
+
+def _wake_admission(memo: Any, body: kopf.Body) -> None:
+    """A backup left the queue (ended, or deleted while running): its vCenter's loop
+    plans now rather than at its next idle turn."""
+    vc = (body.get("status") or {}).get("vcenter")
+    ns = (body.get("metadata") or {}).get("namespace")
+    if vc and ns and getattr(memo, "admission_wakeups", None) is not None:
+        admission_wakeup(memo, ns, vc).set()
 
 
 @kopf.index(GROUP, VERSION, POLICY.plural)
@@ -155,6 +169,8 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None
     it happens; backups that finished while no operator ran are not counted again. A
     completed one wakes its policy's scheduler, which applies retention (async: on the
     event loop, where that scheduler's asyncio.Event lives)."""
+    if new in BACKUP_TERMINAL:
+        _wake_admission(memo, body)
     if new in BACKUP_TERMINAL and getattr(memo, "metrics", None) is not None:
         memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
@@ -169,6 +185,7 @@ async def vmbackup_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_:
     """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
     if not acts(memo, "backups"):
         return
+    _wake_admission(memo, body)
     try:
         await reconcile.cleanup(memo.backups, dict(body))
     except MissingRef as exc:
