@@ -240,7 +240,9 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         data_vm(vc, vsim, image_factory, tmp_path, seed=5) as vm_b,
     ):
         expected_a, expected_b = disk_hashes(vsim, vm_a.moref), disk_hashes(vsim, vm_b.moref)
-        create_backup(kube_api, namespace, "a", {"moref": vm_a.moref})
+        create_backup(
+            kube_api, namespace, "a", {"moref": vm_a.moref}, policyRef={"name": "one-at-a-time"}
+        )
         _transferring(kube_api, namespace, "a")
         create_backup(
             kube_api, namespace, "b", {"moref": vm_b.moref}, policyRef={"name": "one-at-a-time"}
@@ -253,7 +255,9 @@ def test_operator_killed_while_a_backup_waits_under_a_limit(
         obj = eventually(held, timeout=60, what="b held back")
         assert obj["status"]["phase"] == "Pending"
         assert objects.condition(obj, "Admitted")["reason"] == "ConcurrencyLimit"
-        assert "total 1" in objects.condition(obj, "Admitted")["message"]
+        assert objects.condition(obj, "Admitted")["message"] == (
+            "policy one-at-a-time runs at most 1 backups at once (total)"
+        )
         first.kill()
         # Unthrottled: a's Job keeps the slow proxy it was made with; b's need not be slow.
         start_operator(extra_env=RETRY_SOON)

@@ -11,7 +11,6 @@ import pytest
 from vmguard.api.kinds import RESTORE
 from vmguard.config import ProxyAllowance, ProxySettings
 from vmguard.controller.backup import builders
-from vmguard.controller.backup.steps import Placement, concurrency_blocker
 from vmguard.controller.kube import proxyjob
 from vmguard.controller.kube.jobs import job_state
 from vmguard.controller.restore import builders as restore_builders
@@ -210,29 +209,6 @@ def test_proxy_rbac_allows_reading_its_kinds_and_patching_status_only() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "vmguard-proxy", "namespace": "prod"}
     ]
-
-
-def test_concurrency_limits_count_active_backups_of_the_vcenter() -> None:
-    me = Placement("vm-1", "lab", "host-a", ("ds1", "ds2"))
-    assert concurrency_blocker(me, [], None) is None
-    busy = [Placement("vm-1", "lab", "host-b", ("ds9",))]
-    assert concurrency_blocker(me, busy, None) == (
-        "VMBusy",
-        "another backup of vm-1 is in progress",
-    )
-    on_ds2 = [Placement(f"vm-{i}", "lab", f"h{i}", ("ds2",)) for i in range(2, 4)]
-    reason, message = concurrency_blocker(me, on_ds2, None) or ("", "")
-    assert reason == "ConcurrencyLimit" and "datastore ds2" in message
-    assert concurrency_blocker(me, on_ds2, {"perDatastore": 3}) is None
-    other_vc = [Placement(f"vm-{i}", "other", "host-a", ("ds1",)) for i in range(2, 12)]
-    assert concurrency_blocker(me, other_vc, None) is None
-    on_host = [Placement(f"vm-{i}", "lab", "host-a", (f"d{i}",)) for i in range(2, 6)]
-    assert "host host-a" in (concurrency_blocker(me, on_host, None) or ("", ""))[1]
-    many = [Placement(f"vm-{i}", "lab", f"h{i}", (f"d{i}",)) for i in range(2, 4)]
-    assert concurrency_blocker(me, many, {"total": 2}) == (
-        "ConcurrencyLimit",
-        "2 backups in progress (total 2)",
-    )
 
 
 def test_job_state_reads_complete_failed_and_running() -> None:

@@ -64,11 +64,17 @@ class VMIdentity(TypedDict, total=False):
     name: str
 
 
+class DatastoreDisks(TypedDict):
+    datastore: str
+    count: int
+
+
 class BackupPlacement(TypedDict, total=False):
-    """Where the VM ran at the snapshot (the concurrency limits count by it)."""
+    """Where the VM runs, as resolved (the admission limits count by it)."""
 
     host: str
     datastores: list[str]
+    disks: list[DatastoreDisks]
 
 
 class BackupSnapshot(TypedDict, total=False):
@@ -116,6 +122,7 @@ class BackupStatus(TypedDict, total=False):
     vcenter: str
     repository: str
     placement: BackupPlacement
+    queuePosition: int | None
     modeRequested: str
     parentArchiveId: str
     modeUsed: str

@@ -61,6 +61,7 @@ class Memo(backup_handlers.BackupMemo):
     backups: BackupContext = field(init=False)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
     policy_wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
+    admission_wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
     sweeps: LatestSweeps = field(init=False)
     after_sweep: AfterSweep = field(init=False)
 
@@ -72,6 +73,8 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     memo.wakeups = {}
     # (namespace, policy name) -> event that wakes that policy's scheduler at once.
     memo.policy_wakeups = {}
+    # (namespace, vCenter name) -> event that wakes that vCenter's admission loop.
+    memo.admission_wakeups = {}
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.

@@ -116,7 +116,7 @@ status = obj(
         "vcenter": string("Name of the VCenter used.", max_length=63),
         "repository": string("Name of the VMGuardRepository used.", max_length=63),
         "placement": obj(
-            "Where the VM ran at the snapshot; the concurrency limits count backups by it.",
+            "Where the VM runs, as resolved; the admission limits count by it.",
             {
                 "host": string("ESXi host name.", max_length=255),
                 "datastores": array(
@@ -124,7 +124,24 @@ status = obj(
                     string(max_length=255),
                     max_items=MAX_DISKS,
                 ),
+                "disks": array(
+                    "The VM's disks per datastore (the limits count disks).",
+                    obj(
+                        None,
+                        {
+                            "datastore": string("Datastore name.", max_length=255),
+                            "count": integer("Disks on it.", minimum=0, maximum=MAX_DISKS),
+                        },
+                        required=["datastore", "count"],
+                    ),
+                    max_items=MAX_DISKS,
+                ),
             },
+        ),
+        "queuePosition": integer(
+            "While waiting for admission: the place in its vCenter's queue (1: next); "
+            "exact up to 10, then rounded up to 20, 50, 100, 200, …",
+            minimum=1,
         ),
         "modeRequested": enum(
             "What the operator asked the proxy to read: full (no parent) or incremental "

@@ -82,6 +82,32 @@ spec = obj(
             maximum="24h",
             default="5m",
         ),
+        "limits": obj(
+            "How much of this vCenter vmguard's proxy work may use at once, in disks "
+            "(docs/admission.md). The NFC limits bind work that may read over NBD only.",
+            {
+                "nfcDisks": integer(
+                    "Disks open over NBD through this vCenter at once (vCenter allows 52 "
+                    "NFC connections, one per disk).",
+                    minimum=1,
+                    maximum=10000,
+                    default=52,
+                ),
+                "nfcDisksPerHost": integer(
+                    "Disks open over NBD on one ESXi host at once (48 MB of NFC buffers "
+                    "by default: 48 streams of 1 MB).",
+                    minimum=1,
+                    maximum=10000,
+                    default=48,
+                ),
+                "disksPerDatastore": integer(
+                    "Disks being backed up on one datastore at once, any transport.",
+                    minimum=1,
+                    maximum=10000,
+                    default=8,
+                ),
+            },
+        ),
         "datacenters": array(
             "Limit discovery to these datacenters (by name); default: every datacenter "
             "the user can see.",

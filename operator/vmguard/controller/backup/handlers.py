@@ -1,8 +1,12 @@
 """The VMGuardBackup kind's kopf handlers.
 
 - ``vmbackup_runner``: a daemon per VMGuardBackup in flight (not finished, not synced)
-  drives it through its phases (:func:`.reconcile.reconcile`), resumed by any operator
-  that (re)starts; a fault is logged and the step retried after 30 s.
+  and not waiting for admission drives it through its phases
+  (:func:`.reconcile.reconcile`), resumed by any operator that (re)starts; a fault is
+  logged and the step retried after 30 s.
+- ``admission_turns``: a daemon per VCenter, its admission loop (:mod:`.admission`,
+  docs/admission.md), over three kopf indexes kept by the watch: ``backup_queue`` (the
+  resolved backups in flight), ``policy_terms`` and ``vcenter_limits``.
 - ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
   one wakes its policy's scheduler (retention runs now:
   :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
@@ -17,10 +21,12 @@ from typing import Any, Protocol
 import kopf
 
 from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
-from vmguard.api.kinds import BACKUP
-from vmguard.controller.backup import reconcile
+from vmguard.api.kinds import BACKUP, POLICY, VCENTER
+from vmguard.api.names import is_synced
+from vmguard.controller.backup import admission, reconcile
 from vmguard.controller.backup.steps import MissingRef
-from vmguard.controller.kube.handlers import OperatorMemo, acts, policy_wakeup
+from vmguard.controller.kube.admission import VCenterLimits
+from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
 
 
 class BackupMemo(OperatorMemo, Protocol):
@@ -35,7 +41,101 @@ def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> boo
     return reconcile.in_flight(status, labels)
 
 
-@kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight, cancellation_timeout=5.0)
+def _backup_runs(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    """In flight and not waiting in the admission queue (the queue moves those on)."""
+    return reconcile.in_flight(status, labels) and not reconcile.queued(status)
+
+
+def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
+    """Resolved and in flight: waiting for admission or running. kopf drops an object
+    from the index when this stops holding (a None from the index function would
+    leave its last record in place)."""
+    return not is_synced(labels) and admission.queued_of(body) is not None
+
+
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
+def backup_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], admission.Queued] | None:
+    """Resolved backups in flight by (namespace, vCenter): the admission loops' state,
+    kept by the watch. A change wakes that vCenter's loop."""
+    record = admission.queued_of(body)
+    if record is None:
+        return None
+    admission_wakeup(memo, record.namespace, record.vcenter).set()
+    return {(record.namespace, record.vcenter): record}
+
+
+def _wake_admission(memo: Any, body: kopf.Body) -> None:
+    """A backup left the queue (ended, or deleted while running): its vCenter's loop
+    plans now rather than at its next idle turn."""
+    vc = (body.get("status") or {}).get("vcenter")
+    ns = (body.get("metadata") or {}).get("namespace")
+    if vc and ns and getattr(memo, "admission_wakeups", None) is not None:
+        admission_wakeup(memo, ns, vc).set()
+
+
+@kopf.index(GROUP, VERSION, POLICY.plural)
+def policy_terms(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
+) -> dict[tuple[str, str], admission.PolicyTerms]:
+    """What admission needs of each policy; a change wakes its vCenter's loop."""
+    vc = (spec.get("vcenterRef") or {}).get("name")
+    if vc:
+        admission_wakeup(memo, namespace or "", vc).set()
+    return {(namespace or "", name): admission.PolicyTerms.of(spec)}
+
+
+@kopf.index(GROUP, VERSION, VCENTER.plural)
+def vcenter_limits(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
+) -> dict[tuple[str, str], VCenterLimits]:
+    """Each VCenter's limits; a change wakes its loop."""
+    admission_wakeup(memo, namespace or "", name).set()
+    return {(namespace or "", name): admission.vcenter_limits(spec)}
+
+
+@kopf.daemon(GROUP, VERSION, VCENTER.plural, id="admission", cancellation_timeout=10.0)
+async def admission_turns(
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
+) -> None:
+    """Start this vCenter's waiting backups in order, within its limits (docs/admission.md).
+    The indexes come from kopf as keyword arguments named after their handlers; kopf
+    fills them from its first LIST before any handler runs, and keeps them current."""
+    if not acts(memo, "backups"):
+        return
+    backups: kopf.Index[tuple[str, str], admission.Queued] = kwargs["backup_queue"]
+    policies: kopf.Index[tuple[str, str], admission.PolicyTerms] = kwargs["policy_terms"]
+    vcenters: kopf.Index[tuple[str, str], VCenterLimits] = kwargs["vcenter_limits"]
+    ns = namespace or ""
+    key = (ns, name)
+
+    def terms() -> dict[str, admission.PolicyTerms]:
+        return {p: t for (pns, p), store in policies.items() if pns == ns for t in store}
+
+    def limits() -> VCenterLimits:
+        return next(iter(vcenters.get(key, [])), VCenterLimits())
+
+    ctx: reconcile.BackupContext = memo.backups
+    loop = admission.AdmissionLoop(
+        ctx.api,
+        reconcile.PLURAL,
+        ns,
+        name,
+        records=lambda: list(backups.get(key, [])),
+        terms=terms,
+        limits=limits,
+        timing=memo.timing,
+        deadline=ctx.settings.deadline,
+    )
+    await loop.run(admission_wakeup(memo, ns, name), stopped)
+
+
+@kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_runs, cancellation_timeout=5.0)
 async def vmbackup_runner(
     name: str,
     namespace: str | None,
@@ -62,6 +162,11 @@ async def vmbackup_runner(
             delay = 30.0
         if delay is None:
             return
+        if delay == reconcile.QUEUED:
+            # Resolved: kopf stops this daemon when the filter sees it (returning now
+            # would keep kopf from starting it again once the backup is admitted).
+            await stopped.wait()
+            return
         if delay > 0:
             await ctx.timing.wait(delay, stopped)
 
@@ -73,6 +178,7 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) 
     completed one wakes its policy's scheduler, which applies retention (async: on the
     event loop, where that scheduler's asyncio.Event lives)."""
     if new in BACKUP_TERMINAL:
+        _wake_admission(memo, body)
         memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
@@ -88,6 +194,7 @@ async def vmbackup_deleted(
     """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
     if not acts(memo, "backups"):
         return
+    _wake_admission(memo, body)
     try:
         await reconcile.cleanup(memo.backups, dict(body))
     except MissingRef as exc:

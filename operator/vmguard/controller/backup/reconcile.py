@@ -4,8 +4,10 @@
 of its phase (docs/operator.md):
 
 - **Pending**: resolve the refs (a missing one is a condition and a wait), resolve the
-  VM (record its ids and placement in status; an unknown VM fails the backup), admit
-  it under the policy's concurrency limits (over a limit it stays Pending, saying why);
+  VM (record its ids and placement — host, datastores, disks per datastore — in status;
+  an unknown VM fails the backup). Then it waits in its vCenter's admission queue
+  (:mod:`.admission`, docs/admission.md), which alone moves it on to Snapshotting; this
+  state machine does nothing for it meanwhile (:func:`queued`);
 - **Snapshotting**: open the repository, then :func:`vmguard.vm.cycle.prepare` —
   CBT, parent archive, requested mode, the snapshot named after the UID with the
   policy's guest hooks around it (condition ``HooksRan``; a failing hook with
@@ -38,12 +40,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from vmguard.api import (
-    BACKUP_ACTIVE,
     BACKUP_TERMINAL,
     LABEL_VMBACKUP_UID,
     PROXY_FAILED,
@@ -87,7 +89,9 @@ log = logging.getLogger(__name__)
 
 PLURAL = BACKUP.plural
 WAIT_REFS = 15.0
-WAIT_ADMISSION = 5.0
+QUEUED = float("inf")
+"""What :func:`reconcile` returns for a resolved Pending backup: its vCenter's admission
+loop takes it from here."""
 WAIT_PEER = 15.0
 WAIT_REPOSITORY = 3.0  # the VMGuardRepository controller creates it within a turn
 
@@ -101,8 +105,18 @@ class BackupContext:
     hooks: Hooks = NO_HOOKS
     timing: Timing = REAL_TIME
     """The controller's clock: start, completion, deadline and retry back-off."""
-    admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     rbac_done: set[str] = field(default_factory=set)
+
+
+def queued(status: Any) -> bool:
+    """Whether the backup is resolved and waits for admission: its vCenter's admission
+    loop, not this state machine, moves it on."""
+    status = status or {}
+    return (
+        (status.get("phase") or BackupPhase.PENDING) == BackupPhase.PENDING
+        and bool((status.get("vm") or {}).get("moref"))
+        and bool(status.get("vcenter"))
+    )
 
 
 def in_flight(status: Any, labels: Any = None) -> bool:
@@ -119,7 +133,8 @@ def _age(obj: dict[str, Any], now: dt.datetime) -> float:
 
 
 class Patcher:
-    """Status patches of one VMGuardBackup, keeping its conditions consistent."""
+    """Status patches of one VMGuardBackup, keeping its conditions consistent; a patch
+    that would change nothing is not sent."""
 
     def __init__(self, ctx: BackupContext, obj: dict[str, Any]) -> None:
         self.ctx, self.obj = ctx, obj
@@ -146,8 +161,10 @@ class Patcher:
             "conditions": self.conditions,
             "observedGeneration": self.generation,
         }
+        if all(before.get(k) == v for k, v in body.items()):
+            return  # a patch that changes nothing is not sent (a retry loop stays quiet)
         await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
-        self.obj.setdefault("status", {}).update(status)
+        self.obj.setdefault("status", {}).update(body)
 
     async def fail(self, reason: str, message: str, *, snapshot_taken: bool) -> None:
         """Record the error; Finalizing removes the snapshot, else it is over now."""
@@ -246,35 +263,26 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             return WAIT_PEER
         p.condition("RefsResolved", True, "Resolved", f"VM {vm.name} is {vm.moref}")
         ids: VMIdentity = {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
+        per_datastore = Counter(d.datastore for d in vm.disks if d.datastore)
         await p.patch(
             {
                 "vm": cast(VMIdentity, {k: v for k, v in ids.items() if v}),
                 "vcenter": refs.vcenter_name,
                 "repository": refs.repository_name,
-                "placement": {"host": vm.host, "datastores": list(vm.datastores)},
+                "placement": {
+                    "host": vm.host,
+                    "datastores": list(vm.datastores),
+                    "disks": [{"datastore": ds, "count": n} for ds, n in per_datastore.items()],
+                },
             }
         )
     choice = await _transport(ctx, p, refs)
     if choice.refused:  # before any snapshot: nothing to clean up, nothing left waiting
         await p.fail(choice.refused, choice.reason, snapshot_taken=False)
         return None
-    async with ctx.admission:  # count and claim atomically within this operator
-        others = [
-            steps.Placement.of(o)
-            for o in await ctx.api.list_objects(PLURAL, p.ns)
-            if backup_status(o).get("phase") in BACKUP_ACTIVE
-            and o["metadata"]["uid"] != obj["metadata"]["uid"]
-        ]
-        blocked = steps.concurrency_blocker(
-            steps.Placement.of(obj), others, refs.policy_spec.get("concurrency")
-        )
-        if blocked:
-            p.condition("Admitted", False, *blocked)
-            await p.patch({})
-            return WAIT_ADMISSION
-        p.condition("Admitted", True, "WithinLimits", "started within the concurrency limits")
-        await p.patch({"phase": BackupPhase.SNAPSHOTTING})
-    return 0.0
+    # Resolved: from here its vCenter's admission loop (backup/admission.py) moves it
+    # on; this daemon's filter no longer matches it, so kopf stops the daemon.
+    return QUEUED
 
 
 TRANSPORT_REASONS = {"nbd": "NBD", "hotadd": "HotAdd", "auto": "HotAddOrNBD"}

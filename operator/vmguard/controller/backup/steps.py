@@ -1,13 +1,9 @@
-"""What the VMGuardBackup controller needs besides its state machine: refs, limits, vSphere.
+"""What the VMGuardBackup controller needs besides its state machine: refs, hooks, vSphere.
 
 - :func:`resolve_refs`: a VMGuardBackup names a policy, or a vCenter and a repository (both
   may also override the policy's). A missing object is a :class:`MissingRef` — the
   backup waits with a condition saying which, it does not fail: GitOps may apply the
   policy a moment later.
-- :func:`concurrency_blocker` (pure): whether starting this backup would exceed its
-  policy's ``concurrency`` (defaults 2 per datastore, 4 per host, 8 in total), counting
-  the VMGuardBackups of the same vCenter in the namespace that are in an active phase; one
-  VM never has two backups in flight.
 - :func:`hook_plan`: the policy's guest hooks and the guest account from the Secret
   ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
   a :class:`MissingRef` (reason ``GuestCredentialsMissing``), so the backup waits.
@@ -24,7 +20,7 @@ Secrets are read into memory for the call and never logged or stored.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vmguard.api import VMIdentity, parse_duration
@@ -38,8 +34,6 @@ from vmguard.vsphere.hotadd import hotadd_nodes
 from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.records import VMRecord
 from vmguard.vsphere.session import Endpoint, VSphereSession
-
-DEFAULT_LIMITS = {"perDatastore": 2, "perHost": 4, "total": 8}
 
 
 class MissingRef(Exception):
@@ -84,53 +78,6 @@ async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) ->
     if repository is None:
         raise MissingRef("RepositoryNotFound", f"VMGuardRepository {repo_name} does not exist")
     return Refs(vc_name, repo_name, vcenter, repository, policy)
-
-
-@dataclass(frozen=True)
-class Placement:
-    vm_moref: str
-    vcenter: str
-    host: str = ""
-    datastores: tuple[str, ...] = field(default_factory=tuple)
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> Placement:
-        status = obj.get("status") or {}
-        where = status.get("placement") or {}
-        return cls(
-            (status.get("vm") or {}).get("moref", ""),
-            status.get("vcenter", ""),
-            where.get("host", ""),
-            tuple(where.get("datastores") or ()),
-        )
-
-
-def concurrency_blocker(
-    me: Placement, others: Sequence[Placement], limits: Mapping[str, Any] | None
-) -> tuple[str, str] | None:
-    """(reason, message) when starting now would exceed a limit; None when it may start."""
-    lim = {**DEFAULT_LIMITS, **{k: v for k, v in (limits or {}).items() if v}}
-    peers = [o for o in others if o.vcenter == me.vcenter]
-    if any(o.vm_moref == me.vm_moref for o in peers):
-        return "VMBusy", f"another backup of {me.vm_moref} is in progress"
-    if len(peers) >= lim["total"]:
-        return "ConcurrencyLimit", f"{len(peers)} backups in progress (total {lim['total']})"
-    if me.host:
-        on_host = sum(1 for o in peers if o.host == me.host)
-        if on_host >= lim["perHost"]:
-            return (
-                "ConcurrencyLimit",
-                f"{on_host} backups in progress on host {me.host} (perHost {lim['perHost']})",
-            )
-    for ds in me.datastores:
-        on_ds = sum(1 for o in peers if ds in o.datastores)
-        if on_ds >= lim["perDatastore"]:
-            return (
-                "ConcurrencyLimit",
-                f"{on_ds} backups in progress on datastore {ds}"
-                f" (perDatastore {lim['perDatastore']})",
-            )
-    return None
 
 
 def resolve_vm_blocking(ep: Endpoint, vm: VMIdentity) -> VMRecord:

@@ -8,6 +8,8 @@ kind's event concerns another kind's loop, they meet here, in kopf's operator me
 - :func:`vcenter_wakeup` — a policy changed: its vCenter's sweeper re-matches now;
 - :func:`policy_wakeup` — a policy changed, or one of its backups completed: its
   scheduler re-reads the schedule and applies retention now;
+- :func:`admission_wakeup` — a backup, a policy or a VCenter's limits changed: that
+  vCenter's admission loop plans now;
 - :data:`AfterSweep` — what the vCenter sweeper calls after each successful sweep
   (the policies' fail-safe, handed in by ``main``), so the sweeper needs no policy code.
 
@@ -64,6 +66,8 @@ class OperatorMemo(Protocol):
     """(namespace, vCenter name) → the event that wakes that vCenter's sweeper."""
     policy_wakeups: dict[tuple[str, str], asyncio.Event]
     """(namespace, policy name) → the event that wakes that policy's scheduler."""
+    admission_wakeups: dict[tuple[str, str], asyncio.Event]
+    """(namespace, vCenter name) → the event that wakes that vCenter's admission loop."""
 
 
 def acts(memo: OperatorMemo, controller: str) -> bool:
@@ -88,3 +92,8 @@ def vcenter_wakeup(memo: OperatorMemo, namespace: str, vcenter_name: str) -> asy
 def policy_wakeup(memo: OperatorMemo, namespace: str, name: str) -> asyncio.Event:
     """The event that wakes that policy's scheduler at once."""
     return memo.policy_wakeups.setdefault((namespace, name), asyncio.Event())
+
+
+def admission_wakeup(memo: OperatorMemo, namespace: str, vcenter_name: str) -> asyncio.Event:
+    """The event that wakes that vCenter's admission loop at once."""
+    return memo.admission_wakeups.setdefault((namespace, vcenter_name), asyncio.Event())

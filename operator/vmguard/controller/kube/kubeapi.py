@@ -121,6 +121,31 @@ class KubeAPI:
 
         await asyncio.to_thread(patch)
 
+    async def patch_status_if(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str,
+    ) -> bool:
+        """Patch the status only if the object still has ``resource_version`` (the
+        apiserver's optimistic concurrency); False when it changed or is gone."""
+
+        def patch() -> bool:
+            body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body
+                )
+                return True
+            except client.ApiException as exc:
+                if exc.status in (404, 409):
+                    return False
+                raise
+
+        return await asyncio.to_thread(patch)
+
     async def delete_object(
         self, plural: str, namespace: str, name: str, uid: str | None = None
     ) -> bool:

@@ -1,0 +1,432 @@
+"""Admission at estate scale: what N pending backups cost the apiserver and the operator,
+and how long one night's backups take to create (issue "Estate scale"; results in
+docs/scale.md). Not part of the test run.
+
+Needs a running lab of its own (``VMGUARD_LAB_DIR=… vmguard-lab up``); uses its etcd,
+apiserver and kubectl only. Run it with the virtualenv of the tree it measures::
+
+    .venv/bin/python bench/estate.py --pending 100,1000 [--tree /path/to/other/tree]
+
+``--tree`` is the checkout whose operator and CRDs are measured (default: this one), so
+the same script measures before and after; kinds and plurals are read from that tree's
+``crds/``.
+
+**Pending backups** (per N): N backups of one policy (concurrency limit ``total: 8``,
+per host 4, per datastore 2, spread over 50 hosts and 100 datastores so that the total
+binds) are written the way the apiserver stores them — JSON in etcd, as
+``bench/points.py`` does — already resolved (``status.vm``, ``placement``, ``Pending``),
+so no vCenter is needed to reach admission. The VCenter and the repository point at
+closed ports on 127.0.0.1, so the backups admitted take the slots and keep them
+(their snapshot step retries, an active phase): what is measured is admission itself,
+with 8 slots taken and N-8 backups waiting. The operator (``vmguard operator
+--controllers backups``) runs for ``--warmup`` seconds (it must have admitted 8), then
+for ``--window`` seconds in which the bench reads the apiserver's own
+``apiserver_request_total`` (before and after; a baseline window with no operator is
+subtracted, so the lab's own controllers do not count), the operator's CPU and RSS
+from /proc. Everything stops by itself.
+
+**One night's backups**: ``--night N`` creates N backups of a policy the way the
+policy scheduler's ``create_due`` does (that tree's code, in a subprocess of that
+tree), into a namespace no operator watches, and prints the wall time.
+
+Prints one JSON object per row, and the machine's load average beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "estate"
+NIGHT_NAMESPACE = "estate-night"
+HOSTS, DATASTORES, LIMIT = 50, 100, 8
+ACTIVE = ("Snapshotting", "Transferring", "Finalizing")
+
+
+def _lab() -> dict[str, Any]:
+    lab_dir = Path(os.environ.get("VMGUARD_LAB_DIR", REPO / ".lab"))
+    state = json.loads((lab_dir / "lab.json").read_text())
+    state["dir"] = lab_dir
+    return state
+
+
+def _kubectl() -> str:
+    cache = Path(os.environ.get("VMGUARD_CACHE_DIR", Path.home() / ".cache/vmguard"))
+    return str(next(cache.glob("lab-v*/bin/kubectl")))
+
+
+def kinds(tree: Path) -> dict[str, tuple[str, str]]:
+    """Role → (kind, plural) from the tree's CRDs: ``backup``, ``policy``, ``vcenter``,
+    ``repository`` (so the bench follows a rename of the kinds)."""
+    out: dict[str, tuple[str, str]] = {}
+    for path in sorted((tree / "crds").glob("*.vmguard.io.yaml")):
+        names = yaml.safe_load(path.read_text())["spec"]["names"]
+        kind, plural = names["kind"], names["plural"]
+        if kind.endswith("Backup"):
+            out["backup"] = (kind, plural)
+        elif kind.endswith("Policy"):
+            out["policy"] = (kind, plural)
+        elif kind == "VCenter":
+            out["vcenter"] = (kind, plural)
+        elif kind.endswith("Repository"):
+            out["repository"] = (kind, plural)
+    return out
+
+
+class Kube:
+    def __init__(self, lab: dict[str, Any]) -> None:
+        self.env = dict(os.environ, KUBECONFIG=str(lab["dir"] / "kubeconfig"))
+        self.kubectl = _kubectl()
+        self.etcd = f"http://127.0.0.1:{lab['ports']['etcd']}"
+
+    def run(self, *argv: str, stdin: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            [self.kubectl, *argv], env=self.env, input=stdin, capture_output=True, text=True
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(argv[:3])}: {done.stderr.strip()[:300]}")
+        return done.stdout
+
+    def apply(self, objs: list[dict[str, Any]]) -> None:
+        self.run("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+
+    def requests_by(self) -> dict[str, float]:
+        """apiserver_request_total summed per ``VERB resource``."""
+        counts: dict[str, float] = {}
+        for line in self.run("get", "--raw", "/metrics").splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(
+                part.split("=", 1)
+                for part in line[line.index("{") + 1 : line.rindex("}")].split(",")
+            )
+            resource = labels.get("resource", '""').strip('"')
+            sub = labels.get("subresource", '""').strip('"')
+            if not resource:
+                continue
+            key = f"{labels['verb'].strip(chr(34))} {resource}{'/' + sub if sub else ''}"
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def etcd_delete_namespace(self, namespace: str) -> None:
+        """Delete every vmguard.io object of ``namespace`` straight from etcd, whatever
+        its kind (a run of an older tree may have left objects of kinds since renamed)."""
+        root = b"/registry/vmguard.io/"
+        end = root[:-1] + bytes([root[-1] + 1])
+        body = {
+            "key": base64.b64encode(root).decode(),
+            "range_end": base64.b64encode(end).decode(),
+            "keys_only": True,
+        }
+        got = requests.post(f"{self.etcd}/v3/kv/range", json=body, timeout=600).json()
+        for kv in got.get("kvs", []):
+            key = base64.b64decode(kv["key"])
+            if key.split(b"/")[4:5] == [namespace.encode()]:
+                one = {"key": kv["key"]}
+                requests.post(f"{self.etcd}/v3/kv/deleterange", json=one, timeout=60)
+
+    def etcd_put(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        session = requests.Session()
+        for i in range(0, len(items), 128):
+            ops = [
+                {
+                    "requestPut": {
+                        "key": base64.b64encode(k.encode()).decode(),
+                        "value": base64.b64encode(json.dumps(v).encode()).decode(),
+                    }
+                }
+                for k, v in items[i : i + 128]
+            ]
+            session.post(f"{self.etcd}/v3/kv/txn", json={"success": ops}, timeout=60)
+
+    def count(self, plural: str, namespace: str) -> int:
+        out = self.run("get", plural, "-n", namespace, "-o", "name", check=False)
+        return len(out.splitlines())
+
+    def phases(self, plural: str, namespace: str) -> dict[str, int]:
+        out = self.run(
+            "get", plural, "-n", namespace, "-o", "jsonpath={.items[*].status.phase}", check=False
+        )
+        got: dict[str, int] = {}
+        for phase in out.split():
+            got[phase] = got.get(phase, 0) + 1
+        return got
+
+
+def setup(kube: Kube, k: dict[str, tuple[str, str]], namespace: str) -> str:
+    """The namespace, Secrets, a VCenter and a repository at closed ports, and a policy
+    with a total limit of 8; returns the policy's uid."""
+    from vmguard_lab.procs import free_port
+
+    kube.run("create", "namespace", namespace, check=False)
+    group = "vmguard.io/v1alpha1"
+    dead = free_port()  # nothing listens there: the admitted backups hold their slots
+    objs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": namespace},
+            "stringData": {
+                "username": "bench",
+                "password": uuid.uuid4().hex,
+                "accessKeyID": "bench",
+                "secretAccessKey": uuid.uuid4().hex,
+            },
+        },
+        {
+            "apiVersion": group,
+            "kind": k["vcenter"][0],
+            "metadata": {"name": "vc1", "namespace": namespace},
+            "spec": {
+                "host": "127.0.0.1",
+                "port": dead,
+                "credentialsSecretRef": {"name": "creds"},
+                "tls": {"insecureSkipVerify": True},
+            },
+        },
+        {
+            "apiVersion": group,
+            "kind": k["repository"][0],
+            "metadata": {"name": "main", "namespace": namespace},
+            "spec": {
+                "s3": {"endpoint": f"127.0.0.1:{dead}", "bucket": "bench", "insecure": True},
+                "credentialsSecretRef": {"name": "creds"},
+            },
+        },
+        {
+            "apiVersion": group,
+            "kind": k["policy"][0],
+            "metadata": {"name": "gold", "namespace": namespace},
+            "spec": {
+                "vcenterRef": {"name": "vc1"},
+                "repositoryRef": {"name": "main"},
+                "selector": {"names": ["app-*"]},
+                "schedule": {"cron": "0 1 * * *"},
+                "retention": {"keepDaily": 30},
+                "concurrency": {"perDatastore": 2, "perHost": 4, "total": LIMIT},
+            },
+        },
+    ]
+    kube.apply(objs)
+    out = kube.run("get", k["policy"][1], "gold", "-n", namespace, "-o", "jsonpath={.metadata.uid}")
+    return out.strip()
+
+
+def pending_backup(kind: str, i: int, policy_uid: str, now: str) -> tuple[str, dict[str, Any]]:
+    vm_uuid = str(uuid.UUID(int=i + 1))
+    name = f"gold-{i:05d}"
+    vm = {"name": f"app-{i:05d}", "instanceUuid": vm_uuid, "moref": f"vm-{i + 100}"}
+    labels = {
+        "vmguard.io/policy": "gold",
+        "vmguard.io/vcenter": "vc1",
+        "vmguard.io/vm": vm_uuid,
+        "vmguard.io/trigger": "schedule",
+        "vmguard.io/run": "20261206T0100Z",
+    }
+    return name, {
+        "apiVersion": "vmguard.io/v1alpha1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": now,
+            "labels": labels,
+        },
+        "spec": {"vm": vm, "policyRef": {"name": "gold"}, "mode": "auto"},
+        "status": {
+            "phase": "Pending",
+            "startTime": now,
+            "vm": vm,
+            "vcenter": "vc1",
+            "repository": "main",
+            "placement": {
+                "host": f"host-{i % HOSTS}",
+                "datastores": [f"datastore-{i % DATASTORES}"],
+            },
+        },
+    }
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def measure_pending(
+    kube: Kube, tree: Path, n: int, warmup: float, window: float, lab_dir: Path
+) -> dict[str, Any]:
+    k = kinds(tree)
+    kind, plural = k["backup"]
+    kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
+    prefix = f"/registry/vmguard.io/{plural}/{NAMESPACE}/"
+    kube.etcd_delete_namespace(NAMESPACE)
+    policy_uid = setup(kube, k, NAMESPACE)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    items = [pending_backup(kind, i, policy_uid, now) for i in range(n)]
+    kube.etcd_put([(prefix + name, obj) for name, obj in items])
+    deadline = time.monotonic() + 600
+    while kube.count(plural, NAMESPACE) < n and time.monotonic() < deadline:
+        time.sleep(2)  # the watch cache catches up with etcd
+    # Baseline: what the lab's own controllers ask for without our operator.
+    b0, t0 = kube.requests_by(), time.monotonic()
+    time.sleep(min(window, 30.0))
+    base = _delta(kube.requests_by(), b0)
+    base_s = time.monotonic() - t0
+    env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
+    argv = [str(tree / ".venv/bin/python"), "-m", "vmguard.cli", "operator"]
+    argv += ["--namespace", NAMESPACE, "--metrics-port", "-1", "--controllers", "backups"]
+    log = open(lab_dir / "logs" / f"estate-operator-{n}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
+    started = time.monotonic()
+    try:
+        admitted_after = None
+        while time.monotonic() - started < warmup * 4:
+            time.sleep(5)
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited {proc.returncode}; see {log.name}")
+            active = sum(kube.phases(plural, NAMESPACE).get(p, 0) for p in ACTIVE)
+            if active >= min(LIMIT, n) and admitted_after is None:
+                admitted_after = time.monotonic() - started
+            if admitted_after is not None and time.monotonic() - started >= warmup:
+                break
+        r0, c0, w0 = kube.requests_by(), _proc_cpu(proc.pid), time.monotonic()
+        peak = 0
+        while time.monotonic() - w0 < window:
+            time.sleep(5)
+            peak = max(peak, _proc_kib(proc.pid, "VmRSS"))
+        r1, c1, w1 = kube.requests_by(), _proc_cpu(proc.pid), time.monotonic()
+        rss_end = _proc_kib(proc.pid, "VmRSS")
+        phases = kube.phases(plural, NAMESPACE)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    minutes = (w1 - w0) / 60
+    caused = {
+        key: round(v / minutes - base.get(key, 0.0) / (base_s / 60), 1)
+        for key, v in _delta(r1, r0).items()
+    }
+    caused = {key: v for key, v in sorted(caused.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+    total = sum(caused.values())
+    kube.etcd_delete_namespace(NAMESPACE)
+    return {
+        "pending": n,
+        "tree": str(tree),
+        "admitted_8_after_s": None if admitted_after is None else round(admitted_after),
+        "phases_at_end": phases,
+        "requests_per_min": round(total),
+        "requests_per_min_per_pending": round(total / max(n - LIMIT, 1), 2),
+        "by_verb_resource_per_min": caused,
+        "operator_cpu_cores": round((c1 - c0) / (w1 - w0), 2),
+        "operator_rss_mib": round(rss_end / 1024),
+        "operator_peak_rss_mib": round(peak / 1024),
+        "window_s": round(w1 - w0),
+        "load": os.getloadavg(),
+    }
+
+
+NIGHT_WORKER = r"""
+import asyncio, datetime as dt, json, logging, sys, time, uuid
+from kubernetes import client
+from vmguard.vsphere.records import VMRecord
+try:  # the controller split one package per kind over a shared kube layer
+    from vmguard.controller.kube.kubeapi import KubeAPI, load_config
+    from vmguard.controller.kube.sweeps import LatestSweeps
+    from vmguard.controller.policy.runs import PendingBackup, PolicyRunner
+except ImportError:
+    from vmguard.controller.kubeapi import KubeAPI, load_config
+    from vmguard.controller.policy_runs import PendingBackup, PolicyRunner
+    from vmguard.controller.sweeps import LatestSweeps
+
+async def main(n, namespace, plural):
+    load_config()
+    api = KubeAPI()
+    policy = client.CustomObjectsApi().get_namespaced_custom_object(
+        "vmguard.io", "v1alpha1", namespace, plural, "gold")
+    runner = PolicyRunner(api, policy, LatestSweeps(), asyncio.Event(), False,
+                          logging.getLogger("night"))
+    run = dt.datetime(2026, 12, 6, 1, 0, tzinfo=dt.UTC)
+    runner.pending = [
+        PendingBackup(run, run, VMRecord(f"vm-{i + 100}", f"app-{i:05d}",
+                                         str(uuid.UUID(int=i + 1))))
+        for i in range(n)
+    ]
+    t0 = time.monotonic()
+    await runner.create_due(policy, run)
+    print(json.dumps({"created_s": round(time.monotonic() - t0, 1), "left": len(runner.pending)}))
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+"""
+
+
+def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
+    k = kinds(tree)
+    plural = k["backup"][1]
+    kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
+    kube.etcd_delete_namespace(NIGHT_NAMESPACE)
+    setup(kube, k, NIGHT_NAMESPACE)
+    env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
+    argv = [str(tree / ".venv/bin/python"), "-c", NIGHT_WORKER]
+    argv += [str(n), NIGHT_NAMESPACE, k["policy"][1]]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tree)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    count = kube.count(plural, NIGHT_NAMESPACE)
+    kube.etcd_delete_namespace(NIGHT_NAMESPACE)
+    return {"night": n, "tree": str(tree), **row, "objects": count, "load": os.getloadavg()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tree", type=Path, default=REPO, help="checkout measured (its .venv)")
+    ap.add_argument("--pending", default="100,1000", help="pending backup counts, comma-separated")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the window")
+    ap.add_argument("--window", type=float, default=120.0, help="seconds measured")
+    ap.add_argument("--night", type=int, default=0, help="create one night of N backups")
+    args = ap.parse_args()
+    lab = _lab()
+    kube = Kube(lab)
+    tree = args.tree.resolve()
+    commit = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(f"# tree {tree} at {commit}; load {os.getloadavg()}", flush=True)
+    if args.night:
+        print(json.dumps(measure_night(kube, tree, args.night)), flush=True)
+    for n in (int(s) for s in args.pending.split(",") if s):
+        row = measure_pending(kube, tree, n, args.warmup, args.window, lab["dir"])
+        print(json.dumps({"commit": commit, **row}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
