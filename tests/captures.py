@@ -9,8 +9,10 @@ phase of the kinds that end, ``Ready`` of the kinds that stand), keeping at most
 :data:`PER_STATE` of each, in the session's directory (``captured-objects`` under
 pytest's basetemp), one JSON file each.
 
-Invariants: an object whose status a test wrote itself (:func:`fabricated`) is never
-captured, nor one being deleted (kstatus calls every such object Terminating, whatever
+Invariants: an object whose status a test wrote itself (:func:`fabricated`, or a status
+without ``observedGeneration``, which every status the operator writes has) is never
+captured, nor an object of a kind renamed away or a copy of one (the migration
+test's), nor one being deleted (kstatus calls every such object Terminating, whatever
 its status). Capturing never fails a test: it is bookkeeping, and a full disk shows up
 in the health test as a missing state.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 from vmguard.api import GROUP
 from vmguard.api.kinds import BACKUP, KINDS, RESTORE
+from vmguard.controller.kube.migration import ANNOTATION_MIGRATED_FROM
 
 PER_STATE = 3
 NOT_JUDGED = "NotJudged"
@@ -33,6 +36,7 @@ NOT_JUDGED = "NotJudged"
 PAUSED = "Paused"
 
 
+CURRENT_KINDS = frozenset(k.kind for k in KINDS)
 LIFECYCLE_KINDS = frozenset({BACKUP.kind, RESTORE.kind})
 """The kinds that end (a ``status.phase``); the others stand (judged by ``Ready``)."""
 
@@ -67,6 +71,12 @@ class Captures:
             return
         if (kind, meta.get("namespace"), meta.get("name")) in self.fabricated:
             return
+        copied = ANNOTATION_MIGRATED_FROM in (meta.get("annotations") or {})
+        if kind not in CURRENT_KINDS or copied:
+            return  # an old kind's object, or a copy of one: its status is not ours to judge
+        status = obj.get("status") or {}
+        if status and "observedGeneration" not in status:
+            return  # every status the operator writes says which generation it saw
         state = state_of(obj)
         seen = (meta.get("uid", ""), f"{kind}/{state}")
         if seen in self.seen or self.counts[(kind, state)] >= PER_STATE:

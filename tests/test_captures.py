@@ -50,8 +50,12 @@ def test_bounded_per_state_and_never_what_a_test_wrote(tmp_path: Path) -> None:
     c.fabricate(BACKUP.plural, "ns", "fake")
     c.capture(obj(b, "fake", {"phase": "Completed"}))
     c.capture(obj(b, "gone", {"phase": "Failed"}, deletionTimestamp="2026-01-01T00:00:00Z"))
-    c.capture([obj(b, f"b{i}", {"phase": "Completed"}) for i in range(5)])
-    c.capture(obj(b, "b0", {"phase": "Completed"}))  # the same object again
+    done = {"phase": "Completed", "observedGeneration": 1}  # as the operator writes it
+    c.capture([obj(b, f"b{i}", done) for i in range(5)])
+    c.capture(obj(b, "b0", done))  # the same object again
+    c.capture(obj(b, "handmade", {"phase": "Completed"}))  # no observedGeneration: a test's
+    c.capture(obj("VMBackup", "old", done))  # a kind renamed away
+    c.capture(obj(b, "copy", done, annotations={"vmguard.io/migrated-from": "VMBackup/u"}))
     c.capture({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
     with pytest.raises(ValueError, match="vmbackups"):
         c.fabricate("vmbackups", "ns", "x")  # an old plural would silently match nothing
