@@ -248,6 +248,12 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     except ProxySettingsNotAllowed as exc:
         await p.fail(type(exc).__name__, str(exc), snapshot_taken=False)
         return None
+    # Before the VM is resolved into the status: from that patch on, its vCenter's
+    # admission loop may start it (snapshot first), so a refusal must come before it.
+    choice = await _transport(ctx, p, refs)
+    if choice.refused:  # before any snapshot: nothing to clean up, nothing left waiting
+        await p.fail(choice.refused, choice.reason, snapshot_taken=False)
+        return None
     status = backup_status(obj)
     if not (status.get("vm") or {}).get("moref"):
         try:
@@ -276,10 +282,6 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
                 },
             }
         )
-    choice = await _transport(ctx, p, refs)
-    if choice.refused:  # before any snapshot: nothing to clean up, nothing left waiting
-        await p.fail(choice.refused, choice.reason, snapshot_taken=False)
-        return None
     # Resolved: from here its vCenter's admission loop (backup/admission.py) moves it
     # on; this daemon's filter no longer matches it, so kopf stops the daemon.
     return QUEUED
