@@ -67,7 +67,7 @@ from vmguard.controller.backup import builders, steps
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
 from vmguard.controller.kube.bodies import backup_spec, backup_status
-from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
+from vmguard.controller.kube.conditions import outcome_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import consolidation_allowed
@@ -186,12 +186,13 @@ def backup_conditions(
 ) -> list[Condition]:
     """The kstatus conditions of a VMGuardBackup in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
-    failed = phase == BackupPhase.FAILED
-    return lifecycle_conditions(
+    return outcome_conditions(
         conditions,
         phase,
-        terminal=phase in BACKUP_TERMINAL,
-        failure=(error or {"reason": "Failed", "message": "backup failed"}) if failed else None,
+        terminal=BACKUP_TERMINAL,
+        failed=BackupPhase.FAILED,
+        error=error,
+        what="backup",
         generation=generation,
     )
 

@@ -30,10 +30,10 @@ vCenter that refuses its password would keep ``flux --wait`` waiting until its t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, cast
 
-from vmguard.api import Condition, ConditionStatus, format_time
+from vmguard.api import Condition, ConditionStatus, Failure, format_time
 
 
 def now() -> str:
@@ -137,6 +137,27 @@ def standing_conditions(
     reason = str(ready.get("reason") or "Checking")
     out = set_condition(conditions, "Reconciling", True, reason, message, generation, at)
     return remove_condition(out, "Stalled")
+
+
+def outcome_conditions(
+    conditions: Iterable[Mapping[str, Any]] | None,
+    phase: str,
+    *,
+    terminal: Collection[str],
+    failed: str,
+    error: Failure | None,
+    what: str,
+    generation: int | None,
+) -> list[Condition]:
+    """:func:`lifecycle_conditions` for a kind that ends (VMGuardBackup, VMGuardRestore):
+    ``terminal`` its ending phases, ``failed`` the one that failed (its ``error``, or
+    "<what> failed" when it has none)."""
+    failure = (
+        (error or {"reason": "Failed", "message": f"{what} failed"}) if phase == failed else None
+    )
+    return lifecycle_conditions(
+        conditions, phase, terminal=phase in terminal, failure=failure, generation=generation
+    )
 
 
 def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from vmguard.controller.kube.bodies import (
     ref_name,
     restore_status,
 )
-from vmguard.controller.kube.conditions import lifecycle_conditions, now, set_condition
+from vmguard.controller.kube.conditions import now, outcome_conditions, set_condition
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -390,12 +390,13 @@ def restore_conditions(
 ) -> list[Condition]:
     """The kstatus conditions of a VMGuardRestore in ``phase``
     (see :mod:`~vmguard.controller.kube.conditions`)."""
-    failed = phase == RestorePhase.FAILED
-    return lifecycle_conditions(
+    return outcome_conditions(
         conditions,
         phase,
-        terminal=phase in RESTORE_TERMINAL,
-        failure=(error or {"reason": "Failed", "message": "restore failed"}) if failed else None,
+        terminal=RESTORE_TERMINAL,
+        failed=RestorePhase.FAILED,
+        error=error,
+        what="restore",
         generation=generation,
     )
 
