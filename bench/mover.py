@@ -170,7 +170,9 @@ def vmguard(*args: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     lab = Lab()
     if not all(lab.status().values()):
-        lab.up(vms=4)
+        # 24, the lab's default estate: it holds VMs with two disks for the proxy rows
+        # (the simulator gives ~15 % of its VMs a second disk; the first 4 have none).
+        lab.up(vms=24)
     minio = lab.state().data["minio"]
     work = Path(args.work or tempfile.mkdtemp(prefix="vmguard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -428,10 +430,18 @@ def proxy_rows(
     vs = lab.state().data["vsphere"]
     vsim = VSimControl(vs["control_url"])
     vm = next(
-        v
-        for v in reversed(vsim.vms())
-        if not v.template and len(v.disks) >= PROXY_DISKS and not v.name.startswith("vmguard-")
+        (
+            v
+            for v in reversed(vsim.vms())
+            if not v.template and len(v.disks) >= PROXY_DISKS and not v.name.startswith("vmguard-")
+        ),
+        None,
     )
+    if vm is None:
+        raise SystemExit(
+            f"bench: the lab's simulator has no VM with {PROXY_DISKS} disks for the proxy rows"
+            " (a lab started elsewhere with a smaller estate? `make lab-down` and run again)"
+        )
     disks = vm.disks[:PROXY_DISKS]
     copies = [work / f"proxy-disk{n}.img" for n in range(PROXY_DISKS)]
     for disk, copy in zip(disks, copies, strict=True):
