@@ -10,6 +10,7 @@ from vmguard.controller.kube.admission import (
     PolicyLimits,
     VCenterLimits,
     Work,
+    WorkKind,
     order,
     plan,
     shown_position,
@@ -30,7 +31,8 @@ def work(
     host: str = "",
     disks: tuple[tuple[str, int], ...] = (),
     nfc: bool = True,
-    limits: PolicyLimits = WIDE,
+    limits: PolicyLimits | None = WIDE,
+    kind: WorkKind = WorkKind.BACKUP,
 ) -> Work:
     return Work(
         uid=f"uid-{name}",
@@ -44,7 +46,15 @@ def work(
         created=T0 + dt.timedelta(seconds=created),
         nfc=nfc,
         policy_limits=limits,
+        kind=kind,
     )
+
+
+def restore(name: str, created: int = 0, **kw: object) -> Work:
+    """A restore: no policy, no per-policy limits, first come first served."""
+    return work(
+        name, policy="", scheduled=0, created=created, limits=None, kind=WorkKind.RESTORE, **kw
+    )  # type: ignore[arg-type]
 
 
 def names(ws: list[Work]) -> list[str]:
@@ -116,7 +126,7 @@ def test_host_and_datastore_limits_count_disks_of_running_work() -> None:
     assert names(p.start) == ["elsewhere"]
     why = {w.work.name: w.message for w in p.waiting}
     assert why["same-host"] == "host esx1 has its 4 NFC disks in use (NBD limit per host)"
-    assert why["same-ds"] == "datastore ds1 has 3 disks being backed up"
+    assert why["same-ds"] == "datastore ds1 has 3 disks being backed up or restored"
 
 
 def test_hotadd_work_does_not_count_against_nfc_limits() -> None:
@@ -267,3 +277,65 @@ def _check(running: list[Work], lim: VCenterLimits, pl: PolicyLimits) -> None:
         for host in {w.host for w in mine}:
             assert sum(1 for w in mine if w.host == host) <= pl.per_host
     assert len({w.vm for w in running}) == len(running)
+
+
+def test_a_restore_does_not_wait_behind_a_night_of_backups_nor_backups_behind_restores() -> None:
+    backups = [work(f"b{i:03d}", scheduled=0, created=i) for i in range(200)]
+    restores = [restore(f"r{i}", created=1000 + i) for i in range(3)]
+    # Created last, the first restore is still first in line (restores go first on a tie).
+    assert names(order(backups + restores)[:6]) == ["r0", "b000", "r1", "b001", "r2", "b002"]
+    # A restore runs: the next free slot goes to a backup, then they alternate again.
+    running = [restore("r-running")]
+    assert names(order(backups[:3] + restores[:2], running)) == ["b000", "r0", "b001", "r1", "b002"]
+    # Many restores running do not keep backups behind every new restore for ever:
+    # the kind with fewer running gets the turns until they are even.
+    running = [restore(f"x{i}") for i in range(2)]
+    assert names(order(backups[:3] + restores, running)[:4]) == ["b000", "b001", "r0", "b002"]
+
+
+def test_one_slot_alternates_between_kinds_as_it_frees() -> None:
+    """With room for one at a time, the kinds take turns slot by slot (no starvation)."""
+    one = VCenterLimits(disks=1, disks_per_host=1000, disks_per_datastore=1000)
+    waiting = [work(f"b{i}", created=i) for i in range(4)] + [
+        restore(f"r{i}", created=10 + i) for i in range(4)
+    ]
+    started: list[Work] = []
+    while waiting:
+        # The one started last runs: nothing else starts, and the other kind is next.
+        last = started[-1] if started else None
+        if last is not None:
+            held = plan(waiting, [last], one, "vc1", last.kind)
+            assert held.start == [] and held.waiting[0].work.kind != last.kind
+            assert held.waiting[0].message == "vCenter vc1 has its 1 NFC disks in use (NBD)"
+        # It finished: the slot is free and nothing runs.
+        p = plan(waiting, [], one, "vc1", last.kind if last else None)
+        assert len(p.start) == 1
+        started += p.start
+        waiting = [w for w in waiting if w not in p.start]
+    assert names(started) == ["r0", "b0", "r1", "b1", "r2", "b2", "r3", "b3"]
+
+
+def test_restores_share_the_vcenter_host_and_datastore_limits_and_no_policy_share() -> None:
+    lim = VCenterLimits(disks=100, disks_per_host=2, disks_per_datastore=2)
+    one = PolicyLimits(total=1, per_host=1, per_datastore=1)
+    running = [work("b-run", policy="", host="esx1", disks=(("ds1", 1),), limits=one)]
+    items = [
+        restore("same-host", host="esx1", disks=(("ds9", 2),), created=1),
+        restore("same-ds", host="esx2", disks=(("ds1", 2),), created=2),
+        restore("free", host="esx3", disks=(("ds3", 1),), created=3),
+        # An ad-hoc backup (no policy) is held by its own share, not by the restores.
+        work("b-adhoc", policy="", host="esx4", disks=(("ds4", 1),), limits=one, created=4),
+    ]
+    p = plan(items, running, lim)
+    assert names(p.start) == ["free"]
+    why = {w.work.name: w.message for w in p.waiting}
+    assert why["same-host"] == "host esx1 has its 2 NFC disks in use (NBD limit per host)"
+    assert why["same-ds"] == "datastore ds1 has 2 disks being backed up or restored"
+    assert why["b-adhoc"] == "work without a policy runs at most 1 backups at once (total)"
+
+
+def test_a_restore_into_a_vm_being_backed_up_waits() -> None:
+    running = [work("a")]
+    into = Work(**{**restore("r").__dict__, "vm": running[0].vm})
+    p = plan([into], running, ROOMY)
+    assert p.start == [] and p.waiting[0].reason == "VMBusy"

@@ -1,4 +1,5 @@
-"""The admission loop's pure turn (controller/admission_loop.py: queued_of, decide): what
+"""The admission loop's pure turn (controller/kube/workqueue.py: decide; the
+backups' lane in controller/backup/admission.py: queued_of and the status patches): what
 it starts, tells and expires, and that a turn which changes nothing writes nothing —
 also while the watch has not brought back the loop's own writes."""
 
@@ -8,16 +9,14 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from vmguard.controller.backup.admission import (
+from vmguard.controller.backup.admission import queued_of, start_status, waiting_status
+from vmguard.controller.kube.admission import VCenterLimits
+from vmguard.controller.kube.workqueue import (
     Memory,
     PolicyTerms,
     Queued,
     decide,
-    queued_of,
-    start_status,
-    waiting_status,
 )
-from vmguard.controller.kube.admission import VCenterLimits
 
 NOW = dt.datetime(2026, 12, 6, 1, 30, tzinfo=dt.UTC)
 LIMITS = VCenterLimits()

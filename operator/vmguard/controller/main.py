@@ -24,6 +24,7 @@ import kopf
 from vmguard.api import ANNOTATION_PREFIX, FINALIZER
 from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
+from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.kube import crdcheck, migration, peering
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
@@ -31,6 +32,7 @@ from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 from vmguard.controller.kube.sweeps import LatestSweeps
 from vmguard.controller.kube.timing import REAL_TIME, Timing
+from vmguard.controller.kube.workqueue import Lane
 from vmguard.controller.policy import failsafe
 from vmguard.controller.policy import handlers as policy_handlers
 from vmguard.controller.repository import handlers as repository_handlers
@@ -62,6 +64,7 @@ class Memo(backup_handlers.BackupMemo):
     wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
     policy_wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
     admission_wakeups: dict[tuple[str, str], asyncio.Event] = field(init=False)
+    lanes: tuple[Lane, ...] = field(init=False)
     sweeps: LatestSweeps = field(init=False)
     after_sweep: AfterSweep = field(init=False)
 
@@ -89,6 +92,8 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
         # The one clock of every handler and loop (controller/kube/timing.py).
         timing=memo.timing,
     )
+    # The kinds of proxy work the admission loops start, each over its kind's index.
+    memo.lanes = (BackupLane(deadline=memo.backups.settings.deadline),)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX

@@ -35,7 +35,7 @@ from vmguard.crds.schema import (
 
 PHASES = [phase.value for phase in BackupPhase]
 MODES_USED = ["full", "incremental", "fullScan"]
-MAX_DISKS = 256  # vSphere 8 allows up to 256 virtual disks per VM
+MAX_DISKS = f.MAX_DISKS
 
 spec = obj(
     "What to back up. Immutable: create a new VMGuardBackup for a new backup.",
@@ -115,34 +115,10 @@ status = obj(
         "vm": f.vm_identity("The VM as resolved at snapshot time.", required=False),
         "vcenter": string("Name of the VCenter used.", max_length=63),
         "repository": string("Name of the VMGuardRepository used.", max_length=63),
-        "placement": obj(
-            "Where the VM runs, as resolved; the admission limits count by it.",
-            {
-                "host": string("ESXi host name.", max_length=255),
-                "datastores": array(
-                    "Datastores holding the VM's files.",
-                    string(max_length=255),
-                    max_items=MAX_DISKS,
-                ),
-                "disks": array(
-                    "The VM's disks per datastore (the limits count disks).",
-                    obj(
-                        None,
-                        {
-                            "datastore": string("Datastore name.", max_length=255),
-                            "count": integer("Disks on it.", minimum=0, maximum=MAX_DISKS),
-                        },
-                        required=["datastore", "count"],
-                    ),
-                    max_items=MAX_DISKS,
-                ),
-            },
+        "placement": f.placement(
+            "Where the VM runs, as resolved; the admission limits count by it."
         ),
-        "queuePosition": integer(
-            "While waiting for admission: the place in its vCenter's queue (1: next); "
-            "exact up to 10, then rounded up to 20, 50, 100, 200, …",
-            minimum=1,
-        ),
+        "queuePosition": f.queue_position(),
         "modeRequested": enum(
             "What the operator asked the proxy to read: full (no parent) or incremental "
             "(from parentArchiveId; the CBT chain may still make it a full scan).",

@@ -52,6 +52,7 @@ BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 KEY_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
 MAX_VM_NAME = 255
 MAX_INVENTORY_PATH = 2048
+MAX_DISKS = 256  # vSphere 8 allows up to 256 virtual disks per VM
 
 
 def object_name(description: str, *, label: bool) -> Schema:
@@ -389,4 +390,41 @@ def failure() -> Schema:
             "retryable": boolean("Whether the operator will retry on its own."),
         },
         required=["reason"],
+    )
+
+
+def placement(description: str) -> Schema:
+    """Where proxy work reads or writes: the host and the disks per datastore, by which
+    the admission limits count (docs/admission.md)."""
+    return obj(
+        description,
+        {
+            "host": string("ESXi host name.", max_length=255),
+            "datastores": array(
+                "Datastores holding the VM's files.",
+                string(max_length=255),
+                max_items=MAX_DISKS,
+            ),
+            "disks": array(
+                "The VM's disks per datastore (the limits count disks).",
+                obj(
+                    None,
+                    {
+                        "datastore": string("Datastore name.", max_length=255),
+                        "count": integer("Disks on it.", minimum=0, maximum=MAX_DISKS),
+                    },
+                    required=["datastore", "count"],
+                ),
+                max_items=MAX_DISKS,
+            ),
+        },
+    )
+
+
+def queue_position() -> Schema:
+    """``status.queuePosition`` of work waiting in its vCenter's admission queue."""
+    return integer(
+        "While waiting for admission: the place in its vCenter's queue (1: next); "
+        "exact up to 10, then rounded up to 20, 50, 100, 200, …",
+        minimum=1,
     )

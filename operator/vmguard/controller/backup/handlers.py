@@ -4,9 +4,9 @@
   and not waiting for admission drives it through its phases
   (:func:`.reconcile.reconcile`), resumed by any operator that (re)starts; a fault is
   logged and the step retried after 30 s.
-- ``admission_turns``: a daemon per VCenter, its admission loop (:mod:`.admission`,
-  docs/admission.md), over three kopf indexes kept by the watch: ``backup_queue`` (the
-  resolved backups in flight), ``policy_terms`` and ``vcenter_limits``.
+- ``backup_queue``: the kopf index of resolved backups in flight, the backups' lane
+  of the admission queue (:mod:`.admission`, docs/admission.md); the loop that starts
+  them is the VCenter's (``vcenter.handlers.admission_turns``).
 - ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
   one wakes its policy's scheduler (retention runs now:
   :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
@@ -21,12 +21,12 @@ from typing import Any, Protocol
 import kopf
 
 from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
-from vmguard.api.kinds import BACKUP, POLICY, VCENTER
+from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, reconcile
 from vmguard.controller.backup.steps import MissingRef
-from vmguard.controller.kube.admission import VCenterLimits
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
+from vmguard.controller.kube.workqueue import Queued
 
 
 class BackupMemo(OperatorMemo, Protocol):
@@ -54,9 +54,7 @@ def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
-def backup_queue(
-    body: kopf.Body, memo: Any, **_: Any
-) -> dict[tuple[str, str], admission.Queued] | None:
+def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
     """Resolved backups in flight by (namespace, vCenter): the admission loops' state,
     kept by the watch. A change wakes that vCenter's loop."""
     record = admission.queued_of(body)
@@ -73,66 +71,6 @@ def _wake_admission(memo: Any, body: kopf.Body) -> None:
     ns = (body.get("metadata") or {}).get("namespace")
     if vc and ns and getattr(memo, "admission_wakeups", None) is not None:
         admission_wakeup(memo, ns, vc).set()
-
-
-@kopf.index(GROUP, VERSION, POLICY.plural)
-def policy_terms(
-    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
-) -> dict[tuple[str, str], admission.PolicyTerms]:
-    """What admission needs of each policy; a change wakes its vCenter's loop."""
-    vc = (spec.get("vcenterRef") or {}).get("name")
-    if vc:
-        admission_wakeup(memo, namespace or "", vc).set()
-    return {(namespace or "", name): admission.PolicyTerms.of(spec)}
-
-
-@kopf.index(GROUP, VERSION, VCENTER.plural)
-def vcenter_limits(
-    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
-) -> dict[tuple[str, str], VCenterLimits]:
-    """Each VCenter's limits; a change wakes its loop."""
-    admission_wakeup(memo, namespace or "", name).set()
-    return {(namespace or "", name): admission.vcenter_limits(spec)}
-
-
-@kopf.daemon(GROUP, VERSION, VCENTER.plural, id="admission", cancellation_timeout=10.0)
-async def admission_turns(
-    name: str,
-    namespace: str | None,
-    memo: Any,
-    stopped: kopf.DaemonStopped,
-    **kwargs: Any,
-) -> None:
-    """Start this vCenter's waiting backups in order, within its limits (docs/admission.md).
-    The indexes come from kopf as keyword arguments named after their handlers; kopf
-    fills them from its first LIST before any handler runs, and keeps them current."""
-    if not acts(memo, "backups"):
-        return
-    backups: kopf.Index[tuple[str, str], admission.Queued] = kwargs["backup_queue"]
-    policies: kopf.Index[tuple[str, str], admission.PolicyTerms] = kwargs["policy_terms"]
-    vcenters: kopf.Index[tuple[str, str], VCenterLimits] = kwargs["vcenter_limits"]
-    ns = namespace or ""
-    key = (ns, name)
-
-    def terms() -> dict[str, admission.PolicyTerms]:
-        return {p: t for (pns, p), store in policies.items() if pns == ns for t in store}
-
-    def limits() -> VCenterLimits:
-        return next(iter(vcenters.get(key, [])), VCenterLimits())
-
-    ctx: reconcile.BackupContext = memo.backups
-    loop = admission.AdmissionLoop(
-        ctx.api,
-        reconcile.PLURAL,
-        ns,
-        name,
-        records=lambda: list(backups.get(key, [])),
-        terms=terms,
-        limits=limits,
-        timing=memo.timing,
-        deadline=ctx.settings.deadline,
-    )
-    await loop.run(admission_wakeup(memo, ns, name), stopped)
 
 
 @kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_runs, cancellation_timeout=5.0)

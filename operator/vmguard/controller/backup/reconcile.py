@@ -283,8 +283,9 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
                 },
             }
         )
-    # Resolved: from here its vCenter's admission loop (backup/admission.py) moves it
-    # on; this daemon's filter no longer matches it, so kopf stops the daemon.
+    # Resolved: from here its vCenter's admission loop (kube/workqueue.py, with
+    # backup/admission.py's lane) moves it on; this daemon's filter no longer matches
+    # it, so kopf stops the daemon.
     return QUEUED
 
 

@@ -1,20 +1,27 @@
 """The admission queue of one vCenter, as pure data: which waiting proxy work starts next.
 
-Proxy work (a backup today; restores, copies and verifications are the same shape) that
-has been resolved — its VM, host and datastores are known — waits here until its limits
-allow it to start. :func:`plan` takes what waits and what runs, in memory (built from
-the watch, never from a LIST per object), and returns what to start now, in order, and
-for everything else why it waits and its position. It does no I/O and keeps no state,
-so a restarted operator, or the peer that takes over, plans the same from the same
-objects.
+Proxy work of every kind (:class:`WorkKind`: backups and restores today; copies and
+verifications plug in the same way, see :mod:`.workqueue`) that has been resolved — its
+VM, host and datastores are known — waits here until its limits allow it to start.
+:func:`plan` takes what waits and what runs, in memory (built from the watch, never
+from a LIST per object), and returns what to start now, in order, and for everything
+else why it waits and its position. It does no I/O and keeps no state, so a restarted
+operator, or the peer that takes over, plans the same from the same objects.
 
 Invariants:
 
-- **Order.** Higher policy priority first, then the earlier scheduled time, then
-  *fair between policies*: within one priority and one scheduled time the policies
-  take turns (the first backup of each policy, then the second of each, …; ties by
-  policy name), and within a policy first come first served (creation time, then
-  name). The order is total and deterministic.
+- **Order within a kind.** Higher policy priority first, then the earlier scheduled
+  time, then *fair between policies*: within one priority and one scheduled time the
+  policies take turns (the first backup of each policy, then the second of each, …;
+  ties by policy name), and within a policy first come first served (creation time,
+  then name). Work without a policy (a restore, an ad-hoc backup) has priority 0.
+- **Fair between kinds.** The kinds' queues are merged by taking turns: the next place
+  goes to the kind with the fewest items running or placed ahead so far; on a tie, the
+  kinds rotate in :data:`TURNS` order starting after ``last``, the kind the loop started
+  last (restores first when it has started nothing yet). So a restore never waits behind
+  a night's queue of backups, nor backups behind a burst of restores: while both wait,
+  each kind gets every other free slot, even when slots free one at a time. The order
+  is total and deterministic given ``last``.
 - **Limits, vCenter-wide, in disks** (:class:`VCenterLimits`): at most
   ``disks`` disks open through the vCenter, ``disks_per_host`` on one ESXi host and
   ``disks_per_datastore`` on one datastore. The first two are VMware's NFC limits and
@@ -43,8 +50,22 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 EXACT_POSITIONS = 10
+
+
+class WorkKind(StrEnum):
+    """The kinds of proxy work the queue admits."""
+
+    BACKUP = "backup"
+    RESTORE = "restore"
+    COPY = "copy"
+    VERIFY = "verify"
+
+
+TURNS: tuple[WorkKind, ...] = (WorkKind.RESTORE, WorkKind.BACKUP, WorkKind.COPY, WorkKind.VERIFY)
+"""Who goes first when kinds tie for a turn: a person waits for a restore."""
 
 REASON_LIMIT = "ConcurrencyLimit"
 REASON_VM_BUSY = "VMBusy"
@@ -83,8 +104,10 @@ class Work:
     scheduled: dt.datetime | None = None
     created: dt.datetime | None = None
     nfc: bool = True
-    """Whether it reads through NFC (NBD), so the NFC limits apply."""
-    policy_limits: PolicyLimits = field(default_factory=PolicyLimits)
+    """Whether it moves data through NFC (NBD), so the NFC limits apply."""
+    policy_limits: PolicyLimits | None = field(default_factory=PolicyLimits)
+    """None: no per-policy limits (a restore)."""
+    kind: WorkKind = WorkKind.BACKUP
 
     @property
     def disk_count(self) -> int:
@@ -110,9 +133,37 @@ class Plan:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def order(items: Iterable[Work]) -> list[Work]:
-    """Waiting items in the order they start (see the module's invariants)."""
-    items = list(items)
+def order(
+    items: Iterable[Work], running: Iterable[Work] = (), last: WorkKind | None = None
+) -> list[Work]:
+    """Waiting items in the order they start (see the module's invariants): each kind's
+    own order, merged by turns that count what already runs of each kind, ties rotating
+    after ``last``."""
+    by_kind: dict[WorkKind, list[Work]] = {}
+    for w in items:
+        by_kind.setdefault(w.kind, []).append(w)
+    if len(by_kind) == 1:
+        return _kind_order(next(iter(by_kind.values())))
+    queues = {k: _kind_order(ws) for k, ws in by_kind.items()}
+    held = Counter(w.kind for w in running)
+    out: list[Work] = []
+    heads = dict.fromkeys(queues, 0)
+    while len(out) < sum(len(q) for q in queues.values()):
+        after = TURNS.index(last) + 1 if last in TURNS else 0
+        rank = {k: (i - after) % len(TURNS) for i, k in enumerate(TURNS)}
+        kind = min(
+            (k for k in queues if heads[k] < len(queues[k])),
+            key=lambda k: (held[k], rank[k]),
+        )
+        out.append(queues[kind][heads[kind]])
+        heads[kind] += 1
+        held[kind] += 1
+        last = kind
+    return out
+
+
+def _kind_order(items: list[Work]) -> list[Work]:
+    """One kind's items in order: priority, scheduled time, policies' turns, FIFO."""
     groups: dict[tuple[int, dt.datetime], dict[str, list[Work]]] = {}
     for w in items:
         key = (-w.priority, w.scheduled or w.created or _EPOCH)
@@ -146,9 +197,9 @@ class _Usage:
     vcenter_disks: int = 0
     host_disks: Counter[str] = field(default_factory=Counter)
     datastore_disks: Counter[str] = field(default_factory=Counter)
-    policy_total: Counter[str] = field(default_factory=Counter)
-    policy_host: Counter[tuple[str, str]] = field(default_factory=Counter)
-    policy_datastore: Counter[tuple[str, str]] = field(default_factory=Counter)
+    policy_total: Counter[tuple[str, str]] = field(default_factory=Counter)
+    policy_host: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    policy_datastore: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     vms: set[str] = field(default_factory=set)
 
     def add(self, w: Work) -> None:
@@ -158,10 +209,10 @@ class _Usage:
                 self.host_disks[w.host] += w.disk_count
         for ds, n in w.disks:
             self.datastore_disks[ds] += n
-            self.policy_datastore[(w.policy, ds)] += 1
-        self.policy_total[w.policy] += 1
+            self.policy_datastore[(w.kind, w.policy, ds)] += 1
+        self.policy_total[(w.kind, w.policy)] += 1
         if w.host:
-            self.policy_host[(w.policy, w.host)] += 1
+            self.policy_host[(w.kind, w.policy, w.host)] += 1
         self.vms.add(w.vm)
 
 
@@ -173,22 +224,24 @@ def _over(used: int, need: int, limit: int) -> bool:
 def _local_blocker(w: Work, use: _Usage, lim: VCenterLimits) -> tuple[str, str] | None:
     """What holds ``w`` other than the vCenter's total: (reason, message) or None."""
     if w.vm in use.vms:
-        return REASON_VM_BUSY, f"another backup of {w.vm} is running"
-    pl = w.policy_limits
-    who = f"policy {w.policy}" if w.policy else "work without a policy"
-    if use.policy_total[w.policy] >= pl.total:
-        return REASON_LIMIT, f"{who} runs at most {pl.total} backups at once (total)"
-    if w.host and use.policy_host[(w.policy, w.host)] >= pl.per_host:
-        return (
-            REASON_LIMIT,
-            f"{who} runs at most {pl.per_host} backups on host {w.host} (perHost)",
-        )
-    for ds, _ in w.disks:
-        if use.policy_datastore[(w.policy, ds)] >= pl.per_datastore:
+        return REASON_VM_BUSY, f"another backup or restore of {w.vm} is running"
+    pl, p = w.policy_limits, w.policy
+    if pl is not None:
+        who = f"policy {p}" if p else "work without a policy"
+        if use.policy_total[(w.kind, p)] >= pl.total:
+            return REASON_LIMIT, f"{who} runs at most {pl.total} backups at once (total)"
+        if w.host and use.policy_host[(w.kind, p, w.host)] >= pl.per_host:
             return (
                 REASON_LIMIT,
-                f"{who} runs at most {pl.per_datastore} backups on datastore {ds} (perDatastore)",
+                f"{who} runs at most {pl.per_host} backups on host {w.host} (perHost)",
             )
+        for ds, _ in w.disks:
+            if use.policy_datastore[(w.kind, p, ds)] >= pl.per_datastore:
+                return (
+                    REASON_LIMIT,
+                    f"{who} runs at most {pl.per_datastore} backups on datastore {ds}"
+                    " (perDatastore)",
+                )
     if w.nfc and w.host and _over(use.host_disks[w.host], w.disk_count, lim.disks_per_host):
         return (
             REASON_LIMIT,
@@ -198,7 +251,7 @@ def _local_blocker(w: Work, use: _Usage, lim: VCenterLimits) -> tuple[str, str] 
         if _over(use.datastore_disks[ds], n, lim.disks_per_datastore):
             return (
                 REASON_LIMIT,
-                f"datastore {ds} has {lim.disks_per_datastore} disks being backed up",
+                f"datastore {ds} has {lim.disks_per_datastore} disks being backed up or restored",
             )
     return None
 
@@ -208,8 +261,10 @@ def plan(
     running: Sequence[Work],
     limits: VCenterLimits,
     vcenter: str = "",
+    last: WorkKind | None = None,
 ) -> Plan:
-    """What starts now, in order, and why the rest waits (pure; see the module doc)."""
+    """What starts now, in order, and why the rest waits (pure; see the module doc).
+    ``last``: the kind this vCenter's loop started last (ties between kinds rotate)."""
     use = _Usage()
     for r in running:
         use.add(r)
@@ -217,7 +272,7 @@ def plan(
     held: list[tuple[Work, str, str]] = []
     full = False
     who = f"vCenter {vcenter}" if vcenter else "the vCenter"
-    for w in order(waiting):
+    for w in order(waiting, running, last):
         blocked = _local_blocker(w, use, limits)
         if blocked is None and w.nfc:
             full = full or _over(use.vcenter_disks, w.disk_count, limits.disks)

@@ -8,8 +8,11 @@ kind's event concerns another kind's loop, they meet here, in kopf's operator me
 - :func:`vcenter_wakeup` — a policy changed: its vCenter's sweeper re-matches now;
 - :func:`policy_wakeup` — a policy changed, or one of its backups completed: its
   scheduler re-reads the schedule and applies retention now;
-- :func:`admission_wakeup` — a backup, a policy or a VCenter's limits changed: that
-  vCenter's admission loop plans now;
+- :func:`admission_wakeup` — queued work (a backup, a restore), a policy or a VCenter's
+  limits changed: that vCenter's admission loop plans now;
+- :attr:`OperatorMemo.lanes` — the kinds of proxy work the admission loops start
+  (:class:`~.workqueue.Lane`), handed in by ``main``, so the VCenter's loop needs no
+  kind's code;
 - :data:`AfterSweep` — what the vCenter sweeper calls after each successful sweep
   (the policies' fail-safe, handed in by ``main``), so the sweeper needs no policy code.
 
@@ -35,6 +38,7 @@ from vmguard.config import ProxySettings
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import Timing
+from vmguard.controller.kube.workqueue import Lane
 from vmguard.metrics import Metrics
 
 CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
@@ -68,6 +72,8 @@ class OperatorMemo(Protocol):
     """(namespace, policy name) → the event that wakes that policy's scheduler."""
     admission_wakeups: dict[tuple[str, str], asyncio.Event]
     """(namespace, vCenter name) → the event that wakes that vCenter's admission loop."""
+    lanes: tuple[Lane, ...]
+    """The kinds of proxy work the admission loops start (docs/admission.md)."""
 
 
 def acts(memo: OperatorMemo, controller: str) -> bool:

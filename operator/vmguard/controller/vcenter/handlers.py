@@ -8,6 +8,12 @@ policies' schedulers (:class:`~vmguard.controller.kube.sweeps.LatestSweeps`), ca
 the after-sweep action ``main`` handed in (the policies' fail-safe), and sweeps our
 escaped snapshots (:mod:`.orphans`). A fault in the fail-safe or the orphan sweep is
 logged; the sweeper outlives it.
+
+A second daemon per VCenter, ``admission_turns``, is the vCenter's admission loop
+(:class:`~vmguard.controller.kube.workqueue.AdmissionLoop`, docs/admission.md) over the
+lanes ``main`` put in the memo (backups, restores): it reads each lane's kopf index of
+queued work, and two indexes kept here, ``policy_terms`` (each policy's priority, limits
+and transport) and ``vcenter_limits`` (each VCenter's ``spec.limits``).
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ import kopf
 
 from vmguard.api import GROUP, VERSION, parse_duration
 from vmguard.api.kinds import POLICY, VCENTER
-from vmguard.controller.kube.handlers import AfterSweep, OperatorMemo, acts, vcenter_wakeup
+from vmguard.controller.kube.admission import VCenterLimits
+from vmguard.controller.kube.handlers import (
+    AfterSweep,
+    OperatorMemo,
+    acts,
+    admission_wakeup,
+    vcenter_wakeup,
+)
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
+from vmguard.controller.kube.workqueue import AdmissionLoop, PolicyTerms, Queued, vcenter_limits
 from vmguard.controller.vcenter import orphans, sweeper
 from vmguard.metrics import Metrics
 
@@ -36,6 +50,68 @@ async def _sleep(
 ) -> None:
     await timing.wait(seconds, wake, stopped)
     wake.clear()
+
+
+@kopf.index(GROUP, VERSION, POLICY.plural)
+def policy_terms(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
+) -> dict[tuple[str, str], PolicyTerms]:
+    """What admission needs of each policy; a change wakes its vCenter's loop."""
+    vc = (spec.get("vcenterRef") or {}).get("name")
+    if vc:
+        admission_wakeup(memo, namespace or "", vc).set()
+    return {(namespace or "", name): PolicyTerms.of(spec)}
+
+
+@kopf.index(GROUP, VERSION, VCENTER.plural, id="vcenter_limits")
+def limits_of_vcenter(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
+) -> dict[tuple[str, str], VCenterLimits]:
+    """Each VCenter's limits; a change wakes its loop."""
+    admission_wakeup(memo, namespace or "", name).set()
+    return {(namespace or "", name): vcenter_limits(spec)}
+
+
+@kopf.daemon(GROUP, VERSION, VCENTER.plural, id="admission", cancellation_timeout=10.0)
+async def admission_turns(
+    name: str,
+    namespace: str | None,
+    memo: OperatorMemo,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
+) -> None:
+    """Start this vCenter's waiting proxy work of every lane in order, within its limits
+    (docs/admission.md). The indexes come from kopf as keyword arguments named after their
+    handlers; kopf fills them from its first LIST before any handler runs, and keeps them
+    current."""
+    lanes = {lane.kind: lane for lane in memo.lanes if acts(memo, lane.controller)}
+    if not lanes:
+        return
+    queues: list[kopf.Index[tuple[str, str], Queued]] = [
+        kwargs[lane.index] for lane in memo.lanes if lane.index in kwargs
+    ]
+    policies: kopf.Index[tuple[str, str], PolicyTerms] = kwargs["policy_terms"]
+    vcenters: kopf.Index[tuple[str, str], VCenterLimits] = kwargs["vcenter_limits"]
+    ns = namespace or ""
+    key = (ns, name)
+
+    def terms() -> dict[str, PolicyTerms]:
+        return {p: t for (pns, p), store in policies.items() if pns == ns for t in store}
+
+    def limits() -> VCenterLimits:
+        return next(iter(vcenters.get(key, [])), VCenterLimits())
+
+    loop = AdmissionLoop(
+        KubeAPI(),
+        ns,
+        name,
+        lanes,
+        records=lambda: [q for index in queues for q in index.get(key, [])],
+        terms=terms,
+        limits=limits,
+        timing=memo.timing,
+    )
+    await loop.run(admission_wakeup(memo, ns, name), stopped)
 
 
 @kopf.daemon(GROUP, VERSION, VCENTER.plural, cancellation_timeout=10.0)
