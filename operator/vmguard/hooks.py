@@ -11,8 +11,9 @@ Points:
 
 - ``backup_step(point)``: awaited by the VMGuardBackup controller at the named points of a
   backup in :data:`BACKUP_STEPS` — ``snapshotted`` (our snapshot is taken, not yet
-  recorded in status) and ``finalizing`` (on entering Finalizing, before the snapshot
-  is removed). It may wait as long as it likes: the backup waits with it.
+  recorded in status), ``finalizing`` (on entering Finalizing, before the snapshot
+  is removed) and ``pointRecorded`` (the restore point is in the VM's ProtectedVM, the
+  backup not yet Completed). It may wait as long as it likes: the backup waits with it.
 - ``transfer_progress(done, total)``: called by the backup proxy with bytes done and
   bytes total before each progress report. It may block; the transfer waits for it,
   and the reported rate includes the wait.
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-BACKUP_STEPS = ("snapshotted", "finalizing")
+BACKUP_STEPS = ("snapshotted", "finalizing", "pointRecorded")
 """The points at which :attr:`Hooks.backup_step` is awaited."""
 
 

@@ -14,8 +14,8 @@ from typing import Any, is_typeddict
 
 import pytest
 
-from vmguard.api import BackupStatus, Condition, RestoreStatus
-from vmguard.crds import backup, restore
+from vmguard.api import BackupStatus, Condition, ProtectedVMStatus, RestoreStatus
+from vmguard.crds import backup, protectedvm, restore
 
 pytestmark = pytest.mark.unit
 
@@ -59,8 +59,12 @@ def mismatches(td: Any, schema: dict[str, Any], where: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("td", "schema"),
-    [(BackupStatus, backup.status), (RestoreStatus, restore.status)],
-    ids=["VMGuardBackup", "VMGuardRestore"],
+    [
+        (BackupStatus, backup.status),
+        (RestoreStatus, restore.status),
+        (ProtectedVMStatus, protectedvm.status),
+    ],
+    ids=["VMGuardBackup", "VMGuardRestore", "ProtectedVM"],
 )
 def test_typed_status_matches_the_crd(td: Any, schema: dict[str, Any]) -> None:
     assert mismatches(td, schema, "status") == []

@@ -314,6 +314,7 @@ def test_aggregated_view_and_edit_roles_follow_the_tenancy_model(render: Render)
         "vmprotectionpolicies",
         "vmguardbackups",
         "vmguardrestores",
+        "protectedvms",
     ]
     view = _grants(roles["view"])
     assert {(k, v) for k in kinds for v in ("get", "list", "watch")} <= view
@@ -324,6 +325,8 @@ def test_aggregated_view_and_edit_roles_follow_the_tenancy_model(render: Render)
     } <= edit
     # Tenants never change where credentials come from, nor what the operator recorded.
     assert not {k for k, _ in edit} & {"vcenters", "vmguardrepositories", "vmprotectionpolicies"}
+    # ProtectedVMs are the operator's record of a VM's restore points: read-only to tenants.
+    assert not {k for k, _ in edit} & {"protectedvms"}
     assert not any(k.endswith("/status") for k, _ in edit)
 
 

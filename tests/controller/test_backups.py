@@ -33,6 +33,7 @@ from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.controller.scrape import page
 from tests.vsphere.helpers import MiB, sha256_file
 
+from vmguard.controller.kube.points import protected_vm_name
 from vmguard.controller.kube.proxyjob import KEY_VOLUME
 from vmguard.proxy.contract import S3_SECRET_ENV, VC_PASSWORD_ENV
 from vmguard.store import Repository
@@ -112,6 +113,20 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
         assert restored_hashes(repo, inc["archiveId"], tmp_path) == at_inc
         assert len(repo.list_archives()) == 2
 
+        # Both points are in the VM's one ProtectedVM, newest first.
+        pvm = objects.get(
+            kube_api, namespace, "protectedvms", protected_vm_name(lab_vcenter, vm.instance_uuid)
+        )["status"]
+        assert [(p["archiveId"], p["mode"], p["bytes"], p["backup"]) for p in pvm["points"]] == [
+            (inc["archiveId"], "incremental", inc["totals"]["bytesUploaded"], "second"),
+            (status["archiveId"], "full", status["totals"]["bytesUploaded"], "first"),
+        ]
+        assert pvm["pointCount"] == 2 and pvm["lastGoodPoint"]["archiveId"] == inc["archiveId"]
+        assert [p["time"] for p in pvm["points"]] == [
+            inc["snapshot"]["createTime"],
+            status["snapshot"]["createTime"],
+        ]
+
         # The proxy ran as its own ServiceAccount, in a Job owned by the VMGuardBackup.
         job = client.BatchV1Api(kube_api).read_namespaced_job("second-1", namespace)
         assert job.spec.template.spec.service_account_name == "vmguard-proxy"
@@ -159,6 +174,7 @@ def test_full_incremental_and_restore_are_bit_exact_and_leak_no_secret(
     assert scan.names("vmguardrepositories.vmguard.io") == {"repo"}
     assert scan.names("vmguardbackups.vmguard.io") == {"first", "second"}
     assert scan.names("vmguardrestores.vmguard.io") == {"second-new"}
+    assert len(scan.names("protectedvms.vmguard.io")) == 1
     jobs = scan.names("jobs.batch")
     assert {"first-1", "second-1"} < jobs and len(jobs) == 3
     assert len(scan.objects["pods"]) == 3 and scan.objects["events"]

@@ -138,6 +138,18 @@ def test_built_in_edit_gains_the_chart_rules_by_aggregation(
     can = as_user("bob", "auth", "can-i", "get", "secrets", "-n", namespace)
     assert can.stdout.strip() == "yes", can.stderr
 
+    # ProtectedVMs are the operator's record of a VM's restore points: read, never written.
+    def may(verb: str, resource: str, *more: str) -> bool:
+        done = as_user("bob", "auth", "can-i", verb, resource, *more, "-n", namespace)
+        return done.stdout.strip() == "yes"
+
+    eventually(lambda: may("list", "protectedvms.vmguard.io"), 60, "edit to aggregate vmguard-view")
+    assert may("get", "protectedvms.vmguard.io") and may("watch", "protectedvms.vmguard.io")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not may(verb, "protectedvms.vmguard.io"), verb
+    assert not may("patch", "protectedvms.vmguard.io", "--subresource=status")
+    assert may("patch", "vmguardrestores.vmguard.io")  # what edit may do, to show the check bites
+
 
 def test_a_tenant_restores_its_own_backup_and_nothing_else(
     kube_api: Any,

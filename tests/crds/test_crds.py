@@ -59,6 +59,7 @@ def test_every_kind_has_names_category_and_status() -> None:
         "VMProtectionPolicy": ["vmpp"],
         "VMGuardBackup": ["vgb"],
         "VMGuardRestore": ["vgr"],
+        "ProtectedVM": ["pvm"],
     }
     for kind in KINDS:
         crd = kind.crd()
@@ -889,6 +890,29 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         },
     )
     _set_status(custom, ns, objs["vmrestore.yaml"], {"phase": "Restoring"})
+    pvm = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProtectedVM",
+        "metadata": {"name": "lab-0123456789abcdef"},
+        "spec": {},
+    }
+    create(custom, ns, pvm)
+    _set_status(
+        custom,
+        ns,
+        pvm,
+        {
+            "vm": {"name": "db-01", "instanceUuid": "4211c3e0-0000-4000-8000-000000000001"},
+            "policy": "gold-databases",
+            "lastGoodPoint": {"archiveId": "a1", "time": "2025-01-01T04:15:00Z"},
+            "pointCount": 2,
+            "points": [
+                {"archiveId": "a1", "repository": "repo", "time": "2025-01-01T04:15:00Z"},
+                {"archiveId": "a0", "repository": "repo", "time": "2025-01-01T00:15:00Z"},
+            ],
+            "conditions": [_ready("GoodPoint")],
+        },
+    )
 
     done = run_kubectl("get", "vmguard", "-n", ns)
     assert done.returncode == 0, done.stderr
@@ -926,6 +950,14 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         "gold-databases-4211c3e0-20250101t0415",
         "Restoring",
     )
+    protected = tables["protectedvm.vmguard.io/lab-0123456789abcdef"]
+    assert (protected["VM"], protected["POLICY"], protected["POINTS"], protected["READY"]) == (
+        "db-01",
+        "gold-databases",
+        "2",
+        "True",
+    )
+    assert protected["LAST-GOOD-POINT"].endswith(("y", "d", "h"))  # an age, e.g. "700d"
     # Short names reach the same objects.
     for short, name in [
         ("vc", "vcenter"),
@@ -933,6 +965,7 @@ def test_kubectl_get_vmguard_lists_every_kind_with_its_columns(
         ("vmpp", "policy-gold"),
         ("vgb", "vmbackup"),
         ("vgr", "vmrestore"),
+        ("pvm", "lab-0123456789abcdef"),
     ]:
         done = run_kubectl("get", short, "-n", ns, "-o", "name")
         assert done.returncode == 0 and done.stdout.strip().endswith("/" + name), done

@@ -1,11 +1,14 @@
-"""No kind of ours is known to kubectl by a name that Velero or KubeVirt also install.
+"""No kind of ours is known to kubectl by a name that a product users run beside us installs.
 
 ``kubectl get NAME`` resolves NAME against the plurals, singulars and short names of
 every API group in the cluster; where two groups share one, the user gets the other
 product's objects (``kubectl get backuprepositories`` with Velero installed listed
 Velero's). The lists below are the neighbours' CRD names (plural, singular, short
-names) as their CRDs declare them: Velero 1.x (velero.io) and KubeVirt with CDI
-(kubevirt.io, snapshot/export/clone/pool/instancetype/backup groups, cdi.kubevirt.io).
+names) as their CRDs declare them: Velero 1.x (velero.io), KubeVirt with CDI
+(kubevirt.io, snapshot/export/clone/pool/instancetype/backup groups, cdi.kubevirt.io),
+Kasten K10 (config.kio.kasten.io, actions.kio.kasten.io, apps.kio.kasten.io,
+dist.kio.kasten.io, reporting.kio.kasten.io, repositories.kio.kasten.io, and Kanister's
+cr.kanister.io, which K10 installs) and cert-manager (cert-manager.io, acme.cert-manager.io).
 Add a product here when users run it beside us.
 """
 
@@ -62,13 +65,62 @@ KUBEVIRT = {
     "cdis", "cdi", "cdiconfigs", "cdiconfig",
 }  # fmt: skip
 
+KASTEN = {
+    "profiles", "profile",
+    "policies", "policy",
+    "policypresets", "policypreset",
+    "transformsets", "transformset",
+    "blueprintbindings", "blueprintbinding",
+    "storagesecuritycontexts", "storagesecuritycontext",
+    "storagesecuritycontextbindings", "storagesecuritycontextbinding",
+    "auditconfigs", "auditconfig",
+    "restorepoints", "restorepoint",
+    "restorepointcontents", "restorepointcontent",
+    "clusterrestorepoints", "clusterrestorepoint",
+    "applications", "application",
+    "backupactions", "backupaction",
+    "backupclusteractions", "backupclusteraction",
+    "restoreactions", "restoreaction",
+    "restoreclusteractions", "restoreclusteraction",
+    "exportactions", "exportaction",
+    "importactions", "importaction",
+    "retireactions", "retireaction",
+    "runactions", "runaction",
+    "cancelactions", "cancelaction",
+    "reportactions", "reportaction",
+    "upgradeactions", "upgradeaction",
+    "validateactions", "validateaction",
+    "batchrestoreactions", "batchrestoreaction",
+    "storagerepositories", "storagerepository",
+    "reports", "report",
+    "actionsets", "actionset",
+    "blueprints", "blueprint",
+    "repositoryservers", "repositoryserver",
+}  # fmt: skip
+
+CERT_MANAGER = {
+    "certificates", "certificate", "cert", "certs",
+    "certificaterequests", "certificaterequest", "cr", "crs",
+    "issuers", "issuer",
+    "clusterissuers", "clusterissuer",
+    "orders", "order",
+    "challenges", "challenge",
+}  # fmt: skip
+
+NEIGHBOURS = {
+    "Velero": VELERO,
+    "KubeVirt": KUBEVIRT,
+    "Kasten K10": KASTEN,
+    "cert-manager": CERT_MANAGER,
+}
+
 
 def names(kind: KindNames) -> set[str]:
     return {kind.plural, kind.singular, *kind.short_names}
 
 
-def test_no_kind_is_known_by_a_name_velero_or_kubevirt_installs() -> None:
-    taken = {n: "Velero" for n in VELERO} | {n: "KubeVirt" for n in KUBEVIRT}
+def test_no_kind_is_known_by_a_name_a_neighbour_installs() -> None:
+    taken = {n: product for product, listed in NEIGHBOURS.items() for n in listed}
     clashes = {f"{k.kind}: {n} ({taken[n]})" for k in KINDS for n in sorted(names(k)) if n in taken}
     assert not clashes, sorted(clashes)
 

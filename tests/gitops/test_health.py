@@ -50,7 +50,7 @@ BROKEN = ("Failed", "Degraded")
 UNSEEN = ("Current", "Progressing")
 
 BACKUP, RESTORE = kinds.BACKUP.kind, kinds.RESTORE.kind
-STANDING = (kinds.VCENTER.kind, kinds.REPOSITORY.kind, kinds.POLICY.kind)
+STANDING = (kinds.VCENTER.kind, kinds.REPOSITORY.kind, kinds.POLICY.kind, kinds.PROTECTEDVM.kind)
 
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(BACKUP, p): AT_WORK for p in BackupPhase if p not in BACKUP_TERMINAL},
@@ -122,6 +122,10 @@ REQUIRED: dict[tuple[str, str], str] = {
     ),
     (kinds.POLICY.kind, captures.PAUSED): (
         "tests/controller/test_policies.py::test_paused_and_broken_policies_create_nothing"
+    ),
+    (kinds.PROTECTEDVM.kind, "Ready=True"): (
+        "tests/controller/test_protected_vms.py"
+        "::test_an_operator_killed_after_recording_a_point_does_not_add_it_twice"
     ),
 }
 """The states that must have been captured, each with a lab test that reaches it."""

@@ -8,7 +8,8 @@ lives here, and everything else imports it from here:
 - :mod:`.phases` — the phases of VMGuardBackup and VMGuardRestore as ``StrEnum``s (the CRDs'
   enums are generated from them) and which phases are active or terminal;
 - :mod:`.reasons` — the failure reasons that mean the proxy Job, not its peers, failed;
-- :mod:`.status` — ``TypedDict`` views of the statuses the controllers write;
+- :mod:`.status` — ``TypedDict`` views of the statuses the controllers write (VMGuardBackup,
+  VMGuardRestore, ProtectedVM);
 - :mod:`.spec` — ``TypedDict`` views of the specs they read (VMGuardBackup's);
 - :mod:`.times` — the one formatter and parser of API times, and of spec durations.
 
@@ -72,10 +73,16 @@ from vmguard.api.status import (
     Condition,
     ConditionStatus,
     Failure,
+    LastGoodPoint,
+    PointCopy,
+    PointVerification,
     Progress,
+    ProtectedVMStatus,
     RestoredDisk,
+    RestorePoint,
     RestoreResult,
     RestoreStatus,
+    RPOState,
     VMIdentity,
 )
 from vmguard.api.times import format_time, parse_duration, parse_time
@@ -124,9 +131,15 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "Failure",
+    "LastGoodPoint",
     "LocalRef",
+    "PointCopy",
+    "PointVerification",
     "Progress",
+    "ProtectedVMStatus",
+    "RPOState",
     "RestorePhase",
+    "RestorePoint",
     "RestoreResult",
     "RestoreStatus",
     "RestoredDisk",

@@ -2,11 +2,13 @@
 
 A kind's plural, singular and short names are what ``kubectl get`` resolves, across
 every API group installed in a cluster. They must not collide with the CRDs our users
-run beside us: Velero (``backuprepositories``, ``backups``, ``restores``...) and KubeVirt
-(``vmrestore``, ``vmbackup``, ``vmsnapshot``...). The kinds that did collide were
-renamed in v1alpha1 (docs/resource-model.md, "Names"); :data:`LEGACY` keeps their old
-names for the one-time migration of existing objects (``controller/kube/migration.py``),
-and ``tests/crds/test_names.py`` holds the list of the neighbours' names.
+run beside us: Velero (``backuprepositories``, ``backups``, ``restores``...), KubeVirt
+(``vmrestore``, ``vmbackup``, ``vmsnapshot``...), Kasten K10 (``restorepoints``,
+``policies``, ``profiles``...) and cert-manager (``certificates``, ``issuers``...). The
+kinds that did collide were renamed in v1alpha1 (docs/resource-model.md, "Names");
+:data:`LEGACY` keeps their old names for the one-time migration of existing objects
+(``controller/kube/migration.py``), and ``tests/crds/test_names.py`` holds the list of
+the neighbours' names.
 
 The CRD definitions (:mod:`vmguard.crds`) and every caller of the Kubernetes API take
 kind and plural from here.
@@ -41,7 +43,11 @@ RESTORE: Final = KindNames("VMGuardRestore", "vmguardrestores", ("vgr",))
 REPOSITORY: Final = KindNames("VMGuardRepository", "vmguardrepositories", ("vgrepo",))
 """Where backups are stored (was ``BackupRepository``)."""
 
-KINDS: Final = (VCENTER, POLICY, BACKUP, RESTORE, REPOSITORY)
+PROTECTEDVM: Final = KindNames("ProtectedVM", "protectedvms", ("pvm",))
+"""One VM that has restore points: their compact list, newest first (written by the
+operator only; docs/resource-model.md, "ProtectedVM")."""
+
+KINDS: Final = (VCENTER, POLICY, BACKUP, RESTORE, REPOSITORY, PROTECTEDVM)
 
 LEGACY: Final = {
     BACKUP: KindNames("VMBackup", "vmbackups", ("vmb",)),

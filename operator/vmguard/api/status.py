@@ -1,4 +1,5 @@
-"""Typed views of the statuses the controllers write: VMGuardBackup, VMGuardRestore, conditions.
+"""Typed views of the statuses the controllers write: VMGuardBackup, VMGuardRestore,
+ProtectedVM, conditions.
 
 Each ``TypedDict`` mirrors one object of the CRD's status schema, key for key
 (tests/api/test_status.py walks both and fails when they part). The controllers
@@ -178,3 +179,61 @@ class RestoreStatus(TypedDict, total=False):
     startTime: str
     completionTime: str
     error: Failure | None
+
+
+class PointCopy(TypedDict, total=False):
+    """One copy of a restore point in another repository (``points[].copies[]``)."""
+
+    repository: str
+    state: str
+    time: str
+    bytes: int
+
+
+class PointVerification(TypedDict, total=False):
+    """The last verification of a restore point (``points[].verification``)."""
+
+    result: str
+    time: str
+    checks: list[str]
+
+
+class RestorePoint(TypedDict, total=False):
+    """One restore point of a VM (``ProtectedVM.status.points[]``, keyed by ``archiveId``)."""
+
+    archiveId: str
+    repository: str
+    time: str
+    mode: str
+    bytes: int
+    backup: str
+    policy: str
+    copies: list[PointCopy]
+    verification: PointVerification
+
+
+class LastGoodPoint(TypedDict, total=False):
+    archiveId: str
+    time: str
+
+
+class RPOState(TypedDict, total=False):
+    """``ProtectedVM.status.rpo``: the VM's recovery point objective, as its policy sets it."""
+
+    objectiveSeconds: int
+    due: str
+    state: str
+
+
+class ProtectedVMStatus(TypedDict, total=False):
+    """``ProtectedVM.status``: the VM, its policy and its restore points, newest first."""
+
+    observedGeneration: int | None
+    conditions: list[Condition]
+    vm: VMIdentity
+    vcenter: str
+    policy: str
+    lastGoodPoint: LastGoodPoint | None
+    rpo: RPOState
+    pointCount: int
+    points: list[RestorePoint]

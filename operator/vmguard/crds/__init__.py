@@ -1,6 +1,6 @@
 """vmguard's CustomResourceDefinitions, written once as Python data.
 
-This package is the single source of truth for the schemas of the five kinds of
+This package is the single source of truth for the schemas of the six kinds of
 ``vmguard.io/v1alpha1`` (their group, version and phases are :mod:`vmguard.api`'s);
 ``crds/*.yaml`` in the repository are generated from it by ``python -m vmguard.crds``
 (or ``vmguard crds --write crds``) and a unit test fails when the two differ. Depends
@@ -15,7 +15,7 @@ layer of vmguard above the API may import the kinds from here.
 
 from __future__ import annotations
 
-from vmguard.crds import backup, policy, repository, restore, vcenter
+from vmguard.crds import backup, policy, protectedvm, repository, restore, vcenter
 from vmguard.crds.definition import Kind
 
 KINDS: tuple[Kind, ...] = (
@@ -23,6 +23,7 @@ KINDS: tuple[Kind, ...] = (
     repository.KIND,
     policy.KIND,
     backup.KIND,
+    protectedvm.KIND,
     restore.KIND,
 )
 """The kinds in dependency order: a kind only references kinds listed before it."""

@@ -1,6 +1,6 @@
 """A vmguard kind as data, and its rendering into a CustomResourceDefinition.
 
-:class:`Kind` holds what differs between the five kinds (names, schemas, printer
+:class:`Kind` holds what differs between the kinds (names, schemas, printer
 columns); :meth:`Kind.crd` adds what is the same for all of them, so the conventions
 are written once: the group and version of :mod:`vmguard.api` (served and stored),
 namespaced, its category, a status subresource, an ``Age`` column last, and the

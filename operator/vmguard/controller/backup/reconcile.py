@@ -19,7 +19,10 @@ of its phase (docs/operator.md):
   admission fails the backup at once, one that cannot pull, schedule or stay up is a
   ``ProxyNotStarting`` condition with the pod's reason and message, and fails the backup once the
   Job is ``ProxySettings.start_timeout`` old;
-- **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
+- **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
+  backup's restore point is added to its VM's ProtectedVM first
+  (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
+  reads Completed only once its point is listed.
 
 A VMGuardBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
 controller/repository/catalog.py) is never taken through these steps: it is born without status,
@@ -30,7 +33,7 @@ The snapshot is found by its UID name, the Job by its deterministic name, the ar
 by its UID label (the proxy reports an existing one instead of writing another), and
 waits are computed from recorded times. Blocking calls run in threads.
 
-At ``snapshotted`` and ``finalizing`` the controller awaits its context's
+At ``snapshotted``, ``finalizing`` and ``pointRecorded`` the controller awaits its context's
 ``hooks.backup_step`` (:mod:`vmguard.hooks`; a no-op unless an embedder gave one: the
 lab's fault tests park it there).
 """
@@ -56,6 +59,7 @@ from vmguard.api import (
     BackupStatus,
     Condition,
     Failure,
+    RestorePoint,
     VMIdentity,
     format_time,
     parse_time,
@@ -65,8 +69,9 @@ from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
+from vmguard.controller.kube import points
 from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
-from vmguard.controller.kube.bodies import backup_spec, backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import outcome_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -74,6 +79,7 @@ from vmguard.controller.kube.policy_spec import consolidation_allowed
 from vmguard.controller.kube.proxyjob import build_proxy_rbac, job_name, policy_pod
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
+    ConfigError,
     PermanentError,
     ProxySettingsNotAllowed,
     RepositoryNotFoundError,
@@ -591,6 +597,16 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         await p.patch({"snapshot": {**snapshot, "removed": True}})
     error = status.get("error")
     if status.get("archiveId") and not error:
+        # The point goes into the VM's ProtectedVM before the backup reads Completed: a
+        # restart in between adds it again, which changes nothing (idempotent by archive).
+        try:
+            await points.add_point(ctx.api, point_key(obj), restore_point(obj), vm=status["vm"])
+        except RetryableError as exc:
+            log.warning("%s/%s: recording its restore point: %s", p.ns, p.name, exc)
+            return WAIT_PEER
+        except ConfigError as exc:  # the archive stands; only the cluster's view lacks it
+            p.condition("PointRecorded", False, "PointNotRecorded", str(exc))
+        await ctx.hooks.backup_step("pointRecorded")
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
         await p.patch(_terminal(obj, BackupPhase.COMPLETED, ctx.timing))
     else:
@@ -598,6 +614,35 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
         await p.patch(_terminal(obj, BackupPhase.FAILED, ctx.timing))
     return None
+
+
+def point_key(obj: dict[str, Any]) -> points.ProtectedVMKey:
+    """Which ProtectedVM a completed backup's point goes into."""
+    status = backup_status(obj)
+    vcenter, uuid = status.get("vcenter"), (status.get("vm") or {}).get("instanceUuid")
+    if not vcenter or not uuid:
+        raise ConfigError("the backup's status names no vCenter or VM instance UUID")
+    return points.ProtectedVMKey(obj["metadata"]["namespace"], vcenter, uuid)
+
+
+def restore_point(obj: dict[str, Any]) -> RestorePoint:
+    """A completed backup's entry in its VM's ProtectedVM (pure)."""
+    status, spec = backup_status(obj), backup_spec(obj)
+    meta = obj["metadata"]
+    when = (status.get("snapshot") or {}).get("createTime") or status.get("startTime")
+    point: RestorePoint = {
+        "archiveId": status["archiveId"],
+        "repository": status.get("repository") or "",
+        "time": when or meta["creationTimestamp"],
+        "bytes": int((status.get("totals") or {}).get("bytesUploaded") or 0),
+        "backup": meta["name"],
+    }
+    if status.get("modeUsed"):
+        point["mode"] = status["modeUsed"]
+    policy = ref_name(spec.get("policyRef"))
+    if policy:
+        point["policy"] = policy
+    return point
 
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:

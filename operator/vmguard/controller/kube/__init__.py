@@ -8,6 +8,7 @@ VCenter and VMGuardRepository objects and their Secrets (:mod:`.access`, with
 the latest vCenter sweeps (:mod:`.sweeps`), the one reading of a policy's spec that
 other kinds need (:mod:`.policy_spec`), and what every kind's handlers share
 (:mod:`.handlers`: wake-ups, the controllers this replica runs, events), the one-time
-move of objects of the renamed kinds to their new names (:mod:`.migration`), and the
+move of objects of the renamed kinds to their new names (:mod:`.migration`), every write
+to a ProtectedVM (:mod:`.points`: a VM's restore points), and the
 check of the installed CRDs against the operator's own at start (:mod:`.crdcheck`).
 """

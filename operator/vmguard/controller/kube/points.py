@@ -1,0 +1,276 @@
+"""Every write to a ProtectedVM: its restore points, newest first (docs/resource-model.md).
+
+A ProtectedVM is one VM's view of the repository in the cluster: the VM, its policy and
+``status.points``, one compact entry per restore point. This module is its only writer,
+usable from every kind's package (it imports no kind): the VMGuardBackup controller adds
+the point of a backup that completed (:func:`add_point`); copies and verification write
+into one point's entry (:func:`update_point`).
+
+Invariants:
+
+- **One object per VM and namespace, named from what does not change**: the VM's vCenter
+  and instance UUID (:func:`protected_vm_name`), never its name (a renamed VM keeps its
+  object). A found object whose ``status.vm.instanceUuid`` is another VM's (a hash
+  collision, or an object someone made) is refused with a ConfigError, never written.
+- **Idempotent by archive id**: adding a point the list holds already changes nothing,
+  so a restarted operator, a second replica or a retried step never adds one twice.
+- **Conflict-safe read-modify-write**: every write reads the object, changes the list
+  in memory and patches the status with the ``resourceVersion`` it read (the apiserver's
+  optimistic concurrency); a write that lost the race is redone from a fresh read, up to
+  :data:`ATTEMPTS` times, then a RetryableError. Two writers (a backup completing while a
+  copy records its state) therefore never lose each other's change.
+- **Newest first, bounded**: the list is sorted by point time (then archive id), newest
+  first, and cut to :data:`MAX_POINTS`; a point cut off stays in its repository (only
+  retention deletes archives) and is logged.
+- Derived fields are recomputed on every write from the list alone: ``pointCount``,
+  ``lastGoodPoint`` (the newest point no verification found bad), ``policy`` (the newest
+  point's) and the ``Ready``/``Protected`` conditions (:func:`derived`, pure).
+
+The operator runs no kopf handler on ProtectedVMs: they cost it no watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from vmguard.api import (
+    ANNOTATION_VM_NAME,
+    API_VERSION,
+    LABEL_VCENTER,
+    LABEL_VM,
+    Condition,
+    ProtectedVMStatus,
+    RestorePoint,
+    VMIdentity,
+    parse_time,
+)
+from vmguard.api.kinds import PROTECTEDVM
+from vmguard.controller.kube.conditions import set_condition, standing_conditions
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.errors import ConfigError, RetryableError
+
+PLURAL = PROTECTEDVM.plural
+MAX_POINTS = 1000
+"""The CRD's ``status.points`` maxItems (vmguard.crds.protectedvm, kept equal by a test)."""
+ATTEMPTS = 8
+BAD_VERIFICATIONS = frozenset({"Failed", "Damaged"})
+_HASH = 16  # hex digits of the instance UUID's hash: 64 bits, no collision at any estate
+_NAME_MAX = 63
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProtectedVMKey:
+    """What names a ProtectedVM: the namespace, the VM's vCenter and its instance UUID."""
+
+    namespace: str
+    vcenter: str
+    instance_uuid: str
+
+    @property
+    def name(self) -> str:
+        return protected_vm_name(self.vcenter, self.instance_uuid)
+
+
+def protected_vm_name(vcenter: str, instance_uuid: str) -> str:
+    """``<vCenter>-<16 hex digits of the SHA-256 of the instance UUID>``, at most 63
+    characters: a vCenter name too long for that is cut and followed by 8 hex digits of
+    its own hash (as VMGuardBackup names cut a policy's)."""
+    digest = hashlib.sha256(instance_uuid.lower().encode()).hexdigest()[:_HASH]
+    room = _NAME_MAX - 1 - _HASH
+    prefix = vcenter
+    if len(prefix) > room:
+        prefix = f"{vcenter[: room - 9]}-{hashlib.sha256(vcenter.encode()).hexdigest()[:8]}"
+    return f"{prefix}-{digest}"
+
+
+class PointNotFound(LookupError):
+    """:func:`update_point` found no point with that archive id (or no ProtectedVM)."""
+
+
+def _sort_key(point: Mapping[str, Any]) -> tuple[float, str]:
+    at = parse_time(point.get("time"))
+    return (at.timestamp() if at else 0.0, str(point.get("archiveId", "")))
+
+
+def newest_first(points: list[RestorePoint]) -> list[RestorePoint]:
+    return sorted(points, key=_sort_key, reverse=True)
+
+
+def derived(status: ProtectedVMStatus, generation: int | None) -> ProtectedVMStatus:
+    """``status`` with ``pointCount``, ``lastGoodPoint``, ``policy`` and the conditions
+    recomputed from its points (pure)."""
+    points = list(status.get("points") or [])
+    out = cast(ProtectedVMStatus, dict(status))
+    out["pointCount"] = len(points)
+    if points and points[0].get("policy"):
+        out["policy"] = points[0]["policy"]
+    good = next(
+        (p for p in points if (p.get("verification") or {}).get("result") not in BAD_VERIFICATIONS),
+        None,
+    )
+    conditions: list[Condition] = list(status.get("conditions") or [])
+    if good is not None:
+        out["lastGoodPoint"] = {"archiveId": good["archiveId"], "time": good["time"]}
+        text = f"last good point {good['archiveId']} at {good['time']}"
+        conditions = set_condition(conditions, "Protected", True, "GoodPoint", text, generation)
+        conditions = set_condition(conditions, "Ready", True, "GoodPoint", text, generation)
+    else:
+        out["lastGoodPoint"] = None  # a merge patch removes a key only when told to
+        text = "no restore point" if not points else "no point that verification found good"
+        reason = "NoPoint" if not points else "NoGoodPoint"
+        conditions = set_condition(conditions, "Protected", False, reason, text, generation)
+        conditions = set_condition(conditions, "Ready", False, reason, text, generation)
+    out["conditions"] = standing_conditions(conditions, generation)
+    out["observedGeneration"] = generation
+    return out
+
+
+def with_point(
+    status: ProtectedVMStatus, point: RestorePoint, limit: int = MAX_POINTS
+) -> tuple[ProtectedVMStatus, list[RestorePoint]] | None:
+    """``status`` with ``point`` in its list, newest first and cut to ``limit``, and the
+    points cut off; None when a point with that archive id is there already (pure)."""
+    points = list(status.get("points") or [])
+    if any(p.get("archiveId") == point["archiveId"] for p in points):
+        return None
+    ordered = newest_first([*points, point])
+    out = cast(ProtectedVMStatus, dict(status))
+    out["points"] = ordered[:limit]
+    return out, ordered[limit:]
+
+
+def build_protected_vm(key: ProtectedVMKey, vm_name: str) -> dict[str, Any]:
+    """The ProtectedVM object as first created (its status is patched after). Pure.
+
+    No owner: the object outlives the VMGuardBackups that made its points and the policy
+    they were made under, as the archives do. Labels only for what never changes (the
+    vCenter, the VM's instance UUID): the VM's policy can, and is in status."""
+    labels = {LABEL_VCENTER: key.vcenter, LABEL_VM: key.instance_uuid.lower()}
+    meta: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "labels": labels}
+    if vm_name:
+        meta["annotations"] = {ANNOTATION_VM_NAME: vm_name}
+    return {"apiVersion": API_VERSION, "kind": PROTECTEDVM.kind, "metadata": meta, "spec": {}}
+
+
+def _check_owner(obj: Mapping[str, Any], key: ProtectedVMKey) -> None:
+    meta = obj.get("metadata") or {}
+    uuid = ((obj.get("status") or {}).get("vm") or {}).get("instanceUuid") or (
+        meta.get("labels") or {}
+    ).get(LABEL_VM)
+    if uuid and str(uuid).lower() != key.instance_uuid.lower():
+        raise ConfigError(
+            f"ProtectedVM {key.namespace}/{key.name} belongs to VM {uuid}, "
+            f"not {key.instance_uuid}: its points are left alone"
+        )
+
+
+async def _backoff(attempt: int) -> None:
+    # A lost race is redone at once the first time; later ones spread the writers out.
+    if attempt:
+        await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
+
+
+async def _read_or_create(api: KubeAPI, key: ProtectedVMKey, vm_name: str) -> dict[str, Any]:
+    obj = await api.get_object(PLURAL, key.namespace, key.name)
+    if obj is None:
+        await api.create_object(
+            PLURAL, key.namespace, build_protected_vm(key, vm_name)
+        )  # False: another writer created it first, as good
+        obj = await api.get_object(PLURAL, key.namespace, key.name)
+        if obj is None:
+            raise RetryableError(f"ProtectedVM {key.namespace}/{key.name} vanished on creation")
+    _check_owner(obj, key)
+    return obj
+
+
+async def add_point(
+    api: KubeAPI,
+    key: ProtectedVMKey,
+    point: RestorePoint,
+    *,
+    vm: VMIdentity,
+    limit: int = MAX_POINTS,
+) -> bool:
+    """Put ``point`` into the VM's ProtectedVM (created if absent). True when it was
+    added, False when the list held it already. RetryableError after :data:`ATTEMPTS`
+    lost races or on an apiserver fault; ConfigError when the object is another VM's."""
+    for attempt in range(ATTEMPTS):
+        await _backoff(attempt)
+        obj = await _read_or_create(api, key, vm.get("name", ""))
+        before = cast(ProtectedVMStatus, obj.get("status") or {})
+        added = with_point(before, point, limit)
+        if added is None:
+            return False
+        status, cut = added
+        status["vm"] = {**(before.get("vm") or {}), **vm, "instanceUuid": key.instance_uuid}
+        status["vcenter"] = key.vcenter
+        status = derived(status, obj["metadata"].get("generation"))
+        if await _patch(api, key, obj, status):
+            if cut:
+                log.warning(
+                    "ProtectedVM %s/%s holds %d points at most: %d older ones left the "
+                    "list (their archives stay in the repository)",
+                    key.namespace,
+                    key.name,
+                    limit,
+                    len(cut),
+                )
+            return True
+    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+async def update_point(
+    api: KubeAPI,
+    key: ProtectedVMKey,
+    archive_id: str,
+    mutate: Callable[[RestorePoint], RestorePoint | None],
+) -> RestorePoint | None:
+    """Change the entry of one point: ``mutate`` gets a copy of it and returns the new
+    entry (its ``archiveId`` kept), or None to change nothing. It may run more than once
+    (once per lost race), so it must be a pure function of the entry it gets. Returns the
+    entry as written (None when ``mutate`` changed nothing); PointNotFound when the
+    ProtectedVM or the point does not exist."""
+    for attempt in range(ATTEMPTS):
+        await _backoff(attempt)
+        obj = await api.get_object(PLURAL, key.namespace, key.name)
+        if obj is None:
+            raise PointNotFound(f"no ProtectedVM {key.namespace}/{key.name}")
+        _check_owner(obj, key)
+        before = cast(ProtectedVMStatus, obj.get("status") or {})
+        points = list(before.get("points") or [])
+        index = next((i for i, p in enumerate(points) if p.get("archiveId") == archive_id), None)
+        if index is None:
+            raise PointNotFound(f"ProtectedVM {key.namespace}/{key.name} has no point {archive_id}")
+        entry = mutate(copy.deepcopy(points[index]))
+        if entry is None or entry == points[index]:
+            return None
+        entry["archiveId"] = archive_id
+        points[index] = entry
+        status = cast(ProtectedVMStatus, dict(before))
+        status["points"] = newest_first(points)
+        status = derived(status, obj["metadata"].get("generation"))
+        if await _patch(api, key, obj, status):
+            return entry
+    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+async def _patch(
+    api: KubeAPI, key: ProtectedVMKey, obj: Mapping[str, Any], status: ProtectedVMStatus
+) -> bool:
+    """The status, only if the object is still the one read (False: read again)."""
+    return await api.patch_status_if(
+        PLURAL,
+        key.namespace,
+        key.name,
+        cast(dict[str, Any], status),
+        obj["metadata"]["resourceVersion"],
+    )

@@ -1,0 +1,210 @@
+"""ProtectedVMs: each completed backup's restore point in its VM's one object.
+
+Unit tests for the pure pieces of ``controller/kube/points.py`` (names, the list's order
+and bound, the derived fields); lab tests for its writes against the real apiserver
+(racing writers lose nothing) and for the VMGuardBackup controller end to end (a full and
+an incremental backup give two points, newest first; an operator killed after recording
+a point and before the backup read Completed adds nothing twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.controller import objects
+from tests.controller.backup_helpers import create_backup, data_vm, wait_done
+from tests.controller.conftest import OperatorProcess
+
+from vmguard.api import RestorePoint
+from vmguard.api.kinds import PROTECTEDVM
+from vmguard.controller.kube import points
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.crds import protectedvm
+from vmguard.errors import ConfigError
+from vmguard_lab.procs import eventually
+
+UUID = "4201aaaa-bbbb-cccc-dddd-eeeeffff0001"
+
+
+def point(archive: str, time: str, **more: Any) -> RestorePoint:
+    return {"archiveId": archive, "repository": "repo", "time": time, **more}  # type: ignore[typeddict-item]
+
+
+# ---- pure ------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_names_come_from_the_vcenter_and_instance_uuid_only() -> None:
+    name = points.protected_vm_name("lab", UUID)
+    assert name == points.protected_vm_name("lab", UUID.upper())
+    assert name.startswith("lab-") and len(name) == len("lab-") + 16
+    assert name != points.protected_vm_name("lab", UUID[:-1] + "2")
+    assert name != points.protected_vm_name("other", UUID)
+    long = points.protected_vm_name("v" * 80, UUID)
+    assert len(long) == 63 and long != points.protected_vm_name("v" * 81, UUID)
+
+
+@pytest.mark.unit
+def test_points_are_newest_first_unique_by_archive_and_bounded() -> None:
+    status: Any = {}
+    for archive, time in [("a2", "2026-01-02T00:00:00Z"), ("a1", "2026-01-01T00:00:00Z")]:
+        added = points.with_point(status, point(archive, time), limit=2)
+        assert added is not None
+        status, cut = added
+        assert cut == []
+    assert points.with_point(status, point("a1", "2026-01-01T00:00:00Z")) is None
+    # An older point found late (catalog sync) goes in its place; the bound cuts the oldest.
+    added = points.with_point(status, point("a3", "2026-01-03T00:00:00Z"), limit=2)
+    assert added is not None
+    status, cut = added
+    assert [p["archiveId"] for p in status["points"]] == ["a3", "a2"]
+    assert [p["archiveId"] for p in cut] == ["a1"]
+    assert points.MAX_POINTS == protectedvm.MAX_POINTS
+
+
+@pytest.mark.unit
+def test_derived_fields_follow_the_points() -> None:
+    status: Any = {
+        "points": [
+            point("a2", "2026-01-02T00:00:00Z", policy="gold", verification={"result": "Failed"}),
+            point("a1", "2026-01-01T00:00:00Z", policy="silver"),
+        ]
+    }
+    out = points.derived(status, 1)
+    assert out["pointCount"] == 2 and out["policy"] == "gold"
+    assert out["lastGoodPoint"] == {"archiveId": "a1", "time": "2026-01-01T00:00:00Z"}
+    conditions = {c["type"]: c for c in out["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["Protected"]["status"] == "True"
+    assert "Stalled" not in conditions and "Reconciling" not in conditions
+    none_good = points.derived({"points": status["points"][:1]}, 1)
+    assert none_good["lastGoodPoint"] is None  # removed by the merge patch
+    ready = {c["type"]: c for c in none_good["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "NoGoodPoint")
+
+
+# ---- lab: the real apiserver -------------------------------------------------------------
+
+
+@pytest.mark.lab
+def test_racing_writers_lose_nothing_and_a_point_is_added_once(
+    kube_api: Any, namespace: str
+) -> None:
+    """Eight points added at once (from as many writers, each its own read-modify-write),
+    then each point's verification written at once, and every point added again: all are
+    there once, each with its own verification."""
+    api = KubeAPI(kube_api)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+    vm = {"instanceUuid": UUID, "name": "web-01"}
+
+    async def run() -> tuple[list[bool], list[bool]]:
+        adds = [
+            points.add_point(api, key, point(f"a{i}", f"2026-01-0{i + 1}T00:00:00Z"), vm=vm)
+            for i in range(8)
+        ]
+        first = await asyncio.gather(*adds)
+
+        def verified(i: int) -> Callable[[RestorePoint], RestorePoint]:
+            def mutate(p: RestorePoint) -> RestorePoint:
+                p["verification"] = {"result": "Passed", "time": f"2026-02-0{i + 1}T00:00:00Z"}
+                return p
+
+            return mutate
+
+        await asyncio.gather(
+            *(points.update_point(api, key, f"a{i}", verified(i)) for i in range(8))
+        )
+        again = await asyncio.gather(
+            *(
+                points.add_point(api, key, point(f"a{i}", "2026-01-01T00:00:00Z"), vm=vm)
+                for i in range(8)
+            )
+        )
+        return list(first), list(again)
+
+    first, again = asyncio.run(run())
+    assert first == [True] * 8 and again == [False] * 8
+    obj = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)
+    status = obj["status"]
+    assert [p["archiveId"] for p in status["points"]] == [f"a{i}" for i in reversed(range(8))]
+    assert [p["verification"]["time"][:10] for p in status["points"]] == [
+        f"2026-02-0{i + 1}" for i in reversed(range(8))
+    ]
+    assert status["pointCount"] == 8 and status["lastGoodPoint"]["archiveId"] == "a7"
+    assert status["vm"] == vm and status["vcenter"] == "lab"
+    assert obj["metadata"]["labels"] == {"vmguard.io/vcenter": "lab", "vmguard.io/vm": UUID}
+
+    async def missing() -> None:
+        await points.update_point(api, key, "nope", lambda p: p)
+
+    with pytest.raises(points.PointNotFound):
+        asyncio.run(missing())
+    # Another VM whose object's name would be this one's (a hash collision, or a
+    # hand-made object): refused, nothing written.
+
+    class Colliding(points.ProtectedVMKey):
+        @property
+        def name(self) -> str:
+            return key.name
+
+    other = Colliding(namespace, "lab", "4201aaaa-bbbb-cccc-dddd-eeeeffff0002")
+
+    async def collide() -> None:
+        await points.add_point(api, other, point("b1", "2026-03-01T00:00:00Z"), vm={})
+
+    with pytest.raises(ConfigError, match="belongs to VM"):
+        asyncio.run(collide())
+    assert (
+        objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]["pointCount"] == 8
+    )
+
+
+@pytest.mark.lab
+@pytest.mark.operator_controllers("backups,repositories")
+def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """The point is recorded before the backup reads Completed; an operator killed in
+    between finishes the backup after its restart with the point listed once. (The
+    points of a full and an incremental backup, newest first, are checked by
+    tests/controller/test_backups.py's end-to-end test.)"""
+    first_operator = start_operator(stall="pointRecorded")
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        name = points.protected_vm_name(lab_vcenter, vm.instance_uuid)
+
+        def recorded() -> dict[str, Any] | None:
+            found = objects.items(kube_api, namespace, PROTECTEDVM.plural)
+            return found[0] if found and found[0]["status"].get("pointCount") else None
+
+        create_backup(kube_api, namespace, "first", {"moref": vm.moref})
+        assert eventually(recorded, 120, "the backup's point")["metadata"]["name"] == name
+        # Parked after recording the point: the backup has not read Completed yet.
+        backup = objects.get(kube_api, namespace, "vmguardbackups", "first")["status"]
+        assert backup["phase"] == "Finalizing"
+        first_operator.kill()
+        start_operator()
+        done = wait_done(kube_api, namespace, "first")["status"]
+        assert done["phase"] == "Completed", done
+
+    obj = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)
+    status = obj["status"]
+    got = [(p["archiveId"], p["mode"], p["bytes"], p["backup"]) for p in status["points"]]
+    assert got == [(done["archiveId"], "full", done["totals"]["bytesUploaded"], "first")]
+    assert status["pointCount"] == 1
+    assert status["points"][0]["time"] == done["snapshot"]["createTime"]
+    assert status["points"][0]["repository"] == lab_repository
+    assert status["vm"] == {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert objects.condition(obj, "Ready")["status"] == "True"
+    assert "ownerReferences" not in obj["metadata"]
