@@ -2,7 +2,7 @@
 codes.
 
 One module per command group registers its parser and implements it (``repo``,
-``disk``, ``status``, ``vm``, ``files`` and ``mount`` in :mod:`.files`, ``backup`` and
+``disk``, ``status``, ``vm``, ``files`` and ``mount`` in :mod:`.files`, ``verify``, ``backup`` and
 ``restore`` (cluster verbs), ``completion``, ``proxy``, ``operator``, ``crds``);
 options shared by several groups are declared once in :mod:`.options`, the cluster
 connection in :mod:`.kube`. This module assembles the parser and keeps the conventions
@@ -45,6 +45,7 @@ from vmguard.cli import (
     repo,
     restore,
     status,
+    verify,
     vm,
 )
 from vmguard.cli.options import UsageError
@@ -68,6 +69,7 @@ Without a cluster (the repository and vCenter directly):
   repo                        create, list, verify, prune and garbage-collect a repository
   vm                          list, back up and restore vSphere VMs
   files, mount                browse and copy files out of a backup, serve a disk over NBD
+  verify                      check a backup's file systems, scan its files with YARA rules
   disk                        back up or restore one disk image or NBD export
 
 Exit codes: 0 success, 1 failure, 2 usage error. `vmguard COMMAND --help` for more.
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo.add_parser(sub)
     vm.register(sub)
     files.register(sub)
+    verify.register(sub)
     disk.add_parser(sub)
     operator.register(sub)
     proxy.register(sub)

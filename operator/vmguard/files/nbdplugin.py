@@ -4,13 +4,15 @@ nbdkit loads this file into its embedded interpreter (Debian's nbdkit-plugin-pyt
 embeds the system Python, which our virtualenv is built from); :mod:`vmguard.files.mount`
 starts it. It is configured by nbdkit parameters, secrets come from the environment:
 
-    nbdkit python nbdplugin.py repo=URL archive=SPEC disk=KEY [cache_mib=N]
+    nbdkit python nbdplugin.py repo=URL archive=SPEC disk=KEY [cache_mib=N] [stats=FILE]
 
 ``VMGUARD_PLUGIN_PATH`` (``os.pathsep``-separated) is prepended to ``sys.path`` so the
 plugin imports the same vmguard and dependencies as the command that started it;
 S3 credentials (as :mod:`vmguard.store.location` reads them) and the master key
 (``VMGUARD_KEY``) come from the environment, never from the command line (which ``ps``
-shows).
+shows). With ``stats=FILE`` the plugin writes what its view fetched from the repository
+(:class:`~vmguard.files.view.ViewStats` as JSON) to FILE when nbdkit exits (``cleanup``), so the
+caller can count the repository reads a client's work cost (``vmguard verify`` does).
 
 Invariants: the export is read-only at this layer (writes, with ``--cow``, stop in
 nbdkit's cow filter and never reach the repository); every connection shares one view
@@ -20,6 +22,8 @@ nbdkit's cow filter and never reach the repository); every connection shares one
 
 from __future__ import annotations
 
+import builtins
+import json
 import os
 import sys
 from typing import Any
@@ -37,7 +41,7 @@ def thread_model() -> int:
 
 
 def config(key: str, value: str) -> None:
-    if key not in ("repo", "archive", "disk", "cache_mib"):
+    if key not in ("repo", "archive", "disk", "cache_mib", "stats"):
         raise ValueError(f"unknown parameter {key}")
     _params[key] = value
 
@@ -59,6 +63,20 @@ def config_complete() -> None:
         _params.get("disk"),
         cache_bytes=int(_params.get("cache_mib", "256")) << 20,
     )
+
+
+def cleanup() -> None:
+    if _view is not None and "stats" in _params:
+        stats = _view.stats
+        doc = {
+            "chunks_fetched": stats.chunks_fetched,
+            "bytes_fetched": stats.bytes_fetched,
+            "cache_hits": stats.cache_hits,
+            "hole_reads": stats.hole_reads,
+        }
+        # ``open`` is this plugin's nbdkit callback: the file is opened through builtins.
+        with builtins.open(_params["stats"], "w") as f:
+            json.dump(doc, f)
 
 
 def open(readonly: bool) -> int:

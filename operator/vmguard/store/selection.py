@@ -40,6 +40,13 @@ def select_archive(repo: Repository, spec: str) -> ArchiveManifest:
     """The manifest of the archive ``spec`` names (see the module docstring)."""
     if names.is_archive_id(spec):
         return repo.load_archive(spec)
+    return repo.load_archive(select_points(repo, spec)[-1].archive_id)
+
+
+def select_points(repo: Repository, spec: str) -> list[ArchiveRef]:
+    """Every archive of the VM ``spec`` names (``VM[@latest|@ISO-TIME]``) that started at
+    or before its time, oldest first; RepositoryError when there is none. A search that
+    walks back from a point (``vmguard verify --latest-clean``) starts from the last."""
     vm, _, when_text = spec.rpartition("@") if "@" in spec else (spec, "", LATEST)
     if not vm:
         raise ConfigError(f"no VM name in {spec!r}: use VM[@latest|@ISO-TIME] or an archive id")
@@ -50,7 +57,7 @@ def select_archive(repo: Repository, spec: str) -> ArchiveManifest:
     if not refs:
         at = "" if when is None else f" at or before {when.isoformat()}"
         raise RepositoryError(f"no archive of VM {vm!r}{at}")
-    return repo.load_archive(refs[-1].archive_id)
+    return refs
 
 
 def _archives_of(repo: Repository, vm: str) -> list[ArchiveRef]:
