@@ -12,6 +12,7 @@ Verification tests need points a checker must pass and points it must fail:
   stays, so the volume is still recognised as ext4).
 - :func:`damage_ntfs_mft` overwrites the first records of the $MFT (the boot sector
   stays, so the volume is still recognised as NTFS).
+- :func:`plant_ext4_file` adds a file to an ext4 partition (a malware scan's target).
 
 Each works on one partition of an image the factory built, through a scratch copy of
 the partition (debugfs cannot address a partition inside a disk image), and writes
@@ -120,3 +121,24 @@ def damage_ntfs_mft(image: Path, offset: int) -> None:
         mft_cluster = struct.unpack_from("<Q", boot, 0x30)[0]
         f.seek(offset + mft_cluster * bytes_per_sector * sectors_per_cluster)
         f.write(bytes((i * 37 + 11) & 0xFF for i in range(4096)))
+
+
+def plant_ext4_file(
+    image: Path, offset: int, length: int, path: str, data: bytes, work: Path
+) -> None:
+    """Write ``data`` as the file ``path`` into the ext4 partition at ``offset``, making
+    its missing directories, cleanly (no journal left to replay)."""
+    part, payload = work / "plant.ext4", work / "plant.payload"
+    _extract(image, offset, length, part)
+    payload.write_bytes(data)
+    directory, _, name = path.rpartition("/")
+    script = work / "plant.cmds"
+    parents = directory.split("/") if directory else []
+    mkdirs = ["mkdir /" + "/".join(parents[: i + 1]) for i in range(len(parents))]
+    script.write_text("\n".join([*mkdirs, f"cd /{directory}", f"write {payload} {name}", ""]))
+    out = run(["debugfs", "-w", "-f", script, part], merge_stderr=True).decode()
+    if "Allocated inode" not in out or "cd: File not found" in out:
+        raise AssertionError(f"debugfs did not write {path}: {out}")
+    _write_back(image, offset, part)
+    for scratch in (part, payload, script):
+        scratch.unlink()

@@ -1,0 +1,139 @@
+"""Acceptance (issue 18, items 2 and 5, at the CLI): ``vmguard verify`` run as a user
+runs it, a separate process on a real repository.
+
+Five points of one VM; a file matching the user's YARA rule is planted in the third and
+stays in the later ones. Scanning the third reports the volume, the path and the rule;
+``--latest-clean`` walks back from the newest and names the second. A rule file with a
+syntax error is a clear error naming the file and the line, before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.files.helpers import back_up_image
+from vmguard.store import Repository
+from vmguard.store.backend import LocalBackend
+from vmguard_lab import images
+from vmguard_lab.images import DiskImageFactory
+from vmguard_lab.imaging import damage
+
+pytestmark = pytest.mark.lab
+
+SEED = 1819
+MARKER = b"VMGUARD-TEST-MARKER-7f3a9c"
+PLANTED = "Users/Public/Downloads/invoice.pdf.exe"
+RULES = """\
+rule planted_marker
+{
+    strings:
+        $marker = "VMGUARD-TEST-MARKER-7f3a9c"
+    condition:
+        $marker
+}
+"""
+
+
+def vmguard(*argv: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VMGUARD_", "AWS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "vmguard.cli", *argv],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def five_points(
+    disk_factory: DiskImageFactory, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    work = tmp_path_factory.mktemp("five-points")
+    repo = Repository.init(LocalBackend(work / "repo"), chunk_size=1 << 20)
+    spec = images.gpt_ext4()
+    archives: list[str] = []
+    for number in range(5):
+        image = disk_factory.build(spec, SEED, work / f"point{number}.img")
+        if number >= 2:  # planted in the third point, and still there in the later ones
+            part = image.partition(2)
+            payload = b"MZ" + bytes(4094) + MARKER + b"\n" * 100
+            damage.plant_ext4_file(image.path, part.offset, part.length, PLANTED, payload, work)
+        parent = archives[-1] if archives else None
+        archives.append(
+            back_up_image(repo, "vm-scan", image.path, parent=parent, vm_name="scan01").archive_id
+        )
+        image.path.unlink()
+        spec = spec.next_point()
+    (work / "rules").mkdir()
+    (work / "rules" / "marker.yar").write_text(RULES)
+    return work, archives
+
+
+def test_a_planted_file_is_reported_with_volume_path_and_rule(
+    five_points: tuple[Path, list[str]],
+) -> None:
+    work, archives = five_points
+    repo, rules = f"file://{work / 'repo'}", str(work / "rules")
+
+    third = vmguard("verify", archives[2], "--repo", repo, "--yara", rules)
+    assert third.returncode == 1, third.stderr
+    assert f"p2/{PLANTED}: rule planted_marker" in third.stdout, third.stdout
+    assert "NOT CLEAN" in third.stdout
+
+    doc = vmguard("verify", archives[2], "--repo", repo, "--yara", rules, "-o", "json")
+    result = json.loads(doc.stdout)
+    matches = [
+        (r["disk"], r["volume"], f["path"], f["rule"])
+        for r in result["results"]
+        for f in r["findings"]
+        if "rule" in f
+    ]
+    assert matches == [("2000", "p2", PLANTED, "planted_marker")]
+
+    second = vmguard("verify", archives[1], "--repo", repo, "--yara", rules)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "rule planted_marker" not in second.stdout
+
+
+def test_latest_clean_resolves_to_the_point_before_the_planted_file(
+    five_points: tuple[Path, list[str]],
+) -> None:
+    work, archives = five_points
+    repo, rules = f"file://{work / 'repo'}", str(work / "rules")
+
+    found = vmguard("verify", "scan01", "--latest-clean", "--repo", repo, "--yara", rules)
+
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().splitlines()[-1] == f"latest clean point: {archives[1]}"
+    # it walked back from the newest: the three infected points were each reported
+    for infected in archives[2:]:
+        assert f"{infected} (scan01): NOT CLEAN" in found.stdout
+    assert archives[0] not in found.stdout
+
+
+def test_a_rule_file_with_a_syntax_error_names_the_file_and_line(
+    five_points: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    work, archives = five_points
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "good.yar").write_text(RULES)
+    bad = rules / "broken.yar"
+    lines = ["rule fine { condition: true }", "", "rule broken {", '  strings: $a = "x"']
+    bad.write_text("\n".join([*lines, "  condition: $a and", "}", ""]))
+
+    result = vmguard(
+        "verify", archives[0], "--repo", f"file://{work / 'repo'}", "--yara", str(rules)
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{bad} line 6" in result.stderr, result.stderr
+    assert result.stdout == ""
