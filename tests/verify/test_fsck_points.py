@@ -82,28 +82,41 @@ def test_a_clean_point_passes_every_file_system_check(
     assert 0 < fetched <= image.allocated * 1.1, (fetched, image.allocated)
 
 
-def test_a_crash_consistent_ext4_point_passes_after_journal_replay(
+def _raw_volume(image: DiskImage, number: int, out: Path) -> Path:
+    part = image.partition(number)
+    with open(image.path, "rb") as src, open(out, "wb") as dst:
+        src.seek(part.offset)
+        dst.write(src.read(part.length))
+    return out
+
+
+def test_a_crash_consistent_point_passes_after_journal_replay(
     disk_factory: DiskImageFactory, tmp_path: Path
 ) -> None:
+    """A running Linux VM's disk: ext4 with a committed, partly checkpointed journal, and
+    its EFI partition (FAT) mounted, so marked dirty."""
     image = disk_factory.build(images.gpt_ext4(), SEED, tmp_path / "disk.img")
     part = image.partition(2)
     damage.dirty_ext4_journal(image.path, part.offset, part.length, tmp_path)
-    # the premise: without the replay, a read-only check sees errors on this point
-    raw = tmp_path / "p2.ext4"
-    with open(image.path, "rb") as src, open(raw, "wb") as dst:
-        src.seek(part.offset)
-        dst.write(src.read(part.length))
+    damage.set_fat_dirty_bit(image.path, image.partition(1).offset)
+    # the premise: without the replay, the read-only checks fail on this point
+    raw = _raw_volume(image, 2, tmp_path / "p2.ext4")
     premise = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
     assert premise.returncode == 4, premise.stdout
-    assert (
-        "needs_recovery"
-        in subprocess.run(["dumpe2fs", "-h", str(raw)], capture_output=True, text=True).stdout
-    )
+    header = subprocess.run(["dumpe2fs", "-h", str(raw)], capture_output=True, text=True)
+    assert "needs_recovery" in header.stdout
+    raw.unlink()
+    raw = _raw_volume(image, 1, tmp_path / "p1.fat")
+    premise = subprocess.run(["fsck.fat", "-n", str(raw)], capture_output=True, text=True)
+    assert premise.returncode == 1 and "Dirty bit is set" in premise.stdout, premise.stdout
     raw.unlink()
     repo_dir, repo, archive_id = _point(tmp_path, image)
 
     point = _verify(repo_dir, repo, archive_id, tmp_path / "work")
 
+    esp = next(r for r in point.results if r.volume == "p1")
+    assert (esp.fs, esp.result) == ("fat", Outcome.PASSED), esp.findings
+    assert "dirty bit set" in esp.findings[0]["message"]
     ext4 = next(r for r in point.results if r.volume == "p2")
     assert ext4.fs == "ext4"
     assert ext4.result == Outcome.PASSED, ext4.findings

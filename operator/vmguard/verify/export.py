@@ -139,11 +139,11 @@ class VolumeExport:
     def _stop(self) -> None:
         if self._fuse is not None:
             if self._fuse.poll() is None:
-                subprocess.run(
-                    ["fusermount3", "-u", str(self._mountpoint)],
-                    capture_output=True,
-                    check=False,
-                )
+                unmount = ["fusermount3", "-u", str(self._mountpoint)]
+                if subprocess.run(unmount, capture_output=True, check=False).returncode:
+                    # busy (a checker's child still holds the file): detach it now, the
+                    # kernel finishes when the last user closes it
+                    subprocess.run([*unmount, "-z"], capture_output=True, check=False)
                 try:
                     self._fuse.wait(timeout=10)
                 except subprocess.TimeoutExpired:

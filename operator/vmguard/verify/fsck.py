@@ -8,13 +8,16 @@ fs       journal replay (writes go to the overlay)   check (reads only)
 ext4     ``e2fsck -E journal_only -y``               ``e2fsck -f -n``
 xfs      none possible without a kernel mount        ``xfs_repair -n -f``
 ntfs     none ($LogFile replay is Windows' job)      ``ntfsfix --no-action``
-fat      none (FAT has no journal)                   ``fsck.fat -n``
+fat      the "dirty" state bit cleared               ``fsck.fat -n``
 =======  ==========================================  ============================
 
 Why the replay: a crash-consistent point (a snapshot of a running VM) has a journal that
 still holds committed transactions; a read-only check sees metadata the journal would
 fix and reports false errors. Replaying it into the overlay first, as a mount would,
-leaves only real damage for the check to find. XFS can only replay its log in the
+leaves only real damage for the check to find. FAT has no journal, but Linux sets a
+"dirty" bit in the boot sector while the file system is mounted (an EFI system partition
+of a running VM), and ``fsck.fat -n`` fails on that bit alone: it is cleared in the
+overlay first and noted in the findings. XFS can only replay its log in the
 kernel: a dirty XFS log with inconsistencies gives ``error`` (no verdict), not
 ``failed``. Invariants:
 
@@ -31,7 +34,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +44,32 @@ MAX_FINDINGS = 20
 DEFAULT_TIMEOUT = 3600.0
 
 _NOISE = re.compile(
-    r"^(e2fsck \d|Pass \d|Phase \d|        - |xfs_repair version|Mounting volume|"
+    r"^(e2fsck \d|fsck\.fat \d|Pass \d|Phase \d|        - |xfs_repair version|Mounting volume|"
     r"Processing of \$MFT and \$MFTMirr completed|No modify flag set|\s*$)"
 )
 _XFS_DIRTY_LOG = "log which is being ignored"
+
+
+#: FAT boot sector: the 16-bit FAT size (0 on FAT32), and the state byte of each layout
+_FAT_FATSZ16 = 0x16
+_FAT16_STATE, _FAT32_STATE = 0x25, 0x41
+_FAT_STATE_DIRTY = 0x01
+
+
+def clear_fat_dirty_bit(path: Path) -> list[dict[str, str]]:
+    """Clear the FAT boot sector's dirty bit in ``path`` (an overlay); say so if it was set."""
+    with open(path, "r+b") as f:
+        boot = bytearray(f.read(512))
+        if len(boot) < 512:
+            return []
+        fat32 = boot[_FAT_FATSZ16] == 0 and boot[_FAT_FATSZ16 + 1] == 0
+        where = _FAT32_STATE if fat32 else _FAT16_STATE
+        if not boot[where] & _FAT_STATE_DIRTY:
+            return []
+        f.seek(where)
+        f.write(bytes([boot[where] & ~_FAT_STATE_DIRTY & 0xFF]))
+    note = "dirty bit set (mounted when the snapshot was taken); cleared in the overlay"
+    return [{"message": note}]
 
 
 @dataclass(frozen=True)
@@ -53,6 +78,8 @@ class Checker:
     tool: str
     check: tuple[str, ...]
     replay: tuple[str, ...] | None = None
+    prepare: Callable[[Path], list[dict[str, str]]] | None = None
+    """Done to the overlay before the check, in-process (what a mount would see)."""
 
 
 CHECKERS: dict[str, Checker] = {
@@ -61,7 +88,7 @@ CHECKERS: dict[str, Checker] = {
     ),
     "xfs": Checker("xfs", "xfs_repair", ("xfs_repair", "-n", "-f")),
     "ntfs": Checker("ntfs", "ntfsfix", ("ntfsfix", "--no-action")),
-    "fat": Checker("fat", "fsck.fat", ("fsck.fat", "-n")),
+    "fat": Checker("fat", "fsck.fat", ("fsck.fat", "-n"), prepare=clear_fat_dirty_bit),
 }
 
 
@@ -111,6 +138,10 @@ def check_filesystem(fs: str, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -
         )
     findings: list[dict[str, str]] = []
     try:
+        notes = checker.prepare(path) if checker.prepare is not None else []
+    except OSError as exc:  # EIO through FUSE: a chunk of the boot sector is unreadable
+        return FsckVerdict(Outcome.ERROR, [{"message": f"cannot read: {exc}"}], checker.tool)
+    try:
         if checker.replay is not None:
             rc, lines = _run(checker.replay, path, timeout)
             if rc not in (0, 1):  # 1: the replay changed the (overlay) file system
@@ -124,7 +155,7 @@ def check_filesystem(fs: str, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -
             checker.tool,
         )
     if rc == 0:
-        return FsckVerdict(Outcome.PASSED, [], checker.tool)
+        return FsckVerdict(Outcome.PASSED, notes, checker.tool)
     said = _said(lines)
     if fs == "xfs" and any(_XFS_DIRTY_LOG in line for line in lines):
         note = (
@@ -133,4 +164,5 @@ def check_filesystem(fs: str, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -
         )
         return FsckVerdict(Outcome.ERROR, [{"message": note}, *said], checker.tool)
     summary = {"message": f"{checker.tool} exited {rc}"}
-    return FsckVerdict(Outcome.FAILED, [summary, *said, *findings][:MAX_FINDINGS], checker.tool)
+    every = [summary, *said, *findings, *notes]
+    return FsckVerdict(Outcome.FAILED, every[:MAX_FINDINGS], checker.tool)

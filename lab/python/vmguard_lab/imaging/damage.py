@@ -8,6 +8,8 @@ Verification tests need points a checker must pass and points it must fail:
   commands), checkpointed only in part (the new directory block and the file's data are
   in place, the inode and bitmaps are not). A read-only ``e2fsck -fn`` reports errors on
   it; after a journal replay it is clean — exactly what a mount would see.
+- :func:`set_fat_dirty_bit` sets the boot sector's "dirty" state bit of a FAT partition,
+  as Linux does while it has the file system mounted (a running VM's EFI partition).
 - :func:`damage_ext4_superblock` overwrites fields of the primary superblock (the magic
   stays, so the volume is still recognised as ext4).
 - :func:`damage_ntfs_mft` overwrites the first records of the $MFT (the boot sector
@@ -100,6 +102,19 @@ def dirty_ext4_journal(image: Path, offset: int, length: int, work: Path) -> Non
             a.seek(number * size)
             a.write(b.read(size))
     _write_back(image, offset, before)
+
+
+def set_fat_dirty_bit(image: Path, offset: int) -> None:
+    """Mark the FAT file system at ``offset`` as not cleanly unmounted."""
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        boot = f.read(512)
+        fat32 = boot[0x16:0x18] == b"\0\0"  # no 16-bit FAT size: FAT32's layout
+        where = offset + (0x41 if fat32 else 0x25)
+        f.seek(where)
+        state = f.read(1)[0]
+        f.seek(where)
+        f.write(bytes([state | 0x01]))
 
 
 def damage_ext4_superblock(image: Path, offset: int) -> None:
