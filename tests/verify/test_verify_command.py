@@ -23,6 +23,7 @@ from vmguard.store.backend import LocalBackend
 from vmguard_lab import images
 from vmguard_lab.images import DiskImageFactory
 from vmguard_lab.imaging import damage
+from vmguard_lab.imaging.tree import BIG_FILE
 
 pytestmark = pytest.mark.lab
 
@@ -137,3 +138,21 @@ def test_a_rule_file_with_a_syntax_error_names_the_file_and_line(
     assert "Traceback" not in result.stderr
     assert f"{bad} line 6" in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_files_over_the_size_bound_are_listed_not_scanned(
+    five_points: tuple[Path, list[str]],
+) -> None:
+    work, archives = five_points
+    repo, rules = f"file://{work / 'repo'}", str(work / "rules")
+
+    bounded = vmguard(
+        "verify", archives[0], "--repo", repo, "--yara", rules, "--max-file-mib", "4", "-o", "json"
+    )
+
+    assert bounded.returncode == 0, bounded.stderr
+    ext4 = next(r for r in json.loads(bounded.stdout)["results"] if r["volume"] == "p2")
+    assert ext4["result"] == "passed"
+    assert {"message": f"not scanned: {10 << 20} bytes, over the bound", "path": BIG_FILE} in ext4[
+        "findings"
+    ]
