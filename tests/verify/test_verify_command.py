@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +158,58 @@ def test_files_over_the_size_bound_are_listed_not_scanned(
     assert {"message": f"not scanned: {10 << 20} bytes, over the bound", "path": BIG_FILE} in ext4[
         "findings"
     ]
+
+
+def _ours(marker: str) -> tuple[list[str], list[int]]:
+    """FUSE mounts and processes (nbdkit, nbdfuse, checkers) that name ``marker``."""
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if marker in line]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return mounts, pids
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {_ours(what)}"
+        time.sleep(0.05)
+
+
+def test_a_killed_verify_leaves_no_mount_and_no_server_behind(
+    five_points: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    work, archives = five_points
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VMGUARD_", "AWS_"))}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmguard.cli",
+            "verify",
+            archives[0],
+            "--fsck",
+            "--repo",
+            f"file://{work / 'repo'}",
+        ],
+        env={**environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # in the middle of a check: a volume's export is mounted
+        _wait_for(lambda: _ours(str(scratch))[0], str(scratch))
+        proc.kill()
+        proc.wait()
+        _wait_for(lambda: _ours(str(scratch)) == ([], []), str(scratch))
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -81,6 +81,7 @@ class NbdkitServer:
         filters: Sequence[str] = (),
         env: dict[str, str] | None = None,
         workdir: tempfile.TemporaryDirectory[str] | None = None,
+        start_timeout: float = 10.0,
     ) -> None:
         self._dir = workdir or tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
         self.socket = Path(self._dir.name) / "nbd.sock"
@@ -105,7 +106,7 @@ class NbdkitServer:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + start_timeout
         while not self._pidfile.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 why = self._log.read_text(errors="replace")[-500:]

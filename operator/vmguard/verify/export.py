@@ -13,9 +13,11 @@ checker opens that file like any disk image. Invariants:
   nbdkit's open file descriptors (the file is unlinked), so callers can bound it;
   :attr:`VolumeExport.bytes_fetched` is what the plugin's view fetched (written by the
   plugin when nbdkit exits).
-- Nothing outlives the export: leaving the context unmounts the FUSE file, stops
-  nbdkit, and both exit with their parent if it dies (``--exit-with-parent``, and
-  nbdfuse's connection to the dead nbdkit).
+- Nothing outlives the export: leaving the context unmounts the FUSE file and stops
+  nbdkit, and both end with the process that started them if it dies: nbdkit by
+  ``--exit-with-parent``, nbdfuse by a parent-death SIGTERM (``setpriv --pdeathsig``),
+  on which it unmounts. (The signal follows the starting *thread*: start exports from a
+  thread that outlives them.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from vmguard.errors import RetryableError
 from vmguard.files.mount import PLUGIN
 from vmguard.transport.nbd import NbdkitServer
 
-_START_TIMEOUT = 20.0
+#: nbdkit is up once its embedded Python has imported vmguard and opened the repository:
+#: seconds on a quiet machine, over ten on a loaded one
+_START_TIMEOUT = 60.0
 
 
 class VolumeExport:
@@ -91,7 +95,12 @@ class VolumeExport:
         ]
         try:
             self._server = NbdkitServer(
-                "python", args, readonly=False, filters=["cow", "offset"], env=environ
+                "python",
+                args,
+                readonly=False,
+                filters=["cow", "offset"],
+                env=environ,
+                start_timeout=_START_TIMEOUT,
             )
             self._mount()
         except BaseException:
@@ -105,7 +114,13 @@ class VolumeExport:
         log = open(self.workdir / "nbdfuse.log", "wb")  # noqa: SIM115 - the child owns it
         with log:
             self._fuse = subprocess.Popen(
-                ["nbdfuse", "-P", str(pidfile), str(self.path), "--unix", str(self._server.socket)],
+                # setpriv: SIGTERM when we die, on which nbdfuse unmounts and exits (by
+                # itself it would stay mounted on a dead server)
+                [
+                    *("setpriv", "--pdeathsig", "TERM"),
+                    *("nbdfuse", "-P", str(pidfile), str(self.path)),
+                    *("--unix", str(self._server.socket)),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
