@@ -119,6 +119,10 @@ def test_latest_clean_resolves_to_the_point_before_the_planted_file(
     for infected in archives[2:]:
         assert f"{infected} (scan01): NOT CLEAN" in found.stdout
     assert archives[0] not in found.stdout
+    # an archive id names one point, not a VM to walk back through: a usage error
+    wrong = vmguard("verify", archives[4], "--latest-clean", "--repo", repo, "--yara", rules)
+    assert wrong.returncode == 2
+    assert "give VM or VM@TIME, not an id" in wrong.stderr
 
 
 def test_a_rule_file_with_a_syntax_error_names_the_file_and_line(

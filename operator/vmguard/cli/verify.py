@@ -64,7 +64,8 @@ def register(sub: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from vmguard.cli.options import open_repository_from
+    from vmguard.cli.options import UsageError, open_repository_from
+    from vmguard.store.names import is_archive_id
     from vmguard.store.selection import select_archive, select_points
     from vmguard.verify.runner import VerifyOptions, verify_point
     from vmguard.verify.scan import compile_rules
@@ -82,6 +83,8 @@ def _verify(args: argparse.Namespace) -> int:
         env[KEY_ENV] = Path(args.key_file).read_text()
     url = repository_url(args.repo)
     if args.latest_clean:
+        if is_archive_id(args.archive):
+            raise UsageError("--latest-clean walks a VM's points: give VM or VM@TIME, not an id")
         ids = [r.archive_id for r in reversed(select_points(repo, args.archive))]
     else:
         ids = [select_archive(repo, args.archive).archive_id]
