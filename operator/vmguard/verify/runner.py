@@ -70,11 +70,30 @@ def verify_point(
     the environment only).
     """
     outcome = PointVerification(manifest.archive_id, manifest.vm.name or manifest.vm.id)
+    tally = _Tally(progress)
     with tempfile.TemporaryDirectory(prefix="vmguard-verify-", dir=options.workdir) as work:
         for record in manifest.disks:
             with DiskFiles(repo, manifest, record, cache_bytes=options.cache_bytes) as files:
-                outcome.results += _verify_disk(files, options, repo_url, env, Path(work), progress)
+                outcome.results += _verify_disk(files, options, repo_url, env, Path(work), tally)
     return outcome
+
+
+class _Tally:
+    """Progress over the whole point: the total grows by each disk's volumes as they are
+    listed (the scan's file bytes are not known ahead, so they only count as done)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.done = self.total = 0
+
+    def expect(self, n: int) -> None:
+        self.total += n
+
+    def advance(self, n: int, *, what: str) -> None:
+        self.done += n
+        self.total = max(self.total, self.done)
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
 
 
 def _verify_disk(
@@ -83,36 +102,29 @@ def _verify_disk(
     repo_url: str,
     env: Mapping[str, str],
     work: Path,
-    progress: Progress | None,
+    tally: _Tally,
 ) -> list[CheckResult]:
     disk = files.disk.key
+    checks = ([Check.FSCK] if options.fsck else []) + ([Check.YARA] if options.rules else [])
     try:
-        volumes = [v for v in files.volumes if v.fs != "lvm"]
+        volumes = files.volumes
     except DiskReadError as exc:
-        checks = ([Check.FSCK] if options.fsck else []) + ([Check.YARA] if options.rules else [])
         return [
             CheckResult(c, disk, "-", Outcome.ERROR, 0.0, [{"message": str(exc)}]) for c in checks
         ]
-    total = sum(v.size for v in volumes) if options.fsck else 0
-    done = 0
-
-    def advance(n: int, *, what: str) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, max(total, done), what)
-
+    if options.fsck:
+        tally.expect(sum(v.size for v in volumes if v.fs not in (None, "lvm")))
     results: list[CheckResult] = []
     for number, volume in enumerate(volumes):
+        if volume.fs in (None, "lvm"):
+            results += [_skipped(check, disk, volume) for check in checks]
+            continue
         if options.fsck:
             results.append(
                 _fsck_volume(files, volume, options, repo_url, env, work / f"{disk}-{number}")
             )
-            advance(volume.size, what=f"fsck {volume.name}")
+            tally.advance(volume.size, what=f"fsck {volume.name}")
         if options.rules is not None:
-            if volume.fs is None:
-                results.append(_skipped(Check.YARA, disk, volume))
-                continue
             results.append(
                 scan_volume(
                     files,
@@ -120,14 +132,18 @@ def _verify_disk(
                     options.rules,
                     max_file_bytes=options.max_file_bytes,
                     file_timeout=options.file_timeout,
-                    progress=functools.partial(advance, what=f"yara {volume.name}"),
+                    progress=functools.partial(tally.advance, what=f"yara {volume.name}"),
                 )
             )
     return results
 
 
 def _skipped(check: Check, disk: str, volume: Volume) -> CheckResult:
-    why = "no file system recognised" if volume.fs is None else f"{volume.fs} volume"
+    why = (
+        "no file system recognised"
+        if volume.fs is None
+        else "LVM physical volume: its logical volumes are checked on their own"
+    )
     return CheckResult(check, disk, volume.name, Outcome.SKIPPED, 0.0, [{"message": why}])
 
 
