@@ -17,6 +17,7 @@ of one volume, read straight out of the archive. Invariants:
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from vmguard.verify.results import Check, CheckResult, Outcome
 DEFAULT_MAX_FILE_BYTES = 64 << 20
 DEFAULT_FILE_TIMEOUT = 30
 RULE_SUFFIXES = (".yar", ".yara")
+_ENGINE = f"yara-x {importlib.metadata.version('yara-x')}"
 _WHERE = re.compile(r"-->\s*(?P<origin>.+?):(?P<line>\d+):(?P<col>\d+)")
 
 
@@ -102,7 +104,7 @@ def scan_volume(
     started = time.monotonic()
     disk = files.disk.key
     result = CheckResult(Check.YARA, disk, volume.name, Outcome.PASSED, 0.0, fs=volume.fs)
-    result.tool = f"yara-x {getattr(yara_x, '__version__', '')}".strip()
+    result.tool = _ENGINE
     before = files.view.stats.bytes_fetched
     scanner = yara_x.Scanner(rules.rules)
     scanner.set_timeout(file_timeout)
