@@ -10,7 +10,7 @@ Both go through the real CLI (``vmguard disk backup``) into the lab's MinIO, eac
 fresh process that reports its own peak RSS (``VmHWM``) as it exits.
 
 A restore (issue 16) is measured the same way: dense disks of 128 MiB and of four times
-that are backed up and restored by ``vmguard disk restore`` into an NBD export of
+that, in a repository of 1 MiB chunks (128 and 512 chunks), are backed up and restored by ``vmguard disk restore`` into an NBD export of
 nbdkit's ``null`` plugin (it takes every write and keeps nothing, so gigabytes need no
 disk space); both restores fill the pipeline and the sink's queues, so their peaks
 differ only if memory grows with the bytes restored.
@@ -29,6 +29,10 @@ import pytest
 from minio.deleteobjects import DeleteObject
 
 from tests.engine.cli import Cli
+from vmguard.engine.backup import DiskInput, back_up
+from vmguard.store import VmIdentity
+from vmguard.store.location import open_repository
+from vmguard.transport.file import FileSource
 from vmguard.transport.nbd import NbdkitServer
 
 pytestmark = pytest.mark.lab
@@ -106,14 +110,14 @@ def _backup_peak_rss(cli: Cli, image: Path, out: Path) -> tuple[int, dict[str, A
 
 
 def _restore_peak_rss(cli: Cli, image: Path, out: Path) -> int:
-    """Back up ``image``, then restore it in a new process into an NBD export that
-    discards what it is given; the restore's peak RSS in KiB."""
-    [disk] = json.loads(cli.run("disk", "backup", str(image), "--vm", image.stem, "--quiet",
-                                "--json").stdout)["disks"]  # fmt: skip
-    assert disk["stats"]["chunks_new"] == image.stat().st_size // CHUNK
-    archive = json.loads(cli.run("repo", "ls", "--json").stdout)["archives"][-1]["archive_id"]
+    """Back up ``image`` (in this process), then restore it in a new process into an NBD
+    export that discards what it is given; the restore's peak RSS in KiB."""
+    repo = open_repository(cli.repo, None, cli.environ())
+    with FileSource(image) as source:
+        manifest = back_up(repo, VmIdentity(id=image.stem), [DiskInput("0", source)])
+    assert manifest.disks[0].length == image.stat().st_size
     with NbdkitServer("null", [f"size={image.stat().st_size}"], readonly=False) as target:
-        return _peak_rss(cli, out, "disk", "restore", archive, target.uri, "--quiet")
+        return _peak_rss(cli, out, "disk", "restore", manifest.archive_id, target.uri, "--quiet")
 
 
 @pytest.fixture
@@ -164,7 +168,9 @@ def test_peak_rss_of_restores_of_dense_disks_does_not_grow_with_their_size(
     bucket: dict[str, Any], tmp_path: Path
 ) -> None:
     cli = Cli.for_bucket(bucket, "memory-restore", None)
-    cli.run("repo", "init")
+    # 1 MiB chunks: both disks are many times what the pipeline and the sink hold at once
+    # (so both peaks include them full), and a cost per chunk restored would show.
+    cli.run("repo", "init", "--chunk-size", str(MiB))
     peaks = {}
     for size in (128 * MiB, 512 * MiB):
         image = tmp_path / f"dense-{size // MiB}m.img"
