@@ -10,10 +10,11 @@ Both go through the real CLI (``vmguard disk backup``) into the lab's MinIO, eac
 fresh process that reports its own peak RSS (``VmHWM``) as it exits.
 
 A restore (issue 16) is measured the same way: dense disks of 128 MiB and of four times
-that, in a repository of 1 MiB chunks (128 and 512 chunks), are backed up and restored by ``vmguard disk restore`` into an NBD export of
-nbdkit's ``null`` plugin (it takes every write and keeps nothing, so gigabytes need no
-disk space); both restores fill the pipeline and the sink's queues, so their peaks
-differ only if memory grows with the bytes restored.
+that, in a repository of 1 MiB chunks (128 and 512 chunks), are backed up and restored
+by ``vmguard disk restore`` into an NBD export of nbdkit's ``null`` plugin (it takes
+every write and keeps nothing, so no disk space is used); both restores fill the
+pipeline and the sink's queues, so their peaks differ only if memory grows with the
+bytes restored.
 """
 
 from __future__ import annotations
