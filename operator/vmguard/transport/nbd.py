@@ -261,8 +261,8 @@ class NbdSink:
     Where the server offers multi-conn (``can_multi_conn``: a flush on one connection
     covers writes completed on every other), the sink opens ``connections`` connections
     and sends each request on the next one, from one thread per connection: the server
-    then receives and writes several requests at once (nbdkit reads each connection's
-    requests in one thread, so one connection is one core at most), and our thread
+    then receives and writes several requests at once (nbdkit receives each connection's
+    requests, payloads included, on one thread), and our thread
     that submits returns at once. Without multi-conn, one connection with
     ``in_flight`` asynchronous requests. Requests are at most :data:`REQUEST_BYTES`, or
     the server's maximum block size when it states a smaller one.
@@ -270,8 +270,9 @@ class NbdSink:
     Invariants: every byte handed to :meth:`write` or :meth:`zero` is acknowledged by
     the server before :meth:`flush` returns, and :meth:`flush` then flushes the
     export; a failed request is raised by the next :meth:`write`, :meth:`zero` or
-    :meth:`flush`. At most ``in_flight`` requests are queued or in flight in all, so the
-    buffers the sink holds on to are bounded. Requests to ranges that overlap may land
+    :meth:`flush`. At most ``in_flight`` requests are queued or in flight in all (with
+    multi-conn, plus the one each connection's thread is sending), so the buffers the
+    sink holds on to are bounded. Requests to ranges that overlap may land
     in any order before a flush (the restore never sends two to one range).
     """
 
