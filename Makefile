@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml lab/python/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench soak images lab-images
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench bench-operator soak images lab-images
 
 deps:
 	@scripts/install-deps.sh
@@ -66,7 +66,14 @@ clean: lab-down
 # Not part of `make test`. BENCH_ARGS="--size-gib 2" goes to the data-mover benchmark.
 bench: venv lab-build
 	@PYTHONPATH=operator $(BIN)/python bench/mover.py $(BENCH_ARGS)
+	@$(MAKE) --no-print-directory bench-operator
 	@PYTHONPATH=operator $(BIN)/python bench/discovery.py --vms 5000 --rounds 3
+
+# A VMGuardRestore of a 2-disk VM through the operator, split into its parts (it borrows
+# the test suite's lab fixtures; it asserts nothing about time).
+bench-operator: venv lab-build
+	@PYTHONPATH=operator $(BIN)/python -m pytest -p tests.conftest -p tests.controller.conftest \
+		bench/operator_restore.py -q -s -o addopts= -p no:cacheprovider
 
 # The operator and proxy images from Debian packages (mmdebstrap + podman, as root; no
 # registry): images/build.py, cached by a hash of the inputs. lab-images adds the lab's

@@ -18,7 +18,12 @@ holds every repository. Each round measures, in this order, into fresh buckets:
   fixed chunks), printing the bytes it read from the source against the bytes CBT
   reported changed (merged chunks read only their changed areas, docs/cbt-chain.md);
   restore of the
-  full backup into the same NBD target; a full backup and the clustered 1% incremental
+  full backup into the same NBD target, and into a new local file (the kind of target
+  restic restores into: the two are a row each); the *repository-read ceiling*
+  (``bench/repo_read.py``): the same disk backed up, untimed, into an unencrypted
+  repository in the same MinIO, its chunk objects fetched at the restore's concurrency,
+  envelope stripped, decompressed and written into the same kind of NBD target — what a
+  restore cannot do without; a full backup and the clustered 1% incremental
   into a repository with Object Lock (GOVERNANCE, 1 day, in a lock-enabled bucket),
   printing the retention requests each made (format §9.1: none while the parent's
   lock horizon covers the new archive);
@@ -29,7 +34,13 @@ holds every repository. Each round measures, in this order, into fresh buckets:
   4 MiB blocks were rewritten; the snapshots are taken and removed outside the timing,
   as the operator does;
 - restic (Debian's; compression auto): first backup, second backup of the image with
-  the clustered 1% change, restore of the first snapshot.
+  the clustered 1% change, restore of the first snapshot (into a local file);
+- a VM of 4 disks (``vm_rows``; ``--no-vm`` skips them), each a copy of a mixed image of
+  ``--vm-disk-size`` (2 GiB, at most the image's size): 4 ``nbdcopy`` into 4 fresh NBD
+  targets at once, against the VM's restore as the proxy and the CLI run it
+  (``bench/vm_restore.py``: its disks in parallel, the product's default at once).
+
+``--size 256M`` (a multiple of 64 MiB) runs every row on a small image, to see them work.
 
 The machine is shared, so each row keeps its best round and the 1-minute load average
 it ran under. ``bench/mover_profile.py`` says where the time of a row goes.
@@ -39,6 +50,7 @@ Prints a table with the BRIEF's ratios. Not part of the test run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -62,18 +74,32 @@ CHUNK = 4 * MiB
 
 
 def mixed_spec(size: int) -> ImageSpec:
-    """Per GiB: 256 MiB text, 192 MiB random, 64 MiB repeated, 64 MiB zeros, 448 MiB hole."""
+    """Per GiB: 256 MiB text, 192 MiB random, 64 MiB repeated, 64 MiB zeros, 448 MiB hole
+    (a disk smaller than a GiB, a multiple of 64 MiB, gets the same unit scaled down)."""
+    scale = min(size, GiB) // (64 * MiB)  # sixteenths of the GiB unit
+    sixteenth = scale * 4 * MiB
     unit = (
-        RawRegion("compressible", 256 * MiB),
-        RawRegion("hole", 128 * MiB),
-        RawRegion("random", 192 * MiB),
-        RawRegion("repeat", 64 * MiB),
-        RawRegion("hole", 192 * MiB),
-        RawRegion("zeros", 64 * MiB),
-        RawRegion("hole", 128 * MiB),
+        RawRegion("compressible", 4 * sixteenth),
+        RawRegion("hole", 2 * sixteenth),
+        RawRegion("random", 3 * sixteenth),
+        RawRegion("repeat", sixteenth),
+        RawRegion("hole", 3 * sixteenth),
+        RawRegion("zeros", sixteenth),
+        RawRegion("hole", 2 * sixteenth),
     )
-    layout = unit * (size // GiB)
+    layout = unit * max(1, size // GiB)
     return ImageSpec(size, None, (PartitionSpec("raw", None, layout=layout),))
+
+
+def parse_size(text: str) -> int:
+    """``256M``, ``2G`` or a number of GiB: bytes, a multiple of 64 MiB."""
+    units = {"M": MiB, "G": GiB}
+    size = (
+        int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text) * GiB
+    )
+    if size <= 0 or size % (64 * MiB) or (size > GiB and size % GiB):
+        raise SystemExit(f"--size {text}: a multiple of 64 MiB up to 1G, of 1 GiB beyond")
+    return size
 
 
 def changed_copy(src: Path, dst: Path, block: int, seed: int) -> list[list[int]]:
@@ -176,13 +202,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     minio = lab.state().data["minio"]
     work = Path(args.work or tempfile.mkdtemp(prefix="vmguard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    size = args.size_gib * GiB
+    size = parse_size(args.size) if args.size else args.size_gib * GiB
     results: dict[str, Any] = {"size": size, "work": str(work), "rounds": args.rounds}
 
-    print(f"[bench] building the {args.size_gib} GiB mixed image", file=sys.stderr)
+    print(f"[bench] building the {size / GiB:g} GiB mixed image", file=sys.stderr)
     factory = DiskImageFactory(lab.paths.cache / "images")
     image = factory.build(mixed_spec(size), seed=1, out_path=work / "disk0.img")
     results["allocated"] = image.allocated
+    vm_size = min(parse_size(args.vm_disk_size), size)
+    vm_image = image
+    if vm_size != size:
+        vm_image = factory.build(mixed_spec(vm_size), seed=1, out_path=work / "vmdisk.img")
+    results["vm_disk_size"] = vm_size
     clustered = changed_copy(image.path, work / "disk1.img", CHUNK, seed=2)
     scattered = changed_copy(image.path, work / "disk2.img", 64 << 10, seed=3)
     (work / "changed1.json").write_text(json.dumps(clustered))
@@ -204,6 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["restore_exact"] = results.get("restore_exact", True) & one_round(
                 t, client, buckets, minio, work, image, size, keep=args.keep
             )
+            if not args.no_vm:
+                results["restore_exact"] &= vm_rows(t, client, buckets, minio, work, vm_image)
             if not args.no_proxy:
                 proxy_rows(t, lab, client, buckets, minio, work, image, keep=args.keep)
     finally:
@@ -278,8 +311,14 @@ def one_round(
         scattered(t, backup, env, s2.uri, full_id, work / "changed2.json")
         with target as turi:
             restore = ["disk", "restore", full_id, turi, "--target-is-zeroed", "--quiet", *repo]
-            t.run("vmguard restore → NBD target", vmguard(*restore), env)
+            t.run(RESTORE_NBD, vmguard(*restore), env)
         exact = sha256_sparse(target.path) == image.sha256
+        local = work / "restored.img"  # against restic's restore into a local file
+        local.unlink(missing_ok=True)
+        t.run(RESTORE_FILE, vmguard("disk", "restore", full_id, str(local), "--quiet", *repo), env)
+        exact &= sha256_sparse(local) == image.sha256
+        local.unlink()
+        exact &= repository_read(t, client, buckets, minio, work, env, s0.uri, target, image)
         locked(t, client, buckets, minio, work, env, s0.uri, s1.uri)
     # A round's data goes before the next part: at 8 GiB the images, a restored target, a
     # repository and restic's (non-sparse) restore would not fit beside three rounds'.
@@ -322,6 +361,103 @@ def one_round(
     shutil.rmtree(out, ignore_errors=True)
     if not keep:
         _drop_bucket(client, buckets, rbucket)
+    return exact
+
+
+RESTORE_NBD = "vmguard restore → NBD target"
+RESTORE_FILE = "vmguard restore → local file"
+REPO_READ = "repository read (unencrypted) → NBD target"
+VM_DISKS = 4
+NBDCOPY_VM = f"{VM_DISKS} nbdcopys → NBD targets, in parallel"
+RESTORE_VM = f"vmguard {VM_DISKS}-disk VM restore → {VM_DISKS} NBD targets"
+
+
+def repository_read(
+    t: Timings,
+    client: Any,
+    buckets: list[str],
+    minio: dict[str, str],
+    work: Path,
+    env: dict[str, str],
+    uri: str,
+    target: Target,
+    image: DiskImage,
+) -> bool:
+    """The repository-read ceiling (``bench/repo_read.py``): the same disk backed up
+    (untimed) into an unencrypted repository in the same MinIO, its chunk objects fetched
+    at the restore's concurrency, envelope stripped, decompressed and written into the
+    same kind of NBD target. True if that target came out bit-exact."""
+    bucket = f"bench-plain-{secrets.token_hex(4)}"
+    client.make_bucket(bucket)
+    buckets.append(bucket)
+    plain = ["--repo", f"s3+http://{minio['endpoint']}/{bucket}/vmguard"]
+    subprocess.run(vmguard("repo", "init", *plain), env=env, check=True, capture_output=True)
+    subprocess.run(
+        vmguard("disk", "backup", "--vm", "bench", "--quiet", *plain, uri),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    archive = _latest(plain, env)
+    driver = str(Path(__file__).with_name("repo_read.py"))
+    with target as turi:
+        t.run(REPO_READ, [sys.executable, driver, plain[1], archive, turi], env)
+    exact = sha256_sparse(target.path) == image.sha256
+    _drop_bucket(client, buckets, bucket)
+    return exact
+
+
+def vm_rows(
+    t: Timings,
+    client: Any,
+    buckets: list[str],
+    minio: dict[str, str],
+    work: Path,
+    image: DiskImage,
+) -> bool:
+    """A VM of ``VM_DISKS`` disks, each a copy of ``image``: ``VM_DISKS`` nbdcopys into
+    fresh NBD targets at once (the ceiling), then the VM's restore from an encrypted
+    repository as the proxy and the CLI run it (``bench/vm_restore.py``: its disks in
+    parallel, as many at once as the product's default). True if every disk came out
+    bit-exact."""
+    env = dict(os.environ)
+    env.update(VMGUARD_S3_ACCESS_KEY=minio["access_key"], VMGUARD_S3_SECRET_KEY=minio["secret_key"])
+    targets = [Target(work / f"vm-target{n}.img", image.size) for n in range(VM_DISKS)]
+    driver = str(Path(__file__).with_name("vm_restore.py"))
+    bucket = f"bench-vm-{secrets.token_hex(4)}"
+    client.make_bucket(bucket)
+    buckets.append(bucket)
+    url = f"s3+http://{minio['endpoint']}/{bucket}/vmguard"
+    key = str(work / "master.key")
+    subprocess.run(
+        vmguard("repo", "init", "--encrypt", "--repo", url, "--key-file", key),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    with NbdkitServer.file(image.path) as source:
+        print(f"[bench] {VM_DISKS}-disk VM", file=sys.stderr)
+        with contextlib.ExitStack() as stack:
+            uris = [stack.enter_context(target) for target in targets]
+            copies = " ".join(
+                f"nbdcopy '{source.uri}' '{u}' & p{n}=$!;" for n, u in enumerate(uris)
+            )
+            waits = " ".join(f"wait $p{n};" for n in range(VM_DISKS))
+            t.run(NBDCOPY_VM, f"set -e; {copies} {waits}")
+        archive = subprocess.run(
+            [sys.executable, driver, "backup", url, key, source.uri, "--disks", str(VM_DISKS)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    with contextlib.ExitStack() as stack:
+        uris = [stack.enter_context(target) for target in targets]
+        t.run(RESTORE_VM, [sys.executable, driver, "restore", url, key, archive, *uris], env)
+    exact = all(sha256_sparse(target.path) == image.sha256 for target in targets)
+    for target in targets:
+        target.path.unlink()
+    _drop_bucket(client, buckets, bucket)
     return exact
 
 
@@ -554,8 +690,15 @@ def cell(text: str) -> str:
 
 def table(results: dict[str, Any]) -> str:
     t, size, loads = results["times"], results["size"], results["loads"]
+
+    def row_size(name: str) -> int:
+        """Disk bytes a row moves: the VM rows move VM_DISKS disks."""
+        if name in (NBDCOPY_VM, RESTORE_VM):
+            return VM_DISKS * int(results["vm_disk_size"])
+        return int(size)
+
     lines = [
-        f"disk {size / GiB:.0f} GiB, {results['allocated'] / GiB:.2f} GiB allocated;"
+        f"disk {size / GiB:g} GiB, {results['allocated'] / GiB:.2f} GiB allocated;"
         f" restore bit-exact: {results['restore_exact']}; best of {results['rounds']} rounds",
         "",
         "| run | seconds | MiB/s of disk | load | note |",
@@ -563,13 +706,13 @@ def table(results: dict[str, Any]) -> str:
     ]
     notes = results.get("notes", {})
     lines += [
-        f"| {cell(name)} | {sec:.1f} | {size / MiB / sec:.0f} | {loads[name]:.1f}"
+        f"| {cell(name)} | {sec:.1f} | {row_size(name) / MiB / sec:.0f} | {loads[name]:.1f}"
         f" | {notes.get(name, '')} |"
         for name, sec in t.items()
     ]
     full = t["vmguard full backup"]
     incr = t["vmguard incr. 1% (4 MiB blocks)"]
-    restore = t["vmguard restore → NBD target"]
+    restore = t[RESTORE_NBD]
     read, changed = results["counts"][SCATTERED]
     checks = [
         ("full ÷ zstd ceiling (speed)", t["nbdcopy | zstd -1 -T0"] / full, "≥ 0.8"),
@@ -585,6 +728,22 @@ def table(results: dict[str, Any]) -> str:
             "-",
         ),
     ]
+    checks += [
+        ("restore ÷ repository-read ceiling (speed)", t[REPO_READ] / restore, "≥ 0.9"),
+        (
+            "restore → local file ÷ restic restore (speed)",
+            t["restic restore"] / t[RESTORE_FILE],
+            "≥ 1.2",
+        ),
+    ]
+    if RESTORE_VM in t:
+        checks.append(
+            (
+                f"{VM_DISKS}-disk VM restore ÷ {VM_DISKS} parallel nbdcopys (speed)",
+                t[NBDCOPY_VM] / t[RESTORE_VM],
+                "≥ 0.8",
+            )
+        )
     if PROXY_INCR in t:
         checks.append(
             ("proxy incremental time ÷ proxy full time", t[PROXY_INCR] / t[PROXY_FULL], "-")
@@ -597,6 +756,12 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-gib", type=int, default=8)
+    parser.add_argument("--size", help="instead of --size-gib: e.g. 256M, 2G")
+    parser.add_argument(
+        "--vm-disk-size",
+        default="2G",
+        help="size of each disk of the 4-disk VM restore rows (at most the image's size)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat; keep each row's best")
     parser.add_argument("--work", help="directory for images and targets (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep images and buckets")
@@ -604,6 +769,7 @@ def main() -> None:
     parser.add_argument(
         "--no-proxy", action="store_true", help="skip the proxy rows (lab vCenter simulator)"
     )
+    parser.add_argument("--no-vm", action="store_true", help="skip the 4-disk VM restore rows")
     args = parser.parse_args()
     results = run(args)
     if args.json:

@@ -177,6 +177,9 @@ class ProxySettings:
     priority_class: str = ""
     resources: dict[str, Any] | None = None
     policy_may: ProxyAllowance = ProxyAllowance()
+    restore_disks_at_once: int = 2
+    """Disks of one VM a restore Job writes in parallel, at most (and never more than its
+    vCenter's limits allow: ``controller.kube.admission.disks_at_once``)."""
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -197,6 +200,7 @@ class ProxySettings:
             priority_class=os.environ.get("VMGUARD_PROXY_PRIORITY_CLASS", ""),
             resources=_json("VMGUARD_PROXY_RESOURCES", dict),
             policy_may=ProxyAllowance.from_json("VMGUARD_PROXY_POLICY_MAY"),
+            restore_disks_at_once=max(1, int(os.environ.get("VMGUARD_RESTORE_DISKS_AT_ONCE") or 2)),
         )
 
 

@@ -173,3 +173,24 @@ def test_repository_url_and_prefix_containment() -> None:
     )
     assert _inside("vm/restored", "vm") and _inside("vm", "vm") and _inside("x", "")
     assert not _inside("vms/restored", "vm") and not _inside("restored", "vm")
+
+
+def test_the_job_writes_no_more_disks_at_once_than_it_was_granted() -> None:
+    """The bound the operator computed (its setting within the vCenter's limits) reaches
+    the proxy as VMGUARD_RESTORE_DISKS_AT_ONCE; none computed, none set."""
+    from vmguard.controller.kube.admission import VCenterLimits, disks_at_once
+    from vmguard.proxy.contract import DISKS_AT_ONCE_ENV
+
+    spec = {**VCENTER["spec"], "limits": {"disksPerDatastore": 3}}
+    granted = disks_at_once(6, VCenterLimits.of(spec), nfc=True, wanted=4)
+    job = builders.build_restore_job(
+        _restore({"newVM": {"name": "web"}}),
+        SETTINGS,
+        repository=REPO["spec"],
+        vcenter=spec,
+        disks_at_once=granted,
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": DISKS_AT_ONCE_ENV, "value": "3"} in container["env"]
+    (plain,) = _job({"newVM": {"name": "web"}})["spec"]["template"]["spec"]["containers"]
+    assert DISKS_AT_ONCE_ENV not in {e["name"] for e in plain["env"]}

@@ -1,4 +1,5 @@
-"""Memory of a backup is bounded by the pipeline depth, not by the disk size (BRIEF §8).
+"""Memory of a backup and of a restore is bounded by the pipeline depth, not by the disk
+size (BRIEF §8).
 
 Issue 3's acceptance: peak RSS of a full backup of an 8 GiB disk and of a 64 GiB sparse
 disk differ by less than 20%. The 8 GiB disk is dense: every 4 MiB chunk is allocated,
@@ -7,6 +8,13 @@ read, hashed, compressed and uploaded, and a memory cost that grows with the byt
 read would show. The 64 GiB disk is sparse, with a little data spread over its length.
 Both go through the real CLI (``vmguard disk backup``) into the lab's MinIO, each in a
 fresh process that reports its own peak RSS (``VmHWM``) as it exits.
+
+A restore (issue 16) is measured the same way: dense disks of 128 MiB and of four times
+that, in a repository of 1 MiB chunks (128 and 512 chunks), are backed up and restored
+by ``vmguard disk restore`` into an NBD export of nbdkit's ``null`` plugin (it takes
+every write and keeps nothing, so no disk space is used); both restores fill the
+pipeline and the sink's queues, so their peaks differ only if memory grows with the
+bytes restored.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ import pytest
 from minio.deleteobjects import DeleteObject
 
 from tests.engine.cli import Cli
+from vmguard.engine.backup import DiskInput, back_up
+from vmguard.store import VmIdentity
+from vmguard.store.location import open_repository
+from vmguard.transport.file import FileSource
+from vmguard.transport.nbd import NbdkitServer
 
 pytestmark = pytest.mark.lab
 GiB = 1 << 30
@@ -76,9 +89,9 @@ runpy.run_module("vmguard.cli", run_name="__main__", alter_sys=True)
 """
 
 
-def _backup_peak_rss(cli: Cli, image: Path, out: Path) -> tuple[int, dict[str, Any]]:
-    """Back up ``image`` in a new process; its peak RSS in KiB and its disk's stats."""
-    argv = cli.argv("disk", "backup", str(image), "--vm", image.stem, "--quiet", "--json")
+def _peak_rss(cli: Cli, out: Path, *args: str) -> int:
+    """Run ``vmguard ARGS`` in a new process, stdout into ``out``; its peak RSS in KiB."""
+    argv = cli.argv(*args)
     assert argv[1:3] == ["-m", "vmguard.cli"]
     argv[1:3] = ["-c", PEAK_REPORTER]
     err = out.with_suffix(".err")
@@ -86,8 +99,26 @@ def _backup_peak_rss(cli: Cli, image: Path, out: Path) -> tuple[int, dict[str, A
         proc = subprocess.run(argv, env=cli.environ(), stdout=stdout, stderr=stderr)
     assert proc.returncode == 0, err.read_text()[-2000:]
     [peak] = re.findall(r"^VMHWM_KIB (\d+)$", err.read_text(), re.M)
+    return int(peak)
+
+
+def _backup_peak_rss(cli: Cli, image: Path, out: Path) -> tuple[int, dict[str, Any]]:
+    """Back up ``image`` in a new process; its peak RSS in KiB and its disk's stats."""
+    args = ("disk", "backup", str(image), "--vm", image.stem, "--quiet", "--json")
+    peak = _peak_rss(cli, out, *args)
     [disk] = json.loads(out.read_text())["disks"]
-    return int(peak), disk["stats"]
+    return peak, disk["stats"]
+
+
+def _restore_peak_rss(cli: Cli, image: Path, out: Path) -> int:
+    """Back up ``image`` (in this process), then restore it in a new process into an NBD
+    export that discards what it is given; the restore's peak RSS in KiB."""
+    repo = open_repository(cli.repo, None, cli.environ())
+    with FileSource(image) as source:
+        manifest = back_up(repo, VmIdentity(id=image.stem), [DiskInput("0", source)])
+    assert manifest.disks[0].length == image.stat().st_size
+    with NbdkitServer("null", [f"size={image.stat().st_size}"], readonly=False) as target:
+        return _peak_rss(cli, out, "disk", "restore", manifest.archive_id, target.uri, "--quiet")
 
 
 @pytest.fixture
@@ -132,3 +163,24 @@ def test_peak_rss_of_dense_8g_and_sparse_64g_backups_differ_by_under_20_percent(
     peaks = f"peak RSS: dense 8 GiB {dense_rss} KiB, sparse 64 GiB {sparse_rss} KiB"
     print(peaks)  # shown with -s: the figure the acceptance note quotes
     assert abs(dense_rss - sparse_rss) / min(dense_rss, sparse_rss) < 0.20, peaks
+
+
+def test_peak_rss_of_restores_of_dense_disks_does_not_grow_with_their_size(
+    bucket: dict[str, Any], tmp_path: Path
+) -> None:
+    cli = Cli.for_bucket(bucket, "memory-restore", None)
+    # 1 MiB chunks: both disks are many times what the pipeline and the sink hold at once
+    # (so both peaks include them full), and a cost per chunk restored would show.
+    cli.run("repo", "init", "--chunk-size", str(MiB))
+    peaks = {}
+    for size in (128 * MiB, 512 * MiB):
+        image = tmp_path / f"dense-{size // MiB}m.img"
+        _dense_disk(image, size, seed=size // MiB)
+        try:
+            peaks[size] = _restore_peak_rss(cli, image, tmp_path / f"restore-{size}.out")
+        finally:
+            image.unlink()
+    small, large = peaks[128 * MiB], peaks[512 * MiB]
+    text = f"restore peak RSS: dense 128 MiB {small} KiB, dense 512 MiB {large} KiB"
+    print(text)
+    assert abs(large - small) / min(large, small) < 0.20, text

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import nbd
 import pytest
 
 from vmguard.transport.extents import Extent
@@ -65,16 +66,19 @@ def test_sink_writes_only_what_it_is_given(tmp_path: Path) -> None:
     assert os.stat(target).st_blocks * 512 == 3 * MiB
 
 
-def test_sink_sends_views_and_large_buffers_as_they_are(tmp_path: Path) -> None:
+@pytest.mark.parametrize("connections", [1, 4])
+def test_sink_sends_views_and_large_buffers_as_they_are(tmp_path: Path, connections: int) -> None:
     """The restore hands the sink memoryview slices of a chunk and whole chunks larger
-    than one NBD request; each lands exactly where it was sent, and nothing else does."""
+    than one NBD request; each lands exactly where it was sent, and nothing else does —
+    over one connection and over several (nbdkit's file plugin offers multi-conn)."""
     target = tmp_path / "target.img"
     sparse_file(target, 64 * MiB)
     chunk = os.urandom(4 * MiB)
     view = memoryview(chunk)
     big = bytearray(os.urandom(9 * MiB))  # more than REQUEST_BYTES: split by the sink
     with NbdkitServer.file(target, readonly=False) as server:
-        sink = NbdSink(server.uri, in_flight=2)
+        sink = NbdSink(server.uri, in_flight=2, connections=connections)
+        assert sink.connections == connections
         sink.write(8 * MiB, view[MiB : 2 * MiB])
         sink.write(9 * MiB + 4096, view[3 * MiB :])
         sink.write(20 * MiB, big)
@@ -116,3 +120,20 @@ def test_holes_not_flagged_zero_are_read(tmp_path: Path) -> None:
     assert Extent(2 * MiB, MiB) in allocated, allocated
     assert hashlib.sha256(rebuilt).digest() == hashlib.sha256(img.read_bytes()).digest()
     assert allocated == [Extent(0, MiB), Extent(2 * MiB, MiB), Extent(5 * MiB, MiB)]
+
+
+def test_a_write_the_server_refuses_is_raised_by_the_sink(tmp_path: Path) -> None:
+    """A request that fails on one of the sink's connections (here: past the export's
+    end) is raised to the caller, at the latest by the flush; it is never lost."""
+    target = tmp_path / "target.img"
+    sparse_file(target, 8 * MiB)
+    with NbdkitServer.file(target, readonly=False) as server:
+        sink = NbdSink(server.uri, in_flight=4, connections=4)
+        assert sink.connections == 4
+        with pytest.raises(nbd.Error):
+            for n in range(4):
+                sink.write(n * MiB, bytes(MiB))
+            sink.write(8 * MiB - 4096, bytes(8192))  # crosses the end of the export
+            sink.flush()
+        with pytest.raises(nbd.Error):
+            sink.close()

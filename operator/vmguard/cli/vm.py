@@ -98,6 +98,13 @@ def register(sub: Any) -> None:
     restore.add_argument(
         "--power-off", action="store_true", help="with --in-place: power the VM off first"
     )
+    restore.add_argument(
+        "--disks-at-once",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write at most N of the VM's disks in parallel (default 2)",
+    )
     for p in (ls, backup, restore):
         p.set_defaults(func=_vm, parser=p)
 
@@ -140,6 +147,7 @@ def _vm(args: argparse.Namespace) -> int:
         power_on=args.power_on,
         power_off=args.power_off,
         quiet=args.quiet,
+        disks_at_once=args.disks_at_once,
     )
 
 
@@ -230,38 +238,38 @@ def vm_restore(
     power_on: bool,
     power_off: bool,
     quiet: bool = False,
+    disks_at_once: int | None = None,
 ) -> int:
-    from vmguard.vm.restore import restore_in_place, restore_new_vm
+    from vmguard.vm.restore import DISKS_AT_ONCE, DiskProgress, restore_in_place, restore_new_vm
     from vmguard.vsphere.session import VSphereSession
 
-    displays: list[ProgressDisplay] = []
-
-    def progress(key: int) -> ProgressDisplay:
-        """One bar per disk, one after the other (disks are written in turn)."""
-        if displays:
-            displays[-1].finish()
-        displays.append(ProgressDisplay(f"restore disk {key}", enabled=not quiet))
-        return displays[-1]
+    # The disks are written in parallel: one bar for all of them.
+    manifest = repo.load_archive(archive_id)
+    keys = [d.key for d in manifest.disks]
+    what = f"restore disk {keys[0]}" if len(keys) == 1 else f"restore disks {', '.join(keys)}"
+    display = ProgressDisplay(what, enabled=not quiet)
+    summed = DiskProgress(display, {int(d.key): d.length for d in manifest.disks})
+    at_once = disks_at_once or DISKS_AT_ONCE
 
     session = VSphereSession(ep)
     try:
         if new_name:
             made = restore_new_vm(
-                session, repo, archive_id, target(new_name), locator, power_on, progress
-            )
-            if displays:
-                displays[-1].finish()
+                session, repo, archive_id, target(new_name), locator, power_on, summed.disk,
+                disks_at_once=at_once,
+            )  # fmt: skip
+            display.finish()
             out.write(f"restored {archive_id} as {made.vm.name} ({made.vm.moref})\n")
         else:
-            manifest = repo.load_archive(archive_id)
             moref = in_place_vm or manifest.vm.moref
-            done = restore_in_place(session, repo, archive_id, moref, locator, power_off, progress)
-            if displays:
-                displays[-1].finish()
+            done = restore_in_place(
+                session, repo, archive_id, moref, locator, power_off, summed.disk,
+                disks_at_once=at_once,
+            )  # fmt: skip
+            display.finish()
             for key, why in sorted(done.reasons.items()):
                 out.write(f"disk {key}: {why}\n")
     finally:
-        for display in displays:
-            display.close()
+        display.close()
         session.close()
     return 0

@@ -30,6 +30,7 @@ from vmguard.config import (
 __all__ = [
     "BACKUP",
     "COMMAND",
+    "DISKS_AT_ONCE_ENV",
     "KEY_FILE_ENV",
     "LOCATOR_ENV",
     "REPO_ENV",
@@ -66,6 +67,9 @@ KEY_FILE_ENV = "VMGUARD_KEY_FILE"
 # (vmguard.vm.access.open_locator); and the transport wanted.
 LOCATOR_ENV = "VMGUARD_PROXY_LOCATOR"
 TRANSPORT_ENV = "VMGUARD_TRANSPORT"
+# How many of a VM's disks a restore Job writes at once: what its vCenter's limits grant
+# (controller.kube.admission.disks_at_once); unset: vmguard.vm.restore.DISKS_AT_ONCE.
+DISKS_AT_ONCE_ENV = "VMGUARD_RESTORE_DISKS_AT_ONCE"
 
 RESTORE_TARGET_DIR = "/restore-target"
 """Where a files restore into a PVC finds the claim mounted."""

@@ -68,4 +68,19 @@ def job_locator(env: Mapping[str, str], ep: Endpoint) -> DiskLocator:
     return open_locator(env.get(env_names.LOCATOR_ENV, "vddk"), ep, vddk_libdir=libdir)
 
 
-__all__ = ["endpoint_from", "job_locator", "repository_from"]
+def disks_at_once(env: Mapping[str, str]) -> int | None:
+    """How many disks the Job may write at once (``VMGUARD_RESTORE_DISKS_AT_ONCE``), or
+    None when the operator set no bound."""
+    text = env.get(env_names.DISKS_AT_ONCE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{env_names.DISKS_AT_ONCE_ENV} must be a whole number >= 1")
+    return value
+
+
+__all__ = ["disks_at_once", "endpoint_from", "job_locator", "repository_from"]

@@ -10,7 +10,9 @@ non-zero so the Job fails and the operator fails the restore.
 
 - ``newVM`` and ``disks``: each prepared disk is written through the transport
   (:func:`vmguard.vm.restore.write_disk`); a fresh disk keeps its holes, an
-  overwritten one has them zeroed.
+  overwritten one has them zeroed. Disks are written in parallel, at most as many at
+  once as the operator granted the Job (``VMGUARD_RESTORE_DISKS_AT_ONCE``, from its
+  vCenter's limits), and their progress is summed into one ``status.progress``.
 - ``inPlace``: :func:`vmguard.vm.restore.restore_in_place` writes only the chunks
   changed since the backup where the CBT chain allows (the VM is already off).
 - ``files``: :func:`vmguard.files.restore.restore_paths` into an S3 prefix
@@ -24,10 +26,10 @@ secret is ever logged or reported.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from vmguard.api.kinds import RESTORE
@@ -39,29 +41,32 @@ from vmguard.errors import (
     RetryableError,
     VmguardError,
 )
-from vmguard.proxy.environment import endpoint_from, job_locator, repository_from
+from vmguard.proxy.environment import disks_at_once, endpoint_from, job_locator, repository_from
 from vmguard.proxy.report import StatusReporter
 from vmguard.proxy.restore_files import restore_files
 from vmguard.store import ArchiveManifest, Repository
-from vmguard.vm.restore import restore_in_place, write_disk
+from vmguard.vm.restore import (
+    DISKS_AT_ONCE,
+    DiskProgress,
+    restore_in_place,
+    write_disk,
+    write_disks,
+)
 from vmguard.vsphere.session import VSphereSession
 
 log = logging.getLogger(__name__)
 
 
 class _Progress:
-    """Sums per-disk (or per-file) progress into one throttled ``status.progress``."""
+    """A ``(done, total)`` callback into one throttled ``status.progress``."""
 
-    def __init__(self, reporter: StatusReporter, total: int) -> None:
-        self.reporter, self.total, self.base = reporter, total, 0
+    def __init__(self, reporter: StatusReporter) -> None:
+        self.reporter = reporter
         self.started = time.monotonic()
 
-    def report(self, done: int) -> None:
+    def __call__(self, done: int, total: int) -> None:
         rate = done / max(time.monotonic() - self.started, 1e-3)
-        self.reporter.progress(done, self.total, rate)
-
-    def disk(self, base: int) -> Callable[[int, int], None]:
-        return lambda done, _total: self.report(base + done)
+        self.reporter.progress(done, total, rate)
 
 
 def error_reason(exc: BaseException) -> str:
@@ -95,14 +100,12 @@ def write_vm_disks(
     """newVM, inPlace, disks: write through the transport; the new ``status.result``."""
     endpoint = endpoint_from(os.environ)
     locator = job_locator(os.environ, endpoint)
+    at_once = disks_at_once(os.environ) or DISKS_AT_ONCE
     session = VSphereSession(endpoint)
     try:
         if "inPlace" in target:
             moref = result["vm"]["moref"]
-            offsets, total = {}, 0
-            for d in manifest.disks:
-                offsets[int(d.key)], total = total, total + d.length
-            progress = _Progress(reporter, total)
+            lengths = {int(d.key): d.length for d in manifest.disks}
             done = restore_in_place(
                 session,
                 repo,
@@ -110,7 +113,8 @@ def write_vm_disks(
                 moref,
                 locator,
                 power_off=False,
-                progress=lambda key: progress.disk(offsets[key]),
+                progress=DiskProgress(_Progress(reporter), lengths).disk,
+                disks_at_once=at_once,
             )
             disks = [
                 {"sourceKey": k, "vm": moref, "key": k, "bytesWritten": s.bytes_written}
@@ -128,12 +132,12 @@ def write_vm_disks(
             for moref in sorted({d["vm"] for d in prepared}):
                 keys = [int(d["key"]) for d in prepared if d["vm"] == moref]
                 mark_in_place_restore(session, moref, keys, manifest.archive_id)
-        total = sum(manifest.disk(str(d["sourceKey"])).length for d in prepared)
-        progress = _Progress(reporter, total)
-        base = 0
-        written = []
-        for d in prepared:
-            stats = write_disk(
+        lengths = {n: manifest.disk(str(d["sourceKey"])).length for n, d in enumerate(prepared)}
+        progress = DiskProgress(_Progress(reporter), lengths)
+        log.info("writing %d disk(s), at most %d at once", len(prepared), at_once)
+        writes = [
+            functools.partial(
+                write_disk,
                 locator,
                 repo,
                 manifest,
@@ -144,10 +148,14 @@ def write_vm_disks(
                 # A new VM's disks are empty; any other may hold old data where the
                 # backup has holes (zeroing punches holes, so thin stays thin).
                 zero_holes="newVM" not in target,
-                progress=progress.disk(base),
+                progress=progress.disk(n),
             )
-            base += stats.length
-            written.append({**d, "bytesWritten": stats.bytes_written})
+            for n, d in enumerate(prepared)
+        ]
+        stats = write_disks(writes, at_once)
+        written = [
+            {**d, "bytesWritten": s.bytes_written} for d, s in zip(prepared, stats, strict=True)
+        ]
         return {**result, "disks": written}
     finally:
         session.close()

@@ -10,6 +10,8 @@ Reads keep several requests in flight on one connection (libnbd's asynchronous A
 which is what makes NBD fast on a high-latency link. Allocation comes from NBD block
 status (``base:allocation``); a server without it reports the whole disk as data. Only
 ranges the server flags zero (STATE_ZERO) are skipped: a hole without that flag is read.
+Writes go over several connections at once where the server offers multi-conn
+(:class:`NbdSink`), and zeros as WRITE_ZEROES requests, never as data.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +37,8 @@ from vmguard.transport.extents import Bytes, Extent, normalise, split
 
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
+CONNECTIONS = 4
+"""A sink's connections where the server offers multi-conn (nbdcopy's default)."""
 _STATUS_SPAN = 1 << 30  # ask for block status a GiB at a time
 _ZERO_SPAN = 1 << 30  # NBD lengths are 32-bit; zero a GiB per request
 
@@ -251,44 +257,87 @@ class NbdSource:
 
 
 class NbdSink:
-    """A :class:`~vmguard.transport.extents.BlockSink` over a writable NBD export."""
+    """A :class:`~vmguard.transport.extents.BlockSink` over a writable NBD export.
 
-    def __init__(self, uri: str, in_flight: int = IN_FLIGHT) -> None:
+    Where the server offers multi-conn (``can_multi_conn``: a flush on one connection
+    covers writes completed on every other), the sink opens ``connections`` connections
+    and sends each request on the next one, from one thread per connection: the server
+    then receives and writes several requests at once (nbdkit receives each connection's
+    requests, payloads included, on one thread), and our thread
+    that submits returns at once. Without multi-conn, one connection with
+    ``in_flight`` asynchronous requests. Requests are at most :data:`REQUEST_BYTES`, or
+    the server's maximum block size when it states a smaller one.
+
+    Invariants: every byte handed to :meth:`write` or :meth:`zero` is acknowledged by
+    the server before :meth:`flush` returns, and :meth:`flush` then flushes the
+    export; a failed request is raised by the next :meth:`write`, :meth:`zero` or
+    :meth:`flush`. At most ``in_flight`` requests are queued or in flight in all (with
+    multi-conn, plus the one each connection's thread is sending), so the buffers the
+    sink holds on to are bounded. Requests to ranges that overlap may land
+    in any order before a flush (the restore never sends two to one range).
+    """
+
+    def __init__(
+        self, uri: str, in_flight: int = IN_FLIGHT, connections: int = CONNECTIONS
+    ) -> None:
         self._h = _connect(uri)
         self._size = int(self._h.get_size())
         self.in_flight = in_flight
+        self.request_bytes = _request_bytes(self._h)
         # (cookie, buffer): the buffer must outlive its command.
         self._pending: deque[tuple[int, memoryview | None]] = deque()
+        self._lanes: list[_Lane] = []
+        if connections > 1 and self._h.can_multi_conn():
+            handles = [self._h] + [_connect(uri) for _ in range(connections - 1)]
+            depth = max(1, in_flight // connections)
+            self._lanes = [_Lane(h, depth, n) for n, h in enumerate(handles)]
+        self._turn = 0
+        self.requests = {"write": 0, "zero": 0}
+        """Requests sent, by kind (written zeros, where the server cannot zero, are writes)."""
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def connections(self) -> int:
+        return len(self._lanes) or 1
 
     def write(self, offset: int, data: Bytes) -> None:
         """Queue a write of ``data`` at ``offset``; ``data`` must not change until flush.
 
         libnbd sends straight from ``data`` (any buffer: bytes, a memoryview slice), so
         a chunk is never copied on its way to the socket; the reference kept in the
-        pending queue keeps it alive until the server has acknowledged it.
+        queue keeps it alive until the server has acknowledged it.
         """
         view = memoryview(data)
-        for start in range(0, len(view), REQUEST_BYTES):
-            while len(self._pending) >= self.in_flight:
-                self._wait_oldest()
-            piece = view[start : start + REQUEST_BYTES]
-            self._pending.append((self._h.aio_pwrite(piece, offset + start), piece))
+        for start in range(0, len(view), self.request_bytes):
+            piece = view[start : start + self.request_bytes]
+            self._send(_WRITE, offset + start, piece)
 
     def zero(self, offset: int, length: int) -> None:
         """NBD WRITE_ZEROES without NO_HOLE: the server may punch a hole (nbdkit's file
         plugin does). A server without it gets zeros written."""
         if not self._h.can_zero():
-            for piece in split([Extent(offset, length)], REQUEST_BYTES):
+            for piece in split([Extent(offset, length)], self.request_bytes):
                 self.write(piece.offset, bytes(piece.length))
             return
         for piece in split([Extent(offset, length)], _ZERO_SPAN):
-            while len(self._pending) >= self.in_flight:
-                self._wait_oldest()
-            self._pending.append((self._h.aio_zero(piece.length, piece.offset), None))
+            self._send(_ZERO, piece.offset, piece.length)
+
+    def _send(self, kind: str, offset: int, what: memoryview | int) -> None:
+        self.requests[kind] += 1
+        if self._lanes:
+            lane = self._lanes[self._turn]
+            self._turn = (self._turn + 1) % len(self._lanes)
+            lane.put(offset, what)
+            return
+        while len(self._pending) >= self.in_flight:
+            self._wait_oldest()
+        if isinstance(what, int):
+            self._pending.append((self._h.aio_zero(what, offset), None))
+        else:
+            self._pending.append((self._h.aio_pwrite(what, offset), what))
 
     def _wait_oldest(self) -> None:
         cookie, _ = self._pending[0]
@@ -299,12 +348,81 @@ class NbdSink:
     def flush(self) -> None:
         while self._pending:
             self._wait_oldest()
+        for lane in self._lanes:
+            lane.drain()
         if self._h.can_flush():
             self._h.flush()
 
     def close(self) -> None:
-        self.flush()
-        _close(self._h)
+        try:
+            self.flush()
+        finally:
+            for lane in self._lanes:
+                lane.stop()
+            for lane in self._lanes[1:]:
+                _close(lane.handle)
+            _close(self._h)
+
+
+_WRITE, _ZERO = "write", "zero"
+
+
+class _Lane:
+    """One connection of a multi-conn sink and the thread that sends its requests.
+
+    The thread runs libnbd's synchronous calls, which release the GIL while the request
+    is sent and acknowledged. Its queue holds at most ``depth`` requests; the first
+    failure is kept, the requests after it are dropped, and it is raised to the sink's
+    caller by :meth:`put` or :meth:`drain`.
+    """
+
+    def __init__(self, handle: nbd.NBD, depth: int, number: int) -> None:
+        self.handle = handle
+        self._queue: queue.Queue[tuple[int, memoryview | int] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"nbd-sink_{number}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                offset, what = item
+                if self._error is None:
+                    if isinstance(what, int):
+                        self.handle.zero(what, offset)
+                    else:
+                        self.handle.pwrite(what, offset)
+            except BaseException as exc:  # raised to the caller by put() or drain()
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, offset: int, what: memoryview | int) -> None:
+        """Queue a write of ``what`` (a buffer) or a zero request of ``what`` bytes."""
+        self._raise()
+        self._queue.put((offset, what))
+
+    def drain(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _request_bytes(h: nbd.NBD) -> int:
+    """:data:`REQUEST_BYTES`, or less where the server states a smaller maximum."""
+    maximum = int(h.get_block_size(nbd.SIZE_MAXIMUM))
+    return min(REQUEST_BYTES, maximum) if maximum > 0 else REQUEST_BYTES
 
 
 def _close(h: nbd.NBD) -> None:

@@ -14,16 +14,25 @@
   so the next backup runs a full-scan incremental rather than trust a change id from
   before them.
 - **Single disk**: a new disk is added to an existing VM and written.
+
+The disks of one VM are written in parallel, at most ``disks_at_once`` at a time
+(:func:`write_disks`; default :data:`DISKS_AT_ONCE`): a proxy Job is told how many its
+vCenter's limits grant it. Memory is bounded by ``disks_at_once`` times one disk's
+pipeline depth. The first disk that fails stops the restore: the disks not yet started
+are not started, the running ones end, and the failure is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from vmguard.engine.pipeline import Progress
+from vmguard.engine.pipeline import Progress, bounded_map
 from vmguard.engine.plan import chunks_touching
 from vmguard.engine.restore import RestoreStats, restore_disk
 from vmguard.errors import ConfigError, PermanentError
@@ -37,6 +46,54 @@ from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.session import VSphereSession
 from vmguard.vsphere.snapshots import snapshot_cycle
 from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig
+
+DISKS_AT_ONCE = 2
+"""Disks of a VM written at once unless the caller says otherwise."""
+
+T = TypeVar("T")
+
+
+def write_disks(writes: Sequence[Callable[[], T]], at_once: int) -> list[T]:
+    """Run each disk's write, at most ``at_once`` at a time; the results in the given order.
+
+    The first failure is raised once the writes running beside it have ended; writes not
+    started by then are never started.
+    """
+    if at_once < 1:
+        raise ConfigError(f"disks at once must be at least 1, not {at_once}")
+    results: dict[int, T] = {}
+
+    def run(item: tuple[int, Callable[[], T]]) -> tuple[int, T]:
+        return item[0], item[1]()
+
+    items = list(enumerate(writes))
+    at_once = min(at_once, len(items)) or 1
+    for number, result in bounded_map(
+        run, items, workers=at_once, depth=at_once, ordered=False, name="restore-disk"
+    ):
+        results[number] = result
+    return [results[n] for n in range(len(items))]
+
+
+class DiskProgress:
+    """Sums the progress of disks written in parallel into one ``(done, total)`` callback.
+
+    Each disk's callback (:meth:`disk`) is called from that disk's thread; ``report`` is
+    called under a lock, so it sees one sum at a time.
+    """
+
+    def __init__(self, report: Progress, lengths: Mapping[int, int]) -> None:
+        self._report, self._total = report, sum(lengths.values())
+        self._done: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def disk(self, key: int) -> Progress:
+        def progress(done: int, _total: int) -> None:
+            with self._lock:
+                self._done[key] = done
+                self._report(sum(self._done.values()), self._total)
+
+        return progress
 
 
 def archive_config(manifest: ArchiveManifest) -> VMConfig:
@@ -93,8 +150,10 @@ def restore_new_vm(
     locator: DiskLocator,
     power_on: bool = False,
     progress: Callable[[int], Progress] | None = None,
+    disks_at_once: int = DISKS_AT_ONCE,
 ) -> NewVMResult:
-    """``progress(disk key)``, when given, makes the progress callback of that disk."""
+    """``progress(disk key)``, when given, makes the progress callback of that disk (called
+    from that disk's thread)."""
     manifest = repo.load_archive(archive_id)
     config = archive_config(manifest)
     if not target.datastore:
@@ -104,19 +163,24 @@ def restore_new_vm(
     vrestore.check_target(session, config, target)
     created = vrestore.create_vm(session, config, target)
     try:
-        results = {
-            d.source_key: write_disk(
-                locator,
-                repo,
-                manifest,
-                created.moref,
-                d.source_key,
-                d.key,
-                d.file_name,
-                progress=progress(d.source_key) if progress else None,
-            )
-            for d in created.disks
-        }
+        written = write_disks(
+            [
+                functools.partial(
+                    write_disk,
+                    locator,
+                    repo,
+                    manifest,
+                    created.moref,
+                    d.source_key,
+                    d.key,
+                    d.file_name,
+                    progress=progress(d.source_key) if progress else None,
+                )
+                for d in created.disks
+            ],
+            disks_at_once,
+        )
+        results = {d.source_key: w for d, w in zip(created.disks, written, strict=True)}
     except BaseException:
         vrestore.destroy(session, created.moref)
         raise
@@ -149,8 +213,10 @@ def restore_in_place(
     locator: DiskLocator,
     power_off: bool = False,
     progress: Callable[[int], Progress] | None = None,
+    disks_at_once: int = DISKS_AT_ONCE,
 ) -> InPlaceResult:
-    """``progress(disk key)``, when given, makes the progress callback of that disk."""
+    """``progress(disk key)``, when given, makes the progress callback of that disk (called
+    from that disk's thread)."""
     manifest = repo.load_archive(archive_id)
     vm = session.call(lambda si: vm_record(si, vm_moref))
     if vm.power_state != "poweredOff":
@@ -184,24 +250,35 @@ def restore_in_place(
     cbt.mark_in_place_restore(session, vm_moref, backed, archive_id)
     result = InPlaceResult()
     size = repo.chunk_size
+    writes: list[Callable[[], RestoreStats]] = []
     for key, record in sorted(backed.items()):
         disk = live[key]
         p = plans.get(key)
+        only = None
         if p is not None and p.areas is not None:
             only = [Extent(start, length) for start, length in p.areas]
             count = len(chunks_touching(only, size, record.length))
             result.reasons[key] = f"changed chunks only ({count}; {p.reason})"
-            result.disks[key] = write_disk(
-                locator, repo, manifest, vm_moref, key, key, disk.backing_file,
-                only=only, zero_holes=True, progress=progress(key) if progress else None,
-            )  # fmt: skip
         else:
             why = p.reason if p is not None else "CBT is off or the backup has no change id"
             result.reasons[key] = f"full overwrite ({why})"
-            result.disks[key] = write_disk(
-                locator, repo, manifest, vm_moref, key, key, disk.backing_file,
-                zero_holes=True, progress=progress(key) if progress else None,
-            )  # fmt: skip
+        writes.append(
+            functools.partial(
+                write_disk,
+                locator,
+                repo,
+                manifest,
+                vm_moref,
+                key,
+                key,
+                disk.backing_file,
+                only=only,
+                zero_holes=True,
+                progress=progress(key) if progress else None,
+            )
+        )
+    for key, stats in zip(sorted(backed), write_disks(writes, disks_at_once), strict=True):
+        result.disks[key] = stats
     return result
 
 

@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 EXACT_POSITIONS = 10
 
@@ -78,6 +79,32 @@ class VCenterLimits:
     disks: int = 52
     disks_per_host: int = 48
     disks_per_datastore: int = 8
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> VCenterLimits:
+        """A VCenter's ``spec.limits``, VMware's NBD guidance where not given."""
+        given = spec.get("limits") or {}
+        d = cls()
+        return cls(
+            int(given.get("nfcDisks") or d.disks),
+            int(given.get("nfcDisksPerHost") or d.disks_per_host),
+            int(given.get("disksPerDatastore") or d.disks_per_datastore),
+        )
+
+
+def disks_at_once(disk_count: int, limits: VCenterLimits, *, nfc: bool, wanted: int) -> int:
+    """How many of one item's disks its Job may have open at once: at most ``wanted``
+    and its ``disk_count``, and never more than a vCenter limit allows on one resource.
+
+    An item is admitted with all its disks counted, or — larger than a limit — alone on
+    the resource it exceeds; in that case its Job must still not open more disks at a
+    time than the limit, so the bound here is the smallest limit that applies (the NFC
+    ones only when it reads or writes through NFC).
+    """
+    bound = min(wanted, max(disk_count, 1), limits.disks_per_datastore)
+    if nfc:
+        bound = min(bound, limits.disks, limits.disks_per_host)
+    return max(bound, 1)
 
 
 @dataclass(frozen=True)

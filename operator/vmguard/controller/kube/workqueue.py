@@ -90,13 +90,7 @@ class PolicyTerms:
 
 def vcenter_limits(spec: Mapping[str, Any]) -> VCenterLimits:
     """A VCenter's ``spec.limits``, VMware's NBD guidance where not given."""
-    given = spec.get("limits") or {}
-    d = VCenterLimits()
-    return VCenterLimits(
-        int(given.get("nfcDisks") or d.disks),
-        int(given.get("nfcDisksPerHost") or d.disks_per_host),
-        int(given.get("disksPerDatastore") or d.disks_per_datastore),
-    )
+    return VCenterLimits.of(spec)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from vmguard.controller.kube.proxyjob import (
     repository_env,
     vcenter_env,
 )
-from vmguard.proxy.contract import RESTORE_TARGET_DIR, restore_args
+from vmguard.proxy.contract import DISKS_AT_ONCE_ENV, RESTORE_TARGET_DIR, restore_args
 
 COMPONENT_RESTORE = "restore"
 
@@ -38,6 +38,7 @@ def build_restore_job(
     *,
     repository: Mapping[str, Any],
     vcenter: Mapping[str, Any] | None,
+    disks_at_once: int | None = None,
     active_deadline: int = 4 * 3600,
     ttl: int = 24 * 3600,
 ) -> dict[str, Any]:
@@ -48,11 +49,15 @@ def build_restore_job(
     restore into a PVC mounts the claim at :data:`RESTORE_TARGET_DIR`. Writes go over
     NBD, so the pod is restricted. A failed restore is reported, not retried: the
     operator decides (and destroys a half-made VM); a retry would race that cleanup.
+    ``disks_at_once``: how many disks the Job may write in parallel (what its vCenter's
+    limits grant, :func:`~vmguard.controller.kube.admission.disks_at_once`).
     """
     meta = vmrestore["metadata"]
     pieces = [repository_env(repository)]
     if vcenter is not None:
         pieces.append(vcenter_env(vcenter))
+    if disks_at_once is not None:
+        pieces.append(([{"name": DISKS_AT_ONCE_ENV, "value": str(disks_at_once)}], [], []))
     pvc = ((vmrestore["spec"]["target"].get("files") or {}).get("to") or {}).get("pvc")
     if pvc:
         pieces.append(

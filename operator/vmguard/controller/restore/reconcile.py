@@ -46,6 +46,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
+from vmguard.controller.kube.admission import VCenterLimits, disks_at_once
 from vmguard.controller.kube.bodies import (
     backup_spec,
     backup_status,
@@ -199,11 +200,21 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
     jobs = JobAPI(api.api)
     await jobs.ensure_rbac(build_proxy_rbac(ns, settings.service_account))
+    at_once = None
+    if vc_obj is not None:
+        # Restores write over NBD, so the NFC limits apply as well as the datastore's.
+        at_once = disks_at_once(
+            len(prepared.disks),
+            VCenterLimits.of(vc_obj["spec"]),
+            nfc=True,
+            wanted=settings.restore_disks_at_once,
+        )
     job = builders.build_restore_job(
         obj,
         settings,
         repository=repo_obj["spec"],
         vcenter=vc_obj["spec"] if vc_obj is not None else None,
+        disks_at_once=at_once,
     )
     await jobs.create_job(job)
     conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
