@@ -31,6 +31,8 @@ from vmguard.api.names import (
     FINALIZER,
     GROUP,
     LABEL_ATTEMPT,
+    LABEL_OWNER_NAMESPACE,
+    LABEL_OWNER_UID,
     LABEL_POLICY,
     LABEL_PRIVILEGED_PROXIES,
     LABEL_REPOSITORY,
@@ -62,7 +64,7 @@ from vmguard.api.reasons import (
     TRANSIENT_WAITING,
     UNSCHEDULABLE,
 )
-from vmguard.api.spec import BackupSpec, LocalRef
+from vmguard.api.spec import BackupSpec, LocalRef, ObjectRef
 from vmguard.api.status import (
     BackupDisk,
     BackupPlacement,
@@ -94,6 +96,8 @@ __all__ = [
     "FINALIZER",
     "GROUP",
     "LABEL_ATTEMPT",
+    "LABEL_OWNER_NAMESPACE",
+    "LABEL_OWNER_UID",
     "LABEL_POLICY",
     "LABEL_PRIVILEGED_PROXIES",
     "LABEL_REPOSITORY",
@@ -125,6 +129,7 @@ __all__ = [
     "ConditionStatus",
     "Failure",
     "LocalRef",
+    "ObjectRef",
     "Progress",
     "RestorePhase",
     "RestoreResult",

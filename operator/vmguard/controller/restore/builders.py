@@ -40,6 +40,7 @@ def build_restore_job(
     vcenter: Mapping[str, Any] | None,
     active_deadline: int = 4 * 3600,
     ttl: int = 24 * 3600,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """The proxy Job of one VMGuardRestore: ``vmguard proxy restore --namespace NS --name N``.
 
@@ -48,6 +49,8 @@ def build_restore_job(
     restore into a PVC mounts the claim at :data:`RESTORE_TARGET_DIR`. Writes go over
     NBD, so the pod is restricted. A failed restore is reported, not retried: the
     operator decides (and destroys a half-made VM); a retry would race that cleanup.
+    ``namespace``: where the Job runs when not the restore's own (the namespace of the
+    repository and VCenter it references there; the Job is then found by labels).
     """
     meta = vmrestore["metadata"]
     pieces = [repository_env(repository)]
@@ -67,7 +70,7 @@ def build_restore_job(
     )
     return proxy_job(
         name=restore_job_name(vmrestore),
-        namespace=meta["namespace"],
+        namespace=namespace or meta["namespace"],
         owner={**vmrestore, "kind": vmrestore.get("kind", RESTORE.kind)},
         labels=labels,
         settings=settings,
