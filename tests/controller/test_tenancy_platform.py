@@ -10,13 +10,14 @@ Jobs, which run in P, beside the Secrets, and report to the tenant's object thro
 reporting Role.
 
 The first test's archives are written by the one-process backup with the origin a proxy
-records (``vmguard.io/namespace``), and its VMGuardBackups are labelled synced, as catalog
-sync makes them (so no controller backs them up); the second runs a backup through the
-operator. Each stays under the suite's 30 s.
+records (``vmguard.io/namespace``), and its VMGuardBackups are made by the operator's
+catalog sync pass from the shared repository; the second runs a backup through the
+operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -32,7 +33,10 @@ from tests.controller.test_restores import locator, one_disk_vm, vc  # noqa: F40
 from tests.controller.test_tenancy import as_user, chart_roles  # noqa: F401
 
 from vmguard.api import LABEL_OWNER_NAMESPACE, LABEL_OWNER_UID, LABEL_SYNCED, SYNCED
+from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import REPORTING_ROLE
+from vmguard.controller.repository import catalog
+from vmguard.controller.repository.catalog import archive_of
 from vmguard.store import MasterKey, Repository, ScryptParams
 from vmguard.store.backend.s3 import S3Backend
 from vmguard.store.lineage import ORIGIN_NAMESPACE
@@ -176,36 +180,27 @@ def test_tenant_with_built_in_edit_restores_its_own_backup_from_a_platform_names
     p, a, b, c, refs = platform.platform, platform.a, platform.b, platform.c, platform.refs
     operator = start_operator(*platform.watched())  # starts while the archives are written
     repo, vm = _store(s3_bucket), {"moref": one_disk_vm.moref}
-    for ns, name in ((a, "a-1"), (b, "b-1")):  # an archive of A's and one of B's
+    archives = {}
+    for ns in (a, b):  # an archive of A's and one of B's, as their proxies record them
         options = BackupOptions(transport="nbd", vcenter="lab", labels={ORIGIN_NAMESPACE: ns})
-        manifest = backup_vm(vc, repo, one_disk_vm.moref, locator, options).manifest
-        objects.create(
-            kube_api,
-            ns,
-            B_,
-            "VMGuardBackup",
-            name,
-            {"vm": vm, **refs},
-            labels={LABEL_SYNCED: SYNCED},
-        )
-        objects.patch_status(
-            kube_api,
-            ns,
-            B_,
-            name,
-            {
-                "phase": "Completed",
-                "archiveId": manifest.archive_id,
-                "vcenter": "lab",
-                "repository": "repo",
-                "vcenterNamespace": p,
-                "repositoryNamespace": p,
-            },
-        )
+        archives[ns] = backup_vm(vc, repo, one_disk_vm.moref, locator, options).manifest
+    # Catalog sync (the operator's pass, run here once) hands each archive to its
+    # origin: A's to A, B's to B, nothing to P and nothing of B's to A.
+    repository = objects.get(kube_api, p, "vmguardrepositories", "repo")
+    asyncio.run(catalog.sync(KubeAPI(kube_api), repository, lambda *_: None))
+    synced = {}
+    for ns in (p, a, b):
+        found = {archive_of(o): o for o in objects.items(kube_api, ns, B_)}
+        assert set(found) == ({archives[ns].archive_id} if ns != p else set()), ns
+        if ns != p:
+            synced[ns] = found[archives[ns].archive_id]["metadata"]["name"]
+            spec = found[archives[ns].archive_id]["spec"]
+            assert spec["repositoryRef"] == {"name": "repo", "namespace": p}
+    a_1 = synced[a]
 
     # Bob restores A's backup to a new VM: admitted by RBAC, run by a Job in P.
     new_vm = {"newVM": {"name": f"tenant-{secrets.token_hex(3)}"}}
-    made = as_user(BOB, "create", "-f", "-", input=_restore(a, "a-1-new", "a-1", new_vm))
+    made = as_user(BOB, "create", "-f", "-", input=_restore(a, "a-1-new", a_1, new_vm))
     assert made.returncode == 0, made.stderr
     done = objects.wait_phase(kube_api, a, R_, "a-1-new", {"Completed", "Failed"}, 120)
     moref = ((done["status"].get("result") or {}).get("vm") or {}).get("moref")
@@ -231,7 +226,7 @@ def test_tenant_with_built_in_edit_restores_its_own_backup_from_a_platform_names
     # B's archive named from A — a VMGuardBackup in A whose status someone other than the
     # operator wrote — is refused by its origin, any mode, files included; a files
     # restore into A's PVC cannot be run from P, nor one to S3 outside A's prefix.
-    b_1 = objects.get(kube_api, b, B_, "b-1")["status"]
+    b_1 = objects.get(kube_api, b, B_, synced[b])["status"]
     objects.create(
         kube_api,
         a,
@@ -247,8 +242,8 @@ def test_tenant_with_built_in_edit_restores_its_own_backup_from_a_platform_names
     refused = (
         ("b-vm", "b-forged", {"newVM": {"name": "x"}}, "SourceReady", "ArchiveOfAnotherNamespace"),
         ("b-files", "b-forged", {"files": files}, "SourceReady", "ArchiveOfAnotherNamespace"),
-        ("a-pvc", "a-1", {"files": pvc}, "TargetReady", "PVCAcrossNamespaces"),
-        ("a-s3", "a-1", {"files": files}, "TargetReady", "PrefixOutsideNamespace"),
+        ("a-pvc", a_1, {"files": pvc}, "TargetReady", "PVCAcrossNamespaces"),
+        ("a-s3", a_1, {"files": files}, "TargetReady", "PrefixOutsideNamespace"),
     )
     for name, backup, target, _, _ in refused:
         made = as_user(BOB, "create", "-f", "-", input=_restore(a, name, backup, target))
