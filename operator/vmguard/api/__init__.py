@@ -32,6 +32,8 @@ from vmguard.api.names import (
     FINALIZER,
     GROUP,
     LABEL_ATTEMPT,
+    LABEL_OWNER_NAMESPACE,
+    LABEL_OWNER_UID,
     LABEL_POLICY,
     LABEL_PRIVILEGED_PROXIES,
     LABEL_REPOSITORY,
@@ -63,7 +65,7 @@ from vmguard.api.reasons import (
     TRANSIENT_WAITING,
     UNSCHEDULABLE,
 )
-from vmguard.api.spec import BackupSpec, LocalRef
+from vmguard.api.spec import BackupSpec, LocalRef, ObjectRef
 from vmguard.api.status import (
     BackupDisk,
     BackupPlacement,
@@ -101,6 +103,8 @@ __all__ = [
     "FINALIZER",
     "GROUP",
     "LABEL_ATTEMPT",
+    "LABEL_OWNER_NAMESPACE",
+    "LABEL_OWNER_UID",
     "LABEL_POLICY",
     "LABEL_PRIVILEGED_PROXIES",
     "LABEL_REPOSITORY",
@@ -133,6 +137,7 @@ __all__ = [
     "Failure",
     "LastGoodPoint",
     "LocalRef",
+    "ObjectRef",
     "PointCopy",
     "PointVerification",
     "Progress",

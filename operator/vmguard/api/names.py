@@ -71,6 +71,12 @@ LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"
 LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"
 LABEL_ATTEMPT: Final = "vmguard.io/attempt"
 LABEL_VMRESTORE: Final = "vmguard.io/vmrestore"
+LABEL_OWNER_NAMESPACE: Final = "vmguard.io/owner-namespace"
+"""On a proxy Job that runs in another namespace than the object it works for (a
+cross-namespace reference, docs/tenancy.md): that object's namespace. No ownerReference
+can cross namespaces, so these two labels are how such a Job is found and removed."""
+LABEL_OWNER_UID: Final = "vmguard.io/owner-uid"
+"""On the same Jobs: the UID of the VMGuardBackup or VMGuardRestore they work for."""
 
 # Labels the platform team sets on a namespace.
 LABEL_PRIVILEGED_PROXIES: Final = "vmguard.io/privileged-proxies"

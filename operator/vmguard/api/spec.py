@@ -24,6 +24,19 @@ class LocalRef(TypedDict):
     name: str
 
 
+class _ObjectRefKeys(TypedDict):
+    name: str
+
+
+class ObjectRef(_ObjectRefKeys, total=False):
+    """``{name, namespace}`` of a VCenter or VMGuardRepository: without ``namespace``, or
+    with the referring object's own, the object in the same namespace; with another, the
+    object there, honoured only when its ``spec.allowedNamespaces`` names the referring
+    namespace (docs/tenancy.md)."""
+
+    namespace: str
+
+
 class _BackupSpecKeys(TypedDict):
     vm: VMIdentity
 
@@ -32,6 +45,6 @@ class BackupSpec(_BackupSpecKeys, total=False):
     """``VMGuardBackup.spec``: what to back up (immutable)."""
 
     policyRef: LocalRef
-    vcenterRef: LocalRef
-    repositoryRef: LocalRef
+    vcenterRef: ObjectRef
+    repositoryRef: ObjectRef
     mode: Literal["auto", "full"]

@@ -122,6 +122,9 @@ class BackupStatus(TypedDict, total=False):
     vm: VMIdentity
     vcenter: str
     repository: str
+    vcenterNamespace: str
+    repositoryNamespace: str
+    jobNamespace: str
     placement: BackupPlacement
     queuePosition: int | None
     modeRequested: str
@@ -172,6 +175,9 @@ class RestoreStatus(TypedDict, total=False):
     archiveId: str
     vcenter: str
     repository: str
+    vcenterNamespace: str
+    repositoryNamespace: str
+    jobNamespace: str
     powerOnAfter: bool
     jobName: str
     progress: Progress

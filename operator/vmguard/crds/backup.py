@@ -53,11 +53,9 @@ spec = obj(
             "VMProtectionPolicy",
             label=True,
         ),
-        "vcenterRef": f.local_ref(
-            "The VM's vCenter (default: the policy's).", "VCenter", label=True
-        ),
-        "repositoryRef": f.local_ref(
-            "Where to store the backup (default: the policy's).", "VMGuardRepository", label=True
+        "vcenterRef": f.object_ref("The VM's vCenter (default: the policy's).", "VCenter"),
+        "repositoryRef": f.object_ref(
+            "Where to store the backup (default: the policy's).", "VMGuardRepository"
         ),
         "mode": enum(
             "auto: incremental from the VM's last archive when the CBT chain allows, else a "
@@ -115,6 +113,16 @@ status = obj(
         "vm": f.vm_identity("The VM as resolved at snapshot time.", required=False),
         "vcenter": string("Name of the VCenter used.", max_length=63),
         "repository": string("Name of the VMGuardRepository used.", max_length=63),
+        "vcenterNamespace": string(
+            "Namespace of the VCenter used, when not this one.", max_length=63
+        ),
+        "repositoryNamespace": string(
+            "Namespace of the VMGuardRepository used, when not this one.", max_length=63
+        ),
+        "jobNamespace": string(
+            "Namespace the proxy Jobs run in, when not this one (the credentials' namespace).",
+            max_length=63,
+        ),
         "placement": f.placement(
             "Where the VM runs, as resolved; the admission limits count by it."
         ),

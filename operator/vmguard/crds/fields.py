@@ -6,7 +6,10 @@ user reads when it is wrong. Rules that relate several fields live in the kind m
 
 Conventions (documented in ``docs/resource-model.md``):
 
-- References are same-namespace ``{name: ...}`` objects. VCenter, VMGuardRepository and
+- References are same-namespace ``{name: ...}`` objects, except ``vcenterRef`` and
+  ``repositoryRef``, which may add a ``namespace`` (:func:`object_ref`; honoured when the
+  referenced object's ``allowedNamespaces`` names the referrer, docs/tenancy.md). VCenter,
+  VMGuardRepository and
   VMProtectionPolicy names are DNS-1123 *labels* (≤ 63 characters) because the operator
   copies them into label values and into generated VMGuardBackup names; everything else is
   referenced by a DNS-1123 *subdomain* (≤ 253), as Kubernetes names Secrets and PVCs.
@@ -68,6 +71,36 @@ def local_ref(description: str, kind: str, *, label: bool) -> Schema:
         description,
         {"name": object_name(f"Name of the {kind} in this namespace.", label=label)},
         required=["name"],
+    )
+
+
+def object_ref(description: str, kind: str) -> Schema:
+    """``{name, namespace?}`` of a VCenter or VMGuardRepository, possibly in another
+    namespace (a platform namespace that lists the referrer in its
+    ``spec.allowedNamespaces``)."""
+    return obj(
+        description,
+        {
+            "name": object_name(f"Name of the {kind}.", label=True),
+            "namespace": object_name(
+                f"Namespace of the {kind} (default: this one). Another namespace is honoured "
+                f"only when the {kind}'s spec.allowedNamespaces lists this one.",
+                label=True,
+            ),
+        },
+        required=["name"],
+    )
+
+
+def allowed_namespaces(kind: str) -> Schema:
+    """``spec.allowedNamespaces`` of a VCenter or VMGuardRepository."""
+    return array(
+        f"Namespaces whose objects may reference this {kind} with {{name, namespace}} "
+        "(its own namespace always may). Exact names; edited by the platform team only. "
+        "Their proxy Jobs run in this namespace (docs/tenancy.md).",
+        object_name("A namespace.", label=True),
+        max_items=1000,
+        list_type="set",
     )
 
 

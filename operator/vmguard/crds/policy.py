@@ -288,10 +288,8 @@ concurrency = obj(
 spec = obj(
     "Selection, schedule, retention and behaviour of backups.",
     {
-        "vcenterRef": f.local_ref(
-            "The vCenter whose VMs this policy protects.", "VCenter", label=True
-        ),
-        "repositoryRef": f.local_ref("Where the backups go.", "VMGuardRepository", label=True),
+        "vcenterRef": f.object_ref("The vCenter whose VMs this policy protects.", "VCenter"),
+        "repositoryRef": f.object_ref("Where the backups go.", "VMGuardRepository"),
         "default": boolean(
             "The fail-safe policy of the vCenter: it protects every VM that no other policy "
             "selects. It has no selector. One per vCenter.",

@@ -147,6 +147,7 @@ spec = obj(
             },
             required=["schedule"],
         ),
+        "allowedNamespaces": f.allowed_namespaces("VMGuardRepository"),
     },
     required=["s3", "credentialsSecretRef"],
     rules=[

@@ -197,9 +197,7 @@ spec = obj(
             },
             required=["backupRef"],
         ),
-        "vcenterRef": f.local_ref(
-            "vCenter to restore into (default: the backup's).", "VCenter", label=True
-        ),
+        "vcenterRef": f.object_ref("vCenter to restore into (default: the backup's).", "VCenter"),
         "target": target,
     },
     required=["source", "target"],
@@ -218,6 +216,16 @@ status = obj(
         ),
         "vcenter": string("Name of the VCenter restored into.", max_length=63),
         "repository": string("Name of the VMGuardRepository read.", max_length=63),
+        "vcenterNamespace": string(
+            "Namespace of the VCenter restored into, when not this one.", max_length=63
+        ),
+        "repositoryNamespace": string(
+            "Namespace of the VMGuardRepository read, when not this one.", max_length=63
+        ),
+        "jobNamespace": string(
+            "Namespace the restore Job runs in, when not this one (the credentials').",
+            max_length=63,
+        ),
         "powerOnAfter": boolean(
             "Whether Finalizing powers the VM on: newVM.powerOn, or an in-place target "
             "that was on before the restore powered it off."

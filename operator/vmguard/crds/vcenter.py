@@ -116,6 +116,7 @@ spec = obj(
             max_items=64,
             list_type="set",
         ),
+        "allowedNamespaces": f.allowed_namespaces("VCenter"),
     },
     required=["host", "credentialsSecretRef"],
 )

@@ -58,6 +58,8 @@ class BackupOptions:
     full_every: int = 0
     hooks: HookPlan | None = None
     """Guest hooks around the snapshot (docs/snapshot-cycle.md); None runs none."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """More manifest labels, e.g. the origin (``vmguard.io/namespace``) a proxy records."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def backup_vm(
         mode_reason="" if decision.mode == "incremental" else decision.reason,
         snapshot_note=taken.fallback_reason,
         backings={d.key: d.backing_file for d in prepared.vm.disks},
+        labels=dict(opts.labels),
     )
     failed = True
     try:

@@ -56,8 +56,13 @@ def build_backup_job(
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
     policy_proxy: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """The proxy Job of one transfer attempt of ``vmbackup``.
+
+    ``namespace``: where the Job runs, when not the backup's own (its vCenter and
+    repository referenced in another namespace: the Job runs beside their Secrets and is
+    not owned by the backup, see :func:`~vmguard.controller.kube.proxyjob.proxy_job`).
 
     ``vcenter`` and ``repository`` are the specs of the objects the backup resolved to;
     ``policy_proxy`` its policy's ``spec.proxy``, added to the chart's pod settings
@@ -69,7 +74,7 @@ def build_backup_job(
     labels = backup_labels(vmbackup) | {LABEL_ATTEMPT: str(attempt)}
     return proxy_job(
         name=job_name(meta["name"], attempt),
-        namespace=meta["namespace"],
+        namespace=namespace or meta["namespace"],
         owner={**vmbackup, "kind": vmbackup.get("kind", BACKUP.kind)},
         labels=labels,
         settings=settings,

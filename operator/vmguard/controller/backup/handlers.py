@@ -55,20 +55,29 @@ def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
 def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
-    """Resolved backups in flight by (namespace, vCenter): the admission loops' state,
-    kept by the watch. A change wakes that vCenter's loop."""
+    """Resolved backups in flight by (the VCenter's namespace, vCenter): the admission
+    loops' state, kept by the watch. A change wakes that vCenter's loop. A backup whose
+    VCenter is in another namespace (``status.vcenterNamespace``, docs/tenancy.md) is
+    queued under that VCenter's loop, with the other namespaces' backups of the vCenter."""
     record = admission.queued_of(body)
     if record is None:
         return None
-    admission_wakeup(memo, record.namespace, record.vcenter).set()
-    return {(record.namespace, record.vcenter): record}
+    vc_ns = _vcenter_namespace(body) or record.namespace
+    admission_wakeup(memo, vc_ns, record.vcenter).set()
+    return {(vc_ns, record.vcenter): record}
+
+
+def _vcenter_namespace(body: Any) -> str | None:
+    return (body.get("status") or {}).get("vcenterNamespace") or (body.get("metadata") or {}).get(
+        "namespace"
+    )
 
 
 def _wake_admission(memo: Any, body: kopf.Body) -> None:
     """A backup left the queue (ended, or deleted while running): its vCenter's loop
     plans now rather than at its next idle turn."""
     vc = (body.get("status") or {}).get("vcenter")
-    ns = (body.get("metadata") or {}).get("namespace")
+    ns = _vcenter_namespace(body)
     if vc and ns and getattr(memo, "admission_wakeups", None) is not None:
         admission_wakeup(memo, ns, vc).set()
 

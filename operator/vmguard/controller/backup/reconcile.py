@@ -70,13 +70,18 @@ from vmguard.config import BackupSettings, ProxySettings
 from vmguard.controller.backup import builders, steps
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube import points
-from vmguard.controller.kube.access import endpoint_for, open_for_backup, repository_secrets
+from vmguard.controller.kube.access import open_for_backup, repository_secrets, vcenter_endpoint
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import outcome_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import consolidation_allowed
-from vmguard.controller.kube.proxyjob import build_proxy_rbac, job_name, policy_pod
+from vmguard.controller.kube.proxyjob import (
+    build_proxy_rbac,
+    build_reporting_rbac,
+    job_name,
+    policy_pod,
+)
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     ConfigError,
@@ -112,6 +117,8 @@ class BackupContext:
     timing: Timing = REAL_TIME
     """The controller's clock: start, completion, deadline and retry back-off."""
     rbac_done: set[str] = field(default_factory=set)
+    reporting_done: set[tuple[str, str]] = field(default_factory=set)
+    """(object's namespace, Job namespace) pairs whose reporting Role is in place."""
 
 
 def queued(status: Any) -> bool:
@@ -131,6 +138,12 @@ def in_flight(status: Any, labels: Any = None) -> bool:
     if is_synced(labels):
         return False
     return (status or {}).get("phase") not in BACKUP_TERMINAL
+
+
+def jobs_namespace(obj: dict[str, Any]) -> str:
+    """Where the backup's proxy Jobs run: ``status.jobNamespace`` (a cross-namespace
+    reference, docs/tenancy.md), else its own namespace."""
+    return backup_status(obj).get("jobNamespace") or obj["metadata"]["namespace"]
 
 
 def _age(obj: dict[str, Any], now: dt.datetime) -> float:
@@ -223,7 +236,9 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
         await p.patch({"phase": BackupPhase.PENDING, "startTime": format_time(ctx.timing.now())})
     if phase != BackupPhase.FINALIZING and _age(obj, ctx.timing.now()) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
-        await ctx.jobs.delete_jobs(p.ns, f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}")
+        await ctx.jobs.delete_jobs(
+            jobs_namespace(obj), f"{LABEL_VMBACKUP_UID}={obj['metadata']['uid']}"
+        )
         await p.fail("DeadlineExceeded", message, snapshot_taken=phase != BackupPhase.PENDING)
         return 0.0
     handler = {
@@ -264,7 +279,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
     status = backup_status(obj)
     if not (status.get("vm") or {}).get("moref"):
         try:
-            ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+            ep = await vcenter_endpoint(ctx.api, refs.vcenter)
             vm = await asyncio.to_thread(steps.resolve_vm_blocking, ep, backup_spec(obj)["vm"])
         except VMNotFoundError as exc:
             await p.fail("VMNotFound", str(exc), snapshot_taken=False)
@@ -282,6 +297,7 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
                 "vm": cast(VMIdentity, {k: v for k, v in ids.items() if v}),
                 "vcenter": refs.vcenter_name,
                 "repository": refs.repository_name,
+                **refs.across(p.ns),
                 "placement": {
                     "host": vm.host,
                     "datastores": list(vm.datastores),
@@ -303,11 +319,11 @@ async def _transport(
 ) -> TransportChoice:
     """What the proxy Job may do here, from the namespace's labels and, with
     ``on_capable_nodes`` (the VM's moref), the nodes that can hot-add it; as a condition."""
-    labels = await ctx.api.namespace_labels(p.ns)
-    choice = choose_transport(refs.policy_spec.get("transport", "auto"), p.ns, labels)
+    labels = await ctx.api.namespace_labels(refs.job_namespace)
+    choice = choose_transport(refs.policy_spec.get("transport", "auto"), refs.job_namespace, labels)
     if on_capable_nodes and choice.transport != "nbd" and not choice.refused:
         nodes = await ctx.api.node_uuids()
-        ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+        ep = await vcenter_endpoint(ctx.api, refs.vcenter)
         able, why_not = await asyncio.to_thread(
             steps.hotadd_nodes_blocking, ep, on_capable_nodes, nodes
         )
@@ -317,7 +333,8 @@ async def _transport(
     return choice
 
 
-async def _repository(ctx: BackupContext, ns: str, refs: steps.Refs) -> Any:
+async def _repository(ctx: BackupContext, refs: steps.Refs) -> Any:
+    ns = refs.repository["metadata"]["namespace"]  # its Secrets are beside it
     creds, key = await repository_secrets(ctx.api, ns, refs.repository["spec"])
     return await asyncio.to_thread(open_for_backup, refs.repository["spec"], creds, key)
 
@@ -338,8 +355,8 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         await p.patch({})
         return WAIT_REFS
     try:
-        ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
-        repo = await _repository(ctx, p.ns, refs)
+        ep = await vcenter_endpoint(ctx.api, refs.vcenter)
+        repo = await _repository(ctx, refs)
         prepared = await asyncio.to_thread(
             steps.prepare_blocking,
             ep,
@@ -423,9 +440,14 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
 async def _start_attempt(
     ctx: BackupContext, obj: dict[str, Any], p: Patcher, refs: steps.Refs, attempt: int
 ) -> None:
-    if p.ns not in ctx.rbac_done:
-        await ctx.jobs.ensure_rbac(build_proxy_rbac(p.ns, ctx.proxy.service_account))
-        ctx.rbac_done.add(p.ns)
+    where = refs.job_namespace
+    if where not in ctx.rbac_done:
+        await ctx.jobs.ensure_rbac(build_proxy_rbac(where, ctx.proxy.service_account))
+        ctx.rbac_done.add(where)
+    if where != p.ns and (p.ns, where) not in ctx.reporting_done:
+        rbac = build_reporting_rbac(p.ns, where, ctx.proxy.service_account)
+        await ctx.jobs.ensure_rbac(rbac)
+        ctx.reporting_done.add((p.ns, where))
     remaining = ctx.settings.deadline - _age(obj, ctx.timing.now())
     # Again at each attempt: the namespace's labels may have changed since Pending. A
     # privileged proxy only on a node that can hot-add this VM (asked of vCenter now).
@@ -445,6 +467,7 @@ async def _start_attempt(
             active_deadline=int(min(ctx.settings.job_deadline, max(remaining, 1))),
             ttl=ctx.settings.job_ttl,
             policy_proxy=refs.policy_spec.get("proxy"),
+            namespace=where,
         )
     except ProxySettingsNotAllowed as exc:  # the policy changed since Pending checked it
         await p.fail(type(exc).__name__, str(exc), snapshot_taken=True)
@@ -473,13 +496,13 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         await _start_attempt(ctx, obj, p, refs, 1)
         return ctx.settings.poll
     name = job_name(p.name, attempt)
-    job = await ctx.jobs.read_job(p.ns, name)
+    job = await ctx.jobs.read_job(refs.job_namespace, name)
     if job is None:  # the Job was deleted under us: a lost attempt
         reason, message, finished = "JobLost", f"Job {name} disappeared", None
     else:
         st = job_state(job)
         if st.active:
-            return await _watch_proxy_start(ctx, obj, p, job)
+            return await _watch_proxy_start(ctx, obj, p, job, refs.job_namespace)
         if st.succeeded:
             if status.get("archiveId"):
                 p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
@@ -528,7 +551,7 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
 
 
 async def _watch_proxy_start(
-    ctx: BackupContext, obj: dict[str, Any], p: Patcher, job: dict[str, Any]
+    ctx: BackupContext, obj: dict[str, Any], p: Patcher, job: dict[str, Any], where: str
 ) -> float | None:
     """An active Job whose pod cannot start: say why now, fail when it cannot get better.
 
@@ -537,7 +560,7 @@ async def _watch_proxy_start(
     Either failure goes through Finalizing, which removes the snapshot.
     """
     name = job["metadata"]["name"]
-    trouble = await ctx.jobs.proxy_trouble(p.ns, name)
+    trouble = await ctx.jobs.proxy_trouble(where, name)
     said: dict[str, Any] = next(
         (dict(c) for c in p.conditions if c.get("type") == "Transferring"), {}
     )
@@ -549,7 +572,7 @@ async def _watch_proxy_start(
         return ctx.settings.poll
     text = trouble.gives_up(job, ctx.timing.now(), ctx.proxy.start_timeout)
     if text is not None:
-        await ctx.jobs.delete_job(p.ns, name)
+        await ctx.jobs.delete_job(where, name)
         p.condition("Transferring", False, trouble.reason, text)
         p.condition("Ready", False, trouble.reason, text)
         await p.patch(
@@ -576,7 +599,7 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         if refs is None:
             return WAIT_REFS
         try:
-            ep = await endpoint_for(ctx.api, p.ns, refs.vcenter["spec"])
+            ep = await vcenter_endpoint(ctx.api, refs.vcenter)
             done = await asyncio.to_thread(
                 steps.finish_blocking,
                 ep,
@@ -648,11 +671,11 @@ def restore_point(obj: dict[str, Any]) -> RestorePoint:
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:
     """A VMGuardBackup deleted in flight: stop its Job, remove its snapshot (raises to retry)."""
     meta, status = obj["metadata"], backup_status(obj)
-    await ctx.jobs.delete_jobs(meta["namespace"], f"{LABEL_VMBACKUP_UID}={meta['uid']}")
+    await ctx.jobs.delete_jobs(jobs_namespace(obj), f"{LABEL_VMBACKUP_UID}={meta['uid']}")
     moref = (status.get("vm") or {}).get("moref")
     if not moref or (status.get("snapshot") or {}).get("removed"):
         return
     refs = await steps.resolve_refs(ctx.api, meta["namespace"], backup_spec(obj))
-    ep = await endpoint_for(ctx.api, meta["namespace"], refs.vcenter["spec"])
+    ep = await vcenter_endpoint(ctx.api, refs.vcenter)
     allow = consolidation_allowed(refs.policy_spec)
     await asyncio.to_thread(steps.finish_blocking, ep, moref, meta["uid"], allow_consolidate=allow)

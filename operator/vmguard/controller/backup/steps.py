@@ -3,7 +3,10 @@
 - :func:`resolve_refs`: a VMGuardBackup names a policy, or a vCenter and a repository (both
   may also override the policy's). A missing object is a :class:`MissingRef` — the
   backup waits with a condition saying which, it does not fail: GitOps may apply the
-  policy a moment later.
+  policy a moment later. A vCenter or repository in another namespace
+  (:mod:`vmguard.controller.kube.refs`) that does not admit this one, or a vCenter and a
+  repository in two namespaces, is a :class:`MissingRef` too (``ReferenceNotAllowed``,
+  ``ReferencesSplit``): the platform team may fix its allow-list.
 - :func:`hook_plan`: the policy's guest hooks and the guest account from the Secret
   ``hooks.guestCredentialsSecretRef`` names; a Secret that is missing or lacks a key is
   a :class:`MissingRef` (reason ``GuestCredentialsMissing``), so the backup waits.
@@ -23,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmguard.api import VMIdentity, parse_duration
+from vmguard.api import BackupStatus, VMIdentity, parse_duration
 from vmguard.api.kinds import POLICY, REPOSITORY, VCENTER
+from vmguard.controller.kube import refs as references
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import ConfigError
 from vmguard.store import Repository
@@ -49,10 +53,24 @@ class Refs:
     vcenter: dict[str, Any]
     repository: dict[str, Any]
     policy: dict[str, Any] | None = None
+    job_namespace: str = ""
+    """Where the proxy Jobs run: the namespace of the vCenter and repository (and their
+    Secrets), the backup's own unless they are referenced across namespaces."""
 
     @property
     def policy_spec(self) -> dict[str, Any]:
         return dict((self.policy or {}).get("spec") or {})
+
+    def across(self, own_namespace: str) -> BackupStatus:
+        """The status fields naming the namespaces of what is not in ``own_namespace``."""
+        out: BackupStatus = {}
+        if references.namespace_of(self.vcenter) != own_namespace:
+            out["vcenterNamespace"] = references.namespace_of(self.vcenter)
+        if references.namespace_of(self.repository) != own_namespace:
+            out["repositoryNamespace"] = references.namespace_of(self.repository)
+        if self.job_namespace != own_namespace:
+            out["jobNamespace"] = self.job_namespace
+        return out
 
 
 async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) -> Refs:
@@ -63,21 +81,25 @@ async def resolve_refs(api: KubeAPI, namespace: str, spec: Mapping[str, Any]) ->
         if policy is None:
             raise MissingRef("PolicyNotFound", f"VMProtectionPolicy {policy_name} does not exist")
     pspec = (policy or {}).get("spec") or {}
-    vc_name = (spec.get("vcenterRef") or {}).get("name") or (pspec.get("vcenterRef") or {}).get(
-        "name"
-    )
-    repo_name = (spec.get("repositoryRef") or {}).get("name") or (
-        pspec.get("repositoryRef") or {}
-    ).get("name")
+    vc_ref = spec.get("vcenterRef") or pspec.get("vcenterRef") or {}
+    repo_ref = spec.get("repositoryRef") or pspec.get("repositoryRef") or {}
+    vc_name, repo_name = vc_ref.get("name"), repo_ref.get("name")
     if not vc_name or not repo_name:
         raise MissingRef("RefsIncomplete", "no vCenter or repository: give policyRef or both refs")
-    vcenter = await api.get_object(VCENTER.plural, namespace, vc_name)
-    if vcenter is None:
-        raise MissingRef("VCenterNotFound", f"VCenter {vc_name} does not exist")
-    repository = await api.get_object(REPOSITORY.plural, namespace, repo_name)
-    if repository is None:
-        raise MissingRef("RepositoryNotFound", f"VMGuardRepository {repo_name} does not exist")
-    return Refs(vc_name, repo_name, vcenter, repository, policy)
+    try:
+        vcenter = await references.get_referenced(api, VCENTER, namespace, vc_ref)
+        if vcenter is None:
+            named = references.shown(vc_ref, namespace)
+            raise MissingRef("VCenterNotFound", f"VCenter {named} does not exist")
+        repository = await references.get_referenced(api, REPOSITORY, namespace, repo_ref)
+        if repository is None:
+            named = references.shown(repo_ref, namespace)
+            message = f"VMGuardRepository {named} does not exist"
+            raise MissingRef("RepositoryNotFound", message)
+        job_namespace = references.job_namespace(namespace, vcenter, repository)
+    except references.RefusedReference as exc:
+        raise MissingRef(exc.reason, str(exc)) from None
+    return Refs(vc_name, repo_name, vcenter, repository, policy, job_namespace)
 
 
 def resolve_vm_blocking(ep: Endpoint, vm: VMIdentity) -> VMRecord:

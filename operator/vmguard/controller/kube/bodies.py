@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from vmguard.api import BackupSpec, BackupStatus, LocalRef, RestoreStatus
+from vmguard.api import BackupSpec, BackupStatus, LocalRef, ObjectRef, RestoreStatus
 
 
 def backup_status(obj: Mapping[str, Any]) -> BackupStatus:
@@ -35,6 +35,6 @@ def backup_spec(obj: Mapping[str, Any]) -> BackupSpec:
     return cast(BackupSpec, obj.get("spec") or {})
 
 
-def ref_name(ref: LocalRef | None) -> str | None:
+def ref_name(ref: LocalRef | ObjectRef | None) -> str | None:
     """The name a reference of a spec gives (``policyRef`` …); None without one."""
     return ref.get("name") if ref else None

@@ -7,18 +7,22 @@ The proxy's ServiceAccount, Role and RoleBinding are applied idempotently before
 first proxy Job of a namespace (create, or replace the Role's rules if they drifted).
 :meth:`JobAPI.proxy_trouble` reads an active Job's pods and events, because a Job's own
 conditions stay silent while its pod cannot start (see :mod:`.proxypods`).
+:meth:`JobAPI.sweep_foreign` removes the Jobs of a namespace that work for an object of
+another namespace that is gone (cross-namespace references: no ownerReference, so no
+garbage collector removes them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 
-from vmguard.api import parse_time
+from vmguard.api import LABEL_OWNER_NAMESPACE, LABEL_OWNER_UID, parse_time
 from vmguard.controller.kube.kubeapi import read_or_none
 from vmguard.controller.kube.proxypods import ProxyTrouble, classify
 from vmguard.errors import RetryableError
@@ -133,6 +137,31 @@ class JobAPI:
             return len(jobs)
 
         return await asyncio.to_thread(delete)
+
+    async def sweep_foreign(
+        self, namespace: str, live_uids: Callable[[str], Awaitable[set[str]]]
+    ) -> list[str]:
+        """Delete the Jobs in ``namespace`` whose object (by :data:`LABEL_OWNER_UID`, in the
+        namespace :data:`LABEL_OWNER_NAMESPACE` names) is not among ``live_uids(that
+        namespace)``; their names. Only Jobs that carry both labels are looked at."""
+        jobs = await asyncio.to_thread(
+            lambda: (
+                self.batch.list_namespaced_job(
+                    namespace, label_selector=f"{LABEL_OWNER_NAMESPACE},{LABEL_OWNER_UID}"
+                ).items
+            )
+        )
+        live: dict[str, set[str]] = {}
+        gone = []
+        for job in jobs:
+            labels = job.metadata.labels or {}
+            owner_ns = labels[LABEL_OWNER_NAMESPACE]
+            if owner_ns not in live:
+                live[owner_ns] = await live_uids(owner_ns)
+            if labels[LABEL_OWNER_UID] not in live[owner_ns]:
+                await self.delete_job(namespace, job.metadata.name)
+                gone.append(job.metadata.name)
+        return gone
 
     async def ensure_rbac(self, objects: list[dict[str, Any]]) -> None:
         """Apply ServiceAccount, Role, RoleBinding: create, or bring a Role's rules back."""

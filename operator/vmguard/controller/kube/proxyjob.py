@@ -18,6 +18,14 @@ policy adds within the chart's allow-list), :func:`proxy_job` (the Job around on
 proxy container). :func:`build_proxy_rbac` is
 the ServiceAccount, Role and RoleBinding a proxy runs as: read its own kinds, patch
 their status, nothing else.
+
+A Job runs in its object's namespace and is owned by it (ownerReference: deleting the
+object deletes the Job), unless the object references its VCenter and VMGuardRepository
+in another namespace (docs/tenancy.md): then the Job runs there, beside the Secrets it is
+given, carries :data:`~vmguard.api.LABEL_OWNER_NAMESPACE` and
+:data:`~vmguard.api.LABEL_OWNER_UID` instead of an ownerReference (none can cross
+namespaces), and :func:`build_reporting_rbac` lets the proxy's ServiceAccount of that
+namespace read and report to the object in the object's namespace.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from vmguard.api import API_VERSION, GROUP
+from vmguard.api import API_VERSION, GROUP, LABEL_OWNER_NAMESPACE, LABEL_OWNER_UID
 from vmguard.api.kinds import BACKUP, RESTORE
 from vmguard.config import ProxySettings
 from vmguard.errors import ProxySettingsNotAllowed
@@ -345,18 +353,21 @@ def proxy_job(
     pod_spec.update(copy.deepcopy(dict(pod if pod is not None else pod_placement(settings))))
     if nodes:
         pod_spec["affinity"] = only_on_nodes(pod_spec.get("affinity"), nodes)
-    template_meta: dict[str, Any] = {"labels": dict(labels)}
+    job_labels = dict(labels)
+    job_meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": job_labels}
+    owner_meta = owner["metadata"]
+    if owner_meta.get("namespace", namespace) == namespace:
+        job_meta["ownerReferences"] = [owner_reference(owner)]
+    else:  # no ownerReference crosses namespaces: found and removed by these labels
+        job_labels[LABEL_OWNER_NAMESPACE] = owner_meta["namespace"]
+        job_labels[LABEL_OWNER_UID] = owner_meta["uid"]
+    template_meta: dict[str, Any] = {"labels": dict(job_labels)}
     if settings.pod_annotations:
         template_meta["annotations"] = dict(settings.pod_annotations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [owner_reference(owner)],
-        },
+        "metadata": job_meta,
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(active_deadline)),
@@ -413,6 +424,54 @@ def build_proxy_rbac(namespace: str, service_account: str) -> list[dict[str, Any
             },
             "subjects": [
                 {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        },
+    ]
+
+
+REPORTING_ROLE = "vmguard-proxy-report"
+
+
+def build_reporting_rbac(
+    namespace: str, job_namespace: str, service_account: str
+) -> list[dict[str, Any]]:
+    """Role and RoleBinding in ``namespace`` (a tenant's) that let the proxy's
+    ServiceAccount of ``job_namespace`` (the platform namespace its Jobs run in) do what
+    a proxy does to the object it works for: get VMGuardBackups and VMGuardRestores,
+    patch their status. No ServiceAccount is made in ``namespace``: no pod there runs as
+    a proxy. The RoleBinding is named after ``job_namespace``, one per namespace that
+    runs Jobs for this one."""
+    labels = {"app.kubernetes.io/name": "vmguard-proxy", "app.kubernetes.io/part-of": "vmguard"}
+    meta = {"namespace": namespace, "labels": labels}
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": REPORTING_ROLE, **meta},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [BACKUP.plural, RESTORE.plural],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{BACKUP.plural}/status", f"{RESTORE.plural}/status"],
+                    "verbs": ["patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": bounded_name(f"{REPORTING_ROLE}-{job_namespace}"), **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": REPORTING_ROLE,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": job_namespace}
             ],
         },
     ]

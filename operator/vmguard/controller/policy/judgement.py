@@ -40,6 +40,7 @@ from vmguard.api import Condition, format_time, parse_duration
 from vmguard.api.kinds import REPOSITORY, VCENTER
 from vmguard.controller.kube.conditions import set_condition, standing_conditions
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.refs import RefusedReference, get_referenced
 from vmguard.controller.kube.schedule import Schedule, parse
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy.builders import run_label
@@ -102,11 +103,16 @@ def assess_spec(
 async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
     namespace = policy["metadata"]["namespace"]
     spec = policy.get("spec") or {}
-    vcenter = (spec.get("vcenterRef") or {}).get("name", "")
-    repository = (spec.get("repositoryRef") or {}).get("name", "")
-    vc = await api.get_object(VCENTER.plural, namespace, vcenter) if vcenter else None
-    repo = await api.get_object(REPOSITORY.plural, namespace, repository) if repository else None
-    return assess_spec(spec, vc is not None, repo is not None)
+    found, refused = {}, []
+    for kind, ref in ((VCENTER, "vcenterRef"), (REPOSITORY, "repositoryRef")):
+        try:  # across namespaces only where admitted (docs/tenancy.md)
+            found[ref] = await get_referenced(api, kind, namespace, spec.get(ref))
+        except RefusedReference as exc:
+            found[ref] = {}
+            refused.append((exc.reason, str(exc)))
+    out = assess_spec(spec, found["vcenterRef"] is not None, found["repositoryRef"] is not None)
+    out.problems[:0] = refused
+    return out
 
 
 def conflicts(

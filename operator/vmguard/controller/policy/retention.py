@@ -52,6 +52,7 @@ from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.refs import RefusedReference, get_referenced
 from vmguard.controller.kube.schedule import zone
 from vmguard.errors import ConfigError, VmguardError
 from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
@@ -118,6 +119,11 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
         or vm
     )
     repository = status.get("repository") or (pspec.get("repositoryRef") or {}).get("name", "")
+    across = status.get("repositoryNamespace") or (
+        (pspec.get("repositoryRef") or {}).get("namespace") if not status.get("repository") else ""
+    )
+    if across and across != meta.get("namespace"):  # a platform namespace's (docs/tenancy.md)
+        repository = f"{across}/{repository}"
     return Candidate(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
@@ -206,7 +212,12 @@ class Retention:
         chosen: Plan,
         announce: Announce,
     ) -> set[str]:
-        repo_obj = await api.get_object(REPOSITORY.plural, namespace, repo_name)
+        where, _, name = repo_name.rpartition("/")  # "<namespace>/<name>" across namespaces
+        ref = {"name": name, "namespace": where or namespace}
+        try:
+            repo_obj = await get_referenced(api, REPOSITORY, namespace, ref)
+        except RefusedReference as exc:
+            raise ConfigError(str(exc)) from None
         if repo_obj is None:
             raise ConfigError(f"VMGuardRepository {repo_name!r} does not exist")
         repo = await open_repository(api, repo_obj)

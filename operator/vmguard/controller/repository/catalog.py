@@ -28,6 +28,12 @@ Invariants:
   Pending). A synced object left without status is completed by the next pass.
 - Deleting a VMGuardBackup object keeps its archive, so the next pass brings the object back,
   synced. Only retention deletes archives (with their objects).
+- A repository shared across namespaces (its ``spec.allowedNamespaces``, docs/tenancy.md)
+  hands each archive to the namespace its manifest names as origin
+  (``vmguard.io/namespace``) when the repository admits that namespace, and every other
+  archive to the repository's own namespace: never one tenant's archive to another. The
+  VMGuardBackups of all those namespaces are listed, so an archive one of them names gets
+  no second object anywhere.
 """
 
 from __future__ import annotations
@@ -94,6 +100,17 @@ def archive_of(obj: Mapping[str, Any]) -> str:
     )
 
 
+def repository_namespace_of(obj: Mapping[str, Any]) -> str:
+    """The namespace of the VMGuardRepository a VMGuardBackup names (its own by default)."""
+    meta, ref = obj.get("metadata") or {}, backup_spec(obj).get("repositoryRef")
+    return str(
+        backup_status(obj).get("repositoryNamespace")
+        or (ref.get("namespace") if ref else None)
+        or meta.get("namespace")
+        or ""
+    )
+
+
 def repository_of(obj: Mapping[str, Any]) -> str:
     """The VMGuardRepository a VMGuardBackup was made with (status), or asked for (spec)."""
     meta, spec = obj.get("metadata") or {}, backup_spec(obj)
@@ -122,11 +139,20 @@ class CatalogPlan:
 
 
 def plan_catalog(
-    repository: str, archive_ids: Iterable[str], backups: Iterable[Mapping[str, Any]]
+    repository: str,
+    archive_ids: Iterable[str],
+    backups: Iterable[Mapping[str, Any]],
+    *,
+    covered_elsewhere: Iterable[str] = (),
+    repository_namespace: str | None = None,
 ) -> CatalogPlan:
-    """What one pass does for ``repository`` (pure); ``backups`` = all of the namespace."""
+    """What one pass does for ``repository`` (pure); ``backups`` = all of one namespace.
+
+    ``covered_elsewhere``: archives VMGuardBackups of other namespaces name (a shared
+    repository); ``repository_namespace``: where the repository is, so that a backup of a
+    same-named repository in another namespace is not taken for one of this one."""
     present = set(archive_ids)
-    covered: set[str] = set()
+    covered: set[str] = set(covered_elsewhere)
     complete, flag, clear = [], [], []
     for obj in backups:
         meta, status = obj.get("metadata") or {}, backup_status(obj)
@@ -134,6 +160,11 @@ def plan_catalog(
         if archive:
             covered.add(archive)  # by any VMGuardBackup, of any repository: never two objects
         if not archive or repository_of(obj) != repository or meta.get("deletionTimestamp"):
+            continue
+        if (
+            repository_namespace is not None
+            and repository_namespace_of(obj) != repository_namespace
+        ):
             continue
         name = str(meta.get("name", ""))
         if is_synced(meta.get("labels")) and not status.get("phase"):
@@ -199,9 +230,19 @@ def _vm_ids(manifest: ArchiveManifest) -> dict[str, str]:
 
 
 def build_synced_backup(
-    manifest: ArchiveManifest, *, namespace: str, repository: str, placement: Placement
+    manifest: ArchiveManifest,
+    *,
+    namespace: str,
+    repository: str,
+    placement: Placement,
+    repository_namespace: str | None = None,
+    vcenter_namespace: str | None = None,
 ) -> dict[str, Any]:
-    """The VMGuardBackup object (no status: see :func:`synced_status`) for an archive. Pure."""
+    """The VMGuardBackup object (no status: see :func:`synced_status`) for an archive. Pure.
+
+    ``repository_namespace`` / ``vcenter_namespace``: where the repository and VCenter
+    are when not in ``namespace`` (a shared repository handing an archive to the tenant
+    namespace that made it): the refs then name them."""
     if placement.vcenter is None:
         raise ValueError("a synced VMGuardBackup needs a vCenter name")
     ids = _vm_ids(manifest) or {"name": manifest.archive_id}
@@ -221,8 +262,8 @@ def build_synced_backup(
         annotations[ANNOTATION_SYNCED_FROM] = origin[:512]
     spec: dict[str, Any] = {
         "vm": ids,
-        "vcenterRef": {"name": placement.vcenter},
-        "repositoryRef": {"name": repository},
+        "vcenterRef": _ref(placement.vcenter, vcenter_namespace, namespace),
+        "repositoryRef": _ref(repository, repository_namespace, namespace),
     }
     if placement.policy:
         spec["policyRef"] = {"name": placement.policy}
@@ -237,6 +278,10 @@ def build_synced_backup(
         },
         "spec": spec,
     }
+
+
+def _ref(name: str, where: str | None, namespace: str) -> dict[str, str]:
+    return {"name": name, "namespace": where} if where and where != namespace else {"name": name}
 
 
 def synced_status(
@@ -324,32 +369,51 @@ async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) 
     repository cannot be read (the caller retries at its next interval)."""
     meta = repository["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    allowed = list((repository.get("spec") or {}).get("allowedNamespaces") or ())
     report = SyncReport()
-    backups = await api.list_objects(PLURAL, ns)  # before the archives: see the docstring
+    # Before the archives (see the docstring); the admitted namespaces' too when shared.
+    lists = {n: await api.list_objects(PLURAL, n) for n in dict.fromkeys([ns, *allowed])}
     try:
         repo = await access.open_repository(api, dict(repository))
     except RepositoryNotFoundError:
         return report  # nothing written there yet; a missing config is not "every archive gone"
     refs = await asyncio.to_thread(repo.list_archives)
-    plan = plan_catalog(name, (r.archive_id for r in refs), backups)
-    log.debug(
-        "catalog %s/%s: %d archives, %d without an object", ns, name, len(refs), len(plan.create)
-    )
-    if plan.create or plan.complete:
-        await _create(api, repo, ns, name, plan, backups, report)
-    by_name = {b["metadata"]["name"]: b for b in backups}
-    for backup_name in plan.flag:
-        obj = by_name[backup_name]
-        message = f"archive {archive_of(obj)} is not in repository {name} any more"
-        await _condition(api, obj, False, "ArchiveMissing", message)
-        announce(obj, "ArchiveMissing", message, True)
-        report.flagged.append(backup_name)
-    for backup_name in plan.clear:
-        obj = by_name[backup_name]
-        message = f"archive {archive_of(obj)} is in repository {name} again"
-        await _condition(api, obj, True, "ArchiveFound", message)
-        announce(obj, "ArchiveFound", message, False)
-        report.cleared.append(backup_name)
+    ids = [r.archive_id for r in refs]
+    shared = len(lists) > 1
+    for where, backups in lists.items():
+        elsewhere = {archive_of(b) for n, bs in lists.items() if n != where for b in bs}
+        plan = plan_catalog(
+            name,
+            ids,
+            backups,
+            covered_elsewhere=elsewhere - {""},
+            repository_namespace=ns if shared else None,
+        )
+        log.debug(
+            "catalog %s/%s in %s: %d archives, %d without an object",
+            ns,
+            name,
+            where,
+            len(ids),
+            len(plan.create),
+        )
+        if where == ns and plan.create:  # every namespace's plan has the same ones
+            await _create(api, repo, repository, plan, lists, report)
+        if plan.complete:
+            await _complete(api, repo, repository, where, plan, backups, report)
+        by_name = {b["metadata"]["name"]: b for b in backups}
+        for backup_name in plan.flag:
+            obj = by_name[backup_name]
+            message = f"archive {archive_of(obj)} is not in repository {name} any more"
+            await _condition(api, obj, False, "ArchiveMissing", message)
+            announce(obj, "ArchiveMissing", message, True)
+            report.flagged.append(backup_name)
+        for backup_name in plan.clear:
+            obj = by_name[backup_name]
+            message = f"archive {archive_of(obj)} is in repository {name} again"
+            await _condition(api, obj, True, "ArchiveFound", message)
+            announce(obj, "ArchiveFound", message, False)
+            report.cleared.append(backup_name)
     return report
 
 
@@ -361,18 +425,26 @@ async def _condition(
     await api.patch_status(PLURAL, meta["namespace"], meta["name"], {"conditions": conditions})
 
 
+def home_of(manifest: ArchiveManifest, namespace: str, allowed: Sequence[str]) -> str:
+    """The namespace a synced VMGuardBackup of ``manifest`` goes to (pure): the origin its
+    manifest records when the repository (in ``namespace``) admits it, else ``namespace``."""
+    origin = manifest.labels.get(ORIGIN_NAMESPACE, "")
+    return origin if origin and origin in allowed else namespace
+
+
 async def _create(
     api: KubeAPI,
     repo: Repository,
-    ns: str,
-    name: str,
+    repository: Mapping[str, Any],
     plan: CatalogPlan,
-    backups: Sequence[Mapping[str, Any]],
+    lists: Mapping[str, Sequence[Mapping[str, Any]]],
     report: SyncReport,
 ) -> None:
+    ns, name = repository["metadata"]["namespace"], repository["metadata"]["name"]
+    allowed = list((repository.get("spec") or {}).get("allowedNamespaces") or ())
     vcenters = sorted(v["metadata"]["name"] for v in await api.list_objects(VCENTER.plural, ns))
-    policies = sorted(p["metadata"]["name"] for p in await api.list_objects(POLICY.plural, ns))
-    uids = {b["metadata"].get("uid") for b in backups}
+    policies: dict[str, list[str]] = {}
+    uids = {b["metadata"].get("uid") for backups in lists.values() for b in backups}
     for archive_id in plan.create:
         manifest = await _manifest(repo, archive_id, report)
         if manifest is None:
@@ -380,30 +452,66 @@ async def _create(
         if manifest.labels.get(BACKUP_UID_LABEL) in uids:
             report.skipped.append(f"{archive_id}: its backup is still running")
             continue
-        placement = place(manifest, vcenters, policies)
+        home = home_of(manifest, ns, allowed)
+        if home not in policies:
+            found = await api.list_objects(POLICY.plural, home)
+            policies[home] = sorted(p["metadata"]["name"] for p in found)
+        placement = place(manifest, vcenters, policies[home])
         if placement.vcenter is None:
             report.skipped.append(f"{archive_id}: no VCenter to name (create one)")
             continue
-        body = build_synced_backup(manifest, namespace=ns, repository=name, placement=placement)
+        # In another namespace the refs name the repository's (and its VCenter's) here.
+        across = ns if home != ns else None
+        vc_across = across if placement.vcenter in vcenters else None
+        body = build_synced_backup(
+            manifest,
+            namespace=home,
+            repository=name,
+            placement=placement,
+            repository_namespace=across,
+            vcenter_namespace=vc_across,
+        )
         try:
-            created = await api.create_object(PLURAL, ns, body)
+            created = await api.create_object(PLURAL, home, body)
         except VmguardError as exc:
             report.skipped.append(f"{archive_id}: {exc}")
             continue
         if not created:  # made by an earlier pass or a peer; a status-less one is completed
             continue
         status = synced_status(manifest, repository=name, vcenter=placement.vcenter)
-        await api.patch_status(PLURAL, ns, body["metadata"]["name"], status)
+        if across:
+            status["repositoryNamespace"] = across
+        if vc_across:
+            status["vcenterNamespace"] = vc_across
+        await api.patch_status(PLURAL, home, body["metadata"]["name"], status)
         report.created.append(body["metadata"]["name"])
+
+
+async def _complete(
+    api: KubeAPI,
+    repo: Repository,
+    repository: Mapping[str, Any],
+    where: str,
+    plan: CatalogPlan,
+    backups: Sequence[Mapping[str, Any]],
+    report: SyncReport,
+) -> None:
+    ns, name = repository["metadata"]["namespace"], repository["metadata"]["name"]
     by_name = {b["metadata"]["name"]: b for b in backups}
     for backup_name, archive_id in plan.complete:
         manifest = await _manifest(repo, archive_id, report)
         if manifest is None:
             continue
-        obj = by_name[backup_name]
-        vcenter = ref_name(backup_spec(obj).get("vcenterRef")) or ""
+        spec = backup_spec(by_name[backup_name])
+        vcenter = ref_name(spec.get("vcenterRef")) or ""
         status = synced_status(manifest, repository=name, vcenter=vcenter)
-        await api.patch_status(PLURAL, ns, backup_name, status)
+        if where != ns:
+            status["repositoryNamespace"] = ns
+        vc_ref = spec.get("vcenterRef")
+        vc_ns = vc_ref.get("namespace") if vc_ref else None
+        if vc_ns and vc_ns != where:
+            status["vcenterNamespace"] = vc_ns
+        await api.patch_status(PLURAL, where, backup_name, status)
         report.completed.append(backup_name)
 
 

@@ -41,6 +41,7 @@ def build_restore_job(
     disks_at_once: int | None = None,
     active_deadline: int = 4 * 3600,
     ttl: int = 24 * 3600,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """The proxy Job of one VMGuardRestore: ``vmguard proxy restore --namespace NS --name N``.
 
@@ -51,6 +52,8 @@ def build_restore_job(
     operator decides (and destroys a half-made VM); a retry would race that cleanup.
     ``disks_at_once``: how many disks the Job may write in parallel (what its vCenter's
     limits grant, :func:`~vmguard.controller.kube.admission.disks_at_once`).
+    ``namespace``: where the Job runs when not the restore's own (the namespace of the
+    repository and VCenter it references there; the Job is then found by labels).
     """
     meta = vmrestore["metadata"]
     pieces = [repository_env(repository)]
@@ -72,7 +75,7 @@ def build_restore_job(
     )
     return proxy_job(
         name=restore_job_name(vmrestore),
-        namespace=meta["namespace"],
+        namespace=namespace or meta["namespace"],
         owner={**vmrestore, "kind": vmrestore.get("kind", RESTORE.kind)},
         labels=labels,
         settings=settings,

@@ -21,6 +21,18 @@ resumes where the status says, and every step may run twice without harm:
 - **Failed**: a VM this restore created is destroyed (only if it carries our marker);
   disks added to an existing VM stay (named in status); an overwritten VM stays off.
 
+Across namespaces (docs/tenancy.md): the source VMGuardBackup is always this namespace's;
+its VMGuardRepository and the target VCenter may be in another namespace that admits this
+one (:mod:`vmguard.controller.kube.refs`; else ``ReferenceNotAllowed``, waiting). A
+repository of another namespace is shared: an archive is restored only when its
+manifest's origin (``vmguard.io/namespace``) is this namespace, else
+``ArchiveOfAnotherNamespace`` — ``status.archiveId`` of a VMGuardBackup is not trusted to
+keep tenants apart. The Job then runs in that namespace, beside the Secrets
+(``status.jobNamespace``), so a files restore into a PVC of this namespace is refused
+(``PVCAcrossNamespaces``: no pod mounts another namespace's claim), and one to S3 writes
+only into the repository's bucket under ``<namespace>/`` (``PrefixOutsideNamespace``:
+the credentials are shared).
+
 Bad input never crash-loops the operator: a rejected target is a condition and Failed,
 a missing reference is a condition and a later re-check, an unexpected fault is a
 condition and a retry.
@@ -46,6 +58,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
 from vmguard.controller.kube import access
+from vmguard.controller.kube import refs as references
 from vmguard.controller.kube.admission import VCenterLimits, disks_at_once
 from vmguard.controller.kube.bodies import (
     backup_spec,
@@ -57,7 +70,7 @@ from vmguard.controller.kube.conditions import now, outcome_conditions, set_cond
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.proxyjob import build_proxy_rbac
+from vmguard.controller.kube.proxyjob import build_proxy_rbac, build_reporting_rbac
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.restore import builders, targets
 from vmguard.errors import (
@@ -67,6 +80,7 @@ from vmguard.errors import (
     RetryableError,
     VmguardError,
 )
+from vmguard.store.lineage import ORIGIN_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +121,32 @@ def failed(obj: dict[str, Any], type_: str | None, reason: str, message: str) ->
     return Step(status, None)
 
 
-def _refs(backup: dict[str, Any], policy: dict[str, Any] | None) -> tuple[str, str]:
-    """(vCenter, repository) names the backup was made with."""
+def _refs(
+    backup: dict[str, Any], policy: dict[str, Any] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(vCenter, repository) the backup was made with, as references from its namespace
+    (``{name}``, or ``{name, namespace}`` across; ``{}`` when it names none): its
+    status, else its spec, else its policy's."""
     spec, status = backup_spec(backup), backup_status(backup)
     pspec = (policy or {}).get("spec") or {}
-    vcenter = (
-        status.get("vcenter")
-        or ref_name(spec.get("vcenterRef"))
-        or (pspec.get("vcenterRef") or {}).get("name", "")
+
+    def ref(name: str | None, namespace: str | None, *given: Any) -> dict[str, str]:
+        if name:
+            return {"name": name, "namespace": namespace} if namespace else {"name": name}
+        found = next((dict(g) for g in given if g), {})
+        return {k: str(v) for k, v in found.items() if k in ("name", "namespace")}
+
+    vcenter = ref(
+        status.get("vcenter"),
+        status.get("vcenterNamespace"),
+        spec.get("vcenterRef"),
+        pspec.get("vcenterRef"),
     )
-    repository = (
-        status.get("repository")
-        or ref_name(spec.get("repositoryRef"))
-        or (pspec.get("repositoryRef") or {}).get("name", "")
+    repository = ref(
+        status.get("repository"),
+        status.get("repositoryNamespace"),
+        spec.get("repositoryRef"),
+        pspec.get("repositoryRef"),
     )
     return vcenter, repository
 
@@ -154,26 +181,49 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         return _waiting(obj, "SourceReady", "SourceNotCompleted", msg, WAIT_SOURCE_SECONDS)
     policy_ref = ref_name(backup_spec(backup).get("policyRef"))
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
-    vc_name, repo_name = _refs(backup, policy)
-    vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
-    repo_obj = await api.get_object(REPOSITORY.plural, ns, repo_name) if repo_name else None
+    vc_ref, repo_ref = _refs(backup, policy)
+    vc_ref = dict(spec.get("vcenterRef") or {}) or vc_ref
+    repo_name, vc_name = repo_ref.get("name", ""), vc_ref.get("name", "")
+    try:
+        repo_obj = await references.get_referenced(api, REPOSITORY, ns, repo_ref)
+    except references.RefusedReference as exc:
+        return _waiting(obj, "SourceReady", exc.reason, str(exc), RETRY_SECONDS)
     if repo_obj is None:
-        named = repo_name or "(none named)"
+        named = references.shown(repo_ref, ns)
         msg = f"VMGuardRepository {named} of VMGuardBackup {source} does not exist"
         return _waiting(obj, "SourceReady", "RepositoryNotFound", msg, RETRY_SECONDS)
     target = spec["target"]
     vc_obj = None
     if "files" not in target:
-        vc_obj = await api.get_object(VCENTER.plural, ns, vc_name) if vc_name else None
+        try:
+            vc_obj = await references.get_referenced(api, VCENTER, ns, vc_ref)
+        except references.RefusedReference as exc:
+            return _waiting(obj, "TargetReady", exc.reason, str(exc), RETRY_SECONDS)
         if vc_obj is None:
-            msg = f"VCenter {vc_name or '(none named)'} to restore into does not exist"
+            msg = f"VCenter {references.shown(vc_ref, ns)} to restore into does not exist"
             return _waiting(obj, "TargetReady", "VCenterNotFound", msg, RETRY_SECONDS)
+    try:
+        job_ns = references.job_namespace(ns, repo_obj, vc_obj)
+    except references.RefusedReference as exc:
+        return failed(obj, "TargetReady", exc.reason, str(exc))
     repo = await access.open_repository(api, repo_obj)
     try:
         manifest = await asyncio.to_thread(repo.load_archive, archive_id)
     except ObjectNotFoundError:
         msg = f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}"
         return failed(obj, "SourceReady", "ArchiveNotFound", msg)
+    origin = manifest.labels.get(ORIGIN_NAMESPACE, "")
+    if references.namespace_of(repo_obj) != ns and origin != ns:
+        msg = (
+            f"archive {archive_id} was made in namespace {origin or '(none recorded)'}, "
+            f"not {ns}: from a repository shared across namespaces a restore reads only "
+            "its own namespace's archives"
+        )
+        return failed(obj, "SourceReady", "ArchiveOfAnotherNamespace", msg)
+    if job_ns != ns and "files" in target:
+        refused = _files_across(target["files"]["to"], ns, job_ns, repo_obj["spec"]["s3"])
+        if refused is not None:
+            return failed(obj, "TargetReady", *refused)
     conds = set_condition(
         _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
     )
@@ -183,6 +233,12 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         "startTime": status.get("startTime") or now(),
         "conditions": conds,
     }
+    if references.namespace_of(repo_obj) != ns:
+        recorded["repositoryNamespace"] = references.namespace_of(repo_obj)
+    if vc_obj is not None and references.namespace_of(vc_obj) != ns:
+        recorded["vcenterNamespace"] = references.namespace_of(vc_obj)
+    if job_ns != ns:
+        recorded["jobNamespace"] = job_ns
     recorded_power = status.get("powerOnAfter")
     if vc_obj is not None:
         recorded["vcenter"] = vc_name
@@ -199,7 +255,9 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         await api.patch_status(PLURAL, ns, meta["name"], recorded)
         await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
     jobs = JobAPI(api.api)
-    await jobs.ensure_rbac(build_proxy_rbac(ns, settings.service_account))
+    await jobs.ensure_rbac(build_proxy_rbac(job_ns, settings.service_account))
+    if job_ns != ns:  # the proxy over there reports to this restore, here
+        await jobs.ensure_rbac(build_reporting_rbac(ns, job_ns, settings.service_account))
     at_once = None
     if vc_obj is not None:
         # Restores write over NBD, so the NFC limits apply as well as the datastore's.
@@ -215,6 +273,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         repository=repo_obj["spec"],
         vcenter=vc_obj["spec"] if vc_obj is not None else None,
         disks_at_once=at_once,
+        namespace=job_ns,
     )
     await jobs.create_job(job)
     conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
@@ -223,6 +282,31 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         {"phase": RestorePhase.RESTORING, "jobName": job["metadata"]["name"], "conditions": conds}
     )
     return Step(recorded, POLL_JOB_SECONDS)
+
+
+def _files_across(
+    to: dict[str, Any], ns: str, job_ns: str, repo_s3: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Why a files restore whose Job runs in ``job_ns`` (another namespace's repository)
+    cannot write where ``to`` says, as (reason, message); None when it can. The Job cannot
+    mount a PVC of ``ns``; it writes to S3 with the shared repository's credentials, so
+    only into that bucket, under ``<ns>/``: never over another tenant's restored files."""
+    pvc = to.get("pvc")
+    if pvc:
+        return "PVCAcrossNamespaces", (
+            f"the restore Job runs in namespace {job_ns}, beside the repository's "
+            f"credentials, and a pod mounts only claims of its own namespace: PVC "
+            f"{pvc['claimName']} of {ns} cannot be written (restore the files to S3)"
+        )
+    s3 = to["s3"]
+    bucket, prefix = s3.get("bucket") or repo_s3["bucket"], s3["prefix"].strip("/")
+    if bucket != repo_s3["bucket"] or not (prefix + "/").startswith(f"{ns}/"):
+        return "PrefixOutsideNamespace", (
+            f"files from a repository of namespace {job_ns} are written with its "
+            f"credentials: only to its bucket {repo_s3['bucket']}, under prefix {ns}/ "
+            f"(not s3://{bucket}/{prefix})"
+        )
+    return None
 
 
 def _describe(prepared: targets.Prepared) -> str:
@@ -268,7 +352,7 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     meta, status = obj["metadata"], restore_status(obj)
     ns = meta["namespace"]
     job_name = status.get("jobName") or builders.restore_job_name(obj)
-    job = await JobAPI(api.api).read_job(ns, job_name)
+    job = await JobAPI(api.api).read_job(jobs_namespace(obj), job_name)
     if job is None:
         # Gone before we saw it end (TTL, deleted by hand): run it again; writing the
         # same bytes to the same prepared target twice is harmless.
@@ -294,7 +378,7 @@ async def _watch_proxy_start(
     (:mod:`~vmguard.controller.kube.proxypods`), as for backups: refused at admission fails
     at once, image pull / scheduling / crash loop is a ``ProxyNotStarting`` condition until
     the Job is ``settings.start_timeout`` old."""
-    ns, name = obj["metadata"]["namespace"], job["metadata"]["name"]
+    ns, name = jobs_namespace(obj), job["metadata"]["name"]
     jobs = JobAPI(api.api)
     trouble = await jobs.proxy_trouble(ns, name)
     said = next((dict(c) for c in _conditions(obj) if c.get("type") == "ProxyStarted"), {})
@@ -316,8 +400,15 @@ async def _watch_proxy_start(
     return Step({"conditions": conds}, POLL_JOB_SECONDS * 5)
 
 
+def jobs_namespace(obj: dict[str, Any]) -> str:
+    """Where the restore's Job runs: ``status.jobNamespace``, else its own namespace."""
+    return restore_status(obj).get("jobNamespace") or obj["metadata"]["namespace"]
+
+
 async def _vcenter_endpoint(api: KubeAPI, obj: dict[str, Any]) -> Any:
-    ns, name = obj["metadata"]["namespace"], restore_status(obj).get("vcenter")
+    status = restore_status(obj)
+    ns = status.get("vcenterNamespace") or obj["metadata"]["namespace"]
+    name = status.get("vcenter")
     vc = await api.get_object(VCENTER.plural, ns, name) if name else None
     if vc is None:
         raise RetryableError(f"VCenter {name} is gone; cannot finish the restore")

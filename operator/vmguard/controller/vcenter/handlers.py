@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION, parse_duration
-from vmguard.api.kinds import POLICY, VCENTER
+from vmguard.api.kinds import BACKUP, POLICY, RESTORE, VCENTER
 from vmguard.controller.kube.admission import VCenterLimits
 from vmguard.controller.kube.handlers import (
     AfterSweep,
@@ -34,6 +34,7 @@ from vmguard.controller.kube.handlers import (
     admission_wakeup,
     vcenter_wakeup,
 )
+from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
@@ -57,9 +58,9 @@ def policy_terms(
     spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> dict[tuple[str, str], PolicyTerms]:
     """What admission needs of each policy; a change wakes its vCenter's loop."""
-    vc = (spec.get("vcenterRef") or {}).get("name")
-    if vc:
-        admission_wakeup(memo, namespace or "", vc).set()
+    vc_ref = spec.get("vcenterRef") or {}
+    if vc_ref.get("name"):
+        admission_wakeup(memo, vc_ref.get("namespace") or namespace or "", vc_ref["name"]).set()
     return {(namespace or "", name): PolicyTerms.of(spec)}
 
 
@@ -184,11 +185,34 @@ async def _sweep_forever(
                 made = []
             if made:
                 logger.info(f"fail-safe: {len(made)} VMGuardBackup(s) for VMs never backed up")
-            await _sweep_orphans(api, meta, outcome, metrics, logger, now)
+            allowed = list(snapshot["spec"].get("allowedNamespaces") or ())
+            await _sweep_orphans(api, meta, outcome, metrics, logger, now, allowed)
+            await _sweep_foreign_jobs(api, meta["namespace"], logger)
         if not outcome.status.get("reachable"):
             interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(timing, stopped, wake, interval)
+
+
+async def _sweep_foreign_jobs(api: KubeAPI, namespace: str, logger: kopf.Logger) -> None:
+    """Proxy Jobs run here for another namespace's VMGuardBackup or VMGuardRestore
+    (cross-namespace references, docs/tenancy.md) go when that object is gone: no
+    ownerReference crosses namespaces, and a deletion the operator missed leaves them."""
+
+    async def live_uids(owner_namespace: str) -> set[str]:
+        objs = [
+            *await api.list_objects(BACKUP.plural, owner_namespace),
+            *await api.list_objects(RESTORE.plural, owner_namespace),
+        ]
+        return {o["metadata"]["uid"] for o in objs}
+
+    try:
+        gone = await JobAPI(api.api).sweep_foreign(namespace, live_uids)
+    except Exception as exc:  # the sweeper must outlive any fault here
+        logger.warning("sweep of other namespaces' proxy Jobs failed: %s", exc)
+        return
+    if gone:
+        logger.info(f"removed {len(gone)} proxy Job(s) whose object is gone: {', '.join(gone)}")
 
 
 async def _sweep_orphans(
@@ -198,6 +222,7 @@ async def _sweep_orphans(
     metrics: Metrics,
     logger: kopf.Logger,
     now: dt.datetime,
+    allowed: list[str] | None = None,
 ) -> None:
     """Escaped snapshots of ours go (controller/vcenter/orphans.py); the rest feed the metrics.
     ``now`` is the time of the sweep, on the controller's clock."""
@@ -208,7 +233,13 @@ async def _sweep_orphans(
     try:
         allow = orphans.consolidation_policy(outcome.result, outcome.policies)
         swept = await orphans.sweep(
-            api, outcome.endpoint, namespace, outcome.records, allow, now=now
+            api,
+            outcome.endpoint,
+            namespace,
+            outcome.records,
+            allow,
+            now=now,
+            also=allowed or (),
         )
     except Exception as exc:  # the sweeper must outlive any fault here
         logger.warning("orphan snapshot sweep failed: %s", exc)

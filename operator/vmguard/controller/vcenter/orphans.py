@@ -9,7 +9,8 @@ failure, no snapshot of ours is left).
 
 Which snapshot goes, by the UID in its name (``vmguard-<uid>``):
 
-- the UID of a VMGuardBackup in this namespace that has finished (or a CBT activation
+- the UID of a VMGuardBackup in this namespace (or one the VCenter's
+  ``allowedNamespaces`` names) that has finished (or a CBT activation
   cycle's ``cbt-…``): removed once older than :data:`GRACE` (5 minutes;
   ``VMGUARD_SNAPSHOT_GRACE`` seconds instead);
 - the UID of a VMGuardBackup still in flight: kept (its own controller removes it), unless
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -103,13 +104,19 @@ async def sweep(
     records: list[VMRecord],
     allow_consolidate: Callable[[VMRecord], bool] = lambda _: True,
     now: datetime | None = None,
+    also: Sequence[str] = (),
 ) -> SweepResult:
     """Remove the escaped snapshots among ``records`` (blocking calls in a thread); ages
-    are taken at ``now`` (the controller's clock; the system clock when None)."""
+    are taken at ``now`` (the controller's clock; the system clock when None). ``also``:
+    the namespaces the VCenter admits (``spec.allowedNamespaces``), whose VMGuardBackups
+    make snapshots through it too."""
     holding = [r for r in records if r.our_snapshots]
     if not holding:
         return SweepResult()
-    finished = finished_uids(await api.list_objects(BACKUP.plural, namespace))
+    backups = []
+    for ns in dict.fromkeys([namespace, *also]):
+        backups += await api.list_objects(BACKUP.plural, ns)
+    finished = finished_uids(backups)
 
     def run() -> SweepResult:
         from vmguard.vsphere.session import VSphereSession
