@@ -129,8 +129,9 @@ class BackupStatus(TypedDict, total=False):
     modeReason: str
     quiesced: bool
     snapshot: BackupSnapshot
-    jobName: str
+    jobName: str | None
     attempts: int
+    proxyStartSince: str | None
     progress: Progress
     disks: list[BackupDisk]
     totals: BackupTotals
