@@ -174,6 +174,8 @@ class RestoreStatus(TypedDict, total=False):
     repository: str
     powerOnAfter: bool
     jobName: str
+    placement: BackupPlacement
+    queuePosition: int | None
     progress: Progress
     result: RestoreResult
     startTime: str
