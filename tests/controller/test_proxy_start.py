@@ -114,7 +114,7 @@ def test_a_proxy_that_cannot_start_is_retried_on_a_fresh_snapshot_each_time(
     one. Sampled in the simulator: never two of ours at once, more than one snapshot id
     over the backup's life, none left when it fails at the timeout."""
     _limit_range(kube_api, namespace, {"defaultRequest": {"ephemeral-storage": "100Ti"}})
-    start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "12"})
+    start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "9"})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         create_backup(kube_api, namespace, "fresh", {"moref": vm.moref})
         seen: list[list[str]] = []
@@ -134,6 +134,6 @@ def test_a_proxy_that_cannot_start_is_retried_on_a_fresh_snapshot_each_time(
         assert len(ids) >= 2, f"one snapshot for the whole proxy-start timeout: {ids}"
         assert status["phase"] == "Failed", status
         assert status["error"]["reason"] == "Unschedulable", status["error"]
-        assert "did not start within 12s" in status["error"]["message"]
+        assert "did not start within 9s" in status["error"]["message"]
         assert status["snapshot"]["removed"] is True
         no_snapshot_left(vc, vm.moref)
