@@ -21,7 +21,8 @@ of its phase (docs/operator.md):
   ``start_timeout / START_TRIES`` its Job is deleted, the snapshot removed and the backup
   goes back to Snapshotting for a fresh snapshot and a new Job (so the VM never runs on
   one snapshot for the whole timeout), and it fails once ``ProxySettings.start_timeout``
-  has passed since the first Job of that streak (``status.proxyStartSince``);
+  has passed since the first Job of that streak (``status.proxyStartSince``, cleared
+  once a proxy of the streak reports progress);
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome.
 
 A VMGuardBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
@@ -545,10 +546,17 @@ async def _watch_proxy_start(
         (dict(c) for c in p.conditions if c.get("type") == "Transferring"), {}
     )
     if trouble is None:
+        status = backup_status(obj)
+        streak = parse_time(status.get("proxyStartSince"))
+        reported = parse_time((status.get("progress") or {}).get("updateTime"))
+        # The streak ends when this proxy has reported progress, not merely when its pod
+        # shows no trouble for a moment (ContainerCreating between two back-offs).
+        ended = streak is not None and reported is not None and reported >= streak
         if said.get("reason") == "ProxyNotStarting":  # it recovered: say so
             p.condition("Transferring", True, "ProxyRunning", f"Job {name}")
             p.condition("Ready", False, BackupPhase.TRANSFERRING, f"Job {name} running")
-            await p.patch({"proxyStartSince": None})
+        if said.get("reason") == "ProxyNotStarting" or ended:
+            await p.patch({"proxyStartSince": None} if ended else {})
         return ctx.settings.poll
     now = ctx.timing.now()
     timeout = ctx.proxy.start_timeout
