@@ -10,13 +10,15 @@ import datetime as dt
 from typing import Any
 
 from vmguard.controller.backup.admission import queued_of, start_status, waiting_status
-from vmguard.controller.kube.admission import VCenterLimits
+from vmguard.controller.kube.admission import VCenterLimits, WorkKind
 from vmguard.controller.kube.workqueue import (
     Memory,
     PolicyTerms,
     Queued,
     decide,
 )
+from vmguard.controller.restore.admission import RestoreLane
+from vmguard.controller.restore.admission import queued_of as restore_queued_of
 
 NOW = dt.datetime(2026, 12, 6, 1, 30, tzinfo=dt.UTC)
 LIMITS = VCenterLimits()
@@ -130,3 +132,60 @@ def test_waiting_status_says_why_and_where() -> None:
     assert admitted["message"] == "policy gold runs at most 2 backups at once (total)"
     ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ConcurrencyLimit")
+
+
+def restore_body(i: int, phase: str = "Pending", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"r{i:03d}",
+            "namespace": "ns",
+            "uid": f"ruid-{i}",
+            "resourceVersion": "1",
+            "generation": 1,
+            "creationTimestamp": "2026-12-06T01:20:00Z",
+        },
+        "spec": {"source": {"backupRef": {"name": "b000"}}, "target": {"newVM": {"name": "x"}}},
+        "status": {
+            "phase": phase,
+            "vcenter": "vc1",
+            "result": {"vm": {"moref": f"vm-new-{i}"}},
+            "placement": {"host": "esx-r", "disks": [{"datastore": "dsr", "count": 2}]},
+            **status,
+        },
+    }
+
+
+def test_a_restore_is_queued_with_the_backups_and_its_lane_writes_its_statuses() -> None:
+    lane = RestoreLane()
+    assert restore_queued_of(restore_body(1, phase="Completed")) is None
+    unplaced = restore_body(2)
+    del unplaced["status"]["placement"]
+    assert restore_queued_of(unplaced) is None  # not prepared yet: the controller's
+    r = restore_queued_of(restore_body(3))
+    assert r is not None and r.kind == WorkKind.RESTORE and r.disks == (("dsr", 2),)
+    one = VCenterLimits(disks=2, disks_per_host=48, disks_per_datastore=8)
+    d = decide(
+        [*records(3), r],
+        TWO,
+        one,
+        Memory(),
+        now=NOW,
+        deadline={WorkKind.BACKUP: 3600.0, WorkKind.RESTORE: float("inf")},
+        vcenter="vc1",
+    )
+    # Created after the backups, the restore goes first (restores win the first tie).
+    assert [q.name for q in d.start] == ["r003"]
+    assert [(q.name, w.position) for q, w in d.tell] == [("b000", 1), ("b001", 2), ("b002", 3)]
+    start = lane.start_status(r, NOW)
+    assert start["phase"] == "Restoring" and start["queuePosition"] is None
+    admitted = next(c for c in start["conditions"] if c["type"] == "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("True", "WithinLimits")
+    # Running, it holds the vCenter's two disks: the backups wait, and say so.
+    running = restore_queued_of(restore_body(3, phase="Restoring"))
+    assert running is not None and not running.waiting
+    d = decide([*records(3), running], TWO, one, Memory(), now=NOW, deadline=3600.0, vcenter="vc1")
+    assert d.start == []
+    _, w = d.tell[0]
+    told = lane.waiting_status(running, w, NOW)  # the same patch shape for either kind
+    assert told["queuePosition"] == 1
+    assert w.message == "vCenter vc1 has its 2 NFC disks in use (NBD)"

@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 from tests.controller import objects
 from tests.controller.backup_helpers import create_backup, data_vm, no_snapshot_left, wait_done
+from tests.vsphere.helpers import our_snapshots
 
 from vmguard_lab.procs import eventually
 
@@ -95,3 +96,44 @@ def test_unschedulable_proxy_shows_its_reason_then_fails_at_the_start_timeout(
         no_snapshot_left(vc, vm.moref)
         jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace).items
         assert [j.metadata.name for j in jobs if j.metadata.name.startswith("stuck")] == []
+
+
+def test_a_proxy_that_cannot_start_is_retried_on_a_fresh_snapshot_each_time(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    """Transient proxy-start trouble (unschedulable) does not keep the VM on one snapshot
+    for the whole proxy-start timeout: each retry removes the snapshot and takes a new
+    one. Sampled in the simulator: never two of ours at once, more than one snapshot id
+    over the backup's life, none left when it fails at the timeout."""
+    _limit_range(kube_api, namespace, {"defaultRequest": {"ephemeral-storage": "100Ti"}})
+    start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "9"})
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "fresh", {"moref": vm.moref})
+        seen: list[list[str]] = []
+        waited_on: list[str] = []  # our snapshots seen while the proxy was being started
+
+        def ended() -> dict[str, Any] | None:
+            obj = objects.get(kube_api, namespace, "vmguardbackups", "fresh")
+            phase = (obj.get("status") or {}).get("phase")
+            seen.append([s.moref for s in our_snapshots(vc, vm.moref)])
+            if phase == "Transferring":  # (preparing may cycle a snapshot to turn CBT on)
+                waited_on.extend(seen[-1])
+            return obj if phase in ("Completed", "Failed") else None
+
+        status = eventually(ended, timeout=180, what="the backup to end")["status"]
+        assert max(len(s) for s in seen) <= 1, seen
+        ids = list(dict.fromkeys(waited_on))
+        assert len(ids) >= 2, f"one snapshot for the whole proxy-start timeout: {ids}"
+        assert status["phase"] == "Failed", status
+        assert status["error"]["reason"] == "Unschedulable", status["error"]
+        assert "did not start within 9s" in status["error"]["message"]
+        assert status["snapshot"]["removed"] is True
+        no_snapshot_left(vc, vm.moref)

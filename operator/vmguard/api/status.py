@@ -133,8 +133,9 @@ class BackupStatus(TypedDict, total=False):
     modeReason: str
     quiesced: bool
     snapshot: BackupSnapshot
-    jobName: str
+    jobName: str | None
     attempts: int
+    proxyStartSince: str | None
     progress: Progress
     disks: list[BackupDisk]
     totals: BackupTotals
@@ -180,6 +181,8 @@ class RestoreStatus(TypedDict, total=False):
     jobNamespace: str
     powerOnAfter: bool
     jobName: str
+    placement: BackupPlacement
+    queuePosition: int | None
     progress: Progress
     result: RestoreResult
     startTime: str

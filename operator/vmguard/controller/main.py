@@ -37,6 +37,7 @@ from vmguard.controller.policy import failsafe
 from vmguard.controller.policy import handlers as policy_handlers
 from vmguard.controller.repository import handlers as repository_handlers
 from vmguard.controller.restore import handlers as restore_handlers
+from vmguard.controller.restore.admission import RestoreLane
 from vmguard.controller.vcenter import handlers as vcenter_handlers
 from vmguard.errors import ConfigError
 from vmguard.hooks import NO_HOOKS, Hooks
@@ -93,7 +94,7 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
         timing=memo.timing,
     )
     # The kinds of proxy work the admission loops start, each over its kind's index.
-    memo.lanes = (BackupLane(deadline=memo.backups.settings.deadline),)
+    memo.lanes = (BackupLane(deadline=memo.backups.settings.deadline), RestoreLane())
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX

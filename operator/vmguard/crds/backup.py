@@ -154,6 +154,11 @@ status = obj(
         ),
         "jobName": string("The proxy Job moving the data.", max_length=63),
         "attempts": integer("Transfer attempts made.", minimum=0),
+        "proxyStartSince": timestamp(
+            "While the proxy cannot start (image pull, scheduling, crash loop): when its "
+            "first Job of this streak was created; each retry takes a fresh snapshot, and "
+            "the backup fails once this is VMGUARD_PROXY_START_TIMEOUT old."
+        ),
         "progress": f.progress("transfer"),
         "disks": array("Per disk.", disk, max_items=MAX_DISKS, list_type="map", map_keys=["key"]),
         "totals": obj(

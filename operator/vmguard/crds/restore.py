@@ -231,6 +231,11 @@ status = obj(
             "that was on before the restore powered it off."
         ),
         "jobName": string("The restore Job.", max_length=63),
+        "placement": f.placement(
+            "Where the restore writes (the target VM's host, the written disks per "
+            "datastore); the admission limits count by it."
+        ),
+        "queuePosition": f.queue_position(),
         "progress": f.progress("restore"),
         "result": obj(
             "What the restore produced.",

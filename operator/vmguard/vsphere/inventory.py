@@ -345,6 +345,13 @@ def vm_record(si: vim.ServiceInstance, moref: str) -> VMRecord:
     return record_from_properties(moref, props, InventoryTree(si), custom_field_names(si))
 
 
+def vm_by_instance_uuid(si: vim.ServiceInstance, instance_uuid: str) -> str:
+    """The moref of the VM (or template) with this instance UUID, or "" when vCenter
+    knows none: one ``SearchIndex.FindByUuid`` call, whatever the size of the estate."""
+    index: Any = si.RetrieveContent().searchIndex
+    return moid(index.FindByUuid(None, instance_uuid, True, True))
+
+
 def vm_record_if_any(si: vim.ServiceInstance, moref: str) -> VMRecord | None:
     """One VM's record, or None when there is no such VM (any more)."""
     try:

@@ -11,7 +11,8 @@
   one wakes its policy's scheduler (retention runs now:
   :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
 - ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
-  before the finalizer is released.
+  before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
+  loop once the object is gone (its slot is free only then).
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ def _wake_admission(memo: Any, body: kopf.Body) -> None:
     ns = _vcenter_namespace(body)
     if vc and ns and getattr(memo, "admission_wakeups", None) is not None:
         admission_wakeup(memo, ns, vc).set()
+
+
+def _gone(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, BACKUP.plural, when=_gone)
+def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A backup is gone (its finalizer released): kopf has dropped it from the index
+    before this runs, so its vCenter's loop now sees the slot it held free. (Waking it
+    from the deletion handler is too early: the backup still holds its slot then.)"""
+    _wake_admission(memo, body)
 
 
 @kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_runs, cancellation_timeout=5.0)

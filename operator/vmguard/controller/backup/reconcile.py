@@ -17,8 +17,12 @@ of its phase (docs/operator.md):
   backoff while attempts and the deadline allow. While the Job is active its pods and
   events are read too (:mod:`~vmguard.controller.kube.proxypods`): a pod refused at
   admission fails the backup at once, one that cannot pull, schedule or stay up is a
-  ``ProxyNotStarting`` condition with the pod's reason and message, and fails the backup once the
-  Job is ``ProxySettings.start_timeout`` old;
+  ``ProxyNotStarting`` condition with the pod's reason and message; every
+  ``start_timeout / START_TRIES`` its Job is deleted, the snapshot removed and the backup
+  goes back to Snapshotting for a fresh snapshot and a new Job (so the VM never runs on
+  one snapshot for the whole timeout), and it fails once ``ProxySettings.start_timeout``
+  has passed since the first Job of that streak (``status.proxyStartSince``, cleared
+  once a proxy of the streak reports progress);
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
   backup's restore point is added to its VM's ProtectedVM first
   (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
@@ -82,6 +86,7 @@ from vmguard.controller.kube.proxyjob import (
     job_name,
     policy_pod,
 )
+from vmguard.controller.kube.proxypods import job_created
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     ConfigError,
@@ -429,7 +434,8 @@ async def _snapshotting(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         "modeRequested": decision.mode,
         "modeReason": decision.reason,
         "disks": disks,
-        "attempts": 0,
+        # Counts on after a retry on a fresh snapshot, so the next Job has a new name.
+        "attempts": int(status.get("attempts") or 0),
     }
     if decision.parent:
         patch["parentArchiveId"] = decision.parent
@@ -492,8 +498,8 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
         return WAIT_REFS
     status = backup_status(obj)
     attempt = int(status.get("attempts") or 0)
-    if attempt == 0:
-        await _start_attempt(ctx, obj, p, refs, 1)
+    if attempt == 0 or not status.get("jobName"):  # first, or on a fresh snapshot
+        await _start_attempt(ctx, obj, p, refs, attempt + 1)
         return ctx.settings.poll
     name = job_name(p.name, attempt)
     job = await ctx.jobs.read_job(refs.job_namespace, name)
@@ -550,6 +556,10 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
     return 0.0
 
 
+START_TRIES = 3
+"""Proxy starts (each on a fresh snapshot) spread over the proxy-start timeout."""
+
+
 async def _watch_proxy_start(
     ctx: BackupContext, obj: dict[str, Any], p: Patcher, job: dict[str, Any], where: str
 ) -> float | None:
@@ -565,12 +575,22 @@ async def _watch_proxy_start(
         (dict(c) for c in p.conditions if c.get("type") == "Transferring"), {}
     )
     if trouble is None:
+        status = backup_status(obj)
+        streak = parse_time(status.get("proxyStartSince"))
+        reported = parse_time((status.get("progress") or {}).get("updateTime"))
+        # The streak ends when this proxy has reported progress, not merely when its pod
+        # shows no trouble for a moment (ContainerCreating between two back-offs).
+        ended = streak is not None and reported is not None and reported >= streak
         if said.get("reason") == "ProxyNotStarting":  # it recovered: say so
             p.condition("Transferring", True, "ProxyRunning", f"Job {name}")
             p.condition("Ready", False, BackupPhase.TRANSFERRING, f"Job {name} running")
-            await p.patch({})
+        if said.get("reason") == "ProxyNotStarting" or ended:
+            await p.patch({"proxyStartSince": None} if ended else {})
         return ctx.settings.poll
-    text = trouble.gives_up(job, ctx.timing.now(), ctx.proxy.start_timeout)
+    now = ctx.timing.now()
+    timeout = ctx.proxy.start_timeout
+    since = parse_time(backup_status(obj).get("proxyStartSince"))
+    text = trouble.gives_up(job, now, timeout, since)
     if text is not None:
         await ctx.jobs.delete_job(where, name)
         p.condition("Transferring", False, trouble.reason, text)
@@ -582,12 +602,62 @@ async def _watch_proxy_start(
             }
         )
         return 0.0
-    text = trouble.waiting(ctx.proxy.start_timeout)
+    created = job_created(job) or now
+    retry_in = timeout / START_TRIES - (now - created).total_seconds()
+    if retry_in <= 0:
+        return await _fresh_snapshot(ctx, obj, p, job, trouble.text(), since or created)
+    text = trouble.waiting(timeout)
     if said.get("reason") != "ProxyNotStarting" or said.get("message") != text:
         p.condition("Transferring", False, "ProxyNotStarting", text)
         p.condition("Ready", False, trouble.reason, text)
         await p.patch({})
-    return ctx.settings.poll * 5
+    return min(ctx.settings.poll * 5, max(retry_in, ctx.settings.poll))
+
+
+async def _fresh_snapshot(
+    ctx: BackupContext,
+    obj: dict[str, Any],
+    p: Patcher,
+    job: dict[str, Any],
+    why: str,
+    since: dt.datetime,
+) -> float | None:
+    """The proxy has not started for a while: delete its Job, remove the snapshot and go
+    back to Snapshotting, so the next try runs on a fresh snapshot and the VM is not
+    left on one snapshot (its delta growing) for the whole proxy-start timeout. The
+    attempts count on (Job names stay unique); ``proxyStartSince`` keeps the streak's
+    start for the timeout."""
+    status = backup_status(obj)
+    refs = await _refs(ctx, obj, p)
+    if refs is None:
+        return WAIT_REFS
+    await ctx.jobs.delete_job(refs.job_namespace, job["metadata"]["name"])
+    try:
+        ep = await vcenter_endpoint(ctx.api, refs.vcenter)
+        await asyncio.to_thread(
+            steps.finish_blocking,
+            ep,
+            status["vm"]["moref"],
+            obj["metadata"]["uid"],
+            allow_consolidate=consolidation_allowed(refs.policy_spec),
+        )
+    except VmguardError as exc:
+        p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
+        await p.patch({})
+        return WAIT_PEER
+    text = f"{why} (retrying on a fresh snapshot)"[:4096]
+    p.condition("Transferring", False, "ProxyNotStarting", text)
+    p.condition("Ready", False, "ProxyNotStarting", text)
+    log.info("%s/%s: proxy did not start; retrying on a fresh snapshot", p.ns, p.name)
+    await p.patch(
+        {
+            "phase": BackupPhase.SNAPSHOTTING,
+            "snapshot": {**(status.get("snapshot") or {}), "removed": True},
+            "jobName": None,
+            "proxyStartSince": format_time(since),
+        }
+    )
+    return 0.0
 
 
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:

@@ -50,16 +50,23 @@ class ProxyTrouble:
     def text(self) -> str:
         return f"{self.source}: {self.reason}: {self.message}".rstrip(": ")
 
-    def gives_up(self, job: Mapping[str, Any], now: dt.datetime, timeout: float) -> str | None:
+    def gives_up(
+        self,
+        job: Mapping[str, Any],
+        now: dt.datetime,
+        timeout: float,
+        since: dt.datetime | None = None,
+    ) -> str | None:
         """The failure message when waiting cannot help any more, else None.
 
-        Permanent trouble gives up at once; transient trouble once ``job`` (the proxy
-        Job) is ``timeout`` seconds old, counted from its ``creationTimestamp`` so that a
-        restarted operator counts on from where its predecessor was.
+        Permanent trouble gives up at once; transient trouble once ``timeout`` seconds
+        have passed since ``since`` (the first Job of a streak of retries), or else since
+        ``job`` (the proxy Job) was created — recorded times, so that a restarted
+        operator counts on from where its predecessor was.
         """
         if self.permanent:
             return self.text()
-        created = parse_time(str((job.get("metadata") or {}).get("creationTimestamp") or ""))
+        created = since or job_created(job)
         age = (now - created).total_seconds() if created else 0.0
         if age < timeout:
             return None
@@ -68,6 +75,11 @@ class ProxyTrouble:
     def waiting(self, timeout: float) -> str:
         """The condition message while transient trouble is waited out (stable per poll)."""
         return f"{self.text()} (retried until the Job is {timeout:.0f}s old)"[:4096]
+
+
+def job_created(job: Mapping[str, Any]) -> dt.datetime | None:
+    """A Job's ``creationTimestamp``."""
+    return parse_time(str((job.get("metadata") or {}).get("creationTimestamp") or ""))
 
 
 def _waiting(pod: Mapping[str, Any]) -> Iterable[tuple[str, str]]:

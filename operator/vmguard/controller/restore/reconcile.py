@@ -10,9 +10,15 @@ resumes where the status says, and every step may run twice without harm:
   fails the restore). The operator opens the repository, reads the manifest, checks and
   prepares the target (:mod:`.targets`: a new VM is created here, found again
   by its marker after a restart), records it in ``status.result`` (and, for an
-  overwrite, whether the VM was on, *before* powering it off), makes sure the proxy's
+  overwrite, whether the VM was on) and where it writes (``status.placement``). From
+  then on the restore waits in its vCenter's admission queue (:mod:`.admission`,
+  docs/admission.md), the daemon stops, and the queue's start patch moves it to
+  Restoring. A files restore touches no vCenter: it goes on to Restoring at once.
+- **Restoring** without a Job (just admitted, or the Job vanished: TTL, deleted): the
+  operator powers off what the restore overwrites, makes sure the proxy's
   ServiceAccount exists and creates the Job — named after the VMGuardRestore's UID, so a
-  second attempt finds it (AlreadyExists = adopt).
+  second attempt finds it (AlreadyExists = adopt); writing the same bytes to the same
+  prepared target twice is harmless.
 - **Restoring**: the proxy Job writes and reports progress and its result into status;
   the operator watches the Job. Complete → Finalizing; failed → Failed, with the
   proxy's reason when it gave one. A Job that vanished (TTL, deleted) is made again.
@@ -50,6 +56,7 @@ from vmguard.api import (
     PROXY_FAILED,
     RESTORE_TERMINAL,
     BackupPhase,
+    BackupPlacement,
     Condition,
     Failure,
     RestorePhase,
@@ -72,7 +79,7 @@ from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac, build_reporting_rbac
 from vmguard.controller.kube.timing import REAL_TIME, Timing
-from vmguard.controller.restore import builders, targets
+from vmguard.controller.restore import admission, builders, targets
 from vmguard.errors import (
     ConfigError,
     ObjectNotFoundError,
@@ -88,6 +95,8 @@ PLURAL = RESTORE.plural
 WAIT_SOURCE_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 POLL_JOB_SECONDS = 2.0
+QUEUED = float("inf")
+"""A step's delay when the restore waits in the admission queue: the daemon stops."""
 
 
 @dataclass
@@ -156,6 +165,8 @@ async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> St
     if phase in RESTORE_TERMINAL:
         return Step()
     if phase == RestorePhase.PENDING:
+        if admission.waiting(restore_status(obj)):
+            return Step({}, QUEUED)
         return await _start(api, settings, obj)
     if phase == RestorePhase.RESTORING:
         return await _watch(api, settings, obj)
@@ -243,17 +254,53 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     if vc_obj is not None:
         recorded["vcenter"] = vc_name
         endpoint = await access.vcenter_endpoint(api, vc_obj)
-        prepared = await asyncio.to_thread(
+        prepared, placement = await asyncio.to_thread(
             _prepare_vsphere, endpoint, manifest, target, meta["uid"], recorded_power
         )
     else:
         prepared = targets.prepare_files(manifest, target["files"], repo_obj["spec"]["s3"])
+        placement = None
     recorded["result"] = prepared.result()
     recorded["powerOnAfter"] = prepared.power_on_after
-    if prepared.power_off:
-        # Recorded before powering off, so a restart still knows the VM was on.
-        await api.patch_status(PLURAL, ns, meta["name"], recorded)
-        await asyncio.to_thread(_power, endpoint, prepared.power_off, False)
+    recorded["conditions"] = set_condition(
+        conds, "TargetReady", True, "Prepared", _describe(prepared)
+    )
+    if placement is not None:
+        # Into its vCenter's queue: the admission loop moves it on to Restoring.
+        recorded["placement"] = placement
+        recorded["phase"] = RestorePhase.PENDING
+        recorded["conditions"] = set_condition(
+            recorded["conditions"], "Ready", False, "Queued", "waiting for admission"
+        )
+        return Step(recorded, QUEUED)
+    return await _launch(api, settings, {**obj, "status": {**status, **recorded}}, recorded)
+
+
+async def _launch(
+    api: KubeAPI, settings: ProxySettings, obj: dict[str, Any], recorded: RestoreStatus
+) -> Step:
+    """Admitted (or a files restore): power off what the restore overwrites, create the
+    Job. ``recorded`` is the status patch so far (empty when the status holds it all)."""
+    meta, spec, status = obj["metadata"], obj["spec"], restore_status(obj)
+    ns = meta["namespace"]
+    # Where _start found them: another namespace's only when it admitted this one then.
+    job_ns = status.get("jobNamespace") or ns
+    repo_name = status.get("repository", "")
+    repo_ns = status.get("repositoryNamespace") or ns
+    repo_obj = await api.get_object(REPOSITORY.plural, repo_ns, repo_name) if repo_name else None
+    if repo_obj is None:
+        raise RetryableError(f"VMGuardRepository {repo_name} is gone; cannot start the restore")
+    vc_obj = None
+    if "files" not in spec["target"]:
+        vc_name = status.get("vcenter", "")
+        vc_ns = status.get("vcenterNamespace") or ns
+        vc_obj = await api.get_object(VCENTER.plural, vc_ns, vc_name) if vc_name else None
+        if vc_obj is None:
+            raise RetryableError(f"VCenter {vc_name} is gone; cannot start the restore")
+        power_off = targets.powered_off_for(spec["target"], status.get("result") or {})
+        if power_off:
+            endpoint = await access.vcenter_endpoint(api, vc_obj)
+            await asyncio.to_thread(_power, endpoint, power_off, False)
     jobs = JobAPI(api.api)
     await jobs.ensure_rbac(build_proxy_rbac(job_ns, settings.service_account))
     if job_ns != ns:  # the proxy over there reports to this restore, here
@@ -262,7 +309,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     if vc_obj is not None:
         # Restores write over NBD, so the NFC limits apply as well as the datastore's.
         at_once = disks_at_once(
-            len(prepared.disks),
+            len((status.get("result") or {}).get("disks") or []),
             VCenterLimits.of(vc_obj["spec"]),
             nfc=True,
             wanted=settings.restore_disks_at_once,
@@ -276,12 +323,15 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         namespace=job_ns,
     )
     await jobs.create_job(job)
-    conds = set_condition(conds, "TargetReady", True, "Prepared", _describe(prepared))
+    conds = recorded.get("conditions") or _conditions(obj)
     conds = set_condition(conds, "Ready", False, "Restoring", f"Job {job['metadata']['name']}")
-    recorded.update(
-        {"phase": RestorePhase.RESTORING, "jobName": job["metadata"]["name"], "conditions": conds}
-    )
-    return Step(recorded, POLL_JOB_SECONDS)
+    launched: RestoreStatus = {
+        **recorded,
+        "phase": RestorePhase.RESTORING,
+        "jobName": job["metadata"]["name"],
+        "conditions": conds,
+    }
+    return Step(launched, POLL_JOB_SECONDS)
 
 
 def _files_across(
@@ -322,16 +372,21 @@ def _prepare_vsphere(
     target: dict[str, Any],
     uid: str,
     recorded_power: bool | None,
-) -> targets.Prepared:
+) -> tuple[targets.Prepared, BackupPlacement]:
+    """The prepared target and where the restore will write (for admission)."""
     from vmguard.vsphere.session import VSphereSession
 
     session = VSphereSession(endpoint)
     try:
         if "newVM" in target:
-            return targets.prepare_new_vm(session, manifest, target["newVM"], uid)
-        if "inPlace" in target:
-            return targets.prepare_in_place(session, manifest, recorded_power)
-        return targets.prepare_disks(session, manifest, target["disks"], uid, recorded_power)
+            prepared = targets.prepare_new_vm(session, manifest, target["newVM"], uid)
+        elif "inPlace" in target:
+            prepared = targets.prepare_in_place(session, manifest, recorded_power)
+        else:
+            prepared = targets.prepare_disks(
+                session, manifest, target["disks"], uid, recorded_power
+            )
+        return prepared, targets.placement(session, prepared)
     finally:
         session.close()
 
@@ -354,10 +409,11 @@ async def _watch(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     job_name = status.get("jobName") or builders.restore_job_name(obj)
     job = await JobAPI(api.api).read_job(jobs_namespace(obj), job_name)
     if job is None:
-        # Gone before we saw it end (TTL, deleted by hand): run it again; writing the
-        # same bytes to the same prepared target twice is harmless.
-        log.warning("restore Job %s/%s vanished; starting it again", ns, job_name)
-        return Step({"phase": RestorePhase.PENDING}, 0.0)
+        # Just admitted, or gone before we saw it end (TTL, deleted by hand): run it
+        # (again); writing the same bytes to the same prepared target twice is harmless.
+        if status.get("jobName"):
+            log.warning("restore Job %s/%s vanished; starting it again", ns, job_name)
+        return await _launch(api, settings, obj, {})
     state = job_state(job)
     message = state.message or state.reason
     if state.succeeded:
@@ -480,6 +536,12 @@ async def drive(
             await api.patch_status(PLURAL, namespace, name, status)
             _announce(obj, status, announce)
         if result.delay is None:
+            return
+        if result.delay == QUEUED:
+            # Waiting for admission: kopf stops this daemon when its filter sees the
+            # placement, and starts a new one once the queue moves the restore on
+            # (returning would keep kopf from starting it again).
+            await stopped.wait()
             return
         await timing.wait(result.delay, stopped)
 

@@ -16,14 +16,17 @@ never makes a second VM or disk.
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import RestoredDisk, RestoreResult, VMIdentity
+from vmguard.api import BackupPlacement, RestoredDisk, RestoreResult, VMIdentity
 from vmguard.errors import ConfigError, PermanentError, RestoreRejected
 from vmguard.store import ArchiveManifest
 from vmguard.vsphere import adoption
 from vmguard.vsphere import restore as vrestore
+from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.session import VSphereSession
 from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig
 
@@ -247,3 +250,30 @@ def prepare_files(
     pvc = to["pvc"]
     path = posixpath.normpath("/" + pvc.get("path", "").strip("/"))
     return Prepared(location=f"pvc/{pvc['claimName']}:{path}")
+
+
+def placement(session: VSphereSession, prepared: Prepared) -> BackupPlacement:
+    """Where the restore writes, for the admission limits: the target VM's host and the
+    disks it writes per datastore (every disk of the VM for an in-place restore)."""
+    moref = prepared.vm.get("moref") or next((d["vm"] for d in prepared.disks), "")
+    record = session.call(lambda si: vm_record(si, moref))
+    if prepared.disks:
+        per_datastore = Counter(_datastore_of(d["backing"]) for d in prepared.disks)
+    else:
+        per_datastore = Counter(d.datastore for d in record.disks if d.datastore)
+    per_datastore.pop("", None)
+    return {
+        "host": record.host,
+        "datastores": sorted(per_datastore),
+        "disks": [{"datastore": ds, "count": n} for ds, n in sorted(per_datastore.items())],
+    }
+
+
+def powered_off_for(target: Mapping[str, Any], result: Mapping[str, Any]) -> list[str]:
+    """The VMs to power off before the Job writes, from the spec and the recorded result:
+    the VM of an in-place restore, the VMs whose disks are overwritten."""
+    if "inPlace" in target:
+        moref = (result.get("vm") or {}).get("moref")
+        return [moref] if moref else []
+    items, written = target.get("disks") or (), result.get("disks") or ()
+    return [d["vm"] for item, d in zip(items, written, strict=False) if "overwrite" in item]
