@@ -31,6 +31,7 @@ from vmguard.api.names import (
     FINALIZER,
     GROUP,
     LABEL_ATTEMPT,
+    LABEL_COPY_TARGET,
     LABEL_POLICY,
     LABEL_PRIVILEGED_PROXIES,
     LABEL_REPOSITORY,
@@ -51,6 +52,7 @@ from vmguard.api.phases import (
     BACKUP_TERMINAL,
     RESTORE_TERMINAL,
     BackupPhase,
+    CopyState,
     RestorePhase,
 )
 from vmguard.api.reasons import (
@@ -64,6 +66,7 @@ from vmguard.api.reasons import (
 )
 from vmguard.api.spec import BackupSpec, LocalRef
 from vmguard.api.status import (
+    BackupCopy,
     BackupDisk,
     BackupPlacement,
     BackupSnapshot,
@@ -94,6 +97,7 @@ __all__ = [
     "FINALIZER",
     "GROUP",
     "LABEL_ATTEMPT",
+    "LABEL_COPY_TARGET",
     "LABEL_POLICY",
     "LABEL_PRIVILEGED_PROXIES",
     "LABEL_REPOSITORY",
@@ -114,6 +118,7 @@ __all__ = [
     "TRANSIENT_WAITING",
     "UNSCHEDULABLE",
     "VERSION",
+    "BackupCopy",
     "BackupDisk",
     "BackupPhase",
     "BackupPlacement",
@@ -123,6 +128,7 @@ __all__ = [
     "BackupTotals",
     "Condition",
     "ConditionStatus",
+    "CopyState",
     "Failure",
     "LocalRef",
     "Progress",

@@ -71,6 +71,8 @@ LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"
 LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"
 LABEL_ATTEMPT: Final = "vmguard.io/attempt"
 LABEL_VMRESTORE: Final = "vmguard.io/vmrestore"
+LABEL_COPY_TARGET: Final = "vmguard.io/copy-target"
+"""A copy Job's target VMGuardRepository (issue 17)."""
 
 # Labels the platform team sets on a namespace.
 LABEL_PRIVILEGED_PROXIES: Final = "vmguard.io/privileged-proxies"

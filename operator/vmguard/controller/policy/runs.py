@@ -52,6 +52,7 @@ from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.policy import judgement
 from vmguard.controller.policy.builders import build_vmbackup, run_label
+from vmguard.controller.policy.copying import Copier
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.controller.policy.retention import Retention
 from vmguard.errors import RetryableError, VmguardError
@@ -122,8 +123,10 @@ class PolicyRunner:
         announce: Announce | None = None,
         timing: Timing = REAL_TIME,
         metrics: Metrics | None = None,
+        copier: Copier | None = None,
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
+        self.copier = copier
         self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
         self.announce: Announce = announce or (lambda reason, message, warning: None)
@@ -189,10 +192,14 @@ class PolicyRunner:
         backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
         pruned = await self.retention.apply(self.api, policy, backups, self.announce, real_now)
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+        if self.copier is not None and assessment.copies is not None:
+            await self.copier.apply(policy, assessment.copies.targets, backups)
         await self.refresh_status(policy, assessment, view, now, real_now, backups)
         wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
             wake_at.append(self.timing.off_line(self.pending[0].start))
+        if self.copier is not None and self.copier.running:
+            wake_at.append(real_now + dt.timedelta(seconds=self.copier.poll))
         if acting and assessment.schedule is not None:
             nxt = assessment.schedule.next_after(now)
             if nxt is not None:

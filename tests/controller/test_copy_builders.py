@@ -1,0 +1,102 @@
+"""The copy Job builder (controller/policy/copyjob.py) and the copy controller's pure
+parts (controller/policy/copying.py): no cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from vmguard.config import ProxySettings
+from vmguard.controller.kube.admission import VCenterLimits, plan
+from vmguard.controller.policy import copying
+from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = ProxySettings(
+    image="vmguard-proxy:1.2.3",
+    command=("vmguard",),
+    locator="vddk",
+    service_account="vmguard-proxy",
+    image_pull_policy="IfNotPresent",
+)
+
+
+def _repo(bucket: str, secret: str, key: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "s3": {"endpoint": "s3.example:9000", "bucket": bucket},
+        "credentialsSecretRef": {"name": secret},
+    }
+    if key:
+        spec["encryption"] = {"keySecretRef": {"name": key}}
+    return spec
+
+
+def _backup(name: str, completed: str, vm: str = "uuid-1") -> dict[str, Any]:
+    return {
+        "apiVersion": "vmguard.io/v1alpha1",
+        "kind": "VMGuardBackup",
+        "metadata": {
+            "name": name,
+            "namespace": "ops",
+            "uid": f"uid-{name}",
+            "labels": {"vmguard.io/policy": "gold", "vmguard.io/vm": vm},
+        },
+        "spec": {"policyRef": {"name": "gold"}},
+        "status": {"phase": "Completed", "archiveId": f"a-{name}", "completionTime": completed},
+    }
+
+
+def test_the_copy_job_names_both_repositories_by_reference_only() -> None:
+    job = build_copy_job(
+        _backup("web-1", "2026-01-01T00:00:00Z"),
+        SETTINGS,
+        archive_id="a-web-1",
+        source=_repo("primary", "primary-s3", "primary-key"),
+        target_name="offsite",
+        target=_repo("copies", "offsite-s3", "offsite-key"),
+        attempt=2,
+    )
+    assert job["metadata"]["name"] == copy_job_name("web-1", "offsite", 2) == "vmc-web-1-offsite-2"
+    assert job["metadata"]["ownerReferences"][0]["name"] == "web-1"
+    assert job["metadata"]["labels"]["vmguard.io/copy-target"] == "offsite"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["proxy", "copy", "--archive", "a-web-1"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VMGUARD_REPO"]["value"] == "s3://s3.example:9000/primary"
+    assert env["VMGUARD_COPY_REPO"]["value"] == "s3://s3.example:9000/copies"
+    refs = {n: e["valueFrom"]["secretKeyRef"]["name"] for n, e in env.items() if "valueFrom" in e}
+    assert refs == {
+        "VMGUARD_S3_ACCESS_KEY": "primary-s3",
+        "VMGUARD_S3_SECRET_KEY": "primary-s3",
+        "VMGUARD_COPY_S3_ACCESS_KEY": "offsite-s3",
+        "VMGUARD_COPY_S3_SECRET_KEY": "offsite-s3",
+    }
+    keys = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert keys == {"repository-key": "primary-key", "copy-target-key": "offsite-key"}
+    assert env["VMGUARD_KEY_FILE"]["value"] != env["VMGUARD_COPY_KEY_FILE"]["value"]
+    # A copy touches no device: the pod is restricted.
+    assert container["securityContext"]["privileged"] is False
+
+
+def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    backups = [
+        _backup("b2", "2026-01-01T02:00:00Z"),
+        _backup("b1", "2026-01-01T01:00:00Z"),
+        _backup("other", "2026-01-01T03:00:00Z", vm="uuid-2"),
+        {**_backup("failed", "2026-01-01T00:00:00Z"), "status": {"phase": "Failed"}},
+    ]
+    points = copying.points(policy, backups)
+    assert [p.name for p in points] == ["b1", "b2", "other"]
+    assert points[0].completed == dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC)
+    work = [copying.work(p, "offsite", policy) for p in points]
+    decided = plan(work, [], VCenterLimits())
+    # b2 waits for b1's copy (same VM and target); the other VM's copy runs alongside.
+    assert [w.name for w in decided.start] == ["b1", "other"]
+    assert [w.work.name for w in decided.waiting] == ["b2"]
+    # To another target the same point's copy is separate work.
+    assert copying.work(points[0], "vault", policy).vm != work[0].vm
