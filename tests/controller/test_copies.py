@@ -27,6 +27,8 @@ from tests.controller.backup_helpers import (
     wait_done,
 )
 from tests.controller.conftest import OperatorProcess
+from tests.controller.restore_helpers import destroy_vm
+from tests.vsphere.helpers import sha256_file
 
 from vmguard.store import HOLE, Repository
 from vmguard.store.backend import S3Backend
@@ -35,7 +37,10 @@ from vmguard_lab.images import ImageSpec, PartitionSpec, RawRegion
 from vmguard_lab.procs import eventually
 
 # No vCenter sweeps or catalog sync: the backups are made by hand, not by the schedule.
-pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("backups,policies,repositories")]
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.operator_controllers("backups,policies,repositories,restores"),
+]
 
 MiB = 1 << 20
 # A tiny disk of every kind of content, in chunks of 1 MiB (the smallest chunk size).
@@ -85,6 +90,16 @@ def bucket_bytes(client: Any, bucket: str, prefix: str = "") -> list[bytes]:
             resp.close()
             resp.release_conn()
     return out
+
+
+def remove_bucket(client: Any, bucket: str) -> None:
+    """Every object of ``bucket``, then the bucket itself (not versioned, not locked)."""
+    from minio.deleteobjects import DeleteObject
+
+    names = [o.object_name for o in client.list_objects(bucket, recursive=True)]
+    assert names  # the primary held the backups
+    assert not list(client.remove_objects(bucket, (DeleteObject(n) for n in names)))
+    client.remove_bucket(bucket)
 
 
 def found(wins: list[bytes], blobs: list[bytes]) -> int:
@@ -137,6 +152,7 @@ def test_every_point_is_copied_encrypted_incrementally_and_restores_bit_exact(
     lab_vcenter: str,
     s3_bucket: dict[str, Any],
     s3_lock_bucket2: dict[str, Any],
+    minio_client: Any,
     minio2_client: Any,
     start_operator: Callable[..., OperatorProcess],
     tmp_path: Path,
@@ -226,3 +242,49 @@ def test_every_point_is_copied_encrypted_incrementally_and_restores_bit_exact(
     copy_archives(primary, plain, select_archives(primary))
     in_plain = found(wins, bucket_bytes(minio2_client, s3_lock_bucket2["bucket"], "plain/"))
     assert in_plain >= len(wins) * 9 // 10
+
+    # Acceptance 3: the primary bucket deleted entirely. A restore of a copied point
+    # completes from the copy and says so; a restore can also name the copy itself.
+    remove_bucket(minio_client, s3_bucket["bucket"])
+    assert not minio_client.bucket_exists(s3_bucket["bucket"])
+    new_vm = {"datastore": "LocalDS_0", "folder": "/DC0/vm"}
+    objects.create(
+        kube_api,
+        namespace,
+        "vmguardrestores",
+        "VMGuardRestore",
+        "after-loss",
+        {"source": {"backupRef": {"name": "b2"}}, "target": {"newVM": {"name": "cp-b2", **new_vm}}},
+    )
+    objects.create(
+        kube_api,
+        namespace,
+        "vmguardrestores",
+        "VMGuardRestore",
+        "named",
+        {
+            "source": {"backupRef": {"name": "b1"}, "repositoryRef": {"name": "offsite"}},
+            "target": {"newVM": {"name": "cp-b1", **new_vm}},
+        },
+    )
+    for restore, point in (("after-loss", "b2"), ("named", "b1")):
+        done = objects.wait_phase(
+            kube_api, namespace, "vmguardrestores", restore, {"Completed", "Failed"}, 180
+        )
+        status = done["status"]
+        assert status["phase"] == "Completed", status
+        assert status["repository"] == "offsite"
+        assert status["archiveId"] == copied[point]["offsite"]["archiveId"]
+        moref = status["result"]["vm"]["moref"]
+        try:
+            restored = {
+                str(d["sourceKey"]): sha256_file(vsim.disk(moref, d["key"]).path)
+                for d in status["result"]["disks"]
+            }
+        finally:
+            destroy_vm(vc, moref)
+        assert restored == expected[point], restore
+    source = objects.condition(
+        objects.get(kube_api, namespace, "vmguardrestores", "after-loss"), "SourceReady"
+    )
+    assert "from copy target offsite (repository repo: " in source["message"]

@@ -7,7 +7,12 @@ resumes where the status says, and every step may run twice without harm:
 
 - **Pending**: the source VMGuardBackup must exist and be Completed with an archive (else
   condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
-  fails the restore). The operator opens the repository, reads the manifest, checks and
+  fails the restore). The operator opens the repository — the backup's own, or the
+  copy target ``spec.source.repositoryRef`` names (``CopyNotFound`` without a completed
+  copy there); when the backup's own is unreachable, lost or misses the archive and the
+  point has completed copies (``status.copies`` of the backup), the first copy that
+  opens, said in the ``SourceReady`` message and ``status.repository`` —, reads the
+  manifest, checks and
   prepares the target (:mod:`.targets`: a new VM is created here, found again
   by its marker after a restart), records it in ``status.result`` (and, for an
   overwrite, whether the VM was on, *before* powering it off), makes sure the proxy's
@@ -39,6 +44,7 @@ from vmguard.api import (
     RESTORE_TERMINAL,
     BackupPhase,
     Condition,
+    CopyState,
     Failure,
     RestorePhase,
     RestoreStatus,
@@ -53,6 +59,7 @@ from vmguard.controller.kube.bodies import (
     restore_status,
 )
 from vmguard.controller.kube.conditions import now, outcome_conditions, set_condition
+from vmguard.controller.kube.copies import copies_of
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -155,11 +162,19 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_name, repo_name = _refs(backup, policy)
     vc_name = (spec.get("vcenterRef") or {}).get("name") or vc_name
-    repo_obj = await api.get_object(REPOSITORY.plural, ns, repo_name) if repo_name else None
-    if repo_obj is None:
-        named = repo_name or "(none named)"
-        msg = f"VMGuardRepository {named} of VMGuardBackup {source} does not exist"
-        return _waiting(obj, "SourceReady", "RepositoryNotFound", msg, RETRY_SECONDS)
+    wanted = ref_name(spec["source"].get("repositoryRef"))
+    copies = {
+        name: str(c.get("archiveId") or "")
+        for name, c in copies_of(backup).items()
+        if c.get("state") == CopyState.COMPLETED and c.get("archiveId")
+    }
+    if wanted and wanted != repo_name:
+        if wanted not in copies:
+            msg = f"repository {wanted} holds no completed copy of VMGuardBackup {source}"
+            return failed(obj, "SourceReady", "CopyNotFound", msg)
+        repo_name, archive_id, copies = wanted, copies[wanted], {}
+    elif wanted:
+        copies = {}  # the backup's own repository, named: no fallback
     target = spec["target"]
     vc_obj = None
     if "files" not in target:
@@ -167,15 +182,18 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         if vc_obj is None:
             msg = f"VCenter {vc_name or '(none named)'} to restore into does not exist"
             return _waiting(obj, "TargetReady", "VCenterNotFound", msg, RETRY_SECONDS)
-    repo = await access.open_repository(api, repo_obj)
-    try:
-        manifest = await asyncio.to_thread(repo.load_archive, archive_id)
-    except ObjectNotFoundError:
-        msg = f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}"
-        return failed(obj, "SourceReady", "ArchiveNotFound", msg)
-    conds = set_condition(
-        _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
-    )
+    read = await _open_source(api, ns, source, repo_name, archive_id, copies)
+    if isinstance(read, tuple):
+        kind, reason, msg = read
+        if kind == "wait":
+            return _waiting(obj, "SourceReady", reason, msg, RETRY_SECONDS)
+        return failed(obj, "SourceReady", reason, msg)
+    repo_obj, manifest = read.repository, read.manifest
+    repo_name, archive_id = read.name, read.archive_id
+    said = f"archive {archive_id}"
+    if read.instead:
+        said += f" from copy target {repo_name} ({read.instead})"
+    conds = set_condition(_conditions(obj), "SourceReady", True, "SourceCompleted", said)
     recorded: RestoreStatus = {
         "archiveId": archive_id,
         "repository": repo_name,
@@ -212,6 +230,67 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         {"phase": RestorePhase.RESTORING, "jobName": job["metadata"]["name"], "conditions": conds}
     )
     return Step(recorded, POLL_JOB_SECONDS)
+
+
+@dataclass
+class SourceRead:
+    """Where a restore reads its point: the repository object, its name, the archive."""
+
+    repository: dict[str, Any]
+    name: str
+    archive_id: str
+    manifest: Any
+    instead: str = ""
+    """Why the backup's own repository was not read (empty: it was)."""
+
+
+async def _open_source(
+    api: KubeAPI,
+    ns: str,
+    source: str,
+    repo_name: str,
+    archive_id: str,
+    copies: dict[str, str],
+) -> SourceRead | tuple[str, str, str]:
+    """The backup's repository and manifest; when it is unreachable or lost and the
+    point has completed copies (``copies``: repository -> archive id), the first copy
+    that opens. Else ("wait" | "fail", reason, message), as before copies existed."""
+    repo_obj = await api.get_object(REPOSITORY.plural, ns, repo_name) if repo_name else None
+    problem: tuple[str, str, str]
+    if repo_obj is None:
+        named = repo_name or "(none named)"
+        problem = (
+            "wait",
+            "RepositoryNotFound",
+            f"VMGuardRepository {named} of VMGuardBackup {source} does not exist",
+        )
+    else:
+        try:
+            repo = await access.open_repository(api, repo_obj)
+            manifest = await asyncio.to_thread(repo.load_archive, archive_id)
+            return SourceRead(repo_obj, repo_name, archive_id, manifest)
+        except ObjectNotFoundError:
+            problem = (
+                "fail",
+                "ArchiveNotFound",
+                f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}",
+            )
+        except VmguardError as exc:
+            if not copies:
+                raise
+            problem = ("fail", "RepositoryUnreachable", f"repository {repo_name}: {exc}")
+    for name, copy_id in sorted(copies.items()):
+        copy_obj = await api.get_object(REPOSITORY.plural, ns, name)
+        if copy_obj is None:
+            continue
+        try:
+            repo = await access.open_repository(api, copy_obj)
+            manifest = await asyncio.to_thread(repo.load_archive, copy_id)
+        except VmguardError as exc:
+            log.warning("restore of %s: copy target %s unreadable too: %s", source, name, exc)
+            continue
+        return SourceRead(copy_obj, name, copy_id, manifest, problem[2])
+    return problem
 
 
 def _describe(prepared: targets.Prepared) -> str:
