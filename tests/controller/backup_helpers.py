@@ -16,9 +16,31 @@ from vmguard.engine.restore import restore_disk
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.transport.file import FileSink
-from vmguard_lab.images import ImageSpec, small_mixed
+from vmguard_lab.images import ImageSpec, PartitionSpec, RawRegion, small_mixed
 from vmguard_lab.procs import eventually
 from vmguard_lab.vsim import VSimControl, VSimVM
+
+MiB = 1 << 20
+TINY_DISK = ImageSpec(
+    16 * MiB,
+    None,
+    (
+        PartitionSpec(
+            "raw",
+            None,
+            layout=(
+                RawRegion("compressible", 2 * MiB),
+                RawRegion("random", 4 * MiB),
+                RawRegion("hole", 2 * MiB),
+                RawRegion("zeros", 1 * MiB),
+                RawRegion("repeat", 3 * MiB),
+                RawRegion("random", 2 * MiB),
+                RawRegion("hole", 2 * MiB),
+            ),
+        ),
+    ),
+)
+"""A 16 MiB disk of every kind of content (copies' tests: 16 chunks of 1 MiB)."""
 
 TAKEN: set[str] = set()
 """VMs used by controller tests in this session (pick_vm never hands one out twice)."""

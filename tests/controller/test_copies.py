@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from tests.controller import objects
 from tests.controller.backup_helpers import (
+    TINY_DISK,
     data_vm,
     disk_hashes,
     open_repo,
@@ -33,7 +34,6 @@ from tests.vsphere.helpers import sha256_file
 from vmguard.store import HOLE, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.store.copy import copy_archives, select_archives
-from vmguard_lab.images import ImageSpec, PartitionSpec, RawRegion
 from vmguard_lab.procs import eventually
 
 # No vCenter sweeps or catalog sync: the backups are made by hand, not by the schedule.
@@ -43,28 +43,8 @@ pytestmark = [
 ]
 
 MiB = 1 << 20
-# A tiny disk of every kind of content, in chunks of 1 MiB (the smallest chunk size).
-DISK = ImageSpec(
-    16 * MiB,
-    None,
-    (
-        PartitionSpec(
-            "raw",
-            None,
-            layout=(
-                RawRegion("compressible", 2 * MiB),
-                RawRegion("random", 4 * MiB),
-                RawRegion("hole", 2 * MiB),
-                RawRegion("zeros", 1 * MiB),
-                RawRegion("repeat", 3 * MiB),
-                RawRegion("random", 2 * MiB),
-                RawRegion("hole", 2 * MiB),
-            ),
-        ),
-    ),
-)
-RANDOM = ((2 * MiB, 6 * MiB), (12 * MiB, 14 * MiB))  # DISK's incompressible regions
-CHUNK = {"chunkSize": MiB}
+RANDOM = ((2 * MiB, 6 * MiB), (12 * MiB, 14 * MiB))  # TINY_DISK's incompressible regions
+CHUNK = {"chunkSize": MiB}  # TINY_DISK in 16 chunks
 WINDOWS = 48
 
 
@@ -177,7 +157,7 @@ def test_every_point_is_copied_encrypted_incrementally_and_restores_bit_exact(
     start_operator()
     targets = {"offsite"}
     expected: dict[str, dict[str, str]] = {}
-    with data_vm(vc, vsim, image_factory, tmp_path, spec=DISK) as vm:
+    with data_vm(vc, vsim, image_factory, tmp_path, spec=TINY_DISK) as vm:
         wins = windows(Path(vm.disks[0].path))
         disk = vm.disks[0]
         for n, writes in enumerate(

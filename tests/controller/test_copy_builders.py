@@ -100,3 +100,42 @@ def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
     assert [w.work.name for w in decided.waiting] == ["b2"]
     # To another target the same point's copy is separate work.
     assert copying.work(points[0], "vault", policy).vm != work[0].vm
+
+
+def test_retention_holds_a_point_until_each_copy_is_made_or_given_up() -> None:
+    from vmguard.controller.policy.targets import CopyTarget
+
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    made, waiting, gave_up, pruned = (
+        _backup(n, "2026-01-01T01:00:00Z") for n in ("made", "waiting", "gave-up", "pruned")
+    )
+    made["status"]["copies"] = [{"repository": "offsite", "state": "Completed"}]
+    waiting["status"]["copies"] = [{"repository": "offsite", "state": "Failed", "attempts": 1}]
+    gave_up["status"]["copies"] = [
+        {"repository": "offsite", "state": "Failed", "attempts": copying.ATTEMPTS}
+    ]
+    pruned["status"]["copies"] = [{"repository": "offsite", "state": "Pruned"}]
+    offsite = CopyTarget("offsite", {"keepLast": 1}, 0.0)
+    backups = [made, waiting, gave_up, pruned]
+    assert copying.awaiting_copy(policy, [offsite], backups) == {"waiting"}
+    # A second target not reached yet holds every point.
+    vault = CopyTarget("vault", {"keepLast": 1}, 0.0)
+    assert copying.awaiting_copy(policy, [offsite, vault], backups) == {
+        "made",
+        "waiting",
+        "gave-up",
+        "pruned",
+    }
+
+
+def test_a_targets_retention_dates_copies_by_their_source_point_per_vm() -> None:
+    from vmguard.store.prune import RetentionPolicy
+
+    day = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    copies = [
+        copying.CopiedPoint(f"c{h}", "vm-a", f"s{h}", day + dt.timedelta(hours=h))
+        for h in (1, 2, 3)
+    ] + [copying.CopiedPoint("other", "vm-b", "s9", day - dt.timedelta(days=3))]
+    pruned = copying.plan_copy_retention(copies, RetentionPolicy(keep_daily=7), dt.UTC)
+    # One per day per VM: the newest of the 5th for vm-a; vm-b's only copy stays.
+    assert [c.archive_id for c in pruned] == ["c1", "c2"]

@@ -43,7 +43,7 @@ BACKUP_TERMINAL: Final = frozenset({BackupPhase.COMPLETED, BackupPhase.FAILED})
 class CopyState(StrEnum):
     """``VMGuardBackup.status.copies[].state``: one copy target's copy of the backup's
     archive (issue 17). Pending → Running → Completed | Failed (a Failed copy is tried
-    again, as a new Job, up to the copy controller's attempts)."""
+    again, as a new Job, up to the copy controller's attempts); Completed → Pruned."""
 
     PENDING = "Pending"
     """Not started: waiting for its delay, its turn under the policy's concurrency, or
@@ -52,6 +52,9 @@ class CopyState(StrEnum):
     COMPLETED = "Completed"
     """The copy's manifest is committed in the target."""
     FAILED = "Failed"
+    PRUNED = "Pruned"
+    """The copy target's own retention removed the copy (the point may live on
+    elsewhere); it is not copied again."""
 
 
 class RestorePhase(StrEnum):

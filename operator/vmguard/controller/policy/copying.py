@@ -21,6 +21,14 @@ its copy is:
   — ``Failed`` with the Job's reason (tried again, up to :data:`ATTEMPTS` Jobs); gone —
   the Job was removed before its end was seen: admitted again (a copy is idempotent).
 
+**Retention per repository.** When nothing waits for or runs to a target, the target's
+own ``retention`` runs over the policy's copies in it (manifests labelled with the
+policy and namespace of origin), each dated by its source point, per VM: the copies it
+does not keep are retired there (:func:`vmguard.store.prune.retire_archive`; under Object
+Lock, not before the lock ends) and their entries say ``Pruned``. The primary's points
+are never touched by it, and the primary's retention never touches a copy (it holds a
+point until its copies are made: :func:`awaiting_copy`). Each repository's GC is its own.
+
 Invariants: the outcome is read from the target repository, never taken from the Job's
 word; a copy Job is created before its entry says Running, and found again by name, so
 a restart neither loses nor doubles one. Repository faults leave everything as it was
@@ -45,12 +53,17 @@ from vmguard.controller.kube.copies import copies_of, record_copy
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
+from vmguard.controller.kube.schedule import zone
 from vmguard.controller.kube.timing import Timing
 from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
+from vmguard.controller.policy.retention import retention_policy
 from vmguard.controller.policy.targets import CopyTarget
-from vmguard.errors import VmguardError
+from vmguard.errors import ObjectNotFoundError, VmguardError
 from vmguard.store import Repository
-from vmguard.store.copy import copied_archives
+from vmguard.store.copy import COPIED_FROM_LABEL, copied_archives
+from vmguard.store.lineage import ORIGIN_NAMESPACE, ORIGIN_POLICY
+from vmguard.store.names import parse_archive_id
+from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
 ATTEMPTS = 3
 """Copy Jobs started for one point and target before its copy stays Failed."""
@@ -90,6 +103,25 @@ def points(policy: Mapping[str, Any], backups: Sequence[dict[str, Any]]) -> list
     return out
 
 
+def awaiting_copy(
+    policy: Mapping[str, Any], targets: Sequence[CopyTarget], backups: Sequence[dict[str, Any]]
+) -> set[str]:
+    """Names of the policy's completed backups whose copy to some valid target is not
+    made yet (nor failed for good, nor pruned there): retention keeps them until it is."""
+    out = set()
+    for point in points(policy, backups):
+        copies = copies_of(point.backup)
+        for target in targets:
+            entry = copies.get(target.repository) or {}
+            state = entry.get("state")
+            if state in (CopyState.COMPLETED, CopyState.PRUNED):
+                continue
+            if state == CopyState.FAILED and int(entry.get("attempts") or 0) >= ATTEMPTS:
+                continue
+            out.add(point.name)
+    return out
+
+
 def work(point: Point, target: str, policy: Mapping[str, Any]) -> Work:
     """The point's copy to ``target`` as admission work (see the module doc)."""
     spec = policy.get("spec") or {}
@@ -124,6 +156,9 @@ class Copier:
         self.poll = poll
         """Seconds between looks while a copy Job runs (the backup Jobs' poll)."""
         self.rbac_done: set[str] = set()
+        self.manifests: dict[str, dict[str, CopiedPoint | None]] = {}
+        """Per target: what each archive's manifest said (copy of which point, or not
+        this policy's), so retention reads each manifest once."""
         self.running = 0
         """Copy Jobs running after the last pass: the scheduler then wakes every
         :attr:`poll` seconds, so a copy's end is recorded soon, not at the next refresh."""
@@ -173,7 +208,7 @@ class Copier:
             state = (entry or {}).get("state")
             item = work(point, target.repository, policy)
             by_uid[item.uid] = point
-            if state == CopyState.COMPLETED:
+            if state in (CopyState.COMPLETED, CopyState.PRUNED):
                 continue
             if state == CopyState.RUNNING and entry is not None:
                 outcome = await self._settle(point, target, repo_obj, entry, opened)
@@ -191,6 +226,12 @@ class Copier:
         self.running += len(running) + len(decided.start)
         for item in decided.start:
             await self._start(by_uid[item.uid], target, primary, repo_obj, policy)
+        if not waiting and not running:
+            # Nothing in flight to this target: its own retention may prune (a copy in
+            # flight maps its chunks through the VM's previous copy, kept till then).
+            if not opened:
+                opened.append(await open_repository(self.api, repo_obj))
+            await self._retain(policy, target, opened[0], backups)
 
     async def _settle(
         self,
@@ -260,6 +301,40 @@ class Copier:
         )
         return ENDED
 
+    async def _retain(
+        self,
+        policy: Mapping[str, Any],
+        target: CopyTarget,
+        repo: Repository,
+        backups: Sequence[dict[str, Any]],
+    ) -> None:
+        """The target's own retention over the policy's copies in it: retire the copies it
+        does not keep (the primary's points are not touched), and mark their entries
+        Pruned. A copy under Object Lock stays until its lock ends."""
+        meta, spec = policy["metadata"], policy.get("spec") or {}
+        rules = retention_policy({"retention": target.retention})
+        tz = zone((spec.get("schedule") or {}).get("timeZone") or "UTC")
+        known = self.manifests.setdefault(target.repository, {})
+        copies = await asyncio.to_thread(_copies_in, repo, meta["namespace"], meta["name"], known)
+        by_source = {p.archive_id: p for p in points(policy, backups)}
+        for c in plan_copy_retention(copies, rules, tz):
+            until = await asyncio.to_thread(retire_archive, repo, c.archive_id)
+            if until is not None:
+                continue  # Object Lock: tried again at a later pass
+            known.pop(c.archive_id, None)
+            self.log.info(
+                "pruned the copy %s of %s from %s", c.archive_id, c.source, target.repository
+            )
+            point = by_source.get(c.source)
+            entry = copies_of(point.backup).get(target.repository) if point else None
+            if point is not None and entry is not None:
+                pruned: BackupCopy = {
+                    **entry,
+                    "state": CopyState.PRUNED,
+                    "time": format_time(self.timing.now()),
+                }
+                await record_copy(self.api, point.backup, pruned)
+
     async def _start(
         self,
         point: Point,
@@ -303,6 +378,56 @@ class Copier:
         )
 
 
+def _copies_in(
+    target: Repository, namespace: str, policy: str, known: dict[str, CopiedPoint | None]
+) -> list[CopiedPoint]:
+    """The policy's points copied into ``target`` (``known``: a cache of what each
+    manifest said, by archive id — manifests never change)."""
+    out = []
+    for ref in target.list_archives():
+        if ref.archive_id not in known:
+            try:
+                labels = target.load_archive(ref.archive_id).labels
+            except ObjectNotFoundError:
+                continue  # retired meanwhile
+            origin = labels.get(COPIED_FROM_LABEL)
+            known[ref.archive_id] = (
+                CopiedPoint(ref.archive_id, ref.vm_tag, origin, parse_archive_id(origin).started)
+                if origin
+                and labels.get(ORIGIN_POLICY) == policy
+                and labels.get(ORIGIN_NAMESPACE) == namespace
+                else None
+            )
+        found = known[ref.archive_id]
+        if found is not None:
+            out.append(found)
+    return out
+
+
+@dataclass(frozen=True)
+class CopiedPoint:
+    """A copy in a target, dated by its source point (not by when it was copied)."""
+
+    archive_id: str
+    vm_tag: str
+    source: str
+    time: dt.datetime
+
+
+def plan_copy_retention(
+    copies: Sequence[CopiedPoint], rules: RetentionPolicy, tz: dt.tzinfo
+) -> list[CopiedPoint]:
+    """The copies the target's retention does not keep, per VM, oldest first (pure)."""
+    by_vm: dict[str, list[CopiedPoint]] = {}
+    for c in copies:
+        by_vm.setdefault(c.vm_tag, []).append(c)
+    out: list[CopiedPoint] = []
+    for group in by_vm.values():
+        kept = select_retained(((c.archive_id, c.time) for c in group), rules, tz)
+        out.extend(c for c in group if c.archive_id not in kept)
+    return sorted(out, key=lambda c: (c.time, c.archive_id))
+
+
 def _find_copy(target: Repository, source_archive: str) -> tuple[str | None, int]:
     """(the copy's archive id in ``target``, its stored bytes), or (None, 0)."""
     copy_id = copied_archives(target).get(source_archive)
@@ -313,4 +438,13 @@ def _find_copy(target: Repository, source_archive: str) -> tuple[str | None, int
     return copy_id, int(stored)
 
 
-__all__ = ["ATTEMPTS", "Copier", "Point", "points", "work"]
+__all__ = [
+    "ATTEMPTS",
+    "CopiedPoint",
+    "Copier",
+    "Point",
+    "awaiting_copy",
+    "plan_copy_retention",
+    "points",
+    "work",
+]

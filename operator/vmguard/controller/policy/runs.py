@@ -52,7 +52,7 @@ from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.policy import judgement
 from vmguard.controller.policy.builders import build_vmbackup, run_label
-from vmguard.controller.policy.copying import Copier
+from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.controller.policy.retention import Retention
 from vmguard.errors import RetryableError, VmguardError
@@ -190,7 +190,14 @@ class PolicyRunner:
         await self.create_due(policy, now)
         selector = f"{LABEL_POLICY}={meta['name']}"
         backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
-        pruned = await self.retention.apply(self.api, policy, backups, self.announce, real_now)
+        hold = (
+            awaiting_copy(policy, assessment.copies.targets, backups)
+            if assessment.copies is not None
+            else set()
+        )
+        pruned = await self.retention.apply(
+            self.api, policy, backups, self.announce, real_now, hold
+        )
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
