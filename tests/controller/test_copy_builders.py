@@ -139,3 +139,67 @@ def test_a_targets_retention_dates_copies_by_their_source_point_per_vm() -> None
     pruned = copying.plan_copy_retention(copies, RetentionPolicy(keep_daily=7), dt.UTC)
     # One per day per VM: the newest of the 5th for vm-a; vm-b's only copy stays.
     assert [c.archive_id for c in pruned] == ["c1", "c2"]
+
+
+def test_the_copy_lag_metric_and_condition_say_what_the_statuses_say() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vmguard.controller.policy.targets import CopyTarget
+    from vmguard.metrics import Metrics
+
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    old, new = _backup("old", "2026-01-01T01:00:00Z"), _backup("new", "2026-01-01T02:00:00Z")
+    old["status"]["copies"] = [
+        {"repository": "offsite", "state": "Completed"},
+        {"repository": "vault", "state": "Pruned"},
+    ]
+    new["status"]["copies"] = [
+        {"repository": "offsite", "state": "Failed", "attempts": copying.ATTEMPTS},
+        {"repository": "vault", "state": "Completed"},
+    ]
+    targets = [
+        CopyTarget("offsite", {"keepLast": 1}, 0.0),
+        CopyTarget("vault", {"keepLast": 1}, 0.0),
+    ]
+    lagging = copying.oldest_uncopied(policy, targets, [new, old])
+    assert {t: p.name if p else None for t, p in lagging.items()} == {
+        "offsite": "new",
+        "vault": None,
+    }
+    now = dt.datetime(2026, 1, 1, 4, tzinfo=dt.UTC)
+    allowed = {"offsite": 3600.0, "vault": 3600.0}
+    m = Metrics(clock=lambda: now.timestamp())
+    m.observe_policy(
+        "ops",
+        "vc1",
+        "gold",
+        repository="primary",
+        rpo_seconds=3600,
+        vms=None,
+        copies={
+            t: (p.completed.timestamp() if p else None, allowed[t]) for t, p in lagging.items()
+        },
+    )
+    exposed = {
+        (s.name, s.labels["repository"]): s.value
+        for f in text_string_to_metric_families(m.exposition())
+        for s in f.samples
+        if s.name.startswith("vmguard_policy_copy_")
+    }
+    assert exposed == {
+        ("vmguard_policy_copy_lag_seconds", "offsite"): 7200.0,  # "new" completed at 02:00
+        ("vmguard_policy_copy_allowance_seconds", "offsite"): 3600.0,
+        ("vmguard_policy_copy_lag_seconds", "vault"): 0.0,
+        ("vmguard_policy_copy_allowance_seconds", "vault"): 3600.0,
+    }
+    (cond,) = copying.lag_condition([], lagging, allowed, now, 1)
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "CopiesCurrent",
+        "False",
+        "CopyLagging",
+    )
+    assert "copies to offsite" in cond["message"] and "new" in cond["message"]
+    assert "vault" not in cond["message"]
+    (ok,) = copying.lag_condition([], {"vault": None}, allowed, now, 1)
+    assert (ok["status"], ok["reason"]) == ("True", "Current")
+    assert copying.lag_condition([cond], {}, allowed, now, 2) == []

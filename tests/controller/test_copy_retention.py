@@ -26,6 +26,7 @@ from tests.controller.backup_helpers import (
     wait_done,
 )
 from tests.controller.conftest import OperatorProcess
+from tests.controller.scrape import scrape, value
 
 from vmguard.store.gc import collect_garbage
 from vmguard_lab.procs import eventually
@@ -62,7 +63,7 @@ def test_each_repository_keeps_exactly_its_own_points(
         retention={"keepLast": 2},
         copies=[{"repositoryRef": {"name": "offsite"}, "retention": {"keepDaily": 7}}],
     )
-    start_operator()
+    operator = start_operator()
     expected: dict[str, dict[str, str]] = {}
     archive: dict[str, str] = {}
     with data_vm(vc, vsim, image_factory, tmp_path, spec=TINY_DISK) as vm:
@@ -100,6 +101,22 @@ def test_each_repository_keeps_exactly_its_own_points(
         return states
 
     states = eventually(settled, timeout=180, what="retention on both repositories")
+    # Every point copied (or pruned there): the policy says current, and so does the
+    # metric (acceptance 5: the metric matches the statuses).
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+    current = eventually(
+        lambda: objects.condition(
+            objects.get(kube_api, namespace, "vmprotectionpolicies", "gold"), "CopiesCurrent"
+        ),
+        timeout=60,
+        what="CopiesCurrent",
+    )
+    assert (current["status"], current["reason"]) == ("True", "Current"), policy
+    labels = {"namespace": namespace, "vcenter": "lab", "policy": "gold", "repository": "offsite"}
+    samples = scrape(operator.metrics_port)
+    assert value(samples, "vmguard_policy_copy_lag_seconds", **labels) == 0.0
+    allowance = value(samples, "vmguard_policy_copy_allowance_seconds", **labels)
+    assert allowance is not None and allowance > 0
     primary = open_repo(s3_bucket, key)
     copy = open_repo(s3_bucket2, copy_key)
     for repo in (primary, copy):

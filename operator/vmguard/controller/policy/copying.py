@@ -44,11 +44,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmguard.api import LABEL_VM, BackupCopy, BackupPhase, CopyState, format_time, parse_time
+from vmguard.api import (
+    LABEL_VM,
+    BackupCopy,
+    BackupPhase,
+    Condition,
+    CopyState,
+    format_time,
+    parse_time,
+)
 from vmguard.api.kinds import REPOSITORY
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.admission import PolicyLimits, VCenterLimits, Work, plan
+from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.copies import copies_of, record_copy
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -68,6 +77,7 @@ from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 ATTEMPTS = 3
 """Copy Jobs started for one point and target before its copy stays Failed."""
 RUNS, ENDED, AGAIN = "runs", "ended", "again"
+LAG_CONDITION = "CopiesCurrent"
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,56 @@ def awaiting_copy(
                 continue
             out.add(point.name)
     return out
+
+
+def oldest_uncopied(
+    policy: Mapping[str, Any], targets: Sequence[CopyTarget], backups: Sequence[dict[str, Any]]
+) -> dict[str, Point | None]:
+    """Per target, the oldest completed point not copied there (None: every point is
+    there, or was pruned there). A copy that failed for good still counts: it lags."""
+    out: dict[str, Point | None] = {t.repository: None for t in targets}
+    for point in points(policy, backups):  # oldest first
+        copies = copies_of(point.backup)
+        for target in targets:
+            state = (copies.get(target.repository) or {}).get("state")
+            if out[target.repository] is None and state not in (
+                CopyState.COMPLETED,
+                CopyState.PRUNED,
+            ):
+                out[target.repository] = point
+    return out
+
+
+def lag_condition(
+    previous: list[Condition],
+    lagging: Mapping[str, Point | None],
+    allowed: Mapping[str, float],
+    now: dt.datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """``CopiesCurrent`` (pure): False with ``CopyLagging`` while some target's oldest
+    uncopied point waits longer than the policy allows; gone without copy targets."""
+    if not lagging:
+        return [c for c in previous if c.get("type") != LAG_CONDITION]
+    late = []
+    for target, point in sorted(lagging.items()):
+        if point is None:
+            continue
+        waited = (now - point.completed).total_seconds()
+        if waited > allowed[target]:
+            # No running count in the message: the status is patched only when it changes.
+            late.append(
+                f"copies to {target} lag more than the {int(allowed[target])}s allowed:"
+                f" {point.name}, completed {format_time(point.completed)}, is not copied yet"
+            )
+    if late:
+        return set_condition(
+            previous, LAG_CONDITION, False, "CopyLagging", "; ".join(late), generation
+        )
+    names = ", ".join(sorted(lagging))
+    return set_condition(
+        previous, LAG_CONDITION, True, "Current", f"copies within allowance: {names}", generation
+    )
 
 
 def work(point: Point, target: str, policy: Mapping[str, Any]) -> Work:
@@ -444,6 +504,8 @@ __all__ = [
     "Copier",
     "Point",
     "awaiting_copy",
+    "lag_condition",
+    "oldest_uncopied",
     "plan_copy_retention",
     "points",
     "work",

@@ -50,7 +50,7 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
-from vmguard.controller.policy import judgement
+from vmguard.controller.policy import copying, judgement
 from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
@@ -294,6 +294,18 @@ class PolicyRunner:
             status["conditions"], meta.get("generation")
         )
         status["retention"] = self.retention.status()
+        lagging: dict[str, copying.Point | None] = {}
+        allowed: dict[str, float] = {}
+        if assessment.copies is not None:
+            lagging = copying.oldest_uncopied(policy, assessment.copies.targets, backups)
+            rpo_seconds = assessment.rpo.total_seconds() if assessment.rpo else 0.0
+            allowed = {
+                t.repository: rpo_seconds + self.timing.interval(t.delay)
+                for t in assessment.copies.targets
+            }
+        status["conditions"] = copying.lag_condition(
+            status["conditions"], lagging, allowed, real_now, meta.get("generation")
+        )
         if status != self.last_status:
             await self.api.patch_status(POLICY.plural, namespace, name, status)
             self.last_status = status
@@ -307,6 +319,10 @@ class PolicyRunner:
                 rpo_seconds=assessment.rpo.total_seconds() if assessment.rpo else None,
                 vms=[vm_state(vm, history) for vm in view.vms_of(name)] if view else None,
                 in_progress=history.in_progress_by_phase(),
+                copies={
+                    target: (point.completed.timestamp() if point else None, allowed[target])
+                    for target, point in lagging.items()
+                },
             )
 
     async def sleep(self, seconds: float) -> None:
