@@ -203,3 +203,22 @@ def test_the_copy_lag_metric_and_condition_say_what_the_statuses_say() -> None:
     (ok,) = copying.lag_condition([], {"vault": None}, allowed, now, 1)
     assert (ok["status"], ok["reason"]) == ("True", "Current")
     assert copying.lag_condition([cond], {}, allowed, now, 2) == []
+
+
+def test_a_copy_target_may_give_the_jobs_credentials_of_their_own() -> None:
+    own = {"name": "offsite-copier", "accessKeyIDKey": "id", "secretAccessKeyKey": "secret"}
+    job = build_copy_job(
+        _backup("web-1", "2026-01-01T00:00:00Z"),
+        SETTINGS,
+        archive_id="a-web-1",
+        source=_repo("primary", "primary-s3", None),
+        target_name="offsite",
+        target=_repo("copies", "offsite-s3", None),
+        attempt=1,
+        target_credentials=own,
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["VMGUARD_COPY_S3_ACCESS_KEY"] == {"name": "offsite-copier", "key": "id"}
+    assert refs["VMGUARD_COPY_S3_SECRET_KEY"] == {"name": "offsite-copier", "key": "secret"}
+    assert refs["VMGUARD_S3_SECRET_KEY"]["name"] == "primary-s3"

@@ -234,6 +234,15 @@ copy_target = obj(
             "Copy a backup only once it completed this long ago (default: at once).",
             maximum="720h",
         ),
+        "credentialsSecretRef": f.secret_ref(
+            "S3 credentials the copy Jobs write the target with, instead of the "
+            "VMGuardRepository's: they need no delete right (docs/copies.md gives the S3 "
+            "policy), while the target's retention and GC keep the repository's own.",
+            {
+                "accessKeyIDKey": ("accessKeyID", "the access key id"),
+                "secretAccessKeyKey": ("secretAccessKey", "the secret access key"),
+            },
+        ),
     },
     required=["repositoryRef", "retention"],
 )

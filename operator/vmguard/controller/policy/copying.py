@@ -416,6 +416,7 @@ class Copier:
             source=primary["spec"],
             target_name=target.repository,
             target=repo_obj["spec"],
+            target_credentials=target.credentials,
             attempt=attempt,
         )
         created = await self.jobs.create_job(job)

@@ -42,11 +42,14 @@ def build_copy_job(
     target_name: str,
     target: Mapping[str, Any],
     attempt: int,
+    target_credentials: Mapping[str, Any] | None = None,
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
 ) -> dict[str, Any]:
     """The Job copying ``archive_id`` of ``vmbackup`` from ``source`` to ``target`` (the
-    two VMGuardRepositories' specs): ``vmguard proxy copy --archive ID``."""
+    two VMGuardRepositories' specs): ``vmguard proxy copy --archive ID``. The target is
+    written with ``target_credentials`` (a copy target's own ``credentialsSecretRef``,
+    which need no delete right) when given, else with the repository's."""
     meta = vmbackup["metadata"]
     spec = vmbackup.get("spec") or {}
     labels = proxy_labels(
@@ -65,7 +68,15 @@ def build_copy_job(
         labels=labels,
         settings=settings,
         args=copy_args(archive_id),
-        pieces=[repository_env(source), repository_env(target, copy_target=True)],
+        pieces=[
+            repository_env(source),
+            repository_env(
+                {**target, "credentialsSecretRef": target_credentials}
+                if target_credentials
+                else target,
+                copy_target=True,
+            ),
+        ],
         transport="nbd",  # restricted: a copy touches no device
         active_deadline=active_deadline,
         ttl=ttl,

@@ -43,6 +43,9 @@ class CopyTarget:
     """Its ``retention`` (the keep* counts), applied to the copies in that repository."""
     delay: float
     """Seconds after a backup's completion before it is copied."""
+    credentials: Mapping[str, Any] | None = None
+    """The copy Jobs' own ``credentialsSecretRef`` for the target (None: the
+    repository's)."""
 
 
 @dataclass
@@ -90,7 +93,10 @@ def judge(
             continue
         out.targets.append(
             CopyTarget(
-                name, dict(entry.get("retention") or {}), parse_duration(entry.get("delay"), 0.0)
+                name,
+                dict(entry.get("retention") or {}),
+                parse_duration(entry.get("delay"), 0.0),
+                entry.get("credentialsSecretRef"),
             )
         )
     return out
