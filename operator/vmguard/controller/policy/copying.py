@@ -21,7 +21,8 @@ its copy is:
   — ``Failed`` with the Job's reason (tried again, up to :data:`ATTEMPTS` Jobs); gone —
   the Job was removed before its end was seen: admitted again (a copy is idempotent).
 
-**Retention per repository.** When nothing waits for or runs to a target, the target's
+**Retention per repository.** When nothing waits for or runs to a target (at the first
+such pass after a copy to it completed, else every :data:`RETAIN_EVERY`), the target's
 own ``retention`` runs over the policy's copies in it (manifests labelled with the
 policy and namespace of origin), each dated by its source point, per VM: the copies it
 does not keep are retired there (:func:`vmguard.store.prune.retire_archive`; under Object
@@ -78,6 +79,8 @@ ATTEMPTS = 3
 """Copy Jobs started for one point and target before its copy stays Failed."""
 RUNS, ENDED, AGAIN = "runs", "ended", "again"
 LAG_CONDITION = "CopiesCurrent"
+RETAIN_EVERY = 600.0
+"""Seconds between two runs of a copy target's retention when no copy completed."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,11 @@ class Copier:
         self.manifests: dict[str, dict[str, CopiedPoint | None]] = {}
         """Per target: what each archive's manifest said (copy of which point, or not
         this policy's), so retention reads each manifest once."""
+        self.retained_at: dict[str, dt.datetime] = {}
+        self.copied_since: set[str] = set()
+        """Targets a copy completed to since their retention last ran: it runs again at
+        the next pass with nothing in flight, else every :data:`RETAIN_EVERY` seconds
+        (opening a repository derives its key: not on every pass)."""
         self.running = 0
         """Copy Jobs running after the last pass: the scheduler then wakes every
         :attr:`poll` seconds, so a copy's end is recorded soon, not at the next refresh."""
@@ -286,9 +294,17 @@ class Copier:
         self.running += len(running) + len(decided.start)
         for item in decided.start:
             await self._start(by_uid[item.uid], target, primary, repo_obj, policy)
-        if not waiting and not running:
+        last = self.retained_at.get(target.repository)
+        due = (
+            target.repository in self.copied_since
+            or last is None
+            or (now - last).total_seconds() >= self.timing.interval(RETAIN_EVERY)
+        )
+        if not waiting and not running and due:
             # Nothing in flight to this target: its own retention may prune (a copy in
             # flight maps its chunks through the VM's previous copy, kept till then).
+            self.copied_since.discard(target.repository)
+            self.retained_at[target.repository] = now
             if not opened:
                 opened.append(await open_repository(self.api, repo_obj))
             await self._retain(policy, target, opened[0], backups)
@@ -356,6 +372,7 @@ class Copier:
             "attempts": attempt,
         }
         await record_copy(self.api, point.backup, done)
+        self.copied_since.add(target.repository)
         self.log.info(
             "copied %s to %s as %s (%d bytes)", point.name, target.repository, copy_id, stored
         )
