@@ -47,7 +47,8 @@ test: venv lab-build lint
 soak: venv
 	@echo "[soak] randomized schedules, full count"
 	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py tests/store/test_gc_races_s3.py \
-		tests/engine/test_cli_minio.py::test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive --soak
+		tests/engine/test_cli_minio.py::test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive \
+		tests/proxy/test_copy_kills.py --soak
 
 demo: venv lab-build
 	@$(BIN)/vmguard-lab demo

@@ -157,10 +157,23 @@ def minio_client(lab_state: dict[str, Any]) -> Any:
     )
 
 
-def _bucket(minio_client: Any, lab_state: dict[str, Any], lock: bool) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="session")
+def minio2_client(lab_state: dict[str, Any]) -> Any:
+    """A client of the lab's second, independent MinIO (where copies go)."""
+    from minio import Minio
+
+    m = lab_state["minio2"]
+    return Minio(
+        m["endpoint"], access_key=m["access_key"], secret_key=m["secret_key"], secure=False
+    )
+
+
+def _bucket(
+    minio_client: Any, lab_state: dict[str, Any], lock: bool, server: str = "minio"
+) -> Iterator[dict[str, Any]]:
     name = f"test-{secrets.token_hex(6)}"
     minio_client.make_bucket(name, object_lock=lock)
-    m = lab_state["minio"]
+    m = lab_state[server]
     yield Masked(
         endpoint=m["endpoint"],
         access_key=m["access_key"],
@@ -196,6 +209,18 @@ def s3_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str
 def s3_lock_bucket(minio_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A fresh bucket created with object lock enabled (kept: its objects are locked)."""
     yield from _bucket(minio_client, lab_state, lock=True)
+
+
+@pytest.fixture
+def s3_bucket2(minio2_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A fresh, empty bucket on the lab's second MinIO, removed after the test."""
+    yield from _bucket(minio2_client, lab_state, lock=False, server="minio2")
+
+
+@pytest.fixture
+def s3_lock_bucket2(minio2_client: Any, lab_state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A fresh bucket with object lock on the lab's second MinIO (kept: locked objects)."""
+    yield from _bucket(minio2_client, lab_state, lock=True, server="minio2")
 
 
 @pytest.fixture(scope="session")

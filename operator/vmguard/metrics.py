@@ -131,6 +131,9 @@ class PolicyState:
     repository: str
     rpo_seconds: float | None
     in_progress: dict[str, int] = field(default_factory=dict)
+    copies: dict[str, tuple[float | None, float]] = field(default_factory=dict)
+    """Copy target -> (completion of the oldest point not copied there yet, or None;
+    the lag the policy allows: its RPO plus the target's delay)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class _ScrapeTimeCollector(Collector):
                 compress.add_metric(labels, vm.compressibility)
         yield from (info, deadline, change, compress)
         yield from self._policies(policies, per_policy, next_due, family)
+        yield from self._copies(policies, now, family)
         age = family(
             "snapshot_age_seconds",
             "Age of a vSphere snapshot vmguard created and has not removed yet.",
@@ -218,6 +222,31 @@ class _ScrapeTimeCollector(Collector):
         for labels_, created in sorted(snapshots.items()):
             age.add_metric(list(labels_), max(0.0, now - created))
         yield age
+
+    @staticmethod
+    def _copies(
+        policies: dict[tuple[str, str], PolicyState],
+        now: float,
+        family: Callable[[str, str, tuple[str, ...]], GaugeMetricFamily],
+    ) -> Iterator[GaugeMetricFamily]:
+        labels = (*POLICY_LABELS, "repository")
+        lag = family(
+            "policy_copy_lag_seconds",
+            "How long the oldest completed backup of the policy not yet copied to the copy "
+            "target has been waiting (0: every point is there).",
+            labels,
+        )
+        allowance = family(
+            "policy_copy_allowance_seconds",
+            "The copy lag the policy allows: its RPO plus the copy target's delay.",
+            labels,
+        )
+        for (namespace, name), state in sorted(policies.items()):
+            for repository, (oldest, allowed) in sorted(state.copies.items()):
+                key = [namespace, state.vcenter, name, repository]
+                lag.add_metric(key, max(0.0, now - oldest) if oldest is not None else 0.0)
+                allowance.add_metric(key, allowed)
+        yield from (lag, allowance)
 
     @staticmethod
     def _policies(
@@ -495,10 +524,12 @@ class Metrics:
         rpo_seconds: float | None,
         vms: Iterable[PolicyVM] | None,
         in_progress: Mapping[str, int] | None = None,
+        copies: Mapping[str, tuple[float | None, float]] | None = None,
     ) -> None:
         """A policy's scheduler pass: its repository and RPO, its VMs (from the latest
         sweep; None before the first) with what its VMGuardBackups say of each, and how many
-        of its backups are in each unfinished phase.
+        of its backups are in each unfinished phase; per copy target, the completion of
+        the oldest point not copied there yet (None: none) and the lag allowed.
 
         The VMs listed become the policy's VMs: a VM of this policy not listed (deleted,
         or matched by another policy now) drops out. A VM's last success and outcome
@@ -507,7 +538,7 @@ class Metrics:
         """
         with self.lock:
             self.policies[(namespace, policy)] = PolicyState(
-                vcenter, repository, rpo_seconds, dict(in_progress or {})
+                vcenter, repository, rpo_seconds, dict(in_progress or {}), dict(copies or {})
             )
             if vms is None:
                 return

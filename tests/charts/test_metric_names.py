@@ -51,6 +51,7 @@ def fed_registry() -> Metrics:
         rpo_seconds=86400,
         vms=[PolicyVM(vm, last_success=1_799_990_000.0)],
         in_progress={"Pending": 1},
+        copies={"offsite": (1_799_990_000.0, 3600.0)},
     )
     done = {
         "metadata": {"namespace": "prod", "uid": "b1"},

@@ -16,9 +16,31 @@ from vmguard.engine.restore import restore_disk
 from vmguard.store import MasterKey, Repository
 from vmguard.store.backend import S3Backend
 from vmguard.transport.file import FileSink
-from vmguard_lab.images import small_mixed
+from vmguard_lab.images import ImageSpec, PartitionSpec, RawRegion, small_mixed
 from vmguard_lab.procs import eventually
 from vmguard_lab.vsim import VSimControl, VSimVM
+
+MiB = 1 << 20
+TINY_DISK = ImageSpec(
+    16 * MiB,
+    None,
+    (
+        PartitionSpec(
+            "raw",
+            None,
+            layout=(
+                RawRegion("compressible", 2 * MiB),
+                RawRegion("random", 4 * MiB),
+                RawRegion("hole", 2 * MiB),
+                RawRegion("zeros", 1 * MiB),
+                RawRegion("repeat", 3 * MiB),
+                RawRegion("random", 2 * MiB),
+                RawRegion("hole", 2 * MiB),
+            ),
+        ),
+    ),
+)
+"""A 16 MiB disk of every kind of content (copies' tests: 16 chunks of 1 MiB)."""
 
 TAKEN: set[str] = set()
 """VMs used by controller tests in this session (pick_vm never hands one out twice)."""
@@ -26,13 +48,19 @@ TAKEN: set[str] = set()
 
 @contextlib.contextmanager
 def data_vm(
-    vc: Any, vsim: VSimControl, image_factory: Any, tmp_path: Path, seed: int = 4
+    vc: Any,
+    vsim: VSimControl,
+    image_factory: Any,
+    tmp_path: Path,
+    seed: int = 4,
+    spec: ImageSpec | None = None,
 ) -> Iterator[VSimVM]:
-    """A powered-on one-disk lab VM with mixed content, put back as found afterwards."""
+    """A powered-on one-disk lab VM with mixed content (``spec``, default
+    :func:`small_mixed`), put back as found afterwards."""
     lab_vm = pick_vm(vsim, TAKEN)
     try:
         with restored_afterwards(vc, vsim, lab_vm, tmp_path):
-            image = image_factory.build(small_mixed(), seed, tmp_path / f"mixed-{seed}.img")
+            image = image_factory.build(spec or small_mixed(), seed, tmp_path / f"mixed-{seed}.img")
             vsim.put_image(lab_vm.moref, lab_vm.disks[0].key, str(image.path))
             yield vsim.vm(lab_vm.moref)
     finally:
@@ -59,13 +87,14 @@ def wait_done(kube_api: Any, ns: str, name: str, timeout: float = 240.0) -> dict
     return objects.wait_phase(kube_api, ns, "vmguardbackups", name, set(BACKUP_TERMINAL), timeout)
 
 
-def open_repo(bucket: dict[str, Any], key: str | None = None) -> Repository:
-    """The bucket's repository, opened with ``key`` if it is encrypted."""
+def open_repo(bucket: dict[str, Any], key: str | None = None, prefix: str = "") -> Repository:
+    """The bucket's repository (under ``prefix``), opened with ``key`` if it is encrypted."""
     backend = S3Backend(
         bucket["endpoint"],
         bucket["bucket"],
         access_key=bucket["access_key"],
         secret_key=bucket["secret_key"],
+        prefix=prefix,
         secure=False,
     )
     return Repository.open(backend, MasterKey.from_text(key) if key else None)

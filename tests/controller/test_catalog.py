@@ -113,6 +113,15 @@ def test_plan_creates_flags_clears_and_completes() -> None:
     assert plan_catalog("repo", ["a"], [vmb("has-a", "a")]).empty
 
 
+def test_a_copy_target_gets_no_object_for_a_copy_its_point_records() -> None:
+    point = vmb("b1", "a-1")
+    point["status"]["copies"] = [
+        {"repository": "offsite", "state": "Completed", "archiveId": "copy-of-a-1"}
+    ]
+    plan = plan_catalog("offsite", ["copy-of-a-1", "copy-of-unknown"], [point])
+    assert plan.create == ("copy-of-unknown",)
+
+
 def test_a_synced_object_whose_archive_is_gone_waits_uncompleted() -> None:
     plan = plan_catalog("repo", [], [vmb("synced-h", "h", synced=True)])
     assert plan.empty

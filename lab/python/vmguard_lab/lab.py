@@ -1,11 +1,12 @@
 """``vmguard-lab up | down | status | env``: the local lab of real peers.
 
 ``up`` builds what is missing (once, cached), then starts, in order: etcd,
-kube-apiserver, kube-controller-manager, kube-scheduler, the lab node agent, MinIO and
-the vSphere simulator — each on 127.0.0.1, on ports chosen at the first ``up`` and
-kept in ``<lab>/lab.json`` (mode 0600) so that later calls find the same lab. ``up``
-is idempotent: a component already running is left alone, a dead one is restarted.
-``down`` stops exactly the processes recorded in the lab's pid files.
+kube-apiserver, kube-controller-manager, kube-scheduler, the lab node agent, two
+independent MinIOs (the second is where copies go) and the vSphere simulator — each on
+127.0.0.1, on ports chosen at the first ``up`` and kept in ``<lab>/lab.json`` (mode
+0600) so that later calls find the same lab. ``up`` is idempotent: a component already
+running is left alone, a dead one is restarted. ``down`` stops exactly the processes
+recorded in the lab's pid files.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ PORT_NAMES = (
     "scheduler",
     "minio",
     "minio-console",
+    "minio2",
+    "minio2-console",
     "vsphere-sdk",
     "vsphere-control",
     "kubelet",
@@ -47,8 +50,11 @@ PROCESSES = (
     "kube-scheduler",
     "node-agent",
     "minio",
+    "minio2",
     "vsphere",
 )
+SECOND_MINIO = "minio2"
+"""The second, independent MinIO: where the lab's copies (issue 17) go."""
 DEFAULT_BUCKET = "vmguard"
 
 
@@ -69,13 +75,15 @@ class LabState:
             # The lab guest's account (labs made before it existed have none yet).
             data["vsphere"].setdefault("guest_username", GUEST_USERNAME)
             data["vsphere"].setdefault("guest_password", secrets.token_urlsafe(18))
+            # The second MinIO (labs made before it existed have none yet).
+            for name in ("minio2", "minio2-console"):
+                data["ports"].setdefault(name, free_port())
+            data.setdefault(SECOND_MINIO, _minio_credentials("lab2-"))
             return cls(data)
         data = {
             "ports": {name: free_port() for name in PORT_NAMES},
-            "minio": {
-                "access_key": "lab-" + secrets.token_hex(6),
-                "secret_key": secrets.token_urlsafe(24),
-            },
+            "minio": _minio_credentials("lab-"),
+            SECOND_MINIO: _minio_credentials("lab2-"),
             "vsphere": {
                 "username": "lab@vsphere.local",
                 "password": secrets.token_urlsafe(18),
@@ -94,6 +102,10 @@ class LabState:
     @property
     def ports(self) -> dict[str, int]:
         return dict(self.data["ports"])
+
+
+def _minio_credentials(prefix: str) -> dict[str, str]:
+    return {"access_key": prefix + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(24)}
 
 
 def _say(msg: str) -> None:
@@ -166,6 +178,7 @@ class Lab:
             state.data["minio"]["secret_key"],
             DEFAULT_BUCKET,
         )
+        self._second_minio(bins, state)
         self._vsphere(bins, state, vms, disk_capacity)
         state.data["kubernetes"] = {
             "server": kube.server,
@@ -175,6 +188,24 @@ class Lab:
         }
         state.save(self.paths)
         return state
+
+    def _second_minio(self, bins: dict[str, Path], state: LabState) -> None:
+        """The copies' MinIO: the same binary, its own port, data and root credentials."""
+        ports = state.ports
+        creds = state.data[SECOND_MINIO]
+        _say(f"second MinIO on http://127.0.0.1:{ports['minio2']}")
+        start_minio(
+            self.paths,
+            self.sup,
+            bins["minio"],
+            ports["minio2"],
+            ports["minio2-console"],
+            creds["access_key"],
+            creds["secret_key"],
+            name=SECOND_MINIO,
+        )
+        creds["endpoint"] = f"127.0.0.1:{ports['minio2']}"
+        ensure_bucket(creds["endpoint"], creds["access_key"], creds["secret_key"], DEFAULT_BUCKET)
 
     def _node_agent(self, kube: KubeControlPlane, ports: dict[str, int]) -> None:
         env = dict(os.environ)
@@ -288,6 +319,7 @@ class Lab:
             "VMGUARD_LAB_DIR": str(self.paths.lab),
             "KUBECONFIG": str(self.paths.kubeconfig),
             "VMGUARD_LAB_MINIO_ENDPOINT": st["minio"].get("endpoint", ""),
+            "VMGUARD_LAB_MINIO2_ENDPOINT": st.get(SECOND_MINIO, {}).get("endpoint", ""),
             "VMGUARD_LAB_VSPHERE_URL": st["vsphere"].get("sdk_url", ""),
             "VMGUARD_LAB_VSPHERE_CONTROL": st["vsphere"].get("control_url", ""),
             "VMGUARD_LAB_CA": st["kubernetes"]["ca"] if "kubernetes" in st else "",
@@ -296,6 +328,9 @@ class Lab:
         if with_secrets:
             out["VMGUARD_LAB_MINIO_ACCESS_KEY"] = st["minio"]["access_key"]
             out["VMGUARD_LAB_MINIO_SECRET_KEY"] = st["minio"]["secret_key"]
+            if SECOND_MINIO in st:
+                out["VMGUARD_LAB_MINIO2_ACCESS_KEY"] = st[SECOND_MINIO]["access_key"]
+                out["VMGUARD_LAB_MINIO2_SECRET_KEY"] = st[SECOND_MINIO]["secret_key"]
             out["VMGUARD_LAB_VSPHERE_USERNAME"] = st["vsphere"]["username"]
             out["VMGUARD_LAB_VSPHERE_PASSWORD"] = st["vsphere"]["password"]
         return out

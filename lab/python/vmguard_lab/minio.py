@@ -1,10 +1,12 @@
-"""The lab's MinIO server: the real S3 implementation our repositories are written to.
+"""The lab's MinIO servers: the real S3 implementation our repositories are written to.
 
-A single-drive MinIO (``xl-single``) on 127.0.0.1, built from its Go module. It
+Each is a single-drive MinIO (``xl-single``) on 127.0.0.1, built from its Go module. It
 supports versioning and object lock, so immutable repositories are tested for real.
-The root credentials are generated per lab, passed to the server through its
-environment (never its command line, which any user can read) and kept in the lab's
-0600 state file.
+The lab runs two independent ones (``minio`` and ``minio2``: own data directory, own
+port, own root credentials), the second being the place copies go (issue 17: a copy in
+another S3 with other credentials). The root credentials are generated per lab and per
+server, passed to the server through its environment (never its command line, which
+any user can read) and kept in the lab's 0600 state file.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ def start_minio(
     console_port: int,
     access_key: str,
     secret_key: str,
+    name: str = "minio",
 ) -> None:
-    data = paths.lab / "minio"
+    """Start the MinIO called ``name`` (its process name and data directory) unless it
+    runs already, and wait until it is ready."""
+    data = paths.lab / name
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
@@ -41,7 +46,7 @@ def start_minio(
         }
     )
     proc = sup.start(
-        "minio",
+        name,
         [
             str(binary),
             "server",
@@ -56,11 +61,11 @@ def start_minio(
         env=env,
     )
     wait_until(
-        "minio",
+        name,
         lambda: _ready(port),
         timeout=60,
         alive=proc.alive,
-        diagnose=lambda: sup.log_tail("minio"),
+        diagnose=lambda: sup.log_tail(name),
     )
 
 

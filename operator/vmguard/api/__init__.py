@@ -32,6 +32,7 @@ from vmguard.api.names import (
     FINALIZER,
     GROUP,
     LABEL_ATTEMPT,
+    LABEL_COPY_TARGET,
     LABEL_OWNER_NAMESPACE,
     LABEL_OWNER_UID,
     LABEL_POLICY,
@@ -54,6 +55,7 @@ from vmguard.api.phases import (
     BACKUP_TERMINAL,
     RESTORE_TERMINAL,
     BackupPhase,
+    CopyState,
     RestorePhase,
 )
 from vmguard.api.reasons import (
@@ -67,6 +69,7 @@ from vmguard.api.reasons import (
 )
 from vmguard.api.spec import BackupSpec, LocalRef, ObjectRef
 from vmguard.api.status import (
+    BackupCopy,
     BackupDisk,
     BackupPlacement,
     BackupSnapshot,
@@ -103,6 +106,7 @@ __all__ = [
     "FINALIZER",
     "GROUP",
     "LABEL_ATTEMPT",
+    "LABEL_COPY_TARGET",
     "LABEL_OWNER_NAMESPACE",
     "LABEL_OWNER_UID",
     "LABEL_POLICY",
@@ -125,6 +129,7 @@ __all__ = [
     "TRANSIENT_WAITING",
     "UNSCHEDULABLE",
     "VERSION",
+    "BackupCopy",
     "BackupDisk",
     "BackupPhase",
     "BackupPlacement",
@@ -134,6 +139,7 @@ __all__ = [
     "BackupTotals",
     "Condition",
     "ConditionStatus",
+    "CopyState",
     "Failure",
     "LastGoodPoint",
     "LocalRef",

@@ -77,6 +77,8 @@ cross-namespace reference, docs/tenancy.md): that object's namespace. No ownerRe
 can cross namespaces, so these two labels are how such a Job is found and removed."""
 LABEL_OWNER_UID: Final = "vmguard.io/owner-uid"
 """On the same Jobs: the UID of the VMGuardBackup or VMGuardRestore they work for."""
+LABEL_COPY_TARGET: Final = "vmguard.io/copy-target"
+"""A copy Job's target VMGuardRepository (issue 17)."""
 
 # Labels the platform team sets on a namespace.
 LABEL_PRIVILEGED_PROXIES: Final = "vmguard.io/privileged-proxies"

@@ -40,6 +40,23 @@ BACKUP_TERMINAL: Final = frozenset({BackupPhase.COMPLETED, BackupPhase.FAILED})
 """Backups that have ended; the controller takes no further step."""
 
 
+class CopyState(StrEnum):
+    """``VMGuardBackup.status.copies[].state``: one copy target's copy of the backup's
+    archive (issue 17). Pending → Running → Completed | Failed (a Failed copy is tried
+    again, as a new Job, up to the copy controller's attempts); Completed → Pruned."""
+
+    PENDING = "Pending"
+    """Not started: waiting for its delay, its turn under the policy's concurrency, or
+    the copy of an older point of the VM."""
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    """The copy's manifest is committed in the target."""
+    FAILED = "Failed"
+    PRUNED = "Pruned"
+    """The copy target's own retention removed the copy (the point may live on
+    elsewhere); it is not copied again."""
+
+
 class RestorePhase(StrEnum):
     """``VMGuardRestore.status.phase``: Pending → Restoring → Finalizing → Completed | Failed."""
 

@@ -113,6 +113,18 @@ class BackupTotals(TypedDict, total=False):
     compressibility: float
 
 
+class BackupCopy(TypedDict, total=False):
+    """One copy target's copy of the backup (``status.copies[]``, keyed by ``repository``)."""
+
+    repository: str
+    state: str
+    time: str
+    bytes: int
+    archiveId: str
+    attempts: int
+    message: str
+
+
 class BackupStatus(TypedDict, total=False):
     """``VMGuardBackup.status``."""
 
@@ -144,6 +156,7 @@ class BackupStatus(TypedDict, total=False):
     completionTime: str
     durationSeconds: float
     error: Failure | None
+    copies: list[BackupCopy]
 
 
 class RestoredDisk(TypedDict, total=False):

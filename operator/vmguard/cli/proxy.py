@@ -1,8 +1,10 @@
-"""``vmguard proxy backup|restore --namespace NS --name NAME``: what a proxy Job runs.
+"""``vmguard proxy backup|restore --namespace NS --name NAME`` and ``vmguard proxy copy
+--archive ID``: what a proxy Job runs.
 
 The sub-command names are :mod:`vmguard.proxy.contract`'s, the ones the Job builders
 write. The work is :func:`vmguard.proxy.backup.run_backup` (given the embedder's
-:class:`~vmguard.hooks.Hooks`, ``args.hooks``) and :func:`vmguard.proxy.restore.run`,
+:class:`~vmguard.hooks.Hooks`, ``args.hooks``), :func:`vmguard.proxy.restore.run` and
+:func:`vmguard.proxy.copy.run_copy`,
 imported when the command runs (they bring pyVmomi, NBD and the Kubernetes client,
 which no other command should pay for at start-up).
 """
@@ -13,7 +15,7 @@ import argparse
 import logging
 from typing import Any
 
-from vmguard.proxy.contract import BACKUP, COMMAND, RESTORE
+from vmguard.proxy.contract import BACKUP, COMMAND, COPY, RESTORE
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -30,12 +32,21 @@ def register(sub: Any) -> None:
     restore.add_argument("--namespace", required=True, help="namespace of the VMGuardRestore")
     restore.add_argument("--name", required=True, help="the VMGuardRestore")
     restore.set_defaults(func=_restore)
+    copy = proxy_sub.add_parser(COPY, help="copy one archive to the Job's copy target")
+    copy.add_argument("--archive", required=True, help="the archive id in the source")
+    copy.set_defaults(func=_copy)
 
 
 def _backup(args: argparse.Namespace) -> int:
     from vmguard.proxy import backup
 
     return backup.run_backup(args.namespace, args.name, args.hooks)
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from vmguard.proxy.copy import run_copy
+
+    return run_copy(args.archive)
 
 
 def _restore(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ disk of the VM or is not committed, so there is no partial outcome
 
 from __future__ import annotations
 
-from vmguard.api import BackupPhase
+from vmguard.api import BackupPhase, CopyState
 from vmguard.api.kinds import BACKUP
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
@@ -186,6 +186,25 @@ status = obj(
         "completionTime": timestamp("When it reached Completed or Failed."),
         "durationSeconds": number("completionTime - startTime.", minimum=0),
         "error": f.failure(),
+        "copies": array(
+            "The backup's copies in the policy's copy targets (spec.copies of its policy).",
+            obj(
+                "One copy target's copy of this backup's archive.",
+                {
+                    "repository": string("The copy target (a VMGuardRepository).", max_length=253),
+                    "state": enum("Where the copy is.", [s.value for s in CopyState]),
+                    "time": timestamp("When the state was last set (Completed: when it ended)."),
+                    "bytes": integer("Bytes the copy uploaded to the target.", minimum=0),
+                    "archiveId": string("The copy's archive id in the target.", max_length=128),
+                    "attempts": integer("Copy Jobs started for it.", minimum=0),
+                    "message": string("Why it failed or waits.", max_length=4096),
+                },
+                required=["repository", "state"],
+            ),
+            max_items=16,
+            list_type="map",
+            map_keys=["repository"],
+        ),
     },
 )
 

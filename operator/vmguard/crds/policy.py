@@ -217,6 +217,44 @@ retention = obj(
     ],
 )
 
+MAX_COPIES = 4
+
+copy_target = obj(
+    "A second repository every completed backup of this policy is copied to (3-2-1): "
+    "read from the primary repository, re-encrypted with the target's key, written "
+    "under the target's Object Lock. The target must not be or overlap the primary "
+    "(same bucket and nested prefixes) and must have the primary's chunk size; "
+    "otherwise the policy's CopiesValid condition says why and nothing is copied there.",
+    {
+        "repositoryRef": f.local_ref(
+            "The VMGuardRepository copies go to.", "VMGuardRepository", label=True
+        ),
+        "retention": retention,
+        "delay": f.duration(
+            "Copy a backup only once it completed this long ago (default: at once).",
+            maximum="720h",
+        ),
+        "credentialsSecretRef": f.secret_ref(
+            "S3 credentials the copy Jobs write the target with, instead of the "
+            "VMGuardRepository's: they need no delete right (docs/copies.md gives the S3 "
+            "policy), while the target's retention and GC keep the repository's own.",
+            {
+                "accessKeyIDKey": ("accessKeyID", "the access key id"),
+                "secretAccessKeyKey": ("secretAccessKey", "the secret access key"),
+            },
+        ),
+    },
+    required=["repositoryRef", "retention"],
+)
+
+copies = array(
+    "Copy targets: other repositories that hold a copy of every completed backup, each "
+    "with its own retention.",
+    copy_target,
+    min_items=1,
+    max_items=MAX_COPIES,
+)
+
 LABEL_KEY_MAX = 316  # a label key: a DNS subdomain prefix (253), "/", a name (63)
 
 proxy = obj(
@@ -316,6 +354,7 @@ spec = obj(
             required=["cron"],
         ),
         "retention": retention,
+        "copies": copies,
         "mode": obj(
             "Full or incremental. Every backup is a synthetic full in the repository; "
             "this only decides which blocks are read.",
@@ -423,6 +462,18 @@ spec = obj(
         rule(
             "self.default || has(self.selector)",
             "a policy needs a selector unless it is the default policy (default: true)",
+        ),
+        rule(
+            "!has(self.copies) || self.copies.all(c, "
+            "c.repositoryRef.name != self.repositoryRef.name)",
+            "a copy target must be another repository than repositoryRef",
+            field_path=".copies",
+        ),
+        rule(
+            "!has(self.copies) || self.copies.all(c, "
+            "self.copies.exists_one(d, d.repositoryRef.name == c.repositoryRef.name))",
+            "each copy target may be named once",
+            field_path=".copies",
         ),
     ],
 )

@@ -193,7 +193,15 @@ spec = obj(
             {
                 "backupRef": f.local_ref(
                     "The VMGuardBackup to restore.", "VMGuardBackup", label=False
-                )
+                ),
+                "repositoryRef": f.local_ref(
+                    "Read the backup from this repository: its own, or one of its policy's "
+                    "copy targets holding a completed copy (status.copies of the backup). "
+                    "Default: its own, and when that is unreachable or lost a copy that "
+                    "holds the point (status.repository says which was read).",
+                    "VMGuardRepository",
+                    label=True,
+                ),
             },
             required=["backupRef"],
         ),

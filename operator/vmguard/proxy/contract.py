@@ -30,6 +30,8 @@ from vmguard.config import (
 __all__ = [
     "BACKUP",
     "COMMAND",
+    "COPY",
+    "COPY_TARGET",
     "DISKS_AT_ONCE_ENV",
     "KEY_FILE_ENV",
     "LOCATOR_ENV",
@@ -49,6 +51,8 @@ __all__ = [
     "VC_USER_ENV",
     "VDDK_PATH_ENV",
     "backup_args",
+    "copy_args",
+    "copy_target_name",
     "restore_args",
 ]
 
@@ -74,13 +78,29 @@ DISKS_AT_ONCE_ENV = "VMGUARD_RESTORE_DISKS_AT_ONCE"
 RESTORE_TARGET_DIR = "/restore-target"
 """Where a files restore into a PVC finds the claim mounted."""
 
-COMMAND, BACKUP, RESTORE = "proxy", "backup", "restore"
-"""``vmguard proxy backup|restore``: the sub-commands the Jobs run."""
+COMMAND, BACKUP, RESTORE, COPY = "proxy", "backup", "restore", "copy"
+"""``vmguard proxy backup|restore|copy``: the sub-commands the Jobs run."""
+
+COPY_TARGET = "VMGUARD_COPY_"
+"""A copy Job's target repository: the source's variables (:data:`REPO_ENV`,
+:data:`S3_ACCESS_ENV`, :data:`S3_SECRET_ENV`, :data:`S3_CA_BUNDLE_ENV`,
+:data:`KEY_FILE_ENV`) with ``VMGUARD_`` replaced by this prefix (``VMGUARD_COPY_REPO``,
+...); the source is the Job's ordinary repository."""
+
+
+def copy_target_name(name: str) -> str:
+    """The target's variable for the source's ``name`` (:data:`COPY_TARGET`)."""
+    return COPY_TARGET + name.removeprefix("VMGUARD_")
 
 
 def backup_args(namespace: str, name: str) -> list[str]:
     """The proxy's arguments for one VMGuardBackup (after the image's ``vmguard`` command)."""
     return [COMMAND, BACKUP, "--namespace", namespace, "--name", name]
+
+
+def copy_args(archive_id: str) -> list[str]:
+    """The proxy's arguments to copy one archive from the Job's repository to its target."""
+    return [COMMAND, COPY, "--archive", archive_id]
 
 
 def restore_args(namespace: str, name: str) -> list[str]:

@@ -54,11 +54,13 @@ from vmguard.proxy.contract import (
     VC_URL_ENV,
     VC_USER_ENV,
     VDDK_PATH_ENV,
+    copy_target_name,
 )
 
 SECRETS_DIR = "/var/run/secrets/vmguard"
 SCRATCH_DIR = "/var/tmp/vmguard"  # TMPDIR: CA files, NBD sockets; the root fs is read-only
 KEY_VOLUME, VC_CA_VOLUME = "repository-key", "vcenter-ca"
+COPY_KEY_VOLUME = "copy-target-key"
 PROXY_UID = 65532  # "nonroot" in distroless images
 
 DEFAULT_RESOURCES: dict[str, Any] = {
@@ -172,29 +174,35 @@ def repository_url(spec: Mapping[str, Any]) -> str:
     return url
 
 
-def repository_env(spec: Mapping[str, Any]) -> Pieces:
-    """Where the repository is, its S3 credentials by reference, its key as a file."""
+def repository_env(spec: Mapping[str, Any], *, copy_target: bool = False) -> Pieces:
+    """Where the repository is, its S3 credentials by reference, its key as a file.
+    ``copy_target``: as a copy Job's target (the variables of
+    :data:`~vmguard.proxy.contract.COPY_TARGET`, its key in a volume of its own)."""
+    name = copy_target_name if copy_target else str
+    key_volume = COPY_KEY_VOLUME if copy_target else KEY_VOLUME
     creds = spec["credentialsSecretRef"]
     env: list[dict[str, Any]] = [
-        {"name": REPO_ENV, "value": repository_url(spec)},
-        _secret_env(S3_ACCESS_ENV, creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
+        {"name": name(REPO_ENV), "value": repository_url(spec)},
+        _secret_env(name(S3_ACCESS_ENV), creds["name"], creds.get("accessKeyIDKey", "accessKeyID")),
         _secret_env(
-            S3_SECRET_ENV, creds["name"], creds.get("secretAccessKeyKey", "secretAccessKey")
+            name(S3_SECRET_ENV),
+            creds["name"],
+            creds.get("secretAccessKeyKey", "secretAccessKey"),
         ),
     ]
     if (spec.get("s3") or {}).get("caBundle"):
-        env.append({"name": S3_CA_BUNDLE_ENV, "value": spec["s3"]["caBundle"]})
+        env.append({"name": name(S3_CA_BUNDLE_ENV), "value": spec["s3"]["caBundle"]})
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     key_ref = (spec.get("encryption") or {}).get("keySecretRef")
     if key_ref:
         volumes.append(
-            _secret_volume(KEY_VOLUME, key_ref["name"], key_ref.get("key", "key"), "key")
+            _secret_volume(key_volume, key_ref["name"], key_ref.get("key", "key"), "key")
         )
         mounts.append(
-            {"name": KEY_VOLUME, "mountPath": f"{SECRETS_DIR}/{KEY_VOLUME}", "readOnly": True}
+            {"name": key_volume, "mountPath": f"{SECRETS_DIR}/{key_volume}", "readOnly": True}
         )
-        env.append({"name": KEY_FILE_ENV, "value": f"{SECRETS_DIR}/{KEY_VOLUME}/key"})
+        env.append({"name": name(KEY_FILE_ENV), "value": f"{SECRETS_DIR}/{key_volume}/key"})
     return env, volumes, mounts
 
 

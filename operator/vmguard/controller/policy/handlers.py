@@ -3,7 +3,8 @@
 A created, updated or deleted policy wakes its vCenter's sweeper (the VMs are matched
 again now, not at the next interval) and its own scheduler. The scheduler daemon
 (:class:`.runs.PolicyRunner`) creates the policy's VMGuardBackups at its scheduled times,
-applies its retention and keeps its status.
+applies its retention, copies its completed backups to its copy targets
+(:class:`.copying.Copier`) and keeps its status.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import kopf
 
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import POLICY
+from vmguard.config import BackupSettings
 from vmguard.controller.kube.handlers import (
     OperatorMemo,
     acts,
@@ -21,7 +23,9 @@ from vmguard.controller.kube.handlers import (
     policy_wakeup,
     vcenter_wakeup,
 )
+from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.policy.copying import Copier
 from vmguard.controller.policy.runs import PolicyRunner
 
 
@@ -57,8 +61,12 @@ async def policy_scheduler(
     wake = policy_wakeup(memo, namespace or "", name)
     announce = announcer(body)
     metrics = memo.metrics
+    api = KubeAPI()
+    # Copy Jobs are looked at as often as backup Jobs (VMGUARD_BACKUP_POLL).
+    poll = BackupSettings.from_env().poll
+    copier = Copier(api, JobAPI(), memo.proxy, memo.timing, logger, poll)
     runner = PolicyRunner(
-        KubeAPI(), body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics
+        api, body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics, copier
     )
     try:
         await runner.loop()

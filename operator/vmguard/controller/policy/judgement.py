@@ -17,6 +17,10 @@ raised out of a handler (the operator does not crash-loop on bad input):
   VMs still count as protected so the default policy does not take them over.
 - ``DryRun`` — True (``DryRun``) when ``spec.dryRun``: nothing is created; ``plan
   {nextRunTime, vms}`` says what the next scheduled run would back up (null otherwise).
+- ``CopiesValid`` — only with ``spec.copies``: False, naming the first reason of
+  :mod:`.targets` (``CopyRepositoryNotFound``, ``CopyTargetOverlaps``,
+  ``ChunkSizeMismatch``) when a copy target is refused (it receives nothing; the
+  policy's own backups go on), True (``Valid``) otherwise.
 - ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
   default policy (the one whose name sorts first acts as the default, the others
   protect nothing), or ``PriorityTie`` when another policy of the same priority
@@ -43,6 +47,7 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.refs import RefusedReference, get_referenced
 from vmguard.controller.kube.schedule import Schedule, parse
 from vmguard.controller.kube.sweeps import SweepView
+from vmguard.controller.policy import targets
 from vmguard.controller.policy.builders import run_label
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.errors import ConfigError, ScheduleError
@@ -59,6 +64,8 @@ class Assessment:
     rpo: dt.timedelta | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
     schedule_problem: tuple[str, str] | None = None
+    copies: targets.TargetJudgement | None = None
+    """The copy targets (None: the policy names none)."""
 
     @property
     def ready(self) -> bool:
@@ -112,6 +119,14 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
             refused.append((exc.reason, str(exc)))
     out = assess_spec(spec, found["vcenterRef"] is not None, found["repositoryRef"] is not None)
     out.problems[:0] = refused
+    if spec.get("copies"):
+        copies_found: dict[str, dict[str, Any] | None] = {}
+        for entry in spec["copies"]:
+            name = (entry.get("repositoryRef") or {}).get("name", "")
+            obj = await api.get_object(REPOSITORY.plural, namespace, name) if name else None
+            copies_found[name] = obj.get("spec") or {} if obj is not None else None
+        primary = found["repositoryRef"]
+        out.copies = targets.judge(spec, primary.get("spec") if primary else None, copies_found)
     return out
 
 
@@ -213,6 +228,17 @@ def conditions(
         else "backups are created",
         generation,
     )
+    if assessment.copies is None:
+        out = [c for c in out if c.get("type") != targets.CONDITION]
+    elif assessment.copies.problems:
+        problems = assessment.copies.problems
+        message = "; ".join(m for _, m in problems) + ": nothing is copied there"
+        out = set_condition(out, targets.CONDITION, False, problems[0][0], message, generation)
+    else:
+        names = ", ".join(t.repository for t in assessment.copies.targets)
+        out = set_condition(
+            out, targets.CONDITION, True, "Valid", f"backups are copied to {names}", generation
+        )
     if clashes:
         out = set_condition(
             out,

@@ -18,6 +18,9 @@ Invariants:
   archives.
 - An archive that a kept VMGuardBackup also names (a catalog-synced duplicate) is never
   retired; the pruned object alone goes.
+- **Copies first.** A backup whose copies to the policy's copy targets are not made yet
+  (``hold``, :func:`.copying.awaiting_copy`) is not pruned until they are (or have
+  failed for good): pruning the primary must not lose a point before its copy exists.
 - A policy that keeps nothing prunes nothing (``select_retained`` refuses; the CRD
   refuses it first).
 - **Object Lock**: an archive whose lock has not ended keeps its VMGuardBackup. It is
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -175,8 +178,10 @@ class Retention:
         backups: list[dict[str, Any]],
         announce: Announce,
         now: dt.datetime,
+        hold: Collection[str] = (),
     ) -> set[str]:
-        """One pass; returns the names of the VMGuardBackups deleted."""
+        """One pass; returns the names of the VMGuardBackups deleted. ``hold``: backups
+        not pruned yet although retention would (their copies are not made yet)."""
         try:
             chosen = plan(policy, backups)
         except ConfigError as exc:
@@ -185,7 +190,11 @@ class Retention:
         self.kept = len(chosen.keep)
         names = {c.name for c in chosen.prune}
         self.blocked_until = {n: t for n, t in self.blocked_until.items() if n in names}
-        due = [c for c in chosen.prune if self.blocked_until.get(c.name, now) <= now]
+        due = [
+            c
+            for c in chosen.prune
+            if self.blocked_until.get(c.name, now) <= now and c.name not in hold
+        ]
         self.problem = None
         deleted: set[str] = set()
         by_repo: dict[str, list[Candidate]] = defaultdict(list)

@@ -50,8 +50,9 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
-from vmguard.controller.policy import judgement
+from vmguard.controller.policy import copying, judgement
 from vmguard.controller.policy.builders import build_vmbackup, run_label
+from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.controller.policy.retention import Retention
 from vmguard.errors import RetryableError, VmguardError
@@ -122,8 +123,10 @@ class PolicyRunner:
         announce: Announce | None = None,
         timing: Timing = REAL_TIME,
         metrics: Metrics | None = None,
+        copier: Copier | None = None,
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
+        self.copier = copier
         self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
         self.announce: Announce = announce or (lambda reason, message, warning: None)
@@ -187,12 +190,23 @@ class PolicyRunner:
         await self.create_due(policy, now)
         selector = f"{LABEL_POLICY}={meta['name']}"
         backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
-        pruned = await self.retention.apply(self.api, policy, backups, self.announce, real_now)
+        hold = (
+            awaiting_copy(policy, assessment.copies.targets, backups)
+            if assessment.copies is not None
+            else set()
+        )
+        pruned = await self.retention.apply(
+            self.api, policy, backups, self.announce, real_now, hold
+        )
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+        if self.copier is not None and assessment.copies is not None:
+            await self.copier.apply(policy, assessment.copies.targets, backups)
         await self.refresh_status(policy, assessment, view, now, real_now, backups)
         wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
             wake_at.append(self.timing.off_line(self.pending[0].start))
+        if self.copier is not None and self.copier.running:
+            wake_at.append(real_now + dt.timedelta(seconds=self.copier.poll))
         if acting and assessment.schedule is not None:
             nxt = assessment.schedule.next_after(now)
             if nxt is not None:
@@ -280,6 +294,18 @@ class PolicyRunner:
             status["conditions"], meta.get("generation")
         )
         status["retention"] = self.retention.status()
+        lagging: dict[str, copying.Point | None] = {}
+        allowed: dict[str, float] = {}
+        if assessment.copies is not None:
+            lagging = copying.oldest_uncopied(policy, assessment.copies.targets, backups)
+            rpo_seconds = assessment.rpo.total_seconds() if assessment.rpo else 0.0
+            allowed = {
+                t.repository: rpo_seconds + self.timing.interval(t.delay)
+                for t in assessment.copies.targets
+            }
+        status["conditions"] = copying.lag_condition(
+            status["conditions"], lagging, allowed, real_now, meta.get("generation")
+        )
         if status != self.last_status:
             await self.api.patch_status(POLICY.plural, namespace, name, status)
             self.last_status = status
@@ -293,6 +319,10 @@ class PolicyRunner:
                 rpo_seconds=assessment.rpo.total_seconds() if assessment.rpo else None,
                 vms=[vm_state(vm, history) for vm in view.vms_of(name)] if view else None,
                 in_progress=history.in_progress_by_phase(),
+                copies={
+                    target: (point.completed.timestamp() if point else None, allowed[target])
+                    for target, point in lagging.items()
+                },
             )
 
     async def sleep(self, seconds: float) -> None:

@@ -18,6 +18,9 @@ Invariants:
   ``archives/`` (ids only), then a manifest is read only for an archive that needs an
   object (or a synced object whose status never got written); only changed conditions
   are patched.
+- A copy of a point (issue 17) that the point's VMGuardBackup records in
+  ``status.copies`` gets no object of its own: catalog sync of a copy target in the same
+  namespace recreates only what no VMGuardBackup names (in a new cluster, every copy).
 - VMGuardBackups are listed *before* the archives: an archive committed in between belongs to
   a backup already listed, whose UID its manifest names (``backup_uid``); such an archive
   is the running backup's, not an orphan, and is skipped.
@@ -65,6 +68,7 @@ from vmguard.api.names import is_synced
 from vmguard.controller.kube import access
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
+from vmguard.controller.kube.copies import copies_of
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats
@@ -159,6 +163,8 @@ def plan_catalog(
         archive = archive_of(obj)
         if archive:
             covered.add(archive)  # by any VMGuardBackup, of any repository: never two objects
+        # A point's copies in copy targets are that point, not objects of their own.
+        covered.update(c.get("archiveId") or "" for c in copies_of(obj).values())
         if not archive or repository_of(obj) != repository or meta.get("deletionTimestamp"):
             continue
         if (

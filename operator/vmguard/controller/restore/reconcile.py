@@ -7,7 +7,12 @@ resumes where the status says, and every step may run twice without harm:
 
 - **Pending**: the source VMGuardBackup must exist and be Completed with an archive (else
   condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
-  fails the restore). The operator opens the repository, reads the manifest, checks and
+  fails the restore). The operator opens the repository — the backup's own, or the
+  copy target ``spec.source.repositoryRef`` names (``CopyNotFound`` without a completed
+  copy there); when the backup's own is unreachable, lost or misses the archive and the
+  point has completed copies (``status.copies`` of the backup), the first copy that
+  opens, said in the ``SourceReady`` message and ``status.repository`` —, reads the
+  manifest, checks and
   prepares the target (:mod:`.targets`: a new VM is created here, found again
   by its marker after a restart), records it in ``status.result`` (and, for an
   overwrite, whether the VM was on) and where it writes (``status.placement``). From
@@ -48,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +63,7 @@ from vmguard.api import (
     BackupPhase,
     BackupPlacement,
     Condition,
+    CopyState,
     Failure,
     RestorePhase,
     RestoreStatus,
@@ -74,6 +80,7 @@ from vmguard.controller.kube.bodies import (
     restore_status,
 )
 from vmguard.controller.kube.conditions import now, outcome_conditions, set_condition
+from vmguard.controller.kube.copies import copies_of
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -195,14 +202,24 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     vc_ref, repo_ref = _refs(backup, policy)
     vc_ref = dict(spec.get("vcenterRef") or {}) or vc_ref
     repo_name, vc_name = repo_ref.get("name", ""), vc_ref.get("name", "")
+    wanted = ref_name(spec["source"].get("repositoryRef"))
+    copies = {
+        name: str(c.get("archiveId") or "")
+        for name, c in copies_of(backup).items()
+        if c.get("state") == CopyState.COMPLETED and c.get("archiveId")
+    }
+    if wanted and wanted != repo_name:
+        if wanted not in copies:
+            msg = f"repository {wanted} holds no completed copy of VMGuardBackup {source}"
+            return failed(obj, "SourceReady", "CopyNotFound", msg)
+        # A copy target is named in the policy's namespace (docs/copies.md).
+        repo_ref, archive_id, copies = {"name": wanted}, copies[wanted], {}
+    elif wanted:
+        copies = {}  # the backup's own repository, named: no fallback
     try:
         repo_obj = await references.get_referenced(api, REPOSITORY, ns, repo_ref)
     except references.RefusedReference as exc:
         return _waiting(obj, "SourceReady", exc.reason, str(exc), RETRY_SECONDS)
-    if repo_obj is None:
-        named = references.shown(repo_ref, ns)
-        msg = f"VMGuardRepository {named} of VMGuardBackup {source} does not exist"
-        return _waiting(obj, "SourceReady", "RepositoryNotFound", msg, RETRY_SECONDS)
     target = spec["target"]
     vc_obj = None
     if "files" not in target:
@@ -213,16 +230,18 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         if vc_obj is None:
             msg = f"VCenter {references.shown(vc_ref, ns)} to restore into does not exist"
             return _waiting(obj, "TargetReady", "VCenterNotFound", msg, RETRY_SECONDS)
+    read = await _open_source(api, ns, source, repo_ref, repo_obj, archive_id, copies)
+    if isinstance(read, tuple):
+        kind, reason, msg = read
+        if kind == "wait":
+            return _waiting(obj, "SourceReady", reason, msg, RETRY_SECONDS)
+        return failed(obj, "SourceReady", reason, msg)
+    repo_obj, manifest = read.repository, read.manifest
+    repo_name, archive_id = read.name, read.archive_id
     try:
         job_ns = references.job_namespace(ns, repo_obj, vc_obj)
     except references.RefusedReference as exc:
         return failed(obj, "TargetReady", exc.reason, str(exc))
-    repo = await access.open_repository(api, repo_obj)
-    try:
-        manifest = await asyncio.to_thread(repo.load_archive, archive_id)
-    except ObjectNotFoundError:
-        msg = f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}"
-        return failed(obj, "SourceReady", "ArchiveNotFound", msg)
     origin = manifest.labels.get(ORIGIN_NAMESPACE, "")
     if references.namespace_of(repo_obj) != ns and origin != ns:
         msg = (
@@ -235,9 +254,10 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         refused = _files_across(target["files"]["to"], ns, job_ns, repo_obj["spec"]["s3"])
         if refused is not None:
             return failed(obj, "TargetReady", *refused)
-    conds = set_condition(
-        _conditions(obj), "SourceReady", True, "SourceCompleted", f"archive {archive_id}"
-    )
+    said = f"archive {archive_id}"
+    if read.instead:
+        said += f" from copy target {repo_name} ({read.instead})"
+    conds = set_condition(_conditions(obj), "SourceReady", True, "SourceCompleted", said)
     recorded: RestoreStatus = {
         "archiveId": archive_id,
         "repository": repo_name,
@@ -357,6 +377,69 @@ def _files_across(
             f"(not s3://{bucket}/{prefix})"
         )
     return None
+
+
+@dataclass
+class SourceRead:
+    """Where a restore reads its point: the repository object, its name, the archive."""
+
+    repository: dict[str, Any]
+    name: str
+    archive_id: str
+    manifest: Any
+    instead: str = ""
+    """Why the backup's own repository was not read (empty: it was)."""
+
+
+async def _open_source(
+    api: KubeAPI,
+    ns: str,
+    source: str,
+    repo_ref: Mapping[str, Any],
+    repo_obj: dict[str, Any] | None,
+    archive_id: str,
+    copies: dict[str, str],
+) -> SourceRead | tuple[str, str, str]:
+    """The backup's repository (``repo_obj``, resolved from ``repo_ref``; None: it does
+    not exist) and manifest; when it is missing, unreachable or lost and the point has
+    completed copies (``copies``: repository in ``ns`` -> archive id), the first copy
+    that opens. Else ("wait" | "fail", reason, message), as before copies existed."""
+    repo_name = str(repo_ref.get("name") or "")
+    problem: tuple[str, str, str]
+    if repo_obj is None:
+        named = references.shown(repo_ref, ns)
+        problem = (
+            "wait",
+            "RepositoryNotFound",
+            f"VMGuardRepository {named} of VMGuardBackup {source} does not exist",
+        )
+    else:
+        try:
+            repo = await access.open_repository(api, repo_obj)
+            manifest = await asyncio.to_thread(repo.load_archive, archive_id)
+            return SourceRead(repo_obj, repo_name, archive_id, manifest)
+        except ObjectNotFoundError:
+            problem = (
+                "fail",
+                "ArchiveNotFound",
+                f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}",
+            )
+        except VmguardError as exc:
+            if not copies:
+                raise
+            problem = ("fail", "RepositoryUnreachable", f"repository {repo_name}: {exc}")
+    for name, copy_id in sorted(copies.items()):
+        copy_obj = await api.get_object(REPOSITORY.plural, ns, name)
+        if copy_obj is None:
+            continue
+        try:
+            repo = await access.open_repository(api, copy_obj)
+            manifest = await asyncio.to_thread(repo.load_archive, copy_id)
+        except VmguardError as exc:
+            log.warning("restore of %s: copy target %s unreadable too: %s", source, name, exc)
+            continue
+        return SourceRead(copy_obj, name, copy_id, manifest, problem[2])
+    return problem
 
 
 def _describe(prepared: targets.Prepared) -> str:

@@ -9,7 +9,9 @@ Objects live under an optional key prefix of one bucket. Invariants and choices:
   object, and then the backend falls back to stat-then-put and reports
   ``capabilities.atomic_create = False``: two writers racing on one name may then
   both "win". ``capabilities`` runs that probe the first time it is asked, so what it
-  reports is what the server does. The repository relies on create-if-absent to avoid
+  reports is what the server does; credentials that may not delete (a copy Job's for its
+  target) leave the probe in place, a few bytes outside every prefix the repository
+  reads. The repository relies on create-if-absent to avoid
   overwriting a repository config and to take the GC lock; GC refuses to run on a
   store without it unless told it is the only GC (``docs/repository-format.md`` §7.3).
 - Object Lock: when the bucket has Object Lock enabled, ``put`` accepts a retention,
@@ -28,6 +30,7 @@ Objects live under an optional key prefix of one bucket. Invariants and choices:
 from __future__ import annotations
 
 import io
+import logging
 import re
 import secrets
 import traceback
@@ -77,6 +80,8 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchVersion", "Res
 _LOCK_WORDS = re.compile(r"WORM|retention|object lock|locked|legal hold", re.IGNORECASE)
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _SDK_ERRORS = (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError)
+
+log = logging.getLogger(__name__)
 
 
 def _retention_header_date(value: str | None) -> datetime | None:
@@ -248,6 +253,11 @@ class S3Backend:
         finally:
             try:
                 self.delete(probe)
+            except CredentialsRefusedError as exc:
+                # Credentials without a delete right (a copy Job's for its target,
+                # docs/copies.md) may probe but not clean up: the probe's byte stays,
+                # outside every prefix the repository reads.
+                log.warning("could not delete the probe %s (%s): left in place", probe, exc)
             finally:
                 self._probing = False
         return first and not second

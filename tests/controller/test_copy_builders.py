@@ -1,0 +1,224 @@
+"""The copy Job builder (controller/policy/copyjob.py) and the copy controller's pure
+parts (controller/policy/copying.py): no cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from vmguard.config import ProxySettings
+from vmguard.controller.kube.admission import VCenterLimits, plan
+from vmguard.controller.policy import copying
+from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = ProxySettings(
+    image="vmguard-proxy:1.2.3",
+    command=("vmguard",),
+    locator="vddk",
+    service_account="vmguard-proxy",
+    image_pull_policy="IfNotPresent",
+)
+
+
+def _repo(bucket: str, secret: str, key: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "s3": {"endpoint": "s3.example:9000", "bucket": bucket},
+        "credentialsSecretRef": {"name": secret},
+    }
+    if key:
+        spec["encryption"] = {"keySecretRef": {"name": key}}
+    return spec
+
+
+def _backup(name: str, completed: str, vm: str = "uuid-1") -> dict[str, Any]:
+    return {
+        "apiVersion": "vmguard.io/v1alpha1",
+        "kind": "VMGuardBackup",
+        "metadata": {
+            "name": name,
+            "namespace": "ops",
+            "uid": f"uid-{name}",
+            "labels": {"vmguard.io/policy": "gold", "vmguard.io/vm": vm},
+        },
+        "spec": {"policyRef": {"name": "gold"}},
+        "status": {"phase": "Completed", "archiveId": f"a-{name}", "completionTime": completed},
+    }
+
+
+def test_the_copy_job_names_both_repositories_by_reference_only() -> None:
+    job = build_copy_job(
+        _backup("web-1", "2026-01-01T00:00:00Z"),
+        SETTINGS,
+        archive_id="a-web-1",
+        source=_repo("primary", "primary-s3", "primary-key"),
+        target_name="offsite",
+        target=_repo("copies", "offsite-s3", "offsite-key"),
+        attempt=2,
+    )
+    assert job["metadata"]["name"] == copy_job_name("web-1", "offsite", 2) == "vmc-web-1-offsite-2"
+    assert job["metadata"]["ownerReferences"][0]["name"] == "web-1"
+    assert job["metadata"]["labels"]["vmguard.io/copy-target"] == "offsite"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["proxy", "copy", "--archive", "a-web-1"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VMGUARD_REPO"]["value"] == "s3://s3.example:9000/primary"
+    assert env["VMGUARD_COPY_REPO"]["value"] == "s3://s3.example:9000/copies"
+    refs = {n: e["valueFrom"]["secretKeyRef"]["name"] for n, e in env.items() if "valueFrom" in e}
+    assert refs == {
+        "VMGUARD_S3_ACCESS_KEY": "primary-s3",
+        "VMGUARD_S3_SECRET_KEY": "primary-s3",
+        "VMGUARD_COPY_S3_ACCESS_KEY": "offsite-s3",
+        "VMGUARD_COPY_S3_SECRET_KEY": "offsite-s3",
+    }
+    keys = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert keys == {"repository-key": "primary-key", "copy-target-key": "offsite-key"}
+    assert env["VMGUARD_KEY_FILE"]["value"] != env["VMGUARD_COPY_KEY_FILE"]["value"]
+    # A copy touches no device: the pod is restricted.
+    assert container["securityContext"]["privileged"] is False
+
+
+def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    backups = [
+        _backup("b2", "2026-01-01T02:00:00Z"),
+        _backup("b1", "2026-01-01T01:00:00Z"),
+        _backup("other", "2026-01-01T03:00:00Z", vm="uuid-2"),
+        {**_backup("failed", "2026-01-01T00:00:00Z"), "status": {"phase": "Failed"}},
+    ]
+    points = copying.points(policy, backups)
+    assert [p.name for p in points] == ["b1", "b2", "other"]
+    assert points[0].completed == dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC)
+    work = [copying.work(p, "offsite", policy) for p in points]
+    decided = plan(work, [], VCenterLimits())
+    # b2 waits for b1's copy (same VM and target); the other VM's copy runs alongside.
+    assert [w.name for w in decided.start] == ["b1", "other"]
+    assert [w.work.name for w in decided.waiting] == ["b2"]
+    # To another target the same point's copy is separate work.
+    assert copying.work(points[0], "vault", policy).vm != work[0].vm
+
+
+def test_retention_holds_a_point_until_each_copy_is_made_or_given_up() -> None:
+    from vmguard.controller.policy.targets import CopyTarget
+
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    made, waiting, gave_up, pruned = (
+        _backup(n, "2026-01-01T01:00:00Z") for n in ("made", "waiting", "gave-up", "pruned")
+    )
+    made["status"]["copies"] = [{"repository": "offsite", "state": "Completed"}]
+    waiting["status"]["copies"] = [{"repository": "offsite", "state": "Failed", "attempts": 1}]
+    gave_up["status"]["copies"] = [
+        {"repository": "offsite", "state": "Failed", "attempts": copying.ATTEMPTS}
+    ]
+    pruned["status"]["copies"] = [{"repository": "offsite", "state": "Pruned"}]
+    offsite = CopyTarget("offsite", {"keepLast": 1}, 0.0)
+    backups = [made, waiting, gave_up, pruned]
+    assert copying.awaiting_copy(policy, [offsite], backups) == {"waiting"}
+    # A second target not reached yet holds every point.
+    vault = CopyTarget("vault", {"keepLast": 1}, 0.0)
+    assert copying.awaiting_copy(policy, [offsite, vault], backups) == {
+        "made",
+        "waiting",
+        "gave-up",
+        "pruned",
+    }
+
+
+def test_a_targets_retention_dates_copies_by_their_source_point_per_vm() -> None:
+    from vmguard.store.prune import RetentionPolicy
+
+    day = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    copies = [
+        copying.CopiedPoint(f"c{h}", "vm-a", f"s{h}", day + dt.timedelta(hours=h))
+        for h in (1, 2, 3)
+    ] + [copying.CopiedPoint("other", "vm-b", "s9", day - dt.timedelta(days=3))]
+    pruned = copying.plan_copy_retention(copies, RetentionPolicy(keep_daily=7), dt.UTC)
+    # One per day per VM: the newest of the 5th for vm-a; vm-b's only copy stays.
+    assert [c.archive_id for c in pruned] == ["c1", "c2"]
+
+
+def test_the_copy_lag_metric_and_condition_say_what_the_statuses_say() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vmguard.controller.policy.targets import CopyTarget
+    from vmguard.metrics import Metrics
+
+    policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
+    old, new = _backup("old", "2026-01-01T01:00:00Z"), _backup("new", "2026-01-01T02:00:00Z")
+    old["status"]["copies"] = [
+        {"repository": "offsite", "state": "Completed"},
+        {"repository": "vault", "state": "Pruned"},
+    ]
+    new["status"]["copies"] = [
+        {"repository": "offsite", "state": "Failed", "attempts": copying.ATTEMPTS},
+        {"repository": "vault", "state": "Completed"},
+    ]
+    targets = [
+        CopyTarget("offsite", {"keepLast": 1}, 0.0),
+        CopyTarget("vault", {"keepLast": 1}, 0.0),
+    ]
+    lagging = copying.oldest_uncopied(policy, targets, [new, old])
+    assert {t: p.name if p else None for t, p in lagging.items()} == {
+        "offsite": "new",
+        "vault": None,
+    }
+    now = dt.datetime(2026, 1, 1, 4, tzinfo=dt.UTC)
+    allowed = {"offsite": 3600.0, "vault": 3600.0}
+    m = Metrics(clock=lambda: now.timestamp())
+    m.observe_policy(
+        "ops",
+        "vc1",
+        "gold",
+        repository="primary",
+        rpo_seconds=3600,
+        vms=None,
+        copies={
+            t: (p.completed.timestamp() if p else None, allowed[t]) for t, p in lagging.items()
+        },
+    )
+    exposed = {
+        (s.name, s.labels["repository"]): s.value
+        for f in text_string_to_metric_families(m.exposition())
+        for s in f.samples
+        if s.name.startswith("vmguard_policy_copy_")
+    }
+    assert exposed == {
+        ("vmguard_policy_copy_lag_seconds", "offsite"): 7200.0,  # "new" completed at 02:00
+        ("vmguard_policy_copy_allowance_seconds", "offsite"): 3600.0,
+        ("vmguard_policy_copy_lag_seconds", "vault"): 0.0,
+        ("vmguard_policy_copy_allowance_seconds", "vault"): 3600.0,
+    }
+    (cond,) = copying.lag_condition([], lagging, allowed, now, 1)
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "CopiesCurrent",
+        "False",
+        "CopyLagging",
+    )
+    assert "copies to offsite" in cond["message"] and "new" in cond["message"]
+    assert "vault" not in cond["message"]
+    (ok,) = copying.lag_condition([], {"vault": None}, allowed, now, 1)
+    assert (ok["status"], ok["reason"]) == ("True", "Current")
+    assert copying.lag_condition([cond], {}, allowed, now, 2) == []
+
+
+def test_a_copy_target_may_give_the_jobs_credentials_of_their_own() -> None:
+    own = {"name": "offsite-copier", "accessKeyIDKey": "id", "secretAccessKeyKey": "secret"}
+    job = build_copy_job(
+        _backup("web-1", "2026-01-01T00:00:00Z"),
+        SETTINGS,
+        archive_id="a-web-1",
+        source=_repo("primary", "primary-s3", None),
+        target_name="offsite",
+        target=_repo("copies", "offsite-s3", None),
+        attempt=1,
+        target_credentials=own,
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["VMGUARD_COPY_S3_ACCESS_KEY"] == {"name": "offsite-copier", "key": "id"}
+    assert refs["VMGUARD_COPY_S3_SECRET_KEY"] == {"name": "offsite-copier", "key": "secret"}
+    assert refs["VMGUARD_S3_SECRET_KEY"]["name"] == "primary-s3"
