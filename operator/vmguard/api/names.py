@@ -93,3 +93,9 @@ class Trigger(StrEnum):
     """The policy's schedule reached a run."""
     FAILSAFE = "failsafe"
     """The VM had no completed backup and was backed up at once."""
+
+
+DEFAULT_BACKUP_TTL: Final = 86400
+"""``ttlSecondsAfterFinished`` of a VMGuardBackup whose spec and policy give none: 24 h."""
+MAX_BACKUP_TTL: Final = 2**31 - 1
+"""The largest ``ttlSecondsAfterFinished`` (int32, as a Job's)."""

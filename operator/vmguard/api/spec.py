@@ -48,3 +48,4 @@ class BackupSpec(_BackupSpecKeys, total=False):
     vcenterRef: ObjectRef
     repositoryRef: ObjectRef
     mode: Literal["auto", "full"]
+    ttlSecondsAfterFinished: int

@@ -16,7 +16,7 @@ disk of the VM or is not committed, so there is no partial outcome
 
 from __future__ import annotations
 
-from vmguard.api import BackupPhase, CopyState
+from vmguard.api import MAX_BACKUP_TTL, BackupPhase, CopyState
 from vmguard.api.kinds import BACKUP
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
@@ -62,6 +62,13 @@ spec = obj(
             "full scan; full: read every allocated block, ignoring CBT.",
             ["auto", "full"],
             default="auto",
+        ),
+        "ttlSecondsAfterFinished": integer(
+            "Delete this VMGuardBackup so long after it finished (Completed or Failed), like "
+            "a Job. Its archive and its restore point (in the VM's ProtectedVM) stay. "
+            "Default: the policy's spec.ttlSecondsAfterFinished, else 86400 (24 h).",
+            minimum=0,
+            maximum=MAX_BACKUP_TTL,
         ),
     },
     required=["vm"],

@@ -16,6 +16,7 @@ selected.
 
 from __future__ import annotations
 
+from vmguard.api import DEFAULT_BACKUP_TTL, MAX_BACKUP_TTL
 from vmguard.api.kinds import POLICY
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, name_is_label, ready_column
@@ -419,6 +420,15 @@ spec = obj(
             "Default: twice the schedule's interval.",
             minimum="1m",
             maximum="8760h",
+        ),
+        "ttlSecondsAfterFinished": integer(
+            "How long a VMGuardBackup of this policy (one backup run) stays after it "
+            "finished (Completed or Failed); then it is deleted, like a Job. Its archive "
+            "and its restore point in the VM's ProtectedVM stay: only retention removes "
+            "those. A VMGuardBackup's own spec.ttlSecondsAfterFinished wins.",
+            minimum=0,
+            maximum=MAX_BACKUP_TTL,
+            default=DEFAULT_BACKUP_TTL,
         ),
         "paused": boolean(
             "Stop creating backups (running ones finish). Selection still counts VMs as "

@@ -49,7 +49,7 @@ point = obj(
             int64=True,
         ),
         "backup": string(
-            "The VMGuardBackup (one run) that made the point; it may have expired since.",
+            "The VMGuardBackup (one run) that made the point; cleared when that run expires.",
             max_length=253,
         ),
         "policy": string("The VMProtectionPolicy the point was made under.", max_length=63),

@@ -13,6 +13,9 @@
 - ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
   before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
   loop once the object is gone (its slot is free only then).
+- ``vmbackup_expiry``: a daemon per finished (not synced) VMGuardBackup deletes it
+  ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
+  and its archive untouched (:mod:`.expiry`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import kopf
 from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
 from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
-from vmguard.controller.backup import admission, reconcile
+from vmguard.controller.backup import admission, expiry, reconcile
 from vmguard.controller.backup.steps import MissingRef
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
 from vmguard.controller.kube.workqueue import Queued
@@ -145,6 +148,20 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) 
     if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
         # Its policy's retention runs now rather than at the scheduler's next pass.
         policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
+
+
+def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    return expiry.expires(status, labels)
+
+
+@kopf.daemon(GROUP, VERSION, BACKUP.plural, id="expiry", when=_expires, cancellation_timeout=5.0)
+async def vmbackup_expiry(
+    body: kopf.Body, memo: BackupMemo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Delete a finished backup run once its TTL has passed; its point and archive stay."""
+    if not acts(memo, "backups"):
+        return
+    await expiry.run(memo.backups.api, memo.backups.timing, dict(body), stopped)
 
 
 @kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)

@@ -4,7 +4,9 @@ A ProtectedVM is one VM's view of the repository in the cluster: the VM, its pol
 ``status.points``, one compact entry per restore point. This module is its only writer,
 usable from every kind's package (it imports no kind): the VMGuardBackup controller adds
 the point of a backup that completed (:func:`add_point`); copies and verification write
-into one point's entry (:func:`update_point`).
+into one point's entry (:func:`update_point`), and so does a backup run that expires
+(it clears the point's ``backup``); retention takes out the point whose archive it
+pruned (:func:`remove_point`). Readers take a namespace's points with :func:`points_of`.
 
 Invariants:
 
@@ -36,13 +38,16 @@ import copy
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from vmguard.api import (
+    ANNOTATION_ARCHIVE_ID,
     ANNOTATION_VM_NAME,
     API_VERSION,
+    GROUP,
+    LABEL_POLICY,
     LABEL_VCENTER,
     LABEL_VM,
     Condition,
@@ -261,6 +266,105 @@ async def update_point(
         if await _patch(api, key, obj, status):
             return entry
     raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+async def remove_point(api: KubeAPI, key: ProtectedVMKey, archive_id: str) -> bool:
+    """Take one point out of the list (retention pruned its archive). True when it was
+    there; False when it, or the ProtectedVM, was not. The object stays, with no point
+    (``Ready=False``, ``NoPoint``) when it was the last."""
+    for attempt in range(ATTEMPTS):
+        await _backoff(attempt)
+        obj = await api.get_object(PLURAL, key.namespace, key.name)
+        if obj is None:
+            return False
+        _check_owner(obj, key)
+        before = cast(ProtectedVMStatus, obj.get("status") or {})
+        points = [p for p in before.get("points") or [] if p.get("archiveId") != archive_id]
+        if len(points) == len(before.get("points") or []):
+            return False
+        status = cast(ProtectedVMStatus, dict(before))
+        status["points"] = points
+        status = derived(status, obj["metadata"].get("generation"))
+        if await _patch(api, key, obj, status):
+            return True
+    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+def key_of(obj: Mapping[str, Any]) -> ProtectedVMKey | None:
+    """The key of a ProtectedVM read back (None when its status names no VM yet)."""
+    status = obj.get("status") or {}
+    uuid = (status.get("vm") or {}).get("instanceUuid")
+    vcenter = status.get("vcenter")
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    if not uuid or not vcenter or not namespace:
+        return None
+    return ProtectedVMKey(str(namespace), str(vcenter), str(uuid))
+
+
+def points_of(objs: Iterable[Mapping[str, Any]]) -> Iterator[tuple[ProtectedVMKey, RestorePoint]]:
+    """Every point of the ProtectedVMs ``objs`` (one LIST of the namespace), with its key."""
+    for obj in objs:
+        key = key_of(obj)
+        if key is None:
+            continue
+        for point in (obj.get("status") or {}).get("points") or []:
+            yield key, point
+
+
+STAND_IN: Final = f"{GROUP}/point-stand-in"
+"""Annotation of a :func:`stand_ins` body: no such object exists in the apiserver."""
+
+
+def stand_ins(
+    protected_vms: Iterable[Mapping[str, Any]], backups: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """A Completed VMGuardBackup body, never created, for each point whose archive no
+    VMGuardBackup of ``backups`` names (its run expired, or was deleted): what a policy's
+    history, fail-safe and retention read, so that a VM whose backup runs expired still
+    counts as backed up, and its old points are still pruned (pure). Annotated
+    :data:`STAND_IN`; named ``point-<archive id>`` (no VMGuardBackup has such a name)."""
+    named = {
+        str((b.get("status") or {}).get("archiveId") or "")
+        or str(((b.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID, ""))
+        for b in backups
+    }
+    out = []
+    for key, point in points_of(protected_vms):
+        archive = str(point.get("archiveId") or "")
+        if not archive or archive in named:
+            continue
+        labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
+        spec: dict[str, Any] = {"vm": {"instanceUuid": key.instance_uuid}}
+        if point.get("policy"):
+            labels[LABEL_POLICY] = point["policy"]
+            spec["policyRef"] = {"name": point["policy"]}
+        out.append(
+            {
+                "metadata": {
+                    "name": f"point-{archive.lower()}",
+                    "namespace": key.namespace,
+                    "uid": "",
+                    "labels": labels,
+                    "annotations": {STAND_IN: "true"},
+                    "creationTimestamp": point.get("time"),
+                },
+                "spec": spec,
+                "status": {
+                    "phase": "Completed",
+                    "archiveId": archive,
+                    "repository": point.get("repository", ""),
+                    "vcenter": key.vcenter,
+                    "vm": {"instanceUuid": key.instance_uuid},
+                    "snapshot": {"createTime": point.get("time")},
+                    "completionTime": point.get("time"),
+                },
+            }
+        )
+    return out
+
+
+def is_stand_in(obj: Mapping[str, Any]) -> bool:
+    return STAND_IN in ((obj.get("metadata") or {}).get("annotations") or {})
 
 
 async def _patch(

@@ -6,8 +6,9 @@ when all of these hold:
 
 - ``P`` is Ready (its VCenter and VMGuardRepository exist, its schedule runs) and not
   paused;
-- the VM has no ``Completed`` VMGuardBackup under ``P`` and none in progress (any trigger,
-  ad-hoc ones included);
+- the VM has no ``Completed`` VMGuardBackup under ``P`` — and no point made under ``P`` in
+  its ProtectedVM, whose backup run may have expired — and none in progress (any
+  trigger, ad-hoc ones included);
 - no fail-safe backup of the VM under ``P`` was created within the back-off: one sweep
   interval after the first, doubling with each further fail-safe that did not complete,
   capped at an hour (or the sweep interval, when that is longer).
@@ -40,6 +41,7 @@ from typing import Any
 
 from vmguard.api import Trigger
 from vmguard.api.kinds import BACKUP, POLICY
+from vmguard.controller.kube import points
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import judgement
@@ -137,6 +139,8 @@ async def protect(
     if not wanted:
         return []
     backups = await api.list_objects(BACKUP.plural, namespace)
+    # A VM whose backup runs expired still has its points: it was backed up.
+    backups += points.stand_ins(await api.list_objects(points.PLURAL, namespace), backups)
     created = []
     for name, vms in sorted(wanted.items()):
         policy = mine[name]

@@ -21,6 +21,11 @@ Invariants:
 - **Copies first.** A backup whose copies to the policy's copy targets are not made yet
   (``hold``, :func:`.copying.awaiting_copy`) is not pruned until they are (or have
   failed for good): pruning the primary must not lose a point before its copy exists.
+- **ProtectedVMs.** The candidates include the points of the policy's VMs whose backup
+  run expired (stand-ins, :func:`~vmguard.controller.kube.points.stand_ins`): their
+  archives are retired like any other, and their point is taken out of the VM's
+  ProtectedVM (:func:`~vmguard.controller.kube.points.remove_point`) instead of an
+  object being deleted. A pruned VMGuardBackup's point goes out with it.
 - A policy that keeps nothing prunes nothing (``select_retained`` refuses; the CRD
   refuses it first).
 - **Object Lock**: an archive whose lock has not ended keeps its VMGuardBackup. It is
@@ -50,6 +55,7 @@ from vmguard.api import (
     parse_time,
 )
 from vmguard.api.kinds import BACKUP, REPOSITORY
+from vmguard.controller.kube import points
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import set_condition
@@ -71,10 +77,13 @@ class Candidate:
     name: str
     uid: str
     vm: str
+    vcenter: str
     vm_name: str
     archive_id: str
     repository: str
     time: dt.datetime
+    stand_in: bool = False
+    """A point of a ProtectedVM whose backup run expired (no VMGuardBackup object)."""
 
 
 @dataclass
@@ -131,10 +140,12 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
         vm=vm.lower(),
+        vcenter=status.get("vcenter") or (pspec.get("vcenterRef") or {}).get("name", ""),
         vm_name=vm_name,
         archive_id=status["archiveId"],
         repository=repository,
         time=when,
+        stand_in=points.is_stand_in(obj),
     )
 
 
@@ -250,12 +261,21 @@ class Retention:
                         True,
                     )
                 continue
-            await api.delete_object(BACKUP.plural, namespace, c.name, c.uid)
+            if c.stand_in:  # an expired run's point: no object to delete
+                await points.remove_point(api, self._key(namespace, c), c.archive_id)
+            else:
+                await api.delete_object(BACKUP.plural, namespace, c.name, c.uid)
+                if c.archive_id not in chosen.shared:
+                    await points.remove_point(api, self._key(namespace, c), c.archive_id)
             deleted.add(c.name)
             self.announced.discard(c.name)
             if len(deleted) <= LISTED:
                 announce("Pruned", f"Pruned vm {c.vm_name} backup {c.name}", False)
         return deleted
+
+    @staticmethod
+    def _key(namespace: str, c: Candidate) -> points.ProtectedVMKey:
+        return points.ProtectedVMKey(namespace, c.vcenter, c.vm)
 
     def condition(
         self, previous: Iterable[Mapping[str, Any]] | None, generation: int | None

@@ -27,6 +27,9 @@ Rules (docs/resource-model.md, "Schedules"):
   back up how many (:func:`.judgement.status`); retention still applies.
 - Every pass also applies the policy's retention (:mod:`.retention`), paused or not; a
   completed backup of the policy wakes the loop for it.
+- What the policy's VMs have is read from its VMGuardBackups *and* its VMs'
+  ProtectedVMs: a point whose backup run expired stands in as a Completed backup, so
+  the RPO, the last success, the fail-safe and retention see every point.
 
 Time (:mod:`~vmguard.controller.kube.timing`): the cron line, the cursor, the runs and
 their jittered starts are on the schedule line (``Timing.on_line``; the policy's creation is moved
@@ -45,6 +48,8 @@ from typing import Any
 
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
+from vmguard.controller.kube import points
+from vmguard.controller.kube.bodies import ref_name
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
@@ -188,10 +193,12 @@ class PolicyRunner:
             await self.start_run(policy, assessment.jitter, self.waiting_run, view)
             self.waiting_run = None
         await self.create_due(policy, now)
-        selector = f"{LABEL_POLICY}={meta['name']}"
-        backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
+        backups = await self.history_objects(namespace, meta["name"])
+        # Copies are recorded on the backup runs: a stand-in (an expired run's point)
+        # carries none, so only the runs themselves can be held for their copies.
+        runs = [b for b in backups if not points.is_stand_in(b)]
         hold = (
-            awaiting_copy(policy, assessment.copies.targets, backups)
+            awaiting_copy(policy, assessment.copies.targets, runs)
             if assessment.copies is not None
             else set()
         )
@@ -213,12 +220,22 @@ class PolicyRunner:
                 wake_at.append(self.timing.off_line(nxt))
         return max(0.0, (min(wake_at) - self.timing.now()).total_seconds())
 
+    async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The policy's VMGuardBackups, and a stand-in for each point of its VMs whose
+        backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`)."""
+        backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
+        held = await self.api.list_objects(points.PLURAL, namespace)
+        return backups + [
+            b
+            for b in points.stand_ins(held, backups)
+            if ref_name(b["spec"].get("policyRef")) == name
+        ]
+
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
     ) -> None:
         meta = policy["metadata"]
-        selector = f"{LABEL_POLICY}={meta['name']}"
-        backups = await self.api.list_objects(BACKUP.plural, meta["namespace"], selector)
+        backups = await self.history_objects(meta["namespace"], meta["name"])
         history = BackupHistory.of_policy(backups, meta["name"])
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
         self.last_schedule = run

@@ -37,6 +37,11 @@ Invariants:
   archive to the repository's own namespace: never one tenant's archive to another. The
   VMGuardBackups of all those namespaces are listed, so an archive one of them names gets
   no second object anywhere.
+- A VMGuardBackup that *expired* (its ``ttlSecondsAfterFinished``, controller/backup/expiry.py)
+  is not brought back: its archive is a point of a ProtectedVM whose ``backup`` was cleared
+  when it expired, and those archives count as named. The ProtectedVMs are listed after
+  the VMGuardBackups, and expiry clears the point before it deletes the object, so a run
+  expiring during a pass is named by one of the two listings.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ from vmguard.api import (
 )
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.api.names import is_synced
-from vmguard.controller.kube import access
+from vmguard.controller.kube import access, points
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kube.copies import copies_of
@@ -149,14 +154,16 @@ def plan_catalog(
     *,
     covered_elsewhere: Iterable[str] = (),
     repository_namespace: str | None = None,
+    expired: Iterable[str] = (),
 ) -> CatalogPlan:
     """What one pass does for ``repository`` (pure); ``backups`` = all of one namespace.
 
     ``covered_elsewhere``: archives VMGuardBackups of other namespaces name (a shared
     repository); ``repository_namespace``: where the repository is, so that a backup of a
-    same-named repository in another namespace is not taken for one of this one."""
+    same-named repository in another namespace is not taken for one of this one;
+    ``expired``: the archives of points whose backup run expired (:func:`expired_runs`)."""
     present = set(archive_ids)
-    covered: set[str] = set(covered_elsewhere)
+    covered: set[str] = set(covered_elsewhere) | set(expired)
     complete, flag, clear = [], [], []
     for obj in backups:
         meta, status = obj.get("metadata") or {}, backup_status(obj)
@@ -186,6 +193,16 @@ def plan_catalog(
             clear.append(name)
     create = sorted(present - covered)
     return CatalogPlan(tuple(create), tuple(complete), tuple(flag), tuple(clear))
+
+
+def expired_runs(protected_vms: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Archive ids of the points whose VMGuardBackup expired by its TTL (the point has
+    no ``backup`` any more): catalog sync brings no object back for those (pure)."""
+    return {
+        str(point["archiveId"])
+        for _, point in points.points_of(protected_vms)
+        if not point.get("backup") and point.get("archiveId")
+    }
 
 
 @dataclass(frozen=True)
@@ -379,6 +396,11 @@ async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) 
     report = SyncReport()
     # Before the archives (see the docstring); the admitted namespaces' too when shared.
     lists = {n: await api.list_objects(PLURAL, n) for n in dict.fromkeys([ns, *allowed])}
+    # After the VMGuardBackups: a run that expires between the two listings is named by
+    # one of them (expiry clears the point's backup before it deletes the object).
+    expired: set[str] = set()
+    for where in lists:
+        expired |= expired_runs(await api.list_objects(points.PLURAL, where))
     try:
         repo = await access.open_repository(api, dict(repository))
     except RepositoryNotFoundError:
@@ -394,6 +416,7 @@ async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) 
             backups,
             covered_elsewhere=elsewhere - {""},
             repository_namespace=ns if shared else None,
+            expired=expired,
         )
         log.debug(
             "catalog %s/%s in %s: %d archives, %d without an object",

@@ -1,0 +1,126 @@
+"""A finished VMGuardBackup expires: one backup run is deleted ``ttlSecondsAfterFinished``
+after it finished, like a Job (docs/resource-model.md, "VMGuardBackup").
+
+The TTL is the backup's ``spec.ttlSecondsAfterFinished``, else its policy's, else 24 h
+(:func:`~vmguard.controller.kube.policy_spec.backup_ttl`), counted from
+``status.completionTime`` on the controller's clock (:mod:`~vmguard.controller.kube.timing`;
+at the lab's speed-up it is an interval, divided like the others).
+
+Invariants:
+
+- **The point stays, the archive stays.** Expiry never opens the repository. A
+  Completed backup's point is made sure of in its VM's ProtectedVM (added if it is not
+  there: a backup that completed before ProtectedVMs existed is folded in now), and its
+  ``backup`` field is cleared, which tells catalog sync that the run expired — it then
+  does not bring the object back as a synced VMGuardBackup, as it does for one a person
+  deleted. Only then is the object deleted, with its UID as a precondition (a new object
+  of the same name is left alone). A Failed backup has no point: it is just deleted.
+- **Nothing is deleted whose point could not be written**: an apiserver fault leaves
+  the object for the next try (:data:`RETRY`). A backup whose status names no VM or
+  vCenter (so no ProtectedVM can be named) is deleted like a Failed one; catalog sync
+  brings its archive back as a synced VMGuardBackup, as it does today for any deleted one.
+- Synced VMGuardBackups (catalog sync) never expire: they stand for archives, not runs.
+- Restart safe: the wait is recomputed from the recorded completion time; every step
+  is idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Protocol
+
+from vmguard.api import BACKUP_TERMINAL, BackupPhase, RestorePoint, parse_time
+from vmguard.api.kinds import BACKUP, POLICY
+from vmguard.api.names import is_synced
+from vmguard.controller.backup.reconcile import point_key, restore_point
+from vmguard.controller.kube import points
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.policy_spec import backup_ttl
+from vmguard.controller.kube.timing import Timing, Waitable
+from vmguard.errors import ConfigError, RetryableError
+
+RETRY = 30.0
+RECHECK = 3600.0
+"""Longest wait before the TTL is read again (a policy's TTL may have been changed)."""
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Waitable, Protocol):
+    """kopf's ``stopped``: true once the daemon is to end, and awaitable until then."""
+
+    def __bool__(self) -> bool: ...
+
+
+def expires(status: Any, labels: Any) -> bool:
+    """Whether a VMGuardBackup is one that expires: finished and not synced."""
+    return not is_synced(labels) and (status or {}).get("phase") in BACKUP_TERMINAL
+
+
+def due(obj: dict[str, Any], ttl: int, timing: Timing) -> dt.datetime | None:
+    """When the backup expires; None when it records no completion time (pure)."""
+    done = parse_time(backup_status(obj).get("completionTime"))
+    if done is None:
+        return None
+    return done + dt.timedelta(seconds=timing.interval(float(ttl)))
+
+
+async def ttl_of(api: KubeAPI, obj: dict[str, Any]) -> int:
+    spec = backup_spec(obj)
+    policy_name = ref_name(spec.get("policyRef"))
+    policy = None
+    if spec.get("ttlSecondsAfterFinished") is None and policy_name:
+        policy = await api.get_object(POLICY.plural, obj["metadata"]["namespace"], policy_name)
+    return backup_ttl(spec, (policy or {}).get("spec"))
+
+
+def _run_expired(point: RestorePoint) -> RestorePoint | None:
+    if "backup" not in point:
+        return None
+    out = dict(point)
+    del out["backup"]
+    return out  # type: ignore[return-value]
+
+
+async def expire(api: KubeAPI, obj: dict[str, Any]) -> bool:
+    """Record the point as the expired run's (if Completed), then delete the object.
+    True when it was deleted (or gone); RetryableError leaves it for the next try."""
+    meta, status = obj["metadata"], backup_status(obj)
+    if status.get("phase") == BackupPhase.COMPLETED and status.get("archiveId"):
+        try:
+            key = point_key(obj)
+        except ConfigError as exc:
+            log.warning("%s/%s expires without a point: %s", meta["namespace"], meta["name"], exc)
+        else:
+            await points.add_point(api, key, restore_point(obj), vm=status.get("vm") or {})
+            await points.update_point(api, key, status["archiveId"], _run_expired)
+    await api.delete_object(BACKUP.plural, meta["namespace"], meta["name"], meta["uid"])
+    log.info("%s/%s expired (ttlSecondsAfterFinished)", meta["namespace"], meta["name"])
+    return True
+
+
+async def run(api: KubeAPI, timing: Timing, obj: dict[str, Any], stopped: Stopped) -> None:
+    """Wait until the backup expires, then expire it (kopf's daemon for a finished one)."""
+    meta = obj["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    while not stopped:
+        current = await api.get_object(BACKUP.plural, namespace, name)
+        if current is None or current["metadata"]["uid"] != uid:
+            return
+        if current["metadata"].get("deletionTimestamp"):
+            return
+        at = due(current, await ttl_of(api, current), timing)
+        if at is None:
+            return
+        left = (at - timing.now()).total_seconds()
+        if left > 0:
+            await timing.wait(min(left, timing.interval(RECHECK)), stopped)
+            continue
+        try:
+            await expire(api, current)
+            return
+        except (RetryableError, points.PointNotFound) as exc:
+            log.warning("%s/%s: expiring: %s; retrying", namespace, name, exc)
+            await timing.wait(RETRY, stopped)

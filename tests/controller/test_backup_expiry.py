@@ -1,0 +1,257 @@
+"""A finished VMGuardBackup (one backup run) expires after ``ttlSecondsAfterFinished``;
+its restore point (in the VM's ProtectedVM) and its archive stay.
+
+The expiry loop (controller/backup/expiry.py) runs here in the test's process against
+the lab's real apiserver, on a :class:`~vmguard.store.clock.ManualClock` whose ``sleep``
+moves it exactly as far as the loop asks: a backup must be deleted exactly its TTL after
+it finished, not a real 24 h later. Retention then prunes an expired run's point from the
+repository and the ProtectedVM. The end-to-end test runs the operator and a real backup
+with a TTL of a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.controller import objects
+from tests.controller.backup_helpers import create_backup, data_vm, open_repo, wait_done
+from tests.controller.conftest import OperatorProcess
+
+from vmguard.api import DEFAULT_BACKUP_TTL, format_time
+from vmguard.api.kinds import BACKUP, PROTECTEDVM
+from vmguard.controller.backup import expiry
+from vmguard.controller.kube import points
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.policy_spec import backup_ttl
+from vmguard.controller.kube.timing import Timing
+from vmguard.controller.repository.catalog import expired_runs, plan_catalog
+from vmguard.store.clock import ManualClock
+from vmguard_lab.procs import eventually
+
+UUID = "4211aaaa-bbbb-cccc-dddd-eeeeffff0042"
+POLICY = "gold"
+T0 = dt.datetime(2026, 3, 1, 2, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.unit
+def test_the_ttl_is_the_backups_else_its_policys_else_a_day() -> None:
+    assert backup_ttl({"ttlSecondsAfterFinished": 0}, {"ttlSecondsAfterFinished": 60}) == 0
+    assert backup_ttl({}, {"ttlSecondsAfterFinished": 60}) == 60
+    assert backup_ttl({}, None) == DEFAULT_BACKUP_TTL == 86400
+    assert expiry.expires({"phase": "Failed"}, {}) and expiry.expires({"phase": "Completed"}, {})
+    assert not expiry.expires({"phase": "Transferring"}, {})
+    assert not expiry.expires({"phase": "Completed"}, {"vmguard.io/synced": "true"})
+
+
+@pytest.mark.unit
+def test_catalog_sync_brings_back_a_deleted_backup_but_not_an_expired_one() -> None:
+    pvm = {
+        "metadata": {"namespace": "ns"},
+        "status": {
+            "vm": {"instanceUuid": UUID},
+            "vcenter": "lab",
+            "points": [
+                {"archiveId": "expired", "repository": "repo", "time": "2026-01-02T00:00:00Z"},
+                {
+                    "archiveId": "deleted",
+                    "repository": "repo",
+                    "time": "2026-01-01T00:00:00Z",
+                    "backup": "by-hand",
+                },
+            ],
+        },
+    }
+    assert expired_runs([pvm]) == {"expired"}
+    plan = plan_catalog("repo", ["expired", "deleted"], [], expired=expired_runs([pvm]))
+    assert plan.create == ("deleted",)  # today's rule for a VMGuardBackup a person deleted
+    # Both points stand in for their runs in a policy's history and retention.
+    ins = points.stand_ins([pvm], [])
+    assert [(b["metadata"]["name"], b["status"]["archiveId"]) for b in ins] == [
+        ("point-expired", "expired"),
+        ("point-deleted", "deleted"),
+    ]
+    assert all(points.is_stand_in(b) for b in ins)
+    named = [{"metadata": {"name": "x"}, "status": {"archiveId": "deleted"}}]
+    assert [b["status"]["archiveId"] for b in points.stand_ins([pvm], named)] == ["expired"]
+
+
+class RecordingAPI(KubeAPI):
+    """The real API; it notes the clock's time of every VMGuardBackup it deletes."""
+
+    def __init__(self, api_client: Any, clock: ManualClock) -> None:
+        super().__init__(api_client)
+        self.clock = clock
+        self.deleted: dict[str, dt.datetime] = {}
+
+    async def delete_object(
+        self, plural: str, namespace: str, name: str, uid: str | None = None
+    ) -> bool:
+        if plural == BACKUP.plural:
+            self.deleted[name] = self.clock.now()
+        return await super().delete_object(plural, namespace, name, uid)
+
+
+class Never:
+    """kopf's ``stopped`` for a daemon nobody stops."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+def _finished(kube_api: Any, ns: str, name: str, phase: str, **spec: Any) -> dict[str, Any]:
+    objects.create(
+        kube_api,
+        ns,
+        BACKUP.plural,
+        BACKUP.kind,
+        name,
+        {
+            "vm": {"instanceUuid": UUID},
+            "vcenterRef": {"name": "lab"},
+            "repositoryRef": {"name": "repo"},
+            **spec,
+        },
+    )
+    status: dict[str, Any] = {
+        "phase": phase,
+        "vm": {"instanceUuid": UUID, "name": "web-01"},
+        "vcenter": "lab",
+        "repository": "repo",
+        "startTime": format_time(T0 - dt.timedelta(minutes=5)),
+        "completionTime": format_time(T0),
+    }
+    if phase == "Completed":
+        status |= {
+            "archiveId": f"archive-of-{name}",
+            "modeUsed": "full",
+            "snapshot": {"createTime": format_time(T0 - dt.timedelta(minutes=4))},
+            "totals": {"bytesUploaded": 1234},
+        }
+    return objects.patch_status(kube_api, ns, BACKUP.plural, name, status)
+
+
+@pytest.mark.lab
+def test_a_finished_run_is_deleted_exactly_its_ttl_after_it_finished_and_its_point_stays(
+    kube_api: Any, namespace: str
+) -> None:
+    clock = ManualClock(T0 + dt.timedelta(seconds=1))
+    api = RecordingAPI(kube_api, clock)
+    timing = Timing(clock=clock)
+    # Completed before ProtectedVMs existed (no point yet), the default TTL; and a
+    # Failed one with a TTL of its own.
+    done = _finished(kube_api, namespace, "done", "Completed")
+    failed = _finished(kube_api, namespace, "failed", "Failed", ttlSecondsAfterFinished=60)
+
+    async def run() -> None:
+        await expiry.run(api, timing, failed, Never())
+        await expiry.run(api, timing, done, Never())
+
+    asyncio.run(run())
+    assert api.deleted == {
+        "failed": T0 + dt.timedelta(seconds=60),
+        "done": T0 + dt.timedelta(seconds=DEFAULT_BACKUP_TTL),
+    }
+    assert objects.items(kube_api, namespace, BACKUP.plural) == []
+    (pvm,) = objects.items(kube_api, namespace, PROTECTEDVM.plural)
+    assert pvm["metadata"]["name"] == points.protected_vm_name("lab", UUID)
+    # The point, folded in at expiry, no longer names its run: catalog sync leaves it be.
+    assert pvm["status"]["points"] == [
+        {
+            "archiveId": "archive-of-done",
+            "repository": "repo",
+            "time": format_time(T0 - dt.timedelta(minutes=4)),
+            "mode": "full",
+            "bytes": 1234,
+        }
+    ]
+
+
+@pytest.mark.lab
+def test_retention_prunes_an_expired_runs_point_from_the_repository_and_the_protected_vm(
+    kube_api: Any, namespace: str, s3_bucket: dict[str, Any]
+) -> None:
+    """Retention's pass (controller/policy/retention.py), called directly: the points of
+    expired runs are candidates like VMGuardBackups; the pruned one's archive is retired
+    and its point taken out of the ProtectedVM."""
+    from tests.store.helpers import backup, disk_image
+
+    from vmguard.controller.policy.retention import Retention
+    from vmguard.store import Repository
+    from vmguard.store.backend import S3Backend
+
+    b = s3_bucket
+    backend = S3Backend(
+        b["endpoint"], b["bucket"], access_key=b["access_key"], secret_key=b["secret_key"],
+        secure=False,
+    )  # fmt: skip
+    repo = Repository.init(backend, chunk_size=256 * 1024)
+    old = backup(repo, UUID, {"d": disk_image(1, 2, 256 * 1024)})
+    new = backup(repo, UUID, {"d": disk_image(2, 2, 256 * 1024)})
+    objects.create_repository(kube_api, namespace, "repo", s3_bucket)
+    objects.create_policy(kube_api, namespace, POLICY, selector={"names": ["x"]}, paused=True)
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", POLICY)
+    policy["spec"]["retention"] = {"keepLast": 1}
+    api = KubeAPI(kube_api)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+
+    async def setup() -> None:
+        for archive, day in [(old.archive_id, 1), (new.archive_id, 2)]:
+            point = {"archiveId": archive, "repository": "repo", "policy": POLICY}
+            point["time"] = f"2026-01-0{day}T00:00:00Z"
+            await points.add_point(api, key, point, vm={"name": "web-01"})  # type: ignore[arg-type]
+
+    asyncio.run(setup())
+    said: list[tuple[str, str, bool]] = []
+    held = objects.items(kube_api, namespace, PROTECTEDVM.plural)
+    backups = points.stand_ins(held, [])
+    now = dt.datetime.now(dt.UTC)
+    pruned = asyncio.run(Retention().apply(api, policy, backups, lambda *e: said.append(e), now))
+    assert pruned == {f"point-{old.archive_id.lower()}"}
+    assert {ref.archive_id for ref in repo.list_archives()} == {new.archive_id}
+    status = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
+    assert [p["archiveId"] for p in status["points"]] == [new.archive_id]
+    assert status["pointCount"] == 1 and status["lastGoodPoint"]["archiveId"] == new.archive_id
+    assert said[-1][0] == "Pruned"
+
+
+@pytest.mark.lab
+@pytest.mark.operator_controllers("backups,repositories")
+def test_a_backup_run_expires_and_its_archive_and_point_stay(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    s3_bucket: dict[str, Any],
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    start_operator()
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "brief", {"moref": vm.moref}, ttlSecondsAfterFinished=3)
+        done = wait_done(kube_api, namespace, "brief")["status"]
+        assert done["phase"] == "Completed", done
+
+        def gone() -> bool:
+            return not any(
+                b["metadata"]["name"] == "brief"
+                for b in objects.items(kube_api, namespace, BACKUP.plural)
+            )
+
+        eventually(gone, 60, "the backup run to expire")
+    assert [a.archive_id for a in open_repo(s3_bucket).list_archives()] == [done["archiveId"]]
+    name = points.protected_vm_name(lab_vcenter, vm.instance_uuid)
+    status = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)["status"]
+    assert [(p["archiveId"], "backup" in p) for p in status["points"]] == [
+        (done["archiveId"], False)
+    ]
