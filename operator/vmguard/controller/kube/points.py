@@ -318,11 +318,13 @@ STAND_IN: Final = f"{GROUP}/point-stand-in"
 def stand_ins(
     protected_vms: Iterable[Mapping[str, Any]], backups: Iterable[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """A Completed VMGuardBackup body, never created, for each point whose archive no
-    VMGuardBackup of ``backups`` names (its run expired, or was deleted): what a policy's
-    history, fail-safe and retention read, so that a VM whose backup runs expired still
-    counts as backed up, and its old points are still pruned (pure). Annotated
-    :data:`STAND_IN`; named ``point-<archive id>`` (no VMGuardBackup has such a name)."""
+    """A Completed VMGuardBackup body, never created, for each point whose backup run
+    expired (no ``backup`` left) and whose archive no VMGuardBackup of ``backups`` names:
+    what a policy's history, fail-safe and retention read, so that a VM whose backup runs
+    expired still counts as backed up, and its old points are still pruned (pure). A point
+    whose run a person deleted gets none: catalog sync brings that object back, as it
+    always did. Annotated :data:`STAND_IN`; named ``point-<archive id>`` (no
+    VMGuardBackup has such a name)."""
     named = {
         str((b.get("status") or {}).get("archiveId") or "")
         or str(((b.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID, ""))
@@ -331,7 +333,7 @@ def stand_ins(
     out = []
     for key, point in points_of(protected_vms):
         archive = str(point.get("archiveId") or "")
-        if not archive or archive in named:
+        if not archive or archive in named or point.get("backup"):
             continue
         labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
         spec: dict[str, Any] = {"vm": {"instanceUuid": key.instance_uuid}}

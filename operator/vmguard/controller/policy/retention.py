@@ -261,12 +261,10 @@ class Retention:
                         True,
                     )
                 continue
-            if c.stand_in:  # an expired run's point: no object to delete
-                await points.remove_point(api, self._key(namespace, c), c.archive_id)
-            else:
+            if not c.stand_in:  # an expired run's point has no object to delete
                 await api.delete_object(BACKUP.plural, namespace, c.name, c.uid)
-                if c.archive_id not in chosen.shared:
-                    await points.remove_point(api, self._key(namespace, c), c.archive_id)
+            if c.archive_id not in chosen.shared:
+                await points.remove_point(api, self._key(namespace, c), c.archive_id)
             deleted.add(c.name)
             self.announced.discard(c.name)
             if len(deleted) <= LISTED:
