@@ -19,11 +19,19 @@ from typing import Any
 
 import pytest
 from tests.controller import objects
-from tests.controller.backup_helpers import create_backup, data_vm, open_repo, wait_done
+from tests.controller.backup_helpers import (
+    create_backup,
+    data_vm,
+    disk_hashes,
+    open_repo,
+    wait_done,
+)
 from tests.controller.conftest import OperatorProcess
+from tests.controller.restore_helpers import destroy_vm
+from tests.vsphere.helpers import sha256_file
 
 from vmguard.api import DEFAULT_BACKUP_TTL, format_time
-from vmguard.api.kinds import BACKUP, PROTECTEDVM
+from vmguard.api.kinds import BACKUP, PROTECTEDVM, RESTORE
 from vmguard.controller.backup import expiry
 from vmguard.controller.kube import points
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -222,9 +230,31 @@ def test_retention_prunes_an_expired_runs_point_from_the_repository_and_the_prot
     assert said[-1][0] == "Pruned"
 
 
+@pytest.mark.unit
+def test_a_restore_takes_the_named_point_or_the_newest_at_or_before_a_time() -> None:
+    status = {
+        "points": [
+            {"archiveId": "c", "repository": "r", "time": "2026-01-03T00:00:00Z"},
+            {"archiveId": "b", "repository": "r", "time": "2026-01-02T00:00:00Z"},
+            {"archiveId": "a", "repository": "r", "time": "2026-01-01T00:00:00Z"},
+        ]
+    }
+    day = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+
+    def chosen(archive: str | None, at: dt.datetime | None) -> str | None:
+        point = points.choose_point(status, archive, at)
+        return None if point is None else point["archiveId"]
+
+    assert chosen("a", None) == "a" and chosen("x", None) is None
+    assert chosen(None, day) == "b"  # at the point's own time: that point
+    assert chosen(None, day + dt.timedelta(hours=23)) == "b"
+    assert chosen(None, day + dt.timedelta(days=5)) == "c"
+    assert chosen(None, day - dt.timedelta(days=2)) is None
+
+
 @pytest.mark.lab
-@pytest.mark.operator_controllers("backups,repositories")
-def test_a_backup_run_expires_and_its_archive_and_point_stay(
+@pytest.mark.operator_controllers("backups,repositories,restores")
+def test_a_backup_run_expires_and_its_point_restores_bit_exact(
     kube_api: Any,
     vc: Any,
     vsim: Any,
@@ -236,9 +266,13 @@ def test_a_backup_run_expires_and_its_archive_and_point_stay(
     start_operator: Callable[..., OperatorProcess],
     tmp_path: Path,
 ) -> None:
+    """A real backup with a TTL of seconds expires; its archive and its point stay, and
+    a VMGuardRestore that names the point by time (the run is gone) restores it
+    bit-exact. A point that does not exist is a condition with a reason."""
     start_operator()
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
-        create_backup(kube_api, namespace, "brief", {"moref": vm.moref}, ttlSecondsAfterFinished=3)
+        expected = disk_hashes(vsim, vm.moref)
+        create_backup(kube_api, namespace, "brief", {"moref": vm.moref}, ttlSecondsAfterFinished=2)
         done = wait_done(kube_api, namespace, "brief")["status"]
         assert done["phase"] == "Completed", done
 
@@ -255,3 +289,34 @@ def test_a_backup_run_expires_and_its_archive_and_point_stay(
     assert [(p["archiveId"], "backup" in p) for p in status["points"]] == [
         (done["archiveId"], False)
     ]
+
+    target = {"newVM": {"name": f"pit-{vm.name}", "datastore": "LocalDS_0", "folder": "/DC0/vm"}}
+    later = format_time(dt.datetime.now(dt.UTC))
+    for restore, source in [
+        ("by-time", {"protectedVM": name, "at": later}),
+        ("no-such-point", {"protectedVM": name, "archiveId": "not-an-archive"}),
+    ]:
+        spec = {"source": source, "target": target}
+        objects.create(kube_api, namespace, RESTORE.plural, RESTORE.kind, restore, spec)
+
+    def waits() -> dict[str, Any] | None:
+        obj = objects.get(kube_api, namespace, RESTORE.plural, "no-such-point")
+        return obj if objects.condition(obj, "SourceReady").get("reason") else None
+
+    said = objects.condition(eventually(waits, 60, "the missing point's condition"), "SourceReady")
+    assert (said["status"], said["reason"]) == ("False", "PointNotFound"), said
+    assert "not-an-archive" in said["message"]
+    restored = objects.wait_phase(
+        kube_api, namespace, RESTORE.plural, "by-time", {"Completed", "Failed"}, 240
+    )["status"]
+    assert restored["phase"] == "Completed", restored
+    assert restored["archiveId"] == done["archiveId"]
+    moref = restored["result"]["vm"]["moref"]
+    try:
+        got = {
+            str(d["sourceKey"]): sha256_file(vsim.disk(moref, d["key"]).path)
+            for d in restored["result"]["disks"]
+        }
+    finally:
+        destroy_vm(vc, moref)
+    assert got == expected

@@ -151,6 +151,7 @@ def refused(call: Callable[[], Any]) -> str:
         "vmbackup.yaml",
         "vmrestore.yaml",
         "vmrestore-files.yaml",
+        "vmrestore-point.yaml",
     ],
 )
 def test_examples_are_accepted(custom: client.CustomObjectsApi, namespace: str, file: str) -> None:
@@ -666,6 +667,25 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
         _set("spec.source.backupRef.name", "Backup 1"),
         ["spec.source.backupRef.name", "should match"],
     ),
+    *[
+        (
+            f"restore-source-{name}",
+            "vmrestore.yaml",
+            _set("spec.source", source),
+            ["spec.source", "give backupRef, or protectedVM with exactly one of archiveId and at"],
+        )
+        for name, source in [
+            ("both-forms", {"backupRef": {"name": "b"}, "protectedVM": "p", "archiveId": "a"}),
+            ("backup-and-time", {"backupRef": {"name": "b"}, "at": "2026-01-01T00:00:00Z"}),
+            ("point-without-which", {"protectedVM": "p"}),
+            (
+                "point-both-ways",
+                {"protectedVM": "p", "archiveId": "a", "at": "2026-01-01T00:00:00Z"},
+            ),
+            ("archive-without-vm", {"archiveId": "a"}),
+            ("nothing", {}),
+        ]
+    ],
 ]
 
 

@@ -225,6 +225,7 @@ class RestorePoint(TypedDict, total=False):
 
     archiveId: str
     repository: str
+    repositoryNamespace: str
     time: str
     mode: str
     bytes: int

@@ -41,6 +41,9 @@ point = obj(
     {
         "archiveId": ARCHIVE_ID,
         "repository": string("The VMGuardRepository that holds the archive.", max_length=63),
+        "repositoryNamespace": string(
+            "Its namespace, when not the ProtectedVM's (a shared repository).", max_length=63
+        ),
         "time": timestamp("The point in time: when the snapshot was taken."),
         "mode": string("How the disks were read.", max_length=16, enum=MODES),
         "bytes": integer(

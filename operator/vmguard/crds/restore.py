@@ -189,7 +189,9 @@ spec = obj(
     "What to restore and where. Immutable.",
     {
         "source": obj(
-            "The backup to restore.",
+            "The restore point: a VMGuardBackup (while that run exists), or a point of a "
+            "ProtectedVM named by its archive id or by a time (the newest point at or "
+            "before it).",
             {
                 "backupRef": f.local_ref(
                     "The VMGuardBackup to restore.", "VMGuardBackup", label=False
@@ -202,10 +204,30 @@ spec = obj(
                     "VMGuardRepository",
                     label=True,
                 ),
+                "protectedVM": f.object_name(
+                    "The ProtectedVM whose point to restore (kubectl get protectedvms).",
+                    label=True,
+                ),
+                "archiveId": string(
+                    "The point's archive id (status.points[].archiveId).", max_length=128
+                ),
+                "at": timestamp(
+                    "Restore the newest point taken at or before this time (RFC 3339)."
+                ),
             },
-            required=["backupRef"],
+            rules=[
+                rule(
+                    "has(self.backupRef) ? !has(self.protectedVM) && !has(self.archiveId) && "
+                    "!has(self.at) : has(self.protectedVM) && "
+                    "(has(self.archiveId) ? !has(self.at) : has(self.at))",
+                    "source: give backupRef, or protectedVM with exactly one of archiveId and at",
+                )
+            ],
         ),
-        "vcenterRef": f.object_ref("vCenter to restore into (default: the backup's).", "VCenter"),
+        "vcenterRef": f.object_ref(
+            "vCenter to restore into (default: the backup's; the ProtectedVM's for a point).",
+            "VCenter",
+        ),
         "target": target,
     },
     required=["source", "target"],
@@ -287,6 +309,7 @@ KIND = Kind(
     status=status,
     columns=[
         column("Backup", ".spec.source.backupRef.name", "VMGuardBackup restored."),
+        column("Protected-VM", ".spec.source.protectedVM", "ProtectedVM whose point is restored."),
         column("New-VM", ".spec.target.newVM.name", "Name of the VM to create."),
         column("Phase", ".status.phase", "Where the restore is."),
         ready_column(),

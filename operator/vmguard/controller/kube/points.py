@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import hashlib
 import logging
 import random
@@ -309,6 +310,21 @@ def points_of(objs: Iterable[Mapping[str, Any]]) -> Iterator[tuple[ProtectedVMKe
             continue
         for point in (obj.get("status") or {}).get("points") or []:
             yield key, point
+
+
+def choose_point(
+    status: Mapping[str, Any], archive_id: str | None, at: dt.datetime | None
+) -> RestorePoint | None:
+    """The point a restore names (pure): the one with ``archive_id``, or the newest taken
+    at or before ``at``; None when there is none."""
+    candidates = list(status.get("points") or [])
+    if archive_id is not None:
+        return next((p for p in candidates if p.get("archiveId") == archive_id), None)
+    if at is None:
+        return None
+    timed = [(parse_time(p.get("time")), p) for p in candidates]
+    before = [(t, p) for t, p in timed if t is not None and t <= at]
+    return max(before, key=lambda tp: (tp[0], str(tp[1].get("archiveId"))), default=(None, None))[1]
 
 
 STAND_IN: Final = f"{GROUP}/point-stand-in"

@@ -7,9 +7,13 @@ resumes where the status says, and every step may run twice without harm:
 
 - **Pending**: the source VMGuardBackup must exist and be Completed with an archive (else
   condition ``SourceNotFound`` / ``SourceNotCompleted``, re-checked; ``SourceFailed``
-  fails the restore). The operator opens the repository — the backup's own, or the
-  copy target ``spec.source.repositoryRef`` names (``CopyNotFound`` without a completed
-  copy there); when the backup's own is unreachable, lost or misses the archive and the
+  fails the restore) — or the source ProtectedVM must exist (``SourceNotFound``) and hold
+  the point named by ``archiveId``, or one taken at or before ``at``, the newest such
+  (:func:`~vmguard.controller.kube.points.choose_point`; else ``PointNotFound``,
+  re-checked): the point's repository, the ProtectedVM's vCenter, no copy fallback.
+  The operator opens the repository — the backup's own, or the copy target
+  ``spec.source.repositoryRef`` names (``CopyNotFound`` without a completed copy
+  there); when the backup's own is unreachable, lost or misses the archive and the
   point has completed copies (``status.copies`` of the backup), the first copy that
   opens, said in the ``SourceReady`` message and ``status.repository`` —, reads the
   manifest, checks and
@@ -67,10 +71,11 @@ from vmguard.api import (
     Failure,
     RestorePhase,
     RestoreStatus,
+    parse_time,
 )
 from vmguard.api.kinds import BACKUP, POLICY, REPOSITORY, RESTORE, VCENTER
 from vmguard.config import ProxySettings
-from vmguard.controller.kube import access
+from vmguard.controller.kube import access, points
 from vmguard.controller.kube import refs as references
 from vmguard.controller.kube.admission import VCenterLimits, disks_at_once
 from vmguard.controller.kube.bodies import (
@@ -180,9 +185,40 @@ async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> St
     return await _finalize(api, obj)
 
 
+async def _from_point(
+    api: KubeAPI, obj: dict[str, Any], source: dict[str, Any]
+) -> tuple[str, dict[str, str], dict[str, str], str] | Step:
+    """A point of a ProtectedVM, by archive id or by time: (archive id, vCenter ref,
+    repository ref, what it is for messages). A ProtectedVM or point that does not exist
+    is a condition, checked again (catalog sync or a backup may add it)."""
+    ns, name = obj["metadata"]["namespace"], str(source["protectedVM"])
+    held = await api.get_object(points.PLURAL, ns, name)
+    if held is None:
+        msg = f"ProtectedVM {name} does not exist"
+        return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
+    at = parse_time(source.get("at"))
+    chosen = points.choose_point(held.get("status") or {}, source.get("archiveId"), at)
+    if chosen is None:
+        wanted = (
+            f"point {source['archiveId']}"
+            if source.get("archiveId")
+            else f"point taken at or before {source.get('at')}"
+        )
+        msg = f"ProtectedVM {name} has no {wanted}"
+        return _waiting(obj, "SourceReady", "PointNotFound", msg, WAIT_SOURCE_SECONDS)
+    vcenter = str((held.get("status") or {}).get("vcenter") or "")
+    repo_ref = {"name": chosen["repository"]}
+    if chosen.get("repositoryNamespace"):
+        repo_ref["namespace"] = chosen["repositoryNamespace"]
+    vc_ref = {"name": vcenter} if vcenter else {}
+    return chosen["archiveId"], vc_ref, repo_ref, f"ProtectedVM {name}"
+
+
 async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
     meta, spec = obj["metadata"], obj["spec"]
-    ns, status = meta["namespace"], restore_status(obj)
+    ns = meta["namespace"]
+    if spec["source"].get("protectedVM"):
+        return await _start_from(api, settings, obj, await _from_point(api, obj, spec["source"]))
     source = spec["source"]["backupRef"]["name"]
     backup = await api.get_object(BACKUP.plural, ns, source)
     if backup is None:
@@ -201,7 +237,7 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_ref, repo_ref = _refs(backup, policy)
     vc_ref = dict(spec.get("vcenterRef") or {}) or vc_ref
-    repo_name, vc_name = repo_ref.get("name", ""), vc_ref.get("name", "")
+    repo_name = repo_ref.get("name", "")
     wanted = ref_name(spec["source"].get("repositoryRef"))
     copies = {
         name: str(c.get("archiveId") or "")
@@ -216,6 +252,28 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
         repo_ref, archive_id, copies = {"name": wanted}, copies[wanted], {}
     elif wanted:
         copies = {}  # the backup's own repository, named: no fallback
+    return await _start_from(
+        api, settings, obj, (archive_id, vc_ref, repo_ref, f"VMGuardBackup {source}"), copies
+    )
+
+
+async def _start_from(
+    api: KubeAPI,
+    settings: ProxySettings,
+    obj: dict[str, Any],
+    resolved: tuple[str, dict[str, str], dict[str, str], str] | Step,
+    copies: dict[str, str] | None = None,
+) -> Step:
+    """Pending, once the source is resolved (a VMGuardBackup's archive, or a point's):
+    the repository, the target, and the admission queue."""
+    if isinstance(resolved, Step):
+        return resolved
+    meta, spec = obj["metadata"], obj["spec"]
+    ns, status = meta["namespace"], restore_status(obj)
+    archive_id, source_vc, repo_ref, source = resolved
+    vc_ref = dict(spec.get("vcenterRef") or {}) or source_vc
+    repo_name, vc_name = repo_ref.get("name", ""), vc_ref.get("name", "")
+    copies = copies or {}
     try:
         repo_obj = await references.get_referenced(api, REPOSITORY, ns, repo_ref)
     except references.RefusedReference as exc:
@@ -411,7 +469,7 @@ async def _open_source(
         problem = (
             "wait",
             "RepositoryNotFound",
-            f"VMGuardRepository {named} of VMGuardBackup {source} does not exist",
+            f"VMGuardRepository {named} of {source} does not exist",
         )
     else:
         try:
@@ -422,7 +480,7 @@ async def _open_source(
             problem = (
                 "fail",
                 "ArchiveNotFound",
-                f"archive {archive_id} of VMGuardBackup {source} is not in repository {repo_name}",
+                f"archive {archive_id} of {source} is not in repository {repo_name}",
             )
         except VmguardError as exc:
             if not copies:
