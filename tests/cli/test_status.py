@@ -172,3 +172,75 @@ def test_table_through_kubectl_plugin(lab: Any, kubectl: Path, estate: str, tmp_
     every = run(vmguard("status", "-A"), lab)
     assert every.splitlines()[0].split()[0] == "NAMESPACE"
     assert sum(1 for line in every.splitlines() if line.startswith(estate + " ")) == 5
+
+
+def test_a_vm_whose_backup_runs_expired_is_read_from_its_protected_vm(
+    lab: Any, kube_api: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No VMGuardBackup is left (the runs expired); the ProtectedVMs say when each VM was
+    last backed up. Read in pages: with a page of one object, every VM is still found."""
+    from vmguard.cli import status
+    from vmguard.cli.kube import Cluster
+    from vmguard.controller.kube.points import protected_vm_name
+
+    ns = namespace
+    objects.create(
+        kube_api,
+        ns,
+        "vcenters",
+        "VCenter",
+        "lab",
+        {"host": "vc.example.test", "credentialsSecretRef": {"name": "lab-creds"}},
+    )
+    items = [listed(WEB, "daily"), listed(DB, "daily")]
+    patch_status(
+        kube_api,
+        ns,
+        "vcenters",
+        "lab",
+        {
+            "reachable": True,
+            "lastSweepTime": ts(0.05),
+            "vmList": {"total": 2, "listed": 2, "truncated": False, "items": items},
+        },
+    )
+    objects.create_policy(kube_api, ns, "daily", selector={"names": ["web*", "db*"]})
+    for vm, hours in [(WEB, 3), (DB, 50)]:
+        name = protected_vm_name("lab", vm[0])
+        objects.create(kube_api, ns, "protectedvms", "ProtectedVM", name, {})
+        point = {"archiveId": f"a-{vm[1]}", "repository": "repo", "time": ts(hours)}
+        patch_status(
+            kube_api,
+            ns,
+            "protectedvms",
+            name,
+            {
+                "vm": {"instanceUuid": vm[0], "moref": vm[1], "name": vm[2]},
+                "vcenter": "lab",
+                "policy": "daily",
+                "points": [point],
+                "pointCount": 1,
+                "lastGoodPoint": {"archiveId": point["archiveId"], "time": point["time"]},
+            },
+        )
+    doc = json.loads(run(vmguard("status", "-n", ns, "--json"), lab))
+    rows = {r["vm"]: r for r in doc["vms"]}
+    assert {vm: (r["rpoState"], r["lastGoodBackup"]) for vm, r in rows.items()} == {
+        WEB[2]: ("ok", "a-vm-101"),
+        DB[2]: ("breached", "a-vm-102"),
+    }
+    assert rows[WEB[2]]["lastGoodBackupTime"] == ts(3)
+
+    monkeypatch.setattr(status, "PAGE", 1)
+    pages: list[str] = []
+    cluster = Cluster(kube_api, ns, "lab")
+    real_call = cluster.call
+
+    def counting(what: str, request: Any) -> Any:
+        pages.append(what)
+        return real_call(what, request)
+
+    monkeypatch.setattr(cluster, "call", counting)
+    found = status.read_objects(cluster, ns)
+    assert len(found["protectedvms"]) == 2
+    assert pages.count("listing protectedvms") == 2  # one object a page

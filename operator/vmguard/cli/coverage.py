@@ -6,8 +6,10 @@ Where each thing comes from:
 - **The VMs and their effective policy**: each VCenter's ``status.vmList``, written by
   the operator's sweep (:mod:`vmguard.controller.vcenter.vmlist`): every VM it found, the
   unprotected ones included.
-- **The last good backup**: the newest ``Completed`` VMGuardBackup of the VM (by
-  ``completionTime``), under any policy; a VM is identified by vCenter and instance
+- **The last good backup**: the VM's ProtectedVM (its ``lastGoodPoint``: one record per
+  VM, :func:`point_records`), or a newer ``Completed`` VMGuardBackup (by
+  ``completionTime``) — VMGuardBackups are backup runs that expire, so they add only what
+  ran within their TTL. Under any policy; a VM is identified by vCenter and instance
   UUID (label ``vmguard.io/vm`` or ``spec.vm.instanceUuid``).
 - **The RPO**: the policy's ``spec.rpo``, else twice the longest gap between two runs of
   its schedule (the rule of the policy controller's ``vmsOutsideRPO``).
@@ -209,6 +211,45 @@ class _History:
 
 def _ns(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace", ""))
+
+
+def point_records(protected_vms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One Completed VMGuardBackup-shaped record per ProtectedVM with a good point: its
+    ``lastGoodPoint`` (named after the run that made it, else the archive id), under the
+    ProtectedVM's policy — what :func:`histories` reads (pure)."""
+    out = []
+    for pvm in protected_vms:
+        meta, status = pvm.get("metadata") or {}, pvm.get("status") or {}
+        good = status.get("lastGoodPoint") or {}
+        vm = dict(status.get("vm") or {})
+        if not good.get("time") or not vm.get("instanceUuid"):
+            continue
+        made_by = next(
+            (
+                p.get("backup")
+                for p in status.get("points") or []
+                if p.get("archiveId") == good.get("archiveId")
+            ),
+            None,
+        )
+        out.append(
+            {
+                "metadata": {
+                    "name": made_by or good.get("archiveId", ""),
+                    "namespace": meta.get("namespace", ""),
+                    "creationTimestamp": good["time"],
+                    "labels": {LABEL_VM: str(vm["instanceUuid"]).lower()},
+                },
+                "spec": {"policyRef": {"name": status.get("policy", "")}, "vm": vm},
+                "status": {
+                    "phase": BackupPhase.COMPLETED,
+                    "completionTime": good["time"],
+                    "vcenter": status.get("vcenter", ""),
+                    "vm": vm,
+                },
+            }
+        )
+    return out
 
 
 def histories(

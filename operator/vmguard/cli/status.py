@@ -1,11 +1,13 @@
 """``vmguard status`` (also ``kubectl vmguard status``): which VMs are covered, from the
 cluster's objects alone.
 
-The command lists VCenter, VMProtectionPolicy and VMGuardBackup objects (blocking, here);
-:mod:`.coverage` turns them into rows, and this module prints them: a ``kubectl
-get``-style table, one row per VM (vCenter, VM, policy or ``UNPROTECTED``, last good
-backup and its age, RPO state), then a summary line and notes; or JSON or YAML
-(``-o``). The cluster is the one :mod:`.kube` selects (``--context``, ``-n``).
+The command lists VCenter, VMProtectionPolicy, VMGuardBackup and ProtectedVM objects
+(blocking, here; every LIST in pages); :mod:`.coverage` turns them into rows (a VM's last
+good backup from its ProtectedVM, one record per VM, or a newer backup run), and this
+module prints them: a ``kubectl get``-style table, one row per VM (vCenter, VM, policy
+or ``UNPROTECTED``, last good backup and its age, RPO state), then a summary line and
+notes; or JSON or YAML (``-o``). The cluster is the one :mod:`.kube` selects
+(``--context``, ``-n``).
 
 The table is padded by *display* width (wcwidth), not by code points: a CJK character
 or an emoji takes two terminal cells, a combining accent none, so ``len()`` would
@@ -21,7 +23,7 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from vmguard.api import GROUP, VERSION
-from vmguard.api.kinds import BACKUP, POLICY, VCENTER
+from vmguard.api.kinds import BACKUP, POLICY, PROTECTEDVM, VCENTER
 from vmguard.cli.kube import Cluster, add_cluster_options, connect
 from vmguard.cli.options import UsageError, add_output_option, emit
 
@@ -114,24 +116,39 @@ def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: b
     return "\n".join(text)
 
 
+PAGE = 500
+"""Objects per LIST request: a large estate is read in pages, never in one response."""
+
+
 def read_objects(cluster: Cluster, namespace: str | None) -> dict[str, list[dict[str, Any]]]:
-    """Blocking: the three kinds, from one namespace or (``None``) every namespace."""
+    """Blocking: the four kinds, from one namespace or (``None``) every namespace, each
+    in pages of :data:`PAGE` (``limit``/``continue``)."""
     api = cluster.custom()
     out = {}
-    for plural in (VCENTER.plural, POLICY.plural, BACKUP.plural):
+    for plural in (VCENTER.plural, POLICY.plural, BACKUP.plural, PROTECTEDVM.plural):
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
 
-        def listing(p: str = plural) -> Any:
-            if namespace is None:
-                return api.list_cluster_custom_object(GROUP, VERSION, p)
-            return api.list_namespaced_custom_object(GROUP, VERSION, namespace, p)
+            def listing(p: str = plural, cont: str = token) -> Any:
+                page: dict[str, Any] = {"limit": PAGE}
+                if cont:
+                    page["_continue"] = cont
+                if namespace is None:
+                    return api.list_cluster_custom_object(GROUP, VERSION, p, **page)
+                return api.list_namespaced_custom_object(GROUP, VERSION, namespace, p, **page)
 
-        res = cluster.call(f"listing {plural}", listing)
-        out[plural] = list(res.get("items", []))
+            res = cluster.call(f"listing {plural}", listing)
+            items += list(res.get("items", []))
+            token = str((res.get("metadata") or {}).get("continue") or "")
+            if not token:
+                break
+        out[plural] = items
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vmguard.cli.coverage import build_coverage
+    from vmguard.cli.coverage import build_coverage, point_records
 
     if args.all_namespaces and getattr(args, "kube_namespace", None):
         raise UsageError("give -n NAMESPACE or -A, not both")
@@ -139,9 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else cluster.namespace
     found = read_objects(cluster, namespace)
     now = dt.datetime.now(dt.UTC)
-    coverage = build_coverage(
-        found[VCENTER.plural], found[POLICY.plural], found[BACKUP.plural], now
-    )
+    records = found[BACKUP.plural] + point_records(found[PROTECTEDVM.plural])
+    coverage = build_coverage(found[VCENTER.plural], found[POLICY.plural], records, now)
     text = "" if args.output in ("json", "yaml") else None
     if text is None:
         text = render_table(coverage, now, args.output == "wide", args.all_namespaces)
