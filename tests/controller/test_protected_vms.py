@@ -208,3 +208,54 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert objects.condition(obj, "Ready")["status"] == "True"
     assert "ownerReferences" not in obj["metadata"]
+
+
+@pytest.mark.lab
+def test_the_start_folds_completed_backups_into_protected_vms_once(
+    kube_api: Any, namespace: str
+) -> None:
+    """controller/kube/migration.py's fold_points, as the operator runs it at start,
+    against the real apiserver: the Completed backups' points (not the Failed one's), in
+    pages, one write per ProtectedVM; a second start writes nothing."""
+    from vmguard.controller.kube import migration
+
+    other = "4201aaaa-bbbb-cccc-dddd-eeeeffff0099"
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
+        ("b3", UUID, "Failed", "2026-01-03T00:00:00Z"),
+        ("c1", other, "Completed", "2026-01-01T00:00:00Z"),
+    ]
+    for name, uuid, phase, when in made:
+        spec = {"vm": {"instanceUuid": uuid}, "vcenterRef": {"name": "lab"}}
+        spec["repositoryRef"] = {"name": "repo"}
+        objects.create(kube_api, namespace, "vmguardbackups", "VMGuardBackup", name, spec)
+        status = {
+            "phase": phase,
+            "vm": {"instanceUuid": uuid, "name": f"vm-of-{name[0]}"},
+            "vcenter": "lab",
+            "repository": "repo",
+            "snapshot": {"createTime": when},
+            "completionTime": when,
+        }
+        if phase == "Completed":
+            status["archiveId"] = f"archive-{name}"
+        objects.patch_status(kube_api, namespace, "vmguardbackups", name, status)
+    # b1's point is there already (the operator recorded it when b1 completed).
+    api = KubeAPI(kube_api)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+    asyncio.run(
+        points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
+    )
+    original = migration.PAGE
+    migration.PAGE = 1  # read in pages of one object
+    try:
+        assert migration.fold_points(kube_api, [namespace]) == 2
+        assert migration.fold_points(kube_api, [namespace]) == 0
+    finally:
+        migration.PAGE = original
+    mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
+    assert [p["archiveId"] for p in mine["points"]] == ["archive-b2", "archive-b1"]
+    theirs = points.protected_vm_name("lab", other)
+    status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
+    assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]

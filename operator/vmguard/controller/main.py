@@ -170,9 +170,9 @@ def run(options: OperatorOptions) -> None:
             logger.info("created peering object %r in %s", options.peering, ", ".join(created))
         logger.info("peering %r with priority %d", options.peering, priority)
     # Before any watch starts, so no handler sees a half-copied object.
-    migration.migrate(
-        client.ApiClient(), None if options.clusterwide else options.namespaces, timing.now()
-    )
+    watched = None if options.clusterwide else options.namespaces
+    migration.migrate(client.ApiClient(), watched, timing.now())
+    migration.fold_points(client.ApiClient(), watched)
     asyncio.run(
         kopf.operator(
             clusterwide=options.clusterwide,

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 from vmguard.api import BACKUP_TERMINAL, BackupPhase, RestorePoint, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
-from vmguard.controller.backup.reconcile import point_key, restore_point
 from vmguard.controller.kube import points
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -90,11 +89,11 @@ async def expire(api: KubeAPI, obj: dict[str, Any]) -> bool:
     meta, status = obj["metadata"], backup_status(obj)
     if status.get("phase") == BackupPhase.COMPLETED and status.get("archiveId"):
         try:
-            key = point_key(obj)
+            key = points.backup_key(obj)
         except ConfigError as exc:
             log.warning("%s/%s expires without a point: %s", meta["namespace"], meta["name"], exc)
         else:
-            await points.add_point(api, key, restore_point(obj), vm=status.get("vm") or {})
+            await points.add_point(api, key, points.backup_point(obj), vm=status.get("vm") or {})
             await points.update_point(api, key, status["archiveId"], _run_expired)
     await api.delete_object(BACKUP.plural, meta["namespace"], meta["name"], meta["uid"])
     log.info("%s/%s expired (ttlSecondsAfterFinished)", meta["namespace"], meta["name"])

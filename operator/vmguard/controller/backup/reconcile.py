@@ -63,7 +63,6 @@ from vmguard.api import (
     BackupStatus,
     Condition,
     Failure,
-    RestorePoint,
     VMIdentity,
     format_time,
     parse_time,
@@ -75,7 +74,7 @@ from vmguard.controller.backup import builders, steps
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube import points
 from vmguard.controller.kube.access import open_for_backup, repository_secrets, vcenter_endpoint
-from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
+from vmguard.controller.kube.bodies import backup_spec, backup_status
 from vmguard.controller.kube.conditions import outcome_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -693,7 +692,9 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         # The point goes into the VM's ProtectedVM before the backup reads Completed: a
         # restart in between adds it again, which changes nothing (idempotent by archive).
         try:
-            await points.add_point(ctx.api, point_key(obj), restore_point(obj), vm=status["vm"])
+            await points.add_point(
+                ctx.api, points.backup_key(obj), points.backup_point(obj), vm=status["vm"]
+            )
         except RetryableError as exc:
             log.warning("%s/%s: recording its restore point: %s", p.ns, p.name, exc)
             return WAIT_PEER
@@ -707,35 +708,6 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
         await p.patch(_terminal(obj, BackupPhase.FAILED, ctx.timing))
     return None
-
-
-def point_key(obj: dict[str, Any]) -> points.ProtectedVMKey:
-    """Which ProtectedVM a completed backup's point goes into."""
-    status = backup_status(obj)
-    vcenter, uuid = status.get("vcenter"), (status.get("vm") or {}).get("instanceUuid")
-    if not vcenter or not uuid:
-        raise ConfigError("the backup's status names no vCenter or VM instance UUID")
-    return points.ProtectedVMKey(obj["metadata"]["namespace"], vcenter, uuid)
-
-
-def restore_point(obj: dict[str, Any]) -> RestorePoint:
-    """A completed backup's entry in its VM's ProtectedVM (pure)."""
-    status, spec = backup_status(obj), backup_spec(obj)
-    meta = obj["metadata"]
-    when = (status.get("snapshot") or {}).get("createTime") or status.get("startTime")
-    point: RestorePoint = {
-        "archiveId": status["archiveId"],
-        "repository": status.get("repository") or "",
-        "time": when or meta["creationTimestamp"],
-        "bytes": int((status.get("totals") or {}).get("bytesUploaded") or 0),
-        "backup": meta["name"],
-    }
-    if status.get("modeUsed"):
-        point["mode"] = status["modeUsed"]
-    policy = ref_name(spec.get("policyRef"))
-    if policy:
-        point["policy"] = policy
-    return point
 
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:

@@ -29,15 +29,21 @@ with this annotation counts as copied; one of the same name that is not a copy i
 alone, and the old one kept, with an error in the log. A cluster without the old CRDs
 costs one 404 per kind. The old CRDs are left for the administrator to delete
 (docs/upgrading.md).
+
+Then, as every start, :func:`fold_points` puts the point of each Completed VMGuardBackup
+that its VM's ProtectedVM does not list yet into it (the move to ProtectedVMs,
+docs/resource-model.md): paginated LISTs, one write per ProtectedVM that lacks points,
+nothing written once they are all there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatch
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -47,10 +53,16 @@ from vmguard.api import (
     GROUP,
     RESTORE_TERMINAL,
     VERSION,
+    BackupPhase,
+    RestorePoint,
+    VMIdentity,
     format_time,
 )
-from vmguard.api.kinds import BACKUP, LEGACY, REPOSITORY, RESTORE, KindNames
+from vmguard.api.kinds import BACKUP, LEGACY, PROTECTEDVM, REPOSITORY, RESTORE, KindNames
+from vmguard.controller.kube import points
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.errors import ConfigError, VmguardError
 
 ANNOTATION_MIGRATED_FROM = f"{GROUP}/migrated-from"
 """``<old kind>/<old uid>`` on an object copied from a renamed kind."""
@@ -135,6 +147,86 @@ def _list(
             old.kind,
         )
         return []
+
+
+PAGE = 500
+"""Objects per LIST request of :func:`fold_points`."""
+
+
+def _pages(
+    custom: client.CustomObjectsApi, plural: str, namespaces: list[str] | None
+) -> list[dict[str, Any]]:
+    """Every object of ``plural`` in the watched namespaces, read in pages of :data:`PAGE`."""
+
+    def read(ns: str | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page: dict[str, Any] = {"limit": PAGE, **({"_continue": token} if token else {})}
+            if ns is None:
+                found = custom.list_cluster_custom_object(GROUP, VERSION, plural, **page)
+            else:
+                found = custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **page)
+            out.extend(found.get("items", []))
+            token = str((found.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return out
+
+    if namespaces is None or any(_is_pattern(ns) for ns in namespaces):
+        items = read(None)
+        if namespaces is None:
+            return items
+        return [o for o in items if _watched(o["metadata"]["namespace"], namespaces)]
+    return [o for ns in namespaces for o in read(ns)]
+
+
+def fold_points(api_client: client.ApiClient, namespaces: list[str] | None) -> int:
+    """Put the point of every Completed VMGuardBackup (synced ones included) into its
+    VM's ProtectedVM, where it is not yet: the upgrade to ProtectedVMs
+    (docs/upgrading.md). One paginated LIST of each kind and one write per ProtectedVM
+    that lacks points, so a start after the first writes nothing. Returns the points
+    added; a fault is logged (the expiry of each backup folds it in as well)."""
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        backups = _pages(custom, BACKUP.plural, namespaces)
+        held = _pages(custom, PROTECTEDVM.plural, namespaces)
+    except client.ApiException as exc:
+        logger.warning(
+            "folding backups into ProtectedVMs: listing failed (%s %s)", exc.status, exc.reason
+        )
+        return 0
+    known = {(key, str(p.get("archiveId"))) for key, p in points.points_of(held)}
+    todo: dict[points.ProtectedVMKey, tuple[VMIdentity, list[RestorePoint]]] = {}
+    for obj in backups:
+        status = obj.get("status") or {}
+        if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
+            continue
+        try:
+            key = points.backup_key(obj)
+        except ConfigError:
+            continue
+        if (key, status["archiveId"]) in known:
+            continue
+        vm = cast(VMIdentity, status.get("vm") or {})
+        todo.setdefault(key, (vm, []))[1].append(points.backup_point(obj))
+    if not todo:
+        return 0
+
+    async def write() -> int:
+        api = KubeAPI(api_client)
+        added = 0
+        for key, (vm, new) in todo.items():
+            try:
+                added += await points.add_points(api, key, new, vm=vm)
+            except VmguardError as exc:
+                logger.error(
+                    "folding backups into ProtectedVM %s/%s: %s", key.namespace, key.name, exc
+                )
+        return added
+
+    added = asyncio.run(write())
+    logger.info("folded %d completed backup(s) into %d ProtectedVM(s)", added, len(todo))
+    return added
 
 
 def _is_pattern(namespace: str) -> bool:

@@ -209,14 +209,31 @@ async def add_point(
     """Put ``point`` into the VM's ProtectedVM (created if absent). True when it was
     added, False when the list held it already. RetryableError after :data:`ATTEMPTS`
     lost races or on an apiserver fault; ConfigError when the object is another VM's."""
+    return await add_points(api, key, [point], vm=vm, limit=limit) == 1
+
+
+async def add_points(
+    api: KubeAPI,
+    key: ProtectedVMKey,
+    new: list[RestorePoint],
+    *,
+    vm: VMIdentity,
+    limit: int = MAX_POINTS,
+) -> int:
+    """:func:`add_point` for several points of one VM in one write; how many were added."""
     for attempt in range(ATTEMPTS):
         await _backoff(attempt)
         obj = await _read_or_create(api, key, vm.get("name", ""))
         before = cast(ProtectedVMStatus, obj.get("status") or {})
-        added = with_point(before, point, limit)
-        if added is None:
-            return False
-        status, cut = added
+        status, added, cut = before, 0, []
+        for point in new:
+            step = with_point(status, point, limit)
+            if step is not None:
+                status, dropped = step
+                cut += dropped
+                added += 1
+        if not added:
+            return 0
         status["vm"] = {**(before.get("vm") or {}), **vm, "instanceUuid": key.instance_uuid}
         status["vcenter"] = key.vcenter
         status = derived(status, obj["metadata"].get("generation"))
@@ -230,8 +247,38 @@ async def add_point(
                     limit,
                     len(cut),
                 )
-            return True
+            return added
     raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+def backup_key(obj: Mapping[str, Any]) -> ProtectedVMKey:
+    """Which ProtectedVM a completed VMGuardBackup's point goes into; ConfigError when its
+    status names no vCenter or VM instance UUID."""
+    status = obj.get("status") or {}
+    vcenter, uuid = status.get("vcenter"), (status.get("vm") or {}).get("instanceUuid")
+    if not vcenter or not uuid:
+        raise ConfigError("the backup's status names no vCenter or VM instance UUID")
+    return ProtectedVMKey(str(obj["metadata"]["namespace"]), str(vcenter), str(uuid))
+
+
+def backup_point(obj: Mapping[str, Any]) -> RestorePoint:
+    """A completed VMGuardBackup's entry in its VM's ProtectedVM (pure)."""
+    status, spec = obj.get("status") or {}, obj.get("spec") or {}
+    meta = obj["metadata"]
+    when = (status.get("snapshot") or {}).get("createTime") or status.get("startTime")
+    point: RestorePoint = {
+        "archiveId": status["archiveId"],
+        "repository": status.get("repository") or "",
+        "time": when or meta["creationTimestamp"],
+        "bytes": int((status.get("totals") or {}).get("bytesUploaded") or 0),
+        "backup": meta["name"],
+    }
+    if status.get("modeUsed"):
+        point["mode"] = status["modeUsed"]
+    policy = (spec.get("policyRef") or {}).get("name")
+    if policy:
+        point["policy"] = policy
+    return point
 
 
 async def update_point(
