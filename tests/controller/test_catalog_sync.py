@@ -1,11 +1,12 @@
 """Catalog sync end to end (issue #6's acceptance): the bucket alone rebuilds the catalog.
 
 Two real backups of a lab VM (a full, then an incremental) are made by the operator;
-then every VMGuardBackup object and vmguard's five CRDs are deleted, the CRDs reinstalled,
+then every VMGuardBackup object and vmguard's CRDs are deleted, the CRDs reinstalled,
 the VCenter, VMGuardRepository and policy re-applied as a GitOps tool would, and a fresh
-operator started: the VMGuardBackups come back from the repository, and a new VM restored
-from one has the disk bytes of the backup. Then an archive is taken out of the
-repository: its VMGuardBackup is flagged, and unflagged when it comes back.
+operator started: the VMGuardBackups come back from the repository, and so does the VM's
+ProtectedVM with both points; a new VM restored from one has the disk bytes of the
+backup. Then an archive is taken out of the repository: its VMGuardBackup is flagged,
+and unflagged when it comes back.
 
 Deleting CRDs reaches every namespace of the shared lab, so the CRDs are put back from
 the same source as the session's fixture in a ``finally``, whatever happens.
@@ -32,6 +33,7 @@ from tests.controller.backup_helpers import (
 from tests.controller.restore_helpers import create_restore, destroy_vm
 from tests.vsphere.helpers import MiB, sha256_file
 
+from vmguard.controller.kube.points import protected_vm_name
 from vmguard.controller.repository.catalog import Placement, build_synced_backup, synced_name
 from vmguard.store import names
 from vmguard.store.prune import retire_archive
@@ -45,6 +47,7 @@ KINDS = [
     "vmprotectionpolicies",
     "vmguardbackups",
     "vmguardrestores",
+    "protectedvms",
 ]
 CRDS = [f"{plural}.{objects.G}" for plural in KINDS]
 SYNCED = "vmguard.io/synced=true"
@@ -180,6 +183,15 @@ def test_vmguardbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
             assert status["vm"]["moref"] == vm.moref and status["vcenter"] == "lab"
             assert objects.condition(obj, "Ready")["reason"] == "Completed"
             assert objects.condition(obj, "ArchiveAvailable")["reason"] == "Synced"
+        # The VM's ProtectedVM is rebuilt too: both points, newest first.
+        pvm = objects.get(
+            kube_api, ns, "protectedvms", protected_vm_name(lab_vcenter, vm.instance_uuid)
+        )["status"]
+        assert [(p["archiveId"], p["mode"], p["policy"]) for p in pvm["points"]] == [
+            (archives["second"], "incremental", "gold"),
+            (archives["first"], "full", "gold"),
+        ]
+        assert pvm["vm"]["instanceUuid"] == vm.instance_uuid and pvm["vcenter"] == "lab"
         synced_inc = back[archives["second"]]["status"]
         assert synced_inc["modeUsed"] == "incremental"
         assert synced_inc["parentArchiveId"] == archives["first"]

@@ -218,7 +218,7 @@ def fold_points(api_client: client.ApiClient, namespaces: list[str] | None) -> i
         for key, (vm, new) in todo.items():
             try:
                 added += await points.add_points(api, key, new, vm=vm)
-            except VmguardError as exc:
+            except (VmguardError, client.ApiException) as exc:  # never keeps the operator down
                 logger.error(
                     "folding backups into ProtectedVM %s/%s: %s", key.namespace, key.name, exc
                 )

@@ -6,7 +6,8 @@ cluster. For one VMGuardRepository, a pass of :func:`sync`:
 - **recreates** a VMGuardBackup for every archive no VMGuardBackup of the namespace names (by
   ``status.archiveId``, or the ``vmguard.io/archive-id`` annotation of a synced one);
   the object is marked ``vmguard.io/synced: "true"`` and arrives Completed, its status
-  rebuilt from the manifest (:func:`build_synced_backup`, :func:`synced_status`);
+  rebuilt from the manifest (:func:`build_synced_backup`, :func:`synced_status`), and its
+  point is added to the VM's ProtectedVM (created if absent);
 - **flags** a Completed VMGuardBackup of this repository whose archive is not in it any more:
   ``ArchiveAvailable=False`` (``ArchiveMissing``) and a warning event; the flag is
   cleared (``ArchiveFound``) when the archive reappears. Objects being deleted are
@@ -52,7 +53,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from vmguard.api import (
     ANNOTATION_ARCHIVE_ID,
@@ -66,6 +67,7 @@ from vmguard.api import (
     LABEL_VM,
     SYNCED,
     BackupPhase,
+    VMIdentity,
     format_time,
 )
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
@@ -75,7 +77,7 @@ from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kube.copies import copies_of
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.errors import RepositoryNotFoundError, VmguardError
+from vmguard.errors import ConfigError, RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats
 from vmguard.store.lineage import (
     BACKUP_UID_LABEL,
@@ -514,6 +516,7 @@ async def _create(
             status["vcenterNamespace"] = vc_across
         await api.patch_status(PLURAL, home, body["metadata"]["name"], status)
         report.created.append(body["metadata"]["name"])
+        await _point(api, {**body, "status": status}, report)
 
 
 async def _complete(
@@ -542,6 +545,22 @@ async def _complete(
             status["vcenterNamespace"] = vc_ns
         await api.patch_status(PLURAL, where, backup_name, status)
         report.completed.append(backup_name)
+        await _point(api, {**by_name[backup_name], "status": status}, report)
+
+
+async def _point(api: KubeAPI, synced: Mapping[str, Any], report: SyncReport) -> None:
+    """The synced backup's point in its VM's ProtectedVM (created if absent), so that a
+    cluster pointed at an old bucket restores by point too. A VM the manifest does not
+    identify by instance UUID has no ProtectedVM; a fault waits for the start's fold."""
+    try:
+        key = points.backup_key(synced)
+    except ConfigError:
+        return
+    try:
+        vm = cast(VMIdentity, (synced.get("status") or {}).get("vm") or {})
+        await points.add_point(api, key, points.backup_point(synced), vm=vm)
+    except VmguardError as exc:
+        report.skipped.append(f"point of {synced['metadata']['name']}: {exc}")
 
 
 async def _manifest(
