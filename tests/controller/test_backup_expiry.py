@@ -6,7 +6,7 @@ the lab's real apiserver, on a :class:`~vmguard.store.clock.ManualClock` whose `
 moves it exactly as far as the loop asks: a backup must be deleted exactly its TTL after
 it finished, not a real 24 h later. Retention then prunes an expired run's point from the
 repository and the ProtectedVM. The end-to-end test runs the operator and a real backup
-with a TTL of a few seconds.
+with a TTL of a few seconds, and restores its point by time after the run expired.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Unit tests for the pure pieces of ``controller/kube/points.py`` (names, the list's order
 and bound, the derived fields); lab tests for its writes against the real apiserver
 (racing writers lose nothing) and for the VMGuardBackup controller end to end (a full and
-an incremental backup give two points, newest first; an operator killed after recording
-a point and before the backup read Completed adds nothing twice).
+an incremental backup give two points, newest first — checked in test_backups.py's
+end-to-end test —; an operator killed after recording a point and before the backup
+read Completed adds nothing twice), and the fold of completed backups at start.
 """
 
 from __future__ import annotations
