@@ -193,7 +193,29 @@ def test_restore_create_builds_what_the_api_admits(lab: Any, kube_api: Any, name
     for flags in (["--in-place"], ["--new-vm", "x", "--in-place", "--confirm"], []):
         refused = run(vmguard(*base, "--name", "refused", *flags), env)
         assert refused.returncode == 2, (flags, refused.stderr)
+    # A ProtectedVM's point as the source, by archive id or by time.
+    point = ("restore", "create", "--protected-vm", "lab-0123", "-n", namespace, "-o", "json")
+    new_vm = ("--new-vm", "x")
+    for name, flags, source in [
+        ("by-id", ["--archive", "a1"], {"protectedVM": "lab-0123", "archiveId": "a1"}),
+        (
+            "by-time",
+            ["--at", "2026-01-31T02:00:00+01:00"],
+            {"protectedVM": "lab-0123", "at": "2026-01-31T01:00:00Z"},
+        ),
+    ]:
+        done = run(vmguard(*point, "--name", name, *flags, *new_vm), env)
+        assert done.returncode == 0, (name, done.stderr)
+        assert objects.get(kube_api, namespace, "vmguardrestores", name)["spec"]["source"] == source
+    for flags in (
+        [],  # neither --archive nor --at
+        ["--archive", "a1", "--at", "2026-01-01T00:00:00Z"],
+        ["--at", "yesterday"],
+        ["--backup", "nightly", "--archive", "a1"],
+    ):
+        refused = run(vmguard(*point, "--name", "refused", *flags, *new_vm), env)
+        assert refused.returncode == 2, (flags, refused.stderr)
     made = objects.items(kube_api, namespace, "vmguardrestores")
     assert [o["metadata"]["name"] for o in made] == [
-        "as-new", "disk", "files", "over",
+        "as-new", "by-id", "by-time", "disk", "files", "over",
     ]  # fmt: skip

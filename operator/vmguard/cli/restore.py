@@ -1,5 +1,9 @@
 """``vmguard restore create``: a VMGuardRestore from flags, optionally followed to its end.
 
+Exactly one source: ``--backup NAME`` (a VMGuardBackup, while that run exists), or
+``--protected-vm NAME`` with ``--archive ID`` or ``--at TIME`` (a point of a
+ProtectedVM: that one, or the newest taken at or before TIME).
+
 Exactly one target, as the CRD demands (``vmguard.crds.restore``):
 
 - ``--new-vm NAME`` [``--folder``, ``--pool``, ``--host``, ``--datastore``,
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vmguard.api import format_time, parse_time
 from vmguard.api.kinds import RESTORE
 from vmguard.api.phases import RESTORE_TERMINAL, RestorePhase
 from vmguard.cli.create import create_and_follow
@@ -107,9 +112,28 @@ def _disk(text: str) -> dict[str, Any]:
     return {"key": int(text)} if text.isdigit() else {"label": text}
 
 
+def build_source(args: argparse.Namespace) -> dict[str, Any]:
+    """``spec.source``: ``--backup NAME``, or ``--protected-vm NAME`` with exactly one of
+    ``--archive ID`` and ``--at TIME`` (the CRD's rule, checked before connecting)."""
+    if bool(args.backup) == bool(args.protected_vm):
+        raise UsageError("give --backup NAME, or --protected-vm NAME with --archive or --at")
+    if args.backup:
+        if args.archive or args.at:
+            raise UsageError("--archive and --at go with --protected-vm, not --backup")
+        return {"backupRef": {"name": args.backup}}
+    if bool(args.archive) == bool(args.at):
+        raise UsageError("--protected-vm needs exactly one of --archive ID and --at TIME")
+    if args.archive:
+        return {"protectedVM": args.protected_vm, "archiveId": args.archive}
+    at = parse_time(args.at)
+    if at is None:
+        raise UsageError(f"--at {args.at!r}: not a time (RFC 3339, e.g. 2026-01-31T02:00:00Z)")
+    return {"protectedVM": args.protected_vm, "at": format_time(at)}
+
+
 def build_vmrestore(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "source": {"backupRef": {"name": args.backup}},
+        "source": build_source(args),
         "target": build_target(args),
     }
     if args.vcenter:
@@ -118,7 +142,7 @@ def build_vmrestore(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
     if args.name:
         meta["name"] = args.name
     else:
-        meta["generateName"] = f"{args.backup[:50]}-restore-"
+        meta["generateName"] = f"{(args.backup or args.protected_vm)[:50]}-restore-"
     return {"apiVersion": api_version(), "kind": RESTORE.kind, "metadata": meta, "spec": spec}
 
 
@@ -144,8 +168,22 @@ def register(sub: Any) -> None:
     """Add ``restore create`` to the top-level sub-parsers."""
     restore = sub.add_parser("restore", help="VMGuardRestore objects in the cluster: create")
     cmds = restore.add_subparsers(dest="restore_cmd", required=True, metavar="COMMAND")
-    c = cmds.add_parser("create", help="restore a VMGuardBackup: new VM, in place, disks or files")
-    c.add_argument("--backup", required=True, metavar="NAME", help="the VMGuardBackup to restore")
+    c = cmds.add_parser(
+        "create",
+        help="restore a VMGuardBackup or a ProtectedVM's point: new VM, in place, disks or files",
+    )
+    c.add_argument("--backup", metavar="NAME", help="the VMGuardBackup to restore")
+    c.add_argument(
+        "--protected-vm",
+        metavar="NAME",
+        help="restore a point of this ProtectedVM (with --archive or --at) instead",
+    )
+    c.add_argument("--archive", metavar="ID", help="with --protected-vm: the point's archive id")
+    c.add_argument(
+        "--at",
+        metavar="TIME",
+        help="with --protected-vm: the newest point taken at or before TIME (RFC 3339)",
+    )
     c.add_argument("--name", help="name of the VMGuardRestore (default: from the backup's)")
     c.add_argument("--vcenter", metavar="V", help="VCenter to restore into (default: the backup's)")
     c.add_argument("--new-vm", metavar="NAME", help="restore as a new VM with this name")
