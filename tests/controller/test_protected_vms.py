@@ -257,6 +257,9 @@ def test_the_start_folds_completed_backups_into_protected_vms_once(
         migration.PAGE = original
     mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
     assert [p["archiveId"] for p in mine["points"]] == ["archive-b2", "archive-b1"]
+    # The operator's LISTs are paginated: in pages of one object, both ProtectedVMs.
+    paged = asyncio.run(api.list_objects(PROTECTEDVM.plural, namespace, page=1))
+    assert len(paged) == 2
     theirs = points.protected_vm_name("lab", other)
     status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
     assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]

@@ -22,6 +22,9 @@ from kubernetes import client, config
 from vmguard.api import GROUP, VERSION
 from vmguard.errors import ConfigError, RetryableError
 
+PAGE = 500
+"""Objects per LIST request of :meth:`KubeAPI.list_objects`."""
+
 
 def load_config() -> None:
     """In a pod: the service-account token; elsewhere: ``$KUBECONFIG``."""
@@ -74,13 +77,24 @@ class KubeAPI:
         return await asyncio.to_thread(read)
 
     async def list_objects(
-        self, plural: str, namespace: str, label_selector: str = ""
+        self, plural: str, namespace: str, label_selector: str = "", page: int = PAGE
     ) -> list[dict[str, Any]]:
+        """Every object of ``plural`` in ``namespace``, read in pages of ``page`` objects
+        (``limit``/``continue``): no response grows with the estate."""
+
         def read() -> list[dict[str, Any]]:
-            res = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, label_selector=label_selector
-            )
-            return list(res.get("items", []))
+            items: list[dict[str, Any]] = []
+            token = ""
+            while True:
+                more = {"_continue": token} if token else {}
+                res = self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, label_selector=label_selector,
+                    limit=page, **more,
+                )  # fmt: skip
+                items.extend(res.get("items", []))
+                token = str((res.get("metadata") or {}).get("continue") or "")
+                if not token:
+                    return items
 
         return await asyncio.to_thread(read)
 
