@@ -263,3 +263,77 @@ def test_the_start_folds_completed_backups_into_protected_vms_once(
     theirs = points.protected_vm_name("lab", other)
     status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
     assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]
+
+
+@pytest.mark.unit
+def test_rpo_state_follows_the_last_good_point() -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    hours = dt.timedelta(hours=2)
+    assert points.rpo_of(None, hours, now) == {"objectiveSeconds": 7200, "state": "Unknown"}
+    within = points.rpo_of(now - dt.timedelta(hours=1), hours, now)
+    assert within == {"objectiveSeconds": 7200, "due": "2026-01-01T13:00:00Z", "state": "Within"}
+    assert points.rpo_of(now - hours, hours, now)["state"] == "Outside"  # due now: out
+
+
+@pytest.mark.lab
+def test_the_policy_pass_writes_each_vms_rpo_state_into_its_protected_vm_once(
+    kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
+) -> None:
+    """A policy's scheduler pass (controller/policy/runs.py), run in this process against
+    the real apiserver: each of its VMs' ProtectedVMs gets status.rpo and WithinRPO from
+    its last good point; a second pass writes nothing."""
+    import datetime as dt
+    import logging
+
+    from vmguard.api import format_time
+    from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+    from vmguard.controller.policy.runs import PolicyRunner
+    from vmguard.vsphere.matching import PolicyRef, assign
+    from vmguard.vsphere.records import VMRecord
+
+    objects.create_policy(
+        kube_api, namespace, "gold", selector={"names": ["rpo-*"]}, rpo="2h", paused=True
+    )
+    policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+    vms = [
+        VMRecord(moref="vm-1", name="rpo-1", instance_uuid="4201aaaa-0000-4000-8000-000000000001"),
+        VMRecord(moref="vm-2", name="rpo-2", instance_uuid="4201aaaa-0000-4000-8000-000000000002"),
+    ]
+    now = dt.datetime.now(dt.UTC)
+    api = KubeAPI(kube_api)
+
+    async def setup() -> None:
+        for vm, age in zip(vms, (1, 5), strict=True):
+            key = points.ProtectedVMKey(namespace, lab_vcenter, vm.instance_uuid)
+            when = format_time(now - dt.timedelta(hours=age))
+            new = {"archiveId": f"a-{vm.name}", "repository": "repo", "time": when}
+            await points.add_point(api, key, {**new, "policy": "gold"}, vm={"name": vm.name})  # type: ignore[typeddict-item]
+
+    asyncio.run(setup())
+    sweeps = LatestSweeps()
+    matched = assign(vms, [PolicyRef.from_object(policy)], lab_vcenter)
+    sweeps.publish(namespace, lab_vcenter, SweepView(now, 30.0, matched))
+    runner = PolicyRunner(api, policy, sweeps, asyncio.Event(), None, logging.getLogger(__name__))
+
+    def held() -> dict[str, dict[str, Any]]:
+        found = objects.items(kube_api, namespace, PROTECTEDVM.plural)
+        return {o["status"]["vm"]["name"]: o for o in found}
+
+    asyncio.run(runner.turn())
+    first = held()
+    assert {n: o["status"]["rpo"]["state"] for n, o in first.items()} == {
+        "rpo-1": "Within",
+        "rpo-2": "Outside",
+    }
+    assert first["rpo-1"]["status"]["rpo"]["objectiveSeconds"] == 7200
+    assert objects.condition(first["rpo-1"], "WithinRPO")["status"] == "True"
+    assert objects.condition(first["rpo-2"], "WithinRPO")["reason"] == "Outside"
+    # Ready still says whether the VM has a good point; the RPO is its own condition.
+    assert objects.condition(first["rpo-2"], "Ready")["status"] == "True"
+    asyncio.run(runner.turn())
+    again = held()
+    assert {n: o["metadata"]["resourceVersion"] for n, o in again.items()} == {
+        n: o["metadata"]["resourceVersion"] for n, o in first.items()
+    }

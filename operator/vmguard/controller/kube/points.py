@@ -54,7 +54,9 @@ from vmguard.api import (
     Condition,
     ProtectedVMStatus,
     RestorePoint,
+    RPOState,
     VMIdentity,
+    format_time,
     parse_time,
 )
 from vmguard.api.kinds import PROTECTEDVM
@@ -333,6 +335,58 @@ async def remove_point(api: KubeAPI, key: ProtectedVMKey, archive_id: str) -> bo
         status = cast(ProtectedVMStatus, dict(before))
         status["points"] = points
         status = derived(status, obj["metadata"].get("generation"))
+        if await _patch(api, key, obj, status):
+            return True
+    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
+def rpo_of(last: dt.datetime | None, objective: dt.timedelta, now: dt.datetime) -> RPOState:
+    """A VM's ``status.rpo`` (pure): ``Within`` until its last good point is ``objective``
+    old, then ``Outside``; ``Unknown`` without a point. ``due`` is when it falls out."""
+    out: RPOState = {"objectiveSeconds": int(objective.total_seconds())}
+    if last is None:
+        out["state"] = "Unknown"
+        return out
+    due = last + objective
+    out["due"] = format_time(due)
+    out["state"] = "Within" if now < due else "Outside"
+    return out
+
+
+def rpo_condition(
+    conditions: Iterable[Mapping[str, Any]] | None, rpo: RPOState, generation: int | None
+) -> list[Condition]:
+    """``WithinRPO`` from ``rpo`` (its transition time moves only when the state does)."""
+    state = rpo.get("state")
+    if state == "Within":
+        text = f"a good point is due by {rpo.get('due')}"
+        return set_condition(conditions, "WithinRPO", True, "Within", text, generation)
+    if state == "Outside":
+        text = (
+            f"the last good point is older than {rpo.get('objectiveSeconds')}s "
+            f"(one was due by {rpo.get('due')})"
+        )
+        return set_condition(conditions, "WithinRPO", False, "Outside", text, generation)
+    return set_condition(conditions, "WithinRPO", None, "NoPoint", "no good point", generation)
+
+
+async def set_rpo(api: KubeAPI, key: ProtectedVMKey, rpo: RPOState) -> bool:
+    """Write ``status.rpo`` and ``WithinRPO`` (the policy controller, when they change).
+    False when the ProtectedVM does not exist or already says so."""
+    for attempt in range(ATTEMPTS):
+        await _backoff(attempt)
+        obj = await api.get_object(PLURAL, key.namespace, key.name)
+        if obj is None:
+            return False
+        _check_owner(obj, key)
+        before = cast(ProtectedVMStatus, obj.get("status") or {})
+        if before.get("rpo") == rpo:
+            return False
+        status = cast(ProtectedVMStatus, dict(before))
+        status["rpo"] = rpo
+        generation = obj["metadata"].get("generation")
+        status["conditions"] = rpo_condition(before.get("conditions"), rpo, generation)
+        status = derived(status, generation)
         if await _patch(api, key, obj, status):
             return True
     raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")

@@ -29,7 +29,8 @@ Rules (docs/resource-model.md, "Schedules"):
   completed backup of the policy wakes the loop for it.
 - What the policy's VMs have is read from its VMGuardBackups *and* its VMs'
   ProtectedVMs: a point whose backup run expired stands in as a Completed backup, so
-  the RPO, the last success, the fail-safe and retention see every point.
+  the RPO, the last success, the fail-safe and retention see every point. Each VM's RPO
+  state is written into its ProtectedVM (``status.rpo``, ``WithinRPO``) when it changes.
 
 Time (:mod:`~vmguard.controller.kube.timing`): the cron line, the cursor, the runs and
 their jittered starts are on the schedule line (``Timing.on_line``; the policy's creation is moved
@@ -132,6 +133,8 @@ class PolicyRunner:
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
         self.copier = copier
+        self.held: list[dict[str, Any]] = []
+        """The namespace's ProtectedVMs as this pass read them (:meth:`history_objects`)."""
         self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
         self.announce: Announce = announce or (lambda reason, message, warning: None)
@@ -225,6 +228,7 @@ class PolicyRunner:
         backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`)."""
         backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
         held = await self.api.list_objects(points.PLURAL, namespace)
+        self.held = held
         return backups + [
             b
             for b in points.stand_ins(held, backups)
@@ -326,6 +330,8 @@ class PolicyRunner:
         if status != self.last_status:
             await self.api.patch_status(POLICY.plural, namespace, name, status)
             self.last_status = status
+        if assessment.rpo is not None and view is not None:
+            await self.write_rpo(namespace, view.vms_of(name), history, assessment.rpo, real_now)
         if self.metrics is not None:
             spec = policy.get("spec") or {}
             self.metrics.observe_policy(
@@ -341,6 +347,30 @@ class PolicyRunner:
                     for target, point in lagging.items()
                 },
             )
+
+    async def write_rpo(
+        self,
+        namespace: str,
+        vms: list[VMRecord],
+        history: BackupHistory,
+        objective: dt.timedelta,
+        now: dt.datetime,
+    ) -> None:
+        """Each of the policy's VMs' RPO state into its ProtectedVM (``status.rpo``,
+        ``WithinRPO``), only where it changed: a pass writes nothing for a VM whose state
+        and due time stand."""
+        mine = {vm.instance_uuid.lower() for vm in vms}
+        for obj in self.held:
+            key = points.key_of(obj)
+            if key is None or key.instance_uuid.lower() not in mine:
+                continue
+            rpo = points.rpo_of(history.last_completed(key.instance_uuid), objective, now)
+            if (obj.get("status") or {}).get("rpo") == rpo:
+                continue
+            try:
+                await points.set_rpo(self.api, key, rpo)
+            except VmguardError as exc:  # the next pass tries again
+                self.log.warning("RPO of ProtectedVM %s: %s", key.name, exc)
 
     async def sleep(self, seconds: float) -> None:
         spec = self.body.get("spec") or {}
