@@ -275,6 +275,8 @@ def backup_point(obj: Mapping[str, Any]) -> RestorePoint:
         "bytes": int((status.get("totals") or {}).get("bytesUploaded") or 0),
         "backup": meta["name"],
     }
+    if status.get("repositoryNamespace"):  # a repository shared from another namespace
+        point["repositoryNamespace"] = status["repositoryNamespace"]
     if status.get("modeUsed"):
         point["mode"] = status["modeUsed"]
     policy = (spec.get("policyRef") or {}).get("name")
