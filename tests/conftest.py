@@ -78,8 +78,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from vmguard_lab.lab import Lab
 
     lab = Lab()
-    was_running = all(lab.status().values())
-    lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "32")))
+    # One lab starts at a time in a distributed run: each picks free ports when it is
+    # made, and two made at once may pick the same one (a full run lost gw0's scheduler,
+    # whose port gw1's lab had taken: no pod ran on gw0 after that).
+    with distribute.one_at_a_time(tmp_path_factory, "lab-up"):
+        was_running = all(lab.status().values())
+        lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "32")))
     # Where the session's labs are, for the tests that read all their call logs.
     labs = distribute.shared_dir(tmp_path_factory) / "labs"
     labs.mkdir(exist_ok=True)

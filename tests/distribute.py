@@ -17,8 +17,11 @@ held ones, run after them. The cost is at most that one test's overlap.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,18 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the run is not distributed."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if worker() else base
+
+
+@contextlib.contextmanager
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory, what: str) -> Iterator[None]:
+    """Hold the session's lock ``what`` (a file lock in :func:`shared_dir`): one worker
+    at a time runs the block."""
+    with (shared_dir(tmp_path_factory) / f"{what}.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def reads_the_session(item: pytest.Item) -> bool:
