@@ -37,9 +37,13 @@ lint: venv
 # The tests run on a lab of their own (.lab-test), started and stopped by the session,
 # so that what the demo's operator did to its lab (CBT on every VM, backups) cannot
 # change what a test finds. VMGUARD_LAB_DIR=... points them at another one.
+# TEST_WORKERS pytest-xdist workers share the tests out by file, each on a lab of its own
+# (.lab-test-gw0, ...); the tests that judge the whole session run last (tests/distribute.py).
+TEST_WORKERS ?= 2
 test: venv lab-build lint
-	@echo "[test] pytest (unit and lab)"
-	@VMGUARD_LAB_DIR=$${VMGUARD_LAB_DIR:-$(CURDIR)/.lab-test} $(BIN)/pytest -p no:cacheprovider
+	@echo "[test] pytest (unit and lab), $(TEST_WORKERS) workers"
+	@VMGUARD_LAB_DIR=$${VMGUARD_LAB_DIR:-$(CURDIR)/.lab-test} $(BIN)/pytest -p no:cacheprovider \
+		-n $(TEST_WORKERS)
 
 # The randomized store schedules (GC, prune, readers and backups over slow, failed and
 # ambiguous writes) and the CLI backup killed at random points, at their full count;

@@ -16,9 +16,10 @@ Invariants: a step runs again only when no build of the same inputs is in the st
 each build is tagged with a hash of its inputs (``:build-<hash>``, ``:lab-<hash>``; the
 stamps under ``$VMGUARD_CACHE_DIR/images-v<N>/``, default ``~/.cache/vmguard``, are kept
 per hash too), so checkouts that differ (worktrees, branches) each keep their build and
-switching between them is a cache hit; the :data:`KEEP_BUILDS` newest builds of each image
-stay, older ones are removed. The version tags (``vmguard-operator:<version>``,
-``vmguard-proxy:<version>``, ``vmguard-proxy:lab``) point at the last checkout built.
+switching between them is a cache hit; one build runs at a time per cache (a lock file);
+the :data:`KEEP_BUILDS` newest builds of each image stay, older ones are removed. The
+version tags (``vmguard-operator:<version>``, ``vmguard-proxy:<version>``,
+``vmguard-proxy:lab``) point at the last checkout built.
 The product's build context never contains ``lab/`` (the lab is a separate distribution
 whose wheel only step 3 sees). ``images.json`` next to the stamps (and ``--json PATH``)
 records each image's build reference, id, digest and size for the chart and the tests.
@@ -30,6 +31,8 @@ on a machine without systemd or a cgroup-v2 delegation, and the same on any othe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +222,27 @@ def _wheels(dest: Path, *sources: str) -> None:
     subprocess.run([*pip, "download", "--no-deps", "-d", str(dest), "pip"], check=True)
 
 
+def _split_context(wheels: Path) -> None:
+    """Sort ``wheels`` into the context's three directories: ``pip/`` (pip's own wheel),
+    ``deps/`` (vmguard's dependencies, with ``requirements.txt`` naming each file) and
+    ``app/`` (vmguard's wheel). Each is copied into the image by a step of its own, so
+    that a change of vmguard's code alone rebuilds only the last, small layer (podman
+    reuses the dependencies' layer: same files, same times)."""
+    ctx = wheels.parent
+    for sub in ("pip", "deps", "app"):
+        (ctx / sub).mkdir()
+    for whl in sorted(wheels.glob("*.whl")):
+        name = whl.name.split("-", 1)[0].lower()
+        sub = "pip" if name == "pip" else "app" if name == "vmguard" else "deps"
+        whl.rename(ctx / sub / whl.name)
+    (ctx / "deps" / "requirements.txt").write_text(
+        "".join(f"/wheels/deps/{w.name}\n" for w in sorted((ctx / "deps").glob("*.whl")))
+    )
+    wheels.rmdir()
+    for path in ctx.rglob("*"):
+        os.utime(path, (0, 0))  # podman's layer cache compares the copied files' times too
+
+
 def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> dict[str, str]:
     refs = {name: f"localhost/vmguard-{name}:build-{inputs[:12]}" for name in ("operator", "proxy")}
     if stamps.fresh("product", inputs, tuple(refs.values())):
@@ -241,6 +266,7 @@ def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> d
         _say("making wheels of vmguard and its dependencies")
         _wheels(ctx / "wheels", str(src))
         shutil.rmtree(src)
+        _split_context(ctx / "wheels")
         for name, ref in refs.items():
             _say(f"building {ref}")
             podman(
@@ -359,6 +385,17 @@ def version() -> str:
     raise SystemExit("[images] no version in pyproject.toml")
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="images/build.py", description=__doc__.split("\n")[0])
     parser.add_argument("--lab", action="store_true", help="also vmguard-proxy:lab (tests)")
@@ -368,23 +405,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("[images] run as root: mmdebstrap --mode=root and podman's root store")
-    stamps = Stamps(cache_dir())
-    started = time.monotonic()
-    base = base_inputs()
-    base_ref = build_base(stamps, base)
-    product = product_inputs(base)
-    refs = build_product(stamps, base_ref, product, version())
-    if args.lab:
-        refs["proxy-lab"] = build_lab(stamps, refs["proxy"], lab_inputs(product))
-    refs["base"] = base_ref
-    prune_superseded(base_ref)
-    described = describe(refs)
-    for out in (stamps.root / "images.json", args.json):
-        if out is not None:
-            out.write_text(json.dumps(described, indent=2) + "\n")
-    for name, d in described.items():
-        _say(f"{name:10} {d['ref']:36} {int(str(d['size'])) / 1e6:7.1f} MB  {d['digest']}")
-    _say(f"done in {time.monotonic() - started:.0f}s; {stamps.root / 'images.json'}")
+    # One build at a time per cache: two (two test workers, two checkouts) would race on
+    # the stamps and the tags, and prune what the other is about to use.
+    with _locked(cache_dir() / "build.lock"):
+        stamps = Stamps(cache_dir())
+        started = time.monotonic()
+        base = base_inputs()
+        base_ref = build_base(stamps, base)
+        product = product_inputs(base)
+        refs = build_product(stamps, base_ref, product, version())
+        if args.lab:
+            refs["proxy-lab"] = build_lab(stamps, refs["proxy"], lab_inputs(product))
+        refs["base"] = base_ref
+        prune_superseded(base_ref)
+        described = describe(refs)
+        for out in (stamps.root / "images.json", args.json):
+            if out is not None:
+                out.write_text(json.dumps(described, indent=2) + "\n")
+        for name, d in described.items():
+            _say(f"{name:10} {d['ref']:36} {int(str(d['size'])) / 1e6:7.1f} MB  {d['digest']}")
+        _say(f"done in {time.monotonic() - started:.0f}s; {stamps.root / 'images.json'}")
     return 0
 
 

@@ -46,13 +46,15 @@ class Captures:
 
     def __init__(self) -> None:
         self.directory: Path | None = None
+        self.tag = ""
         self.counts: Counter[tuple[str, str]] = Counter()
         self.seen: set[tuple[str, str]] = set()
         self.fabricated: set[tuple[str, str, str]] = set()
 
-    def start(self, directory: Path) -> None:
+    def start(self, directory: Path, tag: str = "") -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.tag = f"{tag}_" if tag else ""
 
     def fabricate(self, kind_or_plural: str, namespace: str, name: str) -> None:
         self.fabricated.add((_kind(kind_or_plural), namespace, name))
@@ -83,7 +85,8 @@ class Captures:
             return
         self.seen.add(seen)
         self.counts[(kind, state)] += 1
-        target = directory / kind / state / f"{meta.get('namespace')}_{meta.get('name')}.json"
+        name = f"{self.tag}{meta.get('namespace')}_{meta.get('name')}.json"
+        target = directory / kind / state / name
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(obj, indent=1, default=str))
@@ -95,9 +98,10 @@ SESSION = Captures()
 """The test session's captures (started by the ``captured_objects`` fixture)."""
 
 
-def start(directory: Path) -> None:
-    """Capture into ``directory`` from now on (the session fixture in tests/conftest.py)."""
-    SESSION.start(directory)
+def start(directory: Path, tag: str = "") -> None:
+    """Capture into ``directory`` from now on (the session fixture in tests/conftest.py);
+    ``tag`` (a distributed run's worker) keeps the workers' files apart."""
+    SESSION.start(directory, tag)
 
 
 def capture(objs: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests import distribute
+from tests.distribute import pytest_xdist_make_scheduler  # noqa: F401  (the hook)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -30,24 +33,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    # `pytest -n N`: each worker runs a lab of its own (ports are chosen freely), next to
+    # the one the session names; tests/distribute.py says how the tests are shared out.
+    worker = distribute.worker()
+    if worker:
+        base = os.environ.get("VMGUARD_LAB_DIR") or str(Path(__file__).parents[1] / ".lab")
+        os.environ["VMGUARD_LAB_DIR"] = f"{base.rstrip('/')}-{worker}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
         if "lab" not in item.keywords and "unit" not in item.keywords:
             item.add_marker(pytest.mark.lab if "lab" in path.parts else pytest.mark.unit)
     # Tests that read what the others captured (tests/captures.py) or left behind (the
-    # simulator's call log) run last; the sort is stable, so every other test keeps its
-    # place.
-    items.sort(key=lambda item: "after_captures" in item.keywords or "after_all" in item.keywords)
+    # simulator's call log) run last: in a distributed run, last of all the workers'.
+    distribute.order(config, items)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def captured_objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's directory of vmguard objects the lab tests saw (tests/captures.py)."""
+    """The session's directory of vmguard objects the lab tests saw (tests/captures.py),
+    shared by the workers of a distributed run."""
     from tests import captures
 
-    directory = tmp_path_factory.mktemp("captured-objects", numbered=False)
-    captures.start(directory)
+    directory = distribute.shared_dir(tmp_path_factory) / "captured-objects"
+    captures.start(directory, tag=distribute.worker() or "")
     return directory
 
 
@@ -62,12 +74,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Any]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from vmguard_lab.lab import Lab
 
     lab = Lab()
-    was_running = all(lab.status().values())
-    lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "32")))
+    # One lab starts at a time in a distributed run: each picks free ports when it is
+    # made, and two made at once may pick the same one (a full run lost gw0's scheduler,
+    # whose port gw1's lab had taken: no pod ran on gw0 after that).
+    with distribute.one_at_a_time(tmp_path_factory, "lab-up"):
+        was_running = all(lab.status().values())
+        lab.up(vms=int(os.environ.get("VMGUARD_LAB_VMS", "32")))
+    # Where the session's labs are, for the tests that read all their call logs.
+    labs = distribute.shared_dir(tmp_path_factory) / "labs"
+    labs.mkdir(exist_ok=True)
+    (labs / (distribute.worker() or "main")).write_text(str(lab.paths.lab))
     yield lab
     if not was_running and not os.environ.get("VMGUARD_KEEP_LAB"):
         lab.down()
@@ -88,6 +108,14 @@ class Masked(dict[str, Any]):
             return "'***'" if secret and isinstance(value, str) else repr(value)
 
         return "{" + ", ".join(f"{k!r}: {show(str(k), v)}" for k, v in self.items()) + "}"
+
+
+@pytest.fixture(scope="session")
+def session_labs(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The directories of every lab this session's tests ran on: this process's, and in
+    a distributed run every worker's (read after they have finished: tests/distribute.py)."""
+    labs = distribute.shared_dir(tmp_path_factory) / "labs"
+    return sorted({lab.paths.lab, *(Path(p.read_text()) for p in labs.iterdir())})
 
 
 @pytest.fixture(scope="session")

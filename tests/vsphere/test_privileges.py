@@ -6,7 +6,8 @@ govmomi's simulator enforces no privilege, so the check is by table:
 logs every distinct call with its User-Agent (``DIR/calls.jsonl``, lab/vsphere/calls.go),
 and the operator, the proxies and the CLI send ``vmguard/<version> (<component>)``
 (``vmguard.vsphere.session.user_agent``). The call-log test runs after every other test of
-the session (marker ``after_all``) and reads what the backups, restores, hooks, hot-adds
+the session (marker ``after_all``; in a distributed run, on the last worker, over every
+worker's lab: tests/distribute.py) and reads what the backups, restores, hooks, hot-adds
 and tag sweeps of those tests called; it also checks that each feature was among them, so
 a session that ran none of them cannot pass it.
 """
@@ -231,9 +232,10 @@ def vmguard_calls(log: Path) -> set[tuple[str, str, str]]:
 @pytest.mark.lab
 @pytest.mark.after_all
 def test_every_call_vmguard_made_in_this_session_is_covered_by_the_role(
-    lab: Any, lab_state: dict[str, Any], vsphere_si: Any
+    lab: Any, lab_state: dict[str, Any], vsphere_si: Any, session_labs: list[Path]
 ) -> None:
-    calls = vmguard_calls(lab.paths.lab / "vsphere" / "calls.jsonl")
+    # Every lab of the session: a distributed run's workers each have one.
+    calls = set().union(*(vmguard_calls(d / "vsphere" / "calls.jsonl") for d in session_labs))
     rows = {(r.api, r.object, r.call): r for r in table()}
     missing = sorted(
         f"{api} {obj} {call}"
