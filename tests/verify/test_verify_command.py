@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from tests.files.helpers import back_up_image
 from vmguard.store import Repository
 from vmguard.store.backend import LocalBackend
+from vmguard.store.clock import ManualClock
 from vmguard_lab import images
 from vmguard_lab.images import DiskImageFactory
 from vmguard_lab.imaging import damage
@@ -59,7 +61,10 @@ def five_points(
     disk_factory: DiskImageFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, list[str]]:
     work = tmp_path_factory.mktemp("five-points")
-    repo = Repository.init(LocalBackend(work / "repo"), chunk_size=1 << 20)
+    # Archive ids carry their start to the second: five points made within one second
+    # would have no order. A point a minute: the clock moves only when told to.
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    repo = Repository.init(LocalBackend(work / "repo"), chunk_size=1 << 20, clock=clock)
     spec = images.gpt_ext4()
     archives: list[str] = []
     for number in range(5):
@@ -74,6 +79,7 @@ def five_points(
         )
         image.path.unlink()
         spec = spec.next_point()
+        clock.advance(60)
     (work / "rules").mkdir()
     (work / "rules" / "marker.yar").write_text(RULES)
     return work, archives
@@ -206,11 +212,19 @@ def test_a_killed_verify_leaves_no_mount_and_no_server_behind(
         ],
         env={**environ, "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "stderr").open("wb"),
     )
+
+    def mounted() -> bool:
+        ended = proc.poll()
+        assert ended is None, f"verify ended ({ended}) before a mount was seen: " + (
+            tmp_path / "stderr"
+        ).read_text(errors="replace")
+        return bool(_ours(str(scratch))[0])
+
     try:
         # in the middle of a check: a volume's export is mounted
-        _wait_for(lambda: _ours(str(scratch))[0], str(scratch))
+        _wait_for(mounted, str(scratch))
         proc.kill()
         proc.wait()
         _wait_for(lambda: _ours(str(scratch)) == ([], []), str(scratch))
