@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import nbd
@@ -137,3 +138,24 @@ def test_a_write_the_server_refuses_is_raised_by_the_sink(tmp_path: Path) -> Non
             sink.flush()
         with pytest.raises(nbd.Error):
             sink.close()
+
+
+def test_a_server_starts_under_a_temporary_directory_too_long_for_a_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bind() takes at most 107 bytes of path; `vmguard verify` under a deep $TMPDIR (a
+    # pytest worker's tmp_path) could not start its export
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches $TMPDIR
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(1 << 16))
+    with NbdkitServer.file(disk) as server:
+        source = NbdSource(server.uri)
+        try:
+            assert source.size == 1 << 16
+            assert bytes(source.read(0, 1 << 16)) == disk.read_bytes()
+        finally:
+            source.close()
+    assert not server.socket.parent.exists()

@@ -37,6 +37,8 @@ from vmguard.transport.extents import Bytes, Extent, normalise, split
 
 REQUEST_BYTES = 4 << 20  # nbdkit's and qemu's maximum request is 32 MiB; 4 MiB is plenty
 IN_FLIGHT = 8
+SOCKET_PATH_MAX = 107
+"""Bytes of a Unix socket's path that bind() accepts (sun_path is 108 with its NUL)."""
 CONNECTIONS = 4
 """A sink's connections where the server offers multi-conn (nbdcopy's default)."""
 _STATUS_SPAN = 1 << 30  # ask for block status a GiB at a time
@@ -91,6 +93,11 @@ class NbdkitServer:
     ) -> None:
         self._dir = workdir or tempfile.TemporaryDirectory(prefix="vmguard-nbd-")
         self.socket = Path(self._dir.name) / "nbd.sock"
+        self._socket_dir: tempfile.TemporaryDirectory[str] | None = None
+        if len(os.fsencode(self.socket)) > SOCKET_PATH_MAX:
+            # A long $TMPDIR would make bind() fail: the socket alone goes to /tmp.
+            self._socket_dir = tempfile.TemporaryDirectory(prefix="vmguard-nbd-", dir="/tmp")
+            self.socket = Path(self._socket_dir.name) / "nbd.sock"
         # nbdkit writes the pid file only once it accepts connections on the socket; the
         # socket file itself appears at bind(), a moment before listen().
         self._pidfile = Path(self._dir.name) / "nbdkit.pid"
@@ -158,6 +165,8 @@ class NbdkitServer:
                 self.proc.kill()
                 self.proc.wait()
         self._dir.cleanup()
+        if self._socket_dir is not None:
+            self._socket_dir.cleanup()
 
     def __enter__(self) -> NbdkitServer:
         return self
