@@ -98,6 +98,7 @@ from vmguard.errors import (
     VMNotFoundError,
 )
 from vmguard.hooks import NO_HOOKS, Hooks
+from vmguard.vm.cycle import Finished
 from vmguard.vsphere.guestops import GuestLoginError, HookFailed
 
 log = logging.getLogger(__name__)
@@ -631,18 +632,7 @@ async def _fresh_snapshot(
     if refs is None:
         return WAIT_REFS
     await ctx.jobs.delete_job(refs.job_namespace, job["metadata"]["name"])
-    try:
-        ep = await vcenter_endpoint(ctx.api, refs.vcenter)
-        await asyncio.to_thread(
-            steps.finish_blocking,
-            ep,
-            status["vm"]["moref"],
-            obj["metadata"]["uid"],
-            allow_consolidate=consolidation_allowed(refs.policy_spec),
-        )
-    except VmguardError as exc:
-        p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
-        await p.patch({})
+    if await _remove_snapshot(ctx, obj, p, refs) is None:
         return WAIT_PEER
     text = f"{why} (retrying on a fresh snapshot)"[:4096]
     p.condition("Transferring", False, "ProxyNotStarting", text)
@@ -659,6 +649,26 @@ async def _fresh_snapshot(
     return 0.0
 
 
+async def _remove_snapshot(
+    ctx: BackupContext, obj: dict[str, Any], p: Patcher, refs: steps.Refs
+) -> Finished | None:
+    """Remove this backup's snapshot (found by UID); None when vCenter failed, said in
+    ``SnapshotRemoved`` (the caller retries later)."""
+    try:
+        ep = await vcenter_endpoint(ctx.api, refs.vcenter)
+        return await asyncio.to_thread(
+            steps.finish_blocking,
+            ep,
+            backup_status(obj)["vm"]["moref"],
+            obj["metadata"]["uid"],
+            allow_consolidate=consolidation_allowed(refs.policy_spec),
+        )
+    except VmguardError as exc:
+        p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
+        await p.patch({})
+        return None
+
+
 async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
     await ctx.hooks.backup_step("finalizing")
     status = backup_status(obj)
@@ -667,18 +677,8 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         refs = await _refs(ctx, obj, p)
         if refs is None:
             return WAIT_REFS
-        try:
-            ep = await vcenter_endpoint(ctx.api, refs.vcenter)
-            done = await asyncio.to_thread(
-                steps.finish_blocking,
-                ep,
-                status["vm"]["moref"],
-                obj["metadata"]["uid"],
-                allow_consolidate=consolidation_allowed(refs.policy_spec),
-            )
-        except VmguardError as exc:
-            p.condition("SnapshotRemoved", False, "RemovalRetrying", str(exc))
-            await p.patch({})
+        done = await _remove_snapshot(ctx, obj, p, refs)
+        if done is None:
             return WAIT_PEER
         note = "removed " + ", ".join(done.removed) if done.removed else "none was left"
         if done.consolidation and done.consolidation.consolidated:
