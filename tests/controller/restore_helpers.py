@@ -29,6 +29,11 @@ REPO_PREFIX = "repo"
 def encrypted_repository(kube_api: Any, ns: str, bucket: dict[str, Any]) -> Repository:
     """A VMGuardRepository ``repo`` (encrypted, under :data:`REPO_PREFIX`) and its store."""
     objects.create_repository(kube_api, ns, "repo", bucket, key=MASTER_KEY, prefix=REPO_PREFIX)
+    return init_store(bucket)
+
+
+def init_store(bucket: dict[str, Any]) -> Repository:
+    """The store of such a VMGuardRepository, created as its controller would."""
     backend = S3Backend(
         bucket["endpoint"],
         bucket["bucket"],

@@ -28,7 +28,7 @@ from kubernetes import client
 from tests.charts.conftest import CHART, helm, run_helm  # noqa: F401
 from tests.controller import objects
 from tests.controller.backup_helpers import wait_done
-from tests.controller.restore_helpers import MASTER_KEY, REPO_PREFIX, destroy_vm
+from tests.controller.restore_helpers import MASTER_KEY, REPO_PREFIX, destroy_vm, init_store
 from tests.controller.test_restores import locator, one_disk_vm, vc  # noqa: F401
 from tests.controller.test_tenancy import as_user, chart_roles  # noqa: F401
 
@@ -37,8 +37,6 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import REPORTING_ROLE
 from vmguard.controller.repository import catalog
 from vmguard.controller.repository.catalog import archive_of
-from vmguard.store import MasterKey, Repository, ScryptParams
-from vmguard.store.backend.s3 import S3Backend
 from vmguard.store.lineage import ORIGIN_NAMESPACE
 from vmguard.vm.backup import BackupOptions, backup_vm
 from vmguard_lab.procs import eventually
@@ -151,22 +149,6 @@ def platform(
     made.delete()
 
 
-def _store(bucket: dict[str, Any]) -> Repository:
-    """The repository ``repo`` itself, created as the VMGuardRepository controller would
-    (that controller does not run here: its catalog sync would add objects of its own)."""
-    backend = S3Backend(
-        bucket["endpoint"],
-        bucket["bucket"],
-        access_key=bucket["access_key"],
-        secret_key=bucket["secret_key"],
-        prefix=REPO_PREFIX,
-        secure=False,
-    )
-    return Repository.init(
-        backend, master_key=MasterKey(MASTER_KEY.encode()), kdf=ScryptParams(n=2**10)
-    )
-
-
 def test_tenant_with_built_in_edit_restores_its_own_backup_from_a_platform_namespace(
     kube_api: Any,
     platform: Platform,
@@ -179,7 +161,7 @@ def test_tenant_with_built_in_edit_restores_its_own_backup_from_a_platform_names
 ) -> None:
     p, a, b, c, refs = platform.platform, platform.a, platform.b, platform.c, platform.refs
     operator = start_operator(*platform.watched())  # starts while the archives are written
-    repo, vm = _store(s3_bucket), {"moref": one_disk_vm.moref}
+    repo, vm = init_store(s3_bucket), {"moref": one_disk_vm.moref}
     archives = {}
     for ns in (a, b):  # an archive of A's and one of B's, as their proxies record them
         options = BackupOptions(transport="nbd", vcenter="lab", labels={ORIGIN_NAMESPACE: ns})
