@@ -15,9 +15,12 @@ operator starts watching (so no handler sees a half-copied object) and, per obje
    ``Failed`` with reason :data:`MIGRATED` (the policy's next run backs the VM up
    again; the snapshot it left is removed by the orphan sweep, which reads the old UID
    from the annotation);
-3. removes the old object's finalizers and deletes it. Nothing of ours handles the old
-   kinds any more, so no deletion handler runs: an archive is never deleted by a
-   migration. The proxy Job of an unfinished one is garbage-collected with it.
+3. once every kind is copied, removes the old object's finalizers and deletes it,
+   dependents before their owners (restores, backups, then repositories: an old
+   repository deleted first would have the garbage collector mark its backups deleted
+   before they were copied). Nothing of ours handles the old kinds any more, so no
+   deletion handler runs: an archive is never deleted by a migration. The proxy Job of
+   an unfinished one is garbage-collected with it.
 
 An old object already being deleted (by a person, or with its namespace) is not
 copied: its finalizers are removed so that the deletion completes (no handler of the
@@ -98,17 +101,23 @@ def migrate(api_client: client.ApiClient, namespaces: list[str] | None, now: dat
     custom = client.CustomObjectsApi(api_client)
     done = Migration()
     uids: dict[str, tuple[KindNames, str]] = {}  # old uid -> (new kind, new uid)
+    # Old objects are deleted once every kind is copied, dependents first: an old
+    # repository deleted before its backups were listed would have them marked deleted
+    # by the garbage collector, and a backup being deleted is released, not copied.
+    copied: list[tuple[KindNames, str, str, str]] = []
     for new in ORDER:
         old = LEGACY[new]
         for obj in _list(custom, old, namespaces):
             try:
-                _migrate_one(custom, new, old, obj, uids, done, format_time(now))
+                _migrate_one(custom, new, old, obj, uids, done, format_time(now), copied)
             except Exception as exc:  # one object must not keep the operator from starting
                 meta = obj.get("metadata") or {}
                 logger.error(
                     "migrating %s %s/%s failed (%s); retried at the next start",
                     old.kind, meta.get("namespace"), meta.get("name"), exc,
                 )  # fmt: skip
+    for old, ns, name, uid in reversed(copied):
+        _remove(custom, old, ns, name, uid)
     for what, items in (
         ("copied", done.copied),
         ("stopped", done.stopped),
@@ -250,6 +259,7 @@ def _migrate_one(
     uids: dict[str, tuple[KindNames, str]],
     done: Migration,
     at: str,
+    copied: list[tuple[KindNames, str, str, str]],
 ) -> None:
     meta = obj["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -297,7 +307,7 @@ def _migrate_one(
         )
     (done.stopped if stopped else done.copied).append(where)
     uids[uid] = (new, copy["metadata"]["uid"])
-    _remove(custom, old, ns, name, uid)
+    copied.append((old, ns, name, uid))  # removed by migrate() once every kind is copied
 
 
 def _owner(ref: dict[str, Any], uids: dict[str, tuple[KindNames, str]]) -> dict[str, Any]:
