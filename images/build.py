@@ -8,7 +8,9 @@ local image store of podman (root, ``/var/lib/containers/storage``):
    user and group 65532 (``nonroot``) and no documentation, imported as one layer;
 2. ``vmguard-operator:<version>`` and ``vmguard-proxy:<version>``: the two targets of
    ``images/Containerfile`` over that base, from wheels ``pip wheel`` makes here of this
-   checkout (``pyproject.toml``, ``README.md``, ``operator/``) — the product only;
+   checkout (``pyproject.toml``, ``README.md``, ``operator/``) — the product only; the
+   dependencies' stage is tagged too (``vmguard-deps:build-<hash>``, never shipped), so
+   that its layers stay cached when vmguard's code alone changed;
 3. with ``--lab``: ``vmguard-proxy:lab``, ``lab/image/Containerfile`` over the proxy image
    (the lab's distribution, for tests only).
 
@@ -267,7 +269,10 @@ def build_product(stamps: Stamps, base_ref: str, inputs: str, version: str) -> d
         _wheels(ctx / "wheels", str(src))
         shutil.rmtree(src)
         _split_context(ctx / "wheels")
-        for name, ref in refs.items():
+        # The dependencies' stage first, tagged, so that its layers outlive the prune
+        # below and the next build of changed vmguard code finds them in the cache.
+        stages = {"deps": f"localhost/vmguard-deps:build-{inputs[:12]}", **refs}
+        for name, ref in stages.items():
             _say(f"building {ref}")
             podman(
                 "build",
