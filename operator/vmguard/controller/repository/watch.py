@@ -258,7 +258,10 @@ class RepositoryWatch:
         generation = self.meta.get("generation")
         text = "opening (or creating) the repository for the first time"
         self.set("Ready", None, "Checking", text, generation)
-        await self.patch({"observedGeneration": generation, "conditions": self.conditions})
+        try:
+            await self.patch({"observedGeneration": generation, "conditions": self.conditions})
+        except Exception as exc:  # the turn's own status follows; it must not be held up
+            self.log.warning("could not say the repository is being checked: %s", exc)
 
     async def turn(self) -> float:
         snapshot: dict[str, Any] = copy.deepcopy(dict(self.body))
