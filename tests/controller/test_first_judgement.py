@@ -63,7 +63,8 @@ def test_objects_read_in_progress_until_their_first_check_answers(
         objects.create_vcenter(kube_api, lab_state, namespace, "lab", port=vcsim_proxy.port)
         bucket = {**s3_bucket, "endpoint": minio_proxy.endpoint}
         objects.create_repository(kube_api, namespace, "repo", bucket)
-        objects.create_policy(kube_api, namespace, "gold")
+        gold = {"tags": [{"category": "backup-tier", "name": "gold"}]}
+        objects.create_policy(kube_api, namespace, "gold", selector=gold)
         create_backup(kube_api, namespace, "ghost", {"name": "no such VM"})
         create_restore(kube_api, namespace, "early", "no-such-backup", {"newVM": {"name": "x"}})
         made = [
