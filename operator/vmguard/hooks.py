@@ -12,8 +12,13 @@ Points:
 - ``backup_step(point)``: awaited by the VMGuardBackup controller at the named points of a
   backup in :data:`BACKUP_STEPS` — ``snapshotted`` (our snapshot is taken, not yet
   recorded in status), ``finalizing`` (on entering Finalizing, before the snapshot
-  is removed) and ``pointRecorded`` (the restore point is in the VM's ProtectedVM, the
-  backup not yet Completed). It may wait as long as it likes: the backup waits with it.
+  is removed), ``protectedVMCreated`` (the backup created its VM's ProtectedVM, which
+  has no status yet: the point is written next) and ``pointRecorded`` (the restore
+  point is in the VM's ProtectedVM, the backup not yet Completed). It may wait as long
+  as it likes: the backup waits with it.
+- ``restore_step(point)``: awaited by the VMGuardRestore controller at the named points
+  of a restore in :data:`RESTORE_STEPS` — ``finalizing`` (the restore reads Finalizing,
+  the VM is not powered on yet). The restore waits with it.
 - ``transfer_progress(done, total)``: called by the backup proxy with bytes done and
   bytes total before each progress report. It may block; the transfer waits for it,
   and the reported rate includes the wait.
@@ -27,8 +32,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-BACKUP_STEPS = ("snapshotted", "finalizing", "pointRecorded")
+BACKUP_STEPS = ("snapshotted", "finalizing", "protectedVMCreated", "pointRecorded")
 """The points at which :attr:`Hooks.backup_step` is awaited."""
+
+RESTORE_STEPS = ("finalizing",)
+"""The points at which :attr:`Hooks.restore_step` is awaited."""
 
 
 async def _no_step(point: str) -> None:
@@ -44,6 +52,7 @@ class Hooks:
     """The callables an embedder injects; each defaults to a no-op."""
 
     backup_step: Callable[[str], Awaitable[None]] = _no_step
+    restore_step: Callable[[str], Awaitable[None]] = _no_step
     transfer_progress: Callable[[int, int], None] = _no_progress
 
 

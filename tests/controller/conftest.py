@@ -7,10 +7,11 @@ test can SIGKILL it and start it again. Its proxy Jobs run through the lab's nod
 ``vmguard`` and ``VMGUARD_PROXY_LOCATOR=lab:<control url>`` makes them find disks
 through the simulator instead of VDDK (the lab's distribution registers that locator).
 
-A fault test that must park the operator at a backup step or slow the proxies down asks
-``start_operator`` for ``stall=`` or ``proxy_throttle=``: the operator, or every proxy it
-starts, then runs through the lab's entry module (:mod:`vmguard_lab.run`), which hands
-those hooks to the product's injection points (:class:`vmguard.hooks.Hooks`).
+A fault test that must park the operator at a backup or restore step or slow the proxies
+down asks ``start_operator`` for ``stall=``, ``stall_restore=`` or ``proxy_throttle=``:
+the operator, or every proxy it starts, then runs through the lab's entry module
+(:mod:`vmguard_lab.run`), which hands those hooks to the product's injection points
+(:class:`vmguard.hooks.Hooks`).
 
 A test that waits for scheduled runs or sweeps asks for ``speedup=N`` (or marks itself
 ``operator_speedup(N)``): the operator then runs through the same module with
@@ -133,7 +134,8 @@ def start_operator(
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
     (``extra_env={...}`` adds variables, e.g. the VMGuardBackup controller's retry settings;
-    ``stall="snapshotted"`` parks it at that backup step, ``proxy_throttle=N`` makes its
+    ``stall="snapshotted"`` parks it at that backup step (``stall_restore="finalizing"``
+    at that restore step), ``proxy_throttle=N`` makes its
     proxies read at most N bytes/s, ``speedup=N`` runs its schedules and sweeps N times
     faster (default: the test's ``operator_speedup`` mark): all through the lab's entry
     module, :func:`lab_run`).
@@ -150,6 +152,7 @@ def start_operator(
         extra_env: dict[str, str] | None = None,
         log: str = "operator.log",
         stall: str = "",
+        stall_restore: str = "",
         proxy_throttle: int = 0,
         speedup: float | None = None,
     ) -> OperatorProcess:
@@ -163,6 +166,7 @@ def start_operator(
             marked = request.node.get_closest_marker("operator_speedup")
             speedup = float(marked.args[0]) if marked is not None else 1.0
         options = ["--stall", stall] if stall else []
+        options += ["--stall-restore", stall_restore] if stall_restore else []
         options += ["--speedup", str(speedup)] if speedup != 1.0 else []
         entry = lab_run(*options) if options else [sys.executable, "-m", "vmguard.cli"]
         argv = [*entry, "operator", "--namespace", namespace]

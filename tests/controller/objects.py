@@ -84,9 +84,11 @@ def create_vcenter(
     name: str = "lab",
     password: str | None = None,
     sweep: str = "30s",
+    port: int | None = None,
 ) -> None:
+    """A VCenter for the lab's simulator (``port``: another listener in front of it)."""
     vs = lab_state["vsphere"]
-    port = int(vs["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    port = port or int(vs["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     secret(
         kube_api,
         ns,

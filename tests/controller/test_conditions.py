@@ -219,3 +219,18 @@ def test_a_policy_that_cannot_act_is_stalled_with_its_reason() -> None:
     )
     again = policies.conditions(conds, fine, True, [], 2, None)
     assert "Stalled" not in states(again) and kstatus(again) == "Current"
+
+
+def test_a_vcenter_never_swept_reads_in_progress_until_its_first_sweep() -> None:
+    from vmguard.controller.vcenter.sweeper import first_sweep_status
+
+    new = {"metadata": {"name": "lab", "generation": 1}, "spec": {}}
+    status = first_sweep_status(new)
+    assert status is not None and status["observedGeneration"] == 1
+    ready = get_condition(status["conditions"], "Ready")
+    assert (ready["status"], ready["reason"]) == ("Unknown", "Sweeping")
+    assert kstatus(status["conditions"]) == "InProgress"
+    # Once a sweep decided Ready (either way), a restarted operator does not undo it.
+    for decided in (True, False):
+        conditions = standing_conditions(set_condition([], "Ready", decided, "R", "m", 1), 1)
+        assert first_sweep_status({**new, "status": {"conditions": conditions}}) is None

@@ -176,24 +176,37 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
     start_operator: Callable[..., OperatorProcess],
     tmp_path: Path,
 ) -> None:
-    """The point is recorded before the backup reads Completed; an operator killed in
-    between finishes the backup after its restart with the point listed once. (The
-    points of a full and an incremental backup, newest first, are checked by
-    tests/controller/test_backups.py's end-to-end test.)"""
-    first_operator = start_operator(stall="pointRecorded")
+    """The backup creates its VM's ProtectedVM, then writes the point into its status,
+    then reads Completed. An operator killed after the creation (the object has no status
+    yet: kstatus reads it Current, Argo CD Progressing) writes the point after its
+    restart; one killed after recording the point finishes the backup with the point
+    listed once. (The points of a full and an incremental backup, newest first, are
+    checked by tests/controller/test_backups.py's end-to-end test.)"""
+    first_operator = start_operator(stall="protectedVMCreated")
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         name = points.protected_vm_name(lab_vcenter, vm.instance_uuid)
 
+        def created() -> dict[str, Any] | None:
+            found = objects.items(kube_api, namespace, PROTECTEDVM.plural)
+            return found[0] if found else None
+
         def recorded() -> dict[str, Any] | None:
             found = objects.items(kube_api, namespace, PROTECTEDVM.plural)
-            return found[0] if found and found[0]["status"].get("pointCount") else None
+            return found[0] if found and found[0].get("status", {}).get("pointCount") else None
 
         create_backup(kube_api, namespace, "first", {"moref": vm.moref})
+        made = eventually(created, 120, "the VM's ProtectedVM")
+        # Parked after creating it: no status yet, the backup still Finalizing.
+        assert made["metadata"]["name"] == name and "status" not in made
+        backup = objects.get(kube_api, namespace, "vmguardbackups", "first")["status"]
+        assert backup["phase"] == "Finalizing"
+        first_operator.kill()
+        second_operator = start_operator(stall="pointRecorded")
         assert eventually(recorded, 120, "the backup's point")["metadata"]["name"] == name
         # Parked after recording the point: the backup has not read Completed yet.
         backup = objects.get(kube_api, namespace, "vmguardbackups", "first")["status"]
         assert backup["phase"] == "Finalizing"
-        first_operator.kill()
+        second_operator.kill()
         start_operator()
         done = wait_done(kube_api, namespace, "first")["status"]
         assert done["phase"] == "Completed", done

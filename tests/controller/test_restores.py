@@ -501,12 +501,16 @@ def test_operator_killed_while_restoring_makes_one_vm(
     two_disk_vm: VSimVM,
     start_operator: Any,
 ) -> None:
+    """Killed while the Job writes, and again in Finalizing (parked there, before the
+    power-on): one VM, one Job, the disks bit-identical, and the VM powered on by the
+    operator that finishes."""
     vm = two_disk_vm
     at_backup = _hashes(vsim, vm.moref)
     completed_backup(kube_api, namespace, "crash-1", vc, repo, vm.moref, locator)
     operator = start_operator()
     name = f"crash-{secrets.token_hex(3)}"
-    create_restore(kube_api, namespace, "crash-1-new", "crash-1", {"newVM": {"name": name}})
+    target = {"newVM": {"name": name, "powerOn": True}}
+    create_restore(kube_api, namespace, "crash-1-new", "crash-1", target)
 
     def restoring() -> bool:
         obj = objects.get(kube_api, namespace, R, "crash-1-new")
@@ -516,10 +520,19 @@ def test_operator_killed_while_restoring_makes_one_vm(
 
     eventually(restoring, timeout=120, what="Restoring")
     operator.kill()
+    operator = start_operator(stall_restore="finalizing")
+    finalizing = objects.wait_phase(
+        kube_api, namespace, R, "crash-1-new", {"Finalizing", "Completed", "Failed"}
+    )
+    assert finalizing["status"]["phase"] == "Finalizing", finalizing["status"]
+    parked = finalizing["status"]["result"]["vm"]["moref"]
+    assert vsim.vm(parked).power_state != "poweredOn", "powered on before Finalizing ran"
+    operator.kill()
     start_operator()
     obj = _completed(kube_api, namespace, "crash-1-new")
     moref = obj["status"]["result"]["vm"]["moref"]
     try:
+        assert moref == parked and vsim.vm(moref).power_state == "poweredOn"
         assert [v.moref for v in vsim.vms() if v.name == name] == [moref]
         assert len(restore_jobs(kube_api, namespace, "crash-1-new")) == 1
         restored = {

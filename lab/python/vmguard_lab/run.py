@@ -1,5 +1,6 @@
-"""``python -m vmguard_lab.run [--stall POINTS] [--throttle BYTES_PER_S] [--speedup N]
-VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab only).
+"""``python -m vmguard_lab.run [--stall POINTS] [--stall-restore POINTS] [--throttle
+BYTES_PER_S] [--speedup N] VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab
+only).
 
 Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
 that they can kill it exactly there. The product has no switch for that; it has injection
@@ -10,6 +11,8 @@ arguments, in the same process:
 - ``--stall snapshotted,finalizing``: the VMGuardBackup controller waits an hour at those
   points (:data:`vmguard.hooks.BACKUP_STEPS`, logging a warning first), so a test can
   SIGKILL the operator there. Given when starting the operator.
+- ``--stall-restore finalizing``: the same for the VMGuardRestore controller, at
+  :data:`vmguard.hooks.RESTORE_STEPS`.
 - ``--throttle N``: the backup proxy reads at most N bytes/s on average (measured from
   its first progress report). Given in the operator's ``VMGUARD_PROXY_COMMAND``, so that
   every proxy Job it starts runs with it.
@@ -34,18 +37,21 @@ from typing import Any
 
 from vmguard.cli.main import main as vmguard_main
 from vmguard.controller.kube.timing import Timing
-from vmguard.hooks import BACKUP_STEPS, Hooks
+from vmguard.hooks import BACKUP_STEPS, RESTORE_STEPS, Hooks
 
 log = logging.getLogger("vmguard_lab.run")
 
 STALL_SECONDS = 3600.0
 
 
-def stall_hook(points: set[str]) -> Callable[[str], Awaitable[None]]:
-    """A backup-step hook that waits :data:`STALL_SECONDS` at each of ``points``."""
-    unknown = points - set(BACKUP_STEPS)
+def stall_hook(
+    points: set[str], steps: tuple[str, ...] = BACKUP_STEPS, option: str = "--stall"
+) -> Callable[[str], Awaitable[None]]:
+    """A step hook that waits :data:`STALL_SECONDS` at each of ``points`` (of ``steps``,
+    the controller's points; ``option`` names them in an error)."""
+    unknown = points - set(steps)
     if unknown:
-        raise SystemExit(f"--stall: unknown point(s) {sorted(unknown)}; {BACKUP_STEPS}")
+        raise SystemExit(f"{option}: unknown point(s) {sorted(unknown)}; {steps}")
 
     async def stall(point: str) -> None:
         if point in points:
@@ -70,6 +76,10 @@ def throttle_hook(rate: int) -> Callable[[int, int], None]:
     return throttle
 
 
+def _points(option: str) -> set[str]:
+    return {p.strip() for p in option.split(",") if p.strip()}
+
+
 def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
     """The hooks and timing this module's options ask for, and the arguments left for
     vmguard."""
@@ -77,6 +87,7 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
         prog="python -m vmguard_lab.run", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--stall", metavar="POINTS", help="comma-separated backup steps")
+    parser.add_argument("--stall-restore", metavar="POINTS", help="comma-separated restore steps")
     parser.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="proxy read rate")
     parser.add_argument(
         "--speedup", type=float, metavar="N", help="the operator's schedules run N times faster"
@@ -85,7 +96,11 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
     args = parser.parse_args(argv)
     given: dict[str, Any] = {}
     if args.stall:
-        given["backup_step"] = stall_hook({p.strip() for p in args.stall.split(",") if p.strip()})
+        given["backup_step"] = stall_hook(_points(args.stall))
+    if args.stall_restore:
+        given["restore_step"] = stall_hook(
+            _points(args.stall_restore), RESTORE_STEPS, "--stall-restore"
+        )
     if args.throttle:
         given["transfer_progress"] = throttle_hook(args.throttle)
     timing = None

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.unit
 
 def test_production_hooks_do_nothing() -> None:
     assert asyncio.run(NO_HOOKS.backup_step("snapshotted")) is None
+    assert asyncio.run(NO_HOOKS.restore_step("finalizing")) is None
     assert NO_HOOKS.transfer_progress(1 << 30, 1 << 30) is None
 
 
@@ -49,6 +50,23 @@ def test_stall_parks_the_backup_only_at_the_points_asked_for(
 def test_stall_refuses_a_point_the_controller_does_not_have() -> None:
     with pytest.raises(SystemExit, match="snapshoted"):
         run.parse(["--stall", "snapshoted", "operator"])
+    with pytest.raises(SystemExit, match=r"--stall-restore: unknown point.*snapshotted"):
+        run.parse(["--stall-restore", "snapshotted", "operator"])
+
+
+def test_stall_restore_parks_the_restore_not_the_backup(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(run.asyncio, "sleep", sleep)
+    hooks, _, rest = run.parse(["--stall-restore", "finalizing", "operator"])
+    assert rest == ["operator"]
+    asyncio.run(hooks.backup_step("finalizing"))
+    assert waits == [], "a backup's Finalizing is not the restore's"
+    asyncio.run(hooks.restore_step("finalizing"))
+    assert waits == [run.STALL_SECONDS]
 
 
 def test_throttle_holds_the_transfer_to_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:

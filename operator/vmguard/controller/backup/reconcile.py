@@ -37,7 +37,8 @@ The snapshot is found by its UID name, the Job by its deterministic name, the ar
 by its UID label (the proxy reports an existing one instead of writing another), and
 waits are computed from recorded times. Blocking calls run in threads.
 
-At ``snapshotted``, ``finalizing`` and ``pointRecorded`` the controller awaits its context's
+At ``snapshotted``, ``finalizing``, ``protectedVMCreated`` (only when this backup created its
+VM's ProtectedVM) and ``pointRecorded`` the controller awaits its context's
 ``hooks.backup_step`` (:mod:`vmguard.hooks`; a no-op unless an embedder gave one: the
 lab's fault tests park it there).
 """
@@ -693,7 +694,11 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         # restart in between adds it again, which changes nothing (idempotent by archive).
         try:
             await points.add_point(
-                ctx.api, points.backup_key(obj), points.backup_point(obj), vm=status["vm"]
+                ctx.api,
+                points.backup_key(obj),
+                points.backup_point(obj),
+                vm=status["vm"],
+                created=lambda: ctx.hooks.backup_step("protectedVMCreated"),
             )
         except RetryableError as exc:
             log.warning("%s/%s: recording its restore point: %s", p.ns, p.name, exc)

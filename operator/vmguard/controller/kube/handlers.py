@@ -39,6 +39,7 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import Timing
 from vmguard.controller.kube.workqueue import Lane
+from vmguard.hooks import Hooks
 from vmguard.metrics import Metrics
 
 CONTROLLERS = frozenset({"vcenters", "policies", "backups", "restores", "repositories", "catalog"})
@@ -59,6 +60,8 @@ class OperatorMemo(Protocol):
     """The controllers this operator runs (``--controllers``; all by default)."""
     timing: Timing
     """The one clock of every handler and loop (:mod:`.timing`)."""
+    hooks: Hooks
+    """The embedder's injection points (:mod:`vmguard.hooks`; no-ops in production)."""
     metrics: Metrics
     catalog_interval: float
     """Seconds between catalog syncs (``VMGUARD_CATALOG_INTERVAL``)."""

@@ -39,7 +39,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -187,12 +187,19 @@ async def _backoff(attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
-async def _read_or_create(api: KubeAPI, key: ProtectedVMKey, vm_name: str) -> dict[str, Any]:
+Created = Callable[[], Awaitable[None]] | None
+"""Awaited after this writer created a ProtectedVM, before its first status is written
+(the embedder's test hook, :mod:`vmguard.hooks`; None: nothing)."""
+
+
+async def _read_or_create(
+    api: KubeAPI, key: ProtectedVMKey, vm_name: str, created: Created = None
+) -> dict[str, Any]:
     obj = await api.get_object(PLURAL, key.namespace, key.name)
     if obj is None:
-        await api.create_object(
-            PLURAL, key.namespace, build_protected_vm(key, vm_name)
-        )  # False: another writer created it first, as good
+        made = await api.create_object(PLURAL, key.namespace, build_protected_vm(key, vm_name))
+        if made and created is not None:  # False: another writer created it first, as good
+            await created()
         obj = await api.get_object(PLURAL, key.namespace, key.name)
         if obj is None:
             raise RetryableError(f"ProtectedVM {key.namespace}/{key.name} vanished on creation")
@@ -207,11 +214,13 @@ async def add_point(
     *,
     vm: VMIdentity,
     limit: int = MAX_POINTS,
+    created: Created = None,
 ) -> bool:
-    """Put ``point`` into the VM's ProtectedVM (created if absent). True when it was
-    added, False when the list held it already. RetryableError after :data:`ATTEMPTS`
-    lost races or on an apiserver fault; ConfigError when the object is another VM's."""
-    return await add_points(api, key, [point], vm=vm, limit=limit) == 1
+    """Put ``point`` into the VM's ProtectedVM (created if absent: then ``created`` is
+    awaited before the point is written). True when it was added, False when the list
+    held it already. RetryableError after :data:`ATTEMPTS` lost races or on an apiserver
+    fault; ConfigError when the object is another VM's."""
+    return await add_points(api, key, [point], vm=vm, limit=limit, created=created) == 1
 
 
 async def add_points(
@@ -221,11 +230,12 @@ async def add_points(
     *,
     vm: VMIdentity,
     limit: int = MAX_POINTS,
+    created: Created = None,
 ) -> int:
     """:func:`add_point` for several points of one VM in one write; how many were added."""
     for attempt in range(ATTEMPTS):
         await _backoff(attempt)
-        obj = await _read_or_create(api, key, vm.get("name", ""))
+        obj = await _read_or_create(api, key, vm.get("name", ""), created)
         before = cast(ProtectedVMStatus, obj.get("status") or {})
         status, added, cut = before, 0, []
         for point in new:

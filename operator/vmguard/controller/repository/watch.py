@@ -22,7 +22,11 @@ Conditions (reasons from :func:`classify`, pure):
 - ``Reachable``: the bucket answered. False: ``CredentialsRefused``, ``BucketNotFound``,
   ``Unreachable``; Unknown: ``InvalidConfiguration`` (a Secret or key missing: nothing
   was tried).
-- ``Ready``: the repository can be used. False with the reasons above, or
+- ``Ready``: the repository can be used. Unknown (``Checking``) from the moment the
+  controller first sees the object until its first turn decides (opening, or creating,
+  a repository can take a while: an S3 endpoint slow to answer, the KDF of an encrypted
+  one), so kstatus reads it as in progress, not as Current for lack of a status. False
+  with the reasons above, or
   ``SpecMismatch`` (its config differs from the spec; the message names the field:
   ``chunkSize``, ``objectLockDays``, ``objectLockMode``, ``gc``), ``PrefixNotEmpty``
   (no config, no retained copy, but objects: never initialised over), ``WrongKey``
@@ -236,6 +240,7 @@ class RepositoryWatch:
         try:
             while not stopped:
                 try:
+                    await self.checking()
                     delay = await self.turn()
                 except Exception as exc:  # never let one bad turn end the daemon
                     self.log.exception("repository turn failed: %s", exc)
@@ -244,6 +249,19 @@ class RepositoryWatch:
         finally:
             for task in self.tasks.values():
                 task.cancel()  # the thread finishes on its own; GC is crash-safe
+
+    async def checking(self) -> None:
+        """Before the first turn of a repository whose ``Ready`` was never decided: say
+        that it is being checked (``Ready=Unknown``, ``Reconciling=True``). A no-op after."""
+        if get_condition(self.conditions, "Ready"):
+            return
+        generation = self.meta.get("generation")
+        text = "opening (or creating) the repository for the first time"
+        self.set("Ready", None, "Checking", text, generation)
+        try:
+            await self.patch({"observedGeneration": generation, "conditions": self.conditions})
+        except Exception as exc:  # the turn's own status follows; it must not be held up
+            self.log.warning("could not say the repository is being checked: %s", exc)
 
     async def turn(self) -> float:
         snapshot: dict[str, Any] = copy.deepcopy(dict(self.body))

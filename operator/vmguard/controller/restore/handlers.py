@@ -81,7 +81,14 @@ async def restore_driver(
     if not acts(memo, "restores"):
         return
     await reconcile.drive(
-        KubeAPI(), memo.proxy, namespace or "", name, stopped, announcer(body), timing=memo.timing
+        KubeAPI(),
+        memo.proxy,
+        namespace or "",
+        name,
+        stopped,
+        announcer(body),
+        timing=memo.timing,
+        hooks=memo.hooks,
     )
 
 

@@ -99,6 +99,7 @@ from vmguard.errors import (
     RetryableError,
     VmguardError,
 )
+from vmguard.hooks import NO_HOOKS, Hooks
 from vmguard.store.lineage import ORIGIN_NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,9 @@ def _refs(
     return vcenter, repository
 
 
-async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
+async def step(
+    api: KubeAPI, settings: ProxySettings, obj: dict[str, Any], hooks: Hooks = NO_HOOKS
+) -> Step:
     phase = restore_status(obj).get("phase") or RestorePhase.PENDING
     if phase in RESTORE_TERMINAL:
         return Step()
@@ -182,6 +185,7 @@ async def step(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> St
         return await _start(api, settings, obj)
     if phase == RestorePhase.RESTORING:
         return await _watch(api, settings, obj)
+    await hooks.restore_step("finalizing")
     return await _finalize(api, obj)
 
 
@@ -654,15 +658,17 @@ async def drive(
     stopped: Any,
     announce: Announce,
     timing: Timing = REAL_TIME,
+    hooks: Hooks = NO_HOOKS,
 ) -> None:
     """Step one VMGuardRestore until it is over (or the operator stops), waiting between
-    steps on ``timing``'s clock."""
+    steps on ``timing``'s clock; ``hooks.restore_step("finalizing")`` is awaited before the
+    Finalizing step (:mod:`vmguard.hooks`: a no-op unless an embedder gave one)."""
     while not stopped:
         obj = await api.get_object(PLURAL, namespace, name)
         if obj is None or "metadata" not in obj:
             return
         try:
-            result = await step(api, settings, obj)
+            result = await step(api, settings, obj, hooks)
         except RestoreRejected as exc:
             result = failed(obj, "TargetReady", exc.reason, str(exc))
         except RetryableError as exc:

@@ -152,6 +152,13 @@ async def _sweep_forever(
     timing: Timing = REAL_TIME,
 ) -> None:
     announced: set[str] = set()
+    first = sweeper.first_sweep_status(dict(body))
+    if first is not None:  # in progress, not Current for lack of a status (sweeper.py)
+        meta = body["metadata"]
+        try:
+            await api.patch_status(VCENTER.plural, meta["namespace"], meta["name"], first)
+        except Exception as exc:  # the sweep's own status follows; it must not be held up
+            logger.warning("could not say the first sweep is under way: %s", exc)
     while not stopped:
         snapshot = dict(body)  # the live body changes under us; sweep one consistent view
         try:

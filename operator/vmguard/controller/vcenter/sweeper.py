@@ -17,7 +17,11 @@ Blocking vSphere calls run in a thread; nothing here touches disk data. A sweep 
 fails sets ``Reachable=False`` with a reason and is retried at the next interval: a
 bad spec or a missing Secret never crash-loops the operator.
 ``Stalled``/``Reconciling`` follow ``Ready`` (:func:`..kube.conditions.standing_conditions`):
-kstatus reads a vCenter that cannot be swept as Failed until a sweep succeeds.
+kstatus reads a vCenter that cannot be swept as Failed until a sweep succeeds. Before the
+first sweep of a VCenter whose ``Ready`` was never decided, ``Ready`` is Unknown
+(``Sweeping``, :func:`first_sweep_status`): a first sweep can take long (a large
+inventory, a vCenter slow to answer), and kstatus would read an object without status as
+Current.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from typing import Any
 from vmguard.api import format_time
 from vmguard.api.kinds import POLICY
 from vmguard.controller.kube.access import endpoint_for
-from vmguard.controller.kube.conditions import set_condition, standing_conditions
+from vmguard.controller.kube.conditions import (
+    get_condition,
+    set_condition,
+    standing_conditions,
+)
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.vcenter.vmlist import build_vm_list, changed
 from vmguard.errors import ConfigError, PermanentError, VmguardError
@@ -87,6 +95,19 @@ def summarise(
         if a.policy is not None:
             matched[a.policy] = matched.get(a.policy, 0) + 1
     return result, matched
+
+
+def first_sweep_status(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Pure: the status to write before the first sweep of a VCenter whose ``Ready`` was
+    never decided (``Ready=Unknown``, ``Reconciling=True``); None when it was."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    if get_condition(conditions, "Ready"):
+        return None
+    generation = body["metadata"].get("generation")
+    text = "the first sweep is under way"
+    conditions = set_condition(conditions, "Ready", None, "Sweeping", text, generation)
+    conditions = standing_conditions(conditions, generation)
+    return {"observedGeneration": generation, "conditions": conditions}
 
 
 async def sweep(
