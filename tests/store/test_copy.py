@@ -138,6 +138,7 @@ def test_the_source_itself_is_refused_as_target() -> None:
         ("s3://h:9000/bucket", "s3+http://h:9000/bucket/copies"),
         ("s3://h:9000/bucket/p/q/", "s3://h:9000/bucket/p"),
         ("file:///srv/repo", "/srv/repo/copy"),
+        ("s3://h/bucket/p", "s3://h.:443/bucket/p/q"),  # the default port, the root's dot
     ],
 )
 def test_overlapping_locations_are_refused(a: str, b: str) -> None:
@@ -152,6 +153,7 @@ def test_overlapping_locations_are_refused(a: str, b: str) -> None:
         ("s3://h:9000/bucket/p", "s3://h:9000/other/p"),
         ("s3://h:9000/bucket/p", "s3://g:9000/bucket/p"),
         ("file:///srv/repo", "file:///srv/repo2"),
+        ("s3://h/bucket/p", "s3+http://h/bucket/p"),  # ports 443 and 80: two services
     ],
 )
 def test_disjoint_locations_are_accepted(a: str, b: str) -> None:

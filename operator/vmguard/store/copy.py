@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from vmguard.errors import ConfigError, RepositoryError
 from vmguard.store.archive import ArchiveManifest, TransferStats
@@ -92,6 +93,18 @@ def _within(outer: str, inner: str) -> bool:
     return b[: len(a)] == a
 
 
+def _endpoint(location: Location) -> str:
+    """``host:port`` as a comparison key: host names are case-insensitive and may end in
+    the root's dot, and a missing port is the scheme's (443, or 80 for ``s3+http``)."""
+    parts = urlsplit(f"//{location.endpoint}")
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port or (443 if location.secure else 80)
+    except ValueError:  # not a port number: the request would fail; compare as written
+        return location.endpoint.lower()
+    return f"{host}:{port}"
+
+
 def check_distinct(source: str | Location, target: str | Location) -> None:
     """ConfigError when the two locations are the same or one lies inside the other."""
     a = source if isinstance(source, Location) else parse_location(source)
@@ -101,7 +114,7 @@ def check_distinct(source: str | Location, target: str | Location) -> None:
     if a.scheme == "file":
         overlap = _within(a.path, b.path) or _within(b.path, a.path)
     else:
-        same_bucket = a.endpoint.lower() == b.endpoint.lower() and a.bucket == b.bucket
+        same_bucket = _endpoint(a) == _endpoint(b) and a.bucket == b.bucket
         overlap = same_bucket and (_within(a.prefix, b.prefix) or _within(b.prefix, a.prefix))
     if overlap:
         raise ConfigError(
