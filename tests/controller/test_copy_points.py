@@ -17,11 +17,13 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from tests.controller import objects
 
-from vmguard.api import BackupCopy, RestorePoint
+from vmguard.api import BackupCopy, RestorePoint, VMIdentity
 from vmguard.api.kinds import BACKUP, PROTECTEDVM
 from vmguard.controller.backup import expiry
 from vmguard.controller.kube import copies, points
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.policy import copying
+from vmguard.controller.policy.targets import CopyTarget
 
 UUID = "4201aaaa-bbbb-cccc-dddd-eeeeffff0017"
 DONE: BackupCopy = {
@@ -55,6 +57,42 @@ def test_a_point_keeps_each_targets_last_entry_without_its_message() -> None:
     assert "copies" not in point  # the entry handed in is not changed
 
 
+def _expired(archive: str, time: str, *copies_: dict[str, Any]) -> dict[str, Any]:
+    """A ProtectedVM whose one point's run expired (no ``backup``), with ``copies_``."""
+    point: dict[str, Any] = {
+        "archiveId": archive,
+        "repository": "repo",
+        "time": time,
+        "policy": "gold",
+    }
+    if copies_:
+        point["copies"] = list(copies_)
+    return {
+        "metadata": {"name": "pvm", "namespace": "ns"},
+        "status": {"vm": {"instanceUuid": UUID}, "vcenter": "lab", "points": [point]},
+    }
+
+
+@pytest.mark.unit
+def test_after_its_run_expired_a_copied_point_is_neither_copied_again_nor_lagging() -> None:
+    policy = {"metadata": {"name": "gold", "namespace": "ns"}, "spec": {}}
+    target = CopyTarget("offsite", {"keepDaily": 7}, 0.0)
+    copied = _expired("vm-1/a1", "2026-12-01T00:00:00Z", copies.point_copy(DONE))
+    waiting = _expired(
+        "vm-1/a2", "2026-12-02T00:00:00Z", {"repository": "offsite", "state": "Pending"}
+    )
+    runs = points.stand_ins([copied, waiting], [])
+
+    assert [copies.copies_of(b).get("offsite", {}).get("state") for b in runs] == [
+        "Completed",
+        "Pending",
+    ]
+    # The copy lag and retention's hold see the copy made; the other still waits.
+    lagging = copying.oldest_uncopied(policy, [target], runs)["offsite"]
+    assert lagging is not None and lagging.archive_id == "vm-1/a2"
+    assert copying.awaiting_copy(policy, [target], runs) == {runs[1]["metadata"]["name"]}
+
+
 @pytest.mark.lab
 def test_a_copy_recorded_in_its_run_stays_in_its_point_after_the_run_expired(
     kube_api: Any, namespace: str
@@ -69,7 +107,7 @@ def test_a_copy_recorded_in_its_run_stays_in_its_point_after_the_run_expired(
         "b1",
         {"vm": {"moref": "vm-1"}, "policyRef": {"name": "gold"}},
     )
-    vm = {"instanceUuid": UUID, "name": "web-17", "moref": "vm-1"}
+    vm: VMIdentity = {"instanceUuid": UUID, "name": "web-17", "moref": "vm-1"}
     status = {
         "phase": "Completed",
         "archiveId": archive,
