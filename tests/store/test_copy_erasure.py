@@ -144,7 +144,7 @@ def test_a_copy_survives_a_drive_of_an_erasure_coded_target_losing_its_data(
     running = copy.poll() is None
     removed = _clear(drive)
     out, err = copy.communicate(timeout=600)
-    assert running, f"the copy ended before {remove_after} chunks had landed"
+    assert running, f"the copy ended before {remove_after} chunks had landed: {err[-2000:]!r}"
     assert removed > 0, f"{drive} held nothing to remove"
     assert copy.returncode == 0, err.decode()[-2000:]
     copies = json.loads(out)["copies"]

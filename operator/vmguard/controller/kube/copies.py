@@ -49,6 +49,13 @@ def copies_of(backup: Mapping[str, Any]) -> dict[str, BackupCopy]:
     return {str(e.get("repository")): cast(BackupCopy, dict(e)) for e in entries}
 
 
+def point_copies(point: Mapping[str, Any]) -> dict[str, BackupCopy]:
+    """A ProtectedVM point's copies by target repository, as last recorded (the run's
+    entries without their messages)."""
+    entries = point.get("copies") or []
+    return {str(e.get("repository")): cast(BackupCopy, dict(e)) for e in entries}
+
+
 def point_copy(entry: BackupCopy) -> PointCopy:
     """A run's copy entry as its point keeps it (pure)."""
     raw: Mapping[str, Any] = entry
@@ -94,4 +101,4 @@ async def record_copy(api: KubeAPI, backup: dict[str, Any], entry: BackupCopy) -
         )
 
 
-__all__ = ["POINT_FIELDS", "copies_of", "point_copy", "record_copy", "with_copy"]
+__all__ = ["POINT_FIELDS", "copies_of", "point_copies", "point_copy", "record_copy", "with_copy"]
