@@ -31,7 +31,7 @@ DONE: BackupCopy = {
     "state": "Completed",
     "time": "2026-12-06T10:00:00Z",
     "bytes": 4096,
-    "archiveId": "vm-1/2026-12-06T10:00:00Z-c0",
+    "archiveId": "vm1-20261206t100000z-c0",
     "attempts": 2,
     "message": "a first Job failed: connection reset",
 }
@@ -77,9 +77,9 @@ def _expired(archive: str, time: str, *copies_: dict[str, Any]) -> dict[str, Any
 def test_after_its_run_expired_a_copied_point_is_neither_copied_again_nor_lagging() -> None:
     policy = {"metadata": {"name": "gold", "namespace": "ns"}, "spec": {}}
     target = CopyTarget("offsite", {"keepDaily": 7}, 0.0)
-    copied = _expired("vm-1/a1", "2026-12-01T00:00:00Z", copies.point_copy(DONE))
+    copied = _expired("vm1-a1", "2026-12-01T00:00:00Z", copies.point_copy(DONE))
     waiting = _expired(
-        "vm-1/a2", "2026-12-02T00:00:00Z", {"repository": "offsite", "state": "Pending"}
+        "vm1-a2", "2026-12-02T00:00:00Z", {"repository": "offsite", "state": "Pending"}
     )
     runs = points.stand_ins([copied, waiting], [])
 
@@ -89,7 +89,7 @@ def test_after_its_run_expired_a_copied_point_is_neither_copied_again_nor_laggin
     ]
     # The copy lag and retention's hold see the copy made; the other still waits.
     lagging = copying.oldest_uncopied(policy, [target], runs)["offsite"]
-    assert lagging is not None and lagging.archive_id == "vm-1/a2"
+    assert lagging is not None and lagging.archive_id == "vm1-a2"
     assert copying.awaiting_copy(policy, [target], runs) == {runs[1]["metadata"]["name"]}
 
 
@@ -98,7 +98,7 @@ def test_a_copy_recorded_in_its_run_stays_in_its_point_after_the_run_expired(
     kube_api: Any, namespace: str
 ) -> None:
     api = KubeAPI(kube_api)
-    archive = "vm-1/2026-12-06T09:00:00Z-a0"
+    archive = "vm1-20261206t090000z-a0"
     objects.create(
         kube_api,
         namespace,
