@@ -46,13 +46,14 @@ test: venv lab-build lint
 		-n $(TEST_WORKERS)
 
 # The randomized store schedules (GC, prune, readers and backups over slow, failed and
-# ambiguous writes) and the CLI backup killed at random points, at their full count;
+# ambiguous writes), the CLI backup and the copy Job killed at random points, and a copy
+# into an erasure-coded MinIO losing a drive's data (larger, at a seeded point), at their full count;
 # `make test` runs a fixed-seed subset of them.
 soak: venv
 	@echo "[soak] randomized schedules, full count"
 	@$(BIN)/pytest -p no:cacheprovider -q tests/store/test_gc_races.py tests/store/test_gc_races_s3.py \
 		tests/engine/test_cli_minio.py::test_backup_killed_at_random_points_leaves_nothing_or_a_whole_archive \
-		tests/proxy/test_copy_kills.py --soak
+		tests/proxy/test_copy_kills.py tests/store/test_copy_erasure.py --soak
 
 demo: venv lab-build
 	@$(BIN)/vmguard-lab demo

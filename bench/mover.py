@@ -27,6 +27,11 @@ holds every repository. Each round measures, in this order, into fresh buckets:
   into a repository with Object Lock (GOVERNANCE, 1 day, in a lock-enabled bucket),
   printing the retention requests each made (format §9.1: none while the parent's
   lock horizon covers the new archive);
+- copies (``copy_rows``; ``--no-copy`` skips them): the full backup's repository copied
+  to the lab's second MinIO, first as raw objects (``bench/raw_copy.py``: list, GET,
+  PUT, no decoding, at the copy's concurrency — the ceiling, what ``mc mirror`` does),
+  then by ``vmguard repo copy`` of the full archive into an encrypted repository of
+  its own key there (read, decrypt, re-encrypt, write; issue 17, BRIEF §8 at least 0.8 times);
 - the proxy (``proxy_rows``; ``--no-proxy`` skips it): the path the product runs, one
   process for every disk of a VM. A VM of the lab's vCenter simulator gets the image on
   two disks; ``bench/proxy_transfer.py`` (the backup proxy's process without its
@@ -200,6 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # (the simulator gives ~15 % of its VMs a second disk; the first 4 have none).
         lab.up(vms=24)
     minio = lab.state().data["minio"]
+    second = lab.state().data.get("minio2")
+    if second is None and not args.no_copy:
+        raise SystemExit("bench: the lab has no second MinIO for the copy rows: `make lab-down`")
     work = Path(args.work or tempfile.mkdtemp(prefix="vmguard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     size = parse_size(args.size) if args.size else args.size_gib * GiB
@@ -228,12 +236,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         secure=False,
     )
     buckets: list[str] = []
+    copy_to = None
+    if not args.no_copy:
+        assert second is not None
+        copy_to = SecondMinio(
+            Minio(
+                second["endpoint"],
+                access_key=second["access_key"],
+                secret_key=second["secret_key"],
+                secure=False,
+            ),
+            second,
+        )
     t = Timings()
     try:
         for round_ in range(args.rounds):
             print(f"[bench] round {round_ + 1} of {args.rounds}", file=sys.stderr)
             results["restore_exact"] = results.get("restore_exact", True) & one_round(
-                t, client, buckets, minio, work, image, size, keep=args.keep
+                t, client, buckets, minio, work, image, size, keep=args.keep, copy_to=copy_to
             )
             if not args.no_vm:
                 results["restore_exact"] &= vm_rows(t, client, buckets, minio, work, vm_image)
@@ -243,6 +263,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             for name in buckets:
                 _empty_bucket(client, name)
+            if copy_to is not None:
+                for name in list(copy_to.buckets):
+                    _empty_bucket(copy_to.client, name)
             shutil.rmtree(work, ignore_errors=True)
     results["times"] = {name: sec for name, (sec, _) in t.best.items()}
     results["notes"] = dict(t.notes)
@@ -261,6 +284,7 @@ def one_round(
     size: int,
     *,
     keep: bool,
+    copy_to: SecondMinio | None = None,
 ) -> bool:
     """Every row once, into fresh buckets; True if the restore was bit-exact."""
     bucket = f"bench-{secrets.token_hex(4)}"
@@ -301,6 +325,8 @@ def one_round(
         backup = ["disk", "backup", "--vm", "bench", "--quiet", *repo]
         t.run("vmguard full backup", vmguard(*backup, s0.uri), env)
         full_id = _latest(repo, env)
+        if copy_to is not None:  # while the repository holds the full backup alone
+            copy_rows(t, copy_to, work, env, repo[1], full_id, keep=keep)
         t.run(
             "vmguard incr. 1% (4 MiB blocks)",
             vmguard(
@@ -459,6 +485,92 @@ def vm_rows(
         target.path.unlink()
     _drop_bucket(client, buckets, bucket)
     return exact
+
+
+class SecondMinio:
+    """The lab's second MinIO (where copies go): a client, its lab state, the buckets
+    made in it (emptied at the end)."""
+
+    def __init__(self, client: Any, info: dict[str, str]) -> None:
+        self.client, self.info = client, info
+        self.buckets: list[str] = []
+
+    def bucket(self, stem: str) -> str:
+        name = f"{stem}-{secrets.token_hex(4)}"
+        self.client.make_bucket(name)
+        self.buckets.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        _empty_bucket(self.client, name)
+        self.buckets.remove(name)
+
+
+RAW_COPY = "raw object copy → 2nd MinIO"
+COPY = "vmguard repo copy (full) → 2nd MinIO"
+
+
+def copy_rows(
+    t: Timings,
+    second: SecondMinio,
+    work: Path,
+    env: dict[str, str],
+    source: str,
+    archive: str,
+    *,
+    keep: bool,
+) -> None:
+    """The copy ceiling and the copy: the source repository (holding the full backup
+    alone) copied object by object to a bucket of the second MinIO, then the full
+    archive copied by ``vmguard repo copy`` into an encrypted repository there (its own
+    key: every chunk decrypted and sealed again). Both read the same objects from the
+    first MinIO, hot from the backup alike."""
+    print("[bench] copies to the second MinIO", file=sys.stderr)
+    cenv = dict(env)
+    cenv.update(
+        VMGUARD_TO_S3_ACCESS_KEY=second.info["access_key"],
+        VMGUARD_TO_S3_SECRET_KEY=second.info["secret_key"],
+    )
+    raw = second.bucket("bench-rawcopy")
+    driver = str(Path(__file__).with_name("raw_copy.py"))
+    where = f"s3+http://{second.info['endpoint']}"
+    out = json.loads(t.run(RAW_COPY, [sys.executable, driver, source, f"{where}/{raw}/raw"], cenv))
+    t.notes[RAW_COPY] = f"{out['objects']} objects, {out['bytes'] / MiB:.0f} MiB"
+    print(f"[bench]   {RAW_COPY}: {t.notes[RAW_COPY]}", file=sys.stderr)
+    if not keep:
+        second.drop(raw)
+
+    bucket = second.bucket("bench-copy")
+    target = f"{where}/{bucket}/vmguard"
+    tenv = dict(env)
+    tenv.update(
+        VMGUARD_S3_ACCESS_KEY=second.info["access_key"],
+        VMGUARD_S3_SECRET_KEY=second.info["secret_key"],
+    )
+    init = ["repo", "init", "--encrypt", "--repo", target, "--key-file", str(work / "copy.key")]
+    subprocess.run(vmguard(*init), env=tenv, check=True, capture_output=True)
+    argv = vmguard(
+        "repo",
+        "copy",
+        "--from",
+        source,
+        "--to",
+        target,
+        "--from-key-file",
+        str(work / "master.key"),
+        "--to-key-file",
+        str(work / "copy.key"),
+        "--json",
+        archive,
+    )
+    (result,) = json.loads(t.run(COPY, argv, cenv))["copies"]
+    t.notes[COPY] = (
+        f"{result['chunks_read']} chunks read, {result['chunks_uploaded']} uploaded,"
+        f" {result['bytes_stored'] / MiB:.0f} MiB stored"
+    )
+    print(f"[bench]   {COPY}: {t.notes[COPY]}", file=sys.stderr)
+    if not keep:
+        second.drop(bucket)
 
 
 SCATTERED = "vmguard incr. 1% (64 KiB, scattered)"
@@ -736,6 +848,8 @@ def table(results: dict[str, Any]) -> str:
             "≥ 1.2",
         ),
     ]
+    if COPY in t:
+        checks.append(("copy ÷ raw object copy (speed)", t[RAW_COPY] / t[COPY], "≥ 0.8"))
     if RESTORE_VM in t:
         checks.append(
             (
@@ -770,6 +884,9 @@ def main() -> None:
         "--no-proxy", action="store_true", help="skip the proxy rows (lab vCenter simulator)"
     )
     parser.add_argument("--no-vm", action="store_true", help="skip the 4-disk VM restore rows")
+    parser.add_argument(
+        "--no-copy", action="store_true", help="skip the copy rows (the lab's second MinIO)"
+    )
     args = parser.parse_args()
     results = run(args)
     if args.json:

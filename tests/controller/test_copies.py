@@ -247,7 +247,31 @@ def test_every_point_is_copied_encrypted_incrementally_and_restores_bit_exact(
             "target": {"newVM": {"name": "cp-b1", **new_vm}},
         },
     )
-    for restore, point in (("after-loss", "b2"), ("named", "b1")):
+    # By point: the ProtectedVM's entry of b0 holds its copy too (written with the run's),
+    # and a restore of that point falls back to it the same way.
+    (held,) = objects.items(kube_api, namespace, "protectedvms")
+
+    def point_copies() -> list[dict[str, Any]] | None:
+        obj = objects.get(kube_api, namespace, "protectedvms", held["metadata"]["name"])
+        entry = next(p for p in obj["status"]["points"] if p["archiveId"] == archive["b0"])
+        found = entry.get("copies") or []
+        return found if [c.get("state") for c in found] == ["Completed"] else None
+
+    (point_copy,) = eventually(point_copies, timeout=30, what="b0's copy in its point")
+    assert point_copy["archiveId"] == copied["b0"]["offsite"]["archiveId"]
+    assert point_copy["repository"] == "offsite" and "message" not in point_copy
+    objects.create(
+        kube_api,
+        namespace,
+        "vmguardrestores",
+        "VMGuardRestore",
+        "by-point",
+        {
+            "source": {"protectedVM": held["metadata"]["name"], "archiveId": archive["b0"]},
+            "target": {"newVM": {"name": "cp-b0", **new_vm}},
+        },
+    )
+    for restore, point in (("after-loss", "b2"), ("named", "b1"), ("by-point", "b0")):
         done = objects.wait_phase(
             kube_api, namespace, "vmguardrestores", restore, {"Completed", "Failed"}, 180
         )
@@ -264,7 +288,8 @@ def test_every_point_is_copied_encrypted_incrementally_and_restores_bit_exact(
         finally:
             destroy_vm(vc, moref)
         assert restored == expected[point], restore
-    source = objects.condition(
-        objects.get(kube_api, namespace, "vmguardrestores", "after-loss"), "SourceReady"
-    )
-    assert "from copy target offsite (repository repo: " in source["message"]
+    for restore in ("after-loss", "by-point"):
+        source = objects.condition(
+            objects.get(kube_api, namespace, "vmguardrestores", restore), "SourceReady"
+        )
+        assert "from copy target offsite (repository repo: " in source["message"], restore

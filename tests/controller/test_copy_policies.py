@@ -69,3 +69,42 @@ def test_overlapping_or_mismatched_copy_targets_are_refused_with_a_reason(
     for name in ("overlap", "chunks"):
         ready = objects.condition(objects.get(kube_api, namespace, PP, name), "Ready")
         assert ready["status"] == "True"
+
+
+@pytest.mark.operator_controllers("policies,repositories")
+def test_the_primary_reached_under_another_host_name_is_refused(
+    kube_api: Any,
+    namespace: str,
+    lab_vcenter: str,
+    s3_bucket: dict[str, Any],
+    operator_log: Any,
+) -> None:
+    """``localhost`` and ``127.0.0.1``: two URLs, one repository. The repository controller
+    opens both objects' place and finds one repository id; the policy refuses the copy."""
+    objects.create_repository(kube_api, namespace, "repo", s3_bucket, prefix="prod")
+    repo_id = eventually(
+        lambda: (
+            objects.get(kube_api, namespace, "vmguardrepositories", "repo")
+            .get("status", {})
+            .get("repositoryId")
+        ),
+        timeout=60,
+        what="the primary opened",
+    )
+    port = s3_bucket["endpoint"].rpartition(":")[2]
+    alias = {**s3_bucket, "endpoint": f"localhost:{port}"}
+    objects.create_repository(kube_api, namespace, "alias", alias, prefix="prod")
+    objects.create_policy(
+        kube_api, namespace, "aliased", selector={"names": ["nothing-*"]}, copies=_copies("alias")
+    )
+
+    def refused() -> dict[str, Any] | None:
+        policy = objects.get(kube_api, namespace, PP, "aliased")
+        found = objects.condition(policy, "CopiesValid")
+        return found if found and found["status"] == "False" else None
+
+    copies = eventually(refused, timeout=60, what="aliased CopiesValid False")
+    assert copies["reason"] == "CopyTargetOverlaps"
+    assert f"the same repository as the primary ({repo_id})" in copies["message"]
+    status = objects.get(kube_api, namespace, "vmguardrepositories", "alias")["status"]
+    assert status["repositoryId"] == repo_id

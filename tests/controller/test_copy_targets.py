@@ -81,3 +81,40 @@ def test_the_condition_names_the_reason_and_appears_only_with_copies() -> None:
     # Copies removed from the spec: the condition goes with them.
     after = judgement.conditions(conds, judgement.Assessment(), False, [], 2, None)
     assert targets.CONDITION not in {c["type"] for c in after}
+
+
+def test_the_primary_reached_under_another_host_name_is_refused() -> None:
+    # Two names of one MinIO (a Service's short and full DNS name): the URLs differ, but
+    # the repository controller found the same repository (status.repositoryId) there.
+    alias = _repo("minio.backup.svc.cluster.local:9000", "vmguard", "prod")
+    primary = _repo("minio.backup.svc:9000", "vmguard", "prod")
+    judged = targets.judge(
+        _policy("copy"), primary, {"copy": alias}, ids={"primary": "r-1", "copy": "r-1"}
+    )
+    assert judged.targets == []
+    assert [r for r, _ in judged.problems] == [targets.OVERLAPS]
+    assert "the same repository as the primary (r-1)" in judged.problems[0][1]
+    # Another repository id there (or none known yet): the URLs decide alone.
+    other = targets.judge(
+        _policy("copy"), primary, {"copy": alias}, ids={"primary": "r-1", "copy": "r-2"}
+    )
+    assert [t.repository for t in other.targets] == ["copy"]
+
+
+@pytest.mark.parametrize(
+    ("primary", "target"),
+    [
+        (
+            _repo("s3.example.org", "vmguard", "prod"),
+            _repo("s3.example.org:443", "vmguard", "prod/c"),
+        ),
+        (_repo("MinIO.local:9000", "vmguard"), _repo("minio.local.:9000", "vmguard", "prod")),
+    ],
+)
+def test_the_same_endpoint_spelt_another_way_is_refused(
+    primary: dict[str, Any], target: dict[str, Any]
+) -> None:
+    for p in (primary, target):
+        p["s3"]["insecure"] = False
+    judged = targets.judge(_policy("copy"), primary, {"copy": target})
+    assert [r for r, _ in judged.problems] == [targets.OVERLAPS]

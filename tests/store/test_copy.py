@@ -59,13 +59,14 @@ def _chain(source: Repository) -> tuple[list[str], list[bytes]]:
     return ids, images
 
 
-def test_copies_restore_bit_exact_and_incrementals_read_only_changed_chunks() -> None:
+@pytest.mark.parametrize("workers", [1, 4])
+def test_copies_restore_bit_exact_and_incrementals_read_only_changed_chunks(workers: int) -> None:
     source, target = _repo(SOURCE_KEY), _repo(TARGET_KEY)
     ids, images = _chain(source)
     first = source.load_index(source.load_archive(ids[0]), "d0")
     stored = len({c for c in first if c != HOLE})
 
-    report = copy_archives(source, target, select_archives(source, vm_id="vm-1"))
+    report = copy_archives(source, target, select_archives(source, vm_id="vm-1"), workers=workers)
 
     full, inc1, inc2 = report.copies
     assert (full.chunks_read, full.chunks_mapped, full.based_on) == (stored, 0, None)
@@ -104,6 +105,23 @@ def test_a_second_run_copies_nothing_and_a_lone_archive_maps_through_an_earlier_
     assert len(target.list_archives()) == before
 
 
+def test_a_chunk_at_several_positions_is_read_once_by_parallel_workers() -> None:
+    source, target = _repo(SOURCE_KEY), _repo(TARGET_KEY)
+    rng = random.Random(5)
+    a, b = rng.randbytes(CHUNK), rng.randbytes(CHUNK)
+    image = a + b + a + bytes(CHUNK) + a + rng.randbytes(CHUNK) + b
+    archive = backup(source, "vm-1", {"d0": image}).archive_id
+
+    result = copy_archive(source, target, archive, workers=4)
+
+    assert (result.chunks_read, result.chunks_uploaded, result.chunks_hole) == (3, 3, 1)
+    manifest = target.load_archive(result.target_archive)
+    assert restore(target, manifest, "d0") == image
+    stats = manifest.disks[0].stats
+    assert stats is not None and (stats.chunks_new, stats.chunks_reused) == (3, 3)
+    assert verify(target, deep=True).ok
+
+
 def test_unencrypted_target_and_source_work_both_ways() -> None:
     source, target = _repo(None), _repo(TARGET_KEY)
     ids, images = _chain(source)
@@ -138,6 +156,7 @@ def test_the_source_itself_is_refused_as_target() -> None:
         ("s3://h:9000/bucket", "s3+http://h:9000/bucket/copies"),
         ("s3://h:9000/bucket/p/q/", "s3://h:9000/bucket/p"),
         ("file:///srv/repo", "/srv/repo/copy"),
+        ("s3://h/bucket/p", "s3://h.:443/bucket/p/q"),  # the default port, the root's dot
     ],
 )
 def test_overlapping_locations_are_refused(a: str, b: str) -> None:
@@ -152,6 +171,7 @@ def test_overlapping_locations_are_refused(a: str, b: str) -> None:
         ("s3://h:9000/bucket/p", "s3://h:9000/other/p"),
         ("s3://h:9000/bucket/p", "s3://g:9000/bucket/p"),
         ("file:///srv/repo", "file:///srv/repo2"),
+        ("s3://h/bucket/p", "s3+http://h/bucket/p"),  # ports 443 and 80: two services
     ],
 )
 def test_disjoint_locations_are_accepted(a: str, b: str) -> None:

@@ -2,6 +2,10 @@
 
 Each is a single-drive MinIO (``xl-single``) on 127.0.0.1, built from its Go module. It
 supports versioning and object lock, so immutable repositories are tested for real.
+:func:`start_minio` can also start one erasure-coded over several drive directories
+(MinIO's ``dir{1...N}``: what users outgrow one disk with, issue 17); the soak test of
+copies (tests/store/test_copy_erasure.py) starts one of its own and removes a drive's
+data while a copy writes to it.
 The lab runs two independent ones (``minio`` and ``minio2``: own data directory, own
 port, own root credentials), the second being the place copies go (issue 17: a copy in
 another S3 with other credentials). The root credentials are generated per lab and per
@@ -30,11 +34,22 @@ def start_minio(
     access_key: str,
     secret_key: str,
     name: str = "minio",
-) -> None:
-    """Start the MinIO called ``name`` (its process name and data directory) unless it
-    runs already, and wait until it is ready."""
-    data = paths.lab / name
+    *,
+    drives: int = 1,
+    data: Path | None = None,
+) -> list[Path]:
+    """Start the MinIO called ``name`` (its process name, and its data directory unless
+    ``data`` is given) unless it runs already, and wait until it is ready. With
+    ``drives`` > 1 it is erasure-coded over ``data/drive1`` … ``data/driveN`` (4 drives:
+    2 parity shards, so it reads and writes with one drive lost). Returns the drive
+    directories."""
+    data = data or paths.lab / name
     data.mkdir(parents=True, exist_ok=True)
+    disks = [data] if drives == 1 else [data / f"drive{n}" for n in range(1, drives + 1)]
+    for disk in disks:
+        disk.mkdir(exist_ok=True)
+    # MinIO expands the ellipsis itself: one argument names every drive of the set.
+    where = str(data) if drives == 1 else str(data / f"drive{{1...{drives}}}")
     env = dict(os.environ)
     env.update(
         {
@@ -56,7 +71,7 @@ def start_minio(
             f"127.0.0.1:{port}",
             "--console-address",
             f"127.0.0.1:{console_port}",
-            str(data),
+            where,
         ],
         env=env,
     )
@@ -67,6 +82,7 @@ def start_minio(
         alive=proc.alive,
         diagnose=lambda: sup.log_tail(name),
     )
+    return disks
 
 
 def ensure_bucket(endpoint: str, access_key: str, secret_key: str, name: str) -> None:

@@ -204,12 +204,15 @@ class RestoreStatus(TypedDict, total=False):
 
 
 class PointCopy(TypedDict, total=False):
-    """One copy of a restore point in another repository (``points[].copies[]``)."""
+    """One copy of a restore point in another repository (``points[].copies[]``, keyed
+    by ``repository``): the run's :class:`BackupCopy` without its message."""
 
     repository: str
     state: str
     time: str
     bytes: int
+    archiveId: str
+    attempts: int
 
 
 class PointVerification(TypedDict, total=False):

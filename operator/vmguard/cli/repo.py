@@ -25,6 +25,7 @@ from vmguard.cli.options import (
 )
 from vmguard.cli.progress import ProgressDisplay, human_bytes
 from vmguard.config import S3_ACCESS_ENV, S3_SECRET_ENV
+from vmguard.engine.pipeline import default_workers
 from vmguard.errors import ConfigError
 from vmguard.store import ObjectLockPolicy, Repository, names
 from vmguard.store.config import DEFAULT_CHUNK_SIZE
@@ -331,7 +332,9 @@ def _copy(args: argparse.Namespace) -> int:
     for archive_id in ids:
         display = ProgressDisplay(f"copy {archive_id}", enabled=not _quiet(args), unit="chunks")
         with display:
-            result = copy_archive(source, target, archive_id, copied=copied, progress=display)
+            result = copy_archive(
+                source, target, archive_id, copied=copied, progress=display, workers=args.workers
+            )
         if not result.skipped and not _quiet(args):
             display.finish()
         results.append(result)
@@ -364,6 +367,12 @@ def _add_copy_parser(cmds: Any) -> None:
         "--to-key-file",
         help=f"file holding the target's master key (else ${TO_KEY_ENV});"
         " exactly one trailing newline is stripped",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help=f"chunks copied at once (default: {default_workers()})",
     )
     p.add_argument("--from-ca-file", help="CA bundle of the source's S3 endpoint")
     p.add_argument("--to-ca-file", help="CA bundle of the target's S3 endpoint")

@@ -19,6 +19,7 @@ know them.
 
 from __future__ import annotations
 
+from vmguard.api import CopyState
 from vmguard.api.kinds import PROTECTEDVM
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column
@@ -30,7 +31,8 @@ two of hourlies), and at ≈ 300 bytes a point far below the object size limit."
 MAX_COPIES = 16
 MAX_CHECKS = 32
 MODES = ["full", "incremental", "fullScan"]
-COPY_STATES = ["Pending", "Copying", "Completed", "Failed"]
+COPY_STATES = [s.value for s in CopyState]
+"""The states of a VMGuardBackup's ``status.copies[]``, which points[].copies[] mirrors."""
 VERIFICATION_RESULTS = ["Passed", "Failed", "Damaged"]
 RPO_STATES = ["Within", "Outside", "Unknown"]
 
@@ -65,6 +67,8 @@ point = obj(
                     "state": string("Where the copy is.", max_length=16, enum=COPY_STATES),
                     "time": timestamp("When the copy reached its state."),
                     "bytes": integer("Bytes the copy wrote.", minimum=0, int64=True),
+                    "archiveId": string("The copy's archive id in its repository.", max_length=128),
+                    "attempts": integer("Copy Jobs started for it.", minimum=0),
                 },
                 required=["repository"],
             ),

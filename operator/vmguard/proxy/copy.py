@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping
 
 from vmguard.config import ca_bundle_file
+from vmguard.engine.pipeline import default_workers
 from vmguard.errors import VmguardError
 from vmguard.proxy import contract
 from vmguard.proxy.environment import repository_from
@@ -79,7 +80,7 @@ def run_copy(archive_id: str, env: Mapping[str, str] | None = None) -> int:
     try:
         source = repository_from(env)
         target = target_from(env)
-        result = copy_archive(source, target, archive_id)
+        result = copy_archive(source, target, archive_id, workers=default_workers())
     except VmguardError as exc:
         print(f"copy of {archive_id} failed: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -15,6 +15,10 @@ rule the target keeps for a backup therefore holds for a copy. Invariants:
   (checked by the writer like any carried chunk) and the source is not read.
   Everything else is read from the source, re-sealed and uploaded unless the target
   has it already (the writer's existence check).
+- Chunks are read, re-sealed and uploaded ``workers`` at once, at most ``workers + 2``
+  in flight (memory is bounded by that, not by the disk); each source chunk is read
+  once per disk however many positions name it, and a failure stops the disk's copy
+  before its index is added (nothing is committed).
 - A copied manifest records its source archive id in the label
   :data:`COPIED_FROM_LABEL` (and the source repository's id in
   :data:`COPIED_FROM_REPOSITORY_LABEL`). An archive whose copy is already in the target
@@ -29,16 +33,22 @@ rule the target keeps for a backup therefore holds for a copy. Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 from vmguard.errors import ConfigError, RepositoryError
 from vmguard.store.archive import ArchiveManifest, TransferStats
-from vmguard.store.chunk import HOLE
+from vmguard.store.chunk import HOLE, ChunkId
 from vmguard.store.index import FixedIndex
 from vmguard.store.location import Location, parse_location
 from vmguard.store.repository import Repository
-from vmguard.store.writer import BackupWriter
+from vmguard.store.writer import BackupWriter, PutResult
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 COPIED_FROM_LABEL = "vmguard.io/copied-from"
 """Label of a copied manifest: the source archive's id (format §11)."""
@@ -92,6 +102,18 @@ def _within(outer: str, inner: str) -> bool:
     return b[: len(a)] == a
 
 
+def _endpoint(location: Location) -> str:
+    """``host:port`` as a comparison key: host names are case-insensitive and may end in
+    the root's dot, and a missing port is the scheme's (443, or 80 for ``s3+http``)."""
+    parts = urlsplit(f"//{location.endpoint}")
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port or (443 if location.secure else 80)
+    except ValueError:  # not a port number: the request would fail; compare as written
+        return location.endpoint.lower()
+    return f"{host}:{port}"
+
+
 def check_distinct(source: str | Location, target: str | Location) -> None:
     """ConfigError when the two locations are the same or one lies inside the other."""
     a = source if isinstance(source, Location) else parse_location(source)
@@ -101,7 +123,7 @@ def check_distinct(source: str | Location, target: str | Location) -> None:
     if a.scheme == "file":
         overlap = _within(a.path, b.path) or _within(b.path, a.path)
     else:
-        same_bucket = a.endpoint.lower() == b.endpoint.lower() and a.bucket == b.bucket
+        same_bucket = _endpoint(a) == _endpoint(b) and a.bucket == b.bucket
         overlap = same_bucket and (_within(a.prefix, b.prefix) or _within(b.prefix, a.prefix))
     if overlap:
         raise ConfigError(
@@ -212,9 +234,12 @@ def copy_archive(
     *,
     copied: dict[str, str] | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> CopyResult:
     """Copy one archive unless the target holds it already; ``copied`` is
-    :func:`copied_archives` of the target (updated with the new copy)."""
+    :func:`copied_archives` of the target (updated with the new copy). ``workers``
+    chunks are read, sealed and uploaded at once (network waits and the codec overlap;
+    the writer takes chunks from any thread)."""
     check_compatible(source, target)
     manifest = source.load_archive(archive_id)
     if copied is None:
@@ -243,7 +268,9 @@ def copy_archive(
                 if source_base is not None and source_base.length != target_base.length:
                     source_base = None  # not the copy we think it is: map nothing
             out = FixedIndex(target.chunk_size, index.length)
-            stats = _copy_disk(source, writer, index, source_base, target_base, out, result)
+            stats = _copy_disk(
+                source, writer, index, source_base, target_base, out, result, workers
+            )
             writer.add_disk(disk.key, disk.label, out, cbt=disk.cbt, stats=stats)
             done += len(index)
             if progress is not None:
@@ -270,14 +297,16 @@ def _copy_disk(
     target_base: FixedIndex | None,
     out: FixedIndex,
     result: CopyResult,
+    workers: int,
 ) -> TransferStats:
-    seen: dict[bytes, bytes] = {}  # source id -> target id, within this disk
-    read = stored = new = reused = holes = 0
+    # Positions first (no I/O): holes, positions mapped through the earlier copy, and
+    # the source chunks to read, each once however many positions name it.
+    wanted: dict[ChunkId, list[int]] = {}  # source id -> positions, in index order
+    reused = holes = 0
     for number, chunk_id in enumerate(index):
         if chunk_id == HOLE:
             holes += 1
-            continue
-        if (
+        elif (
             source_base is not None
             and target_base is not None
             and number < len(source_base)
@@ -288,18 +317,22 @@ def _copy_disk(
             out[number] = target_base[number]
             result.chunks_mapped += 1
             reused += 1
-            continue
-        if chunk_id in seen:
-            out[number] = seen[chunk_id]
-            reused += 1
-            continue
+        else:
+            wanted.setdefault(chunk_id, []).append(number)
+
+    def move(chunk_id: ChunkId) -> tuple[ChunkId, int, PutResult]:
         data = source.read_chunk(chunk_id)
+        return chunk_id, len(data), writer.put_chunk(data)
+
+    read = stored = new = 0
+    for source_id, length, put in _bounded(move, wanted, workers):
+        positions = wanted[source_id]
+        for number in positions:
+            out[number] = put.chunk_id
         result.chunks_read += 1
-        result.bytes_read += len(data)
-        read += len(data)
-        put = writer.put_chunk(data)
-        seen[chunk_id] = put.chunk_id
-        out[number] = put.chunk_id
+        result.bytes_read += length
+        read += length
+        reused += len(positions) - 1
         if put.was_new:
             result.chunks_uploaded += 1
             result.bytes_stored += put.stored_bytes
@@ -320,12 +353,41 @@ def _copy_disk(
     )
 
 
+def _bounded(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``fn`` over ``items`` on ``workers`` threads, results in completion order, at most
+    ``workers + 2`` in flight (memory: that many chunks, whatever the disk's size; the
+    backup engine's depth). The first failure is raised once the calls already running
+    have ended; the rest are not started. (The engine's ``bounded_map`` does this for
+    backups; the store sits below the engine and keeps its own.)"""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="vmguard-copy") as pool:
+        running: set[Future[_R]] = set()
+        try:
+            while True:
+                for item in pending:
+                    running.add(pool.submit(fn, item))
+                    if len(running) >= workers + 2:
+                        break
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in running:
+                future.cancel()
+
+
 def copy_archives(
     source: Repository,
     target: Repository,
     archive_ids: Iterable[str],
     *,
     progress: Callable[[str], Progress | None] | None = None,
+    workers: int = 1,
 ) -> CopyReport:
     """Copy ``archive_ids`` (oldest first) that the target does not hold yet."""
     check_compatible(source, target)
@@ -334,7 +396,9 @@ def copy_archives(
     for archive_id in archive_ids:
         callback = progress(archive_id) if progress else None
         report.copies.append(
-            copy_archive(source, target, archive_id, copied=copied, progress=callback)
+            copy_archive(
+                source, target, archive_id, copied=copied, progress=callback, workers=workers
+            )
         )
     return report
 

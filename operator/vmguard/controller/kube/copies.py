@@ -2,26 +2,45 @@
 
 A copy of a point (issue 17) is recorded as ``{repository, state, time, bytes,
 archiveId, attempts, message}`` (:class:`~vmguard.api.BackupCopy`), one entry per copy
-target. Today the entries live in the point's VMGuardBackup, ``status.copies`` (a list
-keyed by ``repository``); docs/resource-model.md ("Restore points at scale") moves them
-into the point's entry of the VM's ProtectedVM (``points[].copies[]``). Every reader and
-writer of copies goes through :func:`copies_of` and :func:`record_copy`, so that move
-changes this module only: the point is identified by what both places know, the
-backup's namespace, VM and archive id.
+target, in two places:
 
-Invariant: one writer. Only the copy controller (``controller/policy/copying.py``, in
-the policy's scheduler) records copies, so replacing the whole list from the object it
-read cannot lose another writer's entry.
+- the point's VMGuardBackup, ``status.copies`` (a list keyed by ``repository``): what
+  the copy controller (``controller/policy/copying.py``) and the restore read today;
+- the point's entry of the VM's ProtectedVM, ``points[].copies[]``
+  (:class:`~vmguard.api.PointCopy`: the same without ``message``), written through
+  :func:`vmguard.controller.kube.points.update_point`, the ProtectedVM's only writer. A
+  VMGuardBackup expires ``ttlSecondsAfterFinished`` after it finished; the point, and
+  so what is known of its copies, stays (docs/resource-model.md, "Restore points at
+  scale").
+
+Every reader and writer of copies goes through :func:`copies_of` and
+:func:`record_copy`, so moving the readers to the point changes this module only: the
+point is identified by what both places know, the backup's namespace, VM and archive id.
+
+Invariants: one writer — only the copy controller records copies, so replacing the
+whole list from the object it read cannot lose another writer's entry. The run is
+written first, then the point: a point missing (not added yet, or cut from a full list)
+or a ProtectedVM of another VM costs the point's record only, never the run's, and is
+logged; a failed write to the point raises (RetryableError), and the next record of the
+same entry writes it again (:func:`with_copy` is idempotent).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
-from vmguard.api import BackupCopy
+from vmguard.api import BackupCopy, PointCopy, RestorePoint
 from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.points import PointNotFound, backup_key, update_point
+from vmguard.errors import ConfigError
+
+POINT_FIELDS = ("repository", "state", "time", "bytes", "archiveId", "attempts")
+"""What a point keeps of a copy's entry (its ``message`` stays with the run)."""
+
+log = logging.getLogger(__name__)
 
 
 def copies_of(backup: Mapping[str, Any]) -> dict[str, BackupCopy]:
@@ -30,15 +49,56 @@ def copies_of(backup: Mapping[str, Any]) -> dict[str, BackupCopy]:
     return {str(e.get("repository")): cast(BackupCopy, dict(e)) for e in entries}
 
 
+def point_copies(point: Mapping[str, Any]) -> dict[str, BackupCopy]:
+    """A ProtectedVM point's copies by target repository, as last recorded (the run's
+    entries without their messages)."""
+    entries = point.get("copies") or []
+    return {str(e.get("repository")): cast(BackupCopy, dict(e)) for e in entries}
+
+
+def point_copy(entry: BackupCopy) -> PointCopy:
+    """A run's copy entry as its point keeps it (pure)."""
+    raw: Mapping[str, Any] = entry
+    return cast(PointCopy, {k: raw[k] for k in POINT_FIELDS if raw.get(k) is not None})
+
+
+def with_copy(point: RestorePoint, copy: PointCopy) -> RestorePoint | None:
+    """``point`` with ``copy`` replacing the entry of its repository, entries sorted by
+    repository; None when the point says so already (pure)."""
+    entries = {str(c.get("repository")): c for c in point.get("copies") or []}
+    if entries.get(copy["repository"]) == copy:
+        return None
+    entries[copy["repository"]] = copy
+    out = cast(RestorePoint, dict(point))
+    out["copies"] = [entries[name] for name in sorted(entries)]
+    return out
+
+
 async def record_copy(api: KubeAPI, backup: dict[str, Any], entry: BackupCopy) -> None:
     """Record ``entry`` (replacing the entry of its repository) for the point of
-    ``backup``; ``backup`` is updated in place, so a caller's later reads see it."""
+    ``backup``, in the run and in the point; ``backup`` is updated in place, so a
+    caller's later reads see it."""
     meta = backup["metadata"]
     copies = copies_of(backup)
     copies[entry["repository"]] = entry
     listed = [copies[name] for name in sorted(copies)]
     await api.patch_status(BACKUP.plural, meta["namespace"], meta["name"], {"copies": listed})
     backup.setdefault("status", {})["copies"] = listed
+    archive = (backup.get("status") or {}).get("archiveId")
+    try:
+        key = backup_key(backup)
+        if not archive:
+            raise ConfigError("the backup's status names no archive")
+        copy = point_copy(entry)
+        await update_point(api, key, str(archive), lambda point: with_copy(point, copy))
+    except (ConfigError, PointNotFound) as exc:
+        log.warning(
+            "copy of %s/%s to %s: recorded in the run only, not in its restore point: %s",
+            meta["namespace"],
+            meta["name"],
+            entry["repository"],
+            exc,
+        )
 
 
-__all__ = ["copies_of", "record_copy"]
+__all__ = ["POINT_FIELDS", "copies_of", "point_copies", "point_copy", "record_copy", "with_copy"]

@@ -449,8 +449,9 @@ def stand_ins(
 ) -> list[dict[str, Any]]:
     """A Completed VMGuardBackup body, never created, for each point whose backup run
     expired (no ``backup`` left) and whose archive no VMGuardBackup of ``backups`` names:
-    what a policy's history, fail-safe and retention read, so that a VM whose backup runs
-    expired still counts as backed up, and its old points are still pruned (pure). A point
+    what a policy's history, fail-safe, retention and copy controller read, so that a VM
+    whose backup runs expired still counts as backed up, its old points are still pruned,
+    and its copies stay known (``status.copies`` from the point's ``copies``) (pure). A point
     whose run a person deleted gets none: catalog sync brings that object back, as it
     always did. Annotated :data:`STAND_IN`; named ``point-<archive id>`` (no
     VMGuardBackup has such a name)."""
@@ -488,6 +489,8 @@ def stand_ins(
                     "vm": {"instanceUuid": key.instance_uuid},
                     "snapshot": {"createTime": point.get("time")},
                     "completionTime": point.get("time"),
+                    # What the run's status.copies said (kube/copies.py writes both).
+                    "copies": [dict(c) for c in point.get("copies") or []],
                 },
             }
         )

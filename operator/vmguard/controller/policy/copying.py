@@ -21,6 +21,12 @@ its copy is:
   — ``Failed`` with the Job's reason (tried again, up to :data:`ATTEMPTS` Jobs); gone —
   the Job was removed before its end was seen: admitted again (a copy is idempotent).
 
+**After a run expired.** A point whose VMGuardBackup expired is seen as its stand-in
+(:func:`vmguard.controller.kube.points.stand_ins`), whose entries are the point's
+``copies`` (written there with the run's): a copy made stays made (not copied again, not
+lagging, not held by retention), one pruned stays pruned. A copy not made by then is not
+started any more (no object is left to own its Job); it shows as lagging.
+
 **Retention per repository.** When nothing waits for or runs to a target (at the first
 such pass after a copy to it completed, else every :data:`RETAIN_EVERY`), the target's
 own ``retention`` runs over the policy's copies in it (manifests labelled with the
@@ -62,6 +68,7 @@ from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.copies import copies_of, record_copy
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.points import is_stand_in
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
 from vmguard.controller.kube.schedule import zone
 from vmguard.controller.kube.timing import Timing
@@ -288,6 +295,9 @@ class Copier:
             if state == CopyState.FAILED and int((entry or {}).get("attempts") or 0) >= ATTEMPTS:
                 continue
             if delay is not None and point.completed + delay > now:
+                continue
+            if is_stand_in(point.backup):
+                # The run expired: no object owns a copy Job any more (docs/copies.md).
                 continue
             waiting.append(item)
         decided = plan(waiting, running, VCenterLimits())

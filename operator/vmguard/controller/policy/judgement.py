@@ -121,13 +121,22 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
     out.problems[:0] = refused
     if spec.get("copies"):
         copies_found: dict[str, dict[str, Any] | None] = {}
+        primary = found["repositoryRef"]
+        ids = {(spec.get("repositoryRef") or {}).get("name", ""): _repository_id(primary)}
         for entry in spec["copies"]:
             name = (entry.get("repositoryRef") or {}).get("name", "")
             obj = await api.get_object(REPOSITORY.plural, namespace, name) if name else None
             copies_found[name] = obj.get("spec") or {} if obj is not None else None
-        primary = found["repositoryRef"]
-        out.copies = targets.judge(spec, primary.get("spec") if primary else None, copies_found)
+            ids[name] = _repository_id(obj)
+        out.copies = targets.judge(
+            spec, primary.get("spec") if primary else None, copies_found, ids
+        )
     return out
+
+
+def _repository_id(obj: Mapping[str, Any] | None) -> str | None:
+    """The repository id its controller found at a VMGuardRepository's place, if any."""
+    return ((obj or {}).get("status") or {}).get("repositoryId") or None
 
 
 def conflicts(

@@ -197,8 +197,8 @@ class PolicyRunner:
             self.waiting_run = None
         await self.create_due(policy, now)
         backups = await self.history_objects(namespace, meta["name"])
-        # Copies are recorded on the backup runs: a stand-in (an expired run's point)
-        # carries none, so only the runs themselves can be held for their copies.
+        # A stand-in (an expired run's point) carries its point's copies, but no copy is
+        # started for it any more (copying.py): only runs are held for their copies.
         runs = [b for b in backups if not points.is_stand_in(b)]
         hold = (
             awaiting_copy(policy, assessment.copies.targets, runs)

@@ -8,7 +8,10 @@ raised. A target that fails a check receives nothing; the policy's own backups g
 - ``CopyRepositoryNotFound`` — the VMGuardRepository named does not exist;
 - ``CopyTargetOverlaps`` — its bucket and prefix are the primary's, or one prefix lies
   inside the other (:func:`vmguard.store.copy.check_distinct`: a copy there would be
-  the same failure domain, and its GC would see the other's objects);
+  the same failure domain, and its GC would see the other's objects); or, under
+  another host name of the same S3 service (which no URL comparison can see), the
+  repository controller found the primary's repository there: both objects'
+  ``status.repositoryId`` are the same;
 - ``ChunkSizeMismatch`` — its ``chunkSize`` differs from the primary's (a copy maps
   chunks by position, format §11, so the sizes must agree).
 
@@ -63,9 +66,14 @@ def judge(
     policy_spec: Mapping[str, Any],
     primary: Mapping[str, Any] | None,
     repositories: Mapping[str, Mapping[str, Any] | None],
+    ids: Mapping[str, str | None] | None = None,
 ) -> TargetJudgement:
     """``primary``: the primary VMGuardRepository's spec (None: missing, then no copy is
-    judged usable); ``repositories``: name -> spec of each copy target (None: missing)."""
+    judged usable); ``repositories``: name -> spec of each copy target (None: missing);
+    ``ids``: name -> ``status.repositoryId`` of the primary and the targets, where known
+    (a repository not opened yet has none: then its URL alone is judged)."""
+    ids = ids or {}
+    primary_id = ids.get((policy_spec.get("repositoryRef") or {}).get("name", ""))
     out = TargetJudgement([], [])
     for entry in policy_spec.get("copies") or ():
         name = (entry.get("repositoryRef") or {}).get("name", "")
@@ -81,6 +89,15 @@ def judge(
             check_distinct(repository_url(primary), repository_url(spec))
         except ConfigError as exc:
             out.problems.append((OVERLAPS, f"copy target {name}: {exc}"))
+            continue
+        if primary_id and ids.get(name) == primary_id:
+            out.problems.append(
+                (
+                    OVERLAPS,
+                    f"copy target {name} is the same repository as the primary ({primary_id})"
+                    " under another endpoint name: a copy must live in another repository",
+                )
+            )
             continue
         if chunk_size(spec) != chunk_size(primary):
             out.problems.append(

@@ -10,11 +10,12 @@ resumes where the status says, and every step may run twice without harm:
   fails the restore) — or the source ProtectedVM must exist (``SourceNotFound``) and hold
   the point named by ``archiveId``, or one taken at or before ``at``, the newest such
   (:func:`~vmguard.controller.kube.points.choose_point`; else ``PointNotFound``,
-  re-checked): the point's repository, the ProtectedVM's vCenter, no copy fallback.
-  The operator opens the repository — the backup's own, or the copy target
+  re-checked): the point's repository, the ProtectedVM's vCenter.
+  The operator opens the repository — the point's own, or the copy target
   ``spec.source.repositoryRef`` names (``CopyNotFound`` without a completed copy
-  there); when the backup's own is unreachable, lost or misses the archive and the
-  point has completed copies (``status.copies`` of the backup), the first copy that
+  there); when the point's own is unreachable, lost or misses the archive and the
+  point has completed copies (``status.copies`` of the backup, ``copies`` of the
+  ProtectedVM's point), the first copy that
   opens, said in the ``SourceReady`` message and ``status.repository`` —, reads the
   manifest, checks and
   prepares the target (:mod:`.targets`: a new VM is created here, found again
@@ -64,6 +65,7 @@ from typing import Any
 from vmguard.api import (
     PROXY_FAILED,
     RESTORE_TERMINAL,
+    BackupCopy,
     BackupPhase,
     BackupPlacement,
     Condition,
@@ -85,7 +87,7 @@ from vmguard.controller.kube.bodies import (
     restore_status,
 )
 from vmguard.controller.kube.conditions import now, outcome_conditions, set_condition
-from vmguard.controller.kube.copies import copies_of
+from vmguard.controller.kube.copies import copies_of, point_copies
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -191,10 +193,11 @@ async def step(
 
 async def _from_point(
     api: KubeAPI, obj: dict[str, Any], source: dict[str, Any]
-) -> tuple[str, dict[str, str], dict[str, str], str] | Step:
-    """A point of a ProtectedVM, by archive id or by time: (archive id, vCenter ref,
-    repository ref, what it is for messages). A ProtectedVM or point that does not exist
-    is a condition, checked again (catalog sync or a backup may add it)."""
+) -> tuple[tuple[str, dict[str, str], dict[str, str], str], dict[str, BackupCopy]] | Step:
+    """A point of a ProtectedVM, by archive id or by time: ((archive id, vCenter ref,
+    repository ref, what it is for messages), the point's copies). A ProtectedVM or point
+    that does not exist is a condition, checked again (catalog sync or a backup may add
+    it)."""
     ns, name = obj["metadata"]["namespace"], str(source["protectedVM"])
     held = await api.get_object(points.PLURAL, ns, name)
     if held is None:
@@ -215,14 +218,17 @@ async def _from_point(
     if chosen.get("repositoryNamespace"):
         repo_ref["namespace"] = chosen["repositoryNamespace"]
     vc_ref = {"name": vcenter} if vcenter else {}
-    return chosen["archiveId"], vc_ref, repo_ref, f"ProtectedVM {name}"
+    return (chosen["archiveId"], vc_ref, repo_ref, f"ProtectedVM {name}"), point_copies(chosen)
 
 
 async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> Step:
     meta, spec = obj["metadata"], obj["spec"]
     ns = meta["namespace"]
     if spec["source"].get("protectedVM"):
-        return await _start_from(api, settings, obj, await _from_point(api, obj, spec["source"]))
+        found = await _from_point(api, obj, spec["source"])
+        if isinstance(found, Step):
+            return found
+        return await _read_from(api, settings, obj, *found)
     source = spec["source"]["backupRef"]["name"]
     backup = await api.get_object(BACKUP.plural, ns, source)
     if backup is None:
@@ -240,25 +246,36 @@ async def _start(api: KubeAPI, settings: ProxySettings, obj: dict[str, Any]) -> 
     policy_ref = ref_name(backup_spec(backup).get("policyRef"))
     policy = await api.get_object(POLICY.plural, ns, policy_ref) if policy_ref else None
     vc_ref, repo_ref = _refs(backup, policy)
-    vc_ref = dict(spec.get("vcenterRef") or {}) or vc_ref
-    repo_name = repo_ref.get("name", "")
-    wanted = ref_name(spec["source"].get("repositoryRef"))
+    resolved = (archive_id, vc_ref, repo_ref, f"VMGuardBackup {source}")
+    return await _read_from(api, settings, obj, resolved, copies_of(backup))
+
+
+async def _read_from(
+    api: KubeAPI,
+    settings: ProxySettings,
+    obj: dict[str, Any],
+    resolved: tuple[str, dict[str, str], dict[str, str], str],
+    recorded: Mapping[str, BackupCopy],
+) -> Step:
+    """The repository a restore reads: the one ``spec.source.repositoryRef`` names (the
+    point's own, or a copy target holding a completed copy of it), else the point's own
+    with its completed copies (``recorded``, a run's or a point's) to fall back on."""
+    archive_id, vc_ref, repo_ref, source = resolved
+    wanted = ref_name(obj["spec"]["source"].get("repositoryRef"))
     copies = {
         name: str(c.get("archiveId") or "")
-        for name, c in copies_of(backup).items()
+        for name, c in recorded.items()
         if c.get("state") == CopyState.COMPLETED and c.get("archiveId")
     }
-    if wanted and wanted != repo_name:
+    if wanted and wanted != repo_ref.get("name", ""):
         if wanted not in copies:
-            msg = f"repository {wanted} holds no completed copy of VMGuardBackup {source}"
+            msg = f"repository {wanted} holds no completed copy of {source}"
             return failed(obj, "SourceReady", "CopyNotFound", msg)
         # A copy target is named in the policy's namespace (docs/copies.md).
         repo_ref, archive_id, copies = {"name": wanted}, copies[wanted], {}
     elif wanted:
-        copies = {}  # the backup's own repository, named: no fallback
-    return await _start_from(
-        api, settings, obj, (archive_id, vc_ref, repo_ref, f"VMGuardBackup {source}"), copies
-    )
+        copies = {}  # the point's own repository, named: no fallback
+    return await _start_from(api, settings, obj, (archive_id, vc_ref, repo_ref, source), copies)
 
 
 async def _start_from(
