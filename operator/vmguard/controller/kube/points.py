@@ -51,6 +51,7 @@ from vmguard.api import (
     LABEL_POLICY,
     LABEL_VCENTER,
     LABEL_VM,
+    VERIFICATION_BAD,
     Condition,
     ProtectedVMStatus,
     RestorePoint,
@@ -68,7 +69,7 @@ PLURAL = PROTECTEDVM.plural
 MAX_POINTS = 1000
 """The CRD's ``status.points`` maxItems (vmguard.crds.protectedvm, kept equal by a test)."""
 ATTEMPTS = 8
-BAD_VERIFICATIONS = frozenset({"Failed", "Damaged"})
+BAD_VERIFICATIONS = frozenset({*VERIFICATION_BAD, "Damaged"})
 _HASH = 16  # hex digits of the instance UUID's hash: 64 bits, no collision at any estate
 _NAME_MAX = 63
 
