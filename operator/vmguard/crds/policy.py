@@ -276,8 +276,8 @@ verification = obj(
                 "configMapRef": f.local_ref(
                     "A ConfigMap in the policy's namespace whose keys ending in .yar or "
                     ".yara are rule files. Rules that do not compile are the policy's "
-                    "VerificationReady condition (naming the file and line), and no "
-                    "verification runs until they do.",
+                    "VerificationReady condition (naming the key, the line and the rule); "
+                    "a verification run with them ends as Error, saying the same.",
                     "ConfigMap",
                     label=False,
                 ),

@@ -56,6 +56,7 @@ from vmguard.api import (
     ProtectedVMStatus,
     RestorePoint,
     RPOState,
+    VerificationResult,
     VMIdentity,
     format_time,
     parse_time,
@@ -417,11 +418,22 @@ def points_of(objs: Iterable[Mapping[str, Any]]) -> Iterator[tuple[ProtectedVMKe
 
 
 def choose_point(
-    status: Mapping[str, Any], archive_id: str | None, at: dt.datetime | None
+    status: Mapping[str, Any],
+    archive_id: str | None,
+    at: dt.datetime | None,
+    latest_clean: bool = False,
 ) -> RestorePoint | None:
-    """The point a restore names (pure): the one with ``archive_id``, or the newest taken
-    at or before ``at``; None when there is none."""
+    """The point a restore names (pure): the one with ``archive_id``, the newest taken
+    at or before ``at``, or (``latest_clean``) the newest whose verification passed;
+    None when there is none."""
     candidates = list(status.get("points") or [])
+    if latest_clean:
+        clean = [
+            p
+            for p in candidates
+            if (p.get("verification") or {}).get("result") == VerificationResult.PASSED
+        ]
+        return newest_first(clean)[0] if clean else None
     if archive_id is not None:
         return next((p for p in candidates if p.get("archiveId") == archive_id), None)
     if at is None:
