@@ -124,6 +124,9 @@ async def vmbackup_verifier(
             delay = 30.0
         if delay is None:  # its slot is free: the vCenter's loop plans now
             _wake_admission(memo, obj or {})
+            ended = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
+            if ended is not None:
+                memo.metrics.observe_verification(ended)
             return
         await ctx.timing.wait(delay, stopped)
 

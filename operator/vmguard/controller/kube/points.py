@@ -491,6 +491,12 @@ def stand_ins(
                     "vm": {"instanceUuid": key.instance_uuid},
                     "snapshot": {"createTime": point.get("time")},
                     "completionTime": point.get("time"),
+                    # What metrics read of an expired run: its point's verification.
+                    **(
+                        {"verification": {"phase": "Completed", **point["verification"]}}
+                        if (point.get("verification") or {}).get("time")
+                        else {}
+                    ),
                 },
             }
         )

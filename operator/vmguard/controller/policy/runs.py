@@ -109,11 +109,15 @@ def vm_state(vm: VMRecord, history: BackupHistory) -> PolicyVM:
     """Pure: what the policy's VMGuardBackups say of one VM, for the metrics."""
     last = history.last_finished(vm.instance_uuid)
     success = history.last_completed(vm.instance_uuid)
+    verified = history.last_verified(vm.instance_uuid)
     return PolicyVM(
         {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
         last_success=success.timestamp() if success else None,
         last_finish=last.completed.timestamp() if last and last.completed else None,
         last_failed=last is not None and last.phase == BackupPhase.FAILED,
+        last_verification=(verified.verified.timestamp(), verified.verification)
+        if verified and verified.verified
+        else None,
     )
 
 
