@@ -3,8 +3,8 @@ operator's /metrics must not be a series per VM and per fact.
 
 An estate of N VMs is built through vmguard.metrics' own ``observe_*`` calls — every VM
 in a policy with a completed backup (change ratio, compressibility) that was verified,
-a tenth of them with a failed one after it, a repository verify, restores, the queue — and its series
-are counted as a scrape returns them (``_created`` included: Prometheus stores them
+a tenth of them with a failed one after it, a repository verify, restores, the queue —
+and its series are counted as a scrape returns them (``_created`` included: Prometheus stores them
 too). Doubling the VMs may add at most ``VM_SERIES_BUDGET`` series per VM, only in the
 per-VM families ``VM_FAMILIES``; nothing per policy, vCenter or repository may grow
 with the VMs.
