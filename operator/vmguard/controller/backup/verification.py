@@ -266,15 +266,15 @@ async def step(ctx: Verifier, obj: dict[str, Any]) -> float | None:
     if not v.get("jobName"):
         return await _start(ctx, obj, where)
     job = await ctx.jobs.read_job(where, str(v["jobName"]))
+    if job is not None and job_state(job).active:
+        return ctx.timing.interval(POLL)
+    if v.get("result"):  # the proxy reported (its Job may be gone by its TTL since)
+        return await finish(ctx, obj, dict(v))
     if job is None:
         return await finish(
             ctx, obj, {**v, "result": VerificationResult.ERROR, "message": "its Job is gone"}
         )
     state = job_state(job)
-    if state.active:
-        return ctx.timing.interval(POLL)
-    if v.get("result"):  # the proxy reported (also when it then exited non-zero)
-        return await finish(ctx, obj, dict(v))
     message = state.message or state.reason or "the verification Job ended without a result"
     log.warning("%s/%s: verification Job %s: %s", ns, name, v["jobName"], message)
     return await finish(ctx, obj, {**v, "result": VerificationResult.ERROR, "message": message})
