@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from tests.controller import objects
-from tests.controller.backup_helpers import data_vm, wait_done
+from tests.controller.backup_helpers import TINY_DISK, data_vm, wait_done
 from tests.controller.conftest import OperatorProcess
 
 from vmguard_lab import images
@@ -215,3 +215,60 @@ def test_a_rule_that_does_not_compile_is_the_policys_condition_naming_it(
     config_map(kube_api, namespace, "rules", {"good.yar": RULES, "broken.yar": lines[0]})
     fixed = eventually(lambda: ready("True"), timeout=60, what="VerificationReady=True")
     assert fixed["reason"] == "Valid" and "2 rule files" in fixed["message"]
+
+
+@pytest.mark.operator_speedup(30)
+def test_a_policy_verifying_on_a_schedule_verifies_the_newest_point_at_each_time(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """``every`` a cron line (every two minutes: four seconds at speedup 30): the
+    newest point is verified at the line's next time after it completed, and again at
+    the one after (run 2, its own Job); that it is not asked for at completion is
+    test_verify_schedule's (a race with the next time here)."""
+    config_map(kube_api, namespace, "rules", {"marker.yar": RULES})
+    objects.create_policy(
+        kube_api,
+        namespace,
+        "gold",
+        selector={"names": ["nothing-*"]},
+        verification={
+            "every": "*/2 * * * *",
+            "fsck": False,
+            "yara": {"configMapRef": {"name": "rules"}},
+        },
+    )
+    start_operator()
+    with data_vm(vc, vsim, image_factory, tmp_path, spec=TINY_DISK) as vm:
+        objects.create(
+            kube_api,
+            namespace,
+            "vmguardbackups",
+            "VMGuardBackup",
+            "b0",
+            {"vm": {"moref": vm.moref}, "policyRef": {"name": "gold"}},
+            labels={"vmguard.io/policy": "gold", "vmguard.io/vm": vm.instance_uuid.lower()},
+        )
+        status = wait_done(kube_api, namespace, "b0")["status"]
+        assert status["phase"] == "Completed", status
+
+        def run(n: int) -> dict[str, Any] | None:
+            v = objects.get(kube_api, namespace, "vmguardbackups", "b0")["status"].get(
+                "verification", {}
+            )
+            return v if v.get("run", 0) >= n and v.get("phase") == "Completed" else None
+
+        first = eventually(lambda: run(1), timeout=60, what="b0 verified on schedule")
+        second = eventually(lambda: run(2), timeout=60, what="b0 verified again")
+    assert first["result"] == "Passed" and second["result"] == "Passed", (first, second)
+    assert (
+        second["jobName"].endswith(f"-{second['run']}")
+        and second["requestTime"] > first["requestTime"]
+    )

@@ -142,6 +142,7 @@ class BackupVerification(TypedDict, total=False):
     """``VMGuardBackup.status.verification``: the verification run of a completed backup."""
 
     phase: str
+    run: int
     requestTime: str
     startTime: str
     time: str

@@ -228,6 +228,11 @@ status = obj(
                     "proxy Job runs), Completed.",
                     [p.value for p in VerificationPhase],
                 ),
+                "run": integer(
+                    "Which verification of this backup (1: the first; a policy verifying "
+                    "on a schedule verifies its newest point again).",
+                    minimum=1,
+                ),
                 "requestTime": timestamp("When the verification was asked for."),
                 "startTime": timestamp("When the admission queue started it."),
                 "time": timestamp("When it completed."),

@@ -24,6 +24,7 @@ from vmguard.crds.schema import (
     Schema,
     array,
     boolean,
+    cel_string,
     enum,
     integer,
     obj,
@@ -263,11 +264,21 @@ verification = obj(
     "admitted through the vCenter's queue after every waiting backup. The result is on "
     "the VMGuardBackup (status.verification) and on the point in the VM's ProtectedVM.",
     {
-        "every": enum(
-            "When to verify: EachBackup (each backup once it completed). Scheduled "
-            "verification of older points is not built yet.",
-            ["EachBackup"],
+        "every": string(
+            "When to verify: EachBackup (each backup once it completed), or a cron line "
+            "(read in spec.schedule.timeZone): at each of its times the newest completed "
+            "backup of each of the policy's VMs is verified (again), unless it was asked "
+            "for since. A point whose VMGuardBackup expired is not verified by the "
+            "operator (vmguard verify checks it from the repository).",
+            max_length=128,
             default="EachBackup",
+            rules=[
+                rule(
+                    f"self == 'EachBackup' || self.matches({cel_string(f.CRON)})",
+                    "verification.every: EachBackup, or a cron line (minute hour "
+                    "day-of-month month day-of-week), e.g. '0 3 * * 0'",
+                )
+            ],
         ),
         "fsck": boolean("Check every file system with its own checker.", default=True),
         "yara": obj(

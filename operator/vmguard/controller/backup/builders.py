@@ -30,10 +30,10 @@ COMPONENT_BACKUP = "backup"
 COMPONENT_VERIFY = "verify"
 
 
-def verify_job_name(backup: str) -> str:
-    """``vmv-<backup>``, at most 63 characters (hashed when longer): one per backup, so
-    an operator that restarts finds it again."""
-    return bounded_name(f"vmv-{backup}")
+def verify_job_name(backup: str, run: int = 1) -> str:
+    """``vmv-<backup>-<run>``, at most 63 characters (hashed when longer): one per
+    verification run of the backup, so an operator that restarts finds it again."""
+    return bounded_name(f"vmv-{backup}", f"-{run}")
 
 
 def build_verify_job(
@@ -44,6 +44,7 @@ def build_verify_job(
     fsck: bool,
     rules_config_map: str | None,
     namespace: str | None = None,
+    run: int = 1,
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
 ) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def build_verify_job(
             [{"name": "verify-rules", "mountPath": VERIFY_RULES_DIR, "readOnly": True}],
         )
     return proxy_job(
-        name=verify_job_name(meta["name"]),
+        name=verify_job_name(meta["name"], run),
         namespace=namespace or meta["namespace"],
         owner={**vmbackup, "kind": vmbackup.get("kind", BACKUP.kind)},
         labels=labels,

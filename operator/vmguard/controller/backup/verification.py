@@ -39,7 +39,6 @@ from typing import Any, Protocol
 from vmguard.api import (
     VERIFICATION_BAD,
     BackupPhase,
-    BackupVerification,
     PointVerification,
     RestorePoint,
     VerificationFinding,
@@ -59,6 +58,18 @@ from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
 from vmguard.controller.kube.timing import Timing
+from vmguard.controller.kube.verifications import (
+    EACH_BACKUP,
+    FSCK,
+    YARA,
+    again,
+    every,
+    in_flight,
+    request,
+    running,
+    verification_of,
+    wanted,
+)
 from vmguard.controller.kube.workqueue import Queued
 from vmguard.errors import ConfigError, RetryableError
 
@@ -68,54 +79,10 @@ INDEX = "verify_queue"
 """The kopf index of the verifications' records (the function's name in :mod:`.handlers`)."""
 PLURAL = BACKUP.plural
 CONDITION = "Verified"
-FSCK, YARA = "fsck", "yara"
 POLL = 2.0
 """Seconds between looks at a running verification Job."""
 POINT_FINDINGS = 5
 """Findings the point in the ProtectedVM keeps (the backup keeps the proxy's 20)."""
-
-
-def wanted(policy_spec: Mapping[str, Any]) -> list[str]:
-    """The checks a policy's ``spec.verification`` asks for (empty: none)."""
-    v = policy_spec.get("verification")
-    if not v:
-        return []
-    checks = [FSCK] if v.get("fsck", True) else []
-    if (v.get("yara") or {}).get("configMapRef"):
-        checks.append(YARA)
-    return checks
-
-
-def request(policy_spec: Mapping[str, Any], now: dt.datetime) -> BackupVerification | None:
-    """``status.verification`` of a backup that completes under ``policy_spec``: Pending
-    with the checks to run, or None when the policy verifies nothing (pure)."""
-    checks = wanted(policy_spec)
-    if not checks:
-        return None
-    return {
-        "phase": VerificationPhase.PENDING,
-        "requestTime": format_time(now),
-        "checks": checks,
-        "reason": "Queued",
-        "message": "waiting for admission",
-    }
-
-
-def verification_of(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    return status.get("verification") or {}
-
-
-def running(status: Mapping[str, Any]) -> bool:
-    """Admitted and not ended: the verification daemon's work."""
-    return verification_of(status).get("phase") == VerificationPhase.VERIFYING
-
-
-def in_flight(status: Mapping[str, Any]) -> bool:
-    """Requested and not ended (the backup's TTL waits for it)."""
-    return verification_of(status).get("phase") in (
-        VerificationPhase.PENDING,
-        VerificationPhase.VERIFYING,
-    )
 
 
 def queued_of(body: Mapping[str, Any]) -> Queued | None:
@@ -317,6 +284,7 @@ async def _start(ctx: Verifier, obj: dict[str, Any], where: str) -> float | None
         fsck=FSCK in checks,
         rules_config_map=rules,
         namespace=where,
+        run=int(v.get("run") or 1),
     )
     created = await ctx.jobs.create_job(job)
     log.info(
@@ -384,9 +352,12 @@ async def finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float
 
 __all__ = [
     "CONDITION",
+    "EACH_BACKUP",
     "INDEX",
     "Verifier",
     "VerifyLane",
+    "again",
+    "every",
     "finish",
     "in_flight",
     "point_verification",

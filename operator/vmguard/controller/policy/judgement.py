@@ -21,7 +21,9 @@ raised out of a handler (the operator does not crash-loop on bad input):
   :mod:`.targets` (``CopyRepositoryNotFound``, ``CopyTargetOverlaps``,
   ``ChunkSizeMismatch``) when a copy target is refused (it receives nothing; the
   policy's own backups go on), True (``Valid``) otherwise.
-- ``VerificationReady`` — only with ``spec.verification``: False with ``RulesNotFound``
+- ``VerificationReady`` — only with ``spec.verification``: False with a schedule reason
+  (``verification.every``'s cron line cannot run, as for ``ScheduleValid``),
+  ``RulesNotFound``
   (no such ConfigMap), ``NoRules`` (no key ending in .yar/.yara) or ``RulesInvalid``
   (YARA-X's first compile error, naming the ConfigMap key, the line and the rule:
   :mod:`vmguard.verify.rules`, the code the verification Job runs), True (``Valid``)
@@ -139,22 +141,31 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
         primary = found["repositoryRef"]
         out.copies = targets.judge(spec, primary.get("spec") if primary else None, copies_found)
     if spec.get("verification"):
-        out.verification = await verification_ready(api, namespace, spec["verification"])
+        zone = (spec.get("schedule") or {}).get("timeZone") or "UTC"
+        out.verification = await verification_ready(api, namespace, spec["verification"], zone)
     return out
 
 
 async def verification_ready(
-    api: KubeAPI, namespace: str, verification: Mapping[str, Any]
+    api: KubeAPI, namespace: str, verification: Mapping[str, Any], zone: str = "UTC"
 ) -> tuple[bool, str, str]:
-    """``VerificationReady`` of a policy's ``spec.verification``: its YARA rules
-    ConfigMap exists, holds rule files, and they compile (else the reason, and the
-    message naming the file, line and rule)."""
+    """``VerificationReady`` of a policy's ``spec.verification``: its ``every`` cron line
+    can run, its YARA rules ConfigMap exists, holds rule files, and they compile (else
+    the reason, and the message naming the file, line and rule)."""
     checks = (["fsck"] if verification.get("fsck", True) else []) + (
         ["yara"] if verification.get("yara") else []
     )
+    line = str(verification.get("every") or "EachBackup")
+    when = "each backup is verified"
+    if line != "EachBackup":
+        try:
+            parse(line, zone)
+        except ScheduleError as exc:
+            return False, exc.reason, f"verification.every: {exc}"
+        when = f"each VM's newest point is verified at {line!r}"
     name = ((verification.get("yara") or {}).get("configMapRef") or {}).get("name")
     if not name:
-        return True, "Valid", f"each backup is verified: {', '.join(checks)}"
+        return True, "Valid", f"{when}: {', '.join(checks)}"
     data = await api.config_map_data(namespace, name)
     if data is None:
         return False, "RulesNotFound", f"the YARA rules ConfigMap {name} does not exist"
@@ -165,11 +176,11 @@ async def verification_ready(
         return False, "NoRules", f"ConfigMap {name} has no key ending in .yar or .yara"
     problem = await asyncio.to_thread(rules_problem, sources)
     if problem is not None:
-        return False, "RulesInvalid", problem + ": verifications of it end as Error"
+        return False, "RulesInvalid", problem + ": verifications with them end as Error"
     return (
         True,
         "Valid",
-        f"each backup is verified: {', '.join(checks)} ({len(sources)} rule files)",
+        f"{when}: {', '.join(checks)} ({len(sources)} rule files)",
     )
 
 
