@@ -663,8 +663,8 @@ class Metrics:
             state.compressibility = float(compressibility) if compressibility is not None else None
 
     def observe_verification(self, backup: Mapping[str, Any]) -> None:
-        """A VMGuardBackup whose verification ended: counted once (by the backup's UID),
-        and the VM's newest verification if it is newer than what was seen."""
+        """A VMGuardBackup whose verification ended: counted once (by the backup's UID
+        and the run), and the VM's newest verification if it is newer than what was seen."""
         meta, spec = backup.get("metadata") or {}, backup.get("spec") or {}
         status = backup.get("status") or {}
         v = status.get("verification") or {}
@@ -675,9 +675,9 @@ class Metrics:
         vcenter = str(status.get("vcenter") or "")
         policy = str((spec.get("policyRef") or {}).get("name") or "")
         ended = epoch_seconds(v.get("time")) or self.clock()
-        uid = str(meta.get("uid") or "")
-        if uid and ended >= self.started and f"{uid}/verification" not in self._counted:
-            self._counted.add(f"{uid}/verification")
+        key = f"{meta.get('uid') or ''}/verification/{v.get('run') or 1}"
+        if meta.get("uid") and ended >= self.started and key not in self._counted:
+            self._counted.add(key)
             self.verifications.labels(namespace, vcenter, policy, result).inc()
         with self.lock:
             self._vm(namespace, vcenter, policy, status.get("vm") or spec.get("vm") or {}).verify(
