@@ -64,3 +64,10 @@ def test_a_new_run_counts_up_and_clears_the_last_runs_outcome() -> None:
     assert second is not None
     assert (second["phase"], second["run"], second["checks"]) == ("Pending", 2, ["fsck", "yara"])
     assert second["result"] is None and second["findings"] is None and second["jobName"] is None
+
+
+def test_a_request_in_the_times_own_second_counts_as_made_for_it() -> None:
+    """Status times are whole seconds; a sped-up line's times are not."""
+    tick = TICK + dt.timedelta(milliseconds=600)
+    asked = {"phase": "Completed", "run": 1, "requestTime": "2026-12-06T03:00:00Z"}
+    assert due([backup("a", "u-a", "2026-12-06T01:00:00Z", asked)], tick) == []

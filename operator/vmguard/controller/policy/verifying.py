@@ -37,6 +37,9 @@ def _vm(obj: Mapping[str, Any]) -> str:
 
 def due(backups: Iterable[Mapping[str, Any]], tick: dt.datetime) -> list[Mapping[str, Any]]:
     """The backups to verify again for ``tick`` (see the module doc; pure)."""
+    # Status times carry whole seconds: a request made within the tick's second reads
+    # as that second, and must count as made at or after the tick.
+    tick = tick.replace(microsecond=0)
     newest: dict[str, tuple[dt.datetime, Mapping[str, Any]]] = {}
     for obj in backups:
         meta, status = obj.get("metadata") or {}, obj.get("status") or {}
