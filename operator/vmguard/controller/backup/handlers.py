@@ -15,7 +15,8 @@
   loop once the object is gone (its slot is free only then).
 - ``verify_queue``: the kopf index of requested verifications of completed backups, the
   verifications' lane (:mod:`.verification`); ``vmbackup_verifier``: a daemon per
-  admitted verification runs its Job and records its result on the point.
+  admitted verification runs its Job and records its result on the point;
+  ``vmbackup_verified``: one ended — counted, and its vCenter's loop woken.
 - ``vmbackup_expiry``: a daemon per finished (not synced) VMGuardBackup deletes it
   ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
   and its archive untouched (:mod:`.expiry`).
@@ -27,7 +28,14 @@ from typing import Any, Protocol
 
 import kopf
 
-from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
+from vmguard.api import (
+    BACKUP_TERMINAL,
+    GROUP,
+    LABEL_POLICY,
+    VERSION,
+    BackupPhase,
+    VerificationPhase,
+)
 from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile, verification
@@ -116,19 +124,28 @@ async def vmbackup_verifier(
             obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
             if obj is None or obj["metadata"]["uid"] != uid:
                 return
-            if not verification.running(obj.get("status") or {}):
-                return
-            delay = await verification.step(ctx, obj)
+            delay = (
+                await verification.step(ctx, obj)
+                if verification.running(obj.get("status") or {})
+                else None
+            )
         except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
             logger.exception("verification step failed: %s", exc)
             delay = 30.0
-        if delay is None:  # its slot is free: the vCenter's loop plans now
-            _wake_admission(memo, obj or {})
-            ended = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
-            if ended is not None:
-                memo.metrics.observe_verification(ended)
+        if delay is None:
+            # Ended: kopf stops this daemon when its filter sees it. Returning would keep
+            # kopf from starting it again for the backup's next run (a scheduled one).
+            await stopped.wait()
             return
         await ctx.timing.wait(delay, stopped)
+
+
+@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.verification.phase")
+def vmbackup_verified(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
+    """A verification ended: count it, and free its slot in its vCenter's queue now."""
+    if new == VerificationPhase.COMPLETED:
+        _wake_admission(memo, body)
+        memo.metrics.observe_verification(dict(body))
 
 
 def _vcenter_namespace(body: Any) -> str | None:

@@ -343,10 +343,11 @@ async def finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float
     conditions = verified_condition(
         status.get("conditions"), entry["result"], done["message"], meta.get("generation"), at
     )
+    # Logged first: the patch ends the daemon's filter, and kopf may cancel it right after.
+    log.info("%s/%s: verified: %s", meta["namespace"], meta["name"], done["message"])
     await ctx.api.patch_status(
         PLURAL, meta["namespace"], meta["name"], {"verification": done, "conditions": conditions}
     )
-    log.info("%s/%s: verified: %s", meta["namespace"], meta["name"], done["message"])
     return None
 
 

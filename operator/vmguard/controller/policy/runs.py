@@ -209,6 +209,10 @@ class PolicyRunner:
             if assessment.copies is not None
             else set()
         )
+        # A point being verified is kept until its verification ends (it reads it).
+        hold |= {
+            b["metadata"]["name"] for b in runs if verifications.in_flight(b.get("status") or {})
+        }
         pruned = await self.retention.apply(
             self.api, policy, backups, self.announce, real_now, hold
         )
