@@ -6,6 +6,7 @@ would read the exposition.
 
 from __future__ import annotations
 
+import datetime as dt
 import urllib.request
 from typing import Any
 
@@ -324,3 +325,55 @@ def test_build_info_is_exported_from_the_start_and_names_the_version() -> None:
     assert [k for k in samples(m) if k[0] == "vmguard_build_info"] == [
         ("vmguard_build_info", (("version", __version__),))
     ]
+
+
+def test_a_verification_is_counted_once_and_gauged_per_policy_by_result() -> None:
+    """observe_verification: the counter counts each backup's verification once (a
+    restart's resync or a second event does not count it again); the per-policy gauge
+    counts each VM by its newest verification; an older one observed late changes
+    nothing; a policy pass after a restart rebuilds it from the backups' history."""
+    now = 1_800_000_000.0
+    m = Metrics(clock=lambda: now - 3600)
+
+    def verified(uid: str, vm: str, result: str, at: float) -> dict[str, object]:
+        at_text = dt.datetime.fromtimestamp(at, dt.UTC)
+        return {
+            "metadata": {"namespace": "ns", "uid": uid},
+            "spec": {"policyRef": {"name": "gold"}, "vm": {"instanceUuid": vm}},
+            "status": {
+                "vcenter": "vc1",
+                "vm": {"instanceUuid": vm, "moref": "vm-1", "name": vm},
+                "verification": {
+                    "phase": "Completed",
+                    "result": result,
+                    "time": at_text.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            },
+        }
+
+    m.observe_verification(verified("a", "u1", "Infected", now - 60))
+    m.observe_verification(verified("a", "u1", "Infected", now - 60))  # the same, again
+    m.observe_verification(verified("b", "u2", "Passed", now - 60))
+    m.observe_verification(verified("c", "u1", "Passed", now - 600))  # older: u1 stays
+    text = m.exposition()
+    labels = 'namespace="ns",policy="gold",result="{}",vcenter="vc1"'
+    assert f"vmguard_verifications_total{{{labels.format('Infected')}}} 1.0" in text
+    assert f"vmguard_verifications_total{{{labels.format('Passed')}}} 2.0" in text
+    assert f"vmguard_policy_vms_last_verification{{{labels.format('Infected')}}} 1.0" in text
+    assert f"vmguard_policy_vms_last_verification{{{labels.format('Passed')}}} 1.0" in text
+    assert f"vmguard_policy_vms_last_verification{{{labels.format('Failed')}}} 0.0" in text
+
+    restarted = Metrics(clock=lambda: now)
+    restarted.observe_policy(
+        "ns",
+        "vc1",
+        "gold",
+        repository="repo",
+        rpo_seconds=86400,
+        vms=[
+            PolicyVM({"instanceUuid": "u1", "name": "u1"}, last_verification=(now - 60, "Infected"))
+        ],
+    )
+    again = restarted.exposition()
+    assert f"vmguard_policy_vms_last_verification{{{labels.format('Infected')}}} 1.0" in again
+    assert "vmguard_verifications_total{" not in again  # nothing ended since it started

@@ -2,9 +2,9 @@
 operator's /metrics must not be a series per VM and per fact.
 
 An estate of N VMs is built through vmguard.metrics' own ``observe_*`` calls — every VM
-in a policy with a completed backup (change ratio, compressibility), a tenth of them
-with a failed one after it, a repository verify, restores, the queue — and its series
-are counted as a scrape returns them (``_created`` included: Prometheus stores them
+in a policy with a completed backup (change ratio, compressibility) that was verified,
+a tenth of them with a failed one after it, a repository verify, restores, the queue —
+and its series are counted as a scrape returns them (``_created`` included: Prometheus stores them
 too). Doubling the VMs may add at most ``VM_SERIES_BUDGET`` series per VM, only in the
 per-VM families ``VM_FAMILIES``; nothing per policy, vCenter or repository may grow
 with the VMs.
@@ -83,6 +83,11 @@ def estate(vms: int) -> Metrics:
                 },
             }
             m.observe_backup(done)
+            # Every point verified; one in seven found infected (verifications are
+            # counted and gauged per policy, never per VM).
+            result = "Infected" if n % 7 == 0 else "Passed"
+            verified = {"phase": "Completed", "result": result, "time": _at(NOW - 1800)}
+            m.observe_verification({**done, "status": {**done["status"], "verification": verified}})
             if n % 10 == 0:
                 failed = {
                     "metadata": {"namespace": ns, "uid": f"failed-{uuid}"},

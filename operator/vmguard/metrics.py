@@ -65,6 +65,7 @@ from vmguard.api import (
     SYNCED,
     BackupPhase,
     RestorePhase,
+    VerificationResult,
     parse_time,
 )
 
@@ -115,6 +116,16 @@ class VMState:
     last_failed: bool = False
     change_ratio: float | None = None
     compressibility: float | None = None
+    verified: float | None = None
+    """When the VM's newest verification ended (Unix seconds)."""
+    verification: str | None = None
+    """That verification's result (VerificationResult)."""
+
+    def verify(self, at: float | None, result: str | None) -> None:
+        """Take a verification that ended at ``at`` if it is the VM's newest."""
+        if at is None or not result or (self.verified is not None and at < self.verified):
+            return
+        self.verified, self.verification = at, result
 
     def deadline(self, rpo_seconds: float) -> float:
         """When the VM's RPO runs out: its last good backup (never backed up: its first
@@ -148,6 +159,9 @@ class PolicyVM:
     """Completion of its newest finished (Completed or Failed) backup."""
     last_failed: bool = False
     """Whether that newest finished backup Failed."""
+    last_verification: tuple[float, str] | None = None
+    """(when it ended, its result) of the VM's newest verification the policy's backups
+    (and points) record."""
 
 
 class _ScrapeTimeCollector(Collector):
@@ -199,6 +213,8 @@ class _ScrapeTimeCollector(Collector):
             tally = per_policy.setdefault((namespace, vcenter, policy), Tally())
             tally["vms"] += 1
             tally["failed"] += vm.last_failed
+            if vm.verification:
+                tally[f"verified:{vm.verification}"] += 1
             state = policies.get((namespace, policy))
             if state is not None and state.rpo_seconds is not None:
                 due = vm.deadline(state.rpo_seconds)
@@ -279,6 +295,12 @@ class _ScrapeTimeCollector(Collector):
             "VMs of the policy whose most recent finished backup Failed.",
             POLICY_LABELS,
         )
+        verified = family(
+            "policy_vms_last_verification",
+            "VMs of the policy by the result of their newest verification (Passed, Failed, "
+            "Infected, Error); VMs never verified are not counted.",
+            (*POLICY_LABELS, "result"),
+        )
         queued = family(
             "policy_backups_in_progress",
             "The policy's VMGuardBackups not finished yet, by phase (Pending: waiting to start).",
@@ -294,6 +316,8 @@ class _ScrapeTimeCollector(Collector):
             labels = list(key)
             count.add_metric(labels, tally["vms"])
             failed.add_metric(labels, tally["failed"])
+            for result in VerificationResult:
+                verified.add_metric([*labels, result.value], tally[f"verified:{result}"])
             if state is None:
                 continue
             info.add_metric([*labels, state.repository], 1.0)
@@ -304,7 +328,7 @@ class _ScrapeTimeCollector(Collector):
                     upcoming.add_metric(labels, next_due[key])
             for phase in (p for p in BackupPhase if p not in BACKUP_TERMINAL):
                 queued.add_metric([*labels, phase.value], state.in_progress.get(phase, 0))
-        yield from (info, rpo, count, outside, upcoming, failed, queued)
+        yield from (info, rpo, count, outside, upcoming, failed, verified, queued)
 
 
 class Metrics:
@@ -382,6 +406,11 @@ class Metrics:
             "backup_uploaded_bytes",
             "Bytes written to the repository (compressed, new chunks) by finished backups.",
             POLICY_LABELS,
+        )
+        self.verifications = counter(
+            "verifications",
+            "Verifications of backups that ended, by result (Passed, Failed, Infected, Error).",
+            (*POLICY_LABELS, "result"),
         )
         self.restores = counter(
             "restores", "Finished restores, by outcome.", ("namespace", "outcome")
@@ -554,6 +583,8 @@ class Metrics:
                     state.last_finish is None or item.last_finish > state.last_finish
                 ):
                     state.last_finish, state.last_failed = item.last_finish, item.last_failed
+                if item.last_verification is not None:
+                    state.verify(*item.last_verification)
             for key, state in list(self.vms.items()):
                 ns, _, pol, ident = state.labels
                 if ns == namespace and pol == policy and ident not in listed:
@@ -630,6 +661,28 @@ class Metrics:
             )
             compressibility = totals.get("compressibility")
             state.compressibility = float(compressibility) if compressibility is not None else None
+
+    def observe_verification(self, backup: Mapping[str, Any]) -> None:
+        """A VMGuardBackup whose verification ended: counted once (by the backup's UID
+        and the run), and the VM's newest verification if it is newer than what was seen."""
+        meta, spec = backup.get("metadata") or {}, backup.get("spec") or {}
+        status = backup.get("status") or {}
+        v = status.get("verification") or {}
+        result = str(v.get("result") or "")
+        if v.get("phase") != "Completed" or not result:
+            return
+        namespace = str(meta.get("namespace") or "")
+        vcenter = str(status.get("vcenter") or "")
+        policy = str((spec.get("policyRef") or {}).get("name") or "")
+        ended = epoch_seconds(v.get("time")) or self.clock()
+        key = f"{meta.get('uid') or ''}/verification/{v.get('run') or 1}"
+        if meta.get("uid") and ended >= self.started and key not in self._counted:
+            self._counted.add(key)
+            self.verifications.labels(namespace, vcenter, policy, result).inc()
+        with self.lock:
+            self._vm(namespace, vcenter, policy, status.get("vm") or spec.get("vm") or {}).verify(
+                ended, result
+            )
 
     def observe_restore(self, restore: Mapping[str, Any]) -> None:
         """A VMGuardRestore object on a phase change: a finished one is counted, once."""

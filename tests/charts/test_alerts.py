@@ -37,6 +37,7 @@ NO_FOR = {
     "VmguardUnusualChangeRate": "changes only when a backup of the VM completes",
     "VmguardCompressibilityDrop": "changes only when a backup of the VM completes",
     "VmguardRepositoryDamaged": "changes only when a verify of the repository finishes",
+    "VmguardMalwareFound": "changes only when a verification of a point ends",
     "VmguardRestoreFailed": "counts failures over the last hour: each fires for that hour",
     "VmguardProxyFailing": "counts failures over the last hour: each fires for that hour",
     "VmguardCRDOutdated": "set once at the operator's start: changes only when it restarts",
@@ -101,6 +102,7 @@ def test_every_alert_has_a_test_file_and_nothing_else_does() -> None:
         "VmguardRepositoryDamaged",
         "VmguardRestoreFailed",
         "VmguardProxyFailing",
+        "VmguardMalwareFound",
     }
 
 

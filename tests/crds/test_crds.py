@@ -672,7 +672,11 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
             f"restore-source-{name}",
             "vmrestore.yaml",
             _set("spec.source", source),
-            ["spec.source", "give backupRef, or protectedVM with exactly one of archiveId and at"],
+            [
+                "spec.source",
+                "give backupRef, or protectedVM with exactly one of archiveId, at and "
+                "latestClean: true",
+            ],
         )
         for name, source in [
             ("both-forms", {"backupRef": {"name": "b"}, "protectedVM": "p", "archiveId": "a"}),
@@ -684,6 +688,11 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
             ),
             ("archive-without-vm", {"archiveId": "a"}),
             ("nothing", {}),
+            ("latest-clean-false", {"protectedVM": "p", "latestClean": False}),
+            (
+                "latest-clean-and-time",
+                {"protectedVM": "p", "latestClean": True, "at": "2026-01-01T00:00:00Z"},
+            ),
         ]
     ],
 ]

@@ -31,6 +31,32 @@ class BackupPhase(StrEnum):
     """No archive was made (nothing of a failed backup is restorable)."""
 
 
+class VerificationPhase(StrEnum):
+    """``VMGuardBackup.status.verification.phase``: a completed backup's verification run
+    (docs/verification.md, "In the cluster"): Pending (waiting in its vCenter's admission
+    queue) → Verifying (its proxy Job runs) → Completed (``result`` says how it went)."""
+
+    PENDING = "Pending"
+    VERIFYING = "Verifying"
+    COMPLETED = "Completed"
+
+
+class VerificationResult(StrEnum):
+    """What a verification found: ``Passed`` (every check passed), ``Failed`` (a file
+    system check found damage), ``Infected`` (a YARA rule matched a file), ``Error`` (no
+    verdict: a tool missing, rules that do not compile, the Job failed). ``Failed`` and
+    ``Infected`` mark the point bad; ``Error`` says nothing about the point."""
+
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INFECTED = "Infected"
+    ERROR = "Error"
+
+
+VERIFICATION_BAD: Final = frozenset({VerificationResult.FAILED, VerificationResult.INFECTED})
+"""Results that mark a point bad: it is not a good (nor a clean) point any more."""
+
+
 BACKUP_ACTIVE: Final = frozenset(
     {BackupPhase.SNAPSHOTTING, BackupPhase.TRANSFERRING, BackupPhase.FINALIZING}
 )

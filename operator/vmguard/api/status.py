@@ -125,6 +125,37 @@ class BackupCopy(TypedDict, total=False):
     message: str
 
 
+class VerificationFinding(TypedDict, total=False):
+    """One thing a verification found (``verification.findings[]``): a YARA match names
+    the volume, the file's path in it and the rule; a file-system check's damage the
+    volume and the checker's message."""
+
+    disk: str
+    volume: str
+    check: str
+    path: str
+    rule: str
+    message: str
+
+
+class BackupVerification(TypedDict, total=False):
+    """``VMGuardBackup.status.verification``: the verification run of a completed backup."""
+
+    phase: str
+    run: int
+    requestTime: str
+    startTime: str
+    time: str
+    jobName: str | None
+    queuePosition: int | None
+    reason: str
+    message: str
+    checks: list[str]
+    result: str
+    findings: list[VerificationFinding]
+    durationSeconds: float
+
+
 class BackupStatus(TypedDict, total=False):
     """``VMGuardBackup.status``."""
 
@@ -157,6 +188,7 @@ class BackupStatus(TypedDict, total=False):
     durationSeconds: float
     error: Failure | None
     copies: list[BackupCopy]
+    verification: BackupVerification
 
 
 class RestoredDisk(TypedDict, total=False):
@@ -221,6 +253,7 @@ class PointVerification(TypedDict, total=False):
     result: str
     time: str
     checks: list[str]
+    findings: list[VerificationFinding]
 
 
 class RestorePoint(TypedDict, total=False):

@@ -26,6 +26,7 @@ from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
+from vmguard.controller.backup.verification import VerifyLane
 from vmguard.controller.kube import crdcheck, migration, peering
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
 from vmguard.controller.kube.jobs import JobAPI
@@ -94,7 +95,11 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
         timing=memo.timing,
     )
     # The kinds of proxy work the admission loops start, each over its kind's index.
-    memo.lanes = (BackupLane(deadline=memo.backups.settings.deadline), RestoreLane())
+    memo.lanes = (
+        BackupLane(deadline=memo.backups.settings.deadline),
+        RestoreLane(),
+        VerifyLane(),
+    )
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX

@@ -16,7 +16,13 @@ disk of the VM or is not committed, so there is no partial outcome
 
 from __future__ import annotations
 
-from vmguard.api import MAX_BACKUP_TTL, BackupPhase, CopyState
+from vmguard.api import (
+    MAX_BACKUP_TTL,
+    BackupPhase,
+    CopyState,
+    VerificationPhase,
+    VerificationResult,
+)
 from vmguard.api.kinds import BACKUP
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column, ready_reason_column
@@ -212,6 +218,40 @@ status = obj(
             list_type="map",
             map_keys=["repository"],
         ),
+        "verification": obj(
+            "The verification run of the completed backup, when its policy asks for one "
+            "(spec.verification of the policy; docs/verification.md). Its result is also "
+            "recorded on the point in the VM's ProtectedVM.",
+            {
+                "phase": enum(
+                    "Pending (waiting in the vCenter's admission queue), Verifying (its "
+                    "proxy Job runs), Completed.",
+                    [p.value for p in VerificationPhase],
+                ),
+                "run": integer(
+                    "Which verification of this backup (1: the first; a policy verifying "
+                    "on a schedule verifies its newest point again).",
+                    minimum=1,
+                ),
+                "requestTime": timestamp("When the verification was asked for."),
+                "startTime": timestamp("When the admission queue started it."),
+                "time": timestamp("When it completed."),
+                "jobName": string("The verification's proxy Job.", max_length=63),
+                "queuePosition": f.queue_position(),
+                "reason": string("Why it waits, or how it ended.", max_length=64),
+                "message": string("Why it waits, or how it ended, in words.", max_length=4096),
+                "checks": array(
+                    "The checks it runs: fsck, yara.", string(max_length=16), max_items=8
+                ),
+                "result": enum(
+                    "Passed; Failed (a file system is damaged); Infected (a YARA rule "
+                    "matched); Error (no verdict).",
+                    [r.value for r in VerificationResult],
+                ),
+                "findings": f.verification_findings(f.MAX_FINDINGS),
+                "durationSeconds": number("How long the checks took.", minimum=0),
+            },
+        ),
     },
 )
 
@@ -237,5 +277,6 @@ KIND = Kind(
         ),
         column("Duration", ".status.durationSeconds", "Seconds.", type_="number", priority=1),
         column("Archive", ".status.archiveId", "Archive id.", priority=1),
+        column("Verified", ".status.verification.result", "The verification's result.", priority=1),
     ],
 )

@@ -461,3 +461,34 @@ def queue_position() -> Schema:
         "exact up to 10, then rounded up to 20, 50, 100, 200, …",
         minimum=1,
     )
+
+
+MAX_FINDINGS = 20
+"""Findings a verification records (on the VMGuardBackup; its point keeps the first
+:data:`MAX_POINT_FINDINGS`): enough to act on, bounded so an infected estate's objects
+stay small."""
+MAX_POINT_FINDINGS = 5
+
+
+def verification_findings(max_items: int) -> Schema:
+    """``verification.findings[]``: what a verification found, one entry per YARA match
+    (volume, path, rule) or damaged file system (volume, the checker's message)."""
+    return array(
+        "What the verification found: a YARA match names the volume, the file's path in it "
+        "and the rule; a file-system check's damage names the volume and the checker's "
+        "message.",
+        obj(
+            None,
+            {
+                "disk": string("The disk's key in the archive.", max_length=32),
+                "volume": string(
+                    "The volume, as vmguard files names it (p1, disk).", max_length=64
+                ),
+                "check": string("fsck or yara.", max_length=16),
+                "path": string("The file's path inside the volume.", max_length=4096),
+                "rule": string("The YARA rule that matched (namespace.rule).", max_length=256),
+                "message": string("What the check said.", max_length=1024),
+            },
+        ),
+        max_items=max_items,
+    )

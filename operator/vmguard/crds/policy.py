@@ -24,6 +24,7 @@ from vmguard.crds.schema import (
     Schema,
     array,
     boolean,
+    cel_string,
     enum,
     integer,
     obj,
@@ -256,6 +257,59 @@ copies = array(
     max_items=MAX_COPIES,
 )
 
+verification = obj(
+    "Verify every completed backup of this policy (docs/verification.md): a proxy Job "
+    "checks the point's file systems (fsck, on a copy-on-write export: nothing is "
+    "written to the repository) and scans its files with the user's YARA rules, "
+    "admitted through the vCenter's queue after every waiting backup. The result is on "
+    "the VMGuardBackup (status.verification) and on the point in the VM's ProtectedVM.",
+    {
+        "every": string(
+            "When to verify: EachBackup (each backup once it completed), or a cron line "
+            "(read in spec.schedule.timeZone): at each of its times the newest completed "
+            "backup of each of the policy's VMs is verified (again), unless it was asked "
+            "for since. A point whose VMGuardBackup expired is not verified by the "
+            "operator (vmguard verify checks it from the repository).",
+            max_length=128,
+            default="EachBackup",
+            rules=[
+                rule(
+                    f"self == 'EachBackup' || self.matches({cel_string(f.CRON)})",
+                    "verification.every: EachBackup, or a cron line (minute hour "
+                    "day-of-month month day-of-week), e.g. '0 3 * * 0'",
+                )
+            ],
+        ),
+        "fsck": boolean("Check every file system with its own checker.", default=True),
+        "yara": obj(
+            "Scan every file of the point with YARA rules (YARA-X).",
+            {
+                "configMapRef": f.local_ref(
+                    "A ConfigMap in the policy's namespace whose keys ending in .yar or "
+                    ".yara are rule files. Rules that do not compile are the policy's "
+                    "VerificationReady condition (naming the key, the line and the rule); "
+                    "a verification run with them ends as Error, saying the same.",
+                    "ConfigMap",
+                    label=False,
+                ),
+            },
+            required=["configMapRef"],
+        ),
+        "concurrency": integer(
+            "At most this many of the policy's verifications run at once.",
+            minimum=1,
+            maximum=64,
+            default=2,
+        ),
+    },
+    rules=[
+        rule(
+            "self.fsck || has(self.yara)",
+            "verification needs a check: fsck: true, or yara",
+        )
+    ],
+)
+
 LABEL_KEY_MAX = 316  # a label key: a DNS subdomain prefix (253), "/", a name (63)
 
 proxy = obj(
@@ -356,6 +410,7 @@ spec = obj(
         ),
         "retention": retention,
         "copies": copies,
+        "verification": verification,
         "mode": obj(
             "Full or incremental. Every backup is a synthetic full in the repository; "
             "this only decides which blocks are read.",

@@ -19,7 +19,7 @@ know them.
 
 from __future__ import annotations
 
-from vmguard.api import CopyState
+from vmguard.api import CopyState, VerificationResult
 from vmguard.api.kinds import PROTECTEDVM
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column
@@ -33,7 +33,9 @@ MAX_CHECKS = 32
 MODES = ["full", "incremental", "fullScan"]
 COPY_STATES = [s.value for s in CopyState]
 """The states of a VMGuardBackup's ``status.copies[]``, which points[].copies[] mirrors."""
-VERIFICATION_RESULTS = ["Passed", "Failed", "Damaged"]
+# "Damaged" was reserved before verification was built; kept so no stored object turns
+# invalid. The others are vmguard.api.VerificationResult.
+VERIFICATION_RESULTS = [*(r.value for r in VerificationResult), "Damaged"]
 RPO_STATES = ["Within", "Outside", "Unknown"]
 
 ARCHIVE_ID = string("Id of the archive in its repository.", max_length=128)
@@ -82,10 +84,11 @@ point = obj(
                 "result": string("The outcome.", max_length=16, enum=VERIFICATION_RESULTS),
                 "time": timestamp("When it was verified."),
                 "checks": array(
-                    "The checks that ran, e.g. chunks, filesystems, boot.",
+                    "The checks that ran: fsck, yara.",
                     string(max_length=63),
                     max_items=MAX_CHECKS,
                 ),
+                "findings": f.verification_findings(f.MAX_POINT_FINDINGS),
             },
         ),
     },

@@ -214,13 +214,20 @@ spec = obj(
                 "at": timestamp(
                     "Restore the newest point taken at or before this time (RFC 3339)."
                 ),
+                "latestClean": boolean(
+                    "Restore the newest point whose verification passed "
+                    "(status.points[].verification.result Passed: no file system damaged, "
+                    "no YARA rule matched)."
+                ),
             },
             rules=[
                 rule(
                     "has(self.backupRef) ? !has(self.protectedVM) && !has(self.archiveId) && "
-                    "!has(self.at) : has(self.protectedVM) && "
-                    "(has(self.archiveId) ? !has(self.at) : has(self.at))",
-                    "source: give backupRef, or protectedVM with exactly one of archiveId and at",
+                    "!has(self.at) && !has(self.latestClean) : has(self.protectedVM) && "
+                    "(has(self.archiveId) ? 1 : 0) + (has(self.at) ? 1 : 0) + "
+                    "(has(self.latestClean) && self.latestClean ? 1 : 0) == 1",
+                    "source: give backupRef, or protectedVM with exactly one of archiveId, at "
+                    "and latestClean: true",
                 )
             ],
         ),

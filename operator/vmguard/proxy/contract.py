@@ -50,10 +50,13 @@ __all__ = [
     "VC_URL_ENV",
     "VC_USER_ENV",
     "VDDK_PATH_ENV",
+    "VERIFY",
+    "VERIFY_RULES_DIR",
     "backup_args",
     "copy_args",
     "copy_target_name",
     "restore_args",
+    "verify_args",
 ]
 
 # vCenter: URL, and one of CA bundle (PEM text), CA file (a mounted Secret), thumbprint,
@@ -78,8 +81,11 @@ DISKS_AT_ONCE_ENV = "VMGUARD_RESTORE_DISKS_AT_ONCE"
 RESTORE_TARGET_DIR = "/restore-target"
 """Where a files restore into a PVC finds the claim mounted."""
 
-COMMAND, BACKUP, RESTORE, COPY = "proxy", "backup", "restore", "copy"
-"""``vmguard proxy backup|restore|copy``: the sub-commands the Jobs run."""
+COMMAND, BACKUP, RESTORE, COPY, VERIFY = "proxy", "backup", "restore", "copy", "verify"
+"""``vmguard proxy backup|restore|copy|verify``: the sub-commands the Jobs run."""
+
+VERIFY_RULES_DIR = "/verify-rules"
+"""Where a verification Job finds its YARA rules (the policy's ConfigMap, mounted)."""
 
 COPY_TARGET = "VMGUARD_COPY_"
 """A copy Job's target repository: the source's variables (:data:`REPO_ENV`,
@@ -101,6 +107,18 @@ def backup_args(namespace: str, name: str) -> list[str]:
 def copy_args(archive_id: str) -> list[str]:
     """The proxy's arguments to copy one archive from the Job's repository to its target."""
     return [COMMAND, COPY, "--archive", archive_id]
+
+
+def verify_args(namespace: str, name: str, *, fsck: bool, yara: bool) -> list[str]:
+    """The proxy's arguments to verify the archive of one completed VMGuardBackup: its
+    file systems (``--fsck``) and/or a YARA scan with the rules in
+    :data:`VERIFY_RULES_DIR` (``--yara``)."""
+    args = [COMMAND, VERIFY, "--namespace", namespace, "--name", name]
+    if fsck:
+        args.append("--fsck")
+    if yara:
+        args += ["--yara", VERIFY_RULES_DIR]
+    return args
 
 
 def restore_args(namespace: str, name: str) -> list[str]:

@@ -4,8 +4,9 @@
 file) before anything is read; :func:`scan_volume` runs the rules over the regular files
 of one volume, read straight out of the archive. Invariants:
 
-- Rules compile first: a rule file that does not compile is a :class:`RulesError`
-  naming the file and the line, raised before any chunk is fetched — never a crash and
+- Rules compile first (:mod:`.rules`): a rule file that does not compile is a
+  :class:`~vmguard.verify.rules.RulesError` naming the file, the line and the rule,
+  raised before any chunk is fetched — never a crash and
   never a scan with some rules silently missing.
 - Bounds: a file larger than ``max_file_bytes`` is not scanned (it is listed in the
   findings as skipped, so a reader sees what was not looked at); each file's scan stops
@@ -18,7 +19,6 @@ of one volume, read straight out of the archive. Invariants:
 from __future__ import annotations
 
 import importlib.metadata
-import re
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,22 +32,12 @@ from vmguard.errors import ConfigError, DiskReadError, FilesystemError
 from vmguard.files.browse import DiskFiles
 from vmguard.files.volumes import Volume
 from vmguard.verify.results import Check, CheckResult, Outcome
+from vmguard.verify.rules import RulesError, compile_sources
 
 DEFAULT_MAX_FILE_BYTES = 64 << 20
 DEFAULT_FILE_TIMEOUT = 30
 RULE_SUFFIXES = (".yar", ".yara")
 _ENGINE = f"yara-x {importlib.metadata.version('yara-x')}"
-_WHERE = re.compile(r"-->\s*(?P<origin>.+?):(?P<line>\d+):(?P<col>\d+)")
-
-
-class RulesError(ConfigError):
-    """A rule file does not compile; the message names the file and the line."""
-
-    def __init__(self, origin: str, line: int | None, message: str) -> None:
-        self.origin = origin
-        self.line = line
-        where = f"{origin} line {line}" if line is not None else origin
-        super().__init__(f"YARA rules do not compile: {where}: {message}")
 
 
 @dataclass
@@ -70,25 +60,13 @@ def rule_files(source: Path) -> list[Path]:
 def compile_rules(source: Path) -> RuleSet:
     """Every rule file of ``source`` compiled together; RulesError on the first bad one."""
     files = rule_files(source)
-    compiler = yara_x.Compiler()
+    sources = []
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            sources.append((str(path), path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             raise RulesError(str(path), None, f"cannot be read: {exc}") from exc
-        try:
-            compiler.add_source(text, origin=str(path))
-        except yara_x.CompileError as exc:
-            raise _rules_error(path, str(exc)) from None
-    return RuleSet(compiler.build(), files)
-
-
-def _rules_error(path: Path, text: str) -> RulesError:
-    first = text.splitlines()[0] if text else "compile error"
-    message = re.sub(r"^error\[\w+\]:\s*", "", first)
-    where = _WHERE.search(text)
-    line = int(where.group("line")) if where else None
-    return RulesError(str(path), line, message)
+    return RuleSet(compile_sources(sources), files)
 
 
 def scan_volume(

@@ -15,6 +15,7 @@ from vmguard.api import LABEL_ATTEMPT, LABEL_POLICY, LABEL_VM, LABEL_VMBACKUP, L
 from vmguard.api.kinds import BACKUP
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.proxyjob import (
+    Pieces,
     bounded_name,
     job_name,
     policy_pod,
@@ -23,9 +24,67 @@ from vmguard.controller.kube.proxyjob import (
     repository_env,
     vcenter_env,
 )
-from vmguard.proxy.contract import TRANSPORT_ENV, backup_args
+from vmguard.proxy.contract import TRANSPORT_ENV, VERIFY_RULES_DIR, backup_args, verify_args
 
 COMPONENT_BACKUP = "backup"
+COMPONENT_VERIFY = "verify"
+
+
+def verify_job_name(backup: str, run: int = 1) -> str:
+    """``vmv-<backup>-<run>``, at most 63 characters (hashed when longer): one per
+    verification run of the backup, so an operator that restarts finds it again."""
+    return bounded_name(f"vmv-{backup}", f"-{run}")
+
+
+def build_verify_job(
+    vmbackup: Mapping[str, Any],
+    settings: ProxySettings,
+    *,
+    repository: Mapping[str, Any],
+    fsck: bool,
+    rules_config_map: str | None,
+    namespace: str | None = None,
+    run: int = 1,
+    active_deadline: int = 4 * 3600,
+    ttl: int = 3600,
+) -> dict[str, Any]:
+    """The Job verifying ``vmbackup``'s archive: ``vmguard proxy verify``. It reads the
+    repository only (no vCenter, no device: a restricted pod); the YARA rules are the
+    ConfigMap ``rules_config_map``, mounted read-only at the contract's directory. The
+    file-system checks need FUSE in the pod (docs/verification.md says what the image
+    and the pod lack for that)."""
+    meta = vmbackup["metadata"]
+    spec = vmbackup.get("spec") or {}
+    labels = proxy_labels(
+        COMPONENT_VERIFY,
+        meta["name"],
+        {
+            LABEL_VMBACKUP: bounded_name(meta["name"]),
+            LABEL_VMBACKUP_UID: meta["uid"],
+            LABEL_POLICY: (spec.get("policyRef") or {}).get("name", ""),
+        },
+    )
+    rules: Pieces = ([], [], [])
+    if rules_config_map:
+        rules = (
+            [],
+            [{"name": "verify-rules", "configMap": {"name": rules_config_map}}],
+            [{"name": "verify-rules", "mountPath": VERIFY_RULES_DIR, "readOnly": True}],
+        )
+    return proxy_job(
+        name=verify_job_name(meta["name"], run),
+        namespace=namespace or meta["namespace"],
+        owner={**vmbackup, "kind": vmbackup.get("kind", BACKUP.kind)},
+        labels=labels,
+        settings=settings,
+        args=verify_args(
+            meta["namespace"], meta["name"], fsck=fsck, yara=rules_config_map is not None
+        ),
+        pieces=[repository_env(repository), rules],
+        transport="nbd",  # restricted: it reads the repository only
+        active_deadline=active_deadline,
+        ttl=ttl,
+    )
 
 
 def backup_labels(vmbackup: Mapping[str, Any]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from vmguard.api import BACKUP_TERMINAL, BackupPhase, RestorePoint, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
+from vmguard.controller.backup import verification
 from vmguard.controller.kube import points
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -54,8 +55,13 @@ class Stopped(Waitable, Protocol):
 
 
 def expires(status: Any, labels: Any) -> bool:
-    """Whether a VMGuardBackup is one that expires: finished and not synced."""
-    return not is_synced(labels) and (status or {}).get("phase") in BACKUP_TERMINAL
+    """Whether a VMGuardBackup is one that expires: finished and not synced. A backup whose
+    verification waits or runs expires once it has ended (its Job is the backup's)."""
+    return (
+        not is_synced(labels)
+        and (status or {}).get("phase") in BACKUP_TERMINAL
+        and not verification.in_flight(status or {})
+    )
 
 
 def due(obj: dict[str, Any], ttl: int, timing: Timing) -> dt.datetime | None:

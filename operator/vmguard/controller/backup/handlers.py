@@ -13,6 +13,10 @@
 - ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
   before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
   loop once the object is gone (its slot is free only then).
+- ``verify_queue``: the kopf index of requested verifications of completed backups, the
+  verifications' lane (:mod:`.verification`); ``vmbackup_verifier``: a daemon per
+  admitted verification runs its Job and records its result on the point;
+  ``vmbackup_verified``: one ended — counted, and its vCenter's loop woken.
 - ``vmbackup_expiry``: a daemon per finished (not synced) VMGuardBackup deletes it
   ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
   and its archive untouched (:mod:`.expiry`).
@@ -24,10 +28,17 @@ from typing import Any, Protocol
 
 import kopf
 
-from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
+from vmguard.api import (
+    BACKUP_TERMINAL,
+    GROUP,
+    LABEL_POLICY,
+    VERSION,
+    BackupPhase,
+    VerificationPhase,
+)
 from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
-from vmguard.controller.backup import admission, expiry, reconcile
+from vmguard.controller.backup import admission, expiry, reconcile, verification
 from vmguard.controller.backup.steps import MissingRef
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
 from vmguard.controller.kube.workqueue import Queued
@@ -71,13 +82,79 @@ def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], 
     return {(vc_ns, record.vcenter): record}
 
 
+def _verification_queued(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
+    return not is_synced(labels) and verification.queued_of(body) is not None
+
+
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_verification_queued)
+def verify_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+    """Requested verifications of completed backups by (the VCenter's namespace, vCenter):
+    the verifications' lane of that vCenter's admission loop (woken by a change)."""
+    record = verification.queued_of(body)
+    if record is None:
+        return None
+    vc_ns = _vcenter_namespace(body) or record.namespace
+    admission_wakeup(memo, vc_ns, record.vcenter).set()
+    return {(vc_ns, record.vcenter): record}
+
+
+def _verifying(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    return not is_synced(labels) and verification.running(status)
+
+
+@kopf.daemon(
+    GROUP, VERSION, BACKUP.plural, id="verifier", when=_verifying, cancellation_timeout=5.0
+)
+async def vmbackup_verifier(
+    name: str,
+    namespace: str | None,
+    uid: str | None,
+    memo: BackupMemo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Run one admitted verification: its Job, then its result on the point and the
+    backup (:func:`.verification.step`); resumed by any operator that (re)starts."""
+    if not acts(memo, "backups"):
+        return
+    ctx = memo.backups
+    while not stopped:
+        try:
+            obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
+            if obj is None or obj["metadata"]["uid"] != uid:
+                return
+            delay = (
+                await verification.step(ctx, obj)
+                if verification.running(obj.get("status") or {})
+                else None
+            )
+        except Exception as exc:  # a fault of ours or a peer's: report, wait, go on
+            logger.exception("verification step failed: %s", exc)
+            delay = 30.0
+        if delay is None:
+            # Ended: kopf stops this daemon when its filter sees it. Returning would keep
+            # kopf from starting it again for the backup's next run (a scheduled one).
+            await stopped.wait()
+            return
+        await ctx.timing.wait(delay, stopped)
+
+
+@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.verification.phase")
+def vmbackup_verified(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
+    """A verification ended: count it, and free its slot in its vCenter's queue now."""
+    if new == VerificationPhase.COMPLETED:
+        _wake_admission(memo, body)
+        memo.metrics.observe_verification(dict(body))
+
+
 def _vcenter_namespace(body: Any) -> str | None:
     return (body.get("status") or {}).get("vcenterNamespace") or (body.get("metadata") or {}).get(
         "namespace"
     )
 
 
-def _wake_admission(memo: Any, body: kopf.Body) -> None:
+def _wake_admission(memo: Any, body: Any) -> None:
     """A backup left the queue (ended, or deleted while running): its vCenter's loop
     plans now rather than at its next idle turn."""
     vc = (body.get("status") or {}).get("vcenter")

@@ -68,14 +68,14 @@ from vmguard.api import (
     format_time,
     parse_time,
 )
-from vmguard.api.kinds import BACKUP
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller.backup import builders, steps
+from vmguard.controller.backup import builders, steps, verification
 from vmguard.controller.backup.transport import TransportChoice, choose_transport, on_nodes
 from vmguard.controller.kube import points
 from vmguard.controller.kube.access import open_for_backup, repository_secrets, vcenter_endpoint
-from vmguard.controller.kube.bodies import backup_spec, backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import outcome_conditions, set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -707,12 +707,26 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
             p.condition("PointRecorded", False, "PointNotRecorded", str(exc))
         await ctx.hooks.backup_step("pointRecorded")
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
-        await p.patch(_terminal(obj, BackupPhase.COMPLETED, ctx.timing))
+        completed = _terminal(obj, BackupPhase.COMPLETED, ctx.timing)
+        # Its verification is asked for in the same patch: a backup completes once.
+        asked = verification.request(await _policy_spec(ctx, obj), ctx.timing.now())
+        if asked is not None:
+            completed["verification"] = asked
+        await p.patch(completed)
     else:
         reason = (error or {}).get("reason", "Failed")
         p.condition("Ready", False, reason, (error or {}).get("message", "backup failed"))
         await p.patch(_terminal(obj, BackupPhase.FAILED, ctx.timing))
     return None
+
+
+async def _policy_spec(ctx: BackupContext, obj: dict[str, Any]) -> dict[str, Any]:
+    """The spec of the backup's policy ({} for an ad-hoc backup, or a policy gone)."""
+    name = ref_name(backup_spec(obj).get("policyRef"))
+    if not name:
+        return {}
+    policy = await ctx.api.get_object(POLICY.plural, obj["metadata"]["namespace"], name)
+    return dict((policy or {}).get("spec") or {})
 
 
 async def cleanup(ctx: BackupContext, obj: dict[str, Any]) -> None:

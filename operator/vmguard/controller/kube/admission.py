@@ -22,6 +22,13 @@ Invariants:
   a night's queue of backups, nor backups behind a burst of restores: while both wait,
   each kind gets every other free slot, even when slots free one at a time. The order
   is total and deterministic given ``last``.
+- **Background kinds go last** (:data:`BACKGROUND`: verifications). They take no turns:
+  every waiting item of the other kinds is placed before them, so a verification never
+  starts ahead of a waiting backup or restore, nor takes a place in their queue. They
+  also hold nothing those need: a verification reads the repository only (no NFC disk,
+  host or datastore), and its VM key is its own (``<moref> verify``), so a running
+  verification never makes the VM's backup wait as ``VMBusy``; only its own kind's
+  limit (its policy's ``verification.concurrency``) holds it.
 - **Limits, vCenter-wide, in disks** (:class:`VCenterLimits`): at most
   ``disks`` disks open through the vCenter, ``disks_per_host`` on one ESXi host and
   ``disks_per_datastore`` on one datastore. The first two are VMware's NFC limits and
@@ -67,6 +74,9 @@ class WorkKind(StrEnum):
 
 TURNS: tuple[WorkKind, ...] = (WorkKind.RESTORE, WorkKind.BACKUP, WorkKind.COPY, WorkKind.VERIFY)
 """Who goes first when kinds tie for a turn: a person waits for a restore."""
+
+BACKGROUND: frozenset[WorkKind] = frozenset({WorkKind.VERIFY})
+"""Kinds placed after every waiting item of the other kinds (see the module doc)."""
 
 REASON_LIMIT = "ConcurrencyLimit"
 REASON_VM_BUSY = "VMBusy"
@@ -166,9 +176,22 @@ def order(
     """Waiting items in the order they start (see the module's invariants): each kind's
     own order, merged by turns that count what already runs of each kind, ties rotating
     after ``last``."""
+    items = list(items)
+    first = [w for w in items if w.kind not in BACKGROUND]
+    later = [w for w in items if w.kind in BACKGROUND]
+    running = list(running)
+    return _turns(first, running, last) + _turns(
+        later, [w for w in running if w.kind in BACKGROUND], None
+    )
+
+
+def _turns(items: list[Work], running: list[Work], last: WorkKind | None) -> list[Work]:
+    """``items`` (of any kinds) merged by the kinds' turns (see :func:`order`)."""
     by_kind: dict[WorkKind, list[Work]] = {}
     for w in items:
         by_kind.setdefault(w.kind, []).append(w)
+    if not by_kind:
+        return []
     if len(by_kind) == 1:
         return _kind_order(next(iter(by_kind.values())))
     queues = {k: _kind_order(ws) for k, ws in by_kind.items()}
@@ -256,7 +279,8 @@ def _local_blocker(w: Work, use: _Usage, lim: VCenterLimits) -> tuple[str, str] 
     if pl is not None:
         who = f"policy {p}" if p else "work without a policy"
         if use.policy_total[(w.kind, p)] >= pl.total:
-            return REASON_LIMIT, f"{who} runs at most {pl.total} backups at once (total)"
+            noun = "verifications" if w.kind == WorkKind.VERIFY else "backups"
+            return REASON_LIMIT, f"{who} runs at most {pl.total} {noun} at once (total)"
         if w.host and use.policy_host[(w.kind, p, w.host)] >= pl.per_host:
             return (
                 REASON_LIMIT,

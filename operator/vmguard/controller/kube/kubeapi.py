@@ -219,6 +219,14 @@ class KubeAPI:
 
         return await asyncio.to_thread(read)
 
+    async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's ``data`` (None: no such ConfigMap)."""
+        cm = await read_or_none(
+            lambda: self.core.read_namespaced_config_map(name, namespace),
+            f"ConfigMap {namespace}/{name}",
+        )
+        return None if cm is None else dict(cm.data or {})
+
     async def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         pvc = await read_or_none(
             lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace),

@@ -51,10 +51,12 @@ from vmguard.api import (
     LABEL_POLICY,
     LABEL_VCENTER,
     LABEL_VM,
+    VERIFICATION_BAD,
     Condition,
     ProtectedVMStatus,
     RestorePoint,
     RPOState,
+    VerificationResult,
     VMIdentity,
     format_time,
     parse_time,
@@ -68,7 +70,7 @@ PLURAL = PROTECTEDVM.plural
 MAX_POINTS = 1000
 """The CRD's ``status.points`` maxItems (vmguard.crds.protectedvm, kept equal by a test)."""
 ATTEMPTS = 8
-BAD_VERIFICATIONS = frozenset({"Failed", "Damaged"})
+BAD_VERIFICATIONS = frozenset({*VERIFICATION_BAD, "Damaged"})
 _HASH = 16  # hex digits of the instance UUID's hash: 64 bits, no collision at any estate
 _NAME_MAX = 63
 
@@ -426,11 +428,22 @@ def points_of(objs: Iterable[Mapping[str, Any]]) -> Iterator[tuple[ProtectedVMKe
 
 
 def choose_point(
-    status: Mapping[str, Any], archive_id: str | None, at: dt.datetime | None
+    status: Mapping[str, Any],
+    archive_id: str | None,
+    at: dt.datetime | None,
+    latest_clean: bool = False,
 ) -> RestorePoint | None:
-    """The point a restore names (pure): the one with ``archive_id``, or the newest taken
-    at or before ``at``; None when there is none."""
+    """The point a restore names (pure): the one with ``archive_id``, the newest taken
+    at or before ``at``, or (``latest_clean``) the newest whose verification passed;
+    None when there is none."""
     candidates = list(status.get("points") or [])
+    if latest_clean:
+        clean = [
+            p
+            for p in candidates
+            if (p.get("verification") or {}).get("result") == VerificationResult.PASSED
+        ]
+        return newest_first(clean)[0] if clean else None
     if archive_id is not None:
         return next((p for p in candidates if p.get("archiveId") == archive_id), None)
     if at is None:
@@ -491,6 +504,12 @@ def stand_ins(
                     "completionTime": point.get("time"),
                     # What the run's status.copies said (kube/copies.py writes both).
                     "copies": [dict(c) for c in point.get("copies") or []],
+                    # What metrics read of an expired run: its point's verification.
+                    **(
+                        {"verification": {"phase": "Completed", **point["verification"]}}
+                        if (point.get("verification") or {}).get("time")
+                        else {}
+                    ),
                 },
             }
         )

@@ -71,6 +71,8 @@ class PolicyTerms:
     priority: int = 0
     limits: PolicyLimits = field(default_factory=PolicyLimits)
     nfc: bool = True
+    verifications: int = 2
+    """``spec.verification.concurrency``: the policy's verifications running at once."""
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> PolicyTerms:
@@ -85,6 +87,7 @@ class PolicyTerms:
             ),
             # NFC limits bind NBD only; "auto" may fall back to NBD, so it counts.
             (spec.get("transport") or "auto") != "hotadd",
+            int((spec.get("verification") or {}).get("concurrency") or 2),
         )
 
 
@@ -206,6 +209,9 @@ def _work(q: Queued, terms: Mapping[str, PolicyTerms], on_line: Any) -> Work:
     if q.kind == WorkKind.BACKUP:
         t = terms.get(q.policy) or PolicyTerms()
         priority, limits, nfc = t.priority, t.limits, t.nfc
+    elif q.kind == WorkKind.VERIFY:  # its own share of its policy; reads no vCenter disk
+        n = (terms.get(q.policy) or PolicyTerms()).verifications
+        priority, limits, nfc = 0, PolicyLimits(n, n, n), False
     else:  # policies' terms are for their backups; other kinds have no per-policy limits
         priority, limits, nfc = 0, None, True
     return Work(

@@ -23,6 +23,7 @@ from vmguard.api import (
     LABEL_VM,
     BackupPhase,
     Trigger,
+    VerificationPhase,
     parse_time,
 )
 from vmguard.controller.kube.bodies import backup_spec, backup_status
@@ -37,6 +38,10 @@ class BackupRecord:
     run: str
     created: dt.datetime | None
     completed: dt.datetime | None
+    verified: dt.datetime | None = None
+    """When its verification ended (None: none ended)."""
+    verification: str = ""
+    """That verification's result."""
 
     @property
     def in_progress(self) -> bool:
@@ -47,6 +52,7 @@ class BackupRecord:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         spec, status = backup_spec(obj), backup_status(obj)
+        verification = status.get("verification") or {}
         vm = labels.get(LABEL_VM) or (spec.get("vm") or {}).get("instanceUuid") or ""
         return cls(
             name=meta.get("name", ""),
@@ -56,6 +62,10 @@ class BackupRecord:
             run=labels.get(LABEL_RUN, ""),
             created=parse_time(meta.get("creationTimestamp")),
             completed=parse_time(status.get("completionTime")),
+            verified=parse_time(verification.get("time"))
+            if verification.get("phase") == VerificationPhase.COMPLETED
+            else None,
+            verification=str(verification.get("result") or ""),
         )
 
 
@@ -91,6 +101,11 @@ class BackupHistory:
         """The VM's newest Completed or Failed backup (by completion time), if any."""
         done = [r for r in self.of(vm) if r.phase in BACKUP_TERMINAL and r.completed]
         return max(done, key=lambda r: r.completed or dt.datetime.min, default=None)
+
+    def last_verified(self, vm: str) -> BackupRecord | None:
+        """The VM's backup whose verification ended last, if any."""
+        done = [r for r in self.of(vm) if r.verified and r.verification]
+        return max(done, key=lambda r: r.verified or dt.datetime.min, default=None)
 
     def in_progress_by_phase(self) -> dict[str, int]:
         """How many of the policy's backups are in each unfinished phase."""

@@ -21,6 +21,13 @@ raised out of a handler (the operator does not crash-loop on bad input):
   :mod:`.targets` (``CopyRepositoryNotFound``, ``CopyTargetOverlaps``,
   ``ChunkSizeMismatch``) when a copy target is refused (it receives nothing; the
   policy's own backups go on), True (``Valid``) otherwise.
+- ``VerificationReady`` — only with ``spec.verification``: False with a schedule reason
+  (``verification.every``'s cron line cannot run, as for ``ScheduleValid``),
+  ``RulesNotFound``
+  (no such ConfigMap), ``NoRules`` (no key ending in .yar/.yara) or ``RulesInvalid``
+  (YARA-X's first compile error, naming the ConfigMap key, the line and the rule:
+  :mod:`vmguard.verify.rules`, the code the verification Job runs), True (``Valid``)
+  otherwise. Backups go on either way; a verification with bad rules ends as Error.
 - ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
   default policy (the one whose name sorts first acts as the default, the others
   protect nothing), or ``PriorityTie`` when another policy of the same priority
@@ -35,7 +42,9 @@ without a completed backup within ``spec.rpo``, or twice the longest gap between
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -51,8 +60,10 @@ from vmguard.controller.policy import targets
 from vmguard.controller.policy.builders import run_label
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.errors import ConfigError, ScheduleError
+from vmguard.verify.rules import RulesError, compile_sources
 
 LISTED = 10  # VM names in a condition message
+VERIFICATION_CONDITION = "VerificationReady"
 
 
 @dataclass
@@ -66,6 +77,8 @@ class Assessment:
     schedule_problem: tuple[str, str] | None = None
     copies: targets.TargetJudgement | None = None
     """The copy targets (None: the policy names none)."""
+    verification: tuple[bool, str, str] | None = None
+    """``VerificationReady`` (ok, reason, message); None: the policy verifies nothing."""
 
     @property
     def ready(self) -> bool:
@@ -131,12 +144,67 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
         out.copies = targets.judge(
             spec, primary.get("spec") if primary else None, copies_found, ids
         )
+    if spec.get("verification"):
+        zone = (spec.get("schedule") or {}).get("timeZone") or "UTC"
+        out.verification = await verification_ready(api, namespace, spec["verification"], zone)
     return out
 
 
 def _repository_id(obj: Mapping[str, Any] | None) -> str | None:
     """The repository id its controller found at a VMGuardRepository's place, if any."""
     return ((obj or {}).get("status") or {}).get("repositoryId") or None
+
+
+async def verification_ready(
+    api: KubeAPI, namespace: str, verification: Mapping[str, Any], zone: str = "UTC"
+) -> tuple[bool, str, str]:
+    """``VerificationReady`` of a policy's ``spec.verification``: its ``every`` cron line
+    can run, its YARA rules ConfigMap exists, holds rule files, and they compile (else
+    the reason, and the message naming the file, line and rule)."""
+    checks = (["fsck"] if verification.get("fsck", True) else []) + (
+        ["yara"] if verification.get("yara") else []
+    )
+    line = str(verification.get("every") or "EachBackup")
+    when = "each backup is verified"
+    if line != "EachBackup":
+        try:
+            parse(line, zone)
+        except ScheduleError as exc:
+            return False, exc.reason, f"verification.every: {exc}"
+        when = f"each VM's newest point is verified at {line!r}"
+    name = ((verification.get("yara") or {}).get("configMapRef") or {}).get("name")
+    if not name:
+        return True, "Valid", f"{when}: {', '.join(checks)}"
+    data = await api.config_map_data(namespace, name)
+    if data is None:
+        return False, "RulesNotFound", f"the YARA rules ConfigMap {name} does not exist"
+    sources = tuple(
+        sorted((f"configmap/{name}/{k}", v) for k, v in data.items() if k.endswith(YARA_SUFFIXES))
+    )
+    if not sources:
+        return False, "NoRules", f"ConfigMap {name} has no key ending in .yar or .yara"
+    problem = await asyncio.to_thread(rules_problem, sources)
+    if problem is not None:
+        return False, "RulesInvalid", problem + ": verifications with them end as Error"
+    return (
+        True,
+        "Valid",
+        f"{when}: {', '.join(checks)} ({len(sources)} rule files)",
+    )
+
+
+YARA_SUFFIXES = (".yar", ".yara")
+
+
+@functools.lru_cache(maxsize=32)
+def rules_problem(sources: tuple[tuple[str, str], ...]) -> str | None:
+    """Why the rules do not compile (None: they do). Cached by content: the scheduler's
+    passes do not compile the same rules again."""
+    try:
+        compile_sources(sources)
+    except RulesError as exc:
+        return str(exc)
+    return None
 
 
 def conflicts(
@@ -248,6 +316,11 @@ def conditions(
         out = set_condition(
             out, targets.CONDITION, True, "Valid", f"backups are copied to {names}", generation
         )
+    if assessment.verification is None:
+        out = [c for c in out if c.get("type") != VERIFICATION_CONDITION]
+    else:
+        ok, reason, message = assessment.verification
+        out = set_condition(out, VERIFICATION_CONDITION, ok, reason, message, generation)
     if clashes:
         out = set_condition(
             out,

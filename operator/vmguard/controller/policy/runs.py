@@ -49,19 +49,19 @@ from typing import Any
 
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
-from vmguard.controller.kube import points
+from vmguard.controller.kube import points, verifications
 from vmguard.controller.kube.bodies import ref_name
 from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.schedule import jitter_offset
+from vmguard.controller.kube.schedule import jitter_offset, parse
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import REAL_TIME, Timing
-from vmguard.controller.policy import copying, judgement
+from vmguard.controller.policy import copying, judgement, verifying
 from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
 from vmguard.controller.policy.retention import Retention
-from vmguard.errors import RetryableError, VmguardError
+from vmguard.errors import RetryableError, ScheduleError, VmguardError
 from vmguard.metrics import Metrics, PolicyVM
 from vmguard.vsphere.records import VMRecord
 
@@ -109,11 +109,15 @@ def vm_state(vm: VMRecord, history: BackupHistory) -> PolicyVM:
     """Pure: what the policy's VMGuardBackups say of one VM, for the metrics."""
     last = history.last_finished(vm.instance_uuid)
     success = history.last_completed(vm.instance_uuid)
+    verified = history.last_verified(vm.instance_uuid)
     return PolicyVM(
         {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
         last_success=success.timestamp() if success else None,
         last_finish=last.completed.timestamp() if last and last.completed else None,
         last_failed=last is not None and last.phase == BackupPhase.FAILED,
+        last_verification=(verified.verified.timestamp(), verified.verification)
+        if verified and verified.verified
+        else None,
     )
 
 
@@ -205,12 +209,17 @@ class PolicyRunner:
             if assessment.copies is not None
             else set()
         )
+        # A point being verified is kept until its verification ends (it reads it).
+        hold |= {
+            b["metadata"]["name"] for b in runs if verifications.in_flight(b.get("status") or {})
+        }
         pruned = await self.retention.apply(
             self.api, policy, backups, self.announce, real_now, hold
         )
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
+        verify_at = await self.verify_on_schedule(policy, assessment, backups, now)
         await self.refresh_status(policy, assessment, view, now, real_now, backups)
         wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
@@ -221,7 +230,35 @@ class PolicyRunner:
             nxt = assessment.schedule.next_after(now)
             if nxt is not None:
                 wake_at.append(self.timing.off_line(nxt))
+        if verify_at is not None:
+            wake_at.append(self.timing.off_line(verify_at))
         return max(0.0, (min(wake_at) - self.timing.now()).total_seconds())
+
+    async def verify_on_schedule(
+        self,
+        policy: dict[str, Any],
+        assessment: judgement.Assessment,
+        backups: list[dict[str, Any]],
+        now: dt.datetime,
+    ) -> dt.datetime | None:
+        """With ``verification.every`` a cron line whose rules are fine: ask for the
+        verifications due at its latest time (:mod:`.verifying`); its next time (on the
+        schedule line), or None."""
+        spec = policy.get("spec") or {}
+        line = verifications.every(spec)
+        ready = assessment.verification is not None and assessment.verification[0]
+        if line is None or line == verifications.EACH_BACKUP or not ready:
+            return None
+        try:
+            sched = parse(line, (spec.get("schedule") or {}).get("timeZone") or "UTC")
+        except ScheduleError:  # VerificationReady says why
+            return None
+        tick = sched.previous(now)
+        if tick is not None:
+            await verifying.request_due(
+                self.api, policy, backups, self.timing.off_line(tick), self.timing.now()
+            )
+        return sched.next_after(now)
 
     async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """The policy's VMGuardBackups, and a stand-in for each point of its VMs whose

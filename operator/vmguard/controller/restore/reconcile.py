@@ -204,11 +204,16 @@ async def _from_point(
         msg = f"ProtectedVM {name} does not exist"
         return _waiting(obj, "SourceReady", "SourceNotFound", msg, WAIT_SOURCE_SECONDS)
     at = parse_time(source.get("at"))
-    chosen = points.choose_point(held.get("status") or {}, source.get("archiveId"), at)
+    latest_clean = bool(source.get("latestClean"))
+    chosen = points.choose_point(
+        held.get("status") or {}, source.get("archiveId"), at, latest_clean
+    )
     if chosen is None:
         wanted = (
             f"point {source['archiveId']}"
             if source.get("archiveId")
+            else "point whose verification passed"
+            if latest_clean
             else f"point taken at or before {source.get('at')}"
         )
         msg = f"ProtectedVM {name} has no {wanted}"
