@@ -76,6 +76,15 @@ def fed_registry() -> Metrics:
         },
     }
     m.observe_backup(failed)
+    verified = {
+        **done,
+        "status": {
+            **done["status"],
+            "verification": {"phase": "Completed", "result": "Infected", "run": 1,
+                             "time": "2027-01-15T08:00:00Z"},
+        },
+    }  # fmt: skip
+    m.observe_verification(verified)
     m.observe_restore(
         {
             "metadata": {"namespace": "prod", "uid": "r1"},
