@@ -329,6 +329,7 @@ class Lab:
             if node.metadata.name not in serving:
                 _say(f"deleting Node {node.metadata.name}: its node agent no longer runs")
                 core.delete_node(node.metadata.name)
+                self.sup.stop(ADDED_NODE_AGENT + node.metadata.name)  # its stale pid file
 
     def _vsphere(
         self, bins: dict[str, Path], state: LabState, vms: int, disk_capacity: int
