@@ -28,6 +28,8 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
 SERVICE_CIDR = "10.0.0.0/24"
 NODE_NAME = "vmguard-lab-node"
+LAB_NODE_LABEL = "vmguard.io/lab-node"
+"""The label (value ``true``) every lab node agent gives its Node."""
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, client: KeyPair, user: str) -> None:
@@ -64,6 +66,15 @@ class KubeControlPlane:
 
     def kubeconfig_for(self, who: str) -> Path:
         return self.dir / f"{who}.kubeconfig"
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """The kubeconfig of one more node agent: a client certificate of its own
+        (``system:node:<node>`` in ``system:nodes``), as a kubelet has, so the Node
+        authorizer and NodeRestriction hold it to its Node and its pods."""
+        who = f"node-{node}"
+        pair = self.ca.issue(who, f"system:node:{node}", ("system:nodes",))
+        write_kubeconfig(self.kubeconfig_for(who), self.server, self.ca.cert_path, pair, who)
+        return self.kubeconfig_for(who)
 
     def _credentials(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@ independent MinIOs (the second is where copies go) and the vSphere simulator —
 0600) so that later calls find the same lab. ``up`` is idempotent: a component already
 running is left alone, a dead one is restarted. ``down`` stops exactly the processes
 recorded in the lab's pid files.
+
+A test that needs pods spread over several nodes adds node agents of its own
+(:meth:`Lab.add_node`) and removes them when it ends (:meth:`Lab.remove_node`); ``down``
+removes any still running, and ``up`` deletes the Node of an added agent that no longer
+runs (a session that crashed), so the scheduler never binds a pod to a node nobody serves.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 from vmguard_lab import build
 from vmguard_lab.errors import LabError
 from vmguard_lab.imaging import tools as image_tools
-from vmguard_lab.kube import KUBERNETES_VERSION, NODE_NAME, KubeControlPlane
+from vmguard_lab.kube import KUBERNETES_VERSION, LAB_NODE_LABEL, NODE_NAME, KubeControlPlane
 from vmguard_lab.minio import ensure_bucket, start_minio
 from vmguard_lab.paths import LabPaths
 from vmguard_lab.pki import LabCA
@@ -53,6 +58,8 @@ PROCESSES = (
     "minio2",
     "vsphere",
 )
+ADDED_NODE_AGENT = "node-agent-"
+"""Prefix of the supervisor's name of a node agent :meth:`Lab.add_node` started."""
 SECOND_MINIO = "minio2"
 """The second, independent MinIO: where the lab's copies (issue 17) go."""
 DEFAULT_BUCKET = "vmguard"
@@ -161,6 +168,7 @@ class Lab:
         _say(f"Kubernetes {KUBERNETES_VERSION} on {kube.server}")
         kube.start(bins)
         self._node_agent(kube, ports)
+        self._forget_added_nodes()
         _say(f"MinIO on http://127.0.0.1:{ports['minio']}")
         start_minio(
             self.paths,
@@ -208,25 +216,38 @@ class Lab:
         ensure_bucket(creds["endpoint"], creds["access_key"], creds["secret_key"], DEFAULT_BUCKET)
 
     def _node_agent(self, kube: KubeControlPlane, ports: dict[str, int]) -> None:
+        # The kubelet's log API (vmguard_lab.podlogs); a lab made before it has no port yet.
+        kubelet_port = ports.setdefault("kubelet", free_port())
+        self._start_node_agent(
+            kube, NODE_NAME, "node-agent", "node", self.paths.lab / "node", kubelet_port
+        )
+
+    def _start_node_agent(
+        self,
+        kube: KubeControlPlane,
+        node: str,
+        process: str,
+        who: str,
+        state_dir: Path,
+        kubelet_port: int,
+    ) -> None:
+        """Start the agent of Node ``node`` as the supervisor's ``process``, with the
+        kubeconfig of ``who`` and its pods under ``state_dir``; wait until it is Ready."""
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         env["VMGUARD_REPO"] = str(self.paths.repo)
         env["VMGUARD_LAB_DIR"] = str(self.paths.lab)
-        # The kubelet's log API (vmguard_lab.podlogs); a lab made before it has no port yet.
-        kubelet_port = ports.setdefault("kubelet", free_port())
-        serving = kube.ca.issue(
-            "node-kubelet", NODE_NAME, hosts=("127.0.0.1", NODE_NAME), server=True
-        )
+        serving = kube.ca.issue(f"{who}-kubelet", node, hosts=("127.0.0.1", node), server=True)
         proc = self.sup.start(
-            "node-agent",
+            process,
             [
                 sys.executable,
                 "-m",
                 "vmguard_lab.nodeagent",
-                f"--node-name={NODE_NAME}",
-                f"--kubeconfig={kube.kubeconfig_for('node')}",
-                f"--state-dir={self.paths.lab / 'node'}",
-                f"--apiserver-port={ports['apiserver']}",
+                f"--node-name={node}",
+                f"--kubeconfig={kube.kubeconfig_for(who)}",
+                f"--state-dir={state_dir}",
+                f"--apiserver-port={kube.ports['apiserver']}",
                 f"--kubelet-port={kubelet_port}",
                 f"--tls-cert={serving.cert}",
                 f"--tls-key={serving.key}",
@@ -236,21 +257,79 @@ class Lab:
             ],
             env=env,
         )
-        from kubernetes import client, config
+        from kubernetes import client
 
-        api = config.new_client_from_config(str(self.paths.kubeconfig))
+        core = client.CoreV1Api(self._kube_api())
 
         def node_ready() -> bool:
-            node = client.CoreV1Api(api).read_node(NODE_NAME)
-            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+            conditions = core.read_node(node).status.conditions
+            return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
         wait_until(
-            "node agent",
+            f"node agent {node}",
             node_ready,
             timeout=30,
             alive=proc.alive,
-            diagnose=lambda: self.sup.log_tail("node-agent"),
+            diagnose=lambda: self.sup.log_tail(process),
         )
+
+    def _kube_api(self) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(str(self.paths.kubeconfig))
+
+    def add_node(self, node: str) -> Path:
+        """Start one more node agent, registering Node ``node``, on a running lab: its
+        own client certificate, kubelet port and state directory (returned: its pods'
+        directories and logs are under ``pods/``), supervised as ``node-agent-<node>``.
+        Returns once the Node is Ready; the scheduler then places pods on it like on the
+        lab's own node."""
+        if node == NODE_NAME:
+            raise LabError(f"{node} is the lab's own node")
+        kube = KubeControlPlane(self.paths, self.sup, self.state().ports)
+        kube.node_kubeconfig(node)
+        state_dir = self.paths.lab / "nodes" / node
+        process = ADDED_NODE_AGENT + node
+        self._start_node_agent(kube, node, process, f"node-{node}", state_dir, free_port())
+        return state_dir
+
+    def added_nodes(self) -> list[str]:
+        """The Nodes whose agents :meth:`add_node` started and that still run."""
+        return [
+            t.name.removeprefix(ADDED_NODE_AGENT)
+            for t in self.sup.all()
+            if t.name.startswith(ADDED_NODE_AGENT)
+        ]
+
+    def remove_node(self, node: str) -> bool:
+        """Stop the agent :meth:`add_node` started for ``node`` and delete its Node (the
+        pod garbage collector then deletes the pods still bound to it; processes of pods
+        still running there run on to their end). True if its agent was running."""
+        from kubernetes import client
+        from urllib3.exceptions import HTTPError
+
+        stopped = self.sup.stop(ADDED_NODE_AGENT + node)
+        try:
+            client.CoreV1Api(self._kube_api()).delete_node(node)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        except HTTPError:
+            pass  # the apiserver is down: the next ``up`` deletes the Node
+        return stopped
+
+    def _forget_added_nodes(self) -> None:
+        """Delete the Node of every added agent that no longer runs (a crashed session
+        left it): no pod is to be bound to a node nobody serves."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._kube_api())
+        serving = {NODE_NAME, *self.added_nodes()}
+        for node in core.list_node(label_selector=f"{LAB_NODE_LABEL}=true").items:
+            if node.metadata.name not in serving:
+                _say(f"deleting Node {node.metadata.name}: its node agent no longer runs")
+                core.delete_node(node.metadata.name)
+                self.sup.stop(ADDED_NODE_AGENT + node.metadata.name)  # its stale pid file
 
     def _vsphere(
         self, bins: dict[str, Path], state: LabState, vms: int, disk_capacity: int
@@ -301,7 +380,7 @@ class Lab:
         _say(f"vSphere simulator on {info['sdk_url']}")
 
     def down(self) -> list[str]:
-        stopped = []
+        stopped = [ADDED_NODE_AGENT + n for n in self.added_nodes() if self.remove_node(n)]
         for name in reversed(PROCESSES):
             if self.sup.stop(name):
                 stopped.append(name)

@@ -55,6 +55,7 @@ from vmguard_lab.containers import (
     adapt_volumes,
     wants_containers,
 )
+from vmguard_lab.kube import LAB_NODE_LABEL
 from vmguard_lab.podfiles import PodFiles, PodMaterializer
 
 log = logging.getLogger("vmguard_lab.nodeagent")
@@ -427,7 +428,7 @@ class NodeAgent:
                     "kubernetes.io/hostname": self.node,
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64",
-                    "vmguard.io/lab-node": "true",
+                    LAB_NODE_LABEL: "true",
                 },
             },
         }
