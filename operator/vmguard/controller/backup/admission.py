@@ -22,6 +22,7 @@ from vmguard.controller.kube.conditions import lifecycle_conditions, set_conditi
 from vmguard.controller.kube.workqueue import (
     Queued,
     admitted_conditions,
+    object_fields,
     placement_disks,
     run_time,
     waiting_conditions,
@@ -49,11 +50,7 @@ def queued_of(body: Mapping[str, Any], policy_of_labels: str | None = None) -> Q
     policy = ((body.get("spec") or {}).get("policyRef") or {}).get("name") or policy_of_labels
     labels = meta.get("labels") or {}
     return Queued(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        resource_version=str(meta.get("resourceVersion", "")),
-        generation=meta.get("generation"),
+        **object_fields(meta),
         vcenter=str(status["vcenter"]),
         policy=str(policy or ""),
         vm=str(status["vm"]["moref"]),

@@ -74,12 +74,7 @@ def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], 
     loops' state, kept by the watch. A change wakes that vCenter's loop. A backup whose
     VCenter is in another namespace (``status.vcenterNamespace``, docs/tenancy.md) is
     queued under that VCenter's loop, with the other namespaces' backups of the vCenter."""
-    record = admission.queued_of(body)
-    if record is None:
-        return None
-    vc_ns = _vcenter_namespace(body) or record.namespace
-    admission_wakeup(memo, vc_ns, record.vcenter).set()
-    return {(vc_ns, record.vcenter): record}
+    return _under_its_vcenter(body, memo, admission.queued_of(body))
 
 
 def _verification_queued(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
@@ -90,7 +85,14 @@ def _verification_queued(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool
 def verify_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
     """Requested verifications of completed backups by (the VCenter's namespace, vCenter):
     the verifications' lane of that vCenter's admission loop (woken by a change)."""
-    record = verification.queued_of(body)
+    return _under_its_vcenter(body, memo, verification.queued_of(body))
+
+
+def _under_its_vcenter(
+    body: kopf.Body, memo: Any, record: Queued | None
+) -> dict[tuple[str, str], Queued] | None:
+    """An index entry keyed by (the VCenter's namespace, vCenter), whose change wakes that
+    vCenter's admission loop."""
     if record is None:
         return None
     vc_ns = _vcenter_namespace(body) or record.namespace

@@ -70,7 +70,7 @@ from vmguard.controller.kube.verifications import (
     verification_of,
     wanted,
 )
-from vmguard.controller.kube.workqueue import Queued
+from vmguard.controller.kube.workqueue import Queued, object_fields
 from vmguard.errors import ConfigError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,7 @@ def queued_of(body: Mapping[str, Any]) -> Queued | None:
     # Queued.shown reads an Admitted condition: a verification's are in its own block.
     shown = {"type": "Admitted", "reason": v.get("reason", ""), "message": v.get("message", "")}
     return Queued(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        resource_version=str(meta.get("resourceVersion", "")),
-        generation=meta.get("generation"),
+        **object_fields(meta),
         vcenter=str(status["vcenter"]),
         policy=str(((body.get("spec") or {}).get("policyRef") or {}).get("name") or ""),
         # Its own VM key: a verification never makes the VM's backup wait (VMBusy), and

@@ -130,6 +130,17 @@ class Queued:
         return self.position, str(admitted.get("reason", "")), str(admitted.get("message", ""))
 
 
+def object_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of :class:`Queued` that name its object, from the object's metadata."""
+    return {
+        "namespace": str(meta.get("namespace", "")),
+        "name": str(meta.get("name", "")),
+        "uid": str(meta.get("uid", "")),
+        "resource_version": str(meta.get("resourceVersion", "")),
+        "generation": meta.get("generation"),
+    }
+
+
 def run_time(labels: Mapping[str, str]) -> dt.datetime | None:
     """The scheduled run a policy's object belongs to (label ``vmguard.io/run``)."""
     run = labels.get(LABEL_RUN)

@@ -29,6 +29,7 @@ from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.workqueue import (
     Queued,
     admitted_conditions,
+    object_fields,
     placement_disks,
     waiting_conditions,
 )
@@ -62,11 +63,7 @@ def queued_of(body: Mapping[str, Any]) -> Queued | None:
         (d.get("vm") for d in result.get("disks") or () if d.get("vm")), ""
     )
     return Queued(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        resource_version=str(meta.get("resourceVersion", "")),
-        generation=meta.get("generation"),
+        **object_fields(meta),
         vcenter=str(status["vcenter"]),
         policy="",
         vm=str(vm),
