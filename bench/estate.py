@@ -405,6 +405,408 @@ def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
     return {"night": n, "tree": str(tree), **row, "objects": count, "load": os.getloadavg()}
 
 
+# -- The estate the operator keeps: 5,000 VMs, their ProtectedVMs, last night's runs ----
+
+ESTATE_NAMESPACE = "estate-big"
+PREFIXES = ("web", "db", "dev-a", "sandbox", "test", "infra")
+"""The simulator's VM name prefixes (lab/vsphere/inventory.go): one policy each, and a
+default (fail-safe) policy for the rest."""
+DISK = {
+    "capacityBytes": 68719476736,
+    "mode": "incremental",
+    "bytesRead": 734003200,
+    "bytesChanged": 734003200,
+    "bytesUploaded": 201326592,
+    "chunksNew": 48,
+    "chunksReused": 16336,
+    "key": 2000,
+    "label": "Hard disk 1",
+}
+
+
+def start_vcsim(vms: int, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
+    """The lab's simulator with ``vms`` VMs on free loopback ports (as bench/discovery.py);
+    returns the process, its ready.json and the password."""
+    from vmguard_lab import build
+    from vmguard_lab.paths import LabPaths
+    from vmguard_lab.procs import free_port
+    from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, vsim_command
+
+    binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
+    password = uuid.uuid4().hex
+    env = dict(os.environ, **{USERNAME_ENV: "bench@vsphere.local", PASSWORD_ENV: password})
+    argv = vsim_command(binary, workdir, free_port(), free_port(), vms, 1, 1 << 30)
+    log = open(workdir / "vcsim.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ready = workdir / "ready.json"
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError((workdir / "vcsim.log").read_text()[-2000:])
+        time.sleep(0.5)
+    return proc, json.loads(ready.read_text()), password
+
+
+def estate_policy_of(vm_name: str) -> str:
+    from fnmatch import fnmatchcase
+
+    return next((p for p in PREFIXES if fnmatchcase(vm_name, f"{p}-*")), "fail-safe")
+
+
+def estate_objects(
+    kube: Kube, info: dict[str, Any], password: str, lab: dict[str, Any], hour: int
+) -> list[dict[str, Any]]:
+    """Secrets, the VCenter (the simulator), the repository (a fresh bucket of the lab's
+    MinIO) and the policies, applied through the apiserver; returns the policies."""
+    from minio import Minio
+
+    ns = ESTATE_NAMESPACE
+    minio = lab["minio"]
+    endpoint = f"127.0.0.1:{lab['ports']['minio']}"
+    bucket = f"estate-{uuid.uuid4().hex[:8]}"
+    Minio(endpoint, minio["access_key"], minio["secret_key"], secure=False).make_bucket(bucket)
+    port = int(info["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    group = "vmguard.io/v1alpha1"
+    schedule = {"cron": f"0 {hour} * * *"}
+    retention = {"keepDaily": 35}
+    policies: list[dict[str, Any]] = [
+        {
+            "apiVersion": group,
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": p, "namespace": ns},
+            "spec": {
+                "vcenterRef": {"name": "vc1"},
+                "repositoryRef": {"name": "main"},
+                "selector": {"names": [f"{p}-*"]},
+                "priority": 10,
+                "schedule": schedule,
+                "retention": retention,
+            },
+        }
+        for p in PREFIXES
+    ]
+    policies.append(
+        {
+            "apiVersion": group,
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": "fail-safe", "namespace": ns},
+            "spec": {
+                "vcenterRef": {"name": "vc1"},
+                "repositoryRef": {"name": "main"},
+                "default": True,
+                "schedule": schedule,
+                "retention": retention,
+            },
+        }
+    )
+    kube.run("create", "namespace", ns, check=False)
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "vc-creds", "namespace": ns},
+                "stringData": {"username": "bench@vsphere.local", "password": password},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s3", "namespace": ns},
+                "stringData": {
+                    "accessKeyID": minio["access_key"],
+                    "secretAccessKey": minio["secret_key"],
+                },
+            },
+            {
+                "apiVersion": group,
+                "kind": "VCenter",
+                "metadata": {"name": "vc1", "namespace": ns},
+                "spec": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "credentialsSecretRef": {"name": "vc-creds"},
+                    "tls": {"caBundle": Path(info["tls_cert"]).read_text()},
+                },
+            },
+            {
+                "apiVersion": group,
+                "kind": "VMGuardRepository",
+                "metadata": {"name": "main", "namespace": ns},
+                "spec": {
+                    "s3": {"endpoint": endpoint, "bucket": bucket, "insecure": True},
+                    "credentialsSecretRef": {"name": "s3"},
+                },
+            },
+            *policies,
+        ]
+    )
+    out = []
+    for p in policies:
+        name = p["metadata"]["name"]
+        got = kube.run("get", "vmprotectionpolicies", name, "-n", ns, "-o", "json")
+        out.append(json.loads(got))
+    return out
+
+
+def estate_items(
+    records: list[Any], policies: list[dict[str, Any]], per_vm: int, runs: int, hour: int
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(etcd key, object) of every VM's ProtectedVM with ``per_vm`` daily points, the
+    newest at today's (or yesterday's) ``hour``; and, for the first ``runs`` VMs, that
+    newest point's Completed VMGuardBackup run, not yet expired. Built with the
+    operator's own builders, so names, labels and the status shape are the operator's."""
+    import datetime as dt
+
+    from vmguard.api import format_time
+    from vmguard.controller.kube import points
+    from vmguard.controller.policy.builders import build_vmbackup
+
+    ns = ESTATE_NAMESPACE
+    by_name = {p["metadata"]["name"]: p for p in policies}
+    now = dt.datetime.now(dt.UTC)
+    newest = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if newest > now:
+        newest -= dt.timedelta(days=1)
+    items: list[tuple[str, dict[str, Any]]] = []
+    stored = 0
+    for i, vm in enumerate(records):
+        policy = by_name[estate_policy_of(vm.name)]
+        key = points.ProtectedVMKey(ns, "vc1", vm.instance_uuid)
+        tag = vm.instance_uuid.replace("-", "")[:16]
+        pts = []
+        run_obj = None
+        for n in range(per_vm):
+            at = newest - dt.timedelta(days=n)
+            archive = f"{tag}-{at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+            pt: dict[str, Any] = {
+                "archiveId": archive,
+                "repository": "main",
+                "time": format_time(at),
+                "mode": "full" if n == per_vm - 1 else "incremental",
+                "bytes": 201326592,
+                "policy": policy["metadata"]["name"],
+            }
+            if n == 0 and i < runs:
+                run_obj = build_vmbackup(policy, vm, at, "schedule")
+                pt["backup"] = run_obj["metadata"]["name"]
+                done = at + dt.timedelta(seconds=95)
+                ident = run_obj["spec"]["vm"]
+                run_obj["metadata"].update(
+                    uid=str(uuid.uuid4()), generation=1, creationTimestamp=format_time(at)
+                )
+                run_obj["status"] = {
+                    "phase": "Completed",
+                    "archiveId": archive,
+                    "vm": ident,
+                    "vcenter": "vc1",
+                    "repository": "main",
+                    "modeUsed": "incremental",
+                    "disks": [dict(DISK), dict(DISK, key=2001, label="Hard disk 2")],
+                    "totals": {k: 2 * int(DISK[k]) for k in ("capacityBytes", "bytesUploaded")},
+                    "startTime": format_time(at),
+                    "completionTime": format_time(done),
+                    "snapshot": {"createTime": format_time(at)},
+                    "transport": "nbd",
+                    "conditions": [
+                        {
+                            "type": t,
+                            "status": s,
+                            "reason": "Completed",
+                            "message": f"archive {archive} committed",
+                            "lastTransitionTime": format_time(done),
+                            "observedGeneration": 1,
+                        }
+                        for t, s in (("Ready", "True"), ("Reconciling", "False"))
+                    ],
+                    "observedGeneration": 1,
+                }
+            pts.append(pt)
+        obj = points.build_protected_vm(key, vm.name)
+        obj["metadata"].update(
+            uid=str(uuid.uuid4()), generation=1, creationTimestamp=pts[-1]["time"]
+        )
+        status = {
+            "vm": {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
+            "vcenter": "vc1",
+            "points": points.newest_first(pts),  # type: ignore[arg-type]
+        }
+        obj["status"] = points.derived(status, 1)  # type: ignore[arg-type]
+        items.append((f"/registry/vmguard.io/protectedvms/{ns}/{key.name}", obj))
+        stored += len(json.dumps(obj))
+        if run_obj is not None:
+            name = run_obj["metadata"]["name"]
+            items.append((f"/registry/vmguard.io/vmguardbackups/{ns}/{name}", run_obj))
+    return items, stored
+
+
+def _tree_pids(root: int) -> list[int]:
+    """``root`` and every process below it (what "every vmguard process" sums over)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _tree_usage(root: int) -> tuple[float, int]:
+    """(CPU seconds, RSS KiB) summed over ``root``'s process tree."""
+    cpu, rss = 0.0, 0
+    for pid in _tree_pids(root):
+        try:
+            cpu += _proc_cpu(pid)
+            rss += _proc_kib(pid, "VmRSS")
+        except OSError:
+            continue
+    return cpu, rss
+
+
+def _swept_since(kube: Kube, since: float) -> bool:
+    out = kube.run(
+        "get", "vcenters", "vc1", "-n", ESTATE_NAMESPACE, "-o",
+        "jsonpath={.status.lastSweepTime}", check=False,
+    )  # fmt: skip
+    if not out.strip():
+        return False
+    at = time.mktime(time.strptime(out.strip()[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    return at >= since - 1
+
+
+def run_estate_operator(
+    kube: Kube, tree: Path, lab_dir: Path, label: str, timeout: float, window: float
+) -> dict[str, Any]:
+    """``vmguard operator`` with every controller over the estate's namespace: the time
+    until it is steady (the vCenter swept since it started, then its CPU quiet for 10 s),
+    peak RSS summed over its processes, the apiserver requests until then, and then a
+    ``window`` of steady running (requests/min, CPU)."""
+    env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
+    argv = [str(tree / ".venv/bin/python"), "-m", "vmguard.cli", "operator"]
+    argv += ["--namespace", ESTATE_NAMESPACE, "--metrics-port", "-1"]
+    log = open(lab_dir / "logs" / f"estate-big-{label}.log", "w")  # noqa: SIM115
+    r0 = kube.requests_by()
+    wall0 = time.time()
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
+    t0 = time.monotonic()
+    peak, swept_s, steady_s, quiet_since, last_cpu = 0, None, None, None, 0.0
+    try:
+        while time.monotonic() - t0 < timeout:
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited {proc.returncode}; see {log.name}")
+            cpu, rss = _tree_usage(proc.pid)
+            peak = max(peak, rss)
+            if swept_s is None and _swept_since(kube, wall0):
+                swept_s = time.monotonic() - t0
+            if cpu - last_cpu < 0.05:
+                quiet_since = quiet_since or time.monotonic()
+                if swept_s is not None and time.monotonic() - quiet_since >= 10:
+                    steady_s = quiet_since - t0
+                    break
+            else:
+                quiet_since = None
+            last_cpu = cpu
+        r1 = kube.requests_by()
+        c1, w1 = _tree_usage(proc.pid)[0], time.monotonic()
+        while time.monotonic() - w1 < window:
+            time.sleep(2.0)
+            peak = max(peak, _tree_usage(proc.pid)[1])
+        r2 = kube.requests_by()
+        c2, w2 = _tree_usage(proc.pid)[0], time.monotonic()
+        hwm = sum(_proc_kib(pid, "VmHWM") for pid in _tree_pids(proc.pid))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    start = {k: round(v) for k, v in sorted(_delta(r1, r0).items(), key=lambda kv: -kv[1])}
+    minutes = (w2 - w1) / 60
+    steady = {k: round(v / minutes, 1) for k, v in _delta(r2, r1).items() if v / minutes >= 0.5}
+    return {
+        "start": label,
+        "swept_after_s": None if swept_s is None else round(swept_s),
+        "steady_after_s": None if steady_s is None else round(steady_s),
+        "peak_rss_mib": round(max(peak, hwm) / 1024),
+        "cpu_s_until_steady": round(c1, 1),
+        "requests_until_steady": sum(start.values()),
+        "requests_until_steady_by": {k: v for k, v in start.items() if v >= 5},
+        "steady_cpu_cores": round((c2 - c1) / (w2 - w1), 3),
+        "steady_requests_per_min": round(sum(steady.values())),
+        "steady_requests_per_min_by": dict(sorted(steady.items(), key=lambda kv: -kv[1])),
+        "load": os.getloadavg(),
+    }
+
+
+def measure_estate(
+    kube: Kube, tree: Path, lab: dict[str, Any], vms: int, per_vm: int, runs: int, window: float
+) -> list[dict[str, Any]]:
+    """The estate as the operator keeps it, then the operator started on it twice: the
+    first start (it adopts objects written behind its back: kopf's finalizers on the
+    runs, the RPO states) and a restart (what every later start costs)."""
+    import tempfile
+
+    from vmguard.vsphere.inventory import discover
+    from vmguard.vsphere.session import Endpoint, connect, disconnect
+
+    kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
+    kube.etcd_delete_namespace(ESTATE_NAMESPACE)
+    # Today's scheduled run was 14 h ago: no catch-up at start (more than half the
+    # interval since), and last night's runs are within their 24 h TTL.
+    hour = (time.gmtime().tm_hour - 14) % 24
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vmguard-estate-vcsim-") as tmp:
+        sim, info, password = start_vcsim(vms, Path(tmp))
+        try:
+            ep = Endpoint(
+                info["sdk_url"], "bench@vsphere.local", password, ca_file=info["tls_cert"]
+            )
+            si = connect(ep)
+            records = [r for r in discover(si, {}) if not r.template]
+            disconnect(si)
+            policies = estate_objects(kube, info, password, lab, hour)
+            items, stored = estate_items(records, policies, per_vm, runs, hour)
+            t0 = time.monotonic()
+            kube.etcd_put(items)
+            pvms = sum(1 for k, _ in items if "/protectedvms/" in k)
+            while kube.count("protectedvms", ESTATE_NAMESPACE) < pvms:
+                time.sleep(2)  # the watch cache catches up with etcd
+            status = requests.post(f"{kube.etcd}/v3/maintenance/status", json={}, timeout=30)
+            t1 = time.monotonic()
+            kube.run("get", "protectedvms", "-n", ESTATE_NAMESPACE, "--no-headers")
+            get_s = time.monotonic() - t1
+            rows.append(
+                {
+                    "estate": ESTATE_NAMESPACE,
+                    "vms": len(records),
+                    "protectedvms": pvms,
+                    "points": pvms * per_vm,
+                    "runs": len(items) - pvms,
+                    "protectedvm_json_bytes_avg": round(stored / max(pvms, 1)),
+                    "written_and_cached_s": round(t1 - t0),
+                    "etcd_db_mib": round(int(status.json().get("dbSize", 0)) / 2**20),
+                    "kubectl_get_protectedvms_s": round(get_s, 1),
+                    "load": os.getloadavg(),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            for label in ("first-start", "restart"):
+                rows.append(run_estate_operator(kube, tree, lab["dir"], label, 900.0, window))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            sim.terminate()
+            sim.wait(timeout=30)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=REPO, help="checkout measured (its .venv)")
@@ -412,6 +814,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the window")
     ap.add_argument("--window", type=float, default=120.0, help="seconds measured")
     ap.add_argument("--night", type=int, default=0, help="create one night of N backups")
+    ap.add_argument("--estate", type=int, default=0, help="an estate of N VMs (0: none)")
+    ap.add_argument("--points", type=int, default=30, help="points per VM of --estate")
+    ap.add_argument("--runs", type=int, default=-1, help="finished runs kept (default: N)")
+    ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
     args = ap.parse_args()
     lab = _lab()
     kube = Kube(lab)
@@ -420,6 +826,11 @@ def main() -> int:
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(f"# tree {tree} at {commit}; load {os.getloadavg()}", flush=True)
+    if args.estate:
+        runs = args.estate if args.runs < 0 else args.runs
+        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window)
+        if not args.keep:
+            kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:
         print(json.dumps(measure_night(kube, tree, args.night)), flush=True)
     for n in (int(s) for s in args.pending.split(",") if s):

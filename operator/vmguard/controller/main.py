@@ -15,6 +15,7 @@ they read what kopf hands them, call plain functions, and patch status. Run with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.kube import crdcheck, migration, peering
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
+from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 from vmguard.controller.kube.sweeps import LatestSweeps
@@ -68,6 +70,7 @@ class Memo(backup_handlers.BackupMemo):
     lanes: tuple[Lane, ...] = field(init=False)
     sweeps: LatestSweeps = field(init=False)
     after_sweep: AfterSweep = field(init=False)
+    protected_vms: ProtectedVMReader = field(init=False)
 
 
 @kopf.on.startup()
@@ -81,8 +84,11 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     memo.admission_wakeups = {}
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
+    # One compact read of a namespace's ProtectedVMs, shared by its policies' passes and
+    # the fail-safe (controller/kube/held.py).
+    memo.protected_vms = ProtectedVMReader(SHARED_FOR, memo.timing)
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
-    memo.after_sweep = failsafe.protect
+    memo.after_sweep = functools.partial(failsafe.protect, protected_vms=memo.protected_vms)
     memo.proxy = ProxySettings.from_env()
     memo.backups = BackupContext(
         KubeAPI(),

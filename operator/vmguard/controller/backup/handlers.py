@@ -162,6 +162,8 @@ async def vmbackup_expiry(
     if not acts(memo, "backups"):
         return
     await expiry.run(memo.backups.api, memo.backups.timing, dict(body), stopped)
+    # Its point no longer names the run: the policies' next passes read that.
+    memo.protected_vms.forget(body.get("metadata", {}).get("namespace") or "")
 
 
 @kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)

@@ -50,8 +50,8 @@ from typing import Any
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.controller.kube import points
-from vmguard.controller.kube.bodies import ref_name
 from vmguard.controller.kube.handlers import Announce
+from vmguard.controller.kube.held import ProtectedVMReader
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
@@ -130,10 +130,14 @@ class PolicyRunner:
         timing: Timing = REAL_TIME,
         metrics: Metrics | None = None,
         copier: Copier | None = None,
+        protected_vms: ProtectedVMReader | None = None,
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
         self.copier = copier
-        self.held: list[dict[str, Any]] = []
+        # The operator's one reader, shared by every policy of the namespace; alone, a
+        # runner reads the ProtectedVMs afresh on every pass.
+        self.protected_vms = protected_vms or ProtectedVMReader(0.0, timing)
+        self.held: list[points.HeldVM] = []
         """The namespace's ProtectedVMs as this pass read them (:meth:`history_objects`)."""
         self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
@@ -208,6 +212,8 @@ class PolicyRunner:
         pruned = await self.retention.apply(
             self.api, policy, backups, self.announce, real_now, hold
         )
+        if pruned:  # their points left the ProtectedVMs
+            self.protected_vms.forget(namespace)
         backups = [b for b in backups if b["metadata"]["name"] not in pruned]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
@@ -224,16 +230,14 @@ class PolicyRunner:
         return max(0.0, (min(wake_at) - self.timing.now()).total_seconds())
 
     async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The policy's VMGuardBackups, and a stand-in for each point of its VMs whose
-        backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`)."""
+        """The policy's VMGuardBackups, and a stand-in for each point made under the
+        policy whose backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`;
+        the ProtectedVMs from the operator's shared reader,
+        :mod:`~vmguard.controller.kube.held`)."""
         backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
-        held = await self.api.list_objects(points.PLURAL, namespace)
+        held = await self.protected_vms.read(self.api, namespace)
         self.held = held
-        return backups + [
-            b
-            for b in points.stand_ins(held, backups)
-            if ref_name(b["spec"].get("policyRef")) == name
-        ]
+        return backups + points.stand_ins(held, backups, policy=name)
 
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
@@ -360,17 +364,20 @@ class PolicyRunner:
         ``WithinRPO``), only where it changed: a pass writes nothing for a VM whose state
         and due time stand."""
         mine = {vm.instance_uuid.lower() for vm in vms}
-        for obj in self.held:
-            key = points.key_of(obj)
-            if key is None or key.instance_uuid.lower() not in mine:
+        wrote = False
+        for held in self.held:
+            key = held.key
+            if key.instance_uuid.lower() not in mine:
                 continue
             rpo = points.rpo_of(history.last_completed(key.instance_uuid), objective, now)
-            if (obj.get("status") or {}).get("rpo") == rpo:
+            if held.rpo == rpo:
                 continue
             try:
-                await points.set_rpo(self.api, key, rpo)
+                wrote |= await points.set_rpo(self.api, key, rpo)
             except VmguardError as exc:  # the next pass tries again
                 self.log.warning("RPO of ProtectedVM %s: %s", key.name, exc)
+        if wrote:
+            self.protected_vms.forget(namespace)
 
     async def sleep(self, seconds: float) -> None:
         spec = self.body.get("spec") or {}
