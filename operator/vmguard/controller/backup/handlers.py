@@ -9,7 +9,10 @@
   them is the VCenter's (``vcenter.handlers.admission_turns``).
 - ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
   one wakes its policy's scheduler (retention runs now:
-  :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
+  :func:`~vmguard.controller.kube.handlers.policy_wakeup`). An event handler, not a
+  field handler: a field handler makes kopf keep a diff-base annotation on every
+  backup and PATCH it at each phase change, one request per backup and phase for
+  nothing we read (docs/scale.md); ``main`` keeps no diff-base for backups at all.
 - ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
   before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
   loop once the object is gone (its slot is free only then).
@@ -39,6 +42,8 @@ class BackupMemo(OperatorMemo, Protocol):
     within it, so every object's handlers must see the same one)."""
 
     backups: reconcile.BackupContext
+    finished_backups: set[str]
+    """UIDs of the finished backups ``vmbackup_phase`` has seen (this process only)."""
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -134,15 +139,24 @@ async def vmbackup_runner(
             await ctx.timing.wait(delay, stopped)
 
 
-@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.phase")
-async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
-    """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
-    it happens; backups that finished while no operator ran are not counted again. A
-    completed one wakes its policy's scheduler, which applies retention (async: on the
-    event loop, where that scheduler's asyncio.Event lives)."""
-    if new in BACKUP_TERMINAL:
-        _wake_admission(memo, body)
-        memo.metrics.observe_backup(dict(body))
+@kopf.on.event(GROUP, VERSION, BACKUP.plural)
+async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo, **_: Any) -> None:
+    """A backup finished: count it (outcome, duration, bytes, last success) once (the
+    metrics count each UID once, and none that finished before this operator started).
+    The first event of each finished backup wakes its vCenter's admission loop and, if
+    it completed, its policy's scheduler, which applies retention (async: on the event
+    loop, where that scheduler's asyncio.Event lives). Which finished backups were seen
+    is kept in memory (``memo.finished_backups``), not in the objects."""
+    uid = str(body.get("metadata", {}).get("uid") or "")
+    if event.get("type") == "DELETED":
+        memo.finished_backups.discard(uid)
+        return
+    new = (body.get("status") or {}).get("phase")
+    if new not in BACKUP_TERMINAL or uid in memo.finished_backups:
+        return
+    memo.finished_backups.add(uid)
+    _wake_admission(memo, body)
+    memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
     if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
