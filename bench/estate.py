@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import calendar
 import json
 import os
 import subprocess
@@ -224,7 +225,16 @@ def setup(kube: Kube, k: dict[str, tuple[str, str]], namespace: str) -> str:
     return out.strip()
 
 
-def pending_backup(kind: str, i: int, policy_uid: str, now: str) -> tuple[str, dict[str, Any]]:
+def creates_with_finalizer(tree: Path) -> bool:
+    """Whether that tree's policies create backups with the operator's finalizer in
+    place (then the pending backups are written so, as its create path makes them)."""
+    builders = tree / "operator/vmguard/controller/policy/builders.py"
+    return builders.exists() and '"finalizers": [FINALIZER]' in builders.read_text()
+
+
+def pending_backup(
+    kind: str, i: int, policy_uid: str, now: str, finalizer: bool = False
+) -> tuple[str, dict[str, Any]]:
     vm_uuid = str(uuid.UUID(int=i + 1))
     name = f"gold-{i:05d}"
     vm = {"name": f"app-{i:05d}", "instanceUuid": vm_uuid, "moref": f"vm-{i + 100}"}
@@ -245,6 +255,7 @@ def pending_backup(kind: str, i: int, policy_uid: str, now: str) -> tuple[str, d
             "generation": 1,
             "creationTimestamp": now,
             "labels": labels,
+            **({"finalizers": ["vmguard.io/finalizer"]} if finalizer else {}),
         },
         "spec": {"vm": vm, "policyRef": {"name": "gold"}, "mode": "auto"},
         "status": {
@@ -287,7 +298,8 @@ def measure_pending(
     kube.etcd_delete_namespace(NAMESPACE)
     policy_uid = setup(kube, k, NAMESPACE)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    items = [pending_backup(kind, i, policy_uid, now) for i in range(n)]
+    fin = creates_with_finalizer(tree)
+    items = [pending_backup(kind, i, policy_uid, now, fin) for i in range(n)]
     kube.etcd_put([(prefix + name, obj) for name, obj in items])
     deadline = time.monotonic() + 600
     while kube.count(plural, NAMESPACE) < n and time.monotonic() < deadline:
@@ -301,6 +313,7 @@ def measure_pending(
     argv = [str(tree / ".venv/bin/python"), "-m", "vmguard.cli", "operator"]
     argv += ["--namespace", NAMESPACE, "--metrics-port", "-1", "--controllers", "backups"]
     log = open(lab_dir / "logs" / f"estate-operator-{n}.log", "w")  # noqa: SIM115
+    rs = kube.requests_by()
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
     started = time.monotonic()
     try:
@@ -315,6 +328,8 @@ def measure_pending(
             if admitted_after is not None and time.monotonic() - started >= warmup:
                 break
         r0, c0, w0 = kube.requests_by(), _proc_cpu(proc.pid), time.monotonic()
+        warm = _delta(r0, rs)
+        warm_s = w0 - started
         peak = 0
         while time.monotonic() - w0 < window:
             time.sleep(5)
@@ -336,14 +351,20 @@ def measure_pending(
     }
     caused = {key: v for key, v in sorted(caused.items(), key=lambda kv: -kv[1]) if v >= 0.5}
     total = sum(caused.values())
+    # From the operator's start to the window: the one-time cost of taking N over.
+    startup = sum(v - base.get(k, 0.0) * warm_s / base_s for k, v in warm.items())
     kube.etcd_delete_namespace(NAMESPACE)
     return {
         "pending": n,
         "tree": str(tree),
+        "created_with_finalizer": fin,
         "admitted_8_after_s": None if admitted_after is None else round(admitted_after),
         "phases_at_end": phases,
         "requests_per_min": round(total),
         "requests_per_min_per_pending": round(total / max(n - LIMIT, 1), 2),
+        "startup_requests": round(startup),
+        "startup_requests_per_backup": round(startup / n, 2),
+        "startup_by": {k: round(v) for k, v in sorted(warm.items(), key=lambda kv: -kv[1])[:8]},
         "by_verb_resource_per_min": caused,
         "operator_cpu_cores": round((c1 - c0) / (w1 - w0), 2),
         "operator_rss_mib": round(rss_end / 1024),
@@ -676,7 +697,7 @@ def _swept_since(kube: Kube, since: float) -> bool:
     )  # fmt: skip
     if not out.strip():
         return False
-    at = time.mktime(time.strptime(out.strip()[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    at = calendar.timegm(time.strptime(out.strip()[:19], "%Y-%m-%dT%H:%M:%S"))
     return at >= since - 1
 
 
