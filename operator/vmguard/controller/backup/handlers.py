@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import kopf
 
 from vmguard.api import BACKUP_TERMINAL, GROUP, LABEL_POLICY, VERSION, BackupPhase
-from vmguard.api.kinds import BACKUP
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile
 from vmguard.controller.backup.steps import MissingRef
@@ -168,14 +168,35 @@ def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
     return expiry.expires(status, labels)
 
 
+@kopf.index(GROUP, VERSION, POLICY.plural)
+def policy_ttls(
+    spec: kopf.Spec, name: str, namespace: str | None, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each policy's ``ttlSecondsAfterFinished`` (the part of its spec a backup's expiry
+    reads), so that waiting runs never GET their policy."""
+    ttl = spec.get("ttlSecondsAfterFinished")
+    return {(namespace or "", name): {} if ttl is None else {"ttlSecondsAfterFinished": ttl}}
+
+
 @kopf.daemon(GROUP, VERSION, BACKUP.plural, id="expiry", when=_expires, cancellation_timeout=5.0)
 async def vmbackup_expiry(
-    body: kopf.Body, memo: BackupMemo, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body,
+    memo: BackupMemo,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
-    """Delete a finished backup run once its TTL has passed; its point and archive stay."""
+    """Delete a finished backup run once its TTL has passed; its point and archive stay.
+    ``body`` is kopf's live view of the object, the policies' TTLs come from kopf's index
+    (a keyword argument named after its handler): waiting reads nothing from the
+    apiserver."""
     if not acts(memo, "backups"):
         return
-    await expiry.run(memo.backups.api, memo.backups.timing, dict(body), stopped)
+    policy_ttls: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["policy_ttls"]
+
+    def policy_spec(namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(policy_ttls.get((namespace, name), [])), None)
+
+    await expiry.run(memo.backups.api, memo.backups.timing, body, stopped, policy_spec)
     # Its point no longer names the run: the policies' next passes read that.
     memo.protected_vms.forget(body.get("metadata", {}).get("namespace") or "")
 
