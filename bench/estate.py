@@ -701,11 +701,17 @@ def _swept_since(kube: Kube, since: float) -> bool:
     return at >= since - 1
 
 
+AFTER_SWEEP = 35.0
+"""Seconds after the first sweep before the operator may count as steady: every policy's
+pass (every 30 s) has then run on that sweep (its RPO states written)."""
+
+
 def run_estate_operator(
     kube: Kube, tree: Path, lab_dir: Path, label: str, timeout: float, window: float
 ) -> dict[str, Any]:
     """``vmguard operator`` with every controller over the estate's namespace: the time
-    until it is steady (the vCenter swept since it started, then its CPU quiet for 10 s),
+    until it is steady (the vCenter swept since it started, every policy's pass run on
+    that sweep, then its CPU quiet for 10 s: the start of that quiet time is reported),
     peak RSS summed over its processes, the apiserver requests until then, and then a
     ``window`` of steady running (requests/min, CPU)."""
     env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
@@ -728,7 +734,8 @@ def run_estate_operator(
                 swept_s = time.monotonic() - t0
             if cpu - last_cpu < 0.05:
                 quiet_since = quiet_since or time.monotonic()
-                if swept_s is not None and time.monotonic() - quiet_since >= 10:
+                settled = swept_s is not None and time.monotonic() - t0 >= swept_s + AFTER_SWEEP
+                if settled and time.monotonic() - quiet_since >= 10:
                     steady_s = quiet_since - t0
                     break
             else:
