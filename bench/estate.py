@@ -29,6 +29,20 @@ from /proc. Everything stops by itself.
 policy scheduler's ``create_due`` does (that tree's code, in a subprocess of that
 tree), into a namespace no operator watches, and prints the wall time.
 
+**The estate as the operator keeps it** (``--estate N``, e.g. 5000): the lab's vSphere
+simulator with N VMs (started here, as ``bench/discovery.py`` does) behind a VCenter,
+a VMGuardRepository on a fresh bucket of the lab's MinIO, one policy per VM name prefix
+of the simulator and a default (fail-safe) policy; for every VM a ProtectedVM with
+``--points`` daily points (written into etcd as ``bench/points.py`` writes objects,
+built with the operator's own builders) and, for ``--runs`` of them (default: all),
+last night's Completed VMGuardBackup run, within its TTL. Then ``vmguard operator``
+with every controller is started on it twice — the first start (it adopts what was
+written behind its back: RPO states, kopf's finalizers) and a restart — and each
+prints: the time until it is steady (the vCenter swept, every policy's pass run on
+that sweep, then CPU quiet for 10 s), peak RSS summed over its process tree, the
+apiserver requests until then by verb and resource, and CPU and requests per minute
+over ``--window`` seconds of steady running.
+
 Prints one JSON object per row, and the machine's load average beside it.
 """
 
