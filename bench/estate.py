@@ -31,7 +31,7 @@ tree), into a namespace no operator watches, and prints the wall time.
 
 **The estate as the operator keeps it** (``--estate N``, e.g. 5000): the lab's vSphere
 simulator with N VMs (started here, as ``bench/discovery.py`` does) behind a VCenter,
-a VMGuardRepository on a fresh bucket of the lab's MinIO, one policy per VM name prefix
+a VMGuardRepository (at a closed port: see ``estate_objects``), one policy per VM name prefix
 of the simulator and a default (fail-safe) policy; for every VM a ProtectedVM with
 ``--points`` daily points (written into etcd as ``bench/points.py`` writes objects,
 built with the operator's own builders) and, for ``--runs`` of them (default: all),
@@ -490,15 +490,17 @@ def estate_policy_of(vm_name: str) -> str:
 def estate_objects(
     kube: Kube, info: dict[str, Any], password: str, lab: dict[str, Any], hour: int
 ) -> list[dict[str, Any]]:
-    """Secrets, the VCenter (the simulator), the repository (a fresh bucket of the lab's
-    MinIO) and the policies, applied through the apiserver; returns the policies."""
-    from minio import Minio
+    """Secrets, the VCenter (the simulator), the repository and the policies, applied
+    through the apiserver; returns the policies. The repository is at a closed port: its
+    150,000 archives are not written (catalog sync of an empty bucket would flag every
+    run's archive as missing, which a real estate never does), so catalog sync lists
+    the namespace's runs and ProtectedVMs and then fails to reach the bucket, each pass."""
+    from vmguard_lab.procs import free_port
 
     ns = ESTATE_NAMESPACE
     minio = lab["minio"]
-    endpoint = f"127.0.0.1:{lab['ports']['minio']}"
-    bucket = f"estate-{uuid.uuid4().hex[:8]}"
-    Minio(endpoint, minio["access_key"], minio["secret_key"], secure=False).make_bucket(bucket)
+    endpoint = f"127.0.0.1:{free_port()}"
+    bucket = "estate"
     port = int(info["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     group = "vmguard.io/v1alpha1"
     schedule = {"cron": f"0 {hour} * * *"}
