@@ -401,7 +401,13 @@ except ImportError:
     from vmguard.controller.policy_runs import PendingBackup, PolicyRunner
     from vmguard.controller.sweeps import LatestSweeps
 
-async def main(n, namespace, plural):
+async def main(n, namespace, plural, at_once):
+    if at_once:
+        try:
+            from vmguard.controller.policy import runs
+            runs.CREATES_AT_ONCE = at_once
+        except ImportError:
+            pass
     load_config()
     api = KubeAPI()
     policy = client.CustomObjectsApi().get_namespaced_custom_object(
@@ -418,11 +424,11 @@ async def main(n, namespace, plural):
     await runner.create_due(policy, run)
     print(json.dumps({"created_s": round(time.monotonic() - t0, 1), "left": len(runner.pending)}))
 
-asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
 
 
-def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
+def measure_night(kube: Kube, tree: Path, n: int, at_once: int = 0) -> dict[str, Any]:
     k = kinds(tree)
     plural = k["backup"][1]
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
@@ -430,14 +436,21 @@ def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
     setup(kube, k, NIGHT_NAMESPACE)
     env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
     argv = [str(tree / ".venv/bin/python"), "-c", NIGHT_WORKER]
-    argv += [str(n), NIGHT_NAMESPACE, k["policy"][1]]
+    argv += [str(n), NIGHT_NAMESPACE, k["policy"][1], str(at_once)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tree)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     row = json.loads(done.stdout.strip().splitlines()[-1])
     count = kube.count(plural, NIGHT_NAMESPACE)
     kube.etcd_delete_namespace(NIGHT_NAMESPACE)
-    return {"night": n, "tree": str(tree), **row, "objects": count, "load": os.getloadavg()}
+    return {
+        "night": n,
+        "tree": str(tree),
+        "creates_at_once": at_once or "the tree's",
+        **row,
+        "objects": count,
+        "load": os.getloadavg(),
+    }
 
 
 # -- The estate the operator keeps: 5,000 VMs, their ProtectedVMs, last night's runs ----
@@ -858,6 +871,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the window")
     ap.add_argument("--window", type=float, default=120.0, help="seconds measured")
     ap.add_argument("--night", type=int, default=0, help="create one night of N backups")
+    ap.add_argument(
+        "--night-at-once", default="", help="creates in flight to try, e.g. 1,4 (the tree's)"
+    )
     ap.add_argument("--estate", type=int, default=0, help="an estate of N VMs (0: none)")
     ap.add_argument("--points", type=int, default=30, help="points per VM of --estate")
     ap.add_argument("--runs", type=int, default=-1, help="finished runs kept (default: N)")
@@ -876,7 +892,8 @@ def main() -> int:
         if not args.keep:
             kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:
-        print(json.dumps(measure_night(kube, tree, args.night)), flush=True)
+        for at_once in [int(x) for x in args.night_at_once.split(",") if x] or [0]:
+            print(json.dumps(measure_night(kube, tree, args.night, at_once)), flush=True)
     for n in (int(s) for s in args.pending.split(",") if s):
         row = measure_pending(kube, tree, n, args.warmup, args.window, lab["dir"])
         print(json.dumps({"commit": commit, **row}), flush=True)
