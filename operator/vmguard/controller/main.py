@@ -28,7 +28,7 @@ from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
-from vmguard.controller.kube import crdcheck, migration, peering
+from vmguard.controller.kube import crdcheck, migration, peering, readiness
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
 from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
@@ -202,6 +202,8 @@ def run(options: OperatorOptions) -> None:
     watched = None if options.clusterwide else options.namespaces
     migration.migrate(client.ApiClient(), watched, timing.now())
     migration.fold_points(client.ApiClient(), watched)
+    # kopf's wait for its indexes, linear in the objects (5,000 backups: minutes before).
+    readiness.install()
     asyncio.run(
         kopf.operator(
             clusterwide=options.clusterwide,
