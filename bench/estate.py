@@ -35,10 +35,10 @@ a VMGuardRepository (at a closed port: see ``estate_objects``), one policy per V
 of the simulator and a default (fail-safe) policy; for every VM a ProtectedVM with
 ``--points`` daily points (written into etcd as ``bench/points.py`` writes objects,
 built with the operator's own builders) and, for ``--runs`` of them (default: all),
-last night's Completed VMGuardBackup run, within its TTL. Then ``vmguard operator``
-with every controller is started on it twice — the first start (it adopts what was
-written behind its back: RPO states, kopf's finalizers) and a restart — and each
-prints: the time until it is steady (the vCenter swept, every policy's pass run on
+last night's Completed VMGuardBackup run, within its TTL, all as a running operator
+leaves them (RPO states written, runs created with the finalizer). Then ``vmguard
+operator`` with every controller is started on it (``--starts`` times: a restart),
+each printing: the time until it is steady (the vCenter swept, every policy's pass run on
 that sweep, then CPU quiet for 10 s), peak RSS summed over its process tree, the
 apiserver requests until then by verb and resource, and CPU and requests per minute
 over ``--window`` seconds of steady running.
@@ -608,10 +608,12 @@ def estate_items(
 
     from vmguard.api import format_time
     from vmguard.controller.kube import points
+    from vmguard.controller.kube.schedule import parse
     from vmguard.controller.policy.builders import build_vmbackup
 
     ns = ESTATE_NAMESPACE
     by_name = {p["metadata"]["name"]: p for p in policies}
+    objective = parse(f"0 {hour} * * *").default_rpo()
     now = dt.datetime.now(dt.UTC)
     newest = now.replace(hour=hour, minute=0, second=0, microsecond=0)
     if newest > now:
@@ -679,6 +681,12 @@ def estate_items(
             "vcenter": "vc1",
             "points": points.newest_first(pts),  # type: ignore[arg-type]
         }
+        # The RPO state a running operator has written (policy/runs.py, write_rpo): the
+        # schedule's default objective, from the newest completion.
+        last = newest + dt.timedelta(seconds=95 if run_obj is not None else 0)
+        rpo = points.rpo_of(last, objective, now)
+        status["rpo"] = rpo
+        status["conditions"] = points.rpo_condition([], rpo, 1)
         obj["status"] = points.derived(status, 1)  # type: ignore[arg-type]
         items.append((f"/registry/vmguard.io/protectedvms/{ns}/{key.name}", obj))
         stored += len(json.dumps(obj))
@@ -804,11 +812,17 @@ def run_estate_operator(
 
 
 def measure_estate(
-    kube: Kube, tree: Path, lab: dict[str, Any], vms: int, per_vm: int, runs: int, window: float
+    kube: Kube,
+    tree: Path,
+    lab: dict[str, Any],
+    vms: int,
+    per_vm: int,
+    runs: int,
+    window: float,
+    starts: tuple[str, ...] = ("restart",),
 ) -> list[dict[str, Any]]:
-    """The estate as the operator keeps it, then the operator started on it twice: the
-    first start (it adopts objects written behind its back: kopf's finalizers on the
-    runs, the RPO states) and a restart (what every later start costs)."""
+    """The estate as a running operator keeps it (points, RPO states, runs with their
+    finalizer), then the operator started on it once per ``starts`` entry: a restart."""
     import tempfile
 
     from vmguard.vsphere.inventory import discover
@@ -855,7 +869,7 @@ def measure_estate(
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-            for label in ("first-start", "restart"):
+            for label in starts:
                 rows.append(run_estate_operator(kube, tree, lab["dir"], label, 900.0, window))
                 print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -878,6 +892,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=30, help="points per VM of --estate")
     ap.add_argument("--runs", type=int, default=-1, help="finished runs kept (default: N)")
     ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
+    ap.add_argument("--starts", type=int, default=1, help="operator starts on --estate")
     args = ap.parse_args()
     lab = _lab()
     kube = Kube(lab)
@@ -888,7 +903,8 @@ def main() -> int:
     print(f"# tree {tree} at {commit}; load {os.getloadavg()}", flush=True)
     if args.estate:
         runs = args.estate if args.runs < 0 else args.runs
-        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window)
+        starts = tuple(f"restart-{i + 1}" for i in range(args.starts))
+        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts)
         if not args.keep:
             kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:

@@ -203,24 +203,27 @@ class PolicyRunner:
             await self.start_run(policy, assessment.jitter, self.waiting_run, view)
             self.waiting_run = None
         await self.create_due(policy, now)
-        backups = await self.history_objects(namespace, meta["name"])
-        # Copies are recorded on the backup runs: a stand-in (an expired run's point)
-        # carries none, so only the runs themselves can be held for their copies.
-        runs = [b for b in backups if not points.is_stand_in(b)]
-        hold = (
-            awaiting_copy(policy, assessment.copies.targets, runs)
-            if assessment.copies is not None
-            else set()
-        )
-        pruned = await self.retention.apply(
-            self.api, policy, backups, self.announce, real_now, hold
-        )
-        if pruned:  # their points left the ProtectedVMs
-            self.protected_vms.forget(namespace)
-        backups = [b for b in backups if b["metadata"]["name"] not in pruned]
-        if self.copier is not None and assessment.copies is not None:
-            await self.copier.apply(policy, assessment.copies.targets, backups)
-        await self.refresh_status(policy, assessment, view, now, real_now, backups)
+        # One policy's pass at a time per namespace holds its history (a stand-in per
+        # point of its VMs): seven policies starting at once held seven (docs/scale.md).
+        async with self.protected_vms.one_pass(namespace):
+            backups = await self.history_objects(namespace, meta["name"])
+            # Copies are recorded on the backup runs: a stand-in (an expired run's point)
+            # carries none, so only the runs themselves can be held for their copies.
+            runs = [b for b in backups if not points.is_stand_in(b)]
+            hold = (
+                awaiting_copy(policy, assessment.copies.targets, runs)
+                if assessment.copies is not None
+                else set()
+            )
+            pruned = await self.retention.apply(
+                self.api, policy, backups, self.announce, real_now, hold
+            )
+            if pruned:  # their points left the ProtectedVMs
+                self.protected_vms.forget(namespace)
+            backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+            if self.copier is not None and assessment.copies is not None:
+                await self.copier.apply(policy, assessment.copies.targets, backups)
+            await self.refresh_status(policy, assessment, view, now, real_now, backups)
         wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
             wake_at.append(self.timing.off_line(self.pending[0].start))
