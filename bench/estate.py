@@ -752,8 +752,11 @@ def run_estate_operator(
     peak RSS summed over its processes, the apiserver requests until then, and then a
     ``window`` of steady running (requests/min, CPU)."""
     env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
-    argv = [str(tree / ".venv/bin/python"), "-m", "vmguard.cli", "operator"]
-    argv += ["--namespace", ESTATE_NAMESPACE, "--metrics-port", "-1"]
+    # A profiling wrapper (e.g. one that runs vmguard.cli.main under tracemalloc) may
+    # stand in for ``-m vmguard.cli``; it gets the same arguments.
+    wrapper = os.environ.get("ESTATE_OPERATOR_WRAPPER")
+    argv = [str(tree / ".venv/bin/python"), *([wrapper] if wrapper else ["-m", "vmguard.cli"])]
+    argv += ["operator", "--namespace", ESTATE_NAMESPACE, "--metrics-port", "-1"]
     log = open(lab_dir / "logs" / f"estate-big-{label}.log", "w")  # noqa: SIM115
     r0 = kube.requests_by()
     wall0 = time.time()
