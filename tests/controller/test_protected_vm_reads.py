@@ -90,10 +90,10 @@ def test_a_namespaces_policies_share_one_read_of_its_protected_vms(
     kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
 ) -> None:
     """Three policies' scheduler passes (controller/policy/runs.py) in this process,
-    against the real apiserver, with the operator's one reader: one LIST serves them
-    all; gold's pass writes its VM's RPO state, so the next pass reads again; a pass
-    after the reader's age reads again; runners without the shared reader read on
-    every pass (what every pass did before)."""
+    against the real apiserver, with the operator's one reader: a pass that wrote a VM's
+    RPO state makes the next pass read again; once nothing changes, one LIST serves them
+    all; a pass after the reader's age reads again; runners without the shared reader
+    read on every pass (what every pass did before)."""
     from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
     from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
     from vmguard.controller.policy.runs import PolicyRunner
@@ -143,14 +143,18 @@ def test_a_namespaces_policies_share_one_read_of_its_protected_vms(
     rpo = objects.get(kube_api, namespace, PROTECTEDVM.plural, points.protected_vm_name(
         lab_vcenter, vms[0].instance_uuid))["status"]["rpo"]  # fmt: skip
     assert rpo["state"] == "Within"
-    # gold wrote an RPO state: silver reads again; bronze and gold's next pass share it.
-    asyncio.run(turns(silver, bronze, gold))
-    assert api.protected_vm_lists == 2
+    # gold wrote an RPO state: silver reads again, and writes its VM's (every policy has
+    # an RPO, its schedule's by default): bronze reads again.
+    asyncio.run(turns(silver, bronze))
+    assert api.protected_vm_lists == 3
+    # Nothing left to write: every pass shares the one read.
+    asyncio.run(turns(gold, silver, bronze, gold))
+    assert api.protected_vm_lists == 3
     assert {h.key.instance_uuid for h in silver.held} == {vm.instance_uuid for vm in vms}
     assert silver.held is bronze.held is gold.held
     clock.advance(SHARED_FOR)
     asyncio.run(turns(silver, bronze))
-    assert api.protected_vm_lists == 3
+    assert api.protected_vm_lists == 4
     alone = [PolicyRunner(api, p, sweeps, asyncio.Event(), None, log) for p in policies]
     asyncio.run(turns(*alone))
-    assert api.protected_vm_lists == 6
+    assert api.protected_vm_lists == 7
