@@ -29,6 +29,20 @@ from /proc. Everything stops by itself.
 policy scheduler's ``create_due`` does (that tree's code, in a subprocess of that
 tree), into a namespace no operator watches, and prints the wall time.
 
+**The estate as the operator keeps it** (``--estate N``, e.g. 5000): the lab's vSphere
+simulator with N VMs (started here, as ``bench/discovery.py`` does) behind a VCenter,
+a VMGuardRepository (at a closed port: see ``estate_objects``), one policy per VM name prefix
+of the simulator and a default (fail-safe) policy; for every VM a ProtectedVM with
+``--points`` daily points (written into etcd as ``bench/points.py`` writes objects,
+built with the operator's own builders) and, for ``--runs`` of them (default: all),
+last night's Completed VMGuardBackup run, within its TTL, all as a running operator
+leaves them (RPO states written, runs created with the finalizer). Then ``vmguard
+operator`` with every controller is started on it (``--starts`` times: a restart),
+each printing: the time until it is steady (the vCenter swept, every policy's pass run on
+that sweep, then CPU quiet for 10 s), peak RSS summed over its process tree, the
+apiserver requests until then by verb and resource, and CPU and requests per minute
+over ``--window`` seconds of steady running.
+
 Prints one JSON object per row, and the machine's load average beside it.
 """
 
@@ -36,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import calendar
 import json
 import os
 import subprocess
@@ -224,7 +239,16 @@ def setup(kube: Kube, k: dict[str, tuple[str, str]], namespace: str) -> str:
     return out.strip()
 
 
-def pending_backup(kind: str, i: int, policy_uid: str, now: str) -> tuple[str, dict[str, Any]]:
+def creates_with_finalizer(tree: Path) -> bool:
+    """Whether that tree's policies create backups with the operator's finalizer in
+    place (then the pending backups are written so, as its create path makes them)."""
+    builders = tree / "operator/vmguard/controller/policy/builders.py"
+    return builders.exists() and '"finalizers": [FINALIZER]' in builders.read_text()
+
+
+def pending_backup(
+    kind: str, i: int, policy_uid: str, now: str, finalizer: bool = False
+) -> tuple[str, dict[str, Any]]:
     vm_uuid = str(uuid.UUID(int=i + 1))
     name = f"gold-{i:05d}"
     vm = {"name": f"app-{i:05d}", "instanceUuid": vm_uuid, "moref": f"vm-{i + 100}"}
@@ -245,6 +269,7 @@ def pending_backup(kind: str, i: int, policy_uid: str, now: str) -> tuple[str, d
             "generation": 1,
             "creationTimestamp": now,
             "labels": labels,
+            **({"finalizers": ["vmguard.io/finalizer"]} if finalizer else {}),
         },
         "spec": {"vm": vm, "policyRef": {"name": "gold"}, "mode": "auto"},
         "status": {
@@ -287,7 +312,8 @@ def measure_pending(
     kube.etcd_delete_namespace(NAMESPACE)
     policy_uid = setup(kube, k, NAMESPACE)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    items = [pending_backup(kind, i, policy_uid, now) for i in range(n)]
+    fin = creates_with_finalizer(tree)
+    items = [pending_backup(kind, i, policy_uid, now, fin) for i in range(n)]
     kube.etcd_put([(prefix + name, obj) for name, obj in items])
     deadline = time.monotonic() + 600
     while kube.count(plural, NAMESPACE) < n and time.monotonic() < deadline:
@@ -301,6 +327,7 @@ def measure_pending(
     argv = [str(tree / ".venv/bin/python"), "-m", "vmguard.cli", "operator"]
     argv += ["--namespace", NAMESPACE, "--metrics-port", "-1", "--controllers", "backups"]
     log = open(lab_dir / "logs" / f"estate-operator-{n}.log", "w")  # noqa: SIM115
+    rs = kube.requests_by()
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
     started = time.monotonic()
     try:
@@ -315,6 +342,8 @@ def measure_pending(
             if admitted_after is not None and time.monotonic() - started >= warmup:
                 break
         r0, c0, w0 = kube.requests_by(), _proc_cpu(proc.pid), time.monotonic()
+        warm = _delta(r0, rs)
+        warm_s = w0 - started
         peak = 0
         while time.monotonic() - w0 < window:
             time.sleep(5)
@@ -336,14 +365,20 @@ def measure_pending(
     }
     caused = {key: v for key, v in sorted(caused.items(), key=lambda kv: -kv[1]) if v >= 0.5}
     total = sum(caused.values())
+    # From the operator's start to the window: the one-time cost of taking N over.
+    startup = sum(v - base.get(k, 0.0) * warm_s / base_s for k, v in warm.items())
     kube.etcd_delete_namespace(NAMESPACE)
     return {
         "pending": n,
         "tree": str(tree),
+        "created_with_finalizer": fin,
         "admitted_8_after_s": None if admitted_after is None else round(admitted_after),
         "phases_at_end": phases,
         "requests_per_min": round(total),
         "requests_per_min_per_pending": round(total / max(n - LIMIT, 1), 2),
+        "startup_requests": round(startup),
+        "startup_requests_per_backup": round(startup / n, 2),
+        "startup_by": {k: round(v) for k, v in sorted(warm.items(), key=lambda kv: -kv[1])[:8]},
         "by_verb_resource_per_min": caused,
         "operator_cpu_cores": round((c1 - c0) / (w1 - w0), 2),
         "operator_rss_mib": round(rss_end / 1024),
@@ -366,7 +401,13 @@ except ImportError:
     from vmguard.controller.policy_runs import PendingBackup, PolicyRunner
     from vmguard.controller.sweeps import LatestSweeps
 
-async def main(n, namespace, plural):
+async def main(n, namespace, plural, at_once):
+    if at_once:
+        try:
+            from vmguard.controller.policy import runs
+            runs.CREATES_AT_ONCE = at_once
+        except ImportError:
+            pass
     load_config()
     api = KubeAPI()
     policy = client.CustomObjectsApi().get_namespaced_custom_object(
@@ -383,11 +424,11 @@ async def main(n, namespace, plural):
     await runner.create_due(policy, run)
     print(json.dumps({"created_s": round(time.monotonic() - t0, 1), "left": len(runner.pending)}))
 
-asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
 
 
-def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
+def measure_night(kube: Kube, tree: Path, n: int, at_once: int = 0) -> dict[str, Any]:
     k = kinds(tree)
     plural = k["backup"][1]
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
@@ -395,14 +436,449 @@ def measure_night(kube: Kube, tree: Path, n: int) -> dict[str, Any]:
     setup(kube, k, NIGHT_NAMESPACE)
     env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
     argv = [str(tree / ".venv/bin/python"), "-c", NIGHT_WORKER]
-    argv += [str(n), NIGHT_NAMESPACE, k["policy"][1]]
+    argv += [str(n), NIGHT_NAMESPACE, k["policy"][1], str(at_once)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tree)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     row = json.loads(done.stdout.strip().splitlines()[-1])
     count = kube.count(plural, NIGHT_NAMESPACE)
     kube.etcd_delete_namespace(NIGHT_NAMESPACE)
-    return {"night": n, "tree": str(tree), **row, "objects": count, "load": os.getloadavg()}
+    return {
+        "night": n,
+        "tree": str(tree),
+        "creates_at_once": at_once or "the tree's",
+        **row,
+        "objects": count,
+        "load": os.getloadavg(),
+    }
+
+
+# -- The estate the operator keeps: 5,000 VMs, their ProtectedVMs, last night's runs ----
+
+ESTATE_NAMESPACE = "estate-big"
+PREFIXES = ("web", "db", "dev-a", "sandbox", "test", "infra")
+"""The simulator's VM name prefixes (lab/vsphere/inventory.go): one policy each, and a
+default (fail-safe) policy for the rest."""
+DISK = {
+    "capacityBytes": 68719476736,
+    "mode": "incremental",
+    "bytesRead": 734003200,
+    "bytesChanged": 734003200,
+    "bytesUploaded": 201326592,
+    "chunksNew": 48,
+    "chunksReused": 16336,
+    "key": 2000,
+    "label": "Hard disk 1",
+}
+
+
+def start_vcsim(vms: int, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
+    """The lab's simulator with ``vms`` VMs on free loopback ports (as bench/discovery.py);
+    returns the process, its ready.json and the password."""
+    from vmguard_lab import build
+    from vmguard_lab.paths import LabPaths
+    from vmguard_lab.procs import free_port
+    from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, vsim_command
+
+    binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
+    password = uuid.uuid4().hex
+    env = dict(os.environ, **{USERNAME_ENV: "bench@vsphere.local", PASSWORD_ENV: password})
+    argv = vsim_command(binary, workdir, free_port(), free_port(), vms, 1, 1 << 30)
+    log = open(workdir / "vcsim.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ready = workdir / "ready.json"
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError((workdir / "vcsim.log").read_text()[-2000:])
+        time.sleep(0.5)
+    return proc, json.loads(ready.read_text()), password
+
+
+def estate_policy_of(vm_name: str) -> str:
+    from fnmatch import fnmatchcase
+
+    return next((p for p in PREFIXES if fnmatchcase(vm_name, f"{p}-*")), "fail-safe")
+
+
+def estate_objects(
+    kube: Kube, info: dict[str, Any], password: str, lab: dict[str, Any], hour: int
+) -> list[dict[str, Any]]:
+    """Secrets, the VCenter (the simulator), the repository and the policies, applied
+    through the apiserver; returns the policies. The repository is at a closed port: its
+    150,000 archives are not written (catalog sync of an empty bucket would flag every
+    run's archive as missing, which a real estate never does), so catalog sync lists
+    the namespace's runs and ProtectedVMs and then fails to reach the bucket, each pass."""
+    from vmguard_lab.procs import free_port
+
+    ns = ESTATE_NAMESPACE
+    minio = lab["minio"]
+    endpoint = f"127.0.0.1:{free_port()}"
+    bucket = "estate"
+    port = int(info["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    group = "vmguard.io/v1alpha1"
+    schedule = {"cron": f"0 {hour} * * *"}
+    retention = {"keepDaily": 35}
+    policies: list[dict[str, Any]] = [
+        {
+            "apiVersion": group,
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": p, "namespace": ns},
+            "spec": {
+                "vcenterRef": {"name": "vc1"},
+                "repositoryRef": {"name": "main"},
+                "selector": {"names": [f"{p}-*"]},
+                "priority": 10,
+                "schedule": schedule,
+                "retention": retention,
+            },
+        }
+        for p in PREFIXES
+    ]
+    policies.append(
+        {
+            "apiVersion": group,
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": "fail-safe", "namespace": ns},
+            "spec": {
+                "vcenterRef": {"name": "vc1"},
+                "repositoryRef": {"name": "main"},
+                "default": True,
+                "schedule": schedule,
+                "retention": retention,
+            },
+        }
+    )
+    kube.run("create", "namespace", ns, check=False)
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "vc-creds", "namespace": ns},
+                "stringData": {"username": "bench@vsphere.local", "password": password},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s3", "namespace": ns},
+                "stringData": {
+                    "accessKeyID": minio["access_key"],
+                    "secretAccessKey": minio["secret_key"],
+                },
+            },
+            {
+                "apiVersion": group,
+                "kind": "VCenter",
+                "metadata": {"name": "vc1", "namespace": ns},
+                "spec": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "credentialsSecretRef": {"name": "vc-creds"},
+                    "tls": {"caBundle": Path(info["tls_cert"]).read_text()},
+                },
+            },
+            {
+                "apiVersion": group,
+                "kind": "VMGuardRepository",
+                "metadata": {"name": "main", "namespace": ns},
+                "spec": {
+                    "s3": {"endpoint": endpoint, "bucket": bucket, "insecure": True},
+                    "credentialsSecretRef": {"name": "s3"},
+                },
+            },
+            *policies,
+        ]
+    )
+    out = []
+    for p in policies:
+        name = p["metadata"]["name"]
+        got = kube.run("get", "vmprotectionpolicies", name, "-n", ns, "-o", "json")
+        out.append(json.loads(got))
+    return out
+
+
+def estate_items(
+    records: list[Any], policies: list[dict[str, Any]], per_vm: int, runs: int, hour: int
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(etcd key, object) of every VM's ProtectedVM with ``per_vm`` daily points, the
+    newest at today's (or yesterday's) ``hour``; and, for the first ``runs`` VMs, that
+    newest point's Completed VMGuardBackup run, not yet expired. Built with the
+    operator's own builders, so names, labels and the status shape are the operator's."""
+    import datetime as dt
+
+    from vmguard.api import format_time
+    from vmguard.controller.kube import points
+    from vmguard.controller.kube.schedule import parse
+    from vmguard.controller.policy.builders import build_vmbackup
+
+    ns = ESTATE_NAMESPACE
+    by_name = {p["metadata"]["name"]: p for p in policies}
+    objective = parse(f"0 {hour} * * *").default_rpo()
+    now = dt.datetime.now(dt.UTC)
+    newest = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if newest > now:
+        newest -= dt.timedelta(days=1)
+    items: list[tuple[str, dict[str, Any]]] = []
+    stored = 0
+    for i, vm in enumerate(records):
+        policy = by_name[estate_policy_of(vm.name)]
+        key = points.ProtectedVMKey(ns, "vc1", vm.instance_uuid)
+        tag = vm.instance_uuid.replace("-", "")[:16]
+        pts = []
+        run_obj = None
+        for n in range(per_vm):
+            at = newest - dt.timedelta(days=n)
+            archive = f"{tag}-{at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+            pt: dict[str, Any] = {
+                "archiveId": archive,
+                "repository": "main",
+                "time": format_time(at),
+                "mode": "full" if n == per_vm - 1 else "incremental",
+                "bytes": 201326592,
+                "policy": policy["metadata"]["name"],
+            }
+            if n == 0 and i < runs:
+                run_obj = build_vmbackup(policy, vm, at, "schedule")
+                pt["backup"] = run_obj["metadata"]["name"]
+                done = at + dt.timedelta(seconds=95)
+                ident = run_obj["spec"]["vm"]
+                run_obj["metadata"].update(
+                    uid=str(uuid.uuid4()), generation=1, creationTimestamp=format_time(at)
+                )
+                run_obj["status"] = {
+                    "phase": "Completed",
+                    "archiveId": archive,
+                    "vm": ident,
+                    "vcenter": "vc1",
+                    "repository": "main",
+                    "modeUsed": "incremental",
+                    "disks": [dict(DISK), dict(DISK, key=2001, label="Hard disk 2")],
+                    "totals": {k: 2 * int(DISK[k]) for k in ("capacityBytes", "bytesUploaded")},
+                    "startTime": format_time(at),
+                    "completionTime": format_time(done),
+                    "snapshot": {"createTime": format_time(at)},
+                    "transport": "nbd",
+                    "conditions": [
+                        {
+                            "type": t,
+                            "status": s,
+                            "reason": "Completed",
+                            "message": f"archive {archive} committed",
+                            "lastTransitionTime": format_time(done),
+                            "observedGeneration": 1,
+                        }
+                        for t, s in (("Ready", "True"), ("Reconciling", "False"))
+                    ],
+                    "observedGeneration": 1,
+                }
+            pts.append(pt)
+        obj = points.build_protected_vm(key, vm.name)
+        obj["metadata"].update(
+            uid=str(uuid.uuid4()), generation=1, creationTimestamp=pts[-1]["time"]
+        )
+        status = {
+            "vm": {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
+            "vcenter": "vc1",
+            "points": points.newest_first(pts),  # type: ignore[arg-type]
+        }
+        # The RPO state a running operator has written (policy/runs.py, write_rpo): the
+        # schedule's default objective, from the newest completion.
+        last = newest + dt.timedelta(seconds=95 if run_obj is not None else 0)
+        rpo = points.rpo_of(last, objective, now)
+        status["rpo"] = rpo
+        status["conditions"] = points.rpo_condition([], rpo, 1)
+        obj["status"] = points.derived(status, 1)  # type: ignore[arg-type]
+        items.append((f"/registry/vmguard.io/protectedvms/{ns}/{key.name}", obj))
+        stored += len(json.dumps(obj))
+        if run_obj is not None:
+            name = run_obj["metadata"]["name"]
+            items.append((f"/registry/vmguard.io/vmguardbackups/{ns}/{name}", run_obj))
+    return items, stored
+
+
+def _tree_pids(root: int) -> list[int]:
+    """``root`` and every process below it (what "every vmguard process" sums over)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _tree_usage(root: int) -> tuple[float, int]:
+    """(CPU seconds, RSS KiB) summed over ``root``'s process tree."""
+    cpu, rss = 0.0, 0
+    for pid in _tree_pids(root):
+        try:
+            cpu += _proc_cpu(pid)
+            rss += _proc_kib(pid, "VmRSS")
+        except OSError:
+            continue
+    return cpu, rss
+
+
+def _swept_since(kube: Kube, since: float) -> bool:
+    out = kube.run(
+        "get", "vcenters", "vc1", "-n", ESTATE_NAMESPACE, "-o",
+        "jsonpath={.status.lastSweepTime}", check=False,
+    )  # fmt: skip
+    if not out.strip():
+        return False
+    at = calendar.timegm(time.strptime(out.strip()[:19], "%Y-%m-%dT%H:%M:%S"))
+    return at >= since - 1
+
+
+AFTER_SWEEP = 35.0
+"""Seconds after the first sweep before the operator may count as steady: every policy's
+pass (every 30 s) has then run on that sweep (its RPO states written)."""
+
+
+def run_estate_operator(
+    kube: Kube, tree: Path, lab_dir: Path, label: str, timeout: float, window: float
+) -> dict[str, Any]:
+    """``vmguard operator`` with every controller over the estate's namespace: the time
+    until it is steady (the vCenter swept since it started, every policy's pass run on
+    that sweep, then its CPU quiet for 10 s: the start of that quiet time is reported),
+    peak RSS summed over its processes, the apiserver requests until then, and then a
+    ``window`` of steady running (requests/min, CPU)."""
+    env = dict(kube.env, PYTHONPATH=str(tree / "operator"))
+    # A profiling wrapper (e.g. one that runs vmguard.cli.main under tracemalloc) may
+    # stand in for ``-m vmguard.cli``; it gets the same arguments.
+    wrapper = os.environ.get("ESTATE_OPERATOR_WRAPPER")
+    argv = [str(tree / ".venv/bin/python"), *([wrapper] if wrapper else ["-m", "vmguard.cli"])]
+    argv += ["operator", "--namespace", ESTATE_NAMESPACE, "--metrics-port", "-1"]
+    log = open(lab_dir / "logs" / f"estate-big-{label}.log", "w")  # noqa: SIM115
+    r0 = kube.requests_by()
+    wall0 = time.time()
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
+    t0 = time.monotonic()
+    peak, swept_s, steady_s, quiet_since, last_cpu = 0, None, None, None, 0.0
+    try:
+        while time.monotonic() - t0 < timeout:
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited {proc.returncode}; see {log.name}")
+            cpu, rss = _tree_usage(proc.pid)
+            peak = max(peak, rss)
+            if swept_s is None and _swept_since(kube, wall0):
+                swept_s = time.monotonic() - t0
+            if cpu - last_cpu < 0.05:
+                quiet_since = quiet_since or time.monotonic()
+                settled = swept_s is not None and time.monotonic() - t0 >= swept_s + AFTER_SWEEP
+                if settled and time.monotonic() - quiet_since >= 10:
+                    steady_s = quiet_since - t0
+                    break
+            else:
+                quiet_since = None
+            last_cpu = cpu
+        r1 = kube.requests_by()
+        c1, w1 = _tree_usage(proc.pid)[0], time.monotonic()
+        while time.monotonic() - w1 < window:
+            time.sleep(2.0)
+            peak = max(peak, _tree_usage(proc.pid)[1])
+        r2 = kube.requests_by()
+        c2, w2 = _tree_usage(proc.pid)[0], time.monotonic()
+        hwm = sum(_proc_kib(pid, "VmHWM") for pid in _tree_pids(proc.pid))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    start = {k: round(v) for k, v in sorted(_delta(r1, r0).items(), key=lambda kv: -kv[1])}
+    minutes = (w2 - w1) / 60
+    steady = {k: round(v / minutes, 1) for k, v in _delta(r2, r1).items() if v / minutes >= 0.5}
+    return {
+        "start": label,
+        "swept_after_s": None if swept_s is None else round(swept_s),
+        "steady_after_s": None if steady_s is None else round(steady_s),
+        "peak_rss_mib": round(max(peak, hwm) / 1024),
+        "cpu_s_until_steady": round(c1, 1),
+        "requests_until_steady": sum(start.values()),
+        "requests_until_steady_by": {k: v for k, v in start.items() if v >= 5},
+        "steady_cpu_cores": round((c2 - c1) / (w2 - w1), 3),
+        "steady_requests_per_min": round(sum(steady.values())),
+        "steady_requests_per_min_by": dict(sorted(steady.items(), key=lambda kv: -kv[1])),
+        "load": os.getloadavg(),
+    }
+
+
+def measure_estate(
+    kube: Kube,
+    tree: Path,
+    lab: dict[str, Any],
+    vms: int,
+    per_vm: int,
+    runs: int,
+    window: float,
+    starts: tuple[str, ...] = ("restart",),
+) -> list[dict[str, Any]]:
+    """The estate as a running operator keeps it (points, RPO states, runs with their
+    finalizer), then the operator started on it once per ``starts`` entry: a restart."""
+    import tempfile
+
+    from vmguard.vsphere.inventory import discover
+    from vmguard.vsphere.session import Endpoint, connect, disconnect
+
+    kube.run("apply", "--server-side", "--force-conflicts", "-f", str(tree / "crds"))
+    kube.etcd_delete_namespace(ESTATE_NAMESPACE)
+    # Today's scheduled run was 14 h ago: no catch-up at start (more than half the
+    # interval since), and last night's runs are within their 24 h TTL.
+    hour = (time.gmtime().tm_hour - 14) % 24
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vmguard-estate-vcsim-") as tmp:
+        sim, info, password = start_vcsim(vms, Path(tmp))
+        try:
+            ep = Endpoint(
+                info["sdk_url"], "bench@vsphere.local", password, ca_file=info["tls_cert"]
+            )
+            si = connect(ep)
+            records = [r for r in discover(si, {}) if not r.template]
+            disconnect(si)
+            policies = estate_objects(kube, info, password, lab, hour)
+            items, stored = estate_items(records, policies, per_vm, runs, hour)
+            t0 = time.monotonic()
+            kube.etcd_put(items)
+            pvms = sum(1 for k, _ in items if "/protectedvms/" in k)
+            while kube.count("protectedvms", ESTATE_NAMESPACE) < pvms:
+                time.sleep(2)  # the watch cache catches up with etcd
+            status = requests.post(f"{kube.etcd}/v3/maintenance/status", json={}, timeout=30)
+            t1 = time.monotonic()
+            kube.run("get", "protectedvms", "-n", ESTATE_NAMESPACE, "--no-headers")
+            get_s = time.monotonic() - t1
+            rows.append(
+                {
+                    "estate": ESTATE_NAMESPACE,
+                    "vms": len(records),
+                    "protectedvms": pvms,
+                    "points": pvms * per_vm,
+                    "runs": len(items) - pvms,
+                    "protectedvm_json_bytes_avg": round(stored / max(pvms, 1)),
+                    "written_and_cached_s": round(t1 - t0),
+                    "etcd_db_mib": round(int(status.json().get("dbSize", 0)) / 2**20),
+                    "kubectl_get_protectedvms_s": round(get_s, 1),
+                    "load": os.getloadavg(),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            for label in starts:
+                rows.append(run_estate_operator(kube, tree, lab["dir"], label, 900.0, window))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            sim.terminate()
+            sim.wait(timeout=30)
+    return rows
 
 
 def main() -> int:
@@ -412,6 +888,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the window")
     ap.add_argument("--window", type=float, default=120.0, help="seconds measured")
     ap.add_argument("--night", type=int, default=0, help="create one night of N backups")
+    ap.add_argument(
+        "--night-at-once", default="", help="creates in flight to try, e.g. 1,4 (the tree's)"
+    )
+    ap.add_argument("--estate", type=int, default=0, help="an estate of N VMs (0: none)")
+    ap.add_argument("--points", type=int, default=30, help="points per VM of --estate")
+    ap.add_argument("--runs", type=int, default=-1, help="finished runs kept (default: N)")
+    ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
+    ap.add_argument("--starts", type=int, default=1, help="operator starts on --estate")
     args = ap.parse_args()
     lab = _lab()
     kube = Kube(lab)
@@ -420,8 +904,15 @@ def main() -> int:
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(f"# tree {tree} at {commit}; load {os.getloadavg()}", flush=True)
+    if args.estate:
+        runs = args.estate if args.runs < 0 else args.runs
+        starts = tuple(f"restart-{i + 1}" for i in range(args.starts))
+        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts)
+        if not args.keep:
+            kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:
-        print(json.dumps(measure_night(kube, tree, args.night)), flush=True)
+        for at_once in [int(x) for x in args.night_at_once.split(",") if x] or [0]:
+            print(json.dumps(measure_night(kube, tree, args.night, at_once)), flush=True)
     for n in (int(s) for s in args.pending.split(",") if s):
         row = measure_pending(kube, tree, n, args.warmup, args.window, lab["dir"])
         print(json.dumps({"commit": commit, **row}), flush=True)

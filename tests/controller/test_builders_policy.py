@@ -91,6 +91,8 @@ def test_vmbackup_object() -> None:
     for value in meta["labels"].values():
         assert re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$", value)
     assert meta["annotations"] == {"vmguard.io/vm-name": "web/01 — prod%2f"}
+    # Created with the operator's finalizer: kopf need not PATCH it in (docs/scale.md).
+    assert meta["finalizers"] == ["vmguard.io/finalizer"]
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "vmguard.io/v1alpha1",

@@ -15,6 +15,7 @@ they read what kopf hands them, call plain functions, and patch status. Run with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,15 @@ from typing import Any
 import kopf
 
 from vmguard.api import ANNOTATION_PREFIX, FINALIZER
+from vmguard.api.kinds import BACKUP
 from vmguard.config import BackupSettings, ProxySettings, catalog_interval
 from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.backup.verification import VerifyLane
-from vmguard.controller.kube import crdcheck, migration, peering
+from vmguard.controller.kube import crdcheck, migration, peering, readiness
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
+from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 from vmguard.controller.kube.sweeps import LatestSweeps
@@ -69,6 +72,29 @@ class Memo(backup_handlers.BackupMemo):
     lanes: tuple[Lane, ...] = field(init=False)
     sweeps: LatestSweeps = field(init=False)
     after_sweep: AfterSweep = field(init=False)
+    protected_vms: ProtectedVMReader = field(init=False)
+    finished_backups: set[str] = field(init=False)
+    finished_verifications: set[tuple[str, str]] = field(init=False)
+
+
+class DiffBaseExceptBackups(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff-base (the last handled essence, in an annotation), kept for every kind
+    but VMGuardBackups. No handler of backups compares an old state with a new one
+    (they have daemons, an index, event handlers and a deletion handler), yet kopf
+    stores the essence of every object it first sees that has a changing handler: one
+    PATCH of each new backup, 5,000 in a night, for nothing (docs/scale.md). A backup
+    without one is a "creation" to kopf at every event, with no creation handler to
+    run: nothing is written. Existing annotations are left in place and not read."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        if body.get("kind") == BACKUP.kind:
+            return None
+        return super().fetch(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if body.get("kind") == BACKUP.kind:
+            return
+        super().store(body=body, patch=patch, essence=essence)
 
 
 @kopf.on.startup()
@@ -82,8 +108,13 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     memo.admission_wakeups = {}
     # The latest successful sweep of each vCenter, read by the policies' schedulers.
     memo.sweeps = LatestSweeps()
+    # One compact read of a namespace's ProtectedVMs, shared by its policies' passes and
+    # the fail-safe (controller/kube/held.py).
+    memo.protected_vms = ProtectedVMReader(SHARED_FOR, memo.timing)
+    memo.finished_backups = set()
+    memo.finished_verifications = set()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
-    memo.after_sweep = failsafe.protect
+    memo.after_sweep = functools.partial(failsafe.protect, protected_vms=memo.protected_vms)
     memo.proxy = ProxySettings.from_env()
     memo.backups = BackupContext(
         KubeAPI(),
@@ -104,7 +135,7 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DiffBaseExceptBackups(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
@@ -178,6 +209,8 @@ def run(options: OperatorOptions) -> None:
     watched = None if options.clusterwide else options.namespaces
     migration.migrate(client.ApiClient(), watched, timing.now())
     migration.fold_points(client.ApiClient(), watched)
+    # kopf's wait for its indexes, linear in the objects (5,000 backups: minutes before).
+    readiness.install()
     asyncio.run(
         kopf.operator(
             clusterwide=options.clusterwide,

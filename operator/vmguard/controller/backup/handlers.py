@@ -9,7 +9,10 @@
   them is the VCenter's (``vcenter.handlers.admission_turns``).
 - ``vmbackup_phase``: a backup finished: its outcome is counted once, and a completed
   one wakes its policy's scheduler (retention runs now:
-  :func:`~vmguard.controller.kube.handlers.policy_wakeup`).
+  :func:`~vmguard.controller.kube.handlers.policy_wakeup`). An event handler, not a
+  field handler: a field handler makes kopf keep a diff-base annotation on every
+  backup and PATCH it at each phase change, one request per backup and phase for
+  nothing we read (docs/scale.md); ``main`` keeps no diff-base for backups at all.
 - ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
   before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
   loop once the object is gone (its slot is free only then).
@@ -36,7 +39,7 @@ from vmguard.api import (
     BackupPhase,
     VerificationPhase,
 )
-from vmguard.api.kinds import BACKUP
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile, verification
 from vmguard.controller.backup.steps import MissingRef
@@ -50,6 +53,10 @@ class BackupMemo(OperatorMemo, Protocol):
     within it, so every object's handlers must see the same one)."""
 
     backups: reconcile.BackupContext
+    finished_backups: set[str]
+    """UIDs of the finished backups ``vmbackup_phase`` has seen (this process only)."""
+    finished_verifications: set[tuple[str, str]]
+    """(UID, run) of the ended verifications it has seen (this process only)."""
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -142,14 +149,6 @@ async def vmbackup_verifier(
         await ctx.timing.wait(delay, stopped)
 
 
-@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.verification.phase")
-def vmbackup_verified(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
-    """A verification ended: count it, and free its slot in its vCenter's queue now."""
-    if new == VerificationPhase.COMPLETED:
-        _wake_admission(memo, body)
-        memo.metrics.observe_verification(dict(body))
-
-
 def _vcenter_namespace(body: Any) -> str | None:
     return (body.get("status") or {}).get("vcenterNamespace") or (body.get("metadata") or {}).get(
         "namespace"
@@ -213,15 +212,26 @@ async def vmbackup_runner(
             await ctx.timing.wait(delay, stopped)
 
 
-@kopf.on.field(GROUP, VERSION, BACKUP.plural, field="status.phase")
-async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) -> None:
-    """A backup finished: count it (outcome, duration, bytes, last success) once. Seen as
-    it happens; backups that finished while no operator ran are not counted again. A
-    completed one wakes its policy's scheduler, which applies retention (async: on the
-    event loop, where that scheduler's asyncio.Event lives)."""
-    if new in BACKUP_TERMINAL:
-        _wake_admission(memo, body)
-        memo.metrics.observe_backup(dict(body))
+@kopf.on.event(GROUP, VERSION, BACKUP.plural)
+async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo, **_: Any) -> None:
+    """A backup finished: count it (outcome, duration, bytes, last success) once (the
+    metrics count each UID once, and none that finished before this operator started).
+    The first event of each finished backup wakes its vCenter's admission loop and, if
+    it completed, its policy's scheduler, which applies retention (async: on the event
+    loop, where that scheduler's asyncio.Event lives). Which finished backups were seen
+    is kept in memory (``memo.finished_backups``), not in the objects."""
+    uid = str(body.get("metadata", {}).get("uid") or "")
+    if event.get("type") == "DELETED":
+        memo.finished_backups.discard(uid)
+        memo.finished_verifications -= {k for k in memo.finished_verifications if k[0] == uid}
+        return
+    _verification_ended(body, uid, memo)
+    new = (body.get("status") or {}).get("phase")
+    if new not in BACKUP_TERMINAL or uid in memo.finished_backups:
+        return
+    memo.finished_backups.add(uid)
+    _wake_admission(memo, body)
+    memo.metrics.observe_backup(dict(body))
     policy = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
     if new == BackupPhase.COMPLETED and policy and body.get("metadata", {}).get("namespace"):
@@ -229,18 +239,56 @@ async def vmbackup_phase(body: kopf.Body, new: Any, memo: BackupMemo, **_: Any) 
         policy_wakeup(memo, body["metadata"]["namespace"], policy).set()
 
 
+def _verification_ended(body: kopf.Body, uid: str, memo: BackupMemo) -> None:
+    """A verification ended (first event of each run): count it, and free its slot in
+    its vCenter's queue now. An event handler like the phase's, not a field handler:
+    kopf keeps nothing in a backup (docs/vmbackup-controller.md)."""
+    v = (body.get("status") or {}).get("verification") or {}
+    if v.get("phase") != VerificationPhase.COMPLETED:
+        return
+    key = (uid, str(v.get("run") or 1))
+    if key in memo.finished_verifications:
+        return
+    memo.finished_verifications.add(key)
+    _wake_admission(memo, body)
+    memo.metrics.observe_verification(dict(body))
+
+
 def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
     return expiry.expires(status, labels)
 
 
+@kopf.index(GROUP, VERSION, POLICY.plural)
+def policy_ttls(
+    spec: kopf.Spec, name: str, namespace: str | None, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each policy's ``ttlSecondsAfterFinished`` (the part of its spec a backup's expiry
+    reads), so that waiting runs never GET their policy."""
+    ttl = spec.get("ttlSecondsAfterFinished")
+    return {(namespace or "", name): {} if ttl is None else {"ttlSecondsAfterFinished": ttl}}
+
+
 @kopf.daemon(GROUP, VERSION, BACKUP.plural, id="expiry", when=_expires, cancellation_timeout=5.0)
 async def vmbackup_expiry(
-    body: kopf.Body, memo: BackupMemo, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body,
+    memo: BackupMemo,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
-    """Delete a finished backup run once its TTL has passed; its point and archive stay."""
+    """Delete a finished backup run once its TTL has passed; its point and archive stay.
+    ``body`` is kopf's live view of the object, the policies' TTLs come from kopf's index
+    (a keyword argument named after its handler): waiting reads nothing from the
+    apiserver."""
     if not acts(memo, "backups"):
         return
-    await expiry.run(memo.backups.api, memo.backups.timing, dict(body), stopped)
+    policy_ttls: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["policy_ttls"]
+
+    def policy_spec(namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(policy_ttls.get((namespace, name), [])), None)
+
+    await expiry.run(memo.backups.api, memo.backups.timing, body, stopped, policy_spec)
+    # Its point no longer names the run: the policies' next passes read that.
+    memo.protected_vms.forget(body.get("metadata", {}).get("namespace") or "")
 
 
 @kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import kopf
 
 from vmguard.config import ProxySettings
+from vmguard.controller.kube.held import ProtectedVMReader
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
 from vmguard.controller.kube.timing import Timing
@@ -77,6 +78,8 @@ class OperatorMemo(Protocol):
     """(namespace, vCenter name) → the event that wakes that vCenter's admission loop."""
     lanes: tuple[Lane, ...]
     """The kinds of proxy work the admission loops start (docs/admission.md)."""
+    protected_vms: ProtectedVMReader
+    """The one shared, compact reader of the namespaces' ProtectedVMs (:mod:`.held`)."""
 
 
 def acts(memo: OperatorMemo, controller: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -81,22 +81,28 @@ class KubeAPI:
     ) -> list[dict[str, Any]]:
         """Every object of ``plural`` in ``namespace``, read in pages of ``page`` objects
         (``limit``/``continue``): no response grows with the estate."""
+        items: list[dict[str, Any]] = []
+        async for got in self.list_pages(plural, namespace, label_selector, page):
+            items.extend(got)
+        return items
 
-        def read() -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = []
-            token = ""
-            while True:
-                more = {"_continue": token} if token else {}
-                res = self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, label_selector=label_selector,
-                    limit=page, **more,
-                )  # fmt: skip
-                items.extend(res.get("items", []))
-                token = str((res.get("metadata") or {}).get("continue") or "")
-                if not token:
-                    return items
-
-        return await asyncio.to_thread(read)
+    async def list_pages(
+        self, plural: str, namespace: str, label_selector: str = "", page: int = PAGE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """:meth:`list_objects` one page at a time, so that a caller that keeps only a
+        little of each object never holds every object at once."""
+        token = ""
+        while True:
+            more = {"_continue": token} if token else {}
+            res = await asyncio.to_thread(
+                self.custom.list_namespaced_custom_object,
+                GROUP, VERSION, namespace, plural, label_selector=label_selector,
+                limit=page, **more,
+            )  # fmt: skip
+            yield res.get("items", [])
+            token = str((res.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create ``body``; False when an object of that name exists already.

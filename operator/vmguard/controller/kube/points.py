@@ -39,9 +39,10 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 from vmguard.api import (
     ANNOTATION_ARCHIVE_ID,
@@ -453,12 +454,67 @@ def choose_point(
     return max(before, key=lambda tp: (tp[0], str(tp[1].get("archiveId"))), default=(None, None))[1]
 
 
+class PointRecord(NamedTuple):
+    """One point as the policies' passes read it: what their history, fail-safe and
+    retention need of it ("" where the point has none)."""
+
+    archive_id: str
+    time: str
+    policy: str
+    repository: str
+    backup: str
+    copies: tuple[Mapping[str, Any], ...] = ()
+    """The point's ``copies`` (kube/copies.py)."""
+    verification: Mapping[str, Any] | None = None
+    """The point's ``verification`` once it ended (it has a ``time``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldVM:
+    """A ProtectedVM read compactly (:func:`held_of`): its key, its RPO state and its
+    points as :class:`PointRecord` tuples. A namespace of 5,000 VMs with 30 points each
+    holds ≈ 29 MB of JSON in ProtectedVMs; as dicts that is several times more in
+    memory, as these ≈ 40 MB (docs/scale.md)."""
+
+    key: ProtectedVMKey
+    rpo: Mapping[str, Any] | None
+    points: tuple[PointRecord, ...]
+
+
+def held_of(obj: Mapping[str, Any]) -> HeldVM | None:
+    """The compact view of a ProtectedVM read back (None when its status names no VM).
+    Policy and repository names repeat across thousands of points: interned."""
+    key = key_of(obj)
+    if key is None:
+        return None
+    status = obj.get("status") or {}
+    records = tuple(
+        PointRecord(
+            str(p.get("archiveId") or ""),
+            str(p.get("time") or ""),
+            sys.intern(str(p.get("policy") or "")),
+            sys.intern(str(p.get("repository") or "")),
+            str(p.get("backup") or ""),
+            tuple(dict(c) for c in p.get("copies") or ()),
+            dict(p["verification"]) if (p.get("verification") or {}).get("time") else None,
+        )
+        for p in status.get("points") or []
+    )
+    rpo = status.get("rpo")
+    key = ProtectedVMKey(sys.intern(key.namespace), sys.intern(key.vcenter), key.instance_uuid)
+    return HeldVM(key, dict(rpo) if rpo else None, records)
+
+
 STAND_IN: Final = f"{GROUP}/point-stand-in"
 """Annotation of a :func:`stand_ins` body: no such object exists in the apiserver."""
+_STAND_IN_ANNOTATIONS: Final = {STAND_IN: "true"}
 
 
 def stand_ins(
-    protected_vms: Iterable[Mapping[str, Any]], backups: Iterable[Mapping[str, Any]]
+    protected_vms: Iterable[HeldVM | Mapping[str, Any]],
+    backups: Iterable[Mapping[str, Any]],
+    policy: str | None = None,
+    newest: bool = False,
 ) -> list[dict[str, Any]]:
     """A Completed VMGuardBackup body, never created, for each point whose backup run
     expired (no ``backup`` left) and whose archive no VMGuardBackup of ``backups`` names:
@@ -467,52 +523,72 @@ def stand_ins(
     and its copies stay known (``status.copies`` from the point's ``copies``) (pure). A point
     whose run a person deleted gets none: catalog sync brings that object back, as it
     always did. Annotated :data:`STAND_IN`; named ``point-<archive id>`` (no
-    VMGuardBackup has such a name)."""
+    VMGuardBackup has such a name). With ``policy``, only the points made under that
+    policy: a pass builds stand-ins for its own points, not the namespace's. With
+    ``newest``, only the newest such point of each VM (per policy; the list is newest
+    first): enough for whether and when a VM was last backed up (the fail-safe), not for
+    retention.
+
+    The bodies are read, never changed: the parts that are the same for every point of
+    a VM (labels, spec, ``status.vm``) are one object shared by its stand-ins."""
     named = {
         str((b.get("status") or {}).get("archiveId") or "")
         or str(((b.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID, ""))
         for b in backups
     }
     out = []
-    for key, point in points_of(protected_vms):
-        archive = str(point.get("archiveId") or "")
-        if not archive or archive in named or point.get("backup"):
+    for held in protected_vms:
+        record = held if isinstance(held, HeldVM) else held_of(held)
+        if record is None:
             continue
-        labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
-        spec: dict[str, Any] = {"vm": {"instanceUuid": key.instance_uuid}}
-        if point.get("policy"):
-            labels[LABEL_POLICY] = point["policy"]
-            spec["policyRef"] = {"name": point["policy"]}
-        out.append(
-            {
-                "metadata": {
-                    "name": f"point-{archive.lower()}",
-                    "namespace": key.namespace,
-                    "uid": "",
-                    "labels": labels,
-                    "annotations": {STAND_IN: "true"},
-                    "creationTimestamp": point.get("time"),
-                },
-                "spec": spec,
-                "status": {
-                    "phase": "Completed",
-                    "archiveId": archive,
-                    "repository": point.get("repository", ""),
-                    "vcenter": key.vcenter,
-                    "vm": {"instanceUuid": key.instance_uuid},
-                    "snapshot": {"createTime": point.get("time")},
-                    "completionTime": point.get("time"),
-                    # What the run's status.copies said (kube/copies.py writes both).
-                    "copies": [dict(c) for c in point.get("copies") or []],
-                    # What metrics read of an expired run: its point's verification.
-                    **(
-                        {"verification": {"phase": "Completed", **point["verification"]}}
-                        if (point.get("verification") or {}).get("time")
-                        else {}
-                    ),
-                },
-            }
-        )
+        key = record.key
+        shared: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        vm = {"instanceUuid": key.instance_uuid}
+        for point in record.points:
+            if policy is not None and point.policy != policy:
+                continue
+            if not point.archive_id or point.archive_id in named or point.backup:
+                continue
+            if newest and point.policy in shared:
+                continue
+            if point.policy not in shared:
+                labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
+                spec: dict[str, Any] = {"vm": vm}
+                if point.policy:
+                    labels[LABEL_POLICY] = point.policy
+                    spec["policyRef"] = {"name": point.policy}
+                shared[point.policy] = (labels, spec)
+            labels, spec = shared[point.policy]
+            out.append(
+                {
+                    "metadata": {
+                        "name": f"point-{point.archive_id.lower()}",
+                        "namespace": key.namespace,
+                        "uid": "",
+                        "labels": labels,
+                        "annotations": _STAND_IN_ANNOTATIONS,
+                        "creationTimestamp": point.time or None,
+                    },
+                    "spec": spec,
+                    "status": {
+                        "phase": "Completed",
+                        "archiveId": point.archive_id,
+                        "repository": point.repository,
+                        "vcenter": key.vcenter,
+                        "vm": vm,
+                        "snapshot": {"createTime": point.time or None},
+                        "completionTime": point.time or None,
+                        # What the run's status.copies said (kube/copies.py writes both).
+                        "copies": [dict(c) for c in point.copies],
+                        # What metrics read of an expired run: its point's verification.
+                        **(
+                            {"verification": {"phase": "Completed", **point.verification}}
+                            if point.verification
+                            else {}
+                        ),
+                    },
+                }
+            )
     return out
 
 

@@ -16,6 +16,9 @@ Invariants:
   ``vmguard.io/vm-name`` annotation, never in a label or a name.
 - **Owner**: the policy (``controller: true``), so deleting a policy deletes its
   VMGuardBackup objects; what happens to the archives is the VMGuardBackup controller's rule.
+- **Finalizer from the start**: the operator's finalizer is in the object as created,
+  as kopf would add it (a backup in flight has a deletion handler and daemons): one
+  PATCH less per backup, 5,000 fewer in a night of 5,000 VMs (docs/scale.md).
 - **Spec**: the VM's three ids (a moref that is not ``vm-N`` is left out: the CRD
   admits only that shape), ``policyRef``, and ``mode: full`` when the policy's
   ``mode.type`` is ``full`` (else ``auto``; ``fullEvery`` is the VMGuardBackup controller's
@@ -33,6 +36,7 @@ from typing import Any
 from vmguard.api import (
     ANNOTATION_VM_NAME,
     API_VERSION,
+    FINALIZER,
     LABEL_POLICY,
     LABEL_RUN,
     LABEL_TRIGGER,
@@ -99,6 +103,7 @@ def build_vmbackup(
                 LABEL_RUN: run_label(when),
             },
             "annotations": {ANNOTATION_VM_NAME: vm.name},
+            "finalizers": [FINALIZER],
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,

@@ -42,6 +42,7 @@ from typing import Any
 from vmguard.api import Trigger
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.controller.kube import points
+from vmguard.controller.kube.held import ProtectedVMReader
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import judgement
@@ -130,9 +131,11 @@ async def protect(
     view: SweepView,
     policy_objects: Sequence[Mapping[str, Any]],
     now: dt.datetime,
+    protected_vms: ProtectedVMReader | None = None,
 ) -> list[str]:
     """Create the fail-safe backups this sweep calls for; the names created. ``now`` is
-    the controller's clock (controller/kube/timing.py): back-offs and names are counted in it."""
+    the controller's clock (controller/kube/timing.py): back-offs and names are counted in it.
+    ``protected_vms``: the operator's shared reader (none: read them afresh)."""
     mine = {p["metadata"]["name"]: p for p in policy_objects}
     wanted = {name: view.vms_of(name) for name in mine}
     wanted = {name: vms for name, vms in wanted.items() if vms}
@@ -140,7 +143,8 @@ async def protect(
         return []
     backups = await api.list_objects(BACKUP.plural, namespace)
     # A VM whose backup runs expired still has its points: it was backed up.
-    backups += points.stand_ins(await api.list_objects(points.PLURAL, namespace), backups)
+    reader = protected_vms or ProtectedVMReader(0.0)
+    held = await reader.read(api, namespace)
     created = []
     for name, vms in sorted(wanted.items()):
         policy = mine[name]
@@ -149,7 +153,9 @@ async def protect(
         assessment = await judgement.assess(api, policy)
         if not assessment.ready:
             continue
-        history = BackupHistory.of_policy(backups, name)
+        history = BackupHistory.of_policy(
+            [*backups, *points.stand_ins(held, backups, policy=name, newest=True)], name
+        )
         made = plan(vms, history, now, view.interval, Limits.of(policy))
         mine_now = 0
         for vm in made.now if not (policy.get("spec") or {}).get("dryRun") else []:

@@ -66,7 +66,17 @@ async def policy_scheduler(
     poll = BackupSettings.from_env().poll
     copier = Copier(api, JobAPI(), memo.proxy, memo.timing, logger, poll)
     runner = PolicyRunner(
-        api, body, memo.sweeps, wake, stopped, logger, announce, memo.timing, metrics, copier
+        api,
+        body,
+        memo.sweeps,
+        wake,
+        stopped,
+        logger,
+        announce,
+        memo.timing,
+        metrics,
+        copier,
+        memo.protected_vms,
     )
     try:
         await runner.loop()

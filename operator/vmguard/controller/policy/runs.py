@@ -50,8 +50,8 @@ from typing import Any
 from vmguard.api import LABEL_POLICY, BackupPhase, Trigger, format_time, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.controller.kube import points, verifications
-from vmguard.controller.kube.bodies import ref_name
 from vmguard.controller.kube.handlers import Announce
+from vmguard.controller.kube.held import ProtectedVMReader
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.schedule import jitter_offset, parse
 from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
@@ -67,6 +67,9 @@ from vmguard.vsphere.records import VMRecord
 
 STATUS_REFRESH = 30.0
 RETRY = 15.0
+CREATES_AT_ONCE = 4
+"""Creates of one pass in flight at once: the client's work (Python) and the apiserver's
+overlap; more only queue up on a 2-core machine (docs/scale.md)."""
 
 
 @dataclass(frozen=True)
@@ -134,10 +137,14 @@ class PolicyRunner:
         timing: Timing = REAL_TIME,
         metrics: Metrics | None = None,
         copier: Copier | None = None,
+        protected_vms: ProtectedVMReader | None = None,
     ) -> None:
         self.api, self.body, self.sweeps, self.timing = api, body, sweeps, timing
         self.copier = copier
-        self.held: list[dict[str, Any]] = []
+        # The operator's one reader, shared by every policy of the namespace; alone, a
+        # runner reads the ProtectedVMs afresh on every pass.
+        self.protected_vms = protected_vms or ProtectedVMReader(0.0, timing)
+        self.held: list[points.HeldVM] = []
         """The namespace's ProtectedVMs as this pass read them (:meth:`history_objects`)."""
         self.metrics = metrics
         self.wake, self.stopped, self.log = wake, stopped, logger
@@ -200,27 +207,34 @@ class PolicyRunner:
             await self.start_run(policy, assessment.jitter, self.waiting_run, view)
             self.waiting_run = None
         await self.create_due(policy, now)
-        backups = await self.history_objects(namespace, meta["name"])
-        # A stand-in (an expired run's point) carries its point's copies, but no copy is
-        # started for it any more (copying.py): only runs are held for their copies.
-        runs = [b for b in backups if not points.is_stand_in(b)]
-        hold = (
-            awaiting_copy(policy, assessment.copies.targets, runs)
-            if assessment.copies is not None
-            else set()
-        )
-        # A point being verified is kept until its verification ends (it reads it).
-        hold |= {
-            b["metadata"]["name"] for b in runs if verifications.in_flight(b.get("status") or {})
-        }
-        pruned = await self.retention.apply(
-            self.api, policy, backups, self.announce, real_now, hold
-        )
-        backups = [b for b in backups if b["metadata"]["name"] not in pruned]
-        if self.copier is not None and assessment.copies is not None:
-            await self.copier.apply(policy, assessment.copies.targets, backups)
-        verify_at = await self.verify_on_schedule(policy, assessment, backups, now)
-        await self.refresh_status(policy, assessment, view, now, real_now, backups)
+        # One policy's pass at a time per namespace holds its history (a stand-in per
+        # point of its VMs): seven policies starting at once held seven (docs/scale.md).
+        async with self.protected_vms.one_pass(namespace):
+            backups = await self.history_objects(namespace, meta["name"])
+            # A stand-in (an expired run's point) carries its point's copies, but no copy
+            # is started for it any more (copying.py): only runs are held for their copies.
+            runs = [b for b in backups if not points.is_stand_in(b)]
+            hold = (
+                awaiting_copy(policy, assessment.copies.targets, runs)
+                if assessment.copies is not None
+                else set()
+            )
+            # A point being verified is kept until its verification ends (it reads it).
+            hold |= {
+                b["metadata"]["name"]
+                for b in runs
+                if verifications.in_flight(b.get("status") or {})
+            }
+            pruned = await self.retention.apply(
+                self.api, policy, backups, self.announce, real_now, hold
+            )
+            if pruned:  # their points left the ProtectedVMs
+                self.protected_vms.forget(namespace)
+            backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+            if self.copier is not None and assessment.copies is not None:
+                await self.copier.apply(policy, assessment.copies.targets, backups)
+            verify_at = await self.verify_on_schedule(policy, assessment, backups, now)
+            await self.refresh_status(policy, assessment, view, now, real_now, backups)
         wake_at = [real_now + dt.timedelta(seconds=self.timing.interval(STATUS_REFRESH))]
         if self.pending:
             wake_at.append(self.timing.off_line(self.pending[0].start))
@@ -261,16 +275,14 @@ class PolicyRunner:
         return sched.next_after(now)
 
     async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The policy's VMGuardBackups, and a stand-in for each point of its VMs whose
-        backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`)."""
+        """The policy's VMGuardBackups, and a stand-in for each point made under the
+        policy whose backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`;
+        the ProtectedVMs from the operator's shared reader,
+        :mod:`~vmguard.controller.kube.held`)."""
         backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
-        held = await self.api.list_objects(points.PLURAL, namespace)
+        held = await self.protected_vms.read(self.api, namespace)
         self.held = held
-        return backups + [
-            b
-            for b in points.stand_ins(held, backups)
-            if ref_name(b["spec"].get("policyRef")) == name
-        ]
+        return backups + points.stand_ins(held, backups, policy=name)
 
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
@@ -300,24 +312,31 @@ class PolicyRunner:
         self.log.info(message)
 
     async def create_due(self, policy: dict[str, Any], now: dt.datetime) -> None:
+        """Create the backups whose start has come, :data:`CREATES_AT_ONCE` requests in
+        flight, in the order of their starts (a night of 5,000 in one pass)."""
         meta = policy["metadata"]
         due = [p for p in self.pending if p.start <= now]
         if not due:
             return
-        created = existed = 0
         keep = [p for p in self.pending if p.start > now]
-        for item in due:
-            body = build_vmbackup(policy, item.vm, item.run, Trigger.SCHEDULE)
-            try:
-                if await self.api.create_object(BACKUP.plural, meta["namespace"], body):
-                    created += 1
-                else:
-                    existed += 1
-            except RetryableError as exc:
-                self.log.warning("creating %s: %s; retrying", body["metadata"]["name"], exc)
-                keep.append(item)
-            except VmguardError as exc:
-                self.log.error("creating %s: %s", body["metadata"]["name"], exc)
+        slots = asyncio.Semaphore(CREATES_AT_ONCE)
+
+        async def create(item: PendingBackup) -> bool | None:
+            """True: created; False: it existed; None: not created (retried if retryable)."""
+            async with slots:
+                body = build_vmbackup(policy, item.vm, item.run, Trigger.SCHEDULE)
+                try:
+                    return await self.api.create_object(BACKUP.plural, meta["namespace"], body)
+                except RetryableError as exc:
+                    self.log.warning("creating %s: %s; retrying", body["metadata"]["name"], exc)
+                    keep.append(item)
+                except VmguardError as exc:
+                    self.log.error("creating %s: %s", body["metadata"]["name"], exc)
+                return None
+
+        outcomes = await asyncio.gather(*(create(item) for item in due))
+        created = sum(1 for o in outcomes if o is True)
+        existed = sum(1 for o in outcomes if o is False)
         self.pending = sorted(keep, key=lambda p: p.start)
         if created or existed:
             self.log.info(
@@ -397,17 +416,20 @@ class PolicyRunner:
         ``WithinRPO``), only where it changed: a pass writes nothing for a VM whose state
         and due time stand."""
         mine = {vm.instance_uuid.lower() for vm in vms}
-        for obj in self.held:
-            key = points.key_of(obj)
-            if key is None or key.instance_uuid.lower() not in mine:
+        wrote = False
+        for held in self.held:
+            key = held.key
+            if key.instance_uuid.lower() not in mine:
                 continue
             rpo = points.rpo_of(history.last_completed(key.instance_uuid), objective, now)
-            if (obj.get("status") or {}).get("rpo") == rpo:
+            if held.rpo == rpo:
                 continue
             try:
-                await points.set_rpo(self.api, key, rpo)
+                wrote |= await points.set_rpo(self.api, key, rpo)
             except VmguardError as exc:  # the next pass tries again
                 self.log.warning("RPO of ProtectedVM %s: %s", key.name, exc)
+        if wrote:
+            self.protected_vms.forget(namespace)
 
     async def sleep(self, seconds: float) -> None:
         spec = self.body.get("spec") or {}

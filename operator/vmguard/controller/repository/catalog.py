@@ -76,6 +76,7 @@ from vmguard.controller.kube import access, points
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.conditions import get_condition, lifecycle_conditions, set_condition
 from vmguard.controller.kube.copies import copies_of
+from vmguard.controller.kube.held import read_held
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import ConfigError, RepositoryNotFoundError, VmguardError
 from vmguard.store import ArchiveManifest, Repository, TransferStats
@@ -197,14 +198,15 @@ def plan_catalog(
     return CatalogPlan(tuple(create), tuple(complete), tuple(flag), tuple(clear))
 
 
-def expired_runs(protected_vms: Iterable[Mapping[str, Any]]) -> set[str]:
+def expired_runs(protected_vms: Iterable[points.HeldVM | Mapping[str, Any]]) -> set[str]:
     """Archive ids of the points whose VMGuardBackup expired by its TTL (the point has
     no ``backup`` any more): catalog sync brings no object back for those (pure)."""
-    return {
-        str(point["archiveId"])
-        for _, point in points.points_of(protected_vms)
-        if not point.get("backup") and point.get("archiveId")
-    }
+    out: set[str] = set()
+    for obj in protected_vms:
+        held = obj if isinstance(obj, points.HeldVM) else points.held_of(obj)
+        if held is not None:
+            out.update(p.archive_id for p in held.points if p.archive_id and not p.backup)
+    return out
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,7 @@ async def sync(api: KubeAPI, repository: Mapping[str, Any], announce: Announce) 
     # one of them (expiry clears the point's backup before it deletes the object).
     expired: set[str] = set()
     for where in lists:
-        expired |= expired_runs(await api.list_objects(points.PLURAL, where))
+        expired |= expired_runs(await read_held(api, where))  # compact, page by page
     try:
         repo = await access.open_repository(api, dict(repository))
     except RepositoryNotFoundError:

@@ -1,0 +1,160 @@
+"""How the policies' passes read a namespace's ProtectedVMs (``controller/kube/held.py``).
+
+At 5,000 VMs with 30 points each a namespace's ProtectedVMs are ≈ 29 MB of JSON; every
+policy's scheduler pass read all of them every 30 s and built a dict per point
+(docs/scale.md). Unit tests: the compact view of an object gives the same stand-ins as
+the object itself, and a pass takes only its own policy's points. Lab test: the
+namespace's policies share one LIST through the operator's reader, and a pass that
+wrote a ProtectedVM makes the next one read again — counted as LIST requests to the
+real apiserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import pytest
+from tests.controller import objects
+
+from vmguard.api import format_time
+from vmguard.api.kinds import PROTECTEDVM
+from vmguard.controller.kube import points
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.timing import Timing
+from vmguard.store.clock import ManualClock
+
+UUID = "4201aaaa-bbbb-cccc-dddd-eeeeffff0001"
+
+
+def protected_vm(*pts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": "lab-x"},
+        "status": {"vm": {"instanceUuid": UUID}, "vcenter": "lab", "points": list(pts)},
+    }
+
+
+def pt(archive: str, day: int, policy: str = "gold", **more: Any) -> dict[str, Any]:
+    time = f"2026-01-{day:02d}T00:00:00Z"
+    return {"archiveId": archive, "repository": "repo", "time": time, "policy": policy, **more}
+
+
+@pytest.mark.unit
+def test_the_compact_view_of_a_protected_vm_gives_the_same_stand_ins() -> None:
+    obj = protected_vm(
+        pt("a3", 3, backup="run-3"), pt("a2", 2), pt("a1", 1, policy="silver"), pt("a0", 0)
+    )
+    held = points.held_of(obj)
+    assert held is not None and held.key == points.ProtectedVMKey("ns", "lab", UUID)
+    assert [p.archive_id for p in held.points] == ["a3", "a2", "a1", "a0"]
+    assert held.points[0].backup == "run-3" and held.points[2].policy == "silver"
+    named = [{"metadata": {"name": "x"}, "status": {"archiveId": "a0"}}]
+    assert points.stand_ins([held], named) == points.stand_ins([obj], named)
+    # The run named by a3 exists; a0's archive is named by a backup: a2 and a1 stand in.
+    names = [b["metadata"]["name"] for b in points.stand_ins([held], named)]
+    assert names == ["point-a2", "point-a1"]
+    assert points.held_of({"metadata": {"namespace": "ns"}, "status": {}}) is None
+
+
+@pytest.mark.unit
+def test_a_pass_takes_stand_ins_of_its_own_policys_points_or_only_the_newest() -> None:
+    held = [points.held_of(protected_vm(pt("a3", 3), pt("a2", 2, policy="silver"), pt("a1", 1)))]
+    gold = points.stand_ins(held, [], policy="gold")
+    assert [b["status"]["archiveId"] for b in gold] == ["a3", "a1"]
+    assert {b["spec"]["policyRef"]["name"] for b in gold} == {"gold"}
+    newest = points.stand_ins(held, [], newest=True)
+    assert [b["status"]["archiveId"] for b in newest] == ["a3", "a2"]  # one per policy
+    assert [b["status"]["archiveId"] for b in points.stand_ins(held, [], "silver")] == ["a2"]
+
+
+class CountingAPI(KubeAPI):
+    """The real API; it counts the LIST requests of ProtectedVMs it sends."""
+
+    def __init__(self, api_client: Any) -> None:
+        super().__init__(api_client)
+        self.protected_vm_lists = 0
+        real = self.custom.list_namespaced_custom_object
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if args[3] == PROTECTEDVM.plural:
+                self.protected_vm_lists += 1
+            return real(*args, **kwargs)
+
+        self.custom.list_namespaced_custom_object = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.lab
+def test_a_namespaces_policies_share_one_read_of_its_protected_vms(
+    kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
+) -> None:
+    """Three policies' scheduler passes (controller/policy/runs.py) in this process,
+    against the real apiserver, with the operator's one reader: a pass that wrote a VM's
+    RPO state makes the next pass read again; once nothing changes, one LIST serves them
+    all; a pass after the reader's age reads again; runners without the shared reader
+    read on every pass (what every pass did before)."""
+    from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
+    from vmguard.controller.kube.sweeps import LatestSweeps, SweepView
+    from vmguard.controller.policy.runs import PolicyRunner
+    from vmguard.vsphere.matching import PolicyRef, assign
+    from vmguard.vsphere.records import VMRecord
+
+    names = {"gold": "g-*", "silver": "s-*", "bronze": "b-*"}
+    for name, glob in names.items():
+        rpo = {"rpo": "2h"} if name == "gold" else {}
+        objects.create_policy(
+            kube_api, namespace, name, selector={"names": [glob]}, paused=True, **rpo
+        )
+    policies = [objects.get(kube_api, namespace, "vmprotectionpolicies", n) for n in names]
+    vms = [
+        VMRecord(moref="vm-1", name="g-1", instance_uuid="4201aaaa-0000-4000-8000-000000000001"),
+        VMRecord(moref="vm-2", name="s-1", instance_uuid="4201aaaa-0000-4000-8000-000000000002"),
+    ]
+    now = dt.datetime.now(dt.UTC)
+    api = CountingAPI(kube_api)
+
+    async def setup() -> None:
+        for vm, policy in zip(vms, ("gold", "silver"), strict=True):
+            key = points.ProtectedVMKey(namespace, lab_vcenter, vm.instance_uuid)
+            new = {"archiveId": f"a-{vm.name}", "repository": "repo", "policy": policy}
+            new["time"] = format_time(now - dt.timedelta(hours=1))
+            await points.add_point(api, key, new, vm={"name": vm.name})  # type: ignore[arg-type]
+
+    asyncio.run(setup())
+    sweeps = LatestSweeps()
+    refs = [PolicyRef.from_object(p) for p in policies]
+    sweeps.publish(namespace, lab_vcenter, SweepView(now, 30.0, assign(vms, refs, lab_vcenter)))
+    clock = ManualClock(now)
+    reader = ProtectedVMReader(SHARED_FOR, Timing(clock=clock))
+    log = logging.getLogger(__name__)
+    gold, silver, bronze = (
+        PolicyRunner(api, p, sweeps, asyncio.Event(), None, log, protected_vms=reader)
+        for p in policies
+    )
+
+    async def turns(*runners: PolicyRunner) -> None:
+        for runner in runners:
+            await runner.turn()
+
+    api.protected_vm_lists = 0
+    asyncio.run(turns(gold))
+    assert api.protected_vm_lists == 1
+    rpo = objects.get(kube_api, namespace, PROTECTEDVM.plural, points.protected_vm_name(
+        lab_vcenter, vms[0].instance_uuid))["status"]["rpo"]  # fmt: skip
+    assert rpo["state"] == "Within"
+    # gold wrote an RPO state: silver reads again, and writes its VM's (every policy has
+    # an RPO, its schedule's by default): bronze reads again.
+    asyncio.run(turns(silver, bronze))
+    assert api.protected_vm_lists == 3
+    # Nothing left to write: every pass shares the one read.
+    asyncio.run(turns(gold, silver, bronze, gold))
+    assert api.protected_vm_lists == 3
+    assert {h.key.instance_uuid for h in silver.held} == {vm.instance_uuid for vm in vms}
+    assert silver.held is bronze.held is gold.held
+    clock.advance(SHARED_FOR)
+    asyncio.run(turns(silver, bronze))
+    assert api.protected_vm_lists == 4
+    alone = [PolicyRunner(api, p, sweeps, asyncio.Event(), None, log) for p in policies]
+    asyncio.run(turns(*alone))
+    assert api.protected_vm_lists == 7
