@@ -18,8 +18,8 @@
   loop once the object is gone (its slot is free only then).
 - ``verify_queue``: the kopf index of requested verifications of completed backups, the
   verifications' lane (:mod:`.verification`); ``vmbackup_verifier``: a daemon per
-  admitted verification runs its Job and records its result on the point;
-  ``vmbackup_verified``: one ended — counted, and its vCenter's loop woken.
+  admitted verification runs its Job and records its result on the point; one that
+  ended is counted and wakes its vCenter's loop, seen by ``vmbackup_phase``.
 - ``vmbackup_expiry``: a daemon per finished (not synced) VMGuardBackup deletes it
   ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
   and its archive untouched (:mod:`.expiry`).
