@@ -40,7 +40,7 @@ lint: venv
 # TEST_WORKERS pytest-xdist workers share the tests out by file, each on a lab of its own
 # (.lab-test-gw0, ...); the tests that judge the whole session run last (tests/distribute.py).
 # Three on the 2-core machine: most lab tests wait on an operator, a Job or a schedule
-# (a quiet fresh-clone run of 1322 tests: 812 s on two workers, 652 s on three).
+# (fresh clones, 1322 tests: 812 s on two workers, 652 s on three).
 TEST_WORKERS ?= 3
 test: venv lab-build lint
 	@echo "[test] pytest (unit and lab), $(TEST_WORKERS) workers"
