@@ -42,7 +42,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from vmguard.api import (
     ANNOTATION_ARCHIVE_ID,
@@ -210,6 +210,38 @@ async def _read_or_create(
     return obj
 
 
+T = TypeVar("T")
+Change = Callable[[dict[str, Any] | None], tuple[ProtectedVMStatus | None, T]]
+"""What one write makes of the ProtectedVM as read (None: it does not exist): the status
+to write (None: write nothing) and what the write returns."""
+
+
+async def _rewrite(
+    api: KubeAPI,
+    key: ProtectedVMKey,
+    change: Change[T],
+    read: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
+) -> T:
+    """Read, change, write only if the object is still the one read, and again on a lost
+    race (at most :data:`ATTEMPTS` times): every write of this module."""
+    for attempt in range(ATTEMPTS):
+        await _backoff(attempt)
+        if read is not None:
+            obj = await read()
+        else:
+            obj = await api.get_object(PLURAL, key.namespace, key.name)
+            if obj is not None:
+                _check_owner(obj, key)
+        status, result = change(obj)
+        if status is None:
+            return result
+        assert obj is not None
+        status = derived(status, obj["metadata"].get("generation"))
+        if await _patch(api, key, obj, status):
+            return result
+    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+
+
 async def add_point(
     api: KubeAPI,
     key: ProtectedVMKey,
@@ -236,34 +268,36 @@ async def add_points(
     created: Created = None,
 ) -> int:
     """:func:`add_point` for several points of one VM in one write; how many were added."""
-    for attempt in range(ATTEMPTS):
-        await _backoff(attempt)
-        obj = await _read_or_create(api, key, vm.get("name", ""), created)
+
+    def add(obj: dict[str, Any] | None) -> tuple[ProtectedVMStatus | None, tuple[int, int]]:
+        assert obj is not None
         before = cast(ProtectedVMStatus, obj.get("status") or {})
-        status, added, cut = before, 0, []
+        status, added, cut = before, 0, 0
         for point in new:
             step = with_point(status, point, limit)
             if step is not None:
                 status, dropped = step
-                cut += dropped
+                cut += len(dropped)
                 added += 1
         if not added:
-            return 0
+            return None, (0, 0)
         status["vm"] = {**(before.get("vm") or {}), **vm, "instanceUuid": key.instance_uuid}
         status["vcenter"] = key.vcenter
-        status = derived(status, obj["metadata"].get("generation"))
-        if await _patch(api, key, obj, status):
-            if cut:
-                log.warning(
-                    "ProtectedVM %s/%s holds %d points at most: %d older ones left the "
-                    "list (their archives stay in the repository)",
-                    key.namespace,
-                    key.name,
-                    limit,
-                    len(cut),
-                )
-            return added
-    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+        return status, (added, cut)
+
+    added, cut = await _rewrite(
+        api, key, add, read=lambda: _read_or_create(api, key, vm.get("name", ""), created)
+    )
+    if cut:
+        log.warning(
+            "ProtectedVM %s/%s holds %d points at most: %d older ones left the "
+            "list (their archives stay in the repository)",
+            key.namespace,
+            key.name,
+            limit,
+            cut,
+        )
+    return added
 
 
 def backup_key(obj: Mapping[str, Any]) -> ProtectedVMKey:
@@ -309,12 +343,10 @@ async def update_point(
     (once per lost race), so it must be a pure function of the entry it gets. Returns the
     entry as written (None when ``mutate`` changed nothing); PointNotFound when the
     ProtectedVM or the point does not exist."""
-    for attempt in range(ATTEMPTS):
-        await _backoff(attempt)
-        obj = await api.get_object(PLURAL, key.namespace, key.name)
+
+    def change(obj: dict[str, Any] | None) -> tuple[ProtectedVMStatus | None, RestorePoint | None]:
         if obj is None:
             raise PointNotFound(f"no ProtectedVM {key.namespace}/{key.name}")
-        _check_owner(obj, key)
         before = cast(ProtectedVMStatus, obj.get("status") or {})
         points = list(before.get("points") or [])
         index = next((i for i, p in enumerate(points) if p.get("archiveId") == archive_id), None)
@@ -322,37 +354,33 @@ async def update_point(
             raise PointNotFound(f"ProtectedVM {key.namespace}/{key.name} has no point {archive_id}")
         entry = mutate(copy.deepcopy(points[index]))
         if entry is None or entry == points[index]:
-            return None
+            return None, None
         entry["archiveId"] = archive_id
         points[index] = entry
         status = cast(ProtectedVMStatus, dict(before))
         status["points"] = newest_first(points)
-        status = derived(status, obj["metadata"].get("generation"))
-        if await _patch(api, key, obj, status):
-            return entry
-    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+        return status, entry
+
+    return await _rewrite(api, key, change)
 
 
 async def remove_point(api: KubeAPI, key: ProtectedVMKey, archive_id: str) -> bool:
     """Take one point out of the list (retention pruned its archive). True when it was
     there; False when it, or the ProtectedVM, was not. The object stays, with no point
     (``Ready=False``, ``NoPoint``) when it was the last."""
-    for attempt in range(ATTEMPTS):
-        await _backoff(attempt)
-        obj = await api.get_object(PLURAL, key.namespace, key.name)
+
+    def remove(obj: dict[str, Any] | None) -> tuple[ProtectedVMStatus | None, bool]:
         if obj is None:
-            return False
-        _check_owner(obj, key)
+            return None, False
         before = cast(ProtectedVMStatus, obj.get("status") or {})
         points = [p for p in before.get("points") or [] if p.get("archiveId") != archive_id]
         if len(points) == len(before.get("points") or []):
-            return False
+            return None, False
         status = cast(ProtectedVMStatus, dict(before))
         status["points"] = points
-        status = derived(status, obj["metadata"].get("generation"))
-        if await _patch(api, key, obj, status):
-            return True
-    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+        return status, True
+
+    return await _rewrite(api, key, remove)
 
 
 def rpo_of(last: dt.datetime | None, objective: dt.timedelta, now: dt.datetime) -> RPOState:
@@ -388,23 +416,20 @@ def rpo_condition(
 async def set_rpo(api: KubeAPI, key: ProtectedVMKey, rpo: RPOState) -> bool:
     """Write ``status.rpo`` and ``WithinRPO`` (the policy controller, when they change).
     False when the ProtectedVM does not exist or already says so."""
-    for attempt in range(ATTEMPTS):
-        await _backoff(attempt)
-        obj = await api.get_object(PLURAL, key.namespace, key.name)
+
+    def write(obj: dict[str, Any] | None) -> tuple[ProtectedVMStatus | None, bool]:
         if obj is None:
-            return False
-        _check_owner(obj, key)
+            return None, False
         before = cast(ProtectedVMStatus, obj.get("status") or {})
         if before.get("rpo") == rpo:
-            return False
+            return None, False
         status = cast(ProtectedVMStatus, dict(before))
         status["rpo"] = rpo
         generation = obj["metadata"].get("generation")
         status["conditions"] = rpo_condition(before.get("conditions"), rpo, generation)
-        status = derived(status, generation)
-        if await _patch(api, key, obj, status):
-            return True
-    raise RetryableError(f"ProtectedVM {key.namespace}/{key.name}: {ATTEMPTS} writes lost a race")
+        return status, True
+
+    return await _rewrite(api, key, write)
 
 
 def key_of(obj: Mapping[str, Any]) -> ProtectedVMKey | None:
