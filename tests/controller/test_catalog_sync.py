@@ -183,10 +183,16 @@ def test_vmguardbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
             assert status["vm"]["moref"] == vm.moref and status["vcenter"] == "lab"
             assert objects.condition(obj, "Ready")["reason"] == "Completed"
             assert objects.condition(obj, "ArchiveAvailable")["reason"] == "Synced"
-        # The VM's ProtectedVM is rebuilt too: both points, newest first.
-        pvm = objects.get(
-            kube_api, ns, "protectedvms", protected_vm_name(lab_vcenter, vm.instance_uuid)
-        )["status"]
+
+        # The VM's ProtectedVM is rebuilt too: both points, newest first. Catalog sync adds
+        # a point right after it completes that synced object: wait for the second one.
+        def rebuilt() -> dict[str, Any] | None:
+            pvm = objects.get(
+                kube_api, ns, "protectedvms", protected_vm_name(lab_vcenter, vm.instance_uuid)
+            )["status"]
+            return pvm if len(pvm.get("points") or []) >= 2 else None
+
+        pvm = eventually(rebuilt, what="the ProtectedVM's two points")
         assert [(p["archiveId"], p["mode"], p["policy"]) for p in pvm["points"]] == [
             (archives["second"], "incremental", "gold"),
             (archives["first"], "full", "gold"),
