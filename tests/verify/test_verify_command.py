@@ -170,6 +170,14 @@ def test_files_over_the_size_bound_are_listed_not_scanned(
     ]
 
 
+HELD_CHECKER = """\
+#!/bin/sh
+for volume; do :; done
+while [ -e "$volume" ]; do sleep 0.05; done
+exit 8
+"""
+
+
 def _ours(marker: str) -> tuple[list[str], list[int]]:
     """FUSE mounts and processes (nbdkit, nbdfuse, checkers) that name ``marker``."""
     mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if marker in line]
@@ -198,7 +206,15 @@ def test_a_killed_verify_leaves_no_mount_and_no_server_behind(
     work, archives = five_points
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    # The check is held open while its volume is there, so the kill lands in the middle
+    # of it: unheld, a fast machine checks this 126 MiB point before a poll sees a mount.
+    # It ends as a checker on a vanished volume would (e2fsck's "operational error").
+    held = tmp_path / "bin"
+    held.mkdir()
+    (held / "e2fsck").write_text(HELD_CHECKER)
+    (held / "e2fsck").chmod(0o755)
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("VMGUARD_", "AWS_"))}
+    environ["PATH"] = f"{held}{os.pathsep}{environ.get('PATH', '')}"
     proc = subprocess.Popen(
         [
             sys.executable,
