@@ -55,9 +55,22 @@ BASE_PACKAGES = (
     "python3",  # 3.11: the interpreter of the virtualenv the images run
     "python3-libnbd",  # the NBD client bindings of vmguard.transport.nbd
     "nbdkit",  # the NBD server the proxy starts (file plugin; VDDK: docs/install.md)
+    "nbdkit-plugin-python",  # serves an archived disk to nbdfuse (verify/export.py)
+    "libnbd-bin",  # nbdfuse: a verified volume as a file the checkers open
+    "fuse3",  # fusermount3, with which nbdfuse mounts and unmounts
+    # the file-system checkers of verify/fsck.py
+    "e2fsprogs",
+    "xfsprogs",
+    "ntfs-3g",
+    "dosfstools",
     "ca-certificates",  # TLS to vCenter and S3 when no CA bundle is given
     "tzdata",  # policy schedules in named time zones
 )
+# boto3, for nbdkit's S3 plugin (nbdkit-plugin-python depends on it), is removed after
+# installing (its byte-compiling postinst needs the files; the package stays registered,
+# so scanners still see it): 79 MB, mostly botocore's data, that nothing in the images
+# runs — vmguard's plugin is its own and reads S3 through vmguard's client.
+UNUSED_PYTHON = ("botocore", "boto3", "s3transfer")
 NONROOT = 65532
 PODMAN_FLAGS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 
@@ -140,6 +153,7 @@ def _base_hooks() -> list[str]:
         f'echo "nonroot:x:{NONROOT}:" >> "$1/etc/group"',
         'rm -rf "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/info/*'
         ' "$1"/usr/share/locale/* "$1"/var/cache/* "$1"/var/log/*',
+        "rm -rf " + " ".join(f'"$1"/usr/lib/python3/dist-packages/{p}' for p in UNUSED_PYTHON),
     ]
 
 

@@ -12,10 +12,21 @@ import tarfile
 from typing import Any
 
 import pytest
+from images.build import ulimit_flags
 
 from tests.images.conftest import PODMAN
 
 pytestmark = pytest.mark.unit
+
+VERIFY_TOOLS = (
+    "nbdkit/plugins/nbdkit-python-plugin.so",
+    "bin/nbdfuse",
+    "bin/fusermount3",
+    "sbin/e2fsck",
+    "sbin/xfs_repair",
+    "bin/ntfsfix",
+    "sbin/fsck.fat",
+)
 
 
 def _files(ref: str) -> list[str]:
@@ -52,6 +63,9 @@ def test_product_images_hold_vmguard_and_nothing_of_the_lab(
         files = listed[name]
         assert any(f.endswith("site-packages/vmguard/cli/main.py") for f in files), name
         assert any(f.endswith("usr/sbin/nbdkit") or f.endswith("usr/bin/nbdkit") for f in files)
+        # what a verification's file-system check runs (docs/verification.md)
+        for tool in VERIFY_TOOLS:
+            assert any(f.endswith(tool) for f in files), (name, tool)
         config = _config(d["ref"])
         assert config["User"] == "65532:65532", (name, config["User"])
         assert config["Entrypoint"] == ["vmguard"], name
@@ -66,3 +80,36 @@ def test_product_images_hold_vmguard_and_nothing_of_the_lab(
     assert any(f.endswith("site-packages/vmguard_lab/vsim.py") for f in listed["proxy-lab"])
     # Operator and proxy share their layers: the operator adds only its configuration.
     assert _config(built_images["operator"]["ref"])["Cmd"][0] == "operator"
+
+
+def test_the_proxy_images_checkers_start_with_what_was_left_out(
+    built_images: dict[str, dict[str, Any]],
+) -> None:
+    """What the base leaves out (images/build.py UNUSED_PYTHON) is nothing a check
+    needs: each checker, nbdkit's Python plugin and the NBD client bindings start in the
+    proxy image."""
+    script = (
+        "set -e; e2fsck -V; xfs_repair -V; ntfsfix --help >/dev/null; fsck.fat --help;"
+        " nbdfuse --version; fusermount3 --version; nbdkit python --dump-plugin;"
+        " python3 -c 'import nbd; print(nbd.NBD().get_version())'"
+    )
+    ran = subprocess.run(
+        [
+            *PODMAN,
+            "run",
+            "--rm",
+            "--network=host",
+            *ulimit_flags(),
+            "--entrypoint",
+            "/bin/sh",
+            built_images["proxy"]["ref"],
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "xfs_repair version" in ran.stdout, ran.stdout
+    assert "python_version=3.11" in ran.stdout, ran.stdout
