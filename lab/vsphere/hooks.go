@@ -73,7 +73,7 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 	if !ok {
 		return
 	}
-	relevant, poweredOn := false, false
+	relevant, poweredOn, power := false, false, false
 	for _, c := range changes {
 		if strings.HasPrefix(c.Name, "snapshot") {
 			h.store.adoptSnapshotFiles(vm)
@@ -82,12 +82,15 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 		case "config.hardware.device", "config.changeVersion":
 			relevant = true
 		case "runtime.powerState":
-			relevant = true
+			relevant, power = true, true
 			poweredOn = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 		}
 	}
 	if relevant {
 		h.store.Reconcile(vm, poweredOn)
+	}
+	if power {
+		h.store.followTools(vm.Self, poweredOn) // tools.go
 	}
 }
 

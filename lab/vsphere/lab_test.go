@@ -687,3 +687,57 @@ func TestRevertToSnapshotCopiesTheDiskBackAndRewindsCBT(t *testing.T) {
 		t.Fatalf("change id after reverting to the current snapshot %s, want %s", changeID(), idV)
 	}
 }
+
+func TestToolsComeUpAfterPowerOnAndGoDownAtPowerOff(t *testing.T) {
+	f := newLab(t, 4)
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	off := ""
+	for _, v := range vms {
+		if v.PowerState == "poweredOff" && !v.Template && off == "" {
+			off = v.Moref
+		}
+	}
+	if off == "" {
+		t.Fatalf("need a powered-off VM: %+v", vms)
+	}
+	vm := object.NewVirtualMachine(f.c, types.ManagedObjectReference{Type: "VirtualMachine", Value: off})
+	tools := func() (string, types.ManagedEntityStatus) {
+		var m mo.VirtualMachine
+		if err := vm.Properties(ctx, vm.Reference(), []string{"guest.toolsRunningStatus", "guestHeartbeatStatus"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		run := ""
+		if m.Guest != nil {
+			run = m.Guest.ToolsRunningStatus
+		}
+		return run, m.GuestHeartbeatStatus
+	}
+	await := func(want string, beat types.ManagedEntityStatus) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			run, hb := tools()
+			if run == want && hb == beat {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tools %q heartbeat %q, want %q %q", run, hb, want, beat)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if run, _ := tools(); run == string(types.VirtualMachineToolsRunningStatusGuestToolsRunning) {
+		t.Fatalf("tools running on a powered-off VM")
+	}
+	task, err := vm.PowerOn(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	await(string(types.VirtualMachineToolsRunningStatusGuestToolsRunning), types.ManagedEntityStatusGreen)
+	task, err = vm.PowerOff(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	await(string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning), types.ManagedEntityStatusGray)
+}
