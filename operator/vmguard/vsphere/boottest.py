@@ -62,27 +62,35 @@ class NotIsolated(PermanentError):
     """A NIC of the temporary VM is not on the isolated network: it is not powered on."""
 
 
-def nic_networks(session: VSphereSession, vm_moref: str) -> list[str]:
-    """The network name of each NIC of the VM, in device order (distributed port groups
-    by their name)."""
+def stray_nics(session: VSphereSession, vm_moref: str, network: str) -> list[str]:
+    """The labels of the VM's NICs that are not on ``network`` (a standard network by its
+    name, a distributed port group by the key of the port group of that name)."""
 
     def run(si: vim.ServiceInstance) -> list[str]:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Network], True)
+        try:
+            keys = {
+                str(n.key)
+                for n in view.view
+                if n.name == network and isinstance(n, vim.dvs.DistributedVirtualPortgroup)
+            }
+        finally:
+            view.Destroy()
         vm: Any = find_vm(si, vm_moref)
         out = []
         for dev in vm.config.hardware.device:
             if not isinstance(dev, vim.vm.device.VirtualEthernetCard):
                 continue
-            backing = dev.backing
-            if isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
-                out.append(str(backing.deviceName))
-            elif isinstance(
-                backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
-            ):
-                key = backing.port.portgroupKey
-                names = [n.name for n in vm.network if getattr(n, "key", None) == key]
-                out.append(str(names[0]) if names else f"portgroup {key}")
+            b = dev.backing
+            if isinstance(b, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
+                ok = b.deviceName == network
+            elif isinstance(b, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+                ok = str(b.port.portgroupKey) in keys
             else:
-                out.append(type(backing).__name__)
+                ok = False
+            if not ok:
+                out.append(str(dev.deviceInfo.label if dev.deviceInfo else dev.key))
         return out
 
     return session.call(run)
@@ -118,12 +126,11 @@ def boot_and_check(
     began = monotonic()
     deadline = began + timeout
     out = BootOutcome()
-    networks = nic_networks(session, vm_moref)
-    stray = [n for n in networks if n != isolated_network]
+    stray = stray_nics(session, vm_moref, isolated_network)
     if stray:
         raise NotIsolated(
-            f"the test VM has NICs on {', '.join(sorted(set(stray)))}, not only on the"
-            f" isolated network {isolated_network!r}: it is not powered on"
+            f"{', '.join(stray)} of the test VM not on the isolated network"
+            f" {isolated_network!r}: it is not powered on"
         )
     power(session, vm_moref, True)
     out.powered_on = True
@@ -161,6 +168,6 @@ __all__ = [
     "BootOutcome",
     "NotIsolated",
     "boot_and_check",
-    "nic_networks",
+    "stray_nics",
     "tools_answer",
 ]
