@@ -162,6 +162,19 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				return &guestPM{GuestProcessManager: pm, ops: ops}, nil
 			}
 		}
+	case "GuestFileManager":
+		switch m.Name {
+		case "InitiateFileTransferFromGuest", "DeleteFileInGuest":
+			if fm, ok := ctx.Map.Get(m.This).(*simulator.GuestFileManager); ok {
+				ops := s.guest
+				if ops == nil {
+					ops = &guestOps{} // no account: every login is refused
+				}
+				// The same reference trick as for QueryChangedDiskAreas.
+				m.This = types.ManagedObjectReference{Type: "VmguardGuestFileManager", Value: m.This.Value}
+				return &guestFM{GuestFileManager: fm, pm: &guestPM{ops: ops}}, nil
+			}
+		}
 	case "SessionManager":
 		if refusedLogins[m.Name] {
 			return nil, new(types.InvalidLogin)

@@ -175,7 +175,10 @@ def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
         boot = _booting(kube_api, namespace, "b1")
         moref = boot["vm"]["moref"]
         proc = _script_started(vsim, moref)
-        assert proc.program == "/bin/sh" and proc.args[0] == "-c" and str(gate) in proc.args[1]
+        # sh -c WRAPPER INTERPRETER SCRIPT OUTFILE: the script through the interpreter,
+        # its output into a file read back afterwards.
+        assert proc.program == "/bin/sh" and proc.args[0] == "-c" and len(proc.args) == 5
+        assert proc.args[2] == "/bin/sh" and str(gate) in proc.args[3]
         # The temporary VM while it exists: every NIC on the isolated port group, its own
         # instance UUID and MAC addresses.
         source_uuid, source_nics = _nics(vc, vm.moref)
@@ -188,6 +191,7 @@ def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
     v = obj["status"]["verification"]
     boot = v["boot"]
     assert boot["exitCode"] == code and boot["phase"] == "Completed", boot
+    assert boot["output"] == "checked\n"  # read back from the guest
     if code == 0:
         assert v["result"] == boot["result"] == "Passed", v
         assert boot["recoveryTimeSeconds"] > 0

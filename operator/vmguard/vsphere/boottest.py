@@ -1,6 +1,6 @@
 """The boot test's vSphere side: a restored temporary VM is checked to be isolated, powered
-on, its VMware Tools heartbeat awaited, the user's check script run in its guest
-(docs/verification.md, "Boot test").
+on, its VMware Tools heartbeat awaited, the user's check script run in its guest,
+its output read back (docs/verification.md, "Boot test").
 
 Blocking (pyVmomi): the operator runs :func:`boot_and_check` in a thread. The VM was
 restored by a VMGuardRestore (a new VM: fresh instance UUID, generated MAC addresses,
@@ -10,18 +10,24 @@ every NIC on the isolated network); destroying it is the caller's, through
 Invariants: the VM is powered on only when every NIC is on the isolated network (checked
 on the VM's live config, not on what was asked for), so a boot test never reaches the
 source's networks; the guest password lives in :class:`~.guestops.GuestCredentials` and
-appears in no message; every wait is bounded by the caller's deadline.
+appears in no message; every wait is bounded by the caller's deadline. The script runs as
+``/bin/sh -c 'exec INTERPRETER -c SCRIPT >OUT 2>&1'`` (a POSIX guest), its output file in
+``/tmp`` under a random name, read back through InitiateFileTransferFromGuest and deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from vmguard.errors import PermanentError
 from vmguard.vsphere import guestops
@@ -34,6 +40,13 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 """How often the heartbeat is looked at."""
 OUTPUT_MAX = 4096
+"""The tail of the check's output that is kept (bytes)."""
+OUTPUT_READ = 1 << 20
+"""At most this much of the output file is downloaded."""
+OUTPUT_DIR = "/tmp"
+SHELL = "/bin/sh"
+_WRAPPER = 'exec "$0" -c "$1" >"$2" 2>&1'
+"""Runs the interpreter on the script with its output in a file (POSIX guests)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class BootOutcome:
     exit_code: int | None = None
     passed: bool = False
     message: str = ""
+    output: str = ""
+    """The tail of the script's standard output and error."""
 
 
 class NotIsolated(PermanentError):
@@ -67,7 +82,7 @@ def stray_nics(session: VSphereSession, vm_moref: str, network: str) -> list[str
     name, a distributed port group by the key of the port group of that name)."""
 
     def run(si: vim.ServiceInstance) -> list[str]:
-        content = si.RetrieveContent()
+        content: Any = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Network], True)
         try:
             keys = {
@@ -145,10 +160,12 @@ def boot_and_check(
         out.passed, out.checked = True, out.heartbeat
         out.message = f"heartbeat after {out.heartbeat:.1f} s; no check script"
         return out
+    outfile = f"{OUTPUT_DIR}/vmguard-boot-check-{uuid.uuid4().hex}.out"
     hook = guestops.Hook(
         name="boot-check",
-        command=plan.interpreter,
-        args=("-c", plan.script),
+        command=SHELL,
+        # sh -c WRAPPER INTERPRETER SCRIPT OUTFILE: $0, $1, $2 inside the wrapper.
+        args=("-c", _WRAPPER, plan.interpreter, plan.script, outfile),
         timeout=max(1.0, deadline - monotonic()),
     )
     res = guestops.run_hook(session, vm_moref, hook, plan.credentials, "bootCheck", poll=poll)
@@ -160,7 +177,62 @@ def boot_and_check(
         if res.ok
         else f"heartbeat after {out.heartbeat:.1f} s; check script: {res.error}"
     )[:OUTPUT_MAX]
+    out.output = fetch_output(session, vm_moref, plan.credentials, outfile)
     return out
+
+
+def _tls(session: VSphereSession) -> ssl.SSLContext:
+    """Trust for a guest file URL (served by the VM's ESXi host): the vCenter's CA bundle,
+    else the system's; no check when the vCenter is reached insecurely."""
+    ep = session.endpoint
+    if ep.insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ep.ca_file)
+
+
+def fetch_output(
+    session: VSphereSession,
+    vm_moref: str,
+    creds: guestops.GuestCredentials,
+    path: str,
+) -> str:
+    """The tail (:data:`OUTPUT_MAX` bytes) of the guest file ``path`` as text, then the
+    file is deleted; what went wrong instead, in brackets, when it cannot be read (the
+    output is informative: the exit code decides)."""
+    auth = vim.vm.guest.NamePasswordAuthentication(
+        username=creds.username, password=creds.password, interactiveSession=False
+    )
+
+    def files(si: vim.ServiceInstance) -> Any:
+        gom: Any = si.RetrieveContent().guestOperationsManager
+        if gom is None or gom.fileManager is None:
+            raise ValueError("this vCenter offers no guest file operations")
+        return gom.fileManager
+
+    def initiate(si: vim.ServiceInstance) -> tuple[str, str]:
+        vm: Any = find_vm(si, vm_moref)
+        info = files(si).InitiateFileTransferFromGuest(vm, auth, path)
+        return str(info.url), str(vm.runtime.host.name if vm.runtime.host else "")
+
+    def delete(si: vim.ServiceInstance) -> None:
+        files(si).DeleteFileInGuest(vim.VirtualMachine(vm_moref, si._stub), auth, path)
+
+    try:
+        url, host = session.call(initiate)
+        parts = urlsplit(url)
+        if parts.hostname == "*":  # ESXi's form: the VM's host serves it
+            url = urlunsplit(parts._replace(netloc=parts.netloc.replace("*", host, 1)))
+        with urllib.request.urlopen(url, timeout=60, context=_tls(session)) as resp:
+            data = resp.read(OUTPUT_READ)
+    except (vmodl.MethodFault, OSError, ValueError) as exc:
+        return f"[output not read: {type(exc).__name__}]"
+    try:
+        session.call(delete)
+    except vmodl.MethodFault as exc:
+        log.warning("%s: the check's output file stays in the guest: %s", vm_moref, exc)
+    return data[-OUTPUT_MAX:].decode("utf-8", "replace")
 
 
 __all__ = [

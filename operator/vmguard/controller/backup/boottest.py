@@ -245,6 +245,8 @@ async def _booting(ctx: Any, obj: dict[str, Any], boot: dict[str, Any], now: dt.
         boot["heartbeatTime"] = format_time(began + dt.timedelta(seconds=outcome.heartbeat))
     if outcome.exit_code is not None:
         boot["exitCode"] = outcome.exit_code
+    if outcome.output:
+        boot["output"] = outcome.output
     if outcome.passed and outcome.checked is not None:
         done = began + dt.timedelta(seconds=outcome.checked)
         boot["recoveryTimeSeconds"] = round((done - started).total_seconds(), 1)
