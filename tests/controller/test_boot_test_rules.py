@@ -152,3 +152,31 @@ def test_a_boot_test_that_created_its_restore_but_not_recorded_it_keeps_its_vm()
         _backup("b1", "Verifying", {"phase": "Booting", "restoreName": "vmb-b1-2"})["status"],
         "vmb-b1-1",
     )
+
+
+def test_a_measured_recovery_time_is_a_histogram_sample_of_the_policy() -> None:
+    from vmguard.metrics import Metrics
+
+    metrics = Metrics(clock=lambda: 1_000.0)
+    backup = {
+        "metadata": {"name": "b1", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"policyRef": {"name": "gold"}},
+        "status": {
+            "vcenter": "lab",
+            "vm": {"moref": "vm-1", "name": "web01"},
+            "verification": {
+                "phase": "Completed",
+                "run": 1,
+                "result": "Passed",
+                "time": "2026-12-06T00:00:00Z",
+                "boot": {"result": "Passed", "recoveryTimeSeconds": 42.5},
+            },
+        },
+    }
+    metrics.started = 0.0
+    metrics.observe_verification(backup)
+    metrics.observe_verification(backup)  # counted once per run
+    labels = {"namespace": "team-a", "vcenter": "lab", "policy": "gold"}
+    get = metrics.registry.get_sample_value
+    assert get("vmguard_boot_test_recovery_seconds_count", labels) == 1.0
+    assert get("vmguard_boot_test_recovery_seconds_sum", labels) == 42.5

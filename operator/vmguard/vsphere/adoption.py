@@ -160,7 +160,8 @@ def marker_values(session: VSphereSession, morefs: list[str], key: str) -> dict[
         out = {}
         for moref in morefs:
             try:
-                value = _extra(find_vm(si, moref).config.extraConfig).get(key)
+                vm: Any = find_vm(si, moref)
+                value = _extra(vm.config.extraConfig if vm.config else None).get(key)
             except (LookupError, vmodl.fault.ManagedObjectNotFound):
                 continue
             if value:
