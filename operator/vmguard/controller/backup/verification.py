@@ -397,12 +397,13 @@ async def finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float
     done: dict[str, Any] = {
         "phase": VerificationPhase.COMPLETED,
         "result": entry["result"],
-        "findings": all_findings(v)[:20] or None,
         "time": at,
         "queuePosition": None,
         "reason": entry["result"],
         "message": _summary(v),
     }
+    if BOOT in (v.get("checks") or []):  # the boot test's finding joins the Job's
+        done["findings"] = all_findings(v)[:20]
     if started and not v.get("durationSeconds"):
         done["durationSeconds"] = round((ctx.timing.now() - started).total_seconds(), 1)
     conditions = verified_condition(
