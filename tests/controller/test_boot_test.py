@@ -192,6 +192,8 @@ def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
     boot = v["boot"]
     assert boot["exitCode"] == code and boot["phase"] == "Completed", boot
     assert boot["output"] == "checked\n"  # read back from the guest
+    # The heartbeat was awaited: seen after power-on, before the script's verdict.
+    assert boot["startTime"] <= boot["poweredOnTime"] <= boot["heartbeatTime"]
     if code == 0:
         assert v["result"] == boot["result"] == "Passed", v
         assert boot["recoveryTimeSeconds"] > 0

@@ -54,7 +54,7 @@ from vmguard.controller.backup import steps
 from vmguard.controller.kube.access import vcenter_endpoint
 from vmguard.controller.kube.bodies import backup_status
 from vmguard.controller.kube.verifications import verification_of
-from vmguard.errors import ConfigError
+from vmguard.errors import ConfigError, PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,8 @@ async def _booting(ctx: Any, obj: dict[str, Any], boot: dict[str, Any], now: dt.
 
     try:
         outcome = await asyncio.to_thread(run)
-    except vboot.NotIsolated as exc:
+    except PermanentError as exc:  # not isolated, the guest refused the login, power-on
+        # refused: no verdict on the point; a retryable fault propagates and is retried
         return await _end(ctx, obj, boot, VerificationResult.ERROR, str(exc))
     started = parse_time(boot.get("startTime")) or began
     if outcome.heartbeat is not None:
