@@ -5,7 +5,7 @@
 // come up a short, fixed boot delay after it powers on (toolsStatus toolsOk,
 // toolsRunningStatus guestToolsRunning, guestHeartbeatStatus green, in guest
 // and in summary, as ESXi reports them) and go down at once when it powers
-// off or suspends. The property names and values are vcsim's own toolsRunning
+// off or suspends. A VM with the toolsDown fault (faults.go) keeps them down. The property names and values are vcsim's own toolsRunning
 // / toolsNotRunning changes. Lab only: a real guest's tools start when its OS
 // has booted.
 package main
@@ -51,6 +51,15 @@ func (s *Store) followTools(ref types.ManagedObjectReference, poweredOn bool) {
 		vm, ok := s.reg.Get(ref).(*simulator.VirtualMachine)
 		if !ok {
 			return // destroyed meanwhile
+		}
+		if poweredOn {
+			st := s.vm(ref)
+			st.mu.Lock()
+			down := st.faults.toolsDown
+			st.mu.Unlock()
+			if down {
+				return // a guest that does not boot (faults.go)
+			}
 		}
 		ctx := &simulator.Context{Context: context.Background(), Map: s.reg}
 		ctx.WithLock(vm, func() {
