@@ -260,3 +260,34 @@ def test_an_operator_killed_mid_boot_test_leaves_no_vm_behind(
         timeout=60,
         what="the temporary VM's restore gone",
     )
+
+
+@pytest.mark.operator_speedup(20)
+def test_a_boot_test_whose_check_script_is_missing_is_the_policys_condition(
+    kube_api: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    boot = {
+        "isolatedNetwork": ISOLATED,
+        "script": {"configMapRef": {"name": "checks"}, "key": "check.sh"},
+        "guestCredentialsSecretRef": {"name": "guest"},
+    }
+    objects.create_policy(
+        kube_api, namespace, "gold", selector={"names": ["nothing-*"]}, verification={"boot": boot}
+    )
+    start_operator()
+
+    def ready(status: str) -> dict[str, Any] | None:
+        obj = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+        found = objects.condition(obj, "VerificationReady")
+        return found if found.get("status") == status else None
+
+    refused = eventually(lambda: ready("False"), timeout=60, what="VerificationReady=False")
+    assert refused["reason"] == "BootScriptNotFound"
+    assert "ConfigMap checks has no key 'check.sh'" in refused["message"], refused
+    config_map(kube_api, namespace, "checks", {"check.sh": "exit 0\n"})
+    fixed = eventually(lambda: ready("True"), timeout=60, what="VerificationReady=True")
+    assert f"boot in {ISOLATED}" in fixed["message"], fixed
