@@ -231,7 +231,13 @@ async def _booting(ctx: Any, obj: dict[str, Any], boot: dict[str, Any], now: dt.
         session = VSphereSession(ep)
         try:
             return vboot.boot_and_check(
-                session, moref, str(spec["isolatedNetwork"]), plan, timeout, powered_on=powered_on
+                session,
+                moref,
+                str(spec["isolatedNetwork"]),
+                plan,
+                timeout,
+                powered_on=powered_on,
+                monotonic=ctx.timing.monotonic,  # the controller's clock, as everywhere
             )
         finally:
             session.close()
