@@ -40,7 +40,9 @@ def _script(gate: Path, code: int) -> str:
     return f"while [ ! -e {gate} ]; do sleep 0.1; done\necho checked\nexit {code}\n"
 
 
-def _setup(kube_api: Any, ns: str, guest: dict[str, Any], gate: Path, code: int) -> None:
+def _setup(
+    kube_api: Any, ns: str, guest: dict[str, Any], gate: Path, code: int, network: str = ISOLATED
+) -> None:
     objects.create_repository(kube_api, ns, "repo", guest["s3"], prefix="repo", chunkSize=1 << 20)
     config_map(kube_api, ns, "checks", {"check.sh": _script(gate, code)})
     objects.secret(
@@ -60,7 +62,7 @@ def _setup(kube_api: Any, ns: str, guest: dict[str, Any], gate: Path, code: int)
         verification={
             "fsck": False,
             "boot": {
-                "isolatedNetwork": ISOLATED,
+                "isolatedNetwork": network,
                 "script": {"configMapRef": {"name": "checks"}, "key": "check.sh"},
                 "guestCredentialsSecretRef": {"name": "guest"},
                 "timeout": "2m",
@@ -291,3 +293,29 @@ def test_a_boot_test_whose_check_script_is_missing_is_the_policys_condition(
     config_map(kube_api, namespace, "checks", {"check.sh": "exit 0\n"})
     fixed = eventually(lambda: ready("True"), timeout=60, what="VerificationReady=True")
     assert f"boot in {ISOLATED}" in fixed["message"], fixed
+
+
+def test_a_boot_test_in_a_network_the_vcenter_lacks_ends_as_error_having_made_nothing(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_state: dict[str, Any],
+    s3_bucket: dict[str, Any],
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    _setup(kube_api, namespace, {**lab_state, "s3": s3_bucket}, tmp_path / "go", 0, "no-such-pg")
+    start_operator()
+    with data_vm(vc, vsim, image_factory, tmp_path, spec=TINY_DISK) as vm:
+        create_backup(kube_api, namespace, "b1", {"moref": vm.moref}, policyRef={"name": "booted"})
+        assert wait_done(kube_api, namespace, "b1")["status"]["phase"] == "Completed"
+        obj = _verified(kube_api, namespace, "b1")
+    v = obj["status"]["verification"]
+    assert v["result"] == v["boot"]["result"] == "Error", v
+    assert "no network named 'no-such-pg'" in v["boot"]["message"], v["boot"]
+    assert objects.condition(obj, "Verified")["status"] == "Unknown"
+    assert _boot_vms(vc, namespace) == []
+    assert objects.items(kube_api, namespace, "vmguardrestores") == []
