@@ -89,6 +89,9 @@ func (c *control) routes() http.Handler {
 	mux.HandleFunc("POST /vms/{moref}/faults", c.handle(c.setFaults))
 	mux.HandleFunc("GET /vms/{moref}/guest/processes", c.handle(c.guestProcesses))
 	mux.HandleFunc("GET /snapshots/{moref}/disks", c.handle(c.snapshotDisks))
+	if c.store.guest != nil && c.store.guest.files != nil {
+		mux.HandleFunc("GET /guestFile", c.store.guest.files.serve) // guestfiles.go
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

@@ -1,6 +1,7 @@
 // faults.go lets tests make a VM misbehave the way ESXi does: quiesced
 // snapshots that fail (VMware Tools cannot freeze the guest), disks that need
-// consolidation, and consolidation that fails. The settings are per VM, set
+// consolidation, consolidation that fails, and a guest whose tools never
+// start (a VM that does not boot). The settings are per VM, set
 // through the control API (POST /vms/{moref}/faults), and kept in vmState
 // under vmState.mu; consolidationNeeded itself lives in the VM's runtime, where
 // the property collector reports it.
@@ -35,6 +36,7 @@ const (
 type vmFaults struct {
 	quiesce     bool // a quiesced snapshot fails with ApplicationQuiesceFault
 	consolidate bool // ConsolidateVMDisks_Task fails with FileLocked
+	toolsDown   bool // the guest's tools never come up after power-on (tools.go)
 }
 
 // faultsView is the control API's view and request body; in a request every
@@ -43,11 +45,12 @@ type faultsView struct {
 	QuiesceFault        *bool `json:"quiesceFault"`
 	ConsolidationNeeded *bool `json:"consolidationNeeded"`
 	ConsolidateFault    *bool `json:"consolidateFault"`
+	ToolsDown           *bool `json:"toolsDown"`
 }
 
 func viewFaults(vm *simulator.VirtualMachine, st *vmState) faultsView {
-	q, n, c := st.faults.quiesce, vm.Runtime.ConsolidationNeeded, st.faults.consolidate
-	return faultsView{QuiesceFault: &q, ConsolidationNeeded: &n, ConsolidateFault: &c}
+	q, n, c, d := st.faults.quiesce, vm.Runtime.ConsolidationNeeded, st.faults.consolidate, st.faults.toolsDown
+	return faultsView{QuiesceFault: &q, ConsolidationNeeded: &n, ConsolidateFault: &c, ToolsDown: &d}
 }
 
 // consolidationChanges sets runtime.consolidationNeeded and its copy in the
@@ -83,6 +86,9 @@ func (c *control) setFaults(r *http.Request) (any, error) {
 		}
 		if req.ConsolidateFault != nil {
 			st.faults.consolidate = *req.ConsolidateFault
+		}
+		if req.ToolsDown != nil {
+			st.faults.toolsDown = *req.ToolsDown
 		}
 		v = viewFaults(m, st)
 		return nil

@@ -37,6 +37,8 @@ type guestOps struct {
 
 	mu    sync.Mutex
 	procs []*guestProc // in call order
+
+	files *guestFiles // file transfers (guestfiles.go); nil until the control server listens
 }
 
 // guestProc is one StartProgramInGuest call; a refused call has Pid 0 and

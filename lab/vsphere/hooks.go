@@ -73,7 +73,7 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 	if !ok {
 		return
 	}
-	relevant, poweredOn := false, false
+	relevant, poweredOn, power := false, false, false
 	for _, c := range changes {
 		if strings.HasPrefix(c.Name, "snapshot") {
 			h.store.adoptSnapshotFiles(vm)
@@ -82,12 +82,15 @@ func (h *labHooks) UpdateObject(_ *simulator.Context, obj mo.Reference, changes 
 		case "config.hardware.device", "config.changeVersion":
 			relevant = true
 		case "runtime.powerState":
-			relevant = true
+			relevant, power = true, true
 			poweredOn = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 		}
 	}
 	if relevant {
 		h.store.Reconcile(vm, poweredOn)
+	}
+	if power {
+		h.store.followTools(vm.Self, poweredOn) // tools.go
 	}
 }
 
@@ -157,6 +160,19 @@ func (s *Store) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.R
 				// The same reference trick as for QueryChangedDiskAreas.
 				m.This = types.ManagedObjectReference{Type: "VmguardGuestProcessManager", Value: m.This.Value}
 				return &guestPM{GuestProcessManager: pm, ops: ops}, nil
+			}
+		}
+	case "GuestFileManager":
+		switch m.Name {
+		case "InitiateFileTransferFromGuest", "DeleteFileInGuest":
+			if fm, ok := ctx.Map.Get(m.This).(*simulator.GuestFileManager); ok {
+				ops := s.guest
+				if ops == nil {
+					ops = &guestOps{} // no account: every login is refused
+				}
+				// The same reference trick as for QueryChangedDiskAreas.
+				m.This = types.ManagedObjectReference{Type: "VmguardGuestFileManager", Value: m.This.Value}
+				return &guestFM{GuestFileManager: fm, pm: &guestPM{ops: ops}}, nil
 			}
 		}
 	case "SessionManager":

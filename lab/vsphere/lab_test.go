@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -685,5 +686,132 @@ func TestRevertToSnapshotCopiesTheDiskBackAndRewindsCBT(t *testing.T) {
 	}
 	if changeID() != idV {
 		t.Fatalf("change id after reverting to the current snapshot %s, want %s", changeID(), idV)
+	}
+}
+
+func TestToolsComeUpAfterPowerOnAndGoDownAtPowerOff(t *testing.T) {
+	f := newLab(t, 4)
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	off := ""
+	for _, v := range vms {
+		if v.PowerState == "poweredOff" && !v.Template && off == "" {
+			off = v.Moref
+		}
+	}
+	if off == "" {
+		t.Fatalf("need a powered-off VM: %+v", vms)
+	}
+	vm := object.NewVirtualMachine(f.c, types.ManagedObjectReference{Type: "VirtualMachine", Value: off})
+	tools := func() (string, types.ManagedEntityStatus) {
+		var m mo.VirtualMachine
+		if err := vm.Properties(ctx, vm.Reference(), []string{"guest.toolsRunningStatus", "guestHeartbeatStatus"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		run := ""
+		if m.Guest != nil {
+			run = m.Guest.ToolsRunningStatus
+		}
+		return run, m.GuestHeartbeatStatus
+	}
+	await := func(want string, beat types.ManagedEntityStatus) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			run, hb := tools()
+			if run == want && hb == beat {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tools %q heartbeat %q, want %q %q", run, hb, want, beat)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if run, _ := tools(); run == string(types.VirtualMachineToolsRunningStatusGuestToolsRunning) {
+		t.Fatalf("tools running on a powered-off VM")
+	}
+	task, err := vm.PowerOn(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	await(string(types.VirtualMachineToolsRunningStatusGuestToolsRunning), types.ManagedEntityStatusGreen)
+	task, err = vm.PowerOff(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	await(string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning), types.ManagedEntityStatusGray)
+}
+
+func TestGuestFilesAreReadOnceThroughTheirURLAndDeleted(t *testing.T) {
+	f := newLab(t, 4)
+	ops, err := newGuestOps(t.TempDir(), "vmguard-guest", "s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.store.guest = ops
+	ctl := httptest.NewServer(nil)
+	t.Cleanup(ctl.Close)
+	ops.files = &guestFiles{baseURL: ctl.URL, pending: map[string]guestTransfer{}}
+	ctl.Config.Handler = (&control{store: f.store}).routes()
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	on := ""
+	for _, v := range vms {
+		if v.PowerState == "poweredOn" && on == "" {
+			on = v.Moref
+		}
+	}
+	vm := types.ManagedObjectReference{Type: "VirtualMachine", Value: on}
+	fm := types.ManagedObjectReference{Type: "GuestFileManager", Value: "guestOperationsFileManager"}
+	good := &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "s3cret"}
+	faultOf := func(err error) types.BaseMethodFault {
+		if soap.IsSoapFault(err) {
+			return soap.ToSoapFault(err).VimFault().(types.BaseMethodFault)
+		}
+		return nil
+	}
+	dir, err := ops.vmDir(on)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "check.out")
+	if err := os.WriteFile(out, []byte("checked\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := methods.InitiateFileTransferFromGuest(ctx, f.c, &types.InitiateFileTransferFromGuest{This: fm, Vm: vm, Auth: good, GuestFilePath: out})
+	if err != nil || res.Returnval.Size != 8 {
+		t.Fatalf("initiate: %v %+v", err, res)
+	}
+	get := func() (int, string) {
+		resp, err := http.Get(res.Returnval.Url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || body != "checked\n" {
+		t.Fatalf("first GET: %d %q", code, body)
+	}
+	if code, _ := get(); code != 404 {
+		t.Fatalf("second GET: %d, want 404 (one use)", code)
+	}
+	bad := &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "wrong"}
+	_, err = methods.InitiateFileTransferFromGuest(ctx, f.c, &types.InitiateFileTransferFromGuest{This: fm, Vm: vm, Auth: bad, GuestFilePath: out})
+	if _, ok := faultOf(err).(*types.InvalidGuestLogin); !ok {
+		t.Fatalf("wrong password: %v", err)
+	}
+	_, err = methods.InitiateFileTransferFromGuest(ctx, f.c, &types.InitiateFileTransferFromGuest{This: fm, Vm: vm, Auth: good, GuestFilePath: "/etc/hostname"})
+	if _, ok := faultOf(err).(*types.FileNotFound); !ok {
+		t.Fatalf("a host file outside the guest's places: %v", err)
+	}
+	if _, err := methods.DeleteFileInGuest(ctx, f.c, &types.DeleteFileInGuest{This: fm, Vm: vm, Auth: good, FilePath: out}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("deleted file still there: %v", err)
 	}
 }

@@ -183,6 +183,7 @@ func run(o options) error {
 	if err := applyTags(ctx, &sdk.urls, inv); err != nil {
 		return fmt.Errorf("tags: %w", err)
 	}
+	store.guest.files = &guestFiles{baseURL: "http://" + controlListener.Addr().String(), pending: map[string]guestTransfer{}}
 	ctl := &http.Server{Handler: (&control{store: store}).routes(), ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		if err := ctl.Serve(controlListener); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -412,6 +412,14 @@ class Metrics:
             "Verifications of backups that ended, by result (Passed, Failed, Infected, Error).",
             (*POLICY_LABELS, "result"),
         )
+        self.boot_recovery = Histogram(
+            PREFIX + "boot_test_recovery_seconds",
+            "Recovery time measured by boot tests that passed: from the start of the "
+            "temporary VM's restore to its check script's success (docs/verification.md).",
+            POLICY_LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.restores = counter(
             "restores", "Finished restores, by outcome.", ("namespace", "outcome")
         )
@@ -679,6 +687,9 @@ class Metrics:
         if meta.get("uid") and ended >= self.started and key not in self._counted:
             self._counted.add(key)
             self.verifications.labels(namespace, vcenter, policy, result).inc()
+            recovery = (v.get("boot") or {}).get("recoveryTimeSeconds")
+            if recovery is not None:
+                self.boot_recovery.labels(namespace, vcenter, policy).observe(float(recovery))
         with self.lock:
             self._vm(namespace, vcenter, policy, status.get("vm") or spec.get("vm") or {}).verify(
                 ended, result

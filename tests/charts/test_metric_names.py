@@ -85,6 +85,17 @@ def fed_registry() -> Metrics:
         },
     }  # fmt: skip
     m.observe_verification(verified)
+    booted = {
+        **done,
+        "metadata": {**done["metadata"], "uid": "booted-1"},
+        "status": {
+            **done["status"],
+            "verification": {"phase": "Completed", "result": "Passed", "run": 1,
+                             "time": "2027-01-15T09:00:00Z",
+                             "boot": {"result": "Passed", "recoveryTimeSeconds": 95.0}},
+        },
+    }  # fmt: skip
+    m.observe_verification(booted)
     m.observe_restore(
         {
             "metadata": {"namespace": "prod", "uid": "r1"},

@@ -662,6 +662,42 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
         ["spec.hooks.preSnapshot[0].command", "must be an absolute path"],
     ),
     (
+        # issue 18, acceptance 5 (boot half): refused at admission
+        "boot-test-without-isolated-network",
+        "policy-gold.yaml",
+        _set("spec.verification", {"fsck": False, "boot": {"timeout": "5m"}}),
+        ["spec.verification.boot.isolatedNetwork", "Required value"],
+    ),
+    (
+        "boot-script-without-guest-account",
+        "policy-gold.yaml",
+        _set(
+            "spec.verification",
+            {
+                "boot": {
+                    "isolatedNetwork": "isolated",
+                    "script": {"configMapRef": {"name": "checks"}, "key": "check.sh"},
+                }
+            },
+        ),
+        ["spec.verification.boot", "boot.script needs boot.guestCredentialsSecretRef"],
+    ),
+    (
+        "restore-isolated-network-and-network-map",
+        "vmrestore.yaml",
+        _set(
+            "spec.target",
+            {
+                "newVM": {
+                    "name": "sandbox",
+                    "isolatedNetwork": "isolated",
+                    "networkMap": [{"from": "VM Network", "to": "isolated"}],
+                }
+            },
+        ),
+        ["isolatedNetwork or networkMap, not both"],
+    ),
+    (
         "restore-backup-ref-not-a-name",
         "vmrestore.yaml",
         _set("spec.source.backupRef.name", "Backup 1"),

@@ -74,6 +74,7 @@ def restored_afterwards(
             quiesce_fault=faults.quiesce_fault,
             consolidation_needed=faults.consolidation_needed,
             consolidate_fault=faults.consolidate_fault,
+            tools_down=faults.tools_down,
         )
         vm = vc.call(lambda si: find_vm(si, lab_vm.moref))
         wait_for(vm.RemoveAllSnapshots_Task())

@@ -190,6 +190,7 @@ HALLMARKS: dict[str, list[tuple[str, str, str]]] = {
         ("soap", "VirtualMachine", "ReconfigVM_Task:changeTrackingEnabled"),
     ],
     "hooks": [("soap", "GuestProcessManager", "StartProgramInGuest")],
+    "boot-test": [("soap", "GuestFileManager", "InitiateFileTransferFromGuest")],
     "hotadd": [
         ("soap", "SearchIndex", "FindByUuid"),
         ("soap", "VirtualMachine", "ReconfigVM_Task:deviceChange:add"),
@@ -203,7 +204,8 @@ HALLMARKS: dict[str, list[tuple[str, str, str]]] = {
     "restore-disk": [("soap", "VirtualMachine", "ReconfigVM_Task:deviceChange:add/create")],
 }
 WHERE = (
-    "tests/controller/test_restores.py, test_backup_hooks.py, test_policies.py and "
+    "tests/controller/test_restores.py, test_backup_hooks.py, test_policies.py, "
+    "test_boot_test.py and "
     "tests/vm/test_vm_cli.py (hot-add) exercise them"
 )
 

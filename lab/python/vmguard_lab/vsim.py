@@ -136,11 +136,13 @@ class VSimFaults:
     ``quiesce_fault``: a quiesced snapshot fails with ApplicationQuiesceFault.
     ``consolidation_needed``: the VM's ``runtime.consolidationNeeded``.
     ``consolidate_fault``: ConsolidateVMDisks_Task fails with FileLocked.
+    ``tools_down``: the guest's VMware Tools never come up after power-on.
     """
 
     quiesce_fault: bool
     consolidation_needed: bool
     consolidate_fault: bool
+    tools_down: bool
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> VSimFaults:
@@ -148,6 +150,7 @@ class VSimFaults:
             quiesce_fault=bool(d["quiesceFault"]),
             consolidation_needed=bool(d["consolidationNeeded"]),
             consolidate_fault=bool(d["consolidateFault"]),
+            tools_down=bool(d.get("toolsDown")),
         )
 
 
@@ -279,12 +282,14 @@ class VSimControl:
         quiesce_fault: bool | None = None,
         consolidation_needed: bool | None = None,
         consolidate_fault: bool | None = None,
+        tools_down: bool | None = None,
     ) -> VSimFaults:
         """Set the settings given (None leaves one as it is); returns them all."""
         given = {
             "quiesceFault": quiesce_fault,
             "consolidationNeeded": consolidation_needed,
             "consolidateFault": consolidate_fault,
+            "toolsDown": tools_down,
         }
         body = {k: v for k, v in given.items() if v is not None}
         path = f"/vms/{quote(moref, safe='')}/faults"

@@ -66,6 +66,16 @@ ANNOTATION_SCHEMA_HASH: Final = "vmguard.io/schema-hash"
 """A hash of the CRD's definition, written when it is generated (:mod:`vmguard.crds`):
 the operator compares the installed CRD's with its own to report CRDs it does not expect."""
 
+# The boot test (docs/verification.md, "Boot test").
+LABEL_BOOT_TEST: Final = "vmguard.io/boot-test"
+"""On the VMGuardRestore that restores a boot test's temporary VM: the VMGuardBackup's
+name (the restore is also owned by it)."""
+RESTORE_VM_MARKER: Final = "vmguard.restore.uid"
+"""extraConfig key on a VM a VMGuardRestore created; the value is the restore's UID."""
+BOOT_VM_PREFIX: Final = "vmguard-boot."
+"""Name prefix of a boot test's temporary VM: ``vmguard-boot.<namespace>.<backup>.<run>``
+(a namespace has no dot, so the prefix up to the second dot names the namespace)."""
+
 # Labels of the proxy Jobs (and their pods): the object a Job works for.
 LABEL_VMBACKUP: Final = "vmguard.io/vmbackup"
 LABEL_VMBACKUP_UID: Final = "vmguard.io/vmbackup-uid"

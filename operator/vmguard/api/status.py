@@ -138,6 +138,23 @@ class VerificationFinding(TypedDict, total=False):
     message: str
 
 
+class BootCheck(TypedDict, total=False):
+    """``verification.boot``: the boot test of a point (docs/verification.md, Boot test)."""
+
+    phase: str
+    restoreName: str
+    vm: VMIdentity
+    startTime: str
+    poweredOnTime: str
+    heartbeatTime: str
+    result: str
+    exitCode: int
+    output: str
+    message: str
+    durationSeconds: float
+    recoveryTimeSeconds: float
+
+
 class BackupVerification(TypedDict, total=False):
     """``VMGuardBackup.status.verification``: the verification run of a completed backup."""
 
@@ -154,6 +171,7 @@ class BackupVerification(TypedDict, total=False):
     result: str
     findings: list[VerificationFinding]
     durationSeconds: float
+    boot: BootCheck
 
 
 class BackupStatus(TypedDict, total=False):
@@ -247,6 +265,14 @@ class PointCopy(TypedDict, total=False):
     attempts: int
 
 
+class PointBoot(TypedDict, total=False):
+    """The boot test of a point's last verification (``points[].verification.boot``)."""
+
+    result: str
+    exitCode: int
+    recoveryTimeSeconds: float
+
+
 class PointVerification(TypedDict, total=False):
     """The last verification of a restore point (``points[].verification``)."""
 
@@ -254,6 +280,7 @@ class PointVerification(TypedDict, total=False):
     time: str
     checks: list[str]
     findings: list[VerificationFinding]
+    boot: PointBoot
 
 
 class RestorePoint(TypedDict, total=False):

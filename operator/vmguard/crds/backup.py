@@ -250,6 +250,39 @@ status = obj(
                 ),
                 "findings": f.verification_findings(f.MAX_FINDINGS),
                 "durationSeconds": number("How long the checks took.", minimum=0),
+                "boot": obj(
+                    "The boot test (the policy's verification.boot): the point restored "
+                    "as a temporary VM in the isolated network, booted, checked, destroyed.",
+                    {
+                        "phase": enum(
+                            "Restoring (the temporary VM is being restored), Booting "
+                            "(powered on: heartbeat, then the script), Cleaning (the VM is "
+                            "being destroyed), Completed.",
+                            ["Restoring", "Booting", "Cleaning", "Completed"],
+                        ),
+                        "restoreName": string(
+                            "The VMGuardRestore that restores the temporary VM.", max_length=253
+                        ),
+                        "vm": f.vm_identity("The temporary VM.", required=False),
+                        "startTime": timestamp("When the boot test started (its restore)."),
+                        "poweredOnTime": timestamp("When the temporary VM was powered on."),
+                        "heartbeatTime": timestamp("When its VMware Tools heartbeat answered."),
+                        "result": enum(
+                            "Passed (heartbeat, and the script exited 0); Failed (no "
+                            "heartbeat in time, or the script failed); Error (no verdict).",
+                            [r.value for r in VerificationResult],
+                        ),
+                        "exitCode": integer("The check script's exit code."),
+                        "output": string("What the boot test says of the script.", max_length=4096),
+                        "message": string("How the boot test ended, in words.", max_length=4096),
+                        "durationSeconds": number("How long the boot test took.", minimum=0),
+                        "recoveryTimeSeconds": number(
+                            "From the start of the restore to the script's success (or the "
+                            "heartbeat, without a script): the measured recovery time.",
+                            minimum=0,
+                        ),
+                    },
+                ),
             },
         ),
     },

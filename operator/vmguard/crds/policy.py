@@ -257,6 +257,63 @@ copies = array(
     max_items=MAX_COPIES,
 )
 
+boot_test = obj(
+    "Boot the point as a temporary VM in an isolated network (docs/verification.md, "
+    "Boot test): restored as a new VM (fresh instance UUID and MAC addresses) with every "
+    "NIC on isolatedNetwork, powered on, its VMware Tools heartbeat awaited, the check "
+    "script run in the guest (its exit code decides), the recovery time measured, the VM "
+    "destroyed afterwards.",
+    {
+        "isolatedNetwork": f.inventory_name(
+            "The network or distributed port group every NIC of the test VM is connected "
+            "to. Required: a boot test never falls back to the source network."
+        ),
+        "folder": f.inventory_path("VM folder of the test VM (default: the datacenter's)."),
+        "resourcePool": f.inventory_name("Resource pool of the test VM (name or path)."),
+        "host": f.inventory_name("ESXi host of the test VM (name or inventory path)."),
+        "datastore": f.inventory_name("Datastore of the test VM (default: the source's)."),
+        "script": obj(
+            "The check run in the guest once its tools answer: the ConfigMap key's text "
+            "is handed to the interpreter (interpreter -c TEXT); exit code 0 passes.",
+            {
+                "configMapRef": f.local_ref(
+                    "A ConfigMap in the policy's namespace.", "ConfigMap", label=False
+                ),
+                "key": string("The key holding the script.", min_length=1, max_length=253),
+                "interpreter": string(
+                    "Absolute path of the guest's interpreter.",
+                    min_length=2,
+                    max_length=255,
+                    default="/bin/sh",
+                    rules=[rule("self.startsWith('/')", "an absolute path in the guest")],
+                ),
+            },
+            required=["configMapRef", "key"],
+        ),
+        "guestCredentialsSecretRef": f.secret_ref(
+            "Guest OS account the script runs as (required with script).",
+            {
+                "usernameKey": ("username", "the guest user name"),
+                "passwordKey": ("password", "the guest password"),
+            },
+        ),
+        "timeout": f.duration(
+            "The heartbeat and the script together must be done within this long after "
+            "power-on; else the boot test fails.",
+            minimum="10s",
+            maximum="6h",
+            default="10m",
+        ),
+    },
+    required=["isolatedNetwork"],
+    rules=[
+        rule(
+            "!has(self.script) || has(self.guestCredentialsSecretRef)",
+            "boot.script needs boot.guestCredentialsSecretRef (the guest account)",
+        )
+    ],
+)
+
 verification = obj(
     "Verify every completed backup of this policy (docs/verification.md): a proxy Job "
     "checks the point's file systems (fsck, on a copy-on-write export: nothing is "
@@ -295,6 +352,7 @@ verification = obj(
             },
             required=["configMapRef"],
         ),
+        "boot": boot_test,
         "concurrency": integer(
             "At most this many of the policy's verifications run at once.",
             minimum=1,
@@ -304,8 +362,8 @@ verification = obj(
     },
     rules=[
         rule(
-            "self.fsck || has(self.yara)",
-            "verification needs a check: fsck: true, or yara",
+            "self.fsck || has(self.yara) || has(self.boot)",
+            "verification needs a check: fsck: true, yara, or boot",
         )
     ],
 )

@@ -23,7 +23,7 @@ from vmguard.api import CopyState, VerificationResult
 from vmguard.api.kinds import PROTECTEDVM
 from vmguard.crds import fields as f
 from vmguard.crds.definition import Kind, column, ready_column
-from vmguard.crds.schema import array, integer, obj, string, timestamp
+from vmguard.crds.schema import array, integer, number, obj, string, timestamp
 
 MAX_POINTS = 1000
 """``status.points`` maxItems: more than any retention keeps of one VM (a year of dailies,
@@ -89,6 +89,14 @@ point = obj(
                     max_items=MAX_CHECKS,
                 ),
                 "findings": f.verification_findings(f.MAX_POINT_FINDINGS),
+                "boot": obj(
+                    "The boot test's outcome.",
+                    {
+                        "result": string("The outcome.", max_length=16, enum=VERIFICATION_RESULTS),
+                        "exitCode": integer("The check script's exit code."),
+                        "recoveryTimeSeconds": number("The measured recovery time.", minimum=0),
+                    },
+                ),
             },
         ),
     },

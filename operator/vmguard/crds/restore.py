@@ -68,9 +68,20 @@ new_vm = obj(
             list_type="map",
             map_keys=["from"],
         ),
+        "isolatedNetwork": f.inventory_name(
+            "Connect every NIC to this network (or distributed port group) instead, "
+            "whatever it was on: a sandbox copy (the boot test's temporary VMs use it). "
+            "Not with networkMap."
+        ),
         "powerOn": boolean("Power the VM on once restored.", default=False),
     },
     required=["name"],
+    rules=[
+        rule(
+            "!(has(self.isolatedNetwork) && has(self.networkMap))",
+            "newVM: isolatedNetwork or networkMap, not both",
+        )
+    ],
 )
 
 disk_target = obj(

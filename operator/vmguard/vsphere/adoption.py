@@ -150,3 +150,22 @@ def vm_disks(session: VSphereSession, vm_moref: str) -> tuple[DiskRecord, ...]:
         return session.call(lambda si: vm_record(si, vm_moref)).disks
     except LookupError:
         raise LookupError(f"no VM {vm_moref}") from None
+
+
+def marker_values(session: VSphereSession, morefs: list[str], key: str) -> dict[str, str]:
+    """``{moref: value}`` of ``key`` in the extraConfig of each of these VMs that has it
+    (VMs gone meanwhile are left out)."""
+
+    def run(si: vim.ServiceInstance) -> dict[str, str]:
+        out = {}
+        for moref in morefs:
+            try:
+                vm: Any = find_vm(si, moref)
+                value = _extra(vm.config.extraConfig if vm.config else None).get(key)
+            except (LookupError, vmodl.fault.ManagedObjectNotFound):
+                continue
+            if value:
+                out[moref] = value
+        return out
+
+    return session.call(run)

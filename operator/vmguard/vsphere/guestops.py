@@ -32,7 +32,7 @@ from vmguard.vsphere.session import VSphereSession
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Phase = Literal["preSnapshot", "postSnapshot"]
+Phase = Literal["preSnapshot", "postSnapshot", "bootCheck"]
 
 POLL_SECONDS = 0.5
 """How often ListProcessesInGuest is asked whether a hook has ended."""

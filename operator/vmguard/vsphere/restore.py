@@ -59,6 +59,9 @@ class NewVMTarget:
     """Inventory path of a resource pool; default: the first pool found."""
     network_map: Mapping[str, str] = field(default_factory=dict)
     """Source network name → target network name; unmapped networks keep their name."""
+    isolated_network: str = ""
+    """When set, every NIC is connected to this network, whatever ``network_map`` says: no
+    NIC of the new VM can reach the source's networks (the boot test's sandbox)."""
     keep_mac: bool = False
     """Keep the source's MAC addresses (only when the source VM is gone)."""
     host: str = ""
@@ -141,7 +144,7 @@ def _disk_spec(d: DiskConfig, controller_key: int, file_name: str) -> Any:
 
 
 def _nic_spec(si: Any, tree: InventoryTree, n: NicConfig, target: NewVMTarget) -> Any:
-    name = target.network_map.get(n.network, n.network)
+    name = target.isolated_network or target.network_map.get(n.network, n.network)
     ref, kind = _network_ref(tree, name)
     cls = _NIC_CLASSES.get(n.kind, vim.vm.device.VirtualVmxnet3)
     if kind.endswith("DistributedVirtualPortgroup"):
@@ -266,7 +269,9 @@ def check_target(session: VSphereSession, config: VMConfig, target: NewVMTarget)
         if target.host:
             _host_ref(tree, target.host)
         for nic in config.nics:
-            _network_ref(tree, target.network_map.get(nic.network, nic.network))
+            _network_ref(
+                tree, target.isolated_network or target.network_map.get(nic.network, nic.network)
+            )
 
     session.call(run)
 

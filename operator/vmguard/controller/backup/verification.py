@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from vmguard.api import (
     VERIFICATION_BAD,
     BackupPhase,
+    PointBoot,
     PointVerification,
     RestorePoint,
     VerificationFinding,
@@ -49,7 +50,7 @@ from vmguard.api import (
 )
 from vmguard.api.kinds import BACKUP
 from vmguard.config import ProxySettings
-from vmguard.controller.backup import builders, steps
+from vmguard.controller.backup import boottest, builders, steps
 from vmguard.controller.kube import points
 from vmguard.controller.kube.admission import Waiting, WorkKind
 from vmguard.controller.kube.bodies import backup_status
@@ -59,8 +60,10 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
 from vmguard.controller.kube.timing import Timing
 from vmguard.controller.kube.verifications import (
+    BOOT,
     EACH_BACKUP,
     FSCK,
+    JOB_CHECKS,
     YARA,
     again,
     every,
@@ -167,16 +170,56 @@ class VerifyLane:
         }
 
 
+_BADNESS = {
+    VerificationResult.PASSED: 0,
+    VerificationResult.ERROR: 1,
+    VerificationResult.FAILED: 2,
+    VerificationResult.INFECTED: 3,
+}
+
+
+def overall_result(v: Mapping[str, Any]) -> str:
+    """The verification's result: the worst of the Job's checks and the boot test's (a
+    verdict that the point is bad beats no verdict; pure)."""
+    checks = set(v.get("checks") or [])
+    results = []
+    if JOB_CHECKS & checks or not checks:
+        results.append(str(v.get("result") or VerificationResult.ERROR))
+    if BOOT in checks:
+        results.append(str((v.get("boot") or {}).get("result") or VerificationResult.ERROR))
+    return max(results, key=lambda r: _BADNESS.get(VerificationResult(r), 1))
+
+
+def all_findings(v: Mapping[str, Any]) -> list[VerificationFinding]:
+    """The Job's findings, then the boot test's when it did not pass (pure)."""
+    findings: list[VerificationFinding] = list(v.get("findings") or [])
+    boot = v.get("boot") or {}
+    if BOOT in (v.get("checks") or []) and boot.get("result") != VerificationResult.PASSED:
+        message = str(boot.get("message") or "the boot test did not end")
+        if boot.get("exitCode") is not None:
+            message = f"exit code {boot['exitCode']}: {message}"
+        findings.insert(0, {"check": BOOT, "message": message[:1024]})
+    return findings
+
+
 def point_verification(v: Mapping[str, Any], at: str) -> PointVerification:
     """What the point in the ProtectedVM records of a verification (pure)."""
     out: PointVerification = {
-        "result": str(v.get("result") or VerificationResult.ERROR),
+        "result": overall_result(v),
         "time": at,
         "checks": list(v.get("checks") or []),
     }
-    findings: list[VerificationFinding] = list(v.get("findings") or [])[:POINT_FINDINGS]
+    findings = all_findings(v)[:POINT_FINDINGS]
     if findings:
         out["findings"] = findings
+    boot = v.get("boot") or {}
+    if BOOT in out["checks"]:
+        entry: PointBoot = {"result": str(boot.get("result") or VerificationResult.ERROR)}
+        if boot.get("exitCode") is not None:
+            entry["exitCode"] = int(boot["exitCode"])
+        if boot.get("recoveryTimeSeconds") is not None:
+            entry["recoveryTimeSeconds"] = float(boot["recoveryTimeSeconds"])
+        out["boot"] = entry
     return out
 
 
@@ -194,17 +237,22 @@ def verified_condition(
 
 
 def _summary(v: Mapping[str, Any]) -> str:
-    result = str(v.get("result") or VerificationResult.ERROR)
-    findings = list(v.get("findings") or [])
-    if v.get("message") and result == VerificationResult.ERROR:
+    result = overall_result(v)
+    findings = all_findings(v)
+    boot = v.get("boot") or {}
+    if v.get("message") and result == VerificationResult.ERROR and v.get("result"):
         return str(v["message"])[:1024]
+    if not findings and boot.get("result") == VerificationResult.PASSED:
+        took = boot.get("recoveryTimeSeconds")
+        recovery = f", recovery time {took} s" if took is not None else ""
+        return f"{', '.join(v.get('checks') or [])}: {result.lower()}{recovery}"
     if not findings:
         return f"{', '.join(v.get('checks') or [])}: {result.lower()}"
     first = findings[0]
     where = "/".join(str(first.get(k)) for k in ("volume", "path") if first.get(k))
     what = f"rule {first['rule']}" if first.get("rule") else str(first.get("message", ""))
     more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
-    return f"{result}: {where}: {what}{more}"[:1024]
+    return f"{result}: {where + ': ' if where else ''}{what}{more}"[:1024]
 
 
 class Verifier(Protocol):
@@ -226,21 +274,41 @@ async def step(ctx: Verifier, obj: dict[str, Any]) -> float | None:
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     where = status.get("jobNamespace") or ns
+    checks = list(v.get("checks") or [])
+    boot = BOOT in checks
+    if not JOB_CHECKS.intersection(checks):  # a boot test alone: no Job
+        return await _boot_then_finish(ctx, obj, dict(v))
     if not v.get("jobName"):
         return await _start(ctx, obj, where)
     job = await ctx.jobs.read_job(where, str(v["jobName"]))
     if job is not None and job_state(job).active:
         return ctx.timing.interval(POLL)
     if v.get("result"):  # the proxy reported (its Job may be gone by its TTL since)
-        return await finish(ctx, obj, dict(v))
-    if job is None:
-        return await finish(
-            ctx, obj, {**v, "result": VerificationResult.ERROR, "message": "its Job is gone"}
+        return (
+            await _boot_then_finish(ctx, obj, dict(v)) if boot else await finish(ctx, obj, dict(v))
         )
-    state = job_state(job)
-    message = state.message or state.reason or "the verification Job ended without a result"
-    log.warning("%s/%s: verification Job %s: %s", ns, name, v["jobName"], message)
-    return await finish(ctx, obj, {**v, "result": VerificationResult.ERROR, "message": message})
+    if job is None:
+        message = "its Job is gone"
+    else:
+        state = job_state(job)
+        message = state.message or state.reason or "the verification Job ended without a result"
+        log.warning("%s/%s: verification Job %s: %s", ns, name, v["jobName"], message)
+    ended = {"result": VerificationResult.ERROR, "message": message}
+    if boot:  # kept, so the boot test's steps read the same outcome (the Job may go by TTL)
+        await ctx.api.patch_status(PLURAL, ns, name, {"verification": ended})
+        return 0.0
+    return await finish(ctx, obj, {**v, **ended})
+
+
+async def _boot_then_finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float | None:
+    """The boot test's next stage, or, once it completed, the verification's end."""
+    delay = await boottest.step(ctx, obj)
+    if delay is not None:
+        return delay
+    fresh = await ctx.api.get_object(PLURAL, obj["metadata"]["namespace"], obj["metadata"]["name"])
+    if fresh is None:
+        return None
+    return await finish(ctx, fresh, dict(verification_of(backup_status(fresh))))
 
 
 async def _start(ctx: Verifier, obj: dict[str, Any], where: str) -> float | None:
@@ -334,6 +402,8 @@ async def finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float
         "reason": entry["result"],
         "message": _summary(v),
     }
+    if BOOT in (v.get("checks") or []):  # the boot test's finding joins the Job's
+        done["findings"] = all_findings(v)[:20]
     if started and not v.get("durationSeconds"):
         done["durationSeconds"] = round((ctx.timing.now() - started).total_seconds(), 1)
     conditions = verified_condition(

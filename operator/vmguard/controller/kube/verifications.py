@@ -6,7 +6,8 @@ completes under a policy whose ``spec.verification.every`` is ``EachBackup``
 (:func:`request`); the policy's scheduler asks again for each VM's newest point at the
 times of an ``every`` cron line (:func:`again`). Pure: no I/O.
 
-Invariants: a request names the checks the policy asks for (``fsck``, ``yara``) and is
+Invariants: a request names the checks the policy asks for (``fsck``, ``yara``,
+``boot``) and is
 ``Pending``; a new run of a backup verified before gets the next ``run`` number (its
 Job's name carries it, so a restarted operator adopts the right Job) and clears the last
 run's outcome, never while a run is in flight.
@@ -20,7 +21,9 @@ from typing import Any, cast
 
 from vmguard.api import BackupVerification, VerificationPhase, format_time
 
-FSCK, YARA = "fsck", "yara"
+FSCK, YARA, BOOT = "fsck", "yara", "boot"
+JOB_CHECKS = frozenset({FSCK, YARA})
+"""The checks the verification Job runs; ``boot`` the operator runs (a temporary VM)."""
 
 
 EACH_BACKUP = "EachBackup"
@@ -40,6 +43,8 @@ def wanted(policy_spec: Mapping[str, Any]) -> list[str]:
     checks = [FSCK] if v.get("fsck", True) else []
     if (v.get("yara") or {}).get("configMapRef"):
         checks.append(YARA)
+    if v.get("boot"):
+        checks.append(BOOT)
     return checks
 
 
@@ -71,7 +76,15 @@ def again(
         "message": "waiting for admission",
     }
     if previous:
-        for key in ("startTime", "time", "jobName", "result", "findings", "durationSeconds"):
+        for key in (
+            "startTime",
+            "time",
+            "jobName",
+            "result",
+            "findings",
+            "durationSeconds",
+            "boot",
+        ):
             out[key] = None
     return cast(BackupVerification, out)
 
@@ -93,11 +106,27 @@ def in_flight(status: Mapping[str, Any]) -> bool:
     )
 
 
+def boot_in_use(backup_status: Mapping[str, Any], restore: str) -> bool:
+    """Whether the backup's running verification still uses the boot test whose temporary
+    VM the VMGuardRestore ``restore`` made (the orphan sweep keeps that VM). A run that
+    created its restore but has not recorded it yet counts as using it."""
+    v = verification_of(backup_status)
+    boot = v.get("boot") or {}
+    return (
+        v.get("phase") == VerificationPhase.VERIFYING
+        and boot.get("restoreName") in (None, restore)
+        and boot.get("phase") != "Completed"
+    )
+
+
 __all__ = [
+    "BOOT",
     "EACH_BACKUP",
     "FSCK",
+    "JOB_CHECKS",
     "YARA",
     "again",
+    "boot_in_use",
     "every",
     "in_flight",
     "request",

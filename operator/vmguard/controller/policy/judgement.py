@@ -27,7 +27,9 @@ raised out of a handler (the operator does not crash-loop on bad input):
   (no such ConfigMap), ``NoRules`` (no key ending in .yar/.yara) or ``RulesInvalid``
   (YARA-X's first compile error, naming the ConfigMap key, the line and the rule:
   :mod:`vmguard.verify.rules`, the code the verification Job runs), True (``Valid``)
-  otherwise. Backups go on either way; a verification with bad rules ends as Error.
+  otherwise; ``BootWithoutIsolatedNetwork`` (a boot test with no isolated network: none
+  runs) or ``BootScriptNotFound`` (the check script's ConfigMap or key is missing).
+  Backups go on either way; a verification with bad rules ends as Error.
 - ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
   default policy (the one whose name sorts first acts as the default, the others
   protect nothing), or ``PriorityTie`` when another policy of the same priority
@@ -164,6 +166,12 @@ async def verification_ready(
     checks = (["fsck"] if verification.get("fsck", True) else []) + (
         ["yara"] if verification.get("yara") else []
     )
+    boot = verification.get("boot")
+    if boot is not None:
+        refused = await boot_problem(api, namespace, boot)
+        if refused is not None:
+            return (False, *refused)
+        checks.append(f"boot in {boot['isolatedNetwork']}")
     line = str(verification.get("every") or "EachBackup")
     when = "each backup is verified"
     if line != "EachBackup":
@@ -194,6 +202,31 @@ async def verification_ready(
 
 
 YARA_SUFFIXES = (".yar", ".yara")
+
+
+async def boot_problem(
+    api: KubeAPI, namespace: str, boot: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """Why a policy's ``verification.boot`` cannot run, or None. The CRD already refuses
+    a boot test without ``isolatedNetwork``; one that got in all the same (an older CRD,
+    an object stored before) is refused here: a boot test never falls back to the
+    source network."""
+    if not boot.get("isolatedNetwork"):
+        return (
+            "BootWithoutIsolatedNetwork",
+            "verification.boot names no isolatedNetwork: a boot test runs only in an "
+            "isolated network (it never falls back to the source network); no boot test runs",
+        )
+    script = boot.get("script") or {}
+    if script:
+        name = (script.get("configMapRef") or {}).get("name", "")
+        data = await api.config_map_data(namespace, name)
+        if data is None or script.get("key") not in data:
+            return (
+                "BootScriptNotFound",
+                f"the boot test's check script: ConfigMap {name} has no key {script.get('key')!r}",
+            )
+    return None
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,7 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmguard.api import BackupPlacement, RestoredDisk, RestoreResult, VMIdentity
+from vmguard.api import (
+    RESTORE_VM_MARKER,
+    BackupPlacement,
+    RestoredDisk,
+    RestoreResult,
+    VMIdentity,
+)
 from vmguard.errors import ConfigError, PermanentError, RestoreRejected
 from vmguard.store import ArchiveManifest
 from vmguard.vsphere import adoption
@@ -30,7 +36,7 @@ from vmguard.vsphere.inventory import vm_record
 from vmguard.vsphere.session import VSphereSession
 from vmguard.vsphere.vmconfig import CONFIG_FORMAT, VMConfig
 
-VM_MARKER = "vmguard.restore.uid"
+VM_MARKER = RESTORE_VM_MARKER
 """extraConfig key on a VM a restore created; the value is the VMGuardRestore's UID."""
 
 
@@ -103,6 +109,7 @@ def prepare_new_vm(
         resource_pool=new_vm.get("resourcePool", ""),
         host=new_vm.get("host", ""),
         network_map={m["from"]: m["to"] for m in new_vm.get("networkMap") or ()},
+        isolated_network=new_vm.get("isolatedNetwork", ""),
         marker=(VM_MARKER, uid),
     )
     moref = adoption.find_marked_vm(session, VM_MARKER, uid)

@@ -251,6 +251,15 @@ async def _sweep_orphans(
     except Exception as exc:  # the sweeper must outlive any fault here
         logger.warning("orphan snapshot sweep failed: %s", exc)
         return
+    try:
+        booted = await orphans.sweep_boot_vms(
+            api, outcome.endpoint, namespace, outcome.records, allowed or ()
+        )
+    except Exception as exc:  # the sweeper must outlive any fault here
+        logger.warning("boot test VM sweep failed: %s", exc)
+        booted = []
+    for vm_name in booted:
+        logger.info(f"boot test VM {vm_name}: its test is over; destroyed")
     for s in swept.swept:
         state = "removed" if s.removed else f"could not be removed ({s.error})"
         logger.info(f"snapshot {s.snapshot_moref} of {s.vm_name}: {s.reason}; {state}")
