@@ -377,3 +377,75 @@ def test_a_verification_is_counted_once_and_gauged_per_policy_by_result() -> Non
     again = restarted.exposition()
     assert f"vmguard_policy_vms_last_verification{{{labels.format('Infected')}}} 1.0" in again
     assert "vmguard_verifications_total{" not in again  # nothing ended since it started
+
+
+def test_vms_without_a_passed_verification_within_the_allowance_are_counted_per_policy() -> None:
+    """The verification allowance (docs/verification.md, "The allowance"), judged at
+    scrape time: a VM counts once its newest *passed* verification (never passed: its
+    oldest completed backup) is older than the allowance; a newer Failed one does not
+    reset it; a VM never backed up is not judged; the earliest deadline still ahead is
+    exported for the operator-gone latch; a policy that verifies nothing has no series."""
+    clock = Clock(T0)
+    m = Metrics(clock=clock)
+    day, hour = 86400.0, 3600.0
+
+    def vm(uuid: str, **kw: Any) -> PolicyVM:
+        return PolicyVM({"instanceUuid": uuid, "name": uuid}, **kw)
+
+    m.observe_policy(
+        "prod",
+        "vc1",
+        "gold",
+        repository="repo",
+        rpo_seconds=day,
+        verification_allowance_seconds=day,
+        vms=[
+            vm("u1", last_success=T0 - hour, first_success=T0 - 9 * day, last_passed=T0 - 2 * hour),
+            vm(
+                "u2",
+                last_success=T0 - hour,
+                first_success=T0 - 9 * day,
+                last_passed=T0 - 2 * day,
+                last_verification=(T0 - hour, "Failed"),
+            ),
+            vm("u3", last_success=T0 - hour, first_success=T0 - 3 * day),
+            vm("u4", last_success=T0 - hour, first_success=T0 - hour),
+            vm("u5"),  # never backed up: VmguardBackupMissing's case
+        ],
+    )
+    silver_vms = [vm("s1", last_success=T0 - hour, first_success=T0 - 9 * day)]
+    m.observe_policy("prod", "vc1", "silver", repository="repo", rpo_seconds=day, vms=silver_vms)
+    gold = {"namespace": "prod", "vcenter": "vc1", "policy": "gold"}
+    assert value(m, "vmguard_policy_verification_allowance_seconds", **gold) == day
+    assert value(m, "vmguard_policy_vms_unverified", **gold) == 2, "u2 and u3"
+    # u1's passed verification runs out first (T0 - 2h + 1d), before u4's first backup's.
+    deadline = "vmguard_policy_next_verification_deadline_timestamp_seconds"
+    assert value(m, deadline, **gold) == T0 - 2 * hour + day
+    silver = {**gold, "policy": "silver"}
+    for name in ("vmguard_policy_verification_allowance_seconds", "vmguard_policy_vms_unverified",
+                 deadline):  # fmt: skip
+        assert value(m, name, **silver) is None, f"{name}: silver verifies nothing"
+
+    clock.now = T0 + day - 90 * 60  # nothing observed: the scrape judges u1 late now
+    assert value(m, "vmguard_policy_vms_unverified", **gold) == 3
+    assert value(m, deadline, **gold) == T0 - hour + day, "u4's is the earliest left"
+
+    # u3's point passes: it is within its allowance again; a Failed one of u1 changes nothing.
+    for uid, uuid, result in (("v3", "u3", "Passed"), ("v1", "u1", "Failed")):
+        m.observe_verification(
+            {
+                "metadata": {"namespace": "prod", "uid": uid},
+                "spec": {"policyRef": {"name": "gold"}, "vm": {"instanceUuid": uuid}},
+                "status": {
+                    "vcenter": "vc1",
+                    "verification": {
+                        "phase": "Completed",
+                        "result": result,
+                        "time": dt.datetime.fromtimestamp(clock.now, dt.UTC).strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        ),
+                    },
+                },
+            }
+        )
+    assert value(m, "vmguard_policy_vms_unverified", **gold) == 2, "u1 and u2"

@@ -33,8 +33,9 @@ Invariants:
   recreated by catalog sync (``vmguard.io/synced``) are never counted, only gauged.
 - Per-VM "last" values come from the VM's most recently *finished* backup, whatever
   order the objects are observed in.
-- Deadlines, ages and the RPO counts are computed when Prometheus scrapes, from
-  timestamps, so they are right even when nothing was observed for a while.
+- Deadlines, ages, the RPO counts and the counts of VMs without a verified point
+  within the policy's allowance are computed when Prometheus scrapes, from timestamps,
+  so they are right even when nothing was observed for a while.
 - ``vmguard_build_info{version}`` is 1 from construction on and never removed: the
   alerts read its absence as "the operator is gone".
 - Callers run on kopf's event loop, scrapes on the HTTP server's thread: the per-VM,
@@ -112,6 +113,8 @@ class VMState:
     moref: str
     first_seen: float
     last_success: float | None = None
+    first_success: float | None = None
+    """Completion of the VM's oldest Completed backup still known (Unix seconds)."""
     last_finish: float | None = None
     last_failed: bool = False
     change_ratio: float | None = None
@@ -120,12 +123,32 @@ class VMState:
     """When the VM's newest verification ended (Unix seconds)."""
     verification: str | None = None
     """That verification's result (VerificationResult)."""
+    passed: float | None = None
+    """When the VM's newest verification that Passed ended (Unix seconds)."""
 
     def verify(self, at: float | None, result: str | None) -> None:
-        """Take a verification that ended at ``at`` if it is the VM's newest."""
-        if at is None or not result or (self.verified is not None and at < self.verified):
+        """Take a verification that ended at ``at``: the VM's newest if it is newer, its
+        newest that passed if it passed and is newer."""
+        if at is None or not result:
             return
-        self.verified, self.verification = at, result
+        if result == VerificationResult.PASSED and (self.passed is None or at > self.passed):
+            self.passed = at
+        if self.verified is None or at >= self.verified:
+            self.verified, self.verification = at, result
+
+    def succeeded(self, at: float) -> None:
+        """A Completed backup of the VM at ``at``: its last and first success follow."""
+        if self.last_success is None or at > self.last_success:
+            self.last_success = at
+        if self.first_success is None or at < self.first_success:
+            self.first_success = at
+
+    def verification_deadline(self, allowance_seconds: float) -> float | None:
+        """When the VM runs out of a verified point: its newest passed verification (never
+        passed: its oldest completed backup) plus the allowance; None for a VM never
+        backed up, which has no point to verify (VmguardBackupMissing's case)."""
+        since = self.passed if self.passed is not None else self.first_success
+        return since + allowance_seconds if since is not None else None
 
     def deadline(self, rpo_seconds: float) -> float:
         """When the VM's RPO runs out: its last good backup (never backed up: its first
@@ -145,6 +168,9 @@ class PolicyState:
     copies: dict[str, tuple[float | None, float]] = field(default_factory=dict)
     """Copy target -> (completion of the oldest point not copied there yet, or None;
     the lag the policy allows: its RPO plus the target's delay)."""
+    verification_allowance: float | None = None
+    """How long a VM may go without a passed verification (None: the policy verifies
+    nothing; docs/verification.md, "The allowance")."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +181,8 @@ class PolicyVM:
     """``{instanceUuid, moref, name}`` as in a VMGuardBackup's ``spec.vm``."""
     last_success: float | None = None
     """Completion of its newest Completed backup (Unix seconds)."""
+    first_success: float | None = None
+    """Completion of its oldest Completed backup the policy still holds."""
     last_finish: float | None = None
     """Completion of its newest finished (Completed or Failed) backup."""
     last_failed: bool = False
@@ -162,6 +190,8 @@ class PolicyVM:
     last_verification: tuple[float, str] | None = None
     """(when it ended, its result) of the VM's newest verification the policy's backups
     (and points) record."""
+    last_passed: float | None = None
+    """When the VM's newest verification that Passed ended."""
 
 
 class _ScrapeTimeCollector(Collector):
@@ -206,6 +236,7 @@ class _ScrapeTimeCollector(Collector):
         )
         per_policy: dict[tuple[str, str, str], Tally[str]] = {}
         next_due: dict[tuple[str, str, str], float] = {}
+        next_check: dict[tuple[str, str, str], float] = {}
         for vm in vms:
             labels = list(vm.labels)
             info.add_metric([*labels, vm.name, vm.moref], 1.0)
@@ -223,12 +254,20 @@ class _ScrapeTimeCollector(Collector):
                 if due >= now:
                     key = (namespace, vcenter, policy)
                     next_due[key] = min(due, next_due.get(key, due))
+            if state is not None and state.verification_allowance is not None:
+                check = vm.verification_deadline(state.verification_allowance)
+                if check is not None:
+                    tally["unverified"] += now > check
+                    if check >= now:
+                        key = (namespace, vcenter, policy)
+                        next_check[key] = min(check, next_check.get(key, check))
             if vm.change_ratio is not None:
                 change.add_metric(labels, vm.change_ratio)
             if vm.compressibility is not None:
                 compress.add_metric(labels, vm.compressibility)
         yield from (info, deadline, change, compress)
         yield from self._policies(policies, per_policy, next_due, family)
+        yield from self._verification(policies, per_policy, next_check, family)
         yield from self._copies(policies, now, family)
         age = family(
             "snapshot_age_seconds",
@@ -263,6 +302,44 @@ class _ScrapeTimeCollector(Collector):
                 lag.add_metric(key, max(0.0, now - oldest) if oldest is not None else 0.0)
                 allowance.add_metric(key, allowed)
         yield from (lag, allowance)
+
+    @staticmethod
+    def _verification(
+        policies: dict[tuple[str, str], PolicyState],
+        per_policy: dict[tuple[str, str, str], Tally[str]],
+        next_check: dict[tuple[str, str, str], float],
+        family: Callable[[str, str, tuple[str, ...]], GaugeMetricFamily],
+    ) -> Iterator[GaugeMetricFamily]:
+        """Per policy that verifies: its allowance, its VMs past it, and the earliest
+        deadline still ahead (what the alerts judge it by while the operator is gone)."""
+        allowance = family(
+            "policy_verification_allowance_seconds",
+            "How long a VM of the policy may go without a verification that passed: twice "
+            "the longest gap of verification.every's cron line, or the RPO plus the "
+            "schedule's longest gap when each backup is verified.",
+            POLICY_LABELS,
+        )
+        unverified = family(
+            "policy_vms_unverified",
+            "VMs of the policy whose newest passed verification (never passed: their oldest "
+            "completed backup) is older than the policy's verification allowance.",
+            POLICY_LABELS,
+        )
+        upcoming = family(
+            "policy_next_verification_deadline_timestamp_seconds",
+            "The earliest time a VM of the policy still within its verification allowance "
+            "runs out of it (Unix seconds).",
+            POLICY_LABELS,
+        )
+        for (namespace, name), state in sorted(policies.items()):
+            if state.verification_allowance is None:
+                continue
+            key = (namespace, state.vcenter, name)
+            allowance.add_metric(list(key), state.verification_allowance)
+            unverified.add_metric(list(key), per_policy.get(key, Tally())["unverified"])
+            if key in next_check:
+                upcoming.add_metric(list(key), next_check[key])
+        yield from (allowance, unverified, upcoming)
 
     @staticmethod
     def _policies(
@@ -562,11 +639,13 @@ class Metrics:
         vms: Iterable[PolicyVM] | None,
         in_progress: Mapping[str, int] | None = None,
         copies: Mapping[str, tuple[float | None, float]] | None = None,
+        verification_allowance_seconds: float | None = None,
     ) -> None:
         """A policy's scheduler pass: its repository and RPO, its VMs (from the latest
         sweep; None before the first) with what its VMGuardBackups say of each, and how many
         of its backups are in each unfinished phase; per copy target, the completion of
-        the oldest point not copied there yet (None: none) and the lag allowed.
+        the oldest point not copied there yet (None: none) and the lag allowed; how long
+        a VM may go without a passed verification (None: the policy verifies nothing).
 
         The VMs listed become the policy's VMs: a VM of this policy not listed (deleted,
         or matched by another policy now) drops out. A VM's last success and outcome
@@ -575,7 +654,12 @@ class Metrics:
         """
         with self.lock:
             self.policies[(namespace, policy)] = PolicyState(
-                vcenter, repository, rpo_seconds, dict(in_progress or {}), dict(copies or {})
+                vcenter,
+                repository,
+                rpo_seconds,
+                dict(in_progress or {}),
+                dict(copies or {}),
+                verification_allowance_seconds,
             )
             if vms is None:
                 return
@@ -583,16 +667,19 @@ class Metrics:
             for item in vms:
                 state = self._vm(namespace, vcenter, policy, item.vm)
                 listed.add(vm_ident(item.vm))
-                if item.last_success is not None and (
-                    state.last_success is None or item.last_success > state.last_success
-                ):
-                    state.last_success = item.last_success
+                for success in (item.last_success, item.first_success):
+                    if success is not None:
+                        state.succeeded(success)
                 if item.last_finish is not None and (
                     state.last_finish is None or item.last_finish > state.last_finish
                 ):
                     state.last_finish, state.last_failed = item.last_finish, item.last_failed
                 if item.last_verification is not None:
                     state.verify(*item.last_verification)
+                if item.last_passed is not None and (
+                    state.passed is None or item.last_passed > state.passed
+                ):
+                    state.passed = item.last_passed
             for key, state in list(self.vms.items()):
                 ns, _, pol, ident = state.labels
                 if ns == namespace and pol == policy and ident not in listed:
@@ -661,7 +748,7 @@ class Metrics:
             state.last_failed = outcome != BackupPhase.COMPLETED
             if outcome != BackupPhase.COMPLETED:
                 return
-            state.last_success = finished
+            state.succeeded(finished)
             capacity = int(totals.get("capacityBytes") or 0)
             changed = totals.get("bytesChanged")
             state.change_ratio = (

@@ -49,9 +49,10 @@ def fed_registry() -> Metrics:
         "gold",
         repository="r1",
         rpo_seconds=86400,
-        vms=[PolicyVM(vm, last_success=1_799_990_000.0)],
+        vms=[PolicyVM(vm, last_success=1_799_990_000.0, first_success=1_799_990_000.0)],
         in_progress={"Pending": 1},
         copies={"offsite": (1_799_990_000.0, 3600.0)},
+        verification_allowance_seconds=2 * 86400,
     )
     done = {
         "metadata": {"namespace": "prod", "uid": "b1"},

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from vmguard.controller.kube.schedule import parse
 from vmguard.controller.kube.verifications import again, request
-from vmguard.controller.policy.verifying import due
+from vmguard.controller.policy.verifying import allowance, due
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +72,21 @@ def test_a_request_in_the_times_own_second_counts_as_made_for_it() -> None:
     tick = TICK + dt.timedelta(milliseconds=600)
     asked = {"phase": "Completed", "run": 1, "requestTime": "2026-12-06T03:00:00Z"}
     assert due([backup("a", "u-a", "2026-12-06T01:00:00Z", asked)], tick) == []
+
+
+def test_the_allowance_is_two_of_the_lines_gaps_or_the_rpo_plus_a_backup_gap() -> None:
+    """verifying.allowance: a cron line misses one time before a VM is late (as the
+    default RPO lets one backup run be missed); verifying each backup, the RPO plus the
+    backup schedule's longest gap (the verification queues behind the next run); a policy
+    that verifies nothing, or whose line cannot run, has none."""
+    backups_hourly = parse("0 * * * *")
+    day, hour = dt.timedelta(days=1), dt.timedelta(hours=1)
+    assert allowance(SPEC, 2 * hour, backups_hourly) == 2 * day
+    weekly = {"verification": {"every": "0 3 * * 0"}}
+    assert allowance(weekly, 2 * hour, backups_hourly) == 14 * day
+    each = {"verification": {"fsck": True}}
+    assert allowance(each, 2 * hour, backups_hourly) == 3 * hour
+    assert allowance(each, None, None) is None, "no schedule (its condition says why)"
+    assert allowance({}, 2 * hour, backups_hourly) is None, "verifies nothing"
+    broken = {"verification": {"every": "61 * * * *"}}
+    assert allowance(broken, 2 * hour, backups_hourly) is None, "VerificationReady says why"

@@ -24,6 +24,7 @@ from vmguard.api import (
     BackupPhase,
     Trigger,
     VerificationPhase,
+    VerificationResult,
     parse_time,
 )
 from vmguard.controller.kube.bodies import backup_spec, backup_status
@@ -96,6 +97,16 @@ class BackupHistory:
     def last_completed(self, vm: str) -> dt.datetime | None:
         times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
         return max((t for t in times if t), default=None)
+
+    def first_completed(self, vm: str) -> dt.datetime | None:
+        """The completion of the VM's oldest Completed backup the policy still holds."""
+        times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
+        return min((t for t in times if t), default=None)
+
+    def last_passed(self, vm: str) -> dt.datetime | None:
+        """When the VM's newest verification that Passed ended, if any did."""
+        done = [r.verified for r in self.of(vm) if r.verification == VerificationResult.PASSED]
+        return max((t for t in done if t), default=None)
 
     def last_finished(self, vm: str) -> BackupRecord | None:
         """The VM's newest Completed or Failed backup (by completion time), if any."""

@@ -113,9 +113,13 @@ def vm_state(vm: VMRecord, history: BackupHistory) -> PolicyVM:
     last = history.last_finished(vm.instance_uuid)
     success = history.last_completed(vm.instance_uuid)
     verified = history.last_verified(vm.instance_uuid)
+    first = history.first_completed(vm.instance_uuid)
+    passed = history.last_passed(vm.instance_uuid)
     return PolicyVM(
         {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name},
         last_success=success.timestamp() if success else None,
+        first_success=first.timestamp() if first else None,
+        last_passed=passed.timestamp() if passed else None,
         last_finish=last.completed.timestamp() if last and last.completed else None,
         last_failed=last is not None and last.phase == BackupPhase.FAILED,
         last_verification=(verified.verified.timestamp(), verified.verification)
@@ -361,6 +365,10 @@ class PolicyRunner:
         others = await self.api.list_objects(POLICY.plural, namespace)
         clashes = judgement.conflicts(policy, others, view)
         vms = [vm.instance_uuid for vm in view.vms_of(name)] if view is not None else None
+        # On the schedule line, like the RPO before the line below takes it off it.
+        allowance = verifying.allowance(
+            policy.get("spec") or {}, assessment.rpo, assessment.schedule
+        )
         if assessment.rpo is not None:  # judged against the schedule, applied to completions
             rpo = dt.timedelta(seconds=self.timing.interval(assessment.rpo.total_seconds()))
             assessment = dataclasses.replace(assessment, rpo=rpo)
@@ -402,6 +410,9 @@ class PolicyRunner:
                     target: (point.completed.timestamp() if point else None, allowed[target])
                     for target, point in lagging.items()
                 },
+                verification_allowance_seconds=self.timing.interval(allowance.total_seconds())
+                if allowance is not None
+                else None,
             )
 
     async def write_rpo(

@@ -10,6 +10,9 @@ completed before ``tick``, no run of it is in flight, and none was asked for at 
 ``tick``. A point completed after ``tick`` waits for the next time. The request is one
 status patch of the backup; the vCenter's admission queue takes it from there, as for a
 backup verified on completion.
+
+:func:`allowance` is how long a VM may go without a verification that passed, what
+``VmguardVerificationMissing`` judges (docs/verification.md, "The allowance").
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from vmguard.api.kinds import BACKUP
 from vmguard.api.names import is_synced
 from vmguard.controller.kube import points
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.verifications import again, in_flight, verification_of
+from vmguard.controller.kube.schedule import Schedule, parse
+from vmguard.controller.kube.verifications import (
+    EACH_BACKUP,
+    again,
+    every,
+    in_flight,
+    verification_of,
+)
+from vmguard.errors import ScheduleError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,29 @@ def due(backups: Iterable[Mapping[str, Any]], tick: dt.datetime) -> list[Mapping
     return sorted(out, key=lambda o: str(o["metadata"]["name"]))
 
 
+def allowance(
+    policy_spec: Mapping[str, Any], rpo: dt.timedelta | None, schedule: Schedule | None
+) -> dt.timedelta | None:
+    """How long a VM of the policy may go without a verification that passed, on the
+    schedule line (pure): twice the longest gap of ``verification.every``'s cron line (one
+    verification may be missed, as the default RPO lets one backup run be missed), or,
+    verifying each backup, the RPO plus the backup schedule's longest gap (a verification
+    waits behind the next run's backups in the admission queue). None when the policy
+    verifies nothing or its lines cannot run (its conditions say why)."""
+    line = every(policy_spec)
+    if line is None:
+        return None
+    if line == EACH_BACKUP:
+        if rpo is None or schedule is None:
+            return None
+        return rpo + schedule.gaps()[1]
+    try:
+        zone = (policy_spec.get("schedule") or {}).get("timeZone") or "UTC"
+        return 2 * parse(line, zone).gaps()[1]
+    except ScheduleError:
+        return None
+
+
 async def request_due(
     api: KubeAPI,
     policy: Mapping[str, Any],
@@ -89,4 +123,4 @@ async def request_due(
     return asked
 
 
-__all__ = ["due", "request_due"]
+__all__ = ["allowance", "due", "request_due"]
