@@ -60,6 +60,7 @@ def estate(vms: int) -> Metrics:
             f"policy{p}",
             repository=f"repo{p % REPOSITORIES}",
             rpo_seconds=86400,
+            verification_allowance_seconds=2 * 86400,
             vms=listed,
             in_progress={"Pending": 3, "Transferring": 1},
         )

@@ -38,6 +38,7 @@ NO_FOR = {
     "VmguardCompressibilityDrop": "changes only when a backup of the VM completes",
     "VmguardRepositoryDamaged": "changes only when a verify of the repository finishes",
     "VmguardMalwareFound": "changes only when a verification of a point ends",
+    "VmguardVerificationFailed": "changes only when a verification of a point ends",
     "VmguardRestoreFailed": "counts failures over the last hour: each fires for that hour",
     "VmguardProxyFailing": "counts failures over the last hour: each fires for that hour",
     "VmguardCRDOutdated": "set once at the operator's start: changes only when it restarts",
@@ -103,6 +104,9 @@ def test_every_alert_has_a_test_file_and_nothing_else_does() -> None:
         "VmguardRestoreFailed",
         "VmguardProxyFailing",
         "VmguardMalwareFound",
+        "VmguardVerificationMissing",
+        "VmguardVerificationFailed",
+        "VmguardVerificationError",
     }
 
 
