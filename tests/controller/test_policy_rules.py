@@ -13,7 +13,7 @@ from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import failsafe, judgement
 from vmguard.controller.policy.builders import build_vmbackup
 from vmguard.controller.policy.history import BackupHistory
-from vmguard.controller.policy.runs import plan_run
+from vmguard.controller.policy.runs import plan_run, vm_state
 from vmguard.controller.vcenter import orphans
 from vmguard.vsphere.matching import Assignment, MatchResult
 from vmguard.vsphere.records import VMRecord
@@ -326,3 +326,32 @@ def test_consolidation_follows_each_vms_policy() -> None:
     assert [allowed(vm) for vm in VMS] == [True, False, True]
     # Before the first match (no result), nothing is refused.
     assert orphans.consolidation_policy(None, [])(VMS[1]) is True
+
+
+def test_a_vms_metrics_state_carries_its_oldest_success_and_newest_passed_verification() -> None:
+    """runs.vm_state, what the verification allowance is judged from (metrics): the
+    oldest Completed backup the policy holds, and the newest verification that Passed —
+    not a newer one that Failed, and not a Passed one still in flight."""
+    vm = VMS[0]
+
+    def done(day: int, result: str | None = None, phase: str = "Completed") -> dict[str, Any]:
+        obj = backup(vm, "Completed", T0 + dt.timedelta(days=day),
+                     completed=T0 + dt.timedelta(days=day, hours=1))  # fmt: skip
+        if result:
+            ended = T0 + dt.timedelta(days=day, hours=2)
+            obj["status"]["verification"] = {
+                "phase": phase,
+                "result": result,
+                "time": ended.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        return obj
+
+    objs = [done(0), done(1, "Passed"), done(2, "Failed"), done(3, "Passed", phase="Running")]
+    state = vm_state(vm, BackupHistory.of_policy(objs, "gold"))
+    assert state.first_success == (T0 + dt.timedelta(hours=1)).timestamp()
+    assert state.last_passed == (T0 + dt.timedelta(days=1, hours=2)).timestamp()
+    assert state.last_verification == ((T0 + dt.timedelta(days=2, hours=2)).timestamp(), "Failed")
+    assert state.last_success == (T0 + dt.timedelta(days=3, hours=1)).timestamp()
+
+    never = vm_state(VMS[1], BackupHistory.of_policy(objs, "gold"))
+    assert (never.first_success, never.last_passed) == (None, None)
