@@ -181,8 +181,6 @@ class PolicyVM:
     """``{instanceUuid, moref, name}`` as in a VMGuardBackup's ``spec.vm``."""
     last_success: float | None = None
     """Completion of its newest Completed backup (Unix seconds)."""
-    first_success: float | None = None
-    """Completion of its oldest Completed backup the policy still holds."""
     last_finish: float | None = None
     """Completion of its newest finished (Completed or Failed) backup."""
     last_failed: bool = False
@@ -192,6 +190,8 @@ class PolicyVM:
     (and points) record."""
     last_passed: float | None = None
     """When the VM's newest verification that Passed ended."""
+    first_success: float | None = None
+    """Completion of its oldest Completed backup the policy still holds."""
 
 
 class _ScrapeTimeCollector(Collector):

@@ -147,9 +147,11 @@ Page = list[tuple[str, dict[str, str], float]]
 def outage_pages(until_minute: int) -> list[Page]:
     """The samples a scrape of the operator returns, every STEP_MINUTES on promtool's time
     axis (0 = the Unix epoch), built through vmguard.metrics' own calls: 5,000 VMs on
-    s3-main (and 50 on s3-dr), all backed up at 0 with an RPO of an hour; s3-main stops
-    answering at 10m and every backup to it fails at 12m; s3-dr's VMs are backed up every
-    10 minutes."""
+    s3-main (and 50 on s3-dr), all backed up and verified at 0 with an RPO of an hour and
+    a verification allowance of an hour (``every: "*/30 * * * *"``); s3-main stops
+    answering at 10m, every backup to it fails at 12m and every verification of its
+    points ends in Error at 15m; s3-dr's VMs are backed up and verified every 10
+    minutes."""
     now = [0.0]
     m = Metrics(clock=lambda: now[0])
     uuids = {p: [f"{p}-{i:04d}" for i in range(n)] for p, _, _, n in OUTAGE_POLICIES}
@@ -164,11 +166,24 @@ def outage_pages(until_minute: int) -> list[Page]:
             healthy = repository == "s3-dr"
             last = now[0] if healthy else 0.0
             vms = [
-                PolicyVM({"instanceUuid": u, "moref": f"vm-{u}", "name": u}, last, last)
+                PolicyVM(
+                    {"instanceUuid": u, "moref": f"vm-{u}", "name": u},
+                    last,
+                    last,
+                    first_success=0.0,
+                    last_verification=(last, "Passed"),
+                    last_passed=last,
+                )
                 for u in uuids[policy]
             ]
             m.observe_policy(
-                "prod", vcenter, policy, repository=repository, rpo_seconds=3600, vms=vms
+                "prod",
+                vcenter,
+                policy,
+                repository=repository,
+                rpo_seconds=3600,
+                vms=vms,
+                verification_allowance_seconds=3600,
             )
             if not healthy and minute == 20:  # the failures of 12m, seen by now
                 for u in uuids[policy]:
@@ -181,6 +196,20 @@ def outage_pages(until_minute: int) -> list[Page]:
                                 "vcenter": vcenter,
                                 "completionTime": _at(12),
                                 "error": {"reason": "RepositoryUnreachable", "message": "..."},
+                            },
+                        }
+                    )
+                    m.observe_verification(  # the points verified at 15m: no verdict
+                        {
+                            "metadata": {"namespace": "prod", "uid": f"v-{u}"},
+                            "spec": {"vm": {"instanceUuid": u}, "policyRef": {"name": policy}},
+                            "status": {
+                                "vcenter": vcenter,
+                                "verification": {
+                                    "phase": "Completed",
+                                    "result": "Error",
+                                    "time": _at(15),
+                                },
                             },
                         }
                     )
@@ -232,8 +261,9 @@ def test_one_repository_outage_under_5000_vms_pages_once_for_it_and_once_per_pol
                 "interval": "1m",
                 "input_series": series,
                 "promql_expr_test": [
-                    # 30m: s3-main down for 20 minutes, every backup to it failed; the
-                    # RPOs have not run out. One alert: the repository's.
+                    # 30m: s3-main down for 20 minutes, every backup to it failed, every
+                    # verification of its points ended in Error; the RPOs have not run
+                    # out. One alert: the repository's.
                     {
                         "expr": everything,
                         "eval_time": "30m",
@@ -243,6 +273,8 @@ def test_one_repository_outage_under_5000_vms_pages_once_for_it_and_once_per_pol
                     },
                     # 90m: the RPOs ran out at 60m: one more alert per affected policy,
                     # its value counting the policy's VMs; nothing for s3-dr's policy.
+                    # The verification allowances ran out at 60m too, and the Errors
+                    # stand: both held back while the repository is down.
                     {
                         "expr": everything,
                         "eval_time": "90m",
