@@ -168,7 +168,10 @@ def test_a_planted_file_is_found_in_the_third_of_five_points_and_latest_clean_is
             samples, "vmguard_policy_vms_last_verification", result="Infected", **labels
         )
         total = scrape.value(samples, "vmguard_verifications_total", result="Infected", **labels)
-        return infected == 1.0 and total == 3.0
+        # Each backup verified, the schedule daily and the RPO its default (2 days): the
+        # allowance is the RPO plus a day (docs/verification.md, "The allowance").
+        allowance = scrape.value(samples, "vmguard_policy_verification_allowance_seconds", **labels)
+        return infected == 1.0 and total == 3.0 and allowance == 3 * 86400.0
 
     eventually(counted, timeout=30, what="verification metrics")
 
