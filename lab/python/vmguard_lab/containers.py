@@ -45,6 +45,10 @@ from vmguard_lab.podfiles import Mount, PodFiles
 
 ANNOTATION = "lab.vmguard.io/runtime"
 CONTAINER = "container"
+# What podman reads of its environment for its own configuration (storage, registries,
+# runtime directories): kept for the one call that otherwise gets the pod's environment.
+PODMAN_ENV = ("HOME", "TMPDIR")
+PODMAN_ENV_PREFIXES = ("CONTAINERS_", "XDG_")
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 
 
@@ -236,8 +240,15 @@ class ContainerRuntime:
             mounts=mounts,
             shares=self.shares,
         )
-        # Values reach podman through its environment: no secret on a command line.
-        penv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        # Values reach podman through its environment: no secret on a command line. Its
+        # own configuration stays (CONTAINERS_STORAGE_CONF, ...): the create must use the
+        # store the image was built into and that start, inspect and rm use.
+        penv = {
+            k: v
+            for k, v in os.environ.items()
+            if k in PODMAN_ENV or k.startswith(PODMAN_ENV_PREFIXES)
+        }
+        penv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **penv, **env}
         proc = subprocess.run(argv, env=penv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ContainerConfigError(proc.stderr.strip() or f"podman create {name} failed")
