@@ -37,6 +37,7 @@ MiB = 1 << 20
 SEED = 1818
 PRIVILEGED_POD = ("--privileged", "--user", "0")  # build_verify_job with fsck
 RESTRICTED_POD = ("--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+NO_MATCH = 'rule no_match { strings: $a = "VMGUARD-NOT-IN-ANY-FILE-3b1d" condition: $a }\n'
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,8 @@ def points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     clean = factory.build(spec, SEED, work / "clean.img")
     broken = factory.build(spec, SEED, work / "broken.img")
     damage.damage_ext4_superblock(broken.path, broken.partition(2).offset)
+    (work / "rules").mkdir()
+    (work / "rules" / "none.yar").write_text(NO_MATCH)
     ids = [
         back_up_image(repo, vm, img.path).archive_id for vm, img in (("a", clean), ("b", broken))
     ]
@@ -61,7 +64,7 @@ def points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 
 
 def _verify_in_image(
-    proxy: str, repo: Path, archive: str, pod: tuple[str, ...]
+    proxy: str, repo: Path, archive: str, pod: tuple[str, ...], *checks: str
 ) -> tuple[int, dict[str, Any]]:
     ran = subprocess.run(
         [
@@ -73,9 +76,10 @@ def _verify_in_image(
             *ulimit_flags(),
             *pod,
             "-v",
-            f"{repo}:/repo:ro",
+            f"{repo.parent}:/work:ro",
             proxy,
-            *("verify", archive, "--fsck", "--repo", "file:///repo", "-o", "json"),
+            *("verify", archive, *(checks or ("--fsck",))),
+            *("--repo", "file:///work/repo", "-o", "json"),
         ],
         capture_output=True,
         text=True,
@@ -112,11 +116,16 @@ def test_the_proxy_image_checks_file_systems_where_fuse_is_given(
     assert (code, doc["clean"]) == (1, False)
 
 
-def test_without_fuse_the_proxy_image_gives_no_verdict_naming_the_device(
+def test_without_fuse_the_proxy_image_gives_no_verdict_naming_the_device_and_still_scans(
     built_images: dict[str, dict[str, Any]], points: tuple[Path, str, str]
 ) -> None:
     repo, clean, _ = points
-    code, doc = _verify_in_image(built_images["proxy"]["ref"], repo, clean, RESTRICTED_POD)
+    proxy = built_images["proxy"]["ref"]
+    checks = ("--fsck", "--yara", "/work/rules")
+    code, doc = _verify_in_image(proxy, repo, clean, RESTRICTED_POD, *checks)
+    scanned = {r["volume"]: r for r in doc["results"] if r["check"] == "yara"}
+    assert {v: r["result"] for v, r in scanned.items()} == {"p1": "passed", "p2": "passed"}, doc
+    assert scanned["p2"]["files_scanned"] > 0, doc  # the scan needs no FUSE
     volumes = _by_volume(doc)
     assert {r["result"] for r in volumes.values()} == {"error"}, doc
     for r in volumes.values():
