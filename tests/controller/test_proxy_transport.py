@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from vmguard.api import LABEL_PRIVILEGED_PROXIES
-from vmguard.controller.backup.transport import PSS_ENFORCE, choose_transport, on_nodes
+from vmguard.controller.backup.transport import choose_transport, on_nodes
+from vmguard.controller.kube.podsecurity import PSS_ENFORCE
 
 pytestmark = pytest.mark.unit
 

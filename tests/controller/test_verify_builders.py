@@ -11,7 +11,7 @@ from vmguard.config import ProxySettings
 from vmguard.controller.backup.builders import build_verify_job, verify_job_name
 from vmguard.controller.backup.verification import point_verification, verified_condition
 from vmguard.proxy.contract import VERIFY_RULES_DIR
-from vmguard.proxy.verify import findings, verdict
+from vmguard.proxy.verify import findings, refused, verdict
 from vmguard.verify.results import Check, CheckResult, Outcome, PointVerification
 
 pytestmark = pytest.mark.unit
@@ -56,7 +56,9 @@ def test_the_verify_job_runs_the_checks_on_the_backups_archive_with_the_rules_mo
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == VERIFY_RULES_DIR)
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"] == {"name": "rules"} and mount["readOnly"]
-    assert not container["securityContext"].get("privileged")
+    # file systems are checked through FUSE: a privileged pod (where allowed; the caller
+    # decides, vmguard.controller.kube.podsecurity)
+    assert container["securityContext"]["privileged"] is True
     # No secret value: credentials by reference only.
     env = {e["name"]: e for e in container["env"]}
     assert all("value" not in e for n, e in env.items() if "SECRET" in n or "ACCESS" in n)
@@ -65,6 +67,50 @@ def test_the_verify_job_runs_the_checks_on_the_backups_archive_with_the_rules_mo
     )
     args = fsck_only["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--yara" not in args and args[-1] == "--fsck"
+
+
+def test_a_scan_alone_runs_restricted_and_a_refused_fsck_is_passed_on_to_the_proxy() -> None:
+    """Where file systems may not be checked the Job scans in a restricted pod and tells
+    the proxy why the file systems asked for are not checked (it reports that as Error)."""
+    job = build_verify_job(
+        BACKUP,
+        SETTINGS,
+        repository=REPO,
+        fsck=False,
+        rules_config_map="rules",
+        fsck_refused="Pod Security admission refuses privileged pods in namespace ns",
+    )
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "--fsck" not in container["args"]
+    assert container["args"][-2:] == [
+        "--fsck-refused",
+        "Pod Security admission refuses privileged pods in namespace ns",
+    ]
+    security = container["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["readOnlyRootFilesystem"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_a_refused_fsck_is_no_verdict_but_a_match_still_says_infected() -> None:
+    why = "file-system checks mount each volume with FUSE, which needs a privileged pod"
+    clean = PointVerification("a", "web01")
+    clean.results = [_result(Check.YARA, Outcome.PASSED)]
+    result, found = refused(verdict(clean), findings(clean), why)
+    assert result == "Error"
+    assert found == [{"check": "fsck", "message": f"error: not run: {why}"}]
+    infected = PointVerification("a", "web01")
+    infected.results = [
+        _result(
+            Check.YARA,
+            Outcome.FAILED,
+            findings=[{"message": "matches eicar", "path": "/x", "rule": "eicar"}],
+        )
+    ]
+    result, found = refused(verdict(infected), findings(infected), why)
+    assert result == "Infected"
+    assert [f.get("rule") for f in found] == ["eicar", None], found
 
 
 def _result(check: Check, outcome: Outcome, **kw: Any) -> CheckResult:

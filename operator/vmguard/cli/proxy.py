@@ -40,6 +40,12 @@ def register(sub: Any) -> None:
     verify.add_argument("--name", required=True, help="the VMGuardBackup")
     verify.add_argument("--fsck", action="store_true", help="check every file system")
     verify.add_argument("--yara", metavar="RULES", help="scan every file with these YARA rules")
+    verify.add_argument(
+        "--fsck-refused",
+        metavar="WHY",
+        default="",
+        help="file systems were asked for but may not be checked here: report why (Error)",
+    )
     verify.set_defaults(func=_verify)
 
 
@@ -59,7 +65,13 @@ def _verify(args: argparse.Namespace) -> int:
     from vmguard.proxy.verify import run_verify
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    return run_verify(args.namespace, args.name, fsck=args.fsck, rules_dir=args.yara)
+    return run_verify(
+        args.namespace,
+        args.name,
+        fsck=args.fsck,
+        rules_dir=args.yara,
+        fsck_refused=args.fsck_refused,
+    )
 
 
 def _restore(args: argparse.Namespace) -> int:

@@ -109,15 +109,21 @@ def copy_args(archive_id: str) -> list[str]:
     return [COMMAND, COPY, "--archive", archive_id]
 
 
-def verify_args(namespace: str, name: str, *, fsck: bool, yara: bool) -> list[str]:
+def verify_args(
+    namespace: str, name: str, *, fsck: bool, yara: bool, fsck_refused: str = ""
+) -> list[str]:
     """The proxy's arguments to verify the archive of one completed VMGuardBackup: its
     file systems (``--fsck``) and/or a YARA scan with the rules in
-    :data:`VERIFY_RULES_DIR` (``--yara``)."""
+    :data:`VERIFY_RULES_DIR` (``--yara``). ``fsck_refused``: why the file systems asked
+    for are not checked (the pod may not mount FUSE there): reported as the file-system
+    check's ``Error`` beside the scan's result."""
     args = [COMMAND, VERIFY, "--namespace", namespace, "--name", name]
     if fsck:
         args.append("--fsck")
     if yara:
         args += ["--yara", VERIFY_RULES_DIR]
+    if fsck_refused:
+        args += ["--fsck-refused", fsck_refused]
     return args
 
 

@@ -58,6 +58,21 @@ def verdict(point: PointVerification) -> VerificationResult:
     return VerificationResult.PASSED
 
 
+def refused(
+    result: VerificationResult, found: list[dict[str, str]], why: str
+) -> tuple[VerificationResult, list[dict[str, str]]]:
+    """``result`` and ``found`` with the file-system check refused for ``why`` (the pod
+    may not mount FUSE): no verdict on the file systems, so a point that would have
+    ``Passed`` is ``Error``; a YARA match still says ``Infected``. The refusal is listed
+    after the matches."""
+    if result == VerificationResult.PASSED:
+        result = VerificationResult.ERROR
+    matches = [f for f in found if f.get("rule")]
+    rest = [f for f in found if not f.get("rule")]
+    entry = {"check": str(Check.FSCK), "message": f"error: not run: {why}"[:1024]}
+    return result, [*matches, entry, *rest][:MAX_FINDINGS]
+
+
 def findings(point: PointVerification, limit: int = MAX_FINDINGS) -> list[dict[str, str]]:
     """What the status lists, matches first: each YARA match (volume, path, rule), then
     each damaged file system and each check without a verdict (volume, message)."""
@@ -110,8 +125,11 @@ def run_verify(
     rules_dir: str | None,
     env: Mapping[str, str] | None = None,
     reporter: StatusReporter | None = None,
+    fsck_refused: str = "",
 ) -> int:
-    """Verify the archive of the VMGuardBackup ``namespace/name``; the exit code."""
+    """Verify the archive of the VMGuardBackup ``namespace/name``; the exit code.
+    ``fsck_refused``: the file systems were asked for but may not be checked in this pod
+    (why, from the operator): reported with the other checks' outcome (:func:`refused`)."""
     env = os.environ if env is None else env
     started = time.monotonic()
     try:
@@ -149,10 +167,14 @@ def run_verify(
         _report(reporter, VerificationResult.ERROR, [], time.monotonic() - started, message)
         print(f"vmguard proxy verify: {message}", file=sys.stderr)
         return 0
-    result = verdict(point)
-    _report(reporter, result, findings(point), time.monotonic() - started, "")
+    result, found = verdict(point), findings(point)
+    message = ""
+    if fsck_refused:
+        result, found = refused(result, found, fsck_refused)
+        message = f"file systems not checked: {fsck_refused}"
+    _report(reporter, result, found, time.monotonic() - started, message)
     print(f"verified {archive}: {result} ({len(point.results)} checks)", flush=True)
     return 0
 
 
-__all__ = ["MAX_FINDINGS", "findings", "run_verify", "verdict"]
+__all__ = ["MAX_FINDINGS", "findings", "refused", "run_verify", "verdict"]

@@ -13,6 +13,7 @@ checker opens that file like any disk image. Invariants:
   nbdkit's open file descriptors (the file is unlinked), so callers can bound it;
   :attr:`VolumeExport.bytes_fetched` is what the plugin's view fetched (written by the
   plugin when nbdkit exits).
+- Without a usable ``/dev/fuse`` nothing starts: :func:`fuse_problem` says why.
 - Nothing outlives the export: leaving the context unmounts the FUSE file and stops
   nbdkit, and both end with the process that started them if it dies: nbdkit by
   ``--exit-with-parent``, nbdfuse by a parent-death SIGTERM (``setpriv --pdeathsig``),
@@ -32,9 +33,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from vmguard.errors import RetryableError
+from vmguard.errors import ConfigError, RetryableError
 from vmguard.files.mount import PLUGIN
 from vmguard.transport.nbd import NbdkitServer
+
+FUSE_DEVICE = Path("/dev/fuse")
+
+
+def fuse_problem(device: Path = FUSE_DEVICE) -> str | None:
+    """Why no FUSE file system can be mounted here, or None. libfuse opens ``device``
+    itself before it mounts (or hands over to the setuid ``fusermount3``), and gives up
+    when it cannot: a container without the device (a restricted pod), or one where it
+    is root's alone. Said before nbdkit starts, in words a cluster's user can act on,
+    rather than nbdfuse's "try 'modprobe fuse' first"."""
+    try:
+        os.close(os.open(device, os.O_RDWR))
+    except OSError as exc:
+        return (
+            f"no FUSE here: {device}: {exc.strerror} (a file-system check mounts the volume "
+            "with FUSE; in a cluster its pod must be privileged: docs/verification.md)"
+        )
+    return None
+
 
 #: nbdkit is up once its embedded Python has imported vmguard and opened the repository:
 #: seconds on a quiet machine, over ten on a loaded one
@@ -77,6 +97,9 @@ class VolumeExport:
         return self._mountpoint / "volume"
 
     def __enter__(self) -> Path:
+        problem = fuse_problem()
+        if problem is not None:
+            raise ConfigError(problem)
         self._mountpoint.mkdir(parents=True, exist_ok=True)
         self._overlay_dir.mkdir(parents=True, exist_ok=True)
         environ = dict(self.env)

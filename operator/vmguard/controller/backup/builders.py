@@ -47,12 +47,15 @@ def build_verify_job(
     run: int = 1,
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
+    fsck_refused: str = "",
 ) -> dict[str, Any]:
     """The Job verifying ``vmbackup``'s archive: ``vmguard proxy verify``. It reads the
-    repository only (no vCenter, no device: a restricted pod); the YARA rules are the
-    ConfigMap ``rules_config_map``, mounted read-only at the contract's directory. The
-    file-system checks need FUSE in the pod (docs/verification.md says what the image
-    and the pod lack for that)."""
+    repository only (no vCenter); the YARA rules are the ConfigMap ``rules_config_map``,
+    mounted read-only at the contract's directory. With ``fsck`` the pod is privileged:
+    the file-system checks mount each volume with FUSE (docs/verification.md, "Where
+    file systems are checked"); the caller asks for it only where the namespace allows
+    privileged proxies, and otherwise passes ``fsck_refused`` (why), which the proxy
+    reports beside the scan's result. Without ``fsck`` the pod is restricted."""
     meta = vmbackup["metadata"]
     spec = vmbackup.get("spec") or {}
     labels = proxy_labels(
@@ -78,10 +81,15 @@ def build_verify_job(
         labels=labels,
         settings=settings,
         args=verify_args(
-            meta["namespace"], meta["name"], fsck=fsck, yara=rules_config_map is not None
+            meta["namespace"],
+            meta["name"],
+            fsck=fsck,
+            yara=rules_config_map is not None,
+            fsck_refused=fsck_refused,
         ),
         pieces=[repository_env(repository), rules],
-        transport="nbd",  # restricted: it reads the repository only
+        transport="nbd",  # no vCenter, no hot-add: it reads the repository only
+        fuse=fsck,
         active_deadline=active_deadline,
         ttl=ttl,
     )

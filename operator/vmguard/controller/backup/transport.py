@@ -23,11 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from vmguard.api import LABEL_PRIVILEGED_PROXIES
-
-PSS_ENFORCE = "pod-security.kubernetes.io/enforce"
-"""Kubernetes' Pod Security admission label: the level a namespace enforces."""
-PSS_REFUSING_PRIVILEGED = ("baseline", "restricted")
-"""The Pod Security levels that refuse a privileged container."""
+from vmguard.controller.kube.podsecurity import privileged_refused
 
 
 @dataclass(frozen=True)
@@ -40,22 +36,6 @@ class TransportChoice:
     failure (``PodSecurity``, ``PrivilegedProxiesNotAllowed`` or ``NoHotAddNode``)."""
     nodes: tuple[str, ...] = ()
     """A privileged proxy runs only on these nodes: those whose VM can hot-add the disks."""
-
-
-def privileged_refused(namespace: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
-    """(reason, message) why no privileged proxy may run in ``namespace``, or None."""
-    level = labels.get(PSS_ENFORCE, "")
-    if level in PSS_REFUSING_PRIVILEGED:
-        return "PodSecurity", (
-            f"Pod Security admission refuses privileged pods in namespace {namespace} "
-            f"(it enforces the {level!r} level, label {PSS_ENFORCE})"
-        )
-    if labels.get(LABEL_PRIVILEGED_PROXIES) != "true":
-        return "PrivilegedProxiesNotAllowed", (
-            f"namespace {namespace} is not labelled {LABEL_PRIVILEGED_PROXIES}=true "
-            "(the platform's consent to privileged hot-add proxies)"
-        )
-    return None
 
 
 def choose_transport(requested: str, namespace: str, labels: Mapping[str, str]) -> TransportChoice:

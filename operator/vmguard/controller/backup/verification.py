@@ -51,7 +51,7 @@ from vmguard.api import (
 from vmguard.api.kinds import BACKUP
 from vmguard.config import ProxySettings
 from vmguard.controller.backup import boottest, builders, steps
-from vmguard.controller.kube import points
+from vmguard.controller.kube import podsecurity, points
 from vmguard.controller.kube.admission import Waiting, WorkKind
 from vmguard.controller.kube.bodies import backup_status
 from vmguard.controller.kube.conditions import set_condition
@@ -338,6 +338,27 @@ async def _start(ctx: Verifier, obj: dict[str, Any], where: str) -> float | None
             return await finish(
                 ctx, obj, {**v, "result": VerificationResult.ERROR, "message": message}
             )
+    # File systems are checked through FUSE, in a privileged pod: only where the namespace
+    # allows one. Elsewhere the check is refused before any Job (alone) or reported by
+    # the Job beside the scan's result, which needs no privilege.
+    fsck = FSCK in checks
+    fsck_refused = ""
+    if fsck:
+        refusal = podsecurity.fsck_refused(where, await ctx.api.namespace_labels(where))
+        if refusal is not None:
+            fsck, fsck_refused = False, refusal[1]
+            if rules is None:
+                entry = {"check": FSCK, "message": f"error: not run: {fsck_refused}"[:1024]}
+                return await finish(
+                    ctx,
+                    obj,
+                    {
+                        **v,
+                        "result": VerificationResult.ERROR,
+                        "message": fsck_refused,
+                        "findings": [entry],
+                    },
+                )
     if where not in ctx.rbac_done:
         await ctx.jobs.ensure_rbac(build_proxy_rbac(where, ctx.proxy.service_account))
         ctx.rbac_done.add(where)
@@ -345,10 +366,11 @@ async def _start(ctx: Verifier, obj: dict[str, Any], where: str) -> float | None
         obj,
         ctx.proxy,
         repository=refs.repository["spec"],
-        fsck=FSCK in checks,
+        fsck=fsck,
         rules_config_map=rules,
         namespace=where,
         run=int(v.get("run") or 1),
+        fsck_refused=fsck_refused,
     )
     created = await ctx.jobs.create_job(job)
     log.info(

@@ -12,7 +12,7 @@ Pieces a proxy Job is made of, shared by the backup Job
 :func:`job_name`, :func:`proxy_labels`, :func:`owner_reference`,
 :func:`vcenter_env` and :func:`repository_env` (connection settings as environment,
 credentials only as ``secretKeyRef`` or read-only Secret volumes — never a literal
-value), :func:`security_context` (restricted unless hot-add may need devices) and
+value), :func:`security_context` (restricted unless hot-add or FUSE needs devices) and
 :func:`pod_placement` and :func:`policy_pod` (the chart's pod settings, and what a
 policy adds within the chart's allow-list), :func:`proxy_job` (the Job around one
 proxy container). :func:`build_proxy_rbac` is
@@ -210,16 +210,23 @@ def may_hotadd(transport: str) -> bool:
     return transport in ("hotadd", "auto")
 
 
-def security_context(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def security_context(
+    transport: str, *, fuse: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod, container) security contexts.
 
     Restricted (Pod Security "restricted" profile) when the proxy reads over NBD. Hot-add
     attaches the snapshot's disks to the proxy's own VM, and reading them needs the block
-    devices: that container runs privileged, as root, and nothing else does. ``transport``
-    is what :mod:`vmguard.controller.backup.transport` chose: ``auto`` or ``hotadd`` only
-    in a namespace whose labels allow privileged proxies.
+    devices; a verification that checks file systems (``fuse``) mounts each volume with
+    FUSE, which needs ``/dev/fuse`` and the ``mount`` system call. Kubernetes grants a
+    device only to a privileged container (a hostPath of ``/dev/fuse`` is not in the
+    container's device cgroup), and ``/dev/fuse`` is root's on some nodes: those
+    containers run privileged, as root, and nothing else does. ``transport`` is what
+    :mod:`vmguard.controller.backup.transport` chose: ``auto`` or ``hotadd`` only in a
+    namespace whose labels allow privileged proxies; ``fuse`` likewise
+    (:func:`vmguard.controller.kube.podsecurity.fsck_refused`).
     """
-    if may_hotadd(transport):
+    if may_hotadd(transport) or fuse:
         return {"seccompProfile": {"type": "RuntimeDefault"}}, {
             "privileged": True,
             "runAsUser": 0,
@@ -317,13 +324,15 @@ def proxy_job(
     resources: Mapping[str, Any] | None = None,
     pod: Mapping[str, Any] | None = None,
     nodes: Sequence[str] = (),
+    fuse: bool = False,
 ) -> dict[str, Any]:
     """A batch/v1 Job running one proxy container; the operator does the retries.
 
     ``pod``: where the pod runs and with what priority and pull Secrets (default:
     :func:`pod_placement`, the chart's); ``resources``: the container's (default: the
     chart's ``settings.resources``, else :data:`DEFAULT_RESOURCES`); ``nodes``: the pod
-    runs only on these, in addition to ``pod``'s own placement (:func:`only_on_nodes`)."""
+    runs only on these, in addition to ``pod``'s own placement (:func:`only_on_nodes`);
+    ``fuse``: the container may mount FUSE file systems (privileged: :func:`security_context`)."""
     env: list[dict[str, Any]] = [
         {"name": LOCATOR_ENV, "value": settings.locator},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
@@ -338,7 +347,7 @@ def proxy_job(
         volumes.append({"name": "vddk", **settings.vddk_volume})
         mounts.append({"name": "vddk", "mountPath": settings.vddk_path, "readOnly": True})
         env.append({"name": VDDK_PATH_ENV, "value": settings.vddk_path})
-    pod_security, container_security = security_context(transport)
+    pod_security, container_security = security_context(transport, fuse=fuse)
     container: dict[str, Any] = {
         "name": "proxy",
         "image": settings.image,

@@ -28,8 +28,11 @@ raised out of a handler (the operator does not crash-loop on bad input):
   (YARA-X's first compile error, naming the ConfigMap key, the line and the rule:
   :mod:`vmguard.verify.rules`, the code the verification Job runs), True (``Valid``)
   otherwise; ``BootWithoutIsolatedNetwork`` (a boot test with no isolated network: none
-  runs) or ``BootScriptNotFound`` (the check script's ConfigMap or key is missing).
-  Backups go on either way; a verification with bad rules ends as Error.
+  runs) or ``BootScriptNotFound`` (the check script's ConfigMap or key is missing);
+  ``PodSecurity`` or ``PrivilegedProxiesNotAllowed`` when it checks file systems
+  (``fsck``, the default) and the Jobs' namespace may not run the privileged pod that
+  mounts them with FUSE (:mod:`..kube.podsecurity`). Backups go on either way; a
+  verification with bad rules, or whose file systems may not be checked, ends as Error.
 - ``Consistent`` — False with ``SeveralDefaults`` when the vCenter has more than one
   default policy (the one whose name sorts first acts as the default, the others
   protect nothing), or ``PriorityTie`` when another policy of the same priority
@@ -55,7 +58,13 @@ from vmguard.api import Condition, format_time, parse_duration
 from vmguard.api.kinds import REPOSITORY, VCENTER
 from vmguard.controller.kube.conditions import set_condition, standing_conditions
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.controller.kube.refs import RefusedReference, get_referenced
+from vmguard.controller.kube.podsecurity import fsck_refused
+from vmguard.controller.kube.refs import (
+    ReferencesSplit,
+    RefusedReference,
+    get_referenced,
+    job_namespace,
+)
 from vmguard.controller.kube.schedule import Schedule, parse
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import targets
@@ -148,7 +157,17 @@ async def assess(api: KubeAPI, policy: Mapping[str, Any]) -> Assessment:
         )
     if spec.get("verification"):
         zone = (spec.get("schedule") or {}).get("timeZone") or "UTC"
-        out.verification = await verification_ready(api, namespace, spec["verification"], zone)
+        labels = None
+        if spec["verification"].get("fsck", True):
+            try:  # the verification Jobs run where the proxy Jobs run
+                objs = (found["vcenterRef"] or None, found["repositoryRef"] or None)
+                where = job_namespace(namespace, *objs)
+                labels = (where, await api.namespace_labels(where))
+            except ReferencesSplit:  # Ready says so; no Job runs
+                pass
+        out.verification = await verification_ready(
+            api, namespace, spec["verification"], zone, labels
+        )
     return out
 
 
@@ -158,11 +177,19 @@ def _repository_id(obj: Mapping[str, Any] | None) -> str | None:
 
 
 async def verification_ready(
-    api: KubeAPI, namespace: str, verification: Mapping[str, Any], zone: str = "UTC"
+    api: KubeAPI,
+    namespace: str,
+    verification: Mapping[str, Any],
+    zone: str = "UTC",
+    job_namespace: tuple[str, Mapping[str, str]] | None = None,
 ) -> tuple[bool, str, str]:
     """``VerificationReady`` of a policy's ``spec.verification``: its ``every`` cron line
     can run, its YARA rules ConfigMap exists, holds rule files, and they compile (else
-    the reason, and the message naming the file, line and rule)."""
+    the reason, and the message naming the file, line and rule); and, with
+    ``job_namespace`` (the verification Jobs' namespace and its labels), the file-system
+    checks asked for may run there (else ``PodSecurity`` or
+    ``PrivilegedProxiesNotAllowed``: :func:`~vmguard.controller.kube.podsecurity.
+    fsck_refused`)."""
     checks = (["fsck"] if verification.get("fsck", True) else []) + (
         ["yara"] if verification.get("yara") else []
     )
@@ -181,7 +208,10 @@ async def verification_ready(
             return False, exc.reason, f"verification.every: {exc}"
         when = f"each VM's newest point is verified at {line!r}"
     name = ((verification.get("yara") or {}).get("configMapRef") or {}).get("name")
+    refusal = fsck_refused(*job_namespace) if job_namespace and "fsck" in checks else None
     if not name:
+        if refusal is not None:
+            return False, refusal[0], f"{refusal[1]}: verifications end as Error"
         return True, "Valid", f"{when}: {', '.join(checks)}"
     data = await api.config_map_data(namespace, name)
     if data is None:
@@ -194,6 +224,12 @@ async def verification_ready(
     problem = await asyncio.to_thread(rules_problem, sources)
     if problem is not None:
         return False, "RulesInvalid", problem + ": verifications with them end as Error"
+    if refusal is not None:
+        return (
+            False,
+            refusal[0],
+            f"{refusal[1]}: the YARA scan runs, and a point it finds no match in is Error",
+        )
     return (
         True,
         "Valid",
