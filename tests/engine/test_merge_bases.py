@@ -21,14 +21,27 @@ from tests.engine.helpers import sha256_file
 from tests.store.helpers import FAST_KDF_N
 from vmguard.engine.backup import DiskInput, DiskOutcome, back_up
 from vmguard.engine.restore import restore_disk
-from vmguard.store import ArchiveManifest, MasterKey, Repository, ScryptParams, VmIdentity, names
+from vmguard.store import (
+    ArchiveManifest,
+    GcPolicy,
+    MasterKey,
+    Repository,
+    ScryptParams,
+    VmIdentity,
+    names,
+)
 from vmguard.store.backend import MemoryBackend
+from vmguard.store.clock import ManualClock
+from vmguard.store.gc import GcReport, collect_garbage
+from vmguard.store.prune import retire_archive
+from vmguard.store.writer import BackupWriter
 from vmguard.transport.extents import Extent
 from vmguard.transport.file import FileSink, FileSource
 
 pytestmark = pytest.mark.unit
 CHUNK = 64 * 1024
 CHUNKS = 12
+HOUR = 3600
 
 
 def _repo() -> Repository:
@@ -59,6 +72,7 @@ def _backup(
 
 def _restored(repo: Repository, manifest: ArchiveManifest, tmp: Path) -> str:
     target = tmp / f"restored-{manifest.archive_id}.img"
+    target.unlink(missing_ok=True)
     with FileSink.create(target, CHUNKS * CHUNK) as sink:
         restore_disk(repo, manifest, "d", sink)
     return sha256_file(target)
@@ -149,3 +163,75 @@ def test_a_damaged_base_nothing_repairs_is_marked_corrupt(tmp_path: Path) -> Non
     assert _restored(repo, third, tmp_path) == sha256_file(disk)
     marked = {names.chunk_id_from_name(info.name) for info in repo.backend.list(names.CORRUPT)}
     assert marked == {damaged}
+
+
+def test_merge_bases_are_held_against_gc_while_the_backup_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format §8.2 rule 3: the parent's chunks a merge fetches are held by the backup's
+    lease as the chunks it carries are (§7.5). The parent is pruned and GC runs, hours
+    later, after the plan and before any merge: nothing is collected, every merge finds
+    its base. Once the backup has committed, GC collects the bases nothing needs now."""
+    clock = ManualClock()
+    repo = Repository.init(
+        MemoryBackend(clock=clock.now),
+        master_key=MasterKey(b"merge bases master key"),
+        chunk_size=CHUNK,
+        kdf=ScryptParams(n=FAST_KDF_N),
+        gc=GcPolicy(lease_ttl_seconds=600, grace_seconds=HOUR),
+        clock=clock,
+    )
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(random.Random(4).randbytes(CHUNKS * CHUNK))
+    full, _ = _backup(repo, disk, None, None)
+    clock.advance(2 * HOUR)  # the full's chunks are older than any cutoff
+    changed = []
+    with open(disk, "r+b") as f:
+        for number in (2, 5, 8):
+            f.seek(number * CHUNK + 512)
+            f.write(b"changed")
+            changed.append(Extent(number * CHUNK + 512, 7))
+    writers: list[BackupWriter] = []
+    begin = repo.begin_backup
+
+    def begin_held(vm: VmIdentity, *, parent: str | None = None) -> BackupWriter:
+        writers.append(begin(vm, parent=parent, auto_refresh=False))  # refreshed below
+        return writers[-1]
+
+    monkeypatch.setattr(repo, "begin_backup", begin_held)
+    reports: list[GcReport] = []
+
+    def prune_and_collect(done: int, goal: int) -> None:
+        if reports:
+            return
+        [writer] = writers  # planned (the parent's index is loaded), nothing fetched yet
+        assert retire_archive(repo, full.archive_id) is None
+        for _ in range(3 * HOUR // 120):  # hours pass; the backup refreshes its lease
+            clock.advance(120)
+            writer.lease.refresh()
+        reports.append(collect_garbage(repo, auto_refresh=False))
+
+    outcomes: list[DiskOutcome] = []
+    with FileSource(disk) as source:
+        manifest = back_up(
+            repo,
+            VmIdentity(id="vm-merge"),
+            [DiskInput("d", source, changed=changed)],
+            parent=full.archive_id,
+            progress=prune_and_collect,
+            on_disk=outcomes.append,
+        )
+    [report] = reports
+    assert (report.candidates, report.fossilised, report.trash_emptied) == (0, 0, 0)
+    assert (outcomes[0].chunks_merged, outcomes[0].merges_refused) == (3, 0)
+    assert _restored(repo, manifest, tmp_path) == sha256_file(disk)
+
+    bases = {repo.load_index(full, "d")[n] for n in (2, 5, 8)}
+    clock.advance(2 * HOUR)
+    collect_garbage(repo, auto_refresh=False)  # empties the trash, fossilises the bases
+    clock.advance(2 * HOUR)
+    collect_garbage(repo, auto_refresh=False)  # deletes the fossils
+    stored = {names.chunk_id_from_name(i.name) for i in repo.backend.list(names.CHUNKS)}
+    assert not bases & stored
+    assert not list(repo.backend.list(names.FOSSILS))
+    assert _restored(repo, manifest, tmp_path) == sha256_file(disk)
