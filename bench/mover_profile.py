@@ -21,6 +21,8 @@ MinIO (started if needed), an encrypted repository. Each round runs, one at a ti
   it, which merges most touched chunks onto the parent's (docs/cbt-chain.md); the row
   notes what the CLI reported (bytes read, chunks read whole and merged, new chunks and
   bytes stored), so the CPU of our process and of MinIO can be set against the full's.
+  ``--source-rate N`` serves both disks through nbdkit's rate filter at N MB/s, a
+  stand-in for NBD from ESXi (80-200 MB/s per disk), where the source bounds a backup.
 
 Every row reports wall seconds, the CPU seconds of the measured process tree, of the
 lab's MinIO and of the target's nbdkit (from ``/proc``), and ``/proc/loadavg`` before
@@ -48,7 +50,7 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,8 +423,11 @@ def run(args: argparse.Namespace) -> None:
                         if round_ == 0 and sha256_sparse(target.path) != image.sha256:
                             raise SystemExit(f"restore{label} is not bit-exact")
                 if args.what == "scattered":
-                    for row in scattered_rows(work, image.path, backup, versions, fresh_repo, env):
-                        keep(measure(*row, minio_pid))
+                    rows = scattered_rows(
+                        work, image.path, backup, versions, fresh_repo, env, args.source_rate
+                    )
+                    for name, argv, venv in rows:
+                        keep(measure(name, argv, venv, minio_pid))
             if args.py_spy:
                 if args.what == "scattered":
                     with scattered_argv(work, image.path, backup, fresh_repo, env) as argv:
@@ -462,6 +467,14 @@ def run(args: argparse.Namespace) -> None:
         print(f"\nperf, {name} (CPU clock, system-wide, by process):\n{text}")
 
 
+def serve(path: Path, rate: int | None) -> NbdkitServer:
+    """nbdkit's file plugin over ``path``; with ``rate`` (MB/s), through nbdkit's rate
+    filter, as a stand-in for NBD from ESXi (80-200 MB/s per disk in production)."""
+    if rate is None:
+        return NbdkitServer.file(path)
+    return NbdkitServer("file", [f"file={path}", f"rate={rate * 8}M"], filters=["rate"])
+
+
 def scattered_rows(
     work: Path,
     image: Path,
@@ -469,22 +482,26 @@ def scattered_rows(
     versions: list[tuple[str, dict[str, str]]],
     new_repo: Any,
     env: dict[str, str],
-) -> Iterator[tuple[str, list[str], dict[str, str]]]:
+    rate: int | None = None,
+) -> Generator[tuple[str, list[str], dict[str, str]], None, None]:
     """(name, argv, environment) of a full backup and of the scattered incremental on
     top of it, per code version, each version in a repository of its own (a second
-    version's incremental would find the first's chunks and upload nothing)."""
+    version's incremental would find the first's chunks and upload nothing). Both read
+    from a server of their own, limited to ``rate`` MB/s when given."""
     changed = work / "changed2.json"
     if not changed.exists():
         changed.write_text(json.dumps(changed_copy(image, work / "disk2.img", 64 << 10, seed=3)))
-    loud = [arg for arg in backup if arg != "--quiet"]
+    loud = [arg for arg in backup[:-1] if arg != "--quiet"]  # without the source's URI
+    where = f", source {rate} MB/s" if rate else ""
     for label, venv in versions:
         repo = new_repo()
-        yield f"vmguard full backup{label}", vmguard(*loud, *repo), venv
+        with serve(image, rate) as full_disk:
+            yield f"vmguard full backup{where}{label}", vmguard(*loud, full_disk.uri, *repo), venv
         parent = _latest(repo, env)
-        with NbdkitServer.file(work / "disk2.img") as changed_disk:
-            argv = vmguard(*loud[:-1], changed_disk.uri, "--parent", parent)
+        with serve(work / "disk2.img", rate) as changed_disk:
+            argv = vmguard(*loud, changed_disk.uri, "--parent", parent)
             argv += ["--changed-areas", str(changed), *repo]
-            yield f"vmguard scattered incr. 1% (64 KiB){label}", argv, venv
+            yield f"vmguard scattered incr. 1% (64 KiB){where}{label}", argv, venv
 
 
 @contextlib.contextmanager
@@ -522,6 +539,11 @@ def main() -> None:
     parser.add_argument("--perf", action="store_true", help="also record with perf -a")
     parser.add_argument(
         "--baseline", help="another source root (its operator/ dir): run every row with it too"
+    )
+    parser.add_argument(
+        "--source-rate",
+        type=int,
+        help="--what scattered: serve the disks at most this many MB/s (NBD from ESXi)",
     )
     parser.add_argument("--work", help="directory for images and profiles")
     parser.add_argument("--keep", action="store_true", help="keep the bucket and images")
