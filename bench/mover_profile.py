@@ -455,7 +455,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if not args.keep:
             _empty_bucket(client, bucket)
-            for name in ("disk0.img", "target.img"):
+            for name in ("disk0.img", "target.img", "disk2.img"):
                 (work / name).unlink(missing_ok=True)
     print("\nbest of", args.rounds, "rounds (wall):")
     print(HEADER)
