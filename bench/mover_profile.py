@@ -3,6 +3,7 @@
     PYTHONPATH=operator python bench/mover_profile.py --size-gib 2 --rounds 3
     python bench/mover_profile.py --what restore --py-spy /path/to/py-spy   # + top frames
     python bench/mover_profile.py --what backup --levels 1,3               # zstd level
+    python bench/mover_profile.py --what scattered --size-gib 8            # merged chunks
 
 The same mixed image as ``bench/mover.py`` (served by nbdkit's file plugin), the lab's
 MinIO (started if needed), an encrypted repository. Each round runs, one at a time:
@@ -14,7 +15,14 @@ MinIO (started if needed), an encrypted repository. Each round runs, one at a ti
 - ``restore``: ``nbdcopy`` image → fresh sparse NBD target (the ceiling), the same
   with ``--flush`` (nbdcopy does not flush by default; a restore must, so this is the
   like-for-like ceiling), then the CLI restore of the full backup into a fresh target
-  (checked bit-exact once).
+  (checked bit-exact once);
+- ``scattered``: a full backup into a fresh repository, then the scattered 1%
+  incremental of ``bench/mover.py`` (1% of the 64 KiB blocks rewritten, spread) against
+  it, which merges most touched chunks onto the parent's (docs/cbt-chain.md); the row
+  notes what the CLI reported (bytes read, chunks read whole and merged, new chunks and
+  bytes stored), so the CPU of our process and of MinIO can be set against the full's.
+  ``--source-rate N`` serves both disks through nbdkit's rate filter at N MB/s, a
+  stand-in for NBD from ESXi (80-200 MB/s per disk), where the source bounds a backup.
 
 Every row reports wall seconds, the CPU seconds of the measured process tree, of the
 lab's MinIO and of the target's nbdkit (from ``/proc``), and ``/proc/loadavg`` before
@@ -32,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
+import json
 import os
 import re
 import resource
@@ -40,12 +50,23 @@ import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mover import GiB, MiB, Target, _empty_bucket, _latest, cell, mixed_spec, vmguard
+from mover import (
+    GiB,
+    MiB,
+    Target,
+    _empty_bucket,
+    _latest,
+    cell,
+    changed_copy,
+    mixed_spec,
+    vmguard,
+)
 from vmguard.engine.pipeline import default_workers
 from vmguard.transport.nbd import NbdkitServer
 from vmguard_lab.images import DiskImageFactory
@@ -75,6 +96,7 @@ class Row:
     minio: float
     nbdkit: float
     load: str
+    note: str = ""
 
 
 def measure(
@@ -105,7 +127,14 @@ def measure(
         proc_cpu(minio_pid) - m0,
         (proc_cpu(nbdkit_pid) - n0) if nbdkit_pid else 0.0,
         load,
+        _summary(done.stderr),
     )
+
+
+def _summary(stderr: bytes) -> str:
+    """The CLI's one-line account of a backup (``disk backup`` without ``--quiet``)."""
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if " read " in line]
+    return lines[-1].strip() if lines else ""
 
 
 def ingest_floor(client: Any, bucket: str, prefix: str, threads: int, minio_pid: int) -> Row:
@@ -150,14 +179,15 @@ def _prefix(repo: list[str]) -> str:
 def print_row(row: Row, size: int) -> None:
     print(
         f"| {cell(row.name)} | {row.load} | {row.wall:.2f} | {size / MiB / row.wall:.0f} |"
-        f" {row.cpu:.2f} | {row.minio:.2f} | {row.nbdkit:.2f} |",
+        f" {row.cpu:.2f} | {row.minio:.2f} | {row.nbdkit:.2f} | {cell(row.note)} |",
         flush=True,
     )
 
 
 HEADER = (
-    "| run | load | wall s | MiB/s of disk | CPU s (process) | CPU s (MinIO) | CPU s (nbdkit) |\n"
-    "|---|---:|---:|---:|---:|---:|---:|"
+    "| run | load | wall s | MiB/s of disk | CPU s (process) | CPU s (MinIO) | CPU s (nbdkit)"
+    " | note |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---|"
 )
 
 
@@ -340,6 +370,9 @@ def run(args: argparse.Namespace) -> None:
         subprocess.run(vmguard(*init), env=env, check=True, capture_output=True)
         return repo
 
+    def fresh_repo() -> list[str]:
+        return new_repo(levels[-1])
+
     def keep(row: Row) -> None:
         print_row(row, size)
         if row.name not in best or row.wall < best[row.name].wall:
@@ -355,7 +388,7 @@ def run(args: argparse.Namespace) -> None:
                 if args.what in ("backup", "both"):
                     ceiling = f"set -o pipefail; nbdcopy '{source.uri}' - | zstd -1 -T0 -q -c"
                     keep(measure("nbdcopy | zstd -1 -T0", ceiling + " > /dev/null", env, minio_pid))
-                if args.what in ("backup", "both") or round_ == 0:
+                if args.what in ("backup", "both") or (args.what, round_) == ("restore", 0):
                     for level in levels:
                         for label, venv in versions:
                             repo = new_repo(level)
@@ -389,7 +422,18 @@ def run(args: argparse.Namespace) -> None:
                             keep(measure(name, restore, venv, minio_pid, nbdkit))
                         if round_ == 0 and sha256_sparse(target.path) != image.sha256:
                             raise SystemExit(f"restore{label} is not bit-exact")
+                if args.what == "scattered":
+                    rows = scattered_rows(
+                        work, image.path, backup, versions, fresh_repo, env, args.source_rate
+                    )
+                    for name, argv, venv in rows:
+                        keep(measure(name, argv, venv, minio_pid))
             if args.py_spy:
+                if args.what == "scattered":
+                    with scattered_argv(work, image.path, backup, fresh_repo, env) as argv:
+                        summaries["scattered incremental"] = pyspy(
+                            args.py_spy, work / "scattered.raw", argv, env
+                        )
                 if args.what in ("backup", "both"):
                     argv = vmguard(*backup, *new_repo(levels[-1]))
                     summaries["full backup"] = pyspy(args.py_spy, work / "backup.raw", argv, env)
@@ -411,7 +455,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if not args.keep:
             _empty_bucket(client, bucket)
-            for name in ("disk0.img", "target.img"):
+            for name in ("disk0.img", "target.img", "disk2.img"):
                 (work / name).unlink(missing_ok=True)
     print("\nbest of", args.rounds, "rounds (wall):")
     print(HEADER)
@@ -421,6 +465,57 @@ def run(args: argparse.Namespace) -> None:
         print(f"\npy-spy, {name} (raw stacks in {work}):\n{text}")
     for name, text in perfs.items():
         print(f"\nperf, {name} (CPU clock, system-wide, by process):\n{text}")
+
+
+def serve(path: Path, rate: int | None) -> NbdkitServer:
+    """nbdkit's file plugin over ``path``; with ``rate`` (MB/s), through nbdkit's rate
+    filter, as a stand-in for NBD from ESXi (80-200 MB/s per disk in production)."""
+    if rate is None:
+        return NbdkitServer.file(path)
+    return NbdkitServer("file", [f"file={path}", f"rate={rate * 8}M"], filters=["rate"])
+
+
+def scattered_rows(
+    work: Path,
+    image: Path,
+    backup: list[str],
+    versions: list[tuple[str, dict[str, str]]],
+    new_repo: Any,
+    env: dict[str, str],
+    rate: int | None = None,
+) -> Generator[tuple[str, list[str], dict[str, str]], None, None]:
+    """(name, argv, environment) of a full backup and of the scattered incremental on
+    top of it, per code version, each version in a repository of its own (a second
+    version's incremental would find the first's chunks and upload nothing). Both read
+    from a server of their own, limited to ``rate`` MB/s when given."""
+    changed = work / "changed2.json"
+    if not changed.exists():
+        changed.write_text(json.dumps(changed_copy(image, work / "disk2.img", 64 << 10, seed=3)))
+    loud = [arg for arg in backup[:-1] if arg != "--quiet"]  # without the source's URI
+    where = f", source {rate} MB/s" if rate else ""
+    for label, venv in versions:
+        repo = new_repo()
+        with serve(image, rate) as full_disk:
+            yield f"vmguard full backup{where}{label}", vmguard(*loud, full_disk.uri, *repo), venv
+        parent = _latest(repo, env)
+        with serve(work / "disk2.img", rate) as changed_disk:
+            argv = vmguard(*loud, changed_disk.uri, "--parent", parent)
+            argv += ["--changed-areas", str(changed), *repo]
+            yield f"vmguard scattered incr. 1% (64 KiB){where}{label}", argv, venv
+
+
+@contextlib.contextmanager
+def scattered_argv(
+    work: Path, image: Path, backup: list[str], new_repo: Any, env: dict[str, str]
+) -> Iterator[list[str]]:
+    """A scattered incremental to profile (its source served meanwhile), its full
+    backup made untimed first."""
+    rows = scattered_rows(work, image, backup, [("", env)], new_repo, env)
+    with contextlib.closing(rows):
+        _, full, _ = next(rows)
+        subprocess.run(full, env=env, check=True, capture_output=True)
+        _, argv, _ = next(rows)
+        yield argv
 
 
 def _restore_argv(
@@ -435,13 +530,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-gib", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--what", choices=("backup", "restore", "both"), default="both")
+    parser.add_argument(
+        "--what", choices=("backup", "restore", "both", "scattered"), default="both"
+    )
     parser.add_argument("--levels", default="3", help="zstd levels for backups, e.g. 1,3")
     parser.add_argument("--workers", type=int, help="passed to the CLI's --workers")
     parser.add_argument("--py-spy", help="path of a py-spy binary: also record a profile")
     parser.add_argument("--perf", action="store_true", help="also record with perf -a")
     parser.add_argument(
         "--baseline", help="another source root (its operator/ dir): run every row with it too"
+    )
+    parser.add_argument(
+        "--source-rate",
+        type=int,
+        help="--what scattered: serve the disks at most this many MB/s (NBD from ESXi)",
     )
     parser.add_argument("--work", help="directory for images and profiles")
     parser.add_argument("--keep", action="store_true", help="keep the bucket and images")

@@ -120,9 +120,16 @@ def _backup(args: argparse.Namespace) -> int:
             [outcome] = outcomes
             cbt = ""
             if outcome.changed_bytes is not None:
+                damaged = (
+                    f", {outcome.merges_refused} merges refused on a damaged parent chunk"
+                    f" and {outcome.carried_reread} unchanged chunks naming one read again"
+                    if outcome.merges_refused
+                    else ""
+                )
                 cbt = (
                     f" of {human_bytes(outcome.changed_bytes)} in changed areas"
-                    f" ({outcome.chunks_read} chunks read whole, {outcome.chunks_merged} merged)"
+                    f" ({outcome.chunks_read} chunks read whole, {outcome.chunks_merged} merged"
+                    f"{damaged})"
                 )
             print(
                 f"{manifest.mode}{why}:"

@@ -12,7 +12,11 @@ pipeline::
 A chunk the plan merges (few changed bytes) is read only in its changed areas; a worker
 overlays them on the parent's chunk, fetched and verified from the repository
 (:mod:`vmguard.engine.merge`). When that chunk cannot be had, the chunk is read whole
-from the source in a second pass over the disk, never guessed.
+from the source in a second pass over the disk, never guessed. A parent chunk found
+missing or failing its check is damaged evidence, not only a refused merge: the writer
+stops trusting it (:meth:`BackupWriter.distrust`, which marks it corrupt), and the
+second pass also reads again every other offset of the disk whose entry still names it
+(an unchanged chunk with the same bytes, carried), so the archive never references it.
 
 Invariants:
 
@@ -24,6 +28,9 @@ Invariants:
   Any failure aborts the writer: no manifest, so no archive; what was uploaded is
   re-used by the next attempt and otherwise collected by GC.
 - All-zero chunks and chunks outside the allocated extents are holes: never stored.
+- No archive references a chunk this backup found damaged: ``BackupWriter.add_disk``
+  refuses such an index, and the commit check refuses an archive whose earlier disk
+  named it before it was found (the retry reads it again: it is marked).
 - Statistics are exact: bytes read are bytes the source returned, and
   ``compressibility`` is stored ÷ plaintext bytes of the changed chunks this backup
   uploaded (chunks that deduplicated were not compressed here). The manifest keeps
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 from vmguard.engine.merge import Item, ReadChunk, WholeChunk, merged, read_items
 from vmguard.engine.pipeline import Progress, bounded_map, default_workers
 from vmguard.engine.plan import DiskPlan, plan_disk
+from vmguard.errors import ChunkCorruptError, ChunkMissingError
 from vmguard.store import HOLE, ArchiveManifest, CbtState, Repository, TransferStats, VmIdentity
 from vmguard.store.archive import BackupMode
 from vmguard.store.writer import BackupWriter, PutResult
@@ -76,6 +84,9 @@ class DiskOutcome:
     merges_refused: int = 0
     """Planned merges whose parent chunk was missing or failed its check: read whole
     instead (counted in ``chunks_read``)."""
+    carried_reread: int = 0
+    """Unchanged chunks read again because their entry named a chunk a refused merge
+    found damaged (counted in ``chunks_read``)."""
     changed_bytes: int | None = None
     """Bytes the changed areas (CBT) cover; None when they were unknown."""
 
@@ -85,6 +96,7 @@ class _Tally:
     chunks_read: int = 0
     merged: int = 0
     refused: list[int] = field(default_factory=list)
+    reread: list[int] = field(default_factory=list)
     bytes_read: int = 0
     bytes_changed: int = 0
     bytes_stored: int = 0
@@ -143,7 +155,17 @@ def _back_up_disk(
 
     run(plan.read, plan.merge)
     if tally.refused:  # second pass, from the source: never a guess at the missing base
-        run([Extent(*index.extent(number)) for number in sorted(tally.refused)], {})
+        refused = set(tally.refused)
+        tally.reread = [
+            number
+            for number, chunk_id in enumerate(index)
+            if number not in refused and chunk_id != HOLE and writer.needs_upload(chunk_id)
+        ]
+        for number in tally.reread:
+            index[number] = HOLE  # unless read below: never the damaged chunk
+            advance(0, index.extent(number)[1])
+        again = sorted(refused | set(tally.reread))
+        run([Extent(*index.extent(number)) for number in again], {})
     holes = sum(1 for chunk_id in index if chunk_id == HOLE)
     stats = TransferStats(
         logical_bytes=plan.size,
@@ -163,8 +185,23 @@ def _back_up_disk(
         tally.chunks_read,
         chunks_merged=tally.merged,
         merges_refused=len(tally.refused),
+        carried_reread=len(tally.reread),
         changed_bytes=plan.changed_bytes,
     )
+
+
+def _base_reader(repo: Repository, writer: BackupWriter) -> ReadChunk:
+    """The merges' read of a parent chunk: verified, and a chunk found missing or failing
+    its check is reported to the writer, which then never trusts it again."""
+
+    def read(chunk_id: bytes) -> bytes:
+        try:
+            return repo.read_chunk(chunk_id)
+        except (ChunkMissingError, ChunkCorruptError) as exc:
+            writer.distrust(chunk_id, f"found by a backup's merge: {exc}")
+            raise
+
+    return read
 
 
 def _count(tally: _Tally, plan: DiskPlan, number: int, length: int, result: PutResult) -> None:
@@ -215,6 +252,7 @@ def back_up(
     depth = depth or workers + 2
     with repo.begin_backup(vm, parent=parent) as writer:
         plans = [plan_disk(writer, d.key, d.source, d.changed) for d in disks]
+        read_base = _base_reader(repo, writer)
         goal = sum(p.read_bytes for p in plans)
         done = 0
 
@@ -230,7 +268,7 @@ def back_up(
             progress(0, goal)
         for disk, plan in zip(disks, plans, strict=True):
             outcome = _back_up_disk(
-                writer, repo.read_chunk, disk, plan, workers=workers, depth=depth, advance=advance
+                writer, read_base, disk, plan, workers=workers, depth=depth, advance=advance
             )
             writer.add_disk(
                 disk.key, disk.label or disk.key, plan.index, cbt=disk.cbt, stats=outcome.stats

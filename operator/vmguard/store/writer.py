@@ -18,7 +18,9 @@ Invariants (the preconditions of the GC safety argument, format §7.5):
   from the parent's index by this writer; ``add_disk`` refuses any other id. A bug in
   the caller therefore cannot commit a reference GC was not told about.
 - Chunks recorded as corrupt are never deduplicated against: ``has_chunk`` says no,
-  so the chunk is uploaded again, which repairs it, and the marker is removed.
+  so the chunk is uploaded again, which repairs it, and the marker is removed. A chunk
+  this backup itself found damaged when reading it (:meth:`distrust`, a merge's parent
+  chunk) is marked and treated the same way from then on.
 - Nothing is trusted unseen (format §8.1): a chunk taken from the parent is known only
   after :mod:`vmguard.store.carry` found it present (or it was seen by an earlier
   backup of the chain); one that is missing is reported by :meth:`needs_upload` so the
@@ -43,6 +45,7 @@ Invariants (the preconditions of the GC safety argument, format §7.5):
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -240,6 +243,26 @@ class BackupWriter:
         """True if the chunk was found corrupt or missing: re-read it from the source,
         do not carry it."""
         return chunk_id in self._state.corrupt or chunk_id in self._state.missing
+
+    def distrust(self, chunk_id: bytes, reason: str) -> None:
+        """Record that a read of ``chunk_id`` found it missing or failing its check.
+
+        From then on this writer treats it as a chunk marked corrupt (format §8.1): never
+        deduplicated against, so the next upload of those bytes repairs it; ``add_disk``
+        refuses an index that still names it. The finding is also written as
+        ``corrupt/<id>``, as verify writes its own (§8), so the archives that need the
+        chunk are known to be damaged, every other writer stops trusting it, and the
+        commit check refuses this archive if an index already added names it.
+        """
+        marker = {
+            "id": chunk_id.hex(),
+            "detected": names.format_time(self.repo.clock.now()),
+            "reason": reason,
+        }
+        with self._lock:
+            self._state.known.discard(chunk_id)
+            self._state.corrupt.add(chunk_id)
+        self.repo.backend.put(names.corrupt_name(chunk_id), json.dumps(marker).encode())
 
     def _record(self, checked: Checked) -> None:
         """Fold a check's floor and requests into the writer's (under ``_lock``)."""
