@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from vmguard.config import ProxySettings
-from vmguard.controller.kube.admission import VCenterLimits, plan
 from vmguard.controller.policy import copying
 from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
 
@@ -82,7 +81,7 @@ def test_the_copy_job_names_both_repositories_by_reference_only() -> None:
     assert container["securityContext"]["privileged"] is False
 
 
-def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
+def test_a_policys_points_are_its_completed_backups_oldest_first() -> None:
     policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
     backups = [
         _backup("b2", "2026-01-01T02:00:00Z"),
@@ -93,13 +92,7 @@ def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
     points = copying.points(policy, backups)
     assert [p.name for p in points] == ["b1", "b2", "other"]
     assert points[0].completed == dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC)
-    work = [copying.work(p, "offsite", policy) for p in points]
-    decided = plan(work, [], VCenterLimits())
-    # b2 waits for b1's copy (same VM and target); the other VM's copy runs alongside.
-    assert [w.name for w in decided.start] == ["b1", "other"]
-    assert [w.work.name for w in decided.waiting] == ["b2"]
-    # To another target the same point's copy is separate work.
-    assert copying.work(points[0], "vault", policy).vm != work[0].vm
+    # One VM's copies to a target go one at a time: tests/controller/test_copy_admission.py
 
 
 def test_retention_holds_a_point_until_each_copy_is_made_or_given_up() -> None:

@@ -17,8 +17,13 @@ Every reader and writer of copies goes through :func:`copies_of` and
 :func:`record_copy`, so moving the readers to the point changes this module only: the
 point is identified by what both places know, the backup's namespace, VM and archive id.
 
-Invariants: one writer — only the copy controller records copies, so replacing the
-whole list from the object it read cannot lose another writer's entry. The run is
+Invariants: two writers of the run's list — the copy controller, through
+:func:`record_copy`, and the vCenter's admission loop, which sets a ``Pending`` entry
+``Running`` (``controller/policy/copyqueue.py``) only under the resourceVersion it read.
+A record made from an object read before such a start can set the entry back to
+``Pending``; no Job was created for it (the copy controller creates one only for an entry
+it read as ``Running``), so the queue admits it again under the same attempt number:
+nothing is lost or doubled. The run is
 written first, then the point: a point missing (not added yet, or cut from a full list)
 or a ProtectedVM of another VM costs the point's record only, never the run's, and is
 logged; a failed write to the point raises (RetryableError), and the next record of the
