@@ -38,8 +38,8 @@ point until its copies are made: :func:`awaiting_copy`). Each repository's GC is
 
 Invariants: the outcome is read from the target repository, never taken from the Job's
 word; a copy Job is created only for an entry the admission queue set Running, and found
-again by name, so a restart neither loses nor doubles one. Repository faults leave everything as it was
-for the next pass (logged).
+again by name, so a restart neither loses nor doubles one. Repository faults leave
+everything as it was for the next pass (logged).
 """
 
 from __future__ import annotations
