@@ -215,3 +215,43 @@ def test_a_copy_target_may_give_the_jobs_credentials_of_their_own() -> None:
     assert refs["VMGUARD_COPY_S3_ACCESS_KEY"] == {"name": "offsite-copier", "key": "id"}
     assert refs["VMGUARD_COPY_S3_SECRET_KEY"] == {"name": "offsite-copier", "key": "secret"}
     assert refs["VMGUARD_S3_SECRET_KEY"]["name"] == "primary-s3"
+
+
+def test_a_targets_bandwidth_limit_reaches_its_copy_jobs_in_bytes_per_second() -> None:
+    from vmguard.controller.policy.targets import judge
+    from vmguard.errors import VmguardError
+    from vmguard.proxy.copy import bandwidth_from
+
+    primary = _repo("primary", "primary-s3", "primary-key")
+    spec = {
+        "repositoryRef": {"name": "primary"},
+        "copies": [
+            {"repositoryRef": {"name": "offsite"}, "retention": {"keepLast": 1},
+             "bandwidthLimitMiBps": 25},
+            {"repositoryRef": {"name": "vault"}, "retention": {"keepLast": 1}},
+        ],
+    }  # fmt: skip
+    repos = {"offsite": _repo("copies", "s3", None), "vault": _repo("vault", "s3", None)}
+    offsite, vault = judge(spec, primary, repos).targets
+    assert (offsite.bandwidth, vault.bandwidth) == (25 << 20, None)
+    jobs = [
+        build_copy_job(
+            _backup("web-1", "2026-01-01T00:00:00Z"),
+            SETTINGS,
+            archive_id="a-web-1",
+            source=primary,
+            target_name=t.repository,
+            target=repos[t.repository],
+            attempt=1,
+            bandwidth=t.bandwidth,
+        )
+        for t in (offsite, vault)
+    ]
+    containers = [j["spec"]["template"]["spec"]["containers"][0] for j in jobs]
+    envs = [{e["name"]: e.get("value") for e in c["env"]} for c in containers]
+    assert envs[0]["VMGUARD_COPY_BANDWIDTH"] == str(25 << 20)
+    assert "VMGUARD_COPY_BANDWIDTH" not in envs[1]
+    assert bandwidth_from(envs[0]) == 25 << 20 and bandwidth_from(envs[1]) is None
+    for bad in ("0", "-5", "25Mi"):
+        with pytest.raises(VmguardError, match="positive number of bytes per second"):
+            bandwidth_from({"VMGUARD_COPY_BANDWIDTH": bad})

@@ -431,6 +431,7 @@ class Copier:
             target_name=target.repository,
             target=repo_obj["spec"],
             target_credentials=target.credentials,
+            bandwidth=target.bandwidth,
             attempt=attempt,
         )
         created = await self.jobs.create_job(job)
