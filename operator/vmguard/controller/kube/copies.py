@@ -36,12 +36,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
-from vmguard.api import BackupCopy, PointCopy, RestorePoint
+from vmguard.api import BackupCopy, CopyState, PointCopy, RestorePoint, parse_duration
 from vmguard.api.kinds import BACKUP
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.points import PointNotFound, backup_key, update_point
 from vmguard.errors import ConfigError
 
+ATTEMPTS = 3
+"""Copy Jobs started for one point and target before its copy stays Failed."""
 POINT_FIELDS = ("repository", "state", "time", "bytes", "archiveId", "attempts")
 """What a point keeps of a copy's entry (its ``message`` stays with the run)."""
 
@@ -52,6 +54,35 @@ def copies_of(backup: Mapping[str, Any]) -> dict[str, BackupCopy]:
     """The point's copies by target repository, as last recorded."""
     entries = (backup.get("status") or {}).get("copies") or []
     return {str(e.get("repository")): cast(BackupCopy, dict(e)) for e in entries}
+
+
+def settled(entry: Mapping[str, Any] | None) -> bool:
+    """Whether a copy entry is final: made, pruned there, or given up (failed
+    :data:`ATTEMPTS` times)."""
+    state = (entry or {}).get("state")
+    if state in (CopyState.COMPLETED, CopyState.PRUNED):
+        return True
+    return state == CopyState.FAILED and int((entry or {}).get("attempts") or 0) >= ATTEMPTS
+
+
+def awaited(backup: Mapping[str, Any], policy_spec: Mapping[str, Any] | None) -> list[str]:
+    """The copy targets of ``policy_spec`` (its ``copies``) whose copy of ``backup`` is not
+    settled yet, in spec order (pure): the run is kept for them (``backup/expiry.py``)."""
+    copies = copies_of(backup)
+    out = []
+    for target in (policy_spec or {}).get("copies") or ():
+        name = str((target.get("repositoryRef") or {}).get("name") or "")
+        if name and not settled(copies.get(name)):
+            out.append(name)
+    return out
+
+
+def longest_delay(policy_spec: Mapping[str, Any] | None) -> float:
+    """Seconds of the longest ``delay`` of the policy's copy targets (0: none)."""
+    return max(
+        (parse_duration(t.get("delay"), 0.0) for t in (policy_spec or {}).get("copies") or ()),
+        default=0.0,
+    )
 
 
 def point_copies(point: Mapping[str, Any]) -> dict[str, BackupCopy]:
@@ -106,4 +137,15 @@ async def record_copy(api: KubeAPI, backup: dict[str, Any], entry: BackupCopy) -
         )
 
 
-__all__ = ["POINT_FIELDS", "copies_of", "point_copies", "point_copy", "record_copy", "with_copy"]
+__all__ = [
+    "ATTEMPTS",
+    "POINT_FIELDS",
+    "awaited",
+    "copies_of",
+    "longest_delay",
+    "point_copies",
+    "point_copy",
+    "record_copy",
+    "settled",
+    "with_copy",
+]

@@ -24,8 +24,10 @@ its copy is:
 **After a run expired.** A point whose VMGuardBackup expired is seen as its stand-in
 (:func:`vmguard.controller.kube.points.stand_ins`), whose entries are the point's
 ``copies`` (written there with the run's): a copy made stays made (not copied again, not
-lagging, not held by retention), one pruned stays pruned. A copy not made by then is not
-started any more (no object is left to own its Job); it shows as lagging.
+lagging, not held by retention), one pruned stays pruned. A run is kept past its TTL
+until its copies settle (``backup/expiry.py``, at most a week), so this is rare: a copy
+not made by then is not started any more (no object is left to own its Job); it shows
+as lagging, and ``vmguard repo copy`` copies it (docs/copies.md).
 
 **Retention per repository.** When nothing waits for or runs to a target (at the first
 such pass after a copy to it completed, else every :data:`RETAIN_EVERY`), the target's
@@ -64,7 +66,7 @@ from vmguard.api.kinds import REPOSITORY
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.conditions import set_condition
-from vmguard.controller.kube.copies import copies_of, record_copy
+from vmguard.controller.kube.copies import ATTEMPTS, copies_of, record_copy
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.points import is_stand_in
@@ -82,8 +84,6 @@ from vmguard.store.lineage import ORIGIN_NAMESPACE, ORIGIN_POLICY
 from vmguard.store.names import parse_archive_id
 from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
-ATTEMPTS = 3
-"""Copy Jobs started for one point and target before its copy stays Failed."""
 RUNS, ENDED = "runs", "ended"
 LAG_CONDITION = "CopiesCurrent"
 RETAIN_EVERY = 600.0
