@@ -120,6 +120,24 @@ async def record_copy(api: KubeAPI, backup: dict[str, Any], entry: BackupCopy) -
     listed = [copies[name] for name in sorted(copies)]
     await api.patch_status(BACKUP.plural, meta["namespace"], meta["name"], {"copies": listed})
     backup.setdefault("status", {})["copies"] = listed
+    await _record_in_point(api, backup, entry, "recorded in the run only")
+
+
+async def record_point_copy(api: KubeAPI, stand_in: dict[str, Any], entry: BackupCopy) -> None:
+    """Record ``entry`` in the point only: the point of an expired run (its stand-in,
+    ``points.stand_ins``), which has no object to patch — a copy made outside the
+    operator (``vmguard repo copy``) found in the target. ``stand_in`` is updated in
+    place."""
+    copies = copies_of(stand_in)
+    copies[entry["repository"]] = entry
+    stand_in.setdefault("status", {})["copies"] = [copies[name] for name in sorted(copies)]
+    await _record_in_point(api, stand_in, entry, "not recorded")
+
+
+async def _record_in_point(
+    api: KubeAPI, backup: Mapping[str, Any], entry: BackupCopy, outcome: str
+) -> None:
+    meta = backup["metadata"]
     archive = (backup.get("status") or {}).get("archiveId")
     try:
         key = backup_key(backup)
@@ -129,10 +147,11 @@ async def record_copy(api: KubeAPI, backup: dict[str, Any], entry: BackupCopy) -
         await update_point(api, key, str(archive), lambda point: with_copy(point, copy))
     except (ConfigError, PointNotFound) as exc:
         log.warning(
-            "copy of %s/%s to %s: recorded in the run only, not in its restore point: %s",
+            "copy of %s/%s to %s: %s, not in its restore point: %s",
             meta["namespace"],
             meta["name"],
             entry["repository"],
+            outcome,
             exc,
         )
 
@@ -146,6 +165,7 @@ __all__ = [
     "point_copies",
     "point_copy",
     "record_copy",
+    "record_point_copy",
     "settled",
     "with_copy",
 ]

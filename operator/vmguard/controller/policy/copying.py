@@ -27,7 +27,9 @@ its copy is:
 lagging, not held by retention), one pruned stays pruned. A run is kept past its TTL
 until its copies settle (``backup/expiry.py``, at most a week), so this is rare: a copy
 not made by then is not started any more (no object is left to own its Job); it shows
-as lagging, and ``vmguard repo copy`` copies it (docs/copies.md).
+as lagging, and ``vmguard repo copy`` copies it (docs/copies.md); such a copy found in
+the target is recorded on its point (:meth:`Copier._adopt`, at the target's retention
+pass), which ends the lag.
 
 **Retention per repository.** When nothing waits for or runs to a target (at the first
 such pass after a copy to it completed, else every :data:`RETAIN_EVERY`), the target's
@@ -66,7 +68,12 @@ from vmguard.api.kinds import REPOSITORY
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.access import open_repository
 from vmguard.controller.kube.conditions import set_condition
-from vmguard.controller.kube.copies import ATTEMPTS, copies_of, record_copy
+from vmguard.controller.kube.copies import (
+    ATTEMPTS,
+    copies_of,
+    record_copy,
+    record_point_copy,
+)
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.points import is_stand_in
@@ -256,6 +263,7 @@ class Copier:
         now: dt.datetime,
     ) -> None:
         waiting = running = 0
+        orphans: list[Point] = []
         opened: list[Repository] = []
         delay = dt.timedelta(seconds=self.timing.interval(target.delay)) if target.delay else None
         for point in points(policy, backups):
@@ -264,7 +272,9 @@ class Copier:
             if state in (CopyState.COMPLETED, CopyState.PRUNED):
                 continue
             if is_stand_in(point.backup):
-                # The run expired: no object owns a copy Job any more (docs/copies.md).
+                # The run expired: no object owns a copy Job any more (docs/copies.md);
+                # a copy made by `vmguard repo copy` is recorded on its point below.
+                orphans.append(point)
                 continue
             if state == CopyState.RUNNING and entry is not None:
                 outcome = await self._settle(point, target, primary, repo_obj, entry, opened)
@@ -294,6 +304,39 @@ class Copier:
             if not opened:
                 opened.append(await open_repository(self.api, repo_obj))
             await self._retain(policy, target, opened[0], backups)
+            if orphans:
+                await self._adopt(policy, target, opened[0], orphans)
+
+    async def _adopt(
+        self,
+        policy: Mapping[str, Any],
+        target: CopyTarget,
+        repo: Repository,
+        orphans: Sequence[Point],
+    ) -> None:
+        """Record on their points the copies of expired runs' points found in the target
+        (made outside the operator, by ``vmguard repo copy``): they are then neither
+        lagging nor copied again. The entry's time is the copy's, so writing it again
+        changes nothing."""
+        meta = policy["metadata"]
+        known = self.manifests.setdefault(target.repository, {})
+        found = await asyncio.to_thread(_copies_in, repo, meta["namespace"], meta["name"], known)
+        for point, copy_id in adoptable(orphans, found):
+            finished, stored = await asyncio.to_thread(_made, repo, copy_id)
+            entry: BackupCopy = {
+                "repository": target.repository,
+                "state": CopyState.COMPLETED,
+                "time": format_time(finished),
+                "bytes": stored,
+                "archiveId": copy_id,
+            }
+            await record_point_copy(self.api, point.backup, entry)
+            self.log.info(
+                "copy %s of expired run's point %s found in %s: recorded",
+                copy_id,
+                point.archive_id,
+                target.repository,
+            )
 
     async def _settle(
         self,
@@ -494,6 +537,20 @@ def plan_copy_retention(
     return sorted(out, key=lambda c: (c.time, c.archive_id))
 
 
+def adoptable(orphans: Sequence[Point], copies: Sequence[CopiedPoint]) -> list[tuple[Point, str]]:
+    """(point, its copy's archive id) for each expired run's point whose copy is in the
+    target (pure)."""
+    by_source = {c.source: c.archive_id for c in copies}
+    return [(p, by_source[p.archive_id]) for p in orphans if p.archive_id in by_source]
+
+
+def _made(target: Repository, copy_id: str) -> tuple[dt.datetime, int]:
+    """When a copy in ``target`` was committed, and the bytes it stored."""
+    manifest = target.load_archive(copy_id)
+    stored = manifest.stats.bytes_stored or sum(d.stats.bytes_stored for d in manifest.disks)
+    return manifest.finished, int(stored)
+
+
 def _find_copy(target: Repository, source_archive: str) -> tuple[str | None, int]:
     """(the copy's archive id in ``target``, its stored bytes), or (None, 0)."""
     copy_id = copied_archives(target).get(source_archive)
@@ -509,6 +566,7 @@ __all__ = [
     "CopiedPoint",
     "Copier",
     "Point",
+    "adoptable",
     "awaiting_copy",
     "lag_condition",
     "oldest_uncopied",
