@@ -287,6 +287,8 @@ class Copier:
                 continue
             if delay is not None and point.completed + delay > now:
                 continue
+            if not (point.backup.get("status") or {}).get("vcenter"):
+                continue  # no vCenter's queue can admit it (a run always names one)
             await self._queue(point, target, entry)
             waiting += 1
         self.running += running

@@ -76,8 +76,10 @@ def queued_of(body: Mapping[str, Any]) -> CopyQueued | None:
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
         return None
-    moref = (status.get("vm") or {}).get("moref")
-    if not moref or not status.get("vcenter"):
+    vm = status.get("vm") or {}
+    # The VM key: its moref, else (a synced backup may lack it) its instance UUID.
+    moref = vm.get("moref") or vm.get("instanceUuid") or meta.get("name")
+    if not status.get("vcenter"):
         return None
     entry = _entry(body)
     if entry is None:
