@@ -256,3 +256,22 @@ def test_the_engine_refuses_a_target_nested_in_the_source(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="overlaps the source"):
         copy_archives(outer, inner, ids)
     assert inner.list_archives() == []
+
+
+def test_repo_copy_with_a_bandwidth_limit_copies_and_a_limit_of_zero_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmguard.cli.main import main
+
+    source = Repository.init(
+        LocalBackend(tmp_path / "a"), chunk_size=CHUNK, kdf=ScryptParams(n=FAST_KDF_N)
+    )
+    ids, images = _chain(source)
+    Repository.init(LocalBackend(tmp_path / "b"), chunk_size=CHUNK, kdf=ScryptParams(n=FAST_KDF_N))
+    argv = ["repo", "copy", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b"), ids[0]]
+    assert main([*argv, "--bandwidth-limit", "0"]) == 2
+    assert "--bandwidth-limit is in MiB per second and must be positive" in capsys.readouterr().err
+    assert main([*argv, "--bandwidth-limit", "1000", "--json"]) == 0
+    target = Repository.open(LocalBackend(tmp_path / "b"), None)
+    (copy,) = target.list_archives()
+    assert restore(target, target.load_archive(copy.archive_id), "d0") == images[0]

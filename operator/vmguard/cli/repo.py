@@ -316,6 +316,15 @@ def _copy(args: argparse.Namespace) -> int:
         kdf_limits=limits,
     )
     env = _target_env()
+    if args.bandwidth_limit is not None and args.bandwidth_limit <= 0:
+        raise UsageError("--bandwidth-limit is in MiB per second and must be positive")
+    wrap = None
+    if args.bandwidth_limit:
+        from vmguard.store import names
+        from vmguard.store.backend.limiter import LimitedBackend, TokenBucket
+
+        rate = args.bandwidth_limit * (1 << 20)
+        wrap = lambda b: LimitedBackend(b, TokenBucket(rate), names.CHUNKS)  # noqa: E731
     target = open_repository(
         args.target,
         master_key(args.to_key_file, env),
@@ -323,6 +332,7 @@ def _copy(args: argparse.Namespace) -> int:
         insecure_http=args.insecure_http,
         ca_file=args.to_ca_file,
         kdf_limits=limits,
+        wrap=wrap,
     )
     check_compatible(source, target)
     ids = select_archives(source, args.archives, vm_id=args.vm)
@@ -373,6 +383,12 @@ def _add_copy_parser(cmds: Any) -> None:
         type=int,
         default=default_workers(),
         help=f"chunks copied at once (default: {default_workers()})",
+    )
+    p.add_argument(
+        "--bandwidth-limit",
+        type=float,
+        metavar="MIB_PER_S",
+        help="at most this many MiB per second of chunks uploaded to the target",
     )
     p.add_argument("--from-ca-file", help="CA bundle of the source's S3 endpoint")
     p.add_argument("--to-ca-file", help="CA bundle of the target's S3 endpoint")
