@@ -255,3 +255,12 @@ def test_a_targets_bandwidth_limit_reaches_its_copy_jobs_in_bytes_per_second() -
     for bad in ("0", "-5", "25Mi"):
         with pytest.raises(VmguardError, match="positive number of bytes per second"):
             bandwidth_from({"VMGUARD_COPY_BANDWIDTH": bad})
+
+
+def test_a_bandwidth_limited_copy_job_gets_the_time_its_disks_take_at_that_rate() -> None:
+    backup = _backup("big", "2026-01-01T00:00:00Z")
+    backup["status"]["totals"] = {"capacityBytes": 2 << 40}  # 2 TiB
+    assert copying.copy_deadline(backup, None) == copying.COPY_DEADLINE == 4 * 3600
+    # 2 TiB at 50 MiB/s is 41,943 s; twice that.
+    assert copying.copy_deadline(backup, 50 << 20) == 2 * (2 << 40) // (50 << 20) == 83886
+    assert copying.copy_deadline(_backup("small", "2026-01-01T00:00:00Z"), 50 << 20) == 4 * 3600

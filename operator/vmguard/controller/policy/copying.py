@@ -478,6 +478,7 @@ class Copier:
             target_credentials=target.credentials,
             bandwidth=target.bandwidth,
             attempt=attempt,
+            active_deadline=copy_deadline(point.backup, target.bandwidth),
         )
         created = await self.jobs.create_job(job)
         self.log.info(
@@ -539,6 +540,23 @@ def plan_copy_retention(
     return sorted(out, key=lambda c: (c.time, c.archive_id))
 
 
+COPY_DEADLINE = 4 * 3600
+"""A copy Job's ``activeDeadlineSeconds`` without a bandwidth limit."""
+
+
+def copy_deadline(backup: Mapping[str, Any], bandwidth: int | None) -> int:
+    """A copy Job's deadline: :data:`COPY_DEADLINE`, or with a bandwidth limit twice the
+    time the disks' whole capacity takes at that rate when that is longer (a full copy
+    reads every allocated chunk; the capacity bounds them) (pure)."""
+    if not bandwidth:
+        return COPY_DEADLINE
+    totals = (backup.get("status") or {}).get("totals") or {}
+    capacity = int(totals.get("capacityBytes") or 0) or sum(
+        int(d.get("capacityBytes") or 0) for d in (backup.get("status") or {}).get("disks") or ()
+    )
+    return max(COPY_DEADLINE, 2 * capacity // bandwidth)
+
+
 def adoptable(orphans: Sequence[Point], copies: Sequence[CopiedPoint]) -> list[tuple[Point, str]]:
     """(point, its copy's archive id) for each expired run's point whose copy is in the
     target (pure)."""
@@ -570,6 +588,7 @@ __all__ = [
     "Point",
     "adoptable",
     "awaiting_copy",
+    "copy_deadline",
     "lag_condition",
     "oldest_uncopied",
     "plan_copy_retention",
