@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from vmguard.config import ca_bundle_file
 from vmguard.engine.pipeline import default_workers
@@ -99,8 +100,11 @@ def run_copy(archive_id: str, env: Mapping[str, str] | None = None) -> int:
     """Copy ``archive_id`` from the Job's repository to its target; the exit code."""
     env = os.environ if env is None else env
     try:
-        source = repository_from(env)
-        target = target_from(env)
+        # Both at once: each derives its key (scrypt) and reads its config.
+        with ThreadPoolExecutor(2, thread_name_prefix="vmguard-open") as pool:
+            opening = pool.submit(repository_from, env)
+            target = target_from(env)
+            source = opening.result()
         result = copy_archive(source, target, archive_id, workers=default_workers())
     except VmguardError as exc:
         print(f"copy of {archive_id} failed: {exc}", file=sys.stderr, flush=True)
