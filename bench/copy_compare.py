@@ -11,7 +11,8 @@ bucket of the second MinIO (``bench/raw_copy.py``, the ceiling), the old tree's 
 repo copy`` and this tree's, each into a fresh encrypted repository of its own key
 there. Both trees read the same source objects from the same MinIO and run on this
 Python (``PYTHONPATH=<tree>/operator``); only their code differs. Prints the median and
-spread of each and the copy ÷ raw speed ratio of each tree's medians. Not part of the
+spread of each, the CPU seconds of its process (median), and the copy ÷ raw speed ratio
+of each tree's medians. Not part of the
 test run.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -40,6 +42,16 @@ def cli(*args: str) -> list[str]:
     """A vmguard CLI command as ``bench/mover.py`` runs it; the tree is the env's
     ``PYTHONPATH`` (:func:`tree_env`)."""
     return [sys.executable, "-m", "vmguard.cli", *args]
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Seconds the command took, the CPU seconds it used (user + system, its children
+    included), and its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, out = mover.timed_output(argv, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, out
 
 
 def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
@@ -77,6 +89,7 @@ def main() -> int:
     repo = ["--repo", source, "--key-file", str(work / "master.key")]
     aenv = tree_env(env, after)
     got: dict[str, list[float]] = {RAW: [], BEFORE: [], AFTER: []}
+    cpu: dict[str, list[float]] = {RAW: [], BEFORE: [], AFTER: []}
     notes: dict[str, str] = {}
     try:
         subprocess.run(cli("repo", "init", "--encrypt", *repo), env=aenv, check=True)
@@ -106,7 +119,7 @@ def main() -> int:
                     name = dst.bucket("bench-rawcopy")
                     driver = str(after / "bench" / "raw_copy.py")
                     argv = [sys.executable, driver, source, f"{where}/{name}/raw"]
-                    seconds, out = mover.timed_output(argv, tree_env(cenv, after))
+                    seconds, used, out = timed(argv, tree_env(cenv, after))
                     notes[RAW] = out.strip()
                 else:
                     tree = before if row == BEFORE else after
@@ -118,17 +131,18 @@ def main() -> int:
                         cli(*init), env=tree_env(tenv, after), check=True, capture_output=True
                     )
                     argv = cli(
-                        tree, "repo", "copy", "--from", source, "--to", target,
+                        "repo", "copy", "--from", source, "--to", target,
                         "--from-key-file", str(work / "master.key"), "--to-key-file", str(key),
                         "--json", archive,
                     )  # fmt: skip
-                    seconds, out = mover.timed_output(argv, tree_env(cenv, tree))
+                    seconds, used, out = timed(argv, tree_env(cenv, tree))
                     (result,) = json.loads(out)["copies"]
                     notes[row] = (
                         f"{result['chunks_uploaded']} chunks, "
                         f"{result['bytes_stored'] / mover.MiB:.0f} MiB stored"
                     )
                 got[row].append(seconds)
+                cpu[row].append(used)
                 dst.drop(name)
                 print(f"[copybench] round {i + 1} {row}: {seconds:.2f} s", file=sys.stderr)
     finally:
@@ -136,13 +150,18 @@ def main() -> int:
         for name in list(dst.buckets):
             dst.drop(name)
     print(f"{args.rounds} rounds, {size / mover.GiB:g} GiB mixed image, rotating order; seconds:")
-    print("\n| run | median (min-max) | copy ÷ raw (speed) | note |\n|---|---:|---:|---|")
+    print(f"1-minute load average at the end: {os.getloadavg()[0]:.1f}")
+    print(
+        "\n| run | median (min-max) | CPU s (median) | copy ÷ raw (speed) | note |"
+        "\n|---|---:|---:|---:|---|"
+    )
     raw = statistics.median(got[RAW])
     for row, times in got.items():
         med = statistics.median(times)
         ratio = "-" if row == RAW else f"{raw / med:.2f}"
         spread = f"{med:.2f} ({min(times):.2f}-{max(times):.2f})"
-        print(f"| {row} | {spread} | {ratio} | {notes.get(row, '')} |")
+        used = statistics.median(cpu[row])
+        print(f"| {row} | {spread} | {used:.2f} | {ratio} | {notes.get(row, '')} |")
     return 0
 
 
