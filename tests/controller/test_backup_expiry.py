@@ -220,6 +220,62 @@ def test_a_finished_run_waiting_for_its_ttl_reads_nothing_until_it_is_due(
     assert set(asked) == {(namespace, POLICY)}
 
 
+OFFSITE = {
+    "ttlSecondsAfterFinished": 0,
+    "copies": [{"repositoryRef": {"name": "offsite"}, "delay": "1h"}],
+}
+"""A policy keeping no finished run, with a copy target one hour behind."""
+
+
+@pytest.mark.lab
+def test_a_run_is_kept_past_its_ttl_until_its_copies_are_made_or_given_up(
+    kube_api: Any, namespace: str
+) -> None:
+    """With a TTL of 0, a run used to expire as it completed, before the copy controller
+    could queue its copy: an expired run's point is never copied (no object owns a copy
+    Job). Now the run waits for each copy its policy asks for, at most a week past its
+    TTL and the targets' delay."""
+    cap = T0 + dt.timedelta(hours=1) + dt.timedelta(seconds=expiry.COPY_HOLD)
+    cases: dict[str, tuple[list[dict[str, Any]], dt.datetime]] = {
+        "made": ([{"repository": "offsite", "state": "Completed", "archiveId": "c"}], T0),
+        "gave-up": ([{"repository": "offsite", "state": "Failed", "attempts": 3}], T0),
+        "queued": ([{"repository": "offsite", "state": "Pending"}], cap),
+        "failed-once": ([{"repository": "offsite", "state": "Failed", "attempts": 1}], cap),
+        "not-yet": ([], cap),
+    }
+    deleted: dict[str, dt.datetime] = {}
+    for name, (entries, _) in cases.items():
+        clock = ManualClock(T0)
+        api = RecordingAPI(kube_api, clock)
+        body = _finished(kube_api, namespace, name, "Completed", policyRef={"name": POLICY})
+        if entries:
+            body = objects.patch_status(
+                kube_api, namespace, BACKUP.plural, name, {"copies": entries}
+            )
+        asyncio.run(expiry.run(api, Timing(clock=clock), body, Never(), lambda ns, p: OFFSITE))
+        deleted |= api.deleted
+    assert deleted == {name: at for name, (_, at) in cases.items()}
+
+    # A copy made while the run waits: it expires at the next look (hourly), not at the cap.
+    clock = ManualClock(T0)
+    api = RecordingAPI(kube_api, clock)
+    body = _finished(kube_api, namespace, "copied-later", "Completed", policyRef={"name": POLICY})
+    looks: list[dt.datetime] = []
+
+    def policy_spec(ns: str, name: str) -> dict[str, Any]:
+        looks.append(clock.now())
+        if len(looks) == 3:  # the copy controller records the copy; the watch brings it
+            # into the live body, which the loop reads at its next look (an hour on)
+            done = [{"repository": "offsite", "state": "Completed", "archiveId": "c"}]
+            fresh = objects.patch_status(kube_api, ns, BACKUP.plural, body["metadata"]["name"],
+                                         {"copies": done})  # fmt: skip
+            body["status"] = fresh["status"]
+        return OFFSITE
+
+    asyncio.run(expiry.run(api, Timing(clock=clock), body, Never(), policy_spec))
+    assert api.deleted == {"copied-later": T0 + dt.timedelta(hours=3)} and len(looks) == 5
+
+
 @pytest.mark.lab
 def test_retention_prunes_an_expired_runs_point_from_the_repository_and_the_protected_vm(
     kube_api: Any, namespace: str, s3_bucket: dict[str, Any]

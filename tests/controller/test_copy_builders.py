@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from vmguard.config import ProxySettings
-from vmguard.controller.kube.admission import VCenterLimits, plan
 from vmguard.controller.policy import copying
 from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
 
@@ -82,7 +81,7 @@ def test_the_copy_job_names_both_repositories_by_reference_only() -> None:
     assert container["securityContext"]["privileged"] is False
 
 
-def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
+def test_a_policys_points_are_its_completed_backups_oldest_first() -> None:
     policy = {"metadata": {"name": "gold", "namespace": "ops"}, "spec": {}}
     backups = [
         _backup("b2", "2026-01-01T02:00:00Z"),
@@ -93,13 +92,7 @@ def test_a_vms_points_are_copied_one_at_a_time_oldest_first() -> None:
     points = copying.points(policy, backups)
     assert [p.name for p in points] == ["b1", "b2", "other"]
     assert points[0].completed == dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC)
-    work = [copying.work(p, "offsite", policy) for p in points]
-    decided = plan(work, [], VCenterLimits())
-    # b2 waits for b1's copy (same VM and target); the other VM's copy runs alongside.
-    assert [w.name for w in decided.start] == ["b1", "other"]
-    assert [w.work.name for w in decided.waiting] == ["b2"]
-    # To another target the same point's copy is separate work.
-    assert copying.work(points[0], "vault", policy).vm != work[0].vm
+    # One VM's copies to a target go one at a time: tests/controller/test_copy_admission.py
 
 
 def test_retention_holds_a_point_until_each_copy_is_made_or_given_up() -> None:
@@ -222,3 +215,52 @@ def test_a_copy_target_may_give_the_jobs_credentials_of_their_own() -> None:
     assert refs["VMGUARD_COPY_S3_ACCESS_KEY"] == {"name": "offsite-copier", "key": "id"}
     assert refs["VMGUARD_COPY_S3_SECRET_KEY"] == {"name": "offsite-copier", "key": "secret"}
     assert refs["VMGUARD_S3_SECRET_KEY"]["name"] == "primary-s3"
+
+
+def test_a_targets_bandwidth_limit_reaches_its_copy_jobs_in_bytes_per_second() -> None:
+    from vmguard.controller.policy.targets import judge
+    from vmguard.errors import VmguardError
+    from vmguard.proxy.copy import bandwidth_from
+
+    primary = _repo("primary", "primary-s3", "primary-key")
+    spec = {
+        "repositoryRef": {"name": "primary"},
+        "copies": [
+            {"repositoryRef": {"name": "offsite"}, "retention": {"keepLast": 1},
+             "bandwidthLimitMiBps": 25},
+            {"repositoryRef": {"name": "vault"}, "retention": {"keepLast": 1}},
+        ],
+    }  # fmt: skip
+    repos = {"offsite": _repo("copies", "s3", None), "vault": _repo("vault", "s3", None)}
+    offsite, vault = judge(spec, primary, repos).targets
+    assert (offsite.bandwidth, vault.bandwidth) == (25 << 20, None)
+    jobs = [
+        build_copy_job(
+            _backup("web-1", "2026-01-01T00:00:00Z"),
+            SETTINGS,
+            archive_id="a-web-1",
+            source=primary,
+            target_name=t.repository,
+            target=repos[t.repository],
+            attempt=1,
+            bandwidth=t.bandwidth,
+        )
+        for t in (offsite, vault)
+    ]
+    containers = [j["spec"]["template"]["spec"]["containers"][0] for j in jobs]
+    envs = [{e["name"]: e.get("value") for e in c["env"]} for c in containers]
+    assert envs[0]["VMGUARD_COPY_BANDWIDTH"] == str(25 << 20)
+    assert "VMGUARD_COPY_BANDWIDTH" not in envs[1]
+    assert bandwidth_from(envs[0]) == 25 << 20 and bandwidth_from(envs[1]) is None
+    for bad in ("0", "-5", "25Mi"):
+        with pytest.raises(VmguardError, match="positive number of bytes per second"):
+            bandwidth_from({"VMGUARD_COPY_BANDWIDTH": bad})
+
+
+def test_a_bandwidth_limited_copy_job_gets_the_time_its_disks_take_at_that_rate() -> None:
+    backup = _backup("big", "2026-01-01T00:00:00Z")
+    backup["status"]["totals"] = {"capacityBytes": 2 << 40}  # 2 TiB
+    assert copying.copy_deadline(backup, None) == copying.COPY_DEADLINE == 4 * 3600
+    # 2 TiB at 50 MiB/s is 41,943 s; twice that.
+    assert copying.copy_deadline(backup, 50 << 20) == 2 * (2 << 40) // (50 << 20) == 83886
+    assert copying.copy_deadline(_backup("small", "2026-01-01T00:00:00Z"), 50 << 20) == 4 * 3600

@@ -11,6 +11,7 @@ call, and reads the point back.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -137,3 +138,75 @@ def test_a_copy_recorded_in_its_run_stays_in_its_point_after_the_run_expired(
     (entry,) = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)["status"]["points"]
     assert entry["archiveId"] == archive and "backup" not in entry
     assert entry["copies"] == [{k: v for k, v in DONE.items() if k != "message"}]
+
+
+@pytest.mark.unit
+def test_an_expired_runs_point_is_matched_to_its_copy_found_in_the_target() -> None:
+    policy = {"metadata": {"name": "gold", "namespace": "ns"}, "spec": {}}
+    runs = points.stand_ins(
+        [_expired("vm1-a1", "2026-12-01T00:00:00Z"), _expired("vm1-a2", "2026-12-02T00:00:00Z")],
+        [],
+    )
+    orphans = copying.points(policy, runs)
+    when = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    made = copying.CopiedPoint("copy-of-a2", "tag", "vm1-a2", when)
+    assert [(p.archive_id, c) for p, c in copying.adoptable(orphans, [made])] == [
+        ("vm1-a2", "copy-of-a2")
+    ]
+
+
+@pytest.mark.lab
+def test_a_copy_made_outside_the_operator_is_recorded_on_an_expired_runs_point(
+    kube_api: Any, namespace: str
+) -> None:
+    """An expired run's point (its stand-in) has no object to patch: the copy found in
+    the target (``vmguard repo copy``) goes into the point alone, and the point then
+    neither lags nor waits for a copy."""
+    api = KubeAPI(kube_api)
+    archive = "vm1-20261206t100000z-a1"
+    objects.create(
+        kube_api,
+        namespace,
+        BACKUP.plural,
+        BACKUP.kind,
+        "b2",
+        {"vm": {"moref": "vm-1"}, "policyRef": {"name": "gold"}},
+    )
+    vm: VMIdentity = {"instanceUuid": UUID, "name": "web-17", "moref": "vm-1"}
+    status = {
+        "phase": "Completed",
+        "archiveId": archive,
+        "repository": "repo",
+        "vcenter": "lab",
+        "vm": vm,
+        "startTime": "2026-12-06T10:00:00Z",
+        "completionTime": "2026-12-06T10:01:00Z",
+    }
+    policy = {"metadata": {"name": "gold", "namespace": namespace}, "spec": {}}
+    target = CopyTarget("offsite", {"keepDaily": 7}, 0.0)
+    name = points.protected_vm_name("lab", UUID)
+    found: BackupCopy = {
+        "repository": "offsite",
+        "state": "Completed",
+        "time": "2026-12-07T08:00:00Z",
+        "bytes": 512,
+        "archiveId": "vm1-20261207t080000z-c1",
+    }
+
+    async def run() -> None:
+        await api.patch_status(BACKUP.plural, namespace, "b2", status)
+        backup = objects.get(kube_api, namespace, BACKUP.plural, "b2")
+        await points.add_point(api, points.backup_key(backup), points.backup_point(backup), vm=vm)
+        await expiry.expire(api, objects.get(kube_api, namespace, BACKUP.plural, "b2"))
+        pvm = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)
+        (stand_in,) = points.stand_ins([pvm], [])
+        lag = copying.oldest_uncopied(policy, [target], [stand_in])["offsite"]
+        assert lag is not None and lag.archive_id == archive
+        await copies.record_point_copy(api, stand_in, found)
+
+    asyncio.run(run())
+    pvm = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)
+    (entry,) = pvm["status"]["points"]
+    assert entry["copies"] == [found]
+    (again,) = points.stand_ins([pvm], [])
+    assert copying.oldest_uncopied(policy, [target], [again]) == {"offsite": None}

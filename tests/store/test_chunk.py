@@ -150,3 +150,36 @@ def test_partly_random_chunks_are_still_compressed(codec: ChunkCodec) -> None:
     chunk_id, blob = codec.encode(data)
     assert _flags(blob) & FLAG_ZSTD and len(blob) < 0.6 * SIZE
     assert codec.decode(chunk_id, blob) == data
+
+
+def _payload(envelope: Envelope, kind: Kind, blob: bytes, binding: bytes) -> bytes:
+    """The payload inside ``blob`` (the zstd frame, or the raw plaintext)."""
+    opened = envelope.open_frame(kind, blob, binding, SIZE)
+    return bytes(opened.frame) if opened.frame is not None else opened.plaintext
+
+
+def test_sealing_like_another_envelope_keeps_its_frame_under_the_new_key() -> None:
+    """A copy re-encrypts the source's zstd frame as it is: here a level-19 frame, which
+    the target's level-3 compressor would not have made, comes out of the target's
+    object unchanged; a raw payload stays raw; the plaintext round-trips."""
+    source = Envelope(DataKeys(bytes(range(32))).aead, level=19)
+    target = Envelope(DataKeys(bytes(range(1, 33))).aead, level=3)
+    text = (b"the same sentence again and again, with some variation %d. " * 20000)[:SIZE]
+    noise = os.urandom(SIZE)
+    binding = bytes(32)
+    frame19 = _payload(source, Kind.CHUNK, source.seal(Kind.CHUNK, text, binding), binding)
+    assert frame19 != _payload(target, Kind.CHUNK, target.seal(Kind.CHUNK, text, binding), binding)
+    for data in (text, noise):
+        opened = source.open_frame(
+            Kind.CHUNK, source.seal(Kind.CHUNK, data, binding), binding, SIZE
+        )
+        blob = target.seal(Kind.CHUNK, opened.plaintext, binding, like=opened)
+        assert target.open(Kind.CHUNK, blob, binding, SIZE) == data
+        again = target.open_frame(Kind.CHUNK, blob, binding, SIZE)
+        if data is text:
+            assert bytes(again.frame or b"") == frame19 and _flags(blob) & FLAG_ZSTD
+        else:
+            assert again.frame is None and not again.compressed and not _flags(blob) & FLAG_ZSTD
+    other = source.open_frame(Kind.CHUNK, source.seal(Kind.CHUNK, text, binding), binding, SIZE)
+    with pytest.raises(ValueError, match="another plaintext"):
+        target.seal(Kind.CHUNK, text[:-1], binding, like=other)

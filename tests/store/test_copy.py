@@ -32,9 +32,13 @@ TARGET_KEY = MasterKey(b"target master key, long enough")
 CHANGED = {1, 4, 6}
 
 
-def _repo(key: MasterKey | None, chunk_size: int = CHUNK) -> Repository:
+def _repo(key: MasterKey | None, chunk_size: int = CHUNK, level: int = 3) -> Repository:
     return Repository.init(
-        MemoryBackend(), master_key=key, chunk_size=chunk_size, kdf=ScryptParams(n=FAST_KDF_N)
+        MemoryBackend(),
+        master_key=key,
+        chunk_size=chunk_size,
+        compression_level=level,
+        kdf=ScryptParams(n=FAST_KDF_N),
     )
 
 
@@ -83,6 +87,38 @@ def test_copies_restore_bit_exact_and_incrementals_read_only_changed_chunks(work
     src_ids = {c for c in first if c != HOLE}
     tgt = target.load_index(target.load_archive(full.target_archive), "d0")
     assert src_ids.isdisjoint(set(tgt))
+    assert verify(target, deep=True).ok
+
+
+def _payloads(repo: Repository, archive_id: str) -> list[bytes | None]:
+    """Per position of disk d0: the chunk's stored zstd frame (None: hole or raw)."""
+    index = repo.load_index(repo.load_archive(archive_id), "d0")
+    frames: list[bytes | None] = []
+    for chunk_id in index:
+        frame = None if chunk_id == HOLE else repo.open_chunk(chunk_id).frame
+        frames.append(None if frame is None else bytes(frame))
+    return frames
+
+
+@pytest.mark.parametrize(("source_level", "target_level"), [(19, 19), (19, 1)])
+def test_the_source_frame_is_kept_at_the_same_level_and_compressed_again_at_another(
+    source_level: int, target_level: int
+) -> None:
+    """Same compression level: each chunk's zstd frame goes into the target as it is
+    (only re-encrypted, under the target's keyed id); another level: compressed again
+    at the target's. Either way the copy restores bit-exact and verifies deep."""
+    source = _repo(SOURCE_KEY, level=source_level)
+    target = _repo(TARGET_KEY, level=target_level)
+    ids, images = _chain(source)
+    result = copy_archive(source, target, ids[0], workers=2)
+    src, dst = _payloads(source, ids[0]), _payloads(target, result.target_archive)
+    frames = [(a, b) for a, b in zip(src, dst, strict=True) if a is not None]
+    assert frames, "the image has compressible chunks"
+    same = [a == b for a, b in frames]
+    assert all(same) if source_level == target_level else not any(same)
+    # Raw (incompressible) and hole positions stay what they were.
+    assert [a is None for a in src] == [b is None for b in dst]
+    assert restore(target, target.load_archive(result.target_archive), "d0") == images[0]
     assert verify(target, deep=True).ok
 
 
@@ -220,3 +256,22 @@ def test_the_engine_refuses_a_target_nested_in_the_source(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="overlaps the source"):
         copy_archives(outer, inner, ids)
     assert inner.list_archives() == []
+
+
+def test_repo_copy_with_a_bandwidth_limit_copies_and_a_limit_of_zero_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmguard.cli.main import main
+
+    source = Repository.init(
+        LocalBackend(tmp_path / "a"), chunk_size=CHUNK, kdf=ScryptParams(n=FAST_KDF_N)
+    )
+    ids, images = _chain(source)
+    Repository.init(LocalBackend(tmp_path / "b"), chunk_size=CHUNK, kdf=ScryptParams(n=FAST_KDF_N))
+    argv = ["repo", "copy", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b"), ids[0]]
+    assert main([*argv, "--bandwidth-limit", "0"]) == 2
+    assert "--bandwidth-limit is in MiB per second and must be positive" in capsys.readouterr().err
+    assert main([*argv, "--bandwidth-limit", "1000", "--json"]) == 0
+    target = Repository.open(LocalBackend(tmp_path / "b"), None)
+    (copy,) = target.list_archives()
+    assert restore(target, target.load_archive(copy.archive_id), "d0") == images[0]

@@ -78,6 +78,7 @@ from vmguard.api.reasons import (
 from vmguard.api.spec import BackupSpec, LocalRef, ObjectRef
 from vmguard.api.status import (
     BackupCopy,
+    BackupCopyQueue,
     BackupDisk,
     BackupPlacement,
     BackupSnapshot,
@@ -148,6 +149,7 @@ __all__ = [
     "VERIFICATION_BAD",
     "VERSION",
     "BackupCopy",
+    "BackupCopyQueue",
     "BackupDisk",
     "BackupPhase",
     "BackupPlacement",

@@ -155,6 +155,16 @@ class BootCheck(TypedDict, total=False):
     recoveryTimeSeconds: float
 
 
+class BackupCopyQueue(TypedDict, total=False):
+    """``VMGuardBackup.status.copyQueue``: the backup's copy that waits in its vCenter's
+    admission queue (its entry in ``copies`` says Pending), and why it waits."""
+
+    repository: str
+    queuePosition: int | None
+    reason: str
+    message: str
+
+
 class BackupVerification(TypedDict, total=False):
     """``VMGuardBackup.status.verification``: the verification run of a completed backup."""
 
@@ -206,6 +216,7 @@ class BackupStatus(TypedDict, total=False):
     durationSeconds: float
     error: Failure | None
     copies: list[BackupCopy]
+    copyQueue: BackupCopyQueue | None
     verification: BackupVerification
 
 

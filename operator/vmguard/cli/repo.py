@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -308,22 +309,37 @@ def _copy(args: argparse.Namespace) -> int:
         raise UsageError("give archive ids, --vm or --all, only one of them")
     check_distinct(args.source, args.target)
     limits = FORMAT_KDF_LIMITS if args.allow_costly_kdf else DEFAULT_KDF_LIMITS
-    source = open_repository(
-        args.source,
-        master_key(args.from_key_file),
-        insecure_http=args.insecure_http,
-        ca_file=args.from_ca_file,
-        kdf_limits=limits,
-    )
     env = _target_env()
-    target = open_repository(
-        args.target,
-        master_key(args.to_key_file, env),
-        env,
-        insecure_http=args.insecure_http,
-        ca_file=args.to_ca_file,
-        kdf_limits=limits,
-    )
+    if args.bandwidth_limit is not None and args.bandwidth_limit <= 0:
+        raise UsageError("--bandwidth-limit is in MiB per second and must be positive")
+    wrap = None
+    if args.bandwidth_limit:
+        from vmguard.store import names
+        from vmguard.store.backend.limiter import LimitedBackend, TokenBucket
+
+        rate = args.bandwidth_limit * (1 << 20)
+        wrap = lambda b: LimitedBackend(b, TokenBucket(rate), names.CHUNKS)  # noqa: E731
+    # Both opened at once: each derives its key (scrypt, ~0.1-0.2 s of CPU outside
+    # the GIL) and reads its config over the network.
+    with ThreadPoolExecutor(2, thread_name_prefix="vmguard-open") as pool:
+        opening = pool.submit(
+            open_repository,
+            args.source,
+            master_key(args.from_key_file),
+            insecure_http=args.insecure_http,
+            ca_file=args.from_ca_file,
+            kdf_limits=limits,
+        )
+        target = open_repository(
+            args.target,
+            master_key(args.to_key_file, env),
+            env,
+            insecure_http=args.insecure_http,
+            ca_file=args.to_ca_file,
+            kdf_limits=limits,
+            wrap=wrap,
+        )
+        source = opening.result()
     check_compatible(source, target)
     ids = select_archives(source, args.archives, vm_id=args.vm)
     copied = copied_archives(target)
@@ -373,6 +389,12 @@ def _add_copy_parser(cmds: Any) -> None:
         type=int,
         default=default_workers(),
         help=f"chunks copied at once (default: {default_workers()})",
+    )
+    p.add_argument(
+        "--bandwidth-limit",
+        type=float,
+        metavar="MIB_PER_S",
+        help="at most this many MiB per second of chunks uploaded to the target",
     )
     p.add_argument("--from-ca-file", help="CA bundle of the source's S3 endpoint")
     p.add_argument("--to-ca-file", help="CA bundle of the target's S3 endpoint")

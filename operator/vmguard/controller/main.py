@@ -39,6 +39,7 @@ from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.kube.workqueue import Lane
 from vmguard.controller.policy import failsafe
 from vmguard.controller.policy import handlers as policy_handlers
+from vmguard.controller.policy.copyqueue import CopyLane
 from vmguard.controller.repository import handlers as repository_handlers
 from vmguard.controller.restore import handlers as restore_handlers
 from vmguard.controller.restore.admission import RestoreLane
@@ -130,6 +131,7 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
         BackupLane(deadline=memo.backups.settings.deadline),
         RestoreLane(),
         VerifyLane(),
+        CopyLane(),
     )
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

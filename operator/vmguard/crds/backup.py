@@ -218,6 +218,17 @@ status = obj(
             list_type="map",
             map_keys=["repository"],
         ),
+        "copyQueue": obj(
+            "The backup's copy waiting in its vCenter's admission queue (its entry in "
+            "copies says Pending): copies are a background kind, placed after every "
+            "waiting backup and restore (docs/admission.md).",
+            {
+                "repository": string("The copy target it is for.", max_length=253),
+                "queuePosition": f.queue_position(),
+                "reason": string("Why it waits (ConcurrencyLimit, VMBusy).", max_length=128),
+                "message": string("What holds it.", max_length=1024),
+            },
+        ),
         "verification": obj(
             "The verification run of the completed backup, when its policy asks for one "
             "(spec.verification of the policy; docs/verification.md). Its result is also "

@@ -236,6 +236,12 @@ copy_target = obj(
             "Copy a backup only once it completed this long ago (default: at once).",
             maximum="720h",
         ),
+        "bandwidthLimitMiBps": integer(
+            "At most this many MiB per second of chunks uploaded to the target by each "
+            "copy Job (a token bucket in the Job; default: no limit).",
+            minimum=1,
+            maximum=100000,
+        ),
         "credentialsSecretRef": f.secret_ref(
             "S3 credentials the copy Jobs write the target with, instead of the "
             "VMGuardRepository's: they need no delete right (docs/copies.md gives the S3 "

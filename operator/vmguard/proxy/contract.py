@@ -31,6 +31,7 @@ __all__ = [
     "BACKUP",
     "COMMAND",
     "COPY",
+    "COPY_BANDWIDTH_ENV",
     "COPY_TARGET",
     "DISKS_AT_ONCE_ENV",
     "KEY_FILE_ENV",
@@ -92,6 +93,11 @@ COPY_TARGET = "VMGUARD_COPY_"
 :data:`S3_ACCESS_ENV`, :data:`S3_SECRET_ENV`, :data:`S3_CA_BUNDLE_ENV`,
 :data:`KEY_FILE_ENV`) with ``VMGUARD_`` replaced by this prefix (``VMGUARD_COPY_REPO``,
 ...); the source is the Job's ordinary repository."""
+
+
+COPY_BANDWIDTH_ENV = "VMGUARD_COPY_BANDWIDTH"
+"""A copy Job's bandwidth limit: bytes per second of chunks written to the target (a
+copy target's ``bandwidthLimitMiBps``); unset: no limit."""
 
 
 def copy_target_name(name: str) -> str:

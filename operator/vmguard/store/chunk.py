@@ -19,7 +19,7 @@ from typing import NewType
 import blake3
 
 from vmguard.errors import ChunkCorruptError, CorruptObjectError
-from vmguard.store.envelope import Bytes, Envelope, Kind, overhead
+from vmguard.store.envelope import Bytes, Envelope, Kind, Opened, overhead
 
 ChunkId = NewType("ChunkId", bytes)
 ID_BYTES = 32
@@ -84,16 +84,21 @@ class ChunkCodec:
         chunk_id = self.chunk_id(data)
         return chunk_id, self.seal(chunk_id, data)
 
-    def seal(self, chunk_id: ChunkId, data: Bytes) -> bytes:
-        """Stored bytes for ``data`` whose id the caller has already computed."""
-        return self._envelope.seal(Kind.CHUNK, data, chunk_id)
+    def seal(self, chunk_id: ChunkId, data: Bytes, *, like: Opened | None = None) -> bytes:
+        """Stored bytes for ``data`` whose id the caller has already computed; ``like``:
+        ``data`` as another repository's codec opened it (see :meth:`Envelope.seal`)."""
+        return self._envelope.seal(Kind.CHUNK, data, chunk_id, like=like)
 
     def decode(self, chunk_id: bytes, blob: bytes) -> bytes:
         """The plaintext stored in ``blob`` under ``chunk_id``, verified against the id."""
+        return self.open(chunk_id, blob).plaintext
+
+    def open(self, chunk_id: bytes, blob: bytes) -> Opened:
+        """:meth:`decode`, also handing back the verified zstd frame (copies reuse it)."""
         try:
-            data = self._envelope.open(Kind.CHUNK, blob, chunk_id, self._chunk_size)
+            opened = self._envelope.open_frame(Kind.CHUNK, blob, chunk_id, self._chunk_size)
         except CorruptObjectError as exc:
             raise ChunkCorruptError(chunk_hex(chunk_id), str(exc)) from None
-        if self.chunk_id(data) != chunk_id:
+        if self.chunk_id(opened.plaintext) != chunk_id:
             raise ChunkCorruptError(chunk_hex(chunk_id), "content does not match its id")
-        return data
+        return opened

@@ -15,6 +15,9 @@ rule the target keeps for a backup therefore holds for a copy. Invariants:
   (checked by the writer like any carried chunk) and the source is not read.
   Everything else is read from the source, re-sealed and uploaded unless the target
   has it already (the writer's existence check).
+- A chunk is decompressed only to check its source id and compute its target id:
+  when both repositories compress at the same level its verified zstd frame is
+  encrypted again as it is, never compressed again (format §11).
 - Chunks are read, re-sealed and uploaded ``workers`` at once, at most ``workers + 2``
   in flight (memory is bounded by that, not by the disk); each source chunk is read
   once per disk however many positions name it, and a failure stops the disk's copy
@@ -320,9 +323,15 @@ def _copy_disk(
         else:
             wanted.setdefault(chunk_id, []).append(number)
 
+    # The same compression level on both sides: the source's verified zstd frame is
+    # stored as it is (decompressed only to hash it with the target's key), not
+    # compressed again, which was most of a copy's CPU (docs/benchmarks.md).
+    reuse = source.config.compression_level == writer.repo.config.compression_level
+
     def move(chunk_id: ChunkId) -> tuple[ChunkId, int, PutResult]:
-        data = source.read_chunk(chunk_id)
-        return chunk_id, len(data), writer.put_chunk(data)
+        opened = source.open_chunk(chunk_id)
+        data = opened.plaintext
+        return chunk_id, len(data), writer.put_chunk(data, like=opened if reuse else None)
 
     read = stored = new = 0
     for source_id, length, put in _bounded(move, wanted, workers):

@@ -12,6 +12,11 @@ AES-256-GCM) and a 16-byte tag. ``open`` reverses it. Invariants:
   beyond the length the header declares (no decompression bombs).
 - An unencrypted object is refused where the repository is encrypted, and vice versa.
 - Instances are thread-safe: zstd contexts are per thread.
+- ``seal(..., like=opened)`` stores an object another repository's envelope opened
+  with the payload choice that envelope made — its zstd frame as it is, or raw — instead
+  of compressing again (copies, format §11). The frame was verified when it was opened
+  (tag, content size, checksum, decompressed to exactly the plaintext), so the object
+  is one a fresh ``seal`` could have written: the format is the same.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import secrets
 import struct
 import threading
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
 
@@ -49,6 +55,18 @@ class Kind(IntEnum):
     CHUNK = 1
     INDEX = 2
     MANIFEST = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An object's plaintext and how its payload held it."""
+
+    plaintext: bytes
+    frame: Bytes | None
+    """The payload's zstd frame (content size and checksum present, verified by
+    decompressing it to ``plaintext``); None when stored raw or without a checksum."""
+    compressed: bool
+    """The payload was zstd (False: raw, zstd did not shrink the plaintext)."""
 
 
 def overhead(encrypted: bool) -> int:
@@ -107,11 +125,25 @@ class Envelope:
         )
         return sampled >= 4 * _SAMPLE * 0.98
 
-    def seal(self, kind: Kind, plaintext: Bytes, binding: bytes) -> bytes:
-        """Stored bytes for ``plaintext``; raw payload when zstd would not shrink it."""
+    def seal(
+        self, kind: Kind, plaintext: Bytes, binding: bytes, *, like: Opened | None = None
+    ) -> bytes:
+        """Stored bytes for ``plaintext``; raw payload when zstd would not shrink it.
+
+        ``like``: ``plaintext`` as an envelope of the same compression level opened it
+        (a copy's source); its frame is stored as it is, or the payload raw as there,
+        instead of compressing again. The caller vouches that ``like.plaintext`` is
+        ``plaintext``.
+        """
+        if like is not None and len(like.plaintext) != len(plaintext):
+            raise ValueError("seal(like=...) of another plaintext")
         flags = 0
         payload: Bytes = plaintext
-        if not self._looks_incompressible(plaintext):
+        if like is not None and like.frame is not None:
+            payload, flags = like.frame, FLAG_ZSTD
+        elif like is not None and not like.compressed:
+            pass  # zstd did not shrink it there, at the same level: raw again
+        elif not self._looks_incompressible(plaintext):
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
                 payload, flags = compressed, FLAG_ZSTD
@@ -126,6 +158,10 @@ class Envelope:
 
     def open(self, kind: Kind, blob: bytes, binding: bytes, limit: int) -> bytes:
         """The plaintext of ``blob``, or CorruptObjectError naming the failed check."""
+        return self.open_frame(kind, blob, binding, limit).plaintext
+
+    def open_frame(self, kind: Kind, blob: bytes, binding: bytes, limit: int) -> Opened:
+        """:meth:`open`, also handing back the verified zstd frame (for ``seal(like=)``)."""
         if len(blob) < overhead(self.encrypted):
             raise CorruptObjectError(f"truncated: {len(blob)} bytes")
         magic, version, got_kind, flags, reserved, length = HEADER.unpack_from(blob)
@@ -161,8 +197,12 @@ class Envelope:
         if not flags & FLAG_ZSTD:
             if len(payload) != length:
                 raise CorruptObjectError(f"length {len(payload)} != declared {length}")
-            return bytes(payload)
-        return self._decompress(payload, length)
+            return Opened(bytes(payload), None, compressed=False)
+        plaintext = self._decompress(payload, length)
+        # A frame without its checksum (none of ours; the format asks for it) is not
+        # handed on: sealing it elsewhere would store an object the format does not allow.
+        has_checksum = zstandard.get_frame_parameters(payload).has_checksum
+        return Opened(plaintext, payload if has_checksum else None, compressed=True)
 
     def _decompress(self, payload: Bytes, length: int) -> bytes:
         try:

@@ -34,7 +34,7 @@ returned is wrapped in :class:`RetryingBackend`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -199,6 +199,7 @@ def open_repository(
     insecure_http: bool = False,
     ca_file: str | None = None,
     kdf_limits: KdfLimits = DEFAULT_KDF_LIMITS,
+    wrap: Callable[[Backend], Backend] | None = None,
 ) -> Repository:
     """Open the repository at ``url`` (None: ``VMGUARD_REPO`` from ``env``) with ``key``.
 
@@ -207,7 +208,9 @@ def open_repository(
     mistyped URL cannot start a second repository with defaults (``Repository.init``,
     reached through ``vmguard repo init`` or the VMGuardRepository controller, creates).
     ``kdf_limits`` bounds the key derivation a config may ask for (format §4.3).
+    ``wrap`` decorates the backend before the repository is opened over it (a copy's
+    bandwidth limit: :class:`~vmguard.store.backend.limiter.LimitedBackend`).
     """
     target = url if isinstance(url, Location) else repository_url(url, env)
     backend = open_location(target, env, insecure_http=insecure_http, ca_file=ca_file)
-    return Repository.open(backend, key, kdf_limits=kdf_limits)
+    return Repository.open(wrap(backend) if wrap else backend, key, kdf_limits=kdf_limits)

@@ -73,7 +73,7 @@ from vmguard.store.crypto import (
     unwrap_data_key,
     wrap_data_key,
 )
-from vmguard.store.envelope import Envelope, Kind
+from vmguard.store.envelope import Envelope, Kind, Opened
 from vmguard.store.index import FixedIndex
 from vmguard.store.writer import BackupWriter
 
@@ -445,6 +445,10 @@ class Repository:
 
     def read_chunk(self, chunk_id: bytes) -> bytes:
         """The verified plaintext of a chunk; ChunkMissingError or ChunkCorruptError."""
+        return self.open_chunk(chunk_id).plaintext
+
+    def open_chunk(self, chunk_id: bytes) -> Opened:
+        """:meth:`read_chunk`, also handing back the verified zstd frame (copies reuse it)."""
         # Each GC move copies before it deletes, so between our two GETs the chunk was
         # in the other place; another round finds it unless GC moved it twice meanwhile.
         for _ in range(CHUNK_READ_ROUNDS):
@@ -453,7 +457,7 @@ class Repository:
                     blob = self.backend.get(name)
                 except ObjectNotFoundError:
                     continue
-                return self.codec.decode(chunk_id, blob)
+                return self.codec.open(chunk_id, blob)
         raise ChunkMissingError(chunk_id.hex())
 
     def begin_backup(

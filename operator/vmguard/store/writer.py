@@ -69,7 +69,7 @@ from vmguard.store.carry import Checked, LockTarget, check_carried, earliest, lo
 from vmguard.store.chunk import HOLE, ChunkCodec, ChunkId, is_zero
 from vmguard.store.clock import Clock
 from vmguard.store.config import RepositoryConfig
-from vmguard.store.envelope import Bytes, Envelope, Kind
+from vmguard.store.envelope import Bytes, Envelope, Kind, Opened
 from vmguard.store.index import FixedIndex
 from vmguard.store.lease import Lease, lease_body
 
@@ -291,8 +291,12 @@ class BackupWriter:
             self._state.known.add(chunk_id)
         return True
 
-    def put_chunk(self, data: Bytes) -> PutResult:
-        """Store ``data`` unless an identical chunk exists; holes are never stored."""
+    def put_chunk(self, data: Bytes, *, like: Opened | None = None) -> PutResult:
+        """Store ``data`` unless an identical chunk exists; holes are never stored.
+
+        ``like``: ``data`` as a repository of this one's compression level opened it
+        (a copy's source): its zstd frame is stored as it is, not compressed again.
+        """
         if not data:
             raise ValueError("empty chunk")
         if is_zero(data):
@@ -302,7 +306,7 @@ class BackupWriter:
         chunk_id = self.repo.codec.chunk_id(data)
         if self.has_chunk(chunk_id):
             return PutResult(chunk_id, 0, False)
-        blob = self.repo.codec.seal(chunk_id, data)
+        blob = self.repo.codec.seal(chunk_id, data, like=like)
         lock = self.lock
         retention = lock.chunk_retention if lock else None
         self.repo.backend.put(names.chunk_name(chunk_id), blob, retention=retention)

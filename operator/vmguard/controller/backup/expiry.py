@@ -20,6 +20,13 @@ Invariants:
   vCenter (so no ProtectedVM can be named) is deleted like a Failed one; catalog sync
   brings its archive back as a synced VMGuardBackup, as it does today for any deleted one.
 - Synced VMGuardBackups (catalog sync) never expire: they stand for archives, not runs.
+- **A run waits for its copies.** While its policy names a copy target whose copy of
+  the run is not settled (made, pruned there, or given up after its attempts;
+  :func:`~vmguard.controller.kube.copies.awaited`), the run is kept past its TTL — a
+  copy Job is owned by its run, and an expired run's point is never copied (no object
+  is left to own its Job) — but at most :data:`COPY_HOLD` past its TTL and the targets'
+  longest ``delay`` (a target the policy's ``CopiesValid`` refuses is never copied to).
+  A TTL of 0 therefore no longer loses the copies (docs/copies.md).
 - Restart safe: the wait is recomputed from the recorded completion time; every step
   is idempotent.
 - **Waiting costs the apiserver nothing**: the daemon reads the object kopf's watch
@@ -39,7 +46,7 @@ from vmguard.api import BACKUP_TERMINAL, BackupPhase, RestorePoint, parse_time
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import verification
-from vmguard.controller.kube import points
+from vmguard.controller.kube import copies, points
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import backup_ttl
@@ -47,6 +54,8 @@ from vmguard.controller.kube.timing import Timing, Waitable
 from vmguard.errors import ConfigError, RetryableError
 
 RETRY = 30.0
+COPY_HOLD = 7 * 24 * 3600.0
+"""Longest a run is kept past its TTL (and its copy targets' delay) for its copies."""
 RECHECK = 3600.0
 """Longest wait before the TTL is read again (a policy's TTL may have been changed)."""
 
@@ -69,21 +78,42 @@ def expires(status: Any, labels: Any) -> bool:
     )
 
 
-def due(obj: dict[str, Any], ttl: int, timing: Timing) -> dt.datetime | None:
-    """When the backup expires; None when it records no completion time (pure)."""
+def due(
+    obj: dict[str, Any],
+    ttl: int,
+    timing: Timing,
+    policy_spec: Mapping[str, Any] | None = None,
+) -> dt.datetime | None:
+    """When the backup expires; None when it records no completion time (pure). While
+    a copy its policy asks for is not settled: the hold's end (see the module doc), or
+    an hour from now (to look again) if that is earlier."""
     done = parse_time(backup_status(obj).get("completionTime"))
     if done is None:
         return None
-    return done + dt.timedelta(seconds=timing.interval(float(ttl)))
+    at = done + dt.timedelta(seconds=timing.interval(float(ttl)))
+    if backup_status(obj).get("phase") != BackupPhase.COMPLETED or not copies.awaited(
+        obj, policy_spec
+    ):
+        return at
+    hold = timing.interval(copies.longest_delay(policy_spec) + COPY_HOLD)
+    until = at + dt.timedelta(seconds=hold)
+    look = timing.now() + dt.timedelta(seconds=timing.interval(RECHECK))
+    return max(at, min(until, look))
 
 
-async def ttl_of(api: KubeAPI, obj: dict[str, Any]) -> int:
+async def ttl_of(api: KubeAPI, obj: dict[str, Any]) -> tuple[int, Mapping[str, Any] | None]:
+    """The backup's TTL, and its policy's spec (None: none, or not read: the backup has
+    a TTL of its own and its phase is not Completed, so no copy can hold it)."""
     spec = backup_spec(obj)
     policy_name = ref_name(spec.get("policyRef"))
     policy = None
-    if spec.get("ttlSecondsAfterFinished") is None and policy_name:
+    needed = spec.get("ttlSecondsAfterFinished") is None or (
+        backup_status(obj).get("phase") == BackupPhase.COMPLETED
+    )
+    if needed and policy_name:
         policy = await api.get_object(POLICY.plural, obj["metadata"]["namespace"], policy_name)
-    return backup_ttl(spec, (policy or {}).get("spec"))
+    policy_spec = (policy or {}).get("spec")
+    return backup_ttl(spec, policy_spec), policy_spec
 
 
 def _run_expired(point: RestorePoint) -> RestorePoint | None:
@@ -112,15 +142,20 @@ async def expire(api: KubeAPI, obj: dict[str, Any]) -> bool:
 
 
 PolicySpec = Callable[[str, str], Mapping[str, Any] | None]
-"""``(namespace, policy name)`` → what is known of that policy's spec (its TTL), or None."""
+"""``(namespace, policy name)`` → what is known of that policy's spec (its TTL and copy
+targets), or None."""
 
 
-async def _ttl(api: KubeAPI, obj: dict[str, Any], policy_spec: PolicySpec | None) -> int:
+async def _due(
+    api: KubeAPI, obj: dict[str, Any], policy_spec: PolicySpec | None, timing: Timing
+) -> dt.datetime | None:
     if policy_spec is None:
-        return await ttl_of(api, obj)
-    name = ref_name(backup_spec(obj).get("policyRef"))
-    known = policy_spec(obj["metadata"]["namespace"], name) if name else None
-    return backup_ttl(backup_spec(obj), known)
+        ttl, known = await ttl_of(api, obj)
+    else:
+        name = ref_name(backup_spec(obj).get("policyRef"))
+        known = policy_spec(obj["metadata"]["namespace"], name) if name else None
+        ttl = backup_ttl(backup_spec(obj), known)
+    return due(obj, ttl, timing, known)
 
 
 async def run(
@@ -141,7 +176,7 @@ async def run(
         current = dict(obj)
         if current["metadata"].get("deletionTimestamp"):
             return
-        at = due(current, await _ttl(api, current, policy_spec), timing)
+        at = await _due(api, current, policy_spec, timing)
         if at is None:
             return
         left = (at - timing.now()).total_seconds()
@@ -151,7 +186,7 @@ async def run(
                 return
             if fresh["metadata"].get("deletionTimestamp"):
                 return
-            at = due(fresh, await _ttl(api, fresh, policy_spec), timing)
+            at = await _due(api, fresh, policy_spec, timing)
             if at is None:
                 return
             left = (at - timing.now()).total_seconds()

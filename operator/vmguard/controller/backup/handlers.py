@@ -262,10 +262,20 @@ def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
 def policy_ttls(
     spec: kopf.Spec, name: str, namespace: str | None, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each policy's ``ttlSecondsAfterFinished`` (the part of its spec a backup's expiry
-    reads), so that waiting runs never GET their policy."""
+    """Each policy's ``ttlSecondsAfterFinished`` and its copy targets' names and delays
+    (the parts of its spec a backup's expiry reads: a run waits for its copies), so that
+    waiting runs never GET their policy."""
+    known: dict[str, Any] = {}
     ttl = spec.get("ttlSecondsAfterFinished")
-    return {(namespace or "", name): {} if ttl is None else {"ttlSecondsAfterFinished": ttl}}
+    if ttl is not None:
+        known["ttlSecondsAfterFinished"] = ttl
+    targets = [
+        {"repositoryRef": dict(t.get("repositoryRef") or {}), "delay": t.get("delay")}
+        for t in spec.get("copies") or ()
+    ]
+    if targets:
+        known["copies"] = targets
+    return {(namespace or "", name): known}
 
 
 @kopf.daemon(GROUP, VERSION, BACKUP.plural, id="expiry", when=_expires, cancellation_timeout=5.0)

@@ -22,13 +22,15 @@ Invariants:
   a night's queue of backups, nor backups behind a burst of restores: while both wait,
   each kind gets every other free slot, even when slots free one at a time. The order
   is total and deterministic given ``last``.
-- **Background kinds go last** (:data:`BACKGROUND`: verifications). They take no turns:
-  every waiting item of the other kinds is placed before them, so a verification never
-  starts ahead of a waiting backup or restore, nor takes a place in their queue. They
-  also hold nothing those need: a verification reads the repository only (no NFC disk,
-  host or datastore), and its VM key is its own (``<moref> verify``), so a running
-  verification never makes the VM's backup wait as ``VMBusy``; only its own kind's
-  limit (its policy's ``verification.concurrency``) holds it.
+- **Background kinds go last** (:data:`BACKGROUND`: verifications and copies). They
+  take no turns with backups and restores: every waiting item of those is placed before
+  them, so a verification or copy never starts ahead of a waiting backup or restore,
+  nor takes a place in their queue (among themselves they take turns). They also hold
+  nothing those need: they read and write repositories only (no NFC disk, host or
+  datastore), and their VM keys are their own (``<moref> verify``, ``<moref> copy to
+  <target>``), so one running never makes the VM's backup wait as ``VMBusy``; only
+  their own kind's limit in their policy (``verification.concurrency``, and
+  ``concurrency.total`` for copies) holds them.
 - **Limits, vCenter-wide, in disks** (:class:`VCenterLimits`): at most
   ``disks`` disks open through the vCenter, ``disks_per_host`` on one ESXi host and
   ``disks_per_datastore`` on one datastore. The first two are VMware's NFC limits and
@@ -75,7 +77,7 @@ class WorkKind(StrEnum):
 TURNS: tuple[WorkKind, ...] = (WorkKind.RESTORE, WorkKind.BACKUP, WorkKind.COPY, WorkKind.VERIFY)
 """Who goes first when kinds tie for a turn: a person waits for a restore."""
 
-BACKGROUND: frozenset[WorkKind] = frozenset({WorkKind.VERIFY})
+BACKGROUND: frozenset[WorkKind] = frozenset({WorkKind.VERIFY, WorkKind.COPY})
 """Kinds placed after every waiting item of the other kinds (see the module doc)."""
 
 REASON_LIMIT = "ConcurrencyLimit"
@@ -279,7 +281,9 @@ def _local_blocker(w: Work, use: _Usage, lim: VCenterLimits) -> tuple[str, str] 
     if pl is not None:
         who = f"policy {p}" if p else "work without a policy"
         if use.policy_total[(w.kind, p)] >= pl.total:
-            noun = "verifications" if w.kind == WorkKind.VERIFY else "backups"
+            noun = {WorkKind.VERIFY: "verifications", WorkKind.COPY: "copies"}.get(
+                w.kind, "backups"
+            )
             return REASON_LIMIT, f"{who} runs at most {pl.total} {noun} at once (total)"
         if w.host and use.policy_host[(w.kind, p, w.host)] >= pl.per_host:
             return (

@@ -223,6 +223,9 @@ def _work(q: Queued, terms: Mapping[str, PolicyTerms], on_line: Any) -> Work:
     elif q.kind == WorkKind.VERIFY:  # its own share of its policy; reads no vCenter disk
         n = (terms.get(q.policy) or PolicyTerms()).verifications
         priority, limits, nfc = 0, PolicyLimits(n, n, n), False
+    elif q.kind == WorkKind.COPY:  # its own share of its policy's total; no vCenter disk
+        n = (terms.get(q.policy) or PolicyTerms()).limits.total
+        priority, limits, nfc = 0, PolicyLimits(n, n, n), False
     else:  # policies' terms are for their backups; other kinds have no per-policy limits
         priority, limits, nfc = 0, None, True
     return Work(

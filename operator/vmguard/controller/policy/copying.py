@@ -5,27 +5,31 @@ valid copy target (:mod:`.targets`) and each of the policy's ``Completed`` backu
 an archive, the point's copy entry (:mod:`vmguard.controller.kube.copies`) says where
 its copy is:
 
-- none, ``Pending`` or ``Failed`` with attempts left, and the target's ``delay`` past
-  the backup's completion: it **waits for admission**. Copies go through the admission
-  queue's planner (:func:`vmguard.controller.kube.admission.plan`) as proxy work that
-  takes no vCenter capacity (``nfc`` off, no host, no datastore): only the policy's
-  ``concurrency.total`` bounds them, and the queue's "one piece of work per VM" holds
-  per VM *and target* — a VM's points are copied to a target one at a time, oldest
-  first (its completion time is the work's creation time), which is what lets each
-  copy map its chunks through the previous one (format §11);
-- admitted: a copy Job is created (:mod:`.copyjob`; attempt ``n`` is
-  ``vmc-<backup>-<target>-<n>``), then the entry says ``Running``;
-- ``Running``: its Job is read; succeeded — the copy is looked up in the target (the
-  manifest labelled with the source archive, :func:`vmguard.store.copy.copied_archives`)
-  and the entry says ``Completed`` with the copy's archive id and stored bytes; failed
-  — ``Failed`` with the Job's reason (tried again, up to :data:`ATTEMPTS` Jobs); gone —
-  the Job was removed before its end was seen: admitted again (a copy is idempotent).
+- none, or ``Failed`` with attempts left, and the target's ``delay`` past the backup's
+  completion: it is **queued** — the entry says ``Pending`` — and waits in the backup's
+  vCenter's admission queue, as proxy work of a background kind (:mod:`.copyqueue`):
+  after every waiting backup and restore, taking no vCenter capacity, bounded by the
+  policy's ``concurrency.total``; the queue's "one piece of work per VM" holds per VM
+  *and target* — a VM's points are copied to a target one at a time, oldest first
+  (its completion time is the work's creation time), which is what lets each copy map
+  its chunks through the previous one (format §11);
+- ``Running`` (set by the queue's start): its copy Job (:mod:`.copyjob`; attempt ``n``
+  is ``vmc-<backup>-<target>-<n>``) is created, or adopted by name, then read;
+  succeeded — the copy is looked up in the target (the manifest labelled with the source
+  archive, :func:`vmguard.store.copy.copied_archives`) and the entry says ``Completed``
+  with the copy's archive id and stored bytes; failed — ``Failed`` with the Job's reason
+  (queued again, up to :data:`ATTEMPTS` Jobs); gone before its end was seen — created
+  again under the same name (a copy is idempotent: a copy already made is found).
 
 **After a run expired.** A point whose VMGuardBackup expired is seen as its stand-in
 (:func:`vmguard.controller.kube.points.stand_ins`), whose entries are the point's
 ``copies`` (written there with the run's): a copy made stays made (not copied again, not
-lagging, not held by retention), one pruned stays pruned. A copy not made by then is not
-started any more (no object is left to own its Job); it shows as lagging.
+lagging, not held by retention), one pruned stays pruned. A run is kept past its TTL
+until its copies settle (``backup/expiry.py``, at most a week), so this is rare: a copy
+not made by then is not started any more (no object is left to own its Job); it shows
+as lagging, and ``vmguard repo copy`` copies it (docs/copies.md); such a copy found in
+the target is recorded on its point (:meth:`Copier._adopt`, at the target's retention
+pass), which ends the lag.
 
 **Retention per repository.** When nothing waits for or runs to a target (at the first
 such pass after a copy to it completed, else every :data:`RETAIN_EVERY`), the target's
@@ -37,9 +41,9 @@ are never touched by it, and the primary's retention never touches a copy (it ho
 point until its copies are made: :func:`awaiting_copy`). Each repository's GC is its own.
 
 Invariants: the outcome is read from the target repository, never taken from the Job's
-word; a copy Job is created before its entry says Running, and found again by name, so
-a restart neither loses nor doubles one. Repository faults leave everything as it was
-for the next pass (logged).
+word; a copy Job is created only for an entry the admission queue set Running, and found
+again by name, so a restart neither loses nor doubles one. Repository faults leave
+everything as it was for the next pass (logged).
 """
 
 from __future__ import annotations
@@ -63,9 +67,13 @@ from vmguard.api import (
 from vmguard.api.kinds import REPOSITORY
 from vmguard.config import ProxySettings
 from vmguard.controller.kube.access import open_repository
-from vmguard.controller.kube.admission import PolicyLimits, VCenterLimits, Work, plan
 from vmguard.controller.kube.conditions import set_condition
-from vmguard.controller.kube.copies import copies_of, record_copy
+from vmguard.controller.kube.copies import (
+    ATTEMPTS,
+    copies_of,
+    record_copy,
+    record_point_copy,
+)
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.points import is_stand_in
@@ -73,6 +81,7 @@ from vmguard.controller.kube.proxyjob import build_proxy_rbac
 from vmguard.controller.kube.schedule import zone
 from vmguard.controller.kube.timing import Timing
 from vmguard.controller.policy.copyjob import build_copy_job, copy_job_name
+from vmguard.controller.policy.copyqueue import QUEUED
 from vmguard.controller.policy.retention import retention_policy
 from vmguard.controller.policy.targets import CopyTarget
 from vmguard.errors import ObjectNotFoundError, VmguardError
@@ -82,9 +91,7 @@ from vmguard.store.lineage import ORIGIN_NAMESPACE, ORIGIN_POLICY
 from vmguard.store.names import parse_archive_id
 from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
-ATTEMPTS = 3
-"""Copy Jobs started for one point and target before its copy stays Failed."""
-RUNS, ENDED, AGAIN = "runs", "ended", "again"
+RUNS, ENDED = "runs", "ended"
 LAG_CONDITION = "CopiesCurrent"
 RETAIN_EVERY = 600.0
 """Seconds between two runs of a copy target's retention when no copy completed."""
@@ -192,24 +199,6 @@ def lag_condition(
     )
 
 
-def work(point: Point, target: str, policy: Mapping[str, Any]) -> Work:
-    """The point's copy to ``target`` as admission work (see the module doc)."""
-    spec = policy.get("spec") or {}
-    total = int((spec.get("concurrency") or {}).get("total") or PolicyLimits().total)
-    return Work(
-        uid=f"{point.uid}/{target}",
-        name=point.name,
-        policy=policy["metadata"]["name"],
-        vm=f"{point.vm or point.name} to {target}",
-        host="",
-        disks=(),
-        priority=int(spec.get("priority") or 0),
-        created=point.completed,
-        nfc=False,
-        policy_limits=PolicyLimits(total=total, per_host=total, per_datastore=total),
-    )
-
-
 class Copier:
     """One policy's copy controller (module doc); :meth:`apply` is one pass."""
 
@@ -273,37 +262,36 @@ class Copier:
         backups: Sequence[dict[str, Any]],
         now: dt.datetime,
     ) -> None:
-        waiting: list[Work] = []
-        running: list[Work] = []
-        by_uid: dict[str, Point] = {}
+        waiting = running = 0
+        orphans: list[Point] = []
         opened: list[Repository] = []
         delay = dt.timedelta(seconds=self.timing.interval(target.delay)) if target.delay else None
         for point in points(policy, backups):
             entry = copies_of(point.backup).get(target.repository)
             state = (entry or {}).get("state")
-            item = work(point, target.repository, policy)
-            by_uid[item.uid] = point
             if state in (CopyState.COMPLETED, CopyState.PRUNED):
                 continue
+            if is_stand_in(point.backup):
+                # The run expired: no object owns a copy Job any more (docs/copies.md);
+                # a copy made by `vmguard repo copy` is recorded on its point below.
+                orphans.append(point)
+                continue
             if state == CopyState.RUNNING and entry is not None:
-                outcome = await self._settle(point, target, repo_obj, entry, opened)
-                if outcome == RUNS:
-                    running.append(item)
-                if outcome != AGAIN:
-                    continue
-                entry = copies_of(point.backup).get(target.repository)
+                outcome = await self._settle(point, target, primary, repo_obj, entry, opened)
+                running += outcome == RUNS
+                continue
+            if state == CopyState.PENDING:
+                waiting += 1  # in its vCenter's admission queue (copyqueue.py)
+                continue
             if state == CopyState.FAILED and int((entry or {}).get("attempts") or 0) >= ATTEMPTS:
                 continue
             if delay is not None and point.completed + delay > now:
                 continue
-            if is_stand_in(point.backup):
-                # The run expired: no object owns a copy Job any more (docs/copies.md).
-                continue
-            waiting.append(item)
-        decided = plan(waiting, running, VCenterLimits())
-        self.running += len(running) + len(decided.start)
-        for item in decided.start:
-            await self._start(by_uid[item.uid], target, primary, repo_obj, policy)
+            if not (point.backup.get("status") or {}).get("vcenter"):
+                continue  # no vCenter's queue can admit it (a run always names one)
+            await self._queue(point, target, entry)
+            waiting += 1
+        self.running += running
         last = self.retained_at.get(target.repository)
         due = (
             target.repository in self.copied_since
@@ -318,29 +306,61 @@ class Copier:
             if not opened:
                 opened.append(await open_repository(self.api, repo_obj))
             await self._retain(policy, target, opened[0], backups)
+            if orphans:
+                await self._adopt(policy, target, opened[0], orphans)
+
+    async def _adopt(
+        self,
+        policy: Mapping[str, Any],
+        target: CopyTarget,
+        repo: Repository,
+        orphans: Sequence[Point],
+    ) -> None:
+        """Record on their points the copies of expired runs' points found in the target
+        (made outside the operator, by ``vmguard repo copy``): they are then neither
+        lagging nor copied again. The entry's time is the copy's, so writing it again
+        changes nothing."""
+        meta = policy["metadata"]
+        known = self.manifests.setdefault(target.repository, {})
+        found = await asyncio.to_thread(_copies_in, repo, meta["namespace"], meta["name"], known)
+        for point, copy_id in adoptable(orphans, found):
+            finished, stored = await asyncio.to_thread(_made, repo, copy_id)
+            entry: BackupCopy = {
+                "repository": target.repository,
+                "state": CopyState.COMPLETED,
+                "time": format_time(finished),
+                "bytes": stored,
+                "archiveId": copy_id,
+            }
+            await record_point_copy(self.api, point.backup, entry)
+            self.log.info(
+                "copy %s of expired run's point %s found in %s: recorded",
+                copy_id,
+                point.archive_id,
+                target.repository,
+            )
 
     async def _settle(
         self,
         point: Point,
         target: CopyTarget,
+        primary: Mapping[str, Any],
         repo_obj: dict[str, Any],
         entry: BackupCopy,
         opened: list[Repository],
     ) -> str:
-        """Look at a Running copy's Job: :data:`RUNS` (still running), :data:`ENDED`
-        (Completed or Failed recorded) or :data:`AGAIN` (its Job is gone: admit it
-        again)."""
+        """Look at a Running copy's Job: :data:`RUNS` (created now, or still running) or
+        :data:`ENDED` (Completed or Failed recorded)."""
         attempt = int(entry.get("attempts") or 1)
         namespace = point.backup["metadata"]["namespace"]
         job = await self.jobs.read_job(
             namespace, copy_job_name(point.name, target.repository, attempt)
         )
         if job is None:
-            self.log.info(
-                "copy Job of %s to %s is gone: copying again", point.name, target.repository
-            )
-            await record_copy(self.api, point.backup, {**entry, "state": CopyState.PENDING})
-            return AGAIN
+            # Admitted and not created yet, or gone before its end was seen (removed by
+            # hand, or by its TTL while no operator ran): created under the same name.
+            await self._create_job(point, target, primary, repo_obj, attempt)
+            return RUNS
         state = job_state(job)
         if state.active:
             return RUNS
@@ -422,17 +442,29 @@ class Copier:
                 }
                 await record_copy(self.api, point.backup, pruned)
 
-    async def _start(
+    async def _queue(self, point: Point, target: CopyTarget, entry: BackupCopy | None) -> None:
+        """Queue the point's copy to ``target``: its entry says Pending, which puts it in
+        its vCenter's admission queue (:mod:`.copyqueue`)."""
+        pending: BackupCopy = {
+            "repository": target.repository,
+            "state": CopyState.PENDING,
+            "time": format_time(self.timing.now()),
+            "message": QUEUED,
+        }
+        if entry and entry.get("attempts"):
+            pending["attempts"] = int(entry["attempts"])
+        await record_copy(self.api, point.backup, pending)
+        self.log.info("copy of %s to %s: queued", point.name, target.repository)
+
+    async def _create_job(
         self,
         point: Point,
         target: CopyTarget,
         primary: Mapping[str, Any],
         repo_obj: Mapping[str, Any],
-        policy: Mapping[str, Any],
+        attempt: int,
     ) -> None:
         namespace = point.backup["metadata"]["namespace"]
-        entry = copies_of(point.backup).get(target.repository) or {}
-        attempt = int(entry.get("attempts") or 0) + 1
         if namespace not in self.rbac_done:
             await self.jobs.ensure_rbac(build_proxy_rbac(namespace, self.proxy.service_account))
             self.rbac_done.add(namespace)
@@ -444,7 +476,9 @@ class Copier:
             target_name=target.repository,
             target=repo_obj["spec"],
             target_credentials=target.credentials,
+            bandwidth=target.bandwidth,
             attempt=attempt,
+            active_deadline=copy_deadline(point.backup, target.bandwidth),
         )
         created = await self.jobs.create_job(job)
         self.log.info(
@@ -453,16 +487,6 @@ class Copier:
             "created" if created else "adopted",
             point.name,
             target.repository,
-        )
-        await record_copy(
-            self.api,
-            point.backup,
-            {
-                "repository": target.repository,
-                "state": CopyState.RUNNING,
-                "time": format_time(self.timing.now()),
-                "attempts": attempt,
-            },
         )
 
 
@@ -516,6 +540,37 @@ def plan_copy_retention(
     return sorted(out, key=lambda c: (c.time, c.archive_id))
 
 
+COPY_DEADLINE = 4 * 3600
+"""A copy Job's ``activeDeadlineSeconds`` without a bandwidth limit."""
+
+
+def copy_deadline(backup: Mapping[str, Any], bandwidth: int | None) -> int:
+    """A copy Job's deadline: :data:`COPY_DEADLINE`, or with a bandwidth limit twice the
+    time the disks' whole capacity takes at that rate when that is longer (a full copy
+    reads every allocated chunk; the capacity bounds them) (pure)."""
+    if not bandwidth:
+        return COPY_DEADLINE
+    totals = (backup.get("status") or {}).get("totals") or {}
+    capacity = int(totals.get("capacityBytes") or 0) or sum(
+        int(d.get("capacityBytes") or 0) for d in (backup.get("status") or {}).get("disks") or ()
+    )
+    return max(COPY_DEADLINE, 2 * capacity // bandwidth)
+
+
+def adoptable(orphans: Sequence[Point], copies: Sequence[CopiedPoint]) -> list[tuple[Point, str]]:
+    """(point, its copy's archive id) for each expired run's point whose copy is in the
+    target (pure)."""
+    by_source = {c.source: c.archive_id for c in copies}
+    return [(p, by_source[p.archive_id]) for p in orphans if p.archive_id in by_source]
+
+
+def _made(target: Repository, copy_id: str) -> tuple[dt.datetime, int]:
+    """When a copy in ``target`` was committed, and the bytes it stored."""
+    manifest = target.load_archive(copy_id)
+    stored = manifest.stats.bytes_stored or sum(d.stats.bytes_stored for d in manifest.disks)
+    return manifest.finished, int(stored)
+
+
 def _find_copy(target: Repository, source_archive: str) -> tuple[str | None, int]:
     """(the copy's archive id in ``target``, its stored bytes), or (None, 0)."""
     copy_id = copied_archives(target).get(source_archive)
@@ -531,10 +586,11 @@ __all__ = [
     "CopiedPoint",
     "Copier",
     "Point",
+    "adoptable",
     "awaiting_copy",
+    "copy_deadline",
     "lag_condition",
     "oldest_uncopied",
     "plan_copy_retention",
     "points",
-    "work",
 ]

@@ -23,7 +23,7 @@ from vmguard.controller.kube.proxyjob import (
     proxy_labels,
     repository_env,
 )
-from vmguard.proxy.contract import copy_args
+from vmguard.proxy.contract import COPY_BANDWIDTH_ENV, copy_args
 
 COMPONENT_COPY = "copy"
 
@@ -43,13 +43,15 @@ def build_copy_job(
     target: Mapping[str, Any],
     attempt: int,
     target_credentials: Mapping[str, Any] | None = None,
+    bandwidth: int | None = None,
     active_deadline: int = 4 * 3600,
     ttl: int = 3600,
 ) -> dict[str, Any]:
     """The Job copying ``archive_id`` of ``vmbackup`` from ``source`` to ``target`` (the
     two VMGuardRepositories' specs): ``vmguard proxy copy --archive ID``. The target is
     written with ``target_credentials`` (a copy target's own ``credentialsSecretRef``,
-    which need no delete right) when given, else with the repository's."""
+    which need no delete right) when given, else with the repository's; ``bandwidth``
+    (bytes per second) limits what the Job uploads to it."""
     meta = vmbackup["metadata"]
     spec = vmbackup.get("spec") or {}
     labels = proxy_labels(
@@ -75,6 +77,11 @@ def build_copy_job(
                 if target_credentials
                 else target,
                 copy_target=True,
+            ),
+            (
+                [{"name": COPY_BANDWIDTH_ENV, "value": str(bandwidth)}] if bandwidth else [],
+                [],
+                [],
             ),
         ],
         transport="nbd",  # restricted: a copy touches no device

@@ -5,6 +5,11 @@ again now, not at the next interval) and its own scheduler. The scheduler daemon
 (:class:`.runs.PolicyRunner`) creates the policy's VMGuardBackups at its scheduled times,
 applies its retention, copies its completed backups to its copy targets
 (:class:`.copying.Copier`) and keeps its status.
+
+``copy_queue`` is the kopf index of the backups whose copy waits for admission or runs,
+the copies' lane of the vCenter's admission queue (:mod:`.copyqueue`); a change wakes
+that vCenter's loop, and a copy the loop admitted wakes the policy's scheduler, which
+creates its Job.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ from typing import Any
 import kopf
 
 from vmguard.api import GROUP, VERSION
-from vmguard.api.kinds import POLICY
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.config import BackupSettings
 from vmguard.controller.kube.handlers import (
     OperatorMemo,
     acts,
+    admission_wakeup,
     announcer,
     policy_wakeup,
     vcenter_wakeup,
 )
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.workqueue import Queued
+from vmguard.controller.policy import copyqueue
 from vmguard.controller.policy.copying import Copier
 from vmguard.controller.policy.runs import PolicyRunner
 
@@ -42,6 +50,28 @@ def policy_changed(
         vcenter_wakeup(memo, namespace, vc).set()
     if namespace:
         policy_wakeup(memo, namespace, name).set()
+
+
+def _copy_queued(body: kopf.Body, **_: Any) -> bool:
+    """A copy waits or runs. kopf drops the object from the index when this stops
+    holding (a None from the index function would leave its last record in place)."""
+    return copyqueue.queued_of(body) is not None
+
+
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_copy_queued)
+def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+    """Backups whose copy waits for admission or runs, by (the VCenter's namespace,
+    vCenter): the copies' lane of that vCenter's admission loop. A change wakes the
+    loop; an admitted copy (Running) wakes its policy's scheduler, which starts its Job."""
+    record = copyqueue.queued_of(body)
+    if record is None:
+        return None
+    status = body.get("status") or {}
+    vc_ns = status.get("vcenterNamespace") or record.namespace
+    admission_wakeup(memo, vc_ns, record.vcenter).set()
+    if not record.waiting and record.policy:
+        policy_wakeup(memo, record.namespace, record.policy).set()
+    return {(vc_ns, record.vcenter): record}
 
 
 @kopf.daemon(GROUP, VERSION, POLICY.plural, cancellation_timeout=10.0)

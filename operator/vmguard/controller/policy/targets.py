@@ -49,6 +49,8 @@ class CopyTarget:
     credentials: Mapping[str, Any] | None = None
     """The copy Jobs' own ``credentialsSecretRef`` for the target (None: the
     repository's)."""
+    bandwidth: int | None = None
+    """Bytes per second each copy Job may upload to the target (None: no limit)."""
 
 
 @dataclass
@@ -114,9 +116,15 @@ def judge(
                 dict(entry.get("retention") or {}),
                 parse_duration(entry.get("delay"), 0.0),
                 entry.get("credentialsSecretRef"),
+                _bandwidth(entry.get("bandwidthLimitMiBps")),
             )
         )
     return out
+
+
+def _bandwidth(mib_per_second: Any) -> int | None:
+    """``bandwidthLimitMiBps`` in bytes per second (None: no limit)."""
+    return int(mib_per_second) * (1 << 20) if mib_per_second else None
 
 
 __all__ = [
