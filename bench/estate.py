@@ -41,7 +41,11 @@ operator`` with every controller is started on it (``--starts`` times: a restart
 each printing: the time until it is steady (the vCenter swept, every policy's pass run on
 that sweep, then CPU quiet for 10 s), peak RSS summed over its process tree, the
 apiserver requests until then by verb and resource, and CPU and requests per minute
-over ``--window`` seconds of steady running.
+over ``--window`` seconds of steady running. ``--also-tree OTHER`` (repeatable) starts
+that checkout's operator on the same estate after each start of ``--tree``: before and
+after, interleaved, on one estate and one load (its ``.venv/bin/python`` runs it, so a
+tree whose ``.venv/bin/python`` is a script can set the environment, e.g.
+``MALLOC_ARENA_MAX``, or run ``bench/heapwrap.py`` for a heap profile).
 
 Prints one JSON object per row, and the machine's load average beside it.
 """
