@@ -41,7 +41,11 @@ operator`` with every controller is started on it (``--starts`` times: a restart
 each printing: the time until it is steady (the vCenter swept, every policy's pass run on
 that sweep, then CPU quiet for 10 s), peak RSS summed over its process tree, the
 apiserver requests until then by verb and resource, and CPU and requests per minute
-over ``--window`` seconds of steady running.
+over ``--window`` seconds of steady running. ``--also-tree OTHER`` (repeatable) starts
+that checkout's operator on the same estate after each start of ``--tree``: before and
+after, interleaved, on one estate and one load (its ``.venv/bin/python`` runs it, so a
+tree whose ``.venv/bin/python`` is a script can set the environment, e.g.
+``MALLOC_ARENA_MAX``, or run ``bench/heapwrap.py`` for a heap profile).
 
 Prints one JSON object per row, and the machine's load average beside it.
 """
@@ -757,7 +761,8 @@ def run_estate_operator(
     wrapper = os.environ.get("ESTATE_OPERATOR_WRAPPER")
     argv = [str(tree / ".venv/bin/python"), *([wrapper] if wrapper else ["-m", "vmguard.cli"])]
     argv += ["operator", "--namespace", ESTATE_NAMESPACE, "--metrics-port", "-1"]
-    log = open(lab_dir / "logs" / f"estate-big-{label}.log", "w")  # noqa: SIM115
+    log_name = f"estate-big-{label}-{tree.name}.log"
+    log = open(lab_dir / "logs" / log_name, "w")  # noqa: SIM115
     r0 = kube.requests_by()
     wall0 = time.time()
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
@@ -823,9 +828,12 @@ def measure_estate(
     runs: int,
     window: float,
     starts: tuple[str, ...] = ("restart",),
+    others: tuple[Path, ...] = (),
 ) -> list[dict[str, Any]]:
     """The estate as a running operator keeps it (points, RPO states, runs with their
-    finalizer), then the operator started on it once per ``starts`` entry: a restart."""
+    finalizer), then the operator started on it once per ``starts`` entry: a restart.
+    With ``others`` (``--also-tree``), each start is made by ``tree`` and then by each
+    of them in turn, on the same estate: before and after, interleaved."""
     import tempfile
 
     from vmguard.vsphere.inventory import discover
@@ -873,12 +881,20 @@ def measure_estate(
             )
             print(json.dumps(rows[-1]), flush=True)
             for label in starts:
-                rows.append(run_estate_operator(kube, tree, lab["dir"], label, 900.0, window))
-                print(json.dumps(rows[-1]), flush=True)
+                for which in (tree, *others):
+                    row = run_estate_operator(kube, which, lab["dir"], label, 900.0, window)
+                    rows.append({"tree": str(which), "commit": _commit(which), **row})
+                    print(json.dumps(rows[-1]), flush=True)
         finally:
             sim.terminate()
             sim.wait(timeout=30)
     return rows
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def main() -> int:
@@ -896,18 +912,24 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=-1, help="finished runs kept (default: N)")
     ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
     ap.add_argument("--starts", type=int, default=1, help="operator starts on --estate")
+    ap.add_argument(
+        "--also-tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout whose operator starts on --estate after each start of --tree",
+    )
     args = ap.parse_args()
     lab = _lab()
     kube = Kube(lab)
     tree = args.tree.resolve()
-    commit = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = _commit(tree)
     print(f"# tree {tree} at {commit}; load {os.getloadavg()}", flush=True)
     if args.estate:
         runs = args.estate if args.runs < 0 else args.runs
         starts = tuple(f"restart-{i + 1}" for i in range(args.starts))
-        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts)
+        others = tuple(t.resolve() for t in args.also_tree)
+        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts, others)
         if not args.keep:
             kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:

@@ -12,7 +12,7 @@ from vmguard.controller.kube.policy_spec import consolidation_allowed
 from vmguard.controller.kube.sweeps import SweepView
 from vmguard.controller.policy import failsafe, judgement
 from vmguard.controller.policy.builders import build_vmbackup
-from vmguard.controller.policy.history import BackupHistory
+from vmguard.controller.policy.history import BackupHistory, history_fields
 from vmguard.controller.policy.runs import plan_run, vm_state
 from vmguard.controller.vcenter import orphans
 from vmguard.vsphere.matching import Assignment, MatchResult
@@ -201,6 +201,35 @@ def test_ad_hoc_backups_under_the_policy_count() -> None:
     history = BackupHistory.of_policy([adhoc, elsewhere], "gold")
     assert history.has_completed(VMS[0].instance_uuid)
     assert not history.has_completed(VMS[1].instance_uuid)
+
+
+def test_a_history_of_the_fields_it_reads_is_the_history_of_the_whole_backups() -> None:
+    """The fail-safe keeps only ``history_fields`` of each listed backup: the records and
+    stand-ins made of them are those made of the whole objects."""
+    from vmguard.api import ANNOTATION_ARCHIVE_ID
+    from vmguard.controller.kube import points
+
+    done = backup(VMS[0], "Completed", completed=T0 + dt.timedelta(minutes=5))
+    done["status"].update(archiveId="arch-0", disks=[{"key": 2000}], conditions=[{"type": "x"}])
+    ended = {"phase": "Completed", "time": "2025-01-07T04:00:00Z", "result": "Passed", "run": 1}
+    done["status"]["verification"] = ended
+    synced = backup(VMS[1], "Completed", trigger=Trigger.FAILSAFE)
+    synced["metadata"]["annotations"] = {ANNOTATION_ARCHIVE_ID: "arch-1", "other": "x"}
+    adhoc = {"metadata": {"name": "by-hand"}, "spec": {"vm": {"instanceUuid": "U"}}}
+    whole = [done, synced, backup(VMS[2], None), adhoc]
+    slim = [history_fields(b) for b in whole]
+    for name in ("gold", "silver"):
+        assert BackupHistory.of_policy(slim, name) == BackupHistory.of_policy(whole, name)
+    held = points.HeldVM(
+        points.ProtectedVMKey("ns", "lab", VMS[0].instance_uuid),
+        None,
+        tuple(
+            points.PointRecord(a, "2025-01-06T02:00:00Z", "gold", "repo", "")
+            for a in ("arch-0", "arch-1", "arch-2")
+        ),
+    )
+    assert points.stand_ins([held], slim) == points.stand_ins([held], whole)
+    assert len(points.stand_ins([held], slim)) == 1
 
 
 # --- runs ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from vmguard.controller.kube import crdcheck, migration, peering, readiness
 from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
 from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
+from vmguard.controller.kube.kubeapi import PAGE as LIST_PAGE
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 from vmguard.controller.kube.sweeps import LatestSweeps
 from vmguard.controller.kube.timing import REAL_TIME, Timing
@@ -143,6 +144,9 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # kopf's first LIST of each kind in pages, not the whole kind in one response: 5,000
+    # backups were one ≈ 11 MB body decoded at once, on top of the objects kopf keeps.
+    settings.watching.chunk_size = LIST_PAGE
 
 
 @dataclass(frozen=True)

@@ -222,14 +222,21 @@ def fold_points(api_client: client.ApiClient, namespaces: list[str] | None) -> i
     custom = client.CustomObjectsApi(api_client)
     try:
         backups = _pages(custom, BACKUP.plural, namespaces, _completed)
-        # Compact (points.HeldVM): an estate's ProtectedVMs are tens of MB of JSON.
-        held = _pages(custom, PROTECTEDVM.plural, namespaces, points.held_of)
+        wanted = {(key, point["archiveId"]) for key, _, point in backups}
+
+        def known_of(obj: dict[str, Any]) -> list[tuple[points.ProtectedVMKey, str]] | None:
+            # Only the points the backups name are kept of each page: an estate's
+            # ProtectedVMs are tens of MB of JSON, 150,000 points (docs/scale.md).
+            found = ((key, str(p.get("archiveId") or "")) for key, p in points.points_of([obj]))
+            return [pair for pair in found if pair in wanted] or None
+
+        held = _pages(custom, PROTECTEDVM.plural, namespaces, known_of)
     except client.ApiException as exc:
         logger.warning(
             "folding backups into ProtectedVMs: listing failed (%s %s)", exc.status, exc.reason
         )
         return 0
-    known = {(h.key, p.archive_id) for h in held for p in h.points}
+    known = {pair for pairs in held for pair in pairs}
     todo: dict[points.ProtectedVMKey, tuple[VMIdentity, list[RestorePoint]]] = {}
     for key, vm, point in backups:
         if (key, point["archiveId"]) in known:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmguard.api import (
+    ANNOTATION_ARCHIVE_ID,
     BACKUP_TERMINAL,
     LABEL_RUN,
     LABEL_TRIGGER,
@@ -27,7 +28,7 @@ from vmguard.api import (
     VerificationResult,
     parse_time,
 )
-from vmguard.controller.kube.bodies import backup_spec, backup_status
+from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,39 @@ class BackupRecord:
             else None,
             verification=str(verification.get("result") or ""),
         )
+
+
+def history_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a VMGuardBackup that :class:`BackupRecord`, :meth:`BackupHistory.of_policy`
+    and :func:`~vmguard.controller.kube.points.stand_ins` read, and nothing else (pure): a
+    caller that lists a namespace's backups for a history alone keeps this of each page, a
+    fifth of the object (its disks, conditions and managed fields are most of it)."""
+    meta = obj.get("metadata") or {}
+    spec, status = backup_spec(obj), backup_status(obj)
+    labels = meta.get("labels") or {}
+    archive = (meta.get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID)
+    verification = status.get("verification") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name", ""),
+            "namespace": meta.get("namespace", ""),
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "labels": {k: labels[k] for k in (LABEL_VM, LABEL_TRIGGER, LABEL_RUN) if k in labels},
+            "annotations": {ANNOTATION_ARCHIVE_ID: archive} if archive else {},
+        },
+        "spec": {
+            "vm": {"instanceUuid": spec["vm"].get("instanceUuid") if "vm" in spec else None},
+            "policyRef": {"name": ref_name(spec.get("policyRef"))},
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "completionTime": status.get("completionTime"),
+            "archiveId": status.get("archiveId"),
+            "verification": {
+                k: verification[k] for k in ("phase", "time", "result") if k in verification
+            },
+        },
+    }
 
 
 @dataclass
