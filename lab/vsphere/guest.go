@@ -145,7 +145,9 @@ func (g *guestOps) start(ctx *simulator.Context, req *types.StartProgramInGuest)
 	}
 	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + dir,
 		"VMGUARD_LAB_VM=" + moref, "VMGUARD_LAB_GUEST_DIR=" + dir}, spec.EnvVariables...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Terminate kills its children too
+	// Setpgid: Terminate and power-off kill its children too. Pdeathsig: a program
+	// never outlives the simulator (a test's lab going down ends its guests' programs).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		// What ESXi answers for a program that is not there or not executable.
 		return refuse(fmt.Sprintf("cannot start %s: %v", spec.ProgramPath, err), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
@@ -212,6 +214,18 @@ func (g *guestOps) terminate(moref string, pid int64) bool {
 		}
 	}
 	return false
+}
+
+// stopAll kills every program of a VM still running, as powering the guest off
+// would (their exit code reads 128+9).
+func (g *guestOps) stopAll(moref string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range g.procs {
+		if p.VM == moref && p.cmd != nil && p.EndTime == nil {
+			_ = syscall.Kill(-int(p.Pid), syscall.SIGKILL)
+		}
+	}
 }
 
 // history is every call for a VM, refused ones included, in call order.

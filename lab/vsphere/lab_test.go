@@ -815,3 +815,54 @@ func TestGuestFilesAreReadOnceThroughTheirURLAndDeleted(t *testing.T) {
 		t.Fatalf("deleted file still there: %v", err)
 	}
 }
+
+// A guest that powers off runs no program: the lab kills what it started there
+// (a test's check script waiting for a file would otherwise outlive the test).
+func TestPowerOffEndsTheGuestsPrograms(t *testing.T) {
+	f := newLab(t, 4)
+	ops, err := newGuestOps(t.TempDir(), "vmguard-guest", "s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.store.guest = ops
+	ctx := context.Background()
+	var vms []vmView
+	f.call(t, "GET", "/vms", nil, &vms)
+	on := ""
+	for _, v := range vms {
+		if v.PowerState == "poweredOn" && on == "" {
+			on = v.Moref
+		}
+	}
+	if on == "" {
+		t.Fatalf("need a powered-on VM: %+v", vms)
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: on}
+	pm := types.ManagedObjectReference{Type: "GuestProcessManager", Value: "guestOperationsProcessManager"}
+	good := &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "s3cret"}
+	res, err := methods.StartProgramInGuest(ctx, f.c, &types.StartProgramInGuest{
+		This: pm, Vm: ref, Auth: good,
+		Spec: &types.GuestProgramSpec{ProgramPath: "/bin/sleep", Arguments: "600"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := object.NewVirtualMachine(f.c, ref).PowerOff(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		procs := ops.find(on, []int64{res.Returnval})
+		if len(procs) == 1 && procs[0].ExitCode != nil {
+			if *procs[0].ExitCode != 128+9 {
+				t.Fatalf("exit code %d, want 137 (killed)", *procs[0].ExitCode)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the program still runs after power-off: %+v", procs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

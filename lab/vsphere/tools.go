@@ -44,6 +44,9 @@ func toolsChanges(running bool) []types.PropertyChange {
 // power state changed. It updates the VM from a goroutine: the hook runs
 // inside vcsim's own update and must not update the same object again.
 func (s *Store) followTools(ref types.ManagedObjectReference, poweredOn bool) {
+	if !poweredOn && s.guest != nil {
+		s.guest.stopAll(ref.Value) // a guest that is off runs no program (guest.go)
+	}
 	go func() {
 		if poweredOn {
 			time.Sleep(toolsBootDelay)
