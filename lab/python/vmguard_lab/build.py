@@ -84,14 +84,14 @@ COMPONENTS: tuple[GoComponent, ...] = (
 )
 
 
-def _go() -> str:
+def go_command() -> str:
     go = shutil.which("go")
     if not go:
         raise LabError("the Go toolchain is needed to build the lab: install Go ≥ 1.24")
     return go
 
 
-def _go_env() -> dict[str, str]:
+def go_env() -> dict[str, str]:
     env = dict(os.environ)
     # Never download a different toolchain behind the user's back.
     env.setdefault("GOTOOLCHAIN", "local")
@@ -119,12 +119,12 @@ def _build_with_progress(
 ) -> None:
     pkgs = list(comp.binaries.values())
     listed = subprocess.run(
-        [_go(), "list", "-deps", *pkgs], cwd=module, env=env, capture_output=True, text=True
+        [go_command(), "list", "-deps", *pkgs], cwd=module, env=env, capture_output=True, text=True
     )
     total = len(listed.stdout.split()) if listed.returncode == 0 else 0
     ldflags = " ".join(("-s -w", *comp.ldflags))
     cmd = [
-        _go(),
+        go_command(),
         "build",
         "-v",
         "-trimpath",
@@ -154,9 +154,9 @@ def _build_with_progress(
 
 def ensure_built(paths: LabPaths, only: tuple[str, ...] = ()) -> dict[str, Path]:
     """Build every component whose inputs changed; return binary name -> path."""
-    env = _go_env()
+    env = go_env()
     go_version = subprocess.run(
-        [_go(), "env", "GOVERSION"], env=env, capture_output=True, text=True, check=True
+        [go_command(), "env", "GOVERSION"], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
     paths.bin.mkdir(parents=True, exist_ok=True)
     stamps = paths.cache / "stamps"
