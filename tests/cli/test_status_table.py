@@ -17,6 +17,7 @@ from vmguard.cli.coverage import (
     UNKNOWN,
     UNPROTECTED,
     build_coverage,
+    point_records,
     policy_rpo,
     rpo_state,
     summary_line,
@@ -200,14 +201,83 @@ def test_columns_align_by_display_width() -> None:
 def test_table_wide_and_namespaces() -> None:
     cov = build_coverage([ESTATE], POLICIES, BACKUPS, NOW)
     lines = render_table(cov, NOW, wide=False, namespaces=False).splitlines()
-    assert lines[0].split() == ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
-    assert lines[1].split() == ["lonely/1", "lab", "UNPROTECTED", "-", "-", "unprotected"]
-    assert lines[3].split() == ["caught", "lab", "fail-safe", "(default)", "-", "-", "never"]
-    assert lines[5].split() == ["web-1", "lab", "daily", ts(29), "1d", "ok"]
+    head = ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO", "VERIFIED"]
+    assert lines[0].split() == head
+    assert lines[1].split() == ["lonely/1", "lab", "UNPROTECTED", "-", "-", "unprotected", "-"]
+    assert lines[3].split() == ["caught", "lab", "fail-safe", "(default)", "-", "-", "never", "-"]
+    assert lines[5].split() == ["web-1", "lab", "daily", ts(29), "1d", "ok", "-"]
     assert lines[7].startswith("6 VMs: 1 ok")
     wide = render_table(cov, NOW, wide=True, namespaces=True).splitlines()
-    assert wide[0].split()[0] == "NAMESPACE" and wide[0].split()[-1] == "BACKUP"
-    assert wide[5].split()[-6:] == ["on", "/DC0/vm/Production", "2d", UUID["a"], "vm-97", "a1"]
+    assert wide[0].split()[0] == "NAMESPACE" and wide[0].split()[-1] == "VERIFIED-BACKUP"
+    assert wide[5].split()[-7:] == [
+        "on",
+        "/DC0/vm/Production",
+        "2d",
+        UUID["a"],
+        "vm-97",
+        "a1",
+        "-",
+    ]
+
+
+def test_the_newest_verification_of_a_vms_points_is_shown() -> None:
+    """From a VMGuardBackup's status.verification or, once the run expired, from the
+    ProtectedVM's points[].verification: whichever ended last, whatever its result."""
+    verified = backup("a1", "a", "web-1", "daily", "Completed", 30, 29)
+    verified["status"]["verification"] = {"phase": "Completed", "time": ts(28), "result": "Passed"}
+    running = backup("b2", "b", "db-1", "hourly", "Completed", 3, 2.5)
+    running["status"]["verification"] = {"phase": "Running", "time": ts(1), "result": ""}
+    protected_db = {
+        "metadata": {"name": "db-1", "namespace": "ns"},
+        "status": {
+            "vm": {"instanceUuid": UUID["b"], "name": "db-1"},
+            "vcenter": "lab",
+            "policy": "hourly",
+            "lastGoodPoint": {"archiveId": "arch-b1", "time": ts(79)},
+            "points": [
+                {
+                    "archiveId": "arch-b0",
+                    "time": ts(100),
+                    "verification": {"result": "Passed", "time": ts(99)},
+                },
+                {
+                    "archiveId": "arch-b1",
+                    "time": ts(79),
+                    "backup": "b1",
+                    "verification": {"result": "Infected", "time": ts(50)},
+                },
+                {"archiveId": "arch-b2", "time": ts(2.5)},
+            ],
+        },
+    }
+    records = [
+        verified,
+        backup("a2", "a", "web-1", "daily", "Failed", 5, 4),
+        running,
+        *point_records([protected_db]),
+    ]
+
+    cov = build_coverage([ESTATE], POLICIES, records, NOW)
+
+    rows = {r.vm: r for r in cov.rows}
+    web, db = rows["web-1"], rows["db-1"]
+    assert (web.verification, web.verified, web.verified_name) == (
+        "Passed",
+        NOW - dt.timedelta(hours=28),
+        "a1",
+    )
+    # a verification still running is not one that ended; the newest that ended wins
+    assert (db.verification, db.verified_name) == ("Infected", "b1")
+    # the point's verification adds no good backup of its own
+    assert db.last_backup_name == "b2"
+    assert rows["new-vm"].verified is None
+    table = render_table(cov, NOW, wide=False, namespaces=False).splitlines()
+    [web_line] = [line for line in table if line.startswith("web-1")]
+    assert web_line.split()[-3:] == ["Passed", "(1d", "ago)"]
+    [db_line] = [line for line in table if line.startswith("db-1")]
+    assert db_line.split()[-3:] == ["Infected", "(2d", "ago)"]
+    [doc] = [v for v in cov.doc()["vms"] if v["vm"] == "db-1"]
+    assert doc["lastVerification"] == {"result": "Infected", "time": ts(50), "backup": "b1"}
 
 
 def test_kubectl_plugin_name_runs_vmguard() -> None:

@@ -11,6 +11,10 @@ Where each thing comes from:
   ``completionTime``) — VMGuardBackups are backup runs that expire, so they add only what
   ran within their TTL. Under any policy; a VM is identified by vCenter and instance
   UUID (label ``vmguard.io/vm`` or ``spec.vm.instanceUuid``).
+- **The last verification**: the newest ended verification of any of the VM's points,
+  from the ProtectedVM's ``points[].verification`` or a VMGuardBackup's
+  ``status.verification`` (its result, when it ended, and the backup or archive it
+  verified; docs/verification.md).
 - **The RPO**: the policy's ``spec.rpo``, else twice the longest gap between two runs of
   its schedule (the rule of the policy controller's ``vmsOutsideRPO``).
 
@@ -39,6 +43,7 @@ from vmguard.api import (
     LABEL_VCENTER,
     LABEL_VM,
     BackupPhase,
+    VerificationPhase,
     format_time,
     parse_duration,
     parse_time,
@@ -116,6 +121,12 @@ class VMRow:
     folder: str = ""
     last_backup: dt.datetime | None = None
     last_backup_name: str = ""
+    verified: dt.datetime | None = None
+    """When the newest verification of one of the VM's points ended."""
+    verification: str = ""
+    """That verification's result (Passed, Failed, Infected, Error)."""
+    verified_name: str = ""
+    """The backup run (or archive id) whose point it verified."""
     listed: bool = True
     """False when the row comes from VMGuardBackups alone (the vCenter's list lacks the VM)."""
 
@@ -140,6 +151,13 @@ class VMRow:
             "lastGoodBackupTime": format_time(self.last_backup) if self.last_backup else None,
             "rpoSeconds": int(self.rpo.total_seconds()) if self.rpo else None,
             "rpoState": self.rpo_state,
+            "lastVerification": {
+                "result": self.verification,
+                "time": format_time(self.verified),
+                "backup": self.verified_name,
+            }
+            if self.verified
+            else None,
             "listed": self.listed,
         }
 
@@ -207,6 +225,9 @@ class _History:
     policy_at: dt.datetime | None = None
     last: dt.datetime | None = None
     last_name: str = ""
+    verified: dt.datetime | None = None
+    verification: str = ""
+    verified_name: str = ""
 
 
 def _ns(obj: Mapping[str, Any]) -> str:
@@ -232,6 +253,7 @@ def point_records(protected_vms: Iterable[Mapping[str, Any]]) -> list[dict[str, 
             ),
             None,
         )
+        out += _verified_record(meta, status, vm)
         out.append(
             {
                 "metadata": {
@@ -250,6 +272,42 @@ def point_records(protected_vms: Iterable[Mapping[str, Any]]) -> list[dict[str, 
             }
         )
     return out
+
+
+def _verified_record(
+    meta: Mapping[str, Any], status: Mapping[str, Any], vm: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The ProtectedVM's newest verified point as a VMGuardBackup-shaped record that says
+    only that (no phase: it is no backup of its own), or none."""
+    newest = max(
+        (p for p in status.get("points") or [] if (p.get("verification") or {}).get("time")),
+        key=lambda p: (
+            parse_time(p["verification"]["time"]) or dt.datetime.min.replace(tzinfo=dt.UTC)
+        ),
+        default=None,
+    )
+    if newest is None:
+        return []
+    v = newest["verification"]
+    return [
+        {
+            "metadata": {
+                "name": newest.get("backup") or newest.get("archiveId", ""),
+                "namespace": meta.get("namespace", ""),
+                "creationTimestamp": newest.get("time"),
+                "labels": {LABEL_VM: str(vm["instanceUuid"]).lower()},
+            },
+            "spec": {"policyRef": {"name": status.get("policy", "")}, "vm": dict(vm)},
+            "status": {
+                "vcenter": status.get("vcenter", ""),
+                "verification": {
+                    "phase": VerificationPhase.COMPLETED,
+                    "time": v["time"],
+                    "result": v.get("result", ""),
+                },
+            },
+        }
+    ]
 
 
 def histories(
@@ -286,6 +344,12 @@ def histories(
             done = parse_time(status.get("completionTime")) or created
             if done and (h.last is None or done > h.last):
                 h.last, h.last_name = done, str(meta.get("name", ""))
+        verification = status.get("verification") or {}
+        if verification.get("phase") == VerificationPhase.COMPLETED:
+            ended = parse_time(verification.get("time"))
+            if ended and (h.verified is None or ended > h.verified):
+                h.verified, h.verified_name = ended, str(meta.get("name", ""))
+                h.verification = str(verification.get("result") or "")
     return out
 
 
@@ -352,6 +416,7 @@ def build_coverage(
                     folder=vm.folder,
                     last_backup=h.last if h else None,
                     last_backup_name=h.last_name if h else "",
+                    **_verification_of(h),
                 )
             )
     for (ns, vcenter, uuid), h in past.items():  # VMs known only from their backups
@@ -374,6 +439,7 @@ def build_coverage(
                 policy_deleted=bool(h.policy) and pol is None,
                 last_backup=h.last,
                 last_backup_name=h.last_name,
+                **_verification_of(h),
                 listed=False,
             )
         )
@@ -382,6 +448,16 @@ def build_coverage(
         key=lambda r: (r.namespace, r.vcenter, order[r.rpo_state], r.vm.casefold(), r.name)
     )
     return out
+
+
+def _verification_of(h: _History | None) -> dict[str, Any]:
+    if h is None or h.verified is None:
+        return {}
+    return {
+        "verified": h.verified,
+        "verification": h.verification,
+        "verified_name": h.verified_name,
+    }
 
 
 def summary_line(coverage: Coverage) -> str:

@@ -5,7 +5,8 @@ The command lists VCenter, VMProtectionPolicy, VMGuardBackup and ProtectedVM obj
 (blocking, here; every LIST in pages); :mod:`.coverage` turns them into rows (a VM's last
 good backup from its ProtectedVM, one record per VM, or a newer backup run), and this
 module prints them: a ``kubectl get``-style table, one row per VM (vCenter, VM, policy
-or ``UNPROTECTED``, last good backup and its age, RPO state), then a summary line and
+or ``UNPROTECTED``, last good backup and its age, RPO state, the newest verification's
+result and age), then a summary line and
 notes; or JSON or YAML (``-o``). The cluster is the one :mod:`.kube` selects
 (``--context``, ``-n``).
 
@@ -83,9 +84,10 @@ def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: b
     from vmguard.api import format_time
     from vmguard.cli.coverage import summary_line
 
-    head = ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO"]
+    head = ["VM", "VCENTER", "POLICY", "LAST-GOOD-BACKUP", "AGE", "RPO", "VERIFIED"]
     if wide:
         head += ["POWER", "FOLDER", "RPO-LIMIT", "INSTANCE-UUID", "MOREF", "BACKUP"]
+        head += ["VERIFIED-BACKUP"]
     if namespaces:
         head.insert(0, "NAMESPACE")
     lines = [head]
@@ -97,6 +99,7 @@ def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: b
             format_time(r.last_backup) if r.last_backup else "-",
             span(now - r.last_backup) if r.last_backup else "-",
             r.rpo_state,
+            f"{r.verification} ({span(now - r.verified)} ago)" if r.verified else "-",
         ]
         if wide:
             row += [
@@ -106,6 +109,7 @@ def render_table(coverage: Coverage, now: dt.datetime, wide: bool, namespaces: b
                 r.instance_uuid,
                 r.moref or "-",
                 r.last_backup_name or "-",
+                r.verified_name or "-",
             ]
         if namespaces:
             row.insert(0, r.namespace)
