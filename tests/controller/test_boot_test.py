@@ -41,7 +41,13 @@ def _script(gate: Path, code: int) -> str:
 
 
 def _setup(
-    kube_api: Any, ns: str, guest: dict[str, Any], gate: Path, code: int, network: str = ISOLATED
+    kube_api: Any,
+    ns: str,
+    guest: dict[str, Any],
+    gate: Path,
+    code: int,
+    network: str = ISOLATED,
+    fsck: bool = False,
 ) -> None:
     objects.create_repository(kube_api, ns, "repo", guest["s3"], prefix="repo", chunkSize=1 << 20)
     config_map(kube_api, ns, "checks", {"check.sh": _script(gate, code)})
@@ -60,7 +66,7 @@ def _setup(
         "booted",
         selector={"names": ["nothing-*"]},
         verification={
-            "fsck": False,
+            "fsck": fsck,
             "boot": {
                 "isolatedNetwork": network,
                 "script": {"configMapRef": {"name": "checks"}, "key": "check.sh"},
@@ -211,6 +217,39 @@ def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
     point = next(p for p in pvm["status"]["points"] if p["backup"] == "b1")
     assert point["verification"]["boot"]["result"] == boot["result"]
     assert point["verification"]["boot"]["exitCode"] == code
+
+
+def test_a_boot_test_runs_where_the_file_system_check_may_not(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_state: dict[str, Any],
+    s3_bucket: dict[str, Any],
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """This namespace is not labelled for privileged proxies, so the file-system check
+    (a privileged pod) is refused before any Job; the boot test needs no privilege and
+    still runs: its result is recorded, and the verification is Error for the check
+    that did not run."""
+    gate = tmp_path / "go"
+    gate.touch()
+    _setup(kube_api, namespace, {**lab_state, "s3": s3_bucket}, gate, 0, fsck=True)
+    start_operator()
+    with data_vm(vc, vsim, image_factory, tmp_path, spec=TINY_DISK) as vm:
+        create_backup(kube_api, namespace, "b1", {"moref": vm.moref}, policyRef={"name": "booted"})
+        assert wait_done(kube_api, namespace, "b1")["status"]["phase"] == "Completed"
+        obj = _verified(kube_api, namespace, "b1")
+    v = obj["status"]["verification"]
+    assert v.get("boot", {}).get("result") == "Passed", v
+    assert v["boot"]["recoveryTimeSeconds"] > 0
+    assert v["result"] == "Error", v
+    [fsck] = [f for f in v["findings"] if f["check"] == "fsck"]
+    assert "not run" in fsck["message"] and "privileged" in fsck["message"], fsck
+    assert _boot_vms(vc, namespace) == []
 
 
 @pytest.mark.operator_speedup(20)

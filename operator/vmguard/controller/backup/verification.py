@@ -279,6 +279,8 @@ async def step(ctx: Verifier, obj: dict[str, Any]) -> float | None:
     if not JOB_CHECKS.intersection(checks):  # a boot test alone: no Job
         return await _boot_then_finish(ctx, obj, dict(v))
     if not v.get("jobName"):
+        if boot and v.get("result"):  # the Job's checks refused before any Job (_start)
+            return await _boot_then_finish(ctx, obj, dict(v))
         return await _start(ctx, obj, where)
     job = await ctx.jobs.read_job(where, str(v["jobName"]))
     if job is not None and job_state(job).active:
@@ -349,16 +351,16 @@ async def _start(ctx: Verifier, obj: dict[str, Any], where: str) -> float | None
             fsck, fsck_refused = False, refusal[1]
             if rules is None:
                 entry = {"check": FSCK, "message": f"error: not run: {fsck_refused}"[:1024]}
-                return await finish(
-                    ctx,
-                    obj,
-                    {
-                        **v,
-                        "result": VerificationResult.ERROR,
-                        "message": fsck_refused,
-                        "findings": [entry],
-                    },
-                )
+                refused = {
+                    "result": VerificationResult.ERROR,
+                    "message": fsck_refused,
+                    "findings": [entry],
+                }
+                if BOOT in checks:  # needs no privilege: it runs, and its result joins
+                    ns, name = meta["namespace"], meta["name"]
+                    await ctx.api.patch_status(PLURAL, ns, name, {"verification": refused})
+                    return 0.0
+                return await finish(ctx, obj, {**v, **refused})
     if where not in ctx.rbac_done:
         await ctx.jobs.ensure_rbac(build_proxy_rbac(where, ctx.proxy.service_account))
         ctx.rbac_done.add(where)
