@@ -114,7 +114,7 @@ def test_backups_start_first_and_within_their_slots_with_verifications_queued(
 ) -> None:
     backups = records(*(backup(i) for i in range(7)))
     # Yesterday's points of the same VMs, asked for earlier than tonight's backups.
-    verifications = records(*(verification(i) for i in range(5)))
+    verifications = records(*(verification(i) for i in range(20)))  # acceptance 4's 20
     alone = turn(backups, limits)
     both = turn(verifications + backups, limits)
 
@@ -124,7 +124,7 @@ def test_backups_start_first_and_within_their_slots_with_verifications_queued(
     assert started[: len(alone.start)] == [q.name for q in alone.start]
     assert set(kinds[len(alone.start) :]) == {WorkKind.VERIFY}
     assert len(alone.start) == (4 if limits.disks == 52 else 3)  # policy total; 6 NFC disks
-    # The policy's verification concurrency: two of five start, beside the backups.
+    # The policy's verification concurrency: two of twenty start, beside the backups.
     assert started[len(alone.start) :] == ["v000", "v001"]
     # A waiting backup is told exactly what it is told without verifications.
     told_alone = [(q.name, w.position, w.reason, w.message) for q, w in alone.tell]
