@@ -1,5 +1,8 @@
 """A proxy pod that cannot start is noticed at once, not at the Job's 4 h deadline.
 
+An image that does not exist: the proxy pods run in the lab's container mode (podman),
+from a tag no node has; the node agent reports the pull's failure as a kubelet does.
+
 Both cases are made with a LimitRange in the test's own namespace, so nothing outside
 it is touched: a ``min`` cpu above the proxy's request makes the LimitRanger admission
 plugin refuse the pod (the Job controller records ``FailedCreate ... forbidden``), a
@@ -10,6 +13,7 @@ ours is left on the VM (the simulator is asked).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from tests.controller import objects
 from tests.controller.backup_helpers import create_backup, data_vm, no_snapshot_left, wait_done
 from tests.vsphere.helpers import our_snapshots
 
+from vmguard_lab.containers import ANNOTATION, CONTAINER
 from vmguard_lab.procs import eventually
 
 pytestmark = pytest.mark.lab
@@ -96,6 +101,48 @@ def test_unschedulable_proxy_shows_its_reason_then_fails_at_the_start_timeout(
         no_snapshot_left(vc, vm.moref)
         jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace).items
         assert [j.metadata.name for j in jobs if j.metadata.name.startswith("stuck")] == []
+
+
+def test_a_proxy_image_that_does_not_exist_shows_its_reason_then_fails_at_the_start_timeout(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    """The proxy pods run as containers (the lab's container mode) from an image no
+    node has: the node agent reports ``ErrImagePull``, then ``ImagePullBackOff``, as a
+    kubelet does; a pull that may succeed later is retried until the start timeout."""
+    image = f"localhost/vmguard-proxy:no-such-tag-{namespace}"
+    start_operator(
+        extra_env={
+            "VMGUARD_PROXY_IMAGE": image,
+            "VMGUARD_PROXY_POD_ANNOTATIONS": json.dumps({ANNOTATION: CONTAINER}),
+            "VMGUARD_PROXY_START_TIMEOUT": "20",
+        }
+    )
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        create_backup(kube_api, namespace, "pull", {"moref": vm.moref})
+
+        def said() -> dict[str, Any] | None:
+            st = objects.get(kube_api, namespace, "vmguardbackups", "pull").get("status") or {}
+            conds = {c["type"]: c for c in st.get("conditions") or []}
+            cond = conds.get("Transferring") or {}
+            return cond if cond.get("reason") == "ProxyNotStarting" else None
+
+        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMGuardBackup")
+        assert "ErrImagePull" in cond["message"] or "ImagePullBackOff" in cond["message"], cond
+        assert image in cond["message"], cond
+        status = wait_done(kube_api, namespace, "pull")["status"]
+        assert status["phase"] == "Failed", status
+        assert status["error"]["reason"] in ("ErrImagePull", "ImagePullBackOff"), status["error"]
+        assert "did not start within 20s" in status["error"]["message"]
+        assert status["snapshot"]["removed"] is True and not status.get("archiveId")
+        no_snapshot_left(vc, vm.moref)
 
 
 def test_a_proxy_that_cannot_start_is_retried_on_a_fresh_snapshot_each_time(

@@ -196,6 +196,11 @@ class ContainerRuntime:
     def __init__(self, shares: list[Path]) -> None:
         self.shares = shares
 
+    def image_present(self, image: str) -> bool:
+        """Whether ``image`` is in the node's image store (the lab pulls nothing)."""
+        proc = subprocess.run([*PODMAN, "image", "exists", image], capture_output=True)
+        return proc.returncode == 0
+
     def image_user(self, image: str) -> str:
         proc = subprocess.run(
             [*PODMAN, "image", "inspect", "--format", "{{.Config.User}}", image],

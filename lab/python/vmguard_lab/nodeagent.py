@@ -73,6 +73,12 @@ def _api_message(exc: client.ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 
+# A kubelet's image pull back-off: 10 s, doubling, at most 5 min (the lab's first is
+# shorter, so a test sees ImagePullBackOff within seconds as well as ErrImagePull).
+IMAGE_BACKOFF_SECONDS = 2.0
+IMAGE_BACKOFF_MAX_SECONDS = 300.0
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -214,9 +220,31 @@ class PodRunner(threading.Thread):
                 start_new_session=True,
             )
 
+    def _pulled(self, c: dict[str, Any], statuses: dict[str, dict[str, Any]]) -> bool:
+        """A kubelet pulls a container's image before it creates it; the lab pulls
+        nothing, so an image missing from the node's store is what a failed pull is on a
+        kubelet: waiting ``ErrImagePull``, then ``ImagePullBackOff``, tried again with a
+        doubling back-off until the image is there (True) or the pod goes (False)."""
+        image, backoff, reason = c.get("image", ""), IMAGE_BACKOFF_SECONDS, "ErrImagePull"
+        while not self.agent.runtime.image_present(image):
+            message = (
+                f'Back-off pulling image "{image}"'
+                if reason == "ImagePullBackOff"
+                else f'Failed to pull image "{image}": not found in the node\'s image store'
+            )
+            waiting = {"waiting": {"reason": reason, "message": message}}
+            statuses[c["name"]] = self._container_status(c, waiting, 0)
+            self._patch("Pending")
+            if self.stopping.wait(backoff):
+                return False
+            reason, backoff = "ImagePullBackOff", min(backoff * 2, IMAGE_BACKOFF_MAX_SECONDS)
+        return True
+
     def _run_container(
         self, c: dict[str, Any], statuses: dict[str, dict[str, Any]], policy: str
     ) -> int:
+        if self.containerized and not self._pulled(c, statuses):
+            return 128  # deleted while its image was missing: it never ran
         restarts = 0
         while True:
             started = _now()
