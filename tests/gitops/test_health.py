@@ -62,11 +62,9 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (RESTORE, RestorePhase.COMPLETED): DONE,
     (RESTORE, RestorePhase.FAILED): BROKEN,
     **{(k, "Ready=True"): DONE for k in STANDING},
-    # ProtectedVM: no Ready=False. Its Ready is False only with no good point left
-    # (NoPoint, NoGoodPoint; controller/kube/points.py), and nothing takes a VM's last
-    # good point away yet: retention keeps each VM's newest point, and no verification
-    # result is written into a point. Tested when verification writes them (issue 18).
-    **{(k, "Ready=False"): BROKEN for k in (VCENTER, REPOSITORY, POLICY)},
+    # ProtectedVM: Ready=False when no good point is left (NoGoodPoint: every point's
+    # verification Failed or found malware; controller/kube/points.py).
+    **{(k, "Ready=False"): BROKEN for k in (VCENTER, REPOSITORY, POLICY, PROTECTEDVM)},
     # Ready=Unknown only where a first check can take a while: a VCenter's first sweep
     # and a repository's first opening (the operator says so before it starts them).
     # A policy is judged in one pass from the apiserver alone (True or False at once);
@@ -145,6 +143,10 @@ REQUIRED: dict[tuple[str, str], str] = {
         "tests/controller/test_policies.py::test_paused_and_broken_policies_create_nothing"
     ),
     (PROTECTEDVM, "Ready=True"): _PVM_KILLED,
+    (PROTECTEDVM, "Ready=False"): (
+        "tests/controller/test_boot_test.py"
+        "::test_a_boot_test_runs_the_point_isolated_and_removes_its_vm[script-fails]"
+    ),
     (VCENTER, "Ready=Unknown"): _FIRST,
     (REPOSITORY, "Ready=Unknown"): _FIRST,
     **{(k, captures.NOT_JUDGED): _FIRST for k in (VCENTER, REPOSITORY, POLICY, BACKUP, RESTORE)},
