@@ -280,6 +280,34 @@ def test_the_newest_verification_of_a_vms_points_is_shown() -> None:
     assert doc["lastVerification"] == {"result": "Infected", "time": ts(50), "backup": "b1"}
 
 
+def test_a_vm_with_no_good_point_left_shows_its_failed_verification() -> None:
+    """Every point Infected: the ProtectedVM has no lastGoodPoint (Ready=False), and that
+    is exactly when the newest verification must show."""
+    protected = {
+        "metadata": {"name": "web-1", "namespace": "ns"},
+        "status": {
+            "vm": {"instanceUuid": UUID["a"], "name": "web-1"},
+            "vcenter": "lab",
+            "policy": "daily",
+            "lastGoodPoint": None,
+            "points": [
+                {
+                    "archiveId": "arch-a1",
+                    "time": ts(29),
+                    "backup": "a1",
+                    "verification": {"result": "Infected", "time": ts(28)},
+                },
+            ],
+        },
+    }
+
+    cov = build_coverage([ESTATE], POLICIES, point_records([protected]), NOW)
+
+    web = next(r for r in cov.rows if r.vm == "web-1")
+    assert (web.verification, web.verified_name) == ("Infected", "a1")
+    assert web.last_backup is None  # no good point: never backed up well
+
+
 def test_kubectl_plugin_name_runs_vmguard() -> None:
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]

@@ -237,13 +237,18 @@ def _ns(obj: Mapping[str, Any]) -> str:
 def point_records(protected_vms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One Completed VMGuardBackup-shaped record per ProtectedVM with a good point: its
     ``lastGoodPoint`` (named after the run that made it, else the archive id), under the
-    ProtectedVM's policy — what :func:`histories` reads (pure)."""
+    ProtectedVM's policy; and one of its newest verified point, good or not — what
+    :func:`histories` reads (pure)."""
     out = []
     for pvm in protected_vms:
         meta, status = pvm.get("metadata") or {}, pvm.get("status") or {}
         good = status.get("lastGoodPoint") or {}
         vm = dict(status.get("vm") or {})
-        if not good.get("time") or not vm.get("instanceUuid"):
+        if not vm.get("instanceUuid"):
+            continue
+        # With no good point left too: that is when its newest verification matters.
+        out += _verified_record(meta, status, vm)
+        if not good.get("time"):
             continue
         made_by = next(
             (
@@ -253,7 +258,6 @@ def point_records(protected_vms: Iterable[Mapping[str, Any]]) -> list[dict[str, 
             ),
             None,
         )
-        out += _verified_record(meta, status, vm)
         out.append(
             {
                 "metadata": {
