@@ -469,14 +469,16 @@ func TestLostCBTHistoryRefusesOlderChangeIDs(t *testing.T) {
 	}
 }
 
-func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
+// guestLab is a lab whose guests take the account vmguard-guest/s3cret, with one
+// powered-on and one powered-off VM of it.
+func guestLab(t *testing.T) (*labFixture, *guestOps, string, string) {
+	t.Helper()
 	f := newLab(t, 4)
 	ops, err := newGuestOps(t.TempDir(), "vmguard-guest", "s3cret")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.store.guest = ops
-	ctx := context.Background()
 	var vms []vmView
 	f.call(t, "GET", "/vms", nil, &vms)
 	var on, off string
@@ -491,6 +493,12 @@ func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
 	if on == "" || off == "" {
 		t.Fatalf("need a powered-on and a powered-off VM: %+v", vms)
 	}
+	return f, ops, on, off
+}
+
+func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
+	f, ops, on, off := guestLab(t)
+	ctx := context.Background()
 	ref := func(m string) types.ManagedObjectReference {
 		return types.ManagedObjectReference{Type: "VirtualMachine", Value: m}
 	}
@@ -512,7 +520,7 @@ func TestGuestProgramsRunLocallyAndAreRecorded(t *testing.T) {
 		}
 		return soap.ToSoapFault(err).VimFault().(types.BaseMethodFault)
 	}
-	_, err = start(on, &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "wrong"}, "/bin/true", "")
+	_, err := start(on, &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "wrong"}, "/bin/true", "")
 	if _, ok := faultOf(err).(*types.InvalidGuestLogin); !ok {
 		t.Fatalf("wrong password: %v", err)
 	}
@@ -819,24 +827,8 @@ func TestGuestFilesAreReadOnceThroughTheirURLAndDeleted(t *testing.T) {
 // A guest that powers off runs no program: the lab kills what it started there
 // (a test's check script waiting for a file would otherwise outlive the test).
 func TestPowerOffEndsTheGuestsPrograms(t *testing.T) {
-	f := newLab(t, 4)
-	ops, err := newGuestOps(t.TempDir(), "vmguard-guest", "s3cret")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.store.guest = ops
+	f, ops, on, _ := guestLab(t)
 	ctx := context.Background()
-	var vms []vmView
-	f.call(t, "GET", "/vms", nil, &vms)
-	on := ""
-	for _, v := range vms {
-		if v.PowerState == "poweredOn" && on == "" {
-			on = v.Moref
-		}
-	}
-	if on == "" {
-		t.Fatalf("need a powered-on VM: %+v", vms)
-	}
 	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: on}
 	pm := types.ManagedObjectReference{Type: "GuestProcessManager", Value: "guestOperationsProcessManager"}
 	good := &types.NamePasswordAuthentication{Username: "vmguard-guest", Password: "s3cret"}

@@ -39,6 +39,19 @@ def _limit_range(kube_api: Any, ns: str, limit: dict[str, Any]) -> None:
     client.CoreV1Api(kube_api).create_namespaced_limit_range(ns, body)
 
 
+def _not_starting(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
+    """The backup's ``Transferring`` condition once it says ``ProxyNotStarting`` (within
+    the 2 minutes the issue allows)."""
+
+    def said() -> dict[str, Any] | None:
+        st = objects.get(kube_api, ns, "vmguardbackups", name).get("status") or {}
+        cond = {c["type"]: c for c in st.get("conditions") or []}.get("Transferring") or {}
+        return cond if cond.get("reason") == "ProxyNotStarting" else None
+
+    found: dict[str, Any] = eventually(said, timeout=120, what=f"ProxyNotStarting on {name}")
+    return found
+
+
 def test_proxy_refused_at_admission_fails_the_backup_at_once(
     kube_api: Any,
     vc: Any,
@@ -83,14 +96,7 @@ def test_unschedulable_proxy_shows_its_reason_then_fails_at_the_start_timeout(
     start_operator(extra_env={"VMGUARD_PROXY_START_TIMEOUT": "15"})
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         create_backup(kube_api, namespace, "stuck", {"moref": vm.moref})
-
-        def said() -> dict[str, Any] | None:
-            st = objects.get(kube_api, namespace, "vmguardbackups", "stuck").get("status") or {}
-            conds = {c["type"]: c for c in st.get("conditions") or []}
-            cond = conds.get("Transferring") or {}
-            return cond if cond.get("reason") == "ProxyNotStarting" else None
-
-        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMGuardBackup")
+        cond = _not_starting(kube_api, namespace, "stuck")
         assert "Unschedulable" in cond["message"], cond
         assert "ephemeral-storage" in cond["message"], cond
         status = wait_done(kube_api, namespace, "stuck")["status"]
@@ -127,14 +133,7 @@ def test_a_proxy_image_that_does_not_exist_shows_its_reason_then_fails_at_the_st
     )
     with data_vm(vc, vsim, image_factory, tmp_path) as vm:
         create_backup(kube_api, namespace, "pull", {"moref": vm.moref})
-
-        def said() -> dict[str, Any] | None:
-            st = objects.get(kube_api, namespace, "vmguardbackups", "pull").get("status") or {}
-            conds = {c["type"]: c for c in st.get("conditions") or []}
-            cond = conds.get("Transferring") or {}
-            return cond if cond.get("reason") == "ProxyNotStarting" else None
-
-        cond = eventually(said, timeout=120, what="ProxyNotStarting on the VMGuardBackup")
+        cond = _not_starting(kube_api, namespace, "pull")
         assert "ErrImagePull" in cond["message"] or "ImagePullBackOff" in cond["message"], cond
         assert image in cond["message"], cond
         status = wait_done(kube_api, namespace, "pull")["status"]
