@@ -247,8 +247,13 @@ def test_vmguardbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
     flagged = objects.get(kube_api, ns, "vmguardbackups", name)
     assert objects.condition(flagged, "ArchiveAvailable")["status"] == "False"
     assert flagged["status"]["phase"] == "Completed"  # what it was stays recorded
-    events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
-    assert any(e.reason == "ArchiveMissing" and e.involved_object.name == name for e in events)
+
+    # kopf posts events from a queue of its own, after the status patch: wait for it.
+    def evented() -> bool:
+        events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
+        return any(e.reason == "ArchiveMissing" and e.involved_object.name == name for e in events)
+
+    eventually(evented, timeout=30, what="an ArchiveMissing event")
     # Nothing was recreated for it, and the other backup is untouched.
     assert len(objects.items(kube_api, ns, "vmguardbackups", SYNCED)) == 2
     other = objects.get(

@@ -473,10 +473,15 @@ def test_bad_sources_and_a_taken_name_are_conditions_not_jobs(
     assert one_disk_vm.moref in cond["message"]
     assert restore_jobs(kube_api, namespace, "name-taken") == []
     assert [v.moref for v in vsim.vms() if v.name == one_disk_vm.name] == [one_disk_vm.moref]
-    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
-    assert any(
-        e.reason == "TargetExists" and e.involved_object.name == "name-taken" for e in events
-    )
+
+    # kopf posts events from a queue of its own, after the status patch: wait for it.
+    def evented() -> bool:
+        events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        return any(
+            e.reason == "TargetExists" and e.involved_object.name == "name-taken" for e in events
+        )
+
+    eventually(evented, timeout=30, what="a TargetExists event")
     # /metrics counts the two failed restores by reason (VmguardRestoreFailed fires on it).
     ns = {"namespace": namespace}
 
