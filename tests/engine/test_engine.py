@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,15 @@ from vmguard.engine.backup import DiskInput, DiskOutcome, back_up
 from vmguard.engine.pipeline import bounded_map
 from vmguard.engine.plan import MERGE_ALIGN, intersect
 from vmguard.engine.restore import SPARSE_BLOCK, RestoreFailed, restore_disk
-from vmguard.store import MasterKey, Repository, ScryptParams, VmIdentity, names
+from vmguard.errors import RepositoryError
+from vmguard.store import (
+    ArchiveManifest,
+    MasterKey,
+    Repository,
+    ScryptParams,
+    VmIdentity,
+    names,
+)
 from vmguard.store.backend import MemoryBackend
 from vmguard.transport.extents import Extent
 from vmguard.transport.file import FileSink, FileSource
@@ -265,6 +274,99 @@ def _write(path: Path, offset: int, data: bytes) -> Extent:
         f.seek(offset)
         f.write(data)
     return Extent(offset, len(data))
+
+
+class _ListingBackend(MemoryBackend):
+    """The in-memory backend whose listing pages (the check of a parent's chunks, format
+    §8.1) wait for ``release`` and then fail with ``failure`` if set, so a test decides
+    when, and how, the check that runs beside the reads ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.release.set()
+        self.failure: Exception | None = None
+        self.index_puts_before_release = 0
+
+    def list_page(self, prefix: str, start_after: str, limit: int) -> Any:
+        if not self.release.wait(30):
+            raise TimeoutError("the test never released the listing")
+        if self.failure is not None:
+            raise self.failure
+        return super().list_page(prefix, start_after, limit)
+
+    def put(self, name: str, data: bytes, **kwargs: Any) -> None:
+        if name.startswith(names.INDEXES) and not self.release.is_set():
+            self.index_puts_before_release += 1
+        super().put(name, data, **kwargs)
+
+
+def _chain_over(backend: _ListingBackend, disk: Path) -> tuple[Repository, str]:
+    """A repository on ``backend`` holding a full backup of ``disk`` of more than 64
+    chunks (so its first incremental lists pages rather than HEADing each chunk)."""
+    repo = Repository.init(backend, chunk_size=CHUNK)
+    with FileSource(disk) as source:
+        first = back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source)])
+    return repo, first.archive_id
+
+
+def test_the_check_of_the_parents_chunks_ends_before_the_index_and_repairs_what_it_found(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(random.Random(31).randbytes(80 * CHUNK))
+    backend = _ListingBackend()
+    repo, parent = _chain_over(backend, disk)
+    lost = repo.load_index(repo.load_archive(parent), "d")[40]
+    backend.delete(names.chunk_name(lost))  # behind the chain's back
+    changed = _write(disk, 3 * CHUNK, random.Random(32).randbytes(CHUNK))
+    backend.release.clear()  # the check waits: the changed chunk is read meanwhile
+    outcomes: list[DiskOutcome] = []
+    result: list[ArchiveManifest] = []
+
+    def run() -> None:
+        with FileSource(disk) as source:
+            result.append(
+                back_up(
+                    repo,
+                    VmIdentity(id="vm"),
+                    [DiskInput("d", source, changed=[changed])],
+                    parent=parent,
+                    on_disk=outcomes.append,
+                )
+            )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    # The changed chunk is stored while the listing still waits ...
+    deadline = time.monotonic() + 30
+    while len(list(backend.list(names.CHUNKS))) < 80 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(backend.list(names.CHUNKS))) == 80, "the changed chunk was not stored"
+    backend.release.set()  # ... and only then does the check end
+    worker.join(30)
+    assert backend.index_puts_before_release == 0  # no index before the check ended
+    [outcome] = outcomes
+    [again] = result
+    assert (outcome.chunks_read, outcome.carried_reread) == (2, 1)
+    assert outcome.reason == "1 parent chunks missing or marked corrupt are read again"
+    target = tmp_path / "restored.img"
+    target.write_bytes(bytes(80 * CHUNK))
+    with FileSink(target) as sink:
+        restore_disk(repo, again, "d", sink)
+    assert sha256_file(target) == sha256_file(disk)
+
+
+def test_a_check_of_the_parents_chunks_that_fails_commits_nothing(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(random.Random(33).randbytes(80 * CHUNK))
+    backend = _ListingBackend()
+    repo, parent = _chain_over(backend, disk)
+    backend.failure = RepositoryError("listing refused")
+    with FileSource(disk) as source, pytest.raises(RepositoryError, match="listing refused"):
+        back_up(repo, VmIdentity(id="vm"), [DiskInput("d", source, changed=[])], parent=parent)
+    assert [a.archive_id for a in repo.list_archives()] == [parent]
+    assert list(backend.list(names.LEASES)) == []  # released: GC is not held up by it
 
 
 def test_a_merge_without_a_sound_parent_chunk_reads_the_chunk_whole(tmp_path: Path) -> None:

@@ -222,8 +222,9 @@ def run_scattered_case(seed: int, tmp: Path) -> Counter[str]:
     chunks are damaged: deleted or bit-flipped where a planned merge will fetch them
     (elsewhere no backup looks at their bytes: format §8.1's bound), marked corrupt
     anywhere. Checks per incremental: exactly the planned merges over a sound base are
-    merged, the others refused and read whole, chunks the plan knows bad (marked, or
-    deleted where the writer's check of the parent's new chunks looks) read whole, bytes
+    merged, the others refused and read whole, chunks the plan knows bad (marked) read
+    whole, unchanged ones deleted where the writer's check of the parent's new chunks
+    looks read again, bytes
     read at most twice the bytes changed when nothing is damaged, and the archive
     restores bit-exact."""
     rng = random.Random(seed)
@@ -268,12 +269,15 @@ def run_scattered_case(seed: int, tmp: Path) -> Counter[str]:
             source.close()
         [outcome] = outcomes
         where = f"seed {seed} point {point}"
-        known_bad = {
-            c
-            for c, how in damage.items()
-            if how == "marked" or (how, c in looked_at) == ("deleted", True)
-        }
+        # The plan knows the marks; what the writer's check finds missing (it runs beside
+        # the reads) refuses a merge when its fetch fails, or is read in the second pass.
+        known_bad = {c for c, how in damage.items() if how == "marked"}
         marked = {n for n, c in enumerate(before) if c in known_bad}
+        lost = {
+            n
+            for n, c in enumerate(before)
+            if n not in touched and c in looked_at and damage.get(c) == "deleted"
+        }
         planned = merges - marked
         refused = {n for n in planned if damage.get(before[n]) in ("flipped", "deleted")}
         assert manifest.mode == "incremental", where
@@ -282,6 +286,7 @@ def run_scattered_case(seed: int, tmp: Path) -> Counter[str]:
             len(refused),
         ), where
         assert outcome.stats.bytes_read == source.bytes_read(), where
+        assert outcome.carried_reread >= len(lost), where  # found missing: read again
         if not damage:
             assert outcome.stats.bytes_read <= 2 * sum(e.length for e in changed), where
         target = tmp / f"scattered-{seed}-{point}.img"

@@ -17,6 +17,10 @@ missing or failing its check is damaged evidence, not only a refused merge: the 
 stops trusting it (:meth:`BackupWriter.distrust`, which marks it corrupt), and the
 second pass also reads again every other offset of the disk whose entry still names it
 (an unchanged chunk with the same bytes, carried), so the archive never references it.
+The writer's check that the parent's chunks are still there (format §8.1) runs in the
+background while the first pass reads; the second pass also reads every carried chunk
+it found missing, and the index is written only after it has ended (``add_disk``
+settles it), so an incremental's fixed cost does not wait for a listing of the parent.
 
 Invariants:
 
@@ -47,7 +51,7 @@ from dataclasses import dataclass, field
 
 from vmguard.engine.merge import Item, ReadChunk, WholeChunk, merged, read_items
 from vmguard.engine.pipeline import Progress, bounded_map, default_workers
-from vmguard.engine.plan import DiskPlan, plan_disk
+from vmguard.engine.plan import DiskPlan, plan_disk, repair_reason
 from vmguard.errors import ChunkCorruptError, ChunkMissingError
 from vmguard.store import HOLE, ArchiveManifest, CbtState, Repository, TransferStats, VmIdentity
 from vmguard.store.archive import BackupMode
@@ -86,7 +90,8 @@ class DiskOutcome:
     instead (counted in ``chunks_read``)."""
     carried_reread: int = 0
     """Unchanged chunks read again because their entry named a chunk a refused merge
-    found damaged (counted in ``chunks_read``)."""
+    found damaged, or one the check of the parent's chunks found missing (counted in
+    ``chunks_read``)."""
     changed_bytes: int | None = None
     """Bytes the changed areas (CBT) cover; None when they were unknown."""
 
@@ -154,13 +159,19 @@ def _back_up_disk(
                 advance(read, 0)
 
     run(plan.read, plan.merge)
-    if tally.refused:  # second pass, from the source: never a guess at the missing base
-        refused = set(tally.refused)
-        tally.reread = [
-            number
-            for number, chunk_id in enumerate(index)
-            if number not in refused and chunk_id != HOLE and writer.needs_upload(chunk_id)
-        ]
+    writer.settle()  # the check of the parent's chunks, which ran beside the first pass
+    refused = set(tally.refused)
+    tally.reread = [
+        number
+        for number, chunk_id in enumerate(index)
+        if number not in refused and chunk_id != HOLE and writer.needs_upload(chunk_id)
+    ]
+    damaged_bases = {parent[number] for number in refused} if parent is not None else set()
+    found = {index[number] for number in tally.reread} - damaged_bases
+    if found:  # carried chunks the check found missing (or marked meanwhile)
+        plan.repaired |= found
+        plan.reason = repair_reason(len(plan.repaired))
+    if refused or tally.reread:  # second pass, from the source: never a guess
         for number in tally.reread:
             index[number] = HOLE  # unless read below: never the damaged chunk
             advance(0, index.extent(number)[1])

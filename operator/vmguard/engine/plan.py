@@ -8,8 +8,9 @@ index, :func:`plan_disk` decides the disk's mode and which chunks to read. Rules
   exactly the chunks that intersect a changed extent *and* an allocated one (whole, or
   only their changed areas: merged, below); a changed chunk that is now unallocated
   becomes a hole without being read; every other entry is the parent's. A parent
-  chunk marked corrupt, or found missing when the writer checked the parent's chunks
-  (format §8.1), is read again, never carried, so the backup repairs it.
+  chunk marked corrupt is read again, never carried, so the backup repairs it; one
+  found missing by the writer's check of the parent's chunks (format §8.1), which runs
+  while the changed chunks are read, is read again in the engine's second pass.
 - **full-scan** (parent exists but the changes are unknown, or the disk was resized):
   read every chunk that intersects an allocated extent; the repository's dedup keeps
   the upload to what it lacks. Never an incremental that silently copies the parent.
@@ -20,9 +21,13 @@ be *read* whole: in an incremental, a changed chunk whose changed bytes (widened
 :data:`MERGE_ALIGN`) are at most :data:`MERGE_MAX_CHANGED` of it is **merged** — only its
 changed areas are read from the source, the rest is taken from the parent's chunk
 (:mod:`vmguard.engine.merge`; docs/cbt-chain.md, "Reading only what changed"). A chunk
-is merged only when its base is trusted: the parent's entry is a hole (the range read
-as zeros) or a chunk neither marked corrupt nor found missing by the writer's check
-(format §8.1). Full and full-scan backups never merge: their changes are unknown.
+is merged only onto a base that can be trusted: the parent's entry is a hole (the range
+read as zeros) or a chunk not marked corrupt, which the merge fetches and verifies
+against its id; one that is missing or fails that check refuses the merge, and the
+chunk is read whole (engine/backup.py). The plan does not wait for the writer's check
+of the parent's chunks (format §8.1), which runs beside the reads, so what it decides
+does not depend on how far that check got. Full and full-scan backups never merge:
+their changes are unknown.
 """
 
 from __future__ import annotations
@@ -64,10 +69,18 @@ class DiskPlan:
     """Chunks to merge: chunk number → the normalised ranges inside it to read."""
     changed_bytes: int | None = None
     """Bytes the changed areas cover (clipped to the disk); None when unknown."""
+    repaired: set[bytes] = field(default_factory=set)
+    """Parent chunks read again because they are marked corrupt or were found missing
+    (the engine adds those the background check finds)."""
 
     @property
     def read_bytes(self) -> int:
         return total(self.read) + sum(total(pieces) for pieces in self.merge.values())
+
+
+def repair_reason(count: int) -> str:
+    """The mode reason of an incremental that reads ``count`` parent chunks again."""
+    return f"{count} parent chunks missing or marked corrupt are read again"
 
 
 def intersect(a: list[Extent], b: list[Extent]) -> list[Extent]:
@@ -114,7 +127,9 @@ def plan_disk(
     size = source.size
     allocated = align(source.allocated(), chunk, size)
     parent_manifest = writer.parent_manifest()
-    parent = writer.parent_index(key) if parent_manifest is not None else None
+    # The parent's chunks are checked in the background while the changed ones are read:
+    # a carried chunk found missing is read in the engine's second pass (backup.py).
+    parent = writer.parent_index(key, check_now=False) if parent_manifest is not None else None
 
     mode: BackupMode
     if parent_manifest is None:
@@ -143,15 +158,17 @@ def plan_disk(
     for number in chunks_touching(changed_chunks, chunk, size):
         index[number] = HOLE  # unless read below, a changed unallocated chunk is a hole
     read = intersect(changed_chunks, allocated)
+    plan_repaired: set[bytes] = set()
     repairs = [
         Extent(*index.extent(number))
         for number, chunk_id in enumerate(index)
-        if chunk_id != HOLE and writer.needs_upload(chunk_id)
+        if chunk_id != HOLE and writer.marked_corrupt(chunk_id)
     ]
     if repairs:
         for ext in repairs:
+            plan_repaired.add(index[ext.offset // chunk])
             index[ext.offset // chunk] = HOLE
-        reason = f"{len(repairs)} parent chunks missing or marked corrupt are read again"
+        reason = repair_reason(len(plan_repaired))
     merge = _merges(writer, parent, changed, read, chunk, size)
     whole = [
         Extent(*index.extent(number))
@@ -170,6 +187,7 @@ def plan_disk(
         normalise([*whole, *repairs]),
         merge,
         changed_bytes,
+        plan_repaired,
     )
 
 
@@ -187,8 +205,8 @@ def _merges(
     merge: dict[int, list[Extent]] = {}
     for number, pieces in cut_at_chunks(fine, chunk).items():
         base = parent[number]
-        if base != HOLE and writer.needs_upload(base):
-            continue  # marked corrupt or found missing: read whole, which repairs it
+        if base != HOLE and writer.marked_corrupt(base):
+            continue  # read whole, which repairs it (a missing base: the merge is refused)
         _, length = parent.extent(number)
         if total(pieces) <= MERGE_MAX_CHANGED * length:
             merge[number] = pieces

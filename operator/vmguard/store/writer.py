@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -145,6 +146,8 @@ class BackupWriter:
         self.started = names.parse_archive_id(archive_id).started
         self._state = _State()
         self._lock = threading.Lock()
+        self._checks: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
         lock = repo.config.object_lock
         # Times are kept to the second, as the manifest stores them.
         self.lock = LockTarget.at(lock.mode, lock.days, repo.clock.now()) if lock else None
@@ -186,12 +189,16 @@ class BackupWriter:
             self._state.parent_loaded = True
             return self._state.parent
 
-    def parent_index(self, disk_key: str) -> FixedIndex | None:
-        """The parent's index of this disk, its chunks now known to this writer.
+    def parent_index(self, disk_key: str, *, check_now: bool = True) -> FixedIndex | None:
+        """The parent's index of this disk, its chunks known to this writer once checked.
 
-        Known after checking (format §8.1, §9): the chunks the parent added are looked
-        at, and with Object Lock the parent's horizon covers the rest or every chunk is
-        extended. Missing ones stay unknown; :meth:`needs_upload` names them.
+        Checked (format §8.1, §9): the chunks the parent added are looked at, and with
+        Object Lock the parent's horizon covers the rest or every chunk is extended.
+        Missing ones stay unknown; :meth:`needs_upload` names them. With ``check_now``
+        false the check runs in the background (a backup reads its changed chunks
+        meanwhile) and :meth:`needs_upload` knows only the chunks marked corrupt until
+        :meth:`settle` has returned; :meth:`add_disk` and :meth:`commit` settle first,
+        so no index and no lock horizon is ever written on an unfinished check.
         """
         parent = self.parent_manifest()
         if parent is None or disk_key not in {d.key for d in parent.disks}:
@@ -201,19 +208,36 @@ class BackupWriter:
         with self._lock:
             chunks = referenced - self._state.corrupt - self._state.known
         self.lease.ensure_valid()
-        checked = check_carried(
-            self.repo.backend,
-            self.repo.codec,
-            chunks,
-            self._added_by_parent(parent, disk_key, referenced) & chunks,
-            parent,
-            self.lock,
-        )
-        with self._lock:
-            self._record(checked)
-            self._state.missing |= checked.missing
-            self._state.known |= chunks - checked.missing
+        added = self._added_by_parent(parent, disk_key, referenced) & chunks
+
+        def check() -> None:
+            checked = check_carried(
+                self.repo.backend, self.repo.codec, chunks, added, parent, self.lock
+            )
+            with self._lock:
+                self._record(checked)
+                # A chunk this writer stored or saw itself meanwhile (put_chunk, has_chunk)
+                # is there, whatever a listing made before that said.
+                found_missing = checked.missing - self._state.known
+                self._state.missing |= found_missing
+                self._state.known |= chunks - found_missing
+
+        if check_now:
+            check()
+        else:
+            with self._lock:
+                if self._checks is None:
+                    self._checks = ThreadPoolExecutor(1, thread_name_prefix="vmguard-carried")
+                self._pending.append(self._checks.submit(check))
         return index
+
+    def settle(self) -> None:
+        """Wait for the background checks of :meth:`parent_index`; their first failure is
+        raised here (then the backup fails: nothing unchecked is committed)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def _added_by_parent(
         self, parent: ArchiveManifest, disk_key: str, referenced: set[bytes]
@@ -238,6 +262,11 @@ class BackupWriter:
         except RepositoryError:
             return referenced
         return referenced - before
+
+    def marked_corrupt(self, chunk_id: bytes) -> bool:
+        """True if the chunk is marked corrupt (``corrupt/``, or :meth:`distrust`):
+        known at once, unlike the findings of a background check (:meth:`settle`)."""
+        return chunk_id in self._state.corrupt
 
     def needs_upload(self, chunk_id: bytes) -> bool:
         """True if the chunk was found corrupt or missing: re-read it from the source,
@@ -338,6 +367,7 @@ class BackupWriter:
     ) -> DiskRecord:
         """Write the disk's index (format §7.1, step 3) and remember it for the manifest."""
         self._check_open()
+        self.settle()
         if index.chunk_size != self.repo.chunk_size:
             raise ValueError("index chunk size differs from the repository's")
         unknown = index.referenced() - self._state.known
@@ -381,6 +411,7 @@ class BackupWriter:
     ) -> ArchiveManifest:
         """Write the manifest, which commits the archive, then release the lease."""
         self._check_open()
+        self.settle()
         self._check_no_new_marks()
         lock = self.lock
         horizon = self._lock_horizon()
@@ -414,6 +445,7 @@ class BackupWriter:
         self._state.manifest_sent = True
         self.repo.backend.put(names.manifest_name(self.archive_id), blob, retention=retention)
         self._state.closed = True
+        self._stop_checks()  # settled above: only the idle thread is left
         self.lease.release()  # the manifest is stored: nothing of ours can land later
         return manifest
 
@@ -457,10 +489,19 @@ class BackupWriter:
         if self._state.closed:
             return
         self._state.closed = True
+        self._stop_checks()
         if self._state.manifest_sent:
             self.lease.abandon()
         else:
             self.lease.release()
+
+    def _stop_checks(self) -> None:
+        """Let a background check end before the lease goes: it reads and extends
+        retentions under this writer's lease (its failure no longer matters)."""
+        if self._checks is not None:
+            self._checks.shutdown(wait=True, cancel_futures=True)
+            self._checks = None
+        self._pending = []
 
     def _check_open(self) -> None:
         if self._state.closed:
