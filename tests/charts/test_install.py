@@ -90,10 +90,14 @@ def test_helm_install_runs_the_operator_under_the_charts_rbac(
             value(samples, "vmguard_vms_discovered", namespace=ns, vcenter="lab")
             == (status["vms"]["discovered"])
         )
-        # The UnprotectedVMs warning is posted as an event (no policy exists here).
-        events = kubectl_run("get", "events", "-n", ns, "-o", "json")
-        reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
-        assert "UnprotectedVMs" in reasons
+
+        # The UnprotectedVMs warning is posted as an event (no policy exists here). kopf
+        # posts events from a queue of its own, after the sweep's status and metrics: wait.
+        def evented() -> bool:
+            events = kubectl_run("get", "events", "-n", ns, "-o", "json")
+            return "UnprotectedVMs" in {e["reason"] for e in json.loads(events.stdout)["items"]}
+
+        eventually(evented, timeout=30, what="an UnprotectedVMs event")
 
         # It ran as the chart's service account, and was refused nothing.
         pods = json.loads(kubectl_run("get", "pods", "-n", ns, "-o", "json").stdout)["items"]

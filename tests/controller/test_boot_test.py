@@ -159,6 +159,17 @@ def _verified(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
     return obj
 
 
+def _restore_gone(kube_api: Any, ns: str) -> None:
+    """The temporary VM's VMGuardRestore is deleted before the boot test says Completed,
+    but it carries kopf's finalizer (the restore's daemon): it is gone only once the
+    operator has seen the deletion and removed that, a moment after. Wait for it."""
+    eventually(
+        lambda: objects.items(kube_api, ns, "vmguardrestores") == [],
+        timeout=30,
+        what="the temporary VM's restore gone",
+    )
+
+
 @pytest.mark.parametrize("code", [0, 3], ids=["script-passes", "script-fails"])
 def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
     code: int,
@@ -212,7 +223,7 @@ def test_a_boot_test_runs_the_point_isolated_and_removes_its_vm(
         assert v["findings"][0]["check"] == "boot" and "exit code 3" in v["findings"][0]["message"]
         assert "recoveryTimeSeconds" not in boot
     assert _boot_vms(vc, namespace) == []
-    assert objects.items(kube_api, namespace, "vmguardrestores") == []
+    _restore_gone(kube_api, namespace)
     [pvm] = objects.items(kube_api, namespace, "protectedvms")
     point = next(p for p in pvm["status"]["points"] if p["backup"] == "b1")
     assert point["verification"]["boot"]["result"] == boot["result"]
@@ -295,7 +306,13 @@ def test_an_operator_killed_mid_boot_test_leaves_no_vm_behind(
             assert boot["result"] == "Passed" and boot["exitCode"] == 0, boot
         eventually(lambda: _boot_vms(vc, namespace) == [], timeout=90, what="no boot test VM left")
     if then == "backup-deleted":
-        assert f"boot test VM {name}: its test is over; destroyed" in second.log.read_text()
+        # The sweep logs the VMs it destroyed once all of them are (and their restores
+        # deleted): the line follows the VM's disappearance from the vCenter.
+        eventually(
+            lambda: f"boot test VM {name}: its test is over; destroyed" in second.log.read_text(),
+            timeout=30,
+            what="the sweep's line about the VM it destroyed",
+        )
     eventually(
         lambda: objects.items(kube_api, namespace, "vmguardrestores") == [],
         timeout=60,
@@ -363,4 +380,4 @@ def test_a_boot_test_in_a_network_the_vcenter_lacks_ends_as_error_having_made_no
     assert "no network named 'no-such-pg'" in v["boot"]["message"], v["boot"]
     assert objects.condition(obj, "Verified")["status"] == "Unknown"
     assert _boot_vms(vc, namespace) == []
-    assert objects.items(kube_api, namespace, "vmguardrestores") == []
+    _restore_gone(kube_api, namespace)

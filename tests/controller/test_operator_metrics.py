@@ -13,6 +13,7 @@ from tests.controller import objects
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
 
+from vmguard.api import parse_time
 from vmguard.api.kinds import POLICY
 from vmguard_lab.procs import eventually
 
@@ -43,6 +44,14 @@ def test_metrics_show_the_sweeps_counts(
             status.get("lastSweepTime", "") <= after
             or value(samples, "vmguard_vms_discovered", **vc) is None
         ):
+            return None
+        # The sweeper hands its outcome to the metrics only after its status patch
+        # returns (vcenter/handlers.py): a scrape right after the status shows the
+        # sweep may still hold the previous sweep's numbers. The gauge of the sweep's
+        # time, set last, says which sweep the samples are.
+        when = parse_time(status["lastSweepTime"])
+        last = value(samples, "vmguard_vcenter_last_sweep_timestamp_seconds", **vc)
+        if when is None or last != when.timestamp():
             return None
         # The sweep may run again between the two reads: compare one sweep's numbers.
         again = objects.get(kube_api, namespace, "vcenters", lab_vcenter)["status"]

@@ -162,7 +162,12 @@ def test_scheduled_run_backs_up_exactly_the_tagged_vms_once(
     assert sorted(runs[run]) == sorted(gold), "still one backup per VM for the first run"
     next_run = later["lastScheduleTime"].replace("-", "").replace(":", "")[:13] + "Z"
     assert runs.get(next_run, []) == []
-    assert "skipped, an earlier backup has not started" in operator_log.read_text()
+    # The run's line is logged right after the patch of lastScheduleTime waited for above.
+    eventually(
+        lambda: "skipped, an earlier backup has not started" in operator_log.read_text(),
+        timeout=30,
+        what="the run's line naming the skipped VMs",
+    )
     assert len(backups(kube_api, namespace, trigger="failsafe")) == len(gold)
 
 

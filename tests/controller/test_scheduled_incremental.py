@@ -38,6 +38,21 @@ def paused(kube_api: Any, ns: str, value: bool) -> None:
         objects.G, objects.V, ns, "vmprotectionpolicies", "every-minute",
         {"spec": {"paused": value}},
     )  # fmt: skip
+    if not value:
+        return
+    # A scheduler turn that read the spec before the patch may still create a backup
+    # (policy/runs.py, turn: the spec is copied at its start). Turns run one after the
+    # other, so once one says Paused, none that could create is left.
+    eventually(
+        lambda: (
+            objects.condition(
+                objects.get(kube_api, ns, "vmprotectionpolicies", "every-minute"), "Paused"
+            ).get("status")
+            == "True"
+        ),
+        timeout=60,
+        what="the policy's scheduler saying Paused",
+    )
 
 
 def finished(kube_api: Any, ns: str) -> bool:
