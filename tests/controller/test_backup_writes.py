@@ -11,6 +11,7 @@ no write from kopf, and its outcome is still seen.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,10 @@ from tests.controller.scrape import scrape, value
 
 from vmguard.api import FINALIZER, format_time
 from vmguard.api.kinds import BACKUP
+from vmguard.config import BackupSettings, ProxySettings
+from vmguard.controller.backup import reconcile
+from vmguard.controller.kube.jobs import JobAPI
+from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard_lab.procs import eventually
 
 UUID = "4201aaaa-bbbb-cccc-dddd-eeeeffff0042"
@@ -71,3 +76,39 @@ def test_kopf_writes_nothing_into_a_backup_moving_through_its_phases(
     managers = {m.get("manager", "") for m in obj["metadata"].get("managedFields") or []}
     assert not [m for m in managers if m.startswith("kopf")], managers
     assert obj["metadata"]["finalizers"] == [FINALIZER]
+
+
+@pytest.mark.lab
+def test_a_backups_first_write_never_overwrites_a_status_written_since_it_was_read(
+    kube_api: Any, namespace: str
+) -> None:
+    """The state machine's first step reads a new backup and writes its start (phase
+    Pending, startTime). A status written in between — here Completed, as a test, an
+    administrator or a restore of the object with its status writes it — is kept: that
+    write is sent only onto the status the step read, and the step then asks for a
+    fresh read instead of going on with a stale one. Real apiserver, the step called
+    directly on the stale object."""
+    spec = {
+        "vm": {"instanceUuid": UUID},
+        "vcenterRef": {"name": "lab"},
+        "repositoryRef": {"name": "repo"},
+    }
+    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b2", spec)
+    stale = objects.get(kube_api, namespace, BACKUP.plural, "b2")
+    done = {"phase": "Completed", "archiveId": "archive-b2", "vcenter": "lab"}
+    objects.patch_status(kube_api, namespace, BACKUP.plural, "b2", done)
+    settings = BackupSettings()
+    proxy = ProxySettings(
+        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
+    )
+    ctx = reconcile.BackupContext(KubeAPI(kube_api), JobAPI(kube_api), proxy, settings)
+
+    delay = asyncio.run(reconcile.reconcile(ctx, stale))
+
+    assert delay == 0.0  # read it again
+    status = objects.get(kube_api, namespace, BACKUP.plural, "b2")["status"]
+    assert (status["phase"], status["archiveId"]) == ("Completed", "archive-b2")
+    assert "startTime" not in status
+    # Read afresh, the Completed backup is over: the step does nothing and says so.
+    fresh = objects.get(kube_api, namespace, BACKUP.plural, "b2")
+    assert asyncio.run(reconcile.reconcile(ctx, fresh)) is None

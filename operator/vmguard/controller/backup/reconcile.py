@@ -176,7 +176,14 @@ class Patcher:
             self.conditions, type_, ok, reason, message, self.generation
         )
 
-    async def patch(self, status: BackupStatus) -> None:
+    async def start(self, status: BackupStatus) -> bool:
+        """The first write of a new backup, sent only onto the status this step read
+        (the apiserver's resourceVersion check): whoever wrote a status since — an
+        administrator, a restore of the object with its status — keeps it, and the next
+        step reads it. False when it was refused."""
+        return await self.patch(status, only_onto_read=True)
+
+    async def patch(self, status: BackupStatus, *, only_onto_read: bool = False) -> bool:
         before = backup_status(self.obj)
         phase = status.get("phase") or before.get("phase") or BackupPhase.PENDING
         error = status["error"] if "error" in status else before.get("error")
@@ -187,9 +194,15 @@ class Patcher:
             "observedGeneration": self.generation,
         }
         if all(before.get(k) == v for k, v in body.items()):
-            return  # a patch that changes nothing is not sent (a retry loop stays quiet)
-        await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
+            return True  # a patch that changes nothing is not sent (a retry loop stays quiet)
+        if only_onto_read:
+            version = str(self.obj["metadata"].get("resourceVersion") or "")
+            if not await self.ctx.api.patch_status_if(PLURAL, self.ns, self.name, body, version):
+                return False
+        else:
+            await self.ctx.api.patch_status(PLURAL, self.ns, self.name, body)
         self.obj.setdefault("status", {}).update(body)
+        return True
 
     async def fail(self, reason: str, message: str, *, snapshot_taken: bool) -> None:
         """Record the error; Finalizing removes the snapshot, else it is over now."""
@@ -239,7 +252,12 @@ async def reconcile(ctx: BackupContext, obj: dict[str, Any]) -> float | None:
     if phase in BACKUP_TERMINAL or not in_flight(status, obj["metadata"].get("labels")):
         return None
     if not status.get("startTime"):
-        await p.patch({"phase": BackupPhase.PENDING, "startTime": format_time(ctx.timing.now())})
+        start: BackupStatus = {
+            "phase": BackupPhase.PENDING,
+            "startTime": format_time(ctx.timing.now()),
+        }
+        if not await p.start(start):
+            return 0.0  # its status changed since it was read: read it again
     if phase != BackupPhase.FINALIZING and _age(obj, ctx.timing.now()) > ctx.settings.deadline:
         message = f"the backup did not finish within {ctx.settings.deadline:.0f}s"
         await ctx.jobs.delete_jobs(
