@@ -58,3 +58,15 @@ def test_the_policys_verification_ready_says_when_file_systems_may_not_be_checke
     assert _ready({}, ALLOWED)[:2] == (True, "Valid")
     # A policy that does not check file systems needs no privilege.
     assert _ready({"fsck": False}, {PSS_ENFORCE: "restricted"})[:2] == (True, "Valid")
+
+
+def test_every_problem_of_a_verification_is_named_not_only_the_first() -> None:
+    """A boot test without an isolated network, a bad schedule and file-system checks
+    Pod Security refuses: the condition's reason is the first problem's, and its message
+    names all three (before, a user learnt of the next only after fixing the first)."""
+    verification = {"boot": {"timeout": "5m"}, "every": "not a cron line"}
+    ok, reason, message = _ready(verification, {PSS_ENFORCE: "restricted"})
+    assert (ok, reason) == (False, "BootWithoutIsolatedNetwork")
+    assert "names no isolatedNetwork" in message
+    assert "verification.every:" in message
+    assert "Pod Security admission refuses privileged pods in namespace jobs" in message

@@ -193,48 +193,60 @@ async def verification_ready(
     checks = (["fsck"] if verification.get("fsck", True) else []) + (
         ["yara"] if verification.get("yara") else []
     )
+    # Every problem is named (the first one's reason is the condition's): fixing one
+    # must not be the way a user learns of the next.
+    problems: list[tuple[str, str]] = []
     boot = verification.get("boot")
     if boot is not None:
         refused = await boot_problem(api, namespace, boot)
         if refused is not None:
-            return (False, *refused)
-        checks.append(f"boot in {boot['isolatedNetwork']}")
+            problems.append(refused)
+        else:
+            checks.append(f"boot in {boot['isolatedNetwork']}")
     line = str(verification.get("every") or "EachBackup")
     when = "each backup is verified"
     if line != "EachBackup":
         try:
             parse(line, zone)
+            when = f"each VM's newest point is verified at {line!r}"
         except ScheduleError as exc:
-            return False, exc.reason, f"verification.every: {exc}"
-        when = f"each VM's newest point is verified at {line!r}"
+            problems.append((exc.reason, f"verification.every: {exc}"))
     name = ((verification.get("yara") or {}).get("configMapRef") or {}).get("name")
     refusal = fsck_refused(*job_namespace) if job_namespace and "fsck" in checks else None
-    if not name:
-        if refusal is not None:
-            return False, refusal[0], f"{refusal[1]}: verifications end as Error"
-        return True, "Valid", f"{when}: {', '.join(checks)}"
-    data = await api.config_map_data(namespace, name)
-    if data is None:
-        return False, "RulesNotFound", f"the YARA rules ConfigMap {name} does not exist"
-    sources = tuple(
-        sorted((f"configmap/{name}/{k}", v) for k, v in data.items() if k.endswith(YARA_SUFFIXES))
-    )
-    if not sources:
-        return False, "NoRules", f"ConfigMap {name} has no key ending in .yar or .yara"
-    problem = await asyncio.to_thread(rules_problem, sources)
-    if problem is not None:
-        return False, "RulesInvalid", problem + ": verifications with them end as Error"
+    scanning = False  # YARA rules that compile: the scan runs whatever fsck may do
+    sources: tuple[tuple[str, str], ...] = ()
+    if name:
+        data = await api.config_map_data(namespace, name)
+        if data is None:
+            problems.append(("RulesNotFound", f"the YARA rules ConfigMap {name} does not exist"))
+        else:
+            sources = tuple(
+                sorted(
+                    (f"configmap/{name}/{k}", v)
+                    for k, v in data.items()
+                    if k.endswith(YARA_SUFFIXES)
+                )
+            )
+            problem = await asyncio.to_thread(rules_problem, sources) if sources else None
+            if not sources:
+                problems.append(("NoRules", f"ConfigMap {name} has no key ending in .yar or .yara"))
+            elif problem is not None:
+                problems.append(
+                    ("RulesInvalid", problem + ": verifications with them end as Error")
+                )
+            else:
+                scanning = True
     if refusal is not None:
-        return (
-            False,
-            refusal[0],
-            f"{refusal[1]}: the YARA scan runs, and a point it finds no match in is Error",
+        consequence = (
+            "the YARA scan runs, and a point it finds no match in is Error"
+            if scanning
+            else "verifications end as Error"
         )
-    return (
-        True,
-        "Valid",
-        f"{when}: {', '.join(checks)} ({len(sources)} rule files)",
-    )
+        problems.append((refusal[0], f"{refusal[1]}: {consequence}"))
+    if problems:
+        return False, problems[0][0], "; ".join(message for _, message in problems)
+    rules = f" ({len(sources)} rule files)" if name else ""
+    return True, "Valid", f"{when}: {', '.join(checks)}{rules}"
 
 
 YARA_SUFFIXES = (".yar", ".yara")
