@@ -177,6 +177,7 @@ def test_single_alerts_can_be_disabled_and_every_alert_can_get_labels(
             "disabled": {"VmguardStaleSnapshot": True, "VmguardUnprotectedVMs": True},
             "additionalRuleLabels": {"team": "infra", "severity": "page-everyone"},
             "additionalRuleAnnotations": {"dashboard": "https://grafana.example/d/vmguard"},
+            "runbookBaseUrl": "https://wiki.example/ops/vmguard-runbooks/",
         }
     }
     (rule,) = of_kind(render(values), "PrometheusRule")
@@ -197,6 +198,10 @@ def test_single_alerts_can_be_disabled_and_every_alert_can_get_labels(
         assert r["labels"]["severity"] == original["labels"]["severity"], "the alert's own wins"
         assert r["annotations"]["dashboard"] == "https://grafana.example/d/vmguard"
         assert r["annotations"]["summary"] == original["annotations"]["summary"]
+        anchor = original["annotations"]["runbook_url"].split("#")[1]
+        assert r["annotations"]["runbook_url"] == (
+            f"https://wiki.example/ops/vmguard-runbooks#{anchor}"
+        ), "the runbooks where the values say, each alert at its own section"
         assert r["expr"] == original["expr"]
     # What the chart renders is still a valid rule file.
     rendered = tmp_path / "rendered-rules.yaml"
