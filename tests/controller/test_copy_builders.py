@@ -264,3 +264,57 @@ def test_a_bandwidth_limited_copy_job_gets_the_time_its_disks_take_at_that_rate(
     # 2 TiB at 50 MiB/s is 41,943 s; twice that.
     assert copying.copy_deadline(backup, 50 << 20) == 2 * (2 << 40) // (50 << 20) == 83886
     assert copying.copy_deadline(_backup("small", "2026-01-01T00:00:00Z"), 50 << 20) == 4 * 3600
+
+
+def test_a_daily_or_weekly_target_copies_each_vms_first_point_of_the_day_or_week() -> None:
+    """``points: Daily``: per VM, the first completed point of each day in the policy's
+    time zone is copied, held by retention until it is, and counted when it lags; the
+    others are none of these. ``Weekly``: the first of each week from Monday."""
+    from vmguard.controller.policy.targets import CopyTarget
+
+    policy = {
+        "metadata": {"name": "gold", "namespace": "ops"},
+        "spec": {"schedule": {"timeZone": "Europe/Berlin"}},
+    }
+    backups = [
+        # Berlin is UTC+1 in January: 23:30Z on the 4th is already the 5th there.
+        _backup("a-sun", "2026-01-04T12:00:00Z"),
+        _backup("a-mon-1", "2026-01-04T23:30:00Z"),
+        _backup("a-mon-2", "2026-01-05T08:00:00Z"),
+        _backup("a-tue", "2026-01-06T08:00:00Z"),
+        _backup("b-mon", "2026-01-05T09:00:00Z", vm="uuid-2"),
+        _backup("b-mon-2", "2026-01-05T10:00:00Z", vm="uuid-2"),
+    ]
+    daily = CopyTarget("offsite", {"keepDaily": 7}, 0.0, points="Daily")
+    weekly = CopyTarget("vault", {"keepWeekly": 4}, 0.0, points="Weekly")
+    from vmguard.controller.policy.targets import judge
+
+    spec = {
+        "repositoryRef": {"name": "primary"},
+        "copies": [
+            {"repositoryRef": {"name": "offsite"}, "retention": {"keepDaily": 7},
+             "points": "Daily"},
+            {"repositoryRef": {"name": "vault"}, "retention": {"keepWeekly": 4}},
+        ],
+    }  # fmt: skip
+    repos = {"offsite": _repo("copies", "s3", None), "vault": _repo("vault", "s3", None)}
+    judged = judge(spec, _repo("primary", "s3", None), repos).targets
+    assert [t.points for t in judged] == ["Daily", "All"]  # the spec's, All by default
+    every = copying.points(policy, backups)
+    assert copying.chosen(policy, daily, every) == {"a-sun", "a-mon-1", "a-tue", "b-mon"}
+    assert copying.chosen(policy, weekly, every) == {"a-sun", "a-mon-1", "b-mon"}
+    every_point = CopyTarget("all", {"keepLast": 3}, 0.0)
+    assert copying.chosen(policy, every_point, every) == {b["metadata"]["name"] for b in backups}
+
+    # Retention holds only the chosen points not copied yet; the lag is theirs alone.
+    for b in backups:
+        if b["metadata"]["name"] in ("a-sun", "a-mon-1"):
+            b["status"]["copies"] = [{"repository": "offsite", "state": "Completed"}]
+    assert copying.awaiting_copy(policy, [daily], backups) == {"a-tue", "b-mon"}
+    lagging = copying.oldest_uncopied(policy, [daily], backups)
+    assert lagging["offsite"] is not None and lagging["offsite"].name == "b-mon"
+    for b in backups:
+        if b["metadata"]["name"] in ("a-tue", "b-mon"):
+            b["status"]["copies"] = [{"repository": "offsite", "state": "Completed"}]
+    assert copying.awaiting_copy(policy, [daily], backups) == set()
+    assert copying.oldest_uncopied(policy, [daily], backups) == {"offsite": None}

@@ -236,6 +236,14 @@ copy_target = obj(
             "Copy a backup only once it completed this long ago (default: at once).",
             maximum="720h",
         ),
+        "points": enum(
+            "Which points are copied: All (every completed backup), Daily (each VM's "
+            "first completed point of each day) or Weekly (of each week, from Monday), "
+            "days in the policy's schedule.timeZone. Points not chosen are never copied "
+            "and do not count as lagging.",
+            ["All", "Daily", "Weekly"],
+            default="All",
+        ),
         "bandwidthLimitMiBps": integer(
             "At most this many MiB per second of chunks uploaded to the target by each "
             "copy Job (a token bucket in the Job; default: no limit).",

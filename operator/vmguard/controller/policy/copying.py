@@ -5,6 +5,9 @@ valid copy target (:mod:`.targets`) and each of the policy's ``Completed`` backu
 an archive, the point's copy entry (:mod:`vmguard.controller.kube.copies`) says where
 its copy is:
 
+Only the points the target chooses are looked at (``points``: all, or each VM's first of
+each day or week: :func:`chosen`); the others are never copied there.
+
 - none, or ``Failed`` with attempts left, and the target's ``delay`` past the backup's
   completion: it is **queued** — the entry says ``Pending`` — and waits in the backup's
   vCenter's admission queue, as proxy work of a background kind (:mod:`.copyqueue`):
@@ -130,15 +133,40 @@ def points(policy: Mapping[str, Any], backups: Sequence[dict[str, Any]]) -> list
     return out
 
 
+def chosen(policy: Mapping[str, Any], target: CopyTarget, all_points: Sequence[Point]) -> set[str]:
+    """Names of the points ``target`` copies (pure; ``all_points`` oldest first): all of
+    them, or each VM's first point of each day (``Daily``) or week from Monday
+    (``Weekly``), days in the policy's ``schedule.timeZone``. The first point of a day
+    stays the first as later ones come, so a choice once made holds (retention keeps a
+    chosen point until it is copied: :func:`awaiting_copy`)."""
+    if target.points not in ("Daily", "Weekly"):
+        return {p.name for p in all_points}
+    tz = zone(((policy.get("spec") or {}).get("schedule") or {}).get("timeZone") or "UTC")
+    seen: set[tuple[str, object]] = set()
+    out = set()
+    for point in all_points:
+        day = point.completed.astimezone(tz).date()
+        period: object = day if target.points == "Daily" else day.isocalendar()[:2]
+        if (point.vm, period) not in seen:
+            seen.add((point.vm, period))
+            out.add(point.name)
+    return out
+
+
 def awaiting_copy(
     policy: Mapping[str, Any], targets: Sequence[CopyTarget], backups: Sequence[dict[str, Any]]
 ) -> set[str]:
     """Names of the policy's completed backups whose copy to some valid target is not
-    made yet (nor failed for good, nor pruned there): retention keeps them until it is."""
+    made yet (nor failed for good, nor pruned there): retention keeps them until it is.
+    A point the target does not choose (:func:`chosen`) is not held for it."""
     out = set()
-    for point in points(policy, backups):
+    every = points(policy, backups)
+    picks = {t.repository: chosen(policy, t, every) for t in targets}
+    for point in every:
         copies = copies_of(point.backup)
         for target in targets:
+            if point.name not in picks[target.repository]:
+                continue
             entry = copies.get(target.repository) or {}
             state = entry.get("state")
             if state in (CopyState.COMPLETED, CopyState.PRUNED):
@@ -155,9 +183,13 @@ def oldest_uncopied(
     """Per target, the oldest completed point not copied there (None: every point is
     there, or was pruned there). A copy that failed for good still counts: it lags."""
     out: dict[str, Point | None] = {t.repository: None for t in targets}
-    for point in points(policy, backups):  # oldest first
+    every = points(policy, backups)  # oldest first
+    picks = {t.repository: chosen(policy, t, every) for t in targets}
+    for point in every:
         copies = copies_of(point.backup)
         for target in targets:
+            if point.name not in picks[target.repository]:
+                continue  # never copied there: not lagging
             state = (copies.get(target.repository) or {}).get("state")
             if out[target.repository] is None and state not in (
                 CopyState.COMPLETED,
@@ -266,7 +298,11 @@ class Copier:
         orphans: list[Point] = []
         opened: list[Repository] = []
         delay = dt.timedelta(seconds=self.timing.interval(target.delay)) if target.delay else None
-        for point in points(policy, backups):
+        every = points(policy, backups)
+        picked = chosen(policy, target, every)
+        for point in every:
+            if point.name not in picked:
+                continue  # the target copies only its daily or weekly points
             entry = copies_of(point.backup).get(target.repository)
             state = (entry or {}).get("state")
             if state in (CopyState.COMPLETED, CopyState.PRUNED):
@@ -588,6 +624,7 @@ __all__ = [
     "Point",
     "adoptable",
     "awaiting_copy",
+    "chosen",
     "copy_deadline",
     "lag_condition",
     "oldest_uncopied",

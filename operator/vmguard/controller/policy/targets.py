@@ -51,6 +51,8 @@ class CopyTarget:
     repository's)."""
     bandwidth: int | None = None
     """Bytes per second each copy Job may upload to the target (None: no limit)."""
+    points: str = "All"
+    """Which points are copied: ``All``, ``Daily`` or ``Weekly`` (:func:`.copying.chosen`)."""
 
 
 @dataclass
@@ -117,6 +119,7 @@ def judge(
                 parse_duration(entry.get("delay"), 0.0),
                 entry.get("credentialsSecretRef"),
                 _bandwidth(entry.get("bandwidthLimitMiBps")),
+                str(entry.get("points") or "All"),
             )
         )
     return out
