@@ -829,6 +829,7 @@ def measure_estate(
     window: float,
     starts: tuple[str, ...] = ("restart",),
     others: tuple[Path, ...] = (),
+    steady_timeout: float = 900.0,
 ) -> list[dict[str, Any]]:
     """The estate as a running operator keeps it (points, RPO states, runs with their
     finalizer), then the operator started on it once per ``starts`` entry: a restart.
@@ -882,7 +883,9 @@ def measure_estate(
             print(json.dumps(rows[-1]), flush=True)
             for label in starts:
                 for which in (tree, *others):
-                    row = run_estate_operator(kube, which, lab["dir"], label, 900.0, window)
+                    row = run_estate_operator(
+                        kube, which, lab["dir"], label, steady_timeout, window
+                    )
                     rows.append({"tree": str(which), "commit": _commit(which), **row})
                     print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -913,6 +916,12 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
     ap.add_argument("--starts", type=int, default=1, help="operator starts on --estate")
     ap.add_argument(
+        "--steady-timeout",
+        type=float,
+        default=900.0,
+        help="seconds an operator start on --estate may take to be steady",
+    )
+    ap.add_argument(
         "--also-tree",
         type=Path,
         action="append",
@@ -929,7 +938,10 @@ def main() -> int:
         runs = args.estate if args.runs < 0 else args.runs
         starts = tuple(f"restart-{i + 1}" for i in range(args.starts))
         others = tuple(t.resolve() for t in args.also_tree)
-        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts, others)
+        measure_estate(
+            kube, tree, lab, args.estate, args.points, runs, args.window, starts, others,
+            args.steady_timeout,
+        )  # fmt: skip
         if not args.keep:
             kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:
