@@ -30,7 +30,7 @@ from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.backup.verification import VerifyLane
 from vmguard.controller.kube import crdcheck, migration, peering, readiness, trim
-from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep, Presence
+from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep, Changes, Presence
 from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import PAGE as LIST_PAGE
@@ -79,6 +79,7 @@ class Memo(backup_handlers.BackupMemo):
     finished_backups: set[str] = field(init=False)
     finished_verifications: set[tuple[str, str]] = field(init=False)
     expiry_wakeup: asyncio.Event = field(init=False)
+    changes: Changes = field(init=False)
     loops: list[asyncio.Task[Any]] = field(init=False)
 
 
@@ -119,6 +120,8 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     memo.finished_backups = set()
     memo.finished_verifications = set()
     memo.expiry_wakeup = asyncio.Event()
+    # What the watches saw change, counted: a policy's pass skips its work without.
+    memo.changes = Changes()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
     memo.after_sweep = functools.partial(failsafe.protect, protected_vms=memo.protected_vms)
     memo.proxy = ProxySettings.from_env()

@@ -83,6 +83,26 @@ class OperatorMemo(Protocol):
     """The one shared, compact reader of the namespaces' ProtectedVMs (:mod:`.held`)."""
     presence: Presence
     """Whether kopf lets this replica act, for the loops kopf does not run itself."""
+    changes: Changes
+    """What kopf's watches saw change, counted (a policy's pass skips its work when its
+    inputs did not change: :class:`Changes`)."""
+
+
+class Changes:
+    """Counters of changes kopf's watches saw, by key: ``("runs", namespace, policy)``
+    (a VMGuardBackup of that policy), ``("points", namespace)`` (a ProtectedVM),
+    ``("policies", namespace)`` (a VMProtectionPolicy). A reader compares the counters
+    with those of its last look: equal counters mean nothing it reads changed (kopf's
+    watch delivers every change; a counter never goes back)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def bump(self, *key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def of(self, *keys: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(self._counts.get(k, 0) for k in keys)
 
 
 class Presence:

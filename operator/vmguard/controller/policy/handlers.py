@@ -10,6 +10,10 @@ applies its retention, copies its completed backups to its copy targets
 the copies' lane of the vCenter's admission queue (:mod:`.copyqueue`); a change wakes
 that vCenter's loop, and a copy the loop admitted wakes the policy's scheduler, which
 creates its Job.
+
+``policy_run_changed``, ``protected_vm_changed`` and ``policy_seen`` count what the
+watches see change (``memo.changes``): a policy's pass whose inputs did not change
+skips its work (:class:`.runs.PolicyRunner`). ProtectedVMs are watched for this alone.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any
 
 import kopf
 
-from vmguard.api import GROUP, VERSION
-from vmguard.api.kinds import BACKUP, POLICY
+from vmguard.api import GROUP, LABEL_POLICY, VERSION
+from vmguard.api.kinds import BACKUP, POLICY, PROTECTEDVM
 from vmguard.config import BackupSettings
 from vmguard.controller.kube.handlers import (
     OperatorMemo,
@@ -74,6 +78,38 @@ def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Qu
     return {(vc_ns, record.vcenter): record}
 
 
+@kopf.on.event(GROUP, VERSION, BACKUP.plural)
+async def policy_run_changed(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
+    """A backup of a policy changed: that policy's next pass works (an async handler:
+    kopf calls it on the event loop, with nothing to wait for)."""
+    meta = body.get("metadata") or {}
+    policy = (meta.get("labels") or {}).get(LABEL_POLICY)
+    policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
+    if policy:
+        memo.changes.bump("runs", meta.get("namespace") or "", policy)
+
+
+@kopf.on.event(GROUP, VERSION, PROTECTEDVM.plural)
+async def protected_vm_changed(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
+    """A ProtectedVM changed (a point, a verification, a copy, an RPO state): the
+    namespace's policies' next passes work."""
+    memo.changes.bump("points", (body.get("metadata") or {}).get("namespace") or "")
+
+
+@kopf.on.event(GROUP, VERSION, POLICY.plural)
+async def policy_seen(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
+    """A policy changed (its spec, or a status we wrote): the namespace's policies'
+    next passes work (a pass reads the other policies for its conflicts)."""
+    memo.changes.bump("policies", (body.get("metadata") or {}).get("namespace") or "")
+
+
+def pass_inputs(memo: OperatorMemo, namespace: str, name: str) -> tuple[int, ...]:
+    """What a policy's pass reads that the watches see change (runs.PolicyRunner)."""
+    return memo.changes.of(
+        ("runs", namespace, name), ("points", namespace), ("policies", namespace)
+    )
+
+
 @kopf.daemon(GROUP, VERSION, POLICY.plural, cancellation_timeout=10.0)
 async def policy_scheduler(
     body: kopf.Body,
@@ -107,6 +143,7 @@ async def policy_scheduler(
         metrics,
         copier,
         memo.protected_vms,
+        inputs=lambda: pass_inputs(memo, namespace or "", name),
     )
     try:
         await runner.loop()
