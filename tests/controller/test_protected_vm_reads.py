@@ -186,8 +186,9 @@ def test_a_pass_whose_inputs_did_not_change_skips_its_work(
     kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
 ) -> None:
     """A policy's scheduler pass (controller/policy/runs.py) against the real apiserver,
-    its inputs counted as kopf's watches would count them (``Changes``, bumped here by
-    hand): a pass works when its runs, the ProtectedVMs or the policies changed, when a
+    its inputs counted as the operator counts them (its runs as kopf's watch would:
+    ``Changes``, bumped here by hand; the ProtectedVMs' writes by ``points.writes``): a
+    pass works when its runs, the ProtectedVMs or the policies changed, when a
     VM falls out of its RPO, or ``REBUILD_EVERY`` after the last pass that worked; else
     it skips, and reads neither the policy's runs nor the ProtectedVMs (at 5,000 VMs
     every pass built ≈ 21,000 stand-ins every 30 s, docs/scale.md)."""
@@ -218,7 +219,7 @@ def test_a_pass_whose_inputs_did_not_change_skips_its_work(
     runner = PolicyRunner(
         api, policy, sweeps, asyncio.Event(), None, logging.getLogger(__name__),
         timing=timing, protected_vms=ProtectedVMReader(SHARED_FOR, timing),
-        inputs=lambda: changes.of(("runs", namespace, "gold"), ("points", namespace)),
+        inputs=lambda: (*changes.of(("runs", namespace, "gold")), points.writes(namespace)),
     )  # fmt: skip
 
     def turn() -> tuple[int, int, int, int]:
@@ -233,8 +234,7 @@ def test_a_pass_whose_inputs_did_not_change_skips_its_work(
         )
 
     assert turn() == (1, 0, 1, 1)  # the first pass works (and writes the RPO state)
-    changes.bump("points", namespace)  # the watch sees that write
-    assert turn()[:2] == (2, 0)
+    assert turn()[:2] == (2, 0)  # a ProtectedVM was written since (counted by points.py)
     assert turn() == (2, 1, 0, 0)  # nothing changed: no LIST, no stand-in
     clock.advance(STATUS_REFRESH)
     assert turn() == (2, 2, 0, 0)
@@ -247,8 +247,7 @@ def test_a_pass_whose_inputs_did_not_change_skips_its_work(
     name = points.protected_vm_name(lab_vcenter, vm.instance_uuid)
     rpo = objects.get(kube_api, namespace, PROTECTEDVM.plural, name)["status"]["rpo"]
     assert rpo["state"] == "Outside"
-    changes.bump("points", namespace)
-    assert turn()[:2] == (5, 3)
+    assert turn()[:2] == (5, 3)  # that pass wrote the RPO state
     assert turn()[:2] == (5, 4)
     clock.advance(REBUILD_EVERY)
     assert turn()[:2] == (6, 4)  # at most REBUILD_EVERY without working

@@ -224,8 +224,14 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
     The first event of each finished backup wakes its vCenter's admission loop and, if
     it completed, its policy's scheduler, which applies retention (async: on the event
     loop, where that scheduler's asyncio.Event lives). Which finished backups were seen
-    is kept in memory (``memo.finished_backups``), not in the objects."""
+    is kept in memory (``memo.finished_backups``), not in the objects. Every event of a
+    policy's backup is counted for that policy's passes (``memo.changes``)."""
     uid = str(body.get("metadata", {}).get("uid") or "")
+    # Its policy's next pass works on it (policy/runs.py: a pass skips when nothing changed).
+    run_of = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
+    run_of = run_of or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
+    if run_of:
+        memo.changes.bump("runs", body.get("metadata", {}).get("namespace") or "", run_of)
     if event.get("type") == "DELETED":
         memo.finished_backups.discard(uid)
         memo.finished_verifications -= {k for k in memo.finished_verifications if k[0] == uid}

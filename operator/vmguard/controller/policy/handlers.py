@@ -11,9 +11,9 @@ the copies' lane of the vCenter's admission queue (:mod:`.copyqueue`); a change 
 that vCenter's loop, and a copy the loop admitted wakes the policy's scheduler, which
 creates its Job.
 
-``policy_run_changed``, ``protected_vm_changed`` and ``policy_seen`` count what the
-watches see change (``memo.changes``): a policy's pass whose inputs did not change
-skips its work (:class:`.runs.PolicyRunner`). ProtectedVMs are watched for this alone.
+``policy_seen`` counts the changes of the namespace's policies (``memo.changes``; the
+backups' ``vmbackup_phase`` counts those of each policy's runs): a policy's pass whose
+inputs did not change skips its work (:class:`.runs.PolicyRunner`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 
 import kopf
 
-from vmguard.api import GROUP, LABEL_POLICY, VERSION
-from vmguard.api.kinds import BACKUP, POLICY, PROTECTEDVM
+from vmguard.api import GROUP, VERSION
+from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.config import BackupSettings
+from vmguard.controller.kube import points
 from vmguard.controller.kube.handlers import (
     OperatorMemo,
     acts,
@@ -78,24 +79,6 @@ def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Qu
     return {(vc_ns, record.vcenter): record}
 
 
-@kopf.on.event(GROUP, VERSION, BACKUP.plural)
-async def policy_run_changed(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
-    """A backup of a policy changed: that policy's next pass works (an async handler:
-    kopf calls it on the event loop, with nothing to wait for)."""
-    meta = body.get("metadata") or {}
-    policy = (meta.get("labels") or {}).get(LABEL_POLICY)
-    policy = policy or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
-    if policy:
-        memo.changes.bump("runs", meta.get("namespace") or "", policy)
-
-
-@kopf.on.event(GROUP, VERSION, PROTECTEDVM.plural)
-async def protected_vm_changed(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
-    """A ProtectedVM changed (a point, a verification, a copy, an RPO state): the
-    namespace's policies' next passes work."""
-    memo.changes.bump("points", (body.get("metadata") or {}).get("namespace") or "")
-
-
 @kopf.on.event(GROUP, VERSION, POLICY.plural)
 async def policy_seen(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
     """A policy changed (its spec, or a status we wrote): the namespace's policies'
@@ -104,9 +87,13 @@ async def policy_seen(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
 
 
 def pass_inputs(memo: OperatorMemo, namespace: str, name: str) -> tuple[int, ...]:
-    """What a policy's pass reads that the watches see change (runs.PolicyRunner)."""
-    return memo.changes.of(
-        ("runs", namespace, name), ("points", namespace), ("policies", namespace)
+    """What a policy's pass reads, counted where it changes (runs.PolicyRunner): its
+    runs and the namespace's policies as kopf's watches see them (the runs by the
+    backups' ``vmbackup_phase``, the policies by ``policy_seen``), the ProtectedVMs as
+    this process writes them (:func:`~vmguard.controller.kube.points.writes`)."""
+    return (
+        *memo.changes.of(("runs", namespace, name), ("policies", namespace)),
+        points.writes(namespace),
     )
 
 
