@@ -792,7 +792,7 @@ def run_estate_operator(
             time.sleep(2.0)
             peak = max(peak, _tree_usage(proc.pid)[1])
         r2 = kube.requests_by()
-        c2, w2 = _tree_usage(proc.pid)[0], time.monotonic()
+        (c2, rss_end), w2 = _tree_usage(proc.pid), time.monotonic()
         hwm = sum(_proc_kib(pid, "VmHWM") for pid in _tree_pids(proc.pid))
     finally:
         proc.terminate()
@@ -809,6 +809,7 @@ def run_estate_operator(
         "swept_after_s": None if swept_s is None else round(swept_s),
         "steady_after_s": None if steady_s is None else round(steady_s),
         "peak_rss_mib": round(max(peak, hwm) / 1024),
+        "rss_after_window_mib": round(rss_end / 1024),
         "cpu_s_until_steady": round(c1, 1),
         "requests_until_steady": sum(start.values()),
         "requests_until_steady_by": {k: v for k, v in start.items() if v >= 5},
