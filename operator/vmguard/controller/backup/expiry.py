@@ -53,6 +53,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vmguard.api import BACKUP_TERMINAL, BackupPhase, RestorePoint, parse_time
@@ -70,6 +71,8 @@ RETRY = 30.0
 COPY_HOLD = 7 * 24 * 3600.0
 """Longest a run is kept past its TTL (and its copy targets' delay) for its copies."""
 RECHECK = 3600.0
+SETTLE = 1.0
+"""Seconds the loop lets a burst of index changes settle before it looks again."""
 """Longest wait before the TTL is read again (a policy's TTL may have been changed)."""
 
 log = logging.getLogger(__name__)
@@ -160,15 +163,30 @@ targets), or None."""
 
 
 async def _due(
-    api: KubeAPI, obj: dict[str, Any], policy_spec: PolicySpec | None, timing: Timing
+    api: KubeAPI,
+    obj: dict[str, Any],
+    policy_spec: PolicySpec | None,
+    timing: Timing,
+    looked_up: Looked | None = None,
 ) -> dt.datetime | None:
     if policy_spec is None:
         ttl, known = await ttl_of(api, obj)
     else:
-        name = ref_name(backup_spec(obj).get("policyRef"))
-        known = policy_spec(obj["metadata"]["namespace"], name) if name else None
+        known = (looked_up or _look_up(obj, policy_spec))[1]
         ttl = backup_ttl(backup_spec(obj), known)
     return due(obj, ttl, timing, known)
+
+
+Looked = tuple[str, Mapping[str, Any] | None]
+"""What a run's due time reads of its policy, and its repr (to tell a change)."""
+
+
+def _look_up(obj: Mapping[str, Any], policy_spec: PolicySpec | None) -> Looked:
+    if policy_spec is None:
+        return "", None
+    name = ref_name(backup_spec(obj).get("policyRef"))
+    known = policy_spec(obj["metadata"]["namespace"], name) if name else None
+    return repr(known), known
 
 
 RECORD_FIELDS = {
@@ -207,6 +225,15 @@ class Open:
 OPEN = Open()
 
 
+@dataclass
+class Counts:
+    """What :func:`loop` did: its turns, and the runs it looked at afresh in them (a
+    record kopf has not replaced is not looked at again before its time)."""
+
+    turns: int = 0
+    looks: int = 0
+
+
 async def loop(
     api: KubeAPI,
     timing: Timing,
@@ -218,7 +245,7 @@ async def loop(
     acting: Gate = OPEN,
     expired: Callable[[str], None] = lambda namespace: None,
     until_empty: bool = False,
-) -> int:
+) -> Counts:
     """Expire every finished run when it is due: one loop for all of them.
 
     ``runs`` gives the finished runs' records as the watch keeps them (kopf's index of
@@ -227,29 +254,45 @@ async def loop(
     reads nothing but the records and the policies' TTLs, GETs a run once it is due and
     expires it if it still is, then sleeps until the next one is due (at most
     :data:`RECHECK`). ``until_empty`` ends the loop when no run is left to wait for
-    (a single run's wait, :func:`run`). Returns the number of turns made.
+    (a single run's wait, :func:`run`). Returns what it did (:class:`Counts`).
     """
+    counts = Counts()
     done: set[str] = set()  # gone, being deleted, or never due (no completion time)
     retry_at: dict[str, dt.datetime] = {}
-    turns = 0
+    # uid → (the record as the index held it, its policy's spec, when to look): a record
+    # kopf has not replaced is not computed again until then (a turn is O(runs) dict
+    # lookups, not O(runs) due-time computations: the index wakes the loop at every
+    # change, 5,000 times as the operator starts).
+    looks: dict[str, tuple[Mapping[str, Any], str, dt.datetime]] = {}
     while not stopped:
         if not acting.is_set():
             await timing.wait(timing.interval(RECHECK), stopped, acting)
             continue
         if wake is not None:
             wake.clear()
-        turns += 1
-        current = [dict(r) for r in runs()]
+        counts.turns += 1
+        current = list(runs())
         present = {str(r["metadata"]["uid"]) for r in current}
         done &= present
         retry_at = {uid: at for uid, at in retry_at.items() if uid in present}
+        looks = {uid: v for uid, v in looks.items() if uid in present}
         nearest: dt.datetime | None = None
         waiting = 0
-        for obj in current:
-            uid = str(obj["metadata"]["uid"])
+        now = timing.now()
+        for held in current:
+            uid = str(held["metadata"]["uid"])
             if uid in done or not acting.is_set() or stopped:
                 continue
-            at = await _turn(api, obj, policy_spec, timing, retry_at, done, expired)
+            obj = dict(held)  # as it is now: the live body may change under a wait
+            looked_up = _look_up(obj, policy_spec)
+            seen = looks.get(uid)
+            if seen is not None and seen[0] is held and seen[1] == looked_up[0] and seen[2] > now:
+                at: dt.datetime | None = seen[2]
+            else:
+                counts.looks += 1
+                at = await _turn(api, obj, policy_spec, timing, retry_at, done, expired, looked_up)
+                if at is not None:
+                    looks[uid] = (held, looked_up[0], at)
             if at is not None:
                 waiting += 1
                 nearest = at if nearest is None else min(nearest, at)
@@ -259,7 +302,11 @@ async def loop(
         if nearest is not None:
             left = min(left, max(0.0, (nearest - timing.now()).total_seconds()))
         await timing.wait(left, stopped, *([wake] if wake is not None else []))
-    return turns
+        if wake is not None and wake.is_set():
+            # Changes come in bursts (kopf's first LIST, a night's runs finishing): one
+            # turn after the burst, not one per change.
+            await timing.wait(SETTLE, stopped)
+    return counts
 
 
 async def _turn(
@@ -270,15 +317,16 @@ async def _turn(
     retry_at: dict[str, dt.datetime],
     done: set[str],
     expired: Callable[[str], None],
+    looked_up: Looked | None = None,
 ) -> dt.datetime | None:
     """One run's look: None when it is done with (expired, gone, or never due), else
-    when to look again."""
+    when to look again. ``looked_up``: its policy as the turn looked it up."""
     meta = obj["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
     if meta.get("deletionTimestamp"):
         done.add(uid)
         return None
-    at = await _due(api, obj, policy_spec, timing)
+    at = await _due(api, obj, policy_spec, timing, looked_up)
     if at is None:
         done.add(uid)
         return None
