@@ -112,7 +112,9 @@ async def admission_turns(
         limits=limits,
         timing=memo.timing,
     )
-    await loop.run(admission_wakeup(memo, ns, name), stopped)
+    # While it runs, kopf lets this replica act: the backups' expiry loop acts then too.
+    with memo.presence.entered():
+        await loop.run(admission_wakeup(memo, ns, name), stopped)
 
 
 @kopf.daemon(GROUP, VERSION, VCENTER.plural, cancellation_timeout=10.0)
