@@ -104,7 +104,7 @@ class DiffBaseExceptBackups(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}

@@ -81,7 +81,9 @@ def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
-def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def backup_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], Queued] | None:
     """Resolved backups in flight by (the VCenter's namespace, vCenter): the admission
     loops' state, kept by the watch. A change wakes that vCenter's loop. A backup whose
     VCenter is in another namespace (``status.vcenterNamespace``, docs/tenancy.md) is
@@ -94,7 +96,9 @@ def _verification_queued(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_verification_queued)
-def verify_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def verify_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], Queued] | None:
     """Requested verifications of completed backups by (the VCenter's namespace, vCenter):
     the verifications' lane of that vCenter's admission loop (woken by a change)."""
     return _under_its_vcenter(body, memo, verification.queued_of(body))
@@ -174,7 +178,7 @@ def _gone(event: kopf.RawEvent, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, BACKUP.plural, when=_gone)
-def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
     """A backup is gone (its finalizer released): kopf has dropped it from the index
     before this runs, so its vCenter's loop now sees the slot it held free. (Waking it
     from the deletion handler is too early: the backup still holds its slot then.)"""
@@ -270,7 +274,7 @@ def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, POLICY.plural)
-def policy_ttls(
+async def policy_ttls(
     spec: kopf.Spec, name: str, namespace: str | None, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each policy's ``ttlSecondsAfterFinished`` and its copy targets' names and delays

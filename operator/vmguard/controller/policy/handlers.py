@@ -45,7 +45,7 @@ from vmguard.controller.policy.runs import PolicyRunner
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
 @kopf.on.update(GROUP, VERSION, POLICY.plural, field="spec")
 @kopf.on.delete(GROUP, VERSION, POLICY.plural, optional=True)
-def policy_changed(
+async def policy_changed(
     spec: kopf.Spec, name: str, namespace: str | None, memo: OperatorMemo, **_: Any
 ) -> None:
     """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
@@ -64,7 +64,7 @@ def _copy_queued(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_copy_queued)
-def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
     """Backups whose copy waits for admission or runs, by (the VCenter's namespace,
     vCenter): the copies' lane of that vCenter's admission loop. A change wakes the
     loop; an admitted copy (Running) wakes its policy's scheduler, which starts its Job."""

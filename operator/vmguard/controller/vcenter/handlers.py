@@ -54,7 +54,7 @@ async def _sleep(
 
 
 @kopf.index(GROUP, VERSION, POLICY.plural)
-def policy_terms(
+async def policy_terms(
     spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> dict[tuple[str, str], PolicyTerms]:
     """What admission needs of each policy; a change wakes its vCenter's loop."""
@@ -65,7 +65,7 @@ def policy_terms(
 
 
 @kopf.index(GROUP, VERSION, VCENTER.plural, id="vcenter_limits")
-def limits_of_vcenter(
+async def limits_of_vcenter(
     spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> dict[tuple[str, str], VCenterLimits]:
     """Each VCenter's limits; a change wakes its loop."""
