@@ -543,7 +543,7 @@ def measure_reads(kube: Kube, repeat: int) -> list[dict[str, Any]]:
 
 
 WORKER = r"""
-import asyncio, datetime as dt, json, logging, resource, sys, time
+import asyncio, datetime as dt, json, logging, sys, time
 sys.path.insert(0, sys.argv[3])
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
 
@@ -571,6 +571,19 @@ async def retention(api, ns, name, keep_daily):
             "problem": runner.retention.problem, "events": len(events),
             "history_s": round(t1 - t0, 2), "retention_apply_s": round(t2 - t1, 2)}
 
+def list_only(ns, lab_dir, bucket, key):
+    # The catalog pass's S3 listing alone (``Repository.list_archives``), timed apart.
+    from vmguard.controller.kube.access import open_repository_blocking
+    m = json.loads(open(lab_dir + "/lab.json").read())["minio"]
+    creds = {"VMGUARD_S3_ACCESS_KEY": m["access_key"], "VMGUARD_S3_SECRET_KEY": m["secret_key"]}
+    spec = {"s3": {"endpoint": m["endpoint"], "bucket": bucket, "insecure": True}}
+    t0 = time.monotonic()
+    repo = open_repository_blocking(spec, creds, key.encode())
+    t1 = time.monotonic()
+    refs = repo.list_archives()
+    return {"archives_listed": len(refs), "open_s": round(t1 - t0, 2),
+            "list_archives_s": round(time.monotonic() - t1, 2)}
+
 async def catalog(api, ns):
     from kubernetes import client
     from vmguard.controller.repository.catalog import sync
@@ -587,10 +600,15 @@ async def main():
     what = sys.argv[1]
     if what == "catalog":
         row = await catalog(api, sys.argv[2])
+    elif what == "list":
+        row = list_only(sys.argv[2], *sys.argv[4:7])
     else:
         _, name, keep = what.split(":")
         row = await retention(api, sys.argv[2], name, int(keep))
-    row["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, not ru_maxrss: Linux keeps in ru_maxrss the peak of the mm before exec,
+    # i.e. of the bench's own process this one was forked from.
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    row["worker_peak_rss_mib"] = round(int(hwm.split()[1]) / 1024)
     print(json.dumps(row))
 
 asyncio.run(main())
@@ -603,6 +621,7 @@ def measure_worker(
     """One worker run (``catalog`` or ``retention:POLICY:KEEP``) with the requests it
     caused at the apiserver (minus the lab's baseline) and at MinIO."""
     argv = [str(REPO / ".venv/bin/python"), "-c", WORKER, what, NS, str(REPO / "operator")]
+    argv += [str(_lab()["dir"]), BUCKET, MASTER_KEY]
     r0, m0, t0 = kube.requests_by(), minio.requests_by(), time.monotonic()
     done = subprocess.run(argv, env=kube.env, capture_output=True, text=True, cwd=REPO)
     took = time.monotonic() - t0
@@ -657,10 +676,11 @@ def main() -> int:
             or kube.count("vmguardbackups", NS) < len(items) - pvms
         ):
             time.sleep(2)  # the watch cache catches up with etcd
-        patch = json.dumps({"status": sweep_status(vms, policies)})
+        patch_file = lab["dir"] / "estate-reads-vcenter-status.json"
+        patch_file.write_text(json.dumps({"status": sweep_status(vms, policies)}))
         kube.run(
             "patch", "vcenters", "vc1", "-n", NS, "--subresource=status", "--type=merge",
-            "-p", patch,
+            "--patch-file", str(patch_file),
         )  # fmt: skip
         status = requests.post(f"{kube.etcd}/v3/maintenance/status", json={}, timeout=30)
         row = {
@@ -687,6 +707,7 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         if args.catalog:
             print(json.dumps(measure_worker(kube, minio, base, "catalog")), flush=True)
+            print(json.dumps(measure_worker(kube, minio, base, "list")), flush=True)
         for name in args.prune:
             row = measure_worker(kube, minio, base, f"retention:{name}:{args.points - 1}")
             print(json.dumps(row), flush=True)
