@@ -792,7 +792,7 @@ def run_estate_operator(
             time.sleep(2.0)
             peak = max(peak, _tree_usage(proc.pid)[1])
         r2 = kube.requests_by()
-        c2, w2 = _tree_usage(proc.pid)[0], time.monotonic()
+        (c2, rss_end), w2 = _tree_usage(proc.pid), time.monotonic()
         hwm = sum(_proc_kib(pid, "VmHWM") for pid in _tree_pids(proc.pid))
     finally:
         proc.terminate()
@@ -809,6 +809,7 @@ def run_estate_operator(
         "swept_after_s": None if swept_s is None else round(swept_s),
         "steady_after_s": None if steady_s is None else round(steady_s),
         "peak_rss_mib": round(max(peak, hwm) / 1024),
+        "rss_after_window_mib": round(rss_end / 1024),
         "cpu_s_until_steady": round(c1, 1),
         "requests_until_steady": sum(start.values()),
         "requests_until_steady_by": {k: v for k, v in start.items() if v >= 5},
@@ -829,6 +830,7 @@ def measure_estate(
     window: float,
     starts: tuple[str, ...] = ("restart",),
     others: tuple[Path, ...] = (),
+    steady_timeout: float = 900.0,
 ) -> list[dict[str, Any]]:
     """The estate as a running operator keeps it (points, RPO states, runs with their
     finalizer), then the operator started on it once per ``starts`` entry: a restart.
@@ -882,7 +884,9 @@ def measure_estate(
             print(json.dumps(rows[-1]), flush=True)
             for label in starts:
                 for which in (tree, *others):
-                    row = run_estate_operator(kube, which, lab["dir"], label, 900.0, window)
+                    row = run_estate_operator(
+                        kube, which, lab["dir"], label, steady_timeout, window
+                    )
                     rows.append({"tree": str(which), "commit": _commit(which), **row})
                     print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -913,6 +917,12 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave --estate's objects in place")
     ap.add_argument("--starts", type=int, default=1, help="operator starts on --estate")
     ap.add_argument(
+        "--steady-timeout",
+        type=float,
+        default=900.0,
+        help="seconds an operator start on --estate may take to be steady",
+    )
+    ap.add_argument(
         "--also-tree",
         type=Path,
         action="append",
@@ -929,7 +939,10 @@ def main() -> int:
         runs = args.estate if args.runs < 0 else args.runs
         starts = tuple(f"restart-{i + 1}" for i in range(args.starts))
         others = tuple(t.resolve() for t in args.also_tree)
-        measure_estate(kube, tree, lab, args.estate, args.points, runs, args.window, starts, others)
+        measure_estate(
+            kube, tree, lab, args.estate, args.points, runs, args.window, starts, others,
+            args.steady_timeout,
+        )  # fmt: skip
         if not args.keep:
             kube.etcd_delete_namespace(ESTATE_NAMESPACE)
     if args.night:

@@ -34,6 +34,7 @@ from vmguard.api import DEFAULT_BACKUP_TTL, format_time
 from vmguard.api.kinds import BACKUP, PROTECTEDVM, RESTORE
 from vmguard.controller.backup import expiry
 from vmguard.controller.kube import points
+from vmguard.controller.kube.handlers import Presence
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.policy_spec import backup_ttl
 from vmguard.controller.kube.timing import Timing
@@ -218,6 +219,127 @@ def test_a_finished_run_waiting_for_its_ttl_reads_nothing_until_it_is_due(
     assert api.deleted == {"by-policy": T0 + dt.timedelta(seconds=7200)}
     assert api.gets == [f"{BACKUP.plural}/by-policy"]  # Failed: it has no point
     assert set(asked) == {(namespace, POLICY)}
+
+
+class StopWhen:
+    """kopf's ``stopped``, true once ``done()`` holds."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self.done = done
+
+    def __bool__(self) -> bool:
+        return self.done()
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.mark.lab
+def test_one_loop_expires_every_finished_run_and_acts_only_while_the_replica_does(
+    kube_api: Any, namespace: str
+) -> None:
+    """One loop over the finished runs' records (kopf's index), not a daemon per run
+    (≈ 20 KB each: 100 MB for one night's 5,000, docs/scale.md): each run is deleted
+    exactly when due and read once, then; while kopf does not let the replica act
+    (peering), ten days pass and nothing is read or deleted."""
+    clock = ManualClock(T0 + dt.timedelta(seconds=1))
+    api = RecordingAPI(kube_api, clock)
+    timing = Timing(clock=clock)
+    ttls = {"run-1h": 3600, "run-3h": 3 * 3600, "run-5h": 5 * 3600, "run-30m": 1800}
+    index = {
+        name: expiry.record(
+            _finished(kube_api, namespace, name, "Completed", ttlSecondsAfterFinished=ttl)
+        )
+        for name, ttl in ttls.items()
+    }
+    index["failed"] = expiry.record(
+        _finished(kube_api, namespace, "failed", "Failed", ttlSecondsAfterFinished=60)
+    )
+    assert set(index["failed"]) == {"metadata", "spec", "status"}
+    gone: list[str] = []
+
+    def expired(ns: str) -> None:
+        assert ns == namespace
+        gone.append("x")
+
+    def runs() -> list[dict[str, Any]]:  # kopf drops a deleted run from its index
+        return [r for name, r in index.items() if name not in api.deleted]
+
+    presence = Presence(always=False)
+
+    async def acting() -> expiry.Counts:
+        with presence.entered():
+            return await expiry.loop(
+                api, timing, runs, StopWhen(lambda: len(api.deleted) == len(index)),
+                acting=presence, expired=expired,
+            )  # fmt: skip
+
+    counts = asyncio.run(acting())
+    assert api.deleted == {
+        name: T0 + dt.timedelta(seconds=ttl) for name, ttl in (ttls | {"failed": 60}).items()
+    }
+    assert len(gone) == 5
+    # One GET of each run, when it was due, and nothing else but its ProtectedVM's record.
+    backup_gets = [g for g in api.gets if not g.startswith("protectedvms/")]
+    assert sorted(backup_gets) == sorted(f"{BACKUP.plural}/{n}" for n in index)
+    assert counts.turns <= 10, counts  # a turn per due time and the hourly looks
+
+    # Not acting (a peer acts): ten days go by, nothing is read, nothing deleted.
+    index = {"later": expiry.record(_finished(kube_api, namespace, "later", "Failed"))}
+    api = RecordingAPI(kube_api, clock)
+    until = clock.now() + dt.timedelta(days=10)
+    paused = Presence(always=False)
+    asyncio.run(
+        expiry.loop(api, timing, runs, StopWhen(lambda: clock.now() >= until), acting=paused)
+    )
+    assert (api.deleted, api.gets) == ({}, [])
+    assert [b["metadata"]["name"] for b in objects.items(kube_api, namespace, BACKUP.plural)] == [
+        "later"
+    ]
+
+
+@pytest.mark.unit
+def test_a_turn_looks_again_only_at_runs_kopf_replaced() -> None:
+    """2,000 runs waiting for their TTL; kopf's index changes one record at a
+    time (as at the start, 5,000 times): each turn looks afresh at the one replaced,
+    not at all 2,000 (a turn computed every due time again: O(runs) per change, the
+    start's CPU doubled at 5,000 runs, docs/scale.md). Nothing is due: no request."""
+    clock = ManualClock(T0 + dt.timedelta(seconds=1))
+    timing = Timing(clock=clock)
+    index: dict[str, dict[str, Any]] = {}
+    for i in range(2000):
+        body = {
+            "metadata": {"namespace": "ns", "name": f"run-{i}", "uid": f"u{i}"},
+            "spec": {"policyRef": {"name": POLICY}},
+            "status": {"phase": "Failed", "completionTime": format_time(T0)},
+        }
+        index[f"u{i}"] = expiry.record(body)
+    wake = asyncio.Event()
+    calls = [0]
+
+    def runs() -> list[dict[str, Any]]:
+        """Read at each turn's start; from the second on, kopf has replaced one record."""
+        calls[0] += 1
+        if calls[0] > 1:
+            uid = f"u{calls[0] - 2}"
+            index[uid] = dict(index[uid])
+            wake.set()
+        return list(index.values())
+
+    async def go() -> expiry.Counts:
+        return await expiry.loop(
+            None,  # type: ignore[arg-type]  # nothing is due: no request is sent
+            timing,
+            runs,
+            StopWhen(lambda: calls[0] > 50),  # the 51st turn looks at nothing
+            # A month: each turn's wait moves this clock an hour (RECHECK).
+            lambda ns, name: {"ttlSecondsAfterFinished": 30 * 86400},
+            wake=wake,
+        )
+
+    counts = asyncio.run(go())
+    assert counts.turns == 51
+    assert counts.looks == 2000 + 49  # all at the first turn, then the one replaced
 
 
 OFFSITE = {

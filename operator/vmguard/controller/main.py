@@ -29,8 +29,8 @@ from vmguard.controller.backup import handlers as backup_handlers
 from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.backup.verification import VerifyLane
-from vmguard.controller.kube import crdcheck, migration, peering, readiness
-from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep
+from vmguard.controller.kube import crdcheck, migration, peering, readiness, trim
+from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep, Changes, Presence
 from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import PAGE as LIST_PAGE
@@ -65,6 +65,7 @@ class Memo(backup_handlers.BackupMemo):
     catalog_interval: float
     hooks: Hooks
     timing: Timing
+    presence: Presence
     # Filled by configure() at start-up, before any handler runs.
     proxy: ProxySettings = field(init=False)
     backups: BackupContext = field(init=False)
@@ -77,6 +78,9 @@ class Memo(backup_handlers.BackupMemo):
     protected_vms: ProtectedVMReader = field(init=False)
     finished_backups: set[str] = field(init=False)
     finished_verifications: set[tuple[str, str]] = field(init=False)
+    expiry_wakeup: asyncio.Event = field(init=False)
+    changes: Changes = field(init=False)
+    loops: list[asyncio.Task[Any]] = field(init=False)
 
 
 class DiffBaseExceptBackups(kopf.AnnotationsDiffBaseStorage):
@@ -100,7 +104,7 @@ class DiffBaseExceptBackups(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     # Shared by every handler (kopf copies the operator memo shallowly per object):
     # (namespace, vCenter name) -> event that wakes that vCenter's sweeper at once.
     memo.wakeups = {}
@@ -115,6 +119,9 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     memo.protected_vms = ProtectedVMReader(SHARED_FOR, memo.timing)
     memo.finished_backups = set()
     memo.finished_verifications = set()
+    memo.expiry_wakeup = asyncio.Event()
+    # What the watches saw change, counted: a policy's pass skips its work without.
+    memo.changes = Changes()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
     memo.after_sweep = functools.partial(failsafe.protect, protected_vms=memo.protected_vms)
     memo.proxy = ProxySettings.from_env()
@@ -147,6 +154,39 @@ def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     # kopf's first LIST of each kind in pages, not the whole kind in one response: 5,000
     # backups were one ≈ 11 MB body decoded at once, on top of the objects kopf keeps.
     settings.watching.chunk_size = LIST_PAGE
+
+
+@kopf.on.startup()
+async def start_loops(memo: Memo, **kwargs: Any) -> None:
+    """The operator's own loops (after ``configure``): the backups' expiry loop, one per
+    operator over kopf's indexes (controller/backup/expiry.py; kopf fills them as its
+    watches start, and the loop acts only while kopf lets this replica act), and the
+    heap's trim after work (controller/kube/trim.py)."""
+    memo.loops = [
+        asyncio.create_task(
+            backup_handlers.expiry_loop(memo, kwargs["finished_runs"], kwargs["policy_ttls"]),
+            name="backup expiry loop",
+        ),
+        # glibc keeps the start's transient (≈ 150 MB at 5,000 VMs) unless told.
+        asyncio.create_task(trim.trim_after_work(memo.timing, Never()), name="heap trim"),
+    ]
+
+
+class Never:
+    """A loop's ``stopped`` for one that ends when its task is cancelled (at cleanup)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+@kopf.on.cleanup()
+async def stop_loops(memo: Memo, **_: Any) -> None:
+    for task in memo.loops:
+        task.cancel()
+    await asyncio.gather(*memo.loops, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -232,6 +272,8 @@ def run(options: OperatorOptions) -> None:
                 catalog_interval=interval,
                 hooks=options.hooks,
                 timing=timing,
+                # Without peering kopf never pauses: the loops kopf does not run act always.
+                presence=Presence(always=options.peering is None),
             ),
         )
     )

@@ -20,13 +20,16 @@
   verifications' lane (:mod:`.verification`); ``vmbackup_verifier``: a daemon per
   admitted verification runs its Job and records its result on the point; one that
   ended is counted and wakes its vCenter's loop, seen by ``vmbackup_phase``.
-- ``vmbackup_expiry``: a daemon per finished (not synced) VMGuardBackup deletes it
+- ``finished_runs``: the kopf index of finished (not synced) VMGuardBackups;
+  ``expiry_loop``, one per operator (started by ``main``), deletes each
   ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
-  and its archive untouched (:mod:`.expiry`).
+  and its archive untouched (:mod:`.expiry`). It was a daemon per finished run: ≈ 20 KB
+  each, ≈ 100 MB for one night's 5,000 (docs/scale.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import kopf
@@ -57,6 +60,8 @@ class BackupMemo(OperatorMemo, Protocol):
     """UIDs of the finished backups ``vmbackup_phase`` has seen (this process only)."""
     finished_verifications: set[tuple[str, str]]
     """(UID, run) of the ended verifications it has seen (this process only)."""
+    expiry_wakeup: asyncio.Event
+    """Set when the finished runs' index changes: the expiry loop looks again."""
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -76,7 +81,9 @@ def _in_queue(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_in_queue)
-def backup_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def backup_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], Queued] | None:
     """Resolved backups in flight by (the VCenter's namespace, vCenter): the admission
     loops' state, kept by the watch. A change wakes that vCenter's loop. A backup whose
     VCenter is in another namespace (``status.vcenterNamespace``, docs/tenancy.md) is
@@ -89,7 +96,9 @@ def _verification_queued(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_verification_queued)
-def verify_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def verify_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], Queued] | None:
     """Requested verifications of completed backups by (the VCenter's namespace, vCenter):
     the verifications' lane of that vCenter's admission loop (woken by a change)."""
     return _under_its_vcenter(body, memo, verification.queued_of(body))
@@ -169,7 +178,7 @@ def _gone(event: kopf.RawEvent, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, BACKUP.plural, when=_gone)
-def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
     """A backup is gone (its finalizer released): kopf has dropped it from the index
     before this runs, so its vCenter's loop now sees the slot it held free. (Waking it
     from the deletion handler is too early: the backup still holds its slot then.)"""
@@ -219,8 +228,14 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
     The first event of each finished backup wakes its vCenter's admission loop and, if
     it completed, its policy's scheduler, which applies retention (async: on the event
     loop, where that scheduler's asyncio.Event lives). Which finished backups were seen
-    is kept in memory (``memo.finished_backups``), not in the objects."""
+    is kept in memory (``memo.finished_backups``), not in the objects. Every event of a
+    policy's backup is counted for that policy's passes (``memo.changes``)."""
     uid = str(body.get("metadata", {}).get("uid") or "")
+    # Its policy's next pass works on it (policy/runs.py: a pass skips when nothing changed).
+    run_of = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
+    run_of = run_of or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
+    if run_of:
+        memo.changes.bump("runs", body.get("metadata", {}).get("namespace") or "", run_of)
     if event.get("type") == "DELETED":
         memo.finished_backups.discard(uid)
         memo.finished_verifications -= {k for k in memo.finished_verifications if k[0] == uid}
@@ -259,7 +274,7 @@ def _expires(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, POLICY.plural)
-def policy_ttls(
+async def policy_ttls(
     spec: kopf.Spec, name: str, namespace: str | None, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each policy's ``ttlSecondsAfterFinished`` and its copy targets' names and delays
@@ -278,35 +293,81 @@ def policy_ttls(
     return {(namespace or "", name): known}
 
 
-@kopf.daemon(GROUP, VERSION, BACKUP.plural, id="expiry", when=_expires, cancellation_timeout=5.0)
-async def vmbackup_expiry(
-    body: kopf.Body,
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_expires)
+async def finished_runs(body: kopf.Body, memo: Any, **_: Any) -> dict[str, dict[str, Any]]:
+    """Each finished (not synced) run's :func:`.expiry.record` by namespace: what the
+    expiry loop waits on (a change wakes it). kopf drops a run from the index when it
+    is deleted or stops being finished. Async so that kopf calls it on the event loop,
+    where the wake-up event lives (a sync one runs in kopf's thread pool, and an
+    ``asyncio.Event`` set from there need not wake its waiter)."""
+    wake = getattr(memo, "expiry_wakeup", None)
+    if wake is not None:
+        wake.set()
+    return {str(body.get("metadata", {}).get("namespace") or ""): expiry.record(body)}
+
+
+async def expiry_loop(
     memo: BackupMemo,
-    stopped: kopf.DaemonStopped,
-    **kwargs: Any,
+    runs: kopf.Index[str, dict[str, Any]],
+    policy_ttls: kopf.Index[tuple[str, str], dict[str, Any]],
 ) -> None:
-    """Delete a finished backup run once its TTL has passed; its point and archive stay.
-    ``body`` is kopf's live view of the object, the policies' TTLs come from kopf's index
-    (a keyword argument named after its handler): waiting reads nothing from the
-    apiserver."""
+    """The operator's one expiry loop (started by ``main`` at start-up): deletes each
+    finished run ``ttlSecondsAfterFinished`` after it finished, its point kept in the
+    VM's ProtectedVM and its archive untouched (:mod:`.expiry`). The runs and the
+    policies' TTLs come from kopf's indexes: waiting reads nothing from the apiserver.
+    It acts only while kopf lets this replica act (``memo.presence``)."""
     if not acts(memo, "backups"):
         return
-    policy_ttls: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["policy_ttls"]
 
     def policy_spec(namespace: str, name: str) -> dict[str, Any] | None:
         return next(iter(policy_ttls.get((namespace, name), [])), None)
 
-    await expiry.run(memo.backups.api, memo.backups.timing, body, stopped, policy_spec)
-    # Its point no longer names the run: the policies' next passes read that.
-    memo.protected_vms.forget(body.get("metadata", {}).get("namespace") or "")
+    def every_run() -> list[dict[str, Any]]:
+        return [r for store in list(runs.values()) for r in store]
+
+    def expired(namespace: str) -> None:
+        # Its point no longer names the run: the policies' next passes read that.
+        memo.protected_vms.forget(namespace)
+
+    await expiry.loop(
+        memo.backups.api,
+        memo.backups.timing,
+        every_run,
+        Forever(),
+        policy_spec,
+        wake=memo.expiry_wakeup,
+        acting=memo.presence,
+        expired=expired,
+    )
 
 
-@kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_backup_in_flight)
+class Forever:
+    """The expiry loop's ``stopped``: it ends when its task is cancelled (at cleanup)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+def _deletion_guarded(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
+    """In flight, or finished and not yet expired: kopf keeps the finalizer on these
+    (a finished run's expiry daemon kept it before the expiry loop: without a handler
+    that matches, kopf would PATCH it away from each run as it finishes, and from every
+    finished run at the first start after the change)."""
+    return reconcile.in_flight(status, labels) or expiry.expires(status, labels)
+
+
+@kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_deletion_guarded)
 async def vmbackup_deleted(
     body: kopf.Body, memo: BackupMemo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go."""
-    if not acts(memo, "backups"):
+    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go. A
+    finished run has nothing to clean up (its finalizer goes at once)."""
+    if not acts(memo, "backups") or not reconcile.in_flight(
+        body.get("status"), body.get("metadata", {}).get("labels")
+    ):
         return
     _wake_admission(memo, body)
     try:

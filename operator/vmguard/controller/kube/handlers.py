@@ -28,8 +28,9 @@ Only the event loop touches the memo's events (no locks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import kopf
@@ -80,6 +81,66 @@ class OperatorMemo(Protocol):
     """The kinds of proxy work the admission loops start (docs/admission.md)."""
     protected_vms: ProtectedVMReader
     """The one shared, compact reader of the namespaces' ProtectedVMs (:mod:`.held`)."""
+    presence: Presence
+    """Whether kopf lets this replica act, for the loops kopf does not run itself."""
+    changes: Changes
+    """What kopf's watches saw change, counted (a policy's pass skips its work when its
+    inputs did not change: :class:`Changes`)."""
+
+
+class Changes:
+    """Counters of changes kopf's watches saw, by key: ``("runs", namespace, policy)``
+    (a VMGuardBackup of that policy), ``("points", namespace)`` (a ProtectedVM),
+    ``("policies", namespace)`` (a VMProtectionPolicy). A reader compares the counters
+    with those of its last look: equal counters mean nothing it reads changed (kopf's
+    watch delivers every change; a counter never goes back)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def bump(self, *key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def of(self, *keys: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(self._counts.get(k, 0) for k in keys)
+
+
+class Presence:
+    """Whether this replica acts, for a loop that is not a kopf daemon (the backups'
+    expiry loop): kopf tells only its daemons, by stopping them all when peering pauses
+    the operator and starting them again when it resumes. Without peering kopf never
+    pauses, and the gate is always open. With peering it is open while at least one
+    daemon that entered it (:meth:`entered`: each VCenter's admission loop, which runs
+    whenever the backups or restores controller does) is running.
+
+    Public kopf only: its pause toggle is not handed to handlers. A replica with no
+    VCenter to watch therefore does not expire runs under peering until one exists.
+    """
+
+    def __init__(self, always: bool) -> None:
+        self.always = always
+        self.count = 0
+        self._open = asyncio.Event()
+        if always:
+            self._open.set()
+
+    def is_set(self) -> bool:
+        return self._open.is_set()
+
+    async def wait(self) -> bool:
+        return await self._open.wait()
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Held by a kopf daemon while it runs."""
+        self.count += 1
+        self._open.set()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0 and not self.always:
+                self._open.clear()
 
 
 def acts(memo: OperatorMemo, controller: str) -> bool:

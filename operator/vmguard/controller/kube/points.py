@@ -28,7 +28,11 @@ Invariants:
   ``lastGoodPoint`` (the newest point no verification found bad), ``policy`` (the newest
   point's) and the ``Ready``/``Protected`` conditions (:func:`derived`, pure).
 
-The operator runs no kopf handler on ProtectedVMs: they cost it no watch.
+The operator runs no kopf handler on ProtectedVMs: they cost it no watch (a watch of
+5,000 took kopf a minute more to start, docs/scale.md). What changes them is counted
+here instead, per namespace (:func:`writes`): every write of this module in this
+process. A policy's pass compares the count with its last pass's; a write by another
+process (a CLI, a replica before a hand-over) is seen at the pass's next full rebuild.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.errors import ConfigError, RetryableError
 
 PLURAL = PROTECTEDVM.plural
+_WRITES: dict[str, int] = {}
+"""ProtectedVM writes of this process by namespace (:func:`writes`)."""
 MAX_POINTS = 1000
 """The CRD's ``status.points`` maxItems (vmguard.crds.protectedvm, kept equal by a test)."""
 ATTEMPTS = 8
@@ -201,6 +207,8 @@ async def _read_or_create(
     obj = await api.get_object(PLURAL, key.namespace, key.name)
     if obj is None:
         made = await api.create_object(PLURAL, key.namespace, build_protected_vm(key, vm_name))
+        if made:
+            _wrote(key.namespace)
         if made and created is not None:  # False: another writer created it first, as good
             await created()
         obj = await api.get_object(PLURAL, key.namespace, key.name)
@@ -621,14 +629,27 @@ def is_stand_in(obj: Mapping[str, Any]) -> bool:
     return STAND_IN in ((obj.get("metadata") or {}).get("annotations") or {})
 
 
+def writes(namespace: str) -> int:
+    """How many times this process wrote (or created) a ProtectedVM of ``namespace``; a
+    count never goes back, so an equal count means no write of ours since."""
+    return _WRITES.get(namespace, 0)
+
+
+def _wrote(namespace: str) -> None:
+    _WRITES[namespace] = _WRITES.get(namespace, 0) + 1
+
+
 async def _patch(
     api: KubeAPI, key: ProtectedVMKey, obj: Mapping[str, Any], status: ProtectedVMStatus
 ) -> bool:
     """The status, only if the object is still the one read (False: read again)."""
-    return await api.patch_status_if(
+    done = await api.patch_status_if(
         PLURAL,
         key.namespace,
         key.name,
         cast(dict[str, Any], status),
         obj["metadata"]["resourceVersion"],
     )
+    if done:
+        _wrote(key.namespace)
+    return done

@@ -10,6 +10,10 @@ applies its retention, copies its completed backups to its copy targets
 the copies' lane of the vCenter's admission queue (:mod:`.copyqueue`); a change wakes
 that vCenter's loop, and a copy the loop admitted wakes the policy's scheduler, which
 creates its Job.
+
+``policy_seen`` counts the changes of the namespace's policies (``memo.changes``; the
+backups' ``vmbackup_phase`` counts those of each policy's runs): a policy's pass whose
+inputs did not change skips its work (:class:`.runs.PolicyRunner`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import kopf
 from vmguard.api import GROUP, VERSION
 from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.config import BackupSettings
+from vmguard.controller.kube import points
 from vmguard.controller.kube.handlers import (
     OperatorMemo,
     acts,
@@ -40,7 +45,7 @@ from vmguard.controller.policy.runs import PolicyRunner
 @kopf.on.create(GROUP, VERSION, POLICY.plural)
 @kopf.on.update(GROUP, VERSION, POLICY.plural, field="spec")
 @kopf.on.delete(GROUP, VERSION, POLICY.plural, optional=True)
-def policy_changed(
+async def policy_changed(
     spec: kopf.Spec, name: str, namespace: str | None, memo: OperatorMemo, **_: Any
 ) -> None:
     """A policy changed: its vCenter re-matches its VMs now, not at the next interval,
@@ -59,7 +64,7 @@ def _copy_queued(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, BACKUP.plural, when=_copy_queued)
-def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
     """Backups whose copy waits for admission or runs, by (the VCenter's namespace,
     vCenter): the copies' lane of that vCenter's admission loop. A change wakes the
     loop; an admitted copy (Running) wakes its policy's scheduler, which starts its Job."""
@@ -72,6 +77,24 @@ def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Qu
     if not record.waiting and record.policy:
         policy_wakeup(memo, record.namespace, record.policy).set()
     return {(vc_ns, record.vcenter): record}
+
+
+@kopf.on.event(GROUP, VERSION, POLICY.plural)
+async def policy_seen(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
+    """A policy changed (its spec, or a status we wrote): the namespace's policies'
+    next passes work (a pass reads the other policies for its conflicts)."""
+    memo.changes.bump("policies", (body.get("metadata") or {}).get("namespace") or "")
+
+
+def pass_inputs(memo: OperatorMemo, namespace: str, name: str) -> tuple[int, ...]:
+    """What a policy's pass reads, counted where it changes (runs.PolicyRunner): its
+    runs and the namespace's policies as kopf's watches see them (the runs by the
+    backups' ``vmbackup_phase``, the policies by ``policy_seen``), the ProtectedVMs as
+    this process writes them (:func:`~vmguard.controller.kube.points.writes`)."""
+    return (
+        *memo.changes.of(("runs", namespace, name), ("policies", namespace)),
+        points.writes(namespace),
+    )
 
 
 @kopf.daemon(GROUP, VERSION, POLICY.plural, cancellation_timeout=10.0)
@@ -107,6 +130,7 @@ async def policy_scheduler(
         metrics,
         copier,
         memo.protected_vms,
+        inputs=lambda: pass_inputs(memo, namespace or "", name),
     )
     try:
         await runner.loop()

@@ -33,7 +33,9 @@ def _in_queue(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.index(GROUP, VERSION, RESTORE.plural, when=_in_queue)
-def restore_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], Queued] | None:
+async def restore_queue(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[tuple[str, str], Queued] | None:
     """Resolved restores in flight by (the VCenter's namespace, vCenter); a change wakes
     that loop."""
     record = admission.queued_of(body)
@@ -55,7 +57,7 @@ def _gone(event: kopf.RawEvent, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, RESTORE.plural, when=_gone)
-def restore_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def restore_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
     """A restore is gone: kopf dropped it from the index first, so its vCenter's loop
     now sees the slot it held free."""
     vc = (body.get("status") or {}).get("vcenter")

@@ -54,7 +54,7 @@ async def _sleep(
 
 
 @kopf.index(GROUP, VERSION, POLICY.plural)
-def policy_terms(
+async def policy_terms(
     spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> dict[tuple[str, str], PolicyTerms]:
     """What admission needs of each policy; a change wakes its vCenter's loop."""
@@ -65,7 +65,7 @@ def policy_terms(
 
 
 @kopf.index(GROUP, VERSION, VCENTER.plural, id="vcenter_limits")
-def limits_of_vcenter(
+async def limits_of_vcenter(
     spec: kopf.Spec, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> dict[tuple[str, str], VCenterLimits]:
     """Each VCenter's limits; a change wakes its loop."""
@@ -112,7 +112,9 @@ async def admission_turns(
         limits=limits,
         timing=memo.timing,
     )
-    await loop.run(admission_wakeup(memo, ns, name), stopped)
+    # While it runs, kopf lets this replica act: the backups' expiry loop acts then too.
+    with memo.presence.entered():
+        await loop.run(admission_wakeup(memo, ns, name), stopped)
 
 
 @kopf.daemon(GROUP, VERSION, VCENTER.plural, cancellation_timeout=10.0)
