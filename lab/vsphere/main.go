@@ -158,6 +158,7 @@ func run(o options) error {
 			return err
 		}
 	}
+	store.toolsGate = make(chan struct{}) // opened once the SDK serves (store.go)
 	store.BeginBulk(4)
 	// The build allocates a lot of short-lived XML; collecting less often
 	// saves about a second at 5,000 VMs.
@@ -190,6 +191,8 @@ func run(o options) error {
 			log.Print("control server: ", err)
 		}
 	}()
+
+	close(store.toolsGate)
 
 	ready := map[string]any{
 		"sdk_url":     sdk.urls.sdk.String(),

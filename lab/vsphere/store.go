@@ -53,6 +53,13 @@ type Store struct {
 	dsDirs map[string]string      // datastore name -> local directory, under mu
 
 	guest *guestOps // the lab guest (guest.go); nil: every guest login is refused
+
+	// toolsGate, when set, holds the tools goroutines (tools.go) until it is
+	// closed: main holds them while it builds the inventory and starts the SDK
+	// endpoints, because vcsim's RegisterSDK copies one registry's objects into
+	// another without the registry's lock, and a goroutine reading the registry
+	// meanwhile crashed the process ("concurrent map read and map write").
+	toolsGate chan struct{}
 }
 
 type vmState struct {

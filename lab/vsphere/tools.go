@@ -47,7 +47,11 @@ func (s *Store) followTools(ref types.ManagedObjectReference, poweredOn bool) {
 	if !poweredOn && s.guest != nil {
 		s.guest.stopAll(ref.Value) // a guest that is off runs no program (guest.go)
 	}
+	gate := s.toolsGate
 	go func() {
+		if gate != nil {
+			<-gate // until the simulator is up (store.go)
+		}
 		if poweredOn {
 			time.Sleep(toolsBootDelay)
 		}
