@@ -71,9 +71,9 @@ RETRY = 30.0
 COPY_HOLD = 7 * 24 * 3600.0
 """Longest a run is kept past its TTL (and its copy targets' delay) for its copies."""
 RECHECK = 3600.0
+"""Longest wait before the TTL is read again (a policy's TTL may have been changed)."""
 SETTLE = 1.0
 """Seconds the loop lets a burst of index changes settle before it looks again."""
-"""Longest wait before the TTL is read again (a policy's TTL may have been changed)."""
 
 log = logging.getLogger(__name__)
 
