@@ -504,6 +504,38 @@ def estate_policy_of(vm_name: str) -> str:
     return next((p for p in PREFIXES if fnmatchcase(vm_name, f"{p}-*")), "fail-safe")
 
 
+def estate_policies(ns: str, hour: int, *, keep_daily: int) -> list[dict[str, Any]]:
+    """One policy per VM name prefix of the simulator (:data:`PREFIXES`) and the default
+    policy, each backing up at ``hour`` and keeping ``keep_daily`` daily points."""
+    schedule = {"cron": f"0 {hour} * * *"}
+    retention = {"keepDaily": keep_daily}
+    common = {"vcenterRef": {"name": "vc1"}, "repositoryRef": {"name": "main"}}
+    policies: list[dict[str, Any]] = [
+        {
+            "apiVersion": "vmguard.io/v1alpha1",
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": p, "namespace": ns},
+            "spec": {
+                **common,
+                "selector": {"names": [f"{p}-*"]},
+                "priority": 10,
+                "schedule": schedule,
+                "retention": retention,
+            },
+        }
+        for p in PREFIXES
+    ]
+    policies.append(
+        {
+            "apiVersion": "vmguard.io/v1alpha1",
+            "kind": "VMProtectionPolicy",
+            "metadata": {"name": "fail-safe", "namespace": ns},
+            "spec": {**common, "default": True, "schedule": schedule, "retention": retention},
+        }
+    )
+    return policies
+
+
 def estate_objects(
     kube: Kube, info: dict[str, Any], password: str, lab: dict[str, Any], hour: int
 ) -> list[dict[str, Any]]:
@@ -520,38 +552,7 @@ def estate_objects(
     bucket = "estate"
     port = int(info["sdk_url"].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     group = "vmguard.io/v1alpha1"
-    schedule = {"cron": f"0 {hour} * * *"}
-    retention = {"keepDaily": 35}
-    policies: list[dict[str, Any]] = [
-        {
-            "apiVersion": group,
-            "kind": "VMProtectionPolicy",
-            "metadata": {"name": p, "namespace": ns},
-            "spec": {
-                "vcenterRef": {"name": "vc1"},
-                "repositoryRef": {"name": "main"},
-                "selector": {"names": [f"{p}-*"]},
-                "priority": 10,
-                "schedule": schedule,
-                "retention": retention,
-            },
-        }
-        for p in PREFIXES
-    ]
-    policies.append(
-        {
-            "apiVersion": group,
-            "kind": "VMProtectionPolicy",
-            "metadata": {"name": "fail-safe", "namespace": ns},
-            "spec": {
-                "vcenterRef": {"name": "vc1"},
-                "repositoryRef": {"name": "main"},
-                "default": True,
-                "schedule": schedule,
-                "retention": retention,
-            },
-        }
-    )
+    policies = estate_policies(ns, hour, keep_daily=35)
     kube.run("create", "namespace", ns, check=False)
     kube.apply(
         [

@@ -69,7 +69,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
-from estate import PREFIXES, Kube, _delta, _lab
+from estate import PREFIXES, Kube, _delta, _lab, estate_policies
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "estate-reads"
@@ -129,38 +129,7 @@ def setup(kube: Kube, lab: dict[str, Any], hour: int) -> list[dict[str, Any]]:
     creds = {"VMGUARD_S3_ACCESS_KEY": m["access_key"], "VMGUARD_S3_SECRET_KEY": m["secret_key"]}
     with contextlib.suppress(RepositoryExistsError):
         create_repository(repo_spec, creds, MASTER_KEY.encode())
-    schedule = {"cron": f"0 {hour} * * *"}
-    retention = {"keepDaily": KEEP_DAILY}
-    policies: list[dict[str, Any]] = [
-        {
-            "apiVersion": GROUP,
-            "kind": "VMProtectionPolicy",
-            "metadata": {"name": p, "namespace": NS},
-            "spec": {
-                "vcenterRef": {"name": "vc1"},
-                "repositoryRef": {"name": "main"},
-                "selector": {"names": [f"{p}-*"]},
-                "priority": 10,
-                "schedule": schedule,
-                "retention": retention,
-            },
-        }
-        for p in PREFIXES
-    ]
-    policies.append(
-        {
-            "apiVersion": GROUP,
-            "kind": "VMProtectionPolicy",
-            "metadata": {"name": "fail-safe", "namespace": NS},
-            "spec": {
-                "vcenterRef": {"name": "vc1"},
-                "repositoryRef": {"name": "main"},
-                "default": True,
-                "schedule": schedule,
-                "retention": retention,
-            },
-        }
-    )
+    policies = estate_policies(NS, hour, keep_daily=KEEP_DAILY)
     kube.run("create", "namespace", NS, check=False)
     kube.apply(
         [
