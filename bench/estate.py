@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import base64
 import calendar
+import datetime as dt
 import json
 import os
 import subprocess
@@ -498,6 +499,40 @@ def start_vcsim(vms: int, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[
     return proc, json.loads(ready.read_text()), password
 
 
+def completed_run_status(
+    run_obj: dict[str, Any], archive: str, at: dt.datetime, done: dt.datetime
+) -> dict[str, Any]:
+    """The status a running operator leaves on a Completed two-disk run (:data:`DISK`)."""
+    from vmguard.api import format_time
+
+    return {
+        "phase": "Completed",
+        "archiveId": archive,
+        "vm": run_obj["spec"]["vm"],
+        "vcenter": "vc1",
+        "repository": "main",
+        "modeUsed": "incremental",
+        "disks": [dict(DISK), dict(DISK, key=2001, label="Hard disk 2")],
+        "totals": {k: 2 * int(DISK[k]) for k in ("capacityBytes", "bytesUploaded")},
+        "startTime": format_time(at),
+        "completionTime": format_time(done),
+        "snapshot": {"createTime": format_time(at)},
+        "transport": "nbd",
+        "conditions": [
+            {
+                "type": t,
+                "status": s,
+                "reason": "Completed",
+                "message": f"archive {archive} committed",
+                "lastTransitionTime": format_time(done),
+                "observedGeneration": 1,
+            }
+            for t, s in (("Ready", "True"), ("Reconciling", "False"))
+        ],
+        "observedGeneration": 1,
+    }
+
+
 def estate_policy_of(vm_name: str) -> str:
     from fnmatch import fnmatchcase
 
@@ -646,36 +681,10 @@ def estate_items(
                 run_obj = build_vmbackup(policy, vm, at, "schedule")
                 pt["backup"] = run_obj["metadata"]["name"]
                 done = at + dt.timedelta(seconds=95)
-                ident = run_obj["spec"]["vm"]
                 run_obj["metadata"].update(
                     uid=str(uuid.uuid4()), generation=1, creationTimestamp=format_time(at)
                 )
-                run_obj["status"] = {
-                    "phase": "Completed",
-                    "archiveId": archive,
-                    "vm": ident,
-                    "vcenter": "vc1",
-                    "repository": "main",
-                    "modeUsed": "incremental",
-                    "disks": [dict(DISK), dict(DISK, key=2001, label="Hard disk 2")],
-                    "totals": {k: 2 * int(DISK[k]) for k in ("capacityBytes", "bytesUploaded")},
-                    "startTime": format_time(at),
-                    "completionTime": format_time(done),
-                    "snapshot": {"createTime": format_time(at)},
-                    "transport": "nbd",
-                    "conditions": [
-                        {
-                            "type": t,
-                            "status": s,
-                            "reason": "Completed",
-                            "message": f"archive {archive} committed",
-                            "lastTransitionTime": format_time(done),
-                            "observedGeneration": 1,
-                        }
-                        for t, s in (("Ready", "True"), ("Reconciling", "False"))
-                    ],
-                    "observedGeneration": 1,
-                }
+                run_obj["status"] = completed_run_status(run_obj, archive, at, done)
             pts.append(pt)
         obj = points.build_protected_vm(key, vm.name)
         obj["metadata"].update(

@@ -69,7 +69,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
-from estate import PREFIXES, Kube, _delta, _lab, estate_policies
+from estate import PREFIXES, Kube, _delta, _lab, completed_run_status, estate_policies
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "estate-reads"
@@ -294,7 +294,7 @@ def estate(
                 )
                 labels[ORIGIN_VMBACKUP] = run_obj["metadata"]["name"]
                 pt["backup"] = run_obj["metadata"]["name"]
-                run_obj["status"] = run_status(run_obj, archive, at, done)
+                run_obj["status"] = completed_run_status(run_obj, archive, at, done)
             disks = tuple(
                 DiskRecord(
                     key=str(2000 + d),
@@ -350,49 +350,6 @@ def estate(
             name = run_obj["metadata"]["name"]
             items.append((f"/registry/vmguard.io/vmguardbackups/{NS}/{name}", run_obj))
     return items, manifests, stored
-
-
-def run_status(run_obj: dict[str, Any], archive: str, at: dt.datetime, done: dt.datetime) -> Any:
-    from vmguard.api import format_time
-
-    disk = {
-        "capacityBytes": 68719476736,
-        "mode": "incremental",
-        "bytesRead": 734003200,
-        "bytesChanged": 734003200,
-        "bytesUploaded": 201326592,
-        "chunksNew": 48,
-        "chunksReused": 16336,
-    }
-    return {
-        "phase": "Completed",
-        "archiveId": archive,
-        "vm": run_obj["spec"]["vm"],
-        "vcenter": "vc1",
-        "repository": "main",
-        "modeUsed": "incremental",
-        "disks": [
-            dict(disk, key=2000, label="Hard disk 1"),
-            dict(disk, key=2001, label="Hard disk 2"),
-        ],
-        "totals": {"capacityBytes": 2 * 68719476736, "bytesUploaded": 2 * 201326592},
-        "startTime": format_time(at),
-        "completionTime": format_time(done),
-        "snapshot": {"createTime": format_time(at)},
-        "transport": "nbd",
-        "conditions": [
-            {
-                "type": t,
-                "status": s,
-                "reason": "Completed",
-                "message": f"archive {archive} committed",
-                "lastTransitionTime": format_time(done),
-                "observedGeneration": 1,
-            }
-            for t, s in (("Ready", "True"), ("Reconciling", "False"))
-        ],
-        "observedGeneration": 1,
-    }
 
 
 def open_store(lab: dict[str, Any]) -> Any:
