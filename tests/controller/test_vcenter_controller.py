@@ -100,9 +100,17 @@ def test_wrong_password_is_a_condition_not_a_crash(
     lab_state: dict[str, Any],
     namespace: str,
     operator_log: Path,
+    lab_repository: str,
 ) -> None:
+    """A vCenter that refuses the login: a condition that says so, no crash. Its policy is
+    judged fit (its vCenter exists; the vCenter's own conditions say it cannot be swept),
+    and its first pass, which waits for the vCenter's first sweep attempt
+    (controller/policy/runs.py), works once that attempt has failed: its runs and points
+    are read, retention applied (``status.retention``), not held back for
+    ``FIRST_SWEEP_WAIT``."""
     canary = "canary-" + secrets.token_hex(8)
     objects.create_vcenter(kube_api, lab_state, namespace, "lab", password=canary)
+    objects.create_policy(kube_api, namespace, "gold", selector={"names": ["g-*"]})
 
     def failed() -> dict[str, Any] | None:
         vc = objects.get(kube_api, namespace, "vcenters", "lab")
@@ -125,3 +133,12 @@ def test_wrong_password_is_a_condition_not_a_crash(
     assert waited.returncode == 0, waited.stderr
     assert canary not in str(vc)
     assert canary not in operator_log.read_text()
+
+    def worked() -> dict[str, Any] | None:
+        policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+        return policy if "retention" in policy.get("status", {}) else None
+
+    policy = eventually(worked, timeout=60, what="the policy's pass on its runs and points")
+    ready = objects.condition(policy, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Scheduled")
+    assert "matchedVMs" not in policy["status"], "no sweep matched its VMs"

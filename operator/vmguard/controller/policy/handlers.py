@@ -131,6 +131,8 @@ async def policy_scheduler(
         copier,
         memo.protected_vms,
         inputs=lambda: pass_inputs(memo, namespace or "", name),
+        # Its first pass waits for the vCenter's first sweep attempt, if one comes here.
+        awaits_sweep=acts(memo, "vcenters"),
     )
     try:
         await runner.loop()

@@ -198,6 +198,8 @@ async def _sweep_forever(
             await _sweep_orphans(api, meta, outcome, metrics, logger, now, allowed)
             await _sweep_foreign_jobs(api, meta["namespace"], logger)
         if not outcome.status.get("reachable"):
+            # The policies' first passes wait for the first sweep attempt (policy.runs).
+            sweeps.failed(meta["namespace"], meta["name"])
             interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(timing, stopped, wake, interval)
