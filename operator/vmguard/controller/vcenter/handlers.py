@@ -168,7 +168,7 @@ async def _sweep_forever(
         except Exception:
             interval = SWEEP_DEFAULT_SECONDS
         interval = timing.interval(interval)
-        outcome = await sweeper.sweep(api, snapshot, interval, timing.clock)
+        outcome = await sweeper.sweep(api, snapshot, interval, timing.clock, wake)
         meta = snapshot["metadata"]
         await api.patch_status(VCENTER.plural, meta["namespace"], meta["name"], outcome.status)
         metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
