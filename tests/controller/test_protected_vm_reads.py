@@ -70,6 +70,34 @@ def test_a_pass_takes_stand_ins_of_its_own_policys_points_or_only_the_newest() -
     assert [b["status"]["archiveId"] for b in points.stand_ins(held, [], "silver")] == ["a2"]
 
 
+@pytest.mark.unit
+def test_a_policys_status_written_does_not_make_the_other_passes_work() -> None:
+    """``policy_seen`` (controller/policy/handlers.py) counts what the policies' passes
+    read of each other: a policy appearing, going, or its spec changing (its
+    ``generation``), not a status written. At a start every pass's own status write made
+    every other policy's next pass work again (docs/scale.md). The events are the
+    bodies kopf hands the handler."""
+    from types import SimpleNamespace
+
+    from vmguard.controller.kube.handlers import Changes
+    from vmguard.controller.policy.handlers import policy_seen
+
+    memo = SimpleNamespace(changes=Changes())
+
+    def seen(generation: int, status: dict[str, Any], type_: str | None) -> int:
+        meta = {"namespace": "ns", "name": "gold", "generation": generation}
+        body = {"metadata": meta, "spec": {"default": False}, "status": status}
+        asyncio.run(policy_seen(body=body, memo=memo, type=type_))  # type: ignore[arg-type]
+        return memo.changes.of(("policies", "ns"))[0]
+
+    assert seen(1, {}, None) == 1  # listed at the start: new to the reader
+    assert seen(1, {"matchedVMs": 3}, "MODIFIED") == 1  # the sweep's count
+    assert seen(1, {"matchedVMs": 3, "lastRun": {}}, "MODIFIED") == 1  # a pass's status
+    assert seen(2, {"matchedVMs": 3}, "MODIFIED") == 2  # its spec changed
+    assert seen(2, {}, "DELETED") == 3
+    assert seen(1, {}, "ADDED") == 4  # made again
+
+
 class CountingAPI(KubeAPI):
     """The real API; it counts the LIST requests of ProtectedVMs it sends."""
 
