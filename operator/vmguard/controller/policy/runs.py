@@ -273,6 +273,9 @@ class PolicyRunner:
             wake_at.append(real_now + dt.timedelta(seconds=waits))
         elif self.skips(inputs, real_now):
             self.passes_skipped += 1
+            # The shared read of the ProtectedVMs, once stale, is held for no one
+            # (≈ 43 MB at 5,000 VMs; held.py).
+            self.protected_vms.drop_stale(namespace)
         else:
             # One policy's pass at a time per namespace holds its history (a stand-in
             # per point of its VMs): seven policies starting at once held seven
