@@ -19,7 +19,7 @@ budget (docs/scale.md). :class:`ProtectedVMReader` is kopf's operator memo's one
   operator holds one namespace's records once, not once per policy.
 - **Nothing held between passes**: a read older than ``max_age`` serves no one, and a
   policy's pass that skips its work (every 30 s per policy when nothing changed) drops
-  it (:meth:`drop_stale`): at 5,000 VMs × 30 points the read is ≈ 43 MB (301 bytes a
+  it (:meth:`drop_stale`): at 5,000 VMs with 30 points each the read is ≈ 43 MB (301 bytes a
   point, measured at 500 VMs), held before until the next pass that worked — up to
   ``policy.runs.REBUILD_EVERY`` — now at most one refresh after it went stale.
 - **Fresh after our own writes**: a caller that writes ProtectedVMs (retention taking out
