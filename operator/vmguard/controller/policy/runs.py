@@ -35,7 +35,7 @@ Rules (docs/resource-model.md, "Schedules"):
 - **A pass whose inputs did not change skips its work** (the part that reads the
   policy's runs and its VMs' points, builds a stand-in per point and a history, and
   applies retention, copies, scheduled verifications, status and RPO states): its runs,
-  the namespace's ProtectedVMs and policies (counted as kopf's watches see them
+  the namespace's ProtectedVMs and policies' specs (counted as kopf's watches see them
   change, ``inputs``), the vCenter's latest sweep, the policy's spec and what the
   judgement found are all as at the last pass that worked, and nothing but time is
   due: not the earliest RPO due time of its VMs, not a scheduled verification, no copy
