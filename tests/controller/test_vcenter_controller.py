@@ -100,9 +100,17 @@ def test_wrong_password_is_a_condition_not_a_crash(
     lab_state: dict[str, Any],
     namespace: str,
     operator_log: Path,
+    lab_repository: str,
 ) -> None:
+    """A vCenter that refuses the login: a condition that says so, no crash. Its policy is
+    judged fit (its vCenter exists; the vCenter's own conditions say it cannot be swept),
+    and its first pass, which waits for the vCenter's first sweep attempt
+    (controller/policy/runs.py), works once that attempt has failed: its runs and points
+    are read, retention applied (``status.retention``), not held back for
+    ``FIRST_SWEEP_WAIT``."""
     canary = "canary-" + secrets.token_hex(8)
     objects.create_vcenter(kube_api, lab_state, namespace, "lab", password=canary)
+    objects.create_policy(kube_api, namespace, "gold", selector={"names": ["g-*"]})
 
     def failed() -> dict[str, Any] | None:
         vc = objects.get(kube_api, namespace, "vcenters", "lab")
@@ -125,3 +133,87 @@ def test_wrong_password_is_a_condition_not_a_crash(
     assert waited.returncode == 0, waited.stderr
     assert canary not in str(vc)
     assert canary not in operator_log.read_text()
+
+    def worked() -> dict[str, Any] | None:
+        policy = objects.get(kube_api, namespace, "vmprotectionpolicies", "gold")
+        return policy if "retention" in policy.get("status", {}) else None
+
+    policy = eventually(worked, timeout=60, what="the policy's pass on its runs and points")
+    ready = objects.condition(policy, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Scheduled")
+    assert "matchedVMs" not in policy["status"], "no sweep matched its VMs"
+
+
+@pytest.mark.parametrize("woken", ["reading its credentials", "after reading the policies"])
+def test_a_policy_change_during_a_sweep_calls_for_another_only_if_the_sweep_missed_it(
+    kube_api: Any, lab_state: dict[str, Any], namespace: str, woken: str
+) -> None:
+    """The sweeper's loop (controller/vcenter/handlers.py) on the simulator and the real
+    apiserver, without an operator: a policy change wakes the sweeper while a sweep is
+    under way. Woken before the sweep reads the policies (as kopf's creation handler of
+    every policy applied while no operator ran wakes it during its first sweep at a
+    start), the sweep matched the change: the loop goes to sleep after it. Woken after,
+    the change was missed: one more sweep. Counted as sweeps until the loop sleeps with
+    nothing waking it (the clock's sleep never ends; the test stops the loop there)."""
+    import asyncio
+    import datetime as dt
+    import logging
+
+    from vmguard.api.kinds import POLICY, VCENTER
+    from vmguard.controller.kube.kubeapi import KubeAPI
+    from vmguard.controller.kube.sweeps import LatestSweeps
+    from vmguard.controller.kube.timing import Timing
+    from vmguard.controller.vcenter.handlers import _sweep_forever
+    from vmguard.metrics import Metrics
+    from vmguard.store.clock import ManualClock
+
+    objects.create_vcenter(kube_api, lab_state, namespace, "lab")
+    objects.create_policy(kube_api, namespace, "fallback", default=True)
+    body = objects.get(kube_api, namespace, VCENTER.plural, "lab")
+
+    async def run() -> int:
+        wake, stop = asyncio.Event(), asyncio.Event()
+        sweeps = 0
+
+        class Woken(KubeAPI):
+            """The real API; a policy "changes" at the chosen point of the first sweep."""
+
+            async def secret_keys(self, *args: Any, **kwargs: Any) -> Any:
+                if woken == "reading its credentials" and sweeps == 0:
+                    wake.set()
+                return await super().secret_keys(*args, **kwargs)
+
+            async def list_objects(self, plural: str, *args: Any, **kwargs: Any) -> Any:
+                out = await super().list_objects(plural, *args, **kwargs)
+                if woken == "after reading the policies" and plural == POLICY.plural and not sweeps:
+                    wake.set()
+                return out
+
+        class Asleep(ManualClock):
+            """The loop's sleep never ends; asleep with nothing waking it, the test stops it."""
+
+            async def sleep(self, seconds: float) -> None:
+                if not wake.is_set():
+                    stop.set()
+                await asyncio.Event().wait()
+
+        class Stopped:
+            def __bool__(self) -> bool:
+                return stop.is_set()
+
+            async def wait(self) -> None:
+                await stop.wait()
+
+        async def after_sweep(*_: Any) -> list[str]:
+            nonlocal sweeps
+            sweeps += 1
+            return []
+
+        timing = Timing(clock=Asleep(dt.datetime.now(dt.UTC)))
+        await _sweep_forever(
+            Woken(kube_api), body, wake, Metrics(), LatestSweeps(), after_sweep,
+            Stopped(), logging.getLogger(__name__), timing,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return sweeps
+
+    assert asyncio.run(run()) == (1 if woken == "reading its credentials" else 2)

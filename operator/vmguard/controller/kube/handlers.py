@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import kopf
@@ -97,12 +97,30 @@ class Changes:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, ...], int] = {}
+        self._versions: dict[tuple[str, ...], Hashable] = {}
 
     def bump(self, *key: str) -> None:
         self._counts[key] = self._counts.get(key, 0) + 1
 
+    def bump_on_change(
+        self, key: tuple[str, ...], item: tuple[str, ...], version: Hashable | None
+    ) -> None:
+        """Bump ``key`` when ``item`` is new, gone (``version`` None) or at another
+        ``version`` than last seen here: a change of what readers do not read (a
+        status written) is not counted."""
+        if version is None:
+            self._versions.pop(item, None)
+        elif self._versions.get(item, _UNSEEN) == version:
+            return
+        else:
+            self._versions[item] = version
+        self.bump(*key)
+
     def of(self, *keys: tuple[str, ...]) -> tuple[int, ...]:
         return tuple(self._counts.get(k, 0) for k in keys)
+
+
+_UNSEEN = object()
 
 
 class Presence:

@@ -17,6 +17,11 @@ budget (docs/scale.md). :class:`ProtectedVMReader` is kopf's operator memo's one
 - **One generation held**: a stale read is dropped before the next is made, and a
   policy's pass lets go of the records it read when it ends (``policy.runs``), so the
   operator holds one namespace's records once, not once per policy.
+- **Nothing held between passes**: a read older than ``max_age`` serves no one, and a
+  policy's pass that skips its work (every 30 s per policy when nothing changed) drops
+  it (:meth:`drop_stale`): at 5,000 VMs with 30 points each the read is ≈ 43 MB (301 bytes a
+  point, measured at 500 VMs), held before until the next pass that worked — up to
+  ``policy.runs.REBUILD_EVERY`` — now at most one refresh after it went stale.
 - **Fresh after our own writes**: a caller that writes ProtectedVMs (retention taking out
   a point, an RPO state, a backup run expiring) calls :meth:`forget`, so the next pass
   reads again. Points other writers add (a backup completing, catalog sync) are seen
@@ -83,6 +88,19 @@ class ProtectedVMReader:
         stand-ins, history, retention and status): one pass's worth in memory at a time,
         not one per policy (they all start together)."""
         return self._passes.setdefault(namespace, asyncio.Lock())
+
+    def drop_stale(self, namespace: str) -> None:
+        """Let go of the namespace's read once it is older than ``max_age``: no caller
+        gets it any more (a caller that has it keeps its own reference)."""
+        cached = self._cache.get(namespace)
+        age = self.timing.monotonic() - cached[0] if cached is not None else 0.0
+        if cached is not None and age >= self.timing.interval(self.max_age):
+            del self._cache[namespace]
+
+    def holds(self, namespace: str) -> int:
+        """How many of the namespace's ProtectedVMs the reader holds now (0: no read)."""
+        cached = self._cache.get(namespace)
+        return len(cached[1]) if cached is not None else 0
 
     def forget(self, namespace: str) -> None:
         """The namespace's ProtectedVMs changed by our hand: the next call reads again."""

@@ -6,6 +6,10 @@ the moment one of its runs starts. A failed sweep publishes nothing, so the last
 assignment stays in force while a vCenter is unreachable. A policy whose vCenter has
 not been swept since the operator started waits for the first sweep.
 
+The sweeper also reports its first *failed* sweep of a vCenter (:meth:`LatestSweeps.failed`),
+once: a policy's first pass after a start waits for its vCenter's first sweep attempt,
+not for a success that may never come (``policy.runs``), and that wakes it.
+
 Only the event loop touches this object (no locks): publish and read happen in
 coroutines, never in threads.
 """
@@ -52,6 +56,7 @@ class LatestSweeps:
     def __init__(self) -> None:
         self._views: dict[tuple[str, str], SweepView] = {}
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._failed: set[tuple[str, str]] = set()
 
     def get(self, namespace: str, vcenter: str) -> SweepView | None:
         return self._views.get((namespace, vcenter))
@@ -64,6 +69,23 @@ class LatestSweeps:
         if event is not None:
             event.set()
 
+    def failed(self, namespace: str, vcenter: str) -> None:
+        """A sweep of this vCenter failed. The first failure wakes whoever waits for its
+        next sweep (as a publish does); later ones do not: only the first attempt
+        changes what a waiting policy does (:meth:`attempted`)."""
+        key = (namespace, vcenter)
+        if key in self._failed:
+            return
+        self._failed.add(key)
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def attempted(self, namespace: str, vcenter: str) -> bool:
+        """Whether a sweep of this vCenter ended, well or not, since the operator started."""
+        key = (namespace, vcenter)
+        return key in self._views or key in self._failed
+
     def next_sweep(self, namespace: str, vcenter: str) -> asyncio.Event:
-        """An event set by the next publish for this vCenter."""
+        """An event set by the next publish for this vCenter (or its first failure)."""
         return self._events.setdefault((namespace, vcenter), asyncio.Event())

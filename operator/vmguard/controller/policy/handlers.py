@@ -11,7 +11,7 @@ the copies' lane of the vCenter's admission queue (:mod:`.copyqueue`); a change 
 that vCenter's loop, and a copy the loop admitted wakes the policy's scheduler, which
 creates its Job.
 
-``policy_seen`` counts the changes of the namespace's policies (``memo.changes``; the
+``policy_seen`` counts the changes of the namespace's policies' specs (``memo.changes``; the
 backups' ``vmbackup_phase`` counts those of each policy's runs): a policy's pass whose
 inputs did not change skips its work (:class:`.runs.PolicyRunner`).
 """
@@ -80,10 +80,21 @@ async def copy_queue(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, st
 
 
 @kopf.on.event(GROUP, VERSION, POLICY.plural)
-async def policy_seen(body: kopf.Body, memo: OperatorMemo, **_: Any) -> None:
-    """A policy changed (its spec, or a status we wrote): the namespace's policies'
-    next passes work (a pass reads the other policies for its conflicts)."""
-    memo.changes.bump("policies", (body.get("metadata") or {}).get("namespace") or "")
+async def policy_seen(
+    body: kopf.Body, memo: OperatorMemo, type: str | None = None, **_: Any
+) -> None:
+    """A policy appeared, went, or its spec changed (its ``generation``): the
+    namespace's policies' next passes work (a pass reads the other policies' specs for
+    its conflicts). A status written (each pass's own, the sweep's ``matchedVMs``, the
+    fail-safe's) is not counted: no pass reads another policy's status, and at a start
+    the passes' own status writes made every other policy's next pass work again
+    (docs/scale.md)."""
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    version = None if type == "DELETED" else meta.get("generation")
+    memo.changes.bump_on_change(
+        ("policies", namespace), (namespace, meta.get("name") or ""), version
+    )
 
 
 def pass_inputs(memo: OperatorMemo, namespace: str, name: str) -> tuple[int, ...]:
@@ -131,6 +142,8 @@ async def policy_scheduler(
         copier,
         memo.protected_vms,
         inputs=lambda: pass_inputs(memo, namespace or "", name),
+        # Its first pass waits for the vCenter's first sweep attempt, if one comes here.
+        awaits_sweep=acts(memo, "vcenters"),
     )
     try:
         await runner.loop()

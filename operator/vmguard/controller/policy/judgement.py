@@ -418,6 +418,32 @@ def conditions(
     return standing_conditions(out, generation)
 
 
+def standing(
+    policy: Mapping[str, Any],
+    assessment: Assessment,
+    now: dt.datetime,
+    clashes: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """Pure: what the judgement alone decides of the policy's status (no backup read):
+    ``observedGeneration``, the conditions and ``nextScheduleTime``; the part of
+    :func:`status` a pass writes before its vCenter's first sweep (``runs.py``)."""
+    meta, spec = policy["metadata"], policy.get("spec") or {}
+    previous = (policy.get("status") or {}).get("conditions")
+    paused = bool(spec.get("paused"))
+    dry_run = bool(spec.get("dryRun"))
+    next_run = assessment.schedule.next_after(now) if assessment.schedule else None
+    return {
+        "observedGeneration": meta.get("generation"),
+        "conditions": conditions(
+            previous, assessment, paused, clashes, meta.get("generation"), next_run, dry_run
+        ),
+        # A policy that cannot act has no next run: null removes a stale one.
+        "nextScheduleTime": format_time(next_run)
+        if next_run and assessment.ready and not paused
+        else None,
+    }
+
+
 def status(
     policy: Mapping[str, Any],
     assessment: Assessment,
@@ -431,21 +457,10 @@ def status(
     """The policy's status (all but ``matchedVMs``), pure. ``now`` is on the schedule's
     line, ``rpo_now`` on the clock completions were stamped with (controller/kube/timing.py;
     both the same instant unless the lab speeds schedules up)."""
-    meta, spec = policy["metadata"], policy.get("spec") or {}
-    previous = (policy.get("status") or {}).get("conditions")
-    paused = bool(spec.get("paused"))
-    dry_run = bool(spec.get("dryRun"))
+    spec = policy.get("spec") or {}
+    paused, dry_run = bool(spec.get("paused")), bool(spec.get("dryRun"))
     next_run = assessment.schedule.next_after(now) if assessment.schedule else None
-    out: dict[str, Any] = {
-        "observedGeneration": meta.get("generation"),
-        "conditions": conditions(
-            previous, assessment, paused, clashes, meta.get("generation"), next_run, dry_run
-        ),
-        # A policy that cannot act has no next run: null removes a stale one.
-        "nextScheduleTime": format_time(next_run)
-        if next_run and assessment.ready and not paused
-        else None,
-    }
+    out = standing(policy, assessment, now, clashes)
     if last_schedule is not None:
         out["lastScheduleTime"] = format_time(last_schedule)
         out["lastRun"] = {

@@ -168,7 +168,7 @@ async def _sweep_forever(
         except Exception:
             interval = SWEEP_DEFAULT_SECONDS
         interval = timing.interval(interval)
-        outcome = await sweeper.sweep(api, snapshot, interval, timing.clock)
+        outcome = await sweeper.sweep(api, snapshot, interval, timing.clock, wake)
         meta = snapshot["metadata"]
         await api.patch_status(VCENTER.plural, meta["namespace"], meta["name"], outcome.status)
         metrics.observe_sweep(meta["namespace"], meta["name"], outcome.status)
@@ -198,6 +198,8 @@ async def _sweep_forever(
             await _sweep_orphans(api, meta, outcome, metrics, logger, now, allowed)
             await _sweep_foreign_jobs(api, meta["namespace"], logger)
         if not outcome.status.get("reachable"):
+            # The policies' first passes wait for the first sweep attempt (policy.runs).
+            sweeps.failed(meta["namespace"], meta["name"])
             interval = min(interval, timing.interval(SWEEP_RETRY_SECONDS))
             logger.warning("sweep failed; retrying in %.0fs", interval)
         await _sleep(timing, stopped, wake, interval)

@@ -111,10 +111,19 @@ def first_sweep_status(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 async def sweep(
-    api: KubeAPI, body: dict[str, Any], interval: float, clock: Clock | None = None
+    api: KubeAPI,
+    body: dict[str, Any],
+    interval: float,
+    clock: Clock | None = None,
+    wake: asyncio.Event | None = None,
 ) -> SweepOutcome:
     """One sweep; ``interval`` is the wait until the next (``nextSweepTime``), and
-    ``clock`` the controller's (controller/kube/timing.py)."""
+    ``clock`` the controller's (controller/kube/timing.py). ``wake`` (the sweeper's: a
+    policy changed) is cleared just before the policies are read: a change that woke the
+    sweeper before then is matched by this sweep, and only a later one calls for another
+    (at a start kopf sees every policy applied while no operator ran as created, and each
+    woke the sweeper during its first sweep: a second sweep at once, and every policy's
+    pass again on it; docs/scale.md)."""
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
@@ -125,6 +134,8 @@ async def sweep(
     try:
         ep = await endpoint_for(api, namespace, spec)
         info, records = await asyncio.to_thread(_read_inventory, ep)
+        if wake is not None:
+            wake.clear()
         policies = await api.list_objects(POLICY.plural, namespace)
     except VmguardError as exc:
         reason = (
