@@ -33,9 +33,11 @@ keeps an entry per running task and the UIDs of bodies done with their objects (
 those leave the index). A turn costs the touched UIDs, not the index: at a start with
 5,000 objects, 5,000 touches and one look at each.
 
-Tasks are created in the context of the latest :meth:`touch`, a kopf handler's: kopf
-posts an object logger's records as Events only from inside its own processing (the
-event queue is a context variable of it), and a task made elsewhere could not post them.
+Tasks are created in (a copy of) the context of the first :meth:`touch`, a kopf
+handler's: kopf posts an object logger's records as Events only from inside its own
+processing (its event queue is a context variable there, the same for every object), and
+a task made elsewhere could not post them. Only the first is kept: a context holds the
+cause of the event it was taken in, and one kept per task would keep as many bodies.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ class Supervisor:
     def touch(self, uid: str) -> None:
         """An event of the object ``uid`` was seen (the index is current for it): its
         task is started or stopped at the next turn."""
-        self._context = contextvars.copy_context()
+        if self._context is None:  # kopf's (see the module doc): one, kept for good
+            self._context = contextvars.copy_context()
         self._dirty.add(uid)
         self._wake.set()
 
