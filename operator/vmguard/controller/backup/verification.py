@@ -13,8 +13,8 @@ A policy with ``spec.verification`` has each of its backups verified once it com
    verification reads the repository only), and their VM key is their own, so they
    never hold a backup back; only the policy's ``verification.concurrency`` bounds them.
    While it waits, ``verification.queuePosition``, ``reason`` and ``message`` say why.
-3. **Run** (:func:`step`, from the backup's verification task, ``handlers.verify_backup``): a proxy Job
-   ``vmguard proxy verify`` (:func:`~.builders.build_verify_job`) checks the archive and
+3. **Run** (:func:`step`, from the verification's task, ``handlers.verify_backup``): a
+   proxy Job ``vmguard proxy verify`` (:func:`~.builders.build_verify_job`) checks the archive and
    patches its result and findings into ``status.verification``; when the Job has ended,
    the result goes onto the point in the VM's ProtectedVM
    (:func:`vmguard.controller.kube.points.update_point`) and then the backup says

@@ -339,6 +339,9 @@ class Supervisor:
         if not entry.stopper:
             self._done_with.add(uid)  # ended on its own: kopf's "forever stopped"
             self.counts.ended += 1
+        self.logger_of(entry.member).debug(
+            "%s task ended (%s)", self.name, entry.stopper.reason or "on its own"
+        )
         # Whether it is (still, or again) in the index: a new task if so.
         self._dirty.add(uid)
         self._wake.set()
