@@ -259,9 +259,9 @@ async def drive_backup(
 
 
 def object_logger(settings: kopf.OperatorSettings) -> Callable[[Member], ObjectLog]:
-    """A task's logger: kopf's object logger, as a daemon's was (its records carry the
-    object's name, and those at ``settings.posting.level`` and above are posted as
-    Events on the backup)."""
+    """A task's logger: kopf's object logger, as a daemon's was (its records carry a
+    reference to the backup; kopf posts none as an Event: ``settings.posting.loggers``
+    is off)."""
 
     def of(member: Member) -> ObjectLog:
         ref: kopf.RawBody = {

@@ -32,18 +32,11 @@ Memory: a touched UID is looked up in the index once, at the next turn; the supe
 keeps an entry per running task and the UIDs of bodies done with their objects (until
 those leave the index). A turn costs the touched UIDs, not the index: at a start with
 5,000 objects, 5,000 touches and one look at each.
-
-Tasks are created in (a copy of) the context of the first :meth:`touch`, a kopf
-handler's: kopf posts an object logger's records as Events only from inside its own
-processing (its event queue is a context variable there, the same for every object), and
-a task made elsewhere could not post them. Only the first is kept: a context holds the
-cause of the event it was taken in, and one kept per task would keep as many bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -183,13 +176,10 @@ class Supervisor:
     _dirty: set[str] = field(default_factory=set, init=False, repr=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _acting: bool = field(default=False, init=False, repr=False)
-    _context: contextvars.Context | None = field(default=None, init=False, repr=False)
 
     def touch(self, uid: str) -> None:
         """An event of the object ``uid`` was seen (the index is current for it): its
         task is started or stopped at the next turn."""
-        if self._context is None:  # kopf's (see the module doc): one, kept for good
-            self._context = contextvars.copy_context()
         self._dirty.add(uid)
         self._wake.set()
 
@@ -275,11 +265,8 @@ class Supervisor:
 
     def _start(self, member: Member) -> None:
         entry = _Entry(member, Stopper())
-        context = (self._context or contextvars.copy_context()).copy()
         entry.task = asyncio.create_task(
-            self._guard(entry),
-            name=f"{self.name} {member.namespace}/{member.name}",
-            context=context,
+            self._guard(entry), name=f"{self.name} {member.namespace}/{member.name}"
         )
         entry.task.add_done_callback(lambda _: self._ended(entry))
         self._tasks[member.uid] = entry
