@@ -135,10 +135,10 @@ def start_operator(
     """``start_operator(*extra_args)`` starts one more operator watching ``namespace``
     (``extra_env={...}`` adds variables, e.g. the VMGuardBackup controller's retry settings;
     ``stall="snapshotted"`` parks it at that backup step (``stall_restore="finalizing"``
-    at that restore step), ``proxy_throttle=N`` makes its
-    proxies read at most N bytes/s, ``speedup=N`` runs its schedules and sweeps N times
-    faster (default: the test's ``operator_speedup`` mark): all through the lab's entry
-    module, :func:`lab_run`).
+    at that restore step), ``fail_once="finalizing"`` makes that step raise once,
+    ``proxy_throttle=N`` makes its proxies read at most N bytes/s, ``speedup=N`` runs its
+    schedules and sweeps N times faster (default: the test's ``operator_speedup`` mark):
+    all through the lab's entry module, :func:`lab_run`).
 
     Every process started is stopped at the end of the test; all of them write to
     ``tmp_path/operator.log`` (so a restarted operator's output follows the first's)
@@ -152,6 +152,7 @@ def start_operator(
         extra_env: dict[str, str] | None = None,
         log: str = "operator.log",
         stall: str = "",
+        fail_once: str = "",
         stall_restore: str = "",
         proxy_throttle: int = 0,
         speedup: float | None = None,
@@ -166,6 +167,7 @@ def start_operator(
             marked = request.node.get_closest_marker("operator_speedup")
             speedup = float(marked.args[0]) if marked is not None else 1.0
         options = ["--stall", stall] if stall else []
+        options += ["--fail-once", fail_once] if fail_once else []
         options += ["--stall-restore", stall_restore] if stall_restore else []
         options += ["--speedup", str(speedup)] if speedup != 1.0 else []
         entry = lab_run(*options) if options else [sys.executable, "-m", "vmguard.cli"]

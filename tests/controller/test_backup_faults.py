@@ -296,6 +296,32 @@ def test_deleted_in_flight_stops_the_proxy_and_removes_the_snapshot(
         )
 
 
+def test_a_fault_in_a_step_is_logged_and_the_step_retried_to_completed(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    s3_bucket: dict[str, Any],
+    start_operator: Any,
+    tmp_path: Path,
+) -> None:
+    """The step raises once at ``finalizing`` (``fail_once``): the backup's task (the
+    operator's own, kube/supervisor.py, no longer a kopf daemon) logs the fault with the
+    backup's reference, keeps the backup, and retries the step (30 s later) to Completed:
+    one archive, restored bit-exact, no snapshot left."""
+    op = start_operator(fail_once="finalizing")
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        expected = disk_hashes(vsim, vm.moref)
+        create_backup(kube_api, namespace, "faulty", {"moref": vm.moref})
+        _completed_once(kube_api, vc, namespace, "faulty", vm, s3_bucket, tmp_path, expected)
+    faults = [line for line in op.text().splitlines() if "backup step failed" in line]
+    assert len(faults) == 1, faults
+    assert faults[0].endswith("lab: a fault at finalizing (vmguard_lab.run --fail-once)")
+
+
 def test_quiesce_fallback_and_consolidation_follow_the_policy(
     kube_api: Any,
     vc: Any,

@@ -16,6 +16,7 @@ import kopf
 import pytest
 
 import vmguard.controller.main  # noqa: F401  (registers every handler)
+from vmguard.api.kinds import BACKUP
 
 pytestmark = pytest.mark.unit
 
@@ -36,3 +37,19 @@ def test_every_handler_of_ours_is_a_coroutine_function() -> None:
     assert sync == [], (
         "run in kopf's thread pool, where an asyncio.Event set does not wake the loop"
     )
+
+
+def test_the_backups_kind_has_no_kopf_daemon_or_timer() -> None:
+    """kopf keeps the latest body of every object of a kind that has any daemon or timer
+    (``live_fresh_body``, set before any filter): 17-20 KB per finished run, ≈ 90 MB
+    for one night's 5,000 (docs/scale.md). Backups in flight and running verifications
+    are the operator's own tasks (controller/kube/supervisor.py) over kopf indexes."""
+    registry = kopf.get_default_registry()
+    spawning = registry._spawning.get_all_handlers()
+    assert spawning, "the registry was read: other kinds have daemons"
+    on_backups = sorted(
+        handler.id for handler in spawning if handler.selector.any_name == BACKUP.plural
+    )
+    assert on_backups == []
+    indexes = {handler.id for handler in registry._indexing.get_all_handlers()}
+    assert {"backups_running", "verifications_running"} <= indexes

@@ -15,13 +15,24 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from tests.controller import objects
+from tests.controller.backup_helpers import (
+    create_backup,
+    data_vm,
+    disk_hashes,
+    no_snapshot_left,
+    open_repo,
+    restored_hashes,
+    wait_done,
+)
 from tests.controller.conftest import OperatorProcess
 from tests.controller.scrape import scrape, value
+from tests.vsphere.helpers import our_snapshots
 
 from vmguard.controller.kube.peering import PRIORITY_MAX, build_peering, draw_priority, replica_name
 from vmguard_lab.procs import eventually, free_port
@@ -184,3 +195,52 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
         == (objects.get(kube_api, namespace, "vcenters", "lab2")["status"]["vms"]["discovered"])
     )
     assert vc["status"]["vms"]["unprotected"] == 0, "the fail-safe policy was applied"
+
+
+@pytest.mark.lab
+def test_a_replica_that_is_paused_stops_its_backup_and_the_acting_one_completes_it(
+    kube_api: Any,
+    vc: Any,
+    vsim: Any,
+    image_factory: Any,
+    namespace: str,
+    lab_vcenter: str,
+    lab_repository: str,
+    s3_bucket: dict[str, Any],
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """A backup in flight is the operator's own task, not a kopf daemon (kube/supervisor.py),
+    so kopf's pause does not reach it by itself: the replica's ``Presence`` gate does.
+    The low replica drives a backup to its snapshot and is parked there (``stall``); a
+    replica of higher priority joins, kopf pauses the low one, whose task is stopped
+    (its log says why), and the high one resumes the backup from the recorded snapshot
+    to Completed: one archive, restored bit-exact, no snapshot left."""
+    low = start_operator(
+        "--peering", PEERING, "--priority", "100", "--peering-lifetime", str(LIFETIME),
+        stall="snapshotted", log="low.log",
+        extra_env={"POD_ID": "replica-low", "VMGUARD_LOG_LEVEL": "DEBUG"},
+    )  # fmt: skip
+    with data_vm(vc, vsim, image_factory, tmp_path) as vm:
+        expected = disk_hashes(vsim, vm.moref)
+        uid = create_backup(kube_api, namespace, "handed", {"moref": vm.moref})["metadata"]["uid"]
+        taken = eventually(
+            lambda: [s for s in our_snapshots(vc, vm.moref) if s.backup_uid == uid],
+            timeout=120,
+            what="the low replica's snapshot",
+        )
+        eventually(lambda: "lab: stalled at snapshotted" in low.text(), timeout=60, what="parked")
+        start_operator(
+            "--peering", PEERING, "--priority", "200", "--peering-lifetime", str(LIFETIME),
+            log="high.log", extra_env={"POD_ID": "replica-high"},
+        )  # fmt: skip
+        status = wait_done(kube_api, namespace, "handed")["status"]
+        assert status["phase"] == "Completed", status
+        assert status["snapshot"]["moref"] == taken[0].moref, "the snapshot was reused"
+        no_snapshot_left(vc, vm.moref)
+        repo = open_repo(s3_bucket)
+        archives = repo.list_archives(f"lab:{vm.instance_uuid}")
+        assert [a.archive_id for a in archives] == [status["archiveId"]], "exactly one archive"
+        assert restored_hashes(repo, status["archiveId"], tmp_path) == expected
+    assert low.alive()
+    assert "backup task ended (not acting)" in low.text()

@@ -1,5 +1,5 @@
-"""``python -m vmguard_lab.run [--stall POINTS] [--stall-restore POINTS] [--throttle
-BYTES_PER_S] [--speedup N] VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab
+"""``python -m vmguard_lab.run [--stall POINTS] [--fail-once POINTS] [--stall-restore POINTS]
+[--throttle BYTES_PER_S] [--speedup N] VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab
 only).
 
 Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
@@ -11,6 +11,9 @@ arguments, in the same process:
 - ``--stall snapshotted,finalizing``: the VMGuardBackup controller waits an hour at those
   points (:data:`vmguard.hooks.BACKUP_STEPS`, logging a warning first), so a test can
   SIGKILL the operator there. Given when starting the operator.
+- ``--fail-once snapshotted``: the VMGuardBackup controller's step raises
+  :class:`LabFault` the first time it reaches each of those points (a fault in a step:
+  logged, posted as an Event on the backup, and the step retried after 30 s).
 - ``--stall-restore finalizing``: the same for the VMGuardRestore controller, at
   :data:`vmguard.hooks.RESTORE_STEPS`.
 - ``--throttle N``: the backup proxy reads at most N bytes/s on average (measured from
@@ -61,6 +64,26 @@ def stall_hook(
     return stall
 
 
+class LabFault(RuntimeError):
+    """What ``--fail-once`` raises in a step."""
+
+
+def fail_once_hook(points: set[str]) -> Callable[[str], Awaitable[None]]:
+    """A step hook that raises :class:`LabFault` the first time each of ``points`` is
+    reached (in this process)."""
+    unknown = points - set(BACKUP_STEPS)
+    if unknown:
+        raise SystemExit(f"--fail-once: unknown point(s) {sorted(unknown)}; {BACKUP_STEPS}")
+    left = set(points)
+
+    async def fail(point: str) -> None:
+        if point in left:
+            left.discard(point)
+            raise LabFault(f"lab: a fault at {point} (vmguard_lab.run --fail-once)")
+
+    return fail
+
+
 def throttle_hook(rate: int) -> Callable[[int, int], None]:
     """A transfer-progress hook that waits until the average rate since its first call is
     at most ``rate`` bytes/s."""
@@ -87,6 +110,9 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
         prog="python -m vmguard_lab.run", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--stall", metavar="POINTS", help="comma-separated backup steps")
+    parser.add_argument(
+        "--fail-once", metavar="POINTS", help="comma-separated backup steps that raise once"
+    )
     parser.add_argument("--stall-restore", metavar="POINTS", help="comma-separated restore steps")
     parser.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="proxy read rate")
     parser.add_argument(
@@ -95,8 +121,12 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
     parser.add_argument("vmguard_args", nargs=argparse.REMAINDER, help="vmguard's arguments")
     args = parser.parse_args(argv)
     given: dict[str, Any] = {}
+    if args.stall and args.fail_once:
+        raise SystemExit("--stall and --fail-once: one of them")
     if args.stall:
         given["backup_step"] = stall_hook(_points(args.stall))
+    if args.fail_once:
+        given["backup_step"] = fail_once_hook(_points(args.fail_once))
     if args.stall_restore:
         given["restore_step"] = stall_hook(
             _points(args.stall_restore), RESTORE_STEPS, "--stall-restore"

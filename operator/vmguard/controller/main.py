@@ -30,11 +30,12 @@ from vmguard.controller.backup.admission import BackupLane
 from vmguard.controller.backup.reconcile import BackupContext
 from vmguard.controller.backup.verification import VerifyLane
 from vmguard.controller.kube import crdcheck, migration, peering, readiness, trim
-from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep, Changes, Presence
+from vmguard.controller.kube.handlers import CONTROLLERS, AfterSweep, Changes, Presence, acts
 from vmguard.controller.kube.held import SHARED_FOR, ProtectedVMReader
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import PAGE as LIST_PAGE
 from vmguard.controller.kube.kubeapi import KubeAPI, load_config
+from vmguard.controller.kube.supervisor import Supervisor
 from vmguard.controller.kube.sweeps import LatestSweeps
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.controller.kube.workqueue import Lane
@@ -80,13 +81,15 @@ class Memo(backup_handlers.BackupMemo):
     finished_verifications: set[tuple[str, str]] = field(init=False)
     expiry_wakeup: asyncio.Event = field(init=False)
     changes: Changes = field(init=False)
+    backup_tasks: Supervisor = field(init=False)
+    verify_tasks: Supervisor = field(init=False)
     loops: list[asyncio.Task[Any]] = field(init=False)
 
 
 class DiffBaseExceptBackups(kopf.AnnotationsDiffBaseStorage):
     """kopf's diff-base (the last handled essence, in an annotation), kept for every kind
     but VMGuardBackups. No handler of backups compares an old state with a new one
-    (they have daemons, an index, event handlers and a deletion handler), yet kopf
+    (they have indexes, event handlers and a deletion handler), yet kopf
     stores the essence of every object it first sees that has a changing handler: one
     PATCH of each new backup, 5,000 in a night, for nothing (docs/scale.md). A backup
     without one is a "creation" to kopf at every event, with no creation handler to
@@ -157,11 +160,16 @@ async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> No
 
 
 @kopf.on.startup()
-async def start_loops(memo: Memo, **kwargs: Any) -> None:
+async def start_loops(memo: Memo, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     """The operator's own loops (after ``configure``): the backups' expiry loop, one per
     operator over kopf's indexes (controller/backup/expiry.py; kopf fills them as its
-    watches start, and the loop acts only while kopf lets this replica act), and the
-    heap's trim after work (controller/kube/trim.py)."""
+    watches start, and the loop acts only while kopf lets this replica act), the tasks of
+    backups in flight and of running verifications (controller/kube/supervisor.py, over
+    kopf's indexes, gated the same way: the kind has no kopf daemon, so kopf keeps no
+    body per backup), and the heap's trim after work (controller/kube/trim.py)."""
+    memo.backup_tasks, memo.verify_tasks = backup_handlers.supervisors(
+        memo, settings, kwargs["backups_running"], kwargs["verifications_running"]
+    )
     memo.loops = [
         asyncio.create_task(
             backup_handlers.expiry_loop(memo, kwargs["finished_runs"], kwargs["policy_ttls"]),
@@ -170,6 +178,11 @@ async def start_loops(memo: Memo, **kwargs: Any) -> None:
         # glibc keeps the start's transient (≈ 150 MB at 5,000 VMs) unless told.
         asyncio.create_task(trim.trim_after_work(memo.timing, Never()), name="heap trim"),
     ]
+    if acts(memo, "backups"):
+        memo.loops += [
+            asyncio.create_task(memo.backup_tasks.run(Never()), name="backup tasks"),
+            asyncio.create_task(memo.verify_tasks.run(Never()), name="verification tasks"),
+        ]
 
 
 class Never:
@@ -184,6 +197,9 @@ class Never:
 
 @kopf.on.cleanup()
 async def stop_loops(memo: Memo, **_: Any) -> None:
+    """Cancel the operator's loops; the supervisors stop their tasks as they end (each
+    task is stopped, cancelled and given its cancellation timeout, as kopf's daemons
+    were at exit)."""
     for task in memo.loops:
         task.cancel()
     await asyncio.gather(*memo.loops, return_exceptions=True)

@@ -2,7 +2,7 @@
 network, booted, checked by the user's script, destroyed (docs/verification.md, "Boot
 test").
 
-Run by the verification daemon (:func:`.verification.step`) after the verification Job's
+Run by the verification's task (:func:`.verification.step`) after the verification Job's
 checks (or alone). Each stage is recorded in ``status.verification.boot.phase`` before
 its work, and every stage may run twice, so an operator killed anywhere resumes it:
 

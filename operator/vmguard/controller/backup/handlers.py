@@ -1,9 +1,16 @@
-"""The VMGuardBackup kind's kopf handlers.
+"""The VMGuardBackup kind's kopf handlers, and the operator's tasks of the kind.
 
-- ``vmbackup_runner``: a daemon per VMGuardBackup in flight (not finished, not synced)
-  and not waiting for admission drives it through its phases
+The kind has **no kopf daemon**: kopf keeps the latest body of every object of a kind
+with any daemon (``live_fresh_body``, before any filter): 17-20 KB per finished run,
+≈ 90 MB for one night's 5,000 (docs/scale.md). What daemons did is done by the
+operator's own tasks over kopf indexes (:mod:`~vmguard.controller.kube.supervisor`,
+started by ``main``, gated by ``memo.presence`` like the expiry loop):
+
+- ``backups_running``: the kopf index of backups in flight (not finished, not synced),
+  not waiting for admission and not being deleted; ``memo.backup_tasks`` runs
+  :func:`drive_backup` for each, which drives it through its phases
   (:func:`.reconcile.reconcile`), resumed by any operator that (re)starts; a fault is
-  logged and the step retried after 30 s.
+  logged and the step retried after 30 s. It was the ``vmbackup_runner`` daemon.
 - ``backup_queue``: the kopf index of resolved backups in flight, the backups' lane
   of the admission queue (:mod:`.admission`, docs/admission.md); the loop that starts
   them is the VCenter's (``vcenter.handlers.admission_turns``).
@@ -13,12 +20,14 @@
   field handler: a field handler makes kopf keep a diff-base annotation on every
   backup and PATCH it at each phase change, one request per backup and phase for
   nothing we read (docs/scale.md); ``main`` keeps no diff-base for backups at all.
-- ``vmbackup_deleted``: deleted mid-flight: the proxy stops and the snapshot goes
-  before the finalizer is released; ``backup_gone`` wakes its vCenter's admission
-  loop once the object is gone (its slot is free only then).
+  Every event of a backup also touches both supervisors: its task starts or stops.
+- ``vmbackup_deleted``: deleted mid-flight: its task ends, the proxy stops and the
+  snapshot goes before the finalizer is released; ``backup_gone`` wakes its vCenter's
+  admission loop once the object is gone (its slot is free only then).
 - ``verify_queue``: the kopf index of requested verifications of completed backups, the
-  verifications' lane (:mod:`.verification`); ``vmbackup_verifier``: a daemon per
-  admitted verification runs its Job and records its result on the point; one that
+  verifications' lane (:mod:`.verification`); ``verifications_running``: the index of
+  admitted ones, for each of which ``memo.verify_tasks`` runs :func:`verify_backup`
+  (it was the ``verifier`` daemon): its Job, and its result on the point; one that
   ended is counted and wakes its vCenter's loop, seen by ``vmbackup_phase``.
 - ``finished_runs``: the kopf index of finished (not synced) VMGuardBackups;
   ``expiry_loop``, one per operator (started by ``main``), deletes each
@@ -30,6 +39,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import kopf
@@ -47,6 +59,7 @@ from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile, verification
 from vmguard.controller.backup.steps import MissingRef
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
+from vmguard.controller.kube.supervisor import Member, Stopper, Supervisor, member_of
 from vmguard.controller.kube.workqueue import Queued
 
 
@@ -62,6 +75,13 @@ class BackupMemo(OperatorMemo, Protocol):
     """(UID, run) of the ended verifications it has seen (this process only)."""
     expiry_wakeup: asyncio.Event
     """Set when the finished runs' index changes: the expiry loop looks again."""
+    backup_tasks: Supervisor
+    """A task per backup in flight and not queued (:func:`drive_backup`)."""
+    verify_tasks: Supervisor
+    """A task per running verification (:func:`verify_backup`)."""
+
+
+ObjectLog = logging.Logger | logging.LoggerAdapter[Any]
 
 
 def _backup_in_flight(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -116,24 +136,26 @@ def _under_its_vcenter(
     return {(vc_ns, record.vcenter): record}
 
 
-def _verifying(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
-    return not is_synced(labels) and verification.running(status)
+def _verifies(status: kopf.Status, labels: kopf.Labels, meta: kopf.Meta, **_: Any) -> bool:
+    """A verification runs and the backup is not being deleted (kopf stopped a daemon of
+    an object being deleted, and started none)."""
+    return not is_synced(labels) and verification.running(status) and not _deleting(meta)
 
 
-@kopf.daemon(
-    GROUP, VERSION, BACKUP.plural, id="verifier", when=_verifying, cancellation_timeout=5.0
-)
-async def vmbackup_verifier(
-    name: str,
-    namespace: str | None,
-    uid: str | None,
-    memo: BackupMemo,
-    stopped: kopf.DaemonStopped,
-    logger: kopf.Logger,
-    **_: Any,
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_verifies)
+async def verifications_running(body: kopf.Body, **_: Any) -> dict[str, Member]:
+    """The backups whose verification runs, by UID: ``memo.verify_tasks`` runs
+    :func:`verify_backup` for each (it was the ``verifier`` daemon)."""
+    return member_of(body)
+
+
+async def verify_backup(
+    memo: BackupMemo, member: Member, stopped: Stopper, logger: ObjectLog
 ) -> None:
     """Run one admitted verification: its Job, then its result on the point and the
-    backup (:func:`.verification.step`); resumed by any operator that (re)starts."""
+    backup (:func:`.verification.step`); resumed by any operator that (re)starts. A task
+    of ``memo.verify_tasks`` (:mod:`~vmguard.controller.kube.supervisor`)."""
+    name, namespace, uid = member.name, member.namespace, member.uid
     if not acts(memo, "backups"):
         return
     ctx = memo.backups
@@ -151,8 +173,9 @@ async def vmbackup_verifier(
             logger.exception("verification step failed: %s", exc)
             delay = 30.0
         if delay is None:
-            # Ended: kopf stops this daemon when its filter sees it. Returning would keep
-            # kopf from starting it again for the backup's next run (a scheduled one).
+            # Ended: the task is stopped when the index sees it. (A return would be
+            # "done with the object" until it leaves the index; waiting is what the
+            # daemon did, so that kopf started it again for the backup's next run.)
             await stopped.wait()
             return
         await ctx.timing.wait(delay, stopped)
@@ -185,17 +208,30 @@ async def backup_gone(body: kopf.Body, memo: Any, **_: Any) -> None:
     _wake_admission(memo, body)
 
 
-@kopf.daemon(GROUP, VERSION, BACKUP.plural, when=_backup_runs, cancellation_timeout=5.0)
-async def vmbackup_runner(
-    name: str,
-    namespace: str | None,
-    uid: str | None,
-    memo: BackupMemo,
-    stopped: kopf.DaemonStopped,
-    logger: kopf.Logger,
-    **_: Any,
+def _deleting(meta: Any) -> bool:
+    return bool((meta or {}).get("deletionTimestamp"))
+
+
+def _drives(status: kopf.Status, labels: kopf.Labels, meta: kopf.Meta, **_: Any) -> bool:
+    """In flight, not waiting in the admission queue (the queue moves those on), and not
+    being deleted (kopf stopped a daemon of an object being deleted, and started none)."""
+    return _backup_runs(status, labels) and not _deleting(meta)
+
+
+@kopf.index(GROUP, VERSION, BACKUP.plural, when=_drives)
+async def backups_running(body: kopf.Body, **_: Any) -> dict[str, Member]:
+    """The backups in flight and not queued, by UID: ``memo.backup_tasks`` runs
+    :func:`drive_backup` for each (it was the ``vmbackup_runner`` daemon). kopf drops an
+    object from the index when the filter stops holding, and at its deletion."""
+    return member_of(body)
+
+
+async def drive_backup(
+    memo: BackupMemo, member: Member, stopped: Stopper, logger: ObjectLog
 ) -> None:
-    """Drive one VMGuardBackup through its phases; resumed by any operator that (re)starts."""
+    """Drive one VMGuardBackup through its phases; resumed by any operator that
+    (re)starts. A task of ``memo.backup_tasks`` (:mod:`~vmguard.controller.kube.supervisor`)."""
+    name, namespace, uid = member.name, member.namespace, member.uid
     if not acts(memo, "backups"):
         return
     ctx = memo.backups
@@ -213,12 +249,58 @@ async def vmbackup_runner(
         if delay is None:
             return
         if delay == reconcile.QUEUED:
-            # Resolved: kopf stops this daemon when the filter sees it (returning now
-            # would keep kopf from starting it again once the backup is admitted).
+            # Resolved: the task is stopped when the index sees it (a return would be
+            # "done with the object" until it leaves the index; waiting is what the
+            # daemon did, so that kopf started it again once the backup was admitted).
             await stopped.wait()
             return
         if delay > 0:
             await ctx.timing.wait(delay, stopped)
+
+
+def object_logger(settings: kopf.OperatorSettings) -> Callable[[Member], ObjectLog]:
+    """A task's logger: kopf's object logger, as a daemon's was (its records carry a
+    reference to the backup; kopf posts none as an Event: ``settings.posting.loggers``
+    is off)."""
+
+    def of(member: Member) -> ObjectLog:
+        ref: kopf.RawBody = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": BACKUP.kind,
+            "metadata": {"namespace": member.namespace, "name": member.name, "uid": member.uid},
+        }
+        return kopf.ObjectLogger(body=kopf.Body(ref), settings=settings)
+
+    return of
+
+
+def supervisors(
+    memo: BackupMemo,
+    settings: kopf.OperatorSettings,
+    running: kopf.Index[str, Member],
+    verifying: kopf.Index[str, Member],
+) -> tuple[Supervisor, Supervisor]:
+    """The tasks of backups in flight and of running verifications (``main`` runs them
+    when this operator runs the backups controller), gated by ``memo.presence``."""
+    logger_of = object_logger(settings)
+    return (
+        Supervisor(
+            "backup",
+            functools.partial(drive_backup, memo),
+            running,
+            memo.timing,
+            gate=memo.presence,
+            logger_of=logger_of,
+        ),
+        Supervisor(
+            "verification",
+            functools.partial(verify_backup, memo),
+            verifying,
+            memo.timing,
+            gate=memo.presence,
+            logger_of=logger_of,
+        ),
+    )
 
 
 @kopf.on.event(GROUP, VERSION, BACKUP.plural)
@@ -231,6 +313,11 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
     is kept in memory (``memo.finished_backups``), not in the objects. Every event of a
     policy's backup is counted for that policy's passes (``memo.changes``)."""
     uid = str(body.get("metadata", {}).get("uid") or "")
+    if acts(memo, "backups"):
+        # kopf's indexes are current for this object (kopf updates them before any
+        # handler): its task starts or stops (kube/supervisor.py).
+        memo.backup_tasks.touch(uid)
+        memo.verify_tasks.touch(uid)
     # Its policy's next pass works on it (policy/runs.py: a pass skips when nothing changed).
     run_of = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     run_of = run_of or ((body.get("spec") or {}).get("policyRef") or {}).get("name")
@@ -352,22 +439,30 @@ class Forever:
 
 
 def _deletion_guarded(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
-    """In flight, or finished and not yet expired: kopf keeps the finalizer on these
-    (a finished run's expiry daemon kept it before the expiry loop: without a handler
-    that matches, kopf would PATCH it away from each run as it finishes, and from every
-    finished run at the first start after the change)."""
-    return reconcile.in_flight(status, labels) or expiry.expires(status, labels)
+    """In flight, verifying, or finished and not yet expired: kopf keeps the finalizer on
+    these (the daemons kept it on backups in flight and verifying, a finished run's expiry
+    daemon on finished ones: without a handler that matches, kopf would PATCH it away
+    from each, and back on when it matched again)."""
+    return (
+        reconcile.in_flight(status, labels)
+        or (not is_synced(labels) and verification.in_flight(status or {}))
+        or expiry.expires(status, labels)
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, BACKUP.plural, when=_deletion_guarded)
 async def vmbackup_deleted(
     body: kopf.Body, memo: BackupMemo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Deleted mid-flight: stop the proxy and remove the snapshot before letting go. A
-    finished run has nothing to clean up (its finalizer goes at once)."""
-    if not acts(memo, "backups") or not reconcile.in_flight(
-        body.get("status"), body.get("metadata", {}).get("labels")
-    ):
+    """Deleted mid-flight: its task ends first (kopf stopped a daemon of an object being
+    deleted before its deletion handler ran), then the proxy stops and the snapshot goes
+    before letting go. A finished run has nothing to clean up (its finalizer goes at once);
+    a verification's Job is the backup's (garbage-collected with it)."""
+    if not acts(memo, "backups"):
+        return
+    uid = str(body.get("metadata", {}).get("uid") or "")
+    await asyncio.gather(memo.backup_tasks.stop(uid), memo.verify_tasks.stop(uid))
+    if not reconcile.in_flight(body.get("status"), body.get("metadata", {}).get("labels")):
         return
     _wake_admission(memo, body)
     try:

@@ -330,8 +330,8 @@ async def _pending(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float
             }
         )
     # Resolved: from here its vCenter's admission loop (kube/workqueue.py, with
-    # backup/admission.py's lane) moves it on; this daemon's filter no longer matches
-    # it, so kopf stops the daemon.
+    # backup/admission.py's lane) moves it on; it leaves the index of backups to drive,
+    # and its task is stopped (kube/supervisor.py).
     return QUEUED
 
 

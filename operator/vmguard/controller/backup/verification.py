@@ -13,8 +13,8 @@ A policy with ``spec.verification`` has each of its backups verified once it com
    verification reads the repository only), and their VM key is their own, so they
    never hold a backup back; only the policy's ``verification.concurrency`` bounds them.
    While it waits, ``verification.queuePosition``, ``reason`` and ``message`` say why.
-3. **Run** (:func:`step`, from the backup's verification daemon): a proxy Job
-   ``vmguard proxy verify`` (:func:`~.builders.build_verify_job`) checks the archive and
+3. **Run** (:func:`step`, from the verification's task, ``handlers.verify_backup``): a
+   proxy Job ``vmguard proxy verify`` (:func:`~.builders.build_verify_job`) checks the archive and
    patches its result and findings into ``status.verification``; when the Job has ended,
    the result goes onto the point in the VM's ProtectedVM
    (:func:`vmguard.controller.kube.points.update_point`) and then the backup says
@@ -433,7 +433,8 @@ async def finish(ctx: Verifier, obj: dict[str, Any], v: dict[str, Any]) -> float
     conditions = verified_condition(
         status.get("conditions"), entry["result"], done["message"], meta.get("generation"), at
     )
-    # Logged first: the patch ends the daemon's filter, and kopf may cancel it right after.
+    # Logged first: the patch takes the backup out of the task's index, and its
+    # supervisor may cancel the task right after.
     log.info("%s/%s: verified: %s", meta["namespace"], meta["name"], done["message"])
     await ctx.api.patch_status(
         PLURAL, meta["namespace"], meta["name"], {"verification": done, "conditions": conditions}

@@ -124,21 +124,25 @@ _UNSEEN = object()
 
 
 class Presence:
-    """Whether this replica acts, for a loop that is not a kopf daemon (the backups'
-    expiry loop): kopf tells only its daemons, by stopping them all when peering pauses
-    the operator and starting them again when it resumes. Without peering kopf never
-    pauses, and the gate is always open. With peering it is open while at least one
-    daemon that entered it (:meth:`entered`: each VCenter's admission loop, which runs
-    whenever the backups or restores controller does) is running.
+    """Whether this replica acts, for the loops and tasks that are not kopf daemons (the
+    backups' expiry loop, the tasks of backups in flight and of running verifications:
+    :mod:`.supervisor`): kopf tells only its daemons, by stopping them all when peering
+    pauses the operator and starting them again when it resumes. Without peering kopf
+    never pauses, and the gate is always open. With peering it is open while at least
+    one daemon that entered it (:meth:`entered`: each VCenter's admission loop, which
+    runs whenever the backups or restores controller does) is running. Every event
+    handed to :meth:`listen` is set when it opens or closes.
 
     Public kopf only: its pause toggle is not handed to handlers. A replica with no
-    VCenter to watch therefore does not expire runs under peering until one exists.
+    VCenter to watch therefore neither expires runs nor drives backups under peering
+    until one exists (a backup in flight names its VCenter).
     """
 
     def __init__(self, always: bool) -> None:
         self.always = always
         self.count = 0
         self._open = asyncio.Event()
+        self._listeners: list[asyncio.Event] = []
         if always:
             self._open.set()
 
@@ -148,17 +152,28 @@ class Presence:
     async def wait(self) -> bool:
         return await self._open.wait()
 
+    def listen(self, event: asyncio.Event) -> None:
+        """Set ``event`` whenever the gate opens or closes."""
+        self._listeners.append(event)
+
+    def _changed(self) -> None:
+        for event in self._listeners:
+            event.set()
+
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """Held by a kopf daemon while it runs."""
         self.count += 1
-        self._open.set()
+        if not self._open.is_set():
+            self._open.set()
+            self._changed()
         try:
             yield
         finally:
             self.count -= 1
             if self.count == 0 and not self.always:
                 self._open.clear()
+                self._changed()
 
 
 def acts(memo: OperatorMemo, controller: str) -> bool:

@@ -94,7 +94,7 @@ def verification_of(status: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def running(status: Mapping[str, Any]) -> bool:
-    """Admitted and not ended: the verification daemon's work."""
+    """Admitted and not ended: the verification task's work (``backup.handlers.verify_backup``)."""
     return verification_of(status).get("phase") == VerificationPhase.VERIFYING
 
 
