@@ -116,7 +116,7 @@ def rate_vcenter(tmp_path: Path) -> Iterator[dict[str, Any]]:
         ready = state / "ready.json"
         eventually(lambda: ready.exists() or None, timeout=120, what="the simulator")
         info = json.loads(ready.read_text())
-        info.update(user=user, password=password)
+        info.update(user=user, password=password, pid=proc.pid)
         yield info
     finally:
         proc.terminate()
@@ -195,6 +195,50 @@ class Watcher:
         self.thread.join(timeout=40)
 
 
+def _cpu(pid: int, children: bool) -> float:
+    """CPU seconds of a process (with its reaped children's, ``children``) from /proc."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (every process, other work included)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU seconds of the processes a round runs on, by role. The proxies are the node
+    agent's children (it waits for each pod's process, so their time, and their nbdkit's,
+    lands in its ``cutime``); the agent's own work is counted apart."""
+
+    def __init__(self, run_dir: Path, vcsim_pid: int) -> None:
+        def pid(name: str) -> int:
+            return int((run_dir / f"{name}.pid").read_text().split()[0])
+
+        self.roles: dict[str, list[tuple[int, bool]]] = {
+            "proxies": [(pid("node-agent"), True)],
+            "apiserver + etcd": [(pid("kube-apiserver"), False), (pid("etcd"), False)],
+            "MinIO": [(pid("minio"), False)],
+            "simulator": [(vcsim_pid, False)],
+            "node agent, scheduler, controller-manager": [
+                (pid("kube-scheduler"), False),
+                (pid("kube-controller-manager"), False),
+            ],
+        }
+        self.agent = pid("node-agent")
+
+    def sample(self, operator_pid: int) -> dict[str, float]:
+        out = {role: sum(_cpu(p, c) for p, c in procs) for role, procs in self.roles.items()}
+        own = _cpu(self.agent, False)
+        out["proxies"] -= own
+        out["node agent, scheduler, controller-manager"] += own
+        out["operator"] = _cpu(operator_pid, True)
+        out["machine"] = _machine_busy()
+        return out
+
+
 def _log_time(log: str, pattern: str) -> float:
     """Epoch seconds of the first proxy log line whose message matches ``pattern``."""
     for stamp, message in _LINE.findall(log):
@@ -237,6 +281,7 @@ class Row:
     splits: list[dict[str, float]]
     modes: dict[str, int]
     read_mib: float
+    cpu: dict[str, float]
 
     @property
     def per_hour(self) -> float:
@@ -260,10 +305,18 @@ class Row:
 
 
 def _round(
-    kube_api: Any, ns: str, watcher: Watcher, vms: list[VSimVM], label: str, slots: int
+    kube_api: Any,
+    ns: str,
+    watcher: Watcher,
+    vms: list[VSimVM],
+    label: str,
+    slots: int,
+    cpu: Cpu,
+    operator_pid: int,
 ) -> Row:
     """Create one VMGuardBackup per VM at once and follow them until all have ended."""
     load_before = os.getloadavg()[0]
+    cpu_before = cpu.sample(operator_pid)
     names = [f"{label}-{i:03d}" for i in range(len(vms))]
     first = time.time()
     for name, vm in zip(names, vms, strict=True):
@@ -291,6 +344,8 @@ def _round(
     assert not failed, f"round {label}: {len(failed)} failed, e.g. {next(iter(failed.items()))}"
     wall = max(s.phases["Completed"] for s in seen.values()) - first
     load_after = os.getloadavg()[0]
+    cpu_after = cpu.sample(operator_pid)
+    used = {role: (cpu_after[role] - cpu_before[role]) / len(names) for role in cpu_after}
     core = client.CoreV1Api(kube_api)
     pods: dict[str, tuple[int, Any]] = {}  # each backup's pod of its last attempt
     for pod in core.list_namespaced_pod(ns).items:
@@ -318,7 +373,8 @@ def _round(
         status = s.last["status"]
         modes[status["modeUsed"]] = modes.get(status["modeUsed"], 0) + 1
         read += int(status["totals"]["bytesRead"])
-    return Row(label, slots, len(names), wall, (load_before, load_after), splits, modes, read / MiB)
+    load = (load_before, load_after)
+    return Row(label, slots, len(names), wall, load, splits, modes, read / MiB, used)
 
 
 def _restart(operator: Any, start_operator: Any, env: dict[str, str]) -> Any:
@@ -362,6 +418,16 @@ def _report(rows: list[Row], disks: int) -> str:
             f"{p} {r.median(p):.2f} / {max(s[p] for s in r.splits):.2f}" for p in PARTS[1:]
         )
         out.append(f"- {r.label}: {spread}")
+    roles = list(rows[0].cpu)
+    out += [
+        "",
+        "CPU seconds per backup, by process (the machine's: every process, other work too):",
+        "",
+        "| round | " + " | ".join(roles) + " |",
+        "|---|" + "---:|" * len(roles),
+    ]
+    for r in rows:
+        out.append(f"| {r.label} | " + " | ".join(f"{r.cpu[k]:.2f}" for k in roles) + " |")
     prod = PROD_VM_GIB * 1024 * CHANGE / PROD_MIBPS
     out += [
         "",
@@ -387,6 +453,7 @@ def _report(rows: list[Row], disks: int) -> str:
 
 
 def test_backup_rate_at_n_slots(
+    lab: Any,
     kube_api: Any,
     namespace: str,
     lab_repository: str,
@@ -432,11 +499,12 @@ def test_backup_rate_at_n_slots(
         list(pool.map(lambda iv: _fill(control, iv[1], iv[0]), enumerate(vms)))
     print(f"\ncontent written in {time.time() - t:.0f} s ({disks} disks)", flush=True)
     env = {"VMGUARD_PROXY_LOCATOR": f"lab:{info['control_url']}"}
+    cpu = Cpu(lab.paths.run, int(info["pid"]))
     watcher = Watcher(kube_api, ns)
     rows = []
     try:
         operator = _restart(None, start_operator, env)
-        rows.append(_round(kube_api, ns, watcher, vms, "full", top))
+        rows.append(_round(kube_api, ns, watcher, vms, "full", top, cpu, operator.pid))
         print(_report(rows, disks), flush=True)
         for n, slots in enumerate(SLOTS):
             operator.stop()
@@ -446,7 +514,9 @@ def test_backup_rate_at_n_slots(
                 changed = sum(pool.map(lambda v, k: _change(control, v, k), vms, seeds))
             print(f"changed {changed / MiB:.0f} MiB over {disks} disks", flush=True)
             operator = _restart(operator, start_operator, env)
-            rows.append(_round(kube_api, ns, watcher, vms, f"incr{n + 1}", slots))
+            rows.append(
+                _round(kube_api, ns, watcher, vms, f"incr{n + 1}", slots, cpu, operator.pid)
+            )
             print(_report(rows, disks), flush=True)
     finally:
         watcher.stop()
