@@ -83,15 +83,20 @@ from vmguard_lab.paths import LabPaths
 from vmguard_lab.procs import eventually, free_port
 from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, VSimControl, VSimVM, vsim_command
 
-pytestmark = [pytest.mark.lab, pytest.mark.operator_controllers("backups,repositories")]
-
 MiB = 1 << 20
 VMS = int(os.environ.get("RATE_VMS", "200"))
 SLOTS = [int(n) for n in os.environ.get("RATE_SLOTS", "2,4,8").split(",") if n]
 DISK = int(os.environ.get("RATE_DISK_MIB", "64")) * MiB
 PROD_VM_GIB = float(os.environ.get("RATE_PROD_VM_GIB", "100"))
 PROD_MIBPS = float(os.environ.get("RATE_PROD_MIBPS", "100"))
-ROUND_TIMEOUT = float(os.environ.get("RATE_ROUND_TIMEOUT", "3600"))
+ROUND_TIMEOUT = float(os.environ.get("RATE_ROUND_TIMEOUT", "1800"))
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.operator_controllers("backups,repositories"),
+    # Bounded, but not by the suite's 900 s per test: every round has its own bound.
+    pytest.mark.timeout(int(ROUND_TIMEOUT * (len(SLOTS) + 1) + 600)),
+]
 NIGHT, WINDOW_H, CHANGE = 5000, 8.0, 0.01
 PLURAL, KIND = BACKUP.plural, BACKUP.kind
 # The vCenter's own limits out of the way: the policy's concurrency is the slot count.
