@@ -244,6 +244,28 @@ class Cpu:
         return out
 
 
+def _requests(kubectl: Path, kubeconfig: Path) -> dict[str, float]:
+    """The apiserver's ``apiserver_request_total`` summed per ``VERB resource[/sub]``."""
+    text = subprocess.run(
+        [str(kubectl), "--kubeconfig", str(kubeconfig), "get", "--raw", "/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        inner = line[line.index("{") + 1 : line.rindex("}")]
+        labels = {k: v.strip('"') for k, v in (p.split("=", 1) for p in inner.split(","))}
+        if not labels.get("resource"):
+            continue
+        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+        key = f"{labels['verb']} {labels['resource']}{sub}"
+        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def _log_time(log: str, pattern: str) -> float:
     """Epoch seconds of the first proxy log line whose message matches ``pattern``."""
     for stamp, message in _LINE.findall(log):
@@ -287,6 +309,7 @@ class Row:
     modes: dict[str, int]
     read_mib: float
     cpu: dict[str, float]
+    requests: dict[str, float]
 
     @property
     def per_hour(self) -> float:
@@ -318,10 +341,12 @@ def _round(
     slots: int,
     cpu: Cpu,
     operator_pid: int,
+    metrics: tuple[Path, Path],
 ) -> Row:
     """Create one VMGuardBackup per VM at once and follow them until all have ended."""
     load_before = os.getloadavg()[0]
     cpu_before = cpu.sample(operator_pid)
+    asked_before = _requests(*metrics)
     names = [f"{label}-{i:03d}" for i in range(len(vms))]
     first = time.time()
     for name, vm in zip(names, vms, strict=True):
@@ -351,6 +376,8 @@ def _round(
     load_after = os.getloadavg()[0]
     cpu_after = cpu.sample(operator_pid)
     used = {role: (cpu_after[role] - cpu_before[role]) / len(names) for role in cpu_after}
+    asked = _requests(*metrics)
+    asked = {k: (v - asked_before.get(k, 0.0)) / len(names) for k, v in asked.items()}
     core = client.CoreV1Api(kube_api)
     pods: dict[str, tuple[int, Any]] = {}  # each backup's pod of its last attempt
     for pod in core.list_namespaced_pod(ns).items:
@@ -379,7 +406,8 @@ def _round(
         modes[status["modeUsed"]] = modes.get(status["modeUsed"], 0) + 1
         read += int(status["totals"]["bytesRead"])
     load = (load_before, load_after)
-    return Row(label, slots, len(names), wall, load, splits, modes, read / MiB, used)
+    asked = {k: v for k, v in asked.items() if v >= 0.05}
+    return Row(label, slots, len(names), wall, load, splits, modes, read / MiB, used, asked)
 
 
 def _restart(operator: Any, start_operator: Any, env: dict[str, str]) -> Any:
@@ -433,6 +461,16 @@ def _report(rows: list[Row], disks: int) -> str:
     ]
     for r in rows:
         out.append(f"| {r.label} | " + " | ".join(f"{r.cpu[k]:.2f}" for k in roles) + " |")
+    out += [
+        "",
+        "apiserver requests per backup (every client: the operator, the proxies, the node"
+        " agent, the scheduler and controller-manager, this bench's watch), the largest:",
+        "",
+    ]
+    for r in rows:
+        top = sorted(r.requests.items(), key=lambda kv: -kv[1])[:10]
+        listed = ", ".join(f"{k} {v:.1f}" for k, v in top)
+        out.append(f"- {r.label}: {sum(r.requests.values()):.1f} in all; {listed}")
     prod = PROD_VM_GIB * 1024 * CHANGE / PROD_MIBPS
     out += [
         "",
@@ -459,6 +497,7 @@ def _report(rows: list[Row], disks: int) -> str:
 
 def test_backup_rate_at_n_slots(
     lab: Any,
+    kubectl: Path,
     kube_api: Any,
     namespace: str,
     lab_repository: str,
@@ -505,11 +544,12 @@ def test_backup_rate_at_n_slots(
     print(f"\ncontent written in {time.time() - t:.0f} s ({disks} disks)", flush=True)
     env = {"VMGUARD_PROXY_LOCATOR": f"lab:{info['control_url']}"}
     cpu = Cpu(lab.paths.run, int(info["pid"]))
+    metrics = (kubectl, lab.paths.kubeconfig)
     watcher = Watcher(kube_api, ns)
     rows = []
     try:
         operator = _restart(None, start_operator, env)
-        rows.append(_round(kube_api, ns, watcher, vms, "full", top, cpu, operator.pid))
+        rows.append(_round(kube_api, ns, watcher, vms, "full", top, cpu, operator.pid, metrics))
         print(_report(rows, disks), flush=True)
         for n, slots in enumerate(SLOTS):
             operator.stop()
@@ -520,7 +560,9 @@ def test_backup_rate_at_n_slots(
             print(f"changed {changed / MiB:.0f} MiB over {disks} disks", flush=True)
             operator = _restart(operator, start_operator, env)
             rows.append(
-                _round(kube_api, ns, watcher, vms, f"incr{n + 1}", slots, cpu, operator.pid)
+                _round(
+                    kube_api, ns, watcher, vms, f"incr{n + 1}", slots, cpu, operator.pid, metrics
+                )
             )
             print(_report(rows, disks), flush=True)
     finally:
