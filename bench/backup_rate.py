@@ -1,6 +1,7 @@
 """Backups per hour through real proxy Jobs at N slots, split; a night of 5,000 VMs projected.
 
     make bench-rate                      # RATE_VMS=200 RATE_SLOTS=2,4,8 by default
+    make bench-rate RATE_SLOTS=1,2,4,8   # docs/scale.md's record
     # or: RATE_VMS=200 RATE_SLOTS=2,8 PYTHONPATH=operator python -m pytest -p tests.conftest \
     #         -p tests.controller.conftest bench/backup_rate.py -q -s -o addopts=
 
@@ -42,6 +43,11 @@ same machine, same clock):
 - **finalize**: that line → ``Completed`` seen (the Job's end noticed — the lab's
   operator looks every 0.5 s —, the snapshot removed, the point added to the VM's
   ProtectedVM, the phase written).
+
+Beside the split, per backup: CPU seconds by process from /proc (the proxies through the
+node agent, which reaps their processes; the operator; apiserver and etcd; MinIO; the
+simulator; the machine as a whole, other work included) and apiserver requests by verb
+and resource (``apiserver_request_total`` before and after the round, every client).
 
 The slot time of a backup is snapshot + Job start + transfer + finalize. The projection
 for one night of 5,000 VMs at 1 % change uses the round's rate (hours at N slots, as
