@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml lab/python/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench bench-operator soak images lab-images
+.PHONY: demo test deps venv lab-build lint unit lab-up lab-down clean bench bench-operator bench-rate soak images lab-images
 
 deps:
 	@scripts/install-deps.sh
@@ -82,6 +82,14 @@ bench: venv lab-build
 bench-operator: venv lab-build
 	@PYTHONPATH=operator $(BIN)/python -m pytest -p tests.conftest -p tests.controller.conftest \
 		bench/operator_restore.py -q -s -o addopts= -p no:cacheprovider
+
+# Backups per hour through real proxy Jobs at N slots on a simulator of RATE_VMS VMs, split
+# into snapshot, Job start, transfer and finalize, and a night of 5,000 VMs projected
+# (issue 13; docs/scale.md). RATE_VMS=200 RATE_SLOTS=2,4,8 by default. Asserts nothing
+# about time.
+bench-rate: venv lab-build
+	@PYTHONPATH=operator $(BIN)/python -m pytest -p tests.conftest -p tests.controller.conftest \
+		bench/backup_rate.py -q -s -o addopts= -p no:cacheprovider
 
 # The operator and proxy images from Debian packages (mmdebstrap + podman, as root; no
 # registry): images/build.py, cached by a hash of the inputs. lab-images adds the lab's
