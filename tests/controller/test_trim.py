@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,40 @@ def test_it_trims_only_after_work() -> None:
     assert trims == len(released) == 3
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert released == [t0 + dt.timedelta(seconds=trim.EVERY * n) for n in (3, 5, 8)]
+
+
+_MAPPED_BLOCKS = """
+import ctypes, sys
+from vmguard.controller.kube import trim
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "tuned":
+    assert trim.tune() is True
+page = bytearray(8 << 20)  # a LIST's response page, read and freed
+del page
+before = libc.mallinfo2().hblks
+blocks = [bytearray(300 << 10) for _ in range(20)]
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("how", "mapped"), [("untuned", 0), ("tuned", 20)])
+def test_large_blocks_keep_mappings_of_their_own_after_a_large_one_was_freed(
+    how: str, mapped: int
+) -> None:
+    """glibc raises its mmap threshold to each mapped block freed: after one 8 MiB page,
+    20 blocks of 300 KiB come from the heap (0 mappings), where they stay as free space
+    once freed. Tuned, the threshold stays at 128 KiB: 20 mappings, each returned to the
+    system when freed. A fresh interpreter each: the threshold is process-wide."""
+    assert platform.libc_ver()[0] == "glibc"
+    got = subprocess.run(
+        [sys.executable, "-c", _MAPPED_BLOCKS, how], capture_output=True, text=True, check=True
+    )
+    assert int(got.stdout) == mapped

@@ -5,10 +5,21 @@ operator's start (kopf's first LIST of every kind, the fold of finished runs, th
 first passes over 150,000 points) it kept ≈ 150 MB it never used again in 3 of 5
 starts (docs/scale.md). ``malloc_trim(0)`` returns the free pages of every arena.
 
+:func:`tune`, called once as the operator starts, fixes glibc's mmap threshold at its
+initial 128 KiB. glibc raises the threshold to the size of each mmapped block freed
+(up to 32 MiB), so after the first response page of a LIST (megabytes of JSON, read and
+decoded) was freed, every later page, decoded string and TLS buffer of that size came
+from the heap instead, where it stays as free space between live objects. A fixed
+threshold keeps every block of 128 KiB or more in its own mapping, returned to the
+system when freed (docs/scale.md, "What the start's peak is made of").
+
 Invariants:
 
 - glibc only, looked up once through ctypes; anywhere else (musl, macOS) :func:`trim`
   does nothing and says so (False). It never raises.
+- :func:`tune` sets only glibc's ``M_MMAP_THRESHOLD`` (setting it also stops glibc's
+  dynamic adjustment of the trim threshold); it never raises, and off glibc it does
+  nothing and says so (False).
 - :func:`trim_after_work` trims only after the process has done work since its last
   look (at least ``after_cpu`` seconds of CPU): a quiet operator is left alone, and a
   trim (a walk over the arenas' free lists) is never paid for nothing.
@@ -30,26 +41,44 @@ EVERY = 30.0
 """Seconds between looks (an interval on the controller's clock)."""
 AFTER_CPU = 1.0
 """CPU seconds of work since the last look that make the next look trim."""
+MMAP_THRESHOLD = 128 * 1024
+"""Bytes from which a block gets a mapping of its own: glibc's initial threshold, fixed."""
+_M_MMAP_THRESHOLD = -3
+"""mallopt's parameter number (glibc's malloc.h)."""
 
 log = logging.getLogger(__name__)
 _UNSET: Any = object()
-_malloc_trim: Any = _UNSET
+_libc: Any = _UNSET
 
 
-def _function() -> Any:
-    global _malloc_trim
-    if _malloc_trim is _UNSET:
-        _malloc_trim = None
+def _glibc() -> Any:
+    """glibc through ctypes, or None (not glibc, or not loadable)."""
+    global _libc
+    if _libc is _UNSET:
+        _libc = None
         if platform.libc_ver()[0] == "glibc":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _malloc_trim = libc.malloc_trim
-                _malloc_trim.argtypes = [ctypes.c_size_t]
-                _malloc_trim.restype = ctypes.c_int
+                libc.malloc_trim.argtypes = [ctypes.c_size_t]
+                libc.malloc_trim.restype = ctypes.c_int
+                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                libc.mallopt.restype = ctypes.c_int
+                _libc = libc
             except (OSError, AttributeError) as exc:
-                log.debug("malloc_trim not available: %s", exc)
-                _malloc_trim = None
-    return _malloc_trim
+                log.debug("glibc's malloc functions not available: %s", exc)
+    return _libc
+
+
+def _function() -> Any:
+    libc = _glibc()
+    return libc.malloc_trim if libc is not None else None
+
+
+def tune(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (module docstring): True when glibc took it, False
+    when it refused or this is not glibc."""
+    libc = _glibc()
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) if libc is not None else False
 
 
 def trim() -> bool:
