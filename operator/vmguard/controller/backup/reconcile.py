@@ -22,7 +22,10 @@ of its phase (docs/operator.md):
   goes back to Snapshotting for a fresh snapshot and a new Job (so the VM never runs on
   one snapshot for the whole timeout), and it fails once ``ProxySettings.start_timeout``
   has passed since the first Job of that streak (``status.proxyStartSince``, cleared
-  once a proxy of the streak reports progress);
+  once a proxy of the streak reports progress). A poll reads the Job alone (the refs
+  only for a new attempt); once its proxy has reported progress, the pods are no longer
+  read and the polls back off to :data:`RUNNING_POLL_CAP`, cut short by the proxy's
+  result or error (:class:`UntilReport`);
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
   backup's restore point is added to its VM's ProtectedVM first
   (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
@@ -523,8 +526,8 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             return WAIT_REFS
         await _start_attempt(ctx, obj, p, refs, attempt + 1)
         return ctx.settings.poll
-    # The refs are resolved only where they are used (a new attempt, the snapshot's
-    # removal): a poll of a running Job reads the Job alone, its namespace from status
+    # The refs are resolved only where they are used (a new attempt, a retry, the
+    # snapshot's removal): a poll of a running Job reads the Job alone, its namespace from status
     # (``jobNamespace``, written with each attempt).
     name = job_name(p.name, attempt)
     where = jobs_namespace(obj)
