@@ -274,3 +274,31 @@ def test_the_loop_follows_touches_and_the_gate_and_stops_every_task_when_it_ends
         assert sup.running() == {} and sup.counts.started == 4
 
     asyncio.run(main())
+
+
+def test_a_nudge_wakes_the_running_task_of_its_uid_only() -> None:
+    """A backup's task waits on ``stopped.nudged`` while its proxy runs: the proxy's
+    report (a status event) wakes that task, and no other (docs/vmbackup-controller.md)."""
+
+    async def main() -> None:
+        index: dict[str, list[Member]] = {"a": [_member("a")], "b": [_member("b")]}
+        stoppers: dict[str, Stopper] = {}
+        woken: list[str] = []
+
+        async def waits(member: Member, stopped: Stopper, logger: Any) -> None:
+            stoppers[member.uid] = stopped
+            await stopped.nudged.wait()
+            woken.append(member.uid)
+
+        sup = Supervisor("test", waits, index, Timing(clock=ManualClock()))
+        sup.touch("a")
+        sup.touch("b")
+        await sup.turn()
+        sup.nudge("nobody")  # no task: nothing
+        sup.nudge("b")
+        await sup.ended("b")
+        assert woken == ["b"]
+        assert not stoppers["a"].nudged.is_set() and set(sup.running()) == {"a"}
+        await sup.stop_all(EXITING)
+
+    asyncio.run(main())

@@ -236,6 +236,8 @@ async def drive_backup(
         return
     ctx = memo.backups
     while not stopped:
+        # Cleared before the read: news that comes after it cuts the next wait short.
+        stopped.nudged.clear()
         try:
             obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
             if obj is None or obj["metadata"]["uid"] != uid:
@@ -254,8 +256,20 @@ async def drive_backup(
             # daemon did, so that kopf started it again once the backup was admitted).
             await stopped.wait()
             return
-        if delay > 0:
+        if isinstance(delay, reconcile.UntilReport):
+            # A running proxy's long wait: its result or error in status ends it now.
+            await ctx.timing.wait(delay, stopped, stopped.nudged)
+        elif delay > 0:
             await ctx.timing.wait(delay, stopped)
+
+
+def _proxy_reported(body: kopf.Body) -> bool:
+    """A transferring backup whose status holds its proxy's result or error: its task
+    reads its Job now (the Job ends). Progress alone wakes nothing."""
+    status = body.get("status") or {}
+    return status.get("phase") == BackupPhase.TRANSFERRING and bool(
+        status.get("archiveId") or status.get("error")
+    )
 
 
 def object_logger(settings: kopf.OperatorSettings) -> Callable[[Member], ObjectLog]:
@@ -318,6 +332,8 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
         # handler): its task starts or stops (kube/supervisor.py).
         memo.backup_tasks.touch(uid)
         memo.verify_tasks.touch(uid)
+        if _proxy_reported(body):
+            memo.backup_tasks.nudge(uid)
     # Its policy's next pass works on it (policy/runs.py: a pass skips when nothing changed).
     run_of = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     run_of = run_of or ((body.get("spec") or {}).get("policyRef") or {}).get("name")

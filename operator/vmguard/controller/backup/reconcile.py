@@ -22,7 +22,10 @@ of its phase (docs/operator.md):
   goes back to Snapshotting for a fresh snapshot and a new Job (so the VM never runs on
   one snapshot for the whole timeout), and it fails once ``ProxySettings.start_timeout``
   has passed since the first Job of that streak (``status.proxyStartSince``, cleared
-  once a proxy of the streak reports progress);
+  once a proxy of the streak reports progress). A poll reads the Job alone (the refs
+  only for a new attempt); once its proxy has reported progress, the pods are no longer
+  read and the polls back off to :data:`RUNNING_POLL_CAP`, cut short by the proxy's
+  result or error (:class:`UntilReport`);
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
   backup's restore point is added to its VM's ProtectedVM first
   (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
@@ -508,26 +511,33 @@ async def _start_attempt(
     p.condition(
         "Transferring", True, "ProxyRunning", f"attempt {attempt}: Job {job['metadata']['name']}"
     )
-    await p.patch({"attempts": attempt, "jobName": job["metadata"]["name"], "error": None})
+    started: BackupStatus = {"attempts": attempt, "jobName": job["metadata"]["name"], "error": None}
+    if where != jobs_namespace(obj):  # the polls read this attempt's Job without the refs
+        started["jobNamespace"] = where
+    await p.patch(started)
 
 
 async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> float | None:
-    refs = await _refs(ctx, obj, p)
-    if refs is None:
-        return WAIT_REFS
     status = backup_status(obj)
     attempt = int(status.get("attempts") or 0)
     if attempt == 0 or not status.get("jobName"):  # first, or on a fresh snapshot
+        refs = await _refs(ctx, obj, p)
+        if refs is None:
+            return WAIT_REFS
         await _start_attempt(ctx, obj, p, refs, attempt + 1)
         return ctx.settings.poll
+    # The refs are resolved only where they are used (a new attempt, a retry, the
+    # snapshot's removal): a poll of a running Job reads the Job alone, its namespace from status
+    # (``jobNamespace``, written with each attempt).
     name = job_name(p.name, attempt)
-    job = await ctx.jobs.read_job(refs.job_namespace, name)
+    where = jobs_namespace(obj)
+    job = await ctx.jobs.read_job(where, name)
     if job is None:  # the Job was deleted under us: a lost attempt
         reason, message, finished = "JobLost", f"Job {name} disappeared", None
     else:
         st = job_state(job)
         if st.active:
-            return await _watch_proxy_start(ctx, obj, p, job, refs.job_namespace)
+            return await _watch_proxy_start(ctx, obj, p, job, where)
         if st.succeeded:
             if status.get("archiveId"):
                 p.condition("Transferring", False, "Transferred", f"archive {status['archiveId']}")
@@ -560,6 +570,9 @@ async def _transferring(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> 
             )
             await p.patch({})
             return min(backoff - since, ctx.settings.poll * 5)
+        refs = await _refs(ctx, obj, p)
+        if refs is None:
+            return WAIT_REFS
         await _start_attempt(ctx, obj, p, refs, attempt + 1)
         return ctx.settings.poll
     if retryable:
@@ -589,10 +602,13 @@ async def _watch_proxy_start(
     Either failure goes through Finalizing, which removes the snapshot.
     """
     name = job["metadata"]["name"]
-    trouble = await ctx.jobs.proxy_trouble(where, name)
     said: dict[str, Any] = next(
         (dict(c) for c in p.conditions if c.get("type") == "Transferring"), {}
     )
+    running = _proxy_runs(ctx, obj, job, said)
+    if running is not None:
+        return running
+    trouble = await ctx.jobs.proxy_trouble(where, name)
     if trouble is None:
         status = backup_status(obj)
         streak = parse_time(status.get("proxyStartSince"))
@@ -631,6 +647,42 @@ async def _watch_proxy_start(
         p.condition("Ready", False, trouble.reason, text)
         await p.patch({})
     return min(ctx.settings.poll * 5, max(retry_in, ctx.settings.poll))
+
+
+RUNNING_POLL_CAP = 30.0
+"""Seconds at most between two reads of a Job whose proxy runs and reports (divided by
+the lab's speed-up): a proxy that ends without writing the backup's status (it crashed)
+is seen within this. Its result or error in status is seen at once (:class:`UntilReport`)."""
+
+
+class UntilReport(float):
+    """A delay that a report of the proxy cuts short: its task wakes as soon as the
+    backup's status shows the proxy's result or error (``handlers.vmbackup_phase``)."""
+
+
+def _proxy_runs(
+    ctx: BackupContext, obj: dict[str, Any], job: dict[str, Any], said: dict[str, Any]
+) -> float | None:
+    """The delay until the next read of an active Job whose proxy is known to run — it
+    has reported progress since its Job was created, and no start trouble is said or
+    pending (``proxyStartSince``) — else None: the pod checks go on at ``poll``.
+
+    The delay backs off from ``poll`` to :data:`RUNNING_POLL_CAP` as the Job ages (a
+    quarter of its age), so a transfer's reads grow with the log of its length up to
+    the cap; once the proxy has reported its result or error, its Job ends any moment
+    and is read at ``poll`` again."""
+    status = backup_status(obj)
+    if said.get("reason") == "ProxyNotStarting" or status.get("proxyStartSince"):
+        return None
+    created = job_created(job)
+    reported = parse_time((status.get("progress") or {}).get("updateTime"))
+    if created is None or reported is None or reported < created:
+        return None  # not (yet) this Job's proxy: an earlier attempt's progress, or none
+    if status.get("archiveId") or status.get("error"):
+        return ctx.settings.poll
+    age = (ctx.timing.now() - created).total_seconds()
+    cap = ctx.timing.interval(RUNNING_POLL_CAP)
+    return UntilReport(min(cap, max(ctx.settings.poll, age / 4)))
 
 
 async def _fresh_snapshot(

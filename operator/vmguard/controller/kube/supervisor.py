@@ -81,11 +81,14 @@ class Stopper:
     """A task's ``stopped`` (kopf's ``DaemonStopped`` as the loop bodies read it): false
     until the task is to end, then true with a reason; awaitable until then."""
 
-    __slots__ = ("_event", "reason")
+    __slots__ = ("_event", "nudged", "reason")
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self.reason: str | None = None
+        self.nudged = asyncio.Event()
+        """Set by :meth:`Supervisor.nudge`: news of the object that a body waiting on it
+        (it clears it before it reads the object) acts on now."""
 
     def set(self, reason: str) -> None:
         if self.reason is None:
@@ -182,6 +185,13 @@ class Supervisor:
         task is started or stopped at the next turn."""
         self._dirty.add(uid)
         self._wake.set()
+
+    def nudge(self, uid: str) -> None:
+        """Wake the running task of ``uid`` from a wait on its ``stopped.nudged`` (a
+        body that waits on it only where the news matters; nothing for no task)."""
+        entry = self._tasks.get(uid)
+        if entry is not None:
+            entry.stopper.nudged.set()
 
     def running(self) -> dict[str, Member]:
         """The members whose task has not ended (stopping ones included)."""

@@ -1,0 +1,125 @@
+"""A running transfer's polls read its Job and nothing else (issue #13, docs/scale.md).
+
+While a backup's proxy Job runs, its task polls it. Each poll used to resolve every ref
+again (policy, VCenter, repository) and list the Job's pods and events: ≈ 6 requests
+a poll, ≈ 300 polls in a 10-minute transfer. Once the proxy has reported progress, a poll
+is one GET of the Job (its namespace from status), and the polls back off to a cap.
+
+Lab test with a real apiserver: the VMGuardBackup and its VCenter and repository are
+real objects, the proxy Job a real, suspended one (it runs no pod; the controller reads
+a Job without a Complete or Failed condition as active). The state machine's step is
+called directly, on a :class:`~vmguard.store.clock.ManualClock` ten minutes after the
+Job's creation; every request of its API client is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.controller import objects
+
+from vmguard.api import format_time, parse_time
+from vmguard.api.kinds import BACKUP
+from vmguard.config import BackupSettings, ProxySettings
+from vmguard.controller.backup import reconcile
+from vmguard.controller.kube.jobs import JobAPI
+from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.timing import Timing
+from vmguard.store.clock import ManualClock
+
+pytestmark = pytest.mark.lab
+
+UUID = "4201aaaa-bbbb-cccc-dddd-eeeeffff0077"
+
+
+def _counting(kube_api: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """A client of the lab's apiserver that records (method, path) of every request."""
+    api = client.ApiClient(kube_api.configuration)
+    seen: list[tuple[str, str]] = []
+    rest = api.rest_client
+    request = rest.request
+
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append((method, url.split("?")[0].removeprefix(api.configuration.host)))
+        return request(method, url, *args, **kwargs)
+
+    rest.request = counted
+    return api, seen
+
+
+def _suspended_job(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "proxy", "image": "unused"}],
+                }
+            },
+        },
+    }
+    job = client.BatchV1Api(kube_api).create_namespaced_job(ns, body)
+    return dict(client.ApiClient().sanitize_for_serialization(job))
+
+
+def test_a_running_proxys_polls_read_its_job_only_and_back_off(
+    kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
+) -> None:
+    spec = {
+        "vm": {"instanceUuid": UUID},
+        "vcenterRef": {"name": lab_vcenter},
+        "repositoryRef": {"name": lab_repository},
+    }
+    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b", spec)
+    job = _suspended_job(kube_api, namespace, "b-1")
+    created = parse_time(job["metadata"]["creationTimestamp"])
+    assert created is not None
+    reported = format_time(dt.datetime.now(dt.UTC))  # the proxy reports after its Job exists
+    running = {
+        "phase": "Transferring",
+        "startTime": format_time(created),
+        "vm": {"instanceUuid": UUID, "moref": "vm-77"},
+        "vcenter": lab_vcenter,
+        "repository": lab_repository,
+        "attempts": 1,
+        "jobName": "b-1",
+        "progress": {"percent": 40, "bytesDone": 4, "bytesTotal": 10, "updateTime": reported},
+    }
+    objects.patch_status(kube_api, namespace, BACKUP.plural, "b", running)
+    api, seen = _counting(kube_api)
+    clock = ManualClock(start=created + dt.timedelta(minutes=10))
+    settings = BackupSettings()
+    proxy = ProxySettings(
+        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
+    )
+    ctx = reconcile.BackupContext(
+        KubeAPI(api), JobAPI(api), proxy, settings, timing=Timing(clock=clock)
+    )
+    job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/b-1"
+
+    for _ in range(3):  # three polls of a long transfer
+        obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
+        seen.clear()
+        delay = asyncio.run(reconcile.reconcile(ctx, obj))
+        assert seen == [("GET", job_path)]
+        assert delay == reconcile.RUNNING_POLL_CAP  # ten minutes in: the cap
+        assert isinstance(delay, reconcile.UntilReport)  # the proxy's report wakes it
+
+        clock.advance(delay)
+
+    # The proxy has written its result: its Job ends any moment, read at ``poll`` again.
+    objects.patch_status(kube_api, namespace, BACKUP.plural, "b", {"archiveId": "a-77"})
+    obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
+    seen.clear()
+    delay = asyncio.run(reconcile.reconcile(ctx, obj))
+    assert len(seen) == 1 and delay == settings.poll
+    status = objects.get(kube_api, namespace, BACKUP.plural, "b")["status"]
+    assert status["phase"] == "Transferring" and status["attempts"] == 1
