@@ -60,12 +60,10 @@ default 100 MiB/s per slot: *assumed*, printed as such).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import random
 import re
-import secrets
 import statistics
 import subprocess
 import threading
@@ -79,15 +77,14 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 from tests.controller import objects
+from tests.controller.own_vcsim import own_vcsim
 from tests.controller.scrape import scrape
 
 from vmguard.api import BACKUP_TERMINAL
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.api.names import LABEL_ATTEMPT, LABEL_VMBACKUP
-from vmguard_lab import build
-from vmguard_lab.paths import LabPaths
-from vmguard_lab.procs import eventually, free_port
-from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, VSimControl, VSimVM, vsim_command
+from vmguard_lab.procs import eventually
+from vmguard_lab.vsim import VSimControl, VSimVM
 
 MiB = 1 << 20
 VMS = int(os.environ.get("RATE_VMS", "200"))
@@ -114,24 +111,8 @@ PARTS = ("queue", "snapshot", "Job start", "transfer", "finalize")
 @pytest.fixture
 def rate_vcenter(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A simulator of its own with ``VMS`` VMs: endpoint, CA, credentials, control URL."""
-    binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
-    user, password = "rate@vsphere.local", secrets.token_urlsafe(12)
-    state = tmp_path / "vcsim"
-    state.mkdir()
-    env = dict(os.environ, **{USERNAME_ENV: user, PASSWORD_ENV: password})
-    # One more VM than the bench uses: the inventory's first is a template.
-    argv = vsim_command(binary, state, free_port(), free_port(), VMS + 1, 7, DISK)
-    with open(state / "vcsim.log", "wb") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready = state / "ready.json"
-        eventually(lambda: ready.exists() or None, timeout=120, what="the simulator")
-        info = json.loads(ready.read_text())
-        info.update(user=user, password=password, pid=proc.pid)
+    with own_vcsim(tmp_path, "rate@vsphere.local", VMS, 7, DISK, ready_timeout=120) as info:
         yield info
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @dataclass

@@ -28,10 +28,6 @@ over a limit cannot slip between two polls.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -41,15 +37,13 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 from tests.controller import objects
+from tests.controller.own_vcsim import own_vcsim
 
 from vmguard.api import BACKUP_ACTIVE, BACKUP_TERMINAL
 from vmguard.api.kinds import BACKUP, POLICY, VCENTER
 from vmguard.controller.kube.proxyjob import job_name
-from vmguard_lab import build
 from vmguard_lab.kube import NODE_NAME
-from vmguard_lab.paths import LabPaths
-from vmguard_lab.procs import eventually, free_port
-from vmguard_lab.vsim import PASSWORD_ENV, USERNAME_ENV, VSimControl, vsim_command
+from vmguard_lab.vsim import VSimControl
 
 pytestmark = pytest.mark.operator_controllers("backups,repositories")
 
@@ -71,24 +65,8 @@ ADDED_NODES = (f"{NODE_NAME}-2", f"{NODE_NAME}-3")
 @pytest.fixture
 def big_vcenter(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A simulator of its own with 50 VMs on 1 MiB disks: endpoint, CA and credentials."""
-    binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
-    user, password = "admission@vsphere.local", secrets.token_urlsafe(12)
-    state = tmp_path / "vcsim"
-    state.mkdir()
-    env = dict(os.environ, **{USERNAME_ENV: user, PASSWORD_ENV: password})
-    # One more VM than the test uses: the inventory's first is a template.
-    argv = vsim_command(binary, state, free_port(), free_port(), VMS + 1, 3, 1 << 20)
-    with open(state / "vcsim.log", "wb") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready = state / "ready.json"
-        eventually(lambda: ready.exists() or None, timeout=60, what="the simulator")
-        info = json.loads(ready.read_text())
-        info.update(user=user, password=password)
+    with own_vcsim(tmp_path, "admission@vsphere.local", VMS, 3, 1 << 20) as info:
         yield info
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture
