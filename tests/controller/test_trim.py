@@ -90,3 +90,48 @@ def test_large_blocks_keep_mappings_of_their_own_after_a_large_one_was_freed(
         [sys.executable, "-c", _MAPPED_BLOCKS, how], capture_output=True, text=True, check=True
     )
     assert int(got.stdout) == mapped
+
+
+_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from vmguard.controller.kube import trim
+
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+    assert trim.tune() is True
+held, ready = [], threading.Barrier(6)
+
+def work():
+    ready.wait()  # all six alive at once: none can inherit another's arena
+    held.append([bytearray(4096) for _ in range(100)])
+
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+fd, path = tempfile.mkstemp()
+os.close(fd)
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(open(path).read().count("<heap nr="))
+os.unlink(path)
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("how", "arenas"), [("untuned", 7), ("tuned", trim.ARENA_MAX)])
+def test_threads_share_the_capped_arenas(how: str, arenas: int) -> None:
+    """Six threads that allocate at once: glibc gives each an arena of its own (seven
+    with the main thread's), each keeping its own free memory; tuned, they share
+    :data:`trim.ARENA_MAX`. A fresh interpreter each: the cap is process-wide."""
+    assert platform.libc_ver()[0] == "glibc"
+    got = subprocess.run(
+        [sys.executable, "-c", _ARENAS, how], capture_output=True, text=True, check=True
+    )
+    assert int(got.stdout) == arenas

@@ -249,7 +249,8 @@ def run(options: OperatorOptions) -> None:
         interval = catalog_interval()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    # Before the first large response: big blocks get mappings of their own (kube/trim.py).
+    # Before the first large response and the first thread: big blocks get mappings of
+    # their own, threads share one arena (kube/trim.py).
     trim.tune()
     load_config()
     timing = options.timing

@@ -13,13 +13,20 @@ from the heap instead, where it stays as free space between live objects. A fixe
 threshold keeps every block of 128 KiB or more in its own mapping, returned to the
 system when freed (docs/scale.md, "What the start's peak is made of").
 
+It also caps glibc's arenas at :data:`ARENA_MAX`. glibc gives each new thread that
+allocates an arena of its own, up to eight per core, and each keeps its own free memory:
+the operator's threads (the Kubernetes client's calls through ``asyncio.to_thread``,
+the sweep's decoding, kopf's executor) run Python one at a time under the GIL, so the
+extra arenas bought no parallelism, only free memory held in each of them.
+
 Invariants:
 
 - glibc only, looked up once through ctypes; anywhere else (musl, macOS) :func:`trim`
   does nothing and says so (False). It never raises.
 - :func:`tune` sets only glibc's ``M_MMAP_THRESHOLD`` (setting it also stops glibc's
-  dynamic adjustment of the trim threshold); it never raises, and off glibc it does
-  nothing and says so (False).
+  dynamic adjustment of the trim threshold) and ``M_ARENA_MAX``; it is called before
+  the operator starts any thread (an arena is given to a thread at its first
+  allocation); it never raises, and off glibc it does nothing and says so (False).
 - :func:`trim_after_work` trims only after the process has done work since its last
   look (at least ``after_cpu`` seconds of CPU): a quiet operator is left alone, and a
   trim (a walk over the arenas' free lists) is never paid for nothing.
@@ -43,8 +50,11 @@ AFTER_CPU = 1.0
 """CPU seconds of work since the last look that make the next look trim."""
 MMAP_THRESHOLD = 128 * 1024
 """Bytes from which a block gets a mapping of its own: glibc's initial threshold, fixed."""
+ARENA_MAX = 2
+"""glibc arenas at most: the main thread's and one that the other threads share."""
 _M_MMAP_THRESHOLD = -3
-"""mallopt's parameter number (glibc's malloc.h)."""
+_M_ARENA_MAX = -8
+"""mallopt's parameter numbers (glibc's malloc.h)."""
 
 log = logging.getLogger(__name__)
 _UNSET: Any = object()
@@ -74,11 +84,14 @@ def _function() -> Any:
     return libc.malloc_trim if libc is not None else None
 
 
-def tune(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold (module docstring): True when glibc took it, False
-    when it refused or this is not glibc."""
+def tune(mmap_threshold: int = MMAP_THRESHOLD, arena_max: int = ARENA_MAX) -> bool:
+    """Fix glibc's mmap threshold and cap its arenas (module docstring): True when glibc
+    took both, False when it refused either or this is not glibc."""
     libc = _glibc()
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) if libc is not None else False
+    if libc is None:
+        return False
+    threshold = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+    return bool(libc.mallopt(_M_ARENA_MAX, arena_max)) and threshold
 
 
 def trim() -> bool:
