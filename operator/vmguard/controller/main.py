@@ -56,6 +56,33 @@ KINDS = (vcenter_handlers, policy_handlers, backup_handlers, restore_handlers, r
 logger = logging.getLogger(__name__)
 
 
+EVENT_HANDLERS = ("backup_gone", "vmbackup_phase", "policy_seen", "restore_gone")
+"""The ids of our ``@kopf.on.event`` handlers (tests/controller/test_kopf_log.py holds
+this to kopf's registry)."""
+
+
+class QuietEventHandlers(logging.Filter):
+    """Drops kopf's ``Handler 'x' succeeded.`` for the handlers of raw watch events
+    (:data:`EVENT_HANDLERS`). kopf logs it at INFO for every event of every object: each
+    status change of each backup, and each of 5,000 backups and policies at every start
+    (docs/scale.md), while such a handler only counts a change or wakes a loop. Their
+    failures, and every other handler's lines, are logged as before."""
+
+    def __init__(self, ids: tuple[str, ...] = EVENT_HANDLERS) -> None:
+        super().__init__()
+        self.lines = frozenset(f"Handler {i!r} succeeded." for i in ids)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage() in self.lines)
+
+
+def quiet_event_handlers() -> None:
+    """Put :class:`QuietEventHandlers` on kopf's per-object logger (once)."""
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietEventHandlers) for f in objects.filters):
+        objects.addFilter(QuietEventHandlers())
+
+
 @dataclass
 class Memo(backup_handlers.BackupMemo):
     """kopf's operator memo (``memo=`` of every handler), shared by all of them: kopf copies
@@ -252,6 +279,7 @@ def run(options: OperatorOptions) -> None:
     # Before the first large response and the first thread: big blocks get mappings of
     # their own, threads share one arena (kube/trim.py).
     trim.tune()
+    quiet_event_handlers()
     load_config()
     timing = options.timing
     metrics = Metrics(clock=lambda: timing.now().timestamp())
