@@ -1,4 +1,5 @@
-"""A running transfer's polls read its Job and nothing else (issue #13, docs/scale.md).
+"""A running transfer's or verification's polls read its Job and nothing else (issue #13,
+docs/scale.md).
 
 While a backup's proxy Job runs, its task polls it. Each poll used to resolve every ref
 again (policy, VCenter, repository) and list the Job's pods and events: ≈ 6 requests
@@ -9,7 +10,8 @@ Lab test with a real apiserver: the VMGuardBackup and its VCenter and repository
 real objects, the proxy Job a real, suspended one (it runs no pod; the controller reads
 a Job without a Complete or Failed condition as active). The state machine's step is
 called directly, on a :class:`~vmguard.store.clock.ManualClock` ten minutes after the
-Job's creation; every request of its API client is counted.
+Job's creation; every request of its API client is counted. A verification's Job (its
+checks run for minutes on a large disk) is read the same way.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from tests.controller import objects
 from vmguard.api import format_time, parse_time
 from vmguard.api.kinds import BACKUP
 from vmguard.config import BackupSettings, ProxySettings
-from vmguard.controller.backup import reconcile
+from vmguard.controller.backup import reconcile, verification
 from vmguard.controller.kube.jobs import JobAPI
 from vmguard.controller.kube.kubeapi import KubeAPI
+from vmguard.controller.kube.proxypods import RUNNING_POLL_CAP, UntilReport
 from vmguard.controller.kube.timing import Timing
 from vmguard.store.clock import ManualClock
 
@@ -110,8 +113,8 @@ def test_a_running_proxys_polls_read_its_job_only_and_back_off(
         seen.clear()
         delay = asyncio.run(reconcile.reconcile(ctx, obj))
         assert seen == [("GET", job_path)]
-        assert delay == reconcile.RUNNING_POLL_CAP  # ten minutes in: the cap
-        assert isinstance(delay, reconcile.UntilReport)  # the proxy's report wakes it
+        assert delay == RUNNING_POLL_CAP  # ten minutes in: the cap
+        assert isinstance(delay, UntilReport)  # the proxy's report wakes it
 
         clock.advance(delay)
 
@@ -123,3 +126,66 @@ def test_a_running_proxys_polls_read_its_job_only_and_back_off(
     assert len(seen) == 1 and delay == settings.poll
     status = objects.get(kube_api, namespace, BACKUP.plural, "b")["status"]
     assert status["phase"] == "Transferring" and status["attempts"] == 1
+
+
+def test_a_running_verifications_polls_read_its_job_only_and_back_off(
+    kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
+) -> None:
+    """It was read every 2 s however long its checks ran: ≈ 300 GETs of the backup and
+    of its Job in a 10-minute verification."""
+    spec = {
+        "vm": {"instanceUuid": UUID},
+        "vcenterRef": {"name": lab_vcenter},
+        "repositoryRef": {"name": lab_repository},
+    }
+    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b", spec)
+    job = _suspended_job(kube_api, namespace, "b-verify-1")
+    created = parse_time(job["metadata"]["creationTimestamp"])
+    assert created is not None
+    verifying = {
+        "phase": "Completed",
+        "archiveId": "a-77",
+        "vm": {"instanceUuid": UUID, "moref": "vm-77"},
+        "vcenter": lab_vcenter,
+        "repository": lab_repository,
+        "verification": {
+            "phase": "Verifying",
+            "run": 1,
+            "checks": ["fsck"],
+            "jobName": "b-verify-1",
+            "startTime": format_time(created),
+        },
+    }
+    objects.patch_status(kube_api, namespace, BACKUP.plural, "b", verifying)
+    api, seen = _counting(kube_api)
+    clock = ManualClock(start=created + dt.timedelta(minutes=10))
+    proxy = ProxySettings(
+        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
+    )
+    ctx = reconcile.BackupContext(
+        KubeAPI(api), JobAPI(api), proxy, BackupSettings(), timing=Timing(clock=clock)
+    )
+    job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/b-verify-1"
+
+    for _ in range(3):  # three polls of a long verification
+        obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
+        seen.clear()
+        delay = asyncio.run(verification.step(ctx, obj))
+        assert seen == [("GET", job_path)]
+        assert delay == RUNNING_POLL_CAP  # ten minutes in: the cap
+        assert isinstance(delay, UntilReport)  # the proxy's result wakes it
+        clock.advance(delay)
+
+    # The proxy has written its result: its Job ends any moment, read at the poll again.
+    objects.patch_status(
+        kube_api,
+        namespace,
+        BACKUP.plural,
+        "b",
+        {"verification": {**verifying["verification"], "result": "Passed"}},
+    )
+    obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
+    seen.clear()
+    delay = asyncio.run(verification.step(ctx, obj))
+    assert seen == [("GET", job_path)] and delay == verification.POLL
+    assert not isinstance(delay, UntilReport)

@@ -59,6 +59,7 @@ from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile, verification
 from vmguard.controller.backup.steps import MissingRef
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
+from vmguard.controller.kube.proxypods import UntilReport
 from vmguard.controller.kube.supervisor import Member, Stopper, Supervisor, member_of
 from vmguard.controller.kube.workqueue import Queued
 
@@ -160,6 +161,8 @@ async def verify_backup(
         return
     ctx = memo.backups
     while not stopped:
+        # Cleared before the read: news that comes after it cuts the next wait short.
+        stopped.nudged.clear()
         try:
             obj = await ctx.api.get_object(reconcile.PLURAL, namespace or "", name)
             if obj is None or obj["metadata"]["uid"] != uid:
@@ -178,7 +181,11 @@ async def verify_backup(
             # daemon did, so that kopf started it again for the backup's next run.)
             await stopped.wait()
             return
-        await ctx.timing.wait(delay, stopped)
+        if isinstance(delay, UntilReport):
+            # Its checks run: the proxy's result in status ends the wait now.
+            await ctx.timing.wait(delay, stopped, stopped.nudged)
+        else:
+            await ctx.timing.wait(delay, stopped)
 
 
 def _vcenter_namespace(body: Any) -> str | None:
@@ -256,7 +263,7 @@ async def drive_backup(
             # daemon did, so that kopf started it again once the backup was admitted).
             await stopped.wait()
             return
-        if isinstance(delay, reconcile.UntilReport):
+        if isinstance(delay, UntilReport):
             # A running proxy's long wait: its result or error in status ends it now.
             await ctx.timing.wait(delay, stopped, stopped.nudged)
         elif delay > 0:
@@ -270,6 +277,13 @@ def _proxy_reported(body: kopf.Body) -> bool:
     return status.get("phase") == BackupPhase.TRANSFERRING and bool(
         status.get("archiveId") or status.get("error")
     )
+
+
+def _verification_reported(body: kopf.Body) -> bool:
+    """A running verification whose proxy wrote its result: its task reads its Job now
+    (the Job ends) and records the result."""
+    status = body.get("status") or {}
+    return verification.running(status) and bool((status.get("verification") or {}).get("result"))
 
 
 def object_logger(settings: kopf.OperatorSettings) -> Callable[[Member], ObjectLog]:
@@ -334,6 +348,8 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
         memo.verify_tasks.touch(uid)
         if _proxy_reported(body):
             memo.backup_tasks.nudge(uid)
+        if _verification_reported(body):
+            memo.verify_tasks.nudge(uid)
     # Its policy's next pass works on it (policy/runs.py: a pass skips when nothing changed).
     run_of = (body.get("metadata", {}).get("labels") or {}).get(LABEL_POLICY)
     run_of = run_of or ((body.get("spec") or {}).get("policyRef") or {}).get("name")

@@ -24,8 +24,8 @@ of its phase (docs/operator.md):
   has passed since the first Job of that streak (``status.proxyStartSince``, cleared
   once a proxy of the streak reports progress). A poll reads the Job alone (the refs
   only for a new attempt); once its proxy has reported progress, the pods are no longer
-  read and the polls back off to :data:`RUNNING_POLL_CAP`, cut short by the proxy's
-  result or error (:class:`UntilReport`);
+  read and the polls back off to ``RUNNING_POLL_CAP``, cut short by the proxy's result
+  or error (:func:`~vmguard.controller.kube.proxypods.running_poll`);
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
   backup's restore point is added to its VM's ProtectedVM first
   (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
@@ -89,7 +89,7 @@ from vmguard.controller.kube.proxyjob import (
     job_name,
     policy_pod,
 )
-from vmguard.controller.kube.proxypods import job_created
+from vmguard.controller.kube.proxypods import job_created, running_poll
 from vmguard.controller.kube.timing import REAL_TIME, Timing
 from vmguard.errors import (
     ConfigError,
@@ -649,17 +649,6 @@ async def _watch_proxy_start(
     return min(ctx.settings.poll * 5, max(retry_in, ctx.settings.poll))
 
 
-RUNNING_POLL_CAP = 30.0
-"""Seconds at most between two reads of a Job whose proxy runs and reports (divided by
-the lab's speed-up): a proxy that ends without writing the backup's status (it crashed)
-is seen within this. Its result or error in status is seen at once (:class:`UntilReport`)."""
-
-
-class UntilReport(float):
-    """A delay that a report of the proxy cuts short: its task wakes as soon as the
-    backup's status shows the proxy's result or error (``handlers.vmbackup_phase``)."""
-
-
 def _proxy_runs(
     ctx: BackupContext, obj: dict[str, Any], job: dict[str, Any], said: dict[str, Any]
 ) -> float | None:
@@ -680,9 +669,7 @@ def _proxy_runs(
         return None  # not (yet) this Job's proxy: an earlier attempt's progress, or none
     if status.get("archiveId") or status.get("error"):
         return ctx.settings.poll
-    age = (ctx.timing.now() - created).total_seconds()
-    cap = ctx.timing.interval(RUNNING_POLL_CAP)
-    return UntilReport(min(cap, max(ctx.settings.poll, age / 4)))
+    return running_poll(ctx.timing, created, ctx.settings.poll)
 
 
 async def _fresh_snapshot(

@@ -58,6 +58,7 @@ from vmguard.controller.kube.conditions import set_condition
 from vmguard.controller.kube.jobs import JobAPI, job_state
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.proxyjob import build_proxy_rbac
+from vmguard.controller.kube.proxypods import job_created, running_poll
 from vmguard.controller.kube.timing import Timing
 from vmguard.controller.kube.verifications import (
     BOOT,
@@ -284,7 +285,12 @@ async def step(ctx: Verifier, obj: dict[str, Any]) -> float | None:
         return await _start(ctx, obj, where)
     job = await ctx.jobs.read_job(where, str(v["jobName"]))
     if job is not None and job_state(job).active:
-        return ctx.timing.interval(POLL)
+        created = job_created(job)
+        if v.get("result") or created is None:  # reported: its Job ends any moment
+            return ctx.timing.interval(POLL)
+        # Its checks run (minutes for a large disk): the reads back off, and the
+        # proxy's result in status wakes the task at once (handlers.vmbackup_phase).
+        return running_poll(ctx.timing, created, ctx.timing.interval(POLL))
     if v.get("result"):  # the proxy reported (its Job may be gone by its TTL since)
         return (
             await _boot_then_finish(ctx, obj, dict(v)) if boot else await finish(ctx, obj, dict(v))

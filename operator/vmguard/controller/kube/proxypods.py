@@ -1,4 +1,4 @@
-"""Why a proxy Job that is still "active" is not getting anywhere (pure).
+"""Why an active proxy Job is not getting anywhere, and when to read a running one (pure).
 
 A Job's own conditions say nothing while its pod cannot start: a pod stuck in
 ImagePullBackOff, unschedulable, or crash-looping, or a pod the apiserver refused at
@@ -17,6 +17,10 @@ Input is what kubelet, the scheduler and the Job controller write, as the API re
 it (camelCase dicts): ``status.containerStatuses[].state.waiting.reason``,
 ``status.conditions[type=PodScheduled]`` with reason ``Unschedulable``, and Events
 whose ``involvedObject`` is the Job.
+
+Once a proxy runs, :func:`running_poll` says how long until its Job is read again (a
+backup's or a verification's): backing off with the Job's age to a cap, cut short by
+the proxy's report in status (:class:`UntilReport`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from vmguard.api import (
     UNSCHEDULABLE,
     parse_time,
 )
+from vmguard.controller.kube.timing import Timing
 
 # What the apiserver's admission answers contain when it refuses a pod for good.
 REFUSAL_MARKERS = ("forbidden", "violates podsecurity")
@@ -80,6 +85,26 @@ class ProxyTrouble:
 def job_created(job: Mapping[str, Any]) -> dt.datetime | None:
     """A Job's ``creationTimestamp``."""
     return parse_time(str((job.get("metadata") or {}).get("creationTimestamp") or ""))
+
+
+RUNNING_POLL_CAP = 30.0
+"""Seconds at most between two reads of a Job whose proxy runs (divided by the lab's
+speed-up): a proxy that ends without writing its result into status (it crashed) is
+seen within this. Its result or error in status is seen at once (:class:`UntilReport`)."""
+
+
+class UntilReport(float):
+    """A delay that a report of the proxy cuts short: its task wakes as soon as the
+    backup's status shows the proxy's result or error (``backup.handlers.vmbackup_phase``
+    nudges it)."""
+
+
+def running_poll(timing: Timing, created: dt.datetime, poll: float) -> UntilReport:
+    """The delay until the next read of the Job of a running proxy, created at
+    ``created``: from ``poll`` up to :data:`RUNNING_POLL_CAP` as the Job ages (a quarter
+    of its age), so the reads of a run grow with the log of its length, not with it."""
+    age = (timing.now() - created).total_seconds()
+    return UntilReport(min(timing.interval(RUNNING_POLL_CAP), max(poll, age / 4)))
 
 
 def _waiting(pod: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
