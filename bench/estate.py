@@ -39,8 +39,9 @@ last night's Completed VMGuardBackup run, within its TTL, all as a running opera
 leaves them (RPO states written, runs created with the finalizer). Then ``vmguard
 operator`` with every controller is started on it (``--starts`` times: a restart),
 each printing: the time until it is steady (the vCenter swept, every policy's pass run on
-that sweep, then CPU quiet for 10 s; two readings, see :data:`AFTER_SWEEP`), peak RSS summed over its process tree, the
-apiserver requests until then by verb and resource, and CPU and requests per minute
+that sweep, then CPU quiet for 10 s; two readings, see :data:`AFTER_SWEEP`), peak RSS
+summed over its process tree, the apiserver requests until then by verb and resource,
+and CPU and requests per minute
 over ``--window`` seconds of steady running. ``--also-tree OTHER`` (repeatable) starts
 that checkout's operator on the same estate after each start of ``--tree``: before and
 after, interleaved, on one estate and one load (its ``.venv/bin/python`` runs it, so a
