@@ -503,8 +503,12 @@ def start_vcsim(vms: int, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[
 def completed_run_status(
     run_obj: dict[str, Any], archive: str, at: dt.datetime, done: dt.datetime
 ) -> dict[str, Any]:
-    """The status a running operator leaves on a Completed two-disk run (:data:`DISK`)."""
+    """The status a running operator leaves on a Completed two-disk run (:data:`DISK`),
+    its point recorded (``PointRecorded=True``: the start's fold passes over it)."""
     from vmguard.api import format_time
+    from vmguard.controller.kube import points
+
+    pvm = points.protected_vm_name("vc1", str(run_obj["spec"]["vm"].get("instanceUuid") or ""))
 
     return {
         "phase": "Completed",
@@ -523,12 +527,16 @@ def completed_run_status(
             {
                 "type": t,
                 "status": s,
-                "reason": "Completed",
-                "message": f"archive {archive} committed",
+                "reason": reason,
+                "message": message,
                 "lastTransitionTime": format_time(done),
                 "observedGeneration": 1,
             }
-            for t, s in (("Ready", "True"), ("Reconciling", "False"))
+            for t, s, reason, message in (
+                (points.POINT_RECORDED, "True", points.RECORDED, f"in ProtectedVM {pvm}"),
+                ("Ready", "True", "Completed", f"archive {archive} committed"),
+                ("Reconciling", "False", "Completed", f"archive {archive} committed"),
+            )
         ],
         "observedGeneration": 1,
     }

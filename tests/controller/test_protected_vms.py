@@ -220,6 +220,8 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
     got = [(p["archiveId"], p["mode"], p["bytes"], p["backup"]) for p in status["points"]]
     assert got == [(done["archiveId"], "full", done["totals"]["bytesUploaded"], "first")]
     assert status["pointCount"] == 1
+    # Said in the patch that completed it: no start folds it again.
+    assert points.point_recorded(done)
     assert status["points"][0]["time"] == done["snapshot"]["createTime"]
     assert status["points"][0]["repository"] == lab_repository
     assert status["vm"] == {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
@@ -229,6 +231,28 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
 
 
 OTHER = "4201aaaa-bbbb-cccc-dddd-eeeeffff0099"
+
+
+@pytest.mark.unit
+def test_only_completed_backups_that_do_not_say_their_point_was_recorded_are_folded() -> None:
+    from vmguard.controller.kube import migration
+
+    def backup(phase: str, conditions: list[dict[str, str]], uuid: str = UUID) -> Any:
+        status = {"phase": phase, "archiveId": "a1", "vcenter": "lab"}
+        status |= {"vm": {"instanceUuid": uuid, "name": "web"} if uuid else {}}
+        meta = {"namespace": "ns", "name": "b1", "uid": "u1", "creationTimestamp": "x"}
+        return {"metadata": meta, "spec": {}, "status": {**status, "conditions": conditions}}
+
+    said = points.recorded([], points.ProtectedVMKey("ns", "lab", UUID))
+    assert said[0]["type"] == "PointRecorded" and said[0]["status"] == "True"
+    older = migration.unrecorded(backup("Completed", []))
+    assert older is not None and older.key == points.ProtectedVMKey("ns", "lab", UUID)
+    assert (older.uid, older.point["archiveId"], older.point["backup"]) == ("u1", "a1", "b1")
+    assert migration.unrecorded(backup("Completed", list(said))) is None
+    assert migration.unrecorded(backup("Failed", [])) is None
+    assert migration.unrecorded(backup("Completed", [], uuid="")) is None  # no ProtectedVM
+    refused = [{"type": "PointRecorded", "status": "False"}]  # tried again at each start
+    assert migration.unrecorded(backup("Completed", refused)) is not None
 
 
 def finished_backups(
