@@ -43,7 +43,10 @@ not say so is folded (:func:`unrecorded`): an older operator's, one copied from 
 renamed kind, one whose point could not be written (``PointRecorded=False``). No LIST of
 its own: the backups' event handler (``backup/handlers.py``, ``vmbackup_phase``) sees
 every backup as kopf's first listing passes it and at every change, keeps the
-unrecorded ones and wakes the operator's fold loop, which reads only their
+unrecorded ones (a check of two status fields; not a kopf index, whose ``when=`` filter
+would make kopf build its keyword arguments once more per object and event) and wakes
+the operator's fold loop (run by an operator with the backups controller), which reads
+only their
 ProtectedVMs (a GET each, or a paged LIST when many), writes the missing points, and
 marks each backup. A start after the upgrade therefore reads no ProtectedVM and lists
 nothing for the fold (it used to LIST every backup and every ProtectedVM before kopf
