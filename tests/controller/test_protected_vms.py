@@ -365,6 +365,44 @@ def test_a_start_folds_the_points_of_backups_an_older_operator_completed(
 
 
 @pytest.mark.lab
+@pytest.mark.parametrize("list_above", [100, 0])
+def test_the_fold_adds_each_missing_point_once_read_by_get_or_by_list(
+    kube_api: Any, namespace: str, list_above: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """controller/kube/migration.py's fold_points, in this process against the real
+    apiserver, reading the ProtectedVMs by a GET each and (``LIST_ABOVE`` 0) by the
+    namespace's paged LIST: the missing points are added (not b1's, there already), each
+    backup is marked, and a second fold of the same backups adds nothing."""
+    from vmguard.controller.kube import migration
+
+    monkeypatch.setattr(migration, "LIST_ABOVE", list_above)
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
+        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
+    ]
+    finished_backups(kube_api, namespace, made, recorded=False)
+    api = KubeAPI(kube_api)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+    asyncio.run(
+        points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
+    )
+    found = [migration.unrecorded(b) for b in objects.items(kube_api, namespace, "vmguardbackups")]
+    todo = [u for u in found if u is not None]
+    assert sorted(u.name for u in todo) == ["b1", "b2", "c1"]
+    assert asyncio.run(migration.fold_points(api, todo)) == 2
+    assert asyncio.run(migration.fold_points(api, todo)) == 0
+    mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
+    assert [p["archiveId"] for p in mine["points"]] == ["archive-b2", "archive-b1"]
+    theirs = points.protected_vm_name("lab", OTHER)
+    status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
+    assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]
+    for backup in objects.items(kube_api, namespace, "vmguardbackups"):
+        assert points.point_recorded(backup["status"]), backup["metadata"]["name"]
+        assert migration.unrecorded(backup) is None
+
+
+@pytest.mark.lab
 def test_a_start_whose_backups_all_say_their_point_was_recorded_reads_no_protected_vm(
     kube_api: Any,
     namespace: str,
