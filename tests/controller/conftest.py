@@ -136,6 +136,8 @@ def start_operator(
     (``extra_env={...}`` adds variables, e.g. the VMGuardBackup controller's retry settings;
     ``stall="snapshotted"`` parks it at that backup step (``stall_restore="finalizing"``
     at that restore step), ``fail_once="finalizing"`` makes that step raise once,
+    ``record_requests=path`` appends each request it makes through the Kubernetes client
+    library to ``path`` (``METHOD URL`` lines),
     ``proxy_throttle=N`` makes its proxies read at most N bytes/s, ``speedup=N`` runs its
     schedules and sweeps N times faster (default: the test's ``operator_speedup`` mark):
     all through the lab's entry module, :func:`lab_run`).
@@ -156,6 +158,7 @@ def start_operator(
         stall_restore: str = "",
         proxy_throttle: int = 0,
         speedup: float | None = None,
+        record_requests: Path | None = None,
     ) -> OperatorProcess:
         # /metrics on a free loopback port (operators of parallel tests must not share
         # the default 8080); an explicit --metrics-port in ``extra`` wins (argparse keeps
@@ -170,6 +173,7 @@ def start_operator(
         options += ["--fail-once", fail_once] if fail_once else []
         options += ["--stall-restore", stall_restore] if stall_restore else []
         options += ["--speedup", str(speedup)] if speedup != 1.0 else []
+        options += ["--record-requests", str(record_requests)] if record_requests else []
         entry = lab_run(*options) if options else [sys.executable, "-m", "vmguard.cli"]
         argv = [*entry, "operator", "--namespace", namespace]
         argv += ["--metrics-port", port, "--metrics-address", "127.0.0.1"]

@@ -183,9 +183,11 @@ def test_vmguardbackups_come_back_from_the_bucket_after_crds_are_reinstalled(
             assert status["vm"]["moref"] == vm.moref and status["vcenter"] == "lab"
             assert objects.condition(obj, "Ready")["reason"] == "Completed"
             assert objects.condition(obj, "ArchiveAvailable")["reason"] == "Synced"
+            # Its point went in before the patch that completed it, which says so.
+            assert objects.condition(obj, "PointRecorded")["status"] == "True"
 
-        # The VM's ProtectedVM is rebuilt too: both points, newest first. Catalog sync adds
-        # a point right after it completes that synced object: wait for the second one.
+        # The VM's ProtectedVM is rebuilt too: both points, newest first (each added
+        # before the patch that completed its synced object).
         def rebuilt() -> dict[str, Any] | None:
             pvm = objects.get(
                 kube_api, ns, "protectedvms", protected_vm_name(lab_vcenter, vm.instance_uuid)

@@ -5,12 +5,15 @@ and bound, the derived fields); lab tests for its writes against the real apiser
 (racing writers lose nothing) and for the VMGuardBackup controller end to end (a full and
 an incremental backup give two points, newest first — checked in test_backups.py's
 end-to-end test —; an operator killed after recording a point and before the backup
-read Completed adds nothing twice), and the fold of completed backups at start.
+read Completed adds nothing twice), and the fold of completed backups whose point an
+older operator recorded or not (the upgrade): it reads no ProtectedVM when every backup
+says its point was recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,9 @@ import pytest
 from tests.controller import objects
 from tests.controller.backup_helpers import create_backup, data_vm, wait_done
 from tests.controller.conftest import OperatorProcess
+from tests.controller.scrape import scrape
 
-from vmguard.api import RestorePoint
+from vmguard.api import LABEL_SYNCED, SYNCED, RestorePoint, format_time
 from vmguard.api.kinds import PROTECTEDVM
 from vmguard.controller.kube import points
 from vmguard.controller.kube.kubeapi import KubeAPI
@@ -216,6 +220,8 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
     got = [(p["archiveId"], p["mode"], p["bytes"], p["backup"]) for p in status["points"]]
     assert got == [(done["archiveId"], "full", done["totals"]["bytesUploaded"], "first")]
     assert status["pointCount"] == 1
+    # Said in the patch that completed it: no start folds it again.
+    assert points.point_recorded(done)
     assert status["points"][0]["time"] == done["snapshot"]["createTime"]
     assert status["points"][0]["repository"] == lab_repository
     assert status["vm"] == {"instanceUuid": vm.instance_uuid, "moref": vm.moref, "name": vm.name}
@@ -224,58 +230,205 @@ def test_an_operator_killed_after_recording_a_point_does_not_add_it_twice(
     assert "ownerReferences" not in obj["metadata"]
 
 
-@pytest.mark.lab
-def test_the_start_folds_completed_backups_into_protected_vms_once(
-    kube_api: Any, namespace: str
-) -> None:
-    """controller/kube/migration.py's fold_points, as the operator runs it at start,
-    against the real apiserver: the Completed backups' points (not the Failed one's), in
-    pages, one write per ProtectedVM; a second start writes nothing."""
+OTHER = "4201aaaa-bbbb-cccc-dddd-eeeeffff0099"
+
+
+@pytest.mark.unit
+def test_only_completed_backups_that_do_not_say_their_point_was_recorded_are_folded() -> None:
     from vmguard.controller.kube import migration
 
-    other = "4201aaaa-bbbb-cccc-dddd-eeeeffff0099"
-    made = [
-        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
-        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
-        ("b3", UUID, "Failed", "2026-01-03T00:00:00Z"),
-        ("c1", other, "Completed", "2026-01-01T00:00:00Z"),
-    ]
+    def backup(phase: str, conditions: list[dict[str, str]], uuid: str = UUID) -> Any:
+        status = {"phase": phase, "archiveId": "a1", "vcenter": "lab"}
+        status |= {"vm": {"instanceUuid": uuid, "name": "web"} if uuid else {}}
+        meta = {"namespace": "ns", "name": "b1", "uid": "u1", "creationTimestamp": "x"}
+        return {"metadata": meta, "spec": {}, "status": {**status, "conditions": conditions}}
+
+    said = points.recorded([], points.ProtectedVMKey("ns", "lab", UUID))
+    assert said[0]["type"] == "PointRecorded" and said[0]["status"] == "True"
+    older = migration.unrecorded(backup("Completed", []))
+    assert older is not None and older.key == points.ProtectedVMKey("ns", "lab", UUID)
+    assert (older.uid, older.point["archiveId"], older.point["backup"]) == ("u1", "a1", "b1")
+    assert migration.unrecorded(backup("Completed", list(said))) is None
+    assert migration.unrecorded(backup("Failed", [])) is None
+    assert migration.unrecorded(backup("Completed", [], uuid="")) is None  # no ProtectedVM
+    refused = [{"type": "PointRecorded", "status": "False"}]  # tried again at each start
+    assert migration.unrecorded(backup("Completed", refused)) is not None
+
+
+def finished_backups(
+    kube_api: Any, namespace: str, made: list[tuple[str, str, str, str]], *, recorded: bool
+) -> None:
+    """VMGuardBackups finished as an operator leaves them: ``(name, VM instance UUID,
+    phase, point time)``; a Completed one says ``PointRecorded=True`` when ``recorded``
+    (what this operator writes), nothing when not (what an older one wrote). Name
+    ``c1`` is a synced one (catalog sync's). They finished now: none expires meanwhile."""
+    now = format_time(dt.datetime.now(dt.UTC))
     for name, uuid, phase, when in made:
         spec = {"vm": {"instanceUuid": uuid}, "vcenterRef": {"name": "lab"}}
         spec["repositoryRef"] = {"name": "repo"}
-        objects.create(kube_api, namespace, "vmguardbackups", "VMGuardBackup", name, spec)
-        status = {
+        labels = {LABEL_SYNCED: SYNCED} if name == "c1" else {}
+        objects.create(
+            kube_api, namespace, "vmguardbackups", "VMGuardBackup", name, spec, labels=labels
+        )
+        status: dict[str, Any] = {
             "phase": phase,
             "vm": {"instanceUuid": uuid, "name": f"vm-of-{name[0]}"},
             "vcenter": "lab",
             "repository": "repo",
             "snapshot": {"createTime": when},
-            "completionTime": when,
+            "completionTime": now,
         }
         if phase == "Completed":
             status["archiveId"] = f"archive-{name}"
+            if recorded:
+                status["conditions"] = [
+                    {
+                        "type": "PointRecorded",
+                        "status": "True",
+                        "reason": "Recorded",
+                        "message": "in its VM's ProtectedVM",
+                        "lastTransitionTime": now,
+                    }
+                ]
         objects.patch_status(kube_api, namespace, "vmguardbackups", name, status)
-    # b1's point is there already (the operator recorded it when b1 completed).
+
+
+def seen(operator: OperatorProcess, namespace: str, uuids: set[str]) -> bool:
+    """Whether the operator's kopf handlers have seen a finished backup of each VM (its
+    per-VM series on /metrics): every backup of those VMs went past its first handler."""
+    samples = scrape(operator.metrics_port) or {}
+    found = {
+        dict(labels).get("vm_uuid")
+        for (name, labels) in samples
+        if name == "vmguard_vm_info" and dict(labels).get("namespace") == namespace
+    }
+    return uuids <= found
+
+
+def protected_vm_requests(log: Path) -> list[str]:
+    """The requests an operator made of ProtectedVMs (``--record-requests``)."""
+    text = log.read_text() if log.exists() else ""
+    return [line for line in text.splitlines() if f"/{PROTECTEDVM.plural}" in line]
+
+
+@pytest.mark.lab
+def test_a_start_folds_the_points_of_backups_an_older_operator_completed(
+    kube_api: Any,
+    namespace: str,
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """The upgrade to ProtectedVMs (controller/kube/migration.py): the Completed backups
+    that do not say their point was recorded (an older operator's; a synced one among
+    them) get it folded into their VMs' ProtectedVMs by the operator that starts (not
+    the Failed one's; b1's point was there already), and then say so. The next start
+    reads no ProtectedVM and adds nothing."""
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
+        ("b3", UUID, "Failed", "2026-01-03T00:00:00Z"),
+        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
+    ]
+    finished_backups(kube_api, namespace, made, recorded=False)
+    # b1's point is there already (an older operator recorded it when b1 completed).
     api = KubeAPI(kube_api)
     key = points.ProtectedVMKey(namespace, "lab", UUID)
     asyncio.run(
         points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
     )
-    original = migration.PAGE
-    migration.PAGE = 1  # read in pages of one object
-    try:
-        assert migration.fold_points(kube_api, [namespace]) == 2
-        assert migration.fold_points(kube_api, [namespace]) == 0
-    finally:
-        migration.PAGE = original
-    mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
-    assert [p["archiveId"] for p in mine["points"]] == ["archive-b2", "archive-b1"]
-    # The operator's LISTs are paginated: in pages of one object, both ProtectedVMs.
-    paged = asyncio.run(api.list_objects(PROTECTEDVM.plural, namespace, page=1))
-    assert len(paged) == 2
-    theirs = points.protected_vm_name("lab", other)
+    first = start_operator(record_requests=tmp_path / "first.requests")
+
+    def all_say_so() -> bool:
+        return all(
+            objects.condition(
+                objects.get(kube_api, namespace, "vmguardbackups", name), "PointRecorded"
+            ).get("status")
+            == "True"
+            for name in ("b1", "b2", "c1")
+        )
+
+    eventually(all_say_so, 60, "the completed backups saying PointRecorded=True")
+    mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)
+    assert [p["archiveId"] for p in mine["status"]["points"]] == ["archive-b2", "archive-b1"]
+    theirs = points.protected_vm_name("lab", OTHER)
     status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
     assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]
+    b3 = objects.get(kube_api, namespace, "vmguardbackups", "b3")
+    assert not objects.condition(b3, "PointRecorded")
+    first.stop()
+
+    second = start_operator(record_requests=tmp_path / "second.requests")
+    eventually(lambda: seen(second, namespace, {UUID, OTHER}), 60, "the backups seen")
+    assert protected_vm_requests(tmp_path / "second.requests") == []
+    again = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)
+    assert again["metadata"]["resourceVersion"] == mine["metadata"]["resourceVersion"]
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("list_above", [100, 0])
+def test_the_fold_adds_each_missing_point_once_read_by_get_or_by_list(
+    kube_api: Any, namespace: str, list_above: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """controller/kube/migration.py's fold_points, in this process against the real
+    apiserver, reading the ProtectedVMs by a GET each and (``LIST_ABOVE`` 0) by the
+    namespace's paged LIST: the missing points are added (not b1's, there already), each
+    backup is marked, and a second fold of the same backups adds nothing."""
+    from vmguard.controller.kube import migration
+
+    monkeypatch.setattr(migration, "LIST_ABOVE", list_above)
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
+        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
+    ]
+    finished_backups(kube_api, namespace, made, recorded=False)
+    api = KubeAPI(kube_api)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+    asyncio.run(
+        points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
+    )
+    found = [migration.unrecorded(b) for b in objects.items(kube_api, namespace, "vmguardbackups")]
+    todo = [u for u in found if u is not None]
+    assert sorted(u.name for u in todo) == ["b1", "b2", "c1"]
+    assert asyncio.run(migration.fold_points(api, todo)) == 2
+    assert asyncio.run(migration.fold_points(api, todo)) == 0
+    mine = objects.get(kube_api, namespace, PROTECTEDVM.plural, key.name)["status"]
+    assert [p["archiveId"] for p in mine["points"]] == ["archive-b2", "archive-b1"]
+    theirs = points.protected_vm_name("lab", OTHER)
+    status = objects.get(kube_api, namespace, PROTECTEDVM.plural, theirs)["status"]
+    assert [(p["archiveId"], p["backup"]) for p in status["points"]] == [("archive-c1", "c1")]
+    for backup in objects.items(kube_api, namespace, "vmguardbackups"):
+        assert points.point_recorded(backup["status"]), backup["metadata"]["name"]
+        assert migration.unrecorded(backup) is None
+
+
+@pytest.mark.lab
+def test_a_start_whose_backups_all_say_their_point_was_recorded_reads_no_protected_vm(
+    kube_api: Any,
+    namespace: str,
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """The start after the upgrade (issue #13: 5,000 runs and 150,000 points at each
+    start): every Completed backup says ``PointRecorded=True``, as this operator's
+    finalize and catalog sync write it, so the operator reads no ProtectedVM for them —
+    neither a LIST nor a GET — by the time its handlers have seen every backup."""
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
+        ("d1", "4201aaaa-bbbb-cccc-dddd-eeeeffff0098", "Failed", "2026-01-03T00:00:00Z"),
+    ]
+    finished_backups(kube_api, namespace, made, recorded=True)
+    api = KubeAPI(kube_api)
+    for name, uuid in (("b1", UUID), ("c1", OTHER)):
+        key = points.ProtectedVMKey(namespace, "lab", uuid)
+        recorded = point(f"archive-{name}", "2026-01-01T00:00:00Z", backup=name)
+        asyncio.run(points.add_point(api, key, recorded, vm={"name": f"vm-of-{name[0]}"}))
+    log = tmp_path / "operator.requests"
+    operator = start_operator(record_requests=log)
+    uuids = {uuid for _, uuid, _, _ in made}
+    eventually(lambda: seen(operator, namespace, uuids), 60, "the backups seen")
+    assert protected_vm_requests(log) == []
 
 
 @pytest.mark.unit

@@ -1,6 +1,6 @@
 """``python -m vmguard_lab.run [--stall POINTS] [--fail-once POINTS] [--stall-restore POINTS]
-[--throttle BYTES_PER_S] [--speedup N] VMGUARD-ARGS...``: ``vmguard`` with test hooks installed (lab
-only).
+[--throttle BYTES_PER_S] [--speedup N] [--record-requests FILE] VMGUARD-ARGS...``:
+``vmguard`` with test hooks installed (lab only).
 
 Fault tests need the operator parked at a point of a backup, or a proxy slowed down, so
 that they can kill it exactly there. The product has no switch for that; it has injection
@@ -24,6 +24,11 @@ arguments, in the same process:
   vCenter's 30 s ``sweepInterval`` 30/N seconds; the clock stays the real one. Given
   when starting the operator, so that lab tests wait seconds for a scheduled run or a
   sweep, not minutes (docs/lab.md, "Lab time").
+- ``--record-requests FILE``: every request the process makes through the Kubernetes
+  client library (``kubernetes.client``: everything of the operator's own, not kopf's
+  watches and patches, which go through aiohttp) is appended to FILE as one line,
+  ``METHOD URL``: a test tells which objects the operator read, and how (a LIST is a GET
+  of a collection), without the apiserver's counters, which every client adds to.
 
 Without options it is ``vmguard`` itself.
 """
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,6 +105,22 @@ def throttle_hook(rate: int) -> Callable[[int, int], None]:
     return throttle
 
 
+def record_requests(path: str) -> None:
+    """Append ``METHOD URL`` of every request of the Kubernetes client library in this
+    process to ``path`` (see the module doc)."""
+    from kubernetes.client import rest
+
+    lock = threading.Lock()
+    inner = rest.RESTClientObject.request
+
+    def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        with lock, open(path, "a", encoding="utf-8") as out:
+            out.write(f"{method} {url}\n")
+        return inner(self, method, url, *args, **kwargs)
+
+    rest.RESTClientObject.request = request  # type: ignore[method-assign]
+
+
 def _points(option: str) -> set[str]:
     return {p.strip() for p in option.split(",") if p.strip()}
 
@@ -118,6 +140,9 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
     parser.add_argument(
         "--speedup", type=float, metavar="N", help="the operator's schedules run N times faster"
     )
+    parser.add_argument(
+        "--record-requests", metavar="FILE", help="append the client library's requests"
+    )
     parser.add_argument("vmguard_args", nargs=argparse.REMAINDER, help="vmguard's arguments")
     args = parser.parse_args(argv)
     given: dict[str, Any] = {}
@@ -133,6 +158,8 @@ def parse(argv: list[str] | None) -> tuple[Hooks, Timing | None, list[str]]:
         )
     if args.throttle:
         given["transfer_progress"] = throttle_hook(args.throttle)
+    if args.record_requests:
+        record_requests(args.record_requests)
     timing = None
     if args.speedup:
         try:

@@ -109,6 +109,9 @@ class Memo(backup_handlers.BackupMemo):
     finished_verifications: set[tuple[str, str]] = field(init=False)
     expiry_wakeup: asyncio.Event = field(init=False)
     changes: Changes = field(init=False)
+    unrecorded: dict[str, migration.Unrecorded] = field(init=False)
+    fold_seen: set[str] = field(init=False)
+    fold_wakeup: asyncio.Event = field(init=False)
     backup_tasks: Supervisor = field(init=False)
     verify_tasks: Supervisor = field(init=False)
     loops: list[asyncio.Task[Any]] = field(init=False)
@@ -163,6 +166,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> No
     memo.finished_backups = set()
     memo.finished_verifications = set()
     memo.expiry_wakeup = asyncio.Event()
+    # The Completed backups that do not say their point was recorded (the fold's).
+    memo.unrecorded = {}
+    memo.fold_seen = set()
+    memo.fold_wakeup = asyncio.Event()
     # What the watches saw change, counted: a policy's pass skips its work without.
     memo.changes = Changes()
     # What the vCenter sweeper does after each successful sweep: the policies' fail-safe.
@@ -203,7 +210,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> No
 async def start_loops(memo: Memo, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     """The operator's own loops (after ``configure``): the backups' expiry loop, one per
     operator over kopf's indexes (controller/backup/expiry.py; kopf fills them as its
-    watches start, and the loop acts only while kopf lets this replica act), the tasks of
+    watches start, and the loop acts only while kopf lets this replica act), the fold of
+    unrecorded completed backups' points (controller/kube/migration.py), the tasks of
     backups in flight and of running verifications (controller/kube/supervisor.py, over
     kopf's indexes, gated the same way: the kind has no kopf daemon, so kopf keeps no
     body per backup), and the heap's trim after work (controller/kube/trim.py)."""
@@ -215,6 +223,7 @@ async def start_loops(memo: Memo, settings: kopf.OperatorSettings, **kwargs: Any
             backup_handlers.expiry_loop(memo, kwargs["finished_runs"], kwargs["policy_ttls"]),
             name="backup expiry loop",
         ),
+        asyncio.create_task(backup_handlers.fold_loop(memo), name="points fold loop"),
         # glibc keeps the start's transient (≈ 150 MB at 5,000 VMs) unless told.
         asyncio.create_task(trim.trim_after_work(memo.timing, Never()), name="heap trim"),
     ]
@@ -314,7 +323,8 @@ def run(options: OperatorOptions) -> None:
     # Before any watch starts, so no handler sees a half-copied object.
     watched = None if options.clusterwide else options.namespaces
     migration.migrate(client.ApiClient(), watched, timing.now())
-    migration.fold_points(client.ApiClient(), watched)
+    # The fold of completed backups into ProtectedVMs is not done here: it reads no more
+    # than the backups kopf's first listing finds unrecorded (backup.handlers.fold_loop).
     # kopf's wait for its indexes, linear in the objects (5,000 backups: minutes before).
     readiness.install()
     asyncio.run(

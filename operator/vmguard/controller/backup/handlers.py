@@ -29,6 +29,11 @@ started by ``main``, gated by ``memo.presence`` like the expiry loop):
   admitted ones, for each of which ``memo.verify_tasks`` runs :func:`verify_backup`
   (it was the ``verifier`` daemon): its Job, and its result on the point; one that
   ended is counted and wakes its vCenter's loop, seen by ``vmbackup_phase``.
+- ``vmbackup_phase`` also keeps each Completed backup that does not say its point was
+  recorded (``PointRecorded=True``: an older operator's, the upgrade to ProtectedVMs)
+  and wakes ``fold_loop``, one per operator (started by ``main``), which folds their
+  points into their ProtectedVMs and marks them (:mod:`~vmguard.controller.kube.migration`):
+  a start whose backups all say so reads no ProtectedVM for them.
 - ``finished_runs``: the kopf index of finished (not synced) VMGuardBackups;
   ``expiry_loop``, one per operator (started by ``main``), deletes each
   ``ttlSecondsAfterFinished`` after it finished, its point kept in the VM's ProtectedVM
@@ -58,10 +63,13 @@ from vmguard.api.kinds import BACKUP, POLICY
 from vmguard.api.names import is_synced
 from vmguard.controller.backup import admission, expiry, reconcile, verification
 from vmguard.controller.backup.steps import MissingRef
+from vmguard.controller.kube import migration
 from vmguard.controller.kube.handlers import OperatorMemo, acts, admission_wakeup, policy_wakeup
 from vmguard.controller.kube.proxypods import UntilReport
 from vmguard.controller.kube.supervisor import Member, Stopper, Supervisor, member_of
 from vmguard.controller.kube.workqueue import Queued
+
+log = logging.getLogger(__name__)
 
 
 class BackupMemo(OperatorMemo, Protocol):
@@ -78,6 +86,13 @@ class BackupMemo(OperatorMemo, Protocol):
     """Set when the finished runs' index changes: the expiry loop looks again."""
     backup_tasks: Supervisor
     """A task per backup in flight and not queued (:func:`drive_backup`)."""
+    unrecorded: dict[str, migration.Unrecorded]
+    """Completed backups by UID that do not say their point was recorded, for
+    :func:`fold_loop` (taken by it)."""
+    fold_seen: set[str]
+    """UIDs handed to the fold in this process: each is folded once per start."""
+    fold_wakeup: asyncio.Event
+    """Set when :attr:`unrecorded` gains a backup."""
     verify_tasks: Supervisor
     """A task per running verification (:func:`verify_backup`)."""
 
@@ -356,10 +371,18 @@ async def vmbackup_phase(body: kopf.Body, event: kopf.RawEvent, memo: BackupMemo
     if run_of:
         memo.changes.bump("runs", body.get("metadata", {}).get("namespace") or "", run_of)
     if event.get("type") == "DELETED":
+        memo.fold_seen.discard(uid)
+        memo.unrecorded.pop(uid, None)
         memo.finished_backups.discard(uid)
         memo.finished_verifications -= {k for k in memo.finished_verifications if k[0] == uid}
         return
     _verification_ended(body, uid, memo)
+    if acts(memo, "backups") and uid not in memo.fold_seen:
+        unrecorded = migration.unrecorded(body)
+        if unrecorded is not None:
+            memo.fold_seen.add(uid)
+            memo.unrecorded[uid] = unrecorded
+            memo.fold_wakeup.set()
     new = (body.get("status") or {}).get("phase")
     if new not in BACKUP_TERMINAL or uid in memo.finished_backups:
         return
@@ -458,6 +481,31 @@ async def expiry_loop(
         acting=memo.presence,
         expired=expired,
     )
+
+
+async def fold_loop(memo: BackupMemo) -> None:
+    """The operator's one fold loop (started by ``main`` at start-up): folds the points of
+    the Completed backups ``vmbackup_phase`` found not saying ``PointRecorded=True`` into
+    their ProtectedVMs and marks them (:func:`~vmguard.controller.kube.migration.fold_points`).
+    It waits for a burst (kopf's first listing of an older operator's runs) to settle,
+    so that one fold takes them all, and acts only while this replica acts."""
+    if not acts(memo, "backups"):
+        return
+    timing = memo.backups.timing
+    while True:
+        await memo.fold_wakeup.wait()
+        await memo.presence.wait()
+        seen = -1
+        while seen != len(memo.unrecorded):
+            seen = len(memo.unrecorded)
+            await timing.wait(expiry.SETTLE, Forever())
+        memo.fold_wakeup.clear()
+        batch = list(memo.unrecorded.values())
+        memo.unrecorded.clear()
+        try:
+            await migration.fold_points(memo.backups.api, batch)
+        except Exception as exc:  # a fault of ours or a peer's: logged, never fatal
+            log.exception("folding backups into ProtectedVMs: %s", exc)
 
 
 class Forever:

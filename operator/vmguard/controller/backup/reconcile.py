@@ -29,7 +29,8 @@ of its phase (docs/operator.md):
 - **Finalizing**: remove our snapshot (found by UID) and settle the outcome; a completed
   backup's restore point is added to its VM's ProtectedVM first
   (:func:`~vmguard.controller.kube.points.add_point`, created if absent), so a backup
-  reads Completed only once its point is listed.
+  reads Completed only once its point is listed, and says so in the same patch
+  (``PointRecorded=True``; the start's fold passes over such a backup).
 
 A VMGuardBackup labelled ``vmguard.io/synced`` (recreated from its archive by catalog sync,
 controller/repository/catalog.py) is never taken through these steps: it is born without status,
@@ -750,9 +751,10 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
         # The point goes into the VM's ProtectedVM before the backup reads Completed: a
         # restart in between adds it again, which changes nothing (idempotent by archive).
         try:
+            key = points.backup_key(obj)
             await points.add_point(
                 ctx.api,
-                points.backup_key(obj),
+                key,
                 points.backup_point(obj),
                 vm=status["vm"],
                 created=lambda: ctx.hooks.backup_step("protectedVMCreated"),
@@ -761,7 +763,11 @@ async def _finalizing(ctx: BackupContext, obj: dict[str, Any], p: Patcher) -> fl
             log.warning("%s/%s: recording its restore point: %s", p.ns, p.name, exc)
             return WAIT_PEER
         except ConfigError as exc:  # the archive stands; only the cluster's view lacks it
-            p.condition("PointRecorded", False, "PointNotRecorded", str(exc))
+            p.condition(points.POINT_RECORDED, False, "PointNotRecorded", str(exc))
+        else:
+            # Said in the patch that makes it Completed: the start's fold passes over a
+            # backup that says so (controller/kube/migration.py).
+            p.condition(points.POINT_RECORDED, True, points.RECORDED, f"in ProtectedVM {key.name}")
         await ctx.hooks.backup_step("pointRecorded")
         p.condition("Ready", True, "Completed", f"archive {status['archiveId']}")
         completed = _terminal(obj, BackupPhase.COMPLETED, ctx.timing)

@@ -33,21 +33,40 @@ alone, and the old one kept, with an error in the log. A cluster without the old
 costs one 404 per kind. The old CRDs are left for the administrator to delete
 (docs/upgrading.md).
 
-Then, as every start, :func:`fold_points` puts the point of each Completed VMGuardBackup
-that its VM's ProtectedVM does not list yet into it (the move to ProtectedVMs,
-docs/resource-model.md): paginated LISTs, one write per ProtectedVM that lacks points,
-nothing written once they are all there.
+**The fold** (:func:`fold_points`) is the upgrade to ProtectedVMs (docs/upgrading.md):
+the point of every Completed VMGuardBackup (synced ones included) ends up in its VM's
+ProtectedVM. Decision (issue #13): a backup says when its point was recorded — the
+condition ``PointRecorded=True``, written in the same status patch that makes it
+Completed (finalize, ``backup/reconcile.py``; catalog sync, ``repository/catalog.py``;
+an expiring run is deleted once its point is in) — and only a Completed backup that does
+not say so is folded (:func:`unrecorded`): an older operator's, one copied from a
+renamed kind, one whose point could not be written (``PointRecorded=False``). No LIST of
+its own: the backups' event handler (``backup/handlers.py``, ``vmbackup_phase``) sees
+every backup as kopf's first listing passes it and at every change, keeps the
+unrecorded ones (a check of two status fields; not a kopf index, whose ``when=`` filter
+would make kopf build its keyword arguments once more per object and event) and wakes
+the operator's fold loop (run by an operator with the backups controller), which reads
+only their
+ProtectedVMs (a GET each, or a paged LIST when many), writes the missing points, and
+marks each backup. A start after the upgrade therefore reads no ProtectedVM and lists
+nothing for the fold (it used to LIST every backup and every ProtectedVM before kopf
+started: ≈ 4 s and ≈ 150 MiB at 5,000 VMs, docs/scale.md), and a backup an older
+replica completes during a rolling upgrade is folded when it is seen, not at the next
+start. Idempotent (points are unique by archive id; the marking is patched onto the
+status it read) and safe with several replicas (only the acting one folds; two would
+add nothing twice). A fault is logged, never fatal; the backup stays unmarked and is
+folded at the next start, or by its expiry. A backup that says ``PointRecorded=True``
+is not looked at again: a ProtectedVM deleted by hand is not rebuilt from its runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatch
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -66,14 +85,13 @@ from vmguard.api.kinds import BACKUP, LEGACY, PROTECTEDVM, REPOSITORY, RESTORE, 
 from vmguard.controller.kube import points
 from vmguard.controller.kube.conditions import lifecycle_conditions, set_condition
 from vmguard.controller.kube.kubeapi import KubeAPI
-from vmguard.errors import ConfigError, VmguardError
+from vmguard.errors import ConfigError, RetryableError, VmguardError
 
 ANNOTATION_MIGRATED_FROM = f"{GROUP}/migrated-from"
 """``<old kind>/<old uid>`` on an object copied from a renamed kind."""
 MIGRATED = "Migrated"
 ORDER = (REPOSITORY, BACKUP, RESTORE)
 TERMINAL = {BACKUP: BACKUP_TERMINAL, RESTORE: RESTORE_TERMINAL}
-_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -160,106 +178,109 @@ def _list(
         return []
 
 
-PAGE = 500
-"""Objects per LIST request of :func:`fold_points`."""
+LIST_ABOVE = 100
+"""ProtectedVMs one fold reads by a GET each; above, the namespaces' paged LIST (a page
+of 500 costs about what a hundred GETs cost the apiserver, docs/scale.md)."""
+ATTEMPTS = 4
+"""Reads of a backup whose marking lost a race to another writer of its status."""
 
 
-def _pages(
-    custom: client.CustomObjectsApi,
-    plural: str,
-    namespaces: list[str] | None,
-    keep: Callable[[dict[str, Any]], _T | None],
-) -> list[_T]:
-    """``keep(object)`` of every object of ``plural`` in the watched namespaces (None:
-    left out), read in pages of :data:`PAGE`; each page is dropped once kept from, so
-    only what ``keep`` returns is ever held of all of them."""
+@dataclass(frozen=True)
+class Unrecorded:
+    """A Completed VMGuardBackup that does not say ``PointRecorded=True``: what the fold
+    keeps of it (its point, and what its marking is patched onto)."""
 
-    def read(ns: str | None, patterns: list[str] | None) -> list[_T]:
-        out: list[_T] = []
-        token = ""
-        while True:
-            page: dict[str, Any] = {"limit": PAGE, **({"_continue": token} if token else {})}
-            if ns is None:
-                found = custom.list_cluster_custom_object(GROUP, VERSION, plural, **page)
-            else:
-                found = custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **page)
-            for obj in found.get("items", []):
-                if patterns is None or _watched(obj["metadata"]["namespace"], patterns):
-                    kept = keep(obj)
-                    if kept is not None:
-                        out.append(kept)
-            token = str((found.get("metadata") or {}).get("continue") or "")
-            if not token:
-                return out
-
-    if namespaces is None or any(_is_pattern(ns) for ns in namespaces):
-        return read(None, namespaces)
-    return [o for ns in namespaces for o in read(ns, None)]
+    namespace: str
+    name: str
+    uid: str
+    key: points.ProtectedVMKey
+    vm: VMIdentity
+    point: RestorePoint
 
 
-_Point = tuple[points.ProtectedVMKey, VMIdentity, RestorePoint]
-
-
-def _completed(obj: dict[str, Any]) -> _Point | None:
-    """A Completed VMGuardBackup's point, its VM and which ProtectedVM it goes into; only
-    that is kept of each object (a night's 5,000 runs are ≈ 50 MB as dicts)."""
-    status = obj.get("status") or {}
+def unrecorded(body: Mapping[str, Any]) -> Unrecorded | None:
+    """The backup as the fold keeps it, if it is Completed, names its archive and VM, and
+    does not say its point was recorded (pure: run on every event of every backup)."""
+    status = body.get("status") or {}
     if status.get("phase") != BackupPhase.COMPLETED or not status.get("archiveId"):
         return None
-    try:
-        key = points.backup_key(obj)
-    except ConfigError:
+    if points.point_recorded(status):
         return None
-    return key, cast(VMIdentity, dict(status.get("vm") or {})), points.backup_point(obj)
-
-
-def fold_points(api_client: client.ApiClient, namespaces: list[str] | None) -> int:
-    """Put the point of every Completed VMGuardBackup (synced ones included) into its
-    VM's ProtectedVM, where it is not yet: the upgrade to ProtectedVMs
-    (docs/upgrading.md). One paginated LIST of each kind and one write per ProtectedVM
-    that lacks points, so a start after the first writes nothing. Returns the points
-    added; a fault is logged (the expiry of each backup folds it in as well)."""
-    custom = client.CustomObjectsApi(api_client)
     try:
-        backups = _pages(custom, BACKUP.plural, namespaces, _completed)
-        wanted = {(key, point["archiveId"]) for key, _, point in backups}
+        key = points.backup_key(body)
+    except ConfigError:  # no VM to name: no ProtectedVM (finalize said PointRecorded=False)
+        return None
+    meta = body.get("metadata") or {}
+    return Unrecorded(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        key=key,
+        vm=cast(VMIdentity, dict(status.get("vm") or {})),
+        point=points.backup_point(body),
+    )
 
-        def known_of(obj: dict[str, Any]) -> list[tuple[points.ProtectedVMKey, str]] | None:
-            # Only the points the backups name are kept of each page: an estate's
-            # ProtectedVMs are tens of MB of JSON, 150,000 points (docs/scale.md).
-            found = ((key, str(p.get("archiveId") or "")) for key, p in points.points_of([obj]))
-            return [pair for pair in found if pair in wanted] or None
 
-        held = _pages(custom, PROTECTEDVM.plural, namespaces, known_of)
-    except client.ApiException as exc:
-        logger.warning(
-            "folding backups into ProtectedVMs: listing failed (%s %s)", exc.status, exc.reason
-        )
+async def fold_points(api: KubeAPI, found: Iterable[Unrecorded]) -> int:
+    """Put the point of each of ``found`` into its VM's ProtectedVM where it is not yet,
+    then mark each backup ``PointRecorded=True``: the upgrade to ProtectedVMs
+    (docs/upgrading.md). Reads only those backups' ProtectedVMs: a GET each, or the
+    paged LIST of their namespaces when more than :data:`LIST_ABOVE`; one write per
+    ProtectedVM that lacks points. Returns the points added. A fault is logged and its
+    backups are left unmarked (the next start, or the run's expiry, folds them)."""
+    by_key: dict[points.ProtectedVMKey, list[Unrecorded]] = {}
+    for backup in found:
+        by_key.setdefault(backup.key, []).append(backup)
+    if not by_key:
         return 0
-    known = {pair for pairs in held for pair in pairs}
-    todo: dict[points.ProtectedVMKey, tuple[VMIdentity, list[RestorePoint]]] = {}
-    for key, vm, point in backups:
-        if (key, point["archiveId"]) in known:
-            continue
-        todo.setdefault(key, (vm, []))[1].append(point)
-    if not todo:
-        return 0
-
-    async def write() -> int:
-        api = KubeAPI(api_client)
-        added = 0
-        for key, (vm, new) in todo.items():
-            try:
-                added += await points.add_points(api, key, new, vm=vm)
-            except (VmguardError, client.ApiException) as exc:  # never keeps the operator down
-                logger.error(
-                    "folding backups into ProtectedVM %s/%s: %s", key.namespace, key.name, exc
-                )
-        return added
-
-    added = asyncio.run(write())
-    logger.info("folded %d completed backup(s) into %d ProtectedVM(s)", added, len(todo))
+    known: set[tuple[points.ProtectedVMKey, str]] = set()
+    if len(by_key) > LIST_ABOVE:
+        wanted = {(k, b.point["archiveId"]) for k, group in by_key.items() for b in group}
+        try:
+            for ns in sorted({k.namespace for k in by_key}):
+                # Only the points the backups name are kept of each page: an estate's
+                # ProtectedVMs are tens of MB of JSON, 150,000 points (docs/scale.md).
+                async for page in api.list_pages(PROTECTEDVM.plural, ns):
+                    for k, p in points.points_of(page):
+                        if (k, str(p.get("archiveId") or "")) in wanted:
+                            known.add((k, str(p["archiveId"])))
+        except (VmguardError, client.ApiException) as exc:
+            logger.warning("folding backups into ProtectedVMs: listing them failed (%s)", exc)
+            known.clear()  # each is read by its GET instead
+    added = written = 0
+    for key, group in by_key.items():
+        new = [b.point for b in group if (key, b.point["archiveId"]) not in known]
+        try:
+            if new:
+                now = await points.add_points(api, key, new, vm=group[-1].vm)
+                added += now
+                written += now > 0
+            for backup in group:
+                await _mark(api, backup)
+        except (VmguardError, client.ApiException) as exc:  # never keeps the operator down
+            logger.error("folding backups into ProtectedVM %s/%s: %s", key.namespace, key.name, exc)
+    if added:
+        logger.info("folded %d completed backup(s) into %d ProtectedVM(s)", added, written)
     return added
+
+
+async def _mark(api: KubeAPI, backup: Unrecorded) -> None:
+    """``PointRecorded=True`` on the backup, onto the status it was read with (its
+    conditions are one list: a merge patch replaces it whole, so another writer's
+    condition is never dropped); nothing when it is gone or another object."""
+    for _ in range(ATTEMPTS):
+        obj = await api.get_object(BACKUP.plural, backup.namespace, backup.name)
+        if obj is None or obj["metadata"]["uid"] != backup.uid:
+            return
+        status = obj.get("status") or {}
+        if points.point_recorded(status):
+            return
+        conditions = points.recorded(status.get("conditions"), backup.key)
+        version = str(obj["metadata"]["resourceVersion"])
+        body = {"conditions": conditions}
+        if await api.patch_status_if(BACKUP.plural, backup.namespace, backup.name, body, version):
+            return
+    raise RetryableError(f"VMGuardBackup {backup.namespace}/{backup.name}: marking lost races")
 
 
 def _is_pattern(namespace: str) -> bool:

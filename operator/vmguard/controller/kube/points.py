@@ -308,6 +308,30 @@ async def add_points(
     return added
 
 
+POINT_RECORDED: Final = "PointRecorded"
+"""The condition of a Completed VMGuardBackup: True once its point is in its VM's
+ProtectedVM (written in the status patch that makes it Completed, by finalize and catalog
+sync, and by the start's fold, controller/kube/migration.py, for the backups that do not
+say so); False with ``PointNotRecorded`` when it could not be written."""
+RECORDED: Final = "Recorded"
+
+
+def point_recorded(status: Mapping[str, Any]) -> bool:
+    """Whether a VMGuardBackup's status says its point is in its ProtectedVM (pure)."""
+    return any(
+        c.get("type") == POINT_RECORDED and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+
+
+def recorded(
+    conditions: Iterable[Mapping[str, Any]] | None, key: ProtectedVMKey
+) -> list[Condition]:
+    """``conditions`` with ``PointRecorded=True``, naming the ProtectedVM (pure)."""
+    message = f"in ProtectedVM {key.name}"
+    return set_condition(conditions, POINT_RECORDED, True, RECORDED, message)
+
+
 def backup_key(obj: Mapping[str, Any]) -> ProtectedVMKey:
     """Which ProtectedVM a completed VMGuardBackup's point goes into; ConfigError when its
     status names no vCenter or VM instance UUID."""

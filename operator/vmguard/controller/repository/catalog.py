@@ -518,9 +518,10 @@ async def _create(
             status["repositoryNamespace"] = across
         if vc_across:
             status["vcenterNamespace"] = vc_across
+        # The point first, so that the status patch that completes it says so.
+        await _point(api, {**body, "status": status}, report)
         await api.patch_status(PLURAL, home, body["metadata"]["name"], status)
         report.created.append(body["metadata"]["name"])
-        await _point(api, {**body, "status": status}, report)
 
 
 async def _complete(
@@ -547,24 +548,29 @@ async def _complete(
         vc_ns = vc_ref.get("namespace") if vc_ref else None
         if vc_ns and vc_ns != where:
             status["vcenterNamespace"] = vc_ns
+        await _point(api, {**by_name[backup_name], "status": status}, report)
         await api.patch_status(PLURAL, where, backup_name, status)
         report.completed.append(backup_name)
-        await _point(api, {**by_name[backup_name], "status": status}, report)
 
 
-async def _point(api: KubeAPI, synced: Mapping[str, Any], report: SyncReport) -> None:
+async def _point(api: KubeAPI, synced: dict[str, Any], report: SyncReport) -> None:
     """The synced backup's point in its VM's ProtectedVM (created if absent), so that a
-    cluster pointed at an old bucket restores by point too. A VM the manifest does not
-    identify by instance UUID has no ProtectedVM; a fault waits for the start's fold."""
+    cluster pointed at an old bucket restores by point too; once it is in, the status
+    about to be patched says ``PointRecorded=True`` (the start's fold passes over it). A
+    VM the manifest does not identify by instance UUID has no ProtectedVM; after a fault
+    the backup does not say so, and the fold (controller/kube/migration.py) adds it."""
     try:
         key = points.backup_key(synced)
     except ConfigError:
         return
+    status = synced["status"]
     try:
-        vm = cast(VMIdentity, (synced.get("status") or {}).get("vm") or {})
+        vm = cast(VMIdentity, status.get("vm") or {})
         await points.add_point(api, key, points.backup_point(synced), vm=vm)
     except VmguardError as exc:
         report.skipped.append(f"point of {synced['metadata']['name']}: {exc}")
+        return
+    status["conditions"] = points.recorded(status.get("conditions"), key)
 
 
 async def _manifest(
