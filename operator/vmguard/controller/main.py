@@ -303,9 +303,12 @@ def run(options: OperatorOptions) -> None:
         logger.info(
             "metrics on http://%s:%d/metrics", options.metrics_address, options.metrics_port
         )
+    # One client for the calls before kopf starts, closed once they are made: its
+    # connections are not kept open beside kopf's for the operator's life.
+    before_kopf = client.ApiClient()
     # Before kopf starts: an operator ahead of its CRDs says so, in its log, /metrics and
     # an Event, whatever else it goes on to do.
-    crdcheck.check_crds(client.ApiClient(), metrics.observe_crd, timing.now())
+    crdcheck.check_crds(before_kopf, metrics.observe_crd, timing.now())
     settings = kopf.OperatorSettings()
     # Events say which replica posted them (kopf's default instance is "dev").
     settings.posting.reporting_instance = peering.replica_name()
@@ -315,14 +318,15 @@ def run(options: OperatorOptions) -> None:
         # Read by kopf's keep-alive loop from the start: set before the operator runs.
         settings.peering.lifetime = options.peering_lifetime
         created = peering.ensure_peering(
-            client.ApiClient(), options.peering, options.namespaces, options.clusterwide
+            before_kopf, options.peering, options.namespaces, options.clusterwide
         )
         if created:
             logger.info("created peering object %r in %s", options.peering, ", ".join(created))
         logger.info("peering %r with priority %d", options.peering, priority)
     # Before any watch starts, so no handler sees a half-copied object.
     watched = None if options.clusterwide else options.namespaces
-    migration.migrate(client.ApiClient(), watched, timing.now())
+    migration.migrate(before_kopf, watched, timing.now())
+    before_kopf.close()
     # The fold of completed backups into ProtectedVMs is not done here: it reads no more
     # than the backups kopf's first listing finds unrecorded (backup.handlers.fold_loop).
     # kopf's wait for its indexes, linear in the objects (5,000 backups: minutes before).
