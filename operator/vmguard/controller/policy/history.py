@@ -29,6 +29,7 @@ from vmguard.api import (
     parse_time,
 )
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
+from vmguard.controller.kube.points import StandIn
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,31 @@ class BackupRecord:
             run=labels.get(LABEL_RUN, ""),
             created=parse_time(meta.get("creationTimestamp")),
             completed=parse_time(status.get("completionTime")),
+            verified=parse_time(verification.get("time"))
+            if verification.get("phase") == VerificationPhase.COMPLETED
+            else None,
+            verification=str(verification.get("result") or ""),
+        )
+
+    @classmethod
+    def from_stand_in(cls, stand_in: StandIn) -> BackupRecord:
+        """What :meth:`from_object` reads of the stand-in's body
+        (:func:`~vmguard.controller.kube.points.stand_in_body`), read from the point
+        itself: no body is built, the time is parsed once (``StandIn.at``)."""
+        point = stand_in.point
+        verification = (
+            {"phase": VerificationPhase.COMPLETED, **point.verification}
+            if point.verification
+            else {}
+        )
+        return cls(
+            name=stand_in.name,
+            vm=stand_in.key.instance_uuid.lower(),
+            phase=BackupPhase.COMPLETED,
+            trigger="",
+            run="",
+            created=stand_in.at,
+            completed=stand_in.at,
             verified=parse_time(verification.get("time"))
             if verification.get("phase") == VerificationPhase.COMPLETED
             else None,
@@ -117,11 +143,24 @@ class BackupHistory:
                 self.by_vm.setdefault(r.vm, []).append(r)
 
     @classmethod
-    def of_policy(cls, objects: Iterable[Mapping[str, Any]], policy: str) -> BackupHistory:
+    def of_policy(
+        cls,
+        objects: Iterable[Mapping[str, Any]],
+        policy: str,
+        expired: Iterable[StandIn] = (),
+    ) -> BackupHistory:
+        """The policy's backups among ``objects``, then its points among ``expired``
+        (as their stand-in bodies would be, after ``objects``)."""
         mine = [
             BackupRecord.from_object(o)
             for o in objects
             if ((o.get("spec") or {}).get("policyRef") or {}).get("name") == policy
+        ]
+        # A stand-in's body names its point's policy, when the point has one.
+        mine += [
+            BackupRecord.from_stand_in(s)
+            for s in expired
+            if s.point.policy and s.point.policy == policy
         ]
         return cls(mine)
 

@@ -149,15 +149,54 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
     )
 
 
-def plan(policy: Mapping[str, Any], backups: Iterable[Mapping[str, Any]]) -> Plan:
-    """Pure: what the policy keeps and prunes. ConfigError when it keeps nothing or its
-    time zone is unknown (then nothing is pruned)."""
+def stand_in_candidate(stand_in: points.StandIn, policy: Mapping[str, Any]) -> Candidate | None:
+    """What :func:`candidate` makes of the stand-in's body
+    (:func:`~vmguard.controller.kube.points.stand_in_body`), read from the point itself:
+    no body is built, the time is parsed once (``StandIn.at``)."""
+    key, point = stand_in.key, stand_in.point
+    pspec = policy.get("spec") or {}
+    # The body names the point's policy only when it has one; its archive is never "".
+    if not point.policy or point.policy != policy["metadata"]["name"] or not point.archive_id:
+        return None
+    if stand_in.at is None:
+        return None
+    vm = key.instance_uuid.lower()
+    repository = point.repository or (pspec.get("repositoryRef") or {}).get("name", "")
+    # The body carries no repositoryNamespace (candidate() reads the policy's then).
+    across = (pspec.get("repositoryRef") or {}).get("namespace") if not point.repository else ""
+    if across and across != key.namespace:
+        repository = f"{across}/{repository}"
+    return Candidate(
+        name=stand_in.name,
+        uid="",
+        vm=vm,
+        vcenter=key.vcenter or (pspec.get("vcenterRef") or {}).get("name", ""),
+        vm_name=vm,  # the body names the VM by its instance UUID alone
+        archive_id=point.archive_id,
+        repository=repository,
+        time=stand_in.at,
+        stand_in=True,
+    )
+
+
+def plan(
+    policy: Mapping[str, Any],
+    backups: Iterable[Mapping[str, Any]],
+    expired: Iterable[points.StandIn] = (),
+) -> Plan:
+    """Pure: what the policy keeps and prunes of ``backups`` and of the expired runs'
+    points ``expired`` (as their stand-in bodies would be). ConfigError when it keeps
+    nothing or its time zone is unknown (then nothing is pruned)."""
     spec = policy.get("spec") or {}
     rules = retention_policy(spec)
     tz: ZoneInfo = zone((spec.get("schedule") or {}).get("timeZone") or "UTC")
     by_vm: dict[str, list[Candidate]] = defaultdict(list)
     for obj in backups:
         c = candidate(obj, policy)
+        if c is not None:
+            by_vm[c.vm].append(c)
+    for stand_in in expired:
+        c = stand_in_candidate(stand_in, policy)
         if c is not None:
             by_vm[c.vm].append(c)
     out = Plan()
@@ -190,11 +229,13 @@ class Retention:
         announce: Announce,
         now: dt.datetime,
         hold: Collection[str] = (),
+        expired: Iterable[points.StandIn] = (),
     ) -> set[str]:
-        """One pass; returns the names of the VMGuardBackups deleted. ``hold``: backups
-        not pruned yet although retention would (their copies are not made yet)."""
+        """One pass over ``backups`` and the expired runs' points ``expired``; returns the
+        names of the VMGuardBackups (and stand-ins) deleted. ``hold``: backups not pruned
+        yet although retention would (their copies are not made yet)."""
         try:
-            chosen = plan(policy, backups)
+            chosen = plan(policy, backups, expired)
         except ConfigError as exc:
             self.problem = ("RetentionInvalid", f"{exc}; pruning nothing")
             return set()

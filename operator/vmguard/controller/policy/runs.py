@@ -400,10 +400,9 @@ class PolicyRunner:
         states. Run under the namespace's one-pass lock; returns when the next
         scheduled verification is due (:meth:`verify_on_schedule`)."""
         meta = policy["metadata"]
-        backups = await self.history_objects(meta["namespace"], meta["name"])
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"])
         # A stand-in (an expired run's point) carries its point's copies, but no copy
         # is started for it any more (copying.py): only runs are held for their copies.
-        runs = [b for b in backups if not points.is_stand_in(b)]
         hold = (
             awaiting_copy(policy, assessment.copies.targets, runs)
             if assessment.copies is not None
@@ -414,15 +413,24 @@ class PolicyRunner:
             b["metadata"]["name"] for b in runs if verifications.in_flight(b.get("status") or {})
         }
         pruned = await self.retention.apply(
-            self.api, policy, backups, self.announce, real_now, hold
+            self.api, policy, runs, self.announce, real_now, hold, expired
         )
         if pruned:  # their points left the ProtectedVMs
             self.protected_vms.forget(meta["namespace"])
-        backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+            runs = [b for b in runs if b["metadata"]["name"] not in pruned]
+            expired = [s for s in expired if s.name not in pruned]
+        # Copies and scheduled verifications read whole bodies, the stand-ins' too (their
+        # copies, their verifications); history and retention read the points as they
+        # are: a policy that copies and verifies nothing builds no body per point.
+        backups = runs
+        if assessment.copies is not None or assessment.verification is not None:
+            backups = runs + [points.stand_in_body(s) for s in expired]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
         verify_at = await self.verify_on_schedule(policy, assessment, backups, now)
-        await self.refresh_status(policy, assessment, view, now, real_now, backups)
+        history = BackupHistory.of_policy(runs, meta["name"], expired)
+        del expired  # the history holds what it needs of them
+        await self.refresh_status(policy, assessment, view, now, real_now, backups, history)
         return verify_at
 
     async def verify_on_schedule(
@@ -451,22 +459,25 @@ class PolicyRunner:
             )
         return sched.next_after(now)
 
-    async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The policy's VMGuardBackups, and a stand-in for each point made under the
-        policy whose backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`;
-        the ProtectedVMs from the operator's shared reader,
+    async def history_objects(
+        self, namespace: str, name: str
+    ) -> tuple[list[dict[str, Any]], list[points.StandIn]]:
+        """The policy's VMGuardBackups, and each point made under the policy whose backup
+        run expired (:func:`~vmguard.controller.kube.points.expired_points`, standing in
+        for a Completed backup; the ProtectedVMs from the operator's shared reader,
         :mod:`~vmguard.controller.kube.held`)."""
         backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
         held = await self.protected_vms.read(self.api, namespace)
         self.held = held
-        return backups + points.stand_ins(held, backups, policy=name)
+        return backups, points.expired_points(held, backups, policy=name)
 
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
     ) -> None:
         meta = policy["metadata"]
-        backups = await self.history_objects(meta["namespace"], meta["name"])
-        history = BackupHistory.of_policy(backups, meta["name"])
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"])
+        history = BackupHistory.of_policy(runs, meta["name"], expired)
+        del runs, expired
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
         self.last_schedule = run
         await self.api.patch_status(
@@ -530,11 +541,13 @@ class PolicyRunner:
         now: dt.datetime,
         real_now: dt.datetime,
         backups: list[dict[str, Any]],
+        history: BackupHistory,
     ) -> None:
-        """``now`` on the schedule line, ``real_now`` the clock's (module docstring)."""
+        """``now`` on the schedule line, ``real_now`` the clock's (module docstring).
+        ``history``: the policy's, of its runs and expired points; ``backups``: the
+        bodies the copy lag reads (with the stand-ins' when the policy copies)."""
         meta = policy["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        history = BackupHistory.of_policy(backups, name)
         self.rpo_due = None
         others = await self.api.list_objects(POLICY.plural, namespace)
         clashes = judgement.conflicts(policy, others, view)
