@@ -556,11 +556,10 @@ class StandIn(NamedTuple):
     point: PointRecord
     at: dt.datetime | None
     """``parse_time(point.time)``: the stand-in's creation, snapshot and completion."""
-
-    @property
-    def name(self) -> str:
-        """The stand-in body's name: ``point-<archive id>`` (no VMGuardBackup has one)."""
-        return f"point-{self.point.archive_id.lower()}"
+    name: str
+    """The stand-in body's name: ``point-<archive id>`` (no VMGuardBackup has one)."""
+    vm: str
+    """The VM's instance UUID in lower case (one string for all of the VM's stand-ins)."""
 
 
 def expired_points(
@@ -584,6 +583,7 @@ def expired_points(
         if record is None:
             continue
         seen: set[str] = set()
+        vm = ""
         for point in record.points:
             if policy is not None and point.policy != policy:
                 continue
@@ -593,7 +593,9 @@ def expired_points(
                 if point.policy in seen:
                     continue
                 seen.add(point.policy)
-            out.append(StandIn(record.key, point, parse_time(point.time)))
+            vm = vm or record.key.instance_uuid.lower()
+            name = f"point-{point.archive_id.lower()}"
+            out.append(StandIn(record.key, point, parse_time(point.time), name, vm))
     return out
 
 

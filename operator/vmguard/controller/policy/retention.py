@@ -70,7 +70,7 @@ CONDITION = "Retention"
 LISTED = 10  # events (and names in a message) per pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A Completed VMGuardBackup of the policy, as retention sees it."""
 
@@ -160,7 +160,7 @@ def stand_in_candidate(stand_in: points.StandIn, policy: Mapping[str, Any]) -> C
         return None
     if stand_in.at is None:
         return None
-    vm = key.instance_uuid.lower()
+    vm = stand_in.vm
     repository = point.repository or (pspec.get("repositoryRef") or {}).get("name", "")
     # The body carries no repositoryNamespace (candidate() reads the policy's then).
     across = (pspec.get("repositoryRef") or {}).get("namespace") if not point.repository else ""
