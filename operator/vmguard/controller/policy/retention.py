@@ -149,29 +149,51 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
     )
 
 
-def stand_in_candidate(stand_in: points.StandIn, policy: Mapping[str, Any]) -> Candidate | None:
+@dataclass(frozen=True, slots=True)
+class _PolicyDefaults:
+    """What :func:`candidate` reads of the policy for every stand-in: read once a plan."""
+
+    name: str
+    repository: str
+    across: str
+    vcenter: str
+
+    @classmethod
+    def of(cls, policy: Mapping[str, Any]) -> _PolicyDefaults:
+        pspec = policy.get("spec") or {}
+        ref = pspec.get("repositoryRef") or {}
+        return cls(
+            policy["metadata"]["name"],
+            ref.get("name", ""),
+            ref.get("namespace") or "",
+            (pspec.get("vcenterRef") or {}).get("name", ""),
+        )
+
+
+def stand_in_candidate(
+    stand_in: points.StandIn, policy: Mapping[str, Any] | _PolicyDefaults
+) -> Candidate | None:
     """What :func:`candidate` makes of the stand-in's body
     (:func:`~vmguard.controller.kube.points.stand_in_body`), read from the point itself:
     no body is built, the time is parsed once (``StandIn.at``)."""
     key, point = stand_in.key, stand_in.point
-    pspec = policy.get("spec") or {}
+    of = policy if isinstance(policy, _PolicyDefaults) else _PolicyDefaults.of(policy)
     # The body names the point's policy only when it has one; its archive is never "".
-    if not point.policy or point.policy != policy["metadata"]["name"] or not point.archive_id:
+    if not point.policy or point.policy != of.name or not point.archive_id:
         return None
     if stand_in.at is None:
         return None
-    vm = stand_in.vm
-    repository = point.repository or (pspec.get("repositoryRef") or {}).get("name", "")
+    repository = point.repository or of.repository
     # The body carries no repositoryNamespace (candidate() reads the policy's then).
-    across = (pspec.get("repositoryRef") or {}).get("namespace") if not point.repository else ""
+    across = of.across if not point.repository else ""
     if across and across != key.namespace:
         repository = f"{across}/{repository}"
     return Candidate(
         name=stand_in.name,
         uid="",
-        vm=vm,
-        vcenter=key.vcenter or (pspec.get("vcenterRef") or {}).get("name", ""),
-        vm_name=vm,  # the body names the VM by its instance UUID alone
+        vm=stand_in.vm,
+        vcenter=key.vcenter or of.vcenter,
+        vm_name=stand_in.vm,  # the body names the VM by its instance UUID alone
         archive_id=point.archive_id,
         repository=repository,
         time=stand_in.at,
@@ -195,8 +217,9 @@ def plan(
         c = candidate(obj, policy)
         if c is not None:
             by_vm[c.vm].append(c)
+    defaults = _PolicyDefaults.of(policy)
     for stand_in in expired:
-        c = stand_in_candidate(stand_in, policy)
+        c = stand_in_candidate(stand_in, defaults)
         if c is not None:
             by_vm[c.vm].append(c)
     out = Plan()
