@@ -98,7 +98,7 @@ class BackupRecord:
 
 def history_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a VMGuardBackup that :class:`BackupRecord`, :meth:`BackupHistory.of_policy`
-    and :func:`~vmguard.controller.kube.points.stand_ins` read, and nothing else (pure): a
+    and :func:`~vmguard.controller.kube.points.expired_points` read, and nothing else (pure): a
     caller that lists a namespace's backups for a history alone keeps this of each page, a
     fifth of the object (its disks, conditions and managed fields are most of it)."""
     meta = obj.get("metadata") or {}

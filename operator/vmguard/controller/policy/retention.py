@@ -22,7 +22,8 @@ Invariants:
   (``hold``, :func:`.copying.awaiting_copy`) is not pruned until they are (or have
   failed for good): pruning the primary must not lose a point before its copy exists.
 - **ProtectedVMs.** The candidates include the points of the policy's VMs whose backup
-  run expired (stand-ins, :func:`~vmguard.controller.kube.points.stand_ins`): their
+  run expired (stand-ins, :func:`~vmguard.controller.kube.points.expired_points`, read
+  as they are by :func:`stand_in_candidate`, the same candidate their body gave): their
   archives are retired like any other, and their point is taken out of the VM's
   ProtectedVM (:func:`~vmguard.controller.kube.points.remove_point`) instead of an
   object being deleted. A pruned VMGuardBackup's point goes out with it.

@@ -33,7 +33,7 @@ Rules (docs/resource-model.md, "Schedules"):
   state is written into its ProtectedVM (``status.rpo``, ``WithinRPO``) when it changes.
 
 - **A pass whose inputs did not change skips its work** (the part that reads the
-  policy's runs and its VMs' points, builds a stand-in per point and a history, and
+  policy's runs and its VMs' points, takes a stand-in per point and a history, and
   applies retention, copies, scheduled verifications, status and RPO states): its runs,
   the namespace's ProtectedVMs and policies' specs (counted as kopf's watches see them
   change, ``inputs``), the vCenter's latest sweep, the policy's spec and what the
