@@ -6,7 +6,9 @@ ProtectedVMs; these unit tests hold them to what the bodies (``points.stand_ins`
 the same records, candidates, kept and pruned sets, and fail-safe history, over points
 with and without a policy, a repository, a time, a verification or copies, points whose
 run still exists or whose archive a backup names, and policies whose repository lives in
-another namespace.
+another namespace. And a policy that copies and verifies nothing keeps only a few
+fields of each run (``retention.pass_fields``): the same history, candidates, kept and
+pruned sets, verifications in flight and expired points as from the whole runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from vmguard.controller.kube import points
+from vmguard.api import ANNOTATION_VM_NAME
+from vmguard.controller.kube import points, verifications
 from vmguard.controller.policy import retention
 from vmguard.controller.policy.history import BackupHistory, BackupRecord
 
@@ -128,3 +131,97 @@ def test_retention_and_history_keep_and_prune_the_same_from_the_points(p: dict[s
     assert BackupHistory.of_policy(RUNS, name, newest) == BackupHistory.of_policy(
         [*RUNS, *newest_bodies], name
     )
+
+
+def whole_run(name: str, uuid: str, archive: str, day: int, **status: Any) -> dict[str, Any]:
+    """A run as the apiserver returns it: disks, conditions, managed fields and all."""
+    at = f"2026-01-{day:02d}T01:00:00Z"
+    return {
+        "apiVersion": "vmguard.io/v1alpha1",
+        "kind": "VMGuardBackup",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "creationTimestamp": at,
+            "labels": {
+                "vmguard.io/vm": uuid.lower(),
+                "vmguard.io/policy": "gold",
+                "vmguard.io/trigger": "schedule",
+                "vmguard.io/run": f"202601{day:02d}-0100",
+            },
+            "annotations": {ANNOTATION_VM_NAME: f"web-{day}-annotated", "other": "x"},
+            "managedFields": [{"manager": "kopf", "fieldsV1": {"f:status": {}}}],
+        },
+        "spec": {
+            "policyRef": {"name": "gold"},
+            "vm": {"instanceUuid": uuid, "name": f"web-{day}"},
+            "mode": {"type": "incremental"},
+        },
+        "status": {
+            "phase": "Completed",
+            "archiveId": archive,
+            "vm": {"instanceUuid": uuid, "name": f"web-{day}-now"},
+            "vcenter": "lab",
+            "repository": "main",
+            "startTime": at,
+            "completionTime": f"2026-01-{day:02d}T01:01:35Z",
+            "snapshot": {"createTime": at},
+            "disks": [{"key": 2000, "bytesUploaded": 1}, {"key": 2001, "bytesUploaded": 2}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Completed"}],
+            **status,
+        },
+    }
+
+
+def unannotated(run: dict[str, Any]) -> dict[str, Any]:
+    run["metadata"]["annotations"] = {}
+    return run
+
+
+WHOLE_RUNS = [
+    whole_run("gold-9", UUIDS[0], "a9", 9),
+    whole_run("gold-10", UUIDS[0], "x10", 10, verification={"phase": "Pending"}),
+    whole_run("gold-11", UUIDS[0], "x11", 11, repositoryNamespace="platform"),
+    whole_run(
+        "gold-12",
+        UUIDS[1],
+        "x12",
+        12,
+        verification={
+            "phase": "Completed",
+            "result": "Passed",
+            "time": "2026-01-12T02:00:00Z",
+            "checks": ["index"],
+        },
+    ),
+    whole_run("gold-13", UUIDS[1], "x13", 13, phase="Failed"),
+    {**whole_run("gold-14", UUIDS[1], "x14", 14), "status": {}},
+    whole_run("gold-15", UUIDS[1], "x15", 15, snapshot={}, repository=""),
+    whole_run("gold-16", UUIDS[1], "x16", 16, vm={"instanceUuid": UUIDS[1]}),  # annotated name
+    unannotated(whole_run("gold-17", UUIDS[1], "x17", 17, vm={})),  # the spec's name
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("p", POLICIES, ids=["gold", "silver", "gold-across"])
+def test_a_pass_reads_the_same_of_a_runs_few_fields_as_of_the_whole_run(p: dict[str, Any]) -> None:
+    slim = [retention.pass_fields(b) for b in WHOLE_RUNS]
+    assert not any({"disks", "conditions"} & set(b["status"]) for b in slim)
+    assert not any("managedFields" in b["metadata"] for b in slim)
+    name = p["metadata"]["name"]
+    held = estate()
+    expired = points.expired_points(held, WHOLE_RUNS, policy=name)
+    assert points.expired_points(held, slim, policy=name) == expired
+    assert [retention.candidate(b, p) for b in slim] == [
+        retention.candidate(b, p) for b in WHOLE_RUNS
+    ]
+    assert retention.plan(p, slim, expired) == retention.plan(p, WHOLE_RUNS, expired)
+    assert BackupHistory.of_policy(slim, name, expired) == BackupHistory.of_policy(
+        WHOLE_RUNS, name, expired
+    )
+    flying = [verifications.in_flight(b.get("status") or {}) for b in slim]
+    assert flying == [verifications.in_flight(b.get("status") or {}) for b in WHOLE_RUNS]
+    assert flying.count(True) == 1
+    if name == "gold":
+        assert retention.plan(p, slim, expired).prune

@@ -90,7 +90,7 @@ from vmguard.controller.policy import copying, judgement, verifying
 from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
-from vmguard.controller.policy.retention import Retention
+from vmguard.controller.policy.retention import Retention, pass_fields
 from vmguard.errors import RetryableError, ScheduleError, VmguardError
 from vmguard.metrics import Metrics, PolicyVM
 from vmguard.vsphere.records import VMRecord
@@ -400,7 +400,12 @@ class PolicyRunner:
         states. Run under the namespace's one-pass lock; returns when the next
         scheduled verification is due (:meth:`verify_on_schedule`)."""
         meta = policy["metadata"]
-        runs, expired = await self.history_objects(meta["namespace"], meta["name"])
+        # Copies and scheduled verifications read whole bodies, the stand-ins' too (their
+        # copies, their verifications); history and retention read a few fields of a run
+        # and the points as they are: a policy that copies and verifies nothing keeps
+        # only those of its runs and builds no body per point.
+        whole = assessment.copies is not None or assessment.verification is not None
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"], whole)
         # A stand-in (an expired run's point) carries its point's copies, but no copy
         # is started for it any more (copying.py): only runs are held for their copies.
         hold = (
@@ -419,11 +424,8 @@ class PolicyRunner:
             self.protected_vms.forget(meta["namespace"])
             runs = [b for b in runs if b["metadata"]["name"] not in pruned]
             expired = [s for s in expired if s.name not in pruned]
-        # Copies and scheduled verifications read whole bodies, the stand-ins' too (their
-        # copies, their verifications); history and retention read the points as they
-        # are: a policy that copies and verifies nothing builds no body per point.
         backups = runs
-        if assessment.copies is not None or assessment.verification is not None:
+        if whole:
             backups = runs + [points.stand_in_body(s) for s in expired]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
@@ -460,13 +462,23 @@ class PolicyRunner:
         return sched.next_after(now)
 
     async def history_objects(
-        self, namespace: str, name: str
+        self, namespace: str, name: str, whole: bool = True
     ) -> tuple[list[dict[str, Any]], list[points.StandIn]]:
-        """The policy's VMGuardBackups, and each point made under the policy whose backup
-        run expired (:func:`~vmguard.controller.kube.points.expired_points`, standing in
-        for a Completed backup; the ProtectedVMs from the operator's shared reader,
+        """The policy's VMGuardBackups (whole, or only what history and retention read of
+        them: :func:`.retention.pass_fields`, page by page), and each point made under the
+        policy whose backup run expired
+        (:func:`~vmguard.controller.kube.points.expired_points`, standing in for a
+        Completed backup; the ProtectedVMs from the operator's shared reader,
         :mod:`~vmguard.controller.kube.held`)."""
-        backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
+        selector = f"{LABEL_POLICY}={name}"
+        if whole:
+            backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
+        else:
+            backups = [
+                pass_fields(b)
+                async for page in self.api.list_pages(BACKUP.plural, namespace, selector)
+                for b in page
+            ]
         held = await self.protected_vms.read(self.api, namespace)
         self.held = held
         return backups, points.expired_points(held, backups, policy=name)
@@ -475,7 +487,7 @@ class PolicyRunner:
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
     ) -> None:
         meta = policy["metadata"]
-        runs, expired = await self.history_objects(meta["namespace"], meta["name"])
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"], False)
         history = BackupHistory.of_policy(runs, meta["name"], expired)
         del runs, expired
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
