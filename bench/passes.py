@@ -90,24 +90,26 @@ class ProbeAPI:
         self.writes = 0
 
     async def list_objects(
-        self, plural: str, namespace: str, label_selector: str | None = None
+        self, plural: str, namespace: str, label_selector: str = "", page: int = 500
     ) -> list[dict[str, Any]]:
-        """Filtered by one ``key=value`` label before decoding, as the apiserver does."""
-        key, _, value = (label_selector or "").partition("=")
+        """Every page at once, as ``KubeAPI.list_objects``."""
         return [
-            json.loads(s)
-            for s, labels in zip(
-                self.stored.get(plural, []), self.labels.get(plural, []), strict=True
-            )
-            if not key or labels.get(key) == value
+            o async for got in self.list_pages(plural, namespace, label_selector, page) for o in got
         ]
 
     async def list_pages(
-        self, plural: str, namespace: str, label_selector: str | None = None, limit: int = 500
+        self, plural: str, namespace: str, label_selector: str = "", page: int = 500
     ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Filtered by one ``key=value`` label before decoding, as the apiserver does;
+        ``page`` objects a page."""
+        key, _, value = (label_selector or "").partition("=")
         stored = self.stored.get(plural, [])
-        for at in range(0, len(stored), limit):
-            yield [json.loads(s) for s in stored[at : at + limit]]
+        labels = self.labels.get(plural, [])
+        chosen = [
+            s for s, got in zip(stored, labels, strict=True) if not key or got.get(key) == value
+        ]
+        for at in range(0, len(chosen), page):
+            yield [json.loads(s) for s in chosen[at : at + page]]
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The VCenter and the repository the policies name exist (the judgement's reads)."""
