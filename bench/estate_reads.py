@@ -477,7 +477,6 @@ async def retention(api, ns, name, keep_daily):
     from kubernetes import client
     from vmguard.controller.kube.sweeps import LatestSweeps
     from vmguard.controller.policy.runs import PolicyRunner
-    from vmguard.controller.kube import points
     policy = client.CustomObjectsApi().get_namespaced_custom_object(
         "vmguard.io", "v1alpha1", ns, "vmprotectionpolicies", name)
     if keep_daily:
@@ -486,13 +485,14 @@ async def retention(api, ns, name, keep_daily):
                           logging.getLogger("bench"))
     events = []
     t0 = time.monotonic()
-    backups = await runner.history_objects(ns, name)
+    runs, expired = await runner.history_objects(ns, name)
     t1 = time.monotonic()
     pruned = await runner.retention.apply(
-        api, policy, backups, lambda r, m, w: events.append(r), dt.datetime.now(dt.UTC))
+        api, policy, runs, lambda r, m, w: events.append(r), dt.datetime.now(dt.UTC),
+        expired=expired)
     t2 = time.monotonic()
-    return {"policy": name, "history_entries": len(backups),
-            "runs": sum(1 for b in backups if not points.is_stand_in(b)),
+    return {"policy": name, "history_entries": len(runs) + len(expired),
+            "runs": len(runs),
             "kept": runner.retention.kept, "pruned": len(pruned),
             "problem": runner.retention.problem, "events": len(events),
             "history_s": round(t1 - t0, 2), "retention_apply_s": round(t2 - t1, 2)}

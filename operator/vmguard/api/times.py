@@ -45,6 +45,8 @@ def parse_time(text: str | None) -> dt.datetime | None:
         at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if at.tzinfo is dt.UTC:  # "Z" or "+00:00": what the API writes, nothing to convert
+        return at
     return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
 
 

@@ -1,7 +1,7 @@
 """One shared, compact read of a namespace's ProtectedVMs for the policies' passes.
 
 Every policy's scheduler pass and every fail-safe pass after a sweep reads the points of
-its namespace's VMs (their backup runs may have expired: ``points.stand_ins``). At 5,000
+its namespace's VMs (their backup runs may have expired: ``points.expired_points``). At 5,000
 VMs with 30 points each that is ≈ 29 MB of JSON per read; read by each policy every
 30 s and decoded into dicts, it kept a core busy and the operator's memory far above its
 budget (docs/scale.md). :class:`ProtectedVMReader` is kopf's operator memo's one reader:

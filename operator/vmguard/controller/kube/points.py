@@ -567,6 +567,111 @@ STAND_IN: Final = f"{GROUP}/point-stand-in"
 _STAND_IN_ANNOTATIONS: Final = {STAND_IN: "true"}
 
 
+class StandIn(NamedTuple):
+    """A point whose backup run expired, as a policy's pass reads it (:func:`expired_points`):
+    its VM's key, its record in the shared read (:mod:`.held`) and its time, parsed once.
+    What :func:`stand_in_body` makes a whole VMGuardBackup body of, for the readers that
+    need one (copies, scheduled verifications); history and retention read it as it is
+    (``BackupRecord.from_stand_in``, ``retention.stand_in_candidate``). At 5,000 VMs a
+    pass had ≈ 21,000 of them, as bodies ≈ 1 KB each and each time parsed again by every
+    reader (docs/scale.md, "The policies' first passes")."""
+
+    key: ProtectedVMKey
+    point: PointRecord
+    at: dt.datetime | None
+    """``parse_time(point.time)``: the stand-in's creation, snapshot and completion."""
+    name: str
+    """The stand-in body's name: ``point-<archive id>`` (no VMGuardBackup has one)."""
+    vm: str
+    """The VM's instance UUID in lower case (one string for all of the VM's stand-ins)."""
+
+
+def expired_points(
+    protected_vms: Iterable[HeldVM | Mapping[str, Any]],
+    backups: Iterable[Mapping[str, Any]],
+    policy: str | None = None,
+    newest: bool = False,
+) -> list[StandIn]:
+    """Each point whose backup run expired (no ``backup`` left) and whose archive no
+    VMGuardBackup of ``backups`` names, in the order of the ProtectedVMs and their points
+    (pure). With ``policy``, only the points made under it; with ``newest``, only the
+    newest such point of each VM (per policy). :func:`stand_ins` says why."""
+    named = {
+        str((b.get("status") or {}).get("archiveId") or "")
+        or str(((b.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID, ""))
+        for b in backups
+    }
+    out = []
+    for held in protected_vms:
+        record = held if isinstance(held, HeldVM) else held_of(held)
+        if record is None:
+            continue
+        seen: set[str] = set()
+        vm = ""
+        for point in record.points:
+            if policy is not None and point.policy != policy:
+                continue
+            if not point.archive_id or point.archive_id in named or point.backup:
+                continue
+            if newest:
+                if point.policy in seen:
+                    continue
+                seen.add(point.policy)
+            vm = vm or record.key.instance_uuid.lower()
+            name = f"point-{point.archive_id.lower()}"
+            out.append(StandIn(record.key, point, parse_time(point.time), name, vm))
+    return out
+
+
+def stand_in_body(
+    stand_in: StandIn, shared: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The Completed VMGuardBackup body of one :class:`StandIn` (:func:`stand_ins`, pure).
+    ``shared``: the ``(labels, spec)`` its VM's other stand-ins of the policy share."""
+    key, point = stand_in.key, stand_in.point
+    if shared is None:
+        shared = _shared_parts(key, point.policy)
+    labels, spec = shared
+    vm = spec["vm"]
+    return {
+        "metadata": {
+            "name": stand_in.name,
+            "namespace": key.namespace,
+            "uid": "",
+            "labels": labels,
+            "annotations": _STAND_IN_ANNOTATIONS,
+            "creationTimestamp": point.time or None,
+        },
+        "spec": spec,
+        "status": {
+            "phase": "Completed",
+            "archiveId": point.archive_id,
+            "repository": point.repository,
+            "vcenter": key.vcenter,
+            "vm": vm,
+            "snapshot": {"createTime": point.time or None},
+            "completionTime": point.time or None,
+            # What the run's status.copies said (kube/copies.py writes both).
+            "copies": [dict(c) for c in point.copies],
+            # What metrics read of an expired run: its point's verification.
+            **(
+                {"verification": {"phase": "Completed", **point.verification}}
+                if point.verification
+                else {}
+            ),
+        },
+    }
+
+
+def _shared_parts(key: ProtectedVMKey, policy: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
+    spec: dict[str, Any] = {"vm": {"instanceUuid": key.instance_uuid}}
+    if policy:
+        labels[LABEL_POLICY] = policy
+        spec["policyRef"] = {"name": policy}
+    return labels, spec
+
+
 def stand_ins(
     protected_vms: Iterable[HeldVM | Mapping[str, Any]],
     backups: Iterable[Mapping[str, Any]],
@@ -586,66 +691,16 @@ def stand_ins(
     first): enough for whether and when a VM was last backed up (the fail-safe), not for
     retention.
 
-    The bodies are read, never changed: the parts that are the same for every point of
-    a VM (labels, spec, ``status.vm``) are one object shared by its stand-ins."""
-    named = {
-        str((b.get("status") or {}).get("archiveId") or "")
-        or str(((b.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ARCHIVE_ID, ""))
-        for b in backups
-    }
+    The bodies of :func:`expired_points`, one :func:`stand_in_body` each. They are read,
+    never changed: the parts that are the same for every point of a VM (labels, spec,
+    ``status.vm``) are one object shared by its stand-ins."""
     out = []
-    for held in protected_vms:
-        record = held if isinstance(held, HeldVM) else held_of(held)
-        if record is None:
-            continue
-        key = record.key
-        shared: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        vm = {"instanceUuid": key.instance_uuid}
-        for point in record.points:
-            if policy is not None and point.policy != policy:
-                continue
-            if not point.archive_id or point.archive_id in named or point.backup:
-                continue
-            if newest and point.policy in shared:
-                continue
-            if point.policy not in shared:
-                labels = {LABEL_VM: key.instance_uuid.lower(), LABEL_VCENTER: key.vcenter}
-                spec: dict[str, Any] = {"vm": vm}
-                if point.policy:
-                    labels[LABEL_POLICY] = point.policy
-                    spec["policyRef"] = {"name": point.policy}
-                shared[point.policy] = (labels, spec)
-            labels, spec = shared[point.policy]
-            out.append(
-                {
-                    "metadata": {
-                        "name": f"point-{point.archive_id.lower()}",
-                        "namespace": key.namespace,
-                        "uid": "",
-                        "labels": labels,
-                        "annotations": _STAND_IN_ANNOTATIONS,
-                        "creationTimestamp": point.time or None,
-                    },
-                    "spec": spec,
-                    "status": {
-                        "phase": "Completed",
-                        "archiveId": point.archive_id,
-                        "repository": point.repository,
-                        "vcenter": key.vcenter,
-                        "vm": vm,
-                        "snapshot": {"createTime": point.time or None},
-                        "completionTime": point.time or None,
-                        # What the run's status.copies said (kube/copies.py writes both).
-                        "copies": [dict(c) for c in point.copies],
-                        # What metrics read of an expired run: its point's verification.
-                        **(
-                            {"verification": {"phase": "Completed", **point.verification}}
-                            if point.verification
-                            else {}
-                        ),
-                    },
-                }
-            )
+    shared: dict[tuple[ProtectedVMKey, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for stand_in in expired_points(protected_vms, backups, policy, newest):
+        which = (stand_in.key, stand_in.point.policy)
+        if which not in shared:
+            shared[which] = _shared_parts(*which)
+        out.append(stand_in_body(stand_in, shared[which]))
     return out
 
 

@@ -25,7 +25,7 @@ each day or week: :func:`chosen`); the others are never copied there.
   again under the same name (a copy is idempotent: a copy already made is found).
 
 **After a run expired.** A point whose VMGuardBackup expired is seen as its stand-in
-(:func:`vmguard.controller.kube.points.stand_ins`), whose entries are the point's
+(:func:`vmguard.controller.kube.points.stand_in_body`), whose entries are the point's
 ``copies`` (written there with the run's): a copy made stays made (not copied again, not
 lagging, not held by retention), one pruned stays pruned. A run is kept past its TTL
 until its copies settle (``backup/expiry.py``, at most a week), so this is rare: a copy

@@ -158,7 +158,7 @@ async def protect(
         if not assessment.ready:
             continue
         history = BackupHistory.of_policy(
-            [*backups, *points.stand_ins(held, backups, policy=name, newest=True)], name
+            backups, name, points.expired_points(held, backups, policy=name, newest=True)
         )
         made = plan(vms, history, now, view.interval, Limits.of(policy))
         mine_now = 0

@@ -29,9 +29,10 @@ from vmguard.api import (
     parse_time,
 )
 from vmguard.controller.kube.bodies import backup_spec, backup_status, ref_name
+from vmguard.controller.kube.points import StandIn
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackupRecord:
     name: str
     vm: str
@@ -70,10 +71,34 @@ class BackupRecord:
             verification=str(verification.get("result") or ""),
         )
 
+    @classmethod
+    def from_stand_in(cls, stand_in: StandIn) -> BackupRecord:
+        """What :meth:`from_object` reads of the stand-in's body
+        (:func:`~vmguard.controller.kube.points.stand_in_body`), read from the point
+        itself: no body is built, the time is parsed once (``StandIn.at``)."""
+        # The body's verification is the point's, its phase Completed unless it says.
+        verification = stand_in.point.verification
+        verified = None
+        if verification and verification.get("phase", VerificationPhase.COMPLETED) == (
+            VerificationPhase.COMPLETED
+        ):
+            verified = parse_time(verification.get("time"))
+        return cls(
+            name=stand_in.name,
+            vm=stand_in.vm,
+            phase=BackupPhase.COMPLETED,
+            trigger="",
+            run="",
+            created=stand_in.at,
+            completed=stand_in.at,
+            verified=verified,
+            verification=str(verification.get("result") or "") if verification else "",
+        )
+
 
 def history_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a VMGuardBackup that :class:`BackupRecord`, :meth:`BackupHistory.of_policy`
-    and :func:`~vmguard.controller.kube.points.stand_ins` read, and nothing else (pure): a
+    and :func:`~vmguard.controller.kube.points.expired_points` read, and nothing else (pure): a
     caller that lists a namespace's backups for a history alone keeps this of each page, a
     fifth of the object (its disks, conditions and managed fields are most of it)."""
     meta = obj.get("metadata") or {}
@@ -110,6 +135,11 @@ class BackupHistory:
 
     records: list[BackupRecord]
     by_vm: dict[str, list[BackupRecord]] = field(default_factory=dict)
+    _last_completed: dict[str, dt.datetime | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """:meth:`last_completed` by VM: a pass asks it of each VM four times (status, RPO
+    states, metrics); the records are not changed once the history is made."""
 
     def __post_init__(self) -> None:
         for r in self.records:
@@ -117,11 +147,24 @@ class BackupHistory:
                 self.by_vm.setdefault(r.vm, []).append(r)
 
     @classmethod
-    def of_policy(cls, objects: Iterable[Mapping[str, Any]], policy: str) -> BackupHistory:
+    def of_policy(
+        cls,
+        objects: Iterable[Mapping[str, Any]],
+        policy: str,
+        expired: Iterable[StandIn] = (),
+    ) -> BackupHistory:
+        """The policy's backups among ``objects``, then its points among ``expired``
+        (as their stand-in bodies would be, after ``objects``)."""
         mine = [
             BackupRecord.from_object(o)
             for o in objects
             if ((o.get("spec") or {}).get("policyRef") or {}).get("name") == policy
+        ]
+        # A stand-in's body names its point's policy, when the point has one.
+        mine += [
+            BackupRecord.from_stand_in(s)
+            for s in expired
+            if s.point.policy and s.point.policy == policy
         ]
         return cls(mine)
 
@@ -129,8 +172,13 @@ class BackupHistory:
         return self.by_vm.get(vm.lower(), [])
 
     def last_completed(self, vm: str) -> dt.datetime | None:
-        times = [r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED]
-        return max((t for t in times if t), default=None)
+        key = vm.lower()
+        if key not in self._last_completed:
+            times = [
+                r.completed or r.created for r in self.of(vm) if r.phase == BackupPhase.COMPLETED
+            ]
+            self._last_completed[key] = max((t for t in times if t), default=None)
+        return self._last_completed[key]
 
     def first_completed(self, vm: str) -> dt.datetime | None:
         """The completion of the VM's oldest Completed backup the policy still holds."""

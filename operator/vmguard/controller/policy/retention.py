@@ -22,7 +22,8 @@ Invariants:
   (``hold``, :func:`.copying.awaiting_copy`) is not pruned until they are (or have
   failed for good): pruning the primary must not lose a point before its copy exists.
 - **ProtectedVMs.** The candidates include the points of the policy's VMs whose backup
-  run expired (stand-ins, :func:`~vmguard.controller.kube.points.stand_ins`): their
+  run expired (stand-ins, :func:`~vmguard.controller.kube.points.expired_points`, read
+  as they are by :func:`stand_in_candidate`, the same candidate their body gave): their
   archives are retired like any other, and their point is taken out of the VM's
   ProtectedVM (:func:`~vmguard.controller.kube.points.remove_point`) instead of an
   object being deleted. A pruned VMGuardBackup's point goes out with it.
@@ -63,6 +64,7 @@ from vmguard.controller.kube.handlers import Announce
 from vmguard.controller.kube.kubeapi import KubeAPI
 from vmguard.controller.kube.refs import RefusedReference, get_referenced
 from vmguard.controller.kube.schedule import zone
+from vmguard.controller.policy.history import history_fields
 from vmguard.errors import ConfigError, VmguardError
 from vmguard.store.prune import RetentionPolicy, retire_archive, select_retained
 
@@ -70,7 +72,7 @@ CONDITION = "Retention"
 LISTED = 10  # events (and names in a message) per pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A Completed VMGuardBackup of the policy, as retention sees it."""
 
@@ -149,15 +151,101 @@ def candidate(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> Candidate | 
     )
 
 
-def plan(policy: Mapping[str, Any], backups: Iterable[Mapping[str, Any]]) -> Plan:
-    """Pure: what the policy keeps and prunes. ConfigError when it keeps nothing or its
-    time zone is unknown (then nothing is pruned)."""
+@dataclass(frozen=True, slots=True)
+class _PolicyDefaults:
+    """What :func:`candidate` reads of the policy for every stand-in: read once a plan."""
+
+    name: str
+    repository: str
+    across: str
+    vcenter: str
+
+    @classmethod
+    def of(cls, policy: Mapping[str, Any]) -> _PolicyDefaults:
+        pspec = policy.get("spec") or {}
+        ref = pspec.get("repositoryRef") or {}
+        return cls(
+            policy["metadata"]["name"],
+            ref.get("name", ""),
+            ref.get("namespace") or "",
+            (pspec.get("vcenterRef") or {}).get("name", ""),
+        )
+
+
+def pass_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a VMGuardBackup a policy's pass reads when the policy copies nothing
+    and verifies nothing on a schedule (pure): those of
+    :func:`~.history.history_fields` (the history, the expired points, a verification
+    in flight) and those :func:`candidate` reads besides. A pass over a policy's runs
+    keeps this of each page: at 5,000 VMs a run is ≈ 9 KB as a dict, mostly its disks,
+    conditions and managed fields, and the default policy's pass held 1,250 of them."""
+    out = history_fields(obj)
+    meta, spec, status = obj.get("metadata") or {}, backup_spec(obj), backup_status(obj)
+    meta_out, spec_out, status_out = out["metadata"], out["spec"], out["status"]
+    meta_out["uid"] = meta.get("uid", "")
+    annotations = meta.get("annotations") or {}
+    for key in (ANNOTATION_VM_NAME, points.STAND_IN):
+        if key in annotations:
+            meta_out["annotations"][key] = annotations[key]
+    if "vm" in spec:
+        spec_out["vm"]["name"] = spec["vm"].get("name")
+    for key in ("startTime", "repository", "repositoryNamespace", "vcenter"):
+        status_out[key] = status.get(key)
+    status_out["snapshot"] = {"createTime": (status.get("snapshot") or {}).get("createTime")}
+    status_out["vm"] = {"name": (status.get("vm") or {}).get("name")}
+    return out
+
+
+def stand_in_candidate(
+    stand_in: points.StandIn, policy: Mapping[str, Any] | _PolicyDefaults
+) -> Candidate | None:
+    """What :func:`candidate` makes of the stand-in's body
+    (:func:`~vmguard.controller.kube.points.stand_in_body`), read from the point itself:
+    no body is built, the time is parsed once (``StandIn.at``)."""
+    key, point = stand_in.key, stand_in.point
+    of = policy if isinstance(policy, _PolicyDefaults) else _PolicyDefaults.of(policy)
+    # The body names the point's policy only when it has one; its archive is never "".
+    if not point.policy or point.policy != of.name or not point.archive_id:
+        return None
+    if stand_in.at is None:
+        return None
+    repository = point.repository or of.repository
+    # The body carries no repositoryNamespace (candidate() reads the policy's then).
+    across = of.across if not point.repository else ""
+    if across and across != key.namespace:
+        repository = f"{across}/{repository}"
+    return Candidate(
+        name=stand_in.name,
+        uid="",
+        vm=stand_in.vm,
+        vcenter=key.vcenter or of.vcenter,
+        vm_name=stand_in.vm,  # the body names the VM by its instance UUID alone
+        archive_id=point.archive_id,
+        repository=repository,
+        time=stand_in.at,
+        stand_in=True,
+    )
+
+
+def plan(
+    policy: Mapping[str, Any],
+    backups: Iterable[Mapping[str, Any]],
+    expired: Iterable[points.StandIn] = (),
+) -> Plan:
+    """Pure: what the policy keeps and prunes of ``backups`` and of the expired runs'
+    points ``expired`` (as their stand-in bodies would be). ConfigError when it keeps
+    nothing or its time zone is unknown (then nothing is pruned)."""
     spec = policy.get("spec") or {}
     rules = retention_policy(spec)
     tz: ZoneInfo = zone((spec.get("schedule") or {}).get("timeZone") or "UTC")
     by_vm: dict[str, list[Candidate]] = defaultdict(list)
     for obj in backups:
         c = candidate(obj, policy)
+        if c is not None:
+            by_vm[c.vm].append(c)
+    defaults = _PolicyDefaults.of(policy)
+    for stand_in in expired:
+        c = stand_in_candidate(stand_in, defaults)
         if c is not None:
             by_vm[c.vm].append(c)
     out = Plan()
@@ -190,11 +278,13 @@ class Retention:
         announce: Announce,
         now: dt.datetime,
         hold: Collection[str] = (),
+        expired: Iterable[points.StandIn] = (),
     ) -> set[str]:
-        """One pass; returns the names of the VMGuardBackups deleted. ``hold``: backups
-        not pruned yet although retention would (their copies are not made yet)."""
+        """One pass over ``backups`` and the expired runs' points ``expired``; returns the
+        names of the VMGuardBackups (and stand-ins) deleted. ``hold``: backups not pruned
+        yet although retention would (their copies are not made yet)."""
         try:
-            chosen = plan(policy, backups)
+            chosen = plan(policy, backups, expired)
         except ConfigError as exc:
             self.problem = ("RetentionInvalid", f"{exc}; pruning nothing")
             return set()

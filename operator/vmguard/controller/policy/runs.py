@@ -33,7 +33,7 @@ Rules (docs/resource-model.md, "Schedules"):
   state is written into its ProtectedVM (``status.rpo``, ``WithinRPO``) when it changes.
 
 - **A pass whose inputs did not change skips its work** (the part that reads the
-  policy's runs and its VMs' points, builds a stand-in per point and a history, and
+  policy's runs and its VMs' points, takes a stand-in per point and a history, and
   applies retention, copies, scheduled verifications, status and RPO states): its runs,
   the namespace's ProtectedVMs and policies' specs (counted as kopf's watches see them
   change, ``inputs``), the vCenter's latest sweep, the policy's spec and what the
@@ -90,7 +90,7 @@ from vmguard.controller.policy import copying, judgement, verifying
 from vmguard.controller.policy.builders import build_vmbackup, run_label
 from vmguard.controller.policy.copying import Copier, awaiting_copy
 from vmguard.controller.policy.history import BackupHistory
-from vmguard.controller.policy.retention import Retention
+from vmguard.controller.policy.retention import Retention, pass_fields
 from vmguard.errors import RetryableError, ScheduleError, VmguardError
 from vmguard.metrics import Metrics, PolicyVM
 from vmguard.vsphere.records import VMRecord
@@ -400,10 +400,14 @@ class PolicyRunner:
         states. Run under the namespace's one-pass lock; returns when the next
         scheduled verification is due (:meth:`verify_on_schedule`)."""
         meta = policy["metadata"]
-        backups = await self.history_objects(meta["namespace"], meta["name"])
+        # Copies and scheduled verifications read whole bodies, the stand-ins' too (their
+        # copies, their verifications); history and retention read a few fields of a run
+        # and the points as they are: a policy that copies and verifies nothing keeps
+        # only those of its runs and builds no body per point.
+        whole = assessment.copies is not None or assessment.verification is not None
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"], whole)
         # A stand-in (an expired run's point) carries its point's copies, but no copy
         # is started for it any more (copying.py): only runs are held for their copies.
-        runs = [b for b in backups if not points.is_stand_in(b)]
         hold = (
             awaiting_copy(policy, assessment.copies.targets, runs)
             if assessment.copies is not None
@@ -414,15 +418,21 @@ class PolicyRunner:
             b["metadata"]["name"] for b in runs if verifications.in_flight(b.get("status") or {})
         }
         pruned = await self.retention.apply(
-            self.api, policy, backups, self.announce, real_now, hold
+            self.api, policy, runs, self.announce, real_now, hold, expired
         )
         if pruned:  # their points left the ProtectedVMs
             self.protected_vms.forget(meta["namespace"])
-        backups = [b for b in backups if b["metadata"]["name"] not in pruned]
+            runs = [b for b in runs if b["metadata"]["name"] not in pruned]
+            expired = [s for s in expired if s.name not in pruned]
+        backups = runs
+        if whole:
+            backups = runs + [points.stand_in_body(s) for s in expired]
         if self.copier is not None and assessment.copies is not None:
             await self.copier.apply(policy, assessment.copies.targets, backups)
         verify_at = await self.verify_on_schedule(policy, assessment, backups, now)
-        await self.refresh_status(policy, assessment, view, now, real_now, backups)
+        history = BackupHistory.of_policy(runs, meta["name"], expired)
+        del expired  # the history holds what it needs of them
+        await self.refresh_status(policy, assessment, view, now, real_now, backups, history)
         return verify_at
 
     async def verify_on_schedule(
@@ -451,22 +461,35 @@ class PolicyRunner:
             )
         return sched.next_after(now)
 
-    async def history_objects(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The policy's VMGuardBackups, and a stand-in for each point made under the
-        policy whose backup run expired (:func:`~vmguard.controller.kube.points.stand_ins`;
-        the ProtectedVMs from the operator's shared reader,
+    async def history_objects(
+        self, namespace: str, name: str, whole: bool = True
+    ) -> tuple[list[dict[str, Any]], list[points.StandIn]]:
+        """The policy's VMGuardBackups (whole, or only what history and retention read of
+        them: :func:`.retention.pass_fields`, page by page), and each point made under the
+        policy whose backup run expired
+        (:func:`~vmguard.controller.kube.points.expired_points`, standing in for a
+        Completed backup; the ProtectedVMs from the operator's shared reader,
         :mod:`~vmguard.controller.kube.held`)."""
-        backups = await self.api.list_objects(BACKUP.plural, namespace, f"{LABEL_POLICY}={name}")
+        selector = f"{LABEL_POLICY}={name}"
+        if whole:
+            backups = await self.api.list_objects(BACKUP.plural, namespace, selector)
+        else:
+            backups = [
+                pass_fields(b)
+                async for page in self.api.list_pages(BACKUP.plural, namespace, selector)
+                for b in page
+            ]
         held = await self.protected_vms.read(self.api, namespace)
         self.held = held
-        return backups + points.stand_ins(held, backups, policy=name)
+        return backups, points.expired_points(held, backups, policy=name)
 
     async def start_run(
         self, policy: dict[str, Any], jitter: float, run: dt.datetime, view: SweepView
     ) -> None:
         meta = policy["metadata"]
-        backups = await self.history_objects(meta["namespace"], meta["name"])
-        history = BackupHistory.of_policy(backups, meta["name"])
+        runs, expired = await self.history_objects(meta["namespace"], meta["name"], False)
+        history = BackupHistory.of_policy(runs, meta["name"], expired)
+        del runs, expired
         todo, skipped = plan_run(policy, jitter, run, view.vms_of(meta["name"]), history)
         self.last_schedule = run
         await self.api.patch_status(
@@ -530,11 +553,13 @@ class PolicyRunner:
         now: dt.datetime,
         real_now: dt.datetime,
         backups: list[dict[str, Any]],
+        history: BackupHistory,
     ) -> None:
-        """``now`` on the schedule line, ``real_now`` the clock's (module docstring)."""
+        """``now`` on the schedule line, ``real_now`` the clock's (module docstring).
+        ``history``: the policy's, of its runs and expired points; ``backups``: the
+        bodies the copy lag reads (with the stand-ins' when the policy copies)."""
         meta = policy["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        history = BackupHistory.of_policy(backups, name)
         self.rpo_due = None
         others = await self.api.list_objects(POLICY.plural, namespace)
         clashes = judgement.conflicts(policy, others, view)
