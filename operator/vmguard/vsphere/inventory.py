@@ -1,26 +1,44 @@
-"""Inventory discovery: every VM in one paged sweep, as typed :class:`VMRecord` objects.
+"""Inventory discovery: every VM in one sweep, as typed :class:`VMRecord` objects.
 
-A sweep costs a fixed handful of round trips, whatever the number of VMs:
+A sweep costs a fixed handful of round trips plus one per :data:`PAGE` VMs:
 
 1. one ContainerView + PropertyCollector pass over the *containers* (folders,
    datacenters, clusters, hosts, resource pools, datastores, networks) fetching only
    ``name`` and ``parent``: every inventory path (``/DC0/vm/Production/Web``) is then
    resolved in memory, never by walking parents VM by VM;
-2. one pass over the VMs fetching only the properties a record needs
-   (:data:`VM_PROPERTIES`), in pages of :data:`PAGE` objects;
-3. the custom attribute definitions (one property of the CustomFieldsManager);
-4. tags, optionally, through the vSphere Automation REST API (:mod:`.tags`), passed in
+2. the custom attribute definitions (one property of the CustomFieldsManager);
+3. the list of every VM: the ``view`` property of a ContainerView of VMs, morefs only;
+4. the properties a record needs (:data:`VM_PROPERTIES`) of those VMs, in chunks of
+   :data:`PAGE` named explicitly, :data:`IN_FLIGHT` requests at a time;
+5. tags, optionally, through the vSphere Automation REST API (:mod:`.tags`), passed in
    as a map so that discovery itself stays one SOAP conversation.
+
+Why chunks rather than one paged pass: a paged retrieval is strictly sequential (each
+ContinueRetrievePropertiesEx needs the token out of the previous response), so the
+vCenter's generation of a page never overlapped our decoding of the one before, and a
+sweep of 5,000 VMs cost their sum. Chunks named by moref are independent requests: while
+one thread decodes a chunk (pyVmomi's decoding holds the GIL), the vCenter generates the
+next, and a sweep costs about the larger of the two. pyVmomi's SoapStubAdapter is safe
+for concurrent calls: each takes an HTTP connection of its own from the stub's pool.
 
 Invariants: records hold no pyVmomi object; a VM whose properties are partly missing
 (vCenter omits unset ones) still yields a record with defaults; names are the names
-vSphere shows (``%2f`` for a slash stays as it is).
+vSphere shows (``%2f`` for a slash stays as it is). A sweep's records are those of the
+VMs listed in step 3, whatever their chunk: the same records one paged pass over the
+ContainerView gives (tests/vsphere/test_discovery_chunks.py), sorted by name and moref.
+A VM destroyed between the listing and its chunk's retrieval is simply absent: vSphere
+refuses a retrieval that names a missing object (ManagedObjectNotFound, naming it), and
+the chunk is asked again without it; a fault that names no VM of the chunk fails the
+sweep. A VM created after the listing is not in this sweep; the next one sees it.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +53,7 @@ from vmguard.vsphere.records import (
 )
 
 PAGE = 500
+IN_FLIGHT = 2
 
 VM_PROPERTIES = [
     "name",
@@ -311,16 +330,98 @@ def record_from_properties(
     )
 
 
+def vm_objects(si: vim.ServiceInstance) -> list[Any]:
+    """Every VM and template, as managed objects and no property: the ``view`` of one
+    ContainerView, read in one round trip."""
+    content = si.RetrieveContent()
+    assert content.viewManager is not None, "a vCenter always has a ViewManager"
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return list(view.view)
+    finally:
+        view.Destroy()
+
+
+def _retrieve_chunk(
+    pc: vmodl.query.PropertyCollector, vms: Sequence[vim.VirtualMachine], props: Sequence[str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The properties of ``vms``, less those that no longer exist: vSphere refuses a
+    retrieval naming a missing object (ManagedObjectNotFound, the object in the fault),
+    so the chunk is asked again without it."""
+    q = vmodl.query.PropertyCollector
+    wanted = list(vms)
+    while True:
+        spec = q.FilterSpec(
+            objectSet=[q.ObjectSpec(obj=vm) for vm in wanted],
+            propSet=[q.PropertySpec(type=vim.VirtualMachine, pathSet=list(props))],
+        )
+        try:
+            result = pc.RetrievePropertiesEx([spec], q.RetrieveOptions(maxObjects=len(wanted)))
+            break
+        except vmodl.fault.ManagedObjectNotFound as fault:
+            gone = moid(fault.obj)
+            rest = [vm for vm in wanted if moid(vm) != gone]
+            if len(rest) == len(wanted):  # not one of ours: a fault to report
+                raise
+            if not rest:
+                return []
+            wanted = rest
+    out: list[tuple[Any, dict[str, Any]]] = []
+    while result:
+        out.extend((o.obj, {p.name: p.val for p in o.propSet or ()}) for o in result.objects)
+        if not result.token:
+            break
+        result = pc.ContinueRetrievePropertiesEx(result.token)
+    return out
+
+
+def retrieve_vms(
+    si: vim.ServiceInstance,
+    props: Sequence[str],
+    page: int = PAGE,
+    in_flight: int = IN_FLIGHT,
+    listed: Callable[[Sequence[str]], None] | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(vm, {property: value})`` of every VM and template, in the order of the listing."""
+    vms = vm_objects(si)
+    if listed is not None:
+        listed([moid(vm) for vm in vms])
+    pc = si.RetrieveContent().propertyCollector
+    chunks = iter([vms[i : i + page] for i in range(0, len(vms), page)])
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="vmguard-sweep") as pool:
+        pending = deque(
+            pool.submit(_retrieve_chunk, pc, chunk, props)
+            for chunk in itertools.islice(chunks, in_flight)
+        )
+        try:
+            while pending:
+                found = pending.popleft().result()
+                for chunk in itertools.islice(chunks, 1):
+                    pending.append(pool.submit(_retrieve_chunk, pc, chunk, props))
+                yield from found
+                del found
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def discover(
-    si: vim.ServiceInstance, tags: Mapping[str, Sequence[str]] | None = None
+    si: vim.ServiceInstance,
+    tags: Mapping[str, Sequence[str]] | None = None,
+    *,
+    page: int = PAGE,
+    in_flight: int = IN_FLIGHT,
+    listed: Callable[[Sequence[str]], None] | None = None,
 ) -> list[VMRecord]:
-    """Every VM and template, sorted by name; ``tags`` maps a VM moref to "cat:tag"s."""
+    """Every VM and template, sorted by name; ``tags`` maps a VM moref to "cat:tag"s.
+    ``page`` VMs per request, ``in_flight`` requests at a time; ``listed`` is called
+    with the listed morefs before any VM's properties are read."""
     tree = InventoryTree(si)
     fields = custom_field_names(si)
     tags = tags or {}
     records = [
         record_from_properties(moid(obj), p, tree, fields, tags.get(moid(obj), ()))
-        for obj, p in retrieve(si, [vim.VirtualMachine], {vim.VirtualMachine: VM_PROPERTIES})
+        for obj, p in retrieve_vms(si, VM_PROPERTIES, page, in_flight, listed)
     ]
     return sorted(records, key=lambda vm: (vm.name, vm.moref))
 
