@@ -382,7 +382,11 @@ def retrieve_vms(
     in_flight: int = IN_FLIGHT,
     listed: Callable[[Sequence[str]], None] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """``(vm, {property: value})`` of every VM and template, in the order of the listing."""
+    """``(vm, {property: value})`` of every VM and template, in the order of the listing.
+    At most ``in_flight`` chunks are held at a time, counting the one the caller is
+    consuming: the next chunk is asked for once that one is consumed, so a sweep holds
+    no more of pyVmomi's objects than a paged pass did (the page being read and the
+    page being decoded) with the default of 2."""
     vms = vm_objects(si)
     if listed is not None:
         listed([moid(vm) for vm in vms])
@@ -396,10 +400,10 @@ def retrieve_vms(
         try:
             while pending:
                 found = pending.popleft().result()
-                for chunk in itertools.islice(chunks, 1):
-                    pending.append(pool.submit(_retrieve_chunk, pc, chunk, props))
                 yield from found
                 del found
+                for chunk in itertools.islice(chunks, 1):
+                    pending.append(pool.submit(_retrieve_chunk, pc, chunk, props))
         finally:
             for future in pending:
                 future.cancel()
