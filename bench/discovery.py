@@ -29,6 +29,7 @@ import secrets
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyVmomi import vim
@@ -74,6 +75,20 @@ def _one_pass(si: vim.ServiceInstance, tags: dict[str, tuple[str, ...]]) -> list
     return sorted(records, key=lambda vm: (vm.name, vm.moref))
 
 
+def _one_pass_timed(ep: Endpoint, pid: int) -> None:
+    """A sweep as one paged pass (tags left out), its wall and CPU times printed."""
+    t0, cpu, sim_cpu = time.perf_counter(), trim.process_cpu(), _cpu_of(pid)
+    si = connect(ep)
+    records = _one_pass(si, {})
+    wall = time.perf_counter() - t0
+    cpu, sim_cpu = trim.process_cpu() - cpu, _cpu_of(pid) - sim_cpu
+    disconnect(si)
+    print(
+        f"{'1-pass':>7} {len(records):7} {'':7} {wall:7.2f} {'':7} {'':7} {'':7} {'':12} "
+        f"{'':10} {cpu:7.2f} {sim_cpu:9.2f} {os.getloadavg()[0]:5.1f}"
+    )
+
+
 def _policies() -> list[PolicyRef]:
     return [
         PolicyRef("gold", "vc", 10, selector=Selector.from_spec({"tags": [{"name": "gold"}]})),
@@ -103,9 +118,17 @@ def main() -> None:
         "--in-flight", type=int, help="requests at a time (default: discover's own)"
     )
     parser.add_argument(
-        "--malloc-as-operator",
+        "--as-operator",
         action="store_true",
-        help="glibc's mmap threshold and arena cap as the operator sets them (kube/trim.py)",
+        help="glibc's mmap threshold and arena cap as the operator sets them (kube/trim.py),"
+        " and the sweep in a thread of its own, as the operator's sweeper runs it",
+    )
+    parser.add_argument("--page", type=int, help="VMs per request (default: discover's own)")
+    parser.add_argument(
+        "--one-pass-too",
+        action="store_true",
+        help="each round also sweeps as one paged pass (how discovery read VMs before the"
+        " chunks), before the round's sweep in odd rounds and after it in even ones",
     )
     parser.add_argument(
         "--check",
@@ -116,8 +139,10 @@ def main() -> None:
     # Passed only when asked for: the same script then runs a tree whose discover() has
     # no such parameter (PYTHONPATH=<other tree>/operator, for before/after runs).
     options = {} if args.in_flight is None else {"in_flight": args.in_flight}
+    if args.page is not None:
+        options["page"] = args.page
     print(f"vmguard from {Path(vmguard.__file__).parent}")
-    if args.malloc_as_operator:
+    if args.as_operator:
         print(f"malloc tuned as the operator's: {trim.tune()}")
     binary = build.ensure_built(LabPaths.default(), only=("vsphere",))["vmguard-vcsim"]
     user, password = "bench@vsphere.local", secrets.token_urlsafe(12)
@@ -144,13 +169,19 @@ def main() -> None:
                 + f" {'load':>5}"
             )
             for n in range(args.rounds):
+                if args.one_pass_too and n % 2 == 0:
+                    _one_pass_timed(ep, proc.pid)
                 t0, cpu, sim_cpu = time.perf_counter(), trim.process_cpu(), _cpu_of(proc.pid)
                 si = connect(ep)
                 with TagClient(ep) as tags:
                     t1 = time.perf_counter()
                     vm_tags = tags.vm_tags()
                 t2 = time.perf_counter()
-                records = discover(si, vm_tags, **options)
+                if args.as_operator:
+                    with ThreadPoolExecutor(1) as thread:
+                        records = thread.submit(discover, si, vm_tags, **options).result()
+                else:
+                    records = discover(si, vm_tags, **options)
                 t3 = time.perf_counter()
                 cpu, sim_cpu = trim.process_cpu() - cpu, _cpu_of(proc.pid) - sim_cpu
                 result = assign(records, _policies(), "vc")
@@ -164,6 +195,8 @@ def main() -> None:
                     f"{_rss_mib() - baseline:10.0f} {cpu:7.2f} {sim_cpu:9.2f} "
                     f"{os.getloadavg()[0]:5.1f}"
                 )
+                if args.one_pass_too and n % 2 == 1:
+                    _one_pass_timed(ep, proc.pid)
                 if args.check and n + 1 == args.rounds:
                     si = connect(ep)
                     same = records == _one_pass(si, vm_tags)
