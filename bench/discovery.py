@@ -123,7 +123,7 @@ def main() -> None:
         help="glibc's mmap threshold and arena cap as the operator sets them (kube/trim.py),"
         " and the sweep in a thread of its own, as the operator's sweeper runs it",
     )
-    parser.add_argument("--page", type=int, help="VMs per request (default: discover's own)")
+    parser.add_argument("--chunk", type=int, help="VMs per request (default: discover's own)")
     parser.add_argument(
         "--one-pass-too",
         action="store_true",
@@ -139,8 +139,8 @@ def main() -> None:
     # Passed only when asked for: the same script then runs a tree whose discover() has
     # no such parameter (PYTHONPATH=<other tree>/operator, for before/after runs).
     options = {} if args.in_flight is None else {"in_flight": args.in_flight}
-    if args.page is not None:
-        options["page"] = args.page
+    if args.chunk is not None:
+        options["chunk"] = args.chunk
     print(f"vmguard from {Path(vmguard.__file__).parent}")
     if args.as_operator:
         print(f"malloc tuned as the operator's: {trim.tune()}")

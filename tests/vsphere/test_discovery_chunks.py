@@ -28,7 +28,7 @@ from vmguard.vsphere.session import Endpoint, connect, disconnect
 pytestmark = pytest.mark.lab
 
 VMS = 23  # with the template, 24: five chunks of 5, the last one short
-PAGE = 5
+CHUNK = 5
 
 
 @pytest.fixture
@@ -60,11 +60,11 @@ def _destroy(si: vim.ServiceInstance, moref: str) -> None:
 def test_chunks_give_the_records_of_one_pass(si: vim.ServiceInstance) -> None:
     want = _one_pass(si)
     assert len(want) == VMS + 1
-    assert discover(si, page=PAGE, in_flight=3) == want
+    assert discover(si, chunk=CHUNK, in_flight=3) == want
 
 
 def test_a_vm_destroyed_after_the_listing_is_absent(si: vim.ServiceInstance) -> None:
-    before = discover(si, page=PAGE)
+    before = discover(si, chunk=CHUNK)
     gone: list[str] = []
 
     def destroy_some(listed: Sequence[str]) -> None:
@@ -74,7 +74,7 @@ def test_a_vm_destroyed_after_the_listing_is_absent(si: vim.ServiceInstance) -> 
         for moref in gone:
             _destroy(si, moref)
 
-    after = discover(si, page=PAGE, listed=destroy_some)
+    after = discover(si, chunk=CHUNK, listed=destroy_some)
     assert len(gone) == 3 and len(after) == VMS + 1 - 3
     assert after == [r for r in before if r.moref not in gone]
     assert after == _one_pass(si)

@@ -1,6 +1,6 @@
 """Inventory discovery: every VM in one sweep, as typed :class:`VMRecord` objects.
 
-A sweep costs a fixed handful of round trips plus one per :data:`PAGE` VMs:
+A sweep costs a fixed handful of round trips plus one per :data:`CHUNK` VMs:
 
 1. one ContainerView + PropertyCollector pass over the *containers* (folders,
    datacenters, clusters, hosts, resource pools, datastores, networks) fetching only
@@ -9,7 +9,7 @@ A sweep costs a fixed handful of round trips plus one per :data:`PAGE` VMs:
 2. the custom attribute definitions (one property of the CustomFieldsManager);
 3. the list of every VM: the ``view`` property of a ContainerView of VMs, morefs only;
 4. the properties a record needs (:data:`VM_PROPERTIES`) of those VMs, in chunks of
-   :data:`PAGE` named explicitly, :data:`IN_FLIGHT` requests at a time;
+   :data:`CHUNK` named explicitly, :data:`IN_FLIGHT` requests at a time;
 5. tags, optionally, through the vSphere Automation REST API (:mod:`.tags`), passed in
    as a map so that discovery itself stays one SOAP conversation.
 
@@ -53,6 +53,9 @@ from vmguard.vsphere.records import (
 )
 
 PAGE = 500
+# VMs per request of a sweep, and requests at a time: 2 chunks of 250 hold fewer of
+# pyVmomi's objects at once than the two pages of 500 a paged pass held (docs/scale.md).
+CHUNK = 250
 IN_FLIGHT = 2
 
 VM_PROPERTIES = [
@@ -378,32 +381,31 @@ def _retrieve_chunk(
 def retrieve_vms(
     si: vim.ServiceInstance,
     props: Sequence[str],
-    page: int = PAGE,
+    chunk: int = CHUNK,
     in_flight: int = IN_FLIGHT,
     listed: Callable[[Sequence[str]], None] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """``(vm, {property: value})`` of every VM and template, in the order of the listing.
     At most ``in_flight`` chunks are held at a time, counting the one the caller is
-    consuming: the next chunk is asked for once that one is consumed, so a sweep holds
-    no more of pyVmomi's objects than a paged pass did (the page being read and the
-    page being decoded) with the default of 2."""
+    consuming: the next chunk is asked for once that one is consumed (a paged pass held
+    two pages of 500: the one being consumed and the one being decoded)."""
     vms = vm_objects(si)
     if listed is not None:
         listed([moid(vm) for vm in vms])
     pc = si.RetrieveContent().propertyCollector
-    chunks = iter([vms[i : i + page] for i in range(0, len(vms), page)])
+    chunks = iter([vms[i : i + chunk] for i in range(0, len(vms), chunk)])
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="vmguard-sweep") as pool:
         pending = deque(
-            pool.submit(_retrieve_chunk, pc, chunk, props)
-            for chunk in itertools.islice(chunks, in_flight)
+            pool.submit(_retrieve_chunk, pc, part, props)
+            for part in itertools.islice(chunks, in_flight)
         )
         try:
             while pending:
                 found = pending.popleft().result()
                 yield from found
                 del found
-                for chunk in itertools.islice(chunks, 1):
-                    pending.append(pool.submit(_retrieve_chunk, pc, chunk, props))
+                for part in itertools.islice(chunks, 1):
+                    pending.append(pool.submit(_retrieve_chunk, pc, part, props))
         finally:
             for future in pending:
                 future.cancel()
@@ -413,19 +415,19 @@ def discover(
     si: vim.ServiceInstance,
     tags: Mapping[str, Sequence[str]] | None = None,
     *,
-    page: int = PAGE,
+    chunk: int = CHUNK,
     in_flight: int = IN_FLIGHT,
     listed: Callable[[Sequence[str]], None] | None = None,
 ) -> list[VMRecord]:
     """Every VM and template, sorted by name; ``tags`` maps a VM moref to "cat:tag"s.
-    ``page`` VMs per request, ``in_flight`` requests at a time; ``listed`` is called
+    ``chunk`` VMs per request, ``in_flight`` requests at a time; ``listed`` is called
     with the listed morefs before any VM's properties are read."""
     tree = InventoryTree(si)
     fields = custom_field_names(si)
     tags = tags or {}
     records = [
         record_from_properties(moid(obj), p, tree, fields, tags.get(moid(obj), ()))
-        for obj, p in retrieve_vms(si, VM_PROPERTIES, page, in_flight, listed)
+        for obj, p in retrieve_vms(si, VM_PROPERTIES, chunk, in_flight, listed)
     ]
     return sorted(records, key=lambda vm: (vm.name, vm.moref))
 
