@@ -18,8 +18,12 @@ ContinueRetrievePropertiesEx needs the token out of the previous response), so t
 vCenter's generation of a page never overlapped our decoding of the one before, and a
 sweep of 5,000 VMs cost their sum. Chunks named by moref are independent requests: while
 one thread decodes a chunk (pyVmomi's decoding holds the GIL), the vCenter generates the
-next, and a sweep costs about the larger of the two. pyVmomi's SoapStubAdapter is safe
-for concurrent calls: each takes an HTTP connection of its own from the stub's pool.
+next, and with a core free for the vCenter a sweep costs about the larger of the two.
+pyVmomi decodes inside the call that reads the response, so two chunks that arrive
+together are decoded side by side and contend for the GIL: on the lab's two cores,
+shared with the simulator, that ate the gain (docs/scale.md, "The sweep in chunks").
+pyVmomi's SoapStubAdapter is safe for concurrent calls: each takes an HTTP connection of
+its own from the stub's pool.
 
 Invariants: records hold no pyVmomi object; a VM whose properties are partly missing
 (vCenter omits unset ones) still yields a record with defaults; names are the names
