@@ -48,6 +48,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from vmguard.vsphere import prefetch
 from vmguard.vsphere.records import (
     DiskRecord,
     NicRecord,
@@ -349,23 +350,40 @@ def vm_objects(si: vim.ServiceInstance) -> list[Any]:
         view.Destroy()
 
 
-def _retrieve_chunk(
-    pc: vmodl.query.PropertyCollector, vms: Sequence[vim.VirtualMachine], props: Sequence[str]
-) -> list[tuple[Any, dict[str, Any]]]:
-    """The properties of ``vms``, less those that no longer exist: vSphere refuses a
-    retrieval naming a missing object (ManagedObjectNotFound, the object in the fault),
-    so the chunk is asked again without it."""
+def _chunk_spec(vms: Sequence[Any], props: Sequence[str]) -> Any:
     q = vmodl.query.PropertyCollector
+    return q.FilterSpec(
+        objectSet=[q.ObjectSpec(obj=vm) for vm in vms],
+        propSet=[q.PropertySpec(type=vim.VirtualMachine, pathSet=list(props))],
+    )
+
+
+def _fetch_chunk(pc: Any, vms: Sequence[Any], props: Sequence[str]) -> prefetch.Fetched:
+    options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=len(vms))
+    return prefetch.fetch(pc, [_chunk_spec(vms, props)], options)
+
+
+def _retrieve_chunk(
+    pc: Any,
+    vms: Sequence[Any],
+    props: Sequence[str],
+    fetched: prefetch.Fetched | None = None,
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The properties of ``vms`` (``fetched``: the first answer, read already), less
+    those that no longer exist: vSphere refuses a retrieval naming a missing object
+    (ManagedObjectNotFound, the object in the fault), so the chunk is asked again
+    without it."""
     wanted = list(vms)
     while True:
-        spec = q.FilterSpec(
-            objectSet=[q.ObjectSpec(obj=vm) for vm in wanted],
-            propSet=[q.PropertySpec(type=vim.VirtualMachine, pathSet=list(props))],
-        )
         try:
-            result = pc.RetrievePropertiesEx([spec], q.RetrieveOptions(maxObjects=len(wanted)))
+            if fetched is not None:
+                result = prefetch.decode(pc, fetched)
+            else:
+                options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=len(wanted))
+                result = pc.RetrievePropertiesEx([_chunk_spec(wanted, props)], options)
             break
         except vmodl.fault.ManagedObjectNotFound as fault:
+            fetched = None
             gone = moid(fault.obj)
             rest = [vm for vm in wanted if moid(vm) != gone]
             if len(rest) == len(wanted):  # not one of ours: a fault to report
@@ -390,9 +408,10 @@ def retrieve_vms(
     listed: Callable[[Sequence[str]], None] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """``(vm, {property: value})`` of every VM and template, in the order of the listing.
-    At most ``in_flight`` chunks are held at a time, counting the one the caller is
-    consuming: the next chunk is asked for once that one is consumed (a paged pass held
-    two pages of 500: the one being consumed and the one being decoded)."""
+    Up to ``in_flight`` chunks are asked for and read in a pool's threads; each is decoded
+    here, one at a time (:mod:`.prefetch`), and the next is asked for once the one
+    decoded last is consumed: at most one chunk's objects and ``in_flight`` responses'
+    bytes are held at a time."""
     vms = vm_objects(si)
     if listed is not None:
         listed([moid(vm) for vm in vms])
@@ -400,18 +419,20 @@ def retrieve_vms(
     chunks = iter([vms[i : i + chunk] for i in range(0, len(vms), chunk)])
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="vmguard-sweep") as pool:
         pending = deque(
-            pool.submit(_retrieve_chunk, pc, part, props)
+            (part, pool.submit(_fetch_chunk, pc, part, props))
             for part in itertools.islice(chunks, in_flight)
         )
         try:
             while pending:
-                found = pending.popleft().result()
+                part, future = pending.popleft()
+                found = _retrieve_chunk(pc, part, props, future.result())
+                del future
                 yield from found
                 del found
                 for part in itertools.islice(chunks, 1):
-                    pending.append(pool.submit(_retrieve_chunk, pc, part, props))
+                    pending.append((part, pool.submit(_fetch_chunk, pc, part, props)))
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
 
