@@ -17,13 +17,13 @@ Why chunks rather than one paged pass: a paged retrieval is strictly sequential 
 ContinueRetrievePropertiesEx needs the token out of the previous response), so the
 vCenter's generation of a page never overlapped our decoding of the one before, and a
 sweep of 5,000 VMs cost their sum. Chunks named by moref are independent requests: while
-one thread decodes a chunk (pyVmomi's decoding holds the GIL), the vCenter generates the
-next, and with a core free for the vCenter a sweep costs about the larger of the two.
-pyVmomi decodes inside the call that reads the response, so two chunks that arrive
-together are decoded side by side and contend for the GIL: on the lab's two cores,
-shared with the simulator, that ate the gain (docs/scale.md, "The sweep in chunks").
-pyVmomi's SoapStubAdapter is safe for concurrent calls: each takes an HTTP connection of
-its own from the stub's pool.
+the sweep's thread decodes a chunk (pyVmomi's decoding holds the GIL), a pool's threads
+send the next requests and read their answers, and the vCenter generates them: a sweep
+costs about the larger of our decoding and the vCenter's generation. Chunks are decoded
+one at a time, in the sweep's thread (:mod:`.prefetch`): pyVmomi decodes inside the call
+that reads the response, and two chunks decoded side by side contended for the GIL and
+ate the gain (docs/scale.md, "The sweep in chunks"). The stub is safe for concurrent
+calls: each takes an HTTP connection of its own from the stub's pool.
 
 Invariants: records hold no pyVmomi object; a VM whose properties are partly missing
 (vCenter omits unset ones) still yields a record with defaults; names are the names
