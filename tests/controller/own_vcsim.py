@@ -36,7 +36,16 @@ def own_vcsim(
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         ready = state / "ready.json"
-        eventually(lambda: ready.exists() or None, timeout=ready_timeout, what="the simulator")
+
+        def started() -> bool | None:
+            # A simulator that exits (a port taken between free_port and its bind, say)
+            # fails the test now, with its log, not after the whole timeout.
+            if proc.poll() is not None:
+                log_tail = (state / "vcsim.log").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"the simulator exited ({proc.returncode}): {log_tail}")
+            return ready.exists() or None
+
+        eventually(started, timeout=ready_timeout, what="the simulator")
         info = json.loads(ready.read_text())
         info.update(user=user, password=password, pid=proc.pid)
         yield info

@@ -1,31 +1,54 @@
-"""Inventory discovery: every VM in one paged sweep, as typed :class:`VMRecord` objects.
+"""Inventory discovery: every VM in one sweep, as typed :class:`VMRecord` objects.
 
-A sweep costs a fixed handful of round trips, whatever the number of VMs:
+A sweep costs a fixed handful of round trips plus one per :data:`CHUNK` VMs:
 
 1. one ContainerView + PropertyCollector pass over the *containers* (folders,
    datacenters, clusters, hosts, resource pools, datastores, networks) fetching only
    ``name`` and ``parent``: every inventory path (``/DC0/vm/Production/Web``) is then
    resolved in memory, never by walking parents VM by VM;
-2. one pass over the VMs fetching only the properties a record needs
-   (:data:`VM_PROPERTIES`), in pages of :data:`PAGE` objects;
-3. the custom attribute definitions (one property of the CustomFieldsManager);
-4. tags, optionally, through the vSphere Automation REST API (:mod:`.tags`), passed in
+2. the custom attribute definitions (one property of the CustomFieldsManager);
+3. the list of every VM: the ``view`` property of a ContainerView of VMs, morefs only;
+4. the properties a record needs (:data:`VM_PROPERTIES`) of those VMs, in chunks of
+   :data:`CHUNK` named explicitly, :data:`IN_FLIGHT` requests at a time;
+5. tags, optionally, through the vSphere Automation REST API (:mod:`.tags`), passed in
    as a map so that discovery itself stays one SOAP conversation.
+
+Why chunks rather than one paged pass: a paged retrieval is strictly sequential (each
+ContinueRetrievePropertiesEx needs the token out of the previous response), so the
+vCenter's generation of a page never overlapped our decoding of the one before, and a
+sweep of 5,000 VMs cost their sum. Chunks named by moref are independent requests: while
+the sweep's thread decodes a chunk (pyVmomi's decoding holds the GIL), a pool's threads
+send the next requests and read their answers, and the vCenter generates them: a sweep
+costs about the larger of our decoding and the vCenter's generation. Chunks are decoded
+one at a time, in the sweep's thread (:mod:`.prefetch`): pyVmomi decodes inside the call
+that reads the response, and two chunks decoded side by side contended for the GIL and
+ate the gain (docs/scale.md, "The sweep in chunks"). The stub is safe for concurrent
+calls: each takes an HTTP connection of its own from the stub's pool.
 
 Invariants: records hold no pyVmomi object; a VM whose properties are partly missing
 (vCenter omits unset ones) still yields a record with defaults; names are the names
-vSphere shows (``%2f`` for a slash stays as it is).
+vSphere shows (``%2f`` for a slash stays as it is). A sweep's records are those of the
+VMs listed in step 3, whatever their chunk: the same records one paged pass over the
+ContainerView gives (tests/vsphere/test_discovery_chunks.py), sorted by name and moref.
+A VM destroyed between the listing and its chunk's retrieval is simply absent: vSphere
+refuses a retrieval that names a missing object (ManagedObjectNotFound, naming it), and
+the chunk is asked again without it; a fault that names no VM of the chunk fails the
+sweep. A VM created after the listing is not in this sweep; the next one sees it.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from vmguard.vsphere import prefetch
 from vmguard.vsphere.records import (
     DiskRecord,
     NicRecord,
@@ -35,6 +58,10 @@ from vmguard.vsphere.records import (
 )
 
 PAGE = 500
+# VMs per request of a sweep, and requests at a time: 2 chunks of 250 hold fewer of
+# pyVmomi's objects at once than the two pages of 500 a paged pass held (docs/scale.md).
+CHUNK = 250
+IN_FLIGHT = 2
 
 VM_PROPERTIES = [
     "name",
@@ -311,16 +338,121 @@ def record_from_properties(
     )
 
 
+def vm_objects(si: vim.ServiceInstance) -> list[Any]:
+    """Every VM and template, as managed objects and no property: the ``view`` of one
+    ContainerView, read in one round trip."""
+    content = si.RetrieveContent()
+    assert content.viewManager is not None, "a vCenter always has a ViewManager"
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return list(view.view)
+    finally:
+        view.Destroy()
+
+
+def _chunk_spec(vms: Sequence[Any], props: Sequence[str]) -> Any:
+    q = vmodl.query.PropertyCollector
+    return q.FilterSpec(
+        objectSet=[q.ObjectSpec(obj=vm) for vm in vms],
+        propSet=[q.PropertySpec(type=vim.VirtualMachine, pathSet=list(props))],
+    )
+
+
+def _fetch_chunk(pc: Any, vms: Sequence[Any], props: Sequence[str]) -> prefetch.Fetched:
+    options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=len(vms))
+    return prefetch.fetch(pc, [_chunk_spec(vms, props)], options)
+
+
+def _retrieve_chunk(
+    pc: Any,
+    vms: Sequence[Any],
+    props: Sequence[str],
+    fetched: prefetch.Fetched | None = None,
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The properties of ``vms`` (``fetched``: the first answer, read already), less
+    those that no longer exist: vSphere refuses a retrieval naming a missing object
+    (ManagedObjectNotFound, the object in the fault), so the chunk is asked again
+    without it."""
+    wanted = list(vms)
+    while True:
+        try:
+            if fetched is not None:
+                result = prefetch.decode(pc, fetched)
+            else:
+                options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=len(wanted))
+                result = pc.RetrievePropertiesEx([_chunk_spec(wanted, props)], options)
+            break
+        except vmodl.fault.ManagedObjectNotFound as fault:
+            fetched = None
+            gone = moid(fault.obj)
+            rest = [vm for vm in wanted if moid(vm) != gone]
+            if len(rest) == len(wanted):  # not one of ours: a fault to report
+                raise
+            if not rest:
+                return []
+            wanted = rest
+    out: list[tuple[Any, dict[str, Any]]] = []
+    while result:
+        out.extend((o.obj, {p.name: p.val for p in o.propSet or ()}) for o in result.objects)
+        if not result.token:
+            break
+        result = pc.ContinueRetrievePropertiesEx(result.token)
+    return out
+
+
+def retrieve_vms(
+    si: vim.ServiceInstance,
+    props: Sequence[str],
+    chunk: int = CHUNK,
+    in_flight: int = IN_FLIGHT,
+    listed: Callable[[Sequence[str]], None] | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(vm, {property: value})`` of every VM and template, in the order of the listing.
+    Up to ``in_flight`` chunks are asked for and read in a pool's threads; each is decoded
+    here, one at a time (:mod:`.prefetch`), and the next is asked for once the one
+    decoded last is consumed: at most one chunk's objects and ``in_flight`` responses'
+    bytes are held at a time."""
+    vms = vm_objects(si)
+    if listed is not None:
+        listed([moid(vm) for vm in vms])
+    pc = si.RetrieveContent().propertyCollector
+    chunks = iter([vms[i : i + chunk] for i in range(0, len(vms), chunk)])
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="vmguard-sweep") as pool:
+        pending = deque(
+            (part, pool.submit(_fetch_chunk, pc, part, props))
+            for part in itertools.islice(chunks, in_flight)
+        )
+        try:
+            while pending:
+                part, future = pending.popleft()
+                found = _retrieve_chunk(pc, part, props, future.result())
+                del future
+                yield from found
+                del found
+                for part in itertools.islice(chunks, 1):
+                    pending.append((part, pool.submit(_fetch_chunk, pc, part, props)))
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
 def discover(
-    si: vim.ServiceInstance, tags: Mapping[str, Sequence[str]] | None = None
+    si: vim.ServiceInstance,
+    tags: Mapping[str, Sequence[str]] | None = None,
+    *,
+    chunk: int = CHUNK,
+    in_flight: int = IN_FLIGHT,
+    listed: Callable[[Sequence[str]], None] | None = None,
 ) -> list[VMRecord]:
-    """Every VM and template, sorted by name; ``tags`` maps a VM moref to "cat:tag"s."""
+    """Every VM and template, sorted by name; ``tags`` maps a VM moref to "cat:tag"s.
+    ``chunk`` VMs per request, ``in_flight`` requests at a time; ``listed`` is called
+    with the listed morefs before any VM's properties are read."""
     tree = InventoryTree(si)
     fields = custom_field_names(si)
     tags = tags or {}
     records = [
         record_from_properties(moid(obj), p, tree, fields, tags.get(moid(obj), ()))
-        for obj, p in retrieve(si, [vim.VirtualMachine], {vim.VirtualMachine: VM_PROPERTIES})
+        for obj, p in retrieve_vms(si, VM_PROPERTIES, chunk, in_flight, listed)
     ]
     return sorted(records, key=lambda vm: (vm.name, vm.moref))
 
