@@ -12,6 +12,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim
 from tests.controller.own_vcsim import own_vcsim
 
+from vmguard.vsphere import prefetch
 from vmguard.vsphere.inventory import (
     VM_PROPERTIES,
     InventoryTree,
@@ -57,13 +58,24 @@ def _destroy(si: vim.ServiceInstance, moref: str) -> None:
     WaitForTask(vm.Destroy_Task())
 
 
-def test_chunks_give_the_records_of_one_pass(si: vim.ServiceInstance) -> None:
+@pytest.fixture(params=["split calls", "pyVmomi's own calls"])
+def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways of reading a chunk: the split call (prefetch.py), and pyVmomi's own call,
+    which a pyVmomi release the split was not read against gets."""
+    if request.param == "pyVmomi's own calls":
+        monkeypatch.setattr(prefetch, "PYVMOMI_VERSIONS", ("0.0.",))
+    return request.param == "split calls"
+
+
+def test_chunks_give_the_records_of_one_pass(si: vim.ServiceInstance, split: bool) -> None:
     want = _one_pass(si)
     assert len(want) == VMS + 1
+    pc = si.RetrieveContent().propertyCollector
+    assert prefetch.supported(pc) is split
     assert discover(si, chunk=CHUNK, in_flight=3) == want
 
 
-def test_a_vm_destroyed_after_the_listing_is_absent(si: vim.ServiceInstance) -> None:
+def test_a_vm_destroyed_after_the_listing_is_absent(si: vim.ServiceInstance, split: bool) -> None:
     before = discover(si, chunk=CHUNK)
     gone: list[str] = []
 

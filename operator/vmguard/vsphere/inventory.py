@@ -416,6 +416,10 @@ def retrieve_vms(
     if listed is not None:
         listed([moid(vm) for vm in vms])
     pc = si.RetrieveContent().propertyCollector
+    if not prefetch.supported(pc):  # pyVmomi's own call per chunk, one after the other
+        for part in (vms[i : i + chunk] for i in range(0, len(vms), chunk)):
+            yield from _retrieve_chunk(pc, part, props)
+        return
     chunks = iter([vms[i : i + chunk] for i in range(0, len(vms), chunk)])
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="vmguard-sweep") as pool:
         pending = deque(
