@@ -23,7 +23,9 @@ costs about the larger of our decoding and the vCenter's generation. Chunks are 
 one at a time, in the sweep's thread (:mod:`.prefetch`): pyVmomi decodes inside the call
 that reads the response, and two chunks decoded side by side contended for the GIL and
 ate the gain (docs/scale.md, "The sweep in chunks"). The stub is safe for concurrent
-calls: each takes an HTTP connection of its own from the stub's pool.
+calls: each takes an HTTP connection of its own from the stub's pool. Where the split
+call is not made (``prefetch.supported``: another pyVmomi release or stub), each chunk
+is pyVmomi's own call, one after the other.
 
 Invariants: records hold no pyVmomi object; a VM whose properties are partly missing
 (vCenter omits unset ones) still yields a record with defaults; names are the names
