@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -52,6 +53,43 @@ def _counting(kube_api: Any) -> tuple[Any, list[tuple[str, str]]]:
 
     rest.request = counted
     return api, seen
+
+
+def _context_ten_minutes_in(
+    kube_api: Any, created: dt.datetime
+) -> tuple[reconcile.BackupContext, list[tuple[str, str]], ManualClock]:
+    """The backups' context on a counting client and a clock ten minutes after
+    ``created`` (the Job's creation)."""
+    api, seen = _counting(kube_api)
+    clock = ManualClock(start=created + dt.timedelta(minutes=10))
+    proxy = ProxySettings(
+        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
+    )
+    ctx = reconcile.BackupContext(
+        KubeAPI(api), JobAPI(api), proxy, BackupSettings(), timing=Timing(clock=clock)
+    )
+    return ctx, seen, clock
+
+
+def _three_polls_read_the_job_at_the_cap(
+    kube_api: Any,
+    namespace: str,
+    step: Callable[[reconcile.BackupContext, dict[str, Any]], Coroutine[Any, Any, float | None]],
+    ctx: reconcile.BackupContext,
+    seen: list[tuple[str, str]],
+    clock: ManualClock,
+    job_path: str,
+) -> None:
+    """Three polls of a long run of backup ``b``'s proxy: each reads the Job and nothing
+    else, and waits the cap, cut short by the proxy's report."""
+    for _ in range(3):
+        obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
+        seen.clear()
+        delay = asyncio.run(step(ctx, obj))
+        assert seen == [("GET", job_path)]
+        assert delay == RUNNING_POLL_CAP  # ten minutes in: the cap
+        assert isinstance(delay, UntilReport)  # the proxy's report wakes it
+        clock.advance(delay)
 
 
 def _suspended_job(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
@@ -97,26 +135,13 @@ def test_a_running_proxys_polls_read_its_job_only_and_back_off(
         "progress": {"percent": 40, "bytesDone": 4, "bytesTotal": 10, "updateTime": reported},
     }
     objects.patch_status(kube_api, namespace, BACKUP.plural, "b", running)
-    api, seen = _counting(kube_api)
-    clock = ManualClock(start=created + dt.timedelta(minutes=10))
-    settings = BackupSettings()
-    proxy = ProxySettings(
-        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
-    )
-    ctx = reconcile.BackupContext(
-        KubeAPI(api), JobAPI(api), proxy, settings, timing=Timing(clock=clock)
-    )
+    ctx, seen, clock = _context_ten_minutes_in(kube_api, created)
+    settings = ctx.settings
     job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/b-1"
 
-    for _ in range(3):  # three polls of a long transfer
-        obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
-        seen.clear()
-        delay = asyncio.run(reconcile.reconcile(ctx, obj))
-        assert seen == [("GET", job_path)]
-        assert delay == RUNNING_POLL_CAP  # ten minutes in: the cap
-        assert isinstance(delay, UntilReport)  # the proxy's report wakes it
-
-        clock.advance(delay)
+    _three_polls_read_the_job_at_the_cap(
+        kube_api, namespace, reconcile.reconcile, ctx, seen, clock, job_path
+    )
 
     # The proxy has written its result: its Job ends any moment, read at ``poll`` again.
     objects.patch_status(kube_api, namespace, BACKUP.plural, "b", {"archiveId": "a-77"})
@@ -142,7 +167,7 @@ def test_a_running_verifications_polls_read_its_job_only_and_back_off(
     job = _suspended_job(kube_api, namespace, "b-verify-1")
     created = parse_time(job["metadata"]["creationTimestamp"])
     assert created is not None
-    verifying = {
+    verifying: dict[str, Any] = {
         "phase": "Completed",
         "archiveId": "a-77",
         "vm": {"instanceUuid": UUID, "moref": "vm-77"},
@@ -157,24 +182,12 @@ def test_a_running_verifications_polls_read_its_job_only_and_back_off(
         },
     }
     objects.patch_status(kube_api, namespace, BACKUP.plural, "b", verifying)
-    api, seen = _counting(kube_api)
-    clock = ManualClock(start=created + dt.timedelta(minutes=10))
-    proxy = ProxySettings(
-        image="unused", command=("vmguard",), locator="", service_account="", image_pull_policy=""
-    )
-    ctx = reconcile.BackupContext(
-        KubeAPI(api), JobAPI(api), proxy, BackupSettings(), timing=Timing(clock=clock)
-    )
+    ctx, seen, clock = _context_ten_minutes_in(kube_api, created)
     job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/b-verify-1"
 
-    for _ in range(3):  # three polls of a long verification
-        obj = objects.get(kube_api, namespace, BACKUP.plural, "b")
-        seen.clear()
-        delay = asyncio.run(verification.step(ctx, obj))
-        assert seen == [("GET", job_path)]
-        assert delay == RUNNING_POLL_CAP  # ten minutes in: the cap
-        assert isinstance(delay, UntilReport)  # the proxy's result wakes it
-        clock.advance(delay)
+    _three_polls_read_the_job_at_the_cap(
+        kube_api, namespace, verification.step, ctx, seen, clock, job_path
+    )
 
     # The proxy has written its result: its Job ends any moment, read at the poll again.
     objects.patch_status(
