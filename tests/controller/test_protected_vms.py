@@ -311,6 +311,25 @@ def protected_vm_requests(log: Path) -> list[str]:
     return [line for line in text.splitlines() if f"/{PROTECTEDVM.plural}" in line]
 
 
+def unrecorded_backups(
+    kube_api: Any, namespace: str, failed_too: bool = False
+) -> points.ProtectedVMKey:
+    """Backups an older operator finished, none saying PointRecorded: b1 and b2 of VM
+    UUID, c1 of OTHER (and b3, Failed, with ``failed_too``); b1's point is in UUID's
+    ProtectedVM already (that operator recorded it when b1 completed). Returns UUID's key."""
+    made = [
+        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
+        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
+        *([("b3", UUID, "Failed", "2026-01-03T00:00:00Z")] if failed_too else []),
+        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
+    ]
+    finished_backups(kube_api, namespace, made, recorded=False)
+    key = points.ProtectedVMKey(namespace, "lab", UUID)
+    b1 = point("archive-b1", "2026-01-01T00:00:00Z")
+    asyncio.run(points.add_point(KubeAPI(kube_api), key, b1, vm={"name": "v"}))
+    return key
+
+
 @pytest.mark.lab
 def test_a_start_folds_the_points_of_backups_an_older_operator_completed(
     kube_api: Any,
@@ -323,19 +342,7 @@ def test_a_start_folds_the_points_of_backups_an_older_operator_completed(
     them) get it folded into their VMs' ProtectedVMs by the operator that starts (not
     the Failed one's; b1's point was there already), and then say so. The next start
     reads no ProtectedVM and adds nothing."""
-    made = [
-        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
-        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
-        ("b3", UUID, "Failed", "2026-01-03T00:00:00Z"),
-        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
-    ]
-    finished_backups(kube_api, namespace, made, recorded=False)
-    # b1's point is there already (an older operator recorded it when b1 completed).
-    api = KubeAPI(kube_api)
-    key = points.ProtectedVMKey(namespace, "lab", UUID)
-    asyncio.run(
-        points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
-    )
+    key = unrecorded_backups(kube_api, namespace, failed_too=True)
     first = start_operator(record_requests=tmp_path / "first.requests")
 
     def all_say_so() -> bool:
@@ -376,17 +383,8 @@ def test_the_fold_adds_each_missing_point_once_read_by_get_or_by_list(
     from vmguard.controller.kube import migration
 
     monkeypatch.setattr(migration, "LIST_ABOVE", list_above)
-    made = [
-        ("b1", UUID, "Completed", "2026-01-01T00:00:00Z"),
-        ("b2", UUID, "Completed", "2026-01-02T00:00:00Z"),
-        ("c1", OTHER, "Completed", "2026-01-01T00:00:00Z"),
-    ]
-    finished_backups(kube_api, namespace, made, recorded=False)
+    key = unrecorded_backups(kube_api, namespace)
     api = KubeAPI(kube_api)
-    key = points.ProtectedVMKey(namespace, "lab", UUID)
-    asyncio.run(
-        points.add_point(api, key, point("archive-b1", "2026-01-01T00:00:00Z"), vm={"name": "v"})
-    )
     found = [migration.unrecorded(b) for b in objects.items(kube_api, namespace, "vmguardbackups")]
     todo = [u for u in found if u is not None]
     assert sorted(u.name for u in todo) == ["b1", "b2", "c1"]

@@ -92,6 +92,23 @@ def _three_polls_read_the_job_at_the_cap(
         clock.advance(delay)
 
 
+def _backup_and_job(
+    kube_api: Any, namespace: str, vcenter: str, repository: str, job_name: str
+) -> dt.datetime:
+    """Backup ``b`` of the lab's VCenter and repository, and its proxy Job ``job_name``
+    (suspended); returns the Job's creation."""
+    spec = {
+        "vm": {"instanceUuid": UUID},
+        "vcenterRef": {"name": vcenter},
+        "repositoryRef": {"name": repository},
+    }
+    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b", spec)
+    job = _suspended_job(kube_api, namespace, job_name)
+    created = parse_time(job["metadata"]["creationTimestamp"])
+    assert created is not None
+    return created
+
+
 def _suspended_job(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
     body = {
         "apiVersion": "batch/v1",
@@ -114,15 +131,7 @@ def _suspended_job(kube_api: Any, ns: str, name: str) -> dict[str, Any]:
 def test_a_running_proxys_polls_read_its_job_only_and_back_off(
     kube_api: Any, namespace: str, lab_vcenter: str, lab_repository: str
 ) -> None:
-    spec = {
-        "vm": {"instanceUuid": UUID},
-        "vcenterRef": {"name": lab_vcenter},
-        "repositoryRef": {"name": lab_repository},
-    }
-    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b", spec)
-    job = _suspended_job(kube_api, namespace, "b-1")
-    created = parse_time(job["metadata"]["creationTimestamp"])
-    assert created is not None
+    created = _backup_and_job(kube_api, namespace, lab_vcenter, lab_repository, "b-1")
     reported = format_time(dt.datetime.now(dt.UTC))  # the proxy reports after its Job exists
     running = {
         "phase": "Transferring",
@@ -158,15 +167,7 @@ def test_a_running_verifications_polls_read_its_job_only_and_back_off(
 ) -> None:
     """It was read every 2 s however long its checks ran: ≈ 300 GETs of the backup and
     of its Job in a 10-minute verification."""
-    spec = {
-        "vm": {"instanceUuid": UUID},
-        "vcenterRef": {"name": lab_vcenter},
-        "repositoryRef": {"name": lab_repository},
-    }
-    objects.create(kube_api, namespace, BACKUP.plural, BACKUP.kind, "b", spec)
-    job = _suspended_job(kube_api, namespace, "b-verify-1")
-    created = parse_time(job["metadata"]["creationTimestamp"])
-    assert created is not None
+    created = _backup_and_job(kube_api, namespace, lab_vcenter, lab_repository, "b-verify-1")
     verifying: dict[str, Any] = {
         "phase": "Completed",
         "archiveId": "a-77",
